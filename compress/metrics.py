@@ -1,0 +1,37 @@
+"""Task metrics as GLUE defines them, computed with scikit-learn / scipy.
+
+Names follow GLUE (and the `evaluate` library): accuracy, f1, matthews_correlation, pearson, spearmanr.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from compress.errors import CompressError
+
+METRICS = {
+    "accuracy": lambda preds, labels: accuracy_score(labels, preds),
+    "f1": lambda preds, labels: f1_score(labels, preds),
+    "matthews_correlation": lambda preds, labels: matthews_corrcoef(labels, preds),
+    "pearson": lambda preds, labels: pearsonr(preds, labels)[0],
+    "spearmanr": lambda preds, labels: spearmanr(preds, labels)[0],
+}
+REGRESSION_METRICS = {"pearson", "spearmanr"}
+
+
+def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics from raw model outputs: argmax for classification, the single output for regression."""
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    regression = any(n in REGRESSION_METRICS for n in names)
+    preds = logits.reshape(-1) if regression else logits.argmax(-1)
+    out = {}
+    for name in names:
+        if name not in METRICS:
+            raise CompressError(f"metric {name!r} is unknown (known: {', '.join(METRICS)})")
+        out[name] = float(METRICS[name](preds, labels))
+    return out

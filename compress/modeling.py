@@ -1,0 +1,59 @@
+"""Loading and saving task models (any `AutoModelForSequenceClassification`) with their tokenizers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import logging as hf_logging
+
+from compress.data import TaskSpec
+from compress.errors import CompressError
+from teachers.zoo import resolve
+
+log = logging.getLogger(__name__)
+
+
+def task_kwargs(spec: TaskSpec) -> dict:
+    """Config fields that make a model fit a task: label count and names, regression or classification."""
+    if spec.is_regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": spec.num_labels, "problem_type": "single_label_classification",
+            "id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
+
+
+def load_for_task(model: str, spec: TaskSpec):
+    """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer."""
+    source = resolve(model)
+    try:
+        config = AutoConfig.from_pretrained(source, **task_kwargs(spec))
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
+    try:
+        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model_obj, tokenizer
+
+
+def load_trained(folder: str | Path):
+    """A model saved by one of our stages (save_pretrained folder) and its tokenizer."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CompressError(f"{folder}: not a saved model folder (no config.json)")
+    return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def save(model, tokenizer, folder: str | Path) -> None:
+    """safetensors weights, config and tokenizer; never pickle."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,148 @@
+"""The stage graph: which stages a recipe runs, in which order, and when a stage can be skipped.
+
+Each stage is one module with one entry function ``run(recipe, out, inputs) -> dict``: it writes its artifacts into
+``out`` (a temporary folder) and returns what goes into its manifest (``metrics``, ``params`` and anything else).
+This module alone knows the order and the cache: a stage is redone only when its fingerprint (its recipe sections,
+the task's data files, the outputs of the stages it needs, the package version) changed, when its outputs no longer
+match their recorded hashes, or when forced. The temporary folder is renamed into place only after the manifest is
+written, so an interrupted run never leaves a stage that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from compress import __version__
+from compress.config import Recipe
+from compress.data import data_files
+from compress.errors import CompressError
+from compress.manifest import Timer, fingerprint, hash_tree, host, now_utc, read_json, versions, write_json
+from teachers.zoo import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    entry: str  # "module:function"
+    sections: tuple[str, ...]  # recipe sections that configure it (all must be present for it to run)
+    needs: tuple[str, ...] = ()
+
+    def function(self):
+        module, fn = self.entry.split(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+STAGES: list[Stage] = [
+    Stage("teacher", "teachers.finetune:run", ("task", "teacher")),
+]
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
+    """The stages this recipe configures, in order, up to and including ``until``."""
+    names = stage_names()
+    if until is not None and until not in names:
+        raise CompressError(f"unknown stage {until!r} (stages: {', '.join(names)})")
+    chosen = [s for s in STAGES if all(getattr(recipe, sec, None) is not None for sec in s.sections)]
+    if until is not None:
+        if until not in [s.name for s in chosen]:
+            raise CompressError(f"{recipe.path}: stage {until!r} is not configured in this recipe")
+        chosen = chosen[: [s.name for s in chosen].index(until) + 1]
+    return chosen
+
+
+def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
+    inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
+    for need in stage.needs:
+        for rel, digest in upstream[need]["outputs"].items():
+            inputs[f"{need}/{rel}"] = digest
+    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
+               "config": {sec: recipe.section(sec) for sec in stage.sections}, "inputs": inputs}
+    return fingerprint(payload), inputs
+
+
+def _trusted(folder: Path, fp: str) -> Optional[dict]:
+    """The stage's manifest if the folder holds a complete run with this fingerprint and intact outputs."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    if manifest.get("fingerprint") != fp:
+        return None
+    if hash_tree(folder) != manifest.get("outputs"):
+        log.warning("%s: outputs changed since they were written; redoing the stage", folder)
+        return None
+    return manifest
+
+
+def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
+    unknown = [f for f in force if f not in stage_names() and f != "all"]
+    if unknown:
+        raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    for stage in plan(recipe, until):
+        missing = [n for n in stage.needs if n not in done]
+        if missing:
+            raise CompressError(f"{recipe.path}: stage {stage.name!r} needs stage {missing[0]!r}, which is not configured")
+        folder = run_dir / stage.name
+        fp, inputs = _fingerprint(recipe, stage, done)
+        manifest = None if (stage.name in force or "all" in force) else _trusted(folder, fp)
+        if manifest is not None:
+            log.info("stage %s: unchanged, reusing %s", stage.name, folder)
+            print(f"[{stage.name}] up to date ({folder})")
+            done[stage.name] = manifest
+            continue
+        print(f"[{stage.name}] running -> {folder}")
+        tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            with Timer() as timer:
+                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.needs})
+            manifest = {
+                "stage": stage.name,
+                "recipe": recipe.name,
+                "recipe_path": recipe.path,
+                "fingerprint": fp,
+                "config": {sec: recipe.section(sec) for sec in stage.sections},
+                "seed": recipe.seed,
+                "inputs": inputs,
+                "outputs": hash_tree(tmp),
+                **result,
+                "timing": {"wall_s": round(timer.seconds, 2), **result.get("timing", {})},
+                "env": {"versions": versions(), "host": host()},
+                "created": now_utc(),
+            }
+            write_json(tmp / "manifest.json", manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = run_dir / f".{stage.name}.old-{os.getpid()}"
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        # later stages' manifests are now stale: their fingerprints include this stage's outputs
+        print(f"[{stage.name}] done in {timer.seconds:.0f}s: {_summary(manifest)}")
+        done[stage.name] = manifest
+    return done
+
+
+def _summary(manifest: dict) -> str:
+    metrics = manifest.get("metrics", {})
+    dev = metrics.get("dev", metrics)
+    return ", ".join(f"{k}={v:.4f}" for k, v in dev.items() if isinstance(v, float)) or "ok"

@@ -1,0 +1,225 @@
+"""The one training loop: teacher fine-tuning, student distillation and pruning recovery all run through `fit`.
+
+The objective is passed in (``objective(model, batch) -> (loss, logs)``), so this file knows nothing about KD.
+Accelerate handles devices, DDP (``accelerate launch`` / ``torchrun``), bf16 autocast and gradient accumulation.
+
+Checkpoint selection uses the held-out slice of train (``evaluate``), never dev. With ``checkpoint_dir`` the loop
+saves resumable state (model, extra modules, optimizer, scheduler, RNG, data position) every
+``cfg.checkpoint_every`` steps; the same call after a crash resumes from the newest one and ends where an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from compress.config import TrainConfig
+from compress.data import Collator, train_loader
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+Objective = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class FitResult:
+    steps: int
+    best_metric: Optional[float]
+    best_step: Optional[int]
+    history: list[dict] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+    resumed_from: Optional[int] = None
+
+
+def classification_objective(model, batch):
+    """Plain fine-tuning: the model's own loss (cross-entropy, or MSE for regression)."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+    out = model(**inputs)
+    return out.loss, {}
+
+
+def _state_of(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.detach().to("cpu", copy=True).contiguous()
+            for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def _load_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+    for name, m in modules.items():
+        prefix = f"{name}."
+        m.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def fit(
+    model: torch.nn.Module,
+    train_ds,
+    collator: Collator,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    objective: Objective = classification_objective,
+    evaluate: Optional[Callable[[torch.nn.Module], dict]] = None,
+    extra_modules: Optional[dict[str, torch.nn.Module]] = None,
+    group_by_length: bool = True,
+    checkpoint_dir: Optional[Path] = None,
+    desc: str = "train",
+    accelerator: Optional[Accelerator] = None,
+) -> FitResult:
+    """Train ``model`` (and ``extra_modules``, e.g. projections) on ``train_ds``; the best held-out state is loaded
+    back into ``model`` at the end. ``evaluate(model) -> {metric: value}``: the first metric selects."""
+    accelerator = accelerator or Accelerator(
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no", gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(seed)
+    extra = dict(extra_modules or {})
+    modules = {"model": model, **extra}
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    no_decay = [p for p in params if p.ndim < 2]
+    decay = [p for p in params if p.ndim >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    first = train_loader(train_ds, collator, cfg.batch_size, seed, 0, group_by_length)
+    batches_per_epoch = math.ceil(len(first) / accelerator.num_processes)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    prepared = accelerator.prepare(*modules.values(), optimizer, scheduler)
+    modules = dict(zip(modules, prepared[: len(modules)]))
+    optimizer, scheduler = prepared[len(modules):]
+
+    result = FitResult(steps=0, best_metric=None, best_step=None)
+    best_state: Optional[dict] = None
+    step, epoch, skip = 0, 0, 0
+    ckpt = _latest_checkpoint(checkpoint_dir)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        step, epoch, skip = meta["step"], meta["epoch"], meta["batches_done_in_epoch"]
+        result.best_metric, result.best_step, result.history = meta["best_metric"], meta["best_step"], meta["history"]
+        if (ckpt / "best.safetensors").is_file():
+            best_state = load_file(ckpt / "best.safetensors")
+        result.resumed_from = step
+        log.info("resumed from %s (step %d)", ckpt, step)
+
+    def run_eval(tag: str) -> None:
+        nonlocal best_state
+        if evaluate is None:
+            return
+        unwrapped = accelerator.unwrap_model(modules["model"])
+        unwrapped.eval()
+        with torch.inference_mode():
+            metrics = evaluate(unwrapped)
+        unwrapped.train()
+        value = next(iter(metrics.values()))
+        result.history.append({"step": step, "tag": tag, **metrics})
+        if result.best_metric is None or value > result.best_metric:
+            result.best_metric, result.best_step = value, step
+            best_state = _state_of({k: accelerator.unwrap_model(m) for k, m in modules.items()})
+
+    def save_checkpoint(batches_done: int) -> None:
+        if checkpoint_dir is None:
+            return
+        target = Path(checkpoint_dir) / f"step-{step:08d}"
+        tmp = target.with_name(target.name + ".tmp")
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            if best_state is not None:
+                save_file(best_state, tmp / "best.safetensors")
+            meta = {"step": step, "epoch": epoch, "batches_done_in_epoch": batches_done,
+                    "best_metric": result.best_metric, "best_step": result.best_step, "history": result.history}
+            (tmp / "trainer.json").write_text(json.dumps(meta))
+            tmp.rename(target)
+            for old in sorted(Path(checkpoint_dir).glob("step-*"))[:-2]:  # keep the two newest
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    for m in modules.values():
+        m.train()
+    tokens, t0 = 0, time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    last_loss = float("nan")
+    while step < total:
+        loader = accelerator.prepare_data_loader(
+            train_loader(train_ds, collator, cfg.batch_size, seed, epoch, group_by_length))
+        if skip:
+            loader = accelerator.skip_first_batches(loader, skip)
+        batches_done = skip
+        skip = 0
+        for batch in loader:
+            with accelerator.accumulate(*modules.values()):
+                with accelerator.autocast():
+                    loss, logs = objective(modules["model"], batch)
+                if not torch.isfinite(loss.detach()):
+                    bar.close()
+                    where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
+                    raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
+                                        f"{where} (lower the learning rate or use fp32)")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            batches_done += 1
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) * accelerator.num_processes if mask is not None else 0
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            last_loss = loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch,
+                            tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                run_eval(f"step {step}")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                save_checkpoint(batches_done)
+            if step >= total:
+                break
+        else:
+            epoch += 1
+            run_eval(f"epoch {epoch}")
+            continue
+        break
+    if not result.history or result.history[-1]["step"] != step:
+        run_eval("end")
+    bar.close()
+    result.steps = step
+    result.wall_s = time.perf_counter() - t0
+    result.tokens_per_s = tokens / max(result.wall_s, 1e-9)
+    if best_state is not None:
+        _load_state({k: accelerator.unwrap_model(m) for k, m in modules.items()}, best_state)
+    if checkpoint_dir is not None and accelerator.is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
+    for m in modules.values():
+        accelerator.unwrap_model(m).eval()
+    log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
+    return result
+
+
+def _latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Path]:
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    done = sorted(p for p in Path(checkpoint_dir).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / "trainer.json").is_file())
+    return done[-1] if done else None

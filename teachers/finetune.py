@@ -1,0 +1,48 @@
+"""Stage `teacher`: fine-tune a pretrained encoder on the task.
+
+Any `AutoModelForSequenceClassification` works (BERT, MPNet, RoBERTa, MiniLM...), from the offline zoo, a local
+folder or a hub id. The best checkpoint is chosen on a held-out slice of train; dev (and MRPC's labelled test) is
+measured once at the end and reported.
+
+Writes ``model/`` (safetensors + config + tokenizer) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.config import Recipe
+from compress.data import Collator, load_task, tokenize
+from compress.evaluate import evaluate
+from compress.manifest import write_json
+from compress.modeling import count_params, load_for_task, save
+from compress.train import fit
+
+
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    cfg = recipe.teacher
+    seed = cfg.seed if cfg.seed is not None else recipe.seed
+    data = load_task(recipe.task, seed=seed)
+    spec = data.spec
+    model, tokenizer = load_for_task(cfg.model, spec)
+    ml = recipe.task.max_length
+    train, holdout, dev = (tokenize(ds, tokenizer, ml) for ds in (data.train, data.holdout, data.dev))
+    collator = Collator({"": tokenizer}, regression=spec.is_regression)
+
+    result = fit(model, train, collator, cfg, seed=seed, group_by_length=recipe.task.group_by_length,
+                 evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
+                 checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
+                 desc=f"teacher {cfg.model}")
+
+    metrics = {"dev": evaluate(model, dev, collator, spec)}
+    if len(holdout):
+        metrics["holdout"] = evaluate(model, holdout, collator, spec)
+    if data.test is not None:
+        metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
+    save(model, tokenizer, out / "model")
+    train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
+                  "tokens_per_s": round(result.tokens_per_s, 1), "train_rows": len(train),
+                  "holdout_rows": len(holdout), "dev_rows": len(dev)}
+    write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})
+    return {"metrics": metrics, "params": count_params(model), "model": cfg.model, "train": train_info,
+            "timing": {"train_s": round(result.wall_s, 2)}}

