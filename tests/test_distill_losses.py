@@ -1,0 +1,90 @@
+"""Each distillation loss against a computation done by hand."""
+
+import math
+
+import pytest
+import torch
+
+from compress.distill.losses import attention_loss, combine, hard_label_loss, hidden_mse, kd_loss, logits_mse
+
+
+def test_kd_loss_matches_hand_kl_and_scales_by_t_squared():
+    # teacher row 0 -> p = (0.75, 0.25) at T=1; student uniform; row 1 identical -> KL 0; batchmean over 2 rows
+    teacher = torch.tensor([[math.log(3.0), 0.0], [1.0, 2.0]])
+    student = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    kl_row0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert kd_loss(student, teacher, 1.0).item() == pytest.approx(kl_row0 / 2, rel=1e-5)
+    # at T=2 the teacher logits 2*ln3 soften to the same (0.75, 0.25); the loss is scaled by T^2 = 4
+    teacher2 = torch.tensor([[2 * math.log(3.0), 0.0]])
+    assert kd_loss(torch.zeros(1, 2), teacher2, 2.0).item() == pytest.approx(4 * kl_row0, rel=1e-5)
+    assert kd_loss(teacher, teacher, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_gradient_reaches_student_only():
+    s = torch.zeros(2, 3, requires_grad=True)
+    t = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    kd_loss(s, t, 2.0).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert s.grad[0, 0] < 0 and s.grad[1, 2] < 0  # pushes the student towards the teacher's class
+
+
+def test_logits_mse_and_hard_label_loss():
+    assert logits_mse(torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [1.0]])).item() == pytest.approx(2.5)
+    # CE with uniform logits over 2 classes = ln 2
+    assert hard_label_loss(torch.zeros(3, 2), torch.tensor([0, 1, 1])).item() == pytest.approx(math.log(2))
+    # regression: float labels -> MSE
+    assert hard_label_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([0.0, 0.0])).item() == pytest.approx(2.5)
+
+
+def test_hidden_mse_ignores_padding_and_uses_projection():
+    s = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, 2 tokens, width 2)
+    t = torch.zeros(1, 2, 2)
+    mask = torch.tensor([[1, 0]])  # second token is padding
+    assert hidden_mse(s, t, mask).item() == pytest.approx((1 + 4) / 2)
+    assert hidden_mse(s, t, torch.ones(1, 2)).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
+    # projection 2 -> 3 wide: y = 2 * [x0, x1, 0]
+    proj = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
+    t3 = torch.zeros(1, 2, 3)
+    assert hidden_mse(s, t3, mask, projection=proj).item() == pytest.approx((4 + 16) / 3)
+    with pytest.raises(ValueError, match="projection"):
+        hidden_mse(s, t3, mask)
+
+
+def test_attention_mse_masks_padding_pairs():
+    s = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])  # (1 batch, 1 head, 2, 2)
+    t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert attention_loss(s, t, torch.ones(1, 2), "mse").item() == pytest.approx((0.25 + 0.25) / 4)
+    assert attention_loss(s, t, torch.tensor([[1, 0]]), "mse").item() == pytest.approx(0.25 / 1)
+
+
+def test_attention_kl_by_hand():
+    s = torch.tensor([[[[0.5, 0.5], [0.25, 0.75]]]])
+    t = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])
+    row0 = math.log(2.0)
+    row1 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert attention_loss(s, t, torch.ones(1, 2), "kl").item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    assert attention_loss(s, t, torch.tensor([[1, 0]]), "kl").item() == pytest.approx(row0, rel=1e-5)
+    assert attention_loss(t, t, torch.ones(1, 2), "kl").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_heads_averaged_when_counts_differ():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    student = torch.stack([a, b])[None]  # 2 heads: their mean is 0.5 everywhere
+    teacher = torch.full((1, 1, 2, 2), 0.5)
+    assert attention_loss(student, teacher, torch.ones(1, 2), "mse").item() == pytest.approx(0.0, abs=1e-7)
+    teacher3 = torch.stack([a, a, a])[None]  # 3 heads averaging to a: (0.5-1)^2 or (0.5-0)^2 = 0.25 everywhere
+    assert attention_loss(student, teacher3, torch.ones(1, 2), "mse").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="kind"):
+        attention_loss(student, teacher, torch.ones(1, 2), "cosine")
+
+
+def test_combine_weights_and_logs():
+    total, logs = combine({"kd": (torch.tensor(2.0), 0.5), "ce": (torch.tensor(4.0), 0.25),
+                           "hidden": (torch.tensor(9.0), 0.0)})
+    assert total.item() == pytest.approx(2.0)
+    assert logs == {"kd": 2.0, "ce": 4.0, "hidden": 9.0}
+    with pytest.raises(ValueError):
+        combine({"kd": (torch.tensor(1.0), 0.0)})
