@@ -1,0 +1,53 @@
+"""Shared fixtures: the real GLUE folder, tiny random BERT models with the real MiniLM WordPiece tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+GLUE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    assert (GLUE / "SST-2" / "train.tsv").is_file(), f"GLUE data not found at {GLUE}"
+    return GLUE
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 folder from the offline zoo (verified by sha256)."""
+    from teachers.zoo import resolve
+
+    return Path(resolve("minilm-l6"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def tiny_bert_config(num_labels: int = 2, **overrides):
+    from transformers import BertConfig
+
+    kw = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              max_position_embeddings=128, num_labels=num_labels)
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path, tokenizer) -> Path:
+    """A saved tiny random BERT sequence classifier (2 labels) with MiniLM's tokenizer."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    folder = tmp_path / "tiny-bert"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from compress.config import load_recipe
+from compress.errors import CompressError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((ROOT / "pipelines").glob("*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.task.name and recipe.teacher.model
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, lr_rate: 0.1}\n")
+    with pytest.raises(CompressError) as e:
+        load_recipe(p)
+    assert str(p) in str(e.value) and "teacher.lr_rate: unknown key" in str(e.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, lr: fast}\n")
+    with pytest.raises(CompressError, match=r"teacher\.lr: expected a number, got 'fast'"):
+        load_recipe(p)
+    p = write(tmp_path, "task: {name: sst2, max_length: 12.5}\nteacher: {}\n")
+    with pytest.raises(CompressError, match=r"task\.max_length: expected an integer"):
+        load_recipe(p)
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {precision: fp8}\n")
+    with pytest.raises(CompressError, match=r"teacher\.precision: expected one of \['fp32', 'bf16'\]"):
+        load_recipe(p)
+
+
+def test_missing_required_and_bad_values(tmp_path):
+    with pytest.raises(CompressError, match="task: required key is missing"):
+        load_recipe(write(tmp_path, "teacher: {}\n"))
+    with pytest.raises(CompressError, match=r"teacher\.lr: must be > 0"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {lr: 0}\n"))
+    with pytest.raises(CompressError, match=r"task\.holdout: must be in"):
+        load_recipe(write(tmp_path, "task: {name: sst2, holdout: 0.9}\nteacher: {}\n"))
+    with pytest.raises(CompressError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(CompressError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "task: [unclosed\n"))
+
+
+def test_defaults_and_overrides(tmp_path):
+    r = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"teacher.epochs": 1, "seed": 7})
+    assert r.name == "r" and r.seed == 7 and r.teacher.epochs == 1.0 and r.teacher.model == "minilm-l6"
+    assert r.task.max_length == 128 and r.teacher.precision == "fp32"
+    assert r.run_dir == Path("runs") / "r"

@@ -1,0 +1,141 @@
+"""Data loaders on the real GLUE files, and every error a user can cause."""
+
+import numpy as np
+import pytest
+
+from compress.config import TaskConfig
+from compress.data import Collator, eval_loader, load_split, load_task, tokenize, train_loader
+from compress.errors import CompressError
+
+
+@pytest.mark.parametrize("task,counts", [
+    ("sst2", {"train": 67349, "dev": 872}),
+    ("mrpc", {"train": 3668, "dev": 408, "test": 1725}),
+    ("rte", {"train": 2490, "dev": 277}),
+])
+def test_real_glue_row_counts(glue_dir, task, counts):
+    cfg = TaskConfig(name=task)
+    for split, n in counts.items():
+        assert len(load_split(cfg, split)) == n
+
+
+def test_labels_bom_and_quotes(glue_dir):
+    rte = load_split(TaskConfig(name="rte"), "dev")
+    assert set(rte["label"]) == {0, 1} and rte.column_names == ["text", "text_pair", "label"]
+    # RTE dev row 0 is not_entailment (index 1 of [entailment, not_entailment])
+    assert rte[0]["label"] == 1 and rte[0]["text_pair"] == "Christopher Reeve had an accident."
+    # MRPC starts with a byte-order mark: the label column is still found as 'Quality'
+    mrpc = load_split(TaskConfig(name="mrpc"), "dev")
+    assert mrpc[0]["label"] == 1
+    # a bare double quote inside a field is text, not CSV quoting
+    assert mrpc[0]["text_pair"].startswith('" The foodservice pie business')
+    assert sum(1 for t in mrpc["text"] if '"' in t) > 5
+    sst = load_split(TaskConfig(name="sst2"), "dev")
+    assert sum(sst["label"]) == 444  # 444 positive / 428 negative in SST-2 dev
+
+
+def test_holdout_is_disjoint_and_seeded(glue_dir):
+    cfg = TaskConfig(name="rte", holdout=0.1)
+    a, b = load_task(cfg, seed=1), load_task(cfg, seed=1)
+    assert len(a.holdout) == 249 and len(a.train) == 2490 - 249
+    assert a.holdout["text"] == b.holdout["text"]
+    pairs = lambda ds: set(zip(ds["text"], ds["text_pair"]))  # noqa: E731
+    assert not pairs(a.holdout) & pairs(a.train)  # RTE pairs are unique: the slices are disjoint
+    c = load_task(TaskConfig(name="sst2", max_train_samples=100, max_eval_samples=50), seed=1)
+    assert len(c.train) == 100 and len(c.dev) == 50 and c.test is None
+    assert load_task(TaskConfig(name="mrpc"), seed=1).test is not None
+
+
+def _write(path, text, bom=False):
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+def test_error_missing_file(tmp_path):
+    with pytest.raises(CompressError, match=r"SST-2/dev\.tsv: file not found"):
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path / "SST-2")), "dev")
+
+
+def test_error_missing_column(tmp_path):
+    _write(tmp_path / "dev.tsv", "text\tlabel\nok\t1\n")
+    with pytest.raises(CompressError) as e:
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path)), "dev")
+    assert "dev.tsv: column 'sentence' not found" in str(e.value)
+
+
+def test_error_empty_split(tmp_path):
+    _write(tmp_path / "dev.tsv", "sentence\tlabel\n\n\n")
+    with pytest.raises(CompressError, match=r"dev\.tsv: split 'dev' has no rows"):
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path)), "dev")
+    _write(tmp_path / "train.tsv", "")
+    with pytest.raises(CompressError, match=r"train\.tsv: file is empty"):
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path)), "train")
+
+
+def test_error_label_outside_set(tmp_path):
+    _write(tmp_path / "dev.tsv", "sentence\tlabel\ngood\t1\nbad\t2\n")
+    with pytest.raises(CompressError) as e:
+        load_split(TaskConfig(name="sst2", data_dir=str(tmp_path)), "dev")
+    assert "dev.tsv:3: column 'label': label '2' is not one of ['0', '1']" in str(e.value)
+
+
+def test_short_row_is_an_error(tmp_path):
+    _write(tmp_path / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\n")
+    with pytest.raises(CompressError, match=r"dev\.tsv:2: expected 4 tab-separated fields, got 3"):
+        load_split(TaskConfig(name="rte", data_dir=str(tmp_path)), "dev")
+
+
+def test_cola_headerless_and_stsb_regression(tmp_path):
+    cola = tmp_path / "CoLA"
+    cola.mkdir()
+    _write(cola / "dev.tsv", "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n"
+                             "gj04\t0\t*\tThe more we study verbs, the crazier they get get.\n", bom=True)
+    ds = load_split(TaskConfig(name="cola", data_dir=str(cola)), "dev")
+    assert ds["label"] == [1, 0] and ds["text"][0].startswith("The sailors")
+    sts = tmp_path / "STS-B"
+    sts.mkdir()
+    _write(sts / "dev.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+                            "0\tmain\tx\t2012\t1\tnone\tnone\tA man.\tA person.\t4.2\n")
+    ds = load_split(TaskConfig(name="stsb", data_dir=str(sts)), "dev")
+    assert ds["label"] == [pytest.approx(4.2)] and ds["text_pair"] == ["A person."]
+    _write(sts / "dev.tsv", "sentence1\tsentence2\tscore\na\tb\thigh\n")
+    with pytest.raises(CompressError, match="'high' is not a number"):
+        load_split(TaskConfig(name="stsb", data_dir=str(sts)), "dev")
+
+
+def test_custom_csv_and_jsonl(tmp_path):
+    _write(tmp_path / "train.csv", 'review,stars\n"great, really",pos\nawful,neg\n')
+    _write(tmp_path / "dev.jsonl", '{"review": "fine", "stars": "pos"}\n\n{"review": "meh", "stars": "neg"}\n')
+    cfg = TaskConfig(name="reviews", files={"train": str(tmp_path / "train.csv"), "dev": str(tmp_path / "dev.jsonl")},
+                     text_column="review", label_column="stars", labels=["neg", "pos"], data_dir=str(tmp_path))
+    train, dev = load_split(cfg, "train"), load_split(cfg, "dev")
+    assert train["text"] == ["great, really", "awful"] and train["label"] == [1, 0]
+    assert dev["label"] == [1, 0]
+    with pytest.raises(CompressError, match="must list its labels"):
+        load_split(TaskConfig(name="x", files={"train": "a.csv"}), "train")
+    with pytest.raises(CompressError, match="not a GLUE task"):
+        load_split(TaskConfig(name="imdb"), "train")
+
+
+def test_length_grouped_batches_pad_less(glue_dir, tokenizer):
+    data = load_task(TaskConfig(name="sst2", max_train_samples=2000), seed=0)
+    ds = tokenize(data.train, tokenizer, 64)
+    collator = Collator({"": tokenizer})
+
+    def padded_fraction(group):
+        real = total = 0
+        for batch in train_loader(ds, collator, 32, seed=0, epoch=0, group_by_length=group):
+            real += int(batch["attention_mask"].sum())
+            total += batch["attention_mask"].numel()
+        return 1 - real / total
+
+    grouped, random = padded_fraction(True), padded_fraction(False)
+    assert grouped < random / 3, (grouped, random)
+    # same seed and epoch -> same batches; dynamic padding -> width = longest row of the batch
+    b1 = next(iter(train_loader(ds, collator, 8, seed=3, epoch=1)))
+    b2 = next(iter(train_loader(ds, collator, 8, seed=3, epoch=1)))
+    assert (b1["input_ids"] == b2["input_ids"]).all()
+    assert b1["input_ids"].shape[1] == int(b1["attention_mask"].sum(1).max())
+    loader, order = eval_loader(ds, collator, 64)
+    assert sorted(order.tolist()) == list(range(len(ds)))
+    assert np.all(np.diff(np.asarray(ds["length"])[order]) >= 0)

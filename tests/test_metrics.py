@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from compress.errors import CompressError
+from compress.metrics import compute_metrics
+
+
+def test_classification_metrics_known_values():
+    labels = np.array([1, 0, 1, 1, 0, 0])
+    logits = np.array([[0, 1], [1, 0], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=float)  # preds 1 0 0 1 1 0
+    m = compute_metrics(["accuracy", "f1", "matthews_correlation"], logits, labels)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # tp=2 fp=1 fn=1 -> precision 2/3, recall 2/3, f1 2/3
+    assert m["f1"] == pytest.approx(2 / 3)
+    # mcc = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (4-1)/sqrt(3*3*3*3) = 1/3
+    assert m["matthews_correlation"] == pytest.approx(1 / 3)
+    assert list(m) == ["accuracy", "f1", "matthews_correlation"]
+
+
+def test_regression_metrics_known_values():
+    labels = np.array([1.0, 2.0, 3.0, 4.0])
+    preds = np.array([[2.0], [4.0], [6.0], [8.5]])
+    m = compute_metrics(["pearson", "spearmanr"], preds, labels)
+    assert m["spearmanr"] == pytest.approx(1.0)
+    assert 0.99 < m["pearson"] < 1.0
+
+
+def test_unknown_metric_is_an_error():
+    with pytest.raises(CompressError, match="metric 'bleu' is unknown"):
+        compute_metrics(["bleu"], np.zeros((2, 2)), np.zeros(2))

@@ -1,0 +1,110 @@
+"""Teacher fine-tuning on a real SST-2 slice with a tiny random BERT, and the pipeline runner around it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compress.config import TaskConfig, TrainConfig, load_recipe
+from compress.data import Collator, load_task, tokenize
+from compress.errors import CompressError
+from compress.evaluate import predict
+from compress.modeling import load_for_task, load_trained, save
+from compress.pipeline import run_pipeline
+from compress.train import fit
+
+
+def test_tiny_bert_learns_sst2_slice_and_reloads(tiny_bert_dir, tmp_path):
+    data = load_task(TaskConfig(name="sst2", max_train_samples=800, holdout=0.002), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    train = tokenize(data.train, tok, 48)
+    dev = tokenize(data.dev.select(range(200)), tok, 48)
+    collator = Collator({"": tok})
+    losses = []
+
+    def objective(m, batch):
+        out = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")})
+        losses.append(out.loss.item())
+        return out.loss, {}
+
+    result = fit(model, train, collator, TrainConfig(epochs=3, lr=3e-3, batch_size=32, warmup_ratio=0.0),
+                 seed=0, objective=objective)
+    assert result.steps == 75 and result.tokens_per_s > 0
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05
+    save(model, tok, tmp_path / "saved")
+    reloaded, _ = load_trained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert np.allclose(predict(model, dev, collator), predict(reloaded, dev, collator), atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    train = tokenize(data.train, tok, 32)
+
+    def objective(m, batch):
+        return m(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss * float("nan"), {}
+
+    with pytest.raises(CompressError, match="loss became nan at step 0"):
+        fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0, objective=objective)
+
+
+def _recipe(tmp_path, model_dir, epochs=1):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 200, max_eval_samples: 100, holdout: 0.001}}
+teacher: {{model: {model_dir}, epochs: {epochs}, lr: 1.0e-3, batch_size: 32}}
+""")
+    return path
+
+
+def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    done = run_pipeline(recipe)
+    folder = tmp_path / "runs" / "tiny" / "teacher"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest == done["teacher"]
+    assert set(manifest["metrics"]["dev"]) == {"accuracy"} and 0 <= manifest["metrics"]["dev"]["accuracy"] <= 1
+    assert "model/model.safetensors" in manifest["outputs"] and manifest["params"] > 0
+    assert any(k.endswith("SST-2/train.tsv") for k in manifest["inputs"])
+    assert manifest["env"]["versions"]["torch"].startswith("2.13") and manifest["env"]["host"]["cpu"]
+    assert manifest["config"]["teacher"]["epochs"] == 1.0 and manifest["timing"]["wall_s"] > 0
+    assert not list(folder.parent.glob(".teacher.tmp-*"))
+    created = manifest["created"]
+    # unchanged -> reused
+    capsys.readouterr()
+    again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))
+    assert again["teacher"]["created"] == created and "up to date" in capsys.readouterr().out
+    # a tampered output is not trusted
+    (folder / "metrics.json").write_text("{}")
+    assert run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]["created"] != created
+    # forced
+    created = json.loads((folder / "manifest.json").read_text())["created"]
+    forced = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
+    assert forced["teacher"]["created"] != created and forced["teacher"]["fingerprint"] == manifest["fingerprint"]
+    # changed config -> redone with a new fingerprint
+    changed = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, epochs=2)))
+    assert changed["teacher"]["fingerprint"] != manifest["fingerprint"]
+
+
+def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
+    recipe = load_recipe(_recipe(tmp_path, tmp_path / "no-such-model"))
+    with pytest.raises(CompressError, match="no-such-model"):
+        run_pipeline(recipe)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
+    with pytest.raises(CompressError, match="unknown stage 'distil'"):
+        run_pipeline(recipe, until="distil")
+
+
+def test_cli_one_line_error(tmp_path, capsys):
+    from compress.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: {name: sst2}\nteacher: {batch: 3}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "teacher.batch: unknown key" in err and str(bad) in err

