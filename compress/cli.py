@@ -60,6 +60,52 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+def cmd_bundle(args) -> int:
+    if args.model is None:  # a recipe: run its stages up to `bundle`
+        if args.recipe is None:
+            raise CompressError("compress bundle: give a RECIPE, or --model and --tokenizer for a single ONNX file")
+        from compress.config import load_recipe
+        from compress.pipeline import run_pipeline
+
+        recipe = load_recipe(args.recipe, _overrides(args.set))
+        done = run_pipeline(recipe, until="bundle", force=tuple(args.force))
+        for rel in done["bundle"].get("bundle", {}).get("paths", []):
+            print(f"bundle: {recipe.run_dir / 'bundle' / rel}")
+        return 0
+    from compress.bundle import build
+    from compress.data import GLUE_TASKS
+
+    if args.tokenizer is None:
+        raise CompressError("compress bundle --model: --tokenizer (a tokenizer.json) is required")
+    spec = GLUE_TASKS.get(args.task)
+    labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
+    if labels is None and not args.regression:
+        raise CompressError(f"--task {args.task!r} is not a GLUE task: give --labels a,b,... (or --regression)")
+    pair = args.pair or bool(spec and spec.text_pair)
+    name = args.name or f"{args.task}-int8"
+    folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,
+                            labels=None if args.regression else labels, text_pair=pair, max_length=args.max_length,
+                            source={"model": str(args.model)}, ort_format=not args.no_ort)
+    print(f"bundle: {folder}\narchive: {archive}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from compress.bundle import predict
+
+    result = predict(args.bundle, [args.text], None if args.text_pair is None else [args.text_pair],
+                     threads=args.threads)[0]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "label" in result:
+        print(f"{result['label']}\t{result['score']:.4f}")
+    else:
+        print(f"{result['value']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description="Distil, prune, quantize and ship BERT-family "
                                      "encoders. Recipes (YAML) in pipelines/ drive every stage.")
@@ -89,6 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "fetch"])
     p.add_argument("names", nargs="*", help="zoo names to fetch (default: all)")
     p.set_defaults(fn=cmd_zoo)
+
+    p = sub.add_parser("bundle", help="edge bundle: int8 ONNX + tokenizer + manifest + predict.py (folder and .tar.gz)",
+                       description="Build an edge bundle: a folder and a .tar.gz with the int8 ONNX model (and .ort), "
+                       "tokenizer.json, labels, manifest.json (sha256 of every file), a model card and a predict.py "
+                       "that needs only onnxruntime, tokenizers and numpy. With RECIPE: run the recipe up to its "
+                       "bundle stage (the model is picked per the recipe's bundle section). With --model: bundle "
+                       "one int8 ONNX file.")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (runs its stages up to `bundle`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if unchanged")
+    p.add_argument("--model", help="an int8 ONNX file to bundle (instead of a recipe)")
+    p.add_argument("--tokenizer", help="its tokenizer.json (with --model)")
+    p.add_argument("--task", default="sst2", help="task name; GLUE names fill in labels and pairs (default: sst2)")
+    p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks)")
+    p.add_argument("--regression", action="store_true", help="the model outputs one real value")
+    p.add_argument("--pair", action="store_true", help="the model reads text pairs (non-GLUE tasks)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default 128)")
+    p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
+    p.add_argument("--out", default="dist", help="output folder (default: dist)")
+    p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
+    p.set_defaults(fn=cmd_bundle)
+
+    p = sub.add_parser("predict", help="classify a text with a bundle (sha256-verified first)",
+                       description="Verify a bundle (folder or .tar.gz: every file's sha256, no unlisted file, no "
+                       "archive member escaping the folder) and classify TEXT (and TEXT_PAIR for pair tasks).")
+    p.add_argument("bundle", help="bundle folder or .tar.gz")
+    p.add_argument("text")
+    p.add_argument("text_pair", nargs="?", help="second text, for pair tasks")
+    p.add_argument("--json", action="store_true", help="print every label's score as JSON")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.set_defaults(fn=cmd_predict)
     return parser
 
 

@@ -1,0 +1,334 @@
+"""Edge bundle: one folder (and the same folder as a ``.tar.gz``) that holds all a device needs to run the model.
+
+    <name>/
+      model.onnx        int8 ONNX model (onnxruntime)
+      model.ort         the same model in ORT format (onnxruntime mobile / minimal builds), when asked for
+      tokenizer.json    the tokenizer (HF `tokenizers`), truncation and padding set to the bundle's max length
+      labels.json       label names in logit order (null for regression)
+      predict.py        standalone runner: onnxruntime + tokenizers + numpy only (source: compress/bundle_predict.py)
+      README.md         model card: task, metrics, latency and its protocol, usage, provenance
+      manifest.json     format, sha256 of every other file, model inputs/outputs, max length, task, metrics,
+                        latency with protocol, versions
+
+`build` writes the folder and the archive each through a temporary path and a rename. `open_bundle` verifies a
+folder, or extracts an archive into a temporary folder first, refusing any member that is not a plain file or
+folder inside the destination. `compress predict` and ``predict.py`` verify every sha256 before loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Optional
+
+from compress import bundle_predict
+from compress.bundle_predict import FORMAT, MANIFEST, BundleError, sha256_file
+from compress.errors import CompressError
+from compress.manifest import now_utc, versions, write_json
+
+log = logging.getLogger(__name__)
+
+PREDICT_SOURCE = Path(bundle_predict.__file__)
+RUNTIME = ("onnxruntime", "tokenizers", "numpy")  # all predict.py needs
+
+
+# ------------------------------------------------------------------------------------------------------ pieces
+def runtime_requirements() -> dict[str, str]:
+    """Pinned versions of the packages predict.py needs (the ones the bundle was built and checked with)."""
+    return {name: metadata.version(name) for name in RUNTIME}
+
+
+def model_io(onnx_path: Path) -> dict:
+    """Input and output names, element types and shapes (symbolic dims as names) of an ONNX model."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CompressError(f"{onnx_path}: onnxruntime cannot load this model ({str(e).splitlines()[0]})") from None
+
+    def describe(args):
+        return [{"name": a.name, "type": a.type, "shape": [d if d is not None else "?" for d in a.shape]}
+                for a in args]
+
+    return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
+
+
+def is_int8(onnx_path: Path) -> bool:
+    """True when the model holds 8-bit integer weights (QLinear/Integer ops or (Dynamic)QuantizeLinear nodes)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(n.op_type in ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul",
+                             "DynamicQuantizeMatMul", "QAttention", "QGemm") for n in model.graph.node)
+
+
+def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
+    """Copy ``tokenizer.json`` with truncation at ``max_length`` and padding to the longest row baked in.
+
+    Returns the tokenizer entry of the manifest (file, pad token and id). The pad token is the one the tokenizer
+    already pads with, else the one named in a ``tokenizer_config.json`` beside it, else a usual name in the vocab.
+    """
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(src))
+    except Exception as e:  # tokenizers raises plain Exceptions
+        raise CompressError(f"{src}: not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
+    pad_token = (tok.padding or {}).get("pad_token")
+    config = src.with_name("tokenizer_config.json")
+    if pad_token is None and config.is_file():
+        value = json.loads(config.read_text()).get("pad_token")
+        pad_token = value.get("content") if isinstance(value, dict) else value
+    if pad_token is None:
+        pad_token = next((t for t in ("[PAD]", "<pad>", "<|pad|>") if tok.token_to_id(t) is not None), None)
+    if pad_token is None or tok.token_to_id(pad_token) is None:
+        raise CompressError(f"{src}: cannot tell the padding token (none set, no tokenizer_config.json pad_token, "
+                            f"no [PAD]/<pad> in the vocabulary)")
+    pad_id = tok.token_to_id(pad_token)
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    tok.save(str(dst))
+    return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}
+
+
+def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
+    """ORT-format copy of a model, with only the hardware-independent (basic) graph optimisations applied, so it
+    runs on any device's onnxruntime (mobile and minimal builds included)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(ort_path)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def _fmt_metric(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def model_card(manifest: dict) -> str:
+    """README.md of a bundle: what the model does, how well and how fast, how to run it, where it came from."""
+    task = manifest["task"]
+    req = manifest["requirements"]
+    pair = task.get("text_pair")
+    example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
+    call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
+    lines = [f"# {manifest['name']}", "",
+             f"Task **{task['name']}** ({'text pair' if pair else 'single text'}"
+             f"{', regression' if task.get('labels') is None else ', labels: ' + ', '.join(map(str, task['labels']))})."
+             f" Int8 ONNX model; inputs truncated to {manifest['max_length']} tokens.", ""]
+    lines += ["## Quality", ""]
+    metrics = manifest.get("metrics") or {}
+    if metrics:
+        lines += ["| split | metric | value |", "|---|---|---|"]
+        for split, values in metrics.items():
+            if isinstance(values, dict):
+                lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
+            else:
+                lines.append(f"| - | {split} | {_fmt_metric(values)} |")
+    else:
+        lines.append("Not measured.")
+    lines += ["", "## Latency", ""]
+    latency = manifest.get("latency")
+    if latency:
+        shown = ", ".join(f"{k} {v}" for k, v in latency.items() if k != "protocol")
+        lines.append(f"{shown} (measured when the bundle was built).")
+        if latency.get("protocol"):
+            lines.append(f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`.")
+    else:
+        lines.append("Not measured for this bundle.")
+    lines += ["", "## Run it", "", "```sh",
+              "pip install " + " ".join(f"{k}=={v}" for k, v in req.items()),
+              f"python predict.py {example}            # label<TAB>score",
+              f"python predict.py --json {example}     # all scores as JSON",
+              "```", "",
+              "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
+              "refuses a bundle with a changed or extra file. From Python:", "", "```python",
+              "from predict import Predictor", "",
+              f"Predictor('.').predict({call})",
+              "```", "",
+              "`model.ort` (when present) is the same model in ORT format, for onnxruntime mobile/minimal builds.", "",
+              "## Files", "", "sha256 of each (and of this README) in `manifest.json`.", "",
+              "| file | bytes | sha256 |", "|---|---|---|"]
+    for rel, digest in manifest["files"].items():
+        if rel != "README.md":
+            lines.append(f"| {rel} | {manifest['sizes'][rel]} | `{digest[:16]}…` |")
+    lines += ["", "## Provenance", ""]
+    for key, value in (manifest.get("source") or {}).items():
+        lines.append(f"- {key}: {value}")
+    lines.append(f"- built: {manifest['created']} with compress {manifest['versions'].get('compress')}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------ building
+def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, labels: Optional[list[str]],
+          text_pair: bool, max_length: int, metrics: Optional[dict] = None, latency: Optional[dict] = None,
+          source: Optional[dict] = None, ort_format: bool = True, require_int8: bool = True) -> tuple[Path, Path]:
+    """Write ``out_dir/name/`` and ``out_dir/name.tar.gz``; returns both paths.
+
+    ``model`` is the ONNX file to ship (int8 unless ``require_int8`` is off), ``tokenizer`` its ``tokenizer.json``,
+    ``labels`` the label names in logit order (None: regression), ``latency`` a dict of numbers plus ``protocol``.
+    """
+    model, tokenizer, out_dir = Path(model), Path(tokenizer), Path(out_dir)
+    if not model.is_file():
+        raise CompressError(f"{model}: model file not found")
+    if not tokenizer.is_file():
+        raise CompressError(f"{tokenizer}: tokenizer.json not found")
+    if PurePosixPath(name).name != name or name in ("", ".", ".."):
+        raise CompressError(f"bundle name {name!r}: must be a plain folder name")
+    if require_int8 and not is_int8(model):
+        raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shutil.copyfile(model, tmp / "model.onnx")
+        io = model_io(tmp / "model.onnx")
+        if ort_format:
+            convert_to_ort(tmp / "model.onnx", tmp / "model.ort")
+        tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
+        write_json(tmp / "labels.json", {"labels": labels})
+        shutil.copyfile(PREDICT_SOURCE, tmp / "predict.py")
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "task": {"name": task, "labels": labels, "text_pair": text_pair, "regression": labels is None},
+            "max_length": max_length,
+            "model": {"file": "model.onnx", "ort_file": "model.ort" if ort_format else None, "int8": is_int8(model),
+                      **io},
+            "tokenizer": tok_entry,
+            "labels_file": "labels.json",
+            "metrics": metrics or {},
+            "latency": latency,
+            "source": source or {},
+            "requirements": runtime_requirements(),
+            "versions": versions(),
+            "created": now_utc(),
+        }
+        manifest["files"], manifest["sizes"] = _hashes(tmp)
+        (tmp / "README.md").write_text(model_card(manifest), encoding="utf-8")
+        manifest["files"], manifest["sizes"] = _hashes(tmp)
+        write_json(tmp / MANIFEST, manifest)
+        bundle_predict.verify(tmp)  # what we ship must pass the check the device will run
+        folder = _replace(tmp, out_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    archive = out_dir / f"{name}.tar.gz"
+    tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
+    try:
+        make_tar(folder, tmp_tar)
+        os.replace(tmp_tar, archive)
+    finally:
+        tmp_tar.unlink(missing_ok=True)
+    return folder, archive
+
+
+def _hashes(folder: Path) -> tuple[dict, dict]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    digests = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in files}
+    return digests, sizes
+
+
+def _replace(tmp: Path, folder: Path) -> Path:
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def make_tar(folder: Path, tar_path: Path) -> None:
+    """gzip'd tar of ``folder`` under its own name; members sorted, owners and times normalised (reproducible)."""
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    with tarfile.open(tar_path, "w:gz", compresslevel=6) as tar:
+        tar.add(folder, arcname=folder.name, recursive=False, filter=clean)
+        for path in sorted(folder.rglob("*")):
+            if "__pycache__" in path.parts:
+                continue
+            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder).as_posix()}", recursive=False,
+                    filter=clean)
+
+
+# ------------------------------------------------------------------------------------------------------ opening
+def safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract a bundle archive into ``dest``; returns the bundle folder.
+
+    Every member is checked before anything is written: only regular files and folders, relative paths that stay
+    inside ``dest`` (no ``..``, no absolute path, no link), all under one top-level folder.
+    """
+    archive, dest = Path(archive), Path(dest)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise CompressError(f"{archive}: not a readable bundle archive ({e})") from None
+    with tar:
+        members = tar.getmembers()
+        root = dest.resolve()
+        tops = set()
+        for m in members:
+            path = PurePosixPath(m.name)
+            if path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\")) or ":" in path.parts[0]:
+                raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
+            if not (root / m.name).resolve().is_relative_to(root):
+                raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
+            if not (m.isfile() or m.isdir()):
+                raise CompressError(f"{archive}: member {m.name!r} is a link or special file; refusing the archive")
+            tops.add(path.parts[0])
+        if len(tops) != 1:
+            raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
+        tar.extractall(dest, members=members, filter="data")
+    return dest / tops.pop()
+
+
+@contextlib.contextmanager
+def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
+    """A verified bundle folder: ``path`` itself, or an archive extracted into a temporary folder."""
+    path = Path(path)
+    if path.is_dir():
+        folder_cm = contextlib.nullcontext(path)
+    elif path.is_file():
+        folder_cm = _extracted(path)
+    else:
+        raise CompressError(f"{path}: no such bundle folder or archive")
+    with folder_cm as folder:
+        try:
+            bundle_predict.verify(folder)
+        except BundleError as e:
+            raise CompressError(str(e)) from None
+        yield folder
+
+
+@contextlib.contextmanager
+def _extracted(archive: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="compress-bundle-") as tmp:
+        yield safe_extract(archive, Path(tmp))
+
+
+def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[str]] = None,
+            threads: Optional[int] = None) -> list[dict]:
+    """Verify a bundle (folder or archive), load it and classify ``texts`` (with ``pairs`` for pair tasks)."""
+    with open_bundle(bundle) as folder:
+        try:
+            return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
+        except BundleError as e:
+            raise CompressError(f"{bundle}: {e}") from None

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Run an edge bundle made by ``compress bundle``: ``python predict.py "text" ["text pair"]``.
+
+This file is copied into every bundle as ``predict.py``. It needs only the Python standard library, onnxruntime,
+tokenizers and numpy (no torch, no transformers), so it runs on a device that holds nothing but the bundle:
+
+    pip install onnxruntime tokenizers numpy
+    python predict.py "a gripping, funny film"            # label and score
+    python predict.py --json "sentence one" "sentence two"  # pair task, JSON output
+
+Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
+the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
+(exit status 2). In Python: ``Predictor("path/to/bundle").predict(["text"])``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path, PurePosixPath
+
+if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    # Run as a script, Python puts the bundle folder first on sys.path: a planted "numpy.py" there would be imported
+    # before the files are verified. Nothing is imported from the bundle folder, so drop it.
+    del sys.path[0]
+
+FORMAT = "compress-bundle/1"
+MANIFEST = "manifest.json"
+
+
+class BundleError(Exception):
+    """A bundle that is missing, malformed or changed since it was built."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{folder}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a {FORMAT} manifest (format: {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise BundleError(f"{path}: 'files' must map every bundle file to its sha256")
+    return manifest
+
+
+def verify(folder: str | os.PathLike) -> dict:
+    """The bundle's manifest, after checking every listed file's sha256 and that no unlisted file is present."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    root = folder.resolve()
+    listed = set()
+    for rel, digest in manifest["files"].items():
+        parts = PurePosixPath(rel).parts
+        if PurePosixPath(rel).is_absolute() or ".." in parts or not parts or rel == MANIFEST:
+            raise BundleError(f"{folder / MANIFEST}: file entry {rel!r} is not a plain path inside the bundle")
+        path = folder.joinpath(*parts)
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{path}: listed in {MANIFEST} but missing (or not a regular file)")
+        if not path.resolve().is_relative_to(root):
+            raise BundleError(f"{path}: resolves outside the bundle")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise BundleError(f"{path}: sha256 mismatch (manifest {str(digest)[:12]}..., file {actual[:12]}...): "
+                              f"the file changed after the bundle was built; refusing to load")
+        listed.add(PurePosixPath(*parts))
+    for path in sorted(folder.rglob("*")):
+        rel = PurePosixPath(path.relative_to(folder).as_posix())
+        if "__pycache__" in rel.parts or rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink():
+            continue
+        if rel not in listed:
+            raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")
+    return manifest
+
+
+class Predictor:
+    """A verified bundle, loaded: ``predict(texts, pairs=None)`` -> one dict per text."""
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None, check: bool = True):
+        self.folder = Path(folder)
+        self.manifest = verify(self.folder) if check else read_manifest(self.folder)
+        import numpy as np
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        m = self.manifest
+        self.labels = m["task"].get("labels")
+        self.pair = bool(m["task"].get("text_pair"))
+        self.tokenizer = Tokenizer.from_file(str(self.folder / m["tokenizer"]["file"]))
+        self.tokenizer.enable_truncation(max_length=int(m["max_length"]))
+        self.tokenizer.enable_padding(pad_id=int(m["tokenizer"]["pad_id"]), pad_token=m["tokenizer"]["pad_token"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.folder / m["model"]["file"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self._np = np
+
+    def logits(self, texts: list[str], pairs: list[str] | None = None):
+        np = self._np
+        if pairs is not None and len(pairs) != len(texts):
+            raise BundleError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        encodings = self.tokenizer.encode_batch(batch)
+        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                   "token_type_ids": [e.type_ids for e in encodings]}
+        missing = [n for n in self.inputs if n not in columns]
+        if missing:
+            raise BundleError(f"model input {missing[0]!r} is not one the tokenizer provides ({', '.join(columns)})")
+        feed = {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs}
+        return self.session.run(None, feed)[0]
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        np = self._np
+        if self.pair and pairs is None:
+            raise BundleError("this model reads text pairs: give a second text")
+        if not self.pair and pairs is not None:
+            raise BundleError("this model reads single texts: give one text")
+        logits = self.logits(texts, pairs)
+        if self.labels is None:  # regression
+            return [{"value": float(row[0])} for row in logits]
+        z = logits - logits.max(axis=-1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+        out = []
+        for row in probs:
+            best = int(row.argmax())
+            out.append({"label": self.labels[best], "score": float(row[best]),
+                        "scores": {name: float(p) for name, p in zip(self.labels, row)}})
+        return out
+
+
+def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify a text (or a text pair) with this bundle's model.")
+    parser.add_argument("text")
+    parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
+                        help="bundle folder (default: the folder this file is in)")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor(args.bundle, threads=args.threads)
+        result = predictor.predict([args.text], None if args.text_pair is None else [args.text_pair])[0]
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "label" in result:
+        print(f"{result['label']}\t{result['score']:.4f}")
+    else:
+        print(f"{result['value']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

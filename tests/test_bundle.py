@@ -1,0 +1,269 @@
+"""Edge bundles: build, verify, extract safely, predict (in-process, with predict.py, and in a venv without torch)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.bundle import build, predict, safe_extract
+from compress.bundle_predict import FORMAT, sha256_file
+from compress.cli import main
+from compress.errors import CompressError
+
+from conftest import tiny_bert_config
+
+TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long"]
+PINNED = ["onnxruntime==1.32.0", "tokenizers==0.22.2", "numpy==2.4.6"]
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory) -> Path:
+    """A tiny random BERT classifier exported to ONNX and quantized to int8 (dynamic) with onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(folder / "fp32.onnx"), input_names=names,
+                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+                      opset_version=17, dynamo=False)
+    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8)
+    return folder / "int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def bundle(int8_model, tmp_path_factory, minilm_dir) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("bundles")
+    return build(out, "sst2-tiny", model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="sst2",
+                 labels=["negative", "positive"], text_pair=False, max_length=32,
+                 metrics={"dev": {"accuracy": 0.5}},
+                 latency={"p50_ms": 1.5, "p90_ms": 2.0, "protocol": {"batch_size": 1, "threads": 2}},
+                 source={"recipe": "test"})
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(folder, dest)
+    return dest
+
+
+def _same_result(a: dict, b: dict) -> None:
+    assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
+    assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)
+
+
+def _reference_logits(int8_model: Path, tokenizer, texts, max_length=32) -> np.ndarray:
+    """What the model gives with the HF tokenizer: the bundle must reproduce it without transformers."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(int8_model), providers=["CPUExecutionProvider"])
+    out = []
+    for text in texts:  # one at a time: no padding involved
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+        out.append(session.run(None, {k: v.astype(np.int64) for k, v in enc.items()})[0][0])
+    return np.stack(out)
+
+
+def test_round_trip_folder_and_archive(bundle, int8_model, tokenizer):
+    folder, archive = bundle
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "labels.json", "manifest.json", "model.onnx",
+                                                        "model.ort", "predict.py", "tokenizer.json"]
+    assert sha256_file(folder / "model.onnx") == sha256_file(int8_model)
+    assert (folder / "predict.py").read_text() == (Path(__file__).parent.parent / "compress" /
+                                                   "bundle_predict.py").read_text()
+    ref = _reference_logits(int8_model, tokenizer, TEXTS)
+    probs = np.exp(ref) / np.exp(ref).sum(-1, keepdims=True)
+    for source in (folder, archive):
+        results = predict(source, TEXTS)  # batched: padding must not change the answer
+        assert [r["label"] for r in results] == [["negative", "positive"][i] for i in ref.argmax(-1)]
+        np.testing.assert_allclose([[r["scores"]["negative"], r["scores"]["positive"]] for r in results], probs,
+                                   atol=1e-4)
+    # the archive holds exactly the folder, under its name, with normalised metadata
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    assert {m.name for m in members} == {"sst2-tiny"} | {f"sst2-tiny/{p.name}" for p in folder.iterdir()}
+    assert all(m.uid == 0 and m.mtime == 0 for m in members)
+    # the ORT-format copy runs and agrees with the ONNX model
+    import onnxruntime as ort
+
+    enc = tokenizer(TEXTS[0], return_tensors="np")
+    feed = {k: v.astype(np.int64) for k, v in enc.items()}
+    a = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    b = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_manifest_schema(bundle):
+    folder, _ = bundle
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["format"] == FORMAT and m["name"] == "sst2-tiny"
+    assert m["task"] == {"name": "sst2", "labels": ["negative", "positive"], "text_pair": False, "regression": False}
+    assert m["max_length"] == 32
+    assert [i["name"] for i in m["model"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(i["shape"] == ["batch", "sequence"] and i["type"] == "tensor(int64)" for i in m["model"]["inputs"])
+    assert m["model"]["outputs"][0]["name"] == "logits" and m["model"]["outputs"][0]["shape"][-1] == 2
+    assert m["model"]["file"] == "model.onnx" and m["model"]["ort_file"] == "model.ort" and m["model"]["int8"]
+    assert m["tokenizer"] == {"file": "tokenizer.json", "pad_token": "[PAD]", "pad_id": 0}
+    assert m["metrics"] == {"dev": {"accuracy": 0.5}}
+    assert m["latency"]["p50_ms"] == 1.5 and m["latency"]["protocol"]["threads"] == 2
+    assert m["requirements"] == dict(p.split("==") for p in PINNED)
+    assert m["versions"]["onnxruntime"] == "1.32.0" and m["versions"]["compress"]
+    # every file but the manifest is listed with its real sha256 and size
+    on_disk = {p.name for p in folder.iterdir()} - {"manifest.json"}
+    assert set(m["files"]) == on_disk == set(m["sizes"])
+    for rel, digest in m["files"].items():
+        assert digest == sha256_file(folder / rel) and m["sizes"][rel] == (folder / rel).stat().st_size
+    assert json.loads((folder / "labels.json").read_text()) == {"labels": ["negative", "positive"]}
+    # the shipped tokenizer truncates at max_length and pads to the longest row
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    assert tok["truncation"]["max_length"] == 32 and tok["padding"]["strategy"] == "BatchLongest"
+    card = (folder / "README.md").read_text()
+    assert "sst2" in card and "0.5000" in card and "pip install onnxruntime==1.32.0" in card and "p50" in card
+
+
+def test_tampered_file_is_refused(bundle, tmp_path):
+    folder = _copy(bundle[0], tmp_path / "b")
+    data = bytearray((folder / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (folder / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(CompressError, match=r"model\.onnx: sha256 mismatch"):
+        predict(folder, TEXTS)
+    # predict.py itself refuses too, with one line and exit status 2
+    proc = subprocess.run([sys.executable, str(folder / "predict.py"), "hello"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "sha256 mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    # the CLI: one line, exit status 2
+    proc = subprocess.run([sys.executable, "-m", "compress", "predict", str(folder), "hello"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "sha256 mismatch" in proc.stderr
+
+
+def test_planted_or_missing_file_is_refused(bundle, tmp_path):
+    folder = _copy(bundle[0], tmp_path / "planted")
+    (folder / "numpy.py").write_text("raise SystemExit('planted module ran')\n")
+    with pytest.raises(CompressError, match=r"numpy\.py: not listed in manifest\.json"):
+        predict(folder, TEXTS)
+    proc = subprocess.run([sys.executable, str(folder / "predict.py"), "hello"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not listed" in proc.stderr and "planted module ran" not in proc.stderr
+    folder = _copy(bundle[0], tmp_path / "missing")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but missing"):
+        predict(folder, TEXTS)
+
+
+def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+@pytest.mark.parametrize("evil", ["dotdot", "absolute", "symlink", "hardlink"])
+def test_escaping_archive_member_is_refused(bundle, tmp_path, evil):
+    folder, _ = bundle
+    members = [(tarfile.TarInfo("b"), None)]
+    members[0][0].type = tarfile.DIRTYPE
+    members += [_file(f"b/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir())]
+    if evil == "dotdot":
+        members.append(_file("b/../../escaped.txt"))
+    elif evil == "absolute":
+        members.append(_file(str(tmp_path / "escaped.txt")))
+    else:
+        link = tarfile.TarInfo("b/link")
+        link.type = tarfile.SYMTYPE if evil == "symlink" else tarfile.LNKTYPE
+        link.linkname = str(tmp_path / "escaped.txt") if evil == "symlink" else "../../escaped.txt"
+        members.append((link, None))
+    archive = _tar_with(tmp_path / "evil.tar.gz", members)
+    dest = tmp_path / "x" / "y"
+    dest.mkdir(parents=True)
+    with pytest.raises(CompressError, match="refusing the archive"):
+        safe_extract(archive, dest)
+    assert list(dest.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+    with pytest.raises(CompressError, match="refusing the archive"):
+        predict(archive, TEXTS)
+    assert main(["predict", str(archive), "hello"]) == 2
+
+
+def test_tampered_archive_is_refused(bundle, tmp_path):
+    folder, _ = bundle
+    members = [_file(f"b/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir())]
+    members = [(i, d.replace(b"positive", b"POSITIVE") if i.name.endswith("labels.json") else d) for i, d in members]
+    members = [(i, d) if not i.name.endswith("labels.json") else _file(i.name, d) for i, d in members]
+    archive = _tar_with(tmp_path / "t.tar.gz", members)
+    with pytest.raises(CompressError, match=r"labels\.json: sha256 mismatch"):
+        predict(archive, TEXTS)
+
+
+def test_predict_py_imports_no_torch(bundle):
+    """predict.py run by this project's interpreter (which has torch) never imports torch or transformers."""
+    folder, _ = bundle
+    code = ("import runpy, sys, json\n"
+            "sys.argv = ['predict.py', '--json', sys.argv[1]]\n"
+            "try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+            "print('HEAVY', json.dumps(heavy))\n")
+    proc = subprocess.run([sys.executable, "-c", code, TEXTS[0]], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    out, heavy = proc.stdout.split("HEAVY")
+    assert json.loads(heavy) == []
+    _same_result(json.loads(out), predict(folder, TEXTS[:1])[0])
+
+
+def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+                 "--task", "mrpc", "--max-length", "48", "--out", str(tmp_path), "--no-ort"]) == 0
+    folder = tmp_path / "mrpc-int8"
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["task"]["text_pair"] is True and m["task"]["labels"] == ["0", "1"] and m["model"]["ort_file"] is None
+    assert not (folder / "model.ort").exists() and (tmp_path / "mrpc-int8.tar.gz").is_file()
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "mrpc-int8.tar.gz"), "he said hi", "he greeted us", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["scores"]) == {"0", "1"} and result["label"] in ("0", "1")
+    assert main(["predict", str(folder), "only one text"]) == 2
+    assert "reads text pairs" in capsys.readouterr().err
+
+
+def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
+    with pytest.raises(CompressError, match="not an int8 model"):
+        build(tmp_path, "fp32", model=int8_model.with_name("fp32.onnx"), tokenizer=minilm_dir / "tokenizer.json",
+              task="sst2", labels=["0", "1"], text_pair=False, max_length=32)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
+    """The device story: a new venv with only onnxruntime, tokenizers and numpy runs the bundle's predict.py."""
+    folder, archive = bundle
+    venv = tmp_path_factory.mktemp("venv") / "device"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PINNED], check=True)
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch'), "
+                            "u.find_spec('transformers'))"], capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["None", "None"]
+    device = tmp_path_factory.mktemp("device")
+    unpacked = safe_extract(archive, device)  # what a user does with the archive on the device
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(py), "predict.py", "--json", TEXTS[0]], capture_output=True, text=True, cwd=unpacked,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    _same_result(json.loads(proc.stdout), predict(folder, TEXTS[:1])[0])
