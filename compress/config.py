@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -114,10 +115,228 @@ class TeacherConfig(TrainConfig):
 
 
 @dataclass
+class MatchConfig:
+    """One intermediate-layer match (TextBrewer style): which teacher feature the student imitates, and how.
+
+    Layers count from 1 (the output of layer i); layer 0 is the embedding output. ``feature: embedding`` ignores the
+    layer numbers. Position-wise losses are used only on rows whose two tokenizations align position by position."""
+
+    teacher_layer: int
+    student_layer: int
+    feature: Literal["hidden", "attention", "embedding"] = "hidden"
+    loss: Literal["mse", "kl"] = "mse"
+    """hidden/embedding: mse. attention: mse on attention probabilities, or kl (teacher || student) per query row."""
+    weight: float = 1.0
+    projection: Literal["auto", "linear", "none"] = "auto"
+    """hidden/embedding: a learned linear map student width -> teacher width ("auto": only when widths differ)."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.teacher_layer < 0 or self.student_layer < 0:
+            raise CompressError(f"{file}: {where}: layers count from 1 (0 = embeddings), got "
+                                f"teacher_layer={self.teacher_layer}, student_layer={self.student_layer}")
+        if self.feature != "attention" and self.loss == "kl":
+            raise CompressError(f"{file}: {where}.loss: kl is for attention maps; {self.feature} uses mse")
+        if self.feature == "attention" and (self.teacher_layer == 0 or self.student_layer == 0):
+            raise CompressError(f"{file}: {where}: attention maps exist for layers >= 1, not the embeddings (0)")
+        if self.weight < 0:
+            raise CompressError(f"{file}: {where}.weight: must be >= 0, got {self.weight}")
+
+
+@dataclass
+class DistillConfig:
+    """How a student learns from the teacher: logit KD mixed with the gold labels, plus intermediate matches."""
+
+    temperature: float = 2.0
+    """Softmax temperature of the logit KD (the loss is scaled by T^2)."""
+    kd_weight: float = 1.0
+    """Weight of KL(teacher || student) at T (MSE on logits for regression tasks)."""
+    hard_label_weight: float = 0.5
+    """Weight of the cross-entropy with the gold labels (0: pure distillation)."""
+    matches: list[MatchConfig] = field(default_factory=list)
+    """Explicit intermediate matches (teacher layer, student layer, feature, loss, weight, projection)."""
+    layer_map: Optional[Literal["uniform", "last"]] = None
+    """Generate matches for you: "uniform" pairs student layer i with teacher layer i*T/S (TinyBERT), "last" pairs
+    the last layers only. Added to ``matches``."""
+    layer_map_features: list[Literal["hidden", "attention", "embedding"]] = field(
+        default_factory=lambda: ["hidden", "attention"])
+    """Features the generated matches use (attention with loss kl, hidden/embedding with mse), weight 1."""
+    two_step: bool = False
+    """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
+    intermediate_max_steps: Optional[int] = None
+    """two_step: optimizer steps of the intermediate step (default: the same budget as the prediction step)."""
+    cache_teacher_logits: bool = True
+    """Compute the teacher's logits once, ahead of training (logit-only KD then never reruns the teacher)."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.temperature <= 0:
+            raise CompressError(f"{file}: {where}.temperature: must be > 0, got {self.temperature}")
+        for key in ("kd_weight", "hard_label_weight"):
+            if getattr(self, key) < 0:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.two_step and not self.matches and self.layer_map is None:
+            raise CompressError(f"{file}: {where}.two_step: needs intermediate matches (matches or layer_map)")
+        if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
+            raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
+
+
+@dataclass
+class StudentConfig:
+    """One student: its architecture (model surgery on the teacher or a narrow BERT), distillation and training."""
+
+    name: str
+    """Folder name under the distill stage: <run>/distill/<name>/model."""
+    kind: Literal["layer_drop", "narrow"] = "layer_drop"
+    """layer_drop (DistilBERT): the teacher's width, a subset of its layers, weights copied from the teacher.
+    narrow (TinyBERT): a smaller BERT (layers/hidden/heads/ffn), random or from a checkpoint (``init``)."""
+    layers: Optional[int] = None
+    """Number of layers. layer_drop default: half the teacher's (every other layer); narrow: required unless init."""
+    keep_layers: Optional[list[int]] = None
+    """Which layers (1-based) to keep from the teacher (layer_drop) or the init checkpoint (narrow). Default: evenly
+    spaced, always including the last."""
+    hidden: Optional[int] = None
+    """narrow: hidden width (must divide by heads). layer_drop: must equal the teacher's, if given."""
+    heads: Optional[int] = None
+    ffn: Optional[int] = None
+    """narrow: feed-forward width (default 4 x hidden)."""
+    init: str = "random"
+    """narrow: "random", or a checkpoint (zoo name such as minilm-l6, or a folder) truncated to ``layers``."""
+    tokenizer: Optional[str] = None
+    """narrow: the student's own tokenizer (zoo name/folder). Default: the init checkpoint's, else the teacher's."""
+    vocab_size: Optional[int] = None
+    """narrow + random: vocabulary size (must match the tokenizer used)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, file: str, where: str) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise CompressError(f"{file}: {where}.name: a plain folder name is needed, got {self.name!r}")
+        for key in ("layers", "hidden", "heads", "ffn", "vocab_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
+        if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
+            raise CompressError(f"{file}: {where}: hidden {self.hidden} is not divisible by heads {self.heads} "
+                                f"(each head gets hidden/heads dimensions)")
+        if self.keep_layers is not None:
+            if not self.keep_layers or min(self.keep_layers) < 1:
+                raise CompressError(f"{file}: {where}.keep_layers: a non-empty list of layers counted from 1")
+            if self.layers is not None and self.layers != len(self.keep_layers):
+                raise CompressError(f"{file}: {where}: layers={self.layers} but keep_layers lists "
+                                    f"{len(self.keep_layers)}")
+        if self.kind == "layer_drop" and self.init != "random":
+            raise CompressError(f"{file}: {where}.init: layer_drop students always start from the teacher's weights")
+        if self.kind == "narrow" and self.init == "random" and self.layers is None and self.keep_layers is None:
+            raise CompressError(f"{file}: {where}.layers: a narrow student with random init needs layers")
+
+
+@dataclass
+class LayerPruneConfig:
+    """Per-layer override of the pruning ratios: that layer is ranked on its own for the kinds set here."""
+
+    heads: Optional[float] = None
+    """Fraction of this layer's attention heads to remove (None: the layer follows ``prune.heads``)."""
+    ffn: Optional[float] = None
+    """Fraction of this layer's FFN neurons to remove (None: the layer follows ``prune.ffn``)."""
+
+    def validate(self, file: str, where: str) -> None:
+        for key in ("heads", "ffn"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise CompressError(f"{file}: {where}.{key}: a ratio in [0, 1) is needed, got {value}")
+
+
+@dataclass
+class RecoverConfig(TrainConfig):
+    """Distillation recovery after each pruning step: logit KD from a teacher plus the gold labels."""
+
+    teacher: Literal["unpruned", "teacher"] = "unpruned"
+    """Who teaches: "unpruned" (the model before pruning: the distilled student, or the teacher when there is no
+    distill stage) or "teacher" (the original fine-tuned teacher of the teacher stage)."""
+    temperature: float = 2.0
+    """Softmax temperature of the logit KD (the loss is scaled by T^2)."""
+    kd_weight: float = 1.0
+    """Weight of KL(teacher || student) at T (MSE on logits for regression tasks)."""
+    hard_label_weight: float = 0.5
+    """Weight of the cross-entropy with the gold labels."""
+
+    def validate(self, file: str, where: str) -> None:
+        super().validate(file, where)
+        if self.temperature <= 0:
+            raise CompressError(f"{file}: {where}.temperature: must be > 0, got {self.temperature}")
+        for key in ("kd_weight", "hard_label_weight"):
+            if getattr(self, key) < 0:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning (stage `prune`): remove attention heads and FFN neurons, then recover by distillation.
+
+    The target is a ratio per kind (``heads``, ``ffn``) or a budget (``keep_params`` or ``keep_macs``), reached in
+    ``steps`` equal steps, each followed by ``recover``. The hidden size never changes."""
+
+    heads: float = 0.0
+    """Fraction of all attention heads to remove, in [0, 1)."""
+    ffn: float = 0.0
+    """Fraction of all FFN (intermediate) neurons to remove, in [0, 1)."""
+    scope: Literal["global", "per_layer"] = "global"
+    """global: heads (and neurons) are ranked across layers, so layers end up with different sizes; per_layer: every
+    layer loses the same fraction."""
+    layers: Optional[dict[str, LayerPruneConfig]] = None
+    """Per-layer overrides, by layer name in the unpruned model: {layer.0: {heads: 0.5}, layer.5: {ffn: 0.25}}."""
+    keep_params: Optional[float] = None
+    """Budget instead of ratios: keep this fraction of the encoder layers' parameters (one ratio for both kinds,
+    the smallest that fits, found by bisection). Excludes heads/ffn/keep_macs."""
+    keep_macs: Optional[float] = None
+    """Budget instead of ratios: keep this fraction of the encoder layers' MACs at the task's max_length."""
+    importance: Literal["l1", "l2", "taylor"] = "taylor"
+    """l1/l2: weight magnitude of the coupled rows/columns; taylor: |weight x gradient| over calibration batches."""
+    calibration_batches: int = 16
+    """Taylor: number of batches of task training rows whose gradients score the heads and neurons."""
+    calibration_batch_size: int = 32
+    steps: int = 1
+    """Iterative pruning: reach the target in this many equal steps, each followed by recovery."""
+    drop_empty_layers: bool = False
+    """Let the global ranking remove all heads and all FFN neurons of a layer, and then drop that layer."""
+    source: Optional[str] = None
+    """Model to prune: "teacher" or a student name (stage distill). Default: the first student when the recipe has
+    students, otherwise the teacher."""
+    recover: Optional[RecoverConfig] = field(default_factory=lambda: RecoverConfig(epochs=1.0, lr=1.0e-4))
+    """Distillation after each step; null: no recovery (prune only)."""
+
+    def validate(self, file: str, where: str) -> None:
+        for key in ("heads", "ffn"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise CompressError(f"{file}: {where}.{key}: a ratio in [0, 1) is needed (1 would remove every "
+                                    f"one), got {value}")
+        budgets = [k for k in ("keep_params", "keep_macs") if getattr(self, k) is not None]
+        for key in budgets:
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                raise CompressError(f"{file}: {where}.{key}: a fraction in (0, 1] is needed, got {value}")
+        if len(budgets) > 1 or (budgets and (self.heads or self.ffn)):
+            raise CompressError(f"{file}: {where}: give either ratios (heads/ffn) or one budget (keep_params or "
+                                f"keep_macs), not both")
+        if not budgets and not self.heads and not self.ffn and not self.layers:
+            raise CompressError(f"{file}: {where}: nothing to prune (set heads, ffn, layers, keep_params or keep_macs)")
+        for name in self.layers or {}:
+            if not re.fullmatch(r"(?:[\w.]*\.)?layer\.\d+", name):
+                raise CompressError(f"{file}: {where}.layers.{name}: unknown layer name (use layer.N, N from 0)")
+        for key in ("steps", "calibration_batches", "calibration_batch_size"):
+            if getattr(self, key) < 1:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
 class Recipe:
     name: str
     task: TaskConfig
     teacher: TeacherConfig
+    students: Optional[list[StudentConfig]] = None
+    """Students distilled from the teacher (stage `distill`)."""
+    prune: Optional[PruneConfig] = None
+    """Structured pruning of the student (or the teacher) with distillation recovery (stage `prune`)."""
     seed: int = 42
     runs_dir: str = "runs"
     """Where run folders go: <runs_dir>/<name>/<stage>/."""
@@ -131,6 +350,8 @@ class Recipe:
     def section(self, name: str) -> dict:
         """A section as plain data (for fingerprints and manifests)."""
         value = getattr(self, name)
+        if isinstance(value, list):  # e.g. students
+            return [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 

@@ -1,0 +1,79 @@
+"""DistilBERT-style students: keep a subset of an encoder's layers, copy everything else.
+
+Works for any model whose transformer blocks are one `nn.ModuleList` with ``config.num_hidden_layers`` entries
+(BERT, MPNet, RoBERTa, ELECTRA, DistilBERT...): the model is deep-copied, the list is replaced by the chosen layers
+and the config updated, so embeddings, pooler and task head come along unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from compress.errors import CompressError
+
+
+def encoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The (dotted name, ModuleList) holding the model's transformer layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0 \
+                and len({type(m) for m in module}) == 1 and name.endswith("layer"):
+            return name, module
+    for name, module in model.named_modules():  # any list of identical blocks of the configured depth
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0 and len({type(m) for m in module}) == 1:
+            return name, module
+    raise CompressError(f"{type(model).__name__}: no nn.ModuleList of {n} layers found; layer-drop students need an "
+                        "encoder whose layers are a ModuleList (BERT, MPNet, RoBERTa...)")
+
+
+def pick_layers(total: int, keep: int) -> list[int]:
+    """``keep`` of ``total`` layers (1-based), evenly spaced and ending with the last one: 6 -> 3 gives [2, 4, 6]."""
+    if not 1 <= keep <= total:
+        raise CompressError(f"cannot keep {keep} of {total} layers (the student can have 1 to {total})")
+    return [round((j + 1) * total / keep) for j in range(keep)]
+
+
+def drop_layers(model: torch.nn.Module, keep: list[int], *, what: str = "teacher") -> torch.nn.Module:
+    """A deep copy of ``model`` with only the layers ``keep`` (1-based, in order) in its encoder."""
+    name, layers = encoder_layers(model)
+    total = len(layers)
+    bad = [i for i in keep if not 1 <= i <= total]
+    if bad:
+        raise CompressError(f"layer {bad[0]} does not exist: the {what} has {total} layers (counted from 1)")
+    if len(set(keep)) != len(keep):
+        raise CompressError(f"layers {keep}: each layer can be kept once")
+    if sorted(keep) != list(keep):
+        raise CompressError(f"layers {keep}: list them in increasing order")
+    student = copy.deepcopy(model)
+    parent_name, _, attr = name.rpartition(".")
+    parent = student.get_submodule(parent_name) if parent_name else student
+    old = getattr(parent, attr)
+    new = torch.nn.ModuleList([old[i - 1] for i in keep])
+    for idx, layer in enumerate(new):  # layer indices used by caches / attention bookkeeping
+        for m in layer.modules():
+            if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int):
+                m.layer_idx = idx
+    setattr(parent, attr, new)
+    student.config.num_hidden_layers = len(keep)
+    if getattr(student.config, "layer_types", None) is not None:
+        student.config.layer_types = [student.config.layer_types[i - 1] for i in keep]
+    return student
+
+
+def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,
+                       keep_layers: Optional[list[int]] = None, hidden: Optional[int] = None) -> tuple[torch.nn.Module, list[int]]:
+    """The DistilBERT student of ``teacher``: default every other layer (half the depth, the last kept)."""
+    total = teacher.config.num_hidden_layers
+    width = teacher.config.hidden_size
+    if hidden is not None and hidden != width:
+        raise CompressError(f"hidden {hidden}: a layer-drop student keeps the teacher's width ({width}); "
+                            "use kind: narrow for a narrower student")
+    if keep_layers is None:
+        n = layers if layers is not None else max(1, total // 2)
+        if n > total:
+            raise CompressError(f"layers {n}: the teacher has only {total} layers to copy from")
+        keep_layers = pick_layers(total, n)
+    return drop_layers(teacher, list(keep_layers)), list(keep_layers)

@@ -1,0 +1,87 @@
+"""TinyBERT-style students: a narrower and/or shallower BERT.
+
+- ``init: random``: a fresh `BertForSequenceClassification` of the given shape (layers / hidden / heads / ffn) using
+  the teacher's tokenizer (or the student's own ``tokenizer``); its vocabulary must match that tokenizer.
+- ``init: <checkpoint>`` (zoo name such as ``minilm-l6``, or a folder): a general-distilled model with a fresh task
+  head, truncated to its first ``layers`` layers (or exactly ``keep_layers``). A checkpoint keeps its own width, heads
+  and tokenizer: asking for another width is an error, not a silent re-initialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from compress.config import StudentConfig
+from compress.data import TaskSpec
+from compress.errors import CompressError
+from compress.modeling import load_for_task, task_kwargs
+from students.layer_drop import drop_layers
+from teachers.zoo import resolve
+
+
+def _tokenizer(name: str):
+    try:
+        return AutoTokenizer.from_pretrained(resolve(name))
+    except OSError as e:
+        raise CompressError(f"tokenizer {name!r}: cannot load ({str(e).splitlines()[0]})") from None
+
+
+def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: int = 512) -> torch.nn.Module:
+    """A randomly initialised BERT classifier of the spec's shape."""
+    if spec.layers is None and spec.keep_layers is None:
+        raise CompressError(f"student {spec.name}: layers is required for a random narrow student")
+    layers = spec.layers or len(spec.keep_layers)
+    if spec.hidden is None:
+        raise CompressError(f"student {spec.name}: hidden is required for a random narrow student")
+    heads = spec.heads or max(1, spec.hidden // 64)
+    if spec.hidden % heads:
+        raise CompressError(f"student {spec.name}: hidden {spec.hidden} is not divisible by heads {heads}")
+    vocab = len(tokenizer)
+    if spec.vocab_size is not None and spec.vocab_size != vocab:
+        raise CompressError(
+            f"student {spec.name}: vocab_size {spec.vocab_size} does not match its tokenizer's {vocab} tokens; "
+            "give the student a tokenizer of its own (tokenizer: <zoo name or folder>) or drop vocab_size")
+    config = BertConfig(vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=spec.ffn or 4 * spec.hidden,
+                        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id or 0,
+                        **task_kwargs(task))
+    return BertForSequenceClassification(config)
+
+
+def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Module, object, Optional[list[int]]]:
+    """A general-distilled checkpoint with a fresh head, truncated as asked; its tokenizer; the layers kept."""
+    model, tokenizer = load_for_task(spec.init, task)
+    cfg = model.config
+    for key, have in (("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
+                      ("ffn", getattr(cfg, "intermediate_size", None))):
+        want = getattr(spec, key)
+        if want is not None and want != have:
+            raise CompressError(f"student {spec.name}: {key} {want}: checkpoint {spec.init!r} has {key} {have}; a "
+                                f"checkpoint keeps its shape (leave {key} out, or use init: random)")
+    total = cfg.num_hidden_layers
+    keep = spec.keep_layers
+    if keep is None and spec.layers is not None:
+        if spec.layers > total:
+            raise CompressError(f"student {spec.name}: layers {spec.layers}: checkpoint {spec.init!r} has only "
+                                f"{total} layers")
+        keep = list(range(1, spec.layers + 1))  # truncation: the bottom layers
+    if keep is not None and keep != list(range(1, total + 1)):
+        model = drop_layers(model, keep, what=f"checkpoint {spec.init!r}")
+    if spec.tokenizer is not None:
+        tokenizer = _tokenizer(spec.tokenizer)
+        if len(tokenizer) > model.config.vocab_size:
+            raise CompressError(f"student {spec.name}: tokenizer {spec.tokenizer!r} has {len(tokenizer)} tokens but "
+                                f"checkpoint {spec.init!r} embeds only {model.config.vocab_size}")
+    return model, tokenizer, keep
+
+
+def narrow_student(spec: StudentConfig, teacher_tokenizer, task: TaskSpec) -> tuple[torch.nn.Module, object, dict]:
+    if spec.init == "random":
+        tokenizer = _tokenizer(spec.tokenizer) if spec.tokenizer else teacher_tokenizer
+        model = random_bert(spec, tokenizer, task)
+        return model, tokenizer, {"init": "random"}
+    model, tokenizer, keep = from_checkpoint(spec, task)
+    return model, tokenizer, {"init": spec.init, "kept_layers": keep}

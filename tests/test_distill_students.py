@@ -1,0 +1,112 @@
+"""Student builders (model surgery only) on tiny random BERT / MPNet / RoBERTa, and impossible specs."""
+
+import pytest
+import torch
+from transformers import (BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
+
+from compress.config import Recipe, StudentConfig, from_dict
+from compress.data import GLUE_TASKS
+from compress.errors import CompressError
+from students import build_student, encoder_layers, pick_layers
+from conftest import tiny_bert_config
+
+SST2 = GLUE_TASKS["sst2"]
+SMALL = dict(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64, num_labels=2)
+
+
+def _tiny(kind):
+    torch.manual_seed(0)
+    if kind == "bert":
+        return BertForSequenceClassification(tiny_bert_config(**SMALL))
+    if kind == "mpnet":
+        return MPNetForSequenceClassification(MPNetConfig(**SMALL))
+    return RobertaForSequenceClassification(RobertaConfig(**SMALL))
+
+
+def test_pick_layers_evenly_spaced_and_ends_with_last():
+    assert pick_layers(6, 3) == [2, 4, 6]
+    assert pick_layers(12, 6) == [2, 4, 6, 8, 10, 12]
+    assert pick_layers(12, 4) == [3, 6, 9, 12]
+    assert pick_layers(6, 6) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "roberta"])
+def test_layer_drop_copies_chosen_layers_embeddings_and_head(kind, tokenizer):
+    teacher = _tiny(kind).eval()
+    student = build_student(StudentConfig(name="s"), teacher, tokenizer, SST2)  # default: every other layer
+    assert student.info["kept_layers"] == [2, 4]
+    assert student.model.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
+    s_layers, t_layers = encoder_layers(student.model)[1], encoder_layers(teacher)[1]
+    assert len(s_layers) == 2
+    for s_layer, t_index in zip(s_layers, [2, 4]):
+        for (name, p), (_, q) in zip(s_layer.named_parameters(), t_layers[t_index - 1].named_parameters()):
+            assert torch.equal(p, q), name
+            assert p.data_ptr() != q.data_ptr()  # a copy: training the student leaves the teacher alone
+    s_sd, t_sd = student.model.state_dict(), teacher.state_dict()
+    non_layer = [k for k in t_sd if ".layer." not in k]
+    assert non_layer and all(torch.equal(s_sd[k], t_sd[k]) for k in non_layer)  # embeddings, pooler, head
+    # the student runs and yields one hidden state per kept layer (+ embeddings) and its attention maps
+    out = student.model.eval()(input_ids=torch.randint(5, 100, (2, 9)), output_hidden_states=True,
+                               output_attentions=True)
+    assert out.logits.shape == (2, 2) and len(out.hidden_states) == 3 and out.attentions[0].shape == (2, 4, 9, 9)
+    assert student.info["params"] < student.info["teacher_params"]
+
+
+def test_layer_drop_explicit_layers_match_teacher_when_all_kept(tokenizer):
+    teacher = _tiny("bert").eval()
+    same = build_student(StudentConfig(name="s", keep_layers=[1, 2, 3, 4]), teacher, tokenizer, SST2).model.eval()
+    ids = torch.randint(5, 100, (3, 11))
+    assert torch.allclose(same(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    three = build_student(StudentConfig(name="s", layers=3), teacher, tokenizer, SST2)
+    assert three.info["kept_layers"] == [1, 3, 4] and three.model.config.num_hidden_layers == 3
+
+
+def test_narrow_random_student_has_the_asked_shape(tokenizer):
+    teacher = _tiny("bert")
+    spec = StudentConfig(name="tiny", kind="narrow", layers=2, hidden=48, heads=3, ffn=96)
+    s = build_student(spec, teacher, tokenizer, SST2)
+    c = s.model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (2, 48, 3, 96)
+    assert c.vocab_size == len(tokenizer) and s.tokenizer is tokenizer and c.num_labels == 2
+
+
+def test_narrow_from_minilm_checkpoint_truncates_bottom_layers(tokenizer, minilm_dir):
+    from transformers import AutoModel
+    spec = StudentConfig(name="m4", kind="narrow", layers=4, init=str(minilm_dir))
+    s = build_student(spec, _tiny("bert"), tokenizer, SST2)
+    assert s.info["kept_layers"] == [1, 2, 3, 4] and s.model.config.num_hidden_layers == 4
+    assert s.model.config.hidden_size == 384 and len(s.tokenizer) == 30522
+    base = AutoModel.from_pretrained(minilm_dir)
+    assert torch.equal(s.model.bert.encoder.layer[3].output.dense.weight, base.encoder.layer[3].output.dense.weight)
+    assert torch.equal(s.model.bert.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.parametrize("spec, why", [
+    (dict(kind="layer_drop", layers=6), "only 4 layers"),
+    (dict(kind="layer_drop", keep_layers=[1, 5]), "layer 5 does not exist"),
+    (dict(kind="layer_drop", keep_layers=[3, 1]), "increasing order"),
+    (dict(kind="layer_drop", layers=2, hidden=16), "keeps the teacher's width"),
+    (dict(kind="narrow", layers=2, hidden=40, heads=3), "not divisible by heads"),
+    (dict(kind="narrow", layers=2, hidden=48, heads=4, vocab_size=50000), "tokenizer of its own"),
+    (dict(kind="narrow", layers=8, init="minilm-l6"), "has only 6 layers"),
+    (dict(kind="narrow", layers=4, hidden=312, init="minilm-l6"), "checkpoint keeps its shape"),
+])
+def test_impossible_specs_say_why(spec, why, tokenizer):
+    with pytest.raises(CompressError, match=why):
+        # config validation catches what it can; the builders catch what needs the teacher
+        cfg = from_dict(Recipe, {"name": "x", "task": {"name": "sst2"}, "teacher": {},
+                                 "students": [{"name": "s", **spec}]}, file="r.yaml").students[0]
+        build_student(cfg, _tiny("bert"), tokenizer, SST2)
+
+
+def test_recipe_rejects_bad_student_keys():
+    with pytest.raises(CompressError, match=r"r.yaml: students\[0\].distill.matches\[0\].feature"):
+        from_dict(Recipe, {"name": "x", "task": {"name": "sst2"}, "teacher": {}, "students": [
+            {"name": "s", "distill": {"matches": [{"teacher_layer": 1, "student_layer": 1, "feature": "ffn"}]}}]},
+            file="r.yaml")
+    with pytest.raises(CompressError, match="kl is for attention"):
+        from_dict(Recipe, {"name": "x", "task": {"name": "sst2"}, "teacher": {}, "students": [
+            {"name": "s", "distill": {"matches": [{"teacher_layer": 1, "student_layer": 1, "loss": "kl"}]}}]},
+            file="r.yaml")
