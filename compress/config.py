@@ -329,6 +329,47 @@ class PruneConfig:
 
 
 @dataclass
+class ReportConfig:
+    """Stage `report`: one table per run (params, size, metric, retention, latency, speedup), Pareto plot, HTML."""
+
+    compare: list[str] = field(default_factory=list)
+    """Other run folders (e.g. runs/sst2) tabulated after this run and overlaid on the Pareto plot."""
+    threads: Optional[int] = None
+    """Thread count whose latency gives speedup, throughput and the plot's x axis. None: the largest benchmarked."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise CompressError(f"{file}: {where}.threads: must be >= 1, got {self.threads}")
+
+
+@dataclass
+class BundleConfig:
+    """Stage `bundle`: the int8 model to ship, as a folder and a .tar.gz with a standalone predict.py."""
+
+    pick: Literal["best_within_drop", "fastest", "most_accurate"] = "best_within_drop"
+    """Which int8 model: the fastest whose metric is within ``max_drop`` points of the teacher's
+    (best_within_drop), the fastest of all (fastest), or the most accurate (most_accurate)."""
+    max_drop: Optional[float] = None
+    """Accuracy-drop budget in metric points x 100 vs the teacher (1.0 = one point). None: quantize.max_drop when
+    the recipe has one, else 1.0. When no int8 model is within it, the most accurate is shipped and the manifest
+    says so (``within_budget: false``)."""
+    threads: Optional[int] = None
+    """Thread count whose bench latency picks "fastest" and goes into the bundle manifest. None: the largest."""
+    name: Optional[str] = None
+    """Bundle folder name. None: <recipe name>-<task>-int8."""
+    ort: bool = True
+    """Also ship the model in ORT format (model.ort) for onnxruntime mobile and minimal builds."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.max_drop is not None and self.max_drop < 0:
+            raise CompressError(f"{file}: {where}.max_drop: must be >= 0, got {self.max_drop}")
+        if self.threads is not None and self.threads < 1:
+            raise CompressError(f"{file}: {where}.threads: must be >= 1, got {self.threads}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise CompressError(f"{file}: {where}.name: a plain folder name is needed, got {self.name!r}")
+
+
+@dataclass
 class Recipe:
     name: str
     task: TaskConfig
@@ -337,6 +378,10 @@ class Recipe:
     """Students distilled from the teacher (stage `distill`)."""
     prune: Optional[PruneConfig] = None
     """Structured pruning of the student (or the teacher) with distillation recovery (stage `prune`)."""
+    report: Optional[ReportConfig] = None
+    """Tables, Pareto plot and HTML page of the run's artifacts (stage `report`)."""
+    bundle: Optional[BundleConfig] = None
+    """Edge bundle of the picked int8 model (stage `bundle`)."""
     seed: int = 42
     runs_dir: str = "runs"
     """Where run folders go: <runs_dir>/<name>/<stage>/."""
