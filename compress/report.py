@@ -1,0 +1,298 @@
+"""Stage `report` and ``compress report RUN...``: what each artifact of a run costs and keeps, in one table per run.
+
+For every artifact (teacher, students, pruned models, their ONNX fp32 and int8 variants) a row gives parameters,
+file size, the task metric (mean ± std over seeds when several ran), retention vs the teacher, latency p50/p90 at
+each benchmarked thread count (batch 1, real dev sentences one at a time), speedup vs the teacher's ONNX fp32 model
+and throughput. Written as ``report.md`` and a self-contained ``report.html`` (the plot embedded as base64), with
+``pareto.png``: metric vs latency (log x) per run, the Pareto frontier drawn and points labelled; several runs are
+overlaid. Provenance (recipe, seeds, protocol, versions, host) goes under each table.
+
+Everything is read from the run folders' stage manifests and the bench stage's JSON (`collect`); nothing is
+re-measured here. Rendering (`markdown`, `html`, `pareto_plot`) works on plain `Row`/`RunTable` objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import io
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+@dataclass
+class Latency:
+    """Latency of one artifact at one thread count (batch 1, dev sentences one at a time)."""
+
+    p50_ms: float
+    p90_ms: float
+    throughput: Optional[float] = None
+    """Sentences per second (from the bench, at its throughput batch size; else 1000 / mean latency at batch 1)."""
+
+
+@dataclass
+class Row:
+    """One artifact of a run."""
+
+    name: str
+    """Label in the table and on the plot, e.g. ``student tiny · int8 dynamic``."""
+    kind: str
+    """teacher | student | pruned | int8 (what the model is)."""
+    fmt: str
+    """torch | onnx fp32 | onnx int8 (dynamic/static)."""
+    params: Optional[int] = None
+    file_bytes: Optional[int] = None
+    metric: Optional[float] = None
+    """Task metric on dev (mean over seeds)."""
+    metric_std: Optional[float] = None
+    seeds: int = 1
+    latency: dict[int, Latency] = field(default_factory=dict)
+    """threads -> latency."""
+    reference: bool = False
+    """The teacher's ONNX fp32 model: what speedup is measured against."""
+    shippable: bool = False
+    """An int8 ONNX model that a bundle can ship."""
+
+
+@dataclass
+class RunTable:
+    run: str
+    """Run name (recipe name)."""
+    folder: str
+    metric_name: str
+    rows: list[Row]
+    teacher_metric: Optional[float] = None
+    provenance: dict = field(default_factory=dict)
+    """recipe, seeds, protocol, versions, host (shown under the table)."""
+
+    @property
+    def threads(self) -> list[int]:
+        return sorted({t for r in self.rows for t in r.latency})
+
+    @property
+    def headline_threads(self) -> Optional[int]:
+        """The thread count that speedup, throughput and the plot use: the largest benchmarked."""
+        return max(self.threads) if self.threads else None
+
+    def reference_row(self) -> Optional[Row]:
+        return next((r for r in self.rows if r.reference), None)
+
+    def retention(self, row: Row) -> Optional[float]:
+        if row.metric is None or not self.teacher_metric:
+            return None
+        return row.metric / self.teacher_metric
+
+    def speedup(self, row: Row, threads: Optional[int] = None) -> Optional[float]:
+        threads = threads or self.headline_threads
+        ref = self.reference_row()
+        if ref is None or threads not in ref.latency or threads not in row.latency:
+            return None
+        return ref.latency[threads].p50_ms / row.latency[threads].p50_ms
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float], int]:
+    """Mean, sample std (None for one value) and count of the finite values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+# ------------------------------------------------------------------------------------------------------ pareto
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower latency x, higher metric y), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] = None) -> Optional[Path]:
+    """PNG: metric vs p50 latency (log x) at ``threads`` (default: each run's headline), one colour and marker per
+    run, its frontier drawn as a step line, every point labelled. None when no row has both numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    markers = "os^Dvp*"
+    drawn = 0
+    metric_names = set()
+    for k, table in enumerate(tables):
+        t = threads or table.headline_threads
+        rows = [r for r in table.rows if r.metric is not None and t in r.latency]
+        if not rows:
+            continue
+        metric_names.add(table.metric_name)
+        color = f"C{k % 10}"
+        xs = [r.latency[t].p50_ms for r in rows]
+        ys = [r.metric for r in rows]
+        errs = [r.metric_std or 0.0 for r in rows]
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color, ms=7,
+                    capsize=3, label=f"{table.run} ({t} thread{'s' if t != 1 else ''})", zorder=3)
+        front = pareto_front(list(zip(xs, ys)))
+        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+        ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color=color)
+        drawn += len(rows)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("p50 latency per sentence, batch 1 (ms, log scale)")
+    ax.set_ylabel(" / ".join(sorted(metric_names)) + " (dev)")
+    ax.set_title(f"{' / '.join(sorted(metric_names))} vs latency; lines: each run's Pareto frontier")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.15, y=0.08)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ table
+def _mb(n: Optional[int]) -> str:
+    return "–" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _params(n: Optional[int]) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _metric(row: Row) -> str:
+    if row.metric is None:
+        return "–"
+    text = f"{row.metric:.4f}"
+    if row.metric_std is not None:
+        text += f" ± {row.metric_std:.4f} (n={row.seeds})"
+    return text
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a run's table, as text (shared by Markdown and HTML)."""
+    threads = table.threads
+    head_t = table.headline_threads
+    header = ["artifact", "format", "params", "file", f"{table.metric_name} (dev)", "retention"]
+    for t in threads:
+        header += [f"p50 ms ({t}t)", f"p90 ms ({t}t)"]
+    header += [f"speedup ({head_t}t)" if head_t else "speedup", f"sent/s ({head_t}t)" if head_t else "sent/s"]
+    body = []
+    for r in table.rows:
+        retention = table.retention(r)
+        cells = [r.name + (" (reference)" if r.reference else ""), r.fmt, _params(r.params), _mb(r.file_bytes),
+                 _metric(r), "–" if retention is None else f"{100 * retention:.1f}%"]
+        for t in threads:
+            lat = r.latency.get(t)
+            cells += [_num(lat and lat.p50_ms, ".2f"), _num(lat and lat.p90_ms, ".2f")]
+        speed = table.speedup(r)
+        lat = r.latency.get(head_t) if head_t else None
+        cells += ["–" if speed is None else f"{speed:.1f}×", _num(lat and lat.throughput, ".0f")]
+        body.append(cells)
+    return header, body
+
+
+def _provenance_lines(table: RunTable) -> list[tuple[str, str]]:
+    out = []
+    for key, value in table.provenance.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        out.append((key, str(value)))
+    return out
+
+
+def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
+    lines = ["# Compression report", ""]
+    if plot:
+        lines += [f"![metric vs latency]({plot})", ""]
+    for table in tables:
+        header, body = table_cells(table)
+        lines += [f"## {table.run}", "", f"Run folder: `{table.folder}`.", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+        lines += ["", "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 / artifact p50 at the same "
+                  "thread count.", "", "**Provenance**", ""]
+        lines += [f"- {k}: {v}" for k, v in _provenance_lines(table)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}tr.ref{background:#fff8e0}tr.ship{background:#eef8ee}dl{font-size:13px}
+dt{font-weight:600;float:left;clear:left;width:9em}dd{margin-left:10em}img{max-width:100%}"""
+
+
+def html(tables: Sequence[RunTable], png: Optional[bytes] = None) -> str:
+    """One self-contained page: no external file, the plot inlined as a base64 PNG."""
+    e = html_lib.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Compression report</title>",
+             f"<style>{_CSS}</style></head><body><h1>Compression report</h1>"]
+    if png:
+        parts.append(f"<img alt='metric vs latency' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    for table in tables:
+        header, body = table_cells(table)
+        parts.append(f"<h2>{e(table.run)}</h2><p>Run folder: <code>{e(table.folder)}</code></p><table><tr>")
+        parts += [f"<th>{e(h)}</th>" for h in header]
+        parts.append("</tr>")
+        for row, cells in zip(table.rows, body):
+            cls = "ref" if row.reference else "ship" if row.shippable else ""
+            parts.append(f"<tr class='{cls}'>" + "".join(
+                f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(cells)) + "</tr>")
+        parts.append("</table><p>Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 / artifact p50 "
+                     "at the same thread count. Highlighted: reference (yellow), shippable int8 (green).</p>")
+        parts.append("<h3>Provenance</h3><dl>")
+        parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _provenance_lines(table)]
+        parts.append("</dl>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
+    """report.md, report.html and pareto.png into ``out``; returns what was written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not tables:
+        raise CompressError("report: no runs to report")
+    written = {}
+    png_path = pareto_plot(tables, out / "pareto.png")
+    png = png_path.read_bytes() if png_path else None
+    if png_path:
+        written["png"] = png_path
+    for name, text in (("report.md", markdown(tables, "pareto.png" if png else None)), ("report.html", html(tables, png))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+        written[name.split(".")[1]] = out / name
+    return written
