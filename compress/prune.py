@@ -265,7 +265,11 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
         raise CompressError(f"scores cover {len(scores.heads)} layers, the model has {len(prov.layers)}")
     overrides = {layer_index(name, prov): o for name, o in (cfg.layers or {}).items()}
     if cfg.keep_params is None and cfg.keep_macs is None:
-        return _plan_ratios(prov, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction)
+        try:
+            return _plan_ratios(prov, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction)
+        except _Empty as e:
+            raise CompressError(f"prune.{e.kind}: this target removes every {e.unit} of every layer; keep some "
+                                f"(a smaller ratio)") from None
     which, budget = ("params", cfg.keep_params) if cfg.keep_params is not None else ("macs", cfg.keep_macs)
     k = 0 if which == "params" else 1
     full = encoder_cost(prov, hidden, seq_len, [LayerState(i, list(range(prov.num_heads)),
@@ -274,13 +278,16 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     target = full * (1.0 - (1.0 - budget) * fraction)
 
     def cost(r: float):
-        layers = _plan_ratios(prov, scores, cfg, overrides, r, r)
+        try:
+            layers = _plan_ratios(prov, scores, cfg, overrides, r, r)
+        except _Empty:  # a model without any head (or neuron) left is no answer
+            return math.inf, None
         return encoder_cost(prov, hidden, seq_len, [s for s in layers if s is not None])[k], layers
 
     best = cost(0.0)
     if best[0] <= target:
         return best[1]
-    lo, hi = 0.0, 1.0 - 1e-9
+    lo, hi = 0.0, 1.0 - 0.51 / min(prov.num_heads, prov.intermediate_size)  # the most that keeps a unit of each kind
     top = cost(hi)
     if top[0] > target:
         raise CompressError(f"prune.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "
@@ -294,6 +301,11 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
         else:
             lo = mid
     return best[1]
+
+
+class _Empty(Exception):
+    def __init__(self, kind: str):
+        self.kind, self.unit = kind, "head" if kind == "heads" else "FFN neuron"
 
 
 def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: dict, heads_ratio: float,
@@ -322,9 +334,9 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
                 chosen[i] = sel
             for i, sel in zip(sorted(own), own_sel):
                 chosen[i] = sel
-        if sum(len(c) for c in chosen) == 0:
-            raise CompressError(f"prune.{kind}: this target removes every {'head' if kind == 'heads' else 'FFN neuron'}"
-                                f" of every layer; keep some (a smaller ratio or a larger budget)")
+        requested = keep if cfg.scope == "per_layer" or not pool else [keep[i] for i in own] + [total]
+        if sum(requested) <= 0 or sum(len(c) for c in chosen) == 0:
+            raise _Empty(kind)
         kept[kind] = chosen
     out: list[Optional[LayerState]] = []
     for i, state in enumerate(prov.layers):

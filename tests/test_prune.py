@@ -1,0 +1,201 @@
+"""Structured pruning: physical removal of heads and FFN neurons, bookkeeping, kept-index records, exact save/load
+(stock and our loader), ONNX parity of non-uniform models, invalid requests, Taylor scores on real SST-2 rows."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from compress import prune as P
+from compress.config import PruneConfig, TaskConfig, from_dict
+from compress.data import Collator, load_task, tokenize
+from compress.errors import CompressError
+from compress.evaluate import predict
+from compress.modeling import load_trained, save
+from conftest import tiny_bert_config
+
+HEADS, FFN = 4, 64
+
+
+def tiny(layers=3, seed=0):
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=layers)).eval()
+    for p in model.parameters():  # random init is near-uniform; spread magnitudes so rankings are clear
+        p.data.mul_(1 + torch.rand_like(p))
+    return model
+
+
+def batch(seed=1, rows=3, length=12):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 5000, (rows, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, length // 2:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def cfg(**kw):
+    return from_dict(PruneConfig, kw, file="test.yaml", where="prune")
+
+
+@pytest.fixture(scope="module")
+def sst2(tokenizer):
+    data = load_task(TaskConfig(name="sst2", max_train_samples=96, holdout=0.0, max_eval_samples=64), seed=0)
+    return tokenize(data.train, tokenizer, 32), tokenize(data.dev, tokenizer, 32), Collator({"": tokenizer})
+
+
+def test_heads_removed_like_hf_prune_heads_with_bookkeeping_rewritten():
+    model = tiny()
+    ref = copy.deepcopy(model)
+    x = batch()
+    plan = [P.LayerState(0, [0, 2, 3], list(range(FFN))), P.LayerState(1, [1], list(range(FFN))),
+            P.LayerState(2, [0, 1, 2, 3], list(range(FFN)))]
+    P.apply(model, plan)
+    ref.prune_heads({0: [1], 1: [0, 2, 3]})  # transformers' own head removal: the reference
+    assert torch.equal(logits(model, x), logits(ref, x))
+    for layer, n in zip(model.bert.encoder.layer, (3, 1, 4)):
+        sa = layer.attention.self
+        assert (sa.num_attention_heads, sa.attention_head_size, sa.all_head_size) == (n, 8, n * 8)
+        assert sa.query.out_features == sa.key.out_features == sa.value.out_features == n * 8
+        assert layer.attention.output.dense.in_features == n * 8 and layer.attention.output.dense.out_features == 32
+    assert model.config.pruned_heads == {0: [1], 1: [0, 2, 3]}
+    assert model.config.compress_layer_sizes == [{"heads": 3, "ffn": FFN}, {"heads": 1, "ffn": FFN},
+                                                 {"heads": 4, "ffn": FFN}]
+    assert model.bert.encoder.layer[1].attention.pruned_heads == {0, 2, 3}
+    assert model.bert.embeddings.word_embeddings.weight.shape[1] == 32  # hidden size untouched
+
+
+def test_global_plan_is_non_uniform_and_kept_indices_match_the_weights():
+    model = tiny()
+    orig = copy.deepcopy(model)
+    scores = P.score(model, "l2")
+    P.apply(model, P.plan(model, scores, cfg(heads=0.5, ffn=0.5)))
+    prov = P.provenance(model)
+    assert sum(len(s.heads) for s in prov.layers) == 6 and sum(len(s.ffn) for s in prov.layers) == 96
+    assert len({len(s.ffn) for s in prov.layers}) > 1  # global ranking: layers differ
+    # a second step (iterative pruning) keeps recording indices of the unpruned model
+    P.apply(model, P.plan(model, P.score(model, "l1"), cfg(heads=0.5, ffn=0.75)))
+    prov = P.provenance(model)
+    assert sum(len(s.ffn) for s in prov.layers) == 48
+    for layer, before, state in zip(model.bert.encoder.layer, orig.bert.encoder.layer, prov.layers):
+        rows = torch.tensor([h * 8 + j for h in state.heads for j in range(8)])
+        for name in ("query", "key", "value"):
+            assert torch.equal(getattr(layer.attention.self, name).weight, getattr(before.attention.self, name).weight[rows])
+            assert torch.equal(getattr(layer.attention.self, name).bias, getattr(before.attention.self, name).bias[rows])
+        assert torch.equal(layer.attention.output.dense.weight, before.attention.output.dense.weight[:, rows])
+        ffn = torch.tensor(state.ffn)
+        assert torch.equal(layer.intermediate.dense.weight, before.intermediate.dense.weight[ffn])
+        assert torch.equal(layer.output.dense.weight, before.output.dense.weight[:, ffn])
+        assert torch.equal(layer.output.dense.bias, before.output.dense.bias)
+    table = P.layer_table(model, 16)
+    assert [r["params"] for r in table] == [P.layer_cost(32, r["heads"], 8, r["ffn"], 16)[0] for r in table]
+
+
+def test_per_layer_scope_keeps_each_layers_best_and_overrides():
+    model = tiny()
+    scores = P.score(model, "l1")
+    plan = P.plan(model, scores, cfg(heads=0.5, ffn=0.25, scope="per_layer", layers={"layer.2": {"ffn": 0.5}}))
+    assert [len(s.heads) for s in plan] == [2, 2, 2] and [len(s.ffn) for s in plan] == [48, 48, 32]
+    for s, h in zip(plan, scores.heads):
+        assert s.heads == sorted(torch.topk(h, 2).indices.tolist())
+
+
+def test_uniform_prune_reloads_exactly_with_stock_from_pretrained(tmp_path, tokenizer):
+    model = tiny()
+    P.prune(model, cfg(heads=0.25, ffn=0.5, scope="per_layer", importance="l2"))
+    assert P.uniform_ffn(model.config) and model.config.intermediate_size == 32
+    P.save_pruned(model, tokenizer, tmp_path / "m")
+    x = batch()
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    ours, _ = P.load_pruned(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    for reloaded in (stock, ours):
+        assert (logits(reloaded, x) - logits(model, x)).abs().max() <= 1e-5
+        assert P.provenance(reloaded) == P.provenance(model)
+
+
+def test_non_uniform_prune_reloads_with_our_loader_and_exports_to_onnx(tmp_path, tokenizer, sst2):
+    from compress.export import check_parity, export_onnx, onnx_predict, session
+
+    model = tiny()
+    P.prune(model, cfg(heads=0.5, ffn=0.5, importance="l2"))
+    sizes = [(s["heads"], s["ffn"]) for s in model.config.compress_layer_sizes]
+    assert len({f for _, f in sizes}) > 1 and len({h for h, _ in sizes}) > 1
+    save(model, tokenizer, tmp_path / "m")
+    with pytest.raises(RuntimeError, match="size mismatch"):  # transformers cannot express per-layer FFN widths
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    _, dev, collator = sst2
+    reference = predict(model, dev, collator)
+    for reloaded, _ in (P.load_pruned(tmp_path / "m"), load_trained(tmp_path / "m")):
+        assert np.abs(predict(reloaded, dev, collator) - reference).max() <= 1e-5
+    export_onnx(model, tmp_path / "m.onnx")
+    parity = check_parity(reference, onnx_predict(session(tmp_path / "m.onnx"), dev, collator), atol=1e-4)
+    assert parity.rows == 64 and parity.argmax_agreement == 1.0
+
+
+def test_empty_layer_is_dropped_and_model_reloads(tmp_path, tokenizer):
+    model = tiny()
+    x = batch()
+    scores = P.score(model, "l2")
+    scores.heads[1] = torch.zeros(HEADS)  # layer 1 is worth nothing: the global ranking takes all of it
+    scores.ffn[1] = torch.zeros(FFN)
+    plan = P.plan(model, scores, cfg(heads=0.4, ffn=0.4, drop_empty_layers=True))
+    assert plan[1] is None
+    P.apply(model, plan)
+    assert len(model.bert.encoder.layer) == model.config.num_hidden_layers == 2
+    assert [s.source for s in P.provenance(model).layers] == [0, 2]
+    save(model, tokenizer, tmp_path / "m")
+    reloaded, _ = load_trained(tmp_path / "m")
+    assert (logits(reloaded, x) - logits(model, x)).abs().max() <= 1e-5
+
+
+def test_parameter_budget_is_met():
+    model = tiny()
+    full = sum(p.numel() for p in model.bert.encoder.parameters())
+    P.prune(model, cfg(keep_params=0.5, importance="l1"), seq_len=32)
+    kept = sum(p.numel() for p in model.bert.encoder.parameters())
+    assert 0.4 * full < kept <= 0.5 * full
+
+
+def test_invalid_requests_say_why():
+    for bad, why in (({"heads": 1.0}, "ratio in \\[0, 1\\)"), ({"ffn": -0.1}, "ratio in \\[0, 1\\)"),
+                     ({}, "nothing to prune"), ({"heads": 0.5, "keep_params": 0.5}, "not both"),
+                     ({"layers": {"attn.3": {"heads": 0.5}}}, "unknown layer name"),
+                     ({"layers": {"layer.1": {"heads": 1.0}}}, "layers.layer.1.heads")):
+        with pytest.raises(CompressError, match=why):
+            cfg(**bad)
+    model = tiny()
+    scores = P.score(model, "l1")
+    with pytest.raises(CompressError, match="every head of every layer"):
+        P.plan(model, scores, cfg(heads=0.97))
+    with pytest.raises(CompressError, match=r"prune.layers.layer.7: unknown layer \(the model has layer.0 .. layer.2\)"):
+        P.plan(model, scores, cfg(layers={"layer.7": {"heads": 0.5}}))
+    with pytest.raises(CompressError, match="keep_params: 0.01 cannot be met"):
+        P.plan(model, scores, cfg(keep_params=0.01))
+    with pytest.raises(CompressError, match="taylor needs calibration batches"):
+        P.score(model, "taylor")
+
+
+def test_taylor_scores_on_sst2_rows_find_a_dead_head(sst2):
+    train, _, collator = sst2
+    model = tiny(layers=2)
+    attn = model.bert.encoder.layer[0].attention
+    with torch.no_grad():  # head 2 of layer 0 outputs nothing: its value rows are zero
+        attn.self.value.weight[16:24] = 0
+        attn.self.value.bias[16:24] = 0
+    batches = [collator([train[i] for i in range(j, j + 16)]) for j in range(0, 48, 16)]
+    taylor = P.score(model, "taylor", batches)
+    assert int(torch.argmin(taylor.heads[0])) == 2 and float(taylor.heads[0][2]) == 0.0
+    assert all(bool((h[h != 0] > 0).all()) for h in taylor.heads) and taylor.ffn[1].shape == (FFN,)
+    summed = [P.score(model, "taylor", [b]) for b in batches]  # accumulated over batches, batch by batch
+    assert torch.allclose(taylor.ffn[0], sum(s.ffn[0] for s in summed), rtol=1e-4)
+    before = predict(model, train, collator)
+    P.prune(model, cfg(layers={"layer.0": {"heads": 0.25}}), scores=taylor)
+    assert P.provenance(model).layers[0].heads == [0, 1, 3]
+    assert np.abs(predict(model, train, collator) - before).max() <= 1e-5  # removing the dead head changes nothing
