@@ -34,6 +34,10 @@ class Stage:
     entry: str  # "module:function"
     sections: tuple[str, ...]  # recipe sections that configure it (all must be present for it to run)
     needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()  # optional upstream stages: inputs (and fingerprint) only when the recipe runs them
+
+    def upstream(self, done) -> tuple[str, ...]:
+        return self.needs + tuple(u for u in self.uses if u in done)
 
     def function(self):
         module, fn = self.entry.split(":")
@@ -42,6 +46,8 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher")),
+    # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
+    Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
 ]
 
 
@@ -64,7 +70,7 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
-    for need in stage.needs:
+    for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
@@ -112,7 +118,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         tmp.mkdir()
         try:
             with Timer() as timer:
-                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.needs})
+                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done)})
             manifest = {
                 "stage": stage.name,
                 "recipe": recipe.name,

@@ -1,0 +1,166 @@
+"""ONNX export of a sequence classifier, ORT graph fusions, and the parity check against torch.
+
+Any `AutoModelForSequenceClassification` (BERT, MPNet, MiniLM, and pruned models whose layers have different head
+counts or FFN widths) goes through ``torch.onnx.export`` (TorchScript exporter) with dynamic batch and sequence axes.
+One exporter for every model: Optimum's exporter builds its ONNX config from ``config.json``, which cannot describe a
+model pruned non-uniformly, and for the models it can describe it calls the same ``torch.onnx.export`` underneath.
+ORT's transformer optimizer then fuses the graph (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)
+for BERT-like models, the eager and the SDPA attention alike.
+
+`check_parity` runs the exported graph on real dev rows and compares its logits with the torch model's; a mismatch
+beyond tolerance is a `CompressError` that carries the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from compress.data import Collator, eval_loader
+from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+
+
+class _Logits(torch.nn.Module):
+    """``model(**inputs).logits`` with positional inputs, as the exporter traces it."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def input_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The ONNX inputs: those of input_ids / attention_mask / token_type_ids that the model takes (MPNet and RoBERTa
+    variants without token types take two)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    names = [n for n in MODEL_INPUTS if n in params]
+    if getattr(model.config, "type_vocab_size", 0) in (0, None) and "token_type_ids" in names:
+        names.remove("token_type_ids")
+    return tuple(names)
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> Path:
+    """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch and sequence axes; the model's train/eval mode
+    is restored afterwards."""
+    path = Path(path)
+    names = input_names(model)
+    was_training = model.training
+    wrapper = _Logits(model.float(), names).eval()  # eval() on the wrapper: torch.onnx.export keeps its mode
+    model.eval()
+    # batch 2, sequence 8, with padding in one row: no dimension is 1, so none is specialised away
+    ids = torch.randint(1000, 2000, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 6:] = 0
+    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer warnings
+            torch.onnx.export(wrapper, tuple(example[n] for n in names), str(tmp), dynamo=False,
+                              input_names=list(names), output_names=["logits"], dynamic_axes=axes,
+                              opset_version=opset, do_constant_folding=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.train(was_training)
+    return path
+
+
+def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") -> dict[str, int]:
+    """ORT transformer fusions (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) into ``dst``.
+
+    ``num_heads=0, hidden_size=0`` lets the optimizer read head counts from each layer's weights, so pruned models with
+    different head counts per layer fuse too. Returns the fused operator counts (all zero: nothing fused)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    kind = model_type if model_type in ("bert", "bart", "gpt2", "t5") else "bert"
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0)
+    stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    tmp = Path(dst).with_name(f".{Path(dst).name}.tmp-{os.getpid()}")
+    optimized.save_model_to_file(str(tmp))
+    os.replace(tmp, dst)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ running ONNX
+def session(path: str | Path, threads: Optional[int] = None):
+    """An ORT CPU session, full graph optimization; a missing or unreadable file is a `CompressError`."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{path}: ONNX file not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+        raise CompressError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
+def onnx_predict(sess, ds, collator: Collator, batch_size: int = 32) -> np.ndarray:
+    """Logits of an ORT session for every row of tokenized ``ds``, in row order."""
+    names = [i.name for i in sess.get_inputs()]
+    loader, order = eval_loader(ds, collator, batch_size)
+    chunks = []
+    for batch in loader:
+        ids = batch["input_ids"].numpy().astype(np.int64)
+        feed = {n: batch[n].numpy().astype(np.int64) if n in batch else np.zeros_like(ids) for n in names}
+        chunks.append(sess.run(["logits"], feed)[0])
+    logits = np.concatenate(chunks)
+    out = np.empty_like(logits)
+    out[order] = logits
+    return out
+
+
+@dataclass
+class Parity:
+    rows: int
+    max_abs_diff: float
+    argmax_agreement: float
+    atol: float
+    min_agreement: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(torch_logits: np.ndarray, onnx_logits: np.ndarray, *, atol: float = 1e-3,
+                 min_agreement: float = 0.999, what: str = "ONNX fp32") -> Parity:
+    """Compare logits row by row; beyond ``atol`` or below ``min_agreement`` argmax agreement -> CompressError."""
+    if torch_logits.shape != onnx_logits.shape:
+        raise CompressError(f"{what}: output shape {onnx_logits.shape} differs from torch {torch_logits.shape}")
+    diff = float(np.abs(torch_logits - onnx_logits).max()) if torch_logits.size else 0.0
+    if torch_logits.shape[-1] > 1:
+        agree = float((torch_logits.argmax(-1) == onnx_logits.argmax(-1)).mean())
+    else:  # regression: no argmax
+        agree = 1.0
+    parity = Parity(len(torch_logits), diff, agree, atol, min_agreement)
+    if not np.isfinite(diff) or diff > atol or agree < min_agreement:
+        raise CompressError(f"{what} parity check failed on {parity.rows} dev rows: max |dlogit| = {diff:.3g} "
+                            f"(tolerance {atol:g}), argmax agreement = {agree:.4f} (required {min_agreement:g})")
+    return parity

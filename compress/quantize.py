@@ -1,0 +1,310 @@
+"""Stage `quantize`: ONNX fp32 (parity-checked) and accuracy-guarded int8 models of the run's newest model.
+
+1. Export the model to ONNX (`compress.export`), check parity with torch on dev, fuse (ORT transformer optimizer).
+2. int8 through ``onnxruntime.quantization``:
+   - dynamic: int8 weights, activations quantized per run (u8), on the fused graph (Attention -> QAttention);
+   - static: activation ranges calibrated on task training rows (MinMax / Entropy / Percentile), QDQ or QOperator,
+     on the unfused graph after ``quant_pre_process`` (the fused contrib ops have no static int8 kernels).
+3. Accuracy guard: the int8 model's task metric on dev against ONNX fp32. Beyond ``max_drop`` points, every
+   quantizable node's sensitivity (logit error on held-out training rows when only that node is int8) ranks the
+   nodes, and the most sensitive are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget. A model that
+   stays beyond budget, or needs every node in fp32, is written but not marked shippable. Exclusions are recorded.
+4. ORT format (``.ort``) of every int8 model, for mobile runtimes.
+
+Writes ``model.onnx`` (fp32), ``model_opt.onnx`` (fused fp32), ``int8_<mode>.onnx`` (+ ``.ort``), ``tokenizer/``,
+``quantize.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+
+from compress.config import QuantizeConfig, Recipe
+from compress.data import Collator, load_task, tokenize
+from compress.errors import CompressError
+from compress.evaluate import predict
+from compress.export import check_parity, export_onnx, onnx_predict, optimize_onnx, session
+from compress.manifest import write_json
+from compress.metrics import compute_metrics
+from compress.modeling import count_params, load_trained
+
+log = logging.getLogger(__name__)
+
+DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"]
+STATIC_OPS = ["MatMul", "Gemm", "Gather"]
+"""Static int8 only where ORT has int8 kernels: elementwise/softmax Q/DQ pairs cost time and accuracy."""
+
+
+# ------------------------------------------------------------------------------------------------ which model
+def source_model(recipe: Recipe, inputs: dict[str, Path], source: Optional[str] = None) -> tuple[str, Path]:
+    """(name, folder) of the model to quantize: ``source`` (teacher / prune / a student name), else the newest."""
+    students = [s.name for s in (getattr(recipe, "students", None) or [])]
+    if source is None:
+        source = "prune" if "prune" in inputs else (students[0] if students and "distill" in inputs else "teacher")
+    if source in ("teacher", "prune"):
+        if source not in inputs:
+            raise CompressError(f"{recipe.path}: quantize.source: stage {source!r} is not configured in this recipe")
+        candidates = [inputs[source] / "model"]
+    elif source in students:
+        candidates = [inputs["distill"] / source / "model", inputs["distill"] / source, inputs["distill"] / "model"]
+    else:
+        raise CompressError(f"{recipe.path}: quantize.source: {source!r} is not teacher, prune or a student "
+                            f"({', '.join(students) or 'no students'})")
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return source, folder
+    raise CompressError(f"{candidates[0]}: no saved model for quantize.source {source!r}")
+
+
+# ------------------------------------------------------------------------------------------------ quantizers
+def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
+    """Names of the nodes of ``op_types`` that have a weight (an initializer input): what int8 changes."""
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in op_types and any(i in weights for i in n.input)]
+
+
+class RowsReader:
+    """Calibration rows for onnxruntime: one tokenized row per run (no padding), as int64 feeds."""
+
+    def __init__(self, ds, names: list[str]):
+        self.ds, self.names, self.i = ds, names, 0
+
+    def get_next(self) -> Optional[dict]:
+        if self.i >= len(self.ds):
+            return None
+        row = self.ds[self.i]
+        self.i += 1
+        ids = np.asarray([row["input_ids"]], dtype=np.int64)
+        return {n: np.asarray([row[n]], dtype=np.int64) if n in row else np.zeros_like(ids) for n in self.names}
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+
+def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig, exclude=(), only=None) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
+
+    ort_dynamic(str(src), str(dst), op_types_to_quantize=DYNAMIC_OPS, per_channel=cfg.per_channel,
+                weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
+                nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only else None,
+                # the fused graph's contrib ops lack type info ORT needs otherwise
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
+
+
+@dataclass
+class StaticQuantizer:
+    """Static int8 with ranges calibrated once (cached) and reused for every exclusion set the guard tries."""
+
+    src: Path
+    cfg: QuantizeConfig
+    calib_rows: object  # tokenized datasets.Dataset
+    workdir: Path
+    _cache: Optional[Path] = field(default=None, init=False)
+
+    def __call__(self, dst: Path, exclude=(), only=None) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        cfg = self.cfg
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
+        cache = self.workdir / f"calibration-{cfg.calibration.method}.json"
+        names = [i.name for i in session(self.src).get_inputs()] if self._cache is None else []
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile,
+                 "CalibMaxIntermediateOutputs": 64}
+        quantize_static(
+            str(self.src), str(dst), RowsReader(self.calib_rows, names) if self._cache is None else None,
+            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
+            activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
+            nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only else None,
+            extra_options=extra, calibration_cache_path=str(cache))
+        self._cache = cache
+        return dst
+
+
+def preprocess_for_static(src: Path, dst: Path) -> Path:
+    """ORT's recommended pre-processing (shape inference, basic graph clean-up) before static quantization."""
+    from onnxruntime.quantization import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)  # symbolic shapes fail on the attention mask
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------ the guard
+@dataclass
+class GuardResult:
+    path: Path
+    metrics: dict[str, float]
+    drop: float
+    """Points (x100) of the first metric lost against fp32 (negative: int8 scored higher)."""
+    shippable: bool
+    excluded: list[str]
+    tries: list[dict]
+    sensitivity: dict[str, float]
+    reason: str
+
+
+def points(metrics: dict[str, float]) -> float:
+    return 100.0 * next(iter(metrics.values()))
+
+
+def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], fp32_metrics: dict,
+          candidates: list[str], sensitivity: Callable[[str], float], max_drop: float,
+          workdir: Path) -> GuardResult:
+    """Quantize with ``make(dst, exclude=..., only=...)``; while the dev drop exceeds ``max_drop`` keep the
+    1, 2, 4, ... most sensitive ``candidates`` in fp32. ``score(path)`` -> dev metrics."""
+    base = points(fp32_metrics)
+    make(dst)
+    metrics = score(dst)
+    tries = [{"excluded": 0, "metrics": metrics, "drop": round(base - points(metrics), 4)}]
+    if base - points(metrics) <= max_drop:
+        return GuardResult(dst, metrics, base - points(metrics), True, [], tries, {}, "within budget")
+    log.info("int8 drop %.2f > %.2f points: measuring the sensitivity of %d nodes", base - points(metrics),
+             max_drop, len(candidates))
+    from tqdm.auto import tqdm
+
+    ranks = {n: sensitivity(n) for n in tqdm(candidates, desc="node sensitivity", leave=False)}
+    order = sorted(candidates, key=lambda n: -ranks[n])
+    k, excluded = 1, []
+    while k <= len(order):
+        excluded = order[:k]
+        trial = workdir / f"guard-{k}.onnx"
+        make(trial, exclude=excluded)
+        metrics = score(trial)
+        drop = base - points(metrics)
+        tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
+        if drop <= max_drop:
+            os.replace(trial, dst)
+            if k == len(order):
+                return GuardResult(dst, metrics, drop, False, excluded, tries, ranks,
+                                   "within budget only with every quantizable node in fp32 (no int8 left)")
+            return GuardResult(dst, metrics, drop, True, excluded, tries, ranks,
+                               f"within budget with {k} of {len(order)} nodes kept in fp32")
+        trial.unlink()
+        k = len(order) if k < len(order) <= 2 * k else 2 * k
+    make(dst, exclude=excluded)
+    return GuardResult(dst, metrics, drop, False, excluded, tries, ranks,
+                       f"drop {drop:.2f} points stays above the budget {max_drop:g} even with every node in fp32")
+
+
+# ------------------------------------------------------------------------------------------------ ORT format
+def to_ort_format(src: Path, dst: Path) -> Path:
+    """The model in ORT format (flatbuffer, basic optimizations baked in), loadable by ORT mobile builds."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    cfg: QuantizeConfig = recipe.quantize
+    name, folder = source_model(recipe, inputs, cfg.source)
+    model, tokenizer = load_trained(folder)
+    model.eval()
+    data = load_task(recipe.task, seed=recipe.seed)
+    spec, ml = data.spec, recipe.task.max_length
+    dev = tokenize(data.dev, tokenizer, ml)
+    calib_src = data.train.select(range(min(cfg.calibration.samples, len(data.train))))
+    sens_src = data.holdout if len(data.holdout) else data.train
+    sens_rows = tokenize(sens_src.select(range(min(cfg.sensitivity_rows, len(sens_src)))), tokenizer, ml)
+    collator = Collator({"": tokenizer}, regression=spec.is_regression)
+    labels = np.asarray(dev["label"])
+    tokenizer.save_pretrained(out / "tokenizer")
+    result = quantize_model(model, dev, labels, spec.metrics, collator, cfg, out,
+                            calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows)
+    result["source"] = {"model": name, "folder": str(folder)}
+    write_json(out / "quantize.json", result)
+    best = next((a for a in result["int8"].values() if a["shippable"]), None)
+    return {"metrics": {"dev": best["metrics"] if best else result["fp32"]["metrics"],
+                        "fp32_dev": result["fp32"]["metrics"],
+                        **{f"int8_{m}_dev": a["metrics"] for m, a in result["int8"].items()}},
+            "params": count_params(model), **result}
+
+
+def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], collator: Collator,
+                   cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows) -> dict:
+    """Export, parity, fusions, int8 (each of cfg.modes) with the guard; files into ``out``; returns the record."""
+    out = Path(out)
+    torch_logits = predict(model, dev, collator)
+    fp32 = export_onnx(model, out / "model.onnx")
+    parity = check_parity(torch_logits, onnx_predict(session(fp32), dev, collator), atol=cfg.parity_atol,
+                          min_agreement=cfg.parity_min_agreement, what=str(fp32))
+    record = {"fp32": {"file": fp32.name, "parity": parity.as_dict(),
+                       "metrics": compute_metrics(metric_names, torch_logits, labels)}}
+    dynamic_src = fp32
+    if cfg.optimize:
+        fused = optimize_onnx(fp32, out / "model_opt.onnx", model.config.model_type)
+        opt_parity = check_parity(torch_logits, onnx_predict(session(out / "model_opt.onnx"), dev, collator),
+                                  atol=cfg.parity_atol, min_agreement=cfg.parity_min_agreement,
+                                  what=str(out / "model_opt.onnx"))
+        record["fp32_opt"] = {"file": "model_opt.onnx", "fused": fused, "parity": opt_parity.as_dict()}
+        if fused:
+            dynamic_src = out / "model_opt.onnx"
+        else:  # nothing fused: the copy helps nothing
+            (out / "model_opt.onnx").unlink()
+            del record["fp32_opt"]
+
+    def score(path: Path) -> dict:
+        return compute_metrics(metric_names, onnx_predict(session(path), dev, collator), labels)
+
+    record["int8"] = {}
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        tmp = Path(tmp)
+        for mode in cfg.modes:
+            if mode == "dynamic":
+                src, ops = dynamic_src, DYNAMIC_OPS
+                make = lambda dst, exclude=(), only=None, s=src: quantize_dynamic(s, dst, cfg, exclude, only)  # noqa: E731
+            else:
+                src, ops = preprocess_for_static(fp32, tmp / "static-src.onnx"), STATIC_OPS
+                make = StaticQuantizer(src, cfg, calib_rows, tmp)
+            sens_ref = onnx_predict(session(src), sens_rows, collator)
+
+            def sensitivity(node: str, make=make) -> float:
+                path = make(tmp / "one-node.onnx", only=[node])
+                return float(np.mean((onnx_predict(session(path), sens_rows, collator) - sens_ref) ** 2))
+
+            dst = out / f"int8_{mode}.onnx"
+            res = guard(make, dst, score, record["fp32"]["metrics"], quantizable_nodes(src, ops), sensitivity,
+                        cfg.max_drop, tmp)
+            entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
+                     "metrics": res.metrics, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
+                     "shippable": res.shippable, "guard": res.reason, "excluded_nodes": res.excluded,
+                     "tries": res.tries, "sensitivity": {k: float(f"{v:.4g}") for k, v in res.sensitivity.items()},
+                     "settings": _settings(cfg, mode)}
+            if cfg.ort_format:
+                entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
+            record["int8"][mode] = entry
+            print(f"[quantize] int8 {mode}: {_fmt(res.metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
+                  f"drop {res.drop:.2f} points, {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}")
+    for f in out.glob("*.onnx"):
+        record.setdefault("sizes", {})[f.name] = f.stat().st_size
+    return record
+
+
+def _settings(cfg: QuantizeConfig, mode: str) -> dict:
+    base = {"mode": mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type}
+    if mode == "dynamic":
+        return {**base, "activation_type": "quint8 (dynamic)", "op_types": DYNAMIC_OPS, "fused_graph": cfg.optimize}
+    return {**base, "activation_type": cfg.activation_type, "format": cfg.format, "op_types": STATIC_OPS,
+            "calibration": {"method": cfg.calibration.method, "samples": cfg.calibration.samples,
+                            "percentile": cfg.calibration.percentile}}
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
