@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from accelerate import PartialState
+
 from compress import __version__
 from compress.config import Recipe
 from compress.data import data_files
@@ -46,6 +48,7 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher")),
+    Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",)),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
 ]
@@ -99,6 +102,9 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
+    # into its own temporary folder and only the main process publishes its folder.
+    state = PartialState()
     done: dict[str, dict] = {}
     for stage in plan(recipe, until):
         missing = [n for n in stage.needs if n not in done]
@@ -137,12 +143,16 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        old = run_dir / f".{stage.name}.old-{os.getpid()}"
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-        # later stages' manifests are now stale: their fingerprints include this stage's outputs
+        state.wait_for_everyone()
+        if state.is_main_process:
+            old = run_dir / f".{stage.name}.old-{os.getpid()}"
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        state.wait_for_everyone()
         print(f"[{stage.name}] done in {timer.seconds:.0f}s: {_summary(manifest)}")
         done[stage.name] = manifest
     return done
