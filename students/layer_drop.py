@@ -47,7 +47,7 @@ def drop_layers(model: torch.nn.Module, keep: list[int], *, what: str = "teacher
         raise CompressError(f"layers {keep}: each layer can be kept once")
     if sorted(keep) != list(keep):
         raise CompressError(f"layers {keep}: list them in increasing order")
-    student = copy.deepcopy(model)
+    student = copy.deepcopy(model).requires_grad_(True)  # a frozen teacher still gives a trainable student
     parent_name, _, attr = name.rpartition(".")
     parent = student.get_submodule(parent_name) if parent_name else student
     old = getattr(parent, attr)

@@ -1,0 +1,189 @@
+"""The KD objective passed to `compress.train.fit`: the recipe's matches turned into losses on one batch.
+
+`Distiller` wraps the student and the learned projections in one module, so `fit` trains, checkpoints and (with
+DDP) synchronises both, and the projections run inside the wrapped forward. The teacher is not part of it: it runs
+under ``torch.inference_mode`` (only when intermediate losses need it; logit-only KD reads cached teacher logits
+from the batch), and its outputs are cloned into ordinary tensors before they meet the student's graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from compress.config import DistillConfig, MatchConfig
+from compress.distill.align import aligned_rows
+from compress.distill.losses import attention_loss, combine, hard_label_loss, hidden_mse, kd_loss, logits_mse
+from compress.errors import CompressError
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One resolved match: indices checked against both models, projection decided."""
+
+    key: str
+    teacher_layer: int
+    student_layer: int
+    feature: str
+    loss: str
+    weight: float
+    project: bool
+
+
+def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: str = "distill") -> list[Match]:
+    """Explicit matches plus the ones ``layer_map`` generates, checked against both models' depths."""
+    t_n, s_n = teacher_config.num_hidden_layers, student_config.num_hidden_layers
+    specs: list[tuple[str, MatchConfig]] = [(f"{where}.matches[{i}]", m) for i, m in enumerate(cfg.matches)]
+    if cfg.layer_map is not None:
+        pairs = ([(round(i * t_n / s_n), i) for i in range(1, s_n + 1)] if cfg.layer_map == "uniform"
+                 else [(t_n, s_n)])
+        for feature in cfg.layer_map_features:
+            if feature == "embedding":
+                specs.append((f"{where}.layer_map", MatchConfig(0, 0, "embedding")))
+                continue
+            loss = "kl" if feature == "attention" else "mse"
+            specs += [(f"{where}.layer_map", MatchConfig(t, s, feature, loss)) for t, s in pairs]
+    out, seen = [], set()
+    for origin, m in specs:
+        t_layer, s_layer = (0, 0) if m.feature == "embedding" else (m.teacher_layer, m.student_layer)
+        if t_layer > t_n:
+            raise CompressError(f"{origin}: teacher_layer {t_layer}: the teacher has {t_n} layers")
+        if s_layer > s_n:
+            raise CompressError(f"{origin}: student_layer {s_layer}: the student has {s_n} layers")
+        widths_differ = teacher_config.hidden_size != student_config.hidden_size
+        if m.feature != "attention" and m.projection == "none" and widths_differ:
+            raise CompressError(f"{origin}.projection: none, but the student is {student_config.hidden_size} wide "
+                                f"and the teacher {teacher_config.hidden_size}")
+        project = m.feature != "attention" and (m.projection == "linear" or (m.projection == "auto" and widths_differ))
+        key = f"{m.feature}_t{t_layer}_s{s_layer}"
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project))
+    return out
+
+
+class Distiller(torch.nn.Module):
+    """The student plus one learned linear projection (student width -> teacher width) per projected match."""
+
+    def __init__(self, student: torch.nn.Module, matches: list[Match], teacher_width: int):
+        super().__init__()
+        self.student = student
+        width = student.config.hidden_size
+        self.projections = torch.nn.ModuleDict(
+            {m.key: torch.nn.Linear(width, teacher_width) for m in matches if m.project})
+        self.matches = matches
+
+    def forward(self, hidden: bool = False, attentions: bool = False, **inputs):
+        out = self.student(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+        projected = {}
+        if hidden:
+            for m in self.matches:
+                if m.project:
+                    projected[m.key] = self.projections[m.key](out.hidden_states[m.student_layer])
+        return out, projected
+
+
+@dataclass
+class AlignStats:
+    """Per-process counts of batches/rows whose tokenizations did not align (reported, never silently mixed)."""
+
+    batches: int = 0
+    misaligned_batches: int = 0
+    rows: int = 0
+    misaligned_rows: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class KDObjective:
+    """``objective(distiller, batch) -> (loss, logs)`` for `fit`.
+
+    ``logits``: logit KD + hard labels (from cached ``teacher_logits`` in the batch when present, else from the live
+    teacher). ``intermediate``: the position-wise matches. TinyBERT's two steps use one then the other."""
+
+    teacher: torch.nn.Module
+    cfg: DistillConfig
+    matches: list[Match]
+    regression: bool
+    teacher_prefix: str = ""
+    table: Optional[torch.Tensor] = None
+    """Teacher id -> student id (`align.id_map`) when the tokenizers differ; None when they are the same."""
+    logits: bool = True
+    intermediate: bool = True
+    stats: AlignStats = field(default_factory=AlignStats)
+
+    def _teacher(self, batch: dict, hidden: bool, attentions: bool):
+        p = self.teacher_prefix
+        device = batch["input_ids"].device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        self.teacher.eval()
+        inputs = {k: batch[p + k] for k in MODEL_INPUTS if p + k in batch}
+        with torch.inference_mode():
+            out = self.teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+        clone = lambda xs: None if xs is None else tuple(x.clone() for x in xs)  # noqa: E731 (normal tensors)
+        return out.logits.clone(), clone(out.hidden_states), clone(out.attentions)
+
+    def __call__(self, model, batch: dict):
+        use = self.matches if self.intermediate else []
+        need_h = any(m.feature != "attention" for m in use)
+        need_a = any(m.feature == "attention" for m in use)
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        out, projected = model(hidden=need_h, attentions=need_a, **inputs)
+        terms: dict[str, tuple[torch.Tensor, float]] = {}
+        t_logits = t_hidden = t_att = None
+        if use:
+            t_logits, t_hidden, t_att = self._teacher(batch, need_h, need_a)
+        if self.logits:
+            s_logits = out.logits
+            if self.cfg.kd_weight > 0:  # 0: plain fine-tuning (the no-teacher baseline)
+                if t_logits is None:
+                    t_logits = (batch["teacher_logits"] if "teacher_logits" in batch
+                                else self._teacher(batch, False, False)[0])
+                kd = (logits_mse(s_logits, t_logits) if self.regression
+                      else kd_loss(s_logits, t_logits, self.cfg.temperature))
+                terms["kd"] = (kd, self.cfg.kd_weight)
+            terms["hard"] = (hard_label_loss(s_logits, batch["labels"]), self.cfg.hard_label_weight)
+        else:
+            terms["keep_graph"] = (out.logits.sum() * 0.0, 1.0)  # every parameter in the graph (DDP)
+        if use:
+            terms.update(self._intermediate(batch, out, projected, t_hidden, t_att, use))
+        return combine(terms)
+
+    def _intermediate(self, batch, out, projected, t_hidden, t_att, use):
+        mask = batch["attention_mask"]
+        if self.table is None:
+            rows = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)
+        else:
+            p = self.teacher_prefix
+            rows = aligned_rows(batch["input_ids"], mask, batch[p + "input_ids"], batch[p + "attention_mask"],
+                                self.table)
+        n_bad = int((~rows).sum())
+        self.stats.batches += 1
+        self.stats.rows += int(rows.numel())
+        self.stats.misaligned_rows += n_bad
+        self.stats.misaligned_batches += int(n_bad > 0)
+        terms = {}
+        if not bool(rows.any()):  # nothing aligns: zero terms that still reach every parameter (DDP)
+            zero = sum(v.sum() for v in projected.values()) * 0.0 if projected else out.logits.sum() * 0.0
+            terms["intermediate_skipped"] = (zero + out.logits.sum() * 0.0, 1.0)
+            return terms
+        width = int(mask[rows].sum(1).max())
+        m_rows = mask[rows][:, :width]
+        for m in use:
+            if m.feature == "attention":
+                s = out.attentions[m.student_layer - 1][rows][..., :width, :width]
+                t = t_att[m.teacher_layer - 1][rows][..., :width, :width]
+                value = attention_loss(s, t, m_rows, m.loss)
+            else:
+                s = projected[m.key] if m.project else out.hidden_states[m.student_layer]
+                value = hidden_mse(s[rows][:, :width], t_hidden[m.teacher_layer][rows][:, :width], m_rows)
+            terms[m.key] = (value, m.weight)
+        return terms

@@ -1,0 +1,200 @@
+"""Stage `distill`: turn the fine-tuned teacher into each student of the recipe's ``students:`` list.
+
+For every student: build it (`students.build_student`, model surgery only), tokenize the data once per model (the
+teacher's columns carry the ``t_`` prefix when its tokenizer differs), cache the teacher's logits ahead of training
+when only logit KD needs the teacher, and train with `compress.train.fit` on the `KDObjective` (TinyBERT's two steps
+when asked: intermediate matches first, then the prediction layer). Checkpoints go to
+``<run>/.checkpoints/distill/<student>/``, so rerunning the same command after a crash resumes.
+
+Writes ``<student>/model/`` (safetensors + config + tokenizer) and ``<student>/metrics.json`` per student, and
+``metrics.json`` for all of them (dev metrics, retention of the teacher's dev metric, alignment counts, timings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from compress.config import Recipe, StudentConfig
+from compress.data import Collator, TaskData, load_task, tokenize
+from compress.distill.align import id_map, same_tokenizer
+from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
+from compress.errors import CompressError
+from compress.evaluate import evaluate, predict
+from compress.manifest import read_json, write_json
+from compress.modeling import count_params, load_trained, save
+from compress.train import FitResult, fit
+from students import build_student
+from students.build import Student
+
+log = logging.getLogger(__name__)
+
+
+class KDCollator:
+    """The task collator plus the cached teacher logits of each row (when the dataset carries them)."""
+
+    def __init__(self, base: Collator):
+        self.base = base
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.base(rows)
+        if "teacher_logits" in rows[0]:
+            batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+@dataclass
+class DistillResult:
+    model: torch.nn.Module
+    tokenizer: object
+    fits: dict[str, FitResult]
+    align: AlignStats
+    matches: list[str]
+    same_tokenizer: bool
+    timing: dict = field(default_factory=dict)
+
+
+def _steps(spec: StudentConfig, has_matches: bool) -> list[tuple[str, bool, bool]]:
+    """(name, logits, intermediate) per training step."""
+    if spec.distill.two_step:
+        return [("intermediate", False, True), ("prediction", True, False)]
+    return [("joint", True, has_matches)]
+
+
+def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec: StudentConfig, data: TaskData, *,
+            max_length: int, seed: int, group_by_length: bool = True, checkpoint_dir: Optional[Path] = None,
+            where: str = "students[0]") -> DistillResult:
+    """Train ``student.model`` from ``teacher`` as ``spec`` says; the best held-out state is kept."""
+    dcfg = spec.distill
+    s_tok = student.tokenizer
+    same = same_tokenizer(teacher_tokenizer, s_tok)
+    prefix = "" if same else "t_"
+    regression = data.spec.is_regression
+    train = tokenize(data.train, s_tok, max_length)
+    if not same:
+        train = tokenize(train, teacher_tokenizer, max_length, prefix=prefix)
+    holdout = tokenize(data.holdout, s_tok, max_length) if len(data.holdout) else None
+    collator = Collator({"": s_tok} if same else {"": s_tok, prefix: teacher_tokenizer}, regression)
+    eval_collator = Collator({"": s_tok}, regression)
+    matches = resolve_matches(dcfg, teacher.config, student.model.config, where=f"{where}.distill")
+    table = None if same else id_map(teacher_tokenizer, s_tok)
+    teacher.eval().requires_grad_(False)
+    align = AlignStats()
+    fits: dict[str, FitResult] = {}
+    timing = {"teacher_cache_s": 0.0, "train_s": 0.0}
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    for name, use_logits, use_matches in _steps(spec, bool(matches)):
+        cfg = spec.train
+        if name == "intermediate" and dcfg.intermediate_max_steps is not None:
+            cfg = dataclasses.replace(cfg, max_steps=dcfg.intermediate_max_steps)
+        step_matches = matches if use_matches else []
+        distiller = Distiller(student.model, step_matches, teacher.config.hidden_size)
+        done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
+        if done_marker is not None and done_marker.is_file():  # resumed after this step had finished
+            distiller.load_state_dict(load_file(done_marker))
+            log.info("%s: step %s already done (%s)", spec.name, name, done_marker)
+            continue
+        if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
+                and "teacher_logits" not in train.column_names):
+            t0 = time.perf_counter()
+            logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix)
+            train = train.add_column("teacher_logits", logits.tolist())
+            timing["teacher_cache_s"] += time.perf_counter() - t0
+        objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
+                                intermediate=use_matches, stats=align)
+        evaluate_fn = None
+        if holdout is not None and use_logits:
+            evaluate_fn = lambda d: evaluate(d.student, holdout, eval_collator, data.spec)  # noqa: E731
+        t0 = time.perf_counter()
+        fits[name] = fit(distiller, train, KDCollator(collator), cfg, seed=seed, objective=objective,
+                         evaluate=evaluate_fn, group_by_length=group_by_length,
+                         checkpoint_dir=ckdir / name if ckdir is not None else None,
+                         desc=f"distill {spec.name}" + (f" ({name})" if name != "joint" else ""))
+        timing["train_s"] += time.perf_counter() - t0
+        if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
+            done_marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = done_marker.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp)
+            tmp.rename(done_marker)
+    if ckdir is not None:
+        shutil.rmtree(ckdir, ignore_errors=True)
+    if align.misaligned_batches:
+        log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
+                    "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
+                    align.misaligned_rows, align.rows)
+    return DistillResult(student.model, s_tok, fits, align, [m.key for m in matches], same,
+                         {k: round(v, 2) for k, v in timing.items()})
+
+
+def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_length: int) -> dict:
+    path = teacher_dir / "metrics.json"
+    if path.is_file():
+        dev = read_json(path).get("metrics", {}).get("dev")
+        if dev:
+            return dev
+    collator = Collator({"": tokenizer}, data.spec.is_regression)
+    return evaluate(teacher, tokenize(data.dev, tokenizer, max_length), collator, data.spec)
+
+
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    names = [s.name for s in recipe.students]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise CompressError(f"{recipe.path}: students: the name {dup!r} is used twice")
+    if not recipe.students:
+        raise CompressError(f"{recipe.path}: students: the list is empty")
+    teacher_dir = Path(inputs["teacher"])
+    teacher, t_tok = load_trained(teacher_dir / "model")
+    data_seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
+    data = load_task(recipe.task, seed=data_seed)
+    ml = recipe.task.max_length
+    teacher_dev = _teacher_dev(teacher_dir, teacher, t_tok, data, ml)
+    main_metric = data.spec.metrics[0]
+    summary, params = {}, {}
+    for i, spec in enumerate(recipe.students):
+        where = f"students[{i}]"
+        try:
+            student = build_student(spec, teacher, t_tok, data.spec)
+        except CompressError as e:
+            raise CompressError(f"{recipe.path}: {where} ({spec.name}): {e}") from None
+        seed = spec.train.seed if spec.train.seed is not None else recipe.seed
+        try:
+            res = distill(teacher, t_tok, student, spec, data, max_length=ml, seed=seed,
+                          group_by_length=recipe.task.group_by_length,
+                          checkpoint_dir=recipe.run_dir / ".checkpoints" / "distill" / spec.name, where=where)
+        except CompressError as e:
+            raise CompressError(f"{recipe.path}: {e}") from None
+        collator = Collator({"": res.tokenizer}, data.spec.is_regression)
+        metrics = {"dev": evaluate(res.model, tokenize(data.dev, res.tokenizer, ml), collator, data.spec)}
+        if len(data.holdout):
+            metrics["holdout"] = evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml), collator, data.spec)
+        if data.test is not None:
+            metrics["test"] = evaluate(res.model, tokenize(data.test, res.tokenizer, ml), collator, data.spec)
+        metrics["retention"] = round(metrics["dev"][main_metric] / teacher_dev[main_metric], 4) \
+            if teacher_dev.get(main_metric) else None
+        save(res.model, res.tokenizer, out / spec.name / "model")
+        info = {"student": student.info, "matches": res.matches, "same_tokenizer": res.same_tokenizer,
+                "alignment": res.align.as_dict(), "timing": res.timing,
+                "train": {k: {"steps": f.steps, "best_step": f.best_step, "history": f.history,
+                              "tokens_per_s": round(f.tokens_per_s, 1), "resumed_from": f.resumed_from}
+                          for k, f in res.fits.items()}}
+        write_json(out / spec.name / "metrics.json", {"metrics": metrics, **info})
+        summary[spec.name] = {"metrics": metrics, **info}
+        params[spec.name] = count_params(res.model)
+        print(f"[distill] {spec.name}: dev {main_metric}={metrics['dev'][main_metric]:.4f} "
+              f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
+              f"{params[spec.name] / 1e6:.1f}M params")
+    write_json(out / "metrics.json", {"teacher": {"dev": teacher_dev}, "students": summary})
+    first = recipe.students[0].name
+    return {"metrics": {"dev": summary[first]["metrics"]["dev"], "teacher_dev": teacher_dev,
+                        "students": {n: s["metrics"] for n, s in summary.items()}},
+            "params": params, "models": {n: f"{n}/model" for n in names}, "students": summary,
+            "timing": {n: s["timing"] for n, s in summary.items()}}
