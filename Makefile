@@ -7,7 +7,7 @@ RECIPE ?= pipelines/quickstart.yaml
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher validate zoo clean
+.PHONY: install pipeline test test-slow teacher report bundle validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-slow: $(STAMP)  ## the long tests too
 
 teacher: $(STAMP)  ## fine-tune the recipe's teacher only
 	$(COMPRESS) run $(RECIPE) --stage teacher
+
+report: $(STAMP)  ## tables + Pareto plot + HTML of the recipe's run (runs its stages up to `report`)
+	$(COMPRESS) run $(RECIPE) --stage report
+
+bundle: $(STAMP)  ## edge bundle (folder + .tar.gz) of the int8 model the recipe's bundle section picks
+	$(COMPRESS) bundle $(RECIPE)
 
 validate: $(STAMP)
 	$(COMPRESS) validate $(RECIPE)

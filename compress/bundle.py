@@ -173,11 +173,13 @@ def model_card(manifest: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ building
 def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, labels: Optional[list[str]],
           text_pair: bool, max_length: int, metrics: Optional[dict] = None, latency: Optional[dict] = None,
-          source: Optional[dict] = None, ort_format: bool = True, require_int8: bool = True) -> tuple[Path, Path]:
+          source: Optional[dict] = None, ort_format: bool = True, ort_model: Optional[Path] = None,
+          require_int8: bool = True) -> tuple[Path, Path]:
     """Write ``out_dir/name/`` and ``out_dir/name.tar.gz``; returns both paths.
 
     ``model`` is the ONNX file to ship (int8 unless ``require_int8`` is off), ``tokenizer`` its ``tokenizer.json``,
     ``labels`` the label names in logit order (None: regression), ``latency`` a dict of numbers plus ``protocol``.
+    ``ort_model``: an ORT-format copy made elsewhere (else one is converted here when ``ort_format``).
     """
     model, tokenizer, out_dir = Path(model), Path(tokenizer), Path(out_dir)
     if not model.is_file():
@@ -195,7 +197,9 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     try:
         shutil.copyfile(model, tmp / "model.onnx")
         io = model_io(tmp / "model.onnx")
-        if ort_format:
+        if ort_format and ort_model is not None and Path(ort_model).is_file():
+            shutil.copyfile(ort_model, tmp / "model.ort")
+        elif ort_format:
             convert_to_ort(tmp / "model.onnx", tmp / "model.ort")
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
         write_json(tmp / "labels.json", {"labels": labels})
@@ -332,3 +336,91 @@ def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[st
             return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
         except BundleError as e:
             raise CompressError(f"{bundle}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------------ the stage
+def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: Optional[int] = None):
+    """The int8 model to ship from a run's report table, and a record of why.
+
+    best_within_drop: the fastest shippable int8 model whose metric is within ``max_drop`` points (x100) of the
+    teacher's; when none is, the most accurate one (``within_budget: false``). fastest / most_accurate: as named.
+    Speed is p50 latency at ``threads`` (default: the largest benchmarked); without bench numbers, file size.
+    """
+    candidates = [r for r in table.rows if r.shippable and r.path]
+    if not candidates:
+        raise CompressError(f"{table.folder}: no shippable int8 model (run the quantize stage; a model that fails "
+                            f"its accuracy guard is not shippable)")
+    threads = threads or table.headline_threads
+
+    def cost(r) -> float:
+        lat = r.latency.get(threads)
+        return lat.p50_ms if lat else float("inf")
+
+    if all(cost(r) == float("inf") for r in candidates):
+        by = "file size (no latency measured)"
+
+        def cost(r) -> float:  # noqa: F811
+            return float(r.file_bytes or Path(r.path).stat().st_size)
+    else:
+        by = f"p50 latency at {threads} thread{'s' if threads != 1 else ''}"
+
+    def metric(r) -> float:
+        return r.metric if r.metric is not None else -float("inf")
+
+    def drop(r) -> Optional[float]:
+        if r.metric is None or table.teacher_metric is None:
+            return None
+        return 100.0 * (table.teacher_metric - r.metric)
+
+    within = [r for r in candidates if drop(r) is not None and drop(r) <= max_drop + 1e-9]
+    if how == "fastest":
+        chosen = min(candidates, key=lambda r: (cost(r), -metric(r)))
+    elif how == "most_accurate" or not within:
+        chosen = max(candidates, key=lambda r: (metric(r), -cost(r)))
+    else:
+        chosen = min(within, key=lambda r: (cost(r), -metric(r)))
+    if how == "best_within_drop" and not within:
+        log.warning("no int8 model is within %.2f points of the teacher; shipping the most accurate (%s)",
+                    max_drop, chosen.name)
+    record = {"pick": how, "by": by, "max_drop": max_drop, "threads": threads,
+              "within_budget": chosen in within, "chosen": chosen.name,
+              "candidates": [{"name": r.name, "metric": r.metric, "drop_points": None if drop(r) is None
+                              else round(drop(r), 4), "cost": None if cost(r) == float("inf") else cost(r)}
+                             for r in candidates]}
+    return chosen, record
+
+
+def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
+    from compress.data import task_spec
+    from compress.report import collect
+
+    cfg = recipe.bundle
+    quantize_cfg = getattr(recipe, "quantize", None)
+    max_drop = cfg.max_drop if cfg.max_drop is not None else getattr(quantize_cfg, "max_drop", None) or 1.0
+    table = collect(recipe.run_dir, recipe=recipe)
+    chosen, choice = pick(table, cfg.pick, max_drop, cfg.threads)
+    spec = task_spec(recipe.task)
+    name = cfg.name or f"{recipe.name}-{spec.name}-int8"
+    threads = choice["threads"]
+    lat = chosen.latency.get(threads) if threads else None
+    latency = None
+    if lat is not None:
+        speedup = table.speedup(chosen, threads)
+        latency = {"p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "threads": threads, "batch_size": 1,
+                   "throughput_per_s": lat.throughput,
+                   "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2),
+                   "protocol": table.provenance.get("protocol")}
+    metrics = {"dev": {table.metric_name: chosen.metric}}
+    if table.teacher_metric is not None and chosen.metric is not None:
+        metrics["teacher_dev"] = {table.metric_name: table.teacher_metric}
+        metrics["retention"] = round(chosen.metric / table.teacher_metric, 6)
+    source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
+              "pick": f"{cfg.pick} (max drop {max_drop:g} points, by {choice['by']})",
+              "within_budget": choice["within_budget"], "seed": recipe.seed}
+    folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
+                            labels=spec.labels, text_pair=spec.text_pair is not None,
+                            max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
+                            ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
+    print(f"[bundle] {chosen.name}: {folder} and {archive.name}")
+    return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name], **choice}}

@@ -90,6 +90,15 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from compress.report import report_runs
+
+    written = report_runs(args.runs, args.out, threads=args.threads)
+    for path in written.values():
+        print(path)
+    return 0
+
+
 def cmd_predict(args) -> int:
     import json
 
@@ -156,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="dist", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
     p.set_defaults(fn=cmd_bundle)
+
+    p = sub.add_parser("report", help="tables, Pareto plot and HTML page of one or more run folders",
+                       description="Report run folders (runs/<name>): one table per run with every artifact's "
+                       "params, file size, task metric (mean ± std over seeds), retention vs the teacher, latency "
+                       "p50/p90 per thread count, speedup vs the teacher's ONNX fp32 model and throughput; a Pareto "
+                       "plot (metric vs latency, all runs overlaid); provenance. Writes report.md, report.html "
+                       "(self-contained) and pareto.png. Nothing is re-measured: numbers come from the stages.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder, e.g. runs/quickstart")
+    p.add_argument("--out", default="reports", help="output folder (default: reports)")
+    p.add_argument("--threads", type=int, help="thread count for speedup, throughput and the plot "
+                   "(default: the largest benchmarked)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("predict", help="classify a text with a bundle (sha256-verified first)",
                        description="Verify a bundle (folder or .tar.gz: every file's sha256, no unlisted file, no "

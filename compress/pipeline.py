@@ -51,6 +51,10 @@ STAGES: list[Stage] = [
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",)),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
+    # report and bundle stay last (add stages above them): they read every earlier stage's outputs
+    Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
+          uses=("distill", "prune", "quantize", "bench")),
+    Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report")),
 ]
 
 

@@ -60,7 +60,13 @@ class Row:
     reference: bool = False
     """The teacher's ONNX fp32 model: what speedup is measured against."""
     shippable: bool = False
-    """An int8 ONNX model that a bundle can ship."""
+    """An int8 ONNX model that a bundle can ship (passed the quantize stage's accuracy guard)."""
+    path: Optional[str] = None
+    """The model file (ONNX) or folder (torch)."""
+    ort_path: Optional[str] = None
+    """ORT-format copy of an ONNX model, when one was made."""
+    tokenizer: Optional[str] = None
+    """Its tokenizer.json."""
 
 
 @dataclass
@@ -73,6 +79,8 @@ class RunTable:
     teacher_metric: Optional[float] = None
     provenance: dict = field(default_factory=dict)
     """recipe, seeds, protocol, versions, host (shown under the table)."""
+    threads_override: Optional[int] = None
+    """Headline thread count chosen by the user (report.threads)."""
 
     @property
     def threads(self) -> list[int]:
@@ -80,7 +88,9 @@ class RunTable:
 
     @property
     def headline_threads(self) -> Optional[int]:
-        """The thread count that speedup, throughput and the plot use: the largest benchmarked."""
+        """The thread count that speedup, throughput and the plot use: the user's, else the largest benchmarked."""
+        if self.threads_override is not None:
+            return self.threads_override
         return max(self.threads) if self.threads else None
 
     def reference_row(self) -> Optional[Row]:
@@ -105,6 +115,139 @@ def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float],
     if not vals:
         return None, None, 0
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+# ------------------------------------------------------------------------------------------------------ collect
+def _read(path: Path) -> Optional[dict]:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise CompressError(f"{path}: not valid JSON ({e})") from None
+
+
+def _dev(metrics: Optional[dict]) -> dict:
+    """The dev metrics of a manifest's ``metrics`` (``{"dev": {...}}`` or a flat dict)."""
+    if not isinstance(metrics, dict):
+        return {}
+    dev = metrics.get("dev", metrics)
+    return dev if isinstance(dev, dict) else {}
+
+
+def _metric_value(metrics: Optional[dict], name: str, per_seed: Optional[list] = None):
+    """(mean, std, n) of metric ``name``: from per-seed records when given, else the single dev value (a number or
+    a ``{mean, std, n}`` record)."""
+    if per_seed:
+        return mean_std([_dev(r.get("metrics", r)).get(name) for r in per_seed])
+    value = _dev(metrics).get(name)
+    if isinstance(value, dict):
+        return value.get("mean"), value.get("std"), int(value.get("n", 1))
+    return (None, None, 0) if value is None else (float(value), None, 1)
+
+
+def _size(path: Path) -> Optional[int]:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():  # a torch model folder: its weights
+        return sum(p.stat().st_size for p in path.glob("*.safetensors")) or None
+    return None
+
+
+def _torch_row(name: str, kind: str, folder: Path, manifest: dict, metric: str, entry: Optional[dict] = None) -> Row:
+    entry = entry or manifest
+    mean, std, n = _metric_value(entry.get("metrics"), metric, entry.get("per_seed") or entry.get("seeds_metrics"))
+    return Row(name, kind, "torch", params=entry.get("params"), file_bytes=_size(folder), metric=mean,
+               metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"))
+
+
+def _student_rows(run_dir: Path, metric: str) -> list[Row]:
+    """Students of the distill stage: one per ``distill/<name>/`` model folder, metrics from the stage manifest
+    (``students`` as a list or a mapping) or the student's own metrics.json."""
+    folder = run_dir / "distill"
+    manifest = _read(folder / "manifest.json")
+    if manifest is None:
+        return []
+    entries = manifest.get("students") or {}
+    if isinstance(entries, list):
+        entries = {e.get("name", str(i)): e for i, e in enumerate(entries)}
+    rows = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        model = sub / "model" if (sub / "model" / "config.json").is_file() else sub
+        if not (model / "config.json").is_file():
+            continue
+        entry = entries.get(sub.name) or _read(sub / "metrics.json") or {}
+        rows.append(_torch_row(f"student {sub.name}", "student", model, manifest, metric, entry))
+    return rows
+
+
+def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Row]:
+    """ONNX fp32 and int8 models of the quantize stage (quantize.json)."""
+    folder = run_dir / "quantize"
+    record = _read(folder / "quantize.json")
+    if record is None:
+        return []
+    source = (record.get("source") or {}).get("model", "model")
+    label = source if source in ("teacher", "prune") else f"student {source}"
+    label = "pruned" if label == "prune" else label
+    kind = {"teacher": "teacher", "pruned": "pruned"}.get(label, "student")
+    tokenizer = folder / "tokenizer" / "tokenizer.json"
+    rows = []
+    fp32 = record.get("fp32") or {}
+    if fp32.get("file"):
+        mean, _, _ = _metric_value(fp32.get("metrics"), metric)
+        rows.append(Row(f"{label} · onnx fp32", kind, "onnx fp32", params, _size(folder / fp32["file"]), mean,
+                        path=str(folder / fp32["file"]), tokenizer=str(tokenizer)))
+    for mode, entry in (record.get("int8") or {}).items():
+        mean, _, _ = _metric_value(entry.get("metrics"), metric)
+        ort_file = entry.get("ort_file")
+        rows.append(Row(f"{label} · int8 {mode}", "int8", f"onnx int8 {mode}", params,
+                        _size(folder / entry["file"]), mean, shippable=bool(entry.get("shippable")),
+                        path=str(folder / entry["file"]), ort_path=str(folder / ort_file) if ort_file else None,
+                        tokenizer=str(tokenizer)))
+    return rows
+
+
+def collect(run_dir: str | Path, recipe=None) -> RunTable:
+    """A run folder's artifacts as a table: stage manifests for metrics and sizes, the bench stage for latency."""
+    run_dir = Path(run_dir)
+    teacher = _read(run_dir / "teacher" / "manifest.json")
+    if teacher is None:
+        raise CompressError(f"{run_dir}: not a run folder (no teacher/manifest.json; run `compress run RECIPE`)")
+    metric = next(iter(_dev(teacher.get("metrics"))), "accuracy")
+    rows = [_torch_row("teacher", "teacher", run_dir / "teacher" / "model", teacher, metric)]
+    rows += _student_rows(run_dir, metric)
+    prune = _read(run_dir / "prune" / "manifest.json")
+    if prune is not None:
+        rows.append(_torch_row("pruned", "pruned", run_dir / "prune" / "model", prune, metric))
+    quantize = _read(run_dir / "quantize" / "manifest.json") or {}
+    rows += _quantize_rows(run_dir, metric, quantize.get("params"))
+    protocol = _attach_bench(run_dir, rows, metric)
+    seeds = sorted({m.get("seed") for m in _manifests(run_dir) if m.get("seed") is not None})
+    env = teacher.get("env") or {}
+    provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
+                  "seeds": seeds, "protocol": protocol, "versions": env.get("versions"), "host": env.get("host"),
+                  "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in _manifests(run_dir))}
+    return RunTable(teacher.get("recipe") or run_dir.name, str(run_dir), metric, rows,
+                    teacher_metric=rows[0].metric, provenance=provenance)
+
+
+def _manifests(run_dir: Path) -> list[dict]:
+    out = []
+    for path in sorted(run_dir.glob("*/manifest.json")):
+        m = _read(path)
+        if m and m.get("stage"):
+            out.append(m)
+    return out
+
+
+def _attach_bench(run_dir: Path, rows: list[Row], metric: str) -> Optional[dict]:
+    """Latency from the bench stage onto the rows (matched by model file); returns the protocol. Placeholder until
+    the bench stage's schema is final."""
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------ pareto
@@ -296,3 +439,22 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
         tmp.replace(out / name)
         written[name.split(".")[1]] = out / name
     return written
+
+
+# ------------------------------------------------------------------------------------------------------ the stage
+def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None,
+                threads: Optional[int] = None) -> dict[str, Path]:
+    """Tables of several run folders (the first with ``recipe``'s provenance) into ``out``."""
+    tables = [collect(d, recipe=recipe if i == 0 else None) for i, d in enumerate(run_dirs)]
+    if threads is not None:
+        for table in tables:
+            table.threads_override = threads
+    return write(tables, Path(out))
+
+
+def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    """Stage `report`: this run's table (plus ``report.compare`` runs) as report.md, report.html, pareto.png."""
+    cfg = recipe.report
+    written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads)
+    print(f"[report] {out.name}: " + ", ".join(p.name for p in written.values()))
+    return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare)}
