@@ -49,6 +49,8 @@ class Stage:
 STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher")),
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",)),
+    # prune takes the distilled student when the recipe has one (prune.source), else the teacher
+    Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",)),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs

@@ -199,3 +199,41 @@ def test_taylor_scores_on_sst2_rows_find_a_dead_head(sst2):
     P.prune(model, cfg(layers={"layer.0": {"heads": 0.25}}), scores=taylor)
     assert P.provenance(model).layers[0].heads == [0, 1, 3]
     assert np.abs(predict(model, train, collator) - before).max() <= 1e-5  # removing the dead head changes nothing
+
+
+def test_prune_stage_iterative_with_recovery(tiny_bert_dir, tmp_path):
+    import json
+
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 256, max_eval_samples: 64, holdout: 0.1}}
+teacher: {{model: {tiny_bert_dir}, epochs: 1, lr: 1.0e-3, batch_size: 32}}
+prune:
+  heads: 0.5
+  ffn: 0.5
+  steps: 2
+  calibration_batches: 2
+  calibration_batch_size: 16
+  recover: {{max_steps: 3, batch_size: 32, lr: 1.0e-4, teacher: teacher}}
+""")
+    done = run_pipeline(load_recipe(path))
+    manifest = done["prune"]
+    folder = tmp_path / "runs" / "tiny" / "prune"
+    assert manifest["source"] == "teacher" and manifest["params"] < done["teacher"]["params"]
+    steps = manifest["pruning"]["steps"]
+    assert [s["step"] for s in steps] == [1, 2] and all(s["recovery"]["steps"] == 3 for s in steps)
+    assert sum(layer["heads"] for layer in steps[0]["layers"]) == 6 and sum(l["heads"] for l in steps[1]["layers"]) == 4
+    assert {"dev_pruned", "dev_recovered"} <= set(steps[1]) and "accuracy" in manifest["metrics"]["dev_before"]
+    rows = json.loads((folder / "layers.json").read_text())["layers"]
+    assert [r["heads_before"] for r in rows] == [4, 4] and sum(r["heads_after"] for r in rows) == 4
+    assert sum(r["ffn_after"] for r in rows) == 64 and "| total | 8 -> 4 | 128 -> 64 |" in (folder / "layers.md").read_text()
+    record = json.loads((folder / "pruning.json").read_text())["provenance"]
+    assert [len(s["heads"]) for s in record["layers"]] == [r["heads_after"] for r in rows]
+    assert "model/model.safetensors" in manifest["outputs"] and manifest["pruning"]["speedup_macs"] > 1.5
+    model, _ = load_trained(folder / "model")
+    assert P.provenance(model).to_dict() == record

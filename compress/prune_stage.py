@@ -1,0 +1,199 @@
+"""Stage `prune`: iterative structured pruning (heads and FFN neurons) with distillation recovery.
+
+The model pruned is a distilled student (``prune.source``, default the recipe's first student) when the recipe has a
+distill stage, otherwise the fine-tuned teacher. ``prune.steps`` times: score heads and neurons (Taylor over
+calibration batches of training rows, or weight magnitude), cut ``k/steps`` of the way to the target
+(`compress.prune`), then recover through `compress.train.fit` with logit KD (``kd_loss`` at T, scaled by T^2) plus
+the gold labels. The recovery teacher is the unpruned source model or the original teacher (``prune.recover.teacher``);
+its logits on the training rows are computed once, before the first step, and looked up by row index.
+
+Writes ``model/`` (safetensors, config with the pruning record, tokenizer), ``pruning.json`` (what every layer kept,
+original numbering; per-step metrics), ``layers.md`` / ``layers.json`` (per-layer heads, FFN, params and MACs before
+and after) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from compress import prune as P
+from compress.config import PruneConfig, Recipe, RecoverConfig
+from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
+from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
+from compress.errors import CompressError
+from compress.evaluate import MODEL_INPUTS, evaluate, predict
+from compress.manifest import write_json
+from compress.modeling import count_params, load_trained, save
+from compress.train import fit
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- which model
+def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
+    """(name, folder) of the model to prune: ``prune.source``, else the first student, else the teacher."""
+    students = [s.name for s in (getattr(recipe, "students", None) or [])]
+    source = recipe.prune.source or (students[0] if students and "distill" in inputs else "teacher")
+    if source == "teacher":
+        folder = inputs["teacher"] / "model"
+    elif source in students:
+        if "distill" not in inputs:
+            raise CompressError(f"{recipe.path}: prune.source: student {source!r} needs the distill stage")
+        folder = inputs["distill"] / source / "model"
+    else:
+        raise CompressError(f"{recipe.path}: prune.source: {source!r} is neither teacher nor a student "
+                            f"({', '.join(students) or 'no students'})")
+    if not (folder / "config.json").is_file():
+        raise CompressError(f"{folder}: no saved model for prune.source {source!r}")
+    return source, folder
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+def recovery_objective(teacher_logits: torch.Tensor, cfg: RecoverConfig, regression: bool) -> Callable:
+    """``objective(model, batch)`` for `fit`: logit KD against precomputed teacher logits (rows looked up by the
+    batch's ``index``) plus the gold labels."""
+
+    def objective(model, batch):
+        out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        teacher = teacher_logits[batch["index"].cpu()].to(out.logits.device)
+        kd = logits_mse(out.logits, teacher) if regression else kd_loss(out.logits, teacher, cfg.temperature)
+        hard = hard_label_loss(out.logits, batch["labels"])
+        loss = cfg.kd_weight * kd + cfg.hard_label_weight * hard
+        return loss, {"kd": kd.item(), "hard": hard.item()}
+
+    return objective
+
+
+def teacher_logits(model, tokenizer, rows, max_length: int) -> torch.Tensor:
+    """The recovery teacher's logits on the (untokenized) training rows, in row order."""
+    ds = tokenize(rows, tokenizer, max_length)
+    return torch.from_numpy(predict(model, ds, Collator({"": tokenizer}), batch_size=128)).float()
+
+
+def calibration_batches(train, collator: Collator, cfg: PruneConfig, seed: int, step: int) -> list[dict]:
+    """The first ``calibration_batches`` shuffled batches of training rows (a different draw at each step)."""
+    loader = train_loader(train, collator, cfg.calibration_batch_size, seed + 7919 * (step + 1), 0,
+                          group_by_length=False)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) >= cfg.calibration_batches:
+            break
+    return batches
+
+
+def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collator: Collator, spec: TaskSpec,
+                        logits: Optional[torch.Tensor], seed: int, seq_len: int, group_by_length: bool = True,
+                        checkpoint_root: Optional[Path] = None) -> list[dict]:
+    """Run the iterative schedule on ``model`` in place. ``train`` must carry an ``index`` column (row -> teacher
+    logit). Returns one record per step: sizes, dev metrics right after the cut and after recovery."""
+    history = []
+    for step in range(cfg.steps):
+        fraction = (step + 1) / cfg.steps
+        batches = calibration_batches(train, collator, cfg, seed, step) if cfg.importance == "taylor" else None
+        P.prune(model, cfg, batches=batches, fraction=fraction, seq_len=seq_len)
+        record = {"step": step + 1, "fraction": fraction, "params": count_params(model),
+                  "macs": P.model_macs(model, seq_len),
+                  "layers": [{"heads": len(s.heads), "ffn": len(s.ffn)} for s in P.provenance(model).layers],
+                  "dev_pruned": evaluate(model, dev, collator, spec)}
+        if cfg.recover is not None and logits is not None:
+            rcfg = cfg.recover
+            result = fit(model, train, collator, rcfg, seed=rcfg.seed if rcfg.seed is not None else seed + step,
+                         objective=recovery_objective(logits, rcfg, spec.is_regression),
+                         evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
+                         group_by_length=group_by_length, desc=f"prune step {step + 1}/{cfg.steps} recovery",
+                         checkpoint_dir=(checkpoint_root / f"step-{step + 1}") if checkpoint_root and
+                         rcfg.checkpoint_every else None)
+            record["recovery"] = {"steps": result.steps, "best_step": result.best_step,
+                                  "train_s": round(result.wall_s, 1)}
+            record["dev_recovered"] = evaluate(model, dev, collator, spec)
+        log.info("prune step %d: %s", step + 1, record)
+        history.append(record)
+    return history
+
+
+# ------------------------------------------------------------------------------------------------- report
+def layer_report(before: list[dict], after_model, seq_len: int) -> list[dict]:
+    """Rows per layer of the unpruned model: heads, FFN, params, MACs before and after (a dropped layer: 0)."""
+    after = {r["layer"]: r for r in P.layer_table(after_model, seq_len)}
+    rows = []
+    for b in before:
+        a = after.get(b["layer"], {"heads": 0, "ffn": 0, "params": 0, "macs": 0})
+        rows.append({"layer": b["layer"], **{f"{k}_before": b[k] for k in ("heads", "ffn", "params", "macs")},
+                     **{f"{k}_after": a[k] for k in ("heads", "ffn", "params", "macs")}})
+    return rows
+
+
+def layer_markdown(rows: list[dict], totals: dict, seq_len: int) -> str:
+    lines = [f"MACs per sequence of {seq_len} tokens (encoder layers); totals include embeddings, pooler and head.", "",
+             "| layer | heads | FFN | params | MACs |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['layer']}{' (dropped)' if r['heads_after'] == 0 else ''} "
+                     f"| {r['heads_before']} -> {r['heads_after']} | {r['ffn_before']} -> {r['ffn_after']} "
+                     f"| {r['params_before']:,} -> {r['params_after']:,} | {r['macs_before']:,} -> {r['macs_after']:,} |")
+    lines.append(f"| total | {sum(r['heads_before'] for r in rows)} -> {sum(r['heads_after'] for r in rows)} "
+                 f"| {sum(r['ffn_before'] for r in rows)} -> {sum(r['ffn_after'] for r in rows)} "
+                 f"| {totals['params_before']:,} -> {totals['params_after']:,} "
+                 f"| {totals['macs_before']:,} -> {totals['macs_after']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- stage
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    cfg = recipe.prune
+    seed = recipe.seed
+    source, folder = source_model(recipe, inputs)
+    model, tokenizer = load_trained(folder)
+    data = load_task(recipe.task, seed=seed)
+    spec, ml = data.spec, recipe.task.max_length
+    train = tokenize(data.train, tokenizer, ml)
+    train = train.add_column("index", list(range(len(train))))
+    holdout, dev = tokenize(data.holdout, tokenizer, ml), tokenize(data.dev, tokenizer, ml)
+    collator = Collator({"": tokenizer}, regression=spec.is_regression)
+
+    try:
+        P.plan(model, P.score(model, "l1"), cfg, seq_len=ml)  # a bad request fails now, not after minutes of work
+    except CompressError as e:
+        raise CompressError(f"{recipe.path}: {e}") from None
+
+    logits = None
+    if cfg.recover is not None:
+        if cfg.recover.teacher == "teacher" and source != "teacher":
+            t_model, t_tok = load_trained(inputs["teacher"] / "model")
+            logits = teacher_logits(t_model, t_tok, data.train, ml)
+            del t_model
+        else:  # the unpruned source teaches: same tokenization as the rows it trains on
+            logits = torch.from_numpy(predict(model, train, collator, batch_size=128)).float()
+
+    before_rows = P.layer_table(model, ml)
+    params_before, macs_before = count_params(model), P.model_macs(model, ml)
+    dev_before = evaluate(model, dev, collator, spec)
+    try:
+        history = prune_with_recovery(model, cfg, train=train, holdout=holdout, dev=dev, collator=collator, spec=spec,
+                                      logits=logits, seed=seed, seq_len=ml, group_by_length=recipe.task.group_by_length,
+                                      checkpoint_root=recipe.run_dir / ".checkpoints" / "prune")
+    except CompressError as e:
+        raise CompressError(f"{recipe.path}: {e}") from None
+
+    save(model, tokenizer, out / "model")
+    rows = layer_report(before_rows, model, ml)
+    totals = {"params_before": params_before, "params_after": count_params(model), "macs_before": macs_before,
+              "macs_after": P.model_macs(model, ml), "seq_len": ml}
+    write_json(out / "layers.json", {"layers": rows, "totals": totals})
+    (out / "layers.md").write_text(layer_markdown(rows, totals, ml), encoding="utf-8")
+    prov = P.provenance(model)
+    write_json(out / "pruning.json", {"source": source, "source_folder": str(folder), "provenance": prov.to_dict(),
+                                      "steps": history})
+    metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
+    if len(holdout):
+        metrics["holdout"] = evaluate(model, holdout, collator, spec)
+    write_json(out / "metrics.json", {"metrics": metrics, "steps": history})
+    return {"metrics": metrics, "params": totals["params_after"], "source": source,
+            "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],
+                        "mac_seq_len": ml, "speedup_macs": round(macs_before / totals["macs_after"], 3),
+                        "layers": rows, "steps": history}}
