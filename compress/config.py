@@ -396,6 +396,9 @@ class ReportConfig:
     """Other run folders (e.g. runs/sst2) tabulated after this run and overlaid on the Pareto plot."""
     threads: Optional[int] = None
     """Thread count whose latency gives speedup, throughput and the plot's x axis. None: the largest benchmarked."""
+    measure: bool = True
+    """Time the ONNX fp32 export of every model the bench stage did not run (the teacher's is the speedup
+    reference), with the bench protocol's dev series. False: only stored numbers are reported."""
 
     def validate(self, file: str, where: str) -> None:
         if self.threads is not None and self.threads < 1:

@@ -179,9 +179,24 @@ def _student_rows(run_dir: Path, metric: str) -> list[Row]:
         model = sub / "model" if (sub / "model" / "config.json").is_file() else sub
         if not (model / "config.json").is_file():
             continue
-        entry = entries.get(sub.name) or _read(sub / "metrics.json") or {}
+        entry = dict(entries.get(sub.name) or _read(sub / "metrics.json") or {})
+        params = manifest.get("params")
+        if entry.get("params") is None and isinstance(params, dict):  # the stage records params per student
+            entry["params"] = params.get(sub.name)
         rows.append(_torch_row(f"student {sub.name}", "student", model, manifest, metric, entry))
     return rows
+
+
+def source_label(source: Optional[str]) -> str:
+    """Table name of the model the quantize/bench stages worked on (their ``source.model``)."""
+    if source in (None, "teacher"):
+        return "teacher"
+    return "pruned" if source == "prune" else f"student {source}"
+
+
+def _kind(label: str) -> str:
+    first = label.split()[0]
+    return first if first in ("teacher", "pruned", "student") else "student"
 
 
 def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Row]:
@@ -190,17 +205,14 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
     record = _read(folder / "quantize.json")
     if record is None:
         return []
-    source = (record.get("source") or {}).get("model", "model")
-    label = source if source in ("teacher", "prune") else f"student {source}"
-    label = "pruned" if label == "prune" else label
-    kind = {"teacher": "teacher", "pruned": "pruned"}.get(label, "student")
+    label = source_label((record.get("source") or {}).get("model"))
     tokenizer = folder / "tokenizer" / "tokenizer.json"
     rows = []
     fp32 = record.get("fp32") or {}
     if fp32.get("file"):
         mean, _, _ = _metric_value(fp32.get("metrics"), metric)
-        rows.append(Row(f"{label} · onnx fp32", kind, "onnx fp32", params, _size(folder / fp32["file"]), mean,
-                        path=str(folder / fp32["file"]), tokenizer=str(tokenizer)))
+        rows.append(Row(f"{label} · onnx fp32", _kind(label), "onnx fp32", params, _size(folder / fp32["file"]),
+                        mean, path=str(folder / fp32["file"]), tokenizer=str(tokenizer)))
     for mode, entry in (record.get("int8") or {}).items():
         mean, _, _ = _metric_value(entry.get("metrics"), metric)
         ort_file = entry.get("ort_file")
@@ -211,8 +223,71 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
     return rows
 
 
-def collect(run_dir: str | Path, recipe=None) -> RunTable:
-    """A run folder's artifacts as a table: stage manifests for metrics and sizes, the bench stage for latency."""
+# bench artifact name -> (row name suffix, format); "" suffix: the torch row of the source model itself
+BENCH_NAMES = {
+    "torch_fp32": ("", "torch"),
+    "torch_dynamic_int8": (" · torch int8 dynamic (peer)", "torch int8 dynamic"),
+    "onnx_fp32": (" · onnx fp32", "onnx fp32"),
+    "onnx_fp32_opt": (" · onnx fp32 fused", "onnx fp32 fused"),
+    "optimum_avx512_vnni": (" · optimum int8 (peer)", "onnx int8 optimum"),
+}
+
+
+def _latencies(results: Optional[list]) -> dict[int, Latency]:
+    """threads -> latency of the ``dev`` series (real dev sentences, batch 1) of a bench record."""
+    out = {}
+    for r in results or []:
+        if r.get("input") == "dev" and r.get("batch", 1) == 1:
+            tput = r.get("throughput_seq_s")
+            out[int(r["threads"])] = Latency(float(r["p50_ms"]), float(r["p90_ms"]),
+                                             float(tput) if tput is not None else 1000.0 / float(r["mean_ms"]))
+    return out
+
+
+def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None:
+    """Put a bench record's artifacts (``{"artifacts": {name: {results, metrics, size_bytes, params, ...}}}``, the
+    schema of compress/bench.py) onto the rows of model ``label``: latency (and the bench's full-dev metric) for the
+    rows that exist, new rows for what only the bench made (fused fp32, peers)."""
+    by_name = {r.name: r for r in rows}
+    for name, art in (record.get("artifacts") or {}).items():
+        if name.startswith("int8_"):
+            row_name, fmt = f"{label} · int8 {name[5:]}", f"onnx int8 {name[5:]}"
+        elif name in BENCH_NAMES:
+            suffix, fmt = BENCH_NAMES[name]
+            row_name = label + suffix
+        else:
+            row_name, fmt = f"{label} · {name}", "onnx" if art.get("kind") == "onnx" else str(art.get("kind"))
+        row = by_name.get(row_name)
+        if row is None:
+            row = Row(row_name, "int8" if "int8" in fmt else _kind(label), fmt,
+                      path=art.get("file") or art.get("path"))
+            rows.append(row)
+            by_name[row_name] = row
+        row.latency.update(_latencies(art.get("results")))
+        mean, _, _ = _metric_value(art.get("metrics"), metric)
+        if row.metric is None:  # a row only the bench made (it scores all of dev with the very file it times)
+            row.metric = mean
+        row.params = row.params or art.get("params")
+        row.file_bytes = row.file_bytes or art.get("size_bytes")
+        if "shippable" in art and "(peer)" not in row_name:
+            row.shippable = bool(art["shippable"]) and fmt.startswith("onnx int8")
+
+
+def _bench_protocol(protocol: Optional[dict]) -> Optional[dict]:
+    """The parts of the bench protocol a reader of the table needs."""
+    if not protocol:
+        return None
+    keys = ("dev", "threads", "inter_op_threads", "dev_rows", "warmup", "timer", "cpu", "cores", "cpu_shared")
+    return {k: protocol[k] for k in keys if k in protocol}
+
+
+MEASURED = "latency.json"
+"""What the report stage measured itself (ONNX fp32 of the models the bench stage did not run), in its folder."""
+
+
+def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> RunTable:
+    """A run folder's artifacts as a table: stage manifests for metrics and sizes; latency from the bench stage's
+    bench.json and the report stage's own measurements (``extra``, else ``report/latency.json``)."""
     run_dir = Path(run_dir)
     teacher = _read(run_dir / "teacher" / "manifest.json")
     if teacher is None:
@@ -225,14 +300,27 @@ def collect(run_dir: str | Path, recipe=None) -> RunTable:
         rows.append(_torch_row("pruned", "pruned", run_dir / "prune" / "model", prune, metric))
     quantize = _read(run_dir / "quantize" / "manifest.json") or {}
     rows += _quantize_rows(run_dir, metric, quantize.get("params"))
-    protocol = _attach_bench(run_dir, rows, metric)
+    qrec = _read(run_dir / "quantize" / "quantize.json") or {}
+    bench = _read(run_dir / "bench" / "bench.json") or {}
+    attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")))
+    measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
+    for label, record in (measured.get("models") or {}).items():
+        attach_bench(record, rows, metric, label)
+    for row in rows:
+        row.reference = row.name == "teacher · onnx fp32"
+    rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
     seeds = sorted({m.get("seed") for m in _manifests(run_dir) if m.get("seed") is not None})
     env = teacher.get("env") or {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
-                  "seeds": seeds, "protocol": protocol, "versions": env.get("versions"), "host": env.get("host"),
+                  "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
+                  "versions": env.get("versions"), "host": env.get("host"),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in _manifests(run_dir))}
+    teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     return RunTable(teacher.get("recipe") or run_dir.name, str(run_dir), metric, rows,
-                    teacher_metric=rows[0].metric, provenance=provenance)
+                    teacher_metric=teacher_metric, provenance=provenance)
+
+
+_ORDER = {"teacher": 0, "student": 1, "pruned": 2, "int8": 3}
 
 
 def _manifests(run_dir: Path) -> list[dict]:
@@ -242,12 +330,6 @@ def _manifests(run_dir: Path) -> list[dict]:
         if m and m.get("stage"):
             out.append(m)
     return out
-
-
-def _attach_bench(run_dir: Path, rows: list[Row], metric: str) -> Optional[dict]:
-    """Latency from the bench stage onto the rows (matched by model file); returns the protocol. Placeholder until
-    the bench stage's schema is final."""
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------ pareto
@@ -442,19 +524,71 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
-def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None,
-                threads: Optional[int] = None) -> dict[str, Path]:
-    """Tables of several run folders (the first with ``recipe``'s provenance) into ``out``."""
-    tables = [collect(d, recipe=recipe if i == 0 else None) for i, d in enumerate(run_dirs)]
-    if threads is not None:
-        for table in tables:
-            table.threads_override = threads
+def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
+    """ONNX fp32 latency (and dev metric) of every torch model of the run that the bench stage did not run as ONNX
+    (the teacher always, unless it was the quantized model): exported to ``workdir``, timed by the bench stage's
+    own worker (`compress.bench.measure_artifact`, fresh process) with its protocol, dev series only (real dev
+    sentences, batch 1, each thread count). Returns ``{"protocol": ..., "models": {label: bench record}}``."""
+    from dataclasses import asdict, replace
+
+    from compress.bench import run_isolated
+    from compress.config import BenchConfig
+    from compress.data import load_task, tokenize
+    from compress.export import export_onnx
+    from compress.modeling import count_params, load_trained
+
+    cfg = replace(getattr(recipe, "bench", None) or BenchConfig(), batch_sizes=[], seq_lengths=[])
+    names = {r.name for r in table.rows if r.latency}
+    todo = [r for r in table.rows if r.fmt == "torch" and r.path and f"{r.name} · onnx fp32" not in names]
+    if not todo:
+        return {}
+    data = load_task(recipe.task, seed=recipe.seed)
+    out = {"protocol": {"dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each "
+                               f"(compress.bench worker, run by the report stage)",
+                        "threads": cfg.threads, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup}, "models": {}}
+    for row in todo:
+        model, tokenizer = load_trained(row.path)
+        slug = row.name.replace(" ", "_")
+        path = export_onnx(model, workdir / f"{slug}.onnx")
+        dev_dir = workdir / f"{slug}-dev"
+        tokenize(data.dev, tokenizer, recipe.task.max_length).save_to_disk(str(dev_dir))
+        spec = {"name": slug, "kind": "onnx", "path": str(path), "dev_dir": str(dev_dir), "tokenizer_dir": row.path,
+                "regression": data.spec.is_regression, "metric_names": data.spec.metrics, "bench": asdict(cfg),
+                "flops": {}}
+        art = run_isolated(spec, workdir)
+        art.update(size_bytes=path.stat().st_size, params=count_params(model), file=None)
+        out["models"][row.name] = {"artifacts": {"onnx_fp32": art}}
+        lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in art["results"])
+        print(f"[report] {row.name} · onnx fp32: {lat}")
+        path.unlink()
+    return out
+
+
+def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, threads: Optional[int] = None,
+                extra: Optional[dict] = None) -> dict[str, Path]:
+    """Tables of several run folders into ``out`` (the first with ``recipe``'s provenance and ``extra``
+    measurements)."""
+    tables = [collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
+              for i, d in enumerate(run_dirs)]
+    for table in tables:
+        table.threads_override = threads
     return write(tables, Path(out))
 
 
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
-    """Stage `report`: this run's table (plus ``report.compare`` runs) as report.md, report.html, pareto.png."""
+    """Stage `report`: measure what the bench did not (teacher ONNX fp32...), then this run's table (plus
+    ``report.compare`` runs) as report.md, report.html and pareto.png."""
+    import tempfile
+
+    from compress.manifest import write_json
+
     cfg = recipe.report
-    written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads)
+    measured = {}
+    if cfg.measure:
+        with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+            measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
+        write_json(out / MEASURED, measured)
+    written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
     print(f"[report] {out.name}: " + ", ".join(p.name for p in written.values()))
-    return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare)}
+    return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare),
+            "measured": sorted(measured.get("models", {}))}

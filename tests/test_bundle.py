@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from compress.bundle import build, predict, safe_extract
+from compress.bundle import build, pick, predict, safe_extract
 from compress.bundle_predict import FORMAT, sha256_file
 from compress.cli import main
 from compress.errors import CompressError
 
 from conftest import tiny_bert_config
+from fake_run import make_run
 
 TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long"]
 PINNED = ["onnxruntime==1.32.0", "tokenizers==0.22.2", "numpy==2.4.6"]
@@ -267,3 +268,64 @@ def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
                           env=env)
     assert proc.returncode == 0, proc.stderr
     _same_result(json.loads(proc.stdout), predict(folder, TEXTS[:1])[0])
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def _recipe(tmp_path, name: str, bundle: str):
+    from compress.config import load_recipe
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2, max_length: 32}}\n"
+                    f"teacher: {{model: minilm-l6}}\nquantize: {{max_drop: 1.0}}\nbundle: {bundle}\n")
+    return load_recipe(path)
+
+
+@pytest.fixture
+def run_dir(tmp_path, int8_model, minilm_dir):
+    """A run whose quantize stage made two shippable int8 models (static faster but 2 points worse) and one that
+    failed its guard (fastest of all), with bench numbers at 1 and 2 threads."""
+    return make_run(tmp_path / "runs", "edge", int8_model=int8_model, fp32_model=int8_model.with_name("fp32.onnx"),
+                    tokenizer_json=minilm_dir / "tokenizer.json", teacher_acc=0.90, fp32_acc=0.895,
+                    int8={"dynamic": (0.892, True), "static": (0.88, True), "static_pc": (0.70, False)},
+                    latency={"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0},
+                             "int8_static": {1: 6.0, 2: 3.5}, "int8_static_pc": {1: 2.0, 2: 1.0}})
+
+
+def test_pick(run_dir):
+    from compress.report import collect
+
+    table = collect(run_dir)
+    chosen, why = pick(table, "best_within_drop", max_drop=1.0)
+    assert chosen.name == "teacher · int8 dynamic" and why["within_budget"] and why["threads"] == 2
+    assert {c["name"] for c in why["candidates"]} == {"teacher · int8 dynamic", "teacher · int8 static"}
+    assert pick(table, "best_within_drop", max_drop=2.5)[0].name == "teacher · int8 static"  # now within budget
+    assert pick(table, "fastest")[0].name == "teacher · int8 static"  # the unshippable one is never picked
+    assert pick(table, "most_accurate")[0].name == "teacher · int8 dynamic"
+    chosen, why = pick(table, "best_within_drop", max_drop=0.1)  # nothing within: the most accurate, flagged
+    assert chosen.name == "teacher · int8 dynamic" and not why["within_budget"]
+    for row in table.rows:
+        row.shippable = False
+    with pytest.raises(CompressError, match="no shippable int8 model"):
+        pick(table, "fastest")
+
+
+def test_bundle_stage_from_a_run(run_dir, tmp_path):
+    from compress.bundle import run as bundle_stage
+
+    recipe = _recipe(tmp_path, "edge", "{pick: best_within_drop, max_drop: 2.5, threads: 1}")
+    out = tmp_path / "stage-out"
+    out.mkdir()
+    result = bundle_stage(recipe, out, {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+    assert result["bundle"]["chosen"] == "teacher · int8 static" and result["bundle"]["threads"] == 1
+    folder = out / "edge-sst2-int8"
+    assert result["bundle"]["paths"] == ["edge-sst2-int8", "edge-sst2-int8.tar.gz"]
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["metrics"]["dev"] == {"accuracy": 0.88} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
+    assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["threads"] == 1
+    assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
+    assert m["latency"]["protocol"]["dev_rows"] == 200
+    assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
+    assert m["max_length"] == 32 and m["task"]["labels"] == ["0", "1"]
+    assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
+    assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("0", "1")
+    assert "speedup_vs_teacher_onnx_fp32" in (folder / "README.md").read_text()

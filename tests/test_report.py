@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
 
-from compress.report import Latency, Row, RunTable, mean_std, pareto_front, pareto_plot, table_cells, write
+from compress.cli import main
+from compress.report import (Latency, Row, RunTable, collect, mean_std, pareto_front, pareto_plot, table_cells,
+                             write)
+
+from fake_run import bench_artifact, make_run
 
 
 def _lat(p50: float) -> dict[int, Latency]:
@@ -90,3 +95,105 @@ def test_plot_skips_rows_without_numbers(tmp_path):
     assert pareto_plot([table], tmp_path / "p.png") is None
     written = write([table], tmp_path)
     assert "png" not in written and "pareto.png" not in (tmp_path / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def _files(tmp_path):
+    dummy = tmp_path / "dummy.bin"
+    dummy.write_bytes(b"\0" * 1000)
+    return {"int8_model": dummy, "fp32_model": dummy, "tokenizer_json": dummy}
+
+
+def test_collect_reads_stage_manifests_and_bench(tmp_path):
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path), teacher_acc=0.90, fp32_acc=0.89,
+                   int8={"dynamic": (0.885, True), "static": (0.86, False)},
+                   latency={"torch_fp32": {1: 30.0, 2: 18.0}, "onnx_fp32": {1: 20.0, 2: 12.0},
+                            "int8_dynamic": {1: 8.0, 2: 5.0}, "int8_static": {1: 7.0, 2: 4.0},
+                            "optimum_avx512_vnni": {1: 9.0, 2: 6.0}})
+    table = collect(run)
+    rows = {r.name: r for r in table.rows}
+    assert list(rows) == ["teacher", "teacher · onnx fp32", "teacher · int8 dynamic", "teacher · int8 static",
+                          "teacher · optimum int8 (peer)"]
+    assert table.metric_name == "accuracy" and table.teacher_metric == 0.90
+    ref = rows["teacher · onnx fp32"]
+    assert ref.reference and ref.latency[2].p50_ms == 12.0 and ref.latency[2].p90_ms == pytest.approx(14.4)
+    assert rows["teacher"].latency[1].p50_ms == 30.0 and rows["teacher"].fmt == "torch"  # bench's torch_fp32
+    dyn, static = rows["teacher · int8 dynamic"], rows["teacher · int8 static"]
+    assert dyn.shippable and not static.shippable and not rows["teacher · optimum int8 (peer)"].shippable
+    assert table.speedup(dyn) == pytest.approx(12.0 / 5.0) and table.speedup(dyn, 1) == pytest.approx(20 / 8)
+    assert table.retention(dyn) == pytest.approx(0.885 / 0.90)
+    assert dyn.latency[2].throughput == pytest.approx(1000 / 5.5, rel=1e-3)  # the bench's dev series, batch 1
+    assert dyn.path.endswith("quantize/int8_dynamic.onnx") and dyn.tokenizer.endswith("tokenizer/tokenizer.json")
+    assert table.provenance["seeds"] == [42] and table.provenance["recipe"] == "pipelines/quickstart.yaml"
+    assert table.provenance["protocol"]["dev_rows"] == 200 and table.provenance["host"]["cpu"] == "Test CPU"
+    assert "bench (2026-11-26T08:20:00+00:00)" in table.provenance["stages"]
+
+
+def test_collect_with_students_and_report_measurements(tmp_path):
+    """The quantized model is a student: the teacher's ONNX fp32 (speedup reference) comes from the report stage's
+    own measurement (report/latency.json)."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", student_acc=0.87,
+                   int8={"dynamic": (0.865, True)}, latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}})
+    from compress.report import MEASURED, attach_bench
+
+    measured = {"protocol": {"dev_rows": 200}, "models": {"teacher": {"artifacts": {
+        "onnx_fp32": bench_artifact({2: 24.0}, {"accuracy": 0.899}, size_bytes=90_000_000, file=None)}}}}
+    (run / "report").mkdir()
+    (run / "report" / MEASURED).write_text(json.dumps(measured))
+    table = collect(run)
+    rows = {r.name: r for r in table.rows}
+    assert list(rows) == ["teacher", "teacher · onnx fp32", "student tiny", "student tiny · onnx fp32",
+                          "student tiny · int8 dynamic"]
+    assert rows["student tiny"].params == 11_000_000 and rows["student tiny"].metric == 0.87
+    assert rows["teacher · onnx fp32"].reference and rows["teacher · onnx fp32"].metric == 0.899
+    assert table.speedup(rows["student tiny · int8 dynamic"]) == pytest.approx(6.0)
+    # an explicit `extra` replaces what is on disk
+    assert collect(run, extra={}).reference_row() is None
+
+
+def test_cli_report_overlays_runs(tmp_path, capsys):
+    a = make_run(tmp_path / "runs", "quickstart", **_files(tmp_path),
+                 latency={"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0},
+                          "int8_static": {1: 7.0, 2: 4.0}})
+    b = make_run(tmp_path / "runs", "sst2", **_files(tmp_path), teacher_acc=0.913, fp32_acc=0.91,
+                 int8={"dynamic": (0.905, True)}, latency={"onnx_fp32": {1: 60.0, 2: 35.0},
+                                                           "int8_dynamic": {1: 20.0, 2: 12.0}})
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## quickstart" in md and "## sst2" in md and "| teacher · int8 dynamic (reference)" not in md
+    assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and "2.4×" in md and "2.9×" in md
+    assert (tmp_path / "rep" / "pareto.png").stat().st_size > 20_000
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_report_stage_measures_the_teacher_onnx_fp32(tmp_path, tiny_bert_dir, glue_dir):
+    """Real: the report stage exports the teacher (a tiny random BERT here) to ONNX and times it with the bench
+    worker on real SST-2 dev sentences; the row becomes the speedup reference."""
+    import shutil
+
+    from compress.config import load_recipe
+    from compress.report import MEASURED
+    from compress.report import run as report_stage
+
+    run = make_run(tmp_path / "runs", "real", **_files(tmp_path), int8={"dynamic": (0.5, True)},
+                   student="tiny", latency={"onnx_fp32": {1: 0.8}, "int8_dynamic": {1: 0.5}})
+    shutil.rmtree(run / "teacher" / "model")
+    shutil.copytree(tiny_bert_dir, run / "teacher" / "model")
+    recipe_path = tmp_path / "real.yaml"
+    recipe_path.write_text(f"name: real\nruns_dir: {tmp_path / 'runs'}\n"
+                           f"task: {{name: sst2, data_dir: {glue_dir / 'SST-2'}, max_length: 32, "
+                           f"max_eval_samples: 48}}\nteacher: {{model: minilm-l6}}\n"
+                           f"bench: {{threads: [1], dev_rows: 12, peers: []}}\nreport: {{}}\n")
+    recipe = load_recipe(recipe_path)
+    out = tmp_path / "report-out"
+    out.mkdir()
+    result = report_stage(recipe, out, {})
+    assert result["measured"] == ["teacher"]  # the student's ONNX fp32 is the bench stage's
+    measured = json.loads((out / MEASURED).read_text())
+    art = measured["models"]["teacher"]["artifacts"]["onnx_fp32"]
+    dev = [r for r in art["results"] if r["input"] == "dev"]
+    assert [r["threads"] for r in dev] == [1] and dev[0]["runs"] == 12 and 0 < dev[0]["p50_ms"] < 1000
+    assert 0.0 <= art["metrics"]["accuracy"] <= 1.0 and art["size_bytes"] > 100_000
+    md = (out / "report.md").read_text()
+    assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and (out / "pareto.png").is_file()
