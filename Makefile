@@ -7,7 +7,7 @@ RECIPE ?= pipelines/quickstart.yaml
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher report bundle validate zoo clean
+.PHONY: install pipeline test test-slow teacher report bundle prune bench-prune validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ report: $(STAMP)  ## tables + Pareto plot + HTML of the recipe's run (runs its s
 
 bundle: $(STAMP)  ## edge bundle (folder + .tar.gz) of the int8 model the recipe's bundle section picks
 	$(COMPRESS) bundle $(RECIPE)
+
+prune: $(STAMP)  ## prune the recipe's student (or teacher) with distillation recovery (runs earlier stages as needed)
+	$(COMPRESS) run $(RECIPE) --stage prune
+
+bench-prune: $(STAMP)  ## pruning levels on the quickstart model: params, MACs, ORT latency, dev accuracy (~8 min)
+	$(BIN)/python scripts/bench_prune.py --out runs/bench-prune.json
 
 validate: $(STAMP)
 	$(COMPRESS) validate $(RECIPE)
