@@ -4,7 +4,7 @@
       model.onnx        int8 ONNX model (onnxruntime)
       model.ort         the same model in ORT format (onnxruntime mobile / minimal builds), when asked for
       tokenizer.json    the tokenizer (HF `tokenizers`), truncation and padding set to the bundle's max length
-      labels.json       label names in logit order (null for regression)
+      labels.json       label names in logit order (null for regression), and the dataset's own labels
       predict.py        standalone runner: onnxruntime + tokenizers + numpy only (source: compress/bundle_predict.py)
       README.md         model card: task, metrics, latency and its protocol, usage, provenance
       manifest.json     format, sha256 of every other file, model inputs/outputs, max length, task, metrics,
@@ -40,6 +40,19 @@ RUNTIME = ("onnxruntime", "tokenizers", "numpy")  # all predict.py needs
 
 
 # ------------------------------------------------------------------------------------------------------ pieces
+GLUE_LABEL_NAMES = {
+    "sst2": ["negative", "positive"], "cola": ["unacceptable", "acceptable"],
+    "mrpc": ["not_equivalent", "equivalent"], "qqp": ["not_duplicate", "duplicate"],
+}
+"""Readable names for GLUE tasks whose files label classes 0/1 (what a device user sees)."""
+
+
+def display_labels(task: str, labels: Optional[list[str]]) -> Optional[list[str]]:
+    if labels == ["0", "1"] and task in GLUE_LABEL_NAMES:
+        return GLUE_LABEL_NAMES[task]
+    return labels
+
+
 def runtime_requirements() -> dict[str, str]:
     """Pinned versions of the packages predict.py needs (the ones the bundle was built and checked with)."""
     return {name: metadata.version(name) for name in RUNTIME}
@@ -204,12 +217,14 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         elif ort_format:
             convert_to_ort(tmp / "model.onnx", tmp / "model.ort")
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
-        write_json(tmp / "labels.json", {"labels": labels})
+        shown = display_labels(task, labels)
+        write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
         shutil.copyfile(PREDICT_SOURCE, tmp / "predict.py")
         manifest = {
             "format": FORMAT,
             "name": name,
-            "task": {"name": task, "labels": labels, "text_pair": text_pair, "regression": labels is None},
+            "task": {"name": task, "labels": shown, "dataset_labels": labels, "text_pair": text_pair,
+                     "regression": labels is None},
             "max_length": max_length,
             "model": {"file": "model.onnx", "ort_file": "model.ort" if ort_format else None, "int8": is_int8(model),
                       **io},

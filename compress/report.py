@@ -448,6 +448,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
 def _provenance_lines(table: RunTable) -> list[tuple[str, str]]:
     out = []
     for key, value in table.provenance.items():
+        if value is None or value == [] or value == {}:
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         elif isinstance(value, (list, tuple)):

@@ -111,7 +111,8 @@ def test_manifest_schema(bundle):
     folder, _ = bundle
     m = json.loads((folder / "manifest.json").read_text())
     assert m["format"] == FORMAT and m["name"] == "sst2-tiny"
-    assert m["task"] == {"name": "sst2", "labels": ["negative", "positive"], "text_pair": False, "regression": False}
+    assert m["task"] == {"name": "sst2", "labels": ["negative", "positive"], "dataset_labels": ["negative", "positive"],
+                         "text_pair": False, "regression": False}
     assert m["max_length"] == 32
     assert [i["name"] for i in m["model"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert all(i["shape"] == ["batch", "sequence"] and i["type"] == "tensor(int64)" for i in m["model"]["inputs"])
@@ -127,7 +128,7 @@ def test_manifest_schema(bundle):
     assert set(m["files"]) == on_disk == set(m["sizes"])
     for rel, digest in m["files"].items():
         assert digest == sha256_file(folder / rel) and m["sizes"][rel] == (folder / rel).stat().st_size
-    assert json.loads((folder / "labels.json").read_text()) == {"labels": ["negative", "positive"]}
+    assert json.loads((folder / "labels.json").read_text())["labels"] == ["negative", "positive"]
     # the shipped tokenizer truncates at max_length and pads to the longest row
     tok = json.loads((folder / "tokenizer.json").read_text())
     assert tok["truncation"]["max_length"] == 32 and tok["padding"]["strategy"] == "BatchLongest"
@@ -234,12 +235,13 @@ def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
                  "--task", "mrpc", "--max-length", "48", "--out", str(tmp_path), "--no-ort"]) == 0
     folder = tmp_path / "mrpc-int8"
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["task"]["text_pair"] is True and m["task"]["labels"] == ["0", "1"] and m["model"]["ort_file"] is None
+    assert m["task"]["text_pair"] is True and m["model"]["ort_file"] is None
+    assert m["task"]["labels"] == ["not_equivalent", "equivalent"] and m["task"]["dataset_labels"] == ["0", "1"]
     assert not (folder / "model.ort").exists() and (tmp_path / "mrpc-int8.tar.gz").is_file()
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "mrpc-int8.tar.gz"), "he said hi", "he greeted us", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["scores"]) == {"0", "1"} and result["label"] in ("0", "1")
+    assert set(result["scores"]) == {"not_equivalent", "equivalent"} and result["label"] in result["scores"]
     assert main(["predict", str(folder), "only one text"]) == 2
     assert "reads text pairs" in capsys.readouterr().err
 
@@ -325,7 +327,7 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
     assert m["latency"]["protocol"]["dev_rows"] == 200
     assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
-    assert m["max_length"] == 32 and m["task"]["labels"] == ["0", "1"]
+    assert m["max_length"] == 32 and m["task"]["labels"] == ["negative", "positive"]
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
-    assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("0", "1")
+    assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
     assert "speedup_vs_teacher_onnx_fp32" in (folder / "README.md").read_text()
