@@ -308,7 +308,8 @@ def safe_extract(archive: Path, dest: Path) -> Path:
         tops = set()
         for m in members:
             path = PurePosixPath(m.name)
-            if path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\")) or ":" in path.parts[0]:
+            if (not path.parts or path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
+                    or ":" in path.parts[0]):
                 raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
             if not (root / m.name).resolve().is_relative_to(root):
                 raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
@@ -368,18 +369,16 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
         raise CompressError(f"{table.folder}: no shippable int8 model (run the quantize stage; a model that fails "
                             f"its accuracy guard is not shippable)")
     threads = threads or table.headline_threads
+    timed = all(threads in r.latency for r in candidates)
+    if timed:
+        by = f"p50 latency at {threads} thread{'s' if threads != 1 else ''}"
+        costs = {r.name: r.latency[threads].p50_ms for r in candidates}
+    else:  # no bench numbers for some candidate: smaller file first
+        by = "file size (latency not measured for every candidate)"
+        costs = {r.name: float(r.file_bytes or Path(r.path).stat().st_size) for r in candidates}
 
     def cost(r) -> float:
-        lat = r.latency.get(threads)
-        return lat.p50_ms if lat else float("inf")
-
-    if all(cost(r) == float("inf") for r in candidates):
-        by = "file size (no latency measured)"
-
-        def cost(r) -> float:  # noqa: F811
-            return float(r.file_bytes or Path(r.path).stat().st_size)
-    else:
-        by = f"p50 latency at {threads} thread{'s' if threads != 1 else ''}"
+        return costs[r.name]
 
     def metric(r) -> float:
         return r.metric if r.metric is not None else -float("inf")
@@ -402,7 +401,7 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     record = {"pick": how, "by": by, "max_drop": max_drop, "threads": threads,
               "within_budget": chosen in within, "chosen": chosen.name,
               "candidates": [{"name": r.name, "metric": r.metric, "drop_points": None if drop(r) is None
-                              else round(drop(r), 4), "cost": None if cost(r) == float("inf") else cost(r)}
+                              else round(drop(r), 4), "cost": cost(r)}
                              for r in candidates]}
     return chosen, record
 

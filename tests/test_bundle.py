@@ -305,6 +305,10 @@ def test_pick(run_dir):
     assert pick(table, "most_accurate")[0].name == "teacher · int8 dynamic"
     chosen, why = pick(table, "best_within_drop", max_drop=0.1)  # nothing within: the most accurate, flagged
     assert chosen.name == "teacher · int8 dynamic" and not why["within_budget"]
+    for row in table.rows:  # no bench: smaller file first (a tie here: the more accurate)
+        row.latency = {}
+    chosen, why = pick(table, "fastest")
+    assert why["by"].startswith("file size") and chosen.name == "teacher · int8 dynamic"
     for row in table.rows:
         row.shippable = False
     with pytest.raises(CompressError, match="no shippable int8 model"):
