@@ -332,6 +332,42 @@ def _manifests(run_dir: Path) -> list[dict]:
     return out
 
 
+def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
+    """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
+    one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency."""
+    groups: dict[str, list[RunTable]] = {}
+    for t in tables:
+        groups.setdefault(t.run, []).append(t)
+    out = []
+    for name, group in groups.items():
+        seeds = [tuple(t.provenance.get("seeds") or ()) for t in group]
+        if len(group) == 1 or len(set(seeds)) < len(seeds):  # one run, or the same seed twice: keep apart
+            out += group
+            continue
+        first = group[0]
+        rows = []
+        for row in first.rows:
+            same = [r for t in group for r in t.rows if r.name == row.name]
+            mean, std, n = mean_std([r.metric for r in same])
+            latency = {}
+            for threads in row.latency:
+                lats = [r.latency[threads] for r in same if threads in r.latency]
+                tput = [x.throughput for x in lats if x.throughput is not None]
+                latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
+                                           statistics.fmean(x.p90_ms for x in lats),
+                                           statistics.fmean(tput) if tput else None)
+            rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), latency,
+                            row.reference, row.shippable and all(r.shippable for r in same), row.path,
+                            row.ort_path, row.tokenizer))
+        teacher = next(r for r in rows if r.name == "teacher")
+        provenance = dict(first.provenance)
+        provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})
+        provenance["runs"] = [t.folder for t in group]
+        out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
+                            provenance))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ pareto
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (lower latency x, higher metric y), by latency."""
@@ -570,8 +606,8 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
                 extra: Optional[dict] = None) -> dict[str, Path]:
     """Tables of several run folders into ``out`` (the first with ``recipe``'s provenance and ``extra``
     measurements)."""
-    tables = [collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
-              for i, d in enumerate(run_dirs)]
+    tables = merge_seeds([collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
+                          for i, d in enumerate(run_dirs)])
     for table in tables:
         table.threads_override = threads
     return write(tables, Path(out))

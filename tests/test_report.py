@@ -197,3 +197,23 @@ def test_report_stage_measures_the_teacher_onnx_fp32(tmp_path, tiny_bert_dir, gl
     assert 0.0 <= art["metrics"]["accuracy"] <= 1.0 and art["size_bytes"] > 100_000
     md = (out / "report.md").read_text()
     assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and (out / "pareto.png").is_file()
+
+
+def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
+    from compress.report import merge_seeds
+
+    lat = {"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed, teacher_acc=t, latency=lat,
+                     int8={"dynamic": (acc, True)})
+            for seed, t, acc in ((42, 0.90, 0.88), (43, 0.91, 0.89), (44, 0.92, 0.87))]
+    tables = merge_seeds([collect(r) for r in runs])
+    assert len(tables) == 1
+    table = tables[0]
+    rows = {r.name: r for r in table.rows}
+    dyn = rows["teacher · int8 dynamic"]
+    assert dyn.metric == pytest.approx(0.88) and dyn.metric_std == pytest.approx(0.01) and dyn.seeds == 3
+    assert rows["teacher"].metric == pytest.approx(0.91) and table.teacher_metric == pytest.approx(0.91)
+    assert table.provenance["seeds"] == [42, 43, 44] and len(table.provenance["runs"]) == 3
+    assert table_cells(table)[1][2][4] == "0.8800 ± 0.0100 (n=3)"
+    # the same seed twice (or different recipes) stay separate tables
+    assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
