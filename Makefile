@@ -7,7 +7,7 @@ RECIPE ?= pipelines/quickstart.yaml
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher report bundle prune bench-prune validate zoo clean
+.PHONY: install pipeline test test-slow teacher report bundle prune bench-prune bench bench-full validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bundle: $(STAMP)  ## edge bundle (folder + .tar.gz) of the int8 model the recipe
 
 prune: $(STAMP)  ## prune the recipe's student (or teacher) with distillation recovery (runs earlier stages as needed)
 	$(COMPRESS) run $(RECIPE) --stage prune
+
+bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum int8: latency, accuracy, RSS (~3 min)
+	$(COMPRESS) bench $(RECIPE)
+
+bench-full: $(STAMP)  ## the same on the full grid (batch 1/8/32 x seq 32/128, all dev rows, longer series)
+	$(COMPRESS) bench $(RECIPE) --full
 
 bench-prune: $(STAMP)  ## pruning levels on the quickstart model: params, MACs, ORT latency, dev accuracy (~8 min)
 	$(BIN)/python scripts/bench_prune.py --out runs/bench-prune.json

@@ -115,6 +115,31 @@ def cmd_predict(args) -> int:
     return 0
 
 
+FULL_BENCH = {"batch_sizes": [1, 8, 32], "seq_lengths": [32, 128], "dev_rows": None, "repeats": 50,
+              "max_seconds": 3.0, "warmup": 3}
+
+
+def cmd_bench(args) -> int:
+    from compress.config import BenchConfig, QuantizeConfig, load_recipe
+    from compress.pipeline import run_pipeline
+
+    recipe = load_recipe(args.recipe, _overrides(args.set))
+    if args.runs_dir:
+        recipe.runs_dir = args.runs_dir
+    if recipe.quantize is None:  # a recipe without the sections benchmarks its newest model with the defaults
+        recipe.quantize = QuantizeConfig()
+    if recipe.bench is None:
+        recipe.bench = BenchConfig()
+    if args.full:
+        for key, value in FULL_BENCH.items():
+            setattr(recipe.bench, key, value)
+    if args.threads:
+        recipe.bench.threads = args.threads
+    done = run_pipeline(recipe, until="bench", force=("bench", *args.force))  # timings are always re-measured
+    print(f"results: {recipe.run_dir / 'bench' / 'bench.json'} (protocol inside)")
+    return 0 if done["bench"]["bench"]["ours"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description="Distil, prune, quantize and ship BERT-family "
                                      "encoders. Recipes (YAML) in pipelines/ drive every stage.")
@@ -187,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every label's score as JSON")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("bench", help="latency/throughput/RSS of the run's ONNX fp32 and int8 models and the peers",
+                       description="Run a recipe up to its `bench` stage (quantize first if needed; defaults for "
+                       "missing quantize/bench sections) and re-measure: torch fp32, torch dynamic int8, Optimum's "
+                       "avx512_vnni int8, our ONNX fp32 and int8, at batch 1 on real dev sentences and at fixed "
+                       "shapes, per thread count. Prints our int8 vs each peer; writes runs/<name>/bench/bench.json. "
+                       "Exit status 1 when no int8 model is shippable.")
+    p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--full", action="store_true", help="the full grid: batch 1/8/32 x seq 32/128, all dev rows, "
+                   "up to 50 timed runs or 3 s per shape (default: the recipe's bench section)")
+    p.add_argument("--threads", type=int, nargs="+", help="thread counts, e.g. --threads 1 2")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="also redo STAGE (e.g. quantize)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set bench.dev_rows=100")
+    p.add_argument("--runs-dir", help="override the recipe's runs_dir")
+    p.set_defaults(fn=cmd_bench)
     return parser
 
 

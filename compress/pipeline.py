@@ -53,6 +53,7 @@ STAGES: list[Stage] = [
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",)),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
+    Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",)),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
           uses=("distill", "prune", "quantize", "bench")),

@@ -119,8 +119,7 @@ class StaticQuantizer:
                   "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
         cache = self.workdir / f"calibration-{cfg.calibration.method}.json"
         names = [i.name for i in session(self.src).get_inputs()] if self._cache is None else []
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile,
-                 "CalibMaxIntermediateOutputs": 64}
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile}
         quantize_static(
             str(self.src), str(dst), RowsReader(self.calib_rows, names) if self._cache is None else None,
             quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,

@@ -1,0 +1,406 @@
+"""Stage `bench` and `compress bench`: one latency protocol for every artifact of the run and for the peers.
+
+Artifacts: the quantize stage's ONNX fp32 (plain and fused) and int8 models. Peers, same model, same run: torch eager
+fp32, torch dynamic int8 (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``), and Optimum's
+``ORTQuantizer`` with its default preset for this CPU (``AutoQuantizationConfig.avx512_vnni(is_static=False)``).
+
+Protocol (recorded in the JSON beside the numbers): every artifact runs in its own fresh process (so its peak RSS is
+its own), for each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one inter-op thread):
+  - ``dev``: real dev sentences one at a time (batch 1, unpadded, the first ``dev_rows`` rows), one timed run each;
+  - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed runs until
+    ``repeats`` runs or ``max_seconds`` of timed runs (at least ``min_runs``).
+Latency p50/p90/p99/mean (ms, ``time.perf_counter`` around one forward), throughput (sequences/s from the mean),
+achieved GOP/s (exact forward FLOPs of the fp32 model at that shape, ``torch.utils.flop_counter``, per p50 second;
+int8 executes the same operations) against the machine's measured GEMM peak (ORT MatMulInteger u8 x s8 and MatMul fp32,
+1024 x 1024 x 1024, same threads). Also: file size, parameter count, dev metric (full dev, batched), peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from compress.config import BenchConfig, Recipe
+from compress.errors import CompressError
+from compress.manifest import cpu_model, read_json, versions, write_json
+
+log = logging.getLogger(__name__)
+
+PEERS = ("torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni")
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def percentiles(times_s: list[float]) -> dict:
+    t = np.asarray(times_s) * 1000.0
+    return {"p50_ms": round(float(np.percentile(t, 50)), 4), "p90_ms": round(float(np.percentile(t, 90)), 4),
+            "p99_ms": round(float(np.percentile(t, 99)), 4), "mean_ms": round(float(t.mean()), 4), "runs": len(t)}
+
+
+def time_fixed(fn, warmup: int, repeats: int, max_seconds: float, min_runs: int) -> list[float]:
+    """Call ``fn()`` ``warmup`` times untimed, then time it until ``repeats`` runs or ``max_seconds`` spent."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < repeats and (len(times) < min_runs or sum(times) < max_seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 20000, size=(batch, seq), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: feeds[n] for n in names}
+
+
+# ------------------------------------------------------------------------------------------------ runners
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int):
+        from compress.export import session
+
+        self.sess = session(path, threads=threads)
+        self.names = [i.name for i in self.sess.get_inputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]):
+        return self.sess.run(["logits"], feeds)[0]
+
+
+class TorchRunner:
+    def __init__(self, model, threads: int):
+        import inspect
+
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model = model.eval()
+        params = inspect.signature(model.forward).parameters
+        self.names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
+
+    def __call__(self, feeds: dict[str, np.ndarray]):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+
+def load_torch(kind: str, folder: str):
+    """The torch peers: eager fp32, or dynamic int8 Linear layers (fbgemm, per tensor)."""
+    import torch
+
+    from compress.modeling import load_trained
+
+    model, _ = load_trained(folder)
+    model.eval()
+    if kind == "torch_dynamic_int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ one artifact
+def measure_artifact(spec: dict) -> dict:
+    """Everything about one artifact, in this process: accuracy on dev, latencies per thread count and shape."""
+    from datasets import load_from_disk
+
+    from compress.data import Collator
+    from compress.metrics import compute_metrics
+
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    is_torch = spec["kind"].startswith("torch")
+    model = load_torch(spec["kind"], spec["model_dir"]) if is_torch else None
+    load_s = time.perf_counter() - t0
+    dev = load_from_disk(spec["dev_dir"])
+    from transformers import AutoTokenizer
+
+    collator = Collator({"": AutoTokenizer.from_pretrained(spec["tokenizer_dir"])}, regression=spec["regression"])
+    out = {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1), "results": []}
+    labels = np.asarray(dev["label"])
+    cfg = spec["bench"]
+    for i, threads in enumerate(cfg["threads"]):
+        run = TorchRunner(model, threads) if is_torch else OnnxRunner(Path(spec["path"]), threads)
+        if i == 0 and spec.get("evaluate", True):  # accuracy once (batched, the first thread count)
+            if is_torch:
+                from compress.evaluate import predict
+
+                logits = predict(model, dev, collator)
+            else:
+                from compress.export import onnx_predict
+
+                logits = onnx_predict(run.sess, dev, collator)
+            out["metrics"] = compute_metrics(spec["metric_names"], logits, labels)
+        rows = dev.select(range(min(cfg["dev_rows"], len(dev)))) if cfg["dev_rows"] else dev
+        feeds = [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64)
+                  for n in run.names} for r in rows]
+        for f in feeds[: cfg["warmup"]]:
+            run(f)
+        times = []
+        for f in feeds:
+            t = time.perf_counter()
+            run(f)
+            times.append(time.perf_counter() - t)
+        tokens = float(np.mean([f["input_ids"].shape[1] for f in feeds]))
+        p = percentiles(times)
+        out["results"].append({"input": "dev", "threads": threads, "batch": 1, "seq": f"real (mean {tokens:.1f})",
+                               **p, "throughput_seq_s": round(1000.0 / p["mean_ms"], 2)})
+        for batch in cfg["batch_sizes"]:
+            for seq in cfg["seq_lengths"]:
+                f = fixed_inputs(run.names, batch, seq)
+                times = time_fixed(lambda: run(f), cfg["warmup"], cfg["repeats"], cfg["max_seconds"], cfg["min_runs"])
+                p = percentiles(times)
+                row = {"input": f"b{batch}xs{seq}", "threads": threads, "batch": batch, "seq": seq, **p,
+                       "throughput_seq_s": round(batch * 1000.0 / p["mean_ms"], 2)}
+                flops = spec["flops"].get(f"b{batch}xs{seq}")
+                if flops:
+                    row["gop_s"] = round(flops / 1e9 / (p["p50_ms"] / 1000.0), 2)
+                out["results"].append(row)
+        del run
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return out
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM; unlike ru_maxrss it is not inherited across exec from the parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_isolated(spec: dict, workdir: Path) -> dict:
+    """``measure_artifact`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
+    spec_path, out_path = workdir / f"{spec['name']}.spec.json", workdir / f"{spec['name']}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(spec["bench"]["threads"])), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "compress.bench", str(spec_path), str(out_path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not out_path.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise CompressError(f"bench of {spec['name']} ({spec.get('path') or spec.get('model_dir')}) failed: "
+                            + " | ".join(tail))
+    return json.loads(out_path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ machine peak
+def gemm_peak(threads: int, n: int = 1024, runs: int = 5) -> dict:
+    """Measured GEMM throughput of this machine through ORT (the kernels our models use): u8 x s8 -> s32
+    MatMulInteger and fp32 MatMul, n x n x n, best of ``runs``, in GOP/s (2 ops per multiply-add)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compress.export import session
+
+    out = {}
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, op, a_type, b in (
+                ("int8", "MatMulInteger", TensorProto.UINT8, rng.integers(-127, 127, (n, n), dtype=np.int8)),
+                ("fp32", "MatMul", TensorProto.FLOAT, rng.standard_normal((n, n), dtype=np.float32))):
+            b_init = onnx.numpy_helper.from_array(b, "B")
+            graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["Y"])], name,
+                                      [helper.make_tensor_value_info("A", a_type, [n, n])],
+                                      [helper.make_tensor_value_info("Y", TensorProto.INT32 if name == "int8"
+                                                                     else TensorProto.FLOAT, [n, n])], [b_init])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(model, path)
+            sess = session(path, threads=threads)
+            a = (rng.integers(0, 255, (n, n), dtype=np.uint8) if name == "int8"
+                 else rng.standard_normal((n, n), dtype=np.float32))
+            times = time_fixed(lambda: sess.run(None, {"A": a}), 1, runs, 10.0, runs)
+            out[f"{name}_gemm_gop_s"] = round(2 * n ** 3 / min(times) / 1e9, 1)
+    return out
+
+
+def forward_flops(model_dir: str, shapes: list[tuple[int, int]]) -> dict[str, int]:
+    """Exact forward FLOPs of the fp32 model at each (batch, seq) (matmuls, attention; torch's flop counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from compress.modeling import load_trained
+
+    model, _ = load_trained(model_dir)
+    model.eval()
+    out = {}
+    for batch, seq in shapes:
+        ids = torch.randint(1000, 2000, (batch, seq))
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        out[f"b{batch}xs{seq}"] = int(counter.get_total_flops())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ peers
+def optimum_peer(fp32_onnx: Path, out_dir: Path) -> Path:
+    """Optimum's default int8 for this CPU: ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)."""
+    import shutil
+
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    work = out_dir / "optimum"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fp32_onnx, work / "model.onnx")
+    quantizer = ORTQuantizer.from_pretrained(work, file_name="model.onnx")
+    quantizer.quantize(AutoQuantizationConfig.avx512_vnni(is_static=False), save_dir=work)
+    (work / "model.onnx").unlink()
+    return work / "model_quantized.onnx"
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    from compress.data import load_task, tokenize
+
+    cfg: BenchConfig = recipe.bench
+    qdir = inputs["quantize"]
+    qrec = read_json(qdir / "quantize.json")
+    model_dir = qrec["source"]["folder"]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qdir / "tokenizer")
+    data = load_task(recipe.task, seed=recipe.seed)
+    dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
+    shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
+    return bench(qdir, qrec, model_dir, dev, data.spec, cfg, out, shapes)
+
+
+def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, out: Path,
+          shapes: list[tuple[int, int]]) -> dict:
+    """Measure every artifact and peer; write ``bench.json`` into ``out``; return the manifest fields."""
+    from tqdm.auto import tqdm
+
+    from compress.modeling import count_params, load_trained
+
+    out = Path(out)
+    params = count_params(load_trained(model_dir)[0])
+    artifacts: dict[str, dict] = {}
+    if "torch_fp32" in cfg.peers:
+        artifacts["torch_fp32"] = {"kind": "torch_fp32", "model_dir": model_dir, "peer": True}
+    if "torch_dynamic_int8" in cfg.peers:
+        artifacts["torch_dynamic_int8"] = {"kind": "torch_dynamic_int8", "model_dir": model_dir, "peer": True}
+    artifacts["onnx_fp32"] = {"kind": "onnx", "path": str(qdir / qrec["fp32"]["file"])}
+    if "fp32_opt" in qrec:
+        artifacts["onnx_fp32_opt"] = {"kind": "onnx", "path": str(qdir / qrec["fp32_opt"]["file"])}
+    for mode, entry in qrec["int8"].items():
+        artifacts[f"int8_{mode}"] = {"kind": "onnx", "path": str(qdir / entry["file"]), "ours": True,
+                                     "shippable": entry["shippable"]}
+    if "optimum_avx512_vnni" in cfg.peers:
+        path = optimum_peer(qdir / qrec["fp32"]["file"], out / "peers")
+        artifacts["optimum_avx512_vnni"] = {"kind": "onnx", "path": str(path), "peer": True}
+
+    protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+                "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
+                "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
+                "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
+                "timer": "time.perf_counter around one forward; warm-up runs excluded",
+                "rss": "VmHWM of a fresh process per artifact (includes the Python runtime and the dev evaluation)",
+                "cpu_shared": "the CPU may be shared with other jobs: compare ratios measured in the same run"}
+    flops = forward_flops(model_dir, shapes)
+    peak = {str(t): gemm_peak(t) for t in cfg.threads}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp = Path(tmp)
+        dev.save_to_disk(str(tmp / "dev"))
+        for name, art in tqdm(list(artifacts.items()), desc="bench artifacts"):
+            job = {"name": name, **art, "dev_dir": str(tmp / "dev"), "tokenizer_dir": str(qdir / "tokenizer"),
+                   "regression": spec.is_regression, "metric_names": spec.metrics, "bench": asdict(cfg),
+                   "flops": flops}
+            art.update(run_isolated(job, tmp))
+            file = Path(art["path"]) if "path" in art else None
+            art["size_bytes"] = (file.stat().st_size if file else
+                                 sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")))
+            art["params"] = params
+            art["file"] = str(file) if file else model_dir
+            print(f"[bench] {name}: {_line(art)}")
+    ours = best_int8(artifacts)
+    record = {"protocol": protocol, "machine_peak": peak, "flops": flops, "artifacts": artifacts, "ours": ours,
+              "ratios": ratios(artifacts, ours) if ours else {}}
+    write_json(out / "bench.json", record)
+    print(format_ratios(record))
+    metrics = {name: a.get("metrics") for name, a in artifacts.items()}
+    return {"metrics": {"dev": artifacts[ours]["metrics"] if ours else artifacts["onnx_fp32"]["metrics"],
+                        **{f"{k}_dev": v for k, v in metrics.items()}},
+            "params": params, "bench": record}
+
+
+def best_int8(artifacts: dict) -> Optional[str]:
+    """Our int8 model to compare: the fastest shippable one (dev p50 at the first thread count)."""
+    ours = [n for n, a in artifacts.items() if a.get("ours") and a.get("shippable")]
+    if not ours:
+        return None
+    return min(ours, key=lambda n: _dev(artifacts[n])["p50_ms"])
+
+
+def _dev(art: dict, threads: Optional[int] = None) -> dict:
+    return next(r for r in art["results"] if r["input"] == "dev" and (threads is None or r["threads"] == threads))
+
+
+def ratios(artifacts: dict, ours: str) -> dict:
+    """Per peer: peer latency / our latency (> 1: ours is faster) for each input and thread count, and the metric
+    difference in points (ours - peer)."""
+    mine = artifacts[ours]
+    out = {}
+    for name, art in artifacts.items():
+        if name == ours or not (art.get("peer") or name.startswith("onnx_fp32")):
+            continue
+        speed = {}
+        for r in mine["results"]:
+            peer = next((p for p in art["results"] if p["input"] == r["input"] and p["threads"] == r["threads"]), None)
+            if peer:
+                speed[f"{r['input']}@{r['threads']}t"] = round(peer["p50_ms"] / r["p50_ms"], 3)
+        first = next(iter(mine["metrics"]))
+        out[name] = {"speedup_p50": speed,
+                     "metric_delta_points": round(100 * (mine["metrics"][first] - art["metrics"][first]), 3),
+                     "metric": first}
+    return out
+
+
+def format_ratios(record: dict) -> str:
+    ours = record["ours"]
+    if not ours:
+        return "[bench] no shippable int8 model: no ratios"
+    lines = [f"[bench] ours = {ours}; speed-up = peer p50 / our p50 (>1: ours faster); accuracy delta = ours - peer"]
+    for peer, r in record["ratios"].items():
+        sp = "  ".join(f"{k} {v:.2f}x" for k, v in r["speedup_p50"].items())
+        lines.append(f"  vs {peer:22s} {r['metric']} {r['metric_delta_points']:+.2f} pt | {sp}")
+    mine = record["artifacts"][ours]
+    for r in mine["results"]:
+        if "gop_s" in r:
+            peak = record["machine_peak"][str(r["threads"])]["int8_gemm_gop_s"]
+            lines.append(f"  {ours} {r['input']}@{r['threads']}t: {r['gop_s']:.1f} GOP/s = "
+                         f"{100 * r['gop_s'] / peak:.0f}% of the measured int8 GEMM peak {peak:.0f} GOP/s")
+    return "\n".join(lines)
+
+
+def _line(art: dict) -> str:
+    dev = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in art["results"] if r["input"] == "dev")
+    metric = ", ".join(f"{k}={v:.4f}" for k, v in (art.get("metrics") or {}).items())
+    return f"{metric}; dev batch 1: {dev}; peak RSS {art['peak_rss_mb']:.0f} MB; {art['size_bytes'] / 2**20:.1f} MB"
+
+
+if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.json
+    logging.basicConfig(level=logging.WARNING)
+    result = measure_artifact(json.loads(Path(sys.argv[1]).read_text()))
+    write_json(Path(sys.argv[2]), result)

@@ -1,0 +1,91 @@
+"""ONNX export: parity with torch on real SST-2 dev rows, dynamic axes, pruned (non-uniform) shapes, fusions, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+from transformers.pytorch_utils import prune_linear_layer
+
+from compress.config import TaskConfig
+from compress.data import Collator, load_split, tokenize
+from compress.errors import CompressError
+from compress.evaluate import predict
+from compress.export import check_parity, export_onnx, onnx_predict, optimize_onnx, session
+from conftest import tiny_bert_config
+
+
+@pytest.fixture(scope="module")
+def dev_rows(tokenizer, glue_dir):
+    dev = load_split(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2")), "dev").select(range(96))
+    return tokenize(dev, tokenizer, 64), Collator({"": tokenizer})
+
+
+def pruned_tiny_bert() -> BertForSequenceClassification:
+    """A tiny BERT with different shapes per layer: layer 0 keeps 2 of 4 heads, layer 1 keeps 40 of 64 FFN units."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(initializer_range=0.2))
+    model.prune_heads({0: [1, 2]})
+    layer = model.bert.encoder.layer[1]
+    keep = torch.arange(0, 64, 64 / 40).long()[:40]
+    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+    layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    return model
+
+
+def test_export_uniform_parity_on_dev_and_dynamic_axes(tmp_path, dev_rows):
+    ds, collator = dev_rows
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(initializer_range=0.2)).eval()
+    path = export_onnx(model, tmp_path / "model.onnx")
+    sess = session(path)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [d for d in sess.get_inputs()[0].shape] == ["batch", "sequence"]
+    torch_logits = predict(model, ds, collator, batch_size=32)
+    onnx_logits = onnx_predict(sess, ds, collator, batch_size=17)  # other batch sizes and padded lengths than export
+    parity = check_parity(torch_logits, onnx_logits)
+    assert parity.rows == 96 and parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0
+    assert np.abs(torch_logits).max() > 1e-3  # a real comparison, not of zeros
+
+
+def test_export_pruned_nonuniform_in_train_mode(tmp_path, dev_rows):
+    """Export from a model left in train mode: the graph must be the eval graph (no dropout) and the mode restored."""
+    ds, collator = dev_rows
+    model = pruned_tiny_bert().train()
+    assert model.bert.encoder.layer[0].attention.self.num_attention_heads == 2
+    path = export_onnx(model, tmp_path / "pruned.onnx")
+    assert model.training, "export must restore the model's train mode"
+    sess = session(path)
+    a, b = onnx_predict(sess, ds, collator), onnx_predict(sess, ds, collator)
+    np.testing.assert_array_equal(a, b)  # deterministic: no dropout in the graph
+    parity = check_parity(predict(model, ds, collator), a)
+    assert parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0
+
+
+def test_ort_fusions_on_pruned_shapes_keep_parity(tmp_path, dev_rows):
+    ds, collator = dev_rows
+    model = pruned_tiny_bert().eval()
+    plain = export_onnx(model, tmp_path / "pruned.onnx")
+    stats = optimize_onnx(plain, tmp_path / "pruned_opt.onnx")
+    assert stats.get("Attention") == 2 and stats.get("SkipLayerNormalization") == 4
+    check_parity(predict(model, ds, collator), onnx_predict(session(tmp_path / "pruned_opt.onnx"), ds, collator))
+
+
+def test_parity_failure_reports_numbers():
+    ref = np.array([[0.0, 1.0], [2.0, 0.0], [0.1, 0.2]], dtype=np.float32)
+    bad = ref.copy()
+    bad[2] = [0.3, 0.2]  # argmax flips, |d| = 0.2
+    with pytest.raises(CompressError, match=r"max \|dlogit\| = 0\.2.*argmax agreement = 0\.6667"):
+        check_parity(ref, bad, atol=1e-3)
+    with pytest.raises(CompressError, match="shape"):
+        check_parity(ref, ref[:, :1])
+
+
+def test_missing_and_corrupt_onnx_files(tmp_path):
+    with pytest.raises(CompressError, match="ONNX file not found"):
+        session(tmp_path / "nope.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07this is not a protobuf model" * 10)
+    with pytest.raises(CompressError, match="corrupt.onnx: not a loadable ONNX model"):
+        session(corrupt)
