@@ -392,6 +392,7 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     markers = "os^Dvp*"
     drawn = 0
     metric_names = set()
+    labels = []
     for k, table in enumerate(tables):
         t = threads or table.headline_threads
         rows = [r for r in table.rows if r.metric is not None and t in r.latency]
@@ -408,7 +409,8 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
         fx, fy = [xs[i] for i in front], [ys[i] for i in front]
         ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)
         for r, x, y in zip(rows, xs, ys):
-            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color=color)
+            labels.append(ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5,
+                                      color=color))
         drawn += len(rows)
     if not drawn:
         plt.close(fig)
@@ -426,12 +428,31 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     ax.legend(loc="lower right", fontsize=8)
     ax.margins(x=0.15, y=0.08)
     fig.tight_layout()
+    _spread_labels(fig, ax, labels)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _spread_labels(fig, ax, labels) -> None:
+    """Move point labels that would overlap an earlier one (left to right) or leave the axes to the first free
+    nearby offset."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    offsets = [(6, 5), (6, -12), (6, 16), (6, -23), (-6, 5), (-6, -12), (6, 27), (6, -34)]
+    placed = []
+    for label in sorted(labels, key=lambda a: a.xy[0]):
+        for dx, dy in offsets:
+            label.set_position((dx, dy))
+            label.set_horizontalalignment("left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer).padded(4)  # labels that touch read as one
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(label.get_window_extent(renderer).padded(4))
 
 
 # ------------------------------------------------------------------------------------------------------ table
