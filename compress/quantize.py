@@ -65,11 +65,17 @@ def source_model(recipe: Recipe, inputs: dict[str, Path], source: Optional[str] 
 
 
 # ------------------------------------------------------------------------------------------------ quantizers
+LOOKUP_OPS = ("Gather", "EmbedLayerNormalization")
+"""Quantized only when they read a weight table (the embeddings), not the many index Gathers of shape arithmetic."""
+
+
 def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
-    """Names of the nodes of ``op_types`` that have a weight (an initializer input): what int8 changes."""
+    """Names of the nodes that int8 changes: every matmul-like node of ``op_types`` (those between two activations,
+    QK^T and attention x V, too) and the lookups of a weight table."""
     model = onnx.load(str(path), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in op_types and any(i in weights for i in n.input)]
+    return [n.name for n in model.graph.node if n.op_type in op_types
+            and (n.op_type not in LOOKUP_OPS or any(i in weights for i in n.input))]
 
 
 class RowsReader:
@@ -90,12 +96,17 @@ class RowsReader:
         return len(self.ds)
 
 
+def _names(nodes) -> list[str]:
+    """Node names as the quantizer sees them: it rewrites a Gemm ``X`` into MatMul ``X_MatMul`` + Add first."""
+    return [m for n in nodes for m in (n, f"{n}_MatMul")]
+
+
 def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig, exclude=(), only=None) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
 
     ort_dynamic(str(src), str(dst), op_types_to_quantize=DYNAMIC_OPS, per_channel=cfg.per_channel,
                 weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
-                nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only else None,
+                nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
                 # the fused graph's contrib ops lack type info ORT needs otherwise
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
@@ -126,7 +137,7 @@ class StaticQuantizer:
             op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
             activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
-            nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only else None,
+            nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
             extra_options=extra, calibration_cache_path=str(cache))
         self._cache = cache
         return dst

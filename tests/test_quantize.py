@@ -1,0 +1,159 @@
+"""int8 quantization: argmax agreement with fp32, the accuracy guard (budget 0 -> fp32 exclusions), the stage on a
+teacher-only run, source selection, config errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from compress.config import QuantizeConfig, Recipe, from_dict
+from compress.data import Collator, load_split, tokenize
+from compress.errors import CompressError
+from compress.export import export_onnx, onnx_predict, session
+from compress.quantize import (DYNAMIC_OPS, guard, quantizable_nodes, quantize_dynamic, quantize_model,
+                               source_model)
+from conftest import tiny_bert_config
+from compress.config import TaskConfig
+
+
+@pytest.fixture(scope="module")
+def sst2(tokenizer, glue_dir):
+    cfg = TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"))
+    dev = tokenize(load_split(cfg, "dev").select(range(128)), tokenizer, 64)
+    train = tokenize(load_split(cfg, "train").select(range(64)), tokenizer, 64)
+    return dev, train, Collator({"": tokenizer})
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config(initializer_range=0.2)).eval()
+
+
+def test_int8_dynamic_and_static_agree_with_fp32(tmp_path, tiny_model, sst2):
+    dev, train, collator = sst2
+    labels = np.asarray(dev["label"])
+    rec = quantize_model(tiny_model, dev, labels, ["accuracy"], collator, QuantizeConfig(max_drop=100.0), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(16)))
+    fp32 = onnx_predict(session(tmp_path / "model.onnx"), dev, collator)
+    assert rec["fp32"]["parity"]["max_abs_diff"] < 1e-4
+    for mode in ("dynamic", "static"):
+        entry = rec["int8"][mode]
+        int8 = onnx_predict(session(tmp_path / entry["file"]), dev, collator)
+        agree = float((int8.argmax(-1) == fp32.argmax(-1)).mean())
+        assert agree >= 0.9, f"{mode}: int8 agrees with fp32 on only {agree:.2%} of dev rows"
+        assert 0 < np.abs(int8 - fp32).max() < 0.5  # really quantized, and close
+        assert entry["shippable"] and entry["excluded_nodes"] == []
+        # the int8 model is ~4x smaller and its .ort twin loads in onnxruntime
+        assert rec["sizes"][entry["file"]] < 0.45 * rec["sizes"]["model.onnx"]
+        ort.InferenceSession(str(tmp_path / entry["ort_file"]), providers=["CPUExecutionProvider"])
+    static = onnx_load_ops(tmp_path / "int8_static.onnx")
+    assert "QuantizeLinear" in static and "DequantizeLinear" in static
+    assert "DynamicQuantizeLinear" in onnx_load_ops(tmp_path / "int8_dynamic.onnx")
+
+
+def onnx_load_ops(path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2):
+    """Budget 0 on a metric int8 can only lose on (closeness to fp32): the guard must rank every node, keep the most
+    sensitive in fp32, and record what it excluded."""
+    dev, _, collator = sst2
+    fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    ref = onnx_predict(session(fp32_path), dev, collator)
+
+    def score(path):  # 0 for fp32 itself, < 0 for any quantization error (float rounding of a rewritten Gemm: 1e-7)
+        return {"closeness": -round(float(np.abs(onnx_predict(session(path), dev, collator) - ref).mean()), 5)}
+
+    make = functools.partial(quantize_dynamic, fp32_path, cfg=QuantizeConfig())
+
+    def make_kw(dst, exclude=(), only=None):
+        return make(dst, exclude=exclude, only=only)
+
+    def sensitivity(node):
+        return -score(make_kw(tmp_path / "one.onnx", only=[node]))["closeness"]
+
+    candidates = quantizable_nodes(fp32_path, DYNAMIC_OPS)
+    assert len(candidates) >= 8  # embeddings, q/k/v/o, ffn in/out per layer, pooler, classifier
+    result = guard(make_kw, tmp_path / "int8.onnx", score, {"closeness": 0.0}, candidates, sensitivity, 0.0, tmp_path)
+    assert result.tries[0]["drop"] > 0, "int8 must lose something on this metric"
+    assert result.excluded, "the guard must keep some nodes in fp32"
+    assert set(result.sensitivity) == set(candidates)
+    assert result.excluded == sorted(candidates, key=lambda n: -result.sensitivity[n])[:len(result.excluded)]
+    assert [t["excluded"] for t in result.tries][:3] == [0, 1, 2]  # 1, 2, 4, ... most sensitive nodes
+    # budget 0 can only be met with every node fp32, which leaves nothing int8: not shippable
+    assert result.drop <= 0.0 and not result.shippable and "every" in result.reason
+    assert len(result.excluded) == len(candidates)
+
+
+def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
+    dev, _, collator = sst2
+    fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    calls = []
+    result = guard(lambda dst, exclude=(), only=None: quantize_dynamic(fp32_path, dst, QuantizeConfig(), exclude, only),
+                   tmp_path / "int8.onnx", lambda p: {"accuracy": 0.5}, {"accuracy": 0.5},
+                   quantizable_nodes(fp32_path, DYNAMIC_OPS), lambda n: calls.append(n) or 0.0, 1.0, tmp_path)
+    assert result.shippable and result.excluded == [] and calls == [] and len(result.tries) == 1
+
+
+def recipe_for(tmp_path, glue_dir, **quantize) -> Recipe:
+    return from_dict(Recipe, {
+        "name": "q", "runs_dir": str(tmp_path / "runs"),
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32, "max_train_samples": 64,
+                 "max_eval_samples": 64, "holdout": 0.001},
+        "teacher": {"model": "minilm-l6"}, "quantize": {"modes": ["dynamic"], "sensitivity_rows": 8, **quantize}},
+        file="recipe.yaml")
+
+
+def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_dir, glue_dir):
+    from compress.quantize import run
+
+    recipe = recipe_for(tmp_path, glue_dir)
+    teacher = tmp_path / "runs" / "q" / "teacher"
+    (teacher).mkdir(parents=True)
+    tiny_bert_dir.rename(teacher / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(recipe, out, {"teacher": teacher})
+    assert result["source"]["model"] == "teacher"
+    saved = json.loads((out / "quantize.json").read_text())
+    assert set(saved["int8"]) == {"dynamic"} and (out / "int8_dynamic.onnx").is_file()
+    assert (out / "int8_dynamic.ort").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert saved["fp32"]["parity"]["rows"] == 64
+    assert set(result["metrics"]["dev"]) == {"accuracy"}
+
+
+def test_source_model_prefers_newest(tmp_path, glue_dir):
+    recipe = recipe_for(tmp_path, glue_dir)
+    for stage in ("teacher", "prune"):
+        (tmp_path / stage / "model").mkdir(parents=True)
+        (tmp_path / stage / "model" / "config.json").write_text("{}")
+    inputs = {s: tmp_path / s for s in ("teacher", "prune")}
+    assert source_model(recipe, inputs) == ("prune", tmp_path / "prune" / "model")
+    assert source_model(recipe, inputs, "teacher")[1] == tmp_path / "teacher" / "model"
+    with pytest.raises(CompressError, match="quantize.source: 'tiny' is not teacher, prune or a student"):
+        source_model(recipe, inputs, "tiny")
+    (tmp_path / "prune" / "model" / "config.json").unlink()
+    with pytest.raises(CompressError, match="no saved model"):
+        source_model(recipe, inputs)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"modes": []}, "quantize.modes: give at least one"),
+    ({"max_drop": -1}, "quantize.max_drop: must be >= 0"),
+    ({"modes": ["fp16"]}, r"quantize.modes\[0\]: expected one of"),
+    ({"calibration": {"method": "kl"}}, "quantize.calibration.method: expected one of"),
+    ({"calibration": {"samples": 0}}, "quantize.calibration.samples: must be >= 1"),
+])
+def test_quantize_config_errors(section, message):
+    with pytest.raises(CompressError, match=message):
+        from_dict(QuantizeConfig, section, file="r.yaml", where="quantize")
