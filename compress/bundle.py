@@ -438,5 +438,6 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
-    print(f"[bundle] {chosen.name}: {folder} and {archive.name}")
+    print(f"[bundle] {chosen.name} ({choice['by']}, within budget: {choice['within_budget']}) -> "
+          f"{folder.name}/ and {archive.name}")
     return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name], **choice}}

@@ -316,7 +316,8 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "versions": env.get("versions"), "host": env.get("host"),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in _manifests(run_dir))}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
-    return RunTable(teacher.get("recipe") or run_dir.name, str(run_dir), metric, rows,
+    name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
+    return RunTable(name, str(run_dir), metric, rows,
                     teacher_metric=teacher_metric, provenance=provenance)
 
 
@@ -648,6 +649,6 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
             measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
-    print(f"[report] {out.name}: " + ", ".join(p.name for p in written.values()))
+    print("[report] wrote " + ", ".join(p.name for p in written.values()))
     return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare),
             "measured": sorted(measured.get("models", {}))}
