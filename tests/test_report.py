@@ -123,6 +123,8 @@ def test_collect_reads_stage_manifests_and_bench(tmp_path):
     assert table.speedup(dyn) == pytest.approx(12.0 / 5.0) and table.speedup(dyn, 1) == pytest.approx(20 / 8)
     assert table.retention(dyn) == pytest.approx(0.885 / 0.90)
     assert dyn.latency[2].throughput == pytest.approx(1000 / 5.5, rel=1e-3)  # the bench's dev series, batch 1
+    assert dyn.latency[2].peak_throughput == pytest.approx(8000 / 32.5, abs=0.01)  # its best fixed shape
+    assert dyn.latency[2].peak_shape == "b8xs32"
     assert dyn.path.endswith("quantize/int8_dynamic.onnx") and dyn.tokenizer.endswith("tokenizer/tokenizer.json")
     assert table.provenance["seeds"] == [42] and table.provenance["recipe"] == "pipelines/quickstart.yaml"
     assert table.provenance["protocol"]["dev_rows"] == 200 and table.provenance["host"]["cpu"] == "Test CPU"
@@ -162,6 +164,7 @@ def test_cli_report_overlays_runs(tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## quickstart" in md and "## sst2" in md and "| teacher · int8 dynamic (reference)" not in md
     assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and "2.4×" in md and "2.9×" in md
+    assert "batched seq/s (2t) |" in md and "246 (b8xs32)" in md
     assert (tmp_path / "rep" / "pareto.png").stat().st_size > 20_000
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
