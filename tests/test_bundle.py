@@ -22,7 +22,7 @@ from compress.errors import CompressError
 from conftest import tiny_bert_config
 from fake_run import make_run
 
-TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long"]
+TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long", "so " * 300 + "good"]
 PINNED = ["onnxruntime==1.32.0", "tokenizers==0.22.2", "numpy==2.4.6"]
 
 
@@ -335,3 +335,26 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
     assert "speedup_vs_teacher_onnx_fp32" in (folder / "README.md").read_text()
+
+
+def test_regression_bundle(tmp_path, minilm_dir):
+    """A one-output model (STS-B style): no labels, predict returns the value."""
+    from onnxruntime.quantization import quantize_dynamic
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(tmp_path / "fp32.onnx"), input_names=names,
+                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+                      opset_version=17, dynamo=False)
+    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx"))
+    folder, archive = build(tmp_path / "out", "stsb", model=tmp_path / "int8.onnx",
+                            tokenizer=minilm_dir / "tokenizer.json", task="stsb", labels=None, text_pair=True,
+                            max_length=32, ort_format=False)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["task"]["regression"] is True and m["task"]["labels"] is None
+    (value,) = predict(archive, ["a man is playing a guitar"], ["someone plays guitar"])
+    assert set(value) == {"value"} and np.isfinite(value["value"])
+    assert main(["predict", str(folder), "a man is playing a guitar", "someone plays guitar"]) == 0
