@@ -166,7 +166,7 @@ def measure_artifact(spec: dict) -> dict:
                        "throughput_seq_s": round(batch * 1000.0 / p["mean_ms"], 2)}
                 flops = spec["flops"].get(f"b{batch}xs{seq}")
                 if flops:
-                    row["gop_s"] = round(flops / 1e9 / (p["p50_ms"] / 1000.0), 2)
+                    row["gop_s"] = float(f"{flops / 1e9 / (p['p50_ms'] / 1000.0):.4g}")
                 out["results"].append(row)
         del run
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
@@ -316,7 +316,8 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
-                "rss": "VmHWM of a fresh process per artifact (includes the Python runtime and the dev evaluation)",
+                "rss": "VmHWM of a fresh process per artifact (includes the Python runtime and the dev evaluation)"
+                       if cfg.isolate else "VmHWM of the one bench process so far (isolate: false; not per artifact)",
                 "cpu_shared": "the CPU may be shared with other jobs: compare ratios measured in the same run"}
     flops = forward_flops(model_dir, shapes)
     peak = {str(t): gemm_peak(t) for t in cfg.threads}
@@ -327,7 +328,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
             job = {"name": name, **art, "dev_dir": str(tmp / "dev"), "tokenizer_dir": str(qdir / "tokenizer"),
                    "regression": spec.is_regression, "metric_names": spec.metrics, "bench": asdict(cfg),
                    "flops": flops}
-            art.update(run_isolated(job, tmp))
+            art.update(run_isolated(job, tmp) if cfg.isolate else measure_artifact(job))
             file = Path(art["path"]) if "path" in art else None
             art["size_bytes"] = (file.stat().st_size if file else
                                  sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")))
@@ -402,5 +403,9 @@ def _line(art: dict) -> str:
 
 if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.json
     logging.basicConfig(level=logging.WARNING)
-    result = measure_artifact(json.loads(Path(sys.argv[1]).read_text()))
+    try:
+        result = measure_artifact(json.loads(Path(sys.argv[1]).read_text()))
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     write_json(Path(sys.argv[2]), result)

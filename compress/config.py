@@ -412,6 +412,9 @@ class BenchConfig:
     peers: list[Literal["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"]] = field(
         default_factory=lambda: ["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"])
     """Alternatives measured beside our int8 on the same model."""
+    isolate: bool = True
+    """Measure each artifact in a fresh process (its own peak RSS, no state from the others); false: all in one
+    process (faster start; peak RSS is then the process's high-water mark so far, not per artifact)."""
 
     def validate(self, file: str, where: str) -> None:
         for key in ("threads", "batch_sizes", "seq_lengths"):

@@ -1,0 +1,113 @@
+"""Benchmark: the JSON record (protocol beside the numbers, every artifact and peer, ratios), timing helpers, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from compress.bench import bench, format_ratios, measure_artifact, percentiles, run_isolated, time_fixed
+from compress.config import BenchConfig, QuantizeConfig, TaskConfig, from_dict
+from compress.data import Collator, load_split, tokenize
+from compress.errors import CompressError
+from compress.manifest import write_json
+from compress.modeling import load_trained
+from compress.quantize import quantize_model
+
+
+@pytest.fixture(scope="module")
+def dev(tokenizer, glue_dir):
+    return tokenize(load_split(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2")), "dev").select(range(48)),
+                    tokenizer, 64)
+
+
+def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
+    from compress.data import GLUE_TASKS
+
+    model, tokenizer = load_trained(tiny_bert_dir)
+    qdir = tmp_path / "quantize"
+    qdir.mkdir()
+    collator = Collator({"": tokenizer})
+    rec = quantize_model(model, dev, np.asarray(dev["label"]), ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], max_drop=100.0), qdir, calib_rows=dev, sens_rows=dev)
+    rec["source"] = {"model": "teacher", "folder": str(tiny_bert_dir)}
+    write_json(qdir / "quantize.json", rec)
+    tokenizer.save_pretrained(qdir / "tokenizer")
+    cfg = BenchConfig(threads=[1, 2], batch_sizes=[2], seq_lengths=[16], dev_rows=6, warmup=1, repeats=4,
+                      max_seconds=0.2, min_runs=3, isolate=False)  # in-process: fast; isolation is tested below
+    out = tmp_path / "bench"
+    out.mkdir()
+    result = bench(qdir, rec, str(tiny_bert_dir), dev, GLUE_TASKS["sst2"], cfg, out, [(2, 16)])
+
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(result["bench"], default=str))
+    protocol = saved["protocol"]
+    assert protocol["cpu"] and protocol["threads"] == [1, 2] and protocol["shapes"] == ["b2xs16"]
+    assert protocol["versions"]["onnxruntime"] and protocol["warmup"] == 1 and protocol["dev_rows"] == 6
+    assert set(saved["artifacts"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "int8_dynamic",
+                                       "optimum_avx512_vnni"}
+    assert saved["flops"]["b2xs16"] > 0
+    for t in ("1", "2"):
+        assert saved["machine_peak"][t]["int8_gemm_gop_s"] > 0 and saved["machine_peak"][t]["fp32_gemm_gop_s"] > 0
+    for name, art in saved["artifacts"].items():
+        assert 0.0 <= art["metrics"]["accuracy"] <= 1.0, name
+        assert art["size_bytes"] > 0 and art["params"] > 0 and art["peak_rss_mb"] > 50, name
+        assert art["rss_before_load_mb"] > 0 and art["load_s"] >= 0, name
+        inputs = {(r["input"], r["threads"]) for r in art["results"]}
+        assert inputs == {("dev", 1), ("dev", 2), ("b2xs16", 1), ("b2xs16", 2)}, name
+        for r in art["results"]:
+            assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"], (name, r)
+            assert r["throughput_seq_s"] > 0
+            assert r["runs"] == 6 if r["input"] == "dev" else 3 <= r["runs"] <= 4
+            if r["input"] == "b2xs16":
+                assert r["batch"] == 2 and r["seq"] == 16 and r["gop_s"] > 0
+    # torch and ONNX fp32 score the same; int8 sizes are smaller than fp32's
+    arts = saved["artifacts"]
+    assert arts["onnx_fp32"]["metrics"] == arts["torch_fp32"]["metrics"]
+    assert arts["int8_dynamic"]["size_bytes"] < 0.5 * arts["onnx_fp32"]["size_bytes"]
+    assert saved["ours"] == "int8_dynamic"
+    assert set(saved["ratios"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "optimum_avx512_vnni"}
+    for r in saved["ratios"].values():
+        assert set(r["speedup_p50"]) == {"dev@1t", "dev@2t", "b2xs16@1t", "b2xs16@2t"}
+        assert all(v > 0 for v in r["speedup_p50"].values()) and r["metric"] == "accuracy"
+    text = format_ratios(saved)
+    assert "vs optimum_avx512_vnni" in text and "GOP/s" in text
+    assert result["metrics"]["dev"] == arts["int8_dynamic"]["metrics"]
+
+
+def test_timing_helpers():
+    calls = []
+    times = time_fixed(lambda: calls.append(1), warmup=2, repeats=5, max_seconds=10.0, min_runs=3)
+    assert len(times) == 5 and len(calls) == 7  # warm-up runs are not timed
+    import time
+
+    slow = time_fixed(lambda: time.sleep(0.02), warmup=0, repeats=100, max_seconds=0.05, min_runs=2)
+    assert 2 <= len(slow) <= 4  # stops after max_seconds of timed runs
+    p = percentiles([0.001, 0.002, 0.003, 0.004])
+    assert p["p50_ms"] == pytest.approx(2.5) and p["runs"] == 4 and p["p99_ms"] <= 4.0
+
+
+def test_isolated_worker_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev):
+    from compress.export import export_onnx
+    dev.save_to_disk(str(tmp_path / "dev"))
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    spec = {"kind": "onnx", "dev_dir": str(tmp_path / "dev"), "tokenizer_dir": str(tiny_bert_dir),
+            "regression": False, "metric_names": ["accuracy"], "flops": {},
+            "bench": {"threads": [1], "batch_sizes": [], "seq_lengths": [], "dev_rows": 2, "warmup": 0,
+                      "repeats": 1, "min_runs": 1, "max_seconds": 1.0}}
+    good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
+    out = run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)  # a fresh process: its own RSS
+    assert [r["input"] for r in out["results"]] == ["dev"] and out["results"][0]["runs"] == 2
+    assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and "accuracy" in out["metrics"]
+    with pytest.raises(CompressError, match="missing.onnx: ONNX file not found"):
+        measure_artifact({**spec, "name": "x", "path": str(tmp_path / "missing.onnx")})
+    with pytest.raises(CompressError, match="bench of bad .*bad.onnx: not a loadable ONNX model"):
+        run_isolated({**spec, "name": "bad", "path": str(tmp_path / "bad.onnx")}, tmp_path)
+
+
+def test_bench_config_errors():
+    with pytest.raises(CompressError, match="bench.threads: values must be >= 1"):
+        from_dict(BenchConfig, {"threads": [0]}, file="r.yaml", where="bench")
+    with pytest.raises(CompressError, match=r"bench.peers\[0\]: expected one of"):
+        from_dict(BenchConfig, {"peers": ["tensorrt"]}, file="r.yaml", where="bench")
