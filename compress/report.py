@@ -498,7 +498,7 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     peak = any(r.latency.get(head_t) and r.latency[head_t].peak_throughput for r in table.rows) if head_t else False
     header += [f"speedup ({head_t}t)" if head_t else "speedup", f"sent/s ({head_t}t)" if head_t else "sent/s"]
     if peak:
-        header.append(f"batched seq/s ({head_t}t)")
+        header.append(f"best fixed-shape seq/s ({head_t}t)")
     body = []
     for r in table.rows:
         retention = table.retention(r)
@@ -530,7 +530,7 @@ def _provenance_lines(table: RunTable) -> list[tuple[str, str]]:
 
 
 NOTE = ("Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 / artifact p50 at the same thread count. "
-        "p50/p90 and sent/s: real dev sentences one at a time (batch 1); batched seq/s: the best of the bench's "
+        "p50/p90 and sent/s: real dev sentences one at a time (batch 1); fixed-shape seq/s: the best of the bench's "
         "fixed shapes.")
 
 

@@ -164,7 +164,7 @@ def test_cli_report_overlays_runs(tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## quickstart" in md and "## sst2" in md and "| teacher · int8 dynamic (reference)" not in md
     assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and "2.4×" in md and "2.9×" in md
-    assert "batched seq/s (2t) |" in md and "246 (b8xs32)" in md
+    assert "best fixed-shape seq/s (2t) |" in md and "246 (b8xs32)" in md
     assert (tmp_path / "rep" / "pareto.png").stat().st_size > 20_000
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
