@@ -415,10 +415,13 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
         ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color, ms=7,
                     capsize=3, label=f"{table.run} ({t} thread{'s' if t != 1 else ''})", zorder=3)
         front = pareto_front(list(zip(xs, ys)))
-        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
-        ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)
+        fx, fy = [xs[i] for i in front] + [max(xs)], [ys[i] for i in front] + [ys[front[-1]]]
+        ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)  # best metric at <= x ms
+        ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=160, facecolors="none", edgecolors=color,
+                   lw=1.2, zorder=4)
         for r, x, y in zip(rows, xs, ys):
-            labels.append(ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5,
+            name = f"{r.name} · torch" if r.fmt == "torch" and "·" not in r.name else r.name
+            labels.append(ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5,
                                       color=color))
         drawn += len(rows)
     if not drawn:
@@ -432,7 +435,7 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("p50 latency per sentence, batch 1 (ms, log scale)")
     ax.set_ylabel(" / ".join(sorted(metric_names)) + " (dev)")
-    ax.set_title(f"{' / '.join(sorted(metric_names))} vs latency; lines: each run's Pareto frontier")
+    ax.set_title(f"{' / '.join(sorted(metric_names))} vs latency; circled and joined: each run's Pareto frontier")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.margins(x=0.15, y=0.08)
