@@ -106,7 +106,9 @@ def test_per_layer_scope_keeps_each_layers_best_and_overrides():
         assert s.heads == sorted(torch.topk(h, 2).indices.tolist())
 
 
-def test_uniform_prune_reloads_exactly_with_stock_from_pretrained(tmp_path, tokenizer):
+def test_uniform_prune_reloads_exactly_with_stock_from_pretrained_and_exports(tmp_path, tokenizer, sst2):
+    from compress.export import check_parity, export_onnx, onnx_predict, session
+
     model = tiny()
     P.prune(model, cfg(heads=0.25, ffn=0.5, scope="per_layer", importance="l2"))
     assert P.uniform_ffn(model.config) and model.config.intermediate_size == 32
@@ -118,6 +120,11 @@ def test_uniform_prune_reloads_exactly_with_stock_from_pretrained(tmp_path, toke
     for reloaded in (stock, ours):
         assert (logits(reloaded, x) - logits(model, x)).abs().max() <= 1e-5
         assert P.provenance(reloaded) == P.provenance(model)
+    _, dev, collator = sst2
+    export_onnx(stock, tmp_path / "m.onnx")
+    parity = check_parity(predict(model, dev, collator), onnx_predict(session(tmp_path / "m.onnx"), dev, collator),
+                          atol=1e-4)
+    assert parity.rows == 64 and parity.argmax_agreement == 1.0
 
 
 def test_non_uniform_prune_reloads_with_our_loader_and_exports_to_onnx(tmp_path, tokenizer, sst2):
