@@ -4,15 +4,17 @@ Artifacts: the quantize stage's ONNX fp32 (plain and fused) and int8 models. Pee
 fp32, torch dynamic int8 (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``), and Optimum's
 ``ORTQuantizer`` with its default preset for this CPU (``AutoQuantizationConfig.avx512_vnni(is_static=False)``).
 
-Protocol (recorded in the JSON beside the numbers): every artifact runs in its own fresh process (so its peak RSS is
-its own), for each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one inter-op thread):
+Protocol (recorded in the JSON beside the numbers). All artifacts are loaded in one process and timed round-robin,
+run by run in a rotating order, so load from other jobs on a shared CPU hits every artifact alike and the ratios stay
+fair. For each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one inter-op thread):
   - ``dev``: real dev sentences one at a time (batch 1, unpadded, the first ``dev_rows`` rows), one timed run each;
-  - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed runs until
-    ``repeats`` runs or ``max_seconds`` of timed runs (at least ``min_runs``).
+  - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed rounds
+    until ``repeats`` rounds or ``max_seconds`` of timed runs of the slowest artifact (at least ``min_runs``).
 Latency p50/p90/p99/mean (ms, ``time.perf_counter`` around one forward), throughput (sequences/s from the mean),
 achieved GOP/s (exact forward FLOPs of the fp32 model at that shape, ``torch.utils.flop_counter``, per p50 second;
 int8 executes the same operations) against the machine's measured GEMM peak (ORT MatMulInteger u8 x s8 and MatMul fp32,
-1024 x 1024 x 1024, same threads). Also: file size, parameter count, dev metric (full dev, batched), peak RSS.
+1024 x 1024 x 1024, same threads). Also: file size, parameter count, task metric on all of dev, and the peak RSS of
+each artifact alone in a fresh process (``isolate``).
 """
 
 from __future__ import annotations
@@ -111,66 +113,104 @@ def load_torch(kind: str, folder: str):
     return model
 
 
-# ------------------------------------------------------------------------------------------------ one artifact
-def measure_artifact(spec: dict) -> dict:
-    """Everything about one artifact, in this process: accuracy on dev, latencies per thread count and shape."""
-    from datasets import load_from_disk
+# ------------------------------------------------------------------------------------------------ measuring
+def make_runner(art: dict, threads: int, models: dict):
+    return TorchRunner(models[art["kind"]], threads) if art["kind"].startswith("torch") else \
+        OnnxRunner(Path(art["path"]), threads)
 
-    from compress.data import Collator
+
+def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
+    return [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64) for n in names}
+            for r in rows]
+
+
+def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, int]) -> dict:
+    """Latencies of every artifact, all loaded in this process and timed round-robin: each timed run of one
+    artifact is followed by one of each other (the order rotating), so load from other jobs on a shared CPU hits
+    every artifact alike and the ratios stay fair. Returns name -> list of result rows."""
+    from tqdm.auto import tqdm
+
+    models = {k: load_torch(k, a["model_dir"]) for k, a in ((a["kind"], a) for a in artifacts.values())
+              if k.startswith("torch")}
+    names = list(artifacts)
+    results: dict[str, list] = {n: [] for n in names}
+    rows = dev.select(range(min(cfg.dev_rows, len(dev)))) if cfg.dev_rows else dev
+    shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
+    progress = tqdm(total=len(cfg.threads) * (1 + len(shapes)), desc="bench (interleaved)", leave=False)
+    for threads in cfg.threads:
+        runners = {n: make_runner(artifacts[n], threads, models) for n in names}
+        # real dev sentences, batch 1, one timed run per sentence and artifact
+        feeds = {n: dev_feeds(rows, r.names) for n, r in runners.items()}
+        for n, r in runners.items():
+            for f in feeds[n][: cfg.warmup]:
+                r(f)
+        times = {n: [] for n in names}
+        for i in range(len(rows)):
+            for n in names[i % len(names):] + names[: i % len(names)]:
+                t0 = time.perf_counter()
+                runners[n](feeds[n][i])
+                times[n].append(time.perf_counter() - t0)
+        tokens = float(np.mean([len(r["input_ids"]) for r in rows]))
+        for n in names:
+            p = percentiles(times[n])
+            results[n].append({"input": "dev", "threads": threads, "batch": 1, "seq": f"real (mean {tokens:.1f})",
+                               **p, "throughput_seq_s": round(1000.0 / p["mean_ms"], 2)})
+        progress.update()
+        for batch, seq in shapes:
+            feeds = {n: fixed_inputs(r.names, batch, seq) for n, r in runners.items()}
+            for n, r in runners.items():
+                for _ in range(cfg.warmup):
+                    r(feeds[n])
+            times = {n: [] for n in names}
+            for i in range(cfg.repeats):
+                for n in names[i % len(names):] + names[: i % len(names)]:
+                    t0 = time.perf_counter()
+                    runners[n](feeds[n])
+                    times[n].append(time.perf_counter() - t0)
+                if i + 1 >= cfg.min_runs and max(sum(t) for t in times.values()) >= cfg.max_seconds:
+                    break
+            for n in names:
+                p = percentiles(times[n])
+                row = {"input": f"b{batch}xs{seq}", "threads": threads, "batch": batch, "seq": seq, **p,
+                       "throughput_seq_s": round(batch * 1000.0 / p["mean_ms"], 2)}
+                if flops.get(row["input"]):
+                    row["gop_s"] = float(f"{flops[row['input']] / 1e9 / (p['p50_ms'] / 1000.0):.4g}")
+                results[n].append(row)
+            progress.update()
+        del runners
+    progress.close()
+    return results
+
+
+def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
+    """Task metrics on all of dev (batched, length-sorted)."""
     from compress.metrics import compute_metrics
+
+    if art["kind"].startswith("torch"):
+        from compress.evaluate import predict
+
+        logits = predict(models[art["kind"]], dev, collator)
+    else:
+        from compress.export import onnx_predict
+
+        logits = onnx_predict(OnnxRunner(Path(art["path"]), threads).sess, dev, collator)
+    return compute_metrics(metric_names, logits, np.asarray(dev["label"]))
+
+
+def probe_memory(spec: dict) -> dict:
+    """Peak RSS of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows."""
+    from datasets import load_from_disk
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    is_torch = spec["kind"].startswith("torch")
-    model = load_torch(spec["kind"], spec["model_dir"]) if is_torch else None
+    models = {spec["kind"]: load_torch(spec["kind"], spec["model_dir"])} if spec["kind"].startswith("torch") else {}
+    run = make_runner(spec, max(spec["threads"]), models)
     load_s = time.perf_counter() - t0
-    dev = load_from_disk(spec["dev_dir"])
-    from transformers import AutoTokenizer
-
-    collator = Collator({"": AutoTokenizer.from_pretrained(spec["tokenizer_dir"])}, regression=spec["regression"])
-    out = {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1), "results": []}
-    labels = np.asarray(dev["label"])
-    cfg = spec["bench"]
-    for i, threads in enumerate(cfg["threads"]):
-        run = TorchRunner(model, threads) if is_torch else OnnxRunner(Path(spec["path"]), threads)
-        if i == 0 and spec.get("evaluate", True):  # accuracy once (batched, the first thread count)
-            if is_torch:
-                from compress.evaluate import predict
-
-                logits = predict(model, dev, collator)
-            else:
-                from compress.export import onnx_predict
-
-                logits = onnx_predict(run.sess, dev, collator)
-            out["metrics"] = compute_metrics(spec["metric_names"], logits, labels)
-        rows = dev.select(range(min(cfg["dev_rows"], len(dev)))) if cfg["dev_rows"] else dev
-        feeds = [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64)
-                  for n in run.names} for r in rows]
-        for f in feeds[: cfg["warmup"]]:
-            run(f)
-        times = []
-        for f in feeds:
-            t = time.perf_counter()
-            run(f)
-            times.append(time.perf_counter() - t)
-        tokens = float(np.mean([f["input_ids"].shape[1] for f in feeds]))
-        p = percentiles(times)
-        out["results"].append({"input": "dev", "threads": threads, "batch": 1, "seq": f"real (mean {tokens:.1f})",
-                               **p, "throughput_seq_s": round(1000.0 / p["mean_ms"], 2)})
-        for batch in cfg["batch_sizes"]:
-            for seq in cfg["seq_lengths"]:
-                f = fixed_inputs(run.names, batch, seq)
-                times = time_fixed(lambda: run(f), cfg["warmup"], cfg["repeats"], cfg["max_seconds"], cfg["min_runs"])
-                p = percentiles(times)
-                row = {"input": f"b{batch}xs{seq}", "threads": threads, "batch": batch, "seq": seq, **p,
-                       "throughput_seq_s": round(batch * 1000.0 / p["mean_ms"], 2)}
-                flops = spec["flops"].get(f"b{batch}xs{seq}")
-                if flops:
-                    row["gop_s"] = float(f"{flops / 1e9 / (p['p50_ms'] / 1000.0):.4g}")
-                out["results"].append(row)
-        del run
-    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    return out
+    for f in dev_feeds(load_from_disk(spec["dev_dir"]).select(range(8)), run.names):
+        run(f)
+    if spec["largest"]:
+        run(fixed_inputs(run.names, *spec["largest"]))
+    return {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def _rss_mb() -> float:
@@ -191,10 +231,10 @@ def _peak_rss_mb() -> float:
 
 
 def run_isolated(spec: dict, workdir: Path) -> dict:
-    """``measure_artifact`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
+    """``probe_memory`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
     spec_path, out_path = workdir / f"{spec['name']}.spec.json", workdir / f"{spec['name']}.out.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(spec["bench"]["threads"])), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(spec["threads"])), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "compress.bench", str(spec_path), str(out_path)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0 or not out_path.is_file():
@@ -205,7 +245,7 @@ def run_isolated(spec: dict, workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ machine peak
-def gemm_peak(threads: int, n: int = 1024, runs: int = 5) -> dict:
+def gemm_peak(threads: int, n: int = 1024, runs: int = 10) -> dict:
     """Measured GEMM throughput of this machine through ORT (the kernels our models use): u8 x s8 -> s32
     MatMulInteger and fp32 MatMul, n x n x n, best of ``runs``, in GOP/s (2 ops per multiply-add)."""
     import onnx
@@ -291,6 +331,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
           shapes: list[tuple[int, int]]) -> dict:
     """Measure every artifact and peer; write ``bench.json`` into ``out``; return the manifest fields."""
     from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from compress.data import Collator
 
     from compress.modeling import count_params, load_trained
 
@@ -314,21 +357,34 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                 "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
                 "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
+                "order": "all artifacts in one process, timed round-robin (rotating order) run by run",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
-                "rss": "VmHWM of a fresh process per artifact (includes the Python runtime and the dev evaluation)"
-                       if cfg.isolate else "VmHWM of the one bench process so far (isolate: false; not per artifact)",
+                "accuracy": "all dev rows, batched (32, length-sorted), first thread count",
+                "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
+                       "the Python runtime)" if cfg.isolate else "not measured (isolate: false)",
+                "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best run, before and after",
                 "cpu_shared": "the CPU may be shared with other jobs: compare ratios measured in the same run"}
     flops = forward_flops(model_dir, shapes)
     peak = {str(t): gemm_peak(t) for t in cfg.threads}
+    models = {a["kind"]: load_torch(a["kind"], model_dir) for a in artifacts.values() if a["kind"].startswith("torch")}
+    collator = Collator({"": AutoTokenizer.from_pretrained(qdir / "tokenizer")}, regression=spec.is_regression)
+    for name, art in tqdm(list(artifacts.items()), desc="bench accuracy", leave=False):
+        art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
+    del models
+    for name, rows in measure_interleaved(artifacts, dev, cfg, flops).items():
+        artifacts[name]["results"] = rows
+    for t, again in ((str(t), gemm_peak(t)) for t in cfg.threads):  # the best of before and after
+        peak[t] = {k: max(v, again[k]) for k, v in peak[t].items()}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
-        dev.save_to_disk(str(tmp / "dev"))
-        for name, art in tqdm(list(artifacts.items()), desc="bench artifacts"):
-            job = {"name": name, **art, "dev_dir": str(tmp / "dev"), "tokenizer_dir": str(qdir / "tokenizer"),
-                   "regression": spec.is_regression, "metric_names": spec.metrics, "bench": asdict(cfg),
-                   "flops": flops}
-            art.update(run_isolated(job, tmp) if cfg.isolate else measure_artifact(job))
+        dev.select(range(min(8, len(dev)))).save_to_disk(str(tmp / "dev"))
+        for name, art in artifacts.items():
+            if cfg.isolate:
+                job = {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
+                       "dev_dir": str(tmp / "dev"), "threads": cfg.threads,
+                       "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
+                art.update(run_isolated(job, tmp))
             file = Path(art["path"]) if "path" in art else None
             art["size_bytes"] = (file.stat().st_size if file else
                                  sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")))
@@ -398,13 +454,14 @@ def format_ratios(record: dict) -> str:
 def _line(art: dict) -> str:
     dev = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in art["results"] if r["input"] == "dev")
     metric = ", ".join(f"{k}={v:.4f}" for k, v in (art.get("metrics") or {}).items())
-    return f"{metric}; dev batch 1: {dev}; peak RSS {art['peak_rss_mb']:.0f} MB; {art['size_bytes'] / 2**20:.1f} MB"
+    rss = f"; peak RSS {art['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in art else ""
+    return f"{metric}; dev batch 1: {dev}{rss}; {art['size_bytes'] / 2**20:.1f} MB"
 
 
 if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.json
     logging.basicConfig(level=logging.WARNING)
     try:
-        result = measure_artifact(json.loads(Path(sys.argv[1]).read_text()))
+        result = probe_memory(json.loads(Path(sys.argv[1]).read_text()))
     except CompressError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

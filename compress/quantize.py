@@ -38,6 +38,17 @@ from compress.modeling import count_params, load_trained
 
 log = logging.getLogger(__name__)
 
+
+class _NoPreprocessHint(logging.Filter):
+    """onnxruntime.quantization logs a pre-processing hint on the root logger at every call; the dynamic path
+    quantizes an already fused/cleaned graph and the static path does pre-process, so the hint is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_NoPreprocessHint())
+
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"]
 STATIC_OPS = ["MatMul", "Gemm", "Gather"]
 """Static int8 only where ORT has int8 kernels: elementwise/softmax Q/DQ pairs cost time and accuracy."""

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from compress.bench import bench, format_ratios, measure_artifact, percentiles, run_isolated, time_fixed
+from compress.bench import bench, format_ratios, percentiles, probe_memory, run_isolated, time_fixed
 from compress.config import BenchConfig, QuantizeConfig, TaskConfig, from_dict
 from compress.data import Collator, load_split, tokenize
 from compress.errors import CompressError
@@ -52,8 +52,7 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
         assert saved["machine_peak"][t]["int8_gemm_gop_s"] > 0 and saved["machine_peak"][t]["fp32_gemm_gop_s"] > 0
     for name, art in saved["artifacts"].items():
         assert 0.0 <= art["metrics"]["accuracy"] <= 1.0, name
-        assert art["size_bytes"] > 0 and art["params"] > 0 and art["peak_rss_mb"] > 50, name
-        assert art["rss_before_load_mb"] > 0 and art["load_s"] >= 0, name
+        assert art["size_bytes"] > 0 and art["params"] > 0 and "peak_rss_mb" not in art, name  # isolate=False
         inputs = {(r["input"], r["threads"]) for r in art["results"]}
         assert inputs == {("dev", 1), ("dev", 2), ("b2xs16", 1), ("b2xs16", 2)}, name
         for r in art["results"]:
@@ -88,20 +87,19 @@ def test_timing_helpers():
     assert p["p50_ms"] == pytest.approx(2.5) and p["runs"] == 4 and p["p99_ms"] <= 4.0
 
 
-def test_isolated_worker_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev):
+def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev):
     from compress.export import export_onnx
-    dev.save_to_disk(str(tmp_path / "dev"))
+
+    dev.select(range(8)).save_to_disk(str(tmp_path / "dev"))
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    spec = {"kind": "onnx", "dev_dir": str(tmp_path / "dev"), "tokenizer_dir": str(tiny_bert_dir),
-            "regression": False, "metric_names": ["accuracy"], "flops": {},
-            "bench": {"threads": [1], "batch_sizes": [], "seq_lengths": [], "dev_rows": 2, "warmup": 0,
-                      "repeats": 1, "min_runs": 1, "max_seconds": 1.0}}
+    spec = {"kind": "onnx", "dev_dir": str(tmp_path / "dev"), "threads": [1, 2], "largest": [4, 32], "model_dir": None}
     good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
     out = run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)  # a fresh process: its own RSS
-    assert [r["input"] for r in out["results"]] == ["dev"] and out["results"][0]["runs"] == 2
-    assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and "accuracy" in out["metrics"]
+    assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and out["load_s"] >= 0
+    torch_out = probe_memory({**spec, "kind": "torch_dynamic_int8", "model_dir": str(tiny_bert_dir), "path": None})
+    assert torch_out["peak_rss_mb"] > 0
     with pytest.raises(CompressError, match="missing.onnx: ONNX file not found"):
-        measure_artifact({**spec, "name": "x", "path": str(tmp_path / "missing.onnx")})
+        probe_memory({**spec, "name": "x", "path": str(tmp_path / "missing.onnx")})
     with pytest.raises(CompressError, match="bench of bad .*bad.onnx: not a loadable ONNX model"):
         run_isolated({**spec, "name": "bad", "path": str(tmp_path / "bad.onnx")}, tmp_path)
 
