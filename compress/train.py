@@ -11,15 +11,18 @@ uninterrupted run would.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -98,7 +101,10 @@ def fit(
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    # Accelerate steps a prepared scheduler once per process per optimizer step (unless split_batches): count the
+    # schedule in those units, or under DDP the learning rate would decay num_processes times too fast
+    per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total) * per_step, total * per_step)
     prepared = accelerator.prepare(*modules.values(), optimizer, scheduler)
     modules = dict(zip(modules, prepared[: len(modules)]))
     optimizer, scheduler = prepared[len(modules):]
@@ -106,6 +112,7 @@ def fit(
     result = FitResult(steps=0, best_metric=None, best_step=None)
     best_state: Optional[dict] = None
     step, epoch, skip = 0, 0, 0
+    resume_rng = None
     ckpt = _latest_checkpoint(checkpoint_dir)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
@@ -115,6 +122,7 @@ def fit(
         if (ckpt / "best.safetensors").is_file():
             best_state = load_file(ckpt / "best.safetensors")
         result.resumed_from = step
+        resume_rng = _rng_state()  # the RNG as it was at the checkpoint (see the epoch loop)
         log.info("resumed from %s (step %d)", ckpt, step)
 
     def run_eval(tag: str) -> None:
@@ -165,7 +173,15 @@ def fit(
             loader = accelerator.skip_first_batches(loader, skip)
         batches_done = skip
         skip = 0
-        for batch in loader:
+        batches = iter(loader)
+        if resume_rng is not None:
+            # the first batch draws a base seed from the global RNG (the interrupted run drew it at epoch start):
+            # put the checkpoint's RNG back after it, so dropout draws exactly what the uninterrupted run drew
+            first = next(batches, None)
+            _set_rng_state(resume_rng)
+            resume_rng = None
+            batches = itertools.chain([] if first is None else [first], batches)
+        for batch in batches:
             with accelerator.accumulate(*modules.values()):
                 with accelerator.autocast():
                     loss, logs = objective(modules["model"], batch)
@@ -215,6 +231,21 @@ def fit(
         accelerator.unwrap_model(m).eval()
     log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
     return result
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Path]:

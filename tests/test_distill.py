@@ -1,0 +1,221 @@
+"""Distillation behaviour: token alignment on real SST-2/RTE rows, a tiny student learning from a tiny teacher,
+different tokenizers, NaN stop, kill -9 + resume, and 2-process DDP against 1 process at twice the batch."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification, MPNetTokenizer
+
+from conftest import tiny_bert_config
+from compress.config import StudentConfig, TaskConfig, from_dict
+from compress.data import Collator, load_task, tokenize
+from compress.distill.align import aligned_rows, id_map, same_tokenizer
+from compress.distill.objective import Distiller, KDObjective, resolve_matches
+from compress.distill.stage import KDCollator, distill
+from compress.errors import CompressError
+from students import build_student
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def shifted_tokenizer(tmp_path_factory, minilm_dir):
+    """An MPNet-style tokenizer over MiniLM's WordPieces: <s>, <pad>, </s>, <unk> first (every id shifted by 4),
+    <mask> last, and MPNet's specials (<s> A </s>, pairs joined by </s></s>)."""
+    folder = tmp_path_factory.mktemp("mpnet-like")
+    words = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (folder / "vocab.txt").write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>"] + words + ["<mask>"]) + "\n",
+                                      encoding="utf-8")
+    return MPNetTokenizer(str(folder / "vocab.txt"), do_lower_case=True)
+
+
+def _batches(ds, collator, size):
+    return [collator([ds[i] for i in range(s, min(s + size, len(ds)))]) for s in range(0, len(ds), size)]
+
+
+def test_alignment_of_minilm_and_shifted_ids_on_real_rows(glue_dir, tokenizer, shifted_tokenizer):
+    assert not same_tokenizer(tokenizer, shifted_tokenizer) and same_tokenizer(tokenizer, tokenizer)
+    table = id_map(shifted_tokenizer, tokenizer)
+    assert table[shifted_tokenizer.cls_token_id] == tokenizer.cls_token_id
+    assert table[shifted_tokenizer.sep_token_id] == tokenizer.sep_token_id
+    assert table[shifted_tokenizer.convert_tokens_to_ids("movie")] == tokenizer.convert_tokens_to_ids("movie")
+    # single sentences (SST-2): same WordPieces, ids shifted, different specials -> every row aligns
+    sst = load_task(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_train_samples=200, holdout=0.0))
+    ds = tokenize(tokenize(sst.train, tokenizer, 64), shifted_tokenizer, 64, prefix="t_")
+    assert ds[0]["input_ids"][1:-1] != ds[0]["t_input_ids"][1:-1]  # really different ids
+    collator = Collator({"": tokenizer, "t_": shifted_tokenizer})
+    rows = torch.cat([aligned_rows(b["input_ids"], b["attention_mask"], b["t_input_ids"], b["t_attention_mask"],
+                                   table) for b in _batches(ds, collator, 16)])
+    assert rows.all(), f"{int((~rows).sum())} of 200 SST-2 rows did not align"
+    # a shifted copy of the student ids (an off-by-one tokenization) does not align anywhere
+    b = _batches(ds, collator, 16)[0]
+    assert not aligned_rows(b["input_ids"], b["attention_mask"], b["t_input_ids"] + 1, b["t_attention_mask"],
+                            table).any()
+    # sentence pairs (RTE): MPNet joins them with </s></s>, BERT with one [SEP] -> no row aligns
+    rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=32, holdout=0.0))
+    pairs = tokenize(tokenize(rte.train, tokenizer, 128), shifted_tokenizer, 128, prefix="t_")
+    pb = collator([pairs[i] for i in range(len(pairs))])
+    assert not aligned_rows(pb["input_ids"], pb["attention_mask"], pb["t_input_ids"], pb["t_attention_mask"],
+                            table).any()
+
+
+def _tiny_teacher(**kw):
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4, **kw))
+
+
+def _sst2(glue_dir, n=128, holdout=0.0, dev=32):
+    return load_task(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_train_samples=n,
+                                max_eval_samples=dev, holdout=holdout), seed=0)
+
+
+def test_tiny_student_distils_and_loss_goes_down(glue_dir, tokenizer):
+    teacher = _tiny_teacher().eval()
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(100.0)  # a confident teacher: its soft labels are worth learning
+    data = _sst2(glue_dir, n=96)
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+                                     "distill": {"layer_map": "uniform",
+                                                 "layer_map_features": ["embedding", "hidden", "attention"]},
+                                     "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.0}})
+    student = build_student(spec, teacher, tokenizer, data.spec)
+    matches = resolve_matches(spec.distill, teacher.config, student.model.config)
+    assert [m.key for m in matches] == ["embedding_t0_s0", "hidden_t2_s1", "hidden_t4_s2", "attention_t2_s1",
+                                        "attention_t4_s2"]
+    assert all(m.project for m in matches if m.feature != "attention")  # 16 -> 32 wide
+    ds = tokenize(data.train, tokenizer, 32)
+    batch = KDCollator(Collator({"": tokenizer}))([ds[i] for i in range(32)])
+
+    def logs_now():  # the logit and attention terms on a fixed batch (they need no trained projection)
+        d = Distiller(student.model, matches, 32).eval()
+        with torch.no_grad():
+            return KDObjective(teacher, spec.distill, matches, False)(d, batch)[1]
+
+    before = logs_now()
+    res = distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0)
+    assert res.fits["joint"].steps == 24 and res.same_tokenizer and res.align.misaligned_rows == 0
+    after = logs_now()
+    assert after["kd"] < 0.8 * before["kd"], (before, after)
+    assert after["attention_t4_s2"] < before["attention_t4_s2"], (before, after)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer, shifted_tokenizer):
+    torch.manual_seed(0)
+    teacher = MPNetForSequenceClassification(MPNetConfig(vocab_size=len(shifted_tokenizer), hidden_size=32,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         intermediate_size=64, max_position_embeddings=160,
+                                                         num_labels=2)).eval()
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "layers": 1, "hidden": 32, "heads": 4, "ffn": 64,
+                                     "distill": {"layer_map": "last"}, "train": {"max_steps": 3, "batch_size": 8}})
+    data = _sst2(glue_dir, n=24)
+    student = build_student(spec, teacher, tokenizer, data.spec)  # a BERT student with MiniLM's tokenizer
+    res = distill(teacher, shifted_tokenizer, student, spec, data, max_length=32, seed=0)
+    assert not res.same_tokenizer and res.align.batches == 3 and res.align.misaligned_batches == 0
+    rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=24, holdout=0.0), seed=0)
+    res = distill(teacher, shifted_tokenizer, build_student(spec, teacher, tokenizer, rte.spec), spec, rte,
+                  max_length=128, seed=0)
+    # every pair row is misaligned: counted, position-wise losses skipped, logit KD still trained
+    assert res.align.batches == 3 and res.align.misaligned_batches == 3 and res.align.misaligned_rows == 24
+    assert res.fits["joint"].steps == 3
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(glue_dir, tokenizer, tmp_path):
+    teacher = _tiny_teacher()
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # the teacher goes bad on its 6th batch
+        calls["n"] += 1
+        if calls["n"] >= 6:
+            output.logits.fill_(float("nan"))
+        return output
+
+    spec = from_dict(StudentConfig, {"name": "s", "layers": 2, "distill": {"layer_map": "last"},
+                                     "train": {"max_steps": 10, "batch_size": 8, "checkpoint_every": 2}})
+    data = _sst2(glue_dir, n=80)
+    student = build_student(spec, teacher, tokenizer, data.spec)
+    teacher.register_forward_hook(poison)  # after the copy: the student stays healthy
+    with pytest.raises(CompressError, match=r"loss became nan at step 5.*last good checkpoint"):
+        distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck")
+    kept = sorted(p.name for p in (tmp_path / "ck" / "joint").glob("step-*"))
+    assert kept[-1] == "step-00000004"
+
+
+def _recipe(tmp_path, teacher_dir, runs):
+    recipe = {"name": "resume", "seed": 0, "runs_dir": str(runs),
+              "task": {"name": "sst2", "data_dir": str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"),
+                       "max_length": 32, "max_train_samples": 480, "max_eval_samples": 64, "holdout": 0.05,
+                       "holdout_max": 64},
+              "teacher": {"model": str(teacher_dir), "max_steps": 2, "batch_size": 16},
+              "students": [{"name": "s", "kind": "narrow", "layers": 2, "hidden": 32, "heads": 2, "ffn": 64,
+                            "distill": {"layer_map": "uniform"},
+                            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 5,
+                                      "eval_every": 20}}]}
+    path = tmp_path / f"{runs.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _start(recipe):
+    return subprocess.Popen([str(BIN / "compress"), "run", str(recipe), "--stage", "distill"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert_dir, tmp_path):
+    killed, clean = _recipe(tmp_path, tiny_bert_dir, tmp_path / "killed"), _recipe(tmp_path, tiny_bert_dir,
+                                                                                    tmp_path / "clean")
+    proc = _start(killed)
+    ck = tmp_path / "killed" / "resume" / ".checkpoints" / "distill" / "s" / "joint"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any((p / "trainer.json").is_file() for p in ck.glob("step-*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "resume" / "distill").exists()
+    reference = _start(clean)  # uninterrupted, same seed (runs while the killed one resumes: 2 cores)
+    resumed = _start(killed)
+    out_r, out_c = resumed.communicate(timeout=300)[0].decode(), reference.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out_r[-3000:]
+    assert reference.returncode == 0, out_c[-3000:]
+    metrics_r = yaml.safe_load((tmp_path / "killed" / "resume" / "distill" / "s" / "metrics.json").read_text())
+    metrics_c = yaml.safe_load((tmp_path / "clean" / "resume" / "distill" / "s" / "metrics.json").read_text())
+    assert metrics_r["train"]["joint"]["resumed_from"] >= 5
+    assert metrics_c["train"]["joint"]["resumed_from"] is None
+    assert metrics_r["metrics"] == metrics_c["metrics"]
+    assert metrics_r["train"]["joint"]["history"] == metrics_c["train"]["joint"]["history"]
+    w_r = load_file(tmp_path / "killed" / "resume" / "distill" / "s" / "model" / "model.safetensors")
+    w_c = load_file(tmp_path / "clean" / "resume" / "distill" / "s" / "model" / "model.safetensors")
+    assert max(float((w_r[k] - w_c[k]).abs().max()) for k in w_c) < 1e-6  # dropout included: same RNG draws
+    assert not ck.parent.exists()  # finished: checkpoints removed
+
+
+def test_ddp_two_cpu_processes_match_one_process_at_twice_the_batch(tmp_path):
+    """torchrun, 2 CPU processes (gloo), 4 rows each, vs 1 process with 8 rows: the same 4 optimizer steps."""
+    worker = ROOT / "tests" / "distill_ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    one = subprocess.run([sys.executable, str(worker), "8", str(tmp_path / "one.safetensors")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", str(worker), "4",
+                          str(tmp_path / "two.safetensors")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    init = load_file(tmp_path / "one.safetensors.init")
+    assert all(torch.equal(init[k], v) for k, v in load_file(tmp_path / "two.safetensors.init").items())
+    moved = sum(float((a[k] - init[k]).pow(2).sum()) for k in a) ** 0.5
+    diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+    # the same steps on the same rows: the two runs agree to float noise, far below what training moved
+    assert moved > 1e-2 and diff < 1e-3 * moved, (diff, moved)
