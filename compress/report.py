@@ -7,8 +7,12 @@ and throughput. Written as ``report.md`` and a self-contained ``report.html`` (t
 ``pareto.png``: metric vs latency (log x) per run, the Pareto frontier drawn and points labelled; several runs are
 overlaid. Provenance (recipe, seeds, protocol, versions, host) goes under each table.
 
-Everything is read from the run folders' stage manifests and the bench stage's JSON (`collect`); nothing is
-re-measured here. Rendering (`markdown`, `html`, `pareto_plot`) works on plain `Row`/`RunTable` objects.
+Numbers are read from the run folders' stage manifests and the bench stage's JSON (`collect`). The stage adds one
+measurement (`measure_missing`): models the bench did not time as ONNX — always the teacher's ONNX fp32, the
+speedup reference, unless the teacher was the quantized model — are exported and timed in one interleaved pass with
+the bench's artifacts (the bench's own timing loop), so every speedup comes from one set of runs; that pass is kept
+in ``report/latency.json``. ``compress report RUN...`` re-measures nothing. Rendering (`markdown`, `html`,
+`pareto_plot`) works on plain `Row`/`RunTable` objects.
 """
 
 from __future__ import annotations
@@ -271,7 +275,11 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
                       path=art.get("file") or art.get("path"))
             rows.append(row)
             by_name[row_name] = row
-        row.latency.update(_latencies(art.get("results")))
+        for threads, lat in _latencies(art.get("results")).items():
+            old = row.latency.get(threads)
+            if old is not None and lat.peak_throughput is None:  # a dev-only pass keeps the fixed-shape numbers
+                lat.peak_throughput, lat.peak_shape = old.peak_throughput, old.peak_shape
+            row.latency[threads] = lat
         mean, _, _ = _metric_value(art.get("metrics"), metric)
         if row.metric is None:  # a row only the bench made (it scores all of dev with the very file it times)
             row.metric = mean
@@ -295,34 +303,51 @@ MEASURED = "latency.json"
 
 def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> RunTable:
     """A run folder's artifacts as a table: stage manifests for metrics and sizes; latency from the bench stage's
-    bench.json and the report stage's own measurements (``extra``, else ``report/latency.json``)."""
+    bench.json and the report stage's own measurements (``extra``, else ``report/latency.json``). With ``recipe``,
+    only the stages it configures are read (a stage folder left from an earlier version of the recipe is not)."""
     run_dir = Path(run_dir)
+    if recipe is not None:
+        from compress.pipeline import plan
+
+        stages = {s.name for s in plan(recipe)}
+    else:
+        stages = {p.name for p in run_dir.iterdir() if p.is_dir()} if run_dir.is_dir() else set()
+
+    def read(stage: str, name: str = "manifest.json") -> Optional[dict]:
+        return _read(run_dir / stage / name) if stage in stages else None
+
     teacher = _read(run_dir / "teacher" / "manifest.json")
     if teacher is None:
         raise CompressError(f"{run_dir}: not a run folder (no teacher/manifest.json; run `compress run RECIPE`)")
     metric = next(iter(_dev(teacher.get("metrics"))), "accuracy")
     rows = [_torch_row("teacher", "teacher", run_dir / "teacher" / "model", teacher, metric)]
-    rows += _student_rows(run_dir, metric)
-    prune = _read(run_dir / "prune" / "manifest.json")
+    if "distill" in stages:
+        rows += _student_rows(run_dir, metric)
+    prune = read("prune")
     if prune is not None:
         rows.append(_torch_row("pruned", "pruned", run_dir / "prune" / "model", prune, metric))
-    quantize = _read(run_dir / "quantize" / "manifest.json") or {}
-    rows += _quantize_rows(run_dir, metric, quantize.get("params"))
-    qrec = _read(run_dir / "quantize" / "quantize.json") or {}
-    bench = _read(run_dir / "bench" / "bench.json") or {}
+    quantize = read("quantize") or {}
+    if "quantize" in stages:
+        rows += _quantize_rows(run_dir, metric, quantize.get("params"))
+    qrec = read("quantize", "quantize.json") or {}
+    bench = read("bench", "bench.json") or {}
     attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")))
     measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
     for label, record in (measured.get("models") or {}).items():
         attach_bench(record, rows, metric, label)
+    # the report's own interleaved pass re-timed the bench's artifacts beside them: one set of dev latencies
+    attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")))
     for row in rows:
         row.reference = row.name == "teacher · onnx fp32"
     rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
-    seeds = sorted({m.get("seed") for m in _manifests(run_dir) if m.get("seed") is not None})
+    manifests = [m for m in _manifests(run_dir) if m["stage"] in stages]
+    seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
     env = teacher.get("env") or {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
+                  "dev latency": (measured.get("protocol") or {}).get("order"),
                   "versions": env.get("versions"), "host": env.get("host"),
-                  "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in _manifests(run_dir))}
+                  "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
     return RunTable(name, str(run_dir), metric, rows,
@@ -604,42 +629,74 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------------------ the stage
 def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
-    """ONNX fp32 latency (and dev metric) of every torch model of the run that the bench stage did not run as ONNX
-    (the teacher always, unless it was the quantized model): exported to ``workdir``, timed by the bench stage's
-    own worker (`compress.bench.measure_artifact`, fresh process) with its protocol, dev series only (real dev
-    sentences, batch 1, each thread count). Returns ``{"protocol": ..., "models": {label: bench record}}``."""
+    """Latency of the models the bench stage did not time as ONNX (the teacher's ONNX fp32, the speedup reference,
+    unless the teacher was the quantized model), timed fairly against the bench's own artifacts.
+
+    Each missing torch model is exported to ONNX fp32 in ``workdir`` and scored on all of dev; then it is timed in
+    ONE interleaved pass with every artifact of the bench record (the bench's `measure_interleaved`: one process,
+    round-robin run by run, real dev sentences at batch 1, each thread count of the recipe's bench section), so the
+    speedups in the table come from one set of runs even on a shared CPU. Models are grouped by tokenizer (a pass
+    feeds every artifact the same token ids). Returns ``{"protocol", "models": {label: record}, "bench": record}``;
+    ``{}`` when nothing is missing."""
     from dataclasses import asdict, replace
 
-    from compress.bench import run_isolated
+    from transformers import AutoTokenizer
+
+    from compress.bench import evaluate_artifact, measure_interleaved
     from compress.config import BenchConfig
-    from compress.data import load_task, tokenize
+    from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx
     from compress.modeling import count_params, load_trained
+    from teachers.zoo import sha256_file
 
-    cfg = replace(getattr(recipe, "bench", None) or BenchConfig(), batch_sizes=[], seq_lengths=[])
-    names = {r.name for r in table.rows if r.latency}
-    todo = [r for r in table.rows if r.fmt == "torch" and r.path and f"{r.name} · onnx fp32" not in names]
+    timed = {r.name for r in table.rows if r.latency}
+    todo = [r for r in table.rows if r.fmt == "torch" and r.path and f"{r.name} · onnx fp32" not in timed]
     if not todo:
         return {}
+    cfg = replace(getattr(recipe, "bench", None) or BenchConfig(), batch_sizes=[], seq_lengths=[])
     data = load_task(recipe.task, seed=recipe.seed)
-    out = {"protocol": {"dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each "
-                               f"(compress.bench worker, run by the report stage)",
-                        "threads": cfg.threads, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup}, "models": {}}
+    bench = _read(recipe.run_dir / "bench" / "bench.json") or {}
+    bench_arts = {n: dict(a) for n, a in (bench.get("artifacts") or {}).items()
+                  if (a.get("path") and Path(a["path"]).is_file()) or a.get("kind", "").startswith("torch")}
+    qtok = recipe.run_dir / "quantize" / "tokenizer" / "tokenizer.json"
+    groups: dict[str, dict] = {}  # tokenizer sha256 -> {"folder", "artifacts"}
+    if bench_arts and qtok.is_file():
+        groups[sha256_file(qtok)] = {"folder": qtok.parent, "artifacts": {f"bench:{n}": a for n, a in
+                                                                          bench_arts.items()}}
+    out = {"models": {}, "bench": {"artifacts": {}}}
     for row in todo:
         model, tokenizer = load_trained(row.path)
         slug = row.name.replace(" ", "_")
         path = export_onnx(model, workdir / f"{slug}.onnx")
-        dev_dir = workdir / f"{slug}-dev"
-        tokenize(data.dev, tokenizer, recipe.task.max_length).save_to_disk(str(dev_dir))
-        spec = {"name": slug, "kind": "onnx", "path": str(path), "dev_dir": str(dev_dir), "tokenizer_dir": row.path,
-                "regression": data.spec.is_regression, "metric_names": data.spec.metrics, "bench": asdict(cfg),
-                "flops": {}}
-        art = run_isolated(spec, workdir)
-        art.update(size_bytes=path.stat().st_size, params=count_params(model), file=None)
-        out["models"][row.name] = {"artifacts": {"onnx_fp32": art}}
-        lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in art["results"])
-        print(f"[report] {row.name} · onnx fp32: {lat}")
-        path.unlink()
+        key = sha256_file(Path(row.path) / "tokenizer.json") if (Path(row.path) / "tokenizer.json").is_file() \
+            else slug
+        group = groups.setdefault(key, {"folder": Path(row.path), "artifacts": {}})
+        art = {"kind": "onnx", "path": str(path), "size_bytes": path.stat().st_size, "params": count_params(model),
+               "file": None}
+        dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
+        collator = Collator({"": tokenizer}, regression=data.spec.is_regression)
+        art["metrics"] = evaluate_artifact(art, dev, collator, data.spec.metrics, cfg.threads[0], {})
+        group["artifacts"][f"model:{row.name}"] = art
+        del model
+    for group in groups.values():
+        if not any(n.startswith("model:") for n in group["artifacts"]):
+            continue
+        dev = tokenize(data.dev, AutoTokenizer.from_pretrained(group["folder"]), recipe.task.max_length)
+        for name, results in measure_interleaved(group["artifacts"], dev, cfg, {}).items():
+            kind, _, label = name.partition(":")
+            if kind == "model":
+                art = group["artifacts"][name]
+                out["models"][label] = {"artifacts": {"onnx_fp32": {**art, "results": results}}}
+                lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in results)
+                print(f"[report] {label} · onnx fp32: {lat}")
+            else:
+                out["bench"]["artifacts"][label] = {"results": results}
+    out["protocol"] = {
+        "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
+        "order": "report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "
+                 "in one process, timed round-robin run by run (compress.bench.measure_interleaved)",
+        "threads": cfg.threads, "inter_op_threads": 1, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup,
+        "settings": asdict(cfg)}
     return out
 
 

@@ -41,7 +41,10 @@ def make_run(root: Path, name: str, *, int8_model: Path, fp32_model: Path, token
             "created": "2026-11-26T08:05:00+00:00"})
     q = run / "quantize"
     (q / "tokenizer").mkdir(parents=True)
-    shutil.copyfile(tokenizer_json, q / "tokenizer" / "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        src = Path(tokenizer_json).with_name(name) if name != "tokenizer.json" else Path(tokenizer_json)
+        if src.is_file():  # the whole tokenizer when it has a folder (AutoTokenizer can load it)
+            shutil.copyfile(src, q / "tokenizer" / name)
     shutil.copyfile(fp32_model, q / "model.onnx")
     record = {"fp32": {"file": "model.onnx", "metrics": {"accuracy": fp32_acc}}, "int8": {},
               "source": {"model": student or "teacher",

@@ -278,7 +278,7 @@ def _recipe(tmp_path, name: str, bundle: str):
 
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2, max_length: 32}}\n"
-                    f"teacher: {{model: minilm-l6}}\nquantize: {{max_drop: 1.0}}\nbundle: {bundle}\n")
+                    f"teacher: {{model: minilm-l6}}\nquantize: {{max_drop: 1.0}}\nbench: {{}}\nbundle: {bundle}\n")
     return load_recipe(path)
 
 
