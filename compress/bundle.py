@@ -426,7 +426,9 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
         latency = {"p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "threads": threads, "batch_size": 1,
                    "throughput_per_s": lat.throughput,
                    "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2),
-                   "protocol": table.provenance.get("protocol")}
+                   "protocol": {**(table.provenance.get("protocol") or {}),
+                                **({"pass": table.provenance["dev latency"]}
+                                   if table.provenance.get("dev latency") else {})}}
     metrics = {"dev": {table.metric_name: chosen.metric}}
     if table.teacher_metric is not None and chosen.metric is not None:
         metrics["teacher_dev"] = {table.metric_name: table.teacher_metric}

@@ -165,7 +165,7 @@ def _size(path: Path) -> Optional[int]:
 
 
 def _torch_row(name: str, kind: str, folder: Path, manifest: dict, metric: str, entry: Optional[dict] = None) -> Row:
-    entry = entry or manifest
+    entry = manifest if entry is None else entry
     mean, std, n = _metric_value(entry.get("metrics"), metric, entry.get("per_seed") or entry.get("seeds_metrics"))
     return Row(name, kind, "torch", params=entry.get("params"), file_bytes=_size(folder), metric=mean,
                metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"))
@@ -293,7 +293,8 @@ def _bench_protocol(protocol: Optional[dict]) -> Optional[dict]:
     """The parts of the bench protocol a reader of the table needs."""
     if not protocol:
         return None
-    keys = ("dev", "threads", "inter_op_threads", "dev_rows", "warmup", "timer", "cpu", "cores", "cpu_shared")
+    keys = ("dev", "order", "threads", "inter_op_threads", "dev_rows", "warmup", "timer", "cpu", "cores",
+            "cpu_shared")
     return {k: protocol[k] for k in keys if k in protocol}
 
 
