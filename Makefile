@@ -7,7 +7,7 @@ RECIPE ?= pipelines/quickstart.yaml
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher report bundle prune bench-prune bench bench-full validate zoo clean
+.PHONY: install pipeline test test-slow teacher distill bench-distill report bundle prune bench-prune bench bench-full validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench-full: $(STAMP)  ## the same on the full grid (batch 1/8/32 x seq 32/128, a
 
 bench-prune: $(STAMP)  ## pruning levels on the quickstart model: params, MACs, ORT latency, dev accuracy (~8 min)
 	$(BIN)/python scripts/bench_prune.py --out runs/bench-prune.json
+
+distill: $(STAMP)  ## distil the recipe's students from its teacher (runs the teacher stage first if needed)
+	$(COMPRESS) run $(RECIPE) --stage distill
+
+bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratios, logit-only and intermediate; ~3 min)
+	$(BIN)/python -m compress.distill.bench --out runs/bench-distill.json
 
 validate: $(STAMP)
 	$(COMPRESS) validate $(RECIPE)

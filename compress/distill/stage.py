@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ class DistillResult:
     timing: dict = field(default_factory=dict)
 
 
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def _steps(spec: StudentConfig, has_matches: bool) -> list[tuple[str, bool, bool]]:
     """(name, logits, intermediate) per training step."""
     if spec.distill.two_step:
@@ -86,7 +93,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     eval_collator = Collator({"": s_tok}, regression)
     matches = resolve_matches(dcfg, teacher.config, student.model.config, where=f"{where}.distill")
     table = None if same else id_map(teacher_tokenizer, s_tok)
-    teacher.eval().requires_grad_(False)
+    teacher.eval().requires_grad_(False).to(_device())  # where fit will put the student
     align = AlignStats()
     fits: dict[str, FitResult] = {}
     timing = {"teacher_cache_s": 0.0, "train_s": 0.0}

@@ -1,0 +1,103 @@
+"""`make bench-distill`: our distillation loop against a naive one, same teacher, student, rows and losses, same run.
+
+Ours: length-grouped batches padded to their longest row; with logit-only KD the teacher's logits are computed once
+ahead of training (that time is counted) and never again; with intermediate losses the teacher runs per batch
+under inference mode. Naive: random batches padded to max_length, the teacher recomputed every step. Both train
+one pass over the same rows with the same `KDObjective`; speed is real (non-padding) tokens per second.
+
+    python -m compress.distill.bench [--teacher runs/quickstart/teacher/model] [--rows 512] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from compress.config import StudentConfig, TaskConfig, from_dict
+from compress.data import load_task, tokenize
+from compress.distill.objective import Distiller, KDObjective, resolve_matches
+from compress.distill.stage import distill
+from compress.modeling import load_for_task, load_trained
+from students import build_student
+
+MODES = {
+    "logits": {"temperature": 2.0, "hard_label_weight": 0.5},
+    "intermediate": {"temperature": 2.0, "hard_label_weight": 0.5, "layer_map": "uniform",
+                     "layer_map_features": ["hidden", "attention"]},
+}
+
+
+def _spec(mode: str, layers: int, batch_size: int) -> StudentConfig:
+    return from_dict(StudentConfig, {"name": f"bench-{mode}", "layers": layers, "distill": MODES[mode],
+                                     "train": {"epochs": 1, "batch_size": batch_size, "lr": 1e-4}})
+
+
+def ours(teacher, tok, data, spec, max_length: int) -> float:
+    """Seconds for one pass with `distill` (teacher-logit caching included)."""
+    student = build_student(spec, teacher, tok, data.spec)
+    res = distill(teacher, tok, student, spec, data, max_length=max_length, seed=0)
+    return res.timing["teacher_cache_s"] + res.timing["train_s"]
+
+
+def naive(teacher, tok, data, spec, max_length: int) -> float:
+    """Seconds for one pass: random batches padded to max_length, teacher forward every step, plain AdamW loop."""
+    student = build_student(spec, teacher, tok, data.spec)
+    matches = resolve_matches(spec.distill, teacher.config, student.model.config)
+    model = Distiller(student.model, matches, teacher.config.hidden_size).train()
+    objective = KDObjective(teacher.eval(), spec.distill, matches, data.spec.is_regression)  # no cached logits
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
+    rows = data.train
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    bs = spec.train.batch_size
+    t0 = time.perf_counter()
+    for start in range(0, len(order), bs):
+        chunk = rows.select(order[start:start + bs])
+        batch = dict(tok(list(chunk["text"]), padding="max_length", truncation=True, max_length=max_length,
+                         return_tensors="pt"))
+        batch["labels"] = torch.tensor(list(chunk["label"]))
+        loss, _ = objective(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="runs/quickstart/teacher/model",
+                    help="fine-tuned teacher folder (default: the quickstart's; else MiniLM-L6 with a fresh head)")
+    ap.add_argument("--rows", type=int, default=512, help="SST-2 training rows per measurement")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3, help="student layers (layer-drop of the teacher)")
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    data = load_task(TaskConfig(name="sst2", max_train_samples=args.rows, holdout=0.0, max_eval_samples=8), seed=0)
+    if Path(args.teacher, "config.json").is_file():
+        teacher, tok = load_trained(args.teacher)
+    else:
+        teacher, tok = load_for_task("minilm-l6", data.spec)
+    tokens = sum(tokenize(data.train, tok, args.max_length)["length"])
+    results = {"rows": len(data.train), "real_tokens": tokens, "batch_size": args.batch_size,
+               "max_length": args.max_length, "threads": torch.get_num_threads(), "modes": {}}
+    for mode in MODES:
+        spec = _spec(mode, args.layers, args.batch_size)
+        t_naive = naive(teacher, tok, data, spec, args.max_length)
+        t_ours = ours(teacher, tok, data, dataclasses.replace(spec), args.max_length)
+        r = {"ours_tokens_per_s": round(tokens / t_ours, 1), "naive_tokens_per_s": round(tokens / t_naive, 1),
+             "ours_s": round(t_ours, 2), "naive_s": round(t_naive, 2), "speedup": round(t_naive / t_ours, 2)}
+        results["modes"][mode] = r
+        print(f"{mode:>12}: ours {r['ours_tokens_per_s']:8.1f} tok/s ({r['ours_s']:.1f}s)  naive "
+              f"{r['naive_tokens_per_s']:8.1f} tok/s ({r['naive_s']:.1f}s)  -> {r['speedup']:.2f}x", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
