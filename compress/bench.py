@@ -369,8 +369,14 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     peak = {str(t): gemm_peak(t) for t in cfg.threads}
     models = {a["kind"]: load_torch(a["kind"], model_dir) for a in artifacts.values() if a["kind"].startswith("torch")}
     collator = Collator({"": AutoTokenizer.from_pretrained(qdir / "tokenizer")}, regression=spec.is_regression)
+    # dev metrics already measured by the quantize stage on the same rows (torch fp32: the parity run; int8: the
+    # same files and runtime) are reused; the others are evaluated here
+    known = {"torch_fp32": qrec["fp32"]["metrics"], **{f"int8_{m}": e["metrics"] for m, e in qrec["int8"].items()}}
     for name, art in tqdm(list(artifacts.items()), desc="bench accuracy", leave=False):
-        art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
+        if name in known and len(dev) == qrec["fp32"]["parity"]["rows"]:
+            art["metrics"], art["metrics_from"] = known[name], "quantize stage"
+        else:
+            art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
     del models
     for name, rows in measure_interleaved(artifacts, dev, cfg, flops).items():
         artifacts[name]["results"] = rows

@@ -330,7 +330,8 @@ class PruneConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Static int8: how activation ranges are measured (on task training rows, one row per run, no padding)."""
+    """Static int8: how activation ranges are measured (task training rows, one per run; unpadded for minmax,
+    padded to the longest row for the histogram methods)."""
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     """minmax: observed min/max; entropy: KL-optimal clipping; percentile: clip at ``percentile`` of |x|."""

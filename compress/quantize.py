@@ -90,18 +90,24 @@ def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
 
 
 class RowsReader:
-    """Calibration rows for onnxruntime: one tokenized row per run (no padding), as int64 feeds."""
+    """Calibration rows for onnxruntime: one tokenized row per run, as int64 feeds; unpadded, or right-padded (mask 0)
+    to ``pad_to`` tokens (ORT's histogram calibrators, entropy and percentile, stack outputs of one shape)."""
 
-    def __init__(self, ds, names: list[str]):
-        self.ds, self.names, self.i = ds, names, 0
+    def __init__(self, ds, names: list[str], pad_to: Optional[int] = None):
+        self.ds, self.names, self.pad_to, self.i = ds, names, pad_to, 0
 
     def get_next(self) -> Optional[dict]:
         if self.i >= len(self.ds):
             return None
         row = self.ds[self.i]
         self.i += 1
-        ids = np.asarray([row["input_ids"]], dtype=np.int64)
-        return {n: np.asarray([row[n]], dtype=np.int64) if n in row else np.zeros_like(ids) for n in self.names}
+        n = len(row["input_ids"])
+        pad = (self.pad_to or n) - n
+        ids = np.asarray([row["input_ids"] + [0] * pad], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.asarray([[1] * n + [0] * pad], dtype=np.int64)}
+        if "token_type_ids" in row:
+            feeds["token_type_ids"] = np.asarray([row["token_type_ids"] + [0] * pad], dtype=np.int64)
+        return {k: feeds.get(k, np.zeros_like(ids)) for k in self.names}
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -143,7 +149,7 @@ class StaticQuantizer:
         names = [i.name for i in session(self.src).get_inputs()] if self._cache is None else []
         extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile}
         quantize_static(
-            str(self.src), str(dst), RowsReader(self.calib_rows, names) if self._cache is None else None,
+            str(self.src), str(dst), self._reader(names) if self._cache is None else None,
             quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
             activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
@@ -152,6 +158,10 @@ class StaticQuantizer:
             extra_options=extra, calibration_cache_path=str(cache))
         self._cache = cache
         return dst
+
+    def _reader(self, names: list[str]) -> RowsReader:
+        longest = max(len(ids) for ids in self.calib_rows["input_ids"])
+        return RowsReader(self.calib_rows, names, None if self.cfg.calibration.method == "minmax" else longest)
 
 
 def preprocess_for_static(src: Path, dst: Path) -> Path:

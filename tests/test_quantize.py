@@ -58,6 +58,24 @@ def test_int8_dynamic_and_static_agree_with_fp32(tmp_path, tiny_model, sst2):
     assert "DynamicQuantizeLinear" in onnx_load_ops(tmp_path / "int8_dynamic.onnx")
 
 
+@pytest.mark.parametrize("method, per_channel, fmt, op", [
+    ("entropy", False, "qoperator", "QLinearMatMul"),
+    ("percentile", True, "qdq", "DequantizeLinear"),
+])
+def test_static_calibration_methods(tmp_path, tiny_model, sst2, method, per_channel, fmt, op):
+    dev, train, collator = sst2
+    cfg = from_dict(QuantizeConfig, {"modes": ["static"], "per_channel": per_channel, "format": fmt,
+                                     "calibration": {"method": method, "samples": 32}, "max_drop": 100.0})
+    rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg, tmp_path,
+                         calib_rows=train.select(range(32)), sens_rows=train.select(range(8)))
+    entry = rec["int8"]["static"]
+    assert entry["settings"]["calibration"]["method"] == method and entry["settings"]["per_channel"] is per_channel
+    assert op in onnx_load_ops(tmp_path / "int8_static.onnx")
+    fp32 = onnx_predict(session(tmp_path / "model.onnx"), dev, collator)
+    int8 = onnx_predict(session(tmp_path / "int8_static.onnx"), dev, collator)
+    assert (int8.argmax(-1) == fp32.argmax(-1)).mean() >= 0.85
+
+
 def onnx_load_ops(path) -> set[str]:
     import onnx
 
