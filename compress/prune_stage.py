@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from compress import prune as P
 from compress.config import PruneConfig, Recipe, RecoverConfig
@@ -71,8 +72,14 @@ def recovery_objective(teacher_logits: torch.Tensor, cfg: RecoverConfig, regress
 
 def teacher_logits(model, tokenizer, rows, max_length: int) -> torch.Tensor:
     """The recovery teacher's logits on the (untokenized) training rows, in row order."""
-    ds = tokenize(rows, tokenizer, max_length)
-    return torch.from_numpy(predict(model, ds, Collator({"": tokenizer}), batch_size=128)).float()
+    return logits_of(model, tokenize(rows, tokenizer, max_length), Collator({"": tokenizer}))
+
+
+def logits_of(model, ds, collator: Collator, chunk: int = 2048) -> torch.Tensor:
+    """``predict`` over ``ds`` in chunks, with a progress bar (row order kept)."""
+    parts = [predict(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128)
+             for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk")]
+    return torch.from_numpy(np.concatenate(parts)).float()
 
 
 def calibration_batches(train, collator: Collator, cfg: PruneConfig, seed: int, step: int) -> list[dict]:
@@ -168,7 +175,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             logits = teacher_logits(t_model, t_tok, data.train, ml)
             del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
-            logits = torch.from_numpy(predict(model, train, collator, batch_size=128)).float()
+            logits = logits_of(model, train, collator)
 
     before_rows = P.layer_table(model, ml)
     params_before, macs_before = count_params(model), P.model_macs(model, ml)

@@ -32,7 +32,7 @@ from compress.data import Collator, load_task, tokenize  # noqa: E402
 from compress.evaluate import evaluate, predict  # noqa: E402
 from compress.export import check_parity, export_onnx, onnx_predict, session  # noqa: E402
 from compress.modeling import count_params, load_trained  # noqa: E402
-from compress.prune_stage import calibration_batches, recovery_objective  # noqa: E402
+from compress.prune_stage import calibration_batches, logits_of, recovery_objective  # noqa: E402
 from compress.train import fit  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
-    logits = torch.from_numpy(predict(base, train, collator, batch_size=128)).float()  # the unpruned model teaches
+    logits = logits_of(base, train, collator)  # the unpruned model teaches
     sess, parity = onnx_session(base, Path(tmp.name), "unpruned", args.threads, dev, collator)
     sessions = [sess]
     results = [{"level": "unpruned", "params": count_params(base), "macs": P.model_macs(base, ml),
