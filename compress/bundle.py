@@ -318,7 +318,10 @@ def safe_extract(archive: Path, dest: Path) -> Path:
             tops.add(path.parts[0])
         if len(tops) != 1:
             raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
-        tar.extractall(dest, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own checks as well
+            tar.extractall(dest, members=members, filter="data")
+        else:  # every member was checked above
+            tar.extractall(dest, members=members)
     return dest / tops.pop()
 
 
