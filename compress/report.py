@@ -264,6 +264,8 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
     for name, art in (record.get("artifacts") or {}).items():
         if name.startswith("int8_"):
             row_name, fmt = f"{label} · int8 {name[5:]}", f"onnx int8 {name[5:]}"
+        elif name == "teacher_onnx_fp32":  # the reference, should the bench time it beside a student's artifacts
+            row_name, fmt = "teacher · onnx fp32", "onnx fp32"
         elif name in BENCH_NAMES:
             suffix, fmt = BENCH_NAMES[name]
             row_name = label + suffix
@@ -271,7 +273,7 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
             row_name, fmt = f"{label} · {name}", "onnx" if art.get("kind") == "onnx" else str(art.get("kind"))
         row = by_name.get(row_name)
         if row is None:
-            row = Row(row_name, "int8" if "int8" in fmt else _kind(label), fmt,
+            row = Row(row_name, "int8" if "int8" in fmt else _kind(row_name), fmt,
                       path=art.get("file") or art.get("path"))
             rows.append(row)
             by_name[row_name] = row

@@ -238,3 +238,17 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert table_cells(table)[1][2][4] == "0.8800 ± 0.0100 (n=3)"
     # the same seed twice (or different recipes) stay separate tables
     assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
+
+
+def test_a_bench_that_times_the_teacher_makes_the_reference(tmp_path):
+    """Should the bench stage time the teacher's ONNX fp32 itself (artifact ``teacher_onnx_fp32``), that row is the
+    reference and the report stage has nothing left to measure."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", int8={"dynamic": (0.86, True)},
+                   latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}, "teacher_onnx_fp32": {2: 30.0}})
+    table = collect(run)
+    ref = table.reference_row()
+    assert ref is not None and ref.name == "teacher · onnx fp32" and ref.kind == "teacher"
+    assert table.speedup(next(r for r in table.rows if r.name == "student tiny · int8 dynamic")) == 7.5
+    from compress.report import measure_missing
+
+    assert measure_missing(None, table, tmp_path) == {}  # every model is timed: no recipe, data or export needed
