@@ -218,8 +218,8 @@ def test_prune_stage_iterative_with_recovery(tiny_bert_dir, tmp_path):
     path.write_text(f"""
 name: tiny
 runs_dir: {tmp_path / 'runs'}
-task: {{name: sst2, max_length: 32, max_train_samples: 256, max_eval_samples: 64, holdout: 0.1}}
-teacher: {{model: {tiny_bert_dir}, epochs: 1, lr: 1.0e-3, batch_size: 32}}
+task: {{name: sst2, max_length: 32, max_train_samples: 160, max_eval_samples: 64, holdout: 0.1}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 3, lr: 1.0e-3, batch_size: 32}}
 prune:
   heads: 0.5
   ffn: 0.5
@@ -244,3 +244,29 @@ prune:
     assert "model/model.safetensors" in manifest["outputs"] and manifest["pruning"]["speedup_macs"] > 1.5
     model, _ = load_trained(folder / "model")
     assert P.provenance(model).to_dict() == record
+
+
+def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path):
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 128, max_eval_samples: 32, holdout: 0.1}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 2, batch_size: 32}}
+students:
+  - {{name: half, kind: layer_drop, layers: 1, train: {{max_steps: 2, batch_size: 32}}}}
+prune:
+  ffn: 0.5
+  importance: l2
+  recover: {{max_steps: 2, batch_size: 32, teacher: teacher}}
+""")
+    done = run_pipeline(load_recipe(path))
+    manifest = done["prune"]
+    assert manifest["source"] == "half" and "distill/half/model/model.safetensors" in manifest["inputs"]
+    assert [(r["heads_after"], r["ffn_after"]) for r in manifest["pruning"]["layers"]] == [(4, 32)]
+    assert manifest["pruning"]["steps"][0]["recovery"]["steps"] == 2
+    model, _ = load_trained(tmp_path / "runs" / "tiny" / "prune" / "model")
+    assert model.config.num_hidden_layers == 1 and model.config.intermediate_size == 32
