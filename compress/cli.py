@@ -140,6 +140,20 @@ def cmd_bench(args) -> int:
     return 0 if done["bench"]["bench"]["ours"] else 1
 
 
+def cmd_search(args) -> int:
+    from compress.config import load_recipe
+    from compress.search import run_search
+
+    recipe = load_recipe(args.recipe, _overrides(args.set))
+    if args.runs_dir:
+        recipe.runs_dir = args.runs_dir
+    summary = run_search(recipe, budget_ms=args.budget_ms, time_limit_min=args.time_limit_min, threads=args.threads)
+    print(f"[search] {summary['message']}")
+    print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")
+    print(f"results: {recipe.run_dir / 'search' / 'search.json'} (table: search.md, plot: pareto.png)")
+    return 0 if summary["best"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description="Distil, prune, quantize and ship BERT-family "
                                      "encoders. Recipes (YAML) in pipelines/ drive every stage.")
@@ -228,6 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set bench.dev_rows=100")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("search", help="the most accurate int8 model within a latency budget, and the Pareto front",
+                       description="Latency-budget search on the run's fine-tuned teacher (runs/<name>/teacher): "
+                       "layer-drop students of every depth, pruned to narrower widths, in each int8 mode; each is "
+                       "distilled briefly, quantized, scored on dev and timed on this machine (batch 1, real dev "
+                       "sentences, the bench's loop). Cheapest first; too-slow candidates are skipped from a latency "
+                       "estimate. Resumable (finished candidates are reused) and bounded by --time-limit-min. Writes "
+                       "runs/<name>/search/{search.json, search.md, pareto.png}. Exit status 1 when nothing fits.")
+    p.add_argument("recipe", help="recipe YAML whose teacher stage has run, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--budget-ms", type=float, help="p50 latency budget per sentence in ms (default: search.budget_ms)")
+    p.add_argument("--time-limit-min", type=float, help="start no new candidate after N minutes "
+                   "(default: search.time_limit_min, 15)")
+    p.add_argument("--threads", type=int, help="ORT threads for the timing (default: search.threads, 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set search.train_steps=50")
+    p.add_argument("--runs-dir", help="override the recipe's runs_dir")
+    p.set_defaults(fn=cmd_search)
     return parser
 
 

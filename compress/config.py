@@ -475,6 +475,56 @@ class BundleConfig:
 
 
 @dataclass
+class SearchConfig:
+    """``compress search``: the most accurate int8 model within a latency budget on this machine, and the Pareto
+    front. Candidates: layer-drop students of the run's teacher (depth), structured pruning of their heads and FFN
+    neurons (width), int8 mode; each is distilled briefly, quantized and timed under the bench protocol."""
+
+    budget_ms: Optional[float] = None
+    """p50 latency budget per sentence (batch 1, real dev sentences), in ms. ``--budget-ms`` overrides it."""
+    time_limit_min: float = 15.0
+    """No new candidate starts after this many minutes (a started one finishes). ``--time-limit-min`` overrides."""
+    threads: int = 1
+    """ORT intra-op threads for the timing (the target device's cores)."""
+    depths: Optional[list[int]] = None
+    """Student depths (layers kept from the teacher, evenly spaced). None: 1 .. the teacher's depth."""
+    keep_macs: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    """Width: fraction of each student's encoder MACs kept by pruning heads and FFN neurons (1.0: not pruned)."""
+    modes: list[Literal["dynamic", "static"]] = field(default_factory=lambda: ["dynamic", "static"])
+    """int8 modes tried for every model (as in the quantize stage; static: minmax calibration)."""
+    train_steps: int = 100
+    """Distillation steps per student (logit KD from the teacher + 0.5 x cross-entropy): ~1 min on 2 CPU cores."""
+    recover_steps: int = 50
+    """Recovery steps (same objective) after pruning a distilled student."""
+    batch_size: int = 32
+    lr: float = 1.0e-4
+    calibration_samples: int = 128
+    """Training rows for static int8 ranges."""
+    dev_rows: int = 100
+    """Dev sentences timed one at a time per candidate (the accuracy is always measured on all of dev)."""
+    skip_margin: float = 3.0
+    """Skip a candidate whose estimated fp32 latency (teacher fp32 x MACs fraction) exceeds budget x skip_margin, or
+    one at least as large as an already measured candidate of the same mode that was over budget x 1.1."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise CompressError(f"{file}: {where}.budget_ms: must be > 0 ms, got {self.budget_ms}")
+        if self.time_limit_min < 0:
+            raise CompressError(f"{file}: {where}.time_limit_min: must be >= 0, got {self.time_limit_min}")
+        for key in ("threads", "train_steps", "recover_steps", "batch_size", "calibration_samples", "dev_rows"):
+            if getattr(self, key) < 1:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.depths is not None and (not self.depths or min(self.depths) < 1):
+            raise CompressError(f"{file}: {where}.depths: a non-empty list of layer counts >= 1, got {self.depths}")
+        if not self.keep_macs or any(not 0.0 < k <= 1.0 for k in self.keep_macs):
+            raise CompressError(f"{file}: {where}.keep_macs: fractions in (0, 1], got {self.keep_macs}")
+        if not self.modes:
+            raise CompressError(f"{file}: {where}.modes: give at least one of dynamic, static")
+        if self.lr <= 0 or self.skip_margin < 1:
+            raise CompressError(f"{file}: {where}: lr must be > 0 and skip_margin >= 1")
+
+
+@dataclass
 class Recipe:
     name: str
     task: TaskConfig
@@ -491,6 +541,8 @@ class Recipe:
     """ONNX export with parity check and accuracy-guarded int8 of the newest model (stage `quantize`)."""
     bench: Optional[BenchConfig] = None
     """Latency/throughput/RSS of every artifact and of the peers under one recorded protocol (stage `bench`)."""
+    search: Optional[SearchConfig] = None
+    """Latency-budget search settings (``compress search``; not a pipeline stage)."""
     seed: int = 42
     runs_dir: str = "runs"
     """Where run folders go: <runs_dir>/<name>/<stage>/."""

@@ -1,0 +1,460 @@
+"""``compress search RECIPE --budget-ms X``: the most accurate int8 model within a latency budget, and the Pareto front.
+
+The space (recipe section ``search:``, `SearchConfig`): depth (layer-drop students of the run's fine-tuned teacher,
+layers evenly spaced, `students.layer_drop`), width (structured pruning of heads and FFN neurons to a fraction of the
+encoder MACs, `compress.prune`) and int8 mode (`compress.quantize`). A model is built once and quantized in every
+mode; a candidate is one (model, mode).
+
+Each model is distilled briefly: logit KD against the teacher's logits on a slice of training rows (computed once,
+cached) plus 0.5 x cross-entropy, the prune stage's recovery objective, through `compress.train.fit`; a pruned model
+starts from its distilled unpruned parent and recovers with the same objective. Each int8 model is scored on all of
+dev and timed with the bench's loop (`compress.bench.measure_interleaved`: batch 1, real dev sentences one at a
+time, one interleaved pass with the teacher's ONNX fp32 model as the in-pass reference).
+
+Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
+comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
+by ``skip_margin``, or when a measured candidate of the same mode that is no larger was already over budget.
+
+Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically)
+and every trained model one folder under ``models/``; a rerun with the same settings reuses them (the budget and the
+time limit are not part of the settings, so a new budget re-selects without re-measuring). Bounded: no new model
+starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
+``pareto.png`` (the report's plot).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from compress.config import BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig
+from compress.errors import CompressError
+from compress.manifest import fingerprint, now_utc, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+OVER_BUDGET_SLACK = 1.1
+"""A measured candidate dominates larger ones only when it is over budget by more than timing noise."""
+
+
+# ------------------------------------------------------------------------------------------------ the space
+@dataclass(frozen=True)
+class ModelSpec:
+    depth: int
+    keep: float
+    """Fraction of encoder MACs kept by pruning (1.0: unpruned)."""
+    teacher_depth: int
+
+    @property
+    def id(self) -> str:
+        return f"L{self.depth}" + ("" if self.keep >= 1.0 else f"-k{round(self.keep * 100)}")
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.depth / self.teacher_depth * self.keep
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.depth == self.teacher_depth and self.keep >= 1.0
+
+
+def candidates(cfg: SearchConfig, teacher_depth: int) -> list[ModelSpec]:
+    """Every model of the space, cheapest first (MACs fraction, then depth)."""
+    depths = cfg.depths or list(range(1, teacher_depth + 1))
+    bad = [d for d in depths if d > teacher_depth]
+    if bad:
+        raise CompressError(f"search.depths: {bad[0]} layers, but the teacher has {teacher_depth}")
+    specs = {ModelSpec(d, k, teacher_depth) for d in depths for k in cfg.keep_macs}
+    return sorted(specs, key=lambda s: (s.macs_fraction, s.depth))
+
+
+def pick(results: list[dict], budget_ms: float) -> Optional[dict]:
+    """The most accurate measured candidate with p50 <= budget (ties: the faster)."""
+    fits = [r for r in results if r["latency"]["p50_ms"] <= budget_ms]
+    return max(fits, key=lambda r: (r["metric"], -r["latency"]["p50_ms"])) if fits else None
+
+
+def front(results: list[dict]) -> list[dict]:
+    from compress.report import pareto_front
+
+    return [results[i] for i in pareto_front([(r["latency"]["p50_ms"], r["metric"]) for r in results])]
+
+
+def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, results: list[dict],
+                margin: float) -> Optional[str]:
+    """Why (spec, mode) need not be measured for this budget, or None."""
+    estimate = ref_ms * spec.macs_fraction
+    if estimate > budget_ms * margin:
+        return (f"fp32 estimate {estimate:.2f} ms (teacher fp32 {ref_ms:.2f} ms x MACs {spec.macs_fraction:.2f}) "
+                f"> budget x {margin:g}")
+    for r in results:
+        if (r["mode"] == mode and r["macs_fraction"] <= spec.macs_fraction
+                and r["latency"]["p50_ms"] > budget_ms * OVER_BUDGET_SLACK):
+            return f"{r['id']} (no larger) already takes {r['latency']['p50_ms']:.2f} ms > budget"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ the run's data
+@dataclass
+class Context:
+    recipe: Recipe
+    cfg: SearchConfig
+    out: Path
+    teacher_dir: Path
+    teacher: torch.nn.Module
+    tokenizer: object
+    spec: object  # TaskSpec
+    train: object  # tokenized, with an ``index`` column
+    dev: object
+    calib: object
+    collator: object
+    settings: str
+    _logits: Optional[torch.Tensor] = None
+
+    def teacher_logits(self) -> torch.Tensor:
+        """The teacher's logits on the training slice (cached on disk for reruns)."""
+        if self._logits is None:
+            path = self.out / "teacher_logits.npy"
+            stamp = self.out / "teacher_logits.json"
+            if path.is_file() and stamp.is_file() and read_json(stamp).get("settings") == self.settings:
+                self._logits = torch.from_numpy(np.load(path)).float()
+            else:
+                from compress.prune_stage import logits_of
+
+                self._logits = logits_of(self.teacher, self.train, self.collator)
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+                np.save(tmp, self._logits.numpy())
+                os.replace(tmp, path)
+                write_json(stamp, {"settings": self.settings, "rows": len(self.train)})
+        return self._logits
+
+
+def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
+    from compress.data import Collator, load_task, tokenize
+    from compress.modeling import load_trained
+
+    teacher_dir = recipe.run_dir / "teacher" / "model"
+    if not (teacher_dir / "config.json").is_file():
+        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage teacher` "
+                            f"first")
+    teacher, tokenizer = load_trained(teacher_dir)
+    teacher.eval()
+    seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
+    data = load_task(recipe.task, seed=seed)
+    ml = recipe.task.max_length
+    rows = min(len(data.train), max(cfg.train_steps, cfg.recover_steps) * cfg.batch_size)
+    train = tokenize(data.train.select(range(rows)), tokenizer, ml)
+    train = train.add_column("index", list(range(len(train))))
+    calib = tokenize(data.train.select(range(min(cfg.calibration_samples, len(data.train)))), tokenizer, ml)
+    dev = tokenize(data.dev, tokenizer, ml)
+    manifest = recipe.run_dir / "teacher" / "manifest.json"
+    teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else None
+    settings = fingerprint({"search": {k: v for k, v in asdict(cfg).items()
+                                       if k not in ("budget_ms", "time_limit_min", "skip_margin", "depths",
+                                                    "keep_macs", "modes")},
+                            "task": recipe.section("task"), "seed": seed, "teacher": teacher_id})
+    out = recipe.run_dir / "search"
+    for sub in ("candidates", "models", "int8"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, calib,
+                   Collator({"": tokenizer}, regression=data.spec.is_regression), settings)
+
+
+# ------------------------------------------------------------------------------------------------ building models
+def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
+    from compress.prune_stage import recovery_objective
+    from compress.train import fit
+
+    cfg = ctx.cfg
+    rcfg = RecoverConfig(epochs=1.0, max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.1)
+    return fit(model, ctx.train, ctx.collator, rcfg, seed=seed,
+               objective=recovery_objective(ctx.teacher_logits(), rcfg, ctx.spec.is_regression),
+               group_by_length=ctx.recipe.task.group_by_length, desc=desc)
+
+
+def _save_atomic(model, tokenizer, folder: Path, info: dict) -> None:
+    from compress.modeling import save
+
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tokenizer, tmp)
+    write_json(tmp / "search_model.json", info)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
+    """The distilled (and pruned) model of ``spec``: from disk when a rerun finds it, else built and saved."""
+    from compress.modeling import load_trained
+
+    if spec.is_teacher:
+        return ctx.teacher, {"source": "teacher", "train_s": 0.0}
+    folder = ctx.out / "models" / spec.id
+    info_path = folder / "search_model.json"
+    if info_path.is_file() and read_json(info_path).get("settings") == ctx.settings:
+        return load_trained(folder)[0].eval(), {**read_json(info_path), "reused": True}
+    t0 = time.perf_counter()
+    seed = ctx.recipe.seed
+    if spec.keep >= 1.0:
+        from students.layer_drop import layer_drop_student
+
+        model, kept = layer_drop_student(ctx.teacher, spec.depth)
+        fit = _fit(ctx, model, ctx.cfg.train_steps, f"search {spec.id} distill", seed)
+        info = {"source": "layer_drop", "kept_layers": kept}
+    else:
+        from compress import prune as P
+        from compress.prune_stage import calibration_batches
+
+        parent = ModelSpec(spec.depth, 1.0, spec.teacher_depth)
+        build_model(ctx, parent)  # the distilled unpruned student, on disk
+        model = load_trained(ctx.teacher_dir if parent.is_teacher else ctx.out / "models" / parent.id)[0]
+        pcfg = PruneConfig(keep_macs=spec.keep, importance="taylor", calibration_batches=4)
+        P.prune(model, pcfg, batches=calibration_batches(ctx.train, ctx.collator, pcfg, seed, 0),
+                seq_len=ctx.recipe.task.max_length)
+        fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
+        info = {"source": f"L{spec.depth} pruned to {spec.keep:g} of its encoder MACs"}
+    info.update(settings=ctx.settings, train_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
+    _save_atomic(model, ctx.tokenizer, folder, info)
+    return model.eval(), info
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def reference(ctx: Context) -> dict:
+    """The teacher's ONNX fp32 model (the in-pass timing reference and the basis of the latency estimates)."""
+    from compress.export import export_onnx
+
+    path = ctx.out / "teacher_fp32.onnx"
+    stamp = ctx.out / "teacher_fp32.json"
+    if not (path.is_file() and stamp.is_file() and read_json(stamp).get("settings") == ctx.settings):
+        export_onnx(ctx.teacher, path)
+        write_json(stamp, {"settings": ctx.settings})
+    ref = {"kind": "onnx", "path": str(path)}
+    lat = time_pass(ctx, {"teacher_fp32": ref})["teacher_fp32"]
+    return {"path": str(path), **lat}
+
+
+def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
+    """p50/p90 of each ONNX artifact, timed in one interleaved pass (the bench's loop, dev sentences, batch 1)."""
+    from compress.bench import measure_interleaved
+
+    bcfg = BenchConfig(threads=[ctx.cfg.threads], batch_sizes=[], seq_lengths=[], dev_rows=ctx.cfg.dev_rows)
+    results = measure_interleaved(artifacts, ctx.dev, bcfg, {})
+    return {n: {k: rows[0][k] for k in ("p50_ms", "p90_ms", "runs")} for n, rows in results.items()}
+
+
+def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[str], ref_path: str) -> list[dict]:
+    """Quantize ``model`` in ``modes``, score each int8 model on dev, time them with the reference; one result per
+    mode (also written to candidates/<id>.json)."""
+    from compress.modeling import count_params
+    from compress.quantize import quantize_model
+
+    t0 = time.perf_counter()
+    qcfg = QuantizeConfig(modes=list(modes), calibration=replace(QuantizeConfig().calibration,
+                                                                  samples=ctx.cfg.calibration_samples),
+                          max_drop=100.0, sensitivity_rows=1, ort_format=False)
+    work = ctx.out / f".quantize-{spec.id}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        record = quantize_model(model, ctx.dev, np.asarray(ctx.dev["label"]), ctx.spec.metrics, ctx.collator, qcfg,
+                                work, calib_rows=ctx.calib, sens_rows=ctx.calib.select(range(1)))
+        files = {}
+        for mode in modes:
+            dst = ctx.out / "int8" / f"{spec.id}-{mode}.onnx"
+            os.replace(work / record["int8"][mode]["file"], dst)
+            files[mode] = dst
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    arts = {"ref": {"kind": "onnx", "path": ref_path},
+            **{f"{spec.id}-{m}": {"kind": "onnx", "path": str(p)} for m, p in files.items()}}
+    lat = time_pass(ctx, arts)
+    params = count_params(model)
+    metric = ctx.spec.metrics[0]
+    out = []
+    for mode, path in files.items():
+        cid = f"{spec.id}-{mode}"
+        m = record["int8"][mode]["metrics"]
+        result = {"id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
+                  "macs_fraction": round(spec.macs_fraction, 4), "params": params, "file": str(path),
+                  "size_bytes": path.stat().st_size, "metric_name": metric, "metric": m[metric], "metrics": m,
+                  "fp32_metrics": record["fp32"]["metrics"],
+                  "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
+                  "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
+                  "speedup_vs_teacher_fp32": round(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 3),
+                  "build": {k: v for k, v in info.items() if k != "settings"},
+                  "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.settings, "created": now_utc()}
+        write_json(ctx.out / "candidates" / f"{cid}.json", result)
+        out.append(result)
+    return out
+
+
+def load_result(ctx: Context, cid: str) -> Optional[dict]:
+    path = ctx.out / "candidates" / f"{cid}.json"
+    if not path.is_file():
+        return None
+    try:
+        result = read_json(path)
+    except ValueError:  # a torn file cannot happen with atomic writes, but a hand-edited one can
+        return None
+    return result if result.get("settings") == ctx.settings and Path(result.get("file", "")).is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ the search
+def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms: Optional[float] = None,
+               time_limit_min: Optional[float] = None, threads: Optional[int] = None) -> dict:
+    """Search, write search.json / search.md / pareto.png into runs/<recipe>/search/, return the summary."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    cfg = replace(cfg or recipe.search or SearchConfig())
+    if budget_ms is not None:
+        cfg.budget_ms = budget_ms
+    if time_limit_min is not None:
+        cfg.time_limit_min = time_limit_min
+    if threads is not None:
+        cfg.threads = threads
+    if cfg.budget_ms is None:
+        raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (or search.budget_ms)")
+    if not cfg.budget_ms > 0:
+        raise CompressError(f"--budget-ms: must be > 0 ms, got {cfg.budget_ms:g}")
+    if cfg.time_limit_min < 0:
+        raise CompressError(f"--time-limit-min: must be >= 0, got {cfg.time_limit_min:g}")
+    if cfg.threads < 1:
+        raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
+    ctx = load_context(recipe, cfg)
+    space = candidates(cfg, ctx.teacher.config.num_hidden_layers)
+    ref = reference(ctx)
+    print(f"[search] budget {cfg.budget_ms:g} ms p50 at {cfg.threads} thread(s); teacher ONNX fp32 p50 "
+          f"{ref['p50_ms']:.2f} ms; {len(space)} models x {len(cfg.modes)} int8 modes; time limit "
+          f"{cfg.time_limit_min:g} min")
+    results: list[dict] = []
+    skipped, not_started, stopped = [], [], None
+    reused = measured = 0
+    progress = tqdm(space, desc="search", unit="model")
+    for spec in progress:
+        todo = []
+        for mode in cfg.modes:
+            cid = f"{spec.id}-{mode}"
+            old = load_result(ctx, cid)
+            if old is not None:
+                results.append(old)
+                reused += 1
+                continue
+            why = skip_reason(spec, mode, cfg.budget_ms, ref["p50_ms"], results, cfg.skip_margin)
+            if why:
+                skipped.append({"id": cid, "reason": why})
+            else:
+                todo.append(mode)
+        if not todo:
+            continue
+        elapsed_min = (time.perf_counter() - t_start) / 60.0
+        if elapsed_min >= cfg.time_limit_min:
+            stopped = f"time limit {cfg.time_limit_min:g} min reached after {elapsed_min:.1f} min"
+            not_started += [f"{spec.id}-{m}" for m in todo]
+            continue  # later models may still have finished results to reuse
+        progress.set_postfix_str(spec.id)
+        model, info = build_model(ctx, spec)
+        try:
+            new = measure_model(ctx, spec, model, info, todo, ref["path"])
+        except CompressError as e:  # e.g. an export parity failure: this candidate only
+            skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
+            continue
+        for r in new:
+            ok = "within" if r["latency"]["p50_ms"] <= cfg.budget_ms else "over"
+            progress.write(f"[search] {r['id']}: {r['metric_name']}={r['metric']:.4f}, p50 "
+                           f"{r['latency']['p50_ms']:.2f} ms ({ok} budget), {r['params'] / 1e6:.1f}M params")
+        results += new
+        measured += len(new)
+    progress.close()
+    summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
+                        time.perf_counter() - t_start)
+    write_outputs(ctx.out, summary)
+    return summary
+
+
+def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], skipped: list, not_started: list,
+              stopped: Optional[str], reused: int, measured: int, wall_s: float) -> dict:
+    results = sorted(results, key=lambda r: r["latency"]["p50_ms"])
+    best = pick(results, cfg.budget_ms)
+    if best:
+        message = (f"best within {cfg.budget_ms:g} ms: {best['id']} ({best['metric_name']} {best['metric']:.4f}, "
+                   f"p50 {best['latency']['p50_ms']:.2f} ms, {best['speedup_vs_teacher_fp32']:.1f}x faster than the "
+                   f"teacher's ONNX fp32)")
+    elif results:
+        fastest = results[0]
+        message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
+                   f"{fastest['latency']['p50_ms']:.2f} ms")
+    else:
+        message = f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow)"
+    return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
+            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure_interleaved",
+            "best": best["id"] if best else None, "message": message,
+            "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
+            "skipped": skipped, "not_started": not_started, "stopped": stopped,
+            "counts": {"measured": measured, "reused": reused, "skipped": len(skipped),
+                       "not_started": len(not_started)},
+            "settings": {**asdict(cfg), "fingerprint": ctx.settings}, "wall_s": round(wall_s, 1),
+            "created": now_utc()}
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def write_outputs(out: Path, summary: dict) -> None:
+    write_json(out / "search.json", summary)
+    png = plot(summary, out / "pareto.png")
+    text = markdown(summary, png.name if png else None)
+    tmp = out / ".search.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out / "search.md")
+
+
+def plot(summary: dict, path: Path) -> Optional[Path]:
+    """The report's Pareto plot of the measured candidates (the teacher's fp32 ONNX as the reference point)."""
+    from compress.report import Latency, Row, RunTable, pareto_plot
+
+    t = summary["threads"]
+    rows = [Row(r["id"], "int8", f"onnx int8 ({r['mode']})", params=r["params"], file_bytes=r["size_bytes"],
+                metric=r["metric"], latency={t: Latency(r["latency"]["p50_ms"], r["latency"]["p90_ms"])})
+            for r in summary["candidates"]]
+    if not rows:
+        return None
+    table = RunTable(f"{summary['recipe']} search (budget {summary['budget_ms']:g} ms)", "",
+                     summary["candidates"][0]["metric_name"], rows)
+    return pareto_plot([table], path, threads=t)
+
+
+def markdown(summary: dict, png: Optional[str]) -> str:
+    on_front = set(summary["front"])
+    lines = [f"# Latency-budget search: {summary['recipe']} ({summary['task']})", "",
+             f"**{summary['message']}**", "",
+             f"Budget: p50 <= {summary['budget_ms']:g} ms per sentence at {summary['threads']} thread(s), "
+             f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
+             f"Wall time {summary['wall_s']:.0f} s; measured {summary['counts']['measured']}, reused "
+             f"{summary['counts']['reused']}, skipped {summary['counts']['skipped']}, not started "
+             f"{summary['counts']['not_started']}." + (f" Stopped: {summary['stopped']}." if summary["stopped"] else ""),
+             ""]
+    if png:
+        lines += [f"![metric vs latency]({png})", ""]
+    if summary["candidates"]:
+        metric = summary["candidates"][0]["metric_name"]
+        lines += [f"| candidate | layers | MACs kept | int8 | params | {metric} (int8, dev) | p50 ms | p90 ms | "
+                  "speedup vs teacher fp32 | budget | Pareto |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
+        for r in summary["candidates"]:
+            mark = "**best**" if r["id"] == summary["best"] else (
+                "within" if r["latency"]["p50_ms"] <= summary["budget_ms"] else "over")
+            lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
+                         f"{r['metric']:.4f} | {r['latency']['p50_ms']:.2f} | {r['latency']['p90_ms']:.2f} | "
+                         f"{r['speedup_vs_teacher_fp32']:.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
+        lines.append("")
+    if summary["skipped"]:
+        lines += ["Skipped:", ""] + [f"- {s['id']}: {s['reason']}" for s in summary["skipped"]] + [""]
+    if summary["not_started"]:
+        lines += [f"Not started (time limit): {', '.join(summary['not_started'])}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Latency-budget search on a tiny random 3-layer BERT teacher and a real SST-2 slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from compress.cli import main
+from compress.config import load_recipe
+from compress.errors import CompressError
+from compress.search import ModelSpec, candidates, front, pick, run_search, skip_reason
+
+from conftest import tiny_bert_config
+
+SEARCH = {"depths": [1, 3], "keep_macs": [1.0, 0.5], "modes": ["dynamic"], "train_steps": 3, "recover_steps": 2,
+          "batch_size": 8, "calibration_samples": 8, "dev_rows": 8, "time_limit_min": 5.0}
+
+
+def _recipe(tmp_path: Path, glue_dir: Path, tokenizer, *, teacher: bool = True, **search) -> Path:
+    """A recipe whose run folder already holds a (tiny, random) fine-tuned teacher."""
+    from transformers import BertForSequenceClassification
+
+    runs = tmp_path / "runs"
+    if teacher:
+        torch.manual_seed(0)
+        folder = runs / "tiny" / "teacher" / "model"
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "runs_dir": str(runs),
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32, "max_train_samples": 200,
+                 "max_eval_samples": 48, "holdout": 0.05},
+        "teacher": {"model": "minilm-l6"},
+        "search": {**SEARCH, **search}}))
+    return path
+
+
+def test_space_order_pick_and_front():
+    cfg = load_recipe_free_search()
+    space = candidates(cfg, 6)
+    assert [s.id for s in space][:3] == ["L1-k50", "L1", "L2-k50"]  # cheapest (fewest MACs) first
+    fr = [s.macs_fraction for s in space]
+    assert fr == sorted(fr) and space[-1].is_teacher
+    with pytest.raises(CompressError, match="search.depths: 7 layers"):
+        candidates(type(cfg)(depths=[7]), 6)
+    rs = [{"id": "a", "metric": 0.80, "latency": {"p50_ms": 1.0}}, {"id": "b", "metric": 0.85, "latency": {"p50_ms": 2.0}},
+          {"id": "c", "metric": 0.84, "latency": {"p50_ms": 3.0}}, {"id": "d", "metric": 0.90, "latency": {"p50_ms": 5.0}}]
+    assert pick(rs, 2.5)["id"] == "b" and pick(rs, 0.5) is None and pick(rs, 10)["id"] == "d"
+    assert [r["id"] for r in front(rs)] == ["a", "b", "d"]
+    spec = ModelSpec(3, 1.0, 6)
+    assert "fp32 estimate" in skip_reason(spec, "dynamic", 1.0, 10.0, [], 3.0)  # 10 x 0.5 = 5 ms > 3 x 1 ms
+    assert skip_reason(spec, "dynamic", 2.0, 10.0, [], 3.0) is None
+    small_over = {"id": "L2-dynamic", "mode": "dynamic", "macs_fraction": 0.33, "latency": {"p50_ms": 2.5}}
+    assert "already takes" in skip_reason(spec, "dynamic", 2.0, 10.0, [small_over], 3.0)
+    assert skip_reason(spec, "static", 2.0, 10.0, [small_over], 3.0) is None  # another mode is not dominated
+
+
+def load_recipe_free_search():
+    from compress.config import SearchConfig
+
+    return SearchConfig()
+
+
+def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer))
+    out = recipe.run_dir / "search"
+    summary = run_search(recipe, budget_ms=1000.0)
+    ids = {r["id"] for r in summary["candidates"]}
+    assert ids == {"L1-dynamic", "L1-k50-dynamic", "L3-dynamic", "L3-k50-dynamic"}
+    assert summary["counts"] == {"measured": 4, "reused": 0, "skipped": 0, "not_started": 0}
+    best = next(r for r in summary["candidates"] if r["id"] == summary["best"])
+    assert best["latency"]["p50_ms"] <= 1000.0
+    assert best["metric"] == max(r["metric"] for r in summary["candidates"])
+    for r in summary["candidates"]:
+        assert 0.0 <= r["metric"] <= 1.0 and r["latency"]["p50_ms"] > 0 and Path(r["file"]).is_file()
+    pruned = next(r for r in summary["candidates"] if r["id"] == "L3-k50-dynamic")
+    full = next(r for r in summary["candidates"] if r["id"] == "L3-dynamic")
+    assert pruned["params"] < full["params"]
+    assert summary["front"] and set(summary["front"]) <= ids
+    written = json.loads((out / "search.json").read_text())
+    assert written["best"] == summary["best"]
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert summary["best"] in (out / "search.md").read_text()
+
+    # rerun with a budget nothing can meet: every candidate is reused (files untouched), none fits
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")}
+    again = run_search(recipe, budget_ms=1e-4)
+    assert again["counts"]["measured"] == 0 and again["counts"]["reused"] == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")} == stamps
+    assert again["best"] is None and again["message"].startswith("no candidate fits 0.0001 ms")
+
+
+def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2]))
+    stopped = run_search(recipe, budget_ms=1000.0, time_limit_min=0.0)
+    assert stopped["stopped"].startswith("time limit 0 min reached")
+    assert stopped["counts"]["measured"] == 0 and len(stopped["not_started"]) == 4
+    assert not list((recipe.run_dir / "search" / "candidates").glob("*.json"))
+    # a budget far below the teacher's fp32 latency / margin: every model is skipped without being built
+    tiny = run_search(recipe, budget_ms=1e-4)
+    assert tiny["counts"]["skipped"] == 4 and tiny["counts"]["measured"] == 0
+    assert all("fp32 estimate" in s["reason"] for s in tiny["skipped"])
+    assert tiny["message"] == "no candidate fits 0.0001 ms: none was measured (4 skipped as too slow)"
+    assert not list((recipe.run_dir / "search" / "models").iterdir())
+    assert main(["search", str(recipe.path), "--budget-ms", "0.0001"]) == 1  # CLI: exit 1 when nothing fits
+    assert "no candidate fits" in capsys.readouterr().out
+
+
+def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
+    path = _recipe(tmp_path, glue_dir, tokenizer, teacher=False)
+    assert main(["search", str(path), "--budget-ms", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no fine-tuned teacher" in err and "--stage teacher" in err
+    assert main(["search", str(path), "--budget-ms", "-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --budget-ms: must be > 0 ms, got -3"
+    assert main(["search", str(path)]) == 2  # no budget anywhere
+    assert "no latency budget" in capsys.readouterr().err
+    assert main(["search", str(path), "--budget-ms", "5", "--time-limit-min", "-1"]) == 2
+    assert "--time-limit-min: must be >= 0" in capsys.readouterr().err
+    with pytest.raises(CompressError, match=r"tiny.yaml: search.budget_ms: must be > 0 ms"):
+        load_recipe(path, {"search.budget_ms": -1})
+    with pytest.raises(CompressError, match=r"search.keep_macs: fractions in \(0, 1\]"):
+        load_recipe(path, {"search.keep_macs": [0]})
