@@ -72,10 +72,10 @@ def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[
 
 # ------------------------------------------------------------------------------------------------ runners
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, spin: bool = True):
         from compress.export import session
 
-        self.sess = session(path, threads=threads)
+        self.sess = session(path, threads=threads, spin=spin)
         self.names = [i.name for i in self.sess.get_inputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]):
@@ -114,9 +114,9 @@ def load_torch(kind: str, folder: str):
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def make_runner(art: dict, threads: int, models: dict):
+def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
     return TorchRunner(models[art["kind"]], threads) if art["kind"].startswith("torch") else \
-        OnnxRunner(Path(art["path"]), threads)
+        OnnxRunner(Path(art["path"]), threads, spin)
 
 
 def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
@@ -138,7 +138,7 @@ def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
     progress = tqdm(total=len(cfg.threads) * (1 + len(shapes)), desc="bench (interleaved)", leave=False)
     for threads in cfg.threads:
-        runners = {n: make_runner(artifacts[n], threads, models) for n in names}
+        runners = {n: make_runner(artifacts[n], threads, models, cfg.spin) for n in names}
         # real dev sentences, batch 1, one timed run per sentence and artifact
         feeds = {n: dev_feeds(rows, r.names) for n, r in runners.items()}
         for n, r in runners.items():
@@ -182,6 +182,18 @@ def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops
     return results
 
 
+def interleaved_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict) -> dict:
+    """``measure_interleaved`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
+    follow ``cfg.spin``: PASSIVE unless spinning is asked for."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp = Path(tmp)
+        dev.save_to_disk(str(tmp / "dev"))
+        spec = {"mode": "interleaved", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
+                "flops": flops}
+        env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
+        return _worker(spec, tmp, "interleaved", env, f"interleaved timing of {', '.join(artifacts)}", quiet=False)
+
+
 def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
     """Task metrics on all of dev (batched, length-sorted)."""
     from compress.metrics import compute_metrics
@@ -204,7 +216,7 @@ def probe_memory(spec: dict) -> dict:
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     models = {spec["kind"]: load_torch(spec["kind"], spec["model_dir"])} if spec["kind"].startswith("torch") else {}
-    run = make_runner(spec, max(spec["threads"]), models)
+    run = make_runner(spec, max(spec["threads"]), models, spec.get("spin", True))
     load_s = time.perf_counter() - t0
     for f in dev_feeds(load_from_disk(spec["dev_dir"]).select(range(8)), run.names):
         run(f)
@@ -232,16 +244,34 @@ def _peak_rss_mb() -> float:
 
 def run_isolated(spec: dict, workdir: Path) -> dict:
     """``probe_memory`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
-    spec_path, out_path = workdir / f"{spec['name']}.spec.json", workdir / f"{spec['name']}.out.json"
+    env = {"OMP_NUM_THREADS": str(max(spec["threads"]))}
+    return _worker({**spec, "mode": "probe"}, workdir, spec["name"], env,
+                   f"{spec['name']} ({spec.get('path') or spec.get('model_dir')})")
+
+
+def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: bool = True) -> dict:
+    """Run ``python -m compress.bench SPEC OUT`` and read its result; a failure is one `CompressError` line.
+    ``quiet=False`` lets the worker's progress bar through to this terminal."""
+    spec_path, out_path = workdir / f"{stem}.spec.json", workdir / f"{stem}.out.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(spec["threads"])), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "compress.bench", str(spec_path), str(out_path)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not out_path.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise CompressError(f"bench of {spec['name']} ({spec.get('path') or spec.get('model_dir')}) failed: "
-                            + " | ".join(tail))
-    return json.loads(out_path.read_text())
+    pipe = subprocess.PIPE if quiet else None
+    proc = subprocess.run([sys.executable, "-m", "compress.bench", str(spec_path), str(out_path)],
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}, text=True,
+                          stdout=pipe, stderr=pipe)
+    result = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    if proc.returncode != 0 or "error" in result or not result:
+        tail = result.get("error") or " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+        raise CompressError(f"bench of {what} failed: {tail or f'exit status {proc.returncode}'}")
+    return result
+
+
+def _worker_main(spec: dict) -> dict:
+    if spec["mode"] == "probe":
+        return probe_memory(spec)
+    from datasets import load_from_disk
+
+    return measure_interleaved(spec["artifacts"], load_from_disk(spec["dev_dir"]), BenchConfig(**spec["cfg"]),
+                               spec["flops"])
 
 
 # ------------------------------------------------------------------------------------------------ machine peak
@@ -357,7 +387,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                 "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
                 "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
-                "order": "all artifacts in one process, timed round-robin (rotating order) run by run",
+                "order": "all artifacts in one fresh process, timed round-robin (rotating order) run by run",
+                "spin": "idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if cfg.spin else
+                        "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, batched (32, length-sorted), first thread count",
@@ -378,7 +410,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         else:
             art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
     del models
-    for name, rows in measure_interleaved(artifacts, dev, cfg, flops).items():
+    for name, rows in interleaved_in_fresh_process(artifacts, dev, cfg, flops).items():
         artifacts[name]["results"] = rows
     for t, again in ((str(t), gemm_peak(t)) for t in cfg.threads):  # the best of before and after
         peak[t] = {k: max(v, again[k]) for k, v in peak[t].items()}
@@ -467,8 +499,8 @@ def _line(art: dict) -> str:
 if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.json
     logging.basicConfig(level=logging.WARNING)
     try:
-        result = probe_memory(json.loads(Path(sys.argv[1]).read_text()))
+        result = _worker_main(json.loads(Path(sys.argv[1]).read_text()))
     except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
+        write_json(Path(sys.argv[2]), {"error": str(e)})
         sys.exit(2)
     write_json(Path(sys.argv[2]), result)

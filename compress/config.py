@@ -413,6 +413,9 @@ class BenchConfig:
     peers: list[Literal["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"]] = field(
         default_factory=lambda: ["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"])
     """Alternatives measured beside our int8 on the same model."""
+    spin: bool = False
+    """Let idle worker threads spin (torch OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning): lowest latency on a dedicated
+    CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
     isolate: bool = True
     """Measure each artifact in a fresh process (its own peak RSS, no state from the others); false: all in one
     process (faster start; peak RSS is then the process's high-water mark so far, not per artifact)."""

@@ -102,8 +102,9 @@ def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") ->
 
 
 # ------------------------------------------------------------------------------------------------ running ONNX
-def session(path: str | Path, threads: Optional[int] = None):
-    """An ORT CPU session, full graph optimization; a missing or unreadable file is a `CompressError`."""
+def session(path: str | Path, threads: Optional[int] = None, spin: bool = True):
+    """An ORT CPU session, full graph optimization; a missing or unreadable file is a `CompressError`.
+    ``spin=False``: idle intra-op threads sleep instead of spinning (better on a CPU shared with other work)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -116,6 +117,8 @@ def session(path: str | Path, threads: Optional[int] = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types

@@ -45,6 +45,7 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     protocol = saved["protocol"]
     assert protocol["cpu"] and protocol["threads"] == [1, 2] and protocol["shapes"] == ["b2xs16"]
     assert protocol["versions"]["onnxruntime"] and protocol["warmup"] == 1 and protocol["dev_rows"] == 6
+    assert "PASSIVE" in protocol["spin"] and "round-robin" in protocol["order"]
     assert set(saved["artifacts"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "int8_dynamic",
                                        "optimum_avx512_vnni"}
     assert saved["flops"]["b2xs16"] > 0
