@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RECIPE ?= pipelines/quickstart.yaml
+BUDGET_MS ?=
+SEARCH_MIN ?=
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher distill bench-distill report bundle prune bench-prune bench bench-full validate zoo clean
+.PHONY: install pipeline test test-slow teacher distill bench-distill report bundle prune bench-prune bench bench-full search validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +56,9 @@ distill: $(STAMP)  ## distil the recipe's students from its teacher (runs the te
 
 bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratios, logit-only and intermediate; ~3 min)
 	$(BIN)/python -m compress.distill.bench --out runs/bench-distill.json
+
+search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 (needs the teacher stage)
+	$(COMPRESS) search $(RECIPE) $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
 
 validate: $(STAMP)
 	$(COMPRESS) validate $(RECIPE)
