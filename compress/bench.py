@@ -270,12 +270,16 @@ def _worker_main(spec: dict) -> dict:
         return probe_memory(spec)
     from datasets import load_from_disk
 
-    return measure_interleaved(spec["artifacts"], load_from_disk(spec["dev_dir"]), BenchConfig(**spec["cfg"]),
-                               spec["flops"])
+    cfg = BenchConfig(**spec["cfg"])
+    before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
+    results = measure_interleaved(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])
+    after = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}  # the best of before and after
+    return {"results": results,
+            "machine_peak": {t: {k: max(v, after[t][k]) for k, v in before[t].items()} for t in before}}
 
 
 # ------------------------------------------------------------------------------------------------ machine peak
-def gemm_peak(threads: int, n: int = 1024, runs: int = 10) -> dict:
+def gemm_peak(threads: int, n: int = 1024, runs: int = 20, spin: bool = True) -> dict:
     """Measured GEMM throughput of this machine through ORT (the kernels our models use): u8 x s8 -> s32
     MatMulInteger and fp32 MatMul, n x n x n, best of ``runs``, in GOP/s (2 ops per multiply-add)."""
     import onnx
@@ -297,7 +301,7 @@ def gemm_peak(threads: int, n: int = 1024, runs: int = 10) -> dict:
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
             path = Path(tmp) / f"{name}.onnx"
             onnx.save(model, path)
-            sess = session(path, threads=threads)
+            sess = session(path, threads=threads, spin=spin)
             a = (rng.integers(0, 255, (n, n), dtype=np.uint8) if name == "int8"
                  else rng.standard_normal((n, n), dtype=np.float32))
             times = time_fixed(lambda: sess.run(None, {"A": a}), 1, runs, 10.0, runs)
@@ -395,10 +399,10 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "accuracy": "all dev rows, batched (32, length-sorted), first thread count",
                 "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
                        "the Python runtime)" if cfg.isolate else "not measured (isolate: false)",
-                "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best run, before and after",
+                "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "
+                             "timing, same process and thread settings",
                 "cpu_shared": "the CPU may be shared with other jobs: compare ratios measured in the same run"}
     flops = forward_flops(model_dir, shapes)
-    peak = {str(t): gemm_peak(t) for t in cfg.threads}
     models = {a["kind"]: load_torch(a["kind"], model_dir) for a in artifacts.values() if a["kind"].startswith("torch")}
     collator = Collator({"": AutoTokenizer.from_pretrained(qdir / "tokenizer")}, regression=spec.is_regression)
     # dev metrics already measured by the quantize stage on the same rows (torch fp32: the parity run; int8: the
@@ -410,10 +414,10 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         else:
             art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
     del models
-    for name, rows in interleaved_in_fresh_process(artifacts, dev, cfg, flops).items():
+    timed = interleaved_in_fresh_process(artifacts, dev, cfg, flops)
+    for name, rows in timed["results"].items():
         artifacts[name]["results"] = rows
-    for t, again in ((str(t), gemm_peak(t)) for t in cfg.threads):  # the best of before and after
-        peak[t] = {k: max(v, again[k]) for k, v in peak[t].items()}
+    peak = timed["machine_peak"]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
         dev.select(range(min(8, len(dev)))).save_to_disk(str(tmp / "dev"))
