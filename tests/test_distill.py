@@ -219,3 +219,32 @@ def test_ddp_two_cpu_processes_match_one_process_at_twice_the_batch(tmp_path):
     diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
     # the same steps on the same rows: the two runs agree to float noise, far below what training moved
     assert moved > 1e-2 and diff < 1e-3 * moved, (diff, moved)
+
+
+def test_logit_only_kd_runs_the_teacher_once_per_row_ahead_of_training(glue_dir, tokenizer):
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=48)
+    spec = from_dict(StudentConfig, {"name": "s", "layers": 2, "train": {"epochs": 3, "batch_size": 8}})
+    student = build_student(spec, teacher, tokenizer, data.spec)
+    rows_seen = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    res = distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0)
+    assert res.fits["joint"].steps == 18  # 3 epochs x 6 batches
+    assert sum(rows_seen) == 48  # one cached pass; no teacher forward during the 3 epochs
+    assert res.timing["teacher_cache_s"] > 0
+
+
+def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=48, holdout=0.0005)  # 34 held-out rows
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+                                     "distill": {"layer_map": "uniform", "two_step": True,
+                                                 "intermediate_max_steps": 3},
+                                     "train": {"max_steps": 4, "batch_size": 8}})
+    res = distill(teacher, tokenizer, build_student(spec, teacher, tokenizer, data.spec), spec, data,
+                  max_length=32, seed=0)
+    assert list(res.fits) == ["intermediate", "prediction"]
+    assert res.fits["intermediate"].steps == 3 and res.fits["prediction"].steps == 4
+    assert res.fits["intermediate"].history == []  # step 1 trains no head: nothing to select on
+    assert res.fits["prediction"].history and res.timing["teacher_cache_s"] > 0  # step 2: cached logits
