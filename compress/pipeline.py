@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from accelerate import PartialState
 
 from compress import __version__
@@ -111,7 +112,9 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
     # into its own temporary folder and only the main process publishes its folder.
-    state = PartialState()
+    # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
+    # every later Accelerator (fit's) silently trains each process alone on all the data
+    state = PartialState(cpu=not torch.cuda.is_available())
     done: dict[str, dict] = {}
     for stage in plan(recipe, until):
         missing = [n for n in stage.needs if n not in done]

@@ -63,6 +63,15 @@ class DistillResult:
     timing: dict = field(default_factory=dict)
 
 
+def _sum_over_processes(align: AlignStats) -> None:
+    """Under DDP each process counted its own batches: report the totals."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        counts = torch.tensor([align.batches, align.misaligned_batches, align.rows, align.misaligned_rows],
+                              dtype=torch.long, device=_device() if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.all_reduce(counts)
+        align.batches, align.misaligned_batches, align.rows, align.misaligned_rows = (int(x) for x in counts)
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -133,6 +142,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             tmp.rename(done_marker)
     if ckdir is not None:
         shutil.rmtree(ckdir, ignore_errors=True)
+    _sum_over_processes(align)
     if align.misaligned_batches:
         log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
