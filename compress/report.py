@@ -557,7 +557,22 @@ def _provenance_lines(table: RunTable) -> list[tuple[str, str]]:
         elif isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value))
         out.append((key, str(value)))
+    search = _search_summary(table.folder)
+    if search:
+        out.append(("latency-budget search", search))
     return out
+
+
+def _search_summary(folder: str) -> Optional[str]:
+    """One line from ``compress search``'s results in the run folder, when a search ran."""
+    try:
+        record = _read(Path(folder) / "search" / "search.json")
+    except (OSError, CompressError):  # merged seed folders ("a, b"), an unreadable file: no line
+        return None
+    if not record or "message" not in record:
+        return None
+    return (f"{record['message']}; Pareto front: {', '.join(record.get('front') or []) or 'empty'} "
+            f"(table and plot: search/search.md)")
 
 
 NOTE = ("Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 / artifact p50 at the same thread count. "

@@ -334,7 +334,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     ref = reference(ctx)
     print(f"[search] budget {cfg.budget_ms:g} ms p50 at {cfg.threads} thread(s); teacher ONNX fp32 p50 "
           f"{ref['p50_ms']:.2f} ms; {len(space)} models x {len(cfg.modes)} int8 modes; time limit "
-          f"{cfg.time_limit_min:g} min")
+          f"{cfg.time_limit_min:g} min", flush=True)
     results: list[dict] = []
     skipped, not_started, stopped = [], [], None
     reused = measured = 0

@@ -86,6 +86,10 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     assert written["best"] == summary["best"]
     assert (out / "pareto.png").stat().st_size > 1000
     assert summary["best"] in (out / "search.md").read_text()
+    from compress.report import RunTable, _provenance_lines
+
+    line = dict(_provenance_lines(RunTable("tiny", str(recipe.run_dir), "accuracy", [])))["latency-budget search"]
+    assert line.startswith(f"best within 1000 ms: {summary['best']}") and "search/search.md" in line
 
     # rerun with a budget nothing can meet: every candidate is reused (files untouched), none fits
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")}
