@@ -58,6 +58,9 @@ def test_space_order_pick_and_front():
     small_over = {"id": "L2-dynamic", "mode": "dynamic", "macs_fraction": 0.33, "latency": {"p50_ms": 2.5}}
     assert "already takes" in skip_reason(spec, "dynamic", 2.0, 10.0, [small_over], 3.0)
     assert skip_reason(spec, "static", 2.0, 10.0, [small_over], 3.0) is None  # another mode is not dominated
+    from compress.search import estimate_base
+
+    assert estimate_base({"p50_ms": 16.0}, [{"teacher_fp32_p50_ms_same_pass": 7.0}]) == 7.0  # least loaded timing
 
 
 def load_recipe_free_search():
