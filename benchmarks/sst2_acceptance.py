@@ -52,11 +52,16 @@ def main() -> None:
     collator = Collator({"": tok})
     qcfg = QuantizeConfig(modes=["dynamic", "static"], calibration=CalibrationConfig(method="minmax", samples=256),
                           max_drop=1.0)
-    record = quantize_model(student, dev, np.asarray(dev["label"]), ["accuracy"], collator, qcfg, out / "quantize",
-                            calib_rows=tokenize(data.train.select(range(256)), tok, args.max_length),
-                            sens_rows=tokenize(data.holdout.select(range(128)), tok, args.max_length))
-    tok.save_pretrained(out / "quantize" / "tokenizer")
-    write_json(out / "quantize" / "quantize.json", record)
+    done = out / "quantize" / "quantize.json"
+    if done.is_file():  # quantized by an earlier run of this script: reuse (delete the folder to redo)
+        record = json.loads(done.read_text())
+    else:
+        record = quantize_model(student, dev, np.asarray(dev["label"]), ["accuracy"], collator, qcfg,
+                                out / "quantize",
+                                calib_rows=tokenize(data.train.select(range(256)), tok, args.max_length),
+                                sens_rows=tokenize(data.holdout.select(range(128)), tok, args.max_length))
+        tok.save_pretrained(out / "quantize" / "tokenizer")
+        write_json(done, record)
 
     teacher, _ = load_for_task(args.teacher_arch, data.spec)
     teacher.eval()
@@ -70,7 +75,7 @@ def main() -> None:
     for mode, entry in record["int8"].items():
         artifacts[f"student_int8_{mode}"] = {"kind": "onnx", "path": str(q / entry["file"])}
     cfg = BenchConfig(threads=args.threads, batch_sizes=[], seq_lengths=[], dev_rows=args.dev_rows)
-    timing = interleaved_in_fresh_process(artifacts, dev, cfg, {})
+    timing = interleaved_in_fresh_process(artifacts, dev, cfg, {})["results"]
 
     lines = [f"CPU {cpu_model()}; batch 1, {min(args.dev_rows, len(dev))} SST-2 dev sentences one at a time, "
              f"interleaved; teacher dev accuracy {teacher_acc:.4f} (from {args.teacher_manifest})"]
