@@ -498,7 +498,7 @@ class SearchConfig:
     train_steps: int = 100
     """Distillation steps per student (logit KD from the teacher + 0.5 x cross-entropy): ~1 min on 2 CPU cores."""
     recover_steps: int = 50
-    """Recovery steps (same objective) after pruning a distilled student."""
+    """Further steps (same objective) of every student of a depth, pruned or not, from that depth's distilled one."""
     batch_size: int = 32
     lr: float = 1.0e-4
     calibration_samples: int = 128

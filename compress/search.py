@@ -5,11 +5,13 @@ layers evenly spaced, `students.layer_drop`), width (structured pruning of heads
 encoder MACs, `compress.prune`) and int8 mode (`compress.quantize`). A model is built once and quantized in every
 mode; a candidate is one (model, mode).
 
-Each model is distilled briefly: logit KD against the teacher's logits on a slice of training rows (computed once,
-cached) plus 0.5 x cross-entropy, the prune stage's recovery objective, through `compress.train.fit`; a pruned model
-starts from its distilled unpruned parent and recovers with the same objective. Each int8 model is scored on all of
-dev and timed with the bench's loop (`compress.bench.measure_interleaved`: batch 1, real dev sentences one at a
-time, one interleaved pass with the teacher's ONNX fp32 model as the in-pass reference).
+Each depth's layer-drop student is distilled briefly (``train_steps``): logit KD against the teacher's logits on a
+slice of training rows (computed once, cached) plus 0.5 x cross-entropy, the prune stage's recovery objective,
+through `compress.train.fit`. Every model of that depth starts from it, is pruned (or not) and trains
+``recover_steps`` more with the same objective: pruned and unpruned candidates get the same training budget (the
+teacher itself is a candidate as it is). Each int8 model is scored on all of dev and timed with the bench's loop
+(`compress.bench.measure_interleaved`: batch 1, real dev sentences one at a time, one interleaved pass with the
+teacher's ONNX fp32 model as the in-pass reference).
 
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
@@ -197,37 +199,61 @@ def _save_atomic(model, tokenizer, folder: Path, info: dict) -> None:
     tmp.rename(folder)
 
 
+def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, dict]]:
+    from compress.modeling import load_trained
+
+    info_path = folder / "search_model.json"
+    if info_path.is_file() and read_json(info_path).get("settings") == ctx.settings:
+        return load_trained(folder)[0].eval(), {**read_json(info_path), "reused": True}
+    return None
+
+
+def base_student(ctx: Context, depth: int) -> Path:
+    """The folder of the layer-drop student of ``depth`` layers distilled for ``train_steps`` (built once): the
+    starting point of every model of that depth (the fine-tuned teacher itself at the teacher's depth)."""
+    if depth == ctx.teacher.config.num_hidden_layers:
+        return ctx.teacher_dir
+    folder = ctx.out / "models" / f"L{depth}-base"
+    if _load_saved(ctx, folder) is None:
+        from students.layer_drop import layer_drop_student
+
+        t0 = time.perf_counter()
+        model, kept = layer_drop_student(ctx.teacher, depth)
+        fit = _fit(ctx, model, ctx.cfg.train_steps, f"search L{depth} distill", ctx.recipe.seed)
+        _save_atomic(model, ctx.tokenizer, folder, {"source": "layer_drop", "kept_layers": kept,
+                                                    "settings": ctx.settings, "train_steps": fit.steps,
+                                                    "train_s": round(time.perf_counter() - t0, 1)})
+    return folder
+
+
 def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
-    """The distilled (and pruned) model of ``spec``: from disk when a rerun finds it, else built and saved."""
+    """The model of ``spec``: its depth's distilled base student, pruned to ``keep`` of its MACs (or not), then
+    trained ``recover_steps`` more with the same objective, so pruned and unpruned candidates of one depth get the
+    same training budget. From disk when a rerun finds it, else built and saved. The teacher is used as it is."""
     from compress.modeling import load_trained
 
     if spec.is_teacher:
         return ctx.teacher, {"source": "teacher", "train_s": 0.0}
     folder = ctx.out / "models" / spec.id
-    info_path = folder / "search_model.json"
-    if info_path.is_file() and read_json(info_path).get("settings") == ctx.settings:
-        return load_trained(folder)[0].eval(), {**read_json(info_path), "reused": True}
+    saved = _load_saved(ctx, folder)
+    if saved is not None:
+        return saved
     t0 = time.perf_counter()
     seed = ctx.recipe.seed
-    if spec.keep >= 1.0:
-        from students.layer_drop import layer_drop_student
-
-        model, kept = layer_drop_student(ctx.teacher, spec.depth)
-        fit = _fit(ctx, model, ctx.cfg.train_steps, f"search {spec.id} distill", seed)
-        info = {"source": "layer_drop", "kept_layers": kept}
-    else:
+    base = base_student(ctx, spec.depth)
+    model = load_trained(base)[0]
+    info = {"source": f"L{spec.depth} distilled {ctx.cfg.train_steps} steps" if spec.depth < spec.teacher_depth
+            else "the teacher"}
+    if spec.keep < 1.0:
         from compress import prune as P
         from compress.prune_stage import calibration_batches
 
-        parent = ModelSpec(spec.depth, 1.0, spec.teacher_depth)
-        build_model(ctx, parent)  # the distilled unpruned student, on disk
-        model = load_trained(ctx.teacher_dir if parent.is_teacher else ctx.out / "models" / parent.id)[0]
         pcfg = PruneConfig(keep_macs=spec.keep, importance="taylor", calibration_batches=4)
         P.prune(model, pcfg, batches=calibration_batches(ctx.train, ctx.collator, pcfg, seed, 0),
                 seq_len=ctx.recipe.task.max_length)
-        fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
-        info = {"source": f"L{spec.depth} pruned to {spec.keep:g} of its encoder MACs"}
-    info.update(settings=ctx.settings, train_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
+        info["source"] += f", pruned to {spec.keep:g} of its encoder MACs"
+    fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
+    info.update(settings=ctx.settings, recover_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
     _save_atomic(model, ctx.tokenizer, folder, info)
     return model.eval(), info
 
