@@ -9,7 +9,7 @@ SEARCH_MIN ?=
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow teacher distill bench-distill report bundle prune bench-prune bench bench-full search validate zoo clean
+.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune bench-prune bench bench-full search validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
 
 test-slow: $(STAMP)  ## the long tests too
 	$(BIN)/python -m pytest -q -m slow
+
+bench-train: $(STAMP)  ## training tokens/s: fp32 vs bf16 autocast, length-grouped vs random batches (~3 min)
+	$(BIN)/python scripts/bench_train.py
 
 teacher: $(STAMP)  ## fine-tune the recipe's teacher only
 	$(COMPRESS) run $(RECIPE) --stage teacher
