@@ -129,6 +129,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
             done[stage.name] = manifest
             continue
         print(f"[{stage.name}] running -> {folder}")
+        _remove_orphans(run_dir, stage.name)
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -166,6 +167,24 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         print(f"[{stage.name}] done in {timer.seconds:.0f}s: {_summary(manifest)}")
         done[stage.name] = manifest
     return done
+
+
+def _remove_orphans(run_dir: Path, stage: str) -> None:
+    """Delete temporary folders left by killed runs of ``stage`` (their process is gone); never trusted anyway."""
+    for tmp in run_dir.glob(f".{stage}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _summary(manifest: dict) -> str:

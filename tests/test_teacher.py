@@ -92,6 +92,8 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
     recipe = load_recipe(_recipe(tmp_path, tmp_path / "no-such-model"))
+    orphan = tmp_path / "runs" / "tiny" / ".teacher.tmp-999999999"  # left by a killed run (no such process)
+    orphan.mkdir(parents=True)
     with pytest.raises(CompressError, match="no-such-model"):
         run_pipeline(recipe)
     run_dir = tmp_path / "runs" / "tiny"
