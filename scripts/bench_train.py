@@ -1,6 +1,6 @@
 """Training throughput: real tokens/s of teacher fine-tuning, fp32 vs bf16 autocast, and length-grouped vs random batches.
 
-    .venv/bin/python benchmarks/bench_train.py [--model minilm-l6] [--steps 40] [--batch-size 32]
+    .venv/bin/python scripts/bench_train.py [--model minilm-l6] [--steps 40] [--batch-size 32]
 
 Same model, same data (SST-2 train rows), same number of optimizer steps for each variant; the first steps are
 warm-up and excluded. "Real" tokens are non-padding tokens: padding is work that teaches nothing. Prints one line

@@ -1,6 +1,6 @@
 """SST-2 acceptance: a distilled student's int8 model against the MPNet-base teacher, on this CPU.
 
-    .venv/bin/python benchmarks/sst2_acceptance.py --student runs/sst2/distill/minilm-l6-kd/model \
+    .venv/bin/python scripts/sst2_acceptance.py --student runs/sst2/distill/minilm-l6-kd/model \
         --teacher-manifest runs/sst2/teacher/manifest.json [--out runs/sst2-ship]
 
 For when the teacher and students were trained elsewhere (a GPU machine: `compress run pipelines/sst2.yaml
