@@ -160,13 +160,17 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif "label" in result:
-        print(f"{result['label']}\t{result['score']:.4f}")
-    else:
-        print(f"{result['value']:.4f}")
+    print(format_result(result, args.json))
     return 0
+
+
+def format_result(result: dict, as_json: bool = False) -> str:
+    """One prediction as printed by the CLIs: "label<TAB>score", the value for regression, or JSON."""
+    if as_json:
+        return json.dumps(result, indent=2)
+    if "label" in result:
+        return f"{result['label']}\t{result['score']:.4f}"
+    return f"{result['value']:.4f}"
 
 
 if __name__ == "__main__":

@@ -100,18 +100,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import json
-
     from compress.bundle import predict
+    from compress.bundle_predict import format_result
 
     result = predict(args.bundle, [args.text], None if args.text_pair is None else [args.text_pair],
                      threads=args.threads)[0]
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif "label" in result:
-        print(f"{result['label']}\t{result['score']:.4f}")
-    else:
-        print(f"{result['value']:.4f}")
+    print(format_result(result, args.json))
     return 0
 
 
