@@ -36,6 +36,7 @@ import numpy as np
 
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
+from compress.export import SLOW_FUSIONS
 from compress.manifest import cpu_model, read_json, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[
 
 # ------------------------------------------------------------------------------------------------ runners
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int, spin: bool = True):
+    def __init__(self, path: Path, threads: int, spin: bool = True, stock: bool = False):
         from compress.export import session
 
-        self.sess = session(path, threads=threads, spin=spin)
+        self.sess = session(path, threads=threads, spin=spin, stock=stock)
         self.names = [i.name for i in self.sess.get_inputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]):
@@ -116,7 +117,7 @@ def load_torch(kind: str, folder: str):
 # ------------------------------------------------------------------------------------------------ measuring
 def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
     return TorchRunner(models[art["kind"]], threads) if art["kind"].startswith("torch") else \
-        OnnxRunner(Path(art["path"]), threads, spin)
+        OnnxRunner(Path(art["path"]), threads, spin, stock=art.get("stock", False))
 
 
 def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
@@ -205,7 +206,8 @@ def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads
     else:
         from compress.export import onnx_predict
 
-        logits = onnx_predict(OnnxRunner(Path(art["path"]), threads).sess, dev, collator)
+        logits = onnx_predict(OnnxRunner(Path(art["path"]), threads, stock=art.get("stock", False)).sess, dev,
+                              collator)
     return compute_metrics(metric_names, logits, np.asarray(dev["label"]))
 
 
@@ -386,7 +388,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                                      "shippable": entry["shippable"]}
     if "optimum_avx512_vnni" in cfg.peers:
         path = optimum_peer(qdir / qrec["fp32"]["file"], out / "peers")
-        artifacts["optimum_avx512_vnni"] = {"kind": "onnx", "path": str(path), "peer": True}
+        artifacts["optimum_avx512_vnni"] = {"kind": "onnx", "path": str(path), "peer": True, "stock": True}
 
     protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                 "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
@@ -394,6 +396,8 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "order": "all artifacts in one fresh process, timed round-robin (rotating order) run by run",
                 "spin": "idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if cfg.spin else
                         "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)",
+                "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
+                               "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, batched (32, length-sorted), first thread count",

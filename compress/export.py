@@ -4,8 +4,14 @@ Any `AutoModelForSequenceClassification` (BERT, MPNet, MiniLM, and pruned models
 counts or FFN widths) goes through ``torch.onnx.export`` (TorchScript exporter) with dynamic batch and sequence axes.
 One exporter for every model: Optimum's exporter builds its ONNX config from ``config.json``, which cannot describe a
 model pruned non-uniformly, and for the models it can describe it calls the same ``torch.onnx.export`` underneath.
-ORT's transformer optimizer then fuses the graph (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)
-for BERT-like models, the eager and the SDPA attention alike.
+ORT's transformer optimizer then fuses the graph (Attention, BiasGelu, EmbedLayerNormalization) for BERT-like models,
+the eager and the SDPA attention alike.
+
+One fusion is left out on purpose: ``SkipLayerNormalization`` (residual Add + LayerNormalization). onnxruntime 1.32's
+CPU kernel for it costs ~2 us per 384-wide row against ~0.3 us for the Add and LayerNormalization kernels it replaces
+(measured: 54 vs 14 us at 25 x 384, 2,013 vs 266 us at 8 x 128 x 384, one thread), which made it ~18% of an int8
+MiniLM forward. The optimizer is told not to build it and every session this package opens disables ORT's online
+``SkipLayerNormFusion`` (`SLOW_FUSIONS`); the bundle's predict.py does the same.
 
 `check_parity` runs the exported graph on real dev rows and compares its logits with the torch model's; a mismatch
 beyond tolerance is a `CompressError` that carries the numbers.
@@ -23,6 +29,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from compress.bundle_predict import DISABLED_OPTIMIZERS
 from compress.data import Collator, eval_loader
 from compress.errors import CompressError
 
@@ -30,6 +37,9 @@ log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
+SLOW_FUSIONS = DISABLED_OPTIMIZERS
+"""ORT graph transformers whose fused CPU kernel is slower than the nodes it replaces (see the module docstring):
+disabled in our sessions and in the bundle's predict.py (which defines them: it must run standalone)."""
 
 
 class _Logits(torch.nn.Module):
@@ -85,15 +95,20 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) ->
 
 
 def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") -> dict[str, int]:
-    """ORT transformer fusions (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) into ``dst``.
+    """ORT transformer fusions (EmbedLayerNormalization, Attention, BiasGelu; LayerNormalization kept, not
+    SkipLayerNormalization, see `SLOW_FUSIONS`) into ``dst``.
 
     ``num_heads=0, hidden_size=0`` lets the optimizer read head counts from each layer's weights, so pruned models with
     different head counts per layer fuse too. Returns the fused operator counts (all zero: nothing fused)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     kind = model_type if model_type in ("bert", "bart", "gpt2", "t5") else "bert"
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0)
+    options = FusionOptions(kind)
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
+    optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=options)
     stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     tmp = Path(dst).with_name(f".{Path(dst).name}.tmp-{os.getpid()}")
     optimized.save_model_to_file(str(tmp))
@@ -102,9 +117,12 @@ def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") ->
 
 
 # ------------------------------------------------------------------------------------------------ running ONNX
-def session(path: str | Path, threads: Optional[int] = None, spin: bool = True):
-    """An ORT CPU session, full graph optimization; a missing or unreadable file is a `CompressError`.
-    ``spin=False``: idle intra-op threads sleep instead of spinning (better on a CPU shared with other work)."""
+def session(path: str | Path, threads: Optional[int] = None, spin: bool = True, stock: bool = False,
+            save_optimized: Optional[Path] = None):
+    """An ORT CPU session, full graph optimization without `SLOW_FUSIONS`; a missing or unreadable file is a
+    `CompressError`. ``spin=False``: idle intra-op threads sleep instead of spinning (better on a CPU shared with other
+    work). ``stock=True``: ORT's defaults, every fusion on (how a peer's user runs its model). ``save_optimized``:
+    also write the graph ORT runs, after its online fusions, to this path (to inspect it)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -119,8 +137,11 @@ def session(path: str | Path, threads: Optional[int] = None, spin: bool = True):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if save_optimized:
+        options.optimized_model_filepath = str(save_optimized)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=[] if stock else list(SLOW_FUSIONS))
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
         raise CompressError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
 

@@ -46,8 +46,9 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     assert protocol["cpu"] and protocol["threads"] == [1, 2] and protocol["shapes"] == ["b2xs16"]
     assert protocol["versions"]["onnxruntime"] and protocol["warmup"] == 1 and protocol["dev_rows"] == 6
     assert "PASSIVE" in protocol["spin"] and "round-robin" in protocol["order"]
-    assert set(saved["artifacts"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "int8_dynamic",
-                                       "optimum_avx512_vnni"}
+    assert set(saved["artifacts"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "onnx_fp32_opt",
+                                       "int8_dynamic", "optimum_avx512_vnni"}
+    assert saved["artifacts"]["optimum_avx512_vnni"]["stock"] and "SkipLayerNormFusion" in protocol["ort_session"]
     assert saved["flops"]["b2xs16"] > 0
     for t in ("1", "2"):
         assert saved["machine_peak"][t]["int8_gemm_gop_s"] > 0 and saved["machine_peak"][t]["fp32_gemm_gop_s"] > 0
@@ -67,7 +68,8 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     assert arts["onnx_fp32"]["metrics"] == arts["torch_fp32"]["metrics"]
     assert arts["int8_dynamic"]["size_bytes"] < 0.5 * arts["onnx_fp32"]["size_bytes"]
     assert saved["ours"] == "int8_dynamic"
-    assert set(saved["ratios"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "optimum_avx512_vnni"}
+    assert set(saved["ratios"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "onnx_fp32_opt",
+                                    "optimum_avx512_vnni"}
     for r in saved["ratios"].values():
         assert set(r["speedup_p50"]) == {"dev@1t", "dev@2t", "b2xs16@1t", "b2xs16@2t"}
         assert all(v > 0 for v in r["speedup_p50"].values()) and r["metric"] == "accuracy"

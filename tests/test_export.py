@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from transformers import BertForSequenceClassification
@@ -68,8 +69,24 @@ def test_ort_fusions_on_pruned_shapes_keep_parity(tmp_path, dev_rows):
     model = pruned_tiny_bert().eval()
     plain = export_onnx(model, tmp_path / "pruned.onnx")
     stats = optimize_onnx(plain, tmp_path / "pruned_opt.onnx")
-    assert stats.get("Attention") == 2 and stats.get("SkipLayerNormalization") == 4
+    assert stats.get("Attention") == 2 and stats.get("LayerNormalization") == 4
+    assert "SkipLayerNormalization" not in stats  # slow CPU kernel (compress.export.SLOW_FUSIONS)
     check_parity(predict(model, ds, collator), onnx_predict(session(tmp_path / "pruned_opt.onnx"), ds, collator))
+
+
+def _ops(path) -> set:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_sessions_run_without_the_slow_fusion_peers_with_stock_settings(tmp_path):
+    model = pruned_tiny_bert().eval()
+    fused = tmp_path / "m_opt.onnx"
+    optimize_onnx(export_onnx(model, tmp_path / "m.onnx"), fused)
+    session(fused, threads=1, save_optimized=tmp_path / "ours.onnx")
+    session(fused, threads=1, stock=True, save_optimized=tmp_path / "stock.onnx")
+    assert "SkipLayerNormalization" not in _ops(tmp_path / "ours.onnx")
+    assert "LayerNormalization" in _ops(tmp_path / "ours.onnx")
+    assert "SkipLayerNormalization" in _ops(tmp_path / "stock.onnx")  # what ORT does by default
 
 
 def test_parity_failure_reports_numbers():
