@@ -145,6 +145,11 @@ def cmd_search(args) -> int:
     print(f"[search] {summary['message']}")
     print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")
     print(f"results: {recipe.run_dir / 'search' / 'search.json'} (table: search.md, plot: pareto.png)")
+    if args.bundle and summary["best"]:
+        from compress.search import bundle_best
+
+        folder, archive = bundle_best(recipe, summary)
+        print(f"bundle: {folder}\narchive: {archive}")
     return 0 if summary["best"] else 1
 
 
@@ -249,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit-min", type=float, help="start no new candidate after N minutes "
                    "(default: search.time_limit_min, 15)")
     p.add_argument("--threads", type=int, help="ORT threads for the timing (default: search.threads, 1)")
+    p.add_argument("--bundle", action="store_true", help="also write an edge bundle of the best model within the "
+                   "budget to runs/<name>/search/bundle/ (as compress bundle does)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set search.train_steps=50")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir")

@@ -417,9 +417,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] = None) -> Optional[Path]:
+def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] = None,
+                budget_ms: Optional[float] = None) -> Optional[Path]:
     """PNG: metric vs p50 latency (log x) at ``threads`` (default: each run's headline), one colour and marker per
-    run, its frontier drawn as a step line, every point labelled. None when no row has both numbers."""
+    run, its frontier drawn as a step line, every point labelled; ``budget_ms``: a dashed vertical line there.
+    None when no row has both numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,6 +457,10 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     if not drawn:
         plt.close(fig)
         return None
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="0.35", ls="--", lw=1.2, zorder=1)
+        ax.annotate(f"budget {budget_ms:g} ms", (budget_ms, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-4, -12), textcoords="offset points", ha="right", fontsize=8, color="0.25")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator
 

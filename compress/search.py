@@ -459,7 +459,7 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
         return None
     table = RunTable(f"{summary['recipe']} search (budget {summary['budget_ms']:g} ms)", "",
                      summary["candidates"][0]["metric_name"], rows)
-    return pareto_plot([table], path, threads=t)
+    return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"])
 
 
 def markdown(summary: dict, png: Optional[str]) -> str:
@@ -490,3 +490,35 @@ def markdown(summary: dict, png: Optional[str]) -> str:
     if summary["not_started"]:
         lines += [f"Not started (time limit): {', '.join(summary['not_started'])}", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ shipping the best
+def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
+    """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
+    runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
+    fp32 ONNX and the latency measured by the search."""
+    from compress.bundle import build
+    from compress.data import task_spec
+
+    best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
+    if best is None:
+        raise CompressError(f"search: nothing to bundle: {summary['message']}")
+    spec = task_spec(recipe.task)
+    teacher_dir = recipe.run_dir / "teacher" / "model"
+    name = f"{recipe.name}-{spec.name}-{best['id']}"
+    lat = best["latency"]
+    manifest = recipe.run_dir / "teacher" / "manifest.json"
+    teacher_dev = (read_json(manifest).get("metrics") or {}).get("dev", {}) if manifest.is_file() else {}
+    teacher_metric = teacher_dev.get(best["metric_name"])
+    metrics = {"dev": best["metrics"]}
+    if teacher_metric:
+        metrics["teacher_dev"] = {best["metric_name"]: teacher_metric}
+        metrics["retention"] = round(best["metric"] / teacher_metric, 6)
+    latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
+               "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"]}
+    source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": f"search candidate {best['id']}",
+              "file": best["file"], "pick": f"most accurate within {summary['budget_ms']:g} ms (compress search)"}
+    return build(recipe.run_dir / "search" / "bundle", name, model=Path(best["file"]),
+                 tokenizer=teacher_dir / "tokenizer.json", task=spec.name, labels=spec.labels,
+                 text_pair=spec.text_pair is not None, max_length=recipe.task.max_length, metrics=metrics,
+                 latency=latency, source=source)

@@ -70,7 +70,8 @@ def load_recipe_free_search():
 
 
 def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
-    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer))
+    path = _recipe(tmp_path, glue_dir, tokenizer)
+    recipe = load_recipe(path)
     out = recipe.run_dir / "search"
     summary = run_search(recipe, budget_ms=1000.0)
     ids = {r["id"] for r in summary["candidates"]}
@@ -93,6 +94,16 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
 
     line = dict(_provenance_lines(RunTable("tiny", str(recipe.run_dir), "accuracy", [])))["latency-budget search"]
     assert line.startswith(f"best within 1000 ms: {summary['best']}") and "search/search.md" in line
+
+    # the CLI ships the best candidate as an edge bundle (candidates reused, nothing re-measured)
+    assert main(["search", str(path), "--budget-ms", "1000", "--bundle"]) == 0
+    folder = out / "bundle" / f"tiny-sst2-{summary['best']}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
+    assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]
+    from compress.bundle import predict
+
+    assert predict(folder, ["a gripping film", "a dull mess"])[0]["label"] in ("negative", "positive")
 
     # rerun with a budget nothing can meet: every candidate is reused (files untouched), none fits
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")}

@@ -33,9 +33,10 @@ MODES = {
 }
 
 
-def _spec(mode: str, layers: int, batch_size: int, epochs: int = 1) -> StudentConfig:
+def _spec(mode: str, layers: int, batch_size: int, epochs: int = 1, precision: str = "fp32") -> StudentConfig:
     return from_dict(StudentConfig, {"name": f"bench-{mode}", "layers": layers, "distill": MODES[mode],
-                                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-4}})
+                                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-4,
+                                               "precision": precision}})
 
 
 def ours(teacher, tok, data, spec, max_length: int) -> float:
@@ -82,6 +83,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=1,
                     help="passes over the rows (cached teacher logits are reused from the second pass on)")
     ap.add_argument("--layers", type=int, default=3, help="student layers (layer-drop of the teacher)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="our loop's train.precision (bf16: autocast; the naive loop always runs fp32)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
     data = load_task(TaskConfig(name="sst2", max_train_samples=args.rows, holdout=0.0, max_eval_samples=8), seed=0)
@@ -91,9 +94,9 @@ def main(argv=None) -> dict:
         teacher, tok = load_for_task("minilm-l6", data.spec)
     tokens = sum(tokenize(data.train, tok, args.max_length)["length"]) * args.epochs
     results = {"rows": len(data.train), "real_tokens": tokens, "batch_size": args.batch_size, "repeats": args.repeats, "epochs": args.epochs,
-               "max_length": args.max_length, "threads": torch.get_num_threads(), "modes": {}}
+               "max_length": args.max_length, "precision_ours": args.precision, "threads": torch.get_num_threads(), "modes": {}}
     for mode in MODES:
-        spec = _spec(mode, args.layers, args.batch_size, args.epochs)
+        spec = _spec(mode, args.layers, args.batch_size, args.epochs, args.precision)
         t_naive, t_ours = float("inf"), float("inf")
         for _ in range(args.repeats):
             t_naive = min(t_naive, naive(teacher, tok, data, spec, args.max_length))
