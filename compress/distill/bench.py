@@ -93,7 +93,10 @@ def main(argv=None) -> dict:
     else:
         teacher, tok = load_for_task("minilm-l6", data.spec)
     tokens = sum(tokenize(data.train, tok, args.max_length)["length"]) * args.epochs
-    results = {"rows": len(data.train), "real_tokens": tokens, "batch_size": args.batch_size, "repeats": args.repeats, "epochs": args.epochs,
+    padded = len(data.train) * args.max_length * args.epochs  # what the naive loop feeds the models
+    print(f"real tokens {tokens:,}; the naive loop processes {padded:,} ({padded / tokens:.1f}x: padding to "
+          f"max_length), and reruns the teacher every epoch", flush=True)
+    results = {"rows": len(data.train), "real_tokens": tokens, "naive_processed_tokens": padded, "batch_size": args.batch_size, "repeats": args.repeats, "epochs": args.epochs,
                "max_length": args.max_length, "precision_ours": args.precision, "threads": torch.get_num_threads(), "modes": {}}
     for mode in MODES:
         spec = _spec(mode, args.layers, args.batch_size, args.epochs, args.precision)
