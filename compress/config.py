@@ -129,6 +129,9 @@ class MatchConfig:
     weight: float = 1.0
     projection: Literal["auto", "linear", "none"] = "auto"
     """hidden/embedding: a learned linear map student width -> teacher width ("auto": only when widths differ)."""
+    heads: Literal["each", "mean"] = "each"
+    """attention: compare head by head ("each", when the head counts are equal; else averaged) or the head-averaged
+    maps ("mean": for a student pretrained apart from the teacher, whose head i does not mirror the teacher's)."""
 
     def validate(self, file: str, where: str) -> None:
         if self.teacher_layer < 0 or self.student_layer < 0:
@@ -140,6 +143,8 @@ class MatchConfig:
             raise CompressError(f"{file}: {where}: attention maps exist for layers >= 1, not the embeddings (0)")
         if self.weight < 0:
             raise CompressError(f"{file}: {where}.weight: must be >= 0, got {self.weight}")
+        if self.feature != "attention" and self.heads != "each":
+            raise CompressError(f"{file}: {where}.heads: only for attention matches, not {self.feature}")
 
 
 @dataclass
@@ -160,6 +165,8 @@ class DistillConfig:
     layer_map_features: list[Literal["hidden", "attention", "embedding"]] = field(
         default_factory=lambda: ["hidden", "attention"])
     """Features the generated matches use (attention with loss kl, hidden/embedding with mse), weight 1."""
+    attention_heads: Literal["each", "mean"] = "each"
+    """``heads`` of the generated attention matches (see MatchConfig.heads)."""
     two_step: bool = False
     """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
     intermediate_max_steps: Optional[int] = None

@@ -81,6 +81,17 @@ def test_attention_heads_averaged_when_counts_differ():
         attention_loss(student, teacher, torch.ones(1, 2), "cosine")
 
 
+def test_attention_heads_mean_ignores_head_order():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    student, teacher = torch.stack([a, b])[None], torch.stack([b, a])[None]  # the same heads, swapped
+    # head by head every entry differs by 1: mean of 1 over 2 heads x 2 x 2 pairs
+    assert attention_loss(student, teacher, torch.ones(1, 2), "mse", heads="each").item() == pytest.approx(1.0)
+    assert attention_loss(student, teacher, torch.ones(1, 2), "mse", heads="mean").item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="heads"):
+        attention_loss(student, teacher, torch.ones(1, 2), "mse", heads="sum")
+
+
 def test_combine_weights_and_logs():
     total, logs = combine({"kd": (torch.tensor(2.0), 0.5), "ce": (torch.tensor(4.0), 0.25),
                            "hidden": (torch.tensor(9.0), 0.0)})

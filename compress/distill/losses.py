@@ -49,22 +49,27 @@ def hidden_mse(student_h: torch.Tensor, teacher_h: torch.Tensor, mask: torch.Ten
     return sq.sum() / (m.sum().clamp_min(1.0) * s.shape[-1])
 
 
-def _heads_match(student_att: torch.Tensor, teacher_att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Equal head counts: compared head by head. Otherwise both are averaged over heads (one map each)."""
-    if student_att.shape[1] != teacher_att.shape[1]:
+def _heads_match(student_att: torch.Tensor, teacher_att: torch.Tensor,
+                 heads: str = "each") -> tuple[torch.Tensor, torch.Tensor]:
+    """``each`` with equal head counts: compared head by head. Otherwise (``mean``, or different head counts) both
+    are averaged over heads (one map each)."""
+    if heads == "mean" or student_att.shape[1] != teacher_att.shape[1]:
         return student_att.mean(dim=1, keepdim=True), teacher_att.mean(dim=1, keepdim=True)
     return student_att, teacher_att
 
 
 def attention_loss(student_att: torch.Tensor, teacher_att: torch.Tensor, mask: torch.Tensor,
-                   kind: str = "mse") -> torch.Tensor:
+                   kind: str = "mse", heads: str = "each") -> torch.Tensor:
     """Attention-map loss over real (query, key) pairs.
 
     ``mse``: squared difference of attention probabilities averaged over heads x real queries x real keys.
     ``kl``: KL(teacher row || student row) summed over keys, averaged over heads x real query rows (MiniLM's
-    attention-distribution transfer). Different head counts: both maps are first averaged over heads.
+    attention-distribution transfer). ``heads="mean"``, or different head counts: both maps are first averaged over
+    heads (head i of a student pretrained apart from the teacher has no reason to mirror the teacher's head i).
     """
-    s, t = _heads_match(student_att.float(), teacher_att.float())
+    if heads not in ("each", "mean"):
+        raise ValueError(f"attention_loss: heads must be 'each' or 'mean', got {heads!r}")
+    s, t = _heads_match(student_att.float(), teacher_att.float(), heads)
     if s.shape[-2:] != t.shape[-2:] or s.shape[0] != t.shape[0]:
         raise ValueError(f"attention_loss: student {tuple(s.shape)} vs teacher {tuple(t.shape)}")
     heads = s.shape[1]

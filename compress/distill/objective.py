@@ -32,6 +32,7 @@ class Match:
     loss: str
     weight: float
     project: bool
+    heads: str = "each"
 
 
 def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: str = "distill") -> list[Match]:
@@ -45,8 +46,8 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
             if feature == "embedding":
                 specs.append((f"{where}.layer_map", MatchConfig(0, 0, "embedding")))
                 continue
-            loss = "kl" if feature == "attention" else "mse"
-            specs += [(f"{where}.layer_map", MatchConfig(t, s, feature, loss)) for t, s in pairs]
+            loss, heads = ("kl", cfg.attention_heads) if feature == "attention" else ("mse", "each")
+            specs += [(f"{where}.layer_map", MatchConfig(t, s, feature, loss, heads=heads)) for t, s in pairs]
     out, seen = [], set()
     for origin, m in specs:
         t_layer, s_layer = (0, 0) if m.feature == "embedding" else (m.teacher_layer, m.student_layer)
@@ -63,7 +64,7 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
         if key in seen:
             continue
         seen.add(key)
-        out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project))
+        out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
     return out
 
 
@@ -181,7 +182,7 @@ class KDObjective:
             if m.feature == "attention":
                 s = out.attentions[m.student_layer - 1][rows][..., :width, :width]
                 t = t_att[m.teacher_layer - 1][rows][..., :width, :width]
-                value = attention_loss(s, t, m_rows, m.loss)
+                value = attention_loss(s, t, m_rows, m.loss, m.heads)
             else:
                 s = projected[m.key] if m.project else out.hidden_states[m.student_layer]
                 value = hidden_mse(s[rows][:, :width], t_hidden[m.teacher_layer][rows][:, :width], m_rows)
