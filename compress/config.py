@@ -167,6 +167,9 @@ class DistillConfig:
     """Features the generated matches use (attention with loss kl, hidden/embedding with mse), weight 1."""
     attention_heads: Literal["each", "mean"] = "each"
     """``heads`` of the generated attention matches (see MatchConfig.heads)."""
+    layer_map_weight: float = 1.0
+    """Weight of each generated match (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained student of another
+    family less than 1)."""
     two_step: bool = False
     """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
     intermediate_max_steps: Optional[int] = None
@@ -182,6 +185,8 @@ class DistillConfig:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
         if self.two_step and not self.matches and self.layer_map is None:
             raise CompressError(f"{file}: {where}.two_step: needs intermediate matches (matches or layer_map)")
+        if self.layer_map_weight < 0:
+            raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
             raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
 

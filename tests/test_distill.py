@@ -248,3 +248,21 @@ def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):
     assert res.fits["intermediate"].steps == 3 and res.fits["prediction"].steps == 4
     assert res.fits["intermediate"].history == []  # step 1 trains no head: nothing to select on
     assert res.fits["prediction"].history and res.timing["teacher_cache_s"] > 0  # step 2: cached logits
+
+
+def test_generated_matches_take_weight_and_head_mode():
+    from transformers import BertConfig
+
+    from compress.config import DistillConfig, MatchConfig
+
+    teacher, student = BertConfig(num_hidden_layers=4, hidden_size=32), BertConfig(num_hidden_layers=2, hidden_size=16)
+    cfg = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": ["hidden", "attention"],
+                                    "layer_map_weight": 0.1, "attention_heads": "mean"})
+    matches = resolve_matches(cfg, teacher, student)
+    assert {m.weight for m in matches} == {0.1}
+    assert {m.heads for m in matches if m.feature == "attention"} == {"mean"}
+    assert {m.heads for m in matches if m.feature == "hidden"} == {"each"}
+    with pytest.raises(CompressError, match="layer_map_weight"):
+        from_dict(DistillConfig, {"layer_map_weight": -1.0}).validate("r.yaml", "students[0].distill")
+    with pytest.raises(CompressError, match=r"matches\[0\]\.heads: only for attention"):
+        MatchConfig(2, 1, "hidden", heads="mean").validate("r.yaml", "matches[0]")

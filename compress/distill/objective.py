@@ -43,11 +43,13 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
         pairs = ([(round(i * t_n / s_n), i) for i in range(1, s_n + 1)] if cfg.layer_map == "uniform"
                  else [(t_n, s_n)])
         for feature in cfg.layer_map_features:
+            w = cfg.layer_map_weight
             if feature == "embedding":
-                specs.append((f"{where}.layer_map", MatchConfig(0, 0, "embedding")))
+                specs.append((f"{where}.layer_map", MatchConfig(0, 0, "embedding", weight=w)))
                 continue
             loss, heads = ("kl", cfg.attention_heads) if feature == "attention" else ("mse", "each")
-            specs += [(f"{where}.layer_map", MatchConfig(t, s, feature, loss, heads=heads)) for t, s in pairs]
+            specs += [(f"{where}.layer_map", MatchConfig(t, s, feature, loss, weight=w, heads=heads))
+                      for t, s in pairs]
     out, seen = [], set()
     for origin, m in specs:
         t_layer, s_layer = (0, 0) if m.feature == "embedding" else (m.teacher_layer, m.student_layer)
