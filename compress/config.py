@@ -88,8 +88,10 @@ class TrainConfig:
     """Also evaluate on the held-out slice every N optimizer steps (always at each epoch end)."""
     checkpoint_every: Optional[int] = None
     """Save a resumable checkpoint every N optimizer steps (None: only at the end)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast (AVX-512 BF16 on CPU, tensor cores on GPU)."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """bf16: autocast (AVX-512 BF16 / AMX on CPU, tensor cores on GPU). auto: bf16 where the hardware runs it natively
+    (a bf16-capable CUDA GPU, a CPU with avx512_bf16 or amx_bf16), else fp32: on CPUs without it bf16 is emulated
+    and slow. Measured on this 2-core CPU: bf16 1.43x the tokens/s of fp32 at equal accuracy (README, Training)."""
     seed: Optional[int] = None
     """None: the recipe's seed."""
 

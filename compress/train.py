@@ -48,6 +48,8 @@ class FitResult:
     tokens_per_s: float = 0.0
     wall_s: float = 0.0
     resumed_from: Optional[int] = None
+    precision: str = "fp32"
+    """What ran (``auto`` resolved)."""
 
 
 def classification_objective(model, batch):
@@ -86,7 +88,8 @@ def fit(
     """Train ``model`` (and ``extra_modules``, e.g. projections) on ``train_ds``; the best held-out state is loaded
     back into ``model`` at the end. ``evaluate(model) -> {metric: value}``: the first metric selects."""
     accelerator = accelerator or Accelerator(
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no", gradient_accumulation_steps=cfg.grad_accum)
+        mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
+        gradient_accumulation_steps=cfg.grad_accum)
     set_seed(seed)
     extra = dict(extra_modules or {})
     modules = {"model": model, **extra}
@@ -111,7 +114,7 @@ def fit(
     modules = dict(zip(modules, prepared[: len(modules)]))
     optimizer, scheduler = prepared[len(modules):]
 
-    result = FitResult(steps=0, best_metric=None, best_step=None)
+    result = FitResult(steps=0, best_metric=None, best_step=None, precision=resolve_precision(cfg.precision))
     best_state: Optional[dict] = None
     step, epoch, skip = 0, 0, 0
     resume_rng = None
@@ -233,6 +236,25 @@ def fit(
         accelerator.unwrap_model(m).eval()
     log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
     return result
+
+
+def native_bf16() -> bool:
+    """Does this machine run bf16 matmuls natively: a bf16-capable CUDA GPU, or a CPU flagged avx512_bf16 / amx_bf16
+    (Linux /proc/cpuinfo)?"""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where `native_bf16`, else ``fp32``; other values unchanged."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
 
 
 def _rng_state() -> dict:

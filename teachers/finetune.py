@@ -41,8 +41,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
-                  "tokens_per_s": round(result.tokens_per_s, 1), "train_rows": len(train),
-                  "holdout_rows": len(holdout), "dev_rows": len(dev)}
+                  "tokens_per_s": round(result.tokens_per_s, 1), "precision": result.precision,
+                  "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev)}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})
     return {"metrics": metrics, "params": count_params(model), "model": cfg.model, "train": train_info,
             "timing": {"train_s": round(result.wall_s, 2)}}

@@ -37,7 +37,7 @@ def test_wrong_type_names_key(tmp_path):
     with pytest.raises(CompressError, match=r"task\.max_length: expected an integer"):
         load_recipe(p)
     p = write(tmp_path, "task: {name: sst2}\nteacher: {precision: fp8}\n")
-    with pytest.raises(CompressError, match=r"teacher\.precision: expected one of \['fp32', 'bf16'\]"):
+    with pytest.raises(CompressError, match=r"teacher\.precision: expected one of \['fp32', 'bf16', 'auto'\]"):
         load_recipe(p)
 
 
@@ -59,3 +59,12 @@ def test_defaults_and_overrides(tmp_path):
     assert r.name == "r" and r.seed == 7 and r.teacher.epochs == 1.0 and r.teacher.model == "minilm-l6"
     assert r.task.max_length == 128 and r.teacher.precision == "fp32"
     assert r.run_dir == Path("runs") / "r"
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import compress.train as train
+
+    monkeypatch.setattr(train, "native_bf16", lambda: True)
+    assert train.resolve_precision("auto") == "bf16" and train.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(train, "native_bf16", lambda: False)
+    assert train.resolve_precision("auto") == "fp32" and train.resolve_precision("bf16") == "bf16"

@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=1,
                     help="passes over the rows (cached teacher logits are reused from the second pass on)")
     ap.add_argument("--layers", type=int, default=3, help="student layers (layer-drop of the teacher)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                     help="our loop's train.precision (bf16: autocast; the naive loop always runs fp32)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)

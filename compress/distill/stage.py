@@ -201,7 +201,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         info = {"student": student.info, "matches": res.matches, "same_tokenizer": res.same_tokenizer,
                 "alignment": res.align.as_dict(), "timing": res.timing,
                 "train": {k: {"steps": f.steps, "best_step": f.best_step, "history": f.history,
-                              "tokens_per_s": round(f.tokens_per_s, 1), "resumed_from": f.resumed_from}
+                              "tokens_per_s": round(f.tokens_per_s, 1), "resumed_from": f.resumed_from,
+                              "precision": f.precision}
                           for k, f in res.fits.items()}}
         write_json(out / spec.name / "metrics.json", {"metrics": metrics, **info})
         summary[spec.name] = {"metrics": metrics, **info}
