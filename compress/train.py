@@ -87,9 +87,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` (and ``extra_modules``, e.g. projections) on ``train_ds``; the best held-out state is loaded
     back into ``model`` at the end. ``evaluate(model) -> {metric: value}``: the first metric selects."""
-    accelerator = accelerator or Accelerator(
-        mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
-        gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = accelerator or _accelerator(resolve_precision(cfg.precision), cfg.grad_accum)
     set_seed(seed)
     extra = dict(extra_modules or {})
     modules = {"model": model, **extra}
@@ -236,6 +234,19 @@ def fit(
         accelerator.unwrap_model(m).eval()
     log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
     return result
+
+
+def _accelerator(precision: str, grad_accum: int) -> Accelerator:
+    """An Accelerator for one fit. Accelerate keeps one global state per process and refuses a second Accelerator
+    with another mixed precision; stages of one pipeline run may differ (a bf16 teacher, an fp32 recovery), so that
+    state is rebuilt when the precision changes (the process group, PartialState, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    mixed = "bf16" if precision == "bf16" else "no"
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision")) != mixed:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum)
 
 
 def native_bf16() -> bool:

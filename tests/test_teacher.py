@@ -50,6 +50,17 @@ def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
         fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0, objective=objective)
 
 
+def test_fits_with_different_precisions_in_one_process(tiny_bert_dir):
+    """A bf16 stage then an fp32 one (a bf16 teacher, an fp32 recovery) in one process: Accelerate's global state
+    must follow, and each fit records what ran."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    train = tokenize(data.train, tok, 32)
+    runs = [fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=32, precision=p), seed=0)
+            for p in ("bf16", "fp32", "bf16")]
+    assert [r.precision for r in runs] == ["bf16", "fp32", "bf16"] and all(r.steps == 2 for r in runs)
+
+
 def _recipe(tmp_path, model_dir, epochs=1):
     path = tmp_path / "tiny.yaml"
     path.write_text(f"""
