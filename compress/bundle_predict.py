@@ -29,7 +29,7 @@ if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).re
 
 FORMAT = "compress-bundle/1"
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-"""onnxruntime's fused SkipLayerNormalization CPU kernel is ~4-8x slower than the Add + LayerNormalization it
+"""onnxruntime's fused SkipLayerNormalization CPU kernel is ~3-7x slower than the Add + LayerNormalization it
 replaces (onnxruntime 1.32): the model was built and timed without it, and runs without it here too."""
 MANIFEST = "manifest.json"
 

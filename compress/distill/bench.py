@@ -96,8 +96,10 @@ def main(argv=None) -> dict:
     padded = len(data.train) * args.max_length * args.epochs  # what the naive loop feeds the models
     print(f"real tokens {tokens:,}; the naive loop processes {padded:,} ({padded / tokens:.1f}x: padding to "
           f"max_length), and reruns the teacher every epoch", flush=True)
-    results = {"rows": len(data.train), "real_tokens": tokens, "naive_processed_tokens": padded, "batch_size": args.batch_size, "repeats": args.repeats, "epochs": args.epochs,
-               "max_length": args.max_length, "precision_ours": args.precision, "threads": torch.get_num_threads(), "modes": {}}
+    results = {"rows": len(data.train), "real_tokens": tokens, "naive_processed_tokens": padded,
+               "batch_size": args.batch_size, "repeats": args.repeats, "epochs": args.epochs,
+               "max_length": args.max_length, "precision_ours": args.precision, "threads": torch.get_num_threads(),
+               "modes": {}}
     for mode in MODES:
         spec = _spec(mode, args.layers, args.batch_size, args.epochs, args.precision)
         t_naive, t_ours = float("inf"), float("inf")

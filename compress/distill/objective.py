@@ -42,8 +42,8 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
     if cfg.layer_map is not None:
         pairs = ([(round(i * t_n / s_n), i) for i in range(1, s_n + 1)] if cfg.layer_map == "uniform"
                  else [(t_n, s_n)])
+        w = cfg.layer_map_weight
         for feature in cfg.layer_map_features:
-            w = cfg.layer_map_weight
             if feature == "embedding":
                 specs.append((f"{where}.layer_map", MatchConfig(0, 0, "embedding", weight=w)))
                 continue

@@ -1,0 +1,140 @@
+"""Small measurements behind design choices in compress/ (each prints its numbers; one thread unless said).
+
+    python scripts/bench_kernels.py skiplayernorm        # ORT SkipLayerNormalization vs Add + LayerNormalization
+    python scripts/bench_kernels.py adamw                # one AdamW step, 17M-parameter student: loop/foreach/fused
+    python scripts/bench_kernels.py graphs QUANTIZE_DIR  # int8 of the fused vs the plain graph, dev rows, batch 1
+    python scripts/bench_kernels.py hidden-rms           # hidden-state RMS per layer, MPNet-base vs MiniLM-L6 (zoo)
+
+Why: compress.export leaves out SkipLayerNormalization (slow CPU kernel); compress.train uses fused AdamW;
+quantize.optimize defaults to the fused graph; docs/distill.md rules out loss scale as the cause of cross-family
+intermediate matches hurting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _per_call_us(fn, n: int, warmup: int = 50) -> float:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def skiplayernorm() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    hidden = 384
+    for batch, seq in ((1, 25), (1, 128), (8, 128)):
+        x = np.random.rand(batch, seq, hidden).astype(np.float32)
+        y = np.random.rand(batch, seq, hidden).astype(np.float32)
+        inits = [onnx.numpy_helper.from_array(np.random.rand(hidden).astype(np.float32), n) for n in ("g", "b")]
+        graphs = {
+            "SkipLayerNormalization": [h.make_node("SkipLayerNormalization", ["x", "y", "g", "b"], ["o"],
+                                                   domain="com.microsoft", epsilon=1e-12)],
+            "Add + LayerNormalization": [h.make_node("Add", ["x", "y"], ["s"]),
+                                         h.make_node("LayerNormalization", ["s", "g", "b"], ["o"], axis=-1,
+                                                     epsilon=1e-12)]}
+        row = []
+        for name, nodes in graphs.items():
+            ins = [h.make_tensor_value_info(n, T.FLOAT, [batch, seq, hidden]) for n in ("x", "y")]
+            model = h.make_model(h.make_graph(nodes, "g", ins, [h.make_tensor_value_info("o", T.FLOAT, None)], inits),
+                                 opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # no re-fusion
+            sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            row.append(f"{name} {_per_call_us(lambda: sess.run(None, {'x': x, 'y': y}), 1000):8.1f} us")
+        print(f"{batch} x {seq} x {hidden}: " + "  |  ".join(row) + "  (per session.run)")
+
+
+def adamw() -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
+                                                     intermediate_size=1536))
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    print(f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, {torch.get_num_threads()} threads")
+    for name, kw in (("default (per-tensor loop)", {}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(params, lr=1e-4, **kw)
+        print(f"  {name:26s} {_per_call_us(opt.step, 20, warmup=3) / 1000:6.1f} ms per step")
+
+
+def graphs(qdir: Path) -> None:
+    """Plain exported graph vs the fused graph, each int8 dynamic, timed round-robin on SST-2 dev rows, batch 1."""
+    from transformers import AutoTokenizer
+
+    from compress.bench import dev_feeds
+    from compress.config import QuantizeConfig, TaskConfig
+    from compress.data import load_task, tokenize
+    from compress.export import optimize_onnx, session
+    from compress.quantize import quantize_dynamic
+
+    import tempfile
+
+    dev = tokenize(load_task(TaskConfig(name="sst2"), seed=0).dev, AutoTokenizer.from_pretrained(qdir / "tokenizer"),
+                   128)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        optimize_onnx(qdir / "model.onnx", tmp / "fused.onnx")
+        files = {"int8 of the plain graph": quantize_dynamic(qdir / "model.onnx", tmp / "plain_int8.onnx",
+                                                             QuantizeConfig()),
+                 "int8 of the fused graph": quantize_dynamic(tmp / "fused.onnx", tmp / "fused_int8.onnx",
+                                                             QuantizeConfig())}
+        for threads in (1, 2):
+            sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
+            feeds = dev_feeds(dev.select(range(200)), [i.name for i in next(iter(sessions.values())).get_inputs()])
+            times = {k: [] for k in sessions}
+            for f in feeds:
+                for k, s in sessions.items():
+                    t0 = time.perf_counter()
+                    s.run(None, f)
+                    times[k].append(time.perf_counter() - t0)
+            print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.2f} ms"
+                                                          for k, v in times.items()))
+
+
+def hidden_rms() -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from teachers.zoo import resolve
+
+    sentences = ["a gripping , funny film that never lets up .", "the plot is thin and the acting worse .",
+                 "it 's a charming and often affecting journey ."]
+    for name in ("mpnet-base", "minilm-l6"):
+        path = resolve(name)
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        batch = tok(sentences, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            states = model(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].bool()
+        print(f"{name}: RMS per layer (0 = embeddings) "
+              + " ".join(f"{float(s[mask].pow(2).mean().sqrt()):.2f}" for s in states))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms"])
+    ap.add_argument("quantize_dir", nargs="?", default="runs/quickstart/quantize",
+                    help="graphs: a quantize stage folder (model.onnx + tokenizer/)")
+    args = ap.parse_args()
+    {"skiplayernorm": skiplayernorm, "adamw": adamw, "hidden-rms": hidden_rms,
+     "graphs": lambda: graphs(Path(args.quantize_dir))}[args.what]()
+
+
+if __name__ == "__main__":
+    main()
