@@ -4,9 +4,12 @@ Artifacts: the quantize stage's ONNX fp32 (plain and fused) and int8 models. Pee
 fp32, torch dynamic int8 (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``), and Optimum's
 ``ORTQuantizer`` with its default preset for this CPU (``AutoQuantizationConfig.avx512_vnni(is_static=False)``).
 
-Protocol (recorded in the JSON beside the numbers). All artifacts are loaded in one process and timed round-robin,
-run by run in a rotating order, so load from other jobs on a shared CPU hits every artifact alike and the ratios stay
-fair. For each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one inter-op thread):
+Protocol (recorded in the JSON beside the numbers). All artifacts are loaded in one fresh process and timed in turn:
+by default (``order: series``) each runs its series back to back (warm caches, as a serving model and ORT's own
+benchmarks run), the artifacts taking turns in a rotating order ``rounds`` times so load from other jobs on a shared
+CPU spreads over all of them; ``order: interleaved`` alternates artifacts run by run (each run then starts with another
+model's weights in cache). For each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one
+inter-op thread):
   - ``dev``: real dev sentences one at a time (batch 1, unpadded, the first ``dev_rows`` rows), one timed run each;
   - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed rounds
     until ``repeats`` rounds or ``max_seconds`` of timed runs of the slowest artifact (at least ``min_runs``).
@@ -125,10 +128,23 @@ def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
             for r in rows]
 
 
-def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, int]) -> dict:
-    """Latencies of every artifact, all loaded in this process and timed round-robin: each timed run of one
-    artifact is followed by one of each other (the order rotating), so load from other jobs on a shared CPU hits
-    every artifact alike and the ratios stay fair. Returns name -> list of result rows."""
+def _rotated(names: list[str], i: int) -> list[str]:
+    return names[i % len(names):] + names[: i % len(names)]
+
+
+def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, int]) -> dict:
+    """Latencies of every artifact, all loaded in this process. ``cfg.order``:
+
+    - ``series`` (default): each artifact runs its whole series back to back (warm-up, then every dev sentence, or
+      the timed runs of a fixed shape), as a user's model serving requests does and as ORT's and Optimum's
+      benchmarks time; artifacts take turns in a rotating order, ``cfg.rounds`` times, so load from other jobs on
+      a shared CPU spreads over all of them.
+    - ``interleaved``: each timed run of one artifact is followed by one run of every other (the order rotating).
+      Evens out a noisy shared CPU best, but every run then starts with caches holding another model's weights: a
+      fixed cold-cache cost per run that shrinks the gap between small, fast models (0.6 -> 1.0 ms for the
+      quickstart's int8 student here, torch dynamic int8 2.5 -> 3.1 ms).
+
+    Returns name -> list of result rows."""
     from tqdm.auto import tqdm
 
     models = {k: load_torch(k, a["model_dir"]) for k, a in ((a["kind"], a) for a in artifacts.values())
@@ -137,20 +153,32 @@ def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops
     results: dict[str, list] = {n: [] for n in names}
     rows = dev.select(range(min(cfg.dev_rows, len(dev)))) if cfg.dev_rows else dev
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
-    progress = tqdm(total=len(cfg.threads) * (1 + len(shapes)), desc="bench (interleaved)", leave=False)
+    series = cfg.order == "series"
+    rounds = cfg.rounds if series else 1
+    progress = tqdm(total=len(cfg.threads) * (1 + len(shapes)), desc=f"bench ({cfg.order})", leave=False)
     for threads in cfg.threads:
         runners = {n: make_runner(artifacts[n], threads, models, cfg.spin) for n in names}
-        # real dev sentences, batch 1, one timed run per sentence and artifact
+        # real dev sentences, batch 1, one timed run per sentence, artifact and round
         feeds = {n: dev_feeds(rows, r.names) for n, r in runners.items()}
-        for n, r in runners.items():
-            for f in feeds[n][: cfg.warmup]:
-                r(f)
-        times = {n: [] for n in names}
-        for i in range(len(rows)):
-            for n in names[i % len(names):] + names[: i % len(names)]:
-                t0 = time.perf_counter()
-                runners[n](feeds[n][i])
-                times[n].append(time.perf_counter() - t0)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        if series:
+            for k in range(rounds):
+                for n in _rotated(names, k):
+                    for f in feeds[n][: cfg.warmup]:
+                        runners[n](f)
+                    for f in feeds[n]:
+                        t0 = time.perf_counter()
+                        runners[n](f)
+                        times[n].append(time.perf_counter() - t0)
+        else:
+            for n, r in runners.items():
+                for f in feeds[n][: cfg.warmup]:
+                    r(f)
+            for i in range(len(rows)):
+                for n in _rotated(names, i):
+                    t0 = time.perf_counter()
+                    runners[n](feeds[n][i])
+                    times[n].append(time.perf_counter() - t0)
         tokens = float(np.mean([len(r["input_ids"]) for r in rows]))
         for n in names:
             p = percentiles(times[n])
@@ -159,17 +187,24 @@ def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops
         progress.update()
         for batch, seq in shapes:
             feeds = {n: fixed_inputs(r.names, batch, seq) for n, r in runners.items()}
-            for n, r in runners.items():
-                for _ in range(cfg.warmup):
-                    r(feeds[n])
             times = {n: [] for n in names}
-            for i in range(cfg.repeats):
-                for n in names[i % len(names):] + names[: i % len(names)]:
-                    t0 = time.perf_counter()
-                    runners[n](feeds[n])
-                    times[n].append(time.perf_counter() - t0)
-                if i + 1 >= cfg.min_runs and max(sum(t) for t in times.values()) >= cfg.max_seconds:
-                    break
+            if series:
+                per_round = -(-cfg.repeats // rounds), -(-cfg.min_runs // rounds), cfg.max_seconds / rounds
+                for k in range(rounds):
+                    for n in _rotated(names, k):
+                        run_once = (lambda r, f: lambda: r(f))(runners[n], feeds[n])
+                        times[n] += time_fixed(run_once, cfg.warmup, per_round[0], per_round[2], per_round[1])
+            else:
+                for n, r in runners.items():
+                    for _ in range(cfg.warmup):
+                        r(feeds[n])
+                for i in range(cfg.repeats):
+                    for n in _rotated(names, i):
+                        t0 = time.perf_counter()
+                        runners[n](feeds[n])
+                        times[n].append(time.perf_counter() - t0)
+                    if i + 1 >= cfg.min_runs and max(sum(t) for t in times.values()) >= cfg.max_seconds:
+                        break
             for n in names:
                 p = percentiles(times[n])
                 row = {"input": f"b{batch}xs{seq}", "threads": threads, "batch": batch, "seq": seq, **p,
@@ -183,16 +218,16 @@ def measure_interleaved(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops
     return results
 
 
-def interleaved_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict) -> dict:
-    """``measure_interleaved`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
+def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict) -> dict:
+    """``measure`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
     follow ``cfg.spin``: PASSIVE unless spinning is asked for."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
         dev.save_to_disk(str(tmp / "dev"))
-        spec = {"mode": "interleaved", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
+        spec = {"mode": "timing", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
                 "flops": flops}
         env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
-        return _worker(spec, tmp, "interleaved", env, f"interleaved timing of {', '.join(artifacts)}", quiet=False)
+        return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
 
 
 def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
@@ -274,7 +309,7 @@ def _worker_main(spec: dict) -> dict:
 
     cfg = BenchConfig(**spec["cfg"])
     before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
-    results = measure_interleaved(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])
+    results = measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])
     after = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}  # the best of before and after
     return {"results": results,
             "machine_peak": {t: {k: max(v, after[t][k]) for k, v in before[t].items()} for t in before}}
@@ -393,12 +428,15 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                 "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
                 "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
-                "order": "all artifacts in one fresh process, timed round-robin (rotating order) run by run",
+                "order": (f"series: all artifacts in one fresh process, each timed back to back (warm), taking turns "
+                          f"in a rotating order, {cfg.rounds} rounds" if cfg.order == "series" else
+                          "interleaved: all artifacts in one fresh process, timed round-robin (rotating order) run "
+                          "by run"),
                 "spin": "idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if cfg.spin else
                         "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)",
                 "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
-                "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
+                "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, batched (32, length-sorted), first thread count",
                 "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
@@ -418,7 +456,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         else:
             art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
     del models
-    timed = interleaved_in_fresh_process(artifacts, dev, cfg, flops)
+    timed = measure_in_fresh_process(artifacts, dev, cfg, flops)
     for name, rows in timed["results"].items():
         artifacts[name]["results"] = rows
     peak = timed["machine_peak"]

@@ -428,6 +428,13 @@ class BenchConfig:
     peers: list[Literal["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"]] = field(
         default_factory=lambda: ["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"])
     """Alternatives measured beside our int8 on the same model."""
+    order: Literal["series", "interleaved"] = "series"
+    """series: each artifact timed back to back (warm caches, how a serving model runs), artifacts taking turns
+    ``rounds`` times; interleaved: artifacts alternate run by run (evens out a noisy shared CPU, but every run starts
+    with another model's weights in cache)."""
+    rounds: int = 3
+    """series: turns each artifact takes (dev rows are timed once per round; fixed shapes split repeats and
+    max_seconds over the rounds)."""
     spin: bool = False
     """Let idle worker threads spin (torch OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning): lowest latency on a dedicated
     CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
@@ -436,6 +443,8 @@ class BenchConfig:
     process (faster start; peak RSS is then the process's high-water mark so far, not per artifact)."""
 
     def validate(self, file: str, where: str) -> None:
+        if self.rounds < 1:
+            raise CompressError(f"{file}: {where}.rounds: must be >= 1, got {self.rounds}")
         for key in ("threads", "batch_sizes", "seq_lengths"):
             bad = [v for v in getattr(self, key) if v < 1]
             if bad:

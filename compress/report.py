@@ -9,7 +9,7 @@ overlaid. Provenance (recipe, seeds, protocol, versions, host) goes under each t
 
 Numbers are read from the run folders' stage manifests and the bench stage's JSON (`collect`). The stage adds one
 measurement (`measure_missing`): models the bench did not time as ONNX — always the teacher's ONNX fp32, the
-speedup reference, unless the teacher was the quantized model — are exported and timed in one interleaved pass with
+speedup reference, unless the teacher was the quantized model — are exported and timed in one pass with
 the bench's artifacts (the bench's own timing loop), so every speedup comes from one set of runs; that pass is kept
 in ``report/latency.json``. ``compress report RUN...`` re-measures nothing. Rendering (`markdown`, `html`,
 `pareto_plot`) works on plain `Row`/`RunTable` objects.
@@ -338,7 +338,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
     for label, record in (measured.get("models") or {}).items():
         attach_bench(record, rows, metric, label)
-    # the report's own interleaved pass re-timed the bench's artifacts beside them: one set of dev latencies
+    # the report's own pass re-timed the bench's artifacts beside them: one set of dev latencies
     attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")))
     for row in rows:
         row.reference = row.name == "teacher · onnx fp32"
@@ -657,16 +657,16 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     unless the teacher was the quantized model), timed fairly against the bench's own artifacts.
 
     Each missing torch model is exported to ONNX fp32 in ``workdir`` and scored on all of dev; then it is timed in
-    ONE interleaved pass with every artifact of the bench record (the bench's `measure_interleaved`: one process,
-    round-robin run by run, real dev sentences at batch 1, each thread count of the recipe's bench section), so the
-    speedups in the table come from one set of runs even on a shared CPU. Models are grouped by tokenizer (a pass
+    ONE pass with every artifact of the bench record (the bench's `measure` under the recipe's bench settings: one
+    process, the artifacts taking turns, real dev sentences at batch 1, each thread count of the recipe's bench
+    section), so the speedups in the table come from one set of runs even on a shared CPU. Models are grouped by tokenizer (a pass
     feeds every artifact the same token ids). Returns ``{"protocol", "models": {label: record}, "bench": record}``;
     ``{}`` when nothing is missing."""
     from dataclasses import asdict, replace
 
     from transformers import AutoTokenizer
 
-    from compress.bench import evaluate_artifact, measure_interleaved
+    from compress.bench import evaluate_artifact, measure
     from compress.config import BenchConfig
     from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx
@@ -706,7 +706,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         if not any(n.startswith("model:") for n in group["artifacts"]):
             continue
         dev = tokenize(data.dev, AutoTokenizer.from_pretrained(group["folder"]), recipe.task.max_length)
-        for name, results in measure_interleaved(group["artifacts"], dev, cfg, {}).items():
+        for name, results in measure(group["artifacts"], dev, cfg, {}).items():
             kind, _, label = name.partition(":")
             if kind == "model":
                 art = group["artifacts"][name]
@@ -716,9 +716,9 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
             else:
                 out["bench"]["artifacts"][label] = {"results": results}
     out["protocol"] = {
-        "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each",
-        "order": "report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "
-                 "in one process, timed round-robin run by run (compress.bench.measure_interleaved)",
+        "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
+        "order": f"report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "
+                 f"in one process, order {cfg.order} (compress.bench.measure)",
         "threads": cfg.threads, "inter_op_threads": 1, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup,
         "settings": asdict(cfg)}
     return out

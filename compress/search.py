@@ -10,8 +10,8 @@ slice of training rows (computed once, cached) plus 0.5 x cross-entropy, the pru
 through `compress.train.fit`. Every model of that depth starts from it, is pruned (or not) and trains
 ``recover_steps`` more with the same objective: pruned and unpruned candidates get the same training budget (the
 teacher itself is a candidate as it is). Each int8 model is scored on all of dev and timed with the bench's loop
-(`compress.bench.measure_interleaved`: batch 1, real dev sentences one at a time, one interleaved pass with the
-teacher's ONNX fp32 model as the in-pass reference).
+(`compress.bench.measure`: batch 1, real dev sentences one at a time, one pass with the teacher's ONNX fp32 model
+as the in-pass reference, the bench's default order).
 
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
@@ -274,11 +274,11 @@ def reference(ctx: Context) -> dict:
 
 
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
-    """p50/p90 of each ONNX artifact, timed in one interleaved pass (the bench's loop, dev sentences, batch 1)."""
-    from compress.bench import measure_interleaved
+    """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop and default order, dev sentences, batch 1)."""
+    from compress.bench import measure
 
     bcfg = BenchConfig(threads=[ctx.cfg.threads], batch_sizes=[], seq_lengths=[], dev_rows=ctx.cfg.dev_rows)
-    results = measure_interleaved(artifacts, ctx.dev, bcfg, {})
+    results = measure(artifacts, ctx.dev, bcfg, {})
     return {n: {k: rows[0][k] for k in ("p50_ms", "p90_ms", "runs")} for n, rows in results.items()}
 
 
@@ -427,7 +427,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     else:
         message = f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow)"
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
-            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure_interleaved",
+            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order)",
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,

@@ -9,7 +9,7 @@ For when the teacher and students were trained elsewhere (a GPU machine: `compre
    with the accuracy guard) on all of SST-2 dev;
 2. exports MPNet-base (the teacher's architecture, from the offline zoo, with a fresh 2-label head: the latency of a
    network does not depend on its weights) to ONNX fp32 with the same fusions as the teacher's reference;
-3. times teacher ONNX fp32, student ONNX fp32 and the int8 models with the bench's interleaved protocol (batch 1,
+3. times teacher ONNX fp32, student ONNX fp32 and the int8 models with the bench's protocol (series order, batch 1,
    real dev sentences one at a time; MPNet and BERT tokenizations of SST-2 align position by position, so the
    sequence lengths are the same);
 4. prints accuracy, retention vs the teacher's dev accuracy (from its manifest) and speedup vs teacher ONNX fp32.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.bench import interleaved_in_fresh_process
+from compress.bench import measure_in_fresh_process
 from compress.config import BenchConfig, CalibrationConfig, QuantizeConfig, TaskConfig
 from compress.data import Collator, load_task, tokenize
 from compress.export import export_onnx, optimize_onnx
@@ -75,10 +75,10 @@ def main() -> None:
     for mode, entry in record["int8"].items():
         artifacts[f"student_int8_{mode}"] = {"kind": "onnx", "path": str(q / entry["file"])}
     cfg = BenchConfig(threads=args.threads, batch_sizes=[], seq_lengths=[], dev_rows=args.dev_rows)
-    timing = interleaved_in_fresh_process(artifacts, dev, cfg, {})["results"]
+    timing = measure_in_fresh_process(artifacts, dev, cfg, {})["results"]
 
     lines = [f"CPU {cpu_model()}; batch 1, {min(args.dev_rows, len(dev))} SST-2 dev sentences one at a time, "
-             f"interleaved; teacher dev accuracy {teacher_acc:.4f} (from {args.teacher_manifest})"]
+             f"order {cfg.order}; teacher dev accuracy {teacher_acc:.4f} (from {args.teacher_manifest})"]
     summary = {"teacher_dev_accuracy": teacher_acc, "artifacts": {}}
     for name in artifacts:
         acc = None

@@ -45,7 +45,7 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     protocol = saved["protocol"]
     assert protocol["cpu"] and protocol["threads"] == [1, 2] and protocol["shapes"] == ["b2xs16"]
     assert protocol["versions"]["onnxruntime"] and protocol["warmup"] == 1 and protocol["dev_rows"] == 6
-    assert "PASSIVE" in protocol["spin"] and "round-robin" in protocol["order"]
+    assert "PASSIVE" in protocol["spin"] and protocol["order"].startswith("series") and protocol["rounds"] == 3
     assert set(saved["artifacts"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "onnx_fp32_opt",
                                        "int8_dynamic", "optimum_avx512_vnni"}
     assert saved["artifacts"]["optimum_avx512_vnni"]["stock"] and "SkipLayerNormFusion" in protocol["ort_session"]
@@ -60,7 +60,8 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
         for r in art["results"]:
             assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"], (name, r)
             assert r["throughput_seq_s"] > 0
-            assert r["runs"] == 6 if r["input"] == "dev" else 3 <= r["runs"] <= 4
+            # series, 3 rounds: each dev row once per round; fixed shapes: ceil(4/3) runs at most per round
+            assert r["runs"] == 18 if r["input"] == "dev" else 3 <= r["runs"] <= 6
             if r["input"] == "b2xs16":
                 assert r["batch"] == 2 and r["seq"] == 16 and r["gop_s"] > 0
     # torch and ONNX fp32 score the same; int8 sizes are smaller than fp32's
@@ -76,6 +77,38 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     text = format_ratios(saved)
     assert "vs optimum_avx512_vnni" in text and "GOP/s" in text
     assert result["metrics"]["dev"] == arts["int8_dynamic"]["metrics"]
+
+
+@pytest.mark.parametrize("order", ["series", "interleaved"])
+def test_measure_orders(monkeypatch, dev, order):
+    """series: each artifact's runs back to back (warm-up first), artifacts taking turns in a rotating order per
+    round; interleaved: one run of each artifact after another. Checked on the sequence of calls."""
+    import compress.bench as B
+
+    calls = []
+
+    class Fake:
+        names = ["input_ids", "attention_mask"]
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, feeds):
+            calls.append((self.name, int(feeds["input_ids"].shape[1])))
+
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake(art["name"]))
+    arts = {n: {"kind": "onnx", "name": n} for n in ("a", "b")}
+    cfg = BenchConfig(threads=[1], batch_sizes=[], seq_lengths=[], dev_rows=3, warmup=1, order=order, rounds=2)
+    results = B.measure(arts, dev, cfg, {})
+    lengths = [len(dev[i]["input_ids"]) for i in range(3)]
+    if order == "series":
+        expected = [(n, s) for n in ("a", "b", "b", "a") for s in [lengths[0]] + lengths]
+        assert [r["runs"] for r in results["a"]] == [6]
+    else:
+        expected = [("a", lengths[0]), ("b", lengths[0]), ("a", lengths[0]), ("b", lengths[0]),
+                    ("b", lengths[1]), ("a", lengths[1]), ("a", lengths[2]), ("b", lengths[2])]
+        assert [r["runs"] for r in results["a"]] == [3]
+    assert calls == expected
 
 
 def test_timing_helpers():
@@ -112,3 +145,7 @@ def test_bench_config_errors():
         from_dict(BenchConfig, {"threads": [0]}, file="r.yaml", where="bench")
     with pytest.raises(CompressError, match=r"bench.peers\[0\]: expected one of"):
         from_dict(BenchConfig, {"peers": ["tensorrt"]}, file="r.yaml", where="bench")
+    with pytest.raises(CompressError, match="bench.rounds: must be >= 1"):
+        from_dict(BenchConfig, {"rounds": 0}, file="r.yaml", where="bench")
+    with pytest.raises(CompressError, match="bench.order: expected one of"):
+        from_dict(BenchConfig, {"order": "random"}, file="r.yaml", where="bench")

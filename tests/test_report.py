@@ -172,7 +172,7 @@ def test_cli_report_overlays_runs(tmp_path, capsys):
 
 def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_bert_dir, glue_dir):
     """Real: the quantized model is a student; the report stage exports the teacher (a tiny random BERT) to ONNX,
-    scores it on dev and times it in one interleaved pass with the bench's real ONNX artifacts on real SST-2 dev
+    scores it on dev and times it in one pass with the bench's real ONNX artifacts on real SST-2 dev
     sentences; the teacher row becomes the speedup reference and every dev latency comes from that pass."""
     import shutil
 
