@@ -7,7 +7,8 @@
      on the unfused graph after ``quant_pre_process`` (the fused contrib ops have no static int8 kernels).
 3. Accuracy guard: the int8 model's task metric on dev against ONNX fp32. Beyond ``max_drop`` points, every
    quantizable node's sensitivity (logit error on held-out training rows when only that node is int8) ranks the
-   nodes, and the most sensitive are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget. A model that
+   nodes, and the first are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget: the embedding
+   lookups first (fp32 there costs file size, no compute), then the matmuls, each group most sensitive first. A model that
    stays beyond budget, or needs every node in fp32, is written but not marked shippable. Exclusions are recorded.
 4. ORT format (``.ort``) of every int8 model, for mobile runtimes.
 
@@ -87,6 +88,13 @@ def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
     weights = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type in op_types
             and (n.op_type not in LOOKUP_OPS or any(i in weights for i in n.input))]
+
+
+def lookup_nodes(path: Path) -> list[str]:
+    """The quantizable lookups of a weight table (`LOOKUP_OPS` reading an initializer: the embeddings)."""
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in LOOKUP_OPS and any(i in weights for i in n.input)]
 
 
 class RowsReader:
@@ -192,9 +200,13 @@ def points(metrics: dict[str, float]) -> float:
 
 def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], fp32_metrics: dict,
           candidates: list[str], sensitivity: Callable[[str], float], max_drop: float,
-          workdir: Path) -> GuardResult:
+          workdir: Path, lookups: tuple[str, ...] = ()) -> GuardResult:
     """Quantize with ``make(dst, exclude=..., only=...)``; while the dev drop exceeds ``max_drop`` keep the
-    1, 2, 4, ... most sensitive ``candidates`` in fp32. ``score(path)`` -> dev metrics."""
+    1, 2, 4, ... first ``candidates`` in fp32, ``score(path)`` -> dev metrics.
+
+    Order: the ``lookups`` among the candidates (embedding tables: an fp32 lookup costs no compute, only file size)
+    by sensitivity, then every other node (matmuls: fp32 costs time) by sensitivity. Once within budget, each lookup
+    kept in fp32 is tried in int8 again and stays int8 if the model is still within budget (no size for nothing)."""
     base = points(fp32_metrics)
     make(dst)
     metrics = score(dst)
@@ -206,7 +218,7 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
     from tqdm.auto import tqdm
 
     ranks = {n: sensitivity(n) for n in tqdm(candidates, desc="node sensitivity", leave=False)}
-    order = sorted(candidates, key=lambda n: -ranks[n])
+    order = sorted(candidates, key=lambda n: (n not in lookups, -ranks[n]))
     k, excluded = 1, []
     while k <= len(order):
         excluded = order[:k]
@@ -216,12 +228,24 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
         drop = base - points(metrics)
         tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
         if drop <= max_drop:
+            for node in [n for n in excluded if n in lookups and len(excluded) > 1]:
+                fewer = [n for n in excluded if n != node]
+                if not fewer:
+                    continue
+                again = workdir / "guard-fewer.onnx"
+                make(again, exclude=fewer)
+                m2 = score(again)
+                tries.append({"excluded": len(fewer), "requantized": node, "metrics": m2,
+                              "drop": round(base - points(m2), 4)})
+                if base - points(m2) <= max_drop:
+                    os.replace(again, trial)
+                    excluded, metrics, drop = fewer, m2, base - points(m2)
             os.replace(trial, dst)
-            if k == len(order):
+            if len(excluded) == len(order):
                 return GuardResult(dst, metrics, drop, False, excluded, tries, ranks,
                                    "within budget only with every quantizable node in fp32 (no int8 left)")
             return GuardResult(dst, metrics, drop, True, excluded, tries, ranks,
-                               f"within budget with {k} of {len(order)} nodes kept in fp32")
+                               f"within budget with {len(excluded)} of {len(order)} nodes kept in fp32")
         trial.unlink()
         k = len(order) if k < len(order) <= 2 * k else 2 * k
     make(dst, exclude=excluded)
@@ -312,7 +336,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
             dst = out / f"int8_{mode}.onnx"
             res = guard(make, dst, score, record["fp32"]["metrics"], quantizable_nodes(src, ops), sensitivity,
-                        cfg.max_drop, tmp)
+                        cfg.max_drop, tmp, lookups=tuple(lookup_nodes(src)))
             entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
                      "metrics": res.metrics, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
                      "shippable": res.shippable, "guard": res.reason, "excluded_nodes": res.excluded,

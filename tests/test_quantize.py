@@ -16,8 +16,8 @@ from compress.config import QuantizeConfig, Recipe, from_dict
 from compress.data import Collator, load_split, tokenize
 from compress.errors import CompressError
 from compress.export import export_onnx, onnx_predict, session
-from compress.quantize import (DYNAMIC_OPS, guard, quantizable_nodes, quantize_dynamic, quantize_model,
-                               source_model)
+from compress.quantize import (DYNAMIC_OPS, guard, lookup_nodes, quantizable_nodes, quantize_dynamic,
+                               quantize_model, source_model)
 from conftest import tiny_bert_config
 from compress.config import TaskConfig
 
@@ -102,15 +102,41 @@ def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2
 
     candidates = quantizable_nodes(fp32_path, DYNAMIC_OPS)
     assert len(candidates) >= 8  # embeddings, q/k/v/o, ffn in/out per layer, pooler, classifier
-    result = guard(make_kw, tmp_path / "int8.onnx", score, {"closeness": 0.0}, candidates, sensitivity, 0.0, tmp_path)
+    lookups = lookup_nodes(fp32_path)
+    assert lookups and set(lookups) <= set(candidates) and all("embeddings" in n for n in lookups)
+    result = guard(make_kw, tmp_path / "int8.onnx", score, {"closeness": 0.0}, candidates, sensitivity, 0.0, tmp_path,
+                   lookups=tuple(lookups))
     assert result.tries[0]["drop"] > 0, "int8 must lose something on this metric"
     assert result.excluded, "the guard must keep some nodes in fp32"
     assert set(result.sensitivity) == set(candidates)
-    assert result.excluded == sorted(candidates, key=lambda n: -result.sensitivity[n])[:len(result.excluded)]
+    # embedding lookups first (fp32 costs no compute there), then the rest, each group most sensitive first
+    order = sorted(candidates, key=lambda n: (n not in lookups, -result.sensitivity[n]))
+    assert result.excluded == order[:len(result.excluded)]
     assert [t["excluded"] for t in result.tries][:3] == [0, 1, 2]  # 1, 2, 4, ... most sensitive nodes
     # budget 0 can only be met with every node fp32, which leaves nothing int8: not shippable
     assert result.drop <= 0.0 and not result.shippable and "every" in result.reason
     assert len(result.excluded) == len(candidates)
+
+
+@pytest.mark.parametrize("fixes, expected", [({"emb"}, ["emb"]), ({"mm1"}, ["mm1"])])
+def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes, expected):
+    """Embedding lookups go first (fp32 there costs size, not time), then matmuls by sensitivity; a lookup kept in
+    fp32 that the budget does not need is put back to int8. Fake quantizer: a file holding the exclusion set."""
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    def score(path):  # within the 0.5-point budget only when one of ``fixes`` is kept fp32
+        return {"accuracy": 0.90 if fixes & set(json.loads(path.read_text())) else 0.88}
+
+    sens = {"emb": 0.1, "mm1": 0.9, "mm2": 0.5, "mm3": 0.2}
+    result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, list(sens), sens.get, 0.5, tmp_path,
+                   lookups=("emb",))
+    assert result.shippable and result.excluded == expected
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == expected  # the file written is the one reported
+    if expected == ["mm1"]:  # [emb] failed, [emb, mm1] passed, then emb went back to int8
+        assert [(t["excluded"], t.get("requantized")) for t in result.tries] == [(0, None), (1, None), (2, None),
+                                                                                 (1, "emb")]
 
 
 def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
