@@ -336,7 +336,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
             dst = out / f"int8_{mode}.onnx"
             res = guard(make, dst, score, record["fp32"]["metrics"], quantizable_nodes(src, ops), sensitivity,
-                        cfg.max_drop, tmp, lookups=tuple(lookup_nodes(src)))
+                        cfg.max_drop, tmp, lookups=tuple(lookup_nodes(src)) if cfg.guard_prefer == "speed" else ())
             entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
                      "metrics": res.metrics, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
                      "shippable": res.shippable, "guard": res.reason, "excluded_nodes": res.excluded,
@@ -353,7 +353,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
 
 def _settings(cfg: QuantizeConfig, mode: str) -> dict:
-    base = {"mode": mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type}
+    base = {"mode": mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
+            "guard_prefer": cfg.guard_prefer}
     if mode == "dynamic":
         return {**base, "activation_type": "quint8 (dynamic)", "op_types": DYNAMIC_OPS, "fused_graph": cfg.optimize}
     return {**base, "activation_type": cfg.activation_type, "format": cfg.format, "op_types": STATIC_OPS,

@@ -139,6 +139,26 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes,
                                                                                  (1, "emb")]
 
 
+@pytest.mark.parametrize("prefer", ["speed", "size"])
+def test_guard_prefer_decides_whether_lookups_go_first(tmp_path, tiny_model, sst2, monkeypatch, prefer):
+    """The stage hands the guard the embedding lookups (speed) or none (size: sensitivity alone decides)."""
+    import compress.quantize as Q
+
+    dev, train, collator = sst2
+    seen = []
+    real = Q.guard
+    monkeypatch.setattr(Q, "guard", lambda *a, **kw: seen.append(kw["lookups"]) or real(*a, **kw))
+    cfg = from_dict(QuantizeConfig, {"modes": ["dynamic"], "max_drop": 100.0, "guard_prefer": prefer,
+                                     "optimize": False})
+    rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg, tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(16)))
+    assert rec["int8"]["dynamic"]["settings"]["guard_prefer"] == prefer
+    if prefer == "speed":
+        assert seen == [tuple(lookup_nodes(tmp_path / "model.onnx"))] and seen[0]
+    else:
+        assert seen == [()]
+
+
 def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
     dev, _, collator = sst2
     fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
