@@ -235,6 +235,24 @@ def test_logit_only_kd_runs_the_teacher_once_per_row_ahead_of_training(glue_dir,
     assert res.timing["teacher_cache_s"] > 0
 
 
+def test_students_of_one_stage_share_the_cached_teacher_logits(glue_dir, tokenizer):
+    """The teacher runs once over the training rows for all logit-KD students of a stage (a shared cache)."""
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=48)
+    specs = [from_dict(StudentConfig, {"name": n, "layers": k, "train": {"epochs": 1, "batch_size": 8}})
+             for n, k in (("a", 2), ("b", 1))]
+    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs]  # copies: before the hook
+    rows_seen = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    cache: dict = {}
+    results = [distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, logit_cache=cache)
+               for spec, student in zip(specs, students)]
+    assert sum(rows_seen) == 48  # one pass for both students
+    assert cache["train"].shape == (48, 2) and results[1].timing["teacher_cache_reused"] is True
+    assert "teacher_cache_reused" not in results[0].timing
+
+
 def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):
     teacher = _tiny_teacher()
     data = _sst2(glue_dir, n=48, holdout=0.0005)  # 34 held-out rows

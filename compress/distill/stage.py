@@ -87,8 +87,11 @@ def _steps(spec: StudentConfig, has_matches: bool) -> list[tuple[str, bool, bool
 
 def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec: StudentConfig, data: TaskData, *,
             max_length: int, seed: int, group_by_length: bool = True, checkpoint_dir: Optional[Path] = None,
-            where: str = "students[0]") -> DistillResult:
-    """Train ``student.model`` from ``teacher`` as ``spec`` says; the best held-out state is kept."""
+            where: str = "students[0]", logit_cache: Optional[dict] = None) -> DistillResult:
+    """Train ``student.model`` from ``teacher`` as ``spec`` says; the best held-out state is kept.
+
+    ``logit_cache``: a dict shared by the students of one stage (same teacher, training rows and max_length): the
+    teacher's logits on the training rows are computed by the first student that needs them and reused by the rest."""
     dcfg = spec.distill
     s_tok = student.tokenizer
     same = same_tokenizer(teacher_tokenizer, s_tok)
@@ -121,7 +124,14 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
                 and "teacher_logits" not in train.column_names):
             t0 = time.perf_counter()
-            logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix)
+            if logit_cache is not None and "train" in logit_cache:
+                logits = logit_cache["train"]
+                timing["teacher_cache_reused"] = True
+            else:
+                with torch.inference_mode():
+                    logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix)
+                if logit_cache is not None:
+                    logit_cache["train"] = logits
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
@@ -148,7 +158,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
                     align.misaligned_rows, align.rows)
     return DistillResult(student.model, s_tok, fits, align, [m.key for m in matches], same,
-                         {k: round(v, 2) for k, v in timing.items()})
+                         {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()})
 
 
 def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_length: int) -> dict:
@@ -176,6 +186,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     teacher_dev = _teacher_dev(teacher_dir, teacher, t_tok, data, ml)
     main_metric = data.spec.metrics[0]
     summary, params = {}, {}
+    logit_cache: dict = {}  # the teacher's logits on the training rows, computed once for all students
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         try:
@@ -186,7 +197,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         try:
             res = distill(teacher, t_tok, student, spec, data, max_length=ml, seed=seed,
                           group_by_length=recipe.task.group_by_length,
-                          checkpoint_dir=recipe.run_dir / ".checkpoints" / "distill" / spec.name, where=where)
+                          checkpoint_dir=recipe.run_dir / ".checkpoints" / "distill" / spec.name, where=where,
+                          logit_cache=logit_cache)
         except CompressError as e:
             raise CompressError(f"{recipe.path}: {e}") from None
         collator = Collator({"": res.tokenizer}, data.spec.is_regression)
