@@ -159,6 +159,49 @@ def test_guard_prefer_decides_whether_lookups_go_first(tmp_path, tiny_model, sst
         assert seen == [()]
 
 
+def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model, sst2):
+    """The guard kept the embedding lookups fp32: the tables become int8 rows + a scale per row (a quarter of the
+    bytes), ORT folds them back to fp32 at load (no Cast/Mul left in the graph it runs), logits barely move, and the
+    record says which tables; over budget, the file is left as it was."""
+    from compress.quantize import GuardResult, _compact_lookups, row_int8_tables
+
+    dev, _, collator = sst2
+    fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    lookups = lookup_nodes(fp32_path)
+    dst = quantize_dynamic(fp32_path, tmp_path / "int8.onnx", QuantizeConfig(), exclude=lookups)
+    before = onnx_predict(session(dst), dev, collator)
+    size = dst.stat().st_size
+
+    tables = row_int8_tables(dst, tmp_path / "rows.onnx", lookups)
+    assert "bert.embeddings.word_embeddings.weight" in " ".join(tables) and len(tables) == 3  # word, position, type
+    assert row_int8_tables(dst, tmp_path / "none.onnx", []) == [] and not (tmp_path / "none.onnx").exists()
+    rows = tmp_path / "rows.onnx"
+    word = 30522 * 32 * 4  # the fp32 word table of the tiny model (hidden 32)
+    assert size - rows.stat().st_size > 0.7 * word
+    after = onnx_predict(session(rows, save_optimized=tmp_path / "ran.onnx"), dev, collator)
+    # int8 rows move the logits a little (this random model amplifies: int8 activations downstream)
+    assert np.abs(after - before).max() < 0.25 and (after.argmax(-1) == before.argmax(-1)).mean() >= 0.9
+    import onnx
+
+    ran = [n.name for n in onnx.load(str(tmp_path / "ran.onnx")).graph.node]
+    assert any(n.endswith("_Cast") for n in [n.name for n in onnx.load(str(rows)).graph.node])
+    assert not any(n.endswith(("_Cast", "_Mul")) and "embeddings" in n for n in ran)  # folded once, at load
+
+    def result():
+        return GuardResult(dst, {"accuracy": 0.5}, 0.0, True, list(lookups), [], {}, "within budget")
+
+    res = result()
+    fields = _compact_lookups(dst, tmp_path / "trial.onnx", res, lookups, lambda p: {"accuracy": 0.5},
+                              {"accuracy": 0.5}, 0.3)
+    assert fields == {"row_int8_tables": tables} and dst.stat().st_size < size and res.tries[-1]["row_int8_tables"]
+    dst2 = quantize_dynamic(fp32_path, tmp_path / "int8b.onnx", QuantizeConfig(), exclude=lookups)
+    res = result()
+    res.path = dst2
+    fields = _compact_lookups(dst2, tmp_path / "trial2.onnx", res, lookups, lambda p: {"accuracy": 0.49},
+                              {"accuracy": 0.5}, 0.3)  # 1 point lost > 0.3: keep the fp32 tables
+    assert fields["row_int8_tables"] == [] and dst2.stat().st_size == size and res.metrics == {"accuracy": 0.5}
+
+
 def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
     dev, _, collator = sst2
     fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
