@@ -388,9 +388,9 @@ class QuantizeConfig:
     """Accuracy guard: largest allowed drop of the task's first metric (points, i.e. x100) of int8 vs fp32 on dev;
     beyond it the most sensitive nodes are kept fp32 until within budget."""
     guard_prefer: Literal["speed", "size"] = "speed"
-    """What the guard spends first. speed: keep the embedding lookups fp32 before any matmul (no compute, but the
-    word-embedding table stays fp32: the quickstart student's int8 file grew from 15 to 48 MB); size: every node
-    ranked by sensitivity alone (an fp32 matmul costs time, an fp32 embedding table file size)."""
+    """What the guard spends first. speed: keep the embedding lookups fp32 before any matmul (no compute; the tables
+    are then stored as int8 rows with a per-row scale when that stays within budget, else the file keeps fp32
+    tables); size: every node ranked by sensitivity alone (an fp32 matmul costs time)."""
     sensitivity_rows: int = 128
     """Held-out training rows on which each node's quantization error is measured (label-free; dev is not used)."""
     parity_atol: float = 1.0e-3
