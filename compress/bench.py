@@ -22,6 +22,7 @@ each artifact alone in a fresh process (``isolate``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -141,8 +142,8 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
       a shared CPU spreads over all of them.
     - ``interleaved``: each timed run of one artifact is followed by one run of every other (the order rotating).
       Evens out a noisy shared CPU best, but every run then starts with caches holding another model's weights: a
-      fixed cold-cache cost per run that shrinks the gap between small, fast models (0.6 -> 1.0 ms for the
-      quickstart's int8 student here, torch dynamic int8 2.5 -> 3.1 ms).
+      fixed cold-cache cost per run that shrinks the gap between small, fast models (one quickstart run's int8
+      student, 1 thread: 0.61 ms series, 0.92 ms interleaved; torch dynamic int8 2.29 -> 2.83 ms).
 
     Returns name -> list of result rows."""
     from tqdm.auto import tqdm
@@ -188,12 +189,12 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
         for batch, seq in shapes:
             feeds = {n: fixed_inputs(r.names, batch, seq) for n, r in runners.items()}
             times = {n: [] for n in names}
-            if series:
-                per_round = -(-cfg.repeats // rounds), -(-cfg.min_runs // rounds), cfg.max_seconds / rounds
+            if series:  # repeats, min_runs and max_seconds split over the rounds
+                repeats, min_runs = -(-cfg.repeats // rounds), -(-cfg.min_runs // rounds)
                 for k in range(rounds):
                     for n in _rotated(names, k):
-                        run_once = (lambda r, f: lambda: r(f))(runners[n], feeds[n])
-                        times[n] += time_fixed(run_once, cfg.warmup, per_round[0], per_round[2], per_round[1])
+                        times[n] += time_fixed(functools.partial(runners[n], feeds[n]), cfg.warmup, repeats,
+                                               cfg.max_seconds / rounds, min_runs)
             else:
                 for n, r in runners.items():
                     for _ in range(cfg.warmup):

@@ -382,8 +382,9 @@ class QuantizeConfig:
     optimize: bool = True
     """Also write the ORT-fused fp32 graph (EmbedLayerNorm, Attention, BiasGelu; not SkipLayerNorm, whose CPU kernel is
     slow: compress.export) and quantize that one (dynamic: Attention -> QAttention). Measured on the quickstart's
-    pruned student, batch 1 dev rows (`python scripts/bench_kernels.py graphs`): int8 of the fused graph 0.64 / 0.73 ms
-    (1 / 2 threads) against 0.71 / 0.88 ms for int8 of the plain graph. Off: quantize the plain exported graph (ORT fuses what it can at load)."""
+    pruned student, batch 1 dev rows, per-channel int8 (`python scripts/bench_kernels.py graphs QUANTIZE_DIR`): int8 of
+    the fused graph 0.66 / 0.69 ms (1 / 2 threads) against 0.72 / 0.82 ms for int8 of the plain graph. Off: quantize
+    the plain exported graph (ORT fuses what it can at load)."""
     max_drop: float = 1.0
     """Accuracy guard: largest allowed drop of the task's first metric (points, i.e. x100) of int8 vs fp32 on dev;
     beyond it the most sensitive nodes are kept fp32 until within budget."""

@@ -94,9 +94,7 @@ def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
 
 def lookup_nodes(path: Path) -> list[str]:
     """The quantizable lookups of a weight table (`LOOKUP_OPS` reading an initializer: the embeddings)."""
-    model = onnx.load(str(path), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in LOOKUP_OPS and any(i in weights for i in n.input)]
+    return quantizable_nodes(path, list(LOOKUP_OPS))
 
 
 def row_int8_tables(src: Path, dst: Path, nodes: list[str]) -> list[str]:
@@ -267,9 +265,9 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
         drop = base - points(metrics)
         tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
         if drop <= max_drop:
-            for node in [n for n in excluded if n in lookups and len(excluded) > 1]:
+            for node in [n for n in excluded if n in lookups]:
                 fewer = [n for n in excluded if n != node]
-                if not fewer:
+                if not fewer:  # no exclusion at all is the first try, already over budget
                     continue
                 again = workdir / "guard-fewer.onnx"
                 make(again, exclude=fewer)
@@ -395,9 +393,10 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                 return float(np.mean((onnx_predict(session(path), sens_rows, collator) - sens_ref) ** 2))
 
             dst = out / f"int8_{mode}.onnx"
+            lookups = lookup_nodes(src)
             res = guard(make, dst, score, record["fp32"]["metrics"], quantizable_nodes(src, ops), sensitivity,
-                        cfg.max_drop, tmp, lookups=tuple(lookup_nodes(src)) if cfg.guard_prefer == "speed" else ())
-            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookup_nodes(src), score, record["fp32"]["metrics"],
+                        cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else ())
+            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, record["fp32"]["metrics"],
                                        cfg.max_drop)
             entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
                      "metrics": res.metrics, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
