@@ -150,6 +150,38 @@ class MatchConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """TinyBERT-style data augmentation for distillation: a transfer set of training sentences whose words are
+    swapped for their nearest neighbours in an input-embedding table, labelled by the teacher's logits only.
+
+    Offline, without a masked-LM head or GloVe: a word that is one whole-word token of the vocabulary is replaced,
+    with probability ``replace_prob``, by one of its ``neighbours`` nearest whole-word tokens (cosine similarity of the
+    input embeddings of ``embeddings``'s model); other words stay. The copies' gold labels are never used (a swap may
+    flip the sentiment): only the KD term sees them. TinyBERT's setting: 20 copies, p 0.4, 15 neighbours."""
+
+    copies: int = 4
+    """Augmented sentences per training sentence (a copy identical to its original is dropped)."""
+    replace_prob: float = 0.4
+    """Probability that each eligible word is replaced."""
+    neighbours: int = 15
+    """Candidates per word: its K nearest whole-word tokens."""
+    embeddings: Literal["teacher", "student"] = "teacher"
+    """Whose input-embedding table (and vocabulary) defines the neighbours."""
+    seed: int = 0
+    """Seed of the swaps (not the student's seed: students that differ only by seed share one transfer set and one
+    pass of the teacher over it)."""
+
+    def validate(self, file: str, where: str) -> None:
+        if self.copies < 1:
+            raise CompressError(f"{file}: {where}.copies: must be >= 1, got {self.copies}")
+        if not 0.0 < self.replace_prob <= 1.0:
+            raise CompressError(f"{file}: {where}.replace_prob: a probability in (0, 1] is needed, got "
+                                f"{self.replace_prob}")
+        if self.neighbours < 1:
+            raise CompressError(f"{file}: {where}.neighbours: must be >= 1, got {self.neighbours}")
+
+
+@dataclass
 class DistillConfig:
     """How a student learns from the teacher: logit KD mixed with the gold labels, plus intermediate matches."""
 
@@ -178,6 +210,8 @@ class DistillConfig:
     """two_step: optimizer steps of the intermediate step (default: the same budget as the prediction step)."""
     cache_teacher_logits: bool = True
     """Compute the teacher's logits once, ahead of training (logit-only KD then never reruns the teacher)."""
+    augment: Optional[AugmentConfig] = None
+    """Train on the training rows plus augmented copies labelled by the teacher (`AugmentConfig`); null: off."""
 
     def validate(self, file: str, where: str) -> None:
         if self.temperature <= 0:
@@ -191,6 +225,9 @@ class DistillConfig:
             raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
             raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
+        if self.augment is not None and self.kd_weight == 0:
+            raise CompressError(f"{file}: {where}.augment: needs kd_weight > 0 (augmented rows are labelled by the "
+                                f"teacher's logits only)")
 
 
 @dataclass

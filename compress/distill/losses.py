@@ -28,11 +28,19 @@ def logits_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
     return F.mse_loss(student_logits.float(), teacher_logits.float())
 
 
-def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the gold labels, or MSE for a regression target (float labels)."""
+def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor,
+                    gold: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy with the gold labels, or MSE for a regression target (float labels). ``gold`` (batch,), 1 for
+    rows whose label is real and 0 for rows without one (augmented copies): the mean is over gold rows only, and a
+    batch without any is 0."""
     if labels.is_floating_point():
-        return F.mse_loss(student_logits.float().view(-1), labels.float().view(-1))
-    return F.cross_entropy(student_logits.float(), labels)
+        per_row = F.mse_loss(student_logits.float().view(-1), labels.float().view(-1), reduction="none")
+    else:
+        per_row = F.cross_entropy(student_logits.float(), labels, reduction="none")
+    if gold is None:
+        return per_row.mean()
+    w = gold.to(per_row.dtype)
+    return (per_row * w).sum() / w.sum().clamp_min(1.0)
 
 
 def hidden_mse(student_h: torch.Tensor, teacher_h: torch.Tensor, mask: torch.Tensor,

@@ -153,7 +153,8 @@ class KDObjective:
                 kd = (logits_mse(s_logits, t_logits) if self.regression
                       else kd_loss(s_logits, t_logits, self.cfg.temperature))
                 terms["kd"] = (kd, self.cfg.kd_weight)
-            terms["hard"] = (hard_label_loss(s_logits, batch["labels"]), self.cfg.hard_label_weight)
+            terms["hard"] = (hard_label_loss(s_logits, batch["labels"], batch.get("gold")),
+                             self.cfg.hard_label_weight)
         else:
             terms["keep_graph"] = (out.logits.sum() * 0.0, 1.0)  # every parameter in the graph (DDP)
         if use:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from compress.config import Recipe, StudentConfig
 from compress.data import Collator, TaskData, load_task, tokenize
 from compress.distill.align import id_map, same_tokenizer
+from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
 from compress.evaluate import evaluate, predict
@@ -49,6 +50,8 @@ class KDCollator:
         batch = self.base(rows)
         if "teacher_logits" in rows[0]:
             batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32)
+        if "gold" in rows[0]:  # augmented copies (gold 0) have no label of their own
+            batch["gold"] = torch.tensor([r["gold"] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -61,6 +64,8 @@ class DistillResult:
     matches: list[str]
     same_tokenizer: bool
     timing: dict = field(default_factory=dict)
+    augment: Optional[dict] = None
+    """The transfer set's summary (`augment_rows`) when the student trained on augmented copies."""
 
 
 def _sum_over_processes(align: AlignStats) -> None:
@@ -91,13 +96,33 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     """Train ``student.model`` from ``teacher`` as ``spec`` says; the best held-out state is kept.
 
     ``logit_cache``: a dict shared by the students of one stage (same teacher, training rows and max_length): the
-    teacher's logits on the training rows are computed by the first student that needs them and reused by the rest."""
+    teacher's logits on the training rows (and on each transfer set) are computed by the first student that needs
+    them and reused by the rest.
+
+    ``spec.distill.augment``: the student trains on the training rows plus augmented copies (`augment_rows`) that
+    only the KD term sees; the copies are made once per augment setting and shared through ``logit_cache`` too."""
     dcfg = spec.distill
     s_tok = student.tokenizer
     same = same_tokenizer(teacher_tokenizer, s_tok)
     prefix = "" if same else "t_"
     regression = data.spec.is_regression
-    train = tokenize(data.train, s_tok, max_length)
+    timing = {"teacher_cache_s": 0.0, "train_s": 0.0}
+    rows, cache_key, aug_summary = data.train, "train", None
+    if dcfg.augment is not None:
+        t0 = time.perf_counter()
+        cache_key = f"train+augment:{dataclasses.astuple(dcfg.augment)}"
+        if logit_cache is not None and cache_key + ":rows" in logit_cache:
+            rows, aug_summary = logit_cache[cache_key + ":rows"]
+        else:
+            owner, owner_tok = (teacher, teacher_tokenizer) if dcfg.augment.embeddings == "teacher" else (
+                student.model, s_tok)
+            rows, aug_summary = augment_rows(data.train, owner_tok, owner.get_input_embeddings().weight,
+                                             dcfg.augment)
+            if logit_cache is not None:
+                logit_cache[cache_key + ":rows"] = (rows, aug_summary)
+        timing["augment_s"] = time.perf_counter() - t0
+        log.info("%s: %d training rows + %d augmented copies", spec.name, aug_summary["rows"], aug_summary["copies"])
+    train = tokenize(rows, s_tok, max_length)
     if not same:
         train = tokenize(train, teacher_tokenizer, max_length, prefix=prefix)
     holdout = tokenize(data.holdout, s_tok, max_length) if len(data.holdout) else None
@@ -108,7 +133,6 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     teacher.eval().requires_grad_(False).to(_device())  # where fit will put the student
     align = AlignStats()
     fits: dict[str, FitResult] = {}
-    timing = {"teacher_cache_s": 0.0, "train_s": 0.0}
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     for name, use_logits, use_matches in _steps(spec, bool(matches)):
         cfg = spec.train
@@ -124,14 +148,14 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
                 and "teacher_logits" not in train.column_names):
             t0 = time.perf_counter()
-            if logit_cache is not None and "train" in logit_cache:
-                logits = logit_cache["train"]
+            if logit_cache is not None and cache_key in logit_cache:
+                logits = logit_cache[cache_key]
                 timing["teacher_cache_reused"] = True
             else:
                 with torch.inference_mode():
                     logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix)
                 if logit_cache is not None:
-                    logit_cache["train"] = logits
+                    logit_cache[cache_key] = logits
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
@@ -158,7 +182,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
                     align.misaligned_rows, align.rows)
     return DistillResult(student.model, s_tok, fits, align, [m.key for m in matches], same,
-                         {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()})
+                         {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()}, aug_summary)
 
 
 def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_length: int) -> dict:
@@ -211,6 +235,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             if teacher_dev.get(main_metric) else None
         save(res.model, res.tokenizer, out / spec.name / "model")
         info = {"student": student.info, "matches": res.matches, "same_tokenizer": res.same_tokenizer,
+                **({"augment": res.augment} if res.augment is not None else {}),
                 "alignment": res.align.as_dict(), "timing": res.timing,
                 "train": {k: {"steps": f.steps, "best_step": f.best_step, "history": f.history,
                               "tokens_per_s": round(f.tokens_per_s, 1), "resumed_from": f.resumed_from,

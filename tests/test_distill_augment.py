@@ -1,0 +1,127 @@
+"""Data augmentation for distillation: nearest-neighbour word swaps (hand-built and real MiniLM embeddings), the
+transfer set's rows on real SST-2 / RTE, the masked hard-label loss, and a tiny student distilled on it."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModel, BertForSequenceClassification
+
+from conftest import tiny_bert_config
+from compress.config import AugmentConfig, StudentConfig, TaskConfig, from_dict
+from compress.data import load_task
+from compress.distill.augment import augment_rows, neighbour_table
+from compress.distill.losses import hard_label_loss
+from compress.distill.stage import distill
+from compress.errors import CompressError
+from students import build_student
+
+
+def _embeddings(tokenizer, near: dict[str, list[str]]):
+    """Random embeddings where each listed word sits next to ``near[word]``, closest first."""
+    torch.manual_seed(0)
+    emb = torch.randn(len(tokenizer), 16)
+    vocab = tokenizer.get_vocab()
+    for word, others in near.items():
+        for rank, other in enumerate(others, start=1):
+            emb[vocab[other]] = emb[vocab[word]] + 0.01 * rank * torch.randn(16)
+    return emb
+
+
+def test_neighbours_are_the_nearest_whole_words_of_the_table(tokenizer):
+    emb = _embeddings(tokenizer, {"good": ["great", "fine", "nice"]})
+    table = neighbour_table(["good", "Good", "hilariously", "##s", "[CLS]", "a"], tokenizer, emb, k=3)
+    # "Good" is looked up lower-cased (MiniLM lower-cases); "hilariously" is several pieces, "##s" a piece,
+    # "[CLS]" a special and "a" one letter: none has candidates
+    assert table == {"good": ["great", "fine", "nice"]}
+
+
+def test_real_minilm_neighbours_are_related_words(minilm_dir, tokenizer):
+    emb = AutoModel.from_pretrained(minilm_dir).get_input_embeddings().weight
+    table = neighbour_table(["movie", "funny", "boring"], tokenizer, emb, k=5)
+    assert "film" in table["movie"] and "hilarious" in table["funny"] and "dull" in table["boring"], table
+
+
+def _sst2(glue_dir, n):
+    return load_task(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_train_samples=n,
+                                max_eval_samples=16, holdout=0.0), seed=0)
+
+
+def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer):
+    emb = _embeddings(tokenizer, {})
+    data = _sst2(glue_dir, 40)
+    cfg = AugmentConfig(copies=3, replace_prob=0.5, neighbours=4, seed=1)
+    table = neighbour_table((w for t in data.train["text"] for w in t.split()), tokenizer, emb, 4)
+    out, summary = augment_rows(data.train, tokenizer, emb, cfg, table=table)
+    n = len(data.train)
+    assert summary["rows"] == n and summary["copies"] == len(out) - n and n < len(out) <= 4 * n
+    assert out.select(range(n))["text"] == data.train["text"] and set(out["gold"][:n]) == {1.0}
+    assert set(out["gold"][n:]) == {0.0}
+    assert out["source"][:n] == list(range(n)) and out["source"][n:] == sorted(out["source"][n:])
+    # each copy: its original's words, some of those that have candidates swapped for one of their candidates
+    for copy, label, i in zip(out["text"][n:], out["label"][n:], out["source"][n:]):
+        before, after = data.train["text"][i].split(), copy.split()
+        assert len(after) == len(before) and copy != data.train["text"][i]
+        assert all(a == b or b in table[a] for a, b in zip(before, after)), (before, after)
+        assert label == data.train["label"][i]
+    assert summary["examples"][0]["original"] == data.train["text"][out["source"][n]]
+    again, _ = augment_rows(data.train, tokenizer, emb, cfg, table=table)
+    assert again["text"] == out["text"]  # seeded
+    other, _ = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=3, replace_prob=0.5, neighbours=4,
+                                                                      seed=2), table=table)
+    assert other["text"] != out["text"]
+    # sentence pairs: both texts are augmented, word counts kept
+    rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=8, holdout=0.0))
+    pairs, _ = augment_rows(rte.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0, neighbours=2))
+    m = len(rte.train)
+    assert len(pairs) == 2 * m
+    for k in range(m):
+        for col in ("text", "text_pair"):
+            assert len(pairs[m + k][col].split()) == len(rte.train[k][col].split())
+            assert pairs[m + k][col] != rte.train[k][col]
+
+
+def test_hard_label_loss_counts_gold_rows_only():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]])
+    labels = torch.tensor([0, 0, 1])
+    gold = torch.tensor([1.0, 1.0, 0.0])
+    expected = (math.log(2.0) + -math.log(0.75)) / 2  # row 2 (no gold label) is left out of the mean
+    assert hard_label_loss(logits, labels, gold).item() == pytest.approx(expected, rel=1e-5)
+    assert hard_label_loss(logits, labels, torch.zeros(3)).item() == 0.0  # a batch of copies only
+    reg = hard_label_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert reg.item() == pytest.approx(9.0)
+
+
+def test_tiny_student_distils_on_the_transfer_set_with_one_teacher_pass(glue_dir, tokenizer):
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4)).eval()
+    data = _sst2(glue_dir, 24)
+    aug = {"copies": 2, "replace_prob": 0.5, "neighbours": 3}
+    specs = [from_dict(StudentConfig, {"name": f"s{seed}", "layers": 2,
+                                       "distill": {"augment": aug},
+                                       "train": {"epochs": 1, "batch_size": 8, "seed": seed}})
+             for seed in (0, 1)]
+    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs]
+    rows_seen = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    cache: dict = {}
+    first = distill(teacher, tokenizer, students[0], specs[0], data, max_length=32, seed=0, logit_cache=cache)
+    total = first.augment["rows"] + first.augment["copies"]
+    assert first.augment["rows"] == 24 and 24 < total <= 72
+    assert sum(rows_seen) == total  # the teacher labels originals and copies once, ahead of training
+    assert first.fits["joint"].steps == math.ceil(total / 8)
+    second = distill(teacher, tokenizer, students[1], specs[1], data, max_length=32, seed=1, logit_cache=cache)
+    assert sum(rows_seen) == total and second.timing["teacher_cache_reused"] is True  # same transfer set, reused
+    assert second.augment == first.augment
+
+
+def test_augment_config_is_validated(tmp_path):
+    with pytest.raises(CompressError, match=r"distill\.augment: needs kd_weight > 0"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"kd_weight": 0.0, "augment": {}}})
+    with pytest.raises(CompressError, match=r"augment\.copies: must be >= 1"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"copies": 0}}})
+    with pytest.raises(CompressError, match=r"augment\.replace_prob"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"replace_prob": 1.5}}})
+    with pytest.raises(CompressError, match=r"augment\.synonyms: unknown key"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"synonyms": 3}}})
