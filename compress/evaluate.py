@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from compress.data import Collator, TaskSpec, eval_loader
 from compress.metrics import compute_metrics
@@ -12,14 +15,16 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64, prefix: str = "") -> np.ndarray:
-    """Logits for every row of ``ds``, in row order (batches are length-sorted for speed)."""
+def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64, prefix: str = "",
+            desc: Optional[str] = None) -> np.ndarray:
+    """Logits for every row of ``ds``, in row order (batches are length-sorted for speed); ``desc``: show a progress
+    bar with this label (long passes, such as the teacher over a transfer set)."""
     loader, order = eval_loader(ds, collator, batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     chunks = []
-    for batch in loader:
+    for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         inputs = {k: batch[prefix + k].to(device) for k in MODEL_INPUTS if prefix + k in batch}
         chunks.append(model(**inputs).logits.float().cpu().numpy())
     model.train(was_training)
