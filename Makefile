@@ -9,7 +9,7 @@ SEARCH_MIN ?=
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune bench-prune bench bench-full search validate zoo clean
+.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bundle: $(STAMP)  ## edge bundle (folder + .tar.gz) of the int8 model the recipe
 
 prune: $(STAMP)  ## prune the recipe's student (or teacher) with distillation recovery (runs earlier stages as needed)
 	$(COMPRESS) run $(RECIPE) --stage prune
+
+quantize: $(STAMP)  ## ONNX fp32 (parity-checked) + int8 dynamic/static (accuracy-guarded) of the newest model
+	$(COMPRESS) run $(RECIPE) --stage quantize
 
 bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum int8: latency, accuracy, RSS (~3 min)
 	$(COMPRESS) bench $(RECIPE)

@@ -1,0 +1,24 @@
+"""The Makefile offers one target per stage and each runs the stage it names (dry run: nothing executes)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("stage", ["teacher", "distill", "prune", "quantize", "report"])
+def test_stage_target_runs_that_stage(stage):
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", stage, "RECIPE=pipelines/mrpc.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"run pipelines/mrpc.yaml --stage {stage}" in out, out
+
+
+@pytest.mark.parametrize("target,command", [("bench", "bench pipelines/mrpc.yaml"),
+                                            ("bundle", "bundle pipelines/mrpc.yaml"),
+                                            ("pipeline", "run pipelines/mrpc.yaml")])
+def test_other_stage_targets(target, command):
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "RECIPE=pipelines/mrpc.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert command in out, out
