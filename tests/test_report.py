@@ -209,6 +209,7 @@ def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_
     # the bench's default order, series: 12 dev rows x 3 rounds
     assert [r["threads"] for r in dev] == [1] and dev[0]["runs"] == 36 and 0 < dev[0]["p50_ms"] < 500
     assert 0.0 <= art["metrics"]["accuracy"] <= 1.0 and art["size_bytes"] > 100_000
+    assert art["graph"] == "fused" and art["path"].endswith("teacher_fused.onnx")  # the exact fused fp32 graph
     assert set(measured["bench"]["artifacts"]) == {"onnx_fp32", "int8_dynamic"}  # re-timed in the same pass
     table = collect(run, extra=measured)
     rows = {r.name: r for r in table.rows}
@@ -253,3 +254,28 @@ def test_a_bench_that_times_the_teacher_makes_the_reference(tmp_path):
     from compress.report import measure_missing
 
     assert measure_missing(None, table, tmp_path) == {}  # every model is timed: no recipe, data or export needed
+
+
+def test_a_fusion_that_changes_the_logits_is_not_the_reference(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
+    """The reference stays the plain export when the fused graph's logits differ (a fusion that changed the math)."""
+    import shutil
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    import compress.export as E
+    from compress.config import TaskConfig
+    from compress.data import Collator, load_task, tokenize
+    from compress.modeling import load_trained
+    from compress.report import _fused_if_exact
+    from conftest import tiny_bert_config
+
+    model, tok = load_trained(tiny_bert_dir)
+    torch.manual_seed(1)
+    other = E.export_onnx(BertForSequenceClassification(tiny_bert_config()).eval(), tmp_path / "other.onnx")
+    rows = tokenize(load_task(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_eval_samples=16),
+                              seed=0).dev, tok, 32)
+    plain = E.export_onnx(model, tmp_path / "teacher.onnx")
+    monkeypatch.setattr(E, "optimize_onnx", lambda src, dst, kind: shutil.copy(other, dst) and {"Attention": 2})
+    assert _fused_if_exact(plain, "bert", rows, Collator({"": tok})) == plain
+    assert plain.is_file() and not (tmp_path / "teacher_fused.onnx").exists()
