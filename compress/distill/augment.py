@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from compress.config import AugmentConfig
+from compress.errors import CompressError
 
 TEXT_COLUMNS = ("text", "text_pair")
 
@@ -80,7 +81,7 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
     dropped. Returns the dataset and a summary (counts, a few examples)."""
     columns = [c for c in TEXT_COLUMNS if c in ds.column_names]
     if not columns:
-        raise ValueError(f"augment: no text column ({', '.join(TEXT_COLUMNS)}) in {ds.column_names}")
+        raise CompressError(f"distill.augment: no text column ({', '.join(TEXT_COLUMNS)}) in {ds.column_names}")
     if table is None:
         words = (w for c in columns for text in ds[c] for w in text.split())
         table = neighbour_table(words, tokenizer, embeddings, cfg.neighbours)
