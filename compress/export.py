@@ -188,3 +188,40 @@ def check_parity(torch_logits: np.ndarray, onnx_logits: np.ndarray, *, atol: flo
         raise CompressError(f"{what} parity check failed on {parity.rows} dev rows: max |dlogit| = {diff:.3g} "
                             f"(tolerance {atol:g}), argmax agreement = {agree:.4f} (required {min_agreement:g})")
     return parity
+
+
+def optimize_checked(src: str | Path, dst: str | Path, model_type: str, ref_logits: np.ndarray, rows,
+                     collator: Collator, *, atol: float = 1e-3,
+                     min_agreement: float = 0.999) -> tuple[dict[str, int], Optional[Parity]]:
+    """`optimize_onnx` into ``dst``, then the fused graph's logits on ``rows`` checked against ``ref_logits``
+    (`check_parity`). Nothing fused: ``dst`` is removed and ``({}, None)`` returned. A fusion that changed the
+    logits: ``dst`` is removed and `CompressError` raised. Else ``(fused operator counts, parity)``."""
+    dst = Path(dst)
+    fused = optimize_onnx(src, dst, model_type)
+    if not fused:
+        dst.unlink(missing_ok=True)
+        return {}, None
+    try:
+        parity = check_parity(ref_logits, onnx_predict(session(dst), rows, collator), atol=atol,
+                              min_agreement=min_agreement, what=str(dst))
+    except CompressError:
+        dst.unlink(missing_ok=True)
+        raise
+    return fused, parity
+
+
+def fused_if_exact(plain: Path, model_type: str, rows, collator: Collator) -> Path:
+    """The ORT-fused copy of the exported model ``plain`` (``<stem>_fused.onnx``, the plain file then removed) when
+    fusions matched and its logits equal the plain export's on ``rows`` (`optimize_checked`; a fusion that changed
+    the math fails it), else ``plain``: a speedup reference should be the fastest exact fp32 graph."""
+    fused = plain.with_name(plain.stem + "_fused.onnx")
+    try:
+        done, _ = optimize_checked(plain, fused, model_type, onnx_predict(session(plain, 1), rows, collator), rows,
+                                   collator)
+    except CompressError as e:
+        log.info("%s: keeping the plain export as the fp32 reference (%s)", plain.name, e)
+        return plain
+    if not done:
+        return plain
+    plain.unlink()
+    return fused

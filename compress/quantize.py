@@ -34,7 +34,7 @@ from compress.config import QuantizeConfig, Recipe
 from compress.data import Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
-from compress.export import check_parity, export_onnx, onnx_predict, optimize_onnx, session
+from compress.export import check_parity, export_onnx, onnx_predict, optimize_checked, session
 from compress.manifest import write_json
 from compress.metrics import compute_metrics
 from compress.modeling import count_params, load_trained
@@ -361,17 +361,12 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
     record = {"fp32": {"file": fp32.name, "parity": parity.as_dict(),
                        "metrics": compute_metrics(metric_names, torch_logits, labels)}}
     dynamic_src = fp32
-    if cfg.optimize:
-        fused = optimize_onnx(fp32, out / "model_opt.onnx", model.config.model_type)
-        opt_parity = check_parity(torch_logits, onnx_predict(session(out / "model_opt.onnx"), dev, collator),
-                                  atol=cfg.parity_atol, min_agreement=cfg.parity_min_agreement,
-                                  what=str(out / "model_opt.onnx"))
-        record["fp32_opt"] = {"file": "model_opt.onnx", "fused": fused, "parity": opt_parity.as_dict()}
+    if cfg.optimize:  # nothing fused: no copy (it would help nothing)
+        fused, opt_parity = optimize_checked(fp32, out / "model_opt.onnx", model.config.model_type, torch_logits, dev,
+                                             collator, atol=cfg.parity_atol, min_agreement=cfg.parity_min_agreement)
         if fused:
+            record["fp32_opt"] = {"file": "model_opt.onnx", "fused": fused, "parity": opt_parity.as_dict()}
             dynamic_src = out / "model_opt.onnx"
-        else:  # nothing fused: the copy helps nothing
-            (out / "model_opt.onnx").unlink()
-            del record["fp32_opt"]
 
     def score(path: Path) -> dict:
         return compute_metrics(metric_names, onnx_predict(session(path), dev, collator), labels)

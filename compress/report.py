@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html as html_lib
-import io
 import logging
 import math
 import statistics
@@ -652,32 +651,12 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
-def _fused_if_exact(plain: Path, model_type: str, rows, collator) -> Path:
-    """The ORT transformer-fused copy of an exported model when fusions matched and its logits equal the plain
-    export's on ``rows`` (1e-3; a fusion that changed the math, say dropped MPNet's relative position bias, fails
-    this), else the plain export: the speedup reference is the fastest exact fp32 ONNX of the teacher."""
-    from compress.export import check_parity, onnx_predict, optimize_onnx, session
-
-    fused = plain.with_name(plain.stem + "_fused.onnx")
-    try:
-        if not optimize_onnx(plain, fused, model_type):
-            raise CompressError("nothing fused")
-        check_parity(onnx_predict(session(plain, 1), rows, collator), onnx_predict(session(fused, 1), rows, collator),
-                     what=f"{fused.name} vs {plain.name}")
-    except CompressError as e:
-        log.info("%s: keeping the plain export as the fp32 reference (%s)", plain.name, e)
-        fused.unlink(missing_ok=True)
-        return plain
-    plain.unlink()
-    return fused
-
-
 def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     """Latency of the models the bench stage did not time as ONNX (the teacher's ONNX fp32, the speedup reference,
     unless the teacher was the quantized model), timed fairly against the bench's own artifacts.
 
     Each missing torch model is exported to ONNX fp32 in ``workdir`` (ORT's transformer fusions applied when they
-    keep its logits, `_fused_if_exact`: the same graph optimisation as our own fp32 and int8 models, so speedups are
+    keep its logits, `compress.export.fused_if_exact`: the same graph optimisation as our own fp32 and int8 models, so speedups are
     not flattered by a slower reference) and scored on all of dev; then it is timed in
     ONE pass with every artifact of the bench record (the bench's `measure` under the recipe's bench settings: one
     process, the artifacts taking turns, real dev sentences at batch 1, each thread count of the recipe's bench
@@ -691,7 +670,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     from compress.bench import evaluate_artifact, measure
     from compress.config import BenchConfig
     from compress.data import Collator, load_task, tokenize
-    from compress.export import export_onnx
+    from compress.export import export_onnx, fused_if_exact
     from compress.modeling import count_params, load_trained
     from teachers.zoo import sha256_file
 
@@ -713,16 +692,15 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     for row in todo:
         model, tokenizer = load_trained(row.path)
         slug = row.name.replace(" ", "_")
-        path = _fused_if_exact(export_onnx(model, workdir / f"{slug}.onnx"), model.config.model_type,
-                               tokenize(data.dev.select(range(min(64, len(data.dev)))), tokenizer,
-                                        recipe.task.max_length), Collator({"": tokenizer}))
+        dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
+        collator = Collator({"": tokenizer}, regression=data.spec.is_regression)
+        path = fused_if_exact(export_onnx(model, workdir / f"{slug}.onnx"), model.config.model_type,
+                               dev.select(range(min(64, len(dev)))), collator)
         key = sha256_file(Path(row.path) / "tokenizer.json") if (Path(row.path) / "tokenizer.json").is_file() \
             else slug
         group = groups.setdefault(key, {"folder": Path(row.path), "artifacts": {}})
         art = {"kind": "onnx", "path": str(path), "size_bytes": path.stat().st_size, "params": count_params(model),
                "file": None, "graph": "fused" if path.stem.endswith("_fused") else "plain"}
-        dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
-        collator = Collator({"": tokenizer}, regression=data.spec.is_regression)
         art["metrics"] = evaluate_artifact(art, dev, collator, data.spec.metrics, cfg.threads[0], {})
         group["artifacts"][f"model:{row.name}"] = art
         del model

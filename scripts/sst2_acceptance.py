@@ -8,7 +8,8 @@ For when the teacher and students were trained elsewhere (a GPU machine: `compre
 1. quantizes the student with the quantize stage's own code (ONNX export + parity, fusions, int8 dynamic and static
    with the accuracy guard) on all of SST-2 dev;
 2. exports MPNet-base (the teacher's architecture, from the offline zoo, with a fresh 2-label head: the latency of a
-   network does not depend on its weights) to ONNX fp32 with the same fusions as the teacher's reference;
+   network does not depend on its weights) to ONNX fp32, fused when the fused graph's logits match (as the report's
+   reference, `compress.export.fused_if_exact`);
 3. times teacher ONNX fp32, student ONNX fp32 and the int8 models with the bench's protocol (series order, batch 1,
    real dev sentences one at a time; MPNet and BERT tokenizations of SST-2 align position by position, so the
    sequence lengths are the same);
@@ -26,7 +27,7 @@ import numpy as np
 from compress.bench import measure_in_fresh_process
 from compress.config import BenchConfig, CalibrationConfig, QuantizeConfig, TaskConfig
 from compress.data import Collator, load_task, tokenize
-from compress.export import export_onnx, optimize_onnx
+from compress.export import export_onnx, fused_if_exact
 from compress.manifest import cpu_model, write_json
 from compress.modeling import load_for_task, load_trained
 from compress.quantize import quantize_model
@@ -63,11 +64,9 @@ def main() -> None:
         tok.save_pretrained(out / "quantize" / "tokenizer")
         write_json(done, record)
 
-    teacher, _ = load_for_task(args.teacher_arch, data.spec)
-    teacher.eval()
-    t_fp32 = export_onnx(teacher, out / "teacher_model.onnx")
-    fused = optimize_onnx(t_fp32, out / "teacher_model_opt.onnx", teacher.config.model_type)
-    t_ref = out / "teacher_model_opt.onnx" if fused else t_fp32
+    teacher, t_tok = load_for_task(args.teacher_arch, data.spec)
+    t_ref = fused_if_exact(export_onnx(teacher.eval(), out / "teacher_model.onnx"), teacher.config.model_type,
+                           tokenize(data.dev.select(range(64)), t_tok, args.max_length), Collator({"": t_tok}))
 
     q = out / "quantize"
     artifacts = {"teacher_onnx_fp32": {"kind": "onnx", "path": str(t_ref)},

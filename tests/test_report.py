@@ -267,7 +267,6 @@ def test_a_fusion_that_changes_the_logits_is_not_the_reference(tmp_path, tiny_be
     from compress.config import TaskConfig
     from compress.data import Collator, load_task, tokenize
     from compress.modeling import load_trained
-    from compress.report import _fused_if_exact
     from conftest import tiny_bert_config
 
     model, tok = load_trained(tiny_bert_dir)
@@ -277,5 +276,5 @@ def test_a_fusion_that_changes_the_logits_is_not_the_reference(tmp_path, tiny_be
                               seed=0).dev, tok, 32)
     plain = E.export_onnx(model, tmp_path / "teacher.onnx")
     monkeypatch.setattr(E, "optimize_onnx", lambda src, dst, kind: shutil.copy(other, dst) and {"Attention": 2})
-    assert _fused_if_exact(plain, "bert", rows, Collator({"": tok})) == plain
+    assert E.fused_if_exact(plain, "bert", rows, Collator({"": tok})) == plain
     assert plain.is_file() and not (tmp_path / "teacher_fused.onnx").exists()

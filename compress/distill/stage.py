@@ -152,9 +152,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                 logits = logit_cache[cache_key]
                 timing["teacher_cache_reused"] = True
             else:
-                with torch.inference_mode():
-                    logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
-                                     desc=f"teacher logits ({len(train)} rows)")
+                logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
+                                 desc=f"teacher logits ({len(train)} rows)")
                 if logit_cache is not None:
                     logit_cache[cache_key] = logits
             train = train.add_column("teacher_logits", logits.tolist())
