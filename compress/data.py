@@ -9,6 +9,7 @@ unknown label) is a `CompressError` naming the file and column.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -251,6 +252,16 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
     test = load_split(cfg, "test", spec) if "test" in spec.files else None
     return TaskData(spec, train, holdout, dev, test)
+
+
+def rows_digest(ds: Dataset) -> str:
+    """sha256 of a dataset's rows (every column, in row order): tells whether two stages saw the same rows."""
+    h = hashlib.sha256()
+    table = ds.with_format("arrow")[:]  # the selected rows, in order
+    for name in sorted(ds.column_names):
+        h.update(name.encode())
+        h.update(json.dumps(table.column(name).to_pylist(), ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------- tokenizing

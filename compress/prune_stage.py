@@ -26,6 +26,7 @@ from compress import prune as P
 from compress.config import PruneConfig, Recipe, RecoverConfig
 from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
+from compress.distill.stage import saved_teacher_logits
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict
 from compress.manifest import write_json
@@ -168,14 +169,20 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     except CompressError as e:
         raise CompressError(f"{recipe.path}: {e}") from None
 
-    logits = None
+    logits, logits_from = None, None
     if cfg.recover is not None:
         if cfg.recover.teacher == "teacher" and source != "teacher":
-            t_model, t_tok = load_trained(inputs["teacher"] / "model")
-            logits = teacher_logits(t_model, t_tok, data.train, ml)
-            del t_model
+            saved = saved_teacher_logits(inputs["distill"], data.train, ml) if "distill" in inputs else None
+            if saved is not None:  # the distill stage's pass over the same rows
+                logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
+                log.info("recovery: the teacher's logits on %d training rows reused from the distill stage",
+                         len(saved))
+            else:
+                t_model, t_tok = load_trained(inputs["teacher"] / "model")
+                logits, logits_from = teacher_logits(t_model, t_tok, data.train, ml), "computed"
+                del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
-            logits = logits_of(model, train, collator)
+            logits, logits_from = logits_of(model, train, collator), "computed"
 
     before_rows = P.layer_table(model, ml)
     params_before, macs_before = count_params(model), P.model_macs(model, ml)
@@ -195,7 +202,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     (out / "layers.md").write_text(layer_markdown(rows, totals, ml), encoding="utf-8")
     prov = P.provenance(model)
     write_json(out / "pruning.json", {"source": source, "source_folder": str(folder), "provenance": prov.to_dict(),
-                                      "steps": history})
+                                      "recovery_logits": logits_from, "steps": history})
     metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec)
@@ -203,4 +210,4 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     return {"metrics": metrics, "params": totals["params_after"], "source": source,
             "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],
                         "mac_seq_len": ml, "speedup_macs": round(macs_before / totals["macs_after"], 3),
-                        "layers": rows, "steps": history}}
+                        "layers": rows, "recovery_logits": logits_from, "steps": history}}

@@ -11,9 +11,11 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 from compress import prune as P
 from compress.config import PruneConfig, TaskConfig, from_dict
 from compress.data import Collator, load_task, tokenize
+from compress.distill.stage import saved_teacher_logits
 from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.modeling import load_trained, save
+from compress.prune_stage import teacher_logits
 from conftest import tiny_bert_config
 
 HEADS, FFN = 4, 64
@@ -270,3 +272,14 @@ prune:
     assert manifest["pruning"]["steps"][0]["recovery"]["steps"] == 2
     model, _ = load_trained(tmp_path / "runs" / "tiny" / "prune" / "model")
     assert model.config.num_hidden_layers == 1 and model.config.intermediate_size == 32
+    # the teacher's logits on the training rows come from the distill stage's pass, not a second one
+    assert manifest["pruning"]["recovery_logits"] == "distill stage"
+    recipe = load_recipe(path)
+    data = load_task(recipe.task, seed=recipe.seed)
+    distill_dir = tmp_path / "runs" / "tiny" / "distill"
+    saved = saved_teacher_logits(distill_dir, data.train, 32)
+    teacher, t_tok = load_trained(tmp_path / "runs" / "tiny" / "teacher" / "model")
+    assert saved.shape == (len(data.train), 2)
+    assert np.abs(teacher_logits(teacher, t_tok, data.train, 32).numpy() - saved).max() < 1e-4
+    assert saved_teacher_logits(distill_dir, data.train.select(range(10)), 32) is None  # other rows
+    assert saved_teacher_logits(distill_dir, data.train, 64) is None  # other max_length

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from compress.config import Recipe, StudentConfig
-from compress.data import Collator, TaskData, load_task, tokenize
+from compress.data import Collator, TaskData, load_task, rows_digest, tokenize
 from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
@@ -185,6 +186,30 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                          {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()}, aug_summary)
 
 
+TEACHER_LOGITS = "teacher_logits.npy"
+
+
+def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int) -> None:
+    """The teacher's logits on the training rows (row order), with what they were computed on."""
+    np.save(out / TEACHER_LOGITS, np.asarray(logits, dtype=np.float32))
+    write_json(out / "teacher_logits.json", {"rows": len(rows), "rows_sha256": rows_digest(rows),
+                                            "max_length": max_length, "file": TEACHER_LOGITS})
+
+
+def saved_teacher_logits(folder: Path, rows, max_length: int) -> Optional[np.ndarray]:
+    """The logits `save_teacher_logits` wrote in ``folder``, if they were computed on exactly ``rows`` at
+    ``max_length``; else None."""
+    meta_path, path = folder / "teacher_logits.json", folder / TEACHER_LOGITS
+    if not (meta_path.is_file() and path.is_file()):
+        return None
+    meta = read_json(meta_path)
+    if meta.get("rows") != len(rows) or meta.get("max_length") != max_length \
+            or meta.get("rows_sha256") != rows_digest(rows):
+        return None
+    logits = np.load(path)
+    return logits if logits.shape[0] == len(rows) else None
+
+
 def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_length: int) -> dict:
     path = teacher_dir / "metrics.json"
     if path.is_file():
@@ -248,6 +273,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
               f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
               f"{params[spec.name] / 1e6:.1f}M params")
     write_json(out / "metrics.json", {"teacher": {"dev": teacher_dev}, "students": summary})
+    if "train" in logit_cache:  # the prune stage's recovery reuses them (`saved_teacher_logits`)
+        save_teacher_logits(out, logit_cache["train"], data.train, ml)
     first = recipe.students[0].name
     return {"metrics": {"dev": summary[first]["metrics"]["dev"], "teacher_dev": teacher_dev,
                         "students": {n: s["metrics"] for n, s in summary.items()}},
