@@ -26,7 +26,7 @@ from compress import prune as P
 from compress.config import PruneConfig, Recipe, RecoverConfig
 from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
-from compress.distill.stage import saved_teacher_logits
+from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict
 from compress.manifest import write_json
@@ -172,7 +172,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     logits, logits_from = None, None
     if cfg.recover is not None:
         if cfg.recover.teacher == "teacher" and source != "teacher":
-            saved = saved_teacher_logits(inputs["distill"], data.train, ml) if "distill" in inputs else None
+            saved = None
+            if "distill" in inputs:
+                saved = saved_teacher_logits(inputs["distill"], data.train, ml,
+                                             teacher_digest(inputs["teacher"] / "model"))
             if saved is not None:  # the distill stage's pass over the same rows
                 logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
                 log.info("recovery: the teacher's logits on %d training rows reused from the distill stage",

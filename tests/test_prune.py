@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 from compress import prune as P
 from compress.config import PruneConfig, TaskConfig, from_dict
 from compress.data import Collator, load_task, tokenize
-from compress.distill.stage import saved_teacher_logits
+from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.modeling import load_trained, save
@@ -277,9 +277,18 @@ prune:
     recipe = load_recipe(path)
     data = load_task(recipe.task, seed=recipe.seed)
     distill_dir = tmp_path / "runs" / "tiny" / "distill"
-    saved = saved_teacher_logits(distill_dir, data.train, 32)
-    teacher, t_tok = load_trained(tmp_path / "runs" / "tiny" / "teacher" / "model")
-    assert saved.shape == (len(data.train), 2)
+    teacher_dir = tmp_path / "runs" / "tiny" / "teacher" / "model"
+    digest = teacher_digest(teacher_dir)
+    saved = saved_teacher_logits(distill_dir, data.train, 32, digest)
+    teacher, t_tok = load_trained(teacher_dir)
+    assert saved.shape == (len(data.train), 2) and done["distill"]["teacher_logits"] == "computed"
     assert np.abs(teacher_logits(teacher, t_tok, data.train, 32).numpy() - saved).max() < 1e-4
-    assert saved_teacher_logits(distill_dir, data.train.select(range(10)), 32) is None  # other rows
-    assert saved_teacher_logits(distill_dir, data.train, 64) is None  # other max_length
+    assert saved_teacher_logits(distill_dir, data.train.select(range(10)), 32, digest) is None  # other rows
+    assert saved_teacher_logits(distill_dir, data.train, 64, digest) is None  # other max_length
+    assert saved_teacher_logits(distill_dir, data.train, 32, "0" * 64) is None  # another teacher
+    # a changed student reruns the stage; the unchanged teacher's logits come from the previous run, not a new pass
+    path.write_text(path.read_text().replace("layers: 1, train: {max_steps: 2", "layers: 1, train: {max_steps: 3"))
+    again = run_pipeline(load_recipe(path))["distill"]
+    assert again["fingerprint"] != done["distill"]["fingerprint"] and again["teacher_logits"] == "previous distill run"
+    assert again["timing"]["half"]["teacher_cache_reused"] is True
+    assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest), saved)

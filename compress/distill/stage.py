@@ -32,7 +32,7 @@ from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
 from compress.evaluate import evaluate, predict
-from compress.manifest import read_json, write_json
+from compress.manifest import fingerprint, hash_tree, read_json, write_json
 from compress.modeling import count_params, load_trained, save
 from compress.train import FitResult, fit
 from students import build_student
@@ -189,22 +189,29 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
 TEACHER_LOGITS = "teacher_logits.npy"
 
 
-def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int) -> None:
-    """The teacher's logits on the training rows (row order), with what they were computed on."""
+def teacher_digest(model_dir: Path) -> str:
+    """One sha256 over the teacher's saved files (weights, config, tokenizer): which teacher made some logits."""
+    return fingerprint(hash_tree(Path(model_dir)))
+
+
+def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int, teacher: str) -> None:
+    """The teacher's logits on the training rows (row order), with what they were computed on: the rows' digest,
+    ``max_length`` and the teacher's digest (`teacher_digest`)."""
     np.save(out / TEACHER_LOGITS, np.asarray(logits, dtype=np.float32))
     write_json(out / "teacher_logits.json", {"rows": len(rows), "rows_sha256": rows_digest(rows),
-                                            "max_length": max_length, "file": TEACHER_LOGITS})
+                                            "max_length": max_length, "teacher_sha256": teacher,
+                                            "file": TEACHER_LOGITS})
 
 
-def saved_teacher_logits(folder: Path, rows, max_length: int) -> Optional[np.ndarray]:
-    """The logits `save_teacher_logits` wrote in ``folder``, if they were computed on exactly ``rows`` at
-    ``max_length``; else None."""
+def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> Optional[np.ndarray]:
+    """The logits `save_teacher_logits` wrote in ``folder``, if the teacher with digest ``teacher`` computed them on
+    exactly ``rows`` at ``max_length``; else None."""
     meta_path, path = folder / "teacher_logits.json", folder / TEACHER_LOGITS
     if not (meta_path.is_file() and path.is_file()):
         return None
     meta = read_json(meta_path)
     if meta.get("rows") != len(rows) or meta.get("max_length") != max_length \
-            or meta.get("rows_sha256") != rows_digest(rows):
+            or meta.get("teacher_sha256") != teacher or meta.get("rows_sha256") != rows_digest(rows):
         return None
     logits = np.load(path)
     return logits if logits.shape[0] == len(rows) else None
@@ -236,6 +243,11 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     main_metric = data.spec.metrics[0]
     summary, params = {}, {}
     logit_cache: dict = {}  # the teacher's logits on the training rows, computed once for all students
+    t_digest = teacher_digest(teacher_dir / "model")
+    previous = saved_teacher_logits(recipe.run_dir / "distill", data.train, ml, t_digest)
+    if previous is not None:  # this stage reruns (a student changed), the teacher and its rows did not
+        logit_cache["train"] = previous
+        log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         try:
@@ -274,9 +286,11 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
               f"{params[spec.name] / 1e6:.1f}M params")
     write_json(out / "metrics.json", {"teacher": {"dev": teacher_dev}, "students": summary})
     if "train" in logit_cache:  # the prune stage's recovery reuses them (`saved_teacher_logits`)
-        save_teacher_logits(out, logit_cache["train"], data.train, ml)
+        save_teacher_logits(out, logit_cache["train"], data.train, ml, t_digest)
     first = recipe.students[0].name
     return {"metrics": {"dev": summary[first]["metrics"]["dev"], "teacher_dev": teacher_dev,
                         "students": {n: s["metrics"] for n, s in summary.items()}},
             "params": params, "models": {n: f"{n}/model" for n in names}, "students": summary,
+            "teacher_logits": ("previous distill run" if previous is not None
+                               else "computed" if "train" in logit_cache else None),
             "timing": {n: s["timing"] for n, s in summary.items()}}
