@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="redo STAGE even if unchanged (repeatable; 'all' redoes every stage)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set teacher.epochs=1 (YAML value; repeatable)")
+                   help="override a recipe value, e.g. --set teacher.epochs=1 or --set students.0.train.epochs=4 "
+                        "(list entries by index; YAML value; repeatable)")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir")
     p.set_defaults(fn=cmd_run)
 

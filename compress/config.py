@@ -652,11 +652,24 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
+    """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``."""
+    keys = re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
+    node: Any = data
+    for i, k in enumerate(keys):
+        parent = ".".join(keys[:i]) or "recipe"
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise CompressError(f"--set {dotted}: {parent} is a list of {len(node)} entries: "
+                                    f"use an index from 0 to {len(node) - 1}")
+            k = int(k)
+        elif not isinstance(node, dict) or not k:
+            raise CompressError(f"--set {dotted}: {parent} is not a section (its value is {node!r})")
+        if i == len(keys) - 1:
+            node[k] = value
+        else:
+            if isinstance(node, dict) and node.get(k) is None:
+                node[k] = {}
+            node = node[k]
 
 
 def from_dict(cls: type, data: Any, *, file: str = "<recipe>", where: str = "") -> Any:

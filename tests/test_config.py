@@ -61,6 +61,23 @@ def test_defaults_and_overrides(tmp_path):
     assert r.run_dir == Path("runs") / "r"
 
 
+def test_overrides_reach_list_entries_and_bad_paths_are_one_line_errors(tmp_path):
+    path = write(tmp_path, "task: {name: sst2}\nteacher: {}\nstudents:\n  - {name: a, layers: 2}\n"
+                           "  - {name: b, layers: 1, train: {epochs: 3}}\n")
+    r = load_recipe(path, {"students.0.train.epochs": 5, "students[1].train.lr": 1e-3, "students.1.layers": 3})
+    assert r.students[0].train.epochs == 5 and r.students[0].layers == 2
+    assert r.students[1].train.lr == 1e-3 and r.students[1].train.epochs == 3 and r.students[1].layers == 3
+    with pytest.raises(CompressError, match=r"^--set students.2.layers: students is a list of 2 entries: use an index "
+                                            r"from 0 to 1$"):
+        load_recipe(path, {"students.2.layers": 1})
+    with pytest.raises(CompressError, match=r"students is a list"):
+        load_recipe(path, {"students.name": "x"})
+    with pytest.raises(CompressError, match=r"^--set task.name.x: task.name is not a section \(its value is 'sst2'\)$"):
+        load_recipe(path, {"task.name.x": 1})
+    with pytest.raises(CompressError, match=r"students\[0\]\.train\.epoks: unknown key"):
+        load_recipe(path, {"students.0.train.epoks": 1})
+
+
 def test_precision_auto_follows_the_hardware(monkeypatch):
     import compress.train as train
 
