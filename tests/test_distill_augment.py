@@ -3,6 +3,7 @@ transfer set's rows on real SST-2 / RTE, the masked hard-label loss, and a tiny 
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel, BertForSequenceClassification
@@ -101,7 +102,7 @@ def test_tiny_student_distils_on_the_transfer_set_with_one_teacher_pass(glue_dir
                                        "distill": {"augment": aug},
                                        "train": {"epochs": 1, "batch_size": 8, "seed": seed}})
              for seed in (0, 1)]
-    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs]
+    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs + specs[:1]]  # before the hook
     rows_seen = []
     teacher.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
                                   with_kwargs=True)
@@ -111,9 +112,18 @@ def test_tiny_student_distils_on_the_transfer_set_with_one_teacher_pass(glue_dir
     assert first.augment["rows"] == 24 and 24 < total <= 72
     assert sum(rows_seen) == total  # the teacher labels originals and copies once, ahead of training
     assert first.fits["joint"].steps == math.ceil(total / 8)
+    aug_key = next(k for k in cache if k.startswith("train+augment") and not k.endswith(":rows"))
+    assert np.array_equal(cache["train"], cache[aug_key][:24])  # the originals' logits, for plain students and prune
     second = distill(teacher, tokenizer, students[1], specs[1], data, max_length=32, seed=1, logit_cache=cache)
     assert sum(rows_seen) == total and second.timing["teacher_cache_reused"] is True  # same transfer set, reused
     assert second.augment == first.augment
+    # the teacher's logits on the original rows already known (an earlier student, a previous run): only the copies
+    # go through the teacher, and the result is the same as one pass over everything
+    rows_seen.clear()
+    known = {"train": cache["train"]}
+    third = distill(teacher, tokenizer, students[2], specs[0], data, max_length=32, seed=0, logit_cache=known)
+    assert sum(rows_seen) == total - 24 and third.timing["teacher_cache_reused"] == "original rows"
+    assert np.abs(known[aug_key] - cache[aug_key]).max() < 1e-5 and third.augment == first.augment
 
 
 def test_augment_config_is_validated(tmp_path):

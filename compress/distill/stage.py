@@ -149,14 +149,24 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
                 and "teacher_logits" not in train.column_names):
             t0 = time.perf_counter()
+            known = (logit_cache or {}).get("train") if cache_key != "train" else None
             if logit_cache is not None and cache_key in logit_cache:
                 logits = logit_cache[cache_key]
                 timing["teacher_cache_reused"] = True
+            elif known is not None and len(known) == len(data.train):
+                # augment_rows puts the original rows first: the teacher labels only the copies
+                copies = train.select(range(len(known), len(train)))
+                logits = np.concatenate([known, predict(teacher, copies, collator, batch_size=max(64, cfg.batch_size),
+                                                        prefix=prefix, desc=f"teacher logits ({len(copies)} copies)")])
+                timing["teacher_cache_reused"] = "original rows"
+                logit_cache[cache_key] = logits
             else:
                 logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
                                  desc=f"teacher logits ({len(train)} rows)")
                 if logit_cache is not None:
                     logit_cache[cache_key] = logits
+                    if cache_key != "train":  # the original rows come first: their logits serve plain students too
+                        logit_cache.setdefault("train", logits[:len(data.train)])
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
