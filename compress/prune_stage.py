@@ -174,8 +174,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         if cfg.recover.teacher == "teacher" and source != "teacher":
             saved = None
             if "distill" in inputs:
-                saved = saved_teacher_logits(inputs["distill"], data.train, ml,
-                                             teacher_digest(inputs["teacher"] / "model"))
+                saved = saved_teacher_logits(inputs["distill"], data.train, ml, teacher_digest(inputs["teacher"]))
             if saved is not None:  # the distill stage's pass over the same rows
                 logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
                 log.info("recovery: the teacher's logits on %d training rows reused from the distill stage",

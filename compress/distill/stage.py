@@ -149,20 +149,21 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
                 and "teacher_logits" not in train.column_names):
             t0 = time.perf_counter()
+            def label(ds, what: str) -> np.ndarray:
+                return predict(teacher, ds, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
+                               desc=f"teacher logits ({len(ds)} {what})")
+
             known = (logit_cache or {}).get("train") if cache_key != "train" else None
             if logit_cache is not None and cache_key in logit_cache:
                 logits = logit_cache[cache_key]
                 timing["teacher_cache_reused"] = True
             elif known is not None and len(known) == len(data.train):
                 # augment_rows puts the original rows first: the teacher labels only the copies
-                copies = train.select(range(len(known), len(train)))
-                logits = np.concatenate([known, predict(teacher, copies, collator, batch_size=max(64, cfg.batch_size),
-                                                        prefix=prefix, desc=f"teacher logits ({len(copies)} copies)")])
+                logits = np.concatenate([known, label(train.select(range(len(known), len(train))), "copies")])
                 timing["teacher_cache_reused"] = "original rows"
                 logit_cache[cache_key] = logits
             else:
-                logits = predict(teacher, train, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
-                                 desc=f"teacher logits ({len(train)} rows)")
+                logits = label(train, "rows")
                 if logit_cache is not None:
                     logit_cache[cache_key] = logits
                     if cache_key != "train":  # the original rows come first: their logits serve plain students too
@@ -199,9 +200,18 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
 TEACHER_LOGITS = "teacher_logits.npy"
 
 
-def teacher_digest(model_dir: Path) -> str:
-    """One sha256 over the teacher's saved files (weights, config, tokenizer): which teacher made some logits."""
-    return fingerprint(hash_tree(Path(model_dir)))
+def teacher_digest(teacher_dir: Path) -> str:
+    """One sha256 over the teacher's saved files (``teacher_dir/model``: weights, config, tokenizer): which teacher
+    made some logits. Taken from the teacher stage's manifest, whose outputs the pipeline has hashed already; a
+    folder without one is hashed here (the same digest either way)."""
+    teacher_dir = Path(teacher_dir)
+    manifest = teacher_dir / "manifest.json"
+    if manifest.is_file():
+        model = {k[len("model/"):]: v for k, v in read_json(manifest).get("outputs", {}).items()
+                 if k.startswith("model/")}
+        if model:
+            return fingerprint(model)
+    return fingerprint(hash_tree(teacher_dir / "model"))
 
 
 def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int, teacher: str) -> None:
@@ -253,7 +263,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     main_metric = data.spec.metrics[0]
     summary, params = {}, {}
     logit_cache: dict = {}  # the teacher's logits on the training rows, computed once for all students
-    t_digest = teacher_digest(teacher_dir / "model")
+    t_digest = teacher_digest(teacher_dir)
     previous = saved_teacher_logits(recipe.run_dir / "distill", data.train, ml, t_digest)
     if previous is not None:  # this stage reruns (a student changed), the teacher and its rows did not
         logit_cache["train"] = previous
