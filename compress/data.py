@@ -300,6 +300,8 @@ class Collator:
             batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
         if "index" in rows[0]:
             batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        if "gold" in rows[0]:  # augmented copies (gold 0) have no label of their own
+            batch["gold"] = torch.tensor([r["gold"] for r in rows], dtype=torch.float32)
         return batch
 
 

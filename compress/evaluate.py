@@ -16,17 +16,22 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64, prefix: str = "",
-            desc: Optional[str] = None) -> np.ndarray:
+            desc: Optional[str] = None, precision: str = "fp32") -> np.ndarray:
     """Logits for every row of ``ds``, in row order (batches are length-sorted for speed); ``desc``: show a progress
-    bar with this label (long passes, such as the teacher over a transfer set)."""
+    bar with this label (long passes, such as the teacher over a transfer set). ``precision="bf16"``: under bf16
+    autocast (the logits come back fp32): on the 2-core AVX-512 BF16 CPU the MPNet-base teacher labels SST-2 rows
+    2.1x faster than in fp32, logits within 0.04, same argmax on 2,048 rows (scripts/bench_labelling.py)."""
     loader, order = eval_loader(ds, collator, batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     chunks = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         inputs = {k: batch[prefix + k].to(device) for k in MODEL_INPUTS if prefix + k in batch}
-        chunks.append(model(**inputs).logits.float().cpu().numpy())
+        with autocast:
+            logits = model(**inputs).logits
+        chunks.append(logits.float().cpu().numpy())
     model.train(was_training)
     logits = np.empty_like(np.concatenate(chunks)) if chunks else np.zeros((0, 1))
     logits[order] = np.concatenate(chunks)

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from datasets import Dataset
 from tqdm.auto import tqdm
 
 from compress import prune as P
@@ -29,9 +30,9 @@ from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict
-from compress.manifest import write_json
+from compress.manifest import read_json, write_json
 from compress.modeling import count_params, load_trained, save
-from compress.train import fit
+from compress.train import fit, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,20 @@ def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
     return source, folder
 
 
+def transfer_set(recipe: Recipe, inputs: dict[str, Path], source: str) -> tuple[Path, Dataset]:
+    """(folder, rows) of the transfer set the distill stage saved for student ``source`` (``recover.data:
+    transfer``); a one-line error when it has none."""
+    where = f"{recipe.path}: prune.recover.data: transfer"
+    if source == "teacher" or "distill" not in inputs:
+        raise CompressError(f"{where}: needs a distilled student as prune.source (got {source!r})")
+    name = read_json(inputs["distill"] / source / "metrics.json").get("transfer_set")
+    if not name or not (inputs["distill"] / name / "rows.parquet").is_file():
+        raise CompressError(f"{where}: student {source!r} was not distilled on a transfer set with cached teacher "
+                            "logits (set its distill.augment)")
+    folder = inputs["distill"] / name
+    return folder, Dataset.from_parquet(str(folder / "rows.parquet"))
+
+
 # ------------------------------------------------------------------------------------------------ recovery
 def recovery_objective(teacher_logits: torch.Tensor, cfg: RecoverConfig, regression: bool) -> Callable:
     """``objective(model, batch)`` for `fit`: logit KD against precomputed teacher logits (rows looked up by the
@@ -64,21 +79,22 @@ def recovery_objective(teacher_logits: torch.Tensor, cfg: RecoverConfig, regress
         out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
         teacher = teacher_logits[batch["index"].cpu()].to(out.logits.device)
         kd = logits_mse(out.logits, teacher) if regression else kd_loss(out.logits, teacher, cfg.temperature)
-        hard = hard_label_loss(out.logits, batch["labels"])
+        hard = hard_label_loss(out.logits, batch["labels"], batch.get("gold"))  # copies (gold 0): KD only
         loss = cfg.kd_weight * kd + cfg.hard_label_weight * hard
         return loss, {"kd": kd.item(), "hard": hard.item()}
 
     return objective
 
 
-def teacher_logits(model, tokenizer, rows, max_length: int) -> torch.Tensor:
+def teacher_logits(model, tokenizer, rows, max_length: int, precision: str = "fp32") -> torch.Tensor:
     """The recovery teacher's logits on the (untokenized) training rows, in row order."""
-    return logits_of(model, tokenize(rows, tokenizer, max_length), Collator({"": tokenizer}))
+    return logits_of(model, tokenize(rows, tokenizer, max_length), Collator({"": tokenizer}), precision=precision)
 
 
-def logits_of(model, ds, collator: Collator, chunk: int = 2048) -> torch.Tensor:
+def logits_of(model, ds, collator: Collator, chunk: int = 2048, precision: str = "fp32") -> torch.Tensor:
     """``predict`` over ``ds`` in chunks, with a progress bar (row order kept)."""
-    parts = [predict(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128)
+    parts = [predict(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128,
+                     precision=precision)
              for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk")]
     return torch.from_numpy(np.concatenate(parts)).float()
 
@@ -97,13 +113,16 @@ def calibration_batches(train, collator: Collator, cfg: PruneConfig, seed: int, 
 
 def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collator: Collator, spec: TaskSpec,
                         logits: Optional[torch.Tensor], seed: int, seq_len: int, group_by_length: bool = True,
-                        checkpoint_root: Optional[Path] = None) -> list[dict]:
+                        checkpoint_root: Optional[Path] = None, calibration=None) -> list[dict]:
     """Run the iterative schedule on ``model`` in place. ``train`` must carry an ``index`` column (row -> teacher
-    logit). Returns one record per step: sizes, dev metrics right after the cut and after recovery."""
+    logit). ``calibration``: the labelled rows Taylor importance is scored on (default ``train``; not a transfer
+    set, whose copies have no label of their own). Returns one record per step: sizes, dev metrics right after the
+    cut and after recovery."""
     history = []
     for step in range(cfg.steps):
         fraction = (step + 1) / cfg.steps
-        batches = calibration_batches(train, collator, cfg, seed, step) if cfg.importance == "taylor" else None
+        batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
+                   if cfg.importance == "taylor" else None)
         P.prune(model, cfg, batches=batches, fraction=fraction, seq_len=seq_len)
         record = {"step": step + 1, "fraction": fraction, "params": count_params(model),
                   "macs": P.model_macs(model, seq_len),
@@ -159,8 +178,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     model, tokenizer = load_trained(folder)
     data = load_task(recipe.task, seed=seed)
     spec, ml = data.spec, recipe.task.max_length
-    train = tokenize(data.train, tokenizer, ml)
+    rows, transfer = data.train, None
+    if cfg.recover is not None and cfg.recover.data == "transfer":
+        transfer, rows = transfer_set(recipe, inputs, source)
+    train = tokenize(rows, tokenizer, ml)
     train = train.add_column("index", list(range(len(train))))
+    calibration = tokenize(data.train, tokenizer, ml) if transfer is not None else None
     holdout, dev = tokenize(data.holdout, tokenizer, ml), tokenize(data.dev, tokenizer, ml)
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
 
@@ -171,20 +194,22 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
 
     logits, logits_from = None, None
     if cfg.recover is not None:
+        precision = resolve_precision(cfg.recover.precision)
         if cfg.recover.teacher == "teacher" and source != "teacher":
             saved = None
-            if "distill" in inputs:
-                saved = saved_teacher_logits(inputs["distill"], data.train, ml, teacher_digest(inputs["teacher"]))
-            if saved is not None:  # the distill stage's pass over the same rows
+            if "distill" in inputs:  # the distill stage's pass over the same rows
+                saved = saved_teacher_logits(transfer if transfer is not None else inputs["distill"], rows, ml,
+                                             teacher_digest(inputs["teacher"]))
+            if saved is not None:
                 logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
-                log.info("recovery: the teacher's logits on %d training rows reused from the distill stage",
-                         len(saved))
+                log.info("recovery: the teacher's logits on %d %s rows reused from the distill stage",
+                         len(saved), "transfer" if transfer is not None else "training")
             else:
                 t_model, t_tok = load_trained(inputs["teacher"] / "model")
-                logits, logits_from = teacher_logits(t_model, t_tok, data.train, ml), "computed"
+                logits, logits_from = teacher_logits(t_model, t_tok, rows, ml, precision), "computed"
                 del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
-            logits, logits_from = logits_of(model, train, collator), "computed"
+            logits, logits_from = logits_of(model, train, collator, precision=precision), "computed"
 
     before_rows = P.layer_table(model, ml)
     params_before, macs_before = count_params(model), P.model_macs(model, ml)
@@ -192,19 +217,21 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     try:
         history = prune_with_recovery(model, cfg, train=train, holdout=holdout, dev=dev, collator=collator, spec=spec,
                                       logits=logits, seed=seed, seq_len=ml, group_by_length=recipe.task.group_by_length,
-                                      checkpoint_root=recipe.run_dir / ".checkpoints" / "prune")
+                                      checkpoint_root=recipe.run_dir / ".checkpoints" / "prune",
+                                      calibration=calibration)
     except CompressError as e:
         raise CompressError(f"{recipe.path}: {e}") from None
 
     save(model, tokenizer, out / "model")
-    rows = layer_report(before_rows, model, ml)
+    layer_rows = layer_report(before_rows, model, ml)
     totals = {"params_before": params_before, "params_after": count_params(model), "macs_before": macs_before,
               "macs_after": P.model_macs(model, ml), "seq_len": ml}
-    write_json(out / "layers.json", {"layers": rows, "totals": totals})
-    (out / "layers.md").write_text(layer_markdown(rows, totals, ml), encoding="utf-8")
+    write_json(out / "layers.json", {"layers": layer_rows, "totals": totals})
+    (out / "layers.md").write_text(layer_markdown(layer_rows, totals, ml), encoding="utf-8")
     prov = P.provenance(model)
     write_json(out / "pruning.json", {"source": source, "source_folder": str(folder), "provenance": prov.to_dict(),
-                                      "recovery_logits": logits_from, "steps": history})
+                                      "recovery_logits": logits_from, "recovery_rows": len(rows),
+                                      "steps": history})
     metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec)
@@ -212,4 +239,5 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     return {"metrics": metrics, "params": totals["params_after"], "source": source,
             "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],
                         "mac_seq_len": ml, "speedup_macs": round(macs_before / totals["macs_after"], 3),
-                        "layers": rows, "recovery_logits": logits_from, "steps": history}}
+                        "layers": layer_rows, "recovery_logits": logits_from,
+                        "recovery_rows": len(rows) if cfg.recover is not None else 0, "steps": history}}

@@ -294,3 +294,71 @@ prune:
     assert again["fingerprint"] != done["distill"]["fingerprint"] and again["teacher_logits"] == "previous distill run"
     assert again["timing"]["half"]["teacher_cache_reused"] is True
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest), saved)
+
+
+def test_prune_recovery_trains_on_the_students_transfer_set(tiny_bert_dir, tmp_path):
+    from datasets import Dataset
+
+    from compress.config import load_recipe
+    from compress.distill.stage import load_transfer_set
+    from compress.pipeline import run_pipeline
+
+    path = tmp_path / "tiny.yaml"
+    recipe_text = f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 64, max_eval_samples: 32, holdout: 0.1}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 2, batch_size: 32}}
+students:
+  - {{name: aug, kind: layer_drop, layers: 1, distill: {{augment: {{copies: 1, neighbours: 3}}}},
+      train: {{max_steps: 2, batch_size: 32}}}}
+prune:
+  ffn: 0.5
+  importance: taylor
+  calibration_batches: 1
+  calibration_batch_size: 8
+  recover: {{max_steps: 2, batch_size: 32, teacher: teacher, data: transfer}}
+"""
+    path.write_text(recipe_text)
+    done = run_pipeline(load_recipe(path))
+    run = tmp_path / "runs" / "tiny"
+    student = done["distill"]["students"]["aug"]
+    folder = run / "distill" / student["transfer_set"]
+    rows = Dataset.from_parquet(str(folder / "rows.parquet"))
+    n_train = student["augment"]["rows"]
+    assert len(rows) == n_train + student["augment"]["copies"] > n_train
+    assert rows["gold"] == [1.0] * n_train + [0.0] * (len(rows) - n_train)
+    # the saved logits are the teacher's on those rows, and the originals' serve plain students too
+    digest = teacher_digest(run / "teacher")
+    _, saved = load_transfer_set(folder, 32, digest)
+    teacher, t_tok = load_trained(run / "teacher" / "model")
+    assert np.abs(teacher_logits(teacher, t_tok, rows, 32).numpy() - saved).max() < 1e-4
+    recipe = load_recipe(path)
+    train = load_task(recipe.task, seed=recipe.seed).train
+    assert np.array_equal(saved_teacher_logits(run / "distill", train, 32, digest), saved[:n_train])
+    assert load_transfer_set(folder, 32, "0" * 64) is None  # another teacher's logits are not served
+    # recovery trained on all of them with the saved logits; Taylor scores stay on the labelled rows
+    pruning = done["prune"]["pruning"]
+    assert pruning["recovery_logits"] == "distill stage" and pruning["recovery_rows"] == len(rows)
+    # a distill rerun (the student changed) reuses the transfer set's logits: the teacher labels nothing
+    path.write_text(recipe_text.replace("train: {max_steps: 2, batch_size: 32}}", "train: {max_steps: 3, batch_size: 32}}"))
+    again = run_pipeline(load_recipe(path))["distill"]
+    assert again["timing"]["aug"]["teacher_cache_reused"] == "previous distill run"
+    assert again["teacher_logits"] == "previous distill run"
+    assert np.array_equal(load_transfer_set(run / "distill" / student["transfer_set"], 32, digest)[1], saved)
+    # a student distilled without copies has no transfer set to recover on: one line naming the field
+    path.write_text(recipe_text.replace("distill: {augment: {copies: 1, neighbours: 3}},", ""))
+    with pytest.raises(CompressError, match=r"prune\.recover\.data: transfer: student 'aug' was not distilled"):
+        run_pipeline(load_recipe(path))
+
+
+def test_bf16_predict_is_close_to_fp32(tokenizer):
+    from datasets import Dataset
+
+    model = tiny(layers=2)
+    texts = ["a gorgeous , witty , seductive movie .", "it 's a bad sign .", "the acting is flat", "charming"] * 4
+    ds = tokenize(Dataset.from_dict({"text": texts}), tokenizer, 16)
+    collator = Collator({"": tokenizer})
+    fp32, bf16 = predict(model, ds, collator), predict(model, ds, collator, precision="bf16")
+    assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # it ran in bf16 ...
+    assert np.abs(fp32 - bf16).max() < 0.05 * np.abs(fp32).max()  # ... close to fp32
