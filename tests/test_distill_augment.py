@@ -135,3 +135,41 @@ def test_augment_config_is_validated(tmp_path):
         from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"replace_prob": 1.5}}})
     with pytest.raises(CompressError, match=r"augment\.synonyms: unknown key"):
         from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"synonyms": 3}}})
+
+
+def test_teacher_logits_survive_an_interrupted_distillation(glue_dir, tokenizer, tmp_path, monkeypatch):
+    import compress.distill.stage as stage
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2)).eval()
+    data = _sst2(glue_dir, 16)
+    spec = from_dict(StudentConfig, {"name": "s", "layers": 1, "distill": {"augment": {"copies": 1, "neighbours": 3}},
+                                     "train": {"epochs": 1, "batch_size": 8}})
+    students = [build_student(spec, teacher, tokenizer, data.spec) for _ in range(3)]  # before the hook
+    rows_seen = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    ckdir = tmp_path / "ck" / "s"
+    monkeypatch.setattr(stage, "fit", crash)  # interrupted right after the teacher labelled the transfer set
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tokenizer, students[0], spec, data, max_length=32, seed=0, checkpoint_dir=ckdir, logit_cache={}, teacher_sha="t" * 64)
+    labelled = sum(rows_seen)
+    assert labelled > 16 and (ckdir / "teacher_logits" / "teacher_logits.npy").is_file()
+    monkeypatch.undo()
+    rows_seen.clear()
+    cache: dict = {}
+    res = distill(teacher, tokenizer, students[1], spec, data, max_length=32, seed=0, checkpoint_dir=ckdir, logit_cache=cache, teacher_sha="t" * 64)
+    assert sum(rows_seen) == 0 and res.timing["teacher_cache_reused"] == "checkpoint"  # not labelled twice
+    aug_key = next(k for k in cache if k.startswith("train+augment") and not k.endswith(":rows"))
+    assert len(cache[aug_key]) == labelled and not ckdir.exists()  # the finished student cleans its checkpoints
+    # another teacher's logits in the checkpoint folder are not taken
+    rows_seen.clear()
+    (ckdir.parent / "o" / "teacher_logits").mkdir(parents=True)
+    stage.save_teacher_logits(ckdir.parent / "o" / "teacher_logits", cache[aug_key], cache[aug_key + ":rows"][0], 32,
+                              "t" * 64)
+    distill(teacher, tokenizer, students[2], spec, data, max_length=32, seed=0, checkpoint_dir=ckdir.parent / "o", logit_cache={}, teacher_sha="u" * 64)
+    assert sum(rows_seen) == labelled

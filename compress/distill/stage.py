@@ -97,8 +97,8 @@ def _steps(spec: StudentConfig, has_matches: bool) -> list[tuple[str, bool, bool
 
 def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec: StudentConfig, data: TaskData, *,
             max_length: int, seed: int, group_by_length: bool = True, checkpoint_dir: Optional[Path] = None,
-            where: str = "students[0]", logit_cache: Optional[dict] = None,
-            previous: Optional[tuple[Path, str]] = None) -> DistillResult:
+            where: str = "students[0]", logit_cache: Optional[dict] = None, teacher_sha: Optional[str] = None,
+            previous: Optional[Path] = None) -> DistillResult:
     """Train ``student.model`` from ``teacher`` as ``spec`` says; the best held-out state is kept.
 
     ``logit_cache``: a dict shared by the students of one stage (same teacher, training rows and max_length): the
@@ -107,8 +107,10 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
 
     ``spec.distill.augment``: the student trains on the training rows plus augmented copies (`augment_rows`) that
     only the KD term sees; the copies are made once per augment setting and shared through ``logit_cache`` too.
-    ``previous``: (a previous distill run's folder, the teacher's digest): the teacher's logits on a transfer set that
-    run saved (`save_transfer_set`) are reused when the rows, max_length and teacher are the same."""
+    ``teacher_sha`` (`teacher_digest`) names the teacher's logits on disk: with it, the logits are written to the
+    checkpoint folder as soon as they are computed (a resumed run does not label again), and ``previous`` (a previous
+    distill run's folder) serves the logits of a transfer set that run saved (`save_transfer_set`) when the rows,
+    max_length and teacher are the same."""
     dcfg = spec.distill
     s_tok = student.tokenizer
     same = same_tokenizer(teacher_tokenizer, s_tok)
@@ -128,8 +130,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                                              dcfg.augment)
             if logit_cache is not None:
                 logit_cache[cache_key + ":rows"] = (rows, aug_summary)
-        if previous is not None and logit_cache is not None and cache_key not in logit_cache:
-            saved = load_transfer_set(previous[0] / transfer_folder(dcfg.augment), max_length, previous[1], rows)
+        if previous is not None and teacher_sha and logit_cache is not None and cache_key not in logit_cache:
+            saved = load_transfer_set(previous / transfer_folder(dcfg.augment), max_length, teacher_sha, rows)
             if saved is not None:
                 logit_cache[cache_key] = saved[1]
                 logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
@@ -172,20 +174,27 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                                desc=f"teacher logits ({len(ds)} {what})", precision=precision)
 
             known = (logit_cache or {}).get("train") if cache_key != "train" else None
-            if logit_cache is not None and cache_key in logit_cache:
+            resume = ckdir / "teacher_logits" if ckdir is not None and teacher_sha else None
+            cached = logit_cache is not None and cache_key in logit_cache
+            saved = saved_teacher_logits(resume, rows, max_length, teacher_sha) if resume and not cached else None
+            if cached:
                 logits = logit_cache[cache_key]
                 timing.setdefault("teacher_cache_reused", True)
+            elif saved is not None:  # labelled before an interruption
+                logits, timing["teacher_cache_reused"] = saved, "checkpoint"
             elif known is not None and len(known) == len(data.train):
                 # augment_rows puts the original rows first: the teacher labels only the copies
                 logits = np.concatenate([known, label(train.select(range(len(known), len(train))), "copies")])
                 timing["teacher_cache_reused"] = "original rows"
-                logit_cache[cache_key] = logits
             else:
                 logits = label(train, "rows")
-                if logit_cache is not None:
-                    logit_cache[cache_key] = logits
-                    if cache_key != "train":  # the original rows come first: their logits serve plain students too
-                        logit_cache.setdefault("train", logits[:len(data.train)])
+            if logit_cache is not None:
+                logit_cache[cache_key] = logits
+                if cache_key != "train":  # the original rows come first: their logits serve plain students too
+                    logit_cache.setdefault("train", logits[:len(data.train)])
+            if resume is not None and not cached and saved is None:  # a crash in training costs no new labelling
+                resume.mkdir(parents=True, exist_ok=True)
+                save_teacher_logits(resume, logits, rows, max_length, teacher_sha)
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
@@ -325,7 +334,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             res = distill(teacher, t_tok, student, spec, data, max_length=ml, seed=seed,
                           group_by_length=recipe.task.group_by_length,
                           checkpoint_dir=recipe.run_dir / ".checkpoints" / "distill" / spec.name, where=where,
-                          logit_cache=logit_cache, previous=(recipe.run_dir / "distill", t_digest))
+                          logit_cache=logit_cache, teacher_sha=t_digest, previous=recipe.run_dir / "distill")
         except CompressError as e:
             raise CompressError(f"{recipe.path}: {e}") from None
         collator = Collator({"": res.tokenizer}, data.spec.is_regression)
