@@ -305,12 +305,19 @@ class Collator:
         return batch
 
 
+def row_lengths(ds: Dataset) -> np.ndarray:
+    """The ``length`` column as one array. Not ``ds["length"]``: datasets' lazy Column costs ~0.65 ms per lookup,
+    and the length-grouped sampler's sort looks up every row: 160 s at each epoch start on a 245k-row transfer set,
+    0.08 s from this array."""
+    return ds.with_format("numpy", columns=["length"])[:]["length"]
+
+
 def train_loader(ds: Dataset, collator: Collator, batch_size: int, seed: int, epoch: int,
                  group_by_length: bool = True) -> DataLoader:
     """Shuffled batches for one epoch, the same for the same (seed, epoch); length-grouped when asked."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     if group_by_length:
-        sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=g)
+        sampler = LengthGroupedSampler(batch_size, lengths=row_lengths(ds).tolist(), generator=g)
     else:
         sampler = torch.utils.data.RandomSampler(ds, generator=g)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collator)
@@ -318,7 +325,7 @@ def train_loader(ds: Dataset, collator: Collator, batch_size: int, seed: int, ep
 
 def eval_loader(ds: Dataset, collator: Collator, batch_size: int) -> tuple[DataLoader, np.ndarray]:
     """Batches sorted by length (little padding) and the order to put predictions back in row order."""
-    order = np.argsort(np.asarray(ds["length"]), kind="stable")
+    order = np.argsort(row_lengths(ds), kind="stable")
     loader = DataLoader(ds.select(order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collator)
     return loader, order
 
