@@ -20,7 +20,7 @@ def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64
     """Logits for every row of ``ds``, in row order (batches are length-sorted for speed); ``desc``: show a progress
     bar with this label (long passes, such as the teacher over a transfer set). ``precision="bf16"``: under bf16
     autocast (the logits come back fp32): on the 2-core AVX-512 BF16 CPU the MPNet-base teacher labels SST-2 rows
-    2.1x faster than in fp32, logits within 0.04, same argmax on 2,048 rows (scripts/bench_labelling.py)."""
+    2.0-2.15x faster than in fp32, logits within 0.04, same argmax on 2,048 rows (scripts/bench_labelling.py)."""
     loader, order = eval_loader(ds, collator, batch_size)
     device = next(model.parameters()).device
     was_training = model.training

@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from compress.config import TaskConfig, from_dict
+from compress.config import QuantizeConfig, TaskConfig, from_dict
 from compress.data import Collator, load_task, tokenize
 from compress.evaluate import predict
 from compress.export import export_onnx, fused_if_exact, onnx_predict, session
 from compress.modeling import load_trained
+from compress.quantize import quantize_dynamic
 
 
 def main() -> None:
@@ -54,9 +53,7 @@ def main() -> None:
         fp32 = fused_if_exact(plain, model.config.model_type, ds.select(range(64)), collator)
         sess = session(fp32, args.threads)
         timed("ORT fp32", lambda: onnx_predict(sess, ds, collator, batch_size=32))
-        int8 = Path(tmp) / "teacher_int8.onnx"
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        int8 = quantize_dynamic(fp32, Path(tmp) / "teacher_int8.onnx", from_dict(QuantizeConfig, {"per_channel": True}))
         sess8 = session(int8, args.threads)
         timed("ORT int8 dynamic", lambda: onnx_predict(sess8, ds, collator, batch_size=32))
     print(f"{len(ds)} SST-2 training rows, {args.threads} threads, teacher {args.teacher}")
