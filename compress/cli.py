@@ -269,10 +269,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.fn(args)
+        rc = args.fn(args)
     except CompressError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    from compress.train import end_distributed
+
+    end_distributed()  # only after success: on an error another process may still be in a collective
+    return rc

@@ -250,6 +250,17 @@ def _accelerator(precision: str, grad_accum: int) -> Accelerator:
     return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum)
 
 
+def end_distributed() -> None:
+    """Tear this process's process group down (``accelerate launch`` / ``torchrun``) before the interpreter exits: a
+    gloo group left to the exit can abort a process ("terminate called without an active exception") after all its
+    work is done, which torchrun reports as a failed run (pytorch/pytorch#190489). Call it after success only: a
+    process leaving on an error must not wait on the others (pytorch/torchtitan#1342). A no-op in one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def native_bf16() -> bool:
     """Does this machine run bf16 matmuls natively: a bf16-capable CUDA GPU, or a CPU flagged avx512_bf16 / amx_bf16
     (Linux /proc/cpuinfo)?"""

@@ -15,6 +15,7 @@ from conftest import GLUE, tiny_bert_config  # noqa: E402
 from compress.config import StudentConfig, TaskConfig, from_dict  # noqa: E402
 from compress.data import load_task  # noqa: E402
 from compress.distill.stage import distill  # noqa: E402
+from compress.train import end_distributed  # noqa: E402
 from students import build_student  # noqa: E402
 from teachers.zoo import resolve  # noqa: E402
 
@@ -46,6 +47,7 @@ def main(batch_size: int, out: str) -> None:
     res = distill(teacher, tok, student, spec, data, max_length=8, seed=0, group_by_length=False)
     if state.is_main_process:
         save_file({k: v.contiguous() for k, v in res.model.state_dict().items()}, out)
+    end_distributed()
 
 
 if __name__ == "__main__":
