@@ -254,11 +254,12 @@ def end_distributed() -> None:
     """Tear this process's process group down (``accelerate launch`` / ``torchrun``) before the interpreter exits: a
     gloo group left to the exit can abort a process ("terminate called without an active exception") after all its
     work is done, which torchrun reports as a failed run (pytorch/pytorch#190489). Call it after success only: a
-    process leaving on an error must not wait on the others (pytorch/torchtitan#1342). A no-op in one process."""
-    import torch.distributed as dist
+    process leaving on an error must not wait on the others (pytorch/torchtitan#1342). A no-op in one process (no
+    PartialState is created there)."""
+    from accelerate import PartialState
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        PartialState().destroy_process_group()
 
 
 def native_bf16() -> bool:
