@@ -383,13 +383,28 @@ def optimum_peer(fp32_onnx: Path, out_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
+    """The torch model that quantize.json says was quantized, in this run folder (``qdir``'s parent): a run folder
+    copied or moved since quantize ran (``--runs-dir``, a renamed folder) still finds it, where the folder path
+    quantize.json recorded points at the old place. That recorded path is kept when the run folder no longer has
+    the model."""
+    from compress.quantize import source_model
+
+    run_dir = qdir.parent
+    inputs = {s: run_dir / s for s in ("teacher", "distill", "prune") if (run_dir / s).is_dir()}
+    try:
+        return str(source_model(recipe, inputs, qrec["source"]["model"])[1])
+    except CompressError:
+        return qrec["source"]["folder"]
+
+
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     from compress.data import load_task, tokenize
 
     cfg: BenchConfig = recipe.bench
     qdir = inputs["quantize"]
     qrec = read_json(qdir / "quantize.json")
-    model_dir = qrec["source"]["folder"]
+    model_dir = source_folder(recipe, qdir, qrec)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(qdir / "tokenizer")

@@ -149,3 +149,29 @@ def test_bench_config_errors():
         from_dict(BenchConfig, {"rounds": 0}, file="r.yaml", where="bench")
     with pytest.raises(CompressError, match="bench.order: expected one of"):
         from_dict(BenchConfig, {"order": "random"}, file="r.yaml", where="bench")
+
+
+def test_source_folder_follows_a_copied_run_folder(tmp_path, glue_dir):
+    """A run folder copied to another --runs-dir: quantize.json still records the old run's model folder; the bench
+    times the copy's own model (the old place may be gone), and keeps the recorded path when the copy lacks it."""
+    from compress.bench import source_folder
+    from compress.config import Recipe, from_dict
+
+    recipe = from_dict(Recipe, {
+        "name": "q", "runs_dir": str(tmp_path / "runs"),
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32},
+        "teacher": {"model": "minilm-l6"},
+        "students": [{"name": "s1", "kind": "narrow", "init": "minilm-l6", "layers": 2}], "quantize": {}},
+        file="recipe.yaml")
+    run_dir = tmp_path / "copy" / "q"
+    for folder in ("teacher/model", "distill/s1/model", "prune/model"):
+        (run_dir / folder).mkdir(parents=True)
+        (run_dir / folder / "config.json").write_text("{}")
+    (run_dir / "quantize").mkdir()
+    old = tmp_path / "runs" / "q"
+    for model, folder in (("prune", "prune/model"), ("s1", "distill/s1/model"), ("teacher", "teacher/model")):
+        qrec = {"source": {"model": model, "folder": str(old / folder)}}
+        assert source_folder(recipe, run_dir / "quantize", qrec) == str(run_dir / folder)
+    (run_dir / "prune" / "model" / "config.json").unlink()
+    qrec = {"source": {"model": "prune", "folder": str(old / "prune/model")}}
+    assert source_folder(recipe, run_dir / "quantize", qrec) == str(old / "prune/model")
