@@ -159,6 +159,9 @@ def model_card(manifest: dict) -> str:
                   "this model's, same threads)."]
         if latency.get("protocol"):
             lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`."]
+            if "allow_spinning=0" in str(latency["protocol"].get("spin", "")):
+                lines += ["", "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that "
+                          "runs nothing else that is faster at 2+ threads than the sleeping threads timed here."]
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",

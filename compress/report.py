@@ -291,11 +291,12 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
 
 
 def _bench_protocol(protocol: Optional[dict]) -> Optional[dict]:
-    """The parts of the bench protocol a reader of the table needs."""
+    """The parts of the bench protocol a reader of the table needs (``spin``: whether idle threads spun, which moves
+    a sub-millisecond model's 2-thread latency by a third; ``ort_session``: the ORT graph settings)."""
     if not protocol:
         return None
-    keys = ("dev", "order", "threads", "inter_op_threads", "dev_rows", "warmup", "timer", "cpu", "cores",
-            "cpu_shared")
+    keys = ("dev", "order", "threads", "inter_op_threads", "dev_rows", "warmup", "timer", "spin", "ort_session",
+            "cpu", "cores", "cpu_shared")
     return {k: protocol[k] for k in keys if k in protocol}
 
 

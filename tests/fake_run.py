@@ -96,7 +96,8 @@ def write_bench(run: Path, latency: dict, record: dict, env: dict) -> None:
     protocol = {"cpu": "Test CPU", "cores": 2, "threads": sorted({t for p in latency.values() for t in p}),
                 "inter_op_threads": 1, "dev_rows": 200, "warmup": 2,
                 "dev": "first 200 dev rows, batch 1, unpadded, one timed run each",
-                "timer": "time.perf_counter around one forward; warm-up runs excluded"}
+                "timer": "time.perf_counter around one forward; warm-up runs excluded",
+                "spin": "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)", "rounds": 3}
     _write(run / "bench" / "bench.json", {"protocol": protocol, "artifacts": artifacts, "ours": None, "ratios": {}})
     _write(run / "bench" / "manifest.json", {"stage": "bench", "recipe": run.name, "seed": 42, "env": env,
                                              "created": "2026-11-26T08:20:00+00:00"})

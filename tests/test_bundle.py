@@ -329,12 +329,14 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["metrics"]["dev"] == {"accuracy": 0.88} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
     assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["threads"] == 1
     assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
-    assert m["latency"]["protocol"]["dev_rows"] == 200
+    assert m["latency"]["protocol"]["dev_rows"] == 200 and "allow_spinning=0" in m["latency"]["protocol"]["spin"]
+    assert "rounds" not in m["latency"]["protocol"]  # only what a reader of the latency needs
     assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
     assert m["max_length"] == 32 and m["task"]["labels"] == ["negative", "positive"]
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
-    assert "speedup_vs_teacher_onnx_fp32" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "speedup_vs_teacher_onnx_fp32" in card and "onnxruntime's default, idle threads spinning" in card
 
 
 def test_regression_bundle(tmp_path, minilm_dir):
