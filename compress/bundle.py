@@ -159,7 +159,7 @@ def model_card(manifest: dict) -> str:
                   "this model's, same threads)."]
         if latency.get("protocol"):
             lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`."]
-            if "allow_spinning=0" in str(latency["protocol"].get("spin", "")):
+            if "allow_spinning=0" in json.dumps(latency["protocol"]):  # the bench's dict or the search's line
                 lines += ["", "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that "
                           "runs nothing else that is faster at 2+ threads than the sleeping threads timed here."]
     else:

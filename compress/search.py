@@ -427,7 +427,8 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     else:
         message = f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow)"
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
-            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order)",
+            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order), "
+                       "idle threads sleep (ORT allow_spinning=0)",
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,

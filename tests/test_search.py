@@ -101,6 +101,8 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
     assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]
+    assert "allow_spinning=0" in manifest["latency"]["protocol"]  # the search's protocol line
+    assert "idle threads spinning" in (folder / "README.md").read_text()
     from compress.bundle import predict
 
     assert predict(folder, ["a gripping film", "a dull mess"])[0]["label"] in ("negative", "positive")
