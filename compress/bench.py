@@ -494,6 +494,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     ours = best_int8(artifacts)
     record = {"protocol": protocol, "machine_peak": peak, "flops": flops, "artifacts": artifacts, "ours": ours,
               "ratios": ratios(artifacts, ours) if ours else {}}
+    record["run_dir"] = str(out.parent)  # the artifacts' paths are under it (compress.report.bench_record rebases)
     write_json(out / "bench.json", record)
     print(format_ratios(record))
     metrics = {name: a.get("metrics") for name, a in artifacts.items()}

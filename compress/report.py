@@ -300,6 +300,30 @@ def _bench_protocol(protocol: Optional[dict]) -> Optional[dict]:
     return {k: protocol[k] for k in keys if k in protocol}
 
 
+def bench_record(run_dir: Path) -> dict:
+    """The run folder's bench.json with its artifacts' paths (``path``, ``file``, ``model_dir``) under ``run_dir``: the
+    bench recorded them under the run folder it ran in (``run_dir`` in the record; older records: the folder above
+    the quantize stage's files), and a run folder copied or moved since must not read, or fail on, the old place."""
+    bench = _read(run_dir / "bench" / "bench.json") or {}
+    arts = bench.get("artifacts") or {}
+    old = bench.get("run_dir") or next((str(Path(a["path"]).parent.parent) for a in arts.values()
+                                        if a.get("path") and Path(a["path"]).parent.name == "quantize"), None)
+    if not old or Path(old).resolve() == Path(run_dir).resolve():
+        return bench
+
+    def rebase(path):
+        try:
+            return str(Path(run_dir) / Path(path).relative_to(old)) if path else path
+        except ValueError:  # not under the run folder (a model the recipe points at): as recorded
+            return path
+
+    for art in arts.values():
+        for key in ("path", "file", "model_dir"):
+            if art.get(key):
+                art[key] = rebase(art[key])
+    return bench
+
+
 MEASURED = "latency.json"
 """What the report stage measured itself (ONNX fp32 of the models the bench stage did not run), in its folder."""
 
@@ -333,7 +357,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     if "quantize" in stages:
         rows += _quantize_rows(run_dir, metric, quantize.get("params"))
     qrec = read("quantize", "quantize.json") or {}
-    bench = read("bench", "bench.json") or {}
+    bench = bench_record(run_dir) if "bench" in stages else {}
     attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")))
     measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
     for label, record in (measured.get("models") or {}).items():
@@ -681,7 +705,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         return {}
     cfg = replace(getattr(recipe, "bench", None) or BenchConfig(), batch_sizes=[], seq_lengths=[])
     data = load_task(recipe.task, seed=recipe.seed)
-    bench = _read(recipe.run_dir / "bench" / "bench.json") or {}
+    bench = bench_record(recipe.run_dir)
     bench_arts = {n: dict(a) for n, a in (bench.get("artifacts") or {}).items()
                   if (a.get("path") and Path(a["path"]).is_file()) or a.get("kind", "").startswith("torch")}
     qtok = recipe.run_dir / "quantize" / "tokenizer" / "tokenizer.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 
 import pytest
 
@@ -278,3 +279,32 @@ def test_a_fusion_that_changes_the_logits_is_not_the_reference(tmp_path, tiny_be
     monkeypatch.setattr(E, "optimize_onnx", lambda src, dst, kind: shutil.copy(other, dst) and {"Attention": 2})
     assert E.fused_if_exact(plain, "bert", rows, Collator({"": tok})) == plain
     assert plain.is_file() and not (tmp_path / "teacher_fused.onnx").exists()
+
+
+def test_a_moved_run_folder_reads_its_own_files(tmp_path):
+    """bench.json records its artifacts' paths under the run folder it ran in; a run folder moved (or copied to another
+    --runs-dir) since reads the files under its new place, from a record with ``run_dir`` and from an older one."""
+    from compress.report import bench_record
+
+    run = make_run(tmp_path / "old", "q", **_files(tmp_path),
+                   latency={"torch_fp32": {1: 30.0}, "onnx_fp32": {1: 20.0}, "int8_dynamic": {1: 8.0}})
+    record = json.loads((run / "bench" / "bench.json").read_text())
+    record["artifacts"]["torch_fp32"]["model_dir"] = str(run / "prune" / "model")
+    record["artifacts"]["onnx_fp32_opt"] = bench_artifact({1: 15.0}, {"accuracy": 0.89}, kind="onnx",
+                                                          path=str(run / "quantize" / "model_opt.onnx"))
+    record["artifacts"]["optimum_avx512_vnni"] = bench_artifact({1: 9.0}, {"accuracy": 0.88}, kind="onnx", peer=True,
+                                                                path="/elsewhere/model_quantized.onnx")
+    for with_run_dir in (False, True):
+        if with_run_dir:
+            record["run_dir"] = str(run)
+        (run / "bench" / "bench.json").write_text(json.dumps(record))
+        moved = tmp_path / f"new-{with_run_dir}" / "q"
+        shutil.copytree(run, moved)
+        arts = bench_record(moved)["artifacts"]
+        assert arts["torch_fp32"]["model_dir"] == str(moved / "prune" / "model")
+        assert arts["int8_dynamic"]["path"] == str(moved / "quantize" / "int8_dynamic.onnx")
+        assert arts["onnx_fp32_opt"]["path"] == str(moved / "quantize" / "model_opt.onnx")
+        assert arts["optimum_avx512_vnni"]["path"] == "/elsewhere/model_quantized.onnx"  # outside: as recorded
+        rows = {r.name: r for r in collect(moved).rows}
+        assert rows["teacher · onnx fp32 fused"].path == str(moved / "quantize" / "model_opt.onnx")
+        assert bench_record(run)["artifacts"]["int8_dynamic"]["path"] == str(run / "quantize" / "int8_dynamic.onnx")
