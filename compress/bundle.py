@@ -160,8 +160,8 @@ def model_card(manifest: dict) -> str:
         if latency.get("protocol"):
             lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`."]
             if "allow_spinning=0" in json.dumps(latency["protocol"]):  # the bench's dict or the search's line
-                lines += ["", "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that "
-                          "runs nothing else that is faster at 2+ threads than the sleeping threads timed here."]
+                lines += ["", "`predict.py` keeps onnxruntime's default, idle threads spinning, which on a device "
+                          "that runs nothing else is faster at 2+ threads than the sleeping threads timed here."]
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",
