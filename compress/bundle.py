@@ -158,10 +158,10 @@ def model_card(manifest: dict) -> str:
         lines += ["", "Measured on the build machine, before bundling (speedup: the teacher's ONNX fp32 p50 over "
                   "this model's, same threads)."]
         if latency.get("protocol"):
-            lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`."]
-            if "allow_spinning=0" in json.dumps(latency["protocol"]):  # the bench's dict or the search's line
-                lines += ["", "`predict.py` keeps onnxruntime's default, idle threads spinning, which on a device "
-                          "that runs nothing else is faster at 2+ threads than the sleeping threads timed here."]
+            lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`.", "",
+                      "`predict.py` keeps onnxruntime's default, idle threads spinning; on a device that runs nothing "
+                      "else that is faster at 2+ threads than sleeping threads (the protocol's `spin` says which "
+                      "were timed)."]
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",
