@@ -169,6 +169,10 @@ class AugmentConfig:
     """Candidates per word: its K nearest whole-word tokens."""
     embeddings: Literal["teacher", "student"] = "teacher"
     """Whose input-embedding table (and vocabulary) defines the neighbours."""
+    min_words: int = 0
+    """Only rows with at least this many words (all text columns together) get copies; the others train once, as
+    they are. SST-2's training rows are mostly short phrases (median 7 words) and its dev rows whole sentences
+    (median 19): the copies can go where the test distribution is."""
     seed: int = 0
     """Seed of the swaps (not the student's seed: students that differ only by seed share one transfer set and one
     pass of the teacher over it)."""
@@ -181,6 +185,8 @@ class AugmentConfig:
                                 f"{self.replace_prob}")
         if self.neighbours < 1:
             raise CompressError(f"{file}: {where}.neighbours: must be >= 1, got {self.neighbours}")
+        if self.min_words < 0:
+            raise CompressError(f"{file}: {where}.min_words: must be >= 0, got {self.min_words}")
 
 
 @dataclass

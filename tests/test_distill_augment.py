@@ -13,7 +13,7 @@ from compress.config import AugmentConfig, StudentConfig, TaskConfig, from_dict
 from compress.data import load_task
 from compress.distill.augment import augment_rows, neighbour_table
 from compress.distill.losses import hard_label_loss
-from compress.distill.stage import distill
+from compress.distill.stage import distill, transfer_folder
 from compress.errors import CompressError
 from students import build_student
 
@@ -71,6 +71,15 @@ def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer):
     other, _ = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=3, replace_prob=0.5, neighbours=4,
                                                                       seed=2), table=table)
     assert other["text"] != out["text"]
+    # min_words: only rows that long get copies (the originals all stay, in order)
+    long_rows = [i for i, t in enumerate(data.train["text"]) if len(t.split()) >= 8]
+    assert 0 < len(long_rows) < n
+    some, some_summary = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=3, replace_prob=0.5,
+                                                                                neighbours=4, min_words=8), table=table)
+    assert some["text"][:n] == data.train["text"] and set(some["source"][n:]) <= set(long_rows)
+    assert len(set(some["source"][n:])) > len(long_rows) // 2 and len(some) - n <= 3 * len(long_rows)
+    assert some_summary["rows_augmented"] == len(long_rows) and summary["rows_augmented"] == n
+    assert some_summary["config"]["min_words"] == 8
     # sentence pairs: both texts are augmented, word counts kept
     rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=8, holdout=0.0))
     pairs, _ = augment_rows(rte.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0, neighbours=2))
@@ -135,6 +144,11 @@ def test_augment_config_is_validated(tmp_path):
         from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"replace_prob": 1.5}}})
     with pytest.raises(CompressError, match=r"augment\.synonyms: unknown key"):
         from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"synonyms": 3}}})
+    with pytest.raises(CompressError, match=r"augment\.min_words: must be >= 0"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"min_words": -1}}})
+    # the transfer folder of every-row augmentation keeps the digest it had before min_words existed
+    assert transfer_folder(AugmentConfig(copies=3)) == "transfer/4094e4eaf3c6"
+    assert transfer_folder(AugmentConfig(copies=3, min_words=10)) != "transfer/4094e4eaf3c6"
 
 
 def test_teacher_logits_survive_an_interrupted_distillation(glue_dir, tokenizer, tmp_path, monkeypatch):

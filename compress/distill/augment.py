@@ -76,9 +76,9 @@ def swap_words(text: str, table: dict[str, list[str]], p: float, rng: random.Ran
 
 def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentConfig,
                  table: Optional[dict[str, list[str]]] = None) -> tuple[Dataset, dict]:
-    """The rows of ``ds`` (``gold`` = 1) followed by up to ``cfg.copies`` augmented copies of each (``gold`` = 0,
-    every other column copied from the original); copies identical to their original or to an earlier copy are
-    dropped. Returns the dataset and a summary (counts, a few examples)."""
+    """The rows of ``ds`` (``gold`` = 1) followed by up to ``cfg.copies`` augmented copies of each row of at least
+    ``cfg.min_words`` words (``gold`` = 0, every other column copied from the original); copies identical to their
+    original or to an earlier copy are dropped. Returns the dataset and a summary (counts, a few examples)."""
     columns = [c for c in TEXT_COLUMNS if c in ds.column_names]
     if not columns:
         raise CompressError(f"distill.augment: no text column ({', '.join(TEXT_COLUMNS)}) in {ds.column_names}")
@@ -90,7 +90,11 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
     texts = [ds[c] for c in columns]
     sources: list[int] = []
     new_texts: list[list[str]] = [[] for _ in columns]
+    eligible = 0
     for i in range(len(ds)):
+        if sum(len(t[i].split()) for t in texts) < cfg.min_words:
+            continue
+        eligible += 1
         seen = {tuple(t[i] for t in texts)}
         for _ in range(cfg.copies):
             new = tuple(swap_words(t[i], table, cfg.replace_prob, rng, lower) for t in texts)
@@ -107,9 +111,10 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
             extra = extra.add_column(c, values)
         extra = extra.add_column("gold", [0.0] * len(sources)).add_column("source", sources).cast(out.features)
         out = concatenate_datasets([out, extra.select_columns(out.column_names)])
-    summary = {"rows": len(ds), "copies": len(sources), "words_with_neighbours": len(table),
+    summary = {"rows": len(ds), "rows_augmented": eligible, "copies": len(sources),
+               "words_with_neighbours": len(table),
                "config": {"copies": cfg.copies, "replace_prob": cfg.replace_prob, "neighbours": cfg.neighbours,
-                          "seed": cfg.seed},
+                          "min_words": cfg.min_words, "seed": cfg.seed},
                "examples": [{"original": texts[0][i], "copy": new_texts[0][j]}
                             for j, i in enumerate(sources[:3])]}
     return out, summary

@@ -268,8 +268,13 @@ TRANSFER = "transfer"
 
 
 def transfer_folder(augment: AugmentConfig) -> str:
-    """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``."""
-    return f"{TRANSFER}/{fingerprint(dataclasses.asdict(augment))[:12]}"
+    """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
+    (``min_words`` 0, every row augmented, is left out of the digest: transfer sets saved before it existed stay
+    found)."""
+    setting = dataclasses.asdict(augment)
+    if setting["min_words"] == 0:
+        del setting["min_words"]
+    return f"{TRANSFER}/{fingerprint(setting)[:12]}"
 
 
 def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str) -> None:
