@@ -169,7 +169,7 @@ class AugmentConfig:
     """Candidates per word: its K nearest whole-word tokens."""
     embeddings: Literal["teacher", "student"] = "teacher"
     """Whose input-embedding table (and vocabulary) defines the neighbours."""
-    min_words: int = 0
+    min_words: int = field(default=0, metadata={"omit_default": True})
     """Only rows with at least this many words (all text columns together) get copies; the others train once, as
     they are. SST-2's training rows are mostly short phrases (median 7 words) and its dev rows whole sentences
     (median 19): the copies can go where the test distribution is."""
@@ -637,10 +637,21 @@ class Recipe:
 
     def section(self, name: str) -> dict:
         """A section as plain data (for fingerprints and manifests)."""
-        value = getattr(self, name)
-        if isinstance(value, list):  # e.g. students
-            return [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return plain(getattr(self, name))
+
+
+def plain(value: Any) -> Any:
+    """``value`` (a config dataclass, or lists/dicts of them) as plain data, like ``dataclasses.asdict``, except that
+    a field marked ``omit_default`` is left out while it holds its default: an option added after run folders exist
+    then leaves their fingerprints, and so their stages, valid until a recipe sets it."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 # ------------------------------------------------------------------------------------------------------- loading

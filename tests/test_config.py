@@ -85,3 +85,17 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert train.resolve_precision("auto") == "bf16" and train.resolve_precision("fp32") == "fp32"
     monkeypatch.setattr(train, "native_bf16", lambda: False)
     assert train.resolve_precision("auto") == "fp32" and train.resolve_precision("bf16") == "bf16"
+
+
+def test_an_option_added_later_leaves_fingerprints_alone_at_its_default(tmp_path):
+    """`Recipe.section` (what stage fingerprints hash) leaves out an ``omit_default`` option, like
+    students[].distill.augment.min_words, while it holds its default: run folders made before the option existed stay
+    reused; setting it changes the section."""
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: sst2}\nteacher: {model: bert-base-uncased}\n"
+                    "students: [{name: s, distill: {augment: {copies: 3}}}]\n")
+    before = load_recipe(path).section("students")[0]["distill"]["augment"]
+    assert before == {"copies": 3, "replace_prob": 0.4, "neighbours": 15, "embeddings": "teacher", "seed": 0}
+    after = load_recipe(path, {"students.0.distill.augment.min_words": 10}).section("students")[0]
+    assert after["distill"]["augment"] == {**before, "min_words": 10}
+    assert load_recipe(path).section("teacher")["model"] == "bert-base-uncased"  # other sections as before

@@ -26,7 +26,7 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
-from compress.config import AugmentConfig, Recipe, StudentConfig
+from compress.config import AugmentConfig, Recipe, StudentConfig, plain
 from compress.data import Collator, TaskData, load_task, rows_digest, tokenize
 from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
@@ -269,12 +269,8 @@ TRANSFER = "transfer"
 
 def transfer_folder(augment: AugmentConfig) -> str:
     """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
-    (``min_words`` 0, every row augmented, is left out of the digest: transfer sets saved before it existed stay
-    found)."""
-    setting = dataclasses.asdict(augment)
-    if setting["min_words"] == 0:
-        del setting["min_words"]
-    return f"{TRANSFER}/{fingerprint(setting)[:12]}"
+    (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default)."""
+    return f"{TRANSFER}/{fingerprint(plain(augment))[:12]}"
 
 
 def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str) -> None:
