@@ -383,6 +383,12 @@ def optimum_peer(fp32_onnx: Path, out_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+def spin_protocol(spin: bool) -> str:
+    """The latency protocol's words for ``BenchConfig.spin`` (the bench's, the search's)."""
+    return ("idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if spin else
+            "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)")
+
+
 def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
     """The torch model that quantize.json says was quantized, in this run folder (``qdir``'s parent): a run folder
     copied or moved since quantize ran (``--runs-dir``, a renamed folder) still finds it, where the folder path
@@ -448,8 +454,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                           f"in a rotating order, {cfg.rounds} rounds" if cfg.order == "series" else
                           "interleaved: all artifacts in one fresh process, timed round-robin (rotating order) run "
                           "by run"),
-                "spin": "idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if cfg.spin else
-                        "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)",
+                "spin": spin_protocol(cfg.spin),
                 "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",

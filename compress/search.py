@@ -414,6 +414,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
 
 def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], skipped: list, not_started: list,
               stopped: Optional[str], reused: int, measured: int, wall_s: float) -> dict:
+    from compress.bench import spin_protocol
+
     results = sorted(results, key=lambda r: r["latency"]["p50_ms"])
     best = pick(results, cfg.budget_ms)
     if best:
@@ -428,7 +430,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         message = f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow)"
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order), "
-                       "idle threads sleep (ORT allow_spinning=0)",
+                       + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,
