@@ -47,7 +47,7 @@ def load_trained(folder: str | Path):
     if not (folder / "config.json").is_file():
         raise CompressError(f"{folder}: not a saved model folder (no config.json)")
     if "compress_layer_sizes" in (folder / "config.json").read_text(encoding="utf-8"):
-        from compress.prune import load_pruned  # pruned with per-layer FFN widths: stock loading cannot rebuild it
+        from compress.prune import load_pruned  # pruned: per-layer FFN widths, MPNet's per-layer position-bias heads
 
         return load_pruned(folder)
     return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)

@@ -26,11 +26,17 @@ Loading: with the same FFN width in every layer, stock ``AutoModelForSequenceCla
 the model exactly (heads through ``config.pruned_heads``). With per-layer FFN widths, transformers cannot express the
 model; `load_pruned` (also used by `compress.modeling.load_trained`) builds it from the config, resizes each layer's
 FFN from ``compress_layer_sizes`` and then loads the weights (strictly).
+
+MPNet (``attention.attn.q/k/v/o``) is pruned the same way. Its relative-position bias is one tensor with a row per
+original head, shared by all layers: `dependency_graph` traces it detached (else torch-pruning couples every layer's
+heads through it), and `select_bias_heads` gives each layer its kept heads' rows, a forward pre-hook that
+`load_pruned` installs again (stock ``from_pretrained`` of a head-pruned MPNet fails in its first forward).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import re
@@ -79,16 +85,58 @@ class Provenance:
                    [LayerState(int(x["source"]), list(x["heads"]), list(x["ffn"])) for x in d["layers"]])
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where an encoder layer keeps its attention (dotted paths from the layer)."""
+
+    attn: str
+    """The module with the q/k/v linears and the head bookkeeping (num_attention_heads, attention_head_size,
+    all_head_size)."""
+    q: str
+    k: str
+    v: str
+    out: str
+    """The attention output projection, whose input columns follow the heads."""
+
+    @property
+    def needed(self) -> tuple[str, ...]:
+        return (f"{self.attn}.{self.q}", f"{self.attn}.{self.k}", f"{self.attn}.{self.v}", self.out,
+                "intermediate.dense", "output.dense")
+
+
+LAYOUTS = (Layout("attention.self", "query", "key", "value", "attention.output.dense"),  # BERT, RoBERTa, MiniLM...
+           Layout("attention.attn", "q", "k", "v", "attention.attn.o"))  # MPNet
+
+
+def layout(layer: nn.Module) -> Optional[Layout]:
+    return next((lay for lay in LAYOUTS if all(_has(layer, n) for n in lay.needed)), None)
+
+
+def self_attention(layer: nn.Module) -> nn.Module:
+    """The layer's self-attention module (BERT's ``attention.self``, MPNet's ``attention.attn``)."""
+    return _get(layer, layout(layer).attn)
+
+
+def query(layer: nn.Module) -> nn.Linear:
+    lay = layout(layer)
+    return _get(layer, f"{lay.attn}.{lay.q}")
+
+
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer layers of a BERT-family model (BERT, RoBERTa, MiniLM, ELECTRA...)."""
+    """The transformer layers of a BERT-family model (BERT, RoBERTa, MiniLM, ELECTRA, MPNet...)."""
     base = getattr(model, "base_model", model)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
-    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-              "intermediate.dense", "output.dense")
-    if not isinstance(layers, nn.ModuleList) or not all(_has(layer, n) for layer in layers for n in needed):
+    if not isinstance(layers, nn.ModuleList) or not layers or any(layout(layer) is None for layer in layers):
         raise CompressError(f"{type(model).__name__}: not a BERT-family encoder (need encoder.layer[*] with "
-                            "attention.self.query/key/value, attention.output.dense, intermediate.dense, output.dense)")
+                            "attention.self.query/key/value and attention.output.dense, or MPNet's "
+                            "attention.attn.q/k/v/o, and intermediate.dense, output.dense)")
     return layers
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
 
 
 def _has(module: nn.Module, dotted: str) -> bool:
@@ -108,7 +156,7 @@ def provenance(model: nn.Module) -> Provenance:
     if record:
         prov = Provenance.from_dict(record)
     else:
-        head_size = layers[0].attention.self.attention_head_size
+        head_size = self_attention(layers[0]).attention_head_size
         pruned = {int(k): set(v) for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
         prov = Provenance(len(layers), cfg.num_attention_heads, head_size, cfg.intermediate_size, [
             LayerState(i, [h for h in range(cfg.num_attention_heads) if h not in pruned.get(i, ())],
@@ -117,7 +165,7 @@ def provenance(model: nn.Module) -> Provenance:
     if len(prov.layers) != len(layers):
         raise CompressError(f"config.compress_pruning lists {len(prov.layers)} layers, the model has {len(layers)}")
     for i, (state, layer) in enumerate(zip(prov.layers, layers)):
-        q, inter = layer.attention.self.query, layer.intermediate.dense
+        q, inter = query(layer), layer.intermediate.dense
         if q.out_features != len(state.heads) * prov.head_size or inter.out_features != len(state.ffn):
             raise CompressError(f"config.compress_pruning: layer {i} records {len(state.heads)} heads and "
                                 f"{len(state.ffn)} FFN neurons, its weights have {q.out_features // prov.head_size}"
@@ -173,21 +221,67 @@ class Scores:
 
 
 def example_inputs(model: nn.Module, seq_len: int = 8) -> dict[str, torch.Tensor]:
-    """A tiny batch for tracing the dependency graph."""
+    """A tiny batch for tracing the dependency graph (no token_type_ids for models without them, e.g. MPNet)."""
     device = next(model.parameters()).device
     ids = torch.full((1, seq_len), min(100, model.config.vocab_size - 1), dtype=torch.long, device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    return inputs
 
 
 def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model),
-                                                 output_transform=lambda out: out.logits.sum())
+    """torch-pruning's graph of ``model``. MPNet adds one relative-position bias, computed once from an embedding
+    with a column per head, to the attention scores of every layer: traced as is, that sum couples every layer's
+    q/k channels with each other and with the embedding's columns (channel indices that mean nothing there). The
+    graph is traced with the bias detached, so a head group is its layer's q/k/v rows and output columns, as in BERT;
+    each layer then takes its kept heads' rows of the bias (`select_bias_heads`)."""
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    compute = getattr(encoder, "compute_position_bias", None)
+    if compute is not None:
+        encoder.compute_position_bias = lambda *a, **k: compute(*a, **k).detach()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model),
+                                                     output_transform=lambda out: out.logits.sum())
+    finally:
+        if compute is not None:
+            del encoder.compute_position_bias  # the class's method again
+
+
+def _take_bias_heads(module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook on an MPNet self-attention: keep the position bias's rows of the heads this layer kept."""
+    keep = module.compress_bias_heads
+    if keep is None:
+        return None
+    if len(args) > 3 and args[3] is not None:  # MPNetAttention passes (hidden, mask, head_mask, position_bias)
+        args = (*args[:3], args[3].index_select(1, keep), *args[4:])
+    elif kwargs.get("position_bias") is not None:
+        kwargs = {**kwargs, "position_bias": kwargs["position_bias"].index_select(1, keep)}
+    return args, kwargs
+
+
+def select_bias_heads(model: nn.Module, prov: Optional["Provenance"] = None) -> None:
+    """For encoders with a shared relative-position bias (MPNet): make every layer that lost heads add only its
+    kept heads' bias (original head ids from the pruning record). transformers' own ``prune_heads`` does not, so a
+    head-pruned MPNet fails in its first forward; our loader (`load_pruned`) and `apply` call this. Nothing to do
+    for BERT-style encoders."""
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    if not hasattr(encoder, "relative_attention_bias"):
+        return
+    prov = prov or provenance(model)
+    device = encoder.relative_attention_bias.weight.device
+    for layer, state in zip(encoder_layers(model), prov.layers):
+        attn = self_attention(layer)
+        keep = None if len(state.heads) == prov.num_heads else torch.tensor(state.heads, device=device)
+        attn.register_buffer("compress_bias_heads", keep, persistent=False)
+        if not hasattr(attn, "compress_bias_hook"):
+            attn.compress_bias_hook = attn.register_forward_pre_hook(_take_bias_heads, with_kwargs=True)
 
 
 def _groups(model: nn.Module, dg: tp.DependencyGraph):
     """Per layer: (head group over all q channels, FFN group over all intermediate neurons)."""
     for layer in encoder_layers(model):
-        q, inter = layer.attention.self.query, layer.intermediate.dense
+        q, inter = query(layer), layer.intermediate.dense
         yield (dg.get_pruning_group(q, tp.prune_linear_out_channels, list(range(q.out_features))),
                dg.get_pruning_group(inter, tp.prune_linear_out_channels, list(range(inter.out_features))))
 
@@ -199,7 +293,7 @@ def score(model: nn.Module, method: str, batches: Optional[Iterable[dict]] = Non
         raise CompressError(f"prune.importance: unknown method {method!r} (l1, l2, taylor)")
     dg = dependency_graph(model)
     groups = list(_groups(model, dg))
-    head_size = encoder_layers(model)[0].attention.self.attention_head_size
+    head_size = self_attention(encoder_layers(model)[0]).attention_head_size
     if method == "taylor":
         if batches is None:
             raise CompressError("prune.importance: taylor needs calibration batches")
@@ -371,7 +465,7 @@ def apply(model: nn.Module, new_layers: list[Optional[LayerState]]) -> Provenanc
         heads = [p for p, h in enumerate(old.heads) if h not in set(new.heads)]
         if heads:
             channels = [p * d + j for p in heads for j in range(d)]
-            group = dg.get_pruning_group(layer.attention.self.query, tp.prune_linear_out_channels, channels)
+            group = dg.get_pruning_group(query(layer), tp.prune_linear_out_channels, channels)
             group.prune()
         neurons = [p for p, n in enumerate(old.ffn) if n not in set(new.ffn)]
         if neurons:
@@ -388,16 +482,17 @@ def apply(model: nn.Module, new_layers: list[Optional[LayerState]]) -> Provenanc
                           [copy.deepcopy(new_layers[i]) for i in kept])
     write_config(model, new_prov)
     provenance(model)  # re-check: the record matches the weights
+    select_bias_heads(model, new_prov)
     return new_prov
 
 
 def _rewrite_layer(layer: nn.Module, heads: int, head_size: int, removed: set[int]) -> None:
-    attn = layer.attention
-    attn.self.num_attention_heads = heads
-    attn.self.attention_head_size = head_size
-    attn.self.all_head_size = heads * head_size
-    attn.pruned_heads = set(removed)
-    assert attn.self.query.out_features == attn.self.all_head_size == attn.output.dense.in_features
+    sa = self_attention(layer)
+    sa.num_attention_heads = heads
+    sa.attention_head_size = head_size
+    sa.all_head_size = heads * head_size
+    layer.attention.pruned_heads = set(removed)
+    assert query(layer).out_features == sa.all_head_size == _get(layer, layout(layer).out).in_features
 
 
 def write_config(model: nn.Module, prov: Provenance) -> None:
@@ -441,7 +536,8 @@ def load_pruned(folder: str | Path):
 
     Uniform FFN width: stock ``from_pretrained``. Per-layer FFN widths: the model is built from its config (heads
     are removed by transformers itself from ``config.pruned_heads``), each layer's FFN linears are resized from
-    ``config.compress_layer_sizes``, then the safetensors weights are loaded strictly (every key, every shape)."""
+    ``config.compress_layer_sizes``, then the safetensors weights are loaded strictly (every key, every shape).
+    Either way an MPNet gets its per-layer position-bias heads back (`select_bias_heads`)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -451,7 +547,9 @@ def load_pruned(folder: str | Path):
     config = AutoConfig.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if uniform_ffn(config):
-        return AutoModelForSequenceClassification.from_pretrained(folder), tokenizer
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        select_bias_heads(model)
+        return model, tokenizer
     model = AutoModelForSequenceClassification.from_config(config)
     layers = encoder_layers(model)
     sizes = config.compress_layer_sizes
@@ -472,4 +570,5 @@ def load_pruned(folder: str | Path):
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CompressError(f"{folder}: weights do not fit compress_layer_sizes ({str(e).splitlines()[0]})") from None
+    select_bias_heads(model)
     return model.eval(), tokenizer

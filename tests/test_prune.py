@@ -362,3 +362,73 @@ def test_bf16_predict_is_close_to_fp32(tokenizer):
     fp32, bf16 = predict(model, ds, collator), predict(model, ds, collator, precision="bf16")
     assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # it ran in bf16 ...
     assert np.abs(fp32 - bf16).max() < 0.05 * np.abs(fp32).max()  # ... close to fp32
+
+
+def tiny_mpnet(layers=3, seed=0):
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = MPNetForSequenceClassification(MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=layers,
+                                                       num_attention_heads=HEADS, intermediate_size=FFN)).eval()
+    for p in model.parameters():
+        p.data.mul_(1 + torch.rand_like(p))
+    return model
+
+
+def mpnet_batch():
+    x = batch()
+    return {"input_ids": x["input_ids"] % 190 + 5, "attention_mask": x["attention_mask"]}
+
+
+def test_mpnet_heads_and_neurons_are_removed_with_each_layer_keeping_its_position_bias_heads(tmp_path, tokenizer):
+    """MPNet's relative-position bias (one row per original head, shared by every layer) must not couple layers in
+    torch-pruning's graph, and each pruned layer must add only its kept heads' bias: the pruned model computes what
+    the unpruned one computes with those heads masked and those neurons zeroed, also after save/load and in ONNX."""
+    import onnxruntime as ort
+
+    from compress.export import export_onnx
+
+    model = tiny_mpnet()
+    x = mpnet_batch()
+    ref = copy.deepcopy(model)
+    keep_ffn = [n for n in range(FFN) if n % 3]
+    with torch.no_grad():  # the reference: removed neurons contribute nothing
+        out = ref.mpnet.encoder.layer[2].output.dense
+        out.weight[:, [n for n in range(FFN) if n not in keep_ffn]] = 0
+    head_mask = torch.ones(3, HEADS)
+    head_mask[0, 1] = 0
+    head_mask[1, [0, 2, 3]] = 0
+    expected = ref(**x, head_mask=head_mask).logits.detach()
+
+    dg = P.dependency_graph(model)  # a layer's head group stays within that layer
+    q = model.mpnet.encoder.layer[0].attention.attn.q
+    group = dg.get_pruning_group(q, P.tp.prune_linear_out_channels, list(range(8)))
+    touched = {id(dep.target.module) for dep, _ in group}
+    assert {n for n, m in model.named_modules() if id(m) in touched and n} == {
+        f"mpnet.encoder.layer.0.attention.attn.{n}" for n in "qkvo"}
+
+    plan = [P.LayerState(0, [0, 2, 3], list(range(FFN))), P.LayerState(1, [1], list(range(FFN))),
+            P.LayerState(2, list(range(HEADS)), keep_ffn)]
+    P.apply(model, plan)
+    assert (logits(model, x) - expected).abs().max() <= 1e-5
+    attn = model.mpnet.encoder.layer[1].attention.attn
+    assert attn.q.out_features == attn.all_head_size == attn.o.in_features == 8 and attn.num_attention_heads == 1
+    assert model.mpnet.encoder.relative_attention_bias.weight.shape == (32, HEADS)  # shared bias: all heads kept
+    assert model.config.pruned_heads == {0: [1], 1: [0, 2, 3]}
+
+    scores = P.score(model, "l2")  # a pruned MPNet can be scored and pruned again
+    assert [len(h) for h in scores.heads] == [3, 1, 4]
+    save(model, tokenizer, tmp_path / "m")
+    reloaded, _ = load_trained(tmp_path / "m")
+    assert (logits(reloaded, x) - expected).abs().max() <= 1e-5
+    P.apply(reloaded, [P.LayerState(0, [2], list(range(FFN))), P.LayerState(1, [1], list(range(FFN))),
+                       P.LayerState(2, [0, 3], keep_ffn)])
+    head_mask[0, [0, 3]] = 0
+    head_mask[2, [1, 2]] = 0
+    assert (logits(reloaded, x) - ref(**x, head_mask=head_mask).logits.detach()).abs().max() <= 1e-5
+
+    export_onnx(model, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    onnx_logits = sess.run(None, {n: x[n].numpy() for n in names})[0]
+    assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
