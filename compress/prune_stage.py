@@ -197,19 +197,20 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     logits, logits_from = None, None
     if cfg.recover is not None:
         precision = resolve_precision(cfg.recover.precision)
-        if cfg.recover.teacher == "teacher" and source != "teacher":
-            saved = None
-            if "distill" in inputs:  # the distill stage's pass over the same rows
-                saved = saved_teacher_logits(transfer if transfer is not None else inputs["distill"], rows, ml,
-                                             teacher_digest(inputs["teacher"]))
-            if saved is not None:
-                logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
-                log.info("recovery: the teacher's logits on %d %s rows reused from the distill stage",
-                         len(saved), "transfer" if transfer is not None else "training")
-            else:
-                t_model, t_tok = load_trained(inputs["teacher"] / "model")
-                logits, logits_from = teacher_logits(t_model, t_tok, rows, ml, precision), "computed"
-                del t_model
+        # the run's teacher teaches (also when it is the model pruned: then it is the unpruned source as well)
+        teacher_teaches = cfg.recover.teacher == "teacher" or source == "teacher"
+        saved = None
+        if teacher_teaches and "distill" in inputs:  # the distill stage's pass over the same rows
+            saved = saved_teacher_logits(transfer if transfer is not None else inputs["distill"], rows, ml,
+                                         teacher_digest(inputs["teacher"]))
+        if saved is not None:
+            logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
+            log.info("recovery: the teacher's logits on %d %s rows reused from the distill stage",
+                     len(saved), "transfer" if transfer is not None else "training")
+        elif teacher_teaches and source != "teacher":
+            t_model, t_tok = load_trained(inputs["teacher"] / "model")
+            logits, logits_from = teacher_logits(t_model, t_tok, rows, ml, precision), "computed"
+            del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
             logits, logits_from = logits_of(model, train, collator, precision=precision), "computed"
 

@@ -294,6 +294,10 @@ prune:
     assert again["fingerprint"] != done["distill"]["fingerprint"] and again["teacher_logits"] == "previous distill run"
     assert again["timing"]["half"]["teacher_cache_reused"] is True
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest), saved)
+    # pruning the teacher itself: its logits on the training rows are the same ones, not a second pass
+    path.write_text(path.read_text().replace("prune:\n", "prune:\n  source: teacher\n"))
+    pruned_teacher = run_pipeline(load_recipe(path))["prune"]
+    assert pruned_teacher["source"] == "teacher" and pruned_teacher["pruning"]["recovery_logits"] == "distill stage"
 
 
 def test_prune_recovery_trains_on_the_students_transfer_set(tiny_bert_dir, tmp_path):
