@@ -293,7 +293,9 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     spec_path, out_path = workdir / f"{stem}.spec.json", workdir / f"{stem}.out.json"
     spec_path.write_text(json.dumps(spec))
     pipe = subprocess.PIPE if quiet else None
-    proc = subprocess.run([sys.executable, "-m", "compress.bench", str(spec_path), str(out_path)],
+    # -P: no working directory on sys.path, so the worker imports the same compress as this process, not a
+    # checkout that happens to sit in the folder the command was started from
+    proc = subprocess.run([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}, text=True,
                           stdout=pipe, stderr=pipe)
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}

@@ -123,7 +123,7 @@ def test_timing_helpers():
     assert p["p50_ms"] == pytest.approx(2.5) and p["runs"] == 4 and p["p99_ms"] <= 4.0
 
 
-def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev):
+def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev, monkeypatch):
     from compress.export import export_onnx
 
     dev.select(range(8)).save_to_disk(str(tmp_path / "dev"))
@@ -132,6 +132,11 @@ def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_d
     good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
     out = run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)  # a fresh process: its own RSS
     assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and out["load_s"] >= 0
+    stale = tmp_path / "elsewhere"
+    (stale / "compress").mkdir(parents=True)
+    (stale / "compress" / "__init__.py").write_text("raise ImportError('an old checkout in the working directory')\n")
+    monkeypatch.chdir(stale)  # the worker imports the compress this process runs, not the one in its cwd
+    assert run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)["peak_rss_mb"] > 0
     torch_out = probe_memory({**spec, "kind": "torch_dynamic_int8", "model_dir": str(tiny_bert_dir), "path": None})
     assert torch_out["peak_rss_mb"] > 0
     with pytest.raises(CompressError, match="missing.onnx: ONNX file not found"):
