@@ -12,7 +12,7 @@ GPU machine cannot reach a model hub. The fine-tuned MPNet teacher is 438 MB in 
                  score itself, and that is the score its retention uses.
 
   python scripts/gpu_carry.py pack --teacher RUN/teacher/model --out .xfer
-  python scripts/gpu_carry.py unpack --parts .xfer-a .xfer-b ... --teacher-out /root/teacher --zoo $COMPRESS_CACHE/zoo
+  python scripts/gpu_carry.py unpack --parts .xfer-a .xfer-b ... --teacher-out /root/teacher [--zoo DIR]
   python scripts/gpu_carry.py seed --recipe R.yaml --runs-dir D --teacher /root/teacher [--set k=v ...]
 """
 
@@ -140,23 +140,25 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("--teacher", type=Path, required=True)
-    p.add_argument("--student-init", type=Path, default=Path.home() / ".cache/compress/zoo/minilm-l6")
+    p.add_argument("--student-init", type=Path, default=None, help="default: the zoo's minilm-l6 (materialized)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--part-mb", type=float, default=55.0)
     u = sub.add_parser("unpack")
     u.add_argument("--parts", type=Path, nargs="+", required=True)
     u.add_argument("--teacher-out", type=Path, required=True)
-    u.add_argument("--zoo", type=Path, required=True)
+    u.add_argument("--zoo", type=Path, default=None, help="default: $COMPRESS_CACHE/zoo")
     s = sub.add_parser("seed")
     s.add_argument("--recipe", required=True)
     s.add_argument("--runs-dir", required=True)
     s.add_argument("--teacher", type=Path, required=True)
     s.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
+    from teachers.zoo import cache_root, materialize
+
     if a.cmd == "pack":
-        pack(a.teacher, a.student_init, a.out, a.part_mb)
+        pack(a.teacher, a.student_init or materialize("minilm-l6"), a.out, a.part_mb)
     elif a.cmd == "unpack":
-        unpack(a.parts, a.teacher_out, a.zoo)
+        unpack(a.parts, a.teacher_out, a.zoo or cache_root() / "zoo")
     else:
         seed(a.recipe, a.runs_dir, a.teacher, a.set)
 

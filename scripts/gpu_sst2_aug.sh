@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pipelines/sst2-cpu.yaml's student with a transfer set too large for the CPU, on a lent GPU machine (one H100):
+# pipelines/sst2-cpu.yaml's student with the largest transfer set so far, on a lent GPU machine (one H100):
 # 8 word-swapped copies of every training row (449k after duplicates are dropped), labelled by the teacher, the L4 student trained one epoch at
 # batch 256, then the recipe's prune stage. The teacher is the CPU run's (carried as int8 rows by scripts/gpu_carry.py,
 # in three calls of the device tool: .xfer/a = student init, .xfer/b = teacher part 0 + SST-2 train/dev, .xfer/c =
