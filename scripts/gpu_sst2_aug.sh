@@ -6,7 +6,8 @@
 # teacher part 1; wheels of the pinned transformers/tokenizers/datasets/torch-pruning in .whl, installed to /tmp/site).
 # Results come back under $OUT: run.log, the distill/prune manifests and metrics, the pruned model in 15 MB pieces.
 # GPU_ROOT (default /root) holds xfer/{a,b,c} and receives cache/, teacher/, runs/; EXTRA_SETS adds --set pairs (a
-# dry run on the CPU: EXTRA_SETS="task.max_train_samples=600 task.max_eval_samples=100 prune.recover.max_steps=5").
+# dry run on the CPU: EXTRA_SETS="task.max_train_samples=600 task.max_eval_samples=100 prune.recover.max_steps=5");
+# GPU_STAGE (default prune) is the last stage run (distill: the student only, in bf16 pieces).
 set -euo pipefail
 ROOT=${GPU_ROOT:-/root}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COMPRESS_CACHE=$ROOT/cache GLUE_DIR=$ROOT/xfer/b/glue
@@ -19,7 +20,7 @@ python3 scripts/gpu_carry.py unpack --parts $ROOT/xfer/a $ROOT/xfer/b $ROOT/xfer
   --zoo $ROOT/cache/zoo
 python3 scripts/gpu_carry.py seed --recipe pipelines/sst2-cpu.yaml --runs-dir $ROOT/runs --teacher $ROOT/teacher "${SETS[@]}"
 status=0
-timeout "${GPU_RUN_LIMIT:-500}" python3 -m compress run pipelines/sst2-cpu.yaml --runs-dir $ROOT/runs --stage prune \
+timeout "${GPU_RUN_LIMIT:-500}" python3 -m compress run pipelines/sst2-cpu.yaml --runs-dir $ROOT/runs --stage "${GPU_STAGE:-prune}" \
   "${SETS[@]}" > "$OUT/run.log" 2>&1 || status=$?
 tr '\r' '\n' < "$OUT/run.log" | grep -v -E "(it|step|ba|examples)/s|s/(it|step)" | grep -v "^$" | tail -40
 R=$ROOT/runs/sst2-cpu
