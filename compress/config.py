@@ -250,8 +250,8 @@ class StudentConfig:
     layers: Optional[int] = None
     """Number of layers. layer_drop default: half the teacher's (every other layer); narrow: required unless init."""
     keep_layers: Optional[list[int]] = None
-    """Which layers (1-based) to keep from the teacher (layer_drop) or the init checkpoint (narrow). Default: evenly
-    spaced, always including the last."""
+    """Which layers (1-based) to keep from the teacher (layer_drop) or the init checkpoint (narrow). Default:
+    layer_drop, ``layers`` evenly spaced and always including the last; narrow, the checkpoint's bottom ``layers``."""
     hidden: Optional[int] = None
     """narrow: hidden width (must divide by heads). layer_drop: must equal the teacher's, if given."""
     heads: Optional[int] = None

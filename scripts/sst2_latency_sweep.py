@@ -3,7 +3,7 @@
     .venv/bin/python scripts/sst2_latency_sweep.py [--shapes L6 L6-k50 L4 L3 L3-k50 ...] [--out runs/sst2-sweep]
 
 The latency of a network does not depend on its weights, so each shape is the real MiniLM-L6 (zoo) truncated to
-``L`` evenly spaced layers (`students.narrow`, what a recipe's ``init: minilm-l6, layers: L`` builds) and, for
+its bottom ``L`` layers (`students.narrow`, what a recipe's ``init: minilm-l6, layers: L`` builds) and, for
 ``-kNN``, pruned (heads and FFN neurons, L1 importance, no data) to NN% of its encoder MACs at max_length, exactly
 as the prune stage cuts. Each is exported, fused and quantized to int8 dynamic by the quantize stage's code (the
 guard off: accuracy is not the question here), then timed with the bench's loop on real SST-2 dev sentences one at
