@@ -87,9 +87,11 @@ def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
     """Names of the nodes that int8 changes: every matmul-like node of ``op_types`` (those between two activations,
     QK^T and attention x V, too) and the lookups of a weight table."""
     model = onnx.load(str(path), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
+    # a table is a float matrix; a Gather of shape arithmetic reads an int64 index initializer (the graph
+    # quant_pre_process folds for static int8 has many), which int8 leaves alone
+    tables = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
     return [n.name for n in model.graph.node if n.op_type in op_types
-            and (n.op_type not in LOOKUP_OPS or any(i in weights for i in n.input))]
+            and (n.op_type not in LOOKUP_OPS or any(i in tables for i in n.input))]
 
 
 def lookup_nodes(path: Path) -> list[str]:

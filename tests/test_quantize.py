@@ -202,6 +202,27 @@ def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model
     assert fields["row_int8_tables"] == [] and dst2.stat().st_size == size and res.metrics == {"accuracy": 0.5}
 
 
+def test_lookups_are_the_embedding_tables_not_shape_gathers(tmp_path, tiny_model):
+    """The graph quant_pre_process folds for static int8 has Gathers of shape arithmetic with int64 index
+    initializers: they are not candidates (int8 leaves them alone; each would cost the guard a sensitivity run and a
+    requantize try for nothing). Only the word/position/token-type tables are, in both graphs."""
+    from compress.quantize import STATIC_OPS, preprocess_for_static
+
+    fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    static_src = preprocess_for_static(fp32_path, tmp_path / "static-src.onnx")
+    import onnx
+
+    folded = onnx.load(str(static_src))
+    ints = {i.name for i in folded.graph.initializer if i.data_type == onnx.TensorProto.INT64}
+    assert any(n.op_type == "Gather" and any(i in ints for i in n.input) for n in folded.graph.node)  # they exist
+    for path in (fp32_path, static_src):
+        lookups = lookup_nodes(path)
+        assert sorted(lookups) == sorted(f"/model/bert/embeddings/{t}_embeddings/Gather"
+                                         for t in ("word", "position", "token_type")), (path.name, lookups)
+    gathers = [n for n in quantizable_nodes(static_src, STATIC_OPS) if "Gather" in n]
+    assert sorted(gathers) == sorted(lookup_nodes(static_src))
+
+
 def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
     dev, _, collator = sst2
     fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
