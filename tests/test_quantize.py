@@ -82,9 +82,12 @@ def onnx_load_ops(path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
-def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2):
+def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2, monkeypatch):
     """Budget 0 on a metric int8 can only lose on (closeness to fp32): the guard must rank every node, keep the most
-    sensitive in fp32, and record what it excluded."""
+    sensitive in fp32, and record what it excluded. Node by node here (no groups: the exact order is checked)."""
+    import compress.quantize as Q
+
+    monkeypatch.setattr(Q, "GROUP_FROM", 10**6)
     dev, _, collator = sst2
     fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
     ref = onnx_predict(session(fp32_path), dev, collator)
@@ -97,8 +100,8 @@ def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2
     def make_kw(dst, exclude=(), only=None):
         return make(dst, exclude=exclude, only=only)
 
-    def sensitivity(node):
-        return -score(make_kw(tmp_path / "one.onnx", only=[node]))["closeness"]
+    def sensitivity(nodes):
+        return -score(make_kw(tmp_path / "one.onnx", only=nodes))["closeness"]
 
     candidates = quantizable_nodes(fp32_path, DYNAMIC_OPS)
     assert len(candidates) >= 8  # embeddings, q/k/v/o, ffn in/out per layer, pooler, classifier
@@ -130,7 +133,8 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes,
         return {"accuracy": 0.90 if fixes & set(json.loads(path.read_text())) else 0.88}
 
     sens = {"emb": 0.1, "mm1": 0.9, "mm2": 0.5, "mm3": 0.2}
-    result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, list(sens), sens.get, 0.5, tmp_path,
+    result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, list(sens), lambda nodes: sum(sens[n] for n in nodes), 0.5,
+                   tmp_path,
                    lookups=("emb",))
     assert result.shippable and result.excluded == expected
     assert json.loads((tmp_path / "int8.onnx").read_text()) == expected  # the file written is the one reported
@@ -221,6 +225,36 @@ def test_lookups_are_the_embedding_tables_not_shape_gathers(tmp_path, tiny_model
                                          for t in ("word", "position", "token_type")), (path.name, lookups)
     gathers = [n for n in quantizable_nodes(static_src, STATIC_OPS) if "Gather" in n]
     assert sorted(gathers) == sorted(lookup_nodes(static_src))
+
+
+def test_sensitivity_order_opens_only_the_groups_the_first_nodes_need():
+    """100 matmuls + 3 lookups, errors additive (a group's = the sum of its nodes') and skewed as measured on MPNet
+    (a few nodes dominate): the first k come out in exact single-node order, lookups first, from 3 lookup runs + 10
+    group runs + 10 per group opened, and only the groups whose sum beats the k-th node are opened. Asking for
+    every node measures nothing more (keeping all of them fp32 needs no order)."""
+    from compress.quantize import SensitivityOrder
+
+    rng = np.random.default_rng(0)
+    lookups = ["emb.word", "emb.pos", "emb.type"]
+    matmuls = [f"layer{i // 10}.mm{i % 10}" for i in range(100)]
+    err = dict(zip(lookups + matmuls, rng.lognormal(sigma=2.5, size=103).tolist()))
+    calls = []
+    order = SensitivityOrder(lookups + matmuls, lambda nodes: calls.append(list(nodes)) or sum(err[n] for n in nodes),
+                             tiers=(tuple(lookups),))
+    assert order.first(2) == sorted(lookups, key=lambda n: -err[n])[:2] and len(calls) == 3  # no matmul measured yet
+    exact = sorted(lookups, key=lambda n: -err[n]) + sorted(matmuls, key=lambda n: -err[n])
+    for k in (4, 8, 16):
+        assert order.first(k) == exact[:k]
+    groups = [c for c in calls if len(c) > 1]
+    assert len(groups) == 10 and all(len(g) == 10 for g in groups)
+    sums = {f"layer{i}": sum(err[f"layer{i}.mm{j}"] for j in range(10)) for i in range(10)}
+    opened = {c[0].split(".")[0] for c in calls if len(c) == 1 and c[0].startswith("layer")}
+    assert opened == {g for g, total in sums.items() if total > err[exact[15]]}
+    assert len(calls) == 3 + 10 + 10 * len(opened) and len(opened) < 10
+    assert order.scores == {c[0]: err[c[0]] for c in calls if len(c) == 1}
+    before = len(calls)
+    everything = order.first(103)
+    assert sorted(everything) == sorted(lookups + matmuls) and everything[:16] == exact[:16] and len(calls) == before
 
 
 def test_guard_within_budget_does_nothing(tmp_path, tiny_model, sst2):
