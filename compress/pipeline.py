@@ -89,6 +89,18 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     return fingerprint(payload), inputs
 
 
+def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: Path, result: dict,
+                   wall_s: Optional[float] = None) -> dict:
+    """A stage folder's manifest.json: what ran (recipe, config, seed, fingerprint, inputs' hashes), the hashes of
+    ``folder``'s files, the stage's ``result`` fields, timing, versions and host."""
+    manifest = {"stage": stage.name, "recipe": recipe.name, "recipe_path": recipe.path, "fingerprint": fp,
+                "config": {sec: recipe.section(sec) for sec in stage.sections}, "seed": recipe.seed,
+                "inputs": inputs, "outputs": hash_tree(folder), **result}
+    if wall_s is not None:
+        manifest["timing"] = {"wall_s": round(wall_s, 2), **result.get("timing", {})}
+    return {**manifest, "env": {"versions": versions(), "host": host()}, "created": now_utc()}
+
+
 def _trusted(folder: Path, fp: str) -> Optional[dict]:
     """The stage's manifest if the folder holds a complete run with this fingerprint and intact outputs."""
     path = folder / "manifest.json"
@@ -136,20 +148,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         try:
             with Timer() as timer:
                 result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done)})
-            manifest = {
-                "stage": stage.name,
-                "recipe": recipe.name,
-                "recipe_path": recipe.path,
-                "fingerprint": fp,
-                "config": {sec: recipe.section(sec) for sec in stage.sections},
-                "seed": recipe.seed,
-                "inputs": inputs,
-                "outputs": hash_tree(tmp),
-                **result,
-                "timing": {"wall_s": round(timer.seconds, 2), **result.get("timing", {})},
-                "env": {"versions": versions(), "host": host()},
-                "created": now_utc(),
-            }
+            manifest = stage_manifest(recipe, stage, fp, inputs, tmp, result, wall_s=timer.seconds)
             write_json(tmp / "manifest.json", manifest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

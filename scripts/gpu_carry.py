@@ -116,22 +116,22 @@ def unpack(parts: list[Path], teacher_out: Path, zoo: Path) -> None:
 def seed(recipe_path: str, runs_dir: str, teacher: Path, sets: list[str]) -> None:
     from compress.cli import _overrides
     from compress.config import load_recipe
-    from compress.manifest import hash_tree, now_utc, write_json
-    from compress.pipeline import _fingerprint, plan
+    from compress.manifest import write_json
+    from compress.pipeline import _fingerprint, plan, stage_manifest
 
     recipe = load_recipe(recipe_path, _overrides(sets))
     recipe.runs_dir = runs_dir
     stage = next(s for s in plan(recipe) if s.name == "teacher")
     folder = recipe.run_dir / "teacher"
+    tmp = folder.with_name(".teacher.seeding")  # written aside, then renamed: no half-seeded stage on a failure
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(teacher, tmp / "model")
+    fp, inputs = _fingerprint(recipe, stage, {})
+    write_json(tmp / "manifest.json", stage_manifest(recipe, stage, fp, inputs, tmp, {
+        "seeded": "scripts/gpu_carry.py: trained elsewhere, weights carried as int8 rows"}))
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(teacher, folder / "model")
-    fp, inputs = _fingerprint(recipe, stage, {})
-    write_json(folder / "manifest.json", {
-        "stage": "teacher", "recipe": recipe.name, "recipe_path": recipe.path, "fingerprint": fp,
-        "config": {sec: recipe.section(sec) for sec in stage.sections}, "seed": recipe.seed, "inputs": inputs,
-        "outputs": hash_tree(folder), "seeded": "scripts/gpu_carry.py: trained elsewhere, weights carried as int8 rows",
-        "created": now_utc()})
+    tmp.rename(folder)
     print(f"seeded {folder} (fingerprint {fp[:12]})")
 
 
