@@ -232,18 +232,22 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
 
 
 def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
-    """Task metrics on all of dev (batched, length-sorted)."""
+    """Task metrics on all of dev. Quantized models score one text at a time, as they are shipped (their dynamic
+    activation scales depend on the whole batch: ``compress.export.SHIPPED_BATCH``); torch fp32, batch-independent,
+    in length-sorted batches of 64."""
+    from compress.export import SHIPPED_BATCH
     from compress.metrics import compute_metrics
 
     if art["kind"].startswith("torch"):
         from compress.evaluate import predict
 
-        logits = predict(models[art["kind"]], dev, collator)
+        batch = 64 if art["kind"] == "torch_fp32" else SHIPPED_BATCH
+        logits = predict(models[art["kind"]], dev, collator, batch_size=batch)
     else:
         from compress.export import onnx_predict
 
         logits = onnx_predict(OnnxRunner(Path(art["path"]), threads, stock=art.get("stock", False)).sess, dev,
-                              collator)
+                              collator, SHIPPED_BATCH)
     return compute_metrics(metric_names, logits, np.asarray(dev["label"]))
 
 
@@ -461,7 +465,8 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
-                "accuracy": "all dev rows, batched (32, length-sorted), first thread count",
+                "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as shipped: "
+                            "int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted batches",
                 "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
                        "the Python runtime)" if cfg.isolate else "not measured (isolate: false)",
                 "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "
@@ -471,8 +476,13 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     models = {a["kind"]: load_torch(a["kind"], model_dir) for a in artifacts.values() if a["kind"].startswith("torch")}
     collator = Collator({"": AutoTokenizer.from_pretrained(qdir / "tokenizer")}, regression=spec.is_regression)
     # dev metrics already measured by the quantize stage on the same rows (torch fp32: the parity run; int8: the
-    # same files and runtime) are reused; the others are evaluated here
-    known = {"torch_fp32": qrec["fp32"]["metrics"], **{f"int8_{m}": e["metrics"] for m, e in qrec["int8"].items()}}
+    # same files and runtime, one row at a time) are reused; the others are evaluated here (int8 of a quantize
+    # record older than batch-1 scoring too: its numbers were taken in batches of 32)
+    from compress.export import SHIPPED_BATCH
+
+    known = {"torch_fp32": qrec["fp32"]["metrics"]}
+    if qrec.get("scored_batch") == SHIPPED_BATCH:
+        known.update({f"int8_{m}": e["metrics"] for m, e in qrec["int8"].items()})
     for name, art in tqdm(list(artifacts.items()), desc="bench accuracy", leave=False):
         if name in known and len(dev) == qrec["fp32"]["parity"]["rows"]:
             art["metrics"], art["metrics_from"] = known[name], "quantize stage"

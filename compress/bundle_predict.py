@@ -116,11 +116,21 @@ class Predictor:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self._np = np
 
-    def logits(self, texts: list[str], pairs: list[str] | None = None):
+    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1):
+        """Logits, one row per text. ``batch_size`` texts share one run: by default one, as the manifest's metrics
+        were measured; larger batches are faster, but an int8 *dynamic* model computes its activation scales over
+        the whole batch (padding included), so a text's scores then depend on the texts batched with it."""
         np = self._np
         if pairs is not None and len(pairs) != len(texts):
             raise BundleError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        if batch_size < 1:
+            raise BundleError(f"batch_size must be at least 1, got {batch_size}")
         batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        return np.concatenate([self._run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]) \
+            if batch else np.zeros((0, len(self.labels or [0])), dtype=np.float32)
+
+    def _run(self, batch: list):
+        np = self._np
         encodings = self.tokenizer.encode_batch(batch)
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
@@ -130,13 +140,15 @@ class Predictor:
         feed = {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs}
         return self.session.run(None, feed)[0]
 
-    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1) -> list[dict]:
+        """One dict per text: ``label``, ``score`` and every label's ``scores`` (``value`` for regression);
+        ``batch_size``: see :meth:`logits`."""
         np = self._np
         if self.pair and pairs is None:
             raise BundleError("this model reads text pairs: give a second text")
         if not self.pair and pairs is not None:
             raise BundleError("this model reads single texts: give one text")
-        logits = self.logits(texts, pairs)
+        logits = self.logits(texts, pairs, batch_size)
         if self.labels is None:  # regression
             return [{"value": float(row[0])} for row in logits]
         z = logits - logits.max(axis=-1, keepdims=True)

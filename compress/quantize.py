@@ -36,7 +36,7 @@ from compress.config import QuantizeConfig, Recipe
 from compress.data import Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
-from compress.export import check_parity, export_onnx, onnx_predict, optimize_checked, session
+from compress.export import SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, session
 from compress.manifest import write_json
 from compress.metrics import compute_metrics
 from compress.modeling import count_params, load_trained
@@ -472,7 +472,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
     fp32 = export_onnx(model, out / "model.onnx")
     parity = check_parity(torch_logits, onnx_predict(session(fp32), dev, collator), atol=cfg.parity_atol,
                           min_agreement=cfg.parity_min_agreement, what=str(fp32))
-    record = {"fp32": {"file": fp32.name, "parity": parity.as_dict(),
+    record = {"scored_batch": SHIPPED_BATCH,  # int8 metrics: dev texts one at a time, as the bundle runs them
+              "fp32": {"file": fp32.name, "parity": parity.as_dict(),
                        "metrics": compute_metrics(metric_names, torch_logits, labels)}}
     dynamic_src = fp32
     if cfg.optimize:  # nothing fused: no copy (it would help nothing)
@@ -483,7 +484,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             dynamic_src = out / "model_opt.onnx"
 
     def score(path: Path) -> dict:
-        return compute_metrics(metric_names, onnx_predict(session(path), dev, collator), labels)
+        return compute_metrics(metric_names, onnx_predict(session(path), dev, collator, SHIPPED_BATCH), labels)
 
     record["int8"] = {}
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
@@ -495,11 +496,12 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             else:
                 src, ops = preprocess_for_static(fp32, tmp / "static-src.onnx"), STATIC_OPS
                 make = StaticQuantizer(src, cfg, calib_rows, tmp)
-            sens_ref = onnx_predict(session(src), sens_rows, collator)
+            sens_ref = onnx_predict(session(src), sens_rows, collator, SHIPPED_BATCH)
 
             def sensitivity(nodes: list[str], make=make) -> float:
                 path = make(tmp / "only-these.onnx", only=nodes)
-                return float(np.mean((onnx_predict(session(path), sens_rows, collator) - sens_ref) ** 2))
+                logits = onnx_predict(session(path), sens_rows, collator, SHIPPED_BATCH)
+                return float(np.mean((logits - sens_ref) ** 2))
 
             dst = out / f"int8_{mode}.onnx"
             lookups = lookup_nodes(src)

@@ -88,10 +88,10 @@ def test_round_trip_folder_and_archive(bundle, int8_model, tokenizer):
     ref = _reference_logits(int8_model, tokenizer, TEXTS)
     probs = np.exp(ref) / np.exp(ref).sum(-1, keepdims=True)
     for source in (folder, archive):
-        results = predict(source, TEXTS)  # batched: padding must not change the answer
+        results = predict(source, TEXTS)  # one text at a time: exactly the model's scores for each text alone
         assert [r["label"] for r in results] == [["negative", "positive"][i] for i in ref.argmax(-1)]
         np.testing.assert_allclose([[r["scores"]["negative"], r["scores"]["positive"]] for r in results], probs,
-                                   atol=1e-4)
+                                   atol=1e-6)
     # the archive holds exactly the folder, under its name, with normalised metadata
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
@@ -105,6 +105,23 @@ def test_round_trip_folder_and_archive(bundle, int8_model, tokenizer):
     a = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     b = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_predictor_batches_only_when_asked(bundle, int8_model, tokenizer):
+    from compress.bundle_predict import BundleError, Predictor
+
+    folder, _ = bundle
+    predictor = Predictor(folder)
+    ref = _reference_logits(int8_model, tokenizer, TEXTS)
+    np.testing.assert_allclose(predictor.logits(TEXTS), ref, atol=1e-6)
+    batched = predictor.logits(TEXTS, batch_size=2)  # padded batches: the same labels, scores close
+    assert batched.shape == ref.shape and (batched.argmax(-1) == ref.argmax(-1)).all()
+    np.testing.assert_allclose(batched, ref, atol=0.05)
+    assert predictor.logits([]).shape == (0, 2)
+    with pytest.raises(BundleError, match="batch_size must be at least 1"):
+        predictor.predict(TEXTS, batch_size=0)
+    card = (folder / "README.md").read_text()
+    assert "one text at a time" in card and "batch_size=N" in card
 
 
 def test_manifest_schema(bundle):

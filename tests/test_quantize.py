@@ -58,6 +58,26 @@ def test_int8_dynamic_and_static_agree_with_fp32(tmp_path, tiny_model, sst2):
     assert "DynamicQuantizeLinear" in onnx_load_ops(tmp_path / "int8_dynamic.onnx")
 
 
+def test_int8_metrics_are_those_of_one_text_at_a_time(tmp_path, tiny_model, sst2):
+    """Dynamic int8 computes activation scales over the whole batch, padding included: its logits for a row change
+    with the rows batched with it. The recorded metrics are those of rows run alone, as a bundle runs them."""
+    dev, train, collator = sst2
+    labels = np.asarray(dev["label"])
+    rec = quantize_model(tiny_model, dev, labels, ["accuracy"], collator, QuantizeConfig(max_drop=100.0), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(16)))
+    assert rec["scored_batch"] == 1
+    for name in ("model.onnx", "int8_static.onnx", "int8_dynamic.onnx"):
+        sess = session(tmp_path / name)
+        alone, batched = onnx_predict(sess, dev, collator, batch_size=1), onnx_predict(sess, dev, collator)
+        if name == "int8_dynamic.onnx":
+            assert np.abs(alone - batched).max() > 1e-3  # the batch changes a row's logits
+            assert rec["int8"]["dynamic"]["metrics"]["accuracy"] == float((alone.argmax(-1) == labels).mean())
+        else:  # fp32 and static int8: the same logits either way
+            np.testing.assert_allclose(alone, batched, atol=1e-4)
+            if name == "int8_static.onnx":
+                assert rec["int8"]["static"]["metrics"]["accuracy"] == float((alone.argmax(-1) == labels).mean())
+
+
 @pytest.mark.parametrize("method, per_channel, fmt, op", [
     ("entropy", False, "qoperator", "QLinearMatMul"),
     ("percentile", True, "qdq", "DequantizeLinear"),
