@@ -38,6 +38,9 @@ class Stage:
     sections: tuple[str, ...]  # recipe sections that configure it (all must be present for it to run)
     needs: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()  # optional upstream stages: inputs (and fingerprint) only when the recipe runs them
+    revision: int = 1
+    """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
+    redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
 
     def upstream(self, done) -> tuple[str, ...]:
         return self.needs + tuple(u for u in self.uses if u in done)
@@ -53,7 +56,9 @@ STAGES: list[Stage] = [
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",)),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
-    Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune")),
+    # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH)
+    Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
+          revision=2),
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",)),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
@@ -86,6 +91,8 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
             inputs[f"{need}/{rel}"] = digest
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
                "config": {sec: recipe.section(sec) for sec in stage.sections}, "inputs": inputs}
+    if stage.revision > 1:
+        payload["revision"] = stage.revision
     return fingerprint(payload), inputs
 
 

@@ -39,6 +39,7 @@ import torch
 
 from compress.config import BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig
 from compress.errors import CompressError
+from compress.export import SHIPPED_BATCH
 from compress.manifest import fingerprint, now_utc, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
         result = {"id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
                   "macs_fraction": round(spec.macs_fraction, 4), "params": params, "file": str(path),
                   "size_bytes": path.stat().st_size, "metric_name": metric, "metric": m[metric], "metrics": m,
-                  "fp32_metrics": record["fp32"]["metrics"],
+                  "fp32_metrics": record["fp32"]["metrics"], "scored_batch": record["scored_batch"],
                   "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
                   "speedup_vs_teacher_fp32": round(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 3),
@@ -336,7 +337,10 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
         result = read_json(path)
     except ValueError:  # a torn file cannot happen with atomic writes, but a hand-edited one can
         return None
-    return result if result.get("settings") == ctx.settings and Path(result.get("file", "")).is_file() else None
+    # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
+    # again: its batched score is not the shipped model's
+    fresh = result.get("settings") == ctx.settings and result.get("scored_batch") == SHIPPED_BATCH
+    return result if fresh and Path(result.get("file", "")).is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------ the search

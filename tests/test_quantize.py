@@ -313,6 +313,21 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert set(result["metrics"]["dev"]) == {"accuracy"}
 
 
+def test_quantize_stage_revision_redoes_run_folders_scored_in_batches(tmp_path, glue_dir, monkeypatch):
+    """The quantize stage's outputs changed meaning (int8 scored one text at a time): its fingerprint carries a
+    revision, so older run folders redo it (and bench, report, bundle after it); other stages keep theirs."""
+    import compress.pipeline as pl
+
+    recipe = recipe_for(tmp_path, glue_dir)
+    payloads = []
+    monkeypatch.setattr(pl, "fingerprint", lambda payload: payloads.append(payload) or f"fp{len(payloads)}")
+    stages = {s.name: s for s in pl.STAGES}
+    pl._fingerprint(recipe, stages["teacher"], {})
+    pl._fingerprint(recipe, stages["quantize"], {"teacher": {"outputs": {"model/model.safetensors": "ab"}}})
+    assert "revision" not in payloads[0]
+    assert payloads[1]["revision"] == stages["quantize"].revision == 2
+
+
 def test_source_model_prefers_newest(tmp_path, glue_dir):
     recipe = recipe_for(tmp_path, glue_dir)
     for stage in ("teacher", "prune"):

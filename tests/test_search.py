@@ -114,6 +114,16 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")} == stamps
     assert again["best"] is None and again["message"].startswith("no candidate fits 0.0001 ms")
 
+    # a candidate recorded before int8 models were scored one text at a time is measured again, the others reused
+    old = out / "candidates" / "L1-dynamic.json"
+    record = json.loads(old.read_text())
+    assert record["scored_batch"] == 1
+    del record["scored_batch"]
+    old.write_text(json.dumps(record))
+    third = run_search(recipe, budget_ms=1000.0)
+    assert third["counts"]["measured"] == 1 and third["counts"]["reused"] == 3
+    assert json.loads(old.read_text())["scored_batch"] == 1
+
 
 def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):
     recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2]))
