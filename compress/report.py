@@ -205,6 +205,16 @@ def _kind(label: str) -> str:
     return first if first in ("teacher", "pruned", "student") else "student"
 
 
+def _int8_scoring(qrec: dict) -> Optional[str]:
+    """How the quantize stage scored its int8 models (None: no int8 models)."""
+    if not qrec.get("int8"):
+        return None
+    if qrec.get("scored_batch") == 1:
+        return "dev texts one at a time, as shipped"
+    return ("dev texts in batches of 32: this quantize stage predates one-at-a-time scoring, and an int8 dynamic "
+            "model's score depends on the batch (up to ~0.7 points); rerun the quantize stage")
+
+
 def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Row]:
     """ONNX fp32 and int8 models of the quantize stage (quantize.json)."""
     folder = run_dir / "quantize"
@@ -373,6 +383,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
                   "dev latency": (measured.get("protocol") or {}).get("order"),
+                  "int8 accuracy": _int8_scoring(qrec),
                   "versions": env.get("versions"), "host": env.get("host"),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")

@@ -17,9 +17,10 @@ def _write(path: Path, data: dict) -> None:
 def make_run(root: Path, name: str, *, int8_model: Path, fp32_model: Path, tokenizer_json: Path,
              teacher_acc: float = 0.90, fp32_acc: float = 0.89, int8: Optional[dict] = None,
              latency: Optional[dict] = None, seed: int = 42, student: Optional[str] = None,
-             student_acc: float = 0.87) -> Path:
+             student_acc: float = 0.87, scored_batch: Optional[int] = 1) -> Path:
     """``int8``: mode -> (accuracy, shippable). ``latency``: bench artifact name -> {threads: p50_ms} (p90 = 1.2 x
-    p50). ``student``: a distill stage with that student, which is then the quantized model."""
+    p50). ``student``: a distill stage with that student, which is then the quantized model. ``scored_batch``: None
+    for a quantize record made before int8 models were scored one text at a time."""
     int8 = int8 or {"dynamic": (0.885, True), "static": (0.87, True)}
     run = root / name
     env = {"versions": {"python": "3.11.7", "onnxruntime": "1.32.0", "compress": "0.1.0"},
@@ -46,7 +47,8 @@ def make_run(root: Path, name: str, *, int8_model: Path, fp32_model: Path, token
         if src.is_file():  # the whole tokenizer when it has a folder (AutoTokenizer can load it)
             shutil.copyfile(src, q / "tokenizer" / name)
     shutil.copyfile(fp32_model, q / "model.onnx")
-    record = {"fp32": {"file": "model.onnx", "metrics": {"accuracy": fp32_acc}}, "int8": {},
+    record = {**({"scored_batch": scored_batch} if scored_batch else {}),
+              "fp32": {"file": "model.onnx", "metrics": {"accuracy": fp32_acc}}, "int8": {},
               "source": {"model": student or "teacher",
                          "folder": str(run / ("distill/" + student if student else "teacher") / "model")}}
     for mode, (acc, ok) in int8.items():

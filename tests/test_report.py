@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from compress.cli import main
-from compress.report import (Latency, Row, RunTable, collect, mean_std, pareto_front, pareto_plot, table_cells,
-                             write)
+from compress.report import (Latency, Row, RunTable, _provenance_lines, collect, mean_std, pareto_front, pareto_plot,
+                             table_cells, write)
 
 from fake_run import bench_artifact, make_run
 
@@ -130,6 +130,11 @@ def test_collect_reads_stage_manifests_and_bench(tmp_path):
     assert table.provenance["seeds"] == [42] and table.provenance["recipe"] == "pipelines/quickstart.yaml"
     assert table.provenance["protocol"]["dev_rows"] == 200 and table.provenance["host"]["cpu"] == "Test CPU"
     assert "bench (2026-11-26T08:20:00+00:00)" in table.provenance["stages"]
+    assert table.provenance["int8 accuracy"] == "dev texts one at a time, as shipped"
+    # a quantize record from before one-at-a-time scoring says so under the table
+    old = collect(make_run(tmp_path / "old", "quickstart", **_files(tmp_path), scored_batch=None))
+    line = dict(_provenance_lines(old))["int8 accuracy"]
+    assert line.startswith("dev texts in batches of 32") and line.endswith("rerun the quantize stage")
 
 
 def test_collect_with_students_and_report_measurements(tmp_path):
