@@ -441,6 +441,11 @@ class QuantizeConfig:
     """What the guard spends first. speed: keep the embedding lookups fp32 before any matmul (no compute; the tables
     are then stored as int8 rows with a per-row scale when that stays within budget, else the file keeps fp32
     tables); size: every node ranked by sensitivity alone (an fp32 matmul costs time)."""
+    guard_rows: Literal["dev", "holdout"] = field(default="dev", metadata={"omit_default": True})
+    """Rows whose metric the guard's budget judges. dev: the rows the report shows; the guard stops at the first
+    exclusion set within budget, and an int8 dynamic model's dev score is noisy (+-0.5 points on MPNet-base), so a
+    guarded model's dev score can be flattered by a few tenths. holdout: the task's held-out training rows
+    (task.holdout), dev then only measured once for the model chosen; wants many rows (one of 2,000 is 0.05 points)."""
     sensitivity_rows: int = 128
     """Held-out training rows on which each node's quantization error is measured (label-free; dev is not used)."""
     parity_atol: float = 1.0e-3

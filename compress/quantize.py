@@ -452,9 +452,15 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     sens_rows = tokenize(sens_src.select(range(min(cfg.sensitivity_rows, len(sens_src)))), tokenizer, ml)
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
     labels = np.asarray(dev["label"])
+    guard_set = None
+    if cfg.guard_rows == "holdout":
+        if not len(data.holdout):
+            raise CompressError(f"{recipe.path}: quantize.guard_rows: holdout needs held-out rows (task.holdout > 0)")
+        rows = tokenize(data.holdout, tokenizer, ml)
+        guard_set = (rows, np.asarray(rows["label"]))
     tokenizer.save_pretrained(out / "tokenizer")
     result = quantize_model(model, dev, labels, spec.metrics, collator, cfg, out,
-                            calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows)
+                            calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows, guard_set=guard_set)
     result["source"] = {"model": name, "folder": str(folder)}
     write_json(out / "quantize.json", result)
     best = next((a for a in result["int8"].values() if a["shippable"]), None)
@@ -465,8 +471,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
 
 
 def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], collator: Collator,
-                   cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows) -> dict:
-    """Export, parity, fusions, int8 (each of cfg.modes) with the guard; files into ``out``; returns the record."""
+                   cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows, guard_set=None) -> dict:
+    """Export, parity, fusions, int8 (each of cfg.modes) with the guard; files into ``out``; returns the record.
+    ``guard_set``: (rows, labels) whose metric the guard's budget judges instead of dev (`QuantizeConfig.guard_rows`);
+    dev is then measured once per int8 model, after the guard."""
     out = Path(out)
     torch_logits = predict(model, dev, collator)
     fp32 = export_onnx(model, out / "model.onnx")
@@ -483,8 +491,20 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             record["fp32_opt"] = {"file": "model_opt.onnx", "fused": fused, "parity": opt_parity.as_dict()}
             dynamic_src = out / "model_opt.onnx"
 
-    def score(path: Path) -> dict:
+    def score_dev(path: Path) -> dict:
         return compute_metrics(metric_names, onnx_predict(session(path), dev, collator, SHIPPED_BATCH), labels)
+
+    if guard_set is None:
+        score, guard_fp32 = score_dev, record["fp32"]["metrics"]
+    else:
+        g_rows, g_labels = guard_set
+
+        def score(path: Path) -> dict:
+            logits = onnx_predict(session(path), g_rows, collator, SHIPPED_BATCH)
+            return compute_metrics(metric_names, logits, g_labels)
+
+        guard_fp32 = compute_metrics(metric_names, onnx_predict(session(dynamic_src), g_rows, collator), g_labels)
+        record["guard"] = {"rows": f"holdout ({len(g_rows)} rows)", "fp32_metrics": guard_fp32}
 
     record["int8"] = {}
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
@@ -505,12 +525,14 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
             dst = out / f"int8_{mode}.onnx"
             lookups = lookup_nodes(src)
-            res = guard(make, dst, score, record["fp32"]["metrics"], quantizable_nodes(src, ops), sensitivity,
+            res = guard(make, dst, score, guard_fp32, quantizable_nodes(src, ops), sensitivity,
                         cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else ())
-            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, record["fp32"]["metrics"],
-                                       cfg.max_drop)
+            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop)
+            guarded = {} if guard_set is None else {"guard_metrics": res.metrics}
+            if guard_set is not None:
+                res.metrics = score_dev(dst)
             entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
-                     "metrics": res.metrics, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
+                     "metrics": res.metrics, **guarded, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
                      "shippable": res.shippable, "guard": res.reason, "excluded_nodes": res.excluded,
                      "tries": res.tries, "sensitivity": {k: float(f"{v:.4g}") for k, v in res.sensitivity.items()},
                      "sensitivity_groups": {k: float(f"{v:.4g}") for k, v in res.sensitivity_groups.items()},
@@ -519,8 +541,9 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             if cfg.ort_format:
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
+            on = "" if guard_set is None else f" on the {record['guard']['rows']}"
             print(f"[quantize] int8 {mode}: {_fmt(res.metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
-                  f"drop {res.drop:.2f} points, {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}")
+                  f"drop {res.drop:.2f} points{on}, {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}")
     for f in out.glob("*.onnx"):
         record.setdefault("sizes", {})[f.name] = f.stat().st_size
     return record

@@ -210,7 +210,8 @@ def _int8_scoring(qrec: dict) -> Optional[str]:
     if not qrec.get("int8"):
         return None
     if qrec.get("scored_batch") == 1:
-        return "dev texts one at a time, as shipped"
+        guard = (qrec.get("guard") or {}).get("rows")
+        return "dev texts one at a time, as shipped" + (f"; the guard's budget judged on the {guard}" if guard else "")
     return ("dev texts in batches of 32: this quantize stage predates one-at-a-time scoring, and an int8 dynamic "
             "model's score depends on the batch (up to ~0.7 points); rerun the quantize stage")
 

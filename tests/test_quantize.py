@@ -313,6 +313,43 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert set(result["metrics"]["dev"]) == {"accuracy"}
 
 
+def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2):
+    """quantize.guard_rows=holdout: the budget reads another split, dev is measured for the model chosen."""
+    dev, train, collator = sst2
+    labels = np.asarray(dev["label"])
+    held = train.select(range(48))
+    rec = quantize_model(tiny_model, dev, labels, ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], max_drop=0.0, ort_format=False), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(8)),
+                         guard_set=(held, np.asarray(held["label"])))
+    assert rec["guard"]["rows"] == "holdout (48 rows)"
+    entry = rec["int8"]["dynamic"]
+    alone = lambda rows: onnx_predict(session(tmp_path / entry["file"]), rows, collator, batch_size=1)  # noqa: E731
+    assert entry["metrics"]["accuracy"] == float((alone(dev).argmax(-1) == labels).mean())
+    assert entry["guard_metrics"]["accuracy"] == float((alone(held).argmax(-1) == np.asarray(held["label"])).mean())
+    fp32_held = rec["guard"]["fp32_metrics"]["accuracy"]
+    assert entry["drop_points"] == pytest.approx(100 * (fp32_held - entry["guard_metrics"]["accuracy"]), abs=1e-3)
+
+
+def test_guard_rows_option(tmp_path, tiny_bert_dir, glue_dir):
+    """At its default the option stays out of the quantize section (older run folders keep their fingerprints);
+    holdout without held-out rows is one clear error."""
+    from compress.quantize import run
+
+    assert "guard_rows" not in recipe_for(tmp_path, glue_dir).section("quantize")
+    assert recipe_for(tmp_path, glue_dir, guard_rows="holdout").section("quantize")["guard_rows"] == "holdout"
+    bad = recipe_for(tmp_path, glue_dir, guard_rows="holdout")
+    bad.task.holdout = 0.0
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    tiny_bert_dir.rename(teacher / "model")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CompressError, match="quantize.guard_rows: holdout needs held-out rows"):
+        run(bad, tmp_path / "out", {"teacher": teacher})
+    with pytest.raises(CompressError, match="quantize.guard_rows"):
+        recipe_for(tmp_path, glue_dir, guard_rows="test")
+
+
 def test_quantize_stage_revision_redoes_run_folders_scored_in_batches(tmp_path, glue_dir, monkeypatch):
     """The quantize stage's outputs changed meaning (int8 scored one text at a time): its fingerprint carries a
     revision, so older run folders redo it (and bench, report, bundle after it); other stages keep theirs."""
