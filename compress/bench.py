@@ -465,8 +465,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
                 "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
-                "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as shipped: "
-                            "int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted batches",
+                "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as "
+                            "shipped: int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted "
+                            "batches",
                 "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
                        "the Python runtime)" if cfg.isolate else "not measured (isolate: false)",
                 "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "

@@ -528,11 +528,11 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             res = guard(make, dst, score, guard_fp32, quantizable_nodes(src, ops), sensitivity,
                         cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else ())
             compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop)
-            guarded = {} if guard_set is None else {"guard_metrics": res.metrics}
-            if guard_set is not None:
-                res.metrics = score_dev(dst)
+            metrics, guarded = res.metrics, {}
+            if guard_set is not None:  # the guard judged other rows: dev measured once, for the model it chose
+                metrics, guarded = score_dev(dst), {"guard_metrics": res.metrics}
             entry = {"file": dst.name, "source": src.name if src.parent == out else "model.onnx (pre-processed)",
-                     "metrics": res.metrics, **guarded, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
+                     "metrics": metrics, **guarded, "drop_points": round(res.drop, 4), "max_drop": cfg.max_drop,
                      "shippable": res.shippable, "guard": res.reason, "excluded_nodes": res.excluded,
                      "tries": res.tries, "sensitivity": {k: float(f"{v:.4g}") for k, v in res.sensitivity.items()},
                      "sensitivity_groups": {k: float(f"{v:.4g}") for k, v in res.sensitivity_groups.items()},
@@ -542,7 +542,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
             on = "" if guard_set is None else f" on the {record['guard']['rows']}"
-            print(f"[quantize] int8 {mode}: {_fmt(res.metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
+            print(f"[quantize] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
                   f"drop {res.drop:.2f} points{on}, {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}")
     for f in out.glob("*.onnx"):
         record.setdefault("sizes", {})[f.name] = f.stat().st_size

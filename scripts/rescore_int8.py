@@ -4,8 +4,7 @@
 
 Quantize records written before `compress.export.SHIPPED_BATCH` (no ``scored_batch`` key) scored their int8 models in
 length-sorted batches of 32. An int8 *dynamic* model's activation scales cover its whole input batch, so those numbers
-are not the ones a bundle, which runs one text at a time, gives. This prints both, per model: recorded, alone, and
-the rows whose prediction differs.
+are not the ones a bundle, which runs one text at a time, gives. This prints both per model: recorded and alone.
 """
 
 from __future__ import annotations
