@@ -276,7 +276,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    from compress.train import end_distributed
+    if "torch" in sys.modules:  # no process group without torch; `compress predict` never imports it (0.3 s, not 3)
+        from compress.train import end_distributed
 
-    end_distributed()  # only after success: on an error another process may still be in a collective
+        end_distributed()  # only after success: on an error another process may still be in a collective
     return rc

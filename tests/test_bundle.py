@@ -247,6 +247,22 @@ def test_predict_py_imports_no_torch(bundle):
     _same_result(json.loads(out), predict(folder, TEXTS[:1])[0])
 
 
+def test_compress_predict_imports_no_torch(bundle):
+    """`compress predict` verifies and runs a bundle without importing torch or transformers (seconds saved per call)."""
+    _, archive = bundle
+    code = ("import sys, json\n"
+            "from compress.cli import main\n"
+            "rc = main(['predict', '--json', sys.argv[1], sys.argv[2]])\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+            "print('HEAVY', rc, json.dumps(heavy))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(archive), TEXTS[0]], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out, tail = proc.stdout.split("HEAVY")
+    rc, heavy = tail.split(maxsplit=1)
+    assert rc == "0" and json.loads(heavy) == []
+    _same_result(json.loads(out), predict(archive, TEXTS[:1])[0])
+
+
 def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
     assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
                  "--task", "mrpc", "--max-length", "48", "--out", str(tmp_path), "--no-ort"]) == 0
