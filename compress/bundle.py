@@ -135,6 +135,7 @@ def model_card(manifest: dict) -> str:
     pair = task.get("text_pair")
     example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
     call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
+    lines_file = "pairs.tsv     # a text<TAB>its pair a line" if pair else "texts.txt     # a text a line"
     lines = [f"# {manifest['name']}", "",
              f"Task **{task['name']}** ({'text pair' if pair else 'single text'}"
              f"{', regression' if task.get('labels') is None else ', labels: ' + ', '.join(map(str, task['labels']))})."
@@ -149,8 +150,9 @@ def model_card(manifest: dict) -> str:
             else:
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
         lines += ["", "Measured one text at a time, as `predict.py` runs them. "
-                  "`Predictor.predict(texts, batch_size=N)` runs N texts together, faster; an int8 dynamic model's activation scales then cover the whole "
-                  "batch, so a text's scores can change with the texts batched with it."]
+                  "`Predictor.predict(texts, batch_size=N)` runs N texts together, faster; an int8 dynamic model's "
+                  "activation scales then cover the whole batch, so a text's scores can change with the texts "
+                  "batched with it."]
     else:
         lines.append("Not measured.")
     lines += ["", "## Latency", ""]
@@ -171,6 +173,7 @@ def model_card(manifest: dict) -> str:
               "pip install " + " ".join(f"{k}=={v}" for k, v in req.items()),
               f"python predict.py {example}            # label<TAB>score",
               f"python predict.py --json {example}     # all scores as JSON",
+              f"python predict.py --file {lines_file}; one result a line (--file -: standard input)",
               "```", "",
               "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
               "refuses a bundle with a changed or extra file. From Python:", "", "```python",
@@ -361,6 +364,17 @@ def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[st
     with open_bundle(bundle) as folder:
         try:
             return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
+        except BundleError as e:
+            raise CompressError(f"{bundle}: {e}") from None
+
+
+def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, threads: Optional[int] = None) -> int:
+    """Verify a bundle and classify every line of ``path`` (``-``: standard input) one at a time, printing one result
+    a line as it comes (:func:`compress.bundle_predict.predict_lines`); returns how many lines were classified."""
+    with open_bundle(bundle) as folder:
+        try:
+            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
+            return bundle_predict.predict_lines(predictor, path, as_json)
         except BundleError as e:
             raise CompressError(f"{bundle}: {e}") from None
 

@@ -7,6 +7,8 @@ tokenizers and numpy (no torch, no transformers), so it runs on a device that ho
     pip install onnxruntime tokenizers numpy
     python predict.py "a gripping, funny film"            # label and score
     python predict.py --json "sentence one" "sentence two"  # pair task, JSON output
+    python predict.py --file texts.txt                      # one text a line (pair tasks: text<TAB>pair)
+    cat texts.txt | python predict.py --json --file -       # standard input; one JSON object a line
 
 Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
 the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
@@ -161,17 +163,64 @@ class Predictor:
         return out
 
 
+def read_lines(path: str, pair: bool):
+    """``(text, pair or None)`` for each non-blank line of ``path`` (``-``: standard input), read as it comes;
+    pair tasks: ``text<TAB>text pair`` on each line. A line of the wrong shape stops with its file and line number."""
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8-sig")
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror})") from None
+    name = "standard input" if path == "-" else path
+    try:
+        for number, line in enumerate(stream, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if pair and len(fields) != 2:
+                raise BundleError(f"{name} line {number}: this model reads text pairs: give text<TAB>text pair")
+            if not pair and len(fields) != 1:
+                raise BundleError(f"{name} line {number}: this model reads single texts: the line holds a tab")
+            yield fields[0], fields[1] if pair else None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=None) -> int:
+    """Classify every line of ``path`` (see :func:`read_lines`) one at a time, as the metrics were measured, writing one
+    result a line to ``out`` (default stdout) as soon as it is known: "label<TAB>score", or one JSON object a line.
+    Returns how many lines were classified."""
+    out = out or sys.stdout
+    count = 0
+    for text, pair in read_lines(path, predictor.pair):
+        result = predictor.predict([text], None if pair is None else [pair])[0]
+        out.write((json.dumps(result) if as_json else format_result(result)) + "\n")
+        out.flush()
+        count += 1
+    return count
+
+
 def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify a text (or a text pair) with this bundle's model.")
-    parser.add_argument("text")
+    parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
+                                     "this bundle's model.")
+    parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
     parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead (- : standard input; pair "
+                        "tasks: text<TAB>text pair), one result a line")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
+                        "--file)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
     args = parser.parse_args(argv)
+    if (args.text is None) == (args.file is None):
+        parser.error("give a TEXT or --file PATH (not both)")
     try:
         predictor = Predictor(args.bundle, threads=args.threads)
+        if args.file is not None:
+            predict_lines(predictor, args.file, args.json)
+            return 0
         result = predictor.predict([args.text], None if args.text_pair is None else [args.text_pair])[0]
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)

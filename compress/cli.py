@@ -100,9 +100,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from compress.bundle import predict
+    from compress.bundle import predict, predict_file
     from compress.bundle_predict import format_result
 
+    if (args.text is None) == (args.file is None):
+        raise CompressError("predict: give a TEXT or --file PATH (not both)")
+    if args.file is not None:
+        predict_file(args.bundle, args.file, args.json, threads=args.threads)
+        return 0
     result = predict(args.bundle, [args.text], None if args.text_pair is None else [args.text_pair],
                      threads=args.threads)[0]
     print(format_result(result, args.json))
@@ -219,11 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify a text with a bundle (sha256-verified first)",
                        description="Verify a bundle (folder or .tar.gz: every file's sha256, no unlisted file, no "
-                       "archive member escaping the folder) and classify TEXT (and TEXT_PAIR for pair tasks).")
+                       "archive member escaping the folder) and classify TEXT (and TEXT_PAIR for pair tasks), or "
+                       "each line of --file.")
     p.add_argument("bundle", help="bundle folder or .tar.gz")
-    p.add_argument("text")
+    p.add_argument("text", nargs="?", help="the text to classify (or --file)")
     p.add_argument("text_pair", nargs="?", help="second text, for pair tasks")
-    p.add_argument("--json", action="store_true", help="print every label's score as JSON")
+    p.add_argument("--file", metavar="PATH", help="classify each line of PATH instead, one at a time (- : standard "
+                   "input; pair tasks: text<TAB>text pair); one result a line")
+    p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
+                   "--file)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.set_defaults(fn=cmd_predict)
 

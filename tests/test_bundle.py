@@ -279,6 +279,50 @@ def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
     assert "reads text pairs" in capsys.readouterr().err
 
 
+def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
+    """predict.py --file: one result a line, in order, blank lines skipped, each text run alone (as measured); stdin
+    with `-`; JSON Lines with --json."""
+    folder, _ = bundle
+    texts = [TEXTS[0], "", TEXTS[1], "  "]
+    (tmp_path / "texts.txt").write_text("\ufeff" + "\n".join(texts) + "\n", encoding="utf-8")  # a BOM, as editors write
+    expected = predict(folder, [TEXTS[0], TEXTS[1]])
+    proc = subprocess.run([sys.executable, "predict.py", "--file", str(tmp_path / "texts.txt")], capture_output=True,
+                          text=True, cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{r['label']}\t{r['score']:.4f}" for r in expected]
+    proc = subprocess.run([sys.executable, "predict.py", "--json", "--file", "-"], input="\n".join(texts),
+                          capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    for line, want in zip(lines, expected):
+        _same_result(json.loads(line), want)
+    proc = subprocess.run([sys.executable, "predict.py", "--file", "-", "also a text"], input="x", capture_output=True,
+                          text=True, cwd=folder)
+    assert proc.returncode == 2 and "give a TEXT or --file PATH (not both)" in proc.stderr
+
+
+def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_path, capsys):
+    """compress predict --file on a pair bundle: text<TAB>pair lines; a line without its pair is refused by number."""
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+                 "--task", "rte", "--out", str(tmp_path), "--no-ort"]) == 0
+    archive = tmp_path / "rte-int8.tar.gz"
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("it rains\tthe street is wet\nhe left\the is here\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", str(archive), "--file", str(pairs), "--json"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = predict(archive, ["it rains", "he left"], ["the street is wet", "he is here"])
+    assert len(got) == 2 and all(_same_result(a, b) is None for a, b in zip(got, want))
+    pairs.write_text("it rains\tthe street is wet\nno pair here\n", encoding="utf-8")
+    assert main(["predict", str(archive), "--file", str(pairs)]) == 2
+    assert f"{pairs} line 2: this model reads text pairs" in capsys.readouterr().err
+    assert main(["predict", str(archive), "--file", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt: cannot read" in capsys.readouterr().err
+    assert main(["predict", str(archive)]) == 2
+    assert "give a TEXT or --file PATH" in capsys.readouterr().err
+
+
 def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
     with pytest.raises(CompressError, match="not an int8 model"):
         build(tmp_path, "fp32", model=int8_model.with_name("fp32.onnx"), tokenizer=minilm_dir / "tokenizer.json",

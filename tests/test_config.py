@@ -54,6 +54,20 @@ def test_missing_required_and_bad_values(tmp_path):
         load_recipe(write(tmp_path, "task: [unclosed\n"))
 
 
+def test_a_task_that_is_neither_glue_nor_custom_is_refused_at_validation(tmp_path):
+    """`compress validate` catches a misspelt task name (or a custom task without files or labels), not the run."""
+    def recipe(task: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: r\ntask: {task}\nteacher: {{model: minilm-l6}}\n")
+        return path
+
+    with pytest.raises(CompressError, match=r"r\.yaml: task\.name: 'sst3' is not a GLUE task \(sst2, .*task\.files"):
+        load_recipe(recipe("{name: sst3}"))
+    with pytest.raises(CompressError, match=r"r\.yaml: task\.labels: a custom classification task must list"):
+        load_recipe(recipe("{name: reviews, files: {train: a.tsv, dev: b.tsv}}"))
+    assert load_recipe(recipe("{name: reviews, files: {train: a.tsv, dev: b.tsv}, labels: [neg, pos]}")).task.labels
+
+
 def test_defaults_and_overrides(tmp_path):
     r = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"teacher.epochs": 1, "seed": 7})
     assert r.name == "r" and r.seed == 7 and r.teacher.epochs == 1.0 and r.teacher.model == "minilm-l6"
