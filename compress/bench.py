@@ -114,7 +114,11 @@ def load_torch(kind: str, folder: str):
     model, _ = load_trained(folder)
     model.eval()
     if kind == "torch_dynamic_int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        import warnings
+
+        with warnings.catch_warnings():  # torch.ao's move to torchao is announced on every call: not this run's news
+            warnings.filterwarnings("ignore", message=r".*(deprecated|torchao|pytorch/ao).*")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 
 

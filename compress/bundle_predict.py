@@ -201,6 +201,17 @@ def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=No
     return count
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count (threads, tokens): an integer >= 1, else a usage error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
                                      "this bundle's model.")
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
                         "tasks: text<TAB>text pair), one result a line")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
                         "--file)")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import yaml
 
+from compress.bundle_predict import positive_int  # standard library only: keeps the CLI light
 from compress.errors import CompressError
 
 
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks)")
     p.add_argument("--regression", action="store_true", help="the model outputs one real value")
     p.add_argument("--pair", action="store_true", help="the model reads text pairs (non-GLUE tasks)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default 128)")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="truncate inputs to this many tokens (default 128)")
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
     p.add_argument("--out", default="dist", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(self-contained) and pareto.png. Nothing is re-measured: numbers come from the stages.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder, e.g. runs/quickstart")
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p.add_argument("--threads", type=int, help="thread count for speedup, throughput and the plot "
+    p.add_argument("--threads", type=positive_int, help="thread count for speedup, throughput and the plot "
                    "(default: the largest benchmarked)")
     p.set_defaults(fn=cmd_report)
 
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "input; pair tasks: text<TAB>text pair); one result a line")
     p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
                    "--file)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("bench", help="latency/throughput/RSS of the run's ONNX fp32 and int8 models and the peers",
@@ -245,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--full", action="store_true", help="the full grid: batch 1/8/32 x seq 32/128, all dev rows, "
                    "up to 50 timed runs or 3 s per shape (default: the recipe's bench section)")
-    p.add_argument("--threads", type=int, nargs="+", help="thread counts, e.g. --threads 1 2")
+    p.add_argument("--threads", type=positive_int, nargs="+", help="thread counts, e.g. --threads 1 2")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="also redo STAGE (e.g. quantize)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set bench.dev_rows=100")
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-ms", type=float, help="p50 latency budget per sentence in ms (default: search.budget_ms)")
     p.add_argument("--time-limit-min", type=float, help="start no new candidate after N minutes "
                    "(default: search.time_limit_min, 15)")
-    p.add_argument("--threads", type=int, help="ORT threads for the timing (default: search.threads, 1)")
+    p.add_argument("--threads", type=positive_int, help="ORT threads for the timing (default: search.threads, 1)")
     p.add_argument("--bundle", action="store_true", help="also write an edge bundle of the best model within the "
                    "budget to runs/<name>/search/bundle/ (as compress bundle does)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
+from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
@@ -293,7 +294,7 @@ class Collator:
             if prefix == "":  # "" is a prefix of every key: keep only un-prefixed model inputs
                 keys = [k for k in rows[0] if k in tok.model_input_names]
             feats = [{k[len(prefix):]: r[k] for k in keys} for r in rows]
-            padded = tok.pad(feats, return_tensors="pt")
+            padded = pad_without_fast_tokenizer_warning(tok, feats, return_tensors="pt")  # rows are pre-tokenized
             batch.update({f"{prefix}{k}": v for k, v in padded.items()})
         if "label" in rows[0]:
             dtype = torch.float32 if self.regression else torch.long

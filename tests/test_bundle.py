@@ -323,6 +323,20 @@ def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_pa
     assert "give a TEXT or --file PATH" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["predict", "b.tar.gz", "hi", "--threads", "0"],
+                                  ["bench", "r.yaml", "--threads", "1", "-2"],
+                                  ["report", "runs/x", "--threads", "two"],
+                                  ["search", "r.yaml", "--threads", "0"],
+                                  ["bundle", "--model", "m.onnx", "--max-length", "0"]])
+def test_counts_on_the_command_line_are_checked_before_anything_runs(argv, capsys):
+    """A thread count or length below 1 is a usage error naming the option (not a traceback from a worker)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --" in err and ("must be >= 1" in err or "expected an integer, got 'two'" in err)
+
+
 def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
     with pytest.raises(CompressError, match="not an int8 model"):
         build(tmp_path, "fp32", model=int8_model.with_name("fp32.onnx"), tokenizer=minilm_dir / "tokenizer.json",

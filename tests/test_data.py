@@ -144,3 +144,32 @@ def test_length_grouped_batches_pad_less(glue_dir, tokenizer):
     assert row_lengths(sub).tolist() == list(sub["length"])
     lengths = train_loader(sub, collator, 8, seed=0, epoch=0).sampler.lengths
     assert type(lengths) is list and lengths == list(sub["length"])
+
+
+def test_collator_pads_without_the_fast_tokenizer_advice(minilm_dir):
+    """Rows are tokenized once (datasets.map) and padded per batch: transformers' advice to call the tokenizer
+    instead does not apply, and the collator keeps it out of every run's log."""
+    import logging
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = logging.getLogger("transformers")
+    verbosity = hf_logging.get_verbosity()
+    root.addHandler(handler)
+    hf_logging.set_verbosity_warning()
+    try:
+        tok = AutoTokenizer.from_pretrained(minilm_dir)  # a fresh one: the advice is given once per tokenizer
+        rows = [dict(tok("a short one"), label=0), dict(tok("a somewhat longer sentence here"), label=1)]
+        batch = Collator({"": tok})(rows)
+        from_collator = [r for r in records if "fast tokenizer" in r.getMessage()]
+        AutoTokenizer.from_pretrained(minilm_dir).pad(rows[:1])  # a bare pad gives the advice: this test sees it
+    finally:
+        root.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    assert batch["input_ids"].shape == (2, len(rows[1]["input_ids"])) and batch["labels"].tolist() == [0, 1]
+    assert batch["attention_mask"][0].sum() == len(rows[0]["input_ids"])
+    assert from_collator == [] and len([r for r in records if "fast tokenizer" in r.getMessage()]) == 1
