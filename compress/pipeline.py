@@ -10,6 +10,7 @@ written, so an interrupted run never leaves a stage that a rerun would trust.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -27,6 +28,11 @@ from compress.data import data_files
 from compress.errors import CompressError
 from compress.manifest import Timer, fingerprint, hash_tree, host, now_utc, read_json, versions, write_json
 from teachers.zoo import sha256_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not locked
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,36 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
     # every later Accelerator (fit's) silently trains each process alone on all the data
     state = PartialState(cpu=not torch.cuda.is_available())
+    with run_lock(run_dir, take=state.is_main_process):
+        return _run_stages(recipe, run_dir, state, until, force)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, take: bool = True):
+    """Hold ``<run folder>/.lock`` while a run works in it: a second compress process given the same run folder
+    (another terminal, a second `make pipeline`) stops at once with one line naming the holder's pid, instead of
+    training everything again and racing the first to publish. The kernel drops the lock when its process ends, so a
+    killed run leaves nothing to clean up. Under `accelerate launch` only the main process takes it."""
+    if not take or fcntl is None:
+        yield
+        return
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "unknown"
+            raise CompressError(f"{run_dir}: in use by another compress run (pid {holder}); wait for it to end, or "
+                                f"give this one another runs_dir (--runs-dir)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...]) -> dict[str, dict]:
     done: dict[str, dict] = {}
     for stage in plan(recipe, until):
         missing = [n for n in stage.needs if n not in done]

@@ -113,6 +113,30 @@ def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
         run_pipeline(recipe, until="distil")
 
 
+def test_a_run_folder_in_use_stops_a_second_run_at_once(tmp_path, tiny_bert_dir):
+    """Two runs on one run folder: the second stops with the first's pid before any stage starts; once the first
+    process is gone (killed even), its lock is gone too."""
+    import subprocess
+    import sys
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom compress.pipeline import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CompressError, match=rf"{run_dir}: in use by another compress run \(pid {holder.pid}\)"):
+            run_pipeline(recipe)
+        assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_pipeline(recipe)["teacher"]["metrics"]["dev"]["accuracy"] >= 0  # the killed holder left no lock
+
+
 def test_cli_one_line_error(tmp_path, capsys):
     from compress.cli import main
 
