@@ -380,6 +380,13 @@ def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, th
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
+def default_name(recipe_name: str, task: str) -> str:
+    """<recipe>-<task>-int8, the task left out when the recipe's name already says it (mrpc -> mrpc-int8, sst2-cpu ->
+    sst2-cpu-int8, quickstart -> quickstart-sst2-int8)."""
+    said = task.lower() in recipe_name.lower().replace("_", "-").split("-")
+    return f"{recipe_name}-int8" if said else f"{recipe_name}-{task}-int8"
+
+
 def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: Optional[int] = None):
     """The int8 model to ship from a run's report table, and a record of why.
 
@@ -440,7 +447,7 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     table = collect(recipe.run_dir, recipe=recipe)
     chosen, choice = pick(table, cfg.pick, max_drop, cfg.threads)
     spec = task_spec(recipe.task)
-    name = cfg.name or f"{recipe.name}-{spec.name}-int8"
+    name = cfg.name or default_name(recipe.name, spec.name)
     threads = choice["threads"]
     lat = chosen.latency.get(threads) if threads else None
     latency = None

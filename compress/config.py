@@ -554,7 +554,8 @@ class BundleConfig:
     threads: Optional[int] = None
     """Thread count whose bench latency picks "fastest" and goes into the bundle manifest. None: the largest."""
     name: Optional[str] = None
-    """Bundle folder name. None: <recipe name>-<task>-int8."""
+    """Bundle folder name. None: <recipe name>-<task>-int8, or <recipe name>-int8 when the recipe's name already holds
+    the task's (rte -> rte-int8, sst2-cpu -> sst2-cpu-int8)."""
     ort: bool = True
     """Also ship the model in ORT format (model.ort) for onnxruntime mobile and minimal builds."""
 

@@ -406,6 +406,14 @@ def test_pick(run_dir):
         pick(table, "fastest")
 
 
+def test_default_bundle_names_say_the_task_once():
+    from compress.bundle import default_name
+
+    assert default_name("quickstart", "sst2") == "quickstart-sst2-int8"
+    assert default_name("rte", "rte") == "rte-int8" and default_name("sst2-cpu", "sst2") == "sst2-cpu-int8"
+    assert default_name("MRPC_small", "mrpc") == "MRPC_small-int8" and default_name("sst2x", "sst2") == "sst2x-sst2-int8"
+
+
 def test_bundle_stage_from_a_run(run_dir, tmp_path):
     from compress.bundle import run as bundle_stage
 
