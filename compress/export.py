@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +95,20 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) ->
     return path
 
 
+def _quiet_ort_transformers() -> None:
+    """ORT's transformer optimizer logs under its modules' bare names too ("fusion_attention": it puts its folder on
+    sys.path), and warns "Input hidden size (256) is not same as weight matrix dimension of q,k,v (384)" for every
+    pruned layer: there the attention's inner width is meant to differ from the model's, and the fusion is checked for
+    exactness by `fused_if_exact` anyway. Only its errors reach the run's log."""
+    import onnxruntime.transformers.optimizer as optimizer
+
+    folder = Path(optimizer.__file__).resolve().parent
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if name.startswith("onnxruntime.transformers") or (file and Path(file).resolve().parent == folder):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") -> dict[str, int]:
     """ORT transformer fusions (EmbedLayerNormalization, Attention, BiasGelu; LayerNormalization kept, not
     SkipLayerNormalization, see `SLOW_FUSIONS`) into ``dst``.
@@ -104,7 +119,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") ->
     from onnxruntime.transformers.optimizer import optimize_model
 
     kind = model_type if model_type in ("bert", "bart", "gpt2", "t5") else "bert"
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    _quiet_ort_transformers()
     options = FusionOptions(kind)
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0,
