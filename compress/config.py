@@ -123,6 +123,26 @@ class TeacherConfig(TrainConfig):
     model: str = "minilm-l6"
     """Zoo name (minilm-l6, mpnet-base), a local folder, or a hub id (online only)."""
 
+    def validate(self, file: str, where: str) -> None:
+        super().validate(file, where)
+        check_model_name(self.model, file, f"{where}.model")
+
+
+def check_model_name(name: str, file: str, where: str) -> None:
+    """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
+    the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
+    as hub ids have (legacy ids like bert-base-uncased are not near misses)."""
+    from difflib import get_close_matches
+
+    from teachers.zoo import ZOO
+
+    if name in ZOO or "/" in name or os.path.exists(name):
+        return
+    close = get_close_matches(name.lower(), list(ZOO), n=1, cutoff=0.8)
+    if close:
+        raise CompressError(f"{file}: {where}: {name!r} is not a zoo model (did you mean {close[0]!r}?) nor a folder "
+                            f"(zoo: {', '.join(ZOO)}; hub ids look like org/name)")
+
 
 @dataclass
 class MatchConfig:
@@ -290,6 +310,10 @@ class StudentConfig:
                                     f"{len(self.keep_layers)}")
         if self.kind == "layer_drop" and self.init != "random":
             raise CompressError(f"{file}: {where}.init: layer_drop students always start from the teacher's weights")
+        if self.init != "random":
+            check_model_name(self.init, file, f"{where}.init")
+        if self.tokenizer is not None:
+            check_model_name(self.tokenizer, file, f"{where}.tokenizer")
         if self.kind == "narrow" and self.init == "random" and self.layers is None and self.keep_layers is None:
             raise CompressError(f"{file}: {where}.layers: a narrow student with random init needs layers")
 

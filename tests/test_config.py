@@ -68,6 +68,25 @@ def test_a_task_that_is_neither_glue_nor_custom_is_refused_at_validation(tmp_pat
     assert load_recipe(recipe("{name: reviews, files: {train: a.tsv, dev: b.tsv}, labels: [neg, pos]}")).task.labels
 
 
+def test_a_near_miss_of_a_zoo_name_is_refused_at_validation(tmp_path):
+    """A typo in a model name fails in `compress validate`, not after the teacher has trained; hub ids and folders
+    pass (they are looked up when loaded)."""
+    def recipe(teacher: str, init: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: {teacher}}}\n"
+                        f"students: [{{name: s, kind: narrow, init: {init}}}]\n")
+        return path
+
+    with pytest.raises(CompressError, match=r"r\.yaml: students\[0\]\.init: 'minilm-l7' is not a zoo model "
+                                            r"\(did you mean 'minilm-l6'\?\)"):
+        load_recipe(recipe("mpnet-base", "minilm-l7"))
+    with pytest.raises(CompressError, match=r"teacher\.model: 'MPNet_base' is not a zoo model \(did you mean 'mpnet-base'"):
+        load_recipe(recipe("MPNet_base", "minilm-l6"))
+    (tmp_path / "minilm-l7").mkdir()  # a folder of that name is what it says
+    for teacher in ("bert-base-uncased", "microsoft/MiniLM-L12-H384-uncased", "roberta-base"):
+        assert load_recipe(recipe(teacher, str(tmp_path / "minilm-l7"))).teacher.model == teacher
+
+
 def test_defaults_and_overrides(tmp_path):
     r = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"teacher.epochs": 1, "seed": 7})
     assert r.name == "r" and r.seed == 7 and r.teacher.epochs == 1.0 and r.teacher.model == "minilm-l6"
