@@ -9,7 +9,7 @@ SEARCH_MIN ?=
 STAMP := $(VENV)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate zoo clean
+.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g
 
 validate: $(STAMP)
 	$(COMPRESS) validate $(RECIPE)
+
+dry-run: $(STAMP)  ## which stages of the recipe would run, and why (nothing runs)
+	$(COMPRESS) run $(RECIPE) --dry-run
 
 zoo: $(STAMP)  ## fetch and verify the offline zoo models (MPNet-base is a 405 MB one-time download)
 	$(COMPRESS) zoo fetch

@@ -33,6 +33,13 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe, _overrides(args.set))
     if args.runs_dir:
         recipe.runs_dir = args.runs_dir
+    if args.dry_run:
+        from compress.pipeline import explain
+
+        for name, runs, why in explain(recipe, until=args.stage, force=tuple(args.force)):
+            print(f"[{name}] {'would run' if runs else 'up to date'}{': ' + why if runs else ''}")
+        print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
+        return 0
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
     print(f"run folder: {recipe.run_dir}")
     return 0
@@ -176,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set teacher.epochs=1 or --set students.0.train.epochs=4 "
                         "(list entries by index; YAML value; repeatable)")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir")
+    p.add_argument("--dry-run", action="store_true", help="run nothing: print which stages would run and why "
+                   "(never run, forced, changed config keys, seed, input files or upstream outputs)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe without running it",

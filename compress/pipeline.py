@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -130,9 +131,7 @@ def _trusted(folder: Path, fp: str) -> Optional[dict]:
 
 def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
-    unknown = [f for f in force if f not in stage_names() and f != "all"]
-    if unknown:
-        raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
+    _check_force(force)
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
@@ -209,6 +208,86 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         print(f"[{stage.name}] done in {timer.seconds:.0f}s: {_summary(manifest)}")
         done[stage.name] = manifest
     return done
+
+
+def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> list[tuple[str, bool, str]]:
+    """What `run_pipeline` would do, without doing it: ``(stage, runs, why)`` per planned stage. A stage runs when
+    forced, never run, its outputs were edited, its fingerprint moved (the changed config keys, seed, input files or
+    upstream outputs are named), or a stage it reads will run first (its outputs are not known before)."""
+    _check_force(force)
+    run_dir = recipe.run_dir
+    done: dict[str, dict] = {}
+    runs_first: list[str] = []
+    out = []
+    for stage in plan(recipe, until):
+        upstream = stage.needs + tuple(u for u in stage.uses if u in done or u in runs_first)
+        after = [u for u in upstream if u in runs_first]
+        if after:
+            why = f"after {', '.join(after)} (reads {'its' if len(after) == 1 else 'their'} outputs)"
+        elif stage.name in force or "all" in force:
+            why = "forced (--force)"
+        else:
+            why = _why_redone(recipe, stage, run_dir / stage.name, done)
+        if why is None:
+            done[stage.name] = read_json(run_dir / stage.name / "manifest.json")
+            out.append((stage.name, False, "up to date"))
+        else:
+            runs_first.append(stage.name)
+            out.append((stage.name, True, why))
+    return out
+
+
+def _why_redone(recipe: Recipe, stage: Stage, folder: Path, done: dict[str, dict]) -> Optional[str]:
+    """None when the stage folder would be reused; else why not, in a few words."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return "not run yet"
+    fp, inputs = _fingerprint(recipe, stage, done)
+    old = read_json(path)
+    if old.get("fingerprint") == fp:
+        return None if hash_tree(folder) == old.get("outputs") else "its outputs were edited since they were written"
+    config = json.loads(json.dumps({sec: recipe.section(sec) for sec in stage.sections}))
+    reasons = _changes(old.get("config", {}), config)
+    if old.get("seed") != recipe.seed:
+        reasons.append(f"seed: {old.get('seed')} -> {recipe.seed}")
+    before = old.get("inputs", {})
+    moved = [k for k in sorted(set(before) | set(inputs)) if before.get(k) != inputs.get(k)]
+    stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()})
+    files = [k for k in moved if k.split("/", 1)[0] not in stage_names()]
+    reasons += [f"{name} outputs changed" for name in stages] + [f"input {k} changed" for k in files]
+    if not reasons:
+        reasons.append("stage code revision or compress version changed")
+    shown = reasons[:4] + ([f"+{len(reasons) - 4} more"] if len(reasons) > 4 else [])
+    return "changed: " + "; ".join(shown)
+
+
+def _changes(old, new, key: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like configs: ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in new:
+                out.append(f"{sub}: {_short(old[k])} -> (default)")
+            elif k not in old:
+                out.append(f"{sub}: (default) -> {_short(new[k])}")
+            else:
+                out += _changes(old[k], new[k], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _changes(a, b, f"{key}.{i}")]
+    return [] if old == new else [f"{key}: {_short(old)} -> {_short(new)}"]
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_force(force: tuple[str, ...]) -> None:
+    unknown = [f for f in force if f not in stage_names() and f != "all"]
+    if unknown:
+        raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
 
 
 def _remove_orphans(run_dir: Path, stage: str) -> None:

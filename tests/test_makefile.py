@@ -17,7 +17,8 @@ def test_stage_target_runs_that_stage(stage):
 
 @pytest.mark.parametrize("target,command", [("bench", "bench pipelines/mrpc.yaml"),
                                             ("bundle", "bundle pipelines/mrpc.yaml"),
-                                            ("pipeline", "run pipelines/mrpc.yaml")])
+                                            ("pipeline", "run pipelines/mrpc.yaml"),
+                                            ("dry-run", "run pipelines/mrpc.yaml --dry-run")])
 def test_other_stage_targets(target, command):
     out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "RECIPE=pipelines/mrpc.yaml"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout

@@ -61,14 +61,14 @@ def test_fits_with_different_precisions_in_one_process(tiny_bert_dir):
     assert [r.precision for r in runs] == ["bf16", "fp32", "bf16"] and all(r.steps == 2 for r in runs)
 
 
-def _recipe(tmp_path, model_dir, epochs=1):
+def _recipe(tmp_path, model_dir, epochs=1, extra=""):
     path = tmp_path / "tiny.yaml"
     path.write_text(f"""
 name: tiny
 runs_dir: {tmp_path / 'runs'}
 task: {{name: sst2, max_length: 32, max_train_samples: 200, max_eval_samples: 100, holdout: 0.001}}
 teacher: {{model: {model_dir}, epochs: {epochs}, lr: 1.0e-3, batch_size: 32}}
-""")
+{extra}""")
     return path
 
 
@@ -99,6 +99,32 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     # changed config -> redone with a new fingerprint
     changed = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, epochs=2)))
     assert changed["teacher"]["fingerprint"] != manifest["fingerprint"]
+
+
+def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, capsys):
+    from compress.cli import main
+    from compress.pipeline import explain
+
+    def recipe(**kw):
+        return load_recipe(_recipe(tmp_path, tiny_bert_dir, extra="quantize: {max_drop: 1.0}\n", **kw))
+
+    assert explain(recipe()) == [("teacher", True, "not run yet"), ("quantize", True, "after teacher (reads its outputs)")]
+    run_pipeline(recipe(), until="teacher")
+    assert explain(recipe()) == [("teacher", False, "up to date"), ("quantize", True, "not run yet")]
+    assert explain(recipe(epochs=2))[0] == ("teacher", True, "changed: teacher.epochs: 1.0 -> 2.0")
+    assert explain(recipe(), force=("teacher",))[0] == ("teacher", True, "forced (--force)")
+    with pytest.raises(CompressError, match="--force teachr: unknown stage"):
+        explain(recipe(), force=("teachr",))
+    folder = tmp_path / "runs" / "tiny" / "teacher"
+    manifest = (folder / "manifest.json").read_text()
+    (folder / "metrics.json").write_text("{}")
+    assert explain(recipe())[0] == ("teacher", True, "its outputs were edited since they were written")
+    capsys.readouterr()
+    assert main(["run", str(_recipe(tmp_path, tiny_bert_dir, epochs=3)), "--dry-run", "--set", "seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "[teacher] would run: changed: teacher.epochs: 1.0 -> 3.0; seed: 42 -> 7" in out and "nothing run" in out
+    assert (folder / "manifest.json").read_text() == manifest and (folder / "metrics.json").read_text() == "{}"
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".lock", "teacher"]  # a dry run writes nothing
 
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
