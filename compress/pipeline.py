@@ -176,13 +176,15 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             raise CompressError(f"{recipe.path}: stage {stage.name!r} needs stage {missing[0]!r}, which is not configured")
         folder = run_dir / stage.name
         fp, inputs = _fingerprint(recipe, stage, done)
-        manifest = None if (stage.name in force or "all" in force) else _trusted(folder, fp)
+        forced = stage.name in force or "all" in force
+        manifest = None if forced else _trusted(folder, fp)
         if manifest is not None:
             log.info("stage %s: unchanged, reusing %s", stage.name, folder)
             print(f"[{stage.name}] up to date ({folder})")
             done[stage.name] = manifest
             continue
-        print(f"[{stage.name}] running -> {folder}")
+        why = "forced" if forced else _why_redone(recipe, stage, folder, done)
+        print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         _remove_orphans(run_dir, stage.name)
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

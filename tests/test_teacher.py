@@ -96,9 +96,11 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     created = json.loads((folder / "manifest.json").read_text())["created"]
     forced = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
     assert forced["teacher"]["created"] != created and forced["teacher"]["fingerprint"] == manifest["fingerprint"]
-    # changed config -> redone with a new fingerprint
+    # changed config -> redone with a new fingerprint, and the log says why
+    capsys.readouterr()
     changed = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, epochs=2)))
     assert changed["teacher"]["fingerprint"] != manifest["fingerprint"]
+    assert f"[teacher] running -> {folder} (changed: teacher.epochs: 1.0 -> 2.0)" in capsys.readouterr().out
 
 
 def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, capsys):
