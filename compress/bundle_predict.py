@@ -173,7 +173,7 @@ def read_lines(path: str, pair: bool):
     name = "standard input" if path == "-" else path
     try:
         for number, line in enumerate(stream, 1):
-            line = line.rstrip("\r\n")
+            line = line.rstrip("\r\n").lstrip("\ufeff") if number == 1 else line.rstrip("\r\n")  # a piped BOM too
             if not line.strip():
                 continue
             fields = line.split("\t")

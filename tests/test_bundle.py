@@ -290,7 +290,7 @@ def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
                           text=True, cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{r['label']}\t{r['score']:.4f}" for r in expected]
-    proc = subprocess.run([sys.executable, "predict.py", "--json", "--file", "-"], input="\n".join(texts),
+    proc = subprocess.run([sys.executable, "predict.py", "--json", "--file", "-"], input="\ufeff" + "\n".join(texts),
                           capture_output=True, text=True, cwd=folder)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
