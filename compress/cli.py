@@ -296,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if "torch" in sys.modules:  # no process group without torch; `compress predict` never imports it (0.3 s, not 3)
+    if "torch" in sys.modules:  # no process group without torch; `compress predict` never imports it (0.6 s, not 4)
         from compress.train import end_distributed
 
         end_distributed()  # only after success: on an error another process may still be in a collective
