@@ -115,18 +115,18 @@ def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: 
     return {**manifest, "env": {"versions": versions(), "host": host()}, "created": now_utc()}
 
 
-def _trusted(folder: Path, fp: str) -> Optional[dict]:
-    """The stage's manifest if the folder holds a complete run with this fingerprint and intact outputs."""
+def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) -> tuple[Optional[dict], Optional[str]]:
+    """``(manifest, None)`` when ``folder`` holds a complete run with this fingerprint and intact outputs; else
+    ``(None, why not)`` in a few words (`_what_changed`)."""
     path = folder / "manifest.json"
     if not path.is_file():
-        return None
+        return None, "not run yet"
     manifest = read_json(path)
-    if manifest.get("fingerprint") != fp:
-        return None
-    if hash_tree(folder) != manifest.get("outputs"):
-        log.warning("%s: outputs changed since they were written; redoing the stage", folder)
-        return None
-    return manifest
+    if manifest.get("fingerprint") == fp:
+        if hash_tree(folder) == manifest.get("outputs"):
+            return manifest, None
+        return None, "its outputs were edited since they were written"
+    return None, _what_changed(recipe, stage, manifest, inputs)
 
 
 def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -177,13 +177,12 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         folder = run_dir / stage.name
         fp, inputs = _fingerprint(recipe, stage, done)
         forced = stage.name in force or "all" in force
-        manifest = None if forced else _trusted(folder, fp)
+        manifest, why = (None, "forced") if forced else _reuse(recipe, stage, folder, fp, inputs)
         if manifest is not None:
             log.info("stage %s: unchanged, reusing %s", stage.name, folder)
             print(f"[{stage.name}] up to date ({folder})")
             done[stage.name] = manifest
             continue
-        why = "forced" if forced else _why_redone(recipe, stage, folder, done)
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         _remove_orphans(run_dir, stage.name)
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
@@ -224,14 +223,16 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     for stage in plan(recipe, until):
         upstream = stage.needs + tuple(u for u in stage.uses if u in done or u in runs_first)
         after = [u for u in upstream if u in runs_first]
+        manifest = None
         if after:
             why = f"after {', '.join(after)} (reads {'its' if len(after) == 1 else 'their'} outputs)"
         elif stage.name in force or "all" in force:
             why = "forced (--force)"
         else:
-            why = _why_redone(recipe, stage, run_dir / stage.name, done)
-        if why is None:
-            done[stage.name] = read_json(run_dir / stage.name / "manifest.json")
+            fp, inputs = _fingerprint(recipe, stage, done)
+            manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs)
+        if manifest is not None:
+            done[stage.name] = manifest
             out.append((stage.name, False, "up to date"))
         else:
             runs_first.append(stage.name)
@@ -239,15 +240,9 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     return out
 
 
-def _why_redone(recipe: Recipe, stage: Stage, folder: Path, done: dict[str, dict]) -> Optional[str]:
-    """None when the stage folder would be reused; else why not, in a few words."""
-    path = folder / "manifest.json"
-    if not path.is_file():
-        return "not run yet"
-    fp, inputs = _fingerprint(recipe, stage, done)
-    old = read_json(path)
-    if old.get("fingerprint") == fp:
-        return None if hash_tree(folder) == old.get("outputs") else "its outputs were edited since they were written"
+def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
+    """Why a stage's recorded fingerprint differs from this run's: changed config keys (old -> new), seed, input files,
+    upstream outputs; else the code (stage revision, compress version)."""
     config = json.loads(json.dumps({sec: recipe.section(sec) for sec in stage.sections}))
     reasons = _changes(old.get("config", {}), config)
     if old.get("seed") != recipe.seed:

@@ -75,7 +75,7 @@ def test_pieces_rebuild_the_teacher_within_half_a_step_and_the_init_in_bf16(tmp_
 def test_a_seeded_teacher_stage_is_reused_by_the_pipeline(tmp_path, small_bert, glue_dir):
     from compress.cli import _overrides
     from compress.config import load_recipe
-    from compress.pipeline import _fingerprint, _trusted, plan, run_pipeline
+    from compress.pipeline import _fingerprint, _reuse, plan, run_pipeline
 
     sets = [f"teacher.model={small_bert}", "task.max_train_samples=64", "task.max_eval_samples=16"]
     runs = tmp_path / "runs"
@@ -90,4 +90,4 @@ def test_a_seeded_teacher_stage_is_reused_by_the_pipeline(tmp_path, small_bert, 
     other = load_recipe(ROOT / "pipelines" / "quickstart.yaml", _overrides(sets + ["teacher.epochs=7"]))
     other.runs_dir = str(runs)
     stage = next(s for s in plan(other) if s.name == "teacher")
-    assert _trusted(other.run_dir / "teacher", _fingerprint(other, stage, {})[0]) is None
+    assert _reuse(other, stage, other.run_dir / "teacher", *_fingerprint(other, stage, {}))[0] is None
