@@ -36,8 +36,10 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from compress.pipeline import explain
 
-        for name, runs, why in explain(recipe, until=args.stage, force=tuple(args.force)):
+        steps = explain(recipe, until=args.stage, force=tuple(args.force))
+        for name, runs, why in steps:
             print(f"[{name}] {'would run' if runs else 'up to date'}{': ' + why if runs else ''}")
+        _warn_unloadable(recipe, [name for name, runs, _ in steps if runs])
         print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
         return 0
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
@@ -50,8 +52,21 @@ def cmd_validate(args) -> int:
     from compress.pipeline import plan
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    print(f"{args.recipe}: ok; stages: {', '.join(s.name for s in plan(recipe))}")
+    stages = [s.name for s in plan(recipe)]
+    print(f"{args.recipe}: ok; stages: {', '.join(stages)}")
+    _warn_unloadable(recipe, stages)
     return 0
+
+
+def _warn_unloadable(recipe, stages) -> None:
+    """A valid recipe whose hub ids cannot load here (hub out of reach, not cached): say so, without failing."""
+    from compress import hub
+
+    for field, name in hub.recipe_models(recipe, stages):
+        try:
+            hub.check(name, f"{recipe.path}: {field}")
+        except CompressError as e:
+            print(f"warning: {e}", file=sys.stderr)
 
 
 def cmd_zoo(args) -> int:

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from transformers import logging as hf_logging
 
+from compress import hub
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -26,16 +27,17 @@ def task_kwargs(spec: TaskSpec) -> dict:
 
 def load_for_task(model: str, spec: TaskSpec):
     """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer."""
-    source = resolve(model)
+    hub.check(model, f"model {model!r}")
+    source, offline = resolve(model), hub.load_kwargs(model)
     try:
-        config = AutoConfig.from_pretrained(source, **task_kwargs(spec))
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **offline, **task_kwargs(spec))
+        tokenizer = AutoTokenizer.from_pretrained(source, **offline)
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
     try:
-        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config)
+        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model_obj, tokenizer

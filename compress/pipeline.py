@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from accelerate import PartialState
 
-from compress import __version__
+from compress import __version__, hub
 from compress.config import Recipe
 from compress.data import data_files
 from compress.errors import CompressError
@@ -170,7 +170,9 @@ def run_lock(run_dir: Path, take: bool = True):
 
 def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...]) -> dict[str, dict]:
     done: dict[str, dict] = {}
-    for stage in plan(recipe, until):
+    stages = plan(recipe, until)
+    checked = False
+    for i, stage in enumerate(stages):
         missing = [n for n in stage.needs if n not in done]
         if missing:
             raise CompressError(f"{recipe.path}: stage {stage.name!r} needs stage {missing[0]!r}, which is not configured")
@@ -183,6 +185,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             print(f"[{stage.name}] up to date ({folder})")
             done[stage.name] = manifest
             continue
+        if not checked:  # before any work: a hub id that cannot load stops the run now, not after the teacher trained
+            hub.check_recipe(recipe, [s.name for s in stages[i:]])
+            checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         _remove_orphans(run_dir, stage.name)
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"

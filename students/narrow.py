@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from compress import hub
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
@@ -23,8 +24,9 @@ from teachers.zoo import resolve
 
 
 def _tokenizer(name: str):
+    hub.check(name, f"tokenizer {name!r}")
     try:
-        return AutoTokenizer.from_pretrained(resolve(name))
+        return AutoTokenizer.from_pretrained(resolve(name), **hub.load_kwargs(name))
     except OSError as e:
         raise CompressError(f"tokenizer {name!r}: cannot load ({str(e).splitlines()[0]})") from None
 

@@ -1,0 +1,96 @@
+"""Hub ids on a machine that may not reach the Hugging Face hub.
+
+A model name that is neither a zoo name nor a folder is a hub id (``bert-base-uncased``, ``org/name``). Offline,
+loading one made huggingface_hub retry every file for ~30 s before failing, and a hub id in a student's ``init`` failed
+only after the teacher had trained. So before a run's first stage starts, every hub id the remaining stages load is
+looked up: in the Hugging Face cache, it loads from there without touching the network (``local_files_only``) when
+the hub cannot be reached; neither cached nor reachable, the run stops at once naming the recipe field.
+
+The hub counts as reachable when a TCP connection to its endpoint (``HF_ENDPOINT``) opens within 3 s. Behind a proxy
+(``HTTPS_PROXY``/``ALL_PROXY``) that probe says nothing, so the hub is assumed reachable, as before. ``HF_HUB_OFFLINE=1``
+means unreachable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from urllib.parse import urlparse
+
+from compress.errors import CompressError
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def is_hub_id(name: str) -> bool:
+    from teachers.zoo import ZOO
+
+    return name not in ZOO and name != "random" and not os.path.exists(name)
+
+
+@functools.lru_cache(maxsize=None)
+def reachable() -> bool:
+    """Whether the hub endpoint answers a TCP connection (once per process)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def cached(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds the repo's config.json (a download that got that far)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id: loading it reports that
+        return False
+
+
+def check(name: str, where: str) -> None:
+    """Refuse, at once, a hub id that can be neither downloaded nor read from the cache."""
+    if not is_hub_id(name) or reachable() or cached(name):
+        return
+    from huggingface_hub import constants
+
+    from teachers.zoo import ZOO
+
+    raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
+                        f"cannot be reached and it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); use a "
+                        f"zoo model ({', '.join(ZOO)}) or a local folder, or run once online")
+
+
+def load_kwargs(name: str) -> dict:
+    """Extra ``from_pretrained`` arguments for ``name``: read a hub id from the cache only when the hub is out of
+    reach (no retries); nothing otherwise."""
+    return {"local_files_only": True} if is_hub_id(name) and not reachable() else {}
+
+
+def recipe_models(recipe, stages) -> list[tuple[str, str]]:
+    """``(field, name)`` of every pretrained model the given stages load from a name: the teacher's base model
+    (teacher stage), students' init checkpoints and tokenizers (distill stage). Later stages read run folders."""
+    out = []
+    if "teacher" in stages and recipe.teacher is not None:
+        out.append(("teacher.model", recipe.teacher.model))
+    if "distill" in stages and recipe.students:
+        for i, s in enumerate(recipe.students):
+            if s.init != "random":
+                out.append((f"students[{i}].init", s.init))
+            if s.tokenizer is not None:
+                out.append((f"students[{i}].tokenizer", s.tokenizer))
+    return out
+
+
+def check_recipe(recipe, stages) -> None:
+    for field, name in recipe_models(recipe, stages):
+        check(name, f"{recipe.path}: {field}")

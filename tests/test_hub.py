@@ -1,0 +1,90 @@
+"""Hub ids when the hub is out of reach: a cached one loads from the cache at once, an uncached one stops the run
+before any stage works, naming the recipe field."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress import hub
+from compress.config import load_recipe
+from compress.errors import CompressError
+from compress.pipeline import run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recipe(tmp_path, teacher, extra=""):
+    path = tmp_path / "hub.yaml"
+    path.write_text(f"""
+name: hub
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 64, max_eval_samples: 32, holdout: 0.001}}
+teacher: {{model: {teacher}, epochs: 1, batch_size: 32}}
+{extra}""")
+    return path
+
+
+def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_dir):
+    extra = ("students:\n  - {name: a, kind: layer_drop, layers: 1}\n"
+             "  - {name: b, kind: narrow, init: org/small, tokenizer: org/tok}\n")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra))
+    assert hub.recipe_models(recipe, ["teacher", "distill"]) == [
+        ("teacher.model", str(tiny_bert_dir)), ("students[1].init", "org/small"), ("students[1].tokenizer", "org/tok")]
+    assert hub.recipe_models(recipe, ["distill", "quantize"])[0] == ("students[1].init", "org/small")
+    assert not hub.is_hub_id(str(tiny_bert_dir)) and not hub.is_hub_id("minilm-l6") and hub.is_hub_id("org/small")
+
+
+def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
+                                 "students:\n  - {name: s, kind: narrow, init: org/not-cached-anywhere}\n"))
+    with pytest.raises(CompressError, match=r"hub\.yaml: students\[0\]\.init: 'org/not-cached-anywhere' is a hub id.*"
+                                            r"cannot be reached and it is not in the Hugging Face cache"):
+        run_pipeline(recipe)
+    assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
+    # reachable: the check stands aside (the download itself reports a missing repo)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    hub.check("org/not-cached-anywhere", "x")
+    assert hub.load_kwargs("org/not-cached-anywhere") == {}
+
+
+def _fake_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
+    """The Hugging Face cache layout of one download of ``repo`` (refs/main -> a snapshot holding the files)."""
+    commit = "0" * 40
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, folder / "snapshots" / commit)
+
+
+def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line(tmp_path, tiny_bert_dir):
+    """In fresh processes, with the hub endpoint refusing connections (as offline): the cached id is read from the
+    cache without retries; an uncached one fails with one line naming teacher.model, and `validate` warns."""
+    cache = tmp_path / "hf-cache"
+    _fake_hub_cache(cache, "org/tiny-bert", tiny_bert_dir)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(ROOT))
+
+    def compress(*args):
+        return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=600)
+
+    ok = compress("run", str(_recipe(tmp_path, "org/tiny-bert")))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Retrying" not in ok.stderr and "[teacher] done" in ok.stdout
+    assert (tmp_path / "runs" / "hub" / "teacher" / "model" / "model.safetensors").is_file()
+
+    missing = _recipe(tmp_path, "org/not-cached")
+    failed = compress("run", str(missing))
+    assert failed.returncode == 2 and "Retrying" not in failed.stderr
+    line = failed.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith(f"error: {missing}: teacher.model: 'org/not-cached' is a hub id")
+    checked = compress("validate", str(missing))
+    assert checked.returncode == 0 and "ok; stages: teacher" in checked.stdout
+    assert checked.stderr.startswith(f"warning: {missing}: teacher.model: 'org/not-cached'")
