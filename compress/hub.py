@@ -4,7 +4,8 @@ A model name that is neither a zoo name nor a folder is a hub id (``bert-base-un
 loading one made huggingface_hub retry every file for ~30 s before failing, and a hub id in a student's ``init`` failed
 only after the teacher had trained. So before a run's first stage starts, every hub id the remaining stages load is
 looked up: in the Hugging Face cache, it loads from there without touching the network (``local_files_only``) when
-the hub cannot be reached; neither cached nor reachable, the run stops at once naming the recipe field.
+the hub cannot be reached; neither cached nor reachable, the run stops at once naming the recipe field, as it does
+for a path (``./x``, ``/x/y``, ``a/b/c``: not a repo id) that does not exist.
 
 The hub counts as reachable when a TCP connection to its endpoint (``HF_ENDPOINT``) opens within 3 s. Behind a proxy
 (``HTTPS_PROXY``/``ALL_PROXY``) that probe says nothing, so the hub is assumed reachable, as before. ``HF_HUB_OFFLINE=1``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from urllib.parse import urlparse
 
@@ -23,10 +25,22 @@ from compress.errors import CompressError
 PROBE_TIMEOUT_S = 3.0
 
 
+# what the hub accepts as a repo id: name or org/name (a path such as ./x, /x/y or a/b/c is a folder)
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
 def is_hub_id(name: str) -> bool:
     from teachers.zoo import ZOO
 
-    return name not in ZOO and name != "random" and not os.path.exists(name)
+    return name not in ZOO and name != "random" and not os.path.exists(name) and bool(_REPO_ID.match(name)) \
+        and not name.startswith(".")
+
+
+def is_missing_folder(name: str) -> bool:
+    """A name that can only be a path (not a zoo name, not a repo id) and does not exist."""
+    from teachers.zoo import ZOO
+
+    return name not in ZOO and name != "random" and not os.path.exists(name) and not is_hub_id(name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +72,10 @@ def cached(repo_id: str) -> bool:
 
 
 def check(name: str, where: str) -> None:
-    """Refuse, at once, a hub id that can be neither downloaded nor read from the cache."""
+    """Refuse, at once, a folder that does not exist, and a hub id that can be neither downloaded nor read from the
+    cache."""
+    if is_missing_folder(name):
+        raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
     if not is_hub_id(name) or reachable() or cached(name):
         return
     from huggingface_hub import constants

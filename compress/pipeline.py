@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-from accelerate import PartialState
-
 from compress import __version__, hub
 from compress.config import Recipe
-from compress.data import data_files
+from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import Timer, fingerprint, hash_tree, host, now_utc, read_json, versions, write_json
 from teachers.zoo import sha256_file
@@ -138,6 +135,9 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     # into its own temporary folder and only the main process publishes its folder.
     # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
     # every later Accelerator (fit's) silently trains each process alone on all the data
+    import torch  # here, not at the top: validate and --dry-run plan stages without torch
+    from accelerate import PartialState
+
     state = PartialState(cpu=not torch.cuda.is_available())
     with run_lock(run_dir, take=state.is_main_process):
         return _run_stages(recipe, run_dir, state, until, force)
@@ -185,11 +185,11 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             print(f"[{stage.name}] up to date ({folder})")
             done[stage.name] = manifest
             continue
-        if not checked:  # before any work: a hub id that cannot load stops the run now, not after the teacher trained
+        _remove_orphans(run_dir, stage.name)
+        if not checked:  # before any work: a model that cannot load stops the run now, not after the teacher trained
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
-        _remove_orphans(run_dir, stage.name)
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

@@ -132,3 +132,25 @@ def test_an_option_added_later_leaves_fingerprints_alone_at_its_default(tmp_path
     after = load_recipe(path, {"students.0.distill.augment.min_words": 10}).section("students")[0]
     assert after["distill"]["augment"] == {**before, "min_words": 10}
     assert load_recipe(path).section("teacher")["model"] == "bert-base-uncased"  # other sections as before
+
+
+def test_validate_and_dry_run_import_no_torch(tmp_path):
+    """Checking a recipe (`compress validate`, `compress run --dry-run`) reads YAML and hashes files: it imports
+    neither torch nor transformers (was ~5 s a call, now well under one)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys, json\n"
+            "from compress.cli import main\n"
+            "rcs = [main(['validate', sys.argv[1]]), main(['run', sys.argv[1], '--dry-run', '--runs-dir', sys.argv[2]])]\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+            "print('HEAVY', json.dumps([rcs, heavy]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(root / "pipelines" / "quickstart.yaml"), str(tmp_path)],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    out, tail = proc.stdout.split("HEAVY")
+    assert json.loads(tail) == [[0, 0], []]
+    assert "ok; stages: teacher, distill, prune, quantize, bench, report, bundle" in out
+    assert "[teacher] would run: not run yet" in out and "[bundle] would run: after" in out

@@ -38,6 +38,11 @@ def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_
         ("teacher.model", str(tiny_bert_dir)), ("students[1].init", "org/small"), ("students[1].tokenizer", "org/tok")]
     assert hub.recipe_models(recipe, ["distill", "quantize"])[0] == ("students[1].init", "org/small")
     assert not hub.is_hub_id(str(tiny_bert_dir)) and not hub.is_hub_id("minilm-l6") and hub.is_hub_id("org/small")
+    # a name that can only be a path (./x, /x/y, a/b/c) and does not exist: refused whatever the hub's state
+    for path in (str(tmp_path / "gone"), "./gone", "a/b/c"):
+        assert not hub.is_hub_id(path)
+        with pytest.raises(CompressError, match=rf"^x\.yaml: teacher\.model: '{path}': no such folder"):
+            hub.check(path, "x.yaml: teacher.model")
 
 
 def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch):

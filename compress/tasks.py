@@ -1,0 +1,87 @@
+"""Task specs: the GLUE tasks' file layouts and metrics, a custom task's spec from its config, and where its files
+are. Standard library only, so that validating a recipe (`compress validate`, `--dry-run`) does not import torch;
+``compress.data`` re-exports everything here and does the reading."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from compress.config import TaskConfig
+from compress.errors import CompressError
+
+DEFAULT_GLUE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
+
+
+@dataclass
+class TaskSpec:
+    """How one task's files are laid out and scored."""
+
+    name: str
+    folder: str
+    text: str
+    text_pair: Optional[str]
+    label: str
+    labels: Optional[list[str]]  # None: regression
+    metrics: list[str]
+    files: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "dev": "dev.tsv"})
+    header: bool = True
+    """False: files have no header row and columns are given by index (CoLA)."""
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+
+_BINARY = ["0", "1"]
+_NLI2 = ["entailment", "not_entailment"]
+GLUE_TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec("sst2", "SST-2", "sentence", None, "label", _BINARY, ["accuracy"]),
+    "mrpc": TaskSpec("mrpc", "MRPC", "#1 String", "#2 String", "Quality", _BINARY, ["f1", "accuracy"],
+                     files={"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}),
+    "rte": TaskSpec("rte", "RTE", "sentence1", "sentence2", "label", _NLI2, ["accuracy"]),
+    "cola": TaskSpec("cola", "CoLA", "3", None, "1", _BINARY, ["matthews_correlation"], header=False),
+    "stsb": TaskSpec("stsb", "STS-B", "sentence1", "sentence2", "score", None, ["pearson", "spearmanr"]),
+    "qnli": TaskSpec("qnli", "QNLI", "question", "sentence", "label", _NLI2, ["accuracy"]),
+    "mnli": TaskSpec("mnli", "MNLI", "sentence1", "sentence2", "gold_label",
+                     ["contradiction", "entailment", "neutral"], ["accuracy"],
+                     files={"train": "train.tsv", "dev": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv"}),
+    "qqp": TaskSpec("qqp", "QQP", "question1", "question2", "is_duplicate", _BINARY, ["f1", "accuracy"]),
+    "wnli": TaskSpec("wnli", "WNLI", "sentence1", "sentence2", "label", _BINARY, ["accuracy"]),
+}
+
+
+def task_spec(cfg: TaskConfig) -> TaskSpec:
+    """The spec of a GLUE task by name, or one built from a custom task's config."""
+    if cfg.name in GLUE_TASKS and not cfg.files and not cfg.hub_dataset:
+        return GLUE_TASKS[cfg.name]
+    if not cfg.files and not cfg.hub_dataset:
+        raise CompressError(f"task.name: {cfg.name!r} is not a GLUE task ({', '.join(GLUE_TASKS)}); "
+                            f"a custom task needs task.files or task.hub_dataset")
+    if cfg.labels is None and not cfg.regression:
+        raise CompressError("task.labels: a custom classification task must list its labels (or set regression: true)")
+    metrics = cfg.metrics or (["pearson", "spearmanr"] if cfg.regression else ["accuracy"])
+    return TaskSpec(cfg.name, "", cfg.text_column, cfg.text_pair_column, cfg.label_column,
+                    None if cfg.regression else [str(x) for x in cfg.labels], metrics, files=dict(cfg.files or {}))
+
+
+def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    root = Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+    return root / spec.folder if spec.folder else Path(".")
+
+
+def data_files(cfg: TaskConfig) -> list[Path]:
+    """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
+    if cfg.hub_dataset:
+        return []
+    spec = task_spec(cfg)
+    folder = data_dir(cfg, spec)
+    return [folder / name for name in spec.files.values() if (folder / name).is_file()]
