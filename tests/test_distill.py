@@ -107,6 +107,14 @@ def test_tiny_student_distils_and_loss_goes_down(glue_dir, tokenizer):
     assert after["kd"] < 0.8 * before["kd"], (before, after)
     assert after["attention_t4_s2"] < before["attention_t4_s2"], (before, after)
     assert not any(p.requires_grad for p in teacher.parameters())
+    # asking for attention maps is intended: transformers' "falling back to the manual attention" notice is dropped
+    import logging
+
+    log = logging.getLogger(type(student.model).__module__)
+    record = lambda msg: logging.LogRecord(log.name, logging.WARNING, "", 0, msg, None, None)  # noqa: E731
+    assert not log.filter(record("BertSdpaSelfAttention is used but ... Falling back to the manual attention "
+                                 "implementation, but specifying the manual implementation will be required"))
+    assert log.filter(record("any other warning"))
 
 
 def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer, shifted_tokenizer):

@@ -8,6 +8,7 @@ from the batch), and its outputs are cloned into ordinary tensors before they me
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -70,6 +71,22 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
     return out
 
 
+class _NoAttentionFallbackNotice(logging.Filter):
+    """Drops transformers' "BertSdpaSelfAttention is used but ... Falling back to the manual attention implementation"
+    notice: attention matches ask for the attention maps on purpose, and the manual path is the one that returns them
+    (the models, their export and their inference are untouched)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Falling back to the manual attention implementation" not in record.getMessage()
+
+
+def expect_attention_maps(model: torch.nn.Module) -> None:
+    """Say, once per model class's module, that asking ``model`` for attention maps is intended."""
+    logger = logging.getLogger(type(model).__module__)
+    if not any(isinstance(f, _NoAttentionFallbackNotice) for f in logger.filters):
+        logger.addFilter(_NoAttentionFallbackNotice())
+
+
 class Distiller(torch.nn.Module):
     """The student plus one learned linear projection (student width -> teacher width) per projected match."""
 
@@ -82,6 +99,8 @@ class Distiller(torch.nn.Module):
         self.matches = matches
 
     def forward(self, hidden: bool = False, attentions: bool = False, **inputs):
+        if attentions:
+            expect_attention_maps(self.student)
         out = self.student(**inputs, output_hidden_states=hidden, output_attentions=attentions)
         projected = {}
         if hidden:
@@ -129,6 +148,8 @@ class KDObjective:
             self.teacher.to(device)
         self.teacher.eval()
         inputs = {k: batch[p + k] for k in MODEL_INPUTS if p + k in batch}
+        if attentions:
+            expect_attention_maps(self.teacher)
         with torch.inference_mode():
             out = self.teacher(**inputs, output_hidden_states=hidden, output_attentions=attentions)
         clone = lambda xs: None if xs is None else tuple(x.clone() for x in xs)  # noqa: E731 (normal tensors)
