@@ -181,10 +181,21 @@ def cmd_search(args) -> int:
     return 0 if summary["best"] else 1
 
 
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from compress.manifest import versions
+
+        v = versions()
+        print(f"compress {v.pop('compress')}; " + ", ".join(f"{k} {x or 'not installed'}" for k, x in v.items()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description="Distil, prune, quantize and ship BERT-family "
                                      "encoders. Recipes (YAML) in pipelines/ drive every stage.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="this package's version and the library versions a manifest records (for bug reports)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a recipe's stages into runs/<name>/ (unchanged stages are reused)",

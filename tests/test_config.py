@@ -154,3 +154,14 @@ def test_validate_and_dry_run_import_no_torch(tmp_path):
     assert json.loads(tail) == [[0, 0], []]
     assert "ok; stages: teacher, distill, prune, quantize, bench, report, bundle" in out
     assert "[teacher] would run: not run yet" in out and "[bundle] would run: after" in out
+
+
+def test_version_names_the_stack(capsys):
+    from compress import __version__
+    from compress.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"compress {__version__}; python ")
+    assert "torch 2.13.0" in out and "transformers 4.57.6" in out and "onnxruntime 1.32.0" in out
