@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
         steps = explain(recipe, until=args.stage, force=tuple(args.force))
         for name, runs, why in steps:
             print(f"[{name}] {'would run' if runs else 'up to date'}{': ' + why if runs else ''}")
-        _warn_unloadable(recipe, [name for name, runs, _ in steps if runs])
+        _warn_not_runnable(recipe, [name for name, runs, _ in steps if runs])
         print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
         return 0
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
@@ -54,13 +54,19 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, _overrides(args.set))
     stages = [s.name for s in plan(recipe)]
     print(f"{args.recipe}: ok; stages: {', '.join(stages)}")
-    _warn_unloadable(recipe, stages)
+    _warn_not_runnable(recipe, stages)
     return 0
 
 
-def _warn_unloadable(recipe, stages) -> None:
-    """A valid recipe whose hub ids cannot load here (hub out of reach, not cached): say so, without failing."""
+def _warn_not_runnable(recipe, stages) -> None:
+    """A valid recipe that cannot run here as it stands (data files missing, a hub id out of reach and not cached, a
+    model folder missing): say so, without failing."""
     from compress import hub
+    from compress.tasks import missing_files
+
+    if stages:
+        for path in missing_files(recipe.task):
+            print(f"warning: {recipe.path}: task: {path}: file not found", file=sys.stderr)
 
     for field, name in hub.recipe_models(recipe, stages):
         try:

@@ -85,3 +85,13 @@ def data_files(cfg: TaskConfig) -> list[Path]:
     spec = task_spec(cfg)
     folder = data_dir(cfg, spec)
     return [folder / name for name in spec.files.values() if (folder / name).is_file()]
+
+
+def missing_files(cfg: TaskConfig) -> list[Path]:
+    """The files a run will read (train, dev, and test where the task has one) that are not there."""
+    if cfg.hub_dataset:
+        return []
+    spec = task_spec(cfg)
+    folder = data_dir(cfg, spec)
+    return [folder / spec.files[s] for s in ("train", "dev", "test")
+            if s in spec.files and not (folder / spec.files[s]).is_file()]

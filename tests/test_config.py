@@ -165,3 +165,16 @@ def test_version_names_the_stack(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith(f"compress {__version__}; python ")
     assert "torch 2.13.0" in out and "transformers 4.57.6" in out and "onnxruntime 1.32.0" in out
+
+
+def test_validate_warns_of_missing_data_files_without_failing(tmp_path, monkeypatch, capsys):
+    from compress.cli import main
+
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    recipe = Path(__file__).resolve().parent.parent / "pipelines" / "mrpc.yaml"
+    assert main(["validate", str(recipe)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: {recipe}: task: {tmp_path / 'MRPC' / name}: file not found"
+                   for name in ("train.tsv", "dev.tsv", "test.tsv")]
+    monkeypatch.delenv("GLUE_DIR")
+    assert main(["validate", str(recipe)]) == 0 and capsys.readouterr().err == ""
