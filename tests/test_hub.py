@@ -15,25 +15,15 @@ from compress import hub
 from compress.config import load_recipe
 from compress.errors import CompressError
 from compress.pipeline import run_pipeline
+from test_teacher import _recipe  # tiny.yaml: the tiny teacher recipe, model and extra sections given
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _recipe(tmp_path, teacher, extra=""):
-    path = tmp_path / "hub.yaml"
-    path.write_text(f"""
-name: hub
-runs_dir: {tmp_path / 'runs'}
-task: {{name: sst2, max_length: 32, max_train_samples: 64, max_eval_samples: 32, holdout: 0.001}}
-teacher: {{model: {teacher}, epochs: 1, batch_size: 32}}
-{extra}""")
-    return path
 
 
 def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_dir):
     extra = ("students:\n  - {name: a, kind: layer_drop, layers: 1}\n"
              "  - {name: b, kind: narrow, init: org/small, tokenizer: org/tok}\n")
-    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra))
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra))
     assert hub.recipe_models(recipe, ["teacher", "distill"]) == [
         ("teacher.model", str(tiny_bert_dir)), ("students[1].init", "org/small"), ("students[1].tokenizer", "org/tok")]
     assert hub.recipe_models(recipe, ["distill", "quantize"])[0] == ("students[1].init", "org/small")
@@ -48,8 +38,8 @@ def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_
 def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch):
     monkeypatch.setattr(hub, "reachable", lambda: False)
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
-                                 "students:\n  - {name: s, kind: narrow, init: org/not-cached-anywhere}\n"))
-    with pytest.raises(CompressError, match=r"hub\.yaml: students\[0\]\.init: 'org/not-cached-anywhere' is a hub id.*"
+                                 extra="students:\n  - {name: s, kind: narrow, init: org/not-cached-anywhere}\n"))
+    with pytest.raises(CompressError, match=r"tiny\.yaml: students\[0\]\.init: 'org/not-cached-anywhere' is a hub id.*"
                                             r"cannot be reached and it is not in the Hugging Face cache"):
         run_pipeline(recipe)
     assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
@@ -83,7 +73,7 @@ def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line
     ok = compress("run", str(_recipe(tmp_path, "org/tiny-bert")))
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "Retrying" not in ok.stderr and "[teacher] done" in ok.stdout
-    assert (tmp_path / "runs" / "hub" / "teacher" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "tiny" / "teacher" / "model" / "model.safetensors").is_file()
 
     missing = _recipe(tmp_path, "org/not-cached")
     failed = compress("run", str(missing))
