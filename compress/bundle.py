@@ -159,9 +159,20 @@ def model_card(manifest: dict) -> str:
     latency = manifest.get("latency")
     if latency:
         lines += ["| measure | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in latency.items() if k != "protocol" and v is not None]
+        lines += [f"| {k} | {v} |" for k, v in latency.items()
+                  if k not in ("protocol", "by_threads") and v is not None]
         lines += ["", "Measured on the build machine, before bundling (speedup: the teacher's ONNX fp32 p50 over "
                   "this model's, same threads)."]
+        by_threads = latency.get("by_threads") or {}
+        if len(by_threads) > 1:
+            lines += ["", "| threads | p50 ms | p90 ms | speedup |", "|---|---|---|---|"]
+            for t, r in by_threads.items():
+                speedup = r["speedup_vs_teacher_onnx_fp32"]
+                lines.append(f"| {t}{' (fastest)' if r.get('fastest') else ''} | {r['p50_ms']:.3f} | "
+                             f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{speedup}x'} |")
+            fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
+            lines += ["", f"Under this protocol it ran fastest at {fastest} thread{'s' if fastest != '1' else ''} "
+                      f"(`python predict.py --threads {fastest} ...`); measure on the target device."]
         if latency.get("protocol"):
             lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`.", "",
                       "`predict.py` keeps onnxruntime's default, idle threads spinning; on a device that runs nothing "
@@ -436,6 +447,20 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     return chosen, record
 
 
+def _by_threads(table, row) -> dict[str, dict]:
+    """p50/p90 and speedup at every benchmarked thread count (JSON keys: the counts), the fastest marked: at batch 1 a
+    small int8 model can be fastest on fewer threads than the teacher."""
+    out = {}
+    for t in sorted(row.latency):
+        speedup = table.speedup(row, t)
+        out[str(t)] = {"p50_ms": row.latency[t].p50_ms, "p90_ms": row.latency[t].p90_ms,
+                       "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2)}
+    if out:
+        fastest = min(out, key=lambda t: out[t]["p50_ms"])
+        out[fastest]["fastest"] = True
+    return out
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
@@ -456,6 +481,7 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
         latency = {"p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "threads": threads, "batch_size": 1,
                    "throughput_per_s": lat.throughput,
                    "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2),
+                   "by_threads": _by_threads(table, chosen),
                    "protocol": {**(table.provenance.get("protocol") or {}),
                                 **({"pass": table.provenance["dev latency"]}
                                    if table.provenance.get("dev latency") else {})}}

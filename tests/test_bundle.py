@@ -428,6 +428,10 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["metrics"]["dev"] == {"accuracy": 0.88} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
     assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["threads"] == 1
     assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
+    by_threads = m["latency"]["by_threads"]  # every benchmarked thread count, the fastest marked
+    assert list(by_threads) == ["1", "2"] and by_threads["2"]["p50_ms"] == 3.5 and by_threads["2"]["fastest"]
+    assert by_threads["2"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(12 / 3.5, abs=0.01)
+    assert "fastest" not in by_threads["1"] and by_threads["1"]["p50_ms"] == 6.0
     assert m["latency"]["protocol"]["dev_rows"] == 200 and "allow_spinning=0" in m["latency"]["protocol"]["spin"]
     assert "rounds" not in m["latency"]["protocol"]  # only what a reader of the latency needs
     assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
@@ -436,6 +440,7 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
     card = (folder / "README.md").read_text()
     assert "speedup_vs_teacher_onnx_fp32" in card and "onnxruntime's default, idle threads spinning" in card
+    assert "| 2 (fastest) | 3.500 |" in card and "ran fastest at 2 threads (`python predict.py --threads 2 ...`)" in card
 
 
 def test_regression_bundle(tmp_path, minilm_dir):
