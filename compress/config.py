@@ -68,7 +68,7 @@ class TaskConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
-        from compress.tasks import task_spec  # a GLUE name, or a custom task's files and labels (compress.tasks owns the list)
+        from compress.tasks import task_spec  # a GLUE name, or a custom task's files and labels
 
         try:
             task_spec(self)

@@ -8,8 +8,8 @@ the hub cannot be reached; neither cached nor reachable, the run stops at once n
 for a path (``./x``, ``/x/y``, ``a/b/c``: not a repo id) that does not exist.
 
 The hub counts as reachable when a TCP connection to its endpoint (``HF_ENDPOINT``) opens within 3 s. Behind a proxy
-(``HTTPS_PROXY``/``ALL_PROXY``) that probe says nothing, so the hub is assumed reachable, as before. ``HF_HUB_OFFLINE=1``
-means unreachable.
+(``HTTPS_PROXY``/``ALL_PROXY``) that probe says nothing, so the hub is assumed reachable, as before.
+``HF_HUB_OFFLINE=1`` means unreachable.
 """
 
 from __future__ import annotations
