@@ -7,6 +7,9 @@ RECIPE ?= pipelines/quickstart.yaml
 BUDGET_MS ?=
 SEARCH_MIN ?=
 STAMP := $(VENV)/.installed
+# predict.mjs's two npm packages (what a bundle's package.json pins), for the tests that run bundles under Node.js
+NODE_DIR := .node
+NODE_STAMP := $(NODE_DIR)/.installed
 COMPRESS := $(BIN)/compress
 
 .PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run zoo clean
@@ -24,10 +27,16 @@ install: $(STAMP)
 pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
 	$(COMPRESS) run $(RECIPE)
 
-test: $(STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
+$(NODE_STAMP): compress/bundle.py
+	mkdir -p $(NODE_DIR)
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --no-save --silent \
+		$$(../$(BIN)/python -c 'from compress.bundle import JS_RUNTIME as r; print(" ".join(f"{k}@{v}" for k, v in r.items()))')
+	touch $(NODE_STAMP)
+
+test: $(STAMP) $(NODE_STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)  ## the long tests too
+test-slow: $(STAMP) $(NODE_STAMP)  ## the long tests too
 	$(BIN)/python -m pytest -q -m slow
 
 bench-train: $(STAMP)  ## training tokens/s: fp32 vs bf16 autocast, length-grouped vs random batches (~3 min)

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 PREDICT_SOURCE = Path(bundle_predict.__file__)
 RUNTIME = ("onnxruntime", "tokenizers", "numpy")  # all predict.py needs
+PREDICT_JS_SOURCE = PREDICT_SOURCE.with_suffix(".mjs")
+JS_RUNTIME = {"onnxruntime-web": "1.31.1", "@huggingface/tokenizers": "0.2.0"}
+"""All predict.mjs needs (Node.js or a browser); the versions its parity with predict.py was tested with."""
 
 
 # ------------------------------------------------------------------------------------------------------ pieces
@@ -192,6 +195,16 @@ def model_card(manifest: dict) -> str:
               f"Predictor('.').predict({call})",
               "```", "",
               "`model.ort` (when present) is the same model in ORT format, for onnxruntime mobile/minimal builds.", "",
+              "### In JavaScript (Node.js or a browser)", "",
+              "`predict.mjs` runs the same model with onnxruntime-web (WebAssembly) and @huggingface/tokenizers, "
+              "pinned in `package.json`; it truncates texts as `predict.py` does and checks the sha256 of the files "
+              "it loads (model, tokenizer, labels) before creating the model.", "", "```sh",
+              "npm install", f"node predict.mjs {example}",
+              f"node predict.mjs --json --file {lines_file.split('#')[0].strip()}", "```", "", "```js",
+              'import { Predictor } from "./predict.mjs";',
+              'const model = await Predictor.load("https://example.com/this-bundle/");  // or a folder (Node.js)',
+              f"await model.predict({call.replace('[', '').replace(']', '')});", "```", "",
+              "`npm install` adds `node_modules/` and `package-lock.json`; `predict.py` ignores those two.", "",
               "## Files", "", "sha256 of each (and of this README) in `manifest.json`.", "",
               "| file | bytes | sha256 |", "|---|---|---|"]
     for rel, digest in manifest["files"].items():
@@ -240,6 +253,10 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
         shutil.copyfile(PREDICT_SOURCE, tmp / "predict.py")
+        shutil.copyfile(PREDICT_JS_SOURCE, tmp / "predict.mjs")
+        write_json(tmp / "package.json", {"name": name.lower(), "private": True, "type": "module",
+                                          "description": "predict.mjs: run this bundle in Node.js or a browser",
+                                          "dependencies": JS_RUNTIME})
         manifest = {
             "format": FORMAT,
             "name": name,
@@ -254,6 +271,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             "latency": latency,
             "source": source or {},
             "requirements": runtime_requirements(),
+            "requirements_js": JS_RUNTIME,
             "versions": versions(),
             "created": now_utc(),
         }

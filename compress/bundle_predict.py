@@ -34,6 +34,8 @@ DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 """onnxruntime's fused SkipLayerNormalization CPU kernel is ~3-7x slower than the Add + LayerNormalization it
 replaces (onnxruntime 1.32): the model was built and timed without it, and runs without it here too."""
 MANIFEST = "manifest.json"
+NPM_OUTPUTS = ("node_modules", "package-lock.json")
+"""What `npm install` adds next to predict.mjs: not part of the bundle, not checked (this runner reads none of it)."""
 
 
 class BundleError(Exception):
@@ -85,7 +87,8 @@ def verify(folder: str | os.PathLike) -> dict:
         listed.add(PurePosixPath(*parts))
     for path in sorted(folder.rglob("*")):
         rel = PurePosixPath(path.relative_to(folder).as_posix())
-        if "__pycache__" in rel.parts or rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink():
+        if "__pycache__" in rel.parts or rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink() \
+                or rel.parts[0] in NPM_OUTPUTS:
             continue
         if rel not in listed:
             raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")

@@ -1,0 +1,202 @@
+// Run an edge bundle made by `compress bundle` in JavaScript: Node.js or a browser, with onnxruntime-web (WebAssembly)
+// and @huggingface/tokenizers, the two packages pinned in the bundle's package.json.
+//
+// This file is copied into every bundle as `predict.mjs`; it does what predict.py does:
+//
+//   npm install                                  # in the bundle folder (or any folder above it)
+//   node predict.mjs "a gripping, funny film"    # label<TAB>score
+//   node predict.mjs --json "sentence one" "sentence two"     # pair task, JSON output
+//   node predict.mjs --file texts.txt            # one text a line (pair tasks: text<TAB>pair)
+//
+// From code (Node.js, or a browser page through a bundler or an import map):
+//
+//   import { Predictor } from "./predict.mjs";
+//   const model = await Predictor.load("https://example.com/my-bundle/");   // or a folder path in Node.js
+//   await model.predict("a gripping, funny film");   // {label, score, scores} ({value} for regression)
+//
+// Before the model is created, the files it reads (model.onnx, tokenizer.json, labels.json) are checked against
+// the sha256 in manifest.json; a changed file is refused. Texts are truncated as the Python runner truncates them
+// (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
+
+import * as ort from "onnxruntime-web";
+import { Tokenizer } from "@huggingface/tokenizers";
+
+export const FORMAT = "compress-bundle/1";
+const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
+
+export class BundleError extends Error {}
+
+async function readBytes(base, rel) {
+  if (IN_NODE && !/^https?:\/\//.test(String(base))) {
+    const { readFile } = await import("node:fs/promises");
+    const { join } = await import("node:path");
+    try {
+      return new Uint8Array(await readFile(join(String(base), rel)));
+    } catch (e) {
+      throw new BundleError(`${join(String(base), rel)}: cannot read (${e.code ?? e.message})`);
+    }
+  }
+  const url = new URL(rel, String(base).endsWith("/") ? String(base) : `${base}/`);
+  const response = await fetch(url);
+  if (!response.ok) throw new BundleError(`${url}: HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+async function sha256(bytes) {
+  const digest = await globalThis.crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const json = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
+
+/** The bundle's manifest.json, checked for its format. */
+export async function readManifest(base) {
+  const manifest = json(await readBytes(base, "manifest.json"));
+  if (manifest?.format !== FORMAT) throw new BundleError(`${base}: not a ${FORMAT} bundle`);
+  return manifest;
+}
+
+/** The named files' bytes, each checked against its sha256 in the manifest (unless `check` is off). */
+export async function readVerified(base, manifest, names, check = true) {
+  const files = {};
+  for (const name of names) {
+    const bytes = await readBytes(base, name);
+    const expected = manifest.files?.[name];
+    if (check && !expected) throw new BundleError(`${name}: not listed in manifest.json`);
+    if (check && (await sha256(bytes)) !== expected) {
+      throw new BundleError(`${name}: sha256 mismatch: the file changed after the bundle was built; refusing to load`);
+    }
+    files[name] = bytes;
+  }
+  return files;
+}
+
+/** Longest-first truncation of two token lists to `budget` tokens, as the Rust tokenizers library does it. */
+export function truncatePair(a, b, budget) {
+  if (a.length + b.length <= budget) return [a, b];
+  const swap = a.length > b.length;
+  let n1 = Math.min(a.length, b.length);
+  let n2 = n1 > budget ? n1 : Math.max(n1, budget - n1);
+  if (n1 + n2 > budget) {
+    n1 = Math.floor(budget / 2);
+    n2 = n1 + (budget % 2);
+  }
+  if (swap) [n1, n2] = [n2, n1];
+  return [a.slice(0, n1), b.slice(0, n2)];
+}
+
+export class Predictor {
+  /** Load and verify a bundle: a folder path (Node.js) or a URL (Node.js and browsers). */
+  static async load(base, { check = true, threads } = {}) {
+    const manifest = await readManifest(base);
+    const files = await readVerified(base, manifest, [manifest.model.file, "tokenizer.json", "labels.json"], check);
+    if (threads) ort.env.wasm.numThreads = threads;
+    const session = await ort.InferenceSession.create(files[manifest.model.file]);
+    return new Predictor(manifest, json(files["tokenizer.json"]), session);
+  }
+
+  constructor(manifest, tokenizerJson, session) {
+    this.manifest = manifest;
+    this.labels = manifest.task.labels;
+    this.pair = !!manifest.task.text_pair;
+    this.maxLength = Number(manifest.max_length);
+    this.tokenizer = new Tokenizer(tokenizerJson, {});
+    this.session = session;
+    const specials = (pair) => this.tokenizer.post_processor
+      ? this.tokenizer.post_processor([], pair ? [] : null, true).tokens.length : 0;
+    this.special = { single: specials(false), pair: specials(true) };
+  }
+
+  /** input_ids, attention_mask and token_type_ids of one text (and its pair), truncated to max_length. */
+  encode(text, pair = null) {
+    const tok = this.tokenizer;
+    let a = tok.tokenize(text, { add_special_tokens: false });
+    let b = pair === null ? [] : tok.tokenize(pair, { add_special_tokens: false });
+    const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
+    [a, b] = truncatePair(a, b, Math.max(budget, 0));
+    const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
+    const ids = out.tokens.map((t) => tok.token_to_id(t) ?? tok.model.unk_token_id);
+    return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: out.token_type_ids ?? ids.map(() => 0) };
+  }
+
+  /** One text (and its pair): {label, score, scores} ({value} for regression). */
+  async predict(text, pair = null) {
+    if (this.pair && pair === null) throw new BundleError("this model reads text pairs: give a second text");
+    if (!this.pair && pair !== null) throw new BundleError("this model reads single texts: give one text");
+    const enc = this.encode(text, pair);
+    const feeds = {};
+    for (const name of this.session.inputNames) {
+      if (!(name in enc)) throw new BundleError(`model input '${name}' is not one the tokenizer provides`);
+      feeds[name] = new ort.Tensor("int64", BigInt64Array.from(enc[name], BigInt), [1, enc[name].length]);
+    }
+    const logits = Array.from((await this.session.run(feeds))[this.session.outputNames[0]].data);
+    if (this.labels === null || this.labels === undefined) return { value: logits[0] };
+    const top = Math.max(...logits);
+    const exp = logits.map((z) => Math.exp(z - top));
+    const sum = exp.reduce((s, x) => s + x, 0);
+    const probs = exp.map((x) => x / sum);
+    const best = probs.indexOf(Math.max(...probs));
+    return { label: this.labels[best], score: probs[best],
+             scores: Object.fromEntries(this.labels.map((name, i) => [name, probs[i]])) };
+  }
+}
+
+function format(result, asJson) {
+  if (asJson) return JSON.stringify(result);
+  return "label" in result ? `${result.label}\t${result.score.toFixed(4)}` : result.value.toFixed(4);
+}
+
+async function main(argv) {
+  const { fileURLToPath } = await import("node:url");
+  const { dirname } = await import("node:path");
+  const args = { json: false, file: null, bundle: dirname(fileURLToPath(import.meta.url)), texts: [] };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--json") args.json = true;
+    else if (argv[i] === "--file") args.file = argv[++i];
+    else if (argv[i] === "--bundle") args.bundle = argv[++i];
+    else if (argv[i] === "--threads") args.threads = Number(argv[++i]);
+    else if (argv[i] === "-h" || argv[i] === "--help") {
+      console.log("usage: node predict.mjs [--json] [--threads N] [--bundle DIR] (TEXT [TEXT_PAIR] | --file PATH)");
+      return 0;
+    } else args.texts.push(argv[i]);
+  }
+  if ((args.texts.length === 0) === (args.file === null) || args.texts.length > 2) {
+    console.error("error: give a TEXT (and its pair) or --file PATH (not both)");
+    return 2;
+  }
+  try {
+    const model = await Predictor.load(args.bundle, { threads: args.threads });
+    if (args.file === null) {
+      console.log(format(await model.predict(args.texts[0], args.texts[1] ?? null), args.json));
+      return 0;
+    }
+    const { readFile } = await import("node:fs/promises");
+    const source = args.file === "-" ? await new Promise((done) => {
+      let text = "";
+      process.stdin.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => done(text));
+    }) : await readFile(args.file, "utf8");
+    const lines = source.replace(/^\uFEFF/, "").split(/\r?\n/);
+    for (let n = 0; n < lines.length; n++) {
+      if (!lines[n].trim()) continue;
+      const fields = lines[n].split("\t");
+      if (fields.length !== (model.pair ? 2 : 1)) {
+        throw new BundleError(`${args.file} line ${n + 1}: ${model.pair ? "this model reads text pairs: give " +
+          "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
+      }
+      console.log(format(await model.predict(fields[0], model.pair ? fields[1] : null), args.json));
+    }
+    return 0;
+  } catch (e) {
+    if (!(e instanceof BundleError)) throw e;
+    console.error(`error: ${e.message}`);
+    return 2;
+  }
+}
+
+if (IN_NODE && process.argv[1]) {
+  const { fileURLToPath } = await import("node:url");
+  const { realpathSync } = await import("node:fs");
+  if (realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url))) {
+    process.exitCode = await main(process.argv.slice(2));
+  }
+}

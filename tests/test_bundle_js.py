@@ -1,0 +1,158 @@
+"""predict.mjs: a bundle run under Node.js with onnxruntime-web (WebAssembly) and @huggingface/tokenizers, the
+packages a bundle's package.json pins (installed by `make test` into .node/), against predict.py."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from compress.bundle import JS_RUNTIME, build, predict
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_MODULES = ROOT / ".node" / "node_modules"
+TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long", "so " * 300 + "good"]
+
+
+@pytest.fixture(scope="module")
+def js_bundle(tmp_path_factory, minilm_dir) -> Path:
+    """A bundle of the real MiniLM-L6 body with a random 2-class head, exported and int8 (dynamic), beside the
+    installed npm packages (Node resolves them from a parent folder's node_modules)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForSequenceClassification
+
+    for name in JS_RUNTIME:
+        assert (NODE_MODULES / name / "package.json").is_file(), f"{name} not installed: run `make test`"
+        assert json.loads((NODE_MODULES / name / "package.json").read_text())["version"] == JS_RUNTIME[name]
+    work = tmp_path_factory.mktemp("js")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    with torch.no_grad():  # a random head scores everything near 0.5: widen it so that labels are decided
+        model.classifier.weight *= 30
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(work / "fp32.onnx"), input_names=names,
+                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+                      opset_version=17, dynamo=False)
+    quantize_dynamic(str(work / "fp32.onnx"), str(work / "int8.onnx"), weight_type=QuantType.QInt8)
+    (work / "node_modules").symlink_to(NODE_MODULES)
+    folder, _ = build(work / "bundles", "minilm-js", model=work / "int8.onnx", tokenizer=minilm_dir / "tokenizer.json",
+                      task="sst2", labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)
+    return folder
+
+
+def _node(*args, cwd=None, stdin=None):
+    return subprocess.run(["node", *map(str, args)], capture_output=True, text=True, cwd=cwd, input=stdin,
+                          timeout=300)
+
+
+def test_bundle_ships_predict_mjs_and_its_pinned_packages(js_bundle):
+    manifest = json.loads((js_bundle / "manifest.json").read_text())
+    assert {"predict.mjs", "package.json"} <= set(manifest["files"]) and manifest["requirements_js"] == JS_RUNTIME
+    assert json.loads((js_bundle / "package.json").read_text())["dependencies"] == JS_RUNTIME
+    assert "node predict.mjs" in (js_bundle / "README.md").read_text()
+
+
+def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
+    """Scores within int8 kernel differences (WebAssembly vs native) and the same labels away from a tie, on SST-2
+    dev sentences and a text longer than max_length, one at a time, from a file and from the command line. (On the
+    quickstart bundle: logits within 0.024 and the same label on all 872 dev sentences.)"""
+    dev = [line.split("\t")[0] for line in (glue_dir / "SST-2" / "dev.tsv").read_text().splitlines()[1:41]]
+    texts = TEXTS + dev
+    (js_bundle.parent / "texts.txt").write_text("\n".join(texts) + "\n")
+    proc = _node(js_bundle / "predict.mjs", "--json", "--file", js_bundle.parent / "texts.txt")
+    assert proc.returncode == 0, proc.stderr
+    js = [json.loads(line) for line in proc.stdout.splitlines()]
+    py = predict(js_bundle, texts)
+    assert len(js) == len(py) == len(texts)
+    decided = 0
+    for a, b in zip(js, py):
+        assert a["scores"] == pytest.approx(b["scores"], abs=0.05)
+        if abs(b["scores"]["positive"] - 0.5) > 0.05:
+            assert a["label"] == b["label"]
+            decided += 1
+    assert decided >= len(texts) // 2 and {r["label"] for r in py} == {"negative", "positive"}
+    one = _node(js_bundle / "predict.mjs", texts[1])
+    assert one.returncode == 0 and one.stdout.split("\t")[0] == py[1]["label"]
+
+
+def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_bundle, glue_dir):
+    """Token ids and type ids of real RTE pairs (and lopsided ones) at several max lengths: identical to the Rust
+    tokenizers library with the bundle's longest-first truncation."""
+    from tokenizers import Tokenizer
+
+    lines = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    cases = [[r[1], r[2]] for r in rows[:60]] + [["short", "x " * 50], ["y " * 50, "short"], ["a b c", None],
+                                                 ["so " * 300 + "good", None], ["héllo wörld ÇA", None]]
+    (js_bundle.parent / "cases.json").write_text(json.dumps(cases))
+    lengths = [8, 9, 32, 128]
+    script = (
+        "import { readFile } from 'node:fs/promises';\n"
+        f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+        f"const tj = JSON.parse(await readFile({json.dumps(str(js_bundle / 'tokenizer.json'))}, 'utf8'));\n"
+        f"const cases = JSON.parse(await readFile({json.dumps(str(js_bundle.parent / 'cases.json'))}, 'utf8'));\n"
+        "const out = [];\n"
+        f"for (const ml of {json.dumps(lengths)}) {{\n"
+        "  const p = new Predictor({task: {labels: ['a', 'b'], text_pair: true}, max_length: ml}, tj, null);\n"
+        "  for (const [a, b] of cases) out.push(p.encode(a, b));\n"
+        "}\n"
+        "console.log(JSON.stringify(out));\n")
+    (js_bundle.parent / "encode.mjs").write_text(script)
+    proc = _node(js_bundle.parent / "encode.mjs")
+    assert proc.returncode == 0, proc.stderr
+    js = iter(json.loads(proc.stdout))
+    tokenizer = Tokenizer.from_file(str(js_bundle / "tokenizer.json"))
+    tokenizer.no_padding()
+    for max_length in lengths:
+        tokenizer.enable_truncation(max_length=max_length)
+        for a, b in cases:
+            want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
+            got = next(js)
+            assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), (max_length, a[:40])
+
+
+def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bundle, tmp_path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(js_bundle.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{js_bundle.name}/"
+    script = js_bundle.parent / "remote.mjs"
+    script.write_text(f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+                      f"const model = await Predictor.load({json.dumps(url)});\n"
+                      "console.log(JSON.stringify(await model.predict(process.argv[2])));\n")
+    try:
+        proc = _node(script, TEXTS[0])
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["scores"] == pytest.approx(predict(js_bundle, TEXTS[:1])[0]["scores"], abs=0.01)
+    finally:
+        server.shutdown()
+    changed = shutil.copytree(js_bundle, tmp_path / js_bundle.name)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    (changed / "labels.json").write_text('{"labels": ["positive", "negative"]}')
+    proc = _node(changed / "predict.mjs", TEXTS[0])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "error: labels.json: sha256 mismatch: the file changed after the bundle was built; " \
+                                  "refusing to load"
+
+
+def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
+    """`npm install` in the bundle folder adds node_modules/ and package-lock.json: predict.py ignores exactly those."""
+    from compress.bundle_predict import BundleError, verify
+
+    copy = shutil.copytree(js_bundle, tmp_path / "b")
+    (copy / "node_modules").mkdir()
+    (copy / "node_modules" / "x.js").write_text("1")
+    (copy / "package-lock.json").write_text("{}")
+    verify(copy)
+    (copy / "extra.js").write_text("1")
+    with pytest.raises(BundleError, match="extra.js: not listed"):
+        verify(copy)
