@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PREDICT_SOURCE = Path(bundle_predict.__file__)
 RUNTIME = ("onnxruntime", "tokenizers", "numpy")  # all predict.py needs
 PREDICT_JS_SOURCE = PREDICT_SOURCE.with_suffix(".mjs")
+PAGE_SOURCE = PREDICT_SOURCE.with_name("bundle_index.html")  # the browser page: predict.mjs behind a text box
 JS_RUNTIME = {"onnxruntime-web": "1.31.1", "@huggingface/tokenizers": "0.2.0"}
 """All predict.mjs needs (Node.js or a browser); the versions its parity with predict.py was tested with."""
 
@@ -204,6 +205,8 @@ def model_card(manifest: dict) -> str:
               'import { Predictor } from "./predict.mjs";',
               'const model = await Predictor.load("https://example.com/this-bundle/");  // or a folder (Node.js)',
               f"await model.predict({call.replace('[', '').replace(']', '')});", "```", "",
+              "In a browser: `npm install`, serve this folder (`python -m http.server 8000`) and open "
+              "http://localhost:8000/: `index.html` classifies what you type, on your machine.", "",
               "`npm install` adds `node_modules/` and `package-lock.json`; `predict.py` ignores those two.", "",
               "## Files", "", "sha256 of each (and of this README) in `manifest.json`.", "",
               "| file | bytes | sha256 |", "|---|---|---|"]
@@ -254,6 +257,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
         shutil.copyfile(PREDICT_SOURCE, tmp / "predict.py")
         shutil.copyfile(PREDICT_JS_SOURCE, tmp / "predict.mjs")
+        shutil.copyfile(PAGE_SOURCE, tmp / "index.html")
         write_json(tmp / "package.json", {"name": name.lower(), "private": True, "type": "module",
                                           "description": "predict.mjs: run this bundle in Node.js or a browser",
                                           "dependencies": JS_RUNTIME})

@@ -80,9 +80,9 @@ def _reference_logits(int8_model: Path, tokenizer, texts, max_length=32) -> np.n
 
 def test_round_trip_folder_and_archive(bundle, int8_model, tokenizer):
     folder, archive = bundle
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "labels.json", "manifest.json", "model.onnx",
-                                                        "model.ort", "package.json", "predict.mjs", "predict.py",
-                                                        "tokenizer.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "index.html", "labels.json", "manifest.json",
+                                                        "model.onnx", "model.ort", "package.json", "predict.mjs",
+                                                        "predict.py", "tokenizer.json"]
     assert sha256_file(folder / "model.onnx") == sha256_file(int8_model)
     assert (folder / "predict.py").read_text() == (Path(__file__).parent.parent / "compress" /
                                                    "bundle_predict.py").read_text()

@@ -156,3 +156,34 @@ def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
     (copy / "extra.js").write_text("1")
     with pytest.raises(BundleError, match="extra.js: not listed"):
         verify(copy)
+
+
+@pytest.mark.slow
+def test_index_html_classifies_in_headless_chromium(js_bundle, tmp_path):
+    """The bundle's page, served over HTTP with the npm packages beside it, in a real browser: the same result as
+    predict.py within int8 kernel differences. Needs Chromium (`apt-get install chromium`), hence `slow`."""
+    from urllib.parse import quote
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert chromium, "this test needs Chromium: apt-get install chromium"
+    site = shutil.copytree(js_bundle, tmp_path / "site")
+    (site / "node_modules").symlink_to(NODE_MODULES)  # as `npm install` in the bundle folder would leave it
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/index.html?text={quote(TEXTS[0])}"
+    try:
+        proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=180)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+    result = json.loads(out.replace("&quot;", '"'))
+    assert "error" not in result, result
+    want = predict(js_bundle, TEXTS[:1])[0]
+    assert result["label"] == want["label"] or abs(want["scores"]["positive"] - 0.5) < 0.05
+    assert result["scores"] == pytest.approx(want["scores"], abs=0.05)
+    assert "<h1 id=\"name\">minilm-js</h1>" in proc.stdout
