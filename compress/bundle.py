@@ -6,6 +6,9 @@
       tokenizer.json    the tokenizer (HF `tokenizers`), truncation and padding set to the bundle's max length
       labels.json       label names in logit order (null for regression), and the dataset's own labels
       predict.py        standalone runner: onnxruntime + tokenizers + numpy only (source: compress/bundle_predict.py)
+      predict.mjs       the same for Node.js and browsers: onnxruntime-web + @huggingface/tokenizers
+                        (source: compress/bundle_predict.mjs), pinned in package.json
+      index.html        the model in a browser page, through predict.mjs (source: compress/bundle_index.html)
       README.md         model card: task, metrics, latency and its protocol, usage, provenance
       manifest.json     format, sha256 of every other file, model inputs/outputs, max length, task, metrics,
                         latency with protocol, versions
