@@ -83,6 +83,29 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
     assert one.returncode == 0 and one.stdout.split("\t")[0] == py[1]["label"]
 
 
+def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_dir):
+    """The same int8 model bundled as a pair task (MRPC rows, text<TAB>pair lines) and as a regression task: the
+    JS runner gives predict.py's results; a single text for a pair model is refused in one line."""
+    work = js_bundle.parent.parent
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:9]
+    rows = [line.split("\t") for line in lines]
+    pairs = [(r[3], r[4]) for r in rows]
+    (work / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
+    for labels in (["not_equivalent", "equivalent"], None):
+        name = "pair-js" if labels else "regression-js"
+        folder, _ = build(work / "bundles", name, model=work / "int8.onnx", tokenizer=minilm_dir / "tokenizer.json",
+                          task="mrpc" if labels else "stsb", labels=labels, text_pair=True, max_length=32,
+                          ort_format=False)
+        proc = _node(folder / "predict.mjs", "--json", "--file", work / "pairs.tsv")
+        assert proc.returncode == 0, proc.stderr
+        js = [json.loads(line) for line in proc.stdout.splitlines()]
+        py = predict(folder, [a for a, _ in pairs], [b for _, b in pairs])
+        value = (lambda r: r["scores"]["equivalent"]) if labels else (lambda r: r["value"])  # noqa: E731
+        assert [value(r) for r in js] == pytest.approx([value(r) for r in py], abs=0.05) and len(js) == len(pairs)
+    one = _node(folder / "predict.mjs", "only one text")
+    assert one.returncode == 2 and one.stderr.strip() == "error: this model reads text pairs: give a second text"
+
+
 def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_bundle, glue_dir):
     """Token ids and type ids of real RTE pairs (and lopsided ones) at several max lengths: identical to the Rust
     tokenizers library with the bundle's longest-first truncation."""
