@@ -101,6 +101,8 @@ export class Predictor {
     this.pair = !!manifest.task.text_pair;
     this.maxLength = Number(manifest.max_length);
     this.tokenizer = new Tokenizer(tokenizerJson, {});
+    // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
+    this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";
     this.session = session;
     const specials = (pair) => this.tokenizer.post_processor
       ? this.tokenizer.post_processor([], pair ? [] : null, true).tokens.length : 0;
@@ -116,7 +118,8 @@ export class Predictor {
     [a, b] = truncatePair(a, b, Math.max(budget, 0));
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
     const ids = out.tokens.map((t) => tok.token_to_id(t) ?? tok.model.unk_token_id);
-    return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: out.token_type_ids ?? ids.map(() => 0) };
+    const types = !this.singleSegment && out.token_type_ids ? out.token_type_ids : ids.map(() => 0);
+    return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: types };
   }
 
   /** One text (and its pair): {label, score, scores} ({value} for regression). */

@@ -106,33 +106,41 @@ def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_
     assert one.returncode == 2 and one.stderr.strip() == "error: this model reads text pairs: give a second text"
 
 
-def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_bundle, glue_dir):
+@pytest.mark.parametrize("post_processor", ["bert", "roberta"])
+def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_bundle, glue_dir, tmp_path,
+                                                                              post_processor):
     """Token ids and type ids of real RTE pairs (and lopsided ones) at several max lengths: identical to the Rust
-    tokenizers library with the bundle's longest-first truncation."""
+    tokenizers library with the bundle's longest-first truncation. "roberta": MiniLM's vocabulary with the RoBERTa
+    post-processor MPNet's tokenizer uses (<s> A </s></s> B </s>, every type id 0)."""
     from tokenizers import Tokenizer
 
+    spec = json.loads((js_bundle / "tokenizer.json").read_text())
+    if post_processor == "roberta":
+        spec["post_processor"] = {"type": "RobertaProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101],
+                                  "trim_offsets": True, "add_prefix_space": False}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     lines = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
     rows = [line.split("\t") for line in lines]
     cases = [[r[1], r[2]] for r in rows[:60]] + [["short", "x " * 50], ["y " * 50, "short"], ["a b c", None],
                                                  ["so " * 300 + "good", None], ["héllo wörld ÇA", None]]
-    (js_bundle.parent / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
     lengths = [8, 9, 32, 128]
     script = (
         "import { readFile } from 'node:fs/promises';\n"
         f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
-        f"const tj = JSON.parse(await readFile({json.dumps(str(js_bundle / 'tokenizer.json'))}, 'utf8'));\n"
-        f"const cases = JSON.parse(await readFile({json.dumps(str(js_bundle.parent / 'cases.json'))}, 'utf8'));\n"
+        f"const tj = JSON.parse(await readFile({json.dumps(str(tmp_path / 'tokenizer.json'))}, 'utf8'));\n"
+        f"const cases = JSON.parse(await readFile({json.dumps(str(tmp_path / 'cases.json'))}, 'utf8'));\n"
         "const out = [];\n"
         f"for (const ml of {json.dumps(lengths)}) {{\n"
         "  const p = new Predictor({task: {labels: ['a', 'b'], text_pair: true}, max_length: ml}, tj, null);\n"
         "  for (const [a, b] of cases) out.push(p.encode(a, b));\n"
         "}\n"
         "console.log(JSON.stringify(out));\n")
-    (js_bundle.parent / "encode.mjs").write_text(script)
-    proc = _node(js_bundle.parent / "encode.mjs")
+    (tmp_path / "encode.mjs").write_text(script)
+    proc = _node(tmp_path / "encode.mjs")
     assert proc.returncode == 0, proc.stderr
     js = iter(json.loads(proc.stdout))
-    tokenizer = Tokenizer.from_file(str(js_bundle / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     tokenizer.no_padding()
     for max_length in lengths:
         tokenizer.enable_truncation(max_length=max_length)
@@ -140,6 +148,8 @@ def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_
             want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
             got = next(js)
             assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), (max_length, a[:40])
+    if post_processor == "roberta":
+        assert want.ids[:1] == [101] and 1 not in want.type_ids  # the RoBERTa layout was in force
 
 
 def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bundle, tmp_path):
