@@ -51,3 +51,17 @@ def tiny_bert_dir(tmp_path, tokenizer) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def export_int8(model, folder: Path) -> Path:
+    """``model`` (a BERT classifier) exported to ``folder/fp32.onnx`` and quantized to ``folder/int8.onnx`` (dynamic,
+    QInt8 weights) with onnxruntime, the plain way: batch and sequence dynamic."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ids = torch.ones(1, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model.eval(), (ids, ids, torch.zeros_like(ids)), str(folder / "fp32.onnx"), input_names=names,
+                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+                      opset_version=17, dynamo=False)
+    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8)
+    return folder / "int8.onnx"

@@ -19,7 +19,7 @@ from compress.bundle_predict import FORMAT, sha256_file
 from compress.cli import main
 from compress.errors import CompressError
 
-from conftest import tiny_bert_config
+from conftest import export_int8, tiny_bert_config
 from fake_run import make_run
 
 TEXTS = ["a gripping , funny and deeply moving film", "dull and far too long", "so " * 300 + "good"]
@@ -29,19 +29,10 @@ PINNED = ["onnxruntime==1.32.0", "tokenizers==0.22.2", "numpy==2.4.6"]
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory) -> Path:
     """A tiny random BERT classifier exported to ONNX and quantized to int8 (dynamic) with onnxruntime."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
-    ids = torch.ones(1, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(folder / "fp32.onnx"), input_names=names,
-                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-                      opset_version=17, dynamo=False)
-    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8)
-    return folder / "int8.onnx"
+    return export_int8(BertForSequenceClassification(tiny_bert_config()), tmp_path_factory.mktemp("int8"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compress.bundle import JS_RUNTIME, build, predict
+from conftest import export_int8
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / ".node" / "node_modules"
@@ -25,7 +26,6 @@ def js_bundle(tmp_path_factory, minilm_dir) -> Path:
     """A bundle of the real MiniLM-L6 body with a random 2-class head, exported and int8 (dynamic), beside the
     installed npm packages (Node resolves them from a parent folder's node_modules)."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
     for name in JS_RUNTIME:
@@ -36,12 +36,7 @@ def js_bundle(tmp_path_factory, minilm_dir) -> Path:
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
     with torch.no_grad():  # a random head scores everything near 0.5: widen it so that labels are decided
         model.classifier.weight *= 30
-    ids = torch.ones(1, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(work / "fp32.onnx"), input_names=names,
-                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-                      opset_version=17, dynamo=False)
-    quantize_dynamic(str(work / "fp32.onnx"), str(work / "int8.onnx"), weight_type=QuantType.QInt8)
+    export_int8(model, work)
     (work / "node_modules").symlink_to(NODE_MODULES)
     folder, _ = build(work / "bundles", "minilm-js", model=work / "int8.onnx", tokenizer=minilm_dir / "tokenizer.json",
                       task="sst2", labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)
