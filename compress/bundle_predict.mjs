@@ -149,6 +149,8 @@ function format(result, asJson) {
   return "label" in result ? `${result.label}\t${result.score.toFixed(4)}` : result.value.toFixed(4);
 }
 
+const USAGE = "usage: node predict.mjs [--json] [--threads N] [--bundle DIR] (TEXT [TEXT_PAIR] | --file PATH)";
+
 async function main(argv) {
   const { fileURLToPath } = await import("node:url");
   const { dirname } = await import("node:path");
@@ -157,11 +159,23 @@ async function main(argv) {
     if (argv[i] === "--json") args.json = true;
     else if (argv[i] === "--file") args.file = argv[++i];
     else if (argv[i] === "--bundle") args.bundle = argv[++i];
-    else if (argv[i] === "--threads") args.threads = Number(argv[++i]);
+    else if (argv[i] === "--threads") args.threads = argv[++i];
     else if (argv[i] === "-h" || argv[i] === "--help") {
-      console.log("usage: node predict.mjs [--json] [--threads N] [--bundle DIR] (TEXT [TEXT_PAIR] | --file PATH)");
+      console.log(USAGE);
       return 0;
+    } else if (argv[i].startsWith("--")) {
+      console.error(`error: unknown option ${argv[i]}\n${USAGE}`);
+      return 2;
     } else args.texts.push(argv[i]);
+  }
+  if (args.threads !== undefined && !/^[1-9][0-9]*$/.test(args.threads ?? "")) {
+    console.error(`error: --threads: expected an integer >= 1, got ${JSON.stringify(args.threads ?? null)}`);
+    return 2;
+  }
+  if (args.threads !== undefined) args.threads = Number(args.threads);
+  if ([args.file, args.bundle].includes(undefined)) {
+    console.error(`error: --file and --bundle take a value\n${USAGE}`);
+    return 2;
   }
   if ((args.texts.length === 0) === (args.file === null) || args.texts.length > 2) {
     console.error("error: give a TEXT (and its pair) or --file PATH (not both)");

@@ -74,8 +74,13 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
             assert a["label"] == b["label"]
             decided += 1
     assert decided >= len(texts) // 2 and {r["label"] for r in py} == {"negative", "positive"}
-    one = _node(js_bundle / "predict.mjs", texts[1])
+    one = _node(js_bundle / "predict.mjs", "--threads", "1", texts[1])
     assert one.returncode == 0 and one.stdout.split("\t")[0] == py[1]["label"]
+    for args, message in ((["--threads", "0", "x"], 'error: --threads: expected an integer >= 1, got "0"'),
+                          (["--jsn", "x"], "error: unknown option --jsn"),
+                          (["a", "--file", "f.txt"], "error: give a TEXT (and its pair) or --file PATH (not both)")):
+        bad = _node(js_bundle / "predict.mjs", *args)
+        assert bad.returncode == 2 and bad.stderr.splitlines()[0] == message and bad.stdout == ""
 
 
 def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_dir):
