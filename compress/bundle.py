@@ -202,7 +202,7 @@ def model_card(manifest: dict) -> str:
               "### In JavaScript (Node.js or a browser)", "",
               "`predict.mjs` runs the same model with onnxruntime-web (WebAssembly) and @huggingface/tokenizers, "
               "pinned in `package.json`; it truncates texts as `predict.py` does and checks the sha256 of the files "
-              "it loads (model, tokenizer, labels) before creating the model.", "", "```sh",
+              "it loads (model, tokenizer) before creating the model.", "", "```sh",
               "npm install", f"node predict.mjs {example}",
               f"node predict.mjs --json --file {lines_file.split('#')[0].strip()}", "```", "", "```js",
               'import { Predictor } from "./predict.mjs";',

@@ -14,8 +14,8 @@
 //   const model = await Predictor.load("https://example.com/my-bundle/");   // or a folder path in Node.js
 //   await model.predict("a gripping, funny film");   // {label, score, scores} ({value} for regression)
 //
-// Before the model is created, the files it reads (model.onnx, tokenizer.json, labels.json) are checked against
-// the sha256 in manifest.json; a changed file is refused. Texts are truncated as the Python runner truncates them
+// Before the model is created, the files it reads (model.onnx, tokenizer.json; label names come from manifest.json)
+// are checked against the sha256 in manifest.json; a changed file is refused. Texts are truncated as the Python runner truncates them
 // (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
 
 import * as ort from "onnxruntime-web";
@@ -89,10 +89,10 @@ export class Predictor {
   /** Load and verify a bundle: a folder path (Node.js) or a URL (Node.js and browsers). */
   static async load(base, { check = true, threads } = {}) {
     const manifest = await readManifest(base);
-    const files = await readVerified(base, manifest, [manifest.model.file, "tokenizer.json", "labels.json"], check);
+    const files = await readVerified(base, manifest, [manifest.model.file, manifest.tokenizer.file], check);
     if (threads) ort.env.wasm.numThreads = threads;
     const session = await ort.InferenceSession.create(files[manifest.model.file]);
-    return new Predictor(manifest, json(files["tokenizer.json"]), session);
+    return new Predictor(manifest, json(files[manifest.tokenizer.file]), session);
   }
 
   constructor(manifest, tokenizerJson, session) {

@@ -170,10 +170,10 @@ def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bund
         server.shutdown()
     changed = shutil.copytree(js_bundle, tmp_path / js_bundle.name)
     (tmp_path / "node_modules").symlink_to(NODE_MODULES)
-    (changed / "labels.json").write_text('{"labels": ["positive", "negative"]}')
+    (changed / "tokenizer.json").write_text((changed / "tokenizer.json").read_text().replace('"[UNK]"', '"[UKN]"'))
     proc = _node(changed / "predict.mjs", TEXTS[0])
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "error: labels.json: sha256 mismatch: the file changed after the bundle was built; " \
+    assert proc.stderr.strip() == "error: tokenizer.json: sha256 mismatch: the file changed after the bundle was built; " \
                                   "refusing to load"
 
 
