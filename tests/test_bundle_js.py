@@ -173,8 +173,8 @@ def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bund
     (changed / "tokenizer.json").write_text((changed / "tokenizer.json").read_text().replace('"[UNK]"', '"[UKN]"'))
     proc = _node(changed / "predict.mjs", TEXTS[0])
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "error: tokenizer.json: sha256 mismatch: the file changed after the bundle was built; " \
-                                  "refusing to load"
+    assert proc.stderr.strip() == ("error: tokenizer.json: sha256 mismatch: the file changed after the bundle was "
+                                   "built; refusing to load")
 
 
 def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
