@@ -67,7 +67,6 @@ def _warn_not_runnable(recipe, stages) -> None:
     if stages:
         for path in missing_files(recipe.task):
             print(f"warning: {recipe.path}: task: {path}: file not found", file=sys.stderr)
-
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check(name, f"{recipe.path}: {field}")
