@@ -27,7 +27,7 @@ install: $(STAMP)
 pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
 	$(COMPRESS) run $(RECIPE)
 
-$(NODE_STAMP): compress/bundle.py
+$(NODE_STAMP): compress/bundle.py $(STAMP)
 	mkdir -p $(NODE_DIR)
 	cd $(NODE_DIR) && npm install --no-audit --no-fund --no-save --silent \
 		$$(../$(BIN)/python -c 'from compress.bundle import JS_RUNTIME as r; print(" ".join(f"{k}@{v}" for k, v in r.items()))')

@@ -502,11 +502,11 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     lat = chosen.latency.get(threads) if threads else None
     latency = None
     if lat is not None:
-        speedup = table.speedup(chosen, threads)
+        by_threads = _by_threads(table, chosen)
         latency = {"p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "threads": threads, "batch_size": 1,
                    "throughput_per_s": lat.throughput,
-                   "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2),
-                   "by_threads": _by_threads(table, chosen),
+                   "speedup_vs_teacher_onnx_fp32": by_threads[str(threads)]["speedup_vs_teacher_onnx_fp32"],
+                   "by_threads": by_threads,
                    "protocol": {**(table.provenance.get("protocol") or {}),
                                 **({"pass": table.provenance["dev latency"]}
                                    if table.provenance.get("dev latency") else {})}}

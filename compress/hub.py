@@ -25,22 +25,24 @@ from compress.errors import CompressError
 PROBE_TIMEOUT_S = 3.0
 
 
-# what the hub accepts as a repo id: name or org/name (a path such as ./x, /x/y or a/b/c is a folder)
-_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# what the hub accepts as a repo id: name or org/name, not starting with "." (./x, /x/y or a/b/c are paths)
+_REPO_ID = re.compile(r"^(?!\.)[\w.-]+(/[\w.-]+)?$")
+
+
+def _named_elsewhere(name: str) -> bool:
+    """A zoo name, "random" (no checkpoint) or an existing path: nothing to fetch."""
+    from teachers.zoo import ZOO
+
+    return name in ZOO or name == "random" or os.path.exists(name)
 
 
 def is_hub_id(name: str) -> bool:
-    from teachers.zoo import ZOO
-
-    return name not in ZOO and name != "random" and not os.path.exists(name) and bool(_REPO_ID.match(name)) \
-        and not name.startswith(".")
+    return not _named_elsewhere(name) and bool(_REPO_ID.match(name))
 
 
 def is_missing_folder(name: str) -> bool:
     """A name that can only be a path (not a zoo name, not a repo id) and does not exist."""
-    from teachers.zoo import ZOO
-
-    return name not in ZOO and name != "random" and not os.path.exists(name) and not is_hub_id(name)
+    return not _named_elsewhere(name) and not _REPO_ID.match(name)
 
 
 @functools.lru_cache(maxsize=None)

@@ -78,20 +78,21 @@ def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:
     return root / spec.folder if spec.folder else Path(".")
 
 
-def data_files(cfg: TaskConfig) -> list[Path]:
-    """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
+def _split_paths(cfg: TaskConfig) -> dict[str, Path]:
+    """Split name -> the local file it is read from; empty for hub datasets."""
     if cfg.hub_dataset:
-        return []
+        return {}
     spec = task_spec(cfg)
     folder = data_dir(cfg, spec)
-    return [folder / name for name in spec.files.values() if (folder / name).is_file()]
+    return {split: folder / name for split, name in spec.files.items()}
+
+
+def data_files(cfg: TaskConfig) -> list[Path]:
+    """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
+    return [path for path in _split_paths(cfg).values() if path.is_file()]
 
 
 def missing_files(cfg: TaskConfig) -> list[Path]:
     """The files a run will read (train, dev, and test where the task has one) that are not there."""
-    if cfg.hub_dataset:
-        return []
-    spec = task_spec(cfg)
-    folder = data_dir(cfg, spec)
-    return [folder / spec.files[s] for s in ("train", "dev", "test")
-            if s in spec.files and not (folder / spec.files[s]).is_file()]
+    paths = _split_paths(cfg)
+    return [paths[s] for s in ("train", "dev", "test") if s in paths and not paths[s].is_file()]

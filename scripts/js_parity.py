@@ -1,0 +1,55 @@
+"""predict.mjs (Node.js, onnxruntime-web) against predict.py on a bundle and a GLUE single-text dev file:
+label agreement, accuracy of each, largest score difference, and the Node run's wall time.
+
+    python scripts/js_parity.py runs/quickstart/bundle/quickstart-sst2-int8 [--dev ../shared/data/glue/SST-2/dev.tsv]
+
+Needs `node` and the npm packages `make test` installs into .node/ (linked beside a temporary copy of the bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from compress.bundle_predict import Predictor  # noqa: E402
+from compress.data import DEFAULT_GLUE_DIR  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--dev", type=Path, default=DEFAULT_GLUE_DIR / "SST-2" / "dev.tsv")
+    args = parser.parse_args()
+    rows = [line.split("\t") for line in args.dev.read_text(encoding="utf-8-sig").splitlines()[1:] if line.strip()]
+    texts, gold = [r[0] for r in rows], [int(r[1]) for r in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = shutil.copytree(args.bundle, Path(tmp) / "bundle", ignore=shutil.ignore_patterns("node_modules"))
+        (Path(tmp) / "node_modules").symlink_to(ROOT / ".node" / "node_modules")
+        (Path(tmp) / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        start = time.perf_counter()
+        proc = subprocess.run(["node", str(copy / "predict.mjs"), "--json", "--file", str(Path(tmp) / "texts.txt")],
+                              capture_output=True, text=True, check=True)
+        node_s = time.perf_counter() - start
+    js = [json.loads(line) for line in proc.stdout.splitlines()]
+    predictor = Predictor(args.bundle)
+    py = [predictor.predict([t])[0] for t in texts]
+    labels = predictor.labels
+    accuracy = lambda res: sum(labels.index(r["label"]) == g for r, g in zip(res, gold)) / len(gold)  # noqa: E731
+    agree = sum(a["label"] == b["label"] for a, b in zip(js, py))
+    diff = max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(js, py) for k in labels)
+    print(f"{len(texts)} texts: same label {agree}/{len(texts)}; accuracy node {accuracy(js):.4f}, python "
+          f"{accuracy(py):.4f}; max score difference {diff:.4f}; node wall {node_s:.1f} s (load included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
