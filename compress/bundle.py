@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tarfile
+import zlib
 import tempfile
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -85,9 +86,26 @@ def is_int8(onnx_path: Path) -> bool:
     """True when the model holds 8-bit integer weights (QLinear/Integer ops or (Dynamic)QuantizeLinear nodes)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise CompressError(f"{onnx_path}: not an ONNX model ({bundle_predict.first_line(e)})") from None
     return any(n.op_type in ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul",
                              "DynamicQuantizeMatMul", "QAttention", "QGemm") for n in model.graph.node)
+
+
+def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
+    """Run the bundle as a device would, on an input of ``max_length`` tokens: a model whose position table is
+    shorter, or whose outputs do not match the label names, is refused here rather than on the device."""
+    probe = " ".join(["word"] * 2 * max_length)
+    try:
+        runner = bundle_predict.Predictor(folder, threads=1, check=False)
+        runner.predict([probe], [probe] if text_pair else None)
+    except BundleError as e:
+        raise CompressError(str(e).replace(str(folder), "bundle")) from None
+    except Exception as e:  # onnxruntime's own errors: the model cannot take max_length tokens
+        raise CompressError(f"the model does not run on {max_length} tokens (max_length; is it longer than the "
+                            f"model's position table?): {str(e).splitlines()[0][:300]}") from None
 
 
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
@@ -242,8 +260,14 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"{tokenizer}: tokenizer.json not found")
     if PurePosixPath(name).name != name or name in ("", ".", ".."):
         raise CompressError(f"bundle name {name!r}: must be a plain folder name")
+    if labels is not None and (len(labels) < 2 or not all(str(x).strip() for x in labels)
+                               or len(set(labels)) != len(labels)):
+        raise CompressError(f"labels {labels!r}: need two or more distinct, non-empty label names (none: regression)")
     if require_int8 and not is_int8(model):
         raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompressError(f"{out_dir}: exists and is not a folder")
+    made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -287,9 +311,12 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         manifest["files"], manifest["sizes"] = _hashes(tmp)
         write_json(tmp / MANIFEST, manifest)
         bundle_predict.verify(tmp)  # what we ship must pass the check the device will run
+        smoke_test(tmp, max_length, text_pair)
         folder = _replace(tmp, out_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_out_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         raise
     archive = out_dir / f"{name}.tar.gz"
     tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
@@ -340,34 +367,39 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     """Extract a bundle archive into ``dest``; returns the bundle folder.
 
     Every member is checked before anything is written: only regular files and folders, relative paths that stay
-    inside ``dest`` (no ``..``, no absolute path, no link), all under one top-level folder.
+    inside ``dest`` (no ``..``, no absolute path, no link), all under one top-level folder. A truncated or corrupt
+    archive is refused in one line.
     """
     archive, dest = Path(archive), Path(dest)
     try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise CompressError(f"{archive}: not a readable bundle archive ({e})") from None
-    with tar:
-        members = tar.getmembers()
-        root = dest.resolve()
-        tops = set()
-        for m in members:
-            path = PurePosixPath(m.name)
-            if (not path.parts or path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
-                    or ":" in path.parts[0]):
-                raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
-            if not (root / m.name).resolve().is_relative_to(root):
-                raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
-            if not (m.isfile() or m.isdir()):
-                raise CompressError(f"{archive}: member {m.name!r} is a link or special file; refusing the archive")
-            tops.add(path.parts[0])
-        if len(tops) != 1:
-            raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own checks as well
-            tar.extractall(dest, members=members, filter="data")
-        else:  # every member was checked above
-            tar.extractall(dest, members=members)
-    return dest / tops.pop()
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            top = _check_members(archive, dest, members)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own checks as well
+                tar.extractall(dest, members=members, filter="data")
+            else:  # every member was checked above
+                tar.extractall(dest, members=members)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        reason = str(e).splitlines()[0].rstrip(":") or type(e).__name__
+        raise CompressError(f"{archive}: not a readable bundle archive, truncated or corrupt ({reason})") from None
+    return dest / top
+
+
+def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) -> str:
+    """The archive's one top-level folder, after refusing any member that is not a plain file or folder inside it."""
+    root = dest.resolve()
+    tops = set()
+    for m in members:
+        path = PurePosixPath(m.name)
+        if (not path.parts or path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
+                or ":" in path.parts[0]) or not (root / m.name).resolve().is_relative_to(root):
+            raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
+        if not (m.isfile() or m.isdir()):
+            raise CompressError(f"{archive}: member {m.name!r} is a link or special file; refusing the archive")
+        tops.add(path.parts[0])
+    if len(tops) != 1:
+        raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
+    return tops.pop()
 
 
 @contextlib.contextmanager

@@ -47,12 +47,33 @@ async function sha256(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-const json = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
+function json(bytes, name) {
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) {
+    throw new BundleError(`${name}: not valid JSON (${e.message})`);
+  }
+}
 
-/** The bundle's manifest.json, checked for its format. */
+/** The bundle's manifest.json, checked for its format and for the fields this runner reads (as predict.py does). */
 export async function readManifest(base) {
-  const manifest = json(await readBytes(base, "manifest.json"));
+  const manifest = json(await readBytes(base, "manifest.json"), "manifest.json");
   if (manifest?.format !== FORMAT) throw new BundleError(`${base}: not a ${FORMAT} bundle`);
+  const files = manifest.files && typeof manifest.files === "object" ? manifest.files : {};
+  for (const key of ["model", "tokenizer"]) {
+    const file = manifest[key]?.file;
+    if (typeof file !== "string" || !Object.hasOwn(files, file)) {
+      throw new BundleError(`manifest.json: ${key}.file must name a file listed under 'files', got ${JSON.stringify(file ?? null)}`);
+    }
+  }
+  if (!Number.isInteger(manifest.max_length) || manifest.max_length < 1) {
+    throw new BundleError(`manifest.json: max_length must be a positive integer, got ${JSON.stringify(manifest.max_length ?? null)}`);
+  }
+  const labels = manifest.task?.labels;
+  if (typeof manifest.task !== "object" || manifest.task === null || (labels !== null && !(Array.isArray(labels)
+      && labels.length >= 2 && labels.every((x) => typeof x === "string")))) {
+    throw new BundleError(`manifest.json: task.labels must be a list of two or more label names (null: regression), got ${JSON.stringify(labels ?? null)}`);
+  }
   return manifest;
 }
 
@@ -89,10 +110,17 @@ export class Predictor {
   /** Load and verify a bundle: a folder path (Node.js) or a URL (Node.js and browsers). */
   static async load(base, { check = true, threads } = {}) {
     const manifest = await readManifest(base);
-    const files = await readVerified(base, manifest, [manifest.model.file, manifest.tokenizer.file], check);
+    const labelsFile = Object.hasOwn(manifest.files, manifest.labels_file ?? "") ? [manifest.labels_file] : [];
+    const files = await readVerified(base, manifest, [manifest.model.file, manifest.tokenizer.file, ...labelsFile], check);
+    if (labelsFile.length) {  // the names shown must be the ones the verified labels file holds
+      const stored = json(files[labelsFile[0]], labelsFile[0])?.labels;
+      if (JSON.stringify(stored) !== JSON.stringify(manifest.task.labels)) {
+        throw new BundleError(`manifest.json: task.labels ${JSON.stringify(manifest.task.labels)} differ from ${labelsFile[0]}'s ${JSON.stringify(stored)}; refusing to load`);
+      }
+    }
     if (threads) ort.env.wasm.numThreads = threads;
     const session = await ort.InferenceSession.create(files[manifest.model.file]);
-    return new Predictor(manifest, json(files[manifest.tokenizer.file]), session);
+    return new Predictor(manifest, json(files[manifest.tokenizer.file], manifest.tokenizer.file), session);
   }
 
   constructor(manifest, tokenizerJson, session) {
@@ -133,6 +161,9 @@ export class Predictor {
       feeds[name] = new ort.Tensor("int64", BigInt64Array.from(enc[name], BigInt), [1, enc[name].length]);
     }
     const logits = Array.from((await this.session.run(feeds))[this.session.outputNames[0]].data);
+    if (logits.length !== (this.labels ?? [0]).length) {
+      throw new BundleError(`manifest.json: the model gives ${logits.length} scores but the manifest names ${(this.labels ?? [0]).length} label(s)`);
+    }
     if (this.labels === null || this.labels === undefined) return { value: logits[0] };
     const top = Math.max(...logits);
     const exp = logits.map((z) => Math.exp(z - top));
@@ -155,12 +186,16 @@ async function main(argv) {
   const { fileURLToPath } = await import("node:url");
   const { dirname } = await import("node:path");
   const args = { json: false, file: null, bundle: dirname(fileURLToPath(import.meta.url)), texts: [] };
+  const valued = { "--file": "file", "--bundle": "bundle", "--threads": "threads" };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--json") args.json = true;
-    else if (argv[i] === "--file") args.file = argv[++i];
-    else if (argv[i] === "--bundle") args.bundle = argv[++i];
-    else if (argv[i] === "--threads") args.threads = argv[++i];
-    else if (argv[i] === "-h" || argv[i] === "--help") {
+    else if (argv[i] in valued) {
+      if (i + 1 >= argv.length) {
+        console.error(`error: ${argv[i]} takes a value\n${USAGE}`);
+        return 2;
+      }
+      args[valued[argv[i]]] = argv[++i];
+    } else if (argv[i] === "-h" || argv[i] === "--help") {
       console.log(USAGE);
       return 0;
     } else if (argv[i].startsWith("--")) {
@@ -168,17 +203,17 @@ async function main(argv) {
       return 2;
     } else args.texts.push(argv[i]);
   }
-  if (args.threads !== undefined && !/^[1-9][0-9]*$/.test(args.threads ?? "")) {
-    console.error(`error: --threads: expected an integer >= 1, got ${JSON.stringify(args.threads ?? null)}`);
+  if (args.threads !== undefined && !/^[1-9][0-9]*$/.test(args.threads)) {
+    console.error(`error: --threads: expected an integer >= 1, got ${JSON.stringify(args.threads)}`);
     return 2;
   }
   if (args.threads !== undefined) args.threads = Number(args.threads);
-  if ([args.file, args.bundle].includes(undefined)) {
-    console.error(`error: --file and --bundle take a value\n${USAGE}`);
-    return 2;
-  }
   if ((args.texts.length === 0) === (args.file === null) || args.texts.length > 2) {
     console.error("error: give a TEXT (and its pair) or --file PATH (not both)");
+    return 2;
+  }
+  if (args.texts.some((t) => !t.trim())) {
+    console.error("error: an empty text: nothing to classify");
     return 2;
   }
   try {
@@ -188,10 +223,15 @@ async function main(argv) {
       return 0;
     }
     const { readFile } = await import("node:fs/promises");
-    const source = args.file === "-" ? await new Promise((done) => {
-      let text = "";
-      process.stdin.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => done(text));
-    }) : await readFile(args.file, "utf8");
+    let source;
+    try {
+      source = args.file === "-" ? await new Promise((done) => {
+        let text = "";
+        process.stdin.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => done(text));
+      }) : await readFile(args.file, "utf8");
+    } catch (e) {
+      throw new BundleError(`${args.file}: cannot read (${e.code ?? e.message})`);
+    }
     const lines = source.replace(/^\uFEFF/, "").split(/\r?\n/);
     for (let n = 0; n < lines.length; n++) {
       if (!lines[n].trim()) continue;
@@ -200,7 +240,8 @@ async function main(argv) {
         throw new BundleError(`${args.file} line ${n + 1}: ${model.pair ? "this model reads text pairs: give " +
           "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
       }
-      console.log(format(await model.predict(fields[0], model.pair ? fields[1] : null), args.json));
+      const result = await model.predict(fields[0], model.pair ? fields[1] : null);
+      console.log(format(args.json ? { line: n + 1, ...result } : result, args.json));
     }
     return 0;
   } catch (e) {

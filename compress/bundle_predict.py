@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import marshal
 import os
 import sys
+from importlib.util import MAGIC_NUMBER
 from pathlib import Path, PurePosixPath
+
+if sys.version_info < (3, 9):
+    sys.exit("error: predict.py needs Python 3.9 or newer")
 
 if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     # Run as a script, Python puts the bundle folder first on sys.path: a planted "numpy.py" there would be imported
@@ -36,6 +42,8 @@ replaces (onnxruntime 1.32): the model was built and timed without it, and runs 
 MANIFEST = "manifest.json"
 NPM_OUTPUTS = ("node_modules", "package-lock.json")
 """What `npm install` adds next to predict.mjs: not part of the bundle, not checked (this runner reads none of it)."""
+RUNNER = "predict.py"
+RUNTIME = ("onnxruntime", "tokenizers", "numpy")
 
 
 class BundleError(Exception):
@@ -62,7 +70,31 @@ def read_manifest(folder: Path) -> dict:
         raise BundleError(f"{path}: not a {FORMAT} manifest (format: {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise BundleError(f"{path}: 'files' must map every bundle file to its sha256")
+    check_fields(manifest, path)
     return manifest
+
+
+def check_fields(manifest: dict, path: Path) -> None:
+    """The manifest fields the runners read: the model and tokenizer must be files the manifest lists (and so are
+    verified), max_length a positive integer, labels a list of names (null: regression)."""
+    def field(*keys):
+        value = manifest
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    for keys in (("model", "file"), ("tokenizer", "file")):
+        if not isinstance(field(*keys), str) or field(*keys) not in manifest["files"]:
+            raise BundleError(f"{path}: {'.'.join(keys)} must name a file listed under 'files', got {field(*keys)!r}")
+    if type(field("max_length")) is not int or field("max_length") < 1:
+        raise BundleError(f"{path}: max_length must be a positive integer, got {field('max_length')!r}")
+    if type(field("tokenizer", "pad_id")) is not int or not isinstance(field("tokenizer", "pad_token"), str):
+        raise BundleError(f"{path}: tokenizer.pad_id / pad_token missing or malformed")
+    labels = field("task", "labels")
+    if not isinstance(field("task"), dict) or labels is not None and (
+            not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)):
+        raise BundleError(f"{path}: task.labels must be a list of two or more label names (null: regression), "
+                          f"got {labels!r}")
 
 
 def verify(folder: str | os.PathLike) -> dict:
@@ -87,12 +119,29 @@ def verify(folder: str | os.PathLike) -> dict:
         listed.add(PurePosixPath(*parts))
     for path in sorted(folder.rglob("*")):
         rel = PurePosixPath(path.relative_to(folder).as_posix())
-        if "__pycache__" in rel.parts or rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink() \
-                or rel.parts[0] in NPM_OUTPUTS:
+        if rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink() or rel.parts[0] in NPM_OUTPUTS:
+            continue
+        if rel.parts[0] == "__pycache__" and PurePosixPath(RUNNER) in listed \
+                and is_runner_bytecode(path, folder / RUNNER):
             continue
         if rel not in listed:
             raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")
     return manifest
+
+
+def is_runner_bytecode(path: Path, source: Path) -> bool:
+    """Whether ``path`` is what this Python writes to ``__pycache__`` when it imports the verified ``predict.py``
+    (``from predict import Predictor``): that file, not a planted one, would run on the next import."""
+    if path.is_symlink() or path.name != f"{source.stem}.{sys.implementation.cache_tag}.pyc":
+        return False
+    data = path.read_bytes()
+    if data[:4] != MAGIC_NUMBER:
+        return False
+    try:
+        code = marshal.loads(data[16:])
+        return code == compile(source.read_bytes(), str(source), "exec", dont_inherit=True, optimize=0)
+    except Exception:  # malformed bytecode: not the runner's
+        return False
 
 
 class Predictor:
@@ -101,24 +150,50 @@ class Predictor:
     def __init__(self, folder: str | os.PathLike, threads: int | None = None, check: bool = True):
         self.folder = Path(folder)
         self.manifest = verify(self.folder) if check else read_manifest(self.folder)
-        import numpy as np
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
+        try:
+            import numpy as np
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            pins = self.manifest.get("requirements") or {}
+            raise BundleError(f"this bundle needs {', '.join(RUNTIME)} ({e}): pip install "
+                              + " ".join(f"{n}=={pins[n]}" if n in pins else n for n in RUNTIME)) from None
 
         m = self.manifest
         self.labels = m["task"].get("labels")
+        labels_file = m.get("labels_file")
+        if labels_file in m["files"]:  # verified: the names must be the ones it holds
+            try:
+                stored = json.loads((self.folder / labels_file).read_text(encoding="utf-8")).get("labels")
+            except (OSError, ValueError, AttributeError) as e:
+                raise BundleError(f"{self.folder / labels_file}: unreadable ({e})") from None
+            if stored != self.labels:
+                raise BundleError(f"{self.folder / MANIFEST}: task.labels {self.labels!r} differ from {labels_file}'s "
+                                  f"{stored!r}; refusing to load")
         self.pair = bool(m["task"].get("text_pair"))
-        self.tokenizer = Tokenizer.from_file(str(self.folder / m["tokenizer"]["file"]))
-        self.tokenizer.enable_truncation(max_length=int(m["max_length"]))
-        self.tokenizer.enable_padding(pad_id=int(m["tokenizer"]["pad_id"]), pad_token=m["tokenizer"]["pad_token"])
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.folder / m["tokenizer"]["file"]))
+        except Exception as e:  # tokenizers raises plain Exceptions
+            raise BundleError(f"{self.folder / m['tokenizer']['file']}: not a tokenizer.json ({first_line(e)})") \
+                from None
+        self.tokenizer.enable_truncation(max_length=m["max_length"])
+        self.tokenizer.enable_padding(pad_id=m["tokenizer"]["pad_id"], pad_token=m["tokenizer"]["pad_token"])
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.folder / m["model"]["file"]), options,
-                                            providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        try:
+            self.session = ort.InferenceSession(str(self.folder / m["model"]["file"]), options,
+                                                providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        except Exception as e:  # onnxruntime's own exception types
+            raise BundleError(f"{self.folder / m['model']['file']}: onnxruntime cannot load it ({first_line(e)})") \
+                from None
         self.inputs = [i.name for i in self.session.get_inputs()]
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != len(self.labels or [0]):
+            raise BundleError(f"{self.folder / MANIFEST}: the model gives {width} scores but the manifest names "
+                              f"{len(self.labels or [0])} label(s)")
         self._np = np
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1):
@@ -149,11 +224,20 @@ class Predictor:
         """One dict per text: ``label``, ``score`` and every label's ``scores`` (``value`` for regression);
         ``batch_size``: see :meth:`logits`."""
         np = self._np
+        for name, values in (("texts", texts), ("pairs", pairs)):
+            if isinstance(values, str):
+                raise BundleError(f"{name} must be a list of strings, got one string (use [{name[:-1]}])")
+            bad = next((v for v in values or () if not isinstance(v, str)), "")
+            if not isinstance(bad, str):
+                raise BundleError(f"{name} must be a list of strings, got a {type(bad).__name__} among them")
         if self.pair and pairs is None:
             raise BundleError("this model reads text pairs: give a second text")
         if not self.pair and pairs is not None:
             raise BundleError("this model reads single texts: give one text")
         logits = self.logits(texts, pairs, batch_size)
+        if logits.shape[-1] != len(self.labels or [0]):
+            raise BundleError(f"{self.folder / MANIFEST}: the model gives {logits.shape[-1]} scores but the manifest "
+                              f"names {len(self.labels or [0])} label(s)")
         if self.labels is None:  # regression
             return [{"value": float(row[0])} for row in logits]
         z = logits - logits.max(axis=-1, keepdims=True)
@@ -167,16 +251,22 @@ class Predictor:
 
 
 def read_lines(path: str, pair: bool):
-    """``(text, pair or None)`` for each non-blank line of ``path`` (``-``: standard input), read as it comes;
-    pair tasks: ``text<TAB>text pair`` on each line. A line of the wrong shape stops with its file and line number."""
+    """``(line number, text, pair or None)`` for each non-blank line of ``path`` (``-``: standard input), read as it
+    comes; pair tasks: ``text<TAB>text pair`` on each line. Lines end at "\\n" ("\\r\\n" too); bytes that are not
+    UTF-8 read as U+FFFD, as in predict.mjs. A line of the wrong shape stops with its file and line number."""
     try:
-        stream = sys.stdin if path == "-" else open(path, encoding="utf-8-sig")
+        if path != "-":
+            stream = open(path, encoding="utf-8-sig", errors="replace", newline="\n")
+        elif hasattr(sys.stdin, "buffer"):
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="\n")
+        else:  # already text (a test's StringIO)
+            stream = sys.stdin
     except OSError as e:
         raise BundleError(f"{path}: cannot read ({e.strerror})") from None
     name = "standard input" if path == "-" else path
     try:
         for number, line in enumerate(stream, 1):
-            line = line.rstrip("\r\n").lstrip("\ufeff") if number == 1 else line.rstrip("\r\n")  # a piped BOM too
+            line = line.removesuffix("\n").removesuffix("\r").lstrip("\ufeff" if number == 1 else "")
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -184,24 +274,49 @@ def read_lines(path: str, pair: bool):
                 raise BundleError(f"{name} line {number}: this model reads text pairs: give text<TAB>text pair")
             if not pair and len(fields) != 1:
                 raise BundleError(f"{name} line {number}: this model reads single texts: the line holds a tab")
-            yield fields[0], fields[1] if pair else None
+            yield number, fields[0], fields[1] if pair else None
+    except OSError as e:  # a folder, a read error
+        raise BundleError(f"{path}: cannot read ({e.strerror})") from None
     finally:
         if stream is not sys.stdin:
-            stream.close()
+            stream.detach() if path == "-" else stream.close()  # detach: sys.stdin's buffer stays open
 
 
 def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=None) -> int:
     """Classify every line of ``path`` (see :func:`read_lines`) one at a time, as the metrics were measured, writing one
-    result a line to ``out`` (default stdout) as soon as it is known: "label<TAB>score", or one JSON object a line.
-    Returns how many lines were classified."""
+    result a line to ``out`` (default stdout) as soon as it is known: "label<TAB>score", or one JSON object a line with
+    its ``line`` number (blank lines are skipped). Returns how many lines were classified."""
     out = out or sys.stdout
     count = 0
-    for text, pair in read_lines(path, predictor.pair):
+    for number, text, pair in read_lines(path, predictor.pair):
         result = predictor.predict([text], None if pair is None else [pair])[0]
-        out.write((json.dumps(result) if as_json else format_result(result)) + "\n")
+        out.write((json.dumps({"line": number, **result}) if as_json else format_result(result)) + "\n")
         out.flush()
         count += 1
     return count
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def cli_text(text: str | None) -> str | None:
+    """A command-line text as UTF-8 would read it (bytes that are not UTF-8 become U+FFFD, as in predict.mjs);
+    an empty one is refused."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not text.strip():
+        raise BundleError("an empty text: nothing to classify")
+    return text
+
+
+def quiet_broken_pipe() -> None:
+    """Standard output's reader went away (``... | head``): stop without a traceback."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def positive_int(text: str) -> int:
@@ -227,26 +342,29 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
     parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options after the texts too
     if (args.text is None) == (args.file is None):
         parser.error("give a TEXT or --file PATH (not both)")
     try:
+        text, text_pair = cli_text(args.text), cli_text(args.text_pair)
         predictor = Predictor(args.bundle, threads=args.threads)
         if args.file is not None:
             predict_lines(predictor, args.file, args.json)
             return 0
-        result = predictor.predict([args.text], None if args.text_pair is None else [args.text_pair])[0]
+        result = predictor.predict([text], None if text_pair is None else [text_pair])[0]
+        print(format_result(result, args.json), flush=True)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_result(result, args.json))
+    except BrokenPipeError:
+        quiet_broken_pipe()
     return 0
 
 
 def format_result(result: dict, as_json: bool = False) -> str:
     """One prediction as printed by the CLIs: "label<TAB>score", the value for regression, or JSON."""
     if as_json:
-        return json.dumps(result, indent=2)
+        return json.dumps(result)
     if "label" in result:
         return f"{result['label']}\t{result['score']:.4f}"
     return f"{result['value']:.4f}"

@@ -129,16 +129,22 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     from compress.bundle import predict, predict_file
-    from compress.bundle_predict import format_result
+    from compress.bundle_predict import BundleError, cli_text, format_result, quiet_broken_pipe
 
     if (args.text is None) == (args.file is None):
         raise CompressError("predict: give a TEXT or --file PATH (not both)")
-    if args.file is not None:
-        predict_file(args.bundle, args.file, args.json, threads=args.threads)
-        return 0
-    result = predict(args.bundle, [args.text], None if args.text_pair is None else [args.text_pair],
-                     threads=args.threads)[0]
-    print(format_result(result, args.json))
+    try:
+        text, text_pair = cli_text(args.text), cli_text(args.text_pair)
+    except BundleError as e:
+        raise CompressError(f"predict: {e}") from None
+    try:
+        if args.file is not None:
+            predict_file(args.bundle, args.file, args.json, threads=args.threads)
+            return 0
+        result = predict(args.bundle, [text], None if text_pair is None else [text_pair], threads=args.threads)[0]
+        print(format_result(result, args.json), flush=True)
+    except BrokenPipeError:
+        quiet_broken_pipe()
     return 0
 
 
@@ -316,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "fn", None) is cmd_predict:  # texts after an option: `compress predict B --json "text"`
+        while extra and not extra[0].startswith("-") and None in (args.text, args.text_pair):
+            setattr(args, "text" if args.text is None else "text_pair", extra.pop(0))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -286,7 +286,7 @@ def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
                           capture_output=True, text=True, cwd=folder)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2
+    assert [json.loads(line)["line"] for line in lines] == [1, 3]  # blank lines skipped: each result says its line
     for line, want in zip(lines, expected):
         _same_result(json.loads(line), want)
     proc = subprocess.run([sys.executable, "predict.py", "--file", "-", "also a text"], input="x", capture_output=True,
@@ -486,3 +486,143 @@ def test_a_bundle_scores_what_its_quantize_record_says(tmp_path, tokenizer, mini
     np.testing.assert_allclose(shipped, onnx_predict(session(tmp_path / "q" / "int8_dynamic.onnx"), dev,
                                                      Collator({"": tokenizer}), batch_size=1), atol=1e-5)
     assert float((shipped.argmax(-1) == labels).mean()) == rec["int8"]["dynamic"]["metrics"]["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------ what a device may be fed
+def _run_predict_py(folder: Path, *args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "predict.py", *args], capture_output=True, cwd=folder, **kw)
+
+
+def test_corrupt_archive_is_refused_in_one_line(bundle, tmp_path):
+    _, archive = bundle
+    data = archive.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2:len(data) // 2 + 100] = bytes(b ^ 0xFF for b in flipped[len(data) // 2:len(data) // 2 + 100])
+    bad = "not a readable bundle archive, truncated or corrupt"
+    for name, content, message in [("truncated", data[:len(data) // 2], bad), ("text", b"hello\n", bad),
+                                   ("empty", b"", bad),  # gzip's CRC is checked at the end: the file's sha256 first
+                                   ("flipped", bytes(flipped), f"{bad}|sha256 mismatch")]:
+        (tmp_path / f"{name}.tar.gz").write_bytes(content)
+        with pytest.raises(CompressError, match=message) as e:
+            predict(tmp_path / f"{name}.tar.gz", ["hi"])
+        assert "\n" not in str(e.value)
+
+
+def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
+    """Importing predict.py (the documented Python API) leaves __pycache__/predict.<tag>.pyc: accepted, since it is the
+    verified source compiled. A planted .pyc (it would run instead of predict.py) is refused, as is any other file
+    there, and an archive carrying __pycache__."""
+    import py_compile
+
+    folder = _copy(bundle[0], tmp_path / "b")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as on a device: bytecode written
+    proc = subprocess.run([sys.executable, "-c", "import predict; print(predict.Predictor('.').predict(['fine'])[0]"
+                           "['label'])"], capture_output=True, text=True, cwd=folder, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() in ("negative", "positive"), proc.stderr
+    pyc = folder / "__pycache__" / f"predict.{sys.implementation.cache_tag}.pyc"
+    assert pyc.is_file()
+    predict(folder, ["still verifies"])
+    (tmp_path / "evil.py").write_text((folder / "predict.py").read_text() + "\nprint('PLANTED CODE RAN')\n")
+    py_compile.compile(str(tmp_path / "evil.py"), cfile=str(pyc),
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    with pytest.raises(CompressError, match=r"__pycache__/predict\..*\.pyc: not listed in manifest\.json"):
+        predict(folder, ["x"])
+    pyc.unlink()
+    (folder / "__pycache__" / "numpy.cpython-311.pyc").write_bytes(b"x")
+    with pytest.raises(CompressError, match=r"numpy\.cpython-311\.pyc: not listed"):
+        predict(folder, ["x"])
+    members = [_file(f"b/{p.name}", p.read_bytes()) for p in sorted(bundle[0].iterdir())]
+    archive = _tar_with(tmp_path / "pyc.tar.gz", members + [_file(f"b/__pycache__/{pyc.name}", b"junk")])
+    with pytest.raises(CompressError, match=r"__pycache__/.*: not listed"):
+        predict(archive, ["x"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["model"].update(file="/etc/hostname"), r"model\.file must name a file listed under 'files'"),
+    (lambda m: m.update(max_length="abc"), "max_length must be a positive integer"),
+    (lambda m: m["task"].update(labels=["a"]), "task.labels must be a list of two or more label names"),
+    (lambda m: m["task"].update(labels=["bad", "good"]), r"task\.labels \['bad', 'good'\] differ from labels\.json"),
+    (lambda m: m["model"].update(file="tokenizer.json"), "tokenizer.json: onnxruntime cannot load it"),
+    (lambda m: m.pop("model"), r"model\.file must name a file"),
+])
+def test_a_malformed_manifest_is_refused_in_one_line(bundle, tmp_path, edit, message):
+    """manifest.json is the one file not hashed: every field the runners read is checked (a model path outside the
+    listed files, label names that are not the verified labels.json's)."""
+    folder = _copy(bundle[0], tmp_path / "b")
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CompressError, match=message):
+        predict(folder, ["x"])
+    proc = _run_predict_py(folder, "x", text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+def test_predict_py_command_line_edges(bundle, tmp_path):
+    """Options after the text; an empty text refused; bytes that are not UTF-8 (argument or file) read as U+FFFD, as
+    predict.mjs reads them; a lone CR inside a line does not split it; a closed pipe ends quietly; a missing runtime
+    package is named with its pinned pip line."""
+    folder, archive = bundle
+    assert _run_predict_py(folder, TEXTS[0], "--json").returncode == 0
+    proc = _run_predict_py(folder, "--threads", "1", TEXTS[0], text=True)
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1, proc.stderr
+    for empty in ("", "   "):
+        proc = _run_predict_py(folder, empty, text=True)
+        assert proc.returncode == 2 and proc.stderr == "error: an empty text: nothing to classify\n"
+    proc = _run_predict_py(folder, b"\xff bad")
+    assert proc.returncode == 0 and proc.stdout.count(b"\t") == 1, proc.stderr
+    (tmp_path / "odd.txt").write_bytes(b"good\n\xff bad\na\rb\n")
+    proc = _run_predict_py(folder, "--json", "--file", str(tmp_path / "odd.txt"), text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["line"] for line in proc.stdout.splitlines()] == [1, 2, 3]
+    (tmp_path / "many.txt").write_text("a fine film\n" * 3000)
+    proc = subprocess.run(f"{sys.executable} predict.py --file {tmp_path / 'many.txt'} | head -1", shell=True,
+                          capture_output=True, text=True, cwd=folder)
+    assert proc.stdout.count("\n") == 1 and proc.stderr == ""
+    code = "import runpy, sys; sys.modules['tokenizers'] = None; sys.argv = ['predict.py', 'hi']; " \
+           "runpy.run_path('predict.py', run_name='__main__')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: this bundle needs onnxruntime, tokenizers, numpy")
+    assert "pip install onnxruntime==" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_compress_predict_takes_options_anywhere(bundle, capsys):
+    folder, _ = bundle
+    assert main(["predict", str(folder), "--json", TEXTS[0]]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"label", "score", "scores"}
+    assert main(["predict", str(folder), "--threads", "1", TEXTS[1]]) == 0
+    assert main(["predict", str(folder), ""]) == 2
+    assert capsys.readouterr().err.strip().endswith("an empty text: nothing to classify")
+    with pytest.raises(SystemExit):
+        main(["predict", str(folder), "a", "--json", "b", "c"])
+    assert "unrecognized arguments: c" in capsys.readouterr().err
+
+
+def test_predictor_wants_a_list_of_texts(bundle):
+    from compress.bundle_predict import BundleError, Predictor
+
+    p = Predictor(bundle[0])
+    with pytest.raises(BundleError, match=r"texts must be a list of strings, got one string \(use \[text\]\)"):
+        p.predict("hello")
+    with pytest.raises(BundleError, match="got a int among them"):
+        p.predict(["a", 3])
+
+
+def test_build_refuses_what_would_fail_on_the_device(int8_model, minilm_dir, tmp_path):
+    """A max_length beyond the model's 128 positions, label names that do not match its outputs, non-ONNX model
+    files and an output path that is a file are refused at build time, leaving nothing behind."""
+    kw = dict(tokenizer=minilm_dir / "tokenizer.json", task="sst2", text_pair=False, ort_format=False)
+    out = tmp_path / "out"
+    with pytest.raises(CompressError, match="does not run on 256 tokens"):
+        build(out, "long", model=int8_model, labels=["0", "1"], max_length=256, **kw)
+    with pytest.raises(CompressError, match="the model gives 2 scores but the manifest names 3"):
+        build(out, "three", model=int8_model, labels=["a", "b", "c"], max_length=32, **kw)
+    for labels in (["a", "a"], ["", "b"], ["a"]):
+        with pytest.raises(CompressError, match="two or more distinct, non-empty label names"):
+            build(out, "bad", model=int8_model, labels=labels, max_length=32, **kw)
+    (tmp_path / "x.onnx").write_text("not a model")
+    with pytest.raises(CompressError, match="x.onnx: not an ONNX model"):
+        build(out, "bad", model=tmp_path / "x.onnx", labels=["a", "b"], max_length=32, **kw)
+    with pytest.raises(CompressError, match="exists and is not a folder"):
+        build(tmp_path / "x.onnx", "bad", model=int8_model, labels=["a", "b"], max_length=32, **kw)
+    assert not out.exists()

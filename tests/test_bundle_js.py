@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from compress.bundle import JS_RUNTIME, build, predict
-from conftest import export_int8
+from conftest import export_int8, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / ".node" / "node_modules"
@@ -84,16 +84,23 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
 
 
 def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_dir):
-    """The same int8 model bundled as a pair task (MRPC rows, text<TAB>pair lines) and as a regression task: the
-    JS runner gives predict.py's results; a single text for a pair model is refused in one line."""
+    """The int8 model bundled as a pair task (MRPC rows, text<TAB>pair lines), and a one-output model as a regression
+    task: the JS runner gives predict.py's results; a single text for a pair model is refused in one line."""
+    import torch
+    from transformers import BertForSequenceClassification
+
     work = js_bundle.parent.parent
+    (work / "regression").mkdir()
+    torch.manual_seed(1)
+    regression = export_int8(BertForSequenceClassification(tiny_bert_config(num_labels=1)), work / "regression")
     lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:9]
     rows = [line.split("\t") for line in lines]
     pairs = [(r[3], r[4]) for r in rows]
     (work / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
     for labels in (["not_equivalent", "equivalent"], None):
         name = "pair-js" if labels else "regression-js"
-        folder, _ = build(work / "bundles", name, model=work / "int8.onnx", tokenizer=minilm_dir / "tokenizer.json",
+        folder, _ = build(work / "bundles", name, model=work / "int8.onnx" if labels else regression,
+                          tokenizer=minilm_dir / "tokenizer.json",
                           task="mrpc" if labels else "stsb", labels=labels, text_pair=True, max_length=32,
                           ort_format=False)
         proc = _node(folder / "predict.mjs", "--json", "--file", work / "pairs.tsv")
@@ -175,6 +182,32 @@ def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bund
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == ("error: tokenizer.json: sha256 mismatch: the file changed after the bundle was "
                                    "built; refusing to load")
+
+
+def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, tmp_path):
+    """As predict.py does: manifest fields checked (model inside the listed files, label names those of the verified
+    labels.json, valid JSON), an empty text, an option without its value, a --file that cannot be read."""
+    copy = shutil.copytree(js_bundle, tmp_path / js_bundle.name)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    original = (copy / "manifest.json").read_text()
+
+    def refused(*args, manifest=None):
+        (copy / "manifest.json").write_text(original if manifest is None else manifest)
+        proc = _node(copy / "predict.mjs", *args)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        return proc.stderr.splitlines()[0]
+
+    m = json.loads(original)
+    for edit, message in [({"model": {**m["model"], "file": "/etc/hostname"}}, "model.file must name a file listed"),
+                          ({"max_length": "abc"}, "max_length must be a positive integer"),
+                          ({"task": {**m["task"], "labels": ["bad", "good"]}}, "differ from labels.json"),
+                          ({"task": {**m["task"], "labels": ["a"]}}, "task.labels must be a list of two or more")]:
+        assert message in refused(TEXTS[0], manifest=json.dumps({**m, **edit}))
+    assert refused(TEXTS[0], manifest="{bad").startswith("error: manifest.json: not valid JSON")
+    assert refused("  ") == "error: an empty text: nothing to classify"
+    assert refused(TEXTS[0], "--threads") == "error: --threads takes a value"
+    assert refused("--file", tmp_path / "missing.txt") == f"error: {tmp_path / 'missing.txt'}: cannot read (ENOENT)"
+    assert refused("--file", tmp_path) == f"error: {tmp_path}: cannot read (EISDIR)"
 
 
 def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
