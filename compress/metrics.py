@@ -12,6 +12,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from compress.errors import CompressError
+from compress.tasks import METRIC_NAMES
 
 METRICS = {
     "accuracy": lambda preds, labels: accuracy_score(labels, preds),
@@ -21,6 +22,7 @@ METRICS = {
     "spearmanr": lambda preds, labels: spearmanr(preds, labels)[0],
 }
 REGRESSION_METRICS = {"pearson", "spearmanr"}
+assert tuple(METRICS) == METRIC_NAMES, "compress.tasks.METRIC_NAMES must list every metric"
 
 
 def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -43,6 +43,27 @@ def load_for_task(model: str, spec: TaskSpec):
     return model_obj, tokenizer
 
 
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer"}
+"""Model types whose position ids start after the padding index (pad_token_id + 1): two table rows unused."""
+
+
+def max_positions(config) -> int | None:
+    """How many tokens a model takes: its position table, less the rows RoBERTa-style models skip; None if unbounded."""
+    table = getattr(config, "max_position_embeddings", None)
+    if not isinstance(table, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    return table - (config.pad_token_id or 0) - 1 if config.model_type in OFFSET_POSITIONS else table
+
+
+def check_length(config, length: int, where: str, what: str) -> None:
+    """Refuse ``length`` tokens (``where`` names the recipe field) beyond the model's position table at once, not as
+    a tensor-size error in the middle of training or timing."""
+    limit = max_positions(config)
+    if limit is not None and length > limit:
+        raise CompressError(f"{where}: {length} tokens exceed {what}'s {limit} positions "
+                            f"(max_position_embeddings); use at most {limit}")
+
+
 def load_trained(folder: str | Path):
     """A model saved by one of our stages (save_pretrained folder) and its tokenizer."""
     folder = Path(folder)

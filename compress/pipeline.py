@@ -118,7 +118,12 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
     path = folder / "manifest.json"
     if not path.is_file():
         return None, "not run yet"
-    manifest = read_json(path)
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        manifest = None
+    if not isinstance(manifest, dict):
+        return None, "its manifest.json is unreadable"
     if manifest.get("fingerprint") == fp:
         if hash_tree(folder) == manifest.get("outputs"):
             return manifest, None
@@ -130,6 +135,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
     _check_force(force)
     run_dir = recipe.run_dir
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
     # into its own temporary folder and only the main process publishes its folder.
@@ -139,8 +145,13 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    with run_lock(run_dir, take=state.is_main_process):
-        return _run_stages(recipe, run_dir, state, until, force)
+    try:
+        with run_lock(run_dir, take=state.is_main_process):
+            return _run_stages(recipe, run_dir, state, until, force)
+    except BaseException:
+        if made and state.is_main_process and {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
+        raise
 
 
 @contextlib.contextmanager
@@ -168,6 +179,15 @@ def run_lock(run_dir: Path, take: bool = True):
         os.close(fd)
 
 
+def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:
+    """``report.compare`` entries that are not run folders, when the report stage is to run: found before the first
+    stage starts, not after every other stage has run."""
+    if "report" not in stages or recipe.report is None:
+        return []
+    return [f"{recipe.path}: report.compare[{i}]: {run!r} is not a run folder (no teacher/manifest.json)"
+            for i, run in enumerate(recipe.report.compare) if not (Path(run) / "teacher" / "manifest.json").is_file()]
+
+
 def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...]) -> dict[str, dict]:
     done: dict[str, dict] = {}
     stages = plan(recipe, until)
@@ -188,6 +208,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         _remove_orphans(run_dir, stage.name)
         if not checked:  # before any work: a model that cannot load stops the run now, not after the teacher trained
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
+            for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
+                raise CompressError(problem)
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"

@@ -128,11 +128,14 @@ def _read(path: Path) -> Optional[dict]:
     import json
 
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+        data = json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise CompressError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CompressError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _dev(metrics: Optional[dict]) -> dict:

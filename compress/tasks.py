@@ -39,6 +39,8 @@ class TaskSpec:
         return self.labels is None
 
 
+METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+"""Every metric compress.metrics computes (checked there), for validating a recipe without importing it."""
 _BINARY = ["0", "1"]
 _NLI2 = ["entailment", "not_entailment"]
 GLUE_TASKS: dict[str, TaskSpec] = {
@@ -66,6 +68,18 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
                             f"a custom task needs task.files or task.hub_dataset")
     if cfg.labels is None and not cfg.regression:
         raise CompressError("task.labels: a custom classification task must list its labels (or set regression: true)")
+    if cfg.regression and cfg.labels is not None:
+        raise CompressError("task.labels: a regression task has no labels (drop labels or regression: true)")
+    labels = [str(x) for x in cfg.labels or []]
+    if not cfg.regression and (len(labels) < 2 or len(set(labels)) < len(labels) or not all(map(str.strip, labels))):
+        raise CompressError(f"task.labels: two or more distinct, non-empty label names are needed, got {cfg.labels!r}")
+    unknown = [m for m in cfg.metrics or [] if m not in METRIC_NAMES]
+    if unknown or cfg.metrics == []:
+        what = f"{unknown[0]!r} is unknown" if unknown else "the list is empty"
+        raise CompressError(f"task.metrics: {what} (known: {', '.join(METRIC_NAMES)})")
+    missing = [split for split in ("train", "dev") if cfg.files and split not in cfg.files]
+    if missing and not cfg.hub_dataset:
+        raise CompressError(f"task.files: no {missing[0]!r} file (train and dev are needed; test is optional)")
     metrics = cfg.metrics or (["pearson", "spearmanr"] if cfg.regression else ["accuracy"])
     return TaskSpec(cfg.name, "", cfg.text_column, cfg.text_pair_column, cfg.label_column,
                     None if cfg.regression else [str(x) for x in cfg.labels], metrics, files=dict(cfg.files or {}))

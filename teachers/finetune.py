@@ -15,7 +15,7 @@ from compress.config import Recipe
 from compress.data import Collator, load_task, tokenize
 from compress.evaluate import evaluate
 from compress.manifest import write_json
-from compress.modeling import count_params, load_for_task, save
+from compress.modeling import check_length, count_params, load_for_task, save
 from compress.train import fit
 
 
@@ -26,6 +26,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     spec = data.spec
     model, tokenizer = load_for_task(cfg.model, spec)
     ml = recipe.task.max_length
+    check_length(model.config, ml, f"{recipe.path}: task.max_length", f"teacher {cfg.model!r}")
     train, holdout, dev = (tokenize(ds, tokenizer, ml) for ds in (data.train, data.holdout, data.dev))
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
 

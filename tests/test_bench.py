@@ -180,3 +180,19 @@ def test_source_folder_follows_a_copied_run_folder(tmp_path, glue_dir):
     (run_dir / "prune" / "model" / "config.json").unlink()
     qrec = {"source": {"model": "prune", "folder": str(old / "prune/model")}}
     assert source_folder(recipe, run_dir / "quantize", qrec) == str(old / "prune/model")
+
+
+def test_lengths_beyond_the_position_table_are_refused_by_name():
+    """bench.seq_lengths (and task.max_length) past a model's positions: one line naming the field, not a tensor-size
+    error mid-measurement. MPNet/RoBERTa skip pad_token_id + 1 rows of their table (514 -> 512 tokens)."""
+    from transformers import BertConfig, MPNetConfig
+
+    from compress.modeling import check_length, max_positions
+
+    assert max_positions(BertConfig(max_position_embeddings=128)) == 128
+    assert max_positions(MPNetConfig(max_position_embeddings=514)) == 512
+    check_length(MPNetConfig(max_position_embeddings=514), 512, "r.yaml: bench.seq_lengths", "the model")
+    with pytest.raises(CompressError, match=r"r\.yaml: bench\.seq_lengths: 513 tokens exceed the benchmarked model's "
+                                            r"512 positions"):
+        check_length(MPNetConfig(max_position_embeddings=514), 513, "r.yaml: bench.seq_lengths",
+                     "the benchmarked model")

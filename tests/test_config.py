@@ -82,7 +82,12 @@ def test_a_near_miss_of_a_zoo_name_is_refused_at_validation(tmp_path):
         load_recipe(recipe("mpnet-base", "minilm-l7"))
     with pytest.raises(CompressError, match=r"teacher\.model: 'MPNet_base' is not a zoo model \(did you mean 'mpnet-base'"):
         load_recipe(recipe("MPNet_base", "minilm-l6"))
-    (tmp_path / "minilm-l7").mkdir()  # a folder of that name is what it says
+    (tmp_path / "minilm-l7").mkdir()  # a folder of that name is what it says, once it holds a model
+    with pytest.raises(CompressError, match=r"students\[0\]\.init: folder .*minilm-l7' holds no config\.json"):
+        load_recipe(recipe("mpnet-base", str(tmp_path / "minilm-l7")))
+    (tmp_path / "minilm-l7" / "config.json").write_text("{}")
+    with pytest.raises(CompressError, match=r"teacher\.model: .*r\.yaml' is a file; give a model folder"):
+        load_recipe(recipe(str(tmp_path / "r.yaml"), "minilm-l6"))
     for teacher in ("bert-base-uncased", "microsoft/MiniLM-L12-H384-uncased", "roberta-base"):
         assert load_recipe(recipe(teacher, str(tmp_path / "minilm-l7"))).teacher.model == teacher
 
@@ -178,3 +183,57 @@ def test_validate_warns_of_missing_data_files_without_failing(tmp_path, monkeypa
                    for name in ("train.tsv", "dev.tsv", "test.tsv")]
     monkeypatch.delenv("GLUE_DIR")
     assert main(["validate", str(recipe)]) == 0 and capsys.readouterr().err == ""
+
+
+CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, pos]%s}\nteacher: {}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: {name: sst2}\nteacher: {epochs: .nan}\n", r"teacher\.epochs: expected a finite number, got nan"),
+    ("task: {name: sst2}\nteacher: {lr: .inf}\n", r"teacher\.lr: expected a finite number, got inf"),
+    ("task: {name: sst2}\nteacher: {weight_decay: -1}\n", r"teacher: weight_decay and max_grad_norm must be >= 0"),
+    ("task: {name: sst2, holdout_max: -5}\nteacher: {}\n", r"task\.holdout_max: must be >= 1, got -5"),
+    ("name: ../../escaped\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
+    ("name: /etc\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
+    ("name: ''\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
+    ("task: {name: sst2}\nteacher: {}\nstudents: []\n", r"students: the list is empty"),
+    ("task: {name: sst2}\nteacher: {}\nstudents: [{name: s}, {name: s}]\n", r"students: the name 's' is used twice"),
+    ("task: {name: sst2}\nteacher: {}\nstudents: [{name: s, keep_layers: [1, 1]}]\n",
+     r"students\[0\]\.keep_layers: each layer can be kept once"),
+    ("task: {name: sst2}\nteacher: {}\nstudents: [{name: s}]\nprune: {heads: 0.5, source: nosuch}\n",
+     r"prune\.source: 'nosuch' is neither teacher nor a student \(s\)"),
+    ("task: {name: sst2}\nteacher: {}\nquantize: {source: prune}\n",
+     r"quantize\.source: 'prune' is not one of this recipe's models \(teacher\)"),
+    ("task: {name: sst2, labels: [a, b]}\nteacher: {}\n", r"task: labels, metrics and regression are for custom"),
+    (CUSTOM % ", metrics: [bleu]", r"task\.metrics: 'bleu' is unknown \(known: accuracy, f1"),
+    (CUSTOM % ", regression: true", r"task\.labels: a regression task has no labels"),
+    (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: two or more distinct, non-empty label names"),
+    (CUSTOM.replace("[neg, pos]", "[]") % "", r"task\.labels: two or more distinct"),
+    (CUSTOM.replace(", dev: b.tsv", "") % "", r"task\.files: no 'dev' file \(train and dev are needed"),
+])
+def test_what_would_fail_mid_run_is_refused_at_validation(tmp_path, text, message):
+    """Each of these passed `compress validate` and failed only once the run was under way (some after the teacher
+    had trained), or wrote outside runs_dir (a recipe name with a path in it)."""
+    with pytest.raises(CompressError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
+    from compress.cli import main
+
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe bad")
+    assert main(["validate", str(tmp_path / "bin.yaml")]) == 2
+    assert capsys.readouterr().err.strip().endswith("bin.yaml: not a UTF-8 text file (byte 0: invalid start byte)")
+    recipe = str(ROOT / "pipelines" / "quickstart.yaml")
+    assert main(["validate", recipe, "--set", "bench.threads=[1,"]) == 2
+    assert "--set bench.threads: the value is not valid YAML: " in capsys.readouterr().err
+    for bad in ("=3", ".teacher.epochs=1", "teacher..epochs=1"):
+        assert main(["validate", recipe, "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert "empty key part" in err and len(err.splitlines()) == 1
+    (tmp_path / "y.yaml").write_text("task: {name: sst2\nteacher: {}\n")
+    assert main(["validate", str(tmp_path / "y.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML: " in err and "(line 2, column " in err and len(err.splitlines()) == 1
+    assert main(["zoo", "list", "mpnet-base"]) == 2
+    assert "zoo list takes no names" in capsys.readouterr().err

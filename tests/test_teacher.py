@@ -92,6 +92,12 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     # a tampered output is not trusted
     (folder / "metrics.json").write_text("{}")
     assert run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]["created"] != created
+    # an unreadable manifest (a crash mid-write, an editor) means "not done": redone, not a traceback
+    for junk in ("{bad", "[]"):
+        (folder / "manifest.json").write_text(junk)
+        capsys.readouterr()
+        run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))
+        assert "(its manifest.json is unreadable)" in capsys.readouterr().out
     # forced
     created = json.loads((folder / "manifest.json").read_text())["created"]
     forced = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
@@ -139,6 +145,27 @@ def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
     assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
     with pytest.raises(CompressError, match="unknown stage 'distil'"):
         run_pipeline(recipe, until="distil")
+
+
+def test_a_run_that_fails_before_any_stage_wrote_leaves_no_run_folder(tmp_path, tiny_bert_dir, capsys):
+    """A model whose position table is shorter than task.max_length is refused, naming the field, before training;
+    a report.compare entry that is not a run folder stops the run before the teacher trains; neither leaves an empty
+    run folder. A runs_dir that is a file is one line of error."""
+    from compress.cli import main
+
+    runs = tmp_path / "runs"
+    with pytest.raises(CompressError, match=r"tiny\.yaml: task\.max_length: 256 tokens exceed teacher .*'s 128 "
+                                            r"positions \(max_position_embeddings\); use at most 128"):
+        run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"task.max_length": 256}))
+    assert not (runs / "tiny").exists()
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"report: {{compare: [{tmp_path / 'nope'}]}}\n"))
+    with pytest.raises(CompressError, match=r"report\.compare\[0\]: '.*nope' is not a run folder"):
+        run_pipeline(recipe)
+    assert not (runs / "tiny").exists()
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main(["run", str(_recipe(tmp_path, tiny_bert_dir)), "--runs-dir", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'file' / 'tiny'}: Not a directory"
 
 
 def test_a_run_folder_in_use_stops_a_second_run_at_once(tmp_path, tiny_bert_dir):
