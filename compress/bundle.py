@@ -26,21 +26,20 @@ import logging
 import os
 import shutil
 import tarfile
-import zlib
 import tempfile
+import zlib
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 from compress import bundle_predict
-from compress.bundle_predict import FORMAT, MANIFEST, BundleError, sha256_file
+from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.manifest import now_utc, versions, write_json
 
 log = logging.getLogger(__name__)
 
 PREDICT_SOURCE = Path(bundle_predict.__file__)
-RUNTIME = ("onnxruntime", "tokenizers", "numpy")  # all predict.py needs
 PREDICT_JS_SOURCE = PREDICT_SOURCE.with_suffix(".mjs")
 PAGE_SOURCE = PREDICT_SOURCE.with_name("bundle_index.html")  # the browser page: predict.mjs behind a text box
 JS_RUNTIME = {"onnxruntime-web": "1.31.1", "@huggingface/tokenizers": "0.2.0"}
@@ -105,7 +104,7 @@ def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
         raise CompressError(str(e).replace(str(folder), "bundle")) from None
     except Exception as e:  # onnxruntime's own errors: the model cannot take max_length tokens
         raise CompressError(f"the model does not run on {max_length} tokens (max_length; is it longer than the "
-                            f"model's position table?): {str(e).splitlines()[0][:300]}") from None
+                            f"model's position table?): {bundle_predict.first_line(e)}") from None
 
 
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:

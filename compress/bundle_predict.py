@@ -44,6 +44,7 @@ NPM_OUTPUTS = ("node_modules", "package-lock.json")
 """What `npm install` adds next to predict.mjs: not part of the bundle, not checked (this runner reads none of it)."""
 RUNNER = "predict.py"
 RUNTIME = ("onnxruntime", "tokenizers", "numpy")
+"""All this runner needs besides the standard library."""
 
 
 class BundleError(Exception):
@@ -162,7 +163,7 @@ class Predictor:
         m = self.manifest
         self.labels = m["task"].get("labels")
         labels_file = m.get("labels_file")
-        if labels_file in m["files"]:  # verified: the names must be the ones it holds
+        if isinstance(labels_file, str) and labels_file in m["files"]:  # verified: the names must be the ones it holds
             try:
                 stored = json.loads((self.folder / labels_file).read_text(encoding="utf-8")).get("labels")
             except (OSError, ValueError, AttributeError) as e:
