@@ -175,6 +175,33 @@ export class Predictor {
   }
 }
 
+/** [line number, line] of a file (- : standard input) as it is read, as predict.py reads it: lines end at "\n"
+ * ("\r\n" too), a leading byte-order mark is dropped, bytes that are not UTF-8 read as U+FFFD. */
+async function* readLines(path) {
+  const { createReadStream } = await import("node:fs");
+  const stream = path === "-" ? process.stdin : createReadStream(path);
+  stream.setEncoding("utf8");
+  let rest = "";
+  let n = 0;
+  const line = (text) => [++n, (n === 1 ? text.replace(/^\uFEFF/, "") : text).replace(/\r$/, "")];
+  const chunks = stream[Symbol.asyncIterator]();
+  for (;;) {
+    let next;
+    try {
+      next = await chunks.next();
+    } catch (e) {
+      throw new BundleError(`${path}: cannot read (${e.code ?? e.message})`);
+    }
+    if (next.done) break;
+    rest += next.value;
+    for (let i = rest.indexOf("\n"); i >= 0; i = rest.indexOf("\n")) {
+      yield line(rest.slice(0, i));
+      rest = rest.slice(i + 1);
+    }
+  }
+  if (rest) yield line(rest);
+}
+
 function format(result, asJson) {
   if (asJson) return JSON.stringify(result);
   return "label" in result ? `${result.label}\t${result.score.toFixed(4)}` : result.value.toFixed(4);
@@ -216,32 +243,26 @@ async function main(argv) {
     console.error("error: an empty text: nothing to classify");
     return 2;
   }
+  process.stdout.on("error", (e) => {  // the reader went away (`... | head`): stop quietly
+    if (e.code === "EPIPE") process.exit(0);
+    throw e;
+  });
   try {
     const model = await Predictor.load(args.bundle, { threads: args.threads });
     if (args.file === null) {
       console.log(format(await model.predict(args.texts[0], args.texts[1] ?? null), args.json));
       return 0;
     }
-    const { readFile } = await import("node:fs/promises");
-    let source;
-    try {
-      source = args.file === "-" ? await new Promise((done) => {
-        let text = "";
-        process.stdin.setEncoding("utf8").on("data", (c) => (text += c)).on("end", () => done(text));
-      }) : await readFile(args.file, "utf8");
-    } catch (e) {
-      throw new BundleError(`${args.file}: cannot read (${e.code ?? e.message})`);
-    }
-    const lines = source.replace(/^\uFEFF/, "").split(/\r?\n/);
-    for (let n = 0; n < lines.length; n++) {
-      if (!lines[n].trim()) continue;
-      const fields = lines[n].split("\t");
+    const name = args.file === "-" ? "standard input" : args.file;
+    for await (const [n, line] of readLines(args.file)) {
+      if (!line.trim()) continue;
+      const fields = line.split("\t");
       if (fields.length !== (model.pair ? 2 : 1)) {
-        throw new BundleError(`${args.file} line ${n + 1}: ${model.pair ? "this model reads text pairs: give " +
+        throw new BundleError(`${name} line ${n}: ${model.pair ? "this model reads text pairs: give " +
           "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
       }
       const result = await model.predict(fields[0], model.pair ? fields[1] : null);
-      console.log(format(args.json ? { line: n + 1, ...result } : result, args.json));
+      console.log(format(args.json ? { line: n, ...result } : result, args.json));
     }
     return 0;
   } catch (e) {

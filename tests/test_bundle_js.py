@@ -210,6 +210,28 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
     assert refused("--file", tmp_path) == f"error: {tmp_path}: cannot read (EISDIR)"
 
 
+def test_predict_mjs_reads_files_as_predict_py_does(js_bundle, tmp_path):
+    """--file: the same lines, numbered the same (a BOM, CRLF, bytes that are not UTF-8, a blank line, a lone CR
+    inside a line, no final newline), from a file and from standard input; a closed pipe ends quietly."""
+    import sys
+
+    (tmp_path / "odd.txt").write_bytes(b"\xef\xbb\xbfgood film\r\n\xff bad\n\na\rb\nlast")
+    py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "odd.txt")], cwd=js_bundle,
+                        capture_output=True, text=True)
+    js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "odd.txt")
+    piped = _node(js_bundle / "predict.mjs", "--json", "--file", "-",
+                  stdin=(tmp_path / "odd.txt").read_bytes().decode("utf-8", "replace"))
+    assert py.returncode == js.returncode == piped.returncode == 0, (py.stderr, js.stderr, piped.stderr)
+    lines = [[json.loads(line)["line"] for line in p.stdout.splitlines()] for p in (py, js, piped)]
+    assert lines == [[1, 2, 4, 5]] * 3
+    for a, b in zip(py.stdout.splitlines(), js.stdout.splitlines()):
+        assert json.loads(a)["scores"] == pytest.approx(json.loads(b)["scores"], abs=0.05)
+    (tmp_path / "many.txt").write_text("a fine film\n" * 2000)
+    proc = subprocess.run(f"node {js_bundle / 'predict.mjs'} --file {tmp_path / 'many.txt'} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.count("\n") == 1 and proc.stderr == ""
+
+
 def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
     """`npm install` in the bundle folder adds node_modules/ and package-lock.json: predict.py ignores exactly those."""
     from compress.bundle_predict import BundleError, verify
