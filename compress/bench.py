@@ -448,6 +448,10 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     from compress.modeling import count_params, load_trained
 
     out = Path(out)
+    over = [t for t in cfg.threads if t > (os.cpu_count() or t)]
+    if over:
+        log.warning("bench.threads %s: more than this machine's %s cores; those timings measure oversubscription",
+                    over, os.cpu_count())
     params = count_params(load_trained(model_dir)[0])
     artifacts: dict[str, dict] = {}
     if "torch_fp32" in cfg.peers:
@@ -474,7 +478,8 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "spin": spin_protocol(cfg.spin),
                 "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
-                "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
+                "dev": f"first {min(cfg.dev_rows or len(dev), len(dev))} dev rows, batch 1, unpadded, one timed run "
+                       f"each per round",
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as "
                             "shipped: int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted "

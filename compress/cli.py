@@ -193,7 +193,9 @@ def cmd_search(args) -> int:
     summary = run_search(recipe, budget_ms=args.budget_ms, time_limit_min=args.time_limit_min, threads=args.threads)
     print(f"[search] {summary['message']}")
     print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")
-    print(f"results: {recipe.run_dir / 'search' / 'search.json'} (table: search.md, plot: pareto.png)")
+    folder = recipe.run_dir / "search"
+    plot = ", plot: pareto.png" if (folder / "pareto.png").is_file() else ", no plot: nothing measured"
+    print(f"results: {folder / 'search.json'} (table: search.md{plot})")
     if args.bundle and summary["best"]:
         from compress.search import bundle_best
 

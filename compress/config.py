@@ -566,6 +566,10 @@ class BenchConfig:
                 raise CompressError(f"{file}: {where}.{key}: values must be >= 1, got {bad[0]}")
         if not self.threads:
             raise CompressError(f"{file}: {where}.threads: give at least one thread count")
+        for key in ("threads", "batch_sizes", "seq_lengths"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise CompressError(f"{file}: {where}.{key}: each value once, got {values}")
         if (self.dev_rows is not None and self.dev_rows < 1) or self.repeats < 1 or self.min_runs < 1:
             raise CompressError(f"{file}: {where}: dev_rows, repeats and min_runs must be >= 1")
         if self.warmup < 0 or self.max_seconds <= 0:
@@ -710,6 +714,10 @@ class Recipe:
         if self.prune is not None and self.prune.source not in (None, "teacher", *students):
             raise CompressError(f"{file}: prune.source: {self.prune.source!r} is neither teacher nor a student "
                                 f"({', '.join(students) or 'no students'})")
+        if self.report is not None and self.report.threads is not None and self.bench is not None \
+                and self.report.threads not in self.bench.threads:
+            raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of bench.threads "
+                                f"{self.bench.threads}")
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "

@@ -450,6 +450,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     calib_src = data.train.select(range(min(cfg.calibration.samples, len(data.train))))
     sens_src = data.holdout if len(data.holdout) else data.train
     sens_rows = tokenize(sens_src.select(range(min(cfg.sensitivity_rows, len(sens_src)))), tokenizer, ml)
+    if "static" in cfg.modes and len(calib_src) < cfg.calibration.samples:
+        log.warning("quantize.calibration.samples %d: the task has %d training rows; calibrating on those",
+                    cfg.calibration.samples, len(calib_src))
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
     labels = np.asarray(dev["label"])
     guard_set = None
@@ -462,6 +465,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     result = quantize_model(model, dev, labels, spec.metrics, collator, cfg, out,
                             calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows, guard_set=guard_set)
     result["source"] = {"model": name, "folder": str(folder)}
+    result["rows"] = {"calibration": len(calib_src), "sensitivity": len(sens_rows)}  # as used; the config's are caps
     write_json(out / "quantize.json", result)
     best = next((a for a in result["int8"].values() if a["shippable"]), None)
     return {"metrics": {"dev": best["metrics"] if best else result["fp32"]["metrics"],

@@ -22,6 +22,7 @@ import html as html_lib
 import logging
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -776,7 +777,26 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
                           for i, d in enumerate(run_dirs)])
     for table in tables:
         table.threads_override = threads
+    for warning in report_warnings(tables, threads):
+        print(f"warning: report: {warning}", file=sys.stderr)
     return write(tables, Path(out))
+
+
+def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[str]:
+    """What makes a report read wrong though nothing failed: a headline thread count a run never benchmarked (its
+    speedup and plot columns stay empty), runs of different metrics on one plot axis, a run with no latency at all."""
+    out = []
+    for t in tables:
+        if threads is not None and t.threads and threads not in t.threads:
+            out.append(f"threads {threads}: run {t.run} was benchmarked at {', '.join(map(str, t.threads))} threads "
+                       f"only; its speedup, throughput and plot columns stay empty")
+        if not t.threads:
+            out.append(f"run {t.run} has no latency (no bench stage, report.measure off): it is not on the plot")
+    metrics = {t.metric_name for t in tables}
+    if len(metrics) > 1:
+        out.append(f"the runs report different metrics ({', '.join(f'{t.run}: {t.metric_name}' for t in tables)}), "
+                   f"drawn on one axis")
+    return out
 
 
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:

@@ -431,7 +431,8 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
                    f"{fastest['latency']['p50_ms']:.2f} ms")
     else:
-        message = f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow)"
+        message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow"
+                   + (f", {len(not_started)} not started: {stopped}" if not_started else "") + ")")
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order), "
                        + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
@@ -448,6 +449,8 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
 def write_outputs(out: Path, summary: dict) -> None:
     write_json(out / "search.json", summary)
     png = plot(summary, out / "pareto.png")
+    if png is None:
+        (out / "pareto.png").unlink(missing_ok=True)  # an earlier search's plot would read as this one's
     text = markdown(summary, png.name if png else None)
     tmp = out / ".search.md.tmp"
     tmp.write_text(text, encoding="utf-8")

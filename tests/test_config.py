@@ -210,6 +210,9 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: two or more distinct, non-empty label names"),
     (CUSTOM.replace("[neg, pos]", "[]") % "", r"task\.labels: two or more distinct"),
     (CUSTOM.replace(", dev: b.tsv", "") % "", r"task\.files: no 'dev' file \(train and dev are needed"),
+    ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1, 1]}\n", r"bench\.threads: each value once, got \[1, 1\]"),
+    ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1]}\nreport: {threads: 2}\n",
+     r"report\.threads: 2 is not one of bench\.threads \[1\]"),
 ])
 def test_what_would_fail_mid_run_is_refused_at_validation(tmp_path, text, message):
     """Each of these passed `compress validate` and failed only once the run was under way (some after the teacher

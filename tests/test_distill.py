@@ -292,3 +292,17 @@ def test_generated_matches_take_weight_and_head_mode():
         from_dict(DistillConfig, {"layer_map_weight": -1.0}).validate("r.yaml", "students[0].distill")
     with pytest.raises(CompressError, match=r"matches\[0\]\.heads: only for attention"):
         MatchConfig(2, 1, "hidden", heads="mean").validate("r.yaml", "matches[0]")
+
+
+def test_a_student_deeper_than_its_teacher_maps_to_teacher_layers_from_1():
+    """uniform layer_map, 4 student layers on a 2-layer teacher: student layer 1 learns from teacher layer 1, never
+    layer 0 (the embeddings; as an attention index, -1 read the teacher's last layer)."""
+    from transformers import BertConfig
+
+    from compress.config import DistillConfig
+
+    cfg = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": ["hidden", "attention"]})
+    matches = resolve_matches(cfg, BertConfig(num_hidden_layers=2, hidden_size=32),
+                              BertConfig(num_hidden_layers=4, hidden_size=32))
+    pairs = sorted({(m.student_layer, m.teacher_layer) for m in matches})
+    assert pairs == [(1, 1), (2, 1), (3, 2), (4, 2)]

@@ -48,7 +48,7 @@ def _sst2(glue_dir, n):
                                 max_eval_samples=16, holdout=0.0), seed=0)
 
 
-def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer):
+def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer, caplog):
     emb = _embeddings(tokenizer, {})
     data = _sst2(glue_dir, 40)
     cfg = AugmentConfig(copies=3, replace_prob=0.5, neighbours=4, seed=1)
@@ -80,6 +80,9 @@ def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer):
     assert len(set(some["source"][n:])) > len(long_rows) // 2 and len(some) - n <= 3 * len(long_rows)
     assert some_summary["rows_augmented"] == len(long_rows) and summary["rows_augmented"] == n
     assert some_summary["config"]["min_words"] == 8
+    with caplog.at_level("WARNING", logger="compress.distill.augment"):  # a min_words no row reaches: said, not silent
+        _, none = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=3, min_words=1000), table=table)
+    assert none["copies"] == 0 and "augment: no copies made (0 of" in caplog.text
     # sentence pairs: both texts are augmented, word counts kept
     rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=8, holdout=0.0))
     pairs, _ = augment_rows(rte.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0, neighbours=2))

@@ -311,6 +311,8 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert (out / "int8_dynamic.ort").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
     assert saved["fp32"]["parity"]["rows"] == 64
     assert set(result["metrics"]["dev"]) == {"accuracy"}
+    # the rows used, not the config's caps (calibration.samples 512 of a 64-row task)
+    assert 0 < saved["rows"]["calibration"] <= 64 and 0 < saved["rows"]["sensitivity"] <= 8
 
 
 def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2):

@@ -313,3 +313,20 @@ def test_a_moved_run_folder_reads_its_own_files(tmp_path):
         rows = {r.name: r for r in collect(moved).rows}
         assert rows["teacher · onnx fp32 fused"].path == str(moved / "quantize" / "model_opt.onnx")
         assert bench_record(run)["artifacts"]["int8_dynamic"]["path"] == str(run / "quantize" / "int8_dynamic.onnx")
+
+
+def test_report_warns_of_what_would_read_wrong():
+    """A headline thread count a run never benchmarked, a run without latency, runs of different metrics: the report
+    is still written, with one warning line each."""
+    from types import SimpleNamespace
+
+    from compress.report import report_warnings
+
+    sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy")
+    mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1")
+    warnings = report_warnings([sst2, mrpc], threads=2)
+    assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
+                        "columns stay empty",
+                        "run mrpc has no latency (no bench stage, report.measure off): it is not on the plot",
+                        "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
+    assert report_warnings([sst2], threads=None) == []

@@ -130,6 +130,9 @@ def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, cap
     stopped = run_search(recipe, budget_ms=1000.0, time_limit_min=0.0)
     assert stopped["stopped"].startswith("time limit 0 min reached")
     assert stopped["counts"]["measured"] == 0 and len(stopped["not_started"]) == 4
+    assert stopped["message"].startswith("no candidate fits 1000 ms: none was measured (0 skipped as too slow, 4 not "
+                                         "started: time limit 0 min reached")
+    assert not (recipe.run_dir / "search" / "pareto.png").exists()
     assert not list((recipe.run_dir / "search" / "candidates").glob("*.json"))
     # a budget far below the teacher's fp32 latency / margin: every model is skipped without being built
     tiny = run_search(recipe, budget_ms=1e-4)

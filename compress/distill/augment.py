@@ -14,6 +14,7 @@ and is never trained on); ``source`` is the index of each row's original.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Iterable, Optional
 
@@ -22,6 +23,8 @@ from datasets import Dataset, concatenate_datasets
 
 from compress.config import AugmentConfig
 from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "text_pair")
 
@@ -111,6 +114,9 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
             extra = extra.add_column(c, values)
         extra = extra.add_column("gold", [0.0] * len(sources)).add_column("source", sources).cast(out.features)
         out = concatenate_datasets([out, extra.select_columns(out.column_names)])
+    if cfg.copies and not sources:
+        log.warning("augment: no copies made (%d of %d rows have min_words %d or more; %d words have neighbours)",
+                    eligible, len(ds), cfg.min_words, len(table))
     summary = {"rows": len(ds), "rows_augmented": eligible, "copies": len(sources),
                "words_with_neighbours": len(table),
                "config": {"copies": cfg.copies, "replace_prob": cfg.replace_prob, "neighbours": cfg.neighbours,

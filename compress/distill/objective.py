@@ -41,7 +41,9 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
     t_n, s_n = teacher_config.num_hidden_layers, student_config.num_hidden_layers
     specs: list[tuple[str, MatchConfig]] = [(f"{where}.matches[{i}]", m) for i, m in enumerate(cfg.matches)]
     if cfg.layer_map is not None:
-        pairs = ([(round(i * t_n / s_n), i) for i in range(1, s_n + 1)] if cfg.layer_map == "uniform"
+        # uniform: student layer i of s_n learns from teacher layer i * t_n / s_n, at least 1 (a student deeper than
+        # its teacher shares the teacher's layers; layer 0 is the embeddings, and has no attention map)
+        pairs = ([(max(1, round(i * t_n / s_n)), i) for i in range(1, s_n + 1)] if cfg.layer_map == "uniform"
                  else [(t_n, s_n)])
         w = cfg.layer_map_weight
         for feature in cfg.layer_map_features:
@@ -58,6 +60,9 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
             raise CompressError(f"{origin}: teacher_layer {t_layer}: the teacher has {t_n} layers")
         if s_layer > s_n:
             raise CompressError(f"{origin}: student_layer {s_layer}: the student has {s_n} layers")
+        if m.feature == "attention" and min(t_layer, s_layer) < 1:
+            raise CompressError(f"{origin}: attention maps exist for layers >= 1, got teacher_layer {t_layer}, "
+                                f"student_layer {s_layer}")
         widths_differ = teacher_config.hidden_size != student_config.hidden_size
         if m.feature != "attention" and m.projection == "none" and widths_differ:
             raise CompressError(f"{origin}.projection: none, but the student is {student_config.hidden_size} wide "
