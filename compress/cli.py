@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import Optional
 
 import yaml
@@ -333,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, `kill`, `timeout`): unwinds like Ctrl-C, so temporary stage folders are removed."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -343,6 +353,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         rc = args.fn(args)
     except CompressError as e:
@@ -352,8 +364,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130
+    except Terminated:
+        print("\nterminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if "torch" in sys.modules:  # no process group without torch; `compress predict` never imports it (0.6 s, not 4)
         from compress.train import end_distributed
 

@@ -192,6 +192,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
     done: dict[str, dict] = {}
     stages = plan(recipe, until)
     checked = False
+    if state.is_main_process:  # under this run's lock: a temporary folder of a dead process is an orphan
+        _remove_orphans(run_dir)
     for i, stage in enumerate(stages):
         missing = [n for n in stage.needs if n not in done]
         if missing:
@@ -205,13 +207,15 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             print(f"[{stage.name}] up to date ({folder})")
             done[stage.name] = manifest
             continue
-        _remove_orphans(run_dir, stage.name)
         if not checked:  # before any work: a model that cannot load stops the run now, not after the teacher trained
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
+        if state.is_main_process:
+            _claim_checkpoints(run_dir, stage.name, fp)
+        state.wait_for_everyone()
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -222,6 +226,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             write_json(tmp / "manifest.json", manifest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            ckpt = run_dir / ".checkpoints" / stage.name
+            if state.is_main_process and ckpt.is_dir() and [p.name for p in ckpt.iterdir()] == ["FINGERPRINT"]:
+                _release_checkpoints(run_dir, stage.name)  # nothing to resume from: leave no trace
             raise
         state.wait_for_everyone()
         if state.is_main_process:
@@ -230,6 +237,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
                 folder.rename(old)
             tmp.rename(folder)
             shutil.rmtree(old, ignore_errors=True)
+            _release_checkpoints(run_dir, stage.name)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
         state.wait_for_everyone()
@@ -314,12 +322,36 @@ def _check_force(force: tuple[str, ...]) -> None:
         raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
 
 
-def _remove_orphans(run_dir: Path, stage: str) -> None:
-    """Delete temporary folders left by killed runs of ``stage`` (their process is gone); never trusted anyway."""
-    for tmp in run_dir.glob(f".{stage}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+def _remove_orphans(run_dir: Path, stage: str = "*") -> None:
+    """Delete temporary folders left by killed runs of ``stage`` (default: every stage; their process is gone);
+    never trusted anyway."""
+    for pattern in (f".{stage}.tmp-*", f".{stage}.old-*"):
+        for tmp in run_dir.glob(pattern):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
+    """Resumable checkpoints (``<run>/.checkpoints/<stage>``, written when a train section sets checkpoint_every)
+    belong to one stage fingerprint: those of another config or other inputs are discarded before the stage runs,
+    so a changed recipe never resumes from an earlier one's steps, optimizer and schedule."""
+    folder = run_dir / ".checkpoints" / stage
+    stamp = folder / "FINGERPRINT"
+    if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() == fp):
+        print(f"[{stage}] discarding the checkpoints of an earlier config or input ({folder})")
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp + "\n")
+
+
+def _release_checkpoints(run_dir: Path, stage: str) -> None:
+    """The stage is done: its checkpoints can never be resumed from again (its output is reused instead)."""
+    shutil.rmtree(run_dir / ".checkpoints" / stage, ignore_errors=True)
+    try:
+        (run_dir / ".checkpoints").rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def _alive(pid: int) -> bool:

@@ -1,6 +1,7 @@
 """Teacher fine-tuning on a real SST-2 slice with a tiny random BERT, and the pipeline runner around it."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +201,38 @@ def test_cli_one_line_error(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "teacher.batch: unknown key" in err and str(bad) in err
+
+
+def test_checkpoints_of_another_config_are_discarded_and_a_done_stage_drops_its_own(tmp_path, tiny_bert_dir, capsys):
+    """A checkpoint folder stamped with another fingerprint (an interrupted run of an earlier config) is not resumed
+    from; once the stage is done its checkpoints go."""
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 2})
+    stale = recipe.run_dir / ".checkpoints" / "teacher"
+    (stale / "step-00000004").mkdir(parents=True)
+    (stale / "step-00000004" / "trainer.json").write_text("{not a checkpoint of this config")
+    (stale / "FINGERPRINT").write_text("an-earlier-config\n")
+    run_pipeline(recipe)
+    assert f"[teacher] discarding the checkpoints of an earlier config or input ({stale})" in capsys.readouterr().out
+    assert not (recipe.run_dir / ".checkpoints").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_bert_dir):
+    """`kill` / a scheduler's SIGTERM mid-training: one line, exit 143, no temporary stage folder left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _recipe(tmp_path, tiny_bert_dir, epochs=200)
+    proc = subprocess.Popen([sys.executable, "-m", "compress", "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    run_dir = tmp_path / "runs" / "tiny"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(run_dir.glob(".teacher.tmp-*")):
+        time.sleep(0.1)
+    time.sleep(3)  # into the training loop
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.rstrip().endswith("terminated"), err[-2000:]
+    assert not list(run_dir.glob(".teacher.tmp-*")) and not (run_dir / "teacher").exists()
