@@ -415,24 +415,21 @@ def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    from transformers import AutoConfig, AutoTokenizer
+
     from compress.data import load_task, tokenize
+    from compress.modeling import check_length
 
     cfg: BenchConfig = recipe.bench
     qdir = inputs["quantize"]
     qrec = read_json(qdir / "quantize.json")
     model_dir = source_folder(recipe, qdir, qrec)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(qdir / "tokenizer")
-    data = load_task(recipe.task, seed=recipe.seed)
-    dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
-    from transformers import AutoConfig
-
-    from compress.modeling import check_length
-
     config = AutoConfig.from_pretrained(model_dir)
     for length in cfg.seq_lengths:
         check_length(config, length, f"{recipe.path}: bench.seq_lengths", "the benchmarked model")
+    tokenizer = AutoTokenizer.from_pretrained(qdir / "tokenizer")
+    data = load_task(recipe.task, seed=recipe.seed)
+    dev = tokenize(data.dev, tokenizer, recipe.task.max_length)
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
     return bench(qdir, qrec, model_dir, dev, data.spec, cfg, out, shapes)
 

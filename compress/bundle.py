@@ -35,6 +35,7 @@ from typing import Iterator, Optional
 from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
+from compress.tasks import LABELS_NEEDED, good_labels
 from compress.manifest import now_utc, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -259,9 +260,8 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"{tokenizer}: tokenizer.json not found")
     if PurePosixPath(name).name != name or name in ("", ".", ".."):
         raise CompressError(f"bundle name {name!r}: must be a plain folder name")
-    if labels is not None and (len(labels) < 2 or not all(str(x).strip() for x in labels)
-                               or len(set(labels)) != len(labels)):
-        raise CompressError(f"labels {labels!r}: need two or more distinct, non-empty label names (none: regression)")
+    if labels is not None and not good_labels(labels):
+        raise CompressError(f"labels {labels!r}: {LABELS_NEEDED} (none: regression)")
     if require_int8 and not is_int8(model):
         raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
     if out_dir.exists() and not out_dir.is_dir():
@@ -281,7 +281,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
-        shutil.copyfile(PREDICT_SOURCE, tmp / "predict.py")
+        shutil.copyfile(PREDICT_SOURCE, tmp / bundle_predict.RUNNER)
         shutil.copyfile(PREDICT_JS_SOURCE, tmp / "predict.mjs")
         shutil.copyfile(PAGE_SOURCE, tmp / "index.html")
         write_json(tmp / "package.json", {"name": name.lower(), "private": True, "type": "module",

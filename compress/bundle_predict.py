@@ -191,11 +191,14 @@ class Predictor:
             raise BundleError(f"{self.folder / m['model']['file']}: onnxruntime cannot load it ({first_line(e)})") \
                 from None
         self.inputs = [i.name for i in self.session.get_inputs()]
-        width = self.session.get_outputs()[0].shape[-1]
+        self._check_width(self.session.get_outputs()[0].shape[-1])  # symbolic: checked when run
+        self._np = np
+
+    def _check_width(self, width) -> None:
+        """The model's scores per text must be one per label name (one value for regression)."""
         if isinstance(width, int) and width != len(self.labels or [0]):
             raise BundleError(f"{self.folder / MANIFEST}: the model gives {width} scores but the manifest names "
                               f"{len(self.labels or [0])} label(s)")
-        self._np = np
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1):
         """Logits, one row per text. ``batch_size`` texts share one run: by default one, as the manifest's metrics
@@ -236,9 +239,7 @@ class Predictor:
         if not self.pair and pairs is not None:
             raise BundleError("this model reads single texts: give one text")
         logits = self.logits(texts, pairs, batch_size)
-        if logits.shape[-1] != len(self.labels or [0]):
-            raise BundleError(f"{self.folder / MANIFEST}: the model gives {logits.shape[-1]} scores but the manifest "
-                              f"names {len(self.labels or [0])} label(s)")
+        self._check_width(logits.shape[-1])
         if self.labels is None:  # regression
             return [{"value": float(row[0])} for row in logits]
         z = logits - logits.max(axis=-1, keepdims=True)

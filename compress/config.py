@@ -67,7 +67,6 @@ class TaskConfig:
             raise CompressError(f"{file}: {where}.holdout: must be in [0, 0.5), got {self.holdout}")
         if self.holdout_max < 1:
             raise CompressError(f"{file}: {where}.holdout_max: must be >= 1, got {self.holdout_max}")
-
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -140,7 +139,7 @@ class TeacherConfig(TrainConfig):
         check_model_name(self.model, file, f"{where}.model")
 
 
-def check_model_name(name: str, file: str, where: str) -> None:
+def check_model_name(name: str, file: str, where: str, kind: str = "model") -> None:
     """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
     the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
     as hub ids have (legacy ids like bert-base-uncased are not near misses)."""
@@ -150,12 +149,12 @@ def check_model_name(name: str, file: str, where: str) -> None:
 
     if name in ZOO:
         return
-    if os.path.isdir(name):
-        wanted = ("config.json",) if where.endswith("model") or where.endswith("init") else \
+    if os.path.isdir(name):  # a saved model (or, for kind "tokenizer", a saved tokenizer)
+        wanted = ("config.json",) if kind == "model" else \
             ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json")
         if not any(os.path.isfile(os.path.join(name, f)) for f in wanted):
             raise CompressError(f"{file}: {where}: folder {name!r} holds no {' or '.join(wanted)} (not a saved "
-                                f"{'tokenizer' if where.endswith('tokenizer') else 'model'})")
+                                f"{kind})")
         return
     if os.path.exists(name):
         raise CompressError(f"{file}: {where}: {name!r} is a file; give a model folder, a zoo name or a hub id")
@@ -338,7 +337,7 @@ class StudentConfig:
         if self.init != "random":
             check_model_name(self.init, file, f"{where}.init")
         if self.tokenizer is not None:
-            check_model_name(self.tokenizer, file, f"{where}.tokenizer")
+            check_model_name(self.tokenizer, file, f"{where}.tokenizer", kind="tokenizer")
         if self.kind == "narrow" and self.init == "random" and self.layers is None and self.keep_layers is None:
             raise CompressError(f"{file}: {where}.layers: a narrow student with random init needs layers")
 

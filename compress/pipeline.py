@@ -322,10 +322,9 @@ def _check_force(force: tuple[str, ...]) -> None:
         raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
 
 
-def _remove_orphans(run_dir: Path, stage: str = "*") -> None:
-    """Delete temporary folders left by killed runs of ``stage`` (default: every stage; their process is gone);
-    never trusted anyway."""
-    for pattern in (f".{stage}.tmp-*", f".{stage}.old-*"):
+def _remove_orphans(run_dir: Path) -> None:
+    """Delete the temporary folders of stages left by killed runs (their process is gone); never trusted anyway."""
+    for pattern in (".*.tmp-*", ".*.old-*"):
         for tmp in run_dir.glob(pattern):
             pid = tmp.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):

@@ -132,7 +132,9 @@ def _read(path: Path) -> Optional[dict]:
         data = json.loads(Path(path).read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (ValueError, OSError) as e:
+    except OSError as e:
+        raise CompressError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
         raise CompressError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: expected a JSON object, got {type(data).__name__}")

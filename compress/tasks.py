@@ -59,6 +59,14 @@ GLUE_TASKS: dict[str, TaskSpec] = {
 }
 
 
+LABELS_NEEDED = "two or more distinct, non-empty label names are needed"
+
+
+def good_labels(labels: list[str]) -> bool:
+    """Label names a classifier can be trained and shipped with: two or more, distinct, none blank."""
+    return len(labels) >= 2 and len(set(labels)) == len(labels) and all(str(x).strip() for x in labels)
+
+
 def task_spec(cfg: TaskConfig) -> TaskSpec:
     """The spec of a GLUE task by name, or one built from a custom task's config."""
     if cfg.name in GLUE_TASKS and not cfg.files and not cfg.hub_dataset:
@@ -70,9 +78,9 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
         raise CompressError("task.labels: a custom classification task must list its labels (or set regression: true)")
     if cfg.regression and cfg.labels is not None:
         raise CompressError("task.labels: a regression task has no labels (drop labels or regression: true)")
-    labels = [str(x) for x in cfg.labels or []]
-    if not cfg.regression and (len(labels) < 2 or len(set(labels)) < len(labels) or not all(map(str.strip, labels))):
-        raise CompressError(f"task.labels: two or more distinct, non-empty label names are needed, got {cfg.labels!r}")
+    labels = None if cfg.regression else [str(x) for x in cfg.labels]
+    if labels is not None and not good_labels(labels):
+        raise CompressError(f"task.labels: {LABELS_NEEDED}, got {cfg.labels!r}")
     unknown = [m for m in cfg.metrics or [] if m not in METRIC_NAMES]
     if unknown or cfg.metrics == []:
         what = f"{unknown[0]!r} is unknown" if unknown else "the list is empty"
@@ -81,8 +89,8 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
     if missing and not cfg.hub_dataset:
         raise CompressError(f"task.files: no {missing[0]!r} file (train and dev are needed; test is optional)")
     metrics = cfg.metrics or (["pearson", "spearmanr"] if cfg.regression else ["accuracy"])
-    return TaskSpec(cfg.name, "", cfg.text_column, cfg.text_pair_column, cfg.label_column,
-                    None if cfg.regression else [str(x) for x in cfg.labels], metrics, files=dict(cfg.files or {}))
+    return TaskSpec(cfg.name, "", cfg.text_column, cfg.text_pair_column, cfg.label_column, labels, metrics,
+                    files=dict(cfg.files or {}))
 
 
 def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:

@@ -60,9 +60,6 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
             raise CompressError(f"{origin}: teacher_layer {t_layer}: the teacher has {t_n} layers")
         if s_layer > s_n:
             raise CompressError(f"{origin}: student_layer {s_layer}: the student has {s_n} layers")
-        if m.feature == "attention" and min(t_layer, s_layer) < 1:
-            raise CompressError(f"{origin}: attention maps exist for layers >= 1, got teacher_layer {t_layer}, "
-                                f"student_layer {s_layer}")
         widths_differ = teacher_config.hidden_size != student_config.hidden_size
         if m.feature != "attention" and m.projection == "none" and widths_differ:
             raise CompressError(f"{origin}.projection: none, but the student is {student_config.hidden_size} wide "

@@ -304,12 +304,6 @@ def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_leng
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
-    names = [s.name for s in recipe.students]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise CompressError(f"{recipe.path}: students: the name {dup!r} is used twice")
-    if not recipe.students:
-        raise CompressError(f"{recipe.path}: students: the list is empty")
     teacher_dir = Path(inputs["teacher"])
     teacher, t_tok = load_trained(teacher_dir / "model")
     data_seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
