@@ -304,6 +304,7 @@ def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_leng
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+    names = [s.name for s in recipe.students]  # non-empty and distinct (the recipe's validation)
     teacher_dir = Path(inputs["teacher"])
     teacher, t_tok = load_trained(teacher_dir / "model")
     data_seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
