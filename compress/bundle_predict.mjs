@@ -235,6 +235,10 @@ async function main(argv) {
     return 2;
   }
   if (args.threads !== undefined) args.threads = Number(args.threads);
+  const { availableParallelism } = await import("node:os");
+  if (args.threads > availableParallelism()) {
+    console.error(`warning: --threads ${args.threads} is more than this machine's ${availableParallelism()} cores: onnxruntime will run slower, not faster`);
+  }
   if ((args.texts.length === 0) === (args.file === null) || args.texts.length > 2) {
     console.error("error: give a TEXT (and its pair) or --file PATH (not both)");
     return 2;

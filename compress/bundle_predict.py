@@ -332,6 +332,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def warn_threads(threads: int | None) -> None:
+    """More intra-op threads than cores only slows onnxruntime down: say so on stderr (the run goes on)."""
+    cores = os.cpu_count() or 1
+    if threads and threads > cores:
+        print(f"warning: --threads {threads} is more than this machine's {cores} cores: onnxruntime will run "
+              "slower, not faster", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
                                      "this bundle's model.")
@@ -347,6 +355,7 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
     args = parser.parse_intermixed_args(argv)  # options after the texts too
     if (args.text is None) == (args.file is None):
         parser.error("give a TEXT or --file PATH (not both)")
+    warn_threads(args.threads)
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair)
         predictor = Predictor(args.bundle, threads=args.threads)

@@ -141,10 +141,11 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     from compress.bundle import predict, predict_file
-    from compress.bundle_predict import BundleError, cli_text, format_result, quiet_broken_pipe
+    from compress.bundle_predict import BundleError, cli_text, format_result, quiet_broken_pipe, warn_threads
 
     if (args.text is None) == (args.file is None):
         raise CompressError("predict: give a TEXT or --file PATH (not both)")
+    warn_threads(args.threads)
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair)
     except BundleError as e:

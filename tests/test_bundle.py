@@ -565,7 +565,10 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     folder, archive = bundle
     assert _run_predict_py(folder, TEXTS[0], "--json").returncode == 0
     proc = _run_predict_py(folder, "--threads", "1", TEXTS[0], text=True)
-    assert proc.returncode == 0 and proc.stdout.count("\t") == 1, proc.stderr
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1 and proc.stderr == "", proc.stderr
+    proc = _run_predict_py(folder, "--threads", str(os.cpu_count() + 1), TEXTS[0], text=True)
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1
+    assert proc.stderr.startswith(f"warning: --threads {os.cpu_count() + 1} is more than this machine's")
     for empty in ("", "   "):
         proc = _run_predict_py(folder, empty, text=True)
         assert proc.returncode == 2 and proc.stderr == "error: an empty text: nothing to classify\n"
@@ -591,6 +594,9 @@ def test_compress_predict_takes_options_anywhere(bundle, capsys):
     assert main(["predict", str(folder), "--json", TEXTS[0]]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"label", "score", "scores"}
     assert main(["predict", str(folder), "--threads", "1", TEXTS[1]]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["predict", str(folder), "--threads", str(os.cpu_count() + 1), TEXTS[1]]) == 0
+    assert "is more than this machine's" in capsys.readouterr().err
     assert main(["predict", str(folder), ""]) == 2
     assert capsys.readouterr().err.strip().endswith("an empty text: nothing to classify")
     with pytest.raises(SystemExit):

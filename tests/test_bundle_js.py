@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -206,6 +207,9 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
     assert refused(TEXTS[0], manifest="{bad").startswith("error: manifest.json: not valid JSON")
     assert refused("  ") == "error: an empty text: nothing to classify"
     assert refused(TEXTS[0], "--threads") == "error: --threads takes a value"
+    proc = _node(copy / "predict.mjs", "--threads", str(os.cpu_count() + 1), TEXTS[0])
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1
+    assert proc.stderr.startswith(f"warning: --threads {os.cpu_count() + 1} is more than this machine's")
     assert refused("--file", tmp_path / "missing.txt") == f"error: {tmp_path / 'missing.txt'}: cannot read (ENOENT)"
     assert refused("--file", tmp_path) == f"error: {tmp_path}: cannot read (EISDIR)"
 
