@@ -40,7 +40,7 @@ import numpy as np
 
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
-from compress.export import SLOW_FUSIONS
+from compress.ort_session import SLOW_FUSIONS  # not compress.export: the memory probe of an ONNX file imports no torch
 from compress.manifest import cpu_model, read_json, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[
 # ------------------------------------------------------------------------------------------------ runners
 class OnnxRunner:
     def __init__(self, path: Path, threads: int, spin: bool = True, stock: bool = False):
-        from compress.export import session
+        from compress.ort_session import session
 
         self.sess = session(path, threads=threads, spin=spin, stock=stock)
         self.names = [i.name for i in self.sess.get_inputs()]
@@ -223,14 +223,16 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
     return results
 
 
-def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict) -> dict:
+def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict,
+                             peak: bool = True) -> dict:
     """``measure`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
-    follow ``cfg.spin``: PASSIVE unless spinning is asked for."""
+    follow ``cfg.spin``: PASSIVE unless spinning is asked for. ``peak``: also measure the machine's GEMM peak
+    (``machine_peak`` of the result)."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
         dev.save_to_disk(str(tmp / "dev"))
         spec = {"mode": "timing", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
-                "flops": flops}
+                "flops": flops, "peak": peak}
         env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
         return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
 
@@ -256,15 +258,15 @@ def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads
 
 
 def probe_memory(spec: dict) -> dict:
-    """Peak RSS of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows."""
-    from datasets import load_from_disk
-
+    """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
+    (``spec["dev_rows"]``: token columns as lists). An ONNX file's process imports onnxruntime and numpy only, as a
+    user's would; the torch peers', torch and transformers."""
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     models = {spec["kind"]: load_torch(spec["kind"], spec["model_dir"])} if spec["kind"].startswith("torch") else {}
     run = make_runner(spec, max(spec["threads"]), models, spec.get("spin", True))
     load_s = time.perf_counter() - t0
-    for f in dev_feeds(load_from_disk(spec["dev_dir"]).select(range(8)), run.names):
+    for f in dev_feeds(spec["dev_rows"], run.names):
         run(f)
     if spec["largest"]:
         run(fixed_inputs(run.names, *spec["largest"]))
@@ -319,6 +321,8 @@ def _worker_main(spec: dict) -> dict:
     from datasets import load_from_disk
 
     cfg = BenchConfig(**spec["cfg"])
+    if not spec.get("peak", True):
+        return {"results": measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])}
     before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
     results = measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])
     after = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}  # the best of before and after
@@ -481,8 +485,10 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as "
                             "shipped: int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted "
                             "batches",
-                "rss": "VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed shape (includes "
-                       "the Python runtime)" if cfg.isolate else "not measured (isolate: false)",
+                "rss": "MiB (2^20 bytes), VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed "
+                       "shape; includes the Python interpreter and what that process imports: onnxruntime and numpy "
+                       "for ONNX files, torch and transformers for the torch peers" if cfg.isolate
+                       else "not measured (isolate: false)",
                 "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "
                              "timing, same process and thread settings",
                 "cpu_shared": "the CPU may be shared with other jobs: compare ratios measured in the same run"}
@@ -502,30 +508,45 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
             art["metrics"], art["metrics_from"] = known[name], "quantize stage"
         else:
             art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
+    if "torch_dynamic_int8" in models:  # its size: the int8 state_dict torch.save writes, not the fp32 source's files
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(models["torch_dynamic_int8"].state_dict(), buffer)
+        artifacts["torch_dynamic_int8"]["size_bytes"] = buffer.tell()
     del models
     timed = measure_in_fresh_process(artifacts, dev, cfg, flops)
     for name, rows in timed["results"].items():
         artifacts[name]["results"] = rows
     peak = timed["machine_peak"]
+    probe_rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r}
+                  for r in dev.select(range(min(8, len(dev))))]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
-        dev.select(range(min(8, len(dev)))).save_to_disk(str(tmp / "dev"))
         for name, art in artifacts.items():
             if cfg.isolate:
                 job = {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
-                       "dev_dir": str(tmp / "dev"), "threads": cfg.threads,
+                       "dev_rows": probe_rows, "threads": cfg.threads,
                        "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
                 art.update(run_isolated(job, tmp))
             file = Path(art["path"]) if "path" in art else None
-            art["size_bytes"] = (file.stat().st_size if file else
-                                 sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")))
+            if "size_bytes" not in art:
+                art["size_bytes"] = (file.stat().st_size if file else
+                                     sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")))
             art["params"] = params
             art["file"] = str(file) if file else model_dir
             print(f"[bench] {name}: {_line(art)}")
+    for art in artifacts.values():  # files this stage made (the Optimum peer) are recorded relative to its folder:
+        for key in ("path", "file"):  # `out` is a temporary folder, renamed into place once the stage is done
+            if art.get(key) and Path(art[key]).is_relative_to(out):
+                art[key] = Path(art[key]).relative_to(out).as_posix()
     ours = best_int8(artifacts)
     record = {"protocol": protocol, "machine_peak": peak, "flops": flops, "artifacts": artifacts, "ours": ours,
               "ratios": ratios(artifacts, ours) if ours else {}}
-    record["run_dir"] = str(out.parent)  # the artifacts' paths are under it (compress.report.bench_record rebases)
+    record["run_dir"] = str(out.parent)  # the other artifacts' paths are under it (compress.report.bench_record
+    #                                       rebases them; relative ones are under the bench stage's folder)
     write_json(out / "bench.json", record)
     print(format_ratios(record))
     metrics = {name: a.get("metrics") for name, a in artifacts.items()}
@@ -586,8 +607,8 @@ def format_ratios(record: dict) -> str:
 def _line(art: dict) -> str:
     dev = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in art["results"] if r["input"] == "dev")
     metric = ", ".join(f"{k}={v:.4f}" for k, v in (art.get("metrics") or {}).items())
-    rss = f"; peak RSS {art['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in art else ""
-    return f"{metric}; dev batch 1: {dev}{rss}; {art['size_bytes'] / 2**20:.1f} MB"
+    rss = f"; peak RSS {art['peak_rss_mb']:.0f} MiB" if "peak_rss_mb" in art else ""
+    return f"{metric}; dev batch 1: {dev}{rss}; {art['size_bytes'] / 1e6:.1f} MB"
 
 
 if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.json

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from compress.bundle_predict import DISABLED_OPTIMIZERS
+from compress.ort_session import SLOW_FUSIONS, session  # noqa: F401  (callers import them from here too)
 from compress.data import Collator, eval_loader
 from compress.errors import CompressError
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
-SLOW_FUSIONS = DISABLED_OPTIMIZERS
-"""ORT graph transformers whose fused CPU kernel is slower than the nodes it replaces (see the module docstring):
-disabled in our sessions and in the bundle's predict.py (which defines them: it must run standalone)."""
 
 
 class _Logits(torch.nn.Module):
@@ -132,35 +129,6 @@ def optimize_onnx(src: str | Path, dst: str | Path, model_type: str = "bert") ->
 
 
 # ------------------------------------------------------------------------------------------------ running ONNX
-def session(path: str | Path, threads: Optional[int] = None, spin: bool = True, stock: bool = False,
-            save_optimized: Optional[Path] = None):
-    """An ORT CPU session, full graph optimization without `SLOW_FUSIONS`; a missing or unreadable file is a
-    `CompressError`. ``spin=False``: idle intra-op threads sleep instead of spinning (better on a CPU shared with other
-    work). ``stock=True``: ORT's defaults, every fusion on (how a peer's user runs its model). ``save_optimized``:
-    also write the graph ORT runs, after its online fusions, to this path (to inspect it)."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"{path}: ONNX file not found")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if save_optimized:
-        options.optimized_model_filepath = str(save_optimized)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=[] if stock else list(SLOW_FUSIONS))
-    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-        raise CompressError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-
-
 SHIPPED_BATCH = 1
 """Batch size at which ONNX models are scored (task metrics, the int8 guard's sensitivity): the bundle predicts one
 text at a time, and an int8 *dynamic* model computes its activation scales over its whole input (every row of the

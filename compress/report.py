@@ -21,6 +21,7 @@ import base64
 import html as html_lib
 import logging
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -217,7 +218,13 @@ def _int8_scoring(qrec: dict) -> Optional[str]:
         return None
     if qrec.get("scored_batch") == 1:
         guard = (qrec.get("guard") or {}).get("rows")
-        return "dev texts one at a time, as shipped" + (f"; the guard's budget judged on the {guard}" if guard else "")
+        if guard:
+            return f"dev texts one at a time, as shipped; the guard's budget judged on the {guard}"
+        tries = {m: len(e.get("tries") or []) for m, e in qrec["int8"].items()}
+        chosen = ", ".join(f"{m} {n}" for m, n in tries.items() if n > 1)
+        return "dev texts one at a time, as shipped" + (
+            f"; the accuracy guard picked the nodes kept fp32 by these same dev scores (tries: {chosen}), so those "
+            f"figures are selected on dev (quantize.guard_rows: holdout judges on held-out rows)" if chosen else "")
     return ("dev texts in batches of 32: this quantize stage predates one-at-a-time scoring, and an int8 dynamic "
             "model's score depends on the batch (up to ~0.7 points); rerun the quantize stage")
 
@@ -287,12 +294,16 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
             row_name = label + suffix
         else:
             row_name, fmt = f"{label} · {name}", "onnx" if art.get("kind") == "onnx" else str(art.get("kind"))
+        if art.get("graph") == "fused":  # the report's own export (speedup reference) with ORT's fusions applied
+            fmt = "onnx fp32 fused"
         row = by_name.get(row_name)
         if row is None:
             row = Row(row_name, "int8" if "int8" in fmt else _kind(row_name), fmt,
                       path=art.get("file") or art.get("path"))
             rows.append(row)
             by_name[row_name] = row
+        elif art.get("graph") == "fused":
+            row.fmt = fmt
         for threads, lat in _latencies(art.get("results")).items():
             old = row.latency.get(threads)
             if old is not None and lat.peak_throughput is None:  # a dev-only pass keeps the fixed-shape numbers
@@ -323,6 +334,13 @@ def bench_record(run_dir: Path) -> dict:
     the quantize stage's files), and a run folder copied or moved since must not read, or fail on, the old place."""
     bench = _read(run_dir / "bench" / "bench.json") or {}
     arts = bench.get("artifacts") or {}
+    for art in arts.values():  # the files the bench stage made itself (the Optimum peer): relative to its folder;
+        for key in ("path", "file"):  # records before 2026-12-03 named its temporary folder (.bench.tmp-<pid>)
+            if art.get(key) and not Path(art[key]).is_absolute():
+                art[key] = str(Path(run_dir) / "bench" / art[key])
+            elif art.get(key):
+                art[key] = str(Path(*("bench" if re.fullmatch(r"\.bench\.tmp-\d+", p) else p
+                                       for p in Path(art[key]).parts)))
     old = bench.get("run_dir") or next((str(Path(a["path"]).parent.parent) for a in arts.values()
                                         if a.get("path") and Path(a["path"]).parent.name == "quantize"), None)
     if not old or Path(old).resolve() == Path(run_dir).resolve():
@@ -432,9 +450,12 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             for threads in row.latency:
                 lats = [r.latency[threads] for r in same if threads in r.latency]
                 tput = [x.throughput for x in lats if x.throughput is not None]
+                shape = row.latency[threads].peak_shape  # the best fixed shape's seq/s: mean over the seeds of that shape
+                peaks = [x.peak_throughput for x in lats if x.peak_throughput is not None and x.peak_shape == shape]
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
-                                           statistics.fmean(tput) if tput else None)
+                                           statistics.fmean(tput) if tput else None,
+                                           statistics.fmean(peaks) if peaks else None, shape if peaks else None)
             rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), latency,
                             row.reference, row.shippable and all(r.shippable for r in same), row.path,
                             row.ort_path, row.tokenizer))
@@ -559,7 +580,7 @@ def _metric(row: Row) -> str:
         return "–"
     text = f"{row.metric:.4f}"
     if row.metric_std is not None:
-        text += f" ± {row.metric_std:.4f} (n={row.seeds})"
+        text += f" ± {row.metric_std:.4f} (sample std, n={row.seeds})"
     return text
 
 
@@ -623,7 +644,8 @@ def _search_summary(folder: str) -> Optional[str]:
             f"(table and plot: search/search.md)")
 
 
-NOTE = ("Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 / artifact p50 at the same thread count. "
+NOTE = ("Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "
+        "match the plain export's: format 'onnx fp32 fused') / artifact p50 at the same thread count. "
         "p50/p90 and sent/s: real dev sentences one at a time (batch 1); fixed-shape seq/s: the best of the bench's "
         "fixed shapes.")
 
@@ -710,7 +732,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
 
     from transformers import AutoTokenizer
 
-    from compress.bench import evaluate_artifact, measure
+    from compress.bench import evaluate_artifact, measure_in_fresh_process
     from compress.config import BenchConfig
     from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx, fused_if_exact
@@ -726,6 +748,10 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     bench = bench_record(recipe.run_dir)
     bench_arts = {n: dict(a) for n, a in (bench.get("artifacts") or {}).items()
                   if (a.get("path") and Path(a["path"]).is_file()) or a.get("kind", "").startswith("torch")}
+    gone = sorted(set(bench.get("artifacts") or {}) - set(bench_arts))
+    if gone:  # their table rows keep the bench stage's pass: another set of runs than the speedup reference's
+        print(f"warning: report: {', '.join(gone)}: file gone since the bench stage, not re-timed with the reference; "
+              f"their latency is the bench pass's (rerun the bench stage: --force bench)", file=sys.stderr)
     qtok = recipe.run_dir / "quantize" / "tokenizer" / "tokenizer.json"
     groups: dict[str, dict] = {}  # tokenizer sha256 -> {"folder", "artifacts"}
     if bench_arts and qtok.is_file():
@@ -751,7 +777,8 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         if not any(n.startswith("model:") for n in group["artifacts"]):
             continue
         dev = tokenize(data.dev, AutoTokenizer.from_pretrained(group["folder"]), recipe.task.max_length)
-        for name, results in measure(group["artifacts"], dev, cfg, {}).items():
+        timed = measure_in_fresh_process(group["artifacts"], dev, cfg, {}, peak=False)  # as the bench stage times:
+        for name, results in timed["results"].items():  # torch's OpenMP wait policy follows bench.spin
             kind, _, label = name.partition(":")
             if kind == "model":
                 art = group["artifacts"][name]
@@ -763,7 +790,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     out["protocol"] = {
         "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
         "order": f"report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "
-                 f"in one process, order {cfg.order} (compress.bench.measure)",
+                 f"in one fresh process, order {cfg.order} (compress.bench.measure_in_fresh_process)",
         "onnx_fp32": "torch.onnx export; ORT transformer fusions kept when the logits match the plain export "
                      "within 1e-3 on 64 dev rows (artifact 'graph': fused | plain)",
         "threads": cfg.threads, "inter_op_threads": 1, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup,
@@ -777,8 +804,11 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
     measurements)."""
     tables = merge_seeds([collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
                           for i, d in enumerate(run_dirs)])
+    names = [t.run for t in tables]
     for table in tables:
         table.threads_override = threads
+        if names.count(table.run) > 1:  # runs of one recipe kept apart (same seed): headings and legend name the folder
+            table.run = f"{table.run} ({table.folder})"
     for warning in report_warnings(tables, threads):
         print(f"warning: report: {warning}", file=sys.stderr)
     return write(tables, Path(out))
@@ -794,6 +824,9 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
                        f"only; its speedup, throughput and plot columns stay empty")
         if not t.threads:
             out.append(f"run {t.run} has no latency (no bench stage, report.measure off): it is not on the plot")
+        elif not (t.reference_row() and t.reference_row().latency):
+            out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
+                       f"column stays empty; the report stage times it (compress run RECIPE --stage report)")
     metrics = {t.metric_name for t in tables}
     if len(metrics) > 1:
         out.append(f"the runs report different metrics ({', '.join(f'{t.run}: {t.metric_name}' for t in tables)}), "

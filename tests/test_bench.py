@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,12 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev):
     arts = saved["artifacts"]
     assert arts["onnx_fp32"]["metrics"] == arts["torch_fp32"]["metrics"]
     assert arts["int8_dynamic"]["size_bytes"] < 0.5 * arts["onnx_fp32"]["size_bytes"]
+    assert arts["torch_dynamic_int8"]["size_bytes"] < arts["torch_fp32"]["size_bytes"]  # its int8 state_dict
+    # the peer the stage made lives in its (temporary, then renamed) folder: recorded relative to it, found after
+    assert arts["optimum_avx512_vnni"]["path"] == "peers/optimum/model_quantized.onnx"
+    from compress.report import bench_record
+
+    assert Path(bench_record(tmp_path)["artifacts"]["optimum_avx512_vnni"]["path"]).is_file()
     assert saved["ours"] == "int8_dynamic"
     assert set(saved["ratios"]) == {"torch_fp32", "torch_dynamic_int8", "onnx_fp32", "onnx_fp32_opt",
                                     "optimum_avx512_vnni"}
@@ -126,12 +133,14 @@ def test_timing_helpers():
 def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev, monkeypatch):
     from compress.export import export_onnx
 
-    dev.select(range(8)).save_to_disk(str(tmp_path / "dev"))
+    rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r} for r in dev.select(range(8))]
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    spec = {"kind": "onnx", "dev_dir": str(tmp_path / "dev"), "threads": [1, 2], "largest": [4, 32], "model_dir": None}
+    spec = {"kind": "onnx", "dev_rows": rows, "threads": [1, 2], "largest": [4, 32], "model_dir": None}
     good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
     out = run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)  # a fresh process: its own RSS
     assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and out["load_s"] >= 0
+    # an ONNX file's probe imports onnxruntime, not torch: its peak is far below a torch process's baseline
+    assert out["rss_before_load_mb"] < 150, out
     stale = tmp_path / "elsewhere"
     (stale / "compress").mkdir(parents=True)
     (stale / "compress" / "__init__.py").write_text("raise ImportError('an old checkout in the working directory')\n")

@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from compress.cli import main
-from compress.report import (Latency, Row, RunTable, _provenance_lines, collect, mean_std, pareto_front, pareto_plot,
-                             table_cells, write)
+from compress.report import (Latency, Row, RunTable, _provenance_lines, bench_record, collect, mean_std, pareto_front,
+                             pareto_plot, table_cells, write)
 
 from fake_run import bench_artifact, make_run
 
@@ -64,7 +64,7 @@ def test_table_numbers():
     student = rows["student tiny · int8 dynamic"]
     assert student["speedup (2t)"] == "5.0×"  # 12.0 / 2.4
     assert student["retention"] == f"{100 * 0.866 / 0.893:.1f}%"
-    assert student["accuracy (dev)"] == "0.8660 ± 0.0050 (n=3)"
+    assert student["accuracy (dev)"] == "0.8660 ± 0.0050 (sample std, n=3)"
     assert student["params"] == "11.0M" and student["file"] == "12.0 MB" and student["sent/s (2t)"] == "417"
     torch_row = next(dict(zip(header, c)) for c in body if c[1] == "torch")
     assert torch_row["p50 ms (2t)"] == "–" and torch_row["speedup (2t)"] == "–"
@@ -86,7 +86,7 @@ def test_write_markdown_html_png(tmp_path):
     inline = re.search(r"src='data:image/png;base64,([^']+)'", page)
     assert inline and base64.b64decode(inline.group(1)) == png
     assert not re.search(r"(src|href)=['\"](?!data:)", page)
-    assert page.count("<table>") == 2 and "0.8660 ± 0.0050 (n=3)" in page and "<dt>host</dt>" in page
+    assert page.count("<table>") == 2 and "0.8660 ± 0.0050 (sample std, n=3)" in page and "<dt>host</dt>" in page
     assert page.count("class='ship'") == 4 and page.count("class='ref'") == 2
 
 
@@ -225,7 +225,7 @@ def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_
     assert table.speedup(int8, 1) == pytest.approx(dev[0]["p50_ms"] / int8.latency[1].p50_ms)
     assert "order series" in table.provenance["dev latency"]
     md = (out / "report.md").read_text()
-    assert "| teacher · onnx fp32 (reference) | onnx fp32 |" in md and (out / "pareto.png").is_file()
+    assert "| teacher · onnx fp32 (reference) | onnx fp32 fused |" in md and (out / "pareto.png").is_file()
 
 
 def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
@@ -243,9 +243,37 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert dyn.metric == pytest.approx(0.88) and dyn.metric_std == pytest.approx(0.01) and dyn.seeds == 3
     assert rows["teacher"].metric == pytest.approx(0.91) and table.teacher_metric == pytest.approx(0.91)
     assert table.provenance["seeds"] == [42, 43, 44] and len(table.provenance["runs"]) == 3
-    assert table_cells(table)[1][2][4] == "0.8800 ± 0.0100 (n=3)"
+    assert table_cells(table)[1][2][4] == "0.8800 ± 0.0100 (sample std, n=3)"
+    assert dyn.latency[2].peak_throughput == pytest.approx(8000 / 32.5, abs=0.01) and dyn.latency[2].peak_shape == "b8xs32"
     # the same seed twice (or different recipes) stay separate tables
     assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
+
+
+def test_two_runs_of_one_recipe_are_told_apart_and_dev_selected_int8_is_said(tmp_path):
+    """Two folders of the same recipe and seed: headings and legend name each folder. An int8 model whose kept-fp32
+    nodes the guard chose by dev scores says so under the table. A bench record of before 2026-12-03 (the Optimum
+    peer recorded under the stage's temporary folder) still finds the peer in the bench folder."""
+    import json
+
+    lat = {"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}
+    a = make_run(tmp_path / "a", "quickstart", **_files(tmp_path), latency=lat)
+    b = make_run(tmp_path / "b", "quickstart", **_files(tmp_path), latency=lat)
+    record = json.loads((b / "quantize" / "quantize.json").read_text())
+    record["int8"]["dynamic"]["tries"] = [{"excluded": 0}, {"excluded": 2}]
+    (b / "quantize" / "quantize.json").write_text(json.dumps(record))
+    bench = json.loads((b / "bench" / "bench.json").read_text())
+    peer = b / "bench" / "peers" / "optimum" / "model_quantized.onnx"
+    peer.parent.mkdir(parents=True)
+    peer.write_bytes(b"x")
+    bench["artifacts"]["optimum_avx512_vnni"] = {**bench["artifacts"]["int8_dynamic"], "peer": True, "ours": False,
+                                                 "path": str(b / ".bench.tmp-2825" / "peers/optimum/model_quantized.onnx")}
+    (b / "bench" / "bench.json").write_text(json.dumps(bench))
+    assert bench_record(b)["artifacts"]["optimum_avx512_vnni"]["path"] == str(peer)
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"## quickstart ({a})" in md and f"## quickstart ({b})" in md
+    assert md.count("selected on dev (quantize.guard_rows: holdout judges on held-out rows)") == 1
+    assert "tries: dynamic 2" in md
 
 
 def test_a_bench_that_times_the_teacher_makes_the_reference(tmp_path):
@@ -322,7 +350,8 @@ def test_report_warns_of_what_would_read_wrong():
 
     from compress.report import report_warnings
 
-    sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy")
+    timed = SimpleNamespace(latency={1: object()})
+    sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed)
     mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1")
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
@@ -330,3 +359,8 @@ def test_report_warns_of_what_would_read_wrong():
                         "run mrpc has no latency (no bench stage, report.measure off): it is not on the plot",
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
+    untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy",
+                              reference_row=lambda: SimpleNamespace(latency={}))
+    assert report_warnings([untimed], threads=None) == [
+        "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
+        "report stage times it (compress run RECIPE --stage report)"]

@@ -1,0 +1,43 @@
+"""An onnxruntime CPU session as every stage runs ONNX files. Light on purpose (onnxruntime, no torch): the bench's
+memory probe of an ONNX file imports only this, so its peak RSS is the model's and the runtime's, not torch's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from compress.bundle_predict import DISABLED_OPTIMIZERS
+from compress.errors import CompressError
+
+SLOW_FUSIONS = DISABLED_OPTIMIZERS
+"""ORT graph transformers whose fused CPU kernel is slower than the nodes it replaces (see compress.export's module
+docstring): disabled in our sessions and in the bundle's predict.py (which defines them: it must run standalone)."""
+
+
+def session(path: str | Path, threads: Optional[int] = None, spin: bool = True, stock: bool = False,
+            save_optimized: Optional[Path] = None):
+    """An ORT CPU session, full graph optimization without `SLOW_FUSIONS`; a missing or unreadable file is a
+    `CompressError`. ``spin=False``: idle intra-op threads sleep instead of spinning (better on a CPU shared with other
+    work). ``stock=True``: ORT's defaults, every fusion on (how a peer's user runs its model). ``save_optimized``:
+    also write the graph ORT runs, after its online fusions, to this path (to inspect it)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{path}: ONNX file not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if save_optimized:
+        options.optimized_model_filepath = str(save_optimized)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=[] if stock else list(SLOW_FUSIONS))
+    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+        raise CompressError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
