@@ -8,8 +8,8 @@ Protocol (recorded in the JSON beside the numbers). All artifacts are loaded in 
 by default (``order: series``) each runs its series back to back (warm caches, as a serving model and ORT's own
 benchmarks run), the artifacts taking turns in a rotating order ``rounds`` times so load from other jobs on a shared
 CPU spreads over all of them; ``order: interleaved`` alternates artifacts run by run (each run then starts with another
-model's weights in cache). For each thread count (torch ``set_num_threads`` / ORT ``intra_op_num_threads``, one
-inter-op thread):
+model's weights in cache). For each thread count (torch ``set_num_threads``; ORT ``intra_op_num_threads`` with one
+inter-op thread, sequential execution):
   - ``dev``: real dev sentences one at a time (batch 1, unpadded, the first ``dev_rows`` rows), one timed run each;
   - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed rounds
     until ``repeats`` rounds or ``max_seconds`` of timed runs of the slowest artifact (at least ``min_runs``).
