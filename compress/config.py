@@ -139,6 +139,20 @@ class TeacherConfig(TrainConfig):
         check_model_name(self.model, file, f"{where}.model")
 
 
+ENCODER_TYPES = ("bert", "electra", "mpnet", "roberta")
+"""Model types (config.json ``model_type``) every stage handles: distill's layer surgery and matches, prune's
+head/FFN layout, ONNX export and ORT's fusions, the bundle's tokenizer. MiniLM models are ``bert``. Others (ALBERT's
+shared layers, DeBERTa's attention, DistilBERT's layout, decoders) would fail part-way through a run."""
+
+
+def unsupported_type(model_type: Optional[str]) -> Optional[str]:
+    """The one-line reason a model type is refused, or None when every stage handles it."""
+    if model_type in ENCODER_TYPES:
+        return None
+    return (f"model type {model_type!r} is not supported (supported encoders: {', '.join(ENCODER_TYPES)}; MiniLM "
+            f"models are bert)")
+
+
 def check_model_name(name: str, file: str, where: str, kind: str = "model") -> None:
     """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
     the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
@@ -155,6 +169,17 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model") -> N
         if not any(os.path.isfile(os.path.join(name, f)) for f in wanted):
             raise CompressError(f"{file}: {where}: folder {name!r} holds no {' or '.join(wanted)} (not a saved "
                                 f"{kind})")
+        if kind == "model":
+            import json
+
+            try:
+                with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
+                    model_type = json.load(f).get("model_type")
+            except (OSError, ValueError, AttributeError) as e:
+                raise CompressError(f"{file}: {where}: {os.path.join(name, 'config.json')}: unreadable ({e})") from None
+            reason = unsupported_type(model_type)
+            if reason:
+                raise CompressError(f"{file}: {where}: {name!r}: {reason}")
         return
     if os.path.exists(name):
         raise CompressError(f"{file}: {where}: {name!r} is a file; give a model folder, a zoo name or a hub id")
@@ -862,6 +887,11 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
             raise CompressError(f"{file}: {key}: expected a finite number, got {_show(value)}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1: unquoted no/yes/on/off/true/false
+            raise CompressError(f"{file}: {key}: expected a string, got the YAML boolean {str(value).lower()} "
+                                f"(unquoted no/yes/on/off/true/false are booleans: quote it, e.g. 'no')")
+        if isinstance(value, int):  # a label or name written as a number (labels: [0, 1]): its text
+            return str(value)
         if not isinstance(value, str):
             raise CompressError(f"{file}: {key}: expected a string, got {_show(value)}")
         return value

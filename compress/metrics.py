@@ -12,7 +12,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from compress.errors import CompressError
-from compress.tasks import METRIC_NAMES
+from compress.tasks import METRIC_NAMES, REGRESSION_METRICS
 
 METRICS = {
     "accuracy": lambda preds, labels: accuracy_score(labels, preds),
@@ -21,15 +21,17 @@ METRICS = {
     "pearson": lambda preds, labels: pearsonr(preds, labels)[0],
     "spearmanr": lambda preds, labels: spearmanr(preds, labels)[0],
 }
-REGRESSION_METRICS = {"pearson", "spearmanr"}
 assert tuple(METRICS) == METRIC_NAMES, "compress.tasks.METRIC_NAMES must list every metric"
 
 
 def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics from raw model outputs: argmax for classification, the single output for regression."""
+    """Metrics from raw model outputs: argmax for classification, the single output for regression (``names`` all
+    of one kind: `compress.tasks.task_spec` checks a recipe's)."""
     logits = np.asarray(logits)
     labels = np.asarray(labels)
     regression = any(n in REGRESSION_METRICS for n in names)
+    if regression and not all(n in REGRESSION_METRICS for n in names):
+        raise CompressError(f"metrics {list(names)}: regression and classification metrics mixed")
     preds = logits.reshape(-1) if regression else logits.argmax(-1)
     out = {}
     for name in names:

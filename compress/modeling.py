@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
+from compress.config import unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -34,6 +35,9 @@ def load_for_task(model: str, spec: TaskSpec):
         tokenizer = AutoTokenizer.from_pretrained(source, **offline)
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+    reason = unsupported_type(config.model_type)  # a hub model: known only once its config is here
+    if reason:
+        raise CompressError(f"model {model!r}: {reason}")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
     try:

@@ -41,6 +41,8 @@ class TaskSpec:
 
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 """Every metric compress.metrics computes (checked there), for validating a recipe without importing it."""
+REGRESSION_METRICS = ("pearson", "spearmanr")
+"""The metrics of a regression task (one output); the others score classes (argmax)."""
 _BINARY = ["0", "1"]
 _NLI2 = ["entailment", "not_entailment"]
 GLUE_TASKS: dict[str, TaskSpec] = {
@@ -85,6 +87,14 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
     if unknown or cfg.metrics == []:
         what = f"{unknown[0]!r} is unknown" if unknown else "the list is empty"
         raise CompressError(f"task.metrics: {what} (known: {', '.join(METRIC_NAMES)})")
+    for m in cfg.metrics or []:
+        if (m in REGRESSION_METRICS) != bool(cfg.regression):
+            kind, fit = (("a regression task", ", ".join(REGRESSION_METRICS)) if cfg.regression else
+                         ("a classification task", ", ".join(n for n in METRIC_NAMES if n not in REGRESSION_METRICS)))
+            raise CompressError(f"task.metrics: {m!r} does not score {kind} (use {fit})")
+        if m == "f1" and labels is not None and len(labels) != 2:
+            raise CompressError(f"task.metrics: 'f1' is the F1 of the second label of a two-label task (as GLUE's); "
+                                f"with {len(labels)} labels use accuracy or matthews_correlation")
     missing = [split for split in ("train", "dev") if cfg.files and split not in cfg.files]
     if missing and not cfg.hub_dataset:
         raise CompressError(f"task.files: no {missing[0]!r} file (train and dev are needed; test is optional)")

@@ -85,7 +85,12 @@ def test_a_near_miss_of_a_zoo_name_is_refused_at_validation(tmp_path):
     (tmp_path / "minilm-l7").mkdir()  # a folder of that name is what it says, once it holds a model
     with pytest.raises(CompressError, match=r"students\[0\]\.init: folder .*minilm-l7' holds no config\.json"):
         load_recipe(recipe("mpnet-base", str(tmp_path / "minilm-l7")))
-    (tmp_path / "minilm-l7" / "config.json").write_text("{}")
+    for model_type in ("gpt2", "albert", "distilbert"):  # would fail part-way through a run (audit 2026-12-03)
+        (tmp_path / "minilm-l7" / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+        with pytest.raises(CompressError, match=rf"students\[0\]\.init: .*minilm-l7': model type '{model_type}' is "
+                                                r"not supported \(supported encoders: bert, electra, mpnet, roberta"):
+            load_recipe(recipe("mpnet-base", str(tmp_path / "minilm-l7")))
+    (tmp_path / "minilm-l7" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CompressError, match=r"teacher\.model: .*r\.yaml' is a file; give a model folder"):
         load_recipe(recipe(str(tmp_path / "r.yaml"), "minilm-l6"))
     for teacher in ("bert-base-uncased", "microsoft/MiniLM-L12-H384-uncased", "roberta-base"):
@@ -210,6 +215,14 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: two or more distinct, non-empty label names"),
     (CUSTOM.replace("[neg, pos]", "[]") % "", r"task\.labels: two or more distinct"),
     (CUSTOM.replace(", dev: b.tsv", "") % "", r"task\.files: no 'dev' file \(train and dev are needed"),
+    (CUSTOM.replace("labels: [neg, pos]", "regression: true") % ", metrics: [accuracy]",
+     r"task\.metrics: 'accuracy' does not score a regression task \(use pearson, spearmanr\)"),
+    (CUSTOM % ", metrics: [accuracy, pearson]",
+     r"task\.metrics: 'pearson' does not score a classification task \(use accuracy, f1, matthews_correlation\)"),
+    (CUSTOM.replace("[neg, pos]", "[neg, pos, neu]") % ", metrics: [f1]",
+     r"task\.metrics: 'f1' is the F1 of the second label of a two-label task .* with 3 labels use accuracy"),
+    (CUSTOM.replace("[neg, pos]", "[no, yes]") % "",
+     r"task\.labels\[0\]: expected a string, got the YAML boolean false \(unquoted no/yes/on/off/true/false"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1, 1]}\n", r"bench\.threads: each value once, got \[1, 1\]"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1]}\nreport: {threads: 2}\n",
      r"report\.threads: 2 is not one of bench\.threads \[1\]"),
@@ -219,6 +232,11 @@ def test_what_would_fail_mid_run_is_refused_at_validation(tmp_path, text, messag
     had trained), or wrote outside runs_dir (a recipe name with a path in it)."""
     with pytest.raises(CompressError, match=message):
         load_recipe(write(tmp_path, text))
+
+
+def test_label_names_written_as_numbers_are_their_text(tmp_path):
+    recipe = load_recipe(write(tmp_path, CUSTOM.replace("[neg, pos]", "[0, 1]") % ""))
+    assert recipe.task.labels == ["0", "1"]
 
 
 def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
