@@ -591,7 +591,10 @@ def format_ratios(record: dict) -> str:
     ours = record["ours"]
     if not ours:
         return "[bench] no shippable int8 model: no ratios"
-    lines = [f"[bench] ours = {ours}; speed-up = peer p50 / our p50 (>1: ours faster); accuracy delta = ours - peer"]
+    if not record["ratios"]:
+        return f"[bench] ours = {ours}; nothing to compare it with (bench.peers is empty)"
+    metric = next(iter(record["ratios"].values()))["metric"]
+    lines = [f"[bench] ours = {ours}; speed-up = peer p50 / our p50 (>1: ours faster); {metric} delta = ours - peer"]
     for peer, r in record["ratios"].items():
         sp = "  ".join(f"{k} {v:.2f}x" for k, v in r["speedup_p50"].items())
         lines.append(f"  vs {peer:22s} {r['metric']} {r['metric_delta_points']:+.2f} pt | {sp}")

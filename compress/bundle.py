@@ -97,7 +97,10 @@ def is_int8(onnx_path: Path) -> bool:
 def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
     """Run the bundle as a device would, on an input of ``max_length`` tokens: a model whose position table is
     shorter, or whose outputs do not match the label names, is refused here rather than on the device."""
+    import onnxruntime as ort
+
     probe = " ".join(["word"] * 2 * max_length)
+    ort.set_default_logger_severity(4)  # the failure is said below in one line, not also in ORT's own log
     try:
         runner = bundle_predict.Predictor(folder, threads=1, check=False)
         runner.predict([probe], [probe] if text_pair else None)
@@ -106,6 +109,8 @@ def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
     except Exception as e:  # onnxruntime's own errors: the model cannot take max_length tokens
         raise CompressError(f"the model does not run on {max_length} tokens (max_length; is it longer than the "
                             f"model's position table?): {bundle_predict.first_line(e)}") from None
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default: warnings
 
 
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
@@ -517,6 +522,23 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
+def read_json_or_none(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _all_metrics(run_dir: Path, row) -> Optional[dict]:
+    """Every dev metric the quantize stage scored for the chosen int8 file (MRPC: f1 and accuracy), not only the
+    table's first one."""
+    record = read_json_or_none(run_dir / "quantize" / "quantize.json") or {}
+    for entry in (record.get("int8") or {}).values():
+        if row.path and Path(run_dir / "quantize" / entry.get("file", "")) == Path(row.path):
+            return entry.get("metrics")
+    return None
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
@@ -541,9 +563,11 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                    "protocol": {**(table.provenance.get("protocol") or {}),
                                 **({"pass": table.provenance["dev latency"]}
                                    if table.provenance.get("dev latency") else {})}}
-    metrics = {"dev": {table.metric_name: chosen.metric}}
+    metrics = {"dev": _all_metrics(recipe.run_dir, chosen) or {table.metric_name: chosen.metric}}
     if table.teacher_metric is not None and chosen.metric is not None:
-        metrics["teacher_dev"] = {table.metric_name: table.teacher_metric}
+        teacher = read_json_or_none(recipe.run_dir / "teacher" / "manifest.json")
+        metrics["teacher_dev"] = (((teacher or {}).get("metrics") or {}).get("dev")
+                                  or {table.metric_name: table.teacher_metric})
         metrics["retention"] = round(chosen.metric / table.teacher_metric, 6)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick} (max drop {max_drop:g} points, by {choice['by']})",

@@ -108,6 +108,8 @@ def cmd_bundle(args) -> int:
         from compress.pipeline import run_pipeline
 
         recipe = load_recipe(args.recipe, _overrides(args.set))
+        if args.runs_dir:
+            recipe.runs_dir = args.runs_dir
         done = run_pipeline(recipe, until="bundle", force=tuple(args.force))
         for rel in done["bundle"].get("bundle", {}).get("paths", []):
             print(f"bundle: {recipe.run_dir / 'bundle' / rel}")
@@ -119,12 +121,13 @@ def cmd_bundle(args) -> int:
         raise CompressError("compress bundle --model: --tokenizer (a tokenizer.json) is required")
     spec = GLUE_TASKS.get(args.task)
     labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
-    if labels is None and not args.regression:
+    regression = args.regression or bool(spec and spec.is_regression and not args.labels)  # e.g. --task stsb
+    if labels is None and not regression:
         raise CompressError(f"--task {args.task!r} is not a GLUE task: give --labels a,b,... (or --regression)")
     pair = args.pair or bool(spec and spec.text_pair)
     name = args.name or f"{args.task}-int8"
     folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,
-                            labels=None if args.regression else labels, text_pair=pair, max_length=args.max_length,
+                            labels=None if regression else labels, text_pair=pair, max_length=args.max_length,
                             source={"model": str(args.model)}, ort_format=not args.no_ort)
     print(f"bundle: {folder}\narchive: {archive}")
     return 0
@@ -187,13 +190,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from compress.config import load_recipe
-    from compress.search import run_search
+    from compress.config import load_recipe, search_settings
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
     if args.runs_dir:
         recipe.runs_dir = args.runs_dir
-    summary = run_search(recipe, budget_ms=args.budget_ms, time_limit_min=args.time_limit_min, threads=args.threads)
+    cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads
+    from compress.search import run_search
+
+    summary = run_search(recipe, cfg)
     print(f"[search] {summary['message']}")
     print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")
     folder = recipe.run_dir / "search"
@@ -241,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a recipe without running it",
                        description="Parse and validate a recipe; print the stages it would run.")
-    p.add_argument("recipe")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set teacher.epochs=2 (repeatable)")
     p.set_defaults(fn=cmd_validate)
 
     p = sub.add_parser("zoo", help="offline pretrained models (list / fetch)",
@@ -271,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
     p.add_argument("--out", default="dist", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
+    p.add_argument("--runs-dir", help="override the recipe's runs_dir (with a RECIPE)")
     p.set_defaults(fn=cmd_bundle)
 
     p = sub.add_parser("report", help="tables, Pareto plot and HTML page of one or more run folders",

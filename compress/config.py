@@ -695,6 +695,29 @@ class SearchConfig:
             raise CompressError(f"{file}: {where}: lr must be > 0 and skip_margin >= 1")
 
 
+def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget_ms: Optional[float] = None,
+                    time_limit_min: Optional[float] = None, threads: Optional[int] = None) -> SearchConfig:
+    """The search's settings (the recipe's section, or ``cfg``, with the command line's overrides), checked with the
+    run folder's teacher before anything heavy is imported: a wrong command fails in a second, not after torch loads."""
+    cfg = dataclasses.replace(cfg or recipe.search or SearchConfig())
+    for key, value in (("budget_ms", budget_ms), ("time_limit_min", time_limit_min), ("threads", threads)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if cfg.budget_ms is None:
+        raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (or search.budget_ms)")
+    if not cfg.budget_ms > 0:
+        raise CompressError(f"--budget-ms: must be > 0 ms, got {cfg.budget_ms:g}")
+    if cfg.time_limit_min < 0:
+        raise CompressError(f"--time-limit-min: must be >= 0, got {cfg.time_limit_min:g}")
+    if cfg.threads < 1:
+        raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
+    teacher_dir = recipe.run_dir / "teacher" / "model"
+    if not (teacher_dir / "config.json").is_file():
+        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage teacher` "
+                            f"first")
+    return cfg
+
+
 @dataclass
 class Recipe:
     name: str

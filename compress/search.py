@@ -37,7 +37,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from compress.config import BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig
+from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig,
+                             search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
 from compress.manifest import fingerprint, now_utc, read_json, write_json
@@ -150,10 +151,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     from compress.data import Collator, load_task, tokenize
     from compress.modeling import load_trained
 
-    teacher_dir = recipe.run_dir / "teacher" / "model"
-    if not (teacher_dir / "config.json").is_file():
-        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage teacher` "
-                            f"first")
+    teacher_dir = recipe.run_dir / "teacher" / "model"  # there: checked by search_settings
     teacher, tokenizer = load_trained(teacher_dir)
     teacher.eval()
     seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
@@ -357,21 +355,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    cfg = replace(cfg or recipe.search or SearchConfig())
-    if budget_ms is not None:
-        cfg.budget_ms = budget_ms
-    if time_limit_min is not None:
-        cfg.time_limit_min = time_limit_min
-    if threads is not None:
-        cfg.threads = threads
-    if cfg.budget_ms is None:
-        raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (or search.budget_ms)")
-    if not cfg.budget_ms > 0:
-        raise CompressError(f"--budget-ms: must be > 0 ms, got {cfg.budget_ms:g}")
-    if cfg.time_limit_min < 0:
-        raise CompressError(f"--time-limit-min: must be >= 0, got {cfg.time_limit_min:g}")
-    if cfg.threads < 1:
-        raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
+    cfg = search_settings(recipe, cfg, budget_ms, time_limit_min, threads)
     ctx = load_context(recipe, cfg)
     space = candidates(cfg, ctx.teacher.config.num_hidden_layers)
     ref = reference(ctx)

@@ -269,6 +269,10 @@ def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
     assert set(result["scores"]) == {"not_equivalent", "equivalent"} and result["label"] in result["scores"]
     assert main(["predict", str(folder), "only one text"]) == 2
     assert "reads text pairs" in capsys.readouterr().err
+    # STS-B is a GLUE regression task: no --labels needed (this 2-output model is then refused for its width)
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+                 "--task", "stsb", "--out", str(tmp_path / "stsb"), "--no-ort"]) == 2
+    assert "gives 2 scores" in capsys.readouterr().err
 
 
 def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
@@ -412,12 +416,16 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     recipe = _recipe(tmp_path, "edge", "{pick: best_within_drop, max_drop: 2.5, threads: 1}")
     out = tmp_path / "stage-out"
     out.mkdir()
+    record = json.loads((run_dir / "quantize" / "quantize.json").read_text())
+    record["int8"]["static"]["metrics"]["f1"] = 0.91  # every metric the quantize stage scored ships (MRPC: f1, acc)
+    (run_dir / "quantize" / "quantize.json").write_text(json.dumps(record))
     result = bundle_stage(recipe, out, {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
     assert result["bundle"]["chosen"] == "teacher · int8 static" and result["bundle"]["threads"] == 1
     folder = out / "edge-sst2-int8"
     assert result["bundle"]["paths"] == ["edge-sst2-int8", "edge-sst2-int8.tar.gz"]
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["metrics"]["dev"] == {"accuracy": 0.88} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
+    assert m["metrics"]["dev"] == {"accuracy": 0.88, "f1": 0.91}
+    assert m["metrics"]["teacher_dev"] == {"accuracy": 0.90} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
     assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["threads"] == 1
     assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
     by_threads = m["latency"]["by_threads"]  # every benchmarked thread count, the fastest marked
@@ -614,13 +622,15 @@ def test_predictor_wants_a_list_of_texts(bundle):
         p.predict(["a", 3])
 
 
-def test_build_refuses_what_would_fail_on_the_device(int8_model, minilm_dir, tmp_path):
+def test_build_refuses_what_would_fail_on_the_device(int8_model, minilm_dir, tmp_path, capfd):
     """A max_length beyond the model's 128 positions, label names that do not match its outputs, non-ONNX model
     files and an output path that is a file are refused at build time, leaving nothing behind."""
     kw = dict(tokenizer=minilm_dir / "tokenizer.json", task="sst2", text_pair=False, ort_format=False)
     out = tmp_path / "out"
+    capfd.readouterr()
     with pytest.raises(CompressError, match="does not run on 256 tokens"):
         build(out, "long", model=int8_model, labels=["0", "1"], max_length=256, **kw)
+    assert "onnxruntime" not in capfd.readouterr().err  # said once, in the error, not also in ORT's log
     with pytest.raises(CompressError, match="the model gives 2 scores but the manifest names 3"):
         build(out, "three", model=int8_model, labels=["a", "b", "c"], max_length=32, **kw)
     for labels in (["a", "a"], ["", "b"], ["a"]):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,11 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
     assert "no latency budget" in capsys.readouterr().err
     assert main(["search", str(path), "--budget-ms", "5", "--time-limit-min", "-1"]) == 2
     assert "--time-limit-min: must be >= 0" in capsys.readouterr().err
+    # said before torch is imported (seconds, not the ~40 s a loaded 2-core machine takes to import it)
+    code = f"import sys; from compress.cli import main; rc = main(['search', {str(path)!r}]); " \
+           "print(rc, 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["2", "False"] and "no latency budget" in proc.stderr, proc.stderr
     with pytest.raises(CompressError, match=r"tiny.yaml: search.budget_ms: must be > 0 ms"):
         load_recipe(path, {"search.budget_ms": -1})
     with pytest.raises(CompressError, match=r"search.keep_macs: fractions in \(0, 1\]"):
