@@ -38,6 +38,9 @@ def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64
     return logits
 
 
-def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64) -> dict[str, float]:
-    """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first."""
-    return compute_metrics(spec.metrics, predict(model, ds, collator, batch_size), np.asarray(ds["label"]))
+def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64,
+             desc: Optional[str] = "scoring") -> dict[str, float]:
+    """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first. A progress bar labelled
+    ``desc`` (None: none) when ``ds`` has 500 rows or more."""
+    desc = desc if len(ds) >= 500 else None
+    return compute_metrics(spec.metrics, predict(model, ds, collator, batch_size, desc=desc), np.asarray(ds["label"]))

@@ -353,8 +353,9 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
     tries = [{"excluded": 0, "metrics": metrics, "drop": round(base - points(metrics), 4)}]
     if base - points(metrics) <= max_drop:
         return GuardResult(dst, metrics, base - points(metrics), True, [], tries, {}, "within budget")
-    log.info("int8 drop %.2f > %.2f points: ranking %d nodes by sensitivity", base - points(metrics), max_drop,
-             len(candidates))
+    print(f"[quantize] guard: int8 loses {base - points(metrics):.2f} points > {max_drop:g}: keeping its most "
+          f"sensitive of {len(candidates)} nodes fp32, 1, 2, 4... at a time (each try scored on all guard rows)",
+          flush=True)
     ranking = SensitivityOrder(candidates, sensitivity, tiers=(tuple(lookups),))
     try:
         return _exclude_until_within(make, dst, score, base, ranking, max_drop, workdir, lookups, tries)
@@ -378,6 +379,7 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
         metrics = score(trial)
         drop = base - points(metrics)
         tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
+        print(f"[quantize] guard: {k} node{'s' if k > 1 else ''} fp32 -> loses {drop:.2f} points", flush=True)
         if drop <= max_drop:
             for node in [n for n in excluded if n in lookups]:
                 fewer = [n for n in excluded if n != node]

@@ -35,11 +35,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                  checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
                  desc=f"teacher {cfg.model}")
 
-    metrics = {"dev": evaluate(model, dev, collator, spec)}
+    metrics = {"dev": evaluate(model, dev, collator, spec, desc="teacher: scoring dev")}
     if len(holdout):
-        metrics["holdout"] = evaluate(model, holdout, collator, spec)
+        metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:
-        metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
+        metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
+                                   desc="teacher: scoring test")
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "precision": result.precision,
