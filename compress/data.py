@@ -3,14 +3,20 @@
 Rows are read into a `datasets.Dataset` with the columns ``text``, ``text_pair`` (pair tasks) and ``label``
 (class index, or float for regression). GLUE TSV files are read with quoting off (their sentences hold bare double
 quotes) and with any byte-order mark stripped. Every problem a user can cause (missing file or column, empty split,
-unknown label) is a `CompressError` naming the file and column.
+unknown label, a label that is not a finite number, a file that is not UTF-8) is a `CompressError` naming the file
+and, where there is one, the line. A custom task's files are held to more: a row with more fields than the header
+(an unquoted comma), a blank text, or a JSON text that is not a string is refused too; GLUE files are read as GLUE
+distributes them.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,37 +38,52 @@ csv.field_size_limit(sys.maxsize)
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """Rows of a TSV (quoting off), CSV (standard quoting) or JSONL file: (header, rows, line numbers).
+def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
+    """Rows of a TSV (quoting off), CSV (standard quoting), JSONL or JSON file: (header, rows, line numbers).
 
-    A UTF-8 byte-order mark is dropped, empty lines are skipped, and a row with the wrong number of fields is an
-    error naming the file and line.
+    The file must be UTF-8; a byte-order mark is dropped and empty lines are skipped. A ``.json`` file holding a
+    JSON array is a list of row objects; any other ``.json`` file, like a ``.jsonl`` one, has one object per line.
+    JSON cells keep their JSON type (`load_split` checks them); TSV and CSV cells are strings.
     """
     if not path.is_file():
         raise CompressError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if suffix == ".jsonl" or suffix == ".json":
-            return _read_jsonl(path, f)
-        delimiter = "," if suffix == ".csv" else "\t"
-        quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header, rows, lines = None, [], []
-        for row in reader:
-            row = [c.rstrip("\r") for c in row]
-            if not any(c.strip() for c in row):
-                continue
-            if header is None:
-                header = row
-                continue
-            rows.append(row)
-            lines.append(reader.line_num)
+    text = _read_text(path)
+    if suffix == ".json" and text.lstrip(" \t\r\n").startswith("["):
+        return _read_json_array(path, text)
+    if suffix == ".jsonl" or suffix == ".json":
+        return _read_jsonl(path, io.StringIO(text, newline=""))
+    delimiter = "," if suffix == ".csv" else "\t"
+    quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header, rows, lines = None, [], []
+    for row in reader:
+        row = [c.rstrip("\r") for c in row]
+        if not any(c.strip() for c in row):
+            continue
+        if header is None:
+            header = row
+            continue
+        rows.append(row)
+        lines.append(reader.line_num)
     if header is None:
         raise CompressError(f"{path}: file is empty")
     return header, rows, lines
 
 
-def _read_jsonl(path: Path, f) -> tuple[list[str], list[list[str]], list[int]]:
+def _read_text(path: Path) -> str:
+    """The file's text, without a byte-order mark; bytes that are not UTF-8 are an error naming the line."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, byte = data.count(b"\n", 0, e.start) + 1, data[e.start]
+        raise CompressError(f"{path}:{line}: not UTF-8 text (byte {byte:#04x}); the file must be UTF-8") from None
+
+
+def _read_jsonl(path: Path, f) -> tuple[list[str], list[list], list[int]]:
     records, lines = [], []
     for n, line in enumerate(f, 1):
         if line.strip():
@@ -71,11 +92,52 @@ def _read_jsonl(path: Path, f) -> tuple[list[str], list[list[str]], list[int]]:
             except json.JSONDecodeError as e:
                 raise CompressError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             lines.append(n)
+    return _records_to_rows(path, records, lines)
+
+
+def _read_json_array(path: Path, text: str) -> tuple[list[str], list[list], list[int]]:
+    """A JSON file holding one array of row objects; each row's line is the line its object starts on."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CompressError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(records, list):  # the text starts with '[': valid JSON there is an array
+        raise CompressError(f"{path}: expected a JSON array of objects, got {_json_kind(records)}")
+    return _records_to_rows(path, records, _element_lines(text))
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _element_lines(text: str) -> list[int]:
+    """The line each element of a valid JSON array (the whole of ``text``) starts on."""
+    decoder, lines, line, seen = json.JSONDecoder(), [], 1, 0
+    pos = _JSON_SPACE.match(text, text.index("[") + 1).end()
+    while text[pos] != "]":
+        line, seen = line + text.count("\n", seen, pos), pos
+        lines.append(line)
+        pos = _JSON_SPACE.match(text, decoder.raw_decode(text, pos)[1]).end()
+        pos = _JSON_SPACE.match(text, pos + (text[pos] == ",")).end()
+    return lines
+
+
+def _records_to_rows(path: Path, records: list, lines: list[int]) -> tuple[list[str], list[list], list[int]]:
+    """JSON rows (objects) -> header (the first object's keys) and cells in header order (None where missing)."""
     if not records:
         raise CompressError(f"{path}: file is empty")
+    for record, line in zip(records, lines):
+        if not isinstance(record, dict):
+            raise CompressError(f"{path}:{line}: expected a JSON object, got {_json_kind(record)}")
     header = list(records[0])
-    rows = [[None if r.get(k) is None else str(r.get(k)) for k in header] for r in records]
-    return header, rows, lines
+    return header, [[r.get(k) for k in header] for r in records], lines
+
+
+def _json_kind(value) -> str:
+    """How an error names a JSON value's type."""
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def load_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> Dataset:
@@ -100,28 +162,48 @@ def load_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         if name not in header:
             raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)})")
         index[role] = header.index(name)
+    custom = _is_custom(spec)
     out = {role: [] for role in index}
     for row, line in zip(rows, lines):
-        if len(row) < len(header) and spec.header:
-            raise CompressError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(row)}")
+        if spec.header and (len(row) < len(header) or (custom and len(row) > len(header))):
+            raise CompressError(f"{path}:{line}: expected {len(header)} {_separated(path)} fields, got {len(row)}")
         for role, i in index.items():
             value = row[i] if i < len(row) else None
             if value is None:
                 raise CompressError(f"{path}:{line}: column {columns[role]!r} is empty")
-            out[role].append(value)
+            if role == "label":
+                out[role].append(value if isinstance(value, str) else str(value))
+            else:
+                out[role].append(_text_cell(value, columns[role], path, line, custom))
     if not out["text"]:
         raise CompressError(f"{path}: split {split!r} has no rows")
     out["label"] = _encode_labels(out["label"], spec, path, lines)
     return Dataset.from_dict(out)
 
 
+def _is_custom(spec: TaskSpec) -> bool:
+    """A custom task's spec (built by `task_spec` from the config) has no GLUE folder."""
+    return not spec.folder
+
+
+def _separated(path: Path) -> str:
+    """How a row error names the file's field delimiter."""
+    return "comma-separated" if path.suffix.lower() == ".csv" else "tab-separated"
+
+
+def _text_cell(value, name: str, path: Path, line: int, custom: bool) -> str:
+    """A text or text-pair cell: a string (a JSON number, boolean, list or object is refused) that, in a custom
+    task, is not blank (a shipped bundle refuses blank texts, so training on them would not match it)."""
+    if not isinstance(value, str):
+        raise CompressError(f"{path}:{line}: column {name!r}: expected a string, got {_json_kind(value)}")
+    if custom and not value.strip():
+        raise CompressError(f"{path}:{line}: empty text in column {name!r}")
+    return value
+
+
 def _encode_labels(values: list[str], spec: TaskSpec, path: Path, lines: list[int]) -> list:
     if spec.is_regression:
-        try:
-            return [float(v) for v in values]
-        except ValueError:
-            bad = next(i for i, v in enumerate(values) if not _is_float(v))
-            raise CompressError(f"{path}:{lines[bad]}: column {spec.label!r}: {values[bad]!r} is not a number") from None
+        return [_regression_label(value, spec, path, line) for value, line in zip(values, lines)]
     lookup = {name: i for i, name in enumerate(spec.labels)}
     encoded = []
     for value, line in zip(values, lines):
@@ -132,12 +214,15 @@ def _encode_labels(values: list[str], spec: TaskSpec, path: Path, lines: list[in
     return encoded
 
 
-def _is_float(v: str) -> bool:
+def _regression_label(value: str, spec: TaskSpec, path: Path, line: int) -> float:
+    """A regression target: a finite number (nan or inf would only surface later, as a loss that became nan)."""
     try:
-        float(v)
-        return True
+        number = float(value)
     except ValueError:
-        return False
+        raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a finite number")
+    return number
 
 
 def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:  # pragma: no cover - needs the network

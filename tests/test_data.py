@@ -117,6 +117,151 @@ def test_custom_csv_and_jsonl(tmp_path):
         load_split(TaskConfig(name="imdb"), "train")
 
 
+def _custom(tmp_path, name, text, **task):
+    """A custom task whose train and dev splits are both the file ``name`` holding ``text``."""
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    task = {"text_column": "review", "label_column": "stars", "labels": ["neg", "pos"], **task}
+    return TaskConfig(name="reviews", files={"train": str(path), "dev": str(path)}, **task)
+
+
+def _refused(cfg) -> str:
+    with pytest.raises(CompressError) as e:
+        load_split(cfg, "train")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name,text,line,value", [
+    ("t.csv", "review,score\nok,1.5\nbad,nan\n", 3, "nan"),
+    ("t.csv", "review,score\nok,inf\n", 2, "inf"),
+    ("t.tsv", "review\tscore\nok\t1\n\nbad\t-Infinity\n", 4, "-Infinity"),
+    ("t.jsonl", '{"review": "ok", "score": 2}\n{"review": "bad", "score": NaN}\n', 2, "nan"),
+])
+def test_regression_label_not_finite_is_refused(tmp_path, name, text, line, value):
+    cfg = _custom(tmp_path, name, text, label_column="score", labels=None, regression=True)
+    assert _refused(cfg) == f"{tmp_path / name}:{line}: column 'score': {value!r} is not a finite number"
+
+
+def test_regression_label_finite_loads(tmp_path):
+    cfg = _custom(tmp_path, "t.csv", "review,score\nok,1.5\nbad, -2e3 \n", label_column="score", labels=None,
+                  regression=True)
+    assert load_split(cfg, "train")["label"] == [1.5, -2000.0]
+    sts = tmp_path / "STS-B"  # a GLUE regression task is held to the same
+    sts.mkdir()
+    _write(sts / "dev.tsv", "sentence1\tsentence2\tscore\na\tb\t4.0\nc\td\tNaN\n")
+    with pytest.raises(CompressError) as e:
+        load_split(TaskConfig(name="stsb", data_dir=str(sts)), "dev")
+    assert str(e.value) == f"{sts / 'dev.tsv'}:3: column 'score': 'NaN' is not a finite number"
+
+
+def test_custom_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    # an unquoted comma cut the text: before, 'really' was silently dropped and 'great' trained as pos
+    cfg = _custom(tmp_path, "t.csv", "review,stars\nfine,pos\ngreat, really,pos\n")
+    assert _refused(cfg) == f"{tmp_path / 't.csv'}:3: expected 2 comma-separated fields, got 3"
+    cfg = _custom(tmp_path, "t.tsv", "review\tstars\nfine\tpos\textra\n")
+    assert _refused(cfg) == f"{tmp_path / 't.tsv'}:2: expected 2 tab-separated fields, got 3"
+    # quoted, the comma is text
+    cfg = _custom(tmp_path, "t.csv", 'review,stars\n"great, really",pos\n')
+    assert load_split(cfg, "train")["text"] == ["great, really"]
+
+
+def test_short_row_names_the_delimiter(tmp_path):
+    cfg = _custom(tmp_path, "t.csv", "review,stars,source\nfine,pos,web\nawful,neg\n")
+    assert _refused(cfg) == f"{tmp_path / 't.csv'}:3: expected 3 comma-separated fields, got 2"
+    cfg = _custom(tmp_path, "t.tsv", "review\tstars\tsource\nawful\tneg\n")
+    assert _refused(cfg) == f"{tmp_path / 't.tsv'}:2: expected 3 tab-separated fields, got 2"
+
+
+def test_glue_files_keep_their_reading(tmp_path):
+    """GLUE files are read as GLUE distributes them: a longer row or a blank sentence is not refused there (the
+    SST-2, MRPC and RTE files have neither; the other GLUE tasks' files are not here to check)."""
+    _write(tmp_path / "dev.tsv", "sentence\tlabel\ngood\t1\textra\n \t0\n")
+    ds = load_split(TaskConfig(name="sst2", data_dir=str(tmp_path)), "dev")
+    assert ds["text"] == ["good", " "] and ds["label"] == [1, 0]
+
+
+@pytest.mark.parametrize("name,text,line,column", [
+    ("t.csv", "review,stars\nfine,pos\n,pos\n", 3, "review"),
+    ("t.csv", "review,stars\n  ,neg\n", 2, "review"),
+    ("t.csv", 'review,stars\n"",neg\n', 2, "review"),
+    ("t.tsv", "review\tstars\n\tneg\n", 2, "review"),
+    ("t.jsonl", '{"review": "ok", "stars": "pos"}\n{"review": "", "stars": "neg"}\n', 2, "review"),
+    ("t.jsonl", '{"review": " \\t ", "stars": "neg"}\n', 1, "review"),
+])
+def test_custom_empty_text_is_refused(tmp_path, name, text, line, column):
+    assert _refused(_custom(tmp_path, name, text)) == f"{tmp_path / name}:{line}: empty text in column {column!r}"
+
+
+def test_custom_empty_text_pair_is_refused(tmp_path):
+    cfg = _custom(tmp_path, "t.csv", "review,reply,stars\na,b,pos\nc, ,neg\n", text_pair_column="reply")
+    assert _refused(cfg) == f"{tmp_path / 't.csv'}:3: empty text in column 'reply'"
+    cfg = _custom(tmp_path, "t.jsonl", '{"review": "a", "reply": "", "stars": "pos"}\n', text_pair_column="reply")
+    assert _refused(cfg) == f"{tmp_path / 't.jsonl'}:1: empty text in column 'reply'"
+
+
+@pytest.mark.parametrize("line_text,kind", [('["good", 1]', "a list"), ("3", "a number"), ('"good"', "a string"),
+                                            ("null", "null")])
+def test_jsonl_line_not_an_object_is_refused(tmp_path, line_text, kind):
+    cfg = _custom(tmp_path, "t.jsonl", '{"review": "ok", "stars": "pos"}\n\n' + line_text + "\n")
+    assert _refused(cfg) == f"{tmp_path / 't.jsonl'}:3: expected a JSON object, got {kind}"
+
+
+def test_file_not_utf8_is_refused(tmp_path):
+    latin1 = "review,stars\nfine,pos\ncaf\u00e9 cr\u00e8me,pos\n".encode("latin-1")
+    assert _refused(_custom(tmp_path, "t.csv", latin1)) == (
+        f"{tmp_path / 't.csv'}:3: not UTF-8 text (byte 0xe9); the file must be UTF-8")
+    assert _refused(_custom(tmp_path, "t.jsonl", b'{"review": "caf\xe9", "stars": "pos"}\n')) == (
+        f"{tmp_path / 't.jsonl'}:1: not UTF-8 text (byte 0xe9); the file must be UTF-8")
+    # UTF-8, with or without a byte-order mark, loads
+    for bom in (b"", b"\xef\xbb\xbf"):
+        cfg = _custom(tmp_path, "t.csv", bom + "review,stars\ncaf\u00e9,pos\n".encode())
+        assert load_split(cfg, "train")["text"] == ["caf\u00e9"]
+
+
+def test_json_array_of_objects(tmp_path):
+    text = '[\n  {"review": "fine", "stars": "pos"},\n  {"review": "awful",\n   "stars": "neg"}\n]\n'
+    ds = load_split(_custom(tmp_path, "t.json", text), "train")
+    assert ds["text"] == ["fine", "awful"] and ds["label"] == [1, 0]
+    ds = load_split(_custom(tmp_path, "t.json", '\ufeff[{"review": "a", "stars": "neg"}]'), "train")  # BOM, one line
+    assert ds["text"] == ["a"] and ds["label"] == [0]
+    # each element must be an object; errors name the line the element starts on
+    bad = '[\n {"review": "fine", "stars": "pos"},\n ["good", 1]\n]\n'
+    assert _refused(_custom(tmp_path, "t.json", bad)) == f"{tmp_path / 't.json'}:3: expected a JSON object, got a list"
+    blank = '[{"review": "fine", "stars": "pos"},\n\n {"review": " ", "stars": "pos"}]'
+    assert _refused(_custom(tmp_path, "t.json", blank)) == f"{tmp_path / 't.json'}:3: empty text in column 'review'"
+    broken = '[\n {"review": "fine", "stars": "pos"}\n {"review": "x"}\n]'
+    assert _refused(_custom(tmp_path, "t.json", broken)).startswith(f"{tmp_path / 't.json'}:3: not valid JSON (")
+    assert _refused(_custom(tmp_path, "t.json", "[]")) == f"{tmp_path / 't.json'}: file is empty"
+
+
+def test_json_and_jsonl_extensions_still_read_one_object_per_line(tmp_path):
+    lines = '{"review": "fine", "stars": "pos"}\n{"review": "awful", "stars": "neg"}\n'
+    for name in ("t.json", "t.jsonl", "t.JSONL"):
+        assert load_split(_custom(tmp_path, name, lines), "train")["label"] == [1, 0]
+    # a .jsonl file is never read as one JSON array
+    assert _refused(_custom(tmp_path, "t.jsonl", '[{"review": "a", "stars": "neg"}]')) == (
+        f"{tmp_path / 't.jsonl'}:1: expected a JSON object, got a list")
+
+
+@pytest.mark.parametrize("value,kind", [('["a", "b"]', "a list"), ('{"a": 1}', "an object"), ("true", "a boolean"),
+                                        ("3", "a number"), ("2.5", "a number")])
+def test_json_text_that_is_not_a_string_is_refused(tmp_path, value, kind):
+    text = '{"review": "ok", "reply": "ok", "stars": "pos"}\n{"review": %s, "reply": "x", "stars": "neg"}\n' % value
+    assert _refused(_custom(tmp_path, "t.jsonl", text)) == (
+        f"{tmp_path / 't.jsonl'}:2: column 'review': expected a string, got {kind}")
+    pair = '[{"review": "ok", "reply": %s, "stars": "neg"}]' % value
+    assert _refused(_custom(tmp_path, "t.json", pair, text_pair_column="reply")) == (
+        f"{tmp_path / 't.json'}:1: column 'reply': expected a string, got {kind}")
+
+
+def test_json_null_text_is_refused_and_number_labels_load(tmp_path):
+    text = '{"review": "ok", "stars": 1}\n{"review": null, "stars": 0}\n'
+    assert _refused(_custom(tmp_path, "t.jsonl", text, labels=["0", "1"])) == (
+        f"{tmp_path / 't.jsonl'}:2: column 'review' is empty")
+    ds = load_split(_custom(tmp_path, "t.jsonl", '{"review": "ok", "stars": 1}\n', labels=["0", "1"]), "train")
+    assert ds["label"] == [1]  # a JSON number label is matched by its text, as before
+
+
 def test_length_grouped_batches_pad_less(glue_dir, tokenizer):
     data = load_task(TaskConfig(name="sst2", max_train_samples=2000), seed=0)
     ds = tokenize(data.train, tokenizer, 64)
