@@ -48,7 +48,8 @@ class TaskConfig:
     """Length-grouped batches (rows of similar length together): far less padding."""
     # -- custom tasks (ignored for GLUE names) --
     files: Optional[dict[str, str]] = None
-    """Custom task: split -> file (.tsv, .csv, .jsonl, or .json holding an array of row objects; UTF-8), e.g. {train: a.tsv, dev: b.tsv}."""
+    """Custom task: split -> file (.tsv, .csv, .jsonl, or .json holding an array of row objects; UTF-8), e.g.
+    {train: a.tsv, dev: b.tsv}."""
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     label_column: str = "label"
