@@ -39,7 +39,7 @@ class TaskConfig:
     max_train_samples: Optional[int] = None
     """Use only the first N training rows (after a seeded shuffle). None: all."""
     max_eval_samples: Optional[int] = None
-    """Use only the first N dev rows. None: all."""
+    """Use only the first N dev rows (and of a labelled test split, MRPC's). None: all."""
     holdout: float = 0.05
     """Fraction of train held out for checkpoint selection (dev is reported, never used to select)."""
     holdout_max: int = 2000

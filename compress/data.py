@@ -264,7 +264,8 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     full = load_split(cfg, "train", spec).shuffle(seed=seed).flatten_indices()
     n_hold = min(cfg.holdout_max, int(round(cfg.holdout * len(full))))
     if cfg.holdout > 0 and n_hold < 1:
-        raise CompressError(f"task.holdout: {cfg.holdout} of {len(full)} training rows holds out nothing")
+        raise CompressError(f"task.holdout: {cfg.holdout} of {len(full)} training rows holds out nothing (raise it, or "
+                            f"0 for none)")
     holdout = full.select(range(n_hold))
     train = full.select(range(n_hold, len(full)))
     if cfg.max_train_samples is not None:
@@ -273,6 +274,8 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
     test = load_split(cfg, "test", spec) if "test" in spec.files else None
+    if test is not None and cfg.max_eval_samples is not None:
+        test = test.select(range(min(cfg.max_eval_samples, len(test))))
     return TaskData(spec, train, holdout, dev, test)
 
 

@@ -43,7 +43,9 @@ def test_holdout_is_disjoint_and_seeded(glue_dir):
     assert not pairs(a.holdout) & pairs(a.train)  # RTE pairs are unique: the slices are disjoint
     c = load_task(TaskConfig(name="sst2", max_train_samples=100, max_eval_samples=50), seed=1)
     assert len(c.train) == 100 and len(c.dev) == 50 and c.test is None
-    assert load_task(TaskConfig(name="mrpc"), seed=1).test is not None
+    assert len(load_task(TaskConfig(name="mrpc"), seed=1).test) == 1725
+    small = load_task(TaskConfig(name="mrpc", max_eval_samples=40), seed=1)  # caps MRPC's labelled test split too
+    assert len(small.dev) == 40 and len(small.test) == 40
 
 
 def _write(path, text, bom=False):
