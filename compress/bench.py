@@ -30,7 +30,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
 from compress.ort_session import SLOW_FUSIONS  # not compress.export: the memory probe of an ONNX file imports no torch
-from compress.manifest import cpu_model, read_json, versions, write_json
+from compress.manifest import cpu_model, read_json, scratch_dir, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +227,7 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
     """``measure`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
     follow ``cfg.spin``: PASSIVE unless spinning is asked for. ``peak``: also measure the machine's GEMM peak
     (``machine_peak`` of the result)."""
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
         dev.save_to_disk(str(tmp / "dev"))
         spec = {"mode": "timing", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
@@ -307,12 +306,24 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     # checkout that happens to sit in the folder the command was started from
     proc = subprocess.run([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}, text=True,
-                          stdout=pipe, stderr=pipe)
+                          stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if proc.returncode != 0 or "error" in result or not result:
         tail = result.get("error") or " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
         raise CompressError(f"bench of {what} failed: {tail or f'exit status {proc.returncode}'}")
     return result
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): SIGTERM when the parent dies, so a killed run (kill -9) leaves no timing
+    worker loading the CPU under the next run's timings."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when its timing does
+        pass
 
 
 def _worker_main(spec: dict) -> dict:
@@ -341,7 +352,7 @@ def gemm_peak(threads: int, n: int = 1024, runs: int = 20, spin: bool = True) ->
 
     out = {}
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("gemm") as tmp:
         for name, op, a_type, b in (
                 ("int8", "MatMulInteger", TensorProto.UINT8, rng.integers(-127, 127, (n, n), dtype=np.int8)),
                 ("fp32", "MatMul", TensorProto.FLOAT, rng.standard_normal((n, n), dtype=np.float32))):
@@ -523,7 +534,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     peak = timed["machine_peak"]
     probe_rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r}
                   for r in dev.select(range(min(8, len(dev))))]
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
         for name, art in artifacts.items():
             if cfg.isolate:
@@ -621,4 +632,6 @@ if __name__ == "__main__":  # worker: python -m compress.bench SPEC.json OUT.jso
     except CompressError as e:
         write_json(Path(sys.argv[2]), {"error": str(e)})
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says "interrupted", once
+        sys.exit(130)
     write_json(Path(sys.argv[2]), result)

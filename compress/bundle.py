@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import zlib
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -36,7 +35,7 @@ from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.tasks import LABELS_NEEDED, good_labels
-from compress.manifest import now_utc, versions, write_json
+from compress.manifest import now_utc, scratch_dir, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +425,7 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _extracted(archive: Path) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="compress-bundle-") as tmp:
+    with scratch_dir("bundle") as tmp:
         yield safe_extract(archive, Path(tmp))
 
 

@@ -196,9 +196,11 @@ def cmd_search(args) -> int:
     if args.runs_dir:
         recipe.runs_dir = args.runs_dir
     cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads
+    from compress.pipeline import run_lock
     from compress.search import run_search
 
-    summary = run_search(recipe, cfg)
+    with run_lock(recipe.run_dir):  # not beside a `compress run` (or another search) writing the same run folder
+        summary = run_search(recipe, cfg)
     print(f"[search] {summary['message']}")
     print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")
     folder = recipe.run_dir / "search"
@@ -380,8 +382,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if "torch" in sys.modules:  # no process group without torch; `compress predict` never imports it (0.6 s, not 4)
-        from compress.train import end_distributed
-
-        end_distributed()  # only after success: on an error another process may still be in a collective
+    train = sys.modules.get("compress.train")  # a process group only ever comes from there: nothing to import
+    if train is not None:
+        try:
+            train.end_distributed()  # only after success: on an error another process may still be in a collective
+        except KeyboardInterrupt:  # the work is done and written: a late Ctrl-C changes nothing
+            pass
     return rc

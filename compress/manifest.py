@@ -84,3 +84,36 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scratch_dir(kind: str):
+    """A temporary folder for one step's intermediate files (``with scratch_dir("quantize") as tmp``), named
+    ``compress-<kind>-<pid>-*`` in the system's temporary folder so that `remove_dead_scratch` can find what a killed
+    run (kill -9: no cleanup ran) left there."""
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix=f"compress-{kind}-{os.getpid()}-")
+
+
+def remove_dead_scratch() -> None:
+    """Delete the `scratch_dir` folders of processes that are gone (a quantize stage's leftovers are model-sized)."""
+    import re
+    import shutil
+    import tempfile
+
+    for path in Path(tempfile.gettempdir()).glob("compress-*-*-*"):
+        found = re.fullmatch(r"compress-[a-z]+-(\d+)-.+", path.name)
+        if found and path.is_dir() and not alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+

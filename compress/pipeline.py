@@ -24,7 +24,8 @@ from compress import __version__, hub
 from compress.config import Recipe
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import Timer, fingerprint, hash_tree, host, now_utc, read_json, versions, write_json
+from compress.manifest import (Timer, alive, fingerprint, hash_tree, host, now_utc, read_json, remove_dead_scratch,
+                               versions, write_json)
 from teachers.zoo import sha256_file
 
 try:
@@ -323,11 +324,13 @@ def _check_force(force: tuple[str, ...]) -> None:
 
 
 def _remove_orphans(run_dir: Path) -> None:
-    """Delete the temporary folders of stages left by killed runs (their process is gone); never trusted anyway."""
+    """Delete the temporary folders of stages left by killed runs (their process is gone; never trusted anyway), and
+    their scratch folders in the system's temporary folder."""
+    remove_dead_scratch()
     for pattern in (".*.tmp-*", ".*.old-*"):
         for tmp in run_dir.glob(pattern):
             pid = tmp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -351,16 +354,6 @@ def _release_checkpoints(run_dir: Path, stage: str) -> None:
         (run_dir / ".checkpoints").rmdir()  # only when empty
     except OSError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _summary(manifest: dict) -> str:

@@ -24,7 +24,6 @@ import heapq
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -37,7 +36,7 @@ from compress.data import Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.export import SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, session
-from compress.manifest import write_json
+from compress.manifest import scratch_dir, write_json
 from compress.metrics import compute_metrics
 from compress.modeling import count_params, load_trained
 
@@ -513,7 +512,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
         record["guard"] = {"rows": f"holdout ({len(g_rows)} rows)", "fp32_metrics": guard_fp32}
 
     record["int8"] = {}
-    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+    with scratch_dir("quantize") as tmp:
         tmp = Path(tmp)
         for mode in cfg.modes:
             if mode == "dynamic":

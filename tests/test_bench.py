@@ -205,3 +205,31 @@ def test_lengths_beyond_the_position_table_are_refused_by_name():
                                             r"512 positions"):
         check_length(MPNetConfig(max_position_embeddings=514), 513, "r.yaml: bench.seq_lengths",
                      "the benchmarked model")
+
+
+def test_a_timing_worker_dies_with_its_parent(tmp_path):
+    """kill -9 of a run must not leave its timing worker loading the CPU under the next run's timings."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import subprocess, sys, time; from compress.bench import _die_with_parent; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=_die_with_parent); "
+            "print(p.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+    def running() -> bool:
+        try:
+            return Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.time() + 10
+    while running() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not running()

@@ -136,14 +136,22 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     assert sorted(p.name for p in folder.parent.iterdir()) == [".lock", "teacher"]  # a dry run writes nothing
 
 
-def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir):
+def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch):
+    import os
+    import tempfile
+
     recipe = load_recipe(_recipe(tmp_path, tmp_path / "no-such-model"))
     orphan = tmp_path / "runs" / "tiny" / ".teacher.tmp-999999999"  # left by a killed run (no such process)
     orphan.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))  # scratch of a killed quantize stage
+    dead, live = (tmp_path / "system-tmp" / f"compress-quantize-{pid}-x1" for pid in (999999999, os.getpid()))
+    for folder in (dead, live):
+        (folder / "static-src.onnx").parent.mkdir(parents=True)
     with pytest.raises(CompressError, match="no-such-model"):
         run_pipeline(recipe)
     run_dir = tmp_path / "runs" / "tiny"
     assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
+    assert not dead.exists() and live.is_dir()  # a running process's scratch is its own
     with pytest.raises(CompressError, match="unknown stage 'distil'"):
         run_pipeline(recipe, until="distil")
 

@@ -57,3 +57,20 @@ def test_unknown_name_and_passthrough():
     with pytest.raises(CompressError, match="unknown model 'gpt-5'"):
         zoo.materialize("gpt-5")
     assert zoo.resolve("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_concurrent_fetches_keep_the_first_verified_folder(tmp_path):
+    """Three `compress zoo fetch` at once on an empty cache (two first runs do the same): every one succeeds and the
+    published folder is never deleted under another (a late fetcher removed the verified folder and crashed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COMPRESS_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-m", "compress", "zoo", "fetch", "minilm-l6"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert [rc for _, _, rc in results] == [0, 0, 0], [err for _, err, _ in results]
+    folder = tmp_path / "zoo" / "minilm-l6"
+    assert (folder / ".verified").is_file() and (folder / "model.safetensors").is_file()
+    assert not [p for p in (tmp_path / "zoo").iterdir() if p.name.startswith(".")]  # no staging folder left
