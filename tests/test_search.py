@@ -109,9 +109,14 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
 
     assert predict(folder, ["a gripping film", "a dull mess"])[0]["label"] in ("negative", "positive")
 
-    # rerun with a budget nothing can meet: every candidate is reused (files untouched), none fits
+    # rerun with a budget nothing can meet: every candidate is reused (files untouched), none fits; the work files
+    # a killed search left (no such process) are removed
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")}
+    dead = [out / ".quantize-L1-dynamic-999999999", out / "models" / ".L1-base.tmp-999999999"]
+    for folder in dead:
+        folder.mkdir()
     again = run_search(recipe, budget_ms=1e-4)
+    assert not any(folder.exists() for folder in dead)
     assert again["counts"]["measured"] == 0 and again["counts"]["reused"] == 4
     assert {p.name: p.stat().st_mtime_ns for p in (out / "candidates").glob("*.json")} == stamps
     assert again["best"] is None and again["message"].startswith("no candidate fits 0.0001 ms")
