@@ -97,8 +97,14 @@ def materialize(name: str) -> Path:
     target = cache_root() / "zoo" / name
     if (target / ".verified").is_file():
         return target
+    from compress.manifest import alive  # here: compress.manifest imports this module
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+    for stale in target.parent.glob(f".{name}-*-*"):  # a staging folder of a killed fetch (up to ~1 GB for mpnet)
+        pid = stale.name[len(name) + 2:].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         source = _installed_folder(entry) or _download(entry, tmp / "dl")
         staged = tmp / "model"

@@ -67,6 +67,7 @@ def test_concurrent_fetches_keep_the_first_verified_folder(tmp_path):
     import sys
 
     env = {**os.environ, "COMPRESS_CACHE": str(tmp_path)}
+    (tmp_path / "zoo" / ".minilm-l6-999999999-abc").mkdir(parents=True)  # the staging folder of a killed fetch
     procs = [subprocess.Popen([sys.executable, "-m", "compress", "zoo", "fetch", "minilm-l6"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
