@@ -97,6 +97,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0: no clipping."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
     eval_every: Optional[int] = None
@@ -110,7 +111,8 @@ class TrainConfig:
     A student's (or a pruning recovery's) teacher computes its cached logits in the same precision: 2.0-2.15x faster for
     MPNet-base on that CPU, logits within 0.04 of fp32's."""
     seed: Optional[int] = None
-    """None: the recipe's seed."""
+    """None: the recipe's seed. Seeds the new head's init, batch order and dropout; the train/holdout split always
+    follows the recipe's seed (one split for every stage)."""
 
     def validate(self, file: str, where: str) -> None:
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum}

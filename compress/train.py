@@ -196,7 +196,8 @@ def fit(
                                             f"{where} (lower the learning rate or use fp32)")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                        if cfg.max_grad_norm > 0:  # 0: no clipping (Hugging Face's convention), not zero gradients
+                            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()

@@ -16,14 +16,15 @@ from compress.data import Collator, load_task, tokenize
 from compress.evaluate import evaluate
 from compress.manifest import write_json
 from compress.modeling import check_length, count_params, load_for_task, save
-from compress.train import fit
+from compress.train import fit, set_seed
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     cfg = recipe.teacher
     seed = cfg.seed if cfg.seed is not None else recipe.seed
-    data = load_task(recipe.task, seed=seed)
+    data = load_task(recipe.task, seed=recipe.seed)  # one train/holdout split for every stage: the recipe's seed
     spec = data.spec
+    set_seed(seed)  # the new classifier head's init too, whatever ran before in this process
     model, tokenizer = load_for_task(cfg.model, spec)
     ml = recipe.task.max_length
     check_length(model.config, ml, f"{recipe.path}: task.max_length", f"teacher {cfg.model!r}")

@@ -292,6 +292,17 @@ def test_generated_matches_take_weight_and_head_mode():
         from_dict(DistillConfig, {"layer_map_weight": -1.0}).validate("r.yaml", "students[0].distill")
     with pytest.raises(CompressError, match=r"matches\[0\]\.heads: only for attention"):
         MatchConfig(2, 1, "hidden", heads="mean").validate("r.yaml", "matches[0]")
+    # one pair twice among the explicit matches is refused (the second was dropped silently); a generated match of
+    # a pair an explicit one covers gives way to it
+    twice = from_dict(DistillConfig, {"matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "attention",
+                                                   "loss": "kl"},
+                                                  {"teacher_layer": 2, "student_layer": 1, "feature": "attention",
+                                                   "loss": "mse", "weight": 3.0}]})
+    with pytest.raises(CompressError, match=r"matches\[1\]: a second attention match of teacher layer 2 and student"):
+        resolve_matches(twice, teacher, student)
+    own = from_dict(DistillConfig, {"matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "hidden",
+                                                 "weight": 5.0}], "layer_map": "uniform"})
+    assert [m.weight for m in resolve_matches(own, teacher, student) if m.key == "hidden_t2_s1"] == [5.0]
 
 
 def test_a_student_deeper_than_its_teacher_maps_to_teacher_layers_from_1():

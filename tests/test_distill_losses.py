@@ -99,3 +99,26 @@ def test_combine_weights_and_logs():
     assert logs == {"kd": 2.0, "ce": 4.0, "hidden": 9.0}
     with pytest.raises(ValueError):
         combine({"kd": (torch.tensor(1.0), 0.0)})
+
+
+def test_attention_matches_see_the_students_maps_without_dropout():
+    """BERT-family self-attention returns its maps after dropout: an attention match turns that dropout off (the
+    other dropouts stay), so in training the loss compares real softmax maps (a student layer identical to its
+    teacher layer scores 0, not ~2.4 as it did)."""
+    from transformers import BertForSequenceClassification
+
+    from compress.distill.objective import Distiller, Match
+    from tests.conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0))
+    inputs = {"input_ids": torch.randint(5, 100, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    model.eval()
+    clean = model(**inputs, output_attentions=True).attentions[0]
+    match = Match("attention_t1_s1", 1, 1, "attention", "kl", 1.0, False)
+    distiller = Distiller(model, [match], model.config.hidden_size)
+    distiller.train()
+    out, _ = distiller(attentions=True, **inputs)
+    assert torch.allclose(out.attentions[0], clean, atol=1e-6)
+    assert attention_loss(out.attentions[0], clean, inputs["attention_mask"], "kl").item() == pytest.approx(0, abs=1e-5)
+    assert model.bert.encoder.layer[0].output.dropout.p == 0.0  # (hidden dropout as configured: 0 here)

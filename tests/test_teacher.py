@@ -51,6 +51,26 @@ def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
         fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0, objective=objective)
 
 
+def test_max_grad_norm_zero_means_no_clipping_and_heads_follow_the_seed(tiny_bert_dir, minilm_dir):
+    """max_grad_norm: 0 trains unclipped (it clipped every gradient to 0: nothing changed); the new head's init is
+    the same whatever consumed the global RNG before (the stages seed before building a model)."""
+    from compress.train import set_seed
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    before = model.classifier.weight.detach().clone()
+    fit(model, tokenize(data.train, tok, 32), Collator({"": tok}),
+        TrainConfig(epochs=1, batch_size=32, max_grad_norm=0.0, warmup_ratio=0.0), seed=0)
+    assert not torch.equal(model.classifier.weight, before)
+    heads = []
+    for noise in (1, 1000):  # MiniLM has no task head: a new one is drawn
+        torch.rand(noise)
+        set_seed(7)
+        heads.append(load_for_task(str(minilm_dir), data.spec)[0].classifier.weight.detach())
+    assert torch.equal(*heads)
+    assert not torch.equal(load_for_task(str(minilm_dir), data.spec)[0].classifier.weight, heads[0])  # unseeded
+
+
 def test_fits_with_different_precisions_in_one_process(tiny_bert_dir):
     """A bf16 stage then an fp32 one (a bf16 teacher, an fp32 recovery) in one process: Accelerate's global state
     must follow, and each fit records what ran."""

@@ -67,7 +67,10 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
         project = m.feature != "attention" and (m.projection == "linear" or (m.projection == "auto" and widths_differ))
         key = f"{m.feature}_t{t_layer}_s{s_layer}"
         if key in seen:
-            continue
+            if ".matches[" in origin:  # two explicit matches of one pair: the second was silently dropped
+                raise CompressError(f"{origin}: a second {m.feature} match of teacher layer {t_layer} and student "
+                                    f"layer {s_layer}; give each pair once (its loss, weight and heads in one entry)")
+            continue  # a layer_map match an explicit one already covers: the explicit settings win
         seen.add(key)
         out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
     return out
@@ -89,6 +92,16 @@ def expect_attention_maps(model: torch.nn.Module) -> None:
         logger.addFilter(_NoAttentionFallbackNotice())
 
 
+def no_attention_dropout(model: torch.nn.Module) -> None:
+    """Turn off dropout on the attention probabilities: BERT-family self-attention returns its maps after that
+    dropout, so in training an attention loss would compare the teacher's maps with randomly zeroed and rescaled ones
+    (a KL dominated by the dropped entries; an MSE whose minimum is 0.9 x the teacher's map). The other dropouts stay."""
+    for module in model.modules():
+        if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
+                                                                          torch.nn.Dropout):
+            module.dropout.p = 0.0
+
+
 class Distiller(torch.nn.Module):
     """The student plus one learned linear projection (student width -> teacher width) per projected match."""
 
@@ -99,6 +112,8 @@ class Distiller(torch.nn.Module):
         self.projections = torch.nn.ModuleDict(
             {m.key: torch.nn.Linear(width, teacher_width) for m in matches if m.project})
         self.matches = matches
+        if any(m.feature == "attention" for m in matches):
+            no_attention_dropout(student)
 
     def forward(self, hidden: bool = False, attentions: bool = False, **inputs):
         if attentions:

@@ -35,7 +35,7 @@ from compress.errors import CompressError
 from compress.evaluate import evaluate, predict
 from compress.manifest import fingerprint, hash_tree, read_json, write_json
 from compress.modeling import count_params, load_trained, save
-from compress.train import FitResult, fit, resolve_precision
+from compress.train import FitResult, fit, resolve_precision, set_seed
 from students import build_student
 from students.build import Student
 
@@ -307,8 +307,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     names = [s.name for s in recipe.students]  # non-empty and distinct (the recipe's validation)
     teacher_dir = Path(inputs["teacher"])
     teacher, t_tok = load_trained(teacher_dir / "model")
-    data_seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
-    data = load_task(recipe.task, seed=data_seed)
+    data = load_task(recipe.task, seed=recipe.seed)  # the split every stage uses (the teacher's too)
     ml = recipe.task.max_length
     teacher_dev = _teacher_dev(teacher_dir, teacher, t_tok, data, ml)
     main_metric = data.spec.metrics[0]
@@ -321,11 +320,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
+        seed = spec.train.seed if spec.train.seed is not None else recipe.seed
+        set_seed(seed)  # a new head's (and projection's) init follows the student's seed, not what ran before it
         try:
             student = build_student(spec, teacher, t_tok, data.spec)
         except CompressError as e:
             raise CompressError(f"{recipe.path}: {where} ({spec.name}): {e}") from None
-        seed = spec.train.seed if spec.train.seed is not None else recipe.seed
         try:
             res = distill(teacher, t_tok, student, spec, data, max_length=ml, seed=seed,
                           group_by_length=recipe.task.group_by_length,
