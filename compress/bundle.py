@@ -36,6 +36,7 @@ from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha2
 from compress.errors import CompressError
 from compress.tasks import LABELS_NEEDED, good_labels
 from compress.manifest import now_utc, scratch_dir, versions, write_json
+from compress.ort_session import to_ort_format
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +140,6 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     tok.save(str(dst))
     return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}
-
-
-def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
-    """ORT-format copy of a model, with only the hardware-independent (basic) graph optimisations applied, so it
-    runs on any device's onnxruntime (mobile and minimal builds included)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(ort_path)
-    options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 def _fmt_metric(value) -> str:
@@ -281,7 +270,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         if ort_format and ort_model is not None and Path(ort_model).is_file():
             shutil.copyfile(ort_model, tmp / "model.ort")
         elif ort_format:
-            convert_to_ort(tmp / "model.onnx", tmp / "model.ort")
+            to_ort_format(tmp / "model.onnx", tmp / "model.ort")
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})

@@ -37,6 +37,7 @@ from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.export import SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, session
 from compress.manifest import scratch_dir, write_json
+from compress.ort_session import to_ort_format
 from compress.metrics import compute_metrics
 from compress.modeling import count_params, load_trained
 
@@ -427,18 +428,6 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
 
 
 # ------------------------------------------------------------------------------------------------ ORT format
-def to_ort_format(src: Path, dst: Path) -> Path:
-    """The model in ORT format (flatbuffer, basic optimizations baked in), loadable by ORT mobile builds."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(dst)
-    options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-    return dst
-
-
 # ------------------------------------------------------------------------------------------------ the stage
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     cfg: QuantizeConfig = recipe.quantize

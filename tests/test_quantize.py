@@ -52,7 +52,10 @@ def test_int8_dynamic_and_static_agree_with_fp32(tmp_path, tiny_model, sst2):
         assert entry["shippable"] and entry["excluded_nodes"] == []
         # the int8 model is ~4x smaller and its .ort twin loads in onnxruntime
         assert rec["sizes"][entry["file"]] < 0.45 * rec["sizes"]["model.onnx"]
-        ort.InferenceSession(str(tmp_path / entry["ort_file"]), providers=["CPUExecutionProvider"])
+        twin = ort.InferenceSession(str(tmp_path / entry["ort_file"]), providers=["CPUExecutionProvider"])
+        rows = dev.select(range(16))  # the same model: a static (QDQ) .ort is saved with its int8 kernels fused
+        assert np.abs(onnx_predict(twin, rows, collator, 1) - onnx_predict(session(tmp_path / entry["file"]), rows,
+                                                                          collator, 1)).max() < 1e-3, mode
     static = onnx_load_ops(tmp_path / "int8_static.onnx")
     assert "QuantizeLinear" in static and "DequantizeLinear" in static
     assert "DynamicQuantizeLinear" in onnx_load_ops(tmp_path / "int8_dynamic.onnx")
