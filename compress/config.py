@@ -540,6 +540,8 @@ class QuantizeConfig:
     def validate(self, file: str, where: str) -> None:
         if not self.modes:
             raise CompressError(f"{file}: {where}.modes: give at least one of dynamic, static")
+        if len(set(self.modes)) != len(self.modes):
+            raise CompressError(f"{file}: {where}.modes: each mode once, got {self.modes}")
         if self.max_drop < 0:
             raise CompressError(f"{file}: {where}.max_drop: must be >= 0 points, got {self.max_drop}")
         if self.sensitivity_rows < 1:

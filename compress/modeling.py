@@ -73,11 +73,18 @@ def load_trained(folder: str | Path):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CompressError(f"{folder}: not a saved model folder (no config.json)")
-    if "compress_layer_sizes" in (folder / "config.json").read_text(encoding="utf-8"):
-        from compress.prune import load_pruned  # pruned: per-layer FFN widths, MPNet's per-layer position-bias heads
+    try:
+        if "compress_layer_sizes" in (folder / "config.json").read_text(encoding="utf-8"):
+            from compress.prune import load_pruned  # pruned: per-layer FFN widths, MPNet's per-layer position heads
 
-        return load_pruned(folder)
-    return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+            return load_pruned(folder)
+        return AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    except CompressError:
+        raise
+    except Exception as e:  # a truncated safetensors, a config.json that is not JSON, missing tokenizer files...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompressError(f"{folder}: cannot load the saved model ({type(e).__name__}: {first[:200]}); rerun the "
+                            f"stage that wrote it") from None
 
 
 def save(model, tokenizer, folder: str | Path) -> None:

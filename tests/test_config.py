@@ -224,6 +224,8 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     (CUSTOM.replace("[neg, pos]", "[no, yes]") % "",
      r"task\.labels\[0\]: expected a string, got the YAML boolean false \(unquoted no/yes/on/off/true/false"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1, 1]}\n", r"bench\.threads: each value once, got \[1, 1\]"),
+    ("task: {name: sst2}\nteacher: {}\nquantize: {modes: [dynamic, dynamic]}\n",
+     r"quantize\.modes: each mode once, got \['dynamic', 'dynamic'\]"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1]}\nreport: {threads: 2}\n",
      r"report\.threads: 2 is not one of bench\.threads \[1\]"),
 ])

@@ -395,3 +395,27 @@ def test_source_model_prefers_newest(tmp_path, glue_dir):
 def test_quantize_config_errors(section, message):
     with pytest.raises(CompressError, match=message):
         from_dict(QuantizeConfig, section, file="r.yaml", where="quantize")
+
+
+def test_an_inexact_fusion_falls_back_to_the_plain_graph_and_a_corrupt_model_is_one_line(tmp_path, tiny_model, sst2,
+                                                                                        monkeypatch, tiny_bert_dir):
+    import shutil
+
+    import compress.quantize as Q
+    from compress.modeling import load_trained
+
+    def inexact(*args, **kwargs):
+        raise CompressError("model_opt.onnx parity check failed: max |diff| 0.01")
+
+    monkeypatch.setattr(Q, "optimize_checked", inexact)
+    dev, train, collator = sst2
+    rec = Q.quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator,
+                           QuantizeConfig(modes=["dynamic"], max_drop=100.0), tmp_path, calib_rows=train,
+                           sens_rows=train.select(range(16)))
+    assert "fp32_opt" not in rec and rec["int8"]["dynamic"]["shippable"] and not (tmp_path / "model_opt.onnx").exists()
+    assert rec["sizes"]["int8_dynamic.ort"] > 0  # the .ort files are listed with the .onnx ones
+    broken = shutil.copytree(tiny_bert_dir, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CompressError, match=r"broken: cannot load the saved model \(.*\); rerun the stage"):
+        load_trained(broken)
+
