@@ -510,23 +510,6 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
-def read_json_or_none(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _all_metrics(run_dir: Path, row) -> Optional[dict]:
-    """Every dev metric the quantize stage scored for the chosen int8 file (MRPC: f1 and accuracy), not only the
-    table's first one."""
-    record = read_json_or_none(run_dir / "quantize" / "quantize.json") or {}
-    for entry in (record.get("int8") or {}).values():
-        if row.path and Path(run_dir / "quantize" / entry.get("file", "")) == Path(row.path):
-            return entry.get("metrics")
-    return None
-
-
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
@@ -551,11 +534,10 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                    "protocol": {**(table.provenance.get("protocol") or {}),
                                 **({"pass": table.provenance["dev latency"]}
                                    if table.provenance.get("dev latency") else {})}}
-    metrics = {"dev": _all_metrics(recipe.run_dir, chosen) or {table.metric_name: chosen.metric}}
+    metrics = {"dev": chosen.dev_metrics or {table.metric_name: chosen.metric}}  # every metric scored (MRPC: 2)
     if table.teacher_metric is not None and chosen.metric is not None:
-        teacher = read_json_or_none(recipe.run_dir / "teacher" / "manifest.json")
-        metrics["teacher_dev"] = (((teacher or {}).get("metrics") or {}).get("dev")
-                                  or {table.metric_name: table.teacher_metric})
+        teacher = next((r for r in table.rows if r.name == "teacher"), None)
+        metrics["teacher_dev"] = (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric}
         metrics["retention"] = round(chosen.metric / table.teacher_metric, 6)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick} (max drop {max_drop:g} points, by {choice['by']})",

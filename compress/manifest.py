@@ -106,14 +106,21 @@ def scratch_dir(kind: str):
     return tempfile.TemporaryDirectory(prefix=f"compress-{kind}-{os.getpid()}-")
 
 
-def remove_dead_scratch() -> None:
-    """Delete the `scratch_dir` folders of processes that are gone (a quantize stage's leftovers are model-sized)."""
+def remove_dead(folder: Path, pattern: str, pid_regex: str) -> None:
+    """Delete the entries of ``folder`` matching ``pattern`` whose name holds the pid (``pid_regex``'s group 1, the
+    whole name matched) of a process that is gone: work files of killed runs, never trusted, only in the way."""
     import re
     import shutil
+
+    for path in Path(folder).glob(pattern):
+        found = re.fullmatch(pid_regex, path.name)
+        if found and not alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def remove_dead_scratch() -> None:
+    """Delete the `scratch_dir` folders of processes that are gone (a quantize stage's leftovers are model-sized)."""
     import tempfile
 
-    for path in Path(tempfile.gettempdir()).glob("compress-*-*-*"):
-        found = re.fullmatch(r"compress-[a-z]+-(\d+)-.+", path.name)
-        if found and path.is_dir() and not alive(int(found.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
+    remove_dead(Path(tempfile.gettempdir()), "compress-*", r"compress-[a-z]+-(\d+)-.+")
 

@@ -24,8 +24,8 @@ from compress import __version__, hub
 from compress.config import Recipe
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import (Timer, alive, fingerprint, hash_tree, host, now_utc, read_json, remove_dead_scratch,
-                               versions, write_json)
+from compress.manifest import (Timer, fingerprint, hash_tree, host, now_utc, read_json, remove_dead,
+                               remove_dead_scratch, versions, write_json)
 from teachers.zoo import sha256_file
 
 try:
@@ -327,11 +327,7 @@ def _remove_orphans(run_dir: Path) -> None:
     """Delete the temporary folders of stages left by killed runs (their process is gone; never trusted anyway), and
     their scratch folders in the system's temporary folder."""
     remove_dead_scratch()
-    for pattern in (".*.tmp-*", ".*.old-*"):
-        for tmp in run_dir.glob(pattern):
-            pid = tmp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not alive(int(pid)):
-                shutil.rmtree(tmp, ignore_errors=True)
+    remove_dead(run_dir, ".*", r"\..+\.(?:tmp|old)-(\d+)")
 
 
 def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:

