@@ -47,8 +47,9 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
     """The model in ORT format (flatbuffer, loadable by ORT mobile and minimal builds): ORT bakes its graph
     optimisations into the file and does not redo them at load. Basic ones (constant folding, no hardware-specific
     fusion), except for a static int8 (QDQ) model: at the basic level its QuantizeLinear/DequantizeLinear pairs stay
-    unfused, and the .ort then dequantized every weight, the embedding table included, on every run (15.2 vs 1.06 ms a
-    sentence for the quickstart's static model); the extended level fuses them into the int8 kernels the .onnx ran."""
+    unfused, and the .ort then dequantized every weight, the embedding table included, on every run (15.9 ms a run
+    against the .onnx's 0.97 for a quickstart static model); the extended level fuses them into the int8 kernels the
+    .onnx runs (1.05 ms, same logits: scripts/ort_format_speed.py)."""
     import onnx
     import onnxruntime as ort
 
