@@ -475,8 +475,8 @@ class PruneConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Static int8: how activation ranges are measured (task training rows, one per run; unpadded for minmax,
-    padded to the longest row for the histogram methods)."""
+    """Static int8: how activation ranges are measured (task training rows, one unpadded row per run, ranges and
+    histograms merged row by row: memory does not grow with ``samples``)."""
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     """minmax: observed min/max; entropy: KL-optimal clipping; percentile: clip at ``percentile`` of |x|."""

@@ -20,7 +20,9 @@ Writes ``model.onnx`` (fp32), ``model_opt.onnx`` (fused fp32), ``int8_<mode>.onn
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import io
 import logging
 import math
 import os
@@ -139,23 +141,25 @@ def row_int8_tables(src: Path, dst: Path, nodes: list[str]) -> list[str]:
 
 
 class RowsReader:
-    """Calibration rows for onnxruntime: one tokenized row per run, as int64 feeds; unpadded, or right-padded (mask 0)
-    to ``pad_to`` tokens (ORT's histogram calibrators, entropy and percentile, stack outputs of one shape)."""
+    """Calibration rows for onnxruntime: one tokenized row per run, unpadded, as int64 feeds. ``set_range`` lets ORT
+    collect one row at a time (``CalibStridedMinMax``: ranges and histograms are merged row by row, so memory does
+    not grow with ``calibration.samples`` and rows of different lengths are never padded into the histograms)."""
 
-    def __init__(self, ds, names: list[str], pad_to: Optional[int] = None):
-        self.ds, self.names, self.pad_to, self.i = ds, names, pad_to, 0
+    def __init__(self, ds, names: list[str]):
+        self.ds, self.names, self.i, self.end = ds, names, 0, len(ds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.ds))
 
     def get_next(self) -> Optional[dict]:
-        if self.i >= len(self.ds):
+        if self.i >= self.end:
             return None
         row = self.ds[self.i]
         self.i += 1
-        n = len(row["input_ids"])
-        pad = (self.pad_to or n) - n
-        ids = np.asarray([row["input_ids"] + [0] * pad], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.asarray([[1] * n + [0] * pad], dtype=np.int64)}
+        ids = np.asarray([row["input_ids"]], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in row:
-            feeds["token_type_ids"] = np.asarray([row["token_type_ids"] + [0] * pad], dtype=np.int64)
+            feeds["token_type_ids"] = np.asarray([row["token_type_ids"]], dtype=np.int64)
         return {k: feeds.get(k, np.zeros_like(ids)) for k in self.names}
 
     def __len__(self) -> int:
@@ -196,21 +200,19 @@ class StaticQuantizer:
                   "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
         cache = self.workdir / f"calibration-{cfg.calibration.method}.json"
         names = [i.name for i in session(self.src).get_inputs()] if self._cache is None else []
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile}
-        quantize_static(
-            str(self.src), str(dst), self._reader(names) if self._cache is None else None,
-            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
-            activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
-            nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
-            extra_options=extra, calibration_cache_path=str(cache))
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibPercentile": cfg.calibration.percentile,
+                 "CalibStridedMinMax": 1}  # despite its name, every method: collect (and merge) one row at a time
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints a line per collect call
+            quantize_static(
+                str(self.src), str(dst), RowsReader(self.calib_rows, names) if self._cache is None else None,
+                quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
+                activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
+                nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
+                extra_options=extra, calibration_cache_path=str(cache))
         self._cache = cache
         return dst
-
-    def _reader(self, names: list[str]) -> RowsReader:
-        longest = max(len(ids) for ids in self.calib_rows["input_ids"])
-        return RowsReader(self.calib_rows, names, None if self.cfg.calibration.method == "minmax" else longest)
 
 
 def preprocess_for_static(src: Path, dst: Path) -> Path:
