@@ -60,9 +60,22 @@ def cmd_validate(args) -> int:
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
     stages = [s.name for s in plan(recipe)]
-    print(f"{args.recipe}: ok; stages: {', '.join(stages)}")
+    rows = _check_data(recipe)
+    print(f"{args.recipe}: ok; stages: {', '.join(stages)}" + (f"; data rows: {rows}" if rows else ""))
     _warn_not_runnable(recipe, stages)
     return 0
+
+
+def _check_data(recipe) -> str:
+    """Read every local data file the task has (missing ones are warned of later) with the run's own row checks, so
+    that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N"."""
+    from compress.rows import read_split
+    from compress.tasks import split_paths, task_spec
+
+    spec = task_spec(recipe.task)
+    counts = [f"{split} {len(read_split(recipe.task, split, spec)['text'])}"
+              for split, path in split_paths(recipe.task).items() if path.is_file()]
+    return ", ".join(counts)
 
 
 def _warn_not_runnable(recipe, stages) -> None:

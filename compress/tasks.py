@@ -110,7 +110,7 @@ def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:
     return root / spec.folder if spec.folder else Path(".")
 
 
-def _split_paths(cfg: TaskConfig) -> dict[str, Path]:
+def split_paths(cfg: TaskConfig) -> dict[str, Path]:
     """Split name -> the local file it is read from; empty for hub datasets."""
     if cfg.hub_dataset:
         return {}
@@ -121,10 +121,10 @@ def _split_paths(cfg: TaskConfig) -> dict[str, Path]:
 
 def data_files(cfg: TaskConfig) -> list[Path]:
     """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
-    return [path for path in _split_paths(cfg).values() if path.is_file()]
+    return [path for path in split_paths(cfg).values() if path.is_file()]
 
 
 def missing_files(cfg: TaskConfig) -> list[Path]:
     """The files a run will read (train, dev, and test where the task has one) that are not there."""
-    paths = _split_paths(cfg)
+    paths = split_paths(cfg)
     return [paths[s] for s in ("train", "dev", "test") if s in paths and not paths[s].is_file()]

@@ -190,6 +190,23 @@ def test_validate_warns_of_missing_data_files_without_failing(tmp_path, monkeypa
     assert main(["validate", str(recipe)]) == 0 and capsys.readouterr().err == ""
 
 
+def test_validate_reads_the_data_files_with_the_runs_row_checks(tmp_path, capsys):
+    """A bad row in a custom task's file failed only once the run loaded it; `compress validate` now reads every
+    local data file with the same checks (standard library only: no torch) and counts the rows."""
+    from compress.cli import main
+
+    (tmp_path / "a.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tneg\n", encoding="utf-8")
+    (tmp_path / "b.tsv").write_text("text\tlabel\nfine\tpos\nhmm\tmaybe\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(CUSTOM.replace("name: mine,", f"name: mine, data_dir: {tmp_path},") % "", encoding="utf-8")
+    assert main(["validate", str(recipe)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'b.tsv'}:3: column 'label': label 'maybe' is not "
+                                               f"one of ['neg', 'pos']")
+    (tmp_path / "b.tsv").write_text("text\tlabel\nfine\tpos\nhmm\tneg\nok\tpos\n", encoding="utf-8")
+    assert main(["validate", str(recipe)]) == 0
+    assert capsys.readouterr().out.strip().endswith("; data rows: train 2, dev 3")
+
+
 CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, pos]%s}\nteacher: {}\n"
 
 
