@@ -17,6 +17,7 @@ and after) and ``metrics.json``.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -115,13 +116,24 @@ def calibration_batches(train, collator: Collator, cfg: PruneConfig, seed: int, 
 
 def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collator: Collator, spec: TaskSpec,
                         logits: Optional[torch.Tensor], seed: int, seq_len: int, group_by_length: bool = True,
-                        checkpoint_root: Optional[Path] = None, calibration=None) -> list[dict]:
-    """Run the iterative schedule on ``model`` in place. ``train`` must carry an ``index`` column (row -> teacher
-    logit). ``calibration``: the labelled rows Taylor importance is scored on (default ``train``; not a transfer
-    set, whose copies have no label of their own). Returns one record per step: sizes, dev metrics right after the
-    cut and after recovery."""
-    history = []
-    for step in range(cfg.steps):
+                        checkpoint_root: Optional[Path] = None, tokenizer=None, calibration=None):
+    """Run the iterative schedule on ``model``. ``train`` must carry an ``index`` column (row -> teacher logit).
+    ``calibration``: the labelled rows Taylor importance is scored on (default ``train``; not a transfer set, whose
+    copies have no label of their own). Returns (the pruned model, one record per step: sizes, dev metrics right after
+    the cut and after recovery).
+
+    With ``checkpoint_root`` (and ``tokenizer``), each recovered step but the last is saved there
+    (``done-step-K/``): a rerun after a crash or kill -9 starts after the newest one instead of retraining it. Every
+    step is seeded on its own (calibration draw, recovery seed), so a resumed run ends where an uninterrupted one does."""
+    history, start = [], 0
+    done = _finished_step(checkpoint_root, cfg.steps) if cfg.recover is not None and logits is not None else None
+    if done is not None:
+        start, folder = done
+        model = P.load_pruned(folder)[0]
+        history = read_json(folder / "history.json")["steps"]
+        log.info("prune: steps 1-%d already done (%s), resuming at step %d", start, folder, start + 1)
+        print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")
+    for step in range(start, cfg.steps):
         fraction = (step + 1) / cfg.steps
         batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
                    if cfg.importance == "taylor" else None)
@@ -143,7 +155,35 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
             record["dev_recovered"] = evaluate(model, dev, collator, spec)
         log.info("prune step %d: %s", step + 1, record)
         history.append(record)
-    return history
+        if (checkpoint_root is not None and tokenizer is not None and cfg.recover is not None and logits is not None
+                and step + 1 < cfg.steps):
+            _save_finished_step(model, tokenizer, history, checkpoint_root / f"done-step-{step + 1}")
+    return model, history
+
+
+def _save_finished_step(model, tokenizer, history: list[dict], folder: Path) -> None:
+    """The model after a step's recovery and the records so far; written aside and renamed (never half-written)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    P.save_pruned(model, tokenizer, tmp)
+    write_json(tmp / "history.json", {"steps": history})
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for older in folder.parent.glob("done-step-*"):  # only the newest is ever resumed from
+        if older != folder and not older.name.endswith(".tmp"):
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def _finished_step(checkpoint_root: Optional[Path], steps: int) -> Optional[tuple[int, Path]]:
+    """(K, folder) of the newest finished step K < ``steps`` saved under ``checkpoint_root``, if any."""
+    if checkpoint_root is None or not Path(checkpoint_root).is_dir():
+        return None
+    found = []
+    for folder in Path(checkpoint_root).glob("done-step-*"):
+        number = folder.name[len("done-step-"):]
+        if number.isdigit() and 0 < int(number) < steps and (folder / "history.json").is_file():
+            found.append((int(number), folder))
+    return max(found) if found else None
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -218,10 +258,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     params_before, macs_before = count_params(model), P.model_macs(model, ml)
     dev_before = evaluate(model, dev, collator, spec)
     try:
-        history = prune_with_recovery(model, cfg, train=train, holdout=holdout, dev=dev, collator=collator, spec=spec,
-                                      logits=logits, seed=seed, seq_len=ml, group_by_length=recipe.task.group_by_length,
-                                      checkpoint_root=recipe.run_dir / ".checkpoints" / "prune",
-                                      calibration=calibration)
+        model, history = prune_with_recovery(
+            model, cfg, train=train, holdout=holdout, dev=dev, collator=collator, spec=spec, logits=logits, seed=seed,
+            seq_len=ml, group_by_length=recipe.task.group_by_length,
+            checkpoint_root=recipe.run_dir / ".checkpoints" / "prune", tokenizer=tokenizer, calibration=calibration)
     except CompressError as e:
         raise CompressError(f"{recipe.path}: {e}") from None
 

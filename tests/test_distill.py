@@ -209,6 +209,45 @@ def test_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert_dir, tmp_path):
     assert not ck.parent.exists()  # finished: checkpoints removed
 
 
+def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny_bert_dir, tmp_path, monkeypatch):
+    """Two students; the stage is stopped (Ctrl-C here; a crash or kill -9 leaves the same) while the second trains.
+    The rerun restores the finished first student instead of training it again and ends as an uninterrupted run."""
+    import compress.distill.stage as DS
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    def recipe(runs):
+        path = _recipe(tmp_path, tiny_bert_dir, tmp_path / runs)
+        r = yaml.safe_load(path.read_text())
+        first = r["students"][0]
+        r["students"] = [{**first, "train": {**first["train"], "epochs": 1, "checkpoint_every": None}},
+                         {**first, "name": "t", "layers": 1, "train": {**first["train"], "checkpoint_every": None}}]
+        path.write_text(yaml.safe_dump(r))
+        return load_recipe(path)
+
+    clean = run_pipeline(recipe("clean"), until="distill")["distill"]
+    calls, real = [], DS.distill
+
+    def distill(teacher, tok, student, spec, *args, **kwargs):
+        calls.append(spec.name)
+        if calls == ["s", "t"]:
+            raise KeyboardInterrupt
+        return real(teacher, tok, student, spec, *args, **kwargs)
+
+    monkeypatch.setattr(DS, "distill", distill)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(recipe("cut"), until="distill")
+    assert (tmp_path / "cut" / "resume" / ".checkpoints" / "distill" / "s.done" / "done.json").is_file()
+    resumed = run_pipeline(recipe("cut"), until="distill")["distill"]
+    assert calls == ["s", "t", "t"]  # the first student was not trained again
+    assert resumed["metrics"] == clean["metrics"] and resumed["params"] == clean["params"]
+    for name in ("s", "t"):
+        w_r = load_file(tmp_path / "cut" / "resume" / "distill" / name / "model" / "model.safetensors")
+        w_c = load_file(tmp_path / "clean" / "resume" / "distill" / name / "model" / "model.safetensors")
+        assert max(float((w_r[k] - w_c[k]).abs().max()) for k in w_c) < 1e-6, name
+    assert not (tmp_path / "cut" / "resume" / ".checkpoints").exists()
+
+
 def test_ddp_two_cpu_processes_match_one_process_at_twice_the_batch(tmp_path):
     """torchrun, 2 CPU processes (gloo), 4 rows each, vs 1 process with 8 rows: the same 4 optimizer steps."""
     worker = ROOT / "tests" / "distill_ddp_worker.py"

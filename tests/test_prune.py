@@ -249,6 +249,54 @@ prune:
     assert P.provenance(model).to_dict() == record
 
 
+def test_prune_stage_interrupted_in_step_2_resumes_after_step_1(tiny_bert_dir, tmp_path, monkeypatch):
+    """A run stopped (Ctrl-C, crash, kill -9) during the second step's recovery retrained the first step too; it
+    now starts after the newest finished step and ends where an uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    import compress.prune_stage as PS
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    def recipe(runs):
+        path = tmp_path / f"{runs}.yaml"
+        path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / runs}
+task: {{name: sst2, max_length: 32, max_train_samples: 160, max_eval_samples: 64, holdout: 0.1}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 3, lr: 1.0e-3, batch_size: 32}}
+prune: {{heads: 0.5, ffn: 0.5, steps: 2, calibration_batches: 2, calibration_batch_size: 16,
+         recover: {{max_steps: 4, batch_size: 32, lr: 1.0e-3, teacher: teacher}}}}
+""")
+        return load_recipe(path)
+
+    clean = run_pipeline(recipe("clean"))["prune"]
+    calls = []
+    real_fit = PS.fit
+
+    def fit(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        if kwargs["desc"].startswith("prune step 2/2") and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(PS, "fit", fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(recipe("cut"))
+    assert (tmp_path / "cut" / "tiny" / ".checkpoints" / "prune" / "done-step-1" / "history.json").is_file()
+    resumed = run_pipeline(recipe("cut"))["prune"]
+    assert calls == ["prune step 1/2 recovery", "prune step 2/2 recovery", "prune step 2/2 recovery"]
+    def untimed(steps):
+        return [{**s, "recovery": {k: v for k, v in s["recovery"].items() if k != "train_s"}} for s in steps]
+
+    assert resumed["metrics"] == clean["metrics"]
+    assert untimed(resumed["pruning"]["steps"]) == untimed(clean["pruning"]["steps"])
+    a = load_file(tmp_path / "cut" / "tiny" / "prune" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "clean" / "tiny" / "prune" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert not (tmp_path / "cut" / "tiny" / ".checkpoints").exists()  # finished: nothing left to resume
+
+
 def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path):
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline

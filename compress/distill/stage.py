@@ -267,6 +267,32 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> O
 TRANSFER = "transfer"
 
 
+def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int, folder: Path) -> None:
+    """A copy of one finished student's output (model, metrics, its transfer set) beside the stage's checkpoints,
+    written aside and renamed; the pipeline drops it with the other checkpoints once the stage is done, or when the
+    config or inputs change (the folder carries the stage's fingerprint)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out / name, tmp / "student")
+    if transfer:
+        shutil.copytree(out / transfer, tmp / "transfer")
+    write_json(tmp / "done.json", {"params": n_params, "transfer_set": transfer})
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict, int]]:
+    """Put a student saved by `_save_finished` back into ``out``; (its summary, its parameter count), or None."""
+    if not (folder / "done.json").is_file() or not (folder / "student" / "metrics.json").is_file():
+        return None
+    done = read_json(folder / "done.json")
+    shutil.copytree(folder / "student", out / name)
+    if done.get("transfer_set") and not (out / done["transfer_set"]).is_dir():
+        shutil.copytree(folder / "transfer", out / done["transfer_set"])
+    log.info("%s: restored from %s", name, folder)
+    return read_json(out / name / "metrics.json"), int(done["params"])
+
+
 def transfer_folder(augment: AugmentConfig) -> str:
     """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
     (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default)."""
@@ -318,8 +344,14 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     if previous is not None:  # this stage reruns (a student changed), the teacher and its rows did not
         logit_cache["train"] = previous
         log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
+    finished_root = recipe.run_dir / ".checkpoints" / "distill"
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
+        restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
+        if restored is not None:  # finished before a crash or kill -9 of this stage: not trained again
+            summary[spec.name], params[spec.name] = restored
+            print(f"[distill] {spec.name}: finished before the interruption, not trained again")
+            continue
         seed = spec.train.seed if spec.train.seed is not None else recipe.seed
         set_seed(seed)  # a new head's (and projection's) init follows the student's seed, not what ran before it
         try:
@@ -360,6 +392,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         write_json(out / spec.name / "metrics.json", {"metrics": metrics, **info})
         summary[spec.name] = {"metrics": metrics, **info}
         params[spec.name] = count_params(res.model)
+        if i + 1 < len(recipe.students):  # a later student's crash must not cost this one's training again
+            _save_finished(out, spec.name, transfer, params[spec.name], finished_root / f"{spec.name}.done")
         print(f"[distill] {spec.name}: dev {main_metric}={metrics['dev'][main_metric]:.4f} "
               f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
               f"{params[spec.name] / 1e6:.1f}M params")
