@@ -9,7 +9,9 @@ for a path (``./x``, ``/x/y``, ``a/b/c``: not a repo id) that does not exist.
 
 The hub counts as reachable when a TCP connection to its endpoint (``HF_ENDPOINT``) opens within 3 s. Behind a proxy
 (``HTTPS_PROXY``/``ALL_PROXY``) that probe says nothing, so the hub is assumed reachable, as before.
-``HF_HUB_OFFLINE=1`` means unreachable.
+``HF_HUB_OFFLINE=1`` means unreachable. When it is reachable, each hub id is looked up (``model_info``, 3 s): one the
+hub says does not exist (misspelt, or private without a login) stops the run at once, naming the field, instead of
+after the stages before the one that loads it; any other answer (a proxy's page, a timeout) leaves it to the download.
 """
 
 from __future__ import annotations
@@ -78,7 +80,14 @@ def check(name: str, where: str) -> None:
     cache."""
     if is_missing_folder(name):
         raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
-    if not is_hub_id(name) or reachable() or cached(name):
+    if not is_hub_id(name):
+        return
+    if reachable():
+        if _not_on_hub(name):
+            raise CompressError(f"{where}: {name!r}: the hub has no such model (misspelt? a private or gated one needs "
+                                f"`hf auth login` or HF_TOKEN)")
+        return
+    if cached(name):
         return
     from huggingface_hub import constants
 
@@ -87,6 +96,21 @@ def check(name: str, where: str) -> None:
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
                         f"cannot be reached and it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); use a "
                         f"zoo model ({', '.join(ZOO)}) or a local folder, or run once online")
+
+
+@functools.lru_cache(maxsize=None)
+def _not_on_hub(repo_id: str) -> bool:
+    """Whether the hub answers that ``repo_id`` does not exist (for this user). False for any other outcome."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=PROBE_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        return True
+    except Exception:  # a proxy's answer, a timeout, a rate limit: the download will say what it is
+        return False
+    return False
 
 
 def load_kwargs(name: str) -> dict:

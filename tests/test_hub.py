@@ -43,10 +43,51 @@ def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_
                                             r"cannot be reached and it is not in the Hugging Face cache"):
         run_pipeline(recipe)
     assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
-    # reachable: the check stands aside (the download itself reports a missing repo)
+    # reachable but no answer about the repo (here: no network at all): the check stands aside, the download reports
     monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
     hub.check("org/not-cached-anywhere", "x")
     assert hub.load_kwargs("org/not-cached-anywhere") == {}
+
+
+def test_a_reachable_hub_that_has_no_such_model_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir,
+                                                                                         monkeypatch):
+    """A misspelt hub id in a student's init, hub online: it failed only when the distill stage loaded it, after the
+    teacher had trained. The hub is now asked first (a local stand-in answering as the hub does)."""
+    import http.server
+    import json
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            known = self.path.split("?")[0] == "/api/models/org/real"
+            body = json.dumps({"id": "org/real", "sha": "0" * 40} if known else {"error": "Repository not found"})
+            self.send_response(200 if known else 404)
+            self.send_header("Content-Type", "application/json")
+            if not known:
+                self.send_header("X-Error-Code", "RepoNotFound")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(hub, "reachable", lambda: True)
+        hub._not_on_hub.cache_clear()
+        hub.check("org/real", "x")  # exists: nothing to say
+        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
+                                     extra="students:\n  - {name: s, kind: narrow, init: org/reall}\n"))
+        with pytest.raises(CompressError, match=r"^.*tiny\.yaml: students\[0\]\.init: 'org/reall': the hub has no "
+                                                r"such model \(misspelt\?"):
+            run_pipeline(recipe)
+        assert not (recipe.run_dir / "teacher").exists()
+    finally:
+        server.shutdown()
+        hub._not_on_hub.cache_clear()
 
 
 def _fake_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
