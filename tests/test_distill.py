@@ -222,6 +222,8 @@ def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny
         first = r["students"][0]
         r["students"] = [{**first, "train": {**first["train"], "epochs": 1, "checkpoint_every": None}},
                          {**first, "name": "t", "layers": 1, "train": {**first["train"], "checkpoint_every": None}}]
+        for student in r["students"]:  # logit KD only: the teacher's logits are computed once, for both students
+            student["distill"] = {}
         path.write_text(yaml.safe_dump(r))
         return load_recipe(path)
 
@@ -241,6 +243,9 @@ def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny
     resumed = run_pipeline(recipe("cut"), until="distill")["distill"]
     assert calls == ["s", "t", "t"]  # the first student was not trained again
     assert resumed["metrics"] == clean["metrics"] and resumed["params"] == clean["params"]
+    assert resumed["teacher_logits"] == clean["teacher_logits"] == "computed"  # kept for prune, also after the stop
+    # the teacher labelled the rows for the first student only, also across the stop
+    assert resumed["timing"]["t"].get("teacher_cache_reused") is clean["timing"]["t"].get("teacher_cache_reused") is True
     for name in ("s", "t"):
         w_r = load_file(tmp_path / "cut" / "resume" / "distill" / name / "model" / "model.safetensors")
         w_c = load_file(tmp_path / "clean" / "resume" / "distill" / name / "model" / "model.safetensors")

@@ -345,6 +345,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         logit_cache["train"] = previous
         log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
     finished_root = recipe.run_dir / ".checkpoints" / "distill"
+    if "train" not in logit_cache:  # an interrupted run of this stage had computed them
+        interrupted = saved_teacher_logits(finished_root / "teacher-logits", data.train, ml, t_digest)
+        if interrupted is not None:
+            logit_cache["train"] = interrupted
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
@@ -394,6 +398,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         params[spec.name] = count_params(res.model)
         if i + 1 < len(recipe.students):  # a later student's crash must not cost this one's training again
             _save_finished(out, spec.name, transfer, params[spec.name], finished_root / f"{spec.name}.done")
+            if "train" in logit_cache and not (finished_root / "teacher-logits" / "teacher_logits.json").is_file():
+                (finished_root / "teacher-logits").mkdir(parents=True, exist_ok=True)
+                save_teacher_logits(finished_root / "teacher-logits", logit_cache["train"], data.train, ml, t_digest)
         print(f"[distill] {spec.name}: dev {main_metric}={metrics['dev'][main_metric]:.4f} "
               f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
               f"{params[spec.name] / 1e6:.1f}M params")
