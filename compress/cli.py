@@ -224,6 +224,11 @@ def cmd_search(args) -> int:
 
         folder, archive = bundle_best(recipe, summary)
         print(f"bundle: {folder}\narchive: {archive}")
+    elif args.bundle:
+        earlier = sorted(p.name for p in (folder / "bundle").glob("*") if p.is_dir()) if (folder / "bundle").is_dir() \
+            else []
+        print("no bundle made: nothing fits the budget" + (f"; {folder / 'bundle'} holds an earlier search's "
+                                                          f"({', '.join(earlier)})" if earlier else ""))
     return 0 if summary["best"] else 1
 
 

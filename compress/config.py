@@ -11,6 +11,7 @@ run offline.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -696,6 +697,11 @@ class SearchConfig:
             raise CompressError(f"{file}: {where}.keep_macs: fractions in (0, 1], got {self.keep_macs}")
         if not self.modes:
             raise CompressError(f"{file}: {where}.modes: give at least one of dynamic, static")
+        for key in ("depths", "keep_macs", "modes"):
+            values = getattr(self, key) or []
+            twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+            if twice is not None:
+                raise CompressError(f"{file}: {where}.{key}: {twice!r} is listed twice")
         if self.lr <= 0 or self.skip_margin < 1:
             raise CompressError(f"{file}: {where}: lr must be > 0 and skip_margin >= 1")
 
@@ -710,16 +716,24 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
             setattr(cfg, key, value)
     if cfg.budget_ms is None:
         raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (or search.budget_ms)")
-    if not cfg.budget_ms > 0:
-        raise CompressError(f"--budget-ms: must be > 0 ms, got {cfg.budget_ms:g}")
-    if cfg.time_limit_min < 0:
-        raise CompressError(f"--time-limit-min: must be >= 0, got {cfg.time_limit_min:g}")
+    if not (cfg.budget_ms > 0 and math.isfinite(cfg.budget_ms)):
+        raise CompressError(f"--budget-ms: must be a finite number > 0 ms, got {cfg.budget_ms:g}")
+    if not (cfg.time_limit_min >= 0 and math.isfinite(cfg.time_limit_min)):
+        raise CompressError(f"--time-limit-min: must be a finite number >= 0, got {cfg.time_limit_min:g}")
     if cfg.threads < 1:
         raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     if not (teacher_dir / "config.json").is_file():
         raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage teacher` "
                             f"first")
+    try:
+        depth = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    except (ValueError, KeyError, TypeError):
+        raise CompressError(f"{teacher_dir / 'config.json'}: not a model config (no num_hidden_layers); rerun the "
+                            f"teacher stage") from None
+    deeper = [d for d in (cfg.depths or []) if d > depth]
+    if deeper:
+        raise CompressError(f"{recipe.path}: search.depths: {deeper[0]} layers, but the teacher has {depth}")
     return cfg
 
 

@@ -9,17 +9,20 @@ Each depth's layer-drop student is distilled briefly (``train_steps``): logit KD
 slice of training rows (computed once, cached) plus 0.5 x cross-entropy, the prune stage's recovery objective,
 through `compress.train.fit`. Every model of that depth starts from it, is pruned (or not) and trains
 ``recover_steps`` more with the same objective: pruned and unpruned candidates get the same training budget (the
-teacher itself is a candidate as it is). Each int8 model is scored on all of dev and timed with the bench's loop
-(`compress.bench.measure`: batch 1, real dev sentences one at a time, one pass with the teacher's ONNX fp32 model
-as the in-pass reference, the bench's default order).
+teacher itself is a candidate as it is). Each int8 model is scored on the held-out training rows (``task.holdout``)
+and on all of dev, one text at a time, and timed with the bench's loop in a fresh process
+(`compress.bench.measure_in_fresh_process`: batch 1, real dev sentences one at a time, one pass with the teacher's
+ONNX fp32 model as the in-pass reference, the bench's default order). The best within the budget is picked on the
+held-out rows, so its dev figure is not one it was selected on (a task with ``holdout: 0`` picks on dev, and says so).
 
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
 by ``skip_margin``, or when a measured candidate of the same mode that is no larger was already over budget.
 
-Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically)
-and every trained model one folder under ``models/``; a rerun with the same settings reuses them (the budget and the
-time limit are not part of the settings, so a new budget re-selects without re-measuring). Bounded: no new model
+Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
+with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
+reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
+re-measuring; other timing threads, timed rows or calibration rows re-measure without retraining). Bounded: no new model
 starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
 ``pareto.png`` (the report's plot).
 """
@@ -59,7 +62,7 @@ class ModelSpec:
 
     @property
     def id(self) -> str:
-        return f"L{self.depth}" + ("" if self.keep >= 1.0 else f"-k{round(self.keep * 100)}")
+        return f"L{self.depth}" + ("" if self.keep >= 1.0 else f"-k{self.keep * 100:g}")  # 0.504 -> k50.4
 
     @property
     def macs_fraction(self) -> float:
@@ -81,9 +84,10 @@ def candidates(cfg: SearchConfig, teacher_depth: int) -> list[ModelSpec]:
 
 
 def pick(results: list[dict], budget_ms: float) -> Optional[dict]:
-    """The most accurate measured candidate with p50 <= budget (ties: the faster)."""
+    """The most accurate measured candidate with p50 <= budget (ties: the faster), by its score on the held-out
+    training rows (``select_metric``; dev where the task holds nothing out): dev stays a figure nothing was picked on."""
     fits = [r for r in results if r["latency"]["p50_ms"] <= budget_ms]
-    return max(fits, key=lambda r: (r["metric"], -r["latency"]["p50_ms"])) if fits else None
+    return max(fits, key=lambda r: (r.get("select_metric", r["metric"]), -r["latency"]["p50_ms"])) if fits else None
 
 
 def front(results: list[dict]) -> list[dict]:
@@ -124,9 +128,15 @@ class Context:
     spec: object  # TaskSpec
     train: object  # tokenized, with an ``index`` column
     dev: object
+    holdout: object
+    """Held-out training rows (the candidates are picked on them); empty when the task holds nothing out."""
     calib: object
     collator: object
     settings: str
+    """Fingerprint of everything a candidate's record depends on (training and measuring)."""
+    train_settings: str
+    """Fingerprint of what the trained models, the teacher's logits and the reference export depend on (not the
+    timing threads, timed rows or calibration rows: changing those re-measures without retraining)."""
     _logits: Optional[torch.Tensor] = None
 
     def teacher_logits(self) -> torch.Tensor:
@@ -134,7 +144,7 @@ class Context:
         if self._logits is None:
             path = self.out / "teacher_logits.npy"
             stamp = self.out / "teacher_logits.json"
-            if path.is_file() and stamp.is_file() and read_json(stamp).get("settings") == self.settings:
+            if path.is_file() and stamp.is_file() and read_json(stamp).get("settings") == self.train_settings:
                 self._logits = torch.from_numpy(np.load(path)).float()
             else:
                 from compress.prune_stage import logits_of
@@ -143,7 +153,7 @@ class Context:
                 tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
                 np.save(tmp, self._logits.numpy())
                 os.replace(tmp, path)
-                write_json(stamp, {"settings": self.settings, "rows": len(self.train)})
+                write_json(stamp, {"settings": self.train_settings, "rows": len(self.train)})
         return self._logits
 
 
@@ -154,27 +164,27 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     teacher_dir = recipe.run_dir / "teacher" / "model"  # there: checked by search_settings
     teacher, tokenizer = load_trained(teacher_dir)
     teacher.eval()
-    seed = recipe.teacher.seed if recipe.teacher.seed is not None else recipe.seed  # the teacher's split
-    data = load_task(recipe.task, seed=seed)
+    data = load_task(recipe.task, seed=recipe.seed)  # the split of every stage, the teacher's included
     ml = recipe.task.max_length
     rows = min(len(data.train), max(cfg.train_steps, cfg.recover_steps) * cfg.batch_size)
     train = tokenize(data.train.select(range(rows)), tokenizer, ml)
     train = train.add_column("index", list(range(len(train))))
     calib = tokenize(data.train.select(range(min(cfg.calibration_samples, len(data.train)))), tokenizer, ml)
-    dev = tokenize(data.dev, tokenizer, ml)
+    dev, holdout = tokenize(data.dev, tokenizer, ml), tokenize(data.holdout, tokenizer, ml)
     manifest = recipe.run_dir / "teacher" / "manifest.json"
     teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else None
-    settings = fingerprint({"search": {k: v for k, v in asdict(cfg).items()
-                                       if k not in ("budget_ms", "time_limit_min", "skip_margin", "depths",
-                                                    "keep_macs", "modes")},
-                            "task": recipe.section("task"), "seed": seed, "teacher": teacher_id})
+    training = ("train_steps", "recover_steps", "batch_size", "lr")
+    train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": recipe.section("task"),
+                                  "seed": recipe.seed, "teacher": teacher_id})
+    settings = fingerprint({"train": train_settings, "measure": {k: getattr(cfg, k) for k in
+                                                                 ("threads", "calibration_samples", "dev_rows")}})
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "models"):  # work files of a killed search (.quantize-<id>-<pid>, .<m>.tmp-<pid>...)
-        remove_dead(folder, ".*", r"\..*-(\d+)(?:\.npy)?")
-    return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, calib,
-                   Collator({"": tokenizer}, regression=data.spec.is_regression), settings)
+    for folder in (out, out / "models", out / "candidates", out / "int8"):  # work files of a killed search
+        remove_dead(folder, ".*", r"\..*-(\d+)(?:\.npy)?")  # (.quantize-<id>-<pid>, .<m>.tmp-<pid>, .<f>.tmp-<pid>)
+    return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
+                   Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings)
 
 
 # ------------------------------------------------------------------------------------------------ building models
@@ -204,7 +214,7 @@ def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, d
     from compress.modeling import load_trained
 
     info_path = folder / "search_model.json"
-    if info_path.is_file() and read_json(info_path).get("settings") == ctx.settings:
+    if info_path.is_file() and read_json(info_path).get("settings") == ctx.train_settings:
         return load_trained(folder)[0].eval(), {**read_json(info_path), "reused": True}
     return None
 
@@ -222,7 +232,7 @@ def base_student(ctx: Context, depth: int) -> Path:
         model, kept = layer_drop_student(ctx.teacher, depth)
         fit = _fit(ctx, model, ctx.cfg.train_steps, f"search L{depth} distill", ctx.recipe.seed)
         _save_atomic(model, ctx.tokenizer, folder, {"source": "layer_drop", "kept_layers": kept,
-                                                    "settings": ctx.settings, "train_steps": fit.steps,
+                                                    "settings": ctx.train_settings, "train_steps": fit.steps,
                                                     "train_s": round(time.perf_counter() - t0, 1)})
     return folder
 
@@ -254,7 +264,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
                 seq_len=ctx.recipe.task.max_length)
         info["source"] += f", pruned to {spec.keep:g} of its encoder MACs"
     fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
-    info.update(settings=ctx.settings, recover_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
+    info.update(settings=ctx.train_settings, recover_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
     _save_atomic(model, ctx.tokenizer, folder, info)
     return model.eval(), info
 
@@ -269,32 +279,37 @@ def reference(ctx: Context) -> dict:
     stamp = ctx.out / "teacher_fp32.json"
     recorded = read_json(stamp) if stamp.is_file() else {}
     path = ctx.out / recorded.get("file", "teacher_fp32.onnx")
-    if not (path.is_file() and recorded.get("settings") == ctx.settings):
+    if not (path.is_file() and recorded.get("settings") == ctx.train_settings):
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()
         rows = ctx.dev.select(range(min(64, len(ctx.dev))))
         path = fused_if_exact(export_onnx(ctx.teacher, ctx.out / "teacher_fp32.onnx"),
                               ctx.teacher.config.model_type, rows, ctx.collator)
-        write_json(stamp, {"settings": ctx.settings, "file": path.name})
+        write_json(stamp, {"settings": ctx.train_settings, "file": path.name})
     ref = {"kind": "onnx", "path": str(path)}
     lat = time_pass(ctx, {"teacher_fp32": ref})["teacher_fp32"]
     return {"path": str(path), **lat}
 
 
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
-    """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop and default order, dev sentences, batch 1)."""
-    from compress.bench import measure
+    """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop and default order, dev sentences, batch 1)
+    in a fresh process, as the bench stage times: this one has trained with torch, whose OpenMP threads would not
+    follow the protocol's wait policy."""
+    from compress.bench import measure_in_fresh_process
 
     bcfg = BenchConfig(threads=[ctx.cfg.threads], batch_sizes=[], seq_lengths=[], dev_rows=ctx.cfg.dev_rows)
-    results = measure(artifacts, ctx.dev, bcfg, {})
+    results = measure_in_fresh_process(artifacts, ctx.dev, bcfg, {}, peak=False)["results"]
     return {n: {k: rows[0][k] for k in ("p50_ms", "p90_ms", "runs")} for n, rows in results.items()}
 
 
 def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[str], ref_path: str) -> list[dict]:
     """Quantize ``model`` in ``modes``, score each int8 model on dev, time them with the reference; one result per
     mode (also written to candidates/<id>.json)."""
+    from compress.export import onnx_predict, session
+    from compress.metrics import compute_metrics
     from compress.modeling import count_params
     from compress.quantize import quantize_model
+    from teachers.zoo import sha256_file
 
     t0 = time.perf_counter()
     qcfg = QuantizeConfig(modes=list(modes), calibration=replace(QuantizeConfig().calibration,
@@ -322,9 +337,13 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     for mode, path in files.items():
         cid = f"{spec.id}-{mode}"
         m = record["int8"][mode]["metrics"]
-        result = {"id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
+        held = (compute_metrics(ctx.spec.metrics, onnx_predict(session(path), ctx.holdout, ctx.collator, SHIPPED_BATCH),
+                                np.asarray(ctx.holdout["label"])) if len(ctx.holdout) else None)
+        selection = {"select_on": "holdout", "select_metric": held[metric], "holdout_metrics": held} if held else \
+            {"select_on": "dev", "select_metric": m[metric]}
+        result = {**selection, "id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
                   "macs_fraction": round(spec.macs_fraction, 4), "params": params, "file": str(path),
-                  "size_bytes": path.stat().st_size, "metric_name": metric, "metric": m[metric], "metrics": m,
+                  "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "metric_name": metric, "metric": m[metric], "metrics": m,
                   "fp32_metrics": record["fp32"]["metrics"], "scored_batch": record["scored_batch"],
                   "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
@@ -337,6 +356,8 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
 
 
 def load_result(ctx: Context, cid: str) -> Optional[dict]:
+    from teachers.zoo import sha256_file
+
     path = ctx.out / "candidates" / f"{cid}.json"
     if not path.is_file():
         return None
@@ -346,8 +367,11 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
         return None
     # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
     # again: its batched score is not the shipped model's
-    fresh = result.get("settings") == ctx.settings and result.get("scored_batch") == SHIPPED_BATCH
-    return result if fresh and Path(result.get("file", "")).is_file() else None
+    fresh = (result.get("settings") == ctx.settings and result.get("scored_batch") == SHIPPED_BATCH
+             and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
+    path = Path(result.get("file", ""))
+    # the file must still be the one measured: a run with other settings, killed, may have overwritten it
+    return result if fresh and path.is_file() and sha256_file(path) == result.get("sha256") else None
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -416,9 +440,11 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     results = sorted(results, key=lambda r: r["latency"]["p50_ms"])
     best = pick(results, cfg.budget_ms)
     if best:
-        message = (f"best within {cfg.budget_ms:g} ms: {best['id']} ({best['metric_name']} {best['metric']:.4f}, "
-                   f"p50 {best['latency']['p50_ms']:.2f} ms, {best['speedup_vs_teacher_fp32']:.1f}x faster than the "
-                   f"teacher's ONNX fp32)")
+        on = ("picked on held-out training rows" if best.get("select_on") == "holdout"
+              else "picked on dev itself (the task holds no training rows out): an optimistic figure")
+        message = (f"best within {cfg.budget_ms:g} ms: {best['id']} (dev {best['metric_name']} {best['metric']:.4f}, "
+                   f"{on}; p50 {best['latency']['p50_ms']:.2f} ms, {best['speedup_vs_teacher_fp32']:.1f}x faster "
+                   f"than the teacher's ONNX fp32)")
     elif results:
         fastest = results[0]
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
@@ -426,6 +452,9 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     else:
         message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow"
                    + (f", {len(not_started)} not started: {stopped}" if not_started else "") + ")")
+    if stopped and results:  # the answer is of the candidates measured so far: say so first
+        message = (f"stopped early ({stopped}; {len(not_started)} candidate(s) not started: raise --time-limit-min "
+                   f"or rerun to go on) - so far, {message}")
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order), "
                        + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
@@ -465,6 +494,10 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
     return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"])
 
 
+def _held(r: dict) -> str:
+    return f"{r['select_metric']:.4f}" if r.get("select_on") == "holdout" else "- (none held out: dev)"
+
+
 def markdown(summary: dict, png: Optional[str]) -> str:
     on_front = set(summary["front"])
     lines = [f"# Latency-budget search: {summary['recipe']} ({summary['task']})", "",
@@ -479,13 +512,14 @@ def markdown(summary: dict, png: Optional[str]) -> str:
         lines += [f"![metric vs latency]({png})", ""]
     if summary["candidates"]:
         metric = summary["candidates"][0]["metric_name"]
-        lines += [f"| candidate | layers | MACs kept | int8 | params | {metric} (int8, dev) | p50 ms | p90 ms | "
-                  "speedup vs teacher fp32 | budget | Pareto |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
+        lines += [f"| candidate | layers | MACs kept | int8 | params | {metric} (int8, dev) | {metric} (held-out, "
+                  f"picked on) | p50 ms | p90 ms | speedup vs teacher fp32 | budget | Pareto |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in summary["candidates"]:
             mark = "**best**" if r["id"] == summary["best"] else (
                 "within" if r["latency"]["p50_ms"] <= summary["budget_ms"] else "over")
             lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
-                         f"{r['metric']:.4f} | {r['latency']['p50_ms']:.2f} | {r['latency']['p90_ms']:.2f} | "
+                         f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f} | {r['latency']['p90_ms']:.2f} | "
                          f"{r['speedup_vs_teacher_fp32']:.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
         lines.append("")
     if summary["skipped"]:
@@ -520,7 +554,10 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"]}
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": f"search candidate {best['id']}",
-              "file": best["file"], "pick": f"most accurate within {summary['budget_ms']:g} ms (compress search)"}
+              "file": best["file"], "pick": f"most accurate within {summary['budget_ms']:g} ms (compress search), "
+                                            + ("on held-out training rows; dev not used to pick"
+                                               if best.get("select_on") == "holdout" else
+                                               "on dev itself (no training rows held out): dev is optimistic")}
     return build(recipe.run_dir / "search" / "bundle", name, model=Path(best["file"]),
                  tokenizer=teacher_dir / "tokenizer.json", task=spec.name, labels=spec.labels,
                  text_pair=spec.text_pair is not None, max_length=recipe.task.max_length, metrics=metrics,

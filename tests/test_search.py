@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_space_order_pick_and_front():
     cfg = load_recipe_free_search()
     space = candidates(cfg, 6)
     assert [s.id for s in space][:3] == ["L1-k50", "L1", "L2-k50"]  # cheapest (fewest MACs) first
+    assert ModelSpec(1, 0.504, 6).id == "L1-k50.4" != ModelSpec(1, 0.5, 6).id  # ids never round two models together
     fr = [s.macs_fraction for s in space]
     assert fr == sorted(fr) and space[-1].is_teacher
     with pytest.raises(CompressError, match="search.depths: 7 layers"):
@@ -81,7 +83,10 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     assert summary["counts"] == {"measured": 4, "reused": 0, "skipped": 0, "not_started": 0}
     best = next(r for r in summary["candidates"] if r["id"] == summary["best"])
     assert best["latency"]["p50_ms"] <= 1000.0
-    assert best["metric"] == max(r["metric"] for r in summary["candidates"])
+    # picked on the held-out training rows, not on the dev figure it reports
+    assert all(r["select_on"] == "holdout" and set(r["holdout_metrics"]) == {"accuracy"} for r in summary["candidates"])
+    assert best["select_metric"] == max(r["select_metric"] for r in summary["candidates"])
+    assert "picked on held-out training rows" in summary["message"]
     for r in summary["candidates"]:
         assert 0.0 <= r["metric"] <= 1.0 and r["latency"]["p50_ms"] > 0 and Path(r["file"]).is_file()
     pruned = next(r for r in summary["candidates"] if r["id"] == "L3-k50-dynamic")
@@ -103,6 +108,7 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
     assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]
+    assert manifest["source"]["pick"].endswith("on held-out training rows; dev not used to pick")
     assert "allow_spinning=0" in manifest["latency"]["protocol"]  # the search's protocol line
     assert "idle threads spinning" in (folder / "README.md").read_text()
     from compress.bundle import predict
@@ -131,6 +137,18 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     assert third["counts"]["measured"] == 1 and third["counts"]["reused"] == 3
     assert json.loads(old.read_text())["scored_batch"] == 1
 
+    # an int8 file that is no longer the one its record measured (a killed search of other settings overwrote it)
+    # is measured again; the model behind it is not retrained
+    int8 = Path(json.loads((out / "candidates" / "L3-k50-dynamic.json").read_text())["file"])
+    int8.write_bytes(int8.read_bytes() + b"\0")
+    models = {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")}
+    fourth = run_search(recipe, budget_ms=1000.0)
+    assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
+    # other timing threads: every candidate is timed again, no model is trained again
+    fifth = run_search(recipe, budget_ms=1000.0, threads=2)
+    assert fifth["counts"]["measured"] == 4 and fifth["threads"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
+
 
 def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):
     recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2]))
@@ -141,6 +159,17 @@ def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, cap
                                          "started: time limit 0 min reached")
     assert not (recipe.run_dir / "search" / "pareto.png").exists()
     assert not list((recipe.run_dir / "search" / "candidates").glob("*.json"))
+    # stopped with some candidates measured (here: by an earlier search of depth 1 only): the answer is said to be
+    # of the candidates measured so far
+    import dataclasses
+
+    run_search(recipe, dataclasses.replace(recipe.search, depths=[1]), budget_ms=1000.0)
+    partial = run_search(recipe, budget_ms=1000.0, time_limit_min=0.0)
+    assert partial["counts"]["reused"] == 2 and partial["stopped"]
+    assert partial["message"].startswith("stopped early (time limit 0 min reached after") and \
+        "2 candidate(s) not started" in partial["message"] and "so far, best within 1000 ms" in partial["message"]
+    for folder in ("candidates", "models", "int8"):
+        shutil.rmtree(recipe.run_dir / "search" / folder)
     # a budget far below the teacher's fp32 latency / margin: every model is skipped without being built
     tiny = run_search(recipe, budget_ms=1e-4)
     assert tiny["counts"]["skipped"] == 4 and tiny["counts"]["measured"] == 0
@@ -158,11 +187,15 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
     assert len(err.splitlines()) == 1 and "no fine-tuned teacher" in err and "--stage teacher" in err
     assert main(["search", str(path), "--budget-ms", "-3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --budget-ms: must be > 0 ms, got -3"
+    assert err == "error: --budget-ms: must be a finite number > 0 ms, got -3"
+    for option, value in (("--budget-ms", "inf"), ("--budget-ms", "nan"), ("--time-limit-min", "nan")):
+        args = ["--budget-ms", "5"] if option != "--budget-ms" else []
+        assert main(["search", str(path), *args, option, value]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {option}: must be a finite number")
     assert main(["search", str(path)]) == 2  # no budget anywhere
     assert "no latency budget" in capsys.readouterr().err
     assert main(["search", str(path), "--budget-ms", "5", "--time-limit-min", "-1"]) == 2
-    assert "--time-limit-min: must be >= 0" in capsys.readouterr().err
+    assert "--time-limit-min: must be a finite number >= 0" in capsys.readouterr().err
     # said before torch is imported (seconds, not the ~40 s a loaded 2-core machine takes to import it)
     code = f"import sys; from compress.cli import main; rc = main(['search', {str(path)!r}]); " \
            "print(rc, 'torch' in sys.modules)"
@@ -172,3 +205,11 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
         load_recipe(path, {"search.budget_ms": -1})
     with pytest.raises(CompressError, match=r"search.keep_macs: fractions in \(0, 1\]"):
         load_recipe(path, {"search.keep_macs": [0]})
+    for key, value in (("modes", ["dynamic", "dynamic"]), ("keep_macs", [0.5, 0.5]), ("depths", [1, 1])):
+        with pytest.raises(CompressError, match=rf"tiny.yaml: search.{key}: .* is listed twice"):
+            load_recipe(path, {f"search.{key}": value})
+    # a depth the teacher does not have: named with the recipe, before torch loads and before any folder is made
+    deep = _recipe(tmp_path, glue_dir, tokenizer, depths=[2, 7])
+    assert main(["search", str(deep), "--budget-ms", "5"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {deep}: search.depths: 7 layers, but the teacher has 3"
+    assert not (tmp_path / "runs" / "tiny" / "search").exists()
