@@ -459,7 +459,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
 
     from compress.modeling import count_params, load_trained
 
-    out = Path(out)
+    # absolute paths in bench.json (a relative runs_dir made them relative to the working directory, which the report
+    # cannot tell from the paths of files this stage made, recorded relative to its own folder)
+    out, qdir, model_dir = Path(out).resolve(), Path(qdir).resolve(), str(Path(model_dir).resolve())
     over = [t for t in cfg.threads if t > (os.cpu_count() or t)]
     if over:
         log.warning("bench.threads %s: more than this machine's %s cores; those timings measure oversubscription",

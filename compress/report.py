@@ -337,15 +337,26 @@ def bench_record(run_dir: Path) -> dict:
     the quantize stage's files), and a run folder copied or moved since must not read, or fail on, the old place."""
     bench = _read(run_dir / "bench" / "bench.json") or {}
     arts = bench.get("artifacts") or {}
-    for art in arts.values():  # the files the bench stage made itself (the Optimum peer): relative to its folder;
-        for key in ("path", "file"):  # records before 2026-12-03 named its temporary folder (.bench.tmp-<pid>)
-            if art.get(key) and not Path(art[key]).is_absolute():
-                art[key] = str(Path(run_dir) / "bench" / art[key])
-            elif art.get(key):
-                art[key] = str(Path(*("bench" if re.fullmatch(r"\.bench\.tmp-\d+", p) else p
-                                       for p in Path(art[key]).parts)))
     old = bench.get("run_dir") or next((str(Path(a["path"]).parent.parent) for a in arts.values()
                                         if a.get("path") and Path(a["path"]).parent.name == "quantize"), None)
+    # records before 2026-12-03 (afternoon) of a run with a relative runs_dir hold paths relative to the working
+    # directory the bench ran in, run_dir included ("runs/quickstart/quantize/..."): under the run folder
+    cwd_relative = old is not None and not Path(old).is_absolute()
+    for art in arts.values():
+        for key in ("path", "file", "model_dir"):
+            value = art.get(key)
+            if not value:
+                continue
+            if not Path(value).is_absolute() and cwd_relative and Path(value).is_relative_to(old):
+                art[key] = str(Path(run_dir) / Path(value).relative_to(old))
+            elif not Path(value).is_absolute() and key != "model_dir":
+                # a file the bench stage made itself (the Optimum peer): relative to its folder
+                art[key] = str(Path(run_dir) / "bench" / value)
+            elif key != "model_dir":  # records before 2026-12-03 named the bench's temporary folder (.bench.tmp-<pid>)
+                art[key] = str(Path(*("bench" if re.fullmatch(r"\.bench\.tmp-\d+", p) else p
+                                       for p in Path(value).parts)))
+    if cwd_relative:
+        return bench
     if not old or Path(old).resolve() == Path(run_dir).resolve():
         return bench
 

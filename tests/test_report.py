@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 import re
 import shutil
 
@@ -341,6 +342,29 @@ def test_a_moved_run_folder_reads_its_own_files(tmp_path):
         rows = {r.name: r for r in collect(moved).rows}
         assert rows["teacher · onnx fp32 fused"].path == str(moved / "quantize" / "model_opt.onnx")
         assert bench_record(run)["artifacts"]["int8_dynamic"]["path"] == str(run / "quantize" / "int8_dynamic.onnx")
+
+
+def test_a_bench_record_of_a_relative_runs_dir_reads_its_files(tmp_path, monkeypatch):
+    """With the default relative runs_dir ("runs"), bench.json held paths relative to the working directory, which
+    the report took for files under the bench folder: every artifact was "gone since the bench stage" and none was
+    re-timed with the reference. The bench now records absolute paths; such older records are read right."""
+    from compress.report import bench_record
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(Path("runs"), "q", **_files(tmp_path),
+                   latency={"torch_fp32": {1: 30.0}, "onnx_fp32": {1: 20.0}, "int8_dynamic": {1: 8.0}})
+    record = json.loads((run / "bench" / "bench.json").read_text())
+    record["run_dir"] = "runs/q"
+    record["artifacts"]["int8_dynamic"]["path"] = "runs/q/quantize/int8_dynamic.onnx"
+    record["artifacts"]["torch_fp32"]["model_dir"] = "runs/q/prune/model"
+    record["artifacts"]["optimum_avx512_vnni"] = bench_artifact({1: 9.0}, {"accuracy": 0.88}, kind="onnx", peer=True,
+                                                                path="peers/model_quantized.onnx")
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    arts = bench_record(run)["artifacts"]
+    assert arts["int8_dynamic"]["path"] == str(run / "quantize" / "int8_dynamic.onnx")
+    assert arts["torch_fp32"]["model_dir"] == str(run / "prune" / "model")
+    assert arts["optimum_avx512_vnni"]["path"] == str(run / "bench" / "peers" / "model_quantized.onnx")
+    assert Path(arts["int8_dynamic"]["path"]).is_file()
 
 
 def test_report_warns_of_what_would_read_wrong():
