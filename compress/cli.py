@@ -50,7 +50,8 @@ def cmd_run(args) -> int:
         print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
         return 0
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
-    print(f"run folder: {recipe.run_dir}")
+    if _first_process():
+        print(f"run folder: {recipe.run_dir}")
     return 0
 
 
@@ -363,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_process() -> bool:
+    """Not one of the other processes of an `accelerate launch` / torchrun job (RANK is set there)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 class Terminated(BaseException):
     """SIGTERM (a scheduler, `kill`, `timeout`): unwinds like Ctrl-C, so temporary stage folders are removed."""
 
@@ -386,16 +394,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         rc = args.fn(args)
     except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if _first_process():  # under torchrun every process meets the same error: the main one says it
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # e.g. --out is a file
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar
+        if _first_process():
+            print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130
     except Terminated:
-        print("\nterminated", file=sys.stderr)
+        if _first_process():
+            print("\nterminated", file=sys.stderr)
         return 143
     finally:
         if previous is not None:

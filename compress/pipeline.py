@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ class Stage:
     sections: tuple[str, ...]  # recipe sections that configure it (all must be present for it to run)
     needs: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()  # optional upstream stages: inputs (and fingerprint) only when the recipe runs them
+    trains: bool = False
+    """Trains with `compress.train.fit` (data-parallel under ``accelerate launch``/torchrun: every process runs it);
+    a stage that does not runs on the main process alone, the others waiting for its published folder."""
     revision: int = 1
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
@@ -56,10 +60,11 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    Stage("teacher", "teachers.finetune:run", ("task", "teacher")),
-    Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",)),
+    Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True),
+    Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
-    Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",)),
+    Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
+          trains=True),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH)
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
@@ -137,7 +142,6 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     _check_force(force)
     run_dir = recipe.run_dir
     made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
     # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
     # into its own temporary folder and only the main process publishes its folder.
     # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
@@ -146,11 +150,28 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    state.wait_for_everyone()  # every process has seen whether the folder existed before any makes it
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with run_lock(run_dir, take=state.is_main_process):
+        with contextlib.ExitStack() as stack:
+            problem = None
+            if state.is_main_process:
+                try:
+                    stack.enter_context(run_lock(run_dir))
+                except CompressError as e:
+                    problem = str(e)
+            if state.num_processes > 1:  # every process stops on a held lock, not the main one alone
+                box = [problem]
+                torch.distributed.broadcast_object_list(box, src=0)
+                problem = box[0]
+            if problem:
+                raise CompressError(problem)
+            if not state.is_main_process:  # one copy of the run's output: the main process's
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             return _run_stages(recipe, run_dir, state, until, force)
     except BaseException:
-        if made and state.is_main_process and {p.name for p in run_dir.iterdir()} <= {".lock"}:
+        if made and state.is_main_process and {p.name for p in run_dir.iterdir()
+                                               if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
         raise
 
@@ -214,9 +235,14 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
                 raise CompressError(problem)
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
-        if state.is_main_process:
-            _claim_checkpoints(run_dir, stage.name, fp)
+        if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule
+            _claim_checkpoints(run_dir, stage.name, f"{fp} processes={state.num_processes}")
         state.wait_for_everyone()
+        if not stage.trains and not state.is_main_process:  # nothing data-parallel in it: the main process runs it
+            state.wait_for_everyone()
+            state.wait_for_everyone()
+            done[stage.name] = read_json(folder / "manifest.json")
+            continue
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -337,7 +363,7 @@ def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
     folder = run_dir / ".checkpoints" / stage
     stamp = folder / "FINGERPRINT"
     if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() == fp):
-        print(f"[{stage}] discarding the checkpoints of an earlier config or input ({folder})")
+        print(f"[{stage}] discarding the checkpoints of an earlier config, input or process count ({folder})")
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp + "\n")

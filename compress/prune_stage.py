@@ -35,7 +35,7 @@ from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict
 from compress.manifest import read_json, write_json
 from compress.modeling import count_params, load_trained, save
-from compress.train import fit, resolve_precision
+from compress.train import fit, main_process_writes, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
         history.append(record)
         if (checkpoint_root is not None and tokenizer is not None and cfg.recover is not None and logits is not None
                 and step + 1 < cfg.steps):
-            _save_finished_step(model, tokenizer, history, checkpoint_root / f"done-step-{step + 1}")
+            main_process_writes(lambda: _save_finished_step(model, tokenizer, history,
+                                                            checkpoint_root / f"done-step-{step + 1}"))
     return model, history
 
 

@@ -35,7 +35,7 @@ from compress.errors import CompressError
 from compress.evaluate import evaluate, predict
 from compress.manifest import fingerprint, hash_tree, read_json, write_json
 from compress.modeling import count_params, load_trained, save
-from compress.train import FitResult, fit, resolve_precision, set_seed
+from compress.train import FitResult, fit, main_process_writes, resolve_precision, set_seed
 from students import build_student
 from students.build import Student
 
@@ -193,8 +193,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                 if cache_key != "train":  # the original rows come first: their logits serve plain students too
                     logit_cache.setdefault("train", logits[:len(data.train)])
             if resume is not None and not cached and saved is None:  # a crash in training costs no new labelling
-                resume.mkdir(parents=True, exist_ok=True)
-                save_teacher_logits(resume, logits, rows, max_length, teacher_sha)
+                main_process_writes(lambda: (resume.mkdir(parents=True, exist_ok=True),
+                                             save_teacher_logits(resume, logits, rows, max_length, teacher_sha)))
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
@@ -209,10 +209,13 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                          desc=f"distill {spec.name}" + (f" ({name})" if name != "joint" else ""))
         timing["train_s"] += time.perf_counter() - t0
         if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
-            done_marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = done_marker.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp)
-            tmp.rename(done_marker)
+            def write_marker(marker=done_marker):
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                tmp = marker.with_suffix(".tmp")
+                save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp)
+                tmp.rename(marker)
+
+            main_process_writes(write_marker)
     if ckdir is not None:
         shutil.rmtree(ckdir, ignore_errors=True)
     _sum_over_processes(align)
@@ -267,10 +270,16 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> O
 TRANSFER = "transfer"
 
 
-def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int, folder: Path) -> None:
-    """A copy of one finished student's output (model, metrics, its transfer set) beside the stage's checkpoints,
-    written aside and renamed; the pipeline drops it with the other checkpoints once the stage is done, or when the
-    config or inputs change (the folder carries the stage's fingerprint)."""
+def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int, root: Path,
+                   train_logits: Optional[np.ndarray], train_rows, max_length: int, teacher: str) -> None:
+    """A copy of one finished student's output (model, metrics, its transfer set) beside the stage's checkpoints
+    (``root/<name>.done``), written aside and renamed, and the teacher's logits on the training rows when a student
+    computed them (``root/teacher-logits``); the pipeline drops them with the other checkpoints once the stage is done,
+    or when the config or inputs change (the folder carries the stage's fingerprint)."""
+    if train_logits is not None and not (root / "teacher-logits" / "teacher_logits.json").is_file():
+        (root / "teacher-logits").mkdir(parents=True, exist_ok=True)
+        save_teacher_logits(root / "teacher-logits", train_logits, train_rows, max_length, teacher)
+    folder = root / f"{name}.done"
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out / name, tmp / "student")
@@ -397,10 +406,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         summary[spec.name] = {"metrics": metrics, **info}
         params[spec.name] = count_params(res.model)
         if i + 1 < len(recipe.students):  # a later student's crash must not cost this one's training again
-            _save_finished(out, spec.name, transfer, params[spec.name], finished_root / f"{spec.name}.done")
-            if "train" in logit_cache and not (finished_root / "teacher-logits" / "teacher_logits.json").is_file():
-                (finished_root / "teacher-logits").mkdir(parents=True, exist_ok=True)
-                save_teacher_logits(finished_root / "teacher-logits", logit_cache["train"], data.train, ml, t_digest)
+            main_process_writes(lambda: _save_finished(out, spec.name, transfer, params[spec.name], finished_root,
+                                                       logit_cache.get("train"), data.train, ml, t_digest))
         print(f"[distill] {spec.name}: dev {main_metric}={metrics['dev'][main_metric]:.4f} "
               f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
               f"{params[spec.name] / 1e6:.1f}M params")

@@ -1,0 +1,69 @@
+"""The whole pipeline under torchrun with 2 CPU processes (what `accelerate launch --multi_gpu` does on GPUs): every
+stage completes, the stages that do not train run once (on the main process), the run prints one copy of its output,
+and a run folder in use stops every process with one line."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _recipe(tmp_path: Path, model: Path, glue_dir: Path) -> Path:
+    recipe = {
+        "name": "tiny", "seed": 0, "runs_dir": str(tmp_path / "runs"),
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32, "max_train_samples": 160,
+                 "max_eval_samples": 48, "holdout": 0.1},
+        "teacher": {"model": str(model), "max_steps": 3, "batch_size": 8, "precision": "fp32"},
+        "students": [{"name": "s", "kind": "layer_drop", "layers": 1,
+                      "train": {"max_steps": 3, "batch_size": 8, "precision": "fp32", "checkpoint_every": 1}}],
+        # two steps with resumable checkpoints: every process reaches the finished-step snapshot (written once)
+        "prune": {"keep_macs": 0.5, "steps": 2, "calibration_batches": 2, "calibration_batch_size": 8,
+                  "recover": {"max_steps": 2, "batch_size": 8, "precision": "fp32", "checkpoint_every": 1}},
+        "quantize": {"modes": ["dynamic"], "calibration": {"samples": 8}, "max_drop": 50.0, "sensitivity_rows": 8},
+        "bench": {"threads": [1], "batch_sizes": [1], "seq_lengths": [32], "dev_rows": 4, "max_seconds": 0.05,
+                  "repeats": 2, "rounds": 1, "peers": []},
+        "report": {}, "bundle": {"pick": "fastest"}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _torchrun(recipe: Path, port: int, timeout: int = 420) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port), "-m",
+                           "compress", "run", str(recipe)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
+    recipe = _recipe(tmp_path, tiny_bert_dir, glue_dir)
+    run = _torchrun(recipe, 29531)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    for stage in ("teacher", "distill", "prune", "quantize", "bench", "report", "bundle"):
+        assert out.count(f"[{stage}] running ->") == 1 and out.count(f"[{stage}] done in") == 1, stage
+        assert (tmp_path / "runs" / "tiny" / stage / "manifest.json").is_file(), stage
+    assert out.count("[bench] onnx_fp32:") == 1  # timed once, by the main process alone
+    assert out.count("run folder:") == 1
+    folder = tmp_path / "runs" / "tiny"
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name == ".checkpoints"]
+
+    # the run folder held by another job: every process stops, one line says why
+    (tmp_path / "held").mkdir()
+    held = _recipe(tmp_path / "held", tiny_bert_dir, glue_dir)
+    (tmp_path / "held" / "runs" / "tiny").mkdir(parents=True)
+    with open(tmp_path / "held" / "runs" / "tiny" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        refused = _torchrun(held, 29532, timeout=180)
+    assert refused.returncode != 0
+    errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "in use by another compress run" in errors[0], refused.stderr[-3000:]
+    assert "[teacher] running" not in refused.stdout and "[rank1]" not in refused.stderr
