@@ -142,8 +142,8 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     _check_force(force)
     run_dir = recipe.run_dir
     made = not run_dir.exists()
-    # Under `accelerate launch` / torchrun every process runs every stage (training is data-parallel); each writes
-    # into its own temporary folder and only the main process publishes its folder.
+    # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
+    # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
     # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
     # every later Accelerator (fit's) silently trains each process alone on all the data
     import torch  # here, not at the top: validate and --dry-run plan stages without torch
