@@ -124,7 +124,8 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
 
     With ``checkpoint_root`` (and ``tokenizer``), each recovered step but the last is saved there
     (``done-step-K/``): a rerun after a crash or kill -9 starts after the newest one instead of retraining it. Every
-    step is seeded on its own (calibration draw, recovery seed), so a resumed run ends where an uninterrupted one does."""
+    step is seeded on its own (calibration draw, recovery seed), so a resumed run ends where an uninterrupted one
+    does."""
     history, start = [], 0
     done = _finished_step(checkpoint_root, cfg.steps) if cfg.recover is not None and logits is not None else None
     if done is not None:

@@ -22,8 +22,8 @@ by ``skip_margin``, or when a measured candidate of the same mode that is no lar
 Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
 with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
 reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
-re-measuring; other timing threads, timed rows or calibration rows re-measure without retraining). Bounded: no new model
-starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
+re-measuring; other timing threads, timed rows or calibration rows re-measure without retraining). Bounded: no new
+model starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
 ``pareto.png`` (the report's plot).
 """
 
@@ -85,7 +85,8 @@ def candidates(cfg: SearchConfig, teacher_depth: int) -> list[ModelSpec]:
 
 def pick(results: list[dict], budget_ms: float) -> Optional[dict]:
     """The most accurate measured candidate with p50 <= budget (ties: the faster), by its score on the held-out
-    training rows (``select_metric``; dev where the task holds nothing out): dev stays a figure nothing was picked on."""
+    training rows (``select_metric``; dev where the task holds nothing out): dev stays a figure nothing was picked
+    on."""
     fits = [r for r in results if r["latency"]["p50_ms"] <= budget_ms]
     return max(fits, key=lambda r: (r.get("select_metric", r["metric"]), -r["latency"]["p50_ms"])) if fits else None
 
@@ -343,7 +344,8 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
             {"select_on": "dev", "select_metric": m[metric]}
         result = {**selection, "id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
                   "macs_fraction": round(spec.macs_fraction, 4), "params": params, "file": str(path),
-                  "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "metric_name": metric, "metric": m[metric], "metrics": m,
+                  "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "metric_name": metric,
+                  "metric": m[metric], "metrics": m,
                   "fp32_metrics": record["fp32"]["metrics"], "scored_batch": record["scored_batch"],
                   "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
@@ -519,7 +521,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
             mark = "**best**" if r["id"] == summary["best"] else (
                 "within" if r["latency"]["p50_ms"] <= summary["budget_ms"] else "over")
             lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
-                         f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f} | {r['latency']['p90_ms']:.2f} | "
+                         f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f} | "
+                         f"{r['latency']['p90_ms']:.2f} | "
                          f"{r['speedup_vs_teacher_fp32']:.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
         lines.append("")
     if summary["skipped"]:

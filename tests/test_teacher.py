@@ -240,7 +240,8 @@ def test_checkpoints_of_another_config_are_discarded_and_a_done_stage_drops_its_
     (stale / "step-00000004" / "trainer.json").write_text("{not a checkpoint of this config")
     (stale / "FINGERPRINT").write_text("an-earlier-config\n")
     run_pipeline(recipe)
-    assert f"[teacher] discarding the checkpoints of an earlier config, input or process count ({stale})" in capsys.readouterr().out
+    assert (f"[teacher] discarding the checkpoints of an earlier config, input or process count ({stale})"
+            in capsys.readouterr().out)
     assert not (recipe.run_dir / ".checkpoints").exists()
 
 
