@@ -160,6 +160,13 @@ def onnx_predict(sess, ds, collator: Collator, batch_size: int = 32) -> np.ndarr
     return out
 
 
+def score_shipped(path: Path, ds, collator: Collator, metric_names, labels) -> dict[str, float]:
+    """Task metrics of the ONNX file at ``path`` on tokenized ``ds``, one text at a time, as a bundle runs it."""
+    from compress.metrics import compute_metrics
+
+    return compute_metrics(metric_names, onnx_predict(session(path), ds, collator, SHIPPED_BATCH), labels)
+
+
 @dataclass
 class Parity:
     rows: int

@@ -93,5 +93,22 @@ def save(model, tokenizer, folder: str | Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def save_atomic(model, tokenizer, folder: Path, records: dict[str, object]) -> None:
+    """`save` plus JSON ``records`` (file name -> content) into ``folder``, written aside (``.<name>.tmp-<pid>``, which
+    `compress.manifest.remove_dead` recognises) and renamed: a reader never sees a half-written folder."""
+    import os
+    import shutil
+
+    from compress.manifest import write_json
+
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tokenizer, tmp)
+    for name, content in records.items():
+        write_json(tmp / name, content)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -34,7 +34,7 @@ from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict
 from compress.manifest import read_json, write_json
-from compress.modeling import count_params, load_trained, save
+from compress.modeling import count_params, load_trained, save, save_atomic
 from compress.train import fit, main_process_writes, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -165,14 +165,9 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
 
 def _save_finished_step(model, tokenizer, history: list[dict], folder: Path) -> None:
     """The model after a step's recovery and the records so far; written aside and renamed (never half-written)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    P.save_pruned(model, tokenizer, tmp)
-    write_json(tmp / "history.json", {"steps": history})
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    save_atomic(model, tokenizer, folder, {"history.json": {"steps": history}})
     for older in folder.parent.glob("done-step-*"):  # only the newest is ever resumed from
-        if older != folder and not older.name.endswith(".tmp"):
+        if older != folder:
             shutil.rmtree(older, ignore_errors=True)
 
 

@@ -37,7 +37,8 @@ from compress.config import QuantizeConfig, Recipe
 from compress.data import Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
-from compress.export import SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, session
+from compress.export import (SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, score_shipped,
+                             session)
 from compress.manifest import scratch_dir, write_json
 from compress.ort_session import to_ort_format
 from compress.metrics import compute_metrics
@@ -495,7 +496,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             dynamic_src = out / "model_opt.onnx"
 
     def score_dev(path: Path) -> dict:
-        return compute_metrics(metric_names, onnx_predict(session(path), dev, collator, SHIPPED_BATCH), labels)
+        return score_shipped(path, dev, collator, metric_names, labels)
 
     if guard_set is None:
         score, guard_fp32 = score_dev, record["fp32"]["metrics"]
@@ -503,8 +504,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
         g_rows, g_labels = guard_set
 
         def score(path: Path) -> dict:
-            logits = onnx_predict(session(path), g_rows, collator, SHIPPED_BATCH)
-            return compute_metrics(metric_names, logits, g_labels)
+            return score_shipped(path, g_rows, collator, metric_names, g_labels)
 
         guard_fp32 = compute_metrics(metric_names, onnx_predict(session(dynamic_src), g_rows, collator), g_labels)
         record["guard"] = {"rows": f"holdout ({len(g_rows)} rows)", "fp32_metrics": guard_fp32}

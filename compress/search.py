@@ -200,17 +200,6 @@ def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
                group_by_length=ctx.recipe.task.group_by_length, desc=desc)
 
 
-def _save_atomic(model, tokenizer, folder: Path, info: dict) -> None:
-    from compress.modeling import save
-
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tokenizer, tmp)
-    write_json(tmp / "search_model.json", info)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, dict]]:
     from compress.modeling import load_trained
 
@@ -227,14 +216,15 @@ def base_student(ctx: Context, depth: int) -> Path:
         return ctx.teacher_dir
     folder = ctx.out / "models" / f"L{depth}-base"
     if _load_saved(ctx, folder) is None:
+        from compress.modeling import save_atomic
         from students.layer_drop import layer_drop_student
 
         t0 = time.perf_counter()
         model, kept = layer_drop_student(ctx.teacher, depth)
         fit = _fit(ctx, model, ctx.cfg.train_steps, f"search L{depth} distill", ctx.recipe.seed)
-        _save_atomic(model, ctx.tokenizer, folder, {"source": "layer_drop", "kept_layers": kept,
-                                                    "settings": ctx.train_settings, "train_steps": fit.steps,
-                                                    "train_s": round(time.perf_counter() - t0, 1)})
+        save_atomic(model, ctx.tokenizer, folder, {"search_model.json": {
+            "source": "layer_drop", "kept_layers": kept, "settings": ctx.train_settings, "train_steps": fit.steps,
+            "train_s": round(time.perf_counter() - t0, 1)}})
     return folder
 
 
@@ -242,7 +232,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
     """The model of ``spec``: its depth's distilled base student, pruned to ``keep`` of its MACs (or not), then
     trained ``recover_steps`` more with the same objective, so pruned and unpruned candidates of one depth get the
     same training budget. From disk when a rerun finds it, else built and saved. The teacher is used as it is."""
-    from compress.modeling import load_trained
+    from compress.modeling import load_trained, save_atomic
 
     if spec.is_teacher:
         return ctx.teacher, {"source": "teacher", "train_s": 0.0}
@@ -266,7 +256,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
         info["source"] += f", pruned to {spec.keep:g} of its encoder MACs"
     fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
     info.update(settings=ctx.train_settings, recover_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
-    _save_atomic(model, ctx.tokenizer, folder, info)
+    save_atomic(model, ctx.tokenizer, folder, {"search_model.json": info})
     return model.eval(), info
 
 
@@ -306,8 +296,7 @@ def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
 def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[str], ref_path: str) -> list[dict]:
     """Quantize ``model`` in ``modes``, score each int8 model on dev, time them with the reference; one result per
     mode (also written to candidates/<id>.json)."""
-    from compress.export import onnx_predict, session
-    from compress.metrics import compute_metrics
+    from compress.export import score_shipped
     from compress.modeling import count_params
     from compress.quantize import quantize_model
     from teachers.zoo import sha256_file
@@ -338,8 +327,8 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     for mode, path in files.items():
         cid = f"{spec.id}-{mode}"
         m = record["int8"][mode]["metrics"]
-        held = (compute_metrics(ctx.spec.metrics, onnx_predict(session(path), ctx.holdout, ctx.collator, SHIPPED_BATCH),
-                                np.asarray(ctx.holdout["label"])) if len(ctx.holdout) else None)
+        held = (score_shipped(path, ctx.holdout, ctx.collator, ctx.spec.metrics, np.asarray(ctx.holdout["label"]))
+                if len(ctx.holdout) else None)
         selection = {"select_on": "holdout", "select_metric": held[metric], "holdout_metrics": held} if held else \
             {"select_on": "dev", "select_metric": m[metric]}
         result = {**selection, "id": cid, "model": spec.id, "depth": spec.depth, "keep_macs": spec.keep, "mode": mode,
