@@ -209,9 +209,12 @@ def test_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert_dir, tmp_path):
     assert not ck.parent.exists()  # finished: checkpoints removed
 
 
-def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny_bert_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny_bert_dir, tmp_path, monkeypatch,
+                                                                            augment):
     """Two students; the stage is stopped (Ctrl-C here; a crash or kill -9 leaves the same) while the second trains.
-    The rerun restores the finished first student instead of training it again and ends as an uninterrupted run."""
+    The rerun restores the finished first student instead of training it again and ends as an uninterrupted run.
+    With augmented copies, the second student trains on the first's transfer set: neither made nor labelled again."""
     import compress.distill.stage as DS
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
@@ -223,7 +226,7 @@ def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny
         r["students"] = [{**first, "train": {**first["train"], "epochs": 1, "checkpoint_every": None}},
                          {**first, "name": "t", "layers": 1, "train": {**first["train"], "checkpoint_every": None}}]
         for student in r["students"]:  # logit KD only: the teacher's logits are computed once, for both students
-            student["distill"] = {}
+            student["distill"] = {"augment": {"copies": 1}} if augment else {}
         path.write_text(yaml.safe_dump(r))
         return load_recipe(path)
 
@@ -240,8 +243,11 @@ def test_a_run_stopped_in_the_second_student_does_not_train_the_first_again(tiny
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(recipe("cut"), until="distill")
     assert (tmp_path / "cut" / "resume" / ".checkpoints" / "distill" / "s.done" / "done.json").is_file()
+    made, real_augment = [], DS.augment_rows
+    monkeypatch.setattr(DS, "augment_rows", lambda *a, **k: made.append(1) or real_augment(*a, **k))
     resumed = run_pipeline(recipe("cut"), until="distill")["distill"]
     assert calls == ["s", "t", "t"]  # the first student was not trained again
+    assert made == []  # the copies came back with the first student
     assert resumed["metrics"] == clean["metrics"] and resumed["params"] == clean["params"]
     assert resumed["teacher_logits"] == clean["teacher_logits"] == "computed"  # kept for prune, also after the stop
     # the teacher labelled the rows for the first student only, also across the stop
