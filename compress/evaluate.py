@@ -38,6 +38,23 @@ def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64
     return logits
 
 
+def predict_shared(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64, prefix: str = "",
+                   desc: Optional[str] = None, precision: str = "fp32") -> np.ndarray:
+    """`predict` with the rows shared out between the processes of a distributed run (``accelerate launch``,
+    ``torchrun``): each labels a contiguous share, and every process gets all the logits, in row order. Every process
+    must call it (it gathers). In one process: `predict`."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return predict(model, ds, collator, batch_size, prefix, desc, precision)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    share = np.array_split(np.arange(len(ds)), world)[rank]
+    part = predict(model, ds.select(share), collator, batch_size, prefix,
+                   desc and f"{desc}, process {rank + 1} of {world}", precision)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, part)
+    return np.concatenate(parts)
+
+
 def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64,
              desc: Optional[str] = "scoring") -> dict[str, float]:
     """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first. A progress bar labelled

@@ -32,7 +32,7 @@ from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
-from compress.evaluate import MODEL_INPUTS, evaluate, predict
+from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
 from compress.manifest import read_json, write_json
 from compress.modeling import count_params, load_trained, save, save_atomic
 from compress.train import fit, main_process_writes, resolve_precision
@@ -96,8 +96,8 @@ def teacher_logits(model, tokenizer, rows, max_length: int, precision: str = "fp
 
 def logits_of(model, ds, collator: Collator, chunk: int = 2048, precision: str = "fp32") -> torch.Tensor:
     """``predict`` over ``ds`` in chunks, with a progress bar (row order kept)."""
-    parts = [predict(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128,
-                     precision=precision)
+    parts = [predict_shared(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128,
+                            precision=precision)
              for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk")]
     return torch.from_numpy(np.concatenate(parts)).float()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,20 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
     assert out.count("run folder:") == 1
     folder = tmp_path / "runs" / "tiny"
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name == ".checkpoints"]
+    # the teacher labelled the training rows once between the two processes (half each), in row order
+    assert "teacher logits (160 rows), process 1 of 2" in run.stderr
+    assert "teacher logits (160 rows), process 2 of 2" in run.stderr
+    from compress.config import load_recipe
+    from compress.data import Collator, load_task, tokenize
+    from compress.evaluate import predict
+    from compress.modeling import load_trained
+
+    loaded = load_recipe(recipe)
+    teacher, tok = load_trained(folder / "teacher" / "model")
+    rows = tokenize(load_task(loaded.task, seed=loaded.seed).train, tok, 32)
+    assert len(rows) == 160
+    expected = predict(teacher, rows, Collator({"": tok}))
+    assert np.allclose(np.load(folder / "distill" / "teacher_logits.npy"), expected, atol=1e-4)
 
     # the run folder held by another job: every process stops, one line says why
     (tmp_path / "held").mkdir()

@@ -32,7 +32,7 @@ from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
-from compress.evaluate import evaluate, predict
+from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, write_json
 from compress.modeling import count_params, load_trained, save
 from compress.train import FitResult, fit, main_process_writes, resolve_precision, set_seed
@@ -170,8 +170,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
 
             def label(ds, what: str) -> np.ndarray:
                 timing["teacher_logits_precision"] = precision
-                return predict(teacher, ds, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
-                               desc=f"teacher logits ({len(ds)} {what})", precision=precision)
+                return predict_shared(teacher, ds, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
+                                      desc=f"teacher logits ({len(ds)} {what})", precision=precision)
 
             known = (logit_cache or {}).get("train") if cache_key != "train" else None
             resume = ckdir / "teacher_logits" if ckdir is not None and teacher_sha else None
