@@ -495,10 +495,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] = None,
-                budget_ms: Optional[float] = None) -> Optional[Path]:
+                budget_ms: Optional[float] = None, best: Optional[str] = None) -> Optional[Path]:
     """PNG: metric vs p50 latency (log x) at ``threads`` (default: each run's headline), one colour and marker per
-    run, its frontier drawn as a step line, every point labelled; ``budget_ms``: a dashed vertical line there.
-    None when no row has both numbers."""
+    run, its frontier drawn as a step line, every point labelled (no label over another, a point or the legend; one
+    moved away from its point is joined to it by a thin line); ``budget_ms``: a dashed vertical line there; ``best``:
+    the row of that name starred and named in the legend (the search's pick). None when no row has both numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -509,6 +510,8 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     drawn = 0
     metric_names = set()
     labels = []
+    points = []  # (x, y, metric std, marker radius in points): what a label must not cover
+    starred = None
     for k, table in enumerate(tables):
         t = threads or table.headline_threads
         rows = [r for r in table.rows if r.metric is not None and t in r.latency]
@@ -519,17 +522,24 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
         xs = [r.latency[t].p50_ms for r in rows]
         ys = [r.metric for r in rows]
         errs = [r.metric_std or 0.0 for r in rows]
+        seeds = max(r.seeds for r in rows)  # several seeds merged: the bars are the metric's std over them
+        bars = f", bars: ± std over {seeds} seeds" if any(errs) else ""
         ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color, ms=7,
-                    capsize=3, label=f"{table.run} ({t} thread{'s' if t != 1 else ''})", zorder=3)
+                    capsize=3, label=f"{table.run} ({t} thread{'s' if t != 1 else ''}{bars})", zorder=3)
         front = pareto_front(list(zip(xs, ys)))
         fx, fy = [xs[i] for i in front] + [max(xs)], [ys[i] for i in front] + [ys[front[-1]]]
         ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)  # best metric at <= x ms
         ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=160, facecolors="none", edgecolors=color,
                    lw=1.2, zorder=4)
-        for r, x, y in zip(rows, xs, ys):
+        for i, (r, x, y) in enumerate(zip(rows, xs, ys)):
             name = f"{r.name} · torch" if r.fmt == "torch" and "·" not in r.name else r.name
-            labels.append(ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5,
-                                      color=color))
+            labels.append(ax.annotate(name, (x, y), textcoords="offset points", xytext=(9, 5), fontsize=7.5,
+                                      color=color, fontweight="bold" if r.name == best else "normal",
+                                      arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6, "alpha": 0.7,
+                                                  "shrinkA": 1, "shrinkB": 5}))
+            points.append((x, y, errs[i], 6.3 if i in front else 3.5))
+            if r.name == best and starred is None:
+                starred = (x, y, name)
         drawn += len(rows)
     if not drawn:
         plt.close(fig)
@@ -548,10 +558,14 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     ax.set_ylabel(" / ".join(sorted(metric_names)) + " (dev)")
     ax.set_title(f"{' / '.join(sorted(metric_names))} vs latency; circled and joined: each run's Pareto frontier")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if starred is not None:
+        ax.scatter([starred[0]], [starred[1]], marker="*", s=260, color="gold", edgecolors="black", lw=0.8, zorder=5,
+                   label=f"best: {starred[2]}")
+        points.append((starred[0], starred[1], 0.0, 9.0))
+    ax.legend(loc="best", fontsize=8)
     ax.margins(x=0.15, y=0.08)
     fig.tight_layout()
-    _spread_labels(fig, ax, labels)
+    _spread_labels(fig, ax, labels, points)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -560,22 +574,59 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     return path
 
 
-def _spread_labels(fig, ax, labels) -> None:
-    """Move point labels that would overlap an earlier one (left to right) or leave the axes to the first free
-    nearby offset."""
+LABEL_OFFSETS = sorted(((dx, dy) for dx in (9, -9, 26, -26) for dy in (5, -12, 16, -23, 27, -34, 38, -45, 49, -56)),
+                       key=lambda o: (abs(o[0]) > 9, abs(o[1] + 3.5), o[0] < 0))
+"""Where a point's label may go (offset points from the point), nearest first: beside it, then above or below."""
+
+
+def _spread_labels(fig, ax, labels, points=()) -> list:
+    """Place each point label (left to right) at the first offset of `LABEL_OFFSETS` where it stays inside the axes
+    and covers no label placed before, no point of ``points`` ((x, y, metric std, marker radius in points): the
+    marker and its error bar) and not the legend; where none is free, where it covers least. A label that ends up
+    away from its point is joined to it by a thin line. Returns the labels' boxes (display units, padded)."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()  # the axis limits and the legend's place ("best") are settled at draw time
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
-    offsets = [(6, 5), (6, -12), (6, 16), (6, -23), (-6, 5), (-6, -12), (6, 27), (6, -34)]
+    pt = fig.dpi / 72.0
+    blocked = []
+    for x, y, err, radius in points:
+        (px, lo), (_, hi) = ax.transData.transform([(x, y - err), (x, y + err)])
+        r = radius * pt
+        blocked.append(Bbox([[px - r, min(lo, hi) - r], [px + r, max(lo, hi) + r]]))
+    legend = ax.get_legend()
+    if legend is not None:
+        blocked.append(legend.get_window_extent(renderer))
+
+    def area(a, b) -> float:
+        w, h = min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)
+        return w * h if w > 0 and h > 0 else 0.0
+
+    def box_at(label, dx, dy):
+        label.set_position((dx, dy))
+        label.set_horizontalalignment("left" if dx > 0 else "right")
+        label.set_verticalalignment("baseline")
+        label.update_positions(renderer)
+        return Text.get_window_extent(label, renderer).padded(3)  # labels that touch read as one
+
     placed = []
     for label in sorted(labels, key=lambda a: a.xy[0]):
-        for dx, dy in offsets:
-            label.set_position((dx, dy))
-            label.set_horizontalalignment("left" if dx > 0 else "right")
-            box = label.get_window_extent(renderer).padded(4)  # labels that touch read as one
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(box.overlaps(other) for other in placed):
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            box = box_at(label, dx, dy)
+            outside = box.width * box.height - area(box, frame)
+            cover = sum(area(box, other) for other in placed + blocked) + 10 * outside
+            if best is None or cover < best[0]:
+                best = (cover, dx, dy)
+            if cover == 0:
                 break
-        placed.append(label.get_window_extent(renderer).padded(4))
+        _, dx, dy = best
+        placed.append(box_at(label, dx, dy))
+        if label.arrow_patch is not None:  # the line only when the label left the point's side
+            label.arrow_patch.set_visible(abs(dy) > 12 or abs(dx) > 9)
+    return placed
 
 
 # ------------------------------------------------------------------------------------------------------ table

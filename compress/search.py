@@ -471,7 +471,7 @@ def write_outputs(out: Path, summary: dict) -> None:
 
 
 def plot(summary: dict, path: Path) -> Optional[Path]:
-    """The report's Pareto plot of the measured candidates (the teacher's fp32 ONNX as the reference point)."""
+    """The report's Pareto plot of the measured candidates, the budget a dashed line and the pick (``best``) starred."""
     from compress.report import Latency, Row, RunTable, pareto_plot
 
     t = summary["threads"]
@@ -482,7 +482,7 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
         return None
     table = RunTable(f"{summary['recipe']} search (budget {summary['budget_ms']:g} ms)", "",
                      summary["candidates"][0]["metric_name"], rows)
-    return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"])
+    return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"], best=summary.get("best"))
 
 
 def _held(r: dict) -> str:

@@ -388,3 +388,42 @@ def test_report_warns_of_what_would_read_wrong():
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
         "report stage times it (compress run RECIPE --stage report)"]
+
+
+def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, monkeypatch):
+    """Two overlaid runs of close points (as the report of several runs and the search's many candidates give): every
+    label stays in the axes, off every other label, every marker (and its error bar) and the legend."""
+    from compress import report
+
+    seen = {}
+
+    def spy(fig, ax, labels, points=()):
+        seen["boxes"] = real(fig, ax, labels, points)
+        seen["ax"], seen["renderer"], seen["points"] = ax, fig.canvas.get_renderer(), points
+        return seen["boxes"]
+
+    real = report._spread_labels
+    monkeypatch.setattr(report, "_spread_labels", spy)
+    a, b = _table(), _table("other", shift=-0.002, scale=1.05)  # b's points sit right next to a's
+    for k, table in enumerate((a, b)):
+        table.rows += [Row(f"extra {i}", "int8", "onnx int8", latency={2: Latency(2.0 + 0.07 * k + 0.15 * i, 3.0)},
+                           metric=0.866 - 0.0015 * k + 0.001 * (i % 3)) for i in range(8)]
+    assert pareto_plot([a, b], tmp_path / "p.png") is not None
+    ax, renderer, boxes = seen["ax"], seen["renderer"], seen["boxes"]
+    assert len(boxes) == sum(1 for t in (a, b) for r in t.rows if r.latency and r.metric is not None)
+    frame = ax.get_window_extent(renderer)
+    legend = ax.get_legend().get_window_extent(renderer)
+    pt = ax.figure.dpi / 72.0
+
+    def overlap(p, q) -> bool:  # by more than touching
+        return min(p.x1, q.x1) - max(p.x0, q.x0) > 0.5 and min(p.y1, q.y1) - max(p.y0, q.y0) > 0.5
+
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        assert not overlap(box, legend)
+        assert not any(overlap(box, other) for other in boxes[i + 1:])
+        for x, y, err, radius in seen["points"]:
+            px, py = ax.transData.transform((x, y))
+            r = radius * pt
+            assert not (box.x0 < px + r and px - r < box.x1 and box.y0 < py + r and py - r < box.y1), (x, y)
+    assert any("std over 3 seeds" in t.get_text() for t in ax.get_legend().get_texts())  # what the bars are

@@ -213,3 +213,34 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
     assert main(["search", str(deep), "--budget-ms", "5"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {deep}: search.depths: 7 layers, but the teacher has 3"
     assert not (tmp_path / "runs" / "tiny" / "search").exists()
+
+
+def test_search_plot_stars_the_best_candidate(tmp_path, monkeypatch):
+    """The plot names the pick: a star on the best candidate within the budget (picked on held-out rows, so not
+    necessarily a point of the dev Pareto front) and its id in the legend."""
+    from compress import report
+    from compress.search import plot
+
+    seen = {}
+    real = report._spread_labels
+
+    def spy(fig, ax, labels, points=()):
+        seen["ax"], seen["labels"] = ax, labels
+        return real(fig, ax, labels, points)
+
+    monkeypatch.setattr(report, "_spread_labels", spy)
+    cands = [{"id": f"L{d}-{m}", "mode": m, "params": 1e6, "size_bytes": 1, "metric_name": "accuracy",
+              "metric": 0.80 + 0.01 * d - 0.002 * (m == "static"),
+              "latency": {"p50_ms": 0.4 * d * (1.3 if m == "static" else 1.0), "p90_ms": 1.0}}
+             for d in range(1, 7) for m in ("dynamic", "static")]
+    summary = {"recipe": "tiny", "budget_ms": 1.7, "threads": 1, "candidates": cands, "best": "L4-static",
+               "front": [r["id"] for r in front(cands)]}
+    assert plot(summary, tmp_path / "pareto.png").stat().st_size > 10_000
+    ax = seen["ax"]
+    assert "best: L4-static" in [t.get_text() for t in ax.get_legend().get_texts()]
+    stars = [c for c in ax.collections if c.get_label() == "best: L4-static"]
+    assert len(stars) == 1 and tuple(stars[0].get_offsets()[0]) == pytest.approx((0.4 * 4 * 1.3, 0.838))
+    assert [a.get_fontweight() for a in seen["labels"] if a.get_text() == "L4-static"] == ["bold"]
+    summary["best"] = None  # nothing fits: no star
+    plot(summary, tmp_path / "pareto.png")
+    assert not [c for c in seen["ax"].collections if str(c.get_label()).startswith("best:")]
