@@ -332,9 +332,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset`, a container's cpuset), as predict.mjs counts
+    them (Node.js's os.availableParallelism); the machine's count where the system has no affinity call."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def warn_threads(threads: int | None) -> None:
     """More intra-op threads than cores only slows onnxruntime down: say so on stderr (the run goes on)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if threads and threads > cores:
         print(f"warning: --threads {threads} is more than this machine's {cores} cores: onnxruntime will run "
               "slower, not faster", file=sys.stderr)

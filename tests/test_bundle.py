@@ -642,3 +642,16 @@ def test_build_refuses_what_would_fail_on_the_device(int8_model, minilm_dir, tmp
     with pytest.raises(CompressError, match="exists and is not a folder"):
         build(tmp_path / "x.onnx", "bad", model=int8_model, labels=["a", "b"], max_length=32, **kw)
     assert not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a CPU affinity call and two usable cores")
+def test_threads_warning_counts_the_cores_this_process_may_use(bundle):
+    """Pinned to one core (taskset, a container's cpuset), --threads 2 is already more than it can use: predict.py
+    warns, as predict.mjs does (Node.js counts the affinity's cores); the machine's core count would say nothing."""
+    folder, _ = bundle
+    one = min(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, "predict.py", "--threads", "2", TEXTS[0]], capture_output=True, text=True,
+                          cwd=folder, preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1
+    assert proc.stderr.startswith("warning: --threads 2 is more than this machine's 1 cores"), proc.stderr

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -279,3 +280,18 @@ def test_index_html_classifies_in_headless_chromium(js_bundle, tmp_path):
     assert result["label"] == want["label"] or abs(want["scores"]["positive"] - 0.5) < 0.05
     assert result["scores"] == pytest.approx(want["scores"], abs=0.05)
     assert "<h1 id=\"name\">minilm-js</h1>" in proc.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a CPU affinity call and two usable cores")
+def test_threads_warning_is_the_same_from_both_runners_on_a_pinned_process(js_bundle):
+    """Pinned to one core, --threads 2 warns from predict.mjs (os.availableParallelism) and predict.py alike, in the
+    same words."""
+    one = min(os.sched_getaffinity(0))
+    pin = {"capture_output": True, "text": True, "cwd": js_bundle, "timeout": 300,
+           "preexec_fn": lambda: os.sched_setaffinity(0, {one})}
+    node = subprocess.run(["node", "predict.mjs", "--threads", "2", TEXTS[1]], **pin)
+    py = subprocess.run([sys.executable, "predict.py", "--threads", "2", TEXTS[1]], **pin)
+    assert node.returncode == py.returncode == 0 and node.stdout.split("\t")[0] == py.stdout.split("\t")[0]
+    assert node.stderr.splitlines()[0] == py.stderr.splitlines()[0] == \
+        "warning: --threads 2 is more than this machine's 1 cores: onnxruntime will run slower, not faster"
