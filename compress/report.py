@@ -709,10 +709,13 @@ def _search_summary(folder: str) -> Optional[str]:
             f"(table and plot: search/search.md)")
 
 
-NOTE = ("Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "
+NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors weights; ONNX: the .onnx file). "
+        "Shippable: an int8 model that passed the quantize stage's accuracy guard, one a bundle may ship; (peer): "
+        "the same model compressed by another library, for comparison. "
+        "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "
         "match the plain export's: format 'onnx fp32 fused') / artifact p50 at the same thread count. "
         "p50/p90 and sent/s: real dev sentences one at a time (batch 1); fixed-shape seq/s: the best of the bench's "
-        "fixed shapes.")
+        "fixed shapes (b8xs32: batches of 8 sequences of 32 tokens).")
 
 
 def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
@@ -724,7 +727,9 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         lines += [f"## {table.run}", "", f"Run folder: `{table.folder}`.", ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+        for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
+            cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines += ["", NOTE, "", "**Provenance**", ""]
         lines += [f"- {k}: {v}" for k, v in _provenance_lines(table)]
         lines.append("")

@@ -427,3 +427,21 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
             r = radius * pt
             assert not (box.x0 < px + r and px - r < box.x1 and box.y0 < py + r and py - r < box.y1), (x, y)
     assert any("std over 3 seeds" in t.get_text() for t in ax.get_legend().get_texts())  # what the bars are
+
+
+def test_every_column_is_explained_and_shippable_rows_are_named_in_markdown(tmp_path):
+    """A reader of report.md (no colours there) sees which int8 models a bundle may ship, and the note under the table
+    says what each column holds."""
+    from compress.report import NOTE
+
+    table = _table()
+    table.rows[2].latency[2].peak_throughput, table.rows[2].latency[2].peak_shape = 900.0, "b8xs32"
+    write([table], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| teacher · int8 dynamic (shippable) |" in md and "| student tiny · int8 dynamic (shippable) |" in md
+    assert "| pruned |" in md  # not an int8 model a bundle may ship
+    header, _ = table_cells(table)
+    for column in header[2:]:  # artifact and format name themselves
+        word = column.split(" (")[0].split()[-1] if column.startswith("best") else column.split()[0]
+        assert word.lower().rstrip("s") in NOTE.lower(), column
+    assert "b8xs32: batches of 8 sequences of 32 tokens" in NOTE and "(peer)" in NOTE
