@@ -555,13 +555,13 @@ def markdown(summary: dict, png: Optional[str]) -> str:
         lines += [f"![metric vs latency]({png})", ""]
     if summary["candidates"]:
         metric = summary["candidates"][0]["metric_name"]
-        lines += [f"| candidate | layers | MACs kept | int8 | params | {metric} (int8, dev) | {metric} (held-out, "
+        lines += [f"| candidate | layers | kept by pruning | of the teacher's MACs | int8 | params | {metric} (int8, dev) | {metric} (held-out, "
                   f"picked on) | p50 ms | p90 ms | speedup vs teacher fp32 | budget | Pareto |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+                  "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in summary["candidates"]:
             mark = "**best**" if r["id"] == summary["best"] else (
                 "within" if r["latency"]["p50_ms"] <= summary["budget_ms"] else "over")
-            lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
+            lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['macs_fraction']:.0%} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
                          f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f}{_passes(r)} | "
                          f"{r['latency']['p90_ms']:.2f} | "
                          f"{r['speedup_vs_teacher_fp32']:.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")

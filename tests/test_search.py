@@ -97,6 +97,9 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     assert written["best"] == summary["best"]
     assert (out / "pareto.png").stat().st_size > 1000
     assert summary["best"] in (out / "search.md").read_text()
+    # the width pruning kept, and what the candidate keeps of the teacher's encoder MACs (depth too)
+    assert pruned["macs_fraction"] == full["macs_fraction"] / 2 < 1
+    assert f"| L3-k50-dynamic | 3 | 0.5 | {pruned['macs_fraction']:.0%} | dynamic |" in (out / "search.md").read_text()
     from compress.report import RunTable, _provenance_lines
 
     line = dict(_provenance_lines(RunTable("tiny", str(recipe.run_dir), "accuracy", [])))["latency-budget search"]
