@@ -380,6 +380,17 @@ def _terminated(signum, frame):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    rc = _main(argv)
+    if argv is None and threading.current_thread() is threading.main_thread():  # the program (not a caller's call)
+        # the command is over, its output written: what is left is the interpreter's teardown (freeing torch, ORT and
+        # matplotlib: 1-7 s after a run here), during which Python has given SIGINT back to the default action, so a
+        # Ctrl-C there killed the process (status 130, nothing said) after a run that had succeeded
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return rc
+
+
+def _main(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "fn", None) is cmd_predict:  # texts after an option: `compress predict B --json "text"`
