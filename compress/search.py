@@ -45,7 +45,7 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
-from compress.manifest import fingerprint, now_utc, read_json, remove_dead, write_json
+from compress.manifest import fingerprint, now_utc, read_json, remove_dead, remove_dead_scratch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
         (out / sub).mkdir(parents=True, exist_ok=True)
     for folder in (out, out / "models", out / "candidates", out / "int8"):  # work files of a killed search
         remove_dead(folder, ".*", r"\..*-(\d+)(?:\.npy)?")  # (.quantize-<id>-<pid>, .<m>.tmp-<pid>, .<f>.tmp-<pid>)
+    remove_dead_scratch()  # and its quantize/bench scratch folders in the system's temporary folder
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
                    Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings)
 

@@ -295,3 +295,22 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
                                             "metric_name": "accuracy"} for r in (fast, saved, slow)]}
     md = search.markdown(summary, None)
     assert "| 0.97 (median of 3) |" in md and "| 0.50 |" in md and "timed in 3 passes" in md
+
+
+def test_search_removes_the_scratch_folders_of_a_killed_search(tmp_path, glue_dir, tokenizer, monkeypatch):
+    """A search killed with -9 left its quantize and bench scratch folders (model-sized int8 tries) in the system's
+    temporary folder, and search reruns never removed them (only `compress run` did). A live process's are kept."""
+    import os
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dead = scratch / "compress-quantize-999999999-x1"  # no such process
+    live = scratch / f"compress-bench-{os.getpid()}-x2"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "guard-1.onnx").write_bytes(b"\0")
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1]))
+    run_search(recipe, budget_ms=1000.0, time_limit_min=0.0)
+    assert not dead.exists() and live.exists()
