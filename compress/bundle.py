@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import zlib
@@ -35,7 +36,7 @@ from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.tasks import LABELS_NEEDED, good_labels
-from compress.manifest import now_utc, scratch_dir, versions, write_json
+from compress.manifest import now_utc, remove_dead, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,11 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"{out_dir}: exists and is not a folder")
     made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # what a killed build of this bundle (kill -9: no cleanup ran) left: never published, only in the way
+    remove_dead(out_dir, ".*", rf"\.{re.escape(name)}\.(?:tmp|old|tar\.gz\.tmp)-(\d+)")
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
+    archive = out_dir / f"{name}.tar.gz"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -304,19 +309,17 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         write_json(tmp / MANIFEST, manifest)
         bundle_predict.verify(tmp)  # what we ship must pass the check the device will run
         smoke_test(tmp, max_length, text_pair)
+        # the archive is made before the folder is published, then both are renamed: an interrupted build never
+        # leaves the new folder beside the previous build's archive (gzip of a real model takes seconds)
+        make_tar(tmp, tmp_tar, arcname=name)
         folder = _replace(tmp, out_dir / name)
+        os.replace(tmp_tar, archive)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp_tar.unlink(missing_ok=True)
         if made_out_dir and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    archive = out_dir / f"{name}.tar.gz"
-    tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
-    try:
-        make_tar(folder, tmp_tar)
-        os.replace(tmp_tar, archive)
-    finally:
-        tmp_tar.unlink(missing_ok=True)
     return folder, archive
 
 
@@ -336,8 +339,11 @@ def _replace(tmp: Path, folder: Path) -> Path:
     return folder
 
 
-def make_tar(folder: Path, tar_path: Path) -> None:
-    """gzip'd tar of ``folder`` under its own name; members sorted, owners and times normalised (reproducible)."""
+def make_tar(folder: Path, tar_path: Path, arcname: Optional[str] = None) -> None:
+    """gzip'd tar of ``folder`` under its own name (or ``arcname``); members sorted, owners and times normalised
+    (reproducible)."""
+    arcname = arcname or folder.name
+
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
@@ -346,11 +352,11 @@ def make_tar(folder: Path, tar_path: Path) -> None:
         return info
 
     with tarfile.open(tar_path, "w:gz", compresslevel=6) as tar:
-        tar.add(folder, arcname=folder.name, recursive=False, filter=clean)
+        tar.add(folder, arcname=arcname, recursive=False, filter=clean)
         for path in sorted(folder.rglob("*")):
             if "__pycache__" in path.parts:
                 continue
-            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder).as_posix()}", recursive=False,
+            tar.add(path, arcname=f"{arcname}/{path.relative_to(folder).as_posix()}", recursive=False,
                     filter=clean)
 
 

@@ -340,6 +340,41 @@ def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+def test_an_interrupted_build_leaves_folder_and_archive_of_one_build(int8_model, minilm_dir, tmp_path, monkeypatch):
+    """Ctrl-C while the archive was gzipped (seconds for a real model) left the new folder beside the previous build's
+    archive; now both stay the previous build's, and what a killed build (kill -9) left is removed by the next."""
+    import compress.bundle as bundle_module
+
+    out = tmp_path / "out"
+
+    def make(recipe: str):
+        return build(out, "b", model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="sst2",
+                     labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False,
+                     source={"recipe": recipe})
+
+    def sources() -> tuple[str, str]:
+        with tarfile.open(out / "b.tar.gz") as tar:
+            in_archive = json.loads(tar.extractfile("b/manifest.json").read())["source"]["recipe"]
+        return json.loads((out / "b" / "manifest.json").read_text())["source"]["recipe"], in_archive
+
+    make("first")
+    dead = [out / ".b.tmp-999999999", out / ".b.old-999999999", out / ".b.tar.gz.tmp-999999999"]  # no such pid
+    dead[0].mkdir(), dead[1].mkdir(), dead[2].write_bytes(b"\0")
+
+    def interrupted(folder, tar_path, arcname=None):
+        Path(tar_path).write_bytes(b"\x1f\x8b")  # part of the archive written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_module, "make_tar", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make("second")
+    assert sources() == ("first", "first")
+    assert sorted(p.name for p in out.iterdir()) == ["b", "b.tar.gz"]
+    monkeypatch.undo()
+    make("third")
+    assert sources() == ("third", "third")
+
+
 def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
     """The device story: a new venv with only onnxruntime, tokenizers and numpy runs the bundle's predict.py."""
     folder, archive = bundle
