@@ -363,7 +363,8 @@ def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
     folder = run_dir / ".checkpoints" / stage
     stamp = folder / "FINGERPRINT"
     if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() == fp):
-        print(f"[{stage}] discarding the checkpoints of an earlier config, input or process count ({folder})")
+        if any(p.name != "FINGERPRINT" for p in folder.iterdir()):  # a killed stage's stamp alone: nothing to say
+            print(f"[{stage}] discarding the checkpoints of an earlier config, input or process count ({folder})")
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp + "\n")

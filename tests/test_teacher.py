@@ -245,6 +245,18 @@ def test_checkpoints_of_another_config_are_discarded_and_a_done_stage_drops_its_
     assert not (recipe.run_dir / ".checkpoints").exists()
 
 
+def test_a_stamp_without_checkpoints_is_not_reported_as_discarded(tmp_path, capsys):
+    """kill -9 during a stage that never checkpoints (quantize, bench, report...) leaves its stamp alone; the next run
+    of another config said it was "discarding the checkpoints" of a stage that has none."""
+    from compress.pipeline import _claim_checkpoints
+
+    stale = tmp_path / ".checkpoints" / "quantize"
+    stale.mkdir(parents=True)
+    (stale / "FINGERPRINT").write_text("an-earlier-config\n")
+    _claim_checkpoints(tmp_path, "quantize", "this-config")
+    assert capsys.readouterr().out == "" and (stale / "FINGERPRINT").read_text() == "this-config\n"
+
+
 def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_bert_dir):
     """`kill` / a scheduler's SIGTERM mid-training: one line, exit 143, no temporary stage folder left."""
     import signal
