@@ -152,28 +152,28 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     state = PartialState(cpu=not torch.cuda.is_available())
     state.wait_for_everyone()  # every process has seen whether the folder existed before any makes it
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with contextlib.ExitStack() as stack:
-            problem = None
-            if state.is_main_process:
-                try:
-                    stack.enter_context(run_lock(run_dir))
-                except CompressError as e:
-                    problem = str(e)
-            if state.num_processes > 1:  # every process stops on a held lock, not the main one alone
-                box = [problem]
-                torch.distributed.broadcast_object_list(box, src=0)
-                problem = box[0]
-            if problem:
-                raise CompressError(problem)
-            if not state.is_main_process:  # one copy of the run's output: the main process's
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except CompressError as e:
+                problem = str(e)
+        if state.num_processes > 1:  # every process stops on a held lock, not the main one alone
+            box = [problem]
+            torch.distributed.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:  # the folder is another run's (made by it after `made` was read here, maybe): leave it alone
+            raise CompressError(problem)
+        if not state.is_main_process:  # one copy of the run's output: the main process's
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        try:
             return _run_stages(recipe, run_dir, state, until, force)
-    except BaseException:
-        if made and state.is_main_process and {p.name for p in run_dir.iterdir()
-                                               if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
-            shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
-        raise
+        except BaseException:  # still under this run's lock
+            if made and state.is_main_process and {p.name for p in run_dir.iterdir()
+                                                   if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
+                shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
+            raise
 
 
 @contextlib.contextmanager

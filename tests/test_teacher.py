@@ -221,6 +221,41 @@ def test_a_run_folder_in_use_stops_a_second_run_at_once(tmp_path, tiny_bert_dir)
     assert run_pipeline(recipe)["teacher"]["metrics"]["dev"]["accuracy"] >= 0  # the killed holder left no lock
 
 
+def test_a_run_refused_by_the_lock_leaves_the_holders_new_folder_alone(tmp_path, tiny_bert_dir, monkeypatch):
+    """Two runs started together on a run folder that did not exist: the one refused by the lock (it had seen no
+    folder, seconds before, while torch loaded) deleted the folder the other had just made, its .lock with it, so a
+    third run took the folder beside the holder."""
+    import subprocess
+    import sys
+
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    run_dir = recipe.run_dir
+    real_lock, holders = pipeline.run_lock, []
+
+    def another_run_got_there_first(folder, take=True):
+        holders.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom compress.pipeline import run_lock\n"
+             "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n", str(folder)],
+            stdout=subprocess.PIPE, text=True))
+        assert holders[0].stdout.readline().strip() == "held"
+        return real_lock(folder, take)
+
+    monkeypatch.setattr(pipeline, "run_lock", another_run_got_there_first)
+    try:
+        with pytest.raises(CompressError, match="in use by another compress run"):
+            run_pipeline(recipe)
+        assert (run_dir / ".lock").read_text().strip() == str(holders[0].pid)
+        with pytest.raises(CompressError, match=rf"in use by another compress run \(pid {holders[0].pid}\)"):
+            with real_lock(run_dir):
+                pass
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 def test_cli_one_line_error(tmp_path, capsys):
     from compress.cli import main
 
