@@ -372,11 +372,20 @@ def _first_process() -> bool:
 
 
 class Terminated(BaseException):
-    """SIGTERM (a scheduler, `kill`, `timeout`): unwinds like Ctrl-C, so temporary stage folders are removed."""
+    """SIGTERM (a scheduler, `kill`, `timeout`) or SIGHUP (the terminal or ssh session closed): unwinds like Ctrl-C, so
+    temporary stage folders and extracted bundles are removed."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
+
+
+# unwound like Ctrl-C; SIGHUP only where the platform has it and it is not ignored (`nohup compress run ...`)
+UNWIND = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -385,8 +394,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         # the command is over, its output written: what is left is the interpreter's teardown (freeing torch, ORT and
         # matplotlib: 1-7 s after a run here), during which Python has given SIGINT back to the default action, so a
         # Ctrl-C there killed the process (status 130, nothing said) after a run that had succeeded
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *UNWIND):
+            signal.signal(signum, signal.SIG_IGN)
     return rc
 
 
@@ -400,8 +409,10 @@ def _main(argv: Optional[list[str]]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, _terminated) for signum in UNWIND
+                    if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         rc = args.fn(args)
     except CompressError as e:
@@ -415,13 +426,16 @@ def _main(argv: Optional[list[str]]) -> int:
         if _first_process():
             print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130
-    except Terminated:
+    except Terminated as e:
         if _first_process():
-            print("\nterminated", file=sys.stderr)
-        return 143
+            try:  # after a hangup the terminal may be gone
+                print("\nterminated" if e.signum == signal.SIGTERM else "\nhangup", file=sys.stderr)
+            except OSError:
+                pass
+        return 128 + e.signum
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     train = sys.modules.get("compress.train")  # a process group only ever comes from there: nothing to import
     if train is not None:
         try:

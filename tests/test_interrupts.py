@@ -45,3 +45,46 @@ def test_a_signal_after_the_command_finished_keeps_its_exit_status(signum, tmp_p
     rest, err = proc.communicate(timeout=60)
     assert "minilm-l6" in "".join(lines)
     assert proc.returncode == 0, (proc.returncode, err)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, minilm_dir) -> Path:
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from compress.bundle import build
+    from conftest import export_int8, tiny_bert_config
+
+    torch.manual_seed(0)
+    model = export_int8(BertForSequenceClassification(tiny_bert_config()), tmp_path_factory.mktemp("int8"))
+    return build(tmp_path_factory.mktemp("bundles"), "b", model=model, tokenizer=minilm_dir / "tokenizer.json",
+                 task="sst2", labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)[1]
+
+
+def _predict_from_stdin(archive: Path, scratch: Path, **kw) -> subprocess.Popen:
+    """`compress predict ARCHIVE --file -` waiting for lines, its archive extracted under ``scratch``."""
+    proc = subprocess.Popen([sys.executable, "-m", "compress", "predict", str(archive), "--file", "-"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)}, **kw)
+    proc.stdin.write("a gripping film\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().split("\t")[0] in ("negative", "positive")  # extracted, verified, loaded
+    assert list(scratch.glob("compress-bundle-*"))
+    return proc
+
+
+def test_a_hangup_unwinds_like_sigterm(archive, tmp_path):
+    """The terminal or ssh session closing (SIGHUP) killed the process where it stood: `compress predict` left its
+    extracted bundle in the temporary folder (nothing on a device ever removed it), a run its temporary stage folder.
+    Now it unwinds as SIGTERM does, exit 129; under nohup (SIGHUP ignored) it is still ignored."""
+    proc = _predict_from_stdin(archive, tmp_path)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and err.rstrip().endswith("hangup"), (proc.returncode, err)
+    assert not list(tmp_path.glob("compress-bundle-*"))
+
+    proc = _predict_from_stdin(archive, tmp_path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate("a dull mess\n", timeout=60)
+    assert proc.returncode == 0 and out.split("\t")[0] in ("negative", "positive"), (proc.returncode, err)
+    assert not list(tmp_path.glob("compress-bundle-*"))
