@@ -235,10 +235,9 @@ def test_a_run_refused_by_the_lock_leaves_the_holders_new_folder_alone(tmp_path,
     real_lock, holders = pipeline.run_lock, []
 
     def another_run_got_there_first(folder, take=True):
-        holders.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom compress.pipeline import run_lock\n"
-             "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n", str(folder)],
-            stdout=subprocess.PIPE, text=True))
+        code = ("import sys, time\nfrom pathlib import Path\nfrom compress.pipeline import run_lock\n"
+                "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+        holders.append(subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True))
         assert holders[0].stdout.readline().strip() == "held"
         return real_lock(folder, take)
 
