@@ -291,8 +291,8 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
     summary = {"recipe": "tiny", "task": "sst2", "message": "m", "budget_ms": 1.0, "threads": 1, "latency": "p50",
                "teacher_fp32": {"p50_ms": 4.0}, "wall_s": 1.0, "stopped": None, "skipped": [], "not_started": [],
                "counts": {"measured": 3, "reused": 0, "skipped": 0, "not_started": 0}, "best": "L2-dynamic",
-               "front": [], "candidates": [{**r, "depth": 1, "keep_macs": 1.0, "mode": "dynamic", "params": 1e6,
-                                            "metric_name": "accuracy"} for r in (fast, saved, slow)]}
+               "front": [], "candidates": [{**r, "depth": 1, "keep_macs": 1.0, "macs_fraction": 0.25, "mode": "dynamic",
+                                            "params": 1e6, "metric_name": "accuracy"} for r in (fast, saved, slow)]}
     md = search.markdown(summary, None)
     assert "| 0.97 (median of 3) |" in md and "| 0.50 |" in md and "timed in 3 passes" in md
 
