@@ -40,8 +40,9 @@ def load_for_task(model: str, spec: TaskSpec):
         raise CompressError(f"model {model!r}: {reason}")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
-    try:
-        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline)
+    try:  # a folder with a head for another label count (or regression) gets a fresh one, not a size-mismatch error
+        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline,
+                                                                       ignore_mismatched_sizes=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model_obj, tokenizer

@@ -39,6 +39,19 @@ def test_tiny_bert_learns_sst2_slice_and_reloads(tiny_bert_dir, tmp_path):
     assert np.allclose(predict(model, dev, collator), predict(reloaded, dev, collator), atol=1e-6)
 
 
+def test_a_folder_with_a_head_of_another_size_gets_a_fresh_one(tiny_bert_dir):
+    """A saved classifier (2 labels) as the model of a 3-label or a regression task: a new head of the task's size
+    (it was a state_dict size-mismatch traceback from transformers)."""
+    from compress.data import GLUE_TASKS
+    from compress.tasks import TaskSpec
+
+    three = TaskSpec("x", "", "text", None, "label", ["a", "b", "c"], ["accuracy"])
+    model, _ = load_for_task(str(tiny_bert_dir), three)
+    assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    model, _ = load_for_task(str(tiny_bert_dir), GLUE_TASKS["stsb"])
+    assert model.classifier.out_features == 1 and model.config.problem_type == "regression"
+
+
 def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
     data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
     model, tok = load_for_task(str(tiny_bert_dir), data.spec)
