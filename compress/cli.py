@@ -70,12 +70,17 @@ def cmd_validate(args) -> int:
 def _check_data(recipe) -> str:
     """Read every local data file the task has (missing ones are warned of later) with the run's own row checks, so
     that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N"."""
-    from compress.rows import read_split
+    from compress.rows import check_train_labels, read_split
     from compress.tasks import split_paths, task_spec
 
     spec = task_spec(recipe.task)
-    counts = [f"{split} {len(read_split(recipe.task, split, spec)['text'])}"
-              for split, path in split_paths(recipe.task).items() if path.is_file()]
+    counts = []
+    for split, path in split_paths(recipe.task).items():
+        if path.is_file():
+            rows = read_split(recipe.task, split, spec)
+            if split == "train":
+                check_train_labels(recipe.task, spec, rows["label"])
+            counts.append(f"{split} {len(rows['text'])}")
     return ", ".join(counts)
 
 

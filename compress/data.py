@@ -21,7 +21,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.rows import read_rows, read_split  # noqa: F401 (read_rows re-exported)
+from compress.rows import check_train_labels, read_rows, read_split  # noqa: F401 (read_rows re-exported)
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
 
@@ -72,7 +72,9 @@ class TaskData:
 def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     """Train (minus a seeded held-out slice), holdout, dev and, where labelled, test."""
     spec = task_spec(cfg)
-    full = load_split(cfg, "train", spec).shuffle(seed=seed).flatten_indices()
+    full = load_split(cfg, "train", spec)
+    check_train_labels(cfg, spec, full["label"])
+    full = full.shuffle(seed=seed).flatten_indices()
     n_hold = min(cfg.holdout_max, int(round(cfg.holdout * len(full))))
     if cfg.holdout > 0 and n_hold < 1:
         raise CompressError(f"task.holdout: {cfg.holdout} of {len(full)} training rows holds out nothing (raise it, or "

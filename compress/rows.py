@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
 import sys
@@ -23,6 +24,8 @@ from compress.errors import CompressError
 from compress.tasks import TaskSpec, data_dir, task_spec
 
 csv.field_size_limit(sys.maxsize)
+log = logging.getLogger(__name__)
+_WARNED: set = set()  # (file, label) pairs already warned of: every stage reads the task again
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
@@ -164,6 +167,23 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         raise CompressError(f"{path}: split {split!r} has no rows")
     out["label"] = _encode_labels(out["label"], spec, path, lines)
     return out
+
+
+def check_train_labels(cfg: TaskConfig, spec: TaskSpec, encoded: list) -> None:
+    """A custom classification task's training labels (``read_split``'s, all rows): two labels at least (one label
+    trains a constant model that every later stage would measure and ship); a listed label with no row is warned of
+    (it is never learnt)."""
+    if not _is_custom(spec) or spec.is_regression or cfg.hub_dataset:
+        return
+    path, seen = data_dir(cfg, spec) / spec.files["train"], set(encoded)
+    if len(seen) < 2:
+        raise CompressError(f"{path}: column {spec.label!r}: every training row has label "
+                            f"{spec.labels[encoded[0]]!r}; a classifier needs rows of at least two of {spec.labels}")
+    for i, name in enumerate(spec.labels):
+        if i not in seen and (str(path), name) not in _WARNED:
+            _WARNED.add((str(path), name))
+            log.warning("%s: column %r: no training row has label %r (of %s); the model will not learn it",
+                        path, spec.label, name, spec.labels)
 
 
 def _is_custom(spec: TaskSpec) -> bool:

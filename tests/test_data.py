@@ -320,3 +320,19 @@ def test_collator_pads_without_the_fast_tokenizer_advice(minilm_dir):
     assert batch["input_ids"].shape == (2, len(rows[1]["input_ids"])) and batch["labels"].tolist() == [0, 1]
     assert batch["attention_mask"][0].sum() == len(rows[0]["input_ids"])
     assert from_collator == [] and len([r for r in records if "fast tokenizer" in r.getMessage()]) == 1
+
+
+def test_custom_train_split_of_one_label_is_refused_and_an_unseen_label_warned(tmp_path, caplog):
+    """One label in train trained a constant classifier that every stage measured and the bundle shipped; a listed
+    label with no training row (one only in dev) is said once."""
+    cfg = _custom(tmp_path, "t.csv", "review,stars\nfine,pos\ngood,pos\n", holdout=0.0)
+    with pytest.raises(CompressError) as e:
+        load_task(cfg)
+    assert str(e.value) == (f"{tmp_path / 't.csv'}: column 'stars': every training row has label 'pos'; a classifier "
+                            f"needs rows of at least two of ['neg', 'pos']")
+    cfg = _custom(tmp_path, "u.csv", "review,stars\nfine,pos\nawful,neg\n", labels=["neg", "pos", "meh"], holdout=0.0)
+    with caplog.at_level("WARNING"):
+        load_task(cfg, seed=0), load_task(cfg, seed=1)
+    said = [r.getMessage() for r in caplog.records if "no training row" in r.getMessage()]
+    assert said == [f"{tmp_path / 'u.csv'}: column 'stars': no training row has label 'meh' (of ['neg', 'pos', 'meh']);"
+                    f" the model will not learn it"]
