@@ -112,13 +112,14 @@ def _element_lines(text: str) -> list[int]:
 
 
 def _records_to_rows(path: Path, records: list, lines: list[int]) -> tuple[list[str], list[list], list[int]]:
-    """JSON rows (objects) -> header (the first object's keys) and cells in header order (None where missing)."""
+    """JSON rows (objects) -> header (every object's keys, in order of first appearance: a first row without the
+    label was "column not found") and cells in header order (None where missing)."""
     if not records:
         raise CompressError(f"{path}: file is empty")
     for record, line in zip(records, lines):
         if not isinstance(record, dict):
             raise CompressError(f"{path}:{line}: expected a JSON object, got {_json_kind(record)}")
-    header = list(records[0])
+    header = list(dict.fromkeys(key for record in records for key in record))
     return header, [[r.get(k) for k in header] for r in records], lines
 
 
@@ -149,6 +150,9 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
             continue
         if name not in header:
             raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)})")
+        if header.count(name) > 1:  # header.index would read the first silently
+            raise CompressError(f"{path}: column {name!r} appears {header.count(name)} times in the header; rename "
+                                f"all but one")
         index[role] = header.index(name)
     custom = _is_custom(spec)
     out = {role: [] for role in index}

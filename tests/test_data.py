@@ -336,3 +336,14 @@ def test_custom_train_split_of_one_label_is_refused_and_an_unseen_label_warned(t
     said = [r.getMessage() for r in caplog.records if "no training row" in r.getMessage()]
     assert said == [f"{tmp_path / 'u.csv'}: column 'stars': no training row has label 'meh' (of ['neg', 'pos', 'meh']);"
                     f" the model will not learn it"]
+
+
+def test_jsonl_header_is_every_rows_keys_and_a_repeated_column_is_refused(tmp_path):
+    """A JSON Lines file whose first row lacks the label said "column 'stars' not found" (the header was the first
+    object's keys); a CSV header naming a used column twice read the first one silently."""
+    text = '{"review": "fine"}\n{"review": "awful", "stars": "neg"}\n'
+    assert _refused(_custom(tmp_path, "t.jsonl", text)) == f"{tmp_path / 't.jsonl'}:1: column 'stars' is empty"
+    text = '{"review": "fine", "stars": "pos"}\n{"stars": "neg", "review": "awful", "id": 3}\n'
+    assert load_split(_custom(tmp_path, "t.jsonl", text), "train")["label"] == [1, 0]
+    cfg = _custom(tmp_path, "t.csv", "review,review,stars\nfine,awful,pos\n")
+    assert _refused(cfg) == f"{tmp_path / 't.csv'}: column 'review' appears 2 times in the header; rename all but one"
