@@ -46,16 +46,20 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
     delimiter = "," if suffix == ".csv" else "\t"
     quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header, rows, lines = None, [], []
+    header, rows, lines, end = None, [], [], 0
     for row in reader:
+        start, end = end + 1, reader.line_num  # a quoted field may span lines: a row is named by its first
         row = [c.rstrip("\r") for c in row]
         if not any(c.strip() for c in row):
             continue
         if header is None:
             header = row
             continue
+        if end > start and len(row) < len(header):  # a quote never closed swallows the lines after it
+            raise CompressError(f"{path}:{start}: expected {len(header)} {_separated(path)} fields, got {len(row)}: "
+                                f"a quoted field runs from line {start} to line {end} (a '\"' never closed?)")
         rows.append(row)
-        lines.append(reader.line_num)
+        lines.append(start)
     if header is None:
         raise CompressError(f"{path}: file is empty")
     return header, rows, lines

@@ -347,3 +347,16 @@ def test_jsonl_header_is_every_rows_keys_and_a_repeated_column_is_refused(tmp_pa
     assert load_split(_custom(tmp_path, "t.jsonl", text), "train")["label"] == [1, 0]
     cfg = _custom(tmp_path, "t.csv", "review,review,stars\nfine,awful,pos\n")
     assert _refused(cfg) == f"{tmp_path / 't.csv'}: column 'review' appears 2 times in the header; rename all but one"
+
+
+def test_csv_unclosed_quote_names_the_line_it_opened_on(tmp_path):
+    """A '"' never closed swallowed the rest of the file into one field: the error named the file's last line."""
+    text = 'review,stars\nfine,pos\n"awful,neg\nok,pos\n\ngood,pos\n'
+    assert _refused(_custom(tmp_path, "t.csv", text)) == (
+        f"{tmp_path / 't.csv'}:3: expected 2 comma-separated fields, got 1: a quoted field runs from line 3 to line 6 "
+        f"(a '\"' never closed?)")
+    # a closed multi-line field loads, and its row is named by the line it starts on
+    text = 'review,stars\nfine,pos\n\n"awful\nreally",neg\n"meh\n",zzz\n'
+    assert _refused(_custom(tmp_path, "t.csv", text)) == (
+        f"{tmp_path / 't.csv'}:6: column 'stars': label 'zzz' is not one of ['neg', 'pos']")
+    assert load_split(_custom(tmp_path, "t.csv", text.replace("zzz", "neg")), "train")["text"][1] == "awful\nreally"
