@@ -66,10 +66,15 @@ def time_fixed(fn, warmup: int, repeats: int, max_seconds: float, min_runs: int)
     return times
 
 
-def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0,
+                 vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Random token ids (within ``vocab_size``: a small vocabulary's model failed at ids up to 20000)."""
+    from compress.export import example_id_range
+
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 20000, size=(batch, seq), dtype=np.int64)
-    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+    ids = rng.integers(*example_id_range(vocab_size or 20000, 20000), size=(batch, seq), dtype=np.int64)
+    if ids.max() > 102:
+        ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     return {n: feeds[n] for n in names}
 
@@ -136,7 +141,8 @@ def _rotated(names: list[str], i: int) -> list[str]:
     return names[i % len(names):] + names[: i % len(names)]
 
 
-def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, int]) -> dict:
+def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, int],
+            vocab_size: Optional[int] = None) -> dict:
     """Latencies of every artifact, all loaded in this process. ``cfg.order``:
 
     - ``series`` (default): each artifact runs its whole series back to back (warm-up, then every dev sentence, or
@@ -190,7 +196,7 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
                                **p, "throughput_seq_s": round(1000.0 / p["mean_ms"], 2)})
         progress.update()
         for batch, seq in shapes:
-            feeds = {n: fixed_inputs(r.names, batch, seq) for n, r in runners.items()}
+            feeds = {n: fixed_inputs(r.names, batch, seq, vocab_size=vocab_size) for n, r in runners.items()}
             times = {n: [] for n in names}
             if series:  # repeats, min_runs and max_seconds split over the rounds
                 repeats, min_runs = -(-cfg.repeats // rounds), -(-cfg.min_runs // rounds)
@@ -223,7 +229,7 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
 
 
 def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict,
-                             peak: bool = True) -> dict:
+                             peak: bool = True, vocab_size: Optional[int] = None) -> dict:
     """``measure`` in a fresh process, where the OpenMP wait policy of torch (read when torch loads) can
     follow ``cfg.spin``: PASSIVE unless spinning is asked for. ``peak``: also measure the machine's GEMM peak
     (``machine_peak`` of the result)."""
@@ -231,7 +237,7 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
         tmp = Path(tmp)
         dev.save_to_disk(str(tmp / "dev"))
         spec = {"mode": "timing", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
-                "flops": flops, "peak": peak}
+                "flops": flops, "peak": peak, "vocab_size": vocab_size}
         env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
         return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
 
@@ -268,7 +274,7 @@ def probe_memory(spec: dict) -> dict:
     for f in dev_feeds(spec["dev_rows"], run.names):
         run(f)
     if spec["largest"]:
-        run(fixed_inputs(run.names, *spec["largest"]))
+        run(fixed_inputs(run.names, *spec["largest"], vocab_size=spec.get("vocab_size")))
     return {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
@@ -333,9 +339,10 @@ def _worker_main(spec: dict) -> dict:
 
     cfg = BenchConfig(**spec["cfg"])
     if not spec.get("peak", True):
-        return {"results": measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])}
+        return {"results": measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"],
+                                   spec.get("vocab_size"))}
     before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
-    results = measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"])
+    results = measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"], spec.get("vocab_size"))
     after = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}  # the best of before and after
     return {"results": results,
             "machine_peak": {t: {k: max(v, after[t][k]) for k, v in before[t].items()} for t in before}}
@@ -377,13 +384,14 @@ def forward_flops(model_dir: str, shapes: list[tuple[int, int]]) -> dict[str, in
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from compress.export import example_id_range
     from compress.modeling import load_trained
 
     model, _ = load_trained(model_dir)
     model.eval()
     out = {}
     for batch, seq in shapes:
-        ids = torch.randint(1000, 2000, (batch, seq))
+        ids = torch.randint(*example_id_range(model.config.vocab_size, 2000), (batch, seq))
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
         out[f"b{batch}xs{seq}"] = int(counter.get_total_flops())
@@ -453,7 +461,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
           shapes: list[tuple[int, int]]) -> dict:
     """Measure every artifact and peer; write ``bench.json`` into ``out``; return the manifest fields."""
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from compress.data import Collator
 
@@ -530,7 +538,8 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         torch.save(models["torch_dynamic_int8"].state_dict(), buffer)
         artifacts["torch_dynamic_int8"]["size_bytes"] = buffer.tell()
     del models
-    timed = measure_in_fresh_process(artifacts, dev, cfg, flops)
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    timed = measure_in_fresh_process(artifacts, dev, cfg, flops, vocab_size=vocab)
     for name, rows in timed["results"].items():
         artifacts[name]["results"] = rows
     peak = timed["machine_peak"]
@@ -541,7 +550,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         for name, art in artifacts.items():
             if cfg.isolate:
                 job = {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
-                       "dev_rows": probe_rows, "threads": cfg.threads,
+                       "dev_rows": probe_rows, "threads": cfg.threads, "vocab_size": vocab,
                        "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
                 art.update(run_isolated(job, tmp))
             file = Path(art["path"]) if "path" in art else None

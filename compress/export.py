@@ -63,6 +63,12 @@ def input_names(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
+def example_id_range(vocab_size: int, high: int) -> tuple[int, int]:
+    """Token ids [low, high) for example and timing inputs: 1000 up to ``high``, within the vocabulary (a model with
+    a small one, a domain tokenizer's few hundred tokens, failed its export with 'index out of range in self')."""
+    return min(1000, vocab_size // 2), min(high, vocab_size)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> Path:
     """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch and sequence axes; the model's train/eval mode
     is restored afterwards."""
@@ -72,7 +78,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) ->
     wrapper = _Logits(model.float(), names).eval()  # eval() on the wrapper: torch.onnx.export keeps its mode
     model.eval()
     # batch 2, sequence 8, with padding in one row: no dimension is 1, so none is specialised away
-    ids = torch.randint(1000, 2000, (2, 8))
+    ids = torch.randint(*example_id_range(model.config.vocab_size, 2000), (2, 8))  # within a small vocabulary too
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[1, 6:] = 0
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}

@@ -110,3 +110,20 @@ def test_missing_and_corrupt_onnx_files(tmp_path):
     corrupt.write_bytes(b"\x08\x07this is not a protobuf model" * 10)
     with pytest.raises(CompressError, match="corrupt.onnx: not a loadable ONNX model"):
         session(corrupt)
+
+
+def test_a_small_vocabulary_model_exports_and_its_fixed_inputs_fit(tmp_path, tokenizer):
+    """A model whose vocabulary has fewer than 2000 tokens (a domain BPE tokenizer) failed its ONNX export, and then
+    the bench's FLOP count and fixed-shape inputs, with 'index out of range' (random example ids were 1000-20000)."""
+    from compress.bench import fixed_inputs, forward_flops
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(vocab_size=300))
+    path = export_onnx(model, tmp_path / "m.onnx")
+    feeds = fixed_inputs(["input_ids", "attention_mask", "token_type_ids"], 2, 16, vocab_size=300)
+    assert feeds["input_ids"].max() < 300
+    assert session(path).run(["logits"], feeds)[0].shape == (2, 2)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")  # load_trained reads one; forward_flops does not use it
+    assert forward_flops(str(tmp_path / "model"), [(1, 16)])["b1xs16"] > 0
+    assert fixed_inputs(["input_ids"], 1, 8)["input_ids"].max() >= 1000  # unknown vocabulary: as before
