@@ -157,10 +157,16 @@ def unsupported_type(model_type: Optional[str]) -> Optional[str]:
             f"models are bert)")
 
 
-def check_model_name(name: str, file: str, where: str, kind: str = "model") -> None:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+"""A folder with none of these has no tokenizer: transformers fails on it with a TypeError deep in its loader."""
+
+
+def check_model_name(name: str, file: str, where: str, kind: str = "model", tokenizer: bool = True) -> None:
     """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
     the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
-    as hub ids have (legacy ids like bert-base-uncased are not near misses)."""
+    as hub ids have (legacy ids like bert-base-uncased are not near misses). ``tokenizer``: a model folder must hold
+    its tokenizer too (false where the recipe names another: a student's ``tokenizer``)."""
     from difflib import get_close_matches
 
     from teachers.zoo import ZOO
@@ -184,6 +190,9 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model") -> N
             reason = unsupported_type(model_type)
             if reason:
                 raise CompressError(f"{file}: {where}: {name!r}: {reason}")
+            if tokenizer and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
+                raise CompressError(f"{file}: {where}: folder {name!r} holds no tokenizer (none of "
+                                    f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer there too")
         return
     if os.path.exists(name):
         raise CompressError(f"{file}: {where}: {name!r} is a file; give a model folder, a zoo name or a hub id")
@@ -364,7 +373,7 @@ class StudentConfig:
         if self.kind == "layer_drop" and self.init != "random":
             raise CompressError(f"{file}: {where}.init: layer_drop students always start from the teacher's weights")
         if self.init != "random":
-            check_model_name(self.init, file, f"{where}.init")
+            check_model_name(self.init, file, f"{where}.init", tokenizer=self.tokenizer is None)
         if self.tokenizer is not None:
             check_model_name(self.tokenizer, file, f"{where}.tokenizer", kind="tokenizer")
         if self.kind == "narrow" and self.init == "random" and self.layers is None and self.keep_layers is None:

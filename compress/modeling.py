@@ -26,15 +26,23 @@ def task_kwargs(spec: TaskSpec) -> dict:
             "id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
 
 
-def load_for_task(model: str, spec: TaskSpec):
-    """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer."""
+def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True):
+    """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer (None when
+    not asked for: a student with a tokenizer of its own)."""
     hub.check(model, f"model {model!r}")
     source, offline = resolve(model), hub.load_kwargs(model)
     try:
         config = AutoConfig.from_pretrained(source, **offline, **task_kwargs(spec))
-        tokenizer = AutoTokenizer.from_pretrained(source, **offline)
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **offline) if tokenizer else None
+    except OSError as e:
+        raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError) as e:  # a folder without tokenizer files: "stat: path should be string..."
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CompressError(f"model {model!r}: cannot load its tokenizer ({type(e).__name__}: {first}); save the "
+                            f"tokenizer with the model") from None
     reason = unsupported_type(config.model_type)  # a hub model: known only once its config is here
     if reason:
         raise CompressError(f"model {model!r}: {reason}")

@@ -55,7 +55,7 @@ def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: i
 
 def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Module, object, Optional[list[int]]]:
     """A general-distilled checkpoint with a fresh head, truncated as asked; its tokenizer; the layers kept."""
-    model, tokenizer = load_for_task(spec.init, task)
+    model, tokenizer = load_for_task(spec.init, task, tokenizer=spec.tokenizer is None)
     cfg = model.config
     for key, have in (("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
                       ("ffn", getattr(cfg, "intermediate_size", None))):

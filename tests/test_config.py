@@ -91,10 +91,33 @@ def test_a_near_miss_of_a_zoo_name_is_refused_at_validation(tmp_path):
                                                 r"not supported \(supported encoders: bert, electra, mpnet, roberta"):
             load_recipe(recipe("mpnet-base", str(tmp_path / "minilm-l7")))
     (tmp_path / "minilm-l7" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "minilm-l7" / "vocab.txt").write_text("[PAD]\n")  # a model folder holds its tokenizer
     with pytest.raises(CompressError, match=r"teacher\.model: .*r\.yaml' is a file; give a model folder"):
         load_recipe(recipe(str(tmp_path / "r.yaml"), "minilm-l6"))
     for teacher in ("bert-base-uncased", "microsoft/MiniLM-L12-H384-uncased", "roberta-base"):
         assert load_recipe(recipe(teacher, str(tmp_path / "minilm-l7"))).teacher.model == teacher
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_at_validation(tmp_path):
+    """A folder of config.json and weights only passed validation, then failed the teacher stage with a TypeError
+    traceback from transformers' tokenizer loader; a student's init needs none when it names its own tokenizer."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: {model}}}\n")
+    with pytest.raises(CompressError) as e:
+        load_recipe(path)
+    assert str(e.value) == (f"{path}: teacher.model: folder {str(model)!r} holds no tokenizer (none of tokenizer.json, "
+                            f"tokenizer_config.json, vocab.txt, vocab.json, spiece.model, sentencepiece.bpe.model); "
+                            f"save the model's tokenizer there too")
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                    f"students: [{{name: s, kind: narrow, init: {model}}}]\n")
+    with pytest.raises(CompressError, match=r"students\[0\]\.init: folder .* holds no tokenizer"):
+        load_recipe(path)
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                    f"students: [{{name: s, kind: narrow, init: {model}, tokenizer: minilm-l6}}]\n")
+    assert load_recipe(path).students[0].init == str(model)
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -52,6 +52,20 @@ def test_a_folder_with_a_head_of_another_size_gets_a_fresh_one(tiny_bert_dir):
     assert model.classifier.out_features == 1 and model.config.problem_type == "regression"
 
 
+def test_a_folder_whose_tokenizer_cannot_load_is_one_line(tiny_bert_dir):
+    """tokenizer_config.json without its vocabulary: a TypeError traceback ("stat: path should be string...") from
+    transformers; a student with a tokenizer of its own does not load its init folder's."""
+    from compress.data import GLUE_TASKS
+
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        (tiny_bert_dir / name).unlink(missing_ok=True)
+    with pytest.raises(CompressError, match=rf"^model '{tiny_bert_dir}': cannot load its tokenizer \(TypeError: .*\); "
+                                            r"save the tokenizer with the model$"):
+        load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])
+    model, tok = load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"], tokenizer=False)
+    assert tok is None and model.num_labels == 2
+
+
 def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
     data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
     model, tok = load_for_task(str(tiny_bert_dir), data.spec)
