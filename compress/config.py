@@ -149,12 +149,16 @@ head/FFN layout, ONNX export and ORT's fusions, the bundle's tokenizer. MiniLM m
 shared layers, DeBERTa's attention, DistilBERT's layout, decoders) would fail part-way through a run."""
 
 
-def unsupported_type(model_type: Optional[str]) -> Optional[str]:
-    """The one-line reason a model type is refused, or None when every stage handles it."""
-    if model_type in ENCODER_TYPES:
-        return None
-    return (f"model type {model_type!r} is not supported (supported encoders: {', '.join(ENCODER_TYPES)}; MiniLM "
-            f"models are bert)")
+def unsupported_type(model_type: Optional[str], position_embedding_type: Optional[str] = None) -> Optional[str]:
+    """The one-line reason a model type (or, of a supported type, its config's ``position_embedding_type``) is
+    refused, or None when every stage handles it."""
+    if model_type not in ENCODER_TYPES:
+        return (f"model type {model_type!r} is not supported (supported encoders: {', '.join(ENCODER_TYPES)}; MiniLM "
+                f"models are bert)")
+    if position_embedding_type not in (None, "absolute"):  # prune's head surgery emptied the distance embedding
+        return (f"position_embedding_type {position_embedding_type!r} is not supported (absolute position embeddings "
+                f"only)")
+    return None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
@@ -184,10 +188,11 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
 
             try:
                 with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
-                    model_type = json.load(f).get("model_type")
+                    fields = json.load(f)
+                model_type = fields.get("model_type")
             except (OSError, ValueError, AttributeError) as e:
                 raise CompressError(f"{file}: {where}: {os.path.join(name, 'config.json')}: unreadable ({e})") from None
-            reason = unsupported_type(model_type)
+            reason = unsupported_type(model_type, fields.get("position_embedding_type"))
             if reason:
                 raise CompressError(f"{file}: {where}: {name!r}: {reason}")
             if tokenizer and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):

@@ -43,7 +43,8 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True):
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CompressError(f"model {model!r}: cannot load its tokenizer ({type(e).__name__}: {first}); save the "
                             f"tokenizer with the model") from None
-    reason = unsupported_type(config.model_type)  # a hub model: known only once its config is here
+    # a hub model: known only once its config is here
+    reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))
     if reason:
         raise CompressError(f"model {model!r}: {reason}")
     verbosity = hf_logging.get_verbosity()

@@ -120,6 +120,24 @@ def test_a_model_folder_without_a_tokenizer_is_refused_at_validation(tmp_path):
     assert load_recipe(path).students[0].init == str(model)
 
 
+def test_relative_position_embeddings_are_refused_at_validation(tmp_path):
+    """A BERT with position_embedding_type relative_key trained and distilled, then failed the prune stage with an
+    einsum size error (the head surgery emptied its distance embedding)."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "vocab.txt").write_text("[PAD]\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: {model}}}\n")
+    for kind in ("relative_key", "relative_key_query"):
+        (model / "config.json").write_text(f'{{"model_type": "bert", "position_embedding_type": "{kind}"}}')
+        with pytest.raises(CompressError) as e:
+            load_recipe(path)
+        assert str(e.value) == (f"{path}: teacher.model: {str(model)!r}: position_embedding_type {kind!r} is not "
+                                f"supported (absolute position embeddings only)")
+    (model / "config.json").write_text('{"model_type": "bert", "position_embedding_type": "absolute"}')
+    assert load_recipe(path).teacher.model == str(model)
+
+
 def test_defaults_and_overrides(tmp_path):
     r = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"teacher.epochs": 1, "seed": 7})
     assert r.name == "r" and r.seed == 7 and r.teacher.epochs == 1.0 and r.teacher.model == "minilm-l6"
