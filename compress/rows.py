@@ -153,7 +153,9 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         if name is None:
             continue
         if name not in header:
-            raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)})")
+            near = [h for h in header if h.strip() == name.strip()]  # "a, b" headers: the space is in the name
+            hint = f"; the header has {near[0]!r}: remove the spaces around it" if near else ""
+            raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)}){hint}")
         if header.count(name) > 1:  # header.index would read the first silently
             raise CompressError(f"{path}: column {name!r} appears {header.count(name)} times in the header; rename "
                                 f"all but one")

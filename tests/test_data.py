@@ -360,3 +360,11 @@ def test_csv_unclosed_quote_names_the_line_it_opened_on(tmp_path):
     assert _refused(_custom(tmp_path, "t.csv", text)) == (
         f"{tmp_path / 't.csv'}:6: column 'stars': label 'zzz' is not one of ['neg', 'pos']")
     assert load_split(_custom(tmp_path, "t.csv", text.replace("zzz", "neg")), "train")["text"][1] == "awful\nreally"
+
+
+def test_a_header_name_with_spaces_around_it_is_pointed_out(tmp_path):
+    """'review, stars' (a space after the comma): "column 'stars' not found (columns: review,  stars)" did not say
+    why."""
+    assert _refused(_custom(tmp_path, "t.csv", "review, stars\nfine,pos\n")) == (
+        f"{tmp_path / 't.csv'}: column 'stars' not found (columns: review,  stars); the header has ' stars': remove "
+        f"the spaces around it")
