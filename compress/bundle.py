@@ -516,14 +516,22 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
+def bundle_max_drop(recipe) -> float:
+    """The bundle's accuracy-drop budget (points vs the teacher): ``bundle.max_drop``, else ``quantize.max_drop`` when
+    the recipe has a quantize section (0 included: it was read as unset, a budget of 1 point), else 1.0."""
+    if recipe.bundle.max_drop is not None:
+        return recipe.bundle.max_drop
+    quantize_cfg = getattr(recipe, "quantize", None)
+    return quantize_cfg.max_drop if quantize_cfg is not None else 1.0
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
     from compress.report import collect
 
     cfg = recipe.bundle
-    quantize_cfg = getattr(recipe, "quantize", None)
-    max_drop = cfg.max_drop if cfg.max_drop is not None else getattr(quantize_cfg, "max_drop", None) or 1.0
+    max_drop = bundle_max_drop(recipe)
     table = collect(recipe.run_dir, recipe=recipe)
     chosen, choice = pick(table, cfg.pick, max_drop, cfg.threads)
     spec = task_spec(recipe.task)

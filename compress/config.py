@@ -383,6 +383,13 @@ class StudentConfig:
             check_model_name(self.tokenizer, file, f"{where}.tokenizer", kind="tokenizer")
         if self.kind == "narrow" and self.init == "random" and self.layers is None and self.keep_layers is None:
             raise CompressError(f"{file}: {where}.layers: a narrow student with random init needs layers")
+        if self.kind == "narrow" and self.init == "random":  # refused by the distill stage, after the teacher trained
+            if self.hidden is None:
+                raise CompressError(f"{file}: {where}.hidden: a narrow student with random init needs hidden (its "
+                                    f"width)")
+            if self.heads is None and self.hidden % max(1, self.hidden // 64):
+                raise CompressError(f"{file}: {where}: hidden {self.hidden} is not divisible by the default heads "
+                                    f"{max(1, self.hidden // 64)} (hidden // 64): give heads")
 
 
 @dataclass

@@ -445,6 +445,18 @@ def test_default_bundle_names_say_the_task_once():
     assert default_name("MRPC_small", "mrpc") == "MRPC_small-int8" and default_name("sst2x", "sst2") == "sst2x-sst2-int8"
 
 
+def test_bundle_budget_defaults_to_quantize_max_drop_even_when_zero(tmp_path):
+    """bundle.max_drop unset: quantize.max_drop, 0 included (it was read as unset: a budget of 1 point)."""
+    from compress.bundle import bundle_max_drop
+    from compress.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    for quantize, bundle, want in (("{max_drop: 0.0}", "{}", 0.0), ("{max_drop: 0.3}", "{}", 0.3),
+                                   ("{max_drop: 0.0}", "{max_drop: 2.5}", 2.5)):
+        path.write_text(f"task: {{name: sst2}}\nteacher: {{}}\nquantize: {quantize}\nbundle: {bundle}\n")
+        assert bundle_max_drop(load_recipe(path)) == want
+
+
 def test_bundle_stage_from_a_run(run_dir, tmp_path):
     from compress.bundle import run as bundle_stage
 
