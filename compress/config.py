@@ -2,7 +2,7 @@
 
 Every section of a recipe is a dataclass below. `load_recipe` reads the YAML and builds them with `from_dict`, which
 rejects unknown keys and wrong types with one error that names the file and the dotted key
-(e.g. ``pipelines/x.yaml: teacher.lr: expected float, got 'fast'``).
+(e.g. ``pipelines/x.yaml: teacher.lr: expected a number, got 'fast'``).
 
 Later stages add their own sections here: one dataclass per section, documented field by field, with defaults that
 run offline.
@@ -34,15 +34,19 @@ class TaskConfig:
     name: str
     """GLUE task (sst2, mrpc, rte, cola, stsb, qnli, mnli, qqp, wnli) or any name for a custom task."""
     data_dir: Optional[str] = None
-    """GLUE-format folder. Default: ``$GLUE_DIR/<Task>`` or ``../shared/data/glue/<Task>`` for GLUE tasks."""
+    """GLUE-format folder. Default: ``$GLUE_DIR/<Task>`` or ``shared/data/glue/<Task>`` beside the repository folder
+    (``../shared`` from it) for GLUE tasks. Custom task: the folder ``files`` are read from (default: the folder
+    compress runs in)."""
     max_length: int = 128
     """Tokens per row after truncation (special tokens included)."""
     max_train_samples: Optional[int] = None
-    """Use only the first N training rows (after a seeded shuffle). None: all."""
+    """Use only the first N training rows (after a seeded shuffle, of the rows left once ``holdout`` is taken).
+    None: all."""
     max_eval_samples: Optional[int] = None
     """Use only the first N dev rows (and of a labelled test split, MRPC's). None: all."""
     holdout: float = 0.05
-    """Fraction of train held out for checkpoint selection (dev is reported, never used to select)."""
+    """Fraction of the whole training file (before ``max_train_samples``) held out for checkpoint selection (dev is
+    reported, never used to select); 0: none held out."""
     holdout_max: int = 2000
     """Upper bound on the held-out rows."""
     group_by_length: bool = True
@@ -52,13 +56,18 @@ class TaskConfig:
     """Custom task: split -> file (.tsv, .csv, .jsonl, or .json holding an array of row objects; UTF-8), e.g.
     {train: a.tsv, dev: b.tsv}."""
     text_column: str = "text"
+    """Custom task: the column (header name, or JSON key) holding the text."""
     text_pair_column: Optional[str] = None
+    """Custom task: the column of the second text of a pair task (None: single texts)."""
     label_column: str = "label"
+    """Custom task: the column holding the label name (or the real-valued target with ``regression: true``)."""
     labels: Optional[list[str]] = None
     """Custom task: label names in index order. None with ``regression: true`` for a real-valued target."""
     regression: bool = False
+    """Custom task: a real-valued target (one output; metrics pearson, spearmanr) instead of ``labels``."""
     hub_dataset: Optional[str] = None
-    """Custom task read with ``datasets.load_dataset(hub_dataset)`` (needs the network; not used offline)."""
+    """Custom task read with ``datasets.load_dataset`` from the hub: ``path`` or ``path:config``, e.g. ``glue:sst2``
+    (needs the network; not used offline)."""
     metrics: Optional[list[str]] = None
     """Custom task: metric names (accuracy, f1, matthews_correlation, pearson, spearmanr); first one selects."""
 
@@ -91,12 +100,17 @@ class TrainConfig:
     """Optimisation settings shared by teacher fine-tuning and student distillation."""
 
     epochs: float = 3.0
+    """Passes over the training rows (fractions allowed); see ``max_steps``."""
     lr: float = 5.0e-5
+    """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
     batch_size: int = 32
+    """Rows per batch, per process."""
     grad_accum: int = 1
     """Gradient accumulation steps: the effective batch is batch_size x grad_accum x processes."""
     warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0: no clipping."""
     max_steps: Optional[int] = None
@@ -346,6 +360,7 @@ class StudentConfig:
     hidden: Optional[int] = None
     """narrow: hidden width (must divide by heads). layer_drop: must equal the teacher's, if given."""
     heads: Optional[int] = None
+    """narrow + random: attention heads (default hidden // 64, at least 1)."""
     ffn: Optional[int] = None
     """narrow: feed-forward width (default 4 x hidden)."""
     init: str = "random"
@@ -355,7 +370,9 @@ class StudentConfig:
     vocab_size: Optional[int] = None
     """narrow + random: vocabulary size (must match the tokenizer used)."""
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """Losses: logit KD, gold labels, intermediate matches, augmentation (`DistillConfig`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation of this student (`TrainConfig`; its ``seed`` defaults to the recipe's)."""
 
     def validate(self, file: str, where: str) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -461,6 +478,7 @@ class PruneConfig:
     calibration_batches: int = 16
     """Taylor: number of batches of task training rows whose gradients score the heads and neurons."""
     calibration_batch_size: int = 32
+    """Taylor: rows per calibration batch."""
     steps: int = 1
     """Iterative pruning: reach the target in this many equal steps, each followed by recovery."""
     drop_empty_layers: bool = False
@@ -469,7 +487,8 @@ class PruneConfig:
     """Model to prune: "teacher" or a student name (stage distill). Default: the first student when the recipe has
     students, otherwise the teacher."""
     recover: Optional[RecoverConfig] = field(default_factory=lambda: RecoverConfig(epochs=1.0, lr=1.0e-4))
-    """Distillation after each step; null: no recovery (prune only)."""
+    """Distillation after each step; null: no recovery (prune only). Left out: ``epochs: 1, lr: 1.0e-4`` and the other
+    defaults; a ``recover:`` mapping starts from `TrainConfig`'s defaults (epochs 3, lr 5e-5) for what it leaves out."""
 
     def validate(self, file: str, where: str) -> None:
         for key in ("heads", "ffn"):
@@ -524,12 +543,14 @@ class QuantizeConfig:
     modes: list[Literal["dynamic", "static"]] = field(default_factory=lambda: ["dynamic", "static"])
     """dynamic: int8 weights, activation ranges computed per run; static: activation ranges from calibration."""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    """Static int8: how activation ranges are measured (`CalibrationConfig`)."""
     per_channel: bool = True
     """One weight scale per output channel instead of per tensor (Optimum's default too). Costs no time in ORT's
     int8 matmuls; per tensor, the quickstart student's dynamic int8 lost 1.26 points of SST-2 dev, per channel 0.57."""
     activation_type: Literal["quint8", "qint8"] = "quint8"
     """Static activations; quint8 (u8 x s8 products) is the fast path of x86 VNNI kernels (qint8 ran 2-4x slower)."""
     weight_type: Literal["qint8", "quint8"] = "qint8"
+    """int8 type of the weights: qint8 (signed; with quint8 activations, the VNNI fast path) or quint8."""
     format: Literal["qdq", "qoperator"] = "qdq"
     """Static int8 graph form: QuantizeLinear/DequantizeLinear pairs (fused by ORT at load) or QLinear* operators."""
     optimize: bool = True
@@ -539,8 +560,8 @@ class QuantizeConfig:
     the fused graph 0.66 / 0.69 ms (1 / 2 threads) against 0.72 / 0.82 ms for int8 of the plain graph. Off: quantize
     the plain exported graph (ORT fuses what it can at load)."""
     max_drop: float = 1.0
-    """Accuracy guard: largest allowed drop of the task's first metric (points, i.e. x100) of int8 vs fp32 on dev;
-    beyond it the most sensitive nodes are kept fp32 until within budget."""
+    """Accuracy guard: largest allowed drop of the task's first metric (points, i.e. x100) of int8 vs fp32 on dev (or
+    on the held-out rows: ``guard_rows``); beyond it the most sensitive nodes are kept fp32 until within budget."""
     guard_prefer: Literal["speed", "size"] = "speed"
     """What the guard spends first. speed: keep the embedding lookups fp32 before any matmul (no compute; the tables
     are then stored as int8 rows with a per-row scale when that stays within budget, else the file keeps fp32
@@ -637,7 +658,8 @@ class ReportConfig:
     """Thread count whose latency gives speedup, throughput and the plot's x axis. None: the largest benchmarked."""
     measure: bool = True
     """Time the ONNX fp32 export of every model the bench stage did not run (the teacher's is the speedup
-    reference), with the bench protocol's dev series. False: only stored numbers are reported."""
+    reference) in one pass with every bench artifact, re-timed beside it (the bench protocol's dev series, the
+    recipe's bench settings), so all speedups come from one set of runs. False: only stored numbers are reported."""
 
     def validate(self, file: str, where: str) -> None:
         if self.threads is not None and self.threads < 1:
@@ -695,7 +717,9 @@ class SearchConfig:
     recover_steps: int = 50
     """Further steps (same objective) of every student of a depth, pruned or not, from that depth's distilled one."""
     batch_size: int = 32
+    """Training rows per step (the training slice is the first max(train_steps, recover_steps) x batch_size rows)."""
     lr: float = 1.0e-4
+    """Peak learning rate of the distillation and recovery steps (10% linear warm-up, then linear decay)."""
     calibration_samples: int = 128
     """Training rows for static int8 ranges."""
     dev_rows: int = 100
@@ -761,8 +785,11 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
 @dataclass
 class Recipe:
     name: str
+    """Run folder name: <runs_dir>/<name>. Default: the recipe file's name without .yaml."""
     task: TaskConfig
+    """What to learn and from which files (`TaskConfig`)."""
     teacher: TeacherConfig
+    """The model fine-tuned on the task (stage `teacher`; `TeacherConfig`)."""
     students: Optional[list[StudentConfig]] = None
     """Students distilled from the teacher (stage `distill`)."""
     prune: Optional[PruneConfig] = None
@@ -778,6 +805,7 @@ class Recipe:
     search: Optional[SearchConfig] = None
     """Latency-budget search settings (``compress search``; not a pipeline stage)."""
     seed: int = 42
+    """Seeds the train/held-out split of every stage, and each training section whose own ``seed`` is unset."""
     runs_dir: str = "runs"
     """Where run folders go: <runs_dir>/<name>/<stage>/."""
     # where the recipe came from (not a YAML key)
