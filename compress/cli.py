@@ -285,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bundle", help="edge bundle: int8 ONNX + tokenizer + manifest + predict.py (folder and .tar.gz)",
                        description="Build an edge bundle: a folder and a .tar.gz with the int8 ONNX model (and .ort), "
-                       "tokenizer.json, labels, manifest.json (sha256 of every file), a model card and a predict.py "
-                       "that needs only onnxruntime, tokenizers and numpy. With RECIPE: run the recipe up to its "
-                       "bundle stage (the model is picked per the recipe's bundle section). With --model: bundle "
-                       "one int8 ONNX file.")
+                       "tokenizer.json, labels, manifest.json (sha256 of every file), a model card, a predict.py "
+                       "that needs only onnxruntime, tokenizers and numpy, and predict.mjs + index.html for Node.js "
+                       "and browsers. With RECIPE: run the recipe up to its bundle stage (the model is picked per the "
+                       "recipe's bundle section). With --model: bundle one int8 ONNX file.")
     p.add_argument("recipe", nargs="?", help="recipe YAML (runs its stages up to `bundle`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if unchanged")
@@ -351,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="the most accurate int8 model within a latency budget, and the Pareto front",
                        description="Latency-budget search on the run's fine-tuned teacher (runs/<name>/teacher): "
                        "layer-drop students of every depth, pruned to narrower widths, in each int8 mode; each is "
-                       "distilled briefly, quantized, scored on dev and timed on this machine (batch 1, real dev "
-                       "sentences, the bench's loop). Cheapest first; too-slow candidates are skipped from a latency "
+                       "distilled briefly, quantized, scored on held-out training rows (the pick) and on dev, and "
+                       "timed on this machine (batch 1, real dev sentences, the bench's loop; near the budget, the "
+                       "median of 3 passes). Cheapest first; too-slow candidates are skipped from a latency "
                        "estimate. Resumable (finished candidates are reused) and bounded by --time-limit-min. Writes "
                        "runs/<name>/search/{search.json, search.md, pareto.png}. Exit status 1 when nothing fits.")
     p.add_argument("recipe", help="recipe YAML whose teacher stage has run, e.g. pipelines/quickstart.yaml")
