@@ -151,6 +151,11 @@ class TeacherConfig(TrainConfig):
 
     model: str = "minilm-l6"
     """Zoo name (minilm-l6, mpnet-base), a local folder, or a hub id (online only)."""
+    finetune: bool = field(default=True, metadata={"omit_default": True})
+    """False: ``model`` is a classifier already fine-tuned on this task; the stage keeps its trained head, scores and
+    saves it, and trains nothing (the training settings are unused). Its head must have the task's label count;
+    label names equal to the task's in another order are refused, other names (NEGATIVE/POSITIVE for 0/1) are taken
+    by position with a warning."""
 
     def validate(self, file: str, where: str) -> None:
         super().validate(file, where)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -26,13 +27,14 @@ def task_kwargs(spec: TaskSpec) -> dict:
             "id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
 
 
-def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True):
+def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False):
     """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer (None when
-    not asked for: a student with a tokenizer of its own)."""
+    not asked for: a student with a tokenizer of its own). ``keep_head``: the model is already fine-tuned on the task
+    (`finetuned_head`): its own trained head is kept, not replaced."""
     hub.check(model, f"model {model!r}")
     source, offline = resolve(model), hub.load_kwargs(model)
     try:
-        config = AutoConfig.from_pretrained(source, **offline, **task_kwargs(spec))
+        config = AutoConfig.from_pretrained(source, **offline, **({} if keep_head else task_kwargs(spec)))
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
     try:
@@ -47,6 +49,8 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True):
     reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))
     if reason:
         raise CompressError(f"model {model!r}: {reason}")
+    if keep_head:
+        return finetuned_head(model, source, config, spec, offline), tokenizer
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
     try:  # a folder with a head for another label count (or regression) gets a fresh one, not a size-mismatch error
@@ -55,6 +59,45 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True):
     finally:
         hf_logging.set_verbosity(verbosity)
     return model_obj, tokenizer
+
+
+GENERIC_LABEL = re.compile(r"LABEL_\d+")
+"""transformers' placeholder label names (``id2label`` never set): the head's outputs are taken in the task's order."""
+
+
+def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dict):
+    """The classifier of ``model`` as fine-tuned, head included, for the task ``spec`` (``teacher.finetune: false``).
+    Refused in one line: a head of another size (or none: its weights would be new); label names that are the task's
+    in another order. Other names (NEGATIVE/POSITIVE for 0/1) are mapped by position, with a warning. The returned
+    model carries the task's label names."""
+    where = f"model {model!r} (teacher.finetune: false)"
+    if config.num_labels != spec.num_labels:
+        what = "a regression head (1 output)" if spec.is_regression else f"{spec.num_labels} labels {spec.labels}"
+        raise CompressError(f"{where}: its head has {config.num_labels} output(s), the task needs {what}; fine-tune "
+                            f"it here instead (finetune: true)")
+    if not spec.is_regression:
+        names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+        if not all(GENERIC_LABEL.fullmatch(n) for n in names):
+            low, want = [n.lower() for n in names], [n.lower() for n in spec.labels]
+            if sorted(low) == sorted(want) and low != want:
+                raise CompressError(f"{where}: its head's labels are {names} in this order, the task's {spec.labels}: "
+                                    f"list task.labels in the head's order")
+            if low != want:
+                log.warning("%s: head labels %s taken as the task's %s, in this order", where, names, spec.labels)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model_obj, info = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline,
+                                                                             output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    new = sorted(info.get("missing_keys") or [])
+    if new:
+        raise CompressError(f"{where}: it has no trained classification head ({', '.join(new[:3])} would be new "
+                            f"weights); fine-tune it here instead (finetune: true)")
+    for key, value in task_kwargs(spec).items():  # the task's label names and problem type, as a fine-tuned head has
+        setattr(model_obj.config, key, value)
+    return model_obj
 
 
 OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer"}

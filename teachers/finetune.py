@@ -1,4 +1,5 @@
-"""Stage `teacher`: fine-tune a pretrained encoder on the task.
+"""Stage `teacher`: fine-tune a pretrained encoder on the task (or, with ``finetune: false``, take a classifier
+already fine-tuned on it as it is: scored and saved, not trained).
 
 Any `AutoModelForSequenceClassification` works (BERT, MPNet, RoBERTa, MiniLM...), from the offline zoo, a local
 folder or a hub id. The best checkpoint is chosen on a held-out slice of train; dev (and MRPC's labelled test) is
@@ -16,7 +17,8 @@ from compress.data import Collator, load_task, tokenize
 from compress.evaluate import evaluate
 from compress.manifest import write_json
 from compress.modeling import check_length, count_params, load_for_task, save
-from compress.train import fit, set_seed
+from compress.errors import CompressError
+from compress.train import FitResult, fit, set_seed
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
@@ -25,16 +27,22 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     data = load_task(recipe.task, seed=recipe.seed)  # one train/holdout split for every stage: the recipe's seed
     spec = data.spec
     set_seed(seed)  # the new classifier head's init too, whatever ran before in this process
-    model, tokenizer = load_for_task(cfg.model, spec)
+    try:
+        model, tokenizer = load_for_task(cfg.model, spec, keep_head=not cfg.finetune)
+    except CompressError as e:
+        raise CompressError(f"{recipe.path}: teacher.model: {e}") from None
     ml = recipe.task.max_length
     check_length(model.config, ml, f"{recipe.path}: task.max_length", f"teacher {cfg.model!r}")
     train, holdout, dev = (tokenize(ds, tokenizer, ml) for ds in (data.train, data.holdout, data.dev))
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
 
-    result = fit(model, train, collator, cfg, seed=seed, group_by_length=recipe.task.group_by_length,
-                 evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
-                 checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
-                 desc=f"teacher {cfg.model}")
+    if cfg.finetune:
+        result = fit(model, train, collator, cfg, seed=seed, group_by_length=recipe.task.group_by_length,
+                     evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
+                     checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
+                     desc=f"teacher {cfg.model}")
+    else:  # already fine-tuned on the task: scored and saved as it is
+        result = FitResult(steps=0, best_metric=None, best_step=None)
 
     metrics = {"dev": evaluate(model, dev, collator, spec, desc="teacher: scoring dev")}
     if len(holdout):
@@ -45,7 +53,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "precision": result.precision,
-                  "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev)}
+                  "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
+                  **({} if cfg.finetune else {"finetuned": False})}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})
     return {"metrics": metrics, "params": count_params(model), "model": cfg.model, "train": train_info,
             "timing": {"train_s": round(result.wall_s, 2)}}

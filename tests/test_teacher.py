@@ -338,3 +338,57 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_bert_dir):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and err.rstrip().endswith("terminated"), err[-2000:]
     assert not list(run_dir.glob(".teacher.tmp-*")) and not (run_dir / "teacher").exists()
+
+
+def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, tokenizer, caplog):
+    """``teacher.finetune: false``: the folder's trained head is kept, the stage trains nothing and scores the model as
+    given; a head that cannot be the task's is refused in one line."""
+    from safetensors.torch import load_file
+    from transformers import BertForSequenceClassification, BertModel
+
+    from compress.data import GLUE_TASKS
+    from conftest import tiny_bert_config
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.finetune": False})
+    done = run_pipeline(recipe)["teacher"]
+    assert done["train"]["steps"] == 0 and done["train"]["finetuned"] is False
+    saved = load_file(tmp_path / "runs" / "tiny" / "teacher" / "model" / "model.safetensors")
+    given = load_file(tiny_bert_dir / "model.safetensors")
+    assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k]) for k in given)  # not trained
+    model, tok = load_trained(tiny_bert_dir)
+    data = load_task(recipe.task, seed=recipe.seed)
+    logits = predict(model, tokenize(data.dev, tok, 32), Collator({"": tok}))
+    assert done["metrics"]["dev"]["accuracy"] == pytest.approx(float((logits.argmax(1) == np.array(data.dev["label"]))
+                                                                     .mean()))
+    assert json.loads((tmp_path / "runs" / "tiny" / "teacher" / "model" / "config.json").read_text())["id2label"] == \
+        {"0": "0", "1": "1"}  # the task's label names
+
+    def folder(name, model, **labels):
+        path = tmp_path / name
+        if labels:
+            model.config.id2label = labels["id2label"]
+            model.config.label2id = {v: k for k, v in labels["id2label"].items()}
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return str(path)
+
+    sst2 = GLUE_TASKS["sst2"]
+    three = folder("three", BertForSequenceClassification(tiny_bert_config(num_labels=3)))
+    with pytest.raises(CompressError, match=r"its head has 3 output\(s\), the task needs 2 labels"):
+        load_for_task(three, sst2, keep_head=True)
+    swapped = folder("swapped", BertForSequenceClassification(tiny_bert_config()), id2label={0: "1", 1: "0"})
+    with pytest.raises(CompressError, match=r"head's labels are \['1', '0'\] in this order, the task's \['0', '1'\]"):
+        load_for_task(swapped, sst2, keep_head=True)
+    bare = folder("bare", BertModel(tiny_bert_config()))
+    with pytest.raises(CompressError, match=r"no trained classification head \(classifier\.bias, classifier\.weight"):
+        load_for_task(bare, sst2, keep_head=True)
+    named = folder("named", BertForSequenceClassification(tiny_bert_config()), id2label={0: "NEGATIVE", 1: "POSITIVE"})
+    with caplog.at_level("WARNING"):
+        model, _ = load_for_task(named, sst2, keep_head=True)
+    assert "head labels ['NEGATIVE', 'POSITIVE'] taken as the task's ['0', '1']" in caplog.text
+    assert model.config.id2label == {0: "0", 1: "1"}
+    # through a run: one line naming the recipe and the field
+    (tmp_path / "b").mkdir()
+    bad = load_recipe(_recipe(tmp_path / "b", swapped), {"teacher.finetune": False})
+    with pytest.raises(CompressError, match=r"tiny\.yaml: teacher\.model: model '.*swapped'.*finetune: false"):
+        run_pipeline(bad)
