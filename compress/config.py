@@ -180,6 +180,26 @@ def unsupported_type(model_type: Optional[str], position_embedding_type: Optiona
     return None
 
 
+def head_mismatch(num_labels: int, names: list[str],
+                  labels: Optional[list[str]]) -> tuple[Optional[str], Optional[str]]:
+    """(refusal, warning) for keeping a fine-tuned head of ``num_labels`` outputs named ``names`` (config.json's
+    id2label) on a task of ``labels`` (None: regression), as ``teacher.finetune: false`` does: the count must match;
+    the task's names in another order are refused; other names (transformers' LABEL_i placeholders aside) are taken by
+    position, with a warning."""
+    want = 1 if labels is None else len(labels)
+    if num_labels != want:
+        what = "a regression head (1 output)" if labels is None else f"{want} labels {labels}"
+        return (f"its head has {num_labels} output(s), the task needs {what}; fine-tune it here instead "
+                f"(finetune: true)"), None
+    if labels is None or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None, None
+    low, task = [n.lower() for n in names], [str(x).lower() for x in labels]
+    if sorted(low) == sorted(task) and low != task:
+        return (f"its head's labels are {names} in this order, the task's {labels}: list task.labels in the head's "
+                f"order"), None
+    return None, (f"head labels {names} taken as the task's {labels}, in this order" if low != task else None)
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")
 """A folder with none of these has no tokenizer: transformers fails on it with a TypeError deep in its loader."""
@@ -838,10 +858,25 @@ class Recipe:
                 and self.report.threads not in self.bench.threads:
             raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of bench.threads "
                                 f"{self.bench.threads}")
+        if not self.teacher.finetune and os.path.isfile(os.path.join(self.teacher.model, "config.json")):
+            self._check_finetuned_head(file)
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
                                 f"models ({', '.join(sources)})")
+
+    def _check_finetuned_head(self, file: str) -> None:
+        """``teacher.finetune: false`` with a local folder: its head fits the task (`head_mismatch`), before torch."""
+        from compress.tasks import task_spec
+
+        with open(os.path.join(self.teacher.model, "config.json"), encoding="utf-8") as f:
+            fields = json.load(f)
+        id2label = fields.get("id2label") or {}
+        count = len(id2label) or int(fields.get("num_labels", 2))
+        names = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
+        problem, _ = head_mismatch(count, names, task_spec(self.task).labels)
+        if problem:
+            raise CompressError(f"{file}: teacher.model: {self.teacher.model!r} (finetune: false): {problem}")
 
     def section(self, name: str) -> dict:
         """A section as plain data (for fingerprints and manifests)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -11,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
-from compress.config import unsupported_type
+from compress.config import head_mismatch, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -61,29 +60,17 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     return model_obj, tokenizer
 
 
-GENERIC_LABEL = re.compile(r"LABEL_\d+")
-"""transformers' placeholder label names (``id2label`` never set): the head's outputs are taken in the task's order."""
-
-
 def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dict):
     """The classifier of ``model`` as fine-tuned, head included, for the task ``spec`` (``teacher.finetune: false``).
-    Refused in one line: a head of another size (or none: its weights would be new); label names that are the task's
-    in another order. Other names (NEGATIVE/POSITIVE for 0/1) are mapped by position, with a warning. The returned
-    model carries the task's label names."""
+    Refused in one line: a head that does not fit the task (`head_mismatch`), or none (its weights would be new);
+    other label names are taken by position with a warning. The returned model carries the task's label names."""
     where = f"model {model!r} (teacher.finetune: false)"
-    if config.num_labels != spec.num_labels:
-        what = "a regression head (1 output)" if spec.is_regression else f"{spec.num_labels} labels {spec.labels}"
-        raise CompressError(f"{where}: its head has {config.num_labels} output(s), the task needs {what}; fine-tune "
-                            f"it here instead (finetune: true)")
-    if not spec.is_regression:
-        names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-        if not all(GENERIC_LABEL.fullmatch(n) for n in names):
-            low, want = [n.lower() for n in names], [n.lower() for n in spec.labels]
-            if sorted(low) == sorted(want) and low != want:
-                raise CompressError(f"{where}: its head's labels are {names} in this order, the task's {spec.labels}: "
-                                    f"list task.labels in the head's order")
-            if low != want:
-                log.warning("%s: head labels %s taken as the task's %s, in this order", where, names, spec.labels)
+    names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    problem, warning = head_mismatch(config.num_labels, names, spec.labels)
+    if problem:
+        raise CompressError(f"{where}: {problem}")
+    if warning:
+        log.warning("%s: %s", where, warning)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:

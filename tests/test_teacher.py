@@ -387,8 +387,11 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
         model, _ = load_for_task(named, sst2, keep_head=True)
     assert "head labels ['NEGATIVE', 'POSITIVE'] taken as the task's ['0', '1']" in caplog.text
     assert model.config.id2label == {0: "0", 1: "1"}
-    # through a run: one line naming the recipe and the field
+    # a local folder is checked by the recipe's validation already (before torch): one line naming file and field
     (tmp_path / "b").mkdir()
-    bad = load_recipe(_recipe(tmp_path / "b", swapped), {"teacher.finetune": False})
-    with pytest.raises(CompressError, match=r"tiny\.yaml: teacher\.model: model '.*swapped'.*finetune: false"):
-        run_pipeline(bad)
+    for bad, why in ((swapped, "its head's labels are ['1', '0'] in this order"), (three, "its head has 3 output(s)")):
+        with pytest.raises(CompressError) as e:
+            load_recipe(_recipe(tmp_path / "b", bad), {"teacher.finetune": False})
+        assert str(e.value).startswith(f"{tmp_path / 'b' / 'tiny.yaml'}: teacher.model: {bad!r} (finetune: false): "
+                                       f"{why}")
+    load_recipe(_recipe(tmp_path / "b", named), {"teacher.finetune": False})  # other names: a warning at load
