@@ -223,8 +223,6 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
             raise CompressError(f"{file}: {where}: folder {name!r} holds no {' or '.join(wanted)} (not a saved "
                                 f"{kind})")
         if kind == "model":
-            import json
-
             try:
                 with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
                     fields = json.load(f)

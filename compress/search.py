@@ -79,11 +79,9 @@ class ModelSpec:
 
 
 def candidates(cfg: SearchConfig, teacher_depth: int) -> list[ModelSpec]:
-    """Every model of the space, cheapest first (MACs fraction, then depth)."""
+    """Every model of the space, cheapest first (MACs fraction, then depth); ``cfg.depths`` are within the teacher's
+    (`search_settings` refuses deeper ones before torch loads)."""
     depths = cfg.depths or list(range(1, teacher_depth + 1))
-    bad = [d for d in depths if d > teacher_depth]
-    if bad:
-        raise CompressError(f"search.depths: {bad[0]} layers, but the teacher has {teacher_depth}")
     specs = {ModelSpec(d, k, teacher_depth) for d in depths for k in cfg.keep_macs}
     return sorted(specs, key=lambda s: (s.macs_fraction, s.depth))
 

@@ -364,9 +364,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         if restored is not None:  # finished before a crash or kill -9 of this stage: not trained again
             summary[spec.name], params[spec.name] = restored
             transfer = summary[spec.name].get("transfer_set")
-            saved = load_transfer_set(out / transfer, ml, t_digest) if transfer else None
+            key = augment_key(spec.distill.augment) if transfer else None
+            saved = load_transfer_set(out / transfer, ml, t_digest) if key and key not in logit_cache else None
             if saved is not None:  # a later student of the same augment setting trains on it, not relabelled
-                key = augment_key(spec.distill.augment)
                 logit_cache[key + ":rows"], logit_cache[key] = (saved[0], summary[spec.name]["augment"]), saved[1]
                 logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
             print(f"[distill] {spec.name}: finished before the interruption, not trained again")
