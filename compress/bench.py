@@ -439,7 +439,7 @@ def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from compress.data import load_task, tokenize
     from compress.modeling import check_length
