@@ -154,8 +154,8 @@ class TeacherConfig(TrainConfig):
     finetune: bool = field(default=True, metadata={"omit_default": True})
     """False: ``model`` is a classifier already fine-tuned on this task; the stage keeps its trained head, scores and
     saves it, and trains nothing (the training settings are unused). Its head must have the task's label count;
-    label names equal to the task's in another order are refused, other names (NEGATIVE/POSITIVE for 0/1) are taken
-    by position with a warning."""
+    label names equal to the task's in another order are put in the task's order, other names (NEGATIVE/POSITIVE for
+    0/1) are taken by position with a warning."""
 
     def validate(self, file: str, where: str) -> None:
         super().validate(file, where)
@@ -180,23 +180,32 @@ def unsupported_type(model_type: Optional[str], position_embedding_type: Optiona
     return None
 
 
+def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:
+    """Where a trained head's outputs named ``names`` (config.json's id2label) are the task's ``labels`` in another
+    order (case aside): for each task label, the head output that scores it. None otherwise (same order, other names,
+    transformers' LABEL_i placeholders, regression)."""
+    if labels is None or len(names) != len(labels):
+        return None
+    low, task = [n.lower() for n in names], [str(x).lower() for x in labels]
+    if low == task or sorted(low) != sorted(task) or len(set(low)) != len(low):
+        return None
+    return [low.index(t) for t in task]
+
+
 def head_mismatch(num_labels: int, names: list[str],
                   labels: Optional[list[str]]) -> tuple[Optional[str], Optional[str]]:
     """(refusal, warning) for keeping a fine-tuned head of ``num_labels`` outputs named ``names`` (config.json's
     id2label) on a task of ``labels`` (None: regression), as ``teacher.finetune: false`` does: the count must match;
-    the task's names in another order are refused; other names (transformers' LABEL_i placeholders aside) are taken by
-    position, with a warning."""
+    the task's names in another order are put in the task's order (`head_order`, no warning); other names
+    (transformers' LABEL_i placeholders aside) are taken by position, with a warning."""
     want = 1 if labels is None else len(labels)
     if num_labels != want:
         what = "a regression head (1 output)" if labels is None else f"{want} labels {labels}"
         return (f"its head has {num_labels} output(s), the task needs {what}; fine-tune it here instead "
                 f"(finetune: true)"), None
-    if labels is None or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+    if labels is None or all(re.fullmatch(r"LABEL_\d+", n) for n in names) or head_order(names, labels):
         return None, None
     low, task = [n.lower() for n in names], [str(x).lower() for x in labels]
-    if sorted(low) == sorted(task) and low != task:
-        return (f"its head's labels are {names} in this order, the task's {labels}: list task.labels in the head's "
-                f"order"), None
     return None, (f"head labels {names} taken as the task's {labels}, in this order" if low != task else None)
 
 

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
-from compress.config import head_mismatch, unsupported_type
+from compress.config import head_mismatch, head_order, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -27,13 +27,15 @@ def task_kwargs(spec: TaskSpec) -> dict:
 
 
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False):
-    """A pretrained encoder (zoo name, folder or hub id) with a fresh head for ``spec``, and its tokenizer (None when
-    not asked for: a student with a tokenizer of its own). ``keep_head``: the model is already fine-tuned on the task
+    """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
+    not asked for: a student with a tokenizer of its own). A head of the task's label count is kept as the start of
+    training, its outputs put in the task's label order where its config names the task's labels in another order;
+    a head of another count is replaced. ``keep_head``: the model is already fine-tuned on the task
     (`finetuned_head`): its own trained head is kept, not replaced."""
     hub.check(model, f"model {model!r}")
     source, offline = resolve(model), hub.load_kwargs(model)
     try:
-        config = AutoConfig.from_pretrained(source, **offline, **({} if keep_head else task_kwargs(spec)))
+        config = AutoConfig.from_pretrained(source, **offline)
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
     try:
@@ -50,6 +52,9 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
         raise CompressError(f"model {model!r}: {reason}")
     if keep_head:
         return finetuned_head(model, source, config, spec, offline), tokenizer
+    order = head_order(_head_names(config), spec.labels)  # a trained head of the task's labels in another order
+    for key, value in task_kwargs(spec).items():
+        setattr(config, key, value)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
     try:  # a folder with a head for another label count (or regression) gets a fresh one, not a size-mismatch error
@@ -57,15 +62,40 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
                                                                        ignore_mismatched_sizes=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if order:
+        _reorder_head(model_obj, order, f"model {model!r}")
     return model_obj, tokenizer
+
+
+def _head_names(config) -> list[str]:
+    """The label names of a model's head as its config.json has them (LABEL_i where it names none)."""
+    return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+
+def _reorder_head(model_obj, order: list[int], where: str) -> None:
+    """Put the outputs of ``model_obj``'s classifier in the task's label order (`head_order`): its output layer's rows
+    are permuted, so the model scores as it did, each label under the task's index."""
+    count = len(order)
+    outputs = [m for name, m in model_obj.named_modules() if name.split(".")[0] == "classifier"
+               and isinstance(m, torch.nn.Linear) and m.out_features == count]
+    if len(outputs) != 1:
+        raise CompressError(f"{where}: its head's labels are the task's in another order, and its output layer was "
+                            f"not found to reorder them; list task.labels in the head's order")
+    index = torch.tensor(order)
+    with torch.no_grad():
+        outputs[0].weight.copy_(outputs[0].weight[index])
+        if outputs[0].bias is not None:
+            outputs[0].bias.copy_(outputs[0].bias[index])
+    log.info("%s: its head's outputs put in the task's label order (head output %s for each label)", where, order)
 
 
 def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dict):
     """The classifier of ``model`` as fine-tuned, head included, for the task ``spec`` (``teacher.finetune: false``).
     Refused in one line: a head that does not fit the task (`head_mismatch`), or none (its weights would be new);
-    other label names are taken by position with a warning. The returned model carries the task's label names."""
+    the task's label names in another order are put in the task's order (`_reorder_head`); other label names are taken
+    by position with a warning. The returned model carries the task's label names."""
     where = f"model {model!r} (teacher.finetune: false)"
-    names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    names = _head_names(config)
     problem, warning = head_mismatch(config.num_labels, names, spec.labels)
     if problem:
         raise CompressError(f"{where}: {problem}")
@@ -82,6 +112,9 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     if new:
         raise CompressError(f"{where}: it has no trained classification head ({', '.join(new[:3])} would be new "
                             f"weights); fine-tune it here instead (finetune: true)")
+    order = head_order(names, spec.labels)
+    if order:
+        _reorder_head(model_obj, order, where)
     for key, value in task_kwargs(spec).items():  # the task's label names and problem type, as a fine-tuned head has
         setattr(model_obj.config, key, value)
     return model_obj
