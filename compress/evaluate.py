@@ -58,6 +58,8 @@ def predict_shared(model: torch.nn.Module, ds, collator: Collator, batch_size: i
 def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64,
              desc: Optional[str] = "scoring") -> dict[str, float]:
     """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first. A progress bar labelled
-    ``desc`` (None: none) when ``ds`` has 500 rows or more."""
+    ``desc`` (None: none) when ``ds`` has 500 rows or more. In a distributed run the rows are shared out between the
+    processes (`predict_shared`), so every process must call it, and every process gets the same metrics."""
     desc = desc if len(ds) >= 500 else None
-    return compute_metrics(spec.metrics, predict(model, ds, collator, batch_size, desc=desc), np.asarray(ds["label"]))
+    logits = predict_shared(model, ds, collator, batch_size, desc=desc)
+    return compute_metrics(spec.metrics, logits, np.asarray(ds["label"]))

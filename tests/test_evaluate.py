@@ -1,0 +1,61 @@
+"""Scoring in a distributed run: `evaluate` shares the rows out between the processes and every process gets the
+metrics of the whole split, the same as one process computes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import GLUE, tiny_bert_config  # noqa: E402
+
+
+def _scored(rows: int = 40):
+    """A tiny random classifier and SST-2 dev rows, the same in every process."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from compress.config import TaskConfig
+    from compress.data import Collator, load_task, tokenize
+    from teachers.zoo import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    data = load_task(TaskConfig(name="sst2", data_dir=str(GLUE / "SST-2"), max_eval_samples=rows, holdout=0.0), 0)
+    return model, tokenize(data.dev, tok, 32), Collator({"": tok}), data.spec
+
+
+def _worker(rank: int, world: int, init: str, out: str) -> None:
+    from compress.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model, ds, collator, spec = _scored()
+        seen = []
+        model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(len(kwargs["input_ids"])),
+                                        with_kwargs=True)
+        metrics = evaluate(model, ds, collator, spec, batch_size=8)
+        Path(out, f"{rank}.json").write_text(json.dumps({"metrics": metrics, "rows": sum(seen)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_shares_the_rows_between_processes(tmp_path):
+    from compress.evaluate import evaluate
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    model, ds, collator, spec = _scored()
+    alone = evaluate(model, ds, collator, spec, batch_size=8)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert [r["rows"] for r in results] == [20, 20]  # each process scored half of the 40 rows
+    for r in results:  # every process has the whole split's metrics, as one process scores them
+        assert r["metrics"].keys() == alone.keys()
+        assert r["metrics"]["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-9)
