@@ -36,7 +36,7 @@ from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.tasks import LABELS_NEEDED, good_labels
-from compress.manifest import now_utc, remove_dead, scratch_dir, versions, write_json
+from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,11 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         # the archive is made before the folder is published, then both are renamed: an interrupted build never
         # leaves the new folder beside the previous build's archive (gzip of a real model takes seconds)
         make_tar(tmp, tmp_tar, arcname=name)
-        folder = _replace(tmp, out_dir / name)
-        os.replace(tmp_tar, archive)
+        # one build publishes into out_dir at a time (two `compress bundle` of one name: the folder and the archive of
+        # one build, not a rename race between them)
+        with file_lock(out_dir):
+            folder = _replace(tmp, out_dir / name)
+            os.replace(tmp_tar, archive)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_tar.unlink(missing_ok=True)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Optional
 
 from teachers.zoo import sha256_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): nothing is locked
+    fcntl = None
 
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "onnx", "onnxruntime", "optimum", "optimum-onnx",
              "torch-pruning", "numpy")
@@ -104,6 +112,37 @@ def scratch_dir(kind: str):
     import tempfile
 
     return tempfile.TemporaryDirectory(prefix=f"compress-{kind}-{os.getpid()}-")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, busy: Optional[Callable[[str], None]] = None):
+    """Hold an exclusive advisory lock (flock) on ``path`` for the block: a file (created; it keeps the holder's pid),
+    or a folder (locked as it is: nothing is added to it, so the holder's pid is unknown). When another process holds
+    it, ``busy(holder_pid)`` is called: it raises to refuse (`compress run`'s run folder lock), or returns and this
+    process waits its turn (None: say so on stderr and wait). The kernel drops the lock when its process ends: a killed
+    holder leaves nothing to clean up."""
+    if fcntl is None:
+        yield
+        return
+    folder = Path(path).is_dir()
+    fd = os.open(path, os.O_RDONLY) if folder else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = "unknown" if folder else os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if busy is None:
+                print(f"waiting: {path if folder else Path(path).parent} is being written by another compress "
+                      f"process (pid {holder})", file=sys.stderr, flush=True)
+            else:
+                busy(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if not folder:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_dead(folder: Path, pattern: str, pid_regex: str) -> None:

@@ -25,14 +25,9 @@ from compress import __version__, hub
 from compress.config import Recipe
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import (Timer, fingerprint, hash_tree, host, now_utc, read_json, remove_dead,
+from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, host, now_utc, read_json, remove_dead,
                                remove_dead_scratch, versions, write_json)
 from teachers.zoo import sha256_file
-
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): runs are not locked
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -182,23 +177,16 @@ def run_lock(run_dir: Path, take: bool = True):
     (another terminal, a second `make pipeline`) stops at once with one line naming the holder's pid, instead of
     training everything again and racing the first to publish. The kernel drops the lock when its process ends, so a
     killed run leaves nothing to clean up. Under `accelerate launch` only the main process takes it."""
-    if not take or fcntl is None:
+    if not take:
         yield
         return
-    path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "unknown"
-            raise CompressError(f"{run_dir}: in use by another compress run (pid {holder}); wait for it to end, or "
-                                f"give this one another runs_dir (--runs-dir)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+
+    def refuse(holder: str) -> None:
+        raise CompressError(f"{run_dir}: in use by another compress run (pid {holder}); wait for it to end, or give "
+                            f"this one another runs_dir (--runs-dir)")
+
+    with file_lock(run_dir / ".lock", busy=refuse):
         yield
-    finally:
-        os.close(fd)
 
 
 def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:

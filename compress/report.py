@@ -772,6 +772,13 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     if not tables:
         raise CompressError("report: no runs to report")
+    from compress.manifest import file_lock
+
+    with file_lock(out):  # two reports into one folder: each writes its three files in turn, not interleaved
+        return _write(tables, out)
+
+
+def _write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
     written = {}
     png_path = pareto_plot(tables, out / "pareto.png")
     png = png_path.read_bytes() if png_path else None

@@ -374,6 +374,27 @@ def test_an_interrupted_build_leaves_folder_and_archive_of_one_build(int8_model,
     make("third")
     assert sources() == ("third", "third")
 
+    # another build publishing into the folder (a second `compress bundle` of this name): this one waits to publish,
+    # then its folder and archive go in together
+    import fcntl
+    import threading
+    import time
+
+    held = os.open(out, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    fourth = threading.Thread(target=make, args=("fourth",))
+    fourth.start()
+    for _ in range(300):  # until it waits to publish (its archive is made first)
+        if any(p.name.startswith(".b.tar.gz.tmp-") for p in out.iterdir()):
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert fourth.is_alive() and sources() == ("third", "third")
+    fcntl.flock(held, fcntl.LOCK_UN)
+    os.close(held)
+    fourth.join(timeout=120)
+    assert sources() == ("fourth", "fourth") and sorted(p.name for p in out.iterdir()) == ["b", "b.tar.gz"]
+
 
 def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
     """The device story: a new venv with only onnxruntime, tokenizers and numpy runs the bundle's predict.py."""

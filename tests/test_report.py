@@ -445,3 +445,28 @@ def test_every_column_is_explained_and_shippable_rows_are_named_in_markdown(tmp_
         word = column.split(" (")[0].split()[-1] if column.startswith("best") else column.split()[0]
         assert word.lower().rstrip("s") in NOTE.lower(), column
     assert "b8xs32: batches of 8 sequences of 32 tokens" in NOTE and "(peer)" in NOTE
+
+
+def test_two_reports_into_one_folder_write_in_turn(tmp_path, capsys):
+    """A report folder held by another writer (a second `compress report --out` into it): this one waits, says so,
+    then writes its three files; nothing is written while the other holds the folder."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    out = tmp_path / "reports"
+    out.mkdir()
+    held = os.open(out, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    done = {}
+    writer = threading.Thread(target=lambda: done.update(write([_table()], out)))
+    writer.start()
+    time.sleep(1.0)
+    assert writer.is_alive() and not list(out.iterdir())  # waiting its turn
+    fcntl.flock(held, fcntl.LOCK_UN)
+    os.close(held)
+    writer.join(timeout=60)
+    assert set(done) == {"md", "html", "png"} and sorted(p.name for p in out.iterdir()) == \
+        ["pareto.png", "report.html", "report.md"]  # nothing of the lock left in the folder
+    assert f"waiting: {out} is being written by another compress process" in capsys.readouterr().err
