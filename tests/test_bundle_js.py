@@ -162,6 +162,9 @@ def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_
 
 
 def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bundle, tmp_path):
+    """Over HTTP the bundle scores as it does from disk under the same runtime (to the last digit), and as predict.py
+    within int8 kernel differences (0.05, as the parity test: on a CPU without AVX-512 VNNI onnxruntime's native int8
+    kernels differ from WebAssembly's by 0.022 on this text, 1e-7 on the next)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(js_bundle.parent))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -174,7 +177,10 @@ def test_predict_mjs_loads_a_bundle_over_http_and_refuses_a_changed_file(js_bund
     try:
         proc = _node(script, TEXTS[0])
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["scores"] == pytest.approx(predict(js_bundle, TEXTS[:1])[0]["scores"], abs=0.01)
+        local = _node(js_bundle / "predict.mjs", "--json", TEXTS[0])
+        assert local.returncode == 0, local.stderr
+        assert json.loads(proc.stdout)["scores"] == json.loads(local.stdout)["scores"]
+        assert json.loads(proc.stdout)["scores"] == pytest.approx(predict(js_bundle, TEXTS[:1])[0]["scores"], abs=0.05)
     finally:
         server.shutdown()
     changed = shutil.copytree(js_bundle, tmp_path / js_bundle.name)
