@@ -48,11 +48,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+INT8_BF16_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                      "asimddp", "i8mm", "bf16")
+"""CPU flags that decide which int8 and bf16 kernels run (x86: VNNI dot products, AVX-512 BF16, AMX; Arm: SDOT,
+I8MM, BF16): onnxruntime's int8 kernels on AVX2 without VNNI are slower and round differently."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo ``flags`` on x86, ``Features`` on Arm); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def host() -> dict:
     import torch
 
+    present = cpu_flags()
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+            "cpu_features": "+".join(f for f in INT8_BF16_FEATURES if f in present) or "none of "
+            + "/".join(INT8_BF16_FEATURES[:3]), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

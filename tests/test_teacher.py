@@ -130,6 +130,10 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     assert "model/model.safetensors" in manifest["outputs"] and manifest["params"] > 0
     assert any(k.endswith("SST-2/train.tsv") for k in manifest["inputs"])
     assert manifest["env"]["versions"]["torch"].startswith("2.13") and manifest["env"]["host"]["cpu"]
+    from compress.manifest import INT8_BF16_FEATURES, cpu_flags  # the int8/bf16 kernels this host runs, said
+
+    present = [f for f in INT8_BF16_FEATURES if f in cpu_flags()]
+    assert manifest["env"]["host"]["cpu_features"] == ("+".join(present) or "none of avx2/avx512f/avx512_vnni")
     assert manifest["config"]["teacher"]["epochs"] == 1.0 and manifest["timing"]["wall_s"] > 0
     assert not list(folder.parent.glob(".teacher.tmp-*"))
     created = manifest["created"]
