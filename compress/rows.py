@@ -162,6 +162,8 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         index[role] = header.index(name)
     custom = _is_custom(spec)
     out = {role: [] for role in index}
+    if custom and path.suffix.lower() == ".tsv":
+        _warn_quoted_tsv(path, rows, lines, [i for role, i in index.items() if role != "label"])
     for row, line in zip(rows, lines):
         if spec.header and (len(row) < len(header) or (custom and len(row) > len(header))):
             raise CompressError(f"{path}:{line}: expected {len(header)} {_separated(path)} fields, got {len(row)}")
@@ -177,6 +179,24 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         raise CompressError(f"{path}: split {split!r} has no rows")
     out["label"] = _encode_labels(out["label"], spec, path, lines)
     return out
+
+
+def _csv_quoted(cell) -> bool:
+    """A cell as a CSV writer quotes it: in double quotes, any quote inside doubled (pandas' ``to_csv(sep="\\t")``)."""
+    return (isinstance(cell, str) and len(cell) >= 2 and cell[0] == cell[-1] == '"'
+            and '"' not in cell[1:-1].replace('""', ""))
+
+
+def _warn_quoted_tsv(path: Path, rows: list, lines: list, columns: list[int]) -> None:
+    """A custom TSV is read with quoting off (GLUE's convention: bare double quotes are text), so a file written with
+    CSV quoting keeps its quotes (and doubled quotes) in the texts: said once per file, naming the first line."""
+    for row, line in zip(rows, lines):
+        if any(i < len(row) and _csv_quoted(row[i]) for i in columns) and ("quoted", str(path)) not in _WARNED:
+            _WARNED.add(("quoted", str(path)))
+            log.warning("%s:%d: a text column is in double quotes as a CSV writer quotes it; TSV files are read "
+                        "with quoting off, so the quotes stay in the text: write the file without quoting (pandas: "
+                        "to_csv(sep='\\t', quoting=csv.QUOTE_NONE)) or as .csv", path, line)
+            return
 
 
 def check_train_labels(cfg: TaskConfig, spec: TaskSpec, encoded: list) -> None:

@@ -368,3 +368,19 @@ def test_a_header_name_with_spaces_around_it_is_pointed_out(tmp_path):
     assert _refused(_custom(tmp_path, "t.csv", "review, stars\nfine,pos\n")) == (
         f"{tmp_path / 't.csv'}: column 'stars' not found (columns: review,  stars); the header has ' stars': remove "
         f"the spaces around it")
+
+
+def test_a_custom_tsv_written_with_csv_quoting_is_warned_of_once(tmp_path, caplog):
+    """TSV files are read with quoting off (GLUE's convention): a custom TSV written by a CSV writer (pandas'
+    to_csv(sep='\\t')) keeps its quotes in the texts, which is said once, naming the line; bare quotes are not."""
+    cfg = _custom(tmp_path, "q.tsv", 'review\tstars\nplain "quoted" word\tpos\n"he said ""hi"""\tneg\n"x"\tpos\n')
+    with caplog.at_level("WARNING"):
+        rows = load_split(cfg, "train")
+        load_split(cfg, "dev")  # the same file again: no second warning
+    assert rows["text"] == ['plain "quoted" word', '"he said ""hi"""', '"x"']  # read as written, quoting off
+    warned = [r.getMessage() for r in caplog.records if "double quotes as a CSV writer quotes it" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{tmp_path / 'q.tsv'}:3: ")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_split(_custom(tmp_path, "bare.tsv", 'review\tstars\nplain "quoted" word\tpos\n"half\tneg\n'), "train")
+    assert "CSV writer" not in caplog.text
