@@ -12,7 +12,10 @@ NODE_DIR := .node
 NODE_STAMP := $(NODE_DIR)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run zoo clean
+.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run zoo clean help
+
+help:  ## list the targets and what each does (RECIPE=... picks the recipe; default pipelines/quickstart.yaml)
+	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
