@@ -119,10 +119,23 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+MODEL_ONLY = {"tokenizer": "--tokenizer", "task": "--task", "labels": "--labels", "regression": "--regression",
+              "pair": "--pair", "max_length": "--max-length", "name": "--name", "out": "--out", "no_ort": "--no-ort"}
+RECIPE_ONLY = {"set": "--set", "force": "--force", "runs_dir": "--runs-dir"}
+
+
 def cmd_bundle(args) -> int:
+    if args.recipe is not None and args.model is not None:
+        raise CompressError("compress bundle: give a RECIPE or --model (one int8 ONNX file), not both")
     if args.model is None:  # a recipe: run its stages up to `bundle`
         if args.recipe is None:
             raise CompressError("compress bundle: give a RECIPE, or --model and --tokenizer for a single ONNX file")
+        given = [flag for key, flag in MODEL_ONLY.items() if getattr(args, key) not in (None, False)]
+        if given:  # they would be ignored: the recipe's bundle goes to runs/<name>/bundle/, named by its section
+            raise CompressError(f"compress bundle {args.recipe}: {', '.join(given)} "
+                                f"{'applies' if len(given) == 1 else 'apply'} only with --model (a "
+                                f"recipe's bundle goes to <runs_dir>/<name>/bundle/; set its name and ORT copy with "
+                                f"--set bundle.name=... / bundle.ort=false)")
         from compress.config import load_recipe
         from compress.pipeline import run_pipeline
 
@@ -136,8 +149,15 @@ def cmd_bundle(args) -> int:
     from compress.bundle import build
     from compress.data import GLUE_TASKS
 
+    given = [flag for key, flag in RECIPE_ONLY.items() if getattr(args, key)]
+    if given:
+        raise CompressError(f"compress bundle --model: {', '.join(given)} "
+                            f"{'applies' if len(given) == 1 else 'apply'} only to a RECIPE")
     if args.tokenizer is None:
         raise CompressError("compress bundle --model: --tokenizer (a tokenizer.json) is required")
+    args.task = args.task or "sst2"
+    args.max_length = args.max_length or 128
+    args.out = args.out or "dist"
     spec = GLUE_TASKS.get(args.task)
     labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
     regression = args.regression or bool(spec and spec.is_regression and not args.labels)  # e.g. --task stsb
@@ -294,14 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if unchanged")
     p.add_argument("--model", help="an int8 ONNX file to bundle (instead of a recipe)")
     p.add_argument("--tokenizer", help="its tokenizer.json (with --model)")
-    p.add_argument("--task", default="sst2", help="task name; GLUE names fill in labels and pairs (default: sst2)")
+    p.add_argument("--task", help="task name; GLUE names fill in labels and pairs (default: sst2)")
     p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks)")
     p.add_argument("--regression", action="store_true", help="the model outputs one real value")
     p.add_argument("--pair", action="store_true", help="the model reads text pairs (non-GLUE tasks)")
-    p.add_argument("--max-length", type=positive_int, default=128,
+    p.add_argument("--max-length", type=positive_int,
                    help="truncate inputs to this many tokens (default 128)")
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
-    p.add_argument("--out", default="dist", help="output folder (default: dist)")
+    p.add_argument("--out", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir (with a RECIPE)")
     p.set_defaults(fn=cmd_bundle)

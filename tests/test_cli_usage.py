@@ -22,3 +22,31 @@ def test_make_help_lists_every_documented_target():
     for target in documented:
         assert any(line.split()[:1] == [target] for line in proc.stdout.splitlines()), (target, proc.stdout)
     assert "run the recipe end to end" in proc.stdout
+
+
+@pytest.mark.parametrize("extra,named", [(["--out", "dist"], "--out"),
+                                         (["--name", "x"], "--name"),
+                                         (["--max-length", "32"], "--max-length"),
+                                         (["--task", "mrpc"], "--task"),
+                                         (["--no-ort"], "--no-ort"),
+                                         (["--tokenizer", "t.json"], "--tokenizer")])
+def test_bundle_with_a_recipe_refuses_options_it_would_ignore(extra, named, capsys, tmp_path):
+    """`compress bundle RECIPE --out dist` used to run the recipe and write the bundle under runs/ as if --out had
+    not been given; the single-model options are refused by name with a recipe, before the recipe is even read."""
+    assert main(["bundle", str(tmp_path / "r.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "--model" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "dist").exists()
+
+
+def test_bundle_with_both_a_recipe_and_a_model_says_so(capsys, tmp_path):
+    assert main(["bundle", str(tmp_path / "r.yaml"), "--model", "m.onnx", "--tokenizer", "t.json"]) == 2
+    err = capsys.readouterr().err
+    assert "not both" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("extra", [["--set", "seed=1"], ["--force", "bundle"], ["--runs-dir", "elsewhere"]])
+def test_bundle_of_a_model_refuses_recipe_options(extra, capsys):
+    assert main(["bundle", "--model", "m.onnx", "--tokenizer", "t.json", *extra]) == 2
+    err = capsys.readouterr().err
+    assert extra[0] in err and "RECIPE" in err and err.count("\n") == 1, err
