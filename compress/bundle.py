@@ -408,6 +408,7 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
     """A verified bundle folder: ``path`` itself, or an archive extracted into a temporary folder."""
     path = Path(path)
     if path.is_dir():
+        _refuse_a_folder_of_bundles(path)
         folder_cm = contextlib.nullcontext(path)
     elif path.is_file():
         folder_cm = _extracted(path)
@@ -419,6 +420,25 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
         except BundleError as e:
             raise CompressError(str(e)) from None
         yield folder
+
+
+def _is_bundle_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == bundle_predict.FORMAT
+
+
+def _refuse_a_folder_of_bundles(path: Path) -> None:
+    """``path`` is not a bundle but holds some (the bundle stage's folder, ``search/bundle/``): name them instead of
+    reporting its stage manifest as a malformed bundle manifest."""
+    if _is_bundle_manifest(path / bundle_predict.MANIFEST):
+        return
+    inside = sorted(p for p in path.iterdir() if p.is_dir() and _is_bundle_manifest(p / bundle_predict.MANIFEST))
+    if inside:
+        raise CompressError(f"{path}: not a bundle but a folder of bundles: give "
+                            f"{' or '.join(str(p) for p in inside[:3])} (or the .tar.gz beside it)")
 
 
 @contextlib.contextmanager

@@ -50,3 +50,26 @@ def test_bundle_of_a_model_refuses_recipe_options(extra, capsys):
     assert main(["bundle", "--model", "m.onnx", "--tokenizer", "t.json", *extra]) == 2
     err = capsys.readouterr().err
     assert extra[0] in err and "RECIPE" in err and err.count("\n") == 1, err
+
+
+def _folder_of_bundles(root: Path) -> Path:
+    """The bundle stage's folder as a run leaves it: its stage manifest beside the bundle folder and archive."""
+    stage = root / "runs" / "r" / "bundle"
+    (stage / "r-sst2-int8").mkdir(parents=True)
+    (stage / "r-sst2-int8" / "manifest.json").write_text(json.dumps({"format": "compress-bundle/1", "files": {}}))
+    (stage / "r-sst2-int8.tar.gz").write_bytes(b"")
+    (stage / "manifest.json").write_text(json.dumps({"stage": "bundle", "bundle": {"paths": ["r-sst2-int8"]}}))
+    return stage
+
+
+def test_predict_on_the_bundle_stage_folder_names_the_bundle_in_it(tmp_path, capsys):
+    """`compress predict runs/quickstart/bundle TEXT` (the stage folder, one level too high) used to say
+    '.../manifest.json: not a compress-bundle/1 manifest (format: None)'; it now names the bundle to give."""
+    stage = _folder_of_bundles(tmp_path)
+    assert main(["predict", str(stage), "a gripping, funny film"]) == 2
+    err = capsys.readouterr().err
+    assert "format: None" not in err and str(stage / "r-sst2-int8") in err and err.count("\n") == 1, err
+    (stage / "manifest.json").unlink()  # search/bundle/ holds bundles without a stage manifest
+    assert main(["predict", str(stage), "a gripping, funny film"]) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.json" not in err and str(stage / "r-sst2-int8") in err and err.count("\n") == 1, err
