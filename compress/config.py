@@ -792,7 +792,7 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         if value is not None:
             setattr(cfg, key, value)
     if cfg.budget_ms is None:
-        raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (or search.budget_ms)")
+        raise CompressError(f"{recipe.path}: no latency budget: give --budget-ms X (make search BUDGET_MS=X; or search.budget_ms)")
     if not (cfg.budget_ms > 0 and math.isfinite(cfg.budget_ms)):
         raise CompressError(f"--budget-ms: must be a finite number > 0 ms, got {cfg.budget_ms:g}")
     if not (cfg.time_limit_min >= 0 and math.isfinite(cfg.time_limit_min)):

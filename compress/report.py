@@ -769,6 +769,8 @@ def html(tables: Sequence[RunTable], png: Optional[bytes] = None) -> str:
 def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
     """report.md, report.html and pareto.png into ``out``; returns what was written."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"{out}: exists and is not a folder (the report's output folder)")
     out.mkdir(parents=True, exist_ok=True)
     if not tables:
         raise CompressError("report: no runs to report")

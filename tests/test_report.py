@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from compress.cli import main
+from compress.errors import CompressError
 from compress.report import (Latency, Row, RunTable, _provenance_lines, bench_record, collect, mean_std, pareto_front,
                              pareto_plot, table_cells, write)
 
@@ -470,3 +471,9 @@ def test_two_reports_into_one_folder_write_in_turn(tmp_path, capsys):
     assert set(done) == {"md", "html", "png"} and sorted(p.name for p in out.iterdir()) == \
         ["pareto.png", "report.html", "report.md"]  # nothing of the lock left in the folder
     assert f"waiting: {out} is being written by another compress process" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "reports").write_text("not a folder")
+    with pytest.raises(CompressError, match=r"reports: exists and is not a folder \(the report's output folder\)"):
+        write([_table()], tmp_path / "reports")
