@@ -192,11 +192,13 @@ def model_card(manifest: dict) -> str:
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
             lines += ["", f"Under this protocol it ran fastest at {fastest} thread{'s' if fastest != '1' else ''} "
                       f"(`python predict.py --threads {fastest} ...`); measure on the target device."]
-        if latency.get("protocol"):
-            lines += ["", f"Protocol: `{json.dumps(latency['protocol'], sort_keys=True)}`.", "",
+        protocol = latency.get("protocol")
+        if protocol:
+            said = (" (the protocol's `spin` says which were timed)" if isinstance(protocol, dict) and "spin" in protocol
+                    else "")
+            lines += ["", f"Protocol: `{json.dumps(protocol, sort_keys=True)}`.", "",
                       "`predict.py` keeps onnxruntime's default, idle threads spinning; on a device that runs nothing "
-                      "else that is faster at 2+ threads than sleeping threads (the protocol's `spin` says which "
-                      "were timed)."]
+                      f"else that is faster at 2+ threads than sleeping threads{said}."]
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",

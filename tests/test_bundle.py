@@ -723,3 +723,16 @@ def test_threads_warning_counts_the_cores_this_process_may_use(bundle):
                           cwd=folder, preexec_fn=lambda: os.sched_setaffinity(0, {one}))
     assert proc.returncode == 0 and proc.stdout.count("\t") == 1
     assert proc.stderr.startswith("warning: --threads 2 is more than this machine's 1 cores"), proc.stderr
+
+
+def test_model_card_names_the_spin_field_only_where_the_protocol_has_one(bundle):
+    """A search bundle's protocol is one line of text: the card's thread note does not send the reader to a `spin`
+    field it does not have."""
+    from compress.bundle import model_card
+
+    manifest = json.loads((bundle[0] / "manifest.json").read_text())
+    for protocol, said in (("batch 1, 2 threads, dev sentences", False), ({"threads": 2, "spin": True}, True),
+                           ({"threads": 2}, False)):
+        manifest["latency"] = {"p50_ms": 1.0, "p90_ms": 1.2, "protocol": protocol}
+        card = model_card(manifest)
+        assert "sleeping threads" in card and ("the protocol's `spin` says which were timed" in card) == said
