@@ -445,7 +445,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         if elapsed_min >= cfg.time_limit_min:
             stopped = f"time limit {cfg.time_limit_min:g} min reached after {elapsed_min:.1f} min"
             not_started += [f"{spec.id}-{m}" for m in todo]
-            continue  # later models may still have finished results to reuse
+            # the bar still runs to its end (later models may have finished results to reuse): say these were not
+            progress.set_postfix_str(f"time limit reached: {len(not_started)} not started")
+            continue
         progress.set_postfix_str(spec.id)
         model, info = build_model(ctx, spec)
         try:
