@@ -69,7 +69,8 @@ def cmd_validate(args) -> int:
 
 def _check_data(recipe) -> str:
     """Read every local data file the task has (missing ones are warned of later) with the run's own row checks, so
-    that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N"."""
+    that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N" (and
+    how many a max_train_samples / max_eval_samples cap lets the run use)."""
     from compress.rows import check_train_labels, read_split
     from compress.tasks import split_paths, task_spec
 
@@ -80,7 +81,11 @@ def _check_data(recipe) -> str:
             rows = read_split(recipe.task, split, spec)
             if split == "train":
                 check_train_labels(recipe.task, spec, rows["label"])
-            counts.append(f"{split} {len(rows['text'])}")
+            n = len(rows["text"])
+            cap = recipe.task.max_train_samples if split == "train" else recipe.task.max_eval_samples
+            field = "max_train_samples" if split == "train" else "max_eval_samples"
+            used = f" (at most {cap} used: task.{field})" if cap is not None and cap < n else ""
+            counts.append(f"{split} {n}{used}")
     return ", ".join(counts)
 
 

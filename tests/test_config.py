@@ -246,6 +246,9 @@ def test_validate_reads_the_data_files_with_the_runs_row_checks(tmp_path, capsys
     (tmp_path / "b.tsv").write_text("text\tlabel\nfine\tpos\nhmm\tneg\nok\tpos\n", encoding="utf-8")
     assert main(["validate", str(recipe)]) == 0
     assert capsys.readouterr().out.strip().endswith("; data rows: train 2, dev 3")
+    assert main(["validate", str(recipe), "--set", "task.max_train_samples=1"]) == 0  # what the run will use, said
+    assert capsys.readouterr().out.strip().endswith("; data rows: train 2 (at most 1 used: task.max_train_samples), "
+                                                    "dev 3")
 
 
 CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, pos]%s}\nteacher: {}\n"
