@@ -2,7 +2,9 @@
 
 Artifacts: the quantize stage's ONNX fp32 (plain and fused) and int8 models. Peers, same model, same run: torch eager
 fp32, torch dynamic int8 (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``), and Optimum's
-``ORTQuantizer`` with its default preset for this CPU (``AutoQuantizationConfig.avx512_vnni(is_static=False)``).
+``ORTQuantizer`` with its AVX-512 VNNI dynamic preset (``AutoQuantizationConfig.avx512_vnni(is_static=False)``, u8
+activations x s8 weights, as our int8 models; on a CPU without VNNI it runs through ORT's AVX2/AVX-512 kernels, and
+Optimum's own preset for AVX2, ``avx2``, would take u8 weights).
 
 Protocol (recorded in the JSON beside the numbers). All artifacts are loaded in one fresh process and timed in turn:
 by default (``order: series``) each runs its series back to back (warm caches, as a serving model and ORT's own
@@ -401,7 +403,8 @@ def forward_flops(model_dir: str, shapes: list[tuple[int, int]]) -> dict[str, in
 
 # ------------------------------------------------------------------------------------------------ peers
 def optimum_peer(fp32_onnx: Path, out_dir: Path) -> Path:
-    """Optimum's default int8 for this CPU: ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)."""
+    """Optimum's int8 for VNNI CPUs: ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False) (u8 x s8,
+    as ours), whatever this CPU is: the same peer on every host."""
     import shutil
 
     from optimum.onnxruntime import ORTQuantizer
