@@ -265,6 +265,9 @@ async function main(argv) {
         throw new BundleError(`${name} line ${n}: ${model.pair ? "this model reads text pairs: give " +
           "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
       }
+      if (model.pair && !fields.every((f) => f.trim())) {  // "text<TAB>" or "<TAB>pair": as the CLI does
+        throw new BundleError(`${name} line ${n}: an empty ${fields[0].trim() ? "text pair" : "text"}: nothing to classify`);
+      }
       const result = await model.predict(fields[0], model.pair ? fields[1] : null);
       console.log(format(args.json ? { line: n, ...result } : result, args.json));
     }

@@ -255,7 +255,8 @@ class Predictor:
 def read_lines(path: str, pair: bool):
     """``(line number, text, pair or None)`` for each non-blank line of ``path`` (``-``: standard input), read as it
     comes; pair tasks: ``text<TAB>text pair`` on each line. Lines end at "\\n" ("\\r\\n" too); bytes that are not
-    UTF-8 read as U+FFFD, as in predict.mjs. A line of the wrong shape stops with its file and line number."""
+    UTF-8 read as U+FFFD, as in predict.mjs. A line of the wrong shape, or a pair line with an empty text, stops
+    with its file and line number."""
     try:
         if path != "-":
             stream = open(path, encoding="utf-8-sig", errors="replace", newline="\n")
@@ -276,6 +277,9 @@ def read_lines(path: str, pair: bool):
                 raise BundleError(f"{name} line {number}: this model reads text pairs: give text<TAB>text pair")
             if not pair and len(fields) != 1:
                 raise BundleError(f"{name} line {number}: this model reads single texts: the line holds a tab")
+            if pair and not all(field.strip() for field in fields):  # "text<TAB>" or "<TAB>pair": as the CLI does
+                raise BundleError(f"{name} line {number}: an empty {'text' if not fields[0].strip() else 'text pair'}: "
+                                  f"nothing to classify")
             yield number, fields[0], fields[1] if pair else None
     except OSError as e:  # a folder, a read error
         raise BundleError(f"{path}: cannot read ({e.strerror})") from None

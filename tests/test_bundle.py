@@ -736,3 +736,21 @@ def test_model_card_names_the_spin_field_only_where_the_protocol_has_one(bundle)
         manifest["latency"] = {"p50_ms": 1.0, "p90_ms": 1.2, "protocol": protocol}
         card = model_card(manifest)
         assert "sleeping threads" in card and ("the protocol's `spin` says which were timed" in card) == said
+
+
+def test_a_pair_line_with_an_empty_text_is_refused_by_line(int8_model, minilm_dir, tmp_path, capsys):
+    """--file on a pair bundle: "text<TAB>" (or "<TAB>pair") is an empty text, refused with its line as the command
+    line refuses `predict.py "text" ""`, not classified as if the pair were there."""
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+                 "--task", "rte", "--out", str(tmp_path), "--no-ort"]) == 0
+    pairs = tmp_path / "pairs.tsv"
+    for line, what in (("he left\t", "text pair"), ("\the is here", "text"), ("he left\t  ", "text pair")):
+        pairs.write_text(f"it rains\tthe street is wet\n{line}\n", encoding="utf-8")
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "rte-int8.tar.gz"), "--file", str(pairs)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.endswith(f"{pairs} line 2: an empty {what}: nothing to classify\n")
+        proc = subprocess.run([sys.executable, "predict.py", "--file", str(pairs)], capture_output=True, text=True,
+                              cwd=tmp_path / "rte-int8")
+        assert proc.returncode == 2 and proc.stdout.count("\n") == 1  # the good line first, then the refusal
+        assert proc.stderr.strip() == f"error: {pairs} line 2: an empty {what}: nothing to classify"

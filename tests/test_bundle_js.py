@@ -301,3 +301,25 @@ def test_threads_warning_is_the_same_from_both_runners_on_a_pinned_process(js_bu
     assert node.returncode == py.returncode == 0 and node.stdout.split("\t")[0] == py.stdout.split("\t")[0]
     assert node.stderr.splitlines()[0] == py.stderr.splitlines()[0] == \
         "warning: --threads 2 is more than this machine's 1 cores: onnxruntime will run slower, not faster"
+
+
+def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(tmp_path, minilm_dir):
+    """A pair bundle's --file line "text<TAB>" is refused by its line number in both runners."""
+    from conftest import export_int8, tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    import torch
+
+    torch.manual_seed(0)
+    export_int8(BertForSequenceClassification(tiny_bert_config()), tmp_path)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    folder, _ = build(tmp_path / "bundles", "rte-js", model=tmp_path / "int8.onnx",
+                      tokenizer=minilm_dir / "tokenizer.json", task="rte", labels=["entailment", "not_entailment"],
+                      text_pair=True, max_length=32, ort_format=False)
+    (tmp_path / "pairs.tsv").write_text("it rains\tthe street is wet\nhe left\t\n", encoding="utf-8")
+    py = subprocess.run([sys.executable, "predict.py", "--file", str(tmp_path / "pairs.tsv")], cwd=folder,
+                        capture_output=True, text=True)
+    js = _node(folder / "predict.mjs", "--file", tmp_path / "pairs.tsv")
+    want = f"error: {tmp_path / 'pairs.tsv'} line 2: an empty text pair: nothing to classify"
+    assert (py.returncode, py.stderr.strip()) == (js.returncode, js.stderr.strip()) == (2, want)
+    assert py.stdout.count("\n") == js.stdout.count("\n") == 1
