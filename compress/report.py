@@ -91,6 +91,13 @@ class RunTable:
     """recipe, seeds, protocol, versions, host (shown under the table)."""
     threads_override: Optional[int] = None
     """Headline thread count chosen by the user (report.threads)."""
+    pair: bool = False
+    """A text-pair task (MRPC, RTE): latency and throughput are per dev pair, not per sentence."""
+
+    @property
+    def unit(self) -> str:
+        """What one timed input is: "pair" or "sentence"."""
+        return "pair" if self.pair else "sentence"
 
     @property
     def threads(self) -> list[int]:
@@ -428,7 +435,23 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
     return RunTable(name, str(run_dir), metric, rows,
-                    teacher_metric=teacher_metric, provenance=provenance)
+                    teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe))
+
+
+def _is_pair(teacher: dict, recipe=None) -> bool:
+    """Whether the run's task reads text pairs: its recipe's task, else the one the teacher stage recorded."""
+    from compress.config import TaskConfig
+    from compress.tasks import task_spec
+
+    try:
+        if recipe is not None:
+            return task_spec(recipe.task).text_pair is not None
+        cfg = ((teacher.get("config") or {}).get("task") or {})
+        if cfg.get("text_pair_column") is not None:
+            return True
+        return task_spec(TaskConfig(name=cfg["name"])).text_pair is not None
+    except (CompressError, KeyError, TypeError):  # an old or custom manifest: no pair column known
+        return False
 
 
 _ORDER = {"teacher": 0, "student": 1, "pruned": 2, "int8": 3}
@@ -478,7 +501,7 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
-                            provenance))
+                            provenance, pair=first.pair))
     return out
 
 
@@ -554,7 +577,9 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("p50 latency per sentence, batch 1 (ms, log scale)")
+    units = {t.unit for t in tables}
+    ax.set_xlabel(f"p50 latency per {units.pop() if len(units) == 1 else 'input (sentence or pair)'}, batch 1 "
+                  f"(ms, log scale)")
     ax.set_ylabel(" / ".join(sorted(metric_names)) + " (dev)")
     ax.set_title(f"{' / '.join(sorted(metric_names))} vs latency; circled and joined: each run's Pareto frontier")
     ax.grid(True, which="both", alpha=0.3)
@@ -661,7 +686,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     for t in threads:
         header += [f"p50 ms ({t}t)", f"p90 ms ({t}t)"]
     peak = any(r.latency.get(head_t) and r.latency[head_t].peak_throughput for r in table.rows) if head_t else False
-    header += [f"speedup ({head_t}t)" if head_t else "speedup", f"sent/s ({head_t}t)" if head_t else "sent/s"]
+    per_s = "pairs/s" if table.pair else "sent/s"
+    header += [f"speedup ({head_t}t)" if head_t else "speedup", f"{per_s} ({head_t}t)" if head_t else per_s]
     if peak:
         header.append(f"best fixed-shape seq/s ({head_t}t)")
     body = []
@@ -718,6 +744,15 @@ NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors wei
         "fixed shapes (b8xs32: batches of 8 sequences of 32 tokens).")
 
 
+def note(table: RunTable) -> str:
+    """The note under a run's table; a pair task's latency is per dev pair (both texts in one input)."""
+    text = NOTE
+    if table.pair:
+        text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
+                            "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
+    return text
+
+
 def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
     lines = ["# Compression report", ""]
     if plot:
@@ -730,7 +765,7 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
             cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        lines += ["", NOTE, "", "**Provenance**", ""]
+        lines += ["", note(table), "", "**Provenance**", ""]
         lines += [f"- {k}: {v}" for k, v in _provenance_lines(table)]
         lines.append("")
     return "\n".join(lines)
@@ -758,7 +793,7 @@ def html(tables: Sequence[RunTable], png: Optional[bytes] = None) -> str:
             cls = "ref" if row.reference else "ship" if row.shippable else ""
             parts.append(f"<tr class='{cls}'>" + "".join(
                 f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(cells)) + "</tr>")
-        parts.append(f"</table><p>{e(NOTE)} Highlighted: reference (yellow), shippable int8 (green).</p>")
+        parts.append(f"</table><p>{e(note(table))} Highlighted: reference (yellow), shippable int8 (green).</p>")
         parts.append("<h3>Provenance</h3><dl>")
         parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _provenance_lines(table)]
         parts.append("</dl>")

@@ -477,3 +477,49 @@ def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "reports").write_text("not a folder")
     with pytest.raises(CompressError, match=r"reports: exists and is not a folder \(the report's output folder\)"):
         write([_table()], tmp_path / "reports")
+
+
+def _spy_axes(monkeypatch) -> dict:
+    """The plot's axes, caught as the report lays its labels out."""
+    from compress import report
+
+    seen, real = {}, report._spread_labels
+
+    def spy(fig, ax, labels, points):
+        seen["ax"] = ax
+        return real(fig, ax, labels, points)
+
+    monkeypatch.setattr(report, "_spread_labels", spy)
+    return seen
+
+
+def _as_task(run: Path, task: dict) -> None:
+    """Make a fake run folder's teacher manifest record ``task`` as its task config (as the teacher stage does)."""
+    path = run / "teacher" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["config"] = {"task": task}
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_pair_task_report_says_pairs_not_sentences(tmp_path, monkeypatch):
+    """MRPC / RTE time one dev pair (both texts in one input) per run: the table's throughput column, its note and
+    the plot's axis say pairs; a single-text run keeps 'sent/s' and 'per sentence'."""
+    latency = {"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0}}
+    pair = make_run(tmp_path / "a", "mrpc", **_files(tmp_path), latency=latency)
+    _as_task(pair, {"name": "mrpc", "text_pair_column": None})
+    custom = make_run(tmp_path / "b", "mine", **_files(tmp_path), latency=latency)
+    _as_task(custom, {"name": "mine", "files": {"train": "t.csv", "dev": "d.csv"}, "text_pair_column": "s2"})
+    single = make_run(tmp_path / "c", "quickstart", **_files(tmp_path), latency=latency)
+    _as_task(single, {"name": "sst2", "text_pair_column": None})
+    for run, want in ((pair, True), (custom, True), (single, False)):
+        assert collect(run).pair is want, run
+    seen = _spy_axes(monkeypatch)
+    write([collect(pair)], tmp_path / "pair")
+    md = (tmp_path / "pair" / "report.md").read_text()
+    assert "pairs/s (2t)" in md and "sent/s" not in md and "real dev pairs" in md and "dev sentences" not in md
+    assert seen["ax"].get_xlabel() == "p50 latency per pair, batch 1 (ms, log scale)"
+    write([collect(single)], tmp_path / "single")
+    assert "sent/s (2t)" in (tmp_path / "single" / "report.md").read_text()
+    assert seen["ax"].get_xlabel() == "p50 latency per sentence, batch 1 (ms, log scale)"
+    write([collect(single), collect(pair)], tmp_path / "both")
+    assert seen["ax"].get_xlabel() == "p50 latency per input (sentence or pair), batch 1 (ms, log scale)"
