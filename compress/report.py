@@ -91,6 +91,9 @@ class RunTable:
     """recipe, seeds, protocol, versions, host (shown under the table)."""
     threads_override: Optional[int] = None
     """Headline thread count chosen by the user (report.threads)."""
+    other_metrics: list[str] = field(default_factory=list)
+    """The task's other dev metrics, each a column after ``metric_name`` (MRPC: accuracy beside f1, as GLUE reports
+    it); retention and the plot use ``metric_name``."""
     pair: bool = False
     """A text-pair task (MRPC, RTE): latency and throughput are per dev pair, not per sentence."""
 
@@ -252,7 +255,8 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
     if fp32.get("file"):
         mean, _, _ = _metric_value(fp32.get("metrics"), metric)
         rows.append(Row(f"{label} · onnx fp32", _kind(label), "onnx fp32", params, _size(folder / fp32["file"]),
-                        mean, path=str(folder / fp32["file"]), tokenizer=str(tokenizer)))
+                        mean, path=str(folder / fp32["file"]), tokenizer=str(tokenizer),
+                        dev_metrics=_dev(fp32.get("metrics")) or None))
     for mode, entry in (record.get("int8") or {}).items():
         mean, _, _ = _metric_value(entry.get("metrics"), metric)
         ort_file = entry.get("ort_file")
@@ -322,6 +326,8 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
         mean, _, _ = _metric_value(art.get("metrics"), metric)
         if row.metric is None:  # a row only the bench made (it scores all of dev with the very file it times)
             row.metric = mean
+        if row.dev_metrics is None:  # its other metrics too (MRPC: accuracy)
+            row.dev_metrics = _dev(art.get("metrics")) or None
         row.params = row.params or art.get("params")
         row.file_bytes = row.file_bytes or art.get("size_bytes")
         if "shippable" in art and "(peer)" not in row_name:
@@ -435,7 +441,8 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
     return RunTable(name, str(run_dir), metric, rows,
-                    teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe))
+                    teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
+                    other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric])
 
 
 def _is_pair(teacher: dict, recipe=None) -> bool:
@@ -493,15 +500,19 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                                            statistics.fmean(x.p90_ms for x in lats),
                                            statistics.fmean(tput) if tput else None,
                                            statistics.fmean(peaks) if peaks else None, shape if peaks else None)
+            others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
+                      for m in (first.metric_name, *first.other_metrics)}
             rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), latency,
                             row.reference, row.shippable and all(r.shippable for r in same), row.path,
-                            row.ort_path, row.tokenizer))
+                            row.ort_path, row.tokenizer,
+                            dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
+                                         if v[0] is not None} or None))
         teacher = next(r for r in rows if r.name == "teacher")
         provenance = dict(first.provenance)
         provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
-                            provenance, pair=first.pair))
+                            provenance, pair=first.pair, other_metrics=list(first.other_metrics)))
     return out
 
 
@@ -674,6 +685,14 @@ def _metric(row: Row) -> str:
     return text
 
 
+def _other_metric(row: Row, name: str) -> str:
+    """A row's other dev metric (``RunTable.other_metrics``), as the main one is shown."""
+    mean, std, n = _metric_value(row.dev_metrics, name)
+    if mean is None:
+        return "–"
+    return f"{mean:.4f}" + (f" ± {std:.4f} (sample std, n={n})" if std is not None else "")
+
+
 def _num(x: Optional[float], fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
@@ -682,7 +701,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a run's table, as text (shared by Markdown and HTML)."""
     threads = table.threads
     head_t = table.headline_threads
-    header = ["artifact", "format", "params", "file", f"{table.metric_name} (dev)", "retention"]
+    header = ["artifact", "format", "params", "file", f"{table.metric_name} (dev)",
+              *(f"{m} (dev)" for m in table.other_metrics), "retention"]
     for t in threads:
         header += [f"p50 ms ({t}t)", f"p90 ms ({t}t)"]
     peak = any(r.latency.get(head_t) and r.latency[head_t].peak_throughput for r in table.rows) if head_t else False
@@ -694,7 +714,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     for r in table.rows:
         retention = table.retention(r)
         cells = [r.name + (" (reference)" if r.reference else ""), r.fmt, _params(r.params), _mb(r.file_bytes),
-                 _metric(r), "–" if retention is None else f"{100 * retention:.1f}%"]
+                 _metric(r), *(_other_metric(r, m) for m in table.other_metrics),
+                 "–" if retention is None else f"{100 * retention:.1f}%"]
         for t in threads:
             lat = r.latency.get(t)
             cells += [_num(lat and lat.p50_ms, ".2f"), _num(lat and lat.p90_ms, ".2f")]
@@ -747,6 +768,11 @@ NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors wei
 def note(table: RunTable) -> str:
     """The note under a run's table; a pair task's latency is per dev pair (both texts in one input)."""
     text = NOTE
+    if table.other_metrics:
+        text = text.replace("Retention: metric / teacher metric.",
+                            f"Retention: {table.metric_name} / teacher {table.metric_name}; "
+                            f"{', '.join(table.other_metrics)} (dev): the task's other metric"
+                            f"{'s' if len(table.other_metrics) > 1 else ''} on the same dev rows.")
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")

@@ -523,3 +523,49 @@ def test_a_pair_task_report_says_pairs_not_sentences(tmp_path, monkeypatch):
     assert seen["ax"].get_xlabel() == "p50 latency per sentence, batch 1 (ms, log scale)"
     write([collect(single), collect(pair)], tmp_path / "both")
     assert seen["ax"].get_xlabel() == "p50 latency per input (sentence or pair), batch 1 (ms, log scale)"
+
+
+def _with_f1(run: Path) -> None:
+    """A fake run folder scored as MRPC is: every ``{"accuracy": x}`` record becomes ``{"f1": x, "accuracy": x-0.1}``
+    (f1 first: the task's main metric)."""
+    def convert(value):
+        if isinstance(value, dict):
+            if isinstance(value.get("accuracy"), float) and "f1" not in value:
+                return {"f1": value["accuracy"], "accuracy": round(value["accuracy"] - 0.1, 4),
+                        **{k: convert(v) for k, v in value.items() if k != "accuracy"}}
+            return {k: convert(v) for k, v in value.items()}
+        return [convert(v) for v in value] if isinstance(value, list) else value
+
+    for path in run.rglob("*.json"):
+        if path.name not in ("manifest.json", "quantize.json", "bench.json"):  # the fake tokenizer is not JSON
+            continue
+        path.write_text(json.dumps(convert(json.loads(path.read_text()))))
+
+
+def test_mrpc_report_shows_accuracy_beside_f1(tmp_path):
+    """GLUE reports MRPC as F1 and accuracy: the table has both columns for every scored row (retention stays F1's),
+    also when seeds are merged."""
+    latency = {"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0}, "int8_static": {1: 7.0, 2: 4.0},
+               "optimum_avx512_vnni": {1: 9.0, 2: 6.0}}
+    runs = [make_run(tmp_path / f"s{seed}", "mrpc", **_files(tmp_path), latency=latency, seed=seed, teacher_acc=acc)
+            for seed, acc in ((42, 0.90), (43, 0.92))]
+    for run in runs:
+        _with_f1(run)
+    table = collect(runs[0])
+    assert table.metric_name == "f1" and table.other_metrics == ["accuracy"]
+    header, body = table_cells(table)
+    assert header[4:7] == ["f1 (dev)", "accuracy (dev)", "retention"]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in body}
+    assert rows["teacher"]["f1 (dev)"] == "0.9000" and rows["teacher"]["accuracy (dev)"] == "0.8000"
+    for name, cells in rows.items():
+        assert cells["accuracy (dev)"] != "–", name  # torch, ONNX fp32, int8 and the bench's peers alike
+        assert float(cells["accuracy (dev)"]) == pytest.approx(float(cells["f1 (dev)"]) - 0.1)
+    write([table], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| f1 (dev) | accuracy (dev) | retention |" in md and "Retention: f1 / teacher f1" in md
+    from compress.report import merge_seeds
+
+    merged, = merge_seeds([collect(run) for run in runs])
+    header, body = table_cells(merged)
+    teacher = dict(zip(header, body[0]))
+    assert teacher["f1 (dev)"].startswith("0.9100 ± ") and teacher["accuracy (dev)"].startswith("0.8100 ± ")
