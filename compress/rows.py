@@ -190,8 +190,10 @@ def _csv_quoted(cell) -> bool:
 def _warn_quoted_tsv(path: Path, rows: list, lines: list, columns: list[int]) -> None:
     """A custom TSV is read with quoting off (GLUE's convention: bare double quotes are text), so a file written with
     CSV quoting keeps its quotes (and doubled quotes) in the texts: said once per file, naming the first line."""
+    if ("quoted", str(path)) in _WARNED:  # every stage reads the task again: scanned and said once
+        return
     for row, line in zip(rows, lines):
-        if any(i < len(row) and _csv_quoted(row[i]) for i in columns) and ("quoted", str(path)) not in _WARNED:
+        if any(i < len(row) and _csv_quoted(row[i]) for i in columns):
             _WARNED.add(("quoted", str(path)))
             log.warning("%s:%d: a text column is in double quotes as a CSV writer quotes it; TSV files are read "
                         "with quoting off, so the quotes stay in the text: write the file without quoting (pandas: "
