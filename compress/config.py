@@ -180,6 +180,34 @@ def unsupported_type(model_type: Optional[str], position_embedding_type: Optiona
     return None
 
 
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer"}
+"""Model types whose position ids start after the padding index (pad_token_id + 1): two table rows unused."""
+
+
+def position_limit(fields: dict) -> Optional[int]:
+    """How many tokens a model of config.json ``fields`` takes: its position table, less the rows RoBERTa-style models
+    skip; None if unbounded (relative positions, or no table given)."""
+    table = fields.get("max_position_embeddings")
+    if not isinstance(table, int) or (fields.get("position_embedding_type") or "absolute") != "absolute":
+        return None
+    return table - (fields.get("pad_token_id") or 0) - 1 if fields.get("model_type") in OFFSET_POSITIONS else table
+
+
+def model_positions(name: str) -> Optional[int]:
+    """`position_limit` of a zoo model or a local model folder, read without torch; None for a hub id (checked when
+    the model loads) or a folder without a readable config.json (refused elsewhere)."""
+    from teachers.zoo import ZOO
+
+    if name in ZOO:
+        return ZOO[name].positions
+    try:
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
+            fields = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return position_limit(fields) if isinstance(fields, dict) else None
+
+
 def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:
     """Where a trained head's outputs named ``names`` (config.json's id2label) are the task's ``labels`` in another
     order (case aside): for each task label, the head output that scores it. None otherwise (same order, other names,
@@ -867,10 +895,22 @@ class Recipe:
                                 f"{self.bench.threads}")
         if not self.teacher.finetune and os.path.isfile(os.path.join(self.teacher.model, "config.json")):
             self._check_finetuned_head(file)
+        self._check_positions(file)
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
                                 f"models ({', '.join(sources)})")
+
+    def _check_positions(self, file: str) -> None:
+        """``task.max_length`` within the position table of the teacher and of each student checkpoint (zoo name or
+        folder), before torch: not once the teacher has trained (a hub model's is checked as it loads)."""
+        models = [("teacher.model", self.teacher.model)] + [
+            (f"students[{i}].init", s.init) for i, s in enumerate(self.students or []) if s.init != "random"]
+        for where, name in models:
+            limit = model_positions(name)
+            if limit is not None and self.task.max_length > limit:
+                raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
+                                    f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
 
     def _check_finetuned_head(self, file: str) -> None:
         """``teacher.finetune: false`` with a local folder: its head fits the task (`head_mismatch`), before torch."""

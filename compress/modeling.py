@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
-from compress.config import head_mismatch, head_order, unsupported_type
+from compress.config import head_mismatch, head_order, position_limit, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -120,16 +120,9 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     return model_obj
 
 
-OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer"}
-"""Model types whose position ids start after the padding index (pad_token_id + 1): two table rows unused."""
-
-
 def max_positions(config) -> int | None:
     """How many tokens a model takes: its position table, less the rows RoBERTa-style models skip; None if unbounded."""
-    table = getattr(config, "max_position_embeddings", None)
-    if not isinstance(table, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    return table - (config.pad_token_id or 0) - 1 if config.model_type in OFFSET_POSITIONS else table
+    return position_limit(config.to_dict())
 
 
 def check_length(config, length: int, where: str, what: str) -> None:

@@ -37,6 +37,7 @@ class ZooEntry:
     layout: str  # "wheel": files in a folder of the wheel; "split-zip": wheels carry pieces of one zip
     inner: str  # the folder holding the model files, inside the wheel (or inside the zip)
     sha256: dict  # file -> sha256; these files (and only these) are published
+    positions: int = 512  # tokens the model takes (config.json's position table; `compress.config.position_limit`)
     licence: str = "Apache-2.0"
 
 

@@ -325,3 +325,26 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     assert "not valid YAML: " in err and "(line 2, column " in err and len(err.splitlines()) == 1
     assert main(["zoo", "list", "mpnet-base"]) == 2
     assert "zoo list takes no names" in capsys.readouterr().err
+
+
+def test_max_length_beyond_a_models_positions_is_refused_before_torch(tmp_path):
+    """task.max_length past the position table of the teacher or a student checkpoint (zoo name or folder, read from
+    config.json without torch) is refused by validation, not once the teacher has trained; MPNet/RoBERTa tables lose
+    pad_token_id + 1 rows (514 -> 512 tokens)."""
+    import json
+
+    folder = tmp_path / "mpnet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mpnet", "max_position_embeddings": 130,
+                                                    "pad_token_id": 1}))
+    (folder / "vocab.txt").write_text("[PAD]\n")
+    ok = write(tmp_path, f"task: {{name: sst2, max_length: 128}}\nteacher: {{model: {folder}}}\n")
+    assert load_recipe(ok).task.max_length == 128
+    p = write(tmp_path, f"task: {{name: sst2, max_length: 129}}\nteacher: {{model: {folder}}}\n")
+    with pytest.raises(CompressError, match=r"r\.yaml: task\.max_length: 129 tokens exceed the 128 positions of "
+                                            r"teacher\.model '.*mpnet' \(max_position_embeddings\); use at most 128"):
+        load_recipe(p)
+    p = write(tmp_path, "task: {name: sst2, max_length: 600}\nteacher: {model: bert-base-uncased}\n"
+                        "students: [{name: s, kind: narrow, init: minilm-l6, layers: 2}]\n")
+    with pytest.raises(CompressError, match=r"exceed the 512 positions of students\[0\]\.init 'minilm-l6'"):
+        load_recipe(p)
