@@ -56,10 +56,21 @@ def predict_shared(model: torch.nn.Module, ds, collator: Collator, batch_size: i
 
 
 def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, batch_size: int = 64,
-             desc: Optional[str] = "scoring") -> dict[str, float]:
+             desc: Optional[str] = "scoring", with_logits: bool = False):
     """Task metrics (GLUE names) of ``model`` on ``ds``; the spec's first metric comes first. A progress bar labelled
     ``desc`` (None: none) when ``ds`` has 500 rows or more. In a distributed run the rows are shared out between the
-    processes (`predict_shared`), so every process must call it, and every process gets the same metrics."""
+    processes (`predict_shared`), so every process must call it, and every process gets the same metrics.
+    ``with_logits``: (metrics, logits)."""
     desc = desc if len(ds) >= 500 else None
     logits = predict_shared(model, ds, collator, batch_size, desc=desc)
-    return compute_metrics(spec.metrics, logits, np.asarray(ds["label"]))
+    metrics = compute_metrics(spec.metrics, logits, np.asarray(ds["label"]))
+    return (metrics, logits) if with_logits else metrics
+
+
+def constant_label(logits: np.ndarray, spec: TaskSpec) -> Optional[str]:
+    """The label a classifier predicts for every one of two or more rows (a constant model: its accuracy is the
+    label's share, and retention against it means little), else None; always None for regression."""
+    if spec.is_regression or len(logits) < 2:
+        return None
+    predicted = np.unique(np.asarray(logits).argmax(-1))
+    return str(spec.labels[int(predicted[0])]) if len(predicted) == 1 else None

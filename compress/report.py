@@ -96,6 +96,8 @@ class RunTable:
     it); retention and the plot use ``metric_name``."""
     pair: bool = False
     """A text-pair task (MRPC, RTE): latency and throughput are per dev pair, not per sentence."""
+    teacher_constant: Optional[str] = None
+    """The label the teacher predicts for every dev row, when it does (a constant model: retention means little)."""
 
     @property
     def unit(self) -> str:
@@ -442,6 +444,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
     return RunTable(name, str(run_dir), metric, rows,
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
+                    teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric])
 
 
@@ -512,7 +515,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
-                            provenance, pair=first.pair, other_metrics=list(first.other_metrics)))
+                            provenance, pair=first.pair, other_metrics=list(first.other_metrics),
+                            teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None)))
     return out
 
 
@@ -776,6 +780,9 @@ def note(table: RunTable) -> str:
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
+    if table.teacher_constant is not None:
+        text = (f"Warning: the teacher predicts {table.teacher_constant!r} for every dev row (a constant model), so "
+                f"its {table.metric_name} is that label's share and retention against it means little. " + text)
     return text
 
 
@@ -967,6 +974,9 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
         elif not (t.reference_row() and t.reference_row().latency):
             out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
                        f"column stays empty; the report stage times it (compress run RECIPE --stage report)")
+        if t.teacher_constant is not None:
+            out.append(f"run {t.run}: the teacher predicts {t.teacher_constant!r} for every dev row (a constant "
+                       f"model): retention against it means little")
     metrics = {t.metric_name for t in tables}
     if len(metrics) > 1:
         out.append(f"the runs report different metrics ({', '.join(f'{t.run}: {t.metric_name}' for t in tables)}), "

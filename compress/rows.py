@@ -164,6 +164,8 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
     out = {role: [] for role in index}
     if custom and path.suffix.lower() == ".tsv":
         _warn_quoted_tsv(path, rows, lines, [i for role, i in index.items() if role != "label"])
+    if custom and spec.text_pair is None:
+        _warn_unread_text(path, header, rows, index)
     for row, line in zip(rows, lines):
         if spec.header and (len(row) < len(header) or (custom and len(row) > len(header))):
             raise CompressError(f"{path}:{line}: expected {len(header)} {_separated(path)} fields, got {len(row)}")
@@ -198,6 +200,26 @@ def _warn_quoted_tsv(path: Path, rows: list, lines: list, columns: list[int]) ->
             log.warning("%s:%d: a text column is in double quotes as a CSV writer quotes it; TSV files are read "
                         "with quoting off, so the quotes stay in the text: write the file without quoting (pandas: "
                         "to_csv(sep='\\t', quoting=csv.QUOTE_NONE)) or as .csv", path, line)
+            return
+
+
+def _warn_unread_text(path: Path, header: list, rows: list, index: dict, sample: int = 200) -> None:
+    """A single-text custom task whose file has another column of texts (three words or more in most of the first
+    ``sample`` rows) is likely a pair task missing ``text_pair_column``: it would train on the first text only.
+    Said once per file, naming the column."""
+    if ("unread", str(path)) in _WARNED:
+        return
+    _WARNED.add(("unread", str(path)))
+    used = set(index.values())
+    head = rows[:sample]
+    for i, name in enumerate(header):
+        cells = [r[i] for r in head if i < len(r)]
+        if i in used or not cells:
+            continue
+        texts = sum(isinstance(c, str) and len(c.split()) >= 3 for c in cells)
+        if texts * 2 > len(cells):
+            log.warning("%s: column %r holds texts but is not read (task.text_column is %r): for a text-pair task "
+                        "set task.text_pair_column: %s", path, name, header[index["text"]], name)
             return
 
 

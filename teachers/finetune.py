@@ -10,15 +10,18 @@ Writes ``model/`` (safetensors + config + tokenizer) and ``metrics.json``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from compress.config import Recipe
 from compress.data import Collator, load_task, tokenize
-from compress.evaluate import evaluate
+from compress.evaluate import constant_label, evaluate
 from compress.manifest import write_json
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
 from compress.train import FitResult, fit, set_seed
+
+log = logging.getLogger(__name__)
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
@@ -44,7 +47,13 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     else:  # already fine-tuned on the task: scored and saved as it is
         result = FitResult(steps=0, best_metric=None, best_step=None)
 
-    metrics = {"dev": evaluate(model, dev, collator, spec, desc="teacher: scoring dev")}
+    metrics, dev_logits = evaluate(model, dev, collator, spec, desc="teacher: scoring dev", with_logits=True)
+    metrics = {"dev": metrics}
+    constant = constant_label(dev_logits, spec)
+    if constant is not None:
+        log.warning("teacher: predicts %r for every one of the %d dev rows (a constant model): its dev %s is that "
+                    "label's share, and a student's retention against it means little; train it longer or harder "
+                    "(teacher.epochs, teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0])
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:
@@ -54,7 +63,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "precision": result.precision,
                   "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
-                  **({} if cfg.finetune else {"finetuned": False})}
+                  **({} if cfg.finetune else {"finetuned": False}),
+                  **({} if constant is None else {"dev_constant_label": constant})}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})
     return {"metrics": metrics, "params": count_params(model), "model": cfg.model, "train": train_info,
             "timing": {"train_s": round(result.wall_s, 2)}}

@@ -384,3 +384,24 @@ def test_a_custom_tsv_written_with_csv_quoting_is_warned_of_once(tmp_path, caplo
     with caplog.at_level("WARNING"):
         load_split(_custom(tmp_path, "bare.tsv", 'review\tstars\nplain "quoted" word\tpos\n"half\tneg\n'), "train")
     assert "CSV writer" not in caplog.text
+
+
+def test_a_second_text_column_left_unread_is_warned_of_once(tmp_path, caplog):
+    """A custom pair file read as single texts (no text_pair_column) would train on the first text only: a column of
+    texts that is not read is named once, with the setting; a column of ids or short tags is not a text column, and a
+    pair task reading it says nothing."""
+    text = ("review\tanswer\tid\tstars\nthe plot is thin\tyes it really is\t17\tneg\n"
+            "great fun all along\ti loved it too\t18\tpos\nmeh\tnot my kind of film\t19\tneg\n")
+    cfg = _custom(tmp_path, "p.tsv", text)
+    with caplog.at_level("WARNING"):
+        load_split(cfg, "train")
+        load_split(cfg, "dev")
+    warned = [r.getMessage() for r in caplog.records if "is not read" in r.getMessage()]
+    assert warned == [f"{tmp_path / 'p.tsv'}: column 'answer' holds texts but is not read (task.text_column is "
+                      f"'review'): for a text-pair task set task.text_pair_column: answer"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rows = load_split(_custom(tmp_path, "pair.tsv", text, text_pair_column="answer"), "train")
+        load_split(_custom(tmp_path, "tags.tsv", "review\tsource\tstars\nthe plot is thin\tweb site\tneg\n"
+                                                 "great fun all along\tprint\tpos\n"), "train")
+    assert rows["text_pair"][0] == "yes it really is" and "is not read" not in caplog.text

@@ -376,8 +376,9 @@ def test_report_warns_of_what_would_read_wrong():
     from compress.report import report_warnings
 
     timed = SimpleNamespace(latency={1: object()})
-    sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed)
-    mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1")
+    sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed,
+                           teacher_constant=None)
+    mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1", teacher_constant=None)
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
                         "columns stay empty",
@@ -385,7 +386,7 @@ def test_report_warns_of_what_would_read_wrong():
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
     untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy",
-                              reference_row=lambda: SimpleNamespace(latency={}))
+                              reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None)
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
         "report stage times it (compress run RECIPE --stage report)"]

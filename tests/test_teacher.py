@@ -405,3 +405,38 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
                                    f"its head has 3 output(s)")
     for fine in (named, swapped):  # other names: a warning at load; another order: reordered at load
         load_recipe(_recipe(tmp_path / "b", fine), {"teacher.finetune": False})
+
+
+def test_a_teacher_that_predicts_one_label_is_warned_of_in_the_stage_and_the_report(tmp_path, tokenizer, caplog):
+    """A teacher predicting one label for every dev row (here a head biased to label '1') scores that label's share,
+    and every retention against it reads high: the stage warns and records it, the report says so in its note and
+    warnings. A teacher predicting both labels records nothing."""
+    from transformers import BertForSequenceClassification
+
+    from compress.report import collect, note, report_warnings
+    from conftest import tiny_bert_config
+
+    model = BertForSequenceClassification(tiny_bert_config())
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([-5.0, 5.0]))
+    folder = tmp_path / "constant"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    recipe = load_recipe(_recipe(tmp_path, folder), {"teacher.finetune": False})
+    with caplog.at_level("WARNING"):
+        done = run_pipeline(recipe)["teacher"]
+    assert "teacher: predicts '1' for every one of the 100 dev rows (a constant model)" in caplog.text
+    assert done["train"]["dev_constant_label"] == "1"
+    table = collect(tmp_path / "runs" / "tiny")
+    assert table.teacher_constant == "1"
+    assert note(table).startswith("Warning: the teacher predicts '1' for every dev row (a constant model)")
+    assert any("the teacher predicts '1' for every dev row" in w for w in report_warnings([table], None))
+
+    from compress.data import GLUE_TASKS
+    from compress.evaluate import constant_label
+
+    sst2 = GLUE_TASKS["sst2"]
+    assert constant_label(np.array([[0.0, 1.0], [1.0, 0.0]]), sst2) is None
+    assert constant_label(np.array([[0.0, 1.0]]), sst2) is None  # one row says nothing
+    assert constant_label(np.array([[2.0, 1.0], [3.0, 1.0]]), sst2) == "0"
