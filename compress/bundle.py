@@ -168,10 +168,11 @@ def model_card(manifest: dict) -> str:
                 lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
             else:
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
-        lines += ["", "Measured one text at a time, as `predict.py` runs them. "
-                  "`Predictor.predict(texts, batch_size=N)` runs N texts together, faster; an int8 dynamic model's "
-                  "activation scales then cover the whole batch, so a text's scores can change with the texts "
-                  "batched with it."]
+        one, many = ("pair", "pairs") if pair else ("text", "texts")
+        lines += ["", f"Measured one {one} at a time, as `predict.py` runs them. "
+                  f"`Predictor.predict({'texts, pairs' if pair else 'texts'}, batch_size=N)` runs N {many} together, "
+                  f"faster; an int8 dynamic model's activation scales then cover the whole batch, so a {one}'s scores "
+                  f"can change with the {many} batched with it."]
     else:
         lines.append("Not measured.")
     lines += ["", "## Latency", ""]

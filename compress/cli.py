@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "estimate. Resumable (finished candidates are reused) and bounded by --time-limit-min. Writes "
                        "runs/<name>/search/{search.json, search.md, pareto.png}. Exit status 1 when nothing fits.")
     p.add_argument("recipe", help="recipe YAML whose teacher stage has run, e.g. pipelines/quickstart.yaml")
-    p.add_argument("--budget-ms", type=float, help="p50 latency budget per sentence in ms (default: search.budget_ms)")
+    p.add_argument("--budget-ms", type=float, help="p50 latency budget per input (a sentence, or a pair for pair "
+                                                      "tasks) in ms (default: search.budget_ms)")
     p.add_argument("--time-limit-min", type=float, help="start no new candidate after N minutes "
                    "(default: search.time_limit_min, 15)")
     p.add_argument("--threads", type=positive_int, help="ORT threads for the timing (default: search.threads, 1)")

@@ -493,8 +493,11 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     if stopped and results:  # the answer is of the candidates measured so far: say so first
         message = (f"stopped early ({stopped}; {len(not_started)} candidate(s) not started: raise --time-limit-min "
                    f"or rerun to go on) - so far, {message}")
+    pair = ctx.spec.text_pair is not None
+    inputs = "real dev pairs (both texts in one input)" if pair else "real dev sentences"
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
-            "latency": "p50 of real dev sentences one at a time (batch 1), compress.bench.measure (series order), "
+            "pair": pair,
+            "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure (series order), "
                        + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
@@ -528,7 +531,7 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
     if not rows:
         return None
     table = RunTable(f"{summary['recipe']} search (budget {summary['budget_ms']:g} ms)", "",
-                     summary["candidates"][0]["metric_name"], rows)
+                     summary["candidates"][0]["metric_name"], rows, pair=bool(summary.get("pair")))
     return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"], best=summary.get("best"))
 
 
@@ -545,7 +548,7 @@ def markdown(summary: dict, png: Optional[str]) -> str:
     on_front = set(summary["front"])
     lines = [f"# Latency-budget search: {summary['recipe']} ({summary['task']})", "",
              f"**{summary['message']}**", "",
-             f"Budget: p50 <= {summary['budget_ms']:g} ms per sentence at {summary['threads']} thread(s), "
+             f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at {summary['threads']} thread(s), "
              f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
              f"Wall time {summary['wall_s']:.0f} s; measured {summary['counts']['measured']}, reused "
              f"{summary['counts']['reused']}, skipped {summary['counts']['skipped']}, not started "

@@ -242,9 +242,13 @@ def test_search_plot_stars_the_best_candidate(tmp_path, monkeypatch):
     stars = [c for c in ax.collections if c.get_label() == "best: L4-static"]
     assert len(stars) == 1 and tuple(stars[0].get_offsets()[0]) == pytest.approx((0.4 * 4 * 1.3, 0.838))
     assert [a.get_fontweight() for a in seen["labels"] if a.get_text() == "L4-static"] == ["bold"]
+    assert seen["ax"].get_xlabel().startswith("p50 latency per sentence")
     summary["best"] = None  # nothing fits: no star
     plot(summary, tmp_path / "pareto.png")
     assert not [c for c in seen["ax"].collections if str(c.get_label()).startswith("best:")]
+    summary["pair"] = True  # a pair task (MRPC, RTE) is timed per pair, both texts in one input
+    plot(summary, tmp_path / "pareto.png")
+    assert seen["ax"].get_xlabel().startswith("p50 latency per pair")
 
 
 def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(tmp_path, monkeypatch):
@@ -293,6 +297,8 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
                                             "params": 1e6, "metric_name": "accuracy"} for r in (fast, saved, slow)]}
     md = search.markdown(summary, None)
     assert "| 0.97 (median of 3) |" in md and "| 0.50 |" in md and "timed in 3 passes" in md
+    assert "ms per sentence at 1 thread(s)" in md
+    assert "ms per pair at 1 thread(s)" in search.markdown({**summary, "pair": True}, None)
 
 
 def test_search_removes_the_scratch_folders_of_a_killed_search(tmp_path, glue_dir, tokenizer, monkeypatch):
