@@ -33,7 +33,9 @@ def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64
             logits = model(**inputs).logits
         chunks.append(logits.float().cpu().numpy())
     model.train(was_training)
-    logits = np.empty_like(np.concatenate(chunks)) if chunks else np.zeros((0, 1))
+    if not chunks:  # no rows (a process's empty share in `predict_shared`): one column per output, as a batch has
+        return np.zeros((0, getattr(getattr(model, "config", None), "num_labels", 1)), dtype=np.float32)
+    logits = np.empty_like(np.concatenate(chunks))
     logits[order] = np.concatenate(chunks)
     return logits
 

@@ -59,3 +59,39 @@ def test_evaluate_shares_the_rows_between_processes(tmp_path):
     for r in results:  # every process has the whole split's metrics, as one process scores them
         assert r["metrics"].keys() == alone.keys()
         assert r["metrics"]["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-9)
+
+
+def _share_worker(rank: int, world: int, init: str, out: str) -> None:
+    from compress.evaluate import predict_shared
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model, ds, collator, _ = _scored()
+        logits = predict_shared(model, ds.select([0]), collator, batch_size=8)
+        Path(out, f"{rank}.json").write_text(json.dumps(logits.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_predict_shared_with_fewer_rows_than_processes(tmp_path):
+    """One row, two processes: the second process's share is empty, and every process still gets the row's logits
+    (an empty share used to fail in np.concatenate, e.g. the last 2048-row chunk of the prune stage's teacher logits
+    holding one row)."""
+    from compress.evaluate import predict
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_share_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    model, ds, collator, _ = _scored()
+    alone = predict(model, ds.select([0]), collator, batch_size=8)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert got[0] == pytest.approx(alone[0].tolist(), abs=1e-6) and len(got) == 1
+
+
+def test_predict_on_no_rows():
+    from compress.evaluate import predict
+
+    model, ds, collator, _ = _scored()
+    logits = predict(model, ds.select([]), collator)
+    assert logits.shape == (0, 2)
