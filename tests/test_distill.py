@@ -368,3 +368,26 @@ def test_a_student_deeper_than_its_teacher_maps_to_teacher_layers_from_1():
                               BertConfig(num_hidden_layers=4, hidden_size=32))
     pairs = sorted({(m.student_layer, m.teacher_layer) for m in matches})
     assert pairs == [(1, 1), (2, 1), (3, 2), (4, 2)]
+
+
+def test_a_process_other_than_the_main_one_leaves_the_shared_checkpoints_alone(glue_dir, tokenizer, tmp_path,
+                                                                              monkeypatch):
+    """Under DDP every process runs `distill`, and the checkpoint folder is shared: the main process writes the
+    step markers there (`main_process_writes`), so only it may remove the folder afterwards. Another process removing
+    it raced the main one's marker write (its rename failing on a folder just deleted)."""
+    import compress.distill.stage as stage
+    from compress.train import FitResult
+
+    monkeypatch.setattr(stage, "fit", lambda *a, **k: FitResult(steps=0, best_metric=None, best_step=None))
+    monkeypatch.setattr(stage, "main_process_writes", lambda write: None)  # as on a process that is not the main one
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=16)
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+                                     "distill": {"layer_map": "uniform", "two_step": True},
+                                     "train": {"max_steps": 1, "batch_size": 8}})
+    ckdir = tmp_path / "ck"
+    ckdir.mkdir()
+    (ckdir / "written-by-the-main-process").write_text("")
+    distill(teacher, tokenizer, build_student(spec, teacher, tokenizer, data.spec), spec, data, max_length=16,
+            seed=0, checkpoint_dir=ckdir)
+    assert (ckdir / "written-by-the-main-process").is_file()

@@ -216,8 +216,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                 tmp.rename(marker)
 
             main_process_writes(write_marker)
-    if ckdir is not None:
-        shutil.rmtree(ckdir, ignore_errors=True)
+    if ckdir is not None:  # shared by every process: removed by the main one, which wrote the step markers in it
+        main_process_writes(lambda: shutil.rmtree(ckdir, ignore_errors=True))
     _sum_over_processes(align)
     if align.misaligned_batches:
         log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
