@@ -375,6 +375,8 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
 
     total = len(ranking)
     k, excluded = 1, []
+    metrics = tries[-1]["metrics"]  # no candidate at all: the loop never runs, the first try's numbers stand
+    drop = base - points(metrics)
     while k <= total:
         excluded = ranking.first(k)
         trial = workdir / f"guard-{k}.onnx"

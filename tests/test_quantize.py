@@ -192,6 +192,20 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes,
                                                                                  (1, "emb")]
 
 
+def test_guard_over_budget_with_no_candidate_node_says_so(tmp_path):
+    """int8 over budget and no node the guard could keep fp32: the model stays as quantized, not shippable, with the
+    first try's numbers (the loop never ran, and its metrics and drop were read unset: UnboundLocalError)."""
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    result = guard(make, tmp_path / "int8.onnx", lambda path: {"accuracy": 0.80}, {"accuracy": 0.90}, [],
+                   lambda nodes: 0.0, 0.5, tmp_path)
+    assert not result.shippable and result.excluded == []
+    assert result.metrics == {"accuracy": 0.80} and result.drop == pytest.approx(10.0)
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == []
+
+
 @pytest.mark.parametrize("prefer", ["speed", "size"])
 def test_guard_prefer_decides_whether_lookups_go_first(tmp_path, tiny_model, sst2, monkeypatch, prefer):
     """The stage hands the guard the embedding lookups (speed) or none (size: sensitivity alone decides)."""
