@@ -4,7 +4,7 @@ The objective is passed in (``objective(model, batch) -> (loss, logs)``), so thi
 Accelerate handles devices, DDP (``accelerate launch`` / ``torchrun``), bf16 autocast and gradient accumulation.
 
 Checkpoint selection uses the held-out slice of train (``evaluate``), never dev. With ``checkpoint_dir`` the loop
-saves resumable state (model, extra modules, optimizer, scheduler, RNG, data position) every
+saves resumable state (model, optimizer, scheduler, RNG, data position) every
 ``cfg.checkpoint_every`` steps; the same call after a crash resumes from the newest one and ends where an
 uninterrupted run would.
 """
@@ -80,19 +80,17 @@ def fit(
     seed: int,
     objective: Objective = classification_objective,
     evaluate: Optional[Callable[[torch.nn.Module], dict]] = None,
-    extra_modules: Optional[dict[str, torch.nn.Module]] = None,
     group_by_length: bool = True,
     checkpoint_dir: Optional[Path] = None,
     desc: str = "train",
-    accelerator: Optional[Accelerator] = None,
 ) -> FitResult:
-    """Train ``model`` (and ``extra_modules``, e.g. projections) on ``train_ds``; the best held-out state is loaded
-    back into ``model`` at the end. ``evaluate(model) -> {metric: value}``: the first metric selects."""
+    """Train ``model`` on ``train_ds`` (modules trained with it, like distillation's projections, are submodules of
+    it: `compress.distill.objective.Distiller`); the best held-out state is loaded back into ``model`` at the end.
+    ``evaluate(model) -> {metric: value}``: the first metric selects."""
     precision = resolve_precision(cfg.precision)
-    accelerator = accelerator or _accelerator(precision, cfg.grad_accum)
+    accelerator = _accelerator(precision, cfg.grad_accum)
     set_seed(seed)
-    extra = dict(extra_modules or {})
-    modules = {"model": model, **extra}
+    modules = {"model": model}
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     no_decay = [p for p in params if p.ndim < 2]
     decay = [p for p in params if p.ndim >= 2]
