@@ -71,7 +71,7 @@ def example_id_range(vocab_size: int, high: int) -> tuple[int, int]:
 
 def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> Path:
     """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch and sequence axes; the model's train/eval mode
-    is restored afterwards."""
+    is restored afterwards, its dtype is not (``model.float()`` converts it in place)."""
     path = Path(path)
     names = input_names(model)
     was_training = model.training

@@ -432,7 +432,6 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
     return {"row_int8_tables": tables}
 
 
-# ------------------------------------------------------------------------------------------------ ORT format
 # ------------------------------------------------------------------------------------------------ the stage
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     cfg: QuantizeConfig = recipe.quantize

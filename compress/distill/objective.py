@@ -2,8 +2,9 @@
 
 `Distiller` wraps the student and the learned projections in one module, so `fit` trains, checkpoints and (with
 DDP) synchronises both, and the projections run inside the wrapped forward. The teacher is not part of it: it runs
-under ``torch.inference_mode`` (only when intermediate losses need it; logit-only KD reads cached teacher logits
-from the batch), and its outputs are cloned into ordinary tensors before they meet the student's graph.
+under ``torch.inference_mode`` (for intermediate losses, and for logit KD when the batch carries no cached teacher
+logits: ``cache_teacher_logits: false``), and its outputs are cloned into ordinary tensors before they meet the
+student's graph.
 """
 
 from __future__ import annotations
