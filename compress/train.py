@@ -139,7 +139,8 @@ def fit(
         unwrapped.train()
         value = next(iter(metrics.values()))
         result.history.append({"step": step, "tag": tag, **metrics})
-        if result.best_metric is None or value > result.best_metric:
+        best = result.best_metric  # a nan (pearson of constant predictions) is beaten by any number
+        if best is None or value > best or (math.isnan(best) and not math.isnan(value)):
             result.best_metric, result.best_step = value, step
             best_state = _state_of({k: accelerator.unwrap_model(m) for k, m in modules.items()})
 

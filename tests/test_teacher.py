@@ -440,3 +440,16 @@ def test_a_teacher_that_predicts_one_label_is_warned_of_in_the_stage_and_the_rep
     assert constant_label(np.array([[0.0, 1.0], [1.0, 0.0]]), sst2) is None
     assert constant_label(np.array([[0.0, 1.0]]), sst2) is None  # one row says nothing
     assert constant_label(np.array([[2.0, 1.0], [3.0, 1.0]]), sst2) == "0"
+
+
+def test_a_nan_first_evaluation_does_not_hold_the_best_checkpoint(tiny_bert_dir):
+    """Pearson of a model still predicting a constant is nan, and ``value > nan`` is never true: the first state would
+    stay the best one for good. A number beats a nan."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=96, holdout=0.002), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    scores = iter([float("nan"), 0.3, 0.2])
+    result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}),
+                 TrainConfig(epochs=3, batch_size=32, eval_every=None), seed=0,
+                 evaluate=lambda m: {"pearson": next(scores)})
+    assert [h["pearson"] for h in result.history][1:] == [0.3, 0.2]
+    assert result.best_metric == 0.3 and result.best_step == 6
