@@ -42,6 +42,9 @@ class Stage:
     trains: bool = False
     """Trains with `compress.train.fit` (data-parallel under ``accelerate launch``/torchrun: every process runs it);
     a stage that does not runs on the main process alone, the others waiting for its published folder."""
+    models: tuple[str, ...] = ()
+    """Recipe fields naming a model it loads (``students.*.init``: every student's): a local folder's files are inputs
+    like the task's data files (zoo models are pinned by sha256; a hub id has no files here)."""
     revision: int = 1
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
@@ -55,8 +58,9 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True),
-    Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True),
+    Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",)),
+    Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True,
+          models=("students.*.init", "students.*.tokenizer")),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
           trains=True),
@@ -91,6 +95,8 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
+    for folder in _model_folders(recipe, stage):
+        inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder)).items()})
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
@@ -99,6 +105,19 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     if stage.revision > 1:
         payload["revision"] = stage.revision
     return fingerprint(payload), inputs
+
+
+def _model_folders(recipe: Recipe, stage: Stage) -> list[str]:
+    """The local model folders named by ``stage.models`` (not zoo names, "random" or hub ids)."""
+    from teachers.zoo import ZOO
+
+    found = []
+    for dotted in stage.models:
+        values = [recipe]
+        for key in dotted.split("."):
+            values = [v for value in values for v in (value or [] if key == "*" else [getattr(value, key, None)])]
+        found += [v for v in values if isinstance(v, str) and v not in ZOO and os.path.isdir(v) and v not in found]
+    return found
 
 
 def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: Path, result: dict,

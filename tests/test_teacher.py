@@ -214,8 +214,8 @@ def test_a_run_that_fails_before_any_stage_wrote_leaves_no_run_folder(tmp_path, 
     from compress.cli import main
 
     runs = tmp_path / "runs"
-    with pytest.raises(CompressError, match=r"tiny\.yaml: task\.max_length: 256 tokens exceed teacher .*'s 128 "
-                                            r"positions \(max_position_embeddings\); use at most 128"):
+    with pytest.raises(CompressError, match=r"tiny\.yaml: task\.max_length: 256 tokens exceed the 128 positions of "
+                                            r"teacher\.model '.*' \(max_position_embeddings\); use at most 128"):
         run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"task.max_length": 256}))
     assert not (runs / "tiny").exists()
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"report: {{compare: [{tmp_path / 'nope'}]}}\n"))
@@ -453,3 +453,33 @@ def test_a_nan_first_evaluation_does_not_hold_the_best_checkpoint(tiny_bert_dir)
                  evaluate=lambda m: {"pearson": next(scores)})
     assert [h["pearson"] for h in result.history][1:] == [0.3, 0.2]
     assert result.best_metric == 0.3 and result.best_step == 6
+
+
+def test_a_local_teacher_folder_whose_files_change_redoes_the_teacher(tiny_bert_dir, tmp_path, capsys):
+    """The files of a local model folder (``teacher.model``) are inputs like the task's data files: new weights in the
+    same folder redo the teacher stage instead of reusing a model fine-tuned from the old ones."""
+    from transformers import BertForSequenceClassification
+
+    from compress.pipeline import explain
+    from conftest import tiny_bert_config
+
+    run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), until="teacher")
+    folder = tmp_path / "runs" / "tiny" / "teacher"
+    first = json.loads((folder / "manifest.json").read_text())
+    assert f"{tiny_bert_dir}/model.safetensors" in first["inputs"]
+    assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir))) == [("teacher", False, "up to date")]
+    torch.manual_seed(1)  # other weights, same folder and recipe
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(tiny_bert_dir)
+    assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir))) == [
+        ("teacher", True, f"changed: input {tiny_bert_dir}/model.safetensors changed")]
+    capsys.readouterr()
+    again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]
+    assert again["fingerprint"] != first["fingerprint"] and "[teacher] running" in capsys.readouterr().out
+    # a student's init or tokenizer folder is the distill stage's input the same way (zoo names, random: not folders)
+    from compress.pipeline import STAGES, _model_folders
+
+    students = (f"students: [{{name: a, kind: narrow, init: {tiny_bert_dir}, layers: 1}}, "
+                f"{{name: b, kind: narrow, init: minilm-l6, layers: 1, tokenizer: {tiny_bert_dir}}}, "
+                f"{{name: c, kind: narrow, layers: 1, hidden: 32}}]\n")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students))
+    assert [_model_folders(recipe, s) for s in STAGES[:3]] == [[str(tiny_bert_dir)], [str(tiny_bert_dir)], []]
