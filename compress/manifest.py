@@ -78,10 +78,11 @@ def host() -> dict:
 
 
 def hash_tree(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 for every file under ``folder`` (the manifest itself excluded)."""
+    """relative path -> sha256 for every file under ``folder`` (its own manifest.json excluded; one in a subfolder,
+    such as a bundle's, is an output like any other)."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
+            if p.is_file() and p != folder / "manifest.json"}
 
 
 def fingerprint(payload: dict) -> str:

@@ -509,6 +509,9 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     card = (folder / "README.md").read_text()
     assert "speedup_vs_teacher_onnx_fp32" in card and "onnxruntime's default, idle threads spinning" in card
     assert "| 2 (fastest) | 3.500 |" in card and "ran fastest at 2 threads (`python predict.py --threads 2 ...`)" in card
+    from compress.manifest import hash_tree  # the stage's outputs as its manifest records them: the shipped manifest too
+
+    assert "edge-sst2-int8/manifest.json" in hash_tree(out) and "edge-sst2-int8.tar.gz" in hash_tree(out)
 
 
 def test_regression_bundle(tmp_path, minilm_dir):
