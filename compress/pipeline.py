@@ -45,6 +45,9 @@ class Stage:
     models: tuple[str, ...] = ()
     """Recipe fields naming a model it loads (``students.*.init``: every student's): a local folder's files are inputs
     like the task's data files (zoo models are pinned by sha256; a hub id has no files here)."""
+    runs: tuple[str, ...] = ()
+    """Recipe fields naming other run folders it reads (``report.compare``): their stages' manifest.json files are
+    inputs (a stage redone there rewrites its manifest)."""
     revision: int = 1
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
@@ -71,7 +74,7 @@ STAGES: list[Stage] = [
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",)),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
-          uses=("distill", "prune", "quantize", "bench")),
+          uses=("distill", "prune", "quantize", "bench"), runs=("report.compare.*",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
           revision=2),
@@ -97,8 +100,12 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
-    for folder in _model_folders(recipe, stage):
+    for folder in _folders(recipe, stage.models):
         inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder)).items()})
+    for run in _folders(recipe, stage.runs, models=False):
+        if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
+            continue
+        inputs.update({str(p): sha256_file(p) for p in sorted(Path(run).glob("*/manifest.json"))})
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
@@ -109,16 +116,18 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     return fingerprint(payload), inputs
 
 
-def _model_folders(recipe: Recipe, stage: Stage) -> list[str]:
-    """The local model folders named by ``stage.models`` (not zoo names, "random" or hub ids)."""
+def _folders(recipe: Recipe, fields: tuple[str, ...], models: bool = True) -> list[str]:
+    """The local folders the recipe ``fields`` (`Stage.models` or `Stage.runs`) name; of models, not zoo names,
+    "random" or hub ids."""
     from teachers.zoo import ZOO
 
     found = []
-    for dotted in stage.models:
+    for dotted in fields:
         values = [recipe]
         for key in dotted.split("."):
             values = [v for value in values for v in (value or [] if key == "*" else [getattr(value, key, None)])]
-        found += [v for v in values if isinstance(v, str) and v not in ZOO and os.path.isdir(v) and v not in found]
+        found += [v for v in values if isinstance(v, str) and not (models and v in ZOO) and os.path.isdir(v)
+                  and v not in found]
     return found
 
 

@@ -570,3 +570,31 @@ def test_mrpc_report_shows_accuracy_beside_f1(tmp_path):
     header, body = table_cells(merged)
     teacher = dict(zip(header, body[0]))
     assert teacher["f1 (dev)"].startswith("0.9100 ± ") and teacher["accuracy (dev)"].startswith("0.8100 ± ")
+
+
+def test_a_compared_run_that_is_redone_redoes_the_report(tmp_path):
+    """``report.compare`` runs are inputs of the report stage: a stage redone there (its manifest rewritten) changes
+    the report's fingerprint, so the report is not reused with the other run's old numbers."""
+    from compress.config import load_recipe
+    from compress.pipeline import STAGES, _fingerprint, _what_changed
+
+    other = make_run(tmp_path / "runs", "other", **_files(tmp_path))
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2}}\nteacher: {{}}\n"
+                    f"report: {{compare: [{other}]}}\n")
+    recipe = load_recipe(path)
+    report = next(s for s in STAGES if s.name == "report")
+    done = {"teacher": {"outputs": {"model/model.safetensors": "ab"}}}
+    fp, inputs = _fingerprint(recipe, report, done)
+    assert f"{other}/quantize/manifest.json" in inputs and _fingerprint(recipe, report, done)[0] == fp
+    manifest = json.loads((other / "quantize" / "manifest.json").read_text())
+    (other / "quantize" / "manifest.json").write_text(json.dumps({**manifest, "created": "2026-12-24T08:00:00+00:00"}))
+    again, now = _fingerprint(recipe, report, done)
+    assert again != fp
+    (tmp_path / "runs" / "r" / "report").mkdir(parents=True)  # this run's own folder, named too: not its own input
+    (tmp_path / "runs" / "r" / "report" / "manifest.json").write_text("{}")
+    path.write_text(path.read_text().replace(f"compare: [{other}]", f"compare: [{tmp_path / 'runs' / 'r'}]"))
+    assert _fingerprint(load_recipe(path), report, done)[1] == {k: v for k, v in inputs.items() if str(other) not in k}
+    config = json.loads(json.dumps({sec: recipe.section(sec) for sec in report.sections}))
+    assert _what_changed(recipe, report, {"config": config, "seed": 42, "inputs": inputs}, now) == \
+        f"changed: input {other}/quantize/manifest.json changed"

@@ -476,10 +476,10 @@ def test_a_local_teacher_folder_whose_files_change_redoes_the_teacher(tiny_bert_
     again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]
     assert again["fingerprint"] != first["fingerprint"] and "[teacher] running" in capsys.readouterr().out
     # a student's init or tokenizer folder is the distill stage's input the same way (zoo names, random: not folders)
-    from compress.pipeline import STAGES, _model_folders
+    from compress.pipeline import STAGES, _folders
 
     students = (f"students: [{{name: a, kind: narrow, init: {tiny_bert_dir}, layers: 1}}, "
                 f"{{name: b, kind: narrow, init: minilm-l6, layers: 1, tokenizer: {tiny_bert_dir}}}, "
                 f"{{name: c, kind: narrow, layers: 1, hidden: 32}}]\n")
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students))
-    assert [_model_folders(recipe, s) for s in STAGES[:3]] == [[str(tiny_bert_dir)], [str(tiny_bert_dir)], []]
+    assert [_folders(recipe, s.models) for s in STAGES[:3]] == [[str(tiny_bert_dir)], [str(tiny_bert_dir)], []]
