@@ -45,6 +45,9 @@ class Stage:
     models: tuple[str, ...] = ()
     """Recipe fields naming a model it loads (``students.*.init``: every student's): a local folder's files are inputs
     like the task's data files (zoo models are pinned by sha256; a hub id has no files here)."""
+    reads: tuple[str, ...] = ()
+    """Other recipe sections it reads when the recipe has them: part of its config when no stage of theirs runs (the
+    report times models with the bench settings; when the bench stage runs, its outputs follow them already)."""
     runs: tuple[str, ...] = ()
     """Recipe fields naming other run folders it reads (``report.compare``): their stages' manifest.json files are
     inputs (a stage redone there rewrites its manifest)."""
@@ -74,7 +77,7 @@ STAGES: list[Stage] = [
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",)),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
-          uses=("distill", "prune", "quantize", "bench"), runs=("report.compare.*",)),
+          uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
           revision=2),
@@ -109,11 +112,19 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
-    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
-               "config": {sec: recipe.section(sec) for sec in stage.sections}, "inputs": inputs}
+    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": _config(recipe, stage),
+               "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
     return fingerprint(payload), inputs
+
+
+def _config(recipe: Recipe, stage: Stage) -> dict:
+    """The recipe sections a stage's fingerprint and manifest hold: its own, and those of `Stage.reads` the recipe has
+    that no planned stage of their name runs on."""
+    planned = {s.name for s in plan(recipe)}
+    return {sec: recipe.section(sec) for sec in stage.sections + tuple(
+        r for r in stage.reads if getattr(recipe, r, None) is not None and r not in planned)}
 
 
 def _folders(recipe: Recipe, fields: tuple[str, ...], models: bool = True) -> list[str]:
@@ -136,7 +147,7 @@ def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: 
     """A stage folder's manifest.json: what ran (recipe, config, seed, fingerprint, inputs' hashes), the hashes of
     ``folder``'s files, the stage's ``result`` fields, timing, versions and host."""
     manifest = {"stage": stage.name, "recipe": recipe.name, "recipe_path": recipe.path, "fingerprint": fp,
-                "config": {sec: recipe.section(sec) for sec in stage.sections}, "seed": recipe.seed,
+                "config": _config(recipe, stage), "seed": recipe.seed,
                 "inputs": inputs, "outputs": hash_tree(folder), **result}
     if wall_s is not None:
         manifest["timing"] = {"wall_s": round(wall_s, 2), **result.get("timing", {})}
@@ -323,7 +334,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
 def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     """Why a stage's recorded fingerprint differs from this run's: changed config keys (old -> new), seed, input files,
     upstream outputs; else the code (stage revision, compress version)."""
-    config = json.loads(json.dumps({sec: recipe.section(sec) for sec in stage.sections}))
+    config = json.loads(json.dumps(_config(recipe, stage)))
     reasons = _changes(old.get("config", {}), config)
     if old.get("seed") != recipe.seed:
         reasons.append(f"seed: {old.get('seed')} -> {recipe.seed}")

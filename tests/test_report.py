@@ -598,3 +598,23 @@ def test_a_compared_run_that_is_redone_redoes_the_report(tmp_path):
     config = json.loads(json.dumps({sec: recipe.section(sec) for sec in report.sections}))
     assert _what_changed(recipe, report, {"config": config, "seed": 42, "inputs": inputs}, now) == \
         f"changed: input {other}/quantize/manifest.json changed"
+
+
+def test_the_bench_settings_the_report_times_with_are_in_its_fingerprint_when_no_bench_stage_runs(tmp_path):
+    """Without a quantize section no bench stage runs, and the report stage times the teacher's ONNX model with the
+    recipe's bench settings itself: a change to them redoes the report. With a bench stage, its outputs carry them."""
+    from compress.config import load_recipe
+    from compress.pipeline import STAGES, _fingerprint, _what_changed, stage_manifest
+
+    path = tmp_path / "r.yaml"
+    report = next(s for s in STAGES if s.name == "report")
+    done = {"teacher": {"outputs": {"model/model.safetensors": "ab"}}}
+    for quantize, moves in (("quantize: {}\n", False), ("", True)):
+        path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2}}\nteacher: {{}}\n{quantize}"
+                        f"bench: {{threads: [1]}}\nreport: {{}}\n")
+        fp, inputs = _fingerprint(load_recipe(path), report, done)
+        assert (_fingerprint(load_recipe(path, {"bench.threads": [2]}), report, done)[0] != fp) == moves
+    (tmp_path / "out").mkdir()
+    old = json.loads(json.dumps(stage_manifest(load_recipe(path), report, fp, inputs, tmp_path / "out", {})))
+    assert _what_changed(load_recipe(path, {"bench.threads": [2]}), report, old, inputs) == \
+        "changed: bench.threads.0: 1 -> 2"
