@@ -893,7 +893,7 @@ class Recipe:
                 and self.report.threads not in self.bench.threads:
             raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of bench.threads "
                                 f"{self.bench.threads}")
-        if not self.teacher.finetune and os.path.isfile(os.path.join(self.teacher.model, "config.json")):
+        if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
@@ -913,17 +913,29 @@ class Recipe:
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
 
     def _check_finetuned_head(self, file: str) -> None:
-        """``teacher.finetune: false`` with a local folder: its head fits the task (`head_mismatch`), before torch."""
+        """``teacher.finetune: false`` with a zoo model or a local folder: it has a classification head (a zoo model
+        has none; a folder's config.json names its architecture) that fits the task (`head_mismatch`), before torch."""
         from compress.tasks import task_spec
+        from teachers.zoo import ZOO
 
+        where = f"{file}: teacher.model: {self.teacher.model!r} (finetune: false)"
+        if self.teacher.model in ZOO:
+            raise CompressError(f"{where}: a zoo model is a pretrained encoder without a trained classification head; "
+                                f"fine-tune it here instead (finetune: true)")
+        if not os.path.isfile(os.path.join(self.teacher.model, "config.json")):
+            return  # a hub id: its head is checked as the teacher stage loads it
         with open(os.path.join(self.teacher.model, "config.json"), encoding="utf-8") as f:
             fields = json.load(f)
+        architectures = fields.get("architectures") or []
+        if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+            raise CompressError(f"{where}: it has no trained classification head (config.json's architectures: "
+                                f"{', '.join(map(str, architectures))}); fine-tune it here instead (finetune: true)")
         id2label = fields.get("id2label") or {}
         count = len(id2label) or int(fields.get("num_labels", 2))
         names = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
         problem, _ = head_mismatch(count, names, task_spec(self.task).labels)
         if problem:
-            raise CompressError(f"{file}: teacher.model: {self.teacher.model!r} (finetune: false): {problem}")
+            raise CompressError(f"{where}: {problem}")
 
     def section(self, name: str) -> dict:
         """A section as plain data (for fingerprints and manifests)."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -405,6 +406,29 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
                                    f"its head has 3 output(s)")
     for fine in (named, swapped):  # other names: a warning at load; another order: reordered at load
         load_recipe(_recipe(tmp_path / "b", fine), {"teacher.finetune": False})
+
+
+def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_bert_dir, tmp_path):
+    """``teacher.finetune: false`` on a zoo model or a folder of a bare encoder (config.json's architectures without a
+    ...ForSequenceClassification) is refused by the recipe's validation, before torch, as README says: not only once
+    the teacher stage has loaded it."""
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_bert_dir, bare)
+    config = json.loads((bare / "config.json").read_text())
+    config["architectures"] = ["BertModel"]
+    (bare / "config.json").write_text(json.dumps(config))
+    (tmp_path / "b").mkdir()
+    recipe = _recipe(tmp_path / "b", bare)
+    with pytest.raises(CompressError) as e:
+        load_recipe(recipe, {"teacher.finetune": False})
+    assert str(e.value) == (f"{recipe}: teacher.model: {str(bare)!r} (finetune: false): it has no trained "
+                            f"classification head (config.json's architectures: BertModel); fine-tune it here "
+                            f"instead (finetune: true)")
+    with pytest.raises(CompressError, match=r"teacher\.model: 'minilm-l6' \(finetune: false\): a zoo model is a "
+                                            r"pretrained encoder without a trained classification head"):
+        load_recipe(_recipe(tmp_path / "b", "minilm-l6"), {"teacher.finetune": False})
+    load_recipe(recipe)  # fine-tuned here: a bare encoder is what the stage starts from
+    load_recipe(_recipe(tmp_path / "b", tiny_bert_dir), {"teacher.finetune": False})  # a classifier: kept as is
 
 
 def test_a_teacher_that_predicts_one_label_is_warned_of_in_the_stage_and_the_report(tmp_path, tokenizer, caplog):
