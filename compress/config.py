@@ -829,8 +829,9 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     if not (teacher_dir / "config.json").is_file():
-        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage teacher` "
-                            f"first")
+        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {recipe.runs_dir}"  # the folder searched (--runs-dir)
+        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage "
+                            f"teacher{runs}` first")
     try:
         depth = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     except (ValueError, KeyError, TypeError):
