@@ -342,11 +342,27 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     moved = [k for k in sorted(set(before) | set(inputs)) if before.get(k) != inputs.get(k)]
     stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()})
     files = [k for k in moved if k.split("/", 1)[0] not in stage_names()]
-    reasons += [f"{name} outputs changed" for name in stages] + [f"input {k} changed" for k in files]
+    reasons += [f"{name} outputs changed" for name in stages] + _input_changes(before, inputs, files)
     if not reasons:
         reasons.append("stage code revision or compress version changed")
     shown = reasons[:4] + ([f"+{len(reasons) - 4} more"] if len(reasons) > 4 else [])
     return "changed: " + "; ".join(shown)
+
+
+def _input_changes(before: dict, now: dict, files: list[str]) -> list[str]:
+    """Why input files differ: edited in place, read from another path with the same content (a data folder moved or
+    copied: inputs are keyed by path), no longer read, or new."""
+    gone = {before[k]: k for k in files if k not in now}
+    out, said = [], set()
+    for k in files:
+        if k in before and k in now:
+            out.append(f"input {k} changed")
+        elif k in now and now[k] in gone:  # same bytes, new path
+            out.append(f"input {gone[now[k]]} now read from {k} (same content)")
+            said.add(gone[now[k]])
+        elif k in now:
+            out.append(f"new input {k}")
+    return out + [f"input {k} no longer read" for k in files if k not in now and k not in said]
 
 
 def _changes(old, new, key: str = "") -> list[str]:
