@@ -122,3 +122,12 @@ def test_attention_matches_see_the_students_maps_without_dropout():
     assert torch.allclose(out.attentions[0], clean, atol=1e-6)
     assert attention_loss(out.attentions[0], clean, inputs["attention_mask"], "kl").item() == pytest.approx(0, abs=1e-5)
     assert model.bert.encoder.layer[0].output.dropout.p == 0.0  # (hidden dropout as configured: 0 here)
+
+
+def test_hidden_mse_counts_tokens_exactly_under_bf16():
+    """A bf16 student (autocast) must not count the real tokens in bf16: 4001 rounds to 4000 there."""
+    s = torch.ones(1, 4096, 2, dtype=torch.bfloat16)
+    t = torch.zeros(1, 4096, 2)
+    mask = torch.zeros(1, 4096)
+    mask[0, :4001] = 1
+    assert hidden_mse(s, t, mask).item() == pytest.approx(1.0, rel=1e-7)

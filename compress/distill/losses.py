@@ -52,7 +52,7 @@ def hidden_mse(student_h: torch.Tensor, teacher_h: torch.Tensor, mask: torch.Ten
     if s.shape != teacher_h.shape:
         raise ValueError(f"hidden_mse: student {tuple(s.shape)} vs teacher {tuple(teacher_h.shape)}"
                          " (a projection is needed when widths differ)")
-    m = mask.to(s.dtype).unsqueeze(-1)  # (b, l, 1)
+    m = mask.float().unsqueeze(-1)  # (b, l, 1); a bf16 count of tokens would round (4001 -> 4000)
     sq = (s.float() - teacher_h.float()).pow(2) * m
     return sq.sum() / (m.sum().clamp_min(1.0) * s.shape[-1])
 
