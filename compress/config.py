@@ -738,7 +738,8 @@ class BundleConfig:
     the recipe has one, else 1.0. When no int8 model is within it, the most accurate is shipped and the manifest
     says so (``within_budget: false``)."""
     threads: Optional[int] = None
-    """Thread count whose bench latency picks "fastest" and goes into the bundle manifest. None: the largest."""
+    """Thread count (one of ``bench.threads``) whose bench latency ranks the int8 models for ``pick`` and goes into
+    the bundle manifest. None: the largest."""
     name: Optional[str] = None
     """Bundle folder name. None: <recipe name>-<task>-int8, or <recipe name>-int8 when the recipe's name already holds
     the task's (rte -> rte-int8, sst2-cpu -> sst2-cpu-int8)."""
@@ -890,10 +891,11 @@ class Recipe:
         if self.prune is not None and self.prune.source not in (None, "teacher", *students):
             raise CompressError(f"{file}: prune.source: {self.prune.source!r} is neither teacher nor a student "
                                 f"({', '.join(students) or 'no students'})")
-        if self.report is not None and self.report.threads is not None and self.bench is not None \
-                and self.report.threads not in self.bench.threads:
-            raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of bench.threads "
-                                f"{self.bench.threads}")
+        for section in ("report", "bundle"):  # a count not benchmarked: no latency to read (bundle: picked by size)
+            threads = getattr(getattr(self, section), "threads", None)
+            if threads is not None and self.bench is not None and threads not in self.bench.threads:
+                raise CompressError(f"{file}: {section}.threads: {threads} is not one of bench.threads "
+                                    f"{self.bench.threads}")
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)

@@ -293,6 +293,8 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
      r"quantize\.modes: each mode once, got \['dynamic', 'dynamic'\]"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1]}\nreport: {threads: 2}\n",
      r"report\.threads: 2 is not one of bench\.threads \[1\]"),
+    ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1, 2]}\nbundle: {threads: 4}\n",
+     r"bundle\.threads: 4 is not one of bench\.threads \[1, 2\]"),
 ])
 def test_what_would_fail_mid_run_is_refused_at_validation(tmp_path, text, message):
     """Each of these passed `compress validate` and failed only once the run was under way (some after the teacher
