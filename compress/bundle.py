@@ -21,6 +21,7 @@ folder inside the destination. `compress predict` and ``predict.py`` verify ever
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -346,8 +347,8 @@ def _replace(tmp: Path, folder: Path) -> Path:
 
 
 def make_tar(folder: Path, tar_path: Path, arcname: Optional[str] = None) -> None:
-    """gzip'd tar of ``folder`` under its own name (or ``arcname``); members sorted, owners and times normalised
-    (reproducible)."""
+    """gzip'd tar of ``folder`` under its own name (or ``arcname``); members sorted, owners and times normalised, the
+    gzip header's time 0 and its file name ``<arcname>.tar`` (not ``tar_path``'s temporary name): reproducible."""
     arcname = arcname or folder.name
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -357,7 +358,9 @@ def make_tar(folder: Path, tar_path: Path, arcname: Optional[str] = None) -> Non
         info.mode = 0o755 if info.isdir() else 0o644
         return info
 
-    with tarfile.open(tar_path, "w:gz", compresslevel=6) as tar:
+    with open(tar_path, "wb") as raw, \
+            gzip.GzipFile(f"{arcname}.tar", "wb", compresslevel=6, fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
         tar.add(folder, arcname=arcname, recursive=False, filter=clean)
         for path in sorted(folder.rglob("*")):
             if "__pycache__" in path.parts:

@@ -396,6 +396,22 @@ def test_an_interrupted_build_leaves_folder_and_archive_of_one_build(int8_model,
     assert sources() == ("fourth", "fourth") and sorted(p.name for p in out.iterdir()) == ["b", "b.tar.gz"]
 
 
+def test_the_archive_is_reproducible_and_names_no_temporary_file(bundle, tmp_path, monkeypatch):
+    """The gzip header held the build time and the temporary file's name (.<name>.tar.gz.tmp-<pid>, what
+    `gunzip -N` restores to): the same folder gave another archive every time."""
+    import time
+
+    from compress.bundle import make_tar
+
+    folder, _ = bundle
+    make_tar(folder, tmp_path / ".b.tar.gz.tmp-1", arcname="b")
+    monkeypatch.setattr(time, "time", lambda: 2.0e9)  # another build time
+    make_tar(folder, tmp_path / ".b.tar.gz.tmp-2", arcname="b")
+    first, second = (tmp_path / ".b.tar.gz.tmp-1").read_bytes(), (tmp_path / ".b.tar.gz.tmp-2").read_bytes()
+    assert first == second
+    assert first[3] & 0x08 and first[10:first.index(b"\0", 10)] == b"b.tar"  # FNAME: the archive's own name
+
+
 def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
     """The device story: a new venv with only onnxruntime, tokenizers and numpy runs the bundle's predict.py."""
     folder, archive = bundle
