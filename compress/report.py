@@ -164,11 +164,8 @@ def _dev(metrics: Optional[dict]) -> dict:
     return dev if isinstance(dev, dict) else {}
 
 
-def _metric_value(metrics: Optional[dict], name: str, per_seed: Optional[list] = None):
-    """(mean, std, n) of metric ``name``: from per-seed records when given, else the single dev value (a number or
-    a ``{mean, std, n}`` record)."""
-    if per_seed:
-        return mean_std([_dev(r.get("metrics", r)).get(name) for r in per_seed])
+def _metric_value(metrics: Optional[dict], name: str):
+    """(mean, std, n) of metric ``name``: the dev value (a number, or a ``{mean, std, n}`` record of merged seeds)."""
     value = _dev(metrics).get(name)
     if isinstance(value, dict):
         return value.get("mean"), value.get("std"), int(value.get("n", 1))
@@ -186,7 +183,7 @@ def _size(path: Path) -> Optional[int]:
 
 def _torch_row(name: str, kind: str, folder: Path, manifest: dict, metric: str, entry: Optional[dict] = None) -> Row:
     entry = manifest if entry is None else entry
-    mean, std, n = _metric_value(entry.get("metrics"), metric, entry.get("per_seed") or entry.get("seeds_metrics"))
+    mean, std, n = _metric_value(entry.get("metrics"), metric)
     return Row(name, kind, "torch", params=entry.get("params"), file_bytes=_size(folder), metric=mean,
                metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"),
                dev_metrics=_dev(entry.get("metrics")) or None)
