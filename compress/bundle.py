@@ -130,7 +130,10 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     pad_token = (tok.padding or {}).get("pad_token")
     config = src.with_name("tokenizer_config.json")
     if pad_token is None and config.is_file():
-        value = json.loads(config.read_text()).get("pad_token")
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
+        except (ValueError, AttributeError) as e:  # not JSON (UnicodeDecodeError included), or not an object
+            raise CompressError(f"{config}: not a tokenizer_config.json ({e})") from None
         pad_token = value.get("content") if isinstance(value, dict) else value
     if pad_token is None:
         pad_token = next((t for t in ("[PAD]", "<pad>", "<|pad|>") if tok.token_to_id(t) is not None), None)

@@ -275,6 +275,23 @@ def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
     assert "gives 2 scores" in capsys.readouterr().err
 
 
+def test_a_malformed_tokenizer_config_beside_the_tokenizer_is_one_line(int8_model, minilm_dir, tmp_path, capsys):
+    """A tokenizer.json without padding takes its pad token from the tokenizer_config.json beside it: a broken one
+    ended `compress bundle --model` with a JSONDecodeError traceback."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    (folder / "tokenizer.json").write_text(json.dumps({**tokenizer, "padding": None}), encoding="utf-8")
+    for broken in ("{broken", "[]"):
+        (folder / "tokenizer_config.json").write_text(broken)
+        assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(folder / "tokenizer.json"),
+                     "--out", str(tmp_path / "out"), "--no-ort"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {folder / 'tokenizer_config.json'}: not a tokenizer_config.json") \
+            and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
     """predict.py --file: one result a line, in order, blank lines skipped, each text run alone (as measured); stdin
     with `-`; JSON Lines with --json."""
