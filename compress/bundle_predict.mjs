@@ -202,6 +202,12 @@ async function* readLines(path) {
   if (rest) yield line(rest);
 }
 
+/** Whether a text is empty or all whitespace as predict.py's str.strip() sees it (not String.trim's: that strips a
+ * byte-order mark, but not U+001C-U+001F or U+0085): both runners refuse and skip the same texts and lines. */
+function blank(text) {
+  return /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
+}
+
 function format(result, asJson) {
   if (asJson) return JSON.stringify(result);
   return "label" in result ? `${result.label}\t${result.score.toFixed(4)}` : result.value.toFixed(4);
@@ -243,7 +249,7 @@ async function main(argv) {
     console.error("error: give a TEXT (and its pair) or --file PATH (not both)");
     return 2;
   }
-  if (args.texts.some((t) => !t.trim())) {
+  if (args.texts.some(blank)) {
     console.error("error: an empty text: nothing to classify");
     return 2;
   }
@@ -259,14 +265,14 @@ async function main(argv) {
     }
     const name = args.file === "-" ? "standard input" : args.file;
     for await (const [n, line] of readLines(args.file)) {
-      if (!line.trim()) continue;
+      if (blank(line)) continue;
       const fields = line.split("\t");
       if (fields.length !== (model.pair ? 2 : 1)) {
         throw new BundleError(`${name} line ${n}: ${model.pair ? "this model reads text pairs: give " +
           "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
       }
-      if (model.pair && !fields.every((f) => f.trim())) {  // "text<TAB>" or "<TAB>pair": as the CLI does
-        throw new BundleError(`${name} line ${n}: an empty ${fields[0].trim() ? "text pair" : "text"}: nothing to classify`);
+      if (model.pair && fields.some(blank)) {  // "text<TAB>" or "<TAB>pair": as the CLI does
+        throw new BundleError(`${name} line ${n}: an empty ${blank(fields[0]) ? "text" : "text pair"}: nothing to classify`);
       }
       const result = await model.predict(fields[0], model.pair ? fields[1] : null);
       console.log(format(args.json ? { line: n, ...result } : result, args.json));

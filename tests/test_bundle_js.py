@@ -243,6 +243,25 @@ def test_predict_mjs_reads_files_as_predict_py_does(js_bundle, tmp_path):
     assert proc.stdout.count("\n") == 1 and proc.stderr == ""
 
 
+def test_predict_mjs_skips_and_refuses_the_blank_texts_predict_py_does(js_bundle, tmp_path):
+    """predict.mjs tested blankness with String.trim, predict.py with str.strip: a line of U+001C (or U+0085) was
+    skipped by predict.py and classified by predict.mjs, a line of a byte-order mark the other way round."""
+    import sys
+
+    (tmp_path / "ws.txt").write_bytes("good film\n\x1c\n\ufeff\n\x85\u3000\nbad film\n".encode("utf-8"))
+    py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "ws.txt")], cwd=js_bundle,
+                        capture_output=True, text=True)
+    js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "ws.txt")
+    assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
+    lines = [[json.loads(line)["line"] for line in p.stdout.splitlines()] for p in (py, js)]
+    assert lines == [[1, 3, 5]] * 2
+    for text in ("\x1c", "\x85 "):
+        py = subprocess.run([sys.executable, "predict.py", text], cwd=js_bundle, capture_output=True, text=True)
+        js = _node(js_bundle / "predict.mjs", text)
+        assert (py.returncode, py.stderr) == (js.returncode, js.stderr) == (2, "error: an empty text: nothing to "
+                                                                             "classify\n")
+
+
 def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
     """`npm install` in the bundle folder adds node_modules/ and package-lock.json: predict.py ignores exactly those."""
     from compress.bundle_predict import BundleError, verify
