@@ -66,6 +66,13 @@ export async function readManifest(base) {
       throw new BundleError(`manifest.json: ${key}.file must name a file listed under 'files', got ${JSON.stringify(file ?? null)}`);
     }
   }
+  // as predict.py refuses any entry outside the folder: no "..", no absolute path, no URL (a folder path in Node.js
+  // and a URL in a browser resolve names alike; the WHATWG URL parser reads "\\" as "/")
+  for (const file of [manifest.model.file, manifest.tokenizer.file, manifest.labels_file]) {
+    if (typeof file === "string" && (/^([/\\]|[A-Za-z][A-Za-z0-9+.-]*:)/.test(file) || file.split(/[/\\]/).includes(".."))) {
+      throw new BundleError(`manifest.json: file entry ${JSON.stringify(file)} is not a plain path inside the bundle`);
+    }
+  }
   if (!Number.isInteger(manifest.max_length) || manifest.max_length < 1) {
     throw new BundleError(`manifest.json: max_length must be a positive integer, got ${JSON.stringify(manifest.max_length ?? null)}`);
   }

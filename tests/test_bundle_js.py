@@ -221,6 +221,26 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
     assert refused("--file", tmp_path) == f"error: {tmp_path}: cannot read (EISDIR)"
 
 
+@pytest.mark.parametrize("outside", ["../tokenizer.json", "..\\tokenizer.json", "http://localhost:9/tokenizer.json"])
+def test_predict_mjs_refuses_a_file_entry_outside_the_bundle_as_predict_py_does(js_bundle, tmp_path, outside):
+    """A manifest whose tokenizer is listed (with its sha256) outside the bundle folder: predict.py refuses the entry,
+    predict.mjs read it from the folder above (or, as a URL, from anywhere)."""
+    import sys
+
+    copy = shutil.copytree(js_bundle, tmp_path / "b")
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    shutil.copy(copy / "tokenizer.json", tmp_path / "tokenizer.json")
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"][outside] = m["files"]["tokenizer.json"]
+    m["tokenizer"]["file"] = outside
+    (copy / "manifest.json").write_text(json.dumps(m))
+    js = _node(copy / "predict.mjs", TEXTS[0])
+    assert (js.returncode, js.stdout) == (2, "") and js.stderr == \
+        f"error: manifest.json: file entry {json.dumps(outside)} is not a plain path inside the bundle\n"
+    py = subprocess.run([sys.executable, "predict.py", TEXTS[0]], cwd=copy, capture_output=True, text=True)
+    assert (py.returncode, py.stdout) == (2, "") and py.stderr.startswith("error: ")
+
+
 def test_predict_mjs_reads_files_as_predict_py_does(js_bundle, tmp_path):
     """--file: the same lines, numbered the same (a BOM, CRLF, bytes that are not UTF-8, a blank line, a lone CR
     inside a line, no final newline), from a file and from standard input; a closed pipe ends quietly."""
