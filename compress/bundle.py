@@ -3,7 +3,8 @@
     <name>/
       model.onnx        int8 ONNX model (onnxruntime)
       model.ort         the same model in ORT format (onnxruntime mobile / minimal builds), when asked for
-      tokenizer.json    the tokenizer (HF `tokenizers`), truncation and padding set to the bundle's max length
+      tokenizer.json    the tokenizer (HF `tokenizers`), truncation at the bundle's max length, padding to the longest
+                        text of a batch
       labels.json       label names in logit order (null for regression), and the dataset's own labels
       predict.py        standalone runner: onnxruntime + tokenizers + numpy only (source: compress/bundle_predict.py)
       predict.mjs       the same for Node.js and browsers: onnxruntime-web + @huggingface/tokenizers
