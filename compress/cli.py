@@ -227,6 +227,8 @@ def cmd_bench(args) -> int:
         for key, value in FULL_BENCH.items():
             setattr(recipe.bench, key, value)
     if args.threads:
+        if len(set(args.threads)) != len(args.threads):  # as bench.threads in a recipe
+            raise CompressError(f"--threads: each thread count once, got {' '.join(map(str, args.threads))}")
         recipe.bench.threads = args.threads
     done = run_pipeline(recipe, until="bench", force=("bench", *args.force))  # timings are always re-measured
     print(f"results: {recipe.run_dir / 'bench' / 'bench.json'} (protocol inside)")

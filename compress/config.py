@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -830,9 +831,9 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     if not (teacher_dir / "config.json").is_file():
-        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {recipe.runs_dir}"  # the folder searched (--runs-dir)
-        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run {recipe.path} --stage "
-                            f"teacher{runs}` first")
+        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
+        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run "
+                            f"{shlex.quote(str(recipe.path))} --stage teacher{runs}` first")
     try:
         depth = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     except (ValueError, KeyError, TypeError):
@@ -928,13 +929,16 @@ class Recipe:
         if not os.path.isfile(os.path.join(self.teacher.model, "config.json")):
             return  # a hub id: its head is checked as the teacher stage loads it
         with open(os.path.join(self.teacher.model, "config.json"), encoding="utf-8") as f:
-            fields = json.load(f)
-        architectures = fields.get("architectures") or []
+            fields = json.load(f)  # readable JSON object: check_model_name saw it
+        try:
+            architectures = list(fields.get("architectures") or [])
+            id2label = {str(k): v for k, v in (fields.get("id2label") or {}).items()}
+            count = len(id2label) or int(fields.get("num_labels", 2))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise CompressError(f"{where}: config.json: architectures, id2label or num_labels malformed ({e})") from None
         if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
             raise CompressError(f"{where}: it has no trained classification head (config.json's architectures: "
                                 f"{', '.join(map(str, architectures))}); fine-tune it here instead (finetune: true)")
-        id2label = fields.get("id2label") or {}
-        count = len(id2label) or int(fields.get("num_labels", 2))
         names = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
         problem, _ = head_mismatch(count, names, task_spec(self.task).labels)
         if problem:

@@ -73,3 +73,13 @@ def test_predict_on_the_bundle_stage_folder_names_the_bundle_in_it(tmp_path, cap
     assert main(["predict", str(stage), "a gripping, funny film"]) == 2
     err = capsys.readouterr().err
     assert "no manifest.json" not in err and str(stage / "r-sst2-int8") in err and err.count("\n") == 1, err
+
+
+def test_bench_threads_given_twice_is_refused_as_in_a_recipe(capsys, tmp_path):
+    """`compress bench R --threads 1 1` timed every model twice at one count: refused as bench.threads [1, 1] is."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nruns_dir: {tmp_path / 'runs'}\n")
+    assert main(["bench", str(recipe), "--threads", "1", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads: each thread count once, got 1 1" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()

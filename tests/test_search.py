@@ -189,6 +189,8 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
     assert main(["search", str(path), "--budget-ms", "5", "--runs-dir", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip()  # the command it names trains the teacher where this search looks
     assert err.endswith(f"run `compress run {path} --stage teacher --runs-dir {tmp_path / 'other'}` first")
+    assert main(["search", str(path), "--budget-ms", "5", "--runs-dir", str(tmp_path / "my runs")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--runs-dir '{tmp_path / 'my runs'}'` first")  # pasteable
     assert main(["search", str(path), "--budget-ms", "-3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --budget-ms: must be a finite number > 0 ms, got -3"

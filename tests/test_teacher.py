@@ -447,6 +447,13 @@ def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_ber
     with pytest.raises(CompressError, match=r"teacher\.model: 'minilm-l6' \(finetune: false\): a zoo model is a "
                                             r"pretrained encoder without a trained classification head"):
         load_recipe(_recipe(tmp_path / "b", "minilm-l6"), {"teacher.finetune": False})
+    recipe = _recipe(tmp_path / "b", bare)
+    for key, value in (("id2label", ["a", "b"]), ("num_labels", "two"), ("architectures", 3)):  # hand-broken
+        (bare / "config.json").write_text(json.dumps({**config, "architectures": None, key: value}))
+        with pytest.raises(CompressError, match=r"\(finetune: false\): config\.json: architectures, id2label or "
+                                                r"num_labels malformed"):
+            load_recipe(recipe, {"teacher.finetune": False})
+    (bare / "config.json").write_text(json.dumps(config))
     load_recipe(recipe)  # fine-tuned here: a bare encoder is what the stage starts from
     load_recipe(_recipe(tmp_path / "b", tiny_bert_dir), {"teacher.finetune": False})  # a classifier: kept as is
 
