@@ -122,9 +122,11 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
 def _config(recipe: Recipe, stage: Stage) -> dict:
     """The recipe sections a stage's fingerprint and manifest hold: its own, and those of `Stage.reads` the recipe has
     that no planned stage of their name runs on."""
-    planned = {s.name for s in plan(recipe)}
-    return {sec: recipe.section(sec) for sec in stage.sections + tuple(
-        r for r in stage.reads if getattr(recipe, r, None) is not None and r not in planned)}
+    read = [r for r in stage.reads if getattr(recipe, r, None) is not None]
+    if read:
+        planned = {s.name for s in plan(recipe)}
+        read = [r for r in read if r not in planned]
+    return {sec: recipe.section(sec) for sec in (*stage.sections, *read)}
 
 
 def _folders(recipe: Recipe, fields: tuple[str, ...], models: bool = True) -> list[str]:

@@ -548,7 +548,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
     on_front = set(summary["front"])
     lines = [f"# Latency-budget search: {summary['recipe']} ({summary['task']})", "",
              f"**{summary['message']}**", "",
-             f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at {summary['threads']} thread(s), "
+             f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at "
+             f"{summary['threads']} thread(s), "
              f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
              f"Wall time {summary['wall_s']:.0f} s; measured {summary['counts']['measured']}, reused "
              f"{summary['counts']['reused']}, skipped {summary['counts']['skipped']}, not started "
