@@ -69,6 +69,18 @@ def example_id_range(vocab_size: int, high: int) -> tuple[int, int]:
     return min(1000, vocab_size // 2), min(high, vocab_size)
 
 
+def example_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tracing inputs of `export_onnx`: batch 2, sequence 8, with padding in one row (no dimension is 1, so none
+    is specialised away), on the device of ``model``'s weights (a model trained on a GPU and exported there failed
+    with "Expected all tensors to be on the same device")."""
+    device = next(model.parameters()).device
+    ids = torch.randint(*example_id_range(model.config.vocab_size, 2000), (2, 8))  # within a small vocabulary too
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 6:] = 0
+    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    return {name: t.to(device) for name, t in example.items()}
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) -> Path:
     """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch and sequence axes; the model's train/eval mode
     is restored afterwards, its dtype is not (``model.float()`` converts it in place)."""
@@ -77,11 +89,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = OPSET) ->
     was_training = model.training
     wrapper = _Logits(model.float(), names).eval()  # eval() on the wrapper: torch.onnx.export keeps its mode
     model.eval()
-    # batch 2, sequence 8, with padding in one row: no dimension is 1, so none is specialised away
-    ids = torch.randint(*example_id_range(model.config.vocab_size, 2000), (2, 8))  # within a small vocabulary too
-    mask = torch.ones(2, 8, dtype=torch.long)
-    mask[1, 6:] = 0
-    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros(2, 8, dtype=torch.long)}
+    example = example_inputs(model)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

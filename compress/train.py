@@ -284,10 +284,11 @@ def end_distributed() -> None:
 
 
 def native_bf16() -> bool:
-    """Does this machine run bf16 matmuls natively: a bf16-capable CUDA GPU, or a CPU flagged avx512_bf16 / amx_bf16
-    (Linux /proc/cpuinfo)?"""
+    """Does this machine run bf16 matmuls natively: a CUDA GPU with bf16 units (Ampere and later; torch's default
+    ``is_bf16_supported()`` also says yes for older GPUs that only emulate it, slower than fp32 there), or a CPU
+    flagged avx512_bf16 / amx_bf16 (Linux /proc/cpuinfo)?"""
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     from compress.manifest import cpu_flags
 
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())

@@ -171,6 +171,21 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert train.resolve_precision("auto") == "fp32" and train.resolve_precision("bf16") == "bf16"
 
 
+def test_native_bf16_on_a_gpu_does_not_count_emulated_bf16(monkeypatch):
+    """torch's ``is_bf16_supported()`` says yes on pre-Ampere GPUs that emulate bf16 (slower than fp32 there):
+    ``precision: auto`` must ask for native units only."""
+    import torch
+
+    import compress.train as train
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: asked.append(including_emulation) or including_emulation)
+    assert train.native_bf16() is False and asked == [False]
+    assert train.resolve_precision("auto") == "fp32"
+
+
 def test_an_option_added_later_leaves_fingerprints_alone_at_its_default(tmp_path):
     """`Recipe.section` (what stage fingerprints hash) leaves out an ``omit_default`` option, like
     students[].distill.augment.min_words, while it holds its default: run folders made before the option existed stay

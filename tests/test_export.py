@@ -127,3 +127,18 @@ def test_a_small_vocabulary_model_exports_and_its_fixed_inputs_fit(tmp_path, tok
     tokenizer.save_pretrained(tmp_path / "model")  # load_trained reads one; forward_flops does not use it
     assert forward_flops(str(tmp_path / "model"), [(1, 16)])["b1xs16"] > 0
     assert fixed_inputs(["input_ids"], 1, 8)["input_ids"].max() >= 1000  # unknown vocabulary: as before
+
+
+def test_export_traces_with_inputs_on_the_models_device():
+    """A model trained on a GPU is exported where it is: the tracing inputs follow its weights' device (they were
+    built on the CPU: "Expected all tensors to be on the same device"). The meta device stands in for a GPU here."""
+    from compress.export import example_inputs
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    on_cpu = example_inputs(model)
+    assert set(on_cpu) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(t.device.type == "cpu" and t.shape == (2, 8) for t in on_cpu.values())
+    assert on_cpu["attention_mask"][1, 6:].sum() == 0 and on_cpu["attention_mask"][0].all()
+    moved = example_inputs(model.to("meta"))
+    assert all(t.device.type == "meta" for t in moved.values())
