@@ -297,6 +297,7 @@ class MatchConfig:
     loss: Literal["mse", "kl"] = "mse"
     """hidden/embedding: mse. attention: mse on attention probabilities, or kl (teacher || student) per query row."""
     weight: float = 1.0
+    """0 leaves the match out of training (and turns off the ``layer_map`` match of the same layers and feature)."""
     projection: Literal["auto", "linear", "none"] = "auto"
     """hidden/embedding: a learned linear map student width -> teacher width ("auto": only when widths differ)."""
     heads: Literal["each", "mean"] = "each"
@@ -376,7 +377,7 @@ class DistillConfig:
     attention_heads: Literal["each", "mean"] = "each"
     """``heads`` of the generated attention matches (see MatchConfig.heads)."""
     layer_map_weight: float = 1.0
-    """Weight of each generated match (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained student of another
+    """Weight of each generated match (0: none is generated) (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained student of another
     family less than 1)."""
     two_step: bool = False
     """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
@@ -393,8 +394,10 @@ class DistillConfig:
         for key in ("kd_weight", "hard_label_weight"):
             if getattr(self, key) < 0:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
-        if self.two_step and not self.matches and self.layer_map is None:
-            raise CompressError(f"{file}: {where}.two_step: needs intermediate matches (matches or layer_map)")
+        if self.two_step and not (any(m.weight > 0 for m in self.matches)
+                                  or (self.layer_map is not None and self.layer_map_weight > 0)):
+            raise CompressError(f"{file}: {where}.two_step: needs intermediate matches of weight > 0 (matches or "
+                                f"layer_map)")
         if self.layer_map_weight < 0:
             raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:

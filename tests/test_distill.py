@@ -356,6 +356,37 @@ def test_generated_matches_take_weight_and_head_mode():
     assert [m.weight for m in resolve_matches(own, teacher, student) if m.key == "hidden_t2_s1"] == [5.0]
 
 
+def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_gradient(glue_dir, tokenizer):
+    """A match of weight 0 was computed and dropped from the loss, so its projection got no gradient: under DDP the
+    gradient reduction waited for it forever. It is left out now (an explicit one also turns the layer_map match of
+    its pair off), and every parameter the distiller trains gets a gradient."""
+    from compress.config import DistillConfig
+
+    teacher = _tiny_teacher().eval()
+    data = _sst2(glue_dir, n=16)
+    spec = from_dict(StudentConfig, {
+        "name": "s", "kind": "narrow", "layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+        "distill": {"layer_map": "uniform", "layer_map_features": ["hidden"],
+                    "matches": [{"teacher_layer": 4, "student_layer": 2, "weight": 0.0},
+                                {"teacher_layer": 0, "student_layer": 0, "feature": "embedding", "weight": 0.0}]}})
+    student = build_student(spec, teacher, tokenizer, data.spec)
+    matches = resolve_matches(spec.distill, teacher.config, student.model.config)
+    assert [m.key for m in matches] == ["hidden_t2_s1"]
+    d = Distiller(student.model, matches, 32)
+    assert list(d.projections) == ["hidden_t2_s1"]
+    ds = tokenize(data.train, tokenizer, 32)
+    batch = KDCollator(Collator({"": tokenizer}))([ds[i] for i in range(8)])
+    loss, logs = KDObjective(teacher, spec.distill, matches, False)(d, batch)
+    loss.backward()
+    assert set(logs) == {"kd", "hard", "hidden_t2_s1"}
+    assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == []
+    # layer_map_weight 0 generates nothing; two_step then has nothing to train its first step on
+    off = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_weight": 0.0})
+    assert resolve_matches(off, teacher.config, student.model.config) == []
+    with pytest.raises(CompressError, match=r"two_step: needs intermediate matches of weight > 0"):
+        from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_weight": 0.0, "two_step": True})
+
+
 def test_a_student_deeper_than_its_teacher_maps_to_teacher_layers_from_1():
     """uniform layer_map, 4 student layers on a 2-layer teacher: student layer 1 learns from teacher layer 1, never
     layer 0 (the embeddings; as an attention index, -1 read the teacher's last layer)."""

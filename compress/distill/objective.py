@@ -38,7 +38,8 @@ class Match:
 
 
 def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: str = "distill") -> list[Match]:
-    """Explicit matches plus the ones ``layer_map`` generates, checked against both models' depths."""
+    """Explicit matches plus the ones ``layer_map`` generates, checked against both models' depths; those of weight 0
+    are left out (an explicit one at weight 0 removes the ``layer_map`` match of the same pair and feature)."""
     t_n, s_n = teacher_config.num_hidden_layers, student_config.num_hidden_layers
     specs: list[tuple[str, MatchConfig]] = [(f"{where}.matches[{i}]", m) for i, m in enumerate(cfg.matches)]
     if cfg.layer_map is not None:
@@ -73,6 +74,8 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
                                     f"layer {s_layer}; give each pair once (its loss, weight and heads in one entry)")
             continue  # a layer_map match an explicit one already covers: the explicit settings win
         seen.add(key)
+        if m.weight == 0:  # left out of training, not computed at weight 0: its projection would get no gradient,
+            continue       # which DDP waits for forever; an explicit weight 0 also turns a layer_map pair off
         out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
     return out
 
