@@ -35,7 +35,7 @@ from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
 from compress.manifest import read_json, write_json
 from compress.modeling import count_params, load_trained, save, save_atomic
-from compress.train import fit, main_process_writes, resolve_precision
+from compress.train import fit, from_main_process, main_process_writes, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
         fraction = (step + 1) / cfg.steps
         batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
                    if cfg.importance == "taylor" else None)
-        P.prune(model, cfg, batches=batches, fraction=fraction, seq_len=seq_len)
+        scores = from_main_process(P.score(model, cfg.importance, batches))  # every process cuts the same units
+        P.prune(model, cfg, scores=scores, fraction=fraction, seq_len=seq_len)
         record = {"step": step + 1, "fraction": fraction, "params": count_params(model),
                   "macs": P.model_macs(model, seq_len),
                   "layers": [{"heads": len(s.heads), "ffn": len(s.ffn)} for s in P.provenance(model).layers],

@@ -271,6 +271,19 @@ def main_process_writes(write: Callable[[], None]) -> None:
         write()
 
 
+def from_main_process(value):
+    """``value`` as the main process computed it, in every process of a distributed run (a pickled broadcast); in one
+    process, ``value``. Every process must call it. For decisions that must agree everywhere though each process
+    computes them (which heads and neurons a pruning step cuts: GPU kernels need not sum gradients in the same order
+    twice, and models of different shapes cannot train together)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def end_distributed() -> None:
     """Tear this process's process group down (``accelerate launch`` / ``torchrun``) before the interpreter exits: a
     gloo group left to the exit can abort a process ("terminate called without an active exception") after all its

@@ -484,3 +484,49 @@ def test_mpnet_heads_and_neurons_are_removed_with_each_layer_keeping_its_positio
     names = [i.name for i in sess.get_inputs()]
     onnx_logits = sess.run(None, {n: x[n].numpy() for n in names})[0]
     assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
+
+
+def _prune_worker(rank: int, world: int, init: str, out: str) -> None:
+    """One process of a 2-process (gloo) prune step whose model's weights differ by process (stand-in for GPU
+    kernels that sum gradients in another order): it writes which heads and neurons each layer kept."""
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from compress.prune_stage import prune_with_recovery
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        data = load_task(TaskConfig(name="sst2", max_train_samples=8, holdout=0.0, max_eval_samples=8), seed=0)
+        from teachers.zoo import resolve
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+        dev = tokenize(data.dev, tok, 32)
+        model = tiny(layers=2, seed=rank)
+        model, _ = prune_with_recovery(model, cfg(heads=0.5, ffn=0.5, importance="l1"), train=dev, holdout=dev, dev=dev,
+                                       collator=Collator({"": tok}), spec=data.spec, logits=None, seed=0,
+                                       seq_len=32)
+        kept = [[s.heads, s.ffn] for s in P.provenance(model).layers]
+        Path(out, f"{rank}.json").write_text(json.dumps(kept))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_of_a_distributed_prune_cuts_what_the_main_process_chose(tmp_path):
+    """Each process scores its own copy; the units cut are the main process's choice everywhere (they were each
+    process's own: models of different shapes, and DDP recovery then fails or trains apart)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_prune_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
+    main, other = (json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2))
+    alone = tiny(layers=2, seed=0)
+    P.prune(alone, cfg(heads=0.5, ffn=0.5, importance="l1"), seq_len=32)
+    assert main == other == [[s.heads, s.ffn] for s in P.provenance(alone).layers]
+    own = tiny(layers=2, seed=1)  # what process 1 would have cut alone: not the same units
+    P.prune(own, cfg(heads=0.5, ffn=0.5, importance="l1"), seq_len=32)
+    assert [[s.heads, s.ffn] for s in P.provenance(own).layers] != main
