@@ -206,7 +206,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         if not state.is_main_process:  # one copy of the run's output: the main process's
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         try:
-            return _run_stages(recipe, run_dir, state, until, force)
+            return _run_stages(recipe, run_dir, state, until, force, _stage_waits(state))
         except BaseException:  # still under this run's lock
             if made and state.is_main_process and {p.name for p in run_dir.iterdir()
                                                    if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
@@ -241,7 +241,31 @@ def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:
             for i, run in enumerate(recipe.report.compare) if not (Path(run) / "teacher" / "manifest.json").is_file()]
 
 
-def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...]) -> dict[str, dict]:
+STAGE_WAIT_HOURS = 24.0
+"""How long the other processes of a distributed run wait for a stage the main process runs alone (quantize, bench,
+report, bundle, search). The process group's own timeout stays for the training collectives (NCCL's default is 10
+minutes: a bench or a guarded quantize of a base-size model outlasted it, and the waiting processes were ended)."""
+
+
+def _stage_waits(state):
+    """A barrier for waiting on the main process's single-process stages: a gloo group of its own with a
+    `STAGE_WAIT_HOURS` timeout (on the CPU, not a GPU stream) in a distributed run; else ``state.wait_for_everyone``.
+    Every process must call it, at the same point."""
+    import torch
+
+    if state.num_processes == 1:
+        return state.wait_for_everyone
+    from datetime import timedelta
+
+    group = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=STAGE_WAIT_HOURS))
+    return lambda: torch.distributed.barrier(group=group)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...],
+                wait_long=None) -> dict[str, dict]:
+    """Run or reuse each planned stage. ``wait_long``: the barrier for a stage that does not train (`_stage_waits`);
+    the other processes wait in it while the main process runs the stage alone."""
+    wait_long = wait_long or state.wait_for_everyone
     done: dict[str, dict] = {}
     stages = plan(recipe, until)
     checked = False
@@ -269,9 +293,10 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule
             _claim_checkpoints(run_dir, stage.name, f"{fp} processes={state.num_processes}")
         state.wait_for_everyone()
+        wait = state.wait_for_everyone if stage.trains else wait_long
         if not stage.trains and not state.is_main_process:  # nothing data-parallel in it: the main process runs it
-            state.wait_for_everyone()
-            state.wait_for_everyone()
+            wait()
+            wait()
             done[stage.name] = read_json(folder / "manifest.json")
             continue
         tmp = run_dir / f".{stage.name}.tmp-{os.getpid()}"
@@ -288,7 +313,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             if state.is_main_process and ckpt.is_dir() and [p.name for p in ckpt.iterdir()] == ["FINGERPRINT"]:
                 _release_checkpoints(run_dir, stage.name)  # nothing to resume from: leave no trace
             raise
-        state.wait_for_everyone()
+        wait()
         if state.is_main_process:
             old = run_dir / f".{stage.name}.old-{os.getpid()}"
             if folder.exists():
@@ -298,7 +323,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             _release_checkpoints(run_dir, stage.name)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-        state.wait_for_everyone()
+        wait()
         print(f"[{stage.name}] done in {timer.seconds:.0f}s: {_summary(manifest)}")
         done[stage.name] = manifest
     return done

@@ -5,6 +5,7 @@ and a run folder in use stops every process with one line."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,48 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
     errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "in use by another compress run" in errors[0], refused.stderr[-3000:]
     assert "[teacher] running" not in refused.stdout and "[rank1]" not in refused.stderr
+
+
+def _slow_stage(recipe, out: Path, inputs: dict) -> dict:
+    """A stage that does not train and outlasts the process group's timeout (see the test below)."""
+    import time
+
+    time.sleep(8)
+    (out / "done.txt").write_text("ok")
+    return {"metrics": {}}
+
+
+def _wait_worker(rank: int, port: int, folder: str) -> None:
+    """One of 2 processes: a process group whose timeout (4 s) is shorter than the main process's lone stage (8 s),
+    as NCCL's 10 minutes are shorter than a base-size model's bench."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=4))
+    import compress.pipeline as pipeline
+    from compress.config import load_recipe
+
+    pipeline.plan = lambda recipe, until=None: [pipeline.Stage("slow", f"{__name__}:_slow_stage", ("task",))]
+    try:
+        done = pipeline.run_pipeline(load_recipe(Path(folder) / "wait.yaml"))
+        Path(folder, f"{rank}.json").write_text(json.dumps(sorted(done)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_other_processes_outwait_a_lone_stage_longer_than_the_process_group_timeout(tmp_path, glue_dir):
+    """The other processes wait for a stage the main process runs alone in a barrier of their own (24 h): the process
+    group's timeout, which ended them before, stays for the training collectives."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "wait.yaml").write_text(yaml.safe_dump({
+        "name": "wait", "runs_dir": str(tmp_path / "runs"), "teacher": {"model": "random"},
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_train_samples": 16}}))
+    mp.spawn(_wait_worker, args=(29533, str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)] == [["slow"], ["slow"]]
+    assert (tmp_path / "runs" / "wait" / "slow" / "done.txt").read_text() == "ok"
