@@ -35,7 +35,7 @@ from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
 from compress.manifest import read_json, write_json
 from compress.modeling import count_params, load_trained, save, save_atomic
-from compress.train import fit, from_main_process, main_process_writes, resolve_precision
+from compress.train import fit, from_main_process, main_process_writes, process_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                      len(saved), "transfer" if transfer is not None else "training")
         elif teacher_teaches and source != "teacher":
             t_model, t_tok = load_trained(inputs["teacher"] / "model")
+            t_model.to(process_device())  # on a GPU machine the teacher labels there (it did so on the CPU)
             logits, logits_from = teacher_logits(t_model, t_tok, rows, ml, precision), "computed"
             del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
-            logits, logits_from = logits_of(model, train, collator, precision=precision), "computed"
+            logits, logits_from = logits_of(model.to(process_device()), train, collator, precision=precision), \
+                "computed"
 
     before_rows = P.layer_table(model, ml)
     params_before, macs_before = count_params(model), P.model_macs(model, ml)

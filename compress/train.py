@@ -271,6 +271,14 @@ def main_process_writes(write: Callable[[], None]) -> None:
         write()
 
 
+def process_device() -> torch.device:
+    """Where this process trains: its GPU (``LOCAL_RANK``'s under ``accelerate launch``/torchrun), else the CPU (as
+    `fit`'s Accelerator places the model). Teachers that label rows go there too."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def from_main_process(value):
     """``value`` as the main process computed it, in every process of a distributed run (a pickled broadcast); in one
     process, ``value``. Every process must call it. For decisions that must agree everywhere though each process

@@ -211,8 +211,10 @@ def test_taylor_scores_on_sst2_rows_find_a_dead_head(sst2):
     assert np.abs(predict(model, train, collator) - before).max() <= 1e-5  # removing the dead head changes nothing
 
 
-def test_prune_stage_iterative_with_recovery(tiny_bert_dir, tmp_path):
+def test_prune_stage_iterative_with_recovery(tiny_bert_dir, tmp_path, monkeypatch):
     import json
+
+    import compress.prune_stage as stage
 
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
@@ -231,7 +233,10 @@ prune:
   calibration_batch_size: 16
   recover: {{max_steps: 3, batch_size: 32, lr: 1.0e-4, teacher: teacher}}
 """)
+    asked = []  # the recovery teacher (here the unpruned model) labels on the process's device: a GPU's, if any
+    monkeypatch.setattr(stage, "process_device", lambda: asked.append(True) or torch.device("cpu"))
     done = run_pipeline(load_recipe(path))
+    assert asked
     manifest = done["prune"]
     folder = tmp_path / "runs" / "tiny" / "prune"
     assert manifest["source"] == "teacher" and manifest["params"] < done["teacher"]["params"]

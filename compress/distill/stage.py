@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from compress.errors import CompressError
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, write_json
 from compress.modeling import count_params, load_trained, save
-from compress.train import FitResult, fit, main_process_writes, resolve_precision, set_seed
+from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
 from students import build_student
 from students.build import Student
 
@@ -71,16 +70,11 @@ class DistillResult:
 def _sum_over_processes(align: AlignStats) -> None:
     """Under DDP each process counted its own batches: report the totals."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = process_device() if torch.distributed.get_backend() == "nccl" else "cpu"
         counts = torch.tensor([align.batches, align.misaligned_batches, align.rows, align.misaligned_rows],
-                              dtype=torch.long, device=_device() if torch.distributed.get_backend() == "nccl" else "cpu")
+                              dtype=torch.long, device=device)
         torch.distributed.all_reduce(counts)
         align.batches, align.misaligned_batches, align.rows, align.misaligned_rows = (int(x) for x in counts)
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def augment_key(augment: AugmentConfig) -> str:
@@ -148,7 +142,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     eval_collator = Collator({"": s_tok}, regression)
     matches = resolve_matches(dcfg, teacher.config, student.model.config, where=f"{where}.distill")
     table = None if same else id_map(teacher_tokenizer, s_tok)
-    teacher.eval().requires_grad_(False).to(_device())  # where fit will put the student
+    teacher.eval().requires_grad_(False).to(process_device())  # where fit will put the student
     align = AlignStats()
     fits: dict[str, FitResult] = {}
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
