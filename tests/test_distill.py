@@ -117,7 +117,7 @@ def test_tiny_student_distils_and_loss_goes_down(glue_dir, tokenizer):
     assert log.filter(record("any other warning"))
 
 
-def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer, shifted_tokenizer):
+def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer, shifted_tokenizer, caplog):
     torch.manual_seed(0)
     teacher = MPNetForSequenceClassification(MPNetConfig(vocab_size=len(shifted_tokenizer), hidden_size=32,
                                                          num_hidden_layers=2, num_attention_heads=4,
@@ -130,11 +130,14 @@ def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer
     res = distill(teacher, shifted_tokenizer, student, spec, data, max_length=32, seed=0)
     assert not res.same_tokenizer and res.align.batches == 3 and res.align.misaligned_batches == 0
     rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=24, holdout=0.0), seed=0)
+    assert "align" not in caplog.text
     res = distill(teacher, shifted_tokenizer, build_student(spec, teacher, tokenizer, rte.spec), spec, rte,
                   max_length=128, seed=0)
-    # every pair row is misaligned: counted, position-wise losses skipped, logit KD still trained
+    # every pair row is misaligned: counted, position-wise losses skipped, logit KD still trained, and said so
     assert res.align.batches == 3 and res.align.misaligned_batches == 3 and res.align.misaligned_rows == 24
     assert res.fits["joint"].steps == 3
+    assert ("s: no training row's tokenizations align between teacher and student (24 rows; sentence pairs, joined "
+            "differently" in caplog.text and "(hidden_t2_s1, attention_t2_s1) taught nothing" in caplog.text)
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(glue_dir, tokenizer, tmp_path):

@@ -213,7 +213,14 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     if ckdir is not None:  # shared by every process: removed by the main one, which wrote the step markers in it
         main_process_writes(lambda: shutil.rmtree(ckdir, ignore_errors=True))
     _sum_over_processes(align)
-    if align.misaligned_batches:
+    if align.rows and align.misaligned_rows == align.rows:
+        log.warning("%s: no training row's tokenizations align between teacher and student (%d rows; %s), so the "
+                    "position-wise matches (%s) taught nothing: only the logit losses trained it. Leave the matches "
+                    "out, or distill from a teacher of the student's tokenizer family", spec.name, align.rows,
+                    "sentence pairs, joined differently: MPNet with </s></s>, BERT with one [SEP]"
+                    if data.spec.text_pair is not None
+                    else "different special tokens or splits", ", ".join(m.key for m in matches))
+    elif align.misaligned_batches:
         log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
                     align.misaligned_rows, align.rows)
