@@ -94,11 +94,16 @@ def now_utc() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file + rename); a failed write (a full disk) leaves neither a half-written
+    ``path`` nor its temporary file."""
     path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict:

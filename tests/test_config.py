@@ -365,3 +365,25 @@ def test_max_length_beyond_a_models_positions_is_refused_before_torch(tmp_path):
                         "students: [{name: s, kind: narrow, init: minilm-l6, layers: 2}]\n")
     with pytest.raises(CompressError, match=r"exceed the 512 positions of students\[0\]\.init 'minilm-l6'"):
         load_recipe(p)
+
+
+def test_a_json_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    """`write_json` writes aside and renames: a write that fails (a full disk) keeps the previous file whole and
+    leaves no ``.name.tmp-PID`` behind (it was left in the stage folder)."""
+    import pathlib
+
+    from compress.manifest import read_json, write_json
+
+    path = tmp_path / "manifest.json"
+    write_json(path, {"a": 1})
+
+    def full_disk(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(path, {"a": 2, "b": "x" * 100})
+    monkeypatch.undo()
+    assert read_json(path) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
