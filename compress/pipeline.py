@@ -243,7 +243,7 @@ def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:
 
 STAGE_WAIT_HOURS = 24.0
 """How long the other processes of a distributed run wait for a stage the main process runs alone (quantize, bench,
-report, bundle, search). The process group's own timeout stays for the training collectives (NCCL's default is 10
+report, bundle). The process group's own timeout stays for the training collectives (NCCL's default is 10
 minutes: a bench or a guarded quantize of a base-size model outlasted it, and the waiting processes were ended)."""
 
 
