@@ -611,6 +611,14 @@ class QuantizeConfig:
     per_channel: bool = True
     """One weight scale per output channel instead of per tensor (Optimum's default too). Costs no time in ORT's
     int8 matmuls; per tensor, the quickstart student's dynamic int8 lost 1.26 points of SST-2 dev, per channel 0.57."""
+    reduce_range: bool = field(default=False, metadata={"omit_default": True})
+    """Quantize weights to 7 bits (-64..64) instead of 8 (ORT's ``reduce_range``, for x86 CPUs without AVX-512 VNNI,
+    whose u8 x s8 instruction sums pairs into saturating 16 bits; 7-bit weights cannot saturate it). Not a clear gain
+    where measured (AVX2 host, SST-2 dev one text at a time, `python scripts/bench_kernels.py int8 DIR...` on two
+    quantize folders, one with ``--set quantize.reduce_range=true``): the quickstart's pruned student dynamic 83.49 both
+    ways, static 83.94 with every node int8 against 83.60 with 2 nodes kept fp32 without; its MiniLM-L6 teacher
+    dynamic 87.84 vs 87.50, static 87.39 vs 87.84 (mean |p - p_fp32| 0.042 vs 0.012); same speed. The accuracy guard
+    judges it as any int8 model."""
     activation_type: Literal["quint8", "qint8"] = "quint8"
     """Static activations; quint8 (u8 x s8 products) is the fast path of x86 VNNI kernels (qint8 ran 2-4x slower)."""
     weight_type: Literal["qint8", "quint8"] = "qint8"

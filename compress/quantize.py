@@ -176,6 +176,7 @@ def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig, exclude=(), only
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
 
     ort_dynamic(str(src), str(dst), op_types_to_quantize=DYNAMIC_OPS, per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
                 weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
                 nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
                 # the fused graph's contrib ops lack type info ORT needs otherwise
@@ -207,7 +208,8 @@ class StaticQuantizer:
             quantize_static(
                 str(self.src), str(dst), RowsReader(self.calib_rows, names) if self._cache is None else None,
                 quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-                op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, calibrate_method=method,
+                op_types_to_quantize=STATIC_OPS, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                calibrate_method=method,
                 activation_type=QuantType.QUInt8 if cfg.activation_type == "quint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
                 nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
@@ -555,7 +557,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
 def _settings(cfg: QuantizeConfig, mode: str) -> dict:
     base = {"mode": mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
-            "guard_prefer": cfg.guard_prefer}
+            "reduce_range": cfg.reduce_range, "guard_prefer": cfg.guard_prefer}
     if mode == "dynamic":
         return {**base, "activation_type": "quint8 (dynamic)", "op_types": DYNAMIC_OPS, "fused_graph": cfg.optimize}
     return {**base, "activation_type": cfg.activation_type, "format": cfg.format, "op_types": STATIC_OPS,

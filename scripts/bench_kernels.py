@@ -4,10 +4,13 @@
     python scripts/bench_kernels.py adamw                # one AdamW step, 17M-parameter student: loop/foreach/fused
     python scripts/bench_kernels.py graphs QUANTIZE_DIR  # int8 of the fused vs the plain graph, dev rows, batch 1
     python scripts/bench_kernels.py hidden-rms           # hidden-state RMS per layer, MPNet-base vs MiniLM-L6 (zoo)
+    python scripts/bench_kernels.py int8 QUANTIZE_DIR... # each dir's int8 models vs its fp32 export: SST-2 dev
+                                                         # accuracy, probability error, p50 latency (1, 2 threads)
 
 Why: compress.export leaves out SkipLayerNormalization (slow CPU kernel); compress.train uses fused AdamW;
 quantize.optimize defaults to the fused graph; docs/distill.md rules out loss scale as the cause of cross-family
-intermediate matches hurting.
+intermediate matches hurting; int8 measures quantize.reduce_range (run the quantize stage twice, once with
+``--set quantize.reduce_range=true`` in a copy of the run folder, then compare the two quantize folders).
 """
 
 from __future__ import annotations
@@ -107,6 +110,50 @@ def graphs(qdir: Path) -> None:
                                                           for k, v in times.items()))
 
 
+def int8(qdirs: list[Path], rows: int = 200) -> None:
+    """Every int8_*.onnx of each quantize folder against that folder's fp32 export (model.onnx), SST-2 dev one text at
+    a time (as bundles run): accuracy, argmax agreement with fp32, largest and mean |p - p_fp32| of the predicted
+    probabilities; then p50 latency on ``rows`` dev texts, every model timed round-robin (so load drifts hit all)."""
+    from transformers import AutoTokenizer
+
+    from compress.bench import dev_feeds
+    from compress.config import TaskConfig
+    from compress.data import Collator, load_task, tokenize
+    from compress.export import onnx_predict, session
+
+    data = load_task(TaskConfig(name="sst2"), seed=0)
+    labels = np.asarray(data.dev["label"])
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    files, feeds = {}, None
+    for qdir in qdirs:
+        tok = AutoTokenizer.from_pretrained(qdir / "tokenizer")
+        dev = tokenize(data.dev, tok, 128)
+        collator = Collator({"": tok})
+        ref = softmax(onnx_predict(session(qdir / "model.onnx"), dev, collator, 1))
+        print(f"{qdir}: fp32 accuracy {100 * np.mean(ref.argmax(1) == labels):.2f}")
+        for path in sorted(qdir.glob("int8_*.onnx")):
+            p = softmax(onnx_predict(session(path), dev, collator, 1))
+            err = np.abs(p - ref).max(1)
+            print(f"  {path.name}: accuracy {100 * np.mean(p.argmax(1) == labels):.2f}, same argmax as fp32 "
+                  f"{100 * np.mean(p.argmax(1) == ref.argmax(1)):.2f}%, |p - p_fp32| max {err.max():.4f} mean "
+                  f"{err.mean():.4f}")
+            files[f"{qdir}/{path.name}"] = path
+        feeds = feeds or dev_feeds(dev.select(range(rows)), [i.name for i in session(qdir / "model.onnx").get_inputs()])
+    for threads in (1, 2):
+        sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
+        times = {k: [] for k in sessions}
+        for f in feeds:
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, f)
+                times[k].append(time.perf_counter() - t0)
+        print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.3f} ms" for k, v in times.items()))
+
+
 def hidden_rms() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -128,12 +175,13 @@ def hidden_rms() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms"])
-    ap.add_argument("quantize_dir", nargs="?", default="runs/quickstart/quantize",
-                    help="graphs: a quantize stage folder (model.onnx + tokenizer/)")
+    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms", "int8"])
+    ap.add_argument("quantize_dir", nargs="*", default=["runs/quickstart/quantize"],
+                    help="graphs, int8: quantize stage folders (model.onnx + tokenizer/; graphs reads the first)")
     args = ap.parse_args()
     {"skiplayernorm": skiplayernorm, "adamw": adamw, "hidden-rms": hidden_rms,
-     "graphs": lambda: graphs(Path(args.quantize_dir))}[args.what]()
+     "graphs": lambda: graphs(Path(args.quantize_dir[0])),
+     "int8": lambda: int8([Path(d) for d in args.quantize_dir])}[args.what]()
 
 
 if __name__ == "__main__":

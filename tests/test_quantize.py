@@ -460,3 +460,37 @@ def test_an_inexact_fusion_falls_back_to_the_plain_graph_and_a_corrupt_model_is_
     with pytest.raises(CompressError, match=r"broken: cannot load the saved model \(.*\); rerun the stage"):
         load_trained(broken)
 
+
+
+def test_reduce_range_quantizes_weights_to_7_bits_in_both_modes(tmp_path, tiny_model, sst2):
+    """``reduce_range: true``: every int8 weight initializer of the dynamic and the static model lies in -64..64 (8-bit
+    ones reach -127/127), the settings record it, and the models still agree with fp32."""
+    import onnx
+    from onnx import numpy_helper
+
+    dev, train, collator = sst2
+
+    def int8_weights(path) -> np.ndarray:
+        model = onnx.load(str(path))
+        found = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+                 and len(t.dims) == 2]
+        assert found, path
+        return np.concatenate([a.ravel() for a in found]).astype(np.int32)
+
+    ranges = {}
+    for reduce in (False, True):
+        out = tmp_path / str(reduce)
+        out.mkdir()
+        cfg = from_dict(QuantizeConfig, {"reduce_range": reduce, "max_drop": 100.0, "calibration": {"samples": 32}})
+        rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg, out,
+                             calib_rows=train.select(range(32)), sens_rows=train.select(range(8)))
+        fp32 = onnx_predict(session(out / "model.onnx"), dev, collator)
+        for mode in ("dynamic", "static"):
+            assert rec["int8"][mode]["settings"]["reduce_range"] is reduce
+            w = int8_weights(out / f"int8_{mode}.onnx")
+            ranges[reduce, mode] = (int(w.min()), int(w.max()))
+            int8 = onnx_predict(session(out / f"int8_{mode}.onnx"), dev, collator)
+            assert (int8.argmax(-1) == fp32.argmax(-1)).mean() >= 0.85, (reduce, mode)
+    for mode in ("dynamic", "static"):
+        assert ranges[True, mode][0] >= -64 and ranges[True, mode][1] <= 64, ranges
+        assert ranges[False, mode][0] < -64 or ranges[False, mode][1] > 64, ranges
