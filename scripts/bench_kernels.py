@@ -76,6 +76,21 @@ def adamw() -> None:
         print(f"  {name:26s} {_per_call_us(opt.step, 20, warmup=3) / 1000:6.1f} ms per step")
 
 
+def _round_robin_p50(files: dict[str, Path], feeds: list[dict]) -> None:
+    """Print each model's p50 per feed at 1 and 2 threads, the models taking turns on every feed."""
+    from compress.export import session
+
+    for threads in (1, 2):
+        sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
+        times = {k: [] for k in sessions}
+        for f in feeds:
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, f)
+                times[k].append(time.perf_counter() - t0)
+        print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.3f} ms" for k, v in times.items()))
+
+
 def graphs(qdir: Path) -> None:
     """Plain exported graph vs the fused graph, each int8 dynamic, timed round-robin on SST-2 dev rows, batch 1."""
     from transformers import AutoTokenizer
@@ -97,17 +112,8 @@ def graphs(qdir: Path) -> None:
                                                              QuantizeConfig()),
                  "int8 of the fused graph": quantize_dynamic(tmp / "fused.onnx", tmp / "fused_int8.onnx",
                                                              QuantizeConfig())}
-        for threads in (1, 2):
-            sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
-            feeds = dev_feeds(dev.select(range(200)), [i.name for i in next(iter(sessions.values())).get_inputs()])
-            times = {k: [] for k in sessions}
-            for f in feeds:
-                for k, s in sessions.items():
-                    t0 = time.perf_counter()
-                    s.run(None, f)
-                    times[k].append(time.perf_counter() - t0)
-            print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.2f} ms"
-                                                          for k, v in times.items()))
+        names = [i.name for i in session(files["int8 of the plain graph"]).get_inputs()]
+        _round_robin_p50(files, dev_feeds(dev.select(range(200)), names))
 
 
 def int8(qdirs: list[Path], rows: int = 200) -> None:
@@ -143,15 +149,7 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
                   f"{err.mean():.4f}")
             files[f"{qdir}/{path.name}"] = path
         feeds = feeds or dev_feeds(dev.select(range(rows)), [i.name for i in session(qdir / "model.onnx").get_inputs()])
-    for threads in (1, 2):
-        sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
-        times = {k: [] for k in sessions}
-        for f in feeds:
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, f)
-                times[k].append(time.perf_counter() - t0)
-        print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.3f} ms" for k, v in times.items()))
+    _round_robin_p50(files, feeds)
 
 
 def hidden_rms() -> None:
