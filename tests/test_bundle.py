@@ -549,17 +549,11 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
 
 def test_regression_bundle(tmp_path, minilm_dir):
     """A one-output model (STS-B style): no labels, predict returns the value."""
-    from onnxruntime.quantization import quantize_dynamic
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(1)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
-    ids = torch.ones(1, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, ids, torch.zeros_like(ids)), str(tmp_path / "fp32.onnx"), input_names=names,
-                      output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-                      opset_version=17, dynamo=False)
-    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx"))
+    export_int8(model, tmp_path)
     folder, archive = build(tmp_path / "out", "stsb", model=tmp_path / "int8.onnx",
                             tokenizer=minilm_dir / "tokenizer.json", task="stsb", labels=None, text_pair=True,
                             max_length=32, ort_format=False)
