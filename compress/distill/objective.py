@@ -77,6 +77,9 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
         if m.weight == 0:  # left out of training, not computed at weight 0: its projection would get no gradient,
             continue       # which DDP waits for forever; an explicit weight 0 also turns a layer_map pair off
         out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
+    if cfg.two_step and not out:  # its first step would train on nothing (AdamW's decay alone moving the weights)
+        raise CompressError(f"{where}.two_step: every intermediate match has weight 0; give one a weight > 0 or "
+                            f"turn two_step off")
     return out
 
 
