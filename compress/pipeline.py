@@ -258,7 +258,15 @@ def _stage_waits(state):
     from datetime import timedelta
 
     group = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=STAGE_WAIT_HOURS))
-    return lambda: torch.distributed.barrier(group=group)
+
+    def wait() -> None:
+        try:
+            torch.distributed.barrier(group=group)
+        except RuntimeError as e:  # gloo: "Connection closed by peer" when the main process failed in its lone stage
+            # one line (said by the main process, `compress.cli`), not a traceback from each waiting process
+            raise CompressError(f"another process of this run stopped ({str(e).splitlines()[0][:200]})") from None
+
+    return wait
 
 
 def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...],

@@ -128,3 +128,45 @@ def test_other_processes_outwait_a_lone_stage_longer_than_the_process_group_time
     mp.spawn(_wait_worker, args=(29533, str(tmp_path)), nprocs=2, join=True)
     assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)] == [["slow"], ["slow"]]
     assert (tmp_path / "runs" / "wait" / "slow" / "done.txt").read_text() == "ok"
+
+
+def _failing_stage(recipe, out: Path, inputs: dict) -> dict:
+    from compress.errors import CompressError
+
+    raise CompressError("the lone stage failed")
+
+
+def _fail_worker(rank: int, port: int, folder: str) -> None:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    import compress.pipeline as pipeline
+    from compress.config import load_recipe
+
+    pipeline.plan = lambda recipe, until=None: [pipeline.Stage("bad", f"{__name__}:_failing_stage", ("task",))]
+    try:
+        pipeline.run_pipeline(load_recipe(Path(folder) / "wait.yaml"))
+    except BaseException as e:
+        Path(folder, f"{rank}.err").write_text(f"{type(e).__name__}: {e}")
+    os._exit(0)  # the main process leaves on its error without tearing the group down, as `compress.cli` does
+
+
+def test_a_lone_stage_failing_on_the_main_process_stops_the_others_with_a_compress_error(tmp_path, glue_dir):
+    """Review: the waiting processes meet gloo's "Connection closed by peer" when the main process leaves on an error
+    in a stage it runs alone; it surfaces as a CompressError (one line from the main process), not a [rank1]
+    traceback."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "wait.yaml").write_text(yaml.safe_dump({
+        "name": "wait", "runs_dir": str(tmp_path / "runs"), "teacher": {"model": "random"},
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_train_samples": 16}}))
+    mp.spawn(_fail_worker, args=(29535, str(tmp_path)), nprocs=2, join=True)
+    errors = [(tmp_path / f"{r}.err").read_text() for r in range(2)]
+    assert errors[0] == "CompressError: the lone stage failed"
+    assert errors[1].startswith("CompressError: another process of this run stopped"), errors[1]
