@@ -395,7 +395,8 @@ class DistillConfig:
             if getattr(self, key) < 0:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
         if self.two_step and not (any(m.weight > 0 for m in self.matches)
-                                  or (self.layer_map is not None and self.layer_map_weight > 0)):
+                                  or (self.layer_map is not None and self.layer_map_weight > 0
+                                      and self.layer_map_features)):
             raise CompressError(f"{file}: {where}.two_step: needs intermediate matches of weight > 0 (matches or "
                                 f"layer_map)")
         if self.layer_map_weight < 0:

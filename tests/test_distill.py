@@ -388,6 +388,8 @@ def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_grad
     assert resolve_matches(off, teacher.config, student.model.config) == []
     with pytest.raises(CompressError, match=r"two_step: needs intermediate matches of weight > 0"):
         from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_weight": 0.0, "two_step": True})
+    with pytest.raises(CompressError, match=r"two_step: needs intermediate matches of weight > 0"):
+        from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": [], "two_step": True})
     # every generated match turned off by an explicit weight 0: known only against the models' depths
     every = from_dict(DistillConfig, {"layer_map": "last", "layer_map_features": ["hidden"], "two_step": True,
                                       "matches": [{"teacher_layer": 4, "student_layer": 2, "weight": 0.0}]})
