@@ -76,17 +76,18 @@ def adamw() -> None:
         print(f"  {name:26s} {_per_call_us(opt.step, 20, warmup=3) / 1000:6.1f} ms per step")
 
 
-def _round_robin_p50(files: dict[str, Path], feeds: list[dict]) -> None:
-    """Print each model's p50 per feed at 1 and 2 threads, the models taking turns on every feed."""
+def _round_robin_p50(files: dict[str, Path], feeds: dict[str, list[dict]]) -> None:
+    """Print each model's p50 at 1 and 2 threads over its feeds (``feeds[name]``: the same texts for every model,
+    each tokenized for it), the models taking turns on every text."""
     from compress.export import session
 
     for threads in (1, 2):
         sessions = {k: session(p, threads=threads, spin=False) for k, p in files.items()}
         times = {k: [] for k in sessions}
-        for f in feeds:
+        for i in range(min(len(f) for f in feeds.values())):
             for k, s in sessions.items():
                 t0 = time.perf_counter()
-                s.run(None, f)
+                s.run(None, feeds[k][i])
                 times[k].append(time.perf_counter() - t0)
         print(f"{threads} thread(s): " + "  |  ".join(f"{k} p50 {np.median(v) * 1e3:.3f} ms" for k, v in times.items()))
 
@@ -113,7 +114,8 @@ def graphs(qdir: Path) -> None:
                  "int8 of the fused graph": quantize_dynamic(tmp / "fused.onnx", tmp / "fused_int8.onnx",
                                                              QuantizeConfig())}
         names = [i.name for i in session(files["int8 of the plain graph"]).get_inputs()]
-        _round_robin_p50(files, dev_feeds(dev.select(range(200)), names))
+        shared = dev_feeds(dev.select(range(200)), names)
+        _round_robin_p50(files, {k: shared for k in files})
 
 
 def int8(qdirs: list[Path], rows: int = 200) -> None:
@@ -134,7 +136,7 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
         e = np.exp(x - x.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    files, feeds = {}, None
+    files, feeds = {}, {}
     for qdir in qdirs:
         tok = AutoTokenizer.from_pretrained(qdir / "tokenizer")
         dev = tokenize(data.dev, tok, 128)
@@ -148,7 +150,7 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
                   f"{100 * np.mean(p.argmax(1) == ref.argmax(1)):.2f}%, |p - p_fp32| max {err.max():.4f} mean "
                   f"{err.mean():.4f}")
             files[f"{qdir}/{path.name}"] = path
-        feeds = feeds or dev_feeds(dev.select(range(rows)), [i.name for i in session(qdir / "model.onnx").get_inputs()])
+            feeds[f"{qdir}/{path.name}"] = dev_feeds(dev.select(range(rows)), [i.name for i in session(path).get_inputs()])
     _round_robin_p50(files, feeds)
 
 
