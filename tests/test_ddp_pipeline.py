@@ -85,6 +85,31 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
     assert "[teacher] running" not in refused.stdout and "[rank1]" not in refused.stderr
 
 
+def _lone_stage_run(rank: int, port: int, timeout_s: int, stage: str, folder: str):
+    """One of 2 processes (gloo, a process group timing out after ``timeout_s``) running a pipeline of one stage that
+    does not train, `stage` (a function of this module); returns run_pipeline's result."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    import compress.pipeline as pipeline
+    from compress.config import load_recipe
+
+    pipeline.plan = lambda recipe, until=None: [pipeline.Stage("lone", f"{__name__}:{stage}", ("task",))]
+    return pipeline.run_pipeline(load_recipe(Path(folder) / "wait.yaml"))
+
+
+def _write_recipe(tmp_path: Path, glue_dir: Path) -> None:
+    (tmp_path / "wait.yaml").write_text(yaml.safe_dump({
+        "name": "wait", "runs_dir": str(tmp_path / "runs"), "teacher": {"model": "random"},
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_train_samples": 16}}))
+
+
 def _slow_stage(recipe, out: Path, inputs: dict) -> dict:
     """A stage that does not train and outlasts the process group's timeout (see the test below)."""
     import time
@@ -95,23 +120,12 @@ def _slow_stage(recipe, out: Path, inputs: dict) -> dict:
 
 
 def _wait_worker(rank: int, port: int, folder: str) -> None:
-    """One of 2 processes: a process group whose timeout (4 s) is shorter than the main process's lone stage (8 s),
-    as NCCL's 10 minutes are shorter than a base-size model's bench."""
-    from datetime import timedelta
-
-    import torch
+    """A process group whose timeout (4 s) is shorter than the main process's lone stage (8 s), as NCCL's 10 minutes
+    are shorter than a base-size model's bench."""
     import torch.distributed as dist
 
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=4))
-    import compress.pipeline as pipeline
-    from compress.config import load_recipe
-
-    pipeline.plan = lambda recipe, until=None: [pipeline.Stage("slow", f"{__name__}:_slow_stage", ("task",))]
     try:
-        done = pipeline.run_pipeline(load_recipe(Path(folder) / "wait.yaml"))
+        done = _lone_stage_run(rank, port, 4, "_slow_stage", folder)
         Path(folder, f"{rank}.json").write_text(json.dumps(sorted(done)))
     finally:
         dist.destroy_process_group()
@@ -122,12 +136,10 @@ def test_other_processes_outwait_a_lone_stage_longer_than_the_process_group_time
     group's timeout, which ended them before, stays for the training collectives."""
     import torch.multiprocessing as mp
 
-    (tmp_path / "wait.yaml").write_text(yaml.safe_dump({
-        "name": "wait", "runs_dir": str(tmp_path / "runs"), "teacher": {"model": "random"},
-        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_train_samples": 16}}))
+    _write_recipe(tmp_path, glue_dir)
     mp.spawn(_wait_worker, args=(29533, str(tmp_path)), nprocs=2, join=True)
-    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)] == [["slow"], ["slow"]]
-    assert (tmp_path / "runs" / "wait" / "slow" / "done.txt").read_text() == "ok"
+    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)] == [["lone"], ["lone"]]
+    assert (tmp_path / "runs" / "wait" / "lone" / "done.txt").read_text() == "ok"
 
 
 def _failing_stage(recipe, out: Path, inputs: dict) -> dict:
@@ -137,35 +149,20 @@ def _failing_stage(recipe, out: Path, inputs: dict) -> dict:
 
 
 def _fail_worker(rank: int, port: int, folder: str) -> None:
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
-    import compress.pipeline as pipeline
-    from compress.config import load_recipe
-
-    pipeline.plan = lambda recipe, until=None: [pipeline.Stage("bad", f"{__name__}:_failing_stage", ("task",))]
     try:
-        pipeline.run_pipeline(load_recipe(Path(folder) / "wait.yaml"))
+        _lone_stage_run(rank, port, 60, "_failing_stage", folder)
     except BaseException as e:
         Path(folder, f"{rank}.err").write_text(f"{type(e).__name__}: {e}")
     os._exit(0)  # the main process leaves on its error without tearing the group down, as `compress.cli` does
 
 
 def test_a_lone_stage_failing_on_the_main_process_stops_the_others_with_a_compress_error(tmp_path, glue_dir):
-    """Review: the waiting processes meet gloo's "Connection closed by peer" when the main process leaves on an error
-    in a stage it runs alone; it surfaces as a CompressError (one line from the main process), not a [rank1]
+    """The waiting processes meet gloo's "Connection closed by peer" when the main process leaves on an error in a
+    stage it runs alone; it surfaces as a CompressError (one line, said by the main process), not a [rank1]
     traceback."""
     import torch.multiprocessing as mp
 
-    (tmp_path / "wait.yaml").write_text(yaml.safe_dump({
-        "name": "wait", "runs_dir": str(tmp_path / "runs"), "teacher": {"model": "random"},
-        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_train_samples": 16}}))
+    _write_recipe(tmp_path, glue_dir)
     mp.spawn(_fail_worker, args=(29535, str(tmp_path)), nprocs=2, join=True)
     errors = [(tmp_path / f"{r}.err").read_text() for r in range(2)]
     assert errors[0] == "CompressError: the lone stage failed"
