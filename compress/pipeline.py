@@ -299,7 +299,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule
-            _claim_checkpoints(run_dir, stage.name, f"{fp} processes={state.num_processes}")
+            _claim_checkpoints(run_dir, stage.name, checkpoint_stamp(fp, state.num_processes))
         state.wait_for_everyone()
         wait = state.wait_for_everyone if stage.trains else wait_long
         if not stage.trains and not state.is_main_process:  # nothing data-parallel in it: the main process runs it
@@ -436,6 +436,18 @@ def _remove_orphans(run_dir: Path) -> None:
     remove_dead(run_dir, ".*", r"\..+\.(?:tmp|old)-(\d+)")
 
 
+CHECKPOINT_REVISION = 2
+"""Raised when what a resumable checkpoint holds changes for the same stage config (2: distillation matches of weight
+0 lost their projection, so a distiller checkpoint of an earlier version no longer loads): an interrupted stage's
+checkpoints of an earlier revision are discarded, not resumed from. Finished stages are not redone for it."""
+
+
+def checkpoint_stamp(fp: str, processes: int) -> str:
+    """What a stage's checkpoint folder is stamped with: they resume only a run of the same fingerprint, process
+    count and `CHECKPOINT_REVISION`."""
+    return f"{fp} processes={processes}" + (f" checkpoints={CHECKPOINT_REVISION}" if CHECKPOINT_REVISION > 1 else "")
+
+
 def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
     """Resumable checkpoints (``<run>/.checkpoints/<stage>``, written when a train section sets checkpoint_every)
     belong to one stage fingerprint: those of another config or other inputs are discarded before the stage runs,
@@ -444,7 +456,8 @@ def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
     stamp = folder / "FINGERPRINT"
     if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() == fp):
         if any(p.name != "FINGERPRINT" for p in folder.iterdir()):  # a killed stage's stamp alone: nothing to say
-            print(f"[{stage}] discarding the checkpoints of an earlier config, input or process count ({folder})")
+            print(f"[{stage}] discarding the checkpoints of an earlier config, input, process count or compress "
+                  f"version ({folder})")
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp + "\n")

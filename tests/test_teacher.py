@@ -326,9 +326,26 @@ def test_checkpoints_of_another_config_are_discarded_and_a_done_stage_drops_its_
     (stale / "step-00000004" / "trainer.json").write_text("{not a checkpoint of this config")
     (stale / "FINGERPRINT").write_text("an-earlier-config\n")
     run_pipeline(recipe)
-    assert (f"[teacher] discarding the checkpoints of an earlier config, input or process count ({stale})"
-            in capsys.readouterr().out)
+    said = f"[teacher] discarding the checkpoints of an earlier config, input, process count or compress version ({stale})"
+    assert said in capsys.readouterr().out
     assert not (recipe.run_dir / ".checkpoints").exists()
+
+
+def test_checkpoints_of_an_earlier_checkpoint_revision_are_discarded(tmp_path, tiny_bert_dir, capsys):
+    """A checkpoint of this very config written before `CHECKPOINT_REVISION` was raised (its stamp: fingerprint and
+    process count only) is not resumed from: what it holds may no longer load (a distiller's projections)."""
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 2})
+    fp = pipeline._fingerprint(recipe, pipeline.plan(recipe)[0], {})[0]
+    assert pipeline.checkpoint_stamp(fp, 1) != f"{fp} processes=1"
+    stale = recipe.run_dir / ".checkpoints" / "teacher"
+    (stale / "step-00000004").mkdir(parents=True)
+    (stale / "step-00000004" / "trainer.json").write_text("{written by an earlier version")
+    (stale / "FINGERPRINT").write_text(f"{fp} processes=1\n")
+    run_pipeline(recipe)
+    assert f"discarding the checkpoints of an earlier config, input, process count or compress version ({stale})" \
+        in capsys.readouterr().out
 
 
 def test_a_stamp_without_checkpoints_is_not_reported_as_discarded(tmp_path, capsys):
