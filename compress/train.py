@@ -234,9 +234,25 @@ def fit(
     if checkpoint_dir is not None and accelerator.is_main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
     for m in modules.values():
-        accelerator.unwrap_model(m).eval()
+        _drop_autocast_forward(accelerator.unwrap_model(m)).eval()
     log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
     return result
+
+
+def _drop_autocast_forward(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the forward it had before `fit`. Accelerate's ``prepare`` under bf16 replaces the module's own
+    ``forward`` with one wrapped in bf16 autocast (``model._original_forward`` keeps the old one), and leaves it there:
+    after a bf16 fit every later call ran in bf16, the stage's "fp32" dev metrics, the next pruning step's Taylor
+    scores and dependency tracing included. (Accelerate's ``unwrap_model(keep_fp32_wrapper=False)`` is not used: it
+    unwinds every ``__wrapped__``, transformers' own forward decorators too.)"""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is not None:
+        if getattr(original, "__self__", None) is model and \
+                getattr(original, "__func__", None) is getattr(type(model), "forward", None):
+            model.__dict__.pop("forward", None)  # the class's forward again
+        else:
+            model.forward = original
+    return model
 
 
 _WARNED: set = set()

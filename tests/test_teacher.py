@@ -551,3 +551,22 @@ def test_a_local_teacher_folder_whose_files_change_redoes_the_teacher(tiny_bert_
                 f"{{name: c, kind: narrow, layers: 1, hidden: 32}}]\n")
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students))
     assert [_folders(recipe, s.models) for s in STAGES[:3]] == [[str(tiny_bert_dir)], [str(tiny_bert_dir)], []]
+
+
+def test_a_bf16_fit_leaves_the_model_computing_in_fp32(tiny_bert_dir):
+    """Accelerate wraps a bf16 model's forward in autocast at prepare: after fit the model must be back to its own
+    forward (a GPU run's precision auto is bf16: the teacher's dev metrics, the prune stage's next Taylor scores and
+    its dev metrics were all computed in bf16 while recorded as fp32)."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=32, holdout=0.0, max_eval_samples=16), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    collator = Collator({"": tok})
+    fit(model, tokenize(data.train, tok, 32), collator, TrainConfig(epochs=1, batch_size=32, precision="bf16"), seed=0)
+    assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__
+    seen = []
+    hook = model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    predict(model, tokenize(data.dev, tok, 32), collator)
+    hook.remove()
+    assert seen and set(seen) == {torch.float32}
+    again = fit(model, tokenize(data.train, tok, 32), collator, TrainConfig(epochs=1, batch_size=32, precision="bf16"),
+                seed=0)  # a second bf16 fit (the next pruning step's recovery) wraps and unwraps again
+    assert again.steps == 1 and "forward" not in model.__dict__
