@@ -433,3 +433,28 @@ def test_a_process_other_than_the_main_one_leaves_the_shared_checkpoints_alone(g
     distill(teacher, tokenizer, build_student(spec, teacher, tokenizer, data.spec), spec, data, max_length=16,
             seed=0, checkpoint_dir=ckdir)
     assert (ckdir / "written-by-the-main-process").is_file()
+
+
+def test_bench_distill_naive_loop_runs_where_the_teacher_was_left(tokenizer, monkeypatch):
+    """`compress.distill.bench`: on a GPU `ours` (distill) leaves the teacher on the process's device, and the next
+    mode's naive loop copied its student from it there while feeding it CPU batches ("Expected all tensors to be on
+    the same device"). Simulated with the meta device standing for the GPU."""
+    from transformers import BertForSequenceClassification
+
+    from compress.distill import bench as B
+    from tests.conftest import tiny_bert_config
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=8, holdout=0.0, max_eval_samples=8), seed=0)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config()).to("meta")
+    monkeypatch.setattr(B, "process_device", lambda: torch.device("meta"), raising=False)
+    seen = []
+
+    class Checked(B.KDObjective):  # meta tensors cannot be read (the real loss logs floats): check, return a stand-in
+        def __call__(self, model, batch):
+            seen.append({v.device.type for v in batch.values()} | {p.device.type for p in model.parameters()})
+            return sum(p.sum() for p in model.parameters()) * 0.0, {}
+
+    monkeypatch.setattr(B, "KDObjective", Checked)
+    B.naive(teacher, tokenizer, data, B._spec("logits", 1, 4, 1), 16)
+    assert seen and all(s == {"meta"} for s in seen)

@@ -29,6 +29,7 @@ from compress.data import load_task, tokenize
 from compress.distill.objective import Distiller, KDObjective, resolve_matches
 from compress.distill.stage import distill
 from compress.modeling import load_for_task, load_trained
+from compress.train import process_device
 from students import build_student
 
 MODES = {
@@ -54,10 +55,11 @@ def ours(teacher, tok, data, spec, max_length: int) -> float:
 
 def naive(teacher, tok, data, spec, max_length: int) -> float:
     """Seconds for one pass: random batches padded to max_length, teacher forward every step, plain AdamW loop."""
+    device = process_device()  # where `ours` trains (and leaves the teacher: a student copied from it starts there)
     student = build_student(spec, teacher, tok, data.spec)
     matches = resolve_matches(spec.distill, teacher.config, student.model.config)
-    model = Distiller(student.model, matches, teacher.config.hidden_size).train()
-    objective = KDObjective(teacher.eval(), spec.distill, matches, data.spec.is_regression)  # no cached logits
+    model = Distiller(student.model, matches, teacher.config.hidden_size).train().to(device)
+    objective = KDObjective(teacher.eval().to(device), spec.distill, matches, data.spec.is_regression)  # no cached logits
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
     rows = data.train
     g = torch.Generator().manual_seed(0)
@@ -69,7 +71,7 @@ def naive(teacher, tok, data, spec, max_length: int) -> float:
         batch = dict(tok(list(chunk["text"]), padding="max_length", truncation=True, max_length=max_length,
                          return_tensors="pt"))
         batch["labels"] = torch.tensor(list(chunk["label"]))
-        loss, _ = objective(model, batch)
+        loss, _ = objective(model, {k: v.to(device) for k, v in batch.items()})
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
