@@ -150,7 +150,8 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
                   f"{100 * np.mean(p.argmax(1) == ref.argmax(1)):.2f}%, |p - p_fp32| max {err.max():.4f} mean "
                   f"{err.mean():.4f}")
             files[f"{qdir}/{path.name}"] = path
-            feeds[f"{qdir}/{path.name}"] = dev_feeds(dev.select(range(rows)), [i.name for i in session(path).get_inputs()])
+            names = [i.name for i in session(path).get_inputs()]
+            feeds[f"{qdir}/{path.name}"] = dev_feeds(dev.select(range(rows)), names)
     _round_robin_p50(files, feeds)
 
 

@@ -59,7 +59,8 @@ def naive(teacher, tok, data, spec, max_length: int) -> float:
     student = build_student(spec, teacher, tok, data.spec)
     matches = resolve_matches(spec.distill, teacher.config, student.model.config)
     model = Distiller(student.model, matches, teacher.config.hidden_size).train().to(device)
-    objective = KDObjective(teacher.eval().to(device), spec.distill, matches, data.spec.is_regression)  # no cached logits
+    # no cached logits: the teacher runs every step
+    objective = KDObjective(teacher.eval().to(device), spec.distill, matches, data.spec.is_regression)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
     rows = data.train
     g = torch.Generator().manual_seed(0)
