@@ -153,8 +153,9 @@ class Context:
                 self._logits = torch.from_numpy(np.load(path)).float()
             else:
                 from compress.prune_stage import logits_of
+                from compress.train import process_device
 
-                self._logits = logits_of(self.teacher, self.train, self.collator)
+                self._logits = logits_of(self.teacher.to(process_device()), self.train, self.collator)
                 tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
                 np.save(tmp, self._logits.numpy())
                 os.replace(tmp, path)

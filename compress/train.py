@@ -288,11 +288,12 @@ def main_process_writes(write: Callable[[], None]) -> None:
 
 
 def process_device() -> torch.device:
-    """Where this process trains: its GPU (``LOCAL_RANK``'s under ``accelerate launch``/torchrun), else the CPU (as
-    `fit`'s Accelerator places the model). Teachers that label rows go there too."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """Where this process trains, as `fit`'s Accelerator places the model (Accelerate's process state): its GPU under
+    ``accelerate launch``/torchrun, the CPU without one or with ``accelerate launch --cpu``. Teachers that label rows
+    go there too."""
+    from accelerate import PartialState
+
+    return PartialState().device
 
 
 def from_main_process(value):

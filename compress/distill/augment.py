@@ -49,7 +49,9 @@ def neighbour_table(words: Iterable[str], tokenizer, embeddings: torch.Tensor, k
     if len(cand_words) < 2:
         return {}
     cand_ids = torch.tensor([vocab[w] for w in cand_words])
-    table = torch.nn.functional.normalize(embeddings.detach().float()[cand_ids], dim=1)
+    # on the CPU wherever the model is: a GPU's sums can break near-ties in topk otherwise, and a rerun whose teacher
+    # sits elsewhere (restored students leave it on the CPU) would draw other rows than the interrupted run
+    table = torch.nn.functional.normalize(embeddings.detach().float().cpu()[cand_ids], dim=1)
     queries = sorted({(w.lower() if lower else w) for w in words} & vocab.keys())
     pos = {w: i for i, w in enumerate(cand_words)}
     k = min(k, len(cand_words) - 1)
