@@ -217,6 +217,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     seed = recipe.seed
     source, folder = source_model(recipe, inputs)
     model, tokenizer = load_trained(folder)
+    model.to(process_device())  # scored, cut and measured where it trains (a GPU's under accelerate launch)
     data = load_task(recipe.task, seed=seed)
     spec, ml = data.spec, recipe.task.max_length
     rows, transfer = data.train, None
@@ -252,8 +253,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             logits, logits_from = teacher_logits(t_model, t_tok, rows, ml, precision), "computed"
             del t_model
         else:  # the unpruned source teaches: same tokenization as the rows it trains on
-            logits, logits_from = logits_of(model.to(process_device()), train, collator, precision=precision), \
-                "computed"
+            logits, logits_from = logits_of(model, train, collator, precision=precision), "computed"
 
     before_rows = P.layer_table(model, ml)
     params_before, macs_before = count_params(model), P.model_macs(model, ml)

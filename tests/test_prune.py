@@ -233,7 +233,7 @@ prune:
   calibration_batch_size: 16
   recover: {{max_steps: 3, batch_size: 32, lr: 1.0e-4, teacher: teacher}}
 """)
-    asked = []  # the recovery teacher (here the unpruned model) labels on the process's device: a GPU's, if any
+    asked = []  # the model is scored, cut and labelled on the process's device: a GPU's, if any
     monkeypatch.setattr(stage, "process_device", lambda: asked.append(True) or torch.device("cpu"))
     done = run_pipeline(load_recipe(path))
     assert asked
