@@ -19,7 +19,7 @@ from compress.evaluate import constant_label, evaluate
 from compress.manifest import write_json
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
-from compress.train import FitResult, fit, set_seed
+from compress.train import FitResult, fit, process_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                      evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
                      checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
                      desc=f"teacher {cfg.model}")
-    else:  # already fine-tuned on the task: scored and saved as it is
+    else:  # already fine-tuned on the task: scored (where training would have run it) and saved as it is
         result = FitResult(steps=0, best_metric=None, best_step=None)
+        model.to(process_device())
 
     metrics, dev_logits = evaluate(model, dev, collator, spec, desc="teacher: scoring dev", with_logits=True)
     metrics = {"dev": metrics}

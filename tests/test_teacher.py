@@ -382,7 +382,7 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_bert_dir):
     assert not list(run_dir.glob(".teacher.tmp-*")) and not (run_dir / "teacher").exists()
 
 
-def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, tokenizer, caplog):
+def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, tokenizer, caplog, monkeypatch):
     """``teacher.finetune: false``: the folder's trained head is kept, the stage trains nothing and scores the model as
     given; a head that cannot be the task's is refused in one line."""
     from safetensors.torch import load_file
@@ -391,9 +391,13 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
     from compress.data import GLUE_TASKS
     from conftest import tiny_bert_config
 
+    import teachers.finetune
+
+    asked = []  # scored where training would have put it (a GPU's, if any), not on the CPU
+    monkeypatch.setattr(teachers.finetune, "process_device", lambda: asked.append(True) or torch.device("cpu"))
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.finetune": False})
     done = run_pipeline(recipe)["teacher"]
-    assert done["train"]["steps"] == 0 and done["train"]["finetuned"] is False
+    assert asked and done["train"]["steps"] == 0 and done["train"]["finetuned"] is False
     saved = load_file(tmp_path / "runs" / "tiny" / "teacher" / "model" / "model.safetensors")
     given = load_file(tiny_bert_dir / "model.safetensors")
     assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k]) for k in given)  # not trained
