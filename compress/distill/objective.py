@@ -212,6 +212,8 @@ class KDObjective:
             rows = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)
         else:
             p = self.teacher_prefix
+            if self.table.device != mask.device:  # once, not a copy of the vocabulary-sized map every batch
+                self.table = self.table.to(mask.device)
             rows = aligned_rows(batch["input_ids"], mask, batch[p + "input_ids"], batch[p + "attention_mask"],
                                 self.table)
         n_bad = int((~rows).sum())
