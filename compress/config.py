@@ -377,8 +377,8 @@ class DistillConfig:
     attention_heads: Literal["each", "mean"] = "each"
     """``heads`` of the generated attention matches (see MatchConfig.heads)."""
     layer_map_weight: float = 1.0
-    """Weight of each generated match (0: none is generated) (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained student of another
-    family less than 1)."""
+    """Weight of each generated match; 0: none is generated (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained
+    student of another family less than 1)."""
     two_step: bool = False
     """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
     intermediate_max_steps: Optional[int] = None

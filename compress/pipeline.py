@@ -19,7 +19,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from compress import __version__, hub
 from compress.config import Recipe
@@ -187,6 +187,8 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     import torch  # here, not at the top: validate and --dry-run plan stages without torch
     from accelerate import PartialState
 
+    from compress.train import from_main_process
+
     state = PartialState(cpu=not torch.cuda.is_available())
     state.wait_for_everyone()  # every process has seen whether the folder existed before any makes it
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,10 +199,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
                 stack.enter_context(run_lock(run_dir))
             except CompressError as e:
                 problem = str(e)
-        if state.num_processes > 1:  # every process stops on a held lock, not the main one alone
-            box = [problem]
-            torch.distributed.broadcast_object_list(box, src=0)
-            problem = box[0]
+        problem = from_main_process(problem)  # every process stops on a held lock, not the main one alone
         if problem:  # the folder is another run's (made by it after `made` was read here, maybe): leave it alone
             raise CompressError(problem)
         if not state.is_main_process:  # one copy of the run's output: the main process's
@@ -270,10 +269,9 @@ def _stage_waits(state):
 
 
 def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...],
-                wait_long=None) -> dict[str, dict]:
+                wait_long: Callable[[], None]) -> dict[str, dict]:
     """Run or reuse each planned stage. ``wait_long``: the barrier for a stage that does not train (`_stage_waits`);
     the other processes wait in it while the main process runs the stage alone."""
-    wait_long = wait_long or state.wait_for_everyone
     done: dict[str, dict] = {}
     stages = plan(recipe, until)
     checked = False
@@ -445,7 +443,7 @@ checkpoints of an earlier revision are discarded, not resumed from. Finished sta
 def checkpoint_stamp(fp: str, processes: int) -> str:
     """What a stage's checkpoint folder is stamped with: they resume only a run of the same fingerprint, process
     count and `CHECKPOINT_REVISION`."""
-    return f"{fp} processes={processes}" + (f" checkpoints={CHECKPOINT_REVISION}" if CHECKPOINT_REVISION > 1 else "")
+    return f"{fp} processes={processes} checkpoints={CHECKPOINT_REVISION}"
 
 
 def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
