@@ -190,3 +190,18 @@ def test_teacher_logits_survive_an_interrupted_distillation(glue_dir, tokenizer,
                               "t" * 64)
     distill(teacher, tokenizer, students[2], spec, data, max_length=32, seed=0, checkpoint_dir=ckdir.parent / "o", logit_cache={}, teacher_sha="u" * 64)
     assert sum(rows_seen) == labelled
+
+
+def test_a_copy_with_no_word_swapped_is_dropped_whatever_the_originals_spacing(glue_dir, tokenizer):
+    """SST-2's training rows end with a space ("hide new secretions from the parental units "): a copy rebuilt from
+    the original's words with none swapped lost only that space, and was kept as a new row, the same tokens as its
+    original (a duplicate the teacher labelled again and the KD term saw twice)."""
+    data = _sst2(glue_dir, 20)
+    assert all(t.endswith(" ") for t in data.train["text"])  # the real file's rows, as loaded
+    emb = _embeddings(tokenizer, {})
+    out, summary = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=2, seed=0), table={"zzzz": ["a"]})
+    assert summary["copies"] == 0 and len(out) == len(data.train)
+    # a word that is swapped still makes a copy
+    table = {w: ["zzzz"] for t in data.train["text"] for w in t.split()}
+    out, summary = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0), table=table)
+    assert summary["copies"] == len(data.train)

@@ -100,7 +100,7 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
         if sum(len(t[i].split()) for t in texts) < cfg.min_words:
             continue
         eligible += 1
-        seen = {tuple(t[i] for t in texts)}
+        seen = {tuple(" ".join(t[i].split()) for t in texts)}  # as swap_words rebuilds text (SST-2's trailing space)
         for _ in range(cfg.copies):
             new = tuple(swap_words(t[i], table, cfg.replace_prob, rng, lower) for t in texts)
             if new in seen:
