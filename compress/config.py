@@ -394,11 +394,15 @@ class DistillConfig:
         for key in ("kd_weight", "hard_label_weight"):
             if getattr(self, key) < 0:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
-        if self.two_step and not (any(m.weight > 0 for m in self.matches)
-                                  or (self.layer_map is not None and self.layer_map_weight > 0
-                                      and self.layer_map_features)):
+        has_matches = any(m.weight > 0 for m in self.matches) or (
+            self.layer_map is not None and self.layer_map_weight > 0 and bool(self.layer_map_features))
+        if self.two_step and not has_matches:
             raise CompressError(f"{file}: {where}.two_step: needs intermediate matches of weight > 0 (matches or "
                                 f"layer_map)")
+        if self.kd_weight == 0 and self.hard_label_weight == 0 and (self.two_step or not has_matches):
+            raise CompressError(f"{file}: {where}: kd_weight and hard_label_weight are both 0, so the prediction "
+                                f"layer has no loss{' in its two_step prediction step' if self.two_step else ''}; "
+                                f"give one of them a weight > 0")
         if self.layer_map_weight < 0:
             raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:

@@ -458,3 +458,17 @@ def test_bench_distill_naive_loop_runs_where_the_teacher_was_left(tokenizer, mon
     monkeypatch.setattr(B, "KDObjective", Checked)
     B.naive(teacher, tokenizer, data, B._spec("logits", 1, 4, 1), 16)
     assert seen and all(s == {"meta"} for s in seen)
+
+
+def test_no_logit_loss_and_nothing_else_to_train_on_is_refused_up_front():
+    """kd_weight 0 and hard_label_weight 0 left the prediction step (two_step), or a student without matches, with
+    every loss term at weight 0: `combine` raised a bare ValueError at its first batch, after the teacher (and the
+    intermediate step) had trained. The recipe is refused when read; intermediate matches alone still train."""
+    with pytest.raises(CompressError, match=r"distill: kd_weight and hard_label_weight are both 0"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0}})
+    with pytest.raises(CompressError, match=r"distill: kd_weight and hard_label_weight are both 0"):
+        from_dict(StudentConfig, {"name": "s", "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0,
+                                                           "layer_map": "uniform", "two_step": True}})
+    spec = from_dict(StudentConfig, {"name": "s", "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0,
+                                                              "layer_map": "uniform"}})
+    assert spec.distill.layer_map == "uniform"
