@@ -131,3 +131,26 @@ def test_hidden_mse_counts_tokens_exactly_under_bf16():
     mask = torch.zeros(1, 4096)
     mask[0, :4001] = 1
     assert hidden_mse(s, t, mask).item() == pytest.approx(1.0, rel=1e-7)
+
+
+def test_the_prediction_step_after_attention_matches_has_its_attention_dropout_back():
+    """TinyBERT's two steps: the intermediate step's attention matches turn the student's attention dropout off; the
+    prediction step (no attention match) trained on without it for students whose attention always runs the manual
+    path (MPNet), while a BERT student (SDPA path) had it back: the configured dropout is restored."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from compress.distill.objective import Distiller, Match
+
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=4, intermediate_size=64,
+                                                       attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0))
+    inputs = {"input_ids": torch.randint(5, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    Distiller(model, [Match("attention_t1_s1", 1, 1, "attention", "kl", 1.0, False)], 32)
+    assert model.mpnet.encoder.layer[0].attention.attn.dropout.p == 0.0  # step 1: maps without dropout
+    prediction = Distiller(model, [], 32).train()
+    assert model.mpnet.encoder.layer[0].attention.attn.dropout.p == 0.5
+    torch.manual_seed(1)
+    a = prediction(**inputs)[0].logits
+    torch.manual_seed(2)
+    assert not torch.allclose(a, prediction(**inputs)[0].logits)  # dropout draws differ (hidden dropout is 0)

@@ -109,6 +109,19 @@ def no_attention_dropout(model: torch.nn.Module) -> None:
             module.dropout.p = 0.0
 
 
+def configured_attention_dropout(model: torch.nn.Module) -> None:
+    """Undo `no_attention_dropout`: the attention-probability dropout of ``model``'s config again (TinyBERT's
+    prediction step, after an intermediate step with attention matches; a model whose attention always takes the
+    manual path, MPNet, trained on without it)."""
+    p = getattr(model.config, "attention_probs_dropout_prob", None)
+    if p is None:
+        return
+    for module in model.modules():
+        if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
+                                                                          torch.nn.Dropout):
+            module.dropout.p = p
+
+
 class Distiller(torch.nn.Module):
     """The student plus one learned linear projection (student width -> teacher width) per projected match."""
 
@@ -121,6 +134,8 @@ class Distiller(torch.nn.Module):
         self.matches = matches
         if any(m.feature == "attention" for m in matches):
             no_attention_dropout(student)
+        else:
+            configured_attention_dropout(student)
 
     def forward(self, hidden: bool = False, attentions: bool = False, **inputs):
         if attentions:
