@@ -519,6 +519,10 @@ class RecoverConfig(TrainConfig):
         for key in ("kd_weight", "hard_label_weight"):
             if getattr(self, key) < 0:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.kd_weight == 0 and self.hard_label_weight == 0:
+            raise CompressError(f"{file}: {where}: kd_weight and hard_label_weight are both 0, so recovery has no loss "
+                                f"(only weight decay would move the weights); give one a weight > 0, or set "
+                                f"recover: null for no recovery")
 
 
 @dataclass

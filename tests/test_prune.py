@@ -535,3 +535,12 @@ def test_every_process_of_a_distributed_prune_cuts_what_the_main_process_chose(t
     own = tiny(layers=2, seed=1)  # what process 1 would have cut alone: not the same units
     P.prune(own, cfg(heads=0.5, ffn=0.5, importance="l1"), seq_len=32)
     assert [[s.heads, s.ffn] for s in P.provenance(own).layers] != main
+
+
+def test_a_recovery_with_no_loss_is_refused_when_read():
+    """recover with kd_weight 0 and hard_label_weight 0 trained every step on a zero loss (AdamW's weight decay alone
+    moved the weights), silently. Refused when the recipe is read; recover: null is how to prune without recovery."""
+    with pytest.raises(CompressError, match=r"prune\.recover: kd_weight and hard_label_weight are both 0.*recover: null"):
+        from_dict(PruneConfig, {"heads": 0.5, "recover": {"kd_weight": 0.0, "hard_label_weight": 0.0}}, where="prune")
+    assert from_dict(PruneConfig, {"heads": 0.5, "recover": {"kd_weight": 0.0}}, where="prune").recover.kd_weight == 0
+    assert from_dict(PruneConfig, {"heads": 0.5, "recover": None}, where="prune").recover is None
