@@ -544,3 +544,27 @@ def test_a_recovery_with_no_loss_is_refused_when_read():
         from_dict(PruneConfig, {"heads": 0.5, "recover": {"kd_weight": 0.0, "hard_label_weight": 0.0}}, where="prune")
     assert from_dict(PruneConfig, {"heads": 0.5, "recover": {"kd_weight": 0.0}}, where="prune").recover.kd_weight == 0
     assert from_dict(PruneConfig, {"heads": 0.5, "recover": None}, where="prune").recover is None
+
+
+def test_a_resumed_prune_scores_and_cuts_on_the_process_device(tmp_path, tokenizer, monkeypatch):
+    """The model of the newest finished step is loaded (on the CPU) and must go to the process's device before the
+    next step scores, cuts and measures it (it stayed on the CPU: on GPU machines the resumed steps ran there)."""
+    import compress.prune_stage as PS
+
+    model = tiny(layers=2)
+    P.prune(model, cfg(heads=0.25, importance="l1"))
+    PS._save_finished_step(model, tokenizer, [{"step": 1}], tmp_path / "done-step-1")
+    seen = []
+
+    def score(m, method, batches=None):
+        seen.append(next(m.parameters()).device.type)
+        raise KeyboardInterrupt  # enough: where the step scores
+
+    monkeypatch.setattr(PS, "process_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(PS.P, "score", score)
+    with pytest.raises(KeyboardInterrupt):
+        PS.prune_with_recovery(P.load_pruned(tmp_path / "done-step-1")[0], cfg(heads=0.5, steps=2, importance="l1"),
+                               train=None, holdout=None, dev=None, collator=None, spec=None,
+                               logits=torch.zeros(4, 2), seed=0, seq_len=32, checkpoint_root=tmp_path,
+                               tokenizer=tokenizer)
+    assert seen == ["meta"]
