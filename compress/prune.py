@@ -40,7 +40,7 @@ import inspect
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -357,7 +357,7 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
         hidden = model_or_prov.config.hidden_size
     if len(scores.heads) != len(prov.layers) or len(scores.ffn) != len(prov.layers):
         raise CompressError(f"scores cover {len(scores.heads)} layers, the model has {len(prov.layers)}")
-    overrides = {layer_index(name, prov): o for name, o in (cfg.layers or {}).items()}
+    overrides = {layer_index(name, prov): _partway(o, fraction) for name, o in (cfg.layers or {}).items()}
     if cfg.keep_params is None and cfg.keep_macs is None:
         try:
             return _plan_ratios(prov, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction)
@@ -395,6 +395,12 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
         else:
             lo = mid
     return best[1]
+
+
+def _partway(override, fraction: float):
+    """A layer's override ``fraction`` of the way (its ratios scaled), as the global ratios are at each step."""
+    return replace(override, **{k: getattr(override, k) * fraction for k in ("heads", "ffn")
+                                if getattr(override, k) is not None})
 
 
 class _Empty(Exception):

@@ -568,3 +568,16 @@ def test_a_resumed_prune_scores_and_cuts_on_the_process_device(tmp_path, tokeniz
                                logits=torch.zeros(4, 2), seed=0, seq_len=32, checkpoint_root=tmp_path,
                                tokenizer=tokenizer)
     assert seen == ["meta"]
+
+
+def test_per_layer_overrides_are_reached_in_steps_like_the_global_ratios():
+    """An iterative schedule takes ``k/steps`` of the way to every ratio of the target, a layer's override included
+    (an override was cut in full at step 1, the rest of the model in steps)."""
+    model = tiny()
+    scores = P.score(model, "l1")
+    for scope in ("global", "per_layer"):
+        target = cfg(heads=0.5, ffn=0.5, scope=scope, steps=2, layers={"layer.0": {"heads": 0.5, "ffn": 0.75}})
+        half = P.plan(model, scores, target, fraction=0.5)
+        assert (len(half[0].heads), len(half[0].ffn)) == (3, 40)  # 4 x (1 - 0.25), 64 x (1 - 0.375)
+        full = P.plan(model, scores, target, fraction=1.0)
+        assert (len(full[0].heads), len(full[0].ffn)) == (2, 16)
