@@ -235,9 +235,11 @@ def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
     with a column per head, to the attention scores of every layer: traced as is, that sum couples every layer's
     q/k channels with each other and with the embedding's columns (channel indices that mean nothing there). The
     graph is traced with the bias detached, so a head group is its layer's q/k/v rows and output columns, as in BERT;
-    each layer then takes its kept heads' rows of the bias (`select_bias_heads`)."""
+    each layer then takes its kept heads' rows of the bias (`select_bias_heads`). torch-pruning traces in eval mode
+    and leaves the model there: every module gets its own mode back."""
     encoder = getattr(getattr(model, "base_model", model), "encoder", None)
     compute = getattr(encoder, "compute_position_bias", None)
+    modes = [(m, m.training) for m in model.modules()]
     if compute is not None:
         encoder.compute_position_bias = lambda *a, **k: compute(*a, **k).detach()
     try:
@@ -246,6 +248,8 @@ def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
     finally:
         if compute is not None:
             del encoder.compute_position_bias  # the class's method again
+        for m, training in modes:
+            m.training = training
 
 
 def _take_bias_heads(module: nn.Module, args: tuple, kwargs: dict):

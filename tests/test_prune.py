@@ -581,3 +581,19 @@ def test_per_layer_overrides_are_reached_in_steps_like_the_global_ratios():
         assert (len(half[0].heads), len(half[0].ffn)) == (3, 40)  # 4 x (1 - 0.25), 64 x (1 - 0.375)
         full = P.plan(model, scores, target, fraction=1.0)
         assert (len(full[0].heads), len(full[0].ffn)) == (2, 16)
+
+
+def test_scoring_and_cutting_leave_the_model_in_the_mode_it_was_in(sst2):
+    """torch-pruning's tracing switches the model to eval mode and leaves it there: a model in training scored or cut
+    came back in eval mode (dropout off), though `score` means to put the mode back."""
+    train, _, collator = sst2
+    model = tiny(layers=2).train()
+    P.score(model, "l1")
+    assert model.training
+    P.score(model, "taylor", [collator([train[i] for i in range(8)])])
+    assert model.training
+    P.prune(model, cfg(heads=0.5, importance="l2"))
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    P.score(model, "taylor", [collator([train[i] for i in range(8)])])
+    assert not model.training
