@@ -357,7 +357,7 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     """What every current layer keeps after pruning ``fraction`` of the way to ``cfg``'s target (iterative steps
     use 1/steps, 2/steps, ...); ``None`` for a layer to drop. Ratios count units of the unpruned model."""
     prov = model_or_prov if isinstance(model_or_prov, Provenance) else provenance(model_or_prov)
-    if hidden is None:
+    if hidden is None and not isinstance(model_or_prov, Provenance):
         hidden = model_or_prov.config.hidden_size
     if len(scores.heads) != len(prov.layers) or len(scores.ffn) != len(prov.layers):
         raise CompressError(f"scores cover {len(scores.heads)} layers, the model has {len(prov.layers)}")
@@ -369,6 +369,8 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
             raise CompressError(f"prune.{e.kind}: this target removes every {e.unit} of every layer; keep some "
                                 f"(a smaller ratio)") from None
     which, budget = ("params", cfg.keep_params) if cfg.keep_params is not None else ("macs", cfg.keep_macs)
+    if hidden is None:
+        raise CompressError(f"prune.keep_{which}: planning a budget from a pruning record needs the hidden size")
     k = 0 if which == "params" else 1
     full = encoder_cost(prov, hidden, seq_len, [LayerState(i, list(range(prov.num_heads)),
                                                            list(range(prov.intermediate_size)))

@@ -597,3 +597,15 @@ def test_scoring_and_cutting_leave_the_model_in_the_mode_it_was_in(sst2):
     model.eval()
     P.score(model, "taylor", [collator([train[i] for i in range(8)])])
     assert not model.training
+
+
+def test_plan_takes_a_pruning_record_as_well_as_a_model():
+    """`plan` is pure: given the record (`Provenance`) instead of the model it plans the same (it failed with an
+    AttributeError on ``Provenance.config`` whatever the target)."""
+    model = tiny()
+    scores = P.score(model, "l1")
+    prov = P.provenance(model)
+    assert P.plan(prov, scores, cfg(heads=0.5, ffn=0.25)) == P.plan(model, scores, cfg(heads=0.5, ffn=0.25))
+    assert P.plan(prov, scores, cfg(keep_macs=0.5), hidden=32) == P.plan(model, scores, cfg(keep_macs=0.5))
+    with pytest.raises(CompressError, match="needs the hidden size"):
+        P.plan(prov, scores, cfg(keep_macs=0.5))
