@@ -273,8 +273,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     write_json(out / "layers.json", {"layers": layer_rows, "totals": totals})
     (out / "layers.md").write_text(layer_markdown(layer_rows, totals, ml), encoding="utf-8")
     prov = P.provenance(model)
+    recovery_rows = len(rows) if cfg.recover is not None else 0  # recover: null trains on nothing
     write_json(out / "pruning.json", {"source": source, "source_folder": str(folder), "provenance": prov.to_dict(),
-                                      "recovery_logits": logits_from, "recovery_rows": len(rows),
+                                      "recovery_logits": logits_from, "recovery_rows": recovery_rows,
                                       "steps": history})
     metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
     if len(holdout):
@@ -284,4 +285,4 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],
                         "mac_seq_len": ml, "speedup_macs": round(macs_before / totals["macs_after"], 3),
                         "layers": layer_rows, "recovery_logits": logits_from,
-                        "recovery_rows": len(rows) if cfg.recover is not None else 0, "steps": history}}
+                        "recovery_rows": recovery_rows, "steps": history}}

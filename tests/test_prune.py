@@ -609,3 +609,27 @@ def test_plan_takes_a_pruning_record_as_well_as_a_model():
     assert P.plan(prov, scores, cfg(keep_macs=0.5), hidden=32) == P.plan(model, scores, cfg(keep_macs=0.5))
     with pytest.raises(CompressError, match="needs the hidden size"):
         P.plan(prov, scores, cfg(keep_macs=0.5))
+
+
+def test_prune_without_recovery_records_no_recovery_rows(tiny_bert_dir, tmp_path):
+    """``recover: null``: nothing was trained, and pruning.json says so as the manifest does (it recorded every
+    training row as recovery rows)."""
+    import json
+    import shutil
+
+    import compress.prune_stage as PS
+    from compress.config import load_recipe
+
+    shutil.copytree(tiny_bert_dir, tmp_path / "teacher" / "model")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 32, max_eval_samples: 16, holdout: 0.0}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 1}}
+prune: {{heads: 0.25, importance: l1, recover: null}}
+""")
+    (tmp_path / "out").mkdir()
+    done = PS.run(load_recipe(path), tmp_path / "out", {"teacher": tmp_path / "teacher"})
+    record = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert done["pruning"]["recovery_rows"] == record["recovery_rows"] == 0 and record["recovery_logits"] is None
