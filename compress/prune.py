@@ -466,14 +466,20 @@ def apply(model: nn.Module, new_layers: list[Optional[LayerState]]) -> Provenanc
     layers = encoder_layers(model)
     if len(new_layers) != len(layers):
         raise CompressError(f"a pruning plan for {len(new_layers)} layers does not fit a model with {len(layers)}")
-    dg = dependency_graph(model)
-    d = prov.head_size
-    for layer, old, new in zip(layers, prov.layers, new_layers):
+    for old, new in zip(prov.layers, new_layers):  # the whole plan is checked before anything is cut
         if new is None:
             continue
         if not set(new.heads) <= set(old.heads) or not set(new.ffn) <= set(old.ffn) or not new.heads or not new.ffn:
             raise CompressError(f"layer {old.source}: a plan may only remove heads/neurons, and must keep at least one"
                                 " of each in a layer it keeps")
+    kept = [i for i, new in enumerate(new_layers) if new is not None]
+    if not kept:
+        raise CompressError("prune: this plan drops every layer")
+    dg = dependency_graph(model)
+    d = prov.head_size
+    for layer, old, new in zip(layers, prov.layers, new_layers):
+        if new is None:
+            continue
         heads = [p for p, h in enumerate(old.heads) if h not in set(new.heads)]
         if heads:
             channels = [p * d + j for p in heads for j in range(d)]
@@ -484,9 +490,6 @@ def apply(model: nn.Module, new_layers: list[Optional[LayerState]]) -> Provenanc
             group = dg.get_pruning_group(layer.intermediate.dense, tp.prune_linear_out_channels, neurons)
             group.prune()
         _rewrite_layer(layer, len(new.heads), d, set(range(prov.num_heads)) - set(new.heads))
-    kept = [i for i, new in enumerate(new_layers) if new is not None]
-    if not kept:
-        raise CompressError("prune: this plan drops every layer")
     if len(kept) < len(layers):
         base = getattr(model, "base_model", model)
         base.encoder.layer = nn.ModuleList([layers[i] for i in kept])

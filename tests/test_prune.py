@@ -633,3 +633,19 @@ prune: {{heads: 0.25, importance: l1, recover: null}}
     done = PS.run(load_recipe(path), tmp_path / "out", {"teacher": tmp_path / "teacher"})
     record = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert done["pruning"]["recovery_rows"] == record["recovery_rows"] == 0 and record["recovery_logits"] is None
+
+
+def test_a_plan_refused_by_apply_leaves_the_model_as_it_was():
+    """A plan with one bad layer is refused before anything is cut (the layers before it were cut and the error
+    left a model whose weights no longer matched its bookkeeping)."""
+    model = tiny()
+    x = batch()
+    before = logits(model, x)
+    bad = [P.LayerState(0, [0, 1], list(range(FFN))), P.LayerState(1, [2], list(range(32))),
+           P.LayerState(2, [], list(range(FFN)))]
+    with pytest.raises(CompressError, match="layer 2: a plan may only remove"):
+        P.apply(model, bad)
+    assert torch.equal(logits(model, x), before) and P.provenance(model) == P.provenance(tiny())
+    with pytest.raises(CompressError, match="drops every layer"):
+        P.apply(model, [None, None, None])
+    assert torch.equal(logits(model, x), before)
