@@ -472,6 +472,9 @@ def apply(model: nn.Module, new_layers: list[Optional[LayerState]]) -> Provenanc
         if not set(new.heads) <= set(old.heads) or not set(new.ffn) <= set(old.ffn) or not new.heads or not new.ffn:
             raise CompressError(f"layer {old.source}: a plan may only remove heads/neurons, and must keep at least one"
                                 " of each in a layer it keeps")
+    # recorded as the weights keep them: in original order, once each (torch-pruning never reorders rows)
+    new_layers = [None if new is None else LayerState(old.source, sorted(set(new.heads)), sorted(set(new.ffn)))
+                  for old, new in zip(prov.layers, new_layers)]
     kept = [i for i, new in enumerate(new_layers) if new is not None]
     if not kept:
         raise CompressError("prune: this plan drops every layer")

@@ -649,3 +649,18 @@ def test_a_plan_refused_by_apply_leaves_the_model_as_it_was():
     with pytest.raises(CompressError, match="drops every layer"):
         P.apply(model, [None, None, None])
     assert torch.equal(logits(model, x), before)
+
+
+def test_a_plan_in_any_order_is_recorded_in_the_weights_order():
+    """torch-pruning keeps the remaining rows in their original order; the record (and MPNet's per-layer position
+    bias rows taken from it) must too, whatever order or repeats the plan lists (the plan's order was recorded: the
+    bias of head 3 was added to head 0's scores, and a repeated head broke the record's check after the cut)."""
+    model, x = tiny_mpnet(), mpnet_batch()
+    ref = copy.deepcopy(model)
+    P.apply(model, [P.LayerState(0, [3, 0, 3], list(range(FFN))[::-1]), P.LayerState(1, [1], list(range(FFN))),
+                    P.LayerState(2, list(range(HEADS)), list(range(FFN)))])
+    head_mask = torch.ones(3, HEADS)
+    head_mask[0, [1, 2]] = 0
+    head_mask[1, [0, 2, 3]] = 0
+    assert P.provenance(model).layers[0].heads == [0, 3] and P.provenance(model).layers[0].ffn == list(range(FFN))
+    assert (logits(model, x) - ref(**x, head_mask=head_mask).logits.detach()).abs().max() <= 1e-6
