@@ -137,9 +137,15 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
         print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")
     for step in range(start, cfg.steps):
         fraction = (step + 1) / cfg.steps
+        scores_file = (checkpoint_root / f"step-{step + 1}.scores.pt" if checkpoint_root is not None
+                       and cfg.recover is not None and logits is not None and cfg.recover.checkpoint_every else None)
+        saved = _saved_scores(scores_file)
         batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
-                   if cfg.importance == "taylor" else None)
-        scores = from_main_process(P.score(model, cfg.importance, batches))  # every process cuts the same units
+                   if cfg.importance == "taylor" and saved is None else None)
+        # every process cuts the same units; a step resumed mid-recovery cuts the ones its checkpoint was trained with
+        scores = from_main_process(saved if saved is not None else P.score(model, cfg.importance, batches))
+        if scores_file is not None and saved is None:
+            main_process_writes(lambda: _save_scores(scores, scores_file))
         P.prune(model, cfg, scores=scores, fraction=fraction, seq_len=seq_len)
         record = {"step": step + 1, "fraction": fraction, "params": count_params(model),
                   "macs": P.model_macs(model, seq_len),
@@ -171,6 +177,27 @@ def _save_finished_step(model, tokenizer, history: list[dict], folder: Path) -> 
     for older in folder.parent.glob("done-step-*"):  # only the newest is ever resumed from
         if older != folder:
             shutil.rmtree(older, ignore_errors=True)
+    for scores in folder.parent.glob("step-*.scores.pt"):  # the finished steps' scores: never read again
+        number = scores.name[len("step-"):-len(".scores.pt")]
+        if number.isdigit() and int(number) <= len(history):
+            scores.unlink(missing_ok=True)
+
+
+def _save_scores(scores: P.Scores, path: Path) -> None:
+    """A step's importance scores beside its recovery checkpoints (written aside and renamed): a rerun after a crash
+    in that step's recovery cuts the same units again, whatever scoring on other kernels or thread counts would rank
+    now (near-ties), so the checkpoint's weights fit the model and the record names the units they belong to."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"heads": [t.detach().cpu() for t in scores.heads], "ffn": [t.detach().cpu() for t in scores.ffn]}, tmp)
+    tmp.replace(path)
+
+
+def _saved_scores(path: Optional[Path]) -> Optional[P.Scores]:
+    """The scores `_save_scores` wrote for this step, if any."""
+    if path is None or not path.is_file():
+        return None
+    data = torch.load(path, weights_only=True)
+    return P.Scores(heads=data["heads"], ffn=data["ffn"])
 
 
 def _finished_step(checkpoint_root: Optional[Path], steps: int) -> Optional[tuple[int, Path]]:

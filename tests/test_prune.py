@@ -664,3 +664,36 @@ def test_a_plan_in_any_order_is_recorded_in_the_weights_order():
     head_mask[1, [0, 2, 3]] = 0
     assert P.provenance(model).layers[0].heads == [0, 3] and P.provenance(model).layers[0].ffn == list(range(FFN))
     assert (logits(model, x) - ref(**x, head_mask=head_mask).logits.detach()).abs().max() <= 1e-6
+
+
+def test_a_step_resumed_mid_recovery_cuts_the_units_its_checkpoint_was_trained_with(tmp_path, monkeypatch):
+    """A rerun after a crash in a step's recovery scored the model again and cut what it ranked now; the recovery
+    checkpoint it then resumed from holds weights of the units the first run cut. Scores that rank otherwise (GPU
+    kernels, another thread count: near-ties) made the checkpoint fail to load or, with the same counts per layer,
+    load onto other units under a record naming the wrong ones. The step's scores are kept beside its checkpoints."""
+    import types
+
+    import compress.prune_stage as PS
+
+    def fit(*args, **kwargs):
+        raise KeyboardInterrupt  # the crash, during the step's recovery
+
+    def run(model):
+        with pytest.raises(KeyboardInterrupt):
+            PS.prune_with_recovery(model, cfg(heads=0.5, ffn=0.5, importance="l1",
+                                              recover={"max_steps": 4, "checkpoint_every": 1}),
+                                   train=None, holdout=[], dev=None, collator=None,
+                                   spec=types.SimpleNamespace(is_regression=False), logits=torch.zeros(4, 2), seed=0,
+                                   seq_len=32, checkpoint_root=tmp_path)
+        return [[s.heads, s.ffn] for s in P.provenance(model).layers]
+
+    monkeypatch.setattr(PS, "fit", fit)
+    monkeypatch.setattr(PS, "evaluate", lambda *a, **k: {})
+    first = run(tiny(layers=2))
+    assert (tmp_path / "step-1.scores.pt").is_file()
+    real_score = P.score
+    monkeypatch.setattr(PS.P, "score", lambda *a, **k: P.Scores(*[[-t for t in ts] for ts in
+                                                                    (lambda s: (s.heads, s.ffn))(real_score(*a, **k))]))
+    assert run(tiny(layers=2)) == first
+    (tmp_path / "step-1.scores.pt").unlink()  # what the rerun ranks now: other units
+    assert run(tiny(layers=2)) != first
