@@ -49,7 +49,9 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
     fusion), except for a static int8 (QDQ) model: at the basic level its QuantizeLinear/DequantizeLinear pairs stay
     unfused, and the .ort then dequantized every weight, the embedding table included, on every run (15.9 ms a run
     against the .onnx's 0.97 for a quickstart static model); the extended level fuses them into the int8 kernels the
-    .onnx runs (1.05 ms, same logits: scripts/ort_format_speed.py)."""
+    .onnx runs (1.05 ms, same logits: scripts/ort_format_speed.py). `SLOW_FUSIONS` are left out, as in every session
+    (a session loading the .ort does not redo or undo its optimisations: the extended level's SkipLayerNormalization
+    would otherwise be baked into every static .ort)."""
     import onnx
     import onnxruntime as ort
 
@@ -60,6 +62,6 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     options.optimized_model_filepath = str(dst)
     options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS))
     return Path(dst)
 

@@ -494,3 +494,19 @@ def test_reduce_range_quantizes_weights_to_7_bits_in_both_modes(tmp_path, tiny_m
     for mode in ("dynamic", "static"):
         assert ranges[True, mode][0] >= -64 and ranges[True, mode][1] <= 64, ranges
         assert ranges[False, mode][0] < -64 or ranges[False, mode][1] > 64, ranges
+
+
+def test_ort_format_of_a_static_model_leaves_out_the_slow_fusion(tmp_path, tiny_model, sst2):
+    """The .ort file bakes ORT's optimisations in (extended level for a QDQ model, to fuse its int8 kernels), and a
+    session loading it does not redo them: the fusions our sessions disable (`SLOW_FUSIONS`: SkipLayerNormalization,
+    a slow CPU kernel) must be left out of the conversion too, or every shipped .ort runs the slow kernel."""
+    from compress.ort_session import to_ort_format
+    from compress.quantize import StaticQuantizer, preprocess_for_static
+
+    _, train, _ = sst2
+    src = preprocess_for_static(export_onnx(tiny_model, tmp_path / "model.onnx"), tmp_path / "pre.onnx")
+    cfg = from_dict(QuantizeConfig, {"modes": ["static"], "calibration": {"samples": 8}})
+    static = StaticQuantizer(src, cfg, train.select(range(8)), tmp_path)(tmp_path / "int8_static.onnx")
+    ort_file = to_ort_format(static, tmp_path / "int8_static.ort")
+    assert b"QLinearMatMul" in ort_file.read_bytes() or b"QGemm" in ort_file.read_bytes()  # int8 kernels fused
+    assert b"SkipLayerNormalization" not in ort_file.read_bytes()
