@@ -543,7 +543,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                      "tries": res.tries, "sensitivity": {k: float(f"{v:.4g}") for k, v in res.sensitivity.items()},
                      "sensitivity_groups": {k: float(f"{v:.4g}") for k, v in res.sensitivity_groups.items()},
                      "sensitivity_runs": res.sensitivity_runs,
-                     "settings": _settings(cfg, mode), **compact}
+                     "settings": _settings(cfg, mode, fused=src != fp32), **compact}
             if cfg.ort_format:
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
@@ -555,11 +555,13 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
     return record
 
 
-def _settings(cfg: QuantizeConfig, mode: str) -> dict:
+def _settings(cfg: QuantizeConfig, mode: str, fused: bool = False) -> dict:
+    """The int8 settings of ``mode`` as recorded; ``fused``: dynamic int8 started from the ORT-fused graph (not so
+    when ``cfg.optimize`` is on but nothing fused or the fused graph failed its parity check)."""
     base = {"mode": mode, "per_channel": cfg.per_channel, "weight_type": cfg.weight_type,
             "reduce_range": cfg.reduce_range, "guard_prefer": cfg.guard_prefer}
     if mode == "dynamic":
-        return {**base, "activation_type": "quint8 (dynamic)", "op_types": DYNAMIC_OPS, "fused_graph": cfg.optimize}
+        return {**base, "activation_type": "quint8 (dynamic)", "op_types": DYNAMIC_OPS, "fused_graph": fused}
     return {**base, "activation_type": cfg.activation_type, "format": cfg.format, "op_types": STATIC_OPS,
             "calibration": {"method": cfg.calibration.method, "samples": cfg.calibration.samples,
                             "percentile": cfg.calibration.percentile}}

@@ -510,3 +510,21 @@ def test_ort_format_of_a_static_model_leaves_out_the_slow_fusion(tmp_path, tiny_
     ort_file = to_ort_format(static, tmp_path / "int8_static.ort")
     assert b"QLinearMatMul" in ort_file.read_bytes() or b"QGemm" in ort_file.read_bytes()  # int8 kernels fused
     assert b"SkipLayerNormalization" not in ort_file.read_bytes()
+
+
+def test_dynamic_settings_say_the_plain_graph_when_the_fused_one_was_refused(tmp_path, tiny_model, sst2, monkeypatch):
+    """optimize: true, but the fused graph failed its parity check: dynamic int8 starts from the plain export, and its
+    recorded settings must say so (they said fused_graph: true, from the config alone)."""
+    import compress.quantize as Q
+
+    def not_exact(src, dst, *args, **kwargs):
+        raise CompressError(f"{dst} parity check failed")
+
+    monkeypatch.setattr(Q, "optimize_checked", not_exact)
+    dev, train, collator = sst2
+    rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], max_drop=100.0, ort_format=False), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(4)))
+    entry = rec["int8"]["dynamic"]
+    assert "fp32_opt" not in rec and entry["source"] == "model.onnx"
+    assert entry["settings"]["fused_graph"] is False
