@@ -21,11 +21,13 @@ Writes ``model.onnx`` (fp32), ``model_opt.onnx`` (fused fp32), ``int8_<mode>.onn
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import io
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -227,6 +229,23 @@ def preprocess_for_static(src: Path, dst: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the guard
+def _move(src: Path, dst: Path) -> None:
+    """Put the scratch file ``src`` in place of ``dst``: a rename, or, when the scratch folder is on another file
+    system (os.replace fails: "Invalid cross-device link"), a copy beside ``dst`` renamed onto it."""
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        src.unlink()
+
+
 @dataclass
 class GuardResult:
     path: Path
@@ -400,7 +419,7 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
                 if base - points(m2) <= max_drop:
                     os.replace(again, trial)
                     excluded, metrics, drop = fewer, m2, base - points(m2)
-            os.replace(trial, dst)
+            _move(trial, dst)
             if len(excluded) == total:
                 return result(False, excluded, metrics, drop,
                               "within budget only with every quantizable node in fp32 (no int8 left)")
@@ -429,7 +448,7 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
                       "drop": round(drop, 4)})
     if drop > max_drop:
         return {"row_int8_tables": [], "row_int8_note": f"int8 rows lost {drop:.2f} points: tables left fp32"}
-    os.replace(trial, dst)
+    _move(trial, dst)
     res.metrics, res.drop = metrics, drop
     return {"row_int8_tables": tables}
 

@@ -20,6 +20,7 @@ from compress.quantize import (DYNAMIC_OPS, guard, lookup_nodes, quantizable_nod
                                quantize_model, source_model)
 from conftest import tiny_bert_config
 from compress.config import TaskConfig
+from pathlib import Path
 
 
 @pytest.fixture(scope="module")
@@ -528,3 +529,37 @@ def test_dynamic_settings_say_the_plain_graph_when_the_fused_one_was_refused(tmp
     entry = rec["int8"]["dynamic"]
     assert "fp32_opt" not in rec and entry["source"] == "model.onnx"
     assert entry["settings"]["fused_graph"] is False
+
+
+def _other_file_system(path: Path) -> Path | None:
+    """A writable folder on another file system than ``path`` (/dev/shm, a tmpfs), else None."""
+    import os
+
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev:
+        return shm
+    return None
+
+
+def test_guard_publishes_from_a_scratch_folder_on_another_file_system(tmp_path):
+    """The stage's scratch folder (the guard's tries) is in the system's temporary folder, the guarded model in the
+    run folder: often two file systems (a tmpfs /tmp). The chosen try was moved there with os.replace, which fails
+    across them: "Invalid cross-device link"."""
+    import tempfile
+
+    shm = _other_file_system(tmp_path)
+    if shm is None:
+        pytest.skip("no second file system to put the scratch folder on")
+
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    def score(path):  # within budget once mm1 is kept fp32
+        return {"accuracy": 0.90 if "mm1" in json.loads(path.read_text()) else 0.88}
+
+    with tempfile.TemporaryDirectory(dir=shm) as scratch:
+        result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, ["mm1", "mm2"],
+                       lambda nodes: 1.0 if "mm1" in nodes else 0.1, 0.5, Path(scratch))
+    assert result.shippable and result.excluded == ["mm1"]
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == ["mm1"]
