@@ -90,15 +90,18 @@ LOOKUP_OPS = ("Gather", "EmbedLayerNormalization")
 """Quantized only when they read a weight table (the embeddings), not the many index Gathers of shape arithmetic."""
 
 
-def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
+def quantizable_nodes(path: Path, op_types: list[str], weights_only: bool = False) -> list[str]:
     """Names of the nodes that int8 changes: every matmul-like node of ``op_types`` (those between two activations,
-    QK^T and attention x V, too) and the lookups of a weight table."""
+    QK^T and attention x V, too, unless ``weights_only``) and the lookups of a weight table. ``weights_only``: a MatMul
+    only with a weight (an initializer) as its second input, as dynamic int8 (ORT's ``MatMulConstBOnly``) quantizes."""
     model = onnx.load(str(path), load_external_data=False)
     # a table is a float matrix; a Gather of shape arithmetic reads an int64 index initializer (the graph
     # quant_pre_process folds for static int8 has many), which int8 leaves alone
     tables = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
+    weights = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type in op_types
-            and (n.op_type not in LOOKUP_OPS or any(i in tables for i in n.input))]
+            and (n.op_type not in LOOKUP_OPS or any(i in tables for i in n.input))
+            and not (weights_only and n.op_type == "MatMul" and n.input[1] not in weights)]
 
 
 def lookup_nodes(path: Path) -> list[str]:
@@ -550,7 +553,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
 
             dst = out / f"int8_{mode}.onnx"
             lookups = lookup_nodes(src)
-            res = guard(make, dst, score, guard_fp32, quantizable_nodes(src, ops), sensitivity,
+            candidates = quantizable_nodes(src, ops, weights_only=mode == "dynamic")
+            res = guard(make, dst, score, guard_fp32, candidates, sensitivity,
                         cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else ())
             compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop)
             metrics, guarded = res.metrics, {}

@@ -563,3 +563,36 @@ def test_guard_publishes_from_a_scratch_folder_on_another_file_system(tmp_path):
                        lambda nodes: 1.0 if "mm1" in nodes else 0.1, 0.5, Path(scratch))
     assert result.shippable and result.excluded == ["mm1"]
     assert json.loads((tmp_path / "int8.onnx").read_text()) == ["mm1"]
+
+
+def _int8_ops(path) -> list[str]:
+    """The quantized operators of an ONNX file (ORT also rewrites every Gemm to MatMul + Add, quantized or not)."""
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path)).graph.node
+            if "quant" in n.op_type.lower() or "Integer" in n.op_type or n.op_type.startswith("Q")]
+
+
+def test_dynamic_guard_candidates_are_the_nodes_dynamic_int8_changes(tmp_path, sst2, monkeypatch):
+    """Dynamic int8 (ORT's MatMulConstBOnly) leaves a MatMul of two activations (QK^T, attention x V: in the plain
+    graph, and in an MPNet graph even fused) fp32. As guard candidates they cost a sensitivity run each for nothing,
+    and, counted among the nodes kept fp32, let a model with no int8 node left pass as shippable: a 4-layer BERT's
+    plain graph has 29 such nodes and 8 more, and 32 kept fp32 are "32 of 37"."""
+    import compress.quantize as Q
+
+    dev, train, collator = sst2
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(initializer_range=0.2, num_hidden_layers=4)).eval()
+    real = Q.score_shipped
+
+    def score_shipped(path, *args):  # only the fp32 graph is within the budget of 0 points
+        metrics = real(path, *args)
+        return {k: v - 0.05 for k, v in metrics.items()} if _int8_ops(path) else metrics
+
+    monkeypatch.setattr(Q, "score_shipped", score_shipped)
+    rec = quantize_model(model, dev, np.asarray(dev["label"]), ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], optimize=False, max_drop=0.0, ort_format=False), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(4)))
+    entry = rec["int8"]["dynamic"]
+    assert not _int8_ops(tmp_path / entry["file"]) and not entry["shippable"], entry["guard"]
+    assert not [n for n in entry["sensitivity"] if n.endswith(("self/MatMul", "self/MatMul_1"))]
