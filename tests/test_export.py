@@ -73,7 +73,9 @@ def test_ort_fusions_on_pruned_shapes_keep_parity(tmp_path, dev_rows, caplog):
     with caplog.at_level(logging.WARNING):
         stats = optimize_onnx(plain, tmp_path / "pruned_opt.onnx")
     assert not [r for r in caplog.records if "hidden size" in r.getMessage()]  # pruned widths are meant to differ
-    assert stats.get("Attention") == 2 and stats.get("LayerNormalization") == 4
+    assert stats == {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2}  # what it added, not what was there
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pruned_opt.onnx")).graph.node]
+    assert ops.count("LayerNormalization") == 4  # kept, not fused into SkipLayerNormalization
     assert "SkipLayerNormalization" not in stats  # slow CPU kernel (compress.export.SLOW_FUSIONS)
     check_parity(predict(model, ds, collator), onnx_predict(session(tmp_path / "pruned_opt.onnx"), ds, collator))
 
@@ -142,3 +144,22 @@ def test_export_traces_with_inputs_on_the_models_device():
     assert on_cpu["attention_mask"][1, 6:].sum() == 0 and on_cpu["attention_mask"][0].all()
     moved = example_inputs(model.to("meta"))
     assert all(t.device.type == "meta" for t in moved.values())
+
+
+def test_a_graph_the_optimizer_fuses_nothing_in_is_not_kept_as_fused(tmp_path, dev_rows):
+    """The optimizer's statistics count the LayerNormalization nodes the export already has (opset 17): an MPNet with
+    ReLU (no Attention or BiasGelu pattern) fused nothing, yet its copy was kept and recorded as the fused graph
+    ({"LayerNormalization": 5}). Only what the optimizer added counts."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from compress.export import optimize_checked
+
+    ds, collator = dev_rows
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(
+        vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, hidden_act="relu")).eval()
+    plain = export_onnx(model, tmp_path / "mpnet.onnx")
+    ref = onnx_predict(session(plain), ds, collator)
+    assert optimize_checked(plain, tmp_path / "mpnet_opt.onnx", "mpnet", ref, ds, collator) == ({}, None)
+    assert not (tmp_path / "mpnet_opt.onnx").exists()
