@@ -501,6 +501,7 @@ def test_ort_format_of_a_static_model_leaves_out_the_slow_fusion(tmp_path, tiny_
     """The .ort file bakes ORT's optimisations in (extended level for a QDQ model, to fuse its int8 kernels), and a
     session loading it does not redo them: the fusions our sessions disable (`SLOW_FUSIONS`: SkipLayerNormalization,
     a slow CPU kernel) must be left out of the conversion too, or every shipped .ort runs the slow kernel."""
+    from compress.export import optimize_onnx
     from compress.ort_session import to_ort_format
     from compress.quantize import StaticQuantizer, preprocess_for_static
 
@@ -511,6 +512,11 @@ def test_ort_format_of_a_static_model_leaves_out_the_slow_fusion(tmp_path, tiny_
     ort_file = to_ort_format(static, tmp_path / "int8_static.ort")
     assert b"QLinearMatMul" in ort_file.read_bytes() or b"QGemm" in ort_file.read_bytes()  # int8 kernels fused
     assert b"SkipLayerNormalization" not in ort_file.read_bytes()
+    # a dynamic model of the fused graph has DequantizeLinear (its quantized embeddings): converted the same way
+    fused = tmp_path / "model_opt.onnx"
+    optimize_onnx(tmp_path / "model.onnx", fused)
+    dynamic = to_ort_format(quantize_dynamic(fused, tmp_path / "int8_dynamic.onnx", cfg), tmp_path / "int8_dynamic.ort")
+    assert b"SkipLayerNormalization" not in dynamic.read_bytes()
 
 
 def test_dynamic_settings_say_the_plain_graph_when_the_fused_one_was_refused(tmp_path, tiny_model, sst2, monkeypatch):
