@@ -672,6 +672,9 @@ class QuantizeConfig:
             raise CompressError(f"{file}: {where}.sensitivity_rows: must be >= 1, got {self.sensitivity_rows}")
         if self.parity_atol <= 0 or not 0 < self.parity_min_agreement <= 1:
             raise CompressError(f"{file}: {where}: parity_atol must be > 0 and parity_min_agreement in (0, 1]")
+        if "static" in self.modes and self.activation_type == "qint8" and self.weight_type == "quint8":
+            raise CompressError(f"{file}: {where}.activation_type: qint8 activations need qint8 weights (onnxruntime "
+                                f"has no s8 x u8 kernels), got weight_type quint8")
 
 
 @dataclass

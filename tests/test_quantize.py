@@ -433,6 +433,10 @@ def test_source_model_prefers_newest(tmp_path, glue_dir):
     ({"modes": ["fp16"]}, r"quantize.modes\[0\]: expected one of"),
     ({"calibration": {"method": "kl"}}, "quantize.calibration.method: expected one of"),
     ({"calibration": {"samples": 0}}, "quantize.calibration.samples: must be >= 1"),
+    # ORT refuses s8 activations x u8 weights, but only once static int8 has calibrated, after export, parity,
+    # fusion and the whole dynamic mode, with its own ValueError: refused with the recipe instead
+    ({"activation_type": "qint8", "weight_type": "quint8"},
+     "quantize.activation_type: qint8 activations need qint8 weights"),
 ])
 def test_quantize_config_errors(section, message):
     with pytest.raises(CompressError, match=message):
