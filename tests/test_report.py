@@ -217,7 +217,8 @@ def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_
     # the bench's default order, series: 12 dev rows x 3 rounds
     assert [r["threads"] for r in dev] == [1] and dev[0]["runs"] == 36 and 0 < dev[0]["p50_ms"] < 500
     assert 0.0 <= art["metrics"]["accuracy"] <= 1.0 and art["size_bytes"] > 100_000
-    assert art["graph"] == "fused" and art["path"].endswith("teacher_fused.onnx")  # the exact fused fp32 graph
+    assert art["graph"] == "fused" and art["exported"] == "teacher_fused.onnx"  # the exact fused fp32 graph
+    assert art["path"] is None  # it was the scratch folder's, deleted after the pass
     assert set(measured["bench"]["artifacts"]) == {"onnx_fp32", "int8_dynamic"}  # re-timed in the same pass
     table = collect(run, extra=measured)
     rows = {r.name: r for r in table.rows}
