@@ -500,11 +500,12 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
     out = Path(out)
     torch_logits = predict(model, dev, collator)
     fp32 = export_onnx(model, out / "model.onnx")
-    parity = check_parity(torch_logits, onnx_predict(session(fp32), dev, collator), atol=cfg.parity_atol,
+    onnx_logits = onnx_predict(session(fp32), dev, collator)
+    parity = check_parity(torch_logits, onnx_logits, atol=cfg.parity_atol,
                           min_agreement=cfg.parity_min_agreement, what=str(fp32))
     record = {"scored_batch": SHIPPED_BATCH,  # int8 metrics: dev texts one at a time, as the bundle runs them
-              "fp32": {"file": fp32.name, "parity": parity.as_dict(),
-                       "metrics": compute_metrics(metric_names, torch_logits, labels)}}
+              "fp32": {"file": fp32.name, "parity": parity.as_dict(),  # the metrics of the file recorded
+                       "metrics": compute_metrics(metric_names, onnx_logits, labels)}}
     dynamic_src = fp32
     if cfg.optimize:  # dynamic int8 starts from the fused graph; the bench times it as fp32 fused
         try:  # nothing fused: no copy (it would help nothing)

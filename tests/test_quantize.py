@@ -606,3 +606,33 @@ def test_dynamic_guard_candidates_are_the_nodes_dynamic_int8_changes(tmp_path, s
     entry = rec["int8"]["dynamic"]
     assert not _int8_ops(tmp_path / entry["file"]) and not entry["shippable"], entry["guard"]
     assert not [n for n in entry["sensitivity"] if n.endswith(("self/MatMul", "self/MatMul_1"))]
+
+
+def test_the_fp32_record_scores_the_onnx_file_not_the_torch_model(tmp_path, tiny_model, sst2, monkeypatch):
+    """record["fp32"] names model.onnx, but its metrics (and the guard's baseline) were the torch model's logits,
+    which may differ from the file's on near-ties within the parity tolerance. They are the file's own now."""
+    import compress.quantize as Q
+
+    dev, train, collator = sst2
+    labels = np.asarray(dev["label"])
+    real = Q.onnx_predict
+    calls = []
+
+    def flipped_first(*args, **kwargs):  # stands in for an ONNX graph whose argmax differs from torch's
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            out = out.copy()
+            out[: len(out) // 2] *= -1
+        return out
+
+    monkeypatch.setattr(Q, "onnx_predict", flipped_first)
+    cfg = QuantizeConfig(modes=["dynamic"], max_drop=100.0, optimize=False, parity_atol=1.0e3,
+                         parity_min_agreement=0.1, ort_format=False)
+    rec = Q.quantize_model(tiny_model, dev, labels, ["accuracy"], collator, cfg, tmp_path, calib_rows=train,
+                           sens_rows=train.select(range(16)))
+    flipped = real(session(tmp_path / "model.onnx"), dev, collator)
+    flipped[: len(flipped) // 2] *= -1
+    onnx = Q.compute_metrics(["accuracy"], flipped, labels)
+    torch_metrics = Q.compute_metrics(["accuracy"], Q.predict(tiny_model, dev, collator), labels)
+    assert onnx != torch_metrics and rec["fp32"]["metrics"] == onnx
