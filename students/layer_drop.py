@@ -60,7 +60,24 @@ def drop_layers(model: torch.nn.Module, keep: list[int], *, what: str = "teacher
     student.config.num_hidden_layers = len(keep)
     if getattr(student.config, "layer_types", None) is not None:
         student.config.layer_types = [student.config.layer_types[i - 1] for i in keep]
+    _keep_pruning_fields(student.config, keep)
     return student
+
+
+def _keep_pruning_fields(config, keep: list[int]) -> None:
+    """Renumber the config's per-layer records of removed heads and neurons for the layers ``keep`` (1-based):
+    HF's ``pruned_heads`` (layer index -> heads) and `compress.prune`'s ``compress_layer_sizes`` and
+    ``compress_pruning`` (one entry per layer, each keeping its ``source`` in the unpruned numbering)."""
+    pruned = getattr(config, "pruned_heads", None)
+    if pruned:
+        pruned = {int(k): v for k, v in pruned.items()}
+        config.pruned_heads = {new: list(pruned[old - 1]) for new, old in enumerate(keep) if old - 1 in pruned}
+    if getattr(config, "compress_layer_sizes", None):
+        config.compress_layer_sizes = [config.compress_layer_sizes[i - 1] for i in keep]
+    if getattr(config, "compress_pruning", None):
+        record = dict(config.compress_pruning)
+        record["layers"] = [record["layers"][i - 1] for i in keep]
+        config.compress_pruning = record
 
 
 def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,
