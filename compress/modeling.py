@@ -58,13 +58,23 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected: the head is new
     try:  # a folder with a head for another label count (or regression) gets a fresh one, not a size-mismatch error
-        model_obj = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline,
-                                                                       ignore_mismatched_sizes=True)
+        model_obj, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, **offline, ignore_mismatched_sizes=True, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    misfits = [k for k in info.get("mismatched_keys") or [] if k.split(".")[0] != "classifier"]
+    if misfits:  # ignore_mismatched_sizes is for the head: an encoder weight would be re-initialised at random
+        raise CompressError(_misfit(model, misfits))
     if order:
         _reorder_head(model_obj, order, f"model {model!r}")
     return model_obj, tokenizer
+
+
+def _misfit(model: str, keys: list[str]) -> str:
+    """The one-line refusal of a model whose encoder weights have other shapes than its config.json gives."""
+    return (f"model {model!r}: its weights do not fit its config.json ({', '.join(keys[:2])}"
+            f"{' ...' if len(keys) > 2 else ''} of another shape); a model pruned to per-layer widths cannot be "
+            f"loaded here")
 
 
 def _head_names(config) -> list[str]:
@@ -104,10 +114,12 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model_obj, info = AutoModelForSequenceClassification.from_pretrained(source, config=config, **offline,
-                                                                             output_loading_info=True)
+        model_obj, info = AutoModelForSequenceClassification.from_pretrained(  # misfits listed, not a traceback
+            source, config=config, **offline, output_loading_info=True, ignore_mismatched_sizes=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if info.get("mismatched_keys"):  # the head's size was checked above: an encoder weight
+        raise CompressError(_misfit(model, list(info["mismatched_keys"])))
     new = sorted(info.get("missing_keys") or [])
     if new:
         raise CompressError(f"{where}: it has no trained classification head ({', '.join(new[:3])} would be new "

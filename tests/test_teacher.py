@@ -574,3 +574,22 @@ def test_a_bf16_fit_leaves_the_model_computing_in_fp32(tiny_bert_dir):
     again = fit(model, tokenize(data.train, tok, 32), collator, TrainConfig(epochs=1, batch_size=32, precision="bf16"),
                 seed=0)  # a second bf16 fit (the next pruning step's recovery) wraps and unwraps again
     assert again.steps == 1 and "forward" not in model.__dict__
+
+
+def test_a_folder_whose_encoder_weights_do_not_fit_its_config_is_refused_not_reinitialised(tiny_bert_dir, tmp_path):
+    """Only the task head may be replaced for being of another shape: encoder weights that transformers cannot place
+    (here a model pruned to per-layer FFN widths) were silently re-initialised at random (finetune) or a state_dict
+    traceback (finetune: false)."""
+    from compress import prune as P
+    from compress.config import PruneConfig, from_dict
+    from compress.data import GLUE_TASKS
+
+    model, tok = load_trained(tiny_bert_dir)
+    P.prune(model, from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.5, "importance": "l2"}, file="t.yaml",
+                             where="prune"))
+    assert len({s["ffn"] for s in model.config.compress_layer_sizes}) > 1
+    save(model, tok, tmp_path / "pruned")
+    for keep_head in (False, True):
+        with pytest.raises(CompressError, match=r"^model '.*pruned': its weights do not fit its config.json "
+                                                r"\(bert\.encoder\.layer\.\d\.intermediate\.dense\."):
+            load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
