@@ -65,9 +65,19 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     misfits = [k for k in info.get("mismatched_keys") or [] if k.split(".")[0] != "classifier"]
     if misfits:  # ignore_mismatched_sizes is for the head: an encoder weight would be re-initialised at random
         raise CompressError(_misfit(model, misfits))
+    _select_bias_heads(model_obj)
     if order:
         _reorder_head(model_obj, order, f"model {model!r}")
     return model_obj, tokenizer
+
+
+def _select_bias_heads(model_obj) -> None:
+    """A head-pruned MPNet adds only its kept heads' position bias (`compress.prune.select_bias_heads`, as
+    `load_trained` does); transformers' loading leaves the bias whole and the first forward fails."""
+    if getattr(model_obj.config, "pruned_heads", None) or getattr(model_obj.config, "compress_pruning", None):
+        from compress.prune import select_bias_heads
+
+        select_bias_heads(model_obj)
 
 
 def _misfit(model: str, keys: list[str]) -> str:
@@ -124,6 +134,7 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     if new:
         raise CompressError(f"{where}: it has no trained classification head ({', '.join(new[:3])} would be new "
                             f"weights); fine-tune it here instead (finetune: true)")
+    _select_bias_heads(model_obj)
     order = head_order(names, spec.labels)
     if order:
         _reorder_head(model_obj, order, where)

@@ -593,3 +593,27 @@ def test_a_folder_whose_encoder_weights_do_not_fit_its_config_is_refused_not_rei
         with pytest.raises(CompressError, match=r"^model '.*pruned': its weights do not fit its config.json "
                                                 r"\(bert\.encoder\.layer\.\d\.intermediate\.dense\."):
             load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
+
+
+def test_a_head_pruned_mpnet_folder_loads_for_the_task_computing_as_saved(tmp_path, tokenizer):
+    """A uniformly pruned MPNet (stock from_pretrained rebuilds its shapes) as a teacher or student init: each layer
+    adds only its kept heads' position bias, as `load_trained` does; it failed in its first forward."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from compress import prune as P
+    from compress.config import PruneConfig, from_dict
+    from compress.data import GLUE_TASKS
+
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64)).eval()
+    P.prune(model, from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.5, "scope": "per_layer", "importance": "l2"},
+                             file="t.yaml", where="prune"))
+    save(model, tokenizer, tmp_path / "pruned")
+    ids = torch.randint(1000, 5000, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    for keep_head in (False, True):
+        loaded, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(input_ids=ids).logits, expected)  # its 2-label head kept either way
