@@ -67,13 +67,15 @@ def drop_layers(model: torch.nn.Module, keep: list[int], *, what: str = "teacher
 def _keep_pruning_fields(config, keep: list[int]) -> None:
     """Renumber the config's per-layer records of removed heads and neurons for the layers ``keep`` (1-based):
     HF's ``pruned_heads`` (layer index -> heads) and `compress.prune`'s ``compress_layer_sizes`` and
-    ``compress_pruning`` (one entry per layer, each keeping its ``source`` in the unpruned numbering)."""
+    ``compress_pruning`` (one entry per layer, each keeping its ``source`` in the unpruned numbering), with
+    ``intermediate_size`` the kept layers' widest FFN (`compress.prune.write_config`'s convention)."""
     pruned = getattr(config, "pruned_heads", None)
     if pruned:
         pruned = {int(k): v for k, v in pruned.items()}
         config.pruned_heads = {new: list(pruned[old - 1]) for new, old in enumerate(keep) if old - 1 in pruned}
     if getattr(config, "compress_layer_sizes", None):
         config.compress_layer_sizes = [config.compress_layer_sizes[i - 1] for i in keep]
+        config.intermediate_size = max(s["ffn"] for s in config.compress_layer_sizes)  # the kept layers' widest
     if getattr(config, "compress_pruning", None):
         record = dict(config.compress_pruning)
         record["layers"] = [record["layers"][i - 1] for i in keep]

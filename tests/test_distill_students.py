@@ -148,3 +148,26 @@ def test_layer_drop_of_a_pruned_teacher_keeps_the_kept_layers_pruning_config(kin
         expected = student(input_ids=ids).logits
         assert torch.equal(AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()(
             input_ids=ids).logits, expected)
+
+
+def test_layer_drop_keeping_equally_pruned_layers_of_a_non_uniform_teacher_reloads(tokenizer, tmp_path):
+    """Teacher FFN widths 64, 32, 64, 32; the kept layers 2 and 4 are both 32 wide: a uniform student, rebuilt by
+    stock from_pretrained from intermediate_size, which must be theirs (32), not the teacher's widest (64)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from compress import prune as P
+    from compress.modeling import load_trained, save
+
+    teacher = _tiny("bert").eval()
+    half = list(range(0, 64, 2))
+    P.apply(teacher, [P.LayerState(i, [0, 1, 2, 3], half if i % 2 else list(range(64))) for i in range(4)])
+    assert teacher.config.intermediate_size == 64
+    student = build_student(StudentConfig(name="s", keep_layers=[2, 4]), teacher, tokenizer, SST2).model.eval()
+    assert student.config.intermediate_size == 32
+    save(student, tokenizer, tmp_path / "s")
+    ids = torch.randint(5, 100, (2, 9))
+    with torch.no_grad():
+        expected = student(input_ids=ids).logits
+        for reloaded in (load_trained(tmp_path / "s")[0], AutoModelForSequenceClassification.from_pretrained(
+                tmp_path / "s")):
+            assert torch.equal(reloaded.eval()(input_ids=ids).logits, expected)
