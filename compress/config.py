@@ -463,6 +463,10 @@ class StudentConfig:
                                     f"{len(self.keep_layers)}")
         if self.kind == "layer_drop" and self.init != "random":
             raise CompressError(f"{file}: {where}.init: layer_drop students always start from the teacher's weights")
+        for key in ("tokenizer", "vocab_size"):
+            if self.kind == "layer_drop" and getattr(self, key) is not None:
+                raise CompressError(f"{file}: {where}.{key}: a layer-drop student uses the teacher's tokenizer and "
+                                    f"embeddings; use kind: narrow for a tokenizer of its own")
         if self.init != "random":
             check_model_name(self.init, file, f"{where}.init", tokenizer=self.tokenizer is None)
         if self.tokenizer is not None:

@@ -23,7 +23,8 @@ class Student:
 def build_student(spec: StudentConfig, teacher: torch.nn.Module, teacher_tokenizer, task: TaskSpec) -> Student:
     """Model surgery only: no training. Impossible specs raise CompressError saying why."""
     if spec.kind == "layer_drop":
-        model, kept = layer_drop_student(teacher, spec.layers, spec.keep_layers, spec.hidden)
+        model, kept = layer_drop_student(teacher, spec.layers, spec.keep_layers, spec.hidden, spec.heads,
+                                         spec.ffn)
         info = {"kind": "layer_drop", "kept_layers": kept}
         tokenizer = teacher_tokenizer
     else:

@@ -83,13 +83,20 @@ def _keep_pruning_fields(config, keep: list[int]) -> None:
 
 
 def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,
-                       keep_layers: Optional[list[int]] = None, hidden: Optional[int] = None) -> tuple[torch.nn.Module, list[int]]:
-    """The DistilBERT student of ``teacher``: default every other layer (half the depth, the last kept)."""
+                       keep_layers: Optional[list[int]] = None, hidden: Optional[int] = None,
+                       heads: Optional[int] = None, ffn: Optional[int] = None) -> tuple[torch.nn.Module, list[int]]:
+    """The DistilBERT student of ``teacher``: default every other layer (half the depth, the last kept).
+    ``hidden``, ``heads``, ``ffn``: refused unless the teacher's (its layers are copied whole)."""
     total = teacher.config.num_hidden_layers
     width = teacher.config.hidden_size
     if hidden is not None and hidden != width:
         raise CompressError(f"hidden {hidden}: a layer-drop student keeps the teacher's width ({width}); "
                             "use kind: narrow for a narrower student")
+    for key, want, have in (("heads", heads, teacher.config.num_attention_heads),
+                            ("ffn", ffn, getattr(teacher.config, "intermediate_size", None))):
+        if want is not None and want != have:
+            raise CompressError(f"{key} {want}: a layer-drop student keeps the teacher's {key} ({have}); "
+                                "use kind: narrow for another shape")
     if keep_layers is None:
         n = layers if layers is not None else max(1, total // 2)
         if n > total:

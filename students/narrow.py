@@ -58,7 +58,7 @@ def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Modul
     model, tokenizer = load_for_task(spec.init, task, tokenizer=spec.tokenizer is None)
     cfg = model.config
     for key, have in (("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
-                      ("ffn", getattr(cfg, "intermediate_size", None))):
+                      ("ffn", getattr(cfg, "intermediate_size", None)), ("vocab_size", cfg.vocab_size)):
         want = getattr(spec, key)
         if want is not None and want != have:
             raise CompressError(f"student {spec.name}: {key} {want}: checkpoint {spec.init!r} has {key} {have}; a "
