@@ -8,7 +8,7 @@ import torch
 
 from compress.config import StudentConfig
 from compress.data import TaskSpec
-from compress.modeling import count_params
+from compress.modeling import count_params, max_positions
 from students.layer_drop import layer_drop_student
 from students.narrow import narrow_student
 
@@ -28,7 +28,9 @@ def build_student(spec: StudentConfig, teacher: torch.nn.Module, teacher_tokeniz
         info = {"kind": "layer_drop", "kept_layers": kept}
         tokenizer = teacher_tokenizer
     else:
-        model, tokenizer, info = narrow_student(spec, teacher_tokenizer, task)
+        # task.max_length is checked against the teacher's positions: a random student takes as many
+        model, tokenizer, info = narrow_student(spec, teacher_tokenizer, task,
+                                                max(512, max_positions(teacher.config) or 0))
         info = {"kind": "narrow", **info}
     c = model.config
     info.update(layers=c.num_hidden_layers, hidden=c.hidden_size, heads=c.num_attention_heads,

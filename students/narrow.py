@@ -80,10 +80,12 @@ def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Modul
     return model, tokenizer, keep
 
 
-def narrow_student(spec: StudentConfig, teacher_tokenizer, task: TaskSpec) -> tuple[torch.nn.Module, object, dict]:
+def narrow_student(spec: StudentConfig, teacher_tokenizer, task: TaskSpec,
+                   max_positions: int = 512) -> tuple[torch.nn.Module, object, dict]:
+    """``max_positions``: a random student's position table (as many tokens as the teacher takes, 512 at least)."""
     if spec.init == "random":
         tokenizer = _tokenizer(spec.tokenizer) if spec.tokenizer else teacher_tokenizer
-        model = random_bert(spec, tokenizer, task)
+        model = random_bert(spec, tokenizer, task, max_positions)
         return model, tokenizer, {"init": "random"}
     model, tokenizer, keep = from_checkpoint(spec, task)
     return model, tokenizer, {"init": spec.init, "kept_layers": keep}

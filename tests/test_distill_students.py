@@ -178,3 +178,16 @@ def test_layer_drop_keeping_equally_pruned_layers_of_a_non_uniform_teacher_reloa
         for reloaded in (load_trained(tmp_path / "s")[0], AutoModelForSequenceClassification.from_pretrained(
                 tmp_path / "s")):
             assert torch.equal(reloaded.eval()(input_ids=ids).logits, expected)
+
+
+def test_a_random_narrow_student_takes_as_many_tokens_as_its_teacher(tokenizer):
+    """task.max_length is checked against the teacher's position table only: a random student of a teacher with more
+    than 512 positions had 512 and failed in its first batch of a longer max_length (after the teacher trained)."""
+    teacher = BertForSequenceClassification(tiny_bert_config(**{**SMALL, "max_position_embeddings": 1024}))
+    spec = StudentConfig(name="tiny", kind="narrow", layers=1, hidden=32, heads=2)
+    student = build_student(spec, teacher, tokenizer, SST2).model.eval()
+    assert student.config.max_position_embeddings == 1024
+    with torch.no_grad():
+        assert student(input_ids=torch.randint(5, 100, (1, 600))).logits.shape == (1, 2)
+    usual = build_student(spec, _tiny("bert"), tokenizer, SST2).model  # a teacher of 512 or fewer: 512, as before
+    assert usual.config.max_position_embeddings == 512
