@@ -14,11 +14,18 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from compress.errors import CompressError
 from compress.tasks import METRIC_NAMES, REGRESSION_METRICS
 
+
+def _pearson(preds: np.ndarray, labels: np.ndarray) -> float:
+    """Pearson's r; nan for fewer than two rows (undefined, as spearmanr and a constant prediction give), where scipy's
+    pearsonr raises ValueError (a one-row held-out slice crashed `fit` after its first epoch)."""
+    return pearsonr(preds, labels)[0] if len(preds) >= 2 else float("nan")
+
+
 METRICS = {
     "accuracy": lambda preds, labels: accuracy_score(labels, preds),
     "f1": lambda preds, labels: f1_score(labels, preds),
     "matthews_correlation": lambda preds, labels: matthews_corrcoef(labels, preds),
-    "pearson": lambda preds, labels: pearsonr(preds, labels)[0],
+    "pearson": _pearson,
     "spearmanr": lambda preds, labels: spearmanr(preds, labels)[0],
 }
 assert tuple(METRICS) == METRIC_NAMES, "compress.tasks.METRIC_NAMES must list every metric"

@@ -28,3 +28,11 @@ def test_regression_metrics_known_values():
 def test_unknown_metric_is_an_error():
     with pytest.raises(CompressError, match="metric 'bleu' is unknown"):
         compute_metrics(["bleu"], np.zeros((2, 2)), np.zeros(2))
+
+
+def test_correlations_of_one_row_are_nan_not_a_crash():
+    """A one-row held-out slice of a regression task (``holdout_max: 1``): scipy's pearsonr raised ValueError (x and y
+    must have length at least 2) after the first epoch's training; like spearmanr (and a constant prediction), the
+    correlation is undefined: nan."""
+    m = compute_metrics(["pearson", "spearmanr"], np.array([[0.5]]), np.array([3.0]))
+    assert np.isnan(m["pearson"]) and np.isnan(m["spearmanr"])
