@@ -101,7 +101,7 @@ def fit(
     first = train_loader(train_ds, collator, cfg.batch_size, seed, 0, group_by_length)
     batches_per_epoch = math.ceil(len(first) / accelerator.num_processes)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
-    total = math.ceil(cfg.epochs * steps_per_epoch)
+    total = max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 6)))  # 2.2 x 25 is 55.00000000000001: 55, not 56
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     # Accelerate steps a prepared scheduler once per process per optimizer step (unless split_batches): count the

@@ -617,3 +617,12 @@ def test_a_head_pruned_mpnet_folder_loads_for_the_task_computing_as_saved(tmp_pa
         loaded, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
         with torch.no_grad():
             assert torch.equal(loaded.eval()(input_ids=ids).logits, expected)  # its 2-label head kept either way
+
+
+def test_fractional_epochs_count_steps_without_float_noise(tiny_bert_dir):
+    """2.2 epochs of 25 steps are 55 steps; 2.2 * 25 is 55.00000000000001 in floats, and its ceiling trained a 56th."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=100, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    result = fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
+                 TrainConfig(epochs=2.2, batch_size=4), seed=0)
+    assert result.steps == 55
