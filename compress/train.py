@@ -153,6 +153,7 @@ def fit(
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's RNG state written before the main process names it done
         if accelerator.is_main_process:
             if best_state is not None:
                 save_file(best_state, tmp / "best.safetensors")

@@ -626,3 +626,64 @@ def test_fractional_epochs_count_steps_without_float_noise(tiny_bert_dir):
     result = fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
                  TrainConfig(epochs=2.2, batch_size=4), seed=0)
     assert result.steps == 55
+
+
+def _late_rng_worker(rank: int, port: int, folder: str) -> None:
+    """A fit under 2 gloo processes, checkpointing at step 2 and stopped in step 3 (so its checkpoints stay), where
+    the second process writes its RNG state (``random_states_1.pkl``) 3 s late, as a loaded machine may have it."""
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import tiny_bert_config
+    from teachers.zoo import resolve
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        if rank == 1:
+            real = torch.save
+
+            def late(obj, f, *args, **kwargs):
+                if Path(str(f)).name.startswith("random_states"):
+                    time.sleep(3)
+                return real(obj, f, *args, **kwargs)
+
+            torch.save = late
+        tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+        data = load_task(TaskConfig(name="sst2", max_train_samples=32, holdout=0.0), seed=0)
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(tiny_bert_config())
+        calls = []
+
+        def objective(m, batch):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return m(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}).loss, {}
+
+        with pytest.raises(KeyboardInterrupt):
+            fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
+                TrainConfig(epochs=1, batch_size=4, checkpoint_every=2), seed=0, objective=objective,
+                checkpoint_dir=Path(folder) / "ck")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_checkpoint_is_complete_before_it_is_named_done(tmp_path):
+    """Every process writes its own RNG state into the checkpoint's temporary folder; the main process renamed the
+    folder as soon as its own part was written, so a later process wrote into a folder gone (FileNotFoundError), or
+    into a new temporary one, leaving a checkpoint without its RNG state (resumed with other dropout draws: Accelerate
+    says only "Could not load random states", at info level)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_late_rng_worker, args=(29537, str(tmp_path)), nprocs=2, join=True)
+    done = sorted((tmp_path / "ck").iterdir())
+    assert [p.name for p in done] == ["step-00000002"]
+    assert {"random_states_0.pkl", "random_states_1.pkl", "trainer.json"} <= {p.name for p in done[0].iterdir()}
