@@ -62,7 +62,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                                    desc="teacher: scoring test")
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
-                  "tokens_per_s": round(result.tokens_per_s, 1), "precision": result.precision,
+                  "tokens_per_s": round(result.tokens_per_s, 1), "resumed_from": result.resumed_from,
+                  "precision": result.precision,
                   "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
                   **({} if cfg.finetune else {"finetuned": False}),
                   **({} if constant is None else {"dev_constant_label": constant})}

@@ -687,3 +687,17 @@ def test_a_checkpoint_is_complete_before_it_is_named_done(tmp_path):
     done = sorted((tmp_path / "ck").iterdir())
     assert [p.name for p in done] == ["step-00000002"]
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainer.json"} <= {p.name for p in done[0].iterdir()}
+
+
+def test_a_resumed_teacher_says_so_in_its_record(tiny_bert_dir, tmp_path, monkeypatch):
+    """A teacher resumed from a checkpoint: its train_s and tokens/s cover the resumed part only; its record says from
+    which step (as each student's does), instead of reading as a whole run's."""
+    import teachers.finetune
+    from compress.train import FitResult
+
+    monkeypatch.setattr(teachers.finetune, "fit", lambda *a, **k: FitResult(steps=7, best_metric=None, best_step=None,
+                                                                            resumed_from=4))
+    done = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]
+    assert done["train"]["resumed_from"] == 4
+    record = json.loads((tmp_path / "runs" / "tiny" / "teacher" / "metrics.json").read_text())
+    assert record["train"]["resumed_from"] == 4
