@@ -160,7 +160,7 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
                          checkpoint_dir=(checkpoint_root / f"step-{step + 1}") if checkpoint_root and
                          rcfg.checkpoint_every else None)
             record["recovery"] = {"steps": result.steps, "best_step": result.best_step,
-                                  "train_s": round(result.wall_s, 1)}
+                                  "train_s": round(result.wall_s, 1), "resumed_from": result.resumed_from}
             record["dev_recovered"] = evaluate(model, dev, collator, spec)
         log.info("prune step %d: %s", step + 1, record)
         history.append(record)

@@ -697,3 +697,20 @@ def test_a_step_resumed_mid_recovery_cuts_the_units_its_checkpoint_was_trained_w
     assert run(tiny(layers=2)) == first
     (tmp_path / "step-1.scores.pt").unlink()  # what the rerun ranks now: other units
     assert run(tiny(layers=2)) != first
+
+
+def test_a_resumed_recovery_says_so_in_the_step_record(monkeypatch):
+    """A step's recovery resumed from a checkpoint trained (and timed) only its resumed part: the record says from
+    which step, as the teacher's and each student's do."""
+    import types
+
+    import compress.prune_stage as PS
+    from compress.train import FitResult
+
+    monkeypatch.setattr(PS, "fit", lambda *a, **k: FitResult(steps=8, best_metric=None, best_step=None,
+                                                             resumed_from=3))
+    monkeypatch.setattr(PS, "evaluate", lambda *a, **k: {})
+    _, history = PS.prune_with_recovery(tiny(layers=2), cfg(heads=0.5, importance="l1"), train=None, holdout=[],
+                                        dev=None, collator=None, spec=types.SimpleNamespace(is_regression=False),
+                                        logits=torch.zeros(4, 2), seed=0, seq_len=32)
+    assert history[0]["recovery"]["resumed_from"] == 3
