@@ -62,7 +62,27 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
         lines.append(start)
     if header is None:
         raise CompressError(f"{path}: file is empty")
+    if suffix == ".csv":
+        _check_csv_quotes(path, text)
     return header, rows, lines
+
+
+def _check_csv_quotes(path: Path, text: str) -> None:
+    """Refuse a CSV field whose quotes do not close where the field ends: read leniently (as `read_rows` does),
+    ``"awful" movie`` became ``awful movie`` and a stray '"' merged the lines up to the next one into one row."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    end = 0
+    try:
+        for _ in reader:
+            end = reader.line_num
+    except csv.Error as e:
+        start, line = end + 1, reader.line_num
+        if str(e) == "unexpected end of data":
+            raise CompressError(f"{path}:{start}: a quoted field runs from line {start} to the end of the file (a "
+                                f"'\"' never closed?)") from None
+        runs = f" (the field runs from line {start} to line {line})" if line > start else ""
+        raise CompressError(f"{path}:{start}: a quoted field has text after its closing '\"'{runs}: quote the whole "
+                            f"field and double each '\"' inside it") from None
 
 
 def _read_text(path: Path) -> str:

@@ -405,3 +405,17 @@ def test_a_second_text_column_left_unread_is_warned_of_once(tmp_path, caplog):
         load_split(_custom(tmp_path, "tags.tsv", "review\tsource\tstars\nthe plot is thin\tweb site\tneg\n"
                                                  "great fun all along\tprint\tpos\n"), "train")
     assert rows["text_pair"][0] == "yes it really is" and "is not read" not in caplog.text
+
+
+@pytest.mark.parametrize("text,message", [
+    ('review,stars\n"awful" movie,neg\nfine,pos\n', "2: a quoted field has text after its closing '\"': quote"),
+    ('review,stars\n"awful,neg\nok "great" stuff,pos\nfine,pos\n',
+     "2: a quoted field has text after its closing '\"' (the field runs from line 2 to line 3): quote"),
+    ('review,stars\nfine,"pos\nok,neg\n', "2: a quoted field runs from line 2 to the end of the file"),
+])
+def test_csv_text_after_a_closing_quote_is_refused(tmp_path, text, message):
+    """Read leniently, '"awful" movie' trained as 'awful movie', and a stray '"' merged two rows into one (a neg row
+    lost, its text glued to the next row's, labelled pos); a quote opened in the last field named no line of it."""
+    assert _refused(_custom(tmp_path, "t.csv", text)).startswith(f"{tmp_path / 't.csv'}:{message}")
+    text = 'review,stars\n"a ""quoted"" word, and a comma",pos\n5" screen,neg\n'  # valid CSV still loads
+    assert load_split(_custom(tmp_path, "t.csv", text), "train")["text"] == ['a "quoted" word, and a comma', '5" screen']
