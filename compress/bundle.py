@@ -117,7 +117,8 @@ def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
 
 
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
-    """Copy ``tokenizer.json`` with truncation at ``max_length`` and padding to the longest row baked in.
+    """Copy ``tokenizer.json`` with truncation at ``max_length`` (on the side ``tokenizer_config.json``'s
+    ``truncation_side`` names, as transformers truncates) and padding to the longest row baked in.
 
     Returns the tokenizer entry of the manifest (file, pad token and id). The pad token is the one the tokenizer
     already pads with, else the one named in a ``tokenizer_config.json`` beside it, else a usual name in the vocab.
@@ -130,11 +131,17 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
         raise CompressError(f"{src}: not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
     pad_token = (tok.padding or {}).get("pad_token")
     config = src.with_name("tokenizer_config.json")
-    if pad_token is None and config.is_file():
+    settings = {}
+    if config.is_file():
         try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("pad_token")
-        except (ValueError, AttributeError) as e:  # not JSON (UnicodeDecodeError included), or not an object
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except ValueError as e:  # not JSON (UnicodeDecodeError included)
             raise CompressError(f"{config}: not a tokenizer_config.json ({e})") from None
+        if not isinstance(settings, dict):
+            raise CompressError(f"{config}: not a tokenizer_config.json (a JSON {type(settings).__name__}, not an "
+                                f"object)")
+    if pad_token is None:
+        value = settings.get("pad_token")
         pad_token = value.get("content") if isinstance(value, dict) else value
     if pad_token is None:
         pad_token = next((t for t in ("[PAD]", "<pad>", "<|pad|>") if tok.token_to_id(t) is not None), None)
@@ -142,7 +149,8 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
         raise CompressError(f"{src}: cannot tell the padding token (none set, no tokenizer_config.json pad_token, "
                             f"no [PAD]/<pad> in the vocabulary)")
     pad_id = tok.token_to_id(pad_token)
-    tok.enable_truncation(max_length=max_length)
+    # the side transformers cuts (tokenizer_config.json's truncation_side), so the bundle reads what training read
+    tok.enable_truncation(max_length=max_length, direction="left" if settings.get("truncation_side") == "left" else "right")
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     tok.save(str(dst))
     return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}

@@ -99,8 +99,9 @@ export async function readVerified(base, manifest, names, check = true) {
   return files;
 }
 
-/** Longest-first truncation of two token lists to `budget` tokens, as the Rust tokenizers library does it. */
-export function truncatePair(a, b, budget) {
+/** Longest-first truncation of two token lists to `budget` tokens, as the Rust tokenizers library does it;
+ * `fromLeft`: cut their starts, keeping their ends (the tokenizer's truncation direction "Left"). */
+export function truncatePair(a, b, budget, fromLeft = false) {
   if (a.length + b.length <= budget) return [a, b];
   const swap = a.length > b.length;
   let n1 = Math.min(a.length, b.length);
@@ -110,7 +111,8 @@ export function truncatePair(a, b, budget) {
     n2 = n1 + (budget % 2);
   }
   if (swap) [n1, n2] = [n2, n1];
-  return [a.slice(0, n1), b.slice(0, n2)];
+  const keep = (tokens, n) => (fromLeft ? tokens.slice(Math.max(tokens.length - n, 0)) : tokens.slice(0, n));
+  return [keep(a, n1), keep(b, n2)];
 }
 
 export class Predictor {
@@ -135,6 +137,8 @@ export class Predictor {
     this.labels = manifest.task.labels;
     this.pair = !!manifest.task.text_pair;
     this.maxLength = Number(manifest.max_length);
+    // the side the bundle's tokenizer.json truncates on (built from the tokenizer's truncation_side), as predict.py
+    this.fromLeft = String(tokenizerJson.truncation?.direction ?? "").toLowerCase() === "left";
     this.tokenizer = new Tokenizer(tokenizerJson, {});
     // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
     this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";
@@ -150,7 +154,7 @@ export class Predictor {
     let a = tok.tokenize(text, { add_special_tokens: false });
     let b = pair === null ? [] : tok.tokenize(pair, { add_special_tokens: false });
     const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
-    [a, b] = truncatePair(a, b, Math.max(budget, 0));
+    [a, b] = truncatePair(a, b, Math.max(budget, 0), this.fromLeft);
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
     const ids = out.tokens.map((t) => tok.token_to_id(t) ?? tok.model.unk_token_id);
     const types = !this.singleSegment && out.token_type_ids ? out.token_type_ids : ids.map(() => 0);

@@ -177,7 +177,8 @@ class Predictor:
         except Exception as e:  # tokenizers raises plain Exceptions
             raise BundleError(f"{self.folder / m['tokenizer']['file']}: not a tokenizer.json ({first_line(e)})") \
                 from None
-        self.tokenizer.enable_truncation(max_length=m["max_length"])
+        direction = (self.tokenizer.truncation or {}).get("direction", "right")  # the side the bundle was built with
+        self.tokenizer.enable_truncation(max_length=m["max_length"], direction=direction)
         self.tokenizer.enable_padding(pad_id=m["tokenizer"]["pad_id"], pad_token=m["tokenizer"]["pad_token"])
         options = ort.SessionOptions()
         if threads:

@@ -787,3 +787,25 @@ def test_a_pair_line_with_an_empty_text_is_refused_by_line(int8_model, minilm_di
                               cwd=tmp_path / "rte-int8")
         assert proc.returncode == 2 and proc.stdout.count("\n") == 1  # the good line first, then the refusal
         assert proc.stderr.strip() == f"error: {pairs} line 2: an empty {what}: nothing to classify"
+
+
+def test_a_tokenizer_that_truncates_on_the_left_does_so_in_the_bundle(int8_model, minilm_dir, tmp_path, glue_dir):
+    """A tokenizer saved with ``truncation_side: left`` (transformers keeps it: training read the end of each long
+    text) was baked into the bundle truncating on the right: predict.py fed the model other tokens than it was
+    trained and scored on. Token ids of real RTE pairs, training path vs the bundle's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from compress.bundle_predict import Predictor
+    from compress.config import TaskConfig
+    from compress.data import load_split, tokenize
+
+    AutoTokenizer.from_pretrained(minilm_dir, truncation_side="left").save_pretrained(tmp_path / "tok")
+    folder, _ = build(tmp_path / "out", "rte-left", model=int8_model, tokenizer=tmp_path / "tok" / "tokenizer.json",
+                      task="rte", labels=["entailment", "not_entailment"], text_pair=True, max_length=32,
+                      ort_format=False)
+    rows = load_split(TaskConfig(name="rte"), "dev").select(range(40))
+    trained = list(tokenize(rows, AutoTokenizer.from_pretrained(tmp_path / "tok"), 32)["input_ids"])
+    runner = Predictor(folder, check=False)
+    bundled = [runner.tokenizer.encode(a, b).ids for a, b in zip(rows["text"], rows["text_pair"])]
+    assert sum(len(ids) == 32 for ids in trained) > 20  # most pairs were cut
+    assert bundled == trained

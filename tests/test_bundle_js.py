@@ -115,18 +115,21 @@ def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_
     assert one.returncode == 2 and one.stderr.strip() == "error: this model reads text pairs: give a second text"
 
 
-@pytest.mark.parametrize("post_processor", ["bert", "roberta"])
+@pytest.mark.parametrize("post_processor", ["bert", "roberta", "bert-left"])
 def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_bundle, glue_dir, tmp_path,
                                                                               post_processor):
     """Token ids and type ids of real RTE pairs (and lopsided ones) at several max lengths: identical to the Rust
     tokenizers library with the bundle's longest-first truncation. "roberta": MiniLM's vocabulary with the RoBERTa
-    post-processor MPNet's tokenizer uses (<s> A </s></s> B </s>, every type id 0)."""
+    post-processor MPNet's tokenizer uses (<s> A </s></s> B </s>, every type id 0). "bert-left": a tokenizer.json
+    that truncates on the left (a tokenizer with truncation_side: left), which predict.mjs cut on the right."""
     from tokenizers import Tokenizer
 
     spec = json.loads((js_bundle / "tokenizer.json").read_text())
     if post_processor == "roberta":
         spec["post_processor"] = {"type": "RobertaProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101],
                                   "trim_offsets": True, "add_prefix_space": False}
+    direction = "left" if post_processor == "bert-left" else "right"
+    spec["truncation"] = {"direction": direction.title(), "max_length": 32, "strategy": "LongestFirst", "stride": 0}
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     lines = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
     rows = [line.split("\t") for line in lines]
@@ -152,7 +155,7 @@ def test_predict_mjs_tokenizes_and_truncates_pairs_as_the_tokenizers_library(js_
     tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     tokenizer.no_padding()
     for max_length in lengths:
-        tokenizer.enable_truncation(max_length=max_length)
+        tokenizer.enable_truncation(max_length=max_length, direction=direction)
         for a, b in cases:
             want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
             got = next(js)
