@@ -194,7 +194,7 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
             if value is None:
                 raise CompressError(f"{path}:{line}: column {columns[role]!r} is empty")
             if role == "label":
-                out[role].append(value if isinstance(value, str) else str(value))
+                out[role].append(_label_text(value))
             else:
                 out[role].append(_text_cell(value, columns[role], path, line, custom))
     if not out["text"]:
@@ -268,6 +268,14 @@ def _is_custom(spec: TaskSpec) -> bool:
 def _separated(path: Path) -> str:
     """How a row error names the file's field delimiter."""
     return "comma-separated" if path.suffix.lower() == ".csv" else "tab-separated"
+
+
+def _label_text(value) -> str:
+    """A label cell as text: a JSON number by its text (1 -> "1"), a JSON boolean as JSON writes it ("true", not
+    Python's "True")."""
+    if isinstance(value, bool):
+        return json.dumps(value)
+    return value if isinstance(value, str) else str(value)
 
 
 def _text_cell(value, name: str, path: Path, line: int, custom: bool) -> str:

@@ -419,3 +419,15 @@ def test_csv_text_after_a_closing_quote_is_refused(tmp_path, text, message):
     assert _refused(_custom(tmp_path, "t.csv", text)).startswith(f"{tmp_path / 't.csv'}:{message}")
     text = 'review,stars\n"a ""quoted"" word, and a comma",pos\n5" screen,neg\n'  # valid CSV still loads
     assert load_split(_custom(tmp_path, "t.csv", text), "train")["text"] == ['a "quoted" word, and a comma', '5" screen']
+
+
+def test_json_boolean_labels_are_matched_by_their_json_text(tmp_path):
+    """A JSON label true/false was read as Python's 'True'/'False': with labels ["false", "true"] (quoted, as the
+    recipe check asks of YAML booleans) every row was refused, the error naming a 'True' the file does not hold."""
+    text = '{"review": "spam spam", "stars": true}\n{"review": "hello", "stars": false}\n'
+    ds = load_split(_custom(tmp_path, "t.jsonl", text, labels=["false", "true"]), "train")
+    assert ds["label"] == [1, 0]
+    assert _refused(_custom(tmp_path, "t.jsonl", text, labels=["no", "yes"])) == (
+        f"{tmp_path / 't.jsonl'}:1: column 'stars': label 'true' is not one of ['no', 'yes']")
+    cfg = _custom(tmp_path, "t.jsonl", text, label_column="stars", labels=None, regression=True)
+    assert _refused(cfg) == f"{tmp_path / 't.jsonl'}:1: column 'stars': 'true' is not a number"
