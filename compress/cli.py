@@ -101,7 +101,7 @@ def _warn_not_runnable(recipe, stages) -> None:
             print(f"warning: {recipe.path}: task: {path}: file not found", file=sys.stderr)
     for field, name in hub.recipe_models(recipe, stages):
         try:
-            hub.check(name, f"{recipe.path}: {field}")
+            hub.check(name, f"{recipe.path}: {field}", weights=hub.needs_weights(field))
         except CompressError as e:
             print(f"warning: {e}", file=sys.stderr)
     for problem in compare_problems(recipe, stages or []):

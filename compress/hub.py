@@ -65,19 +65,26 @@ def reachable() -> bool:
         return False
 
 
-def cached(repo_id: str) -> bool:
-    """Whether the Hugging Face cache holds the repo's config.json (a download that got that far)."""
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The files ``from_pretrained`` reads a model's weights from (one of them)."""
+
+
+def cached(repo_id: str, weights: bool = False) -> bool:
+    """Whether the Hugging Face cache holds the repo's config.json (a download that got that far) and, with
+    ``weights``, a weights file too (a download stopped after the config loads no model offline)."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return False
+        return not weights or any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in WEIGHTS)
     except Exception:  # not a valid repo id: loading it reports that
         return False
 
 
-def check(name: str, where: str) -> None:
+def check(name: str, where: str, weights: bool = True) -> None:
     """Refuse, at once, a folder that does not exist, and a hub id that can be neither downloaded nor read from the
-    cache."""
+    cache (its weights too, unless ``weights`` is off: a tokenizer)."""
     if is_missing_folder(name):
         raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
     if not is_hub_id(name):
@@ -87,15 +94,17 @@ def check(name: str, where: str) -> None:
             raise CompressError(f"{where}: {name!r}: the hub has no such model (misspelt? a private or gated one needs "
                                 f"`hf auth login` or HF_TOKEN)")
         return
-    if cached(name):
+    if cached(name, weights):
         return
     from huggingface_hub import constants
 
     from teachers.zoo import ZOO
 
+    held = "the Hugging Face cache holds it without its weights" if cached(name) else \
+        "it is not in the Hugging Face cache"
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
-                        f"cannot be reached and it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); use a "
-                        f"zoo model ({', '.join(ZOO)}) or a local folder, or run once online")
+                        f"cannot be reached and {held} ({constants.HF_HUB_CACHE}); use a zoo model "
+                        f"({', '.join(ZOO)}) or a local folder, or run once online")
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,6 +143,11 @@ def recipe_models(recipe, stages) -> list[tuple[str, str]]:
     return out
 
 
+def needs_weights(field: str) -> bool:
+    """Whether the recipe field (`recipe_models`) names a model to load, not only a tokenizer."""
+    return not field.endswith(".tokenizer")
+
+
 def check_recipe(recipe, stages) -> None:
     for field, name in recipe_models(recipe, stages):
-        check(name, f"{recipe.path}: {field}")
+        check(name, f"{recipe.path}: {field}", weights=needs_weights(field))

@@ -24,7 +24,7 @@ from teachers.zoo import resolve
 
 
 def _tokenizer(name: str):
-    hub.check(name, f"tokenizer {name!r}")
+    hub.check(name, f"tokenizer {name!r}", weights=False)
     try:
         return AutoTokenizer.from_pretrained(resolve(name), **hub.load_kwargs(name))
     except OSError as e:

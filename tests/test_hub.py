@@ -124,3 +124,23 @@ def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line
     checked = compress("validate", str(missing))
     assert checked.returncode == 0 and "ok; stages: teacher" in checked.stdout
     assert checked.stderr.startswith(f"warning: {missing}: teacher.model: 'org/not-cached'")
+
+
+def test_a_hub_model_cached_without_its_weights_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir,
+                                                                                       monkeypatch):
+    """Offline, a hub id whose cache holds config.json but no weights (a download that stopped there) counted as
+    cached: the student's init then failed in the distill stage, after the teacher had trained, with transformers'
+    AttributeError. A tokenizer id needs no weights."""
+    cache = tmp_path / "hf-cache"
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_bert_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    _fake_hub_cache(cache, "org/partial", no_weights)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    hub.check("org/partial", "x.yaml: students[0].tokenizer", weights=False)  # a tokenizer: config and vocab do
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
+                                 extra="students:\n  - {name: s, kind: narrow, init: org/partial}\n"))
+    with pytest.raises(CompressError, match=r"tiny\.yaml: students\[0\]\.init: 'org/partial' is a hub id.*cannot be "
+                                            r"reached and the Hugging Face cache holds it without its weights"):
+        run_pipeline(recipe)
+    assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
