@@ -150,7 +150,8 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
                             f"no [PAD]/<pad> in the vocabulary)")
     pad_id = tok.token_to_id(pad_token)
     # the side transformers cuts (tokenizer_config.json's truncation_side), so the bundle reads what training read
-    tok.enable_truncation(max_length=max_length, direction="left" if settings.get("truncation_side") == "left" else "right")
+    side = "left" if settings.get("truncation_side") == "left" else "right"
+    tok.enable_truncation(max_length=max_length, direction=side)
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
     tok.save(str(dst))
     return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}
