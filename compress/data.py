@@ -52,9 +52,20 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:  # pragma
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset}: column {missing[0]!r} not found "
                             f"(columns: {', '.join(ds.column_names)})")
     ds = ds.select_columns(list(keep)).rename_columns(keep)
-    if spec.labels is not None and ds.features["label"].dtype == "string":
-        ds = ds.map(lambda r: {"label": spec.labels.index(r["label"])})
+    if spec.labels is not None and ds.features["label"].dtype in ("string", "large_string"):  # datasets 5: large_string
+        features = ds.features.copy()
+        features["label"] = datasets.Value("int64")  # else datasets keeps the column's type: indices '0', '1'
+        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=features)
     return ds
+
+
+def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: str) -> int:
+    """A hub dataset's label name -> its index in ``task.labels`` (surrounding spaces ignored, as in local files)."""
+    name = name.strip()
+    if name not in spec.labels:
+        raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: label {name!r} is not one of "
+                            f"{spec.labels}")
+    return spec.labels.index(name)
 
 
 @dataclass

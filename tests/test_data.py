@@ -432,3 +432,23 @@ def test_json_boolean_labels_are_matched_by_their_json_text(tmp_path):
         f"{tmp_path / 't.jsonl'}:1: column 'stars': label 'true' is not one of ['no', 'yes']")
     cfg = _custom(tmp_path, "t.jsonl", text, label_column="stars", labels=None, regression=True)
     assert _refused(cfg) == f"{tmp_path / 't.jsonl'}:1: column 'stars': 'true' is not a number"
+
+
+def test_hub_dataset_string_labels_are_encoded(tmp_path, monkeypatch):
+    """datasets 5 reads a text label column as ``large_string``, which the check for ``string`` missed: the labels
+    stayed names ('neg', 'pos', and any unknown one) instead of class indices. A local dataset folder goes through
+    the same `load_dataset` path as a hub id (offline)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood,pos\nbad,neg\nfine,pos\n")
+    (folder / "validation.csv").write_text("text,label\nok,pos\nawful,neg\n")
+    cfg = TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos"], holdout=0.0)
+    data = load_task(cfg, seed=0)
+    assert sorted(data.train["label"]) == [0, 1, 1] and data.dev["label"] == [1, 0]
+    (folder / "validation.csv").write_text("text,label\nok,pos\nmeh,meh\n")
+    with pytest.raises(CompressError, match=rf"^task\.hub_dataset {folder} split 'validation': label 'meh' is not "
+                                            r"one of \['neg', 'pos'\]$"):
+        load_task(cfg, seed=0)
