@@ -56,7 +56,27 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:  # pragma
         features = ds.features.copy()
         features["label"] = datasets.Value("int64")  # else datasets keeps the column's type: indices '0', '1'
         ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=features)
+    elif spec.labels is not None and isinstance(ds.features["label"], datasets.ClassLabel):
+        ds = _hub_class_labels(cfg, spec, hub_split, ds)
     return ds
+
+
+def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) -> Dataset:
+    """A hub dataset's class indices in ``task.labels``' order: put there by name where its classes are the task's
+    labels in another order, else taken by position (glue:sst2's negative/positive for "0", "1"); a class count other
+    than the labels' is refused."""
+    import datasets
+
+    names = ds.features["label"].names
+    if len(names) != len(spec.labels):
+        raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: its label column has {len(names)} "
+                            f"classes {names}; task.labels lists {len(spec.labels)}: {spec.labels}")
+    if names == spec.labels or sorted(names) != sorted(spec.labels):
+        return ds
+    order = [spec.labels.index(name) for name in names]
+    features = ds.features.copy()
+    features["label"] = datasets.ClassLabel(names=spec.labels)
+    return ds.map(lambda r: {"label": order[r["label"]] if r["label"] >= 0 else r["label"]}, features=features)
 
 
 def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: str) -> int:

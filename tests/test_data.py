@@ -452,3 +452,25 @@ def test_hub_dataset_string_labels_are_encoded(tmp_path, monkeypatch):
     with pytest.raises(CompressError, match=rf"^task\.hub_dataset {folder} split 'validation': label 'meh' is not "
                                             r"one of \['neg', 'pos'\]$"):
         load_task(cfg, seed=0)
+
+
+def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monkeypatch):
+    """A hub dataset's ClassLabel indices were taken as they are: with task.labels [pos, neg] for classes [neg, pos]
+    every row trained (and shipped) under the other label's name. Same names in another order are put in the task's
+    order; other names are taken by position (glue:sst2's negative/positive as "0", "1"); another count is refused."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    for split, rows in (("train", {"text": ["good", "bad"], "label": [1, 0]}),
+                        ("validation", {"text": ["ok", "awful", "fine"], "label": [1, 0, 1]})):
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
+    swapped = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["pos", "neg"], holdout=0.0), seed=0)
+    assert swapped.dev["label"] == [0, 1, 0]
+    assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["0", "1"], holdout=0.0)).dev["label"] == [
+        1, 0, 1]
+    with pytest.raises(CompressError, match=r"split 'train': its label column has 2 classes \['neg', 'pos'\]; "
+                                            r"task\.labels lists 3"):
+        load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos", "meh"], holdout=0.0))
