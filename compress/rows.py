@@ -165,7 +165,7 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         header, rows, lines = read_rows(path)
     else:  # headerless (CoLA): the first line is data, columns are indices
         header_row, rows, lines = read_rows(path)
-        rows, lines = [header_row] + rows, [1] + lines
+        rows, lines = [header_row] + rows, [_first_row_line(path)] + lines
         header = [str(i) for i in range(max(len(r) for r in rows))]
     columns = {"text": spec.text, "text_pair": spec.text_pair, "label": spec.label}
     index = {}
@@ -201,6 +201,14 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         raise CompressError(f"{path}: split {split!r} has no rows")
     out["label"] = _encode_labels(out["label"], spec, path, lines)
     return out
+
+
+def _first_row_line(path: Path) -> int:
+    """The line of a headerless TSV's first row: `read_rows` skips the blank lines (and lines of tabs) before it."""
+    for n, line in enumerate(io.StringIO(_read_text(path), newline=""), 1):
+        if line.replace("\t", "").strip():
+            return n
+    return 1
 
 
 def _csv_quoted(cell) -> bool:

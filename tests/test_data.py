@@ -474,3 +474,13 @@ def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monke
     with pytest.raises(CompressError, match=r"split 'train': its label column has 2 classes \['neg', 'pos'\]; "
                                             r"task\.labels lists 3"):
         load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos", "meh"], holdout=0.0))
+
+
+def test_a_headerless_file_names_the_line_of_its_first_row(tmp_path):
+    """A headerless (CoLA) file's first row was always named line 1, whatever blank lines came before it."""
+    cola = tmp_path / "CoLA"
+    cola.mkdir()
+    _write(cola / "dev.tsv", "\n\t\ngj04\t2\t\tThe sailors rode the breeze.\ngj04\t0\t*\tThe more we study.\n", bom=True)
+    with pytest.raises(CompressError) as e:
+        load_split(TaskConfig(name="cola", data_dir=str(cola)), "dev")
+    assert str(e.value) == f"{cola / 'dev.tsv'}:3: column '1': label '2' is not one of ['0', '1']"
