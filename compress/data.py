@@ -79,8 +79,10 @@ def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) 
     return ds.map(lambda r: {"label": order[r["label"]] if r["label"] >= 0 else r["label"]}, features=features)
 
 
-def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: str) -> int:
+def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: Optional[str]) -> int:
     """A hub dataset's label name -> its index in ``task.labels`` (surrounding spaces ignored, as in local files)."""
+    if name is None:
+        raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: a row has no label")
     name = name.strip()
     if name not in spec.labels:
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: label {name!r} is not one of "

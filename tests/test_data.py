@@ -484,3 +484,16 @@ def test_a_headerless_file_names_the_line_of_its_first_row(tmp_path):
     with pytest.raises(CompressError) as e:
         load_split(TaskConfig(name="cola", data_dir=str(cola)), "dev")
     assert str(e.value) == f"{cola / 'dev.tsv'}:3: column '1': label '2' is not one of ['0', '1']"
+
+
+def test_hub_dataset_row_without_a_label_is_one_line(tmp_path, monkeypatch):
+    """A hub dataset row with no label (null) ended in an AttributeError from inside datasets' map."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood,pos\nbad,\n")
+    (folder / "validation.csv").write_text("text,label\nok,pos\n")
+    with pytest.raises(CompressError, match=rf"^task\.hub_dataset {folder} split 'train': a row has no label$"):
+        load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos"], holdout=0.0))
