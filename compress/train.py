@@ -220,7 +220,8 @@ def fit(
                     break
             else:
                 epoch += 1
-                run_eval(f"epoch {epoch}")
+                if not result.history or result.history[-1]["step"] != step:  # not again when eval_every just did
+                    run_eval(f"epoch {epoch}")
                 continue
             break
         if not result.history or result.history[-1]["step"] != step:

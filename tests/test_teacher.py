@@ -701,3 +701,14 @@ def test_a_resumed_teacher_says_so_in_its_record(tiny_bert_dir, tmp_path, monkey
     assert done["train"]["resumed_from"] == 4
     record = json.loads((tmp_path / "runs" / "tiny" / "teacher" / "metrics.json").read_text())
     assert record["train"]["resumed_from"] == 4
+
+
+def test_an_epoch_end_that_eval_every_just_scored_is_not_scored_twice(tiny_bert_dir):
+    """eval_every dividing an epoch's last step scored the held-out slice twice at that step (two history entries,
+    twice the time)."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=100, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    result = fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
+                 TrainConfig(epochs=2, batch_size=4, eval_every=5), seed=0, evaluate=lambda m: {"accuracy": 0.5})
+    steps = [h["step"] for h in result.history]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
