@@ -21,29 +21,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.rows import check_train_labels, read_rows, read_split  # noqa: F401 (read_rows re-exported)
+from compress.rows import check_train_labels, has_test_labels, read_rows, read_split  # noqa: F401 (re-exported)
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-
-def _test_labelled(cfg: TaskConfig, spec: TaskSpec) -> bool:
-    """Whether the task's test file carries its label column. GLUE's own MRPC download has an unlabelled test.tsv
-    (no ``Quality`` column; the copy in ../shared/data/glue is labelled): it is left out, with a note, instead of
-    stopping every run."""
-    import sys
-
-    from compress.tasks import split_paths
-
-    path = split_paths(cfg).get("test")
-    if cfg.hub_dataset or path is None or not path.is_file() or not spec.header:
-        return True  # load_split reports what is wrong with it
-    if spec.label in read_rows(path)[0]:
-        return True
-    print(f"note: {path}: no {spec.label!r} column (an unlabelled test split): no test metrics", file=sys.stderr)
-    return False
-
 
 def load_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> Dataset:
     """One split as a Dataset with columns text, [text_pair,] label."""
@@ -136,7 +119,7 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     dev = load_split(cfg, "dev", spec)
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
-    test = load_split(cfg, "test", spec) if "test" in spec.files and _test_labelled(cfg, spec) else None
+    test = load_split(cfg, "test", spec) if "test" in spec.files and has_test_labels(cfg, spec) else None
     if test is not None and cfg.max_eval_samples is not None:
         test = test.select(range(min(cfg.max_eval_samples, len(test))))
     return TaskData(spec, train, holdout, dev, test)
