@@ -141,15 +141,15 @@ def state(name: str) -> str:
 
 
 def _trusted(target: Path, entry: ZooEntry) -> bool:
-    """Whether ``target`` holds a stamp (``.verified``) that records no hash other than the pinned ones: a folder
-    verified against earlier pins (another package version) is fetched again. A stamp without hashes (a folder
-    carried in by scripts/gpu_carry.py) is taken as it is."""
+    """Whether ``target`` holds a stamp (``.verified``) that records the pinned hashes, no other and none fewer: a
+    folder verified against earlier pins (another package version, or a pin list without a file pinned since) is
+    fetched again. A stamp without hashes (a folder carried in by scripts/gpu_carry.py) is taken as it is."""
     try:
         lines = (target / ".verified").read_text().splitlines()
     except (OSError, ValueError):
         return False
     recorded = [line.split("  ", 1) for line in lines if re.fullmatch(r"[0-9a-f]{64}  \S.*", line)]
-    return all(entry.sha256.get(fname) == sha for sha, fname in recorded)
+    return not recorded or {fname: sha for sha, fname in recorded} == entry.sha256
 
 
 def _installed_folder(entry: ZooEntry) -> Path | None:

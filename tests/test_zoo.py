@@ -140,3 +140,19 @@ def test_a_folder_verified_against_other_pins_is_rebuilt_not_trusted(tmp_path, m
     (folder / ".verified").write_text("carried in bf16 by scripts/gpu_carry.py\n")
     (folder / "config.json").write_text("{}")
     assert zoo.materialize("minilm-l6") == folder and (folder / "config.json").read_text() == "{}"
+
+
+def test_a_folder_verified_against_fewer_pins_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    """A stamp recording only some of the current pins (an earlier pin list without a file pinned since) vouches for
+    nothing about the files it does not name: the folder may not hold them. It is fetched again, not taken."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    pins = zoo.ZOO["minilm-l6"].sha256
+    assert len(pins) > 1
+    stale = tmp_path / "zoo" / "minilm-l6"
+    stale.mkdir(parents=True)
+    (stale / ".verified").write_text(f"{pins['config.json']}  config.json\n")  # the one file it holds, as pinned
+    assert zoo.state("minilm-l6") == "outdated"
+    folder = zoo.materialize("minilm-l6")
+    for name, expected in pins.items():
+        assert zoo.sha256_file(folder / name) == expected, name
+    assert zoo.state("minilm-l6") == "ready"
