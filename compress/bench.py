@@ -522,12 +522,13 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     flops = forward_flops(model_dir, shapes)
     models = {a["kind"]: load_torch(a["kind"], model_dir) for a in artifacts.values() if a["kind"].startswith("torch")}
     collator = Collator({"": AutoTokenizer.from_pretrained(qdir / "tokenizer")}, regression=spec.is_regression)
-    # dev metrics already measured by the quantize stage on the same rows (torch fp32: the parity run; int8: the
-    # same files and runtime, one row at a time) are reused; the others are evaluated here (int8 of a quantize
-    # record older than batch-1 scoring too: its numbers were taken in batches of 32)
+    # dev metrics already measured by the quantize stage on the same rows (torch fp32: the parity run, where the
+    # record keeps them apart from model.onnx's own fp32 metrics; int8: the same files and runtime, one row at a time)
+    # are reused; the others are evaluated here (int8 of a quantize record older than batch-1 scoring too: its numbers
+    # were taken in batches of 32)
     from compress.export import SHIPPED_BATCH
 
-    known = {"torch_fp32": qrec["fp32"]["metrics"]}
+    known = {"torch_fp32": qrec["fp32"]["torch_metrics"]} if "torch_metrics" in qrec["fp32"] else {}
     if qrec.get("scored_batch") == SHIPPED_BATCH:
         known.update({f"int8_{m}": e["metrics"] for m, e in qrec["int8"].items()})
     for name, art in tqdm(list(artifacts.items()), desc="bench accuracy", leave=False):

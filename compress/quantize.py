@@ -505,7 +505,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                           min_agreement=cfg.parity_min_agreement, what=str(fp32))
     record = {"scored_batch": SHIPPED_BATCH,  # int8 metrics: dev texts one at a time, as the bundle runs them
               "fp32": {"file": fp32.name, "parity": parity.as_dict(),  # the metrics of the file recorded
-                       "metrics": compute_metrics(metric_names, onnx_logits, labels)}}
+                       "metrics": compute_metrics(metric_names, onnx_logits, labels),
+                       "torch_metrics": compute_metrics(metric_names, torch_logits, labels)}}  # the bench's torch row
     dynamic_src = fp32
     if cfg.optimize:  # dynamic int8 starts from the fused graph; the bench times it as fp32 fused
         try:  # nothing fused: no copy (it would help nothing)

@@ -233,3 +233,54 @@ def test_a_timing_worker_dies_with_its_parent(tmp_path):
     while running() and time.time() < deadline:
         time.sleep(0.1)
     assert not running()
+
+
+def test_the_torch_fp32_row_gets_the_torch_models_metrics_not_the_onnx_files(tmp_path, tiny_bert_dir, dev,
+                                                                             monkeypatch):
+    """The bench reuses the quantize stage's dev metrics where they are the same model's: quantize.json's
+    ``fp32.metrics`` are model.onnx's own (since the record names that file), so they are not the torch model's, which
+    may differ on near-ties within the parity tolerance; the torch_fp32 row took them as its own."""
+    from compress.data import GLUE_TASKS
+    from compress.evaluate import predict
+    from compress.metrics import compute_metrics
+    import compress.bench as B
+    import compress.quantize as Q
+
+    model, tokenizer = load_trained(tiny_bert_dir)
+    qdir = tmp_path / "quantize"
+    qdir.mkdir()
+    collator = Collator({"": tokenizer})
+    labels = np.asarray(dev["label"])
+    real, calls = Q.onnx_predict, []
+
+    def flipped_first(*args, **kwargs):  # stands in for an ONNX graph whose argmax differs from torch's on near-ties
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            out = out.copy()
+            out[: len(out) // 2] *= -1
+        return out
+
+    monkeypatch.setattr(Q, "onnx_predict", flipped_first)
+    rec = quantize_model(model, dev, labels, ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], max_drop=100.0, optimize=False, ort_format=False,
+                                        parity_atol=1.0e3, parity_min_agreement=0.1), qdir,
+                         calib_rows=dev, sens_rows=dev.select(range(4)))
+    monkeypatch.setattr(Q, "onnx_predict", real)
+    rec["source"] = {"model": "teacher", "folder": str(tiny_bert_dir)}
+    tokenizer.save_pretrained(qdir / "tokenizer")
+    torch_metrics = compute_metrics(["accuracy"], predict(model, dev, collator), labels)
+    assert rec["fp32"]["metrics"] != torch_metrics
+
+    class Scored(Exception):
+        pass
+
+    def stop(artifacts, *args, **kwargs):  # the dev metrics are set before timing starts: no timing needed here
+        raise Scored(artifacts)
+
+    monkeypatch.setattr(B, "measure_in_fresh_process", stop)
+    cfg = BenchConfig(threads=[1], batch_sizes=[], seq_lengths=[], dev_rows=2, peers=["torch_fp32"], isolate=False)
+    with pytest.raises(Scored) as e:
+        bench(qdir, rec, str(tiny_bert_dir), dev, GLUE_TASKS["sst2"], cfg, tmp_path / "bench", [])
+    arts = e.value.args[0]
+    assert arts["torch_fp32"]["metrics"] == torch_metrics
