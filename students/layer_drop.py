@@ -67,8 +67,10 @@ def drop_layers(model: torch.nn.Module, keep: list[int], *, what: str = "teacher
 def _keep_pruning_fields(config, keep: list[int]) -> None:
     """Renumber the config's per-layer records of removed heads and neurons for the layers ``keep`` (1-based):
     HF's ``pruned_heads`` (layer index -> heads) and `compress.prune`'s ``compress_layer_sizes`` and
-    ``compress_pruning`` (one entry per layer, each keeping its ``source`` in the unpruned numbering), with
-    ``intermediate_size`` the kept layers' widest FFN (`compress.prune.write_config`'s convention)."""
+    ``compress_pruning`` (one entry per layer), with ``intermediate_size`` the kept layers' widest FFN
+    (`compress.prune.write_config`'s convention). The student's record counts its own layers (``num_layers``, each
+    layer its own ``source``), as a layer-drop student of an unpruned teacher's does: pruning ratios count the units
+    of the model before pruning, and the teacher's dropped layers are no units of the student's."""
     pruned = getattr(config, "pruned_heads", None)
     if pruned:
         pruned = {int(k): v for k, v in pruned.items()}
@@ -78,7 +80,8 @@ def _keep_pruning_fields(config, keep: list[int]) -> None:
         config.intermediate_size = max(s["ffn"] for s in config.compress_layer_sizes)  # the kept layers' widest
     if getattr(config, "compress_pruning", None):
         record = dict(config.compress_pruning)
-        record["layers"] = [record["layers"][i - 1] for i in keep]
+        record["layers"] = [{**record["layers"][old - 1], "source": new} for new, old in enumerate(keep)]
+        record["num_layers"] = len(keep)
         config.compress_pruning = record
 
 

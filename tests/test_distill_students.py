@@ -136,7 +136,7 @@ def test_layer_drop_of_a_pruned_teacher_keeps_the_kept_layers_pruning_config(kin
     c = student.config
     assert {int(k): sorted(v) for k, v in c.pruned_heads.items()} == {0: [0, 2], 1: [0, 1, 3]}
     assert c.compress_layer_sizes == [{"heads": 2, "ffn": 64}, {"heads": 1, "ffn": 32}]
-    assert [x["source"] for x in c.compress_pruning["layers"]] == [1, 3]
+    assert [x["source"] for x in c.compress_pruning["layers"]] == [0, 1] and c.compress_pruning["num_layers"] == 2
     ids = torch.randint(5, 100, (2, 9))
     with torch.no_grad():
         expected = student(input_ids=ids).logits
@@ -191,3 +191,25 @@ def test_a_random_narrow_student_takes_as_many_tokens_as_its_teacher(tokenizer):
         assert student(input_ids=torch.randint(5, 100, (1, 600))).logits.shape == (1, 2)
     usual = build_student(spec, _tiny("bert"), tokenizer, SST2).model  # a teacher of 512 or fewer: 512, as before
     assert usual.config.max_position_embeddings == 512
+
+
+def test_a_layer_drop_student_of_a_pruned_teacher_is_pruned_by_its_own_layers(tokenizer):
+    """Pruning ratios count the units of the model as it was before pruning. A layer-drop student of an unpruned
+    teacher is a 2-layer model; of a teacher with a head pruned it was recorded as the teacher's 4 layers, 2 of them
+    dropped: heads 0.5 (global) then kept 8 of the 4-layer teacher's 16 heads, all 7 the student has (nothing cut),
+    and prune.layers named the teacher's layers."""
+    from compress import prune as P
+    from compress.config import PruneConfig
+
+    target = from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.0, "importance": "l1", "recover": None}, where="prune")
+    kept = {}
+    for pruned in (False, True):
+        teacher = _tiny("bert").eval()
+        if pruned:
+            P.apply(teacher, [P.LayerState(i, [0, 1, 2] if i == 3 else [0, 1, 2, 3], list(range(64)))
+                              for i in range(4)])
+        student = build_student(StudentConfig(name="s", keep_layers=[2, 4]), teacher, tokenizer, SST2).model
+        assert P.provenance(student).num_layers == 2
+        P.prune(student, target)
+        kept[pruned] = sum(len(s.heads) for s in P.provenance(student).layers)
+    assert kept == {False: 4, True: 4}
