@@ -158,9 +158,10 @@ def _json_kind(value) -> str:
 def has_test_labels(cfg: TaskConfig, spec: TaskSpec) -> bool:
     """Whether the task's test file carries its label column. GLUE's own MRPC download has an unlabelled test.tsv
     (no ``Quality`` column; the copy in ../shared/data/glue is labelled): it is left out, with a note, instead of
-    stopping every run (or `compress validate`)."""
+    stopping every run (or `compress validate`). A custom task's test file (task.files) must carry its labels: a
+    misnamed label column there is refused, as in its other files."""
     path = split_paths(cfg).get("test")
-    if cfg.hub_dataset or path is None or not path.is_file() or not spec.header:
+    if cfg.hub_dataset or cfg.files or path is None or not path.is_file() or not spec.header:
         return True  # load_split reports what is wrong with it
     if spec.label in read_rows(path)[0]:
         return True

@@ -514,3 +514,15 @@ def test_an_unlabelled_mrpc_test_split_is_left_out_with_a_note(glue_dir, tmp_pat
     data = load_task(TaskConfig(name="mrpc", data_dir=str(folder), max_train_samples=20), seed=0)
     assert data.test is None and len(data.dev) == 408
     assert "test.tsv: no 'Quality' column (an unlabelled test split): no test metrics" in capsys.readouterr().err
+
+
+def test_a_custom_test_file_with_a_misnamed_label_column_is_refused_not_left_out(tmp_path):
+    """Only GLUE's own unlabelled MRPC test split is left out with a note: a custom task's test file whose label column
+    is misnamed (' label') is an error naming the column, as in its other files, not a silent lack of test metrics."""
+    (tmp_path / "train.csv").write_text("text,label\ngood film,pos\nbad film,neg\n")
+    (tmp_path / "test.csv").write_text("text, label\ngood film,pos\n")
+    cfg = TaskConfig(name="reviews", labels=["neg", "pos"], holdout=0.0,
+                     files={"train": str(tmp_path / "train.csv"), "dev": str(tmp_path / "train.csv"),
+                            "test": str(tmp_path / "test.csv")})
+    with pytest.raises(CompressError, match=r"test\.csv: column 'label' not found"):
+        load_task(cfg, seed=0)
