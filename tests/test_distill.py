@@ -396,6 +396,13 @@ def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_grad
     with pytest.raises(CompressError, match=r"students\[0\]\.distill\.two_step: every intermediate match has "
                                             r"weight 0"):
         resolve_matches(every, teacher.config, student.model.config, where="students[0].distill")
+    # no logit loss either, and explicit weight-0 matches turn every generated one off: nothing would train
+    silent = from_dict(DistillConfig, {"layer_map": "last", "layer_map_features": ["hidden"], "kd_weight": 0.0,
+                                       "hard_label_weight": 0.0,
+                                       "matches": [{"teacher_layer": 4, "student_layer": 2, "weight": 0.0}]})
+    with pytest.raises(CompressError, match=r"distill: kd_weight and hard_label_weight are both 0 and every "
+                                            r"intermediate match has weight 0"):
+        resolve_matches(silent, teacher.config, student.model.config)
 
 
 def test_a_student_deeper_than_its_teacher_maps_to_teacher_layers_from_1():

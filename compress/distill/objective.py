@@ -80,6 +80,9 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
     if cfg.two_step and not out:  # its first step would train on nothing (AdamW's decay alone moving the weights)
         raise CompressError(f"{where}.two_step: every intermediate match has weight 0; give one a weight > 0 or "
                             f"turn two_step off")
+    if not out and cfg.kd_weight == 0 and cfg.hard_label_weight == 0:  # weight-0 matches turned every one off
+        raise CompressError(f"{where}: kd_weight and hard_label_weight are both 0 and every intermediate match has "
+                            f"weight 0: nothing would train the student; give one of them a weight > 0")
     return out
 
 
