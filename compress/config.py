@@ -437,7 +437,8 @@ class StudentConfig:
     tokenizer: Optional[str] = None
     """narrow: the student's own tokenizer (zoo name/folder). Default: the init checkpoint's, else the teacher's."""
     vocab_size: Optional[int] = None
-    """narrow + random: vocabulary size (must match the tokenizer used)."""
+    """narrow + random: vocabulary size (must match the tokenizer used); a checkpoint student keeps its own (another
+    is refused), a layer-drop student the teacher's (any is refused)."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Losses: logit KD, gold labels, intermediate matches, augmentation (`DistillConfig`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
