@@ -74,7 +74,8 @@ STAGES: list[Stage] = [
     # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH)
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
           revision=2),
-    Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",)),
+    # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
+    Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",)),

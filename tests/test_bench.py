@@ -284,3 +284,22 @@ def test_the_torch_fp32_row_gets_the_torch_models_metrics_not_the_onnx_files(tmp
         bench(qdir, rec, str(tiny_bert_dir), dev, GLUE_TASKS["sst2"], cfg, tmp_path / "bench", [])
     arts = e.value.args[0]
     assert arts["torch_fp32"]["metrics"] == torch_metrics
+
+
+def test_bench_stage_revision_redoes_run_folders_whose_torch_row_took_the_onnx_metrics(tmp_path, glue_dir,
+                                                                                       monkeypatch):
+    """The bench stage's outputs changed meaning with the same inputs and config (its torch_fp32 row's dev metrics
+    were model.onnx's, reused from quantize.json's fp32.metrics; they are now the torch model's): its fingerprint
+    carries a revision, so a run folder's finished bench stage is redone, not reused with the onnx numbers."""
+    import compress.pipeline as pl
+    from compress.config import Recipe
+
+    recipe = from_dict(Recipe, {
+        "name": "b", "runs_dir": str(tmp_path / "runs"),
+        "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32},
+        "teacher": {"model": "minilm-l6"}, "quantize": {"modes": ["dynamic"]}, "bench": {}}, file="recipe.yaml")
+    payloads = []
+    monkeypatch.setattr(pl, "fingerprint", lambda payload: payloads.append(payload) or f"fp{len(payloads)}")
+    stages = {s.name: s for s in pl.STAGES}
+    pl._fingerprint(recipe, stages["bench"], {"quantize": {"outputs": {"quantize.json": "ab"}}})
+    assert payloads[0].get("revision") == stages["bench"].revision == 2
