@@ -71,9 +71,11 @@ STAGES: list[Stage] = [
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
           trains=True),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
-    # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH)
+    # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH); 3: fp32
+    # metrics (and the guard's baseline) are model.onnx's own, .ort files without ORT's slow fusions, dynamic guard
+    # candidates only the nodes dynamic int8 changes
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
-          revision=2),
+          revision=3),
     # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs

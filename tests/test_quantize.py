@@ -398,8 +398,9 @@ def test_guard_rows_option(tmp_path, tiny_bert_dir, glue_dir):
 
 
 def test_quantize_stage_revision_redoes_run_folders_scored_in_batches(tmp_path, glue_dir, monkeypatch):
-    """The quantize stage's outputs changed meaning (int8 scored one text at a time): its fingerprint carries a
-    revision, so older run folders redo it (and bench, report, bundle after it); other stages keep theirs."""
+    """The quantize stage's outputs changed meaning (2: int8 scored one text at a time; 3: fp32 metrics of the ONNX
+    file, .ort without the slow fusions): its fingerprint carries a revision, so older run folders redo it (and bench,
+    report, bundle after it); other stages keep theirs."""
     import compress.pipeline as pl
 
     recipe = recipe_for(tmp_path, glue_dir)
@@ -409,7 +410,7 @@ def test_quantize_stage_revision_redoes_run_folders_scored_in_batches(tmp_path, 
     pl._fingerprint(recipe, stages["teacher"], {})
     pl._fingerprint(recipe, stages["quantize"], {"teacher": {"outputs": {"model/model.safetensors": "ab"}}})
     assert "revision" not in payloads[0]
-    assert payloads[1]["revision"] == stages["quantize"].revision == 2
+    assert payloads[1]["revision"] == stages["quantize"].revision == 3
 
 
 def test_source_model_prefers_newest(tmp_path, glue_dir):
