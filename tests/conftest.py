@@ -68,3 +68,36 @@ def export_int8(model, folder: Path) -> Path:
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
     quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8)
     return folder / "int8.onnx"
+
+
+def flip_first_onnx_scores(monkeypatch):
+    """Make `compress.quantize`'s first ONNX scoring (the fp32 parity run) give half its rows the opposite argmax: an
+    ONNX graph whose scores differ from torch's (on near-ties, in real runs). Returns the real function."""
+    import compress.quantize as Q
+
+    real, calls = Q.onnx_predict, []
+
+    def flipped_first(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            out = out.copy()
+            out[: len(out) // 2] *= -1
+        return out
+
+    monkeypatch.setattr(Q, "onnx_predict", flipped_first)
+    return real
+
+
+def unlabelled_mrpc(glue_dir: Path, folder: Path) -> Path:
+    """``folder`` as GLUE's own MRPC download: the shared train/dev files and a test.tsv without labels (index, #1 ID,
+    #2 ID, #1 String, #2 String; five rows)."""
+    import shutil
+
+    folder.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(glue_dir / "MRPC" / name, folder / name)
+    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8-sig").splitlines()
+    (folder / "test.tsv").write_text("\n".join("\t".join([str(i) if i else "index", *line.split("\t")[1:]])
+                                               for i, line in enumerate(lines[:6])) + "\n", encoding="utf-8")
+    return folder

@@ -15,6 +15,7 @@ from compress.errors import CompressError
 from compress.manifest import write_json
 from compress.modeling import load_trained
 from compress.quantize import quantize_model
+from conftest import flip_first_onnx_scores
 
 
 @pytest.fixture(scope="module")
@@ -251,17 +252,7 @@ def test_the_torch_fp32_row_gets_the_torch_models_metrics_not_the_onnx_files(tmp
     qdir.mkdir()
     collator = Collator({"": tokenizer})
     labels = np.asarray(dev["label"])
-    real, calls = Q.onnx_predict, []
-
-    def flipped_first(*args, **kwargs):  # stands in for an ONNX graph whose argmax differs from torch's on near-ties
-        out = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:
-            out = out.copy()
-            out[: len(out) // 2] *= -1
-        return out
-
-    monkeypatch.setattr(Q, "onnx_predict", flipped_first)
+    real = flip_first_onnx_scores(monkeypatch)
     rec = quantize_model(model, dev, labels, ["accuracy"], collator,
                          QuantizeConfig(modes=["dynamic"], max_drop=100.0, optimize=False, ort_format=False,
                                         parity_atol=1.0e3, parity_min_agreement=0.1), qdir,

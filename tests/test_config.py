@@ -4,6 +4,7 @@ import pytest
 
 from compress.config import load_recipe
 from compress.errors import CompressError
+from conftest import unlabelled_mrpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -392,17 +393,9 @@ def test_a_json_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_pa
 def test_validate_leaves_out_an_unlabelled_test_split_as_the_run_does(glue_dir, tmp_path, monkeypatch, capsys):
     """GLUE's own MRPC download has a test.tsv without labels: the run leaves it out with a note (`load_task`), so
     `compress validate` must not stop at "column 'Quality' not found" on the same files."""
-    import shutil
-
     from compress.cli import main
 
-    folder = tmp_path / "MRPC"
-    folder.mkdir()
-    for name in ("train.tsv", "dev.tsv"):
-        shutil.copy(glue_dir / "MRPC" / name, folder / name)
-    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8-sig").splitlines()
-    (folder / "test.tsv").write_text("\n".join("\t".join([str(i) if i else "index", *line.split("\t")[1:]])
-                                               for i, line in enumerate(lines[:6])) + "\n", encoding="utf-8")
+    unlabelled_mrpc(glue_dir, tmp_path / "MRPC")
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
     recipe = Path(__file__).resolve().parent.parent / "pipelines" / "mrpc.yaml"
     assert main(["validate", str(recipe)]) == 0

@@ -6,6 +6,7 @@ import pytest
 from compress.config import TaskConfig
 from compress.data import Collator, eval_loader, load_split, load_task, row_lengths, tokenize, train_loader
 from compress.errors import CompressError
+from conftest import unlabelled_mrpc
 
 
 @pytest.mark.parametrize("task,counts", [
@@ -502,15 +503,7 @@ def test_hub_dataset_row_without_a_label_is_one_line(tmp_path, monkeypatch):
 def test_an_unlabelled_mrpc_test_split_is_left_out_with_a_note(glue_dir, tmp_path, capsys):
     """GLUE's own MRPC download has a test.tsv without labels (index, #1 ID, #2 ID, #1 String, #2 String): every
     MRPC run stopped at "column 'Quality' not found". The split is left out (no test metrics), with a note."""
-    import shutil
-
-    folder = tmp_path / "MRPC"
-    folder.mkdir()
-    for name in ("train.tsv", "dev.tsv"):
-        shutil.copy(glue_dir / "MRPC" / name, folder / name)
-    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8-sig").splitlines()
-    (folder / "test.tsv").write_text("\n".join("\t".join([str(i) if i else "index", *line.split("\t")[1:]])
-                                               for i, line in enumerate(lines[:6])) + "\n", encoding="utf-8")
+    folder = unlabelled_mrpc(glue_dir, tmp_path / "MRPC")
     data = load_task(TaskConfig(name="mrpc", data_dir=str(folder), max_train_samples=20), seed=0)
     assert data.test is None and len(data.dev) == 408
     assert "test.tsv: no 'Quality' column (an unlabelled test split): no test metrics" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from compress.errors import CompressError
 from compress.export import export_onnx, onnx_predict, session
 from compress.quantize import (DYNAMIC_OPS, guard, lookup_nodes, quantizable_nodes, quantize_dynamic,
                                quantize_model, source_model)
-from conftest import tiny_bert_config
+from conftest import flip_first_onnx_scores, tiny_bert_config
 from compress.config import TaskConfig
 from pathlib import Path
 
@@ -616,18 +616,7 @@ def test_the_fp32_record_scores_the_onnx_file_not_the_torch_model(tmp_path, tiny
 
     dev, train, collator = sst2
     labels = np.asarray(dev["label"])
-    real = Q.onnx_predict
-    calls = []
-
-    def flipped_first(*args, **kwargs):  # stands in for an ONNX graph whose argmax differs from torch's
-        out = real(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:
-            out = out.copy()
-            out[: len(out) // 2] *= -1
-        return out
-
-    monkeypatch.setattr(Q, "onnx_predict", flipped_first)
+    real = flip_first_onnx_scores(monkeypatch)
     cfg = QuantizeConfig(modes=["dynamic"], max_drop=100.0, optimize=False, parity_atol=1.0e3,
                          parity_min_agreement=0.1, ort_format=False)
     rec = Q.quantize_model(tiny_model, dev, labels, ["accuracy"], collator, cfg, tmp_path, calib_rows=train,
