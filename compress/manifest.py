@@ -93,17 +93,22 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename); a failed write (a full disk) leaves neither a half-written
-    ``path`` nor its temporary file."""
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; a failed write (a full
+    disk) leaves neither a half-written ``path`` nor its temporary file."""
     path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (`write_atomic`)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path) -> dict:

@@ -33,7 +33,7 @@ from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
-from compress.manifest import read_json, write_json
+from compress.manifest import read_json, write_atomic, write_json
 from compress.modeling import count_params, load_trained, save, save_atomic
 from compress.train import fit, from_main_process, main_process_writes, process_device, resolve_precision
 
@@ -187,9 +187,8 @@ def _save_scores(scores: P.Scores, path: Path) -> None:
     """A step's importance scores beside its recovery checkpoints (written aside and renamed): a rerun after a crash
     in that step's recovery cuts the same units again, whatever scoring on other kernels or thread counts would rank
     now (near-ties), so the checkpoint's weights fit the model and the record names the units they belong to."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"heads": [t.detach().cpu() for t in scores.heads], "ffn": [t.detach().cpu() for t in scores.ffn]}, tmp)
-    tmp.replace(path)
+    data = {"heads": [t.detach().cpu() for t in scores.heads], "ffn": [t.detach().cpu() for t in scores.ffn]}
+    write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
 def _saved_scores(path: Optional[Path]) -> Optional[P.Scores]:

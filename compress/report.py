@@ -927,8 +927,8 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
             if kind == "model":
                 art = group["artifacts"][name]
                 # the export lived in the scratch folder, deleted after this pass: no path to record
-                out["models"][label] = {"artifacts": {"onnx_fp32": {**art, "path": None, "exported": Path(art["path"]).name,
-                                                                    "results": results}}}
+                exported = {**art, "path": None, "exported": Path(art["path"]).name, "results": results}
+                out["models"][label] = {"artifacts": {"onnx_fp32": exported}}
                 lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in results)
                 print(f"[report] {label} · onnx fp32: {lat}")
             else:

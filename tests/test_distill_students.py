@@ -87,7 +87,7 @@ def test_narrow_from_minilm_checkpoint_truncates_bottom_layers(tokenizer, minilm
     (dict(kind="layer_drop", layers=6), "only 4 layers"),
     (dict(kind="layer_drop", keep_layers=[1, 5]), "layer 5 does not exist"),
     (dict(kind="layer_drop", keep_layers=[3, 1]), "increasing order"),
-    (dict(kind="layer_drop", layers=2, hidden=16), "keeps the teacher's width"),
+    (dict(kind="layer_drop", layers=2, hidden=16), "hidden 16: a layer-drop student keeps the teacher's hidden \\(32\\)"),
     (dict(kind="narrow", layers=2, hidden=40, heads=3), "not divisible by heads"),
     (dict(kind="narrow", layers=2, hidden=48, heads=4, vocab_size=50000), "tokenizer of its own"),
     (dict(kind="narrow", layers=8, init="minilm-l6"), "has only 6 layers"),
