@@ -37,12 +37,7 @@ def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_
 
 def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch):
     monkeypatch.setattr(hub, "reachable", lambda: False)
-    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
-                                 extra="students:\n  - {name: s, kind: narrow, init: org/not-cached-anywhere}\n"))
-    with pytest.raises(CompressError, match=r"tiny\.yaml: students\[0\]\.init: 'org/not-cached-anywhere' is a hub id.*"
-                                            r"cannot be reached and it is not in the Hugging Face cache"):
-        run_pipeline(recipe)
-    assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
+    _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/not-cached-anywhere", "it is not in the Hugging Face cache")
     # reachable but no answer about the repo (here: no network at all): the check stands aside, the download reports
     monkeypatch.setattr(hub, "reachable", lambda: True)
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
@@ -138,9 +133,15 @@ def test_a_hub_model_cached_without_its_weights_stops_the_run_before_the_teacher
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub, "reachable", lambda: False)
     hub.check("org/partial", "x.yaml: students[0].tokenizer", weights=False)  # a tokenizer: config and vocab do
-    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
-                                 extra="students:\n  - {name: s, kind: narrow, init: org/partial}\n"))
-    with pytest.raises(CompressError, match=r"tiny\.yaml: students\[0\]\.init: 'org/partial' is a hub id.*cannot be "
-                                            r"reached and the Hugging Face cache holds it without its weights"):
+    _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/partial", "the Hugging Face cache holds it without its "
+                              "weights")
+
+
+def _stops_before_the_teacher(tmp_path, tiny_bert_dir, init: str, why: str) -> None:
+    """A run whose student init is the hub id ``init`` stops at once, saying ``why``, before the teacher trains."""
+    student = f"students:\n  - {{name: s, kind: narrow, init: {init}}}\n"
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=student))
+    with pytest.raises(CompressError, match=rf"tiny\.yaml: students\[0\]\.init: '{init}' is a hub id.*cannot be "
+                                            rf"reached and {why}"):
         run_pipeline(recipe)
     assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
