@@ -195,7 +195,11 @@ def train_loader(ds: Dataset, collator: Collator, batch_size: int, seed: int, ep
 
 
 def eval_loader(ds: Dataset, collator: Collator, batch_size: int) -> tuple[DataLoader, np.ndarray]:
-    """Batches sorted by length (little padding) and the order to put predictions back in row order."""
+    """Batches sorted by length (little padding) and the order to put predictions back in row order. The loader has
+    a generator of its own: iterating a DataLoader draws a base seed from its generator, from the global torch RNG
+    without one, so a held-out evaluation during training shifted every later dropout mask (turning ``eval_every`` on
+    or off changed the trained model)."""
     order = np.argsort(row_lengths(ds), kind="stable")
-    loader = DataLoader(ds.select(order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collator)
+    loader = DataLoader(ds.select(order.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collator,
+                        generator=torch.Generator())
     return loader, order

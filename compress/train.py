@@ -134,8 +134,15 @@ def fit(
             return
         unwrapped = accelerator.unwrap_model(modules["model"])
         unwrapped.eval()
-        with torch.inference_mode():
-            metrics = evaluate(unwrapped)
+        saved = {k: unwrapped.__dict__[k] for k in ("forward", "_original_forward") if k in unwrapped.__dict__}
+        if "_original_forward" in saved:  # bf16: selection scores with the model's own forward, in fp32 as the
+            _drop_autocast_forward(unwrapped)  # stage's metrics are, not with Accelerate's autocast one
+        try:
+            with torch.inference_mode():
+                metrics = evaluate(unwrapped)
+        finally:
+            unwrapped.__dict__.pop("forward", None)
+            unwrapped.__dict__.update(saved)
         unwrapped.train()
         value = next(iter(metrics.values()))
         result.history.append({"step": step, "tag": tag, **metrics})

@@ -712,3 +712,48 @@ def test_an_epoch_end_that_eval_every_just_scored_is_not_scored_twice(tiny_bert_
                  TrainConfig(epochs=2, batch_size=4, eval_every=5), seed=0, evaluate=lambda m: {"accuracy": 0.5})
     steps = [h["step"] for h in result.history]
     assert steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+
+
+def test_held_out_evaluation_leaves_the_training_draws_alone(tiny_bert_dir):
+    """A held-out evaluation (its DataLoader drew a base seed from the global torch RNG) shifted every later dropout
+    mask: turning ``eval_every`` on or off changed the trained weights. With an evaluation whose score keeps rising
+    (so the final state is kept), the weights are those of a run without evaluation, bit for bit."""
+    from compress.evaluate import evaluate
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=96, holdout=0.1, max_eval_samples=16), seed=0)
+    states = []
+    for with_eval in (False, True):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        collator = Collator({"": tok})
+        held = tokenize(data.holdout, tok, 32)
+        step = iter(range(100))
+
+        def score(m):
+            evaluate(m, held, collator, data.spec, desc=None)  # the real evaluation, its score replaced
+            return {"accuracy": float(next(step))}
+
+        fit(model, tokenize(data.train, tok, 32), collator, TrainConfig(epochs=2, batch_size=16, eval_every=2),
+            seed=0, evaluate=score if with_eval else None)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_held_out_selection_in_a_bf16_fit_scores_in_fp32(tiny_bert_dir):
+    """Accelerate's bf16 forward stays on the model during fit: the held-out scores that pick the best state were
+    bf16 numbers while the stage's metrics are fp32. Selection now scores with the model's own forward."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=32, holdout=0.0, max_eval_samples=16), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    collator = Collator({"": tok})
+    dev = tokenize(data.dev, tok, 32)
+    seen = []
+
+    def score(m):
+        hook = m.classifier.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+        try:
+            return {"accuracy": float((predict(m, dev, collator).argmax(-1) == np.asarray(dev["label"])).mean())}
+        finally:
+            hook.remove()
+
+    fit(model, tokenize(data.train, tok, 32), collator,
+        TrainConfig(epochs=2, batch_size=16, eval_every=1, precision="bf16"), seed=0, evaluate=score)
+    assert seen and set(seen) == {torch.float32}
