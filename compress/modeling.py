@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +52,11 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))
     if reason:
         raise CompressError(f"model {model!r}: {reason}")
+    if getattr(config, "compress_layer_sizes", None) and os.path.isdir(source):
+        from compress.prune import uniform_ffn
+
+        if not uniform_ffn(config):  # stock from_pretrained cannot rebuild per-layer FFN widths
+            return _per_layer_widths(model, source, config, spec, keep_head), tokenizer
     if keep_head:
         return finetuned_head(model, source, config, spec, offline), tokenizer
     order = head_order(_head_names(config), spec.labels)  # a trained head of the task's labels in another order
@@ -71,6 +78,35 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     return model_obj, tokenizer
 
 
+def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head: bool):
+    """A folder pruned to per-layer FFN widths (a prune stage's output) for the task ``spec``, loaded as
+    `load_trained` does (`compress.prune.load_pruned`: every saved weight, strictly), then fitted to the task as
+    `load_for_task` fits any model: ``keep_head`` as `finetuned_head` (its head must fit the task), else its head kept
+    when it has the task's label count, a new one of the task's size otherwise."""
+    from compress.prune import load_pruned
+
+    names = _head_names(config)
+    problem, warning = head_mismatch(config.num_labels, names, spec.labels)
+    where = f"model {model!r}" + (" (teacher.finetune: false)" if keep_head else "")
+    if keep_head and problem:
+        raise CompressError(f"{where}: {problem}")
+    if keep_head and warning:
+        log.warning("%s: %s", where, warning)
+    model_obj, _ = load_pruned(source)
+    order = head_order(names, spec.labels)
+    if order:
+        _reorder_head(model_obj, order, where)
+    if problem:  # another label count (or regression): a new head, as from_pretrained gives any other model
+        fresh_config = copy.deepcopy(model_obj.config)
+        for key, value in task_kwargs(spec).items():
+            setattr(fresh_config, key, value)
+        fresh = AutoModelForSequenceClassification.from_config(fresh_config)
+        model_obj.classifier = fresh.classifier
+    for key, value in task_kwargs(spec).items():
+        setattr(model_obj.config, key, value)
+    return model_obj.train()
+
+
 def _select_bias_heads(model_obj) -> None:
     """A head-pruned MPNet adds only its kept heads' position bias (`compress.prune.select_bias_heads`, as
     `load_trained` does); transformers' loading leaves the bias whole and the first forward fails."""
@@ -83,8 +119,7 @@ def _select_bias_heads(model_obj) -> None:
 def _misfit(model: str, keys: list[str]) -> str:
     """The one-line refusal of a model whose encoder weights have other shapes than its config.json gives."""
     return (f"model {model!r}: its weights do not fit its config.json ({', '.join(keys[:2])}"
-            f"{' ...' if len(keys) > 2 else ''} of another shape); a model pruned to per-layer widths cannot be "
-            f"loaded here")
+            f"{' ...' if len(keys) > 2 else ''} of another shape)")
 
 
 def _head_names(config) -> list[str]:

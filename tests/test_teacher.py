@@ -578,8 +578,23 @@ def test_a_bf16_fit_leaves_the_model_computing_in_fp32(tiny_bert_dir):
 
 def test_a_folder_whose_encoder_weights_do_not_fit_its_config_is_refused_not_reinitialised(tiny_bert_dir, tmp_path):
     """Only the task head may be replaced for being of another shape: encoder weights that transformers cannot place
-    (here a model pruned to per-layer FFN widths) were silently re-initialised at random (finetune) or a state_dict
-    traceback (finetune: false)."""
+    (here a config.json that says another FFN width than the weights have) were silently re-initialised at random
+    (finetune) or a state_dict traceback (finetune: false)."""
+    from compress.data import GLUE_TASKS
+
+    shutil.copytree(tiny_bert_dir, tmp_path / "edited")
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    (tmp_path / "edited" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    for keep_head in (False, True):
+        with pytest.raises(CompressError, match=r"^model '.*edited': its weights do not fit its config.json "
+                                                r"\(bert\.encoder\.layer\.\d\.intermediate\.dense\."):
+            load_for_task(str(tmp_path / "edited"), GLUE_TASKS["sst2"], keep_head=keep_head)
+
+
+def test_a_folder_pruned_to_per_layer_widths_loads_for_the_task(tiny_bert_dir, tmp_path):
+    """A model pruned to per-layer FFN widths (a prune stage's output) as a teacher (finetune: false, or fine-tuned
+    again) or a student init: stock from_pretrained cannot rebuild its shapes, and it was refused; it loads as
+    `load_trained` does, computing as saved, and a task of another label count gets a new head on the same encoder."""
     from compress import prune as P
     from compress.config import PruneConfig, from_dict
     from compress.data import GLUE_TASKS
@@ -589,10 +604,22 @@ def test_a_folder_whose_encoder_weights_do_not_fit_its_config_is_refused_not_rei
                              where="prune"))
     assert len({s["ffn"] for s in model.config.compress_layer_sizes}) > 1
     save(model, tok, tmp_path / "pruned")
+    ids = torch.randint(1000, 5000, (2, 9))
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids)
     for keep_head in (False, True):
-        with pytest.raises(CompressError, match=r"^model '.*pruned': its weights do not fit its config.json "
-                                                r"\(bert\.encoder\.layer\.\d\.intermediate\.dense\."):
-            load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
+        loaded, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(input_ids=ids).logits, expected.logits)
+        assert loaded.config.id2label == {0: "0", 1: "1"}
+    three, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"])
+    with torch.no_grad():
+        out = three.eval()(input_ids=ids, output_hidden_states=True)
+        ref = model(input_ids=ids, output_hidden_states=True)
+    assert out.logits.shape == (2, 3) and three.config.num_labels == 3
+    assert torch.equal(out.hidden_states[-1], ref.hidden_states[-1])  # the pruned encoder, kept whole
+    with pytest.raises(CompressError, match=r"its head has 2 output\(s\), the task needs 3 labels"):
+        load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"], keep_head=True)
 
 
 def test_a_head_pruned_mpnet_folder_loads_for_the_task_computing_as_saved(tmp_path, tokenizer):
