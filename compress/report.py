@@ -549,7 +549,7 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     starred = None
     for k, table in enumerate(tables):
         t = threads or table.headline_threads
-        rows = [r for r in table.rows if r.metric is not None and t in r.latency]
+        rows = [r for r in table.rows if r.metric is not None and math.isfinite(r.metric) and t in r.latency]
         if not rows:
             continue
         metric_names.add(table.metric_name)

@@ -619,3 +619,17 @@ def test_the_bench_settings_the_report_times_with_are_in_its_fingerprint_when_no
     old = json.loads(json.dumps(stage_manifest(load_recipe(path), report, fp, inputs, tmp_path / "out", {})))
     assert _what_changed(load_recipe(path, {"bench.threads": [2]}), report, old, inputs) == \
         "changed: bench.threads.0: 1 -> 2"
+
+
+def test_a_run_whose_plotted_metrics_are_all_nan_is_left_off_the_plot(tmp_path):
+    """A nan metric (a stage that recorded nan) has no place on the plot: a run with nothing else to plot is skipped,
+    not an IndexError from an empty Pareto frontier; the table still shows the row."""
+    nan = float("nan")
+    table = RunTable("r", "runs/r", "accuracy", [
+        Row("teacher", "teacher", "torch", metric=0.9),
+        Row("teacher · onnx fp32", "teacher", "onnx fp32", metric=nan, latency=_lat(10.0), reference=True)],
+        teacher_metric=0.9)
+    assert pareto_plot([table], tmp_path / "p.png") is None
+    mixed = _table()
+    mixed.rows[2].metric = nan  # one nan row among plottable ones: the others are drawn
+    assert pareto_plot([mixed], tmp_path / "q.png") == tmp_path / "q.png"
