@@ -128,6 +128,8 @@ class RunTable:
         ref = self.reference_row()
         if ref is None or threads not in ref.latency or threads not in row.latency:
             return None
+        if ref.latency[threads].p50_ms <= 0 or row.latency[threads].p50_ms <= 0:  # no timing gives 0 ms: no ratio
+            return None
         return ref.latency[threads].p50_ms / row.latency[threads].p50_ms
 
 
@@ -283,7 +285,8 @@ def _latencies(results: Optional[list]) -> dict[int, Latency]:
         if r.get("input") == "dev" and r.get("batch", 1) == 1:
             tput = r.get("throughput_seq_s")
             out[int(r["threads"])] = Latency(float(r["p50_ms"]), float(r["p90_ms"]),
-                                             float(tput) if tput is not None else 1000.0 / float(r["mean_ms"]))
+                                             float(tput) if tput is not None else
+                                             1000.0 / float(r["mean_ms"]) if float(r["mean_ms"]) > 0 else None)
     for r in results or []:  # batched fixed shapes: the best throughput at each thread count
         lat = out.get(int(r.get("threads", 0)))
         if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
@@ -549,7 +552,8 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     starred = None
     for k, table in enumerate(tables):
         t = threads or table.headline_threads
-        rows = [r for r in table.rows if r.metric is not None and math.isfinite(r.metric) and t in r.latency]
+        rows = [r for r in table.rows if r.metric is not None and math.isfinite(r.metric) and t in r.latency
+                and r.latency[t].p50_ms > 0]  # the x axis is logarithmic
         if not rows:
             continue
         metric_names.add(table.metric_name)

@@ -633,3 +633,24 @@ def test_a_run_whose_plotted_metrics_are_all_nan_is_left_off_the_plot(tmp_path):
     mixed = _table()
     mixed.rows[2].metric = nan  # one nan row among plottable ones: the others are drawn
     assert pareto_plot([mixed], tmp_path / "q.png") == tmp_path / "q.png"
+
+
+def test_a_zero_latency_has_no_speedup_and_no_place_on_the_log_scale(tmp_path):
+    """A p50 of 0 ms (a record no timing can make) was a ZeroDivisionError in the table and a point the log-scale
+    plot cannot place: its speedup reads '–' (as a reference of 0 ms gives no speedup) and the plot leaves it off."""
+    table = _table()
+    zero = Row("broken", "int8", "onnx int8", metric=0.85, latency={1: Latency(0.0, 0.0), 2: Latency(0.0, 0.0)})
+    table.rows.append(zero)
+    assert table.speedup(zero) is None
+    header, body = table_cells(table)
+    assert dict(zip(header, body[-1]))["speedup (2t)"] == "–"
+    only = RunTable("z", "runs/z", "accuracy", [Row("teacher", "teacher", "torch", metric=0.9), zero],
+                    teacher_metric=0.9)
+    assert pareto_plot([only], tmp_path / "z.png") is None
+    ref = table.reference_row()
+    ref.latency = {t: Latency(0.0, 0.0) for t in ref.latency}
+    assert table.speedup(table.rows[2]) is None
+    from compress.report import _latencies
+
+    assert _latencies([{"input": "dev", "threads": 1, "p50_ms": 0.0, "p90_ms": 0.0, "mean_ms": 0.0}])[1].throughput \
+        is None
