@@ -490,7 +490,11 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             continue
         first = group[0]
         rows = []
-        for row in first.rows:
+        firsts: dict[str, Row] = {}  # every artifact of any seed's run: one a run lacks (a stage it did not run) is
+        for t in group:  #              averaged over the runs that have it
+            for r in t.rows:
+                firsts.setdefault(r.name, r)
+        for row in firsts.values():
             same = [r for t in group for r in t.rows if r.name == row.name]
             mean, std, n = mean_std([r.metric for r in same])
             latency = {}
@@ -510,6 +514,7 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
                                          if v[0] is not None} or None))
+        rows.sort(key=lambda r: _ORDER.get(r.kind, 9))
         teacher = next(r for r in rows if r.name == "teacher")
         provenance = dict(first.provenance)
         provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})

@@ -654,3 +654,27 @@ def test_a_zero_latency_has_no_speedup_and_no_place_on_the_log_scale(tmp_path):
 
     assert _latencies([{"input": "dev", "threads": 1, "p50_ms": 0.0, "p90_ms": 0.0, "mean_ms": 0.0}])[1].throughput \
         is None
+
+
+def test_merged_seeds_keep_an_artifact_the_first_seeds_run_lacks(tmp_path):
+    """Seed runs of one recipe where the first lacks a stage (its bench never ran the Optimum peer, or its prune stage
+    failed): the artifacts only the other seeds have stay in the merged table, averaged over the seeds that have them
+    (n says how many), in the table's kind order."""
+    from compress.report import merge_seeds
+
+    runs = [make_run(tmp_path / "s42", "q", **_files(tmp_path), seed=42, int8={"dynamic": (0.88, True)},
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}),
+            *(make_run(tmp_path / f"s{seed}", "q", **_files(tmp_path), seed=seed, int8={"dynamic": (0.88, True)},
+                       latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}, "optimum_avx512_vnni": {2: ms}})
+              for seed, ms in ((43, 6.0), (44, 8.0)))]
+    for run in runs[1:]:
+        (run / "prune" / "model").mkdir(parents=True)
+        (run / "prune" / "manifest.json").write_text(json.dumps({"stage": "prune", "seed": 43, "params": 7_000_000,
+                                                                 "metrics": {"dev": {"accuracy": 0.8}}}))
+    table, = merge_seeds([collect(r) for r in runs])
+    rows = {r.name: r for r in table.rows}
+    peer = rows["teacher · optimum int8 (peer)"]
+    assert peer.latency[2].p50_ms == pytest.approx(7.0) and peer.seeds == 2
+    assert rows["pruned"].metric == pytest.approx(0.8) and rows["pruned"].seeds == 2
+    assert [r.kind for r in table.rows] == sorted((r.kind for r in table.rows),
+                                                  key=["teacher", "student", "pruned", "int8"].index)
