@@ -678,3 +678,25 @@ def test_merged_seeds_keep_an_artifact_the_first_seeds_run_lacks(tmp_path):
     assert rows["pruned"].metric == pytest.approx(0.8) and rows["pruned"].seeds == 2
     assert [r.kind for r in table.rows] == sorted((r.kind for r in table.rows),
                                                   key=["teacher", "student", "pruned", "int8"].index)
+
+
+def test_a_quantized_teachers_reference_is_its_fused_fp32_graph_as_a_students_is(tmp_path):
+    """The speedup reference is the teacher's fastest exact fp32 graph: the report's own export of a student run's
+    teacher is fused when exact (`fused_if_exact`); a run that quantized the teacher has the quantize stage's exact
+    fused graph (model_opt.onnx, bench artifact onnx_fp32_opt) timed already, and that is the reference, not the
+    slower plain export (which flattered every speedup of such runs against student runs)."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), int8={"dynamic": (0.88, True)},
+                   latency={"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0}})
+    record = json.loads((run / "bench" / "bench.json").read_text())
+    record["artifacts"]["onnx_fp32_opt"] = bench_artifact({1: 16.0, 2: 10.0}, {"accuracy": 0.89}, kind="onnx",
+                                                          path=str(run / "quantize" / "model_opt.onnx"))
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    table = collect(run)
+    ref = table.reference_row()
+    assert ref.name == "teacher · onnx fp32 fused" and ref.fmt == "onnx fp32 fused"
+    assert [r.name for r in table.rows if r.reference] == [ref.name]
+    dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+    assert table.speedup(dyn) == pytest.approx(10.0 / 5.0) and table.speedup(dyn, 1) == pytest.approx(16.0 / 8.0)
+    del record["artifacts"]["onnx_fp32_opt"]  # no fused graph (a fusion that changed the logits): the plain export
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    assert collect(run).reference_row().name == "teacher · onnx fp32"
