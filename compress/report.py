@@ -616,11 +616,13 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
     ax.margins(x=0.15, y=0.08)
     fig.tight_layout()
     _spread_labels(fig, ax, labels, points)
+    from compress.manifest import write_atomic
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -859,15 +861,15 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
 
 
 def _write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
+    from compress.manifest import write_atomic
+
     written = {}
     png_path = pareto_plot(tables, out / "pareto.png")
     png = png_path.read_bytes() if png_path else None
     if png_path:
         written["png"] = png_path
     for name, text in (("report.md", markdown(tables, "pareto.png" if png else None)), ("report.html", html(tables, png))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+        write_atomic(out / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))  # no half file left on error
         written[name.split(".")[1]] = out / name
     return written
 

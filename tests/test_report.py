@@ -700,3 +700,23 @@ def test_a_quantized_teachers_reference_is_its_fused_fp32_graph_as_a_students_is
     del record["artifacts"]["onnx_fp32_opt"]  # no fused graph (a fusion that changed the logits): the plain export
     (run / "bench" / "bench.json").write_text(json.dumps(record))
     assert collect(run).reference_row().name == "teacher · onnx fp32"
+
+
+def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves the previous report.html whole and no half-written
+    temporary file in the output folder."""
+    write([_table()], tmp_path)
+    before = (tmp_path / "report.html").read_text()
+    real = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        if self.name.startswith(".report.html"):
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        write([_table(shift=0.01)], tmp_path)
+    assert (tmp_path / "report.html").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
