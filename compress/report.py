@@ -278,24 +278,32 @@ BENCH_NAMES = {
 }
 
 
-def _latencies(results: Optional[list]) -> dict[int, Latency]:
-    """threads -> latency of the ``dev`` series (real dev sentences, batch 1) of a bench record."""
+def _latencies(results: Optional[list], where: str = "bench record") -> dict[int, Latency]:
+    """threads -> latency of the ``dev`` series (real dev sentences, batch 1) of a bench record; a malformed result
+    row is one `CompressError` line naming ``where`` (file and artifact) and the row."""
     out = {}
-    for r in results or []:
-        if r.get("input") == "dev" and r.get("batch", 1) == 1:
-            tput = r.get("throughput_seq_s")
-            out[int(r["threads"])] = Latency(float(r["p50_ms"]), float(r["p90_ms"]),
-                                             float(tput) if tput is not None else
-                                             1000.0 / float(r["mean_ms"]) if float(r["mean_ms"]) > 0 else None)
-    for r in results or []:  # batched fixed shapes: the best throughput at each thread count
-        lat = out.get(int(r.get("threads", 0)))
-        if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
-            if lat.peak_throughput is None or r["throughput_seq_s"] > lat.peak_throughput:
-                lat.peak_throughput, lat.peak_shape = float(r["throughput_seq_s"]), str(r["input"])
+    i = None
+    try:
+        for i, r in enumerate(results or []):
+            if r.get("input") == "dev" and r.get("batch", 1) == 1:
+                tput = r.get("throughput_seq_s")
+                out[int(r["threads"])] = Latency(float(r["p50_ms"]), float(r["p90_ms"]),
+                                                 float(tput) if tput is not None else
+                                                 1000.0 / float(r["mean_ms"]) if float(r["mean_ms"]) > 0 else None)
+        for i, r in enumerate(results or []):  # batched fixed shapes: the best throughput at each thread count
+            lat = out.get(int(r.get("threads", 0)))
+            if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
+                if lat.peak_throughput is None or float(r["throughput_seq_s"]) > lat.peak_throughput:
+                    lat.peak_throughput, lat.peak_shape = float(r["throughput_seq_s"]), str(r["input"])
+    except KeyError as e:
+        raise CompressError(f"{where}[{i}]: no {e.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError):
+        raise CompressError(f"{where}[{i}]: threads, p50_ms, p90_ms, mean_ms and throughput_seq_s must be numbers, "
+                            f"in a list of result objects") from None
     return out
 
 
-def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None:
+def attach_bench(record: dict, rows: list[Row], metric: str, label: str, source: str = "bench record") -> None:
     """Put a bench record's artifacts (``{"artifacts": {name: {results, metrics, size_bytes, params, ...}}}``, the
     schema of compress/bench.py) onto the rows of model ``label``: latency (and the bench's full-dev metric) for the
     rows that exist, new rows for what only the bench made (fused fp32, peers)."""
@@ -320,7 +328,7 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str) -> None
             by_name[row_name] = row
         elif art.get("graph") == "fused":
             row.fmt = fmt
-        for threads, lat in _latencies(art.get("results")).items():
+        for threads, lat in _latencies(art.get("results"), f"{source}: artifacts.{name}.results").items():
             old = row.latency.get(threads)
             if old is not None and lat.peak_throughput is None:  # a dev-only pass keeps the fixed-shape numbers
                 lat.peak_throughput, lat.peak_shape = old.peak_throughput, old.peak_shape
@@ -422,12 +430,15 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
         rows += _quantize_rows(run_dir, metric, quantize.get("params"))
     qrec = read("quantize", "quantize.json") or {}
     bench = bench_record(run_dir) if "bench" in stages else {}
-    attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")))
+    attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")),
+                 str(run_dir / "bench" / "bench.json"))
     measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
+    where = "the report stage's measurements" if extra is not None else str(run_dir / "report" / MEASURED)
     for label, record in (measured.get("models") or {}).items():
-        attach_bench(record, rows, metric, label)
+        attach_bench(record, rows, metric, label, f"{where}: models.{label}")
     # the report's own pass re-timed the bench's artifacts beside them: one set of dev latencies
-    attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")))
+    attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")),
+                 f"{where}: bench")
     # the speedup reference: the teacher's fastest exact fp32 graph, the quantize stage's fused one when it quantized
     # the teacher (kept only when its logits matched), as the report's own export of it is fused when exact
     reference = next((r.name for r in rows if r.name == "teacher · onnx fp32 fused" and r.latency),

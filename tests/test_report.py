@@ -720,3 +720,20 @@ def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path, mo
         write([_table(shift=0.01)], tmp_path)
     assert (tmp_path / "report.html").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("p50_ms"), "artifacts.int8_dynamic.results[0]: no 'p50_ms'"),
+    (lambda r: r.update(p90_ms="fast"), "artifacts.int8_dynamic.results[0]: threads, p50_ms, p90_ms"),
+])
+def test_a_malformed_bench_record_is_one_line_naming_file_and_field(tmp_path, capsys, edit, message):
+    """A bench.json whose result row lacks a latency (or holds text for one) was a KeyError/ValueError traceback from
+    `compress report`; now one line naming the file, the artifact and the row."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), latency={"onnx_fp32": {1: 20.0}, "int8_dynamic": {1: 8.0}})
+    record = json.loads((run / "bench" / "bench.json").read_text())
+    edit(record["artifacts"]["int8_dynamic"]["results"][0])
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    with pytest.raises(CompressError, match=re.escape(f"{run / 'bench' / 'bench.json'}: {message}")):
+        collect(run)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
