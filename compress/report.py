@@ -454,6 +454,9 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "dev latency": (measured.get("protocol") or {}).get("order"),
                   "int8 accuracy": _int8_scoring(qrec),
                   "versions": env.get("versions"), "host": env.get("host"),
+                  # the latency's own environment, when the bench ran under other versions than the teacher stage
+                  "bench versions": (None if (bench.get("protocol") or {}).get("versions") == env.get("versions")
+                                     else (bench.get("protocol") or {}).get("versions")),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs

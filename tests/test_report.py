@@ -737,3 +737,19 @@ def test_a_malformed_bench_record_is_one_line_naming_file_and_field(tmp_path, ca
         collect(run)
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_versions_the_latency_was_timed_with_are_in_the_provenance(tmp_path):
+    """The provenance's versions are the teacher stage's environment; a bench stage run later under other library
+    versions (an onnxruntime upgrade: stages are reused across one) recorded its own in bench.json, and the latency in
+    the table is that environment's: the report names them when they differ."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), latency={"onnx_fp32": {1: 20.0}, "int8_dynamic": {1: 8.0}})
+    record = json.loads((run / "bench" / "bench.json").read_text())
+    teacher_versions = {"python": "3.11.7", "onnxruntime": "1.32.0", "compress": "0.1.0"}
+    record["protocol"]["versions"] = teacher_versions
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    assert "bench versions" not in dict(_provenance_lines(collect(run)))  # the same: said once
+    record["protocol"]["versions"] = {**teacher_versions, "onnxruntime": "1.33.0"}
+    (run / "bench" / "bench.json").write_text(json.dumps(record))
+    lines = dict(_provenance_lines(collect(run)))
+    assert "onnxruntime=1.32.0" in lines["versions"] and "onnxruntime=1.33.0" in lines["bench versions"]
