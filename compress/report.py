@@ -545,11 +545,12 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
 
 # ------------------------------------------------------------------------------------------------------ pareto
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (lower latency x, higher metric y), by latency."""
+    """Indices of the points no other point beats on both axes (lower latency x, higher metric y), by latency; exact
+    ties (same latency and metric) do not beat each other: all are on it."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front, best = [], -math.inf
     for i in order:
-        if points[i][1] > best:
+        if points[i][1] > best or (front and tuple(points[i]) == tuple(points[front[-1]])):
             front.append(i)
             best = points[i][1]
     return front

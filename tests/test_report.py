@@ -753,3 +753,11 @@ def test_the_versions_the_latency_was_timed_with_are_in_the_provenance(tmp_path)
     (run / "bench" / "bench.json").write_text(json.dumps(record))
     lines = dict(_provenance_lines(collect(run)))
     assert "onnxruntime=1.32.0" in lines["versions"] and "onnxruntime=1.33.0" in lines["bench versions"]
+
+
+def test_pareto_front_keeps_exact_ties():
+    """Two artifacts at the same latency and metric do not dominate each other: both are on the frontier (the
+    search's Pareto column named one of them only); a tie on one axis alone is still dominated."""
+    assert pareto_front([(2.0, 0.8), (1.0, 0.7), (2.0, 0.8), (3.0, 0.8)]) == [1, 0, 2]
+    assert pareto_front([(1.0, 0.7), (1.0, 0.7)]) == [0, 1]
+    assert pareto_front([(1.0, 0.7), (1.0, 0.6), (2.0, 0.7)]) == [0]
