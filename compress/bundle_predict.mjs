@@ -19,7 +19,7 @@
 // (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
 
 import * as ort from "onnxruntime-web";
-import { Tokenizer } from "@huggingface/tokenizers";
+import { BertNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
 
 export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
@@ -115,6 +115,15 @@ export function truncatePair(a, b, budget, fromLeft = false) {
   return [keep(a, n1), keep(b, n2)];
 }
 
+/** The CJK ideographs the Rust BertNormalizer puts spaces around (its ranges, by code point: tokenizers.js tests a
+ * UTF-16 unit at a time, so it never split those beyond U+FFFF). */
+const CJK = /[\u{3400}-\u{4DBF}\u{4E00}-\u{9FFF}\u{F900}-\u{FAFF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B81F}\u{2B920}-\u{2CEAF}\u{2F800}-\u{2FA1F}]/gu;
+
+/** A tokenizer's normalizers, a Sequence's in order. */
+function normalizers(n) {
+  return n instanceof SequenceNormalizer ? n.normalizers.flatMap(normalizers) : n ? [n] : [];
+}
+
 export class Predictor {
   /** Load and verify a bundle: a folder path (Node.js) or a URL (Node.js and browsers). */
   static async load(base, { check = true, threads } = {}) {
@@ -140,6 +149,9 @@ export class Predictor {
     // the side the bundle's tokenizer.json truncates on (built from the tokenizer's truncation_side), as predict.py
     this.fromLeft = String(tokenizerJson.truncation?.direction ?? "").toLowerCase() === "left";
     this.tokenizer = new Tokenizer(tokenizerJson, {});
+    for (const n of normalizers(this.tokenizer.normalizer)) {  // normalize as the Rust library does
+      if (n instanceof BertNormalizer) n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
+    }
     // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
     this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";
     this.session = session;

@@ -365,3 +365,33 @@ def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(t
     want = f"error: {tmp_path / 'pairs.tsv'} line 2: an empty text pair: nothing to classify"
     assert (py.returncode, py.stderr.strip()) == (js.returncode, js.stderr.strip()) == (2, want)
     assert py.stdout.count("\n") == js.stdout.count("\n") == 1
+
+
+def _js_encode(tmp_path: Path, tokenizer_json: Path, cases: list, max_length: int = 128) -> list[dict]:
+    """predict.mjs's encode() of each [text, pair or null] with ``tokenizer_json`` (no bundle, no model needed)."""
+    shutil.copy(ROOT / "compress" / "bundle_predict.mjs", tmp_path / "predict.mjs")
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "encode.mjs").write_text(
+        "import { readFile } from 'node:fs/promises';\nimport { Predictor } from './predict.mjs';\n"
+        f"const tj = JSON.parse(await readFile({json.dumps(str(tokenizer_json))}, 'utf8'));\n"
+        "const cases = JSON.parse(await readFile('cases.json', 'utf8'));\n"
+        f"const p = new Predictor({{task: {{labels: ['a', 'b'], text_pair: true}}, max_length: {max_length}}}, tj, null);\n"
+        "console.log(JSON.stringify(cases.map(([a, b]) => p.encode(a, b))));\n")
+    proc = _node("encode.mjs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_predict_mjs_splits_cjk_characters_beyond_the_basic_plane_as_the_tokenizers_library(tmp_path, minilm_dir):
+    """CJK Extension B-F ideographs (U+20000..., two UTF-16 units each) are split one a word by the Rust BertNormalizer;
+    tokenizers.js tests them a UTF-16 unit at a time, so a run of them was one word (one [UNK], not one per char)."""
+    from tokenizers import Tokenizer
+
+    cases = [["\U00020000\U00020001 x \U0002a700\U0002b740", None], ["中\U00020000文", "\U0002f800 y"]]
+    tokenizer = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=128)
+    for (a, b), got in zip(cases, _js_encode(tmp_path, minilm_dir / "tokenizer.json", cases)):
+        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
+        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
