@@ -19,7 +19,7 @@
 // (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
 
 import * as ort from "onnxruntime-web";
-import { BertNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
+import { BertNormalizer, LowercaseNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
 
 export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
@@ -151,6 +151,11 @@ export class Predictor {
     this.tokenizer = new Tokenizer(tokenizerJson, {});
     for (const n of normalizers(this.tokenizer.normalizer)) {  // normalize as the Rust library does
       if (n instanceof BertNormalizer) n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
+      // a character at a time: Σ is σ, never toLowerCase()'s word-final ς (its only context-dependent mapping)
+      if (n instanceof LowercaseNormalizer || (n instanceof BertNormalizer && n.config.lowercase)) {
+        const normalize = n.normalize.bind(n);
+        n.normalize = (text) => normalize(text.replaceAll("\u03A3", "\u03C3"));
+      }
     }
     // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
     this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";

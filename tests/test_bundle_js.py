@@ -395,3 +395,25 @@ def test_predict_mjs_splits_cjk_characters_beyond_the_basic_plane_as_the_tokeniz
     for (a, b), got in zip(cases, _js_encode(tmp_path, minilm_dir / "tokenizer.json", cases)):
         want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
         assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+
+
+@pytest.mark.parametrize("normalizer", ["bert", "sequence-lowercase"])
+def test_predict_mjs_lowercases_a_final_sigma_as_the_tokenizers_library(tmp_path, minilm_dir, normalizer):
+    """The Rust library lowercases a character at a time (Σ -> σ everywhere); JavaScript's toLowerCase() gives a word's
+    last Σ the final form ς, another token ("##ος" for "##ο ##σ") than predict.py's."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    if normalizer == "sequence-lowercase":
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"},
+                                                                   {"type": "StripAccents"}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    cases = [["ΟΔΟΣ ΣΟΦΟΣ", None], ["ΑΣ. Σ", "ΚΟΣΜΟΣ"]]
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=128)
+    work = tmp_path / "js"
+    work.mkdir()
+    for (a, b), got in zip(cases, _js_encode(work, tmp_path / "tokenizer.json", cases)):
+        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
+        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
