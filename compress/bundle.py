@@ -416,6 +416,9 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
             raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
         if not (m.isfile() or m.isdir()):
             raise CompressError(f"{archive}: member {m.name!r} is a link or special file; refusing the archive")
+        if len(path.parts) > 1 and path.parts[1] in bundle_predict.NPM_OUTPUTS:  # verify skips these in a folder
+            raise CompressError(f"{archive}: member {m.name!r} is what `npm install` adds, never part of a built "
+                                f"bundle (and not verified); refusing the archive")
         tops.add(path.parts[0])
     if len(tops) != 1:
         raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")

@@ -809,3 +809,16 @@ def test_a_tokenizer_that_truncates_on_the_left_does_so_in_the_bundle(int8_model
     bundled = [runner.tokenizer.encode(a, b).ids for a, b in zip(rows["text"], rows["text_pair"])]
     assert sum(len(ids) == 32 for ids in trained) > 20  # most pairs were cut
     assert bundled == trained
+
+
+@pytest.mark.parametrize("planted", ["node_modules/onnxruntime-web/dist/ort.bundle.min.mjs", "package-lock.json"])
+def test_an_archive_carrying_npm_outputs_is_refused(bundle, tmp_path, planted):
+    """A folder may hold what `npm install` adds there (not verified, predict.py never reads it); a bundle archive
+    never holds them (`build` tars the folder before any npm install): one there is a planted, unverified file (the
+    JavaScript `node predict.mjs` would run), refused like any other unlisted one."""
+    folder, _ = bundle
+    members = [_file(f"b/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir())]
+    members.append(_file(f"b/{planted}", b"globalThis.planted = true;\n"))
+    archive = _tar_with(tmp_path / "npm.tar.gz", members)
+    with pytest.raises(CompressError, match=f"{planted.split('/')[0]}.*refusing"):
+        predict(archive, TEXTS)
