@@ -149,6 +149,17 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
         raise CompressError(f"{src}: cannot tell the padding token (none set, no tokenizer_config.json pad_token, "
                             f"no [PAD]/<pad> in the vocabulary)")
     pad_id = tok.token_to_id(pad_token)
+    # what transformers' Bert-style tokenizers (BERT, MPNet, ...) set over tokenizer.json's BertNormalizer when
+    # tokenizer_config.json names it, so the bundle lowercases, strips accents and splits CJK as training did
+    names = {"do_lower_case": "lowercase", "strip_accents": "strip_accents", "tokenize_chinese_chars":
+             "handle_chinese_chars"}
+    state = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else {}
+    if state.get("type") == "BertNormalizer" and any(k in settings for k in names):
+        from tokenizers.normalizers import BertNormalizer
+
+        state.pop("type")
+        state.update({names[k]: settings[k] for k in names if k in settings})
+        tok.normalizer = BertNormalizer(**state)
     # the side transformers cuts (tokenizer_config.json's truncation_side), so the bundle reads what training read
     side = "left" if settings.get("truncation_side") == "left" else "right"
     tok.enable_truncation(max_length=max_length, direction=side)

@@ -822,3 +822,29 @@ def test_an_archive_carrying_npm_outputs_is_refused(bundle, tmp_path, planted):
     archive = _tar_with(tmp_path / "npm.tar.gz", members)
     with pytest.raises(CompressError, match=f"{planted.split('/')[0]}.*refusing"):
         predict(archive, TEXTS)
+
+
+@pytest.mark.parametrize("setting", [{"do_lower_case": False}, {"strip_accents": False},
+                                     {"tokenize_chinese_chars": False}])
+def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir, tmp_path, setting):
+    """transformers (the training and scoring path) applies tokenizer_config.json's do_lower_case / strip_accents /
+    tokenize_chinese_chars over tokenizer.json's BertNormalizer; the bundle's tokenizer took tokenizer.json as it was:
+    "Héllo WORLD" lowercased in the bundle but not in training, other ids."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from compress.bundle import prepare_tokenizer
+
+    src = tmp_path / "tok"
+    src.mkdir()
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, src / name)
+    config = {**json.loads((minilm_dir / "tokenizer_config.json").read_text()), **setting}
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    prepare_tokenizer(src / "tokenizer.json", tmp_path / "bundled.json", 32)
+    bundled = Tokenizer.from_file(str(tmp_path / "bundled.json"))
+    trained = AutoTokenizer.from_pretrained(src)
+    for text in ["Héllo WORLD, naïve café", "中文 text Ünïcödé"]:
+        assert bundled.encode(text).ids == trained(text, truncation=True, max_length=32)["input_ids"], text
