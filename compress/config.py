@@ -714,7 +714,7 @@ class BenchConfig:
     repeats: int = 20
     """Timed runs per fixed shape, at most."""
     min_runs: int = 3
-    """Timed runs per fixed shape, at least (even past max_seconds)."""
+    """Timed runs per fixed shape, at least (even past max_seconds; ``repeats`` caps it: ``repeats: 2`` times 2)."""
     max_seconds: float = 1.0
     """Stop timing a fixed shape after this many seconds of timed runs (keeps the default bench short)."""
     peers: list[Literal["torch_fp32", "torch_dynamic_int8", "optimum_avx512_vnni"]] = field(
@@ -747,10 +747,14 @@ class BenchConfig:
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise CompressError(f"{file}: {where}.{key}: each value once, got {values}")
-        if (self.dev_rows is not None and self.dev_rows < 1) or self.repeats < 1 or self.min_runs < 1:
-            raise CompressError(f"{file}: {where}: dev_rows, repeats and min_runs must be >= 1")
-        if self.warmup < 0 or self.max_seconds <= 0:
-            raise CompressError(f"{file}: {where}: warmup must be >= 0 and max_seconds > 0")
+        for key in ("dev_rows", "repeats", "min_runs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
+        if self.warmup < 0:
+            raise CompressError(f"{file}: {where}.warmup: must be >= 0, got {self.warmup}")
+        if self.max_seconds <= 0:
+            raise CompressError(f"{file}: {where}.max_seconds: must be > 0, got {self.max_seconds}")
 
 
 @dataclass

@@ -450,3 +450,17 @@ def test_matches_are_resolved_against_a_model_folder_and_a_hub_teacher_is_left_t
     fields = json.loads((Path(resolve("minilm-l6")) / "config.json").read_text())
     assert (ZOO["minilm-l6"].layers, ZOO["minilm-l6"].hidden) == (fields["num_hidden_layers"], fields["hidden_size"])
     assert (ZOO["mpnet-base"].layers, ZOO["mpnet-base"].hidden) == (12, 768)  # all-mpnet-base-v2's config.json
+
+
+@pytest.mark.parametrize("bench, message", [
+    ("{repeats: 0}", r"bench\.repeats: must be >= 1, got 0"),
+    ("{dev_rows: 0}", r"bench\.dev_rows: must be >= 1, got 0"),
+    ("{min_runs: 0}", r"bench\.min_runs: must be >= 1, got 0"),
+    ("{warmup: -1}", r"bench\.warmup: must be >= 0, got -1"),
+    ("{max_seconds: 0}", r"bench\.max_seconds: must be > 0, got 0"),
+])
+def test_bench_timing_fields_are_refused_one_by_name(tmp_path, bench, message):
+    """The timing fields were refused together ("dev_rows, repeats and min_runs must be >= 1") without naming the one
+    that is wrong."""
+    with pytest.raises(CompressError, match=message):
+        load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nbench: {bench}\n"))
