@@ -23,7 +23,8 @@ candidate within timing noise of the budget is timed in `NEAR_BUDGET_PASSES` pas
 Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
 with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
 reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
-re-measuring; other timing threads, timed rows or calibration rows re-measure without retraining). Bounded: no new
+re-measuring; other timing threads, timed rows or calibration rows, or another machine (CPU, cores, onnxruntime),
+re-measure without retraining). Bounded: no new
 model starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
 ``pareto.png`` (the report's plot).
 """
@@ -45,7 +46,8 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
-from compress.manifest import fingerprint, now_utc, read_json, remove_dead, remove_dead_scratch, write_json
+from compress.manifest import (cpu_model, fingerprint, now_utc, read_json, remove_dead, remove_dead_scratch, versions,
+                               write_json)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,11 @@ def estimate_base(ref: dict, results: list[dict]) -> float:
     return min([ref["p50_ms"]] + [r["teacher_fp32_p50_ms_same_pass"] for r in results])
 
 
+def machine() -> dict:
+    """The machine and runtime the latencies are measured on (a candidate timed on another one is timed again)."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": versions().get("onnxruntime")}
+
+
 # ------------------------------------------------------------------------------------------------ the run's data
 @dataclass
 class Context:
@@ -183,7 +190,8 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": recipe.section("task"),
                                   "seed": recipe.seed, "teacher": teacher_id})
     settings = fingerprint({"train": train_settings, "measure": {k: getattr(cfg, k) for k in
-                                                                 ("threads", "calibration_samples", "dev_rows")}})
+                                                                 ("threads", "calibration_samples", "dev_rows")},
+                            "machine": machine()})
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
         (out / sub).mkdir(parents=True, exist_ok=True)
