@@ -508,6 +508,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
             "pair": pair,
             "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure (series order), "
                        + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
+            "machine": machine(),  # part of the settings: every candidate here was timed on it
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,
@@ -611,7 +612,9 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
         metrics["teacher_dev"] = {best["metric_name"]: teacher_metric}
         metrics["retention"] = round(best["metric"] / teacher_metric, 6)
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
-               "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"]}
+               "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
+               "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])
+               if summary.get("machine") else None}
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": f"search candidate {best['id']}",
               "file": best["file"], "pick": f"most accurate within {summary['budget_ms']:g} ms (compress search), "
                                             + ("on held-out training rows; dev not used to pick"

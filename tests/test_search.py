@@ -339,3 +339,25 @@ def test_a_candidate_timed_on_another_machine_is_timed_again(tmp_path, glue_dir,
     assert again["counts"]["measured"] == 1 and again["counts"]["reused"] == 0
     assert {p.name: p.stat().st_mtime_ns
             for p in (recipe.run_dir / "search" / "models").glob("*/model.safetensors")} == models
+
+
+def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_path, glue_dir, tokenizer, monkeypatch):
+    """A latency means little without the machine behind it: search.json and the bundle of its pick record the CPU,
+    its cores and the onnxruntime version (as the bench stage's protocol does)."""
+    from types import SimpleNamespace
+
+    from compress import bundle, search
+    from compress.config import SearchConfig
+
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="sst2", text_pair=None),
+                          settings="s")
+    cand = {"id": "L1-dynamic", "file": "L1-dynamic.onnx", "metric": 0.8, "select_metric": 0.8, "select_on": "holdout",
+            "metric_name": "accuracy", "metrics": {"accuracy": 0.8}, "speedup_vs_teacher_fp32": 4.0,
+            "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "threads": 1}}
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [cand], [], [], None, 1, 0, 1.0)
+    assert summary["machine"] == search.machine() and summary["machine"]["cpu"] and summary["machine"]["cores"]
+    seen = {}
+    monkeypatch.setattr(bundle, "build", lambda *a, **kw: seen.update(kw) or (None, None))
+    search.bundle_best(load_recipe(_recipe(tmp_path, glue_dir, tokenizer, teacher=False)), summary)
+    m = summary["machine"]
+    assert seen["latency"]["machine"] == f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}"
