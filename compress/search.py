@@ -128,6 +128,15 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": versions().get("onnxruntime")}
 
 
+def _stamp(path: Path) -> dict:
+    """A work file's stamp; {} when missing or unreadable (a torn or hand-edited one: rebuilt, never trusted)."""
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 # ------------------------------------------------------------------------------------------------ the run's data
 @dataclass
 class Context:
@@ -156,7 +165,7 @@ class Context:
         if self._logits is None:
             path = self.out / "teacher_logits.npy"
             stamp = self.out / "teacher_logits.json"
-            if path.is_file() and stamp.is_file() and read_json(stamp).get("settings") == self.train_settings:
+            if path.is_file() and _stamp(stamp).get("settings") == self.train_settings:
                 self._logits = torch.from_numpy(np.load(path)).float()
             else:
                 from compress.prune_stage import logits_of
@@ -217,9 +226,9 @@ def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
 def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, dict]]:
     from compress.modeling import load_trained
 
-    info_path = folder / "search_model.json"
-    if info_path.is_file() and read_json(info_path).get("settings") == ctx.train_settings:
-        return load_trained(folder)[0].eval(), {**read_json(info_path), "reused": True}
+    info = _stamp(folder / "search_model.json")
+    if info.get("settings") == ctx.train_settings:
+        return load_trained(folder)[0].eval(), {**info, "reused": True}
     return None
 
 
@@ -282,8 +291,8 @@ def reference(ctx: Context) -> dict:
     from compress.export import export_onnx, fused_if_exact
 
     stamp = ctx.out / "teacher_fp32.json"
-    recorded = read_json(stamp) if stamp.is_file() else {}
-    path = ctx.out / recorded.get("file", "teacher_fp32.onnx")
+    recorded = _stamp(stamp)
+    path = ctx.out / str(recorded.get("file", "teacher_fp32.onnx"))
     if not (path.is_file() and recorded.get("settings") == ctx.train_settings):
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()

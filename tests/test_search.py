@@ -361,3 +361,18 @@ def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_p
     search.bundle_best(load_recipe(_recipe(tmp_path, glue_dir, tokenizer, teacher=False)), summary)
     m = summary["machine"]
     assert seen["latency"]["machine"] == f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}"
+
+
+def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
+    """A torn (or hand-edited) stamp of the search's work files is not trusted and does not crash the rerun: the
+    reference export, the teacher's logits and a saved model are rebuilt, as a torn candidate record is re-measured."""
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0]))
+    run_search(recipe, budget_ms=1000.0)
+    out = recipe.run_dir / "search"
+    for stamp in ("teacher_fp32.json", "teacher_logits.json", "models/L1/search_model.json",
+                  "candidates/L1-dynamic.json"):
+        (out / stamp).write_text('{"settings": "')
+    again = run_search(recipe, budget_ms=1000.0)
+    assert again["counts"]["measured"] == 1 and again["best"] == "L1-dynamic"
+    assert json.loads((out / "teacher_fp32.json").read_text())["file"].startswith("teacher_fp32")
+    assert "settings" in json.loads((out / "models" / "L1" / "search_model.json").read_text())
