@@ -506,7 +506,12 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
                    f"{fastest['latency']['p50_ms']:.2f} ms")
     else:
-        message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped)} skipped as too slow"
+        failed = [s for s in skipped if s["reason"].startswith("failed: ")]  # measure_model's CompressError
+        message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped) - len(failed)} skipped "
+                   f"as too slow"
+                   + (f", {len(failed)} failed: {failed[0]['id']}: {failed[0]['reason'][len('failed: '):]}"
+                      + (f" (and {len(failed) - 1} more, see search.md)" if len(failed) > 1 else "")
+                      if failed else "")
                    + (f", {len(not_started)} not started: {stopped}" if not_started else "") + ")")
     if stopped and results:  # the answer is of the candidates measured so far: say so first
         message = (f"stopped early ({stopped}; {len(not_started)} candidate(s) not started: raise --time-limit-min "

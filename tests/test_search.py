@@ -376,3 +376,20 @@ def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
     assert again["counts"]["measured"] == 1 and again["best"] == "L1-dynamic"
     assert json.loads((out / "teacher_fp32.json").read_text())["file"].startswith("teacher_fp32")
     assert "settings" in json.loads((out / "models" / "L1" / "search_model.json").read_text())
+
+
+def test_candidates_that_failed_are_not_called_too_slow():
+    """When candidates failed (an export parity failure, say) the message says so, rather than counting them as
+    skipped for being too slow."""
+    from types import SimpleNamespace
+
+    from compress import search
+    from compress.config import SearchConfig
+
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="sst2", text_pair=None),
+                          settings="s")
+    skipped = [{"id": "L1-dynamic", "reason": "failed: export parity: max |diff| 0.3"},
+               {"id": "L3-dynamic", "reason": "fp32 estimate 9.00 ms (...) > budget x 3"}]
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
+    assert summary["message"] == ("no candidate fits 2 ms: none was measured (1 skipped as too slow, 1 failed: "
+                                  "L1-dynamic: export parity: max |diff| 0.3)")
