@@ -857,8 +857,10 @@ class SearchConfig:
             twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
             if twice is not None:
                 raise CompressError(f"{file}: {where}.{key}: {twice!r} is listed twice")
-        if self.lr <= 0 or self.skip_margin < 1:
-            raise CompressError(f"{file}: {where}: lr must be > 0 and skip_margin >= 1")
+        if self.lr <= 0:
+            raise CompressError(f"{file}: {where}.lr: must be > 0, got {self.lr:g}")
+        if self.skip_margin < 1:
+            raise CompressError(f"{file}: {where}.skip_margin: must be >= 1, got {self.skip_margin:g}")
 
 
 def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget_ms: Optional[float] = None,

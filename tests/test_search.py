@@ -393,3 +393,11 @@ def test_candidates_that_failed_are_not_called_too_slow():
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
     assert summary["message"] == ("no candidate fits 2 ms: none was measured (1 skipped as too slow, 1 failed: "
                                   "L1-dynamic: export parity: max |diff| 0.3)")
+
+
+def test_bad_lr_or_skip_margin_names_its_own_field(tmp_path, glue_dir, tokenizer):
+    path = _recipe(tmp_path, glue_dir, tokenizer, teacher=False)
+    with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.skip_margin: must be >= 1, got 0.5$"):
+        load_recipe(path, {"search.skip_margin": 0.5})
+    with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.lr: must be > 0, got 0"):
+        load_recipe(path, {"search.lr": 0})
