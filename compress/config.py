@@ -857,6 +857,12 @@ class SearchConfig:
             twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
             if twice is not None:
                 raise CompressError(f"{file}: {where}.{key}: {twice!r} is listed twice")
+        ids = {}  # compress.search.ModelSpec.id writes a kept fraction with 6 significant digits
+        for k in self.keep_macs:
+            other = ids.setdefault(f"k{k * 100:g}", k)
+            if other != k:
+                raise CompressError(f"{file}: {where}.keep_macs: {other!r} and {k!r} would be one candidate "
+                                    f"(k{k * 100:g}); give fractions that differ within 6 significant digits")
         if self.lr <= 0:
             raise CompressError(f"{file}: {where}.lr: must be > 0, got {self.lr:g}")
         if self.skip_margin < 1:

@@ -401,3 +401,12 @@ def test_bad_lr_or_skip_margin_names_its_own_field(tmp_path, glue_dir, tokenizer
         load_recipe(path, {"search.skip_margin": 0.5})
     with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.lr: must be > 0, got 0"):
         load_recipe(path, {"search.lr": 0})
+
+
+def test_keep_fractions_that_would_share_a_candidate_id_are_refused(tmp_path, glue_dir, tokenizer):
+    """Two keep_macs that print alike (ids keep 6 significant digits) would be one candidate file: the second would
+    reuse the first's record and the results would list it twice. Refused with the recipe, naming the field."""
+    path = _recipe(tmp_path, glue_dir, tokenizer, teacher=False)
+    with pytest.raises(CompressError, match=r"tiny.yaml: search.keep_macs: 0.1234561 and 0.1234562 .*k12.3456"):
+        load_recipe(path, {"search.keep_macs": [1.0, 0.1234561, 0.1234562]})
+    assert len({s.id for s in candidates(load_recipe(path, {"search.keep_macs": [1.0, 0.5, 0.504]}).search, 3)}) == 6
