@@ -32,6 +32,7 @@ model starts after ``time_limit_min``. Writes ``search.json`` (best, front, ever
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -91,8 +92,9 @@ def candidates(cfg: SearchConfig, teacher_depth: int) -> list[ModelSpec]:
 def pick(results: list[dict], budget_ms: float) -> Optional[dict]:
     """The most accurate measured candidate with p50 <= budget (ties: the faster), by its score on the held-out
     training rows (``select_metric``; dev where the task holds nothing out): dev stays a figure nothing was picked
-    on."""
-    fits = [r for r in results if r["latency"]["p50_ms"] <= budget_ms]
+    on. A candidate scored nan (a constant prediction's correlation) cannot be ranked and is not picked."""
+    fits = [r for r in results if r["latency"]["p50_ms"] <= budget_ms
+            and math.isfinite(r.get("select_metric", r["metric"]))]
     return max(fits, key=lambda r: (r.get("select_metric", r["metric"]), -r["latency"]["p50_ms"])) if fits else None
 
 
@@ -501,6 +503,10 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         message = (f"best within {cfg.budget_ms:g} ms: {best['id']} (dev {best['metric_name']} {best['metric']:.4f}, "
                    f"{on}; p50 {best['latency']['p50_ms']:.2f} ms, {best['speedup_vs_teacher_fp32']:.1f}x faster "
                    f"than the teacher's ONNX fp32)")
+    elif results and results[0]["latency"]["p50_ms"] <= cfg.budget_ms:
+        message = (f"no candidate fits {cfg.budget_ms:g} ms with a score to rank it by: "
+                   + ", ".join(r["id"] for r in results if r["latency"]["p50_ms"] <= cfg.budget_ms)
+                   + " scored nan on the rows they are picked on (constant predictions?)")
     elif results:
         fastest = results[0]
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "

@@ -410,3 +410,22 @@ def test_keep_fractions_that_would_share_a_candidate_id_are_refused(tmp_path, gl
     with pytest.raises(CompressError, match=r"tiny.yaml: search.keep_macs: 0.1234561 and 0.1234562 .*k12.3456"):
         load_recipe(path, {"search.keep_macs": [1.0, 0.1234561, 0.1234562]})
     assert len({s.id for s in candidates(load_recipe(path, {"search.keep_macs": [1.0, 0.5, 0.504]}).search, 3)}) == 6
+
+
+def test_pick_ignores_a_candidate_whose_selection_score_is_nan():
+    """A regression candidate whose predictions are constant has pearson nan (compress.metrics): it cannot be ranked,
+    and max() over a nan key kept it whenever it came first (the fastest), above every scored candidate."""
+    nan = {"id": "L1-k50-dynamic", "metric": 0.1, "select_metric": float("nan"), "latency": {"p50_ms": 0.5}}
+    good = {"id": "L2-dynamic", "metric": 0.8, "select_metric": 0.8, "latency": {"p50_ms": 1.0}}
+    assert pick([nan, good], 2.0)["id"] == "L2-dynamic" and pick([good, nan], 2.0)["id"] == "L2-dynamic"
+    assert pick([nan], 2.0) is None
+    from types import SimpleNamespace
+
+    from compress import search
+    from compress.config import SearchConfig
+
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="stsb", text_pair="s2"),
+                          settings="s")
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [nan], [], [], None, 1, 0, 1.0)
+    assert summary["best"] is None and summary["message"].startswith(
+        "no candidate fits 2 ms with a score to rank it by: L1-k50-dynamic scored nan")
