@@ -783,7 +783,8 @@ def _search_summary(folder: str) -> Optional[str]:
         return None
     if not record or "message" not in record:
         return None
-    return (f"{record['message']}; Pareto front: {', '.join(record.get('front') or []) or 'empty'} "
+    threads = f" (p50 at {record['threads']} thread(s))" if record.get("threads") else ""  # the tables hold several
+    return (f"{record['message']}{threads}; Pareto front: {', '.join(record.get('front') or []) or 'empty'} "
             f"(table and plot: search/search.md)")
 
 

@@ -429,3 +429,15 @@ def test_pick_ignores_a_candidate_whose_selection_score_is_nan():
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [nan], [], [], None, 1, 0, 1.0)
     assert summary["best"] is None and summary["message"].startswith(
         "no candidate fits 2 ms with a score to rank it by: L1-k50-dynamic scored nan")
+
+
+def test_the_report_line_says_which_thread_count_the_budget_was_timed_at(tmp_path):
+    """The report's tables hold latencies at several thread counts; its search line says which one the budget's p50
+    was measured at."""
+    from compress.report import _search_summary
+
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "search.json").write_text(json.dumps(
+        {"message": "best within 5 ms: L2-dynamic (...)", "front": ["L1-dynamic", "L2-dynamic"], "threads": 4}))
+    line = _search_summary(str(tmp_path))
+    assert line.startswith("best within 5 ms: L2-dynamic (...)") and "p50 at 4 thread(s)" in line
