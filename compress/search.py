@@ -436,6 +436,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
 
     t_start = time.perf_counter()
     cfg = search_settings(recipe, cfg, budget_ms, time_limit_min, threads)
+    if cfg.threads > (os.cpu_count() or cfg.threads):  # as the bench stage warns
+        log.warning("search.threads %s: more than this machine's %s cores; its timings measure oversubscription",
+                    cfg.threads, os.cpu_count())
     ctx = load_context(recipe, cfg)
     space = candidates(cfg, ctx.teacher.config.num_hidden_layers)
     ref = reference(ctx)

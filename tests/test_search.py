@@ -441,3 +441,14 @@ def test_the_report_line_says_which_thread_count_the_budget_was_timed_at(tmp_pat
         {"message": "best within 5 ms: L2-dynamic (...)", "front": ["L1-dynamic", "L2-dynamic"], "threads": 4}))
     line = _search_summary(str(tmp_path))
     assert line.startswith("best within 5 ms: L2-dynamic (...)") and "p50 at 4 thread(s)" in line
+
+
+def test_search_warns_when_timing_threads_exceed_the_cores(tmp_path, glue_dir, tokenizer, caplog):
+    """As the bench stage does: more timing threads than the machine has cores measure oversubscription."""
+    import logging
+    import os
+
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0]))
+    with caplog.at_level(logging.WARNING, logger="compress.search"):
+        run_search(recipe, budget_ms=1000.0, time_limit_min=0.0, threads=os.cpu_count() + 1)
+    assert f"search.threads {os.cpu_count() + 1}: more than this machine's {os.cpu_count()} cores" in caplog.text
