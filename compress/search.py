@@ -47,8 +47,8 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
-from compress.manifest import (cpu_model, fingerprint, now_utc, read_json, remove_dead, remove_dead_scratch, versions,
-                               write_json)
+from compress.manifest import (cpu_model, fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
+                               versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     calib = tokenize(data.train.select(range(min(cfg.calibration_samples, len(data.train)))), tokenizer, ml)
     dev, holdout = tokenize(data.dev, tokenizer, ml), tokenize(data.holdout, tokenizer, ml)
     manifest = recipe.run_dir / "teacher" / "manifest.json"
-    teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else None
+    # the teacher stage's hashes of its files; a teacher without a manifest (put there by hand): its own files' hashes
+    teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else hash_tree(teacher_dir)
     training = ("train_steps", "recover_steps", "batch_size", "lr")
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": recipe.section("task"),
                                   "seed": recipe.seed, "teacher": teacher_id})

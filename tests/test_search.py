@@ -452,3 +452,19 @@ def test_search_warns_when_timing_threads_exceed_the_cores(tmp_path, glue_dir, t
     with caplog.at_level(logging.WARNING, logger="compress.search"):
         run_search(recipe, budget_ms=1000.0, time_limit_min=0.0, threads=os.cpu_count() + 1)
     assert f"search.threads {os.cpu_count() + 1}: more than this machine's {os.cpu_count()} cores" in caplog.text
+
+
+def test_a_teacher_without_a_manifest_replaced_retrains_and_remeasures(tmp_path, glue_dir, tokenizer):
+    """The trained models and their records depend on the teacher: one without a stage manifest (put there by hand,
+    as here) is identified by its files, so another teacher in its place is not served the old one's students."""
+    from transformers import BertForSequenceClassification
+
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0]))
+    assert run_search(recipe, budget_ms=1000.0)["counts"]["measured"] == 1
+    torch.manual_seed(1)
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3)).save_pretrained(
+        recipe.run_dir / "teacher" / "model")
+    again = run_search(recipe, budget_ms=1000.0)
+    assert again["counts"]["measured"] == 1 and again["counts"]["reused"] == 0
+    assert json.loads((recipe.run_dir / "search" / "candidates" / "L1-dynamic.json").read_text())["build"].get(
+        "reused") is None  # the student was distilled again, from the new teacher
