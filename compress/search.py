@@ -474,10 +474,10 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             progress.set_postfix_str(f"time limit reached: {len(not_started)} not started")
             continue
         progress.set_postfix_str(spec.id)
-        model, info = build_model(ctx, spec)
         try:
+            model, info = build_model(ctx, spec)
             new = measure_model(ctx, spec, model, info, todo, ref["path"])
-        except CompressError as e:  # e.g. an export parity failure: this candidate only
+        except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
             skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
             continue
         for r in new:

@@ -468,3 +468,13 @@ def test_a_teacher_without_a_manifest_replaced_retrains_and_remeasures(tmp_path,
     assert again["counts"]["measured"] == 1 and again["counts"]["reused"] == 0
     assert json.loads((recipe.run_dir / "search" / "candidates" / "L1-dynamic.json").read_text())["build"].get(
         "reused") is None  # the student was distilled again, from the new teacher
+
+
+def test_a_width_the_model_cannot_be_pruned_to_fails_that_candidate_only(tmp_path, glue_dir, tokenizer):
+    """keep_macs below what pruning can reach (one head and one neuron a layer) fails that candidate, as an export
+    failure does, instead of ending the whole search with prune's error."""
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0, 0.01]))
+    summary = run_search(recipe, budget_ms=1000.0)
+    assert summary["best"] == "L1-dynamic" and summary["counts"]["measured"] == 1
+    assert [s["id"] for s in summary["skipped"]] == ["L1-k1-dynamic"]
+    assert summary["skipped"][0]["reason"].startswith("failed: prune.keep_macs: 0.01 cannot be met")
