@@ -533,6 +533,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
             "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure (series order), "
                        + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
             "machine": machine(),  # part of the settings: every candidate here was timed on it
+            "versions": versions(),  # the libraries that trained, quantized and timed them
             "best": best["id"] if best else None, "message": message,
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,

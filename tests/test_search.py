@@ -356,6 +356,7 @@ def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_p
             "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "threads": 1}}
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [cand], [], [], None, 1, 0, 1.0)
     assert summary["machine"] == search.machine() and summary["machine"]["cpu"] and summary["machine"]["cores"]
+    assert summary["versions"]["onnxruntime"] and summary["versions"]["torch"]  # what built and timed them
     seen = {}
     monkeypatch.setattr(bundle, "build", lambda *a, **kw: seen.update(kw) or (None, None))
     search.bundle_best(load_recipe(_recipe(tmp_path, glue_dir, tokenizer, teacher=False)), summary)
