@@ -176,6 +176,7 @@ class Context:
                 self._logits = logits_of(self.teacher.to(process_device()), self.train, self.collator)
                 tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
                 np.save(tmp, self._logits.numpy())
+                stamp.unlink(missing_ok=True)  # killed before restamping: no stamp, not the old one over new logits
                 os.replace(tmp, path)
                 write_json(stamp, {"settings": self.train_settings, "rows": len(self.train)})
         return self._logits
@@ -297,6 +298,7 @@ def reference(ctx: Context) -> dict:
     recorded = _stamp(stamp)
     path = ctx.out / str(recorded.get("file", "teacher_fp32.onnx"))
     if not (path.is_file() and recorded.get("settings") == ctx.train_settings):
+        stamp.unlink(missing_ok=True)  # as for the teacher's logits: never the old stamp over a new export
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()
         rows = ctx.dev.select(range(min(64, len(ctx.dev))))

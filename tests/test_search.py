@@ -479,3 +479,28 @@ def test_a_width_the_model_cannot_be_pruned_to_fails_that_candidate_only(tmp_pat
     assert summary["best"] == "L1-dynamic" and summary["counts"]["measured"] == 1
     assert [s["id"] for s in summary["skipped"]] == ["L1-k1-dynamic"]
     assert summary["skipped"][0]["reason"].startswith("failed: prune.keep_macs: 0.01 cannot be met")
+
+
+def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, monkeypatch):
+    """The cached logits and their stamp are two files: a search that replaced the logits (another teacher) and died
+    before restamping left the old stamp over the new logits, which a rerun of the old settings then trusted."""
+    from compress import prune_stage, search, train
+
+    monkeypatch.setattr(train, "process_device", lambda: "cpu")
+    teacher = torch.nn.Linear(1, 1)
+
+    def ctx(settings, value):
+        monkeypatch.setattr(prune_stage, "logits_of", lambda *a: torch.full((4, 2), value))
+        return search.Context(None, None, tmp_path, None, teacher, None, None, [0] * 4, *[None] * 4, "s", settings)
+
+    assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
+
+    def killed(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ctx("teacher B", 2.0).teacher_logits()
+    monkeypatch.undo()
+    monkeypatch.setattr(train, "process_device", lambda: "cpu")
+    assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
