@@ -1068,7 +1068,9 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     if not path.is_file():
         raise CompressError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise CompressError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     except UnicodeDecodeError as e:
@@ -1081,6 +1083,30 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     recipe = from_dict(Recipe, data, file=str(path))
     recipe.path = str(path)
     return recipe
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last one silently: a
+    second `teacher:` section replaced the first). Keys brought in by a merge (``<<: *anchor``) may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue  # refused by the constructor itself
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise _DuplicateKey(f"{key}: given twice (line {mark.line + 1}, column {mark.column + 1})")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def yaml_error(e: yaml.YAMLError) -> str:

@@ -464,3 +464,15 @@ def test_bench_timing_fields_are_refused_one_by_name(tmp_path, bench, message):
     that is wrong."""
     with pytest.raises(CompressError, match=message):
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nbench: {bench}\n"))
+
+def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
+    """YAML lets a later key replace an earlier one: a recipe with two `teacher:` sections (or `epochs` twice) ran
+    the last one's values without a word. Refused, naming the key and its line; anchors and merges still work."""
+    with pytest.raises(CompressError, match=r"r\.yaml: teacher: given twice \(line 3, column 1\)"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1}\n"
+                                    "teacher: {model: minilm-l6, epochs: 3}\n"))
+    with pytest.raises(CompressError, match=r"r\.yaml: epochs: given twice \(line 2, column 40\)"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1, epochs: 3}\n"))
+    recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: &t {model: minilm-l6, epochs: 1}\n"
+                                         "students: [{name: s, train: {<<: {epochs: 1}, epochs: 2}}]\n"))
+    assert recipe.teacher.epochs == 1 and recipe.students[0].train.epochs == 2
