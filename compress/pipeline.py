@@ -97,6 +97,13 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
     if until is not None and until not in names:
         raise CompressError(f"unknown stage {until!r} (stages: {', '.join(names)})")
     chosen = [s for s in STAGES if all(getattr(recipe, sec, None) is not None for sec in s.sections)]
+    for stage in chosen:  # before anything runs (and in `compress validate`), not once the earlier stages have run
+        missing = [n for n in stage.needs if n not in [s.name for s in chosen]]
+        if missing:
+            sections = [sec for sec in next(s for s in STAGES if s.name == missing[0]).sections
+                        if getattr(recipe, sec, None) is None]
+            raise CompressError(f"{recipe.path}: {stage.name}: needs the {missing[0]} stage, which this recipe does "
+                                f"not configure (add a {' and a '.join(sections)} section)")
     if until is not None:
         if until not in [s.name for s in chosen]:
             raise CompressError(f"{recipe.path}: stage {until!r} is not configured in this recipe")

@@ -476,3 +476,18 @@ def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
     recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: &t {model: minilm-l6, epochs: 1}\n"
                                          "students: [{name: s, train: {<<: {epochs: 1}, epochs: 2}}]\n"))
     assert recipe.teacher.epochs == 1 and recipe.students[0].train.epochs == 2
+
+
+def test_a_stage_whose_needed_stage_is_not_configured_is_refused_before_anything_runs(tmp_path, capsys):
+    """A bundle section without a quantize section: validate said ok, --dry-run died in a KeyError traceback and a run
+    stopped only at the bundle stage, after the teacher had trained. Refused by validate and run, in one line."""
+    from compress.cli import main
+
+    p = write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nbundle: {{}}\n"
+                        f"runs_dir: {tmp_path / 'runs'}\n")
+    for argv in (["validate", str(p)], ["run", str(p), "--dry-run"], ["run", str(p), "--stage", "teacher"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.strip() == f"error: {p}: bundle: needs the quantize stage, which this recipe does not configure " \
+                              f"(add a quantize section)", err
+    assert not (tmp_path / "runs" / "r").exists()
