@@ -1145,7 +1145,7 @@ def from_dict(cls: type, data: Any, *, file: str = "<recipe>", where: str = "") 
         raise CompressError(f"{file}: {where or 'recipe'}: expected a mapping, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers or booleans
     if unknown:
         known = ", ".join(fields)
         raise CompressError(f"{file}: {_join(where, unknown[0])}: unknown key (known keys: {known})")

@@ -491,3 +491,12 @@ def test_a_stage_whose_needed_stage_is_not_configured_is_refused_before_anything
         assert err.strip() == f"error: {p}: bundle: needs the quantize stage, which this recipe does not configure " \
                               f"(add a quantize section)", err
     assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_unknown_keys_that_are_not_all_strings_are_one_line(tmp_path):
+    """A recipe with a stray numeric (or yes/no) key beside another unknown one died in a TypeError traceback
+    (sorting 1 and 'foo'); it is refused like any unknown key."""
+    with pytest.raises(CompressError, match=r"r\.yaml: 1: unknown key \(known keys: name, task, "):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6}\n1: x\nfoo: y\n"))
+    with pytest.raises(CompressError, match=r"r\.yaml: teacher\.True: unknown key"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, yes: 1, lr_rate: 2}\n"))
