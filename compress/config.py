@@ -1202,6 +1202,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
             raise CompressError(f"{file}: {key}: expected an integer, got {_show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+            value = float(value)  # YAML 1.2's 2e-5: PyYAML (YAML 1.1) reads it as a string, wanting 2.0e-5
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CompressError(f"{file}: {key}: expected a number, got {_show(value)}")
         if not math.isfinite(value):

@@ -500,3 +500,17 @@ def test_unknown_keys_that_are_not_all_strings_are_one_line(tmp_path):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6}\n1: x\nfoo: y\n"))
     with pytest.raises(CompressError, match=r"r\.yaml: teacher\.True: unknown key"):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, yes: 1, lr_rate: 2}\n"))
+
+
+def test_a_number_in_exponent_notation_without_a_dot_is_a_number(tmp_path, capsys):
+    """`lr: 2e-5` (how learning rates are written) was refused: "teacher.lr: expected a number, got '2e-5'" (PyYAML
+    reads YAML 1.1, where an exponent needs a dot: 2.0e-5). It is the number, in the file and with --set; a word still
+    is not."""
+    from compress.cli import main
+
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, lr: 2e-5}\n")
+    assert load_recipe(p).teacher.lr == 2e-5
+    assert load_recipe(p, {"teacher.lr": "3E+2"}).teacher.lr == 300.0
+    assert main(["validate", str(p), "--set", "teacher.warmup_ratio=1e-1"]) == 0
+    with pytest.raises(CompressError, match=r"teacher\.lr: expected a number, got 'e-5'"):
+        load_recipe(p, {"teacher.lr": "e-5"})
