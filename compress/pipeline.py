@@ -118,7 +118,8 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for run in _folders(recipe, stage.runs, models=False):
         if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
             continue
-        inputs.update({str(p): sha256_file(p) for p in sorted(Path(run).glob("*/manifest.json"))})
+        inputs.update({str(p): sha256_file(p) for p in sorted(Path(run).glob("*/manifest.json"))
+                       if not p.parent.name.startswith(".")})  # not a killed or working run's .<stage>.tmp-PID
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest

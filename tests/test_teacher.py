@@ -784,3 +784,20 @@ def test_held_out_selection_in_a_bf16_fit_scores_in_fp32(tiny_bert_dir):
     fit(model, tokenize(data.train, tok, 32), collator,
         TrainConfig(epochs=2, batch_size=16, eval_every=1, precision="bf16"), seed=0, evaluate=score)
     assert seen and set(seen) == {torch.float32}
+
+def test_a_compared_runs_leftover_stage_folders_are_not_report_inputs(tmp_path, tiny_bert_dir):
+    """The report stage's inputs are the stage manifests of its report.compare runs: the glob also took the hidden
+    `.<stage>.tmp-PID` / `.<stage>.old-PID` folders of a run killed (or working) there, so the report was redone when
+    that run's next start removed them, and a folder renamed away between the glob and the hash was a traceback."""
+    from compress import pipeline
+
+    other = tmp_path / "other"
+    (other / "teacher").mkdir(parents=True)
+    (other / "teacher" / "manifest.json").write_text("{}")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"report: {{compare: [{other}]}}\n"))
+    report = next(s for s in pipeline.STAGES if s.name == "report")
+    _, before = pipeline._fingerprint(recipe, report, {"teacher": {"outputs": {}}})
+    (other / ".teacher.old-999999999").mkdir()
+    (other / ".teacher.old-999999999" / "manifest.json").write_text('{"stage": "teacher"}')
+    _, after = pipeline._fingerprint(recipe, report, {"teacher": {"outputs": {}}})
+    assert after == before and str(other / "teacher" / "manifest.json") in after
