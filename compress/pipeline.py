@@ -180,7 +180,11 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
     if manifest.get("fingerprint") == fp:
-        if hash_tree(folder) == manifest.get("outputs"):
+        outputs = manifest.get("outputs")
+        # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs
+        now = {rel: digest for rel, digest in hash_tree(folder).items() if rel in (outputs or {})
+               or not any(part.startswith(".") for part in Path(rel).parts)}
+        if now == outputs:
             return manifest, None
         return None, "its outputs were edited since they were written"
     return None, _what_changed(recipe, stage, manifest, inputs)

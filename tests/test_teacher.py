@@ -801,3 +801,25 @@ def test_a_compared_runs_leftover_stage_folders_are_not_report_inputs(tmp_path, 
     (other / ".teacher.old-999999999" / "manifest.json").write_text('{"stage": "teacher"}')
     _, after = pipeline._fingerprint(recipe, report, {"teacher": {"outputs": {}}})
     assert after == before and str(other / "teacher" / "manifest.json") in after
+
+
+def test_a_hidden_file_a_file_browser_leaves_in_a_stage_folder_does_not_redo_the_stage(tmp_path):
+    """Opening a run folder in macOS Finder leaves .DS_Store files in it: the stage (hours of teacher training) was
+    redone as "its outputs were edited". Hidden files it did not write are not its outputs; an output edited, a
+    visible file added or a recorded hidden file changed still redo it."""
+    from compress.manifest import hash_tree, write_json
+    from compress.pipeline import STAGES, _reuse
+
+    folder = tmp_path / "teacher"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / ".kept").write_text("written by the stage")
+    write_json(folder / "manifest.json", {"fingerprint": "fp", "outputs": hash_tree(folder)})
+    for junk in (folder / ".DS_Store", folder / "model" / ".DS_Store", folder / "._config.json"):
+        junk.write_text("finder")
+    assert _reuse(None, STAGES[0], folder, "fp", {})[1] is None
+    (folder / ".kept").write_text("edited")
+    assert _reuse(None, STAGES[0], folder, "fp", {})[1] == "its outputs were edited since they were written"
+    (folder / ".kept").write_text("written by the stage")
+    (folder / "notes.txt").write_text("a visible file")
+    assert _reuse(None, STAGES[0], folder, "fp", {})[1] == "its outputs were edited since they were written"
