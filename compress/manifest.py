@@ -77,12 +77,14 @@ def host() -> dict:
     return info
 
 
-def hash_tree(folder: Path) -> dict[str, str]:
+def hash_tree(folder: Path, hidden: bool = True) -> dict[str, str]:
     """relative path -> sha256 for every file under ``folder`` (its own manifest.json excluded; one in a subfolder,
-    such as a bundle's, is an output like any other)."""
+    such as a bundle's, is an output like any other). ``hidden=False``: not those with a part named ``.*`` (a model
+    folder's .git/, .DS_Store: nothing that loads the model reads them)."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p != folder / "manifest.json"}
+            if p.is_file() and p != folder / "manifest.json"
+            and (hidden or not any(part.startswith(".") for part in p.relative_to(folder).parts))}
 
 
 def fingerprint(payload: dict) -> str:

@@ -114,7 +114,8 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
     for folder in _folders(recipe, stage.models):
-        inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder)).items()})
+        inputs.update({str(Path(folder) / rel): digest
+                       for rel, digest in hash_tree(Path(folder), hidden=False).items()})
     for run in _folders(recipe, stage.runs, models=False):
         if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
             continue

@@ -823,3 +823,18 @@ def test_a_hidden_file_a_file_browser_leaves_in_a_stage_folder_does_not_redo_the
     (folder / ".kept").write_text("written by the stage")
     (folder / "notes.txt").write_text("a visible file")
     assert _reuse(None, STAGES[0], folder, "fp", {})[1] == "its outputs were edited since they were written"
+
+
+def test_a_model_folders_hidden_files_are_not_inputs(tmp_path, tiny_bert_dir):
+    """A teacher folder cloned with git (`git clone https://huggingface.co/...`): every file of .git/ was an input
+    (its packs hashed on every run), and a `git status` (it rewrites .git/index) or a .DS_Store redid the teacher.
+    from_pretrained reads none of them; the files it reads still are inputs."""
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    _, before = pipeline._fingerprint(recipe, pipeline.STAGES[0], {})
+    (tiny_bert_dir / ".git").mkdir()
+    (tiny_bert_dir / ".git" / "index").write_bytes(b"DIRC")
+    (tiny_bert_dir / ".DS_Store").write_bytes(b"finder")
+    _, after = pipeline._fingerprint(recipe, pipeline.STAGES[0], {})
+    assert after == before and str(tiny_bert_dir / "config.json") in after
