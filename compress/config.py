@@ -85,6 +85,10 @@ class TaskConfig:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
         from compress.tasks import GLUE_TASKS, task_spec  # a GLUE name, or a custom task's files and labels
 
+        unknown = [split for split in self.files or {} if split not in ("train", "dev", "test")]
+        if unknown:  # a run reads these three only
+            raise CompressError(f"{file}: {where}.files.{unknown[0]}: unknown split (splits: train, dev, test)")
+
         if self.name in GLUE_TASKS and not self.files and not self.hub_dataset and (
                 self.labels is not None or self.metrics is not None or self.regression):
             raise CompressError(f"{file}: {where}: labels, metrics and regression are for custom tasks; GLUE task "

@@ -514,3 +514,13 @@ def test_a_number_in_exponent_notation_without_a_dot_is_a_number(tmp_path, capsy
     assert main(["validate", str(p), "--set", "teacher.warmup_ratio=1e-1"]) == 0
     with pytest.raises(CompressError, match=r"teacher\.lr: expected a number, got 'e-5'"):
         load_recipe(p, {"teacher.lr": "e-5"})
+
+
+def test_a_custom_task_file_under_an_unknown_split_name_is_refused(tmp_path):
+    """task.files is split -> file, and a run reads train, dev and test only: `tset: t.tsv` (a typo) validated, its
+    rows were even counted, and the run left the test split out without a word."""
+    with pytest.raises(CompressError, match=r"r\.yaml: task\.files\.tset: unknown split \(splits: train, dev, test\)"):
+        load_recipe(write(tmp_path, "task: {name: x, labels: [a, b], files: {train: a.tsv, dev: b.tsv, tset: c.tsv}}"
+                                    "\nteacher: {model: minilm-l6}\n"))
+    assert load_recipe(write(tmp_path, "task: {name: x, labels: [a, b], files: {train: a.tsv, dev: b.tsv, test: c.tsv}}"
+                                       "\nteacher: {model: minilm-l6}\n")).task.files["test"] == "c.tsv"
