@@ -193,7 +193,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
 
 def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
-    _check_force(force)
+    _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     made = not run_dir.exists()
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
@@ -355,7 +355,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     """What `run_pipeline` would do, without doing it: ``(stage, runs, why)`` per planned stage. A stage runs when
     forced, never run, its outputs were edited, its fingerprint moved (the changed config keys, seed, input files or
     upstream outputs are named), or a stage it reads will run first (its outputs are not known before)."""
-    _check_force(force)
+    _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     done: dict[str, dict] = {}
     runs_first: list[str] = []
@@ -437,10 +437,14 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_force(force: tuple[str, ...]) -> None:
+def _check_force(force: tuple[str, ...], stages: list[Stage]) -> None:
     unknown = [f for f in force if f not in stage_names() and f != "all"]
     if unknown:
         raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
+    names = [s.name for s in stages]
+    absent = [f for f in force if f not in names and f != "all"]
+    if absent:  # not configured, or after --stage: it would silently not be redone
+        raise CompressError(f"--force {absent[0]}: not a stage of this run ({', '.join(names)})")
 
 
 def _remove_orphans(run_dir: Path) -> None:

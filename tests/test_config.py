@@ -524,3 +524,21 @@ def test_a_custom_task_file_under_an_unknown_split_name_is_refused(tmp_path):
                                     "\nteacher: {model: minilm-l6}\n"))
     assert load_recipe(write(tmp_path, "task: {name: x, labels: [a, b], files: {train: a.tsv, dev: b.tsv, test: c.tsv}}"
                                        "\nteacher: {model: minilm-l6}\n")).task.files["test"] == "c.tsv"
+
+
+def test_forcing_a_stage_the_run_does_not_include_is_refused(tmp_path, capsys):
+    """`compress run R --stage teacher --force quantize` (or --force distill on a recipe without students) redid
+    nothing and said nothing, exit 0: the stage the user asked to redo was silently not redone."""
+    from compress.cli import main
+
+    p = write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nquantize: {{}}\n"
+                        f"runs_dir: {tmp_path / 'runs'}\n")
+    for extra, said in ((["--force", "distill"], "--force distill: not a stage of this run (teacher, quantize)"),
+                        (["--stage", "teacher", "--force", "quantize"], "--force quantize: not a stage of this run "
+                                                                         "(teacher)")):
+        for argv in (["run", str(p), "--dry-run", *extra], ["run", str(p), *extra]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.strip() == f"error: {said}", err
+    assert not (tmp_path / "runs" / "r").exists()
+    assert main(["run", str(p), "--dry-run", "--force", "all", "--stage", "teacher"]) == 0
