@@ -34,7 +34,7 @@ class TaskConfig:
 
     name: str
     """GLUE task (sst2, mrpc, rte, cola, stsb, qnli, mnli, qqp, wnli) or any name for a custom task."""
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = field(default=None, metadata={"path": True})
     """GLUE-format folder. Default: ``$GLUE_DIR/<Task>`` or ``shared/data/glue/<Task>`` beside the repository folder
     (``../shared`` from it) for GLUE tasks. Custom task: the folder ``files`` are read from (default: the folder
     compress runs in)."""
@@ -53,7 +53,7 @@ class TaskConfig:
     group_by_length: bool = True
     """Length-grouped batches (rows of similar length together): far less padding."""
     # -- custom tasks (ignored for GLUE names) --
-    files: Optional[dict[str, str]] = None
+    files: Optional[dict[str, str]] = field(default=None, metadata={"path": True})
     """Custom task: split -> file (.tsv, .csv, .jsonl, or .json holding an array of row objects; UTF-8), e.g.
     {train: a.tsv, dev: b.tsv}."""
     text_column: str = "text"
@@ -154,7 +154,7 @@ class TrainConfig:
 class TeacherConfig(TrainConfig):
     """The model to fine-tune on the task."""
 
-    model: str = "minilm-l6"
+    model: str = field(default="minilm-l6", metadata={"path": True})
     """Zoo name (minilm-l6, mpnet-base), a local folder, or a hub id (online only)."""
     finetune: bool = field(default=True, metadata={"omit_default": True})
     """False: ``model`` is a classifier already fine-tuned on this task; the stage keeps its trained head, scores and
@@ -452,9 +452,9 @@ class StudentConfig:
     """narrow + random: attention heads (default hidden // 64, at least 1)."""
     ffn: Optional[int] = None
     """narrow: feed-forward width (default 4 x hidden)."""
-    init: str = "random"
+    init: str = field(default="random", metadata={"path": True})
     """narrow: "random", or a checkpoint (zoo name such as minilm-l6, or a folder) truncated to ``layers``."""
-    tokenizer: Optional[str] = None
+    tokenizer: Optional[str] = field(default=None, metadata={"path": True})
     """narrow: the student's own tokenizer (zoo name/folder). Default: the init checkpoint's, else the teacher's."""
     vocab_size: Optional[int] = None
     """narrow + random: vocabulary size (must match the tokenizer used); a checkpoint student keeps its own (another
@@ -765,7 +765,7 @@ class BenchConfig:
 class ReportConfig:
     """Stage `report`: one table per run (params, size, metric, retention, latency, speedup), Pareto plot, HTML."""
 
-    compare: list[str] = field(default_factory=list)
+    compare: list[str] = field(default_factory=list, metadata={"path": True})
     """Other run folders (e.g. runs/sst2) tabulated after this run and overlaid on the Pareto plot."""
     threads: Optional[int] = None
     """Thread count whose latency gives speedup, throughput and the plot's x axis. None: the largest benchmarked."""
@@ -929,7 +929,7 @@ class Recipe:
     """Latency-budget search settings (``compress search``; not a pipeline stage)."""
     seed: int = 42
     """Seeds the train/held-out split of every stage, and each training section whose own ``seed`` is unset."""
-    runs_dir: str = "runs"
+    runs_dir: str = field(default="runs", metadata={"path": True})
     """Where run folders go: <runs_dir>/<name>/<stage>/."""
     # where the recipe came from (not a YAML key)
     path: Optional[str] = field(default=None, metadata={"internal": True})
@@ -1158,6 +1158,8 @@ def from_dict(cls: type, data: Any, *, file: str = "<recipe>", where: str = "") 
         key = _join(where, name)
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], file, key)
+            if f.metadata.get("path"):  # ~/x: the home folder's, as the shell has it (YAML leaves the ~)
+                kwargs[name] = _expand_home(kwargs[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise CompressError(f"{file}: {key}: required key is missing")
     obj = cls(**kwargs)
@@ -1223,6 +1225,16 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
             raise CompressError(f"{file}: {key}: expected a string, got {_show(value)}")
         return value
     raise TypeError(f"config type {tp!r} for {key} is not supported")  # a bug in our dataclasses, not user input
+
+
+def _expand_home(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expanduser(value) if value.startswith("~") else value
+    if isinstance(value, list):
+        return [_expand_home(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_home(v) for k, v in value.items()}
+    return value
 
 
 def _join(where: str, name: str) -> str:

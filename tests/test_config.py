@@ -542,3 +542,23 @@ def test_forcing_a_stage_the_run_does_not_include_is_refused(tmp_path, capsys):
             assert err.strip() == f"error: {said}", err
     assert not (tmp_path / "runs" / "r").exists()
     assert main(["run", str(p), "--dry-run", "--force", "all", "--stage", "teacher"]) == 0
+
+
+def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """`runs_dir: ~/runs` made a folder named `~` in the current folder (the shell expands ~, YAML does not), and a
+    `teacher.model: ~/models/x` folder that exists was "no such folder". Recipe paths starting with ~ are the home
+    folder's; a name with ~ elsewhere is left as it is."""
+    import os
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs" / "other" / "teacher").mkdir(parents=True)
+    (tmp_path / "models" / "x").mkdir(parents=True)
+    (tmp_path / "models" / "x" / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 512}')
+    (tmp_path / "models" / "x" / "tokenizer.json").write_text("{}")
+    recipe = load_recipe(write(tmp_path, "task: {name: x, labels: [a, b], data_dir: ~/data, files: {train: ~/a.tsv, "
+                                         "dev: b~.tsv}}\nteacher: {model: ~/models/x}\nruns_dir: ~/runs\n"
+                                         "report: {compare: [~/runs/other]}\n"))
+    assert recipe.run_dir == tmp_path / "runs" / "r" and recipe.task.data_dir == str(tmp_path / "data")
+    assert recipe.task.files == {"train": str(tmp_path / "a.tsv"), "dev": "b~.tsv"}
+    assert recipe.report.compare == [str(tmp_path / "runs" / "other")]
+    assert recipe.teacher.model == str(tmp_path / "models" / "x") and os.path.expanduser("~") == str(tmp_path)
