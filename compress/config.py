@@ -27,6 +27,15 @@ import yaml
 from compress.errors import CompressError
 
 
+MAX_SEED = 2**31 - 1
+"""Seeds go to numpy (at most 2**32 - 1, never negative) and to the seeded shuffle, some plus a step offset."""
+
+
+def check_seed(seed: Optional[int], file: str, key: str) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise CompressError(f"{file}: {key}: must be from 0 to {MAX_SEED}, got {seed}")
+
+
 # --------------------------------------------------------------------------------------------------------- sections
 @dataclass
 class TaskConfig:
@@ -148,6 +157,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
+        check_seed(self.seed, file, f"{where}.seed")
 
 
 @dataclass
@@ -374,6 +384,7 @@ class AugmentConfig:
             raise CompressError(f"{file}: {where}.neighbours: must be >= 1, got {self.neighbours}")
         if self.min_words < 0:
             raise CompressError(f"{file}: {where}.min_words: must be >= 0, got {self.min_words}")
+        check_seed(self.seed, file, f"{where}.seed")
 
 
 @dataclass
@@ -940,6 +951,7 @@ class Recipe:
 
     def validate(self, file: str, where: str) -> None:
         """What spans sections: the run folder's name, student names, which model prune and quantize read."""
+        check_seed(self.seed, file, "seed")
         if PurePosixPath(self.name).name != self.name or self.name in ("", ".", "..") or "\\" in self.name:
             raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>), got "
                                 f"{self.name!r}")

@@ -562,3 +562,16 @@ def test_a_path_from_the_home_folder_is_expanded(tmp_path, monkeypatch):
     assert recipe.task.files == {"train": str(tmp_path / "a.tsv"), "dev": "b~.tsv"}
     assert recipe.report.compare == [str(tmp_path / "runs" / "other")]
     assert recipe.teacher.model == str(tmp_path / "models" / "x") and os.path.expanduser("~") == str(tmp_path)
+
+
+def test_a_seed_numpy_cannot_take_is_refused_at_validation(tmp_path):
+    """`seed: -1` (or a teacher/student seed past 2**32) validated, then the teacher stage died in a ValueError
+    traceback from the seeded shuffle ("expected non-negative integer") or numpy's seeding."""
+    base = "task: {name: sst2}\nteacher: {model: minilm-l6%s}\n"
+    for text, key in ((base % "" + "seed: -1\n", "seed"), (base % ", seed: 4294967296", "teacher.seed"),
+                      (base % "" + "students: [{name: s, train: {seed: -2}}]\n", r"students\[0\]\.train\.seed"),
+                      (base % "" + "students: [{name: s, distill: {augment: {seed: -1}}}]\n",
+                       r"students\[0\]\.distill\.augment\.seed")):
+        with pytest.raises(CompressError, match=rf"r\.yaml: {key}: must be from 0 to 2147483647, got -?\d+"):
+            load_recipe(write(tmp_path, text))
+    assert load_recipe(write(tmp_path, base % ", seed: 0" + "seed: 2147483647\n")).seed == 2147483647
