@@ -432,7 +432,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     bench = bench_record(run_dir) if "bench" in stages else {}
     attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")),
                  str(run_dir / "bench" / "bench.json"))
-    measured = extra if extra is not None else (_read(run_dir / "report" / MEASURED) or {})
+    measured = extra if extra is not None else (read("report", MEASURED) or {})
     where = "the report stage's measurements" if extra is not None else str(run_dir / "report" / MEASURED)
     for label, record in (measured.get("models") or {}).items():
         attach_bench(record, rows, metric, label, f"{where}: models.{label}")

@@ -761,3 +761,22 @@ def test_pareto_front_keeps_exact_ties():
     assert pareto_front([(2.0, 0.8), (1.0, 0.7), (2.0, 0.8), (3.0, 0.8)]) == [1, 0, 2]
     assert pareto_front([(1.0, 0.7), (1.0, 0.7)]) == [0, 1]
     assert pareto_front([(1.0, 0.7), (1.0, 0.6), (2.0, 0.7)]) == [0]
+
+def test_a_report_folder_left_from_an_earlier_recipe_is_not_read_by_a_recipe_without_one(tmp_path):
+    """`collect(run, recipe)` reads only the stages the recipe configures, but report/latency.json was read whatever
+    the recipe said: a bundle stage of a recipe whose report section was dropped took its speedup reference from a
+    report folder left by the earlier recipe (and from no input of its fingerprint)."""
+    from compress.config import load_recipe
+    from compress.report import MEASURED
+
+    run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", int8={"dynamic": (0.865, True)},
+                   latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}})
+    measured = {"models": {"teacher": {"artifacts": {"onnx_fp32": bench_artifact({2: 24.0}, {"accuracy": 0.899})}}}}
+    (run / "report").mkdir()
+    (run / "report" / MEASURED).write_text(json.dumps(measured))
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(f"runs_dir: {tmp_path}\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                      f"students: [{{name: tiny}}]\nquantize: {{}}\nbench: {{threads: [2]}}\nbundle: {{}}\n")
+    assert collect(run, recipe=load_recipe(recipe)).reference_row() is None
+    with_report = load_recipe(recipe, {"report": {}})
+    assert collect(run, recipe=with_report).reference_row().latency[2].p50_ms == 24.0
