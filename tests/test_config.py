@@ -465,6 +465,7 @@ def test_bench_timing_fields_are_refused_one_by_name(tmp_path, bench, message):
     with pytest.raises(CompressError, match=message):
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nbench: {bench}\n"))
 
+
 def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
     """YAML lets a later key replace an earlier one: a recipe with two `teacher:` sections (or `epochs` twice) ran
     the last one's values without a word. Refused, naming the key and its line; anchors and merges still work."""

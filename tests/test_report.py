@@ -762,6 +762,7 @@ def test_pareto_front_keeps_exact_ties():
     assert pareto_front([(1.0, 0.7), (1.0, 0.7)]) == [0, 1]
     assert pareto_front([(1.0, 0.7), (1.0, 0.6), (2.0, 0.7)]) == [0]
 
+
 def test_a_report_folder_left_from_an_earlier_recipe_is_not_read_by_a_recipe_without_one(tmp_path):
     """`collect(run, recipe)` reads only the stages the recipe configures, but report/latency.json was read whatever
     the recipe said: a bundle stage of a recipe whose report section was dropped took its speedup reference from a

@@ -785,6 +785,7 @@ def test_held_out_selection_in_a_bf16_fit_scores_in_fp32(tiny_bert_dir):
         TrainConfig(epochs=2, batch_size=16, eval_every=1, precision="bf16"), seed=0, evaluate=score)
     assert seen and set(seen) == {torch.float32}
 
+
 def test_a_compared_runs_leftover_stage_folders_are_not_report_inputs(tmp_path, tiny_bert_dir):
     """The report stage's inputs are the stage manifests of its report.compare runs: the glob also took the hidden
     `.<stage>.tmp-PID` / `.<stage>.old-PID` folders of a run killed (or working) there, so the report was redone when
