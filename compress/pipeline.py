@@ -51,6 +51,10 @@ class Stage:
     runs: tuple[str, ...] = ()
     """Recipe fields naming other run folders it reads (``report.compare``): their stages' manifest.json files are
     inputs (a stage redone there rewrites its manifest)."""
+    added: tuple[str, ...] = ()
+    """Names of files and folders that tools a user runs in the stage's outputs add beside them (a bundle's
+    ``npm install``: node_modules/, package-lock.json; ``from predict import Predictor``: __pycache__/): not outputs,
+    so they do not make the stage count as edited (and be rebuilt, deleting them), unless the stage wrote them."""
     revision: int = 1
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
@@ -83,7 +87,7 @@ STAGES: list[Stage] = [
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
-          revision=2),
+          added=("node_modules", "package-lock.json", "__pycache__"), revision=2),
 ]
 
 
@@ -182,9 +186,10 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
         return None, "its manifest.json is unreadable"
     if manifest.get("fingerprint") == fp:
         outputs = manifest.get("outputs")
-        # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs
+        # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
+        # tools add beside them (`Stage.added`)
         now = {rel: digest for rel, digest in hash_tree(folder).items() if rel in (outputs or {})
-               or not any(part.startswith(".") for part in Path(rel).parts)}
+               or not any(part.startswith(".") or part in stage.added for part in Path(rel).parts)}
         if now == outputs:
             return manifest, None
         return None, "its outputs were edited since they were written"

@@ -848,3 +848,29 @@ def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir
     trained = AutoTokenizer.from_pretrained(src)
     for text in ["Héllo WORLD, naïve café", "中文 text Ünïcödé"]:
         assert bundled.encode(text).ids == trained(text, truncation=True, max_length=32)["input_ids"], text
+
+
+def test_npm_install_or_an_import_in_a_bundle_does_not_make_the_stage_count_as_edited(tmp_path):
+    """Following the bundle's README (`npm install` for predict.mjs, `from predict import Predictor`) adds
+    node_modules/, package-lock.json and __pycache__/ inside the bundle folder: the next `make pipeline` found the
+    stage's outputs "edited" and rebuilt the bundle, deleting them. They are not outputs; an edited or added bundle
+    file still redoes the stage."""
+    from compress.manifest import hash_tree, write_json
+    from compress.pipeline import STAGES, _reuse
+
+    stage = next(s for s in STAGES if s.name == "bundle")
+    folder = tmp_path / "bundle"
+    (folder / "b").mkdir(parents=True)
+    (folder / "b" / "predict.py").write_text("print()")
+    write_json(folder / "manifest.json", {"fingerprint": "fp", "outputs": hash_tree(folder)})
+    (folder / "b" / "node_modules" / "onnxruntime-node").mkdir(parents=True)
+    (folder / "b" / "node_modules" / "onnxruntime-node" / "index.js").write_text("//")
+    (folder / "b" / "package-lock.json").write_text("{}")
+    (folder / "b" / "__pycache__").mkdir()
+    (folder / "b" / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\0")
+    assert _reuse(None, stage, folder, "fp", {})[1] is None
+    (folder / "b" / "extra.onnx").write_text("x")
+    assert _reuse(None, stage, folder, "fp", {})[1] == "its outputs were edited since they were written"
+    teacher = STAGES[0]  # only the bundle's users run npm there
+    (folder / "b" / "extra.onnx").unlink()
+    assert _reuse(None, teacher, folder, "fp", {})[1] == "its outputs were edited since they were written"
