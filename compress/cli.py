@@ -163,6 +163,9 @@ def cmd_bundle(args) -> int:
     args.max_length = args.max_length or 128
     args.out = args.out or "dist"
     spec = GLUE_TASKS.get(args.task)
+    if args.labels and args.regression:  # one of them would be dropped without a word
+        raise CompressError("compress bundle --model: --labels names a classifier's outputs, --regression says it has "
+                            "one score and no labels: give one of them")
     labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
     regression = args.regression or bool(spec and spec.is_regression and not args.labels)  # e.g. --task stsb
     if labels is None and not regression:

@@ -874,3 +874,13 @@ def test_npm_install_or_an_import_in_a_bundle_does_not_make_the_stage_count_as_e
     teacher = STAGES[0]  # only the bundle's users run npm there
     (folder / "b" / "extra.onnx").unlink()
     assert _reuse(None, teacher, folder, "fp", {})[1] == "its outputs were edited since they were written"
+
+
+def test_bundle_labels_with_regression_is_refused_not_dropped(tmp_path, capsys):
+    """`compress bundle --model m.onnx --labels a,b --regression` built a regression bundle, the labels dropped
+    without a word; now a one-line error before anything is read."""
+    rc = main(["bundle", "--model", str(tmp_path / "m.onnx"), "--tokenizer", str(tmp_path / "t.json"),
+               "--labels", "a,b", "--regression", "--out", str(tmp_path / "dist")])
+    assert rc == 2 and "--labels names a classifier's outputs, --regression says it has one score" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
