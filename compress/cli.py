@@ -6,6 +6,7 @@ User errors (`CompressError`) print one line and exit 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -400,11 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+"""What the machine's disk refuses (full, read-only, over quota): one line naming the file, not a traceback."""
+
+
 def _first_process() -> bool:
-    """Not one of the other processes of an `accelerate launch` / torchrun job (RANK is set there)."""
+    """Not one of the other processes of an `accelerate launch` / torchrun job (RANK and WORLD_SIZE are set there; a
+    RANK left in a shell without WORLD_SIZE hid every error message)."""
     import os
 
-    return os.environ.get("RANK", "0") == "0"
+    return os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1"
 
 
 class Terminated(BaseException):
@@ -458,6 +464,13 @@ def _main(argv: Optional[list[str]]) -> int:
     except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # e.g. --out is a file
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""  # a full disk or a read-only runs folder: what and where
+        if _first_process():
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if _first_process():
             print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar

@@ -83,3 +83,27 @@ def test_bench_threads_given_twice_is_refused_as_in_a_recipe(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "--threads: each thread count once, got 1 1" in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """A stage writing to a full disk or a read-only runs folder ended in a traceback; it is one line naming the file
+    (status 1). A stray RANK in the shell (no WORLD_SIZE: not a distributed job) no longer hides error messages."""
+    import errno
+    import os
+
+    from compress import cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: {name: sst2}\nteacher: {}\n")
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "runs" / "r" / "teacher"))
+
+    monkeypatch.setattr(cli, "cmd_validate", full)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["validate", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'runs' / 'r' / 'teacher'}: No space left on device\n"
+    monkeypatch.setenv("WORLD_SIZE", "4")  # a real distributed job's other process: the main one says it
+    assert main(["validate", str(recipe)]) == 1 and capsys.readouterr().err == ""
