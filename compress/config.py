@@ -273,6 +273,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 """A folder with none of these has no tokenizer: transformers fails on it with a TypeError deep in its loader."""
 
 
+def lfs_pointer(folder: str) -> Optional[str]:
+    """The first weights file of ``folder`` that is a git-lfs pointer (a few lines of text a clone without git-lfs
+    leaves in place of the weights), else None."""
+    for f in sorted(Path(folder).glob("*")):
+        if f.suffix in (".safetensors", ".bin") and f.is_file() and f.stat().st_size < 1024:
+            with open(f, "rb") as fh:
+                if fh.read(40).startswith(b"version https://git-lfs"):
+                    return str(f)
+    return None
+
+
 def check_model_name(name: str, file: str, where: str, kind: str = "model", tokenizer: bool = True) -> None:
     """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
     the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
@@ -300,6 +311,10 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
             reason = unsupported_type(model_type, fields.get("position_embedding_type"))
             if reason:
                 raise CompressError(f"{file}: {where}: {name!r}: {reason}")
+            pointer = lfs_pointer(name)
+            if pointer:
+                raise CompressError(f"{file}: {where}: {pointer} is a git-lfs pointer, not the weights (the folder "
+                                    f"was cloned without git-lfs): run `git lfs pull` in {name!r}")
             if tokenizer and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
                 raise CompressError(f"{file}: {where}: folder {name!r} holds no tokenizer (none of "
                                     f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer there too")

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
-from compress.config import head_mismatch, head_order, position_limit, unsupported_type
+from compress.config import head_mismatch, head_order, lfs_pointer, position_limit, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -67,6 +67,10 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     try:  # a folder with a head for another label count (or regression) gets a fresh one, not a size-mismatch error
         model_obj, info = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, **offline, ignore_mismatched_sizes=True, output_loading_info=True)
+    except CompressError:
+        raise
+    except Exception as e:  # a truncated or git-lfs pointer weights file: SafetensorError, UnpicklingError...
+        raise CompressError(_unreadable(model, source, e)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     misfits = [k for k in info.get("mismatched_keys") or [] if k.split(".")[0] != "classifier"]
@@ -116,6 +120,16 @@ def _select_bias_heads(model_obj) -> None:
         select_bias_heads(model_obj)
 
 
+def _unreadable(model: str, source: str, e: Exception) -> str:
+    """The one-line refusal of a model whose weights cannot be read (``e`` from from_pretrained)."""
+    pointer = lfs_pointer(source) if os.path.isdir(source) else None
+    if pointer:
+        return (f"model {model!r}: {pointer} is a git-lfs pointer, not the weights (the folder was cloned without "
+                f"git-lfs): run `git lfs pull` there")
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"model {model!r}: cannot read its weights ({type(e).__name__}: {first})"
+
+
 def _misfit(model: str, keys: list[str]) -> str:
     """The one-line refusal of a model whose encoder weights have other shapes than its config.json gives."""
     return (f"model {model!r}: its weights do not fit its config.json ({', '.join(keys[:2])}"
@@ -161,6 +175,10 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     try:
         model_obj, info = AutoModelForSequenceClassification.from_pretrained(  # misfits listed, not a traceback
             source, config=config, **offline, output_loading_info=True, ignore_mismatched_sizes=True)
+    except CompressError:
+        raise
+    except Exception as e:
+        raise CompressError(_unreadable(model, source, e)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if info.get("mismatched_keys"):  # the head's size was checked above: an encoder weight

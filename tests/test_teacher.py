@@ -839,3 +839,28 @@ def test_a_model_folders_hidden_files_are_not_inputs(tmp_path, tiny_bert_dir):
     (tiny_bert_dir / ".DS_Store").write_bytes(b"finder")
     _, after = pipeline._fingerprint(recipe, pipeline.STAGES[0], {})
     assert after == before and str(tiny_bert_dir / "config.json") in after
+
+
+def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_bert_dir, tmp_path):
+    """A hub repository cloned without git-lfs holds pointer files in place of the weights: validation refused
+    nothing and loading ended in a SafetensorError traceback. Validation names the pointer; a truncated weights file
+    is one line when the model loads."""
+    from compress.data import GLUE_TASKS
+
+    lfs = tmp_path / "lfs"
+    shutil.copytree(tiny_bert_dir, lfs)
+    (lfs / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: {lfs}}}\n")
+    with pytest.raises(CompressError, match=r"teacher\.model: .*model\.safetensors is a git-lfs pointer, not the "
+                                            r"weights .* run `git lfs pull`"):
+        load_recipe(recipe)
+    with pytest.raises(CompressError, match=r"git-lfs pointer"):
+        load_for_task(str(lfs), GLUE_TASKS["sst2"])
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_bert_dir, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for keep_head in (False, True):
+        with pytest.raises(CompressError, match=r"^model '.*cut': cannot read its weights \(\w+"):
+            load_for_task(str(cut), GLUE_TASKS["sst2"], keep_head=keep_head)
