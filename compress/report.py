@@ -488,6 +488,8 @@ _ORDER = {"teacher": 0, "student": 1, "pruned": 2, "int8": 3}
 def _manifests(run_dir: Path) -> list[dict]:
     out = []
     for path in sorted(run_dir.glob("*/manifest.json")):
+        if path.parent.name.startswith("."):  # a stage being written (.<stage>.tmp-PID) or set aside (.old-PID)
+            continue
         m = _read(path)
         if m and m.get("stage"):
             out.append(m)

@@ -781,3 +781,15 @@ def test_a_report_folder_left_from_an_earlier_recipe_is_not_read_by_a_recipe_wit
     assert collect(run, recipe=load_recipe(recipe)).reference_row() is None
     with_report = load_recipe(recipe, {"report": {}})
     assert collect(run, recipe=with_report).reference_row().latency[2].p50_ms == 24.0
+
+
+def test_a_stage_being_written_in_the_run_is_not_in_the_provenance(tmp_path):
+    """A report of a run whose stage is being redone (its .<stage>.tmp-PID folder holds a manifest.json before the
+    rename) listed that stage twice, and the temporary run's seed among the run's seeds."""
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path))
+    working = run / ".quantize.tmp-12345"
+    shutil.copytree(run / "quantize", working)
+    manifest = json.loads((working / "manifest.json").read_text())
+    (working / "manifest.json").write_text(json.dumps({**manifest, "seed": 7, "created": "2026-12-01T00:00:00"}))
+    table = collect(run)
+    assert table.provenance["stages"].count("quantize (") == 1 and table.provenance["seeds"] == [42]
