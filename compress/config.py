@@ -458,6 +458,10 @@ class DistillConfig:
                                 f"teacher's logits only)")
 
 
+DISTILL_FILES = ("manifest.json", "metrics.json", "teacher_logits.json", "teacher_logits.npy", "transfer")
+"""What the distill stage writes at its top level (`compress.distill.stage`), beside one folder per student."""
+
+
 @dataclass
 class StudentConfig:
     """One student: its architecture (model surgery on the teacher or a narrow BERT), distillation and training."""
@@ -493,6 +497,9 @@ class StudentConfig:
     def validate(self, file: str, where: str) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise CompressError(f"{file}: {where}.name: a plain folder name is needed, got {self.name!r}")
+        if self.name in DISTILL_FILES:
+            raise CompressError(f"{file}: {where}.name: {self.name!r} is a file the distill stage writes beside the "
+                                f"students' folders; choose another name")
         for key in ("layers", "hidden", "heads", "ffn", "vocab_size"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -576,3 +577,16 @@ def test_a_seed_numpy_cannot_take_is_refused_at_validation(tmp_path):
         with pytest.raises(CompressError, match=rf"r\.yaml: {key}: must be from 0 to 2147483647, got -?\d+"):
             load_recipe(write(tmp_path, text))
     assert load_recipe(write(tmp_path, base % ", seed: 0" + "seed: 2147483647\n")).seed == 2147483647
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "transfer", "teacher_logits.npy"])
+def test_a_student_named_as_a_distill_file_is_refused_at_validation(tmp_path, name):
+    """A student named metrics.json passed validation and failed (or overwrote the stage's own file) only when the
+    distill stage finished, after the teacher and every student trained."""
+    from compress.config import DISTILL_FILES
+    from compress.distill import stage
+
+    assert {stage.TEACHER_LOGITS, stage.TRANSFER, "metrics.json", "teacher_logits.json"} <= set(DISTILL_FILES)
+    with pytest.raises(CompressError, match=rf"students\[0\]\.name: '{re.escape(name)}' is a file the distill stage "
+                                            r"writes"):
+        load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nstudents: [{{name: {name}}}]\n"))
