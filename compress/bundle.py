@@ -365,7 +365,12 @@ def _replace(tmp: Path, folder: Path) -> Path:
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
         folder.rename(old)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except BaseException:  # the new one could not take its place: the old one goes back, not left hidden
+        if old.exists() and not folder.exists():
+            old.rename(folder)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return folder
 

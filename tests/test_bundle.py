@@ -884,3 +884,29 @@ def test_bundle_labels_with_regression_is_refused_not_dropped(tmp_path, capsys):
     assert rc == 2 and "--labels names a classifier's outputs, --regression says it has one score" in \
         capsys.readouterr().err
     assert not (tmp_path / "dist").exists()
+
+
+def test_a_bundle_that_cannot_take_the_old_ones_place_leaves_the_old_one_in_place(tmp_path, monkeypatch):
+    """Publishing a rebuilt bundle moves the old folder aside, then renames the new one in; when that rename failed
+    the old bundle stayed hidden as .<name>.old-PID (and was deleted by the next cleanup)."""
+    from pathlib import Path as P
+
+    from compress import bundle as B
+
+    folder, tmp = tmp_path / "b", tmp_path / ".b.tmp"
+    folder.mkdir()
+    (folder / "model.onnx").write_text("old")
+    tmp.mkdir()
+    (tmp / "model.onnx").write_text("new")
+    real = P.rename
+
+    def rename(self, target):
+        if self == tmp:
+            raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    monkeypatch.setattr(P, "rename", rename)
+    with pytest.raises(OSError):
+        B._replace(tmp, folder)
+    assert (folder / "model.onnx").read_text() == "old"
+    assert not list(tmp_path.glob(".b.old-*"))
