@@ -298,9 +298,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def probe_job(name: str, art: dict, cfg: BenchConfig, rows: list, vocab: Optional[int], shapes: list) -> dict:
+    """What `probe_memory` is given for one artifact: its file, a few dev rows, the largest fixed shape, and the
+    timing's thread count and spin setting (the probe's session was built spinning whatever ``bench.spin`` said)."""
+    return {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
+            "dev_rows": rows, "threads": cfg.threads, "vocab_size": vocab, "spin": cfg.spin,
+            "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
+
+
 def run_isolated(spec: dict, workdir: Path) -> dict:
     """``probe_memory`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
-    env = {"OMP_NUM_THREADS": str(max(spec["threads"]))}
+    env = {"OMP_NUM_THREADS": str(max(spec["threads"])),
+           "OMP_WAIT_POLICY": "ACTIVE" if spec.get("spin", True) else "PASSIVE"}
     return _worker({**spec, "mode": "probe"}, workdir, spec["name"], env,
                    f"{spec['name']} ({spec.get('path') or spec.get('model_dir')})")
 
@@ -555,10 +564,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         tmp = Path(tmp)
         for name, art in artifacts.items():
             if cfg.isolate:
-                job = {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
-                       "dev_rows": probe_rows, "threads": cfg.threads, "vocab_size": vocab,
-                       "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
-                art.update(run_isolated(job, tmp))
+                art.update(run_isolated(probe_job(name, art, cfg, probe_rows, vocab, shapes), tmp))
             file = Path(art["path"]) if "path" in art else None
             if "size_bytes" not in art:
                 art["size_bytes"] = (file.stat().st_size if file else

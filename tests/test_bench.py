@@ -294,3 +294,18 @@ def test_bench_stage_revision_redoes_run_folders_whose_torch_row_took_the_onnx_m
     stages = {s.name: s for s in pl.STAGES}
     pl._fingerprint(recipe, stages["bench"], {"quantize": {"outputs": {"quantize.json": "ab"}}})
     assert payloads[0].get("revision") == stages["bench"].revision == 2
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_the_memory_probe_runs_with_the_benchs_spin_setting(spin, tmp_path, monkeypatch):
+    """The peak-RSS probe's job carried no spin setting, so its ORT session always spun (and torch's OMP threads
+    waited actively) whatever ``bench.spin`` said; it follows the setting now, in the session and the environment."""
+    from compress import bench as B
+
+    job = B.probe_job("onnx_fp32", {"kind": "onnx", "path": "m.onnx"}, BenchConfig(threads=[2], spin=spin),
+                      [{"input_ids": [101, 102]}], 30522, [(1, 32), (8, 128)])
+    assert job["spin"] is spin and job["largest"] == (8, 128) and job["threads"] == [2]
+    seen = {}
+    monkeypatch.setattr(B, "_worker", lambda spec, workdir, stem, env, what: seen.update(env) or {})
+    B.run_isolated(job, tmp_path)
+    assert seen["OMP_WAIT_POLICY"] == ("ACTIVE" if spin else "PASSIVE")
