@@ -519,3 +519,16 @@ def test_a_custom_test_file_with_a_misnamed_label_column_is_refused_not_left_out
                             "test": str(tmp_path / "test.csv")})
     with pytest.raises(CompressError, match=r"test\.csv: column 'label' not found"):
         load_task(cfg, seed=0)
+
+
+def test_a_hub_dataset_offline_and_not_cached_fails_at_once_in_one_line(monkeypatch):
+    """Offline, a hub dataset not in the datasets cache was retried five times (~23 s here) before the error; with
+    the hub out of reach it is looked up in the cache only, and the one line says what to do instead."""
+    from compress import hub
+
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    cfg = TaskConfig(name="x", hub_dataset="no-such-org/no-such-dataset", labels=["neg", "pos"], holdout=0.0)
+    with pytest.raises(CompressError, match=r"^task\.hub_dataset: could not load 'no-such-org/no-such-dataset' split "
+                                            r"'train': .*\(OfflineModeIsEnabled\) \(the hub cannot be reached and the "
+                                            r"datasets cache does not hold it: use task\.files"):
+        load_task(cfg, seed=0)  # OfflineModeIsEnabled: the cache was asked, no download was tried
