@@ -77,7 +77,9 @@ def test_a_seeded_teacher_stage_is_reused_by_the_pipeline(tmp_path, small_bert, 
     from compress.config import load_recipe
     from compress.pipeline import _fingerprint, _reuse, plan, run_pipeline
 
-    sets = [f"teacher.model={small_bert}", "task.max_train_samples=64", "task.max_eval_samples=16"]
+    # a 2-layer teacher: the recipe's 3-layer student is refused when the recipe is read (validation resolves depths)
+    sets = [f"teacher.model={small_bert}", "task.max_train_samples=64", "task.max_eval_samples=16",
+            "students.0.layers=1"]
     runs = tmp_path / "runs"
     gpu_carry.seed(str(ROOT / "pipelines" / "quickstart.yaml"), str(runs), small_bert, sets)
     recipe = load_recipe(ROOT / "pipelines" / "quickstart.yaml", _overrides(sets))
