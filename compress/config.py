@@ -1131,8 +1131,13 @@ class _StrictLoader(yaml.SafeLoader):
     """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last one silently: a
     second `teacher:` section replaced the first). Keys brought in by a merge (``<<: *anchor``) may be overridden."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
+    def flatten_mapping(self, node):
+        # checked here, the first time a mapping is flattened: flattening puts the merged pairs into node.value in
+        # place, and a mapping an anchor names may be flattened by a later one that merges it (`<<: *a`) before it
+        # is itself built; its merged keys beside its own overrides are no key given twice
+        checked = self.__dict__.setdefault("_checked_mappings", set())  # ids: the loader holds every node alive
+        if id(node) not in checked:
+            checked.add(id(node))
             seen = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -1144,7 +1149,7 @@ class _StrictLoader(yaml.SafeLoader):
                     mark = key_node.start_mark
                     raise _DuplicateKey(f"{key}: given twice (line {mark.line + 1}, column {mark.column + 1})")
                 seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
 
 
 def yaml_error(e: yaml.YAMLError) -> str:

@@ -590,3 +590,21 @@ def test_a_student_named_as_a_distill_file_is_refused_at_validation(tmp_path, na
     with pytest.raises(CompressError, match=rf"students\[0\]\.name: '{re.escape(name)}' is a file the distill stage "
                                             r"writes"):
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nstudents: [{{name: {name}}}]\n"))
+
+
+def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_again(tmp_path):
+    """A mapping that merges an anchor and overrides one of its keys (`<<: *ta` then `lr:`), itself merged again
+    from a section the loader reaches first (`prune.recover: {<<: *tb}`): PyYAML flattens the anchored mapping in
+    place when the later section merges it, so the duplicate-key check, run when the anchored mapping was built,
+    saw the merged `lr` beside the explicit one and refused a valid recipe ("lr: given twice")."""
+    recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1}\n"
+                                         "students:\n  - name: a\n    train: &ta\n      epochs: 3\n      lr: 1.0e-4\n"
+                                         "  - name: b\n    train: &tb\n      <<: *ta\n      lr: 2.0e-4\n"
+                                         "prune:\n  heads: 0.5\n  recover:\n    <<: *tb\n    epochs: 1\n"))
+    assert recipe.students[1].train.lr == 2.0e-4 and recipe.students[1].train.epochs == 3
+    assert recipe.prune.recover.lr == 2.0e-4 and recipe.prune.recover.epochs == 1
+    with pytest.raises(CompressError, match=r"r\.yaml: lr: given twice \(line 12, column 7\)"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1}\n"
+                                    "students:\n  - name: a\n    train: &ta\n      epochs: 3\n      lr: 1.0e-4\n"
+                                    "  - name: b\n    train: &tb\n      <<: *ta\n      lr: 2.0e-4\n      lr: 3.0e-4\n"
+                                    "prune:\n  heads: 0.5\n  recover:\n    <<: *tb\n    epochs: 1\n"))
