@@ -96,7 +96,12 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
         raise CompressError(f"{where}: {problem}")
     if keep_head and warning:
         log.warning("%s: %s", where, warning)
-    model_obj, _ = load_pruned(source)
+    try:
+        model_obj, _ = load_pruned(source)
+    except CompressError:
+        raise
+    except Exception as e:  # a truncated weights file: SafetensorError, as from_pretrained's path catches it
+        raise CompressError(_unreadable(model, source, e)) from None
     order = head_order(names, spec.labels)
     if order:
         _reorder_head(model_obj, order, where)

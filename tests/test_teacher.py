@@ -864,3 +864,22 @@ def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_
     for keep_head in (False, True):
         with pytest.raises(CompressError, match=r"^model '.*cut': cannot read its weights \(\w+"):
             load_for_task(str(cut), GLUE_TASKS["sst2"], keep_head=keep_head)
+
+
+def test_a_per_layer_width_folder_with_truncated_weights_is_one_line_when_it_loads(tiny_bert_dir, tmp_path):
+    """Unreadable (truncated) weights are one CompressError line from load_for_task (ceec75b), but the per-layer-width
+    path (`_per_layer_widths`, through `load_pruned`) raised the raw SafetensorError traceback."""
+    from compress import prune as P
+    from compress.config import PruneConfig, from_dict
+    from compress.data import GLUE_TASKS
+
+    model, tok = load_trained(tiny_bert_dir)
+    P.prune(model, from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.5, "importance": "l2"}, file="t.yaml",
+                             where="prune"))
+    assert len({s["ffn"] for s in model.config.compress_layer_sizes}) > 1
+    save(model, tok, tmp_path / "pruned")
+    weights = tmp_path / "pruned" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    for keep_head in (False, True):
+        with pytest.raises(CompressError, match=r"^model '.*pruned': cannot read its weights \("):
+            load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
