@@ -113,7 +113,7 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
         model_obj.classifier = fresh.classifier
     for key, value in task_kwargs(spec).items():
         setattr(model_obj.config, key, value)
-    return model_obj.train()
+    return model_obj.eval()  # as from_pretrained returns every other model
 
 
 def _select_bias_heads(model_obj) -> None:
