@@ -208,35 +208,38 @@ def position_limit(fields: dict) -> Optional[int]:
     return table - (fields.get("pad_token_id") or 0) - 1 if fields.get("model_type") in OFFSET_POSITIONS else table
 
 
+def _folder_config(name: str) -> Optional[dict]:
+    """A local model folder's config.json as a dict, read without torch; None for a hub id, a zoo name or a folder
+    without a readable one (refused elsewhere)."""
+    try:
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
+            fields = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
 def model_positions(name: str) -> Optional[int]:
-    """`position_limit` of a zoo model or a local model folder, read without torch; None for a hub id (checked when
-    the model loads) or a folder without a readable config.json (refused elsewhere)."""
+    """`position_limit` of a zoo model or a local model folder; None for a hub id (checked when the model loads) or a
+    folder without a readable config.json."""
     from teachers.zoo import ZOO
 
     if name in ZOO:
         return ZOO[name].positions
-    try:
-        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
-            fields = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return position_limit(fields) if isinstance(fields, dict) else None
+    fields = _folder_config(name)
+    return position_limit(fields) if fields is not None else None
 
 
 def model_shape(name: str) -> Optional[tuple[int, int]]:
-    """(layers, hidden width) of a zoo model or a local model folder, read without torch; None for a hub id or a
-    folder whose config.json does not give both."""
+    """(layers, hidden width) of a zoo model or a local model folder; None for a hub id or a folder whose config.json
+    does not give both."""
     from teachers.zoo import ZOO
 
     if name in ZOO:
         return ZOO[name].layers, ZOO[name].hidden
-    try:
-        with open(os.path.join(name, "config.json"), encoding="utf-8") as f:
-            fields = json.load(f)
-    except (OSError, ValueError):
-        return None
-    shape = (fields.get("num_hidden_layers"), fields.get("hidden_size")) if isinstance(fields, dict) else ()
-    return shape if len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape) else None
+    fields = _folder_config(name) or {}
+    shape = (fields.get("num_hidden_layers"), fields.get("hidden_size"))
+    return shape if all(isinstance(v, int) and v > 0 for v in shape) else None
 
 
 def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:
@@ -1022,21 +1025,12 @@ class Recipe:
         teacher = model_shape(self.teacher.model)
         for i, s in enumerate(self.students or []):
             where = f"students[{i}]"
-            source = teacher if s.kind == "layer_drop" or s.init == "random" else model_shape(s.init)
-            what = "the teacher" if s.kind == "layer_drop" else f"checkpoint {s.init!r}"
             if s.kind == "narrow" and s.init == "random":
                 shape = (s.layers or len(s.keep_layers or []), s.hidden)
-            elif source is None:
-                shape = None
-            else:
-                total = source[0]
-                if s.keep_layers is not None and max(s.keep_layers) > total:
-                    raise CompressError(f"{file}: {where}.keep_layers: layer {max(s.keep_layers)} does not exist: "
-                                        f"{what} has {total} layers (counted from 1)")
-                if s.layers is not None and s.layers > total:
-                    raise CompressError(f"{file}: {where}.layers: {s.layers}, but {what} has only {total} layers")
-                default = max(1, total // 2) if s.kind == "layer_drop" else total
-                shape = (len(s.keep_layers) if s.keep_layers else s.layers or default, source[1])
+            else:  # its layers are copied from the teacher (layer_drop) or its init checkpoint
+                source = teacher if s.kind == "layer_drop" else model_shape(s.init)
+                what = "the teacher" if s.kind == "layer_drop" else f"checkpoint {s.init!r}"
+                shape = None if source is None else self._copied_shape(file, where, s, source, what)
             if shape is None and teacher is None:
                 continue
             # an unknown side is taken as deep as any layer named, and as wide as the other (no projection refusal)
@@ -1051,6 +1045,20 @@ class Recipe:
                 resolve_matches(s.distill, t_cfg, s_cfg, where=f"{where}.distill")
             except CompressError as e:
                 raise CompressError(f"{file}: {e}") from None
+
+    @staticmethod
+    def _copied_shape(file: str, where: str, s: "StudentConfig", source: tuple[int, int], what: str) -> tuple[int, int]:
+        """(layers, width) of a student whose layers are copied from ``source`` (layers, width), as
+        `students.layer_drop.layer_drop_student` (default: half, at least 1) and `students.narrow.from_checkpoint`
+        (default: all) build it; layers the source lacks refused."""
+        total = source[0]
+        if s.keep_layers is not None and max(s.keep_layers) > total:
+            raise CompressError(f"{file}: {where}.keep_layers: layer {max(s.keep_layers)} does not exist: {what} has "
+                                f"{total} layers (counted from 1)")
+        if s.layers is not None and s.layers > total:
+            raise CompressError(f"{file}: {where}.layers: {s.layers}, but {what} has only {total} layers")
+        default = max(1, total // 2) if s.kind == "layer_drop" else total
+        return (len(s.keep_layers) if s.keep_layers else s.layers or default), source[1]
 
     def _check_finetuned_head(self, file: str) -> None:
         """``teacher.finetune: false`` with a zoo model or a local folder: it has a classification head (a zoo model
