@@ -203,15 +203,13 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     made = not run_dir.exists()
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
-    # cpu=True without a GPU: under torchrun on CPU the (shared, first-created) state must be gloo/MULTI_CPU, or
-    # every later Accelerator (fit's) silently trains each process alone on all the data
-    import torch  # here, not at the top: validate and --dry-run plan stages without torch
-    from accelerate import PartialState
+    # The process state on the CPU without a GPU (or under `accelerate launch --cpu`): under torchrun on CPU the
+    # (shared, first-created) state must be gloo/MULTI_CPU, or every later Accelerator (fit's) silently trains each
+    # process alone on all the data. Imported here, not at the top: validate and --dry-run plan stages without torch.
+    from compress.train import from_main_process, process_state, wait_for_everyone
 
-    from compress.train import from_main_process
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    state.wait_for_everyone()  # every process has seen whether the folder existed before any makes it
+    state = process_state()
+    wait_for_everyone()  # every process has seen whether the folder existed before any makes it
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         problem = None
@@ -269,12 +267,15 @@ minutes: a bench or a guarded quantize of a base-size model outlasted it, and th
 
 def _stage_waits(state):
     """A barrier for waiting on the main process's single-process stages: a gloo group of its own with a
-    `STAGE_WAIT_HOURS` timeout (on the CPU, not a GPU stream) in a distributed run; else ``state.wait_for_everyone``.
+    `STAGE_WAIT_HOURS` timeout (on the CPU, not a GPU stream) in a distributed run; else
+    `compress.train.wait_for_everyone`.
     Every process must call it, at the same point."""
     import torch
 
     if state.num_processes == 1:
-        return state.wait_for_everyone
+        from compress.train import wait_for_everyone
+
+        return wait_for_everyone
     from datetime import timedelta
 
     group = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=STAGE_WAIT_HOURS))
@@ -293,6 +294,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
                 wait_long: Callable[[], None]) -> dict[str, dict]:
     """Run or reuse each planned stage. ``wait_long``: the barrier for a stage that does not train (`_stage_waits`);
     the other processes wait in it while the main process runs the stage alone."""
+    from compress.train import wait_for_everyone
+
     done: dict[str, dict] = {}
     stages = plan(recipe, until)
     checked = False
@@ -319,8 +322,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule
             _claim_checkpoints(run_dir, stage.name, checkpoint_stamp(fp, state.num_processes))
-        state.wait_for_everyone()
-        wait = state.wait_for_everyone if stage.trains else wait_long
+        wait_for_everyone()
+        wait = wait_for_everyone if stage.trains else wait_long
         if not stage.trains and not state.is_main_process:  # nothing data-parallel in it: the main process runs it
             wait()
             wait()

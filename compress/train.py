@@ -158,9 +158,9 @@ def fit(
         tmp = target.with_name(target.name + ".tmp")
         if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
+        wait_for_everyone()
         accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()  # every process's RNG state written before the main process names it done
+        wait_for_everyone()  # every process's RNG state written before the main process names it done
         if accelerator.is_main_process:
             if best_state is not None:
                 save_file(best_state, tmp / "best.safetensors")
@@ -170,7 +170,7 @@ def fit(
             tmp.rename(target)
             for old in sorted(Path(checkpoint_dir).glob("step-*"))[:-2]:  # keep the two newest
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        wait_for_everyone()
 
     for m in modules.values():
         m.train()
@@ -296,13 +296,36 @@ def main_process_writes(write: Callable[[], None]) -> None:
         write()
 
 
+def process_state():
+    """Accelerate's process state (made once per process, shared by every Accelerator after it) on the CPU where there
+    is no GPU or where ``accelerate launch --cpu`` / ``ACCELERATE_USE_CPU=1`` asks for it. PartialState reads no such
+    variable: made for the GPU on a GPU host, fit's Accelerator (which does read it) then refused to start
+    ("AcceleratorState has already been initialized and cannot be changed")."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def process_device() -> torch.device:
-    """Where this process trains, as `fit`'s Accelerator places the model (Accelerate's process state): its GPU under
+    """Where this process trains, as `fit`'s Accelerator places the model (`process_state`): its GPU under
     ``accelerate launch``/torchrun, the CPU without one or with ``accelerate launch --cpu``. Teachers that label rows
     go there too."""
+    return process_state().device
+
+
+def wait_for_everyone() -> None:
+    """Every process of a distributed run waits here (nothing to do in one process): Accelerate's barrier, except
+    that a gloo group (processes training on the CPU) waits on the CPU. Accelerate names the process's local index as
+    the barrier's device, which torch takes for a GPU when the host has one: `accelerate launch --cpu` on a one-GPU
+    machine failed there with "CUDA error: invalid device ordinal" (and on several GPUs used them for CPU work)."""
+    import torch.distributed as dist
     from accelerate import PartialState
 
-    return PartialState().device
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.barrier()
+    else:
+        PartialState().wait_for_everyone()
 
 
 def from_main_process(value):
@@ -333,8 +356,9 @@ def end_distributed() -> None:
 def native_bf16() -> bool:
     """Does this machine run bf16 matmuls natively: a CUDA GPU with bf16 units (Ampere and later; torch's default
     ``is_bf16_supported()`` also says yes for older GPUs that only emulate it, slower than fp32 there), or a CPU
-    flagged avx512_bf16 / amx_bf16 (Linux /proc/cpuinfo)?"""
-    if torch.cuda.is_available():
+    flagged avx512_bf16 / amx_bf16 (Linux /proc/cpuinfo)? The GPU is asked only where this process trains on it (not
+    under ``accelerate launch --cpu`` on a GPU host)."""
+    if torch.cuda.is_available() and process_device().type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     from compress.manifest import cpu_flags
 

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -15,13 +14,13 @@ from conftest import GLUE, tiny_bert_config  # noqa: E402
 from compress.config import StudentConfig, TaskConfig, from_dict  # noqa: E402
 from compress.data import load_task  # noqa: E402
 from compress.distill.stage import distill  # noqa: E402
-from compress.train import end_distributed  # noqa: E402
+from compress.train import end_distributed, process_state  # noqa: E402
 from students import build_student  # noqa: E402
 from teachers.zoo import resolve  # noqa: E402
 
 
 def main(batch_size: int, out: str) -> None:
-    state = PartialState(cpu=not torch.cuda.is_available())  # before fit's Accelerator: the state is shared
+    state = process_state()  # before fit's Accelerator: the state is shared (the CPU's under ACCELERATE_USE_CPU)
     tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4, hidden_dropout_prob=0.0,

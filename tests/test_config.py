@@ -178,14 +178,20 @@ def test_native_bf16_on_a_gpu_does_not_count_emulated_bf16(monkeypatch):
     ``precision: auto`` must ask for native units only."""
     import torch
 
+    import compress.manifest as manifest
     import compress.train as train
 
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "process_device", lambda: torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: asked.append(including_emulation) or including_emulation)
     assert train.native_bf16() is False and asked == [False]
     assert train.resolve_precision("auto") == "fp32"
+    # `accelerate launch --cpu` on that host trains on the CPU: its flags decide, the GPU is not asked
+    monkeypatch.setattr(train, "process_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(manifest, "cpu_flags", lambda: {"avx512_bf16"})
+    assert train.native_bf16() is True and asked == [False, False]  # (the two calls above)
 
 
 def test_an_option_added_later_leaves_fingerprints_alone_at_its_default(tmp_path):

@@ -97,6 +97,7 @@ def _lone_stage_run(rank: int, port: int, timeout_s: int, stage: str, folder: st
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ACCELERATE_USE_CPU": "1"})
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    torch._C._get_accelerator = lambda: torch.device("cuda")  # as on a GPU host (see test_teacher's _late_rng_worker)
     import compress.pipeline as pipeline
     from compress.config import load_recipe
 
@@ -167,3 +168,26 @@ def test_a_lone_stage_failing_on_the_main_process_stops_the_others_with_a_compre
     errors = [(tmp_path / f"{r}.err").read_text() for r in range(2)]
     assert errors[0] == "CompressError: the lone stage failed"
     assert errors[1].startswith("CompressError: another process of this run stopped"), errors[1]
+
+
+def test_accelerate_launch_cpu_on_a_gpu_host_trains_on_the_cpu(monkeypatch):
+    """`accelerate launch --cpu` (ACCELERATE_USE_CPU=1) on a GPU host, as seen on an H200: the run's process state was
+    made for the GPU (PartialState reads no such variable) and fit's Accelerator, told "cpu" by it, refused to start
+    ("AcceleratorState has already been initialized and cannot be changed"). Precision `auto` asks the CPU then."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from compress import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU host
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    AcceleratorState._reset_state(True)  # this process's state, made by earlier tests: made anew here
+    try:
+        assert train.process_device() == torch.device("cpu")
+        assert Accelerator().device == torch.device("cpu")  # fit's
+        monkeypatch.setattr("compress.manifest.cpu_flags", lambda: set())
+        assert train.resolve_precision("auto") == "fp32"  # this CPU has no bf16 units: the GPU's are not asked
+    finally:
+        AcceleratorState._reset_state(True)

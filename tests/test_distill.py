@@ -97,8 +97,9 @@ def test_tiny_student_distils_and_loss_goes_down(glue_dir, tokenizer):
 
     def logs_now():  # the logit and attention terms on a fixed batch (they need no trained projection)
         d = Distiller(student.model, matches, 32).eval()
+        on = {k: v.to(student.model.device) if torch.is_tensor(v) else v for k, v in batch.items()}  # (a GPU's)
         with torch.no_grad():
-            return KDObjective(teacher, spec.distill, matches, False)(d, batch)[1]
+            return KDObjective(teacher, spec.distill, matches, False)(d, on)[1]
 
     before = logs_now()
     res = distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0)

@@ -72,6 +72,7 @@ def test_a_reachable_hub_that_has_no_such_model_stops_the_run_before_the_teacher
     try:
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
         monkeypatch.setattr(hub, "reachable", lambda: True)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # (where HF_HUB_OFFLINE=1 is set)
         hub._not_on_hub.cache_clear()
         hub.check("org/real", "x")  # exists: nothing to say
         recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
@@ -100,7 +101,8 @@ def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line
     cache = tmp_path / "hf-cache"
     _fake_hub_cache(cache, "org/tiny-bert", tiny_bert_dir)
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
-    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(ROOT))
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def compress(*args):
         return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env,
