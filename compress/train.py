@@ -290,9 +290,7 @@ def main_process_writes(write: Callable[[], None]) -> None:
     processes writing and renaming the same temporary folder raced (a prune stage under torchrun failed in 3 of 6
     runs). No barrier: callers reach it under conditions that may differ between processes (another process may
     already find the file written), and what is written is read only by a later run."""
-    from accelerate import PartialState
-
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or PartialState().is_main_process:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or process_state().is_main_process:
         write()
 
 
@@ -320,12 +318,11 @@ def wait_for_everyone() -> None:
     the barrier's device, which torch takes for a GPU when the host has one: `accelerate launch --cpu` on a one-GPU
     machine failed there with "CUDA error: invalid device ordinal" (and on several GPUs used them for CPU work)."""
     import torch.distributed as dist
-    from accelerate import PartialState
 
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
         dist.barrier()
     else:
-        PartialState().wait_for_everyone()
+        process_state().wait_for_everyone()
 
 
 def from_main_process(value):
