@@ -19,7 +19,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from compress import __version__, hub
 from compress.config import Recipe
@@ -128,11 +128,26 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
-    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": _config(recipe, stage),
-               "inputs": inputs}
+    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
+               "config": _result_config(_config(recipe, stage)), "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
     return fingerprint(payload), inputs
+
+
+RUN_ONLY_KEYS = ("checkpoint_every",)  # how a stage runs, not what it makes (a run checkpointing every N steps
+# trains the same weights as one that does not: tests/test_teacher.py)
+
+
+def _result_config(config: Any) -> Any:
+    """``config`` (`_config`) with every `RUN_ONLY_KEYS` key, at any depth, at its default (None), for fingerprints
+    and for saying what changed: turning checkpoints on in a recipe redid the stage (kept as None, not dropped, so the
+    stages of run folders that never set them stay valid)."""
+    if isinstance(config, dict):
+        return {k: None if k in RUN_ONLY_KEYS else _result_config(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [_result_config(v) for v in config]
+    return config
 
 
 def _config(recipe: Recipe, stage: Stage) -> dict:
@@ -391,8 +406,8 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
 def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     """Why a stage's recorded fingerprint differs from this run's: changed config keys (old -> new), seed, input files,
     upstream outputs; else the code (stage revision, compress version)."""
-    config = json.loads(json.dumps(_config(recipe, stage)))
-    reasons = _changes(old.get("config", {}), config)
+    config = json.loads(json.dumps(_result_config(_config(recipe, stage))))
+    reasons = _changes(_result_config(old.get("config", {})), config)
     if old.get("seed") != recipe.seed:
         reasons.append(f"seed: {old.get('seed')} -> {recipe.seed}")
     before = old.get("inputs", {})

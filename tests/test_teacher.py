@@ -887,3 +887,27 @@ def test_a_per_layer_width_folder_with_truncated_weights_is_one_line_when_it_loa
     for keep_head in (False, True):
         with pytest.raises(CompressError, match=r"^model '.*pruned': cannot read its weights \("):
             load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], keep_head=keep_head)
+
+
+def test_turning_checkpoints_on_trains_the_same_weights_and_redoes_no_stage(tiny_bert_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """checkpoint_every changes how a stage runs, not what it makes: a fit saving checkpoints trains the same weights
+    bit for bit (dropout on), and a recipe that turns them on reuses its done stages (it redid them)."""
+    from accelerate import Accelerator
+
+    saved, save = [], Accelerator.save_state
+    monkeypatch.setattr(Accelerator, "save_state", lambda self, d, *a, **k: saved.append(d) or save(self, d, *a, **k))
+    data = load_task(TaskConfig(name="sst2", max_train_samples=48, holdout=0.0), seed=0)
+    weights = []
+    for every in (None, 2):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
+            TrainConfig(epochs=1, batch_size=8, checkpoint_every=every), seed=0, checkpoint_dir=tmp_path / f"ck-{every}")
+        weights.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    assert len(saved) == 2  # steps 2 and 4 of 6
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    done = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))["teacher"]
+    capsys.readouterr()
+    again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 3}))["teacher"]
+    assert again["created"] == done["created"] and "[teacher] up to date" in capsys.readouterr().out
