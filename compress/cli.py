@@ -25,11 +25,13 @@ def _overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise CompressError(f"--set {pair!r}: expected KEY=VALUE, e.g. teacher.epochs=1")
         key, value = pair.split("=", 1)
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            from compress.config import yaml_error
+        from compress.config import _DuplicateKey, yaml_error, yaml_value
 
+        try:
+            out[key] = yaml_value(value)
+        except _DuplicateKey as e:
+            raise CompressError(f"--set {key}: {e}") from None
+        except yaml.YAMLError as e:
             raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
     return out
 

@@ -1135,6 +1135,12 @@ class _DuplicateKey(Exception):
     pass
 
 
+def yaml_value(text: str) -> Any:
+    """A value given on the command line (``--set KEY=VALUE``), read as recipe files are: a key given twice in one of
+    its mappings is an error (``_DuplicateKey``), not the last one kept silently."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 class _StrictLoader(yaml.SafeLoader):
     """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last one silently: a
     second `teacher:` section replaced the first). Keys brought in by a merge (``<<: *anchor``) may be overridden."""

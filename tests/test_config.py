@@ -340,6 +340,9 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     recipe = str(ROOT / "pipelines" / "quickstart.yaml")
     assert main(["validate", recipe, "--set", "bench.threads=[1,"]) == 2
     assert "--set bench.threads: the value is not valid YAML: " in capsys.readouterr().err
+    # a key given twice in a --set mapping is refused as in a recipe file (the last one was kept silently)
+    assert main(["validate", recipe, "--set", "students.0.train={epochs: 1, epochs: 2}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --set students.0.train: epochs: given twice (line 1, column 13)"
     for bad in ("=3", ".teacher.epochs=1", "teacher..epochs=1"):
         assert main(["validate", recipe, "--set", bad]) == 2
         err = capsys.readouterr().err
