@@ -439,12 +439,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     # the report's own pass re-timed the bench's artifacts beside them: one set of dev latencies
     attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")),
                  f"{where}: bench")
-    # the speedup reference: the teacher's fastest exact fp32 graph, the quantize stage's fused one when it quantized
-    # the teacher (kept only when its logits matched), as the report's own export of it is fused when exact
-    reference = next((r.name for r in rows if r.name == "teacher · onnx fp32 fused" and r.latency),
-                     "teacher · onnx fp32")
-    for row in rows:
-        row.reference = row.name == reference
+    _mark_reference(rows)
     rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
     manifests = [m for m in _manifests(run_dir) if m["stage"] in stages]
     seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
@@ -496,6 +491,16 @@ def _manifests(run_dir: Path) -> list[dict]:
     return out
 
 
+def _mark_reference(rows: Sequence[Row]) -> None:
+    """The speedup reference, one row: the teacher's fastest exact fp32 graph, the quantize stage's fused one when it
+    quantized the teacher (kept only when its logits matched) and it was timed, as the report's own export of it is
+    fused when exact; else the teacher's plain ONNX export."""
+    reference = next((r.name for r in rows if r.name == "teacher · onnx fp32 fused" and r.latency),
+                     "teacher · onnx fp32")
+    for row in rows:
+        row.reference = row.name == reference
+
+
 def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
     one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency."""
@@ -534,6 +539,7 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
                                          if v[0] is not None} or None))
+        _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
         rows.sort(key=lambda r: _ORDER.get(r.kind, 9))
         teacher = next(r for r in rows if r.name == "teacher")
         provenance = dict(first.provenance)

@@ -793,3 +793,21 @@ def test_a_stage_being_written_in_the_run_is_not_in_the_provenance(tmp_path):
     (working / "manifest.json").write_text(json.dumps({**manifest, "seed": 7, "created": "2026-12-01T00:00:00"}))
     table = collect(run)
     assert table.provenance["stages"].count("quantize (") == 1 and table.provenance["seeds"] == [42]
+
+
+def test_seed_runs_that_chose_different_speedup_references_merge_with_one(tmp_path):
+    """Seed runs of one recipe where one timed the teacher's fused fp32 graph (its reference) and another did not
+    (its plain export is): the merged table marked both rows as the reference; now the fused one, as in one run."""
+    from compress.report import merge_seeds
+
+    def table(seed: int, fused: bool) -> RunTable:
+        rows = [Row("teacher", "teacher", "torch", 1, 1, 0.9),
+                Row("teacher · onnx fp32", "teacher", "onnx fp32", 1, 1, 0.9, latency=_lat(12.0), reference=not fused)]
+        if fused:
+            rows.append(Row("teacher · onnx fp32 fused", "teacher", "onnx fp32 fused", 1, 1, 0.9, latency=_lat(10.0),
+                            reference=True))
+        return RunTable("q", f"runs/s{seed}", "accuracy", rows, teacher_metric=0.9, provenance={"seeds": [seed]})
+
+    merged, = merge_seeds([table(42, False), table(43, True)])
+    assert [r.name for r in merged.rows if r.reference] == ["teacher · onnx fp32 fused"]
+    assert merged.reference_row().latency[2].p50_ms == 10.0
