@@ -87,7 +87,7 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
     `load_trained` does (`compress.prune.load_pruned`: every saved weight, strictly), then fitted to the task as
     `load_for_task` fits any model: ``keep_head`` as `finetuned_head` (its head must fit the task), else its head kept
     when it has the task's label count, a new one of the task's size otherwise."""
-    from compress.prune import load_pruned
+    from compress.prune import load_pruned_model
 
     names = _head_names(config)
     problem, warning = head_mismatch(config.num_labels, names, spec.labels)
@@ -97,7 +97,7 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
     if keep_head and warning:
         log.warning("%s: %s", where, warning)
     try:
-        model_obj, _ = load_pruned(source)
+        model_obj = load_pruned_model(source)  # (the caller loads the tokenizer it is asked for)
     except CompressError:
         raise
     except Exception as e:  # a truncated weights file: SafetensorError, as from_pretrained's path catches it
@@ -105,12 +105,16 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
     order = head_order(names, spec.labels)
     if order:
         _reorder_head(model_obj, order, where)
-    if problem:  # another label count (or regression): a new head, as from_pretrained gives any other model
+    if problem:  # another label count (or regression): a new head, as from_pretrained gives any other model: its
+        # weights of another shape are new, the others kept (an MPNet head's dense layer; a BERT head is one linear)
         fresh_config = copy.deepcopy(model_obj.config)
         for key, value in task_kwargs(spec).items():
             setattr(fresh_config, key, value)
-        fresh = AutoModelForSequenceClassification.from_config(fresh_config)
-        model_obj.classifier = fresh.classifier
+        head = AutoModelForSequenceClassification.from_config(fresh_config).classifier
+        new = head.state_dict()
+        head.load_state_dict({k: v for k, v in model_obj.classifier.state_dict().items()
+                              if k in new and new[k].shape == v.shape}, strict=False)
+        model_obj.classifier = head
     for key, value in task_kwargs(spec).items():
         setattr(model_obj.config, key, value)
     return model_obj.eval()  # as from_pretrained returns every other model

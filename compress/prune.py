@@ -550,24 +550,32 @@ def save_pruned(model: nn.Module, tokenizer, folder: str | Path) -> None:
 
 
 def load_pruned(folder: str | Path):
-    """(model, tokenizer) from a folder written by `save_pruned` (or any save_pretrained folder).
+    """(model, tokenizer) from a folder written by `save_pruned` (or any save_pretrained folder): `load_pruned_model`
+    and the folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    model = load_pruned_model(folder)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def load_pruned_model(folder: str | Path):
+    """The model of a folder written by `save_pruned` (or any save_pretrained folder), in eval mode.
 
     Uniform FFN width: stock ``from_pretrained``. Per-layer FFN widths: the model is built from its config (heads
     are removed by transformers itself from ``config.pruned_heads``), each layer's FFN linears are resized from
     ``config.compress_layer_sizes``, then the safetensors weights are loaded strictly (every key, every shape).
     Either way an MPNet gets its per-layer position-bias heads back (`select_bias_heads`)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CompressError(f"{folder}: not a saved model folder (no config.json)")
     config = AutoConfig.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     if uniform_ffn(config):
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         select_bias_heads(model)
-        return model, tokenizer
+        return model.eval()
     model = AutoModelForSequenceClassification.from_config(config)
     layers = encoder_layers(model)
     sizes = config.compress_layer_sizes
@@ -589,4 +597,4 @@ def load_pruned(folder: str | Path):
     except RuntimeError as e:
         raise CompressError(f"{folder}: weights do not fit compress_layer_sizes ({str(e).splitlines()[0]})") from None
     select_bias_heads(model)
-    return model.eval(), tokenizer
+    return model.eval()

@@ -131,7 +131,7 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
     done = _finished_step(checkpoint_root, cfg.steps) if cfg.recover is not None and logits is not None else None
     if done is not None:
         start, folder = done
-        model = P.load_pruned(folder)[0].to(process_device())  # loaded on the CPU: to where it is scored and cut
+        model = P.load_pruned_model(folder).to(process_device())  # loaded on the CPU: to where it is scored and cut
         history = read_json(folder / "history.json")["steps"]
         log.info("prune: steps 1-%d already done (%s), resuming at step %d", start, folder, start + 1)
         print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")

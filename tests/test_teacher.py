@@ -911,3 +911,28 @@ def test_turning_checkpoints_on_trains_the_same_weights_and_redoes_no_stage(tiny
     capsys.readouterr()
     again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 3}))["teacher"]
     assert again["created"] == done["created"] and "[teacher] up to date" in capsys.readouterr().out
+
+
+def test_a_per_layer_width_mpnet_gets_a_new_head_as_from_pretrained_gives_one(tmp_path, tokenizer):
+    """A per-layer-width MPNet folder for a task of another label count: only the head's weights of another shape are
+    new (out_proj), its dense layer kept, as from_pretrained does for every other folder (the whole head was
+    replaced); a caller asking for no tokenizer loads a folder that has none (one was loaded, and required)."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from compress import prune as P
+    from compress.config import PruneConfig, from_dict
+    from compress.data import GLUE_TASKS
+
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64)).eval()
+    P.prune(model, from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.5, "importance": "l2"}, file="t.yaml",
+                             where="prune"))
+    assert len({s["ffn"] for s in model.config.compress_layer_sizes}) > 1
+    save(model, tokenizer, tmp_path / "pruned")
+    for name in os.listdir(tmp_path / "pruned"):
+        if not name.startswith(("model", "config")):
+            os.remove(tmp_path / "pruned" / name)  # weights and config only: a student's init with its own tokenizer
+    three, none = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"], tokenizer=False)
+    assert none is None and three.config.num_labels == 3 and three.classifier.out_proj.weight.shape[0] == 3
+    assert torch.equal(three.classifier.dense.weight, model.classifier.dense.weight)
