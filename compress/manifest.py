@@ -77,14 +77,19 @@ def host() -> dict:
     return info
 
 
-def hash_tree(folder: Path, hidden: bool = True) -> dict[str, str]:
+def hidden_path(rel: str | Path) -> bool:
+    """Has the relative path a part named ``.*`` (a model folder's .git/, a file browser's .DS_Store: nothing that
+    loads a model or reads a stage's outputs uses them)?"""
+    return any(part.startswith(".") for part in Path(rel).parts)
+
+
+def hash_tree(folder: Path, keep: Optional[Callable[[str], bool]] = None) -> dict[str, str]:
     """relative path -> sha256 for every file under ``folder`` (its own manifest.json excluded; one in a subfolder,
-    such as a bundle's, is an output like any other). ``hidden=False``: not those with a part named ``.*`` (a model
-    folder's .git/, .DS_Store: nothing that loads the model reads them)."""
+    such as a bundle's, is an output like any other); with ``keep``, only the relative paths it keeps are read."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p != folder / "manifest.json"
-            and (hidden or not any(part.startswith(".") for part in p.relative_to(folder).parts))}
+    rels = ((str(p.relative_to(folder)), p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / "manifest.json")
+    return {rel: sha256_file(p) for rel, p in rels if keep is None or keep(rel)}
 
 
 def fingerprint(payload: dict) -> str:

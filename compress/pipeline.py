@@ -25,8 +25,8 @@ from compress import __version__, hub
 from compress.config import Recipe
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, host, now_utc, read_json, remove_dead,
-                               remove_dead_scratch, versions, write_json)
+from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, read_json,
+                               remove_dead, remove_dead_scratch, versions, write_json)
 from teachers.zoo import sha256_file
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
     for folder in _folders(recipe, stage.models):
         inputs.update({str(Path(folder) / rel): digest
-                       for rel, digest in hash_tree(Path(folder), hidden=False).items()})
+                       for rel, digest in hash_tree(Path(folder), keep=lambda rel: not hidden_path(rel)).items()})
     for run in _folders(recipe, stage.runs, models=False):
         if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
             continue
@@ -203,8 +203,8 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)
-        now = {rel: digest for rel, digest in hash_tree(folder).items() if rel in (outputs or {})
-               or not any(part.startswith(".") or part in stage.added for part in Path(rel).parts)}
+        now = hash_tree(folder, keep=lambda rel: rel in (outputs or {})
+                        or not (hidden_path(rel) or any(part in stage.added for part in Path(rel).parts)))
         if now == outputs:
             return manifest, None
         return None, "its outputs were edited since they were written"
