@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the pinned stack (nothing when pyproject.toml is unchanged)
 
 pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
-	$(COMPRESS) run $(RECIPE)
+	$(COMPRESS) run "$(RECIPE)"
 
 $(NODE_STAMP): compress/bundle.py $(STAMP)
 	mkdir -p $(NODE_DIR)
@@ -46,43 +46,43 @@ bench-train: $(STAMP)  ## training tokens/s: fp32 vs bf16 autocast, length-group
 	$(BIN)/python scripts/bench_train.py
 
 teacher: $(STAMP)  ## fine-tune the recipe's teacher only
-	$(COMPRESS) run $(RECIPE) --stage teacher
+	$(COMPRESS) run "$(RECIPE)" --stage teacher
 
 report: $(STAMP)  ## tables + Pareto plot + HTML of the recipe's run (runs its stages up to `report`)
-	$(COMPRESS) run $(RECIPE) --stage report
+	$(COMPRESS) run "$(RECIPE)" --stage report
 
 bundle: $(STAMP)  ## edge bundle (folder + .tar.gz) of the int8 model the recipe's bundle section picks
-	$(COMPRESS) bundle $(RECIPE)
+	$(COMPRESS) bundle "$(RECIPE)"
 
 prune: $(STAMP)  ## prune the recipe's student (or teacher) with distillation recovery (runs earlier stages as needed)
-	$(COMPRESS) run $(RECIPE) --stage prune
+	$(COMPRESS) run "$(RECIPE)" --stage prune
 
 quantize: $(STAMP)  ## ONNX fp32 (parity-checked) + int8 dynamic/static (accuracy-guarded) of the newest model
-	$(COMPRESS) run $(RECIPE) --stage quantize
+	$(COMPRESS) run "$(RECIPE)" --stage quantize
 
 bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum int8: latency, accuracy, RSS (~3 min)
-	$(COMPRESS) bench $(RECIPE)
+	$(COMPRESS) bench "$(RECIPE)"
 
 bench-full: $(STAMP)  ## the same on the full grid (batch 1/8/32 x seq 32/128, all dev rows, longer series)
-	$(COMPRESS) bench $(RECIPE) --full
+	$(COMPRESS) bench "$(RECIPE)" --full
 
 bench-prune: $(STAMP)  ## pruning levels on the quickstart model: params, MACs, ORT latency, dev accuracy (~8 min)
 	$(BIN)/python scripts/bench_prune.py --out runs/bench-prune.json
 
 distill: $(STAMP)  ## distil the recipe's students from its teacher (runs the teacher stage first if needed)
-	$(COMPRESS) run $(RECIPE) --stage distill
+	$(COMPRESS) run "$(RECIPE)" --stage distill
 
 bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratios, logit-only and intermediate; 2,000 rows x 3 epochs, ~9 min)
 	$(BIN)/python -m compress.distill.bench --out runs/bench-distill.json
 
 search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 (needs the teacher stage)
-	$(COMPRESS) search $(RECIPE) $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
+	$(COMPRESS) search "$(RECIPE)" $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
 
 validate: $(STAMP)  ## check the recipe and its data files without running it (no torch)
-	$(COMPRESS) validate $(RECIPE)
+	$(COMPRESS) validate "$(RECIPE)"
 
 dry-run: $(STAMP)  ## which stages of the recipe would run, and why (nothing runs)
-	$(COMPRESS) run $(RECIPE) --dry-run
+	$(COMPRESS) run "$(RECIPE)" --dry-run
 
 zoo: $(STAMP)  ## fetch and verify the offline zoo models (MPNet-base is a 405 MB one-time download)
 	$(COMPRESS) zoo fetch

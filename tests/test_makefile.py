@@ -12,14 +12,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_stage_target_runs_that_stage(stage):
     out = subprocess.run(["make", "-n", "-o", ".venv/.installed", stage, "RECIPE=pipelines/mrpc.yaml"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert f"run pipelines/mrpc.yaml --stage {stage}" in out, out
+    assert f'run "pipelines/mrpc.yaml" --stage {stage}' in out, out
 
 
-@pytest.mark.parametrize("target,command", [("bench", "bench pipelines/mrpc.yaml"),
-                                            ("bundle", "bundle pipelines/mrpc.yaml"),
-                                            ("pipeline", "run pipelines/mrpc.yaml"),
-                                            ("dry-run", "run pipelines/mrpc.yaml --dry-run")])
+@pytest.mark.parametrize("target,command", [("bench", 'bench "pipelines/mrpc.yaml"'),
+                                            ("bundle", 'bundle "pipelines/mrpc.yaml"'),
+                                            ("pipeline", 'run "pipelines/mrpc.yaml"'),
+                                            ("dry-run", 'run "pipelines/mrpc.yaml" --dry-run')])
 def test_other_stage_targets(target, command):
     out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "RECIPE=pipelines/mrpc.yaml"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert command in out, out
+
+
+def test_a_recipe_path_with_a_space_reaches_the_command_whole(tmp_path):
+    """`make validate RECIPE="my recipes/q.yaml"`: the path was split at the space (two arguments, "my" not found)."""
+    folder = tmp_path / "my recipes"
+    folder.mkdir()
+    (folder / "q.yaml").write_text((ROOT / "pipelines" / "quickstart.yaml").read_text())
+    out = subprocess.run(["make", "-s", "-o", ".venv/.installed", "validate", f"RECIPE={folder / 'q.yaml'}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and f"{folder / 'q.yaml'}: ok; stages: teacher" in out.stdout, out.stderr
