@@ -55,6 +55,9 @@ class Stage:
     """Names of files and folders that tools a user runs in the stage's outputs add beside them (a bundle's
     ``npm install``: node_modules/, package-lock.json; ``from predict import Predictor``: __pycache__/): not outputs,
     so they do not make the stage count as edited (and be rebuilt, deleting them), unless the stage wrote them."""
+    ships: tuple[str, ...] = ()
+    """Files of this package the stage copies into its outputs as they are (a bundle's runners): their sha256 are
+    inputs (``package:compress/<file>``), so a new version of one redoes the stage without a `revision` bump."""
     revision: int = 1
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
@@ -87,7 +90,8 @@ STAGES: list[Stage] = [
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
-          added=("node_modules", "package-lock.json", "__pycache__"), revision=2),
+          added=("node_modules", "package-lock.json", "__pycache__"),
+          ships=("bundle_predict.py", "bundle_predict.mjs", "bundle_index.html"), revision=2),
 ]
 
 
@@ -117,6 +121,7 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
+    inputs.update({f"package:compress/{name}": sha256_file(Path(__file__).with_name(name)) for name in stage.ships})
     for folder in _folders(recipe, stage.models):
         inputs.update({str(Path(folder) / rel): digest
                        for rel, digest in hash_tree(Path(folder), keep=lambda rel: not hidden_path(rel)).items()})

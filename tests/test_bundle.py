@@ -910,3 +910,27 @@ def test_a_bundle_that_cannot_take_the_old_ones_place_leaves_the_old_one_in_plac
         B._replace(tmp, folder)
     assert (folder / "model.onnx").read_text() == "old"
     assert not list(tmp_path.glob(".b.old-*"))
+
+
+def test_a_new_version_of_a_runner_the_bundle_ships_redoes_the_bundle_stage(monkeypatch):
+    """The bundle copies predict.py, predict.mjs and index.html from this package as they are: a new version of one
+    left run folders' bundles with the old runner (reused: same inputs, same config) until someone bumped the stage's
+    revision by hand. Their sha256 are now the stage's inputs."""
+    from compress import bundle, pipeline
+    from compress.config import load_recipe
+
+    stage = next(s for s in pipeline.STAGES if s.name == "bundle")
+    shipped = (bundle.PREDICT_SOURCE, bundle.PREDICT_JS_SOURCE, bundle.PAGE_SOURCE)
+    assert set(stage.ships) == {p.name for p in shipped}
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "pipelines" / "quickstart.yaml")
+    upstream = {"quantize": {"outputs": {"int8_dynamic.onnx": "a" * 64}}}
+    fp, inputs = pipeline._fingerprint(recipe, stage, upstream)
+    assert all(inputs[f"package:compress/{p.name}"] == sha256_file(p) for p in shipped)
+    real = pipeline.sha256_file
+    monkeypatch.setattr(pipeline, "sha256_file",
+                        lambda p: "0" * 64 if Path(p).name == "bundle_predict.mjs" else real(p))
+    fp2, inputs2 = pipeline._fingerprint(recipe, stage, upstream)
+    assert fp2 != fp
+    old = {"config": pipeline._config(recipe, stage), "seed": recipe.seed, "inputs": inputs}
+    assert pipeline._what_changed(recipe, stage, old, inputs2) == ("changed: input package:compress/bundle_predict.mjs "
+                                                                   "changed")
