@@ -133,11 +133,19 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
+    return _stage_fingerprint(recipe, stage, inputs), inputs
+
+
+def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, result_config: bool = True) -> str:
+    """The fingerprint of a stage's config and ``inputs``; ``result_config=False``: as stages were fingerprinted before
+    `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still accepts: a finished stage of a recipe that
+    set checkpoint_every is not redone for it."""
+    config = _config(recipe, stage)
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
-               "config": _result_config(_config(recipe, stage)), "inputs": inputs}
+               "config": _result_config(config) if result_config else config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
-    return fingerprint(payload), inputs
+    return fingerprint(payload)
 
 
 RUN_ONLY_KEYS = ("checkpoint_every",)  # how a stage runs, not what it makes (a run checkpointing every N steps
@@ -204,7 +212,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
         manifest = None
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
-    if manifest.get("fingerprint") == fp:
+    if manifest.get("fingerprint") in (fp, _stage_fingerprint(recipe, stage, inputs, result_config=False)):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)

@@ -911,6 +911,17 @@ def test_turning_checkpoints_on_trains_the_same_weights_and_redoes_no_stage(tiny
     capsys.readouterr()
     again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 3}))["teacher"]
     assert again["created"] == done["created"] and "[teacher] up to date" in capsys.readouterr().out
+    # a stage made before (its fingerprint held checkpoint_every's value) is not redone for the change either
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 3})
+    path = tmp_path / "runs" / "tiny" / "teacher" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    stage = next(s for s in pipeline.STAGES if s.name == "teacher")
+    old = pipeline._stage_fingerprint(recipe, stage, manifest["inputs"], result_config=False)
+    assert old != manifest["fingerprint"]
+    path.write_text(json.dumps({**manifest, "fingerprint": old}))
+    assert run_pipeline(recipe)["teacher"]["created"] == done["created"]
 
 
 def test_a_per_layer_width_mpnet_gets_a_new_head_as_from_pretrained_gives_one(tmp_path, tokenizer):
