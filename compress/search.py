@@ -202,8 +202,10 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     training = ("train_steps", "recover_steps", "batch_size", "lr")
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": recipe.section("task"),
                                   "seed": recipe.seed, "teacher": teacher_id})
-    settings = fingerprint({"train": train_settings, "measure": {k: getattr(cfg, k) for k in
-                                                                 ("threads", "calibration_samples", "dev_rows")},
+    measure = {k: getattr(cfg, k) for k in ("threads", "calibration_samples", "dev_rows")}
+    protocol = protocol_changes(timing_config(recipe, cfg))
+    settings = fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
+                                                                                 else {})},
                             "machine": machine()})
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
@@ -310,13 +312,32 @@ def reference(ctx: Context) -> dict:
     return {"path": str(path), **lat}
 
 
+PROTOCOL_KEYS = ("warmup", "repeats", "min_runs", "max_seconds", "order", "rounds", "spin", "isolate")
+"""The recipe's `bench:` settings the search times with (its own `threads` and `dev_rows` replace the bench's)."""
+
+
+def timing_config(recipe: Recipe, cfg: SearchConfig) -> BenchConfig:
+    """The benchmark protocol of the search's timings: the recipe's `bench:` section (the defaults without one) at
+    the search's thread count and dev rows, dev sentences only (it timed with the defaults whatever the recipe said,
+    so its latencies could disagree with the bench stage's)."""
+    return replace(recipe.bench or BenchConfig(), threads=[cfg.threads], batch_sizes=[], seq_lengths=[],
+                   dev_rows=cfg.dev_rows)
+
+
+def protocol_changes(bcfg: BenchConfig) -> dict:
+    """The `PROTOCOL_KEYS` ``bcfg`` sets to other than their defaults (in the measurement settings only then: a search
+    folder timed under the defaults keeps its candidates)."""
+    default = BenchConfig()
+    return {k: getattr(bcfg, k) for k in PROTOCOL_KEYS if getattr(bcfg, k) != getattr(default, k)}
+
+
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
-    """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop and default order, dev sentences, batch 1)
-    in a fresh process, as the bench stage times: this one has trained with torch, whose OpenMP threads would not
-    follow the protocol's wait policy."""
+    """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop under the recipe's protocol,
+    `timing_config`: dev sentences, batch 1) in a fresh process, as the bench stage times: this one has trained with
+    torch, whose OpenMP threads would not follow the protocol's wait policy."""
     from compress.bench import measure_in_fresh_process
 
-    bcfg = BenchConfig(threads=[ctx.cfg.threads], batch_sizes=[], seq_lengths=[], dev_rows=ctx.cfg.dev_rows)
+    bcfg = timing_config(ctx.recipe, ctx.cfg)
     results = measure_in_fresh_process(artifacts, ctx.dev, bcfg, {}, peak=False)["results"]
     return {n: {k: rows[0][k] for k in ("p50_ms", "p90_ms", "runs")} for n, rows in results.items()}
 
@@ -398,20 +419,24 @@ def near_budget(result: dict, budget_ms: float) -> bool:
     return budget_ms / OVER_BUDGET_SLACK <= result["latency"]["p50_ms"] <= budget_ms * OVER_BUDGET_SLACK
 
 
-def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref_path: str) -> list[str]:
+def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref_path: str,
+                        deadline: Optional[float] = None) -> tuple[list[str], list[str]]:
     """Time the candidates near the budget again until each has `NEAR_BUDGET_PASSES` passes (all of them and the
     teacher's fp32 reference in one pass, each pass in a fresh process, as `time_pass`), then give each the median
     p50/p90 of its passes (and the reference's median, the speedup from both), saved with its record
-    (``latency.passes``). A candidate confirmed earlier (a rerun) is not timed again. Returns the ids re-timed."""
+    (``latency.passes``). A candidate confirmed earlier (a rerun) is not timed again. No pass starts after
+    ``deadline`` (`time.perf_counter`; the search's time limit): a candidate left with fewer passes keeps the median
+    of those it has, and a rerun times it on. Returns the ids re-timed and those left with fewer passes."""
     near = [r for r in results if near_budget(r, budget_ms)
             and len(r["latency"].get("passes") or [None]) < NEAR_BUDGET_PASSES]
     for r in near:
         lat = r["latency"]
         lat.setdefault("passes", [{"p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"],
                                    "teacher_fp32_p50_ms": r["teacher_fp32_p50_ms_same_pass"]}])
+    had = {r["id"]: len(r["latency"]["passes"]) for r in near}
     while True:
         todo = [r for r in near if len(r["latency"]["passes"]) < NEAR_BUDGET_PASSES]
-        if not todo:
+        if not todo or (deadline is not None and time.perf_counter() >= deadline):
             break
         lat = time_pass(ctx, {"ref": {"kind": "onnx", "path": ref_path},
                               **{r["id"]: {"kind": "onnx", "path": r["file"]} for r in todo}})
@@ -426,9 +451,12 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
         r["speedup_vs_teacher_fp32"] = round(r["teacher_fp32_p50_ms_same_pass"] / r["latency"]["p50_ms"], 3)
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
         each = ", ".join(f"{p['p50_ms']:.2f}" for p in passes)
-        print(f"[search] {r['id']}: p50 {r['latency']['p50_ms']:.2f} ms, the median of {len(passes)} passes near the "
-              f"budget ({each})", flush=True)
-    return [r["id"] for r in near]
+        left = (f"; time limit reached before its {NEAR_BUDGET_PASSES} passes: rerun to time it again"
+                if len(passes) < NEAR_BUDGET_PASSES else "")
+        print(f"[search] {r['id']}: p50 {r['latency']['p50_ms']:.2f} ms, the median of {len(passes)} pass(es) near "
+              f"the budget ({each}){left}", flush=True)
+    return ([r["id"] for r in near if len(r["latency"]["passes"]) > had[r["id"]]],
+            [r["id"] for r in near if len(r["latency"]["passes"]) < NEAR_BUDGET_PASSES])
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -489,10 +517,15 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         results += new
         measured += len(new)
     progress.close()
-    retimed = confirm_near_budget(ctx, results, cfg.budget_ms, ref["path"])
+    retimed, unconfirmed = confirm_near_budget(ctx, results, cfg.budget_ms, ref["path"],
+                                               deadline=t_start + 60.0 * cfg.time_limit_min)
     summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
                         time.perf_counter() - t_start)
     summary["retimed"] = retimed
+    if unconfirmed:
+        summary["unconfirmed"] = unconfirmed
+        summary["message"] += (f" ({len(unconfirmed)} candidate(s) near the budget timed fewer than "
+                               f"{NEAR_BUDGET_PASSES} times: time limit reached; rerun to confirm)")
     write_outputs(ctx.out, summary)
     return summary
 
@@ -532,8 +565,9 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     inputs = "real dev pairs (both texts in one input)" if pair else "real dev sentences"
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "pair": pair,
-            "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure (series order), "
-                       + spin_protocol(BenchConfig.spin),  # time_pass's BenchConfig keeps the default
+            "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure "
+                       f"({timing_config(ctx.recipe, cfg).order} order), "
+                       + spin_protocol(timing_config(ctx.recipe, cfg).spin),  # time_pass's protocol
             "machine": machine(),  # part of the settings: every candidate here was timed on it
             "versions": versions(),  # the libraries that trained, quantized and timed them
             "best": best["id"] if best else None, "message": message,

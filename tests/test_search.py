@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -284,7 +285,11 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
 
     monkeypatch.setattr(search, "time_pass", fake_time_pass)
     assert search.pick(results, 1.0)["id"] == "L1-dynamic"  # on its first pass alone, L2 is over the budget
-    assert search.confirm_near_budget(ctx, results, 1.0, "ref.onnx") == ["L2-dynamic"]
+    # past the search's time limit no pass starts: the candidate keeps its one pass, said unconfirmed
+    past = time.perf_counter() - 1.0
+    assert search.confirm_near_budget(ctx, results, 1.0, "ref.onnx", deadline=past) == ([], ["L2-dynamic"])
+    assert calls == [] and near["latency"]["p50_ms"] == 1.05 and len(near["latency"]["passes"]) == 1
+    assert search.confirm_near_budget(ctx, results, 1.0, "ref.onnx") == (["L2-dynamic"], [])  # (a rerun)
     assert calls == [["L2-dynamic", "ref"], ["L2-dynamic", "ref"]]  # only the near one, with the reference
     assert [p["p50_ms"] for p in near["latency"]["passes"]] == [1.05, 0.96, 0.97]
     assert near["latency"]["p50_ms"] == 0.97 and near["teacher_fp32_p50_ms_same_pass"] == 4.2
@@ -294,7 +299,7 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
     saved = json.loads((tmp_path / "candidates" / "L2-dynamic.json").read_text())
     assert saved["latency"]["p50_ms"] == 0.97 and len(saved["latency"]["passes"]) == 3
     # a rerun (the saved record reused) does not time it again
-    assert search.confirm_near_budget(ctx, [saved, fast, slow], 1.0, "ref.onnx") == [] and len(calls) == 2
+    assert search.confirm_near_budget(ctx, [saved, fast, slow], 1.0, "ref.onnx") == ([], []) and len(calls) == 2
     summary = {"recipe": "tiny", "task": "sst2", "message": "m", "budget_ms": 1.0, "threads": 1, "latency": "p50",
                "teacher_fp32": {"p50_ms": 4.0}, "wall_s": 1.0, "stopped": None, "skipped": [], "not_started": [],
                "counts": {"measured": 3, "reused": 0, "skipped": 0, "not_started": 0}, "best": "L2-dynamic",
@@ -504,3 +509,31 @@ def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, m
     monkeypatch.undo()
     monkeypatch.setattr(train, "process_device", lambda: "cpu")
     assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
+
+
+def test_search_times_under_the_recipes_bench_protocol(monkeypatch):
+    """The search timed with the default protocol whatever the recipe's `bench:` said (spin, rounds, order...): its
+    latencies could disagree with the bench stage's. It takes them, at its own threads and dev rows; a protocol other
+    than the defaults is part of its measurement settings (the defaults are not: earlier folders keep their timings)."""
+    from types import SimpleNamespace
+
+    from compress import bench, search
+    from compress.config import BenchConfig, SearchConfig
+
+    cfg = SearchConfig(threads=2, dev_rows=50)
+    recipe = SimpleNamespace(bench=BenchConfig(spin=True, rounds=5, threads=[1], dev_rows=300))
+    seen = {}
+
+    def fake_measure(artifacts, dev, bcfg, flops, peak=True):
+        seen["cfg"] = bcfg
+        return {"results": {n: [{"p50_ms": 1.0, "p90_ms": 2.0, "runs": 9}] for n in artifacts}}
+
+    monkeypatch.setattr(bench, "measure_in_fresh_process", fake_measure)
+    ctx = SimpleNamespace(recipe=recipe, cfg=cfg, dev=None)
+    assert search.time_pass(ctx, {"a": {"kind": "onnx", "path": "a.onnx"}}) == {"a": {"p50_ms": 1.0, "p90_ms": 2.0,
+                                                                                       "runs": 9}}
+    used = seen["cfg"]
+    assert (used.spin, used.rounds, used.threads, used.dev_rows, used.batch_sizes, used.seq_lengths) == \
+        (True, 5, [2], 50, [], [])
+    assert search.protocol_changes(used) == {"rounds": 5, "spin": True}
+    assert search.protocol_changes(search.timing_config(SimpleNamespace(bench=None), cfg)) == {}

@@ -902,7 +902,8 @@ def test_turning_checkpoints_on_trains_the_same_weights_and_redoes_no_stage(tiny
     for every in (None, 2):
         model, tok = load_for_task(str(tiny_bert_dir), data.spec)
         fit(model, tokenize(data.train, tok, 16), Collator({"": tok}),
-            TrainConfig(epochs=1, batch_size=8, checkpoint_every=every), seed=0, checkpoint_dir=tmp_path / f"ck-{every}")
+            TrainConfig(epochs=1, batch_size=8, checkpoint_every=every), seed=0,
+            checkpoint_dir=tmp_path / f"ck-{every}")
         weights.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     assert len(saved) == 2  # steps 2 and 4 of 6
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
