@@ -354,8 +354,8 @@ def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_p
     from compress import bundle, search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="sst2", text_pair=None),
-                          settings="s")
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+                          spec=SimpleNamespace(name="sst2", text_pair=None), settings="s")
     cand = {"id": "L1-dynamic", "file": "L1-dynamic.onnx", "metric": 0.8, "select_metric": 0.8, "select_on": "holdout",
             "metric_name": "accuracy", "metrics": {"accuracy": 0.8}, "speedup_vs_teacher_fp32": 4.0,
             "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "threads": 1}}
@@ -392,8 +392,8 @@ def test_candidates_that_failed_are_not_called_too_slow():
     from compress import search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="sst2", text_pair=None),
-                          settings="s")
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+                          spec=SimpleNamespace(name="sst2", text_pair=None), settings="s")
     skipped = [{"id": "L1-dynamic", "reason": "failed: export parity: max |diff| 0.3"},
                {"id": "L3-dynamic", "reason": "fp32 estimate 9.00 ms (...) > budget x 3"}]
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
@@ -430,8 +430,8 @@ def test_pick_ignores_a_candidate_whose_selection_score_is_nan():
     from compress import search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny"), spec=SimpleNamespace(name="stsb", text_pair="s2"),
-                          settings="s")
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+                          spec=SimpleNamespace(name="stsb", text_pair="s2"), settings="s")
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [nan], [], [], None, 1, 0, 1.0)
     assert summary["best"] is None and summary["message"].startswith(
         "no candidate fits 2 ms with a score to rank it by: L1-k50-dynamic scored nan")
