@@ -220,7 +220,32 @@ class StaticQuantizer:
                 nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
                 extra_options=extra, calibration_cache_path=str(cache))
         self._cache = cache
+        if exclude and cfg.format == "qdq":
+            read_unrounded(dst, _names(exclude))
         return dst
+
+
+def read_unrounded(path: Path, nodes: list[str]) -> None:
+    """In the QDQ model at ``path``, the ``nodes`` kept fp32 read their activations as they are. ORT's quantizer
+    puts one Q/DQ pair on a tensor for all its readers, excluded nodes too, so a node the guard kept fp32 computed in
+    fp32 on int8-rounded inputs (QOperator models have no such sharing). Each such input is rewired from the pair's
+    DequantizeLinear to the tensor the pair quantizes (weights, DequantizeLinear of an initializer, stay)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name for init in graph.initializer}
+    keep, changed = set(nodes), False
+    for node in graph.node:
+        if node.name not in keep:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in initializers:
+                node.input[k] = q.input[0]
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def preprocess_for_static(src: Path, dst: Path) -> Path:

@@ -626,3 +626,28 @@ def test_the_fp32_record_scores_the_onnx_file_not_the_torch_model(tmp_path, tiny
     onnx = Q.compute_metrics(["accuracy"], flipped, labels)
     torch_metrics = Q.compute_metrics(["accuracy"], Q.predict(tiny_model, dev, collator), labels)
     assert onnx != torch_metrics and rec["fp32"]["metrics"] == onnx
+
+
+def test_a_static_node_kept_fp32_reads_its_input_unrounded(tmp_path, tiny_model, sst2):
+    """ORT's QDQ quantizer puts one Q/DQ pair on a tensor for all its readers, excluded ones too: a MatMul the guard
+    kept fp32 (a query projection, whose input the key and value projections also read) computed on int8-rounded
+    inputs. It reads the tensor itself now; the quantized readers keep the pair."""
+    import onnx
+
+    from compress.quantize import StaticQuantizer, preprocess_for_static
+
+    _, train, _ = sst2
+    src = preprocess_for_static(export_onnx(tiny_model, tmp_path / "model.onnx"), tmp_path / "pre.onnx")
+    cfg = from_dict(QuantizeConfig, {"modes": ["static"], "calibration": {"samples": 8}})
+    matmuls = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul"]
+    query, key = (next(m for m in matmuls if f"layer.0/attention/self/{p}/" in m) for p in ("query", "key"))
+    out = StaticQuantizer(src, cfg, train.select(range(8)), tmp_path)(tmp_path / "int8.onnx", exclude=[query])
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = {n.name: n for n in graph.node}
+    assert producer[nodes[query].input[0]].op_type == "LayerNormalization"  # was the shared DequantizeLinear
+    assert producer[nodes[key].input[0]].op_type == "DequantizeLinear"
+    assert producer[nodes[key].input[0]].input[0] in {o for o in producer if producer[o].op_type == "QuantizeLinear"}
+    assert session(out).run(None, {"input_ids": np.array([[101, 2307, 102]]),
+                                   "attention_mask": np.ones((1, 3), dtype=np.int64),
+                                   "token_type_ids": np.zeros((1, 3), dtype=np.int64)})[0].shape == (1, 2)
