@@ -116,6 +116,15 @@ def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
         ort.set_default_logger_severity(2)  # ORT's default: warnings
 
 
+BERT_NORMALIZER_CLASSES = {f"{name}Tokenizer" for name in ("Bert", "ConvBert", "DistilBert", "Electra", "Funnel",
+                                                             "LayoutLM", "Lxmert", "MobileBert", "MPNet", "RoFormer",
+                                                             "SqueezeBert")}
+"""transformers' tokenizer classes (slow names; their fast ones too) whose fast tokenizer sets its
+``do_lower_case``/``strip_accents``/``tokenize_chinese_chars`` over tokenizer.json's BertNormalizer."""
+BERT_NORMALIZER_DEFAULTS = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
+"""Their defaults for those, which apply where tokenizer_config.json leaves a key out."""
+
+
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     """Copy ``tokenizer.json`` with truncation at ``max_length`` (on the side ``tokenizer_config.json``'s
     ``truncation_side`` names, as transformers truncates) and padding to the longest row baked in.
@@ -149,16 +158,20 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
         raise CompressError(f"{src}: cannot tell the padding token (none set, no tokenizer_config.json pad_token, "
                             f"no [PAD]/<pad> in the vocabulary)")
     pad_id = tok.token_to_id(pad_token)
-    # what transformers' Bert-style tokenizers (BERT, MPNet, ...) set over tokenizer.json's BertNormalizer when
-    # tokenizer_config.json names it, so the bundle lowercases, strips accents and splits CJK as training did
+    # what transformers' Bert-style tokenizers (BERT, MPNet, ...) set over tokenizer.json's BertNormalizer: the
+    # tokenizer_config.json values, and for the keys it leaves out, the class's defaults (its tokenizer_class one of
+    # those classes), so the bundle lowercases, strips accents and splits CJK as training did
     names = {"do_lower_case": "lowercase", "strip_accents": "strip_accents", "tokenize_chinese_chars":
              "handle_chinese_chars"}
     state = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else {}
-    if state.get("type") == "BertNormalizer" and any(k in settings for k in names):
+    tokenizer_class = str(settings.get("tokenizer_class") or "").removesuffix("Fast")
+    wanted = {**(BERT_NORMALIZER_DEFAULTS if tokenizer_class in BERT_NORMALIZER_CLASSES else {}),
+              **{k: settings[k] for k in names if k in settings}}
+    if state.get("type") == "BertNormalizer" and wanted:
         from tokenizers.normalizers import BertNormalizer
 
         state.pop("type")
-        state.update({names[k]: settings[k] for k in names if k in settings})
+        state.update({names[k]: value for k, value in wanted.items()})
         tok.normalizer = BertNormalizer(**state)
     # the side transformers cuts (tokenizer_config.json's truncation_side), so the bundle reads what training read
     side = "left" if settings.get("truncation_side") == "left" else "right"
