@@ -133,14 +133,16 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
-    return _stage_fingerprint(recipe, stage, inputs), inputs
+    return str(_stage_fingerprint(recipe, stage, inputs)), inputs
 
 
-def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, result_config: bool = True) -> str:
+def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, result_config: bool = True) -> Optional[str]:
     """The fingerprint of a stage's config and ``inputs``; ``result_config=False``: as stages were fingerprinted before
-    `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still accepts: a finished stage of a recipe that
-    set checkpoint_every is not redone for it."""
+    `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still accepts, so a finished stage of a recipe
+    that set checkpoint_every is not redone for it (None where the recipe sets none of them: the same fingerprint)."""
     config = _config(recipe, stage)
+    if not result_config and json.dumps(_result_config(config)) == json.dumps(config):
+        return None
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
                "config": _result_config(config) if result_config else config, "inputs": inputs}
     if stage.revision > 1:
@@ -212,7 +214,9 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
         manifest = None
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
-    if manifest.get("fingerprint") in (fp, _stage_fingerprint(recipe, stage, inputs, result_config=False)):
+    recorded = manifest.get("fingerprint")
+    if recorded == fp or (recorded is not None
+                          and recorded == _stage_fingerprint(recipe, stage, inputs, result_config=False)):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)
