@@ -119,6 +119,41 @@ export function truncatePair(a, b, budget, fromLeft = false) {
  * UTF-16 unit at a time, so it never split those beyond U+FFFF). */
 const CJK = /[\u{3400}-\u{4DBF}\u{4E00}-\u{9FFF}\u{F900}-\u{FAFF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B81F}\u{2B920}-\u{2CEAF}\u{2F800}-\u{2FA1F}]/gu;
 
+/** Characters newer than the Rust library's Unicode tables (Quranic marks, Sogdian, Newa, Medefaidrin, ...) that it
+ * takes for ordinary characters (nothing to strip, split on or drop: a word holding one is [UNK]) where JavaScript's
+ * \p{Mn}, \p{P} and \p{Cf} match them; and the few it takes for punctuation or for an accent where JavaScript does
+ * not. Found by encoding "a" + c + "b" for every code point U+0080..U+31FFF with both (MiniLM's BERT
+ * tokenizer, Node.js 22); a BERT-style (WordPiece) tokenizer reads each as a stand-in the Rust library treats alike. */
+const RUST_ORDINARY = new RegExp(`[${[
+  "\u{61D}\u{7FD}\u{890}-\u{891}\u{897}-\u{89F}\u{8CA}-\u{8E2}\u{9FD}-\u{9FE}\u{A76}\u{AFA}-\u{AFF}\u{B55}\u{C04}",
+  "\u{C3C}\u{C77}\u{C84}\u{D00}\u{D3B}-\u{D3C}\u{D81}\u{EBA}\u{ECE}\u{180F}\u{1885}-\u{1886}\u{1ABF}-\u{1ADD}",
+  "\u{1AE0}-\u{1AEB}\u{1B4E}-\u{1B4F}\u{1B7D}-\u{1B7F}\u{1DF6}-\u{1DFB}\u{2E43}-\u{2E4F}\u{2E52}-\u{2E5D}\u{A82C}",
+  "\u{A8C5}\u{A8FF}\u{A9BD}\u{10D24}-\u{10D27}\u{10D69}-\u{10D6E}\u{10EAB}-\u{10EAD}\u{10ED0}\u{10EFA}-\u{10EFF}",
+  "\u{10F46}-\u{10F50}\u{10F55}-\u{10F59}\u{10F82}-\u{10F89}\u{11070}\u{11073}-\u{11074}\u{110C2}\u{110CD}",
+  "\u{111CF}\u{1123E}\u{11241}\u{1133B}\u{113BB}-\u{113C0}\u{113CE}\u{113D0}\u{113D2}\u{113D4}-\u{113D5}",
+  "\u{113D7}-\u{113D8}\u{113E1}-\u{113E2}\u{11438}-\u{1143F}\u{11442}-\u{11444}\u{11446}\u{1144B}-\u{1144F}",
+  "\u{1145A}-\u{1145B}\u{1145D}-\u{1145E}\u{11660}-\u{1166C}\u{116B9}\u{1182F}-\u{11837}\u{11839}-\u{1183B}",
+  "\u{1193B}-\u{1193C}\u{1193E}\u{11943}-\u{11946}\u{119D4}-\u{119D7}\u{119DA}-\u{119DB}\u{119E0}\u{119E2}",
+  "\u{11A01}-\u{11A0A}\u{11A33}-\u{11A38}\u{11A3B}-\u{11A47}\u{11A51}-\u{11A56}\u{11A59}-\u{11A5B}",
+  "\u{11A8A}-\u{11A96}\u{11A98}-\u{11A9C}\u{11A9E}-\u{11AA2}\u{11B00}-\u{11B09}\u{11B60}\u{11B62}-\u{11B64}",
+  "\u{11B66}\u{11BE1}\u{11C30}-\u{11C36}\u{11C38}-\u{11C3D}\u{11C3F}\u{11C41}-\u{11C45}\u{11C70}-\u{11C71}",
+  "\u{11C92}-\u{11CA7}\u{11CAA}-\u{11CB0}\u{11CB2}-\u{11CB3}\u{11CB5}-\u{11CB6}\u{11D31}-\u{11D36}\u{11D3A}",
+  "\u{11D3C}-\u{11D3D}\u{11D3F}-\u{11D45}\u{11D47}\u{11D90}-\u{11D91}\u{11D95}\u{11D97}\u{11EF3}-\u{11EF4}",
+  "\u{11EF7}-\u{11EF8}\u{11F00}-\u{11F01}\u{11F36}-\u{11F3A}\u{11F40}\u{11F42}-\u{11F4F}\u{11F5A}\u{11FFF}",
+  "\u{12FF1}-\u{12FF2}\u{13430}-\u{13440}\u{13447}-\u{13455}\u{1611E}-\u{16129}\u{1612D}-\u{1612F}",
+  "\u{16D6D}-\u{16D6F}\u{16E97}-\u{16E9A}\u{16F4F}\u{16FE2}\u{16FE4}\u{1CF00}-\u{1CF2D}\u{1CF30}-\u{1CF46}",
+  "\u{1E000}-\u{1E006}\u{1E008}-\u{1E018}\u{1E01B}-\u{1E021}\u{1E023}-\u{1E024}\u{1E026}-\u{1E02A}\u{1E08F}",
+  "\u{1E130}-\u{1E136}\u{1E2AE}\u{1E2EC}-\u{1E2EF}\u{1E4EC}-\u{1E4EF}\u{1E5EE}-\u{1E5EF}\u{1E5FF}\u{1E6E3}",
+  "\u{1E6E6}\u{1E6EE}-\u{1E6EF}\u{1E6F5}\u{1E944}-\u{1E94A}\u{1E95E}-\u{1E95F}",
+].join("")}]`, "gu");
+const RUST_PUNCTUATION = /[\u{166D}\u{111C9}]/gu;
+const RUST_ACCENTS = /[\p{Mn}\u{1734}\u{1171E}]/gu;
+
+/** A character of ``candidates`` neither the vocabulary nor its continuation pieces hold. */
+function absent(vocab, prefix, candidates) {
+  return candidates.find((c) => !vocab.has(c) && !vocab.has(prefix + c));
+}
+
 /** A tokenizer's normalizers, a Sequence's in order. */
 function normalizers(n) {
   return n instanceof SequenceNormalizer ? n.normalizers.flatMap(normalizers) : n ? [n] : [];
@@ -157,6 +192,17 @@ export class Predictor {
         n.normalize = (text) => normalize(text.replaceAll("\u03A3", "\u03C3"));
       }
     }
+    // characters newer than the Rust library's Unicode tables, read as it reads them (`RUST_ORDINARY`): a WordPiece
+    // model behind a BertNormalizer gets a letter and a punctuation mark its vocabulary lacks in their place
+    const model = this.tokenizer.model;
+    if (model?.tokens_to_ids && normalizers(this.tokenizer.normalizer).some((n) => n instanceof BertNormalizer)) {
+      const prefix = model.config?.continuing_subword_prefix ?? "##";
+      this.standIn = { letter: absent(model.tokens_to_ids, prefix, ["\uA4D0", "\uA4D1", "\u1681", "\u1682"]),
+                       mark: absent(model.tokens_to_ids, prefix, ["\uA4FE", "\uA4FF", "\u166E"]) };
+      for (const n of normalizers(this.tokenizer.normalizer)) {
+        if (n instanceof BertNormalizer) n.strip_accents = (text) => text.normalize("NFD").replace(RUST_ACCENTS, "");
+      }
+    }
     // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
     this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";
     this.session = session;
@@ -165,11 +211,19 @@ export class Predictor {
     this.special = { single: specials(false), pair: specials(true) };
   }
 
+  /** ``text`` with the characters the Rust library's Unicode tables read otherwise than JavaScript's in stand-ins. */
+  asRust(text) {
+    const { letter, mark } = this.standIn ?? {};
+    if (letter) text = text.replace(RUST_ORDINARY, letter);
+    if (mark) text = text.replace(RUST_PUNCTUATION, mark);
+    return text;
+  }
+
   /** input_ids, attention_mask and token_type_ids of one text (and its pair), truncated to max_length. */
   encode(text, pair = null) {
     const tok = this.tokenizer;
-    let a = tok.tokenize(text, { add_special_tokens: false });
-    let b = pair === null ? [] : tok.tokenize(pair, { add_special_tokens: false });
+    let a = tok.tokenize(this.asRust(text), { add_special_tokens: false });
+    let b = pair === null ? [] : tok.tokenize(this.asRust(pair), { add_special_tokens: false });
     const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
     [a, b] = truncatePair(a, b, Math.max(budget, 0), this.fromLeft);
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };

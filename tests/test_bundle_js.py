@@ -417,3 +417,26 @@ def test_predict_mjs_lowercases_a_final_sigma_as_the_tokenizers_library(tmp_path
     for (a, b), got in zip(cases, _js_encode(work, tmp_path / "tokenizer.json", cases)):
         want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
         assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_predict_mjs_reads_every_character_as_the_tokenizers_library(tmp_path, minilm_dir, cased):
+    """Every code point U+0080..U+31FFF between two letters ("a" + c + "b"), uncased (MiniLM's BertNormalizer) and
+    cased: 658 of them (characters newer than the Rust library's Unicode tables: U+061D, Quranic marks, Sogdian, Newa
+    ...) were stripped, split on or dropped by tokenizers.js, and kept whole by the Rust library (their word [UNK])."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    if cased:
+        spec["normalizer"].update(lowercase=False, strip_accents=False)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    texts = [f"a{chr(cp)}b" for cp in range(0x80, 0x32000) if not 0xD800 <= cp <= 0xDFFF]
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=16)
+    work = tmp_path / "js"
+    work.mkdir()
+    got = _js_encode(work, tmp_path / "tokenizer.json", [[t, None] for t in texts], max_length=16)
+    differ = [hex(ord(t[1])) for t, want, js in zip(texts, tokenizer.encode_batch(texts), got)
+              if js["input_ids"] != want.ids]
+    assert differ == [], f"{len(differ)} differ: {differ[:20]}"
