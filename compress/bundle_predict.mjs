@@ -123,7 +123,8 @@ const CJK = /[\u{3400}-\u{4DBF}\u{4E00}-\u{9FFF}\u{F900}-\u{FAFF}\u{20000}-\u{2A
  * takes for ordinary characters (nothing to strip, split on or drop: a word holding one is [UNK]) where JavaScript's
  * \p{Mn}, \p{P} and \p{Cf} match them; and the few it takes for punctuation or for an accent where JavaScript does
  * not. Found by encoding "a" + c + "b" for every code point U+0080..U+31FFF with both (MiniLM's BERT
- * tokenizer, Node.js 22); a BERT-style (WordPiece) tokenizer reads each as a stand-in the Rust library treats alike. */
+ * tokenizer, Node.js 20; an engine with newer Unicode tables may differ on characters newer still); a BERT-style
+ * (WordPiece) tokenizer reads each as a stand-in the Rust library treats alike. */
 const RUST_ORDINARY = new RegExp(`[${[
   "\u{61D}\u{7FD}\u{890}-\u{891}\u{897}-\u{89F}\u{8CA}-\u{8E2}\u{9FD}-\u{9FE}\u{A76}\u{AFA}-\u{AFF}\u{B55}\u{C04}",
   "\u{C3C}\u{C77}\u{C84}\u{D00}\u{D3B}-\u{D3C}\u{D81}\u{EBA}\u{ECE}\u{180F}\u{1885}-\u{1886}\u{1ABF}-\u{1ADD}",
