@@ -186,7 +186,10 @@ export class Predictor {
     this.fromLeft = String(tokenizerJson.truncation?.direction ?? "").toLowerCase() === "left";
     this.tokenizer = new Tokenizer(tokenizerJson, {});
     for (const n of normalizers(this.tokenizer.normalizer)) {  // normalize as the Rust library does
-      if (n instanceof BertNormalizer) n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
+      if (n instanceof BertNormalizer) {
+        n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
+        n.strip_accents = (text) => text.normalize("NFD").replace(RUST_ACCENTS, "");  // the marks Rust strips
+      }
       // a character at a time: Σ is σ, never toLowerCase()'s word-final ς (its only context-dependent mapping)
       if (n instanceof LowercaseNormalizer || (n instanceof BertNormalizer && n.config.lowercase)) {
         const normalize = n.normalize.bind(n);
@@ -200,9 +203,6 @@ export class Predictor {
       const prefix = model.config?.continuing_subword_prefix ?? "##";
       this.standIn = { letter: absent(model.tokens_to_ids, prefix, ["\uA4D0", "\uA4D1", "\u1681", "\u1682"]),
                        mark: absent(model.tokens_to_ids, prefix, ["\uA4FE", "\uA4FF", "\u166E"]) };
-      for (const n of normalizers(this.tokenizer.normalizer)) {
-        if (n instanceof BertNormalizer) n.strip_accents = (text) => text.normalize("NFD").replace(RUST_ACCENTS, "");
-      }
     }
     // RoBERTa-style pairs (MPNet): the Rust library gives every token type id 0, tokenizers.js 1s for the pair
     this.singleSegment = tokenizerJson.post_processor?.type === "RobertaProcessing";

@@ -133,21 +133,24 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
-    return str(_stage_fingerprint(recipe, stage, inputs)), inputs
+    return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
 
 
-def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, result_config: bool = True) -> Optional[str]:
-    """The fingerprint of a stage's config and ``inputs``; ``result_config=False``: as stages were fingerprinted before
-    `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still accepts, so a finished stage of a recipe
-    that set checkpoint_every is not redone for it (None where the recipe sets none of them: the same fingerprint)."""
-    config = _config(recipe, stage)
-    if not result_config and json.dumps(_result_config(config)) == json.dumps(config):
-        return None
-    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed,
-               "config": _result_config(config) if result_config else config, "inputs": inputs}
+def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict) -> str:
+    payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
     return fingerprint(payload)
+
+
+def _earlier_fingerprint(recipe: Recipe, stage: Stage, inputs: dict) -> Optional[str]:
+    """The fingerprint as stages had it before `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still
+    accepts: a finished stage of a recipe that set checkpoint_every is not redone for the change. None where the
+    recipe sets none of them (the fingerprint is the same)."""
+    config = _config(recipe, stage)
+    if json.dumps(_result_config(config)) == json.dumps(config):
+        return None
+    return _stage_fingerprint(recipe, stage, inputs, config)
 
 
 RUN_ONLY_KEYS = ("checkpoint_every",)  # how a stage runs, not what it makes (a run checkpointing every N steps
@@ -215,8 +218,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
     recorded = manifest.get("fingerprint")
-    if recorded == fp or (recorded is not None
-                          and recorded == _stage_fingerprint(recipe, stage, inputs, result_config=False)):
+    if recorded == fp or (recorded is not None and recorded == _earlier_fingerprint(recipe, stage, inputs)):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)

@@ -563,11 +563,11 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
                    f"or rerun to go on) - so far, {message}")
     pair = ctx.spec.text_pair is not None
     inputs = "real dev pairs (both texts in one input)" if pair else "real dev sentences"
+    timed = timing_config(ctx.recipe, cfg)
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "pair": pair,
-            "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure "
-                       f"({timing_config(ctx.recipe, cfg).order} order), "
-                       + spin_protocol(timing_config(ctx.recipe, cfg).spin),  # time_pass's protocol
+            "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure ({timed.order} order), "
+                       + spin_protocol(timed.spin),  # time_pass's protocol
             "machine": machine(),  # part of the settings: every candidate here was timed on it
             "versions": versions(),  # the libraries that trained, quantized and timed them
             "best": best["id"] if best else None, "message": message,
