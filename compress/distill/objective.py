@@ -69,8 +69,9 @@ class Distiller(torch.nn.Module):
         super().__init__()
         self.student = student
         width = student.config.hidden_size
+        device = next(student.parameters()).device  # a student already on a GPU gets its projections there
         self.projections = torch.nn.ModuleDict(
-            {m.key: torch.nn.Linear(width, teacher_width) for m in matches if m.project})
+            {m.key: torch.nn.Linear(width, teacher_width, device=device) for m in matches if m.project})
         self.matches = matches
         if any(m.feature == "attention" for m in matches):
             no_attention_dropout(student)
