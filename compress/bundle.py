@@ -125,6 +125,22 @@ BERT_NORMALIZER_DEFAULTS = {"do_lower_case": True, "strip_accents": None, "token
 """Their defaults for those, which apply where tokenizer_config.json leaves a key out."""
 
 
+def _model_config_tokenizer_class(path: Path) -> str:
+    """The tokenizer class transformers' AutoTokenizer takes for a folder whose tokenizer_config.json names none:
+    the ``config.json`` beside it names one, or its ``model_type``'s (``bert`` -> BertTokenizer); "" without one."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    if config.get("tokenizer_class"):
+        return str(config["tokenizer_class"])
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+    return next((name for name in TOKENIZER_MAPPING_NAMES.get(str(config.get("model_type")), ()) if name), "")
+
+
 def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     """Copy ``tokenizer.json`` with truncation at ``max_length`` (on the side ``tokenizer_config.json``'s
     ``truncation_side`` names, as transformers truncates) and padding to the longest row baked in.
@@ -159,12 +175,14 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
                             f"no [PAD]/<pad> in the vocabulary)")
     pad_id = tok.token_to_id(pad_token)
     # what transformers' Bert-style tokenizers (BERT, MPNet, ...) set over tokenizer.json's BertNormalizer: the
-    # tokenizer_config.json values, and for the keys it leaves out, the class's defaults (its tokenizer_class one of
-    # those classes), so the bundle lowercases, strips accents and splits CJK as training did
+    # tokenizer_config.json values, and for the keys it leaves out, the class's defaults (its tokenizer_class, or
+    # config.json's model type's, one of those classes), so the bundle lowercases, strips accents and splits CJK as
+    # training did
     names = {"do_lower_case": "lowercase", "strip_accents": "strip_accents", "tokenize_chinese_chars":
              "handle_chinese_chars"}
     state = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else {}
-    tokenizer_class = str(settings.get("tokenizer_class") or "").removesuffix("Fast")
+    tokenizer_class = str(settings.get("tokenizer_class") or _model_config_tokenizer_class(src.with_name("config.json"))
+                          ).removesuffix("Fast")
     wanted = {**(BERT_NORMALIZER_DEFAULTS if tokenizer_class in BERT_NORMALIZER_CLASSES else {}),
               **{k: settings[k] for k in names if k in settings}}
     if state.get("type") == "BertNormalizer" and wanted:

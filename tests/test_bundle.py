@@ -825,13 +825,14 @@ def test_an_archive_carrying_npm_outputs_is_refused(bundle, tmp_path, planted):
 
 
 @pytest.mark.parametrize("setting", [{"do_lower_case": False}, {"strip_accents": False},
-                                     {"tokenize_chinese_chars": False}, "class defaults"])
+                                     {"tokenize_chinese_chars": False}, "class defaults", "model type's class"])
 def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir, tmp_path, setting):
     """transformers (the training and scoring path) applies tokenizer_config.json's do_lower_case / strip_accents /
     tokenize_chinese_chars over tokenizer.json's BertNormalizer; the bundle's tokenizer took tokenizer.json as it was:
     "Héllo WORLD" lowercased in the bundle but not in training, other ids. Keys the config leaves out take the
     tokenizer class's defaults ("class defaults": a cased tokenizer.json, a BertTokenizer config without the keys:
-    transformers lowercases, and the bundle did not)."""
+    transformers lowercases, and the bundle did not). "model type's class": the config names no tokenizer_class, and
+    transformers takes the class of config.json's model_type (bert: BertTokenizer, whose defaults apply)."""
     import shutil
 
     from tokenizers import Tokenizer
@@ -844,12 +845,15 @@ def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir
     for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir / name, src / name)
     config = json.loads((minilm_dir / "tokenizer_config.json").read_text())
-    if setting == "class defaults":
+    if setting in ("class defaults", "model type's class"):
         tok_json = json.loads((src / "tokenizer.json").read_text())
         tok_json["normalizer"].update(lowercase=False, strip_accents=False, handle_chinese_chars=False)
         (src / "tokenizer.json").write_text(json.dumps(tok_json))
         config = {k: v for k, v in config.items() if k not in ("do_lower_case", "strip_accents",
                                                                "tokenize_chinese_chars")}
+        if setting == "model type's class":
+            config.pop("tokenizer_class")
+            shutil.copy(minilm_dir / "config.json", src / "config.json")  # model_type: bert
     else:
         config.update(setting)
     (src / "tokenizer_config.json").write_text(json.dumps(config))
