@@ -19,7 +19,8 @@
 // (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
 
 import * as ort from "onnxruntime-web";
-import { BertNormalizer, LowercaseNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
+import { BertNormalizer, BertPreTokenizer, LowercaseNormalizer, SequenceNormalizer, StripAccentsNormalizer, Tokenizer,
+         WordPiece as WordPieceModel } from "@huggingface/tokenizers";
 
 export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
@@ -149,6 +150,28 @@ const RUST_ORDINARY = new RegExp(`[${[
 ].join("")}]`, "gu");
 const RUST_PUNCTUATION = /[\u{166D}\u{111C9}]/gu;
 const RUST_ACCENTS = /[\p{Mn}\u{1734}\u{1171E}]/gu;
+/** What a StripAccents normalizer (a Sequence's: NFD, Lowercase, StripAccents) strips: the Rust library's combining
+ * marks, its own table (not BertNormalizer's): JavaScript's \p{M} less the newer marks that table lacks, plus two it
+ * still counts (found as RUST_ORDINARY was: every code point U+0080..U+10FFFF, `StripAccents().normalize_str(c)`). */
+const RUST_MARKS = /[\p{M}\u{1CF2}-\u{1CF3}]/u;
+const RUST_MARKS_KEPT = new RegExp(`[${[
+  "\u{7FD}\u{897}-\u{89F}\u{8CA}-\u{8D3}\u{9FE}\u{AFA}-\u{AFF}\u{B55}\u{C04}\u{C3C}\u{CF3}\u{D00}",
+  "\u{D3B}-\u{D3C}\u{D81}\u{EBA}\u{ECE}\u{1715}\u{180F}\u{1ABF}-\u{1ADD}\u{1AE0}-\u{1AEB}\u{1CF7}",
+  "\u{1DF6}-\u{1DFA}\u{A82C}\u{A8FF}\u{10D24}-\u{10D27}\u{10D69}-\u{10D6D}\u{10EAB}-\u{10EAC}",
+  "\u{10EFA}-\u{10EFF}\u{10F46}-\u{10F50}\u{10F82}-\u{10F85}\u{11070}\u{11073}-\u{11074}\u{110C2}",
+  "\u{11145}-\u{11146}\u{111C9}\u{111CE}-\u{111CF}\u{11241}\u{1133B}\u{113B8}-\u{113C0}\u{113C2}\u{113C5}",
+  "\u{113C7}-\u{113CA}\u{113CC}-\u{113D0}\u{113D2}\u{113E1}-\u{113E2}\u{1145E}\u{1182C}-\u{1183A}",
+  "\u{11930}-\u{11935}\u{11937}-\u{11938}\u{1193B}-\u{1193E}\u{11940}\u{11942}-\u{11943}\u{119D1}-\u{119D7}",
+  "\u{119DA}-\u{119E0}\u{119E4}\u{11A01}-\u{11A0A}\u{11A33}-\u{11A39}\u{11A3B}-\u{11A3E}\u{11A47}",
+  "\u{11A51}-\u{11A5B}\u{11A8A}-\u{11A99}\u{11B60}-\u{11B67}\u{11D31}-\u{11D36}\u{11D3A}\u{11D3C}-\u{11D3D}",
+  "\u{11D3F}-\u{11D45}\u{11D47}\u{11D8A}-\u{11D8E}\u{11D90}-\u{11D91}\u{11D93}-\u{11D97}\u{11EF3}-\u{11EF6}",
+  "\u{11F00}-\u{11F01}\u{11F03}\u{11F34}-\u{11F3A}\u{11F3E}-\u{11F42}\u{11F5A}\u{13440}\u{13447}-\u{13455}",
+  "\u{1611E}-\u{1612F}\u{16F4F}\u{16F7F}-\u{16F87}\u{16FE4}\u{16FF0}-\u{16FF1}\u{1CF00}-\u{1CF2D}",
+  "\u{1CF30}-\u{1CF46}\u{1E08F}\u{1E130}-\u{1E136}\u{1E2AE}\u{1E2EC}-\u{1E2EF}\u{1E4EC}-\u{1E4EF}",
+  "\u{1E5EE}-\u{1E5EF}\u{1E6E3}\u{1E6E6}\u{1E6EE}-\u{1E6EF}\u{1E6F5}",
+].join("")}]`, "u");
+const EVERY_RUST_MARK = new RegExp(RUST_MARKS.source, "gu");
+const rustStrips = (c) => RUST_MARKS.test(c) && !RUST_MARKS_KEPT.test(c);
 
 /** A character of ``candidates`` neither the vocabulary nor its continuation pieces hold. */
 function absent(vocab, prefix, candidates) {
@@ -190,6 +213,10 @@ export class Predictor {
         n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
         n.strip_accents = (text) => text.normalize("NFD").replace(RUST_ACCENTS, "");  // the marks Rust strips
       }
+      if (n instanceof StripAccentsNormalizer) {  // tokenizers.js strips every \p{M}: newer marks Rust keeps too
+        n.normalize = (text) => text.replace(EVERY_RUST_MARK, (c) => (rustStrips(c) ? "" : c));
+        this.stripsMarks = true;
+      }
       // a character at a time: Σ is σ, never toLowerCase()'s word-final ς (its only context-dependent mapping)
       if (n instanceof LowercaseNormalizer || (n instanceof BertNormalizer && n.config.lowercase)) {
         const normalize = n.normalize.bind(n);
@@ -197,9 +224,11 @@ export class Predictor {
       }
     }
     // characters newer than the Rust library's Unicode tables, read as it reads them (`RUST_ORDINARY`): a WordPiece
-    // model behind a BertNormalizer gets a letter and a punctuation mark its vocabulary lacks in their place
+    // model gets a letter and a punctuation mark its vocabulary lacks in their place
     const model = this.tokenizer.model;
-    if (model?.tokens_to_ids && normalizers(this.tokenizer.normalizer).some((n) => n instanceof BertNormalizer)) {
+    this.bertNormalizer = normalizers(this.tokenizer.normalizer).some((n) => n instanceof BertNormalizer);
+    this.bertPreTokenizer = this.tokenizer.pre_tokenizer instanceof BertPreTokenizer;
+    if (model instanceof WordPieceModel) {
       const prefix = model.config?.continuing_subword_prefix ?? "##";
       this.standIn = { letter: absent(model.tokens_to_ids, prefix, ["\uA4D0", "\uA4D1", "\u1681", "\u1682"]),
                        mark: absent(model.tokens_to_ids, prefix, ["\uA4FE", "\uA4FF", "\u166E"]) };
@@ -215,8 +244,15 @@ export class Predictor {
   /** ``text`` with the characters the Rust library's Unicode tables read otherwise than JavaScript's in stand-ins. */
   asRust(text) {
     const { letter, mark } = this.standIn ?? {};
-    if (letter) text = text.replace(RUST_ORDINARY, letter);
+    // (a StripAccents normalizer's Rust table knows some of those as marks: they stay, for it to strip)
+    if (letter) text = text.replace(RUST_ORDINARY, (c) => (this.stripsMarks && rustStrips(c) ? c : letter));
     if (mark) text = text.replace(RUST_PUNCTUATION, mark);
+    // the BERT pre-tokenizer splits on Rust's whitespace (U+0085 too, U+FEFF not: JavaScript's \s the other way
+    // round), where no BertNormalizer has turned U+0085 into a space and dropped U+FEFF before it
+    if (this.bertPreTokenizer && !this.bertNormalizer) {
+      text = text.replaceAll("\u0085", " ");
+      if (letter) text = text.replaceAll("\uFEFF", letter);
+    }
     return text;
   }
 

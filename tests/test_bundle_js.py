@@ -419,18 +419,24 @@ def test_predict_mjs_lowercases_a_final_sigma_as_the_tokenizers_library(tmp_path
         assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
 
 
-@pytest.mark.parametrize("cased", [False, True])
+@pytest.mark.parametrize("cased", [False, True, "sequence"])
 def test_predict_mjs_reads_every_character_as_the_tokenizers_library(tmp_path, minilm_dir, cased):
-    """Every code point U+0080..U+31FFF between two letters ("a" + c + "b"), uncased (MiniLM's BertNormalizer) and
-    cased: 658 of them (characters newer than the Rust library's Unicode tables: U+061D, Quranic marks, Sogdian, Newa
-    ...) were stripped, split on or dropped by tokenizers.js, and kept whole by the Rust library (their word [UNK])."""
+    """Every code point U+0001..U+31FFF between two letters ("a" + c + "b"), uncased (MiniLM's BertNormalizer),
+    cased, and behind a Sequence normalizer (NFD, Lowercase, StripAccents): 658 of them (characters newer than the Rust
+    library's Unicode tables: U+061D, Quranic marks, Sogdian, Newa ...) were stripped, split on or dropped by
+    tokenizers.js, and kept whole by the Rust library (their word [UNK]); behind the Sequence, 594 (its StripAccents
+    strips every mark (\\p{M}), Rust's only the marks of its own table; U+0085 and U+FEFF split the other way round).
+    (U+32000..U+10FFFF: no difference either, checked once; left out for time.)"""
     from tokenizers import Tokenizer
 
     spec = json.loads((minilm_dir / "tokenizer.json").read_text())
-    if cased:
+    if cased == "sequence":
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"},
+                                                                   {"type": "StripAccents"}]}
+    elif cased:
         spec["normalizer"].update(lowercase=False, strip_accents=False)
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    texts = [f"a{chr(cp)}b" for cp in range(0x80, 0x32000) if not 0xD800 <= cp <= 0xDFFF]
+    texts = [f"a{chr(cp)}b" for cp in range(0x01, 0x32000) if not 0xD800 <= cp <= 0xDFFF]
     tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=16)
