@@ -74,21 +74,24 @@ def _check_data(recipe) -> str:
     """Read every local data file the task has (missing ones are warned of later) with the run's own row checks, so
     that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N" (and
     how many a max_train_samples / max_eval_samples cap lets the run use)."""
-    from compress.rows import check_train_labels, has_test_labels, read_split
+    from compress.rows import check_train_labels, has_test_labels, holdout_rows, read_split
     from compress.tasks import split_paths, task_spec
 
     spec = task_spec(recipe.task)
-    counts = []
+    counts, n_train = [], None
     for split, path in split_paths(recipe.task).items():
         if path.is_file() and (split != "test" or has_test_labels(recipe.task, spec)):  # as the run leaves it out
             rows = read_split(recipe.task, split, spec)
+            n = len(rows["text"])
             if split == "train":
                 check_train_labels(recipe.task, spec, rows["label"])
-            n = len(rows["text"])
+                n_train = n
             cap = recipe.task.max_train_samples if split == "train" else recipe.task.max_eval_samples
             field = "max_train_samples" if split == "train" else "max_eval_samples"
             used = f" (at most {cap} used: task.{field})" if cap is not None and cap < n else ""
             counts.append(f"{split} {n}{used}")
+    if n_train is not None:  # after the files' own row checks
+        holdout_rows(recipe.task, n_train, recipe.path)
     return ", ".join(counts)
 
 

@@ -242,6 +242,20 @@ def model_shape(name: str) -> Optional[tuple[int, int]]:
     return shape if all(isinstance(v, int) and v > 0 for v in shape) else None
 
 
+def model_widths(name: str) -> dict[str, int]:
+    """``hidden``, ``heads``, ``ffn`` and ``vocab_size`` of a zoo model or a local model folder (those its config.json
+    gives); empty for a hub id."""
+    from teachers.zoo import ZOO
+
+    if name in ZOO:
+        z = ZOO[name]
+        return {"hidden": z.hidden, "heads": z.heads, "ffn": z.ffn, "vocab_size": z.vocab}
+    fields = _folder_config(name) or {}
+    keys = {"hidden": "hidden_size", "heads": "num_attention_heads", "ffn": "intermediate_size",
+            "vocab_size": "vocab_size"}
+    return {k: fields[f] for k, f in keys.items() if isinstance(fields.get(f), int) and fields[f] > 0}
+
+
 def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:
     """Where a trained head's outputs named ``names`` (config.json's id2label) are the task's ``labels`` in another
     order (case aside): for each task label, the head output that scores it. None otherwise (same order, other names,
@@ -443,8 +457,7 @@ class DistillConfig:
         for key in ("kd_weight", "hard_label_weight"):
             if getattr(self, key) < 0:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 0, got {getattr(self, key)}")
-        has_matches = any(m.weight > 0 for m in self.matches) or (
-            self.layer_map is not None and self.layer_map_weight > 0 and bool(self.layer_map_features))
+        has_matches = self.has_matches()
         if self.two_step and not has_matches:
             raise CompressError(f"{file}: {where}.two_step: needs intermediate matches of weight > 0 (matches or "
                                 f"layer_map)")
@@ -459,6 +472,17 @@ class DistillConfig:
         if self.augment is not None and self.kd_weight == 0:
             raise CompressError(f"{file}: {where}.augment: needs kd_weight > 0 (augmented rows are labelled by the "
                                 f"teacher's logits only)")
+
+    def has_matches(self) -> bool:
+        """Whether intermediate matches of weight > 0 are asked for (listed, or made by ``layer_map``)."""
+        return any(m.weight > 0 for m in self.matches) or (
+            self.layer_map is not None and self.layer_map_weight > 0 and bool(self.layer_map_features))
+
+    def caches_transfer_logits(self) -> bool:
+        """Whether distilling with this config saves its transfer set (the augmented rows and the teacher's logits on
+        them, `compress.distill.stage`): a logit-only step (two_step's second, or no matches) caching the logits."""
+        return (self.augment is not None and self.cache_teacher_logits and self.kd_weight > 0
+                and (self.two_step or not self.has_matches()))
 
 
 DISTILL_FILES = ("manifest.json", "metrics.json", "teacher_logits.json", "teacher_logits.npy", "transfer")
@@ -503,6 +527,9 @@ class StudentConfig:
         if self.name in DISTILL_FILES:
             raise CompressError(f"{file}: {where}.name: {self.name!r} is a file the distill stage writes beside the "
                                 f"students' folders; choose another name")
+        if self.name in ("teacher", "prune"):  # prune.source / quantize.source would read that stage's model instead
+            raise CompressError(f"{file}: {where}.name: {self.name!r} names a stage's model in prune.source and "
+                                f"quantize.source; choose another name")
         for key in ("layers", "hidden", "heads", "ffn", "vocab_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -515,6 +542,9 @@ class StudentConfig:
                 raise CompressError(f"{file}: {where}.keep_layers: a non-empty list of layers counted from 1")
             if len(set(self.keep_layers)) != len(self.keep_layers):
                 raise CompressError(f"{file}: {where}.keep_layers: each layer can be kept once, got {self.keep_layers}")
+            if sorted(self.keep_layers) != self.keep_layers:
+                raise CompressError(f"{file}: {where}.keep_layers: list the layers in increasing order, got "
+                                    f"{self.keep_layers}")
             if self.layers is not None and self.layers != len(self.keep_layers):
                 raise CompressError(f"{file}: {where}: layers={self.layers} but keep_layers lists "
                                     f"{len(self.keep_layers)}")
@@ -989,6 +1019,11 @@ class Recipe:
         if self.prune is not None and self.prune.source not in (None, "teacher", *students):
             raise CompressError(f"{file}: prune.source: {self.prune.source!r} is neither teacher nor a student "
                                 f"({', '.join(students) or 'no students'})")
+        if self.prune is not None and self.prune.recover is not None and self.prune.recover.data == "transfer":
+            self._check_transfer_recovery(file, students)
+        if self.quantize is not None and self.quantize.guard_rows == "holdout" and self.task.holdout == 0:
+            raise CompressError(f"{file}: quantize.guard_rows: holdout, but task.holdout is 0 (no held-out rows); set "
+                                f"task.holdout > 0 or guard_rows: dev")
         for section in ("report", "bundle"):  # a count not benchmarked: no latency to read (bundle: picked by size)
             threads = getattr(getattr(self, section), "threads", None)
             if threads is not None and self.bench is not None and threads not in self.bench.threads:
@@ -1002,6 +1037,26 @@ class Recipe:
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
                                 f"models ({', '.join(sources)})")
+
+    def _check_transfer_recovery(self, file: str, students: list[str]) -> None:
+        """``prune.recover.data: transfer`` where the pruned model is a student distilled on a transfer set whose
+        teacher logits the distill stage saves (`DistillConfig.caches_transfer_logits`, by it or by another student of
+        the same augment setting), with a KD term to learn the copies from: not once the teacher and students have
+        trained."""
+        where = f"{file}: prune.recover.data: transfer"
+        if self.prune.recover.kd_weight == 0:
+            raise CompressError(f"{where}: needs prune.recover.kd_weight > 0 (the augmented copies have no gold label: "
+                                f"only the KD term learns from them)")
+        source = self.prune.source or (students[0] if students else "teacher")
+        if source == "teacher":
+            raise CompressError(f"{where}: needs a distilled student as prune.source (got 'teacher')")
+        augment = next(s for s in self.students if s.name == source).distill.augment
+        if augment is None:
+            raise CompressError(f"{where}: student {source!r} has no distill.augment, so no transfer set; set one")
+        if not any(s.distill.augment == augment and s.distill.caches_transfer_logits() for s in self.students):
+            raise CompressError(f"{where}: the transfer set of student {source!r} gets no saved teacher logits: it "
+                                f"needs a logit-only step (distill.two_step, or no intermediate matches) with "
+                                f"cache_teacher_logits: true")
 
     def _check_positions(self, file: str) -> None:
         """``task.max_length`` within the position table of the teacher and of each student checkpoint (zoo name or
@@ -1028,8 +1083,10 @@ class Recipe:
             if s.kind == "narrow" and s.init == "random":
                 shape = (s.layers or len(s.keep_layers or []), s.hidden)
             else:  # its layers are copied from the teacher (layer_drop) or its init checkpoint
+                copied = self.teacher.model if s.kind == "layer_drop" else s.init
                 source = teacher if s.kind == "layer_drop" else model_shape(s.init)
                 what = "the teacher" if s.kind == "layer_drop" else f"checkpoint {s.init!r}"
+                self._check_copied_widths(file, where, s, model_widths(copied), what)
                 shape = None if source is None else self._copied_shape(file, where, s, source, what)
             if shape is None and teacher is None:
                 continue
@@ -1045,6 +1102,17 @@ class Recipe:
                 resolve_matches(s.distill, t_cfg, s_cfg, where=f"{where}.distill")
             except CompressError as e:
                 raise CompressError(f"{file}: {e}") from None
+
+    @staticmethod
+    def _check_copied_widths(file: str, where: str, s: "StudentConfig", widths: dict[str, int], what: str) -> None:
+        """A student whose layers are copied whole keeps their widths: a ``hidden``/``heads``/``ffn`` (narrow from a
+        checkpoint: ``vocab_size`` too) other than the source's refused, as the distill stage would refuse it."""
+        for key, have in widths.items():
+            want = getattr(s, key)
+            if want is not None and want != have:
+                other = "kind: narrow" if s.kind == "layer_drop" else "init: random"
+                raise CompressError(f"{file}: {where}.{key}: {want}, but {what} has {key} {have}; its layers are "
+                                    f"copied whole (leave {key} out, or use {other} for another shape)")
 
     @staticmethod
     def _copied_shape(file: str, where: str, s: "StudentConfig", source: tuple[int, int], what: str) -> tuple[int, int]:

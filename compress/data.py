@@ -22,7 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.rows import check_train_labels, has_test_labels, read_rows, read_split  # noqa: F401 (re-exported)
+from compress.rows import check_train_labels, has_test_labels, holdout_rows, read_rows, read_split  # noqa: F401
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
 
@@ -125,10 +125,7 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     full = load_split(cfg, "train", spec)
     check_train_labels(cfg, spec, full["label"])
     full = full.shuffle(seed=seed).flatten_indices()
-    n_hold = min(cfg.holdout_max, int(round(cfg.holdout * len(full))))
-    if cfg.holdout > 0 and n_hold < 1:
-        raise CompressError(f"task.holdout: {cfg.holdout} of {len(full)} training rows holds out nothing (raise it, or "
-                            f"0 for none)")
+    n_hold = holdout_rows(cfg, len(full))
     holdout = full.select(range(n_hold))
     train = full.select(range(n_hold, len(full)))
     if cfg.max_train_samples is not None:

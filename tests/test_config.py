@@ -1,4 +1,7 @@
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -267,6 +270,11 @@ def test_validate_reads_the_data_files_with_the_runs_row_checks(tmp_path, capsys
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'b.tsv'}:3: column 'label': label 'maybe' is not "
                                                f"one of ['neg', 'pos']")
     (tmp_path / "b.tsv").write_text("text\tlabel\nfine\tpos\nhmm\tneg\nok\tpos\n", encoding="utf-8")
+    assert main(["validate", str(recipe)]) == 2  # 5% of 2 rows: the run would hold out nothing and stop
+    assert capsys.readouterr().err.strip() == (f"error: {recipe}: task.holdout: 0.05 of 2 training rows holds out "
+                                               f"nothing (raise it, or 0 for none)")
+    recipe.write_text(CUSTOM.replace("name: mine,", f"name: mine, data_dir: {tmp_path},") % ", holdout: 0",
+                      encoding="utf-8")
     assert main(["validate", str(recipe)]) == 0
     assert capsys.readouterr().out.strip().endswith("; data rows: train 2, dev 3")
     assert main(["validate", str(recipe), "--set", "task.max_train_samples=1"]) == 0  # what the run will use, said
@@ -617,3 +625,66 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
                                     "students:\n  - name: a\n    train: &ta\n      epochs: 3\n      lr: 1.0e-4\n"
                                     "  - name: b\n    train: &tb\n      <<: *ta\n      lr: 2.0e-4\n      lr: 3.0e-4\n"
                                     "prune:\n  heads: 0.5\n  recover:\n    <<: *tb\n    epochs: 1\n"))
+
+
+@pytest.mark.parametrize("sets, message", [
+    # a student named as a stage: prune.source / quantize.source would read the teacher's (or prune's) model instead
+    ({"students.0.name": "teacher"}, r"students\[0\]\.name: 'teacher' names a stage's model"),
+    ({"students.0.name": "prune"}, r"students\[0\]\.name: 'prune' names a stage's model"),
+    # widths of copied layers: refused by the distill stage, after the teacher had trained
+    ({"students.0.hidden": 512}, r"students\[0\]\.hidden: 512, but the teacher has hidden 384; its layers are copied "
+                                 r"whole \(leave hidden out, or use kind: narrow"),
+    ({"students.0.kind": "narrow", "students.0.init": "minilm-l6", "students.0.heads": 6},
+     r"students\[0\]\.heads: 6, but checkpoint 'minilm-l6' has heads 12; .*or use init: random"),
+    ({"students.0.kind": "narrow", "students.0.init": "minilm-l6", "students.0.ffn": 100},
+     r"students\[0\]\.ffn: 100, but checkpoint 'minilm-l6' has ffn 1536"),
+    ({"students.0.layers": None, "students.0.keep_layers": [3, 1]},
+     r"students\[0\]\.keep_layers: list the layers in increasing order, got \[3, 1\]"),
+    # recovery on a transfer set that cannot exist: refused by the prune stage, after teacher and students trained
+    ({"prune.recover.data": "transfer"}, r"prune\.recover\.data: transfer: student 'minilm-l3' has no "
+                                         r"distill\.augment"),
+    ({"prune.recover.data": "transfer", "prune.source": "teacher"},
+     r"prune\.recover\.data: transfer: needs a distilled student as prune\.source \(got 'teacher'\)"),
+    ({"prune.recover.data": "transfer", "prune.recover.kd_weight": 0},
+     r"prune\.recover\.data: transfer: needs prune\.recover\.kd_weight > 0"),
+    ({"prune.recover.data": "transfer", "students.0.distill.augment": {"copies": 2}},  # layer_map: joint step only
+     r"prune\.recover\.data: transfer: the transfer set of student 'minilm-l3' gets no saved teacher logits"),
+    # held-out guard rows that cannot exist: refused by the quantize stage, after three stages had run
+    ({"task.holdout": 0, "quantize.guard_rows": "holdout"}, r"quantize\.guard_rows: holdout, but task\.holdout is 0"),
+])
+def test_validation_refuses_what_a_later_stage_would_refuse_after_earlier_ones_trained(sets, message):
+    """Each of these passed `validate` and stopped the run only in the distill, prune or quantize stage; a student named
+    'teacher' was never refused: prune and quantize then silently took the real teacher."""
+    with pytest.raises(CompressError, match=r"quickstart\.yaml: " + message):
+        load_recipe(ROOT / "pipelines" / "quickstart.yaml", sets)
+
+
+def test_a_transfer_set_some_student_saves_is_accepted_for_recovery():
+    """The transfer-set check refuses only what can never exist: a logit-only student of the same augment setting
+    (here the one pruned: no intermediate matches) saves it."""
+    sets = {"prune.recover.data": "transfer", "students.0.distill.augment": {"copies": 2},
+            "students.0.distill.layer_map": None}
+    recipe = load_recipe(ROOT / "pipelines" / "quickstart.yaml", sets)
+    assert recipe.students[0].distill.caches_transfer_logits()
+
+
+def test_validate_refuses_a_holdout_that_rounds_to_no_rows(tmp_path):
+    """`task.holdout: 0.000001` of SST-2's 67,349 rows is no row: validate said ok; the run stopped at the teacher
+    with an error naming no file."""
+    out = subprocess.run([sys.executable, "-m", "compress", "validate", str(ROOT / "pipelines" / "quickstart.yaml"),
+                          "--set", "task.holdout=0.000001"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert out.stderr.strip() == (f"error: {ROOT / 'pipelines' / 'quickstart.yaml'}: task.holdout: 1e-06 of 67349 "
+                                  f"training rows holds out nothing (raise it, or 0 for none)")
+
+
+def test_zoo_widths_are_the_published_configs():
+    """`model_widths` of a zoo model (for the copied-widths check, before the model is installed) against its
+    config.json."""
+    from compress.config import model_widths
+    from teachers.zoo import resolve
+
+    fields = json.loads((Path(resolve("minilm-l6")) / "config.json").read_text())
+    assert model_widths("minilm-l6") == {"hidden": fields["hidden_size"], "heads": fields["num_attention_heads"],
+                                         "ffn": fields["intermediate_size"], "vocab_size": fields["vocab_size"]}
+    assert model_widths("mpnet-base") == {"hidden": 768, "heads": 12, "ffn": 3072, "vocab_size": 30527}
