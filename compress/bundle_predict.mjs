@@ -48,6 +48,11 @@ async function sha256(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** An error's first line (onnxruntime's messages run on, with a stack of its own). */
+function firstLine(e) {
+  return String(e?.message ?? e).split("\n").find((l) => l.trim())?.trim().slice(0, 300) ?? "";
+}
+
 function json(bytes, name) {
   try {
     return JSON.parse(new TextDecoder().decode(bytes));
@@ -66,6 +71,9 @@ export async function readManifest(base) {
     if (typeof file !== "string" || !Object.hasOwn(files, file)) {
       throw new BundleError(`manifest.json: ${key}.file must name a file listed under 'files', got ${JSON.stringify(file ?? null)}`);
     }
+  }
+  if (typeof manifest.labels_file !== "string" || !Object.hasOwn(files, manifest.labels_file)) {
+    throw new BundleError(`manifest.json: labels_file must name a file listed under 'files' (the verified label names), got ${JSON.stringify(manifest.labels_file ?? null)}`);
   }
   // as predict.py refuses any entry outside the folder: no "..", no absolute path, no URL (a folder path in Node.js
   // and a URL in a browser resolve names alike; the WHATWG URL parser reads "\\" as "/")
@@ -187,27 +195,39 @@ export class Predictor {
   /** Load and verify a bundle: a folder path (Node.js) or a URL (Node.js and browsers). */
   static async load(base, { check = true, threads } = {}) {
     const manifest = await readManifest(base);
-    const labelsFile = Object.hasOwn(manifest.files, manifest.labels_file ?? "") ? [manifest.labels_file] : [];
-    const files = await readVerified(base, manifest, [manifest.model.file, manifest.tokenizer.file, ...labelsFile], check);
-    if (labelsFile.length) {  // the names shown must be the ones the verified labels file holds
-      const stored = json(files[labelsFile[0]], labelsFile[0])?.labels;
-      if (JSON.stringify(stored) !== JSON.stringify(manifest.task.labels)) {
-        throw new BundleError(`manifest.json: task.labels ${JSON.stringify(manifest.task.labels)} differ from ${labelsFile[0]}'s ${JSON.stringify(stored)}; refusing to load`);
-      }
+    const { model: { file: modelFile }, tokenizer: { file: tokenizerFile }, labels_file: labelsFile } = manifest;
+    const files = await readVerified(base, manifest, [modelFile, tokenizerFile, labelsFile], check);
+    const stored = json(files[labelsFile], labelsFile)?.labels;  // the names shown must be the verified file's
+    if (JSON.stringify(stored) !== JSON.stringify(manifest.task.labels)) {
+      throw new BundleError(`manifest.json: task.labels ${JSON.stringify(manifest.task.labels)} differ from ${labelsFile}'s ${JSON.stringify(stored)}; refusing to load`);
+    }
+    const tokenizerJson = json(files[tokenizerFile], tokenizerFile);
+    const built = tokenizerJson?.truncation?.max_length;  // the verified file's, as the bundle was built
+    if (built !== manifest.max_length) {
+      throw new BundleError(`manifest.json: max_length ${manifest.max_length} differs from the ${built ?? "no"} tokens ${tokenizerFile} truncates to; refusing to load`);
     }
     if (threads) ort.env.wasm.numThreads = threads;
-    const session = await ort.InferenceSession.create(files[manifest.model.file]);
-    return new Predictor(manifest, json(files[manifest.tokenizer.file], manifest.tokenizer.file), session);
+    let session;
+    try {
+      session = await ort.InferenceSession.create(files[modelFile]);
+    } catch (e) {
+      throw new BundleError(`${modelFile}: onnxruntime cannot load it (${firstLine(e)})`);
+    }
+    return new Predictor(manifest, tokenizerJson, session, tokenizerFile);
   }
 
-  constructor(manifest, tokenizerJson, session) {
+  constructor(manifest, tokenizerJson, session, tokenizerFile = "tokenizer.json") {
     this.manifest = manifest;
     this.labels = manifest.task.labels;
     this.pair = !!manifest.task.text_pair;
     this.maxLength = Number(manifest.max_length);
     // the side the bundle's tokenizer.json truncates on (built from the tokenizer's truncation_side), as predict.py
     this.fromLeft = String(tokenizerJson.truncation?.direction ?? "").toLowerCase() === "left";
-    this.tokenizer = new Tokenizer(tokenizerJson, {});
+    try {
+      this.tokenizer = new Tokenizer(tokenizerJson, {});
+    } catch (e) {
+      throw new BundleError(`${tokenizerFile}: not a tokenizer.json (${firstLine(e)})`);
+    }
     for (const n of normalizers(this.tokenizer.normalizer)) {  // normalize as the Rust library does
       if (n instanceof BertNormalizer) {
         n.tokenize_chinese_chars = (text) => text.replace(CJK, " $& ");
@@ -279,7 +299,13 @@ export class Predictor {
       if (!(name in enc)) throw new BundleError(`model input '${name}' is not one the tokenizer provides`);
       feeds[name] = new ort.Tensor("int64", BigInt64Array.from(enc[name], BigInt), [1, enc[name].length]);
     }
-    const logits = Array.from((await this.session.run(feeds))[this.session.outputNames[0]].data);
+    let outputs;
+    try {
+      outputs = await this.session.run(feeds);
+    } catch (e) {
+      throw new BundleError(`${this.manifest.model.file}: onnxruntime cannot run it on ${enc.input_ids.length} tokens (${firstLine(e)})`);
+    }
+    const logits = Array.from(outputs[this.session.outputNames[0]].data);
     if (logits.length !== (this.labels ?? [0]).length) {
       throw new BundleError(`manifest.json: the model gives ${logits.length} scores but the manifest names ${(this.labels ?? [0]).length} label(s)`);
     }
@@ -295,14 +321,14 @@ export class Predictor {
 }
 
 /** [line number, line] of a file (- : standard input) as it is read, as predict.py reads it: lines end at "\n"
- * ("\r\n" too), a leading byte-order mark is dropped, bytes that are not UTF-8 read as U+FFFD. */
+ * ("\r\n" too), leading byte-order marks are dropped, bytes that are not UTF-8 read as U+FFFD. */
 async function* readLines(path) {
   const { createReadStream } = await import("node:fs");
   const stream = path === "-" ? process.stdin : createReadStream(path);
   stream.setEncoding("utf8");
   let rest = "";
   let n = 0;
-  const line = (text) => [++n, (n === 1 ? text.replace(/^\uFEFF/, "") : text).replace(/\r$/, "")];
+  const line = (text) => [++n, (n === 1 ? text.replace(/^\uFEFF+/, "") : text).replace(/\r$/, "")];
   const chunks = stream[Symbol.asyncIterator]();
   for (;;) {
     let next;
@@ -339,18 +365,24 @@ async function main(argv) {
   const { dirname } = await import("node:path");
   const args = { json: false, file: null, bundle: dirname(fileURLToPath(import.meta.url)), texts: [] };
   const valued = { "--file": "file", "--bundle": "bundle", "--threads": "threads" };
+  // as predict.py's argparse reads them: options anywhere, --opt=value, "--" before texts that start with "-"
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--json") args.json = true;
-    else if (argv[i] in valued) {
-      if (i + 1 >= argv.length) {
-        console.error(`error: ${argv[i]} takes a value\n${USAGE}`);
+    const [flag, inline] = /^--[^=]+=/.test(argv[i]) ? [argv[i].slice(0, argv[i].indexOf("=")),
+      argv[i].slice(argv[i].indexOf("=") + 1)] : [argv[i], undefined];
+    if (flag === "--") {
+      args.texts.push(...argv.slice(i + 1));
+      break;
+    } else if (flag === "--json" && inline === undefined) args.json = true;
+    else if (flag in valued) {
+      if (inline === undefined && i + 1 >= argv.length) {
+        console.error(`error: ${flag} takes a value\n${USAGE}`);
         return 2;
       }
-      args[valued[argv[i]]] = argv[++i];
-    } else if (argv[i] === "-h" || argv[i] === "--help") {
+      args[valued[flag]] = inline ?? argv[++i];
+    } else if (flag === "-h" || flag === "--help") {
       console.log(USAGE);
       return 0;
-    } else if (argv[i].startsWith("--")) {
+    } else if (/^-[^\d]/.test(flag) || flag.startsWith("--")) {
       console.error(`error: unknown option ${argv[i]}\n${USAGE}`);
       return 2;
     } else args.texts.push(argv[i]);
@@ -372,9 +404,10 @@ async function main(argv) {
     console.error("error: an empty text: nothing to classify");
     return 2;
   }
-  process.stdout.on("error", (e) => {  // the reader went away (`... | head`): stop quietly
+  process.stdout.on("error", (e) => {  // the reader went away (`... | head`): stop quietly; a full disk: one line
     if (e.code === "EPIPE") process.exit(0);
-    throw e;
+    console.error(`error: cannot write the output (${e.code ?? e.message})`);
+    process.exit(1);
   });
   try {
     const model = await Predictor.load(args.bundle, { threads: args.threads });

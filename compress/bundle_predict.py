@@ -51,6 +51,15 @@ class BundleError(Exception):
     """A bundle that is missing, malformed or changed since it was built."""
 
 
+class ModelRunError(BundleError):
+    """onnxruntime failed running the model on an input (a model shorter than max_length, a broken graph);
+    ``reason``: onnxruntime's first line."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,8 +85,8 @@ def read_manifest(folder: Path) -> dict:
 
 
 def check_fields(manifest: dict, path: Path) -> None:
-    """The manifest fields the runners read: the model and tokenizer must be files the manifest lists (and so are
-    verified), max_length a positive integer, labels a list of names (null: regression)."""
+    """The manifest fields the runners read: the model, tokenizer and label names must be files the manifest lists
+    (and so are verified), max_length a positive integer, labels a list of names (null: regression)."""
     def field(*keys):
         value = manifest
         for key in keys:
@@ -91,6 +100,9 @@ def check_fields(manifest: dict, path: Path) -> None:
         raise BundleError(f"{path}: max_length must be a positive integer, got {field('max_length')!r}")
     if type(field("tokenizer", "pad_id")) is not int or not isinstance(field("tokenizer", "pad_token"), str):
         raise BundleError(f"{path}: tokenizer.pad_id / pad_token missing or malformed")
+    if not isinstance(field("labels_file"), str) or field("labels_file") not in manifest["files"]:
+        raise BundleError(f"{path}: labels_file must name a file listed under 'files' (the verified label names), got "
+                          f"{field('labels_file')!r}")
     labels = field("task", "labels")
     if not isinstance(field("task"), dict) or labels is not None and (
             not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)):
@@ -133,14 +145,16 @@ def verify(folder: str | os.PathLike) -> dict:
 def is_runner_bytecode(path: Path, source: Path) -> bool:
     """Whether ``path`` is what this Python writes to ``__pycache__`` when it imports the verified ``predict.py``
     (``from predict import Predictor``): that file, not a planted one, would run on the next import."""
-    if path.is_symlink() or path.name != f"{source.stem}.{sys.implementation.cache_tag}.pyc":
+    names = {f"{source.stem}.{sys.implementation.cache_tag}{opt}.pyc": level
+             for level, opt in ((0, ""), (1, ".opt-1"), (2, ".opt-2"))}  # python, python -O, python -OO
+    if path.is_symlink() or path.name not in names:
         return False
     data = path.read_bytes()
     if data[:4] != MAGIC_NUMBER:
         return False
     try:
         code = marshal.loads(data[16:])
-        return code == compile(source.read_bytes(), str(source), "exec", dont_inherit=True, optimize=0)
+        return code == compile(source.read_bytes(), str(source), "exec", dont_inherit=True, optimize=names[path.name])
     except Exception:  # malformed bytecode: not the runner's
         return False
 
@@ -162,23 +176,24 @@ class Predictor:
 
         m = self.manifest
         self.labels = m["task"].get("labels")
-        labels_file = m.get("labels_file")
-        if isinstance(labels_file, str) and labels_file in m["files"]:  # verified: the names must be the ones it holds
-            try:
-                stored = json.loads((self.folder / labels_file).read_text(encoding="utf-8")).get("labels")
-            except (OSError, ValueError, AttributeError) as e:
-                raise BundleError(f"{self.folder / labels_file}: unreadable ({e})") from None
-            if stored != self.labels:
-                raise BundleError(f"{self.folder / MANIFEST}: task.labels {self.labels!r} differ from {labels_file}'s "
-                                  f"{stored!r}; refusing to load")
+        labels_file = m["labels_file"]  # verified: the names shown must be the ones it holds
+        try:
+            stored = json.loads((self.folder / labels_file).read_text(encoding="utf-8")).get("labels")
+        except (OSError, ValueError, AttributeError) as e:
+            raise BundleError(f"{self.folder / labels_file}: unreadable ({e})") from None
+        if stored != self.labels:
+            raise BundleError(f"{self.folder / MANIFEST}: task.labels {self.labels!r} differ from {labels_file}'s "
+                              f"{stored!r}; refusing to load")
         self.pair = bool(m["task"].get("text_pair"))
         try:
             self.tokenizer = Tokenizer.from_file(str(self.folder / m["tokenizer"]["file"]))
         except Exception as e:  # tokenizers raises plain Exceptions
             raise BundleError(f"{self.folder / m['tokenizer']['file']}: not a tokenizer.json ({first_line(e)})") \
                 from None
-        direction = (self.tokenizer.truncation or {}).get("direction", "right")  # the side the bundle was built with
-        self.tokenizer.enable_truncation(max_length=m["max_length"], direction=direction)
+        built = (self.tokenizer.truncation or {}).get("max_length")  # the verified file's, as the bundle was built
+        if built != m["max_length"]:
+            raise BundleError(f"{self.folder / MANIFEST}: max_length {m['max_length']} differs from the "
+                              f"{built or 'no'} tokens {m['tokenizer']['file']} truncates to; refusing to load")
         self.tokenizer.enable_padding(pad_id=m["tokenizer"]["pad_id"], pad_token=m["tokenizer"]["pad_token"])
         options = ort.SessionOptions()
         if threads:
@@ -223,7 +238,12 @@ class Predictor:
         if missing:
             raise BundleError(f"model input {missing[0]!r} is not one the tokenizer provides ({', '.join(columns)})")
         feed = {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs}
-        return self.session.run(None, feed)[0]
+        try:
+            return self.session.run(None, feed)[0]
+        except Exception as e:  # onnxruntime's own exception types
+            reason = first_line(e)
+            raise ModelRunError(f"{self.folder / self.manifest['model']['file']}: onnxruntime cannot run it on "
+                                f"{len(encodings[0].ids) if encodings else 0} tokens ({reason})", reason) from None
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1) -> list[dict]:
         """One dict per text: ``label``, ``score`` and every label's ``scores`` (``value`` for regression);
@@ -366,7 +386,14 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
     parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    texts = argv[argv.index("--") + 1:] if "--" in argv else []  # "--": texts that start with "-" (read apart:
+    argv = argv[:argv.index("--")] if "--" in argv else argv      # parse_intermixed_args refuses them in 3.11)
     args = parser.parse_intermixed_args(argv)  # options after the texts too
+    texts = [t for t in (args.text, args.text_pair) if t is not None] + texts
+    if len(texts) > 2:
+        parser.error(f"unrecognized arguments: {' '.join(texts[2:])}")
+    args.text, args.text_pair = (texts + [None, None])[:2]
     if (args.text is None) == (args.file is None):
         parser.error("give a TEXT or --file PATH (not both)")
     warn_threads(args.threads)
@@ -383,6 +410,13 @@ def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None)
         return 2
     except BrokenPipeError:
         quiet_broken_pipe()
+    except OSError as e:  # standard output on a full disk (/dev/full), a closed terminal...
+        print(f"error: {e.strerror or e}", file=sys.stderr)
+        quiet_broken_pipe()  # (what is still buffered is not written again at exit)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C in a long --file run: the lines printed so far stand
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -628,6 +628,14 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     pyc = folder / "__pycache__" / f"predict.{sys.implementation.cache_tag}.pyc"
     assert pyc.is_file()
     predict(folder, ["still verifies"])
+    for flag, opt in (("-O", "opt-1"), ("-OO", "opt-2")):  # python -O / -OO (PYTHONOPTIMIZE) write their own files
+        proc = subprocess.run([sys.executable, flag, "-c", "import predict; predict.Predictor('.')"],
+                              capture_output=True, text=True, cwd=folder, env=env)
+        assert proc.returncode == 0 and (folder / "__pycache__" / f"predict.{sys.implementation.cache_tag}.{opt}.pyc"
+                                         ).is_file(), proc.stderr
+    predict(folder, ["still verifies"])
+    for other in folder.glob("__pycache__/*.opt-*.pyc"):
+        other.unlink()
     (tmp_path / "evil.py").write_text((folder / "predict.py").read_text() + "\nprint('PLANTED CODE RAN')\n")
     py_compile.compile(str(tmp_path / "evil.py"), cfile=str(pyc),
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
@@ -650,6 +658,12 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     (lambda m: m["task"].update(labels=["bad", "good"]), r"task\.labels \['bad', 'good'\] differ from labels\.json"),
     (lambda m: m["model"].update(file="tokenizer.json"), "tokenizer.json: onnxruntime cannot load it"),
     (lambda m: m.pop("model"), r"model\.file must name a file"),
+    # label names swapped, and labels_file dropped so that no check compares them: "positive" printed for "negative"
+    (lambda m: (m["task"].update(labels=m["task"]["labels"][::-1]), m.update(labels_file=None)),
+     r"labels_file must name a file listed under 'files' \(the verified label names\), got None"),
+    # a max_length the verified tokenizer.json does not truncate to: shorter flipped labels, longer crashed onnxruntime
+    (lambda m: m.update(max_length=4), r"max_length 4 differs from the 32 tokens tokenizer\.json truncates to"),
+    (lambda m: m.update(max_length=5000), r"max_length 5000 differs from the 32 tokens tokenizer\.json"),
 ])
 def test_a_malformed_manifest_is_refused_in_one_line(bundle, tmp_path, edit, message):
     """manifest.json is the one file not hashed: every field the runners read is checked (a model path outside the
@@ -684,6 +698,13 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     proc = _run_predict_py(folder, "--json", "--file", str(tmp_path / "odd.txt"), text=True)
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["line"] for line in proc.stdout.splitlines()] == [1, 2, 3]
+    (tmp_path / "boms.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf\nsecond\n")  # predict.mjs read line 1 as a text
+    proc = _run_predict_py(folder, "--json", "--file", str(tmp_path / "boms.txt"), text=True)
+    assert [json.loads(line)["line"] for line in proc.stdout.splitlines()] == [2]
+    with open("/dev/full", "w") as full:  # standard output on a full disk: one line, not a traceback
+        proc = subprocess.run([sys.executable, "predict.py", TEXTS[0]], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=folder)
+    assert proc.returncode == 1 and proc.stderr == "error: No space left on device\n"
     (tmp_path / "many.txt").write_text("a fine film\n" * 3000)
     proc = subprocess.run(f"{sys.executable} predict.py --file {tmp_path / 'many.txt'} | head -1", shell=True,
                           capture_output=True, text=True, cwd=folder)

@@ -212,8 +212,18 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
     for edit, message in [({"model": {**m["model"], "file": "/etc/hostname"}}, "model.file must name a file listed"),
                           ({"max_length": "abc"}, "max_length must be a positive integer"),
                           ({"task": {**m["task"], "labels": ["bad", "good"]}}, "differ from labels.json"),
-                          ({"task": {**m["task"], "labels": ["a"]}}, "task.labels must be a list of two or more")]:
-        assert message in refused(TEXTS[0], manifest=json.dumps({**m, **edit}))
+                          ({"task": {**m["task"], "labels": ["a"]}}, "task.labels must be a list of two or more"),
+                          # swapped names with no labels file to compare them with: printed the wrong label
+                          ({"task": {**m["task"], "labels": m["task"]["labels"][::-1]}, "labels_file": None},
+                           "labels_file must name a file listed under 'files'"),
+                          # a max_length the verified tokenizer.json does not truncate to: flipped labels, or a crash
+                          ({"max_length": 4}, f"max_length 4 differs from the {m['max_length']} tokens tokenizer.json"),
+                          # files onnxruntime / tokenizers.js cannot read: a 31 KB stack, exit 1
+                          ({"model": {**m["model"], "file": "README.md"}}, "error: README.md: onnxruntime cannot load it"),
+                          ({"tokenizer": {**m["tokenizer"], "file": "labels.json"}},
+                           f"max_length {m['max_length']} differs from the no tokens labels.json truncates to")]:
+        line = refused(TEXTS[0], manifest=json.dumps({**m, **edit}))
+        assert message in line and len(line) < 400, line
     assert refused(TEXTS[0], manifest="{bad").startswith("error: manifest.json: not valid JSON")
     assert refused("  ") == "error: an empty text: nothing to classify"
     assert refused(TEXTS[0], "--threads") == "error: --threads takes a value"
@@ -260,6 +270,12 @@ def test_predict_mjs_reads_files_as_predict_py_does(js_bundle, tmp_path):
     assert lines == [[1, 2, 4, 5]] * 3
     for a, b in zip(py.stdout.splitlines(), js.stdout.splitlines()):
         assert json.loads(a)["scores"] == pytest.approx(json.loads(b)["scores"], abs=0.05)
+    (tmp_path / "boms.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf\nsecond\n")  # predict.mjs dropped one BOM only
+    js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "boms.txt")
+    assert [json.loads(line)["line"] for line in js.stdout.splitlines()] == [2], js.stderr
+    proc = subprocess.run(f"node {js_bundle / 'predict.mjs'} good > /dev/full", shell=True, capture_output=True,
+                          text=True, timeout=300)  # a full disk: one line, not a stack
+    assert proc.returncode == 1 and proc.stderr == "error: cannot write the output (ENOSPC)\n"
     (tmp_path / "many.txt").write_text("a fine film\n" * 2000)
     proc = subprocess.run(f"node {js_bundle / 'predict.mjs'} --file {tmp_path / 'many.txt'} | head -1", shell=True,
                           capture_output=True, text=True, timeout=300)
@@ -446,3 +462,18 @@ def test_predict_mjs_reads_every_character_as_the_tokenizers_library(tmp_path, m
     differ = [hex(ord(t[1])) for t, want, js in zip(texts, tokenizer.encode_batch(texts), got)
               if js["input_ids"] != want.ids]
     assert differ == [], f"{len(differ)} differ: {differ[:20]}"
+
+
+def test_both_runners_read_the_command_line_alike(js_bundle):
+    """`--` before a text that starts with "-" (predict.py: "unrecognized arguments", predict.mjs: "unknown option"),
+    `--threads=1` (predict.mjs refused it), an option-like "-bad" (predict.mjs classified it, predict.py refused it)."""
+    import sys
+
+    for args, code in [(["--", "-bad"], 0), (["--threads=1", "good"], 0), (["good", "--json"], 0),
+                       (["--", "--json"], 0), (["-bad"], 2), (["a", "b", "c"], 2)]:
+        py = subprocess.run([sys.executable, "predict.py", *args], cwd=js_bundle, capture_output=True, text=True)
+        js = _node(js_bundle / "predict.mjs", *args)
+        assert py.returncode == js.returncode == code, (args, py.stderr, js.stderr)
+        labels = [[line.split("\t")[0] if "\t" in line else json.loads(line)["label"] for line in p.stdout.splitlines()]
+                  for p in (py, js)]
+        assert labels[0] == labels[1] and len(labels[0]) == (code == 0), (args, labels)
