@@ -668,8 +668,10 @@ class PruneConfig:
         if len(budgets) > 1 or (budgets and (self.heads or self.ffn)):
             raise CompressError(f"{file}: {where}: give either ratios (heads/ffn) or one budget (keep_params or "
                                 f"keep_macs), not both")
-        if not budgets and not self.heads and not self.ffn and not self.layers:
-            raise CompressError(f"{file}: {where}: nothing to prune (set heads, ffn, layers, keep_params or keep_macs)")
+        overrides = any((o.heads or 0) > 0 or (o.ffn or 0) > 0 for o in (self.layers or {}).values())
+        if not any(getattr(self, k) < 1.0 for k in budgets) and not self.heads and not self.ffn and not overrides:
+            raise CompressError(f"{file}: {where}: nothing to prune (set heads, ffn, a layers override above 0, or "
+                                f"keep_params or keep_macs below 1)")
         for name in self.layers or {}:
             if not re.fullmatch(r"(?:[\w.]*\.)?layer\.\d+", name):
                 raise CompressError(f"{file}: {where}.layers.{name}: unknown layer name (use layer.N, N from 0)")
@@ -1032,7 +1034,10 @@ class Recipe:
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)
-        self._check_student_depths(file)
+        depths = self._check_student_depths(file)
+        if self.prune is not None and self.prune.layers:
+            source = self.prune.source or (students[0] if students else "teacher")
+            self._check_prune_layers(file, depths.get(source))
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
@@ -1069,15 +1074,27 @@ class Recipe:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
 
-    def _check_student_depths(self, file: str) -> None:
+    def _check_prune_layers(self, file: str, depth: Optional[int]) -> None:
+        """``prune.layers`` names layers of the model pruned (``depth`` layers; None: not known here, a hub model's),
+        before torch: not once the teacher and students have trained and been scored."""
+        for name in self.prune.layers if depth is not None else ():
+            index = int(name.rsplit(".", 1)[1])
+            if index >= depth:
+                raise CompressError(f"{file}: prune.layers.{name}: no such layer: the model pruned "
+                                    f"({self.prune.source or (self.students[0].name if self.students else 'teacher')}) "
+                                    f"has {depth} layers (layer.0 to layer.{depth - 1})")
+
+    def _check_student_depths(self, file: str) -> dict[str, Optional[int]]:
         """Each student's depth against the model it copies layers from, and its distillation matches against both
         depths (`compress.distill.matches.resolve_matches`, as the distill stage will), before torch: not once the
-        teacher has trained. A hub model's shape is unknown here: what depends on it is checked when it loads."""
+        teacher has trained. A hub model's shape is unknown here: what depends on it is checked when it loads.
+        Returns the depth of the teacher and of each student, by name (None where unknown)."""
         from types import SimpleNamespace
 
         from compress.distill.matches import resolve_matches
 
         teacher = model_shape(self.teacher.model)
+        depths = {"teacher": teacher[0] if teacher else None}
         for i, s in enumerate(self.students or []):
             where = f"students[{i}]"
             if s.kind == "narrow" and s.init == "random":
@@ -1088,6 +1105,7 @@ class Recipe:
                 what = "the teacher" if s.kind == "layer_drop" else f"checkpoint {s.init!r}"
                 self._check_copied_widths(file, where, s, model_widths(copied), what)
                 shape = None if source is None else self._copied_shape(file, where, s, source, what)
+            depths[s.name] = shape[0] if shape else None
             if shape is None and teacher is None:
                 continue
             # an unknown side is taken as deep as any layer named, and as wide as the other (no projection refusal)
@@ -1102,6 +1120,7 @@ class Recipe:
                 resolve_matches(s.distill, t_cfg, s_cfg, where=f"{where}.distill")
             except CompressError as e:
                 raise CompressError(f"{file}: {e}") from None
+        return depths
 
     @staticmethod
     def _check_copied_widths(file: str, where: str, s: "StudentConfig", widths: dict[str, int], what: str) -> None:
@@ -1242,8 +1261,12 @@ def yaml_error(e: yaml.YAMLError) -> str:
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``."""
+    """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``; a
+    layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``."""
     keys = re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
+    joined = re.fullmatch(r"(prune\.layers\.)((?:[\w.]*\.)?layer\.\d+)((?:\.[^.]*)*)", ".".join(keys))
+    if joined:  # the layer name is one key
+        keys = ["prune", "layers", joined.group(2), *joined.group(3).split(".")[1:]]
     node: Any = data
     for i, k in enumerate(keys):
         parent = ".".join(keys[:i]) or "recipe"

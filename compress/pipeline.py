@@ -11,6 +11,7 @@ written, so an interrupted run never leaves a stage that a rerun would trust.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from compress import __version__, hub
-from compress.config import Recipe
+from compress.config import Recipe, TrainConfig
 from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, read_json,
@@ -160,9 +161,15 @@ RUN_ONLY_KEYS = ("checkpoint_every",)  # how a stage runs, not what it makes (a 
 def _result_config(config: Any) -> Any:
     """``config`` (`_config`) with every `RUN_ONLY_KEYS` key, at any depth, at its default (None), for fingerprints
     and for saying what changed: turning checkpoints on in a recipe redid the stage (kept as None, not dropped, so the
-    stages of run folders that never set them stay valid)."""
+    stages of run folders that never set them stay valid). A teacher that is not fine-tuned (``finetune: false``)
+    trains nothing: its training settings are None too (changing its lr redid the teacher and every stage after it)."""
     if isinstance(config, dict):
-        return {k: None if k in RUN_ONLY_KEYS else _result_config(v) for k, v in config.items()}
+        out = {k: None if k in RUN_ONLY_KEYS else _result_config(v) for k, v in config.items()}
+        teacher = out.get("teacher")
+        if isinstance(teacher, dict) and teacher.get("finetune") is False:
+            unused = {f.name for f in dataclasses.fields(TrainConfig)}
+            out["teacher"] = {k: None if k in unused else v for k, v in teacher.items()}
+        return out
     if isinstance(config, (list, tuple)):
         return [_result_config(v) for v in config]
     return config

@@ -651,6 +651,11 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
      r"prune\.recover\.data: transfer: the transfer set of student 'minilm-l3' gets no saved teacher logits"),
     # held-out guard rows that cannot exist: refused by the quantize stage, after three stages had run
     ({"task.holdout": 0, "quantize.guard_rows": "holdout"}, r"quantize\.guard_rows: holdout, but task\.holdout is 0"),
+    # a layer the pruned model lacks: refused by the prune stage after Taylor scoring; no cut at all: a recovery only
+    ({"prune.layers": {"layer.3": {"heads": 0.5}}}, r"prune\.layers\.layer\.3: no such layer: the model pruned "
+                                                  r"\(minilm-l3\) has 3 layers \(layer\.0 to layer\.2\)"),
+    ({"prune.layers": {"layer.2": {}}, "prune.keep_macs": None}, r"prune: nothing to prune"),
+    ({"prune.keep_macs": 1.0}, r"prune: nothing to prune"),
 ])
 def test_validation_refuses_what_a_later_stage_would_refuse_after_earlier_ones_trained(sets, message):
     """Each of these passed `validate` and stopped the run only in the distill, prune or quantize stage; a student named
@@ -688,3 +693,12 @@ def test_zoo_widths_are_the_published_configs():
     assert model_widths("minilm-l6") == {"hidden": fields["hidden_size"], "heads": fields["num_attention_heads"],
                                          "ffn": fields["intermediate_size"], "vocab_size": fields["vocab_size"]}
     assert model_widths("mpnet-base") == {"hidden": 768, "heads": 12, "ffn": 3072, "vocab_size": 30527}
+
+
+def test_set_reaches_a_prune_layer_override_whose_name_has_dots():
+    """`--set prune.layers.layer.0.heads=0.5` was split at every dot: "prune.layers.layer.0: unknown key"."""
+    path = ROOT / "pipelines" / "quickstart.yaml"
+    recipe = load_recipe(path, {"prune.layers.layer.0.heads": 0.5, "prune.layers.bert.encoder.layer.2.ffn": 0.25})
+    assert recipe.section("prune")["layers"] == {"layer.0": {"heads": 0.5, "ffn": None},
+                                                 "bert.encoder.layer.2": {"heads": None, "ffn": 0.25}}
+    assert load_recipe(path, {"prune.source": "teacher", "prune.layers.layer.5.heads": 0.5}).prune.layers  # 6 there

@@ -398,6 +398,9 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.finetune": False})
     done = run_pipeline(recipe)["teacher"]
     assert asked and done["train"]["steps"] == 0 and done["train"]["finetuned"] is False
+    # its training settings are unused: changing them redoes nothing (the teacher and every stage after it were redone)
+    unused = {"teacher.finetune": False, "teacher.lr": 1e-3, "teacher.precision": "bf16", "teacher.seed": 7}
+    assert run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), unused))["teacher"]["created"] == done["created"]
     saved = load_file(tmp_path / "runs" / "tiny" / "teacher" / "model" / "model.safetensors")
     given = load_file(tiny_bert_dir / "model.safetensors")
     assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k]) for k in given)  # not trained
