@@ -94,6 +94,11 @@ class TaskConfig:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
         from compress.tasks import GLUE_TASKS, task_spec  # a GLUE name, or a custom task's files and labels
 
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise CompressError(f"{file}: {where}.text_pair_column: {self.text_pair_column!r} is text_column too; a "
+                                f"pair's second text needs a column of its own")
+        if self.metrics is not None and len(set(self.metrics)) != len(self.metrics):
+            raise CompressError(f"{file}: {where}.metrics: each metric once, got {self.metrics}")
         unknown = [split for split in self.files or {} if split not in ("train", "dev", "test")]
         if unknown:  # a run reads these three only
             raise CompressError(f"{file}: {where}.files.{unknown[0]}: unknown split (splits: train, dev, test)")
@@ -378,6 +383,9 @@ class MatchConfig:
             raise CompressError(f"{file}: {where}.weight: must be >= 0, got {self.weight}")
         if self.feature != "attention" and self.heads != "each":
             raise CompressError(f"{file}: {where}.heads: only for attention matches, not {self.feature}")
+        if self.feature == "attention" and self.projection != "auto":
+            raise CompressError(f"{file}: {where}.projection: only for hidden and embedding matches (attention maps "
+                                f"are compared as they are), not attention")
 
 
 @dataclass
@@ -469,6 +477,9 @@ class DistillConfig:
             raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
             raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
+        if self.intermediate_max_steps is not None and not self.two_step:
+            raise CompressError(f"{file}: {where}.intermediate_max_steps: caps two_step's intermediate step; set "
+                                f"two_step: true (or leave it out)")
         if self.augment is not None and self.kd_weight == 0:
             raise CompressError(f"{file}: {where}.augment: needs kd_weight > 0 (augmented rows are labelled by the "
                                 f"teacher's logits only)")
@@ -550,6 +561,9 @@ class StudentConfig:
                                     f"{len(self.keep_layers)}")
         if self.kind == "layer_drop" and self.init != "random":
             raise CompressError(f"{file}: {where}.init: layer_drop students always start from the teacher's weights")
+        if self.kind == "narrow" and self.init == "random" and self.keep_layers is not None:
+            raise CompressError(f"{file}: {where}.keep_layers: picks layers of a checkpoint (init) or of the teacher "
+                                f"(layer_drop); a random narrow student has none to pick: give layers")
         for key in ("tokenizer", "vocab_size"):
             if self.kind == "layer_drop" and getattr(self, key) is not None:
                 raise CompressError(f"{file}: {where}.{key}: a layer-drop student uses the teacher's tokenizer and "
@@ -1031,10 +1045,19 @@ class Recipe:
             if threads is not None and self.bench is not None and threads not in self.bench.threads:
                 raise CompressError(f"{file}: {section}.threads: {threads} is not one of bench.threads "
                                     f"{self.bench.threads}")
+        if self.report is not None and self.report.threads is not None and self.bench is None and self.report.measure:
+            timed = BenchConfig().threads  # the report times at the bench defaults
+            if self.report.threads not in timed:
+                raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of the thread counts "
+                                    f"the report times without a bench section {timed}; add bench.threads")
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)
         depths = self._check_student_depths(file)
+        deeper = [d for d in (self.search.depths or []) if depths["teacher"] and d > depths["teacher"]] \
+            if self.search is not None else []
+        if deeper:  # `compress search` refuses it too (a hub teacher's depth is known once it has trained)
+            raise CompressError(f"{file}: search.depths: {deeper[0]} layers, but the teacher has {depths['teacher']}")
         if self.prune is not None and self.prune.layers:
             source = self.prune.source or (students[0] if students else "teacher")
             self._check_prune_layers(file, depths.get(source))

@@ -294,6 +294,9 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     ("name: /etc\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
     ("name: ''\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
     ("task: {name: sst2}\nteacher: {}\nstudents: []\n", r"students: the list is empty"),
+    # accepted and silently ignored, or meaningless
+    (CUSTOM % ", text_column: t, text_pair_column: t", r"task\.text_pair_column: 't' is text_column too"),
+    (CUSTOM % ", metrics: [accuracy, accuracy]", r"task\.metrics: each metric once, got \['accuracy', 'accuracy'\]"),
     ("task: {name: sst2}\nteacher: {}\nstudents: [{name: s}, {name: s}]\n", r"students: the name 's' is used twice"),
     ("task: {name: sst2}\nteacher: {}\nstudents: [{name: s, keep_layers: [1, 1]}]\n",
      r"students\[0\]\.keep_layers: each layer can be kept once"),
@@ -656,6 +659,18 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
                                                   r"\(minilm-l3\) has 3 layers \(layer\.0 to layer\.2\)"),
     ({"prune.layers": {"layer.2": {}}, "prune.keep_macs": None}, r"prune: nothing to prune"),
     ({"prune.keep_macs": 1.0}, r"prune: nothing to prune"),
+    # `compress search` refused these at once; the report timed at the bench defaults and left the speedups empty
+    ({"search.depths": [7]}, r"search\.depths: 7 layers, but the teacher has 6"),
+    ({"report.threads": 3, "bench": None}, r"report\.threads: 3 is not one of the thread counts the report times "
+                                           r"without a bench section \[1, 2\]"),
+    # settings that were accepted and did nothing
+    ({"students.0.distill.intermediate_max_steps": 5},
+     r"students\[0\]\.distill\.intermediate_max_steps: caps two_step's intermediate step"),
+    ({"students.0.kind": "narrow", "students.0.hidden": 64, "students.0.layers": None, "students.0.keep_layers": [1, 2]},
+     r"students\[0\]\.keep_layers: picks layers of a checkpoint \(init\) or of the teacher"),
+    ({"students.0.distill.matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "attention",
+                                      "projection": "linear"}]},
+     r"students\[0\]\.distill\.matches\[0\]\.projection: only for hidden and embedding matches"),
 ])
 def test_validation_refuses_what_a_later_stage_would_refuse_after_earlier_ones_trained(sets, message):
     """Each of these passed `validate` and stopped the run only in the distill, prune or quantize stage; a student named
