@@ -221,6 +221,19 @@ def source_label(source: Optional[str]) -> str:
     return "pruned" if source == "prune" else f"student {source}"
 
 
+def bench_source(qrec: dict, bench: dict) -> str:
+    """Table name of the model the bench timed: the quantize stage's source, or (a run without a quantize stage) the
+    model folder its torch fp32 artifact loaded (…/teacher/model, …/prune/model, …/distill/<name>/model)."""
+    source = (qrec.get("source") or {}).get("model")
+    model_dir = (((bench.get("artifacts") or {}).get("torch_fp32") or {}).get("model_dir") or "").rstrip("/")
+    parts = PurePath(model_dir).parts
+    if source is not None or len(parts) < 2 or parts[-1] != "model":
+        return source_label(source)
+    if parts[-2] == "prune":
+        return "pruned"
+    return f"student {parts[-2]}" if len(parts) >= 3 and parts[-3] == "distill" else "teacher"
+
+
 def _kind(label: str) -> str:
     first = label.split()[0]
     return first if first in ("teacher", "pruned", "student") else "student"
@@ -430,15 +443,14 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
         rows += _quantize_rows(run_dir, metric, quantize.get("params"))
     qrec = read("quantize", "quantize.json") or {}
     bench = bench_record(run_dir) if "bench" in stages else {}
-    attach_bench(bench, rows, metric, source_label((qrec.get("source") or {}).get("model")),
-                 str(run_dir / "bench" / "bench.json"))
+    benched = bench_source(qrec, bench)
+    attach_bench(bench, rows, metric, benched, str(run_dir / "bench" / "bench.json"))
     measured = extra if extra is not None else (read("report", MEASURED) or {})
     where = "the report stage's measurements" if extra is not None else str(run_dir / "report" / MEASURED)
     for label, record in (measured.get("models") or {}).items():
         attach_bench(record, rows, metric, label, f"{where}: models.{label}")
     # the report's own pass re-timed the bench's artifacts beside them: one set of dev latencies
-    attach_bench(measured.get("bench") or {}, rows, metric, source_label((qrec.get("source") or {}).get("model")),
-                 f"{where}: bench")
+    attach_bench(measured.get("bench") or {}, rows, metric, benched, f"{where}: bench")
     _mark_reference(rows)
     rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
     manifests = [m for m in _manifests(run_dir) if m["stage"] in stages]

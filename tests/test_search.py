@@ -216,9 +216,12 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
         with pytest.raises(CompressError, match=rf"tiny.yaml: search.{key}: .* is listed twice"):
             load_recipe(path, {f"search.{key}": value})
     # a depth the teacher does not have: named with the recipe, before torch loads and before any folder is made
-    deep = _recipe(tmp_path, glue_dir, tokenizer, depths=[2, 7])
+    deep = _recipe(tmp_path, glue_dir, tokenizer, depths=[2, 5])  # the trained teacher's depth (3), not minilm-l6's
     assert main(["search", str(deep), "--budget-ms", "5"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {deep}: search.depths: 7 layers, but the teacher has 3"
+    assert capsys.readouterr().err.strip() == f"error: {deep}: search.depths: 5 layers, but the teacher has 3"
+    deeper = _recipe(tmp_path, glue_dir, tokenizer, depths=[2, 7])  # deeper than the recipe's teacher: at validation
+    assert main(["validate", str(deeper)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {deeper}: search.depths: 7 layers, but the teacher has 6"
     assert not (tmp_path / "runs" / "tiny" / "search").exists()
 
 
