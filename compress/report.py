@@ -18,14 +18,16 @@ in ``report/latency.json``. ``compress report RUN...`` re-measures nothing. Rend
 from __future__ import annotations
 
 import base64
+import hashlib
 import html as html_lib
+import json
 import logging
 import math
 import re
 import statistics
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Optional, Sequence
 
 from compress.errors import CompressError
@@ -98,6 +100,14 @@ class RunTable:
     """A text-pair task (MRPC, RTE): latency and throughput are per dev pair, not per sentence."""
     teacher_constant: Optional[str] = None
     """The label the teacher predicts for every dev row, when it does (a constant model: retention means little)."""
+    configs: dict = field(default_factory=dict)
+    """Each stage's config less every seed, as a digest (`_config_digests`): runs of one name merge as seeds only
+    where the stages both ran have the same."""
+
+    def same_settings(self, other: "RunTable") -> bool:
+        """Whether the stages both runs ran had the same configs but for seeds (a stage one run lacks, one that
+        failed, is no difference)."""
+        return all(other.configs[stage] == digest for stage, digest in self.configs.items() if stage in other.configs)
 
     @property
     def unit(self) -> str:
@@ -272,6 +282,9 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
                         mean, path=str(folder / fp32["file"]), tokenizer=str(tokenizer),
                         dev_metrics=_dev(fp32.get("metrics")) or None))
     for mode, entry in (record.get("int8") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise CompressError(f"{folder / 'quantize.json'}: int8.{mode}: no model file recorded; rerun the quantize "
+                                f"stage")
         mean, _, _ = _metric_value(entry.get("metrics"), metric)
         ort_file = entry.get("ort_file")
         rows.append(Row(f"{label} · int8 {mode}", "int8", f"onnx int8 {mode}", params,
@@ -453,7 +466,9 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     attach_bench(measured.get("bench") or {}, rows, metric, benched, f"{where}: bench")
     _mark_reference(rows)
     rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
-    manifests = [m for m in _manifests(run_dir) if m["stage"] in stages]
+    # the stages that made and measured the models (the report's own manifest, and the bundle made from it, would be
+    # the previous report's while the report stage runs)
+    manifests = [m for m in _manifests(run_dir) if m["stage"] in stages and m["stage"] not in ("report", "bundle")]
     seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
     env = teacher.get("env") or {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
@@ -467,7 +482,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
-    return RunTable(name, str(run_dir), metric, rows,
+    return RunTable(name, str(run_dir), metric, rows, configs=_config_digests(manifests),
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric])
@@ -490,6 +505,18 @@ def _is_pair(teacher: dict, recipe=None) -> bool:
 
 
 _ORDER = {"teacher": 0, "student": 1, "pruned": 2, "int8": 3}
+
+
+def _config_digests(manifests: Sequence[dict]) -> dict[str, str]:
+    """What the models of a run were made and measured with: each stage's config, every ``seed`` left out (runs that
+    differ in it are seeds of one experiment, `merge_seeds`), as a digest."""
+    def unseeded(value):
+        if isinstance(value, dict):
+            return {k: unseeded(v) for k, v in value.items() if k != "seed"}
+        return [unseeded(v) for v in value] if isinstance(value, list) else value
+
+    return {m["stage"]: hashlib.sha256(json.dumps(unseeded(m.get("config")), sort_keys=True, default=str).encode()
+                                       ).hexdigest()[:16] for m in manifests}
 
 
 def _manifests(run_dir: Path) -> list[dict]:
@@ -516,11 +543,16 @@ def _mark_reference(rows: Sequence[Row]) -> None:
 def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
     one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency."""
-    groups: dict[str, list[RunTable]] = {}
-    for t in tables:
-        groups.setdefault(t.run, []).append(t)
+    groups: list[list[RunTable]] = []
+    for t in tables:  # the same name and the same configs but for the seeds (other settings: apart, named by folder)
+        group = next((g for g in groups if g[0].run == t.run and all(t.same_settings(o) for o in g)), None)
+        if group is None:
+            groups.append([t])
+        else:
+            group.append(t)
     out = []
-    for name, group in groups.items():
+    for group in groups:
+        name = group[0].run
         seeds = [tuple(t.provenance.get("seeds") or ()) for t in group]
         if len(group) == 1 or len(set(seeds)) < len(seeds):  # one run, or the same seed twice: keep apart
             out += group
@@ -999,6 +1031,12 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
                 extra: Optional[dict] = None) -> dict[str, Path]:
     """Tables of several run folders into ``out`` (the first with ``recipe``'s provenance and ``extra``
     measurements)."""
+    seen, unique = set(), []
+    for d in run_dirs:  # a folder given twice (or a compare entry naming the run itself): one table
+        if Path(d).resolve() not in seen:
+            seen.add(Path(d).resolve())
+            unique.append(d)
+    run_dirs = unique
     tables = merge_seeds([collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
                           for i, d in enumerate(run_dirs)])
     names = [t.run for t in tables]

@@ -666,7 +666,8 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
     # settings that were accepted and did nothing
     ({"students.0.distill.intermediate_max_steps": 5},
      r"students\[0\]\.distill\.intermediate_max_steps: caps two_step's intermediate step"),
-    ({"students.0.kind": "narrow", "students.0.hidden": 64, "students.0.layers": None, "students.0.keep_layers": [1, 2]},
+    ({"students.0.kind": "narrow", "students.0.hidden": 64, "students.0.layers": None,
+      "students.0.keep_layers": [1, 2]},
      r"students\[0\]\.keep_layers: picks layers of a checkpoint \(init\) or of the teacher"),
     ({"students.0.distill.matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "attention",
                                       "projection": "linear"}]},

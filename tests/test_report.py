@@ -811,3 +811,65 @@ def test_seed_runs_that_chose_different_speedup_references_merge_with_one(tmp_pa
     merged, = merge_seeds([table(42, False), table(43, True)])
     assert [r.name for r in merged.rows if r.reference] == ["teacher · onnx fp32 fused"]
     assert merged.reference_row().latency[2].p50_ms == 10.0
+
+
+def test_runs_of_one_name_merge_as_seeds_only_when_nothing_but_seeds_differs(tmp_path, capsys):
+    """Two folders of one recipe name whose settings differ (a quantize budget here) were averaged as if seeds; a folder
+    named twice gave two identical tables; a report (and the bundle made from it) listed in the provenance of the
+    report stage being redone."""
+    from compress.report import merge_seeds
+
+    lat = {"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}
+    a = make_run(tmp_path / "a", "quickstart", **_files(tmp_path), seed=42, latency=lat)
+    b = make_run(tmp_path / "b", "quickstart", **_files(tmp_path), seed=43, latency=lat, int8={"dynamic": (0.8, True)})
+
+    def configure(run, seed, max_drop):
+        path = run / "quantize" / "manifest.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "config": {"quantize": {"max_drop": max_drop}, "teacher": {"seed": seed}}}))
+
+    configure(a, 42, 0.3)
+    configure(b, 43, 1.0)
+    assert len(merge_seeds([collect(a), collect(b)])) == 2  # apart: other settings
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "apart")]) == 0
+    md = (tmp_path / "apart" / "report.md").read_text()
+    assert f"## quickstart ({a})" in md and f"## quickstart ({b})" in md and "n=2" not in md
+    configure(b, 43, 0.3)  # the same settings, another seed (in the configs too): one table of two seeds
+    merged = merge_seeds([collect(a), collect(b)])
+    assert len(merged) == 1 and merged[0].provenance["seeds"] == [42, 43]
+    again = tmp_path / "a" / ".." / "a" / "quickstart"  # the same folder, spelt otherwise
+    assert main(["report", str(a), str(again), "--out", str(tmp_path / "twice")]) == 0
+    assert (tmp_path / "twice" / "report.md").read_text().count("## quickstart") == 1
+    for stage in ("report", "bundle"):  # the previous report's manifests, while the report stage is redone
+        (a / stage).mkdir()
+        (a / stage / "manifest.json").write_text(json.dumps({"stage": stage, "seed": 42, "created": "2026-11-26T09"}))
+    assert "report (" not in collect(a).provenance["stages"] and "bundle (" not in collect(a).provenance["stages"]
+
+
+def test_a_bench_without_a_quantize_stage_is_put_on_the_model_it_timed(tmp_path):
+    """A run with a bench stage and no quantize stage: the bench's numbers (a pruned model's) were put on the teacher's
+    rows (its torch latency, its "onnx fp32" with the pruned model's size and accuracy) and every speedup was wrong."""
+    from compress.report import bench_source
+
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path),
+                   latency={"torch_fp32": {2: 30.0}, "onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}})
+    path = run / "bench" / "bench.json"
+    bench = json.loads(path.read_text())
+    bench["artifacts"]["torch_fp32"]["model_dir"] = str(run / "prune" / "model")
+    path.write_text(json.dumps(bench))
+    shutil.rmtree(run / "quantize")
+    rows = {r.name: r for r in collect(run).rows}
+    assert {"pruned", "pruned · onnx fp32", "pruned · int8 dynamic"} <= set(rows)
+    assert "teacher · int8 dynamic" not in rows and not rows["teacher"].latency
+    for model_dir, label in (("r/distill/small/model", "student small"), ("r/teacher/model", "teacher"),
+                             ("r/prune/model/", "pruned"), ("", "teacher")):
+        assert bench_source({}, {"artifacts": {"torch_fp32": {"model_dir": model_dir}}}) == label
+    assert bench_source({"source": {"model": "prune"}}, {}) == "pruned"
+
+
+def test_a_quantize_record_without_a_model_file_is_one_line(tmp_path):
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path))
+    (run / "quantize" / "quantize.json").write_text(json.dumps({"int8": {"dynamic": {"metrics": {}}}}))
+    with pytest.raises(CompressError, match=r"quantize\.json: int8\.dynamic: no model file recorded; rerun the "
+                                            r"quantize stage"):
+        collect(run)
