@@ -212,7 +212,8 @@ def check_parity(torch_logits: np.ndarray, onnx_logits: np.ndarray, *, atol: flo
     parity = Parity(len(torch_logits), diff, agree, atol, min_agreement)
     if not np.isfinite(diff) or diff > atol or agree < min_agreement:
         raise CompressError(f"{what} parity check failed on {parity.rows} dev rows: max |dlogit| = {diff:.3g} "
-                            f"(tolerance {atol:g}), argmax agreement = {agree:.4f} (required {min_agreement:g})")
+                            f"(tolerance {atol:g}: quantize.parity_atol), argmax agreement = {agree:.4f} (required "
+                            f"{min_agreement:g}: quantize.parity_min_agreement)")
     return parity
 
 

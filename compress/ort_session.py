@@ -56,13 +56,23 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
     import onnx
     import onnxruntime as ort
 
-    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
-              for n in onnx.load(str(src), load_external_data=False).graph.node)
+    try:
+        qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                  for n in onnx.load(str(src), load_external_data=False).graph.node)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise CompressError(f"{src}: conversion to ORT format failed (not an ONNX model: "
+                            f"{str(e).strip().splitlines()[0][:200]})") from None
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if qdq else
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     options.optimized_model_filepath = str(dst)
     options.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS))
+    try:
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(SLOW_FUSIONS))
+    except Exception as e:  # onnxruntime's own exception types: one line, and no half-written .ort left
+        Path(dst).unlink(missing_ok=True)
+        raise CompressError(f"{src}: conversion to ORT format failed ({str(e).strip().splitlines()[0][:200]})") \
+            from None
     return Path(dst)
 

@@ -99,7 +99,9 @@ def test_parity_failure_reports_numbers():
     ref = np.array([[0.0, 1.0], [2.0, 0.0], [0.1, 0.2]], dtype=np.float32)
     bad = ref.copy()
     bad[2] = [0.3, 0.2]  # argmax flips, |d| = 0.2
-    with pytest.raises(CompressError, match=r"max \|dlogit\| = 0\.2.*argmax agreement = 0\.6667"):
+    with pytest.raises(CompressError, match=r"max \|dlogit\| = 0\.2 \(tolerance 0\.001: quantize\.parity_atol\), "
+                                            r"argmax agreement = 0\.6667 \(required 0\.999: "
+                                            r"quantize\.parity_min_agreement\)"):  # the settings to loosen, named
         check_parity(ref, bad, atol=1e-3)
     with pytest.raises(CompressError, match="shape"):
         check_parity(ref, ref[:, :1])

@@ -522,6 +522,20 @@ def test_ort_format_of_a_static_model_leaves_out_the_slow_fusion(tmp_path, tiny_
     optimize_onnx(tmp_path / "model.onnx", fused)
     dynamic = to_ort_format(quantize_dynamic(fused, tmp_path / "int8_dynamic.onnx", cfg), tmp_path / "int8_dynamic.ort")
     assert b"SkipLayerNormalization" not in dynamic.read_bytes()
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")  # onnxruntime's failure: one line, no .ort left
+    with pytest.raises(CompressError, match=r"broken\.onnx: conversion to ORT format failed \("):
+        to_ort_format(tmp_path / "broken.onnx", tmp_path / "broken.ort")
+    assert not (tmp_path / "broken.ort").exists()
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "unknown_op.onnx")  # an ONNX file onnxruntime cannot load
+    with pytest.raises(CompressError, match=r"unknown_op\.onnx: conversion to ORT format failed \(.*NoSuchOp"):
+        to_ort_format(tmp_path / "unknown_op.onnx", tmp_path / "unknown_op.ort")
+    assert not (tmp_path / "unknown_op.ort").exists()
 
 
 def test_dynamic_settings_say_the_plain_graph_when_the_fused_one_was_refused(tmp_path, tiny_model, sst2, monkeypatch):
