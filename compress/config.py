@@ -1036,7 +1036,7 @@ class Recipe:
             raise CompressError(f"{file}: prune.source: {self.prune.source!r} is neither teacher nor a student "
                                 f"({', '.join(students) or 'no students'})")
         if self.prune is not None and self.prune.recover is not None and self.prune.recover.data == "transfer":
-            self._check_transfer_recovery(file, students)
+            self._check_transfer_recovery(file)
         if self.quantize is not None and self.quantize.guard_rows == "holdout" and self.task.holdout == 0:
             raise CompressError(f"{file}: quantize.guard_rows: holdout, but task.holdout is 0 (no held-out rows); set "
                                 f"task.holdout > 0 or guard_rows: dev")
@@ -1059,14 +1059,17 @@ class Recipe:
         if deeper:  # `compress search` refuses it too (a hub teacher's depth is known once it has trained)
             raise CompressError(f"{file}: search.depths: {deeper[0]} layers, but the teacher has {depths['teacher']}")
         if self.prune is not None and self.prune.layers:
-            source = self.prune.source or (students[0] if students else "teacher")
-            self._check_prune_layers(file, depths.get(source))
+            self._check_prune_layers(file, self._prune_source(), depths.get(self._prune_source()))
         sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
         if self.quantize is not None and self.quantize.source not in (None, *sources):
             raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
                                 f"models ({', '.join(sources)})")
 
-    def _check_transfer_recovery(self, file: str, students: list[str]) -> None:
+    def _prune_source(self) -> str:
+        """The model the prune stage prunes: ``prune.source``, else the first student, else the teacher."""
+        return self.prune.source or (self.students[0].name if self.students else "teacher")
+
+    def _check_transfer_recovery(self, file: str) -> None:
         """``prune.recover.data: transfer`` where the pruned model is a student distilled on a transfer set whose
         teacher logits the distill stage saves (`DistillConfig.caches_transfer_logits`, by it or by another student of
         the same augment setting), with a KD term to learn the copies from: not once the teacher and students have
@@ -1075,7 +1078,7 @@ class Recipe:
         if self.prune.recover.kd_weight == 0:
             raise CompressError(f"{where}: needs prune.recover.kd_weight > 0 (the augmented copies have no gold label: "
                                 f"only the KD term learns from them)")
-        source = self.prune.source or (students[0] if students else "teacher")
+        source = self._prune_source()
         if source == "teacher":
             raise CompressError(f"{where}: needs a distilled student as prune.source (got 'teacher')")
         augment = next(s for s in self.students if s.name == source).distill.augment
@@ -1097,15 +1100,13 @@ class Recipe:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
 
-    def _check_prune_layers(self, file: str, depth: Optional[int]) -> None:
-        """``prune.layers`` names layers of the model pruned (``depth`` layers; None: not known here, a hub model's),
-        before torch: not once the teacher and students have trained and been scored."""
+    def _check_prune_layers(self, file: str, source: str, depth: Optional[int]) -> None:
+        """``prune.layers`` names layers of the model pruned (``source``, of ``depth`` layers; None: not known here, a
+        hub model's), before torch: not once the teacher and students have trained and been scored."""
         for name in self.prune.layers if depth is not None else ():
-            index = int(name.rsplit(".", 1)[1])
-            if index >= depth:
-                raise CompressError(f"{file}: prune.layers.{name}: no such layer: the model pruned "
-                                    f"({self.prune.source or (self.students[0].name if self.students else 'teacher')}) "
-                                    f"has {depth} layers (layer.0 to layer.{depth - 1})")
+            if int(name.rsplit(".", 1)[1]) >= depth:
+                raise CompressError(f"{file}: prune.layers.{name}: no such layer: the model pruned ({source}) has "
+                                    f"{depth} layers (layer.0 to layer.{depth - 1})")
 
     def _check_student_depths(self, file: str) -> dict[str, Optional[int]]:
         """Each student's depth against the model it copies layers from, and its distillation matches against both
