@@ -43,6 +43,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
                                         with_kwargs=True)
         metrics = evaluate(model, ds, collator, spec, batch_size=8)
         Path(out, f"{rank}.json").write_text(json.dumps({"metrics": metrics, "rows": sum(seen)}))
+        dist.barrier()  # both done before either tears its gloo pairs down
     finally:
         dist.destroy_process_group()
 
@@ -70,6 +71,7 @@ def _share_worker(rank: int, world: int, init: str, out: str) -> None:
         model, ds, collator, _ = _scored()
         logits = predict_shared(model, ds.select([0]), collator, batch_size=8)
         Path(out, f"{rank}.json").write_text(json.dumps(logits.tolist()))
+        dist.barrier()  # both done before either tears its gloo pairs down (a process aborted there once, in CI)
     finally:
         dist.destroy_process_group()
 
