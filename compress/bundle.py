@@ -125,15 +125,12 @@ BERT_NORMALIZER_DEFAULTS = {"do_lower_case": True, "strip_accents": None, "token
 """Their defaults for those, which apply where tokenizer_config.json leaves a key out."""
 
 
-def _model_config_tokenizer_class(path: Path) -> str:
+def _model_config_tokenizer_class(folder: Path) -> str:
     """The tokenizer class transformers' AutoTokenizer takes for a folder whose tokenizer_config.json names none:
-    the ``config.json`` beside it names one, or its ``model_type``'s (``bert`` -> BertTokenizer); "" without one."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(config, dict):
-        return ""
+    the ``config.json`` there names one, or its ``model_type``'s (``bert`` -> BertTokenizer); "" without one."""
+    from compress.config import _folder_config
+
+    config = _folder_config(str(folder)) or {}
     if config.get("tokenizer_class"):
         return str(config["tokenizer_class"])
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
@@ -181,7 +178,7 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     names = {"do_lower_case": "lowercase", "strip_accents": "strip_accents", "tokenize_chinese_chars":
              "handle_chinese_chars"}
     state = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else {}
-    tokenizer_class = str(settings.get("tokenizer_class") or _model_config_tokenizer_class(src.with_name("config.json"))
+    tokenizer_class = str(settings.get("tokenizer_class") or _model_config_tokenizer_class(src.parent)
                           ).removesuffix("Fast")
     wanted = {**(BERT_NORMALIZER_DEFAULTS if tokenizer_class in BERT_NORMALIZER_CLASSES else {}),
               **{k: settings[k] for k in names if k in settings}}

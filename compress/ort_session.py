@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from compress.bundle_predict import DISABLED_OPTIMIZERS
+from compress.bundle_predict import DISABLED_OPTIMIZERS, first_line
 from compress.errors import CompressError
 
 SLOW_FUSIONS = DISABLED_OPTIMIZERS
@@ -60,8 +60,7 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
         qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                   for n in onnx.load(str(src), load_external_data=False).graph.node)
     except Exception as e:  # protobuf's DecodeError and friends
-        raise CompressError(f"{src}: conversion to ORT format failed (not an ONNX model: "
-                            f"{str(e).strip().splitlines()[0][:200]})") from None
+        raise CompressError(f"{src}: conversion to ORT format failed (not an ONNX model: {first_line(e)})") from None
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if qdq else
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
@@ -72,7 +71,6 @@ def to_ort_format(src: str | Path, dst: str | Path) -> Path:
                              disabled_optimizers=list(SLOW_FUSIONS))
     except Exception as e:  # onnxruntime's own exception types: one line, and no half-written .ort left
         Path(dst).unlink(missing_ok=True)
-        raise CompressError(f"{src}: conversion to ORT format failed ({str(e).strip().splitlines()[0][:200]})") \
-            from None
+        raise CompressError(f"{src}: conversion to ORT format failed ({first_line(e)})") from None
     return Path(dst)
 

@@ -18,9 +18,7 @@ in ``report/latency.json``. ``compress report RUN...`` re-measures nothing. Rend
 from __future__ import annotations
 
 import base64
-import hashlib
 import html as html_lib
-import json
 import logging
 import math
 import re
@@ -515,8 +513,9 @@ def _config_digests(manifests: Sequence[dict]) -> dict[str, str]:
             return {k: unseeded(v) for k, v in value.items() if k != "seed"}
         return [unseeded(v) for v in value] if isinstance(value, list) else value
 
-    return {m["stage"]: hashlib.sha256(json.dumps(unseeded(m.get("config")), sort_keys=True, default=str).encode()
-                                       ).hexdigest()[:16] for m in manifests}
+    from compress.manifest import fingerprint
+
+    return {m["stage"]: fingerprint({"config": unseeded(m.get("config"))}) for m in manifests}
 
 
 def _manifests(run_dir: Path) -> list[dict]:
