@@ -102,6 +102,12 @@ class TaskConfig:
         unknown = [split for split in self.files or {} if split not in ("train", "dev", "test")]
         if unknown:  # a run reads these three only
             raise CompressError(f"{file}: {where}.files.{unknown[0]}: unknown split (splits: train, dev, test)")
+        from compress.rows import SUFFIXES
+
+        for split, path in (self.files or {}).items():
+            if Path(path).suffix.lower() not in SUFFIXES:
+                raise CompressError(f"{file}: {where}.files.{split}: {path!r} is not one of the file types read "
+                                    f"({', '.join(SUFFIXES)}); rename it to say which")
 
         if self.name in GLUE_TASKS and not self.files and not self.hub_dataset and (
                 self.labels is not None or self.metrics is not None or self.regression):

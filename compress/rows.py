@@ -26,6 +26,7 @@ from compress.tasks import TaskSpec, data_dir, split_paths, task_spec
 csv.field_size_limit(sys.maxsize)
 log = logging.getLogger(__name__)
 _WARNED: set = set()  # (file, label) pairs already warned of: every stage reads the task again
+SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")  # what `read_rows` reads; anything else is refused, not guessed
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
@@ -38,6 +39,9 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
     if not path.is_file():
         raise CompressError(f"{path}: file not found")
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CompressError(f"{path}: unknown file type {path.suffix or '(no extension)'!r}: a data file is "
+                            f"{', '.join(SUFFIXES)}")
     text = _read_text(path)
     if suffix == ".json" and text.lstrip(" \t\r\n").startswith("["):
         return _read_json_array(path, text)

@@ -532,3 +532,23 @@ def test_a_hub_dataset_offline_and_not_cached_fails_at_once_in_one_line(monkeypa
                                             r"'train': .*\(OfflineModeIsEnabled\) \(the hub cannot be reached and the "
                                             r"datasets cache does not hold it: use task\.files"):
         load_task(cfg, seed=0)  # OfflineModeIsEnabled: the cache was asked, no download was tried
+
+
+def test_a_data_file_of_an_unlisted_type_is_refused_not_read_as_tsv(tmp_path):
+    """`files: {train: reviews.txt}` (comma-separated inside) was read as a TSV: one column named after the whole
+    header line, then "no column 'review'" — or, for a one-column file, rows trained on as they were. The recipe names
+    the field; the reader, reached without a recipe, names the file."""
+    from compress.rows import read_rows
+
+    cfg = _custom(tmp_path, "reviews.txt", "review,stars\ngreat,pos\n")
+    with pytest.raises(CompressError, match=r"^r\.yaml: task\.files\.train: '.*reviews\.txt' is not one of the file "
+                                            r"types read \(\.tsv, \.csv, \.jsonl, \.json\); rename it to say which$"):
+        cfg.validate("r.yaml", "task")
+    with pytest.raises(CompressError, match=r"reviews\.txt: unknown file type '\.txt': a data file is \.tsv, \.csv"):
+        load_split(cfg, "train")
+    (tmp_path / "noext").write_text("review\tstars\ngreat\tpos\n")
+    with pytest.raises(CompressError, match=r"noext: unknown file type '\(no extension\)'"):
+        read_rows(tmp_path / "noext")
+    ok = _custom(tmp_path, "reviews.TSV", "review\tstars\ngreat\tpos\n")  # the type's case does not matter
+    ok.validate("r.yaml", "task")
+    assert load_split(ok, "train")["label"] == [1]
