@@ -140,6 +140,12 @@ def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
             for r in rows]
 
 
+def _share(total: int, parts: int, k: int) -> int:
+    """Part ``k`` of ``total`` split over ``parts`` as evenly as whole numbers go (the parts sum to ``total``: a
+    rounded-up share per round timed 21 runs for ``repeats: 20`` over 3 rounds, 3 for ``repeats: 1``)."""
+    return total // parts + (k < total % parts)
+
+
 def _rotated(names: list[str], i: int) -> list[str]:
     return names[i % len(names):] + names[: i % len(names)]
 
@@ -201,9 +207,11 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
         for batch, seq in shapes:
             feeds = {n: fixed_inputs(r.names, batch, seq, vocab_size=vocab_size) for n, r in runners.items()}
             times = {n: [] for n in names}
-            if series:  # repeats, min_runs and max_seconds split over the rounds
-                repeats, min_runs = -(-cfg.repeats // rounds), -(-cfg.min_runs // rounds)
+            if series:  # repeats, min_runs and max_seconds split over the rounds (repeats: at most, in all)
                 for k in range(rounds):
+                    repeats, min_runs = _share(cfg.repeats, rounds, k), _share(cfg.min_runs, rounds, k)
+                    if not repeats:
+                        continue
                     for n in _rotated(names, k):
                         times[n] += time_fixed(functools.partial(runners[n], feeds[n]), cfg.warmup, repeats,
                                                cfg.max_seconds / rounds, min_runs)
@@ -300,9 +308,11 @@ def _peak_rss_mb() -> float:
 
 def probe_job(name: str, art: dict, cfg: BenchConfig, rows: list, vocab: Optional[int], shapes: list) -> dict:
     """What `probe_memory` is given for one artifact: its file, a few dev rows, the largest fixed shape, and the
-    timing's thread count and spin setting (the probe's session was built spinning whatever ``bench.spin`` said)."""
+    timing's thread count, spin setting and session kind (the probe's session was built spinning whatever
+    ``bench.spin`` said; a peer's, timed with ORT's stock settings, with ours)."""
     return {"name": name, "kind": art["kind"], "path": art.get("path"), "model_dir": art.get("model_dir"),
             "dev_rows": rows, "threads": cfg.threads, "vocab_size": vocab, "spin": cfg.spin,
+            "stock": art.get("stock", False),
             "largest": max(shapes, key=lambda x: x[0] * x[1]) if shapes else None}
 
 
@@ -320,10 +330,13 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     spec_path, out_path = workdir / f"{stem}.spec.json", workdir / f"{stem}.out.json"
     spec_path.write_text(json.dumps(spec))
     pipe = subprocess.PIPE if quiet else None
-    # -P: no working directory on sys.path, so the worker imports the same compress as this process, not a
-    # checkout that happens to sit in the folder the command was started from
+    # the same compress as this process: -P keeps the working directory (a checkout that happens to sit in the
+    # folder the command was started from) off sys.path, and this process's package root goes first on it (run from a
+    # source folder that is not the installed copy, -P alone imported the installed one)
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path, **env}, text=True,
                           stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if proc.returncode != 0 or "error" in result or not result:

@@ -102,6 +102,9 @@ class TaskConfig:
         unknown = [split for split in self.files or {} if split not in ("train", "dev", "test")]
         if unknown:  # a run reads these three only
             raise CompressError(f"{file}: {where}.files.{unknown[0]}: unknown split (splits: train, dev, test)")
+        if self.hub_dataset and (self.files or self.data_dir):
+            raise CompressError(f"{file}: {where}.{'files' if self.files else 'data_dir'}: not read with "
+                                f"hub_dataset (the run reads {self.hub_dataset!r}); keep one of the two")
         from compress.rows import SUFFIXES
 
         for split, path in (self.files or {}).items():
@@ -823,8 +826,8 @@ class BenchConfig:
     """Let idle worker threads spin (torch OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning): lowest latency on a dedicated
     CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
     isolate: bool = True
-    """Measure each artifact in a fresh process (its own peak RSS, no state from the others); false: all in one
-    process (faster start; peak RSS is then the process's high-water mark so far, not per artifact)."""
+    """Measure each artifact's peak RSS in a fresh process (its own, no state from the others); false: no memory
+    figures (one process's high-water mark is not any artifact's: the report and manifest say "not measured")."""
 
     def validate(self, file: str, where: str) -> None:
         if self.rounds < 1:
@@ -991,6 +994,13 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
     if deeper:
         raise CompressError(f"{recipe.path}: search.depths: {deeper[0]} layers, but the teacher has {depth}")
     return cfg
+
+
+def newest_source(recipe: "Recipe", stages) -> str:
+    """The newest model among the run's ``stages`` (names, or a mapping keyed by them): "prune", else the first
+    student's name (stage distill), else "teacher" (the quantize stage's default source)."""
+    students = [s.name for s in (getattr(recipe, "students", None) or [])]
+    return "prune" if "prune" in stages else (students[0] if students and "distill" in stages else "teacher")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -75,7 +76,30 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=features)
     elif spec.labels is not None and isinstance(ds.features["label"], datasets.ClassLabel):
         ds = _hub_class_labels(cfg, spec, hub_split, ds)
+    _check_hub_rows(cfg, spec, hub_split, ds, {v: k for k, v in keep.items()})
     return ds
+
+
+def _check_hub_rows(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset, columns: dict[str, str]) -> None:
+    """One line for a hub dataset's row that local files would have refused (and training met as a traceback): a text
+    that is missing or not a string, a label that is not one of the task's class indices (a plain integer column's
+    2 of two labels, an unlabelled split's -1, 0.5), a regression target that is not a finite number. ``columns``:
+    the dataset's names of the text, text_pair and label columns."""
+    where = f"task.hub_dataset {cfg.hub_dataset} split {split!r}"
+    for key in ("text", "text_pair"):
+        if key in ds.column_names:
+            bad = next((i for i, t in enumerate(ds[key]) if not isinstance(t, str) or not t.strip()), None)
+            if bad is not None:
+                raise CompressError(f"{where}: row {bad} has no text in column {columns[key]!r} "
+                                    f"(got {ds[bad][key]!r})")
+    for i, value in enumerate(ds["label"]):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        what = "a finite number"
+        if spec.labels is not None:
+            ok = ok and value == int(value) and 0 <= value < len(spec.labels)
+            what = f"a class index 0..{len(spec.labels) - 1} of {spec.labels}"
+        if not ok:
+            raise CompressError(f"{where}: row {i}'s label {value!r} in column {columns['label']!r} is not {what}")
 
 
 def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) -> Dataset:

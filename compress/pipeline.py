@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from compress import __version__, hub
-from compress.config import Recipe, TrainConfig
+from compress.config import Recipe, TrainConfig, newest_source
 from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, read_json,
@@ -63,12 +63,26 @@ class Stage:
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
 
-    def upstream(self, done) -> tuple[str, ...]:
-        return self.needs + tuple(u for u in self.uses if u in done)
+    reads_only: Optional[Callable[[Recipe, tuple[str, ...]], tuple[str, ...]]] = None
+    """(recipe, upstream stages) -> those the stage reads for this recipe, when fewer: the quantize stage reads only
+    its source model's stage (and the teacher's), so a new pruning does not redo the int8 teacher of
+    ``quantize.source: teacher``. Only those are its inputs and in its fingerprint."""
+
+    def upstream(self, done, recipe: Optional[Recipe] = None) -> tuple[str, ...]:
+        names = self.needs + tuple(u for u in self.uses if u in done)
+        if self.reads_only is None or recipe is None:
+            return names
+        return tuple(n for n in names if n in self.reads_only(recipe, names))
 
     def function(self):
         module, fn = self.entry.split(":")
         return getattr(importlib.import_module(module), fn)
+
+
+def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The teacher's stage and the one holding ``quantize.source`` (else the newest model: `newest_source`)."""
+    source = recipe.quantize.source or newest_source(recipe, names)
+    return "teacher", source if source in ("teacher", "prune") else "distill"
 
 
 STAGES: list[Stage] = [
@@ -83,7 +97,7 @@ STAGES: list[Stage] = [
     # metrics (and the guard's baseline) are model.onnx's own, .ort files without ORT's slow fusions, dynamic guard
     # candidates only the nodes dynamic int8 changes
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
-          revision=3),
+          revision=3, reads_only=_quantize_reads),
     # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
@@ -121,20 +135,37 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
+    inputs = _inputs(recipe, stage, upstream)
+    return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
+
+
+def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], earlier: bool = False) -> dict[str, str]:
+    """What the stage reads, path (or ``<stage>/<file>``) -> sha256: the task's data files, files it ships, the files
+    of local model folders it loads (`model_file`), other run folders' manifests, and the outputs of the upstream
+    stages it reads. ``earlier``: as compress computed them before (every file of a model folder, every upstream
+    stage), for `_accepted_fingerprints`."""
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
     inputs.update({f"package:compress/{name}": sha256_file(Path(__file__).with_name(name)) for name in stage.ships})
+    keep = (lambda rel: not hidden_path(rel)) if earlier else model_file
     for folder in _folders(recipe, stage.models):
-        inputs.update({str(Path(folder) / rel): digest
-                       for rel, digest in hash_tree(Path(folder), keep=lambda rel: not hidden_path(rel)).items()})
+        inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder), keep=keep).items()})
     for run in _folders(recipe, stage.runs, models=False):
         if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
             continue
         inputs.update({str(p): sha256_file(p) for p in sorted(Path(run).glob("*/manifest.json"))
                        if not p.parent.name.startswith(".")})  # not a killed or working run's .<stage>.tmp-PID
-    for need in stage.upstream(upstream):
+    for need in stage.upstream(upstream, None if earlier else recipe):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
-    return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
+    return inputs
+
+
+def model_file(rel: str) -> bool:
+    """Whether loading a model folder (``from_pretrained``, model and tokenizer) may read the file at ``rel``: a
+    top-level file, not hidden, not a model card (``*.md``). A subfolder (a Trainer's ``checkpoint-500/``, a
+    sentence-transformers module) is not read: adding one, or a README, redid the stage and all after it."""
+    parts = Path(rel).parts
+    return len(parts) == 1 and not parts[0].startswith(".") and not parts[0].lower().endswith(".md")
 
 
 def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict) -> str:
@@ -144,14 +175,33 @@ def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict)
     return fingerprint(payload)
 
 
-def _earlier_fingerprint(recipe: Recipe, stage: Stage, inputs: dict) -> Optional[str]:
-    """The fingerprint as stages had it before `RUN_ONLY_KEYS` were left out (with their values), which `_reuse` still
-    accepts: a finished stage of a recipe that set checkpoint_every is not redone for the change. None where the
-    recipe sets none of them (the fingerprint is the same)."""
-    config = _config(recipe, stage)
-    if json.dumps(_result_config(config)) == json.dumps(config):
-        return None
-    return _stage_fingerprint(recipe, stage, inputs, config)
+def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict,
+                           recorded: dict) -> set[str]:
+    """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
+    - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
+      file of a model folder (before `model_file`) and every upstream stage's outputs (before `Stage.reads_only`);
+    - with an input file that the stage's manifest (``recorded``: its inputs) lists under another path with the same
+      sha256 keyed by that path: a data folder moved, copied, or reached through another spelling or a link (inputs
+      are keyed by path) redid every stage, hours of training, for the same bytes."""
+    configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
+    variants = [inputs, _inputs(recipe, stage, upstream, earlier=True)]
+    variants += [_same_content_keys(v, recorded) for v in variants]
+    return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
+
+
+def _same_content_keys(inputs: dict, recorded: dict) -> dict:
+    """``inputs`` with each path that ``recorded`` lacks renamed to a path of ``recorded`` (one ``inputs`` lacks) of
+    the same sha256, where there is one."""
+    spare: dict[str, list[str]] = {}
+    for key, digest in recorded.items():
+        if key not in inputs:
+            spare.setdefault(digest, []).append(key)
+    out = {}
+    for key, digest in inputs.items():
+        if key not in recorded and spare.get(digest):
+            key = spare[digest].pop(0)
+        out[key] = digest
+    return out
 
 
 RUN_ONLY_KEYS = ("checkpoint_every",)  # how a stage runs, not what it makes (a run checkpointing every N steps
@@ -212,8 +262,10 @@ def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: 
     return {**manifest, "env": {"versions": versions(), "host": host()}, "created": now_utc()}
 
 
-def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) -> tuple[Optional[dict], Optional[str]]:
-    """``(manifest, None)`` when ``folder`` holds a complete run with this fingerprint and intact outputs; else
+def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
+           upstream: Optional[dict[str, dict]] = None) -> tuple[Optional[dict], Optional[str]]:
+    """``(manifest, None)`` when ``folder`` holds a complete run with this fingerprint (or one of
+    `_accepted_fingerprints`; ``upstream``: the manifests of the stages done before it) and intact outputs; else
     ``(None, why not)`` in a few words (`_what_changed`)."""
     path = folder / "manifest.json"
     if not path.is_file():
@@ -225,7 +277,8 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict) ->
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
     recorded = manifest.get("fingerprint")
-    if recorded == fp or (recorded is not None and recorded == _earlier_fingerprint(recipe, stage, inputs)):
+    if recorded == fp or (recorded is not None and recorded in _accepted_fingerprints(
+            recipe, stage, upstream or {}, inputs, manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {})):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)
@@ -349,7 +402,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         folder = run_dir / stage.name
         fp, inputs = _fingerprint(recipe, stage, done)
         forced = stage.name in force or "all" in force
-        manifest, why = (None, "forced") if forced else _reuse(recipe, stage, folder, fp, inputs)
+        manifest, why = (None, "forced") if forced else _reuse(recipe, stage, folder, fp, inputs, done)
         if manifest is not None:
             log.info("stage %s: unchanged, reusing %s", stage.name, folder)
             print(f"[{stage.name}] up to date ({folder})")
@@ -375,7 +428,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         tmp.mkdir()
         try:
             with Timer() as timer:
-                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done)})
+                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done, recipe)})
             manifest = stage_manifest(recipe, stage, fp, inputs, tmp, result, wall_s=timer.seconds)
             write_json(tmp / "manifest.json", manifest)
         except BaseException:
@@ -419,7 +472,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
             why = "forced (--force)"
         else:
             fp, inputs = _fingerprint(recipe, stage, done)
-            manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs)
+            manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
         if manifest is not None:
             done[stage.name] = manifest
             out.append((stage.name, False, "up to date"))

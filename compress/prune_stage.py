@@ -27,7 +27,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from compress import prune as P
-from compress.config import PruneConfig, Recipe, RecoverConfig
+from compress.config import PruneConfig, Recipe, RecoverConfig, newest_source
 from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
     """(name, folder) of the model to prune: ``prune.source``, else the first student, else the teacher."""
     students = [s.name for s in (getattr(recipe, "students", None) or [])]
-    source = recipe.prune.source or (students[0] if students and "distill" in inputs else "teacher")
+    source = recipe.prune.source or newest_source(recipe, inputs)
     if source == "teacher":
         folder = inputs["teacher"] / "model"
     elif source in students:

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx
 
-from compress.config import QuantizeConfig, Recipe
+from compress.config import QuantizeConfig, Recipe, newest_source
 from compress.data import Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
@@ -68,8 +68,7 @@ STATIC_OPS = ["MatMul", "Gemm", "Gather"]
 def source_model(recipe: Recipe, inputs: dict[str, Path], source: Optional[str] = None) -> tuple[str, Path]:
     """(name, folder) of the model to quantize: ``source`` (teacher / prune / a student name), else the newest."""
     students = [s.name for s in (getattr(recipe, "students", None) or [])]
-    if source is None:
-        source = "prune" if "prune" in inputs else (students[0] if students and "distill" in inputs else "teacher")
+    source = source or newest_source(recipe, inputs)
     if source in ("teacher", "prune"):
         if source not in inputs:
             raise CompressError(f"{recipe.path}: quantize.source: stage {source!r} is not configured in this recipe")

@@ -125,6 +125,8 @@ def data_files(cfg: TaskConfig) -> list[Path]:
 
 
 def missing_files(cfg: TaskConfig) -> list[Path]:
-    """The files a run will read (train, dev, and test where the task has one) that are not there."""
+    """The files a run will read (train, dev, and a custom task's test file) that are not there. A GLUE task's test
+    file (MRPC's labelled one) is an extra: without it a run has no test metrics (`has_test_labels`)."""
     paths = split_paths(cfg)
-    return [paths[s] for s in ("train", "dev", "test") if s in paths and not paths[s].is_file()]
+    splits = ("train", "dev", "test") if cfg.files else ("train", "dev")
+    return [paths[s] for s in splits if s in paths and not paths[s].is_file()]

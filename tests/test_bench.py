@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from compress.manifest import write_json
 from compress.modeling import load_trained
 from compress.quantize import quantize_model
 from conftest import flip_first_onnx_scores
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,27 @@ def test_measure_orders(monkeypatch, dev, order):
     assert calls == expected
 
 
+def test_series_rounds_time_repeats_at_most_in_all(monkeypatch, dev):
+    """`repeats` is "timed runs per fixed shape, at most", and `min_runs` promised `repeats: 2` times 2: split over the
+    series' rounds each was rounded up per round (3 rounds: 21 runs for repeats 20, 3 for repeats 2 and for 1)."""
+    import compress.bench as B
+
+    class Fake:
+        names = ["input_ids", "attention_mask"]
+
+        def __call__(self, feeds):
+            pass
+
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake())
+    arts = {n: {"kind": "onnx", "name": n} for n in ("a", "b")}
+    for repeats, min_runs in ((2, 1), (20, 3), (5, 5), (1, 1)):
+        cfg = BenchConfig(threads=[1], batch_sizes=[1], seq_lengths=[8], dev_rows=2, warmup=0, repeats=repeats,
+                          min_runs=min_runs, rounds=3)
+        results = B.measure(arts, dev, cfg, {})
+        assert [r["runs"] for r in results["a"] if r["input"] == "b1xs8"] == [repeats]
+    assert [B._share(7, 3, k) for k in range(3)] == [3, 2, 2]
+
+
 def test_timing_helpers():
     calls = []
     times = time_fixed(lambda: calls.append(1), warmup=2, repeats=5, max_seconds=10.0, min_runs=3)
@@ -129,6 +153,27 @@ def test_timing_helpers():
     assert 2 <= len(slow) <= 4  # stops after max_seconds of timed runs
     p = percentiles([0.001, 0.002, 0.003, 0.004])
     assert p["p50_ms"] == pytest.approx(2.5) and p["runs"] == 4 and p["p99_ms"] <= 4.0
+
+
+def test_the_bench_worker_imports_the_compress_of_the_process_that_starts_it(tmp_path):
+    """Run from a source folder that is not the installed copy (a second checkout, a `pip install .`), the worker
+    (`python -P -m compress.bench`) imported the installed compress: the timings and memory were measured by other
+    code than the one running. A copy of the package whose worker says where it lives is the one the worker runs."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "checkout"
+    for package in ("compress", "teachers", "students"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    bench = src / "compress" / "bench.py"
+    bench.write_text(bench.read_text().replace('def _worker_main(spec: dict) -> dict:\n',
+                                               'def _worker_main(spec: dict) -> dict:\n    return {"file": __file__}\n'))
+    code = ("import sys, pathlib; sys.path.insert(0, sys.argv[1]); from compress.bench import _worker; "
+            "print(_worker({'mode': 'where'}, pathlib.Path(sys.argv[2]), 'w', {}, 'where')['file'])")
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(src / "compress" / "bench.py")
 
 
 def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_dir, dev, monkeypatch):
@@ -309,3 +354,19 @@ def test_the_memory_probe_runs_with_the_benchs_spin_setting(spin, tmp_path, monk
     monkeypatch.setattr(B, "_worker", lambda spec, workdir, stem, env, what: seen.update(env) or {})
     B.run_isolated(job, tmp_path)
     assert seen["OMP_WAIT_POLICY"] == ("ACTIVE" if spin else "PASSIVE")
+
+
+def test_a_peers_memory_is_probed_in_the_session_it_is_timed_in(monkeypatch):
+    """The Optimum peer is timed in a session with ORT's stock settings (every fusion on), but its peak RSS was probed
+    in one with ours (SkipLayerNormalization off): the memory of another graph than the one timed."""
+    from compress import bench as B
+
+    opened = []
+    monkeypatch.setattr(B, "OnnxRunner", lambda path, threads, spin, stock=False: opened.append(stock) or None)
+    for stock in (True, False):
+        art = {"kind": "onnx", "path": "m.onnx", **({"peer": True, "stock": True} if stock else {})}
+        job = B.probe_job("optimum_avx512_vnni" if stock else "int8_dynamic", art, BenchConfig(), [], 30522, [])
+        assert job["stock"] is stock
+        B.make_runner(job, 1, {}, False)
+        B.make_runner(art, 1, {}, False)
+    assert opened == [True, True, False, False]

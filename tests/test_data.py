@@ -1,5 +1,7 @@
 """Data loaders on the real GLUE files, and every error a user can cause."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -552,3 +554,54 @@ def test_a_data_file_of_an_unlisted_type_is_refused_not_read_as_tsv(tmp_path):
     ok = _custom(tmp_path, "reviews.TSV", "review\tstars\ngreat\tpos\n")  # the type's case does not matter
     ok.validate("r.yaml", "task")
     assert load_split(ok, "train")["label"] == [1]
+
+
+def test_a_hub_datasets_bad_labels_and_missing_texts_are_one_line(tmp_path, monkeypatch):
+    """Local files' row checks were skipped for hub datasets: a plain integer label column's 2 (of two labels) or -1
+    (an unlabelled split) trained into "IndexError: Target 2 is out of bounds", a row without text into a tokenizer
+    TypeError. Each is one line naming the split, row and column."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "validation.csv").write_text("sentence,label\nok,1\n")
+    cfg = TaskConfig(name="x", hub_dataset=str(folder), text_column="sentence", labels=["neg", "pos"], holdout=0.0)
+    for rows, said in (("good,1\nbad,2\n", r"row 1's label 2 in column 'label' is not a class index 0\.\.1 of "
+                                           r"\['neg', 'pos'\]"),
+                       ("good,1\nbad,-1\n", r"row 1's label -1 in column 'label'"),
+                       ("good,1\n,0\n", r"row 1 has no text in column 'sentence' \(got None\)")):
+        (folder / "train.csv").write_text(f"sentence,label\n{rows}")
+        with pytest.raises(CompressError, match=rf"^task\.hub_dataset {folder} split 'train': {said}"):
+            load_task(cfg, seed=0)
+    (folder / "train.csv").write_text("sentence,label\ngood,1\nbad,0\n")
+    assert sorted(load_task(cfg, seed=0).train["label"]) == [0, 1]
+    (folder / "train.csv").write_text("sentence,label\ngood,0.5\nbad,inf\n")
+    reg = TaskConfig(name="x", hub_dataset=str(folder), text_column="sentence", regression=True, holdout=0.0)
+    with pytest.raises(CompressError, match=r"split 'train': row 1.s label inf in column 'label' is not a finite"):
+        load_task(reg, seed=0)
+    with pytest.raises(CompressError, match=r"^r\.yaml: task\.files: not read with hub_dataset"):
+        TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos"],
+                   files={"train": "a.tsv", "dev": "b.tsv"}).validate("r.yaml", "task")
+    with pytest.raises(CompressError, match=r"^r\.yaml: task\.data_dir: not read with hub_dataset"):
+        TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos"], data_dir="d").validate("r.yaml", "task")
+
+
+def test_a_glue_mrpc_folder_without_its_test_file_runs_without_test_metrics(glue_dir, tmp_path, capsys):
+    """MRPC's labelled test.tsv is an extra (GLUE's own download has an unlabelled one): a folder with train and dev
+    only passed `validate` and then stopped every run at "test.tsv: file not found"."""
+    from compress.tasks import missing_files
+
+    folder = tmp_path / "MRPC"
+    folder.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(glue_dir / "MRPC" / name, folder / name)
+    cfg = TaskConfig(name="mrpc", data_dir=str(folder), max_train_samples=20)
+    assert missing_files(cfg) == []
+    data = load_task(cfg, seed=0)
+    assert data.test is None and len(data.dev) == 408
+    assert f"{folder / 'test.tsv'}: not there: no test metrics" in capsys.readouterr().err
+    custom = TaskConfig(name="mine", labels=["0", "1"], text_column="#1 String", label_column="Quality",
+                        files={"train": str(folder / "train.tsv"), "dev": str(folder / "dev.tsv"),
+                               "test": str(folder / "test.tsv")})
+    assert missing_files(custom) == [folder / "test.tsv"]  # a custom task's listed test file is not an extra

@@ -15,6 +15,7 @@ from compress.evaluate import predict
 from compress.modeling import load_for_task, load_trained, save
 from compress.pipeline import run_pipeline
 from compress.train import fit
+from teachers.zoo import sha256_file
 
 
 def test_tiny_bert_learns_sst2_slice_and_reloads(tiny_bert_dir, tmp_path):
@@ -848,6 +849,104 @@ def test_a_model_folders_hidden_files_are_not_inputs(tmp_path, tiny_bert_dir):
     assert after == before and str(tiny_bert_dir / "config.json") in after
 
 
+def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerprints_still_hold(tmp_path,
+                                                                                                  tiny_bert_dir):
+    """A README.md written into the teacher's model folder, or a Trainer's checkpoint-500/ left in it, redid the
+    teacher and every stage after it: from_pretrained reads neither. A stage recorded by the earlier code, which
+    hashed them, is still reused (its outputs are the same)."""
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    teacher = pipeline.STAGES[0]
+    fp, before = pipeline._fingerprint(recipe, teacher, {})
+    (tiny_bert_dir / "README.md").write_text("# my model card")
+    (tiny_bert_dir / "checkpoint-500").mkdir()
+    (tiny_bert_dir / "checkpoint-500" / "optimizer.pt").write_bytes(b"state")
+    assert pipeline._fingerprint(recipe, teacher, {}) == (fp, before)
+    (tiny_bert_dir / "vocab.txt").write_text((tiny_bert_dir / "vocab.txt").read_text() + "newword\n")
+    assert pipeline._fingerprint(recipe, teacher, {})[0] != fp  # what loading reads still counts
+
+    folder = tmp_path / "made-before"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "w.bin").write_bytes(b"weights")
+    earlier = pipeline._inputs(recipe, teacher, {}, earlier=True)
+    assert str(tiny_bert_dir / "README.md") in earlier
+    old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._config(recipe, teacher))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier,
+                                                      "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
+
+
+def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tmp_path, tiny_bert_dir,
+                                                                               monkeypatch):
+    """Inputs are keyed by path: the GLUE folder reached by another spelling (GLUE_DIR=/work/x/../shared/...), through
+    a link, or moved (a run folder copied to another machine), redid every stage ("now read from ... (same content)"),
+    hours for the SST-2 recipe. The same bytes under the recorded paths' names are the same inputs; an edited file is
+    still a change."""
+    from compress import pipeline
+
+    first = tmp_path / "glue"
+    (first / "SST-2").mkdir(parents=True)
+    (first / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    (first / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nfine\t1\nmeh\t0\n")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
+    teacher = pipeline.STAGES[0]
+
+    def reuse(glue_dir):
+        monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+        fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+        return fp, pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1]
+
+    monkeypatch.setenv("GLUE_DIR", str(first))
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                      "config": pipeline._config(recipe, teacher), "seed": recipe.seed}))
+    (tmp_path / "linked").symlink_to(first)
+    (tmp_path / "x").mkdir()
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    for other in (tmp_path / "linked", tmp_path / "x" / ".." / "glue", moved):
+        other_fp, why = reuse(other)
+        assert other_fp != fp and why is None, other
+    (moved / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\nawful\t0\n")
+    why = reuse(moved)[1]
+    assert why.startswith("changed: ") and "moved/SST-2/train.tsv" in why, why
+
+
+def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_bert_dir):
+    """`quantize.source: teacher`: every upstream stage's outputs were the quantize stage's inputs, so a new prune
+    setting (or student) re-exported, re-quantized and re-guarded the unchanged teacher, then the bench, report and
+    bundle. The stage reads its source's stage (and the teacher's); a quantize stage recorded by the earlier code is
+    still reused."""
+    from compress import pipeline
+
+    extra = ("students: [{name: s, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}]\n"
+             "prune: {heads: 0.5}\nquantize: {source: teacher}\n")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra))
+    quantize = next(s for s in pipeline.STAGES if s.name == "quantize")
+    done = {name: {"outputs": {"model/model.safetensors": name * 8}} for name in ("teacher", "distill", "prune")}
+    fp, inputs = pipeline._fingerprint(recipe, quantize, done)
+    assert {k.split("/")[0] for k in inputs if "/" in k and not k.startswith("/")} == {"teacher"}
+    assert pipeline._fingerprint(recipe, quantize, {**done, "prune": {"outputs": {"x": "new"}},
+                                                    "distill": {"outputs": {"y": "new"}}})[0] == fp
+    assert pipeline._fingerprint(recipe, quantize, {**done, "teacher": {"outputs": {"x": "new"}}})[0] != fp
+    for source, reads in ((None, {"teacher", "prune"}), ("s", {"teacher", "distill"})):
+        other = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra), {"quantize.source": source})
+        keys = pipeline._fingerprint(other, quantize, done)[1]
+        assert {k.split("/")[0] for k in keys if "/" in k and not k.startswith("/")} == reads
+    folder = tmp_path / "quantize"
+    folder.mkdir()
+    earlier = pipeline._inputs(recipe, quantize, done, earlier=True)
+    assert {"distill/model/model.safetensors", "prune/model/model.safetensors"} <= set(earlier)
+    old = pipeline._stage_fingerprint(recipe, quantize, earlier, pipeline._result_config(pipeline._config(recipe,
+                                                                                                       quantize)))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier, "outputs": {}}))
+    assert pipeline._reuse(recipe, quantize, folder, fp, inputs, done)[1] is None
+
+
 def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_bert_dir, tmp_path):
     """A hub repository cloned without git-lfs holds pointer files in place of the weights: validation refused
     nothing and loading ended in a SafetensorError traceback. Validation names the pointer; a truncated weights file
@@ -922,7 +1021,7 @@ def test_turning_checkpoints_on_trains_the_same_weights_and_redoes_no_stage(tiny
     path = tmp_path / "runs" / "tiny" / "teacher" / "manifest.json"
     manifest = json.loads(path.read_text())
     stage = next(s for s in pipeline.STAGES if s.name == "teacher")
-    old = pipeline._earlier_fingerprint(recipe, stage, manifest["inputs"])
+    old = pipeline._stage_fingerprint(recipe, stage, manifest["inputs"], pipeline._config(recipe, stage))
     assert old != manifest["fingerprint"]
     path.write_text(json.dumps({**manifest, "fingerprint": old}))
     assert run_pipeline(recipe)["teacher"]["created"] == done["created"]
