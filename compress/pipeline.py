@@ -52,6 +52,9 @@ class Stage:
     runs: tuple[str, ...] = ()
     """Recipe fields naming other run folders it reads (``report.compare``): their stages' manifest.json files are
     inputs (a stage redone there rewrites its manifest)."""
+    files: tuple[str, ...] = ()
+    """Files of a run folder (this run's, and those `runs` names) that it reads beside stage outputs, when there: their
+    sha256 are inputs (the report's line on ``compress search``'s results stayed out of date after a search)."""
     added: tuple[str, ...] = ()
     """Names of files and folders that tools a user runs in the stage's outputs add beside them (a bundle's
     ``npm install``: node_modules/, package-lock.json; ``from predict import Predictor``: __pycache__/): not outputs,
@@ -102,7 +105,8 @@ STAGES: list[Stage] = [
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
-          uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",)),
+          uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",),
+          files=("search/search.json",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
           added=("node_modules", "package-lock.json", "__pycache__"),
@@ -149,11 +153,14 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], earlier: bo
     keep = (lambda rel: not hidden_path(rel)) if earlier else model_file
     for folder in _folders(recipe, stage.models):
         inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder), keep=keep).items()})
-    for run in _folders(recipe, stage.runs, models=False):
-        if Path(run).resolve() == recipe.run_dir.resolve():  # this run itself: its stages are upstream already
-            continue
+    runs = [run for run in _folders(recipe, stage.runs, models=False)  # this run itself: its stages are upstream
+            if Path(run).resolve() != recipe.run_dir.resolve()]
+    for run in runs:
         inputs.update({str(p): sha256_file(p) for p in sorted(Path(run).glob("*/manifest.json"))
                        if not p.parent.name.startswith(".")})  # not a killed or working run's .<stage>.tmp-PID
+    for run in [recipe.run_dir, *runs]:
+        inputs.update({str(Path(run) / rel): sha256_file(Path(run) / rel) for rel in stage.files
+                       if (Path(run) / rel).is_file()})
     for need in stage.upstream(upstream, None if earlier else recipe):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest

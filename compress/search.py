@@ -200,9 +200,14 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     # the teacher stage's hashes of its files; a teacher without a manifest (put there by hand): its own files' hashes
     teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else hash_tree(teacher_dir)
     training = ("train_steps", "recover_steps", "batch_size", "lr")
-    train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": recipe.section("task"),
+    # max_eval_samples cuts the dev rows the candidates are scored on, not what trains them (it retrained every model):
+    # a measurement setting, kept in the task section at None so that the models of a recipe without it stay valid
+    task = {**recipe.section("task"), "max_eval_samples": None}
+    train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": task,
                                   "seed": recipe.seed, "teacher": teacher_id})
     measure = {k: getattr(cfg, k) for k in ("threads", "calibration_samples", "dev_rows")}
+    if recipe.task.max_eval_samples is not None:
+        measure["max_eval_samples"] = recipe.task.max_eval_samples
     protocol = protocol_changes(timing_config(recipe, cfg))
     settings = fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
                                                                                  else {})},

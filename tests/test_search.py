@@ -143,13 +143,18 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     # is measured again; the model behind it is not retrained
     int8 = Path(json.loads((out / "candidates" / "L3-k50-dynamic.json").read_text())["file"])
     int8.write_bytes(int8.read_bytes() + b"\0")
-    models = {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")}
+    models = {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")}
+    assert len(models) == 4  # one per model folder (L3 is the teacher itself)
     fourth = run_search(recipe, budget_ms=1000.0)
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
     # other timing threads: every candidate is timed again, no model is trained again
     fifth = run_search(recipe, budget_ms=1000.0, threads=2)
     assert fifth["counts"]["measured"] == 4 and fifth["threads"] == 2
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
+    # fewer dev rows scored (task.max_eval_samples): every candidate is measured again, no model is trained again
+    sixth = run_search(load_recipe(path, {"task.max_eval_samples": 32}), budget_ms=1000.0, threads=2)
+    assert sixth["counts"]["measured"] == 4
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
 
 
 def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):

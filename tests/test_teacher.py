@@ -849,6 +849,28 @@ def test_a_model_folders_hidden_files_are_not_inputs(tmp_path, tiny_bert_dir):
     assert after == before and str(tiny_bert_dir / "config.json") in after
 
 
+def test_a_search_after_the_report_redoes_the_report(tmp_path, tiny_bert_dir):
+    """The report writes a line on `compress search`'s results (search/search.json), which was not among its inputs:
+    after a search (or a second one with another budget) `compress run` kept the report without it. The search record
+    of this run and of each compared run is an input when there."""
+    from compress import pipeline
+
+    other = tmp_path / "other"
+    (other / "teacher").mkdir(parents=True)
+    (other / "teacher" / "manifest.json").write_text("{}")
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"report: {{compare: [{other}]}}\n"))
+    report = next(s for s in pipeline.STAGES if s.name == "report")
+    seen = []
+    for run in (recipe.run_dir, other, recipe.run_dir):
+        (run / "search").mkdir(parents=True, exist_ok=True)
+        (run / "search" / "search.json").write_text(json.dumps({"message": f"best within {len(seen)} ms"}))
+        seen.append(pipeline._fingerprint(recipe, report, {"teacher": {"outputs": {}}}))
+    assert len({fp for fp, _ in seen}) == 3
+    assert {str(recipe.run_dir / "search" / "search.json"), str(other / "search" / "search.json")} <= set(seen[-1][1])
+    teacher = pipeline.STAGES[0]  # the stages that do not read it are not redone
+    assert str(recipe.run_dir / "search" / "search.json") not in pipeline._fingerprint(recipe, teacher, {})[1]
+
+
 def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerprints_still_hold(tmp_path,
                                                                                                   tiny_bert_dir):
     """A README.md written into the teacher's model folder, or a Trainer's checkpoint-500/ left in it, redid the
