@@ -20,6 +20,8 @@ import functools
 import os
 import re
 import socket
+from pathlib import Path
+from typing import Optional
 from urllib.parse import urlparse
 
 from compress.errors import CompressError
@@ -120,6 +122,28 @@ def _not_on_hub(repo_id: str) -> bool:
     except Exception:  # a proxy's answer, a timeout, a rate limit: the download will say what it is
         return False
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def revision(repo_id: str) -> Optional[str]:
+    """The commit a hub id's ``from_pretrained`` loads (its main branch): the hub's answer when it is reachable, else
+    the cache's ``refs/main``; None when neither says. A run folder records it among a stage's inputs: a new push to
+    the repository (or a cache updated by another program) redoes the stage instead of reusing what the old weights
+    made."""
+    from huggingface_hub import HfApi, constants
+
+    if reachable():
+        try:
+            sha = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=PROBE_TIMEOUT_S).sha
+            if sha:
+                return sha
+        except Exception:  # a proxy's answer, a timeout: the cache's may still say
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def load_kwargs(name: str) -> dict:

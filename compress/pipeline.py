@@ -153,6 +153,9 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], earlier: bo
     keep = (lambda rel: not hidden_path(rel)) if earlier else model_file
     for folder in _folders(recipe, stage.models):
         inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder), keep=keep).items()})
+    if not earlier:  # a hub id's files are not here to hash: the commit it loads stands for them
+        inputs.update({f"hub:{name}": hub.revision(name) or "unknown" for name in _field_values(recipe, stage.models)
+                       if hub.is_hub_id(name)})
     runs = [run for run in _folders(recipe, stage.runs, models=False)  # this run itself: its stages are upstream
             if Path(run).resolve() != recipe.run_dir.resolve()]
     for run in runs:
@@ -247,13 +250,17 @@ def _folders(recipe: Recipe, fields: tuple[str, ...], models: bool = True) -> li
     "random" or hub ids."""
     from teachers.zoo import ZOO
 
+    return [v for v in _field_values(recipe, fields) if not (models and v in ZOO) and os.path.isdir(v)]
+
+
+def _field_values(recipe: Recipe, fields: tuple[str, ...]) -> list[str]:
+    """The distinct strings the recipe ``fields`` (dotted, ``*`` for every list item) hold, in order."""
     found = []
     for dotted in fields:
         values = [recipe]
         for key in dotted.split("."):
             values = [v for value in values for v in (value or [] if key == "*" else [getattr(value, key, None)])]
-        found += [v for v in values if isinstance(v, str) and not (models and v in ZOO) and os.path.isdir(v)
-                  and v not in found]
+        found += [v for v in values if isinstance(v, str) and v not in found]
     return found
 
 

@@ -171,3 +171,40 @@ def _stops_before_the_teacher(tmp_path, tiny_bert_dir, init: str, why: str) -> N
                                             rf"reached and {why}"):
         run_pipeline(recipe)
     assert not (recipe.run_dir / "teacher").exists() and not list(recipe.run_dir.glob(".teacher*"))
+
+
+def test_a_new_commit_of_a_hub_model_redoes_the_stage(tmp_path, tiny_bert_dir, monkeypatch):
+    """A hub id added nothing to a stage's inputs (its files are not in the recipe's folders), so a new push to the
+    repository (refs/main moved in the cache) left the teacher "up to date" while from_pretrained loaded other
+    weights. The commit it loads is an input; a stage recorded before (no commit among its inputs) is still reused."""
+    import json
+
+    from compress import pipeline
+
+    cache = tmp_path / "hf-cache"
+    _fake_hub_cache(cache, "org/tiny-bert", tiny_bert_dir)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    hub.revision.cache_clear()
+    recipe = load_recipe(_recipe(tmp_path, "org/tiny-bert"))
+    teacher = pipeline.STAGES[0]
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    assert inputs["hub:org/tiny-bert"] == "0" * 40
+
+    folder = tmp_path / "made-before"
+    folder.mkdir()
+    earlier = pipeline._inputs(recipe, teacher, {}, earlier=True)
+    assert not any(k.startswith("hub:") for k in earlier)
+    old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._result_config(pipeline._config(recipe,
+                                                                                                      teacher)))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier, "outputs": {}}))
+    assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                      "config": pipeline._config(recipe, teacher), "seed": recipe.seed}))
+
+    (cache / "models--org--tiny-bert" / "refs" / "main").write_text("1" * 40)  # a new commit was fetched
+    hub.revision.cache_clear()
+    fp2, inputs2 = pipeline._fingerprint(recipe, teacher, {})
+    assert inputs2["hub:org/tiny-bert"] == "1" * 40 and fp2 != fp
+    assert pipeline._reuse(recipe, teacher, folder, fp2, inputs2, {})[1] == "changed: input hub:org/tiny-bert changed"
+    hub.revision.cache_clear()
