@@ -163,14 +163,21 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
       fixed cold-cache cost per run that shrinks the gap between small, fast models (one quickstart run's int8
       student, 1 thread: 0.61 ms series, 0.92 ms interleaved; torch dynamic int8 2.29 -> 2.83 ms).
 
-    Returns name -> list of result rows."""
+    ``dev``: the tokenized dev rows, or several tokenizations of the same rows by name, each artifact reading the one
+    its ``"dev_set"`` entry names (models of different tokenizers timed in one pass: the report's teacher reference
+    beside the bench's artifacts). Returns name -> list of result rows."""
     from tqdm.auto import tqdm
 
     models = {k: load_torch(k, a["model_dir"]) for k, a in ((a["kind"], a) for a in artifacts.values())
               if k.startswith("torch")}
     names = list(artifacts)
     results: dict[str, list] = {n: [] for n in names}
-    rows = dev.select(range(min(cfg.dev_rows, len(dev)))) if cfg.dev_rows else dev
+    devs = {key: d.select(range(min(cfg.dev_rows, len(d)))) if cfg.dev_rows else d
+            for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
+    if len({len(d) for d in devs.values()}) > 1:
+        raise CompressError(f"bench: dev tokenizations of different lengths: {({k: len(d) for k, d in devs.items()})}")
+    rows_of = {n: devs[artifacts[n].get("dev_set", next(iter(devs)))] for n in names}
+    rows = next(iter(devs.values()))
     shapes = [(b, s) for b in cfg.batch_sizes for s in cfg.seq_lengths]
     series = cfg.order == "series"
     rounds = cfg.rounds if series else 1
@@ -178,7 +185,7 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
     for threads in cfg.threads:
         runners = {n: make_runner(artifacts[n], threads, models, cfg.spin) for n in names}
         # real dev sentences, batch 1, one timed run per sentence, artifact and round
-        feeds = {n: dev_feeds(rows, r.names) for n, r in runners.items()}
+        feeds = {n: dev_feeds(rows_of[n], r.names) for n, r in runners.items()}
         times: dict[str, list[float]] = {n: [] for n in names}
         if series:
             for k in range(rounds):
@@ -198,8 +205,8 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
                     t0 = time.perf_counter()
                     runners[n](feeds[n][i])
                     times[n].append(time.perf_counter() - t0)
-        tokens = float(np.mean([len(r["input_ids"]) for r in rows]))
         for n in names:
+            tokens = float(np.mean([len(r["input_ids"]) for r in rows_of[n]]))
             p = percentiles(times[n])
             results[n].append({"input": "dev", "threads": threads, "batch": 1, "seq": f"real (mean {tokens:.1f})",
                                **p, "throughput_seq_s": round(1000.0 / p["mean_ms"], 2)})
@@ -246,8 +253,11 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
     (``machine_peak`` of the result)."""
     with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
-        dev.save_to_disk(str(tmp / "dev"))
-        spec = {"mode": "timing", "artifacts": artifacts, "dev_dir": str(tmp / "dev"), "cfg": asdict(cfg),
+        devs = dev if isinstance(dev, dict) else {"": dev}
+        dev_dirs = {key: str(tmp / f"dev-{i}") for i, key in enumerate(devs)}
+        for key, d in devs.items():
+            d.save_to_disk(dev_dirs[key])
+        spec = {"mode": "timing", "artifacts": artifacts, "dev_dirs": dev_dirs, "cfg": asdict(cfg),
                 "flops": flops, "peak": peak, "vocab_size": vocab_size}
         env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
         return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
@@ -363,11 +373,11 @@ def _worker_main(spec: dict) -> dict:
     from datasets import load_from_disk
 
     cfg = BenchConfig(**spec["cfg"])
+    dev = {key: load_from_disk(folder) for key, folder in spec["dev_dirs"].items()}
     if not spec.get("peak", True):
-        return {"results": measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"],
-                                   spec.get("vocab_size"))}
+        return {"results": measure(spec["artifacts"], dev, cfg, spec["flops"], spec.get("vocab_size"))}
     before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
-    results = measure(spec["artifacts"], load_from_disk(spec["dev_dir"]), cfg, spec["flops"], spec.get("vocab_size"))
+    results = measure(spec["artifacts"], dev, cfg, spec["flops"], spec.get("vocab_size"))
     after = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}  # the best of before and after
     return {"results": results,
             "machine_peak": {t: {k: max(v, after[t][k]) for k, v in before[t].items()} for t in before}}

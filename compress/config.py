@@ -484,6 +484,19 @@ class DistillConfig:
                                 f"give one of them a weight > 0")
         if self.layer_map_weight < 0:
             raise CompressError(f"{file}: {where}.layer_map_weight: must be >= 0, got {self.layer_map_weight}")
+        defaults = DistillConfig()
+        if self.layer_map is None:  # settings of the generated matches, with nothing generating them: ignored
+            for key in ("layer_map_features", "layer_map_weight", "attention_heads"):
+                if getattr(self, key) != getattr(defaults, key):
+                    raise CompressError(f"{file}: {where}.{key}: shapes the matches layer_map generates, and "
+                                        f"layer_map is not set (explicit matches take their own "
+                                        f"{'heads' if key == 'attention_heads' else 'feature and weight'})")
+        elif not self.layer_map_features:
+            raise CompressError(f"{file}: {where}.layer_map_features: empty, so layer_map generates no match; list "
+                                f"features (hidden, attention, embedding) or leave layer_map out")
+        elif self.attention_heads != defaults.attention_heads and "attention" not in self.layer_map_features:
+            raise CompressError(f"{file}: {where}.attention_heads: for generated attention matches, and "
+                                f"layer_map_features has no attention")
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
             raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
         if self.intermediate_max_steps is not None and not self.two_step:
@@ -695,9 +708,15 @@ class PruneConfig:
         if not any(getattr(self, k) < 1.0 for k in budgets) and not self.heads and not self.ffn and not overrides:
             raise CompressError(f"{file}: {where}: nothing to prune (set heads, ffn, a layers override above 0, or "
                                 f"keep_params or keep_macs below 1)")
+        seen: dict[int, str] = {}
         for name in self.layers or {}:
             if not re.fullmatch(r"(?:[\w.]*\.)?layer\.\d+", name):
                 raise CompressError(f"{file}: {where}.layers.{name}: unknown layer name (use layer.N, N from 0)")
+            index = int(name.rsplit(".", 1)[1])  # layer.0 and encoder.layer.0 are one layer: the last one won
+            if index in seen:
+                raise CompressError(f"{file}: {where}.layers.{name}: layer {index} is given already, as "
+                                    f"{seen[index]}")
+            seen[index] = name
         for key in ("steps", "calibration_batches", "calibration_batch_size"):
             if getattr(self, key) < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {getattr(self, key)}")

@@ -384,6 +384,10 @@ def bench_record(run_dir: Path) -> dict:
     the quantize stage's files), and a run folder copied or moved since must not read, or fail on, the old place."""
     bench = _read(run_dir / "bench" / "bench.json") or {}
     arts = bench.get("artifacts") or {}
+    if not isinstance(arts, dict) or any(not isinstance(a, dict) for a in arts.values()):
+        raise CompressError(f"{run_dir / 'bench' / 'bench.json'}: artifacts: expected a mapping of name -> record, "
+                            f"got {type(arts).__name__}" + ("" if not isinstance(arts, dict) else " of " + ", ".join(
+                                sorted({type(a).__name__ for a in arts.values() if not isinstance(a, dict)}))))
     old = bench.get("run_dir") or next((str(Path(a["path"]).parent.parent) for a in arts.values()
                                         if a.get("path") and Path(a["path"]).parent.name == "quantize"), None)
     # records before 2026-12-03 (afternoon) of a run with a relative runs_dir hold paths relative to the working
@@ -424,6 +428,22 @@ MEASURED = "latency.json"
 """What the report stage measured itself (ONNX fp32 of the models the bench stage did not run), in its folder."""
 
 
+def _redone_since(run_dir: Path, manifest: Optional[dict], what: str) -> bool:
+    """Whether a stage that the stage of ``manifest`` read was redone since (its outputs now differ from those the
+    manifest lists among its inputs as ``<stage>/<file>``); warns that ``what`` is left out. `compress report RUN`
+    after the quantize stage was redone by hand showed the old latencies (and a model since deleted, as shippable)."""
+    from compress.pipeline import stage_names
+
+    recorded = (manifest or {}).get("inputs") or {}
+    for stage in stage_names():
+        read = {k[len(stage) + 1:]: v for k, v in recorded.items() if k.startswith(f"{stage}/")}
+        if read and read != ((_read(run_dir / stage / "manifest.json") or {}).get("outputs") or {}):
+            print(f"warning: {run_dir / what}: the {stage} stage was redone since it was measured: its latencies are "
+                  f"left out (rerun the stages after {stage}: compress run RECIPE)", file=sys.stderr)
+            return True
+    return False
+
+
 def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> RunTable:
     """A run folder's artifacts as a table: stage manifests for metrics and sizes; latency from the bench stage's
     bench.json and the report stage's own measurements (``extra``, else ``report/latency.json``). With ``recipe``,
@@ -454,9 +474,13 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
         rows += _quantize_rows(run_dir, metric, quantize.get("params"))
     qrec = read("quantize", "quantize.json") or {}
     bench = bench_record(run_dir) if "bench" in stages else {}
+    if bench and _redone_since(run_dir, read("bench"), "bench/bench.json"):
+        bench = {}  # an int8 file of the same name made again, or gone: the record's latencies are not its
     benched = bench_source(qrec, bench)
     attach_bench(bench, rows, metric, benched, str(run_dir / "bench" / "bench.json"))
     measured = extra if extra is not None else (read("report", MEASURED) or {})
+    if extra is None and measured and _redone_since(run_dir, read("report"), f"report/{MEASURED}"):
+        measured = {}
     where = "the report stage's measurements" if extra is not None else str(run_dir / "report" / MEASURED)
     for label, record in (measured.get("models") or {}).items():
         attach_bench(record, rows, metric, label, f"{where}: models.{label}")
@@ -479,7 +503,8 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                                      else (bench.get("protocol") or {}).get("versions")),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
-    name = recipe.name if recipe is not None else run_dir.name  # runs/<recipe name>; reused stages keep theirs
+    # runs/<recipe name>; reused stages keep theirs (resolved: `compress report .` gave a table without a name)
+    name = recipe.name if recipe is not None else run_dir.resolve().name
     return RunTable(name, str(run_dir), metric, rows, configs=_config_digests(manifests),
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
@@ -935,6 +960,8 @@ def _write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
     png = png_path.read_bytes() if png_path else None
     if png_path:
         written["png"] = png_path
+    else:  # an earlier report's plot would sit beside a report that has none
+        (out / "pareto.png").unlink(missing_ok=True)
     for name, text in (("report.md", markdown(tables, "pareto.png" if png else None)), ("report.html", html(tables, png))):
         write_atomic(out / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))  # no half file left on error
         written[name.split(".")[1]] = out / name
@@ -951,8 +978,9 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     not flattered by a slower reference) and scored on all of dev; then it is timed in
     ONE pass with every artifact of the bench record (the bench's `measure` under the recipe's bench settings: one
     process, the artifacts taking turns, real dev sentences at batch 1, each thread count of the recipe's bench
-    section), so the speedups in the table come from one set of runs even on a shared CPU. Models are grouped by tokenizer (a pass
-    feeds every artifact the same token ids). Returns ``{"protocol", "models": {label: record}, "bench": record}``;
+    section), so the speedups in the table come from one set of runs even on a shared CPU. Models are grouped by
+    tokenizer: each artifact reads its own tokenizer's ids of the same dev sentences (an MPNet teacher beside BERT-
+    vocabulary students). Returns ``{"protocol", "models": {label: record}, "bench": record}``;
     ``{}`` when nothing is missing."""
     from dataclasses import asdict, replace
 
@@ -999,22 +1027,23 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         art["metrics"] = evaluate_artifact(art, dev, collator, data.spec.metrics, cfg.threads[0], {})
         group["artifacts"][f"model:{row.name}"] = art
         del model
-    for group in groups.values():
-        if not any(n.startswith("model:") for n in group["artifacts"]):
-            continue
-        dev = tokenize(data.dev, AutoTokenizer.from_pretrained(group["folder"]), recipe.task.max_length)
-        timed = measure_in_fresh_process(group["artifacts"], dev, cfg, {}, peak=False)  # as the bench stage times:
-        for name, results in timed["results"].items():  # torch's OpenMP wait policy follows bench.spin
-            kind, _, label = name.partition(":")
-            if kind == "model":
-                art = group["artifacts"][name]
-                # the export lived in the scratch folder, deleted after this pass: no path to record
-                exported = {**art, "path": None, "exported": Path(art["path"]).name, "results": results}
-                out["models"][label] = {"artifacts": {"onnx_fp32": exported}}
-                lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in results)
-                print(f"[report] {label} · onnx fp32: {lat}")
-            else:
-                out["bench"]["artifacts"][label] = {"results": results}
+    # one pass for every group, each artifact fed its own tokenizer's ids of the same dev rows (a pass per group timed
+    # a teacher of another tokenizer, MPNet's, alone: its speedups compared two sets of runs)
+    devs = {key: tokenize(data.dev, AutoTokenizer.from_pretrained(group["folder"]), recipe.task.max_length)
+            for key, group in groups.items()}
+    arts = {name: {**art, "dev_set": key} for key, group in groups.items() for name, art in group["artifacts"].items()}
+    timed = measure_in_fresh_process(arts, devs, cfg, {}, peak=False)  # as the bench stage times: torch's OpenMP
+    for name, results in timed["results"].items():  # wait policy follows bench.spin
+        kind, _, label = name.partition(":")
+        if kind == "model":
+            art = {k: v for k, v in arts[name].items() if k != "dev_set"}
+            # the export lived in the scratch folder, deleted after this pass: no path to record
+            exported = {**art, "path": None, "exported": Path(art["path"]).name, "results": results}
+            out["models"][label] = {"artifacts": {"onnx_fp32": exported}}
+            lat = ", ".join(f"{r['threads']}t p50 {r['p50_ms']:.2f} ms" for r in results)
+            print(f"[report] {label} · onnx fp32: {lat}")
+        else:
+            out["bench"]["artifacts"][label] = {"results": results}
     out["protocol"] = {
         "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
         "order": f"report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "

@@ -370,3 +370,35 @@ def test_a_peers_memory_is_probed_in_the_session_it_is_timed_in(monkeypatch):
         B.make_runner(job, 1, {}, False)
         B.make_runner(art, 1, {}, False)
     assert opened == [True, True, False, False]
+
+
+def test_artifacts_of_different_tokenizers_are_timed_in_one_pass_each_on_its_own_ids(monkeypatch, dev):
+    """`measure` took one tokenization of dev for every artifact, so the report timed a teacher of another tokenizer
+    (MPNet's, beside BERT-vocabulary students) in a pass of its own. Several tokenizations of the same rows: each
+    artifact reads the one its ``dev_set`` names, in one pass; tokenizations of other row counts are refused."""
+    import compress.bench as B
+
+    seen = {}
+
+    class Fake:
+        names = ["input_ids", "attention_mask"]
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, feeds):
+            seen.setdefault(self.name, []).append(int(feeds["input_ids"][0, 0]))
+
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake(art["name"]))
+    shifted = dev.map(lambda r: {"input_ids": [i + 4 for i in r["input_ids"]] + [0]})  # MPNet's ids: BERT's + 4
+    arts = {"student": {"kind": "onnx", "name": "student", "dev_set": "bert"},
+            "teacher": {"kind": "onnx", "name": "teacher", "dev_set": "mpnet"}}
+    cfg = BenchConfig(threads=[1], batch_sizes=[], seq_lengths=[], dev_rows=3, warmup=0, rounds=1)
+    results = B.measure(arts, {"bert": dev, "mpnet": shifted}, cfg, {})
+    assert seen["student"] == [dev[i]["input_ids"][0] for i in range(3)]
+    assert seen["teacher"] == [dev[i]["input_ids"][0] + 4 for i in range(3)]
+    mean = sum(len(dev[i]["input_ids"]) for i in range(3)) / 3
+    assert results["student"][0]["seq"] == f"real (mean {mean:.1f})"
+    assert results["teacher"][0]["seq"] == f"real (mean {mean + 1:.1f})"
+    with pytest.raises(CompressError, match="dev tokenizations of different lengths"):
+        B.measure(arts, {"bert": dev, "mpnet": shifted.select(range(2))}, BenchConfig(dev_rows=0), {})

@@ -358,6 +358,33 @@ def test_generated_matches_take_weight_and_head_mode():
     own = from_dict(DistillConfig, {"matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "hidden",
                                                  "weight": 5.0}], "layer_map": "uniform"})
     assert [m.weight for m in resolve_matches(own, teacher, student) if m.key == "hidden_t2_s1"] == [5.0]
+    # hidden states 0 are the embeddings' output: a hidden 0/0 match is the embedding match (both were computed,
+    # the loss counted twice); it covers the generated one, and one of each among the explicit matches is refused
+    zero = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": ["embedding"],
+                                     "matches": [{"teacher_layer": 0, "student_layer": 0, "feature": "hidden",
+                                                  "weight": 2.0}]})
+    assert [(m.feature, m.weight) for m in resolve_matches(zero, teacher, student)] == [("hidden", 2.0)]
+    both = from_dict(DistillConfig, {"matches": [{"teacher_layer": 0, "student_layer": 0, "feature": "hidden"},
+                                                 {"teacher_layer": 0, "student_layer": 0, "feature": "embedding"}]})
+    with pytest.raises(CompressError, match=r"matches\[1\]: a second embedding match of teacher layer 0"):
+        resolve_matches(both, teacher, student)
+
+
+def test_settings_of_generated_matches_without_a_layer_map_are_refused():
+    """layer_map_features, layer_map_weight and attention_heads shape the matches layer_map generates: without
+    layer_map (or with no feature listed, or no attention for attention_heads) they were accepted and ignored."""
+    from compress.config import DistillConfig
+
+    match = {"teacher_layer": 2, "student_layer": 1, "feature": "attention", "loss": "kl"}
+    for settings, said in (({"layer_map_weight": 0.1}, "layer_map_weight: shapes the matches layer_map generates"),
+                           ({"layer_map_features": ["embedding"]}, "layer_map_features: shapes"),
+                           ({"attention_heads": "mean", "matches": [match]}, r"attention_heads: shapes .*own heads"),
+                           ({"layer_map": "uniform", "layer_map_features": []}, "layer_map_features: empty"),
+                           ({"layer_map": "last", "layer_map_features": ["hidden"], "attention_heads": "mean"},
+                            "attention_heads: for generated attention matches")):
+        with pytest.raises(CompressError, match=rf"^r\.yaml: students\[0\]\.distill\.{said}"):
+            from_dict(DistillConfig, settings, file="r.yaml", where="students[0].distill")
+    from_dict(DistillConfig, {"layer_map": "uniform", "attention_heads": "mean", "layer_map_weight": 0.1})
 
 
 def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_gradient(glue_dir, tokenizer):

@@ -177,7 +177,10 @@ def test_invalid_requests_say_why():
     for bad, why in (({"heads": 1.0}, "ratio in \\[0, 1\\)"), ({"ffn": -0.1}, "ratio in \\[0, 1\\)"),
                      ({}, "nothing to prune"), ({"heads": 0.5, "keep_params": 0.5}, "not both"),
                      ({"layers": {"attn.3": {"heads": 0.5}}}, "unknown layer name"),
-                     ({"layers": {"layer.1": {"heads": 1.0}}}, "layers.layer.1.heads")):
+                     ({"layers": {"layer.1": {"heads": 1.0}}}, "layers.layer.1.heads"),
+                     # two names of one layer: the last one silently won
+                     ({"heads": 0.25, "layers": {"layer.0": {"heads": 0.5}, "encoder.layer.0": {"heads": 0.0}}},
+                      r"layers\.encoder\.layer\.0: layer 0 is given already, as layer\.0$")):
         with pytest.raises(CompressError, match=why):
             cfg(**bad)
     model = tiny()

@@ -873,3 +873,91 @@ def test_a_quantize_record_without_a_model_file_is_one_line(tmp_path):
     with pytest.raises(CompressError, match=r"quantize\.json: int8\.dynamic: no model file recorded; rerun the "
                                             r"quantize stage"):
         collect(run)
+
+
+def test_a_teacher_of_another_tokenizer_is_timed_in_the_bench_artifacts_pass(tmp_path, tiny_bert_dir, glue_dir,
+                                                                              monkeypatch):
+    """The report times the teacher's ONNX fp32 (the speedup reference) with every bench artifact in one pass. Grouped
+    by tokenizer, a teacher whose tokenizer is not the quantized model's (the SST-2 recipes: MPNet teacher, MiniLM
+    student) was timed in a pass of its own and the bench artifacts kept the bench stage's numbers: speedups over
+    two sets of runs, while the protocol line said one. One pass now, each model fed its own tokenizer's ids."""
+    import types
+
+    import compress.bench as B
+    from compress.config import BenchConfig, TaskConfig
+    from compress.modeling import load_trained
+    from compress.report import measure_missing
+    from conftest import export_int8
+
+    run = tmp_path / "run"
+    (run / "bench").mkdir(parents=True)
+    (run / "quantize").mkdir()
+    shutil.copytree(tiny_bert_dir, run / "quantize" / "tokenizer")
+    tok = run / "quantize" / "tokenizer" / "tokenizer.json"
+    tok.write_text(json.dumps(json.loads(tok.read_text()), indent=1))  # the same vocabulary, other bytes
+    int8 = export_int8(load_trained(tiny_bert_dir)[0], run / "quantize")
+    (run / "bench" / "bench.json").write_text(json.dumps({"run_dir": str(run), "artifacts": {
+        "int8_dynamic": bench_artifact({1: 5.0}, {"accuracy": 0.5}, kind="onnx", path=str(int8))}}))
+    passes = []
+    real = B.measure_in_fresh_process
+    monkeypatch.setattr(B, "measure_in_fresh_process",
+                        lambda arts, dev, *a, **k: passes.append((sorted(arts), sorted(dev) if isinstance(dev, dict)
+                                                                  else ["one"])) or real(arts, dev, *a, **k))
+    recipe = types.SimpleNamespace(bench=BenchConfig(threads=[1], dev_rows=4, warmup=1, rounds=1), seed=0, run_dir=run,
+                                   task=TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_length=32,
+                                                   max_eval_samples=8))
+    table = RunTable("run", str(run), "accuracy", [Row("teacher", "teacher", "torch", path=str(tiny_bert_dir))])
+    (tmp_path / "work").mkdir()
+    out = measure_missing(recipe, table, tmp_path / "work")
+    assert len(passes) == 1 and passes[0][0] == ["bench:int8_dynamic", "model:teacher"] and len(passes[0][1]) == 2
+    assert out["models"]["teacher"]["artifacts"]["onnx_fp32"]["results"][0]["p50_ms"] > 0
+    assert out["bench"]["artifacts"]["int8_dynamic"]["results"][0]["p50_ms"] > 0
+    assert "dev_set" not in out["models"]["teacher"]["artifacts"]["onnx_fp32"]
+
+
+def test_a_report_by_hand_leaves_out_latencies_measured_before_a_stage_was_redone(tmp_path, capsys):
+    """`compress report RUN` after the quantize stage was redone by hand (other modes, another max_drop) showed the old
+    bench's latencies on the new int8 files of the same names (and a model since deleted, as shippable); after a
+    re-timed bench, the report stage's own latency.json of the earlier pass. Each record is checked against the
+    outputs its stage read (its manifest's inputs): one redone since is left out, with a warning."""
+    from compress.report import _redone_since
+
+    run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", int8={"dynamic": (0.86, True)},
+                   latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}})
+    quantize, bench = run / "quantize" / "manifest.json", run / "bench" / "manifest.json"
+    for path, key, value in ((quantize, "outputs", {"int8_dynamic.onnx": "aa"}),
+                             (bench, "inputs", {"quantize/int8_dynamic.onnx": "aa", "data.tsv": "cc"})):
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    row = next(r for r in collect(run).rows if r.name == "student tiny · int8 dynamic")
+    assert row.latency[2].p50_ms == 4.0 and "warning" not in capsys.readouterr().err
+    quantize.write_text(json.dumps({**json.loads(quantize.read_text()), "outputs": {"int8_dynamic.onnx": "bb"}}))
+    row = next(r for r in collect(run).rows if r.name == "student tiny · int8 dynamic")
+    assert not row.latency
+    assert capsys.readouterr().err.strip() == (f"warning: {run / 'bench' / 'bench.json'}: the quantize stage was redone "
+                                               f"since it was measured: its latencies are left out (rerun the stages "
+                                               f"after quantize: compress run RECIPE)")
+    (run / "bench" / "manifest.json").write_text(json.dumps({**json.loads(bench.read_text()),
+                                                             "outputs": {"bench.json": "new"}}))
+    assert _redone_since(run, {"inputs": {"bench/bench.json": "old"}}, "report/latency.json")
+    assert not _redone_since(run, {"inputs": {"bench/bench.json": "new"}}, "report/latency.json")
+
+
+def test_report_of_dot_names_the_run_drops_an_old_plot_and_refuses_malformed_artifacts(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """`compress report .` made a table headed "## " (Path('.').name is ''); a report drawing no plot left an earlier
+    report's pareto.png beside it; bench.json artifacts that are not records were an AttributeError traceback."""
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path), student="tiny", int8={"dynamic": (0.86, True)},
+                   latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}, "teacher_onnx_fp32": {2: 30.0}})
+    monkeypatch.chdir(run)
+    assert collect(".").run == "quickstart"
+    out = tmp_path / "out"
+    assert main(["report", ".", "--out", str(out)]) == 0
+    assert "## quickstart" in (out / "report.md").read_text() and (out / "pareto.png").is_file()
+    assert main(["report", ".", "--out", str(out), "--threads", "3"]) == 0  # no latency at 3 threads: no plot
+    assert not (out / "pareto.png").exists() and "pareto.png" not in (out / "report.md").read_text()
+    capsys.readouterr()
+    for arts, said in (({"int8_dynamic": 5}, "got dict of int"), ([1], "got list")):
+        (run / "bench" / "bench.json").write_text(json.dumps({"artifacts": arts}))
+        assert main(["report", ".", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: {Path('.') / 'bench' / 'bench.json'}: artifacts: expected "
+                                                   f"a mapping of name -> record, {said}")
