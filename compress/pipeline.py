@@ -201,15 +201,16 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
 
 def _same_content_keys(inputs: dict, recorded: dict) -> dict:
     """``inputs`` with each path that ``recorded`` lacks renamed to a path of ``recorded`` (one ``inputs`` lacks) of
-    the same sha256, where there is one."""
-    spare: dict[str, list[str]] = {}
+    the same file name and sha256, where there is one (the same name: a train.tsv and a dev.tsv whose contents were
+    swapped are not the same inputs)."""
+    spare: dict[tuple[str, str], list[str]] = {}
     for key, digest in recorded.items():
         if key not in inputs:
-            spare.setdefault(digest, []).append(key)
+            spare.setdefault((Path(key).name, digest), []).append(key)
     out = {}
     for key, digest in inputs.items():
-        if key not in recorded and spare.get(digest):
-            key = spare[digest].pop(0)
+        if key not in recorded and spare.get((Path(key).name, digest)):
+            key = spare[(Path(key).name, digest)].pop(0)
         out[key] = digest
     return out
 

@@ -933,6 +933,11 @@ def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tm
     for other in (tmp_path / "linked", tmp_path / "x" / ".." / "glue", moved):
         other_fp, why = reuse(other)
         assert other_fp != fp and why is None, other
+    swapped = tmp_path / "swapped"  # train and dev traded contents: the same bytes, not the same inputs
+    (swapped / "SST-2").mkdir(parents=True)
+    for a, b in (("train.tsv", "dev.tsv"), ("dev.tsv", "train.tsv")):
+        shutil.copy(first / "SST-2" / a, swapped / "SST-2" / b)
+    assert reuse(swapped)[1].startswith("changed: ")
     (moved / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\nawful\t0\n")
     why = reuse(moved)[1]
     assert why.startswith("changed: ") and "moved/SST-2/train.tsv" in why, why
