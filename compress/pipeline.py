@@ -203,13 +203,17 @@ def _same_content_keys(inputs: dict, recorded: dict) -> dict:
     """``inputs`` with each path that ``recorded`` lacks renamed to a path of ``recorded`` (one ``inputs`` lacks) of
     the same file name and sha256, where there is one (the same name: a train.tsv and a dev.tsv whose contents were
     swapped are not the same inputs)."""
+    def a_file(key: str) -> bool:  # a path read from disk, not an upstream stage's output, a shipped file, a commit
+        return not key.startswith(("package:", "hub:")) and Path(key).parts[:1] != () and \
+            Path(key).parts[0] not in stage_names()
+
     spare: dict[tuple[str, str], list[str]] = {}
     for key, digest in recorded.items():
-        if key not in inputs:
+        if key not in inputs and a_file(key):
             spare.setdefault((Path(key).name, digest), []).append(key)
     out = {}
     for key, digest in inputs.items():
-        if key not in recorded and spare.get((Path(key).name, digest)):
+        if key not in recorded and a_file(key) and spare.get((Path(key).name, digest)):
             key = spare[(Path(key).name, digest)].pop(0)
         out[key] = digest
     return out
@@ -292,8 +296,9 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
     recorded = manifest.get("fingerprint")
-    if recorded == fp or (recorded is not None and recorded in _accepted_fingerprints(
-            recipe, stage, upstream or {}, inputs, manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {})):
+    recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
+    if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
+            recipe, stage, upstream or {}, inputs, recorded_inputs)):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)
@@ -478,7 +483,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     runs_first: list[str] = []
     out = []
     for stage in plan(recipe, until):
-        upstream = stage.needs + tuple(u for u in stage.uses if u in done or u in runs_first)
+        upstream = stage.upstream({**done, **dict.fromkeys(runs_first)}, recipe)  # what the stage reads (reads_only)
         after = [u for u in upstream if u in runs_first]
         manifest = None
         if after:
@@ -506,7 +511,8 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
         reasons.append(f"seed: {old.get('seed')} -> {recipe.seed}")
     before = old.get("inputs", {})
     moved = [k for k in sorted(set(before) | set(inputs)) if before.get(k) != inputs.get(k)]
-    stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()})
+    read = {k.split("/", 1)[0] for k in inputs}  # a stage no longer read (`Stage.reads_only`) did not change
+    stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()} & read)
     files = [k for k in moved if k.split("/", 1)[0] not in stage_names()]
     reasons += [f"{name} outputs changed" for name in stages] + _input_changes(before, inputs, files)
     if not reasons:

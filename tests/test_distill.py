@@ -363,7 +363,8 @@ def test_generated_matches_take_weight_and_head_mode():
     zero = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": ["embedding"],
                                      "matches": [{"teacher_layer": 0, "student_layer": 0, "feature": "hidden",
                                                   "weight": 2.0}]})
-    assert [(m.feature, m.weight) for m in resolve_matches(zero, teacher, student)] == [("hidden", 2.0)]
+    assert [(m.key, m.weight) for m in resolve_matches(zero, teacher, student)] == [("hidden_t0_s0", 2.0)]  # its
+    # key names its projection in checkpoints: kept
     both = from_dict(DistillConfig, {"matches": [{"teacher_layer": 0, "student_layer": 0, "feature": "hidden"},
                                                  {"teacher_layer": 0, "student_layer": 0, "feature": "embedding"}]})
     with pytest.raises(CompressError, match=r"matches\[1\]: a second embedding match of teacher layer 0"):

@@ -972,6 +972,23 @@ def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_b
                                                                                                        quantize)))
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier, "outputs": {}}))
     assert pipeline._reuse(recipe, quantize, folder, fp, inputs, done)[1] is None
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": [old], "inputs": earlier, "outputs": {}}))
+    assert pipeline._reuse(recipe, quantize, folder, fp, inputs, done)[1].startswith("changed")  # not a TypeError
+
+    # --dry-run says so too: with distill and prune to run, the quantize stage of the teacher is up to date
+    teacher = pipeline.STAGES[0]
+    (recipe.run_dir / "teacher").mkdir(parents=True)
+    made = {"fingerprint": pipeline._fingerprint(recipe, teacher, {})[0], "outputs": {}}
+    (recipe.run_dir / "teacher" / "manifest.json").write_text(json.dumps(made))
+    (recipe.run_dir / "quantize").mkdir()
+    (recipe.run_dir / "quantize" / "manifest.json").write_text(json.dumps({
+        "fingerprint": pipeline._fingerprint(recipe, quantize, {"teacher": made})[0], "outputs": {}}))
+    plan = {name: (runs, why) for name, runs, why in pipeline.explain(recipe, until="quantize")}
+    assert plan["prune"] == (True, "after distill (reads its outputs)") and plan["quantize"] == (False, "up to date")
+    # a renamed upstream output of the same bytes is another output, not a moved file
+    assert pipeline._same_content_keys({"distill/s/model/w.new": "ab", "/d/train.tsv": "cd"},
+                                       {"distill/s/model/w": "ab", "/old/train.tsv": "cd"}) == {
+        "distill/s/model/w.new": "ab", "/old/train.tsv": "cd"}
 
 
 def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_bert_dir, tmp_path):

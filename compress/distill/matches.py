@@ -54,15 +54,15 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
             raise CompressError(f"{origin}.projection: none, but the student is {student_config.hidden_size} wide "
                                 f"and the teacher {teacher_config.hidden_size}")
         project = m.feature != "attention" and (m.projection == "linear" or (m.projection == "auto" and widths_differ))
+        key = f"{m.feature}_t{t_layer}_s{s_layer}"  # names the match's projection (in checkpoints too)
         # hidden states 0 are the embeddings' output: a hidden 0/0 match is the embedding match (both were computed)
         kind = "embedding" if m.feature == "hidden" and (t_layer, s_layer) == (0, 0) else m.feature
-        key = f"{kind}_t{t_layer}_s{s_layer}"
-        if key in seen:
+        if f"{kind}_t{t_layer}_s{s_layer}" in seen:
             if ".matches[" in origin:  # two explicit matches of one pair: the second was silently dropped
                 raise CompressError(f"{origin}: a second {kind} match of teacher layer {t_layer} and student "
                                     f"layer {s_layer}; give each pair once (its loss, weight and heads in one entry)")
             continue  # a layer_map match an explicit one already covers: the explicit settings win
-        seen.add(key)
+        seen.add(f"{kind}_t{t_layer}_s{s_layer}")
         if m.weight == 0:  # left out of training, not computed at weight 0: its projection would get no gradient,
             continue       # which DDP waits for forever; an explicit weight 0 also turns a layer_map pair off
         out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
