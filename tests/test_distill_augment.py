@@ -150,8 +150,8 @@ def test_augment_config_is_validated(tmp_path):
     with pytest.raises(CompressError, match=r"augment\.min_words: must be >= 0"):
         from_dict(StudentConfig, {"name": "s", "distill": {"augment": {"min_words": -1}}})
     # the transfer folder of every-row augmentation keeps the digest it had before min_words existed
-    assert transfer_folder(AugmentConfig(copies=3)) == "transfer/4094e4eaf3c6"
-    assert transfer_folder(AugmentConfig(copies=3, min_words=10)) != "transfer/4094e4eaf3c6"
+    assert transfer_folder(AugmentConfig(copies=3), "s") == "transfer/4094e4eaf3c6"
+    assert transfer_folder(AugmentConfig(copies=3, min_words=10), "s") != "transfer/4094e4eaf3c6"
 
 
 def test_teacher_logits_survive_an_interrupted_distillation(glue_dir, tokenizer, tmp_path, monkeypatch):
@@ -205,3 +205,38 @@ def test_a_copy_with_no_word_swapped_is_dropped_whatever_the_originals_spacing(g
     table = {w: ["zzzz"] for t in data.train["text"] for w in t.split()}
     out, summary = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0), table=table)
     assert summary["copies"] == len(data.train)
+
+
+def test_students_that_pick_neighbours_with_their_own_embeddings_get_their_own_copies(glue_dir, tokenizer):
+    """`augment.embeddings: student`: each student's embedding table picks its neighbours, but the copies (and the
+    teacher's labels, and the transfer folder prune's recovery reads) were cached by the augment setting alone, so
+    every student of the stage trained on the first one's copies. Keyed by student now; with the teacher's
+    embeddings, students still share one set."""
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4)).eval()
+    data = load_task(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_train_samples=24,
+                                max_eval_samples=16, holdout=0.0), seed=0)
+
+    def student(name, hidden, embeddings):
+        spec = from_dict(StudentConfig, {
+            "name": name, "kind": "narrow", "init": "random", "layers": 1, "hidden": hidden, "heads": 2,
+            "distill": {"augment": {"copies": 2, "replace_prob": 0.5, "neighbours": 3, "embeddings": embeddings}},
+            "train": {"max_steps": 1, "batch_size": 8, "seed": 0}})
+        torch.manual_seed(hidden)
+        return spec, build_student(spec, teacher, tokenizer, data.spec)
+
+    def copies(cache, spec, built):
+        res = distill(teacher, tokenizer, built, spec, data, max_length=32, seed=0, logit_cache=cache)
+        return res.augment["examples"]
+
+    shared = {}
+    a, b = copies(shared, *student("a", 32, "student")), copies(shared, *student("b", 64, "student"))
+    assert b != a and b == copies({}, *student("b", 64, "student"))  # b's own, as when trained alone
+    assert len([k for k in shared if k.endswith(":rows")]) == 2
+    assert transfer_folder(AugmentConfig(embeddings="student"), "a") != transfer_folder(
+        AugmentConfig(embeddings="student"), "b")
+    assert transfer_folder(AugmentConfig(), "a") == transfer_folder(AugmentConfig(), "b")
+    by_teacher = {}
+    copies(by_teacher, *student("a", 32, "teacher"))
+    copies(by_teacher, *student("b", 64, "teacher"))
+    assert len([k for k in by_teacher if k.endswith(":rows")]) == 1

@@ -77,9 +77,11 @@ def _sum_over_processes(align: AlignStats) -> None:
         align.batches, align.misaligned_batches, align.rows, align.misaligned_rows = (int(x) for x in counts)
 
 
-def augment_key(augment: AugmentConfig) -> str:
-    """``logit_cache``'s key for the transfer set of one augment setting (``key + ":rows"``: its rows, summary)."""
-    return f"train+augment:{dataclasses.astuple(augment)}"
+def augment_key(augment: AugmentConfig, student: str) -> str:
+    """``logit_cache``'s key for the transfer set of one augment setting (``key + ":rows"``: its rows, summary); with
+    ``embeddings: student`` one per student (its embedding table picks the neighbours: every student trained on the
+    first one's copies)."""
+    return f"train+augment:{dataclasses.astuple(augment)}" + (f":{student}" if augment.embeddings == "student" else "")
 
 
 def _steps(spec: StudentConfig, has_matches: bool) -> list[tuple[str, bool, bool]]:
@@ -114,7 +116,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     rows, cache_key, aug_summary = data.train, "train", None
     if dcfg.augment is not None:
         t0 = time.perf_counter()
-        cache_key = augment_key(dcfg.augment)
+        cache_key = augment_key(dcfg.augment, spec.name)
         if logit_cache is not None and cache_key + ":rows" in logit_cache:
             rows, aug_summary = logit_cache[cache_key + ":rows"]
         else:
@@ -125,7 +127,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             if logit_cache is not None:
                 logit_cache[cache_key + ":rows"] = (rows, aug_summary)
         if previous is not None and teacher_sha and logit_cache is not None and cache_key not in logit_cache:
-            saved = load_transfer_set(previous / transfer_folder(dcfg.augment), max_length, teacher_sha, rows)
+            saved = load_transfer_set(previous / transfer_folder(dcfg.augment, spec.name), max_length, teacher_sha,
+                                      rows)
             if saved is not None:
                 logit_cache[cache_key] = saved[1]
                 logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
@@ -303,10 +306,12 @@ def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict
     return read_json(out / name / "metrics.json"), int(done["params"])
 
 
-def transfer_folder(augment: AugmentConfig) -> str:
+def transfer_folder(augment: AugmentConfig, student: str) -> str:
     """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
-    (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default)."""
-    return f"{TRANSFER}/{fingerprint(plain(augment))[:12]}"
+    (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default); with
+    ``embeddings: student``, of the setting and the student's name (its copies are its own, `augment_key`)."""
+    setting = plain(augment) if augment.embeddings != "student" else {"augment": plain(augment), "student": student}
+    return f"{TRANSFER}/{fingerprint(setting)[:12]}"
 
 
 def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str) -> None:
@@ -365,7 +370,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         if restored is not None:  # finished before a crash or kill -9 of this stage: not trained again
             summary[spec.name], params[spec.name] = restored
             transfer = summary[spec.name].get("transfer_set")
-            key = augment_key(spec.distill.augment) if transfer else None
+            key = augment_key(spec.distill.augment, spec.name) if transfer else None
             saved = load_transfer_set(out / transfer, ml, t_digest) if key and key not in logit_cache else None
             if saved is not None:  # a later student of the same augment setting trains on it, not relabelled
                 logit_cache[key + ":rows"], logit_cache[key] = (saved[0], summary[spec.name]["augment"]), saved[1]
@@ -396,9 +401,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         save(res.model, res.tokenizer, out / spec.name / "model")
         transfer = None
         if spec.distill.augment is not None:
-            key = augment_key(spec.distill.augment)
+            key = augment_key(spec.distill.augment, spec.name)
             if key in logit_cache:  # logit KD cached the teacher's logits on it: keep both for prune and reruns
-                transfer = transfer_folder(spec.distill.augment)
+                transfer = transfer_folder(spec.distill.augment, spec.name)
                 if not (out / transfer).is_dir():
                     save_transfer_set(out / transfer, logit_cache[key + ":rows"][0], logit_cache[key], ml, t_digest)
         info = {"student": student.info, "matches": res.matches, "same_tokenizer": res.same_tokenizer,
