@@ -69,6 +69,18 @@ def runtime_requirements() -> dict[str, str]:
     return {name: metadata.version(name) for name in RUNTIME}
 
 
+def pinned_python() -> Optional[str]:
+    """The oldest Python that every pinned runtime package supports (the highest ``>=`` of their Requires-Python,
+    e.g. "3.11"), or None when none says: predict.py runs on 3.9+, but the card's exact pins may not install there."""
+    floors = []
+    for name in RUNTIME:
+        for part in (metadata.metadata(name).get("Requires-Python") or "").split(","):
+            found = re.fullmatch(r"\s*>=\s*(\d+)\.(\d+)(?:\.\d+)*\s*", part)
+            if found:
+                floors.append((int(found[1]), int(found[2])))
+    return "%d.%d" % max(floors) if floors else None
+
+
 def model_io(onnx_path: Path) -> dict:
     """Input and output names, element types and shapes (symbolic dims as names) of an ONNX model."""
     import onnxruntime as ort
@@ -256,7 +268,9 @@ def model_card(manifest: dict) -> str:
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",
-              "pip install " + " ".join(f"{k}=={v}" for k, v in req.items()),
+              "pip install " + " ".join(f"{k}=={v}" for k, v in req.items())
+              + (f"   # these versions need Python >= {manifest['requirements_python']}; older: "
+                 f"pip install {' '.join(req)}" if manifest.get("requirements_python") else ""),
               f"python predict.py {example}            # label<TAB>score",
               f"python predict.py --json {example}     # all scores as JSON",
               f"python predict.py --file {lines_file}; one result a line (--file -: standard input)",
@@ -316,13 +330,20 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
     if out_dir.exists() and not out_dir.is_dir():
         raise CompressError(f"{out_dir}: exists and is not a folder")
+    target = out_dir / name  # a rebuild replaces a bundle of this name; anything else there is the user's
+    if (target.exists() or target.is_symlink()) and not (target.is_dir() and _is_bundle_manifest(target / MANIFEST)):
+        raise CompressError(f"{target}: exists and is not a bundle; refusing to replace it (give another name or out "
+                            f"folder)")
+    archive = out_dir / f"{name}.tar.gz"
+    if (archive.exists() or archive.is_symlink()) and not _is_bundle_archive(archive, name):
+        raise CompressError(f"{archive}: exists and is not this bundle's archive; refusing to replace it (give another "
+                            f"name or out folder)")
     made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     # what a killed build of this bundle (kill -9: no cleanup ran) left: never published, only in the way
     remove_dead(out_dir, ".*", rf"\.{re.escape(name)}\.(?:tmp|old|tar\.gz\.tmp)-(\d+)")
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
     tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
-    archive = out_dir / f"{name}.tar.gz"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -355,6 +376,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             "latency": latency,
             "source": source or {},
             "requirements": runtime_requirements(),
+            "requirements_python": pinned_python(),
             "requirements_js": JS_RUNTIME,
             "versions": versions(),
             "created": now_utc(),
@@ -439,6 +461,7 @@ def safe_extract(archive: Path, dest: Path) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             top = _check_members(archive, dest, members)
+            _check_listed(archive, tar, members, top)
             if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own checks as well
                 tar.extractall(dest, members=members, filter="data")
             else:  # every member was checked above
@@ -447,6 +470,39 @@ def safe_extract(archive: Path, dest: Path) -> Path:
         reason = str(e).splitlines()[0].rstrip(":") or type(e).__name__
         raise CompressError(f"{archive}: not a readable bundle archive, truncated or corrupt ({reason})") from None
     return dest / top
+
+
+MANIFEST_MAX_BYTES = 16 << 20
+"""A bundle's manifest.json is a few KB; one in an archive larger than this is refused before it is read."""
+
+
+def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], top: str) -> None:
+    """Refuse, before anything is written, an archive whose manifest does not list one of its files or gives it
+    another size: a small gzip'd member of gigabytes of zeros, unlisted, filled the disk before the check after
+    extraction refused it. (The sha256 of what is extracted is checked after, by `bundle_predict.verify`.)"""
+    head = next((m for m in members if m.name == f"{top}/{MANIFEST}" and m.isfile()), None)
+    if head is None:
+        raise CompressError(f"{archive}: no {top}/{MANIFEST}: not a bundle archive")
+    if head.size > MANIFEST_MAX_BYTES:
+        raise CompressError(f"{archive}: {head.name} is {head.size} bytes: not a bundle manifest")
+    try:
+        manifest = json.loads(tar.extractfile(head).read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CompressError(f"{archive}: {head.name}: not valid JSON ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    sizes = manifest.get("sizes") if isinstance(manifest, dict) and isinstance(manifest.get("sizes"), dict) else {}
+    if not isinstance(files, dict) or not files:
+        raise CompressError(f"{archive}: {head.name}: 'files' must map every bundle file to its sha256")
+    for m in members:
+        rel = PurePosixPath(m.name).relative_to(top).as_posix()
+        if not m.isfile() or rel == MANIFEST:
+            continue
+        if rel not in files:
+            raise CompressError(f"{archive}: member {m.name!r}: not listed in {MANIFEST}; refusing the archive "
+                                f"before extracting it")
+        if isinstance(sizes.get(rel), int) and m.size != sizes[rel]:
+            raise CompressError(f"{archive}: member {m.name!r} is {m.size} bytes, {MANIFEST} says {sizes[rel]}; "
+                                f"refusing the archive before extracting it")
 
 
 def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) -> str:
@@ -486,6 +542,15 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
         except BundleError as e:
             raise CompressError(str(e)) from None
         yield folder
+
+
+def _is_bundle_archive(path: Path, name: str) -> bool:
+    """Whether ``path`` is a gzip'd tar holding ``name/manifest.json`` (what `make_tar` writes for bundle ``name``)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return any(m.name == f"{name}/{MANIFEST}" for m in tar.getmembers())
+    except (OSError, tarfile.TarError, EOFError):
+        return False
 
 
 def _is_bundle_manifest(path: Path) -> bool:

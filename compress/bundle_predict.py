@@ -134,12 +134,25 @@ def verify(folder: str | os.PathLike) -> dict:
         rel = PurePosixPath(path.relative_to(folder).as_posix())
         if rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink() or rel.parts[0] in NPM_OUTPUTS:
             continue
-        if rel.parts[0] == "__pycache__" and PurePosixPath(RUNNER) in listed \
-                and is_runner_bytecode(path, folder / RUNNER):
+        if rel.parts[0] == "__pycache__" and PurePosixPath(RUNNER) in listed and len(rel.parts) == 2 \
+                and (is_runner_bytecode(path, folder / RUNNER) or other_pythons_bytecode(path, folder / RUNNER)):
             continue
         if rel not in listed:
             raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")
     return manifest
+
+
+def other_pythons_bytecode(path: Path, source: Path) -> bool:
+    """Whether ``path`` is named as another Python's bytecode of the runner (``predict.cpython-312.pyc`` under 3.11):
+    this interpreter never loads it (its cache tag differs) and cannot check it, and one bundle folder used with two
+    Pythons was refused by the second. The other Python checks its own file as `is_runner_bytecode` does."""
+    name, own = path.name, sys.implementation.cache_tag
+    if path.is_symlink() or not path.is_file() or not name.startswith(f"{source.stem}.") or not name.endswith(".pyc"):
+        return False
+    tag = name[len(source.stem) + 1:-len(".pyc")]
+    for opt in (".opt-1", ".opt-2"):
+        tag = tag[:-len(opt)] if tag.endswith(opt) else tag
+    return bool(tag) and "." not in tag and "/" not in tag and tag != own
 
 
 def is_runner_bytecode(path: Path, source: Path) -> bool:
@@ -171,8 +184,15 @@ class Predictor:
             from tokenizers import Tokenizer
         except ImportError as e:
             pins = self.manifest.get("requirements") or {}
+            floor = self.manifest.get("requirements_python")
+            try:  # an older Python than the pinned versions support: the unpinned names install
+                newer = bool(floor) and sys.version_info[:2] < tuple(int(x) for x in str(floor).split(".")[:2])
+            except ValueError:
+                newer = False
             raise BundleError(f"this bundle needs {', '.join(RUNTIME)} ({e}): pip install "
-                              + " ".join(f"{n}=={pins[n]}" if n in pins else n for n in RUNTIME)) from None
+                              + " ".join(n if newer or n not in pins else f"{n}=={pins[n]}" for n in RUNTIME)
+                              + (f" (the versions it was built with, {', '.join(f'{n}=={pins[n]}' for n in pins)}, "
+                                 f"need Python >= {floor})" if newer else "")) from None
 
         m = self.manifest
         self.labels = m["task"].get("labels")

@@ -1004,6 +1004,13 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
         raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run "
                             f"{shlex.quote(str(recipe.path))} --stage teacher{runs}` first")
+    from compress.pipeline import explain  # torch-free: the recipe's teacher against the one in the run folder
+
+    runs, why = explain(recipe, "teacher")[0][1:]
+    if runs and why.startswith("changed"):  # (a teacher put there by hand, without a manifest, is searched as it is)
+        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"
+        raise CompressError(f"{teacher_dir}: not the recipe's teacher ({why}); run `compress run "
+                            f"{shlex.quote(str(recipe.path))} --stage teacher{runs}` first")
     try:
         depth = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     except (ValueError, KeyError, TypeError):

@@ -686,7 +686,11 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
                                             + ("on held-out training rows; dev not used to pick"
                                                if best.get("select_on") == "holdout" else
                                                "on dev itself (no training rows held out): dev is optimistic")}
-    return build(recipe.run_dir / "search" / "bundle", name, model=Path(best["file"]),
-                 tokenizer=teacher_dir / "tokenizer.json", task=spec.name, labels=spec.labels,
-                 text_pair=spec.text_pair is not None, max_length=recipe.task.max_length, metrics=metrics,
-                 latency=latency, source=source)
+    out = recipe.run_dir / "search" / "bundle"
+    made = build(out, name, model=Path(best["file"]), tokenizer=teacher_dir / "tokenizer.json", task=spec.name,
+                 labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
+                 metrics=metrics, latency=latency, source=source)
+    for old in out.glob(f"{recipe.name}-{spec.name}-*"):  # an earlier pick's bundle: only the best is left there
+        if old not in made and not old.name.startswith("."):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return made

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -131,6 +132,10 @@ def test_manifest_schema(bundle):
     assert m["metrics"] == {"dev": {"accuracy": 0.5}}
     assert m["latency"]["p50_ms"] == 1.5 and m["latency"]["protocol"]["threads"] == 2
     assert m["requirements"] == dict(p.split("==") for p in PINNED)
+    # numpy 2.4 and onnxruntime 1.32 need Python 3.11 (predict.py runs on 3.9+): the card says so beside the pins
+    assert m["requirements_python"] == "3.11"
+    assert "these versions need Python >= 3.11; older: pip install onnxruntime tokenizers numpy" in \
+        (folder / "README.md").read_text()
     assert m["versions"]["onnxruntime"] == "1.32.0" and m["versions"]["compress"]
     # every file but the manifest is listed with its real sha256 and size
     on_disk = {p.name for p in folder.iterdir()} - {"manifest.json"}
@@ -636,6 +641,11 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     predict(folder, ["still verifies"])
     for other in folder.glob("__pycache__/*.opt-*.pyc"):
         other.unlink()
+    # another Python's bytecode (one folder used with two interpreters) was refused: this one never loads it
+    other = folder / "__pycache__" / "predict.cpython-399.opt-1.pyc"
+    other.write_bytes(b"another interpreter's")
+    predict(folder, ["still verifies"])
+    other.unlink()
     (tmp_path / "evil.py").write_text((folder / "predict.py").read_text() + "\nprint('PLANTED CODE RAN')\n")
     py_compile.compile(str(tmp_path / "evil.py"), cfile=str(pyc),
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
@@ -714,6 +724,10 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder)
     assert proc.returncode == 2 and proc.stderr.startswith("error: this bundle needs onnxruntime, tokenizers, numpy")
     assert "pip install onnxruntime==" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    older = code.replace("sys.argv =", "sys.version_info = (3, 10, 0, 'final', 0); sys.argv =")  # Python 3.10
+    proc = subprocess.run([sys.executable, "-c", older], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 2 and ": pip install onnxruntime tokenizers numpy (the versions it was built with, " \
+        "onnxruntime==" in proc.stderr and proc.stderr.endswith("need Python >= 3.11)\n"), proc.stderr
 
 
 def test_compress_predict_takes_options_anywhere(bundle, capsys):
@@ -969,3 +983,58 @@ def test_a_new_version_of_a_runner_the_bundle_ships_redoes_the_bundle_stage(monk
     old = {"config": pipeline._config(recipe, stage), "seed": recipe.seed, "inputs": inputs}
     assert pipeline._what_changed(recipe, stage, old, inputs2) == ("changed: input package:compress/bundle_predict.mjs "
                                                                    "changed")
+
+
+def test_a_build_never_replaces_a_folder_or_archive_that_is_not_a_bundle(int8_model, minilm_dir, tmp_path):
+    """`compress bundle --model mymodel/model.onnx --name mymodel --out .` replaced the folder holding the user's model,
+    vocab and notes (renamed aside and deleted), and any `<name>.tar.gz`. Only an earlier bundle (and its archive) of
+    the name is replaced now; a rebuild over one still works."""
+    from compress.cli import main
+
+    mine = tmp_path / "mymodel"
+    mine.mkdir()
+    shutil.copy(int8_model, mine / "model.onnx")
+    shutil.copy(minilm_dir / "tokenizer.json", mine / "tokenizer.json")
+    (mine / "notes.txt").write_text("my notes")
+    args = ["bundle", "--model", str(mine / "model.onnx"), "--tokenizer", str(mine / "tokenizer.json"), "--out",
+            str(tmp_path), "--max-length", "32", "--no-ort", "--labels", "negative,positive"]
+    with pytest.raises(CompressError, match=rf"^{mine}: exists and is not a bundle; refusing to replace it"):
+        build(tmp_path, "mymodel", model=mine / "model.onnx", tokenizer=mine / "tokenizer.json", task="sst2",
+              labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)
+    assert main([*args, "--name", "mymodel"]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["model.onnx", "notes.txt", "tokenizer.json"]
+    (tmp_path / "other.tar.gz").write_bytes(b"my archive")
+    assert main([*args, "--name", "other"]) == 2 and not (tmp_path / "other").exists()
+    assert (tmp_path / "other.tar.gz").read_bytes() == b"my archive"
+    assert main([*args, "--name", "fresh"]) == 0
+    (tmp_path / "fresh").rename(tmp_path / "gone")  # an archive kept without its folder is still the bundle's
+    assert main([*args, "--name", "fresh"]) == 0 and main([*args, "--name", "fresh"]) == 0  # rebuilt over itself
+    assert (tmp_path / "fresh" / "manifest.json").is_file()
+
+
+def test_an_archives_unlisted_or_resized_member_is_refused_before_anything_is_extracted(bundle, tmp_path,
+                                                                                       monkeypatch):
+    """`compress predict X.tar.gz` extracted every member, then refused the unlisted one: a 30 MB archive holding 2 GB
+    of zeros filled the disk first. The manifest is read from the archive and its list and sizes checked first."""
+    folder, _ = bundle
+    extracted = []
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda self, *a, **k: extracted.append(a))
+    members = [_file(f"b/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir())]
+    big = tarfile.TarInfo("b/zeros.bin")
+    big.size = 64 << 20
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+        tar.addfile(big, io.BytesIO(bytes(big.size)))
+    with pytest.raises(CompressError, match=r"member 'b/zeros\.bin': not listed in manifest\.json; refusing the "
+                                            r"archive before extracting it$"):
+        predict(archive, ["x"])
+    resized = [(info, data) if not info.name.endswith("labels.json") else _file(info.name, data + b" " * 10)
+               for info, data in members]
+    with pytest.raises(CompressError, match=r"member 'b/labels\.json' is \d+ bytes, manifest\.json says \d+"):
+        predict(_tar_with(tmp_path / "resized.tar.gz", resized), ["x"])
+    without = [(info, data) for info, data in members if not info.name.endswith("manifest.json")]
+    with pytest.raises(CompressError, match=r"no b/manifest\.json: not a bundle archive$"):
+        predict(_tar_with(tmp_path / "without.tar.gz", without), ["x"])
+    assert extracted == []

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from compress.cli import main
-from compress.config import load_recipe
+from compress.config import load_recipe, search_settings
 from compress.errors import CompressError
 from compress.search import ModelSpec, candidates, front, pick, run_search, skip_reason
 
@@ -104,9 +104,13 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
     line = dict(_provenance_lines(RunTable("tiny", str(recipe.run_dir), "accuracy", [])))["latency-budget search"]
     assert line.startswith(f"best within 1000 ms: {summary['best']}") and "search/search.md" in line
 
-    # the CLI ships the best candidate as an edge bundle (candidates reused, nothing re-measured)
+    # the CLI ships the best candidate as an edge bundle (candidates reused, nothing re-measured); an earlier pick's
+    # bundle is removed (it stayed beside the new one, nothing saying which was the search's answer)
+    (out / "bundle" / "tiny-sst2-L9-static").mkdir(parents=True)
+    (out / "bundle" / "tiny-sst2-L9-static.tar.gz").write_bytes(b"earlier")
     assert main(["search", str(path), "--budget-ms", "1000", "--bundle"]) == 0
     folder = out / "bundle" / f"tiny-sst2-{summary['best']}"
+    assert sorted(p.name for p in (out / "bundle").iterdir()) == [folder.name, f"{folder.name}.tar.gz"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
     assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]
@@ -545,3 +549,26 @@ def test_search_times_under_the_recipes_bench_protocol(monkeypatch):
         (True, 5, [2], 50, [], [])
     assert search.protocol_changes(used) == {"rounds": 5, "spin": True}
     assert search.protocol_changes(search.timing_config(SimpleNamespace(bench=None), cfg)) == {}
+
+
+def test_a_run_folders_teacher_that_is_not_the_recipes_is_refused(tmp_path, glue_dir, tokenizer, capsys):
+    """The search only looked for a teacher in the run folder: after an edit to the recipe's teacher (or task) it
+    labelled, distilled and bundled from the old one, retention against the old one's metric, without a word.
+    A teacher stage recorded for other settings is refused, naming the change; one put there by hand (no manifest)
+    is searched as it is."""
+    from compress import pipeline
+
+    path = _recipe(tmp_path, glue_dir, tokenizer)
+    recipe = load_recipe(path)
+    folder = recipe.run_dir / "teacher"
+    teacher = pipeline.STAGES[0]
+    (folder / "manifest.json").write_text(json.dumps({
+        "fingerprint": pipeline._fingerprint(recipe, teacher, {})[0], "config": pipeline._config(recipe, teacher),
+        "seed": recipe.seed, "outputs": pipeline.hash_tree(folder)}))
+    assert pipeline.explain(recipe, "teacher")[0][1:] == (False, "up to date")
+    assert search_settings(recipe, budget_ms=5.0).budget_ms == 5.0
+    assert main(["search", str(path), "--budget-ms", "5", "--set", "teacher.lr=1.0e-4", "--time-limit-min", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {folder / 'model'}: not the recipe's teacher (changed: teacher.lr: ")
+    assert err.endswith(f"run `compress run {path} --stage teacher --runs-dir {recipe.runs_dir}` first")
+    assert len(err.splitlines()) == 1
