@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 from compress import bundle_predict
-from compress.bundle_predict import FORMAT, MANIFEST, RUNTIME, BundleError, sha256_file
+from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.tasks import LABELS_NEEDED, good_labels
 from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
@@ -331,11 +331,11 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     if out_dir.exists() and not out_dir.is_dir():
         raise CompressError(f"{out_dir}: exists and is not a folder")
     target = out_dir / name  # a rebuild replaces a bundle of this name; anything else there is the user's
-    if (target.exists() or target.is_symlink()) and not (target.is_dir() and _is_bundle_manifest(target / MANIFEST)):
+    if (target.exists() or target.is_symlink()) and (target.is_symlink() or not is_bundle_folder(target)):
         raise CompressError(f"{target}: exists and is not a bundle; refusing to replace it (give another name or out "
                             f"folder)")
     archive = out_dir / f"{name}.tar.gz"
-    if (archive.exists() or archive.is_symlink()) and not _is_bundle_archive(archive, name):
+    if (archive.exists() or archive.is_symlink()) and (archive.is_symlink() or not is_bundle_archive(archive, name)):
         raise CompressError(f"{archive}: exists and is not this bundle's archive; refusing to replace it (give another "
                             f"name or out folder)")
     made_out_dir = not out_dir.exists()
@@ -472,6 +472,8 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     return dest / top
 
 
+RUNNER_BYTECODE_MAX_BYTES = 4 << 20
+"""predict.py's bytecode is tens of KB: a __pycache__ member named like it but larger is checked like any file."""
 MANIFEST_MAX_BYTES = 16 << 20
 """A bundle's manifest.json is a few KB; one in an archive larger than this is refused before it is read."""
 
@@ -480,7 +482,7 @@ def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.Tar
     """Refuse, before anything is written, an archive whose manifest does not list one of its files or gives it
     another size: a small gzip'd member of gigabytes of zeros, unlisted, filled the disk before the check after
     extraction refused it. (The sha256 of what is extracted is checked after, by `bundle_predict.verify`.)"""
-    head = next((m for m in members if m.name == f"{top}/{MANIFEST}" and m.isfile()), None)
+    head = next((m for m in members if PurePosixPath(m.name) == PurePosixPath(top, MANIFEST) and m.isfile()), None)
     if head is None:
         raise CompressError(f"{archive}: no {top}/{MANIFEST}: not a bundle archive")
     if head.size > MANIFEST_MAX_BYTES:
@@ -493,10 +495,16 @@ def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.Tar
     sizes = manifest.get("sizes") if isinstance(manifest, dict) and isinstance(manifest.get("sizes"), dict) else {}
     if not isinstance(files, dict) or not files:
         raise CompressError(f"{archive}: {head.name}: 'files' must map every bundle file to its sha256")
+    files = {PurePosixPath(k).as_posix(): v for k, v in files.items() if isinstance(k, str)}  # "./a" is "a"
+    sizes = {PurePosixPath(k).as_posix(): v for k, v in sizes.items() if isinstance(k, str)}
     for m in members:
-        rel = PurePosixPath(m.name).relative_to(top).as_posix()
-        if not m.isfile() or rel == MANIFEST:
+        rel = PurePosixPath(m.name).relative_to(top)
+        if not m.isfile() or rel == PurePosixPath(MANIFEST):
             continue
+        if rel.parts[0] == "__pycache__" and len(rel.parts) == 2 and rel.name.startswith(f"{Path(RUNNER).stem}.") \
+                and rel.name.endswith(".pyc") and m.size <= RUNNER_BYTECODE_MAX_BYTES:
+            continue  # the runner's bytecode (`from predict import Predictor`): `verify` judges it once extracted
+        rel = rel.as_posix()
         if rel not in files:
             raise CompressError(f"{archive}: member {m.name!r}: not listed in {MANIFEST}; refusing the archive "
                                 f"before extracting it")
@@ -544,18 +552,23 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
         yield folder
 
 
-def _is_bundle_archive(path: Path, name: str) -> bool:
+def is_bundle_archive(path: Path, name: str) -> bool:
     """Whether ``path`` is a gzip'd tar holding ``name/manifest.json`` (what `make_tar` writes for bundle ``name``)."""
     try:
         with tarfile.open(path, "r:gz") as tar:
-            return any(m.name == f"{name}/{MANIFEST}" for m in tar.getmembers())
-    except (OSError, tarfile.TarError, EOFError):
+            return any(PurePosixPath(m.name) == PurePosixPath(name, MANIFEST) for m in tar.getmembers())
+    except (OSError, tarfile.TarError, EOFError, zlib.error):
         return False
 
 
+def is_bundle_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding a bundle manifest (``format: compress-bundle/1``)."""
+    return path.is_dir() and _is_bundle_manifest(path / MANIFEST)
+
+
 def _is_bundle_manifest(path: Path) -> bool:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: a manifest re-saved by an editor that writes a BOM is still the bundle's
+        manifest = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == bundle_predict.FORMAT

@@ -145,14 +145,18 @@ def verify(folder: str | os.PathLike) -> dict:
 def other_pythons_bytecode(path: Path, source: Path) -> bool:
     """Whether ``path`` is named as another Python's bytecode of the runner (``predict.cpython-312.pyc`` under 3.11):
     this interpreter never loads it (its cache tag differs) and cannot check it, and one bundle folder used with two
-    Pythons was refused by the second. The other Python checks its own file as `is_runner_bytecode` does."""
+    Pythons was refused by the second. The other Python checks its own file as `is_runner_bytecode` does. Only a
+    lower-case tag that differs from this one's in more than case: on a case-insensitive file system
+    ``predict.CPYTHON-311.pyc`` is the file 3.11 loads."""
     name, own = path.name, sys.implementation.cache_tag
     if path.is_symlink() or not path.is_file() or not name.startswith(f"{source.stem}.") or not name.endswith(".pyc"):
         return False
     tag = name[len(source.stem) + 1:-len(".pyc")]
     for opt in (".opt-1", ".opt-2"):
         tag = tag[:-len(opt)] if tag.endswith(opt) else tag
-    return bool(tag) and "." not in tag and "/" not in tag and tag != own
+    if not tag or not tag.isascii() or tag != tag.lower() or tag.casefold() == own.casefold():
+        return False
+    return all(c.isalnum() or c == "-" for c in tag) and any(c.isdigit() for c in tag)
 
 
 def is_runner_bytecode(path: Path, source: Path) -> bool:

@@ -52,6 +52,9 @@ class Stage:
     runs: tuple[str, ...] = ()
     """Recipe fields naming other run folders it reads (``report.compare``): their stages' manifest.json files are
     inputs (a stage redone there rewrites its manifest)."""
+    variant: Optional[Callable[[Recipe], Optional[str]]] = None
+    """recipe -> a word joined to the fingerprint when the stage's outputs for that recipe changed meaning (a fix that
+    concerns a few recipes: their stages are redone, not every run folder's, as a `revision` would); None: none."""
     files: tuple[str, ...] = ()
     """Files of a run folder (this run's, and those `runs` names) that it reads beside stage outputs, when there: their
     sha256 are inputs (the report's line on ``compress search``'s results stayed out of date after a search)."""
@@ -82,6 +85,14 @@ class Stage:
         return getattr(importlib.import_module(module), fn)
 
 
+def _distill_variant(recipe: Recipe) -> Optional[str]:
+    """Students that pick augmentation neighbours with their own embeddings trained on the first one's copies until
+    each got its own (2026-12-04): such a stage of two or more of them is redone."""
+    students = recipe.students or []
+    own = [s for s in students if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
+    return "augment-per-student" if len(students) > 1 and own else None
+
+
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
     """The teacher's stage and the one holding ``quantize.source`` (else the newest model: `newest_source`)."""
     source = recipe.quantize.source or newest_source(recipe, names)
@@ -91,7 +102,7 @@ def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
 STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",)),
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True,
-          models=("students.*.init", "students.*.tokenizer")),
+          models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
           trains=True),
@@ -182,6 +193,8 @@ def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict)
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
+    if stage.variant is not None and stage.variant(recipe) is not None:
+        payload["variant"] = stage.variant(recipe)
     return fingerprint(payload)
 
 

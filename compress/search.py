@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -660,7 +661,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
-    from compress.bundle import build
+    from compress.bundle import build, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
 
     best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
@@ -690,7 +691,13 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     made = build(out, name, model=Path(best["file"]), tokenizer=teacher_dir / "tokenizer.json", task=spec.name,
                  labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
                  metrics=metrics, latency=latency, source=source)
-    for old in out.glob(f"{recipe.name}-{spec.name}-*"):  # an earlier pick's bundle: only the best is left there
-        if old not in made and not old.name.startswith("."):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    earlier = re.compile(re.escape(f"{recipe.name}-{spec.name}-") + r"L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
+    for old in sorted(out.iterdir()):  # an earlier pick's bundle (only those: a user's files there stay)
+        stem = old.name.removesuffix(".tar.gz")
+        if old in made or old.is_symlink() or not earlier.fullmatch(stem):
+            continue
+        if old.is_dir() and is_bundle_folder(old):
+            shutil.rmtree(old)
+        elif old.is_file() and old.name.endswith(".tar.gz") and is_bundle_archive(old, stem):
+            old.unlink()
     return made

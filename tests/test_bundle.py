@@ -641,11 +641,17 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     predict(folder, ["still verifies"])
     for other in folder.glob("__pycache__/*.opt-*.pyc"):
         other.unlink()
-    # another Python's bytecode (one folder used with two interpreters) was refused: this one never loads it
+    # another Python's bytecode (one folder used with two interpreters) was refused: this one never loads it; a tag
+    # that is this one's in other case is the file it loads on a case-insensitive file system: still refused
     other = folder / "__pycache__" / "predict.cpython-399.opt-1.pyc"
     other.write_bytes(b"another interpreter's")
     predict(folder, ["still verifies"])
     other.unlink()
+    upper = folder / "__pycache__" / f"predict.{sys.implementation.cache_tag.upper()}.pyc"
+    upper.write_bytes(b"planted")
+    with pytest.raises(CompressError, match=r"not listed in manifest\.json"):
+        predict(folder, ["x"])
+    upper.unlink()
     (tmp_path / "evil.py").write_text((folder / "predict.py").read_text() + "\nprint('PLANTED CODE RAN')\n")
     py_compile.compile(str(tmp_path / "evil.py"), cfile=str(pyc),
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
@@ -1034,7 +1040,34 @@ def test_an_archives_unlisted_or_resized_member_is_refused_before_anything_is_ex
                for info, data in members]
     with pytest.raises(CompressError, match=r"member 'b/labels\.json' is \d+ bytes, manifest\.json says \d+"):
         predict(_tar_with(tmp_path / "resized.tar.gz", resized), ["x"])
+    pyc = tarfile.TarInfo("b/__pycache__/predict.cpython-399.pyc")  # the runner's bytecode: judged once extracted
+    pyc.size = 8 << 20  # but not unbounded
+    with pytest.raises(CompressError, match=r"member 'b/__pycache__/predict\.cpython-399\.pyc': not listed"):
+        predict(_tar_with(tmp_path / "pyc.tar.gz", members + [(pyc, bytes(pyc.size))]), ["x"])
     without = [(info, data) for info, data in members if not info.name.endswith("manifest.json")]
     with pytest.raises(CompressError, match=r"no b/manifest\.json: not a bundle archive$"):
         predict(_tar_with(tmp_path / "without.tar.gz", without), ["x"])
     assert extracted == []
+
+
+def test_archives_with_dot_prefixed_members_or_runner_bytecode_and_bom_manifests_still_open_and_rebuild(
+        bundle, int8_model, minilm_dir, tmp_path):
+    """The checks before extraction compared raw member names: an archive tarred as ./b/... (`tar czf x.tar.gz ./b`)
+    or holding the runner's bytecode (a folder used with `from predict import Predictor`, then tarred) opened before
+    and was refused. A bundle folder whose manifest an editor re-saved with a BOM is still a bundle to rebuild."""
+    folder, _ = bundle
+    copy = _copy(folder, tmp_path / "b")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import predict"], cwd=copy, env=env, check=True)
+    assert list(copy.glob("__pycache__/predict.*.pyc"))
+    for prefix in ("", "./"):
+        archive = tmp_path / f"b{len(prefix)}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(copy, arcname=f"{prefix}b")
+        assert predict(archive, ["fine"])[0]["label"] in ("negative", "positive")
+    out = tmp_path / "out"
+    kw = dict(model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="sst2", labels=["negative", "positive"],
+              text_pair=False, max_length=32, ort_format=False)
+    built, _ = build(out, "bom", **kw)
+    (built / "manifest.json").write_bytes(b"\xef\xbb\xbf" + (built / "manifest.json").read_bytes())
+    assert build(out, "bom", **kw)[0] == built

@@ -106,11 +106,21 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
 
     # the CLI ships the best candidate as an edge bundle (candidates reused, nothing re-measured); an earlier pick's
     # bundle is removed (it stayed beside the new one, nothing saying which was the search's answer)
-    (out / "bundle" / "tiny-sst2-L9-static").mkdir(parents=True)
-    (out / "bundle" / "tiny-sst2-L9-static.tar.gz").write_bytes(b"earlier")
+    from compress.bundle import make_tar
+
+    earlier = out / "bundle" / "tiny-sst2-L9-static"
+    earlier.mkdir(parents=True)
+    (earlier / "manifest.json").write_text(json.dumps({"format": "compress-bundle/1"}))
+    make_tar(earlier, out / "bundle" / "tiny-sst2-L9-static.tar.gz")
+    mine = ["tiny-sst2-NOTES.md", "tiny-sst2-deployed", "tiny-sst2-L8-dynamic", "tiny-sst2-latest"]  # the user's
+    (out / "bundle" / mine[0]).write_text("notes")
+    (out / "bundle" / mine[1]).mkdir()
+    (out / "bundle" / mine[2]).mkdir()  # named like a pick, but no bundle in it
+    (out / "bundle" / mine[3]).symlink_to(earlier)
     assert main(["search", str(path), "--budget-ms", "1000", "--bundle"]) == 0
     folder = out / "bundle" / f"tiny-sst2-{summary['best']}"
-    assert sorted(p.name for p in (out / "bundle").iterdir()) == [folder.name, f"{folder.name}.tar.gz"]
+    assert sorted(p.name for p in (out / "bundle").iterdir()) == sorted([folder.name, f"{folder.name}.tar.gz",
+                                                                        *mine])
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
     assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]

@@ -1,5 +1,6 @@
 """Teacher fine-tuning on a real SST-2 slice with a tiny random BERT, and the pipeline runner around it."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -1094,3 +1095,24 @@ def test_a_per_layer_width_mpnet_gets_a_new_head_as_from_pretrained_gives_one(tm
     three, none = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"], tokenizer=False)
     assert none is None and three.config.num_labels == 3 and three.classifier.out_proj.weight.shape[0] == 3
     assert torch.equal(three.classifier.dense.weight, model.classifier.dense.weight)
+
+
+def test_a_distill_stage_of_students_with_their_own_augmentation_neighbours_is_redone(tmp_path, tiny_bert_dir):
+    """Each student that picks augmentation neighbours with its own embeddings gets its own copies since 2026-12-04
+    (they trained on the first student's): such a stage of two or more students is redone, no other."""
+    from compress import pipeline
+
+    distill = next(s for s in pipeline.STAGES if s.name == "distill")
+    students = ("students:\n  - {name: a, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1, "
+                "distill: {augment: {copies: 1, embeddings: %s}}}\n  - {name: b, kind: narrow, init: random, "
+                "hidden: 64, heads: 2, ffn: 64, layers: 1%s}\n")
+    done = {"teacher": {"outputs": {"model/model.safetensors": "aa"}}}
+    for embeddings, second, variant in (("student", "", "augment-per-student"), ("teacher", "", None)):
+        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students % (embeddings, second)))
+        assert pipeline._distill_variant(recipe) == variant
+        fp, inputs = pipeline._fingerprint(recipe, distill, done)
+        plain = dataclasses.replace(distill, variant=None)
+        assert (fp != pipeline._stage_fingerprint(recipe, plain, inputs, pipeline._result_config(
+            pipeline._config(recipe, plain)))) == (variant is not None)
+    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students.split("\n  - {name: b")[0] % "student" + "\n"))
+    assert len(one.students) == 1 and pipeline._distill_variant(one) is None  # one student: its own copies always
