@@ -461,7 +461,7 @@ def safe_extract(archive: Path, dest: Path) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             top = _check_members(archive, dest, members)
-            _check_listed(archive, tar, members, top)
+            _check_listed(archive, tar, members, top, dest)
             if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: the stdlib's own checks as well
                 tar.extractall(dest, members=members, filter="data")
             else:  # every member was checked above
@@ -473,12 +473,12 @@ def safe_extract(archive: Path, dest: Path) -> Path:
 
 
 RUNNER_BYTECODE_MAX_BYTES = 4 << 20
-"""predict.py's bytecode is tens of KB: a __pycache__ member named like it but larger is checked like any file."""
+"""predict.py's bytecode is tens of KB a file: all of an archive's together may take this much before extraction."""
 MANIFEST_MAX_BYTES = 16 << 20
 """A bundle's manifest.json is a few KB; one in an archive larger than this is refused before it is read."""
 
 
-def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], top: str) -> None:
+def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], top: str, dest: Path) -> None:
     """Refuse, before anything is written, an archive whose manifest does not list one of its files or gives it
     another size: a small gzip'd member of gigabytes of zeros, unlisted, filled the disk before the check after
     extraction refused it. (The sha256 of what is extracted is checked after, by `bundle_predict.verify`.)"""
@@ -497,13 +497,25 @@ def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.Tar
         raise CompressError(f"{archive}: {head.name}: 'files' must map every bundle file to its sha256")
     files = {PurePosixPath(k).as_posix(): v for k, v in files.items() if isinstance(k, str)}  # "./a" is "a"
     sizes = {PurePosixPath(k).as_posix(): v for k, v in sizes.items() if isinstance(k, str)}
+    seen, bytecode, total = set(), 0, 0
     for m in members:
         rel = PurePosixPath(m.name).relative_to(top)
-        if not m.isfile() or rel == PurePosixPath(MANIFEST):
+        if not m.isfile():
             continue
-        if rel.parts[0] == "__pycache__" and len(rel.parts) == 2 and rel.name.startswith(f"{Path(RUNNER).stem}.") \
-                and rel.name.endswith(".pyc") and m.size <= RUNNER_BYTECODE_MAX_BYTES:
-            continue  # the runner's bytecode (`from predict import Predictor`): `verify` judges it once extracted
+        if not rel.parts:  # "b/." as a file: the bundle folder itself
+            raise CompressError(f"{archive}: member {m.name!r} is a file in place of the bundle folder")
+        if rel in seen:  # a second member of one name overwrites the first, checked one (the manifest itself too)
+            raise CompressError(f"{archive}: member {m.name!r} comes twice; refusing the archive")
+        seen.add(rel)
+        total += m.size
+        if rel == PurePosixPath(MANIFEST):
+            continue
+        if rel.parts[0] == "__pycache__" and len(rel.parts) == 2 and bundle_predict.runner_bytecode_name(rel.name):
+            bytecode += m.size  # the runner's bytecode (`from predict import Predictor`): judged once extracted
+            if bytecode > RUNNER_BYTECODE_MAX_BYTES:
+                raise CompressError(f"{archive}: more than {RUNNER_BYTECODE_MAX_BYTES} bytes of {RUNNER} bytecode; "
+                                    f"refusing the archive before extracting it")
+            continue
         rel = rel.as_posix()
         if rel not in files:
             raise CompressError(f"{archive}: member {m.name!r}: not listed in {MANIFEST}; refusing the archive "
@@ -511,6 +523,10 @@ def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.Tar
         if isinstance(sizes.get(rel), int) and m.size != sizes[rel]:
             raise CompressError(f"{archive}: member {m.name!r} is {m.size} bytes, {MANIFEST} says {sizes[rel]}; "
                                 f"refusing the archive before extracting it")
+    free = shutil.disk_usage(dest).free  # what the manifest lists can still be large: never more than the disk holds
+    if total > free:
+        raise CompressError(f"{archive}: its files take {total} bytes, {free} are free in {dest}; refusing the "
+                            f"archive before extracting it")
 
 
 def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) -> str:

@@ -148,15 +148,22 @@ def other_pythons_bytecode(path: Path, source: Path) -> bool:
     Pythons was refused by the second. The other Python checks its own file as `is_runner_bytecode` does. Only a
     lower-case tag that differs from this one's in more than case: on a case-insensitive file system
     ``predict.CPYTHON-311.pyc`` is the file 3.11 loads."""
-    name, own = path.name, sys.implementation.cache_tag
-    if path.is_symlink() or not path.is_file() or not name.startswith(f"{source.stem}.") or not name.endswith(".pyc"):
-        return False
-    tag = name[len(source.stem) + 1:-len(".pyc")]
+    tag = runner_bytecode_name(path.name, source.stem)
+    own = sys.implementation.cache_tag or ""  # None: this Python writes no bytecode
+    return bool(tag) and not path.is_symlink() and path.is_file() and tag.casefold() != own.casefold()
+
+
+def runner_bytecode_name(name: str, stem: str = Path(RUNNER).stem) -> str | None:
+    """The cache tag of a name ``<stem>.<tag>[.opt-1|.opt-2].pyc`` with a lower-case ASCII tag of letters, digits and
+    dashes (``cpython-311``, ``pypy39``); None for any other name."""
+    if not name.startswith(f"{stem}.") or not name.endswith(".pyc"):
+        return None
+    tag = name[len(stem) + 1:-len(".pyc")]
     for opt in (".opt-1", ".opt-2"):
         tag = tag[:-len(opt)] if tag.endswith(opt) else tag
-    if not tag or not tag.isascii() or tag != tag.lower() or tag.casefold() == own.casefold():
-        return False
-    return all(c.isalnum() or c == "-" for c in tag) and any(c.isdigit() for c in tag)
+    ok = tag and tag.isascii() and tag == tag.lower() and all(c.isalnum() or c == "-" for c in tag) \
+        and any(c.isdigit() for c in tag)
+    return tag if ok else None
 
 
 def is_runner_bytecode(path: Path, source: Path) -> bool:

@@ -86,11 +86,11 @@ class Stage:
 
 
 def _distill_variant(recipe: Recipe) -> Optional[str]:
-    """Students that pick augmentation neighbours with their own embeddings trained on the first one's copies until
-    each got its own (2026-12-04): such a stage of two or more of them is redone."""
-    students = recipe.students or []
-    own = [s for s in students if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
-    return "augment-per-student" if len(students) > 1 and own else None
+    """Students of one augment setting that pick its neighbours with their own embeddings trained on the first one's
+    copies until each got its own (2026-12-04): a stage with two or more of them is redone, no other."""
+    settings = [dataclasses.astuple(s.distill.augment) for s in recipe.students or []
+                if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
+    return "augment-per-student" if len(settings) > len(set(settings)) else None
 
 
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:

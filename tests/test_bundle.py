@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -1040,10 +1041,20 @@ def test_an_archives_unlisted_or_resized_member_is_refused_before_anything_is_ex
                for info, data in members]
     with pytest.raises(CompressError, match=r"member 'b/labels\.json' is \d+ bytes, manifest\.json says \d+"):
         predict(_tar_with(tmp_path / "resized.tar.gz", resized), ["x"])
-    pyc = tarfile.TarInfo("b/__pycache__/predict.cpython-399.pyc")  # the runner's bytecode: judged once extracted
-    pyc.size = 8 << 20  # but not unbounded
-    with pytest.raises(CompressError, match=r"member 'b/__pycache__/predict\.cpython-399\.pyc': not listed"):
-        predict(_tar_with(tmp_path / "pyc.tar.gz", members + [(pyc, bytes(pyc.size))]), ["x"])
+    # the runner's bytecode is judged once extracted, but not unbounded: many members of such names, each small
+    pycs = [_file(f"b/__pycache__/predict.cpython-{400 + i}.pyc", bytes(1 << 20)) for i in range(5)]
+    with pytest.raises(CompressError, match=r"more than 4194304 bytes of predict\.py bytecode"):
+        predict(_tar_with(tmp_path / "pyc.tar.gz", members + pycs), ["x"])
+    for extra, said in (([_file("b/.", b"x")], r"member 'b/\.' is a file in place of the bundle folder"),
+                        ([_file("b/./manifest.json", bytes(1 << 20))], r"member 'b/\./manifest\.json' comes twice"),
+                        ([_file("b/__pycache__/predict.CPYTHON-311.pyc", b"x")], "not listed")):
+        with pytest.raises(CompressError, match=said):
+            predict(_tar_with(tmp_path / "extra.tar.gz", members + extra), ["x"])
+    import shutil as shutil_module  # a disk without room for what the manifest lists: refused, not filled
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    with pytest.raises(CompressError, match=r"its files take \d+ bytes, 1000 are free in"):
+        predict(_tar_with(tmp_path / "fits.tar.gz", members), ["x"])
     without = [(info, data) for info, data in members if not info.name.endswith("manifest.json")]
     with pytest.raises(CompressError, match=r"no b/manifest\.json: not a bundle archive$"):
         predict(_tar_with(tmp_path / "without.tar.gz", without), ["x"])
@@ -1071,3 +1082,21 @@ def test_archives_with_dot_prefixed_members_or_runner_bytecode_and_bom_manifests
     built, _ = build(out, "bom", **kw)
     (built / "manifest.json").write_bytes(b"\xef\xbb\xbf" + (built / "manifest.json").read_bytes())
     assert build(out, "bom", **kw)[0] == built
+
+
+def test_runner_bytecode_names_and_a_python_without_a_cache_tag(tmp_path, monkeypatch):
+    """Only `predict.<lower-case tag>[.opt-1|.opt-2].pyc` names are another Python's bytecode; a Python without a cache
+    tag (bytecode caching off: sys.implementation.cache_tag is None) failed with an AttributeError in predict.py."""
+    from compress import bundle_predict as bp
+
+    assert [bp.runner_bytecode_name(n) for n in ("predict.cpython-312.pyc", "predict.pypy39.opt-2.pyc",
+                                                 "predict.CPYTHON-312.pyc", "predict.cpython-312.opt-3.pyc",
+                                                 "predict.x.pyc", "numpy.cpython-312.pyc", "predict.py")] == [
+        "cpython-312", "pypy39", None, None, None, None, None]
+    source = tmp_path / "predict.py"
+    source.write_text("x = 1\n")
+    other = tmp_path / "predict.cpython-399.pyc"
+    other.write_bytes(b"another Python's")
+    assert bp.other_pythons_bytecode(other, source)
+    monkeypatch.setattr(sys.implementation, "cache_tag", None)
+    assert bp.other_pythons_bytecode(other, source)

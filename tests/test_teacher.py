@@ -1098,21 +1098,26 @@ def test_a_per_layer_width_mpnet_gets_a_new_head_as_from_pretrained_gives_one(tm
 
 
 def test_a_distill_stage_of_students_with_their_own_augmentation_neighbours_is_redone(tmp_path, tiny_bert_dir):
-    """Each student that picks augmentation neighbours with its own embeddings gets its own copies since 2026-12-04
-    (they trained on the first student's): such a stage of two or more students is redone, no other."""
+    """Students of one augment setting that pick neighbours with their own embeddings get their own copies since
+    2026-12-04 (they trained on the first one's): such a stage is redone, no other (another setting, the teacher's
+    embeddings, or one such student: it always had its own copies)."""
     from compress import pipeline
 
     distill = next(s for s in pipeline.STAGES if s.name == "distill")
-    students = ("students:\n  - {name: a, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1, "
-                "distill: {augment: {copies: 1, embeddings: %s}}}\n  - {name: b, kind: narrow, init: random, "
-                "hidden: 64, heads: 2, ffn: 64, layers: 1%s}\n")
     done = {"teacher": {"outputs": {"model/model.safetensors": "aa"}}}
-    for embeddings, second, variant in (("student", "", "augment-per-student"), ("teacher", "", None)):
-        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students % (embeddings, second)))
-        assert pipeline._distill_variant(recipe) == variant
-        fp, inputs = pipeline._fingerprint(recipe, distill, done)
+
+    def recipe(*augments):
+        students = "".join(f"  - {{name: s{i}, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1"
+                           f"{f', distill: {{augment: {a}}}' if a else ''}}}\n" for i, a in enumerate(augments))
+        return load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"students:\n{students}"))
+
+    own = "{copies: 1, embeddings: student}"
+    for augments, variant in (((own, own), "augment-per-student"), ((own, None), None), ((own,), None),
+                              ((own, "{copies: 2, embeddings: student}"), None),
+                              (("{copies: 1}", "{copies: 1}"), None)):
+        r = recipe(*augments)
+        assert pipeline._distill_variant(r) == variant, augments
+        fp, inputs = pipeline._fingerprint(r, distill, done)
         plain = dataclasses.replace(distill, variant=None)
-        assert (fp != pipeline._stage_fingerprint(recipe, plain, inputs, pipeline._result_config(
-            pipeline._config(recipe, plain)))) == (variant is not None)
-    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students.split("\n  - {name: b")[0] % "student" + "\n"))
-    assert len(one.students) == 1 and pipeline._distill_variant(one) is None  # one student: its own copies always
+        assert (fp != pipeline._stage_fingerprint(r, plain, inputs, pipeline._result_config(
+            pipeline._config(r, plain)))) == (variant is not None)
