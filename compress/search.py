@@ -692,7 +692,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
                  labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
                  metrics=metrics, latency=latency, source=source)
     earlier = re.compile(re.escape(f"{recipe.name}-{spec.name}-") + r"L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
-    for old in sorted(out.iterdir()):  # an earlier pick's bundle (only those: a user's files there stay)
+    for old in sorted(out.iterdir()) if out.is_dir() else []:  # an earlier pick's bundle (a user's files stay)
         stem = old.name.removesuffix(".tar.gz")
         if old in made or old.is_symlink() or not earlier.fullmatch(stem):
             continue
