@@ -146,8 +146,9 @@ def fit(
         unwrapped.train()
         value = next(iter(metrics.values()))
         result.history.append({"step": step, "tag": tag, **metrics})
-        best = result.best_metric  # a nan (pearson of constant predictions) is beaten by any number
-        if best is None or value > best or (math.isnan(best) and not math.isnan(value)):
+        best = result.best_metric  # a nan (pearson of constant predictions, or of one held-out row) selects nothing:
+        # kept as the best, every later nan left the first evaluation's weights to be restored after all the training
+        if not math.isnan(value) and (best is None or math.isnan(best) or value > best):
             result.best_metric, result.best_step = value, step
             best_state = _state_of({k: accelerator.unwrap_model(m) for k, m in modules.items()})
 
@@ -240,6 +241,9 @@ def fit(
     result.tokens_per_s = tokens / max(result.wall_s, 1e-9)
     if best_state is not None:
         _load_state({k: accelerator.unwrap_model(m) for k, m in modules.items()}, best_state)
+    elif result.history and accelerator.is_main_process:
+        log.warning("every held-out score was nan (%s): the final weights are kept, none was selected",
+                    next(iter(k for k in result.history[0] if k not in ("step", "tag")), "metric"))
     if checkpoint_dir is not None and accelerator.is_main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
     for m in modules.values():

@@ -42,17 +42,28 @@ def test_tiny_bert_learns_sst2_slice_and_reloads(tiny_bert_dir, tmp_path):
     assert np.allclose(predict(model, dev, collator), predict(reloaded, dev, collator), atol=1e-6)
 
 
-def test_a_folder_with_a_head_of_another_size_gets_a_fresh_one(tiny_bert_dir):
+def test_a_folder_with_a_head_of_another_size_gets_a_fresh_one(tiny_bert_dir, caplog):
     """A saved classifier (2 labels) as the model of a 3-label or a regression task: a new head of the task's size
-    (it was a state_dict size-mismatch traceback from transformers)."""
+    (it was a state_dict size-mismatch traceback from transformers), said in a warning (transformers' own note is
+    silenced there: its trained head was dropped without a word)."""
+    import logging
+
     from compress.data import GLUE_TASKS
     from compress.tasks import TaskSpec
 
     three = TaskSpec("x", "", "text", None, "label", ["a", "b", "c"], ["accuracy"])
-    model, _ = load_for_task(str(tiny_bert_dir), three)
+    with caplog.at_level(logging.WARNING, logger="compress.modeling"):
+        model, _ = load_for_task(str(tiny_bert_dir), three)
     assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
-    model, _ = load_for_task(str(tiny_bert_dir), GLUE_TASKS["stsb"])
-    assert model.classifier.out_features == 1 and model.config.problem_type == "regression"
+    assert f"{tiny_bert_dir}: its classification head has another number of outputs than the task's 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compress.modeling"):
+        model, _ = load_for_task(str(tiny_bert_dir), GLUE_TASKS["stsb"])
+        assert model.classifier.out_features == 1 and model.config.problem_type == "regression"
+        assert "the task's 1" in caplog.text
+        caplog.clear()
+        load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])  # the same size: kept, nothing said
+    assert caplog.text == ""
 
 
 def test_a_folder_whose_tokenizer_cannot_load_is_one_line(tiny_bert_dir):
@@ -530,6 +541,18 @@ def test_a_nan_first_evaluation_does_not_hold_the_best_checkpoint(tiny_bert_dir)
                  evaluate=lambda m: {"pearson": next(scores)})
     assert [h["pearson"] for h in result.history][1:] == [0.3, 0.2]
     assert result.best_metric == 0.3 and result.best_step == 6
+    # every score nan (a one-row held-out slice of a regression task): the first evaluation's weights were restored
+    # after all the training; nothing is selected now, the final weights stay, with a warning
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    trained = []
+    result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}),
+                 TrainConfig(epochs=3, batch_size=32, eval_every=None), seed=0,
+                 evaluate=lambda m: trained.append({k: v.clone() for k, v in m.state_dict().items()})
+                 or {"pearson": float("nan")})
+    assert result.best_step is None and len(trained) == 3
+    final = model.state_dict()
+    assert all(torch.equal(final[k], trained[-1][k]) for k in final)
+    assert not all(torch.equal(final[k], trained[0][k]) for k in final)
 
 
 def test_a_local_teacher_folder_whose_files_change_redoes_the_teacher(tiny_bert_dir, tmp_path, capsys):
