@@ -571,8 +571,8 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
 def is_bundle_archive(path: Path, name: str) -> bool:
     """Whether ``path`` is a gzip'd tar holding ``name/manifest.json`` (what `make_tar` writes for bundle ``name``)."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            return any(PurePosixPath(m.name) == PurePosixPath(name, MANIFEST) for m in tar.getmembers())
+        with tarfile.open(path, "r:gz") as tar:  # members read until it is found (not the whole model)
+            return any(PurePosixPath(m.name) == PurePosixPath(name, MANIFEST) for m in tar)
     except (OSError, tarfile.TarError, EOFError, zlib.error):
         return False
 

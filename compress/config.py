@@ -1000,17 +1000,15 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
     if cfg.threads < 1:
         raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
+    runs_dir = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
+    train_it = f"run `compress run {shlex.quote(str(recipe.path))} --stage teacher{runs_dir}` first"
     if not (teacher_dir / "config.json").is_file():
-        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
-        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; run `compress run "
-                            f"{shlex.quote(str(recipe.path))} --stage teacher{runs}` first")
+        raise CompressError(f"{teacher_dir}: no fine-tuned teacher; {train_it}")
     from compress.pipeline import explain  # torch-free: the recipe's teacher against the one in the run folder
 
-    runs, why = explain(recipe, "teacher")[0][1:]
-    if runs and why.startswith("changed"):  # (a teacher put there by hand, without a manifest, is searched as it is)
-        runs = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"
-        raise CompressError(f"{teacher_dir}: not the recipe's teacher ({why}); run `compress run "
-                            f"{shlex.quote(str(recipe.path))} --stage teacher{runs}` first")
+    redo, why = explain(recipe, "teacher")[0][1:]
+    if redo and why.startswith("changed"):  # (a teacher put there by hand, without a manifest, is searched as it is)
+        raise CompressError(f"{teacher_dir}: not the recipe's teacher ({why}); {train_it}")
     try:
         depth = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     except (ValueError, KeyError, TypeError):
@@ -1126,7 +1124,10 @@ class Recipe:
         augment = next(s for s in self.students if s.name == source).distill.augment
         if augment is None:
             raise CompressError(f"{where}: student {source!r} has no distill.augment, so no transfer set; set one")
-        if not any(s.distill.augment == augment and s.distill.caches_transfer_logits() for s in self.students):
+        # students of one augment setting share its transfer set, unless each picks its own neighbours
+        sharing = [s for s in self.students if s.distill.augment == augment
+                   and (augment.embeddings != "student" or s.name == source)]
+        if not any(s.distill.caches_transfer_logits() for s in sharing):
             raise CompressError(f"{where}: the transfer set of student {source!r} gets no saved teacher logits: it "
                                 f"needs a logit-only step (distill.two_step, or no intermediate matches) with "
                                 f"cache_teacher_logits: true")

@@ -73,10 +73,11 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
         raise CompressError(_unreadable(model, source, e)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    misfits = [k for k in info.get("mismatched_keys") or [] if k.split(".")[0] != "classifier"]
+    mismatched = info.get("mismatched_keys") or []
+    misfits = [k for k in mismatched if k.split(".")[0] != "classifier"]
     if misfits:  # ignore_mismatched_sizes is for the head: an encoder weight would be re-initialised at random
         raise CompressError(_misfit(model, misfits))
-    replaced = [k for k in info.get("mismatched_keys") or [] if k.split(".")[0] == "classifier"]
+    replaced = [k for k in mismatched if k not in misfits]
     if replaced:  # the silenced "newly initialized" note, where it matters: a trained head is dropped
         log.warning("%s: its classification head has another number of outputs than the task's %d: %s "
                     "initialised anew (the trained weights are not used)", model, task_kwargs(spec)["num_labels"],

@@ -154,19 +154,18 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
 
 
-def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], earlier: bool = False) -> dict[str, str]:
+def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str, str]:
     """What the stage reads, path (or ``<stage>/<file>``) -> sha256: the task's data files, files it ships, the files
-    of local model folders it loads (`model_file`), other run folders' manifests, and the outputs of the upstream
-    stages it reads. ``earlier``: as compress computed them before (every file of a model folder, every upstream
-    stage), for `_accepted_fingerprints`."""
+    of local model folders it loads (`model_file`), the commit of a hub id it loads, other run folders' manifests,
+    and the outputs of the upstream stages it reads."""
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
     inputs.update({f"package:compress/{name}": sha256_file(Path(__file__).with_name(name)) for name in stage.ships})
-    keep = (lambda rel: not hidden_path(rel)) if earlier else model_file
     for folder in _folders(recipe, stage.models):
-        inputs.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(Path(folder), keep=keep).items()})
-    if not earlier:  # a hub id's files are not here to hash: the commit it loads stands for them
-        inputs.update({f"hub:{name}": hub.revision(name) or "unknown" for name in _field_values(recipe, stage.models)
-                       if hub.is_hub_id(name)})
+        inputs.update({str(Path(folder) / rel): digest
+                       for rel, digest in hash_tree(Path(folder), keep=model_file).items()})
+    # a hub id's files are not here to hash: the commit it loads stands for them
+    inputs.update({f"hub:{name}": hub.revision(name) or "unknown" for name in _field_values(recipe, stage.models)
+                   if hub.is_hub_id(name)})
     runs = [run for run in _folders(recipe, stage.runs, models=False)  # this run itself: its stages are upstream
             if Path(run).resolve() != recipe.run_dir.resolve()]
     for run in runs:
@@ -175,10 +174,24 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], earlier: bo
     for run in [recipe.run_dir, *runs]:
         inputs.update({str(Path(run) / rel): sha256_file(Path(run) / rel) for rel in stage.files
                        if (Path(run) / rel).is_file()})
-    for need in stage.upstream(upstream, None if earlier else recipe):
+    for need in stage.upstream(upstream, recipe):
         for rel, digest in upstream[need]["outputs"].items():
             inputs[f"{need}/{rel}"] = digest
     return inputs
+
+
+def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict) -> dict[str, str]:
+    """``inputs`` (`_inputs`) as compress computed them before: every file of a model folder (not only what loading
+    reads, `model_file`: the rest hashed here, the rest taken from ``inputs``), no hub commits, every upstream stage's
+    outputs (not only those `Stage.reads_only` keeps)."""
+    earlier = {k: v for k, v in inputs.items() if not k.startswith("hub:")}
+    for folder in _folders(recipe, stage.models):
+        earlier.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(
+            Path(folder), keep=lambda rel: not hidden_path(rel) and not model_file(rel)).items()})
+    for need in stage.upstream(upstream):
+        for rel, digest in upstream[need]["outputs"].items():
+            earlier[f"{need}/{rel}"] = digest
+    return earlier
 
 
 def model_file(rel: str) -> bool:
@@ -193,8 +206,9 @@ def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict)
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
-    if stage.variant is not None and stage.variant(recipe) is not None:
-        payload["variant"] = stage.variant(recipe)
+    variant = stage.variant(recipe) if stage.variant is not None else None
+    if variant is not None:
+        payload["variant"] = variant
     return fingerprint(payload)
 
 
@@ -207,7 +221,7 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       sha256 keyed by that path: a data folder moved, copied, or reached through another spelling or a link (inputs
       are keyed by path) redid every stage, hours of training, for the same bytes."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
-    variants = [inputs, _inputs(recipe, stage, upstream, earlier=True)]
+    variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
     return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
 

@@ -243,7 +243,7 @@ def fit(
         _load_state({k: accelerator.unwrap_model(m) for k, m in modules.items()}, best_state)
     elif result.history and accelerator.is_main_process:
         log.warning("every held-out score was nan (%s): the final weights are kept, none was selected",
-                    next(iter(k for k in result.history[0] if k not in ("step", "tag")), "metric"))
+                    next((k for k in result.history[0] if k not in ("step", "tag")), "metric"))
     if checkpoint_dir is not None and accelerator.is_main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
     for m in modules.values():

@@ -718,3 +718,19 @@ def test_set_reaches_a_prune_layer_override_whose_name_has_dots():
     assert recipe.section("prune")["layers"] == {"layer.0": {"heads": 0.5, "ffn": None},
                                                  "bert.encoder.layer.2": {"heads": None, "ffn": 0.25}}
     assert load_recipe(path, {"prune.source": "teacher", "prune.layers.layer.5.heads": 0.5}).prune.layers  # 6 there
+
+
+def test_recovery_on_a_transfer_set_another_student_labels_only_when_they_share_it(tmp_path):
+    """A student whose distillation saves no teacher logits on its transfer set can recover on the set another student
+    of the same augment setting saves; with `embeddings: student` each student has its own set, so it cannot (it
+    validated, then the prune stage found no transfer set after teacher and students had trained)."""
+    recipe = ("task: {name: sst2}\nteacher: {model: minilm-l6}\nstudents:\n"
+              "  - {name: a, kind: layer_drop, layers: 3, distill: {augment: %s, layer_map: uniform}}\n"
+              "  - {name: b, kind: layer_drop, layers: 2, distill: {augment: %s}}\n"
+              "prune: {heads: 0.5, source: a, recover: {data: transfer}}\n")
+    shared = "{copies: 1}"
+    assert load_recipe(write(tmp_path, recipe % (shared, shared))).prune.source == "a"
+    own = "{copies: 1, embeddings: student}"
+    with pytest.raises(CompressError, match=r"prune\.recover\.data: transfer: the transfer set of student 'a' gets "
+                                            r"no saved teacher logits"):
+        load_recipe(write(tmp_path, recipe % (own, own)))

@@ -193,7 +193,7 @@ def test_a_new_commit_of_a_hub_model_redoes_the_stage(tmp_path, tiny_bert_dir, m
 
     folder = tmp_path / "made-before"
     folder.mkdir()
-    earlier = pipeline._inputs(recipe, teacher, {}, earlier=True)
+    earlier = pipeline._earlier_inputs(recipe, teacher, {}, inputs)
     assert not any(k.startswith("hub:") for k in earlier)
     old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._result_config(pipeline._config(recipe,
                                                                                                       teacher)))

@@ -915,7 +915,7 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
     folder = tmp_path / "made-before"
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "w.bin").write_bytes(b"weights")
-    earlier = pipeline._inputs(recipe, teacher, {}, earlier=True)
+    earlier = pipeline._earlier_inputs(recipe, teacher, {}, pipeline._inputs(recipe, teacher, {}))
     assert str(tiny_bert_dir / "README.md") in earlier
     old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._config(recipe, teacher))
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier,
@@ -990,7 +990,7 @@ def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_b
         assert {k.split("/")[0] for k in keys if "/" in k and not k.startswith("/")} == reads
     folder = tmp_path / "quantize"
     folder.mkdir()
-    earlier = pipeline._inputs(recipe, quantize, done, earlier=True)
+    earlier = pipeline._earlier_inputs(recipe, quantize, done, inputs)
     assert {"distill/model/model.safetensors", "prune/model/model.safetensors"} <= set(earlier)
     old = pipeline._stage_fingerprint(recipe, quantize, earlier, pipeline._result_config(pipeline._config(recipe,
                                                                                                        quantize)))

@@ -57,12 +57,13 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
         key = f"{m.feature}_t{t_layer}_s{s_layer}"  # names the match's projection (in checkpoints too)
         # hidden states 0 are the embeddings' output: a hidden 0/0 match is the embedding match (both were computed)
         kind = "embedding" if m.feature == "hidden" and (t_layer, s_layer) == (0, 0) else m.feature
-        if f"{kind}_t{t_layer}_s{s_layer}" in seen:
+        pair = f"{kind}_t{t_layer}_s{s_layer}"
+        if pair in seen:
             if ".matches[" in origin:  # two explicit matches of one pair: the second was silently dropped
                 raise CompressError(f"{origin}: a second {kind} match of teacher layer {t_layer} and student "
                                     f"layer {s_layer}; give each pair once (its loss, weight and heads in one entry)")
             continue  # a layer_map match an explicit one already covers: the explicit settings win
-        seen.add(f"{kind}_t{t_layer}_s{s_layer}")
+        seen.add(pair)
         if m.weight == 0:  # left out of training, not computed at weight 0: its projection would get no gradient,
             continue       # which DDP waits for forever; an explicit weight 0 also turns a layer_map pair off
         out.append(Match(key, t_layer, s_layer, m.feature, m.loss, m.weight, project, m.heads))
