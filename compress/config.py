@@ -282,6 +282,17 @@ def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[i
     return [low.index(t) for t in task]
 
 
+def headless(architectures) -> Optional[str]:
+    """The refusal for keeping the head of a model whose config.json's ``architectures`` names no
+    ...ForSequenceClassification (a bare encoder: its classifier would be new weights); None when it names one or
+    none at all (the weights tell, as they load)."""
+    architectures = [str(a) for a in architectures or []]
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return (f"it has no trained classification head (config.json's architectures: {', '.join(architectures)}); "
+                f"fine-tune it here instead (finetune: true)")
+    return None
+
+
 def head_mismatch(num_labels: int, names: list[str],
                   labels: Optional[list[str]]) -> tuple[Optional[str], Optional[str]]:
     """(refusal, warning) for keeping a fine-tuned head of ``num_labels`` outputs named ``names`` (config.json's
@@ -1234,9 +1245,8 @@ class Recipe:
             count = len(id2label) or int(fields.get("num_labels", 2))
         except (AttributeError, TypeError, ValueError) as e:
             raise CompressError(f"{where}: config.json: architectures, id2label or num_labels malformed ({e})") from None
-        if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
-            raise CompressError(f"{where}: it has no trained classification head (config.json's architectures: "
-                                f"{', '.join(map(str, architectures))}); fine-tune it here instead (finetune: true)")
+        if headless(architectures):
+            raise CompressError(f"{where}: {headless(architectures)}")
         names = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
         problem, _ = head_mismatch(count, names, task_spec(self.task).labels)
         if problem:

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
-from compress.config import head_mismatch, head_order, lfs_pointer, position_limit, unsupported_type
+from compress.config import head_mismatch, head_order, headless, lfs_pointer, position_limit, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
@@ -181,6 +181,7 @@ def finetuned_head(model: str, source: str, config, spec: TaskSpec, offline: dic
     where = f"model {model!r} (teacher.finetune: false)"
     names = _head_names(config)
     problem, warning = head_mismatch(config.num_labels, names, spec.labels)
+    problem = headless(getattr(config, "architectures", None)) or problem  # a bare encoder: no head, not "2 outputs"
     if problem:
         raise CompressError(f"{where}: {problem}")
     if warning:

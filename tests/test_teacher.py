@@ -448,8 +448,19 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
         assert torch.allclose(model.eval()(input_ids=ids).logits, expected, atol=1e-6)
         assert model.config.id2label == {0: "0", 1: "1"}
     bare = folder("bare", BertModel(tiny_bert_config()))
-    with pytest.raises(CompressError, match=r"no trained classification head \(classifier\.bias, classifier\.weight"):
+    with pytest.raises(CompressError, match=r"no trained classification head \(config\.json's architectures: "
+                                            r"BertModel\); fine-tune it here"):
         load_for_task(bare, sst2, keep_head=True)
+    # a bare encoder on a task of another label count (what a hub id gets, no recipe validation before torch): the
+    # head is missing, not of another size (config.json's default num_labels is 2)
+    with pytest.raises(CompressError, match=r"no trained classification head \(config\.json's architectures: "
+                                            r"BertModel\)"):
+        load_for_task(bare, dataclasses.replace(sst2, labels=["a", "b", "c"]), keep_head=True)
+    unnamed = folder("unnamed", BertModel(tiny_bert_config()))
+    config = json.loads((tmp_path / "unnamed" / "config.json").read_text())
+    (tmp_path / "unnamed" / "config.json").write_text(json.dumps({**config, "architectures": None}))
+    with pytest.raises(CompressError, match=r"no trained classification head \(classifier\.bias, classifier\.weight"):
+        load_for_task(unnamed, sst2, keep_head=True)  # no architectures named: the weights tell
     named = folder("named", BertForSequenceClassification(tiny_bert_config()), id2label={0: "NEGATIVE", 1: "POSITIVE"})
     with caplog.at_level("WARNING"):
         model, _ = load_for_task(named, sst2, keep_head=True)
