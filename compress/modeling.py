@@ -142,6 +142,11 @@ def _unreadable(model: str, source: str, e: Exception) -> str:
         return (f"model {model!r}: {pointer} is a git-lfs pointer, not the weights (the folder was cloned without "
                 f"git-lfs): run `git lfs pull` there")
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    from teachers.zoo import ZOO
+
+    if model in ZOO:  # its cache was verified when fetched, and damaged since (a full disk, an edit)
+        return (f"model {model!r}: cannot read its weights in {source} ({type(e).__name__}: {first}); delete that "
+                f"folder and it is fetched and verified again")
     return f"model {model!r}: cannot read its weights ({type(e).__name__}: {first})"
 
 

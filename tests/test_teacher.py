@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -1026,7 +1027,7 @@ def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_b
         "distill/s/model/w.new": "ab", "/old/train.tsv": "cd"}
 
 
-def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_bert_dir, tmp_path):
+def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_bert_dir, tmp_path, monkeypatch):
     """A hub repository cloned without git-lfs holds pointer files in place of the weights: validation refused
     nothing and loading ended in a SafetensorError traceback. Validation names the pointer; a truncated weights file
     is one line when the model loads."""
@@ -1049,6 +1050,14 @@ def test_a_model_folder_with_lfs_pointers_or_truncated_weights_is_one_line(tiny_
     for keep_head in (False, True):
         with pytest.raises(CompressError, match=r"^model '.*cut': cannot read its weights \(\w+"):
             load_for_task(str(cut), GLUE_TASKS["sst2"], keep_head=keep_head)
+    # a zoo model's cache damaged after it was verified: the folder is named, and what to do
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(cut, tmp_path / "cache" / "zoo" / "minilm-l6")
+    (tmp_path / "cache" / "zoo" / "minilm-l6" / ".verified").write_text("")  # trusted as it is (a carried cache)
+    with pytest.raises(CompressError, match=rf"^model 'minilm-l6': cannot read its weights in "
+                                            rf"{re.escape(str(tmp_path / 'cache' / 'zoo' / 'minilm-l6'))} \(\w+.*\); "
+                                            rf"delete that folder and it is fetched and verified again$"):
+        load_for_task("minilm-l6", GLUE_TASKS["sst2"])
 
 
 def test_a_per_layer_width_folder_with_truncated_weights_is_one_line_when_it_loads(tiny_bert_dir, tmp_path):
