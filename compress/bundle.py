@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from typing import Iterator, Optional
 from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
-from compress.tasks import LABELS_NEEDED, good_labels
+from compress.tasks import LABELS_NEEDED, good_labels, retention
 from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
 
@@ -644,6 +645,9 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     Speed is p50 latency at ``threads`` (default: the largest benchmarked); without bench numbers, file size.
     """
     candidates = [r for r in table.rows if r.shippable and r.path]
+    if not candidates and any(r.kind == "int8" and r.path for r in table.rows):
+        raise CompressError(f"{table.folder}: no shippable int8 model: the quantize stage's accuracy guard passed "
+                            f"none (why: {Path(table.folder) / 'quantize' / 'quantize.json'}, int8.<mode>.guard)")
     if not candidates:
         raise CompressError(f"{table.folder}: no shippable int8 model (run the quantize stage; a model that fails "
                             f"its accuracy guard is not shippable)")
@@ -659,13 +663,14 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     def cost(r) -> float:
         return costs[r.name]
 
-    def metric(r) -> float:
-        return r.metric if r.metric is not None else -float("inf")
+    def metric(r) -> float:  # a nan score (a pearson of constant predictions) is no accuracy: max() kept it first
+        return r.metric if r.metric is not None and math.isfinite(r.metric) else -float("inf")
 
     def drop(r) -> Optional[float]:
         if r.metric is None or table.teacher_metric is None:
             return None
-        return 100.0 * (table.teacher_metric - r.metric)
+        points = 100.0 * (table.teacher_metric - r.metric)
+        return points if math.isfinite(points) else None
 
     within = [r for r in candidates if drop(r) is not None and drop(r) <= max_drop + 1e-9]
     if how == "fastest":
@@ -735,7 +740,8 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     if table.teacher_metric is not None and chosen.metric is not None:
         teacher = next((r for r in table.rows if r.name == "teacher"), None)
         metrics["teacher_dev"] = (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric}
-        metrics["retention"] = round(chosen.metric / table.teacher_metric, 6)
+        share = retention(chosen.metric, table.teacher_metric)
+        metrics["retention"] = None if share is None else round(share, 6)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick} (max drop {max_drop:g} points, by {choice['by']})",
               "within_budget": choice["within_budget"], "seed": recipe.seed}

@@ -26,6 +26,9 @@ export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
 
 export class BundleError extends Error {}
+/** A text (or text pair) in which the tokenizer keeps nothing: only spaces, control or zero-width characters. */
+export class EmptyText extends BundleError {}
+const EMPTY = "nothing in it the tokenizer keeps: nothing to classify";
 
 async function readBytes(base, rel) {
   if (IN_NODE && !/^https?:\/\//.test(String(base))) {
@@ -276,11 +279,14 @@ export class Predictor {
     return text;
   }
 
-  /** input_ids, attention_mask and token_type_ids of one text (and its pair), truncated to max_length. */
-  encode(text, pair = null) {
+  /** input_ids, attention_mask and token_type_ids of one text (and its pair), truncated to max_length; `refuseEmpty`:
+   * an EmptyText error for a text (or pair) in which the tokenizer keeps nothing. */
+  encode(text, pair = null, refuseEmpty = false) {
     const tok = this.tokenizer;
     let a = tok.tokenize(this.asRust(text), { add_special_tokens: false });
     let b = pair === null ? [] : tok.tokenize(this.asRust(pair), { add_special_tokens: false });
+    if (refuseEmpty && a.length === 0) throw new EmptyText(`an empty text (${EMPTY})`);  // "\u200b", as predict.py
+    if (refuseEmpty && pair !== null && b.length === 0) throw new EmptyText(`an empty text pair (${EMPTY})`);
     const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
     [a, b] = truncatePair(a, b, Math.max(budget, 0), this.fromLeft);
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
@@ -293,7 +299,7 @@ export class Predictor {
   async predict(text, pair = null) {
     if (this.pair && pair === null) throw new BundleError("this model reads text pairs: give a second text");
     if (!this.pair && pair !== null) throw new BundleError("this model reads single texts: give one text");
-    const enc = this.encode(text, pair);
+    const enc = this.encode(text, pair, true);
     const feeds = {};
     for (const name of this.session.inputNames) {
       if (!(name in enc)) throw new BundleError(`model input '${name}' is not one the tokenizer provides`);
@@ -426,7 +432,13 @@ async function main(argv) {
       if (model.pair && fields.some(blank)) {  // "text<TAB>" or "<TAB>pair": as the CLI does
         throw new BundleError(`${name} line ${n}: an empty ${blank(fields[0]) ? "text" : "text pair"}: nothing to classify`);
       }
-      const result = await model.predict(fields[0], model.pair ? fields[1] : null);
+      let result;
+      try {
+        result = await model.predict(fields[0], model.pair ? fields[1] : null);
+      } catch (e) {
+        if (e instanceof EmptyText) throw new EmptyText(`${name} line ${n}: ${e.message}`);
+        throw e;
+      }
       console.log(format(args.json ? { line: n, ...result } : result, args.json));
     }
     return 0;

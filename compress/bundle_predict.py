@@ -51,6 +51,13 @@ class BundleError(Exception):
     """A bundle that is missing, malformed or changed since it was built."""
 
 
+class EmptyText(BundleError):
+    """A text (or text pair) in which the tokenizer keeps nothing: only spaces, control or zero-width characters."""
+
+
+EMPTY = "nothing in it the tokenizer keeps: nothing to classify"
+
+
 class ModelRunError(BundleError):
     """onnxruntime failed running the model on an input (a model shorter than max_length, a broken graph);
     ``reason``: onnxruntime's first line."""
@@ -263,6 +270,10 @@ class Predictor:
     def _run(self, batch: list):
         np = self._np
         encodings = self.tokenizer.encode_batch(batch)
+        for e in encodings:  # "\u200b", "\x01": only the special tokens, as "" gives ("" refused on the command line)
+            for sequence, what in ((0, "text"), (1, "text pair")):
+                if (sequence == 0 or isinstance(batch[0], tuple)) and sequence not in e.sequence_ids:
+                    raise EmptyText(f"an empty {what} ({EMPTY})")
         columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
                    "token_type_ids": [e.type_ids for e in encodings]}
         missing = [n for n in self.inputs if n not in columns]
@@ -347,7 +358,10 @@ def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=No
     out = out or sys.stdout
     count = 0
     for number, text, pair in read_lines(path, predictor.pair):
-        result = predictor.predict([text], None if pair is None else [pair])[0]
+        try:
+            result = predictor.predict([text], None if pair is None else [pair])[0]
+        except EmptyText as e:
+            raise EmptyText(f"{'standard input' if path == '-' else path} line {number}: {e}") from None
         out.write((json.dumps({"line": number, **result}) if as_json else format_result(result)) + "\n")
         out.flush()
         count += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -12,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from teachers.zoo import sha256_file
 
@@ -112,9 +113,21 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every nan or infinite float (a pearson of constant predictions) as None: strict JSON, which
+    JavaScript's JSON.parse (a bundle's predict.mjs and page) reads; Python's json writes a bare NaN it refuses."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (`write_atomic`)."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    """Write strict JSON (`finite`) atomically (`write_atomic`)."""
+    text = json.dumps(finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 

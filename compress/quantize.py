@@ -401,6 +401,13 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
     base = points(fp32_metrics)
     make(dst)
     metrics = score(dst)
+    if not math.isfinite(base):  # every try would "lose nan points": nothing to keep in fp32 can fix that
+        name = next(iter(fp32_metrics))
+        reason = (f"the fp32 model's {name} is {base / 100:g} (constant predictions, or under 2 guard rows): int8 "
+                  f"cannot be judged against it")
+        print(f"[quantize] guard: {reason}; not shippable", flush=True)
+        return GuardResult(dst, metrics, float("nan"), False, [], [{"excluded": 0, "metrics": metrics, "drop": None}],
+                           {}, reason)
     tries = [{"excluded": 0, "metrics": metrics, "drop": round(base - points(metrics), 4)}]
     if base - points(metrics) <= max_drop:
         return GuardResult(dst, metrics, base - points(metrics), True, [], tries, {}, "within budget")

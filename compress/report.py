@@ -29,6 +29,7 @@ from pathlib import Path, PurePath
 from typing import Optional, Sequence
 
 from compress.errors import CompressError
+from compress.tasks import retention
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class Row:
     """Task metric on dev (mean over seeds)."""
     metric_std: Optional[float] = None
     seeds: int = 1
+    """How many seeds' runs scored it (a nan or missing score is left out of the mean)..."""
+    runs: int = 1
+    """... of how many merged runs that have it."""
     latency: dict[int, Latency] = field(default_factory=dict)
     """threads -> latency."""
     reference: bool = False
@@ -127,9 +131,7 @@ class RunTable:
         return next((r for r in self.rows if r.reference), None)
 
     def retention(self, row: Row) -> Optional[float]:
-        if row.metric is None or not self.teacher_metric:
-            return None
-        return row.metric / self.teacher_metric
+        return retention(row.metric, self.teacher_metric)
 
     def speedup(self, row: Row, threads: Optional[int] = None) -> Optional[float]:
         threads = threads or self.headline_threads
@@ -591,10 +593,10 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             same = [r for t in group for r in t.rows if r.name == row.name]
             mean, std, n = mean_std([r.metric for r in same])
             latency = {}
-            for threads in row.latency:
+            for threads in sorted({t for r in same for t in r.latency}):  # any seed's: the first may have no bench
                 lats = [r.latency[threads] for r in same if threads in r.latency]
                 tput = [x.throughput for x in lats if x.throughput is not None]
-                shape = row.latency[threads].peak_shape  # the best fixed shape's seq/s: mean over the seeds of that shape
+                shape = lats[0].peak_shape  # the best fixed shape's seq/s: mean over the seeds of that shape
                 peaks = [x.peak_throughput for x in lats if x.peak_throughput is not None and x.peak_shape == shape]
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
@@ -602,8 +604,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                                            statistics.fmean(peaks) if peaks else None, shape if peaks else None)
             others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
                       for m in (first.metric_name, *first.other_metrics)}
-            rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), latency,
-                            row.reference, row.shippable and all(r.shippable for r in same), row.path,
+            rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(same),
+                            latency, row.reference, row.shippable and all(r.shippable for r in same), row.path,
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
                                          if v[0] is not None} or None))
@@ -787,8 +789,11 @@ def _metric(row: Row) -> str:
     if row.metric is None:
         return "–"
     text = f"{row.metric:.4f}"
+    of = f" of {row.runs}" if row.runs > row.seeds else ""  # a seed that scored nan (or nothing) is not in the mean
     if row.metric_std is not None:
-        text += f" ± {row.metric_std:.4f} (sample std, n={row.seeds})"
+        text += f" ± {row.metric_std:.4f} (sample std, n={row.seeds}{of})"
+    elif of:
+        text += f" (n={row.seeds}{of}: the others unscored)"
     return text
 
 
@@ -1086,7 +1091,8 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
             out.append(f"threads {threads}: run {t.run} was benchmarked at {', '.join(map(str, t.threads))} threads "
                        f"only; its speedup, throughput and plot columns stay empty")
         if not t.threads:
-            out.append(f"run {t.run} has no latency (no bench stage, report.measure off): it is not on the plot")
+            out.append(f"run {t.run} has no latency (no bench stage, report.measure off, or its latencies left out as stale): it "
+                       f"is not on the plot")
         elif not (t.reference_row() and t.reference_row().latency):
             out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
                        f"column stays empty; the report stage times it (compress run RECIPE --stage report)")

@@ -48,6 +48,7 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
+from compress.tasks import retention
 from compress.manifest import (cpu_model, fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
                                versions, write_json)
 
@@ -417,7 +418,12 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = Path(result.get("file", ""))
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
-    return result if fresh and path.is_file() and sha256_file(path) == result.get("sha256") else None
+    if not (fresh and path.is_file() and sha256_file(path) == result.get("sha256")):
+        return None
+    for key in ("metric", "select_metric"):  # a nan score is saved as null (strict JSON): nan again, as scored
+        if key in result and result[key] is None:
+            result[key] = float("nan")
+    return result
 
 
 def near_budget(result: dict, budget_ms: float) -> bool:
@@ -675,9 +681,10 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     teacher_dev = (read_json(manifest).get("metrics") or {}).get("dev", {}) if manifest.is_file() else {}
     teacher_metric = teacher_dev.get(best["metric_name"])
     metrics = {"dev": best["metrics"]}
-    if teacher_metric:
+    if teacher_metric is not None:
         metrics["teacher_dev"] = {best["metric_name"]: teacher_metric}
-        metrics["retention"] = round(best["metric"] / teacher_metric, 6)
+        share = retention(best["metric"], teacher_metric)
+        metrics["retention"] = None if share is None else round(share, 6)
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
                "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])

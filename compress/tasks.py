@@ -4,6 +4,7 @@ are. Standard library only, so that validating a recipe (`compress validate`, `-
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,17 @@ METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"
 """Every metric compress.metrics computes (checked there), for validating a recipe without importing it."""
 REGRESSION_METRICS = ("pearson", "spearmanr")
 """The metrics of a regression task (one output); the others score classes (argmax)."""
+
+
+def retention(metric: Optional[float], teacher: Optional[float]) -> Optional[float]:
+    """``metric`` as a fraction of the teacher's; None where that is no share: either score missing or not finite (a
+    pearson of constant predictions), or a teacher at or below 0 (an MCC of a one-label predictor: a student's 0.10
+    over a teacher's -0.05 read -200%)."""
+    if metric is None or teacher is None or not math.isfinite(metric) or not math.isfinite(teacher) or teacher <= 0:
+        return None
+    return metric / teacher
+
+
 _BINARY = ["0", "1"]
 _NLI2 = ["entailment", "not_entailment"]
 GLUE_TASKS: dict[str, TaskSpec] = {

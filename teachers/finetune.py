@@ -11,6 +11,7 @@ Writes ``model/`` (safetensors + config + tokenizer) and ``metrics.json``.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from compress.config import Recipe
@@ -55,6 +56,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         log.warning("teacher: predicts %r for every one of the %d dev rows (a constant model): its dev %s is that "
                     "label's share, and a student's retention against it means little; train it longer or harder "
                     "(teacher.epochs, teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0])
+    undefined = [k for k, v in metrics["dev"].items() if not math.isfinite(v)]
+    if undefined:
+        log.warning("teacher: its dev %s %s undefined (nan: its predictions are constant, or dev has under 2 rows): "
+                    "no retention or int8 accuracy guard can be measured against it; train it longer or harder "
+                    "(teacher.epochs, teacher.lr, task.max_train_samples)", " and ".join(undefined),
+                    "is" if len(undefined) == 1 else "are")
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:

@@ -497,6 +497,25 @@ def test_pick(run_dir):
         pick(table, "fastest")
 
 
+def test_pick_ranks_no_nan_score_and_names_the_guard_when_it_passed_none(run_dir):
+    """A shippable int8 model scored nan (a regression model's constant predictions) was "most accurate" whenever it
+    came first (max() keeps a nan first), and "not within 100 points" of the teacher; with no model shippable because
+    the guard passed none, the refusal said to run the quantize stage, which had run."""
+    from compress.report import collect
+
+    table = collect(run_dir)
+    rows = {r.name: r for r in table.rows}
+    rows["teacher · int8 dynamic"].metric = float("nan")
+    for how in ("most_accurate", "best_within_drop"):
+        chosen, why = pick(table, how, max_drop=100.0)
+        assert chosen.name == "teacher · int8 static" and why["within_budget"]
+    for row in table.rows:
+        row.shippable = False
+    with pytest.raises(CompressError, match=r"no shippable int8 model: the quantize stage's accuracy guard passed "
+                                            r"none \(why: .*quantize\.json, int8\.<mode>\.guard\)"):
+        pick(table, "fastest")
+
+
 def test_default_bundle_names_say_the_task_once():
     from compress.bundle import default_name
 
@@ -709,6 +728,17 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     for empty in ("", "   "):
         proc = _run_predict_py(folder, empty, text=True)
         assert proc.returncode == 2 and proc.stderr == "error: an empty text: nothing to classify\n"
+    # only characters the tokenizer drops (zero-width space, a control character, a soft hyphen): [CLS] [SEP] was
+    # classified (a label and a score for nothing), as a blank text is not
+    for dropped in ("\u200b", "\x01", "\u00ad \ufeff"):
+        proc = _run_predict_py(folder, dropped, text=True)
+        assert proc.returncode == 2 and proc.stderr == ("error: an empty text (nothing in it the tokenizer keeps: "
+                                                        "nothing to classify)\n"), proc.stderr
+    (tmp_path / "dropped.txt").write_text("good\n\u200b\n")
+    proc = _run_predict_py(folder, "--file", str(tmp_path / "dropped.txt"), text=True)
+    assert proc.returncode == 2 and proc.stdout.count("\t") == 1 and proc.stderr == (
+        f"error: {tmp_path / 'dropped.txt'} line 2: an empty text (nothing in it the tokenizer keeps: nothing to "
+        f"classify)\n")
     proc = _run_predict_py(folder, b"\xff bad")
     assert proc.returncode == 0 and proc.stdout.count(b"\t") == 1, proc.stderr
     (tmp_path / "odd.txt").write_bytes(b"good\n\xff bad\na\rb\n")
@@ -758,6 +788,8 @@ def test_predictor_wants_a_list_of_texts(bundle):
     p = Predictor(bundle[0])
     with pytest.raises(BundleError, match=r"texts must be a list of strings, got one string \(use \[text\]\)"):
         p.predict("hello")
+    with pytest.raises(BundleError, match=r"^an empty text \(nothing in it the tokenizer keeps"):
+        p.predict(["fine", "\u200b"], batch_size=2)  # in a batch too, whatever padding gives the others
     with pytest.raises(BundleError, match="got a int among them"):
         p.predict(["a", 3])
 
@@ -829,6 +861,13 @@ def test_a_pair_line_with_an_empty_text_is_refused_by_line(int8_model, minilm_di
                               cwd=tmp_path / "rte-int8")
         assert proc.returncode == 2 and proc.stdout.count("\n") == 1  # the good line first, then the refusal
         assert proc.stderr.strip() == f"error: {pairs} line 2: an empty {what}: nothing to classify"
+    for line, what in (("he left\t\u200b", "text pair"), ("\x01\the is here", "text")):  # nothing the tokenizer keeps
+        pairs.write_text(f"it rains\tthe street is wet\n{line}\n", encoding="utf-8")
+        proc = subprocess.run([sys.executable, "predict.py", "--file", str(pairs)], capture_output=True, text=True,
+                              cwd=tmp_path / "rte-int8")
+        assert proc.returncode == 2 and proc.stdout.count("\n") == 1
+        assert proc.stderr.strip() == (f"error: {pairs} line 2: an empty {what} (nothing in it the tokenizer keeps: "
+                                       f"nothing to classify)")
 
 
 def test_a_tokenizer_that_truncates_on_the_left_does_so_in_the_bundle(int8_model, minilm_dir, tmp_path, glue_dir):

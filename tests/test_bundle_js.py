@@ -287,13 +287,23 @@ def test_predict_mjs_skips_and_refuses_the_blank_texts_predict_py_does(js_bundle
     skipped by predict.py and classified by predict.mjs, a line of a byte-order mark the other way round."""
     import sys
 
-    (tmp_path / "ws.txt").write_bytes("good film\n\x1c\n\ufeff\n\x85\u3000\nbad film\n".encode("utf-8"))
+    (tmp_path / "ws.txt").write_bytes("good film\n\x1c\n\x85\u3000\nbad film\n".encode("utf-8"))
     py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "ws.txt")], cwd=js_bundle,
                         capture_output=True, text=True)
     js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "ws.txt")
     assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
     lines = [[json.loads(line)["line"] for line in p.stdout.splitlines()] for p in (py, js)]
-    assert lines == [[1, 3, 5]] * 2
+    assert lines == [[1, 4]] * 2
+    # a byte-order mark not at the start is no blank (str.strip keeps it), but the tokenizer keeps nothing of it:
+    # refused by both at its line (it was classified as [CLS] [SEP])
+    (tmp_path / "bom.txt").write_bytes("good film\n\ufeff\n".encode("utf-8"))
+    py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "bom.txt")], cwd=js_bundle,
+                        capture_output=True, text=True)
+    js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "bom.txt")
+    assert (py.returncode, py.stderr) == (js.returncode, js.stderr) == (
+        2, f"error: {tmp_path / 'bom.txt'} line 2: an empty text (nothing in it the tokenizer keeps: nothing to "
+           f"classify)\n")
+    assert py.stdout.count("\n") == js.stdout.count("\n") == 1
     for text in ("\x1c", "\x85 "):
         py = subprocess.run([sys.executable, "predict.py", text], cwd=js_bundle, capture_output=True, text=True)
         js = _node(js_bundle / "predict.mjs", text)
@@ -381,6 +391,20 @@ def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(t
     want = f"error: {tmp_path / 'pairs.tsv'} line 2: an empty text pair: nothing to classify"
     assert (py.returncode, py.stderr.strip()) == (js.returncode, js.stderr.strip()) == (2, want)
     assert py.stdout.count("\n") == js.stdout.count("\n") == 1
+    # texts of nothing the tokenizer keeps (a zero-width space, a control character): refused by both, not scored as
+    # [CLS] [SEP]
+    for line, what in (("he left\t\u200b", "text pair"), ("\x01\the is here", "text")):
+        (tmp_path / "pairs.tsv").write_text(f"it rains\tthe street is wet\n{line}\n", encoding="utf-8")
+        py = subprocess.run([sys.executable, "predict.py", "--file", str(tmp_path / "pairs.tsv")], cwd=folder,
+                            capture_output=True, text=True)
+        js = _node(folder / "predict.mjs", "--file", tmp_path / "pairs.tsv")
+        want = (f"error: {tmp_path / 'pairs.tsv'} line 2: an empty {what} (nothing in it the tokenizer keeps: "
+                f"nothing to classify)")
+        assert (py.returncode, py.stderr.strip()) == (js.returncode, js.stderr.strip()) == (2, want)
+        assert py.stdout.count("\n") == js.stdout.count("\n") == 1
+    js = _node(folder / "predict.mjs", "\u200b", "a pair")
+    assert (js.returncode, js.stderr.strip()) == (2, "error: an empty text (nothing in it the tokenizer keeps: "
+                                                     "nothing to classify)")
 
 
 def _js_encode(tmp_path: Path, tokenizer_json: Path, cases: list, max_length: int = 128) -> list[dict]:

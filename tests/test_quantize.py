@@ -207,6 +207,27 @@ def test_guard_over_budget_with_no_candidate_node_says_so(tmp_path):
     assert json.loads((tmp_path / "int8.onnx").read_text()) == []
 
 
+def test_guard_of_a_nan_fp32_score_stops_at_once(tmp_path):
+    """An fp32 model whose score is nan (a regression teacher predicting a constant: pearson nan) cannot be judged:
+    the guard "lost nan points" at every try, kept 1, 2, 4... nodes fp32 until all were (a quantization and a
+    sensitivity run each), then reported the budget as the reason. One quantization, not shippable, the reason."""
+    made = []
+
+    def make(dst, exclude=(), only=None):
+        made.append(sorted(exclude))
+        dst.write_text("x")
+        return dst
+
+    def sensitivity(nodes):
+        raise AssertionError("no sensitivity run")
+
+    result = guard(make, tmp_path / "int8.onnx", lambda path: {"pearson": float("nan")}, {"pearson": float("nan")},
+                   [f"n{i}" for i in range(72)], sensitivity, 1.0, tmp_path)
+    assert made == [[]] and not result.shippable and result.excluded == []
+    assert result.reason == ("the fp32 model's pearson is nan (constant predictions, or under 2 guard rows): int8 "
+                             "cannot be judged against it")
+
+
 @pytest.mark.parametrize("prefer", ["speed", "size"])
 def test_guard_prefer_decides_whether_lookups_go_first(tmp_path, tiny_model, sst2, monkeypatch, prefer):
     """The stage hands the guard the embedding lookups (speed) or none (size: sensitivity alone decides)."""

@@ -383,7 +383,8 @@ def test_report_warns_of_what_would_read_wrong():
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
                         "columns stay empty",
-                        "run mrpc has no latency (no bench stage, report.measure off): it is not on the plot",
+                        "run mrpc has no latency (no bench stage, report.measure off, or its latencies left out as "
+                        "stale): it is not on the plot",
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
     untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy",
@@ -961,3 +962,49 @@ def test_report_of_dot_names_the_run_drops_an_old_plot_and_refuses_malformed_art
         assert main(["report", ".", "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip() == (f"error: {Path('.') / 'bench' / 'bench.json'}: artifacts: expected "
                                                    f"a mapping of name -> record, {said}")
+
+
+def test_merged_seeds_take_latency_from_any_seed_and_say_how_many_scored(tmp_path):
+    """Seed runs merged: the latency columns came from the first run listed only (one without a bench stage first:
+    no latency at all, and a false "no latency" warning); a seed that scored nan (a pearson of constant predictions)
+    was left out of the mean without a word."""
+    from compress.report import _metric, merge_seeds
+
+    nan = float("nan")
+    timed = make_run(tmp_path / "s42", "q", **_files(tmp_path), seed=42, int8={"dynamic": (0.80, True)},
+                     latency={"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0}})
+    untimed = make_run(tmp_path / "s43", "q", **_files(tmp_path), seed=43, int8={"dynamic": (nan, True)})
+    for order in ([untimed, timed], [timed, untimed]):
+        table, = merge_seeds([collect(r) for r in order])
+        row = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+        assert sorted(row.latency) == [1, 2] and row.latency[2].p50_ms == pytest.approx(5.0)
+        assert table.speedup(row, 2) == pytest.approx(12.0 / 5.0)
+        assert row.metric == pytest.approx(0.80) and (row.seeds, row.runs) == (1, 2)
+        assert _metric(row) == "0.8000 (n=1 of 2: the others unscored)"
+        teacher = next(r for r in table.rows if r.name == "teacher")
+        assert _metric(teacher) == "0.9000 ± 0.0000 (sample std, n=2)"
+
+
+def test_retention_is_none_where_the_teacher_score_is_no_base():
+    """metric / teacher only where that is a share: a teacher MCC of 0 crashed the bundle stage (ZeroDivisionError),
+    one of -0.05 made a student's 0.10 read -200%, a nan one wrote NaN into the bundle's manifest."""
+    from compress.tasks import retention
+
+    assert retention(0.9, 0.95) == pytest.approx(0.9 / 0.95)
+    assert retention(0.0, 0.5) == 0.0
+    for metric, teacher in ((0.1, 0.0), (0.1, -0.05), (float("nan"), 0.9), (0.9, float("nan")), (None, 0.9),
+                            (0.9, None), (0.9, float("inf"))):
+        assert retention(metric, teacher) is None
+
+
+def test_stage_json_is_strict_json(tmp_path):
+    """Python's json wrote a nan score as a bare NaN, which JSON.parse (a bundle's predict.mjs and page), jq and other
+    strict readers refuse: every non-finite float is written as null."""
+    from compress.manifest import write_json
+
+    write_json(tmp_path / "m.json", {"dev": {"pearson": float("nan"), "spearmanr": float("-inf")},
+                                     "tries": [{"drop": float("inf")}, 0.5], "ok": 1.0})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) == {
+        "dev": {"pearson": None, "spearmanr": None}, "tries": [{"drop": None}, 0.5], "ok": 1.0}
