@@ -146,7 +146,7 @@ class TrainConfig:
     eval_every: Optional[int] = None
     """Also evaluate on the held-out slice every N optimizer steps (always at each epoch end)."""
     checkpoint_every: Optional[int] = None
-    """Save a resumable checkpoint every N optimizer steps (None: only at the end)."""
+    """Save a resumable checkpoint every N optimizer steps (None: none; a killed stage starts over)."""
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """bf16: autocast (AVX-512 BF16 / AMX on CPU, tensor cores on GPU). auto: bf16 where the hardware runs it natively
     (a bf16-capable CUDA GPU, a CPU with avx512_bf16 or amx_bf16), else fp32: on CPUs without it bf16 is emulated
@@ -782,7 +782,8 @@ class QuantizeConfig:
     """Static int8 graph form: QuantizeLinear/DequantizeLinear pairs (fused by ORT at load) or QLinear* operators."""
     optimize: bool = True
     """Also write the ORT-fused fp32 graph (EmbedLayerNorm, Attention, BiasGelu; not SkipLayerNorm, whose CPU kernel is
-    slow: compress.export) and quantize that one (dynamic: Attention -> QAttention). Measured on the quickstart's
+    slow: compress.export); dynamic int8 quantizes that one (Attention -> QAttention), static int8 is always calibrated
+    on the plain export. Measured on the quickstart's
     pruned student, batch 1 dev rows, per-channel int8 (`python scripts/bench_kernels.py graphs QUANTIZE_DIR`): int8 of
     the fused graph 0.66 / 0.69 ms (1 / 2 threads) against 0.72 / 0.82 ms for int8 of the plain graph. Off: quantize
     the plain exported graph (ORT fuses what it can at load)."""

