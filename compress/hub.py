@@ -125,21 +125,23 @@ def _not_on_hub(repo_id: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def revision(repo_id: str) -> Optional[str]:
-    """The commit a hub id's ``from_pretrained`` loads (its main branch): the hub's answer when it is reachable, else
-    the cache's ``refs/main``; None when neither says. A run folder records it among a stage's inputs: a new push to
-    the repository (or a cache updated by another program) redoes the stage instead of reusing what the old weights
-    made."""
+def revision(repo_id: str, kind: str = "model") -> Optional[str]:
+    """The commit a hub id's ``from_pretrained`` (``kind`` "dataset": ``load_dataset``) loads (its main branch): the
+    hub's answer when it is reachable, else the cache's ``refs/main``; None when neither says. A run folder records it
+    among a stage's inputs: a new push to the repository (or a cache updated by another program) redoes the stage
+    instead of reusing what the old weights or rows made."""
     from huggingface_hub import HfApi, constants
 
     if reachable():
         try:
-            sha = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=PROBE_TIMEOUT_S).sha
+            api = HfApi(endpoint=constants.ENDPOINT)
+            info = api.dataset_info if kind == "dataset" else api.model_info
+            sha = info(repo_id, timeout=PROBE_TIMEOUT_S).sha
             if sha:
                 return sha
         except Exception:  # a proxy's answer, a timeout: the cache's may still say
             pass
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    ref = Path(constants.HF_HUB_CACHE) / f"{kind}s--{repo_id.replace('/', '--')}" / "refs" / "main"
     try:
         return ref.read_text().strip() or None
     except OSError:

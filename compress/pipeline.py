@@ -166,6 +166,9 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str
     # a hub id's files are not here to hash: the commit it loads stands for them
     inputs.update({f"hub:{name}": hub.revision(name) or "unknown" for name in _field_values(recipe, stage.models)
                    if hub.is_hub_id(name)})
+    dataset = (recipe.task.hub_dataset or "").split(":")[0]
+    if dataset and not os.path.exists(dataset):  # a local folder's files are among data_files
+        inputs[f"hub:datasets/{dataset}"] = hub.revision(dataset, "dataset") or "unknown"
     runs = [run for run in _folders(recipe, stage.runs, models=False)  # this run itself: its stages are upstream
             if Path(run).resolve() != recipe.run_dir.resolve()]
     for run in runs:
@@ -182,9 +185,11 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str
 
 def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict) -> dict[str, str]:
     """``inputs`` (`_inputs`) as compress computed them before: every file of a model folder (not only what loading
-    reads, `model_file`: the rest hashed here, the rest taken from ``inputs``), no hub commits, every upstream stage's
-    outputs (not only those `Stage.reads_only` keeps)."""
-    earlier = {k: v for k, v in inputs.items() if not k.startswith("hub:")}
+    reads, `model_file`: the rest hashed here, the rest taken from ``inputs``), no hub commits (of models or a
+    ``hub_dataset``) nor a local ``hub_dataset`` folder's files, every upstream stage's outputs (not only those
+    `Stage.reads_only` keeps)."""
+    local_dataset = {str(p) for p in data_files(recipe.task)} if recipe.task.hub_dataset else set()
+    earlier = {k: v for k, v in inputs.items() if not k.startswith("hub:") and k not in local_dataset}
     for folder in _folders(recipe, stage.models):
         earlier.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(
             Path(folder), keep=lambda rel: not hidden_path(rel) and not model_file(rel)).items()})

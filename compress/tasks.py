@@ -132,7 +132,15 @@ def split_paths(cfg: TaskConfig) -> dict[str, Path]:
 
 
 def data_files(cfg: TaskConfig) -> list[Path]:
-    """The local files a task reads (for input hashes in manifests); empty for hub datasets."""
+    """The local files a task reads (for input hashes in manifests): its split files, or every file of a local
+    ``hub_dataset`` folder (what ``load_dataset`` may read there); none for a hub dataset id (its commit stands for
+    them: compress.pipeline)."""
+    if cfg.hub_dataset:
+        folder = Path(cfg.hub_dataset.split(":")[0])
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.rglob("*") if p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     return [path for path in split_paths(cfg).values() if path.is_file()]
 
 

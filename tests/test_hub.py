@@ -208,3 +208,52 @@ def test_a_new_commit_of_a_hub_model_redoes_the_stage(tmp_path, tiny_bert_dir, m
     assert inputs2["hub:org/tiny-bert"] == "1" * 40 and fp2 != fp
     assert pipeline._reuse(recipe, teacher, folder, fp2, inputs2, {})[1] == "changed: input hub:org/tiny-bert changed"
     hub.revision.cache_clear()
+
+
+def test_a_hub_dataset_is_a_stage_input_by_its_files_or_its_commit(tmp_path, tiny_bert_dir, monkeypatch):
+    """``task.hub_dataset`` added nothing to a stage's inputs: every label of a local dataset folder flipped, or a new
+    commit of a hub dataset fetched, and the teacher stayed "up to date" with its old dev score. A local folder's
+    files are inputs; a hub id's commit (the datasets cache's refs/main offline) is; a stage recorded before either
+    was (neither among its inputs) is still reused."""
+    import json
+
+    from compress import pipeline
+
+    folder = tmp_path / "hd"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood,1\nbad,0\n")
+    (folder / "validation.csv").write_text("text,label\nok,1\nawful,0\n")
+    task = f"task: {{name: mine, hub_dataset: {folder}, labels: ['0', '1'], max_length: 32}}\n"
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\n{task}teacher: {{model: {tiny_bert_dir}}}\n")
+    recipe = load_recipe(path)
+    teacher = pipeline.STAGES[0]
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    assert {str(folder / "train.csv"), str(folder / "validation.csv")} <= set(inputs)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    earlier = pipeline._earlier_inputs(recipe, teacher, {}, inputs)
+    assert not any(k.startswith(str(folder)) for k in earlier)
+    old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._result_config(pipeline._config(recipe,
+                                                                                                      teacher)))
+    (stage / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier, "outputs": {}}))
+    assert pipeline._reuse(recipe, teacher, stage, fp, inputs, {})[1] is None  # recorded before: reused
+    (stage / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                     "config": pipeline._config(recipe, teacher), "seed": 42}))
+    (folder / "validation.csv").write_text("text,label\nok,0\nawful,1\n")
+    fp2, inputs2 = pipeline._fingerprint(recipe, teacher, {})
+    assert fp2 != fp and pipeline._reuse(recipe, teacher, stage, fp2, inputs2, {})[1] == \
+        f"changed: input {folder / 'validation.csv'} changed"
+
+    cache = tmp_path / "hf-cache"  # a hub dataset id: its commit, as the cache has it offline
+    (cache / "datasets--org--ds" / "refs").mkdir(parents=True)
+    (cache / "datasets--org--ds" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    hub.revision.cache_clear()
+    hub_recipe = load_recipe(path, {"task.hub_dataset": "org/ds"})
+    assert pipeline._fingerprint(hub_recipe, teacher, {})[1]["hub:datasets/org/ds"] == "a" * 40
+    (cache / "datasets--org--ds" / "refs" / "main").write_text("b" * 40)
+    hub.revision.cache_clear()
+    assert pipeline._fingerprint(hub_recipe, teacher, {})[1]["hub:datasets/org/ds"] == "b" * 40
+    hub.revision.cache_clear()
