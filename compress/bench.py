@@ -42,7 +42,7 @@ import numpy as np
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
 from compress.ort_session import SLOW_FUSIONS  # not compress.export: the memory probe of an ONNX file imports no torch
-from compress.manifest import cpu_model, read_json, scratch_dir, versions, write_json
+from compress.manifest import cpu_model, read_json, scores, scratch_dir, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -560,9 +560,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     # were taken in batches of 32)
     from compress.export import SHIPPED_BATCH
 
-    known = {"torch_fp32": qrec["fp32"]["torch_metrics"]} if "torch_metrics" in qrec["fp32"] else {}
+    known = {"torch_fp32": scores(qrec["fp32"]["torch_metrics"])} if "torch_metrics" in qrec["fp32"] else {}
     if qrec.get("scored_batch") == SHIPPED_BATCH:
-        known.update({f"int8_{m}": e["metrics"] for m, e in qrec["int8"].items()})
+        known.update({f"int8_{m}": scores(e["metrics"]) for m, e in qrec["int8"].items()})
     for name, art in tqdm(list(artifacts.items()), desc="bench accuracy", leave=False):
         if name in known and len(dev) == qrec["fp32"]["parity"]["rows"]:
             art["metrics"], art["metrics_from"] = known[name], "quantize stage"

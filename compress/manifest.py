@@ -125,6 +125,12 @@ def finite(value: Any) -> Any:
     return value
 
 
+def scores(metrics: Optional[dict]) -> dict:
+    """A metrics dict (name -> score) as `write_json` wrote it, read back: a null score is nan again, as scored (a
+    pearson of constant predictions), for code that formats or subtracts scores."""
+    return {k: float("nan") if v is None else v for k, v in (metrics or {}).items()}
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write strict JSON (`finite`) atomically (`write_atomic`)."""
     text = json.dumps(finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"

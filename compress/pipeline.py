@@ -69,6 +69,13 @@ class Stage:
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
 
+    named: bool = False
+    """Its outputs carry the recipe's name (the report's title, the bundle's default name and run): a run renamed (its
+    folder moved to the recipe's new name) redoes it, not the stages before it."""
+    reads_files: Optional[Callable[[str, str], bool]] = None
+    """(upstream stage, its output file) -> whether the stage reads it, when not all: the bundle reads the report's
+    latency.json, not its tables and plot (a new report title or thread count rebuilt the bundle)."""
+
     reads_only: Optional[Callable[[Recipe, tuple[str, ...]], tuple[str, ...]]] = None
     """(recipe, upstream stages) -> those the stage reads for this recipe, when fewer: the quantize stage reads only
     its source model's stage (and the teacher's), so a new pruning does not redo the int8 teacher of
@@ -116,11 +123,12 @@ STAGES: list[Stage] = [
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
-          uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",),
+          uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",), named=True,
           files=("search/search.json",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
-          added=("node_modules", "package-lock.json", "__pycache__"),
+          added=("node_modules", "package-lock.json", "__pycache__"), named=True,
+          reads_files=lambda need, rel: need != "report" or rel == "latency.json",
           ships=("bundle_predict.py", "bundle_predict.mjs", "bundle_index.html"), revision=2),
 ]
 
@@ -179,7 +187,8 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str
                        if (Path(run) / rel).is_file()})
     for need in stage.upstream(upstream, recipe):
         for rel, digest in upstream[need]["outputs"].items():
-            inputs[f"{need}/{rel}"] = digest
+            if stage.reads_files is None or stage.reads_files(need, rel):
+                inputs[f"{need}/{rel}"] = digest
     return inputs
 
 
@@ -187,7 +196,7 @@ def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inp
     """``inputs`` (`_inputs`) as compress computed them before: every file of a model folder (not only what loading
     reads, `model_file`: the rest hashed here, the rest taken from ``inputs``), no hub commits (of models or a
     ``hub_dataset``) nor a local ``hub_dataset`` folder's files, every upstream stage's outputs (not only those
-    `Stage.reads_only` keeps)."""
+    `Stage.reads_only` and `Stage.reads_files` keep)."""
     local_dataset = {str(p) for p in data_files(recipe.task)} if recipe.task.hub_dataset else set()
     earlier = {k: v for k, v in inputs.items() if not k.startswith("hub:") and k not in local_dataset}
     for folder in _folders(recipe, stage.models):
@@ -229,30 +238,41 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       runs) spelled as the manifest's config (``recorded_config``) has them: ``./tinybert`` for ``tinybert``, the
       default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256)."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
-    configs += [c for c in (_recorded_paths(recipe, c, recorded_config) for c in configs) if c not in configs]
+    configs += [c for c in (_recorded_paths(recipe, c, recorded_config, inputs, recorded) for c in configs)
+                if c not in configs]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
     return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
 
 
-def _recorded_paths(recipe: Recipe, config: dict, recorded: Any) -> dict:
-    """``config`` (a stage's sections) with each local path field (`config` fields marked ``path``) whose value is a
-    local file or folder, or unset, at the value ``recorded`` (a manifest's config) has there: the files it names are
-    inputs, compared by content."""
+def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, recorded_inputs: dict) -> dict:
+    """``config`` (a stage's sections) with each local path (a leaf of a `config` field marked ``path``: a model
+    folder, a data file, a compared run) spelled as ``recorded`` (a manifest's config) spells it where both name the
+    same content: the input files under the one (``inputs``) are those under the other (``recorded_inputs``), same
+    relative names, same sha256. An unset ``task.data_dir`` is the folder it resolves to. A leaf with no input files
+    (a zoo name, a hub id, unset) is never swapped, nor one whose content differs (train and dev files traded)."""
     if not isinstance(recorded, dict):
         return config
+    from compress.tasks import data_dir, task_spec
 
-    def local(value: Any) -> bool:
-        if isinstance(value, dict):
-            return all(local(v) for v in value.values())
-        if isinstance(value, list):
-            return all(local(v) for v in value)
-        return value is None or (isinstance(value, str) and os.path.exists(value))
+    def under(keys: dict, path: str) -> dict:
+        root = str(Path(path))
+        return {k[len(root):]: v for k, v in keys.items() if k == root or k.startswith(root + os.sep)}
 
-    def swap(section: Any, old: Any, fields: set[str]) -> Any:
-        if not (isinstance(section, dict) and isinstance(old, dict)):
-            return section
-        return {k: old.get(k) if k in fields and k in old and local(v) else v for k, v in section.items()}
+    def same(now: Any, old: Any) -> bool:
+        if not (isinstance(now, str) and isinstance(old, str)):
+            return False
+        here = under(inputs, now)
+        return bool(here) and here == under(recorded_inputs, old)
+
+    def leaf(now: Any, old: Any, default: Optional[str] = None) -> Any:
+        if isinstance(now, dict) and isinstance(old, dict) and set(now) == set(old):
+            return {k: leaf(v, old[k]) for k, v in now.items()}
+        if isinstance(now, list) and isinstance(old, list) and len(now) == len(old):
+            return [leaf(a, b) for a, b in zip(now, old)]
+        if now != old and same(default if now is None else now, default if old is None else old):
+            return old
+        return now
 
     out = dict(config)
     for name, section in config.items():
@@ -261,12 +281,19 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any) -> dict:
         if not dataclasses.is_dataclass(item):
             continue
         fields = {f.name for f in dataclasses.fields(item) if f.metadata.get("path")}
-        old = recorded.get(name)
-        if isinstance(section, list):
-            out[name] = [swap(s, o, fields) for s, o in zip(section, old)] \
-                if isinstance(old, list) and len(old) == len(section) else section
-        else:
-            out[name] = swap(section, old, fields)
+        olds = recorded.get(name)
+        sections, olds = ([section], [olds]) if not isinstance(section, list) else (section, olds)
+        if not isinstance(olds, list) or len(olds) != len(sections):
+            continue
+        swapped = []
+        for sec, old in zip(sections, olds):
+            if isinstance(sec, dict) and isinstance(old, dict):
+                default = str(data_dir(dataclasses.replace(recipe.task, data_dir=None), task_spec(recipe.task))) \
+                    if name == "task" else None  # what an unset data_dir reads
+                sec = {k: leaf(v, old[k], default if k == "data_dir" else None) if k in fields and k in old else v
+                       for k, v in sec.items()}
+            swapped.append(sec)
+        out[name] = swapped if isinstance(section, list) else swapped[0]
     return out
 
 
@@ -367,6 +394,8 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
     if not isinstance(manifest, dict):
         return None, "its manifest.json is unreadable"
     recorded = manifest.get("fingerprint")
+    if stage.named and isinstance(manifest.get("recipe"), str) and manifest["recipe"] != recipe.name:
+        return None, f"changed: name {manifest['recipe']!r} -> {recipe.name!r}"
     recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
             recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"))):

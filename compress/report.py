@@ -1106,6 +1106,20 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
     return out
 
 
+def _measure_key(recipe) -> str:
+    """What the report stage's own timing pass (`measure_missing`) depends on: the outputs of this run's stages before
+    it (their manifests' hashes), the bench settings, the task, the seed and this package's version; not the
+    report's display settings (``threads``, ``compare``)."""
+    from compress import __version__
+    from compress.manifest import fingerprint
+    from compress.pipeline import plan
+
+    outputs = {s.name: (_read(recipe.run_dir / s.name / "manifest.json") or {}).get("outputs")
+               for s in plan(recipe) if s.name not in ("report", "bundle")}
+    return fingerprint({"outputs": outputs, "bench": recipe.section("bench") if recipe.bench is not None else None,
+                        "task": recipe.section("task"), "seed": recipe.seed, "compress": __version__})
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `report`: measure what the bench did not (teacher ONNX fp32...), then this run's table (plus
     ``report.compare`` runs) as report.md, report.html and pareto.png."""
@@ -1114,8 +1128,16 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     cfg = recipe.report
     measured = {}
     if cfg.measure:
-        with scratch_dir("report") as tmp:
-            measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
+        key = _measure_key(recipe)
+        previous = _read(recipe.run_dir / "report" / MEASURED)
+        if isinstance(previous, dict) and previous.get("key") == key:  # report.threads, report.compare: re-timing
+            measured = previous  # the same models gave other latencies, and the bundle (it reads them) was redone
+            print(f"[report] latencies of the previous report pass kept: the models and settings it timed are "
+                  f"unchanged (delete {recipe.run_dir / 'report' / MEASURED} to time them again)")
+        else:
+            with scratch_dir("report") as tmp:
+                measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
+            measured = {**measured, "key": key}
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
     print("[report] wrote " + ", ".join(p.name for p in written.values()))

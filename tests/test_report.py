@@ -1008,3 +1008,59 @@ def test_stage_json_is_strict_json(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) == {
         "dev": {"pearson": None, "spearmanr": None}, "tries": [{"drop": None}, 0.5], "ok": 1.0}
+    # read back by code that formats or subtracts scores (the bench's scores from quantize.json, distill's teacher
+    # dev scores): nan again, not a TypeError on None
+    import math
+
+    from compress.distill.stage import _teacher_dev
+    from compress.manifest import scores
+
+    assert all(math.isnan(v) for v in scores(json.loads(text)["dev"]).values()) and scores(None) == {}
+    write_json(tmp_path / "metrics.json", {"metrics": {"dev": {"pearson": float("nan"), "spearmanr": 0.5}}})
+    dev = _teacher_dev(tmp_path, None, None, None, 32)
+    assert math.isnan(dev["pearson"]) and dev["spearmanr"] == 0.5 and f"{dev['pearson']:.4f}" == "nan"
+
+
+def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_run_redoes_only_them(
+        tmp_path, tiny_bert_dir, glue_dir, capsys):
+    """report.threads (or compare) changes only the tables: the report stage re-timed every model (other latencies
+    for the same models) and the bundle, which reads them, was rebuilt, its p50 and maybe its pick moved by timing
+    noise. A run renamed (its folder moved to the recipe's new name) kept the report titled and the bundle named
+    after the old name."""
+    import yaml
+
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    recipe = {"name": "tiny", "seed": 0, "runs_dir": str(tmp_path / "runs"),
+              "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32,
+                       "max_train_samples": 64, "max_eval_samples": 24, "holdout": 0.1},
+              "teacher": {"model": str(tiny_bert_dir), "max_steps": 2, "batch_size": 8},
+              "students": [{"name": "s", "kind": "layer_drop", "layers": 1, "train": {"max_steps": 2, "batch_size": 8}}],
+              "quantize": {"modes": ["dynamic"], "max_drop": 50.0, "sensitivity_rows": 8},
+              "bench": {"threads": [1], "batch_sizes": [1], "seq_lengths": [32], "dev_rows": 4, "max_seconds": 0.05,
+                        "repeats": 2, "rounds": 1, "peers": []},
+              "report": {}, "bundle": {"pick": "fastest", "ort": False}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    first = run_pipeline(load_recipe(path))
+    folder = tmp_path / "runs" / "tiny"
+    timed = (folder / "report" / "latency.json").read_bytes()
+    assert json.loads(timed)["models"]  # the teacher's ONNX fp32 was timed by the report stage
+    capsys.readouterr()
+    again = run_pipeline(load_recipe(path, {"report.threads": 1}))
+    out = capsys.readouterr().out
+    assert "[report] running" in out and "latencies of the previous report pass kept" in out
+    assert (folder / "report" / "latency.json").read_bytes() == timed
+    assert "[bundle] up to date" in out and again["bundle"]["created"] == first["bundle"]["created"]
+    # a renamed run: the report and the bundle are made again under the new name, nothing before them
+    path.write_text(yaml.safe_dump({**recipe, "name": "tiny2"}))
+    folder.rename(tmp_path / "runs" / "tiny2")
+    renamed = run_pipeline(load_recipe(path))
+    out = capsys.readouterr().out
+    for stage in ("teacher", "distill", "quantize", "bench"):
+        assert f"[{stage}] up to date" in out, stage
+    assert "[report] running" in out and "(changed: name 'tiny' -> 'tiny2')" in out
+    assert "## tiny2" in (tmp_path / "runs" / "tiny2" / "report" / "report.md").read_text()
+    assert (tmp_path / "runs" / "tiny2" / "bundle" / "tiny2-sst2-int8").is_dir()
+    assert renamed["bundle"]["recipe"] == "tiny2"

@@ -1201,3 +1201,29 @@ def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_
     changed, reason = why(**{"teacher.model": "copy"})
     assert changed and reason.startswith("changed: "), reason
     assert why(**{"task.max_length": 16})[1].startswith("changed: ")  # any other setting still is
+    # the default GLUE folder spelled another way
+    assert why(**{"task.data_dir": os.path.relpath(glue, tmp_path)}) == (True, None)
+
+    # a custom task's files: the same bytes elsewhere are the same inputs; train and dev traded are not (a recipe fixed
+    # after it had them the wrong way round reused the teacher trained on dev)
+    for name, rows in (("a.tsv", "text\tlabel\ngood\t1\nbad\t0\n"), ("b.tsv", "text\tlabel\nfine\t1\nmeh\t0\n")):
+        (tmp_path / name).write_text(rows)
+    custom = tmp_path / "custom.yaml"
+
+    def custom_recipe(train, dev):
+        custom.write_text(f"name: c\nruns_dir: runs\ntask: {{name: mine, files: {{train: {train}, dev: {dev}}}, "
+                          f"labels: ['0', '1'], max_length: 32}}\nteacher: {{model: tinybert}}\n")
+        return load_recipe(custom)
+
+    recorded = custom_recipe("a.tsv", "b.tsv")
+    fp, inputs = pipeline._fingerprint(recorded, teacher, {})
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                      "config": pipeline._config(recorded, teacher)}))
+    shutil.copytree(tmp_path, tmp_path / "elsewhere", ignore=lambda d, names: [n for n in names if n not in
+                                                                                 ("a.tsv", "b.tsv")])
+    for train, dev, reused in (("./a.tsv", "b.tsv", True), (str(tmp_path / "elsewhere" / "a.tsv"),
+                                                           str(tmp_path / "elsewhere" / "b.tsv"), True),
+                               ("b.tsv", "a.tsv", False)):
+        other = custom_recipe(train, dev)
+        other_fp, other_inputs = pipeline._fingerprint(other, teacher, {})
+        assert (pipeline._reuse(other, teacher, folder, other_fp, other_inputs, {})[1] is None) == reused, train

@@ -33,7 +33,7 @@ from compress.distill.objective import AlignStats, Distiller, KDObjective, resol
 from compress.errors import CompressError
 from compress.tasks import retention
 from compress.evaluate import evaluate, predict_shared
-from compress.manifest import fingerprint, hash_tree, read_json, write_json
+from compress.manifest import fingerprint, hash_tree, read_json, scores, write_json
 from teachers.zoo import sha256_file
 from compress.modeling import count_params, load_trained, save
 from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
@@ -344,7 +344,7 @@ def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_leng
     if path.is_file():
         dev = read_json(path).get("metrics", {}).get("dev")
         if dev:
-            return dev
+            return scores(dev)
     collator = Collator({"": tokenizer}, data.spec.is_regression)
     return evaluate(teacher, tokenize(data.dev, tokenizer, max_length), collator, data.spec)
 
