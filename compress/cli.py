@@ -100,11 +100,12 @@ def _warn_not_runnable(recipe, stages) -> None:
     model folder missing): say so, without failing."""
     from compress import hub
     from compress.pipeline import compare_problems
-    from compress.tasks import missing_files
+    from compress.tasks import glue_hint, missing_files, task_spec
 
     if stages:
         for path in missing_files(recipe.task):
-            print(f"warning: {recipe.path}: task: {path}: file not found", file=sys.stderr)
+            print(f"warning: {recipe.path}: task: {path}: file not found{glue_hint(recipe.task, task_spec(recipe.task))}",
+                  file=sys.stderr)
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check(name, f"{recipe.path}: {field}", weights=hub.needs_weights(field))

@@ -21,7 +21,7 @@ from typing import Optional
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.tasks import TaskSpec, data_dir, split_paths, task_spec
+from compress.tasks import TaskSpec, data_dir, glue_hint, split_paths, task_spec
 
 csv.field_size_limit(sys.maxsize)
 log = logging.getLogger(__name__)
@@ -184,6 +184,8 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
     if split not in spec.files:
         raise CompressError(f"task {spec.name}: no {split!r} split (splits: {', '.join(spec.files)})")
     path = data_dir(cfg, spec) / spec.files[split]
+    if not path.is_file():
+        raise CompressError(f"{path}: file not found{glue_hint(cfg, spec)}")
     if spec.header:
         header, rows, lines = read_rows(path)
     else:  # headerless (CoLA): the first line is data, columns are indices

@@ -13,7 +13,21 @@ from typing import Optional
 from compress.config import TaskConfig
 from compress.errors import CompressError
 
-DEFAULT_GLUE_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue"
+_CHECKOUT = Path(__file__).resolve().parent.parent
+DEFAULT_GLUE_DIR = (_CHECKOUT.parent / "shared" / "data" / "glue" if (_CHECKOUT / "pyproject.toml").is_file()
+                    else Path("glue"))
+"""Where GLUE task folders (SST-2/, MRPC/...) are read from without ``GLUE_DIR`` or ``task.data_dir``: ../shared/data/
+glue beside a source checkout; ./glue (the working folder's) for an installed package, which has no such neighbour."""
+
+
+def glue_hint(cfg: TaskConfig, spec: "TaskSpec") -> str:
+    """What to set when a GLUE task's file is missing from the folder it was looked for in: "" where the recipe named
+    its folder (``task.data_dir``) or the task is not a GLUE one."""
+    if cfg.data_dir or not spec.folder:
+        return ""
+    where = "GLUE_DIR" if os.environ.get("GLUE_DIR") else f"the default {DEFAULT_GLUE_DIR}"
+    return (f" (looked in {where}: set GLUE_DIR to the folder holding {spec.folder}/, or task.data_dir to the "
+            f"{spec.folder} folder)")
 
 
 @dataclass

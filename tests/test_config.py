@@ -251,7 +251,8 @@ def test_validate_warns_of_missing_data_files_without_failing(tmp_path, monkeypa
     recipe = Path(__file__).resolve().parent.parent / "pipelines" / "mrpc.yaml"
     assert main(["validate", str(recipe)]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"warning: {recipe}: task: {tmp_path / 'MRPC' / name}: file not found"
+    hint = " (looked in GLUE_DIR: set GLUE_DIR to the folder holding MRPC/, or task.data_dir to the MRPC folder)"
+    assert err == [f"warning: {recipe}: task: {tmp_path / 'MRPC' / name}: file not found{hint}"
                    for name in ("train.tsv", "dev.tsv")]  # MRPC's labelled test.tsv is an extra
     monkeypatch.delenv("GLUE_DIR")
     assert main(["validate", str(recipe)]) == 0 and capsys.readouterr().err == ""

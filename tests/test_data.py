@@ -56,9 +56,42 @@ def _write(path, text, bom=False):
     return path
 
 
-def test_error_missing_file(tmp_path):
-    with pytest.raises(CompressError, match=r"SST-2/dev\.tsv: file not found"):
+def test_error_missing_file(tmp_path, monkeypatch):
+    with pytest.raises(CompressError, match=r"SST-2/dev\.tsv: file not found$"):  # the recipe named the folder
         load_split(TaskConfig(name="sst2", data_dir=str(tmp_path / "SST-2")), "dev")
+    # the GLUE folder looked for where the recipe does not name one: says where it looked and what to set (an
+    # installed package's default, ./glue, is no folder the user chose)
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    with pytest.raises(CompressError) as e:
+        load_split(TaskConfig(name="sst2"), "dev")
+    assert str(e.value) == (f"{tmp_path / 'SST-2' / 'dev.tsv'}: file not found (looked in GLUE_DIR: set GLUE_DIR to "
+                            f"the folder holding SST-2/, or task.data_dir to the SST-2 folder)")
+    monkeypatch.delenv("GLUE_DIR")
+    monkeypatch.setattr("compress.tasks.DEFAULT_GLUE_DIR", tmp_path / "nowhere")
+    with pytest.raises(CompressError, match=rf"file not found \(looked in the default {tmp_path / 'nowhere'}: set "
+                                            rf"GLUE_DIR"):
+        load_split(TaskConfig(name="sst2"), "dev")
+
+
+def test_the_default_glue_folder_is_the_checkouts_neighbour_or_the_working_folders(tmp_path, monkeypatch):
+    """Installed as a package (no pyproject.toml beside it), ../shared/data/glue resolved into the virtualenv's lib/
+    folder; it is ./glue there, and the checkout's neighbour in a source checkout (this one)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import compress.tasks as tasks
+
+    root = Path(tasks.__file__).resolve().parent.parent
+    assert (root / "pyproject.toml").is_file() and tasks.DEFAULT_GLUE_DIR == root.parent / "shared" / "data" / "glue"
+    installed = tmp_path / "site-packages" / "compress"  # the same module where a wheel puts it
+    installed.mkdir(parents=True)
+    shutil.copy(tasks.__file__, installed / "tasks.py")
+    spec = importlib.util.spec_from_file_location("installed_tasks", installed / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "installed_tasks", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    assert module.DEFAULT_GLUE_DIR == Path("glue")
 
 
 def test_error_missing_column(tmp_path):
