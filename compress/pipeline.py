@@ -69,6 +69,8 @@ class Stage:
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
 
+    takes_forced: bool = False
+    """Its function takes ``forced`` (--force): the report stage then times again what it would keep."""
     named: bool = False
     """Its outputs carry the recipe's name (the report's title, the bundle's default name and run): a run renamed (its
     folder moved to the recipe's new name) redoes it, not the stages before it."""
@@ -124,6 +126,7 @@ STAGES: list[Stage] = [
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",), named=True,
+          takes_forced=True,
           files=("search/search.json",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
@@ -238,10 +241,12 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       runs) spelled as the manifest's config (``recorded_config``) has them: ``./tinybert`` for ``tinybert``, the
       default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256)."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
-    configs += [c for c in (_recorded_paths(recipe, c, recorded_config, inputs, recorded) for c in configs)
-                if c not in configs]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
+    # path spellings judged on each variant's inputs (a manifest of before `model_file` lists a folder's README too)
+    respelled = [c for c in {json.dumps(_recorded_paths(recipe, c, recorded_config, v, recorded), sort_keys=True)
+                             for c in configs for v in variants[:2]} if json.loads(c) not in configs]
+    configs += [json.loads(c) for c in respelled]
     return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
 
 
@@ -265,12 +270,13 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
         here = under(inputs, now)
         return bool(here) and here == under(recorded_inputs, old)
 
-    def leaf(now: Any, old: Any, default: Optional[str] = None) -> Any:
+    def leaf(now: Any, old: Any, default: Optional[str] = None, named: bool = False) -> Any:
         if isinstance(now, dict) and isinstance(old, dict) and set(now) == set(old):
-            return {k: leaf(v, old[k]) for k, v in now.items()}
+            return {k: leaf(v, old[k], named=named) for k, v in now.items()}
         if isinstance(now, list) and isinstance(old, list) and len(now) == len(old):
-            return [leaf(a, b) for a, b in zip(now, old)]
-        if now != old and same(default if now is None else now, default if old is None else old):
+            return [leaf(a, b, named=named) for a, b in zip(now, old)]
+        if now != old and same(default if now is None else now, default if old is None else old) and not (
+                named and Path(now).resolve().name != Path(old).resolve().name):
             return old
         return now
 
@@ -290,8 +296,9 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
             if isinstance(sec, dict) and isinstance(old, dict):
                 default = str(data_dir(dataclasses.replace(recipe.task, data_dir=None), task_spec(recipe.task))) \
                     if name == "task" else None  # what an unset data_dir reads
-                sec = {k: leaf(v, old[k], default if k == "data_dir" else None) if k in fields and k in old else v
-                       for k, v in sec.items()}
+                # a compared run's table is titled by its folder's name: a copy under another name is a change
+                sec = {k: leaf(v, old[k], default if k == "data_dir" else None, named=(name, k) == ("report", "compare"))
+                       if k in fields and k in old else v for k, v in sec.items()}
             swapped.append(sec)
         out[name] = swapped if isinstance(section, list) else swapped[0]
     return out
@@ -548,7 +555,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         tmp.mkdir()
         try:
             with Timer() as timer:
-                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done, recipe)})
+                result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done, recipe)},
+                                          **({"forced": forced} if stage.takes_forced else {}))
             manifest = stage_manifest(recipe, stage, fp, inputs, tmp, result, wall_s=timer.seconds)
             write_json(tmp / "manifest.json", manifest)
         except BaseException:
@@ -586,7 +594,11 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
         upstream = stage.upstream({**done, **dict.fromkeys(runs_first)}, recipe)  # what the stage reads (reads_only)
         after = [u for u in upstream if u in runs_first]
         manifest = None
-        if after:
+        if after == ["report"] and stage.reads_files is not None and _report_kept(recipe, force):
+            # the report redoes its tables and keeps its timings (the file this stage reads): judged on it as it is
+            fp, inputs = _fingerprint(recipe, stage, {**done, "report": read_json(run_dir / "report" / "manifest.json")})
+            manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
+        elif after:
             why = f"after {', '.join(after)} (reads {'its' if len(after) == 1 else 'their'} outputs)"
         elif stage.name in force or "all" in force:
             why = "forced (--force)"
@@ -600,6 +612,18 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
             runs_first.append(stage.name)
             out.append((stage.name, True, why))
     return out
+
+
+def _report_kept(recipe: Recipe, force: tuple[str, ...]) -> bool:
+    """Whether a report stage that runs would keep its previous timings (`compress.report.kept_measurement`)."""
+    if "report" in force or "all" in force or not recipe.report.measure:
+        return False
+    from compress.report import kept_measurement
+
+    try:
+        return kept_measurement(recipe) is not None
+    except (OSError, ValueError, CompressError):
+        return False
 
 
 def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:

@@ -1120,24 +1120,38 @@ def _measure_key(recipe) -> str:
                         "task": recipe.section("task"), "seed": recipe.seed, "compress": __version__})
 
 
-def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
+def kept_measurement(recipe) -> Optional[dict]:
+    """The previous report stage's own timings (report/latency.json) when they still stand: measured with the same key
+    (`_measure_key`) and the file as that stage wrote it (its manifest's sha256: an edited file is timed again)."""
+    from teachers.zoo import sha256_file
+
+    folder = recipe.run_dir / "report"
+    previous = _read(folder / MEASURED)
+    recorded = ((_read(folder / "manifest.json") or {}).get("outputs") or {}).get(MEASURED)
+    if not (isinstance(previous, dict) and previous.get("key") == _measure_key(recipe) and recorded
+            and sha256_file(folder / MEASURED) == recorded):
+        return None
+    return previous
+
+
+def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dict:
     """Stage `report`: measure what the bench did not (teacher ONNX fp32...), then this run's table (plus
-    ``report.compare`` runs) as report.md, report.html and pareto.png."""
+    ``report.compare`` runs) as report.md, report.html and pareto.png. The measurements of the previous report stage
+    are kept when they still stand (`kept_measurement`), unless the stage is ``forced`` (--force report)."""
     from compress.manifest import scratch_dir, write_json
 
     cfg = recipe.report
     measured = {}
     if cfg.measure:
-        key = _measure_key(recipe)
-        previous = _read(recipe.run_dir / "report" / MEASURED)
-        if isinstance(previous, dict) and previous.get("key") == key:  # report.threads, report.compare: re-timing
-            measured = previous  # the same models gave other latencies, and the bundle (it reads them) was redone
-            print(f"[report] latencies of the previous report pass kept: the models and settings it timed are "
-                  f"unchanged (delete {recipe.run_dir / 'report' / MEASURED} to time them again)")
+        previous = None if forced else kept_measurement(recipe)
+        if previous is not None:  # report.threads, report.compare: re-timing the same models gave other latencies,
+            measured = previous   # and the bundle (it reads them) was redone
+            print("[report] latencies of the previous report pass kept: the models and settings it timed are "
+                  "unchanged (--force report times them again)")
         else:
             with scratch_dir("report") as tmp:
                 measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
-            measured = {**measured, "key": key}
+            measured = {**measured, "key": _measure_key(recipe)}
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
     print("[report] wrote " + ", ".join(p.name for p in written.values()))

@@ -132,7 +132,7 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
 def data_dir(cfg: TaskConfig, spec: TaskSpec) -> Path:
     if cfg.data_dir:
         return Path(cfg.data_dir)
-    root = Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+    root = Path(os.environ.get("GLUE_DIR") or DEFAULT_GLUE_DIR)  # GLUE_DIR= (empty) is unset, not "."
     return root / spec.folder if spec.folder else Path(".")
 
 

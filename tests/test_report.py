@@ -1030,7 +1030,7 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_ru
     import yaml
 
     from compress.config import load_recipe
-    from compress.pipeline import run_pipeline
+    from compress.pipeline import explain, run_pipeline
 
     recipe = {"name": "tiny", "seed": 0, "runs_dir": str(tmp_path / "runs"),
               "task": {"name": "sst2", "data_dir": str(glue_dir / "SST-2"), "max_length": 32,
@@ -1048,11 +1048,25 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_ru
     timed = (folder / "report" / "latency.json").read_bytes()
     assert json.loads(timed)["models"]  # the teacher's ONNX fp32 was timed by the report stage
     capsys.readouterr()
+    plan = {name: (runs, why) for name, runs, why in explain(load_recipe(path, {"report.threads": 1}))}
+    assert plan["report"][0] and plan["bundle"] == (False, "up to date")  # --dry-run says what the run does
     again = run_pipeline(load_recipe(path, {"report.threads": 1}))
     out = capsys.readouterr().out
     assert "[report] running" in out and "latencies of the previous report pass kept" in out
     assert (folder / "report" / "latency.json").read_bytes() == timed
     assert "[bundle] up to date" in out and again["bundle"]["created"] == first["bundle"]["created"]
+    # a latency.json edited by hand is timed again, not published anew as the stage's; --force report times again
+    edited = json.loads(timed)
+    edited["models"]["teacher"]["artifacts"]["onnx_fp32"]["results"][0]["p50_ms"] = 1e-6
+    (folder / "report" / "latency.json").write_text(json.dumps(edited))
+    run_pipeline(load_recipe(path, {"report.threads": 1}))
+    out = capsys.readouterr().out
+    assert "its outputs were edited" in out and "previous report pass kept" not in out
+    rerun = json.loads((folder / "report" / "latency.json").read_text())
+    assert rerun["models"]["teacher"]["artifacts"]["onnx_fp32"]["results"][0]["p50_ms"] > 1e-6
+    run_pipeline(load_recipe(path, {"report.threads": 1}), force=("report",))
+    out = capsys.readouterr().out
+    assert "[report] running" in out and "previous report pass kept" not in out
     # a renamed run: the report and the bundle are made again under the new name, nothing before them
     path.write_text(yaml.safe_dump({**recipe, "name": "tiny2"}))
     folder.rename(tmp_path / "runs" / "tiny2")
@@ -1064,3 +1078,27 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_ru
     assert "## tiny2" in (tmp_path / "runs" / "tiny2" / "report" / "report.md").read_text()
     assert (tmp_path / "runs" / "tiny2" / "bundle" / "tiny2-sst2-int8").is_dir()
     assert renamed["bundle"]["recipe"] == "tiny2"
+
+
+def test_a_compared_run_copied_under_another_name_redoes_the_report(tmp_path):
+    """report.compare naming a byte-identical copy of a compared run under another folder name: the report was reused
+    (same inputs) while its table is titled by the folder's name, the old one."""
+    from compress import pipeline
+    from compress.config import load_recipe
+
+    runs = tmp_path / "runs"
+    make_run(runs, "b", **_files(tmp_path))
+    shutil.copytree(runs / "b", runs / "c")
+    shutil.copytree(runs / "b", tmp_path / "elsewhere" / "b")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {runs}\ntask: {{name: sst2}}\nteacher: {{}}\nreport: {{compare: [{runs / 'b'}]}}\n")
+    recipe = load_recipe(path)
+    report = next(s for s in pipeline.STAGES if s.name == "report")
+    done = {"teacher": {"outputs": {"model/model.safetensors": "ab"}}}
+    _, inputs = pipeline._fingerprint(recipe, report, done)
+    config = pipeline._config(recipe, report)
+    for other, same in ((runs / "c", False), (tmp_path / "elsewhere" / "b", True)):
+        moved = load_recipe(path, {"report.compare": [str(other)]})
+        _, moved_inputs = pipeline._fingerprint(moved, report, done)
+        swapped = pipeline._recorded_paths(moved, pipeline._config(moved, report), config, moved_inputs, inputs)
+        assert (swapped == config) == same, other

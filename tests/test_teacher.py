@@ -1200,6 +1200,18 @@ def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_
     changed, reason = why(**{"teacher.model": "copy"})
     assert changed and reason.startswith("changed: "), reason
     assert why(**{"task.max_length": 16})[1].startswith("changed: ")  # any other setting still is
+    # a manifest of before `model_file` (every file of the folder an input, its README too): spellings accepted alike
+    (tmp_path / "tinybert" / "README.md").write_text("a model card")
+    recipe = load_recipe(_recipe(tmp_path, "./tinybert"))
+    fp, inputs = pipeline._fingerprint(recipe, teacher, {})
+    earlier = pipeline._earlier_inputs(recipe, teacher, {}, inputs)
+    assert "tinybert/README.md" in earlier
+    old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._result_config(pipeline._config(recipe,
+                                                                                                       teacher)))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier, "outputs": {},
+                                                      "config": pipeline._config(recipe, teacher)}))
+    for spelling in ("tinybert", str(tmp_path / "tinybert")):
+        assert why(**{"teacher.model": spelling})[1] is None, spelling
     # the default GLUE folder spelled another way
     assert why(**{"task.data_dir": os.path.relpath(glue, tmp_path)}) == (True, None)
 
