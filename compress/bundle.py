@@ -210,6 +210,8 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
 
 
 def _fmt_metric(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "– (undefined)"  # a retention against a teacher scoring 0 or below, a pearson of constant predictions
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 

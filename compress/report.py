@@ -786,7 +786,7 @@ def _params(n: Optional[int]) -> str:
 
 
 def _metric(row: Row) -> str:
-    if row.metric is None:
+    if row.metric is None or not math.isfinite(row.metric):  # undefined (nan) as a missing score: "–" either way
         return "–"
     text = f"{row.metric:.4f}"
     of = f" of {row.runs}" if row.runs > row.seeds else ""  # a seed that scored nan (or nothing) is not in the mean
@@ -800,7 +800,7 @@ def _metric(row: Row) -> str:
 def _other_metric(row: Row, name: str) -> str:
     """A row's other dev metric (``RunTable.other_metrics``), as the main one is shown."""
     mean, std, n = _metric_value(row.dev_metrics, name)
-    if mean is None:
+    if mean is None or not math.isfinite(mean):
         return "–"
     return f"{mean:.4f}" + (f" ± {std:.4f} (sample std, n={n})" if std is not None else "")
 
@@ -890,8 +890,14 @@ def note(table: RunTable) -> str:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
     if table.teacher_constant is not None:
+        from compress.evaluate import constant_score
+
         text = (f"Warning: the teacher predicts {table.teacher_constant!r} for every dev row (a constant model), so "
-                f"its {table.metric_name} is that label's share and retention against it means little. " + text)
+                f"its {table.metric_name} is {constant_score(table.metric_name)} and retention against it means "
+                f"little. " + text)
+    elif table.teacher_metric is not None and not math.isfinite(table.teacher_metric):
+        text = (f"Warning: the teacher's {table.metric_name} is undefined (nan: constant predictions, or under 2 dev "
+                f"rows), so no retention is measured against it. " + text)
     return text
 
 

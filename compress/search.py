@@ -552,8 +552,8 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         on = ("picked on held-out training rows" if best.get("select_on") == "holdout"
               else "picked on dev itself (the task holds no training rows out): an optimistic figure")
         message = (f"best within {cfg.budget_ms:g} ms: {best['id']} (dev {best['metric_name']} {best['metric']:.4f}, "
-                   f"{on}; p50 {best['latency']['p50_ms']:.2f} ms, {best['speedup_vs_teacher_fp32']:.1f}x faster "
-                   f"than the teacher's ONNX fp32)")
+                   f"{on}; p50 {best['latency']['p50_ms']:.2f} ms, {_speed(best['speedup_vs_teacher_fp32'])} the "
+                   f"teacher's ONNX fp32)")
     elif results and results[0]["latency"]["p50_ms"] <= cfg.budget_ms:
         message = (f"no candidate fits {cfg.budget_ms:g} ms with a score to rank it by: "
                    + ", ".join(r["id"] for r in results if r["latency"]["p50_ms"] <= cfg.budget_ms)
@@ -618,6 +618,13 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
     return pareto_plot([table], path, threads=t, budget_ms=summary["budget_ms"], best=summary.get("best"))
 
 
+def _speed(speedup: Optional[float]) -> str:
+    """A speedup in words: "2.3x faster than", "1.4x slower than" (a budget above the teacher's own latency)."""
+    if speedup is None or speedup <= 0:
+        return "not compared with"
+    return f"{speedup:.1f}x faster than" if speedup >= 1 else f"{1 / speedup:.1f}x slower than"
+
+
 def _held(r: dict) -> str:
     return f"{r['select_metric']:.4f}" if r.get("select_on") == "holdout" else "- (none held out: dev)"
 
@@ -667,7 +674,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
-    from compress.bundle import build, is_bundle_archive, is_bundle_folder
+    from compress.bundle import build, default_name, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
 
     best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
@@ -675,14 +682,15 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
         raise CompressError(f"search: nothing to bundle: {summary['message']}")
     spec = task_spec(recipe.task)
     teacher_dir = recipe.run_dir / "teacher" / "model"
-    name = f"{recipe.name}-{spec.name}-{best['id']}"
+    base = default_name(recipe.name, spec.name).removesuffix("-int8")  # "mrpc-mrpc-..." said the task twice
+    name = f"{base}-{best['id']}"
     lat = best["latency"]
     manifest = recipe.run_dir / "teacher" / "manifest.json"
     teacher_dev = (read_json(manifest).get("metrics") or {}).get("dev", {}) if manifest.is_file() else {}
     teacher_metric = teacher_dev.get(best["metric_name"])
     metrics = {"dev": best["metrics"]}
     if teacher_metric is not None:
-        metrics["teacher_dev"] = {best["metric_name"]: teacher_metric}
+        metrics["teacher_dev"] = dict(teacher_dev)  # every metric the teacher scored, as the pipeline's bundle has
         share = retention(best["metric"], teacher_metric)
         metrics["retention"] = None if share is None else round(share, 6)
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
@@ -698,7 +706,8 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     made = build(out, name, model=Path(best["file"]), tokenizer=teacher_dir / "tokenizer.json", task=spec.name,
                  labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
                  metrics=metrics, latency=latency, source=source)
-    earlier = re.compile(re.escape(f"{recipe.name}-{spec.name}-") + r"L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
+    prefixes = "|".join(re.escape(f"{p}-") for p in {base, f"{recipe.name}-{spec.name}"})  # and as named before
+    earlier = re.compile(rf"(?:{prefixes})L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
     for old in sorted(out.iterdir()) if out.is_dir() else []:  # an earlier pick's bundle (a user's files stay)
         stem = old.name.removesuffix(".tar.gz")
         if old in made or old.is_symlink() or not earlier.fullmatch(stem):

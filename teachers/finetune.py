@@ -16,7 +16,7 @@ from pathlib import Path
 
 from compress.config import Recipe
 from compress.data import Collator, load_task, tokenize
-from compress.evaluate import constant_label, evaluate
+from compress.evaluate import constant_label, constant_score, evaluate
 from compress.manifest import write_json
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
@@ -53,9 +53,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     metrics = {"dev": metrics}
     constant = constant_label(dev_logits, spec)
     if constant is not None:
-        log.warning("teacher: predicts %r for every one of the %d dev rows (a constant model): its dev %s is that "
-                    "label's share, and a student's retention against it means little; train it longer or harder "
-                    "(teacher.epochs, teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0])
+        log.warning("teacher: predicts %r for every one of the %d dev rows (a constant model): its dev %s is %s, "
+                    "and a student's retention against it means little; train it longer or harder (teacher.epochs, "
+                    "teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0],
+                    constant_score(spec.metrics[0]))
     undefined = [k for k, v in metrics["dev"].items() if not math.isfinite(v)]
     if undefined:
         log.warning("teacher: its dev %s %s undefined (nan: its predictions are constant, or dev has under 2 rows): "

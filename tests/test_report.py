@@ -1102,3 +1102,26 @@ def test_a_compared_run_copied_under_another_name_redoes_the_report(tmp_path):
         _, moved_inputs = pipeline._fingerprint(moved, report, done)
         swapped = pipeline._recorded_paths(moved, pipeline._config(moved, report), config, moved_inputs, inputs)
         assert (swapped == config) == same, other
+
+
+def test_undefined_scores_read_as_such_in_the_report_the_card_and_the_search_line():
+    """A nan score printed "nan" in the report stage's table ("–" in `compress report` of the same run, which read it
+    back as null); a None retention printed "None" in the model card; a constant teacher's f1 or MCC was called "that
+    label's share"; a search pick slower than the teacher was "0.7x faster"."""
+    from compress.bundle import _fmt_metric
+    from compress.evaluate import constant_score
+    from compress.report import _metric, _other_metric, note
+    from compress.search import _speed
+
+    nan = float("nan")
+    row = Row("teacher · onnx fp32", "teacher", "onnx fp32", metric=nan, dev_metrics={"pearson": nan})
+    assert _metric(row) == "–" and _other_metric(row, "pearson") == "–"
+    assert _fmt_metric(None) == _fmt_metric(nan) == "– (undefined)" and _fmt_metric(0.91234) == "0.9123"
+    assert constant_score("accuracy") == "that label's share" and constant_score("matthews_correlation").startswith("0")
+    assert "share" not in constant_score("f1")
+    table = RunTable("r", "runs/r", "matthews_correlation", [Row("teacher", "teacher", "torch", metric=0.0)], 0.0,
+                     teacher_constant="1")
+    assert "its matthews_correlation is 0 (no correlation) and retention" in note(table)
+    table = RunTable("r", "runs/r", "pearson", [Row("teacher", "teacher", "torch", metric=nan)], nan)
+    assert note(table).startswith("Warning: the teacher's pearson is undefined (nan")
+    assert _speed(2.345) == "2.3x faster than" and _speed(0.7) == "1.4x slower than" and _speed(None).startswith("not")
