@@ -45,7 +45,7 @@ class TaskConfig:
     """GLUE task (sst2, mrpc, rte, cola, stsb, qnli, mnli, qqp, wnli) or any name for a custom task."""
     data_dir: Optional[str] = field(default=None, metadata={"path": True})
     """GLUE-format folder. Default: ``$GLUE_DIR/<Task>`` or ``shared/data/glue/<Task>`` beside the repository folder
-    (``../shared`` from it) for GLUE tasks. Custom task: the folder ``files`` are read from (default: the folder
+    (``../shared`` from it) for GLUE tasks; ``./glue/<Task>`` for a package installed without this checkout. Custom task: the folder ``files`` are read from (default: the folder
     compress runs in)."""
     max_length: int = 128
     """Tokens per row after truncation (special tokens included)."""

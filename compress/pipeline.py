@@ -594,7 +594,8 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
         upstream = stage.upstream({**done, **dict.fromkeys(runs_first)}, recipe)  # what the stage reads (reads_only)
         after = [u for u in upstream if u in runs_first]
         manifest = None
-        if after == ["report"] and stage.reads_files is not None and _report_kept(recipe, force):
+        if runs_first == after == ["report"] and stage.reads_files is not None and stage.name not in force \
+                and "all" not in force and _report_latency_unchanged(recipe, force):
             # the report redoes its tables and keeps its timings (the file this stage reads): judged on it as it is
             fp, inputs = _fingerprint(recipe, stage, {**done, "report": read_json(run_dir / "report" / "manifest.json")})
             manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
@@ -614,15 +615,19 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     return out
 
 
-def _report_kept(recipe: Recipe, force: tuple[str, ...]) -> bool:
-    """Whether a report stage that runs would keep its previous timings (`compress.report.kept_measurement`)."""
-    if "report" in force or "all" in force or not recipe.report.measure:
+def _report_latency_unchanged(recipe: Recipe, force: tuple[str, ...]) -> bool:
+    """Whether a report stage that runs (no stage before it does) would leave its latency.json as it is: keep its
+    previous timings (`compress.report.kept_measurement`), or, with ``report.measure`` off, write none where there was
+    none."""
+    if "report" in force or "all" in force:
         return False
-    from compress.report import kept_measurement
+    from compress.report import MEASURED, kept_measurement
 
     try:
+        if not recipe.report.measure:
+            return MEASURED not in (read_json(recipe.run_dir / "report" / "manifest.json").get("outputs") or {})
         return kept_measurement(recipe) is not None
-    except (OSError, ValueError, CompressError):
+    except (OSError, ValueError, AttributeError, CompressError):
         return False
 
 

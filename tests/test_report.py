@@ -1050,6 +1050,12 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_ru
     capsys.readouterr()
     plan = {name: (runs, why) for name, runs, why in explain(load_recipe(path, {"report.threads": 1}))}
     assert plan["report"][0] and plan["bundle"] == (False, "up to date")  # --dry-run says what the run does
+    for force in (("bundle",), ("report",)):  # forced: the bundle is made again / the report times again
+        plan = {name: (runs, why) for name, runs, why in explain(load_recipe(path, {"report.threads": 1}), force=force)}
+        assert plan["bundle"][0], force
+    plan = {name: (runs, why) for name, runs, why in explain(load_recipe(path, {"report.threads": 1,
+                                                                               "students.0.train.max_steps": 3}))}
+    assert plan["bundle"][0] and plan["report"][0]  # a new student: new models, the report times them
     again = run_pipeline(load_recipe(path, {"report.threads": 1}))
     out = capsys.readouterr().out
     assert "[report] running" in out and "latencies of the previous report pass kept" in out
