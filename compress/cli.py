@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ def _overrides(pairs: list[str]) -> dict:
         from compress.config import _DuplicateKey, yaml_error, yaml_value
 
         try:
+            out.pop(key, None)  # given again: the last one wins, in command-line order
             out[key] = yaml_value(value)
         except _DuplicateKey as e:
             raise CompressError(f"--set {key}: {e}") from None
@@ -41,8 +43,8 @@ def cmd_run(args) -> int:
     from compress.pipeline import run_pipeline
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    if args.runs_dir:
-        recipe.runs_dir = args.runs_dir
+    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
+        recipe.runs_dir = os.path.expanduser(args.runs_dir)
     if args.dry_run:
         from compress.pipeline import explain
 
@@ -151,8 +153,8 @@ def cmd_bundle(args) -> int:
         from compress.pipeline import run_pipeline
 
         recipe = load_recipe(args.recipe, _overrides(args.set))
-        if args.runs_dir:
-            recipe.runs_dir = args.runs_dir
+        if args.runs_dir is not None:  # as `compress run` takes it
+            recipe.runs_dir = os.path.expanduser(args.runs_dir)
         done = run_pipeline(recipe, until="bundle", force=tuple(args.force))
         for rel in done["bundle"].get("bundle", {}).get("paths", []):
             print(f"bundle: {recipe.run_dir / 'bundle' / rel}")
@@ -160,7 +162,7 @@ def cmd_bundle(args) -> int:
     from compress.bundle import build
     from compress.data import GLUE_TASKS
 
-    given = [flag for key, flag in RECIPE_ONLY.items() if getattr(args, key)]
+    given = [flag for key, flag in RECIPE_ONLY.items() if getattr(args, key) not in (None, [], ())]
     if given:
         raise CompressError(f"compress bundle --model: {', '.join(given)} "
                             f"{'applies' if len(given) == 1 else 'apply'} only to a RECIPE")
@@ -226,8 +228,8 @@ def cmd_bench(args) -> int:
     from compress.pipeline import run_pipeline
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    if args.runs_dir:
-        recipe.runs_dir = args.runs_dir
+    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
+        recipe.runs_dir = os.path.expanduser(args.runs_dir)
     if recipe.quantize is None:  # a recipe without the sections benchmarks its newest model with the defaults
         recipe.quantize = QuantizeConfig()
     if recipe.bench is None:
@@ -248,8 +250,8 @@ def cmd_search(args) -> int:
     from compress.config import load_recipe, search_settings
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    if args.runs_dir:
-        recipe.runs_dir = args.runs_dir
+    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
+        recipe.runs_dir = os.path.expanduser(args.runs_dir)
     cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads
     from compress.pipeline import run_lock
     from compress.search import run_search

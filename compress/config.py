@@ -1013,7 +1013,8 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     runs_dir = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
-    train_it = f"run `compress run {shlex.quote(str(recipe.path))} --stage teacher{runs_dir}` first"
+    sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in recipe.overrides.items())  # as given
+    train_it = f"run `compress run {shlex.quote(str(recipe.path))} --stage teacher{runs_dir}{sets}` first"
     if not (teacher_dir / "config.json").is_file():
         raise CompressError(f"{teacher_dir}: no fine-tuned teacher; {train_it}")
     from compress.pipeline import explain  # torch-free: the recipe's teacher against the one in the run folder
@@ -1067,6 +1068,8 @@ class Recipe:
     """Where run folders go: <runs_dir>/<name>/<stage>/."""
     # where the recipe came from (not a YAML key)
     path: Optional[str] = field(default=None, metadata={"internal": True})
+    overrides: dict = field(default_factory=dict, metadata={"internal": True})
+    """The command line's ``--set`` pairs it was loaded with (dotted key -> value), for commands that say what to run."""
 
     @property
     def run_dir(self) -> Path:
@@ -1075,9 +1078,11 @@ class Recipe:
     def validate(self, file: str, where: str) -> None:
         """What spans sections: the run folder's name, student names, which model prune and quantize read."""
         check_seed(self.seed, file, "seed")
-        if PurePosixPath(self.name).name != self.name or self.name in ("", ".", "..") or "\\" in self.name:
-            raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>), got "
-                                f"{self.name!r}")
+        if PurePosixPath(self.name).name != self.name or self.name in ("", ".", "..") or "\\" in self.name \
+                or not self.name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in self.name) \
+                or len(self.name.encode()) > 200:  # a folder name, with room for a bundle's -<task>-int8.tar.gz
+            raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>; no "
+                                f"path separator, no control character, at most 200 bytes), got {_show(self.name)}")
         students = [s.name for s in self.students or []]
         if self.students == []:
             raise CompressError(f"{file}: students: the list is empty (leave the section out for no students)")
@@ -1291,9 +1296,29 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     data.setdefault("name", path.stem)
-    recipe = from_dict(Recipe, data, file=str(path))
+    try:
+        recipe = from_dict(Recipe, data, file=str(path))
+    except CompressError as e:  # a value given on the command line is not the file's: say so
+        raise CompressError(_blame_override(str(e), str(path), overrides or {})) from None
     recipe.path = str(path)
+    recipe.overrides = dict(overrides or {})
     return recipe
+
+
+def _blame_override(message: str, file: str, overrides: dict) -> str:
+    """``message`` (`from_dict`'s "FILE: KEY: ...") saying the value came from the command line when KEY, or a section
+    above it, was set with --set (the file does not hold it)."""
+    prefix = f"{file}: "
+    if not message.startswith(prefix):
+        return message
+    rest = message[len(prefix):]
+    key = rest.split(": ", 1)[0]
+    dotted = re.sub(r"\[(\d+)\]", r".\1", key)
+    for given in overrides:
+        norm = re.sub(r"\[(\d+)\]", r".\1", given)
+        if dotted == norm or dotted.startswith(norm + "."):
+            return f"{message} (a value given with --set {given})"
+    return message
 
 
 class _DuplicateKey(Exception):
@@ -1338,6 +1363,45 @@ def yaml_error(e: yaml.YAMLError) -> str:
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what
 
 
+_STAGE_SECTIONS = ("teacher", "students", "prune", "quantize", "bench", "report", "bundle")
+"""Recipe sections whose presence runs a stage: a ``--set`` into one the recipe lacks would add the stage with every
+other setting at its default (``search``, the settings of `compress search`, is no stage: its keys may be set)."""
+
+
+def _default_section(keys: list[str]) -> dict:
+    """What a sub-section missing from the recipe (``prune.recover`` for ``--set prune.recover.temperature=3``) holds
+    when left out: its field's default where that differs from a bare mapping's (recovery: 1 epoch at lr 1e-4, not
+    `TrainConfig`'s 3 at 5e-5), else an empty mapping."""
+    tp: Any = Recipe
+    field_ = None
+    for k in keys:
+        tp = _unwrap(tp)
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+            continue
+        if not dataclasses.is_dataclass(tp):
+            return {}
+        field_ = next((f for f in dataclasses.fields(tp) if f.name == k), None)
+        if field_ is None:
+            return {}
+        tp = typing.get_type_hints(tp)[k]
+    if field_ is None or field_.default_factory is dataclasses.MISSING:
+        return {}
+    default = field_.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return {}
+    bare = type(default)()
+    return {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+            if not f.metadata.get("internal") and getattr(default, f.name) != getattr(bare, f.name)}
+
+
+def _unwrap(tp: Any) -> Any:
+    """``Optional[X]`` -> ``X``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
+        and len(args) == 1 else tp
+
+
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``; a
     layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``."""
@@ -1360,8 +1424,11 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if i == len(keys) - 1:
             node[k] = value
         else:
+            if i == 0 and k not in node and k in _STAGE_SECTIONS:
+                raise CompressError(f"--set {dotted}: the recipe has no {k} section (that stage does not run); add "
+                                    f"it to the recipe, or set the whole section: --set '{k}={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
-                node[k] = {}
+                node[k] = _default_section(keys[:i + 1])
             node = node[k]
 
 

@@ -183,6 +183,7 @@ def fit(
         while step < total:
             loader = accelerator.prepare_data_loader(
                 train_loader(train_ds, collator, cfg.batch_size, seed, epoch, group_by_length))
+            n_batches = len(loader)  # this process's, before a resume skips the done ones
             if skip:
                 loader = accelerator.skip_first_batches(loader, skip)
             batches_done = skip
@@ -203,7 +204,11 @@ def fit(
                         where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
                         raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
                                             f"{where} (lower the learning rate or use fp32)")
-                    accelerator.backward(loss)
+                    # Accelerate divides every loss by grad_accum and steps at the epoch's end however many batches
+                    # its last group holds: that group's gradient is its mean loss's only once scaled back up
+                    start = batches_done // cfg.grad_accum * cfg.grad_accum
+                    group = max(1, min(cfg.grad_accum, n_batches - start))
+                    accelerator.backward(loss * (cfg.grad_accum / group) if group != cfg.grad_accum else loss)
                     if accelerator.sync_gradients:
                         if cfg.max_grad_norm > 0:  # 0: no clipping (Hugging Face's convention), not zero gradients
                             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

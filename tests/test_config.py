@@ -735,3 +735,56 @@ def test_recovery_on_a_transfer_set_another_student_labels_only_when_they_share_
     with pytest.raises(CompressError, match=r"prune\.recover\.data: transfer: the transfer set of student 'a' gets "
                                             r"no saved teacher logits"):
         load_recipe(write(tmp_path, recipe % (own, own)))
+
+
+def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatch, capsys):
+    """--set into a stage section the recipe lacks added that stage with every other setting at its default; a
+    missing prune.recover started from TrainConfig's defaults (3 epochs at 5e-5) for one key set, not the recovery's
+    (1 at 1e-4); a key given twice kept its first place (the second value lost to a later one set in between); a value
+    refused named only the recipe file, which does not hold it."""
+    from compress.cli import _overrides, main
+
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {keep_macs: 0.5}\n")
+    with pytest.raises(CompressError, match=r"^--set quantize\.max_drop: the recipe has no quantize section \(that "
+                                            r"stage does not run\); add it to the recipe, or set the whole section"):
+        load_recipe(p, {"quantize.max_drop": 0.5})
+    assert load_recipe(p, {"quantize": {"max_drop": 0.5}}).quantize.max_drop == 0.5  # the whole section: asked for
+    assert load_recipe(p, {"search.budget_ms": 3.0}).search.budget_ms == 3.0  # compress search's settings, no stage
+    recover = load_recipe(p, {"prune.recover.temperature": 3.0}).prune.recover
+    assert (recover.temperature, recover.epochs, recover.lr) == (3.0, 1.0, 1.0e-4)
+    assert load_recipe(p).prune.recover.epochs == 1.0
+    sets = _overrides(["teacher.epochs=5", "teacher={epochs: 2}", "teacher.epochs=7"])
+    assert list(sets.items()) == [("teacher", {"epochs": 2}), ("teacher.epochs", 7)]
+    assert load_recipe(p, sets).teacher.epochs == 7
+    with pytest.raises(CompressError) as e:
+        load_recipe(p, {"teacher.epochs": True})
+    assert str(e.value).endswith("(a value given with --set teacher.epochs)")
+    with pytest.raises(CompressError) as e:
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {epochs: yes}\n"))
+    assert "--set" not in str(e.value)  # the file's own mistake
+    # --runs-dir=~/x: no shell expands that ~ (README: a leading ~ is the home folder)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {}\n")
+    assert main(["run", str(p), "--dry-run", "--runs-dir=~/rr"]) == 0
+    assert f"run folder: {tmp_path / 'home' / 'rr'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "a\nb", "a\x00b", "   ", "tab\there"])
+def test_a_run_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
+    """A 300-character name passed validate and crashed the run with "OSError: File name too long"; a NUL byte with
+    "ValueError: embedded null byte"; a newline or blanks made odd folders."""
+    p = write(tmp_path, f"name: {json.dumps(name)}\ntask: {{name: sst2}}\nteacher: {{}}\n")
+    with pytest.raises(CompressError, match=r": name: a plain folder name is needed"):
+        load_recipe(p)
+
+
+def test_search_says_to_train_the_teacher_with_the_same_settings(tmp_path):
+    """`compress search R --set teacher.max_steps=4` on a run whose teacher was made without it said to run `compress
+    run R --stage teacher`, which found that teacher up to date: the hint carries the --set pairs."""
+    from compress.config import search_settings
+
+    p = write(tmp_path, f"name: s\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2}}\nteacher: {{}}\n")
+    with pytest.raises(CompressError) as e:
+        search_settings(load_recipe(p, {"teacher.max_steps": 4, "teacher.lr": 0.002}), budget_ms=3.0)
+    assert str(e.value).endswith(f"run `compress run {p} --stage teacher --runs-dir {tmp_path / 'runs'} --set "
+                                 f"teacher.max_steps=4 --set teacher.lr=0.002` first")

@@ -1238,3 +1238,53 @@ def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_
         other = custom_recipe(train, dev)
         other_fp, other_inputs = pipeline._fingerprint(other, teacher, {})
         assert (pipeline._reuse(other, teacher, folder, other_fp, other_inputs, {})[1] is None) == reused, train
+
+
+def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(tokenizer):
+    """Accelerate divides every loss by grad_accum and steps at the end of each epoch however many batches its last
+    group holds: a group of 1 batch of 3 stepped on a third of its gradient (README: the effective batch is
+    batch_size x grad_accum). 7 batches, grad_accum 3: groups of 3, 3 and 1; the last step gets that batch's full
+    mean-loss gradient."""
+    import random
+
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from compress.config import TrainConfig
+
+    r = random.Random(0)
+    words = "the a movie film good bad great awful plot actor fun boring".split()
+    rows = {"text": [" ".join(r.choice(words) for _ in range(r.randint(1, 12))) for _ in range(50)],
+            "label": [r.randint(0, 1) for _ in range(50)]}
+    ds = tokenize(Dataset.from_dict(rows), tokenizer, 32)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in params if p.ndim >= 2] + [p for p in params if p.ndim < 2]  # fit's decay / no-decay groups
+    applied, wanted, calls = [], [], []
+
+    def objective(m, batch):
+        calls.append(1)
+        out = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")})
+        if len(calls) == 7:  # the last group: this batch alone
+            wanted.append(torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, params, retain_graph=True)]))
+        return out.loss, {}
+
+    step = torch.optim.AdamW.step
+
+    def recording(self, *a, **k):
+        applied.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).clone())
+        return step(self, *a, **k)
+
+    torch.optim.AdamW.step = recording
+    try:
+        fit(model, ds, Collator({"": tokenizer}), TrainConfig(epochs=1, batch_size=8, grad_accum=3, max_grad_norm=0,
+                                                              lr=1e-3, warmup_ratio=0.0),
+            seed=0, objective=objective, group_by_length=False)
+    finally:
+        torch.optim.AdamW.step = step
+    assert len(applied) == 3
+    last = wanted[-1]
+    assert float(applied[-1] @ last / (last @ last)) == pytest.approx(1.0, abs=1e-4)
