@@ -94,12 +94,31 @@ class Stage:
         return getattr(importlib.import_module(module), fn)
 
 
+def _variants(*words: Optional[str]) -> Optional[str]:
+    return "+".join(w for w in words if w) or None
+
+
+def _accumulates(*configs) -> Optional[str]:
+    """Training with gradient accumulation stepped an epoch's short last group on a fraction of its gradient
+    (2026-12-05): a stage that trains with ``grad_accum`` > 1 is redone, no other."""
+    return "grad-accum-last-group" if any(c is not None and c.grad_accum > 1 for c in configs) else None
+
+
+def _teacher_variant(recipe: Recipe) -> Optional[str]:
+    return _accumulates(recipe.teacher) if recipe.teacher.finetune else None
+
+
 def _distill_variant(recipe: Recipe) -> Optional[str]:
     """Students of one augment setting that pick its neighbours with their own embeddings trained on the first one's
     copies until each got its own (2026-12-04): a stage with two or more of them is redone, no other."""
     settings = [dataclasses.astuple(s.distill.augment) for s in recipe.students or []
                 if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
-    return "augment-per-student" if len(settings) > len(set(settings)) else None
+    return _variants("augment-per-student" if len(settings) > len(set(settings)) else None,
+                     _accumulates(*(s.train for s in recipe.students or [])))
+
+
+def _prune_variant(recipe: Recipe) -> Optional[str]:
+    return _accumulates(recipe.prune.recover) if recipe.prune is not None else None
 
 
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -109,12 +128,13 @@ def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 STAGES: list[Stage] = [
-    Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",)),
+    Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",),
+          variant=_teacher_variant),
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True,
           models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
-          trains=True),
+          trains=True, variant=_prune_variant),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH); 3: fp32
     # metrics (and the guard's baseline) are model.onnx's own, .ort files without ORT's slow fusions, dynamic guard

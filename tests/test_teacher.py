@@ -1288,3 +1288,21 @@ def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(t
     assert len(applied) == 3
     last = wanted[-1]
     assert float(applied[-1] @ last / (last @ last)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_stages_trained_with_gradient_accumulation_are_redone_and_no_other(tmp_path, tiny_bert_dir):
+    """The short-last-group fix (2026-12-05) changes what a stage trained with grad_accum > 1 makes: those stages are
+    redone (a fingerprint variant), every other run folder's stage is kept."""
+    from compress import pipeline
+
+    student = "students: [{name: s, kind: layer_drop, layers: 1, train: {grad_accum: %d}}]\n"
+    for teacher, students, recover, want in ((1, 1, 1, (None, None, None)),
+                                             (2, 1, 1, ("grad-accum-last-group", None, None)),
+                                             (1, 4, 1, (None, "grad-accum-last-group", None)),
+                                             (1, 1, 3, (None, None, "grad-accum-last-group"))):
+        extra = (student % students) + f"prune: {{heads: 0.5, recover: {{grad_accum: {recover}}}}}\n"
+        path = _recipe(tmp_path, tiny_bert_dir, extra=extra)
+        r = load_recipe(path, {"teacher.grad_accum": teacher})
+        assert (pipeline._teacher_variant(r), pipeline._distill_variant(r), pipeline._prune_variant(r)) == want
+    # a teacher kept as it is trains nothing
+    assert pipeline._teacher_variant(load_recipe(path, {"teacher.grad_accum": 2, "teacher.finetune": False})) is None
