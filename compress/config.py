@@ -566,8 +566,9 @@ class StudentConfig:
     """Optimisation of this student (`TrainConfig`; its ``seed`` defaults to the recipe's)."""
 
     def validate(self, file: str, where: str) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise CompressError(f"{file}: {where}.name: a plain folder name is needed, got {self.name!r}")
+        if not self.name or self.name.startswith(".") or not folder_name(self.name):
+            raise CompressError(f"{file}: {where}.name: a plain folder name is needed ({FOLDER_NAME}), got "
+                                f"{_show(self.name)}")
         if self.name in DISTILL_FILES:
             raise CompressError(f"{file}: {where}.name: {self.name!r} is a file the distill stage writes beside the "
                                 f"students' folders; choose another name")
@@ -699,7 +700,9 @@ class PruneConfig:
     students, otherwise the teacher."""
     recover: Optional[RecoverConfig] = field(default_factory=lambda: RecoverConfig(epochs=1.0, lr=1.0e-4))
     """Distillation after each step; null: no recovery (prune only). Left out: ``epochs: 1, lr: 1.0e-4`` and the other
-    defaults; a ``recover:`` mapping starts from `TrainConfig`'s defaults (epochs 3, lr 5e-5) for what it leaves out."""
+    defaults; a ``recover:`` mapping starts from `TrainConfig`'s defaults (epochs 3, lr 5e-5) for what it leaves out.
+    ``--set prune.recover.KEY=V`` on a recipe without ``recover:`` changes KEY of the left-out defaults (1 epoch at
+    1e-4), as a value set on the command line changes that value only."""
 
     def validate(self, file: str, where: str) -> None:
         for key in ("heads", "ffn"):
@@ -926,8 +929,9 @@ class BundleConfig:
             raise CompressError(f"{file}: {where}.max_drop: must be >= 0, got {self.max_drop}")
         if self.threads is not None and self.threads < 1:
             raise CompressError(f"{file}: {where}.threads: must be >= 1, got {self.threads}")
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise CompressError(f"{file}: {where}.name: a plain folder name is needed, got {self.name!r}")
+        if self.name is not None and (self.name.startswith(".") or not folder_name(self.name)):
+            raise CompressError(f"{file}: {where}.name: a plain folder name is needed ({FOLDER_NAME}), got "
+                                f"{_show(self.name)}")
 
 
 @dataclass
@@ -1078,11 +1082,9 @@ class Recipe:
     def validate(self, file: str, where: str) -> None:
         """What spans sections: the run folder's name, student names, which model prune and quantize read."""
         check_seed(self.seed, file, "seed")
-        if PurePosixPath(self.name).name != self.name or self.name in ("", ".", "..") or "\\" in self.name \
-                or not self.name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in self.name) \
-                or len(self.name.encode()) > 200:  # a folder name, with room for a bundle's -<task>-int8.tar.gz
-            raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>; no "
-                                f"path separator, no control character, at most 200 bytes), got {_show(self.name)}")
+        if not folder_name(self.name):
+            raise CompressError(f"{file}: name: a plain folder name is needed (runs go to <runs_dir>/<name>; "
+                                f"{FOLDER_NAME}), got {_show(self.name)}")
         students = [s.name for s in self.students or []]
         if self.students == []:
             raise CompressError(f"{file}: students: the list is empty (leave the section out for no students)")
@@ -1363,7 +1365,7 @@ def yaml_error(e: yaml.YAMLError) -> str:
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what
 
 
-_STAGE_SECTIONS = ("teacher", "students", "prune", "quantize", "bench", "report", "bundle")
+_STAGE_SECTIONS = ("students", "prune", "quantize", "bench", "report", "bundle")
 """Recipe sections whose presence runs a stage: a ``--set`` into one the recipe lacks would add the stage with every
 other setting at its default (``search``, the settings of `compress search`, is no stage: its keys may be set)."""
 
@@ -1424,7 +1426,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if i == len(keys) - 1:
             node[k] = value
         else:
-            if i == 0 and k not in node and k in _STAGE_SECTIONS:
+            if i == 0 and node.get(k) is None and k in _STAGE_SECTIONS:  # absent, or null: that stage does not run
                 raise CompressError(f"--set {dotted}: the recipe has no {k} section (that stage does not run); add "
                                     f"it to the recipe, or set the whole section: --set '{k}={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
@@ -1524,6 +1526,18 @@ def _expand_home(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _expand_home(v) for k, v in value.items()}
     return value
+
+
+FOLDER_NAME = "no path separator, no control character, not blank, at most 200 bytes"
+
+
+def folder_name(name: str) -> bool:
+    """Whether ``name`` (a run's, a student's, a bundle's) can name one folder everywhere: a 300-character name passed
+    validation and crashed the run ("File name too long"), a NUL byte ("embedded null byte"); 200 bytes leave room for
+    a bundle's ``-<task>-int8.tar.gz``."""
+    return (PurePosixPath(name).name == name and name not in ("", ".", "..") and "\\" not in name
+            and bool(name.strip()) and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+            and len(name.encode()) <= 200)
 
 
 def _join(where: str, name: str) -> str:

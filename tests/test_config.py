@@ -749,6 +749,12 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
                                             r"stage does not run\); add it to the recipe, or set the whole section"):
         load_recipe(p, {"quantize.max_drop": 0.5})
     assert load_recipe(p, {"quantize": {"max_drop": 0.5}}).quantize.max_drop == 0.5  # the whole section: asked for
+    off = write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: null\n")  # null: that stage does not run either
+    with pytest.raises(CompressError, match=r"^--set prune\.heads: the recipe has no prune section"):
+        load_recipe(off, {"prune.heads": 0.5})
+    bare = write(tmp_path, "task: {name: sst2}\n")  # the teacher section is required, not a stage to add
+    assert load_recipe(bare, {"teacher.model": "minilm-l6"}).teacher.model == "minilm-l6"
+    p = write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {keep_macs: 0.5}\n")
     assert load_recipe(p, {"search.budget_ms": 3.0}).search.budget_ms == 3.0  # compress search's settings, no stage
     recover = load_recipe(p, {"prune.recover.temperature": 3.0}).prune.recover
     assert (recover.temperature, recover.epochs, recover.lr) == (3.0, 1.0, 1.0e-4)
@@ -770,12 +776,17 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("name", ["x" * 201, "a\nb", "a\x00b", "   ", "tab\there"])
-def test_a_run_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
+def test_a_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
     """A 300-character name passed validate and crashed the run with "OSError: File name too long"; a NUL byte with
-    "ValueError: embedded null byte"; a newline or blanks made odd folders."""
-    p = write(tmp_path, f"name: {json.dumps(name)}\ntask: {{name: sst2}}\nteacher: {{}}\n")
-    with pytest.raises(CompressError, match=r": name: a plain folder name is needed"):
-        load_recipe(p)
+    "ValueError: embedded null byte"; a newline or blanks made odd folders. The same for a student's name (its folder
+    under distill/) and a bundle's."""
+    base = "task: {name: sst2}\nteacher: {}\n"
+    for text, where in ((f"name: {json.dumps(name)}\n{base}", "name"),
+                        (f"{base}students: [{{name: {json.dumps(name)}, kind: layer_drop, layers: 1}}]\n",
+                         r"students\[0\]\.name"),
+                        (f"{base}quantize: {{}}\nbundle: {{name: {json.dumps(name)}}}\n", r"bundle\.name")):
+        with pytest.raises(CompressError, match=rf": {where}: a plain folder name is needed"):
+            load_recipe(write(tmp_path, text))
 
 
 def test_search_says_to_train_the_teacher_with_the_same_settings(tmp_path):
