@@ -195,8 +195,11 @@ def model_macs(model: nn.Module, seq_len: int) -> int:
     """MACs of one sequence through the encoder, pooler and classifier (embedding lookups are free)."""
     prov, hidden = provenance(model), model.config.hidden_size
     macs = encoder_cost(prov, hidden, seq_len)[1]
-    linears = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and ".encoder." not in f".{name}."]
-    return macs + sum(m.in_features * m.out_features for m in linears)  # pooler/classifier: first token only
+    linears = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and ".encoder." not in f".{name}."]
+    # pooler/classifier: the first token only; ELECTRA's embeddings_project: every token
+    return macs + sum(m.in_features * m.out_features * (seq_len if name.endswith("embeddings_project") else 1)
+                      for name, m in linears)
 
 
 def layer_table(model: nn.Module, seq_len: int) -> list[dict]:
@@ -377,9 +380,11 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
                                                 for i in range(prov.num_layers)])[k]
     target = full * (1.0 - (1.0 - budget) * fraction)
 
+    heads_cap = 1.0 - 0.51 / prov.num_heads  # the most that keeps a head in the model: FFN ratios may go on past it
+
     def cost(r: float):
         try:
-            layers = _plan_ratios(prov, scores, cfg, overrides, r, r)
+            layers = _plan_ratios(prov, scores, cfg, overrides, min(r, heads_cap), r)
         except _Empty:  # a model without any head (or neuron) left is no answer
             return math.inf, None
         return encoder_cost(prov, hidden, seq_len, [s for s in layers if s is not None])[k], layers
@@ -387,7 +392,7 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     best = cost(0.0)
     if best[0] <= target:
         return best[1]
-    lo, hi = 0.0, 1.0 - 0.51 / min(prov.num_heads, prov.intermediate_size)  # the most that keeps a unit of each kind
+    lo, hi = 0.0, 1.0 - 0.51 / prov.intermediate_size  # the most that keeps an FFN neuron (2 heads stopped it at 74%)
     top = cost(hi)
     if top[0] > target:
         raise CompressError(f"prune.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "

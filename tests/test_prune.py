@@ -724,3 +724,33 @@ def test_a_resumed_recovery_says_so_in_the_step_record(monkeypatch):
                                         dev=None, collator=None, spec=types.SimpleNamespace(is_regression=False),
                                         logits=torch.zeros(4, 2), seed=0, seq_len=32)
     assert history[0]["recovery"]["resumed_from"] == 3
+
+
+def test_a_mac_budget_on_a_model_of_few_heads_prunes_the_ffn_past_the_heads_limit():
+    """The budget's search stopped both ratios where one head per layer is left: with 2 heads that kept 26% of the
+    FFN, so keep_macs 0.3 "could not be met" though 1 head and 15% of the FFN per layer meets it (random narrow
+    students have hidden//64 heads: 2 at hidden 128). ELECTRA's embeddings_project runs on every token, not one."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2, hidden_size=128,
+                                                           num_attention_heads=2, intermediate_size=512)).eval()
+    before = P.model_macs(model, 128)
+    P.prune(model, cfg(importance="l1", keep_macs=0.3), seq_len=128)
+    heads = [s["heads"] for s in model.config.compress_layer_sizes]
+    enc = sum(P.layer_cost(128, s["heads"], 64, s["ffn"], 128)[1] for s in model.config.compress_layer_sizes)
+    full = 2 * P.layer_cost(128, 2, 64, 512, 128)[1]
+    assert heads == [1, 1] and enc <= 0.3 * full + 1 and P.model_macs(model, 128) < before
+    electra = ElectraForSequenceClassification(ElectraConfig(vocab_size=1000, embedding_size=16, hidden_size=32,
+                                                             num_hidden_layers=2, num_attention_heads=4,
+                                                             intermediate_size=64)).eval()
+    counted = []
+    hooks = [m.register_forward_hook(lambda m, i, o: counted.append(i[0].shape[:-1].numel() * m.in_features
+                                                                   * m.out_features))
+             for m in electra.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        electra(input_ids=torch.randint(5, 900, (1, 128)))
+    for h in hooks:
+        h.remove()
+    attention = 2 * 2 * 128 * 128 * 32  # scores and weighted values, per layer
+    assert P.model_macs(electra, 128) == sum(counted) + attention

@@ -425,7 +425,8 @@ def test_candidates_that_failed_are_not_called_too_slow():
 
 def test_bad_lr_or_skip_margin_names_its_own_field(tmp_path, glue_dir, tokenizer):
     path = _recipe(tmp_path, glue_dir, tokenizer, teacher=False)
-    with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.skip_margin: must be >= 1, got 0.5$"):
+    with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.skip_margin: must be >= 1, got 0.5 \(a value given "
+                                            r"with --set search.skip_margin\)$"):
         load_recipe(path, {"search.skip_margin": 0.5})
     with pytest.raises(CompressError, match=r"^.*tiny.yaml: search.lr: must be > 0, got 0"):
         load_recipe(path, {"search.lr": 0})
@@ -580,5 +581,6 @@ def test_a_run_folders_teacher_that_is_not_the_recipes_is_refused(tmp_path, glue
     assert main(["search", str(path), "--budget-ms", "5", "--set", "teacher.lr=1.0e-4", "--time-limit-min", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {folder / 'model'}: not the recipe's teacher (changed: teacher.lr: ")
-    assert err.endswith(f"run `compress run {path} --stage teacher --runs-dir {recipe.runs_dir}` first")
+    assert err.endswith(f"run `compress run {path} --stage teacher --runs-dir {recipe.runs_dir} --set "
+                        f"teacher.lr=0.0001` first")  # with the --set it was asked with
     assert len(err.splitlines()) == 1
