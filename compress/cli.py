@@ -51,7 +51,8 @@ def cmd_run(args) -> int:
         steps = explain(recipe, until=args.stage, force=tuple(args.force))
         for name, runs, why in steps:
             print(f"[{name}] {'would run' if runs else 'up to date'}{': ' + why if runs else ''}")
-        _warn_not_runnable(recipe, [name for name, runs, _ in steps if runs])
+        for warning in _not_runnable(recipe, [name for name, runs, _ in steps if runs]):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
         return 0
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
@@ -67,9 +68,13 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, _overrides(args.set))
     stages = [s.name for s in plan(recipe)]
     rows = _check_data(recipe)
-    print(f"{args.recipe}: ok; stages: {', '.join(stages)}" + (f"; data rows: {rows}" if rows else ""))
-    _warn_not_runnable(recipe, stages)
-    return 0
+    warnings = _not_runnable(recipe, stages)
+    said = (f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''} below: a run would stop on "
+            f"{'them' if len(warnings) > 1 else 'it'}" if warnings else "")
+    print(f"{args.recipe}: ok; stages: {', '.join(stages)}" + (f"; data rows: {rows}" if rows else "") + said)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 2 if warnings and args.strict else 0
 
 
 def _check_data(recipe) -> str:
@@ -97,24 +102,23 @@ def _check_data(recipe) -> str:
     return ", ".join(counts)
 
 
-def _warn_not_runnable(recipe, stages) -> None:
-    """A valid recipe that cannot run here as it stands (data files missing, a hub id out of reach and not cached, a
-    model folder missing): say so, without failing."""
+def _not_runnable(recipe, stages) -> list[str]:
+    """Why a valid recipe cannot run here as it stands (data files missing, a hub id out of reach and not cached, a
+    model folder missing): said as warnings, failing only with ``validate --strict``."""
     from compress import hub
     from compress.pipeline import compare_problems
     from compress.tasks import glue_hint, missing_files, task_spec
 
+    out = []
     if stages:
-        for path in missing_files(recipe.task):
-            print(f"warning: {recipe.path}: task: {path}: file not found{glue_hint(recipe.task, task_spec(recipe.task))}",
-                  file=sys.stderr)
+        out += [f"{recipe.path}: task: {path}: file not found{glue_hint(recipe.task, task_spec(recipe.task))}"
+                for path in missing_files(recipe.task)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check(name, f"{recipe.path}: {field}", weights=hub.needs_weights(field))
         except CompressError as e:
-            print(f"warning: {e}", file=sys.stderr)
-    for problem in compare_problems(recipe, stages or []):
-        print(f"warning: {problem}", file=sys.stderr)
+            out.append(str(e))
+    return out + list(compare_problems(recipe, stages or []))
 
 
 def cmd_zoo(args) -> int:
@@ -313,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set teacher.epochs=2 (repeatable)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 when a warning says a run would stop (missing data, a model out of reach), as CI wants")
     p.set_defaults(fn=cmd_validate)
 
     p = sub.add_parser("zoo", help="offline pretrained models (list / fetch)",

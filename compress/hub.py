@@ -104,8 +104,10 @@ def check(name: str, where: str, weights: bool = True) -> None:
 
     held = "the Hugging Face cache holds it without its weights" if cached(name) else \
         "it is not in the Hugging Face cache"
+    here = "" if os.path.isabs(name) else f"; no folder {os.path.abspath(name)} either (relative paths are read " \
+        f"from the folder compress runs in)"
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
-                        f"cannot be reached and {held} ({constants.HF_HUB_CACHE}); use a zoo model "
+                        f"cannot be reached and {held} ({constants.HF_HUB_CACHE}){here}; use a zoo model "
                         f"({', '.join(ZOO)}) or a local folder, or run once online")
 
 

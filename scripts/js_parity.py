@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--dev", type=Path, default=DEFAULT_GLUE_DIR / "SST-2" / "dev.tsv")
     args = parser.parse_args()
+    if not (ROOT / ".node" / "node_modules").is_dir():
+        parser.error(f"{ROOT / '.node' / 'node_modules'}: the npm packages predict.mjs needs are not installed: run "
+                     f"`make test` (or `make .node/.installed`) first")
     rows = [line.split("\t") for line in args.dev.read_text(encoding="utf-8-sig").splitlines()[1:] if line.strip()]
     texts, gold = [r[0] for r in rows], [int(r[1]) for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +40,10 @@ def main() -> int:
         (Path(tmp) / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         start = time.perf_counter()
         proc = subprocess.run(["node", str(copy / "predict.mjs"), "--json", "--file", str(Path(tmp) / "texts.txt")],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if proc.returncode != 0:  # node's own error, not a CalledProcessError traceback that hides it
+            print(f"predict.mjs failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
+            return 1
         node_s = time.perf_counter() - start
     js = [json.loads(line) for line in proc.stdout.splitlines()]
     predictor = Predictor(args.bundle)

@@ -513,3 +513,36 @@ def test_both_runners_read_the_command_line_alike(js_bundle):
         labels = [[line.split("\t")[0] if "\t" in line else json.loads(line)["label"] for line in p.stdout.splitlines()]
                   for p in (py, js)]
         assert labels[0] == labels[1] and len(labels[0]) == (code == 0), (args, labels)
+
+
+def test_predict_mjs_verifies_a_bundle_without_crypto_subtle(js_bundle, tmp_path):
+    """Browsers give crypto.subtle only to https or localhost pages: index.html served over plain http to a phone on
+    the network failed at once ("Cannot read properties of undefined (reading 'digest')"). A plain-JavaScript SHA-256
+    stands in: equal to hashlib's at every padding boundary, and the bundle verifies and classifies without
+    crypto at all, a tampered file still refused."""
+    import hashlib
+
+    sizes = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 100_000]
+    script = tmp_path / "sha.mjs"
+    script.write_text(
+        f"const {{ sha256Plain }} = await import({json.dumps(str(js_bundle / 'predict.mjs'))});\n"
+        f"const sizes = {json.dumps(sizes)};\n"
+        "console.log(JSON.stringify(sizes.map((n) => Buffer.from(sha256Plain(new Uint8Array(n).map((_, i) => "
+        "(i * 31 + 7) & 255))).toString('hex'))));\n")
+    proc = _node(script)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [hashlib.sha256(bytes((i * 31 + 7) & 255 for i in range(n))).hexdigest()
+                                       for n in sizes]
+    run = tmp_path / "nocrypto.mjs"
+    run.write_text(
+        "Object.defineProperty(globalThis, 'crypto', { value: undefined, configurable: true });\n"
+        f"const {{ Predictor }} = await import({json.dumps(str(js_bundle / 'predict.mjs'))});\n"
+        f"const p = await Predictor.load({json.dumps(str(js_bundle))});\n"
+        "console.log(JSON.stringify(await p.predict('a gripping, funny film')));\n")
+    proc = _node(run)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"label", "score", "scores"}
+    copy = shutil.copytree(js_bundle, tmp_path / "b", symlinks=True)
+    (copy / "labels.json").write_text((copy / "labels.json").read_text() + " ")
+    proc = _node(run.write_text(run.read_text().replace(str(js_bundle), str(copy))) and run)
+    assert proc.returncode != 0 and "labels.json" in proc.stderr and "sha256" in proc.stderr, proc.stderr

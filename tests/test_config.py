@@ -254,6 +254,11 @@ def test_validate_warns_of_missing_data_files_without_failing(tmp_path, monkeypa
     hint = " (looked in GLUE_DIR: set GLUE_DIR to the folder holding MRPC/, or task.data_dir to the MRPC folder)"
     assert err == [f"warning: {recipe}: task: {tmp_path / 'MRPC' / name}: file not found{hint}"
                    for name in ("train.tsv", "dev.tsv")]  # MRPC's labelled test.tsv is an extra
+    # the ok line says so (it read as a clean bill); --strict fails on them, for CI
+    assert main(["validate", str(recipe)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("; 2 warnings below: a run would stop on them")
+    assert main(["validate", "--strict", str(recipe)]) == 2
+    capsys.readouterr()
     monkeypatch.delenv("GLUE_DIR")
     assert main(["validate", str(recipe)]) == 0 and capsys.readouterr().err == ""
 

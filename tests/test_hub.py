@@ -257,3 +257,15 @@ def test_a_hub_dataset_is_a_stage_input_by_its_files_or_its_commit(tmp_path, tin
     hub.revision.cache_clear()
     assert pipeline._fingerprint(hub_recipe, teacher, {})[1]["hub:datasets/org/ds"] == "b" * 40
     hub.revision.cache_clear()
+
+
+def test_a_name_that_is_no_folder_here_says_where_it_looked(tmp_path, monkeypatch):
+    """A recipe naming its model folder relatively (``teacher.model: tiny-bert``) run from another folder read as an
+    unreachable hub id, with no word of the folder looked for: the message names it and where relative paths go from."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompressError) as e:
+        hub.check("tiny-bert", "x.yaml: teacher.model")
+    assert f"; no folder {tmp_path / 'tiny-bert'} either (relative paths are read from the folder compress runs in);" \
+        in str(e.value) and str(e.value).startswith("x.yaml: teacher.model: 'tiny-bert' is a hub id")
