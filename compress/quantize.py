@@ -524,10 +524,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
 
 
 def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], collator: Collator,
-                   cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows, guard_set=None) -> dict:
+                   cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows, guard_set=None,
+                   label: str = "quantize", guarded: bool = True) -> dict:
     """Export, parity, fusions, int8 (each of cfg.modes) with the guard; files into ``out``; returns the record.
     ``guard_set``: (rows, labels) whose metric the guard's budget judges instead of dev (`QuantizeConfig.guard_rows`);
-    dev is then measured once per int8 model, after the guard."""
+    dev is then measured once per int8 model, after the guard. ``label``: the progress lines' tag; ``guarded`` False
+    (compress search: every candidate is measured, its budget is latency) prints no shippable verdict."""
     out = Path(out)
     torch_logits = predict(model, dev, collator)
     fp32 = export_onnx(model, out / "model.onnx")
@@ -545,7 +547,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                                                  dev, collator, atol=cfg.parity_atol,
                                                  min_agreement=cfg.parity_min_agreement)
         except CompressError as e:  # a fusion that changed the logits: quantize the plain export, say so
-            print(f"[quantize] the ORT-fused graph is not exact ({e}); dynamic int8 starts from the plain export",
+            print(f"[{label}] the ORT-fused graph is not exact ({e}); dynamic int8 starts from the plain export",
                   flush=True)
             (out / "model_opt.onnx").unlink(missing_ok=True)
             fused = None
@@ -604,8 +606,10 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
             on = "" if guard_set is None else f" on the {record['guard']['rows']}"
-            print(f"[quantize] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
-                  f"drop {res.drop:.2f} points{on}, {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}")
+            verdict = f", {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}" if guarded else \
+                " (no accuracy guard in the search)"
+            print(f"[{label}] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
+                  f"drop {res.drop:.2f} points{on}{verdict}")
     for f in sorted([*out.glob("*.onnx"), *out.glob("*.ort")]):  # the .ort too: it can hold fp32 tables again
         record.setdefault("sizes", {})[f.name] = f.stat().st_size
     return record

@@ -72,11 +72,16 @@ def load_recipe_free_search():
     return SearchConfig()
 
 
-def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer):
+def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsys):
     path = _recipe(tmp_path, glue_dir, tokenizer)
     recipe = load_recipe(path)
     out = recipe.run_dir / "search"
     summary = run_search(recipe, budget_ms=1000.0)
+    # the candidates' int8 lines are the search's, with no guard verdict ("shippable: within budget" of a 100-point
+    # budget read as if the recipe's accuracy check had passed)
+    printed = capsys.readouterr().out
+    assert "[search L1] int8 dynamic: " in printed and "(no accuracy guard in the search)" in printed
+    assert "[quantize]" not in printed and "shippable" not in printed
     ids = {r["id"] for r in summary["candidates"]}
     assert ids == {"L1-dynamic", "L1-k50-dynamic", "L3-dynamic", "L3-k50-dynamic"}
     assert summary["counts"] == {"measured": 4, "reused": 0, "skipped": 0, "not_started": 0}
