@@ -1320,6 +1320,10 @@ def _blame_override(message: str, file: str, overrides: dict) -> str:
         norm = re.sub(r"\[(\d+)\]", r".\1", given)
         if dotted == norm or dotted.startswith(norm + "."):
             return f"{message} (a value given with --set {given})"
+    below = [given for given in overrides if re.sub(r"\[(\d+)\]", r".\1", given).startswith(dotted + ".")]
+    if below:  # a refusal of a whole section ("prune: nothing to prune") that holds values from the command line
+        return f"{message} (the section holds {'a value' if len(below) == 1 else 'values'} given with " \
+               f"{', '.join(f'--set {g}' for g in below)})"
     return message
 
 

@@ -389,7 +389,7 @@ class SensitivityOrder:
 
 def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], fp32_metrics: dict,
           candidates: list[str], sensitivity: Callable[[list[str]], float], max_drop: float,
-          workdir: Path, lookups: tuple[str, ...] = ()) -> GuardResult:
+          workdir: Path, lookups: tuple[str, ...] = (), label: str = "quantize") -> GuardResult:
     """Quantize with ``make(dst, exclude=..., only=...)``; while the dev drop exceeds ``max_drop`` keep the
     1, 2, 4, ... first ``candidates`` in fp32, ``score(path)`` -> dev metrics.
 
@@ -405,25 +405,25 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
         name = next(iter(fp32_metrics))
         reason = (f"the fp32 model's {name} is {base / 100:g} (constant predictions, or under 2 guard rows): int8 "
                   f"cannot be judged against it")
-        print(f"[quantize] guard: {reason}; not shippable", flush=True)
+        print(f"[{label}] guard: {reason}; not shippable", flush=True)
         return GuardResult(dst, metrics, float("nan"), False, [], [{"excluded": 0, "metrics": metrics, "drop": None}],
                            {}, reason)
     tries = [{"excluded": 0, "metrics": metrics, "drop": round(base - points(metrics), 4)}]
     if base - points(metrics) <= max_drop:
         return GuardResult(dst, metrics, base - points(metrics), True, [], tries, {}, "within budget")
-    print(f"[quantize] guard: int8 loses {base - points(metrics):.2f} points > {max_drop:g}: keeping its most "
+    print(f"[{label}] guard: int8 loses {base - points(metrics):.2f} points > {max_drop:g}: keeping its most "
           f"sensitive of {len(candidates)} nodes fp32, 1, 2, 4... at a time (each try scored on all guard rows)",
           flush=True)
     ranking = SensitivityOrder(candidates, sensitivity, tiers=(tuple(lookups),))
     try:
-        return _exclude_until_within(make, dst, score, base, ranking, max_drop, workdir, lookups, tries)
+        return _exclude_until_within(make, dst, score, base, ranking, max_drop, workdir, lookups, tries, label)
     finally:
         ranking.close()
         log.info("guard: %d sensitivity runs for %d candidates", ranking.runs, len(candidates))
 
 
 def _exclude_until_within(make, dst: Path, score, base: float, ranking: SensitivityOrder, max_drop: float,
-                          workdir: Path, lookups, tries: list[dict]) -> GuardResult:
+                          workdir: Path, lookups, tries: list[dict], label: str = "quantize") -> GuardResult:
     def result(shippable: bool, excluded: list[str], metrics: dict, drop: float, reason: str) -> GuardResult:
         return GuardResult(dst, metrics, drop, shippable, excluded, tries, dict(ranking.scores), reason,
                            dict(ranking.groups), ranking.runs)
@@ -439,7 +439,7 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
         metrics = score(trial)
         drop = base - points(metrics)
         tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
-        print(f"[quantize] guard: {k} node{'s' if k > 1 else ''} fp32 -> loses {drop:.2f} points", flush=True)
+        print(f"[{label}] guard: {k} node{'s' if k > 1 else ''} fp32 -> loses {drop:.2f} points", flush=True)
         if drop <= max_drop:
             for node in [n for n in excluded if n in lookups]:
                 fewer = [n for n in excluded if n != node]
@@ -525,10 +525,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
 
 def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], collator: Collator,
                    cfg: QuantizeConfig, out: Path, *, calib_rows, sens_rows, guard_set=None,
-                   label: str = "quantize", guarded: bool = True) -> dict:
+                   label: str = "quantize", verdicts: bool = True) -> dict:
     """Export, parity, fusions, int8 (each of cfg.modes) with the guard; files into ``out``; returns the record.
     ``guard_set``: (rows, labels) whose metric the guard's budget judges instead of dev (`QuantizeConfig.guard_rows`);
-    dev is then measured once per int8 model, after the guard. ``label``: the progress lines' tag; ``guarded`` False
+    dev is then measured once per int8 model, after the guard. ``label``: the progress lines' tag; ``verdicts`` False
     (compress search: every candidate is measured, its budget is latency) prints no shippable verdict."""
     out = Path(out)
     torch_logits = predict(model, dev, collator)
@@ -590,7 +590,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             lookups = lookup_nodes(src)
             candidates = quantizable_nodes(src, ops, weights_only=mode == "dynamic")
             res = guard(make, dst, score, guard_fp32, candidates, sensitivity,
-                        cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else ())
+                        cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else (), label=label)
             compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop)
             metrics, guarded = res.metrics, {}
             if guard_set is not None:  # the guard judged other rows: dev measured once, for the model it chose
@@ -606,7 +606,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
             on = "" if guard_set is None else f" on the {record['guard']['rows']}"
-            verdict = f", {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}" if guarded else \
+            verdict = f", {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}" if verdicts else \
                 " (no accuracy guard in the search)"
             print(f"[{label}] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
                   f"drop {res.drop:.2f} points{on}{verdict}")

@@ -367,7 +367,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     try:
         record = quantize_model(model, ctx.dev, np.asarray(ctx.dev["label"]), ctx.spec.metrics, ctx.collator, qcfg,
                                 work, calib_rows=ctx.calib, sens_rows=ctx.calib.select(range(1)),
-                                label=f"search {spec.id}", guarded=False)
+                                label=f"search {spec.id}", verdicts=False)
         files = {}
         for mode in modes:
             dst = ctx.out / "int8" / f"{spec.id}-{mode}.onnx"

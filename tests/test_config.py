@@ -770,6 +770,9 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
     with pytest.raises(CompressError) as e:
         load_recipe(p, {"teacher.epochs": True})
     assert str(e.value).endswith("(a value given with --set teacher.epochs)")
+    with pytest.raises(CompressError) as e:  # a section refused as a whole
+        load_recipe(p, {"prune.keep_macs": None})
+    assert str(e.value).endswith("(the section holds a value given with --set prune.keep_macs)"), str(e.value)
     with pytest.raises(CompressError) as e:
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {epochs: yes}\n"))
     assert "--set" not in str(e.value)  # the file's own mistake

@@ -361,7 +361,7 @@ def recipe_for(tmp_path, glue_dir, **quantize) -> Recipe:
         file="recipe.yaml")
 
 
-def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_dir, glue_dir):
+def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_dir, glue_dir, capsys):
     from compress.quantize import run
 
     recipe = recipe_for(tmp_path, glue_dir)
@@ -379,6 +379,9 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert set(result["metrics"]["dev"]) == {"accuracy"}
     # the rows used, not the config's caps (calibration.samples 512 of a 64-row task)
     assert 0 < saved["rows"]["calibration"] <= 64 and 0 < saved["rows"]["sensitivity"] <= 8
+    # the stage's line gives the guard's verdict (a search's, which has no guard, gives none)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("[quantize] int8 dynamic: "))
+    assert ("shippable: " in line or "NOT shippable: " in line) and "no accuracy guard" not in line, line
 
 
 def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2):
