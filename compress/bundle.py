@@ -38,6 +38,7 @@ from typing import Iterator, Optional
 from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
+from compress.config import FOLDER_NAME, folder_name
 from compress.tasks import LABELS_NEEDED, good_labels, retention
 from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
@@ -325,8 +326,8 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"{model}: model file not found")
     if not tokenizer.is_file():
         raise CompressError(f"{tokenizer}: tokenizer.json not found")
-    if PurePosixPath(name).name != name or name in ("", ".", ".."):
-        raise CompressError(f"bundle name {name!r}: must be a plain folder name")
+    if name.startswith(".") or not folder_name(name):  # --name of `compress bundle --model`: no recipe checked it
+        raise CompressError(f"bundle name {name[:60]!r}: must be a plain folder name ({FOLDER_NAME})")
     if labels is not None and not good_labels(labels):
         raise CompressError(f"labels {labels!r}: {LABELS_NEEDED} (none: regression)")
     if require_int8 and not is_int8(model):

@@ -1295,8 +1295,10 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+    # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it
+    whole = frozenset(k for k in overrides or {} if "." not in k and "[" not in k)
+    for dotted, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] not in whole):
+        _set_dotted(data, dotted, value, whole)
     data.setdefault("name", path.stem)
     try:
         recipe = from_dict(Recipe, data, file=str(path))
@@ -1408,7 +1410,7 @@ def _unwrap(tp: Any) -> Any:
         and len(args) == 1 else tp
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset()) -> None:
     """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``; a
     layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``."""
     keys = re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
@@ -1430,9 +1432,14 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if i == len(keys) - 1:
             node[k] = value
         else:
-            if i == 0 and node.get(k) is None and k in _STAGE_SECTIONS:  # absent, or null: that stage does not run
+            if i == 0 and node.get(k) is None and k in _STAGE_SECTIONS and k not in sections:
+                # absent, or null: that stage does not run
                 raise CompressError(f"--set {dotted}: the recipe has no {k} section (that stage does not run); add "
                                     f"it to the recipe, or set the whole section: --set '{k}={{...}}'")
+            if i > 0 and isinstance(node, dict) and k in node and node[k] is None:  # recover: null, augment: null
+                raise CompressError(f"--set {dotted}: {'.'.join(map(str, keys[:i + 1]))} is null (off) in the recipe; "
+                                    f"set the whole of it to turn it on: --set '{'.'.join(map(str, keys[:i + 1]))}"
+                                    f"={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
                 node[k] = _default_section(keys[:i + 1])
             node = node[k]

@@ -91,10 +91,12 @@ def check(name: str, where: str, weights: bool = True) -> None:
         raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
     if not is_hub_id(name):
         return
+    here = "" if os.path.isabs(name) else f"; no folder {os.path.abspath(name)} either (relative paths are read " \
+        f"from the folder compress runs in)"
     if reachable():
         if _not_on_hub(name):
             raise CompressError(f"{where}: {name!r}: the hub has no such model (misspelt? a private or gated one needs "
-                                f"`hf auth login` or HF_TOKEN)")
+                                f"`hf auth login` or HF_TOKEN){here}")
         return
     if cached(name, weights):
         return
@@ -104,8 +106,6 @@ def check(name: str, where: str, weights: bool = True) -> None:
 
     held = "the Hugging Face cache holds it without its weights" if cached(name) else \
         "it is not in the Hugging Face cache"
-    here = "" if os.path.isabs(name) else f"; no folder {os.path.abspath(name)} either (relative paths are read " \
-        f"from the folder compress runs in)"
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
                         f"cannot be reached and {held} ({constants.HF_HUB_CACHE}){here}; use a zoo model "
                         f"({', '.join(ZOO)}) or a local folder, or run once online")

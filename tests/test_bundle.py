@@ -1139,3 +1139,14 @@ def test_runner_bytecode_names_and_a_python_without_a_cache_tag(tmp_path, monkey
     assert bp.other_pythons_bytecode(other, source)
     monkeypatch.setattr(sys.implementation, "cache_tag", None)
     assert bp.other_pythons_bytecode(other, source)
+
+
+def test_a_bundle_name_that_is_no_folder_name_is_one_line(int8_model, minilm_dir, tmp_path, capsys):
+    """`compress bundle --model ... --name <300 characters>` (no recipe checks that name) ended in an OSError
+    traceback (File name too long)."""
+    for name in ("x" * 300, "a\nb", ".hidden"):
+        assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+                     "--out", str(tmp_path), "--no-ort", "--name", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "must be a plain folder name" in err, err
+    assert not list(tmp_path.iterdir())

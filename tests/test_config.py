@@ -757,6 +757,12 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
     off = write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: null\n")  # null: that stage does not run either
     with pytest.raises(CompressError, match=r"^--set prune\.heads: the recipe has no prune section"):
         load_recipe(off, {"prune.heads": 0.5})
+    with pytest.raises(CompressError, match=r"^--set prune\.recover\.lr: prune\.recover is null \(off\) in the recipe"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {heads: 0.5, recover: null}\n"),
+                    {"prune.recover.lr": 1e-3})  # it turned recovery back on, at the left-out defaults
+    # the whole section given after a key inside it: the section goes in first, the key adds to it
+    added = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"prune.keep_macs": 0.5, "prune": {}})
+    assert added.prune.keep_macs == 0.5
     bare = write(tmp_path, "task: {name: sst2}\n")  # the teacher section is required, not a stage to add
     assert load_recipe(bare, {"teacher.model": "minilm-l6"}).teacher.model == "minilm-l6"
     p = write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {keep_macs: 0.5}\n")

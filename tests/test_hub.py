@@ -269,3 +269,14 @@ def test_a_name_that_is_no_folder_here_says_where_it_looked(tmp_path, monkeypatc
         hub.check("tiny-bert", "x.yaml: teacher.model")
     assert f"; no folder {tmp_path / 'tiny-bert'} either (relative paths are read from the folder compress runs in);" \
         in str(e.value) and str(e.value).startswith("x.yaml: teacher.model: 'tiny-bert' is a hub id")
+
+
+def test_a_relative_name_the_hub_does_not_have_says_where_it_looked_too(tmp_path, monkeypatch):
+    """Online, `teacher.model: tiny-bert` run from another folder said only "the hub has no such model"."""
+    monkeypatch.setattr(hub, "reachable", lambda: True)
+    monkeypatch.setattr(hub, "_not_on_hub", lambda name: True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompressError) as e:
+        hub.check("tiny-bert", "x.yaml: teacher.model")
+    assert str(e.value).endswith(f"; no folder {tmp_path / 'tiny-bert'} either (relative paths are read from the "
+                                 f"folder compress runs in)")
