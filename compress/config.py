@@ -1406,8 +1406,7 @@ def _default_section(keys: list[str]) -> dict:
 def _unwrap(tp: Any) -> Any:
     """``Optional[X]`` -> ``X``."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-        and len(args) == 1 else tp
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset()) -> None:
