@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "params, file size, task metric (mean ± std over seeds), retention vs the teacher, latency "
                        "p50/p90 per thread count, speedup vs the teacher's ONNX fp32 model and throughput; a Pareto "
                        "plot (metric vs latency, all runs overlaid); provenance. Writes report.md, report.html "
-                       "(self-contained) and pareto.png (when any artifact has a latency). Nothing is re-measured: numbers come from the stages.")
+                       "(self-contained) and pareto.png (when any artifact has a latency). Nothing is re-measured: "
+                       "numbers come from the stages.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder, e.g. runs/quickstart")
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
     p.add_argument("--threads", type=positive_int, help="thread count for speedup, throughput and the plot "

@@ -45,7 +45,8 @@ class TaskConfig:
     """GLUE task (sst2, mrpc, rte, cola, stsb, qnli, mnli, qqp, wnli) or any name for a custom task."""
     data_dir: Optional[str] = field(default=None, metadata={"path": True})
     """GLUE-format folder. Default: ``$GLUE_DIR/<Task>`` or ``shared/data/glue/<Task>`` beside the repository folder
-    (``../shared`` from it) for GLUE tasks; ``./glue/<Task>`` for a package installed without this checkout. Custom task: the folder ``files`` are read from (default: the folder
+    (``../shared`` from it) for GLUE tasks; ``./glue/<Task>`` for a package installed without this checkout. Custom
+    task: the folder ``files`` are read from (default: the folder
     compress runs in)."""
     max_length: int = 128
     """Tokens per row after truncation (special tokens included)."""
@@ -1073,7 +1074,8 @@ class Recipe:
     # where the recipe came from (not a YAML key)
     path: Optional[str] = field(default=None, metadata={"internal": True})
     overrides: dict = field(default_factory=dict, metadata={"internal": True})
-    """The command line's ``--set`` pairs it was loaded with (dotted key -> value), for commands that say what to run."""
+    """The command line's ``--set`` pairs it was loaded with (dotted key -> value), for commands that say what to
+    run."""
 
     @property
     def run_dir(self) -> Path:
@@ -1253,8 +1255,9 @@ class Recipe:
             count = len(id2label) or int(fields.get("num_labels", 2))
         except (AttributeError, TypeError, ValueError) as e:
             raise CompressError(f"{where}: config.json: architectures, id2label or num_labels malformed ({e})") from None
-        if headless(architectures):
-            raise CompressError(f"{where}: {headless(architectures)}")
+        no_head = headless(architectures)
+        if no_head:
+            raise CompressError(f"{where}: {no_head}")
         names = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]
         problem, _ = head_mismatch(count, names, task_spec(self.task).labels)
         if problem:
@@ -1316,13 +1319,11 @@ def _blame_override(message: str, file: str, overrides: dict) -> str:
     if not message.startswith(prefix):
         return message
     rest = message[len(prefix):]
-    key = rest.split(": ", 1)[0]
-    dotted = re.sub(r"\[(\d+)\]", r".\1", key)
+    dotted = _dotted(rest.split(": ", 1)[0])
     for given in overrides:
-        norm = re.sub(r"\[(\d+)\]", r".\1", given)
-        if dotted == norm or dotted.startswith(norm + "."):
+        if dotted == _dotted(given) or dotted.startswith(_dotted(given) + "."):
             return f"{message} (a value given with --set {given})"
-    below = [given for given in overrides if re.sub(r"\[(\d+)\]", r".\1", given).startswith(dotted + ".")]
+    below = [given for given in overrides if _dotted(given).startswith(dotted + ".")]
     if below:  # a refusal of a whole section ("prune: nothing to prune") that holds values from the command line
         return f"{message} (the section holds {'a value' if len(below) == 1 else 'values'} given with " \
                f"{', '.join(f'--set {g}' for g in below)})"
@@ -1409,10 +1410,15 @@ def _unwrap(tp: Any) -> Any:
     return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
 
 
+def _dotted(key: str) -> str:
+    """``students[0].train`` as ``students.0.train``: the two spellings of a list entry --set takes."""
+    return re.sub(r"\[(\d+)\]", r".\1", key)
+
+
 def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset()) -> None:
     """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``; a
     layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``."""
-    keys = re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
+    keys = _dotted(dotted).split(".")
     joined = re.fullmatch(r"(prune\.layers\.)((?:[\w.]*\.)?layer\.\d+)((?:\.[^.]*)*)", ".".join(keys))
     if joined:  # the layer name is one key
         keys = ["prune", "layers", joined.group(2), *joined.group(3).split(".")[1:]]

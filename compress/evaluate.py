@@ -69,12 +69,6 @@ def evaluate(model: torch.nn.Module, ds, collator: Collator, spec: TaskSpec, bat
     return (metrics, logits) if with_logits else metrics
 
 
-def constant_score(metric: str) -> str:
-    """What ``metric`` of a model predicting one label for every row is, in words."""
-    return {"accuracy": "that label's share", "f1": "that of predicting one label (2p/(1+p) or 0)",
-            "matthews_correlation": "0 (no correlation)"}.get(metric, "that of a constant predictor")
-
-
 def constant_label(logits: np.ndarray, spec: TaskSpec) -> Optional[str]:
     """The label a classifier predicts for every one of two or more rows (a constant model: its accuracy is the
     label's share, and retention against it means little), else None; always None for regression."""

@@ -264,9 +264,11 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
     # path spellings judged on each variant's inputs (a manifest of before `model_file` lists a folder's README too)
-    respelled = [c for c in {json.dumps(_recorded_paths(recipe, c, recorded_config, v, recorded), sort_keys=True)
-                             for c in configs for v in variants[:2]} if json.loads(c) not in configs]
-    configs += [json.loads(c) for c in respelled]
+    for config in configs[:2]:
+        for v in variants[:2]:
+            respelled = _recorded_paths(recipe, config, recorded_config, v, recorded)
+            if respelled not in configs:
+                configs.append(respelled)
     return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
 
 
@@ -317,8 +319,9 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
                 default = str(data_dir(dataclasses.replace(recipe.task, data_dir=None), task_spec(recipe.task))) \
                     if name == "task" else None  # what an unset data_dir reads
                 # a compared run's table is titled by its folder's name: a copy under another name is a change
-                sec = {k: leaf(v, old[k], default if k == "data_dir" else None, named=(name, k) == ("report", "compare"))
-                       if k in fields and k in old else v for k, v in sec.items()}
+                sec = {k: leaf(v, old[k], default if k == "data_dir" else None,
+                               named=(name, k) == ("report", "compare")) if k in fields and k in old else v
+                       for k, v in sec.items()}
             swapped.append(sec)
         out[name] = swapped if isinstance(section, list) else swapped[0]
     return out
@@ -617,7 +620,8 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
         if runs_first == after == ["report"] and stage.reads_files is not None and stage.name not in force \
                 and "all" not in force and _report_latency_unchanged(recipe, force):
             # the report redoes its tables and keeps its timings (the file this stage reads): judged on it as it is
-            fp, inputs = _fingerprint(recipe, stage, {**done, "report": read_json(run_dir / "report" / "manifest.json")})
+            report = read_json(run_dir / "report" / "manifest.json")
+            fp, inputs = _fingerprint(recipe, stage, {**done, "report": report})
             manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
         elif after:
             why = f"after {', '.join(after)} (reads {'its' if len(after) == 1 else 'their'} outputs)"

@@ -29,7 +29,7 @@ from pathlib import Path, PurePath
 from typing import Optional, Sequence
 
 from compress.errors import CompressError
-from compress.tasks import retention
+from compress.tasks import constant_score, retention
 
 log = logging.getLogger(__name__)
 
@@ -890,8 +890,6 @@ def note(table: RunTable) -> str:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
     if table.teacher_constant is not None:
-        from compress.evaluate import constant_score
-
         text = (f"Warning: the teacher predicts {table.teacher_constant!r} for every dev row (a constant model), so "
                 f"its {table.metric_name} is {constant_score(table.metric_name)} and retention against it means "
                 f"little. " + text)
@@ -1097,8 +1095,8 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
             out.append(f"threads {threads}: run {t.run} was benchmarked at {', '.join(map(str, t.threads))} threads "
                        f"only; its speedup, throughput and plot columns stay empty")
         if not t.threads:
-            out.append(f"run {t.run} has no latency (no bench stage, report.measure off, or its latencies left out as stale): it "
-                       f"is not on the plot")
+            out.append(f"run {t.run} has no latency (no bench stage, report.measure off, or its latencies left out "
+                       f"as stale): it is not on the plot")
         elif not (t.reference_row() and t.reference_row().latency):
             out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
                        f"column stays empty; the report stage times it (compress run RECIPE --stage report)")
@@ -1126,15 +1124,16 @@ def _measure_key(recipe) -> str:
                         "task": recipe.section("task"), "seed": recipe.seed, "compress": __version__})
 
 
-def kept_measurement(recipe) -> Optional[dict]:
+def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     """The previous report stage's own timings (report/latency.json) when they still stand: measured with the same key
-    (`_measure_key`) and the file as that stage wrote it (its manifest's sha256: an edited file is timed again)."""
+    (``key``, else `_measure_key`) and the file as that stage wrote it (its manifest's sha256: an edited file is timed
+    again)."""
     from teachers.zoo import sha256_file
 
     folder = recipe.run_dir / "report"
     previous = _read(folder / MEASURED)
     recorded = ((_read(folder / "manifest.json") or {}).get("outputs") or {}).get(MEASURED)
-    if not (isinstance(previous, dict) and previous.get("key") == _measure_key(recipe) and recorded
+    if not (isinstance(previous, dict) and previous.get("key") == (key or _measure_key(recipe)) and recorded
             and sha256_file(folder / MEASURED) == recorded):
         return None
     return previous
@@ -1149,7 +1148,8 @@ def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dic
     cfg = recipe.report
     measured = {}
     if cfg.measure:
-        previous = None if forced else kept_measurement(recipe)
+        key = _measure_key(recipe)
+        previous = None if forced else kept_measurement(recipe, key)
         if previous is not None:  # report.threads, report.compare: re-timing the same models gave other latencies,
             measured = previous   # and the bundle (it reads them) was redone
             print("[report] latencies of the previous report pass kept: the models and settings it timed are "
@@ -1157,7 +1157,7 @@ def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dic
         else:
             with scratch_dir("report") as tmp:
                 measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
-            measured = {**measured, "key": _measure_key(recipe)}
+            measured = {**measured, "key": key}
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
     print("[report] wrote " + ", ".join(p.name for p in written.values()))

@@ -69,6 +69,12 @@ def retention(metric: Optional[float], teacher: Optional[float]) -> Optional[flo
     return metric / teacher
 
 
+def constant_score(metric: str) -> str:
+    """What ``metric`` of a model predicting one label for every row is, in words."""
+    return {"accuracy": "that label's share", "f1": "that of predicting one label (2p/(1+p) or 0)",
+            "matthews_correlation": "0 (no correlation)"}.get(metric, "that of a constant predictor")
+
+
 _BINARY = ["0", "1"]
 _NLI2 = ["entailment", "not_entailment"]
 GLUE_TASKS: dict[str, TaskSpec] = {

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from compress.config import Recipe
 from compress.data import Collator, load_task, tokenize
-from compress.evaluate import constant_label, constant_score, evaluate
+from compress.evaluate import constant_label, evaluate
 from compress.manifest import write_json
+from compress.tasks import constant_score
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
 from compress.train import FitResult, fit, process_device, set_seed

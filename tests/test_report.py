@@ -1115,7 +1115,7 @@ def test_undefined_scores_read_as_such_in_the_report_the_card_and_the_search_lin
     back as null); a None retention printed "None" in the model card; a constant teacher's f1 or MCC was called "that
     label's share"; a search pick slower than the teacher was "0.7x faster"."""
     from compress.bundle import _fmt_metric
-    from compress.evaluate import constant_score
+    from compress.tasks import constant_score
     from compress.report import _metric, _other_metric, note
     from compress.search import _speed
 
