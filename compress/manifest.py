@@ -66,16 +66,42 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_features() -> str:
+    """The `INT8_BF16_FEATURES` this CPU has, joined by "+"."""
+    present = cpu_flags()
+    return "+".join(f for f in INT8_BF16_FEATURES if f in present) or "none of " + "/".join(INT8_BF16_FEATURES[:3])
+
+
 def host() -> dict:
     import torch
 
-    present = cpu_flags()
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_features": "+".join(f for f in INT8_BF16_FEATURES if f in present) or "none of "
-            + "/".join(INT8_BF16_FEATURES[:3]), "platform": platform.platform()}
+            "cpu_features": cpu_features(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+TIMING_KEYS = ("cpu", "cores", "cpu_features", "onnxruntime", "torch")
+
+
+def timing_machine(env: Optional[dict] = None) -> dict:
+    """What a latency depends on besides the model and the settings: the CPU, its core count and int8/bf16 features,
+    the onnxruntime and torch versions; of this machine, or of a manifest's ``env`` (its ``host`` and ``versions``:
+    the keys it lacks are left out). Imports no torch (``compress run --dry-run`` calls it)."""
+    if env is None:
+        env = {"host": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_features": cpu_features()},
+               "versions": versions()}
+    found = {**(env.get("versions") or {}), **(env.get("host") or {})} if isinstance(env, dict) else {}
+    return {k: found[k] for k in TIMING_KEYS if k in found}
+
+
+def other_machine(env: Optional[dict]) -> Optional[str]:
+    """How the machine a manifest's ``env`` was timed on differs from this one (``cores: 16 -> 2``), on the keys both
+    have; None when it does not (or the manifest says nothing of it)."""
+    then, now = timing_machine(env), timing_machine()
+    changed = [f"{k}: {then[k]} -> {now[k]}" for k in TIMING_KEYS if k in then and k in now and then[k] != now[k]]
+    return "; ".join(changed) or None
 
 
 def hidden_path(rel: str | Path) -> bool:

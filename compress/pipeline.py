@@ -26,8 +26,8 @@ from compress import __version__, hub
 from compress.config import Recipe, TrainConfig, newest_source
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, read_json,
-                               remove_dead, remove_dead_scratch, versions, write_json)
+from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
+                               read_json, remove_dead, remove_dead_scratch, versions, write_json)
 from teachers.zoo import sha256_file
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class Stage:
     """Raised when the stage's outputs change meaning with the same inputs and config, so run folders made before
     redo it (and what follows). Part of the fingerprint from 2 on: stages at 1 keep their fingerprints."""
 
+    timed: bool = False
+    """Its outputs are latencies: measured on another machine (`compress.manifest.other_machine`: CPU, cores, int8
+    features, onnxruntime or torch version), the stage is redone (a run folder copied to a laptop reported the
+    server's timings as the laptop's)."""
     takes_forced: bool = False
     """Its function takes ``forced`` (--force): the report stage then times again what it would keep."""
     named: bool = False
@@ -142,11 +146,11 @@ STAGES: list[Stage] = [
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
           revision=3, reads_only=_quantize_reads),
     # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
-    Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2),
+    Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2, timed=True),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",), named=True,
-          takes_forced=True,
+          takes_forced=True, timed=True,
           files=("search/search.json",)),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
@@ -434,9 +438,10 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
         # tools add beside them (`Stage.added`)
         now = hash_tree(folder, keep=lambda rel: rel in (outputs or {})
                         or not (hidden_path(rel) or any(part in stage.added for part in Path(rel).parts)))
-        if now == outputs:
-            return manifest, None
-        return None, "its outputs were edited since they were written"
+        if now != outputs:
+            return None, "its outputs were edited since they were written"
+        elsewhere = other_machine(manifest.get("env")) if stage.timed else None
+        return (None, f"timed on another machine ({elsewhere})") if elsewhere else (manifest, None)
     return None, _what_changed(recipe, stage, manifest, inputs)
 
 

@@ -5,7 +5,7 @@ file size, the task metric (mean ± std over seeds when several ran), retention 
 each benchmarked thread count (batch 1, real dev sentences one at a time), speedup vs the teacher's ONNX fp32 model
 and throughput. Written as ``report.md`` and a self-contained ``report.html`` (the plot embedded as base64), with
 ``pareto.png``: metric vs latency (log x) per run, the Pareto frontier drawn and points labelled; several runs are
-overlaid. Provenance (recipe, seeds, protocol, versions, host) goes under each table.
+overlaid. Provenance (recipe, seeds, protocol, versions, the teacher stage's host) goes under each table.
 
 Numbers are read from the run folders' stage manifests and the bench stage's JSON (`collect`). The stage adds one
 measurement (`measure_missing`): models the bench did not time as ONNX — always the teacher's ONNX fp32, the
@@ -21,6 +21,7 @@ import base64
 import html as html_lib
 import logging
 import math
+import os
 import re
 import statistics
 import sys
@@ -92,7 +93,8 @@ class RunTable:
     rows: list[Row]
     teacher_metric: Optional[float] = None
     provenance: dict = field(default_factory=dict)
-    """recipe, seeds, protocol, versions, host (shown under the table)."""
+    """recipe, seeds, protocol (with the latencies' cpu and cores), versions, the teacher stage's host (shown under
+    the table)."""
     threads_override: Optional[int] = None
     """Headline thread count chosen by the user (report.threads)."""
     other_metrics: list[str] = field(default_factory=list)
@@ -499,7 +501,8 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
                   "dev latency": (measured.get("protocol") or {}).get("order"),
                   "int8 accuracy": _int8_scoring(qrec),
-                  "versions": env.get("versions"), "host": env.get("host"),
+                  # where the teacher trained; the latencies' machine is the protocol's cpu and cores
+                  "versions": env.get("versions"), "teacher stage host": env.get("host"),
                   # the latency's own environment, when the bench ran under other versions than the teacher stage
                   "bench versions": (None if (bench.get("protocol") or {}).get("versions") == env.get("versions")
                                      else (bench.get("protocol") or {}).get("versions")),
@@ -997,6 +1000,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
 
     from compress.bench import evaluate_artifact, measure_in_fresh_process
     from compress.config import BenchConfig
+    from compress.manifest import cpu_model
     from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx, fused_if_exact
     from compress.modeling import count_params, load_trained
@@ -1060,7 +1064,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         "onnx_fp32": "torch.onnx export; ORT transformer fusions kept when the logits match the plain export "
                      "within 1e-3 on 64 dev rows (artifact 'graph': fused | plain)",
         "threads": cfg.threads, "inter_op_threads": 1, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup,
-        "settings": asdict(cfg)}
+        "cpu": cpu_model(), "cores": os.cpu_count(), "settings": asdict(cfg)}
     return out
 
 
@@ -1126,15 +1130,17 @@ def _measure_key(recipe) -> str:
 
 def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     """The previous report stage's own timings (report/latency.json) when they still stand: measured with the same key
-    (``key``, else `_measure_key`) and the file as that stage wrote it (its manifest's sha256: an edited file is timed
-    again)."""
+    (``key``, else `_measure_key`), on this machine (`compress.manifest.other_machine`), and the file as that stage
+    wrote it (its manifest's sha256: an edited file is timed again)."""
+    from compress.manifest import other_machine
     from teachers.zoo import sha256_file
 
     folder = recipe.run_dir / "report"
     previous = _read(folder / MEASURED)
-    recorded = ((_read(folder / "manifest.json") or {}).get("outputs") or {}).get(MEASURED)
+    manifest = _read(folder / "manifest.json") or {}
+    recorded = (manifest.get("outputs") or {}).get(MEASURED)
     if not (isinstance(previous, dict) and previous.get("key") == (key or _measure_key(recipe)) and recorded
-            and sha256_file(folder / MEASURED) == recorded):
+            and sha256_file(folder / MEASURED) == recorded and not other_machine(manifest.get("env"))):
         return None
     return previous
 

@@ -402,3 +402,21 @@ def test_artifacts_of_different_tokenizers_are_timed_in_one_pass_each_on_its_own
     assert results["teacher"][0]["seq"] == f"real (mean {mean + 1:.1f})"
     with pytest.raises(CompressError, match="dev tokenizations of different lengths"):
         B.measure(arts, {"bert": dev, "mpnet": shifted.select(range(2))}, BenchConfig(dev_rows=0), {})
+
+
+def test_the_machine_a_latency_was_timed_on_is_compared_on_what_manifests_record(monkeypatch):
+    """A stage manifest's env (host, versions) against this machine: a changed CPU, core count or onnxruntime is
+    named; keys an older manifest lacks are not counted as changed; no env at all says nothing."""
+    import os
+
+    import compress.manifest as m
+
+    now = m.timing_machine()
+    assert set(now) == set(m.TIMING_KEYS) and now["cores"] == os.cpu_count()
+    env = {"host": {"cpu": now["cpu"], "cores": now["cores"], "torch_threads": 1, "platform": "x"},
+           "versions": {"onnxruntime": now["onnxruntime"], "torch": now["torch"]}}
+    assert m.other_machine(env) is None and m.other_machine(None) is None and m.other_machine({}) is None
+    env["host"]["cores"] = now["cores"] + 14
+    env["versions"]["onnxruntime"] = "1.0.0"
+    assert m.other_machine(env) == (f"cores: {now['cores'] + 14} -> {now['cores']}; "
+                                    f"onnxruntime: 1.0.0 -> {now['onnxruntime']}")

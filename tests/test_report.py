@@ -130,7 +130,8 @@ def test_collect_reads_stage_manifests_and_bench(tmp_path):
     assert dyn.latency[2].peak_shape == "b8xs32"
     assert dyn.path.endswith("quantize/int8_dynamic.onnx") and dyn.tokenizer.endswith("tokenizer/tokenizer.json")
     assert table.provenance["seeds"] == [42] and table.provenance["recipe"] == "pipelines/quickstart.yaml"
-    assert table.provenance["protocol"]["dev_rows"] == 200 and table.provenance["host"]["cpu"] == "Test CPU"
+    assert table.provenance["protocol"]["dev_rows"] == 200
+    assert table.provenance["teacher stage host"]["cpu"] == "Test CPU"
     assert "bench (2026-11-26T08:20:00+00:00)" in table.provenance["stages"]
     assert table.provenance["int8 accuracy"] == "dev texts one at a time, as shipped"
     # a quantize record from before one-at-a-time scoring says so under the table
@@ -1021,12 +1022,12 @@ def test_stage_json_is_strict_json(tmp_path):
     assert math.isnan(dev["pearson"]) and dev["spearmanr"] == 0.5 and f"{dev['pearson']:.4f}" == "nan"
 
 
-def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_run_redoes_only_them(
-        tmp_path, tiny_bert_dir, glue_dir, capsys):
+def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_or_moved_run_redoes_only_them(
+        tmp_path, tiny_bert_dir, glue_dir, capsys, monkeypatch):
     """report.threads (or compare) changes only the tables: the report stage re-timed every model (other latencies
     for the same models) and the bundle, which reads them, was rebuilt, its p50 and maybe its pick moved by timing
     noise. A run renamed (its folder moved to the recipe's new name) kept the report titled and the bundle named
-    after the old name."""
+    after the old name. A run folder copied to another machine kept the first machine's latencies as its own."""
     import yaml
 
     from compress.config import load_recipe
@@ -1084,6 +1085,24 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_ru
     assert "## tiny2" in (tmp_path / "runs" / "tiny2" / "report" / "report.md").read_text()
     assert (tmp_path / "runs" / "tiny2" / "bundle" / "tiny2-sst2-int8").is_dir()
     assert renamed["bundle"]["recipe"] == "tiny2"
+    # the run folder copied to another machine: its latencies are that machine's, so the bench and the report time
+    # again (and the bundle, which carries them, is made again); what they measure is not trained again
+    import compress.manifest
+
+    timed = (tmp_path / "runs" / "tiny2" / "report" / "latency.json").read_bytes()
+    real = compress.manifest.cpu_model()
+    monkeypatch.setattr(compress.manifest, "cpu_model", lambda: "Another CPU")
+    plan = {name: (runs, why) for name, runs, why in explain(load_recipe(path))}
+    assert plan["bench"] == (True, f"timed on another machine (cpu: {real} -> Another CPU)")
+    assert plan["report"][0] and plan["bundle"][0] and not plan["quantize"][0]
+    moved = run_pipeline(load_recipe(path))
+    out = capsys.readouterr().out
+    for stage in ("teacher", "distill", "quantize"):
+        assert f"[{stage}] up to date" in out, stage
+    assert "[bench] running" in out and "previous report pass kept" not in out
+    assert (tmp_path / "runs" / "tiny2" / "report" / "latency.json").read_bytes() != timed
+    assert moved["bench"]["env"]["host"]["cpu"] == moved["bundle"]["env"]["host"]["cpu"] == "Another CPU"
+    assert all(not runs for _, runs, _ in explain(load_recipe(path)))  # and on that machine it stands
 
 
 def test_a_compared_run_copied_under_another_name_redoes_the_report(tmp_path):
