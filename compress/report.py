@@ -47,6 +47,8 @@ class Latency:
     peak_throughput: Optional[float] = None
     """Best sequences per second over the bench's fixed shapes (batched), and that shape (e.g. b8xs32)."""
     peak_shape: Optional[str] = None
+    timed: Optional[tuple[int, int]] = None
+    """Merged seeds (`merge_seeds`): how many of how many seed runs timed it, when not all."""
 
 
 @dataclass
@@ -82,6 +84,10 @@ class Row:
     """Its tokenizer.json."""
     dev_metrics: Optional[dict] = None
     """Every dev metric its stage recorded (MRPC: f1 and accuracy), for the bundle's manifest."""
+    per_seed: Optional[dict] = None
+    """Merged seeds (`merge_seeds`): ``{"retention": r, "speedup": {threads: x}}``, each the mean over the seed runs
+    that measured both of its numbers of that run's own ratio (a seed's int8 time over another seed's teacher time is
+    no speedup anyone measured)."""
 
 
 @dataclass
@@ -133,10 +139,14 @@ class RunTable:
         return next((r for r in self.rows if r.reference), None)
 
     def retention(self, row: Row) -> Optional[float]:
+        if row.per_seed is not None:
+            return row.per_seed.get("retention")
         return retention(row.metric, self.teacher_metric)
 
     def speedup(self, row: Row, threads: Optional[int] = None) -> Optional[float]:
         threads = threads or self.headline_threads
+        if row.per_seed is not None:
+            return row.per_seed["speedup"].get(threads)
         ref = self.reference_row()
         if ref is None or threads not in ref.latency or threads not in row.latency:
             return None
@@ -569,12 +579,25 @@ def _mark_reference(rows: Sequence[Row]) -> None:
         row.reference = row.name == reference
 
 
+def _timed_on(table: RunTable) -> Optional[str]:
+    """The CPU and core count a run's latencies were timed on, from its protocol (None when it records none)."""
+    protocol = table.provenance.get("protocol") or {}
+    return f"{protocol['cpu']} x{protocol.get('cores', '?')}" if protocol.get("cpu") else None
+
+
 def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
-    one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency."""
+    one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency; its
+    retention and speedup are the means of each seed run's own (`Row.per_seed`). Runs timed on other machines stay
+    apart (a warning says so): a mean of two machines' latencies is neither's."""
     groups: list[list[RunTable]] = []
     for t in tables:  # the same name and the same configs but for the seeds (other settings: apart, named by folder)
         group = next((g for g in groups if g[0].run == t.run and all(t.same_settings(o) for o in g)), None)
+        machines = (_timed_on(t), _timed_on(group[0])) if group is not None else (None, None)
+        if None not in machines and machines[0] != machines[1]:
+            print(f"warning: report: {t.folder} was timed on {machines[0]}, {group[0].folder} on {machines[1]}: kept "
+                  f"apart, not merged as seeds", file=sys.stderr)
+            group = None
         if group is None:
             groups.append([t])
         else:
@@ -593,9 +616,10 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             for r in t.rows:
                 firsts.setdefault(r.name, r)
         for row in firsts.values():
-            same = [r for t in group for r in t.rows if r.name == row.name]
+            pairs = [(t, r) for t in group for r in t.rows if r.name == row.name]
+            same = [r for _, r in pairs]
             mean, std, n = mean_std([r.metric for r in same])
-            latency = {}
+            latency, speedup = {}, {}
             for threads in sorted({t for r in same for t in r.latency}):  # any seed's: the first may have no bench
                 lats = [r.latency[threads] for r in same if threads in r.latency]
                 tput = [x.throughput for x in lats if x.throughput is not None]
@@ -604,14 +628,20 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
                                            statistics.fmean(tput) if tput else None,
-                                           statistics.fmean(peaks) if peaks else None, shape if peaks else None)
+                                           statistics.fmean(peaks) if peaks else None, shape if peaks else None,
+                                           (len(lats), len(group)) if len(lats) < len(group) else None)
+                ratios = [x for x in (t.speedup(r, threads) for t, r in pairs) if x is not None]
+                if ratios:
+                    speedup[threads] = statistics.fmean(ratios)
+            kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
                       for m in (first.metric_name, *first.other_metrics)}
-            rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(same),
+            rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(group),
                             latency, row.reference, row.shippable and all(r.shippable for r in same), row.path,
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
-                                         if v[0] is not None} or None))
+                                         if v[0] is not None} or None,
+                            per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": speedup}))
         _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
         rows.sort(key=lambda r: _ORDER.get(r.kind, 9))
         teacher = next(r for r in rows if r.name == "teacher")
@@ -640,14 +670,20 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] = None,
                 budget_ms: Optional[float] = None, best: Optional[str] = None) -> Optional[Path]:
     """PNG: metric vs p50 latency (log x) at ``threads`` (default: each run's headline), one colour and marker per
-    run, its frontier drawn as a step line, every point labelled (no label over another, a point or the legend; one
-    moved away from its point is joined to it by a thin line); ``budget_ms``: a dashed vertical line there; ``best``:
-    the row of that name starred and named in the legend (the search's pick). None when no row has both numbers."""
+    run, its frontier drawn as a step line, every point labelled (no label over another or the legend, nor over a
+    point where there is room; one moved away from its point is joined to it by a thin line); ``budget_ms``: a dashed vertical line there; ``best``:
+    the row of that name starred and named in the legend (the search's pick). None when no row has both numbers.
+    Names are drawn as written: a ``$`` in a run or student name is no maths formula (one was a parse traceback)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with plt.rc_context({"text.parse_math": False}):
+        return _pareto_plot(plt, tables, path, threads, budget_ms, best)
+
+
+def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     markers = "os^Dvp*"
     drawn = 0
@@ -792,11 +828,11 @@ def _metric(row: Row) -> str:
     if row.metric is None or not math.isfinite(row.metric):  # undefined (nan) as a missing score: "–" either way
         return "–"
     text = f"{row.metric:.4f}"
-    of = f" of {row.runs}" if row.runs > row.seeds else ""  # a seed that scored nan (or nothing) is not in the mean
+    of = f" of {row.runs}" if row.runs > row.seeds else ""  # a seed that scored nan (or lacks the row) is not in it
     if row.metric_std is not None:
         text += f" ± {row.metric_std:.4f} (sample std, n={row.seeds}{of})"
     elif of:
-        text += f" (n={row.seeds}{of}: the others unscored)"
+        text += f" (n={row.seeds}{of}: the others unscored or without it)"
     return text
 
 
@@ -833,7 +869,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
                  "–" if retention is None else f"{100 * retention:.1f}%"]
         for t in threads:
             lat = r.latency.get(t)
-            cells += [_num(lat and lat.p50_ms, ".2f"), _num(lat and lat.p90_ms, ".2f")]
+            of = f" (n={lat.timed[0]} of {lat.timed[1]})" if lat and lat.timed else ""  # seeds that timed it
+            cells += [_num(lat and lat.p50_ms, ".2f") + of, _num(lat and lat.p90_ms, ".2f")]
         speed = table.speedup(r)
         lat = r.latency.get(head_t) if head_t else None
         cells += ["–" if speed is None else f"{speed:.1f}×", _num(lat and lat.throughput, ".0f")]
@@ -902,18 +939,24 @@ def note(table: RunTable) -> str:
     return text
 
 
+def _md(text: str) -> str:
+    """Text as Markdown shows it literally in a table cell or heading: a run or student name may hold ``|``, ``<``,
+    ``*``, ``[`` or a backtick (a ``<b>`` in a name was raw HTML in report.md; a ``|`` split the cell)."""
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+
+
 def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
     lines = ["# Compression report", ""]
     if plot:
         lines += [f"![metric vs latency]({plot})", ""]
     for table in tables:
         header, body = table_cells(table)
-        lines += [f"## {table.run}", "", f"Run folder: `{table.folder}`.", ""]
+        lines += [f"## {_md(table.run)}", "", f"Run folder: `{table.folder}`.", ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
             cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
         lines += ["", note(table), "", "**Provenance**", ""]
         lines += [f"- {k}: {v}" for k, v in _provenance_lines(table)]
         lines.append("")

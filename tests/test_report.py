@@ -100,6 +100,34 @@ def test_plot_skips_rows_without_numbers(tmp_path):
     assert "png" not in written and "pareto.png" not in (tmp_path / "report.md").read_text()
 
 
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypatch):
+    """A `$` in a run or student name (a recipe named budget_$5_$10) made matplotlib parse a formula: a traceback
+    instead of a plot, or a subscript where the name was."""
+    from compress import report
+
+    seen = {}
+    real = report._spread_labels
+    monkeypatch.setattr(report, "_spread_labels",
+                        lambda fig, ax, labels, points=(): seen.setdefault("texts", [t.get_text() for t in labels])
+                        and real(fig, ax, labels, points))
+    table = _table()
+    table.run = "budget_$5_$10"
+    table.rows[1].name = "student a $x_1$ b"
+    assert pareto_plot([table], tmp_path / "p.png") is not None
+    assert "student a $x_1$ b" in seen["texts"]
+
+
+def test_markdown_shows_names_as_written(tmp_path):
+    """report.md escaped only `|` in names: a `<b>` in a run or student name was raw HTML there, a `*` emphasis."""
+    table = _table()
+    table.run = "run <b>*1*</b>"
+    table.rows[1].name = "student s|<i>"
+    write([table], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## run \\<b\\>\\*1\\*\\</b\\>" in md and "| student s\\|\\<i\\> (reference) |" in md
+    assert "<b>" not in md and "<i>" not in md
+
+
 # ------------------------------------------------------------------------------------------------ run folders
 def _files(tmp_path):
     dummy = tmp_path / "dummy.bin"
@@ -981,9 +1009,38 @@ def test_merged_seeds_take_latency_from_any_seed_and_say_how_many_scored(tmp_pat
         assert sorted(row.latency) == [1, 2] and row.latency[2].p50_ms == pytest.approx(5.0)
         assert table.speedup(row, 2) == pytest.approx(12.0 / 5.0)
         assert row.metric == pytest.approx(0.80) and (row.seeds, row.runs) == (1, 2)
-        assert _metric(row) == "0.8000 (n=1 of 2: the others unscored)"
+        assert _metric(row) == "0.8000 (n=1 of 2: the others unscored or without it)"
         teacher = next(r for r in table.rows if r.name == "teacher")
         assert _metric(teacher) == "0.9000 ± 0.0000 (sample std, n=2)"
+
+
+def test_merged_seeds_ratios_are_each_seeds_own_and_runs_timed_on_two_machines_stay_apart(tmp_path, capsys):
+    """Merged seeds divided the mean of the teachers' times by a time only one seed measured (12 and 24 ms teachers, a
+    5 ms int8 model timed in the first run only: 3.6x, a ratio no run measured; it measured 2.4x), and a row only one
+    seed has by the mean of two teachers' scores; runs timed on two machines were averaged into latencies neither
+    gave, the provenance naming the first machine only."""
+    from compress.report import merge_seeds, table_cells
+
+    a = make_run(tmp_path / "s42", "q", **_files(tmp_path), seed=42, teacher_acc=0.90, int8={"static": (0.85, True)},
+                 latency={"onnx_fp32": {2: 12.0}, "int8_static": {2: 5.0}})
+    b = make_run(tmp_path / "s43", "q", **_files(tmp_path), seed=43, teacher_acc=0.80, int8={"dynamic": (0.80, True)},
+                 latency={"onnx_fp32": {2: 24.0}})
+    table, = merge_seeds([collect(a), collect(b)])
+    static = next(r for r in table.rows if r.name == "teacher · int8 static")
+    dynamic = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+    assert static.latency[2].p50_ms == pytest.approx(5.0) and table.speedup(static, 2) == pytest.approx(12.0 / 5.0)
+    assert table.retention(static) == pytest.approx(0.85 / 0.90) and table.retention(dynamic) == pytest.approx(1.0)
+    header, body = table_cells(table)
+    assert next(c for c in body if c[0] == "teacher · int8 static")[header.index("p50 ms (2t)")] == "5.00 (n=1 of 2)"
+    capsys.readouterr()
+    bench = b / "bench" / "bench.json"
+    record = json.loads(bench.read_text())
+    record["protocol"]["cpu"] = "Other CPU"
+    bench.write_text(json.dumps(record))
+    tables = merge_seeds([collect(a), collect(b)])
+    assert [t.folder for t in tables] == [str(a), str(b)]
+    assert capsys.readouterr().err.strip() == (f"warning: report: {b} was timed on Other CPU x2, {a} on Test CPU x2: "
+                                               f"kept apart, not merged as seeds")
 
 
 def test_retention_is_none_where_the_teacher_score_is_no_base():
