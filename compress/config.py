@@ -465,16 +465,19 @@ class DistillConfig:
     the last layers only. Added to ``matches``."""
     layer_map_features: list[Literal["hidden", "attention", "embedding"]] = field(
         default_factory=lambda: ["hidden", "attention"])
-    """Features the generated matches use (attention with loss kl, hidden/embedding with mse), weight 1."""
+    """Features the generated matches use (attention with loss kl, hidden/embedding with mse), each of weight
+    ``layer_map_weight``."""
     attention_heads: Literal["each", "mean"] = "each"
     """``heads`` of the generated attention matches (see MatchConfig.heads)."""
     layer_map_weight: float = 1.0
     """Weight of each generated match; 0: none is generated (pipelines/kd-cross-family.yaml: 0.1 hurt a pretrained
     student of another family less than 1)."""
     two_step: bool = False
-    """TinyBERT's task distillation: intermediate matches first (no logit loss), then the prediction layer only."""
+    """TinyBERT's task distillation: intermediate matches first (no logit loss), then the logit losses alone (the
+    whole student trains on them, as in TinyBERT)."""
     intermediate_max_steps: Optional[int] = None
-    """two_step: optimizer steps of the intermediate step (default: the same budget as the prediction step)."""
+    """two_step: optimizer steps of the intermediate step, exactly (more or fewer than ``train``'s epochs and
+    max_steps give: TinyBERT trains it longer); default: the same budget as the prediction step."""
     cache_teacher_logits: bool = True
     """Compute the teacher's logits once, ahead of training (logit-only KD then never reruns the teacher)."""
     augment: Optional[AugmentConfig] = None
@@ -616,6 +619,11 @@ class StudentConfig:
             if self.heads is None and self.hidden % max(1, self.hidden // 64):
                 raise CompressError(f"{file}: {where}: hidden {self.hidden} is not divisible by the default heads "
                                     f"{max(1, self.hidden // 64)} (hidden // 64): give heads")
+        if self.kind == "narrow" and self.distill.kd_weight == 0 and self.distill.hard_label_weight == 0:
+            # intermediate matches alone train a layer-drop student, whose prediction layer is the teacher's
+            raise CompressError(f"{file}: {where}.distill: kd_weight and hard_label_weight are both 0, and a narrow "
+                                f"student's prediction layer starts untrained: nothing would train it; give one of "
+                                f"them a weight > 0")
 
 
 @dataclass

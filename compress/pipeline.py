@@ -114,11 +114,14 @@ def _teacher_variant(recipe: Recipe) -> Optional[str]:
 
 def _distill_variant(recipe: Recipe) -> Optional[str]:
     """Students of one augment setting that pick its neighbours with their own embeddings trained on the first one's
-    copies until each got its own (2026-12-04): a stage with two or more of them is redone, no other."""
+    copies until each got its own (2026-12-04): a stage with two or more of them is redone, no other; and
+    ``intermediate_max_steps`` capped the intermediate step at the epochs' budget instead of setting it (2026-12-05)."""
     settings = [dataclasses.astuple(s.distill.augment) for s in recipe.students or []
                 if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
+    exact = any(s.distill.intermediate_max_steps is not None for s in recipe.students or [])
     return _variants("augment-per-student" if len(settings) > len(set(settings)) else None,
-                     _accumulates(*(s.train for s in recipe.students or [])))
+                     _accumulates(*(s.train for s in recipe.students or [])),
+                     "intermediate-steps-exact" if exact else None)
 
 
 def _prune_variant(recipe: Recipe) -> Optional[str]:

@@ -1,6 +1,7 @@
 """Distillation behaviour: token alignment on real SST-2/RTE rows, a tiny student learning from a tiny teacher,
 different tokenizers, NaN stop, kill -9 + resume, and 2-process DDP against 1 process at twice the batch."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -329,6 +330,13 @@ def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):
     assert res.fits["intermediate"].steps == 3 and res.fits["prediction"].steps == 4
     assert res.fits["intermediate"].history == []  # step 1 trains no head: nothing to select on
     assert res.fits["prediction"].history and res.timing["teacher_cache_s"] > 0  # step 2: cached logits
+    # more intermediate steps than the epochs give the prediction step: exactly that many (it trained 6, a cap)
+    longer = from_dict(StudentConfig, {**dataclasses.asdict(spec), "train": {"epochs": 1, "batch_size": 8},
+                                       "distill": {"layer_map": "uniform", "two_step": True,
+                                                   "intermediate_max_steps": 9}})
+    res = distill(teacher, tokenizer, build_student(longer, teacher, tokenizer, data.spec), longer, data,
+                  max_length=32, seed=0)
+    assert res.fits["intermediate"].steps == 9 and res.fits["prediction"].steps == 6  # 48 training rows, batch 8
 
 
 def test_generated_matches_take_weight_and_head_mode():
@@ -411,6 +419,16 @@ def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_grad
     loss, logs = KDObjective(teacher, spec.distill, matches, False)(d, batch)
     loss.backward()
     assert set(logs) == {"kd", "hard", "hidden_t2_s1"}
+    assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == []
+    # intermediate matches alone (a layer-drop student keeps the teacher's head): the head is in the graph at
+    # weight 0, or DDP waits for its gradient (it stopped at the second step: "did not receive grad for rank 1")
+    alone = from_dict(StudentConfig, {"name": "s", "layers": 2, "distill": {
+        "kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform", "layer_map_features": ["hidden"]}})
+    student = build_student(alone, teacher, tokenizer, data.spec)
+    matches = resolve_matches(alone.distill, teacher.config, student.model.config)
+    d = Distiller(student.model, matches, 32)
+    loss, logs = KDObjective(teacher, alone.distill, matches, False)(d, batch)
+    loss.backward()
     assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == []
     # layer_map_weight 0 generates nothing; two_step then has nothing to train its first step on
     off = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_weight": 0.0})
@@ -508,3 +526,7 @@ def test_no_logit_loss_and_nothing_else_to_train_on_is_refused_up_front():
     spec = from_dict(StudentConfig, {"name": "s", "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0,
                                                               "layer_map": "uniform"}})
     assert spec.distill.layer_map == "uniform"
+    # a narrow student's prediction layer is new: intermediate matches alone leave it as it started, random
+    with pytest.raises(CompressError, match=r"distill: kd_weight and hard_label_weight are both 0, and a narrow "):
+        from_dict(StudentConfig, {"name": "s", "kind": "narrow", "init": "minilm-l6",
+                                  "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform"}})

@@ -153,8 +153,9 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     for name, use_logits, use_matches in _steps(spec, bool(matches)):
         cfg = spec.train
-        if name == "intermediate" and dcfg.intermediate_max_steps is not None:
-            cfg = dataclasses.replace(cfg, max_steps=dcfg.intermediate_max_steps)
+        if name == "intermediate" and dcfg.intermediate_max_steps is not None:  # exactly that many: as many epochs
+            n = dcfg.intermediate_max_steps  # as steps (one has a step at least), never fewer than the epochs gave
+            cfg = dataclasses.replace(cfg, max_steps=n, epochs=float(n))
         step_matches = matches if use_matches else []
         distiller = Distiller(student.model, step_matches, teacher.config.hidden_size)
         done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
