@@ -98,6 +98,10 @@ class TaskConfig:
         if self.text_pair_column is not None and self.text_pair_column == self.text_column:
             raise CompressError(f"{file}: {where}.text_pair_column: {self.text_pair_column!r} is text_column too; a "
                                 f"pair's second text needs a column of its own")
+        for key in ("text_column", "text_pair_column"):  # the label fed to the model as its input
+            if getattr(self, key) is not None and getattr(self, key) == self.label_column:
+                raise CompressError(f"{file}: {where}.{key}: {getattr(self, key)!r} is label_column too; the text "
+                                    f"needs a column of its own")
         if self.metrics is not None and len(set(self.metrics)) != len(self.metrics):
             raise CompressError(f"{file}: {where}.metrics: each metric once, got {self.metrics}")
         unknown = [split for split in self.files or {} if split not in ("train", "dev", "test")]

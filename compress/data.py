@@ -76,6 +76,10 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=features)
     elif spec.labels is not None and isinstance(ds.features["label"], datasets.ClassLabel):
         ds = _hub_class_labels(cfg, spec, hub_split, ds)
+    elif spec.labels is not None and _numbered(spec.labels) and str(ds.features["label"].dtype).startswith(
+            ("int", "uint")):  # labels "1", "0": the value 1 is the label named "1", as in local files, not index 1
+        features = ds.features.copy()
+        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, None if r["label"] is None else str(r["label"]))}, features=features)
     _check_hub_rows(cfg, spec, hub_split, ds, {v: k for k, v in keep.items()})
     return ds
 
@@ -118,6 +122,15 @@ def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) 
     features = ds.features.copy()
     features["label"] = datasets.ClassLabel(names=spec.labels)
     return ds.map(lambda r: {"label": order[r["label"]] if r["label"] >= 0 else r["label"]}, features=features)
+
+
+def _numbered(labels: list[str]) -> bool:
+    """Label names that are integers other than 0..n-1 in order ("1", "0"; "1", "2", "3"): an integer label column
+    holds these names, not indices into them."""
+    try:
+        return [int(x) for x in labels] != list(range(len(labels)))
+    except ValueError:
+        return False
 
 
 def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: Optional[str]) -> int:

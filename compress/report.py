@@ -585,19 +585,35 @@ def _timed_on(table: RunTable) -> Optional[str]:
     return f"{protocol['cpu']} x{protocol.get('cores', '?')}" if protocol.get("cpu") else None
 
 
+def _seed_speedups(group: Sequence[RunTable], name: str, reference: str, threads: int) -> list[float]:
+    """Each seed run's own speedup of row ``name`` over its own time of ``reference`` (the merged table's), where it
+    timed both: one seed's fused teacher graph is no reference for another seed's rows."""
+    out = []
+    for t in group:
+        mine = next((r.latency.get(threads) for r in t.rows if r.name == name), None)
+        ref = next((r.latency.get(threads) for r in t.rows if r.name == reference), None)
+        if mine is not None and ref is not None and mine.p50_ms > 0 and ref.p50_ms > 0:
+            out.append(ref.p50_ms / mine.p50_ms)
+    return out
+
+
 def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
     one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency; its
     retention and speedup are the means of each seed run's own (`Row.per_seed`). Runs timed on other machines stay
     apart (a warning says so): a mean of two machines' latencies is neither's."""
     groups: list[list[RunTable]] = []
+
+    def one_machine(runs: Sequence[RunTable]) -> bool:
+        return len({_timed_on(o) for o in runs} - {None}) <= 1
+
     for t in tables:  # the same name and the same configs but for the seeds (other settings: apart, named by folder)
-        group = next((g for g in groups if g[0].run == t.run and all(t.same_settings(o) for o in g)), None)
-        machines = (_timed_on(t), _timed_on(group[0])) if group is not None else (None, None)
-        if None not in machines and machines[0] != machines[1]:
-            print(f"warning: report: {t.folder} was timed on {machines[0]}, {group[0].folder} on {machines[1]}: kept "
-                  f"apart, not merged as seeds", file=sys.stderr)
-            group = None
+        alike = [g for g in groups if g[0].run == t.run and all(t.same_settings(o) for o in g)]
+        group = next((g for g in alike if one_machine([*g, t])), None)
+        if group is None and alike:
+            other = next(o for o in alike[0] if _timed_on(o) not in (None, _timed_on(t)))
+            print(f"warning: report: {t.folder} was timed on {_timed_on(t)}, {other.folder} on {_timed_on(other)}: "
+                  f"kept apart, not merged as seeds", file=sys.stderr)
         if group is None:
             groups.append([t])
         else:
@@ -619,7 +635,7 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             pairs = [(t, r) for t in group for r in t.rows if r.name == row.name]
             same = [r for _, r in pairs]
             mean, std, n = mean_std([r.metric for r in same])
-            latency, speedup = {}, {}
+            latency = {}
             for threads in sorted({t for r in same for t in r.latency}):  # any seed's: the first may have no bench
                 lats = [r.latency[threads] for r in same if threads in r.latency]
                 tput = [x.throughput for x in lats if x.throughput is not None]
@@ -630,9 +646,6 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                                            statistics.fmean(tput) if tput else None,
                                            statistics.fmean(peaks) if peaks else None, shape if peaks else None,
                                            (len(lats), len(group)) if len(lats) < len(group) else None)
-                ratios = [x for x in (t.speedup(r, threads) for t, r in pairs) if x is not None]
-                if ratios:
-                    speedup[threads] = statistics.fmean(ratios)
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
                       for m in (first.metric_name, *first.other_metrics)}
@@ -641,8 +654,14 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
                                          if v[0] is not None} or None,
-                            per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": speedup}))
+                            per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))
         _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
+        reference = next(r.name for r in rows if r.reference)
+        for row in rows:
+            for threads in row.latency:
+                ratios = _seed_speedups(group, row.name, reference, threads)
+                if ratios:
+                    row.per_seed["speedup"][threads] = statistics.fmean(ratios)
         rows.sort(key=lambda r: _ORDER.get(r.kind, 9))
         teacher = next(r for r in rows if r.name == "teacher")
         provenance = dict(first.provenance)

@@ -17,7 +17,8 @@ held-out rows, so its dev figure is not one it was selected on (a task with ``ho
 
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
-by ``skip_margin``, or when a measured candidate of the same mode that is no larger was already over budget. A
+by ``skip_margin``, or when a measured candidate of the same mode, no deeper and pruned no less, was already over
+budget. A
 candidate within timing noise of the budget is timed in `NEAR_BUDGET_PASSES` passes and decided on the median.
 
 Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
@@ -114,10 +115,10 @@ def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, res
         return (f"fp32 estimate {estimate:.2f} ms (teacher fp32 at its fastest this run {ref_ms:.2f} ms x MACs "
                 f"{spec.macs_fraction:.2f}) "
                 f"> budget x {margin:g}")
-    for r in results:
-        if (r["mode"] == mode and r["macs_fraction"] <= spec.macs_fraction
+    for r in results:  # no deeper and no wider: at batch 1 a deep narrow model is slower than a shallow wide one
+        if (r["mode"] == mode and r.get("depth", math.inf) <= spec.depth and r.get("keep_macs", math.inf) <= spec.keep
                 and r["latency"]["p50_ms"] > budget_ms * OVER_BUDGET_SLACK):
-            return f"{r['id']} (no larger) already takes {r['latency']['p50_ms']:.2f} ms > budget"
+            return f"{r['id']} (no deeper, no wider) already takes {r['latency']['p50_ms']:.2f} ms > budget"
     return None
 
 
@@ -160,8 +161,16 @@ class Context:
     settings: str
     """Fingerprint of everything a candidate's record depends on (training and measuring)."""
     train_settings: str
-    """Fingerprint of what the trained models, the teacher's logits and the reference export depend on (not the
-    timing threads, timed rows or calibration rows: changing those re-measures without retraining)."""
+    """Fingerprint of what the trained models depend on (not the timing threads, timed rows or calibration rows:
+    changing those re-measures without retraining)."""
+    mode_settings: dict[str, str]
+    """int8 mode -> fingerprint its candidates' records hold: ``settings`` less the calibration rows for dynamic int8,
+    which calibrates nothing (a new ``calibration_samples`` re-measured every dynamic candidate)."""
+    teacher_settings: str
+    """What the reference export depends on (the teacher, the task); with ``logits_settings``, what the teacher's
+    logits on the training slice depend on (also the seed and the slice's rows): a new ``search.lr`` exported the
+    teacher and ran it over the slice again. Stamps of either written with ``train_settings`` stay valid."""
+    logits_settings: str
     _logits: Optional[torch.Tensor] = None
 
     def teacher_logits(self) -> torch.Tensor:
@@ -169,7 +178,7 @@ class Context:
         if self._logits is None:
             path = self.out / "teacher_logits.npy"
             stamp = self.out / "teacher_logits.json"
-            if path.is_file() and _stamp(stamp).get("settings") == self.train_settings:
+            if path.is_file() and _stamp(stamp).get("settings") in (self.logits_settings, self.train_settings):
                 self._logits = torch.from_numpy(np.load(path)).float()
             else:
                 from compress.prune_stage import logits_of
@@ -180,7 +189,7 @@ class Context:
                 np.save(tmp, self._logits.numpy())
                 stamp.unlink(missing_ok=True)  # killed before restamping: no stamp, not the old one over new logits
                 os.replace(tmp, path)
-                write_json(stamp, {"settings": self.train_settings, "rows": len(self.train)})
+                write_json(stamp, {"settings": self.logits_settings, "rows": len(self.train)})
         return self._logits
 
 
@@ -205,15 +214,23 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     # max_eval_samples cuts the dev rows the candidates are scored on, not what trains them (it retrained every model):
     # a measurement setting, kept in the task section at None so that the models of a recipe without it stay valid
     task = {**recipe.section("task"), "max_eval_samples": None}
+    # a slice shorter than the steps asked trained one pass over it until 2026-12-05: those models are made again
+    short = {"steps": "exact"} if rows < max(cfg.train_steps, cfg.recover_steps) * cfg.batch_size else {}
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": task,
-                                  "seed": recipe.seed, "teacher": teacher_id})
+                                  "seed": recipe.seed, "teacher": teacher_id, **short})
     measure = {k: getattr(cfg, k) for k in ("threads", "calibration_samples", "dev_rows")}
     if recipe.task.max_eval_samples is not None:
         measure["max_eval_samples"] = recipe.task.max_eval_samples
     protocol = protocol_changes(timing_config(recipe, cfg))
-    settings = fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
-                                                                                 else {})},
-                            "machine": machine()})
+    def measured(measure: dict) -> str:
+        return fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
+                                                                               else {})}, "machine": machine()})
+
+    settings = measured(measure)
+    modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
+                                                           if k != "calibration_samples"}) for m in cfg.modes}
+    teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
+    logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -221,7 +238,8 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
         remove_dead(folder, ".*", r"\..*-(\d+)(?:\.npy)?")  # (.quantize-<id>-<pid>, .<m>.tmp-<pid>, .<f>.tmp-<pid>)
     remove_dead_scratch()  # and its quantize/bench scratch folders in the system's temporary folder
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
-                   Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings)
+                   Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings, modes,
+                   teacher_settings, logits_settings)
 
 
 # ------------------------------------------------------------------------------------------------ building models
@@ -229,8 +247,8 @@ def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
     from compress.prune_stage import recovery_objective
     from compress.train import fit
 
-    cfg = ctx.cfg
-    rcfg = RecoverConfig(epochs=1.0, max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.1)
+    cfg = ctx.cfg  # as many epochs as steps: ``steps`` exactly, however few rows the slice holds
+    rcfg = RecoverConfig(epochs=float(steps), max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size, warmup_ratio=0.1)
     return fit(model, ctx.train, ctx.collator, rcfg, seed=seed,
                objective=recovery_objective(ctx.teacher_logits(), rcfg, ctx.spec.is_regression),
                group_by_length=ctx.recipe.task.group_by_length, desc=desc)
@@ -306,14 +324,14 @@ def reference(ctx: Context) -> dict:
     stamp = ctx.out / "teacher_fp32.json"
     recorded = _stamp(stamp)
     path = ctx.out / str(recorded.get("file", "teacher_fp32.onnx"))
-    if not (path.is_file() and recorded.get("settings") == ctx.train_settings):
+    if not (path.is_file() and recorded.get("settings") in (ctx.teacher_settings, ctx.train_settings)):
         stamp.unlink(missing_ok=True)  # as for the teacher's logits: never the old stamp over a new export
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()
         rows = ctx.dev.select(range(min(64, len(ctx.dev))))
         path = fused_if_exact(export_onnx(ctx.teacher, ctx.out / "teacher_fp32.onnx"),
                               ctx.teacher.config.model_type, rows, ctx.collator)
-        write_json(stamp, {"settings": ctx.train_settings, "file": path.name})
+        write_json(stamp, {"settings": ctx.teacher_settings, "file": path.name})
     ref = {"kind": "onnx", "path": str(path)}
     lat = time_pass(ctx, {"teacher_fp32": ref})["teacher_fp32"]
     return {"path": str(path), **lat}
@@ -397,7 +415,8 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
                   "speedup_vs_teacher_fp32": round(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 3),
                   "build": {k: v for k, v in info.items() if k != "settings"},
-                  "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.settings, "created": now_utc()}
+                  "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.mode_settings[mode],
+                  "created": now_utc()}
         write_json(ctx.out / "candidates" / f"{cid}.json", result)
         out.append(result)
     return out
@@ -415,7 +434,10 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
         return None
     # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
     # again: its batched score is not the shipped model's
-    fresh = (result.get("settings") == ctx.settings and result.get("scored_batch") == SHIPPED_BATCH
+    mode = result.get("mode") if isinstance(result.get("mode"), str) else None
+    # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
+    settings = (ctx.mode_settings[mode], ctx.settings) if mode in ctx.mode_settings else ()
+    fresh = (result.get("settings") in settings and result.get("scored_batch") == SHIPPED_BATCH
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = Path(result.get("file", ""))
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
@@ -538,7 +560,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     if unconfirmed:
         summary["unconfirmed"] = unconfirmed
         summary["message"] += (f" ({len(unconfirmed)} candidate(s) near the budget timed fewer than "
-                               f"{NEAR_BUDGET_PASSES} times: time limit reached; rerun to confirm)")
+                               f"{NEAR_BUDGET_PASSES} times: {', '.join(unconfirmed)}; time limit reached; rerun to "
+                               f"confirm)")
     write_outputs(ctx.out, summary)
     return summary
 

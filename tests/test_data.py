@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from compress.config import TaskConfig
+from compress.config import TaskConfig, from_dict
 from compress.data import Collator, eval_loader, load_split, load_task, row_lengths, tokenize, train_loader
 from compress.errors import CompressError
 from conftest import unlabelled_mrpc
@@ -510,6 +510,42 @@ def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monke
     with pytest.raises(CompressError, match=r"split 'train': its label column has 2 classes \['neg', 'pos'\]; "
                                             r"task\.labels lists 3"):
         load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos", "meh"], holdout=0.0))
+
+
+def test_hub_dataset_integer_labels_named_by_numbers_are_read_by_name_as_local_files_are(tmp_path, monkeypatch):
+    """An integer label column was read by position: with task.labels ["1", "0"] the value 1 became index 1, the
+    label named "0", while the same rows in local files (task.files) read by name; labels 1..3 failed on 3 as "not a
+    class index" (and without a 3, shifted 1 and 2 silently)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.csv").write_text("text,label\ngood,1\nbad,0\n")
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("text\tlabel\ngood\t1\nbad\t0\n")
+    hub = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0), seed=0)
+    local = load_task(TaskConfig(name="x", files={"train": str(tsv), "dev": str(tsv)}, labels=["1", "0"],
+                                 holdout=0.0), seed=0)
+    assert hub.dev["label"] == local.dev["label"] == [0, 1]
+    assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["0", "1"], holdout=0.0)).dev["label"] == [
+        1, 0]  # names 0..n-1 in order: the same either way
+    for split in ("train", "validation"):
+        (folder / f"{split}.csv").write_text("text,label\ngood,3\nbad,1\n")
+    assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "2", "3"], holdout=0.0),
+                     seed=0).dev["label"] == [2, 0]
+    (folder / "validation.csv").write_text("text,label\ngood,3\nbad,0\n")
+    with pytest.raises(CompressError, match=r"split 'validation': label '0' is not one of \['1', '2', '3'\]$"):
+        load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "2", "3"], holdout=0.0), seed=0)
+
+
+def test_a_text_column_that_is_the_label_column_is_refused():
+    """text_column: label validated, and the model read each row's label as its text."""
+    for key in ("text_column", "text_pair_column"):
+        with pytest.raises(CompressError, match=rf"task\.{key}: 'label' is label_column too"):
+            from_dict(TaskConfig, {"name": "mine", "labels": ["neg", "pos"], key: "label"}, file="r.yaml",
+                      where="task")
 
 
 def test_a_headerless_file_names_the_line_of_its_first_row(tmp_path):

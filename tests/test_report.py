@@ -1043,6 +1043,32 @@ def test_merged_seeds_ratios_are_each_seeds_own_and_runs_timed_on_two_machines_s
                                                f"kept apart, not merged as seeds")
 
 
+def test_merged_seeds_share_one_reference_and_group_by_machine():
+    """Seeds whose runs chose other references (one timed the quantize stage's fused teacher graph) divided each by its
+    own: the table marked the fused graph the reference while the int8 row's 2.2x averaged 10/5 and 12/5. Three seed
+    runs on two machines (A; B, B) gave three tables: a run only ever met the first group of its name."""
+    from compress.report import Latency, merge_seeds
+
+    def run(seed, cpu, fused=True):
+        rows = [Row("teacher", "teacher", "torch", metric=0.9),
+                Row("teacher · onnx fp32", "teacher", "onnx fp32", metric=0.9, latency={2: Latency(12.0, 14.0)}),
+                Row("teacher · int8 dynamic", "int8", "onnx int8", metric=0.88, latency={2: Latency(5.0, 6.0)})]
+        if fused:
+            rows.append(Row("teacher · onnx fp32 fused", "teacher", "onnx fp32 fused", metric=0.9,
+                            latency={2: Latency(10.0, 11.0)}))
+        return RunTable("q", f"runs-{seed}/q", "accuracy", rows, teacher_metric=0.9,
+                        provenance={"seeds": [seed], "protocol": {"cpu": cpu, "cores": 2}})
+
+    table, = merge_seeds([run(42, "A"), run(43, "A", fused=False)])
+    reference = next(r for r in table.rows if r.reference)
+    assert reference.name == "teacher · onnx fp32 fused"
+    int8 = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+    plain = next(r for r in table.rows if r.name == "teacher · onnx fp32")
+    assert table.speedup(int8, 2) == pytest.approx(10.0 / 5.0) and table.speedup(plain, 2) == pytest.approx(10 / 12)
+    tables = merge_seeds([run(42, "A"), run(43, "B"), run(44, "B")])
+    assert [t.provenance["seeds"] for t in tables] == [[42], [43, 44]]
+
+
 def test_retention_is_none_where_the_teacher_score_is_no_base():
     """metric / teacher only where that is a share: a teacher MCC of 0 crashed the bundle stage (ZeroDivisionError),
     one of -0.05 made a student's 0.10 read -200%, a nan one wrote NaN into the bundle's manifest."""

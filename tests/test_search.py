@@ -58,9 +58,16 @@ def test_space_order_pick_and_front():
     spec = ModelSpec(3, 1.0, 6)
     assert "fp32 estimate" in skip_reason(spec, "dynamic", 1.0, 10.0, [], 3.0)  # 10 x 0.5 = 5 ms > 3 x 1 ms
     assert skip_reason(spec, "dynamic", 2.0, 10.0, [], 3.0) is None
-    small_over = {"id": "L2-dynamic", "mode": "dynamic", "macs_fraction": 0.33, "latency": {"p50_ms": 2.5}}
+    small_over = {"id": "L2-dynamic", "mode": "dynamic", "macs_fraction": 0.33, "depth": 2, "keep_macs": 1.0,
+                  "latency": {"p50_ms": 2.5}}
     assert "already takes" in skip_reason(spec, "dynamic", 2.0, 10.0, [small_over], 3.0)
     assert skip_reason(spec, "static", 2.0, 10.0, [small_over], 3.0) is None  # another mode is not dominated
+    # fewer MACs but deeper (L6 pruned to a quarter, over budget): a shallower unpruned model may still fit (at batch 1
+    # latency follows depth more than width): it was skipped as "no larger"
+    deep_over = {"id": "L6-k25-dynamic", "mode": "dynamic", "macs_fraction": 0.25, "depth": 6, "keep_macs": 0.25,
+                 "latency": {"p50_ms": 2.5}}
+    assert skip_reason(spec, "dynamic", 2.0, 10.0, [deep_over], 3.0) is None
+    assert "already takes" in skip_reason(ModelSpec(6, 0.5, 6), "dynamic", 2.0, 10.0, [deep_over], 3.0)
     from compress.search import estimate_base
 
     assert estimate_base({"p50_ms": 16.0}, [{"teacher_fp32_p50_ms_same_pass": 7.0}]) == 7.0  # least loaded timing
@@ -174,6 +181,17 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     sixth = run_search(load_recipe(path, {"task.max_eval_samples": 32}), budget_ms=1000.0, threads=2)
     assert sixth["counts"]["measured"] == 4
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
+    # other calibration rows: dynamic int8 calibrates nothing, so nothing is measured again (all 4 were)
+    overrides = {"task.max_eval_samples": 32, "search.calibration_samples": 16}
+    assert run_search(load_recipe(path, overrides), budget_ms=1000.0, threads=2)["counts"]["measured"] == 0
+    # another learning rate retrains the models, but neither exports the teacher again nor reruns it over the slice
+    teacher_files = {p.name: p.stat().st_mtime_ns for p in out.glob("teacher_*")}
+    run_search(load_recipe(path, {**overrides, "search.lr": 3e-4}), budget_ms=1000.0, threads=2)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("teacher_*")} == teacher_files
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} != models
+    # more steps than the training slice (190 rows) has batches of 8: exactly that many (one pass, 24, before)
+    run_search(load_recipe(path, {**overrides, "search.train_steps": 30}), budget_ms=1000.0, threads=2)
+    assert json.loads((out / "models" / "L1-base" / "search_model.json").read_text())["train_steps"] == 30
 
 
 def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):
@@ -524,7 +542,8 @@ def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, m
 
     def ctx(settings, value):
         monkeypatch.setattr(prune_stage, "logits_of", lambda *a: torch.full((4, 2), value))
-        return search.Context(None, None, tmp_path, None, teacher, None, None, [0] * 4, *[None] * 4, "s", settings)
+        return search.Context(None, None, tmp_path, None, teacher, None, None, [0] * 4, *[None] * 4, "s", settings, {},
+                              "t", settings)
 
     assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
 
