@@ -224,9 +224,12 @@ def model_card(manifest: dict) -> str:
     example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
     call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
     lines_file = "pairs.tsv     # a text<TAB>its pair a line" if pair else "texts.txt     # a text a line"
-    lines = [f"# {manifest['name']}", "",
-             f"Task **{task['name']}** ({'text pair' if pair else 'single text'}"
-             f"{', regression' if task.get('labels') is None else ', labels: ' + ', '.join(map(str, task['labels']))})."
+    from compress.report import md_text
+
+    labels = ', labels: ' + ', '.join(md_text(str(x)) for x in task['labels']) if task.get('labels') else ''
+    lines = [f"# {md_text(manifest['name'])}", "",
+             f"Task **{md_text(task['name'])}** ({'text pair' if pair else 'single text'}"
+             f"{', regression' if task.get('labels') is None else labels})."
              f" Int8 ONNX model; inputs truncated to {manifest['max_length']} tokens.", ""]
     lines += ["## Quality", ""]
     metrics = manifest.get("metrics") or {}

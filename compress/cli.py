@@ -1,7 +1,7 @@
 """Command line: ``compress SUBCOMMAND --help`` (also ``python -m compress``).
 
 User errors (`CompressError`) print one line and exit 2, without a traceback; a disk that refuses a write (full,
-read-only, over quota) one line naming the file and exit 1; Ctrl-C, SIGTERM, SIGHUP exit 130, 143, 129.
+read-only file system, over quota) one line naming the file and exit 1; Ctrl-C, SIGTERM, SIGHUP exit 130, 143, 129.
 """
 
 from __future__ import annotations

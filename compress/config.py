@@ -519,7 +519,7 @@ class DistillConfig:
         if self.intermediate_max_steps is not None and self.intermediate_max_steps < 1:
             raise CompressError(f"{file}: {where}.intermediate_max_steps: must be >= 1")
         if self.intermediate_max_steps is not None and not self.two_step:
-            raise CompressError(f"{file}: {where}.intermediate_max_steps: caps two_step's intermediate step; set "
+            raise CompressError(f"{file}: {where}.intermediate_max_steps: sets two_step's intermediate step; set "
                                 f"two_step: true (or leave it out)")
         if self.augment is not None and self.kd_weight == 0:
             raise CompressError(f"{file}: {where}.augment: needs kd_weight > 0 (augmented rows are labelled by the "
@@ -623,11 +623,14 @@ class StudentConfig:
             if self.heads is None and self.hidden % max(1, self.hidden // 64):
                 raise CompressError(f"{file}: {where}: hidden {self.hidden} is not divisible by the default heads "
                                     f"{max(1, self.hidden // 64)} (hidden // 64): give heads")
-        if self.kind == "narrow" and self.distill.kd_weight == 0 and self.distill.hard_label_weight == 0:
+        from teachers.zoo import ZOO
+
+        if (self.kind == "narrow" and (self.init == "random" or self.init in ZOO)  # no task head in them
+                and self.distill.kd_weight == 0 and self.distill.hard_label_weight == 0):
             # intermediate matches alone train a layer-drop student, whose prediction layer is the teacher's
             raise CompressError(f"{file}: {where}.distill: kd_weight and hard_label_weight are both 0, and a narrow "
-                                f"student's prediction layer starts untrained: nothing would train it; give one of "
-                                f"them a weight > 0")
+                                f"student's prediction layer starts untrained from {self.init!r}: nothing would train "
+                                f"it; give one of them a weight > 0")
 
 
 @dataclass

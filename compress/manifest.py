@@ -92,7 +92,8 @@ def timing_machine(env: Optional[dict] = None) -> dict:
     if env is None:
         env = {"host": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_features": cpu_features()},
                "versions": versions()}
-    found = {**(env.get("versions") or {}), **(env.get("host") or {})} if isinstance(env, dict) else {}
+    parts = [env.get(k) for k in ("versions", "host")] if isinstance(env, dict) else []
+    found = {k: v for part in parts if isinstance(part, dict) for k, v in part.items()}  # a hand-edited env: no keys
     return {k: found[k] for k in TIMING_KEYS if k in found}
 
 

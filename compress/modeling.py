@@ -273,5 +273,21 @@ def save_atomic(model, tokenizer, folder: Path, records: dict[str, object]) -> N
     tmp.rename(folder)
 
 
+def freeze_head(model: torch.nn.Module) -> list[str]:
+    """Stop training a classifier's prediction layer and pooler (everything outside its base model, and the base
+    model's pooler): a layer-drop student trained on intermediate matches alone keeps the teacher's. Frozen, they are
+    neither waited for by DDP nor decayed by AdamW's weight decay (a zero gradient would be). Returns their names."""
+    base = model.base_model
+    inside = {id(p) for p in base.parameters()}
+    pooler = getattr(base, "pooler", None)
+    pooled = {id(p) for p in pooler.parameters()} if isinstance(pooler, torch.nn.Module) else set()
+    names = []
+    for name, p in model.named_parameters():
+        if id(p) not in inside or id(p) in pooled:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -690,8 +690,9 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
                 budget_ms: Optional[float] = None, best: Optional[str] = None) -> Optional[Path]:
     """PNG: metric vs p50 latency (log x) at ``threads`` (default: each run's headline), one colour and marker per
     run, its frontier drawn as a step line, every point labelled (no label over another or the legend, nor over a
-    point where there is room; one moved away from its point is joined to it by a thin line); ``budget_ms``: a dashed vertical line there; ``best``:
-    the row of that name starred and named in the legend (the search's pick). None when no row has both numbers.
+    point where there is room; one moved away from its point is joined to it by a thin line); ``budget_ms``: a dashed
+    vertical line there; ``best``: the row of that name starred and named in the legend (the search's pick). None
+    when no row has both numbers.
     Names are drawn as written: a ``$`` in a run or student name is no maths formula (one was a parse traceback)."""
     import matplotlib
 
@@ -940,6 +941,9 @@ NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors wei
 def note(table: RunTable) -> str:
     """The note under a run's table; a pair task's latency is per dev pair (both texts in one input)."""
     text = NOTE
+    if any(r.per_seed is not None for r in table.rows):
+        text += (" Seeds merged: metric and latency are means over the seed runs; retention and speedup the mean of "
+                 "each seed run's own ratio (over the seeds that measured both numbers), not the ratio of the means.")
     if table.other_metrics:
         text = text.replace("Retention: metric / teacher metric.",
                             f"Retention: {table.metric_name} / teacher {table.metric_name}; "
@@ -958,10 +962,18 @@ def note(table: RunTable) -> str:
     return text
 
 
-def _md(text: str) -> str:
-    """Text as Markdown shows it literally in a table cell or heading: a run or student name may hold ``|``, ``<``,
-    ``*``, ``[`` or a backtick (a ``<b>`` in a name was raw HTML in report.md; a ``|`` split the cell)."""
-    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+def md_text(text: str) -> str:
+    """Text as Markdown shows it literally in a table cell, a heading or a list: a run, student or label name may hold
+    ``|``, ``<``, ``*``, ``_``, ``[``, ``~``, ``&``, ``#`` or a backtick (a ``<b>`` in a name was raw HTML in report.md;
+    a ``|`` split the cell); an underscore inside a word (``batch_size``) stays as it is, as Markdown reads it."""
+    text = re.sub(r"([\\`*\[\]<>|~&#])", r"\\\1", text)
+    return re.sub(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])", r"\\_", text)
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span, however many backticks it holds."""
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
 
 
 def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
@@ -970,14 +982,14 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         lines += [f"![metric vs latency]({plot})", ""]
     for table in tables:
         header, body = table_cells(table)
-        lines += [f"## {_md(table.run)}", "", f"Run folder: `{table.folder}`.", ""]
+        lines += [f"## {md_text(table.run)}", "", f"Run folder: {md_code(table.folder)}.", ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
             cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
-            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
         lines += ["", note(table), "", "**Provenance**", ""]
-        lines += [f"- {k}: {v}" for k, v in _provenance_lines(table)]
+        lines += [f"- {k}: {md_text(v)}" for k, v in _provenance_lines(table)]
         lines.append("")
     return "\n".join(lines)
 

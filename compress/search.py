@@ -50,8 +50,8 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
 from compress.tasks import retention
-from compress.manifest import (cpu_model, fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
-                               versions, write_json)
+from compress.manifest import (fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
+                               timing_machine, versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,11 @@ def estimate_base(ref: dict, results: list[dict]) -> float:
 
 
 def machine() -> dict:
-    """The machine and runtime the latencies are measured on (a candidate timed on another one is timed again)."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": versions().get("onnxruntime")}
+    """The machine and runtime the latencies are measured on (a candidate timed on another one is timed again): the
+    pipeline's `compress.manifest.timing_machine` less its int8 features (they go with the CPU) and torch (the search
+    times ONNX models only), as candidates have always recorded it."""
+    found = timing_machine()
+    return {k: found.get(k) for k in ("cpu", "cores", "onnxruntime")}
 
 
 def _stamp(path: Path) -> dict:

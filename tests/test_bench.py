@@ -416,6 +416,7 @@ def test_the_machine_a_latency_was_timed_on_is_compared_on_what_manifests_record
     env = {"host": {"cpu": now["cpu"], "cores": now["cores"], "torch_threads": 1, "platform": "x"},
            "versions": {"onnxruntime": now["onnxruntime"], "torch": now["torch"]}}
     assert m.other_machine(env) is None and m.other_machine(None) is None and m.other_machine({}) is None
+    assert m.other_machine({"host": "laptop", "versions": ["x"]}) is None  # a hand-edited env: a TypeError before
     env["host"]["cores"] = now["cores"] + 14
     env["versions"]["onnxruntime"] = "1.0.0"
     assert m.other_machine(env) == (f"cores: {now['cores'] + 14} -> {now['cores']}; "

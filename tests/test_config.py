@@ -671,7 +671,7 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
                                            r"without a bench section \[1, 2\]"),
     # settings that were accepted and did nothing
     ({"students.0.distill.intermediate_max_steps": 5},
-     r"students\[0\]\.distill\.intermediate_max_steps: caps two_step's intermediate step"),
+     r"students\[0\]\.distill\.intermediate_max_steps: sets two_step's intermediate step"),
     ({"students.0.kind": "narrow", "students.0.hidden": 64, "students.0.layers": None,
       "students.0.keep_layers": [1, 2]},
      r"students\[0\]\.keep_layers: picks layers of a checkpoint \(init\) or of the teacher"),

@@ -420,11 +420,19 @@ def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_grad
     loss.backward()
     assert set(logs) == {"kd", "hard", "hidden_t2_s1"}
     assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == []
-    # intermediate matches alone (a layer-drop student keeps the teacher's head): the head is in the graph at
-    # weight 0, or DDP waits for its gradient (it stopped at the second step: "did not receive grad for rank 1")
-    alone = from_dict(StudentConfig, {"name": "s", "layers": 2, "distill": {
-        "kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform", "layer_map_features": ["hidden"]}})
+    # intermediate matches alone (a layer-drop student keeps the teacher's head): the head got no gradient, and DDP
+    # stopped at the second step waiting for it ("did not receive grad for rank 1"); it is frozen now, so neither
+    # DDP nor AdamW's weight decay touches it
+    alone = from_dict(StudentConfig, {"name": "s", "layers": 2, "train": {"max_steps": 2, "batch_size": 8},
+                                      "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform",
+                                                  "layer_map_features": ["hidden"]}})
     student = build_student(alone, teacher, tokenizer, data.spec)
+    head = {n: p.detach().clone() for n, p in student.model.named_parameters() if "classifier" in n or "pooler" in n}
+    encoder = {n: p.detach().clone() for n, p in student.model.named_parameters() if "encoder" in n}
+    distill(teacher, tokenizer, student, alone, data, max_length=32, seed=0)
+    now = dict(student.model.named_parameters())
+    assert head and all(torch.equal(now[n], v) for n, v in head.items())
+    assert any(not torch.equal(now[n], v) for n, v in encoder.items())
     matches = resolve_matches(alone.distill, teacher.config, student.model.config)
     d = Distiller(student.model, matches, 32)
     loss, logs = KDObjective(teacher, alone.distill, matches, False)(d, batch)

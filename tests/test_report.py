@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 import re
 import shutil
@@ -122,10 +123,13 @@ def test_markdown_shows_names_as_written(tmp_path):
     table = _table()
     table.run = "run <b>*1*</b>"
     table.rows[1].name = "student s|<i>"
+    table.provenance["recipe"] = "pipelines/r<u>_x_</u>.yaml"
+    table.folder = "runs/a`b"
     write([table], tmp_path)
     md = (tmp_path / "report.md").read_text()
+    assert "- recipe: pipelines/r\\<u\\>\\_x\\_\\</u\\>.yaml" in md and "Run folder: `` runs/a`b ``." in md
     assert "## run \\<b\\>\\*1\\*\\</b\\>" in md and "| student s\\|\\<i\\> (reference) |" in md
-    assert "<b>" not in md and "<i>" not in md
+    assert "<b>" not in md and "<i>" not in md and "<u>" not in md
 
 
 # ------------------------------------------------------------------------------------------------ run folders
@@ -1047,7 +1051,7 @@ def test_merged_seeds_share_one_reference_and_group_by_machine():
     """Seeds whose runs chose other references (one timed the quantize stage's fused teacher graph) divided each by its
     own: the table marked the fused graph the reference while the int8 row's 2.2x averaged 10/5 and 12/5. Three seed
     runs on two machines (A; B, B) gave three tables: a run only ever met the first group of its name."""
-    from compress.report import Latency, merge_seeds
+    from compress.report import Latency, merge_seeds, note
 
     def run(seed, cpu, fused=True):
         rows = [Row("teacher", "teacher", "torch", metric=0.9),
@@ -1065,8 +1069,30 @@ def test_merged_seeds_share_one_reference_and_group_by_machine():
     int8 = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
     plain = next(r for r in table.rows if r.name == "teacher · onnx fp32")
     assert table.speedup(int8, 2) == pytest.approx(10.0 / 5.0) and table.speedup(plain, 2) == pytest.approx(10 / 12)
+    assert "the mean of each seed run's own ratio" in note(table) and "own ratio" not in note(run(42, "A"))
     tables = merge_seeds([run(42, "A"), run(43, "B"), run(44, "B")])
     assert [t.provenance["seeds"] for t in tables] == [[42], [43, 44]]
+
+
+def test_the_report_keeps_its_own_timings_on_the_machine_that_took_them_only(tmp_path, monkeypatch):
+    """A run without a bench stage (the report times every model itself) copied to another machine kept the first
+    machine's timings: nothing the measurement key holds had changed."""
+    from types import SimpleNamespace
+
+    import compress.manifest
+    from compress import report
+    from teachers.zoo import sha256_file
+
+    folder = tmp_path / "run" / "report"
+    folder.mkdir(parents=True)
+    (folder / "latency.json").write_text(json.dumps({"key": "k", "models": {}}))
+    env = {"host": {"cpu": compress.manifest.cpu_model(), "cores": os.cpu_count()}}
+    (folder / "manifest.json").write_text(json.dumps({"outputs": {"latency.json": sha256_file(folder / "latency.json")},
+                                                      "env": env}))
+    recipe = SimpleNamespace(run_dir=tmp_path / "run")
+    assert report.kept_measurement(recipe, "k") == {"key": "k", "models": {}}
+    monkeypatch.setattr(compress.manifest, "cpu_model", lambda: "Another CPU")
+    assert report.kept_measurement(recipe, "k") is None
 
 
 def test_retention_is_none_where_the_teacher_score_is_no_base():

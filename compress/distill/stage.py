@@ -35,7 +35,7 @@ from compress.tasks import retention
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, scores, write_json
 from teachers.zoo import sha256_file
-from compress.modeling import count_params, load_trained, save
+from compress.modeling import count_params, freeze_head, load_trained, save
 from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
 from students import build_student
 from students.build import Student
@@ -157,6 +157,9 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             n = dcfg.intermediate_max_steps  # as steps (one has a step at least), never fewer than the epochs gave
             cfg = dataclasses.replace(cfg, max_steps=n, epochs=float(n))
         step_matches = matches if use_matches else []
+        if use_logits and dcfg.kd_weight == 0 and dcfg.hard_label_weight == 0:  # intermediate matches alone: a
+            # layer-drop student keeps the teacher's head (a narrow one, whose head is new, is refused)
+            log.info("%s: no logit loss: %s kept as they are", spec.name, ", ".join(freeze_head(student.model)))
         distiller = Distiller(student.model, step_matches, teacher.config.hidden_size)
         done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
         if done_marker is not None and done_marker.is_file():  # resumed after this step had finished
