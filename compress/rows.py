@@ -211,6 +211,8 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         _warn_quoted_tsv(path, rows, lines, [i for role, i in index.items() if role != "label"])
     if custom and spec.text_pair is None:
         _warn_unread_text(path, header, rows, index)
+    if spec.header and not custom:
+        _warn_long_rows(path, header, rows, lines)
     for row, line in zip(rows, lines):
         if spec.header and (len(row) < len(header) or (custom and len(row) > len(header))):
             raise CompressError(f"{path}:{line}: expected {len(header)} {_separated(path)} fields, got {len(row)}")
@@ -254,6 +256,20 @@ def _warn_quoted_tsv(path: Path, rows: list, lines: list, columns: list[int]) ->
                         "with quoting off, so the quotes stay in the text: write the file without quoting (pandas: "
                         "to_csv(sep='\\t', quoting=csv.QUOTE_NONE)) or as .csv", path, line)
             return
+
+
+def _warn_long_rows(path: Path, header: list, rows: list, lines: list) -> None:
+    """A GLUE file's row longer than its header is read (GLUE's own files are read as distributed), but one whose
+    extra fields hold text had a tab inside a sentence: its columns shifted (MRPC: the pair read half of the first
+    sentence, the second one dropped). Said once per file, with the count and the first line."""
+    if ("long", str(path)) in _WARNED:
+        return
+    _WARNED.add(("long", str(path)))
+    long = [line for row, line in zip(rows, lines) if any(cell.strip() for cell in row[len(header):])]
+    if long:
+        log.warning("%s:%d: %d row(s) with more fields than the header's %d, the extra ones not empty: a tab inside "
+                    "a text shifts the columns after it (those rows are read as their first %d fields)", path,
+                    long[0], len(long), len(header), len(header))
 
 
 def _warn_unread_text(path: Path, header: list, rows: list, index: dict, sample: int = 200) -> None:
