@@ -24,8 +24,9 @@ candidate within timing noise of the budget is timed in `NEAR_BUDGET_PASSES` pas
 Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
 with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
 reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
-re-measuring; other timing threads, timed rows or calibration rows, or another machine (CPU, cores, onnxruntime),
-re-measure without retraining). Bounded: no new
+re-measuring; other timing threads, timed rows or timing protocol re-time the int8 files (`retime`), their scores
+kept; other calibration rows (static int8) or another machine (CPU, cores, onnxruntime) re-quantize and re-score
+without retraining). Bounded: no new
 model starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
 ``pareto.png`` (the report's plot).
 """
@@ -169,6 +170,10 @@ class Context:
     mode_settings: dict[str, str]
     """int8 mode -> fingerprint its candidates' records hold: ``settings`` less the calibration rows for dynamic int8,
     which calibrates nothing (a new ``calibration_samples`` re-measured every dynamic candidate)."""
+    scored_settings: dict[str, str]
+    """int8 mode -> fingerprint of what its candidates' int8 file and scores depend on (``mode_settings`` less the
+    timing: threads, timed rows, protocol): a record that matches it but not ``mode_settings`` is timed again only
+    (another ``--threads`` re-quantized and re-scored every candidate)."""
     teacher_settings: str
     """What the reference export depends on (the teacher, the task); with ``logits_settings``, what the teacher's
     logits on the training slice depend on (also the seed and the slice's rows): a new ``search.lr`` exported the
@@ -225,6 +230,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     if recipe.task.max_eval_samples is not None:
         measure["max_eval_samples"] = recipe.task.max_eval_samples
     protocol = protocol_changes(timing_config(recipe, cfg))
+
     def measured(measure: dict) -> str:
         return fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
                                                                                else {})}, "machine": machine()})
@@ -232,6 +238,9 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     settings = measured(measure)
     modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
                                                            if k != "calibration_samples"}) for m in cfg.modes}
+    scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
+    scored = {m: fingerprint({"train": train_settings, "machine": machine(), "scoring": {
+        k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"}}) for m in cfg.modes}
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
     logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
     out = recipe.run_dir / "search"
@@ -242,7 +251,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     remove_dead_scratch()  # and its quantize/bench scratch folders in the system's temporary folder
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
                    Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings, modes,
-                   teacher_settings, logits_settings)
+                   scored, teacher_settings, logits_settings)
 
 
 # ------------------------------------------------------------------------------------------------ building models
@@ -419,13 +428,15 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
                   "speedup_vs_teacher_fp32": round(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 3),
                   "build": {k: v for k, v in info.items() if k != "settings"},
                   "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.mode_settings[mode],
-                  "created": now_utc()}
+                  "scored_settings": ctx.scored_settings[mode], "created": now_utc()}
         write_json(ctx.out / "candidates" / f"{cid}.json", result)
         out.append(result)
     return out
 
 
-def load_result(ctx: Context, cid: str) -> Optional[dict]:
+def load_result(ctx: Context, cid: str, scored_only: bool = False) -> Optional[dict]:
+    """A finished candidate's record when it still stands; ``scored_only``: when its int8 file and scores do, its
+    timing perhaps not (`Context.scored_settings`)."""
     from teachers.zoo import sha256_file
 
     path = ctx.out / "candidates" / f"{cid}.json"
@@ -440,7 +451,10 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
     mode = result.get("mode") if isinstance(result.get("mode"), str) else None
     # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
     settings = (ctx.mode_settings[mode], ctx.settings) if mode in ctx.mode_settings else ()
-    fresh = (result.get("settings") in settings and result.get("scored_batch") == SHIPPED_BATCH
+    if scored_only:
+        settings = (ctx.scored_settings[mode],) if mode in ctx.scored_settings else ()
+    fresh = (result.get("scored_settings" if scored_only else "settings") in settings
+             and result.get("scored_batch") == SHIPPED_BATCH
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = Path(result.get("file", ""))
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
@@ -450,6 +464,20 @@ def load_result(ctx: Context, cid: str) -> Optional[dict]:
         if key in result and result[key] is None:
             result[key] = float("nan")
     return result
+
+
+def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
+    """Time again, in one pass with the teacher's fp32 reference, candidates whose int8 files and scores still stand
+    (`load_result` ``scored_only``) under this run's timing settings; their records updated and saved."""
+    lat = time_pass(ctx, {"ref": {"kind": "onnx", "path": ref_path},
+                          **{r["id"]: {"kind": "onnx", "path": r["file"]} for r in records}})
+    for r in records:
+        r.update(latency={**lat[r["id"]], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
+                 teacher_fp32_p50_ms_same_pass=lat["ref"]["p50_ms"],
+                 speedup_vs_teacher_fp32=round(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 3),
+                 settings=ctx.mode_settings[r["mode"]], retimed=now_utc())
+        write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
+    return records
 
 
 def near_budget(result: dict, budget_ms: float) -> bool:
@@ -516,10 +544,10 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
           f"{cfg.time_limit_min:g} min", flush=True)
     results: list[dict] = []
     skipped, not_started, stopped = [], [], None
-    reused = measured = 0
+    reused = measured = timed_again = 0
     progress = tqdm(space, desc="search", unit="model")
     for spec in progress:
-        todo = []
+        todo, stale = [], []
         for mode in cfg.modes:
             cid = f"{spec.id}-{mode}"
             old = load_result(ctx, cid)
@@ -527,11 +555,21 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 results.append(old)
                 reused += 1
                 continue
+            scored = load_result(ctx, cid, scored_only=True)
+            if scored is not None:  # made and scored under these settings, timed under others
+                stale.append(scored)
+                continue
             why = skip_reason(spec, mode, cfg.budget_ms, estimate_base(ref, results), results, cfg.skip_margin)
             if why:
                 skipped.append({"id": cid, "reason": why})
             else:
                 todo.append(mode)
+        if stale:
+            for r in retime(ctx, stale, ref["path"]):
+                progress.write(f"[search] {r['id']}: timed again (the int8 model and its scores reused), p50 "
+                               f"{r['latency']['p50_ms']:.2f} ms")
+            results += stale
+            timed_again += len(stale)
         if not todo:
             continue
         elapsed_min = (time.perf_counter() - t_start) / 60.0
@@ -558,7 +596,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     retimed, unconfirmed = confirm_near_budget(ctx, results, cfg.budget_ms, ref["path"],
                                                deadline=t_start + 60.0 * cfg.time_limit_min)
     summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
-                        time.perf_counter() - t_start)
+                        time.perf_counter() - t_start, timed_again)
     summary["retimed"] = retimed
     if unconfirmed:
         summary["unconfirmed"] = unconfirmed
@@ -570,7 +608,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
 
 
 def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], skipped: list, not_started: list,
-              stopped: Optional[str], reused: int, measured: int, wall_s: float) -> dict:
+              stopped: Optional[str], reused: int, measured: int, wall_s: float, timed_again: int = 0) -> dict:
     from compress.bench import spin_protocol
 
     results = sorted(results, key=lambda r: r["latency"]["p50_ms"])
@@ -613,7 +651,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
             "front": [r["id"] for r in front(results)], "teacher_fp32": ref, "candidates": results,
             "skipped": skipped, "not_started": not_started, "stopped": stopped,
             "counts": {"measured": measured, "reused": reused, "skipped": len(skipped),
-                       "not_started": len(not_started)},
+                       "not_started": len(not_started), **({"timed_again": timed_again} if timed_again else {})},
             "settings": {**asdict(cfg), "fingerprint": ctx.settings}, "wall_s": round(wall_s, 1),
             "created": now_utc()}
 

@@ -173,10 +173,14 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert len(models) == 4  # one per model folder (L3 is the teacher itself)
     fourth = run_search(recipe, budget_ms=1000.0)
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
-    # other timing threads: every candidate is timed again, no model is trained again
+    # other timing threads: every candidate is timed again, no model is trained, quantized or scored again
+    int8_files = {p.name: p.stat().st_mtime_ns for p in (out / "int8").glob("*.onnx")}
     fifth = run_search(recipe, budget_ms=1000.0, threads=2)
-    assert fifth["counts"]["measured"] == 4 and fifth["threads"] == 2
+    assert fifth["counts"]["measured"] == 0 and fifth["counts"]["timed_again"] == 4 and fifth["threads"] == 2
+    assert all(r["latency"]["threads"] == 2 for r in fifth["candidates"])
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "int8").glob("*.onnx")} == int8_files
+    assert run_search(recipe, budget_ms=1000.0, threads=2)["counts"]["reused"] == 4  # and stands
     # fewer dev rows scored (task.max_eval_samples): every candidate is measured again, no model is trained again
     sixth = run_search(load_recipe(path, {"task.max_eval_samples": 32}), budget_ms=1000.0, threads=2)
     assert sixth["counts"]["measured"] == 4
@@ -543,7 +547,7 @@ def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, m
     def ctx(settings, value):
         monkeypatch.setattr(prune_stage, "logits_of", lambda *a: torch.full((4, 2), value))
         return search.Context(None, None, tmp_path, None, teacher, None, None, [0] * 4, *[None] * 4, "s", settings, {},
-                              "t", settings)
+                              {}, "t", settings)
 
     assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
 
