@@ -78,8 +78,9 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         ds = _hub_class_labels(cfg, spec, hub_split, ds)
     elif spec.labels is not None and _numbered(spec.labels) and str(ds.features["label"].dtype).startswith(
             ("int", "uint")):  # labels "1", "0": the value 1 is the label named "1", as in local files, not index 1
-        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split,
-                                                   None if r["label"] is None else str(r["label"]))})
+        named = {int(x): x for x in spec.labels}  # "+1" names the value 1 too
+        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, None if r["label"] is None
+                                                   else named.get(r["label"], str(r["label"])))})
     _check_hub_rows(cfg, spec, hub_split, ds, {v: k for k, v in keep.items()})
     return ds
 

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -28,12 +29,14 @@ def task_kwargs(spec: TaskSpec) -> dict:
             "id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
 
 
-def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False):
+def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,
+                  loading: Optional[dict] = None):
     """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
     not asked for: a student with a tokenizer of its own). A head of the task's label count is kept as the start of
     training, its outputs put in the task's label order where its config names the task's labels in another order;
     a head of another count is replaced. ``keep_head``: the model is already fine-tuned on the task
-    (`finetuned_head`): its own trained head is kept, not replaced."""
+    (`finetuned_head`): its own trained head is kept, not replaced. ``loading``: filled with ``new_head``, whether
+    the prediction layer was initialised anew (none of the task's shape in the checkpoint)."""
     hub.check(model, f"model {model!r}")
     source, offline = resolve(model), hub.load_kwargs(model)
     try:
@@ -78,6 +81,9 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     if misfits:  # ignore_mismatched_sizes is for the head: an encoder weight would be re-initialised at random
         raise CompressError(_misfit(model, misfits))
     replaced = [k for k in mismatched if k not in misfits]
+    if loading is not None:
+        missing = [k for k in info.get("missing_keys") or [] if k.split(".")[0] in ("classifier", "pre_classifier")]
+        loading["new_head"] = bool(missing or replaced)
     if replaced:  # the silenced "newly initialized" note, where it matters: a trained head is dropped
         log.warning("%s: its classification head has another number of outputs than the task's %d: %s "
                     "initialised anew (the trained weights are not used)", model, task_kwargs(spec)["num_labels"],

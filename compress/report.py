@@ -656,8 +656,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                                          if v[0] is not None} or None,
                             per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))
         _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
-        reference = next(r.name for r in rows if r.reference)
-        for row in rows:
+        reference = next((r.name for r in rows if r.reference), None)  # none timed: no speedup
+        for row in rows if reference is not None else []:
             for threads in row.latency:
                 ratios = _seed_speedups(group, row.name, reference, threads)
                 if ratios:

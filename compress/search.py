@@ -552,6 +552,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             cid = f"{spec.id}-{mode}"
             old = load_result(ctx, cid)
             if old is not None:
+                if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
+                    write_json(ctx.out / "candidates" / f"{cid}.json", {**old, "scored_settings":  # so that another
+                               ctx.scored_settings[mode]})  # --threads re-times it (it was re-made each time)
                 results.append(old)
                 reused += 1
                 continue
@@ -564,6 +567,11 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 skipped.append({"id": cid, "reason": why})
             else:
                 todo.append(mode)
+        elapsed_min = (time.perf_counter() - t_start) / 60.0
+        if stale and elapsed_min >= cfg.time_limit_min:  # no timing pass starts after the limit either
+            stopped = f"time limit {cfg.time_limit_min:g} min reached after {elapsed_min:.1f} min"
+            not_started += [r["id"] for r in stale]
+            stale = []
         if stale:
             for r in retime(ctx, stale, ref["path"]):
                 progress.write(f"[search] {r['id']}: timed again (the int8 model and its scores reused), p50 "
@@ -707,7 +715,9 @@ def markdown(summary: dict, png: Optional[str]) -> str:
              f"{summary['threads']} thread(s), "
              f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
              f"Wall time {summary['wall_s']:.0f} s; measured {summary['counts']['measured']}, reused "
-             f"{summary['counts']['reused']}, skipped {summary['counts']['skipped']}, not started "
+             f"{summary['counts']['reused']}"
+             + (f", timed again {summary['counts']['timed_again']}" if summary["counts"].get("timed_again") else "")
+             + f", skipped {summary['counts']['skipped']}, not started "
              f"{summary['counts']['not_started']}." + (f" Stopped: {summary['stopped']}." if summary["stopped"] else "")
              + f" A candidate within {OVER_BUDGET_SLACK:g}x of the budget either side is timed in {NEAR_BUDGET_PASSES} "
                f"passes: its p50, p90 and speedup are the medians (marked: median of N).",

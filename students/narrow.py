@@ -55,7 +55,12 @@ def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: i
 
 def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Module, object, Optional[list[int]]]:
     """A general-distilled checkpoint with a fresh head, truncated as asked; its tokenizer; the layers kept."""
-    model, tokenizer = load_for_task(spec.init, task, tokenizer=spec.tokenizer is None)
+    loading: dict = {}
+    model, tokenizer = load_for_task(spec.init, task, tokenizer=spec.tokenizer is None, loading=loading)
+    if loading.get("new_head") and spec.distill.kd_weight == 0 and spec.distill.hard_label_weight == 0:
+        raise CompressError(f"student {spec.name}: distill.kd_weight and hard_label_weight are both 0, and "
+                            f"{spec.init!r} has no trained head for this task: its new prediction layer would stay "
+                            f"as initialised; give one of them a weight > 0")
     cfg = model.config
     for key, have in (("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
                       ("ffn", getattr(cfg, "intermediate_size", None)), ("vocab_size", cfg.vocab_size)):

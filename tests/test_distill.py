@@ -433,11 +433,22 @@ def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_grad
     now = dict(student.model.named_parameters())
     assert head and all(torch.equal(now[n], v) for n, v in head.items())
     assert any(not torch.equal(now[n], v) for n, v in encoder.items())
-    matches = resolve_matches(alone.distill, teacher.config, student.model.config)
-    d = Distiller(student.model, matches, 32)
-    loss, logs = KDObjective(teacher, alone.distill, matches, False)(d, batch)
-    loss.backward()
-    assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == []
+    for features in (["hidden"], ["attention"]):  # attention matches alone leave the last layer's FFN out of them
+        alone.distill.layer_map_features = features
+        student = build_student(alone, teacher, tokenizer, data.spec)
+        distill(teacher, tokenizer, student, alone, data, max_length=32, seed=0)
+        matches = resolve_matches(alone.distill, teacher.config, student.model.config)
+        d = Distiller(student.model, matches, 32)
+        loss, logs = KDObjective(teacher, alone.distill, matches, False)(d, batch)
+        loss.backward()
+        assert [n for n, p in d.named_parameters() if p.requires_grad and p.grad is None] == [], features
+    # a narrow student from a checkpoint without a trained head (by folder, not a zoo name): nothing would train it
+    from teachers.zoo import resolve
+
+    headless = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "init": str(resolve("minilm-l6")),
+                                         "layers": 1, "distill": dataclasses.asdict(alone.distill)})
+    with pytest.raises(CompressError, match=r"student s: distill\.kd_weight and hard_label_weight are both 0, and "):
+        build_student(headless, teacher, tokenizer, data.spec)
     # layer_map_weight 0 generates nothing; two_step then has nothing to train its first step on
     off = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_weight": 0.0})
     assert resolve_matches(off, teacher.config, student.model.config) == []

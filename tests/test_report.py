@@ -1072,6 +1072,11 @@ def test_merged_seeds_share_one_reference_and_group_by_machine():
     assert "the mean of each seed run's own ratio" in note(table) and "own ratio" not in note(run(42, "A"))
     tables = merge_seeds([run(42, "A"), run(43, "B"), run(44, "B")])
     assert [t.provenance["seeds"] for t in tables] == [[42], [43, 44]]
+    untimed = [run(42, "A"), run(43, "A")]  # no latency at all (no bench stage, report.measure off): no reference
+    for t in untimed:
+        t.rows = [r for r in t.rows if r.fmt == "torch"]
+    table, = merge_seeds(untimed)
+    assert not any(r.reference for r in table.rows) and table.speedup(table.rows[0], 2) is None
 
 
 def test_the_report_keeps_its_own_timings_on_the_machine_that_took_them_only(tmp_path, monkeypatch):

@@ -173,7 +173,15 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert len(models) == 4  # one per model folder (L3 is the teacher itself)
     fourth = run_search(recipe, budget_ms=1000.0)
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
-    # other timing threads: every candidate is timed again, no model is trained, quantized or scored again
+    # other timing threads: every candidate is timed again, no model is trained, quantized or scored again; records
+    # of before that (no scored_settings) are stamped when reused, else they were re-made at every new --threads
+    for record in (out / "candidates").glob("*.json"):
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items()
+                                      if k != "scored_settings"}))
+    assert run_search(recipe, budget_ms=1000.0)["counts"]["reused"] == 4
+    assert all("scored_settings" in json.loads(r.read_text()) for r in (out / "candidates").glob("*.json"))
+    limited = run_search(recipe, budget_ms=1000.0, threads=2, time_limit_min=0.0)  # no timing pass after the limit
+    assert limited["counts"]["not_started"] == 4 and "timed_again" not in limited["counts"]
     int8_files = {p.name: p.stat().st_mtime_ns for p in (out / "int8").glob("*.onnx")}
     fifth = run_search(recipe, budget_ms=1000.0, threads=2)
     assert fifth["counts"]["measured"] == 0 and fifth["counts"]["timed_again"] == 4 and fifth["threads"] == 2

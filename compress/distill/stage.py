@@ -157,8 +157,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             n = dcfg.intermediate_max_steps  # as steps (one has a step at least), never fewer than the epochs gave
             cfg = dataclasses.replace(cfg, max_steps=n, epochs=float(n))
         step_matches = matches if use_matches else []
-        if use_logits and dcfg.kd_weight == 0 and dcfg.hard_label_weight == 0:  # intermediate matches alone: a
-            # layer-drop student keeps the teacher's head (a narrow one, whose head is new, is refused)
+        if use_logits and dcfg.kd_weight == 0 and dcfg.hard_label_weight == 0:  # intermediate matches alone: the
+            # student keeps its trained head (a new one is refused: config, students.narrow)
             log.info("%s: no logit loss: %s kept as they are", spec.name, ", ".join(freeze_head(student.model)))
         distiller = Distiller(student.model, step_matches, teacher.config.hidden_size)
         done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
