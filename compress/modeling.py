@@ -59,8 +59,10 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
         from compress.prune import uniform_ffn
 
         if not uniform_ffn(config):  # stock from_pretrained cannot rebuild per-layer FFN widths
-            return _per_layer_widths(model, source, config, spec, keep_head), tokenizer
-    if keep_head:
+            return _per_layer_widths(model, source, config, spec, keep_head, loading), tokenizer
+    if keep_head:  # its own trained head, or refused
+        if loading is not None:
+            loading["new_head"] = False
         return finetuned_head(model, source, config, spec, offline), tokenizer
     order = head_order(_head_names(config), spec.labels)  # a trained head of the task's labels in another order
     for key, value in task_kwargs(spec).items():
@@ -94,7 +96,8 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     return model_obj, tokenizer
 
 
-def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head: bool):
+def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head: bool,
+                      loading: Optional[dict] = None):
     """A folder pruned to per-layer FFN widths (a prune stage's output) for the task ``spec``, loaded as
     `load_trained` does (`compress.prune.load_pruned`: every saved weight, strictly), then fitted to the task as
     `load_for_task` fits any model: ``keep_head`` as `finetuned_head` (its head must fit the task), else its head kept
@@ -106,6 +109,8 @@ def _per_layer_widths(model: str, source: str, config, spec: TaskSpec, keep_head
     where = f"model {model!r}" + (" (teacher.finetune: false)" if keep_head else "")
     if keep_head and problem:
         raise CompressError(f"{where}: {problem}")
+    if loading is not None:
+        loading["new_head"] = bool(problem)
     if keep_head and warning:
         log.warning("%s: %s", where, warning)
     try:
@@ -281,8 +286,8 @@ def save_atomic(model, tokenizer, folder: Path, records: dict[str, object]) -> N
 
 def freeze_head(model: torch.nn.Module) -> list[str]:
     """Stop training a classifier's prediction layer and pooler (everything outside its base model, and the base
-    model's pooler): a layer-drop student trained on intermediate matches alone keeps the teacher's. Frozen, they are
-    neither waited for by DDP nor decayed by AdamW's weight decay (a zero gradient would be). Returns their names."""
+    model's pooler): a student trained on intermediate matches alone keeps its trained head as it is. Returns their
+    names."""
     base = model.base_model
     inside = {id(p) for p in base.parameters()}
     pooler = getattr(base, "pooler", None)

@@ -553,8 +553,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             old = load_result(ctx, cid)
             if old is not None:
                 if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
-                    write_json(ctx.out / "candidates" / f"{cid}.json", {**old, "scored_settings":  # so that another
-                               ctx.scored_settings[mode]})  # --threads re-times it (it was re-made each time)
+                    old["scored_settings"] = ctx.scored_settings[mode]  # so that another --threads re-times it (it
+                    write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
                 results.append(old)
                 reused += 1
                 continue

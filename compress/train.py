@@ -83,12 +83,14 @@ def fit(
     group_by_length: bool = True,
     checkpoint_dir: Optional[Path] = None,
     desc: str = "train",
+    unused_parameters: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``train_ds`` (modules trained with it, like distillation's projections, are submodules of
     it: `compress.distill.objective.Distiller`); the best held-out state is loaded back into ``model`` at the end.
-    ``evaluate(model) -> {metric: value}``: the first metric selects."""
+    ``evaluate(model) -> {metric: value}``: the first metric selects. ``unused_parameters``: the objective may leave
+    trained parameters without a gradient (`_accelerator`)."""
     precision = resolve_precision(cfg.precision)
-    accelerator = _accelerator(precision, cfg.grad_accum)
+    accelerator = _accelerator(precision, cfg.grad_accum, unused_parameters)
     set_seed(seed)
     modules = {"model": model}
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
@@ -276,10 +278,14 @@ def _drop_autocast_forward(model: torch.nn.Module) -> torch.nn.Module:
 _WARNED: set = set()
 
 
-def _accelerator(precision: str, grad_accum: int) -> Accelerator:
+def _accelerator(precision: str, grad_accum: int, unused_parameters: bool = False) -> Accelerator:
     """An Accelerator for one fit. Accelerate keeps one global state per process and refuses a second Accelerator
     with another mixed precision; stages of one pipeline run may differ (a bf16 teacher, an fp32 recovery), so that
-    state is rebuilt when the precision changes (the process group, PartialState, is kept)."""
+    state is rebuilt when the precision changes (the process group, PartialState, is kept). ``unused_parameters``:
+    the loss may leave trained parameters without a gradient (DDP then looks for them each step instead of waiting
+    for their reduction forever; a weight-0 term reaching them instead would have AdamW decay them)."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
     from accelerate.state import AcceleratorState
 
     mixed = "bf16" if precision == "bf16" else "no"
@@ -291,7 +297,8 @@ def _accelerator(precision: str, grad_accum: int) -> Accelerator:
     shared = AcceleratorState._shared_state
     if shared and str(shared.get("_mixed_precision")) != mixed:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers)
 
 
 def main_process_writes(write: Callable[[], None]) -> None:

@@ -53,8 +53,10 @@ def test_a_folder_with_a_head_of_another_size_gets_a_fresh_one(tiny_bert_dir, ca
     from compress.tasks import TaskSpec
 
     three = TaskSpec("x", "", "text", None, "label", ["a", "b", "c"], ["accuracy"])
+    loading = {}
     with caplog.at_level(logging.WARNING, logger="compress.modeling"):
-        model, _ = load_for_task(str(tiny_bert_dir), three)
+        model, _ = load_for_task(str(tiny_bert_dir), three, loading=loading)
+    assert loading == {"new_head": True}
     assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert f"{tiny_bert_dir}: its classification head has another number of outputs than the task's 3" in caplog.text
     caplog.clear()
@@ -652,7 +654,12 @@ def test_a_folder_pruned_to_per_layer_widths_loads_for_the_task(tiny_bert_dir, t
         with torch.no_grad():
             assert torch.equal(loaded(input_ids=ids).logits, expected.logits)
         assert loaded.config.id2label == {0: "0", 1: "1"}
-    three, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"])
+    loading = {}
+    three, _ = load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["mnli"], loading=loading)
+    assert loading == {"new_head": True}  # what a narrow student of it with no logit loss is refused on
+    loading = {}
+    load_for_task(str(tmp_path / "pruned"), GLUE_TASKS["sst2"], loading=loading)
+    assert loading == {"new_head": False}
     with torch.no_grad():
         out = three.eval()(input_ids=ids, output_hidden_states=True)
         ref = model(input_ids=ids, output_hidden_states=True)

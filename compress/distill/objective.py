@@ -156,8 +156,6 @@ class KDObjective:
                 terms["kd"] = (kd, self.cfg.kd_weight)
             terms["hard"] = (hard_label_loss(s_logits, batch["labels"], batch.get("gold")),
                              self.cfg.hard_label_weight)
-            if self.cfg.kd_weight <= 0 and self.cfg.hard_label_weight <= 0:  # intermediate matches alone (the head
-                terms["keep_graph"] = (s_logits.sum() * 0.0, 1.0)  # frozen): the layers no match reaches (DDP)
         else:
             terms["keep_graph"] = (out.logits.sum() * 0.0, 1.0)  # every parameter in the graph (DDP)
         if use:

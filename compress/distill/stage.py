@@ -157,8 +157,10 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             n = dcfg.intermediate_max_steps  # as steps (one has a step at least), never fewer than the epochs gave
             cfg = dataclasses.replace(cfg, max_steps=n, epochs=float(n))
         step_matches = matches if use_matches else []
-        if use_logits and dcfg.kd_weight == 0 and dcfg.hard_label_weight == 0:  # intermediate matches alone: the
-            # student keeps its trained head (a new one is refused: config, students.narrow)
+        # intermediate matches alone: the student keeps its trained head (a new one is refused: config,
+        # students.narrow), and the layers no match reaches get no gradient (DDP told to expect that)
+        alone = use_logits and dcfg.kd_weight == 0 and dcfg.hard_label_weight == 0
+        if alone:
             log.info("%s: no logit loss: %s kept as they are", spec.name, ", ".join(freeze_head(student.model)))
         distiller = Distiller(student.model, step_matches, teacher.config.hidden_size)
         done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
@@ -209,7 +211,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         fits[name] = fit(distiller, train, KDCollator(collator), cfg, seed=seed, objective=objective,
                          evaluate=evaluate_fn, group_by_length=group_by_length,
                          checkpoint_dir=ckdir / name if ckdir is not None else None,
-                         desc=f"distill {spec.name}" + (f" ({name})" if name != "joint" else ""))
+                         desc=f"distill {spec.name}" + (f" ({name})" if name != "joint" else ""),
+                         unused_parameters=alone)
         timing["train_s"] += time.perf_counter() - t0
         if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
             def write_marker(marker=done_marker):
