@@ -1,7 +1,7 @@
 """Run by tests/test_distill.py under `accelerate launch` (2 CPU processes) and as 1 process: a tiny distillation
 with logit + hidden-state KD; the main process saves the student's final weights to argv[2]. argv[3] "alone": a
 layer-drop student trained on attention matches alone (no logit loss: its head, and its last layer's FFN, get no
-gradient)."""
+gradient); "two_step": a narrow student, TinyBERT's two steps (the first without a logit loss)."""
 
 import sys
 from pathlib import Path
@@ -21,7 +21,7 @@ from students import build_student  # noqa: E402
 from teachers.zoo import resolve  # noqa: E402
 
 
-def main(batch_size: int, out: str, alone: bool = False) -> None:
+def main(batch_size: int, out: str, mode: str = "") -> None:
     state = process_state()  # before fit's Accelerator: the state is shared (the CPU's under ACCELERATE_USE_CPU)
     tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
     torch.manual_seed(0)
@@ -39,7 +39,9 @@ def main(batch_size: int, out: str, alone: bool = False) -> None:
                                           "loss": "kl"}]},  # 4 vs 2 heads: averaged
                                      "train": {"batch_size": batch_size, "max_steps": 4, "lr": 1.0e-3,
                                                "warmup_ratio": 0.0}})
-    if alone:
+    if mode == "two_step":
+        spec.distill.two_step, spec.distill.intermediate_max_steps = True, 3
+    if mode == "alone":
         spec = from_dict(StudentConfig, {"name": "s", "layers": 2, "distill": {
             "kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform", "layer_map_features": ["attention"]},
             "train": {"batch_size": batch_size, "max_steps": 4, "lr": 1.0e-3, "warmup_ratio": 0.0}})
@@ -56,4 +58,4 @@ def main(batch_size: int, out: str, alone: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["alone"])
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")

@@ -300,6 +300,12 @@ def test_ddp_trains_a_student_on_matches_alone_and_leaves_what_they_do_not_reach
     assert kept and all(torch.equal(init[k], done[k]) for k in kept)
     assert not torch.equal(init["bert.encoder.layer.1.attention.self.query.weight"],
                            done["bert.encoder.layer.1.attention.self.query.weight"])
+    # TinyBERT's first step has no logit loss either: the head gets no gradient there (a weight-0 term had AdamW
+    # decay it), and DDP expects that
+    two = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29519", str(worker), "4",
+                          str(tmp_path / "steps.safetensors"), "two_step"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
 
 
 def test_logit_only_kd_runs_the_teacher_once_per_row_ahead_of_training(glue_dir, tokenizer):

@@ -156,8 +156,8 @@ class KDObjective:
                 terms["kd"] = (kd, self.cfg.kd_weight)
             terms["hard"] = (hard_label_loss(s_logits, batch["labels"], batch.get("gold")),
                              self.cfg.hard_label_weight)
-        else:
-            terms["keep_graph"] = (out.logits.sum() * 0.0, 1.0)  # every parameter in the graph (DDP)
+        # no logit loss (two_step's first step, or matches alone): the head and the layers no match reaches get no
+        # gradient, left as they are (fit(unused_parameters=True) for DDP; a weight-0 term had AdamW decay them)
         if use:
             terms.update(self._intermediate(batch, out, projected, t_hidden, t_att, use))
         return combine(terms)

@@ -212,7 +212,7 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                          evaluate=evaluate_fn, group_by_length=group_by_length,
                          checkpoint_dir=ckdir / name if ckdir is not None else None,
                          desc=f"distill {spec.name}" + (f" ({name})" if name != "joint" else ""),
-                         unused_parameters=alone)
+                         unused_parameters=alone or not use_logits)
         timing["train_s"] += time.perf_counter() - t0
         if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
             def write_marker(marker=done_marker):
