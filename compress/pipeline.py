@@ -119,12 +119,11 @@ def _distill_variant(recipe: Recipe) -> Optional[str]:
     settings = [dataclasses.astuple(s.distill.augment) for s in recipe.students or []
                 if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
     exact = any(s.distill.intermediate_max_steps is not None for s in recipe.students or [])
-    # a step without a logit loss (two_step's first, matches alone) decayed the weights no loss reached (2026-12-05)
-    undecayed = any(s.distill.two_step or (s.distill.kd_weight == 0 and s.distill.hard_label_weight == 0)
-                    for s in recipe.students or [])
+    # two_step's first step (no logit loss) had AdamW decay the weights no loss reached (2026-12-05)
+    undecayed = any(s.distill.two_step for s in recipe.students or [])
     return _variants("augment-per-student" if len(settings) > len(set(settings)) else None,
                      _accumulates(*(s.train for s in recipe.students or [])),
-                     "intermediate-steps-exact" if exact else None, "no-logit-step-undecayed" if undecayed else None)
+                     "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None)
 
 
 def _prune_variant(recipe: Recipe) -> Optional[str]:

@@ -231,15 +231,17 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
         measure["max_eval_samples"] = recipe.task.max_eval_samples
     protocol = protocol_changes(timing_config(recipe, cfg))
 
+    here = machine()
+
     def measured(measure: dict) -> str:
         return fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
-                                                                               else {})}, "machine": machine()})
+                                                                               else {})}, "machine": here})
 
     settings = measured(measure)
     modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
                                                            if k != "calibration_samples"}) for m in cfg.modes}
     scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
-    scored = {m: fingerprint({"train": train_settings, "machine": machine(), "scoring": {
+    scored = {m: fingerprint({"train": train_settings, "machine": here, "scoring": {
         k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"}}) for m in cfg.modes}
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
     logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
@@ -434,41 +436,41 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     return out
 
 
-def load_result(ctx: Context, cid: str, scored_only: bool = False) -> Optional[dict]:
-    """A finished candidate's record when it still stands; ``scored_only``: when its int8 file and scores do, its
-    timing perhaps not (`Context.scored_settings`)."""
+def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
+    """A finished candidate's record when its int8 file and scores still stand (else None), and whether its timing
+    does too (`Context.mode_settings`; else only `Context.scored_settings` match: `retime` it)."""
     from teachers.zoo import sha256_file
 
     path = ctx.out / "candidates" / f"{cid}.json"
     if not path.is_file():
-        return None
+        return None, False
     try:
         result = read_json(path)
     except ValueError:  # a torn file cannot happen with atomic writes, but a hand-edited one can
-        return None
+        return None, False
+    mode = result.get("mode") if isinstance(result.get("mode"), str) else None
+    if mode not in ctx.mode_settings:
+        return None, False
+    # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
+    timed = result.get("settings") in (ctx.mode_settings[mode], ctx.settings)
     # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
     # again: its batched score is not the shipped model's
-    mode = result.get("mode") if isinstance(result.get("mode"), str) else None
-    # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
-    settings = (ctx.mode_settings[mode], ctx.settings) if mode in ctx.mode_settings else ()
-    if scored_only:
-        settings = (ctx.scored_settings[mode],) if mode in ctx.scored_settings else ()
-    fresh = (result.get("scored_settings" if scored_only else "settings") in settings
+    fresh = ((timed or result.get("scored_settings") == ctx.scored_settings[mode])
              and result.get("scored_batch") == SHIPPED_BATCH
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = Path(result.get("file", ""))
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
     if not (fresh and path.is_file() and sha256_file(path) == result.get("sha256")):
-        return None
+        return None, False
     for key in ("metric", "select_metric"):  # a nan score is saved as null (strict JSON): nan again, as scored
         if key in result and result[key] is None:
             result[key] = float("nan")
-    return result
+    return result, timed
 
 
 def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
     """Time again, in one pass with the teacher's fp32 reference, candidates whose int8 files and scores still stand
-    (`load_result` ``scored_only``) under this run's timing settings; their records updated and saved."""
+    (`load_result`) under this run's timing settings; their records updated and saved."""
     lat = time_pass(ctx, {"ref": {"kind": "onnx", "path": ref_path},
                           **{r["id"]: {"kind": "onnx", "path": r["file"]} for r in records}})
     for r in records:
@@ -550,17 +552,16 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         todo, stale = [], []
         for mode in cfg.modes:
             cid = f"{spec.id}-{mode}"
-            old = load_result(ctx, cid)
+            old, timed = load_result(ctx, cid)
+            if old is not None and not timed:  # made and scored under these settings, timed under others
+                stale.append(old)
+                continue
             if old is not None:
                 if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
                     old["scored_settings"] = ctx.scored_settings[mode]  # so that another --threads re-times it (it
                     write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
                 results.append(old)
                 reused += 1
-                continue
-            scored = load_result(ctx, cid, scored_only=True)
-            if scored is not None:  # made and scored under these settings, timed under others
-                stale.append(scored)
                 continue
             why = skip_reason(spec, mode, cfg.budget_ms, estimate_base(ref, results), results, cfg.skip_margin)
             if why:

@@ -284,9 +284,8 @@ def _accelerator(precision: str, grad_accum: int, unused_parameters: bool = Fals
     state is rebuilt when the precision changes (the process group, PartialState, is kept). ``unused_parameters``:
     the loss may leave trained parameters without a gradient (DDP then looks for them each step instead of waiting
     for their reduction forever; a weight-0 term reaching them instead would have AdamW decay them)."""
-    from accelerate.utils import DistributedDataParallelKwargs
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     mixed = "bf16" if precision == "bf16" else "no"
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
