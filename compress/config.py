@@ -967,7 +967,8 @@ class SearchConfig:
     keep_macs: list[float] = field(default_factory=lambda: [1.0, 0.5])
     """Width: fraction of each student's encoder MACs kept by pruning heads and FFN neurons (1.0: not pruned)."""
     modes: list[Literal["dynamic", "static"]] = field(default_factory=lambda: ["dynamic", "static"])
-    """int8 modes tried for every model (as in the quantize stage; static: minmax calibration)."""
+    """int8 modes tried for every model, quantized as the recipe's `quantize:` section says (per channel, weight
+    types, calibration method...; the defaults without one), with no accuracy guard (every node int8)."""
     train_steps: int = 100
     """Distillation steps per student (logit KD from the teacher + 0.5 x cross-entropy): ~1 min on 2 CPU cores."""
     recover_steps: int = 50
@@ -977,7 +978,7 @@ class SearchConfig:
     lr: float = 1.0e-4
     """Peak learning rate of the distillation and recovery steps (10% linear warm-up, then linear decay)."""
     calibration_samples: int = 128
-    """Training rows for static int8 ranges."""
+    """Training rows for static int8 ranges (instead of `quantize.calibration.samples`)."""
     dev_rows: int = 100
     """Dev sentences timed one at a time per candidate (the accuracy is always measured on all of dev)."""
     skip_margin: float = 3.0

@@ -580,9 +580,13 @@ def _mark_reference(rows: Sequence[Row]) -> None:
 
 
 def _timed_on(table: RunTable) -> Optional[str]:
-    """The CPU and core count a run's latencies were timed on, from its protocol (None when it records none)."""
+    """The CPU, core count and onnxruntime version a run's latencies were timed with, from its protocol and the
+    bench's versions (the teacher stage's when the bench ran under the same); None when it records no CPU."""
     protocol = table.provenance.get("protocol") or {}
-    return f"{protocol['cpu']} x{protocol.get('cores', '?')}" if protocol.get("cpu") else None
+    versions = table.provenance.get("bench versions") or table.provenance.get("versions") or {}
+    ort = versions.get("onnxruntime") if isinstance(versions, dict) else None
+    return (f"{protocol['cpu']} x{protocol.get('cores', '?')}" + (f" with onnxruntime {ort}" if ort else "")
+            if protocol.get("cpu") else None)
 
 
 def _seed_speedups(group: Sequence[RunTable], name: str, reference: str, threads: int) -> list[float]:
@@ -1185,6 +1189,17 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
     if len(metrics) > 1:
         out.append(f"the runs report different metrics ({', '.join(f'{t.run}: {t.metric_name}' for t in tables)}), "
                    f"drawn on one axis")
+    timed = [t for t in tables if t.threads]
+    if threads is None and len({t.headline_threads for t in timed}) > 1:
+        common = set.intersection(*(set(t.threads) for t in timed))
+        out.append("the runs are plotted and compared at different thread counts ("
+                   + ", ".join(f"{t.run}: {t.headline_threads}" for t in timed) + "), on one latency axis; "
+                   + (f"give --threads {max(common)} (report.threads) to draw all at one" if common else
+                      "no thread count was benchmarked by all of them"))
+    machines = {t.run: _timed_on(t) for t in timed if _timed_on(t)}
+    if len(set(machines.values())) > 1:
+        out.append("the runs were timed on different machines (" + "; ".join(f"{r}: {m}" for r, m in machines.items())
+                   + "): their latencies, drawn on one axis, compare the machines as much as the models")
     return out
 
 

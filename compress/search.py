@@ -2,7 +2,8 @@
 
 The space (recipe section ``search:``, `SearchConfig`): depth (layer-drop students of the run's fine-tuned teacher,
 layers evenly spaced, `students.layer_drop`), width (structured pruning of heads and FFN neurons to a fraction of the
-encoder MACs, `compress.prune`) and int8 mode (`compress.quantize`). A model is built once and quantized in every
+encoder MACs, `compress.prune`) and int8 mode (`compress.quantize`, under the recipe's `quantize:` settings,
+`int8_config`). A model is built once and quantized in every
 mode; a candidate is one (model, mode).
 
 Each depth's layer-drop student is distilled briefly (``train_steps``): logit KD against the teacher's logits on a
@@ -18,14 +19,14 @@ held-out rows, so its dev figure is not one it was selected on (a task with ``ho
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
 by ``skip_margin``, or when a measured candidate of the same mode, no deeper and pruned no less, was already over
-budget. A
-candidate within timing noise of the budget is timed in `NEAR_BUDGET_PASSES` passes and decided on the median.
+budget (x 1.1). A candidate near the budget (`near_budget`: one noisy pass could put it on the wrong side) is timed in
+`NEAR_BUDGET_PASSES` passes as soon as it is measured and decided on the median, before it can rule out others.
 
 Resumable: every finished candidate is one JSON file under ``runs/<recipe>/search/candidates/`` (written atomically,
 with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
 reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
 re-measuring; other timing threads, timed rows or timing protocol re-time the int8 files (`retime`), their scores
-kept; other calibration rows (static int8) or another machine (CPU, cores, onnxruntime) re-quantize and re-score
+kept; other calibration rows (static int8), other `quantize:` settings (`int8_changes`) or another machine (CPU, cores, onnxruntime) re-quantize and re-score
 without retraining). Bounded: no new
 model starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
 ``pareto.png`` (the report's plot).
@@ -59,9 +60,12 @@ log = logging.getLogger(__name__)
 OVER_BUDGET_SLACK = 1.1
 """A measured candidate dominates larger ones only when it is over budget by more than timing noise."""
 NEAR_BUDGET_PASSES = 3
-"""Timing passes behind the p50 of a candidate within timing noise of the budget (p50 between budget / 1.1 and
-budget x 1.1 after its first pass): its p50 is the median of the passes' p50s, so that one noisy pass does not decide
-whether it fits."""
+"""Timing passes behind the p50 of a candidate near the budget (`near_budget`): its p50 is the median of the passes'
+p50s, so that one noisy pass does not decide whether it fits, nor whether it rules out the larger candidates."""
+NEAR_BUDGET_OVER = 1.5
+"""How far over the budget a first pass still counts as near it: a pass on a briefly loaded machine can read a
+candidate that fits as up to this much over (and over budget x `OVER_BUDGET_SLACK`, it would also have ruled out every
+larger candidate of its mode unmeasured, `skip_reason`)."""
 
 
 # ------------------------------------------------------------------------------------------------ the space
@@ -233,16 +237,21 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
 
     here = machine()
 
-    def measured(measure: dict) -> str:
+    int8 = {m: int8_changes(recipe, m) for m in ("dynamic", "static")}  # {} for a recipe of the defaults
+
+    def measured(measure: dict, mode: str = "static") -> str:
         return fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
-                                                                               else {})}, "machine": here})
+                                                                               else {}),
+                                                                 **({"int8": int8[mode]} if int8[mode] else {})},
+                            "machine": here})
 
     settings = measured(measure)
     modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
-                                                           if k != "calibration_samples"}) for m in cfg.modes}
+                                                           if k != "calibration_samples"}, m) for m in cfg.modes}
     scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
     scored = {m: fingerprint({"train": train_settings, "machine": here, "scoring": {
-        k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"}}) for m in cfg.modes}
+        **{k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"},
+        **({"int8": int8[m]} if int8[m] else {})}}) for m in cfg.modes}
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
     logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
     out = recipe.run_dir / "search"
@@ -370,6 +379,37 @@ def protocol_changes(bcfg: BenchConfig) -> dict:
     return {k: getattr(bcfg, k) for k in PROTOCOL_KEYS if getattr(bcfg, k) != getattr(default, k)}
 
 
+INT8_KEYS = {"dynamic": ("per_channel", "reduce_range", "weight_type", "optimize", "parity_atol",
+                         "parity_min_agreement"),
+             "static": ("per_channel", "reduce_range", "weight_type", "optimize", "parity_atol", "parity_min_agreement",
+                        "activation_type", "format", "calibration.method", "calibration.percentile")}
+"""The recipe's `quantize:` settings that shape a search candidate's int8 model (or whether its export passes), by
+mode; the search's own ``modes`` and ``calibration_samples`` replace the stage's, and it runs no accuracy guard."""
+
+
+def int8_config(recipe: Recipe, cfg: SearchConfig) -> QuantizeConfig:
+    """How the search quantizes: the recipe's `quantize:` section (the defaults without one), so that a candidate is
+    the int8 model the quantize stage would make of it (it quantized with the defaults whatever the recipe said, e.g.
+    per tensor or 7-bit weights for a CPU without VNNI), with the search's modes and calibration rows, no accuracy
+    guard (max_drop 100 points: every node int8) and no .ort copy."""
+    base = recipe.quantize or QuantizeConfig()
+    return replace(base, source=None, modes=list(cfg.modes), max_drop=100.0, sensitivity_rows=1, ort_format=False,
+                   guard_rows="dev", calibration=replace(base.calibration, samples=cfg.calibration_samples))
+
+
+def int8_changes(recipe: Recipe, mode: str) -> dict:
+    """The `INT8_KEYS` of ``mode`` the recipe sets to other than their defaults (part of its candidates' settings
+    only then: a search folder quantized under the defaults keeps its candidates)."""
+    mine, default = recipe.quantize or QuantizeConfig(), QuantizeConfig()
+
+    def get(c, key):
+        for part in key.split("."):
+            c = getattr(c, part)
+        return c
+
+    return {k: get(mine, k) for k in INT8_KEYS[mode] if get(mine, k) != get(default, k)}
+
+
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
     """p50/p90 of each ONNX artifact, timed in one pass (the bench's loop under the recipe's protocol,
     `timing_config`: dev sentences, batch 1) in a fresh process, as the bench stage times: this one has trained with
@@ -390,9 +430,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     from teachers.zoo import sha256_file
 
     t0 = time.perf_counter()
-    qcfg = QuantizeConfig(modes=list(modes), calibration=replace(QuantizeConfig().calibration,
-                                                                  samples=ctx.cfg.calibration_samples),
-                          max_drop=100.0, sensitivity_rows=1, ort_format=False)
+    qcfg = replace(int8_config(ctx.recipe, ctx.cfg), modes=list(modes))
     work = ctx.out / f".quantize-{spec.id}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -483,8 +521,9 @@ def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
 
 
 def near_budget(result: dict, budget_ms: float) -> bool:
-    """Whether a candidate's p50 is within timing noise (`OVER_BUDGET_SLACK`) of the budget, either side."""
-    return budget_ms / OVER_BUDGET_SLACK <= result["latency"]["p50_ms"] <= budget_ms * OVER_BUDGET_SLACK
+    """Whether one noisy pass could have put a candidate's p50 on the wrong side of the budget: from budget /
+    `OVER_BUDGET_SLACK` to budget x `NEAR_BUDGET_OVER` (a loaded machine reads slower, rarely faster)."""
+    return budget_ms / OVER_BUDGET_SLACK <= result["latency"]["p50_ms"] <= budget_ms * NEAR_BUDGET_OVER
 
 
 def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref_path: str,
@@ -492,7 +531,8 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
     """Time the candidates near the budget again until each has `NEAR_BUDGET_PASSES` passes (all of them and the
     teacher's fp32 reference in one pass, each pass in a fresh process, as `time_pass`), then give each the median
     p50/p90 of its passes (and the reference's median, the speedup from both), saved with its record
-    (``latency.passes``). A candidate confirmed earlier (a rerun) is not timed again. No pass starts after
+    (``latency.passes``; `verdict` says it). A candidate confirmed earlier (a rerun) is not timed again. No pass
+    starts after
     ``deadline`` (`time.perf_counter`; the search's time limit): a candidate left with fewer passes keeps the median
     of those it has, and a rerun times it on. Returns the ids re-timed and those left with fewer passes."""
     near = [r for r in results if near_budget(r, budget_ms)
@@ -518,13 +558,22 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
         r["teacher_fp32_p50_ms_same_pass"] = float(np.median([p["teacher_fp32_p50_ms"] for p in passes]))
         r["speedup_vs_teacher_fp32"] = round(r["teacher_fp32_p50_ms_same_pass"] / r["latency"]["p50_ms"], 3)
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
-        each = ", ".join(f"{p['p50_ms']:.2f}" for p in passes)
-        left = (f"; time limit reached before its {NEAR_BUDGET_PASSES} passes: rerun to time it again"
-                if len(passes) < NEAR_BUDGET_PASSES else "")
-        print(f"[search] {r['id']}: p50 {r['latency']['p50_ms']:.2f} ms, the median of {len(passes)} pass(es) near "
-              f"the budget ({each}){left}", flush=True)
     return ([r["id"] for r in near if len(r["latency"]["passes"]) > had[r["id"]]],
             [r["id"] for r in near if len(r["latency"]["passes"]) < NEAR_BUDGET_PASSES])
+
+
+def verdict(r: dict, budget_ms: float) -> str:
+    """A candidate's console line: its score, its p50 (the median of its passes, which are listed, when it was timed
+    more than once) and whether that fits the budget."""
+    lat = r["latency"]
+    passes = [p["p50_ms"] for p in lat.get("passes") or []]
+    timed = (f", the median of {len(passes)} passes near the budget ({', '.join(f'{p:.2f}' for p in passes)})"
+             if len(passes) > 1 else "")
+    if passes and len(passes) < NEAR_BUDGET_PASSES:
+        timed += f"; time limit reached before its {NEAR_BUDGET_PASSES} passes: rerun to time it again"
+    ok = "within" if lat["p50_ms"] <= budget_ms else "over"
+    return (f"[search] {r['id']}: {r['metric_name']}={r['metric']:.4f}, p50 {lat['p50_ms']:.2f} ms{timed} ({ok} "
+            f"budget), {r['params'] / 1e6:.1f}M params")
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -547,9 +596,12 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     results: list[dict] = []
     skipped, not_started, stopped = [], [], None
     reused = measured = timed_again = 0
+    retimed: list[str] = []  # timed in more passes near the budget (`confirm_near_budget`)
+    unconfirmed: list[str] = []  # near it, but the time limit came before their passes
+    deadline = t_start + 60.0 * cfg.time_limit_min  # no new model, nor timing pass, starts after it
     progress = tqdm(space, desc="search", unit="model")
     for spec in progress:
-        todo, stale = [], []
+        todo, stale, kept = [], [], []
         for mode in cfg.modes:
             cid = f"{spec.id}-{mode}"
             old, timed = load_result(ctx, cid)
@@ -560,7 +612,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
                     old["scored_settings"] = ctx.scored_settings[mode]  # so that another --threads re-times it (it
                     write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
-                results.append(old)
+                kept.append(old)
                 reused += 1
                 continue
             why = skip_reason(spec, mode, cfg.budget_ms, estimate_base(ref, results), results, cfg.skip_margin)
@@ -577,8 +629,16 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             for r in retime(ctx, stale, ref["path"]):
                 progress.write(f"[search] {r['id']}: timed again (the int8 model and its scores reused), p50 "
                                f"{r['latency']['p50_ms']:.2f} ms")
-            results += stale
             timed_again += len(stale)
+            kept += stale
+        # one pass near the budget decides nothing, an earlier run's or a re-timing's either (a rerun of a search
+        # stopped by its time limit goes on with them here), before they can rule out larger candidates
+        again, left = confirm_near_budget(ctx, kept, cfg.budget_ms, ref["path"], deadline=deadline)
+        for r in kept:
+            if r["id"] in again:
+                progress.write(verdict(r, cfg.budget_ms))
+        retimed, unconfirmed = retimed + again, unconfirmed + left
+        results += kept
         if not todo:
             continue
         elapsed_min = (time.perf_counter() - t_start) / 60.0
@@ -595,15 +655,14 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
             skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
             continue
+        # decided now, before it can rule out the larger candidates of its mode (`skip_reason`) on one noisy pass
+        again, left = confirm_near_budget(ctx, new, cfg.budget_ms, ref["path"], deadline=deadline)
+        retimed, unconfirmed = retimed + again, unconfirmed + left
         for r in new:
-            ok = "within" if r["latency"]["p50_ms"] <= cfg.budget_ms else "over"
-            progress.write(f"[search] {r['id']}: {r['metric_name']}={r['metric']:.4f}, p50 "
-                           f"{r['latency']['p50_ms']:.2f} ms ({ok} budget), {r['params'] / 1e6:.1f}M params")
+            progress.write(verdict(r, cfg.budget_ms))
         results += new
         measured += len(new)
     progress.close()
-    retimed, unconfirmed = confirm_near_budget(ctx, results, cfg.budget_ms, ref["path"],
-                                               deadline=t_start + 60.0 * cfg.time_limit_min)
     summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
                         time.perf_counter() - t_start, timed_again)
     summary["retimed"] = retimed
@@ -720,8 +779,9 @@ def markdown(summary: dict, png: Optional[str]) -> str:
              + (f", timed again {summary['counts']['timed_again']}" if summary["counts"].get("timed_again") else "")
              + f", skipped {summary['counts']['skipped']}, not started "
              f"{summary['counts']['not_started']}." + (f" Stopped: {summary['stopped']}." if summary["stopped"] else "")
-             + f" A candidate within {OVER_BUDGET_SLACK:g}x of the budget either side is timed in {NEAR_BUDGET_PASSES} "
-               f"passes: its p50, p90 and speedup are the medians (marked: median of N).",
+             + f" A candidate from budget / {OVER_BUDGET_SLACK:g} to budget x {NEAR_BUDGET_OVER:g} after its first "
+               f"pass is timed in {NEAR_BUDGET_PASSES} passes: its p50, p90 and speedup are the medians (marked: median "
+               f"of N).",
              ""]
     if png:
         lines += [f"![metric vs latency]({png})", ""]

@@ -411,8 +411,9 @@ def test_report_warns_of_what_would_read_wrong():
 
     timed = SimpleNamespace(latency={1: object()})
     sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed,
-                           teacher_constant=None)
-    mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1", teacher_constant=None)
+                           teacher_constant=None, headline_threads=3, provenance={})
+    mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1", teacher_constant=None, headline_threads=None,
+                           provenance={})
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
                         "columns stay empty",
@@ -420,11 +421,35 @@ def test_report_warns_of_what_would_read_wrong():
                         "stale): it is not on the plot",
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
-    untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy",
+    untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy", headline_threads=2, provenance={},
                               reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None)
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
         "report stage times it (compress run RECIPE --stage report)"]
+
+
+def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_timed_on_other_machines():
+    """Overlaid runs each plotted at their own headline thread count (2 and 1) or timed on two machines shared one
+    latency axis without a word: the plot read as a model comparison. A warning says so, and which --threads would
+    draw all at one count."""
+    from compress.report import report_warnings
+
+    def run(name, threads, cpu="A", ort="1.32.0"):
+        ref = Row("teacher · onnx fp32", "teacher", "onnx fp32", metric=0.9,
+                  latency={t: Latency(10.0, 11.0) for t in threads}, reference=True)
+        return RunTable(name, f"runs/{name}", "accuracy", [ref], teacher_metric=0.9,
+                        provenance={"protocol": {"cpu": cpu, "cores": 2}, "versions": {"onnxruntime": ort}})
+
+    assert report_warnings([run("a", [1, 2]), run("b", [1, 2])], None) == []
+    assert report_warnings([run("a", [1, 2]), run("b", [1])], None) == [
+        "the runs are plotted and compared at different thread counts (a: 2, b: 1), on one latency axis; give "
+        "--threads 1 (report.threads) to draw all at one"]
+    assert report_warnings([run("a", [1, 2]), run("b", [1])], 1) == []
+    assert report_warnings([run("a", [2]), run("b", [1])], None)[0].endswith(
+        "no thread count was benchmarked by all of them")
+    assert report_warnings([run("a", [2]), run("b", [2], cpu="B"), run("c", [2], ort="1.20.0")], None) == [
+        "the runs were timed on different machines (a: A x2 with onnxruntime 1.32.0; b: B x2 with onnxruntime 1.32.0; "
+        "c: A x2 with onnxruntime 1.20.0): their latencies, drawn on one axis, compare the machines as much as the models"]
 
 
 def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, monkeypatch):
@@ -1043,8 +1068,15 @@ def test_merged_seeds_ratios_are_each_seeds_own_and_runs_timed_on_two_machines_s
     bench.write_text(json.dumps(record))
     tables = merge_seeds([collect(a), collect(b)])
     assert [t.folder for t in tables] == [str(a), str(b)]
-    assert capsys.readouterr().err.strip() == (f"warning: report: {b} was timed on Other CPU x2, {a} on Test CPU x2: "
-                                               f"kept apart, not merged as seeds")
+    assert capsys.readouterr().err.strip() == (f"warning: report: {b} was timed on Other CPU x2 with onnxruntime "
+                                               f"1.32.0, {a} on Test CPU x2 with onnxruntime 1.32.0: kept apart, not "
+                                               f"merged as seeds")
+    # the same CPU under another onnxruntime (its kernels set the latencies as much): apart too
+    record["protocol"]["cpu"] = "Test CPU"
+    record["protocol"]["versions"] = {"onnxruntime": "1.20.0"}
+    bench.write_text(json.dumps(record))
+    assert len(merge_seeds([collect(a), collect(b)])) == 2
+    assert "with onnxruntime 1.20.0, " in capsys.readouterr().err
 
 
 def test_merged_seeds_share_one_reference_and_group_by_machine():
