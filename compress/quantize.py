@@ -30,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -219,21 +219,27 @@ class StaticQuantizer:
                 nodes_to_exclude=_names(exclude), nodes_to_quantize=_names(only) if only else None,
                 extra_options=extra, calibration_cache_path=str(cache))
         self._cache = cache
-        if exclude and cfg.format == "qdq":
+        if cfg.format == "qdq" and only:  # a sensitivity: only those nodes int8, their fp32 co-readers unrounded
+            read_unrounded(dst, quantized=_names(only))
+        elif cfg.format == "qdq" and exclude:
             read_unrounded(dst, _names(exclude))
         return dst
 
 
-def read_unrounded(path: Path, nodes: list[str]) -> None:
-    """In the QDQ model at ``path``, the ``nodes`` kept fp32 read their activations as they are. ORT's quantizer
-    puts one Q/DQ pair on a tensor for all its readers, excluded nodes too, so a node the guard kept fp32 computed in
-    fp32 on int8-rounded inputs (QOperator models have no such sharing). Each such input is rewired from the pair's
-    DequantizeLinear to the tensor the pair quantizes (weights, DequantizeLinear of an initializer, stay)."""
+def read_unrounded(path: Path, nodes: Sequence[str] = (), quantized: Optional[Sequence[str]] = None) -> None:
+    """In the QDQ model at ``path``, the ``nodes`` kept fp32 (with ``quantized``: every node but those) read their
+    activations as they are. ORT's quantizer puts one Q/DQ pair on a tensor for all its readers, excluded nodes too,
+    so a node the guard kept fp32 computed in fp32 on int8-rounded inputs (QOperator models have no such sharing), and
+    a sensitivity measured with one node int8 rounded the input of the nodes that share it (a query projection's: the
+    key and value projections' and the residual Add's). Each such input is rewired from the pair's DequantizeLinear
+    to the tensor the pair quantizes (weights, DequantizeLinear of an initializer, stay)."""
     model = onnx.load(str(path))
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     initializers = {init.name for init in graph.initializer}
     keep, changed = set(nodes), False
+    if quantized is not None:
+        keep = {n.name for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")} - set(quantized)
     for node in graph.node:
         if node.name not in keep:
             continue
@@ -480,7 +486,7 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
     drop = points(fp32_metrics) - points(metrics)
     res.tries.append({"excluded": len(res.excluded), "row_int8_tables": tables, "metrics": metrics,
                       "drop": round(drop, 4)})
-    if drop > max_drop:
+    if not drop <= max_drop:  # a nan score (a pearson of constant outputs) is no pass either
         return {"row_int8_tables": [], "row_int8_note": f"int8 rows lost {drop:.2f} points: tables left fp32"}
     _move(trial, dst)
     res.metrics, res.drop = metrics, drop

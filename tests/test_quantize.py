@@ -289,6 +289,11 @@ def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model
     fields = _compact_lookups(dst2, tmp_path / "trial2.onnx", res, lookups, lambda p: {"accuracy": 0.49},
                               {"accuracy": 0.5}, 0.3)  # 1 point lost > 0.3: keep the fp32 tables
     assert fields["row_int8_tables"] == [] and dst2.stat().st_size == size and res.metrics == {"accuracy": 0.5}
+    res = result()  # a score of nan (a pearson of constant outputs after the rewrite) is no pass: it was shipped
+    res.path = dst2
+    fields = _compact_lookups(dst2, tmp_path / "trial3.onnx", res, lookups, lambda p: {"accuracy": float("nan")},
+                              {"accuracy": 0.5}, 0.3)
+    assert fields["row_int8_tables"] == [] and dst2.stat().st_size == size and res.metrics == {"accuracy": 0.5}
 
 
 def test_lookups_are_the_embedding_tables_not_shape_gathers(tmp_path, tiny_model):
@@ -689,3 +694,13 @@ def test_a_static_node_kept_fp32_reads_its_input_unrounded(tmp_path, tiny_model,
     assert session(out).run(None, {"input_ids": np.array([[101, 2307, 102]]),
                                    "attention_mask": np.ones((1, 3), dtype=np.int64),
                                    "token_type_ids": np.zeros((1, 3), dtype=np.int64)})[0].shape == (1, 2)
+    # a sensitivity ("only that node int8"): the query projection alone reads the rounded tensor, not its co-readers
+    # (they read it rounded too: the sensitivity measured three matmuls and the residual Add)
+    one = StaticQuantizer(src, cfg, train.select(range(8)), tmp_path)(tmp_path / "one.onnx", only=[query])
+    graph = onnx.load(str(one)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = {n.name: n for n in graph.node}
+    assert producer[nodes[query].input[0]].op_type == "DequantizeLinear"
+    assert producer[nodes[key].input[0]].op_type == "LayerNormalization"
+    readers = [n for n in graph.node if producer[nodes[query].input[0]].output[0] in n.input]
+    assert [n.name for n in readers] == [query]
