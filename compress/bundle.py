@@ -152,7 +152,7 @@ def _model_config_tokenizer_class(folder: Path) -> str:
     return next((name for name in TOKENIZER_MAPPING_NAMES.get(str(config.get("model_type")), ()) if name), "")
 
 
-def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
+def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = False) -> dict:
     """Copy ``tokenizer.json`` with truncation at ``max_length`` (on the side ``tokenizer_config.json``'s
     ``truncation_side`` names, as transformers truncates) and padding to the longest row baked in.
 
@@ -165,6 +165,12 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
         tok = Tokenizer.from_file(str(src))
     except Exception as e:  # tokenizers raises plain Exceptions
         raise CompressError(f"{src}: not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
+    specials = tok.post_processor.num_special_tokens_to_add(text_pair) if tok.post_processor is not None else 0
+    if max_length < specials + (2 if text_pair else 1):  # the tokenizers library then stops truncating: the Python
+        # runner fed the model every token of a text and predict.mjs none ([CLS] [SEP])
+        raise CompressError(f"max_length {max_length}: too short for {src}: its {specials} special tokens leave no "
+                            f"room for the text{' and its pair' if text_pair else ''}; give at least "
+                            f"{specials + (2 if text_pair else 1)}")
     pad_token = (tok.padding or {}).get("pad_token")
     config = src.with_name("tokenizer_config.json")
     settings = {}
@@ -206,6 +212,11 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int) -> dict:
     side = "left" if settings.get("truncation_side") == "left" else "right"
     tok.enable_truncation(max_length=max_length, direction=side)
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    probe = " ".join(["word"] * 2 * max_length)
+    ids = len(tok.encode(probe, probe if text_pair else None).ids)
+    if ids != max_length:  # what the runners (and smoke_test) rely on: a long input comes out max_length tokens
+        raise CompressError(f"{src}: truncation at max_length {max_length} gave {ids} tokens; refusing a tokenizer "
+                            f"the runners cannot bound")
     tok.save(str(dst))
     return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}
 
@@ -345,7 +356,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     if (archive.exists() or archive.is_symlink()) and (archive.is_symlink() or not is_bundle_archive(archive, name)):
         raise CompressError(f"{archive}: exists and is not this bundle's archive; refusing to replace it (give another "
                             f"name or out folder)")
-    made_out_dir = not out_dir.exists()
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # the folders this build creates, deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     # what a killed build of this bundle (kill -9: no cleanup ran) left: never published, only in the way
     remove_dead(out_dir, ".*", rf"\.{re.escape(name)}\.(?:tmp|old|tar\.gz\.tmp)-(\d+)")
@@ -360,7 +371,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             shutil.copyfile(ort_model, tmp / "model.ort")
         elif ort_format:
             to_ort_format(tmp / "model.onnx", tmp / "model.ort")
-        tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length)
+        tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length, text_pair)
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
         shutil.copyfile(PREDICT_SOURCE, tmp / bundle_predict.RUNNER)
@@ -405,8 +416,9 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_tar.unlink(missing_ok=True)
-        if made_out_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        for folder in made:  # a failed build leaves no empty folder behind (--out a/b/c left a/b)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     return folder, archive
 

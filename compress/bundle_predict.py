@@ -17,23 +17,25 @@ the manifest does not list is refused: a changed or planted file stops the progr
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import io
-import json
-import marshal
 import os
 import sys
-from importlib.util import MAGIC_NUMBER
-from pathlib import Path, PurePosixPath
+
+if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    # Run as a script, Python puts the bundle folder first on sys.path: a planted "numpy.py" (or "json.py",
+    # "argparse.py": any module not yet imported) there would be imported before the files are verified. Nothing is
+    # imported from the bundle folder, so drop it before any other import (os and sys are loaded before the script).
+    del sys.path[0]
+
+import argparse  # noqa: E402 (after the bundle folder left sys.path)
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import marshal  # noqa: E402
+from importlib.util import MAGIC_NUMBER  # noqa: E402
+from pathlib import Path, PurePosixPath  # noqa: E402
 
 if sys.version_info < (3, 9):
     sys.exit("error: predict.py needs Python 3.9 or newer")
-
-if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    # Run as a script, Python puts the bundle folder first on sys.path: a planted "numpy.py" there would be imported
-    # before the files are verified. Nothing is imported from the bundle folder, so drop it.
-    del sys.path[0]
 
 FORMAT = "compress-bundle/1"
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)

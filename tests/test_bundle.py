@@ -174,6 +174,14 @@ def test_planted_or_missing_file_is_refused(bundle, tmp_path):
         predict(folder, TEXTS)
     proc = subprocess.run([sys.executable, str(folder / "predict.py"), "hello"], capture_output=True, text=True)
     assert proc.returncode == 2 and "not listed" in proc.stderr and "planted module ran" not in proc.stderr
+    # a standard module the runner imports itself (argparse, json, hashlib): it was imported from the bundle folder
+    # before the folder left sys.path, and ran (exit status 7) before any file was checked
+    for name in ("argparse", "json", "hashlib"):
+        (folder / "numpy.py").unlink(missing_ok=True)
+        (folder / f"{name}.py").write_text("raise SystemExit(7)\n")
+        proc = subprocess.run([sys.executable, "predict.py", "hello"], capture_output=True, text=True, cwd=folder)
+        assert proc.returncode == 2 and f"{name}.py: not listed" in proc.stderr, (name, proc.returncode, proc.stderr)
+        (folder / f"{name}.py").unlink()
     folder = _copy(bundle[0], tmp_path / "missing")
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but missing"):
@@ -296,6 +304,11 @@ def test_a_malformed_tokenizer_config_beside_the_tokenizer_is_one_line(int8_mode
         assert err.startswith(f"error: {folder / 'tokenizer_config.json'}: not a tokenizer_config.json") \
             and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+    # every folder the failed build made goes (out/a/b left out/a), and none that was there before
+    (tmp_path / "kept").mkdir()
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(folder / "tokenizer.json"),
+                 "--out", str(tmp_path / "kept" / "a" / "b"), "--no-ort"]) == 2
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
 def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
@@ -943,6 +956,28 @@ def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir
     trained = AutoTokenizer.from_pretrained(src)
     for text in ["Héllo WORLD, naïve café", "中文 text Ünïcödé"]:
         assert bundled.encode(text).ids == trained(text, truncation=True, max_length=32)["input_ids"], text
+
+
+def test_a_max_length_with_no_room_beside_the_special_tokens_is_refused(minilm_dir, tmp_path):
+    """At a max length below the special tokens' count, the tokenizers library stops truncating: predict.py fed the
+    model every token of a text ("--max-length 1" built) while predict.mjs fed [CLS] [SEP] for every text; at 2 the
+    build failed saying the smoke test's text was empty. Refused by name, with the least that works."""
+    from tokenizers import Tokenizer
+
+    from compress.bundle import prepare_tokenizer
+
+    src = minilm_dir / "tokenizer.json"
+    for max_length, pair, least in ((1, False, 3), (2, False, 3), (4, True, 5)):
+        with pytest.raises(CompressError, match=rf"^max_length {max_length}: too short for .*tokenizer\.json: its "
+                                                rf"{least - (2 if pair else 1)} special tokens leave no room .*; give "
+                                                rf"at least {least}$"):
+            prepare_tokenizer(src, tmp_path / "t.json", max_length, pair)
+        assert not (tmp_path / "t.json").exists()
+    for max_length, pair in ((3, False), (5, True)):
+        prepare_tokenizer(src, tmp_path / "t.json", max_length, pair)
+        tok = Tokenizer.from_file(str(tmp_path / "t.json"))
+        long = "a gripping funny film " * 20
+        assert len(tok.encode(long, long if pair else None).ids) == max_length
 
 
 def test_npm_install_or_an_import_in_a_bundle_does_not_make_the_stage_count_as_edited(tmp_path):

@@ -225,6 +225,8 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
         line = refused(TEXTS[0], manifest=json.dumps({**m, **edit}))
         assert message in line and len(line) < 400, line
     assert refused(TEXTS[0], manifest="{bad").startswith("error: manifest.json: not valid JSON")
+    # a byte-order mark: predict.py's json refuses it, predict.mjs's TextDecoder dropped it and loaded the bundle
+    assert refused(TEXTS[0], manifest="\ufeff" + original).startswith("error: manifest.json: not valid JSON")
     assert refused("  ") == "error: an empty text: nothing to classify"
     assert refused(TEXTS[0], "--threads") == "error: --threads takes a value"
     proc = _node(copy / "predict.mjs", "--threads", str(os.cpu_count() + 1), TEXTS[0])
@@ -234,7 +236,8 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
     assert refused("--file", tmp_path) == f"error: {tmp_path}: cannot read (EISDIR)"
 
 
-@pytest.mark.parametrize("outside", ["../tokenizer.json", "..\\tokenizer.json", "http://localhost:9/tokenizer.json"])
+@pytest.mark.parametrize("outside", ["../tokenizer.json", "..\\tokenizer.json", "http://localhost:9/tokenizer.json",
+                                     "%2e%2e/tokenizer.json", " //localhost:9/tokenizer.json"])
 def test_predict_mjs_refuses_a_file_entry_outside_the_bundle_as_predict_py_does(js_bundle, tmp_path, outside):
     """A manifest whose tokenizer is listed (with its sha256) outside the bundle folder: predict.py refuses the entry,
     predict.mjs read it from the folder above (or, as a URL, from anywhere)."""
@@ -325,35 +328,69 @@ def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
         verify(copy)
 
 
+def _chromium_dom(js_bundle: Path, tmp_path: Path, page: str, extra: dict[str, str] = {}) -> str:
+    """The DOM of ``page`` of the bundle's site (served over HTTP with the npm packages beside it, plus ``extra``
+    files) once headless Chromium has run it."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert chromium, "this test needs Chromium: apt-get install chromium"
+    site = shutil.copytree(js_bundle, tmp_path / "site")
+    (site / "node_modules").symlink_to(NODE_MODULES)  # as `npm install` in the bundle folder would leave it
+    for name, text in extra.items():
+        (site / name).write_text(text)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                               f"http://127.0.0.1:{server.server_address[1]}/{page}"],
+                              capture_output=True, text=True, timeout=180)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
 def test_index_html_classifies_in_headless_chromium(js_bundle, tmp_path):
     """The bundle's page, served over HTTP with the npm packages beside it, in a real browser: the same result as
     predict.py within int8 kernel differences. Needs Chromium (`apt-get install chromium`), hence `slow`."""
     from urllib.parse import quote
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    assert chromium, "this test needs Chromium: apt-get install chromium"
-    site = shutil.copytree(js_bundle, tmp_path / "site")
-    (site / "node_modules").symlink_to(NODE_MODULES)  # as `npm install` in the bundle folder would leave it
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/index.html?text={quote(TEXTS[0])}"
-    try:
-        proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000",
-                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
-                              capture_output=True, text=True, timeout=180)
-    finally:
-        server.shutdown()
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+    dom = _chromium_dom(js_bundle, tmp_path, f"index.html?text={quote(TEXTS[0])}")
+    out = dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
     result = json.loads(out.replace("&quot;", '"'))
     assert "error" not in result, result
     want = predict(js_bundle, TEXTS[:1])[0]
     assert result["label"] == want["label"] or abs(want["scores"]["positive"] - 0.5) < 0.05
     assert result["scores"] == pytest.approx(want["scores"], abs=0.05)
-    assert "<h1 id=\"name\">minilm-js</h1>" in proc.stdout
+    assert "<h1 id=\"name\">minilm-js</h1>" in dom
+
+
+@pytest.mark.slow
+def test_index_html_shows_a_refused_text_in_place_of_the_previous_result(js_bundle, tmp_path):
+    """Classify on a blank text after a result: the page's click handler dropped the refusal ("an empty text"), and
+    the previous text's label stayed on screen as if it were this one's. The refusal replaces it."""
+    from urllib.parse import quote
+
+    driver = f"""<pre id="seen"></pre><iframe id="page" src="index.html?text={quote(TEXTS[0])}"></iframe>
+<script type="module">
+const wait = (ms) => new Promise((done) => setTimeout(done, ms));
+const doc = () => document.getElementById("page").contentDocument;
+const out = () => doc()?.getElementById("out")?.textContent ?? "";
+for (let i = 0; i < 600 && !out().includes("label"); i++) await wait(100);
+const before = out();
+doc().getElementById("text").value = "   ";
+doc().getElementById("go").click();
+for (let i = 0; i < 100 && out() === before; i++) await wait(100);
+document.getElementById("seen").textContent = JSON.stringify({{before, after: out()}});
+</script>"""
+    dom = _chromium_dom(js_bundle, tmp_path, "driver.html", {"driver.html": driver})
+    seen = json.loads(dom.split('<pre id="seen">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
+    assert "label" in seen["before"], seen
+    assert json.loads(seen["after"]) == {"error": "an empty text (nothing in it the tokenizer keeps: nothing to "
+                                                  "classify)"}, seen
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -502,11 +539,14 @@ def _same_ids_for_every_code_point(tmp_path: Path, minilm_dir: Path, cased, code
 
 def test_both_runners_read_the_command_line_alike(js_bundle):
     """`--` before a text that starts with "-" (predict.py: "unrecognized arguments", predict.mjs: "unknown option"),
-    `--threads=1` (predict.mjs refused it), an option-like "-bad" (predict.mjs classified it, predict.py refused it)."""
+    `--threads=1` (predict.mjs refused it), an option-like "-bad" (predict.mjs classified it, predict.py refused it),
+    "- loved it" and "-.5" (predict.mjs refused them), "-1e3" (predict.mjs classified it)."""
     import sys
 
+    # argparse reads "- loved it" (a space) and "-.5" (a negative number) as texts, "-1e3" as an option
     for args, code in [(["--", "-bad"], 0), (["--threads=1", "good"], 0), (["good", "--json"], 0),
-                       (["--", "--json"], 0), (["-bad"], 2), (["a", "b", "c"], 2)]:
+                       (["--", "--json"], 0), (["-bad"], 2), (["a", "b", "c"], 2), (["- loved it"], 0), (["-.5"], 0),
+                       (["-1e3"], 2), (["-"], 0)]:
         py = subprocess.run([sys.executable, "predict.py", *args], cwd=js_bundle, capture_output=True, text=True)
         js = _node(js_bundle / "predict.mjs", *args)
         assert py.returncode == js.returncode == code, (args, py.stderr, js.stderr)
