@@ -440,11 +440,13 @@ async function main(argv) {
         return 2;
       }
       args[valued[flag]] = inline ?? argv[++i];
-    } else if (flag === "-h" || flag === "--help") {
+    } else if ((flag === "-h" || flag === "--help") && inline === undefined) {
       console.log(USAGE);
       return 0;
-    } else if (argv[i].length > 1 && argv[i].startsWith("-") && !/^-\d+$|^-\d*\.\d+$/.test(argv[i])
-        && !argv[i].includes(" ")) {  // argparse's rule (predict.py): "- loved it" and "-.5" are texts, "-1e3" not
+    } else if (argv[i].length > 1 && argv[i].startsWith("-") && (/^-h/.test(argv[i])
+        || !/^-\d+$|^-\d*\.\d+$/.test(argv[i]) && !argv[i].includes(" "))) {
+      // argparse's rule (predict.py): "- loved it" and "-.5" are texts, "-1e3" is not, nor "-h loved it" (-h with
+      // an argument); no abbreviations (predict.py: allow_abbrev off)
       console.error(`error: unknown option ${argv[i]}\n${USAGE}`);
       return 2;
     } else args.texts.push(argv[i]);

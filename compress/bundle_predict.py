@@ -423,7 +423,7 @@ def warn_threads(threads: int | None) -> None:
 
 def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
-                                     "this bundle's model.")
+                                     "this bundle's model.", allow_abbrev=False)  # as predict.mjs: "--js" is no --json
     parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
     parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
     parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead (- : standard input; pair "

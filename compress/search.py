@@ -381,10 +381,12 @@ def protocol_changes(bcfg: BenchConfig) -> dict:
 
 INT8_KEYS = {"dynamic": ("per_channel", "reduce_range", "weight_type", "optimize", "parity_atol",
                          "parity_min_agreement"),
-             "static": ("per_channel", "reduce_range", "weight_type", "optimize", "parity_atol", "parity_min_agreement",
+             "static": ("per_channel", "reduce_range", "weight_type", "parity_atol", "parity_min_agreement",
                         "activation_type", "format", "calibration.method", "calibration.percentile")}
 """The recipe's `quantize:` settings that shape a search candidate's int8 model (or whether its export passes), by
-mode; the search's own ``modes`` and ``calibration_samples`` replace the stage's, and it runs no accuracy guard."""
+mode; the search's own ``modes`` and ``calibration_samples`` replace the stage's, and it runs no accuracy guard. Not
+``optimize`` for static int8 (always calibrated on the plain export), nor ``calibration.percentile`` unless the method
+is percentile (the others ignore it)."""
 
 
 def int8_config(recipe: Recipe, cfg: SearchConfig) -> QuantizeConfig:
@@ -407,7 +409,8 @@ def int8_changes(recipe: Recipe, mode: str) -> dict:
             c = getattr(c, part)
         return c
 
-    return {k: get(mine, k) for k in INT8_KEYS[mode] if get(mine, k) != get(default, k)}
+    keys = [k for k in INT8_KEYS[mode] if k != "calibration.percentile" or mine.calibration.method == "percentile"]
+    return {k: get(mine, k) for k in keys if get(mine, k) != get(default, k)}
 
 
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:

@@ -540,13 +540,14 @@ def _same_ids_for_every_code_point(tmp_path: Path, minilm_dir: Path, cased, code
 def test_both_runners_read_the_command_line_alike(js_bundle):
     """`--` before a text that starts with "-" (predict.py: "unrecognized arguments", predict.mjs: "unknown option"),
     `--threads=1` (predict.mjs refused it), an option-like "-bad" (predict.mjs classified it, predict.py refused it),
-    "- loved it" and "-.5" (predict.mjs refused them), "-1e3" (predict.mjs classified it)."""
+    "- loved it" and "-.5" (predict.mjs refused them), "-1e3" and "-h loved it" (predict.mjs classified them), an
+    abbreviation "--js" (predict.py took it for --json)."""
     import sys
 
     # argparse reads "- loved it" (a space) and "-.5" (a negative number) as texts, "-1e3" as an option
     for args, code in [(["--", "-bad"], 0), (["--threads=1", "good"], 0), (["good", "--json"], 0),
                        (["--", "--json"], 0), (["-bad"], 2), (["a", "b", "c"], 2), (["- loved it"], 0), (["-.5"], 0),
-                       (["-1e3"], 2), (["-"], 0)]:
+                       (["-1e3"], 2), (["-"], 0), (["-h loved it"], 2), (["--js", "good"], 2), (["--help=x"], 2)]:
         py = subprocess.run([sys.executable, "predict.py", *args], cwd=js_bundle, capture_output=True, text=True)
         js = _node(js_bundle / "predict.mjs", *args)
         assert py.returncode == js.returncode == code, (args, py.stderr, js.stderr)
