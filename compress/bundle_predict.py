@@ -15,15 +15,14 @@ the manifest does not list is refused: a changed or planted file stops the progr
 (exit status 2). In Python: ``Predictor("path/to/bundle").predict(["text"])``.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
 if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
     # Run as a script, Python puts the bundle folder first on sys.path: a planted "numpy.py" (or "json.py",
     # "argparse.py": any module not yet imported) there would be imported before the files are verified. Nothing is
-    # imported from the bundle folder, so drop it before any other import (os and sys are loaded before the script).
+    # imported from the bundle folder, so drop it before any other import (os and sys are loaded before the script;
+    # no `from __future__` import either: under `python -S` a planted __future__.py would run).
     del sys.path[0]
 
 import argparse  # noqa: E402 (after the bundle folder left sys.path)
@@ -33,6 +32,7 @@ import json  # noqa: E402
 import marshal  # noqa: E402
 from importlib.util import MAGIC_NUMBER  # noqa: E402
 from pathlib import Path, PurePosixPath  # noqa: E402
+from typing import Optional, Union  # noqa: E402
 
 if sys.version_info < (3, 9):
     sys.exit("error: predict.py needs Python 3.9 or newer")
@@ -119,7 +119,7 @@ def check_fields(manifest: dict, path: Path) -> None:
                           f"got {labels!r}")
 
 
-def verify(folder: str | os.PathLike) -> dict:
+def verify(folder: Union[str, os.PathLike]) -> dict:
     """The bundle's manifest, after checking every listed file's sha256 and that no unlisted file is present."""
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -162,7 +162,7 @@ def other_pythons_bytecode(path: Path, source: Path) -> bool:
     return bool(tag) and not path.is_symlink() and path.is_file() and tag.casefold() != own.casefold()
 
 
-def runner_bytecode_name(name: str, stem: str = Path(RUNNER).stem) -> str | None:
+def runner_bytecode_name(name: str, stem: str = Path(RUNNER).stem) -> Optional[str]:
     """The cache tag of a name ``<stem>.<tag>[.opt-1|.opt-2].pyc`` with a lower-case ASCII tag of letters, digits and
     dashes (``cpython-311``, ``pypy39``); None for any other name."""
     if not name.startswith(f"{stem}.") or not name.endswith(".pyc"):
@@ -195,7 +195,7 @@ def is_runner_bytecode(path: Path, source: Path) -> bool:
 class Predictor:
     """A verified bundle, loaded: ``predict(texts, pairs=None)`` -> one dict per text."""
 
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None, check: bool = True):
+    def __init__(self, folder: Union[str, os.PathLike], threads: Optional[int] = None, check: bool = True):
         self.folder = Path(folder)
         self.manifest = verify(self.folder) if check else read_manifest(self.folder)
         try:
@@ -256,7 +256,7 @@ class Predictor:
             raise BundleError(f"{self.folder / MANIFEST}: the model gives {width} scores but the manifest names "
                               f"{len(self.labels or [0])} label(s)")
 
-    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1):
+    def logits(self, texts: list[str], pairs: Optional[list[str]] = None, batch_size: int = 1):
         """Logits, one row per text. ``batch_size`` texts share one run: by default one, as the manifest's metrics
         were measured; larger batches are faster, but an int8 *dynamic* model computes its activation scales over
         the whole batch (padding included), so a text's scores then depend on the texts batched with it."""
@@ -289,7 +289,7 @@ class Predictor:
             raise ModelRunError(f"{self.folder / self.manifest['model']['file']}: onnxruntime cannot run it on "
                                 f"{len(encodings[0].ids) if encodings else 0} tokens ({reason})", reason) from None
 
-    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 1) -> list[dict]:
+    def predict(self, texts: list[str], pairs: Optional[list[str]] = None, batch_size: int = 1) -> list[dict]:
         """One dict per text: ``label``, ``score`` and every label's ``scores`` (``value`` for regression);
         ``batch_size``: see :meth:`logits`."""
         np = self._np
@@ -374,7 +374,7 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def cli_text(text: str | None) -> str | None:
+def cli_text(text: Optional[str]) -> Optional[str]:
     """A command-line text as UTF-8 would read it (bytes that are not UTF-8 become U+FFFD, as in predict.mjs);
     an empty one is refused."""
     if text is None:
@@ -413,7 +413,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def warn_threads(threads: int | None) -> None:
+def warn_threads(threads: Optional[int]) -> None:
     """More intra-op threads than cores only slows onnxruntime down: say so on stderr (the run goes on)."""
     cores = usable_cores()
     if threads and threads > cores:
@@ -421,7 +421,7 @@ def warn_threads(threads: int | None) -> None:
               "slower, not faster", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None, folder: str | os.PathLike | None = None) -> int:
+def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
                                      "this bundle's model.", allow_abbrev=False)  # as predict.mjs: "--js" is no --json
     parser.add_argument("text", nargs="?", help="the text to classify (or --file)")

@@ -182,6 +182,11 @@ def test_planted_or_missing_file_is_refused(bundle, tmp_path):
         proc = subprocess.run([sys.executable, "predict.py", "hello"], capture_output=True, text=True, cwd=folder)
         assert proc.returncode == 2 and f"{name}.py: not listed" in proc.stderr, (name, proc.returncode, proc.stderr)
         (folder / f"{name}.py").unlink()
+    # under `python -S` nothing has imported __future__ before the script: its `from __future__` import ran a
+    # planted __future__.py (the runner has none now)
+    (folder / "__future__.py").write_text("raise SystemExit(7)\n")
+    proc = subprocess.run([sys.executable, "-S", "predict.py", "hello"], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 2 and "__future__.py: not listed" in proc.stderr, (proc.returncode, proc.stderr)
     folder = _copy(bundle[0], tmp_path / "missing")
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but missing"):
