@@ -26,10 +26,10 @@ Resumable: every finished candidate is one JSON file under ``runs/<recipe>/searc
 with the sha256 of its int8 file) and every trained model one folder under ``models/``; a rerun with the same settings
 reuses them (the budget and the time limit are not part of the settings, so a new budget re-selects without
 re-measuring; other timing threads, timed rows or timing protocol re-time the int8 files (`retime`), their scores
-kept; other calibration rows (static int8), other `quantize:` settings (`int8_changes`) or another machine (CPU, cores, onnxruntime) re-quantize and re-score
-without retraining). Bounded: no new
-model starts after ``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and
-``pareto.png`` (the report's plot).
+kept; other calibration rows (static int8), other `quantize:` settings (`int8_changes`) or another machine (CPU,
+cores, onnxruntime) re-quantize and re-score without retraining). Bounded: no new model starts after
+``time_limit_min``. Writes ``search.json`` (best, front, every candidate, skips), ``search.md`` and ``pareto.png``
+(the report's plot).
 """
 
 from __future__ import annotations
@@ -783,8 +783,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
              + f", skipped {summary['counts']['skipped']}, not started "
              f"{summary['counts']['not_started']}." + (f" Stopped: {summary['stopped']}." if summary["stopped"] else "")
              + f" A candidate from budget / {OVER_BUDGET_SLACK:g} to budget x {NEAR_BUDGET_OVER:g} after its first "
-               f"pass is timed in {NEAR_BUDGET_PASSES} passes: its p50, p90 and speedup are the medians (marked: median "
-               f"of N).",
+               f"pass is timed in {NEAR_BUDGET_PASSES} passes: its p50, p90 and speedup are the medians (marked: "
+               f"median of N).",
              ""]
     if png:
         lines += [f"![metric vs latency]({png})", ""]

@@ -449,7 +449,8 @@ def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_tim
         "no thread count was benchmarked by all of them")
     assert report_warnings([run("a", [2]), run("b", [2], cpu="B"), run("c", [2], ort="1.20.0")], None) == [
         "the runs were timed on different machines (a: A x2 with onnxruntime 1.32.0; b: B x2 with onnxruntime 1.32.0; "
-        "c: A x2 with onnxruntime 1.20.0): their latencies, drawn on one axis, compare the machines as much as the models"]
+        "c: A x2 with onnxruntime 1.20.0): their latencies, drawn on one axis, compare the machines as much as the "
+        "models"]
 
 
 def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, monkeypatch):
