@@ -111,12 +111,17 @@ def is_int8(onnx_path: Path) -> bool:
                              "DynamicQuantizeMatMul", "QAttention", "QGemm") for n in model.graph.node)
 
 
+def long_text(max_length: int) -> str:
+    """A text of more than ``max_length`` tokens with any tokenizer: the build's check that inputs are cut there."""
+    return " ".join(["word"] * 2 * max_length)
+
+
 def smoke_test(folder: Path, max_length: int, text_pair: bool) -> None:
     """Run the bundle as a device would, on an input of ``max_length`` tokens: a model whose position table is
     shorter, or whose outputs do not match the label names, is refused here rather than on the device."""
     import onnxruntime as ort
 
-    probe = " ".join(["word"] * 2 * max_length)
+    probe = long_text(max_length)
     ort.set_default_logger_severity(4)  # the failure is said below in one line, not also in ORT's own log
     try:
         runner = bundle_predict.Predictor(folder, threads=1, check=False)
@@ -212,7 +217,7 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = F
     side = "left" if settings.get("truncation_side") == "left" else "right"
     tok.enable_truncation(max_length=max_length, direction=side)
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
-    probe = " ".join(["word"] * 2 * max_length)
+    probe = long_text(max_length)
     ids = len(tok.encode(probe, probe if text_pair else None).ids)
     if ids != max_length:  # what the runners (and smoke_test) rely on: a long input comes out max_length tokens
         raise CompressError(f"{src}: truncation at max_length {max_length} gave {ids} tokens; refusing a tokenizer "

@@ -41,6 +41,7 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Optional
 
@@ -403,14 +404,8 @@ def int8_changes(recipe: Recipe, mode: str) -> dict:
     """The `INT8_KEYS` of ``mode`` the recipe sets to other than their defaults (part of its candidates' settings
     only then: a search folder quantized under the defaults keeps its candidates)."""
     mine, default = recipe.quantize or QuantizeConfig(), QuantizeConfig()
-
-    def get(c, key):
-        for part in key.split("."):
-            c = getattr(c, part)
-        return c
-
     keys = [k for k in INT8_KEYS[mode] if k != "calibration.percentile" or mine.calibration.method == "percentile"]
-    return {k: get(mine, k) for k in keys if get(mine, k) != get(default, k)}
+    return {k: attrgetter(k)(mine) for k in keys if attrgetter(k)(mine) != attrgetter(k)(default)}
 
 
 def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
@@ -535,9 +530,8 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
     teacher's fp32 reference in one pass, each pass in a fresh process, as `time_pass`), then give each the median
     p50/p90 of its passes (and the reference's median, the speedup from both), saved with its record
     (``latency.passes``; `verdict` says it). A candidate confirmed earlier (a rerun) is not timed again. No pass
-    starts after
-    ``deadline`` (`time.perf_counter`; the search's time limit): a candidate left with fewer passes keeps the median
-    of those it has, and a rerun times it on. Returns the ids re-timed and those left with fewer passes."""
+    starts after ``deadline`` (`time.perf_counter`; the search's time limit): a candidate left with fewer passes keeps
+    the median of those it has, and a rerun times it on. Returns the ids re-timed and those left with fewer passes."""
     near = [r for r in results if near_budget(r, budget_ms)
             and len(r["latency"].get("passes") or [None]) < NEAR_BUDGET_PASSES]
     for r in near:
@@ -602,6 +596,15 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     retimed: list[str] = []  # timed in more passes near the budget (`confirm_near_budget`)
     unconfirmed: list[str] = []  # near it, but the time limit came before their passes
     deadline = t_start + 60.0 * cfg.time_limit_min  # no new model, nor timing pass, starts after it
+
+    def confirm(records: list[dict]) -> list[str]:
+        """One pass near the budget decides nothing (an earlier run's or a re-timing's either): ``records`` are timed
+        in their passes now, before they can rule out larger candidates (`skip_reason`); returns the ids timed."""
+        again, left = confirm_near_budget(ctx, records, cfg.budget_ms, ref["path"], deadline=deadline)
+        retimed.extend(again)
+        unconfirmed.extend(left)  # (a rerun of a search stopped by its time limit goes on with them)
+        return again
+
     progress = tqdm(space, desc="search", unit="model")
     for spec in progress:
         todo, stale, kept = [], [], []
@@ -634,13 +637,10 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                                f"{r['latency']['p50_ms']:.2f} ms")
             timed_again += len(stale)
             kept += stale
-        # one pass near the budget decides nothing, an earlier run's or a re-timing's either (a rerun of a search
-        # stopped by its time limit goes on with them here), before they can rule out larger candidates
-        again, left = confirm_near_budget(ctx, kept, cfg.budget_ms, ref["path"], deadline=deadline)
+        again = confirm(kept)
         for r in kept:
             if r["id"] in again:
                 progress.write(verdict(r, cfg.budget_ms))
-        retimed, unconfirmed = retimed + again, unconfirmed + left
         results += kept
         if not todo:
             continue
@@ -658,9 +658,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
             skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
             continue
-        # decided now, before it can rule out the larger candidates of its mode (`skip_reason`) on one noisy pass
-        again, left = confirm_near_budget(ctx, new, cfg.budget_ms, ref["path"], deadline=deadline)
-        retimed, unconfirmed = retimed + again, unconfirmed + left
+        confirm(new)
         for r in new:
             progress.write(verdict(r, cfg.budget_ms))
         results += new
