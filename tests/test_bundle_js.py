@@ -587,3 +587,24 @@ def test_predict_mjs_verifies_a_bundle_without_crypto_subtle(js_bundle, tmp_path
     (copy / "labels.json").write_text((copy / "labels.json").read_text() + " ")
     proc = _node(run.write_text(run.read_text().replace(str(js_bundle), str(copy))) and run)
     assert proc.returncode != 0 and "labels.json" in proc.stderr and "sha256" in proc.stderr, proc.stderr
+
+
+def test_predict_mjs_refuses_a_url_outside_the_bundle_before_fetching_it(js_bundle, tmp_path):
+    """readBytes' own check under readManifest's plain-name rule: a name that resolves outside the bundle's URL (up a
+    folder, encoded, another host, an absolute URL) is refused before any request; a plain name is fetched."""
+    base = "http://127.0.0.1:9/bundles/b"  # port 9 (discard): a request made would fail with a network error
+    script = tmp_path / "outside.mjs"
+    script.write_text(f"import {{ readVerified }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+                      "for (const name of JSON.parse(process.argv[2])) {\n"
+                      f"  try {{ await readVerified({json.dumps(base)}, {{}}, [name], false); console.log('read'); }}\n"
+                      "  catch (e) { console.log(`${e.constructor.name}: ${e.message}`); }\n"
+                      "}\n")
+    names = ["../x.json", "%2e%2e/x.json", "//localhost:9/x.json", "http://localhost:9/bundles/b/x.json",
+             "../b2/x.json", "tokenizer.json"]
+    proc = _node(script, json.dumps(names))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(names)
+    for name, line in zip(names[:-1], lines[:-1]):
+        assert line.startswith(f"BundleError: {name}: resolves outside the bundle ("), line
+    assert "resolves outside" not in lines[-1] and lines[-1] != "read", lines[-1]
