@@ -41,7 +41,8 @@ import numpy as np
 
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
-from compress.ort_session import SLOW_FUSIONS  # not compress.export: the memory probe of an ONNX file imports no torch
+# not compress.export: the memory probe of an ONNX file imports no torch
+from compress.ort_session import SLOW_FUSIONS, example_id_range
 from compress.manifest import cpu_model, read_json, scores, scratch_dir, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def time_fixed(fn, warmup: int, repeats: int, max_seconds: float, min_runs: int)
 def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0,
                  vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
     """Random token ids (within ``vocab_size``: a small vocabulary's model failed at ids up to 20000)."""
-    from compress.export import example_id_range
-
     vocab_size = vocab_size or 20000
     rng = np.random.default_rng(seed)
     ids = rng.integers(*example_id_range(vocab_size, 20000), size=(batch, seq), dtype=np.int64)
@@ -419,7 +418,6 @@ def forward_flops(model_dir: str, shapes: list[tuple[int, int]]) -> dict[str, in
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from compress.export import example_id_range
     from compress.modeling import load_trained
 
     model, _ = load_trained(model_dir)

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from compress.ort_session import SLOW_FUSIONS, session  # noqa: F401  (callers import them from here too)
+from compress.ort_session import SLOW_FUSIONS, example_id_range, session  # noqa: F401  (callers import them here too)
 from compress.data import Collator, eval_loader
 from compress.errors import CompressError
 
@@ -61,12 +61,6 @@ def input_names(model: torch.nn.Module) -> tuple[str, ...]:
     if getattr(model.config, "type_vocab_size", 0) in (0, None) and "token_type_ids" in names:
         names.remove("token_type_ids")
     return tuple(names)
-
-
-def example_id_range(vocab_size: int, high: int) -> tuple[int, int]:
-    """Token ids [low, high) for example and timing inputs: 1000 up to ``high``, within the vocabulary (a model with
-    a small one, a domain tokenizer's few hundred tokens, failed its export with 'index out of range in self')."""
-    return min(1000, vocab_size // 2), min(high, vocab_size)
 
 
 def example_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:

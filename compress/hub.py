@@ -151,9 +151,10 @@ def revision(repo_id: str, kind: str = "model") -> Optional[str]:
 
 
 def load_kwargs(name: str) -> dict:
-    """Extra ``from_pretrained`` arguments for ``name``: read a hub id from the cache only when the hub is out of
-    reach (no retries); nothing otherwise."""
-    return {"local_files_only": True} if is_hub_id(name) and not reachable() else {}
+    """Extra ``from_pretrained`` arguments for ``name``: no repository code (a model that needs its own is refused
+    in one line, not asked about on the terminal); read a hub id from the cache only when the hub is out of reach
+    (no retries)."""
+    return {"trust_remote_code": False, **({"local_files_only": True} if is_hub_id(name) and not reachable() else {})}
 
 
 def recipe_models(recipe, stages) -> list[tuple[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -41,8 +42,9 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     source, offline = resolve(model), hub.load_kwargs(model)
     try:
         config = AutoConfig.from_pretrained(source, **offline)
-    except OSError as e:
-        raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, KeyError) as e:  # ValueError: a model_type unknown here, or repository code
+        first = re.split(r"(?<=\.)\s", str(e).strip().splitlines()[0])[0][:200] if str(e).strip() else type(e).__name__
+        raise CompressError(f"model {model!r}: cannot load its config.json ({first})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **offline) if tokenizer else None
     except OSError as e:

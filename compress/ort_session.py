@@ -14,6 +14,12 @@ SLOW_FUSIONS = DISABLED_OPTIMIZERS
 docstring): disabled in our sessions and in the bundle's predict.py (which defines them: it must run standalone)."""
 
 
+def example_id_range(vocab_size: int, high: int) -> tuple[int, int]:
+    """Token ids [low, high) for example and timing inputs: 1000 up to ``high``, within the vocabulary (a model with
+    a small one, a domain tokenizer's few hundred tokens, failed its export with 'index out of range in self')."""
+    return min(1000, vocab_size // 2), min(high, vocab_size)
+
+
 def session(path: str | Path, threads: Optional[int] = None, spin: bool = True, stock: bool = False,
             save_optimized: Optional[Path] = None):
     """An ORT CPU session, full graph optimization without `SLOW_FUSIONS`; a missing or unreadable file is a

@@ -185,8 +185,9 @@ def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_d
     good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
     out = run_isolated({**spec, "name": "good", "path": str(good)}, tmp_path)  # a fresh process: its own RSS
     assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0 and out["load_s"] >= 0
-    # an ONNX file's probe imports onnxruntime, not torch: its peak is far below a torch process's baseline
-    assert out["rss_before_load_mb"] < 150, out
+    # an ONNX file's probe imports onnxruntime, not torch: its peak is far below a torch process's baseline (the
+    # largest fixed shape's token ids imported torch with compress.export: 484 MB for this tiny model, 70 without)
+    assert out["rss_before_load_mb"] < 150 and out["peak_rss_mb"] < 250, out
     stale = tmp_path / "elsewhere"
     (stale / "compress").mkdir(parents=True)
     (stale / "compress" / "__init__.py").write_text("raise ImportError('an old checkout in the working directory')\n")

@@ -280,3 +280,29 @@ def test_a_relative_name_the_hub_does_not_have_says_where_it_looked_too(tmp_path
         hub.check("tiny-bert", "x.yaml: teacher.model")
     assert str(e.value).endswith(f"; no folder {tmp_path / 'tiny-bert'} either (relative paths are read from the "
                                  f"folder compress runs in)")
+
+
+
+@pytest.mark.parametrize("config, why", [({"model_type": "custom_enc"}, "does not recognize this architecture"),
+                                         ({"model_type": "custom_enc", "auto_map": {"AutoConfig": "c.CustomConfig"}},
+                                          "contains custom code")])
+def test_a_cached_hub_model_transformers_cannot_build_is_one_line(tmp_path, tiny_bert_dir, refusing_endpoint, config,
+                                                                  why):
+    """A hub model of a type this transformers does not know, or one that needs its repository's own code (asked
+    about on a terminal, "[y/N]", before): recipe validation cannot see its config, the run stopped in a traceback."""
+    import json
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **config}))
+    _fake_hub_cache(tmp_path / "hf-cache", "org/custom", folder)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hf-cache"), HF_ENDPOINT=refusing_endpoint,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    recipe = _recipe(tmp_path, "org/custom")
+    proc = subprocess.run([sys.executable, "-m", "compress", "run", str(recipe)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600, stdin=subprocess.DEVNULL)
+    line = proc.stderr.strip().splitlines()[-1]  # after the data's progress bars
+    assert proc.returncode == 2, _without_progress(proc.stderr)
+    assert line.startswith(f"error: {recipe}: teacher.model: model 'org/custom': cannot load its config.json ("), line
+    assert why in line and not (tmp_path / "runs" / "tiny" / "teacher").exists()
