@@ -126,8 +126,25 @@ def _distill_variant(recipe: Recipe) -> Optional[str]:
                      "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None)
 
 
+def _default_source(recipe: Recipe, source: Optional[str]) -> Optional[str]:
+    """The first student, where a stage takes it by default among two or more: its name is part of the stage's
+    identity (it was so only through the key order of the distill stage's metrics.json: reordered students whose
+    models came out byte-identical would reuse a stage made from another one)."""
+    students = recipe.students or []
+    return f"source={students[0].name}" if source is None and len(students) > 1 else None
+
+
 def _prune_variant(recipe: Recipe) -> Optional[str]:
-    return _accumulates(recipe.prune.recover) if recipe.prune is not None else None
+    if recipe.prune is None:
+        return None
+    return _variants(_accumulates(recipe.prune.recover), _default_source(recipe, recipe.prune.source))
+
+
+def _quantize_variant(recipe: Recipe) -> Optional[str]:
+    """Without a prune stage, the quantize stage's default source is the first student (`newest_source`)."""
+    if recipe.quantize is None or recipe.prune is not None:
+        return None
+    return _default_source(recipe, recipe.quantize.source)
 
 
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -149,7 +166,7 @@ STAGES: list[Stage] = [
     # metrics (and the guard's baseline) are model.onnx's own, .ort files without ORT's slow fusions, dynamic guard
     # candidates only the nodes dynamic int8 changes
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
-          revision=3, reads_only=_quantize_reads),
+          revision=3, reads_only=_quantize_reads, variant=_quantize_variant),
     # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2, timed=True),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
@@ -672,7 +689,7 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     reasons = _changes(_result_config(old.get("config", {})), config)
     if old.get("seed") != recipe.seed:
         reasons.append(f"seed: {old.get('seed')} -> {recipe.seed}")
-    before = old.get("inputs", {})
+    before = old.get("inputs") if isinstance(old.get("inputs"), dict) else {}  # a hand-edited manifest
     moved = [k for k in sorted(set(before) | set(inputs)) if before.get(k) != inputs.get(k)]
     read = {k.split("/", 1)[0] for k in inputs}  # a stage no longer read (`Stage.reads_only`) did not change
     stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()} & read)

@@ -294,6 +294,8 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
 @pytest.mark.parametrize("text, message", [
     ("task: {name: sst2}\nteacher: {epochs: .nan}\n", r"teacher\.epochs: expected a finite number, got nan"),
     ("task: {name: sst2}\nteacher: {lr: .inf}\n", r"teacher\.lr: expected a finite number, got inf"),
+    # an integer beyond floats: OverflowError from math.isfinite
+    ("task: {name: sst2}\nteacher: {lr: 1%s}\n" % ("0" * 400), r"teacher\.lr: expected a finite number, got 1000"),
     ("task: {name: sst2}\nteacher: {weight_decay: -1}\n", r"teacher: weight_decay and max_grad_norm must be >= 0"),
     ("task: {name: sst2, holdout_max: -5}\nteacher: {}\n", r"task\.holdout_max: must be >= 1, got -5"),
     ("name: ../../escaped\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
@@ -368,6 +370,14 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "y.yaml")]) == 2
     err = capsys.readouterr().err
     assert "not valid YAML: " in err and "(line 2, column " in err and len(err.splitlines()) == 1
+    # an integer of more than 4300 digits: PyYAML's int() raised Python's ValueError, a traceback
+    (tmp_path / "huge.yaml").write_text(f"task: {{name: sst2}}\nteacher: {{max_steps: 1{'0' * 5000}}}\n")
+    assert main(["validate", str(tmp_path / "huge.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'huge.yaml'}: not valid YAML: Exceeds the limit") and err.count("\n") == 1
+    assert main(["validate", recipe, "--set", f"teacher.max_steps=1{'0' * 5000}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set teacher.max_steps: the value is not valid YAML: Exceeds") and err.count("\n") == 1
     assert main(["zoo", "list", "mpnet-base"]) == 2
     assert "zoo list takes no names" in capsys.readouterr().err
 

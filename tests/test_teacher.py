@@ -940,6 +940,10 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
                                                       "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
     fp, inputs = pipeline._fingerprint(recipe, teacher, {})
     assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
+    # a hand-edited manifest whose inputs are not a mapping: redone, and why said (a TypeError traceback before)
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": "x", "inputs": None, "outputs": {}}))
+    why = pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1]
+    assert why.startswith("changed: ") and f"new input {tiny_bert_dir / 'config.json'}" in why, why
 
 
 def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tmp_path, tiny_bert_dir,
@@ -984,6 +988,31 @@ def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tm
     why = reuse(moved)[1]
     assert why.startswith("changed: ") and "moved/SST-2/train.tsv" in why, why
 
+
+
+def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path, tiny_bert_dir):
+    """Prune (and quantize, without a prune stage) take the first student by default: reordered students whose
+    distill outputs came out the same (byte-identical models, metrics.json in the same key order) reused the stage
+    made from the other one. An explicit source, or a single student, keeps its fingerprint as before."""
+    from compress import pipeline
+
+    stages = {s.name: s for s in pipeline.STAGES}
+    done = {name: {"outputs": {"a/model.safetensors": "1" * 8, "b/model.safetensors": "2" * 8}}
+            for name in ("teacher", "distill")}
+
+    def fingerprint(order: str, extra: str, stage: str) -> str:
+        students = ", ".join(f"{{name: {n}, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}}"
+                             for n in order)
+        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"students: [{students}]\n{extra}"))
+        return pipeline._fingerprint(recipe, stages[stage], done)[0]
+
+    for extra, stage in (("prune: {heads: 0.5}\n", "prune"), ("quantize: {modes: [dynamic]}\n", "quantize")):
+        assert fingerprint("ab", extra, stage) != fingerprint("ba", extra, stage)
+    for extra, stage in (("prune: {heads: 0.5, source: b}\n", "prune"), ("quantize: {source: a}\n", "quantize")):
+        assert fingerprint("ab", extra, stage) == fingerprint("ba", extra, stage)
+    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra="students: [{name: a, kind: narrow, init: random, "
+                                                              "hidden: 32, heads: 2, ffn: 64, layers: 1}]\nprune: {heads: 0.5}\n"))
+    assert pipeline._prune_variant(one) is None  # one student: nothing to tell apart, the fingerprint of before
 
 def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_bert_dir):
     """`quantize.source: teacher`: every upstream stage's outputs were the quantize stage's inputs, so a new prune
