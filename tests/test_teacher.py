@@ -1010,8 +1010,8 @@ def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path
         assert fingerprint("ab", extra, stage) != fingerprint("ba", extra, stage)
     for extra, stage in (("prune: {heads: 0.5, source: b}\n", "prune"), ("quantize: {source: a}\n", "quantize")):
         assert fingerprint("ab", extra, stage) == fingerprint("ba", extra, stage)
-    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra="students: [{name: a, kind: narrow, init: random, hidden: "
-                                                              "32, heads: 2, ffn: 64, layers: 1}]\nprune: {heads: 0.5}\n"))
+    single = "students: [{name: a, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}]\n"
+    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=single + "prune: {heads: 0.5}\n"))
     assert pipeline._prune_variant(one) is None  # one student: nothing to tell apart, the fingerprint of before
 
 def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_bert_dir):
