@@ -344,8 +344,7 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
     if name in ZOO:
         return
     if os.path.isdir(name):  # a saved model (or, for kind "tokenizer", a saved tokenizer)
-        wanted = ("config.json",) if kind == "model" else \
-            ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json")
+        wanted = ("config.json",) if kind == "model" else TOKENIZER_FILES  # config.json alone is no tokenizer
         if not any(os.path.isfile(os.path.join(name, f)) for f in wanted):
             raise CompressError(f"{file}: {where}: folder {name!r} holds no {' or '.join(wanted)} (not a saved "
                                 f"{kind})")

@@ -29,6 +29,10 @@ def _tokenizer(name: str):
         return AutoTokenizer.from_pretrained(resolve(name), **hub.load_kwargs(name))
     except OSError as e:
         raise CompressError(f"tokenizer {name!r}: cannot load ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError, AttributeError) as e:  # no tokenizer files: "stat: path should be string..."
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CompressError(f"tokenizer {name!r}: cannot load ({type(e).__name__}: {first}); save a tokenizer "
+                            f"there") from None
 
 
 def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: int = 512) -> torch.nn.Module:

@@ -123,6 +123,17 @@ def test_a_model_folder_without_a_tokenizer_is_refused_at_validation(tmp_path):
     path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
                     f"students: [{{name: s, kind: narrow, init: {model}, tokenizer: minilm-l6}}]\n")
     assert load_recipe(path).students[0].init == str(model)
+    # a student's tokenizer folder of config.json alone passed, then failed the distill stage in a TypeError traceback
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                    f"students: [{{name: s, kind: narrow, init: random, layers: 1, hidden: 32, heads: 2, "
+                    f"tokenizer: {model}}}]\n")
+    with pytest.raises(CompressError, match=r"students\[0\]\.tokenizer: folder .* holds no tokenizer\.json or "):
+        load_recipe(path)
+    from students.narrow import _tokenizer
+
+    with pytest.raises(CompressError, match=rf"^tokenizer '{model}': cannot load \(TypeError: .*\); save a tokenizer "
+                                            r"there$"):
+        _tokenizer(str(model))  # what the stage says, were it reached (validation refuses it first)
 
 
 def test_relative_position_embeddings_are_refused_at_validation(tmp_path):
