@@ -37,7 +37,8 @@ def _overrides(pairs: list[str]) -> dict:
         except yaml.YAMLError as e:
             raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
         except ValueError as e:  # an integer of more than 4300 digits (Python's int-from-string limit)
-            raise CompressError(f"--set {key}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise CompressError(f"--set {key}: the value is not valid YAML: "
+                                f"{str(e).splitlines()[0].split('; use sys.')[0]}") from None
     return out
 
 

@@ -1313,7 +1313,7 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     except UnicodeDecodeError as e:
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except ValueError as e:  # an integer of more than 4300 digits (Python's int-from-string limit)
-        raise CompressError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise CompressError(f"{path}: not valid YAML: {str(e).splitlines()[0].split('; use sys.')[0]}") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it
@@ -1537,7 +1537,9 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
             value = float(value)  # YAML 1.2's 2e-5: PyYAML (YAML 1.1) reads it as a string, wanting 2.0e-5
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CompressError(f"{file}: {key}: expected a number, got {_show(value)}")
-        if abs(value) > sys.float_info.max or not math.isfinite(value):  # an int beyond floats: OverflowError
+        if isinstance(value, int) and abs(value) > sys.float_info.max:  # math.isfinite: OverflowError
+            raise CompressError(f"{file}: {key}: expected a number within a float's range, got {_show(value)}")
+        if not math.isfinite(value):
             raise CompressError(f"{file}: {key}: expected a finite number, got {_show(value)}")
         return float(value)
     if tp is str:

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers import logging as hf_logging
 
 from compress import hub
+from compress.bundle_predict import first_line
 from compress.config import head_mismatch, head_order, headless, lfs_pointer, position_limit, unsupported_type
 from compress.data import TaskSpec
 from compress.errors import CompressError
@@ -30,6 +31,18 @@ def task_kwargs(spec: TaskSpec) -> dict:
             "id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}}
 
 
+def remote_code(e: BaseException) -> bool:
+    """transformers' refusal of a model or tokenizer that needs its repository's own code."""
+    return "trust_remote_code" in str(e)
+
+
+def load_error(e: BaseException) -> str:
+    """transformers' reason for not loading, in one line: its first sentence (a path's ". " is no sentence end)."""
+    if remote_code(e):
+        return "it needs its repository's own code (trust_remote_code), which compress never runs"
+    return re.split(r"\.\s+(?=[A-Z])", first_line(e))[0]
+
+
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,
                   loading: Optional[dict] = None):
     """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
@@ -40,18 +53,24 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     the prediction layer was initialised anew (none of the task's shape in the checkpoint)."""
     hub.check(model, f"model {model!r}")
     source, offline = resolve(model), hub.load_kwargs(model)
+    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+        raise CompressError(f"model {model!r}: no config.json in {source}")
     try:
         config = AutoConfig.from_pretrained(source, **offline)
-    except (OSError, ValueError, KeyError) as e:  # ValueError: a model_type unknown here, or repository code
-        first = re.split(r"(?<=\.)\s", str(e).strip().splitlines()[0])[0][:200] if str(e).strip() else type(e).__name__
-        raise CompressError(f"model {model!r}: cannot load its config.json ({first})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a model_type unknown here, repository
+        # code (ValueError, KeyError); a config.json of a JSON list (TypeError, AttributeError)
+        raise CompressError(f"model {model!r}: cannot load its config.json ({load_error(e)})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **offline) if tokenizer else None
     except OSError as e:
         raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
-    except (TypeError, ValueError) as e:  # a folder without tokenizer files: "stat: path should be string..."
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CompressError(f"model {model!r}: cannot load its tokenizer ({type(e).__name__}: {first}); save the "
+    except ValueError as e:
+        if not remote_code(e):
+            raise CompressError(f"model {model!r}: cannot load its tokenizer (ValueError: {first_line(e)}); save "
+                                f"the tokenizer with the model") from None
+        raise CompressError(f"model {model!r}: cannot load its tokenizer ({load_error(e)})") from None
+    except TypeError as e:  # a folder without tokenizer files: "stat: path should be string..."
+        raise CompressError(f"model {model!r}: cannot load its tokenizer (TypeError: {first_line(e)}); save the "
                             f"tokenizer with the model") from None
     # a hub model: known only once its config is here
     reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))

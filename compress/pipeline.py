@@ -54,7 +54,8 @@ class Stage:
     inputs (a stage redone there rewrites its manifest)."""
     variant: Optional[Callable[[Recipe], Optional[str]]] = None
     """recipe -> a word joined to the fingerprint when the stage's outputs for that recipe changed meaning (a fix that
-    concerns a few recipes: their stages are redone, not every run folder's, as a `revision` would); None: none."""
+    concerns a few recipes: their stages are redone, not every run folder's, as a `revision` would), or when what
+    the recipe makes it read is not among its inputs otherwise (a default source: `_taken_by_default`); None: none."""
     files: tuple[str, ...] = ()
     """Files of a run folder (this run's, and those `runs` names) that it reads beside stage outputs, when there: their
     sha256 are inputs (the report's line on ``compress search``'s results stayed out of date after a search)."""
@@ -126,25 +127,29 @@ def _distill_variant(recipe: Recipe) -> Optional[str]:
                      "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None)
 
 
-def _default_source(recipe: Recipe, source: Optional[str]) -> Optional[str]:
-    """The first student, where a stage takes it by default among two or more: its name is part of the stage's
-    identity (it was so only through the key order of the distill stage's metrics.json: reordered students whose
-    models came out byte-identical would reuse a stage made from another one)."""
+def _taken_by_default(recipe: Recipe, stage: str) -> Optional[str]:
+    """The first student, where ``stage`` takes it by default among two or more (prune; quantize without a prune
+    stage, `newest_source`). Its name is part of the stage's identity: it was so only through the key order of the
+    distill stage's metrics.json, so reordered students whose models came out byte-identical reused a stage made from
+    another one."""
+    section = {"prune": recipe.prune, "quantize": recipe.quantize if recipe.prune is None else None}.get(stage)
     students = recipe.students or []
-    return f"source={students[0].name}" if source is None and len(students) > 1 else None
+    return students[0].name if section is not None and section.source is None and len(students) > 1 else None
+
+
+def _source_word(recipe: Recipe, stage: str) -> Optional[str]:
+    name = _taken_by_default(recipe, stage)
+    return f"source={name}" if name is not None else None
 
 
 def _prune_variant(recipe: Recipe) -> Optional[str]:
     if recipe.prune is None:
         return None
-    return _variants(_accumulates(recipe.prune.recover), _default_source(recipe, recipe.prune.source))
+    return _variants(_accumulates(recipe.prune.recover), _source_word(recipe, "prune"))
 
 
 def _quantize_variant(recipe: Recipe) -> Optional[str]:
-    """Without a prune stage, the quantize stage's default source is the first student (`newest_source`)."""
-    if recipe.quantize is None or recipe.prune is not None:
-        return None
-    return _default_source(recipe, recipe.quantize.source)
+    return _source_word(recipe, "quantize")
 
 
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -695,6 +700,10 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     stages = sorted({k.split("/", 1)[0] for k in moved if k.split("/", 1)[0] in stage_names()} & read)
     files = [k for k in moved if k.split("/", 1)[0] not in stage_names()]
     reasons += [f"{name} outputs changed" for name in stages] + _input_changes(before, inputs, files)
+    default, recorded = _taken_by_default(recipe, stage.name), old.get("source")
+    recorded = recorded.get("model") if isinstance(recorded, dict) else recorded  # quantize's: {"model": ...}
+    if default is not None and isinstance(recorded, str) and recorded != default:
+        reasons.append(f"default source (the first student): {recorded} -> {default}")
     if not reasons:
         reasons.append("stage code revision or compress version changed")
     shown = reasons[:4] + ([f"+{len(reasons) - 4} more"] if len(reasons) > 4 else [])

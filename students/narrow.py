@@ -18,7 +18,8 @@ from compress import hub
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
-from compress.modeling import load_for_task, task_kwargs
+from compress.bundle_predict import first_line
+from compress.modeling import load_error, load_for_task, remote_code, task_kwargs
 from students.layer_drop import drop_layers
 from teachers.zoo import resolve
 
@@ -30,9 +31,10 @@ def _tokenizer(name: str):
     except OSError as e:
         raise CompressError(f"tokenizer {name!r}: cannot load ({str(e).splitlines()[0]})") from None
     except (TypeError, ValueError, AttributeError) as e:  # no tokenizer files: "stat: path should be string..."
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CompressError(f"tokenizer {name!r}: cannot load ({type(e).__name__}: {first}); save a tokenizer "
-                            f"there") from None
+        if remote_code(e):
+            raise CompressError(f"tokenizer {name!r}: cannot load ({load_error(e)})") from None
+        raise CompressError(f"tokenizer {name!r}: cannot load ({type(e).__name__}: {first_line(e)}); save a "
+                            f"tokenizer there") from None
 
 
 def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: int = 512) -> torch.nn.Module:

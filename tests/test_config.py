@@ -306,7 +306,7 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     ("task: {name: sst2}\nteacher: {epochs: .nan}\n", r"teacher\.epochs: expected a finite number, got nan"),
     ("task: {name: sst2}\nteacher: {lr: .inf}\n", r"teacher\.lr: expected a finite number, got inf"),
     # an integer beyond floats: OverflowError from math.isfinite
-    ("task: {name: sst2}\nteacher: {lr: 1%s}\n" % ("0" * 400), r"teacher\.lr: expected a finite number, got 1000"),
+    ("task: {name: sst2}\nteacher: {lr: 1%s}\n" % ("0" * 400), r"teacher\.lr: expected a number within a float's range, got 1000"),
     ("task: {name: sst2}\nteacher: {weight_decay: -1}\n", r"teacher: weight_decay and max_grad_norm must be >= 0"),
     ("task: {name: sst2, holdout_max: -5}\nteacher: {}\n", r"task\.holdout_max: must be >= 1, got -5"),
     ("name: ../../escaped\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
@@ -386,7 +386,7 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "huge.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'huge.yaml'}: not valid YAML: Exceeds the limit")
-    assert err.count("\n") == 1
+    assert err.count("\n") == 1 and "sys.set_int_max_str_digits" not in err
     assert main(["validate", recipe, "--set", f"teacher.max_steps=1{'0' * 5000}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --set teacher.max_steps: the value is not valid YAML: Exceeds")

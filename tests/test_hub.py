@@ -46,7 +46,7 @@ def test_an_unloadable_student_init_stops_the_run_before_the_teacher_trains(tmp_
     monkeypatch.setattr(hub, "reachable", lambda: True)
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", refusing_endpoint)
     hub.check("org/not-cached-anywhere", "x")
-    assert hub.load_kwargs("org/not-cached-anywhere") == {}
+    assert hub.load_kwargs("org/not-cached-anywhere") == {"trust_remote_code": False}
 
 
 def test_a_reachable_hub_that_has_no_such_model_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir,
@@ -282,10 +282,9 @@ def test_a_relative_name_the_hub_does_not_have_says_where_it_looked_too(tmp_path
                                  f"folder compress runs in)")
 
 
-
 @pytest.mark.parametrize("config, why", [({"model_type": "custom_enc"}, "does not recognize this architecture"),
                                          ({"model_type": "custom_enc", "auto_map": {"AutoConfig": "c.CustomConfig"}},
-                                          "contains custom code")])
+                                          "its repository's own code (trust_remote_code), which compress never runs")])
 def test_a_cached_hub_model_transformers_cannot_build_is_one_line(tmp_path, tiny_bert_dir, refusing_endpoint, config,
                                                                   why):
     """A hub model of a type this transformers does not know, or one that needs its repository's own code (asked
@@ -306,3 +305,4 @@ def test_a_cached_hub_model_transformers_cannot_build_is_one_line(tmp_path, tiny
     assert proc.returncode == 2, _without_progress(proc.stderr)
     assert line.startswith(f"error: {recipe}: teacher.model: model 'org/custom': cannot load its config.json ("), line
     assert why in line and not (tmp_path / "runs" / "tiny" / "teacher").exists()
+    assert "[y/N]" not in proc.stdout + proc.stderr, proc.stdout  # not asked on a terminal

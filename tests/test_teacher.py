@@ -83,6 +83,36 @@ def test_a_folder_whose_tokenizer_cannot_load_is_one_line(tiny_bert_dir):
     assert tok is None and model.num_labels == 2
 
 
+def test_a_tokenizer_that_needs_its_repositorys_code_or_a_folder_without_config_is_one_line(tmp_path, tiny_bert_dir):
+    """A tokenizer_config.json naming its own class (auto_map): a ValueError traceback from a student's tokenizer
+    and "save the tokenizer with the model" from a model's; a folder without config.json read "cannot load its
+    config.json (Unrecognized model in <folder>.)"; a path with ". " in it was cut there."""
+    from compress.data import GLUE_TASKS
+    from compress.modeling import load_error
+    from students.narrow import _tokenizer
+
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_bert_dir, custom)
+    config = json.loads((custom / "tokenizer_config.json").read_text())
+    (custom / "tokenizer_config.json").write_text(json.dumps(
+        {**config, "tokenizer_class": "CustomTok", "auto_map": {"AutoTokenizer": ["t.CustomTok", None]}}))
+    never = "it needs its repository's own code (trust_remote_code), which compress never runs"
+    with pytest.raises(CompressError) as e:
+        _tokenizer(str(custom))
+    assert str(e.value) == f"tokenizer {str(custom)!r}: cannot load ({never})"
+    with pytest.raises(CompressError) as e:
+        load_for_task(str(custom), GLUE_TASKS["sst2"])
+    assert str(e.value) == f"model {str(custom)!r}: cannot load its tokenizer ({never})"
+    (custom / "config.json").unlink()
+    with pytest.raises(CompressError, match=rf"^model '{custom}': no config.json in {custom}$"):
+        load_for_task(str(custom), GLUE_TASKS["sst2"])
+    (custom / "config.json").write_text("[1, 2]")  # a hub model's: validation cannot read it first
+    with pytest.raises(CompressError, match=rf"^model '{custom}': cannot load its config.json \(list indices must"):
+        load_for_task(str(custom), GLUE_TASKS["sst2"])
+    assert load_error(ValueError("Unrecognized model in /m/v1. final. Should have a `model_type` key.\nMore")) == \
+        "Unrecognized model in /m/v1. final"
+
+
 def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
     data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
     model, tok = load_for_task(str(tiny_bert_dir), data.spec)
@@ -989,7 +1019,6 @@ def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tm
     assert why.startswith("changed: ") and "moved/SST-2/train.tsv" in why, why
 
 
-
 def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path, tiny_bert_dir):
     """Prune (and quantize, without a prune stage) take the first student by default: reordered students whose
     distill outputs came out the same (byte-identical models, metrics.json in the same key order) reused the stage
@@ -1000,19 +1029,31 @@ def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path
     done = {name: {"outputs": {"a/model.safetensors": "1" * 8, "b/model.safetensors": "2" * 8}}
             for name in ("teacher", "distill")}
 
-    def fingerprint(order: str, extra: str, stage: str) -> str:
+    def recipe(order: str, extra: str):
         students = ", ".join(f"{{name: {n}, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}}"
                              for n in order)
-        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"students: [{students}]\n{extra}"))
-        return pipeline._fingerprint(recipe, stages[stage], done)[0]
+        return load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"students: [{students}]\n{extra}"))
+
+    def fingerprint(order: str, extra: str, stage: str) -> str:
+        return pipeline._fingerprint(recipe(order, extra), stages[stage], done)[0]
 
     for extra, stage in (("prune: {heads: 0.5}\n", "prune"), ("quantize: {modes: [dynamic]}\n", "quantize")):
         assert fingerprint("ab", extra, stage) != fingerprint("ba", extra, stage)
-    for extra, stage in (("prune: {heads: 0.5, source: b}\n", "prune"), ("quantize: {source: a}\n", "quantize")):
-        assert fingerprint("ab", extra, stage) == fingerprint("ba", extra, stage)
+        made = recipe("ab", extra)
+        fp, inputs = pipeline._fingerprint(made, stages[stage], done)
+        old = {"config": pipeline._config(made, stages[stage]), "seed": made.seed, "inputs": inputs,
+               "source": "a" if stage == "prune" else {"model": "a"}}
+        assert pipeline._what_changed(recipe("ba", extra), stages[stage], old, inputs) == \
+            "changed: default source (the first student): a -> b"
+    # no default among several students: the fingerprints of before (no variant word), whatever the order
+    for extra in ("prune: {heads: 0.5, source: b}\n", "quantize: {source: a}\n", "quantize: {source: teacher}\n",
+                  "prune: {heads: 0.5, source: a}\nquantize: {}\n"):  # quantize takes the pruned model
+        ab, ba = recipe("ab", extra), recipe("ba", extra)
+        assert pipeline._prune_variant(ab) is pipeline._quantize_variant(ba) is None, extra
     single = "students: [{name: a, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}]\n"
-    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=single + "prune: {heads: 0.5}\n"))
-    assert pipeline._prune_variant(one) is None  # one student: nothing to tell apart, the fingerprint of before
+    one = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=single + "prune: {heads: 0.5}\nquantize: {}\n"))
+    assert pipeline._prune_variant(one) is None and pipeline._quantize_variant(one) is None  # nothing to tell apart
+
 
 def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_bert_dir):
     """`quantize.source: teacher`: every upstream stage's outputs were the quantize stage's inputs, so a new prune
