@@ -306,7 +306,8 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     ("task: {name: sst2}\nteacher: {epochs: .nan}\n", r"teacher\.epochs: expected a finite number, got nan"),
     ("task: {name: sst2}\nteacher: {lr: .inf}\n", r"teacher\.lr: expected a finite number, got inf"),
     # an integer beyond floats: OverflowError from math.isfinite
-    ("task: {name: sst2}\nteacher: {lr: 1%s}\n" % ("0" * 400), r"teacher\.lr: expected a number within a float's range, got 1000"),
+    ("task: {name: sst2}\nteacher: {lr: 1%s}\n" % ("0" * 400),
+     r"teacher\.lr: expected a number within a float's range, got 1000"),
     ("task: {name: sst2}\nteacher: {weight_decay: -1}\n", r"teacher: weight_decay and max_grad_norm must be >= 0"),
     ("task: {name: sst2, holdout_max: -5}\nteacher: {}\n", r"task\.holdout_max: must be >= 1, got -5"),
     ("name: ../../escaped\ntask: {name: sst2}\nteacher: {}\n", r"name: a plain folder name is needed"),
