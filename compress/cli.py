@@ -34,11 +34,8 @@ def _overrides(pairs: list[str]) -> dict:
             out[key] = yaml_value(value)
         except _DuplicateKey as e:
             raise CompressError(f"--set {key}: {e}") from None
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
             raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
-        except ValueError as e:  # an integer of more than 4300 digits (Python's int-from-string limit)
-            raise CompressError(f"--set {key}: the value is not valid YAML: "
-                                f"{str(e).splitlines()[0].split('; use sys.')[0]}") from None
     return out
 
 

@@ -1308,12 +1308,10 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except _DuplicateKey as e:
         raise CompressError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     except UnicodeDecodeError as e:
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
-    except ValueError as e:  # an integer of more than 4300 digits (Python's int-from-string limit)
-        raise CompressError(f"{path}: not valid YAML: {str(e).splitlines()[0].split('; use sys.')[0]}") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
+        raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it
@@ -1383,10 +1381,11 @@ class _StrictLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
-def yaml_error(e: yaml.YAMLError) -> str:
-    """A YAML parse error on one line: what went wrong and where (line and column, 1-based)."""
+def yaml_error(e: yaml.YAMLError | ValueError) -> str:
+    """A YAML parse error on one line: what went wrong and where (line and column, 1-based). A ValueError: an integer
+    of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out)."""
     mark = getattr(e, "problem_mark", None)
-    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    what = getattr(e, "problem", None) or str(e).splitlines()[0].split("; use sys.")[0]
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what
 
 
