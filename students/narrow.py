@@ -15,10 +15,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from compress import hub
+from compress.bundle_predict import first_line
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
-from compress.bundle_predict import first_line
 from compress.modeling import load_error, load_for_task, remote_code, task_kwargs
 from students.layer_drop import drop_layers
 from teachers.zoo import resolve
