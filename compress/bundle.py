@@ -705,7 +705,16 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     if how == "best_within_drop" and not within:
         log.warning("no int8 model is within %.2f points of the teacher; shipping the most accurate (%s)",
                     max_drop, chosen.name)
-    record = {"pick": how, "by": by, "max_drop": max_drop, "threads": threads,
+    points = f"{max_drop:g} point{'s' if max_drop != 1 else ''}"
+    if how == "fastest":
+        rule = f"the fastest, by {by}"
+    elif how == "most_accurate":
+        rule = f"the most accurate (ties: by {by})"
+    elif within:
+        rule = f"the fastest within {points} of the teacher, by {by}"
+    else:
+        rule = f"none within {points} of the teacher: the most accurate (ties: by {by})"
+    record = {"pick": how, "rule": rule, "by": by, "max_drop": max_drop, "threads": threads,
               "within_budget": chosen in within, "chosen": chosen.name,
               "candidates": [{"name": r.name, "metric": r.metric, "drop_points": None if drop(r) is None
                               else round(drop(r), 4), "cost": cost(r)}
@@ -766,12 +775,12 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
         share = retention(chosen.metric, table.teacher_metric)
         metrics["retention"] = None if share is None else round(share, 6)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
-              "pick": f"{cfg.pick} (max drop {max_drop:g} points, by {choice['by']})",
+              "pick": f"{cfg.pick}: {choice['rule']}",
               "within_budget": choice["within_budget"], "seed": recipe.seed}
     folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
-    print(f"[bundle] {chosen.name} ({choice['by']}, within budget: {choice['within_budget']}) -> "
+    print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
           f"{folder.name}/ and {archive.name}")
     return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name], **choice}}

@@ -259,9 +259,10 @@ def cmd_search(args) -> int:
         recipe.runs_dir = os.path.expanduser(args.runs_dir)
     cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads
     from compress.pipeline import run_lock
-    from compress.search import run_search
 
     with run_lock(recipe.run_dir):  # not beside a `compress run` (or another search) writing the same run folder
+        from compress.search import run_search  # torch: seconds, not before a busy run folder is refused
+
         summary = run_search(recipe, cfg)
     print(f"[search] {summary['message']}")
     print(f"[search] Pareto front: {', '.join(summary['front']) or 'empty'}")

@@ -118,7 +118,7 @@ def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, res
     """Why (spec, mode) need not be measured for this budget, or None."""
     estimate = ref_ms * spec.macs_fraction
     if estimate > budget_ms * margin:
-        return (f"fp32 estimate {estimate:.2f} ms (teacher fp32 at its fastest this run {ref_ms:.2f} ms x MACs "
+        return (f"fp32 estimate {estimate:.2f} ms (teacher fp32 at its fastest on record {ref_ms:.2f} ms x MACs "
                 f"{spec.macs_fraction:.2f}) "
                 f"> budget x {margin:g}")
     for r in results:  # no deeper and no wider: at batch 1 a deep narrow model is slower than a shallow wide one
@@ -130,7 +130,8 @@ def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, res
 
 def estimate_base(ref: dict, results: list[dict]) -> float:
     """The teacher's fp32 p50 behind the estimates: the lowest of this run's reference timing and the in-pass timings
-    stored with the candidates (on a shared CPU the least loaded one; a high one would skip models that fit)."""
+    stored with the candidates, earlier searches' included (on a shared CPU the least loaded one; a high one would
+    skip models that fit)."""
     return min([ref["p50_ms"]] + [r["teacher_fp32_p50_ms_same_pass"] for r in results])
 
 
@@ -496,7 +497,11 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = Path(result.get("file", ""))
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
-    if not (fresh and path.is_file() and sha256_file(path) == result.get("sha256")):
+    if not fresh:
+        return None, False
+    if not (path.is_file() and sha256_file(path) == result.get("sha256")):
+        what = "changed since it was measured (sha256)" if path.is_file() else "is gone"
+        print(f"[search] {cid}: its int8 file {what} ({path}): quantized and measured again", flush=True)
         return None, False
     for key in ("metric", "select_metric"):  # a nan score is saved as null (strict JSON): nan again, as scored
         if key in result and result[key] is None:

@@ -499,12 +499,16 @@ def test_pick(run_dir):
     table = collect(run_dir)
     chosen, why = pick(table, "best_within_drop", max_drop=1.0)
     assert chosen.name == "teacher · int8 dynamic" and why["within_budget"] and why["threads"] == 2
+    assert why["rule"] == "the fastest within 1 point of the teacher, by p50 latency at 2 threads"
     assert {c["name"] for c in why["candidates"]} == {"teacher · int8 dynamic", "teacher · int8 static"}
     assert pick(table, "best_within_drop", max_drop=2.5)[0].name == "teacher · int8 static"  # now within budget
     assert pick(table, "fastest")[0].name == "teacher · int8 static"  # the unshippable one is never picked
-    assert pick(table, "most_accurate")[0].name == "teacher · int8 dynamic"
+    chosen, why = pick(table, "most_accurate", max_drop=5.0)  # max_drop plays no part: not said (it was)
+    assert chosen.name == "teacher · int8 dynamic" and why["rule"] == \
+        "the most accurate (ties: by p50 latency at 2 threads)"
     chosen, why = pick(table, "best_within_drop", max_drop=0.1)  # nothing within: the most accurate, flagged
     assert chosen.name == "teacher · int8 dynamic" and not why["within_budget"]
+    assert why["rule"].startswith("none within 0.1 points of the teacher: the most accurate")
     for row in table.rows:  # no bench: smaller file first (a tie here: the more accurate)
         row.latency = {}
     chosen, why = pick(table, "fastest")

@@ -171,8 +171,11 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     int8.write_bytes(int8.read_bytes() + b"\0")
     models = {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")}
     assert len(models) == 4  # one per model folder (L3 is the teacher itself)
+    capsys.readouterr()
     fourth = run_search(recipe, budget_ms=1000.0)
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
+    assert f"[search] L3-k50-dynamic: its int8 file changed since it was measured (sha256) ({int8}): quantized and " \
+        f"measured again" in capsys.readouterr().out  # redone without a word before
     # other timing threads: every candidate is timed again, no model is trained, quantized or scored again; records
     # of before that (no scored_settings) are stamped when reused, else they were re-made at every new --threads
     for record in (out / "candidates").glob("*.json"):
@@ -722,3 +725,22 @@ def test_the_search_quantizes_as_the_recipes_quantize_section_says(tmp_path, glu
         search.measure_model(ctx["tensor"], ModelSpec(1, 1.0, 3), None, {}, ["static"], "ref.onnx")
     assert seen["cfg"].per_channel is False and seen["cfg"].modes == ["static"]
     assert not list((tensor.run_dir / "search").glob(".quantize-*"))  # its scratch folder removed
+
+
+def test_a_search_on_a_busy_run_folder_is_refused_before_torch_loads(tmp_path, glue_dir, tokenizer):
+    """`compress search` took the run folder's lock after importing the search (torch: seconds): "stops at once"."""
+    path = _recipe(tmp_path, glue_dir, tokenizer)
+    run_dir = load_recipe(path).run_dir
+    hold = ("import sys, time\nfrom pathlib import Path\nfrom compress.pipeline import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        probe = ("import sys\nfrom compress.cli import main\nrc = main(['search', sys.argv[1], '--budget-ms', '1'])\n"
+                 "print(rc, 'torch' in sys.modules)\n")
+        proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
+        assert proc.stdout.split() == ["2", "False"], proc.stderr[-2000:]
+        assert f"in use by another compress run (pid {holder.pid})" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
