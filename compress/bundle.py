@@ -286,8 +286,8 @@ def model_card(manifest: dict) -> str:
             said = (" (the protocol's `spin` says which were timed)" if isinstance(protocol, dict) and "spin" in protocol
                     else "")
             lines += ["", f"Protocol: `{json.dumps(protocol, sort_keys=True)}`.", "",
-                      "`predict.py` keeps onnxruntime's default, idle threads spinning; on a device that runs nothing "
-                      f"else that is faster at 2+ threads than sleeping threads{said}."]
+                      "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that runs nothing "
+                      f"else, spinning threads run faster at 2+ threads than sleeping ones{said}."]
     else:
         lines.append("Not measured for this bundle.")
     lines += ["", "## Run it", "", "```sh",

@@ -861,7 +861,7 @@ def test_model_card_names_the_spin_field_only_where_the_protocol_has_one(bundle)
                            ({"threads": 2}, False)):
         manifest["latency"] = {"p50_ms": 1.0, "p90_ms": 1.2, "protocol": protocol}
         card = model_card(manifest)
-        assert "sleeping threads" in card and ("the protocol's `spin` says which were timed" in card) == said
+        assert "than sleeping ones" in card and ("the protocol's `spin` says which were timed" in card) == said
     manifest["task"]["text_pair"] = True  # a pair task's card speaks of pairs
     card = model_card(manifest)
     assert "Measured one pair at a time" in card and "Predictor.predict(texts, pairs, batch_size=N)` runs N pairs" in card
