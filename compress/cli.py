@@ -34,7 +34,7 @@ def _overrides(pairs: list[str]) -> dict:
             out[key] = yaml_value(value)
         except _DuplicateKey as e:
             raise CompressError(f"--set {key}: {e}") from None
-        except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits, a bad date
             raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
     return out
 

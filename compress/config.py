@@ -1310,7 +1310,7 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         raise CompressError(f"{path}: {e}") from None
     except UnicodeDecodeError as e:
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits, a bad date
         raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
@@ -1383,7 +1383,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 def yaml_error(e: yaml.YAMLError | ValueError) -> str:
     """A YAML parse error on one line: what went wrong and where (line and column, 1-based). A ValueError: an integer
-    of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out)."""
+    of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out), or a
+    date that is none (2024-02-30)."""
     mark = getattr(e, "problem_mark", None)
     what = getattr(e, "problem", None) or str(e).splitlines()[0].split("; use sys.")[0]
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what

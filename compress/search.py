@@ -501,7 +501,7 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
         return None, False
     if not (path.is_file() and sha256_file(path) == result.get("sha256")):
         what = "changed since it was measured (sha256)" if path.is_file() else "is gone"
-        print(f"[search] {cid}: its int8 file {what} ({path}): quantized and measured again", flush=True)
+        print(f"[search] {cid}: its int8 file {what} ({path}): its record is not reused", flush=True)
         return None, False
     for key in ("metric", "select_metric"):  # a nan score is saved as null (strict JSON): nan again, as scored
         if key in result and result[key] is None:

@@ -174,8 +174,8 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     capsys.readouterr()
     fourth = run_search(recipe, budget_ms=1000.0)
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
-    assert f"[search] L3-k50-dynamic: its int8 file changed since it was measured (sha256) ({int8}): quantized and " \
-        f"measured again" in capsys.readouterr().out  # redone without a word before
+    assert f"[search] L3-k50-dynamic: its int8 file changed since it was measured (sha256) ({int8}): its record is " \
+        f"not reused" in capsys.readouterr().out  # redone without a word before
     # other timing threads: every candidate is timed again, no model is trained, quantized or scored again; records
     # of before that (no scored_settings) are stamped when reused, else they were re-made at every new --threads
     for record in (out / "candidates").glob("*.json"):
