@@ -251,11 +251,18 @@ def model_card(manifest: dict) -> str:
     metrics = manifest.get("metrics") or {}
     if metrics:
         lines += ["| split | metric | value |", "|---|---|---|"]
+        of = metrics.get("retention_metric")
         for split, values in metrics.items():
             if isinstance(values, dict):
                 lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
-            else:
+            elif split == "retention" and of:
+                lines.append(f"| - | retention ({of} / teacher {of}) | {_fmt_metric(values)} |")
+            elif split not in ("retention_metric", "dev_rows", "dev_subset"):
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
+        if isinstance(metrics.get("dev_rows"), int):
+            lines += ["", f"Dev: {metrics['dev_rows']} rows scored"
+                      + (", the first of the split only (`task.max_eval_samples`): not comparable with full-dev "
+                         "scores." if metrics.get("dev_subset") else " (the whole split).")]
         one, many = ("pair", "pairs") if pair else ("text", "texts")
         lines += ["", f"Measured one {one} at a time, as `predict.py` runs them. "
                   f"`Predictor.predict({'texts, pairs' if pair else 'texts'}, batch_size=N)` runs N {many} together, "
@@ -709,11 +716,11 @@ def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: O
     if how == "fastest":
         rule = f"the fastest, by {by}"
     elif how == "most_accurate":
-        rule = f"the most accurate (ties: by {by})"
+        rule = f"the most accurate by {table.metric_name} (ties: by {by})"
     elif within:
-        rule = f"the fastest within {points} of the teacher, by {by}"
+        rule = f"the fastest within {points} of the teacher's {table.metric_name}, by {by}"
     else:
-        rule = f"none within {points} of the teacher: the most accurate (ties: by {by})"
+        rule = f"none within {points} of the teacher's {table.metric_name}: the most accurate (ties: by {by})"
     record = {"pick": how, "rule": rule, "by": by, "max_drop": max_drop, "threads": threads,
               "within_budget": chosen in within, "chosen": chosen.name,
               "candidates": [{"name": r.name, "metric": r.metric, "drop_points": None if drop(r) is None
@@ -774,6 +781,10 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
         metrics["teacher_dev"] = (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric}
         share = retention(chosen.metric, table.teacher_metric)
         metrics["retention"] = None if share is None else round(share, 6)
+        metrics["retention_metric"] = table.metric_name  # a task of two (MRPC: f1, accuracy) names its own
+    if table.dev_rows is not None:
+        metrics["dev_rows"] = table.dev_rows
+        metrics["dev_subset"] = table.dev_subset  # the first rows only (task.max_eval_samples)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick}: {choice['rule']}",
               "within_budget": choice["within_budget"], "seed": recipe.seed}

@@ -113,6 +113,10 @@ class RunTable:
     configs: dict = field(default_factory=dict)
     """Each stage's config less every seed, as a digest (`_config_digests`): runs of one name merge as seeds only
     where the stages both ran have the same."""
+    dev_rows: Optional[int] = None
+    """How many dev rows every metric was scored on (the teacher stage's count)."""
+    dev_subset: bool = False
+    """Whether those are only the first rows of the dev split (``task.max_eval_samples``): not full-dev scores."""
 
     def same_settings(self, other: "RunTable") -> bool:
         """Whether the stages both runs ran had the same configs but for seeds (a stage one run lacks, one that
@@ -517,13 +521,20 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "bench versions": (None if (bench.get("protocol") or {}).get("versions") == env.get("versions")
                                      else (bench.get("protocol") or {}).get("versions")),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
+    dev_rows = (teacher.get("train") or {}).get("dev_rows")
+    cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
+    subset = isinstance(dev_rows, int) and isinstance(cap, int) and dev_rows >= cap  # fewer: the whole split
+    if isinstance(dev_rows, int):
+        provenance["dev rows scored"] = (f"{dev_rows}, the first of the split only (task.max_eval_samples): not "
+                                         f"comparable with full-dev scores" if subset else f"{dev_rows} (all)")
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     # runs/<recipe name>; reused stages keep theirs (resolved: `compress report .` gave a table without a name)
     name = recipe.name if recipe is not None else run_dir.resolve().name
     return RunTable(name, str(run_dir), metric, rows, configs=_config_digests(manifests),
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
-                    other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric])
+                    other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
+                    dev_rows=dev_rows if isinstance(dev_rows, int) else None, dev_subset=subset)
 
 
 def _is_pair(teacher: dict, recipe=None) -> bool:
@@ -673,7 +684,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
                             provenance, pair=first.pair, other_metrics=list(first.other_metrics),
-                            teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None)))
+                            teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None),
+                            dev_rows=first.dev_rows, dev_subset=first.dev_subset))
     return out
 
 

@@ -499,16 +499,16 @@ def test_pick(run_dir):
     table = collect(run_dir)
     chosen, why = pick(table, "best_within_drop", max_drop=1.0)
     assert chosen.name == "teacher · int8 dynamic" and why["within_budget"] and why["threads"] == 2
-    assert why["rule"] == "the fastest within 1 point of the teacher, by p50 latency at 2 threads"
+    assert why["rule"] == "the fastest within 1 point of the teacher's accuracy, by p50 latency at 2 threads"
     assert {c["name"] for c in why["candidates"]} == {"teacher · int8 dynamic", "teacher · int8 static"}
     assert pick(table, "best_within_drop", max_drop=2.5)[0].name == "teacher · int8 static"  # now within budget
     assert pick(table, "fastest")[0].name == "teacher · int8 static"  # the unshippable one is never picked
     chosen, why = pick(table, "most_accurate", max_drop=5.0)  # max_drop plays no part: not said (it was)
     assert chosen.name == "teacher · int8 dynamic" and why["rule"] == \
-        "the most accurate (ties: by p50 latency at 2 threads)"
+        "the most accurate by accuracy (ties: by p50 latency at 2 threads)"
     chosen, why = pick(table, "best_within_drop", max_drop=0.1)  # nothing within: the most accurate, flagged
     assert chosen.name == "teacher · int8 dynamic" and not why["within_budget"]
-    assert why["rule"].startswith("none within 0.1 points of the teacher: the most accurate")
+    assert why["rule"].startswith("none within 0.1 points of the teacher's accuracy: the most accurate")
     for row in table.rows:  # no bench: smaller file first (a tie here: the more accurate)
         row.latency = {}
     chosen, why = pick(table, "fastest")
@@ -592,6 +592,33 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     from compress.manifest import hash_tree  # the stage's outputs as its manifest records them: the shipped manifest too
 
     assert "edge-sst2-int8/manifest.json" in hash_tree(out) and "edge-sst2-int8.tar.gz" in hash_tree(out)
+
+
+def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_dir, tmp_path):
+    """`task.max_eval_samples`: every dev figure came from the split's first rows, and the report and the bundle's card
+    read as full-dev scores; the card's retention did not say of which metric (MRPC has two)."""
+    from compress.bundle import run as bundle_stage
+    from compress.report import collect
+
+    teacher = json.loads((run_dir / "teacher" / "manifest.json").read_text())
+    for cap, subset, said in ((None, False, "Dev: 872 rows scored (the whole split)."),
+                              (200, True, "Dev: 200 rows scored, the first of the split only")):
+        rows = 872 if cap is None else cap
+        (run_dir / "teacher" / "manifest.json").write_text(json.dumps(
+            {**teacher, "train": {"dev_rows": rows}, "config": {"task": {"max_eval_samples": cap}}}))
+        table = collect(run_dir)
+        assert (table.dev_rows, table.dev_subset) == (rows, subset)
+        assert table.provenance["dev rows scored"].startswith(f"{rows}, the first" if subset else f"{rows} (all)")
+        out = tmp_path / f"out-{cap}"
+        out.mkdir()
+        bundle_stage(_recipe(tmp_path, "edge", "{max_drop: 2.5}"), out,
+                     {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+        m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())
+        assert (m["metrics"]["dev_rows"], m["metrics"]["dev_subset"]) == (rows, subset)
+        assert m["metrics"]["retention_metric"] == "accuracy"
+        card = (out / "edge-sst2-int8" / "README.md").read_text()
+        assert said in card and "| - | retention (accuracy / teacher accuracy) |" in card
+        assert "| - | dev_rows |" not in card and "retention_metric" not in card
 
 
 def test_regression_bundle(tmp_path, minilm_dir):
