@@ -155,6 +155,8 @@ class TaskData:
     """Reported, never used for selection."""
     test: Optional[Dataset] = None
     """Only where the task's test split is labelled (MRPC)."""
+    dev_split_rows: Optional[int] = None
+    """The dev split's rows before ``task.max_eval_samples`` (``dev`` holds its first rows only when fewer)."""
 
 
 def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
@@ -169,12 +171,13 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     if cfg.max_train_samples is not None:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     dev = load_split(cfg, "dev", spec)
+    dev_split_rows = len(dev)
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
     test = load_split(cfg, "test", spec) if "test" in spec.files and has_test_labels(cfg, spec) else None
     if test is not None and cfg.max_eval_samples is not None:
         test = test.select(range(min(cfg.max_eval_samples, len(test))))
-    return TaskData(spec, train, holdout, dev, test)
+    return TaskData(spec, train, holdout, dev, test, dev_split_rows)
 
 
 def rows_digest(ds: Dataset) -> str:

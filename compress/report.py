@@ -521,10 +521,8 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "bench versions": (None if (bench.get("protocol") or {}).get("versions") == env.get("versions")
                                      else (bench.get("protocol") or {}).get("versions")),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
-    dev_rows = (teacher.get("train") or {}).get("dev_rows")
-    cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
-    subset = isinstance(dev_rows, int) and isinstance(cap, int) and dev_rows >= cap  # fewer: the whole split
-    if isinstance(dev_rows, int):
+    dev_rows, subset = dev_scope(teacher)
+    if dev_rows is not None:
         provenance["dev rows scored"] = (f"{dev_rows}, the first of the split only (task.max_eval_samples): not "
                                          f"comparable with full-dev scores" if subset else f"{dev_rows} (all)")
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
@@ -534,7 +532,21 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
-                    dev_rows=dev_rows if isinstance(dev_rows, int) else None, dev_subset=subset)
+                    dev_rows=dev_rows, dev_subset=subset)
+
+
+def dev_scope(teacher: dict) -> tuple[Optional[int], bool]:
+    """How many dev rows a run's metrics were scored on (its teacher stage's manifest), and whether only the split's
+    first ones (``task.max_eval_samples`` below the split's size; a manifest of before ``dev_split_rows``: the cap
+    reached)."""
+    train = teacher.get("train") or {}
+    rows, split = train.get("dev_rows"), train.get("dev_split_rows")
+    if not isinstance(rows, int):
+        return None, False
+    if isinstance(split, int):
+        return rows, rows < split
+    cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
+    return rows, isinstance(cap, int) and rows >= cap
 
 
 def _is_pair(teacher: dict, recipe=None) -> bool:
@@ -685,7 +697,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
                             provenance, pair=first.pair, other_metrics=list(first.other_metrics),
                             teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None),
-                            dev_rows=first.dev_rows, dev_subset=first.dev_subset))
+                            dev_rows=next((t.dev_rows for t in group if t.dev_rows is not None), None),
+                            dev_subset=any(t.dev_subset for t in group)))
     return out
 
 

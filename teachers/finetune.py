@@ -74,6 +74,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                   "tokens_per_s": round(result.tokens_per_s, 1), "resumed_from": result.resumed_from,
                   "precision": result.precision,
                   "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
+                  "dev_split_rows": data.dev_split_rows,
                   **({} if cfg.finetune else {"finetuned": False}),
                   **({} if constant is None else {"dev_constant_label": constant})}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})

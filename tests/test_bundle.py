@@ -601,15 +601,18 @@ def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_
     from compress.report import collect
 
     teacher = json.loads((run_dir / "teacher" / "manifest.json").read_text())
-    for cap, subset, said in ((None, False, "Dev: 872 rows scored (the whole split)."),
-                              (200, True, "Dev: 200 rows scored, the first of the split only")):
-        rows = 872 if cap is None else cap
+    whole, first = "Dev: 872 rows scored (the whole split).", "Dev: 200 rows scored, the first of the split only"
+    # (a cap, the split's rows recorded: None for a teacher stage of before dev_split_rows)
+    for cap, split, rows, subset, said in ((None, None, 872, False, whole), (200, None, 200, True, first),
+                                           (872, 872, 872, False, whole),  # a cap of the split's size: all of it
+                                           (200, 872, 200, True, first), (1000, 872, 872, False, whole)):
         (run_dir / "teacher" / "manifest.json").write_text(json.dumps(
-            {**teacher, "train": {"dev_rows": rows}, "config": {"task": {"max_eval_samples": cap}}}))
+            {**teacher, "train": {"dev_rows": rows, **({} if split is None else {"dev_split_rows": split})},
+             "config": {"task": {"max_eval_samples": cap}}}))
         table = collect(run_dir)
         assert (table.dev_rows, table.dev_subset) == (rows, subset)
         assert table.provenance["dev rows scored"].startswith(f"{rows}, the first" if subset else f"{rows} (all)")
-        out = tmp_path / f"out-{cap}"
+        out = tmp_path / f"out-{cap}-{split}"
         out.mkdir()
         bundle_stage(_recipe(tmp_path, "edge", "{max_drop: 2.5}"), out,
                      {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
