@@ -752,6 +752,20 @@ def bundle_max_drop(recipe) -> float:
     return quantize_cfg.max_drop if quantize_cfg is not None else 1.0
 
 
+def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional[int], dev_subset: bool) -> dict:
+    """A bundle manifest's ``metrics``: the model's dev scores, the teacher's and the retention on ``metric`` (named:
+    a task of two, MRPC's f1 and accuracy, names its own), with how many dev rows they were scored on and whether
+    only the split's first (``task.max_eval_samples``)."""
+    metrics = {"dev": dev}
+    if dev.get(metric) is not None and teacher_dev.get(metric) is not None:
+        share = retention(dev[metric], teacher_dev[metric])
+        metrics.update(teacher_dev=dict(teacher_dev), retention=None if share is None else round(share, 6),
+                       retention_metric=metric)
+    if dev_rows is not None:
+        metrics.update(dev_rows=dev_rows, dev_subset=dev_subset)
+    return metrics
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
@@ -775,16 +789,10 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                    "protocol": {**(table.provenance.get("protocol") or {}),
                                 **({"pass": table.provenance["dev latency"]}
                                    if table.provenance.get("dev latency") else {})}}
-    metrics = {"dev": chosen.dev_metrics or {table.metric_name: chosen.metric}}  # every metric scored (MRPC: 2)
-    if table.teacher_metric is not None and chosen.metric is not None:
-        teacher = next((r for r in table.rows if r.name == "teacher"), None)
-        metrics["teacher_dev"] = (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric}
-        share = retention(chosen.metric, table.teacher_metric)
-        metrics["retention"] = None if share is None else round(share, 6)
-        metrics["retention_metric"] = table.metric_name  # a task of two (MRPC: f1, accuracy) names its own
-    if table.dev_rows is not None:
-        metrics["dev_rows"] = table.dev_rows
-        metrics["dev_subset"] = table.dev_subset  # the first rows only (task.max_eval_samples)
+    teacher = next((r for r in table.rows if r.name == "teacher"), None)
+    metrics = bundle_metrics(chosen.dev_metrics or {table.metric_name: chosen.metric},  # every metric (MRPC: 2)
+                             (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric},
+                             table.metric_name, table.dev_rows, table.dev_subset)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick}: {choice['rule']}",
               "within_budget": choice["within_budget"], "seed": recipe.seed}

@@ -43,6 +43,20 @@ def load_error(e: BaseException) -> str:
     return re.split(r"\.\s+(?=[A-Z])", first_line(e))[0]
 
 
+def load_tokenizer(source: str, offline: dict, failed: str, hint: str):
+    """``AutoTokenizer.from_pretrained(source)`` with its failures in one line, after ``failed`` (e.g. "model 'x':
+    cannot load its tokenizer"); ``hint``: what to do where the folder holds no tokenizer files (transformers then
+    raises TypeError deep in its loader: "stat: path should be string...")."""
+    try:
+        return AutoTokenizer.from_pretrained(source, **offline)
+    except OSError as e:
+        raise CompressError(f"{failed} ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        if remote_code(e):
+            raise CompressError(f"{failed} ({load_error(e)})") from None
+        raise CompressError(f"{failed} ({type(e).__name__}: {first_line(e)}); {hint}") from None
+
+
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,
                   loading: Optional[dict] = None):
     """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
@@ -60,18 +74,8 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a model_type unknown here, repository
         # code (ValueError, KeyError); a config.json of a JSON list (TypeError, AttributeError)
         raise CompressError(f"model {model!r}: cannot load its config.json ({load_error(e)})") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **offline) if tokenizer else None
-    except OSError as e:
-        raise CompressError(f"model {model!r}: cannot load ({str(e).splitlines()[0]})") from None
-    except ValueError as e:
-        if not remote_code(e):
-            raise CompressError(f"model {model!r}: cannot load its tokenizer (ValueError: {first_line(e)}); save "
-                                f"the tokenizer with the model") from None
-        raise CompressError(f"model {model!r}: cannot load its tokenizer ({load_error(e)})") from None
-    except TypeError as e:  # a folder without tokenizer files: "stat: path should be string..."
-        raise CompressError(f"model {model!r}: cannot load its tokenizer (TypeError: {first_line(e)}); save the "
-                            f"tokenizer with the model") from None
+    tokenizer = (load_tokenizer(source, offline, f"model {model!r}: cannot load its tokenizer",
+                                "save the tokenizer with the model") if tokenizer else None)
     # a hub model: known only once its config is here
     reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))
     if reason:

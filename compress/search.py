@@ -52,7 +52,6 @@ from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, R
                              search_settings)
 from compress.errors import CompressError
 from compress.export import SHIPPED_BATCH
-from compress.tasks import retention
 from compress.manifest import (fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
                                timing_machine, versions, write_json)
 
@@ -816,7 +815,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
-    from compress.bundle import build, default_name, is_bundle_archive, is_bundle_folder
+    from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
     from compress.report import dev_scope
 
@@ -830,17 +829,9 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     lat = best["latency"]
     manifest = recipe.run_dir / "teacher" / "manifest.json"
     teacher = read_json(manifest) if manifest.is_file() else {}
-    teacher_dev = (teacher.get("metrics") or {}).get("dev", {})
-    teacher_metric = teacher_dev.get(best["metric_name"])
-    metrics = {"dev": best["metrics"]}
-    if teacher_metric is not None:
-        metrics["teacher_dev"] = dict(teacher_dev)  # every metric the teacher scored, as the pipeline's bundle has
-        share = retention(best["metric"], teacher_metric)
-        metrics["retention"] = None if share is None else round(share, 6)
-        metrics["retention_metric"] = best["metric_name"]
-    rows, subset = dev_scope(teacher)  # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
-    if rows is not None:
-        metrics.update(dev_rows=rows, dev_subset=subset)
+    # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
+    metrics = bundle_metrics(best["metrics"], (teacher.get("metrics") or {}).get("dev", {}), best["metric_name"],
+                             *dev_scope(teacher))
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
                "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])

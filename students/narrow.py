@@ -12,29 +12,21 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification
 
 from compress import hub
-from compress.bundle_predict import first_line
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
-from compress.modeling import load_error, load_for_task, remote_code, task_kwargs
+from compress.modeling import load_for_task, load_tokenizer, task_kwargs
 from students.layer_drop import drop_layers
 from teachers.zoo import resolve
 
 
 def _tokenizer(name: str):
     hub.check(name, f"tokenizer {name!r}", weights=False)
-    try:
-        return AutoTokenizer.from_pretrained(resolve(name), **hub.load_kwargs(name))
-    except OSError as e:
-        raise CompressError(f"tokenizer {name!r}: cannot load ({str(e).splitlines()[0]})") from None
-    except (TypeError, ValueError, AttributeError) as e:  # no tokenizer files: "stat: path should be string..."
-        if remote_code(e):
-            raise CompressError(f"tokenizer {name!r}: cannot load ({load_error(e)})") from None
-        raise CompressError(f"tokenizer {name!r}: cannot load ({type(e).__name__}: {first_line(e)}); save a "
-                            f"tokenizer there") from None
+    return load_tokenizer(resolve(name), hub.load_kwargs(name), f"tokenizer {name!r}: cannot load",
+                          "save a tokenizer there")
 
 
 def random_bert(spec: StudentConfig, tokenizer, task: TaskSpec, max_positions: int = 512) -> torch.nn.Module:
