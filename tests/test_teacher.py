@@ -973,7 +973,8 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
     # a hand-edited manifest whose inputs are not a mapping: redone, and why said (a TypeError traceback before)
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": "x", "inputs": None, "outputs": {}}))
     why = pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1]
-    assert why.startswith("changed: ") and f"new input {tiny_bert_dir / 'config.json'}" in why, why
+    # every input reads as new; which one is named first depends on where the data and tmp folders sort
+    assert why.startswith("changed: ") and "; new input /" in why, why
 
 
 def test_the_same_data_under_another_path_is_not_a_change_but_other_bytes_are(tmp_path, tiny_bert_dir,
