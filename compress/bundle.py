@@ -257,12 +257,17 @@ def model_card(manifest: dict) -> str:
                 lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
             elif split == "retention" and of:
                 lines.append(f"| - | retention ({of} / teacher {of}) | {_fmt_metric(values)} |")
-            elif split not in ("retention_metric", "dev_rows", "dev_subset"):
+            elif split not in ("retention_metric", "dev_rows", "dev_subset", "test_rows", "test_subset"):
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
         if isinstance(metrics.get("dev_rows"), int):
             lines += ["", f"Dev: {metrics['dev_rows']} rows scored"
                       + (", the first of the split only (`task.max_eval_samples`): not comparable with full-dev "
                          "scores." if metrics.get("dev_subset") else " (the whole split).")]
+        if isinstance(metrics.get("test_rows"), int):
+            lines += ["", f"Test: {metrics['test_rows']} rows of the task's labelled test split scored"
+                      + (", its first only (`task.max_eval_samples`)." if metrics.get("test_subset") else
+                         " (the whole split).")
+                      + " Nothing was chosen on them."]
         one, many = ("pair", "pairs") if pair else ("text", "texts")
         lines += ["", f"Measured one {one} at a time, as `predict.py` runs them. "
                   f"`Predictor.predict({'texts, pairs' if pair else 'texts'}, batch_size=N)` runs N {many} together, "
@@ -752,15 +757,21 @@ def bundle_max_drop(recipe) -> float:
     return quantize_cfg.max_drop if quantize_cfg is not None else 1.0
 
 
-def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional[int], dev_subset: bool) -> dict:
+def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional[int], dev_subset: bool,
+                   test: Optional[dict] = None, teacher_test: Optional[dict] = None,
+                   test_rows: Optional[int] = None, test_subset: bool = False) -> dict:
     """A bundle manifest's ``metrics``: the model's dev scores, the teacher's and the retention on ``metric`` (named:
     a task of two, MRPC's f1 and accuracy, names its own), with how many dev rows they were scored on and whether
-    only the split's first (``task.max_eval_samples``)."""
+    only the split's first (``task.max_eval_samples``); a labelled test split's scores (MRPC's) of both, where the
+    run scored one, with its row count (the same cap cuts it)."""
     metrics = {"dev": dev}
     if dev.get(metric) is not None and teacher_dev.get(metric) is not None:
         share = retention(dev[metric], teacher_dev[metric])
         metrics.update(teacher_dev=dict(teacher_dev), retention=None if share is None else round(share, 6),
                        retention_metric=metric)
+    if test:
+        metrics.update(test=dict(test), **({"teacher_test": dict(teacher_test)} if teacher_test else {}),
+                       **({"test_rows": test_rows, "test_subset": test_subset} if test_rows is not None else {}))
     if dev_rows is not None:
         metrics.update(dev_rows=dev_rows, dev_subset=dev_subset)
     return metrics
@@ -792,7 +803,8 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     teacher = next((r for r in table.rows if r.name == "teacher"), None)
     metrics = bundle_metrics(chosen.dev_metrics or {table.metric_name: chosen.metric},  # every metric (MRPC: 2)
                              (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric},
-                             table.metric_name, table.dev_rows, table.dev_subset)
+                             table.metric_name, table.dev_rows, table.dev_subset, chosen.test_metrics,
+                             teacher and teacher.test_metrics, table.test_rows, table.test_subset)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick}: {choice['rule']}",
               "within_budget": choice["within_budget"], "seed": recipe.seed}

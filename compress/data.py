@@ -157,6 +157,8 @@ class TaskData:
     """Only where the task's test split is labelled (MRPC)."""
     dev_split_rows: Optional[int] = None
     """The dev split's rows before ``task.max_eval_samples`` (``dev`` holds its first rows only when fewer)."""
+    test_split_rows: Optional[int] = None
+    """The same of the labelled test split, where there is one."""
 
 
 def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
@@ -175,9 +177,10 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
     test = load_split(cfg, "test", spec) if "test" in spec.files and has_test_labels(cfg, spec) else None
+    test_split_rows = None if test is None else len(test)
     if test is not None and cfg.max_eval_samples is not None:
         test = test.select(range(min(cfg.max_eval_samples, len(test))))
-    return TaskData(spec, train, holdout, dev, test, dev_split_rows)
+    return TaskData(spec, train, holdout, dev, test, dev_split_rows, test_split_rows)
 
 
 def rows_digest(ds: Dataset) -> str:

@@ -306,6 +306,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec)
+    if data.test is not None:  # MRPC's labelled test split, as the teacher and the students are scored on it
+        metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
     write_json(out / "metrics.json", {"metrics": metrics, "steps": history})
     return {"metrics": metrics, "params": totals["params_after"], "source": source,
             "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],

@@ -521,12 +521,31 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                             calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows, guard_set=guard_set)
     result["source"] = {"model": name, "folder": str(folder)}
     result["rows"] = {"calibration": len(calib_src), "sensitivity": len(sens_rows)}  # as used; the config's are caps
+    if data.test is not None:
+        result["rows"]["test"] = score_test(result, out, tokenize(data.test, tokenizer, ml), collator, spec.metrics)
     write_json(out / "quantize.json", result)
     best = next((a for a in result["int8"].values() if a["shippable"]), None)
-    return {"metrics": {"dev": best["metrics"] if best else result["fp32"]["metrics"],
-                        "fp32_dev": result["fp32"]["metrics"],
-                        **{f"int8_{m}_dev": a["metrics"] for m, a in result["int8"].items()}},
-            "params": count_params(model), **result}
+    metrics = {"dev": best["metrics"] if best else result["fp32"]["metrics"], "fp32_dev": result["fp32"]["metrics"],
+               **{f"int8_{m}_dev": a["metrics"] for m, a in result["int8"].items()}}
+    if data.test is not None:
+        metrics.update(test=(best or result["fp32"])["test_metrics"], fp32_test=result["fp32"]["test_metrics"],
+                       **{f"int8_{m}_test": a["test_metrics"] for m, a in result["int8"].items()})
+    return {"metrics": metrics, "params": count_params(model), **result}
+
+
+def score_test(record: dict, out: Path, test, collator: Collator, metric_names: list[str]) -> int:
+    """A labelled test split (MRPC's): the ONNX fp32 model and every int8 one scored on it (the int8 ones one text at a
+    time, as shipped), ``test_metrics`` beside each one's dev ``metrics``; nothing is chosen or judged on it. Returns
+    its row count."""
+    labels = np.asarray(test["label"])
+    fp32 = record["fp32"]
+    fp32["test_metrics"] = compute_metrics(metric_names, onnx_predict(session(out / fp32["file"]), test, collator),
+                                           labels)
+    for mode, entry in record["int8"].items():
+        entry["test_metrics"] = score_shipped(out / entry["file"], test, collator, metric_names, labels)
+        print(f"[quantize] int8 {mode} on the labelled test split ({len(test)} rows): {_fmt(entry['test_metrics'])} "
+              f"(fp32 {_fmt(fp32['test_metrics'])})", flush=True)
+    return len(test)
 
 
 def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], collator: Collator,

@@ -84,6 +84,8 @@ class Row:
     """Its tokenizer.json."""
     dev_metrics: Optional[dict] = None
     """Every dev metric its stage recorded (MRPC: f1 and accuracy), for the bundle's manifest."""
+    test_metrics: Optional[dict] = None
+    """Its metrics on a labelled test split (MRPC's), where its stage scored one: for the bundle's manifest."""
     per_seed: Optional[dict] = None
     """Merged seeds (`merge_seeds`): ``{"retention": r, "speedup": {threads: x}}``, each the mean over the seed runs
     that measured both of its numbers of that run's own ratio (a seed's int8 time over another seed's teacher time is
@@ -117,6 +119,10 @@ class RunTable:
     """How many dev rows every metric was scored on (the teacher stage's count)."""
     dev_subset: bool = False
     """Whether those are only the first rows of the dev split (``task.max_eval_samples``): not full-dev scores."""
+    test_rows: Optional[int] = None
+    """How many rows of a labelled test split (MRPC's) were scored, where one was (the same cap cuts it)..."""
+    test_subset: bool = False
+    """... and whether only its first."""
 
     def same_settings(self, other: "RunTable") -> bool:
         """Whether the stages both runs ran had the same configs but for seeds (a stage one run lacks, one that
@@ -127,6 +133,11 @@ class RunTable:
     def unit(self) -> str:
         """What one timed input is: "pair" or "sentence"."""
         return "pair" if self.pair else "sentence"
+
+    @property
+    def tested(self) -> bool:
+        """Whether any row was scored on a labelled test split (MRPC's): the table gets a test column."""
+        return any(r.test_metrics for r in self.rows)
 
     @property
     def threads(self) -> list[int]:
@@ -192,6 +203,12 @@ def _dev(metrics: Optional[dict]) -> dict:
     return dev if isinstance(dev, dict) else {}
 
 
+def _test(metrics: Optional[dict]) -> Optional[dict]:
+    """The test-split metrics of a manifest's ``metrics`` (``{"dev": ..., "test": {...}}``), None without."""
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    return test if isinstance(test, dict) and test else None
+
+
 def _metric_value(metrics: Optional[dict], name: str):
     """(mean, std, n) of metric ``name``: the dev value (a number, or a ``{mean, std, n}`` record of merged seeds)."""
     value = _dev(metrics).get(name)
@@ -214,7 +231,7 @@ def _torch_row(name: str, kind: str, folder: Path, manifest: dict, metric: str, 
     mean, std, n = _metric_value(entry.get("metrics"), metric)
     return Row(name, kind, "torch", params=entry.get("params"), file_bytes=_size(folder), metric=mean,
                metric_std=std, seeds=max(n, 1), path=str(folder), tokenizer=str(folder / "tokenizer.json"),
-               dev_metrics=_dev(entry.get("metrics")) or None)
+               dev_metrics=_dev(entry.get("metrics")) or None, test_metrics=_test(entry.get("metrics")))
 
 
 def _student_rows(run_dir: Path, metric: str) -> list[Row]:
@@ -296,7 +313,8 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
         mean, _, _ = _metric_value(fp32.get("metrics"), metric)
         rows.append(Row(f"{label} · onnx fp32", _kind(label), "onnx fp32", params, _size(folder / fp32["file"]),
                         mean, path=str(folder / fp32["file"]), tokenizer=str(tokenizer),
-                        dev_metrics=_dev(fp32.get("metrics")) or None))
+                        dev_metrics=_dev(fp32.get("metrics")) or None,
+                        test_metrics=_test({"test": fp32.get("test_metrics")})))
     for mode, entry in (record.get("int8") or {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise CompressError(f"{folder / 'quantize.json'}: int8.{mode}: no model file recorded; rerun the quantize "
@@ -306,7 +324,8 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
         rows.append(Row(f"{label} · int8 {mode}", "int8", f"onnx int8 {mode}", params,
                         _size(folder / entry["file"]), mean, shippable=bool(entry.get("shippable")),
                         path=str(folder / entry["file"]), ort_path=str(folder / ort_file) if ort_file else None,
-                        tokenizer=str(tokenizer), dev_metrics=_dev(entry.get("metrics")) or None))
+                        tokenizer=str(tokenizer), dev_metrics=_dev(entry.get("metrics")) or None,
+                        test_metrics=_test({"test": entry.get("test_metrics")})))
     return rows
 
 
@@ -532,7 +551,16 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
-                    dev_rows=dev_rows, dev_subset=subset)
+                    dev_rows=dev_rows, dev_subset=subset, **_test_scope(teacher))
+
+
+def _test_scope(teacher: dict) -> dict:
+    """``test_rows`` and ``test_subset`` of a run whose teacher stage scored a labelled test split (MRPC's)."""
+    train = teacher.get("train") or {}
+    rows, split = train.get("test_rows"), train.get("test_split_rows")
+    if not isinstance(rows, int):
+        return {}
+    return {"test_rows": rows, "test_subset": isinstance(split, int) and rows < split}
 
 
 def dev_scope(teacher: dict) -> tuple[Optional[int], bool]:
@@ -676,11 +704,15 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
                       for m in (first.metric_name, *first.other_metrics)}
+            tests = {m: mean_std([_metric_value(r.test_metrics, m)[0] for r in same])
+                     for m in (first.metric_name, *first.other_metrics)}
             rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(group),
                             latency, row.reference, row.shippable and all(r.shippable for r in same), row.path,
                             row.ort_path, row.tokenizer,
                             dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
                                          if v[0] is not None} or None,
+                            test_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in tests.items()
+                                          if v[0] is not None} or None,
                             per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))
         _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
         reference = next((r.name for r in rows if r.reference), None)  # none timed: no speedup
@@ -698,7 +730,9 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             provenance, pair=first.pair, other_metrics=list(first.other_metrics),
                             teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None),
                             dev_rows=next((t.dev_rows for t in group if t.dev_rows is not None), None),
-                            dev_subset=any(t.dev_subset for t in group)))
+                            dev_subset=any(t.dev_subset for t in group),
+                            test_rows=next((t.test_rows for t in group if t.test_rows is not None), None),
+                            test_subset=any(t.test_subset for t in group)))
     return out
 
 
@@ -885,9 +919,10 @@ def _metric(row: Row) -> str:
     return text
 
 
-def _other_metric(row: Row, name: str) -> str:
-    """A row's other dev metric (``RunTable.other_metrics``), as the main one is shown."""
-    mean, std, n = _metric_value(row.dev_metrics, name)
+def _other_metric(row: Row, name: str, split: str = "dev") -> str:
+    """A row's other dev metric (``RunTable.other_metrics``), or one on the labelled test split (``split="test"``),
+    as the main one is shown."""
+    mean, std, n = _metric_value(row.test_metrics if split == "test" else row.dev_metrics, name)
     if mean is None or not math.isfinite(mean):
         return "–"
     return f"{mean:.4f}" + (f" ± {std:.4f} (sample std, n={n})" if std is not None else "")
@@ -901,8 +936,10 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a run's table, as text (shared by Markdown and HTML)."""
     threads = table.threads
     head_t = table.headline_threads
+    tested = table.tested
     header = ["artifact", "format", "params", "file", f"{table.metric_name} (dev)",
-              *(f"{m} (dev)" for m in table.other_metrics), "retention"]
+              *(f"{m} (dev)" for m in table.other_metrics), "retention",
+              *([f"{table.metric_name} (test)"] if tested else [])]
     for t in threads:
         header += [f"p50 ms ({t}t)", f"p90 ms ({t}t)"]
     peak = any(r.latency.get(head_t) and r.latency[head_t].peak_throughput for r in table.rows) if head_t else False
@@ -915,7 +952,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
         retention = table.retention(r)
         cells = [r.name + (" (reference)" if r.reference else ""), r.fmt, _params(r.params), _mb(r.file_bytes),
                  _metric(r), *(_other_metric(r, m) for m in table.other_metrics),
-                 "–" if retention is None else f"{100 * retention:.1f}%"]
+                 "–" if retention is None else f"{100 * retention:.1f}%",
+                 *([_other_metric(r, table.metric_name, "test")] if tested else [])]
         for t in threads:
             lat = r.latency.get(t)
             of = f" (n={lat.timed[0]} of {lat.timed[1]})" if lat and lat.timed else ""  # seeds that timed it
@@ -978,6 +1016,10 @@ def note(table: RunTable) -> str:
                             f"Retention: {table.metric_name} / teacher {table.metric_name}; "
                             f"{', '.join(table.other_metrics)} (dev): the task's other metric"
                             f"{'s' if len(table.other_metrics) > 1 else ''} on the same dev rows.")
+    if table.tested:
+        rows = f"{table.test_rows}{' first' if table.test_subset else ''} rows" if table.test_rows else "its rows"
+        text += (f" {table.metric_name} (test): on the task's labelled test split ({rows}), scored for every model "
+                 f"(a stage of before it was: –); nothing is chosen on it.")
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
@@ -1195,7 +1237,8 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
 
 def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[str]:
     """What makes a report read wrong though nothing failed: a headline thread count a run never benchmarked (its
-    speedup and plot columns stay empty), runs of different metrics on one plot axis, a run with no latency at all."""
+    speedup and plot columns stay empty), runs of different metrics on one plot axis, a run with no latency at all,
+    runs scored on different dev rows."""
     out = []
     for t in tables:
         if threads is not None and t.threads and threads not in t.threads:
@@ -1221,11 +1264,20 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
                    + ", ".join(f"{t.run}: {t.headline_threads}" for t in timed) + "), on one latency axis; "
                    + (f"give --threads {max(common)} (report.threads) to draw all at one" if common else
                       "no thread count was benchmarked by all of them"))
+    scored = {t.run: _dev_words(t) for t in tables if t.dev_rows is not None}
+    if len(set(scored.values())) > 1:
+        out.append("the runs were scored on different dev rows (" + "; ".join(f"{r}: {w}" for r, w in scored.items())
+                   + "): their metrics and retentions do not compare (task.max_eval_samples)")
     machines = {t.run: _timed_on(t) for t in timed if _timed_on(t)}
     if len(set(machines.values())) > 1:
         out.append("the runs were timed on different machines (" + "; ".join(f"{r}: {m}" for r, m in machines.items())
                    + "): their latencies, drawn on one axis, compare the machines as much as the models")
     return out
+
+
+def _dev_words(table: RunTable) -> str:
+    """A run's scored dev rows in a few words: "872 (all)", "200 (first rows only)"."""
+    return f"{table.dev_rows} ({'first rows only' if table.dev_subset else 'all'})"
 
 
 def _measure_key(recipe) -> str:

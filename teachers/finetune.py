@@ -75,6 +75,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                   "precision": result.precision,
                   "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
                   "dev_split_rows": data.dev_split_rows,
+                  **({} if data.test is None else {"test_rows": len(data.test),
+                                                   "test_split_rows": data.test_split_rows}),
                   **({} if cfg.finetune else {"finetuned": False}),
                   **({} if constant is None else {"dev_constant_label": constant})}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})

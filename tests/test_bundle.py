@@ -624,6 +624,43 @@ def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_
         assert "| - | dev_rows |" not in card and "retention_metric" not in card
 
 
+def test_a_bundle_ships_its_models_scores_on_a_labelled_test_split(run_dir, tmp_path):
+    """MRPC's labelled test split: the card and manifest gave dev scores only. The chosen int8 model's test scores, the
+    teacher's and how many test rows (the first only, under task.max_eval_samples) ship beside them; a run without
+    one says nothing of a test split."""
+    from compress.bundle import run as bundle_stage
+
+    teacher = json.loads((run_dir / "teacher" / "manifest.json").read_text())
+    record = json.loads((run_dir / "quantize" / "quantize.json").read_text())
+    for mode, entry in record["int8"].items():
+        entry["test_metrics"] = {"accuracy": 0.81 if mode == "dynamic" else 0.5}
+    (run_dir / "quantize" / "quantize.json").write_text(json.dumps(record))
+    for rows, split, said in ((1725, 1725, "Test: 1725 rows of the task's labelled test split scored (the whole "
+                                           "split). Nothing was chosen on them."),
+                              (200, 1725, "Test: 200 rows of the task's labelled test split scored, its first only "
+                                          "(`task.max_eval_samples`).")):
+        (run_dir / "teacher" / "manifest.json").write_text(json.dumps(
+            {**teacher, "metrics": {**teacher["metrics"], "test": {"accuracy": 0.84}},
+             "train": {"dev_rows": 872, "dev_split_rows": 872, "test_rows": rows, "test_split_rows": split}}))
+        out = tmp_path / f"out-{rows}"
+        out.mkdir()
+        bundle_stage(_recipe(tmp_path, "edge", "{max_drop: 1.0}"), out,
+                     {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+        m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())["metrics"]
+        assert m["test"] == {"accuracy": 0.81} and m["teacher_test"] == {"accuracy": 0.84}
+        assert (m["test_rows"], m["test_subset"]) == (rows, rows < split)
+        card = (out / "edge-sst2-int8" / "README.md").read_text()
+        assert "| test | accuracy | 0.8100 |" in card and "| teacher_test | accuracy | 0.8400 |" in card
+        assert said in card and "test_rows" not in card
+    (run_dir / "teacher" / "manifest.json").write_text(json.dumps(teacher))
+    out = tmp_path / "out-none"
+    out.mkdir()
+    bundle_stage(_recipe(tmp_path, "edge", "{max_drop: 1.0}"), out,
+                 {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+    m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())["metrics"]
+    assert m["test"] == {"accuracy": 0.81} and "teacher_test" not in m and "test_rows" not in m
+
+
 def test_regression_bundle(tmp_path, minilm_dir):
     """A one-output model (STS-B style): no labels, predict returns the value."""
     from transformers import BertForSequenceClassification

@@ -389,6 +389,39 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert ("shippable: " in line or "NOT shippable: " in line) and "no accuracy guard" not in line, line
 
 
+def test_stage_scores_a_labelled_test_split_beside_dev(tmp_path, tiny_bert_dir, glue_dir, capsys):
+    """MRPC's test split is labelled: the teacher and the students were scored on it, the ONNX and int8 models were
+    not, so a bundle could say nothing of its test score. Each is scored on it now (int8 one pair at a time, as
+    shipped), its first rows under task.max_eval_samples, and nothing is judged on it."""
+    from compress.quantize import run
+
+    recipe = recipe_for(tmp_path, glue_dir)
+    recipe.task.name, recipe.task.data_dir = "mrpc", str(glue_dir / "MRPC")
+    teacher = tmp_path / "runs" / "q" / "teacher"
+    teacher.mkdir(parents=True)
+    tiny_bert_dir.rename(teacher / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(recipe, out, {"teacher": teacher})
+    saved = json.loads((out / "quantize.json").read_text())
+    assert saved["rows"]["test"] == 64
+    entry = saved["int8"]["dynamic"]
+    assert set(entry["test_metrics"]) == {"f1", "accuracy"} and set(saved["fp32"]["test_metrics"]) == {"f1", "accuracy"}
+    from transformers import AutoTokenizer
+
+    from compress.data import load_task
+
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    test = tokenize(load_task(recipe.task).test, tok, 32)
+    alone = onnx_predict(session(out / entry["file"]), test, Collator({"": tok}), batch_size=1)
+    assert entry["test_metrics"]["accuracy"] == float((alone.argmax(-1) == np.asarray(test["label"])).mean())
+    assert result["metrics"]["int8_dynamic_test"] == entry["test_metrics"]
+    assert result["metrics"]["fp32_test"] == saved["fp32"]["test_metrics"]
+    best = entry if entry["shippable"] else saved["fp32"]
+    assert result["metrics"]["test"] == best["test_metrics"]
+    assert "[quantize] int8 dynamic on the labelled test split (64 rows): f1=" in capsys.readouterr().out
+
+
 def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2):
     """quantize.guard_rows=holdout: the budget reads another split, dev is measured for the model chosen."""
     dev, train, collator = sst2

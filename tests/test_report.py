@@ -411,9 +411,9 @@ def test_report_warns_of_what_would_read_wrong():
 
     timed = SimpleNamespace(latency={1: object()})
     sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed,
-                           teacher_constant=None, headline_threads=3, provenance={})
+                           teacher_constant=None, headline_threads=3, provenance={}, dev_rows=872, dev_subset=False)
     mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1", teacher_constant=None, headline_threads=None,
-                           provenance={})
+                           provenance={}, dev_rows=None, dev_subset=False)
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
                         "columns stay empty",
@@ -422,7 +422,7 @@ def test_report_warns_of_what_would_read_wrong():
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
     untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy", headline_threads=2, provenance={},
-                              reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None)
+                              reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None, dev_rows=None)
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
         "report stage times it (compress run RECIPE --stage report)"]
@@ -441,6 +441,14 @@ def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_tim
                         provenance={"protocol": {"cpu": cpu, "cores": 2}, "versions": {"onnxruntime": ort}})
 
     assert report_warnings([run("a", [1, 2]), run("b", [1, 2])], None) == []
+    # overlaid runs scored on other dev rows (one capped by task.max_eval_samples) compare other numbers
+    capped, full, unknown = run("a", [2]), run("b", [2]), run("c", [2])
+    capped.dev_rows, capped.dev_subset, full.dev_rows = 200, True, 872
+    assert report_warnings([capped, full, unknown], None) == [
+        "the runs were scored on different dev rows (a: 200 (first rows only); b: 872 (all)): their metrics and "
+        "retentions do not compare (task.max_eval_samples)"]
+    full.dev_rows, full.dev_subset = 200, True
+    assert report_warnings([capped, full, unknown], None) == []
     assert report_warnings([run("a", [1, 2]), run("b", [1])], None) == [
         "the runs are plotted and compared at different thread counts (a: 2, b: 1), on one latency axis; give "
         "--threads 1 (report.threads) to draw all at one"]
@@ -631,6 +639,39 @@ def test_mrpc_report_shows_accuracy_beside_f1(tmp_path):
     header, body = table_cells(merged)
     teacher = dict(zip(header, body[0]))
     assert teacher["f1 (dev)"].startswith("0.9100 ± ") and teacher["accuracy (dev)"].startswith("0.8100 ± ")
+
+
+def test_a_labelled_test_split_gets_a_column_of_its_own(tmp_path):
+    """MRPC's labelled test split: the teacher, the students, the pruned model and the ONNX models are scored on it;
+    the table shows the main metric's test score in one column (merged seeds: the mean), rows without one a dash,
+    and the note says how many test rows and that nothing is chosen on them. A run without one has no column."""
+    from compress.report import merge_seeds, note
+
+    latency = {"onnx_fp32": {1: 20.0, 2: 12.0}, "int8_dynamic": {1: 8.0, 2: 5.0}, "int8_static": {1: 7.0, 2: 4.0}}
+    plain = make_run(tmp_path / "plain", "mrpc", **_files(tmp_path), latency=latency)
+    _with_f1(plain)
+    assert "f1 (test)" not in table_cells(collect(plain))[0]
+    runs = [make_run(tmp_path / f"s{seed}", "mrpc", **_files(tmp_path), latency=latency, seed=seed) for seed in (1, 2)]
+    for i, run in enumerate(runs):
+        _with_f1(run)
+        manifest = json.loads((run / "teacher" / "manifest.json").read_text())
+        manifest["metrics"]["test"] = {"f1": 0.80 + i / 100, "accuracy": 0.7}
+        manifest["train"] = {**manifest.get("train", {}), "test_rows": 200, "test_split_rows": 1725}
+        (run / "teacher" / "manifest.json").write_text(json.dumps(manifest))
+        record = json.loads((run / "quantize" / "quantize.json").read_text())
+        record["int8"]["dynamic"]["test_metrics"] = {"f1": 0.78, "accuracy": 0.68}
+        (run / "quantize" / "quantize.json").write_text(json.dumps(record))
+    table = collect(runs[0])
+    assert table.tested and (table.test_rows, table.test_subset) == (200, True)
+    header, body = table_cells(table)
+    assert header[4:8] == ["f1 (dev)", "accuracy (dev)", "retention", "f1 (test)"]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in body}
+    assert rows["teacher"]["f1 (test)"] == "0.8000" and rows["teacher · int8 dynamic"]["f1 (test)"] == "0.7800"
+    assert rows["teacher · int8 static"]["f1 (test)"] == "–"  # its stage scored none
+    assert "f1 (test): on the task's labelled test split (200 first rows)" in note(table)
+    merged, = merge_seeds([collect(run) for run in runs])
+    header, body = table_cells(merged)
+    assert dict(zip(header, body[0]))["f1 (test)"].startswith("0.8050 ± ")
 
 
 def test_a_compared_run_that_is_redone_redoes_the_report(tmp_path):
