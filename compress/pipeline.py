@@ -270,18 +270,21 @@ def model_file(rel: str) -> bool:
     return len(parts) == 1 and not parts[0].startswith(".") and not parts[0].lower().endswith(".md")
 
 
-def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict) -> str:
+def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict, unnamed_source: bool = False) -> str:
+    """``unnamed_source``: as before the default source's name was part of it (`_taken_by_default`)."""
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
     variant = stage.variant(recipe) if stage.variant is not None else None
+    if variant is not None and unnamed_source:
+        variant = _variants(*(w for w in variant.split("+") if not w.startswith("source=")))
     if variant is not None:
         payload["variant"] = variant
     return fingerprint(payload)
 
 
 def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict,
-                           recorded: dict, recorded_config: Any = None) -> set[str]:
+                           recorded: dict, recorded_config: Any = None, recorded_source: Any = None) -> set[str]:
     """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
     - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
       file of a model folder (before `model_file`) and every upstream stage's outputs (before `Stage.reads_only`);
@@ -290,7 +293,9 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       are keyed by path) redid every stage, hours of training, for the same bytes;
     - with the local paths of the recipe (``task.data_dir`` and ``task.files``, a local model folder, ``report.compare``
       runs) spelled as the manifest's config (``recorded_config``) has them: ``./tinybert`` for ``tinybert``, the
-      default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256)."""
+      default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256);
+    - without the default source's name (`_taken_by_default`, 2026-12-05) where the manifest records that same
+      source (``recorded_source``): a two-student run's prune stage was redone, hours, for the model it had pruned."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
@@ -300,7 +305,10 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
             respelled = _recorded_paths(recipe, config, recorded_config, v, recorded)
             if respelled not in configs:
                 configs.append(respelled)
-    return {_stage_fingerprint(recipe, stage, v, c) for v in variants for c in configs}
+    default = _taken_by_default(recipe, stage.name)
+    named = recorded_source.get("model") if isinstance(recorded_source, dict) else recorded_source  # quantize's
+    legacy = (False, True) if default is not None and named == default else (False,)
+    return {_stage_fingerprint(recipe, stage, v, c, unnamed) for v in variants for c in configs for unnamed in legacy}
 
 
 def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, recorded_inputs: dict) -> dict:
@@ -459,7 +467,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
         return None, f"changed: name {manifest['recipe']!r} -> {recipe.name!r}"
     recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
-            recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"))):
+            recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"), manifest.get("source"))):
         outputs = manifest.get("outputs")
         # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
         # tools add beside them (`Stage.added`)

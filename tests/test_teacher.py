@@ -1046,6 +1046,20 @@ def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path
                "source": "a" if stage == "prune" else {"model": "a"}}
         assert pipeline._what_changed(recipe("ba", extra), stages[stage], old, inputs) == \
             "changed: default source (the first student): a -> b"
+        # a stage recorded before the name was in its fingerprint is reused where it recorded this same source
+        folder = tmp_path / f"before-{stage}"
+        folder.mkdir()
+        (folder / "w.bin").write_bytes(b"weights")
+        earlier = pipeline._stage_fingerprint(made, stages[stage], inputs, pipeline._result_config(old["config"]),
+                                              unnamed_source=True)
+        assert earlier != fp
+        (folder / "manifest.json").write_text(json.dumps({**old, "fingerprint": earlier,
+                                                          "outputs": {"w.bin": sha256_file(folder / "w.bin")}}))
+        assert pipeline._reuse(made, stages[stage], folder, fp, inputs, done)[1] is None
+        now_b = recipe("ba", extra)
+        why = pipeline._reuse(now_b, stages[stage], folder, pipeline._fingerprint(now_b, stages[stage], done)[0],
+                              inputs, done)[1]
+        assert why == "changed: default source (the first student): a -> b", why
     # no default among several students: the fingerprints of before (no variant word), whatever the order
     for extra in ("prune: {heads: 0.5, source: b}\n", "quantize: {source: a}\n", "quantize: {source: teacher}\n",
                   "prune: {heads: 0.5, source: a}\nquantize: {}\n"):  # quantize takes the pruned model
