@@ -626,8 +626,8 @@ def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_
 
 def test_a_bundle_ships_its_models_scores_on_a_labelled_test_split(run_dir, tmp_path):
     """MRPC's labelled test split: the card and manifest gave dev scores only. The chosen int8 model's test scores, the
-    teacher's and how many test rows (the first only, under task.max_eval_samples) ship beside them; a run without
-    one says nothing of a test split."""
+    teacher's and how many test rows (the first only, under task.max_eval_samples) ship beside them; a teacher stage
+    of before test_rows gives no row count and no teacher score, the model's own still ships."""
     from compress.bundle import run as bundle_stage
 
     teacher = json.loads((run_dir / "teacher" / "manifest.json").read_text())

@@ -449,6 +449,8 @@ def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_tim
         "retentions do not compare (task.max_eval_samples)"]
     full.dev_rows, full.dev_subset = 200, True
     assert report_warnings([capped, full, unknown], None) == []
+    capped.dev_rows, capped.dev_subset, full.dev_rows, full.dev_subset = 408, False, 277, False  # MRPC beside RTE
+    assert report_warnings([capped, full], None) == []
     assert report_warnings([run("a", [1, 2]), run("b", [1])], None) == [
         "the runs are plotted and compared at different thread counts (a: 2, b: 1), on one latency axis; give "
         "--threads 1 (report.threads) to draw all at one"]
