@@ -176,11 +176,21 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     dev_split_rows = len(dev)
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
-    test = load_split(cfg, "test", spec) if "test" in spec.files and has_test_labels(cfg, spec) else None
-    test_split_rows = None if test is None else len(test)
-    if test is not None and cfg.max_eval_samples is not None:
-        test = test.select(range(min(cfg.max_eval_samples, len(test))))
+    test, test_split_rows = load_test(cfg, spec)
     return TaskData(spec, train, holdout, dev, test, dev_split_rows, test_split_rows)
+
+
+def load_test(cfg: TaskConfig, spec: Optional[TaskSpec] = None) -> tuple[Optional[Dataset], Optional[int]]:
+    """The task's labelled test split (MRPC's), its first rows only under ``task.max_eval_samples`` as dev, and its
+    rows before the cap; ``(None, None)`` for a task without one."""
+    spec = spec or task_spec(cfg)
+    if "test" not in spec.files or not has_test_labels(cfg, spec):
+        return None, None
+    test = load_split(cfg, "test", spec)
+    rows = len(test)
+    if cfg.max_eval_samples is not None:
+        test = test.select(range(min(cfg.max_eval_samples, rows)))
+    return test, rows
 
 
 def rows_digest(ds: Dataset) -> str:

@@ -811,13 +811,34 @@ def markdown(summary: dict, png: Optional[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ shipping the best
+def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> Optional[dict]:
+    """The shipped candidate's metrics on the task's labelled test split (MRPC's; None without one), one text at a time
+    as the bundle runs it, on the rows the teacher stage scored the teacher on; nothing is chosen on them."""
+    from transformers import AutoTokenizer
+
+    from compress.data import Collator, load_test, task_spec, tokenize
+    from compress.export import score_shipped
+
+    test, _ = load_test(recipe.task)
+    if test is None:
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)  # the candidates' (and the bundle's) tokenizer
+    rows = tokenize(test, tokenizer, recipe.task.max_length)
+    spec = task_spec(recipe.task)
+    metrics = score_shipped(model, rows, Collator({"": tokenizer}, regression=spec.is_regression), spec.metrics,
+                            np.asarray(rows["label"]))
+    print(f"[search] {model.name} on the labelled test split ({len(rows)} rows): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    return metrics
+
+
 def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
     from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
-    from compress.report import dev_scope
+    from compress.report import dev_scope, test_scope
 
     best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
     if best is None:
@@ -831,7 +852,8 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     teacher = read_json(manifest) if manifest.is_file() else {}
     # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
     metrics = bundle_metrics(best["metrics"], (teacher.get("metrics") or {}).get("dev", {}), best["metric_name"],
-                             *dev_scope(teacher))
+                             *dev_scope(teacher), _test_metrics(recipe, Path(best["file"]), teacher_dir),
+                             (teacher.get("metrics") or {}).get("test"), **test_scope(teacher))
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
                "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])

@@ -432,6 +432,48 @@ def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_p
     assert seen["latency"]["machine"] == f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}"
 
 
+def test_the_search_bundle_of_an_mrpc_pick_carries_its_test_split_scores(tmp_path, glue_dir, tokenizer, monkeypatch):
+    """A bundle made by `compress run` on MRPC ships its model's and the teacher's scores on the labelled test split;
+    the search's bundle shipped dev only. Its pick is now scored on the test rows the teacher stage scored (the first
+    48 under task.max_eval_samples), one pair at a time, as shipped."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from compress import bundle, search
+    from compress.config import SearchConfig
+    from compress.data import Collator, load_task, tokenize
+    from compress.export import export_onnx, onnx_predict, session
+    from compress.modeling import load_trained
+
+    path = _recipe(tmp_path, glue_dir, tokenizer)
+    path.write_text(path.read_text().replace("name: sst2", "name: mrpc").replace("SST-2", "MRPC"))
+    recipe = load_recipe(path)
+    teacher_dir = recipe.run_dir / "teacher" / "model"
+    model, tok = load_trained(teacher_dir)
+    onnx = export_onnx(model.eval(), tmp_path / "cand.onnx")
+    (teacher_dir.parent / "manifest.json").write_text(json.dumps({
+        "metrics": {"dev": {"f1": 0.8, "accuracy": 0.7}, "test": {"f1": 0.79, "accuracy": 0.69}},
+        "train": {"dev_rows": 48, "dev_split_rows": 408, "test_rows": 48, "test_split_rows": 1725}}))
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+                          spec=SimpleNamespace(name="mrpc", text_pair="sentence2"), settings="s")
+    cand = {"id": "L3-dynamic", "file": str(onnx), "metric": 0.6, "select_metric": 0.6, "select_on": "holdout",
+            "metric_name": "f1", "metrics": {"f1": 0.6, "accuracy": 0.5}, "speedup_vs_teacher_fp32": 1.0,
+            "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "threads": 1}}
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [cand], [], [], None, 1, 0, 1.0)
+    seen = {}
+    monkeypatch.setattr(bundle, "build", lambda *a, **kw: seen.update(kw) or (None, None))
+    search.bundle_best(recipe, summary)
+    metrics = seen["metrics"]
+    test = tokenize(load_task(recipe.task).test, tok, 32)
+    labels = np.asarray(test["label"])
+    alone = onnx_predict(session(onnx), test, Collator({"": tok}), batch_size=1).argmax(-1)
+    assert len(test) == 48 and metrics["test"]["accuracy"] == pytest.approx(float((alone == labels).mean()))
+    assert metrics["teacher_test"] == {"f1": 0.79, "accuracy": 0.69}
+    assert (metrics["test_rows"], metrics["test_subset"]) == (48, True)
+    assert metrics["dev"] == {"f1": 0.6, "accuracy": 0.5} and (metrics["dev_rows"], metrics["dev_subset"]) == (48, True)
+
+
 def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
     """A torn (or hand-edited) stamp of the search's work files is not trusted and does not crash the rerun: the
     reference export, the teacher's logits and a saved model are rebuilt, as a torn candidate record is re-measured."""
