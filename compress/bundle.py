@@ -255,8 +255,9 @@ def model_card(manifest: dict) -> str:
         for split, values in metrics.items():
             if isinstance(values, dict):
                 lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
-            elif split == "retention" and of:
-                lines.append(f"| - | retention ({of} / teacher {of}) | {_fmt_metric(values)} |")
+            elif split in ("retention", "test_retention") and of:
+                on = " on test" if split == "test_retention" else ""
+                lines.append(f"| - | retention{on} ({of} / teacher {of}) | {_fmt_metric(values)} |")
             elif split not in ("retention_metric", "dev_rows", "dev_subset", "test_rows", "test_subset"):
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
         if isinstance(metrics.get("dev_rows"), int):
@@ -770,8 +771,14 @@ def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional
         metrics.update(teacher_dev=dict(teacher_dev), retention=None if share is None else round(share, 6),
                        retention_metric=metric)
     if test:
-        metrics.update(test=dict(test), **({"teacher_test": dict(teacher_test)} if teacher_test else {}),
-                       **({"test_rows": test_rows, "test_subset": test_subset} if test_rows is not None else {}))
+        metrics["test"] = dict(test)
+        if teacher_test:
+            metrics["teacher_test"] = dict(teacher_test)
+            if test.get(metric) is not None and teacher_test.get(metric) is not None:
+                share = retention(test[metric], teacher_test[metric])
+                metrics["test_retention"] = None if share is None else round(share, 6)
+        if test_rows is not None:
+            metrics.update(test_rows=test_rows, test_subset=test_subset)
     if dev_rows is not None:
         metrics.update(dev_rows=dev_rows, dev_subset=dev_subset)
     return metrics

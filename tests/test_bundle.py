@@ -650,7 +650,9 @@ def test_a_bundle_ships_its_models_scores_on_a_labelled_test_split(run_dir, tmp_
         assert m["test"] == {"accuracy": 0.81} and m["teacher_test"] == {"accuracy": 0.84}
         assert (m["test_rows"], m["test_subset"]) == (rows, rows < split)
         card = (out / "edge-sst2-int8" / "README.md").read_text()
+        assert m["test_retention"] == pytest.approx(0.81 / 0.84)
         assert "| test | accuracy | 0.8100 |" in card and "| teacher_test | accuracy | 0.8400 |" in card
+        assert "| - | retention on test (accuracy / teacher accuracy) | 0.9643 |" in card
         assert said in card and "test_rows" not in card
     (run_dir / "teacher" / "manifest.json").write_text(json.dumps(teacher))
     out = tmp_path / "out-none"
@@ -659,6 +661,7 @@ def test_a_bundle_ships_its_models_scores_on_a_labelled_test_split(run_dir, tmp_
                  {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
     m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())["metrics"]
     assert m["test"] == {"accuracy": 0.81} and "teacher_test" not in m and "test_rows" not in m
+    assert "test_retention" not in m
 
 
 def test_regression_bundle(tmp_path, minilm_dir):
