@@ -551,10 +551,10 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
-                    dev_rows=dev_rows, dev_subset=subset, **test_scope(teacher))
+                    dev_rows=dev_rows, dev_subset=subset, **labelled_test_scope(teacher))
 
 
-def test_scope(teacher: dict) -> dict:
+def labelled_test_scope(teacher: dict) -> dict:
     """``test_rows`` and ``test_subset`` of a run whose teacher stage scored a labelled test split (MRPC's)."""
     train = teacher.get("train") or {}
     rows, split = train.get("test_rows"), train.get("test_split_rows")

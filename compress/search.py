@@ -814,15 +814,15 @@ def markdown(summary: dict, png: Optional[str]) -> str:
 def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> Optional[dict]:
     """The shipped candidate's metrics on the task's labelled test split (MRPC's; None without one), one text at a time
     as the bundle runs it, on the rows the teacher stage scored the teacher on; nothing is chosen on them."""
-    from transformers import AutoTokenizer
-
     from compress.data import Collator, load_test, task_spec, tokenize
     from compress.export import score_shipped
+    from compress.modeling import load_tokenizer
 
     test, _ = load_test(recipe.task)
     if test is None:
         return None
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)  # the candidates' (and the bundle's) tokenizer
+    tokenizer = load_tokenizer(str(teacher_dir), {}, f"{teacher_dir}: cannot load its tokenizer",  # the candidates'
+                               "rerun the teacher stage")
     rows = tokenize(test, tokenizer, recipe.task.max_length)
     spec = task_spec(recipe.task)
     metrics = score_shipped(model, rows, Collator({"": tokenizer}, regression=spec.is_regression), spec.metrics,
@@ -838,7 +838,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     fp32 ONNX and the latency measured by the search."""
     from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
-    from compress.report import dev_scope, test_scope
+    from compress.report import dev_scope, labelled_test_scope
 
     best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
     if best is None:
@@ -853,7 +853,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
     metrics = bundle_metrics(best["metrics"], (teacher.get("metrics") or {}).get("dev", {}), best["metric_name"],
                              *dev_scope(teacher), _test_metrics(recipe, Path(best["file"]), teacher_dir),
-                             (teacher.get("metrics") or {}).get("test"), **test_scope(teacher))
+                             (teacher.get("metrics") or {}).get("test"), **labelled_test_scope(teacher))
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
                "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])
