@@ -21,6 +21,7 @@ import base64
 import html as html_lib
 import logging
 import math
+import numbers
 import os
 import re
 import statistics
@@ -214,7 +215,9 @@ def _metric_value(metrics: Optional[dict], name: str):
     value = _dev(metrics).get(name)
     if isinstance(value, dict):
         return value.get("mean"), value.get("std"), int(value.get("n", 1))
-    return (None, None, 0) if value is None else (float(value), None, 1)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # a hand-edited record's text: unscored
+        return None, None, 0
+    return float(value), None, 1
 
 
 def _size(path: Path) -> Optional[int]:
@@ -544,6 +547,11 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     if dev_rows is not None:
         provenance["dev rows scored"] = (f"{dev_rows}, the first of the split only (task.max_eval_samples): not "
                                          f"comparable with full-dev scores" if subset else f"{dev_rows} (all)")
+    tested = labelled_test_scope(teacher)
+    if tested:
+        provenance["test rows scored"] = (f"{tested['test_rows']}, the first of the labelled test split only "
+                                          f"(task.max_eval_samples)" if tested["test_subset"]
+                                          else f"{tested['test_rows']} (all of the labelled test split)")
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     # runs/<recipe name>; reused stages keep theirs (resolved: `compress report .` gave a table without a name)
     name = recipe.name if recipe is not None else run_dir.resolve().name
@@ -551,7 +559,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
-                    dev_rows=dev_rows, dev_subset=subset, **labelled_test_scope(teacher))
+                    dev_rows=dev_rows, dev_subset=subset, **tested)
 
 
 def labelled_test_scope(teacher: dict) -> dict:
@@ -925,7 +933,10 @@ def _other_metric(row: Row, name: str, split: str = "dev") -> str:
     mean, std, n = _metric_value(row.test_metrics if split == "test" else row.dev_metrics, name)
     if mean is None or not math.isfinite(mean):
         return "–"
-    return f"{mean:.4f}" + (f" ± {std:.4f} (sample std, n={n})" if std is not None else "")
+    of = f" of {row.runs}" if row.runs > n else ""  # merged seeds of which only some scored it (as `_metric`)
+    if std is not None:
+        return f"{mean:.4f} ± {std:.4f} (sample std, n={n}{of})"
+    return f"{mean:.4f}" + (f" (n={n}{of}: the others unscored or without it)" if of else "")
 
 
 def _num(x: Optional[float], fmt: str) -> str:
@@ -1265,11 +1276,13 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
                    + ", ".join(f"{t.run}: {t.headline_threads}" for t in timed) + "), on one latency axis; "
                    + (f"give --threads {max(common)} (report.threads) to draw all at one" if common else
                       "no thread count was benchmarked by all of them"))
-    scored = {t.run: _dev_words(t) for t in tables if t.dev_rows is not None}
-    # runs of other tasks have other dev splits: said only where a cap cut one of them
-    if len(set(scored.values())) > 1 and any(t.dev_subset for t in tables if t.dev_rows is not None):
-        out.append("the runs were scored on different dev rows (" + "; ".join(f"{r}: {w}" for r, w in scored.items())
-                   + "): their metrics and retentions do not compare (task.max_eval_samples)")
+    for split in ("dev", "test"):
+        # runs of other tasks have other splits: said only where a cap cut one of them
+        scope = [(t.run, *_split_rows(t, split)) for t in tables if _split_rows(t, split)[0] is not None]
+        if len({(n, subset) for _, n, subset in scope}) > 1 and any(subset for *_, subset in scope):
+            words = "; ".join(f"{r}: {n} ({'first rows only' if subset else 'all'})" for r, n, subset in scope)
+            out.append(f"the runs were scored on different {split} rows ({words}): their {split} metrics"
+                       + (" and retentions" if split == "dev" else "") + " do not compare (task.max_eval_samples)")
     machines = {t.run: _timed_on(t) for t in timed if _timed_on(t)}
     if len(set(machines.values())) > 1:
         out.append("the runs were timed on different machines (" + "; ".join(f"{r}: {m}" for r, m in machines.items())
@@ -1277,9 +1290,12 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
     return out
 
 
-def _dev_words(table: RunTable) -> str:
-    """A run's scored dev rows in a few words: "872 (all)", "200 (first rows only)"."""
-    return f"{table.dev_rows} ({'first rows only' if table.dev_subset else 'all'})"
+def _split_rows(table: RunTable, split: str) -> tuple[Optional[int], bool]:
+    """How many rows of ``split`` (dev, or a labelled test split where the run's metrics have one) a run scored and
+    whether only the split's first."""
+    if split == "dev":
+        return table.dev_rows, table.dev_subset
+    return (table.test_rows, table.test_subset) if table.tested else (None, False)
 
 
 def _measure_key(recipe) -> str:

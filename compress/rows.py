@@ -159,7 +159,7 @@ def _json_kind(value) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def has_test_labels(cfg: TaskConfig, spec: TaskSpec) -> bool:
+def has_test_labels(cfg: TaskConfig, spec: TaskSpec, quiet: bool = False) -> bool:
     """Whether the task's test file carries its label column. GLUE's own MRPC download has an unlabelled test.tsv
     (no ``Quality`` column; the copy in ../shared/data/glue is labelled): it is left out, with a note, instead of
     stopping every run (or `compress validate`). A custom task's test file (task.files) must carry its labels: a
@@ -168,13 +168,15 @@ def has_test_labels(cfg: TaskConfig, spec: TaskSpec) -> bool:
     if cfg.hub_dataset or cfg.files or path is None:
         return True  # load_split reports what is wrong with it
     if not path.is_file():  # a GLUE folder holding train and dev only: the labelled test split is an extra
-        print(f"note: {path}: not there: no test metrics", file=sys.stderr)
+        if not quiet:
+            print(f"note: {path}: not there: no test metrics", file=sys.stderr)
         return False
     if not spec.header:
         return True
     if spec.label in read_rows(path)[0]:
         return True
-    print(f"note: {path}: no {spec.label!r} column (an unlabelled test split): no test metrics", file=sys.stderr)
+    if not quiet:
+        print(f"note: {path}: no {spec.label!r} column (an unlabelled test split): no test metrics", file=sys.stderr)
     return False
 
 

@@ -411,9 +411,10 @@ def test_report_warns_of_what_would_read_wrong():
 
     timed = SimpleNamespace(latency={1: object()})
     sst2 = SimpleNamespace(run="sst2", threads=[1, 3], metric_name="accuracy", reference_row=lambda: timed,
-                           teacher_constant=None, headline_threads=3, provenance={}, dev_rows=872, dev_subset=False)
+                           teacher_constant=None, headline_threads=3, provenance={}, dev_rows=872, dev_subset=False,
+                           tested=False)
     mrpc = SimpleNamespace(run="mrpc", threads=[], metric_name="f1", teacher_constant=None, headline_threads=None,
-                           provenance={}, dev_rows=None, dev_subset=False)
+                           provenance={}, dev_rows=None, dev_subset=False, tested=False)
     warnings = report_warnings([sst2, mrpc], threads=2)
     assert warnings == ["threads 2: run sst2 was benchmarked at 1, 3 threads only; its speedup, throughput and plot "
                         "columns stay empty",
@@ -422,7 +423,8 @@ def test_report_warns_of_what_would_read_wrong():
                         "the runs report different metrics (sst2: accuracy, mrpc: f1), drawn on one axis"]
     assert report_warnings([sst2], threads=None) == []
     untimed = SimpleNamespace(run="rte", threads=[2], metric_name="accuracy", headline_threads=2, provenance={},
-                              reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None, dev_rows=None)
+                              reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None, dev_rows=None,
+                              dev_subset=False, tested=False)
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
         "report stage times it (compress run RECIPE --stage report)"]
@@ -445,7 +447,7 @@ def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_tim
     capped, full, unknown = run("a", [2]), run("b", [2]), run("c", [2])
     capped.dev_rows, capped.dev_subset, full.dev_rows = 200, True, 872
     assert report_warnings([capped, full, unknown], None) == [
-        "the runs were scored on different dev rows (a: 200 (first rows only); b: 872 (all)): their metrics and "
+        "the runs were scored on different dev rows (a: 200 (first rows only); b: 872 (all)): their dev metrics and "
         "retentions do not compare (task.max_eval_samples)"]
     full.dev_rows, full.dev_subset = 200, True
     assert report_warnings([capped, full, unknown], None) == []
@@ -671,9 +673,34 @@ def test_a_labelled_test_split_gets_a_column_of_its_own(tmp_path):
     assert rows["teacher"]["f1 (test)"] == "0.8000" and rows["teacher · int8 dynamic"]["f1 (test)"] == "0.7800"
     assert rows["teacher · int8 static"]["f1 (test)"] == "–"  # its stage scored none
     assert "f1 (test): on the task's labelled test split (200 first rows)" in note(table)
+    assert table.provenance["test rows scored"] == "200, the first of the labelled test split only " \
+                                                   "(task.max_eval_samples)"
     merged, = merge_seeds([collect(run) for run in runs])
     header, body = table_cells(merged)
-    assert dict(zip(header, body[0]))["f1 (test)"].startswith("0.8050 ± ")
+    cells = dict(zip(header, body[0]))
+    assert cells["f1 (test)"].startswith("0.8050 ± ") and cells["f1 (test)"].endswith("(sample std, n=2)")
+    # a seed whose stage scored no test rows (one of before it did): the other's score, said to be one of two
+    record = json.loads((runs[1] / "quantize" / "quantize.json").read_text())
+    del record["int8"]["dynamic"]["test_metrics"]
+    (runs[1] / "quantize" / "quantize.json").write_text(json.dumps(record))
+    merged, = merge_seeds([collect(run) for run in runs])
+    header, body = table_cells(merged)
+    rows = {cells[0]: dict(zip(header, cells)) for cells in body}
+    assert rows["teacher · int8 dynamic"]["f1 (test)"] == "0.7800 (n=1 of 2: the others unscored or without it)"
+    # overlaid runs scored on other test rows (a cap above MRPC's 408 dev rows cuts its 1725 test rows only)
+    from compress.report import report_warnings
+
+    capped, whole = collect(runs[0]), collect(runs[1])
+    whole.test_rows, whole.test_subset = 1725, False
+    assert report_warnings([capped, whole], None) == [
+        "the runs were scored on different test rows (mrpc: 200 (first rows only); mrpc: 1725 (all)): their test "
+        "metrics do not compare (task.max_eval_samples)"]
+    # a hand-edited score that is no number is unscored, not a traceback
+    manifest = json.loads((runs[0] / "teacher" / "manifest.json").read_text())
+    manifest["metrics"]["test"]["f1"] = "abc"
+    (runs[0] / "teacher" / "manifest.json").write_text(json.dumps(manifest))
+    header, body = table_cells(collect(runs[0]))
+    assert dict(zip(header, body[0]))["f1 (test)"] == "–"
 
 
 def test_a_compared_run_that_is_redone_redoes_the_report(tmp_path):

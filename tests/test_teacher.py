@@ -1070,6 +1070,33 @@ def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path
     assert pipeline._prune_variant(one) is None and pipeline._quantize_variant(one) is None  # nothing to tell apart
 
 
+def test_a_quantize_stage_of_a_task_with_a_labelled_test_split_is_redone_once_for_its_test_scores(tmp_path, glue_dir,
+                                                                                                    capsys):
+    """The quantize stage scores its ONNX models on MRPC's labelled test split since 2026-12-05; a run folder made
+    before kept its quantize.json (and bundle) without test scores while `compress run` called them up to date. Such a
+    task's quantize stage has a fingerprint of its own (redone once, seconds); SST-2's, and MRPC from GLUE's own
+    download (an unlabelled test.tsv), keep theirs, and the check prints no note."""
+    from compress import pipeline
+    from conftest import unlabelled_mrpc
+
+    def recipe(task: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {task}\nteacher: {{}}\nquantize: {{}}\n")
+        return load_recipe(path)
+
+    mrpc = recipe(f"{{name: mrpc, data_dir: {glue_dir / 'MRPC'}}}")
+    assert pipeline._quantize_variant(mrpc) == "test-split"
+    quantize = next(s for s in pipeline.STAGES if s.name == "quantize")
+    before = {"config": pipeline._config(mrpc, quantize), "seed": mrpc.seed, "inputs": {},
+              "metrics": {"dev": {"f1": 0.8}}}
+    assert pipeline._what_changed(mrpc, quantize, before, {}) == "changed: the labelled test split is scored now"
+    assert pipeline._quantize_variant(recipe("{name: sst2}")) is None
+    glue = unlabelled_mrpc(glue_dir, tmp_path / "glue-mrpc")
+    capsys.readouterr()
+    assert pipeline._quantize_variant(recipe(f"{{name: mrpc, data_dir: {glue}}}")) is None
+    assert capsys.readouterr().err == ""
+
+
 def test_quantizing_the_teacher_is_not_redone_for_a_new_pruning(tmp_path, tiny_bert_dir):
     """`quantize.source: teacher`: every upstream stage's outputs were the quantize stage's inputs, so a new prune
     setting (or student) re-exported, re-quantized and re-guarded the unchanged teacher, then the bench, report and
