@@ -5,10 +5,11 @@ Names follow GLUE (and the `evaluate` library): accuracy, f1, matthews_correlati
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from compress.errors import CompressError
@@ -44,5 +45,7 @@ def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray
     for name in names:
         if name not in METRICS:
             raise CompressError(f"metric {name!r} is unknown (known: {', '.join(METRICS)})")
-        out[name] = float(METRICS[name](preds, labels))
+        with warnings.catch_warnings():  # constant labels or predictions: nan, which the stages say in one line
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            out[name] = float(METRICS[name](preds, labels))
     return out

@@ -1031,7 +1031,7 @@ def note(table: RunTable) -> str:
         rows = f"{table.test_rows}{' first' if table.test_subset else ''} rows" if table.test_rows else "its rows"
         text += (f" {table.metric_name} (test): on the task's labelled test split ({rows}), scored by the stages "
                  f"that made a model (not by the bench's or the report's own timing passes, nor by a stage run before "
-                 f"it was: –); nothing is chosen on it.")
+                 f"it was: –; an undefined score, nan, reads – too); nothing is chosen on it.")
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")

@@ -69,6 +69,11 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     if data.test is not None:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
                                    desc="teacher: scoring test")
+        undefined = [k for k, v in metrics["test"].items() if not math.isfinite(v)]
+        if undefined:
+            log.warning("teacher: its %s on the labelled test split %s undefined (nan: the split's labels or the "
+                        "predictions are constant, or it has under 2 rows): the test column reads -",
+                        " and ".join(undefined), "is" if len(undefined) == 1 else "are")
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "resumed_from": result.resumed_from,

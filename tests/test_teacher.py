@@ -538,6 +538,35 @@ def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_ber
     load_recipe(_recipe(tmp_path / "b", tiny_bert_dir), {"teacher.finetune": False})  # a classifier: kept as is
 
 
+def test_a_constant_target_on_the_test_split_is_one_warning_line_not_scipy_noise(tmp_path, tokenizer, caplog):
+    """A regression task whose labelled test file holds one value: pearson and spearmanr are undefined there. scipy
+    printed its ConstantInputWarning (with its source line) about six times; the teacher stage now says it once."""
+    import warnings
+
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+
+    folder = tmp_path / "reg"
+    BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    words = ["a fine film", "dull and long", "great fun", "not good", "moving", "a mess"]
+    for split, score in (("train", None), ("dev", None), ("test", 2.5)):
+        rows = [{"text": w, "score": score if score is not None else float(i % 5)} for i, w in enumerate(words * 4)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "reg.yaml"
+    path.write_text(f"name: reg\nruns_dir: {tmp_path / 'runs'}\n"
+                    f"task: {{name: myreg, files: {{train: {tmp_path / 'train.jsonl'}, dev: {tmp_path / 'dev.jsonl'}, "
+                    f"test: {tmp_path / 'test.jsonl'}}}, text_column: text, label_column: score, regression: true, "
+                    f"max_length: 16}}\nteacher: {{model: {folder}, finetune: false}}\n")
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        done = run_pipeline(load_recipe(path))["teacher"]
+    assert not [w for w in seen if "constant" in str(w.message).lower()], [str(w.message) for w in seen]
+    assert all(np.isnan(v) for v in done["metrics"]["test"].values())
+    assert "teacher: its pearson and spearmanr on the labelled test split are undefined" in caplog.text
+
+
 def test_a_teacher_that_predicts_one_label_is_warned_of_in_the_stage_and_the_report(tmp_path, tokenizer, caplog):
     """A teacher predicting one label for every dev row (here a head biased to label '1') scores that label's share,
     and every retention against it reads high: the stage warns and records it, the report says so in its note and
