@@ -45,7 +45,9 @@ def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray
     for name in names:
         if name not in METRICS:
             raise CompressError(f"metric {name!r} is unknown (known: {', '.join(METRICS)})")
-        with warnings.catch_warnings():  # constant labels or predictions: nan, which the stages say in one line
+        # constant labels or predictions: nan (the teacher stage and the quantize guard say so in one line; a report
+        # or card cell reads - / undefined), not scipy's warning with its source line, once per call
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantInputWarning)
             out[name] = float(METRICS[name](preds, labels))
     return out

@@ -547,7 +547,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     if dev_rows is not None:
         provenance["dev rows scored"] = (f"{dev_rows}, the first of the split only (task.max_eval_samples): not "
                                          f"comparable with full-dev scores" if subset else f"{dev_rows} (all)")
-    tested = labelled_test_scope(teacher)
+    tested = labelled_test_scope(teacher, (qrec.get("rows") or {}).get("test"))
     if tested:
         provenance["test rows scored"] = (f"{tested['test_rows']}, the first of the labelled test split only "
                                           f"(task.max_eval_samples)" if tested["test_subset"]
@@ -562,13 +562,18 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     dev_rows=dev_rows, dev_subset=subset, **tested)
 
 
-def labelled_test_scope(teacher: dict) -> dict:
-    """``test_rows`` and ``test_subset`` of a run whose teacher stage scored a labelled test split (MRPC's)."""
+def labelled_test_scope(teacher: dict, scored: Optional[int] = None) -> dict:
+    """``test_rows`` and ``test_subset`` of a run whose teacher stage scored a labelled test split (MRPC's). A teacher
+    stage of before ``test_rows`` (2026-12-05) with test scores: ``scored``, the rows the quantize stage scored (the
+    same cap cuts both), and, as `dev_scope` reads such a manifest, only the split's first where the cap was reached."""
     train = teacher.get("train") or {}
     rows, split = train.get("test_rows"), train.get("test_split_rows")
-    if not isinstance(rows, int):
+    if isinstance(rows, int):
+        return {"test_rows": rows, "test_subset": isinstance(split, int) and rows < split}
+    if not (isinstance(scored, int) and _test(teacher.get("metrics"))):
         return {}
-    return {"test_rows": rows, "test_subset": isinstance(split, int) and rows < split}
+    cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
+    return {"test_rows": scored, "test_subset": isinstance(cap, int) and scored >= cap}
 
 
 def dev_scope(teacher: dict) -> tuple[Optional[int], bool]:
@@ -1250,7 +1255,7 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
 def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[str]:
     """What makes a report read wrong though nothing failed: a headline thread count a run never benchmarked (its
     speedup and plot columns stay empty), runs of different metrics on one plot axis, a run with no latency at all,
-    runs scored on different dev rows."""
+    runs scored on different dev (or labelled test) rows by a cap."""
     out = []
     for t in tables:
         if threads is not None and t.threads and threads not in t.threads:

@@ -811,16 +811,17 @@ def markdown(summary: dict, png: Optional[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ shipping the best
-def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> Optional[dict]:
+def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> tuple[Optional[dict], dict]:
     """The shipped candidate's metrics on the task's labelled test split (MRPC's; None without one), one text at a time
-    as the bundle runs it, on the rows the teacher stage scored the teacher on; nothing is chosen on them."""
+    as the bundle runs it, its first rows under ``task.max_eval_samples``; nothing is chosen on them. With them
+    ``{"test_rows": n, "test_subset": whether the split's first only}``."""
     from compress.data import Collator, load_test, task_spec, tokenize
     from compress.export import score_shipped
     from compress.modeling import load_tokenizer
 
-    test, _ = load_test(recipe.task)
+    test, split_rows = load_test(recipe.task)
     if test is None:
-        return None
+        return None, {}
     tokenizer = load_tokenizer(str(teacher_dir), {}, f"{teacher_dir}: cannot load its tokenizer",  # the candidates'
                                "rerun the teacher stage")
     rows = tokenize(test, tokenizer, recipe.task.max_length)
@@ -829,7 +830,7 @@ def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> Optional[di
                             np.asarray(rows["label"]))
     print(f"[search] {model.name} on the labelled test split ({len(rows)} rows): "
           + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-    return metrics
+    return metrics, {"test_rows": len(rows), "test_subset": len(rows) < split_rows}
 
 
 def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
@@ -851,9 +852,12 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     manifest = recipe.run_dir / "teacher" / "manifest.json"
     teacher = read_json(manifest) if manifest.is_file() else {}
     # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
+    test, scope = _test_metrics(recipe, Path(best["file"]), teacher_dir)
+    # the teacher's test score where it was scored on these same rows (a cap changed since: not comparable)
+    same = labelled_test_scope(teacher).get("test_rows") in (None, scope.get("test_rows"))
     metrics = bundle_metrics(best["metrics"], (teacher.get("metrics") or {}).get("dev", {}), best["metric_name"],
-                             *dev_scope(teacher), _test_metrics(recipe, Path(best["file"]), teacher_dir),
-                             (teacher.get("metrics") or {}).get("test"), **labelled_test_scope(teacher))
+                             *dev_scope(teacher), test, (teacher.get("metrics") or {}).get("test") if same else None,
+                             **scope)
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
                "machine": "{cpu}, {cores} cores, onnxruntime {onnxruntime}".format(**summary["machine"])

@@ -5,6 +5,7 @@ are. Standard library only, so that validating a recipe (`compress validate`, `-
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,9 @@ def retention(metric: Optional[float], teacher: Optional[float]) -> Optional[flo
     """``metric`` as a fraction of the teacher's; None where that is no share: either score missing or not finite (a
     pearson of constant predictions), or a teacher at or below 0 (an MCC of a one-label predictor: a student's 0.10
     over a teacher's -0.05 read -200%)."""
-    if metric is None or teacher is None or not math.isfinite(metric) or not math.isfinite(teacher) or teacher <= 0:
+    scores = (metric, teacher)  # a hand-edited manifest's text is no score either
+    if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in scores) \
+            or teacher <= 0:
         return None
     return metric / teacher
 

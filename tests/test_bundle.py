@@ -654,6 +654,21 @@ def test_a_bundle_ships_its_models_scores_on_a_labelled_test_split(run_dir, tmp_
         assert "| test | accuracy | 0.8100 |" in card and "| teacher_test | accuracy | 0.8400 |" in card
         assert "| - | retention on test (accuracy / teacher accuracy) | 0.9643 |" in card
         assert said in card and "test_rows" not in card
+    # a teacher stage of before test_rows, capped: the rows the quantize stage scored, the split's first
+    record["rows"] = {**record.get("rows", {}), "test": 200}
+    (run_dir / "quantize" / "quantize.json").write_text(json.dumps(record))
+    (run_dir / "teacher" / "manifest.json").write_text(json.dumps(
+        {**teacher, "metrics": {**teacher["metrics"], "test": {"accuracy": 0.84}},
+         "train": {"dev_rows": 200}, "config": {"task": {"max_eval_samples": 200}}}))
+    out = tmp_path / "out-old"
+    out.mkdir()
+    bundle_stage(_recipe(tmp_path, "edge", "{max_drop: 1.0}"), out,
+                 {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+    m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())["metrics"]
+    assert (m["test_rows"], m["test_subset"]) == (200, True)
+    from compress.bundle import bundle_metrics  # a hand-edited score that is no number: no retention, no traceback
+
+    assert bundle_metrics({"f1": .8}, {"f1": .9}, "f1", 200, True, {"f1": .78}, {"f1": "abc"})["test_retention"] is None
     (run_dir / "teacher" / "manifest.json").write_text(json.dumps(teacher))
     out = tmp_path / "out-none"
     out.mkdir()

@@ -477,6 +477,14 @@ def test_the_search_bundle_of_an_mrpc_pick_carries_its_test_split_scores(tmp_pat
     assert metrics["test_retention"] == pytest.approx(metrics["test"]["f1"] / 0.79)
     assert (metrics["test_rows"], metrics["test_subset"]) == (48, True)
     assert metrics["dev"] == {"f1": 0.6, "accuracy": 0.5} and (metrics["dev_rows"], metrics["dev_subset"]) == (48, True)
+    # a teacher scored on other test rows (its cap changed since): its test score is not set beside the pick's
+    manifest = json.loads((teacher_dir.parent / "manifest.json").read_text())
+    manifest["train"]["test_rows"] = 100
+    (teacher_dir.parent / "manifest.json").write_text(json.dumps(manifest))
+    search.bundle_best(recipe, summary)
+    metrics = seen["metrics"]
+    assert (metrics["test_rows"], metrics["test_subset"]) == (48, True) and "test" in metrics
+    assert "teacher_test" not in metrics and "test_retention" not in metrics
 
 
 def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):

@@ -1115,6 +1115,8 @@ def test_a_quantize_stage_of_a_task_with_a_labelled_test_split_is_redone_once_fo
 
     mrpc = recipe(f"{{name: mrpc, data_dir: {glue_dir / 'MRPC'}}}")
     assert pipeline._quantize_variant(mrpc) == "test-split"
+    report = next(s for s in pipeline.STAGES if s.name == "report")  # a run without a quantize stage: its report
+    assert report.variant(mrpc) == "test-split" and report.variant(recipe("{name: sst2}")) is None
     quantize = next(s for s in pipeline.STAGES if s.name == "quantize")
     before = {"config": pipeline._config(mrpc, quantize), "seed": mrpc.seed, "inputs": {},
               "metrics": {"dev": {"f1": 0.8}}}
