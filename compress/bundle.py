@@ -765,18 +765,19 @@ def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional
     a task of two, MRPC's f1 and accuracy, names its own), with how many dev rows they were scored on and whether
     only the split's first (``task.max_eval_samples``); a labelled test split's scores (MRPC's) of both, where the
     run scored one, with its row count (the same cap cuts it)."""
+    def share(model: dict, teacher: dict) -> Optional[float]:
+        value = retention(model[metric], teacher[metric])
+        return None if value is None else round(value, 6)
+
     metrics = {"dev": dev}
     if dev.get(metric) is not None and teacher_dev.get(metric) is not None:
-        share = retention(dev[metric], teacher_dev[metric])
-        metrics.update(teacher_dev=dict(teacher_dev), retention=None if share is None else round(share, 6),
-                       retention_metric=metric)
+        metrics.update(teacher_dev=dict(teacher_dev), retention=share(dev, teacher_dev), retention_metric=metric)
     if test:
         metrics["test"] = dict(test)
         if teacher_test:
             metrics["teacher_test"] = dict(teacher_test)
             if test.get(metric) is not None and teacher_test.get(metric) is not None:
-                share = retention(test[metric], teacher_test[metric])
-                metrics["test_retention"] = None if share is None else round(share, 6)
+                metrics["test_retention"] = share(test, teacher_test)
         if test_rows is not None:
             metrics.update(test_rows=test_rows, test_subset=test_subset)
     if dev_rows is not None:

@@ -543,15 +543,15 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                   "bench versions": (None if (bench.get("protocol") or {}).get("versions") == env.get("versions")
                                      else (bench.get("protocol") or {}).get("versions")),
                   "stages": ", ".join(f"{m['stage']} ({m.get('created', '?')})" for m in manifests)}
-    dev_rows, subset = dev_scope(teacher)
+    dev_rows, subset = split_scope(teacher)
     if dev_rows is not None:
         provenance["dev rows scored"] = (f"{dev_rows}, the first of the split only (task.max_eval_samples): not "
                                          f"comparable with full-dev scores" if subset else f"{dev_rows} (all)")
-    tested = labelled_test_scope(teacher, (qrec.get("rows") or {}).get("test"))
-    if tested:
-        provenance["test rows scored"] = (f"{tested['test_rows']}, the first of the labelled test split only "
-                                          f"(task.max_eval_samples)" if tested["test_subset"]
-                                          else f"{tested['test_rows']} (all of the labelled test split)")
+    test_rows, test_subset = split_scope(teacher, "test", (qrec.get("rows") or {}).get("test"))
+    if test_rows is not None:
+        provenance["test rows scored"] = (f"{test_rows}, the first of the labelled test split only "
+                                          f"(task.max_eval_samples)" if test_subset
+                                          else f"{test_rows} (all of the labelled test split)")
     teacher_metric = next(r.metric for r in rows if r.name == "teacher")
     # runs/<recipe name>; reused stages keep theirs (resolved: `compress report .` gave a table without a name)
     name = recipe.name if recipe is not None else run_dir.resolve().name
@@ -559,33 +559,22 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
                     teacher_metric=teacher_metric, provenance=provenance, pair=_is_pair(teacher, recipe),
                     teacher_constant=(teacher.get("train") or {}).get("dev_constant_label"),
                     other_metrics=[m for m in _dev(teacher.get("metrics")) if m != metric],
-                    dev_rows=dev_rows, dev_subset=subset, **tested)
+                    dev_rows=dev_rows, dev_subset=subset, test_rows=test_rows, test_subset=test_subset)
 
 
-def labelled_test_scope(teacher: dict, scored: Optional[int] = None) -> dict:
-    """``test_rows`` and ``test_subset`` of a run whose teacher stage scored a labelled test split (MRPC's). A teacher
-    stage of before ``test_rows`` (2026-12-05) with test scores: ``scored``, the rows the quantize stage scored (the
-    same cap cuts both), and, as `dev_scope` reads such a manifest, only the split's first where the cap was reached."""
+def split_scope(teacher: dict, split: str = "dev", scored: Optional[int] = None) -> tuple[Optional[int], bool]:
+    """How many rows of ``split`` ("dev", or "test": a labelled test split, MRPC's) a run's metrics were scored on
+    (its teacher stage's manifest: ``<split>_rows``), and whether only the split's first ones (``task.max_eval_samples``
+    below ``<split>_split_rows``; a manifest of before that: the cap reached). A teacher stage of before ``test_rows``
+    (2026-12-05) that has test scores: ``scored``, the rows the quantize stage scored (the same cap cuts both)."""
     train = teacher.get("train") or {}
-    rows, split = train.get("test_rows"), train.get("test_split_rows")
-    if isinstance(rows, int):
-        return {"test_rows": rows, "test_subset": isinstance(split, int) and rows < split}
-    if not (isinstance(scored, int) and _test(teacher.get("metrics"))):
-        return {}
-    cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
-    return {"test_rows": scored, "test_subset": isinstance(cap, int) and scored >= cap}
-
-
-def dev_scope(teacher: dict) -> tuple[Optional[int], bool]:
-    """How many dev rows a run's metrics were scored on (its teacher stage's manifest), and whether only the split's
-    first ones (``task.max_eval_samples`` below the split's size; a manifest of before ``dev_split_rows``: the cap
-    reached)."""
-    train = teacher.get("train") or {}
-    rows, split = train.get("dev_rows"), train.get("dev_split_rows")
+    rows, size = train.get(f"{split}_rows"), train.get(f"{split}_split_rows")
+    if split == "test" and not isinstance(rows, int) and _test(teacher.get("metrics")):
+        rows = scored
     if not isinstance(rows, int):
         return None, False
-    if isinstance(split, int):
-        return rows, rows < split
+    if isinstance(size, int):
+        return rows, rows < size
     cap = ((teacher.get("config") or {}).get("task") or {}).get("max_eval_samples")
     return rows, isinstance(cap, int) and rows >= cap
 
@@ -715,17 +704,12 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                                            statistics.fmean(peaks) if peaks else None, shape if peaks else None,
                                            (len(lats), len(group)) if len(lats) < len(group) else None)
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
-            others = {m: mean_std([_metric_value(r.dev_metrics, m)[0] for r in same])
-                      for m in (first.metric_name, *first.other_metrics)}
-            tests = {m: mean_std([_metric_value(r.test_metrics, m)[0] for r in same])
-                     for m in (first.metric_name, *first.other_metrics)}
+            names = (first.metric_name, *first.other_metrics)
             rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(group),
                             latency, row.reference, row.shippable and all(r.shippable for r in same), row.path,
                             row.ort_path, row.tokenizer,
-                            dev_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in others.items()
-                                         if v[0] is not None} or None,
-                            test_metrics={m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in tests.items()
-                                          if v[0] is not None} or None,
+                            dev_metrics=_merged([r.dev_metrics for r in same], names),
+                            test_metrics=_merged([r.test_metrics for r in same], names),
                             per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))
         _mark_reference(rows)  # seeds whose runs chose other references (one timed the fused graph) gave two
         reference = next((r.name for r in rows if r.reference), None)  # none timed: no speedup
@@ -747,6 +731,17 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             test_rows=next((t.test_rows for t in group if t.test_rows is not None), None),
                             test_subset=any(t.test_subset for t in group)))
     return out
+
+
+def _merged(records: list[Optional[dict]], names: Sequence[str]) -> Optional[dict]:
+    """Seeds' metric records (a row's dev or test metrics) as one: ``{name: {mean, std, n}}`` of each metric some seed
+    scored; None where none did."""
+    out = {}
+    for name in names:
+        mean, std, n = mean_std([_metric_value(r, name)[0] for r in records])
+        if mean is not None:
+            out[name] = {"mean": mean, "std": std, "n": n}
+    return out or None
 
 
 # ------------------------------------------------------------------------------------------------------ pareto

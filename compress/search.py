@@ -839,7 +839,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     fp32 ONNX and the latency measured by the search."""
     from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder
     from compress.data import task_spec
-    from compress.report import dev_scope, labelled_test_scope
+    from compress.report import split_scope
 
     best = next((r for r in summary["candidates"] if r["id"] == summary["best"]), None)
     if best is None:
@@ -854,9 +854,9 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     # the candidates are scored on the teacher's dev rows (task.max_eval_samples)
     test, scope = _test_metrics(recipe, Path(best["file"]), teacher_dir)
     # the teacher's test score where it was scored on these same rows (a cap changed since: not comparable)
-    same = labelled_test_scope(teacher).get("test_rows") in (None, scope.get("test_rows"))
+    same = split_scope(teacher, "test")[0] in (None, scope.get("test_rows"))
     metrics = bundle_metrics(best["metrics"], (teacher.get("metrics") or {}).get("dev", {}), best["metric_name"],
-                             *dev_scope(teacher), test, (teacher.get("metrics") or {}).get("test") if same else None,
+                             *split_scope(teacher), test, (teacher.get("metrics") or {}).get("test") if same else None,
                              **scope)
     latency = {"p50_ms": lat["p50_ms"], "p90_ms": lat.get("p90_ms"), "threads": lat["threads"], "batch_size": 1,
                "speedup_vs_teacher_onnx_fp32": best["speedup_vs_teacher_fp32"], "protocol": summary["latency"],
