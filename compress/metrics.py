@@ -5,6 +5,8 @@ Names follow GLUE (and the `evaluate` library): accuracy, f1, matthews_correlati
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
 from typing import Sequence
 
@@ -14,6 +16,8 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from compress.errors import CompressError
 from compress.tasks import METRIC_NAMES, REGRESSION_METRICS
+
+log = logging.getLogger(__name__)
 
 
 def _pearson(preds: np.ndarray, labels: np.ndarray) -> float:
@@ -45,9 +49,20 @@ def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray
     for name in names:
         if name not in METRICS:
             raise CompressError(f"metric {name!r} is unknown (known: {', '.join(METRICS)})")
-        # constant labels or predictions: nan (the teacher stage and the quantize guard say so in one line; a report
-        # or card cell reads - / undefined), not scipy's warning with its source line, once per call
+        # constant labels or predictions: nan (the stages say so in one line, `warn_undefined`, the quantize guard in
+        # its own; a report or card cell reads - / undefined), not scipy's warning with its source line, once per call
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantInputWarning)
             out[name] = float(METRICS[name](preds, labels))
     return out
+
+
+def warn_undefined(who: str, metrics: dict, where: str, consequence: str) -> list[str]:
+    """One warning line when a score of ``metrics`` (one split's) is nan: a pearson/spearmanr of constant labels or
+    predictions, or of under 2 rows (`compute_metrics` silences scipy's own warning). Returns the undefined names."""
+    names = [k for k, v in metrics.items() if v is None or not math.isfinite(v)]
+    if names:
+        log.warning("%s: its %s on %s %s undefined (nan: the labels or its predictions are constant there, or it has "
+                    "under 2 rows): %s", who, " and ".join(names), where, "is" if len(names) == 1 else "are",
+                    consequence)
+    return names

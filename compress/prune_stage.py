@@ -34,6 +34,7 @@ from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
 from compress.manifest import read_json, write_atomic, write_json
+from compress.metrics import warn_undefined
 from compress.modeling import count_params, load_trained, save, save_atomic
 from compress.train import fit, from_main_process, main_process_writes, process_device, resolve_precision
 
@@ -308,6 +309,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         metrics["holdout"] = evaluate(model, holdout, collator, spec)
     if data.test is not None:  # MRPC's labelled test split, as the teacher and the students are scored on it
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
+    warn_undefined("prune: the pruned model", metrics["dev"], "dev",
+                   "its retention is not measured and no int8 guard can judge it")
+    if "test" in metrics:
+        warn_undefined("prune: the pruned model", metrics["test"], "the labelled test split", "the test column reads -")
     write_json(out / "metrics.json", {"metrics": metrics, "steps": history})
     return {"metrics": metrics, "params": totals["params_after"], "source": source,
             "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],

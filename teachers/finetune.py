@@ -11,13 +11,13 @@ Writes ``model/`` (safetensors + config + tokenizer) and ``metrics.json``.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from compress.config import Recipe
 from compress.data import Collator, load_task, tokenize
 from compress.evaluate import constant_label, evaluate
 from compress.manifest import write_json
+from compress.metrics import warn_undefined
 from compress.tasks import constant_score
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
@@ -58,22 +58,14 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                     "and a student's retention against it means little; train it longer or harder (teacher.epochs, "
                     "teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0],
                     constant_score(spec.metrics[0]))
-    undefined = [k for k, v in metrics["dev"].items() if not math.isfinite(v)]
-    if undefined:
-        log.warning("teacher: its dev %s %s undefined (nan: its predictions are constant, or dev has under 2 rows): "
-                    "no retention or int8 accuracy guard can be measured against it; train it longer or harder "
-                    "(teacher.epochs, teacher.lr, task.max_train_samples)", " and ".join(undefined),
-                    "is" if len(undefined) == 1 else "are")
+    warn_undefined("teacher", metrics["dev"], "dev", "no retention or int8 accuracy guard can be measured against "
+                   "it; train it longer or harder (teacher.epochs, teacher.lr, task.max_train_samples)")
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
                                    desc="teacher: scoring test")
-        undefined = [k for k, v in metrics["test"].items() if not math.isfinite(v)]
-        if undefined:
-            log.warning("teacher: its %s on the labelled test split %s undefined (nan: the split's labels or the "
-                        "predictions are constant, or it has under 2 rows): the test column reads -",
-                        " and ".join(undefined), "is" if len(undefined) == 1 else "are")
+        warn_undefined("teacher", metrics["test"], "the labelled test split", "the test column reads -")
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "resumed_from": result.resumed_from,

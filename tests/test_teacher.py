@@ -567,6 +567,39 @@ def test_a_constant_target_on_the_test_split_is_one_warning_line_not_scipy_noise
     assert "teacher: its pearson and spearmanr on the labelled test split are undefined" in caplog.text
 
 
+def test_students_and_pruned_models_with_undefined_scores_say_so_in_one_line(tmp_path, tokenizer, caplog):
+    """The constant test target above, through a distilled student and the pruned model too: each stage names the
+    model whose pearson/spearmanr is undefined (nan) in one warning line; they were recorded as nan silently."""
+    import warnings
+
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+
+    folder = tmp_path / "reg"
+    BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    words = ["a fine film", "dull and long", "great fun", "not good", "moving", "a mess"]
+    for split, score in (("train", None), ("dev", None), ("test", 2.5)):
+        rows = [{"text": w, "score": score if score is not None else float(i % 5)} for i, w in enumerate(words * 4)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "reg.yaml"
+    path.write_text(f"name: reg\nruns_dir: {tmp_path / 'runs'}\n"
+                    f"task: {{name: myreg, files: {{train: {tmp_path / 'train.jsonl'}, dev: {tmp_path / 'dev.jsonl'}, "
+                    f"test: {tmp_path / 'test.jsonl'}}}, text_column: text, label_column: score, regression: true, "
+                    f"max_length: 16, holdout: 0.0}}\nteacher: {{model: {folder}, finetune: false}}\n"
+                    f"students: [{{name: s, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1, "
+                    f"train: {{max_steps: 1}}}}]\nprune: {{heads: 0.5, recover: null}}\n")
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        done = run_pipeline(load_recipe(path))
+    assert not [w for w in seen if "constant" in str(w.message).lower()], [str(w.message) for w in seen]
+    for scores, who in ((done["distill"]["metrics"]["students"]["s"], "distill: student s"),
+                        (done["prune"]["metrics"], "prune: the pruned model")):
+        assert all(np.isnan(v) for v in scores["test"].values()), scores
+        assert f"{who}: its pearson and spearmanr on the labelled test split are undefined" in caplog.text
+
+
 def test_a_teacher_that_predicts_one_label_is_warned_of_in_the_stage_and_the_report(tmp_path, tokenizer, caplog):
     """A teacher predicting one label for every dev row (here a head biased to label '1') scores that label's share,
     and every retention against it reads high: the stage warns and records it, the report says so in its note and

@@ -34,6 +34,7 @@ from compress.errors import CompressError
 from compress.tasks import retention
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, scores, write_json
+from compress.metrics import warn_undefined
 from teachers.zoo import sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
 from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
@@ -408,6 +409,11 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             metrics["holdout"] = evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml), collator, data.spec)
         if data.test is not None:
             metrics["test"] = evaluate(res.model, tokenize(data.test, res.tokenizer, ml), collator, data.spec)
+        warn_undefined(f"distill: student {spec.name}", metrics["dev"], "dev",
+                       "its retention is not measured and no int8 guard can judge it")
+        if "test" in metrics:
+            warn_undefined(f"distill: student {spec.name}", metrics["test"], "the labelled test split",
+                           "the test column reads -")
         share = retention(metrics["dev"][main_metric], teacher_dev.get(main_metric))
         metrics["retention"] = None if share is None else round(share, 4)
         save(res.model, res.tokenizer, out / spec.name / "model")
