@@ -419,6 +419,39 @@ def test_settings_of_generated_matches_without_a_layer_map_are_refused():
     from_dict(DistillConfig, {"layer_map": "uniform", "attention_heads": "mean", "layer_map_weight": 0.1})
 
 
+def test_a_batch_where_no_row_aligns_reaches_only_what_the_matches_reach():
+    """Two_step's first step (no logit loss) on a batch of a cross-family teacher where no row aligns: the zero term
+    went through the logits, so the head and the layers no match reaches got zero gradients (AdamW decayed them by
+    lr x weight decay each such batch, though they are to be left as they are). Now exactly the parameters an aligned
+    batch trains get a (zero) gradient, as DDP needs: the same set either way."""
+    from compress.config import DistillConfig, MatchConfig
+
+    torch.manual_seed(0)
+    config = tiny_bert_config(num_hidden_layers=2)
+    teacher = BertForSequenceClassification(config).eval()
+    cfg = DistillConfig(two_step=True, matches=[MatchConfig(1, 1, "hidden", weight=1.0),
+                                                MatchConfig(1, 1, "attention", weight=1.0)])
+    matches = resolve_matches(cfg, config, config)
+    d = Distiller(BertForSequenceClassification(config), matches, config.hidden_size)
+    ids = torch.randint(5, 90, (4, 8))
+    mask = torch.ones_like(ids)
+    got = {}
+    for name, t_ids in (("aligned", ids), ("misaligned", (ids + 1) % 90)):
+        objective = KDObjective(teacher, cfg, matches, False, teacher_prefix="t_", table=torch.arange(100),
+                                logits=False, intermediate=True)
+        batch = {"input_ids": ids, "attention_mask": mask, "t_input_ids": t_ids, "t_attention_mask": mask,
+                 "labels": torch.zeros(4, dtype=torch.long)}
+        d.zero_grad(set_to_none=True)
+        loss, logs = objective(d, batch)
+        loss.backward()
+        got[name] = {n: p.grad for n, p in d.named_parameters() if p.grad is not None}
+        assert not any(n.startswith(("student.classifier", "student.bert.pooler", "student.bert.encoder.layer.1."))
+                       for n in got[name]), (name, sorted(got[name]))
+    assert set(got["aligned"]) == set(got["misaligned"]) and got["aligned"]
+    assert all(float(g.abs().sum()) == 0.0 for g in got["misaligned"].values()) and loss.item() == 0.0
+    assert set(logs) == {"intermediate_skipped"}
+
+
 def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_gradient(glue_dir, tokenizer):
     """A match of weight 0 was computed and dropped from the loss, so its projection got no gradient: under DDP the
     gradient reduction waited for it forever. It is left out now (an explicit one also turns the layer_map match of

@@ -178,9 +178,12 @@ class KDObjective:
         self.stats.misaligned_rows += n_bad
         self.stats.misaligned_batches += int(n_bad > 0)
         terms = {}
-        if not bool(rows.any()):  # nothing aligns: zero terms that still reach every parameter (DDP)
-            zero = sum(v.sum() for v in projected.values()) * 0.0 if projected else out.logits.sum() * 0.0
-            terms["intermediate_skipped"] = (zero + out.logits.sum() * 0.0, 1.0)
+        if not bool(rows.any()):  # nothing aligns: a zero term through what the matches reach, so that the same
+            # parameters get a gradient as in an aligned batch (DDP); the head and the layers no match reaches get
+            # none (a zero term through the logits had AdamW decay them in two_step's first step)
+            reached = [projected[m.key] if m.project else out.attentions[m.student_layer - 1]
+                       if m.feature == "attention" else out.hidden_states[m.student_layer] for m in use]
+            terms["intermediate_skipped"] = (sum(x.sum() for x in reached) * 0.0, 1.0)
             return terms
         width = int(mask[rows].sum(1).max())
         m_rows = mask[rows][:, :width]
