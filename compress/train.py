@@ -127,6 +127,8 @@ def fit(
         if (ckpt / "best.safetensors").is_file():
             best_state = load_file(ckpt / "best.safetensors")
         result.resumed_from = step
+        if meta.get("objective") is not None and hasattr(objective, "restore_state"):
+            objective.restore_state(meta["objective"])  # e.g. the distiller's counts of misaligned rows
         resume_rng = _rng_state()  # the RNG as it was at the checkpoint (see the epoch loop)
         log.info("resumed from %s (step %d)", ckpt, step)
 
@@ -164,11 +166,14 @@ def fit(
         wait_for_everyone()
         accelerator.save_state(str(tmp))
         wait_for_everyone()  # every process's RNG state written before the main process names it done
+        # what the objective counts (a collective call where it sums over processes: every process makes it)
+        kept = objective.checkpoint_state() if hasattr(objective, "checkpoint_state") else None
         if accelerator.is_main_process:
             if best_state is not None:
                 save_file(best_state, tmp / "best.safetensors")
             meta = {"step": step, "epoch": epoch, "batches_done_in_epoch": batches_done,
-                    "best_metric": result.best_metric, "best_step": result.best_step, "history": result.history}
+                    "best_metric": result.best_metric, "best_step": result.best_step, "history": result.history,
+                    **({} if kept is None else {"objective": kept})}
             (tmp / "trainer.json").write_text(json.dumps(meta))
             tmp.rename(target)
             for old in sorted(Path(checkpoint_dir).glob("step-*"))[:-2]:  # keep the two newest

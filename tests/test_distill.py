@@ -183,6 +183,44 @@ def _start(recipe):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def test_a_resumed_distillation_counts_the_alignment_of_every_batch(glue_dir, tokenizer, tmp_path, monkeypatch):
+    """The counts of batches / rows whose tokenizations align (metrics.json `alignment`, and the warning when none
+    does) lived in memory only: a run resumed after a crash counted the batches after its checkpoint, and one whose
+    intermediate step was done (two_step's marker) counted none. They are kept in the checkpoint and the marker now,
+    and a resumed run reports what an uninterrupted one does."""
+    data = _sst2(glue_dir, n=64)
+    original = KDObjective.__call__
+    # two_step: 8 intermediate steps, then the prediction's; a crash after 9 calls leaves only the intermediate
+    # step's marker (no prediction checkpoint yet), after 11 a prediction checkpoint too
+    for two_step, crash_after in ((False, 5), (True, 9), (True, 11)):
+        spec = from_dict(StudentConfig, {"name": "s", "layers": 2, "distill": {"layer_map": "last",
+                                                                            "two_step": two_step},
+                                         "train": {"max_steps": 8, "batch_size": 8, "checkpoint_every": 2}})
+
+        def run(folder, crash=None):
+            calls = []
+
+            def counted(self, model, batch):
+                calls.append(1)
+                if crash is not None and len(calls) > crash:
+                    raise KeyboardInterrupt("a crash")
+                return original(self, model, batch)
+
+            monkeypatch.setattr(KDObjective, "__call__", counted)
+            teacher = _tiny_teacher().eval()
+            student = build_student(spec, teacher, tokenizer, data.spec)
+            return distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, checkpoint_dir=folder)
+
+        clean = run(tmp_path / f"clean-{crash_after}")
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / f"killed-{crash_after}", crash=crash_after)
+        resumed = run(tmp_path / f"killed-{crash_after}")
+        last = resumed.fits["prediction" if two_step else "joint"]
+        assert (last.resumed_from is None) == (crash_after == 9) and "intermediate" not in resumed.fits
+        assert resumed.align.as_dict() == clean.align.as_dict() and clean.align.batches == 8 and \
+            clean.align.rows == 64, (two_step, resumed.align, clean.align)
+
+
 def test_kill_9_then_rerun_resumes_to_the_same_result(tiny_bert_dir, tmp_path):
     killed, clean = _recipe(tmp_path, tiny_bert_dir, tmp_path / "killed"), _recipe(tmp_path, tiny_bert_dir,
                                                                                     tmp_path / "clean")

@@ -19,6 +19,7 @@ from compress.config import DistillConfig
 from compress.distill.align import aligned_rows
 from compress.distill.losses import attention_loss, combine, hard_label_loss, hidden_mse, kd_loss, logits_mse
 from compress.distill.matches import Match, resolve_matches  # noqa: F401  (re-exported: the stage and tests use them here)
+from compress.train import process_device
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -102,6 +103,24 @@ class AlignStats:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def summed(self) -> "AlignStats":
+        """The totals over every process (under DDP each counted its own batches; a collective call: every process
+        makes it); a copy, this process's counts stay as they are."""
+        counts = self.as_dict()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = process_device() if torch.distributed.get_backend() == "nccl" else "cpu"
+            values = torch.tensor(list(counts.values()), dtype=torch.long, device=device)
+            torch.distributed.all_reduce(values)
+            counts = dict(zip(counts, (int(x) for x in values)))
+        return AlignStats(**counts)
+
+    def restore(self, saved: Optional[dict]) -> None:
+        """Resumed: the counts of the batches before the checkpoint (``summed``, every process's) are carried by the
+        main process alone, so that the final sum counts each batch once (a resumed run counted only its own)."""
+        if saved and (not (torch.distributed.is_available() and torch.distributed.is_initialized())
+                      or torch.distributed.get_rank() == 0):
+            self.__dict__.update({k: int(saved[k]) for k in self.as_dict() if k in saved})
+
 
 @dataclass
 class KDObjective:
@@ -120,6 +139,13 @@ class KDObjective:
     logits: bool = True
     intermediate: bool = True
     stats: AlignStats = field(default_factory=AlignStats)
+
+    def checkpoint_state(self) -> dict:
+        """What `fit` keeps in a checkpoint beside the weights: the alignment counts so far (every process's)."""
+        return self.stats.summed().as_dict()
+
+    def restore_state(self, saved: dict) -> None:
+        self.stats.restore(saved)
 
     def _teacher(self, batch: dict, hidden: bool, attentions: bool):
         p = self.teacher_prefix

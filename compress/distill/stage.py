@@ -13,6 +13,7 @@ Writes ``<student>/model/`` (safetensors + config + tokenizer) and ``<student>/m
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -23,6 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 from datasets import Dataset
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from compress.config import AugmentConfig, Recipe, StudentConfig, plain
@@ -68,16 +70,6 @@ class DistillResult:
     timing: dict = field(default_factory=dict)
     augment: Optional[dict] = None
     """The transfer set's summary (`augment_rows`) when the student trained on augmented copies."""
-
-
-def _sum_over_processes(align: AlignStats) -> None:
-    """Under DDP each process counted its own batches: report the totals."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        device = process_device() if torch.distributed.get_backend() == "nccl" else "cpu"
-        counts = torch.tensor([align.batches, align.misaligned_batches, align.rows, align.misaligned_rows],
-                              dtype=torch.long, device=device)
-        torch.distributed.all_reduce(counts)
-        align.batches, align.misaligned_batches, align.rows, align.misaligned_rows = (int(x) for x in counts)
 
 
 def augment_key(augment: AugmentConfig, student: str) -> str:
@@ -167,6 +159,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         done_marker = ckdir / f"{name}-done.safetensors" if ckdir is not None else None
         if done_marker is not None and done_marker.is_file():  # resumed after this step had finished
             distiller.load_state_dict(load_file(done_marker))
+            with safe_open(done_marker, "pt") as f:  # the step's alignment counts (markers before 2026-12-05: none)
+                align.restore(json.loads((f.metadata() or {}).get("align", "null")))
             log.info("%s: step %s already done (%s)", spec.name, name, done_marker)
             continue
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
@@ -216,16 +210,19 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                          unused_parameters=alone or not use_logits)
         timing["train_s"] += time.perf_counter() - t0
         if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
+            counts = json.dumps(align.summed().as_dict())  # every process: a collective call
+
             def write_marker(marker=done_marker):
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 tmp = marker.with_suffix(".tmp")
-                save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp)
+                save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp,
+                          metadata={"align": counts})
                 tmp.rename(marker)
 
             main_process_writes(write_marker)
     if ckdir is not None:  # shared by every process: removed by the main one, which wrote the step markers in it
         main_process_writes(lambda: shutil.rmtree(ckdir, ignore_errors=True))
-    _sum_over_processes(align)
+    align = align.summed()
     if align.rows and align.misaligned_rows == align.rows:
         log.warning("%s: no training row's tokenizations align between teacher and student (%d rows; %s), so the "
                     "position-wise matches (%s) taught nothing: only the logit losses trained it. Leave the matches "
