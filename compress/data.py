@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from compress.errors import CompressError
 from compress.rows import check_train_labels, has_test_labels, holdout_rows, read_rows, read_split  # noqa: F401
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -77,7 +80,8 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
     elif spec.labels is not None and isinstance(ds.features["label"], datasets.ClassLabel):
         ds = _hub_class_labels(cfg, spec, hub_split, ds)
     elif spec.labels is not None and _numbered(spec.labels) and str(ds.features["label"].dtype).startswith(
-            ("int", "uint")):  # labels "1", "0": the value 1 is the label named "1", as in local files, not index 1
+            ("int", "uint", "float")):  # labels "1", "0": the value 1 (or 1.0, a column pandas wrote with a gap) is
+        # the label named "1", as in local files, not index 1; 0.5 or nan is named by nothing and refused
         named = {int(x): x for x in spec.labels}  # "+1" names the value 1 too
         ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, None if r["label"] is None
                                                    else named.get(r["label"], str(r["label"])))})
@@ -108,18 +112,24 @@ def _check_hub_rows(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset, co
 
 
 def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) -> Dataset:
-    """A hub dataset's class indices in ``task.labels``' order: put there by name where its classes are the task's
-    labels in another order, else taken by position (glue:sst2's negative/positive for "0", "1"); a class count other
-    than the labels' is refused."""
+    """A hub dataset's class indices in ``task.labels``' order: put there by name (case aside, as a head's names are
+    matched) where its classes are the task's labels in another order, else taken by position (glue:sst2's
+    negative/positive for "0", "1"); a class count other than the labels' is refused."""
     import datasets
 
     names = ds.features["label"].names
     if len(names) != len(spec.labels):
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: its label column has {len(names)} "
                             f"classes {names}; task.labels lists {len(spec.labels)}: {spec.labels}")
-    if names == spec.labels or sorted(names) != sorted(spec.labels):
+    low, wanted = [n.lower() for n in names], [str(x).lower() for x in spec.labels]
+    if len(set(wanted)) < len(wanted):  # labels that differ only in case: by exact name
+        low, wanted = list(names), list(spec.labels)
+    if low == wanted or sorted(low) != sorted(wanted):
+        if sorted(low) != sorted(wanted):
+            log.info("task.hub_dataset %s: its classes %s taken as task.labels %s by position", cfg.hub_dataset,
+                     names, spec.labels)
         return ds
-    order = [spec.labels.index(name) for name in names]
+    order = [wanted.index(name) for name in low]
     features = ds.features.copy()
     features["label"] = datasets.ClassLabel(names=spec.labels)
     return ds.map(lambda r: {"label": order[r["label"]] if r["label"] >= 0 else r["label"]}, features=features)

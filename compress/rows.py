@@ -360,7 +360,12 @@ def _regression_label(value: str, spec: TaskSpec, path: Path, line: int) -> floa
         raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a number") from None
     if not math.isfinite(number):
         raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a finite number")
+    if not _PLAIN_NUMBER.fullmatch(value.strip()):  # float() also reads "1_0" as 10 and other scripts' digits
+        raise CompressError(f"{path}:{line}: column {spec.label!r}: {value!r} is not a number")
     return number
+
+
+_PLAIN_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def holdout_rows(cfg: TaskConfig, n: int, file: str = "") -> int:

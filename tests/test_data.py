@@ -180,6 +180,14 @@ def test_regression_label_not_finite_is_refused(tmp_path, name, text, line, valu
     assert _refused(cfg) == f"{tmp_path / name}:{line}: column 'score': {value!r} is not a finite number"
 
 
+@pytest.mark.parametrize("value", ["1_0", "\u0661\u0662", "0x1p3"])
+def test_regression_label_in_another_notation_is_refused(tmp_path, value):
+    """float() reads "1_0" as 10 and Arabic-Indic digits as 12: a malformed cell became a target silently."""
+    cfg = _custom(tmp_path, "t.csv", f"review,score\nok,1.5\nbad,{value}\n", label_column="score", labels=None,
+                  regression=True)
+    assert _refused(cfg) == f"{tmp_path / 't.csv'}:3: column 'score': {value!r} is not a number"
+
+
 def test_regression_label_finite_loads(tmp_path):
     cfg = _custom(tmp_path, "t.csv", "review,score\nok,1.5\nbad, -2e3 \n", label_column="score", labels=None,
                   regression=True)
@@ -512,6 +520,9 @@ def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monke
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
     swapped = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["pos", "neg"], holdout=0.0), seed=0)
     assert swapped.dev["label"] == [0, 1, 0]
+    # names that differ in case only are the same names (they were taken by position: every label inverted)
+    cased = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["Pos", "Neg"], holdout=0.0), seed=0)
+    assert cased.dev["label"] == [0, 1, 0]
     assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["0", "1"], holdout=0.0)).dev["label"] == [
         1, 0, 1]
     with pytest.raises(CompressError, match=r"split 'train': its label column has 2 classes \['neg', 'pos'\]; "
@@ -538,6 +549,18 @@ def test_hub_dataset_integer_labels_named_by_numbers_are_read_by_name_as_local_f
     assert hub.dev["label"] == local.dev["label"] == [0, 1]
     assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["0", "1"], holdout=0.0)).dev["label"] == [
         1, 0]  # names 0..n-1 in order: the same either way
+    for split in ("train", "validation"):  # a float column (pandas writes one where a value was missing): by name too
+        datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [1.0, 0.0, 1.0]}).to_parquet(
+            str(folder / f"{split}.parquet"))
+        (folder / f"{split}.csv").unlink()
+    assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0),
+                     seed=0).dev["label"] == [0, 1, 0]
+    datasets.Dataset.from_dict({"text": ["good"], "label": [0.5]}).to_parquet(str(folder / "validation.parquet"))
+    with pytest.raises(CompressError, match=r"split 'validation': label '0.5' is not one of \['1', '0'\]$"):
+        load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0), seed=0)
+    for split in ("train", "validation"):
+        (folder / f"{split}.parquet").unlink()
+        (folder / f"{split}.csv").write_text("text,label\ngood,1\nbad,0\n")
     for split in ("train", "validation"):
         (folder / f"{split}.csv").write_text("text,label\ngood,3\nbad,1\n")
     assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "2", "3"], holdout=0.0),
