@@ -41,6 +41,7 @@ import numpy as np
 
 from compress.config import BenchConfig, Recipe
 from compress.errors import CompressError
+from compress.tasks import round_down
 # not compress.export: the memory probe of an ONNX file imports no torch
 from compress.ort_session import SLOW_FUSIONS, example_id_range
 from compress.manifest import cpu_model, read_json, scores, scratch_dir, versions, write_json
@@ -651,7 +652,7 @@ def format_ratios(record: dict) -> str:
     metric = next(iter(record["ratios"].values()))["metric"]
     lines = [f"[bench] ours = {ours}; speed-up = peer p50 / our p50 (>1: ours faster); {metric} delta = ours - peer"]
     for peer, r in record["ratios"].items():
-        sp = "  ".join(f"{k} {v:.2f}x" for k, v in r["speedup_p50"].items())
+        sp = "  ".join(f"{k} {round_down(v, 2):.2f}x" for k, v in r["speedup_p50"].items())
         lines.append(f"  vs {peer:22s} {r['metric']} {r['metric_delta_points']:+.2f} pt | {sp}")
     mine = record["artifacts"][ours]
     for r in mine["results"]:

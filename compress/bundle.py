@@ -39,7 +39,7 @@ from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.config import FOLDER_NAME, folder_name
-from compress.tasks import LABELS_NEEDED, good_labels, retention
+from compress.tasks import LABELS_NEEDED, good_labels, retention, round_down
 from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
 
@@ -257,7 +257,9 @@ def model_card(manifest: dict) -> str:
                 lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
             elif split in ("retention", "test_retention") and of:
                 on = " on test" if split == "test_retention" else ""
-                lines.append(f"| - | retention{on} ({of} / teacher {of}) | {_fmt_metric(values)} |")
+                shown = _fmt_metric(values if not isinstance(values, float) or not math.isfinite(values)
+                                    else round_down(values, 4))  # 0.98996 is not 0.9900
+                lines.append(f"| - | retention{on} ({of} / teacher {of}) | {shown} |")
             elif split not in ("retention_metric", "dev_rows", "dev_subset", "test_rows", "test_subset"):
                 lines.append(f"| - | {split} | {_fmt_metric(values)} |")
         if isinstance(metrics.get("dev_rows"), int):
@@ -290,7 +292,7 @@ def model_card(manifest: dict) -> str:
             for t, r in by_threads.items():
                 speedup = r["speedup_vs_teacher_onnx_fp32"]
                 lines.append(f"| {t}{' (fastest)' if r.get('fastest') else ''} | {r['p50_ms']:.3f} | "
-                             f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{speedup}x'} |")
+                             f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{round_down(speedup, 2):.2f}x'} |")
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
             lines += ["", f"Under this protocol it ran fastest at {fastest} thread{'s' if fastest != '1' else ''} "
                       f"(`python predict.py --threads {fastest} ...`); measure on the target device."]
@@ -742,7 +744,7 @@ def _by_threads(table, row) -> dict[str, dict]:
     for t in sorted(row.latency):
         speedup = table.speedup(row, t)
         out[str(t)] = {"p50_ms": row.latency[t].p50_ms, "p90_ms": row.latency[t].p90_ms,
-                       "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 2)}
+                       "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 4)}
     if out:
         fastest = min(out, key=lambda t: out[t]["p50_ms"])
         out[fastest]["fastest"] = True

@@ -51,6 +51,7 @@ import torch
 from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig,
                              search_settings)
 from compress.errors import CompressError
+from compress.tasks import round_down
 from compress.export import SHIPPED_BATCH
 from compress.manifest import (fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
                                timing_machine, versions, write_json)
@@ -760,7 +761,7 @@ def _speed(speedup: Optional[float]) -> str:
     """A speedup in words: "2.3x faster than", "1.4x slower than" (a budget above the teacher's own latency)."""
     if speedup is None or speedup <= 0:
         return "not compared with"
-    return f"{speedup:.1f}x faster than" if speedup >= 1 else f"{1 / speedup:.1f}x slower than"
+    return f"{round_down(speedup, 1):.1f}x faster than" if speedup >= 1 else f"{1 / speedup:.1f}x slower than"
 
 
 def _held(r: dict) -> str:
@@ -801,7 +802,7 @@ def markdown(summary: dict, png: Optional[str]) -> str:
             lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['macs_fraction']:.0%} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
                          f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f}{_passes(r)} | "
                          f"{r['latency']['p90_ms']:.2f} | "
-                         f"{r['speedup_vs_teacher_fp32']:.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
+                         f"{round_down(r['speedup_vs_teacher_fp32'], 1):.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
         lines.append("")
     if summary["skipped"]:
         lines += ["Skipped:", ""] + [f"- {s['id']}: {s['reason']}" for s in summary["skipped"]] + [""]

@@ -72,6 +72,14 @@ def retention(metric: Optional[float], teacher: Optional[float]) -> Optional[flo
     return metric / teacher
 
 
+def round_down(value: float, digits: int) -> float:
+    """``value`` cut to ``digits`` decimals, for display: a retention of 0.98996 shows as 98.9%, a speedup of 3.998 as
+    3.9x, never as the 99.0% / 4.0x a target would be met at (rounding to nearest did). The tiny slack keeps 0.29
+    (0.28999... in binary) at 0.29."""
+    scale = 10 ** digits
+    return math.floor(value * scale + 1e-9) / scale
+
+
 def constant_score(metric: str) -> str:
     """What ``metric`` of a model predicting one label for every row is, in words."""
     return {"accuracy": "that label's share", "f1": "that of predicting one label (2p/(1+p) or 0)",

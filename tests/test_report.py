@@ -66,7 +66,7 @@ def test_table_numbers():
     assert ref["speedup (2t)"] == "1.0×" and ref["retention"] == "100.0%" and ref["p50 ms (1t)"] == "21.60"
     student = rows["student tiny · int8 dynamic"]
     assert student["speedup (2t)"] == "5.0×"  # 12.0 / 2.4
-    assert student["retention"] == f"{100 * 0.866 / 0.893:.1f}%"
+    assert student["retention"] == "96.9%"  # 96.98%, rounded down
     assert student["accuracy (dev)"] == "0.8660 ± 0.0050 (sample std, n=3)"
     assert student["params"] == "11.0M" and student["file"] == "12.0 MB" and student["sent/s (2t)"] == "417"
     torch_row = next(dict(zip(header, c)) for c in body if c[1] == "torch")
@@ -1344,6 +1344,35 @@ def test_a_compared_run_copied_under_another_name_redoes_the_report(tmp_path):
         _, moved_inputs = pipeline._fingerprint(moved, report, done)
         swapped = pipeline._recorded_paths(moved, pipeline._config(moved, report), config, moved_inputs, inputs)
         assert (swapped == config) == same, other
+
+
+def test_retention_and_speedup_are_shown_rounded_down_never_across_a_target():
+    """The teacher pruned to half, int8: 93.00 / 93.94 = 98.996% at 37.59 / 9.4018 = 3.998x read "99.0%" and "4.0x"
+    in the report (and 4.0 in the bundle manifest, 0.9900 in its card): a target of 99% at 4x looked met. Displayed
+    ratios are rounded down now; the manifest keeps four decimals."""
+    from compress.bundle import _by_threads, model_card
+    from compress.search import _speed
+    from compress.tasks import round_down
+
+    assert round_down(0.98996, 3) == 0.989 and round_down(0.29, 2) == 0.29 and round_down(3.9982, 1) == 3.9
+    teacher = Row("teacher · onnx fp32", "teacher", "onnx fp32", metric=0.9394, latency={2: Latency(37.59, 40.0)},
+                  reference=True)
+    int8 = Row("pruned · int8 dynamic", "int8", "onnx int8", metric=0.9300, latency={2: Latency(9.4018, 12.42)},
+               shippable=True)
+    table = RunTable("r", "runs/r", "accuracy", [teacher, int8], teacher_metric=0.9394)
+    header, body = table_cells(table)
+    cells = dict(zip(header, body[1]))
+    assert cells["retention"] == "98.9%" and cells["speedup (2t)"] == "3.9×", cells
+    assert _speed(37.59 / 9.4018) == "3.9x faster than"
+    by_threads = _by_threads(table, int8)
+    assert by_threads["2"]["speedup_vs_teacher_onnx_fp32"] == 3.9982
+    card = model_card({"name": "b", "task": {"name": "sst2", "labels": ["0", "1"]}, "max_length": 128,
+                       "requirements": {}, "files": {}, "sizes": {}, "created": "now", "versions": {},
+                       "metrics": {"dev": {"accuracy": 0.93}, "retention": 0.98996,
+                                                       "retention_metric": "accuracy"},
+                       "latency": {"p50_ms": 9.4018, "by_threads": {**by_threads, "1": {
+                           "p50_ms": 12.0, "p90_ms": 13.0, "speedup_vs_teacher_onnx_fp32": 3.0}}}})
+    assert "| 0.9899 |" in card and "| 3.99x |" in card and "0.9900" not in card and "4.00x" not in card
 
 
 def test_undefined_scores_read_as_such_in_the_report_the_card_and_the_search_line():
