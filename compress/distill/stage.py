@@ -33,7 +33,7 @@ from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
-from compress.tasks import retention
+from compress.tasks import retention, round_down
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, read_json, scores, write_json
 from compress.metrics import warn_undefined
@@ -412,7 +412,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             warn_undefined(f"distill: student {spec.name}", metrics["test"], "the labelled test split",
                            "the test column reads -")
         share = retention(metrics["dev"][main_metric], teacher_dev.get(main_metric))
-        metrics["retention"] = None if share is None else round(share, 4)
+        metrics["retention"] = None if share is None else round_down(share, 4)  # 0.98996 is no 0.99
         save(res.model, res.tokenizer, out / spec.name / "model")
         transfer = None
         if spec.distill.augment is not None:
