@@ -152,9 +152,14 @@ def revision(repo_id: str, kind: str = "model") -> Optional[str]:
 
 def load_kwargs(name: str) -> dict:
     """Extra ``from_pretrained`` arguments for ``name``: no repository code (a model that needs its own is refused
-    in one line, not asked about on the terminal); read a hub id from the cache only when the hub is out of reach
-    (no retries)."""
-    return {"trust_remote_code": False, **({"local_files_only": True} if is_hub_id(name) and not reachable() else {})}
+    in one line, not asked about on the terminal); for a hub id, the commit the run folder records (`revision`: a push
+    between the fingerprint and the download is not loaded under the old commit's name), read from the cache only
+    when the hub is out of reach (no retries)."""
+    if not is_hub_id(name):
+        return {"trust_remote_code": False}
+    sha = revision(name)
+    return {"trust_remote_code": False, **({"revision": sha} if sha else {}),
+            **({} if reachable() else {"local_files_only": True})}
 
 
 def recipe_models(recipe, stages) -> list[tuple[str, str]]:

@@ -206,6 +206,10 @@ def test_a_new_commit_of_a_hub_model_redoes_the_stage(tmp_path, tiny_bert_dir, m
     hub.revision.cache_clear()
     fp2, inputs2 = pipeline._fingerprint(recipe, teacher, {})
     assert inputs2["hub:org/tiny-bert"] == "1" * 40 and fp2 != fp
+    # and from_pretrained is asked for that commit, the one recorded (it loaded main, whatever that was by then)
+    assert hub.load_kwargs("org/tiny-bert") == {"trust_remote_code": False, "revision": "1" * 40,
+                                                "local_files_only": True}
+    assert hub.load_kwargs(str(tiny_bert_dir)) == {"trust_remote_code": False}
     assert pipeline._reuse(recipe, teacher, folder, fp2, inputs2, {})[1] == "changed: input hub:org/tiny-bert changed"
     hub.revision.cache_clear()
 
