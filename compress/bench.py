@@ -635,7 +635,7 @@ def ratios(artifacts: dict, ours: str) -> dict:
         for r in mine["results"]:
             peer = next((p for p in art["results"] if p["input"] == r["input"] and p["threads"] == r["threads"]), None)
             if peer:
-                speed[f"{r['input']}@{r['threads']}t"] = round(peer["p50_ms"] / r["p50_ms"], 3)
+                speed[f"{r['input']}@{r['threads']}t"] = round_down(peer["p50_ms"] / r["p50_ms"], 4)  # 3.9996 is no 4
         first = next(iter(mine["metrics"]))
         out[name] = {"speedup_p50": speed,
                      "metric_delta_points": round(100 * (mine["metrics"][first] - art["metrics"][first]), 3),

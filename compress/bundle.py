@@ -282,8 +282,8 @@ def model_card(manifest: dict) -> str:
     latency = manifest.get("latency")
     if latency:
         lines += ["| measure | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in latency.items()
-                  if k not in ("protocol", "by_threads") and v is not None]
+        lines += [f"| {k} | {f'{round_down(v, 2):.2f}x' if k.startswith('speedup') and isinstance(v, float) else v} |"
+                  for k, v in latency.items() if k not in ("protocol", "by_threads") and v is not None]
         lines += ["", "Measured on the build machine, before bundling (speedup: the teacher's ONNX fp32 p50 over "
                   "this model's, same threads)."]
         by_threads = latency.get("by_threads") or {}
@@ -744,7 +744,7 @@ def _by_threads(table, row) -> dict[str, dict]:
     for t in sorted(row.latency):
         speedup = table.speedup(row, t)
         out[str(t)] = {"p50_ms": row.latency[t].p50_ms, "p90_ms": row.latency[t].p90_ms,
-                       "speedup_vs_teacher_onnx_fp32": None if speedup is None else round(speedup, 4)}
+                       "speedup_vs_teacher_onnx_fp32": None if speedup is None else round_down(speedup, 4)}
     if out:
         fastest = min(out, key=lambda t: out[t]["p50_ms"])
         out[fastest]["fastest"] = True

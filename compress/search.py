@@ -464,7 +464,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
                   "fp32_metrics": record["fp32"]["metrics"], "scored_batch": record["scored_batch"],
                   "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
-                  "speedup_vs_teacher_fp32": round(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 3),
+                  "speedup_vs_teacher_fp32": round_down(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 4),
                   "build": {k: v for k, v in info.items() if k != "settings"},
                   "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.mode_settings[mode],
                   "scored_settings": ctx.scored_settings[mode], "created": now_utc()}
@@ -517,7 +517,7 @@ def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
     for r in records:
         r.update(latency={**lat[r["id"]], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                  teacher_fp32_p50_ms_same_pass=lat["ref"]["p50_ms"],
-                 speedup_vs_teacher_fp32=round(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 3),
+                 speedup_vs_teacher_fp32=round_down(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 4),
                  settings=ctx.mode_settings[r["mode"]], retimed=now_utc())
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
     return records
@@ -558,7 +558,7 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
         r["latency"]["p50_ms"] = float(np.median([p["p50_ms"] for p in passes]))
         r["latency"]["p90_ms"] = float(np.median([p["p90_ms"] for p in passes]))
         r["teacher_fp32_p50_ms_same_pass"] = float(np.median([p["teacher_fp32_p50_ms"] for p in passes]))
-        r["speedup_vs_teacher_fp32"] = round(r["teacher_fp32_p50_ms_same_pass"] / r["latency"]["p50_ms"], 3)
+        r["speedup_vs_teacher_fp32"] = round_down(r["teacher_fp32_p50_ms_same_pass"] / r["latency"]["p50_ms"], 4)
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
     return ([r["id"] for r in near if len(r["latency"]["passes"]) > had[r["id"]]],
             [r["id"] for r in near if len(r["latency"]["passes"]) < NEAR_BUDGET_PASSES])

@@ -31,6 +31,7 @@ from compress.export import export_onnx, fused_if_exact
 from compress.manifest import cpu_model, write_json
 from compress.modeling import load_for_task, load_trained
 from compress.quantize import quantize_model
+from compress.tasks import round_down
 
 
 def main() -> None:
@@ -93,9 +94,9 @@ def main() -> None:
             row["latency"][r["threads"]] = {"p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"],
                                             "speedup_vs_teacher_p50": ref["p50_ms"] / r["p50_ms"]}
         summary["artifacts"][name] = row
-        lat = "; ".join(f"{t} thr p50 {v['p50_ms']:.2f} ms ({v['speedup_vs_teacher_p50']:.1f}x)"
+        lat = "; ".join(f"{t} thr p50 {v['p50_ms']:.2f} ms ({round_down(v['speedup_vs_teacher_p50'], 1):.1f}x)"
                         for t, v in row["latency"].items())
-        lines.append(f"  {name:22s} acc {acc:.4f} retention {row['retention'] * 100:.1f}%  {lat}")
+        lines.append(f"  {name:22s} acc {acc:.4f} retention {round_down(row['retention'], 3) * 100:.1f}%  {lat}")
     write_json(out / "acceptance.json", summary)
     print("\n".join(lines))
 

@@ -29,6 +29,7 @@ from compress.export import export_onnx, fused_if_exact
 from compress.manifest import cpu_model, write_json
 from compress.modeling import count_params, load_for_task
 from compress.quantize import quantize_model
+from compress.tasks import round_down
 from students.narrow import narrow_student
 
 SHAPE = re.compile(r"^L(\d+)(?:-k(\d+))?$")
@@ -93,7 +94,8 @@ def main() -> None:
     for shape in ["teacher_onnx_fp32", *args.shapes]:
         rows = {r["threads"]: r for r in timing[shape]}
         meta = info.get(shape, {})
-        cells = " | ".join(f"{rows[t]['p50_ms']:.2f} | {ref_ms[t] / rows[t]['p50_ms']:.1f}x" for t in args.threads)
+        cells = " | ".join(f"{rows[t]['p50_ms']:.2f} | {round_down(ref_ms[t] / rows[t]['p50_ms'], 1):.1f}x"
+                           for t in args.threads)
         macs = f"{meta['encoder_macs'] / 1e6:.0f}" if meta else "-"
         lines.append(f"| {shape} | {meta.get('params', count_params(teacher)) / 1e6:.1f} | {macs} | "
                      f"{meta.get('file_mb', ref.stat().st_size / 2**20):.1f} | {cells} |")

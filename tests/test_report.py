@@ -1365,7 +1365,7 @@ def test_retention_and_speedup_are_shown_rounded_down_never_across_a_target():
     assert cells["retention"] == "98.9%" and cells["speedup (2t)"] == "3.9×", cells
     assert _speed(37.59 / 9.4018) == "3.9x faster than"
     by_threads = _by_threads(table, int8)
-    assert by_threads["2"]["speedup_vs_teacher_onnx_fp32"] == 3.9982
+    assert by_threads["2"]["speedup_vs_teacher_onnx_fp32"] == 3.9981  # 3.99817, cut
     card = model_card({"name": "b", "task": {"name": "sst2", "labels": ["0", "1"]}, "max_length": 128,
                        "requirements": {}, "files": {}, "sizes": {}, "created": "now", "versions": {},
                        "metrics": {"dev": {"accuracy": 0.93}, "retention": 0.98996,
@@ -1373,6 +1373,19 @@ def test_retention_and_speedup_are_shown_rounded_down_never_across_a_target():
                        "latency": {"p50_ms": 9.4018, "by_threads": {**by_threads, "1": {
                            "p50_ms": 12.0, "p90_ms": 13.0, "speedup_vs_teacher_onnx_fp32": 3.0}}}})
     assert "| 0.9899 |" in card and "| 3.99x |" in card and "0.9900" not in card and "4.00x" not in card
+    # stored ratios are cut, not rounded, before they are shown: 3.99957 stored as 4.0 read 4.00x / 4.0x
+    from compress.bench import format_ratios, ratios
+
+    art = {"ours": {"metrics": {"accuracy": 0.9}, "results": [{"input": "dev", "threads": 2, "p50_ms": 1.0}]},
+           "peer": {"peer": True, "metrics": {"accuracy": 0.9},
+                    "results": [{"input": "dev", "threads": 2, "p50_ms": 3.99957}]}}
+    record = {"ours": "ours", "ratios": ratios(art, "ours"), "artifacts": art}
+    assert record["ratios"]["peer"]["speedup_p50"] == {"dev@2t": 3.9995}
+    assert "dev@2t 3.99x" in format_ratios(record).splitlines()[1]
+    searched = model_card({"name": "b", "task": {"name": "sst2", "labels": ["0", "1"]}, "max_length": 128,
+                           "requirements": {}, "files": {}, "sizes": {}, "created": "now", "versions": {},
+                           "metrics": {}, "latency": {"p50_ms": 9.4, "speedup_vs_teacher_onnx_fp32": 3.9995}})
+    assert "| speedup_vs_teacher_onnx_fp32 | 3.99x |" in searched
 
 
 def test_undefined_scores_read_as_such_in_the_report_the_card_and_the_search_line():
