@@ -73,10 +73,10 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset}: column {missing[0]!r} not found "
                             f"(columns: {', '.join(ds.column_names)})")
     ds = ds.select_columns(list(keep)).rename_columns(keep)
+    as_index = ds.features.copy()
+    as_index["label"] = datasets.Value("int64")  # else datasets keeps the column's type: indices '0', '1' (or 0.0)
     if spec.labels is not None and ds.features["label"].dtype in ("string", "large_string"):  # datasets 5: large_string
-        features = ds.features.copy()
-        features["label"] = datasets.Value("int64")  # else datasets keeps the column's type: indices '0', '1'
-        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=features)
+        ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, r["label"])}, features=as_index)
     elif spec.labels is not None and isinstance(ds.features["label"], datasets.ClassLabel):
         ds = _hub_class_labels(cfg, spec, hub_split, ds)
     elif spec.labels is not None and _numbered(spec.labels) and str(ds.features["label"].dtype).startswith(
@@ -84,7 +84,7 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         # the label named "1", as in local files, not index 1; 0.5 or nan is named by nothing and refused
         named = {int(x): x for x in spec.labels}  # "+1" names the value 1 too
         ds = ds.map(lambda r: {"label": _hub_label(cfg, spec, hub_split, None if r["label"] is None
-                                                   else named.get(r["label"], str(r["label"])))})
+                                                   else named.get(r["label"], str(r["label"])))}, features=as_index)
     _check_hub_rows(cfg, spec, hub_split, ds, {v: k for k, v in keep.items()})
     return ds
 

@@ -553,8 +553,8 @@ def test_hub_dataset_integer_labels_named_by_numbers_are_read_by_name_as_local_f
         datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [1.0, 0.0, 1.0]}).to_parquet(
             str(folder / f"{split}.parquet"))
         (folder / f"{split}.csv").unlink()
-    assert load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0),
-                     seed=0).dev["label"] == [0, 1, 0]
+    floats = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0), seed=0)
+    assert floats.dev["label"] == [0, 1, 0] and floats.dev.features["label"].dtype == "int64"
     datasets.Dataset.from_dict({"text": ["good"], "label": [0.5]}).to_parquet(str(folder / "validation.parquet"))
     with pytest.raises(CompressError, match=r"split 'validation': label '0.5' is not one of \['1', '0'\]$"):
         load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["1", "0"], holdout=0.0), seed=0)
