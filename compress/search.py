@@ -802,7 +802,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
             lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['macs_fraction']:.0%} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
                          f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f}{_passes(r)} | "
                          f"{r['latency']['p90_ms']:.2f} | "
-                         f"{round_down(r['speedup_vs_teacher_fp32'], 1):.1f}x | {mark} | {'yes' if r['id'] in on_front else ''} |")
+                         f"{round_down(r['speedup_vs_teacher_fp32'], 1):.1f}x | {mark} | "
+                         f"{'yes' if r['id'] in on_front else ''} |")
         lines.append("")
     if summary["skipped"]:
         lines += ["Skipped:", ""] + [f"- {s['id']}: {s['reason']}" for s in summary["skipped"]] + [""]
