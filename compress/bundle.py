@@ -314,7 +314,10 @@ def model_card(manifest: dict) -> str:
               f"python predict.py --file {lines_file}; one result a line (--file -: standard input)",
               "```", "",
               "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
-              "refuses a bundle with a changed or extra file. From Python:", "", "```python",
+              "refuses a bundle with a changed or extra file. That catches a file damaged or swapped on its own; "
+              "whoever can edit `manifest.json` can re-hash any file, so to check the bundle as a whole compare the "
+              "manifest's own sha256 with one published apart from the bundle: `python predict.py --manifest-sha256 "
+              "HEX ...`. From Python:", "", "```python",
               "from predict import Predictor", "",
               f"Predictor('.').predict({call})",
               "```", "",
@@ -589,8 +592,9 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
 
 
 @contextlib.contextmanager
-def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
-    """A verified bundle folder: ``path`` itself, or an archive extracted into a temporary folder."""
+def open_bundle(path: str | os.PathLike, manifest_sha256: Optional[str] = None) -> Iterator[Path]:
+    """A verified bundle folder: ``path`` itself, or an archive extracted into a temporary folder (``manifest_sha256``:
+    `bundle_predict.verify`'s)."""
     path = Path(path)
     if path.is_dir():
         _refuse_a_folder_of_bundles(path)
@@ -601,7 +605,7 @@ def open_bundle(path: str | os.PathLike) -> Iterator[Path]:
         raise CompressError(f"{path}: no such bundle folder or archive")
     with folder_cm as folder:
         try:
-            bundle_predict.verify(folder)
+            bundle_predict.verify(folder, manifest_sha256)
         except BundleError as e:
             raise CompressError(str(e)) from None
         yield folder
@@ -647,19 +651,20 @@ def _extracted(archive: Path) -> Iterator[Path]:
 
 
 def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[str]] = None,
-            threads: Optional[int] = None) -> list[dict]:
+            threads: Optional[int] = None, manifest_sha256: Optional[str] = None) -> list[dict]:
     """Verify a bundle (folder or archive), load it and classify ``texts`` (with ``pairs`` for pair tasks)."""
-    with open_bundle(bundle) as folder:
+    with open_bundle(bundle, manifest_sha256) as folder:
         try:
             return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
         except BundleError as e:
             raise CompressError(f"{bundle}: {e}") from None
 
 
-def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, threads: Optional[int] = None) -> int:
+def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, threads: Optional[int] = None,
+                 manifest_sha256: Optional[str] = None) -> int:
     """Verify a bundle and classify every line of ``path`` (``-``: standard input) one at a time, printing one result
     a line as it comes (:func:`compress.bundle_predict.predict_lines`); returns how many lines were classified."""
-    with open_bundle(bundle) as folder:
+    with open_bundle(bundle, manifest_sha256) as folder:
         try:
             predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
             return bundle_predict.predict_lines(predictor, path, as_json)
@@ -822,6 +827,9 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
+    digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
-          f"{folder.name}/ and {archive.name}")
-    return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name], **choice}}
+          f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (publish it apart from the bundle: "
+          f"`predict.py --manifest-sha256` checks the whole bundle against it)")
+    return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name],
+                                           "manifest_sha256": digest, **choice}}

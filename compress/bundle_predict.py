@@ -12,7 +12,9 @@ tokenizers and numpy (no torch, no transformers), so it runs on a device that ho
 
 Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
 the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
-(exit status 2). In Python: ``Predictor("path/to/bundle").predict(["text"])``.
+(exit status 2). That catches a file damaged or swapped on its own; whoever can edit ``manifest.json`` can re-hash any
+file, so check the bundle as a whole against the manifest's sha256 published apart (``compress bundle`` prints it):
+``python predict.py --manifest-sha256 HEX "text"``. In Python: ``Predictor("path/to/bundle").predict(["text"])``.
 """
 
 import os
@@ -79,6 +81,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
+    if path.is_symlink():  # every other file must be a regular one; a link could point anywhere
+        raise BundleError(f"{path}: a symlink, not the bundle's own manifest; refusing to load")
     if not path.is_file():
         raise BundleError(f"{folder}: not a bundle (no {MANIFEST})")
     try:
@@ -119,10 +123,18 @@ def check_fields(manifest: dict, path: Path) -> None:
                           f"got {labels!r}")
 
 
-def verify(folder: Union[str, os.PathLike]) -> dict:
-    """The bundle's manifest, after checking every listed file's sha256 and that no unlisted file is present."""
+def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = None) -> dict:
+    """The bundle's manifest, after checking every listed file's sha256 and that no unlisted file is present; with
+    ``manifest_sha256`` (published apart from the bundle), the manifest's own first: then nothing in the bundle can
+    have been changed, the manifest's hashes included."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if manifest_sha256 is not None:
+        actual = sha256_file(folder / MANIFEST)
+        if actual != manifest_sha256.strip().lower():
+            raise BundleError(f"{folder / MANIFEST}: sha256 {actual[:16]}... is not the expected "
+                              f"{manifest_sha256.strip()[:16]}...: the manifest, and so any file, may have been "
+                              f"changed; refusing to load")
     root = folder.resolve()
     listed = set()
     for rel, digest in manifest["files"].items():
@@ -195,9 +207,10 @@ def is_runner_bytecode(path: Path, source: Path) -> bool:
 class Predictor:
     """A verified bundle, loaded: ``predict(texts, pairs=None)`` -> one dict per text."""
 
-    def __init__(self, folder: Union[str, os.PathLike], threads: Optional[int] = None, check: bool = True):
+    def __init__(self, folder: Union[str, os.PathLike], threads: Optional[int] = None, check: bool = True,
+                 manifest_sha256: Optional[str] = None):
         self.folder = Path(folder)
-        self.manifest = verify(self.folder) if check else read_manifest(self.folder)
+        self.manifest = verify(self.folder, manifest_sha256) if check else read_manifest(self.folder)
         try:
             import numpy as np
             import onnxruntime as ort
@@ -234,7 +247,11 @@ class Predictor:
         if built != m["max_length"]:
             raise BundleError(f"{self.folder / MANIFEST}: max_length {m['max_length']} differs from the "
                               f"{built or 'no'} tokens {m['tokenizer']['file']} truncates to; refusing to load")
-        self.tokenizer.enable_padding(pad_id=m["tokenizer"]["pad_id"], pad_token=m["tokenizer"]["pad_token"])
+        pad = m["tokenizer"]  # batches pad with it: an edited id out of range crashed, a wrong one moved labels
+        if self.tokenizer.token_to_id(pad["pad_token"]) != pad["pad_id"]:
+            raise BundleError(f"{self.folder / MANIFEST}: tokenizer.pad_id {pad['pad_id']} is not the id "
+                              f"{pad['file']} gives {pad['pad_token']!r}; refusing to load")
+        self.tokenizer.enable_padding(pad_id=pad["pad_id"], pad_token=pad["pad_token"])
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -431,6 +448,8 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
                         "--file)")
     parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--manifest-sha256", metavar="HEX", help="the sha256 of manifest.json as published apart from "
+                        "the bundle: checked first, so that no file, the manifest's hashes included, can have changed")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -446,7 +465,7 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     warn_threads(args.threads)
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair)
-        predictor = Predictor(args.bundle, threads=args.threads)
+        predictor = Predictor(args.bundle, threads=args.threads, manifest_sha256=args.manifest_sha256)
         if args.file is not None:
             predict_lines(predictor, args.file, args.json)
             return 0

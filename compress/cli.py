@@ -10,9 +10,11 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Optional
 
 import yaml
@@ -161,8 +163,11 @@ def cmd_bundle(args) -> int:
         if args.runs_dir is not None:  # as `compress run` takes it
             recipe.runs_dir = os.path.expanduser(args.runs_dir)
         done = run_pipeline(recipe, until="bundle", force=tuple(args.force))
-        for rel in done["bundle"].get("bundle", {}).get("paths", []):
+        paths = done["bundle"].get("bundle", {}).get("paths", [])
+        for rel in paths:
             print(f"bundle: {recipe.run_dir / 'bundle' / rel}")
+        if paths:
+            _print_manifest_digest(recipe.run_dir / "bundle" / paths[0])
         return 0
     from compress.bundle import build
     from compress.data import GLUE_TASKS
@@ -190,7 +195,17 @@ def cmd_bundle(args) -> int:
                             labels=None if regression else labels, text_pair=pair, max_length=args.max_length,
                             source={"model": str(args.model)}, ort_format=not args.no_ort)
     print(f"bundle: {folder}\narchive: {archive}")
+    _print_manifest_digest(folder)
     return 0
+
+
+def _print_manifest_digest(folder) -> None:
+    """The bundle manifest's sha256: the one value to publish apart from the bundle (it covers every file's hash)."""
+    from compress.bundle_predict import MANIFEST, sha256_file
+
+    digest = sha256_file(Path(folder) / MANIFEST)
+    print(f"manifest.json sha256: {digest} (publish it apart from the bundle; `predict.py --manifest-sha256 "
+          f"{digest[:8]}...` or `compress predict --manifest-sha256` checks the whole bundle against it)")
 
 
 def cmd_report(args) -> int:
@@ -215,9 +230,10 @@ def cmd_predict(args) -> int:
         raise CompressError(f"predict: {e}") from None
     try:
         if args.file is not None:
-            predict_file(args.bundle, args.file, args.json, threads=args.threads)
+            predict_file(args.bundle, args.file, args.json, threads=args.threads, manifest_sha256=args.manifest_sha256)
             return 0
-        result = predict(args.bundle, [text], None if text_pair is None else [text_pair], threads=args.threads)[0]
+        result = predict(args.bundle, [text], None if text_pair is None else [text_pair], threads=args.threads,
+                         manifest_sha256=args.manifest_sha256)[0]
         print(format_result(result, args.json), flush=True)
     except BrokenPipeError:
         quiet_broken_pipe()
@@ -377,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
                    "--file)")
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
+    p.add_argument("--manifest-sha256", metavar="HEX", help="the sha256 of the bundle's manifest.json as published "
+                   "apart from it (`compress bundle` prints it): checked first, so that no file can have changed")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("bench", help="latency/throughput/RSS of the run's ONNX fp32 and int8 models and the peers",
@@ -458,12 +476,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     return rc
 
 
+# what argparse reads as a positional though it starts with "-": "-", a negative number, anything with a space
+_NOT_AN_OPTION = re.compile(r"-(\d+|\d*\.\d+)?|-.*\s.*", re.S)
+
+
 def _main(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "fn", None) is cmd_predict:  # texts after an option: `compress predict B --json "text"`
-        while extra and not extra[0].startswith("-") and None in (args.text, args.text_pair):
+        texts = extra[extra.index("--") + 1:] if "--" in extra else []  # "--": texts that start with "-"
+        extra = extra[:extra.index("--")] if "--" in extra else extra
+        while extra and (not extra[0].startswith("-") or _NOT_AN_OPTION.fullmatch(extra[0])) \
+                and None in (args.text, args.text_pair):  # "-5", "- loved it": texts, as argparse itself reads them
             setattr(args, "text" if args.text is None else "text_pair", extra.pop(0))
+        while texts and None in (args.text, args.text_pair):
+            setattr(args, "text" if args.text is None else "text_pair", texts.pop(0))
+        extra += texts
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

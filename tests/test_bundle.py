@@ -282,7 +282,9 @@ def test_cli_bundle_and_predict(int8_model, minilm_dir, tmp_path, capsys):
     assert m["task"]["text_pair"] is True and m["model"]["ort_file"] is None
     assert m["task"]["labels"] == ["not_equivalent", "equivalent"] and m["task"]["dataset_labels"] == ["0", "1"]
     assert not (folder / "model.ort").exists() and (tmp_path / "mrpc-int8.tar.gz").is_file()
-    capsys.readouterr()
+    from compress.bundle_predict import sha256_file  # the one value to publish apart from the bundle
+
+    assert f"manifest.json sha256: {sha256_file(folder / 'manifest.json')} (publish it" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "mrpc-int8.tar.gz"), "he said hi", "he greeted us", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["scores"]) == {"not_equivalent", "equivalent"} and result["label"] in result["scores"]
@@ -571,6 +573,9 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert result["bundle"]["chosen"] == "teacher · int8 static" and result["bundle"]["threads"] == 1
     folder = out / "edge-sst2-int8"
     assert result["bundle"]["paths"] == ["edge-sst2-int8", "edge-sst2-int8.tar.gz"]
+    from compress.bundle_predict import sha256_file
+
+    assert result["bundle"]["manifest_sha256"] == sha256_file(out / "edge-sst2-int8" / "manifest.json")
     m = json.loads((folder / "manifest.json").read_text())
     assert m["metrics"]["dev"] == {"accuracy": 0.88, "f1": 0.91}
     assert m["metrics"]["teacher_dev"] == {"accuracy": 0.90} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
@@ -886,6 +891,66 @@ def test_compress_predict_takes_options_anywhere(bundle, capsys):
     assert capsys.readouterr().err.strip().endswith("an empty text: nothing to classify")
     with pytest.raises(SystemExit):
         main(["predict", str(folder), "a", "--json", "b", "c"])
+    assert "unrecognized arguments: c" in capsys.readouterr().err
+
+
+def test_an_edited_manifest_is_caught_by_its_published_sha256_and_a_linked_one_is_refused(bundle, tmp_path, capsys):
+    """manifest.json is the one file not hashed: swapping labels.json and re-hashing it there was accepted by both
+    runners (every prediction reversed). The manifest's own sha256, printed by `compress bundle` to publish apart,
+    catches that (`--manifest-sha256`); a manifest that is a symlink is refused as every other linked file is; a
+    pad_id that is not the tokenizer's pad token's id is refused (an out-of-range one was a traceback)."""
+    import hashlib
+
+    from compress.bundle_predict import sha256_file
+
+    folder = _copy(bundle[0], tmp_path / "b")
+    good = sha256_file(folder / "manifest.json")
+    assert main(["predict", str(folder), "--manifest-sha256", good, TEXTS[0]]) == 0
+    capsys.readouterr()
+    labels = json.loads((folder / "labels.json").read_text())
+    labels["labels"] = labels["labels"][::-1]
+    (folder / "labels.json").write_text(json.dumps(labels))
+    m = json.loads((folder / "manifest.json").read_text())
+    m["files"]["labels.json"] = hashlib.sha256((folder / "labels.json").read_bytes()).hexdigest()
+    m["task"]["labels"] = labels["labels"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    assert main(["predict", str(folder), TEXTS[0]]) == 0  # the hashes alone cannot see it
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--manifest-sha256", good, TEXTS[0]]) == 2
+    assert "manifest.json: sha256" in capsys.readouterr().err
+    proc = _run_predict_py(folder, "--manifest-sha256", good, "x", text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "may have been changed" in proc.stderr
+    assert _run_predict_py(folder, "--manifest-sha256", sha256_file(folder / "manifest.json"), "x").returncode == 0
+
+    linked = _copy(bundle[0], tmp_path / "linked")
+    (tmp_path / "elsewhere.json").write_bytes((linked / "manifest.json").read_bytes())
+    (linked / "manifest.json").unlink()
+    (linked / "manifest.json").symlink_to(tmp_path / "elsewhere.json")
+    proc = _run_predict_py(linked, "x", text=True)
+    assert proc.returncode == 2 and "manifest.json: a symlink" in proc.stderr
+    with pytest.raises(CompressError, match="manifest.json: a symlink"):
+        predict(linked, ["x"])
+
+    padded = _copy(bundle[0], tmp_path / "pad")
+    m = json.loads((padded / "manifest.json").read_text())
+    for pad_id in (-1, 10 ** 11, m["tokenizer"]["pad_id"] + 1):
+        m["tokenizer"]["pad_id"] = pad_id
+        (padded / "manifest.json").write_text(json.dumps(m))
+        proc = _run_predict_py(padded, "x", text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and f"tokenizer.pad_id {pad_id} is not the id" \
+            in proc.stderr, proc.stderr
+
+
+def test_compress_predict_reads_texts_that_start_with_a_dash(bundle, capsys):
+    """After an option, `compress predict` took only texts not starting with "-": "-5", "- loved it" and anything
+    after "--" were "unrecognized arguments" (predict.py and predict.mjs read them)."""
+    folder, _ = bundle
+    for argv in (["--json", "--", "-bad"], ["--json", "-5"], ["--json", "- loved it"], ["--", "-bad"]):
+        assert main(["predict", str(folder), *argv]) == 0, argv
+        out = capsys.readouterr().out
+        assert out.strip() and (not argv[0] == "--json" or set(json.loads(out)) == {"label", "score", "scores"})
+    with pytest.raises(SystemExit):
+        main(["predict", str(folder), "--json", "--", "a", "b", "c"])
     assert "unrecognized arguments: c" in capsys.readouterr().err
 
 
