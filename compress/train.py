@@ -176,13 +176,16 @@ def fit(
                     **({} if kept is None else {"objective": kept})}
             (tmp / "trainer.json").write_text(json.dumps(meta))
             tmp.rename(target)
-            for old in sorted(Path(checkpoint_dir).glob("step-*"))[:-2]:  # keep the two newest
+            # keep the two newest; a step-*.tmp a kill -9 left mid-save is no checkpoint (it counted as one of the two
+            # newest: a rerun saving at other steps deleted good ones and kept it)
+            done = sorted(p for p in Path(checkpoint_dir).glob("step-*") if not p.name.endswith(".tmp"))
+            for old in done[:-2] + sorted(Path(checkpoint_dir).glob("step-*.tmp")):
                 shutil.rmtree(old, ignore_errors=True)
         wait_for_everyone()
 
     for m in modules.values():
         m.train()
-    tokens, t0 = 0, time.perf_counter()
+    tokens, t0, paused = 0, time.perf_counter(), 0.0  # paused: held-out scoring and checkpoints, not training
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     last_loss = float("nan")
@@ -216,9 +219,13 @@ def fit(
                     start = batches_done // cfg.grad_accum * cfg.grad_accum
                     group = max(1, min(cfg.grad_accum, n_batches - start))
                     accelerator.backward(loss * (cfg.grad_accum / group) if group != cfg.grad_accum else loss)
-                    if accelerator.sync_gradients:
-                        if cfg.max_grad_norm > 0:  # 0: no clipping (Hugging Face's convention), not zero gradients
-                            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if accelerator.sync_gradients:  # max_grad_norm 0: no clipping (Hugging Face's convention), the
+                        # norm only measured: a finite loss with an inf/nan gradient made every weight nan silently
+                        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+                            where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
+                            raise CompressError(f"{desc}: the gradient norm became {float(norm)} at step {step}, "
+                                                f"batch {batches_done}{where} (lower the learning rate or use fp32)")
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -230,27 +237,33 @@ def fit(
                 step += 1
                 last_loss = loss.item()
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch,
-                                tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+                bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch + 1,  # as the history's "epoch N" tags count
+                                tok_s=f"{tokens / max(time.perf_counter() - t0 - paused, 1e-9):.0f}", refresh=False)
+                t1 = time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     run_eval(f"step {step}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint(batches_done)
+                paused += time.perf_counter() - t1
                 if step >= total:
                     break
             else:
                 epoch += 1
+                t1 = time.perf_counter()
                 if not result.history or result.history[-1]["step"] != step:  # not again when eval_every just did
                     run_eval(f"epoch {epoch}")
+                paused += time.perf_counter() - t1
                 continue
             break
+        t1 = time.perf_counter()
         if not result.history or result.history[-1]["step"] != step:
             run_eval("end")
+        paused += time.perf_counter() - t1
     finally:
         bar.close()
     result.steps = step
     result.wall_s = time.perf_counter() - t0
-    result.tokens_per_s = tokens / max(result.wall_s, 1e-9)
+    result.tokens_per_s = tokens / max(result.wall_s - paused, 1e-9)  # training only, as the bar shows it
     if best_state is not None:
         _load_state({k: accelerator.unwrap_model(m) for k, m in modules.items()}, best_state)
     elif result.history and accelerator.is_main_process:

@@ -124,6 +124,51 @@ def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
     with pytest.raises(CompressError, match="loss became nan at step 0"):
         fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0, objective=objective)
 
+    # a finite loss whose gradient is nan (sqrt at 0: loss 0, gradient 0/0) made every weight nan with no word, under
+    # clipping and without it; the gradient norm is checked before the step now, whatever max_grad_norm is
+    def nan_gradient(m, batch):
+        w = m.classifier.weight
+        return m(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss * 0.0 + \
+            torch.sqrt(((w - w.detach()) ** 2).sum()), {}
+
+    for max_norm in (1.0, 0.0):
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CompressError, match=r"the gradient norm became nan at step 0, batch 0 \(lower the"):
+            fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16, max_grad_norm=max_norm),
+                seed=0, objective=nan_gradient)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no step was taken
+
+
+def test_tokens_per_second_count_training_not_scoring_and_a_half_saved_checkpoint_is_none(tiny_bert_dir, tmp_path):
+    """tokens/s (bar, log, metrics.json) divided by a time that held the held-out scoring and the checkpoint saves;
+    a step-N.tmp a kill -9 left mid-save counted as one of the two newest checkpoints kept (a rerun saving at other
+    steps deleted good ones and kept it)."""
+    import time as clock
+    from pathlib import Path
+
+    from compress import train as T
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    train = tokenize(data.train, tok, 32)
+    slow = lambda m: (clock.sleep(1.5), {"accuracy": 0.5})[1]  # noqa: E731
+    plain = fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0)
+    scored = fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16, eval_every=1), seed=0,
+                 evaluate=slow)
+    assert scored.wall_s > 4 and scored.tokens_per_s > plain.tokens_per_s / 3, (plain.tokens_per_s,
+                                                                                scored.tokens_per_s)
+    folder = tmp_path / "ck"
+    (folder / "step-00000003.tmp").mkdir(parents=True)  # a save killed at step 3 of an earlier run
+    seen = []
+    real = T.shutil.rmtree
+    T.shutil.rmtree = lambda p, **kw: (seen.append(Path(p).name), real(p, **kw))
+    try:
+        fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=8, checkpoint_every=2), seed=0,
+            checkpoint_dir=folder)
+    finally:
+        T.shutil.rmtree = real
+    assert seen[0] == "step-00000003.tmp", seen  # it went first; step-2 (a good one) went when step 4 was saved
+
 
 def test_max_grad_norm_zero_means_no_clipping_and_heads_follow_the_seed(tiny_bert_dir, minilm_dir):
     """max_grad_norm: 0 trains unclipped (it clipped every gradient to 0: nothing changed); the new head's init is
