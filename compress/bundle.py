@@ -315,9 +315,10 @@ def model_card(manifest: dict) -> str:
               "```", "",
               "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
               "refuses a bundle with a changed or extra file. That catches a file damaged or swapped on its own; "
-              "whoever can edit `manifest.json` can re-hash any file, so to check the bundle as a whole compare the "
-              "manifest's own sha256 with one published apart from the bundle: `python predict.py --manifest-sha256 "
-              "HEX ...`. From Python:", "", "```python",
+              "whoever can edit `manifest.json` can re-hash any file, `predict.py` included, so check a copy from "
+              "elsewhere as a whole, with code from outside it, against the manifest's sha256 published apart from "
+              "the bundle: `echo \"HEX  manifest.json\" | sha256sum -c` here, or `compress predict "
+              "--manifest-sha256 HEX`. From Python:", "", "```python",
               "from predict import Predictor", "",
               f"Predictor('.').predict({call})",
               "```", "",
@@ -830,6 +831,6 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
           f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (publish it apart from the bundle: "
-          f"`predict.py --manifest-sha256` checks the whole bundle against it)")
+          f"`compress predict --manifest-sha256` or `sha256sum -c` checks a copy of the whole bundle against it)")
     return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name],
                                            "manifest_sha256": digest, **choice}}

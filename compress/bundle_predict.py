@@ -13,8 +13,11 @@ tokenizers and numpy (no torch, no transformers), so it runs on a device that ho
 Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
 the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
 (exit status 2). That catches a file damaged or swapped on its own; whoever can edit ``manifest.json`` can re-hash any
-file, so check the bundle as a whole against the manifest's sha256 published apart (``compress bundle`` prints it):
-``python predict.py --manifest-sha256 HEX "text"``. In Python: ``Predictor("path/to/bundle").predict(["text"])``.
+file, this one included. To check a bundle from elsewhere as a whole, compare the manifest's sha256 with the one
+published apart (``compress bundle`` prints it) using code from outside the bundle: ``echo "HEX  manifest.json" |
+sha256sum -c`` in the bundle folder, or ``compress predict --manifest-sha256 HEX``. ``--manifest-sha256`` here guards
+against accidental edits only (an edited bundle can carry an edited predict.py).
+In Python: ``Predictor("path/to/bundle").predict(["text"])``.
 """
 
 import os
@@ -130,11 +133,10 @@ def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = Non
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest_sha256 is not None:
-        actual = sha256_file(folder / MANIFEST)
-        if actual != manifest_sha256.strip().lower():
-            raise BundleError(f"{folder / MANIFEST}: sha256 {actual[:16]}... is not the expected "
-                              f"{manifest_sha256.strip()[:16]}...: the manifest, and so any file, may have been "
-                              f"changed; refusing to load")
+        expected, actual = sha256_hex(manifest_sha256), sha256_file(folder / MANIFEST)
+        if actual != expected:
+            raise BundleError(f"{folder / MANIFEST}: sha256 {actual} is not the expected {expected}: the manifest, "
+                              f"and so any file, may have been changed; refusing to load")
     root = folder.resolve()
     listed = set()
     for rel, digest in manifest["files"].items():
@@ -410,6 +412,23 @@ def quiet_broken_pipe() -> None:
         pass
 
 
+def sha256_hex(text: str) -> str:
+    """A sha256 as given on a command line (``--manifest-sha256``): 64 hex digits, any case, spaces around ignored;
+    anything else (a prefix, a ``sha256sum`` line) is a usage error, not a changed bundle."""
+    value = str(text).strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise BundleError(f"--manifest-sha256: expected the 64 hex digits of a sha256 (compress bundle prints the "
+                          f"manifest's), got {str(text)[:80]!r}")
+    return value
+
+
+def sha256_arg(text: str) -> str:
+    try:
+        return sha256_hex(text)
+    except BundleError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
 def positive_int(text: str) -> int:
     """argparse type of a count (threads, tokens): an integer >= 1, else a usage error naming the option."""
     try:
@@ -448,8 +467,10 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
                         "--file)")
     parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
-    parser.add_argument("--manifest-sha256", metavar="HEX", help="the sha256 of manifest.json as published apart from "
-                        "the bundle: checked first, so that no file, the manifest's hashes included, can have changed")
+    parser.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of manifest.json as "
+                        "published apart from the bundle, checked first (against accidental edits: a bundle from "
+                        "elsewhere is checked by code from outside it, `compress predict --manifest-sha256` or "
+                        "sha256sum -c)")
     parser.add_argument("--bundle", default=folder or Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this file is in)")
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -19,7 +19,7 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import positive_int  # standard library only: keeps the CLI light
+from compress.bundle_predict import positive_int, sha256_arg  # standard library only: keeps the CLI light
 from compress.errors import CompressError
 
 
@@ -204,8 +204,8 @@ def _print_manifest_digest(folder) -> None:
     from compress.bundle_predict import MANIFEST, sha256_file
 
     digest = sha256_file(Path(folder) / MANIFEST)
-    print(f"manifest.json sha256: {digest} (publish it apart from the bundle; `predict.py --manifest-sha256 "
-          f"{digest[:8]}...` or `compress predict --manifest-sha256` checks the whole bundle against it)")
+    print(f"manifest.json sha256: {digest} (publish it apart from the bundle: `compress predict --manifest-sha256` "
+          f"or `sha256sum -c` checks a copy of the whole bundle against it)")
 
 
 def cmd_report(args) -> int:
@@ -290,6 +290,7 @@ def cmd_search(args) -> int:
 
         folder, archive = bundle_best(recipe, summary)
         print(f"bundle: {folder}\narchive: {archive}")
+        _print_manifest_digest(folder)
     elif args.bundle:
         earlier = sorted(p.name for p in (folder / "bundle").glob("*") if p.is_dir()) if (folder / "bundle").is_dir() \
             else []
@@ -393,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
                    "--file)")
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
-    p.add_argument("--manifest-sha256", metavar="HEX", help="the sha256 of the bundle's manifest.json as published "
-                   "apart from it (`compress bundle` prints it): checked first, so that no file can have changed")
+    p.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of the bundle's "
+                   "manifest.json as published apart from it (`compress bundle` prints it): checked first, so that "
+                   "no file, the manifest's hashes included, can have changed")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("bench", help="latency/throughput/RSS of the run's ONNX fp32 and int8 models and the peers",

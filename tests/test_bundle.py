@@ -916,8 +916,19 @@ def test_an_edited_manifest_is_caught_by_its_published_sha256_and_a_linked_one_i
     (folder / "manifest.json").write_text(json.dumps(m))
     assert main(["predict", str(folder), TEXTS[0]]) == 0  # the hashes alone cannot see it
     capsys.readouterr()
-    assert main(["predict", str(folder), "--manifest-sha256", good, TEXTS[0]]) == 2
-    assert "manifest.json: sha256" in capsys.readouterr().err
+    assert main(["predict", str(folder), "--manifest-sha256", good.upper(), TEXTS[0]]) == 2
+    assert f"manifest.json: sha256 {sha256_file(folder / 'manifest.json')} is not the expected {good}" in \
+        capsys.readouterr().err
+    for bad in (good[:8], f"{good}  manifest.json"):  # a prefix, a sha256sum line: a usage error, not "changed"
+        with pytest.raises(SystemExit):
+            main(["predict", str(folder), "--manifest-sha256", bad, TEXTS[0]])
+        assert "expected the 64 hex digits of a sha256" in capsys.readouterr().err
+        proc = _run_predict_py(folder, "--manifest-sha256", bad, "x", text=True)
+        assert proc.returncode == 2 and "expected the 64 hex digits" in proc.stderr
+    # what checks a bundle from elsewhere is code from outside it: sha256sum -c, as the card says
+    check = subprocess.run(["sha256sum", "-c"], input=f"{good}  manifest.json\n", cwd=folder, capture_output=True,
+                           text=True)
+    assert check.returncode == 1 and "FAILED" in check.stdout
     proc = _run_predict_py(folder, "--manifest-sha256", good, "x", text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "may have been changed" in proc.stderr
     assert _run_predict_py(folder, "--manifest-sha256", sha256_file(folder / "manifest.json"), "x").returncode == 0

@@ -130,8 +130,12 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     (out / "bundle" / mine[1]).mkdir()
     (out / "bundle" / mine[2]).mkdir()  # named like a pick, but no bundle in it
     (out / "bundle" / mine[3]).symlink_to(earlier)
+    capsys.readouterr()
     assert main(["search", str(path), "--budget-ms", "1000", "--bundle"]) == 0
     folder = out / "bundle" / f"tiny-sst2-{summary['best']}"
+    from compress.bundle_predict import sha256_file  # the value to publish apart, as `compress bundle` prints it
+
+    assert f"manifest.json sha256: {sha256_file(folder / 'manifest.json')}" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "bundle").iterdir()) == sorted([folder.name, f"{folder.name}.tar.gz",
                                                                         *mine])
     manifest = json.loads((folder / "manifest.json").read_text())
