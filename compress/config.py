@@ -664,8 +664,10 @@ class RecoverConfig(TrainConfig):
     """Weight of the cross-entropy with the gold labels."""
     data: Literal["train", "transfer"] = "train"
     """What recovery trains on: "train" (the training rows) or "transfer" (the transfer set the pruned student was
-    distilled on: the training rows and their augmented copies, `students[].distill.augment`, with the teacher's
-    logits the distill stage saved; the copies have no gold label: only the KD term sees them)."""
+    distilled on: the training rows and their augmented copies, `students[].distill.augment`; the copies have no gold
+    label: only the KD term sees them). Its KD targets come from ``teacher``: with "teacher", the teacher's logits the
+    distill stage saved with the set (the teacher labels it again only where they do not match); with "unpruned" (the
+    default), the unpruned model labels the set."""
 
     def validate(self, file: str, where: str) -> None:
         super().validate(file, where)
