@@ -830,7 +830,7 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
-          f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (publish it apart from the bundle: "
-          f"`compress predict --manifest-sha256` or `sha256sum -c` checks a copy of the whole bundle against it)")
+          f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (to publish apart from the bundle; see "
+          f"`compress predict --manifest-sha256`)")
     return {"metrics": metrics, "bundle": {"name": name, "paths": [folder.name, archive.name],
                                            "manifest_sha256": digest, **choice}}

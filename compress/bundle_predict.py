@@ -133,7 +133,11 @@ def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = Non
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest_sha256 is not None:
-        expected, actual = sha256_hex(manifest_sha256), sha256_file(folder / MANIFEST)
+        try:
+            expected = sha256_arg(manifest_sha256)
+        except argparse.ArgumentTypeError as e:
+            raise BundleError(f"manifest_sha256: {e}") from None
+        actual = sha256_file(folder / MANIFEST)
         if actual != expected:
             raise BundleError(f"{folder / MANIFEST}: sha256 {actual} is not the expected {expected}: the manifest, "
                               f"and so any file, may have been changed; refusing to load")
@@ -412,21 +416,14 @@ def quiet_broken_pipe() -> None:
         pass
 
 
-def sha256_hex(text: str) -> str:
-    """A sha256 as given on a command line (``--manifest-sha256``): 64 hex digits, any case, spaces around ignored;
-    anything else (a prefix, a ``sha256sum`` line) is a usage error, not a changed bundle."""
+def sha256_arg(text: str) -> str:
+    """argparse type of ``--manifest-sha256``: 64 hex digits, any case, spaces around ignored; anything else (a
+    prefix, a ``sha256sum`` line) is a usage error, not a changed bundle."""
     value = str(text).strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise BundleError(f"--manifest-sha256: expected the 64 hex digits of a sha256 (compress bundle prints the "
-                          f"manifest's), got {str(text)[:80]!r}")
+        raise argparse.ArgumentTypeError(f"expected the 64 hex digits of a sha256 (compress bundle prints the "
+                                         f"manifest's), got {str(text)[:80]!r}")
     return value
-
-
-def sha256_arg(text: str) -> str:
-    try:
-        return sha256_hex(text)
-    except BundleError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 def positive_int(text: str) -> int:

@@ -124,10 +124,11 @@ def _hub_class_labels(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset) 
     low, wanted = [n.lower() for n in names], [str(x).lower() for x in spec.labels]
     if len(set(wanted)) < len(wanted):  # labels that differ only in case: by exact name
         low, wanted = list(names), list(spec.labels)
-    if low == wanted or sorted(low) != sorted(wanted):
-        if sorted(low) != sorted(wanted):
-            log.info("task.hub_dataset %s: its classes %s taken as task.labels %s by position", cfg.hub_dataset,
-                     names, spec.labels)
+    if sorted(low) != sorted(wanted):
+        log.info("task.hub_dataset %s: its classes %s taken as task.labels %s by position", cfg.hub_dataset, names,
+                 spec.labels)
+        return ds
+    if low == wanted:
         return ds
     order = [wanted.index(name) for name in low]
     features = ds.features.copy()

@@ -57,12 +57,15 @@ def compute_metrics(names: Sequence[str], logits: np.ndarray, labels: np.ndarray
     return out
 
 
-def warn_undefined(who: str, metrics: dict, where: str, consequence: str) -> list[str]:
-    """One warning line when a score of ``metrics`` (one split's) is nan: a pearson/spearmanr of constant labels or
-    predictions, or of under 2 rows (`compute_metrics` silences scipy's own warning). Returns the undefined names."""
-    names = [k for k, v in metrics.items() if v is None or not math.isfinite(v)]
-    if names:
-        log.warning("%s: its %s on %s %s undefined (nan: the labels or its predictions are constant there, or it has "
-                    "under 2 rows): %s", who, " and ".join(names), where, "is" if len(names) == 1 else "are",
-                    consequence)
-    return names
+def warn_undefined(who: str, metrics: dict, dev_consequence: str = "its retention is not measured and no int8 "
+                                                                  "guard can judge it") -> None:
+    """One warning line per split of a stage's ``metrics`` (``dev``, and ``test``: a labelled test split) with a nan
+    score: a pearson/spearmanr of constant labels or predictions, or of under 2 rows (`compute_metrics` silences
+    scipy's own warning)."""
+    for split, where, consequence in (("dev", "dev", dev_consequence),
+                                      ("test", "the labelled test split", "the test column reads -")):
+        names = [k for k, v in (metrics.get(split) or {}).items() if v is None or not math.isfinite(v)]
+        if names:
+            log.warning("%s: its %s on %s %s undefined (nan: the labels or its predictions are constant there, or it "
+                        "has under 2 rows): %s", who, " and ".join(names), where, "is" if len(names) == 1 else "are",
+                        consequence)

@@ -183,9 +183,23 @@ def fit(
                 shutil.rmtree(old, ignore_errors=True)
         wait_for_everyone()
 
+    paused = 0.0  # seconds of held-out scoring and checkpoint saves: not training (tokens/s leaves them out)
+
+    def off_training(fn):
+        def timed(*args):
+            nonlocal paused
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                paused += time.perf_counter() - t
+        return timed
+
+    run_eval, save_checkpoint = off_training(run_eval), off_training(save_checkpoint)
     for m in modules.values():
         m.train()
-    tokens, t0, paused = 0, time.perf_counter(), 0.0  # paused: held-out scoring and checkpoints, not training
+    tokens, t0 = 0, time.perf_counter()
+    last_good = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     last_loss = float("nan")
@@ -211,9 +225,8 @@ def fit(
                     with accelerator.autocast():
                         loss, logs = objective(modules["model"], batch)
                     if not torch.isfinite(loss.detach()):
-                        where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
                         raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
-                                            f"{where} (lower the learning rate or use fp32)")
+                                            f"{last_good} (lower the learning rate or use fp32)")
                     # Accelerate divides every loss by grad_accum and steps at the epoch's end however many batches
                     # its last group holds: that group's gradient is its mean loss's only once scaled back up
                     start = batches_done // cfg.grad_accum * cfg.grad_accum
@@ -223,9 +236,9 @@ def fit(
                         # norm only measured: a finite loss with an inf/nan gradient made every weight nan silently
                         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
-                            where = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
                             raise CompressError(f"{desc}: the gradient norm became {float(norm)} at step {step}, "
-                                                f"batch {batches_done}{where} (lower the learning rate or use fp32)")
+                                                f"batch {batches_done}{last_good} (lower the learning rate or use "
+                                                f"fp32)")
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -239,26 +252,20 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch + 1,  # as the history's "epoch N" tags count
                                 tok_s=f"{tokens / max(time.perf_counter() - t0 - paused, 1e-9):.0f}", refresh=False)
-                t1 = time.perf_counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     run_eval(f"step {step}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint(batches_done)
-                paused += time.perf_counter() - t1
                 if step >= total:
                     break
             else:
                 epoch += 1
-                t1 = time.perf_counter()
                 if not result.history or result.history[-1]["step"] != step:  # not again when eval_every just did
                     run_eval(f"epoch {epoch}")
-                paused += time.perf_counter() - t1
                 continue
             break
-        t1 = time.perf_counter()
         if not result.history or result.history[-1]["step"] != step:
             run_eval("end")
-        paused += time.perf_counter() - t1
     finally:
         bar.close()
     result.steps = step

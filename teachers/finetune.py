@@ -58,14 +58,13 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                     "and a student's retention against it means little; train it longer or harder (teacher.epochs, "
                     "teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0],
                     constant_score(spec.metrics[0]))
-    warn_undefined("teacher", metrics["dev"], "dev", "no retention or int8 accuracy guard can be measured against "
-                   "it; train it longer or harder (teacher.epochs, teacher.lr, task.max_train_samples)")
     if len(holdout):
         metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
                                    desc="teacher: scoring test")
-        warn_undefined("teacher", metrics["test"], "the labelled test split", "the test column reads -")
+    warn_undefined("teacher", metrics, "no retention or int8 accuracy guard can be measured against it; train it "
+                   "longer or harder (teacher.epochs, teacher.lr, task.max_train_samples)")
     save(model, tokenizer, out / "model")
     train_info = {"steps": result.steps, "best_step": result.best_step, "history": result.history,
                   "tokens_per_s": round(result.tokens_per_s, 1), "resumed_from": result.resumed_from,
