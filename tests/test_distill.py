@@ -412,8 +412,9 @@ def test_generated_matches_take_weight_and_head_mode():
     assert {m.weight for m in matches} == {0.1}
     assert {m.heads for m in matches if m.feature == "attention"} == {"mean"}
     assert {m.heads for m in matches if m.feature == "hidden"} == {"each"}
-    with pytest.raises(CompressError, match="layer_map_weight"):
-        from_dict(DistillConfig, {"layer_map_weight": -1.0}).validate("r.yaml", "students[0].distill")
+    with pytest.raises(CompressError, match=r"layer_map_weight: must be >= 0, got -1\.0"):
+        negative = {"layer_map": "uniform", "layer_map_weight": -1.0}  # with layer_map: not the "not set" refusal
+        from_dict(DistillConfig, negative).validate("r.yaml", "students[0].distill")
     with pytest.raises(CompressError, match=r"matches\[0\]\.heads: only for attention"):
         MatchConfig(2, 1, "hidden", heads="mean").validate("r.yaml", "matches[0]")
     # one pair twice among the explicit matches is refused (the second was dropped silently); a generated match of

@@ -299,21 +299,37 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
 
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch):
+    """A stage that fails after writing into its working folder leaves neither it nor a stage folder; a run also
+    clears a killed run's working folder and a dead process's scratch (not a live one's)."""
     import os
     import tempfile
 
-    recipe = load_recipe(_recipe(tmp_path, tmp_path / "no-such-model"))
+    import teachers.finetune
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
     orphan = tmp_path / "runs" / "tiny" / ".teacher.tmp-999999999"  # left by a killed run (no such process)
     orphan.mkdir(parents=True)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))  # scratch of a killed quantize stage
     dead, live = (tmp_path / "system-tmp" / f"compress-quantize-{pid}-x1" for pid in (999999999, os.getpid()))
     for folder in (dead, live):
         (folder / "static-src.onnx").parent.mkdir(parents=True)
-    with pytest.raises(CompressError, match="no-such-model"):
+    working = []
+
+    def fails_midway(recipe, out, inputs):
+        (out / "model.safetensors").write_bytes(b"half-written")
+        working.append(out)
+        raise CompressError("boom: the stage failed after writing")
+
+    monkeypatch.setattr(teachers.finetune, "run", fails_midway)
+    with pytest.raises(CompressError, match="boom"):
         run_pipeline(recipe)
     run_dir = tmp_path / "runs" / "tiny"
+    assert working and working[0].parent == run_dir and working[0].name.startswith(".teacher.tmp-")
     assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
     assert not dead.exists() and live.is_dir()  # a running process's scratch is its own
+    with pytest.raises(CompressError, match="no-such-model"):  # refused before any stage: no stage folder either
+        run_pipeline(load_recipe(_recipe(tmp_path, tmp_path / "no-such-model")))
+    assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
     with pytest.raises(CompressError, match="unknown stage 'distil'"):
         run_pipeline(recipe, until="distil")
 
