@@ -505,6 +505,8 @@ def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
     assert again["counts"]["measured"] == 1 and again["best"] == "L1-dynamic"
     assert json.loads((out / "teacher_fp32.json").read_text())["file"].startswith("teacher_fp32")
     assert "settings" in json.loads((out / "models" / "L1" / "search_model.json").read_text())
+    for stamp in ("teacher_logits.json", "candidates/L1-dynamic.json"):  # rewritten whole, not left torn
+        assert isinstance(json.loads((out / stamp).read_text()), dict)
 
 
 def test_candidates_that_failed_are_not_called_too_slow():
