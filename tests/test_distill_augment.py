@@ -31,9 +31,9 @@ def _embeddings(tokenizer, near: dict[str, list[str]]):
 
 def test_neighbours_are_the_nearest_whole_words_of_the_table(tokenizer):
     emb = _embeddings(tokenizer, {"good": ["great", "fine", "nice"]})
-    table = neighbour_table(["good", "Good", "hilariously", "##s", "[CLS]", "a"], tokenizer, emb, k=3)
-    # "Good" is looked up lower-cased (MiniLM lower-cases); "hilariously" is several pieces, "##s" a piece,
-    # "[CLS]" a special and "a" one letter: none has candidates
+    table = neighbour_table(["Good", "hilariously", "##s", "[CLS]", "a"], tokenizer, emb, k=3)
+    # "Good" is looked up lower-cased (MiniLM lower-cases; no "good" in the list, so only that finds it);
+    # "hilariously" is several pieces, "##s" a piece, "[CLS]" a special and "a" one letter: none has candidates
     assert table == {"good": ["great", "fine", "nice"]}
 
 

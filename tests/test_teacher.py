@@ -1523,3 +1523,26 @@ def test_stages_trained_with_gradient_accumulation_are_redone_and_no_other(tmp_p
         assert (pipeline._teacher_variant(r), pipeline._distill_variant(r), pipeline._prune_variant(r)) == want
     # a teacher kept as it is trains nothing
     assert pipeline._teacher_variant(load_recipe(path, {"teacher.grad_accum": 2, "teacher.finetune": False})) is None
+
+
+@pytest.mark.parametrize("recipe_file, folder", [("quickstart.yaml", "quickstart-h200"), ("mrpc.yaml", "mrpc")])
+def test_fingerprints_recorded_by_earlier_code_still_come_out_the_same(recipe_file, folder):
+    """The fingerprints of real run folders made by earlier code (the manifests kept in docs/results, 2026-12-04 and
+    -05), recomputed from their recorded config and inputs with today's code and recipe: a change to what a
+    fingerprint hashes redoes every stage of every existing run folder, which the tests that build an "earlier"
+    fingerprint with today's functions cannot see. Such a change must be meant (and then these manifests re-recorded,
+    or `_accepted_fingerprints` taught the old form)."""
+    from pathlib import Path
+
+    from compress import pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = load_recipe(root / "pipelines" / recipe_file)
+    stages = {s.name: s for s in pipeline.STAGES}
+    manifests = sorted((root / "docs" / "results" / folder).glob("*.manifest.json"))
+    assert len(manifests) >= 5
+    for path in manifests:
+        m = json.loads(path.read_text())
+        assert m["seed"] == recipe.seed
+        assert pipeline._stage_fingerprint(recipe, stages[m["stage"]], m["inputs"], m["config"]) == m["fingerprint"], \
+            path.name
