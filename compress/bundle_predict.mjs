@@ -45,7 +45,12 @@ async function readBytes(base, rel) {
   if (url.origin !== root.origin || !url.pathname.startsWith(root.pathname)) {  // readManifest's check, once more
     throw new BundleError(`${rel}: resolves outside the bundle (${url})`);
   }
-  const response = await fetch(url);
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {  // refused, unreachable, no such host: one line naming the file, as a missing one is
+    throw new BundleError(`${url}: cannot fetch (${e.cause?.message ?? e.message})`);
+  }
   if (!response.ok) throw new BundleError(`${url}: HTTP ${response.status}`);
   return new Uint8Array(await response.arrayBuffer());
 }
@@ -304,7 +309,8 @@ export class Predictor {
     // characters newer than the Rust library's Unicode tables, read as it reads them (`RUST_ORDINARY`): a WordPiece
     // model gets a letter and a punctuation mark its vocabulary lacks in their place
     const model = this.tokenizer.model;
-    this.bertNormalizer = normalizers(this.tokenizer.normalizer).some((n) => n instanceof BertNormalizer);
+    this.bertNormalizer = normalizers(this.tokenizer.normalizer)  // clean_text is what turns U+0085 and drops U+FEFF
+      .some((n) => n instanceof BertNormalizer && n.config.clean_text !== false);
     this.bertPreTokenizer = this.tokenizer.pre_tokenizer instanceof BertPreTokenizer;
     if (model instanceof WordPieceModel) {
       const prefix = model.config?.continuing_subword_prefix ?? "##";
@@ -326,7 +332,7 @@ export class Predictor {
     if (letter) text = text.replace(RUST_ORDINARY, (c) => (this.stripsMarks && rustStrips(c) ? c : letter));
     if (mark) text = text.replace(RUST_PUNCTUATION, mark);
     // the BERT pre-tokenizer splits on Rust's whitespace (U+0085 too, U+FEFF not: JavaScript's \s the other way
-    // round), where no BertNormalizer has turned U+0085 into a space and dropped U+FEFF before it
+    // round), where no BertNormalizer (of clean_text) has turned U+0085 into a space and dropped U+FEFF before it
     if (this.bertPreTokenizer && !this.bertNormalizer) {
       text = text.replaceAll("\u0085", " ");
       if (letter) text = text.replaceAll("\uFEFF", letter);
@@ -345,13 +351,18 @@ export class Predictor {
     const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
     [a, b] = truncatePair(a, b, Math.max(budget, 0), this.fromLeft);
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
-    const ids = out.tokens.map((t) => tok.token_to_id(t) ?? tok.model.unk_token_id);
+    // an added token is known by its normalized text (tokenizers.js gives "covid-19" for a normalized "COVID-19")
+    const ids = out.tokens.map((t) => tok.added_tokens_map.get(t)?.id ?? tok.token_to_id(t) ?? tok.model.unk_token_id);
     const types = !this.singleSegment && out.token_type_ids ? out.token_type_ids : ids.map(() => 0);
     return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: types };
   }
 
   /** One text (and its pair): {label, score, scores} ({value} for regression). */
   async predict(text, pair = null) {
+    if (typeof text !== "string" || (pair !== null && typeof pair !== "string")) {
+      throw new BundleError(`predict(text, pair = null): texts must be strings, got ${typeof text}` +
+                            (pair === null ? "" : ` and ${typeof pair}`));
+    }
     if (this.pair && pair === null) throw new BundleError("this model reads text pairs: give a second text");
     if (!this.pair && pair !== null) throw new BundleError("this model reads single texts: give one text");
     const enc = this.encode(text, pair, true);

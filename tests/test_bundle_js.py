@@ -331,13 +331,14 @@ def test_npm_install_leaves_a_bundle_predict_py_accepts(js_bundle, tmp_path):
         verify(copy)
 
 
-def _chromium_dom(js_bundle: Path, tmp_path: Path, page: str, extra: dict[str, str] = {}) -> str:
-    """The DOM of ``page`` of the bundle's site (served over HTTP with the npm packages beside it, plus ``extra``
-    files) once headless Chromium has run it."""
+def _chromium_dom(js_bundle: Path, tmp_path: Path, page: str, extra: dict[str, str] = {}, npm: bool = True) -> str:
+    """The DOM of ``page`` of the bundle's site (served over HTTP with the npm packages beside it unless not ``npm``,
+    plus ``extra`` files) once headless Chromium has run it."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     assert chromium, "this test needs Chromium: apt-get install chromium"
     site = shutil.copytree(js_bundle, tmp_path / "site")
-    (site / "node_modules").symlink_to(NODE_MODULES)  # as `npm install` in the bundle folder would leave it
+    if npm:
+        (site / "node_modules").symlink_to(NODE_MODULES)  # as `npm install` in the bundle folder would leave it
     for name, text in extra.items():
         (site / name).write_text(text)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
@@ -369,6 +370,16 @@ def test_index_html_classifies_in_headless_chromium(js_bundle, tmp_path):
     assert result["label"] == want["label"] or abs(want["scores"]["positive"] - 0.5) < 0.05
     assert result["scores"] == pytest.approx(want["scores"], abs=0.05)
     assert "<h1 id=\"name\">minilm-js</h1>" in dom
+
+
+@pytest.mark.slow
+def test_index_html_says_what_is_missing_without_its_npm_packages(js_bundle, tmp_path):
+    """A bundle served without `npm install`: the page said "loading…" for ever (a failed static import stops the
+    module before its try); it now shows the error, naming predict.mjs and npm install. Needs Chromium."""
+    dom = _chromium_dom(js_bundle, tmp_path, "index.html?text=good", npm=False)
+    out = dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+    error = json.loads(out.replace("&quot;", '"'))["error"]
+    assert error.startswith("cannot load predict.mjs or its npm packages (run `npm install` in the bundle folder): ")
 
 
 @pytest.mark.slow
@@ -610,4 +621,50 @@ def test_predict_mjs_refuses_a_url_outside_the_bundle_before_fetching_it(js_bund
     assert len(lines) == len(names)
     for name, line in zip(names[:-1], lines[:-1]):
         assert line.startswith(f"BundleError: {name}: resolves outside the bundle ("), line
-    assert "resolves outside" not in lines[-1] and lines[-1] != "read", lines[-1]
+    # a plain name is fetched: the refused connection is a BundleError naming the file (it was fetch's TypeError)
+    assert lines[-1].startswith(f"BundleError: {base}/tokenizer.json: cannot fetch ("), lines[-1]
+    proc = _node(js_bundle / "predict.mjs", "--bundle", f"{base}/", TEXTS[0])  # and one line from the command
+    assert (proc.returncode, proc.stdout) == (2, "") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {base}/manifest.json: cannot fetch ("), proc.stderr
+
+
+def test_predict_mjs_reads_added_tokens_and_an_unclean_normalizer_as_the_tokenizers_library(tmp_path, minilm_dir):
+    """Tokens added to a tokenizer (`add_tokens`: normalized, so known by their lower-cased text) and a special token
+    saved with normalized: true got [UNK] or the vocabulary's id in predict.mjs; a BertNormalizer with clean_text off
+    leaves U+0085 and U+FEFF for the pre-tokenizer, which predict.mjs split as if it had cleaned them."""
+    from tokenizers import Tokenizer
+
+    added = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    added.add_tokens(["COVID-19", "Café"])
+    spec = json.loads(added.to_str())
+    for token in spec["added_tokens"]:
+        token["normalized"] = token["normalized"] or token["content"] == "[MASK]"
+    spec["normalizer"]["clean_text"] = False
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    cases = [["COVID-19 cases rose", None], ["the Café is open", "covid-19 CAFÉ"], ["a [MASK] film", None],
+             ["a\x85b \ufeffc", None], ["x\ufeff\x85 y", "\x85z"]]
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=128)
+    work = tmp_path / "js"
+    work.mkdir()
+    for (a, b), got in zip(cases, _js_encode(work, tmp_path / "tokenizer.json", cases)):
+        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
+        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+    assert {30522, 30523, 103} <= {i for a, b in cases[:3] for i in (tokenizer.encode(a, b) if b else
+                                                                      tokenizer.encode(a)).ids}
+
+
+def test_predict_mjs_refuses_a_text_that_is_not_a_string(js_bundle, tmp_path):
+    """predict(["text"]), Python's list style, or a number: one BundleError, not text.replace's TypeError."""
+    script = tmp_path / "types.mjs"
+    script.write_text(f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+                      f"const model = await Predictor.load({json.dumps(str(js_bundle))});\n"
+                      "for (const text of [['good film'], 42, undefined]) {\n"
+                      "  try { await model.predict(text); console.log('classified'); }\n"
+                      "  catch (e) { console.log(`${e.constructor.name}: ${e.message}`); }\n"
+                      "}\n")
+    proc = _node(script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"BundleError: predict(text, pair = null): texts must be strings, got {t}"
+                                        for t in ("object", "number", "undefined")]
