@@ -44,7 +44,7 @@ from compress.errors import CompressError
 from compress.tasks import round_down
 # not compress.export: the memory probe of an ONNX file imports no torch
 from compress.ort_session import SLOW_FUSIONS, example_id_range
-from compress.manifest import cpu_model, read_json, scores, scratch_dir, versions, write_json
+from compress.manifest import cpu_model, read_json, scores, scratch_dir, usable_cores, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -505,10 +505,10 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     # absolute paths in bench.json (a relative runs_dir made them relative to the working directory, which the report
     # cannot tell from the paths of files this stage made, recorded relative to its own folder)
     out, qdir, model_dir = Path(out).resolve(), Path(qdir).resolve(), str(Path(model_dir).resolve())
-    over = [t for t in cfg.threads if t > (os.cpu_count() or t)]
+    over = [t for t in cfg.threads if t > usable_cores()]
     if over:
         log.warning("bench.threads %s: more than this machine's %s cores; those timings measure oversubscription",
-                    over, os.cpu_count())
+                    over, usable_cores())
     model = load_trained(model_dir)[0]
     params, vocab = count_params(model), model.config.vocab_size  # vocab: timing inputs' ids stay within it
     del model
@@ -527,7 +527,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         path = optimum_peer(qdir / qrec["fp32"]["file"], out / "peers")
         artifacts["optimum_avx512_vnni"] = {"kind": "onnx", "path": str(path), "peer": True, "stock": True}
 
-    protocol = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    protocol = {"cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform(),
                 "versions": versions(), "threads": cfg.threads, "inter_op_threads": 1,
                 "shapes": [f"b{b}xs{s}" for b, s in shapes], **asdict(cfg),
                 "order": (f"series: all artifacts in one fresh process, each timed back to back (warm), taking turns "

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from compress.bundle_predict import usable_cores  # the cores this process may run on (affinity)
 from teachers.zoo import sha256_file
 
 try:
@@ -75,7 +76,7 @@ def cpu_features() -> str:
 def host() -> dict:
     import torch
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_model(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
             "cpu_features": cpu_features(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -90,7 +91,7 @@ def timing_machine(env: Optional[dict] = None) -> dict:
     the onnxruntime and torch versions; of this machine, or of a manifest's ``env`` (its ``host`` and ``versions``:
     the keys it lacks are left out). Imports no torch (``compress run --dry-run`` calls it)."""
     if env is None:
-        env = {"host": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_features": cpu_features()},
+        env = {"host": {"cpu": cpu_model(), "cores": usable_cores(), "cpu_features": cpu_features()},
                "versions": versions()}
     parts = [env.get(k) for k in ("versions", "host")] if isinstance(env, dict) else []
     found = {k: v for part in parts if isinstance(part, dict) for k, v in part.items()}  # a hand-edited env: no keys

@@ -307,7 +307,10 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       runs) spelled as the manifest's config (``recorded_config``) has them: ``./tinybert`` for ``tinybert``, the
       default GLUE folder named, are the same inputs when their files are (the inputs above, by sha256);
     - without the default source's name (`_taken_by_default`, 2026-12-05) where the manifest records that same
-      source (``recorded_source``): a two-student run's prune stage was redone, hours, for the model it had pruned."""
+      source (``recorded_source``): a two-student run's prune stage was redone, hours, for the model it had pruned;
+    - in a stage after the teacher's (distill, prune), with the ``teacher`` section as recorded: such a stage reads the
+      teacher stage's outputs (among its inputs), never ``teacher.model``, so a model folder respelled or copied (the
+      teacher stage reused) redid the distillation for the same teacher."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
     variants += [_same_content_keys(v, recorded) for v in variants]
@@ -317,6 +320,9 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
             respelled = _recorded_paths(recipe, config, recorded_config, v, recorded)
             if respelled not in configs:
                 configs.append(respelled)
+    if stage.name != "teacher" and "teacher" in stage.needs and isinstance(recorded_config, dict) \
+            and "teacher" in recorded_config and "teacher" in configs[0]:
+        configs += [_result_config({**c, "teacher": recorded_config["teacher"]}) for c in configs[:2]]
     default = _taken_by_default(recipe, stage.name)
     named = recorded_source.get("model") if isinstance(recorded_source, dict) else recorded_source  # quantize's
     legacy = (False, True) if default is not None and named == default else (False,)
@@ -727,6 +733,9 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     if stage.name == "quantize" and isinstance(old.get("metrics"), dict) and "test" not in old["metrics"] \
             and _test_split_word(recipe):
         reasons.append("the labelled test split is scored now")
+    if not reasons:  # an upstream file no longer read (report.measure off: the bundle reads no report/latency.json)
+        reasons += [f"input {k} no longer read" for k in moved
+                    if k.split("/", 1)[0] in stage_names() and k not in inputs]
     if not reasons:
         reasons.append("stage code revision or compress version changed")
     shown = reasons[:4] + ([f"+{len(reasons) - 4} more"] if len(reasons) > 4 else [])

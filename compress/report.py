@@ -22,7 +22,6 @@ import html as html_lib
 import logging
 import math
 import numbers
-import os
 import re
 import statistics
 import sys
@@ -1158,7 +1157,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
 
     from compress.bench import evaluate_artifact, measure_in_fresh_process
     from compress.config import BenchConfig
-    from compress.manifest import cpu_model
+    from compress.manifest import cpu_model, usable_cores
     from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx, fused_if_exact
     from compress.modeling import count_params, load_trained
@@ -1222,7 +1221,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         "onnx_fp32": "torch.onnx export; ORT transformer fusions kept when the logits match the plain export "
                      "within 1e-3 on 64 dev rows (artifact 'graph': fused | plain)",
         "threads": cfg.threads, "inter_op_threads": 1, "dev_rows": cfg.dev_rows, "warmup": cfg.warmup,
-        "cpu": cpu_model(), "cores": os.cpu_count(), "settings": asdict(cfg)}
+        "cpu": cpu_model(), "cores": usable_cores(), "settings": asdict(cfg)}
     return out
 
 

@@ -54,7 +54,7 @@ from compress.errors import CompressError
 from compress.tasks import round_down
 from compress.export import SHIPPED_BATCH
 from compress.manifest import (fingerprint, hash_tree, now_utc, read_json, remove_dead, remove_dead_scratch,
-                               timing_machine, versions, write_json)
+                               timing_machine, usable_cores, versions, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -586,9 +586,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
 
     t_start = time.perf_counter()
     cfg = search_settings(recipe, cfg, budget_ms, time_limit_min, threads)
-    if cfg.threads > (os.cpu_count() or cfg.threads):  # as the bench stage warns
+    if cfg.threads > usable_cores():  # as the bench stage warns
         log.warning("search.threads %s: more than this machine's %s cores; its timings measure oversubscription",
-                    cfg.threads, os.cpu_count())
+                    cfg.threads, usable_cores())
     ctx = load_context(recipe, cfg)
     space = candidates(cfg, ctx.teacher.config.num_hidden_layers)
     ref = reference(ctx)

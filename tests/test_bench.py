@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -413,7 +414,7 @@ def test_the_machine_a_latency_was_timed_on_is_compared_on_what_manifests_record
     import compress.manifest as m
 
     now = m.timing_machine()
-    assert set(now) == set(m.TIMING_KEYS) and now["cores"] == os.cpu_count()
+    assert set(now) == set(m.TIMING_KEYS) and now["cores"] == len(os.sched_getaffinity(0))
     env = {"host": {"cpu": now["cpu"], "cores": now["cores"], "torch_threads": 1, "platform": "x"},
            "versions": {"onnxruntime": now["onnxruntime"], "torch": now["torch"]}}
     assert m.other_machine(env) is None and m.other_machine(None) is None and m.other_machine({}) is None
@@ -422,3 +423,19 @@ def test_the_machine_a_latency_was_timed_on_is_compared_on_what_manifests_record
     env["versions"]["onnxruntime"] = "1.0.0"
     assert m.other_machine(env) == (f"cores: {now['cores'] + 14} -> {now['cores']}; "
                                     f"onnxruntime: 1.0.0 -> {now['onnxruntime']}")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores to pin a process to one")
+def test_a_process_pinned_to_fewer_cores_is_another_machine_for_latencies():
+    """Cores are those the process may run on (taskset, a container's cpuset), not the machine's: a run pinned to one
+    core reused the bench and report latencies timed on two, and recorded "cores: 2" beside its own timings."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "from compress.manifest import host, other_machine, timing_machine\n"
+            "print(host()['cores'], timing_machine()['cores'], other_machine({'host': {'cores': 2}}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "1", "cores:", "2", "->", "1"]

@@ -152,11 +152,12 @@ def test_tokens_per_second_count_training_not_scoring_and_a_half_saved_checkpoin
     model, tok = load_for_task(str(tiny_bert_dir), data.spec)
     train = tokenize(data.train, tok, 32)
     slow = lambda m: (clock.sleep(1.5), {"accuracy": 0.5})[1]  # noqa: E731
-    plain = fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16), seed=0)
     scored = fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=16, eval_every=1), seed=0,
                  evaluate=slow)
-    assert scored.wall_s > 4 and scored.tokens_per_s > plain.tokens_per_s / 3, (plain.tokens_per_s,
-                                                                                scored.tokens_per_s)
+    # the training time tokens/s implies leaves out the 4 x 1.5 s of scoring (no comparison of two timed runs: a busy
+    # machine slows one more than the other)
+    tokens = sum(len(ids) for ids in train["input_ids"])
+    assert scored.wall_s > 6 and tokens / scored.tokens_per_s < scored.wall_s - 5.5, (tokens, scored)
     folder = tmp_path / "ck"
     (folder / "step-00000003.tmp").mkdir(parents=True)  # a save killed at step 3 of an earlier run
     seen = []
@@ -1457,6 +1458,40 @@ def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_
         assert (pipeline._reuse(other, teacher, folder, other_fp, other_inputs, {})[1] is None) == reused, train
 
 
+
+def test_a_respelled_or_copied_teacher_folder_does_not_redo_the_stages_after_the_teacher(tmp_path, tiny_bert_dir,
+                                                                                            monkeypatch):
+    """distill and prune read the teacher stage's outputs, never ``teacher.model``; yet the teacher section was in
+    their fingerprints as config, so ``./tinybert`` for ``tinybert`` or a copied folder (the teacher stage reused, its
+    inputs the same bytes) redid the distillation and the pruning. Changed teacher outputs are still a change."""
+    from compress import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bert_dir, tmp_path / "tinybert")
+    shutil.copytree(tiny_bert_dir, tmp_path / "copy")
+    extra = ("students: [{name: s, kind: layer_drop, layers: 1}]\n"
+             "prune: {keep_macs: 0.5, steps: 1}\n")
+    recipe = load_recipe(_recipe(tmp_path, "tinybert", extra=extra))
+    upstream = {"teacher": {"outputs": {"model/model.safetensors": "a" * 64}},
+                "distill": {"outputs": {"s/model/model.safetensors": "b" * 64}}}
+    for stage in (s for s in pipeline.STAGES if s.name in ("distill", "prune")):
+        fp, inputs = pipeline._fingerprint(recipe, stage, upstream)
+        folder = tmp_path / stage.name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"fingerprint": fp, "inputs": inputs, "outputs": {},
+                                                          "config": pipeline._config(recipe, stage), "seed": 42}))
+
+        def why(outputs=upstream, **settings):
+            other = load_recipe(_recipe(tmp_path, "tinybert", extra=extra), settings)
+            other_fp, other_inputs = pipeline._fingerprint(other, stage, outputs)
+            return other_fp != fp, pipeline._reuse(other, stage, folder, other_fp, other_inputs, outputs)[1]
+
+        for spelling in ("./tinybert", str(tmp_path / "tinybert"), "copy"):
+            assert why(**{"teacher.model": spelling}) == (True, None), (stage.name, spelling)
+        retrained = {**upstream, "teacher": {"outputs": {"model/model.safetensors": "c" * 64}}}
+        assert why(retrained)[1] == "changed: teacher outputs changed", stage.name
+        assert why(**{"task.max_length": 16})[1].startswith("changed: task.max_length"), stage.name
+
 def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(tokenizer):
     """Accelerate divides every loss by grad_accum and steps at the end of each epoch however many batches its last
     group holds: a group of 1 batch of 3 stepped on a third of its gradient (README: the effective batch is
@@ -1546,3 +1581,18 @@ def test_fingerprints_recorded_by_earlier_code_still_come_out_the_same(recipe_fi
         assert m["seed"] == recipe.seed
         assert pipeline._stage_fingerprint(recipe, stages[m["stage"]], m["inputs"], m["config"]) == m["fingerprint"], \
             path.name
+
+
+def test_an_upstream_file_no_longer_read_is_the_reason_said(tmp_path, tiny_bert_dir):
+    """`report.measure: false` leaves the bundle no report/latency.json to read: the bundle is redone (right), and said
+    "stage code revision or compress version changed" (wrong: no code changed)."""
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra="quantize: {}\nbundle: {}\n"))
+    bundle = next(s for s in pipeline.STAGES if s.name == "bundle")
+    inputs = {"quantize/int8_dynamic.onnx": "a" * 64}
+    old = {"config": pipeline._config(recipe, bundle), "seed": recipe.seed,
+           "inputs": {**inputs, "report/latency.json": "b" * 64}}
+    assert pipeline._what_changed(recipe, bundle, old, inputs) == "changed: input report/latency.json no longer read"
+    assert pipeline._what_changed(recipe, bundle, {**old, "inputs": inputs}, inputs) == \
+        "changed: stage code revision or compress version changed"
