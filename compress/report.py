@@ -1012,8 +1012,9 @@ NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors wei
         "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "
         "match the plain export's: format 'onnx fp32 fused') / artifact p50 at the same thread count. "
         "p50/p90 and sent/s: real dev sentences one at a time (batch 1); fixed-shape seq/s: the best of the bench's "
-        "fixed shapes (b8xs32: batches of 8 sequences of 32 tokens). Retention and speedup are rounded down (a "
-        "98.96% reads 98.9%, 3.998x reads 3.9x: no cell shows a target met that the measurement misses).")
+        "fixed shapes (written as, e.g., b8xs32: batches of 8 sequences of 32 tokens). Retention and speedup are "
+        "rounded down (a 98.96% reads 98.9%, 3.998x reads 3.9x: no cell shows a target met that the measurement "
+        "misses).")
 
 
 def note(table: RunTable) -> str:

@@ -199,7 +199,12 @@ def fit(
     for m in modules.values():
         m.train()
     tokens, t0 = 0, time.perf_counter()
-    last_good = f"; last good checkpoint in {checkpoint_dir}" if checkpoint_dir else ""
+
+    def last_good() -> str:  # at the failure: the folder named only when a checkpoint was saved in it
+        latest = _latest_checkpoint(checkpoint_dir)
+        return "" if checkpoint_dir is None else f"; last good checkpoint {latest}" if latest else \
+            "; no checkpoint saved yet"
+
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     last_loss = float("nan")
@@ -226,7 +231,7 @@ def fit(
                         loss, logs = objective(modules["model"], batch)
                     if not torch.isfinite(loss.detach()):
                         raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
-                                            f"{last_good} (lower the learning rate or use fp32)")
+                                            f"{last_good()} (lower the learning rate or use fp32)")
                     # Accelerate divides every loss by grad_accum and steps at the epoch's end however many batches
                     # its last group holds: that group's gradient is its mean loss's only once scaled back up
                     start = batches_done // cfg.grad_accum * cfg.grad_accum
@@ -237,7 +242,7 @@ def fit(
                         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                         if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
                             raise CompressError(f"{desc}: the gradient norm became {float(norm)} at step {step}, "
-                                                f"batch {batches_done}{last_good} (lower the learning rate or use "
+                                                f"batch {batches_done}{last_good()} (lower the learning rate or use "
                                                 f"fp32)")
                     optimizer.step()
                     scheduler.step()

@@ -157,10 +157,16 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(glue_dir, t
     data = _sst2(glue_dir, n=80)
     student = build_student(spec, teacher, tokenizer, data.spec)
     teacher.register_forward_hook(poison)  # after the copy: the student stays healthy
-    with pytest.raises(CompressError, match=r"loss became nan at step 5.*last good checkpoint"):
+    with pytest.raises(CompressError, match=r"loss became nan at step 5.*; last good checkpoint \S*joint/step-00000004 "
+                                            r"\(lower"):
         distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck")
     kept = sorted(p.name for p in (tmp_path / "ck" / "joint").glob("step-*"))
     assert kept[-1] == "step-00000004"
+    # bad before the first save: no folder is named as a checkpoint (the pipeline then removes the empty one)
+    calls["n"] = 6
+    student = build_student(spec, _tiny_teacher(), tokenizer, data.spec)
+    with pytest.raises(CompressError, match=r"loss became nan at step 0, batch 0; no checkpoint saved yet \(lower"):
+        distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck2")
 
 
 def _recipe(tmp_path, teacher_dir, runs):
