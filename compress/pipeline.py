@@ -79,9 +79,10 @@ class Stage:
     named: bool = False
     """Its outputs carry the recipe's name (the report's title, the bundle's default name and run): a run renamed (its
     folder moved to the recipe's new name) redoes it, not the stages before it."""
-    reads_files: Optional[Callable[[str, str], bool]] = None
-    """(upstream stage, its output file) -> whether the stage reads it, when not all: the bundle reads the report's
-    latency.json, not its tables and plot (a new report title or thread count rebuilt the bundle)."""
+    reads_files: Optional[Callable[[Recipe, str, str], bool]] = None
+    """(recipe, upstream stage, its output file) -> whether the stage reads it, when not all: the bundle reads the
+    report's latency.json, not its tables and plot (a new report title or thread count rebuilt the bundle); prune and
+    quantize read their source student's folder of the distill stage, not the others' (`_source_files`)."""
 
     reads_only: Optional[Callable[[Recipe, tuple[str, ...]], tuple[str, ...]]] = None
     """(recipe, upstream stages) -> those the stage reads for this recipe, when fewer: the quantize stage reads only
@@ -164,6 +165,21 @@ def _test_split_word(recipe: Recipe) -> Optional[str]:
     return "test-split" if "test" in spec.files and has_test_labels(recipe.task, spec, quiet=True) else None
 
 
+def _source_files(recipe: Recipe, need: str, rel: str, stage: str) -> bool:
+    """Whether the prune (or quantize) ``stage`` reads output ``rel`` of upstream stage ``need``: of the distill stage,
+    its source student's folder, and for prune the transfer sets and the teacher's logits (its recovery's KD targets);
+    of the prune stage (quantize), its model. The other students' files and every metrics.json's timings are not
+    read: a change to another student, or a stage redone to the same model, redid them and all after."""
+    section = recipe.prune if stage == "prune" else recipe.quantize
+    source = section.source or newest_source(recipe, ("teacher", "distill") if stage == "prune" else
+                                             ("teacher", "distill", *(("prune",) if recipe.prune else ())))
+    if need == "distill":
+        keep = ("teacher_logits.",) + ((f"{source}/", "transfer/") if source != "teacher" else ()) \
+            if stage == "prune" else (f"{source}/", "model/")
+        return rel.startswith(keep)
+    return need != "prune" or rel.startswith("model/")
+
+
 def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
     """The teacher's stage and the one holding ``quantize.source`` (else the newest model: `newest_source`)."""
     source = recipe.quantize.source or newest_source(recipe, names)
@@ -177,13 +193,15 @@ STAGES: list[Stage] = [
           models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
-          trains=True, variant=_prune_variant),
+          trains=True, variant=_prune_variant,
+          reads_files=lambda recipe, need, rel: _source_files(recipe, need, rel, "prune")),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH); 3: fp32
     # metrics (and the guard's baseline) are model.onnx's own, .ort files without ORT's slow fusions, dynamic guard
     # candidates only the nodes dynamic int8 changes
     Stage("quantize", "compress.quantize:run", ("task", "quantize"), needs=("teacher",), uses=("distill", "prune"),
-          revision=3, reads_only=_quantize_reads, variant=_quantize_variant),
+          revision=3, reads_only=_quantize_reads, variant=_quantize_variant,
+          reads_files=lambda recipe, need, rel: _source_files(recipe, need, rel, "quantize")),
     # revision 2: the torch_fp32 row's dev metrics are the torch model's (they were model.onnx's, from quantize.json)
     Stage("bench", "compress.bench:run", ("task", "quantize", "bench"), needs=("quantize",), revision=2, timed=True),
     # report and bundle stay last (add stages above them): they read every earlier stage's outputs
@@ -194,7 +212,7 @@ STAGES: list[Stage] = [
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
           added=("node_modules", "package-lock.json", "__pycache__"), named=True,
-          reads_files=lambda need, rel: need != "report" or rel == "latency.json",
+          reads_files=lambda recipe, need, rel: need != "report" or rel == "latency.json",
           ships=("bundle_predict.py", "bundle_predict.mjs", "bundle_index.html"), revision=2),
 ]
 
@@ -228,10 +246,10 @@ def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tup
     return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
 
 
-def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str, str]:
+def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], every_file: bool = False) -> dict[str, str]:
     """What the stage reads, path (or ``<stage>/<file>``) -> sha256: the task's data files, files it ships, the files
     of local model folders it loads (`model_file`), the commit of a hub id it loads, other run folders' manifests,
-    and the outputs of the upstream stages it reads."""
+    and the outputs of the upstream stages it reads (``every_file``: all of theirs, as before `Stage.reads_files`)."""
     inputs = {str(p): sha256_file(p) for p in data_files(recipe.task)}
     inputs.update({f"package:compress/{name}": sha256_file(Path(__file__).with_name(name)) for name in stage.ships})
     for folder in _folders(recipe, stage.models):
@@ -253,9 +271,22 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> dict[str
                        if (Path(run) / rel).is_file()})
     for need in stage.upstream(upstream, recipe):
         for rel, digest in upstream[need]["outputs"].items():
-            if stage.reads_files is None or stage.reads_files(need, rel):
+            if stage.reads_files is None or every_file or stage.reads_files(recipe, need, rel):
                 inputs[f"{need}/{rel}"] = digest
     return inputs
+
+
+def student_key(recipe: Recipe, index: int, teacher_manifest: dict) -> str:
+    """What one student of the distill stage is made from: the stage's fingerprint of a recipe holding that student
+    alone (its section, the task, the seed, the data files, the model folders or hub commits it loads, the stage's
+    code revision and the variant words that student alone implies), with the teacher stage's outputs
+    (``teacher_manifest``'s) standing for the teacher section. The distill stage keeps a student of an unchanged key
+    from its previous run when another student changed (each trains alone: its own seed, the teacher's logits those
+    of the previous run, `compress.distill.stage.run`)."""
+    stage = next(s for s in STAGES if s.name == "distill")
+    alone = dataclasses.replace(recipe, students=[recipe.students[index]])
+    inputs = _inputs(alone, stage, {"teacher": teacher_manifest})
+    return _stage_fingerprint(alone, stage, inputs, {**_result_config(_config(alone, stage)), "teacher": None})
 
 
 def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict) -> dict[str, str]:
@@ -299,7 +330,8 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
                            recorded: dict, recorded_config: Any = None, recorded_source: Any = None) -> set[str]:
     """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
     - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
-      file of a model folder (before `model_file`) and every upstream stage's outputs (before `Stage.reads_only`);
+      file of a model folder (before `model_file`), every upstream stage's outputs (before `Stage.reads_only`) and
+      every file of the stages it reads (before `Stage.reads_files` kept prune and quantize to their source's);
     - with an input file that the stage's manifest (``recorded``: its inputs) lists under another path with the same
       sha256 keyed by that path: a data folder moved, copied, or reached through another spelling or a link (inputs
       are keyed by path) redid every stage, hours of training, for the same bytes;
@@ -313,6 +345,8 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       teacher stage reused) redid the distillation for the same teacher."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
+    if stage.reads_files is not None:  # prune's and quantize's before they read their source's files only (2026-12-05)
+        variants.append(_inputs(recipe, stage, upstream, every_file=True))
     variants += [_same_content_keys(v, recorded) for v in variants]
     # path spellings judged on each variant's inputs (a manifest of before `model_file` lists a folder's README too)
     for config in configs[:2]:

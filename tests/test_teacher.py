@@ -1596,3 +1596,41 @@ def test_an_upstream_file_no_longer_read_is_the_reason_said(tmp_path, tiny_bert_
     assert pipeline._what_changed(recipe, bundle, old, inputs) == "changed: input report/latency.json no longer read"
     assert pipeline._what_changed(recipe, bundle, {**old, "inputs": inputs}, inputs) == \
         "changed: stage code revision or compress version changed"
+
+
+def test_changing_one_student_retrains_it_alone_and_redoes_nothing_of_the_others(tmp_path, tiny_bert_dir, capsys):
+    """A recipe of two students where one changed: the distill stage retrained both (hours on SST-2), and the prune
+    and quantize stages of the other one (their source) were redone, as they read every distill output, timings in
+    metrics.json included. Now the unchanged student is copied from the previous distill folder (its key, its files as
+    hashed), and prune/quantize read their source's files only. A student whose own setting, or whose files, changed
+    is trained again."""
+    students = ("students: [{name: s, kind: layer_drop, layers: 1, train: {max_steps: 3, batch_size: 8}}, "
+                "{name: t, kind: layer_drop, layers: 1, train: {max_steps: 2, batch_size: 8}}]\n"
+                "prune: {keep_macs: 0.5, steps: 1, source: s, recover: {max_steps: 2, batch_size: 8}}\n"
+                "quantize: {modes: [dynamic], max_drop: 100}\n")
+
+    def run(**settings):
+        capsys.readouterr()
+        done = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), settings), until="quantize")
+        return done, capsys.readouterr().out
+
+    first, _ = run()
+    distill = tmp_path / "runs" / "tiny" / "distill"
+    s_model = (distill / "s" / "model" / "model.safetensors").read_bytes()
+    assert set(first["distill"]["student_keys"]) == {"s", "t"}
+    second, out = run(**{"students.1.train.max_steps": 3})
+    assert "[distill] s: unchanged since the previous distill run (another student changed), not trained again" in out
+    assert "[distill] t: dev " in out and second["distill"]["created"] != first["distill"]["created"]  # t trained
+    assert (distill / "s" / "model" / "model.safetensors").read_bytes() == s_model
+    assert second["distill"]["student_keys"]["s"] == first["distill"]["student_keys"]["s"]
+    assert second["distill"]["student_keys"]["t"] != first["distill"]["student_keys"]["t"]
+    for stage in ("prune", "quantize"):
+        assert f"[{stage}] up to date" in out and second[stage]["created"] == first[stage]["created"], out
+    # s's own setting changed: trained again (and the stages of its model redone)
+    _, out = run(**{"students.1.train.max_steps": 3, "students.0.train.max_steps": 4})
+    assert "[distill] s: unchanged" not in out and "[prune] running" in out
+    # s's files edited in the published folder since the stage wrote them: not copied, trained again
+    (distill / "s" / "metrics.json").write_text("{}")
+    _, out = run(**{"students.1.train.max_steps": 2, "students.0.train.max_steps": 4})
+    assert "[distill] s: unchanged" not in out
+    assert json.loads((distill / "s" / "metrics.json").read_text())["metrics"]["dev"]

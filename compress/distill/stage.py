@@ -304,6 +304,48 @@ def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int,
     tmp.rename(folder)
 
 
+def _student_keys(recipe: Recipe, teacher_dir: Path) -> dict[str, str]:
+    """Each student's `compress.pipeline.student_key` (none without the teacher stage's manifest: a teacher folder
+    made by hand)."""
+    from compress.pipeline import student_key
+
+    try:
+        teacher = read_json(Path(teacher_dir) / "manifest.json")
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(teacher, dict) or not isinstance(teacher.get("outputs"), dict):
+        return {}
+    return {spec.name: student_key(recipe, i, teacher) for i, spec in enumerate(recipe.students)}
+
+
+def _reuse_unchanged(previous: Path, out: Path, name: str, key: Optional[str]) -> Optional[tuple[dict, int]]:
+    """Put student ``name`` of the previous published distill folder (``previous``) into ``out`` when its key there
+    (the manifest's ``student_keys``) is ``key`` and its files (and its transfer set's) are as that manifest hashed
+    them; (its summary, its parameter count), or None: a recipe that changed one student retrained every one."""
+    try:
+        manifest = read_json(previous / "manifest.json")
+    except (OSError, ValueError):
+        return None
+    if key is None or not isinstance(manifest, dict) or (manifest.get("student_keys") or {}).get(name) != key:
+        return None
+    outputs, n_params = manifest.get("outputs") or {}, (manifest.get("params") or {}).get(name)
+
+    def intact(folder: str) -> bool:  # as the stage wrote it (an edit since: trained again)
+        now = {f"{folder}/{rel}": d for rel, d in hash_tree(previous / folder).items()}
+        return (previous / folder).is_dir() and now == {k: d for k, d in outputs.items() if k.startswith(f"{folder}/")}
+
+    if not isinstance(n_params, int) or f"{name}/metrics.json" not in outputs or not intact(name):
+        return None
+    transfer = read_json(previous / name / "metrics.json").get("transfer_set")
+    if transfer and not intact(transfer):
+        return None
+    shutil.copytree(previous / name, out / name)
+    if transfer and not (out / transfer).is_dir():
+        shutil.copytree(previous / transfer, out / transfer)
+    log.info("%s: reused from %s (its key is unchanged)", name, previous)
+    return read_json(out / name / "metrics.json"), n_params
+
+
 def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict, int]]:
     """Put a student saved by `_save_finished` back into ``out``; (its summary, its parameter count), or None."""
     if not (folder / "done.json").is_file() or not (folder / "student" / "metrics.json").is_file():
@@ -374,10 +416,15 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         interrupted = saved_teacher_logits(finished_root / "teacher-logits", data.train, ml, t_digest)
         if interrupted is not None:
             logit_cache["train"] = interrupted
+    keys = _student_keys(recipe, teacher_dir)
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
-        if restored is not None:  # finished before a crash or kill -9 of this stage: not trained again
+        why = "finished before the interruption"
+        if restored is None:
+            restored = _reuse_unchanged(recipe.run_dir / "distill", out, spec.name, keys.get(spec.name))
+            why = "unchanged since the previous distill run (another student changed)"
+        if restored is not None:  # finished before a crash or kill -9 of this stage, or before: not trained again
             summary[spec.name], params[spec.name] = restored
             transfer = summary[spec.name].get("transfer_set")
             key = augment_key(spec.distill.augment, spec.name) if transfer else None
@@ -385,7 +432,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             if saved is not None:  # a later student of the same augment setting trains on it, not relabelled
                 logit_cache[key + ":rows"], logit_cache[key] = (saved[0], summary[spec.name]["augment"]), saved[1]
                 logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
-            print(f"[distill] {spec.name}: finished before the interruption, not trained again")
+            print(f"[distill] {spec.name}: {why}, not trained again")
             continue
         seed = spec.train.seed if spec.train.seed is not None else recipe.seed
         set_seed(seed)  # a new head's (and projection's) init follows the student's seed, not what ran before it
@@ -443,4 +490,5 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
             "params": params, "models": {n: f"{n}/model" for n in names}, "students": summary,
             "teacher_logits": ("previous distill run" if previous is not None
                                else "computed" if "train" in logit_cache else None),
+            "student_keys": keys,
             "timing": {n: s["timing"] for n, s in summary.items()}}
