@@ -75,7 +75,8 @@ class Stage:
     features, onnxruntime or torch version), the stage is redone (a run folder copied to a laptop reported the
     server's timings as the laptop's)."""
     takes_forced: bool = False
-    """Its function takes ``forced`` (--force): the report stage then times again what it would keep."""
+    """Its function takes ``forced`` (--force): the report stage then times again what it would keep, the distill
+    stage trains every student again (none copied from its previous run)."""
     named: bool = False
     """Its outputs carry the recipe's name (the report's title, the bundle's default name and run): a run renamed (its
     folder moved to the recipe's new name) redoes it, not the stages before it."""
@@ -190,7 +191,7 @@ STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",),
           variant=_teacher_variant),
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True,
-          models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant),
+          models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant, takes_forced=True),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
           trains=True, variant=_prune_variant,

@@ -256,7 +256,7 @@ def test_predict_mjs_refuses_a_file_entry_outside_the_bundle_as_predict_py_does(
     py = subprocess.run([sys.executable, "predict.py", TEXTS[0]], cwd=copy, capture_output=True, text=True)
     assert (py.returncode, py.stdout) == (2, "") and py.stderr.startswith("error: ")
     # "../": its plain-path check; the others are plain (absent) names of this folder to Python on POSIX, not URLs
-    why = "is not a plain path inside the bundle" if outside.startswith("../") else "listed in manifest.json but missing"
+    why = "not a plain path inside the bundle" if outside.startswith("../") else "listed in manifest.json but missing"
     assert why in py.stderr, py.stderr
 
 

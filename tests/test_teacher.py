@@ -1458,7 +1458,6 @@ def test_the_same_data_and_model_under_another_spelling_in_the_recipe_are_not_a_
         assert (pipeline._reuse(other, teacher, folder, other_fp, other_inputs, {})[1] is None) == reused, train
 
 
-
 def test_a_respelled_or_copied_teacher_folder_does_not_redo_the_stages_after_the_teacher(tmp_path, tiny_bert_dir,
                                                                                             monkeypatch):
     """distill and prune read the teacher stage's outputs, never ``teacher.model``; yet the teacher section was in
@@ -1491,6 +1490,7 @@ def test_a_respelled_or_copied_teacher_folder_does_not_redo_the_stages_after_the
         retrained = {**upstream, "teacher": {"outputs": {"model/model.safetensors": "c" * 64}}}
         assert why(retrained)[1] == "changed: teacher outputs changed", stage.name
         assert why(**{"task.max_length": 16})[1].startswith("changed: task.max_length"), stage.name
+
 
 def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(tokenizer):
     """Accelerate divides every loss by grad_accum and steps at the end of each epoch however many batches its last
@@ -1619,7 +1619,7 @@ def test_changing_one_student_retrains_it_alone_and_redoes_nothing_of_the_others
     s_model = (distill / "s" / "model" / "model.safetensors").read_bytes()
     assert set(first["distill"]["student_keys"]) == {"s", "t"}
     second, out = run(**{"students.1.train.max_steps": 3})
-    assert "[distill] s: unchanged since the previous distill run (another student changed), not trained again" in out
+    assert "[distill] s: unchanged since the previous distill run, not trained again" in out
     assert "[distill] t: dev " in out and second["distill"]["created"] != first["distill"]["created"]  # t trained
     assert (distill / "s" / "model" / "model.safetensors").read_bytes() == s_model
     assert second["distill"]["student_keys"]["s"] == first["distill"]["student_keys"]["s"]
@@ -1634,3 +1634,26 @@ def test_changing_one_student_retrains_it_alone_and_redoes_nothing_of_the_others
     _, out = run(**{"students.1.train.max_steps": 2, "students.0.train.max_steps": 4})
     assert "[distill] s: unchanged" not in out
     assert json.loads((distill / "s" / "metrics.json").read_text())["metrics"]["dev"]
+    # --force distill trains every student again, none copied
+    capsys.readouterr()
+    run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), {"students.0.train.max_steps": 4}),
+                 until="distill", force=("distill",))
+    out = capsys.readouterr().out
+    assert "[distill] s: dev " in out and "[distill] t: dev " in out and "unchanged" not in out, out
+    # a quantize stage recorded before it read its source's files only (every distill output an input) is kept
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students.replace("prune: {", "#")),
+                         {"students.0.train.max_steps": 4})
+    quantize, folder = next(s for s in pipeline.STAGES if s.name == "quantize"), tmp_path / "old-quantize"
+    done = {"teacher": {"outputs": {"model/model.safetensors": "1" * 64}},
+            "distill": {"outputs": {"s/model/model.safetensors": "2" * 64, "t/model/model.safetensors": "3" * 64,
+                                    "t/metrics.json": "4" * 64}}}
+    fp, inputs = pipeline._fingerprint(recipe, quantize, done)
+    assert "distill/s/model/model.safetensors" in inputs and "distill/t/metrics.json" not in inputs
+    every = pipeline._inputs(recipe, quantize, done, every_file=True)
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": pipeline._stage_fingerprint(
+        recipe, quantize, every, pipeline._result_config(pipeline._config(recipe, quantize))), "inputs": every,
+        "outputs": {}, "config": pipeline._config(recipe, quantize), "seed": recipe.seed}))
+    assert pipeline._reuse(recipe, quantize, folder, fp, inputs, done)[1] is None

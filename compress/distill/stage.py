@@ -339,11 +339,17 @@ def _reuse_unchanged(previous: Path, out: Path, name: str, key: Optional[str]) -
     transfer = read_json(previous / name / "metrics.json").get("transfer_set")
     if transfer and not intact(transfer):
         return None
-    shutil.copytree(previous / name, out / name)
-    if transfer and not (out / transfer).is_dir():
-        shutil.copytree(previous / transfer, out / transfer)
     log.info("%s: reused from %s (its key is unchanged)", name, previous)
-    return read_json(out / name / "metrics.json"), n_params
+    return _put_student(previous / name, previous / transfer if transfer else None, out, name, transfer), n_params
+
+
+def _put_student(student: Path, transfer: Optional[Path], out: Path, name: str, transfer_set: Optional[str]) -> dict:
+    """Copy a finished student's folder into ``out/name`` and its transfer set (when not there yet) into
+    ``out/transfer_set``; its metrics.json (the stage's summary of it)."""
+    shutil.copytree(student, out / name)
+    if transfer_set and not (out / transfer_set).is_dir():
+        shutil.copytree(transfer, out / transfer_set)
+    return read_json(out / name / "metrics.json")
 
 
 def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict, int]]:
@@ -351,11 +357,9 @@ def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict
     if not (folder / "done.json").is_file() or not (folder / "student" / "metrics.json").is_file():
         return None
     done = read_json(folder / "done.json")
-    shutil.copytree(folder / "student", out / name)
-    if done.get("transfer_set") and not (out / done["transfer_set"]).is_dir():
-        shutil.copytree(folder / "transfer", out / done["transfer_set"])
     log.info("%s: restored from %s", name, folder)
-    return read_json(out / name / "metrics.json"), int(done["params"])
+    summary = _put_student(folder / "student", folder / "transfer", out, name, done.get("transfer_set"))
+    return summary, int(done["params"])
 
 
 def transfer_folder(augment: AugmentConfig, student: str) -> str:
@@ -396,7 +400,8 @@ def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_leng
     return evaluate(teacher, tokenize(data.dev, tokenizer, max_length), collator, data.spec)
 
 
-def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dict:
+    """``forced`` (--force distill): every student trained again, none copied from the previous distill run."""
     names = [s.name for s in recipe.students]  # non-empty and distinct (the recipe's validation)
     teacher_dir = Path(inputs["teacher"])
     teacher, t_tok = load_trained(teacher_dir / "model")
@@ -421,9 +426,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         where = f"students[{i}]"
         restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
         why = "finished before the interruption"
-        if restored is None:
+        if restored is None and not forced:
             restored = _reuse_unchanged(recipe.run_dir / "distill", out, spec.name, keys.get(spec.name))
-            why = "unchanged since the previous distill run (another student changed)"
+            why = "unchanged since the previous distill run"
         if restored is not None:  # finished before a crash or kill -9 of this stage, or before: not trained again
             summary[spec.name], params[spec.name] = restored
             transfer = summary[spec.name].get("transfer_set")
