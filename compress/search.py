@@ -207,6 +207,29 @@ class Context:
         return self._logits
 
 
+def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
+    """(what names the run's teacher in the search's keys, whether its stage vouches for it): the teacher stage's
+    hashes of its files when its folder still holds them (`compress.pipeline._reuse`'s check; `search_settings` has
+    refused a teacher of other config or inputs), else (put there by hand, or edited since) the model files' own
+    hashes (what loading reads: `compress.pipeline.model_file`) and the data files' (by content): a teacher replaced
+    under its manifest, or data edited under a teacher without one, reused models and scores of the old ones."""
+    from compress.manifest import hidden_path
+    from compress.pipeline import model_file
+    from compress.tasks import data_files
+    from teachers.zoo import sha256_file
+
+    folder = recipe.run_dir / "teacher"
+    try:
+        outputs = read_json(folder / "manifest.json").get("outputs") if (folder / "manifest.json").is_file() else None
+    except (ValueError, AttributeError):  # unreadable, or not a JSON object
+        outputs = None
+    if isinstance(outputs, dict) and outputs and \
+            hash_tree(folder, keep=lambda rel: rel in outputs or not hidden_path(rel)) == outputs:
+        return outputs, True
+    return {"model": hash_tree(folder / "model", keep=model_file),
+            "data": sorted(sha256_file(p) for p in data_files(recipe.task))}, False
+
+
 def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     from compress.data import Collator, load_task, tokenize
     from compress.modeling import load_trained
@@ -221,13 +244,13 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     train = train.add_column("index", list(range(len(train))))
     calib = tokenize(data.train.select(range(min(cfg.calibration_samples, len(data.train)))), tokenizer, ml)
     dev, holdout = tokenize(data.dev, tokenizer, ml), tokenize(data.holdout, tokenizer, ml)
-    manifest = recipe.run_dir / "teacher" / "manifest.json"
-    # the teacher stage's hashes of its files; a teacher without a manifest (put there by hand): its own files' hashes
-    teacher_id = read_json(manifest).get("outputs") if manifest.is_file() else hash_tree(teacher_dir)
+    teacher_id, vouched = teacher_identity(recipe)
     training = ("train_steps", "recover_steps", "batch_size", "lr")
     # max_eval_samples cuts the dev rows the candidates are scored on, not what trains them (it retrained every model):
-    # a measurement setting, kept in the task section at None so that the models of a recipe without it stay valid
-    task = {**recipe.section("task"), "max_eval_samples": None}
+    # a measurement setting, kept in the task section at None so that the models of a recipe without it stay valid.
+    # The data's paths: with a teacher its stage vouches for, its inputs (the same bytes wherever they are) pin them
+    task = {**recipe.section("task"), "max_eval_samples": None,
+            **({"data_dir": None, "files": None} if vouched else {})}
     # a slice shorter than the steps asked trained one pass over it until 2026-12-05: those models are made again
     short = {"steps": "exact"} if rows < max(cfg.train_steps, cfg.recover_steps) * cfg.batch_size else {}
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": task,
@@ -251,7 +274,9 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
                                                            if k != "calibration_samples"}, m) for m in cfg.modes}
     scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
-    scored = {m: fingerprint({"train": train_settings, "machine": here, "scoring": {
+    # int8 files and scores do not depend on the cores (their timings do: `mode_settings`): another count re-times
+    scoring_machine = {k: v for k, v in here.items() if k != "cores"}
+    scored = {m: fingerprint({"train": train_settings, "machine": scoring_machine, "scoring": {
         **{k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"},
         **({"int8": int8[m]} if int8[m] else {})}}) for m in cfg.modes}
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
@@ -495,7 +520,8 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
     fresh = ((timed or result.get("scored_settings") == ctx.scored_settings[mode])
              and result.get("scored_batch") == SHIPPED_BATCH
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
-    path = Path(result.get("file", ""))
+    path = ctx.out / "int8" / f"{cid}.onnx"  # where it was measured: a runs folder moved keeps its int8 files
+    result["file"] = str(path)
     # the file must still be the one measured: a run with other settings, killed, may have overwritten it
     if not fresh:
         return None, False

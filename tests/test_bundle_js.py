@@ -598,6 +598,7 @@ def test_predict_mjs_verifies_a_bundle_without_crypto_subtle(js_bundle, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert set(json.loads(proc.stdout)) == {"label", "score", "scores"}
     copy = shutil.copytree(js_bundle, tmp_path / "b", symlinks=True)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)  # as beside the fixture's bundle (Node looks in parents)
     (copy / "labels.json").write_text((copy / "labels.json").read_text() + " ")
     proc = _node(run.write_text(run.read_text().replace(str(js_bundle), str(copy))) and run)
     assert proc.returncode != 0 and "labels.json" in proc.stderr and "sha256" in proc.stderr, proc.stderr

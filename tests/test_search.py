@@ -806,3 +806,52 @@ def test_a_search_on_a_busy_run_folder_is_refused_before_torch_loads(tmp_path, g
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_teacher_replaced_under_its_stage_manifest_is_not_served_the_old_ones_models(tmp_path, glue_dir, tokenizer):
+    """The teacher was named by its stage manifest's hashes, not by the files there now: a teacher model replaced
+    (or edited) under an intact manifest was searched ("its outputs were edited" is no refusal) and served the old
+    teacher's students, logits and scores."""
+    from transformers import BertForSequenceClassification
+
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0]))
+    folder = recipe.run_dir / "teacher"
+    teacher = pipeline.STAGES[0]
+    (folder / "manifest.json").write_text(json.dumps({
+        "fingerprint": pipeline._fingerprint(recipe, teacher, {})[0], "config": pipeline._config(recipe, teacher),
+        "seed": recipe.seed, "outputs": pipeline.hash_tree(folder)}))
+    assert run_search(recipe, budget_ms=1000.0)["counts"]["measured"] == 1
+    torch.manual_seed(1)
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3)).save_pretrained(folder / "model")
+    assert pipeline.explain(recipe, "teacher")[0][2] == "its outputs were edited since they were written"
+    again = run_search(recipe, budget_ms=1000.0)
+    assert again["counts"]["measured"] == 1 and again["counts"]["reused"] == 0
+
+
+def test_search_reuse_follows_data_content_cores_and_a_moved_runs_folder(tmp_path, glue_dir, tokenizer, monkeypatch):
+    """Another core count re-times the candidates (their int8 files and scores stand: they were quantized and scored
+    again); a runs folder moved elsewhere keeps them (their records named the old absolute path: measured again); data
+    edited under a teacher without a stage manifest is a change (the data's paths alone were in the keys: the old
+    scores were reused)."""
+    import compress.manifest
+
+    data = shutil.copytree(glue_dir / "SST-2", tmp_path / "SST-2")
+    path = _recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0])
+    path.write_text(path.read_text().replace(str(glue_dir / "SST-2"), str(data)))
+    assert run_search(load_recipe(path), budget_ms=1000.0)["counts"]["measured"] == 1
+    cores = compress.manifest.usable_cores()
+    monkeypatch.setattr(compress.manifest, "usable_cores", lambda: cores + 1)
+    again = run_search(load_recipe(path), budget_ms=1000.0)
+    assert (again["counts"]["measured"], again["counts"].get("timed_again")) == (0, 1), again["counts"]
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    path.write_text(path.read_text().replace(str(tmp_path / "runs"), str(tmp_path / "moved")))
+    moved = run_search(load_recipe(path), budget_ms=1000.0)
+    assert (moved["counts"]["measured"], moved["counts"]["reused"]) == (0, 1), moved["counts"]
+    assert moved["best"] == "L1-dynamic"
+    rows = (data / "dev.tsv").read_text().splitlines()
+    flipped = [rows[0]] + [f"{r.rsplit(chr(9), 1)[0]}\t{1 - int(r.rsplit(chr(9), 1)[1])}" for r in rows[1:]]
+    (data / "dev.tsv").write_text("\n".join(flipped) + "\n")
+    edited = run_search(load_recipe(path), budget_ms=1000.0)
+    assert edited["counts"]["measured"] == 1 and edited["counts"]["reused"] == 0
