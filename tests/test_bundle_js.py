@@ -474,40 +474,40 @@ def _js_encode(tmp_path: Path, tokenizer_json: Path, cases: list, max_length: in
     return json.loads(proc.stdout)
 
 
+def _same_ids_as_the_tokenizers_library(tmp_path: Path, tokenizer_json: Path, cases: list) -> list:
+    """predict.mjs's ids and type ids of each [text, pair or null] are the Rust library's (max length 128); returns the
+    Rust encodings."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=128)
+    work = tmp_path / "js"
+    work.mkdir()
+    wants = [tokenizer.encode(a, b) if b is not None else tokenizer.encode(a) for a, b in cases]
+    for (a, _), want, got in zip(cases, wants, _js_encode(work, tokenizer_json, cases)):
+        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+    return wants
+
+
 def test_predict_mjs_splits_cjk_characters_beyond_the_basic_plane_as_the_tokenizers_library(tmp_path, minilm_dir):
     """CJK Extension B-F ideographs (U+20000..., two UTF-16 units each) are split one a word by the Rust BertNormalizer;
     tokenizers.js tests them a UTF-16 unit at a time, so a run of them was one word (one [UNK], not one per char)."""
-    from tokenizers import Tokenizer
-
     cases = [["\U00020000\U00020001 x \U0002a700\U0002b740", None], ["中\U00020000文", "\U0002f800 y"]]
-    tokenizer = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=128)
-    for (a, b), got in zip(cases, _js_encode(tmp_path, minilm_dir / "tokenizer.json", cases)):
-        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
-        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+    _same_ids_as_the_tokenizers_library(tmp_path, minilm_dir / "tokenizer.json", cases)
 
 
 @pytest.mark.parametrize("normalizer", ["bert", "sequence-lowercase"])
 def test_predict_mjs_lowercases_a_final_sigma_as_the_tokenizers_library(tmp_path, minilm_dir, normalizer):
     """The Rust library lowercases a character at a time (Σ -> σ everywhere); JavaScript's toLowerCase() gives a word's
     last Σ the final form ς, another token ("##ος" for "##ο ##σ") than predict.py's."""
-    from tokenizers import Tokenizer
-
     spec = json.loads((minilm_dir / "tokenizer.json").read_text())
     if normalizer == "sequence-lowercase":
         spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"},
                                                                    {"type": "StripAccents"}]}
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    cases = [["ΟΔΟΣ ΣΟΦΟΣ", None], ["ΑΣ. Σ", "ΚΟΣΜΟΣ"]]
-    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=128)
-    work = tmp_path / "js"
-    work.mkdir()
-    for (a, b), got in zip(cases, _js_encode(work, tmp_path / "tokenizer.json", cases)):
-        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
-        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
+    _same_ids_as_the_tokenizers_library(tmp_path, tmp_path / "tokenizer.json", [["ΟΔΟΣ ΣΟΦΟΣ", None],
+                                                                                 ["ΑΣ. Σ", "ΚΟΣΜΟΣ"]])
 
 
 @pytest.mark.parametrize("cased", [False, True, "sequence"])
@@ -644,16 +644,8 @@ def test_predict_mjs_reads_added_tokens_and_an_unclean_normalizer_as_the_tokeniz
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     cases = [["COVID-19 cases rose", None], ["the Café is open", "covid-19 CAFÉ"], ["a [MASK] film", None],
              ["a\x85b \ufeffc", None], ["x\ufeff\x85 y", "\x85z"]]
-    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=128)
-    work = tmp_path / "js"
-    work.mkdir()
-    for (a, b), got in zip(cases, _js_encode(work, tmp_path / "tokenizer.json", cases)):
-        want = tokenizer.encode(a, b) if b is not None else tokenizer.encode(a)
-        assert (got["input_ids"], got["token_type_ids"]) == (want.ids, want.type_ids), a
-    assert {30522, 30523, 103} <= {i for a, b in cases[:3] for i in (tokenizer.encode(a, b) if b else
-                                                                      tokenizer.encode(a)).ids}
+    wants = _same_ids_as_the_tokenizers_library(tmp_path, tmp_path / "tokenizer.json", cases)
+    assert {30522, 30523, 103} <= {i for want in wants[:3] for i in want.ids}  # the added tokens and [MASK] read
 
 
 def test_predict_mjs_refuses_a_text_that_is_not_a_string(js_bundle, tmp_path):
