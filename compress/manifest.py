@@ -112,6 +112,16 @@ def hidden_path(rel: str | Path) -> bool:
     return any(part.startswith(".") for part in Path(rel).parts)
 
 
+def outputs_intact(folder: Path, outputs: Any, added: tuple[str, ...] = ()) -> bool:
+    """Whether ``folder`` holds exactly the files ``outputs`` (relative path -> sha256, as `hash_tree` gave them when
+    written) lists, unedited. Hidden files the writer did not list (a file browser's .DS_Store) are not outputs, nor
+    files under the names in ``added`` (what a user's tools add beside them: `compress.pipeline.Stage.added`)."""
+    if not isinstance(outputs, dict) or not Path(folder).is_dir():
+        return False
+    return hash_tree(folder, keep=lambda rel: rel in outputs or not (
+        hidden_path(rel) or any(part in added for part in Path(rel).parts))) == outputs
+
+
 def hash_tree(folder: Path, keep: Optional[Callable[[str], bool]] = None) -> dict[str, str]:
     """relative path -> sha256 for every file under ``folder`` (its own manifest.json excluded; one in a subfolder,
     such as a bundle's, is an output like any other); with ``keep``, only the relative paths it keeps are read."""

@@ -27,7 +27,7 @@ from compress.config import Recipe, TrainConfig, newest_source
 from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
-                               read_json, remove_dead, remove_dead_scratch, versions, write_json)
+                               outputs_intact, read_json, remove_dead, remove_dead_scratch, versions, write_json)
 from teachers.zoo import sha256_file
 
 log = logging.getLogger(__name__)
@@ -355,8 +355,8 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
             respelled = _recorded_paths(recipe, config, recorded_config, v, recorded)
             if respelled not in configs:
                 configs.append(respelled)
-    if stage.name != "teacher" and "teacher" in stage.needs and isinstance(recorded_config, dict) \
-            and "teacher" in recorded_config and "teacher" in configs[0]:
+    if "teacher" in stage.needs and "teacher" in configs[0] and isinstance(recorded_config, dict) \
+            and "teacher" in recorded_config:
         configs += [_result_config({**c, "teacher": recorded_config["teacher"]}) for c in configs[:2]]
     default = _taken_by_default(recipe, stage.name)
     named = recorded_source.get("model") if isinstance(recorded_source, dict) else recorded_source  # quantize's
@@ -521,12 +521,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
     recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
     if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
             recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"), manifest.get("source"))):
-        outputs = manifest.get("outputs")
-        # hidden files the stage did not write (a file browser's .DS_Store) are not its outputs, nor what a user's
-        # tools add beside them (`Stage.added`)
-        now = hash_tree(folder, keep=lambda rel: rel in (outputs or {})
-                        or not (hidden_path(rel) or any(part in stage.added for part in Path(rel).parts)))
-        if now != outputs:
+        if not outputs_intact(folder, manifest.get("outputs"), stage.added):
             return None, "its outputs were edited since they were written"
         elsewhere = other_machine(manifest.get("env")) if stage.timed else None
         return (None, f"timed on another machine ({elsewhere})") if elsewhere else (manifest, None)

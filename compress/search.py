@@ -213,7 +213,7 @@ def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
     refused a teacher of other config or inputs), else (put there by hand, or edited since) the model files' own
     hashes (what loading reads: `compress.pipeline.model_file`) and the data files' (by content): a teacher replaced
     under its manifest, or data edited under a teacher without one, reused models and scores of the old ones."""
-    from compress.manifest import hidden_path
+    from compress.manifest import outputs_intact
     from compress.pipeline import model_file
     from compress.tasks import data_files
     from teachers.zoo import sha256_file
@@ -223,8 +223,7 @@ def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
         outputs = read_json(folder / "manifest.json").get("outputs") if (folder / "manifest.json").is_file() else None
     except (ValueError, AttributeError):  # unreadable, or not a JSON object
         outputs = None
-    if isinstance(outputs, dict) and outputs and \
-            hash_tree(folder, keep=lambda rel: rel in outputs or not hidden_path(rel)) == outputs:
+    if outputs and outputs_intact(folder, outputs):
         return outputs, True
     return {"model": hash_tree(folder / "model", keep=model_file),
             "data": sorted(sha256_file(p) for p in data_files(recipe.task))}, False

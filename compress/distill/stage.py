@@ -35,7 +35,7 @@ from compress.distill.objective import AlignStats, Distiller, KDObjective, resol
 from compress.errors import CompressError
 from compress.tasks import retention, round_down
 from compress.evaluate import evaluate, predict_shared
-from compress.manifest import fingerprint, hash_tree, read_json, scores, write_json
+from compress.manifest import fingerprint, hash_tree, outputs_intact, read_json, scores, write_json
 from compress.metrics import warn_undefined
 from teachers.zoo import sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
@@ -318,21 +318,27 @@ def _student_keys(recipe: Recipe, teacher_dir: Path) -> dict[str, str]:
     return {spec.name: student_key(recipe, i, teacher) for i, spec in enumerate(recipe.students)}
 
 
-def _reuse_unchanged(previous: Path, out: Path, name: str, key: Optional[str]) -> Optional[tuple[dict, int]]:
-    """Put student ``name`` of the previous published distill folder (``previous``) into ``out`` when its key there
-    (the manifest's ``student_keys``) is ``key`` and its files (and its transfer set's) are as that manifest hashed
-    them; (its summary, its parameter count), or None: a recipe that changed one student retrained every one."""
+def _previous_manifest(previous: Path) -> dict:
+    """The previous published distill folder's manifest ({} when there is none, or it is unreadable)."""
     try:
         manifest = read_json(previous / "manifest.json")
     except (OSError, ValueError):
-        return None
-    if key is None or not isinstance(manifest, dict) or (manifest.get("student_keys") or {}).get(name) != key:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _reuse_unchanged(previous: Path, manifest: dict, out: Path, name: str,
+                     key: Optional[str]) -> Optional[tuple[dict, int]]:
+    """Put student ``name`` of the previous published distill folder (``previous``, its ``manifest``) into ``out``
+    when its key there (``student_keys``) is ``key`` and its files (and its transfer set's) are as that manifest hashed
+    them; (its summary, its parameter count), or None: a recipe that changed one student retrained every one."""
+    if key is None or (manifest.get("student_keys") or {}).get(name) != key:
         return None
     outputs, n_params = manifest.get("outputs") or {}, (manifest.get("params") or {}).get(name)
 
     def intact(folder: str) -> bool:  # as the stage wrote it (an edit since: trained again)
-        now = {f"{folder}/{rel}": d for rel, d in hash_tree(previous / folder).items()}
-        return (previous / folder).is_dir() and now == {k: d for k, d in outputs.items() if k.startswith(f"{folder}/")}
+        return outputs_intact(previous / folder, {k[len(folder) + 1:]: d for k, d in outputs.items()
+                                                  if k.startswith(f"{folder}/")})
 
     if not isinstance(n_params, int) or f"{name}/metrics.json" not in outputs or not intact(name):
         return None
@@ -422,12 +428,13 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         if interrupted is not None:
             logit_cache["train"] = interrupted
     keys = _student_keys(recipe, teacher_dir)
+    published = _previous_manifest(recipe.run_dir / "distill") if not forced else {}
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
         why = "finished before the interruption"
         if restored is None and not forced:
-            restored = _reuse_unchanged(recipe.run_dir / "distill", out, spec.name, keys.get(spec.name))
+            restored = _reuse_unchanged(recipe.run_dir / "distill", published, out, spec.name, keys.get(spec.name))
             why = "unchanged since the previous distill run"
         if restored is not None:  # finished before a crash or kill -9 of this stage, or before: not trained again
             summary[spec.name], params[spec.name] = restored
