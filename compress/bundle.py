@@ -40,7 +40,7 @@ from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleErr
 from compress.errors import CompressError
 from compress.config import FOLDER_NAME, folder_name
 from compress.tasks import LABELS_NEEDED, good_labels, retention, round_down
-from compress.manifest import file_lock, now_utc, remove_dead, scratch_dir, versions, write_json
+from compress.manifest import file_lock, now_utc, remove_dead, remove_dead_scratch, scratch_dir, versions, write_json
 from compress.ort_session import to_ort_format
 
 log = logging.getLogger(__name__)
@@ -435,8 +435,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         # one build publishes into out_dir at a time (two `compress bundle` of one name: the folder and the archive of
         # one build, not a rename race between them)
         with file_lock(out_dir):
-            folder = _replace(tmp, out_dir / name)
-            os.replace(tmp_tar, archive)
+            folder = _publish(tmp, out_dir / name, tmp_tar, archive)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_tar.unlink(missing_ok=True)
@@ -454,17 +453,25 @@ def _hashes(folder: Path) -> tuple[dict, dict]:
     return digests, sizes
 
 
-def _replace(tmp: Path, folder: Path) -> Path:
+def _publish(tmp: Path, folder: Path, tmp_tar: Path, archive: Path) -> Path:
+    """Put the new folder and archive in place of the previous build's: the old folder is set aside, the new folder
+    and the archive renamed in, and only then the old folder deleted. Interrupted before the archive is in place, the
+    new folder goes back to ``tmp`` (the caller removes it) and the old one returns: never the new folder beside the
+    previous build's archive (a Ctrl-C while the old folder was being deleted left them so)."""
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
         folder.rename(old)
     try:
         tmp.rename(folder)
-    except BaseException:  # the new one could not take its place: the old one goes back, not left hidden
-        if old.exists() and not folder.exists():
-            old.rename(folder)
+        os.replace(tmp_tar, archive)
+    except BaseException:
+        if tmp_tar.exists():  # the archive is still the previous build's (or none): so must the folder be
+            if not tmp.exists() and folder.exists():
+                folder.rename(tmp)
+            if old.exists() and not folder.exists():
+                old.rename(folder)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)  # interrupted here: both new ones are in place (`remove_dead` takes it)
     return folder
 
 
@@ -647,6 +654,7 @@ def _refuse_a_folder_of_bundles(path: Path) -> None:
 
 @contextlib.contextmanager
 def _extracted(archive: Path) -> Iterator[Path]:
+    remove_dead_scratch()  # a killed predict's extracted archive (a model's size) is removed by the next one
     with scratch_dir("bundle") as tmp:
         yield safe_extract(archive, Path(tmp))
 

@@ -1188,29 +1188,63 @@ def test_bundle_labels_with_regression_is_refused_not_dropped(tmp_path, capsys):
 
 
 def test_a_bundle_that_cannot_take_the_old_ones_place_leaves_the_old_one_in_place(tmp_path, monkeypatch):
-    """Publishing a rebuilt bundle moves the old folder aside, then renames the new one in; when that rename failed
-    the old bundle stayed hidden as .<name>.old-PID (and was deleted by the next cleanup)."""
+    """Publishing a rebuilt bundle moves the old folder aside, then renames the new folder and the archive in; when
+    a rename failed the old bundle stayed hidden as .<name>.old-PID (and was deleted by the next cleanup), and a
+    Ctrl-C while the old folder was being deleted (after the new folder went in, before the archive did) left the
+    new folder beside the previous build's archive. Now folder and archive are always of one build."""
     from pathlib import Path as P
 
     from compress import bundle as B
 
-    folder, tmp = tmp_path / "b", tmp_path / ".b.tmp"
-    folder.mkdir()
-    (folder / "model.onnx").write_text("old")
-    tmp.mkdir()
-    (tmp / "model.onnx").write_text("new")
-    real = P.rename
+    folder, tmp, archive, tmp_tar = tmp_path / "b", tmp_path / ".b.tmp", tmp_path / "b.tar.gz", tmp_path / ".b.tgz"
 
-    def rename(self, target):
-        if self == tmp:
-            raise OSError(28, "No space left on device")
-        return real(self, target)
+    def builds(first: bool = False) -> None:
+        for p in (folder, tmp):
+            shutil.rmtree(p, ignore_errors=True)
+        archive.unlink(missing_ok=True)
+        if not first:
+            folder.mkdir()
+            (folder / "model.onnx").write_text("old")
+            archive.write_text("old")
+        tmp.mkdir()
+        (tmp / "model.onnx").write_text("new")
+        tmp_tar.write_text("new")
 
-    monkeypatch.setattr(P, "rename", rename)
-    with pytest.raises(OSError):
-        B._replace(tmp, folder)
-    assert (folder / "model.onnx").read_text() == "old"
-    assert not list(tmp_path.glob(".b.old-*"))
+    def state() -> tuple:
+        model = folder / "model.onnx"
+        return (model.read_text() if model.exists() else None, archive.read_text() if archive.exists() else None,
+                sorted(p.name for p in tmp_path.glob(".b.old-*")))
+
+    real_rename, real_replace = P.rename, B.os.replace
+    for fails, first in (("folder", False), ("archive", False), ("archive", True)):
+        builds(first)
+
+        def rename(self, target):
+            if self == tmp and fails == "folder":
+                raise OSError(28, "No space left on device")
+            return real_rename(self, target)
+
+        def replace(src, dst):
+            if Path(src) == tmp_tar and fails == "archive":
+                raise KeyboardInterrupt
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(P, "rename", rename)
+        monkeypatch.setattr(B.os, "replace", replace)
+        with pytest.raises((OSError, KeyboardInterrupt)):
+            B._publish(tmp, folder, tmp_tar, archive)
+        monkeypatch.undo()
+        assert state() == ((None, None, []) if first else ("old", "old", [])), (fails, first)
+        assert (tmp / "model.onnx").read_text() == "new"  # back where the caller's cleanup removes it
+
+    # interrupted while the old folder is deleted: both new ones are already in place
+    builds()
+    monkeypatch.setattr(B.shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        B._publish(tmp, folder, tmp_tar, archive)
+    monkeypatch.undo()
+    model, packed, old = state()
+    assert (model, packed) == ("new", "new") and len(old) == 1  # the set-aside folder: `remove_dead` takes it
 
 
 def test_a_new_version_of_a_runner_the_bundle_ships_redoes_the_bundle_stage(monkeypatch):

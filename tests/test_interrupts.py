@@ -73,6 +73,28 @@ def _predict_from_stdin(archive: Path, scratch: Path, **kw) -> subprocess.Popen:
     return proc
 
 
+def test_what_a_killed_predict_extracted_is_removed_by_the_next_one(archive, tmp_path):
+    """kill -9 (an OOM kill on a device) cannot unwind: `compress predict ARCHIVE` left its extracted bundle (a model's
+    size) in the temporary folder for good, only `compress run` and `compress search` removing dead processes'
+    scratch. Now the next predict removes it; a live process's is kept."""
+    killed = _predict_from_stdin(archive, tmp_path)
+    left = list(tmp_path.glob("compress-bundle-*"))
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert all(p.exists() for p in left)
+    live = _predict_from_stdin(archive, tmp_path)  # extracts its own after removing the dead one's
+    try:
+        assert not any(p.exists() for p in left)
+        ours = list(tmp_path.glob("compress-bundle-*"))
+        out = subprocess.run([sys.executable, "-m", "compress", "predict", str(archive), "a dull mess"], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=120)
+        assert out.returncode == 0 and out.stdout.split("\t")[0] in ("negative", "positive"), out.stderr
+        assert list(tmp_path.glob("compress-bundle-*")) == ours  # a live process's is kept
+    finally:
+        live.kill()
+        live.communicate(timeout=60)
+
+
 def test_a_hangup_unwinds_like_sigterm(archive, tmp_path):
     """The terminal or ssh session closing (SIGHUP) killed the process where it stood: `compress predict` left its
     extracted bundle in the temporary folder (nothing on a device ever removed it), a run its temporary stage folder.
