@@ -357,10 +357,14 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
 
 def _die_with_parent() -> None:
     """In the worker, before exec (Linux): SIGTERM when the parent dies, so a killed run (kill -9) leaves no timing
-    worker loading the CPU under the next run's timings."""
+    worker loading the CPU under the next run's timings. Ctrl-C, which reaches the whole process group, is ignored
+    in it (Python keeps an inherited SIG_IGN): a worker still importing numpy printed its KeyboardInterrupt traceback
+    above the parent's one-line "interrupted"; the parent's ``subprocess.run`` kills it as it unwinds."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the worker ends when its timing does

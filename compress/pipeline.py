@@ -644,6 +644,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         if manifest is not None:
             log.info("stage %s: unchanged, reusing %s", stage.name, folder)
             print(f"[{stage.name}] up to date ({folder})")
+            if state.is_main_process:
+                _release_checkpoints(run_dir, stage.name, only=fp)
             done[stage.name] = manifest
             continue
         if not checked:  # before any work: a model that cannot load stops the run now, not after the teacher trained
@@ -856,9 +858,16 @@ def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
     stamp.write_text(fp + "\n")
 
 
-def _release_checkpoints(run_dir: Path, stage: str) -> None:
-    """The stage is done: its checkpoints can never be resumed from again (its output is reused instead)."""
-    shutil.rmtree(run_dir / ".checkpoints" / stage, ignore_errors=True)
+def _release_checkpoints(run_dir: Path, stage: str, only: Optional[str] = None) -> None:
+    """The stage is done: its checkpoints can never be resumed from again (its output is reused instead). ``only``:
+    the fingerprint of a reused stage; checkpoints of that fingerprint (an interrupted ``--force`` run's: model and
+    optimizer state, gigabytes for bert-large) are removed, not those of another config a user may come back to."""
+    folder = run_dir / ".checkpoints" / stage
+    if only is not None:
+        stamp = folder / "FINGERPRINT"
+        if not stamp.is_file() or stamp.read_text().split(" ")[0].strip() != only:
+            return
+    shutil.rmtree(folder, ignore_errors=True)
     try:
         (run_dir / ".checkpoints").rmdir()  # only when empty
     except OSError:

@@ -757,14 +757,22 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
 
 # ------------------------------------------------------------------------------------------------ outputs
 def write_outputs(out: Path, summary: dict) -> None:
+    """search.json, search.md and pareto.png of one search. The plot and the page are made under temporary names
+    first, then the three renamed in, search.json (what a rerun resumes from) last: an interrupted search left the new
+    budget's search.json beside the old search's page and plot (drawing takes a second)."""
+    png_tmp, md_tmp = out / f".pareto.png.tmp-{os.getpid()}", out / f".search.md.tmp-{os.getpid()}"
+    try:
+        png = plot(summary, png_tmp)
+        md_tmp.write_text(markdown(summary, "pareto.png" if png else None), encoding="utf-8")
+        if png is None:
+            (out / "pareto.png").unlink(missing_ok=True)  # an earlier search's plot would read as this one's
+        else:
+            os.replace(png_tmp, out / "pareto.png")
+        os.replace(md_tmp, out / "search.md")
+    finally:
+        png_tmp.unlink(missing_ok=True)
+        md_tmp.unlink(missing_ok=True)
     write_json(out / "search.json", summary)
-    png = plot(summary, out / "pareto.png")
-    if png is None:
-        (out / "pareto.png").unlink(missing_ok=True)  # an earlier search's plot would read as this one's
-    text = markdown(summary, png.name if png else None)
-    tmp = out / ".search.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "search.md")
 
 
 def plot(summary: dict, path: Path) -> Optional[Path]:

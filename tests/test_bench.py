@@ -255,6 +255,24 @@ def test_lengths_beyond_the_position_table_are_refused_by_name():
                      "the benchmarked model")
 
 
+def test_ctrl_c_does_not_reach_a_timing_worker_its_parent_ends_it():
+    """Ctrl-C reaches the whole process group: a worker still importing numpy printed a 40-line KeyboardInterrupt
+    traceback above the parent's one-line "interrupted". The worker ignores SIGINT (its parent, unwinding, kills it)."""
+    import signal
+    import subprocess
+    import sys
+
+    from compress.bench import _die_with_parent
+
+    worker = subprocess.Popen([sys.executable, "-c", "import signal, time; print(signal.getsignal(signal.SIGINT) == "
+                               "signal.SIG_IGN, flush=True); time.sleep(0.5); print('still here')"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    assert worker.stdout.readline().strip() == "True"
+    worker.send_signal(signal.SIGINT)
+    out, err = worker.communicate(timeout=30)
+    assert (worker.returncode, out.strip(), err) == (0, "still here", "")
+
+
 def test_a_timing_worker_dies_with_its_parent(tmp_path):
     """kill -9 of a run must not leave its timing worker loading the CPU under the next run's timings."""
     import os

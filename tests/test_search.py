@@ -324,6 +324,38 @@ def test_search_plot_stars_the_best_candidate(tmp_path, monkeypatch):
     assert seen["ax"].get_xlabel().startswith("p50 latency per pair")
 
 
+def test_an_interrupted_search_leaves_its_three_outputs_of_one_search(tmp_path, monkeypatch):
+    """Ctrl-C while the plot was drawn (about a second) left the new budget's search.json beside the old search's
+    page and plot; now the page and plot are made under temporary names first and search.json goes in last."""
+    from compress import search
+
+    def plot(summary, path):
+        if summary["budget_ms"] == 2:
+            raise KeyboardInterrupt
+        path.write_bytes(b"png %g" % summary["budget_ms"])
+        return path
+
+    def markdown(summary, png):
+        if summary["budget_ms"] == 3:
+            raise KeyboardInterrupt
+        return f"budget {summary['budget_ms']:g}, plot {png}"
+
+    monkeypatch.setattr(search, "plot", plot)
+    monkeypatch.setattr(search, "markdown", markdown)
+
+    def outputs() -> tuple:
+        return (json.loads((tmp_path / "search.json").read_text())["budget_ms"],
+                (tmp_path / "search.md").read_text(), (tmp_path / "pareto.png").read_bytes())
+
+    search.write_outputs(tmp_path, {"budget_ms": 1})
+    assert outputs() == (1, "budget 1, plot pareto.png", b"png 1")
+    for budget in (2, 3):
+        with pytest.raises(KeyboardInterrupt):
+            search.write_outputs(tmp_path, {"budget_ms": budget})
+        assert outputs() == (1, "budget 1, plot pareto.png", b"png 1")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "search.json", "search.md"]
+
+
 def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(tmp_path, monkeypatch):
     """One timing pass does not decide a candidate within timing noise of the budget: it is timed again (with the
     reference, in one pass per round) until it has NEAR_BUDGET_PASSES, and the median decides; far ones are not."""

@@ -438,6 +438,26 @@ def test_checkpoints_of_another_config_are_discarded_and_a_done_stage_drops_its_
     assert not (recipe.run_dir / ".checkpoints").exists()
 
 
+def test_a_reused_stage_drops_the_checkpoints_of_an_interrupted_forced_run(tmp_path, tiny_bert_dir, capsys):
+    """Ctrl-C during `--force teacher` left its checkpoints (model and optimizer state: gigabytes for bert-large);
+    the next plain run reused the stage's earlier outputs and left them, for good. Now a reused stage drops the
+    checkpoints of its own fingerprint; those of another config (one the user may come back to) are kept."""
+    from compress import pipeline
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.checkpoint_every": 2})
+    run_pipeline(recipe)
+    fp = pipeline._fingerprint(recipe, pipeline.plan(recipe)[0], {})[0]
+    ckpt = recipe.run_dir / ".checkpoints" / "teacher"
+    for stamp, kept in ((pipeline.checkpoint_stamp(fp, 1), False), ("another-config processes=1 checkpoints=2", True)):
+        (ckpt / "step-00000002").mkdir(parents=True)
+        (ckpt / "FINGERPRINT").write_text(stamp + "\n")
+        capsys.readouterr()
+        run_pipeline(recipe)
+        assert "[teacher] up to date" in capsys.readouterr().out
+        assert (ckpt / "step-00000002").is_dir() == kept, stamp
+    assert (ckpt / "FINGERPRINT").read_text().startswith("another-config")
+
+
 def test_checkpoints_of_an_earlier_checkpoint_revision_are_discarded(tmp_path, tiny_bert_dir, capsys):
     """A checkpoint of this very config written before `CHECKPOINT_REVISION` was raised (its stamp: fingerprint and
     process count only) is not resumed from: what it holds may no longer load (a distiller's projections)."""
