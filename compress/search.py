@@ -193,8 +193,8 @@ class Context:
             path = self.out / "teacher_logits.npy"
             stamp = self.out / "teacher_logits.json"
             if path.is_file() and _stamp(stamp).get("settings") in (self.logits_settings, self.train_settings):
-                self._logits = torch.from_numpy(np.load(path)).float()
-            else:
+                self._logits = _saved_logits(path, len(self.train))
+            if self._logits is None:
                 from compress.prune_stage import logits_of
                 from compress.train import process_device
 
@@ -205,6 +205,20 @@ class Context:
                 os.replace(tmp, path)
                 write_json(stamp, {"settings": self.logits_settings, "rows": len(self.train)})
         return self._logits
+
+
+def _saved_logits(path: Path, rows: int) -> Optional[torch.Tensor]:
+    """The teacher's logits saved by an earlier search, or None when the file is torn or not of ``rows`` rows (a
+    truncated file stopped every rerun with numpy's traceback)."""
+    try:
+        logits = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        print(f"[search] {path}: unreadable ({type(e).__name__}): the teacher labels the slice again", flush=True)
+        return None
+    if logits.ndim != 2 or len(logits) != rows:
+        print(f"[search] {path}: shape {logits.shape}, not {rows} rows: the teacher labels the slice again", flush=True)
+        return None
+    return torch.from_numpy(logits).float()
 
 
 def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
@@ -307,9 +321,13 @@ def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, d
     from compress.modeling import load_trained
 
     info = _stamp(folder / "search_model.json")
-    if info.get("settings") == ctx.train_settings:
+    if info.get("settings") != ctx.train_settings:
+        return None
+    try:
         return load_trained(folder)[0].eval(), {**info, "reused": True}
-    return None
+    except CompressError as e:  # a file deleted or torn under its stamp: made again (it was a failed candidate)
+        print(f"[search] {folder.name}: its saved model does not load ({e}): made again", flush=True)
+        return None
 
 
 def base_student(ctx: Context, depth: int) -> Path:
@@ -369,18 +387,21 @@ def reference(ctx: Context) -> dict:
     transformer fusions applied when they keep its logits, as for the report's and the bundle's reference and the
     candidates' own graphs (`compress.export.fused_if_exact`), so speedups are not flattered by a slower reference."""
     from compress.export import export_onnx, fused_if_exact
+    from teachers.zoo import sha256_file
 
     stamp = ctx.out / "teacher_fp32.json"
     recorded = _stamp(stamp)
     path = ctx.out / str(recorded.get("file", "teacher_fp32.onnx"))
-    if not (path.is_file() and recorded.get("settings") in (ctx.teacher_settings, ctx.train_settings)):
+    # its sha256 (recorded since 2026-12-06; a stamp without one is trusted as before): a torn file failed every rerun
+    intact = path.is_file() and recorded.get("sha256") in (None, sha256_file(path))
+    if not (intact and recorded.get("settings") in (ctx.teacher_settings, ctx.train_settings)):
         stamp.unlink(missing_ok=True)  # as for the teacher's logits: never the old stamp over a new export
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()
         rows = ctx.dev.select(range(min(64, len(ctx.dev))))
         path = fused_if_exact(export_onnx(ctx.teacher, ctx.out / "teacher_fp32.onnx"),
                               ctx.teacher.config.model_type, rows, ctx.collator)
-        write_json(stamp, {"settings": ctx.teacher_settings, "file": path.name})
+        write_json(stamp, {"settings": ctx.teacher_settings, "file": path.name, "sha256": sha256_file(path)})
     ref = {"kind": "onnx", "path": str(path)}
     lat = time_pass(ctx, {"teacher_fp32": ref})["teacher_fp32"]
     return {"path": str(path), **lat}
@@ -687,6 +708,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             new = measure_model(ctx, spec, model, info, todo, ref["path"])
         except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
             skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
+            progress.write(f"{spec.id}: failed: {e}")  # said here too, not only in search.md
             continue
         confirm(new)
         for r in new:

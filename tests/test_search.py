@@ -540,6 +540,17 @@ def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
     for stamp in ("teacher_logits.json", "candidates/L1-dynamic.json"):  # rewritten whole, not left torn
         assert isinstance(json.loads((out / stamp).read_text()), dict)
 
+    # the work files themselves torn or deleted under intact stamps: a torn teacher_logits.npy stopped every rerun
+    # with numpy's traceback, a torn reference export failed it, a deleted model left its candidate failed for good
+    reference = out / json.loads((out / "teacher_fp32.json").read_text())["file"]
+    for torn in (out / "teacher_logits.npy", reference):
+        torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    (out / "models" / "L1" / "model.safetensors").unlink()
+    (out / "int8" / "L1-dynamic.onnx").unlink()
+    third = run_search(recipe, budget_ms=1000.0)
+    assert third["counts"]["measured"] == 1 and third["best"] == "L1-dynamic" and not third["skipped"]
+    assert (out / "models" / "L1" / "model.safetensors").is_file()
+
 
 def test_candidates_that_failed_are_not_called_too_slow():
     """When candidates failed (an export parity failure, say) the message says so, rather than counting them as
