@@ -259,6 +259,8 @@ class Predictor:
                               f"{pad['file']} gives {pad['pad_token']!r}; refusing to load")
         self.tokenizer.enable_padding(pad_id=pad["pad_id"], pad_token=pad["pad_token"])
         options = ort.SessionOptions()
+        if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+            raise BundleError(f"threads: an integer from 1 to {MAX_THREADS}, got {threads!r}")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -426,15 +428,30 @@ def sha256_arg(text: str) -> str:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type of a count (threads, tokens): an integer >= 1, else a usage error naming the option."""
+MAX_THREADS = 1024
+"""The most threads a count may ask for: a typo's 100000 started that many onnxruntime threads (the machine hung,
+deaf to SIGTERM), and past 2**31 - 1 onnxruntime's option raised a TypeError traceback."""
+
+MAX_COUNT = 2**31 - 1
+"""The largest count (tokens) an option takes: a C int, what onnxruntime and the tokenizers library hold it in."""
+
+
+def positive_int(text: str, most: int = MAX_COUNT) -> int:
+    """argparse type of a count (tokens): an integer from 1 to ``most``, else a usage error naming the option."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
     return value
+
+
+def thread_count(text: str) -> int:
+    """argparse type of a thread count: an integer from 1 to `MAX_THREADS`."""
+    return positive_int(text, MAX_THREADS)
 
 
 def usable_cores() -> int:
@@ -463,7 +480,7 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
                         "tasks: text<TAB>text pair), one result a line")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
                         "--file)")
-    parser.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of manifest.json as "
                         "published apart from the bundle, checked first (against accidental edits: a bundle from "
                         "elsewhere is checked by code from outside it, `compress predict --manifest-sha256` or "

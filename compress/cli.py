@@ -19,7 +19,7 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import positive_int, sha256_arg  # standard library only: keeps the CLI light
+from compress.bundle_predict import positive_int, sha256_arg, thread_count  # standard library only: a light CLI
 from compress.errors import CompressError
 
 
@@ -114,11 +114,16 @@ def _not_runnable(recipe, stages) -> list[str]:
 
     out = []
     if stages:
-        out += [f"{recipe.path}: task: {path}: file not found{glue_hint(recipe.task, task_spec(recipe.task))}"
-                for path in missing_files(recipe.task)]
+        out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
+                f"{glue_hint(recipe.task, task_spec(recipe.task))}" for path in missing_files(recipe.task)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check(name, f"{recipe.path}: {field}", weights=hub.needs_weights(field))
+        except CompressError as e:
+            out.append(str(e))
+    if stages and recipe.task.hub_dataset:
+        try:
+            hub.check_dataset(recipe.task.hub_dataset.split(":")[0], f"{recipe.path}: task.hub_dataset")
         except CompressError as e:
             out.append(str(e))
     return out + list(compare_problems(recipe, stages or []))
@@ -378,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "numbers come from the stages.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder, e.g. runs/quickstart")
     p.add_argument("--out", default="reports", help="output folder (default: reports)")
-    p.add_argument("--threads", type=positive_int, help="thread count for speedup, throughput and the plot "
+    p.add_argument("--threads", type=thread_count, help="thread count for speedup, throughput and the plot "
                    "(default: the largest benchmarked)")
     p.set_defaults(fn=cmd_report)
 
@@ -393,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "input; pair tasks: text<TAB>text pair); one result a line")
     p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
                    "--file)")
-    p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads")
     p.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of the bundle's "
                    "manifest.json as published apart from it (`compress bundle` prints it): checked first, so that "
                    "no file, the manifest's hashes included, can have changed")
@@ -408,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--full", action="store_true", help="the full grid: batch 1/8/32 x seq 32/128, all dev rows, "
                    "up to 50 timed runs or 3 s per shape (default: the recipe's bench section)")
-    p.add_argument("--threads", type=positive_int, nargs="+", help="thread counts, e.g. --threads 1 2")
+    p.add_argument("--threads", type=thread_count, nargs="+", help="thread counts, e.g. --threads 1 2")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="also redo STAGE (e.g. quantize)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set bench.dev_rows=100")
@@ -428,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "tasks) in ms (default: search.budget_ms)")
     p.add_argument("--time-limit-min", type=float, help="start no new candidate after N minutes "
                    "(default: search.time_limit_min, 15)")
-    p.add_argument("--threads", type=positive_int, help="ORT threads for the timing (default: search.threads, 1)")
+    p.add_argument("--threads", type=thread_count, help="ORT threads for the timing (default: search.threads, 1)")
     p.add_argument("--bundle", action="store_true", help="also write an edge bundle of the best model within the "
                    "budget to runs/<name>/search/bundle/ (as compress bundle does)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -25,11 +25,23 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from compress.bundle_predict import MAX_THREADS, first_line
 from compress.errors import CompressError
 
 
 MAX_SEED = 2**31 - 1
 """Seeds go to numpy (at most 2**32 - 1, never negative) and to the seeded shuffle, some plus a step offset."""
+
+
+MAX_INT = 2**63 - 1
+"""The largest integer any recipe field takes, what C code takes as a 64-bit integer (islice, numpy: 1e20 stopped a
+run with their OverflowError or ValueError traceback); fields with a tighter bound (a seed, threads) check it."""
+
+
+def check_threads(threads: Optional[int], file: str, key: str) -> None:
+    """A thread count from 1 to `MAX_THREADS` (1024): a typo's 100000 started that many threads and hung the machine."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise CompressError(f"{file}: {key}: must be from 1 to {MAX_THREADS}, got {threads}")
 
 
 def check_seed(seed: Optional[int], file: str, key: str) -> None:
@@ -365,6 +377,13 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
             if tokenizer and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
                 raise CompressError(f"{file}: {where}: folder {name!r} holds no tokenizer (none of "
                                     f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer there too")
+        fast = os.path.join(name, "tokenizer.json")
+        if (tokenizer or kind != "model") and os.path.isfile(fast):  # not JSON: the run failed on it, at distill
+            try:
+                with open(fast, encoding="utf-8") as f:
+                    json.load(f)
+            except (OSError, ValueError) as e:
+                raise CompressError(f"{file}: {where}: {fast}: unreadable ({first_line(e)})") from None
         return
     if os.path.exists(name):
         raise CompressError(f"{file}: {where}: {name!r} is a file; give a model folder, a zoo name or a hub id")
@@ -890,6 +909,8 @@ class BenchConfig:
                 raise CompressError(f"{file}: {where}.{key}: values must be >= 1, got {bad[0]}")
         if not self.threads:
             raise CompressError(f"{file}: {where}.threads: give at least one thread count")
+        for i, threads in enumerate(self.threads):
+            check_threads(threads, file, f"{where}.threads[{i}]")
         for key in ("threads", "batch_sizes", "seq_lengths"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
@@ -918,8 +939,7 @@ class ReportConfig:
     recipe's bench settings), so all speedups come from one set of runs. False: only stored numbers are reported."""
 
     def validate(self, file: str, where: str) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise CompressError(f"{file}: {where}.threads: must be >= 1, got {self.threads}")
+        check_threads(self.threads, file, f"{where}.threads")
 
 
 @dataclass
@@ -945,8 +965,7 @@ class BundleConfig:
     def validate(self, file: str, where: str) -> None:
         if self.max_drop is not None and self.max_drop < 0:
             raise CompressError(f"{file}: {where}.max_drop: must be >= 0, got {self.max_drop}")
-        if self.threads is not None and self.threads < 1:
-            raise CompressError(f"{file}: {where}.threads: must be >= 1, got {self.threads}")
+        check_threads(self.threads, file, f"{where}.threads")
         if self.name is not None and (self.name.startswith(".") or not folder_name(self.name)):
             raise CompressError(f"{file}: {where}.name: a plain folder name is needed ({FOLDER_NAME}), got "
                                 f"{_show(self.name)}")
@@ -992,9 +1011,10 @@ class SearchConfig:
             raise CompressError(f"{file}: {where}.budget_ms: must be > 0 ms, got {self.budget_ms}")
         if self.time_limit_min < 0:
             raise CompressError(f"{file}: {where}.time_limit_min: must be >= 0, got {self.time_limit_min}")
-        for key in ("threads", "train_steps", "recover_steps", "batch_size", "calibration_samples", "dev_rows"):
+        for key in ("train_steps", "recover_steps", "batch_size", "calibration_samples", "dev_rows"):
             if getattr(self, key) < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {getattr(self, key)}")
+        check_threads(self.threads, file, f"{where}.threads")
         if self.depths is not None and (not self.depths or min(self.depths) < 1):
             raise CompressError(f"{file}: {where}.depths: a non-empty list of layer counts >= 1, got {self.depths}")
         if not self.keep_macs or any(not 0.0 < k <= 1.0 for k in self.keep_macs):
@@ -1032,8 +1052,8 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         raise CompressError(f"--budget-ms: must be a finite number > 0 ms, got {cfg.budget_ms:g}")
     if not (cfg.time_limit_min >= 0 and math.isfinite(cfg.time_limit_min)):
         raise CompressError(f"--time-limit-min: must be a finite number >= 0, got {cfg.time_limit_min:g}")
-    if cfg.threads < 1:
-        raise CompressError(f"--threads: must be >= 1, got {cfg.threads}")
+    if not 1 <= cfg.threads <= MAX_THREADS:
+        raise CompressError(f"--threads: must be from 1 to {MAX_THREADS}, got {cfg.threads}")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     runs_dir = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
     sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in recipe.overrides.items())  # as given
@@ -1172,8 +1192,9 @@ class Recipe:
                                 f"cache_teacher_logits: true")
 
     def _check_positions(self, file: str) -> None:
-        """``task.max_length`` within the position table of the teacher and of each student checkpoint (zoo name or
-        folder), before torch: not once the teacher has trained (a hub model's is checked as it loads)."""
+        """``task.max_length`` and ``bench.seq_lengths`` within the position table of the teacher and of each student
+        checkpoint (zoo name or folder), before torch: not once the teacher has trained (a hub model's is checked as
+        it loads)."""
         models = [("teacher.model", self.teacher.model)] + [
             (f"students[{i}].init", s.init) for i, s in enumerate(self.students or []) if s.init != "random"]
         for where, name in models:
@@ -1181,6 +1202,10 @@ class Recipe:
             if limit is not None and self.task.max_length > limit:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
+            longest = max(self.bench.seq_lengths, default=0) if self.bench is not None else 0
+            if limit is not None and longest > limit:  # the bench stage refused it, after every model was trained
+                raise CompressError(f"{file}: bench.seq_lengths: {longest} tokens exceed the {limit} positions of "
+                                    f"{where} {name!r} (max_position_embeddings); use at most {limit}")
 
     def _check_prune_layers(self, file: str, source: str, depth: Optional[int]) -> None:
         """``prune.layers`` names layers of the model pruned (``source``, of ``depth`` layers; None: not known here, a
@@ -1305,7 +1330,7 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     """Read and validate a recipe YAML file. ``overrides`` are dotted keys, e.g. {"teacher.epochs": 1}."""
     path = Path(path)
     if not path.is_file():
-        raise CompressError(f"{path}: recipe file not found")
+        raise CompressError(f"{path}: {'a folder, not a recipe file' if path.is_dir() else 'recipe file not found'}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except _DuplicateKey as e:
@@ -1397,10 +1422,9 @@ _STAGE_SECTIONS = ("students", "prune", "quantize", "bench", "report", "bundle")
 other setting at its default (``search``, the settings of `compress search`, is no stage: its keys may be set)."""
 
 
-def _default_section(keys: list[str]) -> dict:
-    """What a sub-section missing from the recipe (``prune.recover`` for ``--set prune.recover.temperature=3``) holds
-    when left out: its field's default where that differs from a bare mapping's (recovery: 1 epoch at lr 1e-4, not
-    `TrainConfig`'s 3 at 5e-5), else an empty mapping."""
+def _field_at(keys: list[str]) -> tuple[Any, Any]:
+    """(type, dataclass field) of the recipe field at ``keys`` (list entries by index); (None, None) when no field of
+    a dataclass is there (a mapping's key, an unknown name: the recipe's check names it)."""
     tp: Any = Recipe
     field_ = None
     for k in keys:
@@ -1409,11 +1433,19 @@ def _default_section(keys: list[str]) -> dict:
             tp = typing.get_args(tp)[0]
             continue
         if not dataclasses.is_dataclass(tp):
-            return {}
+            return None, None
         field_ = next((f for f in dataclasses.fields(tp) if f.name == k), None)
         if field_ is None:
-            return {}
+            return None, None
         tp = typing.get_type_hints(tp)[k]
+    return tp, field_
+
+
+def _default_section(keys: list[str]) -> dict:
+    """What a sub-section missing from the recipe (``prune.recover`` for ``--set prune.recover.temperature=3``) holds
+    when left out: its field's default where that differs from a bare mapping's (recovery: 1 epoch at lr 1e-4, not
+    `TrainConfig`'s 3 at 5e-5), else an empty mapping."""
+    _, field_ = _field_at(keys)
     if field_ is None or field_.default_factory is dataclasses.MISSING:
         return {}
     default = field_.default_factory()
@@ -1446,6 +1478,9 @@ def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = froze
     for i, k in enumerate(keys):
         parent = ".".join(keys[:i]) or "recipe"
         if isinstance(node, list):
+            if not node:  # "use an index from 0 to -1"
+                raise CompressError(f"--set {dotted}: {parent} is an empty list: set the whole list, e.g. "
+                                    f"--set '{parent}=[...]'")
             if not k.isdigit() or int(k) >= len(node):
                 raise CompressError(f"--set {dotted}: {parent} is a list of {len(node)} entries: "
                                     f"use an index from 0 to {len(node) - 1}")
@@ -1466,6 +1501,10 @@ def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = froze
                                     f"set the whole of it to turn it on: --set '{'.'.join(map(str, keys[:i + 1]))}"
                                     f"={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
+                if typing.get_origin(_unwrap(_field_at(keys[:i + 1])[0])) is list:  # not a mapping of key "0"
+                    where = ".".join(map(str, keys[:i + 1]))
+                    raise CompressError(f"--set {dotted}: {where} is not in the recipe (a list): set the whole list, "
+                                        f"e.g. --set '{where}=[...]'")
                 node[k] = _default_section(keys[:i + 1])
             node = node[k]
 
@@ -1533,6 +1572,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CompressError(f"{file}: {key}: expected an integer, got {_show(value)}")
+        if abs(value) > MAX_INT:  # 1e20 went on to an OverflowError or islice's ValueError traceback mid-run
+            raise CompressError(f"{file}: {key}: expected an integer of at most {MAX_INT}, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):

@@ -111,6 +111,24 @@ def check(name: str, where: str, weights: bool = True) -> None:
                         f"({', '.join(ZOO)}) or a local folder, or run once online")
 
 
+def check_dataset(name: str, where: str) -> None:
+    """Refuse a hub dataset id (``task.hub_dataset``, its ``:config`` left out) that can be neither downloaded nor
+    found in either cache ``load_dataset`` reads offline (the hub's files, the datasets library's prepared rows): a
+    recipe that validated failed at once when run. A local folder is the task's data files' business."""
+    if os.path.exists(name) or reachable():
+        return
+    import datasets.config
+    from huggingface_hub import constants
+
+    hub_copy = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE)
+    if hub_copy.is_dir() or any(prepared.glob(f"{name.replace('/', '___')}*")):
+        return
+    raise CompressError(f"{where}: {name!r} is a hub dataset, the hub ({constants.ENDPOINT}) cannot be reached and "
+                        f"neither {constants.HF_HUB_CACHE} nor {prepared} holds it; use local files (task.files, "
+                        f"task.data_dir) or run once online")
+
+
 @functools.lru_cache(maxsize=None)
 def _not_on_hub(repo_id: str) -> bool:
     """Whether the hub answers that ``repo_id`` does not exist (for this user). False for any other outcome."""

@@ -55,6 +55,8 @@ def load_tokenizer(source: str, offline: dict, failed: str, hint: str):
         if remote_code(e):
             raise CompressError(f"{failed} ({load_error(e)})") from None
         raise CompressError(f"{failed} ({type(e).__name__}: {first_line(e)}); {hint}") from None
+    except Exception as e:  # the tokenizers library's own (a tokenizer.json that is not JSON): a bare Exception
+        raise CompressError(f"{failed} ({type(e).__name__}: {first_line(e)})") from None
 
 
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,

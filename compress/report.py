@@ -195,6 +195,16 @@ def _read(path: Path) -> Optional[dict]:
     return data
 
 
+def _field(record: dict, key: str, kinds, path: Path):
+    """``record[key]`` when absent or of one of ``kinds``; else one line naming the file (a hand-edited record's
+    ``"int8": 5`` stopped the report with an AttributeError traceback)."""
+    value = record.get(key)
+    if value is not None and not isinstance(value, kinds):
+        raise CompressError(f"{path}: {key}: expected a JSON {'object' if kinds is dict else 'object or list'}, got "
+                            f"{type(value).__name__}; rerun the stage that wrote it")
+    return value
+
+
 def _dev(metrics: Optional[dict]) -> dict:
     """The dev metrics of a manifest's ``metrics`` (``{"dev": {...}}`` or a flat dict)."""
     if not isinstance(metrics, dict):
@@ -243,15 +253,16 @@ def _student_rows(run_dir: Path, metric: str) -> list[Row]:
     manifest = _read(folder / "manifest.json")
     if manifest is None:
         return []
-    entries = manifest.get("students") or {}
+    entries = _field(manifest, "students", (dict, list), folder / "manifest.json") or {}
     if isinstance(entries, list):
-        entries = {e.get("name", str(i)): e for i, e in enumerate(entries)}
+        entries = {e.get("name", str(i)) if isinstance(e, dict) else str(i): e for i, e in enumerate(entries)}
     rows = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         model = sub / "model" if (sub / "model" / "config.json").is_file() else sub
         if not (model / "config.json").is_file():
             continue
-        entry = dict(entries.get(sub.name) or _read(sub / "metrics.json") or {})
+        entry = entries.get(sub.name)
+        entry = dict(entry if isinstance(entry, dict) and entry else _read(sub / "metrics.json") or {})
         params = manifest.get("params")
         if entry.get("params") is None and isinstance(params, dict):  # the stage records params per student
             entry["params"] = params.get(sub.name)
@@ -307,6 +318,8 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
     record = _read(folder / "quantize.json")
     if record is None:
         return []
+    for key in ("source", "fp32", "int8"):
+        _field(record, key, dict, folder / "quantize.json")
     label = source_label((record.get("source") or {}).get("model"))
     tokenizer = folder / "tokenizer" / "tokenizer.json"
     rows = []

@@ -367,14 +367,19 @@ def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_pa
                                   ["bench", "r.yaml", "--threads", "1", "-2"],
                                   ["report", "runs/x", "--threads", "two"],
                                   ["search", "r.yaml", "--threads", "0"],
-                                  ["bundle", "--model", "m.onnx", "--max-length", "0"]])
+                                  ["bundle", "--model", "m.onnx", "--max-length", "0"],
+                                  # 100000 threads hung the machine; past a C int, onnxruntime's TypeError traceback
+                                  ["predict", "b.tar.gz", "hi", "--threads", "100000"],
+                                  ["search", "r.yaml", "--threads", str(10**20)],
+                                  ["bundle", "--model", "m.onnx", "--max-length", str(10**20)]])
 def test_counts_on_the_command_line_are_checked_before_anything_runs(argv, capsys):
-    """A thread count or length below 1 is a usage error naming the option (not a traceback from a worker)."""
+    """A thread count or length out of range is a usage error naming the option (not a traceback from a worker)."""
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --" in err and ("must be >= 1" in err or "expected an integer, got 'two'" in err)
+    assert "argument --" in err and ("must be >= 1" in err or "expected an integer, got 'two'" in err
+                                     or "must be at most 1024, got" in err or "must be at most 2147483647" in err)
 
 
 def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
@@ -592,6 +597,8 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["max_length"] == 32 and m["task"]["labels"] == ["negative", "positive"]
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
+    with pytest.raises(CompressError, match=r": threads: an integer from 1 to 1024, got 100000$"):  # hung the machine
+        predict(folder, TEXTS, threads=100000)
     card = (folder / "README.md").read_text()
     assert "speedup_vs_teacher_onnx_fp32" in card and "onnxruntime's default, idle threads spinning" in card
     assert "| 2 (fastest) | 3.500 |" in card and "ran fastest at 2 threads (`python predict.py --threads 2 ...`)" in card

@@ -394,6 +394,16 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1
     assert main(["zoo", "list", "mpnet-base"]) == 2
     assert "zoo list takes no names" in capsys.readouterr().err
+    # a list entry set where the list is empty or absent: "use an index from 0 to -1", "expected a list, got {'0': 1}"
+    for sets, said in ((["bench.peers=[]", "bench.peers.0=onnx_fp32"], "bench.peers is an empty list: set the whole "
+                        "list, e.g. --set 'bench.peers=[...]'"),
+                       (["search.depths.0=1"], "search.depths is not in the recipe (a list): set the whole list, "
+                        "e.g. --set 'search.depths=[...]'")):
+        assert main(["validate", recipe, *[a for v in sets for a in ("--set", v)]]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"error: --set {sets[-1].split('=')[0]}: {said}"
+    assert main(["validate", str(tmp_path)]) == 2  # a folder: it said "recipe file not found"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: a folder, not a recipe file"
 
 
 def test_max_length_beyond_a_models_positions_is_refused_before_torch(tmp_path):
@@ -702,6 +712,14 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
     ({"students.0.distill.matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "attention",
                                       "projection": "linear"}]},
      r"students\[0\]\.distill\.matches\[0\]\.projection: only for hidden and embedding matches"),
+    # refused by the bench stage, after teacher, distill, prune and quantize had run
+    ({"bench.seq_lengths": [600]}, r"bench\.seq_lengths: 600 tokens exceed the 512 positions of teacher\.model "
+                                   r"'minilm-l6' \(max_position_embeddings\); use at most 512"),
+    # past a C int: an OverflowError or islice's ValueError traceback mid-run; 100000 threads hung the machine
+    ({"teacher.batch_size": 10**20}, r"teacher\.batch_size: expected an integer of at most 9223372036854775807, got "
+                                     r"100000000000000000000"),
+    ({"bench.threads": [1, 100000]}, r"bench\.threads\[1\]: must be from 1 to 1024, got 100000"),
+    ({"search.threads": 2000}, r"search\.threads: must be from 1 to 1024, got 2000"),
 ])
 def test_validation_refuses_what_a_later_stage_would_refuse_after_earlier_ones_trained(sets, message):
     """Each of these passed `validate` and stopped the run only in the distill, prune or quantize stage; a student named
@@ -837,3 +855,16 @@ def test_search_says_to_train_the_teacher_with_the_same_settings(tmp_path):
         search_settings(load_recipe(p, {"teacher.max_steps": 4, "teacher.lr": 0.002}), budget_ms=3.0)
     assert str(e.value).endswith(f"run `compress run {p} --stage teacher --runs-dir {tmp_path / 'runs'} --set "
                                  f"teacher.max_steps=4 --set teacher.lr=0.002` first")
+
+
+def test_a_tokenizer_json_that_is_not_json_is_refused_in_one_line(tmp_path, tiny_bert_dir):
+    """A garbage tokenizer.json passed `validate` and stopped the run with the tokenizers library's bare Exception
+    traceback ("expected value at line 1 column 1"); a narrow student's tokenizer folder only at the distill stage."""
+    from compress.modeling import load_tokenizer
+
+    (tiny_bert_dir / "tokenizer.json").write_text("garbage{")
+    with pytest.raises(CompressError, match=rf"teacher\.model: {tiny_bert_dir / 'tokenizer.json'}: unreadable "
+                                            r"\(Expecting value: line 1 column 1"):
+        load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: {tiny_bert_dir}}}\n"))
+    with pytest.raises(CompressError, match=r"^cannot load its tokenizer \(Exception: expected value at line 1"):
+        load_tokenizer(str(tiny_bert_dir), {}, "cannot load its tokenizer", "save one there")

@@ -263,6 +263,28 @@ def test_a_hub_dataset_is_a_stage_input_by_its_files_or_its_commit(tmp_path, tin
     hub.revision.cache_clear()
 
 
+def test_validate_strict_fails_on_a_hub_dataset_out_of_reach_and_not_cached(tmp_path, tiny_bert_dir, monkeypatch,
+                                                                             capsys):
+    """`validate --strict` said ok of a hub dataset the hub could not serve and no cache held; the run then failed at
+    once. It is a warning now (an error with --strict), gone once either cache holds it."""
+    import datasets.config
+
+    from compress.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: mine, hub_dataset: 'org/ds:plain', "
+                    f"labels: ['0', '1']}}\nteacher: {{model: {tiny_bert_dir}}}\n")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "prepared"))
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    assert main(["validate", "--strict", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: task.hub_dataset: 'org/ds' is a hub dataset, the hub (") and \
+        f"neither {tmp_path / 'hub'} nor {tmp_path / 'prepared'} holds it" in err
+    (tmp_path / "prepared" / "org___ds").mkdir(parents=True)  # prepared by the datasets library once online
+    assert main(["validate", "--strict", str(path)]) == 0
+
+
 def test_a_name_that_is_no_folder_here_says_where_it_looked(tmp_path, monkeypatch):
     """A recipe naming its model folder relatively (``teacher.model: tiny-bert``) run from another folder read as an
     unreachable hub id, with no word of the folder looked for: the message names it and where relative paths go from."""

@@ -1409,3 +1409,17 @@ def test_undefined_scores_read_as_such_in_the_report_the_card_and_the_search_lin
     table = RunTable("r", "runs/r", "pearson", [Row("teacher", "teacher", "torch", metric=nan)], nan)
     assert note(table).startswith("Warning: the teacher's pearson is undefined (nan")
     assert _speed(2.345) == "2.3x faster than" and _speed(0.7) == "1.4x slower than" and _speed(None).startswith("not")
+
+
+def test_a_hand_edited_record_of_the_wrong_shape_is_one_line_naming_its_file(tmp_path):
+    """`"int8": 5` in quantize.json or `"students": 5` in the distill manifest stopped `compress report` with an
+    AttributeError traceback; now one line names the file and the key."""
+    run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny")
+    for path, key in ((run / "quantize" / "quantize.json", "int8"), (run / "distill" / "manifest.json", "students")):
+        good = path.read_text()
+        path.write_text(json.dumps({**json.loads(good), key: 5}))
+        with pytest.raises(CompressError, match=rf"^{re.escape(str(path))}: {key}: expected a JSON object.*, got int; "
+                                                r"rerun the stage that wrote it$"):
+            collect(run)
+        path.write_text(good)
+    assert collect(run).rows
