@@ -467,6 +467,10 @@ async function main(argv) {
     return 2;
   }
   if (args.threads !== undefined) args.threads = Number(args.threads);
+  if (args.threads > 1024) {  // predict.py's MAX_THREADS: a typo's 100000 threads hung the machine
+    console.error(`error: --threads: must be at most 1024, got ${args.threads}`);
+    return 2;
+  }
   const { availableParallelism } = await import("node:os");
   if (args.threads > availableParallelism()) {
     console.error(`warning: --threads ${args.threads} is more than this machine's ${availableParallelism()} cores: onnxruntime will run slower, not faster`);

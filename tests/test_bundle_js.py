@@ -79,6 +79,7 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
     one = _node(js_bundle / "predict.mjs", "--threads", "1", texts[1])
     assert one.returncode == 0 and one.stdout.split("\t")[0] == py[1]["label"]
     for args, message in ((["--threads", "0", "x"], 'error: --threads: expected an integer >= 1, got "0"'),
+                          (["--threads", "100000", "x"], "error: --threads: must be at most 1024, got 100000"),
                           (["--jsn", "x"], "error: unknown option --jsn"),
                           (["a", "--file", "f.txt"], "error: give a TEXT (and its pair) or --file PATH (not both)")):
         bad = _node(js_bundle / "predict.mjs", *args)
