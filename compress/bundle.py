@@ -459,9 +459,9 @@ def _publish(tmp: Path, folder: Path, tmp_tar: Path, archive: Path) -> Path:
     new folder goes back to ``tmp`` (the caller removes it) and the old one returns: never the new folder beside the
     previous build's archive (a Ctrl-C while the old folder was being deleted left them so)."""
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
     try:
+        if folder.exists():
+            folder.rename(old)  # interrupted just after: the old folder comes back below
         tmp.rename(folder)
         os.replace(tmp_tar, archive)
     except BaseException:

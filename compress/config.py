@@ -38,10 +38,11 @@ MAX_INT = 2**63 - 1
 run with their OverflowError or ValueError traceback); fields with a tighter bound (a seed, threads) check it."""
 
 
-def check_threads(threads: Optional[int], file: str, key: str) -> None:
-    """A thread count from 1 to `MAX_THREADS` (1024): a typo's 100000 started that many threads and hung the machine."""
+def check_threads(threads: Optional[int], where: str) -> None:
+    """A thread count from 1 to `MAX_THREADS` (1024): a typo's 100000 started that many threads and hung the machine.
+    ``where``: what the error starts with (``FILE: bench.threads[0]``, ``--threads``)."""
     if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise CompressError(f"{file}: {key}: must be from 1 to {MAX_THREADS}, got {threads}")
+        raise CompressError(f"{where}: must be from 1 to {MAX_THREADS}, got {threads}")
 
 
 def check_seed(seed: Optional[int], file: str, key: str) -> None:
@@ -910,7 +911,7 @@ class BenchConfig:
         if not self.threads:
             raise CompressError(f"{file}: {where}.threads: give at least one thread count")
         for i, threads in enumerate(self.threads):
-            check_threads(threads, file, f"{where}.threads[{i}]")
+            check_threads(threads, f"{file}: {where}.threads[{i}]")
         for key in ("threads", "batch_sizes", "seq_lengths"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
@@ -939,7 +940,7 @@ class ReportConfig:
     recipe's bench settings), so all speedups come from one set of runs. False: only stored numbers are reported."""
 
     def validate(self, file: str, where: str) -> None:
-        check_threads(self.threads, file, f"{where}.threads")
+        check_threads(self.threads, f"{file}: {where}.threads")
 
 
 @dataclass
@@ -965,7 +966,7 @@ class BundleConfig:
     def validate(self, file: str, where: str) -> None:
         if self.max_drop is not None and self.max_drop < 0:
             raise CompressError(f"{file}: {where}.max_drop: must be >= 0, got {self.max_drop}")
-        check_threads(self.threads, file, f"{where}.threads")
+        check_threads(self.threads, f"{file}: {where}.threads")
         if self.name is not None and (self.name.startswith(".") or not folder_name(self.name)):
             raise CompressError(f"{file}: {where}.name: a plain folder name is needed ({FOLDER_NAME}), got "
                                 f"{_show(self.name)}")
@@ -1014,7 +1015,7 @@ class SearchConfig:
         for key in ("train_steps", "recover_steps", "batch_size", "calibration_samples", "dev_rows"):
             if getattr(self, key) < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {getattr(self, key)}")
-        check_threads(self.threads, file, f"{where}.threads")
+        check_threads(self.threads, f"{file}: {where}.threads")
         if self.depths is not None and (not self.depths or min(self.depths) < 1):
             raise CompressError(f"{file}: {where}.depths: a non-empty list of layer counts >= 1, got {self.depths}")
         if not self.keep_macs or any(not 0.0 < k <= 1.0 for k in self.keep_macs):
@@ -1052,8 +1053,7 @@ def search_settings(recipe: "Recipe", cfg: Optional[SearchConfig] = None, budget
         raise CompressError(f"--budget-ms: must be a finite number > 0 ms, got {cfg.budget_ms:g}")
     if not (cfg.time_limit_min >= 0 and math.isfinite(cfg.time_limit_min)):
         raise CompressError(f"--time-limit-min: must be a finite number >= 0, got {cfg.time_limit_min:g}")
-    if not 1 <= cfg.threads <= MAX_THREADS:
-        raise CompressError(f"--threads: must be from 1 to {MAX_THREADS}, got {cfg.threads}")
+    check_threads(cfg.threads, "--threads")
     teacher_dir = recipe.run_dir / "teacher" / "model"
     runs_dir = "" if recipe.runs_dir == "runs" else f" --runs-dir {shlex.quote(recipe.runs_dir)}"  # the one searched
     sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in recipe.overrides.items())  # as given
@@ -1202,10 +1202,27 @@ class Recipe:
             if limit is not None and self.task.max_length > limit:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
-            longest = max(self.bench.seq_lengths, default=0) if self.bench is not None else 0
-            if limit is not None and longest > limit:  # the bench stage refused it, after every model was trained
-                raise CompressError(f"{file}: bench.seq_lengths: {longest} tokens exceed the {limit} positions of "
-                                    f"{where} {name!r} (max_position_embeddings); use at most {limit}")
+        benched = self._benched_checkpoint() if self.bench is not None and self.quantize is not None else None
+        limit = model_positions(benched[1]) if benched else None
+        longest = max(self.bench.seq_lengths, default=0) if benched else 0
+        if limit is not None and longest > limit:  # the bench stage refused it, after every model had trained
+            raise CompressError(f"{file}: bench.seq_lengths: {longest} tokens exceed the {limit} positions of the "
+                                f"model the bench times ({benched[0]} {benched[1]!r}: max_position_embeddings); use "
+                                f"at most {limit}")
+
+    def _benched_checkpoint(self) -> Optional[tuple[str, str]]:
+        """(field, name) of the checkpoint whose position table the model the bench stage times has (the quantize
+        source, `newest_source`; a pruned model keeps its source's); None for a student of random init."""
+        students = self.students or []
+        source = self.quantize.source or newest_source(self, ("distill",) * bool(students) + ("prune",) * bool(
+            self.prune))
+        if source == "prune":
+            source = self.prune.source or newest_source(self, ("distill",) * bool(students))
+        student = next((s for s in students if s.name == source), None)
+        if student is None or student.kind == "layer_drop":
+            return "teacher.model", self.teacher.model
+        index = students.index(student)
+        return None if student.init == "random" else (f"students[{index}].init", student.init)
 
     def _check_prune_layers(self, file: str, source: str, depth: Optional[int]) -> None:
         """``prune.layers`` names layers of the model pruned (``source``, of ``depth`` layers; None: not known here, a
@@ -1573,7 +1590,7 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CompressError(f"{file}: {key}: expected an integer, got {_show(value)}")
         if abs(value) > MAX_INT:  # 1e20 went on to an OverflowError or islice's ValueError traceback mid-run
-            raise CompressError(f"{file}: {key}: expected an integer of at most {MAX_INT}, got {_show(value)}")
+            raise CompressError(f"{file}: {key}: expected an integer from {-MAX_INT} to {MAX_INT}, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):

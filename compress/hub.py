@@ -111,6 +111,13 @@ def check(name: str, where: str, weights: bool = True) -> None:
                         f"({', '.join(ZOO)}) or a local folder, or run once online")
 
 
+def _hub_cache_folder(repo_id: str, kind: str = "model") -> Path:
+    """The Hugging Face cache's folder of a model or dataset repo (``models--org--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"{kind}s--{repo_id.replace('/', '--')}"
+
+
 def check_dataset(name: str, where: str) -> None:
     """Refuse a hub dataset id (``task.hub_dataset``, its ``:config`` left out) that can be neither downloaded nor
     found in either cache ``load_dataset`` reads offline (the hub's files, the datasets library's prepared rows): a
@@ -118,11 +125,13 @@ def check_dataset(name: str, where: str) -> None:
     if os.path.exists(name) or reachable():
         return
     import datasets.config
+    from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import constants
 
-    hub_copy = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
-    prepared = Path(datasets.config.HF_DATASETS_CACHE)
-    if hub_copy.is_dir() or any(prepared.glob(f"{name.replace('/', '___')}*")):
+    prepared = Path(datasets.config.HF_DATASETS_CACHE)  # <namespace>___<name in snake case>, as load_dataset names it
+    owner, _, short = name.rpartition("/")
+    folder = f"{owner}___{camelcase_to_snakecase(short)}" if owner else camelcase_to_snakecase(short)
+    if _hub_cache_folder(name, "dataset").is_dir() or (prepared / folder).is_dir():
         return
     raise CompressError(f"{where}: {name!r} is a hub dataset, the hub ({constants.ENDPOINT}) cannot be reached and "
                         f"neither {constants.HF_HUB_CACHE} nor {prepared} holds it; use local files (task.files, "
@@ -161,7 +170,7 @@ def revision(repo_id: str, kind: str = "model") -> Optional[str]:
                 return sha
         except Exception:  # a proxy's answer, a timeout: the cache's may still say
             pass
-    ref = Path(constants.HF_HUB_CACHE) / f"{kind}s--{repo_id.replace('/', '--')}" / "refs" / "main"
+    ref = _hub_cache_folder(repo_id, kind) / "refs" / "main"
     try:
         return ref.read_text().strip() or None
     except OSError:

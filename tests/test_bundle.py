@@ -1223,12 +1223,15 @@ def test_a_bundle_that_cannot_take_the_old_ones_place_leaves_the_old_one_in_plac
                 sorted(p.name for p in tmp_path.glob(".b.old-*")))
 
     real_rename, real_replace = P.rename, B.os.replace
-    for fails, first in (("folder", False), ("archive", False), ("archive", True)):
+    for fails, first in (("folder", False), ("archive", False), ("archive", True), ("set aside", False)):
         builds(first)
 
         def rename(self, target):
             if self == tmp and fails == "folder":
                 raise OSError(28, "No space left on device")
+            if self == folder and fails == "set aside":  # Ctrl-C just after the old folder was renamed
+                real_rename(self, target)
+                raise KeyboardInterrupt
             return real_rename(self, target)
 
         def replace(src, dst):

@@ -713,11 +713,11 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
                                       "projection": "linear"}]},
      r"students\[0\]\.distill\.matches\[0\]\.projection: only for hidden and embedding matches"),
     # refused by the bench stage, after teacher, distill, prune and quantize had run
-    ({"bench.seq_lengths": [600]}, r"bench\.seq_lengths: 600 tokens exceed the 512 positions of teacher\.model "
-                                   r"'minilm-l6' \(max_position_embeddings\); use at most 512"),
+    ({"bench.seq_lengths": [600]}, r"bench\.seq_lengths: 600 tokens exceed the 512 positions of the model the bench "
+                                   r"times \(teacher\.model 'minilm-l6': max_position_embeddings\); use at most 512"),
     # past a C int: an OverflowError or islice's ValueError traceback mid-run; 100000 threads hung the machine
-    ({"teacher.batch_size": 10**20}, r"teacher\.batch_size: expected an integer of at most 9223372036854775807, got "
-                                     r"100000000000000000000"),
+    ({"teacher.batch_size": 10**20}, r"teacher\.batch_size: expected an integer from -9223372036854775807 to "
+                                     r"9223372036854775807, got 100000000000000000000"),
     ({"bench.threads": [1, 100000]}, r"bench\.threads\[1\]: must be from 1 to 1024, got 100000"),
     ({"search.threads": 2000}, r"search\.threads: must be from 1 to 1024, got 2000"),
 ])
@@ -868,3 +868,14 @@ def test_a_tokenizer_json_that_is_not_json_is_refused_in_one_line(tmp_path, tiny
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: {tiny_bert_dir}}}\n"))
     with pytest.raises(CompressError, match=r"^cannot load its tokenizer \(Exception: expected value at line 1"):
         load_tokenizer(str(tiny_bert_dir), {}, "cannot load its tokenizer", "save one there")
+
+
+def test_bench_lengths_are_checked_against_the_model_the_bench_times(tmp_path, tiny_bert_dir):
+    """The bench times the quantize source alone: a student of 512 positions may be timed at 256 tokens though the
+    teacher (128 positions) could not be."""
+    text = (f"task: {{name: sst2, max_length: 64}}\nteacher: {{model: {tiny_bert_dir}}}\nstudents: [{{name: s, kind: "
+            f"narrow, init: minilm-l6}}]\nquantize: {{source: %s}}\nbench: {{seq_lengths: [32, 256]}}\n")
+    assert load_recipe(write(tmp_path, text % "s")).bench.seq_lengths == [32, 256]
+    with pytest.raises(CompressError, match=r"bench\.seq_lengths: 256 tokens exceed the 128 positions of the model "
+                                            r"the bench times \(teacher\.model "):
+        load_recipe(write(tmp_path, text % "teacher"))

@@ -283,6 +283,10 @@ def test_validate_strict_fails_on_a_hub_dataset_out_of_reach_and_not_cached(tmp_
         f"neither {tmp_path / 'hub'} nor {tmp_path / 'prepared'} holds it" in err
     (tmp_path / "prepared" / "org___ds").mkdir(parents=True)  # prepared by the datasets library once online
     assert main(["validate", "--strict", str(path)]) == 0
+    path.write_text(path.read_text().replace("org/ds", "SetFit/SentEval-CR"))  # its folder: snake case
+    assert main(["validate", "--strict", str(path)]) == 2
+    (tmp_path / "prepared" / "SetFit___sent_eval-cr").mkdir()
+    assert main(["validate", "--strict", str(path)]) == 0
 
 
 def test_a_name_that_is_no_folder_here_says_where_it_looked(tmp_path, monkeypatch):
