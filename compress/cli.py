@@ -455,6 +455,17 @@ def _first_process() -> bool:
     return os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1"
 
 
+def _peer_gone(e: RuntimeError) -> bool:
+    """Whether ``e`` is a collective of a distributed run failing because another of its processes is gone (gloo's
+    "Connection reset by peer", "Connection closed by peer"; a DistBackendError): not a bug of ours to show whole."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(e, backend_error) or any(w in str(e) for w in ("gloo", "Connection closed", "Connection reset",
+                                                                     "NCCL"))
+
+
 class Terminated(BaseException):
     """SIGTERM (a scheduler, `kill`, `timeout`) or SIGHUP (the terminal or ssh session closed): unwinds like Ctrl-C, so
     temporary stage folders and extracted bundles are removed."""
@@ -501,8 +512,9 @@ def _main(argv: Optional[list[str]]) -> int:
         extra += texts
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # the other processes of a distributed run say nothing but errors: one copy of each warning, the main one's
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level if _first_process() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, _terminated) for signum in UNWIND
@@ -523,6 +535,13 @@ def _main(argv: Optional[list[str]]) -> int:
         if _first_process():
             print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if not _peer_gone(e):
+            raise
+        if _first_process():  # another process of the run died mid-training: one line, not gloo's traceback
+            print(f"error: another process of this run stopped ({str(e).strip().splitlines()[0][:200]})",
+                  file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if _first_process():
             print("\ninterrupted", file=sys.stderr)  # on a line of its own, after any progress bar

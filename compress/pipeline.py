@@ -490,12 +490,16 @@ def _field_values(recipe: Recipe, fields: tuple[str, ...]) -> list[str]:
 
 
 def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: Path, result: dict,
-                   wall_s: Optional[float] = None) -> dict:
+                   wall_s: Optional[float] = None, processes: int = 1) -> dict:
     """A stage folder's manifest.json: what ran (recipe, config, seed, fingerprint, inputs' hashes), the hashes of
-    ``folder``'s files, the stage's ``result`` fields, timing, versions and host."""
+    ``folder``'s files, the stage's ``result`` fields, timing, versions and host. ``processes``: how many trained it
+    (a data-parallel run's; its epochs take that many times fewer steps, and a run of another count reuses it),
+    recorded for a stage that trains."""
     manifest = {"stage": stage.name, "recipe": recipe.name, "recipe_path": recipe.path, "fingerprint": fp,
                 "config": _config(recipe, stage), "seed": recipe.seed,
                 "inputs": inputs, "outputs": hash_tree(folder), **result}
+    if stage.trains:
+        manifest["processes"] = processes
     if wall_s is not None:
         manifest["timing"] = {"wall_s": round(wall_s, 2), **result.get("timing", {})}
     return {**manifest, "env": {"versions": versions(), "host": host()}, "created": now_utc()}
@@ -613,8 +617,15 @@ def _stage_waits(state):
     group = torch.distributed.new_group(backend="gloo", timeout=timedelta(hours=STAGE_WAIT_HOURS))
 
     def wait() -> None:
+        import time
+
         try:
-            torch.distributed.barrier(group=group)
+            # polled, not blocking: a process blocked in gloo's barrier runs no Python signal handler, so a waiting
+            # process ignored SIGTERM and Ctrl-C until the main process's stage ended (up to STAGE_WAIT_HOURS)
+            work = torch.distributed.barrier(group=group, async_op=True)
+            while not work.is_completed():
+                time.sleep(0.2)
+            work.wait()
         except RuntimeError as e:  # gloo: "Connection closed by peer" when the main process failed in its lone stage
             # one line (said by the main process, `compress.cli`), not a traceback from each waiting process
             raise CompressError(f"another process of this run stopped ({str(e).splitlines()[0][:200]})") from None
@@ -670,7 +681,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             with Timer() as timer:
                 result = stage.function()(recipe, tmp, {n: run_dir / n for n in stage.upstream(done, recipe)},
                                           **({"forced": forced} if stage.takes_forced else {}))
-            manifest = stage_manifest(recipe, stage, fp, inputs, tmp, result, wall_s=timer.seconds)
+            manifest = stage_manifest(recipe, stage, fp, inputs, tmp, result, wall_s=timer.seconds,
+                                      processes=state.num_processes)
             write_json(tmp / "manifest.json", manifest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -107,3 +107,43 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
     assert err == f"error: {tmp_path / 'runs' / 'r' / 'teacher'}: No space left on device\n"
     monkeypatch.setenv("WORLD_SIZE", "4")  # a real distributed job's other process: the main one says it
     assert main(["validate", str(recipe)]) == 1 and capsys.readouterr().err == ""
+
+
+def test_another_process_gone_is_one_line_and_the_other_processes_log_errors_only(tmp_path, capsys, monkeypatch):
+    """Under torchrun, one process killed mid-training left the survivor printing gloo's 40-line traceback ("Read
+    error ... Connection reset by peer"); every process logged each warning (two copies). Now the main process says
+    one line, and the others log errors only."""
+    import logging
+    import sys
+    import types
+
+    from compress import cli
+
+    class DistBackendError(RuntimeError):
+        pass
+
+    dist = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                                 DistBackendError=DistBackendError)
+    monkeypatch.setitem(sys.modules, "torch.distributed", dist)
+    levels = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+
+    def raising(error):
+        def cmd(args):
+            raise error
+        return cmd
+
+    peer = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4: Connection "
+                        "reset by peer\nmore lines")
+    for error in (peer, DistBackendError("NCCL communicator was aborted")):
+        monkeypatch.setattr(cli, "cmd_validate", raising(error))
+        assert main(["validate", "r.yaml"]) == 2
+        assert capsys.readouterr().err == f"error: another process of this run stopped ({str(error).splitlines()[0]})\n"
+    monkeypatch.setattr(cli, "cmd_validate", raising(RuntimeError("a bug of ours")))  # not a peer: shown whole
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        main(["validate", "r.yaml"])
+    monkeypatch.setattr(cli, "cmd_validate", raising(peer))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["validate", "r.yaml"]) == 2 and capsys.readouterr().err == ""  # the main process says it
+    assert levels == [logging.WARNING] * 3 + [logging.ERROR]

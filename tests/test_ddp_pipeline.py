@@ -54,6 +54,9 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
         assert out.count(f"[{stage}] running ->") == 1 and out.count(f"[{stage}] done in") == 1, stage
         assert (tmp_path / "runs" / "tiny" / stage / "manifest.json").is_file(), stage
     assert out.count("[bench] onnx_fp32:") == 1  # timed once, by the main process alone
+    manifests = {stage: json.loads((tmp_path / "runs" / "tiny" / stage / "manifest.json").read_text())
+                 for stage in ("teacher", "distill", "prune", "quantize")}
+    assert [m.get("processes") for m in manifests.values()] == [2, 2, 2, None]  # who trained it, on record
     assert out.count("run folder:") == 1
     folder = tmp_path / "runs" / "tiny"
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name == ".checkpoints"]
@@ -141,6 +144,44 @@ def test_other_processes_outwait_a_lone_stage_longer_than_the_process_group_time
     mp.spawn(_wait_worker, args=(29533, str(tmp_path)), nprocs=2, join=True)
     assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)] == [["lone"], ["lone"]]
     assert (tmp_path / "runs" / "wait" / "lone" / "done.txt").read_text() == "ok"
+
+
+def _signalling_stage(recipe, out: Path, inputs: dict) -> dict:
+    """The main process's lone stage: Ctrl-C to the waiting process once it waits, then 8 s of work."""
+    import signal
+    import time
+
+    folder = Path(recipe.path).parent
+    time.sleep(1)
+    (folder / "sent.txt").write_text(str(time.time()))
+    os.kill(int((folder / "1.pid").read_text()), signal.SIGINT)
+    time.sleep(8)
+    return {"metrics": {}}
+
+
+def _interrupted_worker(rank: int, port: int, folder: str) -> None:
+    import time
+
+    Path(folder, f"{rank}.pid").write_text(str(os.getpid()))
+    try:
+        _lone_stage_run(rank, port, 60, "_signalling_stage", folder)
+        outcome = "done"
+    except BaseException as e:
+        outcome = type(e).__name__
+    Path(folder, f"{rank}.json").write_text(json.dumps([outcome, time.time()]))
+    os._exit(0)
+
+
+def test_a_waiting_process_answers_ctrl_c_at_once(tmp_path, glue_dir):
+    """A process waiting in gloo's barrier for the main process's lone stage (bench, report: minutes) runs no Python
+    signal handler: it ignored Ctrl-C and SIGTERM until that stage ended. The barrier is polled now."""
+    import torch.multiprocessing as mp
+
+    _write_recipe(tmp_path, glue_dir)
+    mp.spawn(_interrupted_worker, args=(29537, str(tmp_path)), nprocs=2, join=True)
+    outcome, at = json.loads((tmp_path / "1.json").read_text())
+    assert outcome == "KeyboardInterrupt" and at - float((tmp_path / "sent.txt").read_text()) < 3
+    assert json.loads((tmp_path / "0.json").read_text())[0] == "CompressError"  # its peer gone at the next barrier
 
 
 def _failing_stage(recipe, out: Path, inputs: dict) -> dict:
