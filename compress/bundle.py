@@ -341,8 +341,8 @@ def model_card(manifest: dict) -> str:
         if rel != "README.md":
             lines.append(f"| {rel} | {manifest['sizes'][rel]} | `{digest[:16]}…` |")
     lines += ["", "## Provenance", ""]
-    for key, value in (manifest.get("source") or {}).items():
-        lines.append(f"- {key}: {value}")
+    for key, value in (manifest.get("source") or {}).items():  # a run's and a student's names: the user's
+        lines.append(f"- {key}: {md_text(str(value))}")
     lines.append(f"- built: {manifest['created']} with compress {manifest['versions'].get('compress')}")
     lines.append("")
     return "\n".join(lines)

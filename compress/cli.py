@@ -514,7 +514,8 @@ def _main(argv: Optional[list[str]]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # the other processes of a distributed run say nothing but errors: one copy of each warning, the main one's
     level = logging.DEBUG if args.verbose else logging.WARNING
-    logging.basicConfig(level=level if _first_process() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level if _first_process() else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, _terminated) for signum in UNWIND

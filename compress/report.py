@@ -808,7 +808,9 @@ def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
         seeds = max(r.seeds for r in rows)  # several seeds merged: the bars are the metric's std over them
         bars = f", bars: ± std over {seeds} seeds" if any(errs) else ""
         ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color, ms=7,
-                    capsize=3, label=f"{table.run} ({t} thread{'s' if t != 1 else ''}{bars})", zorder=3)
+                    # a label starting with "_" is one matplotlib leaves out of the legend: a zero-width space first
+                    capsize=3, label=f"{chr(0x200b) if table.run.startswith('_') else ''}{table.run} "
+                                     f"({t} thread{'s' if t != 1 else ''}{bars})", zorder=3)
         front = pareto_front(list(zip(xs, ys)))
         fx, fy = [xs[i] for i in front] + [max(xs)], [ys[i] for i in front] + [ys[front[-1]]]
         ax.step(fx, fy, where="post", color=color, alpha=0.6, lw=1.5, zorder=2)  # best metric at <= x ms
@@ -1062,7 +1064,9 @@ def note(table: RunTable) -> str:
 def md_text(text: str) -> str:
     """Text as Markdown shows it literally in a table cell, a heading or a list: a run, student or label name may hold
     ``|``, ``<``, ``*``, ``_``, ``[``, ``~``, ``&``, ``#`` or a backtick (a ``<b>`` in a name was raw HTML in report.md;
-    a ``|`` split the cell); an underscore inside a word (``batch_size``) stays as it is, as Markdown reads it."""
+    a ``|`` split the cell); an underscore inside a word (``batch_size``) stays as it is, as Markdown reads it. Line
+    breaks (a task or label name may hold one) are one space: a newline split a table row or a bold span."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", text)
     text = re.sub(r"([\\`*\[\]<>|~&#])", r"\\\1", text)
     return re.sub(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])", r"\\_", text)
 
@@ -1085,7 +1089,7 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
             cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
             lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
-        lines += ["", note(table), "", "**Provenance**", ""]
+        lines += ["", md_text(note(table)), "", "**Provenance**", ""]  # a constant teacher's label name in it
         lines += [f"- {k}: {md_text(v)}" for k, v in _provenance_lines(table)]
         lines.append("")
     return "\n".join(lines)

@@ -830,8 +830,10 @@ def _passes(r: dict) -> str:
 
 def markdown(summary: dict, png: Optional[str]) -> str:
     on_front = set(summary["front"])
-    lines = [f"# Latency-budget search: {summary['recipe']} ({summary['task']})", "",
-             f"**{summary['message']}**", "",
+    from compress.report import md_text
+
+    lines = [f"# Latency-budget search: {md_text(summary['recipe'])} ({md_text(summary['task'])})", "",
+             f"**{md_text(summary['message'])}**", "",
              f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at "
              f"{summary['threads']} thread(s), "
              f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
@@ -861,7 +863,7 @@ def markdown(summary: dict, png: Optional[str]) -> str:
                          f"{'yes' if r['id'] in on_front else ''} |")
         lines.append("")
     if summary["skipped"]:
-        lines += ["Skipped:", ""] + [f"- {s['id']}: {s['reason']}" for s in summary["skipped"]] + [""]
+        lines += ["Skipped:", ""] + [f"- {s['id']}: {md_text(s['reason'])}" for s in summary["skipped"]] + [""]
     if summary["not_started"]:
         lines += [f"Not started (time limit): {', '.join(summary['not_started'])}", ""]
     return "\n".join(lines)

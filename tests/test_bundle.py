@@ -1034,6 +1034,11 @@ def test_model_card_names_the_spin_field_only_where_the_protocol_has_one(bundle)
     manifest["task"]["text_pair"] = True  # a pair task's card speaks of pairs
     card = model_card(manifest)
     assert "Measured one pair at a time" in card and "Predictor.predict(texts, pairs, batch_size=N)` runs N pairs" in card
+    # the provenance list was raw Markdown: a run or student named with HTML in it (folder names allow it)
+    manifest["source"] = {"run": "runs/r<img src=x onerror=alert(1)>", "artifact": "student s|<b>x · int8 dynamic"}
+    card = model_card(manifest)
+    assert "- run: runs/r\\<img src=x onerror=alert(1)\\>" in card and "- artifact: student s\\|\\<b\\>x" in card
+    assert "<img src=x onerror=alert(1)>" not in card and "<b>" not in card
 
 
 def test_a_pair_line_with_an_empty_text_is_refused_by_line(int8_model, minilm_dir, tmp_path, capsys):

@@ -130,6 +130,30 @@ def test_markdown_shows_names_as_written(tmp_path):
     assert "- recipe: pipelines/r\\<u\\>\\_x\\_\\</u\\>.yaml" in md and "Run folder: `` runs/a`b ``." in md
     assert "## run \\<b\\>\\*1\\*\\</b\\>" in md and "| student s\\|\\<i\\> (reference) |" in md
     assert "<b>" not in md and "<i>" not in md and "<u>" not in md
+    # the constant teacher's label (task.labels: any text, a newline too) was raw in the note under the table
+    from compress.report import md_text
+
+    table.teacher_constant = "<img src=x onerror=alert(1)>\n\n# heading"
+    write([table], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "<img src=x onerror=alert(1)>" not in md and "'\\<img src=x onerror=alert(1)\\>" in md
+    assert md_text("neg\n\n- a list item?") == "neg - a list item?"  # a newline split a table row or a bold span
+    # a run named "_x": matplotlib leaves a label starting with "_" out of the legend
+    from compress import report
+    from compress.report import pareto_plot
+
+    seen = {}
+    real = report._spread_labels
+
+    def spy(fig, ax, labels, points=()):
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        return real(fig, ax, labels, points)
+
+    table.run = "_x"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "_spread_labels", spy)
+        pareto_plot([table], tmp_path / "p.png")
+    assert any(t.lstrip("\u200b").startswith("_x (") for t in seen["legend"]), seen
 
 
 # ------------------------------------------------------------------------------------------------ run folders

@@ -898,3 +898,22 @@ def test_search_reuse_follows_data_content_cores_and_a_moved_runs_folder(tmp_pat
     (data / "dev.tsv").write_text("\n".join(flipped) + "\n")
     edited = run_search(load_recipe(path), budget_ms=1000.0)
     assert edited["counts"]["measured"] == 1 and edited["counts"]["reused"] == 0
+
+
+def test_search_md_shows_names_and_reasons_as_written():
+    """search.md put the recipe and task names (a custom task's name may hold any text, a newline too) and failure
+    reasons raw in Markdown: an `<img onerror>` was HTML there, a newline a second heading."""
+    from types import SimpleNamespace
+
+    from compress import search
+    from compress.config import SearchConfig
+
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="r<img src=x onerror=alert(1)>", bench=None),
+                          spec=SimpleNamespace(name="t<script>x</script>\n# injected", text_pair=None), settings="s")
+    skipped = [{"id": "L1-dynamic", "reason": "failed: <b>export</b> parity | 0.3"}]
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
+    md = search.markdown(summary, None)
+    assert md.splitlines()[0] == ("# Latency-budget search: r\\<img src=x onerror=alert(1)\\> "
+                                  "(t\\<script\\>x\\</script\\> \\# injected)")
+    assert "- L1-dynamic: failed: \\<b\\>export\\</b\\> parity \\| 0.3" in md
+    assert not any(tag in md for tag in ("<img src=x onerror=alert(1)>", "<script>", "<b>"))
