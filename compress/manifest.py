@@ -136,6 +136,12 @@ def fingerprint(payload: dict) -> str:
 
 
 def now_utc() -> str:
+    """The time a manifest records as ``created``: now, or ``SOURCE_DATE_EPOCH`` (seconds) when set, the
+    reproducible-builds convention: two bundle builds of one model then give byte-identical archives (``--no-ort``:
+    an ``.ort`` file's bytes differ between conversions), and the same manifest sha256 to publish."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat(timespec="seconds")
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

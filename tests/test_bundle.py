@@ -382,6 +382,17 @@ def test_counts_on_the_command_line_are_checked_before_anything_runs(argv, capsy
                                      or "must be at most 1024, got" in err or "must be at most 2147483647" in err)
 
 
+def test_two_builds_at_one_source_date_epoch_are_byte_identical(int8_model, minilm_dir, tmp_path, monkeypatch):
+    """The manifest's `created` (in the model card too) was the wall clock: no two builds of one model gave the same
+    archive or manifest sha256. SOURCE_DATE_EPOCH sets it (the reproducible-builds convention)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    archives = [build(tmp_path / out, "b", model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="sst2",
+                      labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)[1]
+                for out in ("one", "two")]
+    assert archives[0].read_bytes() == archives[1].read_bytes()
+    assert json.loads((tmp_path / "one" / "b" / "manifest.json").read_text())["created"] == "2023-11-14T22:13:20+00:00"
+
+
 def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
     with pytest.raises(CompressError, match="not an int8 model"):
         build(tmp_path, "fp32", model=int8_model.with_name("fp32.onnx"), tokenizer=minilm_dir / "tokenizer.json",
