@@ -1192,9 +1192,9 @@ class Recipe:
                                 f"cache_teacher_logits: true")
 
     def _check_positions(self, file: str) -> None:
-        """``task.max_length`` and ``bench.seq_lengths`` within the position table of the teacher and of each student
-        checkpoint (zoo name or folder), before torch: not once the teacher has trained (a hub model's is checked as
-        it loads)."""
+        """``task.max_length`` within the position table of the teacher and of each student checkpoint (zoo name or
+        folder), and ``bench.seq_lengths`` within that of the model the bench times (`_benched_checkpoint`), before
+        torch: not once the teacher has trained (a hub model's is checked as it loads)."""
         models = [("teacher.model", self.teacher.model)] + [
             (f"students[{i}].init", s.init) for i, s in enumerate(self.students or []) if s.init != "random"]
         for where, name in models:
@@ -1217,7 +1217,7 @@ class Recipe:
         source = self.quantize.source or newest_source(self, ("distill",) * bool(students) + ("prune",) * bool(
             self.prune))
         if source == "prune":
-            source = self.prune.source or newest_source(self, ("distill",) * bool(students))
+            source = self._prune_source()
         student = next((s for s in students if s.name == source), None)
         if student is None or student.kind == "layer_drop":
             return "teacher.model", self.teacher.model

@@ -393,8 +393,8 @@ def reference(ctx: Context) -> dict:
     recorded = _stamp(stamp)
     path = ctx.out / str(recorded.get("file", "teacher_fp32.onnx"))
     # its sha256 (recorded since 2026-12-06; a stamp without one is trusted as before): a torn file failed every rerun
-    intact = path.is_file() and recorded.get("sha256") in (None, sha256_file(path))
-    if not (intact and recorded.get("settings") in (ctx.teacher_settings, ctx.train_settings)):
+    current = path.is_file() and recorded.get("settings") in (ctx.teacher_settings, ctx.train_settings)
+    if not (current and recorded.get("sha256") in (None, sha256_file(path))):
         stamp.unlink(missing_ok=True)  # as for the teacher's logits: never the old stamp over a new export
         for old in ctx.out.glob("teacher_fp32*.onnx"):
             old.unlink()
@@ -829,9 +829,9 @@ def _passes(r: dict) -> str:
 
 
 def markdown(summary: dict, png: Optional[str]) -> str:
-    on_front = set(summary["front"])
     from compress.report import md_text
 
+    on_front = set(summary["front"])
     lines = [f"# Latency-budget search: {md_text(summary['recipe'])} ({md_text(summary['task'])})", "",
              f"**{md_text(summary['message'])}**", "",
              f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at "

@@ -180,7 +180,7 @@ def test_a_waiting_process_answers_ctrl_c_at_once(tmp_path, glue_dir):
     _write_recipe(tmp_path, glue_dir)
     mp.spawn(_interrupted_worker, args=(29537, str(tmp_path)), nprocs=2, join=True)
     outcome, at = json.loads((tmp_path / "1.json").read_text())
-    assert outcome == "KeyboardInterrupt" and at - float((tmp_path / "sent.txt").read_text()) < 3
+    assert outcome == "KeyboardInterrupt" and at - float((tmp_path / "sent.txt").read_text()) < 5
     assert json.loads((tmp_path / "0.json").read_text())[0] == "CompressError"  # its peer gone at the next barrier
 
 
