@@ -135,6 +135,22 @@ def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
         OnnxRunner(Path(art["path"]), threads, spin, stock=art.get("stock", False))
 
 
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def first_rows(dev, n: Optional[int]):
+    """The first ``n`` rows of ``dev`` (a `datasets.Dataset` or a list of row dicts); all of them for ``n`` None/0."""
+    if not n:
+        return dev
+    return dev[:n] if isinstance(dev, list) else dev.select(range(min(n, len(dev))))
+
+
+def token_rows(dev, n: Optional[int]) -> list[dict]:
+    """The first ``n`` rows' token columns as lists: what a timing or memory worker is given in its spec (JSON), so
+    that it imports no `datasets` (~0.9 s of every fresh process here), as a user's process would not."""
+    return [{k: r[k] for k in TOKEN_COLUMNS if k in r} for r in first_rows(dev, n)]
+
+
 def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
     return [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64) for n in names}
             for r in rows]
@@ -163,7 +179,7 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
       fixed cold-cache cost per run that shrinks the gap between small, fast models (one quickstart run's int8
       student, 1 thread: 0.61 ms series, 0.92 ms interleaved; torch dynamic int8 2.29 -> 2.83 ms).
 
-    ``dev``: the tokenized dev rows, or several tokenizations of the same rows by name, each artifact reading the one
+    ``dev``: the tokenized dev rows (a dataset or `token_rows`), or several tokenizations of the same rows by name, each artifact reading the one
     its ``"dev_set"`` entry names (models of different tokenizers timed in one pass: the report's teacher reference
     beside the bench's artifacts). Returns name -> list of result rows."""
     from tqdm.auto import tqdm
@@ -172,8 +188,7 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
               if k.startswith("torch")}
     names = list(artifacts)
     results: dict[str, list] = {n: [] for n in names}
-    devs = {key: d.select(range(min(cfg.dev_rows, len(d)))) if cfg.dev_rows else d
-            for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
+    devs = {key: first_rows(d, cfg.dev_rows) for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
     if len({len(d) for d in devs.values()}) > 1:
         raise CompressError(f"bench: dev tokenizations of different lengths: {({k: len(d) for k, d in devs.items()})}")
     rows_of = {n: devs[artifacts[n].get("dev_set", next(iter(devs)))] for n in names}
@@ -253,11 +268,8 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
     (``machine_peak`` of the result)."""
     with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
-        devs = dev if isinstance(dev, dict) else {"": dev}
-        dev_dirs = {key: str(tmp / f"dev-{i}") for i, key in enumerate(devs)}
-        for key, d in devs.items():
-            d.save_to_disk(dev_dirs[key])
-        spec = {"mode": "timing", "artifacts": artifacts, "dev_dirs": dev_dirs, "cfg": asdict(cfg),
+        devs = {key: token_rows(d, cfg.dev_rows) for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
+        spec = {"mode": "timing", "artifacts": artifacts, "dev": devs, "cfg": asdict(cfg),
                 "flops": flops, "peak": peak, "vocab_size": vocab_size}
         env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
         return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
@@ -374,10 +386,8 @@ def _die_with_parent() -> None:
 def _worker_main(spec: dict) -> dict:
     if spec["mode"] == "probe":
         return probe_memory(spec)
-    from datasets import load_from_disk
-
     cfg = BenchConfig(**spec["cfg"])
-    dev = {key: load_from_disk(folder) for key, folder in spec["dev_dirs"].items()}
+    dev = spec["dev"]
     if not spec.get("peak", True):
         return {"results": measure(spec["artifacts"], dev, cfg, spec["flops"], spec.get("vocab_size"))}
     before = {str(t): gemm_peak(t, spin=cfg.spin) for t in cfg.threads}
@@ -584,8 +594,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
     for name, rows in timed["results"].items():
         artifacts[name]["results"] = rows
     peak = timed["machine_peak"]
-    probe_rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r}
-                  for r in dev.select(range(min(8, len(dev))))]
+    probe_rows = token_rows(dev, 8)
     with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
         for name, art in artifacts.items():

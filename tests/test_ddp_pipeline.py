@@ -160,8 +160,12 @@ def _signalling_stage(recipe, out: Path, inputs: dict) -> dict:
 
 
 def _interrupted_worker(rank: int, port: int, folder: str) -> None:
+    import signal
     import time
 
+    # Ctrl-C raises, as in a terminal: a suite started in the background by a shell without job control (`make test
+    # &` in a script, nohup) hands SIGINT down ignored, and this process then rightly went on to the end
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     Path(folder, f"{rank}.pid").write_text(str(os.getpid()))
     try:
         _lone_stage_run(rank, port, 60, "_signalling_stage", folder)
