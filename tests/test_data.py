@@ -51,6 +51,32 @@ def test_holdout_is_disjoint_and_seeded(glue_dir):
     assert len(small.dev) == 40 and len(small.test) == 40
 
 
+def test_a_capped_training_slice_is_the_whole_ones_first_rows(glue_dir):
+    """The cap selects from the shuffled order (an indices mapping; only the kept rows are copied): the same rows, in
+    the same order, as the first rows of the uncapped slice, and the same held-out rows."""
+    whole = load_task(TaskConfig(name="sst2", holdout=0.01), seed=3)
+    capped = load_task(TaskConfig(name="sst2", holdout=0.01, max_train_samples=50), seed=3)
+    assert capped.train["text"] == whole.train["text"][:50] and capped.holdout["text"] == whole.holdout["text"]
+    assert len(whole.train) + len(whole.holdout) == 67349
+
+
+def test_a_split_read_again_in_one_process_follows_its_file(tmp_path):
+    """Every stage reads the task again: a file unchanged is read once per process, a file changed (in place, or
+    replaced by a rename as editors save) is read again."""
+    cfg = TaskConfig(name="sst2", data_dir=str(tmp_path))
+    _write(tmp_path / "train.tsv", "sentence\tlabel\ngood\t1\nbad\t0\n")
+    first = load_split(cfg, "train")
+    assert load_split(cfg, "train") is first and first["text"] == ["good", "bad"]
+    _write(tmp_path / "train.tsv", "sentence\tlabel\ngood\t1\nbad\t0\nfine\t1\n")
+    assert load_split(cfg, "train")["text"] == ["good", "bad", "fine"]
+    _write(tmp_path / "new.tsv", "sentence\tlabel\nnice\t1\nugly\t0\nfine\t1\n")  # the same size
+    (tmp_path / "new.tsv").replace(tmp_path / "train.tsv")
+    assert load_split(cfg, "train")["text"] == ["nice", "ugly", "fine"]
+    (tmp_path / "train.tsv").unlink()
+    with pytest.raises(CompressError, match="train.tsv: file not found"):
+        load_split(cfg, "train")
+
+
 def _write(path, text, bom=False):
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
     return path
