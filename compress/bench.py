@@ -179,9 +179,9 @@ def measure(artifacts: dict[str, dict], dev, cfg: BenchConfig, flops: dict[str, 
       fixed cold-cache cost per run that shrinks the gap between small, fast models (one quickstart run's int8
       student, 1 thread: 0.61 ms series, 0.92 ms interleaved; torch dynamic int8 2.29 -> 2.83 ms).
 
-    ``dev``: the tokenized dev rows (a dataset or `token_rows`), or several tokenizations of the same rows by name, each artifact reading the one
-    its ``"dev_set"`` entry names (models of different tokenizers timed in one pass: the report's teacher reference
-    beside the bench's artifacts). Returns name -> list of result rows."""
+    ``dev``: the tokenized dev rows (a dataset, or `token_rows`), or several tokenizations of the same rows by name,
+    each artifact reading the one its ``"dev_set"`` entry names (models of different tokenizers timed in one pass: the
+    report's teacher reference beside the bench's artifacts). Returns name -> list of result rows."""
     from tqdm.auto import tqdm
 
     models = {k: load_torch(k, a["model_dir"]) for k, a in ((a["kind"], a) for a in artifacts.values())
@@ -404,7 +404,7 @@ def gemm_peak(threads: int, n: int = 1024, runs: int = 20, spin: bool = True) ->
     import onnx
     from onnx import TensorProto, helper
 
-    from compress.export import session
+    from compress.ort_session import session
 
     out = {}
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from transformers import logging as hf_logging
 from compress import hub
 from compress.bundle_predict import first_line
 from compress.config import head_mismatch, head_order, headless, lfs_pointer, position_limit, unsupported_type
-from compress.data import TaskSpec
+from compress.tasks import TaskSpec
 from compress.errors import CompressError
 from teachers.zoo import resolve
 
