@@ -536,6 +536,11 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
     _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
+    if not force and os.environ.get("WORLD_SIZE", "1") == "1" and run_dir.is_dir():
+        with run_lock(run_dir):
+            done = _all_up_to_date(recipe, run_dir, until)
+        if done is not None:
+            return done
     made = not run_dir.exists()
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
@@ -566,6 +571,29 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
                                                    if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
             raise
+
+
+def _all_up_to_date(recipe: Recipe, run_dir: Path, until: Optional[str]) -> Optional[dict[str, dict]]:
+    """Every planned stage's manifest when all of them are up to date, judged (and said) as `_run_stages` would,
+    without importing torch: its import, with transformers, datasets and accelerate, took ~5 s of a command that had
+    nothing to do (a second `make pipeline`, `make report` after a run). None when a stage would run: `_run_stages`
+    decides then, stage by stage. One process only (under a launcher every process takes the usual path)."""
+    reused: dict[str, tuple[dict, str]] = {}
+    for stage in plan(recipe, until):
+        done = {n: m for n, (m, _) in reused.items()}
+        if any(n not in done for n in stage.needs):
+            return None  # `_run_stages` says which
+        fp, inputs = _fingerprint(recipe, stage, done)
+        manifest, _ = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
+        if manifest is None:
+            return None
+        reused[stage.name] = (manifest, fp)
+    _remove_orphans(run_dir)
+    for name, (_, fp) in reused.items():
+        log.info("stage %s: unchanged, reusing %s", name, run_dir / name)
+        print(f"[{name}] up to date ({run_dir / name})")
+        _release_checkpoints(run_dir, name, only=fp)
+    return {n: m for n, (m, _) in reused.items()}
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,22 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     capsys.readouterr()
     again = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))
     assert again["teacher"]["created"] == created and "up to date" in capsys.readouterr().out
+    # a command with nothing to do answers without importing torch (with transformers, datasets and accelerate: ~5 s
+    # of a second `make pipeline` or a `make report` after the run), says the same, and still removes what a killed
+    # run left
+    import subprocess
+    import sys
+
+    dead = folder.parent / ".teacher.tmp-999999999"
+    dead.mkdir()
+    script = ("import sys; from compress.cli import main; code = main(['run', sys.argv[1]]); "
+              "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", script, str(_recipe(tmp_path, tiny_bert_dir))], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f"[teacher] up to date ({folder})", f"run folder: {folder.parent}",
+                                        "torch not imported"]
+    assert not dead.exists() and json.loads((folder / "manifest.json").read_text())["created"] == created
     # a tampered output is not trusted (redone: said, and a new manifest; `created` has whole seconds, the same for a
     # stage redone within the second)
     (folder / "metrics.json").write_text("{}")
