@@ -577,7 +577,8 @@ def _all_up_to_date(recipe: Recipe, run_dir: Path, until: Optional[str]) -> Opti
     """Every planned stage's manifest when all of them are up to date, judged (and said) as `_run_stages` would,
     without importing torch: its import, with transformers, datasets and accelerate, took ~5 s of a command that had
     nothing to do (a second `make pipeline`, `make report` after a run). None when a stage would run: `_run_stages`
-    decides then, stage by stage. One process only (under a launcher every process takes the usual path)."""
+    decides then, stage by stage, hashing the outputs of the stages before it a second time (~0.6 s per GB here,
+    beside a stage that takes minutes). One process only (under a launcher every process takes the usual path)."""
     reused: dict[str, tuple[dict, str]] = {}
     for stage in plan(recipe, until):
         done = {n: m for n, (m, _) in reused.items()}
