@@ -53,6 +53,14 @@ class FitResult:
     """What ran (``auto`` resolved)."""
 
 
+def best_scores(result: FitResult) -> Optional[dict]:
+    """The held-out scores of the weights `fit` restored (its history row at ``best_step``): scoring them again gives
+    these to the digit (the same weights, rows, batches and fp32 forward), and took seconds to minutes of a stage;
+    None when no state was selected (no evaluation, or every score nan)."""
+    rows = [r for r in result.history if result.best_step is not None and r.get("step") == result.best_step]
+    return {k: v for k, v in rows[-1].items() if k not in ("step", "tag")} if rows else None
+
+
 def classification_objective(model, batch):
     """Plain fine-tuning: the model's own loss (cross-entropy, or MSE for regression)."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels")}

@@ -21,7 +21,7 @@ from compress.metrics import warn_undefined
 from compress.tasks import constant_score
 from compress.modeling import check_length, count_params, load_for_task, save
 from compress.errors import CompressError
-from compress.train import FitResult, fit, process_device, set_seed
+from compress.train import FitResult, best_scores, fit, process_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                     "and a student's retention against it means little; train it longer or harder (teacher.epochs, "
                     "teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0],
                     constant_score(spec.metrics[0]))
-    if len(holdout):
-        metrics["holdout"] = evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
+    if len(holdout):  # fit scored the weights it kept on these rows already
+        metrics["holdout"] = (cfg.finetune and best_scores(result)) or evaluate(model, holdout, collator, spec,
+                                                                               desc="teacher: scoring holdout")
     if data.test is not None:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
                                    desc="teacher: scoring test")

@@ -214,9 +214,15 @@ teacher: {{model: {model_dir}, epochs: {epochs}, lr: 1.0e-3, batch_size: 32}}
     return path
 
 
-def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
+def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys, monkeypatch):
+    import teachers.finetune
+
+    scored = []
+    real = teachers.finetune.evaluate
+    monkeypatch.setattr(teachers.finetune, "evaluate", lambda *a, **k: scored.append(k.get("desc")) or real(*a, **k))
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
     done = run_pipeline(recipe)
+    assert scored.count("teacher: scoring dev") == 1 and "teacher: scoring holdout" not in scored  # fit's scores kept
     folder = tmp_path / "runs" / "tiny" / "teacher"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest == done["teacher"]
@@ -230,6 +236,15 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys):
     assert manifest["env"]["host"]["cpu_features"] == ("+".join(present) or "none of avx2/avx512f/avx512_vnni")
     assert manifest["config"]["teacher"]["epochs"] == 1.0 and manifest["timing"]["wall_s"] > 0
     assert not list(folder.parent.glob(".teacher.tmp-*"))
+    # the held-out scores are those fit took of the weights it kept (not scored a second time): what scoring the
+    # saved model gives, to the digit
+    from compress.evaluate import evaluate
+
+    model, tok = load_trained(folder / "model")
+    data = load_task(recipe.task, seed=recipe.seed)
+    held = evaluate(model, tokenize(data.holdout, tok, 32), Collator({"": tok}), data.spec)
+    best = [r for r in manifest["train"]["history"] if r["step"] == manifest["train"]["best_step"]]
+    assert len(data.holdout) == 67 and manifest["metrics"]["holdout"] == held == {"accuracy": best[-1]["accuracy"]}
     created = manifest["created"]
     # unchanged -> reused
     capsys.readouterr()
