@@ -536,11 +536,22 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
     _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
-    if not force and os.environ.get("WORLD_SIZE", "1") == "1" and run_dir.is_dir():
-        with run_lock(run_dir):
-            done = _all_up_to_date(recipe, run_dir, until)
-        if done is not None:
-            return done
+    if force or os.environ.get("WORLD_SIZE", "1") != "1" or not run_dir.is_dir():
+        return _run_pipeline(recipe, run_dir, until, force)
+    with run_lock(run_dir):  # held until the end: what is judged here stands
+        judged = _judged_up_to_date(recipe, run_dir, until)
+        if len(judged) < len(plan(recipe, until)):
+            return _run_pipeline(recipe, run_dir, until, force, judged)
+        _remove_orphans(run_dir)
+        for name, (_, fp) in judged.items():
+            _say_reused(run_dir, name, fp)
+        return {name: manifest for name, (manifest, _) in judged.items()}
+
+
+def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tuple[str, ...],
+                  judged: Optional[dict[str, tuple[dict, str]]] = None) -> dict[str, dict]:
+    """`run_pipeline` with torch. ``judged``: given when this process holds the run lock already, the stages it found
+    up to date then (`_judged_up_to_date`)."""
     made = not run_dir.exists()
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
@@ -556,7 +567,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         problem = None
         if state.is_main_process:
             try:
-                stack.enter_context(run_lock(run_dir))
+                stack.enter_context(run_lock(run_dir, take=judged is None))
             except CompressError as e:
                 problem = str(e)
         problem = from_main_process(problem)  # every process stops on a held lock, not the main one alone
@@ -565,7 +576,7 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
         if not state.is_main_process:  # one copy of the run's output: the main process's
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         try:
-            return _run_stages(recipe, run_dir, state, until, force, _stage_waits(state))
+            return _run_stages(recipe, run_dir, state, until, force, _stage_waits(state), judged)
         except BaseException:  # still under this run's lock
             if made and state.is_main_process and {p.name for p in run_dir.iterdir()
                                                    if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
@@ -573,28 +584,29 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
             raise
 
 
-def _all_up_to_date(recipe: Recipe, run_dir: Path, until: Optional[str]) -> Optional[dict[str, dict]]:
-    """Every planned stage's manifest when all of them are up to date, judged (and said) as `_run_stages` would,
-    without importing torch: its import, with transformers, datasets and accelerate, took ~5 s of a command that had
-    nothing to do (a second `make pipeline`, `make report` after a run). None when a stage would run: `_run_stages`
-    decides then, stage by stage, hashing the outputs of the stages before it a second time (~0.6 s per GB here,
-    beside a stage that takes minutes). One process only (under a launcher every process takes the usual path)."""
+def _judged_up_to_date(recipe: Recipe, run_dir: Path, until: Optional[str]) -> dict[str, tuple[dict, str]]:
+    """(manifest, fingerprint) of the planned stages up to date before the first that is not, judged as `_run_stages`
+    judges, without importing torch: its import, with transformers, datasets and accelerate, took ~5 s of a command
+    that had nothing to do (a second `make pipeline`, `make report` after a run). One process only, not forced."""
     reused: dict[str, tuple[dict, str]] = {}
     for stage in plan(recipe, until):
         done = {n: m for n, (m, _) in reused.items()}
         if any(n not in done for n in stage.needs):
-            return None  # `_run_stages` says which
+            break  # `_run_stages` says which
         fp, inputs = _fingerprint(recipe, stage, done)
         manifest, _ = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
         if manifest is None:
-            return None
+            break
         reused[stage.name] = (manifest, fp)
-    _remove_orphans(run_dir)
-    for name, (_, fp) in reused.items():
-        log.info("stage %s: unchanged, reusing %s", name, run_dir / name)
-        print(f"[{name}] up to date ({run_dir / name})")
+    return reused
+
+
+def _say_reused(run_dir: Path, name: str, fp: str, main_process: bool = True) -> None:
+    """A stage is reused: said, and (by the main process) checkpoints of its fingerprint released."""
+    log.info("stage %s: unchanged, reusing %s", name, run_dir / name)
+    print(f"[{name}] up to date ({run_dir / name})")
+    if main_process:
         _release_checkpoints(run_dir, name, only=fp)
-    return {n: m for n, (m, _) in reused.items()}
 
 
 @contextlib.contextmanager
@@ -663,9 +675,10 @@ def _stage_waits(state):
 
 
 def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], force: tuple[str, ...],
-                wait_long: Callable[[], None]) -> dict[str, dict]:
+                wait_long: Callable[[], None], judged: Optional[dict[str, tuple[dict, str]]] = None) -> dict[str, dict]:
     """Run or reuse each planned stage. ``wait_long``: the barrier for a stage that does not train (`_stage_waits`);
-    the other processes wait in it while the main process runs the stage alone."""
+    the other processes wait in it while the main process runs the stage alone. ``judged``: stages already found up
+    to date (`_judged_up_to_date`, under the lock still held): their outputs are not hashed again."""
     from compress.train import wait_for_everyone
 
     done: dict[str, dict] = {}
@@ -678,14 +691,14 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
         if missing:
             raise CompressError(f"{recipe.path}: stage {stage.name!r} needs stage {missing[0]!r}, which is not configured")
         folder = run_dir / stage.name
-        fp, inputs = _fingerprint(recipe, stage, done)
         forced = stage.name in force or "all" in force
-        manifest, why = (None, "forced") if forced else _reuse(recipe, stage, folder, fp, inputs, done)
+        if stage.name in (judged or {}):
+            (manifest, fp), why = judged[stage.name], None
+        else:
+            fp, inputs = _fingerprint(recipe, stage, done)
+            manifest, why = (None, "forced") if forced else _reuse(recipe, stage, folder, fp, inputs, done)
         if manifest is not None:
-            log.info("stage %s: unchanged, reusing %s", stage.name, folder)
-            print(f"[{stage.name}] up to date ({folder})")
-            if state.is_main_process:
-                _release_checkpoints(run_dir, stage.name, only=fp)
+            _say_reused(run_dir, stage.name, fp, state.is_main_process)
             done[stage.name] = manifest
             continue
         if not checked:  # before any work: a model that cannot load stops the run now, not after the teacher trained
