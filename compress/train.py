@@ -108,12 +108,8 @@ def fit(
     # took 12.9 ms against 74.9 ms for the default per-tensor loop (`python scripts/bench_kernels.py adamw`)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
-    first = train_loader(train_ds, collator, cfg.batch_size, seed, 0, group_by_length)
-    batches_per_epoch = math.ceil(len(first) / accelerator.num_processes)
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
-    total = max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 6)))  # 2.2 x 25 is 55.00000000000001: 55, not 56
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = step_budget(len(train_loader(train_ds, collator, cfg.batch_size, seed, 0, group_by_length)),
+                        accelerator.num_processes, cfg)
     # Accelerate steps a prepared scheduler once per process per optimizer step (unless split_batches): count the
     # schedule in those units, or under DDP the learning rate would decay num_processes times too fast
     per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
@@ -295,6 +291,36 @@ def fit(
         _drop_autocast_forward(accelerator.unwrap_model(m)).eval()
     log.info("%s: %d steps, final loss %.4f, %.0f tokens/s", desc, step, last_loss, result.tokens_per_s)
     return result
+
+
+def step_budget(n_batches: int, processes: int, cfg: TrainConfig) -> int:
+    """The optimizer steps `fit` takes: ``cfg.epochs`` passes over ``n_batches`` batches shared out between
+    ``processes`` (a group of fewer than ``grad_accum`` batches at an epoch's end is a step too), at most
+    ``cfg.max_steps``."""
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_batches / processes) / cfg.grad_accum))
+    total = max(1, math.ceil(round(cfg.epochs * steps_per_epoch, 6)))  # 2.2 x 25 is 55.00000000000001: 55, not 56
+    return total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+
+def rows_read(train_ds, cfg: TrainConfig, seed: int, group_by_length: bool = True,
+              processes: Optional[int] = None) -> list[int]:
+    """The rows of ``train_ds`` that `fit` with the same arguments trains on, every process's together, in index
+    order: each epoch's shuffled batches (`train_loader`) up to the step budget. Under DDP, Accelerate deals an
+    epoch's batches out in turn (process r reads batches r, r + P, ...), so the first k steps of every process read
+    the epoch's first k x grad_accum x P batches. Work done per row ahead of training (a teacher's logits) need cover
+    only these rows when ``max_steps`` stops `fit` inside an epoch."""
+    processes = processes or process_state().num_processes
+    left = step_budget(len(train_loader(train_ds, None, cfg.batch_size, seed, 0, group_by_length)), processes, cfg)
+    rows: set[int] = set()
+    epoch = 0
+    while left > 0 and len(rows) < len(train_ds):
+        batches = list(train_loader(train_ds, None, cfg.batch_size, seed, epoch, group_by_length).batch_sampler)
+        per_process = math.ceil(len(batches) / processes)
+        for batch in batches[: min(per_process, left * cfg.grad_accum) * processes]:
+            rows.update(batch)
+        left -= min(left, math.ceil(per_process / cfg.grad_accum))
+        epoch += 1
+    return sorted(rows)
 
 
 def _drop_autocast_forward(model: torch.nn.Module) -> torch.nn.Module:

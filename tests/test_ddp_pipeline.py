@@ -74,6 +74,9 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
     assert len(rows) == 160
     expected = predict(teacher, rows, Collator({"": tok}))
     assert np.allclose(np.load(folder / "distill" / "teacher_logits.npy"), expected, atol=1e-4)
+    # prune recovery (2 steps x 2 x 8 rows on each process) labelled the rows both processes read: a row missed stops it
+    pruning = json.loads((folder / "prune" / "pruning.json").read_text())
+    assert pruning["recovery_logits"] == "computed" and 32 <= pruning["recovery_labelled"] <= 64 < 160
 
     # the run folder held by another job: every process stops, one line says why
     (tmp_path / "held").mkdir()

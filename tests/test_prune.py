@@ -238,8 +238,19 @@ prune:
 """)
     asked = []  # the model is scored, cut and labelled on the process's device: a GPU's, if any
     monkeypatch.setattr(stage, "process_device", lambda: asked.append(True) or torch.device("cpu"))
+    read, objective = [], stage.recovery_objective
+
+    def recording(*args):
+        inner = objective(*args)
+        return lambda model, batch: read.extend(batch["index"].tolist()) or inner(model, batch)
+
+    monkeypatch.setattr(stage, "recovery_objective", recording)
     done = run_pipeline(load_recipe(path))
     assert asked
+    # the teacher labelled the rows the two recoveries read (3 steps of 32 each), no more (and no fewer: a row
+    # without logits stops recovery)
+    pruning = json.loads((tmp_path / "runs" / "tiny" / "prune" / "pruning.json").read_text())
+    assert pruning["recovery_labelled"] == len(set(read)) < pruning["recovery_rows"] == 160
     manifest = done["prune"]
     folder = tmp_path / "runs" / "tiny" / "prune"
     assert manifest["source"] == "teacher" and manifest["params"] < done["teacher"]["params"]

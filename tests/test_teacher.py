@@ -17,7 +17,7 @@ from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.modeling import load_for_task, load_trained, save
 from compress.pipeline import run_pipeline
-from compress.train import fit
+from compress.train import fit, rows_read
 from teachers.zoo import sha256_file
 
 
@@ -112,6 +112,37 @@ def test_a_tokenizer_that_needs_its_repositorys_code_or_a_folder_without_config_
         load_for_task(str(custom), GLUE_TASKS["sst2"])
     assert load_error(ValueError("Unrecognized model in /m/v1. final. Should have a `model_type` key.\nMore")) == \
         "Unrecognized model in /m/v1. final"
+
+
+@pytest.mark.parametrize("cfg, grouped", [
+    (dict(epochs=1, batch_size=8, max_steps=5), True),  # stops inside the first epoch: a part of the rows
+    (dict(epochs=1, batch_size=8, max_steps=2, grad_accum=3), False),  # 6 batches of 8, not grouped by length
+    (dict(epochs=1, batch_size=8, max_steps=4, grad_accum=3), True),  # 3 steps an epoch: the 4th in the 2nd epoch
+    (dict(epochs=3, batch_size=16, max_steps=6), True),  # 4 batches an epoch: the 2nd epoch reads a part of its own
+    (dict(epochs=2.5, batch_size=16, grad_accum=3), True),  # partial accumulation groups at each epoch's end
+])
+def test_rows_read_are_the_rows_fit_trains_on(tiny_bert_dir, cfg, grouped):
+    """Work done per row ahead of training (prune recovery's teacher logits) covers `rows_read` only: these must be
+    exactly the rows `fit` reads, or recovery would look up rows nobody labelled."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    train = tokenize(data.train, tok, 32)
+    train = train.add_column("index", list(range(len(train))))
+    seen = []
+
+    def objective(m, batch):
+        seen.extend(batch["index"].tolist())
+        return m(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss, {}
+
+    config = TrainConfig(lr=1e-4, precision="fp32", **cfg)
+    fit(model, train, Collator({"": tok}), config, seed=3, objective=objective, group_by_length=grouped)
+    read = rows_read(train, config, seed=3, group_by_length=grouped)
+    assert read == sorted(set(seen)) and len(read) == len(set(read))
+    assert (len(read) < len(train)) == (cfg.get("max_steps", 99) * cfg["batch_size"] * cfg.get("grad_accum", 1) < 64)
+    # two processes deal out each epoch's batches in turn: twice the batches for the same steps (the DDP pipeline
+    # test runs recovery on them, where a row missed would stop it)
+    two = rows_read(train, config, seed=3, group_by_length=grouped, processes=2)
+    assert set(read) <= set(two) and (len(two) > len(read) or len(read) == len(train))
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_bert_dir):
