@@ -36,7 +36,7 @@ from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
 from compress.manifest import read_json, write_atomic, write_json
 from compress.metrics import warn_undefined
 from compress.modeling import count_params, load_trained, save, save_atomic
-from compress.train import (fit, from_main_process, main_process_writes, process_device, resolve_precision,
+from compress.train import (best_scores, fit, from_main_process, main_process_writes, process_device, resolve_precision,
                             rows_read)
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
                          checkpoint_dir=(checkpoint_root / f"step-{step + 1}") if checkpoint_root and
                          rcfg.checkpoint_every else None)
             record["recovery"] = {"steps": result.steps, "best_step": result.best_step,
-                                  "train_s": round(result.wall_s, 1), "resumed_from": result.resumed_from}
+                                  "train_s": round(result.wall_s, 1), "resumed_from": result.resumed_from,
+                                  "holdout": best_scores(result)}  # the kept weights' scores (None: none selected)
             record["dev_recovered"] = evaluate(model, dev, collator, spec)
         log.info("prune step %d: %s", step + 1, record)
         history.append(record)
@@ -344,9 +345,11 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                                       "recovery_logits": logits_from, "recovery_rows": trained_on,
                                       "recovery_labelled": len(labelled),
                                       "steps": history})
-    metrics = {"dev": evaluate(model, dev, collator, spec), "dev_before": dev_before}
+    # the last step scored the final weights on dev, and its recovery on the held-out rows: not scored again
+    last = history[-1]
+    metrics = {"dev": last.get("dev_recovered", last["dev_pruned"]), "dev_before": dev_before}
     if len(holdout):
-        metrics["holdout"] = evaluate(model, holdout, collator, spec)
+        metrics["holdout"] = last.get("recovery", {}).get("holdout") or evaluate(model, holdout, collator, spec)
     if data.test is not None:  # MRPC's labelled test split, as the teacher and the students are scored on it
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
     warn_undefined("prune: the pruned model", metrics)

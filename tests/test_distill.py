@@ -22,6 +22,8 @@ from compress.distill.align import aligned_rows, id_map, same_tokenizer
 from compress.distill.objective import Distiller, KDObjective, resolve_matches
 from compress.distill.stage import KDCollator, distill
 from compress.errors import CompressError
+from compress.evaluate import evaluate
+from compress.train import best_scores
 from students import build_student
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -397,6 +399,10 @@ def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):
     assert res.fits["intermediate"].steps == 3 and res.fits["prediction"].steps == 4
     assert res.fits["intermediate"].history == []  # step 1 trains no head: nothing to select on
     assert res.fits["prediction"].history and res.timing["teacher_cache_s"] > 0  # step 2: cached logits
+    # the stage records the held-out scores the prediction step's fit took of the weights it kept: a fresh scoring
+    # of the student gives them to the digit
+    fresh = evaluate(res.model, tokenize(data.holdout, tokenizer, 32), Collator({"": tokenizer}), data.spec)
+    assert res.holdout == fresh == best_scores(res.fits["prediction"]) and len(data.holdout) == 34
     # more intermediate steps than the epochs give the prediction step: exactly that many (it trained 6, a cap)
     longer = from_dict(StudentConfig, {**dataclasses.asdict(spec), "train": {"epochs": 1, "batch_size": 8},
                                        "distill": {"layer_map": "uniform", "two_step": True,

@@ -13,7 +13,7 @@ from compress.config import PruneConfig, TaskConfig, from_dict
 from compress.data import Collator, load_task, tokenize
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
-from compress.evaluate import predict
+from compress.evaluate import evaluate, predict
 from compress.manifest import fingerprint, hash_tree
 from compress.modeling import load_trained, save
 from compress.prune_stage import teacher_logits
@@ -245,6 +245,8 @@ prune:
         return lambda model, batch: read.extend(batch["index"].tolist()) or inner(model, batch)
 
     monkeypatch.setattr(stage, "recovery_objective", recording)
+    scored, real_evaluate = [], stage.evaluate
+    monkeypatch.setattr(stage, "evaluate", lambda m, ds, *a, **k: scored.append(len(ds)) or real_evaluate(m, ds, *a, **k))
     done = run_pipeline(load_recipe(path))
     assert asked
     # the teacher labelled the rows the two recoveries read (3 steps of 32 each), no more (and no fewer: a row
@@ -264,8 +266,17 @@ prune:
     record = json.loads((folder / "pruning.json").read_text())["provenance"]
     assert [len(s["heads"]) for s in record["layers"]] == [r["heads_after"] for r in rows]
     assert "model/model.safetensors" in manifest["outputs"] and manifest["pruning"]["speedup_macs"] > 1.5
-    model, _ = load_trained(folder / "model")
+    model, tok = load_trained(folder / "model")
     assert P.provenance(model).to_dict() == record
+    # dev scored before pruning and after each cut and recovery; the held-out rows by each recovery's fit only: the
+    # final scores are the last step's, which a fresh scoring of the saved model gives to the digit
+    loaded = load_recipe(path)
+    data = load_task(loaded.task, seed=loaded.seed)
+    assert scored.count(64) == 5 and scored.count(len(data.holdout)) == 2 and len(data.holdout) > 64
+    fresh = {split: evaluate(model, tokenize(getattr(data, split), tok, 32), Collator({"": tok}), data.spec)
+             for split in ("dev", "holdout")}
+    assert manifest["metrics"]["dev"] == fresh["dev"] == steps[-1]["dev_recovered"]
+    assert manifest["metrics"]["holdout"] == fresh["holdout"] == steps[-1]["recovery"]["holdout"]
 
 
 def test_prune_stage_interrupted_in_step_2_resumes_after_step_1(tiny_bert_dir, tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ from compress.manifest import fingerprint, hash_tree, outputs_intact, read_json,
 from compress.metrics import warn_undefined
 from teachers.zoo import sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
-from compress.train import FitResult, fit, main_process_writes, process_device, resolve_precision, set_seed
+from compress.train import (FitResult, best_scores, fit, main_process_writes, process_device, resolve_precision,
+                            set_seed)
 from students import build_student
 from students.build import Student
 
@@ -70,6 +71,8 @@ class DistillResult:
     timing: dict = field(default_factory=dict)
     augment: Optional[dict] = None
     """The transfer set's summary (`augment_rows`) when the student trained on augmented copies."""
+    holdout: Optional[dict] = None
+    """The held-out scores of the weights kept (the last step's `fit` scored them); None: none selected."""
 
 
 def augment_key(augment: AugmentConfig, student: str) -> str:
@@ -234,8 +237,10 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
                     align.misaligned_rows, align.rows)
+    final = fits.get(_steps(spec, bool(matches))[-1][0])  # not run here when resumed after it had finished
     return DistillResult(student.model, s_tok, fits, align, [m.key for m in matches], same,
-                         {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()}, aug_summary)
+                         {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()}, aug_summary,
+                         best_scores(final) if final is not None else None)
 
 
 TEACHER_LOGITS = "teacher_logits.npy"
@@ -461,8 +466,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
             raise CompressError(f"{recipe.path}: {e}") from None
         collator = Collator({"": res.tokenizer}, data.spec.is_regression)
         metrics = {"dev": evaluate(res.model, tokenize(data.dev, res.tokenizer, ml), collator, data.spec)}
-        if len(data.holdout):
-            metrics["holdout"] = evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml), collator, data.spec)
+        if len(data.holdout):  # as the last step's fit scored the weights it kept, with the same rows and collator
+            metrics["holdout"] = res.holdout or evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml),
+                                                         collator, data.spec)
         if data.test is not None:
             metrics["test"] = evaluate(res.model, tokenize(data.test, res.tokenizer, ml), collator, data.spec)
         warn_undefined(f"distill: student {spec.name}", metrics)
