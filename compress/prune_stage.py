@@ -82,11 +82,12 @@ def recovery_objective(teacher_logits: torch.Tensor, cfg: RecoverConfig, regress
 
     def objective(model, batch):
         out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
-        teacher = teacher_logits[batch["index"].cpu()].to(out.logits.device)
+        index = batch["index"].cpu()
+        teacher = teacher_logits[index]
         if torch.isnan(teacher).any():  # `recovery_rows` left these out: training on nan targets would hide it
-            missing = batch["index"].cpu()[teacher.isnan().any(-1).cpu()].tolist()
-            raise CompressError(f"prune recovery: training rows {missing[:5]} have no teacher logits (the rows "
-                                f"labelled ahead of training missed them; please report this)")
+            raise CompressError(f"prune recovery: training rows {index[teacher.isnan().any(-1)].tolist()[:5]} have no "
+                                f"teacher logits (the rows labelled ahead of training missed them; please report this)")
+        teacher = teacher.to(out.logits.device)
         kd = logits_mse(out.logits, teacher) if regression else kd_loss(out.logits, teacher, cfg.temperature)
         hard = hard_label_loss(out.logits, batch["labels"], batch.get("gold"))  # copies (gold 0): KD only
         loss = cfg.kd_weight * kd + cfg.hard_label_weight * hard

@@ -776,3 +776,28 @@ def test_a_mac_budget_on_a_model_of_few_heads_prunes_the_ffn_past_the_heads_limi
         h.remove()
     attention = 2 * 2 * 128 * 128 * 32  # scores and weighted values, per layer
     assert P.model_macs(electra, 128) == sum(counted) + attention
+
+
+def test_recovery_stops_on_a_row_the_teacher_did_not_label():
+    """Recovery's teacher labels only the rows `recovery_rows` lists (nan elsewhere): a batch reading another row must
+    stop with the rows named, not train on nan targets."""
+    from compress.config import RecoverConfig
+    from compress.prune_stage import recovery_objective, spread
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, input_ids, **_):
+            return type("Out", (), {"logits": self.w.expand(len(input_ids), 2)})()
+
+    given = torch.tensor([[1.0, -1.0], [0.5, 0.0], [-2.0, 2.0]])
+    logits = spread(given, [0, 2, 4], 6)
+    assert torch.equal(logits[[0, 2, 4]], given) and torch.isnan(logits[[1, 3, 5]]).all()
+    objective = recovery_objective(logits, RecoverConfig(), regression=False)
+    batch = {"input_ids": torch.zeros(3, 4, dtype=torch.long), "labels": torch.tensor([0, 1, 0])}
+    loss, logs = objective(Head(), {**batch, "index": torch.tensor([0, 2, 4])})
+    assert torch.isfinite(loss) and logs["kd"] > 0
+    with pytest.raises(CompressError, match=r"training rows \[1, 5\] have no teacher logits"):
+        objective(Head(), {**batch, "index": torch.tensor([1, 2, 5])})
