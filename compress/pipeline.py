@@ -306,12 +306,23 @@ def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inp
     return earlier
 
 
+# files of a cloned hub repository that transformers' torch loading never reads: the licence and card, images, other
+# frameworks' weights and exports, the repository's own code (compress never runs it), sentence-transformers' settings
+NOT_READ_NAMES = re.compile(r"(licen[cs]e|notice|copying|authors|citation)([._-].*)?|modules\.json|data_config\.json"
+                            r"|sentence_bert_config\.json|config_sentence_transformers\.json", re.IGNORECASE)
+NOT_READ_SUFFIXES = (".md", ".cff", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".py", ".onnx", ".ort", ".h5",
+                     ".msgpack", ".ot", ".tflite", ".mlmodel")
+
+
 def model_file(rel: str) -> bool:
     """Whether loading a model folder (``from_pretrained``, model and tokenizer) may read the file at ``rel``: a
-    top-level file, not hidden, not a model card (``*.md``). A subfolder (a Trainer's ``checkpoint-500/``, a
-    sentence-transformers module) is not read: adding one, or a README, redid the stage and all after it."""
+    top-level file, not hidden, none of `NOT_READ_NAMES` / `NOT_READ_SUFFIXES`. A subfolder (a Trainer's
+    ``checkpoint-500/``, a sentence-transformers module) is not read: adding one, a README or a LICENSE redid the
+    stage and all after it. (Manifests recorded with such files among their inputs still match: `_earlier_inputs`.)"""
     parts = Path(rel).parts
-    return len(parts) == 1 and not parts[0].startswith(".") and not parts[0].lower().endswith(".md")
+    name = parts[0].lower() if len(parts) == 1 else ""
+    return bool(name) and not name.startswith(".") and not name.endswith(NOT_READ_SUFFIXES) \
+        and NOT_READ_NAMES.fullmatch(name) is None
 
 
 def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict, unnamed_source: bool = False) -> str:

@@ -1134,8 +1134,8 @@ def test_a_search_after_the_report_redoes_the_report(tmp_path, tiny_bert_dir):
 
 def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerprints_still_hold(tmp_path,
                                                                                                   tiny_bert_dir):
-    """A README.md written into the teacher's model folder, or a Trainer's checkpoint-500/ left in it, redid the
-    teacher and every stage after it: from_pretrained reads neither. A stage recorded by the earlier code, which
+    """A README.md or LICENSE written into the teacher's model folder, or a Trainer's checkpoint-500/ left in it,
+    redid the teacher and every stage after it: from_pretrained reads none of them. A stage recorded by the earlier code, which
     hashed them, is still reused (its outputs are the same)."""
     from compress import pipeline
 
@@ -1145,6 +1145,10 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
     (tiny_bert_dir / "README.md").write_text("# my model card")
     (tiny_bert_dir / "checkpoint-500").mkdir()
     (tiny_bert_dir / "checkpoint-500" / "optimizer.pt").write_bytes(b"state")
+    # nor what a cloned hub repository holds beside the model: licence, images, exports, sentence-transformers files
+    for name in ("LICENSE", "NOTICE.txt", "card.png", "train_script.py", "model.onnx", "modules.json",
+                 "sentence_bert_config.json", "config_sentence_transformers.json"):
+        (tiny_bert_dir / name).write_text("not read by from_pretrained")
     assert pipeline._fingerprint(recipe, teacher, {}) == (fp, before)
     (tiny_bert_dir / "vocab.txt").write_text((tiny_bert_dir / "vocab.txt").read_text() + "newword\n")
     assert pipeline._fingerprint(recipe, teacher, {})[0] != fp  # what loading reads still counts
@@ -1153,7 +1157,7 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "w.bin").write_bytes(b"weights")
     earlier = pipeline._earlier_inputs(recipe, teacher, {}, pipeline._inputs(recipe, teacher, {}))
-    assert str(tiny_bert_dir / "README.md") in earlier
+    assert str(tiny_bert_dir / "README.md") in earlier and str(tiny_bert_dir / "LICENSE") in earlier
     old = pipeline._stage_fingerprint(recipe, teacher, earlier, pipeline._config(recipe, teacher))
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": old, "inputs": earlier,
                                                       "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
