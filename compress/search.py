@@ -185,6 +185,10 @@ class Context:
     logits on the training slice depend on (also the seed and the slice's rows): a new ``search.lr`` exported the
     teacher and ran it over the slice again. Stamps of either written with ``train_settings`` stay valid."""
     logits_settings: str
+    base_settings: str
+    """What a depth's distilled base student depends on: ``train_settings`` less ``recover_steps`` (which trains only
+    the models made from it), plus the slice's rows (its batches' order). A new ``recover_steps`` retrained every base
+    student, a minute or more each."""
     _logits: Optional[torch.Tensor] = None
 
     def teacher_logits(self) -> torch.Tensor:
@@ -294,6 +298,8 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
         **({"int8": int8[m]} if int8[m] else {})}}) for m in cfg.modes}
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
     logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
+    base_settings = fingerprint({"base": {k: getattr(cfg, k) for k in ("train_steps", "batch_size", "lr")},
+                                 "task": task, "seed": recipe.seed, "teacher": teacher_id, "rows": rows})
     out = recipe.run_dir / "search"
     for sub in ("candidates", "models", "int8"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -302,7 +308,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     remove_dead_scratch()  # and its quantize/bench scratch folders in the system's temporary folder
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
                    Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings, modes,
-                   scored, teacher_settings, logits_settings)
+                   scored, teacher_settings, logits_settings, base_settings)
 
 
 # ------------------------------------------------------------------------------------------------ building models
@@ -317,11 +323,13 @@ def _fit(ctx: Context, model, steps: int, desc: str, seed: int):
                group_by_length=ctx.recipe.task.group_by_length, desc=desc)
 
 
-def _load_saved(ctx: Context, folder: Path) -> Optional[tuple[torch.nn.Module, dict]]:
+def _load_saved(ctx: Context, folder: Path, base: bool = False) -> Optional[tuple[torch.nn.Module, dict]]:
+    """The model saved in ``folder`` when its stamp holds the settings it depends on (``base``: a base student's,
+    whose stamps before 2026-12-06 held ``train_settings``), else None."""
     from compress.modeling import load_trained
 
     info = _stamp(folder / "search_model.json")
-    if info.get("settings") != ctx.train_settings:
+    if info.get("settings") not in ((ctx.base_settings, ctx.train_settings) if base else (ctx.train_settings,)):
         return None
     try:
         return load_trained(folder)[0].eval(), {**info, "reused": True}
@@ -336,7 +344,7 @@ def base_student(ctx: Context, depth: int) -> Path:
     if depth == ctx.teacher.config.num_hidden_layers:
         return ctx.teacher_dir
     folder = ctx.out / "models" / f"L{depth}-base"
-    if _load_saved(ctx, folder) is None:
+    if _load_saved(ctx, folder, base=True) is None:
         from compress.modeling import save_atomic
         from students.layer_drop import layer_drop_student
 
@@ -344,7 +352,7 @@ def base_student(ctx: Context, depth: int) -> Path:
         model, kept = layer_drop_student(ctx.teacher, depth)
         fit = _fit(ctx, model, ctx.cfg.train_steps, f"search L{depth} distill", ctx.recipe.seed)
         save_atomic(model, ctx.tokenizer, folder, {"search_model.json": {
-            "source": "layer_drop", "kept_layers": kept, "settings": ctx.train_settings, "train_steps": fit.steps,
+            "source": "layer_drop", "kept_layers": kept, "settings": ctx.base_settings, "train_steps": fit.steps,
             "train_s": round(time.perf_counter() - t0, 1)}})
     return folder
 

@@ -917,3 +917,35 @@ def test_search_md_shows_names_and_reasons_as_written():
                                   "(t\\<script\\>x\\</script\\> \\# injected)")
     assert "- L1-dynamic: failed: \\<b\\>export\\</b\\> parity \\| 0.3" in md
     assert not any(tag in md for tag in ("<img src=x onerror=alert(1)>", "<script>", "<b>"))
+
+
+def test_a_new_recover_steps_retrains_the_candidates_but_not_their_depths_base_student(tmp_path, glue_dir,
+                                                                                       tokenizer):
+    """The base student of a depth (distilled ``train_steps`` on the slice) does not depend on ``recover_steps``
+    unless the slice grows with it (its batches' order): a new value retrained every base student. Bases stamped by
+    the earlier code (with the candidates' settings) still serve."""
+    from compress.search import load_context
+
+    path = _recipe(tmp_path, glue_dir, tokenizer, depths=[1], keep_macs=[1.0], train_steps=3, recover_steps=2)
+    base = tmp_path / "runs" / "tiny" / "search" / "models" / "L1-base" / "search_model.json"
+    assert run_search(load_recipe(path), budget_ms=1000.0)["counts"]["measured"] == 1
+    first = json.loads(base.read_text())
+
+    def rerun(**changes):
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": {**SEARCH, "depths": [1],
+                                                                                        "keep_macs": [1.0], **changes}}))
+        recipe = load_recipe(path)
+        return run_search(recipe, budget_ms=1000.0), json.loads(base.read_text()), recipe
+
+    done, stamp, _ = rerun(train_steps=3, recover_steps=1)  # same slice (3 x 8 rows): the base is kept
+    assert done["counts"]["measured"] == 1 and stamp == first  # the candidate is retrained and measured again
+    done, stamp, recipe = rerun(train_steps=3, recover_steps=5)  # 5 x 8 rows: another slice, another base
+    assert done["counts"]["measured"] == 1 and stamp["settings"] != first["settings"]
+    # a base stamped by the code before (with the settings of the candidates made with it) serves them
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": {**SEARCH, "depths": [1],
+                                                                                    "keep_macs": [1.0],
+                                                                                    "recover_steps": 1}}))
+    ctx = load_context(load_recipe(path), load_recipe(path).search)
+    base.write_text(json.dumps({**stamp, "settings": ctx.train_settings, "train_s": -1.0}))
+    done, stamp, _ = rerun(train_steps=3, recover_steps=1)
+    assert done["counts"]["measured"] == 1 and stamp["train_s"] == -1.0 and stamp["settings"] == ctx.train_settings
