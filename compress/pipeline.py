@@ -290,16 +290,32 @@ def student_key(recipe: Recipe, index: int, teacher_manifest: dict) -> str:
     return _stage_fingerprint(alone, stage, inputs, {**_result_config(_config(alone, stage)), "teacher": None})
 
 
-def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict) -> dict[str, str]:
+def _unread_model_files(recipe: Recipe, stage: Stage) -> dict[str, dict[str, str]]:
+    """folder -> {relative path: sha256} of the files of the stage's local model folders that loading does not read
+    (`model_file`), hidden ones left out: earlier code hashed them as inputs too."""
+    return {folder: hash_tree(Path(folder), keep=lambda rel: not hidden_path(rel) and not model_file(rel))
+            for folder in _folders(recipe, stage.models)}
+
+
+def _inputs_before_unread_names(inputs: dict, unread: dict[str, dict[str, str]]) -> dict[str, str]:
+    """``inputs`` as compress computed them from 2026-12-04 to 2026-12-06: every top-level file of a model folder but
+    the hidden ones and ``*.md`` (a LICENSE, a ``.py``, an ``.onnx`` were inputs until `NOT_READ_NAMES` and
+    `NOT_READ_SUFFIXES`)."""
+    return {**inputs, **{str(Path(folder) / rel): digest for folder, files in unread.items()
+                         for rel, digest in files.items()
+                         if len(Path(rel).parts) == 1 and not rel.lower().endswith(".md")}}
+
+
+def _earlier_inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict,
+                    unread: Optional[dict[str, dict[str, str]]] = None) -> dict[str, str]:
     """``inputs`` (`_inputs`) as compress computed them before: every file of a model folder (not only what loading
-    reads, `model_file`: the rest hashed here, the rest taken from ``inputs``), no hub commits (of models or a
-    ``hub_dataset``) nor a local ``hub_dataset`` folder's files, every upstream stage's outputs (not only those
-    `Stage.reads_only` and `Stage.reads_files` keep)."""
+    reads, `model_file`: ``unread``, hashed here when not given, the rest taken from ``inputs``), no hub commits (of
+    models or a ``hub_dataset``) nor a local ``hub_dataset`` folder's files, every upstream stage's outputs (not only
+    those `Stage.reads_only` and `Stage.reads_files` keep)."""
     local_dataset = {str(p) for p in data_files(recipe.task)} if recipe.task.hub_dataset else set()
     earlier = {k: v for k, v in inputs.items() if not k.startswith("hub:") and k not in local_dataset}
-    for folder in _folders(recipe, stage.models):
-        earlier.update({str(Path(folder) / rel): digest for rel, digest in hash_tree(
-            Path(folder), keep=lambda rel: not hidden_path(rel) and not model_file(rel)).items()})
+    for folder, files in (_unread_model_files(recipe, stage) if unread is None else unread).items():
+        earlier.update({str(Path(folder) / rel): digest for rel, digest in files.items()})
     for need in stage.upstream(upstream):
         for rel, digest in upstream[need]["outputs"].items():
             earlier[f"{need}/{rel}"] = digest
@@ -318,7 +334,8 @@ def model_file(rel: str) -> bool:
     """Whether loading a model folder (``from_pretrained``, model and tokenizer) may read the file at ``rel``: a
     top-level file, not hidden, none of `NOT_READ_NAMES` / `NOT_READ_SUFFIXES`. A subfolder (a Trainer's
     ``checkpoint-500/``, a sentence-transformers module) is not read: adding one, a README or a LICENSE redid the
-    stage and all after it. (Manifests recorded with such files among their inputs still match: `_earlier_inputs`.)"""
+    stage and all after it. (Manifests recorded with such files among their inputs still match: `_earlier_inputs`,
+    `_inputs_before_unread_names`.)"""
     parts = Path(rel).parts
     name = parts[0].lower() if len(parts) == 1 else ""
     return bool(name) and not name.startswith(".") and not name.endswith(NOT_READ_SUFFIXES) \
@@ -342,8 +359,9 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
                            recorded: dict, recorded_config: Any = None, recorded_source: Any = None) -> set[str]:
     """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
     - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
-      file of a model folder (before `model_file`), every upstream stage's outputs (before `Stage.reads_only`) and
-      every file of the stages it reads (before `Stage.reads_files` kept prune and quantize to their source's);
+      file of a model folder (before `model_file`) or its top-level files but the card (2026-12-04..06), every
+      upstream stage's outputs (before `Stage.reads_only`) and every file of the stages it reads (before
+      `Stage.reads_files` kept prune and quantize to their source's);
     - with an input file that the stage's manifest (``recorded``: its inputs) lists under another path with the same
       sha256 keyed by that path: a data folder moved, copied, or reached through another spelling or a link (inputs
       are keyed by path) redid every stage, hours of training, for the same bytes;
@@ -356,9 +374,12 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       teacher stage's outputs (among its inputs), never ``teacher.model``, so a model folder respelled or copied (the
       teacher stage reused) redid the distillation for the same teacher."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
-    variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs)]
+    unread = _unread_model_files(recipe, stage)  # hashed once for both variants that count them
+    variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs, unread)]
     if stage.reads_files is not None:  # prune's and quantize's before they read their source's files only (2026-12-05)
         variants.append(_inputs(recipe, stage, upstream, every_file=True))
+    if any(unread.values()):
+        variants.append(_inputs_before_unread_names(inputs, unread))
     variants += [_same_content_keys(v, recorded) for v in variants]
     # path spellings judged on each variant's inputs (a manifest of before `model_file` lists a folder's README too)
     for config in configs[:2]:

@@ -1163,6 +1163,21 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
                                                       "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
     fp, inputs = pipeline._fingerprint(recipe, teacher, {})
     assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
+    # and a manifest of the code of 2026-12-04..06 (every top-level file but hidden ones and *.md: the LICENSE, the
+    # .onnx, the .py were inputs; README.md and checkpoint-500/ were not): matches too
+    real_rule = pipeline.model_file
+    pipeline.model_file = lambda rel: len(Path(rel).parts) == 1 and not rel.startswith(".") \
+        and not rel.lower().endswith(".md")
+    try:
+        middle_fp, middle = pipeline._fingerprint(recipe, teacher, {})
+    finally:
+        pipeline.model_file = real_rule
+    assert str(tiny_bert_dir / "LICENSE") in middle and str(tiny_bert_dir / "README.md") not in middle
+    assert middle_fp != fp and middle_fp not in (old, pipeline._stage_fingerprint(recipe, teacher, earlier,
+                                                                                   pipeline._config(recipe, teacher)))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": middle_fp, "inputs": middle,
+                                                      "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
+    assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
     # a hand-edited manifest whose inputs are not a mapping: redone, and why said (a TypeError traceback before)
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": "x", "inputs": None, "outputs": {}}))
     why = pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1]
