@@ -246,7 +246,8 @@ prune:
 
     monkeypatch.setattr(stage, "recovery_objective", recording)
     scored, real_evaluate = [], stage.evaluate
-    monkeypatch.setattr(stage, "evaluate", lambda m, ds, *a, **k: scored.append(len(ds)) or real_evaluate(m, ds, *a, **k))
+    monkeypatch.setattr(stage, "evaluate",
+                        lambda m, ds, *a, **k: scored.append(len(ds)) or real_evaluate(m, ds, *a, **k))
     done = run_pipeline(load_recipe(path))
     assert asked
     # the teacher labelled the rows the two recoveries read (3 steps of 32 each), no more (and no fewer: a row

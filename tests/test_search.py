@@ -932,8 +932,8 @@ def test_a_new_recover_steps_retrains_the_candidates_but_not_their_depths_base_s
     first = json.loads(base.read_text())
 
     def rerun(**changes):
-        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": {**SEARCH, "depths": [1],
-                                                                                        "keep_macs": [1.0], **changes}}))
+        search = {**SEARCH, "depths": [1], "keep_macs": [1.0], **changes}
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": search}))
         recipe = load_recipe(path)
         return run_search(recipe, budget_ms=1000.0), json.loads(base.read_text()), recipe
 
@@ -942,9 +942,8 @@ def test_a_new_recover_steps_retrains_the_candidates_but_not_their_depths_base_s
     done, stamp, recipe = rerun(train_steps=3, recover_steps=5)  # 5 x 8 rows: another slice, another base
     assert done["counts"]["measured"] == 1 and stamp["settings"] != first["settings"]
     # a base stamped by the code before (with the settings of the candidates made with it) serves them
-    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": {**SEARCH, "depths": [1],
-                                                                                    "keep_macs": [1.0],
-                                                                                    "recover_steps": 1}}))
+    search = {**SEARCH, "depths": [1], "keep_macs": [1.0], "recover_steps": 1}
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "search": search}))
     ctx = load_context(load_recipe(path), load_recipe(path).search)
     base.write_text(json.dumps({**stamp, "settings": ctx.train_settings, "train_s": -1.0}))
     done, stamp, _ = rerun(train_steps=3, recover_steps=1)

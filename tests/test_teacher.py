@@ -1135,8 +1135,8 @@ def test_a_search_after_the_report_redoes_the_report(tmp_path, tiny_bert_dir):
 def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerprints_still_hold(tmp_path,
                                                                                                   tiny_bert_dir):
     """A README.md or LICENSE written into the teacher's model folder, or a Trainer's checkpoint-500/ left in it,
-    redid the teacher and every stage after it: from_pretrained reads none of them. A stage recorded by the earlier code, which
-    hashed them, is still reused (its outputs are the same)."""
+    redid the teacher and every stage after it: from_pretrained reads none of them. A stage recorded by the earlier
+    code, which hashed them, is still reused (its outputs are the same)."""
     from compress import pipeline
 
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir))
@@ -1175,8 +1175,8 @@ def test_a_model_card_or_a_checkpoint_subfolder_is_not_an_input_and_old_fingerpr
     assert str(tiny_bert_dir / "LICENSE") in middle and str(tiny_bert_dir / "README.md") not in middle
     assert middle_fp != fp and middle_fp not in (old, pipeline._stage_fingerprint(recipe, teacher, earlier,
                                                                                    pipeline._config(recipe, teacher)))
-    (folder / "manifest.json").write_text(json.dumps({"fingerprint": middle_fp, "inputs": middle,
-                                                      "outputs": {"model/w.bin": sha256_file(folder / "model" / "w.bin")}}))
+    outputs = {"model/w.bin": sha256_file(folder / "model" / "w.bin")}
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": middle_fp, "inputs": middle, "outputs": outputs}))
     assert pipeline._reuse(recipe, teacher, folder, fp, inputs, {})[1] is None
     # a hand-edited manifest whose inputs are not a mapping: redone, and why said (a TypeError traceback before)
     (folder / "manifest.json").write_text(json.dumps({"fingerprint": "x", "inputs": None, "outputs": {}}))
