@@ -6,8 +6,9 @@ calibration batches of training rows, or weight magnitude), cut ``k/steps`` of t
 (`compress.prune`), then recover through `compress.train.fit` with logit KD (``kd_loss`` at T, scaled by T^2) plus
 the gold labels. The recovery teacher is the unpruned source model or the original teacher (``prune.recover.teacher``);
 its logits on the training rows the recovery steps will read (`recovery_rows`) are computed once, before the first
-step (or taken from the distill stage, which saved them for every row), and looked up by row index. ``prune.recover.data: transfer`` trains recovery on the transfer set the
-student was distilled on (training rows + augmented copies, KD only on the copies) instead of the training rows.
+step (or taken from the distill stage, which saved them for every row), and looked up by row index.
+``prune.recover.data: transfer`` trains recovery on the transfer set the student was distilled on (training rows +
+augmented copies, KD only on the copies) instead of the training rows.
 
 Writes ``model/`` (safetensors, config with the pruning record, tokenizer), ``pruning.json`` (what every layer kept,
 original numbering; per-step metrics), ``layers.md`` / ``layers.json`` (per-layer heads, FFN, params and MACs before
