@@ -328,7 +328,9 @@ prune: {{heads: 0.5, ffn: 0.5, steps: 2, calibration_batches: 2, calibration_bat
     assert not (tmp_path / "cut" / "tiny" / ".checkpoints").exists()  # finished: nothing left to resume
 
 
-def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path):
+def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path,
+                                                                                   monkeypatch):
+    import compress.distill.stage as distill_stage
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
 
@@ -345,9 +347,19 @@ prune:
   importance: l2
   recover: {{max_steps: 2, batch_size: 32, teacher: teacher}}
 """)
+    scored, real_evaluate = [], distill_stage.evaluate
+    monkeypatch.setattr(distill_stage, "evaluate",
+                        lambda m, ds, *a, **k: scored.append(len(ds)) or real_evaluate(m, ds, *a, **k))
     done = run_pipeline(load_recipe(path))
     manifest = done["prune"]
     assert manifest["source"] == "half" and "distill/half/model/model.safetensors" in manifest["inputs"]
+    # the distill stage took the student's held-out scores from its fit (which scored them once, at the end), and
+    # they are what scoring the saved student gives
+    data = load_task(load_recipe(path).task, seed=load_recipe(path).seed)
+    assert scored.count(len(data.holdout)) == 1 and len(data.holdout) not in (32, 128)
+    student, s_tok = load_trained(tmp_path / "runs" / "tiny" / "distill" / "half" / "model")
+    fresh = evaluate(student, tokenize(data.holdout, s_tok, 32), Collator({"": s_tok}), data.spec)
+    assert done["distill"]["students"]["half"]["metrics"]["holdout"] == fresh
     assert [(r["heads_after"], r["ffn_after"]) for r in manifest["pruning"]["layers"]] == [(4, 32)]
     assert manifest["pruning"]["steps"][0]["recovery"]["steps"] == 2
     model, _ = load_trained(tmp_path / "runs" / "tiny" / "prune" / "model")
