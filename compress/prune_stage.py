@@ -297,7 +297,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     except CompressError as e:
         raise CompressError(f"{recipe.path}: {e}") from None
 
-    logits, logits_from, labelled = None, None, []
+    logits, logits_from = None, None
     if cfg.recover is not None:
         precision = resolve_precision(cfg.recover.precision)
         # the run's teacher teaches (also when it is the model pruned: then it is the unpruned source as well)
@@ -308,7 +308,6 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
                                          teacher_digest(inputs["teacher"]))
         if saved is not None:
             logits, logits_from = torch.from_numpy(saved).float(), "distill stage"
-            labelled = range(len(saved))
             log.info("recovery: the teacher's logits on %d %s rows reused from the distill stage",
                      len(saved), "transfer" if transfer is not None else "training")
         else:  # labelled now: only the rows recovery will read
@@ -343,9 +342,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     (out / "layers.md").write_text(layer_markdown(layer_rows, totals, ml), encoding="utf-8")
     prov = P.provenance(model)
     trained_on = len(rows) if cfg.recover is not None else 0  # recover: null trains on nothing
+    labelled = 0 if logits is None else int((~logits.isnan().any(-1)).sum())  # the rows that have teacher logits
     write_json(out / "pruning.json", {"source": source, "source_folder": str(folder), "provenance": prov.to_dict(),
                                       "recovery_logits": logits_from, "recovery_rows": trained_on,
-                                      "recovery_labelled": len(labelled),
+                                      "recovery_labelled": labelled,
                                       "steps": history})
     # the last step scored the final weights on dev, and its recovery on the held-out rows: not scored again
     last = history[-1]

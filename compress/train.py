@@ -310,13 +310,17 @@ def rows_read(train_ds, cfg: TrainConfig, seed: int, group_by_length: bool = Tru
     the epoch's first k x grad_accum x P batches. Work done per row ahead of training (a teacher's logits) need cover
     only these rows when ``max_steps`` stops `fit` inside an epoch."""
     processes = processes or process_state().num_processes
-    left = step_budget(len(train_loader(train_ds, None, cfg.batch_size, seed, 0, group_by_length)), processes, cfg)
+
+    def batches(epoch: int) -> list[list[int]]:
+        return list(train_loader(train_ds, None, cfg.batch_size, seed, epoch, group_by_length).batch_sampler)
+
+    epoch, epoch_batches = 0, batches(0)
+    left = step_budget(len(epoch_batches), processes, cfg)
     rows: set[int] = set()
-    epoch = 0
     while left > 0 and len(rows) < len(train_ds):
-        batches = list(train_loader(train_ds, None, cfg.batch_size, seed, epoch, group_by_length).batch_sampler)
-        per_process = math.ceil(len(batches) / processes)
-        for batch in batches[: min(per_process, left * cfg.grad_accum) * processes]:
+        epoch_batches = epoch_batches if epoch == 0 else batches(epoch)
+        per_process = math.ceil(len(epoch_batches) / processes)
+        for batch in epoch_batches[: min(per_process, left * cfg.grad_accum) * processes]:
             rows.update(batch)
         left -= min(left, math.ceil(per_process / cfg.grad_accum))
         epoch += 1
