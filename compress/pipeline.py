@@ -737,6 +737,12 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
+            if any(s.name == "prune" for s in stages[i:]):  # a budget the source's shape cannot meet
+                from compress.prune_stage import budget_problem
+
+                problem = budget_problem(recipe)
+                if problem:
+                    raise CompressError(problem)
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule

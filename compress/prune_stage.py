@@ -62,6 +62,68 @@ def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
     return source, folder
 
 
+def budget_problem(recipe: Recipe) -> Optional[str]:
+    """Why ``prune.keep_params``/``keep_macs`` cannot be met by the prune source's shape (the budget is below its
+    smallest model: one head and one FFN neuron per layer), or None: found before any stage runs, not once the
+    teacher and the students have trained. The shape is the recipe's: the teacher's config built on the meta
+    device (no weights), a student cut from it by the distill stage's own surgery (`students.build_student`). Equal
+    importances stand in for the trained ones: the smallest model costs no more with them (a layer's cost is linear
+    in its heads and neurons), so what is refused here is refused at the stage too. None as well where the shape is
+    not known beforehand (a teacher pruned earlier, a model that does not load: its stage says why)."""
+    cfg = recipe.prune
+    if cfg is None or (cfg.keep_params is None and cfg.keep_macs is None):
+        return None
+    students = {s.name: s for s in (getattr(recipe, "students", None) or [])}
+    source = cfg.source or newest_source(recipe, ("teacher", "distill") if students else ("teacher",))
+    if source != "teacher" and source not in students:
+        return None  # the stage's own error (`source_model`)
+    model = _source_shape(recipe, students.get(source))
+    if model is None:
+        return None
+    prov = P.provenance(model)
+    ones = P.Scores([torch.ones(len(s.heads)) for s in prov.layers], [torch.ones(len(s.ffn)) for s in prov.layers])
+    try:
+        P.plan(prov, ones, cfg, hidden=model.config.hidden_size, seq_len=recipe.task.max_length)
+    except CompressError as e:
+        what = "the teacher" if source == "teacher" else f"student {source!r}"
+        return f"{recipe.path}: {e} (the shape of {what}, found before any stage ran)"
+    return None
+
+
+def _source_shape(recipe: Recipe, student) -> Optional[torch.nn.Module]:
+    """The model the prune stage will receive, weights left out: the teacher (``student`` None) or that student."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from compress import hub
+    from compress.modeling import load_tokenizer, task_kwargs
+    from compress.tasks import task_spec
+    from students import build_student
+    from teachers.zoo import resolve
+
+    name = recipe.teacher.model
+    source, offline = resolve(name), hub.load_kwargs(name)
+    try:
+        config = AutoConfig.from_pretrained(source, **offline)
+        spec = task_spec(recipe.task)
+    except Exception:  # noqa: BLE001 - the teacher stage says why, in its words
+        return None
+    if any(getattr(config, k, None) for k in ("compress_layer_sizes", "compress_pruning", "pruned_heads")):
+        return None  # widths per layer: stock from_config would not rebuild them
+    for key, value in task_kwargs(spec).items():
+        setattr(config, key, value)
+    try:
+        with torch.device("meta"):
+            teacher = AutoModelForSequenceClassification.from_config(config)
+        if student is None:
+            return teacher
+        tokenizer = None
+        if student.kind == "narrow" and student.init == "random" and student.tokenizer is None:
+            tokenizer = load_tokenizer(source, offline, f"model {name!r}: cannot load its tokenizer", "")
+        return build_student(student, teacher, tokenizer, spec).model
+    except Exception:  # noqa: BLE001 - the stage that builds it says why
+        return None
+
+
 def transfer_set(recipe: Recipe, inputs: dict[str, Path], source: str) -> tuple[Path, Dataset]:
     """(folder, rows) of the transfer set the distill stage saved for student ``source`` (``recover.data:
     transfer``); a one-line error when it has none."""

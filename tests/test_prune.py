@@ -814,3 +814,57 @@ def test_recovery_stops_on_a_row_the_teacher_did_not_label():
     assert torch.isfinite(loss) and logs["kd"] > 0
     with pytest.raises(CompressError, match=r"training rows \[1, 5\] have no teacher logits"):
         objective(Head(), {**batch, "index": torch.tensor([1, 2, 5])})
+
+
+@pytest.mark.parametrize("student, source", [
+    (None, "the teacher"),
+    ("{name: half, kind: layer_drop, layers: 1}", "student 'half'"),
+    ("{name: slim, kind: narrow, layers: 2, hidden: 16, heads: 2, ffn: 24}", "student 'slim'"),
+])
+def test_a_budget_below_the_sources_smallest_model_is_found_from_the_recipe_as_the_stage_finds_it(
+        tiny_bert_dir, tmp_path, student, source):
+    from compress.config import load_recipe
+    from compress.modeling import load_for_task
+    from compress.prune_stage import budget_problem
+    from compress.tasks import task_spec
+    from students import build_student
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"task: {{name: sst2, max_length: 32}}\nteacher: {{model: {tiny_bert_dir}}}\n"
+                    + (f"students:\n  - {student}\n" if student else "") + "prune: {keep_macs: 0.5}\n")
+    recipe = load_recipe(path)
+    teacher, tok = load_for_task(str(tiny_bert_dir), task_spec(recipe.task))
+    model = teacher if student is None else build_student(recipe.students[0], teacher, tok, task_spec(recipe.task)).model
+    # the floor of the real (weighted) model, as the prune stage computes it
+    with pytest.raises(CompressError, match=r"keep_macs: 0\.01 cannot be met") as stage:
+        P.plan(model, P.score(model, "l1"), PruneConfig(keep_macs=0.01), seq_len=32)
+    floor = float(str(stage.value).rsplit("keeps ", 1)[1].split()[0])
+    assert 0.01 < floor < 0.5
+    for budget in (0.01, round(floor - 0.002, 3)):
+        problem = budget_problem(load_recipe(path, {"prune.keep_macs": budget}))
+        assert problem and problem.startswith(f"{path}: prune.keep_macs: {budget} cannot be met: the smallest model "
+                                              f"this allows keeps {floor:.3f} of the encoder's macs"), problem
+        assert f"(the shape of {source}, found before any stage ran)" in problem
+    assert budget_problem(load_recipe(path, {"prune.keep_macs": round(floor + 0.002, 3)})) is None
+    assert budget_problem(recipe) is None
+
+
+def test_a_budget_the_prune_source_cannot_meet_stops_the_run_before_the_teacher_trains(tiny_bert_dir, tmp_path):
+    from compress.config import load_recipe
+    from compress.pipeline import run_pipeline
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+task: {{name: sst2, max_length: 32, max_train_samples: 64, max_eval_samples: 16}}
+teacher: {{model: {tiny_bert_dir}, max_steps: 1, batch_size: 32}}
+students:
+  - {{name: half, kind: layer_drop, layers: 1, train: {{max_steps: 1, batch_size: 32}}}}
+prune: {{keep_params: 0.05}}
+""")
+    with pytest.raises(CompressError, match=r"prune\.keep_params: 0\.05 cannot be met: .* of the encoder's params "
+                                            r"\(the shape of student 'half', found before any stage ran\)"):
+        run_pipeline(load_recipe(path))
+    run = tmp_path / "runs" / "tiny"
+    assert not run.exists() or not [p.name for p in run.iterdir() if not p.name.startswith(".")]  # no stage ran
