@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,7 +21,7 @@ from compress.config import StudentConfig, TaskConfig, from_dict
 from compress.data import Collator, load_task, tokenize
 from compress.distill.align import aligned_rows, id_map, same_tokenizer
 from compress.distill.objective import Distiller, KDObjective, resolve_matches
-from compress.distill.stage import KDCollator, distill
+from compress.distill.stage import KDCollator, distill, labelling, logits_key
 from compress.errors import CompressError
 from compress.evaluate import evaluate
 from compress.train import best_scores
@@ -382,8 +383,38 @@ def test_students_of_one_stage_share_the_cached_teacher_logits(glue_dir, tokeniz
     results = [distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, logit_cache=cache)
                for spec, student in zip(specs, students)]
     assert sum(rows_seen) == 48  # one pass for both students
-    assert cache["train"].shape == (48, 2) and results[1].timing["teacher_cache_reused"] is True
-    assert "teacher_cache_reused" not in results[0].timing
+    assert cache[logits_key("train", labelling(specs[0].train))].shape == (48, 2)
+    assert results[1].timing["teacher_cache_reused"] is True and "teacher_cache_reused" not in results[0].timing
+
+
+def test_a_student_labelling_otherwise_is_not_served_another_students_teacher_logits(glue_dir, tokenizer):
+    """Each student trains on the teacher's logits labelled as it labels them (its precision; batches of 64 at least):
+    a student at another precision gets its own pass, not the first student's logits (they differ in the last bits,
+    and a rerun of that student alone would train on its own)."""
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=48)
+    specs = [from_dict(StudentConfig, {"name": n, "layers": 1, "train": {"epochs": 1, "batch_size": b,
+                                                                         "precision": p}})
+             for n, p, b in (("a", "fp32", 8), ("b", "bf16", 8), ("c", "bf16", 16), ("d", "bf16", 128))]
+    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs]  # copies: before the hook
+    batches = []
+    teacher.register_forward_hook(lambda m, args, kwargs, out: batches.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    cache: dict = {}
+    results, labelled = [], []
+    for spec, student in zip(specs, students):
+        batches.clear()
+        results.append(distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, logit_cache=cache))
+        labelled.append(sum(batches))
+    # a (fp32) and b (bf16) each label the 48 rows; c labels as b does (batches of 64: 48 rows in one); d in 128s
+    assert labelled == [48, 48, 0, 48]
+    assert [r.timing.get("teacher_cache_reused") for r in results] == [None, None, True, None]
+    assert [r.timing.get("teacher_logits_precision") for r in results] == ["fp32", "bf16", None, "bf16"]
+    fp32, bf16 = (cache[logits_key("train", labelling(s.train))] for s in specs[:2])
+    assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.1
+    assert sorted(cache) == sorted(logits_key("train", h) for h in ({"precision": "fp32", "batch_size": 64},
+                                                                   {"precision": "bf16", "batch_size": 64},
+                                                                   {"precision": "bf16", "batch_size": 128}))
 
 
 def test_tinybert_two_step_intermediate_then_prediction(glue_dir, tokenizer):

@@ -13,7 +13,7 @@ from compress.config import AugmentConfig, StudentConfig, TaskConfig, from_dict
 from compress.data import load_task
 from compress.distill.augment import augment_rows, neighbour_table
 from compress.distill.losses import hard_label_loss
-from compress.distill.stage import distill, transfer_folder
+from compress.distill.stage import distill, labelling, logits_key, transfer_folder
 from compress.errors import CompressError
 from students import build_student
 
@@ -125,14 +125,16 @@ def test_tiny_student_distils_on_the_transfer_set_with_one_teacher_pass(glue_dir
     assert sum(rows_seen) == total  # the teacher labels originals and copies once, ahead of training
     assert first.fits["joint"].steps == math.ceil(total / 8)
     aug_key = next(k for k in cache if k.startswith("train+augment") and not k.endswith(":rows"))
-    assert np.array_equal(cache["train"], cache[aug_key][:24])  # the originals' logits, for plain students and prune
+    train_key = logits_key("train", labelling(specs[0].train))
+    assert aug_key == logits_key(aug_key.split("@")[0], labelling(specs[0].train))
+    assert np.array_equal(cache[train_key], cache[aug_key][:24])  # the originals' logits, for plain students and prune
     second = distill(teacher, tokenizer, students[1], specs[1], data, max_length=32, seed=1, logit_cache=cache)
     assert sum(rows_seen) == total and second.timing["teacher_cache_reused"] is True  # same transfer set, reused
     assert second.augment == first.augment
     # the teacher's logits on the original rows already known (an earlier student, a previous run): only the copies
     # go through the teacher, and the result is the same as one pass over everything
     rows_seen.clear()
-    known = {"train": cache["train"]}
+    known = {train_key: cache[train_key]}
     third = distill(teacher, tokenizer, students[2], specs[0], data, max_length=32, seed=0, logit_cache=known)
     assert sum(rows_seen) == total - 24 and third.timing["teacher_cache_reused"] == "original rows"
     assert np.abs(known[aug_key] - cache[aug_key]).max() < 1e-5 and third.augment == first.augment
@@ -186,8 +188,8 @@ def test_teacher_logits_survive_an_interrupted_distillation(glue_dir, tokenizer,
     # another teacher's logits in the checkpoint folder are not taken
     rows_seen.clear()
     (ckdir.parent / "o" / "teacher_logits").mkdir(parents=True)
-    stage.save_teacher_logits(ckdir.parent / "o" / "teacher_logits", cache[aug_key], cache[aug_key + ":rows"][0], 32,
-                              "t" * 64)
+    stage.save_teacher_logits(ckdir.parent / "o" / "teacher_logits", cache[aug_key],
+                              cache[aug_key.split("@")[0] + ":rows"][0], 32, "t" * 64, labelling(spec.train))
     distill(teacher, tokenizer, students[2], spec, data, max_length=32, seed=0, checkpoint_dir=ckdir.parent / "o", logit_cache={}, teacher_sha="u" * 64)
     assert sum(rows_seen) == labelled
 

@@ -330,6 +330,10 @@ prune: {{heads: 0.5, ffn: 0.5, steps: 2, calibration_batches: 2, calibration_bat
 
 def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path,
                                                                                    monkeypatch):
+    import json
+
+    from compress.distill.stage import labelling
+    from compress.train import resolve_precision
     import compress.distill.stage as distill_stage
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
@@ -379,6 +383,17 @@ prune:
     assert saved_teacher_logits(distill_dir, data.train.select(range(10)), 32, digest) is None  # other rows
     assert saved_teacher_logits(distill_dir, data.train, 64, digest) is None  # other max_length
     assert saved_teacher_logits(distill_dir, data.train, 32, "0" * 64) is None  # another teacher
+    # labelled at the student's precision, in batches of 64 at least: logits labelled otherwise are not served to a
+    # student that labels so (a file of before the record is taken as it is)
+    meta_path = distill_dir / "teacher_logits.json"
+    how = json.loads(meta_path.read_text())["labelling"]
+    assert how == labelling(recipe.students[0].train) == {"precision": resolve_precision("auto"), "batch_size": 64}
+    assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest, how), saved)
+    assert saved_teacher_logits(distill_dir, data.train, 32, digest, {**how, "batch_size": 128}) is None
+    meta = meta_path.read_text()
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta).items() if k != "labelling"}))
+    assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest, {**how, "batch_size": 128}), saved)
+    meta_path.write_text(meta)
     # an edited logits file (zeros, a partial write by hand) is not taken as the teacher's: it was reused, the student
     # trained on it, and its digest recorded as a good output
     npy = distill_dir / "teacher_logits.npy"
@@ -392,6 +407,13 @@ prune:
     assert again["fingerprint"] != done["distill"]["fingerprint"] and again["teacher_logits"] == "previous distill run"
     assert again["timing"]["half"]["teacher_cache_reused"] is True
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest), saved)
+    # the student now at the other precision: the previous run's logits are not its, the teacher labels again
+    other = "fp32" if resolve_precision("auto") == "bf16" else "bf16"
+    path.write_text(path.read_text().replace("train: {max_steps: 3", f"train: {{precision: {other}, max_steps: 3"))
+    relabelled = run_pipeline(load_recipe(path))["distill"]
+    assert relabelled["teacher_logits"] == "computed" and "teacher_cache_reused" not in relabelled["timing"]["half"]
+    assert relabelled["timing"]["half"]["teacher_logits_precision"] == other
+    assert json.loads(meta_path.read_text())["labelling"] == {"precision": other, "batch_size": 64}
     # pruning the teacher itself: its logits on the training rows are the same ones, not a second pass
     path.write_text(path.read_text().replace("prune:\n", "prune:\n  source: teacher\n"))
     pruned_teacher = run_pipeline(load_recipe(path))["prune"]

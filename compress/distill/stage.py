@@ -27,7 +27,7 @@ from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compress.config import AugmentConfig, Recipe, StudentConfig, plain
+from compress.config import AugmentConfig, Recipe, StudentConfig, TrainConfig, plain
 from compress.data import Collator, TaskData, load_task, rows_digest, tokenize
 from compress.distill.align import id_map, same_tokenizer
 from compress.distill.augment import augment_rows
@@ -97,16 +97,17 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
 
     ``logit_cache``: a dict shared by the students of one stage (same teacher, training rows and max_length): the
     teacher's logits on the training rows (and on each transfer set) are computed by the first student that needs
-    them and reused by the rest.
+    them and reused by the rest that label them alike (`labelling`: keys `logits_key`).
 
     ``spec.distill.augment``: the student trains on the training rows plus augmented copies (`augment_rows`) that
     only the KD term sees; the copies are made once per augment setting and shared through ``logit_cache`` too.
     ``teacher_sha`` (`teacher_digest`) names the teacher's logits on disk: with it, the logits are written to the
     checkpoint folder as soon as they are computed (a resumed run does not label again), and ``previous`` (a previous
     distill run's folder) serves the logits of a transfer set that run saved (`save_transfer_set`) when the rows,
-    max_length and teacher are the same."""
+    max_length, teacher and labelling are the same."""
     dcfg = spec.distill
     s_tok = student.tokenizer
+    how = labelling(spec.train)
     same = same_tokenizer(teacher_tokenizer, s_tok)
     prefix = "" if same else "t_"
     regression = data.spec.is_regression
@@ -124,12 +125,13 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
                                              dcfg.augment)
             if logit_cache is not None:
                 logit_cache[cache_key + ":rows"] = (rows, aug_summary)
-        if previous is not None and teacher_sha and logit_cache is not None and cache_key not in logit_cache:
+        if previous is not None and teacher_sha and logit_cache is not None \
+                and logits_key(cache_key, how) not in logit_cache:
             saved = load_transfer_set(previous / transfer_folder(dcfg.augment, spec.name), max_length, teacher_sha,
-                                      rows)
+                                      rows, how)
             if saved is not None:
-                logit_cache[cache_key] = saved[1]
-                logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
+                logit_cache[logits_key(cache_key, how)] = saved[1]
+                logit_cache.setdefault(logits_key("train", how), saved[1][:len(data.train)])  # the originals first
                 timing["teacher_cache_reused"] = "previous distill run"
                 log.info("%s: the teacher's logits on the %d transfer rows reused from the previous distill run",
                          spec.name, len(rows))
@@ -169,19 +171,19 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
                 and "teacher_logits" not in train.column_names):
             t0 = time.perf_counter()
-            precision = resolve_precision(cfg.precision)  # the student's: bf16 labels 2.1x faster on this CPU
 
             def label(ds, what: str) -> np.ndarray:
-                timing["teacher_logits_precision"] = precision
-                return predict_shared(teacher, ds, collator, batch_size=max(64, cfg.batch_size), prefix=prefix,
-                                      desc=f"teacher logits ({len(ds)} {what})", precision=precision)
+                timing["teacher_logits_precision"] = how["precision"]
+                return predict_shared(teacher, ds, collator, batch_size=how["batch_size"], prefix=prefix,
+                                      desc=f"teacher logits ({len(ds)} {what})", precision=how["precision"])
 
-            known = (logit_cache or {}).get("train") if cache_key != "train" else None
+            known = (logit_cache or {}).get(logits_key("train", how)) if cache_key != "train" else None
             resume = ckdir / "teacher_logits" if ckdir is not None and teacher_sha else None
-            cached = logit_cache is not None and cache_key in logit_cache
-            saved = saved_teacher_logits(resume, rows, max_length, teacher_sha) if resume and not cached else None
+            cached = logit_cache is not None and logits_key(cache_key, how) in logit_cache
+            saved = (saved_teacher_logits(resume, rows, max_length, teacher_sha, how) if resume and not cached
+                     else None)
             if cached:
-                logits = logit_cache[cache_key]
+                logits = logit_cache[logits_key(cache_key, how)]
                 timing.setdefault("teacher_cache_reused", True)
             elif saved is not None:  # labelled before an interruption
                 logits, timing["teacher_cache_reused"] = saved, "checkpoint"
@@ -192,12 +194,12 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             else:
                 logits = label(train, "rows")
             if logit_cache is not None:
-                logit_cache[cache_key] = logits
+                logit_cache[logits_key(cache_key, how)] = logits
                 if cache_key != "train":  # the original rows come first: their logits serve plain students too
-                    logit_cache.setdefault("train", logits[:len(data.train)])
+                    logit_cache.setdefault(logits_key("train", how), logits[:len(data.train)])
             if resume is not None and not cached and saved is None:  # a crash in training costs no new labelling
                 main_process_writes(lambda: (resume.mkdir(parents=True, exist_ok=True),
-                                             save_teacher_logits(resume, logits, rows, max_length, teacher_sha)))
+                                             save_teacher_logits(resume, logits, rows, max_length, teacher_sha, how)))
             train = train.add_column("teacher_logits", logits.tolist())
             timing["teacher_cache_s"] += time.perf_counter() - t0
         objective = KDObjective(teacher, dcfg, step_matches, regression, prefix, table, logits=use_logits,
@@ -260,24 +262,40 @@ def teacher_digest(teacher_dir: Path) -> str:
     return fingerprint(hash_tree(teacher_dir / "model"))
 
 
-def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int, teacher: str) -> None:
+def labelling(train: TrainConfig) -> dict:
+    """How the teacher labels a student's training rows: at the student's precision (bf16 labels 2.1x faster on this
+    CPU), in batches of at least 64. Logits labelled otherwise differ in their last bits, so they are not served to
+    that student: a rerun trains on what a fresh run would."""
+    return {"precision": resolve_precision(train.precision), "batch_size": max(64, train.batch_size)}
+
+
+def logits_key(key: str, how: dict) -> str:
+    """``logit_cache``'s key of the teacher's logits on rows ``key`` ("train", or an `augment_key`) labelled ``how``."""
+    return f"{key}@{how['precision']}/{how['batch_size']}"
+
+
+def save_teacher_logits(out: Path, logits: np.ndarray, rows, max_length: int, teacher: str, how: dict) -> None:
     """The teacher's logits on the training rows (row order), with what they were computed on: the rows' digest,
-    ``max_length`` and the teacher's digest (`teacher_digest`)."""
+    ``max_length``, the teacher's digest (`teacher_digest`) and how they were labelled (`labelling`)."""
     np.save(out / TEACHER_LOGITS, np.asarray(logits, dtype=np.float32))
     write_json(out / "teacher_logits.json", {"rows": len(rows), "rows_sha256": rows_digest(rows),
-                                            "max_length": max_length, "teacher_sha256": teacher,
+                                            "max_length": max_length, "teacher_sha256": teacher, "labelling": how,
                                             "file": TEACHER_LOGITS, "sha256": sha256_file(out / TEACHER_LOGITS)})
 
 
-def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str) -> Optional[np.ndarray]:
+def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str,
+                         how: Optional[dict] = None) -> Optional[np.ndarray]:
     """The logits `save_teacher_logits` wrote in ``folder``, if the teacher with digest ``teacher`` computed them on
-    exactly ``rows`` at ``max_length``; else None."""
+    exactly ``rows`` at ``max_length`` (labelled ``how``, when given: a file of before 2026-12-06 says not how, and
+    is taken as it is); else None."""
     meta_path, path = folder / "teacher_logits.json", folder / TEACHER_LOGITS
     if not (meta_path.is_file() and path.is_file()):
         return None
     meta = read_json(meta_path)
     if meta.get("rows") != len(rows) or meta.get("max_length") != max_length \
             or meta.get("teacher_sha256") != teacher or meta.get("rows_sha256") != rows_digest(rows):
+        return None
+    if how is not None and meta.get("labelling", how) != how:
         return None
     if "sha256" in meta and meta["sha256"] != sha256_file(path):  # edited since (a file of before: taken as it is)
         log.warning("%s: edited since it was written (sha256 differs): the teacher's logits are computed again", path)
@@ -290,14 +308,15 @@ TRANSFER = "transfer"
 
 
 def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int, root: Path,
-                   train_logits: Optional[np.ndarray], train_rows, max_length: int, teacher: str) -> None:
+                   train_logits: Optional[tuple[np.ndarray, dict]], train_rows, max_length: int, teacher: str) -> None:
     """A copy of one finished student's output (model, metrics, its transfer set) beside the stage's checkpoints
     (``root/<name>.done``), written aside and renamed, and the teacher's logits on the training rows when a student
-    computed them (``root/teacher-logits``); the pipeline drops them with the other checkpoints once the stage is done,
+    computed them (``root/teacher-logits``; ``train_logits``: with how they were labelled); the pipeline drops them with the other checkpoints once the stage is done,
     or when the config or inputs change (the folder carries the stage's fingerprint)."""
     if train_logits is not None and not (root / "teacher-logits" / "teacher_logits.json").is_file():
         (root / "teacher-logits").mkdir(parents=True, exist_ok=True)
-        save_teacher_logits(root / "teacher-logits", train_logits, train_rows, max_length, teacher)
+        save_teacher_logits(root / "teacher-logits", train_logits[0], train_rows, max_length, teacher,
+                            train_logits[1])
     folder = root / f"{name}.done"
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -381,23 +400,24 @@ def transfer_folder(augment: AugmentConfig, student: str) -> str:
     return f"{TRANSFER}/{fingerprint(setting)[:12]}"
 
 
-def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str) -> None:
+def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str,
+                      how: dict) -> None:
     """A transfer set (`augment_rows`: the training rows, then their copies) and the teacher's logits on it: the
     prune stage's recovery can train on it (``prune.recover.data: transfer``), a distill rerun reuses the logits."""
     folder.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(str(folder / "rows.parquet"))
-    save_teacher_logits(folder, logits, rows, max_length, teacher)
+    save_teacher_logits(folder, logits, rows, max_length, teacher, how)
 
 
-def load_transfer_set(folder: Path, max_length: int, teacher: str,
-                      rows: Optional[Dataset] = None) -> Optional[tuple[Dataset, np.ndarray]]:
+def load_transfer_set(folder: Path, max_length: int, teacher: str, rows: Optional[Dataset] = None,
+                      how: Optional[dict] = None) -> Optional[tuple[Dataset, np.ndarray]]:
     """The rows and logits `save_transfer_set` wrote in ``folder``, if computed by the teacher with digest
-    ``teacher`` at ``max_length`` (and on exactly ``rows`` when given); else None."""
+    ``teacher`` at ``max_length`` (on exactly ``rows``, and labelled ``how``, when given); else None."""
     if not (folder / "rows.parquet").is_file():
         return None
     if rows is None:
         rows = Dataset.from_parquet(str(folder / "rows.parquet"))
-    logits = saved_teacher_logits(folder, rows, max_length, teacher)
+    logits = saved_teacher_logits(folder, rows, max_length, teacher, how)
     return None if logits is None else (rows, logits)
 
 
@@ -421,17 +441,27 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
     teacher_dev = _teacher_dev(teacher_dir, teacher, t_tok, data, ml)
     main_metric = data.spec.metrics[0]
     summary, params = {}, {}
-    logit_cache: dict = {}  # the teacher's logits on the training rows, computed once for all students
+    logit_cache: dict = {}  # the teacher's logits on the training rows, computed once for the students labelling alike
     t_digest = teacher_digest(teacher_dir)
-    previous = saved_teacher_logits(recipe.run_dir / "distill", data.train, ml, t_digest)
-    if previous is not None:  # this stage reruns (a student changed), the teacher and its rows did not
-        logit_cache["train"] = previous
-        log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
-    finished_root = recipe.run_dir / ".checkpoints" / "distill"
-    if "train" not in logit_cache:  # an interrupted run of this stage had computed them
-        interrupted = saved_teacher_logits(finished_root / "teacher-logits", data.train, ml, t_digest)
-        if interrupted is not None:
-            logit_cache["train"] = interrupted
+    hows = {logits_key("train", labelling(s.train)): labelling(s.train) for s in recipe.students}
+    previous, finished_root = None, recipe.run_dir / ".checkpoints" / "distill"
+    for key, how in hows.items():
+        previous = saved_teacher_logits(recipe.run_dir / "distill", data.train, ml, t_digest, how)
+        if previous is not None:  # this stage reruns (a student changed), the teacher and its rows did not
+            logit_cache[key] = previous
+            log.info("the teacher's logits on %d training rows reused from the previous distill run", len(previous))
+            break
+    for key, how in hows.items():
+        interrupted = saved_teacher_logits(finished_root / "teacher-logits", data.train, ml, t_digest, how)
+        if interrupted is not None:  # an interrupted run of this stage had computed them
+            logit_cache.setdefault(key, interrupted)
+            break
+
+    def train_logits() -> Optional[tuple[np.ndarray, dict]]:
+        """The teacher's logits on the training rows and how they were labelled (the first labelling of the recipe's
+        students that has them)."""
+        return next(((logit_cache[k], how) for k, how in hows.items() if k in logit_cache), None)
+
     keys = _student_keys(recipe, teacher_dir)
     published = _previous_manifest(recipe.run_dir / "distill") if not forced else {}
     for i, spec in enumerate(recipe.students):
@@ -443,12 +473,14 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
             why = "unchanged since the previous distill run"
         if restored is not None:  # finished before a crash or kill -9 of this stage, or before: not trained again
             summary[spec.name], params[spec.name] = restored
-            transfer = summary[spec.name].get("transfer_set")
-            key = augment_key(spec.distill.augment, spec.name) if transfer else None
-            saved = load_transfer_set(out / transfer, ml, t_digest) if key and key not in logit_cache else None
+            transfer, how = summary[spec.name].get("transfer_set"), labelling(spec.train)
+            rows_key = augment_key(spec.distill.augment, spec.name) if transfer else None
+            key = logits_key(rows_key, how) if rows_key else None
+            saved = load_transfer_set(out / transfer, ml, t_digest, how=how) if key and key not in logit_cache else None
             if saved is not None:  # a later student of the same augment setting trains on it, not relabelled
-                logit_cache[key + ":rows"], logit_cache[key] = (saved[0], summary[spec.name]["augment"]), saved[1]
-                logit_cache.setdefault("train", saved[1][:len(data.train)])  # augment_rows: the originals first
+                logit_cache[rows_key + ":rows"] = (saved[0], summary[spec.name]["augment"])
+                logit_cache[key] = saved[1]
+                logit_cache.setdefault(logits_key("train", how), saved[1][:len(data.train)])  # the originals first
             print(f"[distill] {spec.name}: {why}, not trained again")
             continue
         seed = spec.train.seed if spec.train.seed is not None else recipe.seed
@@ -477,11 +509,12 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         save(res.model, res.tokenizer, out / spec.name / "model")
         transfer = None
         if spec.distill.augment is not None:
-            key = augment_key(spec.distill.augment, spec.name)
-            if key in logit_cache:  # logit KD cached the teacher's logits on it: keep both for prune and reruns
-                transfer = transfer_folder(spec.distill.augment, spec.name)
+            rows_key, how = augment_key(spec.distill.augment, spec.name), labelling(spec.train)
+            if logits_key(rows_key, how) in logit_cache:  # logit KD cached the teacher's logits on it: keep both
+                transfer = transfer_folder(spec.distill.augment, spec.name)  # for prune and reruns
                 if not (out / transfer).is_dir():
-                    save_transfer_set(out / transfer, logit_cache[key + ":rows"][0], logit_cache[key], ml, t_digest)
+                    save_transfer_set(out / transfer, logit_cache[rows_key + ":rows"][0],
+                                      logit_cache[logits_key(rows_key, how)], ml, t_digest, how)
         info = {"student": student.info, "matches": res.matches, "same_tokenizer": res.same_tokenizer,
                 **({"augment": res.augment} if res.augment is not None else {}),
                 **({"transfer_set": transfer} if transfer else {}),
@@ -495,18 +528,18 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         params[spec.name] = count_params(res.model)
         if i + 1 < len(recipe.students):  # a later student's crash must not cost this one's training again
             main_process_writes(lambda: _save_finished(out, spec.name, transfer, params[spec.name], finished_root,
-                                                       logit_cache.get("train"), data.train, ml, t_digest))
+                                                       train_logits(), data.train, ml, t_digest))
         print(f"[distill] {spec.name}: dev {main_metric}={metrics['dev'][main_metric]:.4f} "
               f"(teacher {teacher_dev.get(main_metric, float('nan')):.4f}, retention {metrics['retention']}), "
               f"{params[spec.name] / 1e6:.1f}M params")
     write_json(out / "metrics.json", {"teacher": {"dev": teacher_dev}, "students": summary})
-    if "train" in logit_cache:  # the prune stage's recovery reuses them (`saved_teacher_logits`)
-        save_teacher_logits(out, logit_cache["train"], data.train, ml, t_digest)
+    if train_logits() is not None:  # the prune stage's recovery reuses them (`saved_teacher_logits`)
+        save_teacher_logits(out, *train_logits(), data.train, ml, t_digest)
     first = recipe.students[0].name
     return {"metrics": {"dev": summary[first]["metrics"]["dev"], "teacher_dev": teacher_dev,
                         "students": {n: s["metrics"] for n, s in summary.items()}},
             "params": params, "models": {n: f"{n}/model" for n in names}, "students": summary,
             "teacher_logits": ("previous distill run" if previous is not None
-                               else "computed" if "train" in logit_cache else None),
+                               else "computed" if train_logits() is not None else None),
             "student_keys": keys,
             "timing": {n: s["timing"] for n, s in summary.items()}}
