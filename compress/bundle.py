@@ -615,8 +615,17 @@ def open_bundle(path: str | os.PathLike, manifest_sha256: Optional[str] = None) 
         try:
             bundle_predict.verify(folder, manifest_sha256)
         except BundleError as e:
-            raise CompressError(str(e)) from None
+            raise CompressError(said(e, path, folder)) from None
         yield folder
+
+
+def said(e: Exception, bundle: str | os.PathLike, folder: Path) -> str:
+    """A bundle's error in the user's terms: the bundle named once, a file of an extracted archive as its member
+    (``x.tar.gz: name/labels.json: ...``), not by its temporary folder (removed when the error is read)."""
+    text, bundle = str(e), str(bundle)
+    if Path(folder) != Path(bundle):
+        text = text.replace(str(Path(folder).parent) + os.sep, "")
+    return text if text.startswith(bundle) else f"{bundle}: {text}"
 
 
 def is_bundle_archive(path: Path, name: str) -> bool:
@@ -666,7 +675,7 @@ def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[st
         try:
             return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
         except BundleError as e:
-            raise CompressError(f"{bundle}: {e}") from None
+            raise CompressError(said(e, bundle, folder)) from None
 
 
 def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, threads: Optional[int] = None,
@@ -678,7 +687,7 @@ def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, th
             predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
             return bundle_predict.predict_lines(predictor, path, as_json)
         except BundleError as e:
-            raise CompressError(f"{bundle}: {e}") from None
+            raise CompressError(said(e, bundle, folder)) from None
 
 
 # ------------------------------------------------------------------------------------------------------ the stage

@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 """What the machine's disk refuses (full, read-only, over quota): one line naming the file, not a traceback."""
+PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP}
+"""A path given that no file can have (a name too long, a loop of links): said in one line, as a missing file."""
 
 
 def _first_process() -> bool:
@@ -530,6 +532,9 @@ def _main(argv: Optional[list[str]]) -> int:
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except OSError as e:
+        if e.filename and (isinstance(e, FileNotFoundError) or e.errno in PATH_ERRORS):  # a path given: --out under
+            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)  # a folder that cannot hold one (/proc/x)
+            return 2
         if e.errno not in DISK_ERRORS:
             raise
         where = f"{e.filename}: " if e.filename else ""  # a full disk or a read-only runs folder: what and where

@@ -51,6 +51,10 @@ def check_seed(seed: Optional[int], file: str, key: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- sections
+CUSTOM_TASK_KEYS = ("text_column", "text_pair_column", "label_column", "labels", "regression", "metrics")
+"""`TaskConfig` keys that describe a custom task's files: a GLUE task (without ``files``/``hub_dataset``) has its own."""
+
+
 @dataclass
 class TaskConfig:
     """What to learn and from which files."""
@@ -76,7 +80,7 @@ class TaskConfig:
     """Upper bound on the held-out rows."""
     group_by_length: bool = True
     """Length-grouped batches (rows of similar length together): far less padding."""
-    # -- custom tasks (ignored for GLUE names) --
+    # -- custom tasks (refused for GLUE names: `CUSTOM_TASK_KEYS`) --
     files: Optional[dict[str, str]] = field(default=None, metadata={"path": True})
     """Custom task: split -> file (.tsv, .csv, .jsonl, or .json holding an array of row objects; UTF-8), e.g.
     {train: a.tsv, dev: b.tsv}."""
@@ -131,10 +135,12 @@ class TaskConfig:
                 raise CompressError(f"{file}: {where}.files.{split}: {path!r} is not one of the file types read "
                                     f"({', '.join(SUFFIXES)}); rename it to say which")
 
-        if self.name in GLUE_TASKS and not self.files and not self.hub_dataset and (
-                self.labels is not None or self.metrics is not None or self.regression):
-            raise CompressError(f"{file}: {where}: labels, metrics and regression are for custom tasks; GLUE task "
-                                f"{self.name!r} has its own")
+        if self.name in GLUE_TASKS and not self.files and not self.hub_dataset:
+            given = [f.name for f in dataclasses.fields(self) if f.name in CUSTOM_TASK_KEYS
+                     and getattr(self, f.name) != f.default]
+            if given:  # never read (GLUE's columns, labels, metrics): a change of one redid every stage
+                raise CompressError(f"{file}: {where}.{given[0]}: {', '.join(CUSTOM_TASK_KEYS)} are for custom tasks; "
+                                    f"GLUE task {self.name!r} has its own")
 
         try:
             task_spec(self)
@@ -720,7 +726,8 @@ class PruneConfig:
     """Per-layer overrides, by layer name in the unpruned model: {layer.0: {heads: 0.5}, layer.5: {ffn: 0.25}}."""
     keep_params: Optional[float] = None
     """Budget instead of ratios: keep this fraction of the encoder layers' parameters (one ratio for both kinds,
-    the smallest that fits, found by bisection). Excludes heads/ffn/keep_macs."""
+    the smallest that fits, found by bisection). Excludes heads/ffn/keep_macs. A budget below the source's smallest
+    model (one head and one FFN neuron per layer) is refused when the run starts, before the teacher trains."""
     keep_macs: Optional[float] = None
     """Budget instead of ratios: keep this fraction of the encoder layers' MACs at the task's max_length."""
     importance: Literal["l1", "l2", "taylor"] = "taylor"
@@ -970,6 +977,9 @@ class BundleConfig:
         if self.name is not None and (self.name.startswith(".") or not folder_name(self.name)):
             raise CompressError(f"{file}: {where}.name: a plain folder name is needed ({FOLDER_NAME}), got "
                                 f"{_show(self.name)}")
+        if self.name == "manifest.json":  # the bundle folder goes beside the stage's manifest
+            raise CompressError(f"{file}: {where}.name: 'manifest.json' is the file the bundle stage writes beside the "
+                                f"bundle; choose another name")
 
 
 @dataclass
@@ -1356,6 +1366,8 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits, a bad date
         raise CompressError(f"{path}: not valid YAML: {yaml_error(e)}") from None
+    if data is None:  # empty, or comments only
+        raise CompressError(f"{path}: the recipe is empty (task: and teacher: at least; see pipelines/quickstart.yaml)")
     if not isinstance(data, dict):
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it

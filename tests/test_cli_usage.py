@@ -109,6 +109,22 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
     assert main(["validate", str(recipe)]) == 1 and capsys.readouterr().err == ""
 
 
+def test_a_path_no_file_can_have_is_one_line_naming_it(tmp_path, capsys):
+    """A recipe, run folder, bundle or --out path of a name too long for the file system (or under a folder that
+    cannot hold one, /proc) ended in a traceback (OSError: File name too long) with status 1: one line, status 2."""
+    long = str(tmp_path / ("a" * 300))
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "manifest.json").write_text("{}")
+    for args, path in ((["validate", long + ".yaml"], long + ".yaml"), (["report", long], long),
+                       (["predict", long, "fine"], long), (["report", str(run), "--out", "/proc/x/y"], "/proc/x")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {path}: "), (args, err)
+    assert not (run / "report").exists()
+
+
 def test_another_process_gone_is_one_line_and_the_other_processes_log_errors_only(tmp_path, capsys, monkeypatch):
     """Under torchrun, one process killed mid-training left the survivor printing gloo's 40-line traceback ("Read
     error ... Connection reset by peer"); every process logged each warning (two copies). Now the main process says

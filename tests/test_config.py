@@ -328,7 +328,14 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
      r"prune\.source: 'nosuch' is neither teacher nor a student \(s\)"),
     ("task: {name: sst2}\nteacher: {}\nquantize: {source: prune}\n",
      r"quantize\.source: 'prune' is not one of this recipe's models \(teacher\)"),
-    ("task: {name: sst2, labels: [a, b]}\nteacher: {}\n", r"task: labels, metrics and regression are for custom"),
+    ("task: {name: sst2, labels: [a, b]}\nteacher: {}\n", r"task\.labels: text_column, text_pair_column, label_column, "
+                                                           r"labels, regression, metrics are for custom tasks; GLUE "
+                                                           r"task 'sst2' has its own$"),
+    # never read for a GLUE task: a change of one redid the teacher and every stage after it
+    ("task: {name: sst2, text_column: sentence}\nteacher: {}\n", r"task\.text_column: text_column, .* are for custom"),
+    ("task: {name: mrpc, text_pair_column: s2}\nteacher: {}\n", r"task\.text_pair_column: text_column, .* GLUE task "
+                                                               r"'mrpc' has its own"),
+    ("task: {name: rte, label_column: y}\nteacher: {}\n", r"task\.label_column: text_column, .* are for custom"),
     (CUSTOM % ", metrics: [bleu]", r"task\.metrics: 'bleu' is unknown \(known: accuracy, f1"),
     (CUSTOM % ", regression: true", r"task\.labels: a regression task has no labels"),
     (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: two or more distinct, non-empty label names"),
@@ -843,6 +850,23 @@ def test_a_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
                         (f"{base}quantize: {{}}\nbundle: {{name: {json.dumps(name)}}}\n", r"bundle\.name")):
         with pytest.raises(CompressError, match=rf": {where}: a plain folder name is needed"):
             load_recipe(write(tmp_path, text))
+
+
+def test_an_empty_recipe_says_so(tmp_path):
+    """An empty or comment-only recipe said "a recipe is a mapping of sections, got NoneType"."""
+    for text in ("", "# nothing yet\n"):
+        with pytest.raises(CompressError, match=r"r\.yaml: the recipe is empty \(task: and teacher: at least"):
+            load_recipe(write(tmp_path, text))
+    with pytest.raises(CompressError, match=r"a recipe is a mapping of sections, got list"):
+        load_recipe(write(tmp_path, "- a\n"))
+
+
+def test_a_bundle_named_as_the_stages_manifest_is_refused_in_validation(tmp_path):
+    """bundle.name: manifest.json validated, then the stage failed on its own temporary file ("Is a directory")."""
+    with pytest.raises(CompressError, match=r": bundle\.name: 'manifest\.json' is the file the bundle stage writes "
+                                            r"beside the bundle; choose another name$"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nquantize: {}\nbundle: {name: manifest.json}\n"))
+    assert load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nquantize: {}\nbundle: {name: m.json}\n"))
 
 
 def test_search_says_to_train_the_teacher_with_the_same_settings(tmp_path):
