@@ -479,17 +479,32 @@ def _result_config(config: Any) -> Any:
     """``config`` (`_config`) with every `RUN_ONLY_KEYS` key, at any depth, at its default (None), for fingerprints
     and for saying what changed: turning checkpoints on in a recipe redid the stage (kept as None, not dropped, so the
     stages of run folders that never set them stay valid). A teacher that is not fine-tuned (``finetune: false``)
-    trains nothing: its training settings are None too (changing its lr redid the teacher and every stage after it)."""
+    trains nothing: its training settings are None too (changing its lr redid the teacher and every stage after it);
+    a student's logit cache flag where it is not read is at its default (`_unread_logit_cache`)."""
     if isinstance(config, dict):
         out = {k: None if k in RUN_ONLY_KEYS else _result_config(v) for k, v in config.items()}
         teacher = out.get("teacher")
         if isinstance(teacher, dict) and teacher.get("finetune") is False:
             unused = {f.name for f in dataclasses.fields(TrainConfig)}
             out["teacher"] = {k: None if k in unused else v for k, v in teacher.items()}
+        if isinstance(out.get("students"), list):
+            out["students"] = [_unread_logit_cache(s) for s in out["students"]]
         return out
     if isinstance(config, (list, tuple)):
         return [_result_config(v) for v in config]
     return config
+
+
+def _unread_logit_cache(student: Any) -> Any:
+    """A student's section with ``distill.cache_teacher_logits`` at its default where the distill stage never reads
+    it (no logit KD, or intermediate matches trained with the logits in one step: the teacher runs on every batch):
+    turning it off redid the distillation and every stage after it for the same student."""
+    d = student.get("distill") if isinstance(student, dict) else None
+    if not isinstance(d, dict) or d.get("cache_teacher_logits", True):
+        return student
+    if d.get("kd_weight") == 0 or ((d.get("matches") or d.get("layer_map")) and not d.get("two_step")):
+        return {**student, "distill": {**d, "cache_teacher_logits": True}}
+    return student
 
 
 def _config(recipe: Recipe, stage: Stage) -> dict:

@@ -689,3 +689,26 @@ def test_no_logit_loss_and_nothing_else_to_train_on_is_refused_up_front():
     with pytest.raises(CompressError, match=r"distill: kd_weight and hard_label_weight are both 0, and a narrow "):
         from_dict(StudentConfig, {"name": "s", "kind": "narrow", "init": "minilm-l6",
                                   "distill": {"kd_weight": 0.0, "hard_label_weight": 0.0, "layer_map": "uniform"}})
+
+
+def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it_was(tmp_path):
+    """``cache_teacher_logits: false`` on a student whose intermediate matches train with the logits in one step (the
+    teacher runs on every batch), or without logit KD, is not read: it redid the distillation and every stage after
+    it. Where it is read (logit KD alone, or TinyBERT's two steps) it still counts."""
+    from compress import pipeline
+    from compress.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: sst2}\nteacher: {}\nstudents:\n  - {name: s, layers: 2, distill: {layer_map: uniform}}\n"
+                    "  - {name: t, layers: 2, distill: {kd_weight: 0.0}}\n  - {name: u, layers: 2}\n")
+    distill_stage = next(s for s in pipeline.STAGES if s.name == "distill")
+
+    def config(**sets):
+        return pipeline._result_config(pipeline._config(load_recipe(path, sets), distill_stage))
+
+    base = config()
+    assert config(**{"students[0].distill.cache_teacher_logits": False}) == base
+    assert config(**{"students[1].distill.cache_teacher_logits": False}) == base
+    assert config(**{"students[2].distill.cache_teacher_logits": False}) != base  # logit KD alone: it is read
+    two_step = config(**{"students[0].distill.two_step": True})
+    assert config(**{"students[0].distill.two_step": True, "students[0].distill.cache_teacher_logits": False}) != two_step
