@@ -52,7 +52,8 @@ def check_seed(seed: Optional[int], file: str, key: str) -> None:
 
 # --------------------------------------------------------------------------------------------------------- sections
 CUSTOM_TASK_KEYS = ("text_column", "text_pair_column", "label_column", "labels", "regression", "metrics")
-"""`TaskConfig` keys that describe a custom task's files: a GLUE task (without ``files``/``hub_dataset``) has its own."""
+"""`TaskConfig` keys that describe a custom task's files: a GLUE task (without ``files``/``hub_dataset``) has its
+own."""
 
 
 @dataclass

@@ -699,7 +699,8 @@ def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it
     from compress.config import load_recipe
 
     path = tmp_path / "r.yaml"
-    path.write_text("task: {name: sst2}\nteacher: {}\nstudents:\n  - {name: s, layers: 2, distill: {layer_map: uniform}}\n"
+    path.write_text("task: {name: sst2}\nteacher: {}\nstudents:\n"
+                    "  - {name: s, layers: 2, distill: {layer_map: uniform}}\n"
                     "  - {name: t, layers: 2, distill: {kd_weight: 0.0}}\n  - {name: u, layers: 2}\n")
     distill_stage = next(s for s in pipeline.STAGES if s.name == "distill")
 
@@ -711,4 +712,5 @@ def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it
     assert config(**{"students[1].distill.cache_teacher_logits": False}) == base
     assert config(**{"students[2].distill.cache_teacher_logits": False}) != base  # logit KD alone: it is read
     two_step = config(**{"students[0].distill.two_step": True})
-    assert config(**{"students[0].distill.two_step": True, "students[0].distill.cache_teacher_logits": False}) != two_step
+    off = {"students[0].distill.two_step": True, "students[0].distill.cache_teacher_logits": False}
+    assert config(**off) != two_step

@@ -856,7 +856,8 @@ def test_a_budget_below_the_sources_smallest_model_is_found_from_the_recipe_as_t
                     + (f"students:\n  - {student}\n" if student else "") + "prune: {keep_macs: 0.5}\n")
     recipe = load_recipe(path)
     teacher, tok = load_for_task(str(tiny_bert_dir), task_spec(recipe.task))
-    model = teacher if student is None else build_student(recipe.students[0], teacher, tok, task_spec(recipe.task)).model
+    model = teacher if student is None else \
+        build_student(recipe.students[0], teacher, tok, task_spec(recipe.task)).model
     # the floor of the real (weighted) model, as the prune stage computes it
     with pytest.raises(CompressError, match=r"keep_macs: 0\.01 cannot be met") as stage:
         P.plan(model, P.score(model, "l1"), PruneConfig(keep_macs=0.01), seq_len=32)

@@ -311,8 +311,9 @@ def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int,
                    train_logits: Optional[tuple[np.ndarray, dict]], train_rows, max_length: int, teacher: str) -> None:
     """A copy of one finished student's output (model, metrics, its transfer set) beside the stage's checkpoints
     (``root/<name>.done``), written aside and renamed, and the teacher's logits on the training rows when a student
-    computed them (``root/teacher-logits``; ``train_logits``: with how they were labelled); the pipeline drops them with the other checkpoints once the stage is done,
-    or when the config or inputs change (the folder carries the stage's fingerprint)."""
+    computed them (``root/teacher-logits``; ``train_logits``: with how they were labelled); the pipeline drops them
+    with the other checkpoints once the stage is done, or when the config or inputs change (the folder carries the
+    stage's fingerprint)."""
     if train_logits is not None and not (root / "teacher-logits" / "teacher_logits.json").is_file():
         (root / "teacher-logits").mkdir(parents=True, exist_ok=True)
         save_teacher_logits(root / "teacher-logits", train_logits[0], train_rows, max_length, teacher,
