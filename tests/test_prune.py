@@ -333,7 +333,6 @@ def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teache
     import json
 
     from compress.distill.stage import labelling
-    from compress.train import resolve_precision
     import compress.distill.stage as distill_stage
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
@@ -387,7 +386,7 @@ prune:
     # student that labels so (a file of before the record is taken as it is)
     meta_path = distill_dir / "teacher_logits.json"
     how = json.loads(meta_path.read_text())["labelling"]
-    assert how == labelling(recipe.students[0].train) == {"precision": resolve_precision("auto"), "batch_size": 64}
+    assert how == labelling(recipe.students[0].train) == {"precision": "fp32", "batch_size": 64}
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest, how), saved)
     assert saved_teacher_logits(distill_dir, data.train, 32, digest, {**how, "batch_size": 128}) is None
     meta = meta_path.read_text()
@@ -408,7 +407,7 @@ prune:
     assert again["timing"]["half"]["teacher_cache_reused"] is True
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest), saved)
     # the student now at the other precision: the previous run's logits are not its, the teacher labels again
-    other = "fp32" if resolve_precision("auto") == "bf16" else "bf16"
+    other = "bf16"
     path.write_text(path.read_text().replace("train: {max_steps: 3", f"train: {{precision: {other}, max_steps: 3"))
     relabelled = run_pipeline(load_recipe(path))["distill"]
     assert relabelled["teacher_logits"] == "computed" and "teacher_cache_reused" not in relabelled["timing"]["half"]

@@ -535,7 +535,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
               f"{params[spec.name] / 1e6:.1f}M params")
     write_json(out / "metrics.json", {"teacher": {"dev": teacher_dev}, "students": summary})
     if train_logits() is not None:  # the prune stage's recovery reuses them (`saved_teacher_logits`)
-        save_teacher_logits(out, *train_logits(), data.train, ml, t_digest)
+        logits, how = train_logits()
+        save_teacher_logits(out, logits, data.train, ml, t_digest, how)
     first = recipe.students[0].name
     return {"metrics": {"dev": summary[first]["metrics"]["dev"], "teacher_dev": teacher_dev,
                         "students": {n: s["metrics"] for n, s in summary.items()}},
