@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -72,6 +73,11 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
 
     hub_split = {"dev": "validation"}.get(split, split)
     name = cfg.hub_dataset.split(":")[0]
+    tsv = sorted(p.name for p in Path(name).rglob("*.tsv")) if os.path.isdir(name) else []
+    if tsv:  # load_dataset reads them with CSV quoting: quotes dropped, rows between two quotes merged into one
+        raise CompressError(f"task.hub_dataset: {name} is a local folder of .tsv files ({tsv[0]}): the datasets "
+                            f"library would read them with CSV quoting (a text's quotes dropped, rows merged); give "
+                            f"them as task.files instead (read GLUE-style, quotes kept)")
     offline = not os.path.exists(name) and not hub.reachable()
     with contextlib.ExitStack() as stack:
         if offline:  # the datasets cache only: without this, five retries (~23 s here) before the same failure

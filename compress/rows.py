@@ -56,6 +56,10 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
         row = [c.rstrip("\r") for c in row]
         if not any(c.strip() for c in row):
             continue
+        padded = next((i for i, c in enumerate(row) if suffix == ".csv" and _PADDED_QUOTED.fullmatch(c)), None)
+        if padded is not None:  # `1, "great movie", pos`: CSV reads ` "great movie"`, quotes and all
+            raise CompressError(f"{path}:{start}: field {padded + 1} is {row[padded][:40]!r}: a space before its "
+                                f"opening '\"' makes the quotes part of the text; remove the space after the comma")
         if header is None:
             header = row
             continue
@@ -69,6 +73,10 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
     if suffix == ".csv":
         _check_csv_quotes(path, text)
     return header, rows, lines
+
+
+_PADDED_QUOTED = re.compile(r'\s+".*"\s*', re.S)
+"""A CSV field quoted after a space (``a, "b"``): CSV quotes only a field's first character."""
 
 
 def _check_csv_quotes(path: Path, text: str) -> None:
@@ -94,6 +102,9 @@ def _read_text(path: Path) -> str:
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if b"\x00" in data:  # UTF-16 without its byte-order mark decodes as "UTF-8" with a NUL in every other byte
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise CompressError(f"{path}:{line}: a NUL byte: not UTF-8 text (UTF-16?); the file must be UTF-8")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -109,6 +120,8 @@ def _read_jsonl(path: Path, f) -> tuple[list[str], list[list], list[int]]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise CompressError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting deeper than Python's
+                raise CompressError(f"{path}:{n}: JSON this reader cannot take ({_first_sentence(e)})") from None
             lines.append(n)
     return _records_to_rows(path, records, lines)
 
@@ -119,9 +132,15 @@ def _read_json_array(path: Path, text: str) -> tuple[list[str], list[list], list
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise CompressError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting deeper than Python's stack
+        raise CompressError(f"{path}: JSON this reader cannot take ({_first_sentence(e)})") from None
     if not isinstance(records, list):  # the text starts with '[': valid JSON there is an array
         raise CompressError(f"{path}: expected a JSON array of objects, got {_json_kind(records)}")
     return _records_to_rows(path, records, _element_lines(text))
+
+
+def _first_sentence(e: Exception) -> str:
+    return str(e).split(":")[0].split(";")[0].strip() or type(e).__name__
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -200,9 +219,11 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         if name is None:
             continue
         if name not in header:
-            near = [h for h in header if h.strip() == name.strip()]  # "a, b" headers: the space is in the name
-            hint = f"; the header has {near[0]!r}: remove the spaces around it" if near else ""
-            raise CompressError(f"{path}: column {name!r} not found (columns: {', '.join(header)}){hint}")
+            # "a, b" headers: the space is in the name; a second byte-order mark (files joined) too, unseen
+            near = [h for h in header if h.strip(" \t\ufeff") == name.strip()]
+            hint = f"; the header has {near[0]!r}: remove the spaces or marks around it" if near else ""
+            shown = ", ".join(h if h.isprintable() else repr(h) for h in header)
+            raise CompressError(f"{path}: column {name!r} not found (columns: {shown}){hint}")
         if header.count(name) > 1:  # header.index would read the first silently
             raise CompressError(f"{path}: column {name!r} appears {header.count(name)} times in the header; rename "
                                 f"all but one")

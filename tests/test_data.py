@@ -730,3 +730,38 @@ def test_a_glue_mrpc_folder_without_its_test_file_runs_without_test_metrics(glue
                         files={"train": str(folder / "train.tsv"), "dev": str(folder / "dev.tsv"),
                                "test": str(folder / "test.tsv")})
     assert missing_files(custom) == [folder / "test.tsv"]  # a custom task's listed test file is not an extra
+
+
+def test_files_read_wrongly_or_with_a_traceback_are_refused_in_one_line(tmp_path):
+    """Found by a review of the readers: `1, "great movie", pos` kept its quotes and space in the text (CSV quotes only
+    a field's first character); a JSON number of 5,000 digits or nesting deeper than Python's stack ended in a
+    traceback; a UTF-16 file without its byte-order mark read as "UTF-8" with NULs in the names; a header name
+    behind a second byte-order mark (files joined) printed as if it were the name asked for."""
+    t = tmp_path
+    assert _refused(_custom(t, "t.csv", 'review,stars\n"fine",pos\n1, "great movie", pos\n')) == (
+        f"{t / 't.csv'}:3: field 2 is ' \"great movie\"': a space before its opening '\"' makes the quotes part of "
+        f"the text; remove the space after the comma")
+    assert load_split(_custom(t, "t.csv", 'review,stars\n"a ""great"" one",pos\nsaid "hi",neg\n'), "train")[
+        "text"] == ['a "great" one', 'said "hi"']  # quotes inside a field, and unquoted, are still texts
+    big = "1" * 5000
+    assert _refused(_custom(t, "t.jsonl", f'{{"review": "a", "stars": "pos"}}\n{{"review": "b", "stars": {big}}}\n')) \
+        == f"{t / 't.jsonl'}:2: JSON this reader cannot take (Exceeds the limit (4300 digits) for integer string " \
+           f"conversion)"
+    assert _refused(_custom(t, "t.json", "[" * 100000)).startswith(f"{t / 't.json'}: JSON this reader cannot take "
+                                                                   f"(maximum recursion depth exceeded")
+    assert _refused(_custom(t, "t.jsonl", '{"review": "a", "stars": ' + "[" * 5000 + "]" * 5000 + "}\n")).startswith(
+        f"{t / 't.jsonl'}:1: JSON this reader cannot take (maximum recursion depth exceeded")
+    assert _refused(_custom(t, "t.tsv", "review\tstars\nok\tpos\n".encode("utf-16-le"))) == (
+        f"{t / 't.tsv'}:1: a NUL byte: not UTF-8 text (UTF-16?); the file must be UTF-8")
+    assert _refused(_custom(t, "t.csv", "\ufeff\ufeffreview,stars\nok,pos\n".encode())) == (
+        f"{t / 't.csv'}: column 'review' not found (columns: '\\ufeffreview', stars); the header has "
+        f"'\\ufeffreview': remove the spaces or marks around it")
+
+
+def test_a_local_hub_dataset_folder_of_tsv_files_is_refused(tmp_path, glue_dir):
+    """`task.hub_dataset: <a folder of .tsv files>` went to `datasets.load_dataset`, which reads TSV with CSV quoting:
+    RTE's dev texts lost their quotes and rows between two quotes merged into one, with no error."""
+    with pytest.raises(CompressError, match=rf"^task\.hub_dataset: {glue_dir / 'RTE'} is a local folder of \.tsv "
+                                            r"files \(dev\.tsv\): .* give them as task\.files instead"):
+        load_task(TaskConfig(name="x", hub_dataset=str(glue_dir / "RTE"), labels=["entailment", "not_entailment"],
+                             text_column="sentence1", text_pair_column="sentence2"), seed=0)
