@@ -299,8 +299,10 @@ def cmd_search(args) -> int:
     elif args.bundle:
         earlier = sorted(p.name for p in (folder / "bundle").glob("*") if p.is_dir()) if (folder / "bundle").is_dir() \
             else []
-        print("no bundle made: nothing fits the budget" + (f"; {folder / 'bundle'} holds an earlier search's "
-                                                          f"({', '.join(earlier)})" if earlier else ""))
+        why = ("the time limit came before any candidate was measured" if summary["stopped"]
+               and not summary["candidates"] else "nothing fits the budget")
+        print(f"no bundle made: {why}" + (f"; {folder / 'bundle'} holds an earlier search's ({', '.join(earlier)})"
+                                         if earlier else ""))
     return 0 if summary["best"] else 1
 
 

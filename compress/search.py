@@ -623,13 +623,22 @@ def verdict(r: dict, budget_ms: float) -> str:
     more than once) and whether that fits the budget."""
     lat = r["latency"]
     passes = [p["p50_ms"] for p in lat.get("passes") or []]
-    timed = (f", the median of {len(passes)} passes near the budget ({', '.join(f'{p:.2f}' for p in passes)})"
+    timed = (f", the median of {len(passes)} passes near the budget ({', '.join(ms(p, budget_ms) for p in passes)})"
              if len(passes) > 1 else "")
     if passes and len(passes) < NEAR_BUDGET_PASSES:
         timed += f"; time limit reached before its {NEAR_BUDGET_PASSES} passes: rerun to time it again"
     ok = "within" if lat["p50_ms"] <= budget_ms else "over"
-    return (f"[search] {r['id']}: {r['metric_name']}={r['metric']:.4f}, p50 {lat['p50_ms']:.2f} ms{timed} ({ok} "
-            f"budget), {r['params'] / 1e6:.1f}M params")
+    return (f"[search] {r['id']}: {r['metric_name']}={r['metric']:.4f}, p50 {ms(lat['p50_ms'], budget_ms)} ms{timed} "
+            f"({ok} budget), {r['params'] / 1e6:.1f}M params")
+
+
+def ms(x: float, budget: Optional[float] = None) -> str:
+    """Milliseconds to 2 decimals (3 significant digits below 1 ms), and more where fewer would show ``budget``
+    itself for a latency on one side of it ("p50 0.03 ms (over budget)" for a budget of 0.032 ms)."""
+    d = 2 if not 0 < x < 1 else 2 - math.floor(math.log10(x))
+    while budget is not None and d < 6 and x != budget and round(x, d) == round(budget, d):
+        d += 1
+    return f"{x:.{d}f}"
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -715,8 +724,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             model, info = build_model(ctx, spec)
             new = measure_model(ctx, spec, model, info, todo, ref["path"])
         except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
-            skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
-            progress.write(f"{spec.id}: failed: {e}")  # said here too, not only in search.md
+            why = str(e).replace("prune.keep_macs: ", "search.keep_macs: ", 1)  # the search's own setting
+            skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {why}"} for m in todo]
+            progress.write(f"[search] {spec.id}: failed: {why}")  # said here too, not only in search.md
             continue
         confirm(new)
         for r in new:
@@ -755,7 +765,10 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     elif results:
         fastest = results[0]
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
-                   f"{fastest['latency']['p50_ms']:.2f} ms")
+                   f"{ms(fastest['latency']['p50_ms'], cfg.budget_ms)} ms")
+    elif stopped and not skipped:  # nothing said about the budget: the time limit came first
+        message = (f"stopped by the time limit before any candidate was measured ({stopped}; {len(not_started)} not "
+                   f"started): raise --time-limit-min, or rerun to go on")
     else:
         failed = [s for s in skipped if s["reason"].startswith("failed: ")]  # measure_model's CompressError
         message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped) - len(failed)} skipped "
@@ -824,6 +837,8 @@ def _speed(speedup: Optional[float]) -> str:
     """A speedup in words: "2.3x faster than", "1.4x slower than" (a budget above the teacher's own latency)."""
     if speedup is None or speedup <= 0:
         return "not compared with"
+    if (round_down(speedup, 1) if speedup >= 1 else round(1 / speedup, 1)) == 1.0:  # 0.97: not "1.0x slower than"
+        return "about as fast as"
     return f"{round_down(speedup, 1):.1f}x faster than" if speedup >= 1 else f"{1 / speedup:.1f}x slower than"
 
 
@@ -865,8 +880,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
             mark = "**best**" if r["id"] == summary["best"] else (
                 "within" if r["latency"]["p50_ms"] <= summary["budget_ms"] else "over")
             lines.append(f"| {r['id']} | {r['depth']} | {r['keep_macs']:g} | {r['macs_fraction']:.0%} | {r['mode']} | {r['params'] / 1e6:.1f}M | "
-                         f"{r['metric']:.4f} | {_held(r)} | {r['latency']['p50_ms']:.2f}{_passes(r)} | "
-                         f"{r['latency']['p90_ms']:.2f} | "
+                         f"{r['metric']:.4f} | {_held(r)} | {ms(r['latency']['p50_ms'], summary['budget_ms'])}"
+                         f"{_passes(r)} | {ms(r['latency']['p90_ms'])} | "
                          f"{round_down(r['speedup_vs_teacher_fp32'], 1):.1f}x | {mark} | "
                          f"{'yes' if r['id'] in on_front else ''} |")
         lines.append("")

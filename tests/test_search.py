@@ -217,12 +217,18 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
 
 
 def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, capsys):
-    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2]))
+    path = _recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2])
+    recipe = load_recipe(path)
     stopped = run_search(recipe, budget_ms=1000.0, time_limit_min=0.0)
     assert stopped["stopped"].startswith("time limit 0 min reached")
     assert stopped["counts"]["measured"] == 0 and len(stopped["not_started"]) == 4
-    assert stopped["message"].startswith("no candidate fits 1000 ms: none was measured (0 skipped as too slow, 4 not "
-                                         "started: time limit 0 min reached")
+    # not "no candidate fits": the time limit came before any candidate, nothing was learnt about the budget
+    assert stopped["message"].startswith("stopped by the time limit before any candidate was measured (time limit 0 "
+                                         "min reached after ")
+    assert stopped["message"].endswith("; 4 not started): raise --time-limit-min, or rerun to go on")
+    capsys.readouterr()
+    assert main(["search", str(path), "--budget-ms", "1000", "--time-limit-min", "0", "--bundle"]) == 1
+    assert "no bundle made: the time limit came before any candidate was measured\n" in capsys.readouterr().out
     assert not (recipe.run_dir / "search" / "pareto.png").exists()
     assert not list((recipe.run_dir / "search" / "candidates").glob("*.json"))
     # stopped with some candidates measured (here: by an earlier search of depth 1 only): the answer is said to be
@@ -652,7 +658,8 @@ def test_a_width_the_model_cannot_be_pruned_to_fails_that_candidate_only(tmp_pat
     summary = run_search(recipe, budget_ms=1000.0)
     assert summary["best"] == "L1-dynamic" and summary["counts"]["measured"] == 1
     assert [s["id"] for s in summary["skipped"]] == ["L1-k1-dynamic"]
-    assert summary["skipped"][0]["reason"].startswith("failed: prune.keep_macs: 0.01 cannot be met")
+    # named as the search's setting (search.keep_macs), not the prune stage's
+    assert summary["skipped"][0]["reason"].startswith("failed: search.keep_macs: 0.01 cannot be met")
 
 
 def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, monkeypatch):
@@ -948,3 +955,20 @@ def test_a_new_recover_steps_retrains_the_candidates_but_not_their_depths_base_s
     base.write_text(json.dumps({**stamp, "settings": ctx.train_settings, "train_s": -1.0}))
     done, stamp, _ = rerun(train_steps=3, recover_steps=1)
     assert done["counts"]["measured"] == 1 and stamp["train_s"] == -1.0 and stamp["settings"] == ctx.train_settings
+
+
+def test_latencies_are_written_with_the_digits_that_place_them_against_the_budget():
+    """A tiny model's "p50 0.03 ms (over budget)" against a budget of 0.032 ms read as within it; a speedup of 0.97
+    read "1.0x slower than"."""
+    from compress import search
+
+    assert [search.ms(x) for x in (34.861, 1.0, 0.5, 0.0318, 0.00012)] == ["34.86", "1.00", "0.500", "0.0318",
+                                                                             "0.000120"]
+    assert search.ms(0.0318, 0.032) == "0.0318" and search.ms(10.004, 10.001) == "10.004"
+    assert search.ms(10.004, 10.0) == "10.004" and search.ms(10.2, 10.0) == "10.20" and search.ms(5.0, 5.0) == "5.00"
+    r = {"id": "L1-dynamic", "metric_name": "accuracy", "metric": 0.52, "params": 1e6,
+         "latency": {"p50_ms": 0.0321, "passes": [{"p50_ms": 0.0321}, {"p50_ms": 0.0319}, {"p50_ms": 0.0322}]}}
+    assert search.verdict(r, 0.032) == ("[search] L1-dynamic: accuracy=0.5200, p50 0.0321 ms, the median of 3 passes "
+                                        "near the budget (0.0321, 0.0319, 0.0322) (over budget), 1.0M params")
+    assert [search._speed(s) for s in (0.97, 1.04, 1.2, 0.5)] == ["about as fast as", "about as fast as",
+                                                                  "1.2x faster than", "2.0x slower than"]
