@@ -679,10 +679,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         for mode in cfg.modes:
             cid = f"{spec.id}-{mode}"
             old, timed = load_result(ctx, cid)
-            if old is not None and not timed:  # made and scored under these settings, timed under others
-                stale.append(old)
-                continue
-            if old is not None:
+            if old is not None and timed:
                 if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
                     old["scored_settings"] = ctx.scored_settings[mode]  # so that another --threads re-times it (it
                     write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
@@ -690,8 +687,10 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 reused += 1
                 continue
             why = skip_reason(spec, mode, cfg.budget_ms, estimate_base(ref, results), results, cfg.skip_margin)
-            if why:
+            if why:  # a record timed under other settings too: a fresh search would not time it
                 skipped.append({"id": cid, "reason": why})
+            elif old is not None:  # made and scored under these settings, timed under others
+                stale.append(old)
             else:
                 todo.append(mode)
         elapsed_min = (time.perf_counter() - t_start) / 60.0

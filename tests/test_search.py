@@ -199,6 +199,11 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
     assert {p.name: p.stat().st_mtime_ns for p in (out / "int8").glob("*.onnx")} == int8_files
     assert run_search(recipe, budget_ms=1000.0, threads=2)["counts"]["reused"] == 4  # and stands
+    # timed under other settings (2 threads; 1 now), and ruled out as a fresh search would rule them out (a budget
+    # no model nears): skipped, not timed again (they were, whatever the budget); their records stand
+    tiny = run_search(recipe, budget_ms=1e-4, threads=1)
+    assert "timed_again" not in tiny["counts"] and tiny["counts"]["skipped"] == 4, tiny["counts"]
+    assert run_search(recipe, budget_ms=1000.0, threads=2)["counts"]["reused"] == 4
     # fewer dev rows scored (task.max_eval_samples): every candidate is measured again, no model is trained again
     sixth = run_search(load_recipe(path, {"task.max_eval_samples": 32}), budget_ms=1000.0, threads=2)
     assert sixth["counts"]["measured"] == 4
