@@ -189,7 +189,16 @@ class Context:
     """What a depth's distilled base student depends on: ``train_settings`` less ``recover_steps`` (which trains only
     the models made from it), plus the slice's rows (its batches' order). A new ``recover_steps`` retrained every base
     student, a minute or more each."""
+    teacher_stamps: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    """``mode_settings`` and ``scored_settings`` of the teacher's own candidates (its depth, unpruned: the teacher used
+    as it is), ``teacher_settings`` in place of ``train_settings``: a new ``search.lr`` quantized and scored the
+    teacher again. Their records of before (2026-12-06), stamped with ``train_settings``, stay valid."""
     _logits: Optional[torch.Tensor] = None
+
+    def stamps(self, record: dict) -> tuple[dict[str, str], dict[str, str]]:
+        """(mode_settings, scored_settings) of the candidate ``record`` (or spec fields: depth, keep_macs)."""
+        teacher = record.get("depth") == self.teacher.config.num_hidden_layers and (record.get("keep_macs") or 0) >= 1
+        return self.teacher_stamps if teacher and self.teacher_stamps[0] else (self.mode_settings, self.scored_settings)
 
     def teacher_logits(self) -> torch.Tensor:
         """The teacher's logits on the training slice (cached on disk for reruns)."""
@@ -281,21 +290,26 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
 
     int8 = {m: int8_changes(recipe, m) for m in ("dynamic", "static")}  # {} for a recipe of the defaults
 
-    def measured(measure: dict, mode: str = "static") -> str:
-        return fingerprint({"train": train_settings, "measure": {**measure, **({"protocol": protocol} if protocol
-                                                                               else {}),
-                                                                 **({"int8": int8[mode]} if int8[mode] else {})},
+    def measured(measure: dict, mode: str = "static", train: str = train_settings) -> str:
+        return fingerprint({"train": train, "measure": {**measure, **({"protocol": protocol} if protocol else {}),
+                                                        **({"int8": int8[mode]} if int8[mode] else {})},
                             "machine": here})
 
     settings = measured(measure)
-    modes = {m: settings if m != "dynamic" else measured({k: v for k, v in measure.items()
-                                                           if k != "calibration_samples"}, m) for m in cfg.modes}
     scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
     # int8 files and scores do not depend on the cores (their timings do: `mode_settings`): another count re-times
     scoring_machine = {k: v for k, v in here.items() if k != "cores"}
-    scored = {m: fingerprint({"train": train_settings, "machine": scoring_machine, "scoring": {
-        **{k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"},
-        **({"int8": int8[m]} if int8[m] else {})}}) for m in cfg.modes}
+
+    def stamps(train: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(mode_settings, scored_settings) of the candidates of models trained under ``train``."""
+        modes = {m: measured(measure, m, train) if m != "dynamic" else measured(
+            {k: v for k, v in measure.items() if k != "calibration_samples"}, m, train) for m in cfg.modes}
+        scored = {m: fingerprint({"train": train, "machine": scoring_machine, "scoring": {
+            **{k: v for k, v in scoring.items() if m != "dynamic" or k != "calibration_samples"},
+            **({"int8": int8[m]} if int8[m] else {})}}) for m in cfg.modes}
+        return modes, scored
+
+    modes, scored = stamps(train_settings)
     teacher_settings = fingerprint({"task": task, "teacher": teacher_id})
     logits_settings = fingerprint({"task": task, "teacher": teacher_id, "seed": recipe.seed, "rows": rows})
     base_settings = fingerprint({"base": {k: getattr(cfg, k) for k in ("train_steps", "batch_size", "lr")},
@@ -308,7 +322,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     remove_dead_scratch()  # and its quantize/bench scratch folders in the system's temporary folder
     return Context(recipe, cfg, out, teacher_dir, teacher, tokenizer, data.spec, train, dev, holdout, calib,
                    Collator({"": tokenizer}, regression=data.spec.is_regression), settings, train_settings, modes,
-                   scored, teacher_settings, logits_settings, base_settings)
+                   scored, teacher_settings, logits_settings, base_settings, stamps(teacher_settings))
 
 
 # ------------------------------------------------------------------------------------------------ building models
@@ -502,6 +516,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     lat = time_pass(ctx, arts)
     params = count_params(model)
     metric = ctx.spec.metrics[0]
+    stamps = ctx.stamps({"depth": spec.depth, "keep_macs": spec.keep})
     out = []
     for mode, path in files.items():
         cid = f"{spec.id}-{mode}"
@@ -519,8 +534,8 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
                   "speedup_vs_teacher_fp32": round_down(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 4),
                   "build": {k: v for k, v in info.items() if k != "settings"},
-                  "measure_s": round(time.perf_counter() - t0, 1), "settings": ctx.mode_settings[mode],
-                  "scored_settings": ctx.scored_settings[mode], "created": now_utc()}
+                  "measure_s": round(time.perf_counter() - t0, 1), "settings": stamps[0][mode],
+                  "scored_settings": stamps[1][mode], "created": now_utc()}
         write_json(ctx.out / "candidates" / f"{cid}.json", result)
         out.append(result)
     return out
@@ -542,10 +557,11 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
     if mode not in ctx.mode_settings:
         return None, False
     # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
-    timed = result.get("settings") in (ctx.mode_settings[mode], ctx.settings)
+    modes, scored = ctx.stamps(result)  # (the teacher's own: also those of before it had its own, below)
+    timed = result.get("settings") in (modes[mode], ctx.mode_settings[mode], ctx.settings)
     # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
     # again: its batched score is not the shipped model's
-    fresh = ((timed or result.get("scored_settings") == ctx.scored_settings[mode])
+    fresh = ((timed or result.get("scored_settings") in (scored[mode], ctx.scored_settings[mode]))
              and result.get("scored_batch") == SHIPPED_BATCH
              and "select_on" in result)  # records from before the pick moved to held-out rows are measured again
     path = ctx.out / "int8" / f"{cid}.onnx"  # where it was measured: a runs folder moved keeps its int8 files
@@ -572,7 +588,7 @@ def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
         r.update(latency={**lat[r["id"]], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                  teacher_fp32_p50_ms_same_pass=lat["ref"]["p50_ms"],
                  speedup_vs_teacher_fp32=round_down(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 4),
-                 settings=ctx.mode_settings[r["mode"]], retimed=now_utc())
+                 settings=ctx.stamps(r)[0][r["mode"]], retimed=now_utc())
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
     return records
 
@@ -680,8 +696,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             cid = f"{spec.id}-{mode}"
             old, timed = load_result(ctx, cid)
             if old is not None and timed:
-                if old.get("scored_settings") != ctx.scored_settings[mode]:  # a record of before them: stamped,
-                    old["scored_settings"] = ctx.scored_settings[mode]  # so that another --threads re-times it (it
+                if old.get("scored_settings") != ctx.stamps(old)[1][mode]:  # a record of before them: stamped,
+                    old["scored_settings"] = ctx.stamps(old)[1][mode]  # so that another --threads re-times it (it
                     write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
                 kept.append(old)
                 reused += 1

@@ -213,9 +213,13 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert run_search(load_recipe(path, overrides), budget_ms=1000.0, threads=2)["counts"]["measured"] == 0
     # another learning rate retrains the models, but neither exports the teacher again nor reruns it over the slice
     teacher_files = {p.name: p.stat().st_mtime_ns for p in out.glob("teacher_*")}
-    run_search(load_recipe(path, {**overrides, "search.lr": 3e-4}), budget_ms=1000.0, threads=2)
+    teacher_int8 = (out / "int8" / "L3-dynamic.onnx").stat().st_mtime_ns
+    relearnt = run_search(load_recipe(path, {**overrides, "search.lr": 3e-4}), budget_ms=1000.0, threads=2)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("teacher_*")} == teacher_files
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} != models
+    # nor quantizes and scores the teacher's own candidate again (the teacher used as it is: nothing of it trains)
+    assert (relearnt["counts"]["measured"], relearnt["counts"]["reused"]) == (3, 1), relearnt["counts"]
+    assert (out / "int8" / "L3-dynamic.onnx").stat().st_mtime_ns == teacher_int8
     # more steps than the training slice (190 rows) has batches of 8: exactly that many (one pass, 24, before)
     run_search(load_recipe(path, {**overrides, "search.train_steps": 30}), budget_ms=1000.0, threads=2)
     assert json.loads((out / "models" / "L1-base" / "search_model.json").read_text())["train_steps"] == 30
