@@ -221,7 +221,8 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         if name not in header:
             # "a, b" headers: the space is in the name; a second byte-order mark (files joined) too, unseen
             near = [h for h in header if h.strip(" \t\ufeff") == name.strip()]
-            hint = f"; the header has {near[0]!r}: remove the spaces or marks around it" if near else ""
+            what = "the byte-order mark (U+FEFF) in it" if near and "\ufeff" in near[0] else "the spaces around it"
+            hint = f"; the header has {near[0]!r}: remove {what}" if near else ""
             shown = ", ".join(h if h.isprintable() else repr(h) for h in header)
             raise CompressError(f"{path}: column {name!r} not found (columns: {shown}){hint}")
         if header.count(name) > 1:  # header.index would read the first silently

@@ -649,9 +649,9 @@ def verdict(r: dict, budget_ms: float) -> str:
 
 
 def ms(x: float, budget: Optional[float] = None) -> str:
-    """Milliseconds to 2 decimals (3 significant digits below 1 ms), and more where fewer would show ``budget``
+    """Milliseconds to 2 decimals (3 significant digits below 0.1 ms), and more where fewer would show ``budget``
     itself for a latency on one side of it ("p50 0.03 ms (over budget)" for a budget of 0.032 ms)."""
-    d = 2 if not 0 < x < 1 else 2 - math.floor(math.log10(x))
+    d = 2 if not 0 < x < 0.1 else 2 - math.floor(math.log10(x))
     while budget is not None and d < 6 and x != budget and round(x, d) == round(budget, d):
         d += 1
     return f"{x:.{d}f}"

@@ -755,7 +755,7 @@ def test_files_read_wrongly_or_with_a_traceback_are_refused_in_one_line(tmp_path
         f"{t / 't.tsv'}:1: a NUL byte: not UTF-8 text (UTF-16?); the file must be UTF-8")
     assert _refused(_custom(t, "t.csv", "\ufeff\ufeffreview,stars\nok,pos\n".encode())) == (
         f"{t / 't.csv'}: column 'review' not found (columns: '\\ufeffreview', stars); the header has "
-        f"'\\ufeffreview': remove the spaces or marks around it")
+        f"'\\ufeffreview': remove the byte-order mark (U+FEFF) in it")
 
 
 def test_a_local_hub_dataset_folder_of_tsv_files_is_refused(tmp_path, glue_dir):

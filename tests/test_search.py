@@ -971,7 +971,7 @@ def test_latencies_are_written_with_the_digits_that_place_them_against_the_budge
     read "1.0x slower than"."""
     from compress import search
 
-    assert [search.ms(x) for x in (34.861, 1.0, 0.5, 0.0318, 0.00012)] == ["34.86", "1.00", "0.500", "0.0318",
+    assert [search.ms(x) for x in (34.861, 1.0, 0.5, 0.0318, 0.00012)] == ["34.86", "1.00", "0.50", "0.0318",
                                                                              "0.000120"]
     assert search.ms(0.0318, 0.032) == "0.0318" and search.ms(10.004, 10.001) == "10.004"
     assert search.ms(10.004, 10.0) == "10.004" and search.ms(10.2, 10.0) == "10.20" and search.ms(5.0, 5.0) == "5.00"
