@@ -792,7 +792,7 @@ def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional
     run scored one, with its row count (the same cap cuts it)."""
     def share(model: dict, teacher: dict) -> Optional[float]:
         value = retention(model[metric], teacher[metric])
-        return None if value is None else round(value, 6)
+        return None if value is None else round_down(value, 6)  # 0.98999996 is no 0.99 (round gave it)
 
     metrics = {"dev": dev}
     if dev.get(metric) is not None and teacher_dev.get(metric) is not None:

@@ -47,6 +47,8 @@ class Latency:
     peak_throughput: Optional[float] = None
     """Best sequences per second over the bench's fixed shapes (batched), and that shape (e.g. b8xs32)."""
     peak_shape: Optional[str] = None
+    shapes: dict[str, float] = field(default_factory=dict)
+    """Sequences per second at each fixed shape (``peak_throughput`` is the best of them)."""
     timed: Optional[tuple[int, int]] = None
     """Merged seeds (`merge_seeds`): how many of how many seed runs timed it, when not all."""
 
@@ -369,6 +371,7 @@ def _latencies(results: Optional[list], where: str = "bench record") -> dict[int
         for i, r in enumerate(results or []):  # batched fixed shapes: the best throughput at each thread count
             lat = out.get(int(r.get("threads", 0)))
             if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
+                lat.shapes[str(r["input"])] = float(r["throughput_seq_s"])
                 if lat.peak_throughput is None or float(r["throughput_seq_s"]) > lat.peak_throughput:
                     lat.peak_throughput, lat.peak_shape = float(r["throughput_seq_s"]), str(r["input"])
     except KeyError as e:
@@ -407,7 +410,7 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str, source:
         for threads, lat in _latencies(art.get("results"), f"{source}: artifacts.{name}.results").items():
             old = row.latency.get(threads)
             if old is not None and lat.peak_throughput is None:  # a dev-only pass keeps the fixed-shape numbers
-                lat.peak_throughput, lat.peak_shape = old.peak_throughput, old.peak_shape
+                lat.peak_throughput, lat.peak_shape, lat.shapes = old.peak_throughput, old.peak_shape, old.shapes
             row.latency[threads] = lat
         mean, _, _ = _metric_value(art.get("metrics"), metric)
         if row.metric is None:  # a row only the bench made (it scores all of dev with the very file it times)
@@ -708,12 +711,17 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             for threads in sorted({t for r in same for t in r.latency}):  # any seed's: the first may have no bench
                 lats = [r.latency[threads] for r in same if threads in r.latency]
                 tput = [x.throughput for x in lats if x.throughput is not None]
-                shape = lats[0].peak_shape  # the best fixed shape's seq/s: mean over the seeds of that shape
-                peaks = [x.peak_throughput for x in lats if x.peak_throughput is not None and x.peak_shape == shape]
+                shapes: dict[str, list[float]] = {}  # each fixed shape's seq/s over the seeds that timed it
+                for x in lats:
+                    for s, v in x.shapes.items():
+                        shapes.setdefault(s, []).append(v)
+                means = {s: statistics.fmean(v) for s, v in shapes.items()}
+                most = max((len(v) for v in shapes.values()), default=0)  # the best mean of the shapes every seed
+                shape = max((s for s, v in shapes.items() if len(v) == most), key=means.get, default=None)  # timed
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
                                            statistics.fmean(tput) if tput else None,
-                                           statistics.fmean(peaks) if peaks else None, shape if peaks else None,
+                                           means.get(shape), shape, means,
                                            (len(lats), len(group)) if len(lats) < len(group) else None)
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             names = (first.metric_name, *first.other_metrics)
@@ -733,6 +741,8 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         rows.sort(key=lambda r: _ORDER.get(r.kind, 9))
         teacher = next(r for r in rows if r.name == "teacher")
         provenance = dict(first.provenance)
+        timed = next((t for t in group if t.provenance.get("protocol")), first)  # the first seed may have no bench
+        provenance.update({k: timed.provenance.get(k) for k in ("protocol", "dev latency", "bench versions")})
         provenance["seeds"] = sorted({s for t in group for s in (t.provenance.get("seeds") or [])})
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,

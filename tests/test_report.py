@@ -1447,3 +1447,32 @@ def test_a_hand_edited_record_of_the_wrong_shape_is_one_line_naming_its_file(tmp
             collect(run)
         path.write_text(good)
     assert collect(run).rows
+
+
+def test_merged_seeds_best_fixed_shape_is_the_best_mean_whatever_the_order(tmp_path):
+    """Merged seeds took the first seed's best fixed shape and averaged the seeds whose best it was too: 500 (b8xs32)
+    in one folder order, 350 (b8xs128) in the other, for means of 400 and 375. The protocol line came from the first
+    seed's run, none when it had no bench (found by a review of the reported numbers)."""
+    import json
+
+    from compress.report import merge_seeds
+
+    lat = {"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}
+    runs = []
+    for seed, (s32, s128) in ((42, (500.0, 400.0)), (43, (300.0, 350.0))):
+        run = make_run(tmp_path / f"s{seed}", "pk", **_files(tmp_path), seed=seed, latency=lat)
+        path = run / "bench" / "bench.json"
+        bench = json.loads(path.read_text())
+        results = bench["artifacts"]["int8_dynamic"]["results"]
+        fixed = next(r for r in results if r["input"] == "b8xs32")
+        fixed["throughput_seq_s"] = s32
+        results.append({**fixed, "input": "b8xs128", "seq": 128, "throughput_seq_s": s128})
+        path.write_text(json.dumps(bench))
+        runs.append(run)
+    for order in (runs, runs[::-1]):
+        table, = merge_seeds([collect(r) for r in order])
+        dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic").latency[2]
+        assert (dyn.peak_throughput, dyn.peak_shape) == (pytest.approx(400.0), "b8xs32"), order
+    untimed = make_run(tmp_path / "s44", "pk", **_files(tmp_path), seed=44)
+    table, = merge_seeds([collect(r) for r in (untimed, *runs)])
+    assert table.provenance["protocol"] and table.provenance["protocol"] == collect(runs[0]).provenance["protocol"]
