@@ -224,7 +224,7 @@ def optimize_checked(src: str | Path, dst: str | Path, model_type: str, ref_logi
         return {}, None
     try:
         parity = check_parity(ref_logits, onnx_predict(session(dst), rows, collator), atol=atol,
-                              min_agreement=min_agreement, what=str(dst))
+                              min_agreement=min_agreement, what=f"ORT-fused graph ({dst.name})")
     except CompressError:
         dst.unlink(missing_ok=True)
         raise

@@ -465,9 +465,12 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
                               "within budget only with every quantizable node in fp32 (no int8 left)")
             return result(True, excluded, metrics, drop,
                           f"within budget with {len(excluded)} of {total} nodes kept in fp32")
+        if k == total:  # every node fp32 and still over: that model, built and scored, is the one left
+            _move(trial, dst)
+            break
         trial.unlink()
         k = total if k < total <= 2 * k else 2 * k
-    make(dst, exclude=excluded)
+    # (no candidate at all: dst is the first try, all int8, already built and scored)
     return result(False, excluded, metrics, drop,
                   f"drop {drop:.2f} points stays above the budget {max_drop:g} even with every node in fp32")
 
@@ -559,8 +562,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
     torch_logits = predict(model, dev, collator)
     fp32 = export_onnx(model, out / "model.onnx")
     onnx_logits = onnx_predict(session(fp32), dev, collator)
-    parity = check_parity(torch_logits, onnx_logits, atol=cfg.parity_atol,
-                          min_agreement=cfg.parity_min_agreement, what=str(fp32))
+    parity = check_parity(torch_logits, onnx_logits, atol=cfg.parity_atol,  # named as the recipe's output, not
+                          min_agreement=cfg.parity_min_agreement, what=f"ONNX fp32 export ({fp32.name})")  # the tmp
     record = {"scored_batch": SHIPPED_BATCH,  # int8 metrics: dev texts one at a time, as the bundle runs them
               "fp32": {"file": fp32.name, "parity": parity.as_dict(),  # the metrics of the file recorded
                        "metrics": compute_metrics(metric_names, onnx_logits, labels),

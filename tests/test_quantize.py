@@ -200,11 +200,31 @@ def test_guard_over_budget_with_no_candidate_node_says_so(tmp_path):
         dst.write_text(json.dumps(sorted(exclude)))
         return dst
 
-    result = guard(make, tmp_path / "int8.onnx", lambda path: {"accuracy": 0.80}, {"accuracy": 0.90}, [],
-                   lambda nodes: 0.0, 0.5, tmp_path)
+    built = []
+    result = guard(lambda dst, **kw: built.append(kw.get("exclude", ())) or make(dst, **kw), tmp_path / "int8.onnx",
+                   lambda path: {"accuracy": 0.80}, {"accuracy": 0.90}, [], lambda nodes: 0.0, 0.5, tmp_path)
     assert not result.shippable and result.excluded == []
     assert result.metrics == {"accuracy": 0.80} and result.drop == pytest.approx(10.0)
     assert json.loads((tmp_path / "int8.onnx").read_text()) == []
+    assert built == [()]  # built once (it was built again after the guard gave up)
+
+
+def test_guard_over_budget_with_every_node_fp32_ships_that_try_without_building_it_again(tmp_path):
+    """Every node kept fp32 and still over the budget: the last try's model (built and scored) is the one left; it
+    was deleted and the same model built once more."""
+    built = []
+
+    def make(dst, exclude=(), only=None):
+        built.append(tuple(sorted(exclude)))
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    result = guard(make, tmp_path / "int8.onnx", lambda path: {"accuracy": 0.80}, {"accuracy": 0.90},
+                   ["a", "b", "c"], lambda nodes: 0.0, 0.5, tmp_path)
+    assert not result.shippable and "even with every node in fp32" in result.reason
+    assert built == [(), ("a",), ("a", "b"), ("a", "b", "c")]
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == ["a", "b", "c"] and result.excluded == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]  # no try left behind
 
 
 def test_guard_of_a_nan_fp32_score_stops_at_once(tmp_path):
@@ -737,3 +757,14 @@ def test_a_static_node_kept_fp32_reads_its_input_unrounded(tmp_path, tiny_model,
     assert producer[nodes[key].input[0]].op_type == "LayerNormalization"
     readers = [n for n in graph.node if producer[nodes[query].input[0]].output[0] in n.input]
     assert [n.name for n in readers] == [query]
+
+
+def test_a_parity_failure_names_the_export_not_the_temporary_file(tmp_path, tiny_model, sst2):
+    """The stage's error named <run>/.quantize.tmp-<pid>/model.onnx, a folder removed as the error is read."""
+    from compress.quantize import quantize_model
+
+    dev, train, collator = sst2
+    cfg = QuantizeConfig(modes=["dynamic"], optimize=False, parity_atol=1e-12, ort_format=False)
+    with pytest.raises(CompressError, match=r"^ONNX fp32 export \(model\.onnx\) parity check failed on \d+ dev rows"):
+        quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg, tmp_path,
+                       calib_rows=train, sens_rows=train.select(range(4)))
