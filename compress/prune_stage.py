@@ -67,9 +67,11 @@ def budget_problem(recipe: Recipe) -> Optional[str]:
     smallest model: one head and one FFN neuron per layer), or None: found before any stage runs, not once the
     teacher and the students have trained. The shape is the recipe's: the teacher's config built on the meta
     device (no weights), a student cut from it by the distill stage's own surgery (`students.build_student`). Equal
-    importances stand in for the trained ones: the smallest model costs no more with them (a layer's cost is linear
-    in its heads and neurons), so what is refused here is refused at the stage too. None as well where the shape is
-    not known beforehand (a teacher pruned earlier, a model that does not load: its stage says why)."""
+    importances stand in for the trained ones: the smallest model costs the same with any scores (one head and one
+    neuron per layer; a layer's cost is linear in them), and with ``drop_empty_layers`` equal scores give the
+    smallest any scores can (the units left all in the first layers, the others dropped), so what is refused here is
+    refused at the stage too (there, a budget passed here may still be). None as well where the shape is not known
+    beforehand (a teacher pruned earlier, a model that does not load: its stage says why)."""
     cfg = recipe.prune
     if cfg is None or (cfg.keep_params is None and cfg.keep_macs is None):
         return None
