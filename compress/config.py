@@ -728,7 +728,8 @@ class PruneConfig:
     keep_params: Optional[float] = None
     """Budget instead of ratios: keep this fraction of the encoder layers' parameters (one ratio for both kinds,
     the smallest that fits, found by bisection). Excludes heads/ffn/keep_macs. A budget below the source's smallest
-    model (one head and one FFN neuron per layer) is refused when the run starts, before the teacher trains."""
+    model (one head and one FFN neuron per layer) is refused when the run starts, before the teacher trains (as are
+    ratios that would remove every head or neuron)."""
     keep_macs: Optional[float] = None
     """Budget instead of ratios: keep this fraction of the encoder layers' MACs at the task's max_length."""
     importance: Literal["l1", "l2", "taylor"] = "taylor"

@@ -752,10 +752,10 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
-            if any(s.name == "prune" for s in stages[i:]):  # a budget the source's shape cannot meet
-                from compress.prune_stage import budget_problem
+            if any(s.name == "prune" for s in stages[i:]):  # a target the source's shape cannot meet
+                from compress.prune_stage import plan_problem
 
-                problem = budget_problem(recipe)
+                problem = plan_problem(recipe)
                 if problem:
                     raise CompressError(problem)
             checked = True

@@ -62,9 +62,10 @@ def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
     return source, folder
 
 
-def budget_problem(recipe: Recipe) -> Optional[str]:
-    """Why ``prune.keep_params``/``keep_macs`` cannot be met by the prune source's shape (the budget is below its
-    smallest model: one head and one FFN neuron per layer), or None: found before any stage runs, not once the
+def plan_problem(recipe: Recipe) -> Optional[str]:
+    """Why the prune target cannot be met by the prune source's shape, or None: a ``keep_params``/``keep_macs``
+    budget below its smallest model (one head and one FFN neuron per layer), ratios that remove every head or neuron
+    of every layer, a ``layers`` override naming a layer it does not have; found before any stage runs, not once the
     teacher and the students have trained. The shape is the recipe's: the teacher's config built on the meta
     device (no weights), a student cut from it by the distill stage's own surgery (`students.build_student`). Equal
     importances stand in for the trained ones: the smallest model costs the same with any scores (one head and one
@@ -73,7 +74,7 @@ def budget_problem(recipe: Recipe) -> Optional[str]:
     refused at the stage too (there, a budget passed here may still be). None as well where the shape is not known
     beforehand (a teacher pruned earlier, a model that does not load: its stage says why)."""
     cfg = recipe.prune
-    if cfg is None or (cfg.keep_params is None and cfg.keep_macs is None):
+    if cfg is None:
         return None
     students = {s.name: s for s in (getattr(recipe, "students", None) or [])}
     source = cfg.source or newest_source(recipe, ("teacher", "distill") if students else ("teacher",))

@@ -846,7 +846,7 @@ def test_a_budget_below_the_sources_smallest_model_is_found_from_the_recipe_as_t
         tiny_bert_dir, tmp_path, student, source):
     from compress.config import load_recipe
     from compress.modeling import load_for_task
-    from compress.prune_stage import budget_problem
+    from compress.prune_stage import plan_problem
     from compress.tasks import task_spec
     from students import build_student
 
@@ -863,12 +863,12 @@ def test_a_budget_below_the_sources_smallest_model_is_found_from_the_recipe_as_t
     floor = float(str(stage.value).rsplit("keeps ", 1)[1].split()[0])
     assert 0.01 < floor < 0.5
     for budget in (0.01, round(floor - 0.002, 3)):
-        problem = budget_problem(load_recipe(path, {"prune.keep_macs": budget}))
+        problem = plan_problem(load_recipe(path, {"prune.keep_macs": budget}))
         assert problem and problem.startswith(f"{path}: prune.keep_macs: {budget} cannot be met: the smallest model "
                                               f"this allows keeps {floor:.3f} of the encoder's macs"), problem
         assert f"(the shape of {source}, found before any stage ran)" in problem
-    assert budget_problem(load_recipe(path, {"prune.keep_macs": round(floor + 0.002, 3)})) is None
-    assert budget_problem(recipe) is None
+    assert plan_problem(load_recipe(path, {"prune.keep_macs": round(floor + 0.002, 3)})) is None
+    assert plan_problem(recipe) is None
 
 
 def test_a_budget_the_prune_source_cannot_meet_stops_the_run_before_the_teacher_trains(tiny_bert_dir, tmp_path):
@@ -890,3 +890,9 @@ prune: {{keep_params: 0.05}}
         run_pipeline(load_recipe(path))
     run = tmp_path / "runs" / "tiny"
     assert not run.exists() or not [p.name for p in run.iterdir() if not p.name.startswith(".")]  # no stage ran
+    # ratios too: a per-layer ratio that leaves the layers no head (a layer the student lacks: refused on loading)
+    for prune, message in (("{heads: 0.9, scope: per_layer}", r"prune\.heads: this target removes every head"),):
+        path.write_text(path.read_text().rsplit("prune:", 1)[0] + f"prune: {prune}\n")
+        with pytest.raises(CompressError, match=message + r".* \(the shape of student 'half', found before any stage"):
+            run_pipeline(load_recipe(path))
+        assert not run.exists() or not [p.name for p in run.iterdir() if not p.name.startswith(".")]
