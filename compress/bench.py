@@ -13,8 +13,9 @@ CPU spreads over all of them; ``order: interleaved`` alternates artifacts run by
 model's weights in cache). For each thread count (torch ``set_num_threads``; ORT ``intra_op_num_threads`` with one
 inter-op thread, sequential execution):
   - ``dev``: real dev sentences one at a time (batch 1, unpadded, the first ``dev_rows`` rows), one timed run each;
-  - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed rounds
-    until ``repeats`` rounds or ``max_seconds`` of timed runs of the slowest artifact (at least ``min_runs``).
+  - ``b{B}xs{S}``: fixed shapes, random token ids, full attention mask, ``warmup`` untimed runs, then timed runs
+    until ``repeats`` runs or ``max_seconds`` of timed runs (at least ``min_runs``): in series, each artifact's own
+    (its share each round: a slower artifact gets fewer runs), interleaved, the slowest artifact's (all get as many).
 Latency p50/p90/p99/mean (ms, ``time.perf_counter`` around one forward), throughput (sequences/s from the mean),
 achieved GOP/s (exact forward FLOPs of the fp32 model at that shape, ``torch.utils.flop_counter``, per p50 second;
 int8 executes the same operations) against the machine's measured GEMM peak (ORT MatMulInteger u8 x s8 and MatMul fp32,
@@ -547,12 +548,12 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "order": (f"series: all artifacts in one fresh process, each timed back to back (warm), taking turns "
                           f"in a rotating order, {cfg.rounds} rounds" if cfg.order == "series" else
                           "interleaved: all artifacts in one fresh process, timed round-robin (rotating order) run "
-                          "by run"),
+                          "by run, in one round (rounds unused)"),
                 "spin": spin_protocol(cfg.spin),
                 "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
                 "dev": f"first {min(cfg.dev_rows or len(dev), len(dev))} dev rows, batch 1, unpadded, one timed run "
-                       f"each per round",
+                       f"each" + (" per round" if cfg.order == "series" else ""),
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as "
                             "shipped: int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted "

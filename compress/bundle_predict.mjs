@@ -18,19 +18,51 @@
 // are checked against the sha256 in manifest.json; a changed file is refused. Texts are truncated as the Python runner truncates them
 // (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
 
-import * as ort from "onnxruntime-web";
-import { BertNormalizer, BertPreTokenizer, LowercaseNormalizer, SequenceNormalizer, StripAccentsNormalizer, Tokenizer,
-         WordPiece as WordPieceModel } from "@huggingface/tokenizers";
-
 export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;
 
 export class BundleError extends Error {}
 /** A text (or text pair) in which the tokenizer keeps nothing: only spaces, control or zero-width characters. */
 export class EmptyText extends BundleError {}
+
+/** Whether this file is the script Node.js runs (`node predict.mjs ...`), not a module imported by another. */
+async function runAsScript() {
+  if (!IN_NODE || !process.argv[1]) return false;
+  const { fileURLToPath } = await import("node:url");
+  const { realpathSync } = await import("node:fs");
+  try {
+    return realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+// the two runtime packages, imported here so that a bundle without `npm install` says so in one line (a static import
+// failed before any of this file ran: a Node.js stack trace of ERR_MODULE_NOT_FOUND)
+let ort, tokenizers;
+try {
+  [ort, tokenizers] = await Promise.all([import("onnxruntime-web"), import("@huggingface/tokenizers")]);
+} catch (e) {
+  if (!(e?.code === "ERR_MODULE_NOT_FOUND" || /resolve module specifier|Cannot find (package|module)/.test(e?.message))) {
+    throw e;
+  }
+  const said = "this bundle's npm packages (onnxruntime-web, @huggingface/tokenizers) are not installed: run " +
+    "`npm install` in the bundle folder (or one above it)";
+  if (await runAsScript()) {
+    console.error(`error: ${said}`);
+    process.exit(2);
+  }
+  throw new BundleError(`${said} (${String(e?.message).split("\n")[0]})`);
+}
+const { BertNormalizer, BertPreTokenizer, LowercaseNormalizer, SequenceNormalizer, StripAccentsNormalizer, Tokenizer,
+        WordPiece: WordPieceModel } = tokenizers;
 const EMPTY = "nothing in it the tokenizer keeps: nothing to classify";
 
 async function readBytes(base, rel) {
+  if (IN_NODE && /^file:/.test(String(base))) {  // a file: URL (string or URL object) is a folder path in Node.js
+    const { fileURLToPath } = await import("node:url");
+    base = fileURLToPath(String(base));
+  }
   if (IN_NODE && !/^https?:\/\//.test(String(base))) {
     const { readFile } = await import("node:fs/promises");
     const { join } = await import("node:path");
@@ -522,10 +554,6 @@ async function main(argv) {
   }
 }
 
-if (IN_NODE && process.argv[1]) {
-  const { fileURLToPath } = await import("node:url");
-  const { realpathSync } = await import("node:fs");
-  if (realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url))) {
-    process.exitCode = await main(process.argv.slice(2));
-  }
+if (await runAsScript()) {
+  process.exitCode = await main(process.argv.slice(2));
 }

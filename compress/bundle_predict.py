@@ -35,6 +35,7 @@ import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import marshal  # noqa: E402
+import re  # noqa: E402
 from importlib.util import MAGIC_NUMBER  # noqa: E402
 from pathlib import Path, PurePosixPath  # noqa: E402
 from typing import Optional, Union  # noqa: E402
@@ -129,7 +130,8 @@ def check_fields(manifest: dict, path: Path) -> None:
 def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = None) -> dict:
     """The bundle's manifest, after checking every listed file's sha256 and that no unlisted file is present; with
     ``manifest_sha256`` (published apart from the bundle), the manifest's own first: then nothing in the bundle can
-    have been changed, the manifest's hashes included."""
+    have been changed, the manifest's hashes included, and another Python's bytecode of the runner (unverifiable
+    here) is refused. What `npm install` adds (`NPM_OUTPUTS`) is never checked: install it yourself."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest_sha256 is not None:
@@ -161,9 +163,15 @@ def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = Non
         rel = PurePosixPath(path.relative_to(folder).as_posix())
         if rel == PurePosixPath(MANIFEST) or path.is_dir() and not path.is_symlink() or rel.parts[0] in NPM_OUTPUTS:
             continue
-        if rel.parts[0] == "__pycache__" and PurePosixPath(RUNNER) in listed and len(rel.parts) == 2 \
-                and (is_runner_bytecode(path, folder / RUNNER) or other_pythons_bytecode(path, folder / RUNNER)):
+        pycache = rel.parts[0] == "__pycache__" and PurePosixPath(RUNNER) in listed and len(rel.parts) == 2
+        if pycache and is_runner_bytecode(path, folder / RUNNER):
             continue
+        if pycache and other_pythons_bytecode(path, folder / RUNNER):
+            if manifest_sha256 is None:  # the manifest itself unchecked: nothing here is vouched for anyway
+                continue
+            raise BundleError(f"{path}: {RUNNER} bytecode of another Python, which this one cannot check and that one "
+                              f"would run on import in place of the verified {RUNNER}; delete {path.parent} (or "
+                              f"check with that Python), then check again")
         if rel not in listed:
             raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")
     return manifest
@@ -437,11 +445,13 @@ MAX_COUNT = 2**31 - 1
 
 
 def positive_int(text: str, most: int = MAX_COUNT) -> int:
-    """argparse type of a count (tokens): an integer from 1 to ``most``, else a usage error naming the option."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    """argparse type of a count (tokens): an integer from 1 to ``most`` in plain digits (not ``2_0``, `` 2``, ``+2`` or
+    ``02``, which int() takes and predict.mjs refuses), else a usage error naming the option."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    value = int(text)
+    if value >= 1 and text.startswith("0"):
+        raise argparse.ArgumentTypeError(f"expected an integer without leading zeros, got {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     if value > most:

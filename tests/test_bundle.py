@@ -799,7 +799,16 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     other = folder / "__pycache__" / "predict.cpython-399.opt-1.pyc"
     other.write_bytes(b"another interpreter's")
     predict(folder, ["still verifies"])
+    # but not where the manifest's own sha256 is checked (the published digest: nothing unchecked may pass), as
+    # that interpreter would run it on import in place of the verified predict.py
+    digest = sha256_file(folder / "manifest.json")
+    with pytest.raises(CompressError, match=r"predict\.cpython-399\.opt-1\.pyc: predict\.py bytecode of another "
+                                            r"Python, which this one cannot check .* delete .*__pycache__"):
+        predict(folder, ["x"], manifest_sha256=digest)
+    proc = _run_predict_py(folder, "--manifest-sha256", digest, "x", text=True)
+    assert proc.returncode == 2 and "bytecode of another Python" in proc.stderr, proc.stderr
     other.unlink()
+    assert predict(folder, ["verifies"], manifest_sha256=digest)
     upper = folder / "__pycache__" / f"predict.{sys.implementation.cache_tag.upper()}.pyc"
     upper.write_bytes(b"planted")
     with pytest.raises(CompressError, match=r"not listed in manifest\.json"):
@@ -859,6 +868,9 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     proc = _run_predict_py(folder, "--threads", str(os.cpu_count() + 1), TEXTS[0], text=True)
     assert proc.returncode == 0 and proc.stdout.count("\t") == 1
     assert proc.stderr.startswith(f"warning: --threads {os.cpu_count() + 1} is more than this machine's")
+    for bad in ("02", "+2", " 2", "2_0"):  # int() takes them (2_0 as 20 threads); predict.mjs refuses them
+        proc = _run_predict_py(folder, "--threads", bad, TEXTS[0], text=True)
+        assert proc.returncode == 2 and "--threads: expected an integer" in proc.stderr, (bad, proc.stderr)
     for empty in ("", "   "):
         proc = _run_predict_py(folder, empty, text=True)
         assert proc.returncode == 2 and proc.stderr == "error: an empty text: nothing to classify\n"

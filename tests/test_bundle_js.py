@@ -662,3 +662,33 @@ def test_predict_mjs_refuses_a_text_that_is_not_a_string(js_bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"BundleError: predict(text, pair = null): texts must be strings, got {t}"
                                         for t in ("object", "number", "undefined")]
+
+
+def test_predict_mjs_without_its_npm_packages_says_so_in_one_line(js_bundle, tmp_path):
+    """Run before `npm install`, predict.mjs ended in a Node.js stack trace (ERR_MODULE_NOT_FOUND, static imports);
+    predict.py names its missing packages in one line. Imported by another module, it rejects with that message."""
+    copy = shutil.copytree(js_bundle, tmp_path / "bare")  # no node_modules in this folder or above it
+    proc = _node(copy / "predict.mjs", TEXTS[0])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("error: this bundle's npm packages (onnxruntime-web, @huggingface/tokenizers) are not "
+                           "installed: run `npm install` in the bundle folder (or one above it)\n")
+    script = tmp_path / "use.mjs"
+    script.write_text(f"try {{ await import({json.dumps(str(copy / 'predict.mjs'))}); }}\n"
+                      "catch (e) { console.log(e.constructor.name, e.message.split(' (')[0]); }\n")
+    proc = _node(script)
+    assert proc.returncode == 0 and proc.stdout.startswith("BundleError this bundle's npm packages"), proc.stderr
+
+
+def test_predict_mjs_loads_a_bundle_from_a_file_url(js_bundle):
+    """`Predictor.load` takes a URL in Node.js as its comment says: a file: URL (string or URL object) was joined as a
+    path ("file:/tmp/..."), and the error named a file that exists."""
+    script = js_bundle.parent / "fileurl.mjs"
+    url = js_bundle.as_uri() + "/"
+    script.write_text(f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+                      f"for (const base of [{json.dumps(url)}, new URL({json.dumps(url)})]) {{\n"
+                      "  const model = await Predictor.load(base);\n"
+                      "  console.log(JSON.stringify((await model.predict(process.argv[2])).scores));\n}\n")
+    proc = _node(script, TEXTS[0])
+    assert proc.returncode == 0, proc.stderr
+    local = _node(js_bundle / "predict.mjs", "--json", TEXTS[0])
+    assert proc.stdout.splitlines() == [json.dumps(json.loads(local.stdout)["scores"], separators=(",", ":"))] * 2
