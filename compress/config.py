@@ -689,6 +689,9 @@ class RecoverConfig(TrainConfig):
     """Weight of KL(teacher || student) at T (MSE on logits for regression tasks)."""
     hard_label_weight: float = 0.5
     """Weight of the cross-entropy with the gold labels."""
+    seed: Optional[int] = None
+    """None: the recipe's seed + the step (0-based), so each step's recovery draws other batches; a number: that seed
+    for every step. Seeds batch order and dropout; the train/holdout split follows the recipe's seed."""
     data: Literal["train", "transfer"] = "train"
     """What recovery trains on: "train" (the training rows) or "transfer" (the transfer set the pruned student was
     distilled on: the training rows and their augmented copies, `students[].distill.augment`; the copies have no gold
@@ -800,6 +803,9 @@ class CalibrationConfig:
             raise CompressError(f"{file}: {where}.samples: must be >= 1, got {self.samples}")
         if not 90.0 <= self.percentile <= 100.0:
             raise CompressError(f"{file}: {where}.percentile: must be in [90, 100], got {self.percentile}")
+        if self.method != "percentile" and self.percentile != CalibrationConfig.percentile:  # read by nothing else:
+            raise CompressError(f"{file}: {where}.percentile: read with method: percentile only (method is "  # it
+                                f"{self.method!r}); leave it out, or set method: percentile")  # redid quantize
 
 
 @dataclass
@@ -1439,6 +1445,22 @@ class _StrictLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
+class _YamlInt(int):
+    """A YAML integer that remembers how it was written (``007``, ``0x1F``, ``1_000``, ``1:30``): a name given as one
+    keeps that text (str() of the number made runs/7 of ``name: 007``)."""
+
+    text: str = ""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = _YamlInt(yaml.SafeLoader.construct_yaml_int(loader, node))
+    value.text = str(node.value)
+    return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def yaml_error(e: yaml.YAMLError | ValueError) -> str:
     """A YAML parse error on one line: what went wrong and where (line and column, 1-based). A ValueError: an integer
     of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out), or a
@@ -1527,8 +1549,11 @@ def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = froze
                 # absent, or null: that stage does not run
                 raise CompressError(f"--set {dotted}: the recipe has no {k} section (that stage does not run); add "
                                     f"it to the recipe, or set the whole section: --set '{k}={{...}}'")
-            if i > 0 and isinstance(node, dict) and k in node and node[k] is None:  # recover: null, augment: null
-                raise CompressError(f"--set {dotted}: {'.'.join(map(str, keys[:i + 1]))} is null (off) in the recipe; "
+            field_ = _field_at(keys[:i + 1])[1] if i > 0 and isinstance(node, dict) and k not in node else None
+            off = field_ is not None and field_.default is None  # left out, and off when left out (augment)
+            if i > 0 and isinstance(node, dict) and (k in node and node[k] is None or off):  # recover/augment: null
+                raise CompressError(f"--set {dotted}: {'.'.join(map(str, keys[:i + 1]))} is "
+                                    f"{'left out' if off else 'null'} (off) in the recipe; "
                                     f"set the whole of it to turn it on: --set '{'.'.join(map(str, keys[:i + 1]))}"
                                     f"={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
@@ -1569,6 +1594,9 @@ def from_dict(cls: type, data: Any, *, file: str = "<recipe>", where: str = "") 
 def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    raw, written = value, (value.text if isinstance(value, _YamlInt) else None)  # a plain int from here on, its
+    if written is not None:  # text kept (``raw`` for the options of a Union)
+        value = int(value)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -1577,7 +1605,7 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _coerce(option, value, file, key)
+                return _coerce(option, raw, file, key)
             except CompressError as e:
                 errors.append(e)
         raise errors[-1] if len(errors) == 1 else CompressError(
@@ -1603,6 +1631,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CompressError(f"{file}: {key}: expected an integer, got {_show(value)}")
+        if written is not None and ":" in written:  # YAML 1.1's base 60: max_steps: 1:30 was 90
+            raise CompressError(f"{file}: {key}: {written} is a YAML 1.1 base-60 number ({value}); write the number")
         if abs(value) > MAX_INT:  # 1e20 went on to an OverflowError or islice's ValueError traceback mid-run
             raise CompressError(f"{file}: {key}: expected an integer from {-MAX_INT} to {MAX_INT}, got {_show(value)}")
         return value
@@ -1620,8 +1650,8 @@ def _coerce(tp: Any, value: Any, file: str, key: str) -> Any:
         if isinstance(value, bool):  # YAML 1.1: unquoted no/yes/on/off/true/false
             raise CompressError(f"{file}: {key}: expected a string, got the YAML boolean {str(value).lower()} "
                                 f"(unquoted no/yes/on/off/true/false are booleans: quote it, e.g. 'no')")
-        if isinstance(value, int):  # a label or name written as a number (labels: [0, 1]): its text
-            return str(value)
+        if isinstance(value, int):  # a label or name written as a number (labels: [0, 1]): its text as written
+            return written if written is not None else str(value)
         if not isinstance(value, str):
             raise CompressError(f"{file}: {key}: expected a string, got {_show(value)}")
         return value

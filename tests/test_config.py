@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.config import load_recipe
+from compress.config import load_recipe, yaml_value
 from compress.errors import CompressError
 from conftest import unlabelled_mrpc
 
@@ -852,6 +852,17 @@ def test_a_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
             load_recipe(write(tmp_path, text))
 
 
+def test_a_percentile_read_by_no_calibration_method_is_refused(tmp_path):
+    """`quantize.calibration.percentile` with method minmax or entropy is read by nothing, yet changed the quantize
+    stage's fingerprint (a rerun for nothing)."""
+    base = "task: {name: sst2}\nteacher: {}\nquantize: {calibration: {method: %s, percentile: 99.9}}\n"
+    for method in ("minmax", "entropy"):
+        with pytest.raises(CompressError, match=rf"quantize\.calibration\.percentile: read with method: percentile "
+                                                rf"only \(method is '{method}'\)"):
+            load_recipe(write(tmp_path, base % method))
+    assert load_recipe(write(tmp_path, base % "percentile")).quantize.calibration.percentile == 99.9
+
+
 def test_an_empty_recipe_says_so(tmp_path):
     """An empty or comment-only recipe said "a recipe is a mapping of sections, got NoneType"."""
     for text in ("", "# nothing yet\n"):
@@ -903,3 +914,36 @@ def test_bench_lengths_are_checked_against_the_model_the_bench_times(tmp_path, t
     with pytest.raises(CompressError, match=r"bench\.seq_lengths: 256 tokens exceed the 128 positions of the model "
                                             r"the bench times \(teacher\.model "):
         load_recipe(write(tmp_path, text % "teacher"))
+
+
+def test_a_name_written_as_a_number_keeps_its_text_and_base_60_is_refused(tmp_path):
+    """`name: 007` made runs/7 (str of the YAML int), 0x1F runs/31, 1_000 runs/1000; `max_steps: 1:30` (YAML 1.1's
+    base 60) validated as 90 (found by a review of the recipes)."""
+    base = "task: {name: sst2}\nteacher: {}\n"
+    for text in ("007", "0x1F", "1_000", "42"):
+        assert load_recipe(write(tmp_path, f"name: {text}\n{base}")).name == text
+        assert load_recipe(write(tmp_path, base), {"name": yaml_value(text)}).name == text
+    custom = load_recipe(write(tmp_path, "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [0, 01]}\n"
+                                          "teacher: {}\n"))
+    assert custom.task.labels == ["0", "01"]
+    with pytest.raises(CompressError, match=r"teacher\.max_steps: 1:30 is a YAML 1\.1 base-60 number \(90\); write "
+                                            r"the number"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {max_steps: 1:30}\n"))
+    assert load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {max_steps: 0x10}\n")).teacher.max_steps == 16
+    assert type(load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {max_steps: 90}\n")).teacher.max_steps) is int
+
+
+def test_one_key_of_a_section_that_is_off_when_left_out_does_not_turn_it_on(tmp_path):
+    """`--set students.0.distill.augment.seed=1` on a recipe without `augment:` turned augmentation on with every
+    other setting at its default; with `augment: null` (the same meaning) it was refused (found by a review)."""
+    base = "task: {name: sst2}\nteacher: {}\nstudents:\n  - {name: s, layers: 2%s}\n"
+    for text, said in ((base % "", "left out"), (base % ", distill: {augment: null}", "null")):
+        with pytest.raises(CompressError, match=rf"--set students\.0\.distill\.augment\.seed: students\.0\.distill\."
+                                                rf"augment is {said} \(off\) in the recipe; set the whole of it"):
+            load_recipe(write(tmp_path, text), {"students.0.distill.augment.seed": 1})
+    on = load_recipe(write(tmp_path, base % ""), {"students.0.distill.augment": {"seed": 1}})
+    assert on.students[0].distill.augment.seed == 1
+    # a section whose default is not off (recovery) still takes one key
+    recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {heads: 0.5}\n"),
+                         {"prune.recover.temperature": 3.0})
+    assert recipe.prune.recover.temperature == 3.0 and recipe.prune.recover.lr == 1.0e-4
