@@ -752,6 +752,11 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
+            if any(s.name == "distill" for s in stages[i:]):  # a student the stage cannot build
+                from compress.distill.stage import student_problems
+
+                for problem in student_problems(recipe):
+                    raise CompressError(problem)
             if any(s.name == "prune" for s in stages[i:]):  # a target the source's shape cannot meet
                 from compress.prune_stage import plan_problem
 

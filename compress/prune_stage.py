@@ -95,35 +95,14 @@ def plan_problem(recipe: Recipe) -> Optional[str]:
 
 def _source_shape(recipe: Recipe, student) -> Optional[torch.nn.Module]:
     """The model the prune stage will receive, weights left out: the teacher (``student`` None) or that student."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from students.build import student_shape, teacher_shape
 
-    from compress import hub
-    from compress.modeling import load_tokenizer, task_kwargs
-    from compress.tasks import task_spec
-    from students import build_student
-    from teachers.zoo import resolve
-
-    name = recipe.teacher.model
-    source, offline = resolve(name), hub.load_kwargs(name)
+    shape = teacher_shape(recipe)
+    if shape is None or student is None:
+        return shape and shape[0]
     try:
-        config = AutoConfig.from_pretrained(source, **offline)
-        spec = task_spec(recipe.task)
-    except Exception:  # noqa: BLE001 - the teacher stage says why, in its words
-        return None
-    if any(getattr(config, k, None) for k in ("compress_layer_sizes", "compress_pruning", "pruned_heads")):
-        return None  # widths per layer: stock from_config would not rebuild them
-    for key, value in task_kwargs(spec).items():
-        setattr(config, key, value)
-    try:
-        with torch.device("meta"):
-            teacher = AutoModelForSequenceClassification.from_config(config)
-        if student is None:
-            return teacher
-        tokenizer = None
-        if student.kind == "narrow" and student.init == "random" and student.tokenizer is None:
-            tokenizer = load_tokenizer(source, offline, f"model {name!r}: cannot load its tokenizer", "")
-        return build_student(student, teacher, tokenizer, spec).model
-    except Exception:  # noqa: BLE001 - the stage that builds it says why
+        return student_shape(student, *shape).model
+    except Exception:  # noqa: BLE001 - the distill stage's check before any stage runs (`student_problems`) says why
         return None
 
 

@@ -215,3 +215,29 @@ def test_a_layer_drop_student_of_a_pruned_teacher_is_pruned_by_its_own_layers(to
         P.prune(student, target)
         kept[pruned] = sum(len(s.heads) for s in P.provenance(student).layers)
     assert kept == {False: 4, True: 4}
+
+
+def test_a_student_the_distill_stage_cannot_build_stops_the_run_before_the_teacher_trains(tiny_bert_dir, tmp_path):
+    """A random narrow student whose vocab_size is not its tokenizer's, a checkpoint student given a tokenizer larger
+    than its embedding table: `compress validate` said ok and the distill stage refused them after the teacher had
+    trained (found by a review of the recipes). Now before any stage, in the stage's words; the random draws of the
+    check leave the run's random state as it was."""
+    from compress.config import load_recipe
+    from compress.distill.stage import student_problems
+    from compress.pipeline import run_pipeline
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"name: tiny\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2, max_length: 32}}\n"
+                    f"teacher: {{model: {tiny_bert_dir}, max_steps: 1}}\n"
+                    "students:\n  - {name: ok, kind: layer_drop, layers: 1}\n"
+                    "  - {name: small, kind: narrow, layers: 1, hidden: 16, heads: 2, vocab_size: 1000}\n")
+    recipe = load_recipe(path)
+    state = torch.get_rng_state()
+    assert student_problems(recipe) == [f"{path}: students[1] (small): student small: vocab_size 1000 does not match "
+                                        f"its tokenizer's 30522 tokens; give the student a tokenizer of its own "
+                                        f"(tokenizer: <zoo name or folder>) or drop vocab_size"]
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(CompressError, match=r"students\[1\] \(small\): student small: vocab_size 1000"):
+        run_pipeline(recipe)
+    assert not (tmp_path / "runs" / "tiny" / "teacher").exists()
+    assert student_problems(load_recipe(path, {"students.1.vocab_size": 30522})) == []

@@ -262,6 +262,22 @@ def teacher_digest(teacher_dir: Path) -> str:
     return fingerprint(hash_tree(teacher_dir / "model"))
 
 
+def student_problems(recipe: Recipe) -> list[str]:
+    """The students this stage would refuse to build (a checkpoint of another width, a tokenizer larger than the
+    checkpoint's embedding table, a random student's vocab_size not its tokenizer's...), in the stage's words, found
+    before any stage runs from the recipe's shapes (`students.build.teacher_shape`): not once the teacher trained."""
+    from students.build import student_shape, teacher_shape
+
+    shape = teacher_shape(recipe)
+    out = []
+    for i, spec in enumerate((recipe.students or []) if shape is not None else []):
+        try:
+            student_shape(spec, *shape)
+        except CompressError as e:
+            out.append(f"{recipe.path}: students[{i}] ({spec.name}): {e}")
+    return out
+
+
 def labelling(train: TrainConfig) -> dict:
     """How the teacher labels a student's training rows: at the student's precision (bf16 labels 2.1x faster on this
     CPU), in batches of at least 64. Logits labelled otherwise differ in their last bits, so they are not served to
