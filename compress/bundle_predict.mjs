@@ -43,9 +43,9 @@ let ort, tokenizers;
 try {
   [ort, tokenizers] = await Promise.all([import("onnxruntime-web"), import("@huggingface/tokenizers")]);
 } catch (e) {
-  if (!(e?.code === "ERR_MODULE_NOT_FOUND" || /resolve module specifier|Cannot find (package|module)/.test(e?.message))) {
-    throw e;
-  }
+  const missing = e?.code === "ERR_MODULE_NOT_FOUND" || /resolve module specifier|Cannot find (package|module)/
+    .test(e?.message);
+  if (!missing) throw e;
   const said = "this bundle's npm packages (onnxruntime-web, @huggingface/tokenizers) are not installed: run " +
     "`npm install` in the bundle folder (or one above it)";
   if (await runAsScript()) {
