@@ -1549,8 +1549,10 @@ def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = froze
                 # absent, or null: that stage does not run
                 raise CompressError(f"--set {dotted}: the recipe has no {k} section (that stage does not run); add "
                                     f"it to the recipe, or set the whole section: --set '{k}={{...}}'")
-            field_ = _field_at(keys[:i + 1])[1] if i > 0 and isinstance(node, dict) and k not in node else None
-            off = field_ is not None and field_.default is None  # left out, and off when left out (augment)
+            absent = i > 0 and isinstance(node, dict) and k not in node
+            tp_, field_ = _field_at(keys[:i + 1]) if absent else (None, None)
+            # left out, and off when left out: a section (augment), not a list or mapping left empty (search.depths)
+            off = field_ is not None and field_.default is None and dataclasses.is_dataclass(_unwrap(tp_))
             if i > 0 and isinstance(node, dict) and (k in node and node[k] is None or off):  # recover/augment: null
                 raise CompressError(f"--set {dotted}: {'.'.join(map(str, keys[:i + 1]))} is "
                                     f"{'left out' if off else 'null'} (off) in the recipe; "
