@@ -752,15 +752,16 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
+            built: dict = {}  # the models' shapes, made once for both checks
             if any(s.name == "distill" for s in stages[i:]):  # a student the stage cannot build
                 from compress.distill.stage import student_problems
 
-                for problem in student_problems(recipe):
+                for problem in student_problems(recipe, built):
                     raise CompressError(problem)
             if any(s.name == "prune" for s in stages[i:]):  # a target the source's shape cannot meet
                 from compress.prune_stage import plan_problem
 
-                problem = plan_problem(recipe)
+                problem = plan_problem(recipe, built)
                 if problem:
                     raise CompressError(problem)
             checked = True

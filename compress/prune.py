@@ -332,11 +332,11 @@ def score(model: nn.Module, method: str, batches: Optional[Iterable[dict]] = Non
 
 
 # ------------------------------------------------------------------------------------------------------- planning
-def layer_index(name: str, prov: Provenance) -> int:
+def layer_index(name: str, prov: Provenance, where: str = "prune") -> int:
     """``layer.3``, ``encoder.layer.3`` or ``bert.encoder.layer.3`` (numbering of the unpruned model) -> 3."""
     m = re.fullmatch(r"(?:[\w.]*\.)?layer\.(\d+)", name.strip())
     if m is None or int(m.group(1)) >= prov.num_layers:
-        raise CompressError(f"prune.layers.{name}: unknown layer (the model has layer.0 .. layer.{prov.num_layers - 1})")
+        raise CompressError(f"{where}.layers.{name}: unknown layer (the model has layer.0 .. layer.{prov.num_layers - 1})")
     return int(m.group(1))
 
 
@@ -356,24 +356,25 @@ def _select(scores: list[torch.Tensor], keep, min_keep: int) -> list[list[int]]:
 
 
 def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1.0, hidden: Optional[int] = None,
-         seq_len: int = 128) -> list[Optional[LayerState]]:
+         seq_len: int = 128, where: str = "prune") -> list[Optional[LayerState]]:
     """What every current layer keeps after pruning ``fraction`` of the way to ``cfg``'s target (iterative steps
-    use 1/steps, 2/steps, ...); ``None`` for a layer to drop. Ratios count units of the unpruned model."""
+    use 1/steps, 2/steps, ...); ``None`` for a layer to drop. Ratios count units of the unpruned model. ``where``:
+    the section the errors name (``search`` for `compress search`'s widths)."""
     prov = model_or_prov if isinstance(model_or_prov, Provenance) else provenance(model_or_prov)
     if hidden is None and not isinstance(model_or_prov, Provenance):
         hidden = model_or_prov.config.hidden_size
     if len(scores.heads) != len(prov.layers) or len(scores.ffn) != len(prov.layers):
         raise CompressError(f"scores cover {len(scores.heads)} layers, the model has {len(prov.layers)}")
-    overrides = {layer_index(name, prov): _partway(o, fraction) for name, o in (cfg.layers or {}).items()}
+    overrides = {layer_index(name, prov, where): _partway(o, fraction) for name, o in (cfg.layers or {}).items()}
     if cfg.keep_params is None and cfg.keep_macs is None:
         try:
             return _plan_ratios(prov, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction)
         except _Empty as e:
-            raise CompressError(f"prune.{e.kind}: this target removes every {e.unit} of every layer; keep some "
+            raise CompressError(f"{where}.{e.kind}: this target removes every {e.unit} of every layer; keep some "
                                 f"(a smaller ratio)") from None
     which, budget = ("params", cfg.keep_params) if cfg.keep_params is not None else ("macs", cfg.keep_macs)
     if hidden is None:
-        raise CompressError(f"prune.keep_{which}: planning a budget from a pruning record needs the hidden size")
+        raise CompressError(f"{where}.keep_{which}: planning a budget from a pruning record needs the hidden size")
     k = 0 if which == "params" else 1
     full = encoder_cost(prov, hidden, seq_len, [LayerState(i, list(range(prov.num_heads)),
                                                            list(range(prov.intermediate_size)))
@@ -395,7 +396,7 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     lo, hi = 0.0, 1.0 - 0.51 / prov.intermediate_size  # the most that keeps an FFN neuron (2 heads stopped it at 74%)
     top = cost(hi)
     if top[0] > target:
-        raise CompressError(f"prune.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "
+        raise CompressError(f"{where}.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "
                             f"{top[0] / full:.3f} of the encoder's {which}")
     best = top
     for _ in range(40):
@@ -539,11 +540,11 @@ def uniform_ffn(config) -> bool:
 
 
 def prune(model: nn.Module, cfg: PruneConfig, *, scores: Optional[Scores] = None, batches=None,
-          fraction: float = 1.0, seq_len: int = 128) -> Provenance:
-    """Score (unless ``scores`` are given), plan and cut in place: one pruning step."""
+          fraction: float = 1.0, seq_len: int = 128, where: str = "prune") -> Provenance:
+    """Score (unless ``scores`` are given), plan and cut in place: one pruning step (``where``: as `plan`)."""
     if scores is None:
         scores = score(model, cfg.importance, batches)
-    return apply(model, plan(model, scores, cfg, fraction=fraction, seq_len=seq_len))
+    return apply(model, plan(model, scores, cfg, fraction=fraction, seq_len=seq_len, where=where))
 
 
 # ---------------------------------------------------------------------------------------------------- save / load

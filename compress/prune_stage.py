@@ -62,7 +62,7 @@ def source_model(recipe: Recipe, inputs: dict[str, Path]) -> tuple[str, Path]:
     return source, folder
 
 
-def plan_problem(recipe: Recipe) -> Optional[str]:
+def plan_problem(recipe: Recipe, built: Optional[dict] = None) -> Optional[str]:
     """Why the prune target cannot be met by the prune source's shape, or None: a ``keep_params``/``keep_macs``
     budget below its smallest model (one head and one FFN neuron per layer), ratios that remove every head or neuron
     of every layer, a ``layers`` override naming a layer it does not have; found before any stage runs, not once the
@@ -72,7 +72,8 @@ def plan_problem(recipe: Recipe) -> Optional[str]:
     neuron per layer; a layer's cost is linear in them), and with ``drop_empty_layers`` equal scores give the
     smallest any scores can (the units left all in the first layers, the others dropped), so what is refused here is
     refused at the stage too (there, a budget passed here may still be). None as well where the shape is not known
-    beforehand (a teacher pruned earlier, a model that does not load: its stage says why)."""
+    beforehand (a teacher pruned earlier, a model that does not load: its stage says why). ``built``: shapes the
+    distill stage's check made (`student_problems`), not built again."""
     cfg = recipe.prune
     if cfg is None:
         return None
@@ -80,7 +81,7 @@ def plan_problem(recipe: Recipe) -> Optional[str]:
     source = cfg.source or newest_source(recipe, ("teacher", "distill") if students else ("teacher",))
     if source != "teacher" and source not in students:
         return None  # the stage's own error (`source_model`)
-    model = _source_shape(recipe, students.get(source))
+    model = (built or {}).get(source) or _source_shape(recipe, students.get(source))
     if model is None:
         return None
     prov = P.provenance(model)

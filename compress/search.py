@@ -189,16 +189,19 @@ class Context:
     """What a depth's distilled base student depends on: ``train_settings`` less ``recover_steps`` (which trains only
     the models made from it), plus the slice's rows (its batches' order). A new ``recover_steps`` retrained every base
     student, a minute or more each."""
-    teacher_stamps: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    teacher_stamps: tuple[dict[str, str], dict[str, str]]
     """``mode_settings`` and ``scored_settings`` of the teacher's own candidates (its depth, unpruned: the teacher used
     as it is), ``teacher_settings`` in place of ``train_settings``: a new ``search.lr`` quantized and scored the
     teacher again. Their records of before (2026-12-06), stamped with ``train_settings``, stay valid."""
     _logits: Optional[torch.Tensor] = None
 
-    def stamps(self, record: dict) -> tuple[dict[str, str], dict[str, str]]:
-        """(mode_settings, scored_settings) of the candidate ``record`` (or spec fields: depth, keep_macs)."""
-        teacher = record.get("depth") == self.teacher.config.num_hidden_layers and (record.get("keep_macs") or 0) >= 1
-        return self.teacher_stamps if teacher and self.teacher_stamps[0] else (self.mode_settings, self.scored_settings)
+    def stamps(self, spec: "ModelSpec") -> tuple[dict[str, str], dict[str, str]]:
+        """(mode_settings, scored_settings) of the candidates of model ``spec`` (`record_spec` for a record)."""
+        return self.teacher_stamps if spec.is_teacher else (self.mode_settings, self.scored_settings)
+
+    def record_spec(self, record: dict) -> "ModelSpec":
+        """The model a candidate record measured."""
+        return ModelSpec(record.get("depth"), record.get("keep_macs") or 0.0, self.teacher.config.num_hidden_layers)
 
     def teacher_logits(self) -> torch.Tensor:
         """The teacher's logits on the training slice (cached on disk for reruns)."""
@@ -395,7 +398,7 @@ def build_model(ctx: Context, spec: ModelSpec) -> tuple[torch.nn.Module, dict]:
 
         pcfg = PruneConfig(keep_macs=spec.keep, importance="taylor", calibration_batches=4)
         P.prune(model, pcfg, batches=calibration_batches(ctx.train, ctx.collator, pcfg, seed, 0),
-                seq_len=ctx.recipe.task.max_length)
+                seq_len=ctx.recipe.task.max_length, where="search")  # its errors name search.keep_macs
         info["source"] += f", pruned to {spec.keep:g} of its encoder MACs"
     fit = _fit(ctx, model, ctx.cfg.recover_steps, f"search {spec.id} recover", seed)
     info.update(settings=ctx.train_settings, recover_steps=fit.steps, train_s=round(time.perf_counter() - t0, 1))
@@ -516,7 +519,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     lat = time_pass(ctx, arts)
     params = count_params(model)
     metric = ctx.spec.metrics[0]
-    stamps = ctx.stamps({"depth": spec.depth, "keep_macs": spec.keep})
+    stamps = ctx.stamps(spec)
     out = []
     for mode, path in files.items():
         cid = f"{spec.id}-{mode}"
@@ -557,7 +560,7 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
     if mode not in ctx.mode_settings:
         return None, False
     # its mode's settings, or (a dynamic record of before `Context.mode_settings`) every mode's
-    modes, scored = ctx.stamps(result)  # (the teacher's own: also those of before it had its own, below)
+    modes, scored = ctx.stamps(ctx.record_spec(result))  # (the teacher's: also those of before it had its own)
     timed = result.get("settings") in (modes[mode], ctx.mode_settings[mode], ctx.settings)
     # a candidate scored before int8 models were scored one text at a time (compress.export.SHIPPED_BATCH) is measured
     # again: its batched score is not the shipped model's
@@ -588,7 +591,7 @@ def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
         r.update(latency={**lat[r["id"]], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
                  teacher_fp32_p50_ms_same_pass=lat["ref"]["p50_ms"],
                  speedup_vs_teacher_fp32=round_down(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 4),
-                 settings=ctx.stamps(r)[0][r["mode"]], retimed=now_utc())
+                 settings=ctx.stamps(ctx.record_spec(r))[0][r["mode"]], retimed=now_utc())
         write_json(ctx.out / "candidates" / f"{r['id']}.json", r)
     return records
 
@@ -696,8 +699,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             cid = f"{spec.id}-{mode}"
             old, timed = load_result(ctx, cid)
             if old is not None and timed:
-                if old.get("scored_settings") != ctx.stamps(old)[1][mode]:  # a record of before them: stamped,
-                    old["scored_settings"] = ctx.stamps(old)[1][mode]  # so that another --threads re-times it (it
+                if old.get("scored_settings") != ctx.stamps(spec)[1][mode]:  # a record of before them: stamped,
+                    old["scored_settings"] = ctx.stamps(spec)[1][mode]  # so that another --threads re-times it (it
                     write_json(ctx.out / "candidates" / f"{cid}.json", old)  # was re-made each time)
                 kept.append(old)
                 reused += 1
@@ -739,9 +742,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
             model, info = build_model(ctx, spec)
             new = measure_model(ctx, spec, model, info, todo, ref["path"])
         except CompressError as e:  # e.g. a width pruning cannot reach, an export parity failure: this model only
-            why = str(e).replace("prune.keep_macs: ", "search.keep_macs: ", 1)  # the search's own setting
-            skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {why}"} for m in todo]
-            progress.write(f"[search] {spec.id}: failed: {why}")  # said here too, not only in search.md
+            skipped += [{"id": f"{spec.id}-{m}", "reason": f"failed: {e}"} for m in todo]
+            progress.write(f"[search] {spec.id}: failed: {e}")  # said here too, not only in search.md
             continue
         confirm(new)
         for r in new:

@@ -682,7 +682,7 @@ def test_teacher_logits_replaced_but_not_yet_stamped_are_not_trusted(tmp_path, m
     def ctx(settings, value):
         monkeypatch.setattr(prune_stage, "logits_of", lambda *a: torch.full((4, 2), value))
         return search.Context(None, None, tmp_path, None, teacher, None, None, [0] * 4, *[None] * 4, "s", settings, {},
-                              {}, "t", settings, "b")
+                              {}, "t", settings, "b", ({}, {}))
 
     assert ctx("teacher A", 1.0).teacher_logits()[0, 0] == 1.0
 

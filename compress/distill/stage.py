@@ -262,19 +262,23 @@ def teacher_digest(teacher_dir: Path) -> str:
     return fingerprint(hash_tree(teacher_dir / "model"))
 
 
-def student_problems(recipe: Recipe) -> list[str]:
+def student_problems(recipe: Recipe, built: Optional[dict] = None) -> list[str]:
     """The students this stage would refuse to build (a checkpoint of another width, a tokenizer larger than the
     checkpoint's embedding table, a random student's vocab_size not its tokenizer's...), in the stage's words, found
-    before any stage runs from the recipe's shapes (`students.build.teacher_shape`): not once the teacher trained."""
+    before any stage runs from the recipe's shapes (`students.build.teacher_shape`): not once the teacher trained.
+    ``built``: filled with the shapes made ("teacher" and each student's name), for the prune stage's check."""
     from students.build import student_shape, teacher_shape
 
     shape = teacher_shape(recipe)
     out = []
     for i, spec in enumerate((recipe.students or []) if shape is not None else []):
         try:
-            student_shape(spec, *shape)
+            student = student_shape(spec, *shape).model
         except CompressError as e:
             out.append(f"{recipe.path}: students[{i}] ({spec.name}): {e}")
+            continue
+        if built is not None:
+            built.update({"teacher": shape[0], spec.name: student})
     return out
 
 
