@@ -44,13 +44,19 @@ class Latency:
     p90_ms: float
     throughput: Optional[float] = None
     """Sentences per second, one at a time (dev series: 1000 / mean latency at batch 1)."""
-    peak_throughput: Optional[float] = None
-    """Best sequences per second over the bench's fixed shapes (batched), and that shape (e.g. b8xs32)."""
-    peak_shape: Optional[str] = None
     shapes: dict[str, float] = field(default_factory=dict)
-    """Sequences per second at each fixed shape (``peak_throughput`` is the best of them)."""
+    """Sequences per second at each of the bench's fixed shapes (batched), by shape (e.g. b8xs32)."""
     timed: Optional[tuple[int, int]] = None
     """Merged seeds (`merge_seeds`): how many of how many seed runs timed it, when not all."""
+
+    @property
+    def peak_shape(self) -> Optional[str]:
+        """The fixed shape of the most sequences per second (the first of equals)."""
+        return max(self.shapes, key=self.shapes.__getitem__, default=None)
+
+    @property
+    def peak_throughput(self) -> Optional[float]:
+        return self.shapes[self.peak_shape] if self.shapes else None
 
 
 @dataclass
@@ -372,8 +378,6 @@ def _latencies(results: Optional[list], where: str = "bench record") -> dict[int
             lat = out.get(int(r.get("threads", 0)))
             if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
                 lat.shapes[str(r["input"])] = float(r["throughput_seq_s"])
-                if lat.peak_throughput is None or float(r["throughput_seq_s"]) > lat.peak_throughput:
-                    lat.peak_throughput, lat.peak_shape = float(r["throughput_seq_s"]), str(r["input"])
     except KeyError as e:
         raise CompressError(f"{where}[{i}]: no {e.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError):
@@ -409,8 +413,8 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str, source:
             row.fmt = fmt
         for threads, lat in _latencies(art.get("results"), f"{source}: artifacts.{name}.results").items():
             old = row.latency.get(threads)
-            if old is not None and lat.peak_throughput is None:  # a dev-only pass keeps the fixed-shape numbers
-                lat.peak_throughput, lat.peak_shape, lat.shapes = old.peak_throughput, old.peak_shape, old.shapes
+            if old is not None and not lat.shapes:  # a dev-only pass keeps the fixed-shape numbers
+                lat.shapes = old.shapes
             row.latency[threads] = lat
         mean, _, _ = _metric_value(art.get("metrics"), metric)
         if row.metric is None:  # a row only the bench made (it scores all of dev with the very file it times)
@@ -715,13 +719,11 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                 for x in lats:
                     for s, v in x.shapes.items():
                         shapes.setdefault(s, []).append(v)
-                means = {s: statistics.fmean(v) for s, v in shapes.items()}
-                most = max((len(v) for v in shapes.values()), default=0)  # the best mean of the shapes every seed
-                shape = max((s for s, v in shapes.items() if len(v) == most), key=means.get, default=None)  # timed
+                most = max((len(v) for v in shapes.values()), default=0)  # the means of the shapes most seeds timed
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
                                            statistics.fmean(tput) if tput else None,
-                                           means.get(shape), shape, means,
+                                           {s: statistics.fmean(v) for s, v in shapes.items() if len(v) == most},
                                            (len(lats), len(group)) if len(lats) < len(group) else None)
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             names = (first.metric_name, *first.other_metrics)

@@ -534,7 +534,7 @@ def test_every_column_is_explained_and_shippable_rows_are_named_in_markdown(tmp_
     from compress.report import NOTE
 
     table = _table()
-    table.rows[2].latency[2].peak_throughput, table.rows[2].latency[2].peak_shape = 900.0, "b8xs32"
+    table.rows[2].latency[2].shapes = {"b8xs32": 900.0}
     write([table], tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| teacher · int8 dynamic (shippable) |" in md and "| student tiny · int8 dynamic (shippable) |" in md
