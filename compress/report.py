@@ -374,7 +374,7 @@ def _latencies(results: Optional[list], where: str = "bench record") -> dict[int
                 out[int(r["threads"])] = Latency(float(r["p50_ms"]), float(r["p90_ms"]),
                                                  float(tput) if tput is not None else
                                                  1000.0 / float(r["mean_ms"]) if float(r["mean_ms"]) > 0 else None)
-        for i, r in enumerate(results or []):  # batched fixed shapes: the best throughput at each thread count
+        for i, r in enumerate(results or []):  # batched fixed shapes: each one's throughput, by thread count
             lat = out.get(int(r.get("threads", 0)))
             if r.get("input") != "dev" and lat is not None and r.get("throughput_seq_s") is not None:
                 lat.shapes[str(r["input"])] = float(r["throughput_seq_s"])
