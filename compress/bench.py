@@ -272,8 +272,7 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
         devs = {key: token_rows(d, cfg.dev_rows) for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
         spec = {"mode": "timing", "artifacts": artifacts, "dev": devs, "cfg": asdict(cfg),
                 "flops": flops, "peak": peak, "vocab_size": vocab_size}
-        env = {"OMP_WAIT_POLICY": "ACTIVE" if cfg.spin else "PASSIVE"}
-        return _worker(spec, tmp, "timing", env, f"timing of {', '.join(artifacts)}", quiet=False)
+        return _worker(spec, tmp, "timing", omp_env(cfg.spin), f"timing of {', '.join(artifacts)}", quiet=False)
 
 
 def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
@@ -341,8 +340,7 @@ def probe_job(name: str, art: dict, cfg: BenchConfig, rows: list, vocab: Optiona
 
 def run_isolated(spec: dict, workdir: Path) -> dict:
     """``probe_memory`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
-    env = {"OMP_NUM_THREADS": str(max(spec["threads"])),
-           "OMP_WAIT_POLICY": "ACTIVE" if spec.get("spin", True) else "PASSIVE"}
+    env = {"OMP_NUM_THREADS": str(max(spec["threads"])), **omp_env(spec.get("spin", True))}
     return _worker({**spec, "mode": "probe"}, workdir, spec["name"], env,
                    f"{spec['name']} ({spec.get('path') or spec.get('model_dir')})")
 
@@ -466,10 +464,22 @@ def optimum_peer(fp32_onnx: Path, out_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+GOMP_SPINS = 300_000
+"""How long torch's idle OpenMP threads spin under ``spin: true`` (libgomp's GOMP_SPINCOUNT, its default without a
+wait policy: well under a millisecond here) before they sleep, as onnxruntime's spinning threads do. With
+OMP_WAIT_POLICY=ACTIVE alone libgomp spins 30 billion times: after a torch peer's turn its threads kept both cores
+busy through the ONNX models' turns in the same timing process (1.0 CPU-second per idle second, 0.0 with this)."""
+
+
+def omp_env(spin: bool) -> dict[str, str]:
+    """The OpenMP environment of a timing (or memory-probe) process for ``BenchConfig.spin``."""
+    return {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": str(GOMP_SPINS)} if spin else {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def spin_protocol(spin: bool) -> str:
     """The latency protocol's words for ``BenchConfig.spin`` (the bench's, the search's)."""
-    return ("idle threads spin (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1)" if spin else
-            "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)")
+    return (f"idle threads spin (OMP_WAIT_POLICY=ACTIVE, GOMP_SPINCOUNT={GOMP_SPINS}, ORT allow_spinning=1)" if spin
+            else "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)")
 
 
 def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:

@@ -20,6 +20,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Optional, Union
 
@@ -198,6 +199,12 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise CompressError(f"{file}: {where}.{key}: must be >= 1, got {value}")
         check_seed(self.seed, file, f"{where}.seed")
+
+    def warmup_steps(self, total: int) -> int:
+        """``warmup_ratio`` of ``total`` optimizer steps, rounded down on the ratio as written: 0.35 of 180 steps is
+        63 (the float product, 62.99..., gave 62 before 2026-12-06: `compress.pipeline._inexact_warmup`)."""
+        ratio = Fraction(repr(self.warmup_ratio))
+        return ratio.numerator * total // ratio.denominator
 
 
 @dataclass
@@ -910,8 +917,8 @@ class BenchConfig:
     """series: turns each artifact takes (dev rows are timed once per round; fixed shapes split repeats and
     max_seconds over the rounds)."""
     spin: bool = False
-    """Let idle worker threads spin (torch OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning): lowest latency on a dedicated
-    CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
+    """Let idle worker threads spin a while before they sleep (torch OMP_WAIT_POLICY=ACTIVE with a bounded
+    GOMP_SPINCOUNT: `compress.bench.GOMP_SPINS`; ORT allow_spinning): lowest latency on a dedicated CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
     isolate: bool = True
     """Measure each artifact's peak RSS in a fresh process (its own, no state from the others); false: no memory
     figures (one process's high-water mark is not any artifact's: the report and manifest say "not measured")."""

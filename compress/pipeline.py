@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -19,11 +20,12 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from compress import __version__, hub
-from compress.config import Recipe, TrainConfig, newest_source
+from compress.config import CalibrationConfig, QuantizeConfig, Recipe, TrainConfig, newest_source
 from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
@@ -111,8 +113,30 @@ def _accumulates(*configs) -> Optional[str]:
     return "grad-accum-last-group" if any(c is not None and c.grad_accum > 1 for c in configs) else None
 
 
+@functools.lru_cache(maxsize=None)
+def _float_warmup_differs(ratio: float) -> bool:
+    """Whether ``int(ratio * total)`` (the warm-up before 2026-12-06) falls one step short of `TrainConfig.warmup_steps`
+    for some total up to a million steps: only where the exact product is an integer (total a multiple of the ratio's
+    denominator), which the float product can miss from below (0.29, 0.35, 0.41, 0.47; not 0.06, 0.1, 0.2)."""
+    exact = Fraction(repr(ratio))
+    return any(int(ratio * t) != exact.numerator * t // exact.denominator
+               for t in range(exact.denominator, 1_000_001, exact.denominator))
+
+
+def _inexact_warmup(*configs) -> Optional[str]:
+    """A stage that trains with a warm-up ratio whose step count `TrainConfig.warmup_steps` now rounds on the ratio as
+    written (2026-12-06) is redone, no other (its step count may have been one short)."""
+    differs = any(c is not None and _float_warmup_differs(c.warmup_ratio) for c in configs)
+    return "warmup-exact" if differs else None
+
+
+def _trains(*configs) -> Optional[str]:
+    """The words of a stage that trains with ``configs`` (`_accumulates`, `_inexact_warmup`)."""
+    return _variants(_accumulates(*configs), _inexact_warmup(*configs))
+
+
 def _teacher_variant(recipe: Recipe) -> Optional[str]:
-    return _accumulates(recipe.teacher) if recipe.teacher.finetune else None
+    return _trains(recipe.teacher) if recipe.teacher.finetune else None
 
 
 def _distill_variant(recipe: Recipe) -> Optional[str]:
@@ -125,7 +149,7 @@ def _distill_variant(recipe: Recipe) -> Optional[str]:
     # two_step's first step (no logit loss) had AdamW decay the weights no loss reached (2026-12-05)
     undecayed = any(s.distill.two_step for s in recipe.students or [])
     return _variants("augment-per-student" if len(settings) > len(set(settings)) else None,
-                     _accumulates(*(s.train for s in recipe.students or [])),
+                     _trains(*(s.train for s in recipe.students or [])),
                      "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None)
 
 
@@ -147,7 +171,7 @@ def _source_word(recipe: Recipe, stage: str) -> Optional[str]:
 def _prune_variant(recipe: Recipe) -> Optional[str]:
     if recipe.prune is None:
         return None
-    return _variants(_accumulates(recipe.prune.recover), _source_word(recipe, "prune"))
+    return _variants(_trains(recipe.prune.recover), _source_word(recipe, "prune"))
 
 
 def _quantize_variant(recipe: Recipe) -> Optional[str]:
@@ -244,7 +268,39 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
     inputs = _inputs(recipe, stage, upstream)
-    return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage))), inputs
+    read = _as_read(recipe)
+    return _stage_fingerprint(read, stage, inputs, _result_config(_config(read, stage))), inputs
+
+
+def _as_read(recipe: Recipe) -> Recipe:
+    """``recipe`` as its stages read it, for fingerprints: one spelling of ``prune.source`` / ``quantize.source`` for
+    the model the stage takes by default (`newest_source`), and static int8's settings (``calibration``,
+    ``activation_type``, ``format``) at their defaults when ``quantize.modes`` has no static. Naming the default
+    source, or a calibration setting of a dynamic-only run, redid the stage (and every one after it) for the same
+    model. The source's spelling: its name where the stage picks the first of two or more students (the fingerprint
+    of a recipe naming it, which `_taken_by_default`'s word stood for when unnamed), else unset (as most recipes have
+    it). ``recipe`` itself when nothing changes; run folders fingerprinted from the recipe as written stay valid
+    (`_reuse`)."""
+    changes: dict[str, Any] = {}
+    prune, quantize, several = recipe.prune, recipe.quantize, len(recipe.students or []) > 1
+    student = newest_source(recipe, ("teacher", "distill") if recipe.students else ("teacher",))  # or the teacher
+
+    def spelled(source: Optional[str], default: str, picks_first: bool) -> Optional[str]:
+        if picks_first:
+            return source or default
+        return None if source == default else source
+
+    if prune is not None and prune.source != spelled(prune.source, student, several):
+        changes["prune"] = dataclasses.replace(prune, source=spelled(prune.source, student, several))
+    if quantize is not None:
+        fields: dict[str, Any] = {"source": spelled(quantize.source, "prune" if prune is not None else student,
+                                                    several and prune is None)}
+        if "static" not in quantize.modes:
+            fields.update(calibration=CalibrationConfig(), activation_type=QuantizeConfig.activation_type,
+                          format=QuantizeConfig.format)
+        if any(getattr(quantize, k) != v for k, v in fields.items()):
+            changes["quantize"] = dataclasses.replace(quantize, **fields)
+    return dataclasses.replace(recipe, **changes) if changes else recipe
 
 
 def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], every_file: bool = False) -> dict[str, str]:
@@ -570,8 +626,14 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
     if stage.named and isinstance(manifest.get("recipe"), str) and manifest["recipe"] != recipe.name:
         return None, f"changed: name {manifest['recipe']!r} -> {recipe.name!r}"
     recorded_inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
-    if isinstance(recorded, str) and (recorded == fp or recorded in _accepted_fingerprints(
-            recipe, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"), manifest.get("source"))):
+
+    def accepted(r: Recipe) -> set[str]:
+        return _accepted_fingerprints(r, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"),
+                                      manifest.get("source"))
+
+    # `fp`'s recipe (`_as_read`), and the recipe as written (fingerprints before `_as_read`)
+    if isinstance(recorded, str) and (recorded == fp or recorded in accepted(read := _as_read(recipe))
+                                      or (read is not recipe and recorded in accepted(recipe))):
         if not outputs_intact(folder, manifest.get("outputs"), stage.added):
             return None, "its outputs were edited since they were written"
         elsewhere = other_machine(manifest.get("env")) if stage.timed else None

@@ -523,7 +523,10 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
     result = quantize_model(model, dev, labels, spec.metrics, collator, cfg, out,
                             calib_rows=tokenize(calib_src, tokenizer, ml), sens_rows=sens_rows, guard_set=guard_set)
     result["source"] = {"model": name, "folder": str(folder)}
-    result["rows"] = {"calibration": len(calib_src), "sensitivity": len(sens_rows)}  # as used; the config's are caps
+    # as used (the config's are caps); calibration rows only where static int8 read them (a dynamic-only stage is
+    # reused whatever calibration says: `compress.pipeline._as_read`)
+    result["rows"] = {**({"calibration": len(calib_src)} if "static" in cfg.modes else {}),
+                      "sensitivity": len(sens_rows)}
     if data.test is not None:
         result["rows"]["test"] = score_test(result, out, tokenize(data.test, tokenizer, ml), collator, spec.metrics)
     write_json(out / "quantize.json", result)

@@ -113,7 +113,7 @@ def fit(
     # Accelerate steps a prepared scheduler once per process per optimizer step (unless split_batches): count the
     # schedule in those units, or under DDP the learning rate would decay num_processes times too fast
     per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total) * per_step, total * per_step)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps(total) * per_step, total * per_step)
     prepared = accelerator.prepare(*modules.values(), optimizer, scheduler)
     modules = dict(zip(modules, prepared[: len(modules)]))
     optimizer, scheduler = prepared[len(modules):]

@@ -382,6 +382,32 @@ def test_the_memory_probe_runs_with_the_benchs_spin_setting(spin, tmp_path, monk
     assert seen["OMP_WAIT_POLICY"] == ("ACTIVE" if spin else "PASSIVE")
 
 
+def test_torchs_idle_threads_stop_spinning_soon_under_spin(tmp_path):
+    """``spin: true`` set OMP_WAIT_POLICY=ACTIVE alone: libgomp then spins 30 billion times, so after a torch peer's
+    forward its threads kept both cores busy through the ONNX models' turns of the same timing process. With the
+    bounded spin count of `compress.bench.omp_env` an idle second costs next to no CPU time."""
+    import os
+    import subprocess
+    import sys
+
+    from compress import bench as B
+
+    script = ("import resource, time, torch\n"
+              "torch.set_num_threads(2)\n"
+              "x = torch.randn(512, 512)\n"
+              "for _ in range(20):\n"
+              "    x @ x\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF)\n"
+              "time.sleep(1.0)\n"
+              "after = resource.getrusage(resource.RUSAGE_SELF)\n"
+              "print(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **B.omp_env(True)}
+    idle = float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert idle < 0.2, f"{idle:.2f} CPU-seconds in one idle second"
+    assert B.omp_env(False) == {"OMP_WAIT_POLICY": "PASSIVE"} and "GOMP_SPINCOUNT=300000" in B.spin_protocol(True)
+
+
 def test_a_peers_memory_is_probed_in_the_session_it_is_timed_in(monkeypatch):
     """The Optimum peer is timed in a session with ORT's stock settings (every fusion on), but its peak RSS was probed
     in one with ours (SkipLayerNormalization off): the memory of another graph than the one timed."""

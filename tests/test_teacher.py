@@ -1278,6 +1278,61 @@ def test_a_default_source_among_reordered_students_is_part_of_the_stage(tmp_path
     assert pipeline._prune_variant(one) is None and pipeline._quantize_variant(one) is None  # nothing to tell apart
 
 
+def test_the_default_source_named_and_unread_static_settings_keep_the_stages_fingerprint(tmp_path, tiny_bert_dir):
+    """``prune.source`` / ``quantize.source`` set to the model the stage takes anyway, or ``quantize.calibration`` (and
+    the other static-only settings) changed in a dynamic-only run, redid the stage and every one after it for the same
+    model (`compress.pipeline._as_read`). A stage fingerprinted from the recipe as written before is still reused."""
+    from compress import pipeline
+
+    stages = {s.name: s for s in pipeline.STAGES}
+    done = {name: {"outputs": {"a/model.safetensors": "1" * 8, "b/model.safetensors": "2" * 8,
+                               "model/model.safetensors": "3" * 8}} for name in ("teacher", "distill", "prune")}
+
+    def student(n):
+        return f"{{name: {n}, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1}}"
+
+    def fp(extra: str, stage: str) -> str:
+        recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra))
+        ran = {"teacher": True, "distill": bool(recipe.students), "prune": recipe.prune is not None and stage != "prune"}
+        return pipeline._fingerprint(recipe, stages[stage], {k: v for k, v in done.items() if ran[k]})[0]
+
+    one, two = f"students: [{student('a')}]\n", f"students: [{student('a')}, {student('b')}]\n"
+    same = [  # (recipe naming the default, the same recipe leaving it out, stage)
+        (one + "prune: {heads: 0.5, source: a}\n", one + "prune: {heads: 0.5}\n", "prune"),
+        (two + "prune: {heads: 0.5, source: a}\n", two + "prune: {heads: 0.5}\n", "prune"),
+        ("prune: {heads: 0.5, source: teacher}\n", "prune: {heads: 0.5}\n", "prune"),
+        (one + "prune: {heads: 0.5}\nquantize: {source: prune}\n", one + "prune: {heads: 0.5}\nquantize: {}\n",
+         "quantize"),
+        (two + "quantize: {source: a}\n", two + "quantize: {}\n", "quantize"),
+        ("quantize: {source: teacher}\n", "quantize: {}\n", "quantize"),
+        ("quantize: {modes: [dynamic], calibration: {method: entropy, samples: 7}, format: qoperator}\n",
+         "quantize: {modes: [dynamic]}\n", "quantize"),
+    ]
+    for named, unnamed, stage in same:
+        assert fp(named, stage) == fp(unnamed, stage), named
+    other = [  # what the stage reads: still its own fingerprint
+        (two + "prune: {heads: 0.5, source: b}\n", two + "prune: {heads: 0.5}\n", "prune"),
+        (one + "prune: {heads: 0.5}\nquantize: {source: a}\n", one + "prune: {heads: 0.5}\nquantize: {}\n",
+         "quantize"),
+        ("quantize: {calibration: {samples: 7}}\n", "quantize: {}\n", "quantize"),  # static reads it
+    ]
+    for changed, unchanged, stage in other:
+        assert fp(changed, stage) != fp(unchanged, stage), changed
+    # a stage fingerprinted from the recipe as written (before): reused, not redone
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=one + "prune: {heads: 0.5, source: a}\n"))
+    now, inputs = pipeline._fingerprint(recipe, stages["prune"], done)
+    before = pipeline._stage_fingerprint(recipe, stages["prune"], inputs,
+                                         pipeline._result_config(pipeline._config(recipe, stages["prune"])))
+    assert before != now
+    folder = tmp_path / "prune-before"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": before, "inputs": inputs, "outputs": {},
+                                                      "config": pipeline._config(recipe, stages["prune"]),
+                                                      "seed": recipe.seed, "source": "a"}))
+    assert pipeline._reuse(recipe, stages["prune"], folder, now, inputs, done) == (json.loads(
+        (folder / "manifest.json").read_text()), None)
+
+
 def test_a_quantize_stage_of_a_task_with_a_labelled_test_split_is_redone_once_for_its_test_scores(tmp_path, glue_dir,
                                                                                                     capsys):
     """The quantize stage scores its ONNX models on MRPC's labelled test split since 2026-12-05; a run folder made
@@ -1671,6 +1726,51 @@ def test_stages_trained_with_gradient_accumulation_are_redone_and_no_other(tmp_p
         assert (pipeline._teacher_variant(r), pipeline._distill_variant(r), pipeline._prune_variant(r)) == want
     # a teacher kept as it is trains nothing
     assert pipeline._teacher_variant(load_recipe(path, {"teacher.grad_accum": 2, "teacher.finetune": False})) is None
+
+
+def test_the_warmup_is_the_ratio_as_written_and_only_stages_whose_count_moved_are_redone(tmp_path, tiny_bert_dir,
+                                                                                          tokenizer, monkeypatch):
+    """``int(0.35 * 180)`` is 62 (the float product is 62.999...): the warm-up was one step short of the ratio as
+    written for a few ratios. It is rounded on the decimal ratio now, and the stages of the ratios whose count could
+    move (a fingerprint word) are redone; those of the usual ratios (0.06, 0.1, 0.2) keep their fingerprints."""
+    from compress import pipeline
+
+    assert TrainConfig(warmup_ratio=0.35).warmup_steps(180) == 63 and int(0.35 * 180) == 62
+    for ratio in (0.0, 0.06, 0.1, 0.2, 0.35, 0.5, 0.999):
+        for total in (1, 7, 180, 7672, 100_000):
+            exact = TrainConfig(warmup_ratio=ratio).warmup_steps(total)
+            assert exact == int(round(ratio * total, 6)) and 0 <= exact <= total  # never above the ratio as written
+    assert not any(pipeline._float_warmup_differs(r) for r in (0.0, 0.05, 0.06, 0.1, 0.2, 0.25, 0.3))
+    student = "students: [{name: s, kind: layer_drop, layers: 1, train: {warmup_ratio: %s}}]\n"
+    for teacher, students, recover, want in ((0.1, 0.06, 0.2, (None, None, None)),
+                                             (0.35, 0.06, 0.2, ("warmup-exact", None, None)),
+                                             (0.1, 0.29, 0.2, (None, "warmup-exact", None)),
+                                             (0.1, 0.06, 0.41, (None, None, "warmup-exact"))):
+        extra = (student % students) + f"prune: {{heads: 0.5, recover: {{warmup_ratio: {recover}}}}}\n"
+        r = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra), {"teacher.warmup_ratio": teacher})
+        assert (pipeline._teacher_variant(r), pipeline._distill_variant(r), pipeline._prune_variant(r)) == want
+    both = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.warmup_ratio": 0.35, "teacher.grad_accum": 2})
+    assert pipeline._teacher_variant(both) == "grad-accum-last-group+warmup-exact"
+    # what `fit` gives the schedule: 180 steps (20 rows, batch 1, 9 epochs) at 0.35 warm up for 63
+    import compress.train
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    asked = []
+
+    def schedule(optimizer, warmup, total):
+        asked.append((warmup, total))
+        raise KeyboardInterrupt  # nothing to train: the schedule is what is looked at
+
+    monkeypatch.setattr(compress.train, "get_linear_schedule_with_warmup", schedule)
+    ds = tokenize(Dataset.from_dict({"text": ["good film"] * 10 + ["bad plot"] * 10, "label": [1] * 10 + [0] * 10}),
+                  tokenizer, 16)
+    model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16,
+                                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, ds, Collator({"": tokenizer}), TrainConfig(epochs=9, batch_size=1, warmup_ratio=0.35), seed=0,
+            group_by_length=False)
+    assert asked == [(63, 180)]
 
 
 @pytest.mark.parametrize("recipe_file, folder", [("quickstart.yaml", "quickstart-h200"), ("mrpc.yaml", "mrpc")])
