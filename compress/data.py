@@ -25,7 +25,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.rows import check_train_labels, has_test_labels, holdout_rows, read_rows, read_split  # noqa: F401
+from compress.rows import (check_train_labels, has_test_labels, holdout_rows, label_index, read_rows,  # noqa: F401
+                           read_split)
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
 
@@ -175,11 +176,11 @@ def _hub_label(cfg: TaskConfig, spec: TaskSpec, split: str, name: Optional[str])
     """A hub dataset's label name -> its index in ``task.labels`` (surrounding spaces ignored, as in local files)."""
     if name is None:
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: a row has no label")
-    name = name.strip()
-    if name not in spec.labels:
-        raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: label {name!r} is not one of "
+    index = label_index(name.strip(), spec.labels)
+    if index is None:
+        raise CompressError(f"task.hub_dataset {cfg.hub_dataset} split {split!r}: label {name.strip()!r} is not one of "
                             f"{spec.labels}")
-    return spec.labels.index(name)
+    return index
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from compress import __version__, hub
-from compress.config import CalibrationConfig, QuantizeConfig, Recipe, TrainConfig, newest_source
+from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig, from_dict,
+                             newest_source)
 from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
@@ -558,7 +559,11 @@ def _unread_logit_cache(student: Any) -> Any:
     d = student.get("distill") if isinstance(student, dict) else None
     if not isinstance(d, dict) or d.get("cache_teacher_logits", True):
         return student
-    if d.get("kd_weight") == 0 or ((d.get("matches") or d.get("layer_map")) and not d.get("two_step")):
+    try:  # matches as the stage resolves them: those of weight 0 (or a layer_map without features) are none
+        matched = from_dict(DistillConfig, d).has_matches()
+    except CompressError:  # a hand-edited manifest's config: as recorded
+        return student
+    if d.get("kd_weight") == 0 or (matched and not d.get("two_step")):
         return {**student, "distill": {**d, "cache_teacher_logits": True}}
     return student
 

@@ -56,7 +56,8 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
         row = [c.rstrip("\r") for c in row]
         if not any(c.strip() for c in row):
             continue
-        padded = next((i for i, c in enumerate(row) if suffix == ".csv" and _PADDED_QUOTED.fullmatch(c)), None)
+        padded = next((i for i, c in enumerate(row) if suffix == ".csv" and _PADDED_QUOTED.fullmatch(c)
+                       and _quoted_after_space(text, start, end, i, c)), None)
         if padded is not None:  # `1, "great movie", pos`: CSV reads ` "great movie"`, quotes and all
             raise CompressError(f"{path}:{start}: field {padded + 1} is {row[padded][:40]!r}: a space before its "
                                 f"opening '\"' makes the quotes part of the text; remove the space after the comma")
@@ -77,6 +78,16 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
 
 _PADDED_QUOTED = re.compile(r'\s+".*"\s*', re.S)
 """A CSV field quoted after a space (``a, "b"``): CSV quotes only a field's first character."""
+
+
+def _quoted_after_space(text: str, start: int, end: int, index: int, field: str) -> bool:
+    """Whether field ``index`` of the CSV row on lines ``start``..``end`` of ``text``, read as ``field`` (matching
+    `_PADDED_QUOTED`), is quotes written after a space (``1, "great"``: read again skipping the space, it is another
+    text), not a quoted text that starts with a space and a quote (``1," ""Great"" is the word"``, as pandas writes
+    it: read the same either way)."""
+    lines = io.StringIO(text, newline="").readlines()[start - 1:end]  # the lines the reader numbered
+    again = next(csv.reader(lines, skipinitialspace=True), [])
+    return index >= len(again) or again[index].rstrip("\r") != field
 
 
 def _check_csv_quotes(path: Path, text: str) -> None:
@@ -364,14 +375,29 @@ def _text_cell(value, name: str, path: Path, line: int, custom: bool) -> str:
 def _encode_labels(values: list[str], spec: TaskSpec, path: Path, lines: list[int]) -> list:
     if spec.is_regression:
         return [_regression_label(value, spec, path, line) for value, line in zip(values, lines)]
-    lookup = {name: i for i, name in enumerate(spec.labels)}
     encoded = []
     for value, line in zip(values, lines):
         value = value.strip()
-        if value not in lookup:
+        index = label_index(value, spec.labels)
+        if index is None:
             raise CompressError(f"{path}:{line}: column {spec.label!r}: label {value!r} is not one of {spec.labels}")
-        encoded.append(lookup[value])
+        encoded.append(index)
     return encoded
+
+
+_INTEGER = re.compile(r"[-+]?\d+")
+
+
+def label_index(value: str, labels: list[str]) -> Optional[int]:
+    """The index in ``labels`` (the task's names, as the recipe wrote them) of the label ``value`` (a cell's text,
+    stripped): the name of that text, else the one name of the same integer (``labels: [-1, +1]`` for cells 1 and -1;
+    01 for 1); None when there is none, or two names of that integer."""
+    if value in labels:
+        return labels.index(value)
+    if not _INTEGER.fullmatch(value):
+        return None
+    same = [i for i, name in enumerate(labels) if _INTEGER.fullmatch(name) and int(name) == int(value)]
+    return same[0] if len(same) == 1 else None
 
 
 def _regression_label(value: str, spec: TaskSpec, path: Path, line: int) -> float:

@@ -195,6 +195,29 @@ def _refused(cfg) -> str:
     return str(e.value)
 
 
+def test_integer_labels_match_the_recipes_names_by_value(tmp_path):
+    """The recipe keeps a label name as written (``labels: [-1, +1]`` is "-1", "+1", so that ``name: 007`` names
+    runs/007): a file's label 1 was then "not one of ['-1', '+1']", where it read before. A cell matches its name's
+    text, else the one name of the same integer; two names of one integer match neither."""
+    from compress.config import load_recipe
+    from compress.rows import label_index
+
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "f.csv").write_text("review,stars\nfine,1\n")
+    recipe.write_text(f"task: {{name: pm, files: {{train: {tmp_path / 'f.csv'}, dev: {tmp_path / 'f.csv'}}}, "
+                      "text_column: review, label_column: stars, labels: [-1, +1]}\nteacher: {}\n")
+    labels = load_recipe(recipe).task.labels
+    assert labels == ["-1", "+1"]
+    data = 'review,stars\nawful,-1\ngreat,1\nfine,+1\nok,01\n'
+    assert load_split(_custom(tmp_path, "t.csv", data, labels=labels), "train")["label"] == [0, 1, 1, 1]
+    assert load_split(_custom(tmp_path, "t.jsonl", '{"review": "a", "stars": 1}\n{"review": "b", "stars": -1}\n',
+                              labels=labels), "train")["label"] == [1, 0]
+    assert label_index("1", ["1", "01"]) == 0 and label_index("+1", ["1", "01"]) is None  # which one: neither
+    assert label_index("1_0", ["10"]) is None and label_index("pos", ["neg", "pos"]) == 1
+    assert _refused(_custom(tmp_path, "t.csv", "review,stars\nok,2\n", labels=labels)) == (
+        f"{tmp_path / 't.csv'}:2: column 'stars': label '2' is not one of ['-1', '+1']")
+
+
 @pytest.mark.parametrize("name,text,line,value", [
     ("t.csv", "review,score\nok,1.5\nbad,nan\n", 3, "nan"),
     ("t.csv", "review,score\nok,inf\n", 2, "inf"),
@@ -743,6 +766,11 @@ def test_files_read_wrongly_or_with_a_traceback_are_refused_in_one_line(tmp_path
         f"the text; remove the space after the comma")
     assert load_split(_custom(t, "t.csv", 'review,stars\n"a ""great"" one",pos\nsaid "hi",neg\n'), "train")[
         "text"] == ['a "great" one', 'said "hi"']  # quotes inside a field, and unquoted, are still texts
+    # a quoted text that starts with a space and a quote (pandas' to_csv of ' "Great" is the word: "great"') is read
+    # as written, on one line or two; only quotes after a space are refused
+    assert load_split(_custom(t, "t.csv", 'review,stars\n" ""Great"" is the word: ""great""",pos\n'
+                                          '" ""two""\nlines""",neg\n'), "train")["text"] == [
+        ' "Great" is the word: "great"', ' "two"\nlines"']
     big = "1" * 5000
     assert _refused(_custom(t, "t.jsonl", f'{{"review": "a", "stars": "pos"}}\n{{"review": "b", "stars": {big}}}\n')) \
         == f"{t / 't.jsonl'}:2: JSON this reader cannot take (Exceeds the limit (4300 digits) for integer string " \

@@ -714,3 +714,6 @@ def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it
     two_step = config(**{"students[0].distill.two_step": True})
     off = {"students[0].distill.two_step": True, "students[0].distill.cache_teacher_logits": False}
     assert config(**off) != two_step
+    # a layer_map of weight 0 makes no match: logit KD alone, which reads the flag
+    none = {"students[0].distill.layer_map_weight": 0.0}
+    assert config(**none, **{"students[0].distill.cache_teacher_logits": False}) != config(**none)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -402,11 +403,18 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     assert (out / "int8_dynamic.ort").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
     assert saved["fp32"]["parity"]["rows"] == 64
     assert set(result["metrics"]["dev"]) == {"accuracy"}
-    # the rows used, not the config's caps (calibration.samples 512 of a 64-row task)
-    assert 0 < saved["rows"]["calibration"] <= 64 and 0 < saved["rows"]["sensitivity"] <= 8
+    # the rows used, not the config's caps; no calibration rows in a dynamic-only run (none are read: a new
+    # calibration setting does not redo it, `compress.pipeline._as_read`)
+    assert "calibration" not in saved["rows"] and 0 < saved["rows"]["sensitivity"] <= 8
     # the stage's line gives the guard's verdict (a search's, which has no guard, gives none)
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("[quantize] int8 dynamic: "))
     assert ("shippable: " in line or "NOT shippable: " in line) and "no accuracy guard" not in line, line
+    # with static int8: the calibration rows used, not the config's cap (calibration.samples 128 of a 64-row task)
+    static = recipe_for(tmp_path, glue_dir, modes=["static"], max_drop=100.0)
+    shutil.rmtree(out)
+    out.mkdir()
+    run(static, out, {"teacher": teacher})
+    assert json.loads((out / "quantize.json").read_text())["rows"]["calibration"] == 64
 
 
 def test_stage_scores_a_labelled_test_split_beside_dev(tmp_path, tiny_bert_dir, glue_dir, capsys):
