@@ -178,6 +178,17 @@ class RunTable:
         return ref.latency[threads].p50_ms / row.latency[threads].p50_ms
 
 
+def pooled_rate(rates: Sequence[float]) -> Optional[float]:
+    """Seed runs' throughputs (sequences/s) as one: all their sequences over all their time, i.e. the harmonic mean
+    of the rates, each seed having timed as many sequences (the dev series: the same dev rows and rounds in runs
+    that merge; a fixed shape, where ``repeats`` rather than ``max_seconds`` ended its series). It equals the rate
+    of the merged mean latency; the arithmetic mean of the rates gave a fast seed's rate the weight of its few
+    seconds (1 and 9 ms a sentence: 556/s where 2 sentences took 10 ms, 200/s). None without rates."""
+    if not rates:
+        return None
+    return statistics.harmonic_mean(rates) if all(r > 0 for r in rates) else 0.0
+
+
 def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float], int]:
     """Mean, sample std (None for one value) and count of the finite values."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -675,9 +686,9 @@ def _seed_speedups(group: Sequence[RunTable], name: str, reference: str, threads
 
 def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     """Runs of the same recipe that differ only in seed (``compress run R --set seed=43 --runs-dir runs-s43``) become
-    one table: per artifact (matched by name), the metric's mean ± std over the seeds and the mean latency; its
-    retention and speedup are the means of each seed run's own (`Row.per_seed`). Runs timed on other machines stay
-    apart (a warning says so): a mean of two machines' latencies is neither's."""
+    one table: per artifact (matched by name), the metric's mean ± std over the seeds, the mean latency and the pooled
+    throughput (`pooled_rate`); its retention and speedup are the means of each seed run's own (`Row.per_seed`).
+    Runs timed on other machines stay apart (a warning says so): a mean of two machines' latencies is neither's."""
     groups: list[list[RunTable]] = []
 
     def one_machine(runs: Sequence[RunTable]) -> bool:
@@ -719,11 +730,11 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                 for x in lats:
                     for s, v in x.shapes.items():
                         shapes.setdefault(s, []).append(v)
-                most = max((len(v) for v in shapes.values()), default=0)  # the means of the shapes most seeds timed
+                most = max((len(v) for v in shapes.values()), default=0)  # the shapes most seeds timed
                 latency[threads] = Latency(statistics.fmean(x.p50_ms for x in lats),
                                            statistics.fmean(x.p90_ms for x in lats),
-                                           statistics.fmean(tput) if tput else None,
-                                           {s: statistics.fmean(v) for s, v in shapes.items() if len(v) == most},
+                                           pooled_rate(tput),
+                                           {s: pooled_rate(v) for s, v in shapes.items() if len(v) == most},
                                            (len(lats), len(group)) if len(lats) < len(group) else None)
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             names = (first.metric_name, *first.other_metrics)
@@ -1048,7 +1059,8 @@ def note(table: RunTable) -> str:
     """The note under a run's table; a pair task's latency is per dev pair (both texts in one input)."""
     text = NOTE
     if any(r.per_seed is not None for r in table.rows):
-        text += (" Seeds merged: metric and latency are means over the seed runs; retention and speedup the mean of "
+        text += (" Seeds merged: metric and latency are means over the seed runs, throughputs their pooled rate "
+                 "(sequences over the seeds' total time); retention and speedup the mean of "
                  "each seed run's own ratio (over the seeds that measured both numbers), not the ratio of the means.")
     if table.other_metrics:
         text = text.replace("Retention: metric / teacher metric.",

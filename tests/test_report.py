@@ -309,6 +309,23 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
 
 
+def test_merged_seeds_throughput_is_the_pooled_rate_not_the_mean_of_rates(tmp_path):
+    """Two seeds timing the same dev rows at 1.1 and 9.9 ms a sentence (mean): the merged row said 505 sentences/s,
+    the mean of 909/s and 101/s, though both seeds' sentences took 5.5 ms each on average (182/s). The pooled rate
+    matches the merged mean latency; the fixed shape's seq/s likewise (20 runs each)."""
+    from compress.report import merge_seeds, note
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed,
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: ms}}, int8={"dynamic": (0.88, True)})
+            for seed, ms in ((42, 1.0), (43, 9.0))]
+    (table,) = merge_seeds([collect(r) for r in runs])
+    lat = next(r for r in table.rows if r.name == "teacher · int8 dynamic").latency[2]
+    assert lat.p50_ms == pytest.approx(5.0)
+    assert lat.throughput == pytest.approx(1000 / 5.5, rel=1e-3)  # 2 sentences / (1.1 + 9.9) ms
+    assert lat.peak_throughput == pytest.approx(8000 / 32.5, rel=1e-3)  # 2 batches of 8 / (6.5 + 58.5) ms
+    assert "throughputs their pooled rate" in note(table)
+
+
 def test_two_runs_of_one_recipe_are_told_apart_and_dev_selected_int8_is_said(tmp_path):
     """Two folders of the same recipe and seed: headings and legend name each folder. An int8 model whose kept-fp32
     nodes the guard chose by dev scores says so under the table. A bench record of before 2026-12-03 (the Optimum
@@ -1472,7 +1489,8 @@ def test_merged_seeds_best_fixed_shape_is_the_best_mean_whatever_the_order(tmp_p
     for order in (runs, runs[::-1]):
         table, = merge_seeds([collect(r) for r in order])
         dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic").latency[2]
-        assert (dyn.peak_throughput, dyn.peak_shape) == (pytest.approx(400.0), "b8xs32"), order
+        # pooled rates (`pooled_rate`): b8xs32 2 / (1/500 + 1/300) = 375, b8xs128 373.3
+        assert (dyn.peak_throughput, dyn.peak_shape) == (pytest.approx(375.0), "b8xs32"), order
     untimed = make_run(tmp_path / "s44", "pk", **_files(tmp_path), seed=44)
     table, = merge_seeds([collect(r) for r in (untimed, *runs)])
     assert table.provenance["protocol"] and table.provenance["protocol"] == collect(runs[0]).provenance["protocol"]
