@@ -482,6 +482,14 @@ def spin_protocol(spin: bool) -> str:
             else "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)")
 
 
+def dev_protocol(cfg: BenchConfig, dev_rows: int) -> str:
+    """The protocol's words for the dev series of a split of ``dev_rows`` rows (the bench's, the report's own pass):
+    the rows `measure` times, ``bench.dev_rows`` capped by the split (the report's said "first 200" of WNLI's 71)."""
+    timed = min(cfg.dev_rows or dev_rows, dev_rows)
+    return f"first {timed} dev rows, batch 1, unpadded, one timed run each" + (
+        " per round" if cfg.order == "series" else "")
+
+
 def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
     """The torch model that quantize.json says was quantized, in this run folder (``qdir``'s parent): a run folder
     copied or moved since quantize ran (``--runs-dir``, a renamed folder) still finds it, where the folder path
@@ -562,8 +570,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                 "spin": spin_protocol(cfg.spin),
                 "ort_session": f"ORT_ENABLE_ALL; our ONNX artifacts without {', '.join(SLOW_FUSIONS)} (slow CPU "
                                "kernel, see compress.export); the Optimum peer with ORT's defaults, as its users run it",
-                "dev": f"first {min(cfg.dev_rows or len(dev), len(dev))} dev rows, batch 1, unpadded, one timed run "
-                       f"each" + (" per round" if cfg.order == "series" else ""),
+                "dev": dev_protocol(cfg, len(dev)),
                 "timer": "time.perf_counter around one forward; warm-up runs excluded",
                 "accuracy": "all dev rows, first thread count; ONNX and torch int8 one row at a time (batch 1, as "
                             "shipped: int8 dynamic activation scales depend on the batch), torch fp32 in length-sorted "

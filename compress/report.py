@@ -1197,7 +1197,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
 
     from transformers import AutoTokenizer
 
-    from compress.bench import evaluate_artifact, measure_in_fresh_process
+    from compress.bench import dev_protocol, evaluate_artifact, measure_in_fresh_process
     from compress.config import BenchConfig
     from compress.manifest import cpu_model, usable_cores
     from compress.data import Collator, load_task, tokenize
@@ -1257,7 +1257,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         else:
             out["bench"]["artifacts"][label] = {"results": results}
     out["protocol"] = {
-        "dev": f"first {cfg.dev_rows or 'all'} dev rows, batch 1, unpadded, one timed run each per round",
+        "dev": dev_protocol(cfg, len(data.dev)),  # the rows timed: a split smaller than bench.dev_rows, all of it
         "order": f"report stage: the models the bench did not time (exported to ONNX fp32) and every bench artifact, "
                  f"in one fresh process, order {cfg.order} (compress.bench.measure_in_fresh_process)",
         "onnx_fp32": "torch.onnx export; ORT transformer fusions kept when the logits match the plain export "

@@ -1086,6 +1086,39 @@ def test_a_teacher_of_another_tokenizer_is_timed_in_the_bench_artifacts_pass(tmp
     assert "dev_set" not in out["models"]["teacher"]["artifacts"]["onnx_fp32"]
 
 
+def test_a_report_without_a_bench_says_how_many_dev_rows_it_timed(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
+    """A run without a bench stage: the report's own pass timed every row of a dev split smaller than bench.dev_rows
+    (WNLI's 71 of 200) but its protocol said "first 200 dev rows". It says the rows timed: here 8 (max_eval_samples).
+    Export, scoring and timing are stubbed: only the words are under test."""
+    import types
+
+    import compress.bench as B
+    import compress.export as E
+    from compress.config import BenchConfig, TaskConfig
+    from compress.report import measure_missing
+
+    def export(model, path):
+        Path(path).write_bytes(b"onnx")
+        return Path(path)
+
+    timed = {}
+    monkeypatch.setattr(E, "export_onnx", export)
+    monkeypatch.setattr(E, "fused_if_exact", lambda path, *a: path)
+    monkeypatch.setattr(B, "evaluate_artifact", lambda *a: {"accuracy": 0.5})
+    monkeypatch.setattr(B, "measure_in_fresh_process", lambda arts, dev, cfg, *a, **k: timed.update(
+        rows={k: len(B.first_rows(d, cfg.dev_rows)) for k, d in dev.items()}) or {"results": {n: [] for n in arts}})
+    (tmp_path / "run").mkdir()
+    recipe = types.SimpleNamespace(bench=BenchConfig(threads=[1]), seed=0, run_dir=tmp_path / "run",
+                                   task=TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"), max_length=32,
+                                                   max_eval_samples=8))
+    assert recipe.bench.dev_rows == 200 and recipe.bench.order == "series"
+    table = RunTable("run", str(tmp_path / "run"), "accuracy", [Row("teacher", "teacher", "torch",
+                                                                    path=str(tiny_bert_dir))])
+    out = measure_missing(recipe, table, tmp_path)
+    assert list(timed["rows"].values()) == [8]  # what the pass times...
+    assert out["protocol"]["dev"] == "first 8 dev rows, batch 1, unpadded, one timed run each per round"  # ...is said
+
+
 def test_a_report_by_hand_leaves_out_latencies_measured_before_a_stage_was_redone(tmp_path, capsys):
     """`compress report RUN` after the quantize stage was redone by hand (other modes, another max_drop) showed the old
     bench's latencies on the new int8 files of the same names (and a model since deleted, as shippable); after a
