@@ -109,7 +109,9 @@ def _check_csv_quotes(path: Path, text: str) -> None:
 
 
 def _read_text(path: Path) -> str:
-    """The file's text, without a byte-order mark; bytes that are not UTF-8 are an error naming the line."""
+    """The file's text, without a byte-order mark; bytes that are not UTF-8 are an error naming the line. A mark at the
+    start of a later line (files joined with ``cat``) is dropped too: it stayed in that row's first cell (a text that
+    starts with it, a label refused as U+FEFF and its name, a JSON line refused as not JSON)."""
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -117,10 +119,15 @@ def _read_text(path: Path) -> str:
         line = data.count(b"\n", 0, data.index(b"\x00")) + 1
         raise CompressError(f"{path}:{line}: a NUL byte: not UTF-8 text (UTF-16?); the file must be UTF-8")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line, byte = data.count(b"\n", 0, e.start) + 1, data[e.start]
         raise CompressError(f"{path}:{line}: not UTF-8 text (byte {byte:#04x}); the file must be UTF-8") from None
+    return _JOINED_BOM.sub("", text) if "\ufeff" in text else text
+
+
+_JOINED_BOM = re.compile("(?<=[\r\n])\ufeff+")
+"""Byte-order marks at the start of a line after the first (the first line's is dropped from the bytes)."""
 
 
 def _read_jsonl(path: Path, f) -> tuple[list[str], list[list], list[int]]:

@@ -320,6 +320,22 @@ def test_file_not_utf8_is_refused(tmp_path):
         assert load_split(cfg, "train")["text"] == ["caf\u00e9"]
 
 
+def test_a_byte_order_mark_at_a_later_lines_start_is_dropped(tmp_path):
+    """Two files joined (``cat a.tsv b.tsv``, each saved with a byte-order mark): the second mark, at the start of a
+    line in the middle, stayed in that row's first cell: a text starting with U+FEFF, a label '\\ufeffneg' refused,
+    a JSON line refused as not JSON. Dropped as the first line's is; line numbers unchanged."""
+    bom = "\ufeff"
+    cfg = _custom(tmp_path, "t.tsv", f"{bom}review\tstars\ngood one\tpos\n{bom}bad one\tneg\n")
+    assert load_split(cfg, "train")["text"] == ["good one", "bad one"]
+    cfg = _custom(tmp_path, "t.csv", f"{bom}stars,review\r\npos,good\r\n{bom}{bom}neg,bad\r\n")
+    assert load_split(cfg, "train")["label"] == [1, 0]
+    rows = f'{bom}{{"review": "a", "stars": "pos"}}\n{bom}{{"review": "b", "stars": "neg"}}\n'
+    cfg = _custom(tmp_path, "t.jsonl", rows)
+    assert load_split(cfg, "train")["text"] == ["a", "b"]
+    assert _refused(_custom(tmp_path, "t.tsv", f"review\tstars\nok\tpos\n{bom}bad\tmeh\n")) == (
+        f"{tmp_path / 't.tsv'}:3: column 'stars': label 'meh' is not one of ['neg', 'pos']")
+
+
 def test_json_array_of_objects(tmp_path):
     text = '[\n  {"review": "fine", "stars": "pos"},\n  {"review": "awful",\n   "stars": "neg"}\n]\n'
     ds = load_split(_custom(tmp_path, "t.json", text), "train")
