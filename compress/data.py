@@ -85,7 +85,8 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
             stack.enter_context(mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True))
             stack.enter_context(mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True))
         try:
-            ds = datasets.load_dataset(*cfg.hub_dataset.split(":"), split=hub_split)
+            args = cfg.hub_dataset.split(":")
+            ds = datasets.load_dataset(*args, split=hub_split, **_cells_as_text(args))
         except Exception as e:  # the hub library raises many types; the user needs one line
             why = (" (the hub cannot be reached and the datasets cache does not hold it: use task.files with local "
                    "files, or run once online)" if offline else "")
@@ -114,6 +115,19 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
                                                    else named.get(r["label"], str(r["label"])))}, features=as_index)
     _check_hub_rows(cfg, spec, hub_split, ds, {v: k for k, v in keep.items()})
     return ds
+
+
+def _cells_as_text(args: list[str]) -> dict:
+    """What `load_dataset` needs to read a CSV (or TSV) dataset's cells as local files are read: its csv builder reads
+    them with pandas' NA strings, so a text "None", "NA", "n/a" or "null" became a missing value (the row refused as
+    having no text, a label named "NA" as no label). An empty cell is still missing. Other builders (parquet, JSON)
+    refuse these options, hence the look at the builder first."""
+    import datasets
+    from datasets.packaged_modules.csv.csv import CsvConfig
+
+    if not isinstance(datasets.load_dataset_builder(*args).config, CsvConfig):
+        return {}
+    return {"keep_default_na": False, "na_values": [""]}
 
 
 def _check_hub_rows(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset, columns: dict[str, str]) -> None:

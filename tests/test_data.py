@@ -570,6 +570,30 @@ def test_hub_dataset_string_labels_are_encoded(tmp_path, monkeypatch):
         load_task(cfg, seed=0)
 
 
+def test_hub_dataset_csv_texts_that_read_as_missing_in_pandas_are_texts(tmp_path, monkeypatch):
+    """The datasets csv builder reads with pandas' NA strings: a text "None", "NA", "n/a" or "null" (and a label
+    named "NA") became a missing value, the row refused as having no text. Read as text, as local files are; an
+    empty cell is still refused as missing."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\nNone,NA\nbad,neg\nn/a,pos\nnull,neg\n")
+    (folder / "validation.csv").write_text("text,label\nNA,pos\nawful,NA\n")
+    cfg = TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos", "NA"], holdout=0.0)
+    data = load_task(cfg, seed=0)
+    assert sorted(zip(data.train["text"], data.train["label"])) == [("None", 2), ("bad", 0), ("n/a", 1),
+                                                                    ("null", 0)]
+    assert data.dev["text"] == ["NA", "awful"] and data.dev["label"] == [1, 2]
+    (folder / "validation.csv").write_text("text,label\nok,pos\n,neg\n")
+    with pytest.raises(CompressError, match=r"split 'validation': row 1 has no text in column 'text' \(got None\)$"):
+        load_task(cfg, seed=0)
+    (folder / "validation.csv").write_text("text,label\nok,pos\nfine,\n")
+    with pytest.raises(CompressError, match=r"split 'validation': a row has no label$"):
+        load_task(cfg, seed=0)
+
+
 def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monkeypatch):
     """A hub dataset's ClassLabel indices were taken as they are: with task.labels [pos, neg] for classes [neg, pos]
     every row trained (and shipped) under the other label's name. Same names in another order are put in the task's
