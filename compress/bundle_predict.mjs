@@ -425,14 +425,15 @@ export class Predictor {
 }
 
 /** [line number, line] of a file (- : standard input) as it is read, as predict.py reads it: lines end at "\n"
- * ("\r\n" too), leading byte-order marks are dropped, bytes that are not UTF-8 read as U+FFFD. */
+ * ("\r\n" too), byte-order marks at a line's start are dropped, bytes that are not UTF-8 read as U+FFFD. */
 async function* readLines(path) {
   const { createReadStream } = await import("node:fs");
   const stream = path === "-" ? process.stdin : createReadStream(path);
   stream.setEncoding("utf8");
   let rest = "";
   let n = 0;
-  const line = (text) => [++n, (n === 1 ? text.replace(/^\uFEFF+/, "") : text).replace(/\r$/, "")];
+  // byte-order marks at a line's start dropped on every line (files joined with cat), as predict.py does
+  const line = (text) => [++n, text.replace(/^\uFEFF+/, "").replace(/\r$/, "")];
   const chunks = stream[Symbol.asyncIterator]();
   for (;;) {
     let next;

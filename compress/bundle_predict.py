@@ -367,7 +367,8 @@ def read_lines(path: str, pair: bool):
     name = "standard input" if path == "-" else path
     try:
         for number, line in enumerate(stream, 1):
-            line = line.removesuffix("\n").removesuffix("\r").lstrip("\ufeff" if number == 1 else "")
+            # byte-order marks at a line's start dropped on every line (files joined with cat), as training data's
+            line = line.removesuffix("\n").removesuffix("\r").lstrip("\ufeff")
             if not line.strip():
                 continue
             fields = line.split("\t")

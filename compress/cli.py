@@ -19,7 +19,8 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import positive_int, sha256_arg, thread_count  # standard library only: a light CLI
+from compress.bundle_predict import (positive_int, quiet_broken_pipe, sha256_arg,  # standard library only: a light
+                                     thread_count)  # CLI
 from compress.errors import CompressError
 
 
@@ -224,7 +225,7 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     from compress.bundle import predict, predict_file
-    from compress.bundle_predict import BundleError, cli_text, format_result, quiet_broken_pipe, warn_threads
+    from compress.bundle_predict import BundleError, cli_text, format_result, warn_threads
 
     if (args.text is None) == (args.file is None):
         raise CompressError("predict: give a TEXT or --file PATH (not both)")
@@ -459,6 +460,19 @@ def _first_process() -> bool:
     return os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1"
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``compress zoo list | head -1``): a BrokenPipeError
+    from anything else (a pipe of our own) is a bug to show."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fileno (a caller's StringIO), no poll (Windows)
+        return False
+
+
 def _peer_gone(e: RuntimeError) -> bool:
     """Whether ``e`` is a collective of a distributed run failing because another of its processes is gone (gloo's
     "Connection reset by peer", "Connection closed by peer"; a DistBackendError): not a bug of ours to show whole."""
@@ -530,6 +544,11 @@ def _main(argv: Optional[list[str]]) -> int:
         if _first_process():  # under torchrun every process meets the same error: the main one says it
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        quiet_broken_pipe()  # `compress run --dry-run | head -1`: what was asked for stopped where the reader did
+        return 128 + 13  # as a shell reports a process that SIGPIPE ended
     except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # e.g. --out is a file
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2

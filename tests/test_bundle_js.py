@@ -301,14 +301,25 @@ def test_predict_mjs_skips_and_refuses_the_blank_texts_predict_py_does(js_bundle
     assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
     lines = [[json.loads(line)["line"] for line in p.stdout.splitlines()] for p in (py, js)]
     assert lines == [[1, 4]] * 2
-    # a byte-order mark not at the start is no blank (str.strip keeps it), but the tokenizer keeps nothing of it:
-    # refused by both at its line (it was classified as [CLS] [SEP])
-    (tmp_path / "bom.txt").write_bytes("good film\n\ufeff\n".encode("utf-8"))
+    # a byte-order mark at the start of a later line (files joined with cat) is dropped as the first line's: a line
+    # of one is blank (it stopped both runners as an empty text), one before a text leaves the text
+    (tmp_path / "bom.txt").write_bytes("good film\n\ufeff\r\n\ufeffawful\r\n".encode("utf-8"))
     py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "bom.txt")], cwd=js_bundle,
                         capture_output=True, text=True)
     js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "bom.txt")
+    assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
+    assert [[json.loads(line)["line"] for line in p.stdout.splitlines()] for p in (py, js)] == [[1, 3]] * 2
+    alone = subprocess.run([sys.executable, "predict.py", "--json", "awful"], cwd=js_bundle, capture_output=True,
+                           text=True)  # line 3 is the text without its mark
+    assert json.loads(py.stdout.splitlines()[1])["scores"] == json.loads(alone.stdout)["scores"]
+    # a byte-order mark inside a line is no blank (str.strip keeps it), but the tokenizer keeps nothing of it:
+    # refused by both at its line (it was classified as [CLS] [SEP])
+    (tmp_path / "inner.txt").write_bytes("good film\n \ufeff\n".encode("utf-8"))
+    py = subprocess.run([sys.executable, "predict.py", "--json", "--file", str(tmp_path / "inner.txt")],
+                        cwd=js_bundle, capture_output=True, text=True)
+    js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "inner.txt")
     assert (py.returncode, py.stderr) == (js.returncode, js.stderr) == (
-        2, f"error: {tmp_path / 'bom.txt'} line 2: an empty text (nothing in it the tokenizer keeps: nothing to "
+        2, f"error: {tmp_path / 'inner.txt'} line 2: an empty text (nothing in it the tokenizer keeps: nothing to "
            f"classify)\n")
     assert py.stdout.count("\n") == js.stdout.count("\n") == 1
     for text in ("\x1c", "\x85 "):

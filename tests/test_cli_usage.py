@@ -109,6 +109,27 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
     assert main(["validate", str(recipe)]) == 1 and capsys.readouterr().err == ""
 
 
+def test_a_reader_of_the_output_gone_ends_the_command_quietly_with_141(monkeypatch):
+    """``compress zoo list | head -0`` (or ``run --dry-run | head -1``) ended in a BrokenPipeError traceback, exit 1:
+    now nothing on stderr and 141, as a shell reports SIGPIPE. A broken pipe of anything else stays a traceback."""
+    import sys
+
+    for args in (["zoo", "list"], ["run", "pipelines/quickstart.yaml", "--dry-run"]):
+        proc = subprocess.Popen([sys.executable, "-m", "compress", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+        proc.stdout.close()  # no reader before the command writes: its first line meets a broken pipe
+        err = proc.stderr.read().decode()
+        assert (proc.wait(timeout=120), err) == (141, ""), args
+    from compress import cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_zoo", broken)  # a pipe of its own broke, standard output is still read
+    with pytest.raises(BrokenPipeError):
+        main(["zoo", "list"])
+
+
 def test_a_path_no_file_can_have_is_one_line_naming_it(tmp_path, capsys):
     """A recipe, run folder, bundle or --out path of a name too long for the file system (or under a folder that
     cannot hold one, /proc) ended in a traceback (OSError: File name too long) with status 1: one line, status 2."""
