@@ -540,6 +540,7 @@ def _main(argv: Optional[list[str]]) -> int:
                     if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         rc = args.fn(args)
+        sys.stdout.flush()  # what is still buffered meets a reader gone here, not at exit (status 120, a message)
     except CompressError as e:
         if _first_process():  # under torchrun every process meets the same error: the main one says it
             print(f"error: {e}", file=sys.stderr)

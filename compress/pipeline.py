@@ -559,10 +559,11 @@ def _unread_logit_cache(student: Any) -> Any:
     d = student.get("distill") if isinstance(student, dict) else None
     if not isinstance(d, dict) or d.get("cache_teacher_logits", True):
         return student
-    try:  # matches as the stage resolves them: those of weight 0 (or a layer_map without features) are none
-        matched = from_dict(DistillConfig, d).has_matches()
+    try:  # matches as the stage resolves them: those of weight 0 are none, and an explicit one of weight 0 removes
+        cfg = from_dict(DistillConfig, d)  # layer_map's match of its pair (which pairs: the models' depths say)
     except CompressError:  # a hand-edited manifest's config: as recorded
         return student
+    matched = any(m.weight > 0 for m in cfg.matches) or (cfg.has_matches() and all(m.weight > 0 for m in cfg.matches))
     if d.get("kd_weight") == 0 or (matched and not d.get("two_step")):
         return {**student, "distill": {**d, "cache_teacher_logits": True}}
     return student
@@ -834,7 +835,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule
-            _claim_checkpoints(run_dir, stage.name, checkpoint_stamp(fp, state.num_processes))
+            written = _as_written_fingerprint(recipe, stage, inputs)
+            _claim_checkpoints(run_dir, stage.name, checkpoint_stamp(fp, state.num_processes),
+                               () if written is None else (checkpoint_stamp(written, state.num_processes),))
         wait_for_everyone()
         wait = wait_for_everyone if stage.trains else wait_long
         if not stage.trains and not state.is_main_process:  # nothing data-parallel in it: the main process runs it
@@ -1023,13 +1026,21 @@ def checkpoint_stamp(fp: str, processes: int) -> str:
     return f"{fp} processes={processes} checkpoints={CHECKPOINT_REVISION}"
 
 
-def _claim_checkpoints(run_dir: Path, stage: str, fp: str) -> None:
+def _as_written_fingerprint(recipe: Recipe, stage: Stage, inputs: dict) -> Optional[str]:
+    """The stage's fingerprint as computed before `_as_read` (from the recipe as written), where it differs."""
+    if _as_read(recipe) is recipe:
+        return None
+    return _stage_fingerprint(recipe, stage, inputs, _result_config(_config(recipe, stage)))
+
+
+def _claim_checkpoints(run_dir: Path, stage: str, fp: str, also: tuple[str, ...] = ()) -> None:
     """Resumable checkpoints (``<run>/.checkpoints/<stage>``, written when a train section sets checkpoint_every)
     belong to one stage fingerprint: those of another config or other inputs are discarded before the stage runs,
-    so a changed recipe never resumes from an earlier one's steps, optimizer and schedule."""
+    so a changed recipe never resumes from an earlier one's steps, optimizer and schedule. ``also``: stamps of the
+    same stage as earlier code wrote them (`_as_written_fingerprint`): resumed, stamped anew."""
     folder = run_dir / ".checkpoints" / stage
     stamp = folder / "FINGERPRINT"
-    if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() == fp):
+    if folder.exists() and not (stamp.is_file() and stamp.read_text().strip() in (fp, *also)):
         if any(p.name != "FINGERPRINT" for p in folder.iterdir()):  # a killed stage's stamp alone: nothing to say
             print(f"[{stage}] discarding the checkpoints of an earlier config, input, process count or compress "
                   f"version ({folder})")

@@ -112,11 +112,13 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
 def test_a_reader_of_the_output_gone_ends_the_command_quietly_with_141(monkeypatch):
     """``compress zoo list | head -0`` (or ``run --dry-run | head -1``) ended in a BrokenPipeError traceback, exit 1:
     now nothing on stderr and 141, as a shell reports SIGPIPE. A broken pipe of anything else stays a traceback."""
+    import os
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # output buffered, flushed at the end
     for args in (["zoo", "list"], ["run", "pipelines/quickstart.yaml", "--dry-run"]):
         proc = subprocess.Popen([sys.executable, "-m", "compress", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+                                stderr=subprocess.PIPE, cwd=Path(__file__).parents[1], env=env)
         proc.stdout.close()  # no reader before the command writes: its first line meets a broken pipe
         err = proc.stderr.read().decode()
         assert (proc.wait(timeout=120), err) == (141, ""), args

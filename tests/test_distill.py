@@ -714,6 +714,10 @@ def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it
     two_step = config(**{"students[0].distill.two_step": True})
     off = {"students[0].distill.two_step": True, "students[0].distill.cache_teacher_logits": False}
     assert config(**off) != two_step
-    # a layer_map of weight 0 makes no match: logit KD alone, which reads the flag
-    none = {"students[0].distill.layer_map_weight": 0.0}
-    assert config(**none, **{"students[0].distill.cache_teacher_logits": False}) != config(**none)
+    # a layer_map of weight 0 makes no match: logit KD alone, which reads the flag; so may a layer_map whose pairs
+    # explicit matches of weight 0 remove (which pairs it makes, the models' depths say): the flag counts
+    for none in ({"students[0].distill.layer_map_weight": 0.0},
+                 {"students[0].distill.layer_map": "last", "students[0].distill.layer_map_features": ["hidden"],
+                  "students[0].distill.matches": [{"teacher_layer": 6, "student_layer": 2, "feature": "hidden",
+                                                   "weight": 0.0}]}):
+        assert config(**none, **{"students[0].distill.cache_teacher_logits": False}) != config(**none), none

@@ -1331,6 +1331,20 @@ def test_the_default_source_named_and_unread_static_settings_keep_the_stages_fin
                                                       "seed": recipe.seed, "source": "a"}))
     assert pipeline._reuse(recipe, stages["prune"], folder, now, inputs, done) == (json.loads(
         (folder / "manifest.json").read_text()), None)
+    # an interrupted run's checkpoints stamped so resume (restamped), those of another config are discarded
+    assert pipeline._as_written_fingerprint(recipe, stages["prune"], inputs) == before
+    run_dir = tmp_path / "run"
+    for stamp, kept in ((before, True), ("other", False)):
+        ck = run_dir / ".checkpoints" / "prune"
+        ck.mkdir(parents=True, exist_ok=True)
+        (ck / "FINGERPRINT").write_text(pipeline.checkpoint_stamp(stamp, 1) + "\n")
+        (ck / "step-10").mkdir(exist_ok=True)
+        pipeline._claim_checkpoints(run_dir, "prune", pipeline.checkpoint_stamp(now, 1),
+                                    (pipeline.checkpoint_stamp(before, 1),))
+        assert (ck / "step-10").is_dir() is kept
+        assert (ck / "FINGERPRINT").read_text() == pipeline.checkpoint_stamp(now, 1) + "\n"
+    unnamed = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=one + "prune: {heads: 0.5}\n"))
+    assert pipeline._as_written_fingerprint(unnamed, stages["prune"], inputs) is None  # nothing respelled
 
 
 def test_a_quantize_stage_of_a_task_with_a_labelled_test_split_is_redone_once_for_its_test_scores(tmp_path, glue_dir,
