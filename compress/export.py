@@ -52,13 +52,13 @@ class _Logits(torch.nn.Module):
 
 
 def input_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """The ONNX inputs: those of input_ids / attention_mask / token_type_ids that the model takes (MPNet and RoBERTa
-    variants without token types take two)."""
+    """The ONNX inputs: those of input_ids / attention_mask / token_type_ids that the model takes (MPNet, and models of
+    one token type, RoBERTa's, take two: their tokenizers give no token_type_ids, `modeling.one_token_type`)."""
     import inspect
 
     params = inspect.signature(model.forward).parameters
     names = [n for n in MODEL_INPUTS if n in params]
-    if getattr(model.config, "type_vocab_size", 0) in (0, None) and "token_type_ids" in names:
+    if (getattr(model.config, "type_vocab_size", None) or 0) <= 1 and "token_type_ids" in names:
         names.remove("token_type_ids")
     return tuple(names)
 

@@ -59,6 +59,19 @@ def load_tokenizer(source: str, offline: dict, failed: str, hint: str):
         raise CompressError(f"{failed} ({type(e).__name__}: {first_line(e)})") from None
 
 
+def one_token_type(tokenizer, config) -> None:
+    """A model of one token type (``type_vocab_size: 1``, RoBERTa's) reads no token_type_ids: ``tokenizer`` (changed in
+    place, and so saved with the model) stops giving them. A RoBERTa checkpoint that ships a BERT WordPiece tokenizer
+    (klue/roberta's kind) gave a text pair's second segment type 1, past its one-row table: an IndexError traceback
+    in the teacher's first step of a pair task. The ONNX export then has no such input either (`export.input_names`)."""
+    if tokenizer is None or (getattr(config, "type_vocab_size", None) or 0) > 1 \
+            or "token_type_ids" not in tokenizer.model_input_names:
+        return
+    names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names  # what save_pretrained writes to tokenizer_config.json
+
+
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,
                   loading: Optional[dict] = None):
     """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
@@ -82,6 +95,7 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     reason = unsupported_type(config.model_type, getattr(config, "position_embedding_type", None))
     if reason:
         raise CompressError(f"model {model!r}: {reason}")
+    one_token_type(tokenizer, config)
     if getattr(config, "compress_layer_sizes", None) and os.path.isdir(source):
         from compress.prune import uniform_ffn
 

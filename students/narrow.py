@@ -18,7 +18,7 @@ from compress import hub
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
-from compress.modeling import load_for_task, load_tokenizer, task_kwargs
+from compress.modeling import load_for_task, load_tokenizer, one_token_type, task_kwargs
 from students.layer_drop import drop_layers
 from teachers.zoo import resolve
 
@@ -77,6 +77,7 @@ def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Modul
         model = drop_layers(model, keep, what=f"checkpoint {spec.init!r}")
     if spec.tokenizer is not None:
         tokenizer = _tokenizer(spec.tokenizer)
+        one_token_type(tokenizer, model.config)
         if len(tokenizer) > model.config.vocab_size:
             raise CompressError(f"student {spec.name}: tokenizer {spec.tokenizer!r} has {len(tokenizer)} tokens but "
                                 f"checkpoint {spec.init!r} embeds only {model.config.vocab_size}")

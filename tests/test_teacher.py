@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compress.config import TaskConfig, TrainConfig, load_recipe
-from compress.data import Collator, load_task, tokenize
+from compress.data import GLUE_TASKS, Collator, load_task, tokenize
 from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.modeling import load_for_task, load_trained, save
@@ -243,6 +243,35 @@ task: {{name: sst2, max_length: 32, max_train_samples: 200, max_eval_samples: 10
 teacher: {{model: {model_dir}, epochs: {epochs}, lr: 1.0e-3, batch_size: 32}}
 {extra}""")
     return path
+
+
+def test_a_one_token_type_model_with_a_wordpiece_tokenizer_takes_text_pairs(tmp_path, tokenizer, tiny_bert_dir):
+    """A RoBERTa of one token type shipped with a BERT WordPiece tokenizer (klue/roberta's kind): the tokenizer gave a
+    text pair's second segment type 1, past the model's one-row table, and the teacher of a pair task (RTE) stopped
+    with an IndexError traceback. The tokenizer now gives no token_type_ids for it (saved so), and its ONNX export
+    takes two inputs."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from compress.export import input_names
+
+    torch.manual_seed(0)
+    model = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, pad_token_id=0))
+    folder = tmp_path / "roberta-wordpiece"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert "token_type_ids" in tokenizer("a", "b")  # the shipped tokenizer's own output: type 1 for "b"
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\n"
+                    "task: {name: rte, max_length: 32, max_train_samples: 64, max_eval_samples: 32, holdout: 0.001}\n"
+                    f"teacher: {{model: {folder}, epochs: 1, batch_size: 16}}\n")
+    done = run_pipeline(load_recipe(path))
+    assert 0 <= done["teacher"]["metrics"]["dev"]["accuracy"] <= 1
+    trained, saved = load_trained(tmp_path / "runs" / "r" / "teacher" / "model")
+    assert "token_type_ids" not in saved("a", "b") and input_names(trained) == ("input_ids", "attention_mask")
+    bert, bert_tok = load_for_task(str(tiny_bert_dir), GLUE_TASKS["rte"])  # two token types: kept
+    assert "token_type_ids" in bert_tok("a", "b") and "token_type_ids" in input_names(bert)
 
 
 def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys, monkeypatch):
