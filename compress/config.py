@@ -918,7 +918,8 @@ class BenchConfig:
     max_seconds over the rounds)."""
     spin: bool = False
     """Let idle worker threads spin a while before they sleep (torch OMP_WAIT_POLICY=ACTIVE with a bounded
-    GOMP_SPINCOUNT: `compress.bench.GOMP_SPINS`; ORT allow_spinning): lowest latency on a dedicated CPU; on a shared one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
+    GOMP_SPINCOUNT: `compress.bench.GOMP_SPINS`; ORT allow_spinning): lowest latency on a dedicated CPU; on a shared
+    one a descheduled spinning thread made torch's 2-thread runs ~7x slower here. Off: both sleep."""
     isolate: bool = True
     """Measure each artifact's peak RSS in a fresh process (its own, no state from the others); false: no memory
     figures (one process's high-water mark is not any artifact's: the report and manifest say "not measured")."""

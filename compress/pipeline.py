@@ -120,6 +120,8 @@ def _float_warmup_differs(ratio: float) -> bool:
     for some total up to a million steps: only where the exact product is an integer (total a multiple of the ratio's
     denominator), which the float product can miss from below (0.29, 0.35, 0.41, 0.47; not 0.06, 0.1, 0.2)."""
     exact = Fraction(repr(ratio))
+    if exact == Fraction(ratio):  # 0, 0.5, 0.25: the float is the ratio as written, its products exact
+        return False
     return any(int(ratio * t) != exact.numerator * t // exact.denominator
                for t in range(exact.denominator, 1_000_001, exact.denominator))
 

@@ -1322,7 +1322,8 @@ def test_the_default_source_named_and_unread_static_settings_keep_the_stages_fin
 
     def fp(extra: str, stage: str) -> str:
         recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra))
-        ran = {"teacher": True, "distill": bool(recipe.students), "prune": recipe.prune is not None and stage != "prune"}
+        ran = {"teacher": True, "distill": bool(recipe.students),
+               "prune": recipe.prune is not None and stage != "prune"}
         return pipeline._fingerprint(recipe, stages[stage], {k: v for k, v in done.items() if ran[k]})[0]
 
     one, two = f"students: [{student('a')}]\n", f"students: [{student('a')}, {student('b')}]\n"
