@@ -84,6 +84,9 @@ class Row:
     """The teacher's ONNX fp32 model: what speedup is measured against."""
     shippable: bool = False
     """An int8 ONNX model that a bundle can ship (passed the quantize stage's accuracy guard)."""
+    refused: Optional[str] = None
+    """Why the quantize stage's accuracy guard did not pass an int8 model of ours (its ``guard`` reason): said under
+    the table (the row only lacked the "(shippable)" tag)."""
     path: Optional[str] = None
     """The model file (ONNX) or folder (torch)."""
     ort_path: Optional[str] = None
@@ -357,6 +360,7 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
         ort_file = entry.get("ort_file")
         rows.append(Row(f"{label} · int8 {mode}", "int8", f"onnx int8 {mode}", params,
                         _size(folder / entry["file"]), mean, shippable=bool(entry.get("shippable")),
+                        refused=None if entry.get("shippable") else str(entry.get("guard") or "no reason recorded"),
                         path=str(folder / entry["file"]), ort_path=str(folder / ort_file) if ort_file else None,
                         tokenizer=str(tokenizer), dev_metrics=_dev(entry.get("metrics")) or None,
                         test_metrics=_test({"test": entry.get("test_metrics")})))
@@ -507,9 +511,11 @@ def _redone_since(run_dir: Path, manifest: Optional[dict], what: str) -> bool:
     recorded = (manifest or {}).get("inputs") or {}
     for stage in stage_names():
         read = {k[len(stage) + 1:]: v for k, v in recorded.items() if k.startswith(f"{stage}/")}
-        if read and read != ((_read(run_dir / stage / "manifest.json") or {}).get("outputs") or {}):
-            print(f"warning: {run_dir / what}: the {stage} stage was redone since it was measured: its latencies are "
-                  f"left out (rerun the stages after {stage}: compress run RECIPE)", file=sys.stderr)
+        now = _read(run_dir / stage / "manifest.json")
+        if read and read != ((now or {}).get("outputs") or {}):
+            how = "was redone since it was measured" if now is not None else "is missing (its folder or manifest)"
+            print(f"warning: {run_dir / what}: the {stage} stage {how}: its latencies are left out (rerun the "
+                  f"stages after {stage}: compress run RECIPE)", file=sys.stderr)
             return True
     return False
 
@@ -1072,6 +1078,10 @@ def note(table: RunTable) -> str:
         text += (f" {table.metric_name} (test): on the task's labelled test split ({rows}), scored by the stages "
                  f"that made a model (not by the bench's or the report's own timing passes, nor by a stage run before "
                  f"it was: –; an undefined score, nan, reads – too); nothing is chosen on it.")
+    refused = [r for r in table.rows if r.refused and not r.shippable]
+    if refused:
+        text += " Not shippable (the quantize stage's accuracy guard, quantize.max_drop): " + "; ".join(
+            f"{r.name}: {r.refused}" for r in refused) + "."
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
                             "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
@@ -1111,7 +1121,8 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
-            cells = [cells[0] + (" (shippable)" if row.shippable else ""), *cells[1:]]
+            cells = [cells[0] + (" (shippable)" if row.shippable else " (NOT shippable)" if row.refused else ""),
+                     *cells[1:]]
             lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
         lines += ["", md_text(note(table)), "", "**Provenance**", ""]  # a constant teacher's label name in it
         lines += [f"- {k}: {md_text(v)}" for k, v in _provenance_lines(table)]

@@ -196,6 +196,31 @@ def test_collect_reads_stage_manifests_and_bench(tmp_path):
     assert line.startswith("dev texts in batches of 32") and line.endswith("rerun the quantize stage")
 
 
+def test_an_int8_model_the_guard_refused_is_said_so_with_its_reason(tmp_path, capsys):
+    """A quantize stage whose accuracy guard passed no int8 model: its rows only lacked the "(shippable)" tag; the
+    Markdown names them NOT shippable and the note under the table says why. A stage folder since deleted is said
+    missing, not redone."""
+    from compress.report import md_text, write
+
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path), int8={"dynamic": (0.80, False), "static": (0.885, True)},
+                   latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}, "int8_static": {2: 4.0}})
+    record = json.loads((run / "quantize" / "quantize.json").read_text())
+    record["int8"]["dynamic"]["guard"] = "drop 9.00 points > max_drop 1.00 with 3 nodes fp32"
+    (run / "quantize" / "quantize.json").write_text(json.dumps(record))
+    table = collect(run)
+    write([table], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| teacher · int8 dynamic (NOT shippable) |" in md and "| teacher · int8 static (shippable) |" in md
+    assert md_text("Not shippable (the quantize stage's accuracy guard, quantize.max_drop): teacher · int8 dynamic: "
+                   "drop 9.00 points > max_drop 1.00 with 3 nodes fp32.") in md
+    assert "Not shippable" in (tmp_path / "out" / "report.html").read_text()
+    shutil.rmtree(run / "quantize")
+    from compress.report import _redone_since
+
+    assert _redone_since(run, {"inputs": {"quantize/model.onnx": "ab"}}, "bench")
+    assert "the quantize stage is missing (its folder or manifest)" in capsys.readouterr().err
+
+
 def test_collect_with_students_and_report_measurements(tmp_path):
     """The quantized model is a student: the teacher's ONNX fp32 (speedup reference) comes from the report stage's
     own measurement (report/latency.json)."""
