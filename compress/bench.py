@@ -356,24 +356,64 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     # source folder that is not the installed copy, -P alone imported the installed one)
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    proc = subprocess.run([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path, **env}, text=True,
-                          stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
+    # SIGTERM / SIGHUP (unwound as exceptions by the CLI) held back while the worker starts: one raised inside
+    # Popen left the worker running, and reading a settings file its parent's cleanup had just deleted (a traceback
+    # after "terminated"); raised once it exists, the worker is stopped with it
+    held = _hold_signals()
+    try:
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path, **env},
+                                text=True, stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
+    except BaseException:
+        _release_signals(held)
+        raise
+    with proc:
+        try:
+            _release_signals(held)
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if proc.returncode != 0 or "error" in result or not result:
-        tail = result.get("error") or " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+        tail = result.get("error") or " | ".join((stderr or stdout or "").strip().splitlines()[-3:])
         raise CompressError(f"bench of {what} failed: {tail or f'exit status {proc.returncode}'}")
     return result
+
+
+def _unwound_signals() -> set:
+    """SIGTERM and SIGHUP: the signals `compress.cli` unwinds as exceptions (the worker ignores Ctrl-C's SIGINT)."""
+    import signal
+
+    return {getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}
+
+
+def _hold_signals() -> Optional[set]:
+    """Block `_unwound_signals` in this thread; the previous mask, or None where signals cannot be blocked."""
+    import signal
+
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _unwound_signals()) if hasattr(signal, "pthread_sigmask") else None
+
+
+def _release_signals(held: Optional[set]) -> None:
+    """Restore the mask `_hold_signals` returned: a signal that came meanwhile is delivered (raised) now."""
+    import signal
+
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _die_with_parent() -> None:
     """In the worker, before exec (Linux): SIGTERM when the parent dies, so a killed run (kill -9) leaves no timing
     worker loading the CPU under the next run's timings. Ctrl-C, which reaches the whole process group, is ignored
     in it (Python keeps an inherited SIG_IGN): a worker still importing numpy printed its KeyboardInterrupt traceback
-    above the parent's one-line "interrupted"; the parent's ``subprocess.run`` kills it as it unwinds."""
+    above the parent's one-line "interrupted"; the parent (`_worker`) kills it as it unwinds."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # the parent held them while starting it (`_hold_signals`): exec keeps masks
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _unwound_signals())
     try:
         import ctypes
 

@@ -279,6 +279,49 @@ def test_ctrl_c_does_not_reach_a_timing_worker_its_parent_ends_it():
     assert (worker.returncode, out.strip(), err) == (0, "still here", "")
 
 
+def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatch):
+    """SIGTERM raised (as the CLI unwinds it) inside Popen, as the worker was starting, left the worker running, and
+    reading a settings file its parent's cleanup had just deleted: a traceback after "terminated". The signal is now
+    held while the worker starts and raised once it exists, the worker stopped with it; the worker itself starts with
+    no signal held (exec keeps the mask)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from compress import bench as B
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    real, started = subprocess.Popen, []
+
+    def popen(args, **kwargs):  # a worker that would run a while, and the signal arriving as it starts
+        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stop):
+            B._worker({"mode": "timing"}, tmp_path, "w", {}, "a test")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert started[0].wait(timeout=10) is not None  # stopped, not left running
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGTERM, signal.SIGHUP}  # nor held after
+    held = B._hold_signals()  # a worker started while they are held starts with none held (exec keeps the mask)
+    try:
+        mask = real([sys.executable, "-c", "import signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))"],
+                    stdout=subprocess.PIPE, text=True, preexec_fn=B._die_with_parent).communicate(timeout=60)[0]
+    finally:
+        B._release_signals(held)
+    assert mask.strip() == "[]"
+
+
 def test_a_timing_worker_dies_with_its_parent(tmp_path):
     """kill -9 of a run must not leave its timing worker loading the CPU under the next run's timings."""
     import os
