@@ -225,7 +225,12 @@ def test_a_resumed_distillation_counts_the_alignment_of_every_batch(glue_dir, to
             run(tmp_path / f"killed-{crash_after}", crash=crash_after)
         resumed = run(tmp_path / f"killed-{crash_after}")
         last = resumed.fits["prediction" if two_step else "joint"]
-        assert (last.resumed_from is None) == (crash_after == 9) and "intermediate" not in resumed.fits
+        assert (last.resumed_from is None) == (crash_after == 9)
+        if two_step:  # the intermediate step finished before the crash: its record comes back from its marker (it
+            # was left out of metrics.json)
+            was, now = clean.fits["intermediate"], resumed.fits["intermediate"]
+            assert (now.steps, now.history, now.best_step, now.precision) == (was.steps, was.history, was.best_step,
+                                                                            was.precision) and now.steps == 8
         assert resumed.align.as_dict() == clean.align.as_dict() and clean.align.batches == 8 and \
             clean.align.rows == 64, (two_step, resumed.align, clean.align)
 

@@ -165,7 +165,11 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         if done_marker is not None and done_marker.is_file():  # resumed after this step had finished
             distiller.load_state_dict(load_file(done_marker))
             with safe_open(done_marker, "pt") as f:  # the step's alignment counts (markers before 2026-12-05: none)
-                align.restore(json.loads((f.metadata() or {}).get("align", "null")))
+                meta = f.metadata() or {}
+            align.restore(json.loads(meta.get("align", "null")))
+            if meta.get("fit"):  # its record for metrics.json (markers before 2026-12-06: none, the step left out)
+                fits[name] = FitResult(**json.loads(meta["fit"]))
+                timing["train_s"] += fits[name].wall_s
             log.info("%s: step %s already done (%s)", spec.name, name, done_marker)
             continue
         if (use_logits and not use_matches and dcfg.kd_weight > 0 and dcfg.cache_teacher_logits
@@ -216,12 +220,13 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
         timing["train_s"] += time.perf_counter() - t0
         if done_marker is not None and len(_steps(spec, bool(matches))) > 1:
             counts = json.dumps(align.summed().as_dict())  # every process: a collective call
+            record = json.dumps(dataclasses.asdict(fits[name]))  # a resumed stage reports the step as run
 
             def write_marker(marker=done_marker):
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 tmp = marker.with_suffix(".tmp")
                 save_file({k: v.contiguous() for k, v in distiller.state_dict().items()}, tmp,
-                          metadata={"align": counts})
+                          metadata={"align": counts, "fit": record})
                 tmp.rename(marker)
 
             main_process_writes(write_marker)
