@@ -356,20 +356,20 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     # source folder that is not the installed copy, -P alone imported the installed one)
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # SIGTERM / SIGHUP (unwound as exceptions by the CLI) held back while the worker starts: one raised inside
-    # Popen left the worker running, and reading a settings file its parent's cleanup had just deleted (a traceback
-    # after "terminated"); raised once it exists, the worker is stopped with it
-    held = _hold_signals()
+    # SIGTERM / SIGHUP (unwound as exceptions by the CLI) deferred while the worker starts: one raised inside Popen
+    # left the worker running, and reading a settings file its parent's cleanup had just deleted (a traceback after
+    # "terminated"); raised once it exists, the worker is stopped with it
+    deferred = _defer_signals()
     try:
         proc = subprocess.Popen([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path, **env},
                                 text=True, stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
     except BaseException:
-        _release_signals(held)
+        _undefer_signals(deferred)
         raise
     with proc:
         try:
-            _release_signals(held)
+            _undefer_signals(deferred)
             stdout, stderr = proc.communicate()
         except BaseException:
             proc.kill()
@@ -382,26 +382,36 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     return result
 
 
-def _unwound_signals() -> set:
-    """SIGTERM and SIGHUP: the signals `compress.cli` unwinds as exceptions (the worker ignores Ctrl-C's SIGINT)."""
+def _defer_signals() -> tuple[dict, list]:
+    """SIGTERM and SIGHUP, where a Python handler takes them (the CLI's, which raises), only noted until
+    `_undefer_signals`: (the handlers replaced, the signals noted). A signal mask would not do: a process-directed
+    signal goes to another thread that does not block it (torch's, onnxruntime's), and Python runs its handler in the
+    main thread all the same. In the main thread only (the one Python runs handlers in)."""
+    import signal
+    import threading
+
+    handlers: dict = {}
+    noted: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return handlers, noted
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        handler = signal.getsignal(signum) if signum is not None else None
+        if callable(handler):
+            handlers[signum] = handler
+            signal.signal(signum, lambda number, frame: noted.append(number))
+    return handlers, noted
+
+
+def _undefer_signals(deferred: tuple[dict, list]) -> None:
+    """The handlers `_defer_signals` replaced back; a signal noted meanwhile is handled now (the CLI's raises)."""
     import signal
 
-    return {getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}
-
-
-def _hold_signals() -> Optional[set]:
-    """Block `_unwound_signals` in this thread; the previous mask, or None where signals cannot be blocked."""
-    import signal
-
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _unwound_signals()) if hasattr(signal, "pthread_sigmask") else None
-
-
-def _release_signals(held: Optional[set]) -> None:
-    """Restore the mask `_hold_signals` returned: a signal that came meanwhile is delivered (raised) now."""
-    import signal
-
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    handlers, noted = deferred
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    for signum in noted[:1]:
+        handlers[signum](signum, None)
 
 
 def _die_with_parent() -> None:
@@ -412,8 +422,6 @@ def _die_with_parent() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # the parent held them while starting it (`_hold_signals`): exec keeps masks
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _unwound_signals())
     try:
         import ctypes
 

@@ -282,12 +282,15 @@ def test_ctrl_c_does_not_reach_a_timing_worker_its_parent_ends_it():
 def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatch):
     """SIGTERM raised (as the CLI unwinds it) inside Popen, as the worker was starting, left the worker running, and
     reading a settings file its parent's cleanup had just deleted: a traceback after "terminated". The signal is now
-    held while the worker starts and raised once it exists, the worker stopped with it; the worker itself starts with
-    no signal held (exec keeps the mask)."""
+    noted while the worker starts and raised once it exists, the worker stopped with it, also when another thread
+    takes the signal (a signal mask on the starting thread failed in CI: the kernel gives a process-directed signal to
+    a thread that does not block it, torch's or onnxruntime's, and the worker ran on)."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
+    import time
 
     from compress import bench as B
 
@@ -299,9 +302,12 @@ def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatc
 
     real, started = subprocess.Popen, []
 
-    def popen(args, **kwargs):  # a worker that would run a while, and the signal arriving as it starts
-        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
-        os.kill(os.getpid(), signal.SIGTERM)
+    other = threading.Thread(target=time.sleep, args=(5,), daemon=True)  # as torch's and onnxruntime's threads
+    other.start()
+
+    def popen(args, **kwargs):  # a worker that would run a while, and the signal arriving as it starts, taken by
+        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))  # another thread
+        signal.pthread_kill(other.ident, signal.SIGTERM)
         return started[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
@@ -309,17 +315,10 @@ def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatc
     try:
         with pytest.raises(Stop):
             B._worker({"mode": "timing"}, tmp_path, "w", {}, "a test")
+        assert signal.getsignal(signal.SIGTERM) is stop  # the handler put back after the worker started
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert started[0].wait(timeout=10) is not None  # stopped, not left running
-    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGTERM, signal.SIGHUP}  # nor held after
-    held = B._hold_signals()  # a worker started while they are held starts with none held (exec keeps the mask)
-    try:
-        mask = real([sys.executable, "-c", "import signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))"],
-                    stdout=subprocess.PIPE, text=True, preexec_fn=B._die_with_parent).communicate(timeout=60)[0]
-    finally:
-        B._release_signals(held)
-    assert mask.strip() == "[]"
+    assert started[0].wait(timeout=70) == -signal.SIGKILL  # stopped as the signal came, not left to run its minute
 
 
 def test_a_timing_worker_dies_with_its_parent(tmp_path):
