@@ -834,6 +834,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
                 problem = plan_problem(recipe, built)
                 if problem:
                     raise CompressError(problem)
+            del built  # a checkpoint student's shape holds its weights: not kept through the stages
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule

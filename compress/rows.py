@@ -10,6 +10,7 @@ stripped).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -51,13 +52,14 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
     quoting = csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     header, rows, lines, end = None, [], [], 0
-    for row in reader:
+    raw = functools.cache(lambda: io.StringIO(text, newline="").readlines())  # the lines the reader numbers, split
+    for row in reader:  # once, only when a field needs a second look
         start, end = end + 1, reader.line_num  # a quoted field may span lines: a row is named by its first
         row = [c.rstrip("\r") for c in row]
         if not any(c.strip() for c in row):
             continue
         padded = next((i for i, c in enumerate(row) if suffix == ".csv" and _PADDED_QUOTED.fullmatch(c)
-                       and _quoted_after_space(text, start, end, i, c)), None)
+                       and _quoted_after_space(raw()[start - 1:end], i, c)), None)
         if padded is not None:  # `1, "great movie", pos`: CSV reads ` "great movie"`, quotes and all
             raise CompressError(f"{path}:{start}: field {padded + 1} is {row[padded][:40]!r}: a space before its "
                                 f"opening '\"' makes the quotes part of the text; remove the space after the comma")
@@ -80,12 +82,11 @@ _PADDED_QUOTED = re.compile(r'\s+".*"\s*', re.S)
 """A CSV field quoted after a space (``a, "b"``): CSV quotes only a field's first character."""
 
 
-def _quoted_after_space(text: str, start: int, end: int, index: int, field: str) -> bool:
-    """Whether field ``index`` of the CSV row on lines ``start``..``end`` of ``text``, read as ``field`` (matching
-    `_PADDED_QUOTED`), is quotes written after a space (``1, "great"``: read again skipping the space, it is another
-    text), not a quoted text that starts with a space and a quote (``1," ""Great"" is the word"``, as pandas writes
-    it: read the same either way)."""
-    lines = io.StringIO(text, newline="").readlines()[start - 1:end]  # the lines the reader numbered
+def _quoted_after_space(lines: list[str], index: int, field: str) -> bool:
+    """Whether field ``index`` of the CSV row written on ``lines``, read as ``field`` (matching `_PADDED_QUOTED`), is
+    quotes written after a space (``1, "great"``: read again skipping the space, it is another text), not a quoted
+    text that starts with a space and a quote (``1," ""Great"" is the word"``, as pandas writes it: read the same
+    either way)."""
     again = next(csv.reader(lines, skipinitialspace=True), [])
     return index >= len(again) or again[index].rstrip("\r") != field
 

@@ -275,15 +275,16 @@ def student_problems(recipe: Recipe, built: Optional[dict] = None) -> list[str]:
     from students.build import student_shape, teacher_shape
 
     shape = teacher_shape(recipe)
+    if shape is None:
+        return []
+    built = {} if built is None else built
+    built["teacher"] = shape[0]
     out = []
-    for i, spec in enumerate((recipe.students or []) if shape is not None else []):
+    for i, spec in enumerate(recipe.students or []):
         try:
-            student = student_shape(spec, *shape).model
+            built[spec.name] = student_shape(spec, *shape).model
         except CompressError as e:
             out.append(f"{recipe.path}: students[{i}] ({spec.name}): {e}")
-            continue
-        if built is not None:
-            built.update({"teacher": shape[0], spec.name: student})
     return out
 
 
