@@ -282,9 +282,10 @@ def test_ctrl_c_does_not_reach_a_timing_worker_its_parent_ends_it():
 def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatch):
     """SIGTERM raised (as the CLI unwinds it) inside Popen, as the worker was starting, left the worker running, and
     reading a settings file its parent's cleanup had just deleted: a traceback after "terminated". The signal is now
-    noted while the worker starts and raised once it exists, the worker stopped with it, also when another thread
-    takes the signal (a signal mask on the starting thread failed in CI: the kernel gives a process-directed signal to
-    a thread that does not block it, torch's or onnxruntime's, and the worker ran on)."""
+    noted by its Python handler while the worker starts and raised once the worker exists, the worker stopped with
+    it. (A signal mask on the starting thread failed in CI: the kernel then gives the process-directed signal to
+    another thread, torch's or onnxruntime's, whose delivery can come after the main thread is already waiting on the
+    worker, and the worker ran on; unmasked, the main thread takes it, as here with another thread running.)"""
     import os
     import signal
     import subprocess
@@ -305,9 +306,9 @@ def test_a_sigterm_while_the_worker_starts_stops_the_worker(tmp_path, monkeypatc
     other = threading.Thread(target=time.sleep, args=(5,), daemon=True)  # as torch's and onnxruntime's threads
     other.start()
 
-    def popen(args, **kwargs):  # a worker that would run a while, and the signal arriving as it starts, taken by
-        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))  # another thread
-        signal.pthread_kill(other.ident, signal.SIGTERM)
+    def popen(args, **kwargs):  # a worker that would run a while, and `kill -TERM <run>` arriving as it starts
+        started.append(real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)
         return started[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
