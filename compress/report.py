@@ -892,8 +892,9 @@ def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
     return path
 
 
-LABEL_OFFSETS = sorted(((dx, dy) for dx in (9, -9, 26, -26) for dy in (5, -12, 16, -23, 27, -34, 38, -45, 49, -56)),
-                       key=lambda o: (abs(o[0]) > 9, abs(o[1] + 3.5), o[0] < 0))
+LABEL_OFFSETS = sorted(((dx, dy) for dx in (9, -9, 26, -26, 48, -48)
+                        for dy in (5, -12, 16, -23, 27, -34, 38, -45, 49, -56, 60, -67, 71, -78, 82, -89)),
+                       key=lambda o: (abs(o[0]) > 9, abs(o[1] + 3.5) + abs(o[0]) / 2, o[0] < 0))
 """Where a point's label may go (offset points from the point), nearest first: beside it, then above or below."""
 
 

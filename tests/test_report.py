@@ -532,8 +532,9 @@ def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_tim
 
 
 def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, monkeypatch):
-    """Two overlaid runs of close points (as the report of several runs and the search's many candidates give): every
-    label stays in the axes, off every other label, every marker (and its error bar) and the legend."""
+    """Three overlaid runs of close points (as the report of several runs and the search's many candidates give):
+    every label stays in the axes, off every other label, every marker (and its error bar) and the legend (the
+    offsets reached 56 pt above or below: three runs had labels over labels)."""
     from compress import report
 
     seen = {}
@@ -545,13 +546,13 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
 
     real = report._spread_labels
     monkeypatch.setattr(report, "_spread_labels", spy)
-    a, b = _table(), _table("other", shift=-0.002, scale=1.05)  # b's points sit right next to a's
-    for k, table in enumerate((a, b)):
+    a, b, c = _table(), _table("other", shift=-0.002, scale=1.05), _table("third", shift=-0.004, scale=1.1)
+    for k, table in enumerate((a, b, c)):  # each run's points sit right next to the others
         table.rows += [Row(f"extra {i}", "int8", "onnx int8", latency={2: Latency(2.0 + 0.07 * k + 0.15 * i, 3.0)},
                            metric=0.866 - 0.0015 * k + 0.001 * (i % 3)) for i in range(8)]
-    assert pareto_plot([a, b], tmp_path / "p.png") is not None
+    assert pareto_plot([a, b, c], tmp_path / "p.png") is not None
     ax, renderer, boxes = seen["ax"], seen["renderer"], seen["boxes"]
-    assert len(boxes) == sum(1 for t in (a, b) for r in t.rows if r.latency and r.metric is not None)
+    assert len(boxes) == sum(1 for t in (a, b, c) for r in t.rows if r.latency and r.metric is not None)
     frame = ax.get_window_extent(renderer)
     legend = ax.get_legend().get_window_extent(renderer)
     pt = ax.figure.dpi / 72.0
