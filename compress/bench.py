@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from compress.errors import CompressError
 from compress.tasks import round_down
 # not compress.export: the memory probe of an ONNX file imports no torch
 from compress.ort_session import SLOW_FUSIONS, example_id_range
+from compress.probe import OnnxRunner, dev_feeds, fixed_inputs, make_runner, probe_memory  # noqa: F401
 from compress.manifest import cpu_model, read_json, scores, scratch_dir, usable_cores, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -71,30 +71,7 @@ def time_fixed(fn, warmup: int, repeats: int, max_seconds: float, min_runs: int)
     return times
 
 
-def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0,
-                 vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Random token ids (within ``vocab_size``: a small vocabulary's model failed at ids up to 20000)."""
-    vocab_size = vocab_size or 20000
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(*example_id_range(vocab_size, 20000), size=(batch, seq), dtype=np.int64)
-    if vocab_size > 102:
-        ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] of BERT's vocabulary
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    return {n: feeds[n] for n in names}
-
-
 # ------------------------------------------------------------------------------------------------ runners
-class OnnxRunner:
-    def __init__(self, path: Path, threads: int, spin: bool = True, stock: bool = False):
-        from compress.ort_session import session
-
-        self.sess = session(path, threads=threads, spin=spin, stock=stock)
-        self.names = [i.name for i in self.sess.get_inputs()]
-
-    def __call__(self, feeds: dict[str, np.ndarray]):
-        return self.sess.run(["logits"], feeds)[0]
-
-
 class TorchRunner:
     def __init__(self, model, threads: int):
         import inspect
@@ -131,11 +108,6 @@ def load_torch(kind: str, folder: str):
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
-    return TorchRunner(models[art["kind"]], threads) if art["kind"].startswith("torch") else \
-        OnnxRunner(Path(art["path"]), threads, spin, stock=art.get("stock", False))
-
-
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -150,11 +122,6 @@ def token_rows(dev, n: Optional[int]) -> list[dict]:
     """The first ``n`` rows' token columns as lists: what a timing or memory worker is given in its spec (JSON), so
     that it imports no `datasets` (~0.9 s of every fresh process here), as a user's process would not."""
     return [{k: r[k] for k in TOKEN_COLUMNS if k in r} for r in first_rows(dev, n)]
-
-
-def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
-    return [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64) for n in names}
-            for r in rows]
 
 
 def _share(total: int, parts: int, k: int) -> int:
@@ -270,7 +237,7 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
     with scratch_dir("bench") as tmp:
         tmp = Path(tmp)
         devs = {key: token_rows(d, cfg.dev_rows) for key, d in (dev.items() if isinstance(dev, dict) else [("", dev)])}
-        spec = {"mode": "timing", "artifacts": artifacts, "dev": devs, "cfg": asdict(cfg),
+        spec = {"artifacts": artifacts, "dev": devs, "cfg": asdict(cfg),
                 "flops": flops, "peak": peak, "vocab_size": vocab_size}
         return _worker(spec, tmp, "timing", omp_env(cfg.spin), f"timing of {', '.join(artifacts)}", quiet=False)
 
@@ -295,39 +262,6 @@ def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads
     return compute_metrics(metric_names, logits, np.asarray(dev["label"]))
 
 
-def probe_memory(spec: dict) -> dict:
-    """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
-    (``spec["dev_rows"]``: token columns as lists). An ONNX file's process imports onnxruntime and numpy only, as a
-    user's would; the torch peers', torch and transformers."""
-    rss0 = _rss_mb()
-    t0 = time.perf_counter()
-    models = {spec["kind"]: load_torch(spec["kind"], spec["model_dir"])} if spec["kind"].startswith("torch") else {}
-    run = make_runner(spec, max(spec["threads"]), models, spec.get("spin", True))
-    load_s = time.perf_counter() - t0
-    for f in dev_feeds(spec["dev_rows"], run.names):
-        run(f)
-    if spec["largest"]:
-        run(fixed_inputs(run.names, *spec["largest"], vocab_size=spec.get("vocab_size")))
-    return {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)}
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """This process's high-water RSS (VmHWM; unlike ru_maxrss it is not inherited across exec from the parent)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def probe_job(name: str, art: dict, cfg: BenchConfig, rows: list, vocab: Optional[int], shapes: list) -> dict:
     """What `probe_memory` is given for one artifact: its file, a few dev rows, the largest fixed shape, and the
     timing's thread count, spin setting and session kind (the probe's session was built spinning whatever
@@ -339,14 +273,16 @@ def probe_job(name: str, art: dict, cfg: BenchConfig, rows: list, vocab: Optiona
 
 
 def run_isolated(spec: dict, workdir: Path) -> dict:
-    """``probe_memory`` in a fresh Python process (its own peak RSS, no allocator state from the others)."""
+    """`compress.probe.probe_memory` in a fresh Python process (its own peak RSS, no allocator state from the
+    others; an ONNX file's imports no more than a user's process would)."""
     env = {"OMP_NUM_THREADS": str(max(spec["threads"])), **omp_env(spec.get("spin", True))}
-    return _worker({**spec, "mode": "probe"}, workdir, spec["name"], env,
-                   f"{spec['name']} ({spec.get('path') or spec.get('model_dir')})")
+    return _worker(spec, workdir, spec["name"], env, f"{spec['name']} ({spec.get('path') or spec.get('model_dir')})",
+                   module="compress.probe")
 
 
-def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: bool = True) -> dict:
-    """Run ``python -m compress.bench SPEC OUT`` and read its result; a failure is one `CompressError` line.
+def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: bool = True,
+            module: str = "compress.bench") -> dict:
+    """Run ``python -m <module> SPEC OUT`` and read its result; a failure is one `CompressError` line.
     ``quiet=False`` lets the worker's progress bar through to this terminal."""
     spec_path, out_path = workdir / f"{stem}.spec.json", workdir / f"{stem}.out.json"
     spec_path.write_text(json.dumps(spec))
@@ -361,7 +297,7 @@ def _worker(spec: dict, workdir: Path, stem: str, env: dict, what: str, quiet: b
     # "terminated"); raised once it exists, the worker is stopped with it
     deferred = _defer_signals()
     try:
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "compress.bench", str(spec_path), str(out_path)],
+        proc = subprocess.Popen([sys.executable, "-P", "-m", module, str(spec_path), str(out_path)],
                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path, **env},
                                 text=True, stdout=pipe, stderr=pipe, preexec_fn=_die_with_parent)
     except BaseException:
@@ -431,8 +367,6 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(spec: dict) -> dict:
-    if spec["mode"] == "probe":
-        return probe_memory(spec)
     cfg = BenchConfig(**spec["cfg"])
     dev = spec["dev"]
     if not spec.get("peak", True):
@@ -625,7 +559,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                             "batches",
                 "rss": "MiB (2^20 bytes), VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed "
                        "shape; includes the Python interpreter and what that process imports: onnxruntime and numpy "
-                       "for ONNX files, torch and transformers for the torch peers" if cfg.isolate
+                       "for ONNX files (compress.probe), torch and transformers for the torch peers" if cfg.isolate
                        else "not measured (isolate: false)",
                 "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "
                              "timing, same process and thread settings",

@@ -1,5 +1,6 @@
 """An onnxruntime CPU session as every stage runs ONNX files. Light on purpose (onnxruntime, no torch): the bench's
-memory probe of an ONNX file imports only this, so its peak RSS is the model's and the runtime's, not torch's."""
+memory probe of an ONNX file (`compress.probe`) imports only this, so its peak RSS is the model's and the runtime's,
+not torch's."""
 
 from __future__ import annotations
 

@@ -1051,7 +1051,8 @@ def _search_summary(folder: str) -> Optional[str]:
             f"(table and plot: search/search.md)")
 
 
-NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors weights; ONNX: the .onnx file). "
+NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors weights; the torch int8 peer: its "
+        "state_dict as torch.save writes it; ONNX: the .onnx file). "
         "Shippable: an int8 model that passed the quantize stage's accuracy guard, one a bundle may ship; (peer): "
         "the same model compressed by another library, for comparison. "
         "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "

@@ -208,6 +208,32 @@ def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_d
         run_isolated({**spec, "name": "bad", "path": str(tmp_path / "bad.onnx")}, tmp_path)
 
 
+def test_an_onnx_files_memory_probe_imports_what_a_users_process_would(tmp_path, tiny_bert_dir, dev):
+    """The probe ran as ``python -m compress.bench``: its peak RSS counted compress's recipe, manifest and data code,
+    yaml and psutil (~7 MiB, ~7% of the quickstart's int8 model's figure) besides onnxruntime and numpy."""
+    import subprocess
+    import sys
+
+    from compress.export import export_onnx
+
+    rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r} for r in dev.select(range(4))]
+    good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
+    spec = {"kind": "onnx", "path": str(good), "dev_rows": rows, "threads": [1], "largest": [2, 16], "model_dir": None}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    code = ("import json, sys\n"
+            "from compress.probe import probe_memory\n"
+            "out = probe_memory(json.load(open(sys.argv[1])))\n"
+            "print(json.dumps([out, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('compress', 'teachers', 'yaml', 'psutil', 'torch', 'transformers', 'datasets', 'tokenizers'))]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "spec.json")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out, imported = json.loads(done.stdout)
+    assert out["peak_rss_mb"] >= out["rss_before_load_mb"] > 0
+    assert imported == ["compress", "compress.bundle_predict", "compress.errors", "compress.ort_session",
+                        "compress.probe"], imported
+
+
 def test_bench_config_errors():
     with pytest.raises(CompressError, match="bench.threads: values must be >= 1"):
         from_dict(BenchConfig, {"threads": [0]}, file="r.yaml", where="bench")
@@ -420,9 +446,10 @@ def test_the_memory_probe_runs_with_the_benchs_spin_setting(spin, tmp_path, monk
                       [{"input_ids": [101, 102]}], 30522, [(1, 32), (8, 128)])
     assert job["spin"] is spin and job["largest"] == (8, 128) and job["threads"] == [2]
     seen = {}
-    monkeypatch.setattr(B, "_worker", lambda spec, workdir, stem, env, what: seen.update(env) or {})
+    monkeypatch.setattr(B, "_worker", lambda spec, workdir, stem, env, what, module: seen.update(env, module=module)
+                        or {})
     B.run_isolated(job, tmp_path)
-    assert seen["OMP_WAIT_POLICY"] == ("ACTIVE" if spin else "PASSIVE")
+    assert seen["OMP_WAIT_POLICY"] == ("ACTIVE" if spin else "PASSIVE") and seen["module"] == "compress.probe"
 
 
 def test_torchs_idle_threads_stop_spinning_soon_under_spin(tmp_path):
@@ -454,10 +481,10 @@ def test_torchs_idle_threads_stop_spinning_soon_under_spin(tmp_path):
 def test_a_peers_memory_is_probed_in_the_session_it_is_timed_in(monkeypatch):
     """The Optimum peer is timed in a session with ORT's stock settings (every fusion on), but its peak RSS was probed
     in one with ours (SkipLayerNormalization off): the memory of another graph than the one timed."""
-    from compress import bench as B
+    from compress import bench as B, probe
 
     opened = []
-    monkeypatch.setattr(B, "OnnxRunner", lambda path, threads, spin, stock=False: opened.append(stock) or None)
+    monkeypatch.setattr(probe, "OnnxRunner", lambda path, threads, spin, stock=False: opened.append(stock) or None)
     for stock in (True, False):
         art = {"kind": "onnx", "path": "m.onnx", **({"peer": True, "stock": True} if stock else {})}
         job = B.probe_job("optimum_avx512_vnni" if stock else "int8_dynamic", art, BenchConfig(), [], 30522, [])

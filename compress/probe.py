@@ -1,0 +1,110 @@
+"""The bench's memory probe: the peak RSS of one artifact alone in a fresh process (``python -m compress.probe SPEC
+OUT``, started by `compress.bench.run_isolated`). Light on purpose: an ONNX file's process imports onnxruntime, numpy
+and this module (with `compress.ort_session`, standard library only), as a user's process would; the torch peers',
+torch and transformers. The ONNX runner and the inputs it is fed live here too, so the bench times the models it
+probes through the same code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.ort_session import example_id_range
+
+
+def fixed_inputs(names: list[str], batch: int, seq: int, seed: int = 0,
+                 vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Random token ids (within ``vocab_size``: a small vocabulary's model failed at ids up to 20000)."""
+    vocab_size = vocab_size or 20000
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(*example_id_range(vocab_size, 20000), size=(batch, seq), dtype=np.int64)
+    if vocab_size > 102:
+        ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] of BERT's vocabulary
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: feeds[n] for n in names}
+
+
+def dev_feeds(rows, names: list[str]) -> list[dict[str, np.ndarray]]:
+    return [{n: np.asarray([r[n]] if n in r else [[0] * len(r["input_ids"])], dtype=np.int64) for n in names}
+            for r in rows]
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int, spin: bool = True, stock: bool = False):
+        from compress.ort_session import session
+
+        self.sess = session(path, threads=threads, spin=spin, stock=stock)
+        self.names = [i.name for i in self.sess.get_inputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]):
+        return self.sess.run(["logits"], feeds)[0]
+
+
+def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
+    """An ONNX file's runner, or a torch peer's (``models``: the loaded torch peers by kind)."""
+    if art["kind"].startswith("torch"):
+        from compress.bench import TorchRunner  # torch's process imports torch all the same
+
+        return TorchRunner(models[art["kind"]], threads)
+    return OnnxRunner(Path(art["path"]), threads, spin, stock=art.get("stock", False))
+
+
+def probe_memory(spec: dict) -> dict:
+    """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
+    (``spec["dev_rows"]``: token columns as lists)."""
+    rss0 = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    models = {}
+    if spec["kind"].startswith("torch"):
+        from compress.bench import load_torch
+
+        models[spec["kind"]] = load_torch(spec["kind"], spec["model_dir"])
+    run = make_runner(spec, max(spec["threads"]), models, spec.get("spin", True))
+    load_s = time.perf_counter() - t0
+    for f in dev_feeds(spec["dev_rows"], run.names):
+        run(f)
+    if spec["largest"]:
+        run(fixed_inputs(run.names, *spec["largest"], vocab_size=spec.get("vocab_size")))
+    return {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1),
+            "peak_rss_mb": round(_status_mb("VmHWM"), 1)}
+
+
+def _status_mb(field: str) -> float:
+    """This process's ``VmRSS`` (now) or ``VmHWM`` (its high-water mark; unlike ru_maxrss it is not inherited across
+    exec from the parent) in MiB, from /proc; elsewhere psutil's RSS and ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    if field == "VmRSS":
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _write(path: Path, result: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":  # worker: python -m compress.probe SPEC.json OUT.json
+    try:
+        _write(Path(sys.argv[2]), probe_memory(json.loads(Path(sys.argv[1]).read_text())))
+    except CompressError as e:
+        _write(Path(sys.argv[2]), {"error": str(e)})
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says "interrupted", once
+        sys.exit(130)
