@@ -110,8 +110,9 @@ def _variants(*words: Optional[str]) -> Optional[str]:
 
 def _accumulates(*configs) -> Optional[str]:
     """Training with gradient accumulation stepped an epoch's short last group on a fraction of its gradient
-    (2026-12-05): a stage that trains with ``grad_accum`` > 1 is redone, no other."""
-    return "grad-accum-last-group" if any(c is not None and c.grad_accum > 1 for c in configs) else None
+    (2026-12-05), and gave the rows of the epoch's short last batch more weight than the others of its group
+    (2026-12-06): a stage that trains with ``grad_accum`` > 1 is redone, no other."""
+    return "grad-accum-rows" if any(c is not None and c.grad_accum > 1 for c in configs) else None
 
 
 @functools.lru_cache(maxsize=None)

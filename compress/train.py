@@ -237,10 +237,12 @@ def fit(
                         raise CompressError(f"{desc}: loss became {loss.item()} at step {step}, batch {batches_done}"
                                             f"{last_good()} (lower the learning rate or use fp32)")
                     # Accelerate divides every loss by grad_accum and steps at the epoch's end however many batches
-                    # its last group holds: that group's gradient is its mean loss's only once scaled back up
-                    start = batches_done // cfg.grad_accum * cfg.grad_accum
-                    group = max(1, min(cfg.grad_accum, n_batches - start))
-                    accelerator.backward(loss * (cfg.grad_accum / group) if group != cfg.grad_accum else loss)
+                    # its last group holds: each batch's loss is weighted back up by its share of its group's rows,
+                    # so a group's gradient is the mean loss of its rows (a short last group, or one holding the
+                    # epoch's short last batch, as one batch of them all would give)
+                    weight = _accumulation_weight(batches_done, n_batches, cfg.grad_accum, cfg.batch_size,
+                                                  len(train_ds) if accelerator.num_processes == 1 else None)
+                    accelerator.backward(loss * weight if weight != 1 else loss)
                     if accelerator.sync_gradients:  # max_grad_norm 0: no clipping (Hugging Face's convention), the
                         # norm only measured: a finite loss with an inf/nan gradient made every weight nan silently
                         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
@@ -465,6 +467,21 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _accumulation_weight(batch: int, n_batches: int, grad_accum: int, batch_size: int, rows: Optional[int]) -> float:
+    """What batch ``batch`` (of the epoch's ``n_batches``) multiplies its mean loss by before Accelerate divides it by
+    ``grad_accum``: ``grad_accum`` x its rows / its group's rows. ``rows``: the epoch's rows, every batch full but the
+    last (one process); None under DDP, where batches are even (Accelerate's default) and each counts alike."""
+    start = batch // grad_accum * grad_accum
+    group = max(1, min(grad_accum, n_batches - start))
+    if rows is None:
+        return grad_accum / group
+
+    def size(i: int) -> int:
+        return max(0, min(batch_size, rows - i * batch_size))
+
+    return grad_accum * size(batch) / sum(size(i) for i in range(start, start + group))
 
 
 def _latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Path]:

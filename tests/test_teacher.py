@@ -1754,6 +1754,37 @@ def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(t
     assert float(applied[-1] @ last / (last @ last)) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("rows", [22, 23])
+def test_gradient_accumulation_weighs_every_row_alike_with_a_short_last_batch(tokenizer, rows):
+    """Batches of 3 accumulated by 3 train as batches of 9 do, where the epoch's last batch is short too (22 or 23
+    rows: groups of 3+3+3, 3+3+3 and 3+1 or 3+2 rows): each batch's loss was scaled alike, so the short batch's rows
+    counted two or three times as much as the others in its group (weights 4-5e-3 apart; float noise is ~5e-6)."""
+    import random
+
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from compress.config import TrainConfig
+
+    r = random.Random(0)
+    words = "the a movie film good bad great awful plot actor fun boring".split()
+    ds = tokenize(Dataset.from_dict({"text": [" ".join(r.choice(words) for _ in range(r.randint(1, 12)))
+                                              for _ in range(rows)],
+                                     "label": [r.randint(0, 1) for _ in range(rows)]}), tokenizer, 32)
+    trained = []
+    for batch_size, grad_accum in ((9, 1), (3, 3)):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0))
+        fit(model, ds, Collator({"": tokenizer}), TrainConfig(epochs=1, batch_size=batch_size, grad_accum=grad_accum,
+                                                              max_grad_norm=0, lr=1e-2, warmup_ratio=0.0),
+            seed=0, group_by_length=False)
+        trained.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert float((trained[0] - trained[1]).abs().max()) < 1e-4
+
+
 def test_stages_trained_with_gradient_accumulation_are_redone_and_no_other(tmp_path, tiny_bert_dir):
     """The short-last-group fix (2026-12-05) changes what a stage trained with grad_accum > 1 makes: those stages are
     redone (a fingerprint variant), every other run folder's stage is kept."""
@@ -1761,9 +1792,9 @@ def test_stages_trained_with_gradient_accumulation_are_redone_and_no_other(tmp_p
 
     student = "students: [{name: s, kind: layer_drop, layers: 1, train: {grad_accum: %d}}]\n"
     for teacher, students, recover, want in ((1, 1, 1, (None, None, None)),
-                                             (2, 1, 1, ("grad-accum-last-group", None, None)),
-                                             (1, 4, 1, (None, "grad-accum-last-group", None)),
-                                             (1, 1, 3, (None, None, "grad-accum-last-group"))):
+                                             (2, 1, 1, ("grad-accum-rows", None, None)),
+                                             (1, 4, 1, (None, "grad-accum-rows", None)),
+                                             (1, 1, 3, (None, None, "grad-accum-rows"))):
         extra = (student % students) + f"prune: {{heads: 0.5, recover: {{grad_accum: {recover}}}}}\n"
         path = _recipe(tmp_path, tiny_bert_dir, extra=extra)
         r = load_recipe(path, {"teacher.grad_accum": teacher})
@@ -1794,7 +1825,7 @@ def test_the_warmup_is_the_ratio_as_written_and_only_stages_whose_count_moved_ar
         r = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra), {"teacher.warmup_ratio": teacher})
         assert (pipeline._teacher_variant(r), pipeline._distill_variant(r), pipeline._prune_variant(r)) == want
     both = load_recipe(_recipe(tmp_path, tiny_bert_dir), {"teacher.warmup_ratio": 0.35, "teacher.grad_accum": 2})
-    assert pipeline._teacher_variant(both) == "grad-accum-last-group+warmup-exact"
+    assert pipeline._teacher_variant(both) == "grad-accum-rows+warmup-exact"
     # what `fit` gives the schedule: 180 steps (20 rows, batch 1, 9 epochs) at 0.35 warm up for 63
     import compress.train
     from datasets import Dataset
