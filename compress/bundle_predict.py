@@ -358,6 +358,8 @@ def read_lines(path: str, pair: bool):
     try:
         if path != "-":
             stream = open(path, encoding="utf-8-sig", errors="replace", newline="\n")
+        elif sys.stdin is None:  # closed by the caller (`<&-`)
+            raise BundleError("-: cannot read (standard input is closed)")
         elif hasattr(sys.stdin, "buffer"):
             stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="\n")
         else:  # already text (a test's StringIO)
@@ -417,6 +419,15 @@ def cli_text(text: Optional[str]) -> Optional[str]:
     if not text.strip():
         raise BundleError("an empty text: nothing to classify")
     return text
+
+
+def closed_streams() -> None:
+    """Standard output or error closed by the caller (``predict.py TEXT >&-``): Python makes it None, where a write
+    raised AttributeError (a traceback) and ``print(file=None)`` wrote error lines to standard output: /dev/null
+    stands in for it, as Python's own print treats a missing stream (nothing shown, no error)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
 
 
 def quiet_broken_pipe() -> None:
@@ -483,6 +494,7 @@ def warn_threads(threads: Optional[int]) -> None:
 
 
 def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:
+    closed_streams()
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
                                      "this bundle's model.", allow_abbrev=False)  # as predict.mjs: "--js" is no --json
     parser.add_argument("text", nargs="?", help="the text to classify (or --file)")

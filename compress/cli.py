@@ -19,8 +19,8 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import (positive_int, quiet_broken_pipe, sha256_arg,  # standard library only: a light
-                                     thread_count)  # CLI
+from compress.bundle_predict import (closed_streams, positive_int, quiet_broken_pipe,  # standard library only:
+                                     sha256_arg, thread_count)  # a light CLI
 from compress.errors import CompressError
 
 
@@ -517,6 +517,7 @@ _NOT_AN_OPTION = re.compile(r"-(\d+|\d*\.\d+)?|-.*\s.*", re.S)
 
 
 def _main(argv: Optional[list[str]]) -> int:
+    closed_streams()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "fn", None) is cmd_predict:  # texts after an option: `compress predict B --json "text"`
@@ -540,7 +541,14 @@ def _main(argv: Optional[list[str]]) -> int:
                     if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         rc = args.fn(args)
-        sys.stdout.flush()  # what is still buffered meets a reader gone here, not at exit (status 120, a message)
+        try:
+            sys.stdout.flush()  # what is still buffered meets a reader gone here, not at exit (status 120, a message)
+        except BrokenPipeError:  # the reader gone (`| head -1`): below
+            raise
+        except OSError as e:  # `compress zoo list >/dev/full`: "No space left on device" said where
+            e.filename = e.filename or "standard output"
+            quiet_broken_pipe()  # what is still buffered is not written again at exit (status 120, a traceback)
+            raise
     except CompressError as e:
         if _first_process():  # under torchrun every process meets the same error: the main one says it
             print(f"error: {e}", file=sys.stderr)

@@ -1373,7 +1373,8 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     """Read and validate a recipe YAML file. ``overrides`` are dotted keys, e.g. {"teacher.epochs": 1}."""
     path = Path(path)
     if not path.is_file():
-        raise CompressError(f"{path}: {'a folder, not a recipe file' if path.is_dir() else 'recipe file not found'}")
+        raise CompressError(f"{path}: " + ("a folder, not a recipe file" if path.is_dir() else "not a regular file (a "
+                                           "recipe is read from a file)" if path.exists() else "recipe file not found"))
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except _DuplicateKey as e:

@@ -132,6 +132,36 @@ def test_a_reader_of_the_output_gone_ends_the_command_quietly_with_141(monkeypat
         main(["zoo", "list"])
 
 
+def test_closed_or_full_standard_streams_give_no_traceback(tmp_path, monkeypatch, capsys):
+    """Standard output closed (``compress zoo list >&-``): Python makes sys.stdout None and the final flush raised
+    AttributeError (a traceback, status 1); standard error closed: error lines went to standard output; standard input
+    closed to ``predict --file -``: a TypeError traceback; standard output on a full disk: a line naming no file, then
+    "Exception ignored" at exit and status 120."""
+    import os
+    import sys
+
+    from compress.bundle_predict import BundleError, read_lines
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # output buffered, flushed at the end
+    cli = f"{sys.executable} -m compress"
+
+    def shell(command):
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                              env=env, timeout=120)
+
+    done = shell(f"{cli} zoo list >&-")
+    assert (done.returncode, done.stderr) == (0, "")
+    done = shell(f"{cli} validate {tmp_path / 'nope.yaml'} 2>&-")
+    assert (done.returncode, done.stdout) == (2, "")  # the error line is not standard output's
+    done = shell(f"{cli} zoo list >/dev/full")
+    assert (done.returncode, done.stderr) == (1, "error: standard output: No space left on device\n")
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(BundleError, match=r"^-: cannot read \(standard input is closed\)$"):
+        list(read_lines("-", False))
+    assert main(["validate", "/dev/null"]) == 2  # a device, or a FIFO (<(cat r.yaml)): was "recipe file not found"
+    assert capsys.readouterr().err == "error: /dev/null: not a regular file (a recipe is read from a file)\n"
+
+
 def test_a_path_no_file_can_have_is_one_line_naming_it(tmp_path, capsys):
     """A recipe, run folder, bundle or --out path of a name too long for the file system (or under a folder that
     cannot hold one, /proc) ended in a traceback (OSError: File name too long) with status 1: one line, status 2."""
