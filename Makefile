@@ -75,7 +75,7 @@ distill: $(STAMP)  ## distil the recipe's students from its teacher (runs the te
 bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratios, logit-only and intermediate; 2,000 rows x 3 epochs, ~9 min)
 	$(BIN)/python -m compress.distill.bench --out runs/bench-distill.json
 
-search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 (needs the teacher stage)
+search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 SEARCH_MIN=15 (minutes; needs the teacher stage)
 	$(COMPRESS) search "$(RECIPE)" $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
 
 validate: $(STAMP)  ## check the recipe and its data files without running it (no torch)
