@@ -391,6 +391,10 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     try:
         shutil.copyfile(model, tmp / "model.onnx")
         io = model_io(tmp / "model.onnx")
+        width = (io["outputs"][0]["shape"] or [None])[-1]  # scores a text; a name when symbolic (checked when run)
+        if isinstance(width, int) and width != len(labels or [0]):  # --labels or --task of `compress bundle --model`
+            raise CompressError(f"{model}: the model gives {width} score{'s' if width != 1 else ''} a text, but " + (
+                f"{len(labels)} labels are named ({', '.join(labels)})" if labels else "a regression takes 1"))
         if ort_format and ort_model is not None and Path(ort_model).is_file():
             shutil.copyfile(ort_model, tmp / "model.ort")
         elif ort_format:

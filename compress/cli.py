@@ -73,6 +73,13 @@ def cmd_validate(args) -> int:
     stages = [s.name for s in plan(recipe)]
     rows = _check_data(recipe)
     warnings = _not_runnable(recipe, stages)
+    if args.strict:  # what `run` refuses from the models' shapes before any stage (imports torch: a few seconds)
+        from compress.pipeline import shape_problems
+
+        try:
+            warnings += [p for p in shape_problems(recipe, stages) if p not in warnings]
+        except CompressError as e:  # a model that does not load: said above when out of reach
+            warnings += [str(e)] if str(e) not in warnings else []
     said = (f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''} below: a run would stop on "
             f"{'them' if len(warnings) > 1 else 'it'}" if warnings else "")
     print(f"{args.recipe}: ok; stages: {', '.join(stages)}" + (f"; data rows: {rows}" if rows else "") + said)
@@ -345,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set teacher.epochs=2 (repeatable)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 2 when a warning says a run would stop (missing data, a model out of reach), as CI wants")
+                   help="exit 2 when a warning says a run would stop (missing data, a model out of reach), as CI "
+                   "wants; also builds the students' and the prune target's shapes, as `run` checks them before any "
+                   "stage (imports torch: a few seconds)")
     p.set_defaults(fn=cmd_validate)
 
     p = sub.add_parser("zoo", help="offline pretrained models (list / fetch)",

@@ -1376,7 +1376,8 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         raise CompressError(f"{path}: " + ("a folder, not a recipe file" if path.is_dir() else "not a regular file (a "
                                            "recipe is read from a file)" if path.exists() else "recipe file not found"))
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
         raise CompressError(f"{path}: {e}") from None
     except UnicodeDecodeError as e:
@@ -1389,6 +1390,10 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it
     whole = frozenset(k for k in overrides or {} if "." not in k and "[" not in k)
+    for key in _empty_sections(text):
+        if key not in whole:
+            raise CompressError(f"{path}: {key}: an empty section (" + ("list one student at least" if key == "students"
+                                else f"write `{key}: {{}}` for its defaults") + f"; `{key}: null` turns it off)")
     for dotted, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] not in whole):
         _set_dotted(data, dotted, value, whole)
     data.setdefault("name", path.stem)
@@ -1427,6 +1432,16 @@ def yaml_value(text: str) -> Any:
     """A value given on the command line (``--set KEY=VALUE``), read as recipe files are: a key given twice in one of
     its mappings is an error (``_DuplicateKey``), not the last one kept silently."""
     return yaml.load(text, Loader=_StrictLoader)
+
+
+def _empty_sections(text: str) -> list[str]:
+    """The stage sections written with nothing after them (``quantize:``, its keys commented out): YAML reads them as
+    null, which turns the stage off without a word; ``prune: null`` (or ``~``) says so on purpose and is not one."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    return [k.value for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value in _STAGE_SECTIONS
+            and isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:null" and v.value == ""]
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from compress import __version__, hub
 from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig, from_dict,
@@ -256,6 +256,9 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
     if until is not None and until not in names:
         raise CompressError(f"unknown stage {until!r} (stages: {', '.join(names)})")
     chosen = [s for s in STAGES if all(getattr(recipe, sec, None) is not None for sec in s.sections)]
+    if recipe.bench is not None and recipe.quantize is None and recipe.report is None:  # was dropped without a word
+        raise CompressError(f"{recipe.path}: bench: needs the quantize stage, which this recipe does not configure (add "
+                            f"a quantize section; without one, bench settings only time the report stage's models)")
     for stage in chosen:  # before anything runs (and in `compress validate`), not once the earlier stages have run
         missing = [n for n in stage.needs if n not in [s.name for s in chosen]]
         if missing:
@@ -268,6 +271,23 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
             raise CompressError(f"{recipe.path}: stage {until!r} is not configured in this recipe")
         chosen = chosen[: [s.name for s in chosen].index(until) + 1]
     return chosen
+
+
+def shape_problems(recipe: Recipe, names: Sequence[str]) -> list[str]:
+    """What the recipe's shapes refuse before any of the stages ``names`` runs (`run` stops on the first,
+    `compress validate --strict` lists them): students the distill stage cannot build, then (the students fine) a prune
+    target its source cannot meet. The models are built on the meta device, once for both checks; imports torch."""
+    built: dict = {}  # a checkpoint student's shape holds its weights: not kept past this call
+    out: list[str] = []
+    if "distill" in names:
+        from compress.distill.stage import student_problems
+
+        out += student_problems(recipe, built)
+    if "prune" in names and not out:
+        from compress.prune_stage import plan_problem
+
+        out += [p for p in [plan_problem(recipe, built)] if p]
+    return out
 
 
 def _fingerprint(recipe: Recipe, stage: Stage, upstream: dict[str, dict]) -> tuple[str, dict]:
@@ -823,19 +843,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, state, until: Optional[str], forc
             hub.check_recipe(recipe, [s.name for s in stages[i:]])
             for problem in compare_problems(recipe, [s.name for s in stages[i:]]):
                 raise CompressError(problem)
-            built: dict = {}  # the models' shapes, made once for both checks
-            if any(s.name == "distill" for s in stages[i:]):  # a student the stage cannot build
-                from compress.distill.stage import student_problems
-
-                for problem in student_problems(recipe, built):
-                    raise CompressError(problem)
-            if any(s.name == "prune" for s in stages[i:]):  # a target the source's shape cannot meet
-                from compress.prune_stage import plan_problem
-
-                problem = plan_problem(recipe, built)
-                if problem:
-                    raise CompressError(problem)
-            del built  # a checkpoint student's shape holds its weights: not kept through the stages
+            for problem in shape_problems(recipe, [s.name for s in stages[i:]]):
+                raise CompressError(problem)
             checked = True
         print(f"[{stage.name}] running -> {folder}{f' ({why})' if why and why != 'not run yet' else ''}")
         if state.is_main_process:  # a checkpoint of another process count would resume on other batches/schedule

@@ -1316,7 +1316,8 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
                        f"as stale): it is not on the plot")
         elif not (t.reference_row() and t.reference_row().latency):
             out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
-                       f"column stays empty; the report stage times it (compress run RECIPE --stage report)")
+                       f"column stays empty; the recipe's report stage times it unless report.measure is false "
+                       f"(compress run RECIPE --stage report)")
         if t.teacher_constant is not None:
             out.append(f"run {t.run}: the teacher predicts {t.teacher_constant!r} for every dev row (a constant "
                        f"model): retention against it means little")

@@ -162,6 +162,20 @@ def test_closed_or_full_standard_streams_give_no_traceback(tmp_path, monkeypatch
     assert capsys.readouterr().err == "error: /dev/null: not a regular file (a recipe is read from a file)\n"
 
 
+def test_validate_strict_fails_on_what_run_refuses_from_the_shapes(tmp_path, tiny_bert_dir, capsys):
+    """A random student whose vocab_size is not its tokenizer's: `validate --strict` exited 0 (CI passed it) and
+    `run` refused it at once. Plain validate stays light (no torch): a warning only with --strict."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: rte}}\nteacher: {{model: {tiny_bert_dir}}}\nstudents: [{{name: s, kind: narrow, "
+                      f"layers: 1, hidden: 32, heads: 2, ffn: 64, vocab_size: 1000}}]\n")
+    assert main(["validate", str(recipe)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["validate", "--strict", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {recipe}: students[0] (s): student s: vocab_size 1000 does not match its "
+                          f"tokenizer's"), err
+
+
 def test_a_path_no_file_can_have_is_one_line_naming_it(tmp_path, capsys):
     """A recipe, run folder, bundle or --out path of a name too long for the file system (or under a folder that
     cannot hold one, /proc) ended in a traceback (OSError: File name too long) with status 1: one line, status 2."""

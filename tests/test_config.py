@@ -552,14 +552,32 @@ def test_a_stage_whose_needed_stage_is_not_configured_is_refused_before_anything
     stopped only at the bundle stage, after the teacher had trained. Refused by validate and run, in one line."""
     from compress.cli import main
 
-    p = write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nbundle: {{}}\n"
-                        f"runs_dir: {tmp_path / 'runs'}\n")
-    for argv in (["validate", str(p)], ["run", str(p), "--dry-run"], ["run", str(p), "--stage", "teacher"]):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert err.strip() == f"error: {p}: bundle: needs the quantize stage, which this recipe does not configure " \
-                              f"(add a quantize section)", err
-    assert not (tmp_path / "runs" / "r").exists()
+    # a bench section without a quantize section (nor a report section, whose timing its settings serve then) was
+    # dropped: validate said "stages: teacher", --stage bench "not configured"
+    for section in ("bundle", "bench"):
+        p = write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n{section}: {{}}\n"
+                            f"runs_dir: {tmp_path / 'runs'}\n")
+        for argv in (["validate", str(p)], ["run", str(p), "--dry-run"], ["run", str(p), "--stage", "teacher"]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.strip().startswith(f"error: {p}: {section}: needs the quantize stage, which this recipe does "
+                                          f"not configure (add a quantize section"), err
+        assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_an_empty_stage_section_is_refused(tmp_path):
+    """``quantize:`` with its keys commented out read as no quantize section: the stage was off without a word
+    (``students:`` alike), while ``teacher:`` so written was refused. ``quantize: null`` turns it off on purpose."""
+    for section, hint in (("quantize", "write `quantize: {}` for its defaults"), ("bench", "write `bench: {}`"),
+                          ("students", "list one student at least")):
+        with pytest.raises(CompressError, match=rf"^.*r\.yaml: {section}: an empty section \({re.escape(hint)}"):
+            load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\n"
+                                        f"{'quantize: {}' if section != 'quantize' else ''}\n{section}:\n"
+                                        f"  # modes: [dynamic]\n"))
+    assert load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nquantize:\n"),
+                       {"quantize": {"modes": ["dynamic"]}}).quantize.modes == ["dynamic"]  # given whole by --set
+    for off in ("null", "~", "Null"):
+        assert load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nquantize: {off}\n")).quantize is None
 
 
 def test_unknown_keys_that_are_not_all_strings_are_one_line(tmp_path):

@@ -493,7 +493,7 @@ def test_report_warns_of_what_would_read_wrong():
                               dev_subset=False, tested=False)
     assert report_warnings([untimed], threads=None) == [
         "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
-        "report stage times it (compress run RECIPE --stage report)"]
+        "recipe's report stage times it unless report.measure is false (compress run RECIPE --stage report)"]
 
 
 def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_timed_on_other_machines():
