@@ -1436,12 +1436,14 @@ def yaml_value(text: str) -> Any:
 
 def _empty_sections(text: str) -> list[str]:
     """The stage sections written with nothing after them (``quantize:``, its keys commented out): YAML reads them as
-    null, which turns the stage off without a word; ``prune: null`` (or ``~``) says so on purpose and is not one."""
+    null, which turns the stage off without a word; ``prune: null`` (``~``, ``!!null``) says so on purpose and is not
+    one (an empty plain scalar starts where it ends)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
         return []
     return [k.value for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value in _STAGE_SECTIONS
-            and isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:null" and v.value == ""]
+            and isinstance(v, yaml.ScalarNode) and v.tag == "tag:yaml.org,2002:null"
+            and v.start_mark.index == v.end_mark.index]
 
 
 class _StrictLoader(yaml.SafeLoader):

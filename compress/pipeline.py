@@ -256,9 +256,10 @@ def plan(recipe: Recipe, until: Optional[str] = None) -> list[Stage]:
     if until is not None and until not in names:
         raise CompressError(f"unknown stage {until!r} (stages: {', '.join(names)})")
     chosen = [s for s in STAGES if all(getattr(recipe, sec, None) is not None for sec in s.sections)]
-    if recipe.bench is not None and recipe.quantize is None and recipe.report is None:  # was dropped without a word
-        raise CompressError(f"{recipe.path}: bench: needs the quantize stage, which this recipe does not configure (add "
-                            f"a quantize section; without one, bench settings only time the report stage's models)")
+    if recipe.bench is not None and recipe.quantize is recipe.report is recipe.search is None:  # was dropped unsaid
+        raise CompressError(f"{recipe.path}: bench: needs the quantize stage, which this recipe does not configure "
+                            f"(add a quantize section; without one, bench settings only time the report stage's or "
+                            f"`compress search`'s models)")
     for stage in chosen:  # before anything runs (and in `compress validate`), not once the earlier stages have run
         missing = [n for n in stage.needs if n not in [s.name for s in chosen]]
         if missing:

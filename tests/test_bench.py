@@ -216,7 +216,8 @@ def test_an_onnx_files_memory_probe_imports_what_a_users_process_would(tmp_path,
 
     from compress.export import export_onnx
 
-    rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r} for r in dev.select(range(4))]
+    rows = [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r}
+            for r in dev.select(range(4))]
     good = export_onnx(load_trained(tiny_bert_dir)[0], tmp_path / "good.onnx")
     spec = {"kind": "onnx", "path": str(good), "dev_rows": rows, "threads": [1], "largest": [2, 16], "model_dir": None}
     (tmp_path / "spec.json").write_text(json.dumps(spec))

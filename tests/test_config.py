@@ -553,7 +553,7 @@ def test_a_stage_whose_needed_stage_is_not_configured_is_refused_before_anything
     from compress.cli import main
 
     # a bench section without a quantize section (nor a report section, whose timing its settings serve then) was
-    # dropped: validate said "stages: teacher", --stage bench "not configured"
+    # dropped: validate said "stages: teacher", --stage bench "not configured"; `compress search` times with them too
     for section in ("bundle", "bench"):
         p = write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n{section}: {{}}\n"
                             f"runs_dir: {tmp_path / 'runs'}\n")
@@ -563,6 +563,9 @@ def test_a_stage_whose_needed_stage_is_not_configured_is_refused_before_anything
             assert err.strip().startswith(f"error: {p}: {section}: needs the quantize stage, which this recipe does "
                                           f"not configure (add a quantize section"), err
         assert not (tmp_path / "runs" / "r").exists()
+    for other in ("report: {}", "search: {budget_ms: 3}"):  # their timing takes the bench settings
+        assert main(["validate", str(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                                                     f"bench: {{rounds: 5}}\n{other}\n"))]) == 0, other
 
 
 def test_an_empty_stage_section_is_refused(tmp_path):
@@ -576,7 +579,7 @@ def test_an_empty_stage_section_is_refused(tmp_path):
                                         f"  # modes: [dynamic]\n"))
     assert load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nquantize:\n"),
                        {"quantize": {"modes": ["dynamic"]}}).quantize.modes == ["dynamic"]  # given whole by --set
-    for off in ("null", "~", "Null"):
+    for off in ("null", "~", "Null", "!!null", "!!null ''"):
         assert load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nquantize: {off}\n")).quantize is None
 
 
