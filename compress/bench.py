@@ -559,7 +559,9 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
                             "batches",
                 "rss": "MiB (2^20 bytes), VmHWM of a fresh process per artifact: load, 8 dev rows, the largest fixed "
                        "shape; includes the Python interpreter and what that process imports: onnxruntime and numpy "
-                       "for ONNX files (compress.probe), torch and transformers for the torch peers" if cfg.isolate
+                       "for ONNX files (compress.probe), torch and transformers for the torch peers; and the shared "
+                       "libraries' file pages it maps, which vary with the page cache (rss_anon_end_mb / "
+                       "rss_file_end_mb: the two parts at the end of the probe)" if cfg.isolate
                        else "not measured (isolate: false)",
                 "gemm_peak": "ORT MatMulInteger u8 x s8 / MatMul fp32, 1024^3, best of 20 runs before and after the "
                              "timing, same process and thread settings",

@@ -58,7 +58,10 @@ def make_runner(art: dict, threads: int, models: dict, spin: bool = True):
 
 def probe_memory(spec: dict) -> dict:
     """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
-    (``spec["dev_rows"]``: token columns as lists)."""
+    (``spec["dev_rows"]``: token columns as lists). Also, at the end, the RSS's two parts (Linux): anonymous memory
+    (the weights, onnxruntime's arena, the interpreter's objects) and file pages mapped (the shared libraries' code:
+    how much of it the process maps depends on what the page cache holds, ~25 vs ~41 MiB here for one model, a fresh
+    install's files all cached; the anonymous part did not move)."""
     rss0 = _status_mb("VmRSS")
     t0 = time.perf_counter()
     models = {}
@@ -72,19 +75,24 @@ def probe_memory(spec: dict) -> dict:
         run(f)
     if spec["largest"]:
         run(fixed_inputs(run.names, *spec["largest"], vocab_size=spec.get("vocab_size")))
+    parts = {f"rss_{part.lower()}_end_mb": round(mb, 1) for part in ("Anon", "File")
+             if (mb := _status_mb(f"Rss{part}", fallback=False)) is not None}
     return {"load_s": round(load_s, 3), "rss_before_load_mb": round(rss0, 1),
-            "peak_rss_mb": round(_status_mb("VmHWM"), 1)}
+            "peak_rss_mb": round(_status_mb("VmHWM"), 1), **parts}
 
 
-def _status_mb(field: str) -> float:
-    """This process's ``VmRSS`` (now) or ``VmHWM`` (its high-water mark; unlike ru_maxrss it is not inherited across
-    exec from the parent) in MiB, from /proc; elsewhere psutil's RSS and ru_maxrss."""
+def _status_mb(field: str, fallback: bool = True) -> Optional[float]:
+    """This process's ``VmRSS`` (now), ``VmHWM`` (its high-water mark; unlike ru_maxrss it is not inherited across
+    exec from the parent), ``RssAnon`` or ``RssFile`` in MiB, from /proc; elsewhere psutil's RSS and ru_maxrss (None
+    without ``fallback``)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    if not fallback:
+        return None
     if field == "VmRSS":
         import psutil
 
