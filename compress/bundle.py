@@ -213,6 +213,11 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = F
         state.pop("type")
         state.update({names[k]: value for k, value in wanted.items()})
         tok.normalizer = BertNormalizer(**state)
+    inputs = settings.get("model_input_names")
+    if isinstance(inputs, list) and "token_type_ids" not in inputs:  # a tokenizer that gives no token types (made
+        # one-token-type with a RoBERTa teacher, `modeling.one_token_type`): training fed none (all 0), so the bundle's
+        # pair gets no type 1 either, though its model (a BERT student) keeps the input
+        tok = _one_token_type(tok, src, text_pair)
     # the side transformers cuts (tokenizer_config.json's truncation_side), so the bundle reads what training read
     side = "left" if settings.get("truncation_side") == "left" else "right"
     tok.enable_truncation(max_length=max_length, direction=side)
@@ -224,6 +229,37 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = F
                             f"the runners cannot bound")
     tok.save(str(dst))
     return {"file": dst.name, "pad_token": pad_token, "pad_id": pad_id}
+
+
+def _one_token_type(tok, src: Path, text_pair: bool):
+    """``tok`` with every token type 0: its post-processor's type ids set to 0 (a BertProcessing, which gives a pair's
+    second text type 1, as the TemplateProcessing that does the same with type 0). Refused where a pair still gets
+    another type (a post-processor of another kind)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+
+    def zero(node):
+        if isinstance(node, dict):
+            if node.get("type") == "BertProcessing":
+                (sep, sep_id), (cls, cls_id) = node["sep"], node["cls"]
+                special = [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                           {"SpecialToken": {"id": sep, "type_id": 0}}]
+                return {"type": "TemplateProcessing", "single": special,
+                        "pair": special + [{"Sequence": {"id": "B", "type_id": 0}},
+                                           {"SpecialToken": {"id": sep, "type_id": 0}}],
+                        "special_tokens": {t: {"id": t, "ids": [i], "tokens": [t]}
+                                           for t, i in ((cls, cls_id), (sep, sep_id))}}
+            return {k: 0 if k == "type_id" else zero(v) for k, v in node.items()}
+        return [zero(v) for v in node] if isinstance(node, list) else node
+
+    data["post_processor"] = zero(data.get("post_processor"))
+    tok = Tokenizer.from_str(json.dumps(data))
+    if text_pair and any(tok.encode("a", "b").type_ids):
+        raise CompressError(f"{src}: its tokenizer_config.json names no token_type_ids (the model trained on one token "
+                            f"type) but its post-processor gives a pair's second text another type, and cannot be "
+                            f"rewritten to give type 0")
+    return tok
 
 
 def _fmt_metric(value) -> str:

@@ -1169,6 +1169,39 @@ def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir
         assert bundled.encode(text).ids == trained(text, truncation=True, max_length=32)["input_ids"], text
 
 
+@pytest.mark.parametrize("processor", ["template", "bert"])
+def test_a_tokenizer_of_one_token_type_gives_the_bundle_no_second_type(minilm_dir, tmp_path, processor):
+    """A BERT student taking the tokenizer of a one-token-type teacher (a RoBERTa with a WordPiece tokenizer,
+    `modeling.one_token_type`: tokenizer_config.json names no token_type_ids) trains with every token type 0, while
+    the bundle's tokenizer.json gave a pair's second text type 1, which its graph (type_vocab_size 2) then read: the
+    model saw other inputs on the device than in training. The bundle's tokenizer gives type 0 throughout, the same
+    token ids; a tokenizer that names token_type_ids keeps its types."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from compress.bundle import prepare_tokenizer
+
+    src = tmp_path / "tok"
+    src.mkdir()
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, src / name)
+    if processor == "bert":  # the older post-processor kind: pair types fixed at 0 and 1
+        tok_json = json.loads((src / "tokenizer.json").read_text())
+        tok_json["post_processor"] = {"type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]}
+        (src / "tokenizer.json").write_text(json.dumps(tok_json))
+    config = json.loads((minilm_dir / "tokenizer_config.json").read_text())
+    for names, types in ((["input_ids", "attention_mask"], {0}), (None, {0, 1})):
+        (src / "tokenizer_config.json").write_text(json.dumps({**config, **({"model_input_names": names} if names
+                                                                            else {})}))
+        prepare_tokenizer(src / "tokenizer.json", tmp_path / "bundled.json", 32, text_pair=True)
+        pair = Tokenizer.from_file(str(tmp_path / "bundled.json")).encode("a gripping film", "a dull plot")
+        assert set(pair.type_ids) == types, names
+        trained = AutoTokenizer.from_pretrained(src)("a gripping film", "a dull plot")
+        assert pair.ids == trained["input_ids"] and set(trained.get("token_type_ids", [0])) == types
+
+
 def test_a_max_length_with_no_room_beside_the_special_tokens_is_refused(minilm_dir, tmp_path):
     """At a max length below the special tokens' count, the tokenizers library stops truncating: predict.py fed the
     model every token of a text ("--max-length 1" built) while predict.mjs fed [CLS] [SEP] for every text; at 2 the
