@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,6 +45,23 @@ def shifted_tokenizer(tmp_path_factory, minilm_dir):
 
 def _batches(ds, collator, size):
     return [collator([ds[i] for i in range(s, min(s + size, len(ds)))]) for s in range(0, len(ds), size)]
+
+
+def test_tokenizers_of_one_vocabulary_that_tokenize_differently_are_not_the_same(minilm_dir, tokenizer, tmp_path):
+    """The vocabulary, specials and class alone called a copy that keeps accents (ids differ on "café"), or one made
+    one-token-type (no token_type_ids for a pair), the same: the teacher then labelled the student's inputs, and
+    those logits were cached for other students. A saved and reloaded copy stays the same."""
+    from transformers import AutoTokenizer
+
+    from compress.modeling import one_token_type
+
+    accents = AutoTokenizer.from_pretrained(minilm_dir, strip_accents=False)
+    assert accents("café")["input_ids"] != tokenizer("café")["input_ids"]
+    one_type = AutoTokenizer.from_pretrained(minilm_dir)
+    one_token_type(one_type, SimpleNamespace(type_vocab_size=1))
+    assert not same_tokenizer(tokenizer, accents) and not same_tokenizer(tokenizer, one_type)
+    tokenizer.save_pretrained(tmp_path / "copy")
+    assert same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(tmp_path / "copy"))
 
 
 def test_alignment_of_minilm_and_shifted_ids_on_real_rows(glue_dir, tokenizer, shifted_tokenizer):

@@ -10,18 +10,38 @@ attention maps) are used only on aligned rows; logit KD needs no alignment.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 _ROLES = (("cls_token", "bos_token"), ("sep_token", "eos_token"), ("pad_token",), ("unk_token",), ("mask_token",))
 
 
 def same_tokenizer(a, b) -> bool:
-    """True when two tokenizers produce identical ids for every text (same vocabulary, specials and class)."""
+    """True when two tokenizers give identical model inputs for every text: same class, vocabulary and specials, the
+    same normalizer, pre-tokenizer and post-processor (a fast tokenizer's tokenizer.json, its truncation and padding
+    left out: set per call; a slow one's settings), the same model inputs and truncation side. The vocabulary alone
+    called a copy with ``strip_accents: false``, or one made one-token-type (`modeling.one_token_type`), the same:
+    the teacher then labelled the student's tokens, and those logits were cached for other students."""
     if a is b:
         return True
     return (type(a).__name__ == type(b).__name__ and a.get_vocab() == b.get_vocab()
             and a.all_special_tokens == b.all_special_tokens and getattr(a, "do_lower_case", None)
-            == getattr(b, "do_lower_case", None))
+            == getattr(b, "do_lower_case", None) and list(a.model_input_names) == list(b.model_input_names)
+            and a.truncation_side == b.truncation_side and _pipeline(a) == _pipeline(b))
+
+
+def _pipeline(tok):
+    """How ``tok`` turns text into ids beyond its vocabulary: a fast tokenizer's tokenizer.json without its vocabulary
+    (compared apart) nor its per-call truncation and padding; a slow one's settings without file paths."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return {k: v for k, v in tok.init_kwargs.items() if not k.endswith("_file") and k != "name_or_path"}
+    data = json.loads(backend.to_str())
+    data.pop("truncation", None)
+    data.pop("padding", None)
+    data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "vocab"}
+    return data
 
 
 def _role_ids(tok) -> dict[int, int]:
