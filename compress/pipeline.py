@@ -712,8 +712,11 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
         problem = from_main_process(problem)  # every process stops on a held lock, not the main one alone
         if problem:  # the folder is another run's (made by it after `made` was read here, maybe): leave it alone
             raise CompressError(problem)
-        if not state.is_main_process:  # one copy of the run's output: the main process's
+        if not state.is_main_process:  # one copy of the run's output: the main process's (datasets' bars too)
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            import datasets
+
+            datasets.disable_progress_bars()
         try:
             return _run_stages(recipe, run_dir, state, until, force, _stage_waits(state), judged)
         except BaseException:  # still under this run's lock

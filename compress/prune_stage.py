@@ -177,10 +177,13 @@ def teacher_logits(model, tokenizer, rows, max_length: int, precision: str = "fp
 
 def logits_of(model, ds, collator: Collator, chunk: int = 2048, precision: str = "fp32") -> torch.Tensor:
     """`predict_shared` over ``ds`` in chunks (rows shared out between the processes of a distributed run; every
-    process gets all the logits), with a progress bar (row order kept)."""
+    process gets all the logits), with a progress bar (row order kept; the main process's only)."""
+    from compress.train import process_state
+
     parts = [predict_shared(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128,
                             precision=precision)
-             for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk")]
+             for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk",
+                           disable=not process_state().is_local_main_process)]
     return torch.from_numpy(np.concatenate(parts)).float()
 
 

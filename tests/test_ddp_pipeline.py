@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import os
 import subprocess
 import sys
@@ -63,6 +64,10 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
     # the teacher labelled the training rows once between the two processes (half each), in row order
     assert "teacher logits (160 rows), process 1 of 2" in run.stderr
     assert "teacher logits (160 rows), process 2 of 2" in run.stderr
+    # progress bars once, the main process's: the recovery's logits and datasets' own bars were drawn by both (2 and
+    # 25 bars started here; counted by their first 0% line, drawn once a bar, where a 100% line may come twice)
+    started = {bar: len(re.findall(rf"{bar}: +0%", run.stderr)) for bar in ("recovery teacher logits", "tokenizing")}
+    assert started == {"recovery teacher logits": 1, "tokenizing": 16}, started
     from compress.config import load_recipe
     from compress.data import Collator, load_task, tokenize
     from compress.evaluate import predict
