@@ -233,8 +233,8 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = F
 
 def _one_token_type(tok, src: Path, text_pair: bool):
     """``tok`` with every token type 0: its post-processor's type ids set to 0 (a BertProcessing, which gives a pair's
-    second text type 1, as the TemplateProcessing that does the same with type 0). Refused where a pair still gets
-    another type (a post-processor of another kind)."""
+    second text type 1, as the TemplateProcessing that does the same with type 0; none, as one that adds nothing).
+    Refused where a pair still gets another type (a post-processor of another kind)."""
     from tokenizers import Tokenizer
 
     data = json.loads(tok.to_str())
@@ -253,7 +253,11 @@ def _one_token_type(tok, src: Path, text_pair: bool):
             return {k: 0 if k == "type_id" else zero(v) for k, v in node.items()}
         return [zero(v) for v in node] if isinstance(node, list) else node
 
-    data["post_processor"] = zero(data.get("post_processor"))
+    if data.get("post_processor") is None:  # none: the Rust library gives a pair's second text type 1 by itself
+        data["post_processor"] = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+                                  "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                                           {"Sequence": {"id": "B", "type_id": 0}}], "special_tokens": {}}
+    data["post_processor"] = zero(data["post_processor"])
     tok = Tokenizer.from_str(json.dumps(data))
     if text_pair and any(tok.encode("a", "b").type_ids):
         raise CompressError(f"{src}: its tokenizer_config.json names no token_type_ids (the model trained on one token "

@@ -60,8 +60,8 @@ def probe_memory(spec: dict) -> dict:
     """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
     (``spec["dev_rows"]``: token columns as lists). Also, at the end, the RSS's two parts (Linux): anonymous memory
     (the weights, onnxruntime's arena, the interpreter's objects) and file pages mapped (the shared libraries' code:
-    how much of it the process maps depends on what the page cache holds, ~25 vs ~41 MiB here for one model, a fresh
-    install's files all cached; the anonymous part did not move)."""
+    how much of it the process maps depends on what the page cache holds: 38.4 vs 51.8 MiB here for one int8 model
+    from an older and a just-installed .venv; the anonymous part, 65.5 MiB, did not move)."""
     rss0 = _status_mb("VmRSS")
     t0 = time.perf_counter()
     models = {}

@@ -1169,7 +1169,7 @@ def test_the_bundle_normalizes_as_the_tokenizer_config_beside_it_says(minilm_dir
         assert bundled.encode(text).ids == trained(text, truncation=True, max_length=32)["input_ids"], text
 
 
-@pytest.mark.parametrize("processor", ["template", "bert"])
+@pytest.mark.parametrize("processor", ["template", "bert", "none"])
 def test_a_tokenizer_of_one_token_type_gives_the_bundle_no_second_type(minilm_dir, tmp_path, processor):
     """A BERT student taking the tokenizer of a one-token-type teacher (a RoBERTa with a WordPiece tokenizer,
     `modeling.one_token_type`: tokenizer_config.json names no token_type_ids) trains with every token type 0, while
@@ -1187,9 +1187,11 @@ def test_a_tokenizer_of_one_token_type_gives_the_bundle_no_second_type(minilm_di
     src.mkdir()
     for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir / name, src / name)
-    if processor == "bert":  # the older post-processor kind: pair types fixed at 0 and 1
+    if processor != "template":  # the older post-processor kind (pair types fixed at 0 and 1), or none (the library
+        # then gives the second text type 1 by itself)
         tok_json = json.loads((src / "tokenizer.json").read_text())
-        tok_json["post_processor"] = {"type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]}
+        tok_json["post_processor"] = {"type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]} \
+            if processor == "bert" else None
         (src / "tokenizer.json").write_text(json.dumps(tok_json))
     config = json.loads((minilm_dir / "tokenizer_config.json").read_text())
     for names, types in ((["input_ids", "attention_mask"], {0}), (None, {0, 1})):

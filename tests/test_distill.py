@@ -3,6 +3,7 @@ different tokenizers, NaN stop, kill -9 + resume, and 2-process DDP against 1 pr
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,15 @@ def test_tokenizers_of_one_vocabulary_that_tokenize_differently_are_not_the_same
     assert not same_tokenizer(tokenizer, accents) and not same_tokenizer(tokenizer, one_type)
     tokenizer.save_pretrained(tmp_path / "copy")
     assert same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(tmp_path / "copy"))
+    # judged on what they give, not their files: a slow copy saved again, one of another model_max_length, a
+    # tokenizer.json converted from vocab.txt (another post-processor kind, the same ids)
+    slow = AutoTokenizer.from_pretrained(minilm_dir, use_fast=False)
+    slow.save_pretrained(tmp_path / "slow")
+    assert same_tokenizer(slow, AutoTokenizer.from_pretrained(tmp_path / "slow", use_fast=False))
+    assert same_tokenizer(slow, AutoTokenizer.from_pretrained(minilm_dir, use_fast=False, model_max_length=128))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, tmp_path / name)
+    assert same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(tmp_path))
 
 
 def test_alignment_of_minilm_and_shifted_ids_on_real_rows(glue_dir, tokenizer, shifted_tokenizer):
