@@ -76,10 +76,12 @@ def cmd_validate(args) -> int:
     if args.strict:  # what `run` refuses from the models' shapes before any stage (imports torch: a few seconds)
         from compress.pipeline import shape_problems
 
+        said = [w.split(": ", 2)[-1] for w in warnings]  # a model out of reach, said above: not again by its student
         try:
-            warnings += [p for p in shape_problems(recipe, stages) if p not in warnings]
-        except CompressError as e:  # a model that does not load: said above when out of reach
-            warnings += [str(e)] if str(e) not in warnings else []
+            problems = shape_problems(recipe, stages)
+        except CompressError as e:  # a model that does not load
+            problems = [str(e)]
+        warnings += [p for p in problems if not any(s in p for s in said)]
     said = (f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''} below: a run would stop on "
             f"{'them' if len(warnings) > 1 else 'it'}" if warnings else "")
     print(f"{args.recipe}: ok; stages: {', '.join(stages)}" + (f"; data rows: {rows}" if rows else "") + said)
@@ -126,7 +128,7 @@ def _not_runnable(recipe, stages) -> list[str]:
                 f"{glue_hint(recipe.task, task_spec(recipe.task))}" for path in missing_files(recipe.task)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
-            hub.check(name, f"{recipe.path}: {field}", weights=hub.needs_weights(field))
+            hub.check_field(recipe, field, name)
         except CompressError as e:
             out.append(str(e))
     if stages and recipe.task.hub_dataset:

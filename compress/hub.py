@@ -71,22 +71,26 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 """The files ``from_pretrained`` reads a model's weights from (one of them)."""
 
 
-def cached(repo_id: str, weights: bool = False) -> bool:
+def cached(repo_id: str, weights: bool = False, tokenizer: bool = False) -> bool:
     """Whether the Hugging Face cache holds the repo's config.json (a download that got that far) and, with
-    ``weights``, a weights file too (a download stopped after the config loads no model offline)."""
+    ``weights``, a weights file too (a download stopped after the config loads no model offline), with ``tokenizer``
+    a tokenizer file (`config.TOKENIZER_FILES`: a repo of weights only loaded no tokenizer, a TypeError)."""
     from huggingface_hub import try_to_load_from_cache
 
+    from compress.config import TOKENIZER_FILES
+
+    def held(files) -> bool:
+        return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in files)
+
     try:
-        if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
-            return False
-        return not weights or any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in WEIGHTS)
+        return held(["config.json"]) and (not weights or held(WEIGHTS)) and (not tokenizer or held(TOKENIZER_FILES))
     except Exception:  # not a valid repo id: loading it reports that
         return False
 
 
-def check(name: str, where: str, weights: bool = True) -> None:
+def check(name: str, where: str, weights: bool = True, tokenizer: bool = False) -> None:
     """Refuse, at once, a folder that does not exist, and a hub id that can be neither downloaded nor read from the
-    cache (its weights too, unless ``weights`` is off: a tokenizer)."""
+    cache (its weights too, unless ``weights`` is off: a tokenizer; its tokenizer with ``tokenizer``)."""
     if is_missing_folder(name):
         raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
     if not is_hub_id(name):
@@ -98,14 +102,16 @@ def check(name: str, where: str, weights: bool = True) -> None:
             raise CompressError(f"{where}: {name!r}: the hub has no such model (misspelt? a private or gated one needs "
                                 f"`hf auth login` or HF_TOKEN){here}")
         return
-    if cached(name, weights):
+    if cached(name, weights, tokenizer):
         return
     from huggingface_hub import constants
 
+    from compress.config import TOKENIZER_FILES
     from teachers.zoo import ZOO
 
-    held = "the Hugging Face cache holds it without its weights" if cached(name) else \
-        "it is not in the Hugging Face cache"
+    held = "it is not in the Hugging Face cache" if not cached(name) else \
+        "the Hugging Face cache holds it without its weights" if not cached(name, weights) else \
+        f"the Hugging Face cache holds it without its tokenizer (none of {', '.join(TOKENIZER_FILES)})"
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
                         f"cannot be reached and {held} ({constants.HF_HUB_CACHE}){here}; use a zoo model "
                         f"({', '.join(ZOO)}) or a local folder, or run once online")
@@ -120,8 +126,9 @@ def _hub_cache_folder(repo_id: str, kind: str = "model") -> Path:
 
 def check_dataset(name: str, where: str) -> None:
     """Refuse a hub dataset id (``task.hub_dataset``, its ``:config`` left out) that can be neither downloaded nor
-    found in either cache ``load_dataset`` reads offline (the hub's files, the datasets library's prepared rows): a
-    recipe that validated failed at once when run. A local folder is the task's data files' business."""
+    found in the cache ``load_dataset`` reads offline (the datasets library's prepared rows; the hub cache's files of
+    the repository it does not read then): a recipe that validated failed at once when run. A local folder is the
+    task's data files' business."""
     if os.path.exists(name) or reachable():
         return
     import datasets.config
@@ -131,10 +138,12 @@ def check_dataset(name: str, where: str) -> None:
     prepared = Path(datasets.config.HF_DATASETS_CACHE)  # <namespace>___<name in snake case>, as load_dataset names it
     owner, _, short = name.rpartition("/")
     folder = f"{owner}___{camelcase_to_snakecase(short)}" if owner else camelcase_to_snakecase(short)
-    if _hub_cache_folder(name, "dataset").is_dir() or (prepared / folder).is_dir():
+    if (prepared / folder).is_dir():
         return
+    files = " (the hub cache holds its files, which load_dataset does not read offline)" \
+        if _hub_cache_folder(name, "dataset").is_dir() else ""
     raise CompressError(f"{where}: {name!r} is a hub dataset, the hub ({constants.ENDPOINT}) cannot be reached and "
-                        f"neither {constants.HF_HUB_CACHE} nor {prepared} holds it; use local files (task.files, "
+                        f"the datasets cache ({prepared}) does not hold it{files}; use local files (task.files, "
                         f"task.data_dir) or run once online")
 
 
@@ -209,6 +218,18 @@ def needs_weights(field: str) -> bool:
     return not field.endswith(".tokenizer")
 
 
+def needs_tokenizer(recipe, field: str) -> bool:
+    """Whether the tokenizer of the model a recipe field names is loaded: the teacher's, a student's ``tokenizer``, a
+    student's ``init`` without a tokenizer of its own."""
+    init = re.fullmatch(r"students\[(\d+)\]\.init", field)
+    return recipe.students[int(init.group(1))].tokenizer is None if init else True
+
+
+def check_field(recipe, field: str, name: str) -> None:
+    """`check` of a model a recipe field names (`recipe_models`), for what the run loads of it."""
+    check(name, f"{recipe.path}: {field}", weights=needs_weights(field), tokenizer=needs_tokenizer(recipe, field))
+
+
 def check_recipe(recipe, stages) -> None:
     for field, name in recipe_models(recipe, stages):
-        check(name, f"{recipe.path}: {field}", weights=needs_weights(field))
+        check_field(recipe, field, name)

@@ -24,7 +24,7 @@ from teachers.zoo import resolve
 
 
 def _tokenizer(name: str):
-    hub.check(name, f"tokenizer {name!r}", weights=False)
+    hub.check(name, f"tokenizer {name!r}", weights=False, tokenizer=True)
     return load_tokenizer(resolve(name), hub.load_kwargs(name), f"tokenizer {name!r}: cannot load",
                           "save a tokenizer there")
 

@@ -148,7 +148,7 @@ def test_a_cached_hub_model_trains_offline_and_an_uncached_one_fails_in_one_line
 
 
 def test_a_hub_model_cached_without_its_weights_stops_the_run_before_the_teacher_trains(tmp_path, tiny_bert_dir,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capsys):
     """Offline, a hub id whose cache holds config.json but no weights (a download that stopped there) counted as
     cached: the student's init then failed in the distill stage, after the teacher had trained, with transformers'
     AttributeError. A tokenizer id needs no weights."""
@@ -161,6 +161,21 @@ def test_a_hub_model_cached_without_its_weights_stops_the_run_before_the_teacher
     hub.check("org/partial", "x.yaml: students[0].tokenizer", weights=False)  # a tokenizer: config and vocab do
     _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/partial", "the Hugging Face cache holds it without its "
                               "weights")
+    # weights without a tokenizer: validated, then "cannot load its tokenizer (TypeError: stat: path should be
+    # string...)" when the run loaded it; refused by name now, where the tokenizer is loaded (a student with a
+    # tokenizer of its own loads none from its init)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_bert_dir, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt",
+                                                                             "special_tokens_map.json"))
+    _fake_hub_cache(cache, "org/weights-only", no_tokenizer)
+    hub.check("org/weights-only", "x.yaml: students[0].init")
+    _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/weights-only", r"the Hugging Face cache holds it without "
+                              r"its tokenizer \(none of tokenizer\.json")
+    from compress.cli import main
+
+    path = _recipe(tmp_path, tiny_bert_dir, extra="students:\n  - {name: s, kind: narrow, init: org/partial}\n")
+    assert main(["validate", "--strict", str(path)]) == 2  # said once: not again as the student it cannot build
+    assert "1 warning below" in capsys.readouterr().out
 
 
 def _stops_before_the_teacher(tmp_path, tiny_bert_dir, init: str, why: str) -> None:
@@ -280,7 +295,12 @@ def test_validate_strict_fails_on_a_hub_dataset_out_of_reach_and_not_cached(tmp_
     assert main(["validate", "--strict", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"warning: {path}: task.hub_dataset: 'org/ds' is a hub dataset, the hub (") and \
-        f"neither {tmp_path / 'hub'} nor {tmp_path / 'prepared'} holds it" in err
+        f"the datasets cache ({tmp_path / 'prepared'}) does not hold it;" in err
+    # the hub cache's files of the repository: load_dataset does not read them offline (validated, then the run
+    # failed at once: "Couldn't reach 'org/ds' on the Hub (OfflineModeIsEnabled)")
+    (tmp_path / "hub" / "datasets--org--ds" / "refs").mkdir(parents=True)
+    assert main(["validate", "--strict", str(path)]) == 2
+    assert "(the hub cache holds its files, which load_dataset does not read offline)" in capsys.readouterr().err
     (tmp_path / "prepared" / "org___ds").mkdir(parents=True)  # prepared by the datasets library once online
     assert main(["validate", "--strict", str(path)]) == 0
     path.write_text(path.read_text().replace("org/ds", "SetFit/SentEval-CR"))  # its folder: snake case
