@@ -7,7 +7,6 @@ probes through the same code."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ def probe_memory(spec: dict) -> dict:
     """Peak RSS (MiB) of one artifact in this (fresh) process: load it, run the largest fixed shape and a few dev rows
     (``spec["dev_rows"]``: token columns as lists). Also, at the end, the RSS's two parts (Linux): anonymous memory
     (the weights, onnxruntime's arena, the interpreter's objects) and file pages mapped (the shared libraries' code:
-    how much of it the process maps depends on what the page cache holds: 38.4 vs 51.8 MiB here for one int8 model
+    how much of it the process maps depends on what the page cache holds: 38.3 vs 51.8 MiB here for one int8 model
     from an older and a just-installed .venv; the anonymous part, 65.5 MiB, did not move)."""
     rss0 = _status_mb("VmRSS")
     t0 = time.perf_counter()
@@ -102,17 +101,19 @@ def _status_mb(field: str, fallback: bool = True) -> Optional[float]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _write(path: Path, result: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+def _main(spec_path: str, out_path: str) -> int:
+    try:
+        result, status = probe_memory(json.loads(Path(spec_path).read_text())), 0
+    except CompressError as e:
+        result, status = {"error": str(e)}, 2
+    from compress.manifest import write_json  # imported once measured: its imports are not the model's memory
+
+    write_json(Path(out_path), result)
+    return status
 
 
 if __name__ == "__main__":  # worker: python -m compress.probe SPEC.json OUT.json
     try:
-        _write(Path(sys.argv[2]), probe_memory(json.loads(Path(sys.argv[1]).read_text())))
-    except CompressError as e:
-        _write(Path(sys.argv[2]), {"error": str(e)})
-        sys.exit(2)
+        sys.exit(_main(sys.argv[1], sys.argv[2]))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says "interrupted", once
         sys.exit(130)

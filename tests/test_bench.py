@@ -196,7 +196,7 @@ def test_isolated_memory_probe_and_missing_or_corrupt_onnx(tmp_path, tiny_bert_d
     # largest fixed shape's token ids imported torch with compress.export: 484 MB for this tiny model, 70 without)
     assert out["rss_before_load_mb"] < 150 and out["peak_rss_mb"] < 250, out
     # its two parts at the end: anonymous memory (model, arena) and the shared libraries' file pages, which vary with
-    # the page cache (a just-installed .venv's read 13.4 MiB more than an older one's for the same int8 model)
+    # the page cache (a just-installed .venv's read 13.5 MiB more than an older one's for the same int8 model)
     assert out["rss_anon_end_mb"] > 0 and out["rss_file_end_mb"] > 0
     assert out["rss_anon_end_mb"] + out["rss_file_end_mb"] <= out["peak_rss_mb"] + 1.0, out
     stale = tmp_path / "elsewhere"
