@@ -259,6 +259,18 @@ FULL_BENCH = {"batch_sizes": [1, 8, 32], "seq_lengths": [32, 128], "dev_rows": N
               "max_seconds": 3.0, "warmup": 3}
 
 
+def _thread_counts_then_recipe(text: str) -> int:
+    """`compress bench --threads`'s type: `thread_count`, and where the word is no number but a recipe the option
+    took for a count (it takes every word up to the next option), the usage error says where the recipe goes."""
+    try:
+        return thread_count(text)
+    except argparse.ArgumentTypeError as e:
+        if text.endswith((".yaml", ".yml")) or os.path.isfile(text):
+            raise argparse.ArgumentTypeError(f"{e}: put the recipe first (compress bench RECIPE --threads 1 2) "
+                                             "or end the counts with -- (--threads 1 2 -- RECIPE)") from None
+        raise
+
+
 def cmd_bench(args) -> int:
     from compress.config import BenchConfig, QuantizeConfig, load_recipe
     from compress.pipeline import run_pipeline
@@ -427,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML, e.g. pipelines/quickstart.yaml")
     p.add_argument("--full", action="store_true", help="the full grid: batch 1/8/32 x seq 32/128, all dev rows, "
                    "up to 50 timed runs or 3 s per shape (default: the recipe's bench section)")
-    p.add_argument("--threads", type=thread_count, nargs="+", help="thread counts, e.g. --threads 1 2")
+    p.add_argument("--threads", type=_thread_counts_then_recipe, nargs="+",
+                   help="thread counts, e.g. --threads 1 2 (after the recipe, or end them with --)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="also redo STAGE (e.g. quantize)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set bench.dev_rows=100")

@@ -85,6 +85,23 @@ def test_bench_threads_given_twice_is_refused_as_in_a_recipe(capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_bench_threads_before_the_recipe_says_where_the_recipe_goes(capsys, tmp_path):
+    """`compress bench --threads 1 R` (the option takes every word up to the next option, the recipe too) said only
+    "expected an integer, got 'R'"; it now says to put the recipe first or end the counts with `--`, which works."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nruns_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--threads", "1", str(recipe)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "put the recipe first" in err and f"got {str(recipe)!r}" in err, err
+    assert main(["bench", "--threads", "1", "1", "--", str(recipe)]) == 2  # the recipe read: refused as above
+    assert "--threads: each thread count once, got 1 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a word that is neither a number nor a recipe: the plain message
+        main(["bench", "--threads", "x", str(recipe)])
+    assert "put the recipe first" not in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
     """A stage writing to a full disk or a read-only runs folder ended in a traceback; it is one line naming the file
     (status 1). A stray RANK in the shell (no WORLD_SIZE: not a distributed job) no longer hides error messages."""
