@@ -513,7 +513,7 @@ async function main(argv) {
     return 2;
   }
   if (args.texts.some(blank)) {
-    console.error("error: an empty text: nothing to classify");
+    console.error(`error: an empty ${blank(args.texts[0]) ? "text" : "text pair"}: nothing to classify`);
     return 2;
   }
   process.stdout.on("error", (e) => {  // the reader went away (`... | head`): stop quietly; a full disk: one line

@@ -410,14 +410,14 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def cli_text(text: Optional[str]) -> Optional[str]:
+def cli_text(text: Optional[str], what: str = "text") -> Optional[str]:
     """A command-line text as UTF-8 would read it (bytes that are not UTF-8 become U+FFFD, as in predict.mjs);
-    an empty one is refused."""
+    an empty one is refused, named ``what`` ("text" or "text pair") as files' lines and the API name it."""
     if text is None:
         return None
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if not text.strip():
-        raise BundleError("an empty text: nothing to classify")
+        raise BundleError(f"an empty {what}: nothing to classify")
     return text
 
 
@@ -522,7 +522,7 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
         parser.error("give a TEXT or --file PATH (not both)")
     warn_threads(args.threads)
     try:
-        text, text_pair = cli_text(args.text), cli_text(args.text_pair)
+        text, text_pair = cli_text(args.text), cli_text(args.text_pair, "text pair")
         predictor = Predictor(args.bundle, threads=args.threads, manifest_sha256=args.manifest_sha256)
         if args.file is not None:
             predict_lines(predictor, args.file, args.json)

@@ -240,7 +240,7 @@ def cmd_predict(args) -> int:
         raise CompressError("predict: give a TEXT or --file PATH (not both)")
     warn_threads(args.threads)
     try:
-        text, text_pair = cli_text(args.text), cli_text(args.text_pair)
+        text, text_pair = cli_text(args.text), cli_text(args.text_pair, "text pair")
     except BundleError as e:
         raise CompressError(f"predict: {e}") from None
     try:

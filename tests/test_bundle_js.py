@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from compress.bundle import JS_RUNTIME, build, predict
+from compress.cli import main
 from conftest import export_int8, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -434,7 +435,7 @@ def test_threads_warning_is_the_same_from_both_runners_on_a_pinned_process(js_bu
         "warning: --threads 2 is more than this machine's 1 cores: onnxruntime will run slower, not faster"
 
 
-def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(tmp_path, minilm_dir):
+def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(tmp_path, minilm_dir, capsys):
     """A pair bundle's --file line "text<TAB>" is refused by its line number in both runners."""
     from conftest import export_int8, tiny_bert_config
     from transformers import BertForSequenceClassification
@@ -468,6 +469,14 @@ def test_predict_mjs_refuses_a_pair_line_with_an_empty_text_as_predict_py_does(t
     js = _node(folder / "predict.mjs", "\u200b", "a pair")
     assert (js.returncode, js.stderr.strip()) == (2, "error: an empty text (nothing in it the tokenizer keeps: "
                                                      "nothing to classify)")
+    # a blank text or pair on the command line: named as a file's line names it (the pair was "an empty text")
+    for texts, what in ((("he left", " "), "text pair"), ((" ", "he left"), "text")):
+        py = subprocess.run([sys.executable, "predict.py", *texts], cwd=folder, capture_output=True, text=True)
+        js = _node(folder / "predict.mjs", *texts)
+        want = f"error: an empty {what}: nothing to classify"
+        assert (py.returncode, py.stderr.strip()) == (js.returncode, js.stderr.strip()) == (2, want), texts
+        assert main(["predict", str(folder), *texts]) == 2
+        assert capsys.readouterr().err.strip().endswith(want.removeprefix("error:"))  # "error: predict: an empty ..."
 
 
 def _js_encode(tmp_path: Path, tokenizer_json: Path, cases: list, max_length: int = 128) -> list[dict]:
