@@ -421,6 +421,36 @@ def cli_text(text: Optional[str], what: str = "text") -> Optional[str]:
     return text
 
 
+class NamedStdout:
+    """Standard output whose write errors name it: met mid-run (output unbuffered, PYTHONUNBUFFERED=1, or past the
+    buffer), a full disk (``>/dev/full``) said "No space left on device", naming no file. Everything else is the
+    stream's own (fileno, isatty, encoding...)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self.stream, method)(*args)
+        except BrokenPipeError:  # the reader gone: each CLI's own quiet ending
+            raise
+        except OSError as e:
+            e.filename = e.filename or "standard output"
+            raise
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines) -> None:
+        return self._call("writelines", lines)
+
+    def flush(self) -> None:
+        return self._call("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def closed_streams() -> None:
     """Standard output or error closed by the caller (``predict.py TEXT >&-``): Python makes it None, where a write
     raised AttributeError (a traceback) and ``print(file=None)`` wrote error lines to standard output: /dev/null
@@ -521,6 +551,7 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     if (args.text is None) == (args.file is None):
         parser.error("give a TEXT or --file PATH (not both)")
     warn_threads(args.threads)
+    sys.stdout = NamedStdout(sys.stdout)
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair, "text pair")
         predictor = Predictor(args.bundle, threads=args.threads, manifest_sha256=args.manifest_sha256)
@@ -535,12 +566,14 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     except BrokenPipeError:
         quiet_broken_pipe()
     except OSError as e:  # standard output on a full disk (/dev/full), a closed terminal...
-        print(f"error: {e.strerror or e}", file=sys.stderr)
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         quiet_broken_pipe()  # (what is still buffered is not written again at exit)
         return 1
     except KeyboardInterrupt:  # Ctrl-C in a long --file run: the lines printed so far stand
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = sys.stdout.stream if isinstance(sys.stdout, NamedStdout) else sys.stdout
     return 0
 
 

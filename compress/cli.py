@@ -19,8 +19,8 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import (closed_streams, positive_int, quiet_broken_pipe,  # standard library only:
-                                     sha256_arg, thread_count)  # a light CLI
+from compress.bundle_predict import (NamedStdout, closed_streams, positive_int,  # standard library only: a light CLI
+                                     quiet_broken_pipe, sha256_arg, thread_count)
 from compress.errors import CompressError
 
 
@@ -563,14 +563,14 @@ def _main(argv: Optional[list[str]]) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, _terminated) for signum in UNWIND
                     if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN}
+    sys.stdout = NamedStdout(sys.stdout)  # `compress zoo list >/dev/full`: "No space left on device" said where
     try:
         rc = args.fn(args)
         try:
             sys.stdout.flush()  # what is still buffered meets a reader gone here, not at exit (status 120, a message)
         except BrokenPipeError:  # the reader gone (`| head -1`): below
             raise
-        except OSError as e:  # `compress zoo list >/dev/full`: "No space left on device" said where
-            e.filename = e.filename or "standard output"
+        except OSError:
             quiet_broken_pipe()  # what is still buffered is not written again at exit (status 120, a traceback)
             raise
     except CompressError as e:
@@ -614,6 +614,7 @@ def _main(argv: Optional[list[str]]) -> int:
                 pass
         return 128 + e.signum
     finally:
+        sys.stdout = sys.stdout.stream if isinstance(sys.stdout, NamedStdout) else sys.stdout
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     train = sys.modules.get("compress.train")  # a process group only ever comes from there: nothing to import

@@ -894,11 +894,13 @@ def test_predict_py_command_line_edges(bundle, tmp_path):
     (tmp_path / "boms.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf\nsecond\n")  # predict.mjs read line 1 as a text
     proc = _run_predict_py(folder, "--json", "--file", str(tmp_path / "boms.txt"), text=True)
     assert [json.loads(line)["line"] for line in proc.stdout.splitlines()] == [2]
-    with open("/dev/full", "w") as full:  # standard output on a full disk: one line, not a traceback
-        proc = subprocess.run([sys.executable, "predict.py", TEXTS[0]], stdout=full, stderr=subprocess.PIPE,
-                              text=True, cwd=folder)
-    assert proc.returncode == 1 and proc.stderr == "error: No space left on device\n"
     (tmp_path / "many.txt").write_text("a fine film\n" * 3000)
+    # standard output on a full disk: one line naming it, not a traceback, buffered or not (it named no file)
+    for unbuffered, args in (("", [TEXTS[0]]), ("1", [TEXTS[0]]), ("1", ["--file", str(tmp_path / "many.txt")])):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "predict.py", *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, cwd=folder, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+        assert proc.returncode == 1 and proc.stderr == "error: standard output: No space left on device\n", args
     proc = subprocess.run(f"{sys.executable} predict.py --file {tmp_path / 'many.txt'} | head -1", shell=True,
                           capture_output=True, text=True, cwd=folder)
     assert proc.stdout.count("\n") == 1 and proc.stderr == ""

@@ -172,6 +172,8 @@ def test_closed_or_full_standard_streams_give_no_traceback(tmp_path, monkeypatch
     assert (done.returncode, done.stdout) == (2, "")  # the error line is not standard output's
     done = shell(f"{cli} zoo list >/dev/full")
     assert (done.returncode, done.stderr) == (1, "error: standard output: No space left on device\n")
+    done = shell(f"PYTHONUNBUFFERED=1 {cli} zoo list >/dev/full")  # met at the first print, not the final flush
+    assert (done.returncode, done.stderr) == (1, "error: standard output: No space left on device\n")
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(BundleError, match=r"^-: cannot read \(standard input is closed\)$"):
         list(read_lines("-", False))
