@@ -436,7 +436,9 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
         if cfg.scope == "per_layer" or not pool:
             for i in pool:
                 keep[i] = round((1.0 - ratio) * per_layer_orig)
-            chosen = _select(kind_scores, keep, min_keep)
+            chosen = _select(kind_scores, keep, min_keep)  # a layer asked for 0 units still keeps min_keep
+            # judged as `global` judges it: 4 heads at 0.9 round to 0 a layer, yet 6 such layers ask for 2 heads
+            total = round((1.0 - ratio) * per_layer_orig * len(pool))
         else:  # global ranking over the pool layers (their original units), the rest per layer
             total = round((1.0 - ratio) * per_layer_orig * (prov.num_layers - len(own)))
             chosen = [None] * len(prov.layers)
@@ -446,7 +448,7 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
                 chosen[i] = sel
             for i, sel in zip(sorted(own), own_sel):
                 chosen[i] = sel
-        requested = keep if cfg.scope == "per_layer" or not pool else [keep[i] for i in own] + [total]
+        requested = [keep[i] for i in own] + ([total] if pool else [])
         if sum(requested) <= 0 or sum(len(c) for c in chosen) == 0:
             raise _Empty(kind)
         kept[kind] = chosen

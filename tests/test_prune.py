@@ -109,6 +109,18 @@ def test_per_layer_scope_keeps_each_layers_best_and_overrides():
         assert s.heads == sorted(torch.topk(h, 2).indices.tolist())
 
 
+def test_per_layer_scope_refuses_a_ratio_only_where_global_does():
+    """4 heads at 0.9 round to 0 heads a layer: `per_layer` refused it ("removes every head") while `global` took
+    it (3 layers ask for round(1.2) = 1 head); both now keep each layer's best head, and both refuse 0.99."""
+    model = tiny()
+    scores = P.score(model, "l1")
+    for scope in ("global", "per_layer"):
+        plan = P.plan(model, scores, cfg(heads=0.9, ffn=0.25, scope=scope))
+        assert [s.heads for s in plan] == [[int(torch.argmax(h))] for h in scores.heads], scope
+        with pytest.raises(CompressError, match=r"prune\.heads: this target removes every head"):
+            P.plan(model, scores, cfg(heads=0.99, ffn=0.25, scope=scope))
+
+
 def test_uniform_prune_reloads_exactly_with_stock_from_pretrained_and_exports(tmp_path, tokenizer, sst2):
     from compress.export import check_parity, export_onnx, onnx_predict, session
 
