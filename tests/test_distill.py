@@ -98,6 +98,10 @@ def test_alignment_of_minilm_and_shifted_ids_on_real_rows(glue_dir, tokenizer, s
     pb = collator([pairs[i] for i in range(len(pairs))])
     assert not aligned_rows(pb["input_ids"], pb["attention_mask"], pb["t_input_ids"], pb["t_attention_mask"],
                             table).any()
+    # the same tokens at every real student position, but the teacher's row goes on one token longer: not aligned
+    ids, mask = torch.tensor([[1, 2, 3, 0], [1, 2, 3, 0]]), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    t_ids, t_mask = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    assert aligned_rows(ids, mask, t_ids, t_mask, torch.arange(8)).tolist() == [False, True]
 
 
 def _tiny_teacher(**kw):
@@ -565,6 +569,54 @@ def test_a_batch_where_no_row_aligns_reaches_only_what_the_matches_reach():
     assert set(got["aligned"]) == set(got["misaligned"]) and got["aligned"]
     assert all(float(g.abs().sum()) == 0.0 for g in got["misaligned"].values()) and loss.item() == 0.0
     assert set(logs) == {"intermediate_skipped"}
+
+
+def test_each_match_compares_the_teacher_layer_it_names(glue_dir, tokenizer):
+    """Every generated match's term is its loss between the student layer and the teacher layer its key names (layer
+    0 = embeddings, i = layer i's output; attention maps of layer i at index i - 1), computed here by hand; a term
+    read from another teacher layer (e.g. the last for every match) passed the other tests."""
+    from compress.distill.losses import attention_loss, hidden_mse
+
+    torch.manual_seed(0)
+    teacher = _tiny_teacher().eval()
+    with torch.no_grad():  # layers unlike each other (a random tiny model's are near alike): a shift, sharper maps
+        for i, layer in enumerate(teacher.bert.encoder.layer):
+            layer.output.LayerNorm.bias.add_(float(i))
+            layer.attention.self.query.weight.mul_(4.0 * (i + 1))
+    data = _sst2(glue_dir, n=16)
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+                                     "distill": {"layer_map": "uniform",
+                                                 "layer_map_features": ["embedding", "hidden", "attention"]}})
+    student = build_student(spec, teacher, tokenizer, data.spec)
+    matches = resolve_matches(spec.distill, teacher.config, student.model.config)
+    d = Distiller(student.model, matches, 32).eval()
+    ds = tokenize(data.train, tokenizer, 32)
+    batch = KDCollator(Collator({"": tokenizer}))([ds[i] for i in range(8)])
+    with torch.no_grad():
+        logs = KDObjective(teacher, spec.distill, matches, False)(d, batch)[1]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        t = teacher(**inputs, output_hidden_states=True, output_attentions=True)
+        s, projected = d(hidden=True, attentions=True, **inputs)
+    mask = batch["attention_mask"]
+    width = int(mask.sum(1).max())
+    by_key = {m.key: m for m in matches}
+    want = {
+        "embedding_t0_s0": hidden_mse(projected["embedding_t0_s0"], t.hidden_states[0], mask),
+        "hidden_t2_s1": hidden_mse(projected["hidden_t2_s1"], t.hidden_states[2], mask),
+        "hidden_t4_s2": hidden_mse(projected["hidden_t4_s2"], t.hidden_states[4], mask),
+        "attention_t2_s1": attention_loss(s.attentions[0], t.attentions[1], mask, by_key["attention_t2_s1"].loss,
+                                          by_key["attention_t2_s1"].heads),
+        "attention_t4_s2": attention_loss(s.attentions[1], t.attentions[3], mask, by_key["attention_t4_s2"].loss,
+                                          by_key["attention_t4_s2"].heads),
+    }
+    # what the layer-2 matches would read from the last teacher layer instead: a term far from the right one
+    last = {"hidden_t2_s1": hidden_mse(projected["hidden_t2_s1"], t.hidden_states[4], mask),
+            "attention_t2_s1": attention_loss(s.attentions[0], t.attentions[3], mask, by_key["attention_t2_s1"].loss,
+                                              by_key["attention_t2_s1"].heads)}
+    assert width == mask.shape[1] and set(want) == set(by_key)
+    for key, value in want.items():
+        assert float(logs[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+        assert key not in last or float(last[key]) != pytest.approx(float(value), rel=1e-3), key
 
 
 def test_a_zero_weight_match_is_left_out_and_every_trained_parameter_gets_a_gradient(glue_dir, tokenizer):

@@ -105,6 +105,19 @@ def test_parity_failure_reports_numbers():
         check_parity(ref, bad, atol=1e-3)
     with pytest.raises(CompressError, match="shape"):
         check_parity(ref, ref[:, :1])
+    # each check on its own (the case above trips both): the tolerance is the tolerance ...
+    assert check_parity(ref, ref + 0.0009, atol=1e-3).max_abs_diff == pytest.approx(0.0009, rel=1e-3)
+    with pytest.raises(CompressError, match=r"max \|dlogit\| = 0\.0011 "):
+        check_parity(ref, ref + 0.0011, atol=1e-3)
+    # ... and a near tie flipped within it still fails on agreement
+    tie = np.array([[0.5, 0.5004], [2.0, 0.0]], dtype=np.float32)
+    flipped = tie.copy()
+    flipped[0] = [0.5004, 0.5]
+    with pytest.raises(CompressError, match=r"argmax agreement = 0\.5000"):
+        check_parity(tie, flipped, atol=1e-3)
+    assert check_parity(tie, flipped, atol=1e-3, min_agreement=0.5).argmax_agreement == 0.5
+    with pytest.raises(CompressError, match="nan"):  # a NaN output fails whatever the tolerance (regression: no argmax)
+        check_parity(ref[:, :1], ref[:, :1] * np.nan, atol=np.inf)
 
 
 def test_missing_and_corrupt_onnx_files(tmp_path):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import statistics
 
 import pytest
 
@@ -332,6 +333,14 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert dyn.latency[2].peak_throughput == pytest.approx(8000 / 32.5, abs=0.01) and dyn.latency[2].peak_shape == "b8xs32"
     # the same seed twice (or different recipes) stay separate tables
     assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
+    # retention and speedup: the mean of each seed's own ratio (not the ratio of the means, not another statistic)
+    assert table.retention(dyn) == pytest.approx(statistics.fmean([.88 / .90, .89 / .91, .87 / .92]), rel=1e-9)
+    runs = [make_run(tmp_path / f"t{seed}", "quickstart", **_files(tmp_path), seed=seed, teacher_acc=0.9,
+                     latency={"onnx_fp32": {2: ref}, "int8_dynamic": {2: ms}}, int8={"dynamic": (0.88, True)})
+            for seed, ref, ms in ((42, 12.0, 5.0), (43, 10.0, 4.0), (44, 14.0, 7.0))]
+    (table,) = merge_seeds([collect(r) for r in runs])
+    dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+    assert table.speedup(dyn, 2) == pytest.approx(statistics.fmean([12 / 5, 10 / 4, 14 / 7]))  # 2.3, not 12/5.33
 
 
 def test_merged_seeds_throughput_is_the_pooled_rate_not_the_mean_of_rates(tmp_path):
