@@ -28,6 +28,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from compress import prune as P
+from compress.bundle_predict import first_line
 from compress.config import PruneConfig, Recipe, RecoverConfig, newest_source
 from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
@@ -215,15 +216,20 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
     done = _finished_step(checkpoint_root, cfg.steps) if cfg.recover is not None and logits is not None else None
     if done is not None:
         start, folder = done
-        model = P.load_pruned_model(folder).to(process_device())  # loaded on the CPU: to where it is scored and cut
-        history = read_json(folder / "history.json")["steps"]
-        log.info("prune: steps 1-%d already done (%s), resuming at step %d", start, folder, start + 1)
-        print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")
+        try:
+            loaded = P.load_pruned_model(folder).to(process_device())  # on the CPU: to where it is scored and cut
+            history = read_json(folder / "history.json")["steps"]
+        except Exception as e:  # a file read back short or altered: a traceback on every rerun
+            print(f"[prune] skipping the damaged {folder} ({first_line(e)}): pruning from step 1")
+            start, history = 0, []
+        else:
+            model = loaded
+            print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")
     for step in range(start, cfg.steps):
         fraction = (step + 1) / cfg.steps
         scores_file = (checkpoint_root / f"step-{step + 1}.scores.pt" if checkpoint_root is not None
                        and cfg.recover is not None and logits is not None and cfg.recover.checkpoint_every else None)
-        saved = _saved_scores(scores_file)
+        saved = _saved_scores(scores_file, checkpoint_root)
         batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
                    if cfg.importance == "taylor" and saved is None else None)
         # every process cuts the same units; a step resumed mid-recovery cuts the ones its checkpoint was trained with
@@ -276,12 +282,25 @@ def _save_scores(scores: P.Scores, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-def _saved_scores(path: Optional[Path]) -> Optional[P.Scores]:
-    """The scores `_save_scores` wrote for this step, if any."""
+def _saved_scores(path: Optional[Path], checkpoint_root: Optional[Path] = None) -> Optional[P.Scores]:
+    """The scores `_save_scores` wrote for this step, if any. Unreadable (read back short or altered: a traceback on
+    every rerun), they are dropped with the step's recovery checkpoints, which were trained on the units they cut:
+    the step is scored and recovered anew."""
     if path is None or not path.is_file():
         return None
-    data = torch.load(path, weights_only=True)
-    return P.Scores(heads=data["heads"], ffn=data["ffn"])
+    try:
+        data = torch.load(path, weights_only=True)
+        return P.Scores(heads=data["heads"], ffn=data["ffn"])
+    except Exception as e:
+        step = path.name.split(".")[0]  # step-K
+        print(f"[prune] skipping the damaged {path} ({first_line(e)}): {step} is scored and recovered anew")
+
+        def drop() -> None:  # before every process's from_main_process (a collective), so before any resumes
+            path.unlink(missing_ok=True)
+            if checkpoint_root is not None:
+                shutil.rmtree(checkpoint_root / step, ignore_errors=True)
+        main_process_writes(drop)
+        return None
 
 
 def _finished_step(checkpoint_root: Optional[Path], steps: int) -> Optional[tuple[int, Path]]:

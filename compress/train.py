@@ -31,9 +31,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from compress.bundle_predict import first_line
 from compress.config import TrainConfig
 from compress.data import Collator, train_loader
 from compress.errors import CompressError
+from compress.manifest import hash_tree, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,13 @@ def fit(
     best_state: Optional[dict] = None
     step, epoch, skip = 0, 0, 0
     resume_rng = None
-    ckpt = _latest_checkpoint(checkpoint_dir)
+    ckpt = _latest_checkpoint(checkpoint_dir, desc, accelerator.is_main_process)
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as e:  # files intact, yet not loadable here (another library version...): one line
+            raise CompressError(f"{ckpt}: cannot resume from this checkpoint ({first_line(e)}); delete "
+                                f"{checkpoint_dir} to train this stage from the start") from None
         meta = json.loads((ckpt / "trainer.json").read_text())
         step, epoch, skip = meta["step"], meta["epoch"], meta["batches_done_in_epoch"]
         result.best_metric, result.best_step, result.history = meta["best_metric"], meta["best_step"], meta["history"]
@@ -134,7 +140,8 @@ def fit(
         if meta.get("objective") is not None and hasattr(objective, "restore_state"):
             objective.restore_state(meta["objective"])  # e.g. the distiller's counts of misaligned rows
         resume_rng = _rng_state()  # the RNG as it was at the checkpoint (see the epoch loop)
-        log.info("resumed from %s (step %d)", ckpt, step)
+        if accelerator.is_main_process:  # said where it shows (the CLI logs warnings only), as prune's step resume is
+            print(f"[{desc}] resuming at step {step}/{total} ({ckpt})")
 
     def run_eval(tag: str) -> None:
         nonlocal best_state
@@ -177,8 +184,11 @@ def fit(
                 save_file(best_state, tmp / "best.safetensors")
             meta = {"step": step, "epoch": epoch, "batches_done_in_epoch": batches_done,
                     "best_metric": result.best_metric, "best_step": result.best_step, "history": result.history,
-                    **({} if kept is None else {"objective": kept})}
+                    **({} if kept is None else {"objective": kept}),
+                    "files": hash_tree(tmp)}  # every process's files written (the barrier above): checked on resume
             (tmp / "trainer.json").write_text(json.dumps(meta))
+            if target.exists():  # a damaged checkpoint of this step, skipped on resuming from an earlier one
+                shutil.rmtree(target)
             tmp.rename(target)
             # keep the two newest; a step-*.tmp a kill -9 left mid-save is no checkpoint (it counted as one of the two
             # newest: a rerun saving at other steps deleted good ones and kept it)
@@ -205,7 +215,7 @@ def fit(
     tokens, t0 = 0, time.perf_counter()
 
     def last_good() -> str:  # at the failure: the folder named only when a checkpoint was saved in it
-        latest = _latest_checkpoint(checkpoint_dir)
+        latest = _latest_checkpoint(checkpoint_dir, say=False)
         return "" if checkpoint_dir is None else f"; last good checkpoint {latest}" if latest else \
             "; no checkpoint saved yet"
 
@@ -484,9 +494,36 @@ def _accumulation_weight(batch: int, n_batches: int, grad_accum: int, batch_size
     return grad_accum * size(batch) / sum(size(i) for i in range(start, start + group))
 
 
-def _latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Path]:
+def _latest_checkpoint(checkpoint_dir: Optional[Path], desc: str = "train", say: bool = True) -> Optional[Path]:
+    """The newest checkpoint whose files are as saved (`_damage`); a damaged one is skipped, said (``say``) on one
+    line: its model, optimizer or RNG file read back short or altered gave a traceback, or, an RNG file, a resume
+    that was no longer exact (Accelerate only logs that one), on every rerun."""
     if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
         return None
     done = sorted(p for p in Path(checkpoint_dir).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
                   and (p / "trainer.json").is_file())
-    return done[-1] if done else None
+    for ckpt in reversed(done):
+        damage = _damage(ckpt)
+        if damage is None:
+            return ckpt
+        if say:
+            print(f"[{desc}] skipping the damaged checkpoint {ckpt} ({damage})")
+    return None
+
+
+def _damage(ckpt: Path) -> Optional[str]:
+    """What is wrong with a checkpoint's files against the sha256 its ``trainer.json`` recorded (None: nothing;
+    checkpoints of before 2026-12-06 recorded none and are taken as they are)."""
+    try:
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        if not isinstance(meta, dict) or "step" not in meta:
+            return "trainer.json holds no step"
+    except (OSError, ValueError) as e:
+        return f"trainer.json unreadable: {first_line(e)}"
+    for rel, digest in (meta.get("files") or {}).items():
+        if not (ckpt / rel).is_file():
+            return f"{rel} missing"
+        if sha256_file(ckpt / rel) != digest:
+            return f"{rel} is not as saved (sha256 differs)"
+    return None
+

@@ -292,7 +292,7 @@ prune:
     assert manifest["metrics"]["holdout"] == fresh["holdout"] == steps[-1]["recovery"]["holdout"]
 
 
-def test_prune_stage_interrupted_in_step_2_resumes_after_step_1(tiny_bert_dir, tmp_path, monkeypatch):
+def test_prune_stage_interrupted_in_step_2_resumes_after_step_1(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     """A run stopped (Ctrl-C, crash, kill -9) during the second step's recovery retrained the first step too; it
     now starts after the newest finished step and ends where an uninterrupted run does."""
     from safetensors.torch import load_file
@@ -338,6 +338,18 @@ prune: {{heads: 0.5, ffn: 0.5, steps: 2, calibration_batches: 2, calibration_bat
     b = load_file(tmp_path / "clean" / "tiny" / "prune" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     assert not (tmp_path / "cut" / "tiny" / ".checkpoints").exists()  # finished: nothing left to resume
+    # the finished step's model read back short (a traceback on every rerun): skipped, said, pruned from step 1
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(recipe("cut"), force=("prune",))
+    saved = tmp_path / "cut" / "tiny" / ".checkpoints" / "prune" / "done-step-1"
+    (saved / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes()[:100])
+    capsys.readouterr()
+    again = run_pipeline(recipe("cut"), force=("prune",))["prune"]
+    assert f"[prune] skipping the damaged {saved} (" in capsys.readouterr().out
+    assert calls == ["prune step 1/2 recovery", "prune step 2/2 recovery"] + ["prune step 1/2 recovery",
+                                                                              "prune step 2/2 recovery"]
+    assert untimed(again["pruning"]["steps"]) == untimed(clean["pruning"]["steps"])
 
 
 def test_prune_stage_takes_the_distilled_student_and_the_original_teacher_teaches(tiny_bert_dir, tmp_path,
@@ -744,7 +756,7 @@ def test_a_plan_in_any_order_is_recorded_in_the_weights_order():
     assert (logits(model, x) - ref(**x, head_mask=head_mask).logits.detach()).abs().max() <= 1e-6
 
 
-def test_a_step_resumed_mid_recovery_cuts_the_units_its_checkpoint_was_trained_with(tmp_path, monkeypatch):
+def test_a_step_resumed_mid_recovery_cuts_the_units_its_checkpoint_was_trained_with(tmp_path, monkeypatch, capsys):
     """A rerun after a crash in a step's recovery scored the model again and cut what it ranked now; the recovery
     checkpoint it then resumed from holds weights of the units the first run cut. Scores that rank otherwise (GPU
     kernels, another thread count: near-ties) made the checkpoint fail to load or, with the same counts per layer,
@@ -775,6 +787,14 @@ def test_a_step_resumed_mid_recovery_cuts_the_units_its_checkpoint_was_trained_w
     assert run(tiny(layers=2)) == first
     (tmp_path / "step-1.scores.pt").unlink()  # what the rerun ranks now: other units
     assert run(tiny(layers=2)) != first
+    # scores read back short (a traceback on every rerun): dropped with the step's recovery checkpoints, scored anew
+    (tmp_path / "step-1.scores.pt").write_bytes(b"\0" * 40)
+    (tmp_path / "step-1" / "step-00000002").mkdir(parents=True)  # trained on the units those scores cut
+    monkeypatch.setattr(PS.P, "score", real_score)
+    capsys.readouterr()
+    assert run(tiny(layers=2)) == first
+    assert f"[prune] skipping the damaged {tmp_path / 'step-1.scores.pt'} (" in capsys.readouterr().out
+    assert not (tmp_path / "step-1").exists()
 
 
 def test_a_resumed_recovery_says_so_in_the_step_record(monkeypatch):

@@ -203,6 +203,53 @@ def test_tokens_per_second_count_training_not_scoring_and_a_half_saved_checkpoin
     assert seen[0] == "step-00000003.tmp", seen  # it went first; step-2 (a good one) went when step 4 was saved
 
 
+def test_a_damaged_checkpoint_is_skipped_and_the_resume_says_where_it_starts(tiny_bert_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    """A checkpoint file read back short (a disk, a copy): a truncated model or trainer.json gave a traceback on every
+    rerun; a truncated RNG state resumed silently with other dropout draws (Accelerate logs it at info level only),
+    so the weights were no longer those of an unbroken run. The damaged checkpoint is now skipped, said in one line,
+    and the run resumes from the one before, to the same weights; a resume says at which step it starts."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2)
+
+    def train(folder):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, checkpoint_dir=folder)
+        return result, {k: v.clone() for k, v in model.state_dict().items()}
+
+    from compress import train as T
+
+    folder = tmp_path / "ck"
+    folder.mkdir()  # (the pipeline makes it, stamped)
+    real = T.shutil.rmtree  # a finished run removes its checkpoints: kept here as a killed run's would be
+    monkeypatch.setattr(T.shutil, "rmtree", lambda p, **kw: None if Path(p) == folder else real(p, **kw))
+    first, weights = train(folder)
+    assert first.steps == 8 and sorted(p.name for p in folder.iterdir()) == ["step-00000004", "step-00000006"]  # (none at the end)
+    meta = json.loads((folder / "step-00000006" / "trainer.json").read_text())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(meta["files"])
+    rng = folder / "step-00000006" / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:40])
+    capsys.readouterr()
+    resumed, again = train(folder)
+    out = capsys.readouterr().out
+    assert f"skipping the damaged checkpoint {folder / 'step-00000006'} (random_states_0.pkl is not as saved" in out
+    assert f"[train] resuming at step 4/8 ({folder / 'step-00000004'})" in out
+    assert resumed.resumed_from == 4 and all(torch.equal(weights[k], again[k]) for k in weights)
+    for step in ("step-00000004", "step-00000006"):  # nothing usable left: trained from the start, said
+        (folder / step / "trainer.json").write_text("{half")
+    fresh, again = train(folder)
+    assert "trainer.json unreadable" in capsys.readouterr().out and fresh.resumed_from is None
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # files as saved, yet not loadable (a checkpoint of before the sha256 were recorded, cut short): one line
+    newest = sorted(folder.glob("step-*"))[-1]
+    meta = json.loads((newest / "trainer.json").read_text())
+    (newest / "trainer.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    (newest / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(CompressError, match=rf"^{re.escape(str(newest))}: cannot resume from this checkpoint .*; "
+                                            rf"delete {re.escape(str(folder))} to train this stage from the start$"):
+        train(folder)
+
+
 def test_max_grad_norm_zero_means_no_clipping_and_heads_follow_the_seed(tiny_bert_dir, minilm_dir):
     """max_grad_norm: 0 trains unclipped (it clipped every gradient to 0: nothing changed); the new head's init is
     the same whatever consumed the global RNG before (the stages seed before building a model)."""
