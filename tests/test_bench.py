@@ -160,6 +160,40 @@ def test_timing_helpers():
     assert 2 <= len(slow) <= 4  # stops after max_seconds of timed runs
     p = percentiles([0.001, 0.002, 0.003, 0.004])
     assert p["p50_ms"] == pytest.approx(2.5) and p["runs"] == 4 and p["p99_ms"] <= 4.0
+    assert (p["p90_ms"], p["p99_ms"], p["mean_ms"]) == pytest.approx((3.7, 3.97, 2.5))  # linear interpolation
+
+
+def test_sessions_and_torch_run_on_the_thread_counts_asked(tmp_path):
+    """The protocol's thread settings reach the runtimes: ORT's intra-op count, one inter-op thread, sequential
+    execution, idle threads sleeping when spin is off; torch's intra-op count."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from compress.bench import TorchRunner
+    from compress.ort_session import session
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    import onnxruntime as ort
+
+    for threads, spin in ((2, False), (1, True)):
+        options = session(tmp_path / "m.onnx", threads=threads, spin=spin).get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+        assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # unset: ORT's default, spinning
+            spinning = None
+        assert spinning == (None if spin else "0")
+    before = torch.get_num_threads()
+    try:
+        TorchRunner(torch.nn.Linear(2, 2), 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_bench_worker_imports_the_compress_of_the_process_that_starts_it(tmp_path):
