@@ -96,6 +96,14 @@ def test_static_calibration_methods(tmp_path, tiny_model, sst2, method, per_chan
     entry = rec["int8"]["static"]
     assert entry["settings"]["calibration"]["method"] == method and entry["settings"]["per_channel"] is per_channel
     assert op in onnx_load_ops(tmp_path / "int8_static.onnx")
+    import onnx
+
+    # activations QUInt8, weights QInt8 (QInt8 activations ran 2-4x slower here): told apart by their zero points
+    zero_points = {t.name: t.data_type for t in onnx.load(str(tmp_path / "int8_static.onnx")).graph.initializer
+                   if t.name.endswith("zero_point")}
+    outputs = {n: v for n, v in zero_points.items() if n.endswith("_output_0_zero_point") or n == "logits_zero_point"}
+    assert outputs and set(outputs.values()) == {onnx.TensorProto.UINT8}, outputs
+    assert onnx.TensorProto.INT8 in zero_points.values()  # the matmuls' weights
     fp32 = onnx_predict(session(tmp_path / "model.onnx"), dev, collator)
     int8 = onnx_predict(session(tmp_path / "int8_static.onnx"), dev, collator)
     assert (int8.argmax(-1) == fp32.argmax(-1)).mean() >= 0.85
@@ -192,6 +200,23 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes,
     if expected == ["mm1"]:  # [emb] failed, [emb, mm1] passed, then emb went back to int8
         assert [(t["excluded"], t.get("requantized")) for t in result.tries] == [(0, None), (1, None), (2, None),
                                                                                  (1, "emb")]
+
+
+def test_guard_budget_is_inclusive_at_the_first_try_and_in_the_loop(tmp_path):
+    """A drop equal to the budget is within it: budget 0 ships an int8 model that scores exactly as fp32 (first try,
+    nothing kept fp32), and a try that brings the drop to exactly 0 stops the loop there."""
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    sens = {"mm1": 0.9, "mm2": 0.5}
+    same = guard(make, tmp_path / "a.onnx", lambda path: {"accuracy": 0.90}, {"accuracy": 0.90}, list(sens),
+                 lambda nodes: sum(sens[n] for n in nodes), 0.0, tmp_path)
+    assert same.shippable and same.excluded == [] and len(same.tries) == 1 and same.drop == 0.0
+    fixed = guard(make, tmp_path / "b.onnx",
+                  lambda path: {"accuracy": 0.90 if "mm1" in json.loads(path.read_text()) else 0.88},
+                  {"accuracy": 0.90}, list(sens), lambda nodes: sum(sens[n] for n in nodes), 0.0, tmp_path)
+    assert fixed.shippable and fixed.excluded == ["mm1"] and [t["excluded"] for t in fixed.tries] == [0, 1]
 
 
 def test_guard_over_budget_with_no_candidate_node_says_so(tmp_path):
@@ -387,7 +412,7 @@ def recipe_for(tmp_path, glue_dir, **quantize) -> Recipe:
         file="recipe.yaml")
 
 
-def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_dir, glue_dir, capsys):
+def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_dir, glue_dir, capsys, monkeypatch):
     from compress.quantize import run
 
     recipe = recipe_for(tmp_path, glue_dir)
@@ -415,6 +440,16 @@ def test_stage_quantizes_the_teacher_of_a_teacher_only_run(tmp_path, tiny_bert_d
     out.mkdir()
     run(static, out, {"teacher": teacher})
     assert json.loads((out / "quantize.json").read_text())["rows"]["calibration"] == 64
+    # calibration.samples below the task's rows: static int8 is calibrated on that many, as recorded
+    import compress.quantize as Q
+
+    seen, real = [], Q.quantize_model
+    monkeypatch.setattr(Q, "quantize_model", lambda *a, **k: seen.append(len(k["calib_rows"])) or real(*a, **k))
+    shutil.rmtree(out)
+    out.mkdir()
+    run(recipe_for(tmp_path, glue_dir, modes=["static"], max_drop=100.0, calibration={"samples": 16}), out,
+        {"teacher": teacher})
+    assert seen == [16] == [json.loads((out / "quantize.json").read_text())["rows"]["calibration"]]
 
 
 def test_stage_scores_a_labelled_test_split_beside_dev(tmp_path, tiny_bert_dir, glue_dir, capsys):
