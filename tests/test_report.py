@@ -314,6 +314,21 @@ def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_
     assert "| teacher · onnx fp32 (reference) | onnx fp32 fused |" in md and (out / "pareto.png").is_file()
 
 
+def test_the_fused_teacher_graph_is_the_reference_only_when_it_was_timed():
+    """The speedup reference: the teacher's fused fp32 graph when timed, else its plain export (a fused row without
+    latency would give every row no speedup)."""
+    from types import SimpleNamespace
+
+    from compress.report import _mark_reference
+
+    for fused_timed, reference in ((True, "teacher · onnx fp32 fused"), (False, "teacher · onnx fp32")):
+        rows = [SimpleNamespace(name="teacher · onnx fp32 fused", latency={2: 1.0} if fused_timed else {}),
+                SimpleNamespace(name="teacher · onnx fp32", latency={2: 1.2}),
+                SimpleNamespace(name="student · int8 dynamic", latency={2: 0.1})]
+        _mark_reference(rows)
+        assert [r.name for r in rows if r.reference] == [reference]
+
+
 def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     from compress.report import merge_seeds
 

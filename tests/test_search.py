@@ -45,6 +45,21 @@ def _recipe(tmp_path: Path, glue_dir: Path, tokenizer, *, teacher: bool = True, 
     return path
 
 
+def test_pick_ranks_by_the_held_out_score_within_an_inclusive_budget_and_breaks_ties_by_speed():
+    """Picked on ``select_metric`` (held-out rows), not on dev's ``metric``; a candidate exactly at the budget fits;
+    of two equally scored, the faster; a nan score is never picked."""
+    def cand(name, dev, held_out, ms):
+        return {"id": name, "metric": dev, "select_metric": held_out, "latency": {"p50_ms": ms}}
+
+    best_on_dev = cand("a", 0.95, 0.80, 1.0)  # the best dev score, a worse held-out one
+    at_budget = cand("b", 0.85, 0.90, 2.0)
+    faster_tie = cand("d", 0.84, 0.90, 1.5)
+    unranked = cand("e", 0.99, float("nan"), 0.5)
+    assert pick([best_on_dev, at_budget, unranked], 2.0)["id"] == "b"
+    assert pick([best_on_dev, at_budget, faster_tie, unranked], 2.0)["id"] == "d"
+    assert pick([best_on_dev, at_budget], 1.99)["id"] == "a" and pick([unranked], 1.0) is None
+
+
 def test_space_order_pick_and_front():
     cfg = load_recipe_free_search()
     space = candidates(cfg, 6)
