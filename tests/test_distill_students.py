@@ -25,6 +25,16 @@ def _tiny(kind):
     return RobertaForSequenceClassification(RobertaConfig(**SMALL))
 
 
+def test_a_random_narrow_students_defaults_are_bert_proportions(tokenizer):
+    """Without heads or ffn, a random narrow student has one head per 64 hidden units (at least one) and an FFN four
+    times its width, as BERT's own sizes are."""
+    from students.narrow import random_bert
+
+    for hidden, heads in ((128, 2), (32, 1), (768, 12)):
+        c = random_bert(StudentConfig(name="s", kind="narrow", layers=1, hidden=hidden), tokenizer, SST2).config
+        assert (c.num_attention_heads, c.intermediate_size, c.hidden_size) == (heads, 4 * hidden, hidden), hidden
+
+
 def test_pick_layers_evenly_spaced_and_ends_with_last():
     assert pick_layers(6, 3) == [2, 4, 6]
     assert pick_layers(12, 6) == [2, 4, 6, 8, 10, 12]
@@ -139,6 +149,7 @@ def test_layer_drop_of_a_pruned_teacher_keeps_the_kept_layers_pruning_config(kin
     assert {int(k): sorted(v) for k, v in c.pruned_heads.items()} == {0: [0, 2], 1: [0, 1, 3]}
     assert c.compress_layer_sizes == [{"heads": 2, "ffn": 64}, {"heads": 1, "ffn": 32}]
     assert [x["source"] for x in c.compress_pruning["layers"]] == [0, 1] and c.compress_pruning["num_layers"] == 2
+    assert c.intermediate_size == 64  # the kept layers' widest FFN (layer 4 kept 32)
     ids = torch.randint(5, 100, (2, 9))
     with torch.no_grad():
         expected = student(input_ids=ids).logits
