@@ -598,7 +598,7 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["metrics"]["dev"] == {"accuracy": 0.88, "f1": 0.91}
     assert m["metrics"]["teacher_dev"] == {"accuracy": 0.90} and m["metrics"]["retention"] == pytest.approx(0.88 / 0.90)
-    assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["threads"] == 1
+    assert m["latency"]["p50_ms"] == 6.0 and m["latency"]["p90_ms"] == 7.2 and m["latency"]["threads"] == 1
     assert m["latency"]["speedup_vs_teacher_onnx_fp32"] == pytest.approx(20 / 6, abs=0.01)
     by_threads = m["latency"]["by_threads"]  # every benchmarked thread count, the fastest marked
     assert list(by_threads) == ["1", "2"] and by_threads["2"]["p50_ms"] == 3.5 and by_threads["2"]["fastest"]

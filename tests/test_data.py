@@ -42,6 +42,7 @@ def test_holdout_is_disjoint_and_seeded(glue_dir):
     a, b = load_task(cfg, seed=1), load_task(cfg, seed=1)
     assert len(a.holdout) == 249 and len(a.train) == 2490 - 249
     assert a.holdout["text"] == b.holdout["text"]
+    assert set(load_task(cfg, seed=2).holdout["text"]) != set(a.holdout["text"])  # the recipe's seed draws it
     pairs = lambda ds: set(zip(ds["text"], ds["text_pair"]))  # noqa: E731
     assert not pairs(a.holdout) & pairs(a.train)  # RTE pairs are unique: the slices are disjoint
     c = load_task(TaskConfig(name="sst2", max_train_samples=100, max_eval_samples=50), seed=1)

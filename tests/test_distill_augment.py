@@ -80,6 +80,9 @@ def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer, caplog):
     assert len(set(some["source"][n:])) > len(long_rows) // 2 and len(some) - n <= 3 * len(long_rows)
     assert some_summary["rows_augmented"] == len(long_rows) and summary["rows_augmented"] == n
     assert some_summary["config"]["min_words"] == 8
+    exact = len(data.train["text"][0].split())  # a row of exactly min_words words gets copies too
+    _, at_least = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=1, min_words=exact), table=table)
+    assert at_least["rows_augmented"] == sum(len(t.split()) >= exact for t in data.train["text"])
     with caplog.at_level("WARNING", logger="compress.distill.augment"):  # a min_words no row reaches: said, not silent
         _, none = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=3, min_words=1000), table=table)
     assert none["copies"] == 0 and "augment: no copies made (0 of" in caplog.text
