@@ -356,12 +356,32 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
      r"report\.threads: 2 is not one of bench\.threads \[1\]"),
     ("task: {name: sst2}\nteacher: {}\nbench: {threads: [1, 2]}\nbundle: {threads: 4}\n",
      r"bundle\.threads: 4 is not one of bench\.threads \[1, 2\]"),
+    # each range's edge (a mutation audit found them untested)
+    ("task: {name: sst2, max_length: 4}\nteacher: {}\n", r"task\.max_length: must be >= 8, got 4"),
+    ("task: {name: sst2, holdout: 0.5}\nteacher: {}\n", r"task\.holdout: must be in \[0, 0\.5\), got 0\.5"),
+    ("task: {name: sst2}\nteacher: {grad_accum: 0}\n", r"teacher\.grad_accum: must be > 0, got 0"),
+    ("task: {name: sst2}\nteacher: {warmup_ratio: 1.0}\n", r"teacher\.warmup_ratio: must be in \[0, 1\), got 1\.0"),
+    ("task: {name: sst2}\nteacher: {max_grad_norm: -1}\n", r"teacher: weight_decay and max_grad_norm must be >= 0"),
+    ("task: {name: sst2}\nteacher: {}\nprune: {keep_params: 0}\n",
+     r"prune\.keep_params: a fraction in \(0, 1\] is needed, got 0"),
+    ("task: {name: sst2}\nteacher: {}\nprune: {keep_params: 0.5, keep_macs: 0.5}\n",
+     r"prune: give either ratios \(heads/ffn\) or one budget"),
+    ("task: {name: sst2}\nteacher: {}\nquantize: {sensitivity_rows: 0}\n",
+     r"quantize\.sensitivity_rows: must be >= 1, got 0"),
 ])
 def test_what_would_fail_mid_run_is_refused_at_validation(tmp_path, text, message):
     """Each of these passed `compress validate` and failed only once the run was under way (some after the teacher
     had trained), or wrote outside runs_dir (a recipe name with a path in it)."""
     with pytest.raises(CompressError, match=message):
         load_recipe(write(tmp_path, text))
+
+
+def test_the_edges_of_ranges_that_are_allowed_are_taken(tmp_path):
+    """parity_min_agreement 1 (every argmax the same) is allowed; int8 types static cannot run are fine for a
+    dynamic-only run (they are read by static int8 only)."""
+    recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nquantize: {parity_min_agreement: 1.0, "
+                                         "modes: [dynamic], activation_type: qint8, weight_type: quint8}\n"))
+    assert recipe.quantize.parity_min_agreement == 1.0 and recipe.quantize.modes == ["dynamic"]
 
 
 def test_label_names_written_as_numbers_are_their_text(tmp_path):

@@ -36,3 +36,14 @@ def test_correlations_of_one_row_are_nan_not_a_crash():
     correlation is undefined: nan."""
     m = compute_metrics(["pearson", "spearmanr"], np.array([[0.5]]), np.array([3.0]))
     assert np.isnan(m["pearson"]) and np.isnan(m["spearmanr"])
+
+
+def test_f1_is_the_positive_class_s_two_rows_correlate_and_kinds_do_not_mix():
+    """F1 of the positive class (GLUE's), not a macro average (equal on a symmetric example); two rows are enough for
+    a correlation; regression and classification metrics together are refused whichever comes first."""
+    m = compute_metrics(["f1"], np.array([[0, 1], [0, 1], [1, 0], [1, 0]], dtype=float), np.array([1, 1, 1, 0]))
+    assert m["f1"] == pytest.approx(0.8)  # tp=2 fp=0 fn=1 (macro would be 0.7333)
+    assert compute_metrics(["pearson"], np.array([[0.0], [1.0]]), np.array([0.0, 1.0]))["pearson"] == pytest.approx(1)
+    for names in (["accuracy", "pearson"], ["pearson", "accuracy"]):
+        with pytest.raises(CompressError, match="regression and classification metrics mixed"):
+            compute_metrics(names, np.zeros((2, 2)), np.zeros(2))
