@@ -178,3 +178,16 @@ def test_a_graph_the_optimizer_fuses_nothing_in_is_not_kept_as_fused(tmp_path, d
     ref = onnx_predict(session(plain), ds, collator)
     assert optimize_checked(plain, tmp_path / "mpnet_opt.onnx", "mpnet", ref, ds, collator) == ({}, None)
     assert not (tmp_path / "mpnet_opt.onnx").exists()
+
+
+def test_a_model_of_one_token_type_takes_no_token_type_ids():
+    """A BERT of one token type (RoBERTa-like, type_vocab_size 1) is exported without token_type_ids (its tokenizer
+    gives none); two token types keep them."""
+    from transformers import BertForSequenceClassification
+
+    from compress.export import input_names
+
+    one = BertForSequenceClassification(tiny_bert_config(type_vocab_size=1))
+    assert input_names(one) == ("input_ids", "attention_mask")
+    two = BertForSequenceClassification(tiny_bert_config(type_vocab_size=2))
+    assert input_names(two) == ("input_ids", "attention_mask", "token_type_ids")

@@ -392,6 +392,12 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys, monke
     capsys.readouterr()
     forced = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
     assert f"[teacher] running -> {folder} (forced)" in capsys.readouterr().out
+    from compress.pipeline import explain  # --force all: every stage, in the plan and in the run
+
+    assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("all",))[0] == ("teacher", True,
+                                                                                         "forced (--force)")
+    run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("all",))
+    assert f"[teacher] running -> {folder} (forced)" in capsys.readouterr().out
     assert forced["teacher"]["fingerprint"] == manifest["fingerprint"]
     # changed config -> redone with a new fingerprint, and the log says why
     capsys.readouterr()
@@ -703,6 +709,8 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
         load_for_task(three, sst2, keep_head=True)
     # the task's labels in another order: the head's outputs are put in the task's order, kept or fine-tuned
     original = BertForSequenceClassification(tiny_bert_config()).eval()
+    with torch.no_grad():  # a bias of its own (HF starts it at 0): reordered with the weights
+        original.classifier.bias.copy_(torch.tensor([0.5, -0.5]))
     swapped = folder("swapped", original, id2label={0: "1", 1: "0"})
     ids = torch.tensor([[2, 7, 9, 11, 3]])
     expected = original(input_ids=ids).logits[:, [1, 0]]
