@@ -119,6 +119,14 @@ def test_predictor_batches_only_when_asked(bundle, int8_model, tokenizer):
     assert "one text at a time" in card and "batch_size=N" in card
 
 
+def test_a_float_bundle_says_it_is_not_int8(int8_model, tmp_path, minilm_dir):
+    """The manifest's model.int8 is the file's, not a constant: an fp32 model (require_int8 off) says false."""
+    folder, _ = build(tmp_path, "fp32", model=int8_model.parent / "fp32.onnx", tokenizer=minilm_dir / "tokenizer.json",
+                      task="sst2", labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False,
+                      require_int8=False)
+    assert json.loads((folder / "manifest.json").read_text())["model"]["int8"] is False
+
+
 def test_manifest_schema(bundle):
     folder, _ = bundle
     m = json.loads((folder / "manifest.json").read_text())
@@ -523,6 +531,8 @@ def test_pick(run_dir):
     assert why["rule"] == "the fastest within 1 point of the teacher's accuracy, by p50 latency at 2 threads"
     assert {c["name"] for c in why["candidates"]} == {"teacher · int8 dynamic", "teacher · int8 static"}
     assert pick(table, "best_within_drop", max_drop=2.5)[0].name == "teacher · int8 static"  # now within budget
+    exact, why_exact = pick(table, "best_within_drop", max_drop=2.0)  # 0.90 - 0.88: 2 points, as floats give it
+    assert exact.name == "teacher · int8 static" and why_exact["within_budget"]
     assert pick(table, "fastest")[0].name == "teacher · int8 static"  # the unshippable one is never picked
     chosen, why = pick(table, "most_accurate", max_drop=5.0)  # max_drop plays no part: not said (it was)
     assert chosen.name == "teacher · int8 dynamic" and why["rule"] == \
@@ -530,6 +540,11 @@ def test_pick(run_dir):
     chosen, why = pick(table, "best_within_drop", max_drop=0.1)  # nothing within: the most accurate, flagged
     assert chosen.name == "teacher · int8 dynamic" and not why["within_budget"]
     assert why["rule"].startswith("none within 0.1 points of the teacher's accuracy: the most accurate")
+    rows = {r.name: r for r in table.rows}
+    saved = rows["teacher · int8 static"].metric
+    rows["teacher · int8 static"].metric = rows["teacher · int8 dynamic"].metric  # a tie: the faster (static)
+    assert pick(table, "most_accurate")[0].name == "teacher · int8 static"
+    rows["teacher · int8 static"].metric = saved
     for row in table.rows:  # no bench: smaller file first (a tie here: the more accurate)
         row.latency = {}
     chosen, why = pick(table, "fastest")

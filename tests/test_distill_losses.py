@@ -67,6 +67,9 @@ def test_attention_kl_by_hand():
     assert attention_loss(s, t, torch.ones(1, 2), "kl").item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
     assert attention_loss(s, t, torch.tensor([[1, 0]]), "kl").item() == pytest.approx(row0, rel=1e-5)
     assert attention_loss(t, t, torch.ones(1, 2), "kl").item() == pytest.approx(0.0, abs=1e-6)
+    # two heads alike: a mean over heads too (the same value), not a sum
+    s2, t2 = s.repeat(1, 2, 1, 1), t.repeat(1, 2, 1, 1)
+    assert attention_loss(s2, t2, torch.ones(1, 2), "kl").item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
 
 
 def test_attention_heads_averaged_when_counts_differ():
