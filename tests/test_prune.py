@@ -182,7 +182,12 @@ def test_parameter_budget_is_met():
     full = sum(p.numel() for p in model.bert.encoder.parameters())
     P.prune(model, cfg(keep_params=0.5, importance="l1"), seq_len=32)
     kept = sum(p.numel() for p in model.bert.encoder.parameters())
-    assert 0.4 * full < kept <= 0.5 * full
+    assert 0.49 * full < kept <= 0.5 * full  # the search lands next to the budget (0.4986), not well under it
+    # a step part of the way (iterative pruning, step 1 of 2): half of what is removed at the end
+    model = tiny()
+    layers = P.plan(model, P.score(model, "l1"), cfg(keep_params=0.5, importance="l1"), fraction=0.5, seq_len=32)
+    cost = P.encoder_cost(P.provenance(model), model.config.hidden_size, 32, layers)[0]
+    assert 0.74 * full < cost <= 0.75 * full
 
 
 def test_invalid_requests_say_why():
