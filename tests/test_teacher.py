@@ -251,6 +251,38 @@ def test_a_damaged_checkpoint_is_skipped_and_the_resume_says_where_it_starts(tin
         train(folder)
 
 
+def test_gradients_are_clipped_the_best_state_is_kept_and_an_inf_loss_stops(tiny_bert_dir, monkeypatch):
+    """Every optimizer step clips at max_grad_norm (0: not at all, inf); the weights kept at the end are those of the
+    best held-out score, not the last; a loss of inf stops the run at once, named (not later, as a gradient)."""
+    from accelerate import Accelerator
+
+    from compress.train import classification_objective
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=32, holdout=0.0), seed=0)
+    norms, real = [], Accelerator.clip_grad_norm_
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_",
+                        lambda self, params, max_norm, *a, **k: norms.append(max_norm) or real(self, params, max_norm))
+    for max_norm, clipped_at in ((1.0, 1.0), (0.0, float("inf"))):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        train = tokenize(data.train, tok, 32)
+        snapshots, scores = [], iter([0.5, 0.9, 0.1, 0.2])  # 4 steps, scored after each: the second is the best
+
+        def score(m):
+            snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+            return {"accuracy": next(scores)}
+
+        norms.clear()
+        result = fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=8, eval_every=1,
+                                                                    max_grad_norm=max_norm), seed=0, evaluate=score)
+        assert norms == [clipped_at] * 4 and result.best_step == 2 and len(snapshots) == 4
+        final = model.state_dict()
+        assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+        assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
+    with pytest.raises(CompressError, match=r"^train: loss became inf at step 0, batch 0"):
+        fit(model, train, Collator({"": tok}), TrainConfig(epochs=1, batch_size=8), seed=0,
+            objective=lambda m, b: (classification_objective(m, b)[0] * float("inf"), {}))
+
+
 def test_max_grad_norm_zero_means_no_clipping_and_heads_follow_the_seed(tiny_bert_dir, minilm_dir):
     """max_grad_norm: 0 trains unclipped (it clipped every gradient to 0: nothing changed); the new head's init is
     the same whatever consumed the global RNG before (the stages seed before building a model)."""
