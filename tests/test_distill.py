@@ -806,3 +806,25 @@ def test_a_logit_cache_flag_the_student_never_reads_leaves_its_fingerprint_as_it
                   "students[0].distill.matches": [{"teacher_layer": 6, "student_layer": 2, "feature": "hidden",
                                                    "weight": 0.0}]}):
         assert config(**none, **{"students[0].distill.cache_teacher_logits": False}) != config(**none), none
+
+
+def test_a_regression_student_learns_the_teachers_outputs_by_mse():
+    """A regression task's logit KD is the squared error to the teacher's outputs (no temperature, no softmax of a
+    single output): the KD term is computed here by hand."""
+    import torch.nn.functional as F
+
+    from compress.config import DistillConfig
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
+    student = BertForSequenceClassification(tiny_bert_config(num_labels=1, num_hidden_layers=1)).eval()
+    ids = torch.randint(5, 100, (4, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": torch.tensor([0.5, 1.0, 4.0, 2.5]), "teacher_logits": torch.tensor([[3.0], [-1.0], [2.0], [0.0]])}
+    d = Distiller(student, [], 32).eval()
+    with torch.no_grad():
+        _, logs = KDObjective(teacher, DistillConfig(), [], True)(d, batch)
+        mine = student(input_ids=ids, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+    want = F.mse_loss(mine.logits, batch["teacher_logits"])
+    assert float(logs["kd"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0.1
+    assert float(logs["hard"]) == pytest.approx(float(F.mse_loss(mine.logits.view(-1), batch["labels"])), rel=1e-5)
