@@ -20,6 +20,7 @@ from compress.prune_stage import teacher_logits
 from conftest import tiny_bert_config
 
 HEADS, FFN = 4, 64
+HIDDEN = 32
 
 
 def tiny(layers=3, seed=0):
@@ -175,6 +176,31 @@ def test_empty_layer_is_dropped_and_model_reloads(tmp_path, tokenizer):
     save(model, tokenizer, tmp_path / "m")
     reloaded, _ = load_trained(tmp_path / "m")
     assert (logits(reloaded, x) - logits(model, x)).abs().max() <= 1e-5
+
+
+def test_l1_and_l2_rank_by_their_norms_and_a_head_is_scored_by_its_mean_channel():
+    """Magnitude importance is the norm its name says (a neuron of one large weight: first by l2, last by l1 against
+    one of many small weights), and a head's score is the mean of its channels' (one strong channel does not outrank
+    a uniformly moderate head)."""
+    model = tiny(layers=1)
+    layer = model.bert.encoder.layer[0]
+    attn = layer.attention
+    with torch.no_grad():
+        layer.intermediate.dense.weight[:2].zero_()  # neurons 0 and 1: only what is set below
+        layer.intermediate.dense.bias[:2].zero_()
+        layer.output.dense.weight[:, :2].zero_()
+        layer.intermediate.dense.weight[0, 0] = 10.0  # neuron 0: l1 10, l2 100
+        layer.intermediate.dense.weight[1, :] = 0.5   # neuron 1: l1 16, l2 8
+        head = HIDDEN // HEADS
+        for lin in (attn.self.query, attn.self.key, attn.self.value):
+            lin.weight[:2 * head].zero_()
+            lin.bias[:2 * head].zero_()
+        attn.output.dense.weight[:, :2 * head].zero_()
+        attn.self.query.weight[0, 0] = 4.0 * HIDDEN  # head 0: one channel of 4 x hidden (mean hidden / 2)
+        attn.self.query.weight[head:2 * head, :] = 1.0  # head 1: every channel hidden
+    l1, l2 = P.score(model, "l1"), P.score(model, "l2")
+    assert l1.ffn[0][1] > l1.ffn[0][0] and l2.ffn[0][0] > l2.ffn[0][1]
+    assert l1.heads[0][1] > l1.heads[0][0]
 
 
 def test_parameter_budget_is_met():
