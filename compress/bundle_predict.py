@@ -450,6 +450,12 @@ class NamedStdout:
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
 
+    @staticmethod
+    def restore() -> None:
+        """sys.stdout as it was before a CLI wrapped it (nothing to do where it is not wrapped)."""
+        if isinstance(sys.stdout, NamedStdout):
+            sys.stdout = sys.stdout.stream
+
 
 def closed_streams() -> None:
     """Standard output or error closed by the caller (``predict.py TEXT >&-``): Python makes it None, where a write
@@ -573,7 +579,7 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        sys.stdout = sys.stdout.stream if isinstance(sys.stdout, NamedStdout) else sys.stdout
+        NamedStdout.restore()
     return 0
 
 

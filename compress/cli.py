@@ -614,7 +614,7 @@ def _main(argv: Optional[list[str]]) -> int:
                 pass
         return 128 + e.signum
     finally:
-        sys.stdout = sys.stdout.stream if isinstance(sys.stdout, NamedStdout) else sys.stdout
+        NamedStdout.restore()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     train = sys.modules.get("compress.train")  # a process group only ever comes from there: nothing to import

@@ -227,9 +227,11 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
             print(f"[prune] resuming after step {start}/{cfg.steps} ({folder})")
     for step in range(start, cfg.steps):
         fraction = (step + 1) / cfg.steps
-        scores_file = (checkpoint_root / f"step-{step + 1}.scores.pt" if checkpoint_root is not None
-                       and cfg.recover is not None and logits is not None and cfg.recover.checkpoint_every else None)
-        saved = _saved_scores(scores_file, checkpoint_root)
+        # the step's recovery checkpoints and, beside them, the scores its units were cut by
+        recovery_dir = (checkpoint_root / f"step-{step + 1}" if checkpoint_root is not None
+                        and cfg.recover is not None and logits is not None and cfg.recover.checkpoint_every else None)
+        scores_file = recovery_dir.with_name(f"{recovery_dir.name}.scores.pt") if recovery_dir else None
+        saved = _saved_scores(scores_file, recovery_dir)
         batches = (calibration_batches(train if calibration is None else calibration, collator, cfg, seed, step)
                    if cfg.importance == "taylor" and saved is None else None)
         # every process cuts the same units; a step resumed mid-recovery cuts the ones its checkpoint was trained with
@@ -247,8 +249,7 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
                          objective=recovery_objective(logits, rcfg, spec.is_regression),
                          evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
                          group_by_length=group_by_length, desc=f"prune step {step + 1}/{cfg.steps} recovery",
-                         checkpoint_dir=(checkpoint_root / f"step-{step + 1}") if checkpoint_root and
-                         rcfg.checkpoint_every else None)
+                         checkpoint_dir=recovery_dir)
             record["recovery"] = {"steps": result.steps, "best_step": result.best_step,
                                   "train_s": round(result.wall_s, 1), "resumed_from": result.resumed_from,
                                   "holdout": best_scores(result)}  # the kept weights' scores (None: none selected)
@@ -282,23 +283,22 @@ def _save_scores(scores: P.Scores, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-def _saved_scores(path: Optional[Path], checkpoint_root: Optional[Path] = None) -> Optional[P.Scores]:
+def _saved_scores(path: Optional[Path], recovery_dir: Optional[Path] = None) -> Optional[P.Scores]:
     """The scores `_save_scores` wrote for this step, if any. Unreadable (read back short or altered: a traceback on
-    every rerun), they are dropped with the step's recovery checkpoints, which were trained on the units they cut:
-    the step is scored and recovered anew."""
+    every rerun), they are dropped with the step's recovery checkpoints (``recovery_dir``), which were trained on the
+    units they cut: the step is scored and recovered anew."""
     if path is None or not path.is_file():
         return None
     try:
         data = torch.load(path, weights_only=True)
         return P.Scores(heads=data["heads"], ffn=data["ffn"])
     except Exception as e:
-        step = path.name.split(".")[0]  # step-K
-        print(f"[prune] skipping the damaged {path} ({first_line(e)}): {step} is scored and recovered anew")
+        print(f"[prune] skipping the damaged {path} ({first_line(e)}): the step is scored and recovered anew")
 
         def drop() -> None:  # before every process's from_main_process (a collective), so before any resumes
             path.unlink(missing_ok=True)
-            if checkpoint_root is not None:
-                shutil.rmtree(checkpoint_root / step, ignore_errors=True)
+            if recovery_dir is not None:
+                shutil.rmtree(recovery_dir, ignore_errors=True)
         main_process_writes(drop)
         return None
 
