@@ -1211,14 +1211,14 @@ def test_a_tokenizer_of_one_token_type_gives_the_bundle_no_second_type(minilm_di
             if processor == "bert" else None
         (src / "tokenizer.json").write_text(json.dumps(tok_json))
     config = json.loads((minilm_dir / "tokenizer_config.json").read_text())
-    for names, types in ((["input_ids", "attention_mask"], {0}), (None, {0, 1})):
+    for names, type_ids in ((["input_ids", "attention_mask"], {0}), (None, {0, 1})):
         (src / "tokenizer_config.json").write_text(json.dumps({**config, **({"model_input_names": names} if names
                                                                             else {})}))
         prepare_tokenizer(src / "tokenizer.json", tmp_path / "bundled.json", 32, text_pair=True)
         pair = Tokenizer.from_file(str(tmp_path / "bundled.json")).encode("a gripping film", "a dull plot")
-        assert set(pair.type_ids) == types, names
+        assert set(pair.type_ids) == type_ids, names
         trained = AutoTokenizer.from_pretrained(src)("a gripping film", "a dull plot")
-        assert pair.ids == trained["input_ids"] and set(trained.get("token_type_ids", [0])) == types
+        assert pair.ids == trained["input_ids"] and set(trained.get("token_type_ids", [0])) == type_ids
 
 
 def test_a_max_length_with_no_room_beside_the_special_tokens_is_refused(minilm_dir, tmp_path):
