@@ -49,6 +49,8 @@ class FitResult:
     best_step: Optional[int]
     history: list[dict] = field(default_factory=list)
     tokens_per_s: float = 0.0
+    tokens: int = 0
+    """Tokens trained on in this run (every process's), padding not counted: what ``tokens_per_s`` divides."""
     wall_s: float = 0.0
     resumed_from: Optional[int] = None
     precision: str = "fp32"
@@ -291,6 +293,7 @@ def fit(
         bar.close()
     result.steps = step
     result.wall_s = time.perf_counter() - t0
+    result.tokens = tokens
     result.tokens_per_s = tokens / max(result.wall_s - paused, 1e-9)  # training only, as the bar shows it
     if best_state is not None:
         _load_state({k: accelerator.unwrap_model(m) for k, m in modules.items()}, best_state)

@@ -178,6 +178,19 @@ def test_empty_layer_is_dropped_and_model_reloads(tmp_path, tokenizer):
     assert (logits(reloaded, x) - logits(model, x)).abs().max() <= 1e-5
 
 
+def test_a_layer_left_without_heads_but_with_neurons_keeps_its_best_head():
+    """drop_empty_layers: a layer the global ranking empties of heads, not of FFN neurons, stays, with the one head
+    it scored best (no zero-width attention), and vice versa: its best neuron."""
+    model = tiny()
+    scores = P.score(model, "l2")
+    scores.heads[1] = torch.tensor([0.0, 0.0, 1e-6, 0.0])  # below every other layer's heads: none kept by rank
+    scores.ffn[2] = torch.zeros(FFN)
+    scores.ffn[2][37] = 1e-6
+    plan = P.plan(model, scores, cfg(heads=0.4, ffn=0.4, drop_empty_layers=True))
+    assert plan[1].heads == [2] and len(plan[1].ffn) > 1
+    assert plan[2].ffn == [37] and len(plan[2].heads) > 1
+
+
 def test_l1_and_l2_rank_by_their_norms_and_a_head_is_scored_by_its_mean_channel():
     """Magnitude importance is the norm its name says (a neuron of one large weight: first by l2, last by l1 against
     one of many small weights), and a head's score is the mean of its channels' (one strong channel does not outrank

@@ -189,6 +189,7 @@ def test_tokens_per_second_count_training_not_scoring_and_a_half_saved_checkpoin
     # the training time tokens/s implies leaves out the 4 x 1.5 s of scoring (no comparison of two timed runs: a busy
     # machine slows one more than the other)
     tokens = sum(len(ids) for ids in train["input_ids"])
+    assert scored.tokens == tokens  # the rows' own tokens: not the padding of each batch to its longest row
     assert scored.wall_s > 6 and tokens / scored.tokens_per_s < scored.wall_s - 5.5, (tokens, scored)
     folder = tmp_path / "ck"
     (folder / "step-00000003.tmp").mkdir(parents=True)  # a save killed at step 3 of an earlier run
@@ -782,7 +783,7 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
 def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_bert_dir, tmp_path):
     """``teacher.finetune: false`` on a zoo model or a folder of a bare encoder (config.json's architectures without a
     ...ForSequenceClassification) is refused by the recipe's validation, before torch, as README says: not only once
-    the teacher stage has loaded it."""
+    the teacher stage has loaded it; what the validation cannot see (no architectures named) by the stage."""
     bare = tmp_path / "bare"
     shutil.copytree(tiny_bert_dir, bare)
     config = json.loads((bare / "config.json").read_text())
@@ -798,6 +799,21 @@ def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_ber
     with pytest.raises(CompressError, match=r"teacher\.model: 'minilm-l6' \(finetune: false\): a zoo model is a "
                                             r"pretrained encoder without a trained classification head"):
         load_recipe(_recipe(tmp_path / "b", "minilm-l6"), {"teacher.finetune": False})
+    # no architectures named (what the validation reads): the teacher stage finds the head's weights missing, and
+    # stops there, naming the field, instead of scoring and saving a head initialised at random
+    from safetensors.torch import load_file, save_file
+
+    config["architectures"] = None
+    (bare / "config.json").write_text(json.dumps(config))
+    weights = load_file(bare / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, bare / "model.safetensors",
+              metadata={"format": "pt"})
+    recipe = _recipe(tmp_path / "b", bare)
+    with pytest.raises(CompressError) as e:
+        run_pipeline(load_recipe(recipe, {"teacher.finetune": False}))
+    assert str(e.value).startswith(f"{recipe}: teacher.model: model {str(bare)!r} (teacher.finetune: false): it has "
+                                   f"no trained classification head (classifier.bias, classifier.weight would be new")
+    assert not (tmp_path / "b" / "runs" / "tiny" / "teacher").exists()
     recipe = _recipe(tmp_path / "b", bare)
     for key, value in (("id2label", ["a", "b"]), ("num_labels", "two"), ("architectures", 3)):  # hand-broken
         (bare / "config.json").write_text(json.dumps({**config, "architectures": None, key: value}))
