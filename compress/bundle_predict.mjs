@@ -518,7 +518,9 @@ async function main(argv) {
   }
   process.stdout.on("error", (e) => {  // the reader went away (`... | head`): stop quietly; a full disk: one line
     if (e.code === "EPIPE") process.exit(0);
-    console.error(`error: cannot write the output (${e.code ?? e.message})`);
+    // as predict.py says it: "ENOSPC: no space left on device, write" -> "No space left on device"
+    const text = /^[A-Z]+: ([^,]+)/.exec(String(e.message))?.[1] ?? e.code ?? String(e.message);
+    console.error(`error: standard output: ${text.charAt(0).toUpperCase()}${text.slice(1)}`);
     process.exit(1);
   });
   try {
