@@ -1,7 +1,9 @@
 """Run by tests/test_distill.py under `accelerate launch` (2 CPU processes) and as 1 process: a tiny distillation
 with logit + hidden-state KD; the main process saves the student's final weights to argv[2]. argv[3] "alone": a
 layer-drop student trained on attention matches alone (no logit loss: its head, and its last layer's FFN, get no
-gradient); "two_step": a narrow student, TinyBERT's two steps (the first without a logit loss)."""
+gradient); "two_step": a narrow student, TinyBERT's two steps (the first without a logit loss). argv[4]: a checkpoint
+folder, a checkpoint saved every step (resumed from where one is there); argv[5]: the batch at which every process
+stops with an error (a crash after that many batches)."""
 
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from students import build_student  # noqa: E402
 from teachers.zoo import resolve  # noqa: E402
 
 
-def main(batch_size: int, out: str, mode: str = "") -> None:
+def main(batch_size: int, out: str, mode: str = "", checkpoints: str = "", crash_at: int = 0) -> None:
     state = process_state()  # before fit's Accelerator: the state is shared (the CPU's under ACCELERATE_USE_CPU)
     tok = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
     torch.manual_seed(0)
@@ -51,11 +53,26 @@ def main(batch_size: int, out: str, mode: str = "") -> None:
             m.p = 0.0
     if state.is_main_process:
         save_file({k: v.contiguous() for k, v in student.model.state_dict().items()}, out + ".init")
-    res = distill(teacher, tok, student, spec, data, max_length=8, seed=0, group_by_length=False)
+    if checkpoints:
+        spec.train.checkpoint_every = 1
+    if crash_at:
+        import accelerate
+
+        real, batches = accelerate.Accelerator.backward, []
+
+        def backward(self, loss, **kw):
+            batches.append(1)
+            if len(batches) == crash_at:
+                raise RuntimeError(f"crash at batch {crash_at}")
+            return real(self, loss, **kw)
+
+        accelerate.Accelerator.backward = backward
+    res = distill(teacher, tok, student, spec, data, max_length=8, seed=0, group_by_length=False,
+                  checkpoint_dir=Path(checkpoints) if checkpoints else None)
     if state.is_main_process:
         save_file({k: v.contiguous() for k, v in res.model.state_dict().items()}, out)
     end_distributed()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "")
+    main(int(sys.argv[1]), sys.argv[2], *sys.argv[3:4], *sys.argv[4:5], *map(int, sys.argv[5:6]))

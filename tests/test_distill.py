@@ -369,6 +369,32 @@ def test_ddp_two_cpu_processes_match_one_process_at_twice_the_batch(tmp_path):
     assert moved > 1e-2 and diff < 1e-3 * moved, (diff, moved)
 
 
+def test_ddp_two_processes_stopped_mid_training_resume_to_the_same_weights(tmp_path):
+    """torchrun, 2 CPU processes, a checkpoint every step: both processes stopped at batch 3 (after step 2's
+    checkpoint); the rerun resumes there (said once, by the main process) and ends with the weights of a run that was
+    never stopped (each process skips the batches it trained, the optimizer and schedule resume)."""
+    worker = ROOT / "tests" / "distill_ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+
+    def launch(out, port, *extra):
+        return subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port), str(worker),
+                               "4", str(tmp_path / out), "", *map(str, extra)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    clean = launch("clean.safetensors", 29520, tmp_path / "ck-clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    stopped = launch("resumed.safetensors", 29521, tmp_path / "ck", 3)
+    assert stopped.returncode != 0 and "crash at batch 3" in stopped.stderr
+    assert not (tmp_path / "resumed.safetensors").exists()
+    resumed = launch("resumed.safetensors", 29522, tmp_path / "ck")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("resuming at step 2/4") == 1, resumed.stdout[-2000:]
+    a, b = load_file(tmp_path / "clean.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    init = load_file(tmp_path / "clean.safetensors.init")
+    assert sum(float((a[k] - init[k]).abs().max()) for k in a) > 1e-2  # it trained
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
 def test_ddp_trains_a_student_on_matches_alone_and_leaves_what_they_do_not_reach(tmp_path):
     """kd_weight and hard_label_weight 0, attention matches alone, 2 CPU processes: the head and the last layer's FFN
     got no gradient, and DDP stopped at the second step ("Expected to have finished reduction in the prior
