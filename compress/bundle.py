@@ -640,7 +640,10 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
         tops.add(path.parts[0])
     if len(tops) != 1:
         raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
-    return tops.pop()
+    top = tops.pop()
+    if any(m.isfile() and PurePosixPath(m.name).parts == (top,) for m in members):  # a loose file, not a folder
+        raise CompressError(f"{archive}: expected one top-level bundle folder, found the file {top!r}")
+    return top
 
 
 @contextlib.contextmanager

@@ -357,6 +357,8 @@ def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_pa
     assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"),
                  "--task", "rte", "--out", str(tmp_path), "--no-ort"]) == 0
     archive = tmp_path / "rte-int8.tar.gz"
+    manifest = json.loads((tmp_path / "rte-int8" / "manifest.json").read_text())
+    assert manifest["max_length"] == 128  # --max-length's default
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("it rains\tthe street is wet\nhe left\the is here\n", encoding="utf-8")
     capsys.readouterr()
@@ -1497,3 +1499,97 @@ def test_a_bundles_retention_is_rounded_down_never_up(bundle):
     assert m["retention"] == m["test_retention"] == 0.989999
     card = model_card({**json.loads((bundle[0] / "manifest.json").read_text()), "metrics": m})
     assert "| - | retention (pearson / teacher pearson) | 0.9899 |" in card, card
+
+
+def test_every_listed_file_is_hash_checked(bundle, tmp_path):
+    """A change to any one listed file (the runner itself, the tokenizer, the README...) is refused by its sha256,
+    not only the model's or labels.json's."""
+    from compress.bundle_predict import BundleError, verify
+
+    folder = _copy(bundle[0], tmp_path / "b")
+    listed = json.loads((folder / "manifest.json").read_text())["files"]
+    assert {"model.onnx", "tokenizer.json", "labels.json", "predict.py", "README.md"} <= set(listed)
+    for rel in listed:
+        path = folder / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        with pytest.raises(BundleError, match=rf"{re.escape(str(path))}: sha256 mismatch"):
+            verify(folder)
+        path.write_bytes(original)
+    verify(folder)
+
+
+def test_a_manifest_entry_that_is_no_plain_path_inside_the_bundle_is_refused(bundle, tmp_path):
+    """Entries with '..' or an absolute path are refused as such, even where the file they name hashes right."""
+    import hashlib
+
+    from compress.bundle_predict import BundleError, verify
+
+    folder = _copy(bundle[0], tmp_path / "b")
+    (tmp_path / "outside.txt").write_text("not the bundle's")
+    digest = hashlib.sha256((tmp_path / "outside.txt").read_bytes()).hexdigest()
+    original = (folder / "manifest.json").read_text()
+    for entry in ("../outside.txt", str(tmp_path / "outside.txt"), "x/../../outside.txt"):
+        m = json.loads(original)
+        m["files"][entry] = digest
+        (folder / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=rf"file entry {re.escape(repr(entry))} is not a plain path inside the "
+                                              r"bundle"):
+            verify(folder)
+
+
+def test_an_archive_with_no_bundle_folder_is_refused_in_one_line(tmp_path):
+    """A readable archive holding no member, or only a file at its top: no bundle folder, refused by name."""
+    for name, members, found in (("nothing", [], "none"),
+                                 ("loose", [_file("manifest.json", b"{}")], "the file 'manifest.json'")):
+        archive = _tar_with(tmp_path / f"{name}.tar.gz", members)
+        dest = tmp_path / name
+        dest.mkdir()
+        with pytest.raises(CompressError) as e:
+            safe_extract(archive, dest)
+        assert str(e.value) == f"{archive}: expected one top-level bundle folder, found {found}"
+        assert list(dest.iterdir()) == []
+
+
+def test_thread_counts_up_to_the_limit_are_taken_and_reach_onnxruntime(bundle):
+    """--threads 1024 (the documented most) is taken, 1025 refused; the count given is the session's."""
+    import argparse
+
+    from compress.bundle_predict import MAX_THREADS, Predictor, thread_count
+
+    assert thread_count(str(MAX_THREADS)) == MAX_THREADS == 1024 and thread_count("1") == 1
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1024, got 1025"):
+        thread_count("1025")
+    for threads in (1, 2):
+        options = Predictor(bundle[0], threads=threads, check=False).session.get_session_options()
+        assert options.intra_op_num_threads == threads and options.inter_op_num_threads == 1
+
+
+def test_no_threads_warning_at_exactly_the_usable_cores(bundle):
+    """--threads N on N usable cores is no oversubscription: no warning (N + 1 warns)."""
+    folder, _ = bundle
+    one = min(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, "predict.py", "--threads", "1", TEXTS[0]], capture_output=True, text=True,
+                          cwd=folder, preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    assert proc.returncode == 0 and proc.stdout.count("\t") == 1 and proc.stderr == "", proc.stderr
+
+
+def test_compress_predict_refuses_a_text_and_a_file_together(bundle, tmp_path, capsys):
+    """`compress predict B --file F TEXT`: a usage error, as predict.py says it (neither input silently dropped)."""
+    folder, _ = bundle
+    (tmp_path / "texts.txt").write_text("good\n")
+    assert main(["predict", str(folder), "--file", str(tmp_path / "texts.txt"), "also a text"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "give a TEXT or --file PATH (not both)" in captured.err
+
+
+def test_a_pair_line_needs_exactly_one_tab(tmp_path):
+    """Pair tasks read text<TAB>pair: a line with a second tab is refused by number, not read as its first two."""
+    from compress.bundle_predict import BundleError, read_lines
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("it rains\tthe street is wet\n\nhe left\the is here\tand more\n", encoding="utf-8")
+    with pytest.raises(BundleError, match=rf"{re.escape(str(path))} line 3: this model reads text pairs"):
+        list(read_lines(str(path), pair=True))
+    path.write_text("it rains\tthe street is wet\n", encoding="utf-8")
+    assert list(read_lines(str(path), pair=True)) == [(1, "it rains", "the street is wet")]

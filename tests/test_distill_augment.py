@@ -245,3 +245,15 @@ def test_students_that_pick_neighbours_with_their_own_embeddings_get_their_own_c
     copies(by_teacher, *student("a", 32, "teacher"))
     copies(by_teacher, *student("b", 64, "teacher"))
     assert len([k for k in by_teacher if k.endswith(":rows")]) == 1
+
+
+def test_a_swapped_capitalised_word_stays_capitalised():
+    """A capitalised word swapped for a lower-case neighbour keeps its capital; other words are untouched."""
+    import random
+
+    from compress.distill.augment import swap_words
+
+    table = {"good": ["great"], "film": ["movie"]}
+    assert swap_words("Good film , truly", table, 1.0, random.Random(0), lower=True) == "Great movie , truly"
+    assert swap_words("Good film", table, 0.0, random.Random(0), lower=True) == "Good film"
+    assert swap_words("GOOD", {"good": ["UK"]}, 1.0, random.Random(0), lower=True) == "UK"  # already capitalised
