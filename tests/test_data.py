@@ -834,3 +834,43 @@ def test_a_local_hub_dataset_folder_of_tsv_files_is_refused(tmp_path, glue_dir):
                                             r"files \(dev\.tsv\): .* give them as task\.files instead"):
         load_task(TaskConfig(name="x", hub_dataset=str(glue_dir / "RTE"), labels=["entailment", "not_entailment"],
                              text_column="sentence1", text_pair_column="sentence2"), seed=0)
+
+
+def test_a_capped_split_records_its_rows_before_the_cap(glue_dir):
+    """`TaskData.dev_split_rows` / `test_split_rows` are the split's rows before `task.max_eval_samples` (the teacher
+    stage records them; the report says "first rows only" where the scored rows are fewer): counted after the cap,
+    a capped run read as scored on all of dev."""
+    small = load_task(TaskConfig(name="mrpc", max_eval_samples=40), seed=1)
+    assert (len(small.dev), small.dev_split_rows) == (40, 408)
+    assert (len(small.test), small.test_split_rows) == (40, 1725)
+    whole = load_task(TaskConfig(name="mrpc"), seed=1)
+    assert (len(whole.dev), whole.dev_split_rows, whole.test_split_rows) == (408, 408, 1725)
+
+
+def test_holdout_rows_are_the_fraction_rounded_to_nearest(glue_dir):
+    """`task.holdout` of the training rows, rounded to the nearest row (MRPC: 0.1 of 3668 is 366.8, so 367 rows), and
+    the rest train."""
+    from compress.rows import holdout_rows
+
+    cfg = TaskConfig(name="mrpc", holdout=0.1)
+    assert holdout_rows(cfg, 3668) == 367
+    data = load_task(cfg, seed=1)
+    assert (len(data.holdout), len(data.train)) == (367, 3668 - 367)
+
+
+def test_label_cells_with_spaces_around_them_are_their_names(tmp_path):
+    """A label cell's surrounding spaces are no part of its name (as a hub dataset's labels are read): ``good, pos``
+    in a CSV is the label "pos", not one refused as " pos"."""
+    cfg = _custom(tmp_path, "t.csv", "review,stars\ngood, pos\nbad,neg \nfine,\t1 \n", labels=["neg", "pos", "1"])
+    assert load_split(cfg, "train")["label"] == [1, 0, 2]
+
+
+def test_mnli_dev_is_the_matched_split():
+    """GLUE's MNLI dev split (the one scored and reported) is dev_matched.tsv; the mismatched one is a split of its
+    own."""
+    from compress.tasks import split_paths, task_spec
+
+    paths = split_paths(TaskConfig(name="mnli", data_dir="glue/MNLI"))
+    assert paths["dev"].name == "dev_matched.tsv" and paths["dev_mismatched"].name == "dev_mismatched.tsv"
+    assert paths["train"].name == "train.tsv"
+    assert task_spec(TaskConfig(name="qqp")).metrics[0] == "f1"  # QQP's main metric is F1 (as MRPC's), as GLUE's

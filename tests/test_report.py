@@ -1577,3 +1577,96 @@ def test_merged_seeds_best_fixed_shape_is_the_best_mean_whatever_the_order(tmp_p
     untimed = make_run(tmp_path / "s44", "pk", **_files(tmp_path), seed=44)
     table, = merge_seeds([collect(r) for r in (untimed, *runs)])
     assert table.provenance["protocol"] and table.provenance["protocol"] == collect(runs[0]).provenance["protocol"]
+
+
+def test_mean_std_is_the_mean_of_skewed_seeds_not_their_median():
+    """Seeds' scores 0.80, 0.90, 0.97: the table's number is their mean 0.89 (the median, 0.90, is another one)."""
+    mean, std, n = mean_std([0.80, 0.90, 0.97])
+    assert (mean, n) == (pytest.approx(0.89), 3) and std == pytest.approx(statistics.stdev([0.80, 0.90, 0.97]))
+
+
+def test_merged_seeds_latency_is_the_mean_of_three_seeds_p50_and_p90(tmp_path):
+    """Three seeds timing an int8 model at 4, 5 and 9 ms p50: the merged row's p50 is their mean, 6 ms (p90: 1.2x
+    each, 7.2 ms), not the median 5 ms."""
+    from compress.report import merge_seeds
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed,
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: ms}}, int8={"dynamic": (0.88, True)})
+            for seed, ms in ((42, 4.0), (43, 5.0), (44, 9.0))]
+    (table,) = merge_seeds([collect(r) for r in runs])
+    lat = next(r for r in table.rows if r.name == "teacher · int8 dynamic").latency[2]
+    assert lat.p50_ms == pytest.approx(6.0) and lat.p90_ms == pytest.approx(7.2)
+    header, body = table_cells(table)
+    cells = dict(zip(header, next(c for c in body if c[0] == "teacher · int8 dynamic")))
+    assert cells["p50 ms (2t)"] == "6.00" and cells["p90 ms (2t)"] == "7.20"
+
+
+def test_merged_seeds_int8_model_is_shippable_only_when_every_seeds_guard_passed_it(tmp_path):
+    """Seed 42's int8 model passed the accuracy guard, seed 43's did not: the merged row is not tagged shippable (a
+    bundle may ship it only where every seed's passed), whichever seed's folder comes first."""
+    from compress.report import markdown, merge_seeds
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed,
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}, int8={"dynamic": (acc, ok)})
+            for seed, acc, ok in ((42, 0.88, True), (43, 0.80, False))]
+    for order in (runs, runs[::-1]):
+        (table,) = merge_seeds([collect(r) for r in order])
+        dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
+        assert not dyn.shippable, order
+        assert "teacher · int8 dynamic (shippable)" not in markdown([table])
+
+
+def test_merged_seeds_best_fixed_shape_is_one_every_seed_timed(tmp_path):
+    """Seed 42 timed the fixed shapes b8xs32 and b8xs128, seed 43 only b8xs32: the best fixed shape of the merged row
+    is of the shapes both timed (b8xs32, pooled over the two), not b8xs128 from one seed alone."""
+    from compress.report import merge_seeds
+
+    lat = {"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}
+    runs = []
+    for seed, extra in ((42, True), (43, False)):
+        run = make_run(tmp_path / f"s{seed}", "pk", **_files(tmp_path), seed=seed, latency=lat)
+        path = run / "bench" / "bench.json"
+        bench = json.loads(path.read_text())
+        results = bench["artifacts"]["int8_dynamic"]["results"]
+        fixed = next(r for r in results if r["input"] == "b8xs32")
+        fixed["throughput_seq_s"] = 300.0
+        if extra:
+            results.append({**fixed, "input": "b8xs128", "seq": 128, "throughput_seq_s": 900.0})
+        path.write_text(json.dumps(bench))
+        runs.append(run)
+    table, = merge_seeds([collect(r) for r in runs])
+    dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic").latency[2]
+    assert dyn.shapes == {"b8xs32": pytest.approx(300.0)}
+    assert (dyn.peak_shape, dyn.peak_throughput) == ("b8xs32", pytest.approx(300.0))
+
+
+def test_a_torch_models_file_size_is_its_weights_only(tmp_path):
+    """A torch model folder's "file" cell is the size of its safetensors weights: not its tokenizer, config or
+    training arguments beside them."""
+    run = make_run(tmp_path, "quickstart", **_files(tmp_path), latency={"onnx_fp32": {2: 12.0}})
+    model = run / "teacher" / "model"
+    (model / "tokenizer.json").write_bytes(b"\0" * 700_000)
+    (model / "config.json").write_text("{}")
+    teacher = next(r for r in collect(run).rows if r.name == "teacher")
+    assert teacher.file_bytes == 4096
+
+
+def test_the_report_stage_reads_a_pair_task_from_its_recipe():
+    """With a recipe (the report stage), whether latency is per pair or per sentence is its task's: MRPC and RTE read
+    pairs, SST-2 sentences."""
+    from types import SimpleNamespace
+
+    from compress.config import TaskConfig
+    from compress.report import _is_pair
+
+    assert _is_pair({}, SimpleNamespace(task=TaskConfig(name="mrpc")))
+    assert _is_pair({}, SimpleNamespace(task=TaskConfig(name="rte")))
+    assert not _is_pair({}, SimpleNamespace(task=TaskConfig(name="sst2")))
+
+
+def test_a_hand_edited_boolean_score_is_unscored_not_1():
+    """A manifest's ``"accuracy": true`` (hand-edited) is no score: the row reads "–", not 1.0000 (True is an int)."""
+    from compress.report import _metric_value
+
+    assert _metric_value({"dev": {"accuracy": True}}, "accuracy") == (None, None, 0)
+    assert _metric_value({"dev": {"accuracy": 0.5}}, "accuracy") == (0.5, None, 1)
