@@ -159,6 +159,15 @@ def test_a_hub_model_cached_without_its_weights_stops_the_run_before_the_teacher
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub, "reachable", lambda: False)
     hub.check("org/partial", "x.yaml: students[0].tokenizer", weights=False)  # a tokenizer: config and vocab do
+    # so through the recipe (`check_recipe`): the same id as a student's tokenizer is taken, as its init refused
+    (tmp_path / "r").mkdir()
+    assert not hub.needs_weights("students[0].tokenizer") and hub.needs_weights("students[0].init")
+    extra = ("students:\n  - {name: s, kind: narrow, init: random, layers: 1, hidden: 32, heads: 2,\n"
+             "      tokenizer: org/partial}\n")
+    hub.check_recipe(load_recipe(_recipe(tmp_path / "r", tiny_bert_dir, extra=extra)), ["distill"])
+    extra = "students:\n  - {name: s, kind: narrow, init: org/partial}\n"
+    with pytest.raises(CompressError, match="without its weights"):
+        hub.check_recipe(load_recipe(_recipe(tmp_path / "r", tiny_bert_dir, extra=extra)), ["distill"])
     _stops_before_the_teacher(tmp_path, tiny_bert_dir, "org/partial", "the Hugging Face cache holds it without its "
                               "weights")
     # weights without a tokenizer: validated, then "cannot load its tokenizer (TypeError: stat: path should be
@@ -356,25 +365,6 @@ def test_a_cached_hub_model_transformers_cannot_build_is_one_line(tmp_path, tiny
     assert line.startswith(f"error: {recipe}: teacher.model: model 'org/custom': cannot load its config.json ("), line
     assert why in line and not (tmp_path / "runs" / "tiny" / "teacher").exists()
     assert "[y/N]" not in proc.stdout + proc.stderr, proc.stdout  # not asked on a terminal
-
-
-def test_a_student_tokenizer_cached_without_weights_passes_the_recipe_check_offline(tmp_path, tiny_bert_dir,
-                                                                                   monkeypatch):
-    """Through the recipe (`check_recipe`), a student's ``tokenizer`` field needs no weights: a hub id cached with its
-    config and vocabulary only is taken offline; the same id as an ``init`` is refused for its missing weights."""
-    cache = tmp_path / "hf-cache"
-    no_weights = tmp_path / "no-weights"
-    shutil.copytree(tiny_bert_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    _fake_hub_cache(cache, "org/partial", no_weights)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hub, "reachable", lambda: False)
-    assert not hub.needs_weights("students[0].tokenizer") and hub.needs_weights("students[0].init")
-    extra = ("students:\n  - {name: s, kind: narrow, init: random, layers: 1, hidden: 32, heads: 2,\n"
-             "      tokenizer: org/partial}\n")
-    hub.check_recipe(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra)), ["distill"])
-    extra = "students:\n  - {name: s, kind: narrow, init: org/partial}\n"
-    with pytest.raises(CompressError, match="without its weights"):
-        hub.check_recipe(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=extra)), ["distill"])
 
 
 def test_a_hub_dataset_is_left_to_the_download_when_the_hub_is_reachable(tmp_path, monkeypatch):
