@@ -281,8 +281,9 @@ def test_predict_mjs_reads_files_as_predict_py_does(js_bundle, tmp_path):
     (tmp_path / "boms.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf\nsecond\n")  # predict.mjs dropped one BOM only
     js = _node(js_bundle / "predict.mjs", "--json", "--file", tmp_path / "boms.txt")
     assert [json.loads(line)["line"] for line in js.stdout.splitlines()] == [2], js.stderr
+    runners = (f"PYTHONUNBUFFERED=1 {sys.executable} predict.py", "node predict.mjs")
     full = [subprocess.run(f"{cmd} good > /dev/full", shell=True, capture_output=True, text=True, timeout=300,
-                           cwd=js_bundle) for cmd in (f"PYTHONUNBUFFERED=1 {sys.executable} predict.py", "node predict.mjs")]
+                           cwd=js_bundle) for cmd in runners]
     # a full disk: one line, not a stack, and the same line from both
     assert [(p.returncode, p.stderr) for p in full] == [(1, "error: standard output: No space left on device\n")] * 2
     (tmp_path / "many.txt").write_text("a fine film\n" * 2000)

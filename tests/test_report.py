@@ -227,7 +227,7 @@ def test_collect_with_students_and_report_measurements(tmp_path):
     own measurement (report/latency.json)."""
     run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", student_acc=0.87,
                    int8={"dynamic": (0.865, True)}, latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}})
-    from compress.report import MEASURED, attach_bench
+    from compress.report import MEASURED
 
     measured = {"protocol": {"dev_rows": 200}, "models": {"teacher": {"artifacts": {
         "onnx_fp32": bench_artifact({2: 24.0}, {"accuracy": 0.899}, size_bytes=90_000_000, file=None)}}}}
