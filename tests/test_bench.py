@@ -598,3 +598,31 @@ def test_a_process_pinned_to_fewer_cores_is_another_machine_for_latencies():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["1", "1", "cores:", "2", "->", "1"]
+
+
+def test_the_memory_probe_runs_the_largest_thread_count_spin_and_shape_and_reports_the_high_water_mark(monkeypatch):
+    """The peak-RSS probe opens its runner with the most threads the bench times (the biggest arena), with the bench's
+    spin setting, runs every dev row and then the largest fixed shape, and reports /proc's high-water mark (VmHWM),
+    not the RSS at the end."""
+    from compress import probe
+
+    opened, fed = [], []
+
+    class Runner:
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+
+        def __call__(self, feeds):
+            fed.append(feeds["input_ids"].shape)
+
+    monkeypatch.setattr(probe, "make_runner", lambda spec, threads, models, spin: opened.append((threads, spin))
+                        or Runner())
+    mb = {"VmRSS": 100.0, "VmHWM": 300.0, "RssAnon": 150.0, "RssFile": 50.0}
+    monkeypatch.setattr(probe, "_status_mb", lambda field, fallback=True: mb[field])
+    rows = [{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "token_type_ids": [0, 0, 0]},
+            {"input_ids": [101, 102], "attention_mask": [1, 1]}]
+    out = probe.probe_memory({"kind": "onnx", "path": "m.onnx", "dev_rows": rows, "threads": [1, 4, 2],
+                              "largest": [3, 16], "spin": False, "vocab_size": 30522})
+    assert opened == [(4, False)]
+    assert fed == [(1, 3), (1, 2), (3, 16)]
+    assert out["peak_rss_mb"] == 300.0 and out["rss_before_load_mb"] == 100.0
+    assert (out["rss_anon_end_mb"], out["rss_file_end_mb"]) == (150.0, 50.0)

@@ -191,3 +191,54 @@ def test_a_model_of_one_token_type_takes_no_token_type_ids():
     assert input_names(one) == ("input_ids", "attention_mask")
     two = BertForSequenceClassification(tiny_bert_config(type_vocab_size=2))
     assert input_names(two) == ("input_ids", "attention_mask", "token_type_ids")
+
+
+def test_the_exported_logits_have_a_dynamic_batch_axis(tmp_path):
+    """The logits' batch axis is dynamic like the inputs' (the graph declared the tracing batch, 2, for its output)."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    sess = session(export_onnx(model, tmp_path / "m.onnx"))
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    assert sess.get_outputs()[0].shape == ["batch", 2]
+
+
+def test_a_failed_export_leaves_no_temporary_file_and_restores_the_mode(tmp_path, monkeypatch):
+    """The exporter writes a temporary file beside the target, renamed onto it once complete: an exporter failing
+    half-way leaves neither that file nor a target, and the model's train mode is restored."""
+    from pathlib import Path
+
+    def failing(model, args, f, **kwargs):
+        Path(f).write_bytes(b"half a model")
+        raise RuntimeError("exporter failed")
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).train()
+    monkeypatch.setattr(torch.onnx, "export", failing)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == [] and model.training
+
+
+def test_a_half_precision_model_is_exported_in_fp32(tmp_path):
+    """A model held in fp16 is exported as fp32 (``model.float()``): fp32 inputs of the graph's weights, fp32 logits."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval().half()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert {t.data_type for t in onnx.load(str(path)).graph.initializer
+            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)} == {onnx.TensorProto.FLOAT}
+    feeds = {"input_ids": np.array([[101, 2307, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64),
+             "token_type_ids": np.zeros((1, 3), dtype=np.int64)}
+    assert session(path).run(["logits"], feeds)[0].dtype == np.float32
+
+
+def test_fused_if_exact_keeps_the_fused_copy_and_removes_the_plain_export(tmp_path, dev_rows):
+    """Fusions matched and kept the logits: the fp32 reference is ``<stem>_fused.onnx`` and the plain export is gone."""
+    from compress.export import fused_if_exact
+
+    ds, collator = dev_rows
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(initializer_range=0.2)).eval()
+    plain = export_onnx(model, tmp_path / "teacher.onnx")
+    fused = fused_if_exact(plain, "bert", ds.select(range(16)), collator)
+    assert fused == tmp_path / "teacher_fused.onnx" and "Attention" in _ops(fused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher_fused.onnx"]

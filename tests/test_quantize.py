@@ -811,3 +811,151 @@ def test_a_parity_failure_names_the_export_not_the_temporary_file(tmp_path, tiny
     with pytest.raises(CompressError, match=r"^ONNX fp32 export \(model\.onnx\) parity check failed on \d+ dev rows"):
         quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg, tmp_path,
                        calib_rows=train, sens_rows=train.select(range(4)))
+
+
+def test_the_stage_reports_the_first_shippable_int8_model_else_fp32(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
+    """The stage's dev metrics are those of the first int8 model the guard marked shippable; an int8 model over its
+    budget is never the one reported, and with none shippable the fp32 model's are."""
+    import copy
+
+    import compress.quantize as Q
+
+    recipe = recipe_for(tmp_path, glue_dir, modes=["dynamic", "static"])
+    teacher = tmp_path / "runs" / "q" / "teacher"
+    teacher.mkdir(parents=True)
+    tiny_bert_dir.rename(teacher / "model")
+    record = {"fp32": {"file": "model.onnx", "metrics": {"accuracy": 0.90}},
+              "int8": {"dynamic": {"file": "int8_dynamic.onnx", "metrics": {"accuracy": 0.70}, "shippable": False},
+                       "static": {"file": "int8_static.onnx", "metrics": {"accuracy": 0.89}, "shippable": True}}}
+    monkeypatch.setattr(Q, "quantize_model", lambda *a, **k: copy.deepcopy(record))
+    for shippable, expected in ((True, {"accuracy": 0.89}), (False, {"accuracy": 0.90})):
+        record["int8"]["static"]["shippable"] = shippable
+        out = tmp_path / f"out-{shippable}"
+        out.mkdir()
+        metrics = Q.run(recipe, out, {"teacher": teacher})["metrics"]
+        assert metrics["dev"] == expected and metrics["fp32_dev"] == {"accuracy": 0.90}
+        assert metrics["int8_dynamic_dev"] == {"accuracy": 0.70}
+
+
+def test_embedding_tables_of_a_model_that_is_not_shippable_are_left_alone(tmp_path, tiny_model):
+    """`_compact_lookups` rewrites the fp32 tables as int8 rows only for a model the guard marked shippable: one it
+    did not mark (over budget, or every node kept fp32) is left as the guard wrote it and records no tables."""
+    from compress.quantize import GuardResult, _compact_lookups
+
+    fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
+    lookups = lookup_nodes(fp32_path)
+    dst = quantize_dynamic(fp32_path, tmp_path / "int8.onnx", QuantizeConfig(), exclude=lookups)
+    before = dst.read_bytes()
+    scored = []
+    res = GuardResult(dst, {"accuracy": 0.5}, 0.0, False, list(lookups), [], {}, "every node fp32")
+    fields = _compact_lookups(dst, tmp_path / "trial.onnx", res, lookups,
+                              lambda p: scored.append(p) or {"accuracy": 0.5}, {"accuracy": 0.5}, 0.3)
+    assert fields == {} and scored == [] and res.tries == [] and dst.read_bytes() == before
+    assert not (tmp_path / "trial.onnx").exists()
+
+
+def test_per_channel_reaches_both_quantizers_and_dynamic_int8_quantizes_the_fused_attention(tmp_path, tiny_model, sst2):
+    """``per_channel: true`` gives the int8 weights of the dynamic and the static model one scale per output channel
+    (false: one per tensor), and dynamic int8 of the ORT-fused graph turns its Attention nodes into QAttention."""
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.export import optimize_onnx
+    from compress.quantize import StaticQuantizer, preprocess_for_static
+
+    _, train, _ = sst2
+    fp32 = export_onnx(tiny_model, tmp_path / "model.onnx")
+    pre = preprocess_for_static(fp32, tmp_path / "pre.onnx")
+
+    def vector_scales(path) -> int:  # float scale initializers with more than one value: per-channel weights
+        return sum(1 for t in onnx.load(str(path)).graph.initializer if t.name.endswith("scale")
+                   and t.data_type == onnx.TensorProto.FLOAT and numpy_helper.to_array(t).size > 1)
+
+    for per_channel in (True, False):
+        cfg = from_dict(QuantizeConfig, {"per_channel": per_channel, "calibration": {"samples": 8}})
+        work = tmp_path / str(per_channel)
+        work.mkdir()
+        dynamic = quantize_dynamic(fp32, work / "dynamic.onnx", cfg)
+        static = StaticQuantizer(pre, cfg, train.select(range(8)), work)(work / "static.onnx")
+        assert (vector_scales(dynamic) > 0) is per_channel and (vector_scales(static) > 0) is per_channel
+    fused = tmp_path / "model_opt.onnx"
+    assert optimize_onnx(fp32, fused)["Attention"] == 2
+    dynamic = quantize_dynamic(fused, tmp_path / "fused.onnx", QuantizeConfig())
+    ops = [n.op_type for n in onnx.load(str(dynamic)).graph.node]
+    assert ops.count("QAttention") == 2 and "Attention" not in ops
+
+
+def test_dynamic_int8_starts_from_the_fused_graph_when_it_is_exact(tmp_path, tiny_model, sst2):
+    """optimize: true and the fused graph passed its parity check: dynamic int8 quantizes model_opt.onnx (QAttention),
+    and its record says so."""
+    dev, train, collator = sst2
+    rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator,
+                         QuantizeConfig(modes=["dynamic"], max_drop=100.0, ort_format=False), tmp_path,
+                         calib_rows=train, sens_rows=train.select(range(4)))
+    entry = rec["int8"]["dynamic"]
+    assert rec["fp32_opt"]["file"] == "model_opt.onnx" and entry["source"] == "model_opt.onnx"
+    assert entry["settings"]["fused_graph"] is True
+    assert "QAttention" in onnx_load_ops(tmp_path / entry["file"])
+
+
+def test_ort_format_level_follows_dequantize_nodes_alone(tmp_path, monkeypatch):
+    """A dynamic int8 model has DequantizeLinear nodes (its int8 embedding tables) and no QuantizeLinear: it is
+    converted at the extended level as a static (QDQ) one is, so its pairs are fused into the .ort; a graph with
+    neither stays at the basic level."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.ort_session import to_ort_format
+
+    levels, real = [], ort.InferenceSession
+
+    def spy(path, options, *args, **kwargs):
+        levels.append(options.graph_optimization_level)
+        return real(path, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    inits = [numpy_helper.from_array(np.arange(6, dtype=np.int8).reshape(3, 2), "table_q"),
+             numpy_helper.from_array(np.array(0.5, dtype=np.float32), "table_scale")]
+    dq = helper.make_graph([helper.make_node("DequantizeLinear", ["table_q", "table_scale"], ["table"]),
+                            helper.make_node("Gather", ["table", "ids"], ["y"])], "dq",
+                           [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=inits)
+    plain = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for name, graph in (("dq", dq), ("plain", plain)):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{name}.onnx")
+        assert to_ort_format(tmp_path / f"{name}.onnx", tmp_path / f"{name}.ort").is_file()
+    assert levels == [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC]
+
+
+def test_a_lookup_put_back_to_int8_reports_the_metrics_of_the_model_shipped(tmp_path):
+    """The lookup kept fp32 goes back to int8 when the model stays within budget: the metrics and the drop recorded
+    are those of that model (the one written), not of the try that kept the lookup fp32."""
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    def score(path):
+        excluded = set(json.loads(path.read_text()))
+        return {"accuracy": (0.90 if "emb" in excluded else 0.896) if "mm1" in excluded else 0.88}
+
+    sens = {"emb": 0.1, "mm1": 0.9, "mm2": 0.5}
+    result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, list(sens),
+                   lambda nodes: sum(sens[n] for n in nodes), 0.5, tmp_path, lookups=("emb",))
+    assert result.shippable and result.excluded == ["mm1"]
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == ["mm1"]
+    assert result.metrics == {"accuracy": 0.896} and result.drop == pytest.approx(0.4)
+
+
+def test_a_gemm_alone_is_quantized_dynamically_when_asked_for_by_its_graph_name(tmp_path, tiny_model):
+    """Dynamic int8 rewrites a Gemm ``X`` into MatMul ``X_MatMul`` + Add before quantizing: a sensitivity run asking for
+    the pooler's or the classifier's Gemm alone by its graph name must still quantize it (else it measured nothing)."""
+    import onnx
+
+    fp32 = export_onnx(tiny_model, tmp_path / "model.onnx")
+    gemms = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Gemm"]
+    assert gemms, "the pooler and the classifier export as Gemm"
+    for gemm in gemms:
+        dynamic = quantize_dynamic(fp32, tmp_path / "dynamic.onnx", QuantizeConfig(), only=[gemm])
+        assert _int8_ops(dynamic).count("MatMulInteger") == 1, gemm
