@@ -988,3 +988,29 @@ def test_one_key_of_a_section_that_is_off_when_left_out_does_not_turn_it_on(tmp_
     recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {heads: 0.5}\n"),
                          {"prune.recover.temperature": 3.0})
     assert recipe.prune.recover.temperature == 3.0 and recipe.prune.recover.lr == 1.0e-4
+
+
+@pytest.mark.parametrize("text, message", [
+    # YAML booleans are ints to Python: `batch_size: true` trained with batch 1, `group_by_length: 1` was kept as 1
+    ("task: {name: sst2}\nteacher: {batch_size: true}\n", r"teacher\.batch_size: expected an integer, got True"),
+    ("task: {name: sst2, group_by_length: 1}\nteacher: {}\n", r"task\.group_by_length: expected true/false, got 1"),
+    ("task: {name: sst2}\nteacher: {finetune: 0}\n", r"teacher\.finetune: expected true/false, got 0"),
+], ids=["true-as-integer", "1-as-boolean", "0-as-boolean"])
+def test_a_boolean_for_a_number_or_a_number_for_a_boolean_is_refused(tmp_path, text, message):
+    with pytest.raises(CompressError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("distill, message", [
+    # an attention match of layer 0 read the attention maps of index -1: the last layer's, silently
+    ("{matches: [{teacher_layer: 0, student_layer: 1, feature: attention}]}",
+     r"students\[0\]\.distill\.matches\[0\]: attention maps exist for layers >= 1, not the embeddings \(0\)"),
+    ("{matches: [{teacher_layer: 2, student_layer: 0, feature: attention}]}",
+     r"students\[0\]\.distill\.matches\[0\]: attention maps exist for layers >= 1"),
+    ("{temperature: 0}", r"students\[0\]\.distill\.temperature: must be > 0, got 0"),
+    ("{augment: {neighbours: 0}}", r"students\[0\]\.distill\.augment\.neighbours: must be >= 1, got 0"),
+], ids=["attention-teacher-layer-0", "attention-student-layer-0", "temperature-0", "neighbours-0"])
+def test_distillation_settings_at_the_edge_of_their_range_are_refused(tmp_path, distill, message):
+    with pytest.raises(CompressError, match=message):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"
+                                    f"students: [{{name: s, distill: {distill}}}]\n"))

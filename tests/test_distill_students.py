@@ -252,3 +252,38 @@ def test_a_student_the_distill_stage_cannot_build_stops_the_run_before_the_teach
         run_pipeline(recipe)
     assert not (tmp_path / "runs" / "tiny" / "teacher").exists()
     assert student_problems(load_recipe(path, {"students.1.vocab_size": 30522})) == []
+
+
+def test_a_student_as_deep_as_its_teacher_or_checkpoint_keeps_every_layer(tokenizer, minilm_dir):
+    """Edges of depth: ``layers`` equal to the teacher's keeps all its layers (the student is the teacher's copy), a
+    one-layer teacher's default student keeps its one layer (half of 1 rounds to 0), and a checkpoint student of the
+    checkpoint's own depth keeps all of them."""
+    teacher = _tiny("bert").eval()
+    whole = build_student(StudentConfig(name="s", layers=4), teacher, tokenizer, SST2)
+    assert whole.info["kept_layers"] == [1, 2, 3, 4] and whole.model.config.num_hidden_layers == 4
+    torch.manual_seed(0)
+    one = BertForSequenceClassification(tiny_bert_config(**{**SMALL, "num_hidden_layers": 1}))
+    alone = build_student(StudentConfig(name="s"), one, tokenizer, SST2)
+    assert alone.info["kept_layers"] == [1] and alone.model.config.num_hidden_layers == 1
+    six = build_student(StudentConfig(name="m6", kind="narrow", layers=6, init=str(minilm_dir)), teacher, tokenizer,
+                        SST2)
+    assert six.info["kept_layers"] == [1, 2, 3, 4, 5, 6] and six.model.config.num_hidden_layers == 6
+
+
+def test_a_checkpoint_student_takes_a_tokenizer_of_exactly_its_vocabulary(tokenizer, minilm_dir):
+    """``tokenizer:`` beside ``init:`` is refused only when it has more tokens than the checkpoint embeds; one of
+    exactly its vocabulary (the checkpoint's own tokenizer, named) is taken."""
+    spec = StudentConfig(name="m2", kind="narrow", layers=2, init=str(minilm_dir), tokenizer=str(minilm_dir))
+    s = build_student(spec, _tiny("bert"), tokenizer, SST2)
+    assert len(s.tokenizer) == s.model.config.vocab_size == 30522 and s.info["kept_layers"] == [1, 2]
+
+
+def test_a_students_record_gives_its_own_shape_not_its_teachers(tokenizer):
+    """``Student.info`` (the distill stage's record of each student) says the student's depth and widths."""
+    teacher = _tiny("bert")
+    narrow = build_student(StudentConfig(name="n", kind="narrow", layers=2, hidden=48, heads=3, ffn=96), teacher,
+                           tokenizer, SST2).info
+    assert {k: narrow[k] for k in ("kind", "layers", "hidden", "heads", "ffn")} == \
+        {"kind": "narrow", "layers": 2, "hidden": 48, "heads": 3, "ffn": 96}
+    dropped = build_student(StudentConfig(name="d", layers=1), teacher, tokenizer, SST2).info
+    assert (dropped["kind"], dropped["layers"], dropped["kept_layers"], dropped["hidden"]) == ("layer_drop", 1, [4], 32)

@@ -2057,3 +2057,90 @@ def test_changing_one_student_retrains_it_alone_and_redoes_nothing_of_the_others
         recipe, quantize, every, pipeline._result_config(pipeline._config(recipe, quantize))), "inputs": every,
         "outputs": {}, "config": pipeline._config(recipe, quantize), "seed": recipe.seed}))
     assert pipeline._reuse(recipe, quantize, folder, fp, inputs, done)[1] is None
+
+
+def _quick_teacher(monkeypatch, marker: str):
+    """Replace the teacher stage's work with writing one file (``marker`` its text): the pipeline around it is what
+    is looked at."""
+    import teachers.finetune
+
+    def quick(recipe, out, inputs):
+        (out / "model.bin").write_text(marker)
+        return {"metrics": {"dev": {"accuracy": 0.5}}}
+
+    monkeypatch.setattr(teachers.finetune, "run", quick)
+
+
+def test_a_stage_whose_manifest_cannot_be_written_leaves_the_previous_stage_folder_in_place(tmp_path, tiny_bert_dir,
+                                                                                            monkeypatch):
+    """The working folder is renamed into place only once its manifest is written: a manifest write that fails (a full
+    disk, a Ctrl-C) leaves the stage folder of the previous run whole, and no working folder."""
+    from compress import pipeline
+
+    _quick_teacher(monkeypatch, "first")
+    run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)))
+    folder = tmp_path / "runs" / "tiny" / "teacher"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert (folder / "model.bin").read_text() == "first" and "manifest.json" in before
+    _quick_teacher(monkeypatch, "second")
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not list(folder.parent.glob(".teacher.*"))
+
+
+def test_a_deleted_output_redoes_the_stage(tmp_path):
+    """An output file the manifest lists that is gone (deleted by hand, a partial copy of the run folder) is not an
+    intact stage: as edited, it is redone."""
+    from compress.manifest import hash_tree, write_json
+    from compress.pipeline import STAGES, _reuse
+
+    folder = tmp_path / "teacher"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "model" / "model.safetensors").write_bytes(b"weights")
+    write_json(folder / "manifest.json", {"fingerprint": "fp", "outputs": hash_tree(folder)})
+    assert _reuse(None, STAGES[0], folder, "fp", {})[1] is None
+    (folder / "model" / "model.safetensors").unlink()
+    assert _reuse(None, STAGES[0], folder, "fp", {})[1] == "its outputs were edited since they were written"
+
+
+def test_a_killed_runs_old_stage_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    """A run killed between moving the previous stage folder aside (``.<stage>.old-PID``) and deleting it left a
+    model-sized folder nothing reads: the next run removes it, as it does a ``.<stage>.tmp-PID``; a running process's
+    own are left alone."""
+    from compress.pipeline import _remove_orphans
+
+    dead = [tmp_path / ".teacher.old-999999999", tmp_path / ".distill.tmp-999999999"]
+    live = [tmp_path / f".teacher.old-{os.getpid()}", tmp_path / f".distill.tmp-{os.getpid()}"]
+    for folder in dead + live:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+    _remove_orphans(tmp_path)
+    assert [p.exists() for p in dead] == [False, False] and [p.exists() for p in live] == [True, True]
+
+
+def test_every_training_setting_but_checkpoint_every_is_part_of_the_teachers_fingerprint(tmp_path, tiny_bert_dir):
+    """Each setting that changes what training makes (eval_every picks the steps whose held-out score chooses the
+    kept weights) redoes the stage; checkpoint_every only says how it runs."""
+    from compress import pipeline
+
+    path = _recipe(tmp_path, tiny_bert_dir)
+    teacher = pipeline.STAGES[0]
+
+    def fp(**settings):
+        return pipeline._fingerprint(load_recipe(path, {f"teacher.{k}": v for k, v in settings.items()}), teacher,
+                                     {})[0]
+
+    base = fp()
+    assert fp(checkpoint_every=5) == base
+    changed = {"epochs": 2, "lr": 1.0e-4, "batch_size": 8, "grad_accum": 2, "warmup_ratio": 0.2, "weight_decay": 0.0,
+               "max_grad_norm": 0.5, "max_steps": 5, "eval_every": 3, "precision": "bf16", "seed": 3}
+    assert set(changed) | {"checkpoint_every"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in changed.items():
+        assert fp(**{key: value}) != base, key
