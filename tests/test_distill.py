@@ -534,6 +534,13 @@ def test_generated_matches_take_weight_and_head_mode():
     own = from_dict(DistillConfig, {"matches": [{"teacher_layer": 2, "student_layer": 1, "feature": "hidden",
                                                  "weight": 5.0}], "layer_map": "uniform"})
     assert [m.weight for m in resolve_matches(own, teacher, student) if m.key == "hidden_t2_s1"] == [5.0]
+    # a config built in code (not validated as a recipe is): an attention match of layer 0 would have read the last
+    # layer's map (index -1), a negative layer any other
+    for t, s, feature, first in ((0, 1, "attention", 1), (2, 0, "attention", 1), (-1, 1, "hidden", 0)):
+        made = DistillConfig(matches=[MatchConfig(t, s, feature)])
+        with pytest.raises(CompressError, match=rf"^distill\.matches\[0\]: a {feature} match of teacher layer {t} "
+                                                rf"and student layer {s}: its layers start at {first}$"):
+            resolve_matches(made, teacher, student)
     # hidden states 0 are the embeddings' output: a hidden 0/0 match is the embedding match (both were computed,
     # the loss counted twice); it covers the generated one, and one of each among the explicit matches is refused
     zero = from_dict(DistillConfig, {"layer_map": "uniform", "layer_map_features": ["embedding"],

@@ -45,6 +45,11 @@ def resolve_matches(cfg: DistillConfig, teacher_config, student_config, where: s
     out, seen = [], set()
     for origin, m in specs:
         t_layer, s_layer = (0, 0) if m.feature == "embedding" else (m.teacher_layer, m.student_layer)
+        floor = 1 if m.feature == "attention" else 0  # layer 0 is the embeddings: no attention map
+        if min(t_layer, s_layer) < floor:  # the recipe's validation refuses these; a config built in code is not
+            # validated, and out.attentions[0 - 1] would be the last layer's map, silently
+            raise CompressError(f"{origin}: a {m.feature} match of teacher layer {t_layer} and student layer "
+                                f"{s_layer}: its layers start at {floor}")
         if t_layer > t_n:
             raise CompressError(f"{origin}: teacher_layer {t_layer}: the teacher has {t_n} layers")
         if s_layer > s_n:
