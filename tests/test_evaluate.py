@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -97,3 +98,18 @@ def test_predict_on_no_rows():
     model, ds, collator, _ = _scored()
     logits = predict(model, ds.select([]), collator)
     assert logits.shape == (0, 2)
+
+
+def test_predict_returns_each_rows_logits_in_row_order_and_leaves_the_mode_as_it_was():
+    """`predict` runs length-sorted batches: row i's logits are those of row i scored alone, whatever its length;
+    a model in training comes back in training (it is scored in eval mode: no dropout)."""
+    from compress.evaluate import predict
+
+    model, ds, collator, _ = _scored(rows=8)
+    assert len(set(map(len, ds["input_ids"]))) > 1  # rows of several lengths: the sort moves them
+    logits = predict(model, ds, collator, batch_size=4)
+    alone = np.concatenate([predict(model, ds.select([i]), collator) for i in range(len(ds))])
+    assert np.abs(logits - alone).max() < 1e-5
+    model.train()
+    again = predict(model, ds, collator, batch_size=4)
+    assert model.training and np.abs(again - logits).max() < 1e-5

@@ -972,3 +972,57 @@ prune: {{keep_params: 0.05}}
         with pytest.raises(CompressError, match=message + r".* \(the shape of student 'half', found before any stage"):
             run_pipeline(load_recipe(path))
         assert not run.exists() or not [p.name for p in run.iterdir() if not p.name.startswith(".")]
+
+
+def test_each_step_draws_its_own_calibration_batches_and_recovers_under_its_own_seed(sst2, monkeypatch):
+    """Every pruning step scores on its own draw of exactly ``calibration_batches`` batches, and recovers under its
+    own seed: the run's seed + the step (0-based), or ``recover.seed`` for every step when it is set."""
+    import types
+
+    import compress.prune_stage as PS
+    from compress.train import FitResult
+
+    train, _, collator = sst2
+    c = cfg(heads=0.5, steps=2, calibration_batches=2, calibration_batch_size=8)
+    first, second = (PS.calibration_batches(train, collator, c, 0, step) for step in (0, 1))
+    assert len(first) == len(second) == 2
+    assert [b["input_ids"].tolist() for b in first] != [b["input_ids"].tolist() for b in second]
+    again = PS.calibration_batches(train, collator, c, 0, 1)
+    assert [b["input_ids"].tolist() for b in again] == [b["input_ids"].tolist() for b in second]
+    seeds = []
+    monkeypatch.setattr(PS, "fit", lambda *a, **k: seeds.append(k["seed"]) or FitResult(steps=1, best_metric=None,
+                                                                                          best_step=None))
+    monkeypatch.setattr(PS, "evaluate", lambda *a, **k: {})
+    for recover, want in (({"max_steps": 1}, [5, 6, 7]), ({"max_steps": 1, "seed": 11}, [11, 11, 11])):
+        seeds.clear()
+        PS.prune_with_recovery(tiny(layers=2), cfg(heads=0.5, importance="l1", steps=3, recover=recover), train=None,
+                               holdout=[], dev=None, collator=None, spec=types.SimpleNamespace(is_regression=False),
+                               logits=torch.zeros(4, 2), seed=5, seq_len=32)
+        assert seeds == want
+
+
+def test_the_recovery_loss_weighs_kd_at_its_temperature_and_the_gold_labels_as_configured():
+    """Recovery's loss is kd_weight x KD at ``temperature`` (scaled by T^2) + hard_label_weight x cross-entropy."""
+    from compress.config import RecoverConfig
+    from compress.distill.losses import hard_label_loss, kd_loss
+    from compress.prune_stage import recovery_objective
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+
+        def forward(self, input_ids, **_):
+            return type("Out", (), {"logits": self.w.expand(len(input_ids), 2)})()
+
+    teacher = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "labels": labels, "index": torch.tensor([0, 1])}
+    student = torch.tensor([0.3, -0.2]).expand(2, 2)
+    for kd_w, hard_w, t in ((1.0, 0.0, 3.0), (0.0, 1.0, 2.0), (0.7, 0.2, 2.0)):
+        objective = recovery_objective(teacher, RecoverConfig(kd_weight=kd_w, hard_label_weight=hard_w,
+                                                              temperature=t), regression=False)
+        loss, logs = objective(Head(), batch)
+        kd, hard = float(kd_loss(student, teacher, t)), float(hard_label_loss(student, labels))
+        assert logs["kd"] == pytest.approx(kd, rel=1e-6) and logs["hard"] == pytest.approx(hard, rel=1e-6)
+        assert loss.item() == pytest.approx(kd_w * kd + hard_w * hard, rel=1e-6)

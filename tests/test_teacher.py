@@ -2144,3 +2144,79 @@ def test_every_training_setting_but_checkpoint_every_is_part_of_the_teachers_fin
     assert set(changed) | {"checkpoint_every"} == {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in changed.items():
         assert fp(**{key: value}) != base, key
+
+
+def test_max_steps_caps_the_epochs_budget_and_never_raises_it():
+    """``max_steps`` is a cap: above what ``epochs`` give, the epochs' steps are taken (no extra epochs); below, it
+    stops early. A short last accumulation group is a step too."""
+    from compress.train import step_budget
+
+    assert step_budget(7, 1, TrainConfig(epochs=1, batch_size=8, max_steps=100)) == 7
+    assert step_budget(7, 1, TrainConfig(epochs=2, batch_size=8, grad_accum=3, max_steps=100)) == 6
+    assert step_budget(7, 1, TrainConfig(epochs=2, batch_size=8, max_steps=5)) == 5
+    assert step_budget(7, 2, TrainConfig(epochs=1, batch_size=8, max_steps=100)) == 4
+
+
+def test_a_run_resumed_twice_ends_with_the_weights_of_an_unbroken_run(tiny_bert_dir, tmp_path):
+    """A checkpoint saved by a resumed run records its place in the epoch counted from the epoch's start (the
+    batches the resume skipped included): resumed from it, the run reads each batch once and ends where an unbroken
+    run does."""
+    from compress.train import classification_objective
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2)
+
+    def train(folder, stop_at=None):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        calls = []
+
+        def objective(m, batch):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return classification_objective(m, batch)
+
+        try:
+            result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, objective=objective,
+                         checkpoint_dir=folder)
+        except KeyboardInterrupt:
+            return None
+        return result, {k: v.clone() for k, v in model.state_dict().items()}
+
+    _, clean = train(tmp_path / "clean")
+    folder = tmp_path / "ck"
+    assert train(folder, stop_at=3) is None  # step 2 saved, stopped in step 3
+    assert train(folder, stop_at=3) is None  # resumed at step 2: step 4 saved (its batch 4 of 8), stopped in step 5
+    result, weights = train(folder)
+    assert result.resumed_from == 4 and result.steps == 8
+    assert all(torch.equal(clean[k], weights[k]) for k in clean)
+
+
+def test_a_tie_with_the_best_held_out_score_keeps_the_earlier_state(tiny_bert_dir):
+    """A later evaluation that only equals the best score does not replace the state kept: the first state to reach
+    the best score is the one restored (and the step recorded)."""
+    data = load_task(TaskConfig(name="sst2", max_train_samples=32, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+    snapshots, scores = [], iter([0.5, 0.9, 0.9, 0.1])
+
+    def score(m):
+        snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {"accuracy": next(scores)}
+
+    result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}),
+                 TrainConfig(epochs=1, batch_size=8, eval_every=1), seed=0, evaluate=score)
+    assert result.best_step == 2 and result.best_metric == 0.9 and len(snapshots) == 4
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+
+
+def test_under_ddp_a_short_last_accumulation_group_is_weighed_up_to_its_batches():
+    """Under DDP (rows None: even batches) each batch of a last group of fewer than ``grad_accum`` batches is weighed
+    by grad_accum / its group's batches, so the step takes the group's mean-loss gradient (one process: by rows)."""
+    from compress.train import _accumulation_weight
+
+    assert [_accumulation_weight(b, 7, 3, 8, None) for b in range(7)] == [1.0] * 6 + [3.0]
+    assert [_accumulation_weight(b, 8, 3, 8, None) for b in (6, 7)] == [1.5, 1.5]
+    # one process, 50 rows in batches of 8 (the last of 2): the last group is that batch alone
+    assert _accumulation_weight(6, 7, 3, 8, 50) == pytest.approx(3.0)
+    assert _accumulation_weight(4, 7, 3, 8, 50) == pytest.approx(1.0)
