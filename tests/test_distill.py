@@ -861,3 +861,119 @@ def test_a_regression_student_learns_the_teachers_outputs_by_mse():
     want = F.mse_loss(mine.logits, batch["teacher_logits"])
     assert float(logs["kd"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0.1
     assert float(logs["hard"]) == pytest.approx(float(F.mse_loss(mine.logits.view(-1), batch["labels"])), rel=1e-5)
+
+
+def test_the_logit_objective_weighs_kd_and_hard_labels_apart_at_the_configured_temperature():
+    """The loss is kd_weight x KD (at distill.temperature, scaled by T^2) + hard_label_weight x cross-entropy: weights
+    and temperature of the recipe, not the defaults (kd_weight 1.0, hard_label_weight 0.5, temperature 2)."""
+    import torch.nn.functional as F
+
+    from compress.config import DistillConfig
+    from compress.distill.losses import kd_loss
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config()).eval()
+    student = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1)).eval()
+    ids = torch.randint(5, 100, (4, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "labels": torch.tensor([0, 1, 1, 0]),
+             "teacher_logits": torch.tensor([[3.0, -1.0], [-2.0, 2.5], [0.5, 0.0], [-4.0, 1.0]])}
+    cfg = DistillConfig(temperature=4.0, kd_weight=0.3, hard_label_weight=0.9)
+    d = Distiller(student, [], 32).eval()
+    with torch.no_grad():
+        loss, logs = KDObjective(teacher, cfg, [], False)(d, batch)
+        mine = student(input_ids=ids, attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"]).logits
+    kd = kd_loss(mine, batch["teacher_logits"], 4.0)
+    hard = F.cross_entropy(mine, batch["labels"])
+    assert abs(float(kd) - float(kd_loss(mine, batch["teacher_logits"], 2.0))) > 1e-3  # the temperature shows
+    assert float(logs["kd"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(logs["hard"]) == pytest.approx(float(hard), rel=1e-5)
+    assert float(loss) == pytest.approx(0.3 * float(kd) + 0.9 * float(hard), rel=1e-5)
+    # augmented copies (gold 0) carry their original's label: the hard-label term is over the gold rows alone, the
+    # KD term over every row
+    with torch.no_grad():
+        _, logs = KDObjective(teacher, cfg, [], False)(d, {**batch, "gold": torch.tensor([1.0, 1.0, 0.0, 0.0])})
+    assert float(logs["hard"]) == pytest.approx(float(F.cross_entropy(mine[:2], batch["labels"][:2])), rel=1e-5)
+    assert float(logs["kd"]) == pytest.approx(float(kd), rel=1e-5)
+
+
+def test_a_plain_teacher_token_that_is_a_special_of_the_student_has_no_counterpart(tokenizer, shifted_tokenizer):
+    """The MPNet-like vocabulary holds "[CLS]", "[SEP]"... as plain WordPieces: they are not the BERT student's
+    specials (those are matched by role, from <s>, </s>...), so they map to -1."""
+    table = id_map(shifted_tokenizer, tokenizer)
+    for name in ("[CLS]", "[SEP]", "[PAD]", "[MASK]"):
+        tid = shifted_tokenizer.convert_tokens_to_ids(name)
+        assert tid != shifted_tokenizer.unk_token_id and table[tid] == -1, name
+    assert table[shifted_tokenizer.pad_token_id] == tokenizer.pad_token_id
+
+
+def test_a_misaligned_row_is_left_out_of_the_position_wise_losses_of_a_partly_aligned_batch():
+    """Of a batch where one row aligns and one does not, the intermediate losses are those of the aligned row alone."""
+    from compress.config import DistillConfig, MatchConfig
+
+    torch.manual_seed(0)
+    config = tiny_bert_config(num_hidden_layers=2)
+    teacher = BertForSequenceClassification(config).eval()
+    cfg = DistillConfig(matches=[MatchConfig(1, 1, "hidden", weight=1.0), MatchConfig(2, 2, "attention", weight=1.0)])
+    matches = resolve_matches(cfg, config, config)
+    d = Distiller(BertForSequenceClassification(config), matches, config.hidden_size).eval()
+    ids = torch.randint(5, 90, (2, 8))
+    t_ids = torch.stack([ids[0], (ids[1] + 1) % 90])  # row 1: other tokens on the teacher's side
+    mask = torch.ones_like(ids)
+
+    def logs(rows):
+        objective = KDObjective(teacher, cfg, matches, False, teacher_prefix="t_", table=torch.arange(100),
+                                logits=False, intermediate=True)
+        batch = {"input_ids": ids[rows], "attention_mask": mask[rows], "t_input_ids": t_ids[rows],
+                 "t_attention_mask": mask[rows], "labels": torch.zeros(len(rows), dtype=torch.long)}
+        with torch.no_grad():
+            out = objective(d, batch)[1]
+        return out, objective.stats
+
+    both, stats = logs([0, 1])
+    alone, _ = logs([0])
+    assert stats.misaligned_rows == 1 and stats.rows == 2
+    assert set(both) == {m.key for m in matches}
+    for key in both:
+        assert both[key] == pytest.approx(alone[key], rel=1e-5), key
+
+
+def test_tokenizers_that_join_sentence_pairs_otherwise_are_not_the_same(minilm_dir, tokenizer):
+    """Same class, vocabulary and specials, the same inputs for every single text, but pairs joined by two [SEP]s (as
+    MPNet joins them): the teacher's logits on pair rows are of other inputs, so not the same tokenizer."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(minilm_dir)
+    cls, sep = other.cls_token_id, other.sep_token_id
+    other.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    assert dict(other("a movie")) == dict(tokenizer("a movie"))
+    assert dict(other("a movie", "a film")) != dict(tokenizer("a movie", "a film"))
+    assert not same_tokenizer(tokenizer, other)
+
+
+def test_each_students_metrics_record_its_alignment_counts(tiny_bert_dir, tmp_path):
+    """metrics.json of a student with position-wise matches carries its alignment counts (every batch, every row),
+    and so does the stage's summary of it."""
+    import json
+
+    import compress.distill.stage as DS
+    from compress.config import load_recipe
+
+    path = _recipe(tmp_path, tiny_bert_dir, tmp_path / "runs")
+    r = yaml.safe_load(path.read_text())
+    r["task"].update(max_train_samples=48, max_eval_samples=16)
+    r["students"][0].update(layers=1, distill={"layer_map": "last"},
+                            train={"max_steps": 2, "batch_size": 8, "eval_every": None, "checkpoint_every": None})
+    path.write_text(yaml.safe_dump(r))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert_dir, teacher / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = DS.run(load_recipe(path), out, {"teacher": teacher})
+    metrics = json.loads((out / "s" / "metrics.json").read_text())
+    assert metrics["alignment"] == {"batches": 2, "misaligned_batches": 0, "rows": 16, "misaligned_rows": 0}
+    assert summary["students"]["s"]["alignment"] == metrics["alignment"] and metrics["same_tokenizer"] is True

@@ -257,3 +257,17 @@ def test_a_swapped_capitalised_word_stays_capitalised():
     assert swap_words("Good film , truly", table, 1.0, random.Random(0), lower=True) == "Great movie , truly"
     assert swap_words("Good film", table, 0.0, random.Random(0), lower=True) == "Good film"
     assert swap_words("GOOD", {"good": ["UK"]}, 1.0, random.Random(0), lower=True) == "UK"  # already capitalised
+
+
+def test_students_of_other_augment_settings_do_not_share_a_transfer_set():
+    """The logit cache's key of a transfer set names every augment option: two students of one stage that augment
+    otherwise (more copies, another swap probability or seed) each get their own copies and teacher's logits, not the
+    first one's."""
+    from compress.distill.stage import augment_key
+
+    base = AugmentConfig(copies=2)
+    others = [AugmentConfig(copies=3), AugmentConfig(copies=2, replace_prob=0.9), AugmentConfig(copies=2, seed=7),
+              AugmentConfig(copies=2, neighbours=base.neighbours + 1)]
+    keys = {augment_key(a, "s") for a in [base] + others}
+    assert len(keys) == 1 + len(others)
+    assert augment_key(AugmentConfig(copies=2), "s") == augment_key(base, "t")  # the teacher's embeddings: shared

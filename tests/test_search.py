@@ -819,7 +819,6 @@ def test_the_search_quantizes_as_the_recipes_quantize_section_says(tmp_path, glu
     them (with its own modes and calibration rows, no guard), and a change re-makes the candidates of the modes it
     shapes only (the defaults change no fingerprint: earlier search folders keep their candidates)."""
     from compress import quantize, search
-    from compress.config import SearchConfig
 
     plain = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, modes=["dynamic", "static"]))
     same = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, modes=["dynamic", "static"]),
@@ -996,3 +995,27 @@ def test_latencies_are_written_with_the_digits_that_place_them_against_the_budge
                                         "near the budget (0.0321, 0.0319, 0.0322) (over budget), 1.0M params")
     assert [search._speed(s) for s in (0.97, 1.04, 1.2, 0.5)] == ["about as fast as", "about as fast as",
                                                                   "1.2x faster than", "2.0x slower than"]
+
+
+def test_a_smaller_candidate_over_budget_by_timing_noise_alone_rules_out_no_larger_one():
+    """A measured candidate of the mode, no deeper and pruned no less, rules out a larger one only when it is over the
+    budget by more than timing noise (x OVER_BUDGET_SLACK): at 1.05 x the budget it does not."""
+    from compress.search import OVER_BUDGET_SLACK
+
+    spec = ModelSpec(3, 1.0, 6)
+
+    def smaller(p50):
+        return {"id": "L2-dynamic", "mode": "dynamic", "depth": 2, "keep_macs": 1.0, "latency": {"p50_ms": p50}}
+
+    assert skip_reason(spec, "dynamic", 2.0, 1.0, [smaller(2.0 * 1.05)], 3.0) is None
+    assert skip_reason(spec, "dynamic", 2.0, 1.0, [smaller(2.0 * OVER_BUDGET_SLACK)], 3.0) is None  # not more
+    assert "already takes" in skip_reason(spec, "dynamic", 2.0, 1.0, [smaller(2.0 * OVER_BUDGET_SLACK * 1.01)], 3.0)
+
+
+def test_a_pruned_model_of_the_teachers_depth_is_not_the_teacher():
+    """Only the unpruned model of the teacher's depth is the teacher (used as it is, timed under the teacher's
+    stamps); a pruned one of that depth is built, pruned and trained like every other candidate."""
+    assert ModelSpec(6, 1.0, 6).is_teacher
+    assert not ModelSpec(6, 0.5, 6).is_teacher and not ModelSpec(5, 1.0, 6).is_teacher
+    space = candidates(load_recipe_free_search(), 6)
+    assert [s.id for s in space if s.is_teacher] == ["L6"]
