@@ -596,8 +596,6 @@ def _check_listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.Tar
         rel = PurePosixPath(m.name).relative_to(top)
         if not m.isfile():
             continue
-        if not rel.parts:  # "b/." as a file: the bundle folder itself
-            raise CompressError(f"{archive}: member {m.name!r} is a file in place of the bundle folder")
         if rel in seen:  # a second member of one name overwrites the first, checked one (the manifest itself too)
             raise CompressError(f"{archive}: member {m.name!r} comes twice; refusing the archive")
         seen.add(rel)
@@ -641,8 +639,9 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
     if len(tops) != 1:
         raise CompressError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
     top = tops.pop()
-    if any(m.isfile() and PurePosixPath(m.name).parts == (top,) for m in members):  # a loose file, not a folder
-        raise CompressError(f"{archive}: expected one top-level bundle folder, found the file {top!r}")
+    for m in members:  # "b/." or a lone loose "manifest.json" as a file: the bundle folder itself
+        if m.isfile() and PurePosixPath(m.name).parts == (top,):
+            raise CompressError(f"{archive}: member {m.name!r} is a file in place of the bundle folder")
     return top
 
 

@@ -1540,14 +1540,15 @@ def test_a_manifest_entry_that_is_no_plain_path_inside_the_bundle_is_refused(bun
 
 def test_an_archive_with_no_bundle_folder_is_refused_in_one_line(tmp_path):
     """A readable archive holding no member, or only a file at its top: no bundle folder, refused by name."""
-    for name, members, found in (("nothing", [], "none"),
-                                 ("loose", [_file("manifest.json", b"{}")], "the file 'manifest.json'")):
+    for name, members, said in (("nothing", [], "expected one top-level bundle folder, found none"),
+                                ("loose", [_file("manifest.json", b"{}")],
+                                 "member 'manifest.json' is a file in place of the bundle folder")):
         archive = _tar_with(tmp_path / f"{name}.tar.gz", members)
         dest = tmp_path / name
         dest.mkdir()
         with pytest.raises(CompressError) as e:
             safe_extract(archive, dest)
-        assert str(e.value) == f"{archive}: expected one top-level bundle folder, found {found}"
+        assert str(e.value) == f"{archive}: {said}"
         assert list(dest.iterdir()) == []
 
 
