@@ -101,6 +101,20 @@ def test_global_plan_is_non_uniform_and_kept_indices_match_the_weights():
     assert [r["params"] for r in table] == [P.layer_cost(32, r["heads"], 8, r["ffn"], 16)[0] for r in table]
 
 
+def test_a_non_uniform_prune_writes_the_widest_ffn_as_intermediate_size():
+    """`write_config`: with per-layer FFN widths, config.intermediate_size is the widest kept layer's (what
+    `compress.config.model_widths` reads from a pruned folder), each layer's own width and head count in
+    compress_layer_sizes."""
+    model = tiny()
+    P.apply(model, P.plan(model, P.score(model, "l2"), cfg(heads=0.5, ffn=0.5)))
+    widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]
+    assert len(set(widths)) > 1
+    assert model.config.intermediate_size == max(widths)
+    assert [s["ffn"] for s in model.config.compress_layer_sizes] == widths
+    assert [s["heads"] for s in model.config.compress_layer_sizes] == \
+        [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer]
+
+
 def test_per_layer_scope_keeps_each_layers_best_and_overrides():
     model = tiny()
     scores = P.score(model, "l1")

@@ -984,6 +984,60 @@ def test_a_folder_whose_encoder_weights_do_not_fit_its_config_is_refused_not_rei
             load_for_task(str(tmp_path / "edited"), GLUE_TASKS["sst2"], keep_head=keep_head)
 
 
+def test_a_three_label_head_in_a_rotated_order_is_put_in_the_tasks_order(tmp_path, tokenizer):
+    """`head_order` gives, for each task label, the head output that scores it: a rotation of three labels (where a
+    permutation and its inverse differ) is applied that way round, bias included, kept or fine-tuned, and in a folder
+    pruned to per-layer FFN widths (`_per_layer_widths`) as well."""
+    import copy
+
+    from transformers import BertForSequenceClassification
+
+    from compress import prune as P
+    from compress.config import PruneConfig, from_dict
+    from conftest import tiny_bert_config
+
+    task = dataclasses.replace(GLUE_TASKS["sst2"], labels=["a", "b", "c"])
+    ids = torch.tensor([[2, 7, 9, 11, 3]])
+    torch.manual_seed(0)
+    original = BertForSequenceClassification(tiny_bert_config(num_labels=3)).eval()
+    with torch.no_grad():
+        original.classifier.bias.copy_(torch.tensor([0.5, -0.5, 0.25]))
+    for name in ("whole", "pruned"):
+        model = original
+        if name == "pruned":
+            model = copy.deepcopy(original)
+            P.prune(model, from_dict(PruneConfig, {"heads": 0.5, "ffn": 0.5, "importance": "l2"}, file="t.yaml",
+                                     where="prune"))
+            assert len({s["ffn"] for s in model.config.compress_layer_sizes}) > 1
+        model.config.id2label = {0: "b", 1: "c", 2: "a"}  # head output 2 scores task label "a", 0 "b", 1 "c"
+        model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        with torch.no_grad():
+            expected = model.eval()(input_ids=ids).logits[:, [2, 0, 1]]
+        for keep in (True, False):
+            loaded, _ = load_for_task(str(tmp_path / name), task, keep_head=keep)
+            with torch.no_grad():
+                assert torch.allclose(loaded.eval()(input_ids=ids).logits, expected, atol=1e-6), (name, keep)
+            assert loaded.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_a_bare_encoder_loaded_for_a_task_reports_its_head_as_new(tmp_path, tokenizer):
+    """``loading["new_head"]``: a folder with no classifier weights at all (a bare encoder, as the zoo's are) gets a
+    new head, as much as one whose head has another label count; a folder with the task's head keeps it."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    from conftest import tiny_bert_config
+
+    for name, model, new in (("bare", BertModel(tiny_bert_config()), True),
+                             ("headed", BertForSequenceClassification(tiny_bert_config()), False)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        loading = {}
+        load_for_task(str(tmp_path / name), GLUE_TASKS["sst2"], loading=loading)
+        assert loading == {"new_head": new}, name
+
+
 def test_a_folder_pruned_to_per_layer_widths_loads_for_the_task(tiny_bert_dir, tmp_path):
     """A model pruned to per-layer FFN widths (a prune stage's output) as a teacher (finetune: false, or fine-tuned
     again) or a student init: stock from_pretrained cannot rebuild its shapes, and it was refused; it loads as
