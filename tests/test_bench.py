@@ -626,3 +626,50 @@ def test_the_memory_probe_runs_the_largest_thread_count_spin_and_shape_and_repor
     assert fed == [(1, 3), (1, 2), (3, 16)]
     assert out["peak_rss_mb"] == 300.0 and out["rss_before_load_mb"] == 100.0
     assert (out["rss_anon_end_mb"], out["rss_file_end_mb"]) == (150.0, 50.0)
+
+
+def test_every_artifact_peers_included_is_timed_at_each_thread_count_and_throughput_counts_sequences(monkeypatch,
+                                                                                                     dev):
+    """Each thread count's runners, peers' too, are made with that count; a fixed shape's throughput is sequences/s
+    (batch x runs/s), not batches/s."""
+    import compress.bench as B
+
+    made = []
+
+    class Fake:
+        names = ["input_ids", "attention_mask"]
+
+        def __call__(self, feeds):
+            pass
+
+    def make(art, threads, models, spin):
+        made.append((art["name"], threads))
+        return Fake()
+
+    monkeypatch.setattr(B, "make_runner", make)
+    arts = {"ours": {"kind": "onnx", "name": "ours", "ours": True},
+            "peer": {"kind": "onnx", "name": "peer", "peer": True}}
+    cfg = BenchConfig(threads=[1, 2], batch_sizes=[4], seq_lengths=[8], dev_rows=2, warmup=0, repeats=3, min_runs=3,
+                      rounds=1)
+    results = B.measure(arts, dev, cfg, {})
+    assert sorted(made) == [("ours", 1), ("ours", 2), ("peer", 1), ("peer", 2)]
+    for rows in results.values():
+        assert sorted(r["threads"] for r in rows) == [1, 1, 2, 2]
+        fixed = [r for r in rows if r["input"] == "b4xs8"]
+        assert fixed and all(r["throughput_seq_s"] == round(4 * 1000.0 / r["mean_ms"], 2) for r in fixed)
+
+
+def test_ours_is_the_fastest_shippable_int8_and_speedups_pair_rows_of_the_same_thread_count():
+    from compress.bench import best_int8, ratios
+
+    def art(p50s, **extra):  # p50s: threads -> dev p50
+        return {"metrics": {"accuracy": 0.9}, **extra,
+                "results": [{"input": "dev", "threads": t, "p50_ms": v} for t, v in p50s.items()]}
+
+    arts = {"int8_slow": art({1: 4.0, 2: 2.0}, ours=True, shippable=True),
+            "int8_fast": art({1: 2.0, 2: 1.0}, ours=True, shippable=True),
+            "int8_faster_unshippable": art({1: 1.0, 2: 0.5}, ours=True, shippable=False),
+            "onnx_fp32": art({1: 8.0, 2: 6.0})}
+    assert best_int8(arts) == "int8_fast"
+    speed = ratios(arts, "int8_fast")["onnx_fp32"]["speedup_p50"]
+    assert speed == {"dev@1t": 4.0, "dev@2t": 6.0}

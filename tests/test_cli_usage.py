@@ -249,3 +249,40 @@ def test_another_process_gone_is_one_line_and_the_other_processes_log_errors_onl
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["validate", "r.yaml"]) == 2 and capsys.readouterr().err == ""  # the main process says it
     assert levels == [logging.WARNING] * 3 + [logging.ERROR]
+
+
+@pytest.mark.parametrize("ours", ["int8_dynamic", None])
+def test_bench_always_remeasures_applies_full_and_exits_1_without_a_shippable_model(ours, capsys, tmp_path,
+                                                                                    monkeypatch):
+    """`compress bench` forces its own stage (timings re-measured), `--full` sets the full grid, `--threads` the
+    counts; exit status 1 when no int8 model is shippable (no `ours`)."""
+    import compress.pipeline
+
+    seen = {}
+
+    def fake_run(recipe, until, force):
+        seen.update(recipe=recipe, until=until, force=force)
+        return {"bench": {"bench": {"ours": ours}}}
+
+    monkeypatch.setattr(compress.pipeline, "run_pipeline", fake_run)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nruns_dir: {tmp_path / 'runs'}\n")
+    assert main(["bench", str(recipe), "--full", "--threads", "1", "2", "--force", "quantize"]) == (0 if ours else 1)
+    assert seen["until"] == "bench" and seen["force"] == ("bench", "quantize")
+    bench = seen["recipe"].bench
+    assert (bench.batch_sizes, bench.seq_lengths, bench.dev_rows, bench.repeats) == ([1, 8, 32], [32, 128], None, 50)
+    assert bench.threads == [1, 2]
+    assert "bench.json" in capsys.readouterr().out
+
+
+def test_validate_runs_no_stage(capsys, tmp_path, monkeypatch):
+    import compress.pipeline
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("validate ran a stage")
+
+    monkeypatch.setattr(compress.pipeline, "run_pipeline", no_run)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nruns_dir: {tmp_path / 'runs'}\n")
+    assert main(["validate", str(recipe)]) == 0
+    assert "ok; stages: teacher" in capsys.readouterr().out and not (tmp_path / "runs").exists()

@@ -977,3 +977,26 @@ def test_each_students_metrics_record_its_alignment_counts(tiny_bert_dir, tmp_pa
     metrics = json.loads((out / "s" / "metrics.json").read_text())
     assert metrics["alignment"] == {"batches": 2, "misaligned_batches": 0, "rows": 16, "misaligned_rows": 0}
     assert summary["students"]["s"]["alignment"] == metrics["alignment"] and metrics["same_tokenizer"] is True
+
+
+def test_bench_distill_keeps_each_loops_fastest_repeat_and_speedup_is_naive_over_ours(monkeypatch, tmp_path):
+    """`compress.distill.bench.main` with the loops stubbed: the fastest of --repeats per loop, tokens/s from it, and
+    speedup = naive time / our time (> 1: ours faster)."""
+    import itertools
+    import types
+
+    from compress.distill import bench as B
+
+    rows = list(range(10))
+    monkeypatch.setattr(B, "load_task", lambda cfg, seed: types.SimpleNamespace(train=rows, spec=None))
+    monkeypatch.setattr(B, "load_for_task", lambda name, spec: ("teacher", "tok"))
+    monkeypatch.setattr(B, "tokenize", lambda train, tok, n: {"length": [10] * len(train)})
+    naive_times, our_times = itertools.cycle([2.0, 3.0]), itertools.cycle([1.0, 1.5])
+    monkeypatch.setattr(B, "naive", lambda *a: next(naive_times))
+    monkeypatch.setattr(B, "ours", lambda *a: next(our_times))
+    res = B.main(["--teacher", str(tmp_path / "none"), "--repeats", "2", "--epochs", "1",
+                  "--out", str(tmp_path / "r.json")])
+    for mode in B.MODES:
+        r = res["modes"][mode]
+        assert (r["naive_s"], r["ours_s"], r["speedup"]) == (2.0, 1.0, 2.0)
+        assert (r["ours_tokens_per_s"], r["naive_tokens_per_s"]) == (100.0, 50.0)
