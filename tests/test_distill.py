@@ -369,6 +369,7 @@ def test_ddp_two_cpu_processes_match_one_process_at_twice_the_batch(tmp_path):
     assert moved > 1e-2 and diff < 1e-3 * moved, (diff, moved)
 
 
+@pytest.mark.slow  # three torchrun launches, about a minute: `make test` stays under 15 minutes (`make test-slow`)
 def test_ddp_two_processes_stopped_mid_training_resume_to_the_same_weights(tmp_path):
     """torchrun, 2 CPU processes, a checkpoint every step: both processes stopped at batch 3 (after step 2's
     checkpoint); the rerun resumes there (said once, by the main process) and ends with the weights of a run that was
