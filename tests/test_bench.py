@@ -22,6 +22,19 @@ from conftest import flip_first_onnx_scores
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class FakeRunner:
+    """An ONNX runner that runs nothing (`compress.bench.make_runner`'s stand-in): ``seen(name, feeds)``, if given,
+    is told of each call."""
+    names = ["input_ids", "attention_mask"]
+
+    def __init__(self, name: str = "", seen=None):
+        self.name, self.seen = name, seen
+
+    def __call__(self, feeds):
+        if self.seen is not None:
+            self.seen(self.name, feeds)
+
+
 @pytest.fixture(scope="module")
 def dev(tokenizer, glue_dir):
     return tokenize(load_split(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2")), "dev").select(range(48)),
@@ -104,17 +117,8 @@ def test_measure_orders(monkeypatch, dev, order):
     import compress.bench as B
 
     calls = []
-
-    class Fake:
-        names = ["input_ids", "attention_mask"]
-
-        def __init__(self, name):
-            self.name = name
-
-        def __call__(self, feeds):
-            calls.append((self.name, int(feeds["input_ids"].shape[1])))
-
-    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake(art["name"]))
+    seen = lambda name, feeds: calls.append((name, int(feeds["input_ids"].shape[1])))  # noqa: E731
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: FakeRunner(art["name"], seen))
     arts = {n: {"kind": "onnx", "name": n} for n in ("a", "b")}
     cfg = BenchConfig(threads=[1], batch_sizes=[], seq_lengths=[], dev_rows=3, warmup=1, order=order, rounds=2)
     results = B.measure(arts, dev, cfg, {})
@@ -134,13 +138,7 @@ def test_series_rounds_time_repeats_at_most_in_all(monkeypatch, dev):
     series' rounds each was rounded up per round (3 rounds: 21 runs for repeats 20, 3 for repeats 2 and for 1)."""
     import compress.bench as B
 
-    class Fake:
-        names = ["input_ids", "attention_mask"]
-
-        def __call__(self, feeds):
-            pass
-
-    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake())
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: FakeRunner())
     arts = {n: {"kind": "onnx", "name": n} for n in ("a", "b")}
     for repeats, min_runs in ((2, 1), (20, 3), (5, 5), (1, 1)):
         cfg = BenchConfig(threads=[1], batch_sizes=[1], seq_lengths=[8], dev_rows=2, warmup=0, repeats=repeats,
@@ -540,17 +538,8 @@ def test_artifacts_of_different_tokenizers_are_timed_in_one_pass_each_on_its_own
     import compress.bench as B
 
     seen = {}
-
-    class Fake:
-        names = ["input_ids", "attention_mask"]
-
-        def __init__(self, name):
-            self.name = name
-
-        def __call__(self, feeds):
-            seen.setdefault(self.name, []).append(int(feeds["input_ids"][0, 0]))
-
-    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: Fake(art["name"]))
+    first = lambda name, feeds: seen.setdefault(name, []).append(int(feeds["input_ids"][0, 0]))  # noqa: E731
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: FakeRunner(art["name"], first))
     shifted = dev.map(lambda r: {"input_ids": [i + 4 for i in r["input_ids"]] + [0]})  # MPNet's ids: BERT's + 4
     arts = {"student": {"kind": "onnx", "name": "student", "dev_set": "bert"},
             "teacher": {"kind": "onnx", "name": "teacher", "dev_set": "mpnet"}}
@@ -636,15 +625,9 @@ def test_every_artifact_peers_included_is_timed_at_each_thread_count_and_through
 
     made = []
 
-    class Fake:
-        names = ["input_ids", "attention_mask"]
-
-        def __call__(self, feeds):
-            pass
-
     def make(art, threads, models, spin):
         made.append((art["name"], threads))
-        return Fake()
+        return FakeRunner()
 
     monkeypatch.setattr(B, "make_runner", make)
     arts = {"ours": {"kind": "onnx", "name": "ours", "ours": True},
