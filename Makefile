@@ -39,7 +39,7 @@ $(NODE_STAMP): compress/bundle.py $(STAMP)
 test: $(STAMP) $(NODE_STAMP)  ## the test suite CI runs (< 15 min on 2 cores)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP) $(NODE_STAMP)  ## only the tests marked slow (the bundle page in headless Chromium)
+test-slow: $(STAMP) $(NODE_STAMP)  ## only the tests marked slow (the bundle page in headless Chromium, DDP stop-and-resume)
 	$(BIN)/python -m pytest -q -m slow
 
 bench-train: $(STAMP)  ## training tokens/s: fp32 vs bf16 autocast, length-grouped vs random batches (~3 min)
