@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from compress.bundle_predict import usable_cores  # the cores this process may run on (affinity)
-from teachers.zoo import sha256_file
+from compress.bundle_predict import sha256_file
 
 try:
     import fcntl

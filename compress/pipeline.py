@@ -31,7 +31,7 @@ from compress.tasks import data_files
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
                                outputs_intact, read_json, remove_dead, remove_dead_scratch, versions, write_json)
-from teachers.zoo import sha256_file
+from compress.bundle_predict import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Optional, Sequence
 
+from compress.bundle_predict import sha256_file
 from compress.errors import CompressError
 from compress.tasks import constant_score, retention, round_down
 
@@ -1216,7 +1217,6 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
     from compress.data import Collator, load_task, tokenize
     from compress.export import export_onnx, fused_if_exact
     from compress.modeling import count_params, load_trained
-    from teachers.zoo import sha256_file
 
     timed = {r.name for r in table.rows if r.latency}
     todo = [r for r in table.rows if r.fmt == "torch" and r.path and f"{r.name} · onnx fp32" not in timed]
@@ -1373,7 +1373,6 @@ def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     (``key``, else `_measure_key`), on this machine (`compress.manifest.other_machine`), and the file as that stage
     wrote it (its manifest's sha256: an edited file is timed again)."""
     from compress.manifest import other_machine
-    from teachers.zoo import sha256_file
 
     folder = recipe.run_dir / "report"
     previous = _read(folder / MEASURED)

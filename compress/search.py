@@ -48,6 +48,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from compress.bundle_predict import sha256_file
 from compress.config import (BenchConfig, PruneConfig, QuantizeConfig, Recipe, RecoverConfig, SearchConfig,
                              search_settings)
 from compress.errors import CompressError
@@ -246,7 +247,6 @@ def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
     from compress.manifest import outputs_intact
     from compress.pipeline import model_file
     from compress.tasks import data_files
-    from teachers.zoo import sha256_file
 
     folder = recipe.run_dir / "teacher"
     try:
@@ -412,7 +412,6 @@ def reference(ctx: Context) -> dict:
     transformer fusions applied when they keep its logits, as for the report's and the bundle's reference and the
     candidates' own graphs (`compress.export.fused_if_exact`), so speedups are not flattered by a slower reference."""
     from compress.export import export_onnx, fused_if_exact
-    from teachers.zoo import sha256_file
 
     stamp = ctx.out / "teacher_fp32.json"
     recorded = _stamp(stamp)
@@ -496,7 +495,6 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
     from compress.export import score_shipped
     from compress.modeling import count_params
     from compress.quantize import quantize_model
-    from teachers.zoo import sha256_file
 
     t0 = time.perf_counter()
     qcfg = replace(int8_config(ctx.recipe, ctx.cfg), modes=list(modes))
@@ -547,7 +545,6 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
 def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
     """A finished candidate's record when its int8 file and scores still stand (else None), and whether its timing
     does too (`Context.mode_settings`; else only `Context.scored_settings` match: `retime` it)."""
-    from teachers.zoo import sha256_file
 
     path = ctx.out / "candidates" / f"{cid}.json"
     if not path.is_file():

@@ -17,7 +17,6 @@ modification time recorded then (a file edited or damaged since is hashed again,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import importlib.util
 import os
@@ -31,6 +30,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.bundle_predict import sha256_file  # the one copy (the bundle runner stands alone)
 from compress.errors import CompressError
 
 
@@ -91,14 +91,6 @@ ZOO: dict[str, ZooEntry] = {
 
 def cache_root() -> Path:
     return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve(model: str) -> str:

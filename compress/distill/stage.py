@@ -37,7 +37,7 @@ from compress.tasks import retention, round_down
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, outputs_intact, read_json, scores, write_json
 from compress.metrics import warn_undefined
-from teachers.zoo import sha256_file
+from compress.bundle_predict import sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
 from compress.train import (FitResult, best_scores, fit, main_process_writes, process_device, resolve_precision,
                             set_seed)
