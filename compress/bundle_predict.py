@@ -529,17 +529,22 @@ def warn_threads(threads: Optional[int]) -> None:
               "slower, not faster", file=sys.stderr)
 
 
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """TEXT, TEXT_PAIR, --file, --json and --threads: what this runner and `compress predict` read alike."""
+    parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
+    parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
+    parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead, one at a time (- : "
+                        "standard input; pair tasks: text<TAB>text pair); one result a line")
+    parser.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line "
+                        "with --file)")
+    parser.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads (default: all cores)")
+
+
 def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:
     closed_streams()
     parser = argparse.ArgumentParser(description="Classify a text (or a text pair), or every line of a file, with "
                                      "this bundle's model.", allow_abbrev=False)  # as predict.mjs: "--js" is no --json
-    parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
-    parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
-    parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead (- : standard input; pair "
-                        "tasks: text<TAB>text pair), one result a line")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON (one object a line with "
-                        "--file)")
-    parser.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads (default: all cores)")
+    add_text_arguments(parser)
     parser.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of manifest.json as "
                         "published apart from the bundle, checked first (against accidental edits: a bundle from "
                         "elsewhere is checked by code from outside it, `compress predict --manifest-sha256` or "

@@ -19,8 +19,8 @@ from typing import Optional
 
 import yaml
 
-from compress.bundle_predict import (NamedStdout, closed_streams, positive_int,  # standard library only: a light CLI
-                                     quiet_broken_pipe, sha256_arg, thread_count)
+from compress.bundle_predict import (NamedStdout, add_text_arguments, closed_streams,  # standard library only:
+                                     positive_int, quiet_broken_pipe, sha256_arg, thread_count)  # a light CLI
 from compress.errors import CompressError
 
 
@@ -418,13 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "archive member escaping the folder) and classify TEXT (and TEXT_PAIR for pair tasks), or "
                        "each line of --file.")
     p.add_argument("bundle", help="bundle folder or .tar.gz")
-    p.add_argument("text", nargs="?", help="the text to classify (or --file)")
-    p.add_argument("text_pair", nargs="?", help="second text, for pair tasks")
-    p.add_argument("--file", metavar="PATH", help="classify each line of PATH instead, one at a time (- : standard "
-                   "input; pair tasks: text<TAB>text pair); one result a line")
-    p.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line with "
-                   "--file)")
-    p.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads")
+    add_text_arguments(p)
     p.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of the bundle's "
                    "manifest.json as published apart from it (`compress bundle` prints it): checked first, so that "
                    "no file, the manifest's hashes included, can have changed")
