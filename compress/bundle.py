@@ -335,7 +335,8 @@ def model_card(manifest: dict) -> str:
                              f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{round_down(speedup, 2):.2f}x'} |")
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
             lines += ["", f"Under this protocol it ran fastest at {fastest} thread{'s' if fastest != '1' else ''} "
-                      f"(`python predict.py --threads {fastest} ...`); measure on the target device."]
+                      f"(`python predict.py --threads {fastest} ...`); measure on the target device "
+                      "(`python predict.py --bench 3 --file ...`, below)."]
         protocol = latency.get("protocol")
         if protocol:
             said = (" (the protocol's `spin` says which were timed)" if isinstance(protocol, dict) and "spin" in protocol
@@ -352,6 +353,8 @@ def model_card(manifest: dict) -> str:
               f"python predict.py {example}            # label<TAB>score",
               f"python predict.py --json {example}     # all scores as JSON",
               f"python predict.py --file {lines_file}; one result a line (--file -: standard input)",
+              f"python predict.py --bench 3 --file {lines_file.split('#')[0].rstrip()}   # p50/p90 ms per text here, "
+              "beside the build machine's",
               "```", "",
               "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
               "refuses a bundle with a changed or extra file. That catches a file damaged or swapped on its own; "
@@ -732,6 +735,19 @@ def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, th
         try:
             predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
             return bundle_predict.predict_lines(predictor, path, as_json)
+        except BundleError as e:
+            raise CompressError(said(e, bundle, folder)) from None
+
+
+def bench(bundle: str | os.PathLike, rounds: int, text: Optional[str] = None, text_pair: Optional[str] = None,
+          path: Optional[str] = None, as_json: bool = False, threads: Optional[int] = None,
+          manifest_sha256: Optional[str] = None) -> dict:
+    """Verify a bundle and time it on this machine on ``text`` or every line of ``path``, printing the result beside
+    the manifest's latency (:func:`compress.bundle_predict.bench_texts`); returns the timings."""
+    with open_bundle(bundle, manifest_sha256) as folder:
+        try:
+            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
+            return bundle_predict.bench_texts(predictor, text, text_pair, path, rounds, as_json)
         except BundleError as e:
             raise CompressError(said(e, bundle, folder)) from None
 

@@ -9,6 +9,7 @@ tokenizers and numpy (no torch, no transformers), so it runs on a device that ho
     python predict.py --json "sentence one" "sentence two"  # pair task, JSON output
     python predict.py --file texts.txt                      # one text a line (pair tasks: text<TAB>pair)
     cat texts.txt | python predict.py --json --file -       # standard input; one JSON object a line
+    python predict.py --bench 3 --file texts.txt            # p50/p90 ms per text on this machine
 
 Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
 the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
@@ -36,6 +37,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import marshal  # noqa: E402
 import re  # noqa: E402
+import time  # noqa: E402
 from importlib.util import MAGIC_NUMBER  # noqa: E402
 from pathlib import Path, PurePosixPath  # noqa: E402
 from typing import Optional, Union  # noqa: E402
@@ -269,6 +271,7 @@ class Predictor:
         options = ort.SessionOptions()
         if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
             raise BundleError(f"threads: an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        self.threads = threads  # None: onnxruntime's default (one thread a physical core)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -294,8 +297,7 @@ class Predictor:
         were measured; larger batches are faster, but an int8 *dynamic* model computes its activation scales over
         the whole batch (padding included), so a text's scores then depend on the texts batched with it."""
         np = self._np
-        if pairs is not None and len(pairs) != len(texts):
-            raise BundleError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        self._check_texts(texts, pairs)
         if batch_size < 1:
             raise BundleError(f"batch_size must be at least 1, got {batch_size}")
         batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
@@ -303,6 +305,10 @@ class Predictor:
             if batch else np.zeros((0, len(self.labels or [0])), dtype=np.float32)
 
     def _run(self, batch: list):
+        return self._forward(*self._feed(batch))
+
+    def _feed(self, batch: list) -> tuple[dict, int]:
+        """The model's inputs for ``batch`` (texts, or (text, pair) tuples), and how many tokens a row holds."""
         np = self._np
         encodings = self.tokenizer.encode_batch(batch)
         for e in encodings:  # "\u200b", "\x01": only the special tokens, as "" gives ("" refused on the command line)
@@ -314,28 +320,21 @@ class Predictor:
         missing = [n for n in self.inputs if n not in columns]
         if missing:
             raise BundleError(f"model input {missing[0]!r} is not one the tokenizer provides ({', '.join(columns)})")
-        feed = {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs}
+        return {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs}, \
+            len(encodings[0].ids) if encodings else 0
+
+    def _forward(self, feed: dict, tokens: int):
         try:
             return self.session.run(None, feed)[0]
         except Exception as e:  # onnxruntime's own exception types
             reason = first_line(e)
             raise ModelRunError(f"{self.folder / self.manifest['model']['file']}: onnxruntime cannot run it on "
-                                f"{len(encodings[0].ids) if encodings else 0} tokens ({reason})", reason) from None
+                                f"{tokens} tokens ({reason})", reason) from None
 
     def predict(self, texts: list[str], pairs: Optional[list[str]] = None, batch_size: int = 1) -> list[dict]:
         """One dict per text: ``label``, ``score`` and every label's ``scores`` (``value`` for regression);
         ``batch_size``: see :meth:`logits`."""
         np = self._np
-        for name, values in (("texts", texts), ("pairs", pairs)):
-            if isinstance(values, str):
-                raise BundleError(f"{name} must be a list of strings, got one string (use [{name[:-1]}])")
-            bad = next((v for v in values or () if not isinstance(v, str)), "")
-            if not isinstance(bad, str):
-                raise BundleError(f"{name} must be a list of strings, got a {type(bad).__name__} among them")
-        if self.pair and pairs is None:
-            raise BundleError("this model reads text pairs: give a second text")
-        if not self.pair and pairs is not None:
-            raise BundleError("this model reads single texts: give one text")
         logits = self.logits(texts, pairs, batch_size)
         self._check_width(logits.shape[-1])
         if self.labels is None:  # regression
@@ -348,6 +347,48 @@ class Predictor:
             out.append({"label": self.labels[best], "score": float(row[best]),
                         "scores": {name: float(p) for name, p in zip(self.labels, row)}})
         return out
+
+    def timings(self, texts: list[str], pairs: Optional[list[str]] = None, rounds: int = 3) -> dict:
+        """This machine's latency per text, one text at a time (batch 1) as the manifest's was measured: one untimed
+        pass over the texts, then ``rounds`` timed passes. ``p50_ms``/``p90_ms``: time.perf_counter around
+        onnxruntime's run alone (what the manifest's latency times); ``..._with_tokenizer``: tokenizing included."""
+        self._check_texts(texts, pairs)
+        if not texts:
+            raise BundleError("no text to time")
+        if not (isinstance(rounds, int) and rounds >= 1):
+            raise BundleError(f"rounds must be an integer of at least 1, got {rounds!r}")
+        batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        for item in batch:  # warm-up; an empty text is refused before anything is timed
+            self._check_width(self._forward(*self._feed([item])).shape[-1])
+        model, whole = [], []
+        for _ in range(rounds):
+            for item in batch:
+                start = time.perf_counter()
+                feed = self._feed([item])
+                ran = time.perf_counter()
+                self._forward(*feed)
+                end = time.perf_counter()
+                model.append(end - ran)
+                whole.append(end - start)
+        ms = {}
+        for suffix, times in (("", model), ("_with_tokenizer", whole)):
+            for q in (50, 90):  # numpy's default (linear) percentiles, as the bench stage's
+                ms[f"p{q}_ms{suffix}"] = round(float(self._np.percentile(times, q)) * 1000, 4)
+        return {"texts": len(batch), "rounds": rounds, "runs": len(model), "threads": self.threads, **ms}
+
+    def _check_texts(self, texts, pairs) -> None:
+        for name, values in (("texts", texts), ("pairs", pairs)):
+            if isinstance(values, str):
+                raise BundleError(f"{name} must be a list of strings, got one string (use [{name[:-1]}])")
+            bad = next((v for v in values or () if not isinstance(v, str)), "")
+            if not isinstance(bad, str):
+                raise BundleError(f"{name} must be a list of strings, got a {type(bad).__name__} among them")
+        if self.pair and pairs is None:
+            raise BundleError("this model reads text pairs: give a second text")
+        if not self.pair and pairs is not None:
+            raise BundleError("this model reads single texts: give one text")
+        if pairs is not None and len(pairs) != len(texts):
+            raise BundleError(f"{len(texts)} texts but {len(pairs)} text pairs")
 
 
 def read_lines(path: str, pair: bool):
@@ -404,6 +445,72 @@ def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=No
         out.flush()
         count += 1
     return count
+
+
+def bench_texts(predictor: Predictor, text: Optional[str], text_pair: Optional[str], path: Optional[str],
+                rounds: int, as_json: bool = False, out=None) -> dict:
+    """``--bench ROUNDS``: time the bundle on this machine (:meth:`Predictor.timings`) on ``text`` (and its pair) or
+    every line of ``path`` (``-``: standard input, read once), and print the result beside the latency the manifest
+    records for the same thread count (one JSON object with ``as_json``). Returns the timings."""
+    if path is not None:
+        name = "standard input" if path == "-" else path
+        lines = list(read_lines(path, predictor.pair))
+        if not lines:
+            raise BundleError(f"{name}: no line to time")
+        for number, line, pair in lines:  # each line refused with its number, as predict_lines does
+            try:
+                predictor.predict([line], None if pair is None else [pair])
+            except EmptyText as e:
+                raise EmptyText(f"{name} line {number}: {e}") from None
+        texts, pairs = [line for _, line, _ in lines], [pair for _, _, pair in lines] if predictor.pair else None
+    else:
+        texts, pairs = [text], None if text_pair is None else [text_pair]
+    result = predictor.timings(texts, pairs, rounds)
+    built = built_latency(predictor.manifest, predictor.threads)
+    out = out or sys.stdout
+    out.write((json.dumps({**result, "manifest": built}) if as_json else format_timings(result, built)) + "\n")
+    out.flush()
+    return result
+
+
+def built_latency(manifest: dict, threads: Optional[int]) -> Optional[dict]:
+    """The manifest's latency at ``threads`` (None: its headline thread count; another count than those it
+    measured: the headline's, which names its own): ``p50_ms``, ``p90_ms``, ``threads``, ``cpu``, ``spin``."""
+    latency = manifest.get("latency")
+    if not isinstance(latency, dict):
+        return None
+    by_threads = latency.get("by_threads") if isinstance(latency.get("by_threads"), dict) else {}
+    entry, count = latency, latency.get("threads")
+    if threads is not None and isinstance(by_threads.get(str(threads)), dict):
+        entry, count = by_threads[str(threads)], threads
+    protocol = latency.get("protocol") if isinstance(latency.get("protocol"), dict) else {}
+    number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    return {"p50_ms": number(entry.get("p50_ms")), "p90_ms": number(entry.get("p90_ms")), "threads": number(count),
+            "cpu": protocol.get("cpu"), "spin": protocol.get("spin")}
+
+
+def format_timings(result: dict, built: Optional[dict]) -> str:
+    """Two lines: this machine's timings, then the manifest's (:func:`built_latency`)."""
+    def threads(n):
+        return "onnxruntime's default threads" if n is None else count(n, "thread")
+
+    def ms(value):
+        return "?" if value is None else f"{value:.3f} ms"
+
+    def count(n, what):
+        return f"{n} {what}{'s' if n != 1 else ''}"
+
+    here = (f"here: p50 {ms(result['p50_ms'])}, p90 {ms(result['p90_ms'])} per text, onnxruntime's run alone "
+            f"(tokenizing included: p50 {ms(result['p50_ms_with_tokenizer'])}, p90 "
+            f"{ms(result['p90_ms_with_tokenizer'])}); {count(result['runs'], 'run')} ({count(result['texts'], 'text')} "
+            f"x {count(result['rounds'], 'round')}) at {threads(result['threads'])}, idle threads spinning "
+            "(onnxruntime's default)")
+    if built is None or built["p50_ms"] is None:
+        return here + "\nbuilt: the manifest records no latency"
+    return (here + f"\nbuilt: p50 {ms(built['p50_ms'])}, p90 {ms(built['p90_ms'])}"
+            + (f" at {threads(built['threads'])}" if built["threads"] is not None else "")
+            + (f" on {built['cpu']}" if built["cpu"] else "") + (f", {built['spin']}" if built["spin"] else "")
+            + " (the manifest)")
 
 
 def first_line(e: BaseException) -> str:
@@ -538,6 +645,9 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line "
                         "with --file)")
     parser.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--bench", type=positive_int, metavar="ROUNDS", help="time the model on this machine instead "
+                        "of printing results: ROUNDS timed passes over the texts (TEXT, or every line of --file), one "
+                        "text at a time after an untimed pass; prints p50/p90 ms per text beside the manifest's")
 
 
 def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:
@@ -566,6 +676,9 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair, "text pair")
         predictor = Predictor(args.bundle, threads=args.threads, manifest_sha256=args.manifest_sha256)
+        if args.bench:
+            bench_texts(predictor, text, text_pair, args.file, args.bench, args.json)
+            return 0
         if args.file is not None:
             predict_lines(predictor, args.file, args.json)
             return 0

@@ -233,7 +233,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from compress.bundle import predict, predict_file
+    from compress.bundle import bench, predict, predict_file
     from compress.bundle_predict import BundleError, cli_text, format_result, warn_threads
 
     if (args.text is None) == (args.file is None):
@@ -244,6 +244,10 @@ def cmd_predict(args) -> int:
     except BundleError as e:
         raise CompressError(f"predict: {e}") from None
     try:
+        if args.bench:
+            bench(args.bundle, args.bench, text, text_pair, args.file, args.json, threads=args.threads,
+                  manifest_sha256=args.manifest_sha256)
+            return 0
         if args.file is not None:
             predict_file(args.bundle, args.file, args.json, threads=args.threads, manifest_sha256=args.manifest_sha256)
             return 0

@@ -1594,3 +1594,89 @@ def test_a_pair_line_needs_exactly_one_tab(tmp_path):
         list(read_lines(str(path), pair=True))
     path.write_text("it rains\tthe street is wet\n", encoding="utf-8")
     assert list(read_lines(str(path), pair=True)) == [(1, "it rains", "the street is wet")]
+
+
+def test_predict_py_bench_times_each_text_and_prints_the_manifests_latency_beside(bundle, tmp_path):
+    """`predict.py --bench ROUNDS`: every non-blank line of --file (or TEXT) run ROUNDS times one at a time after an
+    untimed pass, p50/p90 of onnxruntime's run alone and with tokenizing; the manifest's latency beside it; nothing
+    classified is printed. A zero round count, an empty line and a file with no line are refused in one line."""
+    folder, _ = bundle
+    (tmp_path / "texts.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "predict.py", "--bench", "2", "--json", "--threads", "1", "--file",
+                           str(tmp_path / "texts.txt")], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["texts"], result["rounds"], result["runs"], result["threads"]) == (2, 2, 4, 1)
+    assert 0 < result["p50_ms"] <= result["p90_ms"] and result["p50_ms"] <= result["p50_ms_with_tokenizer"]
+    assert result["p90_ms"] <= result["p90_ms_with_tokenizer"]  # each run's whole time holds its model time
+    assert result["manifest"] == {"p50_ms": 1.5, "p90_ms": 2.0, "threads": None, "cpu": None, "spin": None}
+    proc = subprocess.run([sys.executable, "predict.py", TEXTS[0], "--bench", "3"], capture_output=True, text=True,
+                          cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    here, built = proc.stdout.splitlines()
+    assert re.fullmatch(r"here: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms per text, onnxruntime's run alone \(tokenizing "
+                        r"included: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms\); 3 runs \(1 text x 3 rounds\) at "
+                        r"onnxruntime's default threads, idle threads spinning \(onnxruntime's default\)", here), here
+    assert built == "built: p50 1.500 ms, p90 2.000 ms (the manifest)"
+    for args, stdin, message in [(["--bench", "0", TEXTS[0]], None, "argument --bench: must be >= 1, got 0"),
+                                 (["--bench", "1", "--file", "-"], "good\n\u200b\n",
+                                  "error: standard input line 2: an empty text (nothing in it the tokenizer keeps"),
+                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time")]:
+        proc = subprocess.run([sys.executable, "predict.py", *args], input=stdin or "", capture_output=True,
+                              text=True, cwd=folder)
+        assert proc.returncode == 2 and proc.stdout == "" and message in proc.stderr, (args, proc.stderr)
+
+
+def test_timings_run_each_text_once_untimed_then_once_a_round(bundle):
+    """Predictor.timings: len(texts) x (rounds + 1) runs of the model, one text each; what predict refuses it
+    refuses too, and no text or no round is an error, not an empty result."""
+    from compress.bundle_predict import BundleError, Predictor
+
+    p = Predictor(bundle[0], threads=1)
+    real, shapes = p.session, []
+
+    class Counting:
+        def run(self, names, feed):
+            shapes.append(feed["input_ids"].shape)
+            return real.run(names, feed)
+
+    p.session = Counting()
+    result = p.timings(TEXTS[:2], rounds=3)
+    assert result["runs"] == 6 and len(shapes) == 2 * 4 and {s[0] for s in shapes} == {1}  # batch 1 every run
+    assert p.timings([TEXTS[0]], rounds=1)["runs"] == 1
+    for texts, pairs, rounds, message in [([], None, 1, "no text to time"), (["a"], None, 0, "rounds must be an "
+                                          "integer of at least 1, got 0"), (["a"], ["b"], 1, "reads single texts"),
+                                          ("a", None, 1, "got one string")]:
+        with pytest.raises(BundleError, match=message):
+            p.timings(texts, pairs, rounds)
+
+
+def test_the_latency_to_compare_is_the_manifests_at_the_same_thread_count():
+    """built_latency: by_threads' entry for the count timed here, else the headline's (which names its own count);
+    a manifest without latency, or with non-numbers in it, gives None rather than a crash or a made-up figure."""
+    from compress.bundle_predict import built_latency, format_timings
+
+    latency = {"p50_ms": 0.7, "p90_ms": 1.0, "threads": 2, "protocol": {"cpu": "EPYC", "spin": "idle threads sleep"},
+               "by_threads": {"1": {"p50_ms": 0.5, "p90_ms": 0.6}, "2": {"p50_ms": 0.7, "p90_ms": 1.0}}}
+    assert built_latency({"latency": latency}, 1) == {"p50_ms": 0.5, "p90_ms": 0.6, "threads": 1, "cpu": "EPYC",
+                                                      "spin": "idle threads sleep"}
+    for threads in (None, 4):
+        assert built_latency({"latency": latency}, threads)["threads"] == 2
+    assert built_latency({}, 1) is None and built_latency({"latency": "fast"}, 1) is None
+    assert built_latency({"latency": {"p50_ms": "0.5", "threads": True}}, None)["p50_ms"] is None
+    here = {"p50_ms": 0.44, "p90_ms": 0.6, "p50_ms_with_tokenizer": 0.53, "p90_ms_with_tokenizer": 0.73,
+            "runs": 300, "texts": 100, "rounds": 3, "threads": 2}
+    lines = format_timings(here, built_latency({"latency": latency}, 2)).splitlines()
+    assert lines[0].startswith("here: p50 0.440 ms, p90 0.600 ms per text") and "300 runs (100 texts x 3 rounds)" \
+        " at 2 threads" in lines[0]
+    assert lines[1] == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep (the manifest)"
+    assert format_timings(here, None).splitlines()[1] == "built: the manifest records no latency"
+
+
+def test_compress_predict_bench_times_an_archive(bundle, capsys):
+    """`compress predict ARCHIVE --bench N TEXT`: verified, extracted, timed; the same two lines as predict.py."""
+    _, archive = bundle
+    assert main(["predict", str(archive), "--bench", "2", TEXTS[1], "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "2 runs (1 text x 2 rounds) at 1 thread," in out[0]
+    assert out[1] == "built: p50 1.500 ms, p90 2.000 ms (the manifest)"
