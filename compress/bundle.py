@@ -371,7 +371,9 @@ def model_card(manifest: dict) -> str:
               "pinned in `package.json`; it truncates texts as `predict.py` does and checks the sha256 of the files "
               "it loads (model, tokenizer) before creating the model.", "", "```sh",
               "npm install", f"node predict.mjs {example}",
-              f"node predict.mjs --json --file {lines_file.split('#')[0].strip()}", "```", "", "```js",
+              f"node predict.mjs --json --file {lines_file.split('#')[0].strip()}",
+              f"node predict.mjs --bench 3 --file {lines_file.split('#')[0].strip()}   # onnxruntime-web's speed here",
+              "```", "", "```js",
               'import { Predictor } from "./predict.mjs";',
               'const model = await Predictor.load("https://example.com/this-bundle/");  // or a folder (Node.js)',
               f"await model.predict({call.replace('[', '').replace(']', '')});", "```", "",

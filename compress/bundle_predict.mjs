@@ -389,8 +389,8 @@ export class Predictor {
     return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: types };
   }
 
-  /** One text (and its pair): {label, score, scores} ({value} for regression). */
-  async predict(text, pair = null) {
+  /** The model's inputs for one text (and its pair), and how many tokens they hold. */
+  feeds(text, pair = null) {
     if (typeof text !== "string" || (pair !== null && typeof pair !== "string")) {
       throw new BundleError(`predict(text, pair = null): texts must be strings, got ${typeof text}` +
                             (pair === null ? "" : ` and ${typeof pair}`));
@@ -403,12 +403,48 @@ export class Predictor {
       if (!(name in enc)) throw new BundleError(`model input '${name}' is not one the tokenizer provides`);
       feeds[name] = new ort.Tensor("int64", BigInt64Array.from(enc[name], BigInt), [1, enc[name].length]);
     }
-    let outputs;
+    return [feeds, enc.input_ids.length];
+  }
+
+  async forward(feeds, tokens) {
     try {
-      outputs = await this.session.run(feeds);
+      return await this.session.run(feeds);
     } catch (e) {
-      throw new BundleError(`${this.manifest.model.file}: onnxruntime cannot run it on ${enc.input_ids.length} tokens (${firstLine(e)})`);
+      throw new BundleError(`${this.manifest.model.file}: onnxruntime cannot run it on ${tokens} tokens (${firstLine(e)})`);
     }
+  }
+
+  /** This machine's latency per text, one at a time, as predict.py's timings(): one untimed pass over ``items``
+   * ([text, pair or null] each), then ``rounds`` timed passes; p50/p90 ms of the run alone and with tokenizing. */
+  async timings(items, rounds = 3, threads = null) {
+    if (items.length === 0) throw new BundleError("no text to time");
+    if (!Number.isInteger(rounds) || rounds < 1) {
+      throw new BundleError(`rounds must be an integer of at least 1, got ${rounds}`);
+    }
+    for (const [text, pair] of items) await this.forward(...this.feeds(text, pair));  // warm-up
+    const model = [];
+    const whole = [];
+    for (let r = 0; r < rounds; r++) {
+      for (const [text, pair] of items) {
+        const start = performance.now();
+        const feed = this.feeds(text, pair);
+        const ran = performance.now();
+        await this.forward(...feed);
+        const end = performance.now();
+        model.push(end - ran);
+        whole.push(end - start);
+      }
+    }
+    const ms = {};
+    for (const [suffix, times] of [["", model], ["_with_tokenizer", whole]]) {
+      for (const q of [50, 90]) ms[`p${q}_ms${suffix}`] = Math.round(percentile(times, q) * 1e4) / 1e4;
+    }
+    return { texts: items.length, rounds, runs: model.length, threads, ...ms };
+  }
+
+  /** One text (and its pair): {label, score, scores} ({value} for regression). */
+  async predict(text, pair = null) {
+    const outputs = await this.forward(...this.feeds(text, pair));
     const logits = Array.from(outputs[this.session.outputNames[0]].data);
     if (logits.length !== (this.labels ?? [0]).length) {
       throw new BundleError(`manifest.json: the model gives ${logits.length} scores but the manifest names ${(this.labels ?? [0]).length} label(s)`);
@@ -454,8 +490,63 @@ async function* readLines(path) {
 
 /** Whether a text is empty or all whitespace as predict.py's str.strip() sees it (not String.trim's: that strips a
  * byte-order mark, but not U+001C-U+001F or U+0085): both runners refuse and skip the same texts and lines. */
+/** [line number, text, pair or null] of each non-blank line of a --file, its shape checked as predict.py does. */
+async function* fileTexts(path, pair) {
+  const name = path === "-" ? "standard input" : path;
+  for await (const [n, line] of readLines(path)) {
+    if (blank(line)) continue;
+    const fields = line.split("\t");
+    if (fields.length !== (pair ? 2 : 1)) {
+      throw new BundleError(`${name} line ${n}: ${pair ? "this model reads text pairs: give " +
+        "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
+    }
+    if (pair && fields.some(blank)) {  // "text<TAB>" or "<TAB>pair": as the CLI does
+      throw new BundleError(`${name} line ${n}: an empty ${blank(fields[0]) ? "text" : "text pair"}: nothing to classify`);
+    }
+    yield [n, fields[0], pair ? fields[1] : null];
+  }
+}
+
 function blank(text) {
   return /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
+}
+
+/** numpy's default (linear) percentile, as predict.py's. */
+function percentile(values, q) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q / 100) * (sorted.length - 1);
+  const low = Math.floor(at);
+  const high = Math.min(low + 1, sorted.length - 1);
+  return sorted[low] + (sorted[high] - sorted[low]) * (at - low);
+}
+
+/** The manifest's latency at ``threads``, as predict.py's built_latency (null: none recorded). */
+export function builtLatency(manifest, threads) {
+  const latency = manifest.latency;
+  if (latency === null || typeof latency !== "object" || Array.isArray(latency)) return null;
+  const byThreads = latency.by_threads && typeof latency.by_threads === "object" ? latency.by_threads : {};
+  let [entry, count] = [latency, latency.threads];
+  const own = threads === null ? undefined : byThreads[String(threads)];
+  if (own && typeof own === "object") [entry, count] = [own, threads];
+  const protocol = latency.protocol && typeof latency.protocol === "object" ? latency.protocol : {};
+  const number = (v) => (typeof v === "number" ? v : null);
+  return { p50_ms: number(entry.p50_ms), p90_ms: number(entry.p90_ms), threads: number(count),
+           cpu: protocol.cpu ?? null, spin: protocol.spin ?? null };
+}
+
+/** Two lines, as predict.py's format_timings: this machine's timings, then the manifest's. */
+export function formatTimings(result, built) {
+  const count = (n, what) => `${n} ${what}${n !== 1 ? "s" : ""}`;
+  const threads = (n) => (n === null ? "onnxruntime-web's default threads" : count(n, "thread"));
+  const ms = (v) => (v === null ? "?" : `${v.toFixed(3)} ms`);
+  const here = `here: p50 ${ms(result.p50_ms)}, p90 ${ms(result.p90_ms)} per text, onnxruntime-web's run alone ` +
+    `(tokenizing included: p50 ${ms(result.p50_ms_with_tokenizer)}, p90 ${ms(result.p90_ms_with_tokenizer)}); ` +
+    `${count(result.runs, "run")} (${count(result.texts, "text")} x ${count(result.rounds, "round")}) at ` +
+    `${threads(result.threads)}, WebAssembly`;
+  if (built === null || built.p50_ms === null) return `${here}\nbuilt: the manifest records no latency`;
+  return `${here}\nbuilt: p50 ${ms(built.p50_ms)}, p90 ${ms(built.p90_ms)}` +
+    (built.threads !== null ? ` at ${threads(built.threads)}` : "") + (built.cpu ? ` on ${built.cpu}` : "") +
+    (built.spin ? `, ${built.spin}` : "") + " (the manifest; native onnxruntime)";
 }
 
 function format(result, asJson) {
@@ -463,13 +554,13 @@ function format(result, asJson) {
   return "label" in result ? `${result.label}\t${result.score.toFixed(4)}` : result.value.toFixed(4);
 }
 
-const USAGE = "usage: node predict.mjs [--json] [--threads N] [--bundle DIR] (TEXT [TEXT_PAIR] | --file PATH)";
+const USAGE = "usage: node predict.mjs [--json] [--threads N] [--bench ROUNDS] [--bundle DIR] (TEXT [TEXT_PAIR] | --file PATH)";
 
 async function main(argv) {
   const { fileURLToPath } = await import("node:url");
   const { dirname } = await import("node:path");
   const args = { json: false, file: null, bundle: dirname(fileURLToPath(import.meta.url)), texts: [] };
-  const valued = { "--file": "file", "--bundle": "bundle", "--threads": "threads" };
+  const valued = { "--file": "file", "--bundle": "bundle", "--threads": "threads", "--bench": "bench" };
   // as predict.py's argparse reads them: options anywhere, --opt=value, "--" before texts that start with "-"
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = /^--[^=]+=/.test(argv[i]) ? [argv[i].slice(0, argv[i].indexOf("=")),
@@ -500,6 +591,10 @@ async function main(argv) {
     return 2;
   }
   if (args.threads !== undefined) args.threads = Number(args.threads);
+  if (args.bench !== undefined && !(/^[1-9][0-9]*$/.test(args.bench) && Number(args.bench) <= 2 ** 31 - 1)) {
+    console.error(`error: --bench: expected an integer from 1 to ${2 ** 31 - 1}, got ${JSON.stringify(args.bench)}`);
+    return 2;
+  }
   if (args.threads > 1024) {  // predict.py's MAX_THREADS: a typo's 100000 threads hung the machine
     console.error(`error: --threads: must be at most 1024, got ${args.threads}`);
     return 2;
@@ -525,29 +620,25 @@ async function main(argv) {
   });
   try {
     const model = await Predictor.load(args.bundle, { threads: args.threads });
-    if (args.file === null) {
-      console.log(format(await model.predict(args.texts[0], args.texts[1] ?? null), args.json));
-      return 0;
-    }
     const name = args.file === "-" ? "standard input" : args.file;
-    for await (const [n, line] of readLines(args.file)) {
-      if (blank(line)) continue;
-      const fields = line.split("\t");
-      if (fields.length !== (model.pair ? 2 : 1)) {
-        throw new BundleError(`${name} line ${n}: ${model.pair ? "this model reads text pairs: give " +
-          "text<TAB>text pair" : "this model reads single texts: the line holds a tab"}`);
-      }
-      if (model.pair && fields.some(blank)) {  // "text<TAB>" or "<TAB>pair": as the CLI does
-        throw new BundleError(`${name} line ${n}: an empty ${blank(fields[0]) ? "text" : "text pair"}: nothing to classify`);
-      }
+    const inputs = args.file === null ? [[null, args.texts[0], args.texts[1] ?? null]] : fileTexts(args.file, model.pair);
+    const items = [];  // --bench: the texts to time, each classified once first (the checks predict.py makes)
+    for await (const [n, text, pair] of inputs) {
       let result;
       try {
-        result = await model.predict(fields[0], model.pair ? fields[1] : null);
+        result = await model.predict(text, pair);
       } catch (e) {
-        if (e instanceof EmptyText) throw new EmptyText(`${name} line ${n}: ${e.message}`);
+        if (n !== null && e instanceof EmptyText) throw new EmptyText(`${name} line ${n}: ${e.message}`);
         throw e;
       }
-      console.log(format(args.json ? { line: n, ...result } : result, args.json));
+      if (args.bench !== undefined) items.push([text, pair]);
+      else console.log(format(args.json && n !== null ? { line: n, ...result } : result, args.json));
+    }
+    if (args.bench !== undefined) {
+      if (items.length === 0) throw new BundleError(`${name}: no line to time`);
+      const result = await model.timings(items, Number(args.bench), args.threads ?? null);
+      const built = builtLatency(model.manifest, args.threads ?? null);
+      console.log(args.json ? JSON.stringify({ ...result, manifest: built }) : formatTimings(result, built));
     }
     return 0;
   } catch (e) {

@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -714,3 +715,48 @@ def test_predict_mjs_loads_a_bundle_from_a_file_url(js_bundle):
     assert proc.returncode == 0, proc.stderr
     local = _node(js_bundle / "predict.mjs", "--json", TEXTS[0])
     assert proc.stdout.splitlines() == [json.dumps(json.loads(local.stdout)["scores"], separators=(",", ":"))] * 2
+
+
+
+def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js_bundle, tmp_path):
+    """`--bench ROUNDS`: predict.mjs times the same lines as predict.py (blank ones skipped, each line once untimed,
+    then once a round), prints the same JSON fields and reads the manifest's latency alike (the entry of the thread
+    count timed, else the headline's); what one refuses (a zero round count, an empty line, a file with no line)
+    the other refuses, exit status 2."""
+    bundle = tmp_path / "b"
+    shutil.copytree(js_bundle, bundle)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    manifest = json.loads((bundle / "manifest.json").read_text())  # the one file not hashed: a latency to read
+    manifest["latency"] = {"p50_ms": 0.7, "p90_ms": 1.0, "threads": 2, "by_threads": {"1": {"p50_ms": 0.5,
+                           "p90_ms": 0.6}}, "protocol": {"cpu": "EPYC", "spin": "idle threads sleep"}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "texts.txt").write_text("a gripping, funny film\n\n  \ndull and far too long\n", encoding="utf-8")
+
+    def both(*args, stdin=None):
+        return (subprocess.run([sys.executable, "predict.py", *args], input=stdin, capture_output=True, text=True,
+                               cwd=bundle), _node(bundle / "predict.mjs", *args, stdin=stdin))
+
+    py, js = both("--bench", "2", "--json", "--threads", "1", "--file", str(tmp_path / "texts.txt"))
+    assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
+    py, js = json.loads(py.stdout), json.loads(js.stdout)
+    assert set(py) == set(js) and py["manifest"] == js["manifest"] == {"p50_ms": 0.5, "p90_ms": 0.6, "threads": 1,
+                                                                       "cpu": "EPYC", "spin": "idle threads sleep"}
+    assert [(r["texts"], r["rounds"], r["runs"], r["threads"]) for r in (py, js)] == [(2, 2, 4, 1)] * 2
+    assert 0 < js["p50_ms"] <= js["p90_ms"] and js["p50_ms"] <= js["p50_ms_with_tokenizer"]
+    py, js = both("--bench", "3", "a gripping, funny film")
+    assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
+    here, built = js.stdout.splitlines()
+    assert re.fullmatch(r"here: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms per text, onnxruntime-web's run alone \("
+                        r"tokenizing included: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms\); 3 runs \(1 text x 3 rounds\) "
+                        r"at onnxruntime-web's default threads, WebAssembly", here), here
+    assert built == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep (the manifest; " \
+        "native onnxruntime)"
+    assert py.stdout.splitlines()[1] == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep " \
+        "(the manifest)"
+    for args, stdin, message in [(["--bench", "0", "good"], "", "--bench"),
+                                 (["--bench", "1", "--file", "-"], "good\n\u200b\n",
+                                  "error: standard input line 2: an empty text (nothing in it the tokenizer keeps"),
+                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time")]:
+        py, js = both(*args, stdin=stdin)
+        assert py.returncode == js.returncode == 2 and py.stdout == js.stdout == "", (args, py.stderr, js.stderr)
+        assert message in py.stderr and message in js.stderr, (args, py.stderr, js.stderr)
