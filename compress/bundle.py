@@ -754,6 +754,53 @@ def bench(bundle: str | os.PathLike, rounds: int, text: Optional[str] = None, te
             raise CompressError(said(e, bundle, folder)) from None
 
 
+def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, split: str = "dev",
+          max_rows: Optional[int] = None, threads: Optional[int] = None, manifest_sha256: Optional[str] = None) -> dict:
+    """Score a bundle as it ships (its own tokenizer.json and onnxruntime, one text per run) on a labelled split of
+    its task's data. ``task``: a recipe's `TaskConfig` (custom tasks, hub datasets, another folder); default: the
+    GLUE task the manifest names, from the default GLUE folder; ``data_dir`` replaces its folder. Returns the split,
+    row counts, metrics and the manifest's metrics for that split (None where it records none)."""
+    import dataclasses
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from compress.config import TaskConfig
+    from compress.data import load_split
+    from compress.metrics import compute_metrics
+    from compress.tasks import task_spec
+
+    with open_bundle(bundle, manifest_sha256) as folder:
+        try:
+            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
+        except BundleError as e:
+            raise CompressError(said(e, bundle, folder)) from None
+        meta = predictor.manifest["task"]
+        task = task or TaskConfig(name=meta["name"])
+        task = dataclasses.replace(task, data_dir=data_dir) if data_dir else task
+        if task.name != meta["name"]:
+            raise CompressError(f"{bundle}: a bundle of task {meta['name']!r}, not {task.name!r}")
+        spec = task_spec(task)
+        if meta.get("dataset_labels") != spec.labels:
+            raise CompressError(f"{bundle}: its labels {meta.get('dataset_labels')} are not the {task.name} data's "
+                                f"{spec.labels}: the scores would be compared with other classes")
+        ds = load_split(task, split, spec)
+        rows = len(ds) if max_rows is None else min(max_rows, len(ds))
+        texts, pairs = ds["text"][:rows], ds["text_pair"][:rows] if spec.text_pair else None
+        logits = []
+        for i in tqdm(range(rows), desc=f"scoring {split}", unit="row", leave=False):
+            try:
+                logits.append(predictor.logits([texts[i]], None if pairs is None else [pairs[i]])[0])
+            except BundleError as e:
+                raise CompressError(f"{bundle}: {split} row {i + 1}: {e}") from None
+    metrics = compute_metrics(spec.metrics, np.stack(logits) if logits else np.zeros((0, spec.num_labels)),
+                              np.asarray(ds["label"][:rows]))
+    recorded = predictor.manifest.get("metrics") or {}
+    return {"split": split, "rows": rows, "of_rows": len(ds), "metrics": metrics,
+            "manifest": {"metrics": recorded.get(split),
+                         "rows": recorded.get(f"{split}_rows"), "subset": recorded.get(f"{split}_subset")}}
+
+
 # ------------------------------------------------------------------------------------------------------ the stage
 def default_name(recipe_name: str, task: str) -> str:
     """<recipe>-<task>-int8, the task left out when the recipe's name already says it (mrpc -> mrpc-int8, sst2-cpu ->

@@ -259,6 +259,34 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    import json
+
+    from compress.bundle import score
+    from compress.config import load_recipe
+
+    task = load_recipe(args.recipe).task if args.recipe else None
+    result = score(args.bundle, task, args.data_dir, args.split, args.max_rows, threads=args.threads,
+                   manifest_sha256=args.manifest_sha256)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+
+    def said(metrics: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+    whole = "the whole split" if result["rows"] == result["of_rows"] else f"its first {result['rows']} of " \
+        f"{result['of_rows']}"
+    print(f"{said(result['metrics'])} on {result['rows']} {args.split} rows ({whole})")
+    recorded = result["manifest"]
+    if recorded["metrics"]:
+        rows = f" on {recorded['rows']} {args.split} rows" if recorded["rows"] is not None else ""
+        print(f"the manifest: {said(recorded['metrics'])}{rows}")
+    else:
+        print(f"the manifest records no {args.split} scores")
+    return 0
+
+
 FULL_BENCH = {"batch_sizes": [1, 8, 32], "seq_lengths": [32, 128], "dev_rows": None, "repeats": 50,
               "max_seconds": 3.0, "warmup": 3}
 
@@ -427,6 +455,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "manifest.json as published apart from it (`compress bundle` prints it): checked first, so that "
                    "no file, the manifest's hashes included, can have changed")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("score", help="score a bundle as it ships on a labelled split of its task (beside the "
+                       "manifest's scores)",
+                       description="Verify a bundle (folder or .tar.gz), run it as it ships (its tokenizer.json and "
+                       "onnxruntime, one text at a time) on every row of a labelled split of its task, and print the "
+                       "task's metrics beside those its manifest records: a check of a bundle from elsewhere, or of "
+                       "one on another machine.")
+    p.add_argument("bundle", help="bundle folder or .tar.gz")
+    p.add_argument("--recipe", help="read the task's data as this recipe's task section says (a custom task, a hub "
+                   "dataset, its data_dir); default: the GLUE task the bundle names, from the default GLUE folder")
+    p.add_argument("--data-dir", help="the task's GLUE-format folder (default: $GLUE_DIR/<Task> or "
+                   "../shared/data/glue/<Task>; with --recipe: replaces its task.data_dir)")
+    p.add_argument("--split", default="dev", help="the labelled split to score: dev (default), test (MRPC's is "
+                   "labelled) or train")
+    p.add_argument("--max-rows", type=positive_int, help="score only the split's first N rows")
+    p.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--manifest-sha256", metavar="HEX", type=sha256_arg, help="the sha256 of the bundle's "
+                   "manifest.json as published apart from it, checked first")
+    p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("bench", help="latency/throughput/RSS of the run's ONNX fp32 and int8 models and the peers",
                        description="Run a recipe up to its `bench` stage (quantize first if needed; defaults for "

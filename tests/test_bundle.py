@@ -1680,3 +1680,44 @@ def test_compress_predict_bench_times_an_archive(bundle, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "2 runs (1 text x 2 rounds) at 1 thread," in out[0]
     assert out[1] == "built: p50 1.500 ms, p90 2.000 ms (the manifest)"
+
+
+def test_compress_score_runs_the_bundle_on_a_labelled_split_beside_its_manifest(int8_model, minilm_dir, tokenizer,
+                                                                                glue_dir, tmp_path, capsys):
+    """`compress score BUNDLE`: the bundle as it ships over the first rows of its task's dev split (the default GLUE
+    folder), the accuracy what the model gives with the HF tokenizer; the manifest's figure beside it; MRPC's
+    labelled test split of pairs; a bundle of other labels, another task's recipe, a split the task lacks: one line
+    each, exit status 2."""
+    from compress.config import TaskConfig
+    from compress.data import load_split
+
+    folder, archive = build(tmp_path / "b", "sst2-x", model=int8_model, tokenizer=minilm_dir / "tokenizer.json",
+                            task="sst2", labels=["0", "1"], text_pair=False, max_length=32,
+                            metrics={"dev": {"accuracy": 0.5}, "dev_rows": 872})
+    dev = load_split(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2")), "dev")
+    want = float((_reference_logits(int8_model, tokenizer, dev["text"][:40]).argmax(-1) == dev["label"][:40]).mean())
+    assert main(["score", str(archive), "--max-rows", "40", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metrics"] == {"accuracy": pytest.approx(want)} and (result["rows"], result["of_rows"]) == (40, 872)
+    assert result["manifest"] == {"metrics": {"accuracy": 0.5}, "rows": 872, "subset": None}
+    assert main(["score", str(folder), "--max-rows", "40", "--data-dir", str(glue_dir / "SST-2")]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"accuracy {want:.4f} on 40 dev rows (its first 40 of 872)",
+                                                    "the manifest: accuracy 0.5000 on 872 dev rows"]
+    pair, _ = build(tmp_path / "b", "mrpc-x", model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="mrpc",
+                    labels=["0", "1"], text_pair=True, max_length=32)
+    assert main(["score", str(pair), "--split", "test", "--max-rows", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"f1 \d\.\d{4}, accuracy \d\.\d{4} on 10 test rows \(its first 10 of 1725\)", out[0]), out
+    assert out[1] == "the manifest records no test scores"
+    for argv, message in [([str(bundle_of_names := _copy(folder, tmp_path / "names"))], None),
+                          ([str(folder), "--recipe", str(Path(__file__).resolve().parent.parent / "pipelines" / "mrpc.yaml")],
+                           "a bundle of task 'sst2', not 'mrpc'"),
+                          ([str(folder), "--split", "test"], "task sst2: no 'test' split")]:
+        if message is None:  # the same bundle, its labels renamed as `compress bundle --task sst2` never names them
+            manifest = json.loads((bundle_of_names / "manifest.json").read_text())
+            manifest["task"]["dataset_labels"] = ["negative", "positive"]
+            (bundle_of_names / "manifest.json").write_text(json.dumps(manifest))
+            message = "its labels ['negative', 'positive'] are not the sst2 data's ['0', '1']"
+        assert main(["score", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
