@@ -1710,7 +1710,7 @@ def test_compress_score_runs_the_bundle_on_a_labelled_split_beside_its_manifest(
     assert re.fullmatch(r"f1 \d\.\d{4}, accuracy \d\.\d{4} on 10 test rows \(its first 10 of 1725\)", out[0]), out
     assert out[1] == "the manifest records no test scores"
     for argv, message in [([str(bundle_of_names := _copy(folder, tmp_path / "names"))], None),
-                          ([str(folder), "--recipe", str(Path(__file__).resolve().parent.parent / "pipelines" / "mrpc.yaml")],
+                          ([str(folder), "--recipe", str(Path(__file__).resolve().parents[1] / "pipelines/mrpc.yaml")],
                            "a bundle of task 'sst2', not 'mrpc'"),
                           ([str(folder), "--split", "test"], "task sst2: no 'test' split")]:
         if message is None:  # the same bundle, its labels renamed as `compress bundle --task sst2` never names them
