@@ -776,6 +776,8 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
         except BundleError as e:
             raise CompressError(said(e, bundle, folder)) from None
         meta = predictor.manifest["task"]
+        if not isinstance(meta.get("name"), str):  # a manifest edited by hand: one line, not a traceback
+            raise CompressError(f"{bundle}: manifest.json: task.name is {meta.get('name')!r}, not a task's name")
         task = task or TaskConfig(name=meta["name"])
         task = dataclasses.replace(task, data_dir=data_dir) if data_dir else task
         if task.name != meta["name"]:
@@ -795,9 +797,13 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
                 raise CompressError(f"{bundle}: {split} row {i + 1}: {e}") from None
     metrics = compute_metrics(spec.metrics, np.stack(logits) if logits else np.zeros((0, spec.num_labels)),
                               np.asarray(ds["label"][:rows]))
-    recorded = predictor.manifest.get("metrics") or {}
+    recorded = predictor.manifest.get("metrics") if isinstance(predictor.manifest.get("metrics"), dict) else {}
+    figures = recorded.get(split)  # a manifest edited by hand: figures that are not numbers are none
+    if not (isinstance(figures, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in figures.values())):
+        figures = None
     return {"split": split, "rows": rows, "of_rows": len(ds), "metrics": metrics,
-            "manifest": {"metrics": recorded.get(split),
+            "manifest": {"metrics": figures,
                          "rows": recorded.get(f"{split}_rows"), "subset": recorded.get(f"{split}_subset")}}
 
 

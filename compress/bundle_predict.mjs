@@ -488,8 +488,6 @@ async function* readLines(path) {
   if (rest) yield line(rest);
 }
 
-/** Whether a text is empty or all whitespace as predict.py's str.strip() sees it (not String.trim's: that strips a
- * byte-order mark, but not U+001C-U+001F or U+0085): both runners refuse and skip the same texts and lines. */
 /** [line number, text, pair or null] of each non-blank line of a --file, its shape checked as predict.py does. */
 async function* fileTexts(path, pair) {
   const name = path === "-" ? "standard input" : path;
@@ -507,6 +505,8 @@ async function* fileTexts(path, pair) {
   }
 }
 
+/** Whether a text is empty or all whitespace as predict.py's str.strip() sees it (not String.trim's: that strips a
+ * byte-order mark, but not U+001C-U+001F or U+0085): both runners refuse and skip the same texts and lines. */
 function blank(text) {
   return /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/.test(text);
 }
@@ -524,7 +524,8 @@ function percentile(values, q) {
 export function builtLatency(manifest, threads) {
   const latency = manifest.latency;
   if (latency === null || typeof latency !== "object" || Array.isArray(latency)) return null;
-  const byThreads = latency.by_threads && typeof latency.by_threads === "object" ? latency.by_threads : {};
+  const byThreads = latency.by_threads && typeof latency.by_threads === "object" && !Array.isArray(latency.by_threads)
+    ? latency.by_threads : {};  // as predict.py: a list is no by_threads
   let [entry, count] = [latency, latency.threads];
   const own = threads === null ? undefined : byThreads[String(threads)];
   if (own && typeof own === "object") [entry, count] = [own, threads];

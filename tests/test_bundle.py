@@ -1721,3 +1721,83 @@ def test_compress_score_runs_the_bundle_on_a_labelled_split_beside_its_manifest(
         assert main(["score", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_timings_are_the_percentiles_of_each_runs_milliseconds(bundle, monkeypatch):
+    """Predictor.timings on a virtual clock (tokenizing 1 ms, the n-th timed run n ms): numpy's linear p50/p90 in
+    milliseconds, of onnxruntime's run alone and with tokenizing; the warm-up pass is not timed."""
+    from compress import bundle_predict
+
+    p = bundle_predict.Predictor(bundle[0], threads=1)
+    clock, calls = [0.0], []
+    feed, forward = p._feed, p._forward
+
+    def timed_feed(batch):
+        clock[0] += 0.001
+        return feed(batch)
+
+    def timed_forward(*args):
+        calls.append(1)
+        out = forward(*args)
+        clock[0] += max(len(calls) - 2, 0) / 1000  # two warm-up runs first, untimed
+        return out
+
+    monkeypatch.setattr(p, "_feed", timed_feed)
+    monkeypatch.setattr(p, "_forward", timed_forward)
+    monkeypatch.setattr(bundle_predict, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    result = p.timings(TEXTS[:2], rounds=3)
+    assert len(calls) == 8 and result["runs"] == 6
+    assert {k: result[k] for k in ("p50_ms", "p90_ms", "p50_ms_with_tokenizer", "p90_ms_with_tokenizer")} == \
+        pytest.approx({"p50_ms": 3.5, "p90_ms": 5.5, "p50_ms_with_tokenizer": 4.5, "p90_ms_with_tokenizer": 6.5})
+
+
+def test_compress_score_reads_data_dir_pairs_in_order_and_the_manifest_hash(int8_model, minilm_dir, glue_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    """--data-dir is the folder read (5 rows: the whole split); a pair task's rows are run as (sentence 1, sentence
+    2); the manifest's figures are the split's own; --manifest-sha256 is checked by score and predict --bench."""
+    from compress import bundle_predict
+    from compress.bundle import score
+    from compress.config import TaskConfig
+    from compress.data import load_split
+
+    folder, archive = build(tmp_path / "b", "sst2-d", model=int8_model, tokenizer=minilm_dir / "tokenizer.json",
+                            task="sst2", labels=["0", "1"], text_pair=False, max_length=32,
+                            metrics={"dev": {"accuracy": 0.5}, "dev_rows": 872})
+    data = tmp_path / "sst2-5"
+    data.mkdir()
+    (data / "dev.tsv").write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:6]))
+    assert main(["score", str(folder), "--data-dir", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(" on 5 dev rows (the whole split)")
+    for argv in (["score", str(archive)], ["predict", str(archive), "--bench", "1", TEXTS[0]]):
+        assert main([*argv, "--manifest-sha256", "0" * 64]) == 2, argv
+        assert "manifest" in capsys.readouterr().err
+    pair, _ = build(tmp_path / "b", "mrpc-d", model=int8_model, tokenizer=minilm_dir / "tokenizer.json", task="mrpc",
+                    labels=["0", "1"], text_pair=True, max_length=32,
+                    metrics={"test": {"f1": 0.75}, "test_rows": 1725, "dev_rows": 408})
+    seen, logits = [], bundle_predict.Predictor.logits
+    monkeypatch.setattr(bundle_predict.Predictor, "logits",
+                        lambda self, texts, pairs=None, batch_size=1: seen.append((texts, pairs)) or
+                        logits(self, texts, pairs, batch_size))
+    result = score(pair, split="test", max_rows=3)
+    rows = load_split(TaskConfig(name="mrpc", data_dir=str(glue_dir / "MRPC")), "test")
+    assert seen == [([rows["text"][i]], [rows["text_pair"][i]]) for i in range(3)]
+    assert result["manifest"] == {"metrics": {"f1": 0.75}, "rows": 1725, "subset": None}
+
+
+def test_compress_score_of_a_manifest_edited_by_hand(int8_model, minilm_dir, tmp_path, capsys):
+    """manifest.json is the one file not hashed: metrics that are not a split's numbers are no figures (not a
+    traceback after the whole split is scored), a task without a name is refused in one line."""
+    folder, _ = build(tmp_path / "b", "sst2-e", model=int8_model, tokenizer=minilm_dir / "tokenizer.json",
+                      task="sst2", labels=["0", "1"], text_pair=False, max_length=32,
+                      metrics={"dev": {"accuracy": 0.5}, "dev_rows": 872})
+    original = json.loads((folder / "manifest.json").read_text())
+    for edit, code, said in [(lambda m: m.__setitem__("metrics", [1]), 0, "the manifest records no dev scores"),
+                             (lambda m: m["metrics"].__setitem__("dev", [0.5]), 0, "the manifest records no dev"),
+                             (lambda m: m["metrics"].__setitem__("dev", {"accuracy": "0.5"}), 0, "records no dev"),
+                             (lambda m: m["task"].pop("name"), 2, "task.name is None")]:
+        manifest = json.loads(json.dumps(original))
+        edit(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        assert main(["score", str(folder), "--max-rows", "2"]) == code
+        out, err = capsys.readouterr()
+        assert said in (out if code == 0 else err) and (code == 0 or len(err.strip().splitlines()) == 1), (out, err)

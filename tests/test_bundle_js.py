@@ -760,3 +760,34 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
         py, js = both(*args, stdin=stdin)
         assert py.returncode == js.returncode == 2 and py.stdout == js.stdout == "", (args, py.stderr, js.stderr)
         assert message in py.stderr and message in js.stderr, (args, py.stderr, js.stderr)
+    manifest["latency"]["by_threads"] = [{"p50_ms": 9.0}, {"p50_ms": 8.0, "p90_ms": 9.0}]  # a list: no by_threads
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    py, js = both("--bench", "1", "--json", "--threads", "1", "good")
+    assert json.loads(py.stdout)["manifest"] == json.loads(js.stdout)["manifest"] == {
+        "p50_ms": 0.7, "p90_ms": 1.0, "threads": 2, "cpu": "EPYC", "spin": "idle threads sleep"}, (py.stdout, js.stdout)
+
+
+def test_predict_mjs_timings_are_the_percentiles_of_each_runs_milliseconds(js_bundle, tmp_path):
+    """Predictor.timings on a virtual clock (tokenizing 1 ms, the n-th timed run n ms): numpy's linear p50/p90, as
+    predict.py's, of the run alone and with tokenizing; one untimed run a text first."""
+    script = tmp_path / "clock.mjs"
+    script.write_text("""
+const { Predictor } = await import(process.argv[2]);
+const model = await Predictor.load(process.argv[3], { threads: 1 });
+let t = 0, calls = 0;
+performance.now = () => t;
+const [feeds, forward] = [model.feeds.bind(model), model.forward.bind(model)];
+model.feeds = (...a) => { t += 1; return feeds(...a); };
+model.forward = async (...a) => {
+  calls += 1;
+  const out = await forward(...a);
+  t += Math.max(calls - 2, 0);
+  return out;
+};
+const r = await model.timings([["good", null], ["bad", null]], 3, 1);
+console.log(JSON.stringify({ ...r, calls }));
+""")
+    proc = _node(script, js_bundle / "predict.mjs", js_bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"texts": 2, "rounds": 3, "runs": 6, "threads": 1, "p50_ms": 3.5, "p90_ms": 5.5,
+                                       "p50_ms_with_tokenizer": 4.5, "p90_ms_with_tokenizer": 6.5, "calls": 8}
