@@ -1801,3 +1801,20 @@ def test_compress_score_of_a_manifest_edited_by_hand(int8_model, minilm_dir, tmp
         assert main(["score", str(folder), "--max-rows", "2"]) == code
         out, err = capsys.readouterr()
         assert said in (out if code == 0 else err) and (code == 0 or len(err.strip().splitlines()) == 1), (out, err)
+
+
+def test_compress_score_runs_onnxruntime_at_the_thread_count_given(int8_model, minilm_dir, tmp_path, monkeypatch):
+    """`compress score --threads N`: the session that scores is built with N intra-op threads."""
+    from compress import bundle_predict
+
+    folder, _ = build(tmp_path / "b", "sst2-t", model=int8_model, tokenizer=minilm_dir / "tokenizer.json",
+                      task="sst2", labels=["0", "1"], text_pair=False, max_length=32)
+    made, real = [], bundle_predict.Predictor.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self.session.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(bundle_predict.Predictor, "__init__", init)
+    assert main(["score", str(folder), "--max-rows", "2", "--threads", "1"]) == 0
+    assert made == [1]
