@@ -623,11 +623,11 @@ async function main(argv) {
     const model = await Predictor.load(args.bundle, { threads: args.threads });
     const name = args.file === "-" ? "standard input" : args.file;
     const inputs = args.file === null ? [[null, args.texts[0], args.texts[1] ?? null]] : fileTexts(args.file, model.pair);
-    const items = [];  // --bench: the texts to time, each classified once first (the checks predict.py makes)
+    const items = [];  // --bench: the texts to time, each tokenized first (the checks predict.py makes)
     for await (const [n, text, pair] of inputs) {
       let result;
       try {
-        result = await model.predict(text, pair);
+        result = args.bench !== undefined ? model.feeds(text, pair) : await model.predict(text, pair);
       } catch (e) {
         if (n !== null && e instanceof EmptyText) throw new EmptyText(`${name} line ${n}: ${e.message}`);
         throw e;
