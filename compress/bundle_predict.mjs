@@ -530,9 +530,10 @@ export function builtLatency(manifest, threads) {
   const own = threads === null ? undefined : byThreads[String(threads)];
   if (own && typeof own === "object") [entry, count] = [own, threads];
   const protocol = latency.protocol && typeof latency.protocol === "object" ? latency.protocol : {};
-  const number = (v) => (typeof v === "number" ? v : null);
+  const number = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+  const text = (v) => (typeof v === "string" ? v : null);
   return { p50_ms: number(entry.p50_ms), p90_ms: number(entry.p90_ms), threads: number(count),
-           cpu: protocol.cpu ?? null, spin: protocol.spin ?? null };
+           cpu: text(protocol.cpu), spin: text(protocol.spin) };
 }
 
 /** Two lines, as predict.py's format_timings: this machine's timings, then the manifest's. */

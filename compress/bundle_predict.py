@@ -36,6 +36,7 @@ import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import marshal  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
 from importlib.util import MAGIC_NUMBER  # noqa: E402
@@ -484,9 +485,16 @@ def built_latency(manifest: dict, threads: Optional[int]) -> Optional[dict]:
     if threads is not None and isinstance(by_threads.get(str(threads)), dict):
         entry, count = by_threads[str(threads)], threads
     protocol = latency.get("protocol") if isinstance(latency.get("protocol"), dict) else {}
-    number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+    def number(v):  # as JavaScript reads JSON: a finite number (2.0 is 2), else none
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return None
+        return int(v) if float(v).is_integer() else v
+
+    def text(v):
+        return v if isinstance(v, str) else None
+
     return {"p50_ms": number(entry.get("p50_ms")), "p90_ms": number(entry.get("p90_ms")), "threads": number(count),
-            "cpu": protocol.get("cpu"), "spin": protocol.get("spin")}
+            "cpu": text(protocol.get("cpu")), "spin": text(protocol.get("spin"))}
 
 
 def format_timings(result: dict, built: Optional[dict]) -> str:

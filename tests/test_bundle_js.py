@@ -765,6 +765,11 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
     py, js = both("--bench", "1", "--json", "--threads", "1", "good")
     assert json.loads(py.stdout)["manifest"] == json.loads(js.stdout)["manifest"] == {
         "p50_ms": 0.7, "p90_ms": 1.0, "threads": 2, "cpu": "EPYC", "spin": "idle threads sleep"}, (py.stdout, js.stdout)
+    manifest["latency"].update(threads=2.0, protocol={"cpu": ["a", "b"], "spin": 1})  # hand-written: read alike
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    py, js = both("--bench", "1", "good")
+    assert py.stdout.splitlines()[1] == "built: p50 0.700 ms, p90 1.000 ms at 2 threads (the manifest)"
+    assert js.stdout.splitlines()[1] == py.stdout.splitlines()[1].replace("manifest)", "manifest; native onnxruntime)")
 
 
 def test_predict_mjs_timings_are_the_percentiles_of_each_runs_milliseconds(js_bundle, tmp_path):
