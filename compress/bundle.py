@@ -719,26 +719,31 @@ def _extracted(archive: Path) -> Iterator[Path]:
         yield safe_extract(archive, Path(tmp))
 
 
+@contextlib.contextmanager
+def loaded(bundle: str | os.PathLike, threads: Optional[int] = None,
+           manifest_sha256: Optional[str] = None) -> Iterator[bundle_predict.Predictor]:
+    """A verified bundle (folder or archive), loaded; a `BundleError` while it is used is said as a `CompressError`
+    naming the bundle as the user gave it."""
+    with open_bundle(bundle, manifest_sha256) as folder:
+        try:
+            yield bundle_predict.Predictor(folder, threads=threads, check=False)
+        except BundleError as e:
+            raise CompressError(said(e, bundle, folder)) from None
+
+
 def predict(bundle: str | os.PathLike, texts: list[str], pairs: Optional[list[str]] = None,
             threads: Optional[int] = None, manifest_sha256: Optional[str] = None) -> list[dict]:
     """Verify a bundle (folder or archive), load it and classify ``texts`` (with ``pairs`` for pair tasks)."""
-    with open_bundle(bundle, manifest_sha256) as folder:
-        try:
-            return bundle_predict.Predictor(folder, threads=threads, check=False).predict(texts, pairs)
-        except BundleError as e:
-            raise CompressError(said(e, bundle, folder)) from None
+    with loaded(bundle, threads, manifest_sha256) as predictor:
+        return predictor.predict(texts, pairs)
 
 
 def predict_file(bundle: str | os.PathLike, path: str, as_json: bool = False, threads: Optional[int] = None,
                  manifest_sha256: Optional[str] = None) -> int:
     """Verify a bundle and classify every line of ``path`` (``-``: standard input) one at a time, printing one result
     a line as it comes (:func:`compress.bundle_predict.predict_lines`); returns how many lines were classified."""
-    with open_bundle(bundle, manifest_sha256) as folder:
-        try:
-            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
-            return bundle_predict.predict_lines(predictor, path, as_json)
-        except BundleError as e:
-            raise CompressError(said(e, bundle, folder)) from None
+    with loaded(bundle, threads, manifest_sha256) as predictor:
+        return bundle_predict.predict_lines(predictor, path, as_json)
 
 
 def bench(bundle: str | os.PathLike, rounds: int, text: Optional[str] = None, text_pair: Optional[str] = None,
@@ -746,12 +751,8 @@ def bench(bundle: str | os.PathLike, rounds: int, text: Optional[str] = None, te
           manifest_sha256: Optional[str] = None) -> dict:
     """Verify a bundle and time it on this machine on ``text`` or every line of ``path``, printing the result beside
     the manifest's latency (:func:`compress.bundle_predict.bench_texts`); returns the timings."""
-    with open_bundle(bundle, manifest_sha256) as folder:
-        try:
-            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
-            return bundle_predict.bench_texts(predictor, text, text_pair, path, rounds, as_json)
-        except BundleError as e:
-            raise CompressError(said(e, bundle, folder)) from None
+    with loaded(bundle, threads, manifest_sha256) as predictor:
+        return bundle_predict.bench_texts(predictor, text, text_pair, path, rounds, as_json)
 
 
 def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, split: str = "dev",
@@ -770,11 +771,7 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
     from compress.metrics import compute_metrics
     from compress.tasks import task_spec
 
-    with open_bundle(bundle, manifest_sha256) as folder:
-        try:
-            predictor = bundle_predict.Predictor(folder, threads=threads, check=False)
-        except BundleError as e:
-            raise CompressError(said(e, bundle, folder)) from None
+    with loaded(bundle, threads, manifest_sha256) as predictor:
         meta = predictor.manifest["task"]
         if not isinstance(meta.get("name"), str):  # a manifest edited by hand: one line, not a traceback
             raise CompressError(f"{bundle}: manifest.json: task.name is {meta.get('name')!r}, not a task's name")
