@@ -33,7 +33,7 @@ import tarfile
 import zlib
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
@@ -316,6 +316,12 @@ def model_card(manifest: dict) -> str:
                   f"`Predictor.predict({'texts, pairs' if pair else 'texts'}, batch_size=N)` runs N {many} together, "
                   f"faster; an int8 dynamic model's activation scales then cover the whole batch, so a {one}'s scores "
                   f"can change with the {many} batched with it."]
+        checked = manifest.get("verified")
+        if isinstance(checked, dict):
+            lines += ["", f"Checked before shipping: this bundle, run by `predict.py`'s code on its own "
+                      f"tokenizer.json, scored {md_text(str(checked.get('metric')))} "
+                      f"{_fmt_metric(checked.get('metrics', {}).get(checked.get('metric')))} on the same "
+                      f"{checked.get('rows')} dev rows (recorded above: {_fmt_metric(checked.get('recorded'))})."]
     else:
         lines.append("Not measured.")
     lines += ["", "## Latency", ""]
@@ -397,12 +403,14 @@ def model_card(manifest: dict) -> str:
 def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, labels: Optional[list[str]],
           text_pair: bool, max_length: int, metrics: Optional[dict] = None, latency: Optional[dict] = None,
           source: Optional[dict] = None, ort_format: bool = True, ort_model: Optional[Path] = None,
-          require_int8: bool = True) -> tuple[Path, Path]:
+          require_int8: bool = True, check: Optional[Callable[[Path], dict]] = None) -> tuple[Path, Path]:
     """Write ``out_dir/name/`` and ``out_dir/name.tar.gz``; returns both paths.
 
     ``model`` is the ONNX file to ship (int8 unless ``require_int8`` is off), ``tokenizer`` its ``tokenizer.json``,
     ``labels`` the label names in logit order (None: regression), ``latency`` a dict of numbers plus ``protocol``.
-    ``ort_model``: an ORT-format copy made elsewhere (else one is converted here when ``ort_format``).
+    ``ort_model``: an ORT-format copy made elsewhere (else one is converted here when ``ort_format``). ``check``:
+    called with the finished bundle's folder before it is published (`check_as_shipped`); what it returns goes into
+    the manifest as ``verified``, what it raises stops the build with nothing published.
     """
     model, tokenizer, out_dir = Path(model), Path(tokenizer), Path(out_dir)
     if not model.is_file():
@@ -472,12 +480,11 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             "versions": versions(),
             "created": now_utc(),
         }
-        manifest["files"], manifest["sizes"] = _hashes(tmp)
-        (tmp / "README.md").write_text(model_card(manifest), encoding="utf-8")
-        manifest["files"], manifest["sizes"] = _hashes(tmp)
-        write_json(tmp / MANIFEST, manifest)
-        bundle_predict.verify(tmp)  # what we ship must pass the check the device will run
+        _write_manifest(tmp, manifest)
         smoke_test(tmp, max_length, text_pair)
+        if check is not None:  # scored as shipped: the card and the manifest then say so
+            manifest["verified"] = check(tmp)
+            _write_manifest(tmp, manifest)
         # the archive is made before the folder is published, then both are renamed: an interrupted build never
         # leaves the new folder beside the previous build's archive (gzip of a real model takes seconds)
         make_tar(tmp, tmp_tar, arcname=name)
@@ -493,6 +500,16 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
                 folder.rmdir()
         raise
     return folder, archive
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    """The model card from ``manifest``, then the sha256 and size of every file (the card's included) into it, then
+    manifest.json, checked as the device will check it."""
+    manifest["files"], manifest["sizes"] = _hashes(folder)
+    (folder / "README.md").write_text(model_card(manifest), encoding="utf-8")
+    manifest["files"], manifest["sizes"] = _hashes(folder)
+    write_json(folder / MANIFEST, manifest)
+    bundle_predict.verify(folder)  # what we ship must pass the check the device will run
 
 
 def _hashes(folder: Path) -> tuple[dict, dict]:
@@ -804,6 +821,32 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
                          "rows": recorded.get(f"{split}_rows"), "subset": recorded.get(f"{split}_subset")}}
 
 
+def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, tolerance: float,
+                     recorded_rows: Optional[int] = None, threads: Optional[int] = None) -> dict:
+    """Score the bundle in ``folder`` as it ships (`score`: its tokenizer.json and onnxruntime, one text per run) on
+    the dev rows the run scored (``task.max_eval_samples``) and compare its ``metric`` with the ``recorded`` one:
+    more than ``tolerance`` points (x100) apart, or another number of rows than ``recorded_rows``, is a CompressError
+    (what ships is not what was measured). Returns the manifest's ``verified`` record."""
+    result = score(folder, task, split="dev", max_rows=task.max_eval_samples, threads=threads)
+    rows, got, want = result["rows"], result["metrics"].get(metric), (recorded or {}).get(metric)
+    if recorded_rows is not None and rows != recorded_rows:
+        raise CompressError(f"bundle.verify: the dev split has {rows} rows to score now, the run scored {recorded_rows}:"
+                            f" the data changed since; rerun the stages that scored it (--force quantize)")
+    apart = None
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)) and math.isfinite(got - want):
+        apart = round(100 * abs(got - want), 4)
+        if apart > tolerance + 1e-9:
+            raise CompressError(f"bundle.verify: the bundle as shipped scores {metric} {got:.4f} on {rows} dev rows, "
+                                f"the run recorded {want:.4f}: {apart:.2f} points apart, more than "
+                                f"bundle.verify_tolerance ({tolerance:g}); its tokenizer.json or runtime does not "
+                                f"reproduce the measured model (bundle.verify: false ships it anyway)")
+    print(f"[bundle] verified as shipped: {metric} {_fmt_metric(got)} on {rows} dev rows "
+          f"(recorded {_fmt_metric(want)})", flush=True)
+    return {"split": "dev", "rows": rows, "metrics": result["metrics"], "metric": metric, "recorded": want,
+            "points_apart": apart, "tolerance_points": tolerance, "threads": threads,
+            "runner": f"{RUNNER}'s Predictor: the bundle's tokenizer.json and model.onnx, one text per run"}
+
+
 # ------------------------------------------------------------------------------------------------------ the stage
 def default_name(recipe_name: str, task: str) -> str:
     """<recipe>-<task>-int8, the task left out when the recipe's name already says it (mrpc -> mrpc-int8, sst2-cpu ->
@@ -888,6 +931,18 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
+def verifier(recipe, recorded: dict, metric: str, rows: Optional[int]) -> Optional[Callable[[Path], dict]]:
+    """`build`'s check of a recipe's bundle (``bundle.verify``): `check_as_shipped` against ``recorded`` dev scores
+    of ``rows`` rows (None: not recorded); None when the recipe turns it off (no bundle section: the defaults)."""
+    from compress.config import BundleConfig
+
+    cfg = recipe.bundle or BundleConfig()
+    if not cfg.verify:
+        return None
+    return lambda folder: check_as_shipped(folder, recipe.task, recorded, metric, cfg.verify_tolerance, rows,
+                                           cfg.threads)
+
+
 def bundle_max_drop(recipe) -> float:
     """The bundle's accuracy-drop budget (points vs the teacher): ``bundle.max_drop``, else ``quantize.max_drop`` when
     the recipe has a quantize section (0 included: it was read as unset, a budget of 1 point), else 1.0."""
@@ -958,7 +1013,8 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
-                            ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None)
+                            ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None,
+                            check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows))
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
           f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (to publish apart from the bundle; see "

@@ -933,7 +933,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
-    from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder
+    from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder, verifier
     from compress.data import task_spec
     from compress.report import split_scope
 
@@ -966,7 +966,8 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     out = recipe.run_dir / "search" / "bundle"
     made = build(out, name, model=Path(best["file"]), tokenizer=teacher_dir / "tokenizer.json", task=spec.name,
                  labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
-                 metrics=metrics, latency=latency, source=source)
+                 metrics=metrics, latency=latency, source=source,
+                 check=verifier(recipe, best["metrics"], best["metric_name"], metrics.get("dev_rows")))
     prefixes = "|".join(re.escape(f"{p}-") for p in {base, f"{recipe.name}-{spec.name}"})  # and as named before
     earlier = re.compile(rf"(?:{prefixes})L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
     for old in sorted(out.iterdir()) if out.is_dir() else []:  # an earlier pick's bundle (a user's files stay)

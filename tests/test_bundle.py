@@ -504,13 +504,18 @@ def test_predict_py_in_a_fresh_venv_without_torch(bundle, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def _recipe(tmp_path, name: str, bundle: str):
+def _recipe(tmp_path, name: str, bundle: str, verify: bool = False, task: str = ""):
+    """A recipe for a `make_run` run folder, whose numbers are made up: its bundle is not scored again unless
+    ``verify`` (``task``: more of the task section)."""
+    import dataclasses
+
     from compress.config import load_recipe
 
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2, max_length: 32}}\n"
+    path.write_text(f"name: {name}\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2, max_length: 32{task}}}\n"
                     f"teacher: {{model: minilm-l6}}\nquantize: {{max_drop: 1.0}}\nbench: {{}}\nbundle: {bundle}\n")
-    return load_recipe(path)
+    recipe = load_recipe(path)
+    return recipe if verify else dataclasses.replace(recipe, bundle=dataclasses.replace(recipe.bundle, verify=False))
 
 
 @pytest.fixture
@@ -635,6 +640,67 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     from compress.manifest import hash_tree  # the stage's outputs as its manifest records them: the shipped manifest too
 
     assert "edge-sst2-int8/manifest.json" in hash_tree(out) and "edge-sst2-int8.tar.gz" in hash_tree(out)
+
+
+def test_the_bundle_stage_scores_the_bundle_as_it_ships_before_publishing_it(run_dir, tmp_path, glue_dir, int8_model,
+                                                                             tokenizer, capsys):
+    """bundle.verify (on by default): the stage scores the built bundle with predict.py's runner on the dev rows the
+    run scored and publishes nothing when that score is off the record by more than verify_tolerance points (a
+    tokenizer or runtime that does not reproduce the measured model), or when dev has another number of rows now;
+    the manifest and the model card carry the check."""
+    from compress.bundle import run as bundle_stage
+    from compress.config import TaskConfig
+    from compress.data import load_split
+
+    dev = load_split(TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2")), "dev")
+    want = float((_reference_logits(int8_model, tokenizer, dev["text"][:40]).argmax(-1) == dev["label"][:40]).mean())
+    task = f", data_dir: {glue_dir / 'SST-2'}, max_eval_samples: 40"
+    recipe = _recipe(tmp_path, "edge", "{pick: most_accurate}", verify=True, task=task)
+    assert recipe.bundle.verify and recipe.bundle.verify_tolerance == 0.5  # the defaults
+    quantize = run_dir / "quantize" / "quantize.json"
+
+    def recorded(accuracy: float) -> None:  # both shippable int8 models are copies of int8_model
+        record = json.loads(quantize.read_text())
+        for mode in ("dynamic", "static"):
+            record["int8"][mode]["metrics"]["accuracy"] = accuracy
+        quantize.write_text(json.dumps(record))
+
+    recorded(0.892)
+    inputs = {"quantize": run_dir / "quantize", "bench": run_dir / "bench"}
+    out = tmp_path / "stage-out"
+    out.mkdir()
+    with pytest.raises(CompressError) as e:  # the run's record (0.892) is made up: the bundle scores what it scores
+        bundle_stage(recipe, out, inputs)
+    assert str(e.value) == (f"bundle.verify: the bundle as shipped scores accuracy {want:.4f} on 40 dev rows, the run "
+                            f"recorded 0.8920: {100 * abs(want - 0.892):.2f} points apart, more than "
+                            f"bundle.verify_tolerance (0.5); its tokenizer.json or runtime does not reproduce the "
+                            f"measured model (bundle.verify: false ships it anyway)")
+    assert list(out.iterdir()) == []  # nothing published, nothing half-written
+    recorded(want + 0.004)  # within the tolerance: shipped, both scores on record
+    bundle_stage(recipe, out, inputs)
+    m = json.loads((out / "edge-sst2-int8" / "manifest.json").read_text())
+    assert m["metrics"]["dev"] == {"accuracy": want + 0.004}
+    checked = m["verified"]
+    assert (checked["split"], checked["rows"], checked["metrics"], checked["metric"]) == ("dev", 40, {"accuracy": want},
+                                                                                          "accuracy")
+    assert checked["recorded"] == want + 0.004 and checked["points_apart"] == 0.4 and checked["tolerance_points"] == 0.5
+    assert "predict.py" in checked["runner"]
+    assert f"scored accuracy {want:.4f} on the same 40 dev rows (recorded above: {want + 0.004:.4f})" in \
+        (out / "edge-sst2-int8" / "README.md").read_text()
+    assert f"[bundle] verified as shipped: accuracy {want:.4f} on 40 dev rows" in capsys.readouterr().out
+    assert main(["predict", str(out / "edge-sst2-int8"), "a fine film"]) == 0  # the rewritten manifest verifies
+    teacher = run_dir / "teacher" / "manifest.json"  # dev had 50 rows when the run scored it
+    manifest = json.loads(teacher.read_text())
+    teacher.write_text(json.dumps({**manifest, "train": {"dev_rows": 50, "dev_split_rows": 872}}))
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(CompressError, match=r"^bundle.verify: the dev split has 40 rows to score now, the run scored "
+                                            r"50: the data changed since"):
+        bundle_stage(recipe, again, inputs)
+    assert list(again.iterdir()) == []
+    off = _recipe(tmp_path, "edge", "{pick: most_accurate, verify: false}", verify=True, task=task)
+    bundle_stage(off, again, inputs)  # off: nothing scored, nothing said
+    assert "verified" not in json.loads((again / "edge-sst2-int8" / "manifest.json").read_text())
 
 
 def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_dir, tmp_path):

@@ -55,6 +55,12 @@ def test_pipeline_under_two_processes(tmp_path, tiny_bert_dir, glue_dir):
         assert out.count(f"[{stage}] running ->") == 1 and out.count(f"[{stage}] done in") == 1, stage
         assert (tmp_path / "runs" / "tiny" / stage / "manifest.json").is_file(), stage
     assert out.count("[bench] onnx_fp32:") == 1  # timed once, by the main process alone
+    # the bundle scored as it ships (bundle.verify), once, on the quantize stage's 48 dev rows: the record's score
+    assert out.count("[bundle] verified as shipped: accuracy") == 1
+    shipped = json.loads((tmp_path / "runs" / "tiny" / "bundle" / "tiny-sst2-int8" / "manifest.json").read_text())
+    record = json.loads((tmp_path / "runs" / "tiny" / "quantize" / "quantize.json").read_text())
+    assert shipped["verified"]["rows"] == 48 and shipped["verified"]["points_apart"] == 0.0
+    assert shipped["verified"]["metrics"] == record["int8"]["dynamic"]["metrics"]
     manifests = {stage: json.loads((tmp_path / "runs" / "tiny" / stage / "manifest.json").read_text())
                  for stage in ("teacher", "distill", "prune", "quantize")}
     assert [m.get("processes") for m in manifests.values()] == [2, 2, 2, None]  # who trained it, on record

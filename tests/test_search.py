@@ -156,6 +156,8 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["source"]["artifact"] == f"search candidate {summary['best']}"
     assert manifest["latency"]["p50_ms"] == best["latency"]["p50_ms"] and manifest["metrics"]["dev"] == best["metrics"]
+    # scored again as it ships (bundle.verify): the candidate's own score, row for row the same predictions
+    assert manifest["verified"]["metrics"] == best["metrics"] and manifest["verified"]["points_apart"] == 0.0
     assert manifest["source"]["pick"].endswith("on held-out training rows; dev not used to pick")
     assert "allow_spinning=0" in manifest["latency"]["protocol"]  # the search's protocol line
     assert "idle threads spinning" in (folder / "README.md").read_text()
