@@ -421,7 +421,7 @@ export class Predictor {
     if (!Number.isInteger(rounds) || rounds < 1) {
       throw new BundleError(`rounds must be an integer of at least 1, got ${rounds}`);
     }
-    for (const [text, pair] of items) await this.forward(...this.feeds(text, pair));  // warm-up
+    for (const [text, pair] of items) this.logitsOf(await this.forward(...this.feeds(text, pair)));  // warm-up
     const model = [];
     const whole = [];
     for (let r = 0; r < rounds; r++) {
@@ -442,13 +442,18 @@ export class Predictor {
     return { texts: items.length, rounds, runs: model.length, threads, ...ms };
   }
 
-  /** One text (and its pair): {label, score, scores} ({value} for regression). */
-  async predict(text, pair = null) {
-    const outputs = await this.forward(...this.feeds(text, pair));
+  /** A run's scores for its one text: one a label name (one value for regression), as predict.py checks them. */
+  logitsOf(outputs) {
     const logits = Array.from(outputs[this.session.outputNames[0]].data);
     if (logits.length !== (this.labels ?? [0]).length) {
       throw new BundleError(`manifest.json: the model gives ${logits.length} scores but the manifest names ${(this.labels ?? [0]).length} label(s)`);
     }
+    return logits;
+  }
+
+  /** One text (and its pair): {label, score, scores} ({value} for regression). */
+  async predict(text, pair = null) {
+    const logits = this.logitsOf(await this.forward(...this.feeds(text, pair)));
     if (this.labels === null || this.labels === undefined) return { value: logits[0] };
     const top = Math.max(...logits);
     const exp = logits.map((z) => Math.exp(z - top));

@@ -772,6 +772,31 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
     assert js.stdout.splitlines()[1] == py.stdout.splitlines()[1].replace("manifest)", "manifest; native onnxruntime)")
 
 
+def test_both_runners_refuse_to_time_a_model_whose_scores_are_not_one_a_label(js_bundle, tmp_path):
+    """A bundle whose labels.json (and manifest, hashes updated) names three labels for a two-score model: predict.py
+    refuses it at load, predict.mjs on its first run; `--bench` too (predict.mjs timed it before, the width checked
+    only by predict), exit status 2, nothing on stdout."""
+    from compress.bundle_predict import sha256_file
+
+    bundle = tmp_path / "b"
+    shutil.copytree(js_bundle, bundle)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    names = ["negative", "neutral", "positive"]
+    labels = bundle / "labels.json"
+    labels.write_text(json.dumps({"labels": names, "dataset_labels": names}))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["task"].update(labels=names, dataset_labels=names)
+    manifest["files"]["labels.json"], manifest["sizes"]["labels.json"] = sha256_file(labels), labels.stat().st_size
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["good"], ["--bench", "1", "good"]):
+        py = subprocess.run([sys.executable, "predict.py", *args], capture_output=True, text=True, cwd=bundle)
+        js = _node(bundle / "predict.mjs", *args)
+        assert py.returncode == js.returncode == 2 and py.stdout == js.stdout == "", (args, py.stderr, js.stderr)
+        for proc in (py, js):
+            assert "manifest.json: the model gives 2 scores but the manifest names 3 label(s)" in proc.stderr, \
+                (args, proc.stderr)
+
+
 def test_predict_mjs_timings_are_the_percentiles_of_each_runs_milliseconds(js_bundle, tmp_path):
     """Predictor.timings on a virtual clock (tokenizing 1 ms, the n-th timed run n ms): numpy's linear p50/p90, as
     predict.py's, of the run alone and with tokenizing; one untimed run a text first."""
