@@ -825,15 +825,25 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
                      recorded_rows: Optional[int] = None, threads: Optional[int] = None) -> dict:
     """Score the bundle in ``folder`` as it ships (`score`: its tokenizer.json and onnxruntime, one text per run) on
     the dev rows the run scored (``task.max_eval_samples``) and compare its ``metric`` with the ``recorded`` one:
-    more than ``tolerance`` points (x100) apart, or another number of rows than ``recorded_rows``, is a CompressError
-    (what ships is not what was measured). Returns the manifest's ``verified`` record."""
+    more than ``tolerance`` points (x100) apart, only one of them a number (nan: a pearson of constant predictions;
+    none recorded), or another number of rows than ``recorded_rows``, is a CompressError (what ships is not what was
+    measured). Returns the manifest's ``verified`` record."""
     result = score(folder, task, split="dev", max_rows=task.max_eval_samples, threads=threads)
     rows, got, want = result["rows"], result["metrics"].get(metric), (recorded or {}).get(metric)
     if recorded_rows is not None and rows != recorded_rows:
         raise CompressError(f"bundle.verify: the dev split has {rows} rows to score now, the run scored {recorded_rows}:"
-                            f" the data changed since; rerun the stages that scored it (--force quantize)")
+                            f" the data changed since; rerun the stages that scored it")
+
+    def defined(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
     apart = None
-    if isinstance(got, (int, float)) and isinstance(want, (int, float)) and math.isfinite(got - want):
+    if defined(got) != defined(want):  # one undefined (nan: a pearson of constant predictions) or missing: no match
+        raise CompressError(f"bundle.verify: the bundle as shipped scores {metric} {_fmt_metric(got)} on {rows} dev "
+                            f"rows, the run recorded {_fmt_metric(want)}: only one of them is a score; its "
+                            f"tokenizer.json or runtime does not reproduce the measured model (bundle.verify: false "
+                            f"ships it anyway)")
+    if defined(got) and defined(want):
         apart = round(100 * abs(got - want), 4)
         if apart > tolerance + 1e-9:
             raise CompressError(f"bundle.verify: the bundle as shipped scores {metric} {got:.4f} on {rows} dev rows, "

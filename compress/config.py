@@ -985,15 +985,16 @@ class BundleConfig:
     the task's (rte -> rte-int8, sst2-cpu -> sst2-cpu-int8)."""
     ort: bool = True
     """Also ship the model in ORT format (model.ort) for onnxruntime mobile and minimal builds."""
-    verify: bool = True
+    verify: bool = field(default=True, metadata={"omit_default": True})
     """Before the bundle is published, score it as it ships (predict.py's runner: its tokenizer.json and
     onnxruntime, one text per run) on the dev rows the run scored, and fail when its metric is more than
     ``verify_tolerance`` points from the one the run recorded (the report's and the manifest's): a tokenizer or
     runtime that does not reproduce the measured model is caught before a device gets it. The manifest's
     ``verified`` holds the scores. Costs a pass over dev: ~2 s for a 4-layer student, ~15 s for a 12-layer model."""
-    verify_tolerance: float = 0.5
+    verify_tolerance: float = field(default=0.5, metadata={"omit_default": True})
     """How far (metric points x 100) the bundle's own dev score may be from the recorded one. The same model and
-    runtime give the same scores; thread counts can flip a borderline text of an int8 dynamic model."""
+    runtime give the same scores; thread counts can flip a borderline text of an int8 dynamic model. (Both added after
+    run folders existed: at their defaults they stay out of the bundle stage's fingerprint, which kept its bundles.)"""
 
     def validate(self, file: str, where: str) -> None:
         if self.max_drop is not None and self.max_drop < 0:

@@ -703,6 +703,29 @@ def test_the_bundle_stage_scores_the_bundle_as_it_ships_before_publishing_it(run
     assert "verified" not in json.loads((again / "edge-sst2-int8" / "manifest.json").read_text())
 
 
+def test_bundle_verify_fails_when_only_one_of_the_scores_is_defined(monkeypatch):
+    """A bundle scoring nan (a pearson of constant predictions: a tokenizer that gives every text the same tokens)
+    against a recorded 0.85, or a score against none recorded, was 'verified as shipped' with nothing compared."""
+    import compress.bundle as b
+    from compress.config import TaskConfig
+
+    def scored(**metrics):
+        monkeypatch.setattr(b, "score", lambda *a, **k: {"rows": 40, "metrics": metrics})
+
+    stsb = TaskConfig(name="stsb", max_eval_samples=40)
+    scored(pearson=float("nan"), spearmanr=float("nan"))
+    with pytest.raises(CompressError, match=r"^bundle.verify: the bundle as shipped scores pearson – \(undefined\) on "
+                                            r"40 dev rows, the run recorded 0.8500: only one of them is a score;"):
+        b.check_as_shipped(Path("x"), stsb, {"pearson": 0.85}, "pearson", 0.5, 40)
+    scored(pearson=0.85, spearmanr=0.84)
+    with pytest.raises(CompressError, match=r"scores pearson 0.8500 on 40 dev rows, the run recorded – \(undefined\)"):
+        b.check_as_shipped(Path("x"), stsb, {"spearmanr": 0.84}, "pearson", 0.5, 40)
+    scored(pearson=float("nan"), spearmanr=float("nan"))  # undefined on both sides: the same (constant labels)
+    assert b.check_as_shipped(Path("x"), stsb, {"pearson": float("nan")}, "pearson", 0.5, 40)["points_apart"] is None
+    scored(pearson=0.851, spearmanr=0.84)
+    assert b.check_as_shipped(Path("x"), stsb, {"pearson": 0.85}, "pearson", 0.5, 40)["points_apart"] == 0.1
+
+
 def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_dir, tmp_path):
     """`task.max_eval_samples`: every dev figure came from the split's first rows, and the report and the bundle's card
     read as full-dev scores; the card's retention did not say of which metric (MRPC has two)."""

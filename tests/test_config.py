@@ -222,6 +222,18 @@ def test_an_option_added_later_leaves_fingerprints_alone_at_its_default(tmp_path
     assert load_recipe(path).section("teacher")["model"] == "bert-base-uncased"  # other sections as before
 
 
+def test_bundle_verify_at_its_defaults_leaves_the_bundle_stage_fingerprint_alone(tmp_path):
+    """bundle.verify / verify_tolerance (added after run folders existed) at their defaults are not in the bundle
+    section: every finished run's bundle stage was redone (and could now fail) on the next `compress run`."""
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: sst2}\nteacher: {model: minilm-l6}\nquantize: {}\nbundle: {pick: fastest}\n")
+    before = {"pick": "fastest", "max_drop": None, "threads": None, "name": None, "ort": True}
+    assert load_recipe(path).section("bundle") == before
+    assert load_recipe(path, {"bundle.verify": True, "bundle.verify_tolerance": 0.5}).section("bundle") == before
+    assert load_recipe(path, {"bundle.verify": False, "bundle.verify_tolerance": 1.0}).section("bundle") == \
+        {**before, "verify": False, "verify_tolerance": 1.0}
+
+
 def test_validate_and_dry_run_import_no_torch(tmp_path):
     """Checking a recipe (`compress validate`, `compress run --dry-run`) reads YAML and hashes files: it imports
     neither torch nor transformers (was ~5 s a call, now well under one)."""
