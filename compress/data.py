@@ -86,7 +86,8 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
             stack.enter_context(mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True))
         try:
             args = cfg.hub_dataset.split(":")
-            ds = datasets.load_dataset(*args, split=hub_split, **_cells_as_text(args))
+            as_text = _cells_as_text(args)
+            ds = datasets.load_dataset(*args, split=hub_split, **as_text)
         except Exception as e:  # the hub library raises many types; the user needs one line
             why = (" (the hub cannot be reached and the datasets cache does not hold it: use task.files with local "
                    "files, or run once online)" if offline else "")
@@ -101,6 +102,8 @@ def _load_hub(cfg: TaskConfig, spec: TaskSpec, split: str) -> Dataset:
         raise CompressError(f"task.hub_dataset {cfg.hub_dataset}: column {missing[0]!r} not found "
                             f"(columns: {', '.join(ds.column_names)})")
     ds = ds.select_columns(list(keep)).rename_columns(keep)
+    if as_text:  # read by the csv builder (pandas), which drops the first line's byte-order mark only
+        ds = _drop_joined_boms(ds)
     as_index = ds.features.copy()
     as_index["label"] = datasets.Value("int64")  # else datasets keeps the column's type: indices '0', '1' (or 0.0)
     if spec.labels is not None and ds.features["label"].dtype in ("string", "large_string"):  # datasets 5: large_string
@@ -128,6 +131,17 @@ def _cells_as_text(args: list[str]) -> dict:
     if not isinstance(datasets.load_dataset_builder(*args).config, CsvConfig):
         return {}
     return {"keep_default_na": False, "na_values": [""]}
+
+
+def _drop_joined_boms(ds: Dataset) -> Dataset:
+    """A CSV dataset's cells without a leading byte-order mark: one at the start of a later line (files joined with
+    ``cat``, each saved with a mark) stayed in that row's first cell (a text starting with U+FEFF, a label refused as
+    '\\ufeffneg'), where local files drop it (`compress.rows`). A mark is never text at a cell's start."""
+    cols = [c for c in ds.column_names if getattr(ds.features[c], "dtype", None) in ("string", "large_string")]
+    if not any(isinstance(v, str) and v.startswith("\ufeff") for c in cols for v in ds[c]):
+        return ds
+    return ds.map(lambda r: {c: r[c].lstrip("\ufeff") if isinstance(r[c], str) else r[c] for c in cols},
+                  features=ds.features)
 
 
 def _check_hub_rows(cfg: TaskConfig, spec: TaskSpec, split: str, ds: Dataset, columns: dict[str, str]) -> None:

@@ -595,6 +595,23 @@ def test_hub_dataset_csv_texts_that_read_as_missing_in_pandas_are_texts(tmp_path
         load_task(cfg, seed=0)
 
 
+def test_hub_dataset_csv_drops_a_byte_order_mark_at_a_later_lines_start(tmp_path, monkeypatch):
+    """A CSV hub dataset of two files joined (``cat``, each saved with a byte-order mark): the csv builder drops the
+    first line's mark only, so the second stayed in that row's first cell: a text starting with U+FEFF, a label
+    refused as '\\ufeffneg'. Dropped, as local files drop it, in every split."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    bom = "\ufeff"
+    (folder / "train.csv").write_text(f"{bom}text,label\ngood,pos\n{bom}bad,neg\n", encoding="utf-8")
+    (folder / "validation.csv").write_text(f"{bom}label,text\npos,ok\n{bom}neg,awful\n", encoding="utf-8")
+    data = load_task(TaskConfig(name="x", hub_dataset=str(folder), labels=["neg", "pos"], holdout=0.0), seed=0)
+    assert sorted(zip(data.train["text"], data.train["label"])) == [("bad", 0), ("good", 1)]
+    assert data.dev["text"] == ["ok", "awful"] and data.dev["label"] == [1, 0]
+
+
 def test_hub_dataset_class_labels_follow_the_task_labels_by_name(tmp_path, monkeypatch):
     """A hub dataset's ClassLabel indices were taken as they are: with task.labels [pos, neg] for classes [neg, pos]
     every row trained (and shipped) under the other label's name. Same names in another order are put in the task's
