@@ -746,8 +746,11 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
             kept = [x for x in (t.retention(r) for t, r in pairs) if x is not None]
             names = (first.metric_name, *first.other_metrics)
             rows.append(Row(row.name, row.kind, row.fmt, row.params, row.file_bytes, mean, std, max(n, 1), len(group),
-                            latency, row.reference, row.shippable and all(r.shippable for r in same), row.path,
-                            row.ort_path, row.tokenizer,
+                            latency, row.reference, row.shippable and all(r.shippable for r in same),
+                            # by keyword: positionally, the path landed in `refused` (every merged row read "NOT
+                            # shippable", its path as the guard's reason) and the tokenizer was lost
+                            refused=next((r.refused for r in same if r.refused and not r.shippable), None),
+                            path=row.path, ort_path=row.ort_path, tokenizer=row.tokenizer,
                             dev_metrics=_merged([r.dev_metrics for r in same], names),
                             test_metrics=_merged([r.test_metrics for r in same], names),
                             per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))

@@ -1616,6 +1616,32 @@ def test_merged_seeds_int8_model_is_shippable_only_when_every_seeds_guard_passed
         assert "teacher · int8 dynamic (shippable)" not in markdown([table])
 
 
+def test_merged_seeds_rows_keep_their_paths_and_only_a_refused_int8_model_reads_not_shippable(tmp_path):
+    """Merged seeds built each row positionally: the model path landed in ``refused``, so every merged row (teacher,
+    pruned, fp32, peers) read "(NOT shippable)" with its path as the guard's reason, and the tokenizer was lost."""
+    from compress.report import markdown, merge_seeds, note
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed,
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}, "int8_static": {2: 4.0}},
+                     int8={"dynamic": (0.88, True), "static": (0.87, ok)})
+            for seed, ok in ((42, True), (43, False))]
+    record = json.loads((runs[1] / "quantize" / "quantize.json").read_text())
+    record["int8"]["static"]["guard"] = "drop 2.00 points > max_drop 1.00"
+    (runs[1] / "quantize" / "quantize.json").write_text(json.dumps(record))
+    (table,) = merge_seeds([collect(r) for r in runs])
+    rows = {r.name: r for r in table.rows}
+    first = {r.name: r for r in collect(runs[0]).rows}
+    for name, row in rows.items():
+        assert (row.path, row.ort_path, row.tokenizer) == (first[name].path, first[name].ort_path,
+                                                           first[name].tokenizer), name
+    assert rows["teacher · int8 static"].refused == "drop 2.00 points > max_drop 1.00"
+    assert all(r.refused is None for n, r in rows.items() if n != "teacher · int8 static")
+    md = markdown([table])
+    assert md.count("NOT shippable") == 1 and "| teacher · int8 static (NOT shippable) |" in md
+    assert "| teacher · int8 dynamic (shippable) |" in md and "| teacher |" in md
+    assert "teacher · int8 static: drop 2.00 points" in note(table) and str(runs[0]) not in note(table)
+
+
 def test_merged_seeds_best_fixed_shape_is_one_every_seed_timed(tmp_path):
     """Seed 42 timed the fixed shapes b8xs32 and b8xs128, seed 43 only b8xs32: the best fixed shape of the merged row
     is of the shapes both timed (b8xs32, pooled over the two), not b8xs128 from one seed alone."""
