@@ -9,8 +9,8 @@
    quantizable node's sensitivity (logit error on held-out training rows when only that node is int8) ranks the
    nodes, and the first are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget: the embedding
    lookups first (fp32 there costs file size, no compute), then the matmuls, each group most sensitive first. An
-   embedding table kept fp32 is then stored as int8 rows with a scale per row (`row_int8_tables`; ORT folds it back
-   to fp32 at load) when the model stays within budget. A model that
+   embedding table kept fp32 is then stored as int8 rows with a scale per row, gathered before they are dequantized
+   (`row_int8_tables`, `compress.embed_rows`) when the model stays within budget. A model that
    stays beyond budget, or needs every node in fp32, is written but not marked shippable. Exclusions are recorded.
 4. ORT format (``.ort``) of every int8 model, for mobile runtimes.
 
@@ -35,8 +35,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import onnx
 
+from compress import embed_rows
 from compress.config import QuantizeConfig, Recipe, newest_source
 from compress.data import Collator, load_task, tokenize
+from compress.embed_rows import LOOKUP_OPS
 from compress.errors import CompressError
 from compress.evaluate import predict
 from compress.export import (SHIPPED_BATCH, check_parity, export_onnx, onnx_predict, optimize_checked, score_shipped,
@@ -85,8 +87,8 @@ def source_model(recipe: Recipe, inputs: dict[str, Path], source: Optional[str] 
 
 
 # ------------------------------------------------------------------------------------------------ quantizers
-LOOKUP_OPS = ("Gather", "EmbedLayerNormalization")
-"""Quantized only when they read a weight table (the embeddings), not the many index Gathers of shape arithmetic."""
+# LOOKUP_OPS (Gather, EmbedLayerNormalization): quantized only when they read a weight table (the embeddings), not
+# the many index Gathers of shape arithmetic
 
 
 def quantizable_nodes(path: Path, op_types: list[str], weights_only: bool = False) -> list[str]:
@@ -110,38 +112,13 @@ def lookup_nodes(path: Path) -> list[str]:
 
 def row_int8_tables(src: Path, dst: Path, nodes: list[str]) -> list[str]:
     """Store the fp32 weight tables read by the lookup ``nodes`` (embedding matrices the guard kept fp32) as int8 rows
-    with one fp32 scale per row (symmetric), rebuilt by ``Cast`` + ``Mul``: both inputs are initializers, so ORT folds
-    them back to an fp32 table when the session loads (the speed and steady memory of fp32, a quarter of the file;
-    loading peaks higher while the fold runs, +71 MB for MiniLM's 30522 x 384 table; error <= half a step of each
-    row's own scale, far finer than per-tensor int8). Writes ``dst``; returns the tables rewritten (none: ``dst`` is
-    not written)."""
-    from onnx import TensorProto, helper, numpy_helper
-
+    with one fp32 scale per row, each lookup gathering int8 rows and dequantizing only those (`compress.embed_rows`:
+    the fp32 table is never rebuilt; a quarter of the file, the load's peak memory of an all-int8 model). Writes
+    ``dst``; returns the tables rewritten (none: ``dst`` is not written)."""
     model = onnx.load(str(src))
-    inits = {i.name: i for i in model.graph.initializer}
-    wanted = set(nodes)
-    tables = []
-    for node in model.graph.node:
-        if node.name in wanted and node.op_type in LOOKUP_OPS:
-            tables += [i for i in node.input if i in inits and inits[i].data_type == TensorProto.FLOAT
-                       and len(inits[i].dims) == 2 and i not in tables]
-    if not tables:
-        return []
-    new_nodes = []
-    for name in tables:
-        w = numpy_helper.to_array(inits[name])
-        scale = (np.abs(w).max(axis=1, keepdims=True) / 127.0).astype(np.float32)
-        scale[scale == 0] = 1.0
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        model.graph.initializer.remove(inits[name])
-        model.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8_rows"),
-                                        numpy_helper.from_array(scale, f"{name}_row_scale")])
-        new_nodes += [helper.make_node("Cast", [f"{name}_int8_rows"], [f"{name}_rows_fp32"], to=TensorProto.FLOAT,
-                                       name=f"{name}_Cast"),
-                      helper.make_node("Mul", [f"{name}_rows_fp32", f"{name}_row_scale"], [name], name=f"{name}_Mul")]
-    for i, n in enumerate(new_nodes):
-        model.graph.node.insert(i, n)
-    onnx.save(model, str(dst))
+    tables = embed_rows.rewrite(model, nodes)
+    if tables:
+        onnx.save(model, str(dst))
     return tables
 
 
