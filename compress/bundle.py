@@ -352,6 +352,10 @@ def model_card(manifest: dict) -> str:
                       f"else, spinning threads run faster at 2+ threads than sleeping ones{said}."]
     else:
         lines.append("Not measured for this bundle.")
+    memory = manifest.get("memory")
+    if isinstance(memory, dict) and isinstance(memory.get("peak_rss_mb"), (int, float)):
+        lines += ["", f"Memory: {memory['peak_rss_mb']:.0f} MiB peak resident on the build machine ("
+                  f"{md_text(str(memory.get('measured', 'the model alone in a fresh process')))})."]
     lines += ["", "## Run it", "", "```sh",
               "pip install " + " ".join(f"{k}=={v}" for k, v in req.items())
               + (f"   # these versions need Python >= {manifest['requirements_python']}; older: "
@@ -403,14 +407,16 @@ def model_card(manifest: dict) -> str:
 def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, labels: Optional[list[str]],
           text_pair: bool, max_length: int, metrics: Optional[dict] = None, latency: Optional[dict] = None,
           source: Optional[dict] = None, ort_format: bool = True, ort_model: Optional[Path] = None,
-          require_int8: bool = True, check: Optional[Callable[[Path], dict]] = None) -> tuple[Path, Path]:
+          require_int8: bool = True, check: Optional[Callable[[Path], dict]] = None,
+          memory: Optional[dict] = None) -> tuple[Path, Path]:
     """Write ``out_dir/name/`` and ``out_dir/name.tar.gz``; returns both paths.
 
     ``model`` is the ONNX file to ship (int8 unless ``require_int8`` is off), ``tokenizer`` its ``tokenizer.json``,
     ``labels`` the label names in logit order (None: regression), ``latency`` a dict of numbers plus ``protocol``.
     ``ort_model``: an ORT-format copy made elsewhere (else one is converted here when ``ort_format``). ``check``:
     called with the finished bundle's folder before it is published (`check_as_shipped`); what it returns goes into
-    the manifest as ``verified``, what it raises stops the build with nothing published.
+    the manifest as ``verified``, what it raises stops the build with nothing published. ``memory``: the bench's peak
+    RSS of the model (``peak_rss_mb``, ``measured``: how).
     """
     model, tokenizer, out_dir = Path(model), Path(tokenizer), Path(out_dir)
     if not model.is_file():
@@ -473,6 +479,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             "labels_file": "labels.json",
             "metrics": metrics or {},
             "latency": latency,
+            **({"memory": memory} if memory else {}),
             "source": source or {},
             "requirements": runtime_requirements(),
             "requirements_python": pinned_python(),
@@ -941,6 +948,11 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
+MEMORY_PROTOCOL = ("the model alone in a fresh process with onnxruntime and numpy: loaded, then run on the bench's "
+                   "largest fixed shape and a few dev rows; shared libraries' pages included")
+"""How the bench measures the peak RSS a bundle's manifest carries (`compress.probe.probe_memory`)."""
+
+
 def verifier(recipe, recorded: dict, metric: str, rows: Optional[int]) -> Optional[Callable[[Path], dict]]:
     """`build`'s check of a recipe's bundle (``bundle.verify``): `check_as_shipped` against ``recorded`` dev scores
     of ``rows`` rows (None: not recorded); None when the recipe turns it off (no bundle section: the defaults)."""
@@ -1024,7 +1036,9 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None,
-                            check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows))
+                            check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows),
+                            memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": MEMORY_PROTOCOL}
+                            if chosen.peak_rss_mb else None)
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
           f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (to publish apart from the bundle; see "

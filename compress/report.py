@@ -98,6 +98,9 @@ class Row:
     """Every dev metric its stage recorded (MRPC: f1 and accuracy), for the bundle's manifest."""
     test_metrics: Optional[dict] = None
     """Its metrics on a labelled test split (MRPC's), where its stage scored one: for the bundle's manifest."""
+    peak_rss_mb: Optional[float] = None
+    """Peak resident memory (MiB) of the artifact alone in a fresh process, as the bench measured it (load, the
+    largest fixed shape, a few dev rows); merged seeds: the largest."""
     per_seed: Optional[dict] = None
     """Merged seeds (`merge_seeds`): ``{"retention": r, "speedup": {threads: x}}``, each the mean over the seed runs
     that measured both of its numbers of that run's own ratio (a seed's int8 time over another seed's teacher time is
@@ -439,6 +442,9 @@ def attach_bench(record: dict, rows: list[Row], metric: str, label: str, source:
             row.dev_metrics = _dev(art.get("metrics")) or None
         row.params = row.params or art.get("params")
         row.file_bytes = row.file_bytes or art.get("size_bytes")
+        rss = art.get("peak_rss_mb")
+        if isinstance(rss, (int, float)) and not isinstance(rss, bool) and math.isfinite(rss) and rss > 0:
+            row.peak_rss_mb = row.peak_rss_mb or float(rss)  # the bench's (a re-timing pass does not measure it)
         if "shippable" in art and "(peer)" not in row_name:
             row.shippable = bool(art["shippable"]) and fmt.startswith("onnx int8")
 
@@ -751,6 +757,7 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
                             # shippable", its path as the guard's reason) and the tokenizer was lost
                             refused=next((r.refused for r in same if r.refused and not r.shippable), None),
                             path=row.path, ort_path=row.ort_path, tokenizer=row.tokenizer,
+                            peak_rss_mb=max((r.peak_rss_mb for r in same if r.peak_rss_mb), default=None),
                             dev_metrics=_merged([r.dev_metrics for r in same], names),
                             test_metrics=_merged([r.test_metrics for r in same], names),
                             per_seed={"retention": statistics.fmean(kept) if kept else None, "speedup": {}}))
@@ -996,7 +1003,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     threads = table.threads
     head_t = table.headline_threads
     tested = table.tested
-    header = ["artifact", "format", "params", "file", f"{table.metric_name} (dev)",
+    rss = any(r.peak_rss_mb for r in table.rows)
+    header = ["artifact", "format", "params", "file", *(["peak RSS"] if rss else []), f"{table.metric_name} (dev)",
               *(f"{m} (dev)" for m in table.other_metrics), "retention",
               *([f"{table.metric_name} (test)"] if tested else [])]
     for t in threads:
@@ -1010,7 +1018,8 @@ def table_cells(table: RunTable) -> tuple[list[str], list[list[str]]]:
     for r in table.rows:
         retention = table.retention(r)
         cells = [r.name + (" (reference)" if r.reference else ""), r.fmt, _params(r.params), _mb(r.file_bytes),
-                 _metric(r), *(_other_metric(r, m) for m in table.other_metrics),
+                 *([_num(r.peak_rss_mb, ".0f") + (" MiB" if r.peak_rss_mb else "")] if rss else []), _metric(r),
+                 *(_other_metric(r, m) for m in table.other_metrics),
                  "–" if retention is None else f"{100 * round_down(retention, 3):.1f}%",
                  *([_other_metric(r, table.metric_name, "test")] if tested else [])]
         for t in threads:
@@ -1056,7 +1065,10 @@ def _search_summary(folder: str) -> Optional[str]:
 
 
 NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors weights; the torch int8 peer: its "
-        "state_dict as torch.save writes it; ONNX: the .onnx file). "
+        "state_dict as torch.save writes it; ONNX: the .onnx file). Peak RSS: the most resident memory of a fresh "
+        "process that loads the artifact alone and runs the bench's largest fixed shape and a few dev rows (ONNX: "
+        "onnxruntime and numpy only, as a device's runner; torch: torch and transformers), shared libraries' pages "
+        "included. "
         "Shippable: an int8 model that passed the quantize stage's accuracy guard, one a bundle may ship; (peer): "
         "the same model compressed by another library, for comparison. "
         "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "

@@ -629,6 +629,9 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["latency"]["protocol"]["dev_rows"] == 200 and "allow_spinning=0" in m["latency"]["protocol"]["spin"]
     assert "rounds" not in m["latency"]["protocol"]  # only what a reader of the latency needs
     assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
+    assert m["memory"]["peak_rss_mb"] == 300.0 and "fresh process" in m["memory"]["measured"]  # the bench's probe
+    assert "Memory: 300 MiB peak resident on the build machine (the model alone in a fresh process" in \
+        (folder / "README.md").read_text()
     assert m["max_length"] == 32 and m["task"]["labels"] == ["negative", "positive"]
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")

@@ -344,7 +344,8 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert dyn.metric == pytest.approx(0.88) and dyn.metric_std == pytest.approx(0.01) and dyn.seeds == 3
     assert rows["teacher"].metric == pytest.approx(0.91) and table.teacher_metric == pytest.approx(0.91)
     assert table.provenance["seeds"] == [42, 43, 44] and len(table.provenance["runs"]) == 3
-    assert table_cells(table)[1][2][4] == "0.8800 ± 0.0100 (sample std, n=3)"
+    assert table_cells(table)[1][2][5] == "0.8800 ± 0.0100 (sample std, n=3)"
+    assert table_cells(table)[0][4] == "peak RSS" and table_cells(table)[1][2][4] == "300 MiB"  # the bench's probe
     assert dyn.latency[2].peak_throughput == pytest.approx(8000 / 32.5, abs=0.01) and dyn.latency[2].peak_shape == "b8xs32"
     # the same seed twice (or different recipes) stay separate tables
     assert len(merge_seeds([collect(runs[0]), collect(runs[0])])) == 2
@@ -719,7 +720,7 @@ def test_mrpc_report_shows_accuracy_beside_f1(tmp_path):
     table = collect(runs[0])
     assert table.metric_name == "f1" and table.other_metrics == ["accuracy"]
     header, body = table_cells(table)
-    assert header[4:7] == ["f1 (dev)", "accuracy (dev)", "retention"]
+    assert header[4:8] == ["peak RSS", "f1 (dev)", "accuracy (dev)", "retention"]
     rows = {cells[0]: dict(zip(header, cells)) for cells in body}
     assert rows["teacher"]["f1 (dev)"] == "0.9000" and rows["teacher"]["accuracy (dev)"] == "0.8000"
     for name, cells in rows.items():
@@ -759,7 +760,7 @@ def test_a_labelled_test_split_gets_a_column_of_its_own(tmp_path):
     table = collect(runs[0])
     assert table.tested and (table.test_rows, table.test_subset) == (200, True)
     header, body = table_cells(table)
-    assert header[4:8] == ["f1 (dev)", "accuracy (dev)", "retention", "f1 (test)"]
+    assert header[4:9] == ["peak RSS", "f1 (dev)", "accuracy (dev)", "retention", "f1 (test)"]
     rows = {cells[0]: dict(zip(header, cells)) for cells in body}
     assert rows["teacher"]["f1 (test)"] == "0.8000" and rows["teacher · int8 dynamic"]["f1 (test)"] == "0.7800"
     assert rows["teacher · int8 static"]["f1 (test)"] == "–"  # its stage scored none
@@ -1614,6 +1615,30 @@ def test_merged_seeds_int8_model_is_shippable_only_when_every_seeds_guard_passed
         dyn = next(r for r in table.rows if r.name == "teacher · int8 dynamic")
         assert not dyn.shippable, order
         assert "teacher · int8 dynamic (shippable)" not in markdown([table])
+
+
+def test_peak_rss_column_from_the_bench_merged_seeds_keep_the_largest(tmp_path):
+    """The bench's peak RSS of each artifact (alone in a fresh process) is a column after the file size; merged seeds
+    show the largest; a row the bench did not probe reads –; a run without a bench has no such column."""
+    from compress.report import merge_seeds, note
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed,
+                     latency={"onnx_fp32": {2: 12.0}, "int8_dynamic": {2: 5.0}}) for seed in (42, 43)]
+    bench = runs[1] / "bench" / "bench.json"
+    record = json.loads(bench.read_text())
+    record["artifacts"]["int8_dynamic"]["peak_rss_mb"] = 412.4
+    bench.write_text(json.dumps(record))
+    header, body = table_cells(collect(runs[1]))
+    assert header[3:6] == ["file", "peak RSS", "accuracy (dev)"]
+    cells = {row[0]: row[4] for row in body}
+    assert cells["teacher · int8 dynamic"] == "412 MiB" and cells["teacher"] == "–"
+    (merged,) = merge_seeds([collect(r) for r in runs])
+    cells = {row[0]: row[4] for row in table_cells(merged)[1]}
+    assert cells["teacher · int8 dynamic"] == "412 MiB" and cells["teacher · onnx fp32 (reference)"] == \
+        "300 MiB"
+    plain = make_run(tmp_path / "nb", "quickstart", **_files(tmp_path))  # no bench stage
+    assert "peak RSS" not in table_cells(collect(plain))[0]
+    assert "Peak RSS: the most resident memory of a fresh process" in note(collect(runs[0]))
 
 
 def test_merged_seeds_rows_keep_their_paths_and_only_a_refused_int8_model_reads_not_shippable(tmp_path):
