@@ -838,8 +838,8 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
     result = score(folder, task, split="dev", max_rows=task.max_eval_samples, threads=threads)
     rows, got, want = result["rows"], result["metrics"].get(metric), (recorded or {}).get(metric)
     if recorded_rows is not None and rows != recorded_rows:
-        raise CompressError(f"bundle.verify: the dev split has {rows} rows to score now, the run scored {recorded_rows}:"
-                            f" the data changed since; rerun the stages that scored it")
+        raise CompressError(f"bundle.verify: the dev split has {rows} rows to score now, the run scored "
+                            f"{recorded_rows}: the data changed since; rerun the stages that scored it")
 
     def defined(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

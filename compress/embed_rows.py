@@ -14,6 +14,10 @@ ORT's fused ``EmbedLayerNormalization`` reads whole fp32 tables, so a fused look
 word + position + token-type rows summed, ``LayerNormalization``, and the attention's mask index as the fused op
 counts it (the mask's ones per row). A lookup this cannot rewrite (another op, a Gather on another axis, a fused op
 with options this does not rebuild) keeps its table whole: Cast + Mul as before.
+
+Every tensor and node this adds gets a name the graph does not use yet: the base names (``<lookup output>_scale``,
+``<table>_int8_rows``, ...) can be taken already, ORT's dynamic quantizer names a tensor's scale ``<tensor>_scale``
+when a quantized MatMul reads it (a duplicate definition, an invalid model, before).
 """
 
 from __future__ import annotations
@@ -34,15 +38,16 @@ def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
 
 
-def _eln_plan(node: onnx.NodeProto, consumers: dict[str, int]) -> bool:
+def _eln_plan(node: onnx.NodeProto, consumers: dict[str, int], graph_outputs: set[str] = frozenset()) -> bool:
     """Whether a fused ``EmbedLayerNormalization`` can be rebuilt from plain ops here: the default mask index (the
-    count of ones a row), and a mask given whenever that index is read."""
+    count of ones a row), and a mask given whenever that index is read (by a node or as a graph output; ORT's fusion
+    without a mask still names a ``_dummy_mask_index`` output that nothing reads: it is dropped)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if set(attrs) - {"epsilon", "mask_index_type"} or attrs.get("mask_index_type", 1) != 1:
         return False
     inputs = list(node.input) + [""] * (9 - len(node.input))
     outputs = list(node.output) + [""] * (3 - len(node.output))
-    return not (outputs[1] and consumers.get(outputs[1]) and not inputs[7])
+    return not (outputs[1] and (consumers.get(outputs[1]) or outputs[1] in graph_outputs) and not inputs[7])
 
 
 def rewrite(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
@@ -64,12 +69,29 @@ def rewrite(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     graph_outputs = {o.name for o in graph.output}
+    taken = ({n for node in graph.node for n in (*node.input, *node.output)} | set(inits) | graph_outputs
+             | {i.name for i in graph.input} | {v.name for v in graph.value_info}
+             | {i.values.name for i in graph.sparse_initializer})
+    node_names = {node.name for node in graph.node}
 
-    def gatherable(node: onnx.NodeProto) -> bool:
-        if node.op_type == "Gather":
-            axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-            return axis == 0 and node.input[0] in tables and node.input[1] not in tables
-        return (node.op_type == "EmbedLayerNormalization" and node.domain == MS and _eln_plan(node, consumers))
+    def fresh(base: str, used: set[str] = taken) -> str:
+        """``base``, or ``base_2``, ``base_3``, ... : a name the graph does not use yet (now taken)."""
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name
+
+    def node(op: str, inputs: list[str], outputs: list[str], name: str, **kw) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, outputs, name=fresh(name, node_names), **kw)
+
+    def gatherable(reader: onnx.NodeProto) -> bool:
+        if reader.op_type == "Gather":
+            axis = next((helper.get_attribute_value(a) for a in reader.attribute if a.name == "axis"), 0)
+            return axis == 0 and reader.input[0] in tables and reader.input[1] not in tables
+        return (reader.op_type == "EmbedLayerNormalization" and reader.domain == MS
+                and _eln_plan(reader, consumers, graph_outputs))
 
     readers = {t: [n for n in graph.node if t in n.input] for t in tables}
     gathered = {t for t in tables if t not in graph_outputs and all(gatherable(n) for n in readers[t])}
@@ -78,71 +100,74 @@ def rewrite(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
     if ln_domain is None and opset < 17:  # no LayerNormalization to unfuse a fused embedding with
         gathered -= {t for t in gathered if any(n.op_type == "EmbedLayerNormalization" for n in readers[t])}
 
+    rows_of, scale_of = {}, {}
     for name in tables:
         q, scale = int8_rows(numpy_helper.to_array(inits[name]))
+        rows_of[name], scale_of[name] = fresh(f"{name}_int8_rows"), fresh(f"{name}_row_scale")
         graph.initializer.remove(inits[name])
-        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8_rows"),
-                                  numpy_helper.from_array(scale, f"{name}_row_scale")])
+        graph.initializer.extend([numpy_helper.from_array(q, rows_of[name]),
+                                  numpy_helper.from_array(scale, scale_of[name])])
+    const = {}
     if any(t in gathered for t in tables):
-        graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), f"embed_rows_{k}")
+        const = {k: fresh(f"embed_rows_{k}") for k in ("zero", "one", "axis1")}
+        graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), const[k])
                                   for k, v in (("zero", 0), ("one", 1), ("axis1", [1]))])
     made: list[onnx.NodeProto] = []
 
     def lookup(table: str, ids: str, out: str, tag: str) -> list[onnx.NodeProto]:
         """``out`` = the rows of ``table`` at ``ids``: int8 rows gathered and dequantized, or a plain Gather."""
         if table not in gathered:
-            return [helper.make_node("Gather", [table, ids], [out], name=f"{tag}_Gather")]
-        return [helper.make_node("Gather", [f"{table}_int8_rows", ids], [f"{out}_int8"], name=f"{tag}_GatherRows"),
-                helper.make_node("Gather", [f"{table}_row_scale", ids], [f"{out}_scale"], name=f"{tag}_GatherScales"),
-                helper.make_node("Cast", [f"{out}_int8"], [f"{out}_rows"], to=TensorProto.FLOAT, name=f"{tag}_Cast"),
-                helper.make_node("Mul", [f"{out}_rows", f"{out}_scale"], [out], name=f"{tag}_Dequantize")]
+            return [node("Gather", [table, ids], [out], f"{tag}_Gather")]
+        rows, scale, fp32 = fresh(f"{out}_int8"), fresh(f"{out}_scale"), fresh(f"{out}_rows")
+        return [node("Gather", [rows_of[table], ids], [rows], f"{tag}_GatherRows"),
+                node("Gather", [scale_of[table], ids], [scale], f"{tag}_GatherScales"),
+                node("Cast", [rows], [fp32], f"{tag}_Cast", to=TensorProto.FLOAT),
+                node("Mul", [fp32, scale], [out], f"{tag}_Dequantize")]
 
-    def unfused(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    def unfused(fused: onnx.NodeProto) -> list[onnx.NodeProto]:
         """A fused EmbedLayerNormalization as plain ops (its outputs' names kept)."""
         ids, segments, word, position, segment, gamma, beta, mask, positions = \
-            list(node.input) + [""] * (9 - len(node.input))
-        out, mask_index, summed = list(node.output) + [""] * (3 - len(node.output))
-        eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-12)
-        tag = node.name or "EmbedLayerNormalization"
-        new = lookup(word, ids, f"{tag}_word", f"{tag}_word")
+            list(fused.input) + [""] * (9 - len(fused.input))
+        out, mask_index, summed = list(fused.output) + [""] * (3 - len(fused.output))
+        eps = next((helper.get_attribute_value(a) for a in fused.attribute if a.name == "epsilon"), 1e-12)
+        tag = fused.name or "EmbedLayerNormalization"
+        parts = [fresh(f"{tag}_word"), fresh(f"{tag}_position")]
+        new = lookup(word, ids, parts[0], f"{tag}_word")
         if not positions:  # 0 .. length - 1, shared by the batch's rows
-            positions = f"{tag}_position_ids"
-            new += [helper.make_node("Shape", [ids], [f"{tag}_ids_shape"], name=f"{tag}_Shape"),
-                    helper.make_node("Gather", [f"{tag}_ids_shape", "embed_rows_one"], [f"{tag}_length"], axis=0,
-                                     name=f"{tag}_Length"),
-                    helper.make_node("Range", ["embed_rows_zero", f"{tag}_length", "embed_rows_one"], [positions],
-                                     name=f"{tag}_Range")]
-        new += lookup(position, positions, f"{tag}_position", f"{tag}_position")
-        parts = [f"{tag}_word", f"{tag}_position"]
+            shape, length, positions = fresh(f"{tag}_ids_shape"), fresh(f"{tag}_length"), fresh(f"{tag}_position_ids")
+            new += [node("Shape", [ids], [shape], f"{tag}_Shape"),
+                    node("Gather", [shape, const["one"]], [length], f"{tag}_Length", axis=0),
+                    node("Range", [const["zero"], length, const["one"]], [positions], f"{tag}_Range")]
+        new += lookup(position, positions, parts[1], f"{tag}_position")
         if segments and segment:
-            new += lookup(segment, segments, f"{tag}_segment", f"{tag}_segment")
-            parts.append(f"{tag}_segment")
+            parts.append(fresh(f"{tag}_segment"))
+            new += lookup(segment, segments, parts[-1], f"{tag}_segment")
         total = parts[0]
         for i, part in enumerate(parts[1:], 1):  # the last sum is the op's embedding_sum output when it has one
-            name = (summed or f"{tag}_sum") if i == len(parts) - 1 else f"{tag}_sum{i}"
-            new.append(helper.make_node("Add", [total, part], [name], name=f"{tag}_Add{i}"))
+            name = (summed or fresh(f"{tag}_sum")) if i == len(parts) - 1 else fresh(f"{tag}_sum{i}")
+            new.append(node("Add", [total, part], [name], f"{tag}_Add{i}"))
             total = name
-        new.append(helper.make_node("LayerNormalization", [total, gamma, beta], [out], axis=-1, epsilon=eps,
-                                    name=f"{tag}_LayerNorm", **({"domain": ln_domain} if ln_domain else {})))
-        if mask_index:  # the fused op's mask index: the mask's ones a row
+        new.append(node("LayerNormalization", [total, gamma, beta], [out], f"{tag}_LayerNorm", axis=-1, epsilon=eps,
+                        **({"domain": ln_domain} if ln_domain else {})))
+        if mask_index and mask:  # the fused op's mask index: the mask's ones a row (no mask: nothing reads it)
             axes = {"axes": [1]} if opset < 13 else {}
-            new.append(helper.make_node("ReduceSum", [mask] + ([] if axes else ["embed_rows_axis1"]), [mask_index],
-                                        keepdims=0, name=f"{tag}_MaskIndex", **axes))
+            new.append(node("ReduceSum", [mask] + ([] if axes else [const["axis1"]]), [mask_index],
+                            f"{tag}_MaskIndex", keepdims=0, **axes))
         return new
 
-    for node in graph.node:
-        if node.op_type == "Gather" and node.input[0] in gathered:
-            made += lookup(node.input[0], node.input[1], node.output[0], node.name or node.output[0])
-        elif node.op_type == "EmbedLayerNormalization" and any(t in gathered for t in node.input):
-            made += unfused(node)
+    for old in list(graph.node):
+        if old.op_type == "Gather" and old.input[0] in gathered:
+            made += lookup(old.input[0], old.input[1], old.output[0], old.name or old.output[0])
+        elif old.op_type == "EmbedLayerNormalization" and any(t in gathered for t in old.input):
+            made += unfused(old)
         else:
-            made.append(node)
+            made.append(old)
     whole = [t for t in tables if t not in gathered]
     head = []
     for name in whole:  # the table rebuilt whole, under its own name (ORT folds it at load)
-        head += [helper.make_node("Cast", [f"{name}_int8_rows"], [f"{name}_rows_fp32"], to=TensorProto.FLOAT,
-                                  name=f"{name}_Cast"),
-                 helper.make_node("Mul", [f"{name}_rows_fp32", f"{name}_row_scale"], [name], name=f"{name}_Mul")]
+        fp32 = fresh(f"{name}_rows_fp32")
+        head += [node("Cast", [rows_of[name]], [fp32], f"{name}_Cast", to=TensorProto.FLOAT),
+                 node("Mul", [fp32, scale_of[name]], [name], f"{name}_Mul")]
     del graph.node[:]
     graph.node.extend(head + made)
     return tables

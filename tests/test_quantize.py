@@ -407,6 +407,91 @@ def test_a_table_with_another_reader_is_rebuilt_whole():
     np.testing.assert_allclose(total, (q * scale).sum(), rtol=1e-4)
 
 
+def _eln_model(inputs: list[str], outputs: list[str], read: list[str], tables: dict):
+    """A graph of one ORT EmbedLayerNormalization ``eln`` (int32 ids, segments, mask), ``read``: its graph outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = next(iter(tables.values())).shape[1]
+    node = helper.make_node("EmbedLayerNormalization", inputs, outputs, name="eln", domain="com.microsoft",
+                            epsilon=1e-12)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, TensorProto.INT32, ["B", "S"]) for n in ("ids", "seg", "mask")
+                      if n in inputs],
+        [helper.make_tensor_value_info(o, TensorProto.INT32 if "mask" in o else TensorProto.FLOAT,
+                                       ["B"] if "mask" in o else ["B", "S", hidden]) for o in read],
+        [numpy_helper.from_array(t, n) for n, t in tables.items()]
+        + [numpy_helper.from_array(np.linspace(0.5, 1.5, hidden).astype(np.float32), "gamma"),
+           numpy_helper.from_array(np.zeros(hidden, np.float32), "beta")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_a_fused_embedding_without_a_mask_is_unfused_without_a_mask_index():
+    """ORT's fusion makes an EmbedLayerNormalization without a mask (7 inputs) when it finds no attention mask, but
+    still names a ``_dummy_mask_index`` output: unread, it is dropped (a ReduceSum of no input before: an invalid
+    model); read as a graph output (ORT gives zeros there), the fused op is kept, its tables rebuilt whole."""
+    import onnx
+
+    from compress import embed_rows
+
+    rng = np.random.default_rng(0)
+    tables = {n: rng.normal(size=(rows, 8)).astype(np.float32) for n, rows in (("word", 50), ("pos", 16), ("type", 2))}
+    same = {n: (lambda q, s: q.astype(np.float32) * s)(*embed_rows.int8_rows(t)) for n, t in tables.items()}
+    feeds = {"ids": rng.integers(0, 50, (3, 6)).astype(np.int32), "seg": rng.integers(0, 2, (3, 6)).astype(np.int32)}
+    inputs = ["ids", "seg", "word", "pos", "type", "gamma", "beta"]
+    for read, fused in ((["out"], False), (["out", "eln_dummy_mask_index"], True)):
+        model = _eln_model(inputs, ["out", "eln_dummy_mask_index"], read, tables)
+        assert embed_rows.rewrite(model, ["eln"]) == ["word", "pos", "type"]
+        onnx.checker.check_model(model, full_check=True)
+        assert ("EmbedLayerNormalization" in [n.op_type for n in model.graph.node]) == fused
+        want = ort.InferenceSession(_eln_model(inputs, ["out", "eln_dummy_mask_index"], read, same).SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_the_names_a_rewrite_adds_are_unused_ones(tmp_path):
+    """A lookup whose output a dynamic int8 MatMul reads: ORT's quantizer named its scale ``<output>_scale``, the name
+    the gathered row scales took too (a duplicate definition: ORT refused the model); two unnamed lookups of one table
+    get nodes and tensors of their own."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress import embed_rows
+    from compress.quantize import row_int8_tables
+
+    rng = np.random.default_rng(0)
+    table, w = rng.normal(size=(50, 16)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
+
+    def model(tab):
+        graph = helper.make_graph(
+            [helper.make_node("Gather", ["table", "ids"], ["emb"], name="lookup"),
+             helper.make_node("MatMul", ["emb", "w"], ["y"], name="mm"),
+             helper.make_node("Gather", ["table", "ids"], ["emb2"])],
+            "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 4]),
+             helper.make_tensor_value_info("emb2", TensorProto.FLOAT, ["B", "S", 16])],
+            [numpy_helper.from_array(tab, "table"), numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    q, scale = embed_rows.int8_rows(table)
+    for name, tab in (("fp32", table), ("same", q.astype(np.float32) * scale)):
+        onnx.save(model(tab), str(tmp_path / f"{name}.onnx"))
+        quantize_dynamic(tmp_path / f"{name}.onnx", tmp_path / f"{name}_int8.onnx", QuantizeConfig(),
+                         exclude=["lookup", ""])
+    assert "emb_scale" in {o for n in onnx.load(str(tmp_path / "fp32_int8.onnx")).graph.node for o in n.output}
+    assert row_int8_tables(tmp_path / "fp32_int8.onnx", tmp_path / "rows.onnx", ["lookup", ""]) == ["table"]
+    rows = onnx.load(str(tmp_path / "rows.onnx"))
+    onnx.checker.check_model(rows, full_check=True)
+    assert sum(n.op_type == "Gather" for n in rows.graph.node) == 4
+    ids = {"ids": rng.integers(0, 50, (2, 5))}
+    want = session(tmp_path / "same_int8.onnx").run(None, ids)
+    got = session(tmp_path / "rows.onnx").run(None, ids)
+    for w_, g in zip(want, got):
+        np.testing.assert_allclose(g, w_, rtol=1e-6)
+
+
 def test_lookups_are_the_embedding_tables_not_shape_gathers(tmp_path, tiny_model):
     """The graph quant_pre_process folds for static int8 has Gathers of shape arithmetic with int64 index
     initializers: they are not candidates (int8 leaves them alone; each would cost the guard a sensitivity run and a
