@@ -800,7 +800,10 @@ def _merged(records: list[Optional[dict]], names: Sequence[str]) -> Optional[dic
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (lower latency x, higher metric y), by latency; exact
     ties (same latency and metric) do not beat each other: all are on it."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    # a nan (a constant prediction's correlation) is never on it, and left in the sort it scrambled the order of the
+    # points of its latency: a point beaten at that latency by a higher one could be put on the front before it
+    order = sorted((i for i in range(len(points)) if math.isfinite(points[i][0]) and math.isfinite(points[i][1])),
+                   key=lambda i: (points[i][0], -points[i][1]))
     front, best = [], -math.inf
     for i in order:
         if points[i][1] > best or (front and tuple(points[i]) == tuple(points[front[-1]])):

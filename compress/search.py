@@ -125,7 +125,7 @@ def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, res
     for r in results:  # no deeper and no wider: at batch 1 a deep narrow model is slower than a shallow wide one
         if (r["mode"] == mode and r.get("depth", math.inf) <= spec.depth and r.get("keep_macs", math.inf) <= spec.keep
                 and r["latency"]["p50_ms"] > budget_ms * OVER_BUDGET_SLACK):
-            return f"{r['id']} (no deeper, no wider) already takes {r['latency']['p50_ms']:.2f} ms > budget"
+            return f"{r['id']} (no deeper, no wider) already takes {ms(r['latency']['p50_ms'], budget_ms)} ms > budget"
     return None
 
 
@@ -770,8 +770,8 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         on = ("picked on held-out training rows" if best.get("select_on") == "holdout"
               else "picked on dev itself (the task holds no training rows out): an optimistic figure")
         message = (f"best within {cfg.budget_ms:g} ms: {best['id']} (dev {best['metric_name']} {best['metric']:.4f}, "
-                   f"{on}; p50 {best['latency']['p50_ms']:.2f} ms, {_speed(best['speedup_vs_teacher_fp32'])} the "
-                   f"teacher's ONNX fp32)")
+                   f"{on}; p50 {ms(best['latency']['p50_ms'], cfg.budget_ms)} ms, "
+                   f"{_speed(best['speedup_vs_teacher_fp32'])} the teacher's ONNX fp32)")
     elif results and results[0]["latency"]["p50_ms"] <= cfg.budget_ms:
         message = (f"no candidate fits {cfg.budget_ms:g} ms with a score to rank it by: "
                    + ", ".join(r["id"] for r in results if r["latency"]["p50_ms"] <= cfg.budget_ms)

@@ -1021,3 +1021,35 @@ def test_a_pruned_model_of_the_teachers_depth_is_not_the_teacher():
     assert not ModelSpec(6, 0.5, 6).is_teacher and not ModelSpec(5, 1.0, 6).is_teacher
     space = candidates(load_recipe_free_search(), 6)
     assert [s.id for s in space if s.is_teacher] == ["L6"]
+
+
+def test_the_front_is_not_scrambled_by_a_nan_score_at_the_same_latency():
+    """A nan dev score (a constant prediction's correlation) at the latency of two others left the sort unordered:
+    the lower of those two, beaten by the higher at the same latency, was put on the front too."""
+    rs = [{"id": "low", "metric": 0.6, "latency": {"p50_ms": 1.0}},
+          {"id": "nan", "metric": float("nan"), "latency": {"p50_ms": 1.0}},
+          {"id": "high", "metric": 0.7, "latency": {"p50_ms": 1.0}},
+          {"id": "slow", "metric": 0.5, "latency": {"p50_ms": 2.0}}]
+    assert [r["id"] for r in front(rs)] == ["high"]
+    from compress.report import pareto_front
+
+    assert pareto_front([(1.0, 0.6), (1.0, float("nan")), (1.0, 0.7), (1.0, 0.7)]) == [2, 3]  # exact ties: both
+
+
+def test_the_best_candidates_latency_is_written_with_the_digits_that_place_it_within_the_budget():
+    """"best within 0.0399 ms: ... p50 0.04 ms": two decimals put the pick over the budget it fits."""
+    from types import SimpleNamespace
+
+    from compress.config import SearchConfig
+    from compress.search import summarize
+
+    r = {"id": "L1-dynamic", "mode": "dynamic", "depth": 1, "keep_macs": 1.0, "metric_name": "accuracy",
+         "metric": 0.8, "select_metric": 0.8, "select_on": "holdout", "speedup_vs_teacher_fp32": 2.0,
+         "latency": {"p50_ms": 0.0398, "p90_ms": 0.05}}
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None), spec=SimpleNamespace(name="sst2",
+                          text_pair=None), settings="x")
+    cfg = SearchConfig(budget_ms=0.0399)
+    summary = summarize(ctx, cfg, {"p50_ms": 0.08}, [r], [], [], None, 0, 1, 1.0)
+    assert summary["best"] == "L1-dynamic" and "p50 0.0398 ms" in summary["message"], summary["message"]
+    over = {**r, "id": "L1-k50-dynamic", "latency": {"p50_ms": 0.0445}}
+    assert "already takes 0.0445 ms > budget" in skip_reason(ModelSpec(2, 1.0, 3), "dynamic", 0.04, 0.01, [over], 3.0)
