@@ -242,10 +242,12 @@ def measure_in_fresh_process(artifacts: dict[str, dict], dev, cfg: BenchConfig, 
         return _worker(spec, tmp, "timing", omp_env(cfg.spin), f"timing of {', '.join(artifacts)}", quiet=False)
 
 
-def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict) -> dict:
+def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads: int, models: dict,
+                      spin: bool = True) -> dict:
     """Task metrics on all of dev. Quantized models score one text at a time, as they are shipped (their dynamic
     activation scales depend on the whole batch: ``compress.export.SHIPPED_BATCH``); torch fp32, batch-independent,
-    in length-sorted batches of 64."""
+    in length-sorted batches of 64. ``spin``: ``bench.spin`` (an ONNX file's session spins its idle threads only when
+    asked to, as the timing's do)."""
     from compress.export import SHIPPED_BATCH
     from compress.metrics import compute_metrics
 
@@ -257,7 +259,7 @@ def evaluate_artifact(art: dict, dev, collator, metric_names: list[str], threads
     else:
         from compress.export import onnx_predict
 
-        logits = onnx_predict(OnnxRunner(Path(art["path"]), threads, stock=art.get("stock", False)).sess, dev,
+        logits = onnx_predict(OnnxRunner(Path(art["path"]), threads, spin, stock=art.get("stock", False)).sess, dev,
                               collator, SHIPPED_BATCH)
     return compute_metrics(metric_names, logits, np.asarray(dev["label"]))
 
@@ -582,7 +584,7 @@ def bench(qdir: Path, qrec: dict, model_dir: str, dev, spec, cfg: BenchConfig, o
         if name in known and len(dev) == qrec["fp32"]["parity"]["rows"]:
             art["metrics"], art["metrics_from"] = known[name], "quantize stage"
         else:
-            art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models)
+            art["metrics"] = evaluate_artifact(art, dev, collator, spec.metrics, cfg.threads[0], models, cfg.spin)
     if "torch_dynamic_int8" in models:  # its size: the int8 state_dict torch.save writes, not the fp32 source's files
         import io
 

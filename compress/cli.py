@@ -307,16 +307,21 @@ def cmd_bench(args) -> int:
     from compress.config import BenchConfig, QuantizeConfig, load_recipe
     from compress.pipeline import run_pipeline
 
-    recipe = load_recipe(args.recipe, _overrides(args.set))
+    overrides = _overrides(args.set)
+    recipe = load_recipe(args.recipe, overrides)
     if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
         recipe.runs_dir = os.path.expanduser(args.runs_dir)
     if recipe.quantize is None:  # a recipe without the sections benchmarks its newest model with the defaults
         recipe.quantize = QuantizeConfig()
     if recipe.bench is None:
         recipe.bench = BenchConfig()
-    if args.full:
+    if args.full:  # the full grid, but a value the user gave with --set (bench.KEY=..., bench={...}) stays theirs
+        given = {k.split(".", 1)[1] for k in overrides if k.startswith("bench.")}
+        if isinstance(overrides.get("bench"), dict):
+            given |= set(overrides["bench"])
         for key, value in FULL_BENCH.items():
-            setattr(recipe.bench, key, value)
+            if key not in given:
+                setattr(recipe.bench, key, value)
     if args.threads:
         if len(set(args.threads)) != len(args.threads):  # as bench.threads in a recipe
             raise CompressError(f"--threads: each thread count once, got {' '.join(map(str, args.threads))}")

@@ -1267,7 +1267,7 @@ def measure_missing(recipe, table: RunTable, workdir: Path) -> dict:
         group = groups.setdefault(key, {"folder": Path(row.path), "artifacts": {}})
         art = {"kind": "onnx", "path": str(path), "size_bytes": path.stat().st_size, "params": count_params(model),
                "file": None, "graph": "fused" if path.stem.endswith("_fused") else "plain"}
-        art["metrics"] = evaluate_artifact(art, dev, collator, data.spec.metrics, cfg.threads[0], {})
+        art["metrics"] = evaluate_artifact(art, dev, collator, data.spec.metrics, cfg.threads[0], {}, cfg.spin)
         group["artifacts"][f"model:{row.name}"] = art
         del model
     # one pass for every group, each artifact fed its own tokenizer's ids of the same dev rows (a pass per group timed

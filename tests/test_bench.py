@@ -656,3 +656,28 @@ def test_ours_is_the_fastest_shippable_int8_and_speedups_pair_rows_of_the_same_t
     assert best_int8(arts) == "int8_fast"
     speed = ratios(arts, "int8_fast")["onnx_fp32"]["speedup_p50"]
     assert speed == {"dev@1t": 4.0, "dev@2t": 6.0}
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_the_accuracy_pass_opens_onnx_sessions_with_the_benchs_spin_setting(spin, monkeypatch):
+    """bench.spin: false (idle threads sleep) held for the timing and memory processes, but the accuracy pass in the
+    stage's own process opened every ONNX session spinning."""
+    import compress.export
+    import compress.ort_session
+    from compress.bench import evaluate_artifact
+
+    seen = []
+
+    class Sess:
+        def get_inputs(self):
+            return []
+
+    def session(path, threads=None, spin=True, stock=False):
+        seen.append(spin)
+        return Sess()
+
+    monkeypatch.setattr(compress.ort_session, "session", session)
+    monkeypatch.setattr(compress.export, "onnx_predict", lambda *a, **k: np.zeros((2, 2), dtype=np.float32))
+    dev = {"label": [0, 0]}
+    assert evaluate_artifact({"kind": "onnx", "path": "m.onnx"}, dev, None, ["accuracy"], 2, {}, spin)
+    assert seen == [spin]

@@ -275,6 +275,29 @@ def test_bench_always_remeasures_applies_full_and_exits_1_without_a_shippable_mo
     assert "bench.json" in capsys.readouterr().out
 
 
+def test_bench_full_keeps_the_values_given_with_set(tmp_path, monkeypatch):
+    """`--full` sets the full grid, but not over a value the user gave with --set: `--full --set bench.dev_rows=50`
+    timed all of dev, without a word."""
+    import compress.pipeline
+
+    seen = {}
+
+    def fake_run(recipe, until, force):
+        seen.update(recipe=recipe)
+        return {"bench": {"bench": {"ours": "int8_dynamic"}}}
+
+    monkeypatch.setattr(compress.pipeline, "run_pipeline", fake_run)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nbench: {{}}\n"
+                      f"runs_dir: {tmp_path / 'runs'}\n")
+    assert main(["bench", str(recipe), "--full", "--set", "bench.dev_rows=50", "--set", "bench.max_seconds=10"]) == 0
+    bench = seen["recipe"].bench
+    assert (bench.dev_rows, bench.max_seconds) == (50, 10)
+    assert (bench.batch_sizes, bench.seq_lengths, bench.repeats, bench.warmup) == ([1, 8, 32], [32, 128], 50, 3)
+    assert main(["bench", str(recipe), "--full", "--set", "bench={warmup: 0}"]) == 0
+    assert (seen["recipe"].bench.warmup, seen["recipe"].bench.dev_rows) == (0, None)
+
+
 def test_validate_runs_no_stage(capsys, tmp_path, monkeypatch):
     import compress.pipeline
 
