@@ -439,6 +439,8 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
             chosen = _select(kind_scores, keep, min_keep)  # a layer asked for 0 units still keeps min_keep
             # judged as `global` judges it: 4 heads at 0.9 round to 0 a layer, yet 6 such layers ask for 2 heads
             total = round((1.0 - ratio) * per_layer_orig * len(pool))
+            if pool and total > 0 and not any(chosen):  # drop_empty_layers (min_keep 0): every layer rounds to 0;
+                chosen = _select(kind_scores, keep, 1)  # as without it (and as global), each keeps its best unit
         else:  # global ranking over the pool layers (their original units), the rest per layer
             total = round((1.0 - ratio) * per_layer_orig * (prov.num_layers - len(own)))
             chosen = [None] * len(prov.layers)

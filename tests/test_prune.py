@@ -176,6 +176,25 @@ def test_non_uniform_prune_reloads_with_our_loader_and_exports_to_onnx(tmp_path,
     assert parity.rows == 64 and parity.argmax_agreement == 1.0
 
 
+def test_per_layer_scope_with_drop_empty_layers_refuses_only_what_global_refuses():
+    """drop_empty_layers lets a layer go; it must not refuse what it would take without it: per_layer at 0.9 of 4
+    heads (0 a layer) with drop_empty_layers said "this target removes every head of every layer", while global,
+    and per_layer without drop_empty_layers, keep each layer's best head (likewise for FFN neurons)."""
+    model = tiny()
+    scores = P.score(model, "l1")
+    for kw in (dict(heads=0.9, ffn=0.25), dict(heads=0.25, ffn=0.995), dict(heads=0.9, ffn=0.995)):
+        plan = P.plan(model, scores, cfg(**kw, scope="per_layer", drop_empty_layers=True))
+        assert plan == P.plan(model, scores, cfg(**kw, scope="per_layer")), kw
+        if kw["heads"] == 0.9:
+            assert [s.heads for s in plan] == [[int(torch.argmax(h))] for h in scores.heads]
+        if kw["ffn"] == 0.995:
+            assert [s.ffn for s in plan] == [[int(torch.argmax(f))] for f in scores.ffn]
+        P.plan(model, scores, cfg(**kw, drop_empty_layers=True))  # global takes it too
+    for scope in ("global", "per_layer"):  # both still refuse a ratio that keeps nothing at all
+        with pytest.raises(CompressError, match=r"prune\.heads: this target removes every head"):
+            P.plan(model, scores, cfg(heads=0.99, ffn=0.25, scope=scope, drop_empty_layers=True))
+
+
 def test_empty_layer_is_dropped_and_model_reloads(tmp_path, tokenizer):
     model = tiny()
     x = batch()
