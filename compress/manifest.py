@@ -15,8 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from compress.bundle_predict import usable_cores  # the cores this process may run on (affinity)
-from compress.bundle_predict import sha256_file
+from compress.bundle_predict import sha256_file, usable_cores  # usable_cores: the cores this process may run on
 
 try:
     import fcntl
