@@ -10,7 +10,7 @@
    nodes, and the first are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget: the embedding
    lookups first (fp32 there costs file size, no compute), then the matmuls, each group most sensitive first. An
    embedding table kept fp32 is then stored as int8 rows with a scale per row, gathered before they are dequantized
-   (`row_int8_tables`, `compress.embed_rows`) when the model stays within budget. A model that
+   (`row_tables`, `compress.embed_rows`; ``table_bits: 4``: int4 blocks, int8 rows if those lose too much) when the model stays within budget. A model that
    stays beyond budget, or needs every node in fp32, is written but not marked shippable. Exclusions are recorded.
 4. ORT format (``.ort``) of every int8 model, for mobile runtimes.
 
@@ -110,13 +110,13 @@ def lookup_nodes(path: Path) -> list[str]:
     return quantizable_nodes(path, list(LOOKUP_OPS))
 
 
-def row_int8_tables(src: Path, dst: Path, nodes: list[str]) -> list[str]:
+def row_tables(src: Path, dst: Path, nodes: list[str], bits: int = 8) -> dict[str, int]:
     """Store the fp32 weight tables read by the lookup ``nodes`` (embedding matrices the guard kept fp32) as int8 rows
-    with one fp32 scale per row, each lookup gathering int8 rows and dequantizing only those (`compress.embed_rows`:
-    the fp32 table is never rebuilt; a quarter of the file, the load's peak memory of an all-int8 model). Writes
-    ``dst``; returns the tables rewritten (none: ``dst`` is not written)."""
+    with one fp32 scale per row (``bits=4``: int4 blocks, where `compress.embed_rows` can), each lookup gathering rows
+    and dequantizing only those (the fp32 table is never rebuilt; a quarter of the file, the load's peak memory of an
+    all-int8 model). Writes ``dst``; returns the tables rewritten and their bits (none: ``dst`` is not written)."""
     model = onnx.load(str(src))
-    tables = embed_rows.rewrite(model, nodes)
+    tables = embed_rows.rewrite(model, nodes, bits)
     if tables:
         onnx.save(model, str(dst))
     return tables
@@ -453,24 +453,33 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
 
 
 def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str], score, fp32_metrics: dict,
-                     max_drop: float) -> dict:
-    """After the guard: store the embedding tables it kept fp32 as int8 rows (`row_int8_tables`) when the model stays
-    within budget; updates ``res`` and ``dst`` in place. Returns the record fields (nothing when no table was kept)."""
+                     max_drop: float, bits: int = 8) -> dict:
+    """After the guard: store the embedding tables it kept fp32 as rows (`row_tables`: int4 blocks first when
+    ``bits`` is 4, then int8 rows) when the model stays within budget; updates ``res`` and ``dst`` in place. Returns
+    the record fields (nothing when no table was kept)."""
     kept = [n for n in res.excluded if n in lookups]
     if not (res.shippable and kept):
         return {}
-    tables = row_int8_tables(dst, trial, kept)
-    if not tables:
-        return {}
-    metrics = score(trial)
-    drop = points(fp32_metrics) - points(metrics)
-    res.tries.append({"excluded": len(res.excluded), "row_int8_tables": tables, "metrics": metrics,
-                      "drop": round(drop, 4)})
-    if not drop <= max_drop:  # a nan score (a pearson of constant outputs) is no pass either
-        return {"row_int8_tables": [], "row_int8_note": f"int8 rows lost {drop:.2f} points: tables left fp32"}
-    _move(trial, dst)
-    res.metrics, res.drop = metrics, drop
-    return {"row_int8_tables": tables}
+    notes = {}
+    for b in (4, 8) if bits == 4 else (8,):
+        tables = row_tables(dst, trial, kept, b)
+        if not tables:
+            return {}
+        metrics = score(trial)
+        drop = points(fp32_metrics) - points(metrics)
+        res.tries.append({"excluded": len(res.excluded), "row_tables": tables, "metrics": metrics,
+                          "drop": round(drop, 4)})
+        if drop <= max_drop:  # a nan score (a pearson of constant outputs) is no pass either
+            _move(trial, dst)
+            res.metrics, res.drop = metrics, drop
+            return {"row_int8_tables": [t for t, n in tables.items() if n == 8],
+                    **({"row_int4_tables": [t for t, n in tables.items() if n == 4]} if bits == 4 else {}), **notes}
+        got = 4 if 4 in tables.values() else 8  # no table int4 (widths, readers): that was the int8 try
+        notes[f"row_int{got}_note"] = f"int{got} rows lost {drop:.2f} points" + (
+            ": int8 rows tried" if got == 4 else ": tables left fp32")
+        if got == 8:
+            break
+    return {"row_int8_tables": [], **({"row_int4_tables": []} if bits == 4 else {}), **notes}
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -599,7 +608,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             candidates = quantizable_nodes(src, ops, weights_only=mode == "dynamic")
             res = guard(make, dst, score, guard_fp32, candidates, sensitivity,
                         cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else (), label=label)
-            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop)
+            compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop,
+                                       cfg.table_bits)
             metrics, guarded = res.metrics, {}
             if guard_set is not None:  # the guard judged other rows: dev measured once, for the model it chose
                 metrics, guarded = score_dev(dst), {"guard_metrics": res.metrics}

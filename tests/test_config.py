@@ -234,6 +234,17 @@ def test_bundle_verify_at_its_defaults_leaves_the_bundle_stage_fingerprint_alone
         {**before, "verify": False, "verify_tolerance": 1.0}
 
 
+def test_quantize_table_bits_is_8_or_4_and_out_of_the_fingerprint_at_8(tmp_path):
+    """quantize.table_bits (added after run folders existed): 8 leaves the quantize section as it was, 4 is in it, any
+    other value is refused naming the key."""
+    path = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6}\nquantize: {}\n")
+    before = load_recipe(path).section("quantize")
+    assert "table_bits" not in before and load_recipe(path, {"quantize.table_bits": 8}).section("quantize") == before
+    assert load_recipe(path, {"quantize.table_bits": 4}).section("quantize") == {**before, "table_bits": 4}
+    with pytest.raises(CompressError, match=r"quantize\.table_bits: expected one of \[8, 4\], got 6"):
+        load_recipe(path, {"quantize.table_bits": 6})
+
+
 def test_validate_and_dry_run_import_no_torch(tmp_path):
     """Checking a recipe (`compress validate`, `compress run --dry-run`) reads YAML and hashes files: it imports
     neither torch nor transformers (was ~5 s a call, now well under one)."""

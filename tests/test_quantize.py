@@ -299,7 +299,7 @@ def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model
     bytes), each lookup gathers int8 rows and dequantizes those (the graph ORT runs holds no fp32 table: ORT folded
     the whole table back at load before, peaking 117 MiB higher on the quickstart's model), logits barely move, and
     the record says which tables; over budget, the file is left as it was."""
-    from compress.quantize import GuardResult, _compact_lookups, row_int8_tables
+    from compress.quantize import GuardResult, _compact_lookups, row_tables
 
     dev, _, collator = sst2
     fp32_path = export_onnx(tiny_model, tmp_path / "model.onnx")
@@ -308,9 +308,10 @@ def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model
     before = onnx_predict(session(dst), dev, collator)
     size = dst.stat().st_size
 
-    tables = row_int8_tables(dst, tmp_path / "rows.onnx", lookups)
+    tables = row_tables(dst, tmp_path / "rows.onnx", lookups)
     assert "bert.embeddings.word_embeddings.weight" in " ".join(tables) and len(tables) == 3  # word, position, type
-    assert row_int8_tables(dst, tmp_path / "none.onnx", []) == [] and not (tmp_path / "none.onnx").exists()
+    assert set(tables.values()) == {8}
+    assert row_tables(dst, tmp_path / "none.onnx", []) == {} and not (tmp_path / "none.onnx").exists()
     rows = tmp_path / "rows.onnx"
     word = 30522 * 32 * 4  # the fp32 word table of the tiny model (hidden 32)
     assert size - rows.stat().st_size > 0.7 * word
@@ -329,7 +330,8 @@ def test_embedding_tables_kept_fp32_are_stored_as_int8_rows(tmp_path, tiny_model
     res = result()
     fields = _compact_lookups(dst, tmp_path / "trial.onnx", res, lookups, lambda p: {"accuracy": 0.5},
                               {"accuracy": 0.5}, 0.3)
-    assert fields == {"row_int8_tables": tables} and dst.stat().st_size < size and res.tries[-1]["row_int8_tables"]
+    assert fields == {"row_int8_tables": list(tables)} and dst.stat().st_size < size
+    assert res.tries[-1]["row_tables"] == tables
     dst2 = quantize_dynamic(fp32_path, tmp_path / "int8b.onnx", QuantizeConfig(), exclude=lookups)
     res = result()
     res.path = dst2
@@ -353,7 +355,7 @@ def test_a_fused_embedding_of_int8_rows_is_unfused_and_gives_the_same_logits_pad
 
     from compress import embed_rows
     from compress.export import optimize_onnx
-    from compress.quantize import row_int8_tables
+    from compress.quantize import row_tables
 
     dev, _, collator = sst2
     fused = tmp_path / "fused.onnx"
@@ -363,7 +365,7 @@ def test_a_fused_embedding_of_int8_rows_is_unfused_and_gives_the_same_logits_pad
     assert [n.op_type for n in onnx.load(str(dst)).graph.node if n.name in lookups] == ["EmbedLayerNormalization"]
     same = onnx.load(str(dst))  # the reference: the fused op on the tables the rows give back
     for init in same.graph.initializer:
-        if init.name in row_int8_tables(dst, tmp_path / "rows.onnx", lookups):
+        if init.name in row_tables(dst, tmp_path / "rows.onnx", lookups):
             q, scale = embed_rows.int8_rows(onnx.numpy_helper.to_array(init))
             init.CopyFrom(onnx.numpy_helper.from_array(q.astype(np.float32) * scale, init.name))
     onnx.save(same, str(tmp_path / "same.onnx"))
@@ -398,13 +400,95 @@ def test_a_table_with_another_reader_is_rebuilt_whole():
          helper.make_tensor_value_info("total", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert embed_rows.rewrite(model, ["lookup"]) == ["table"]
+    assert embed_rows.rewrite(model, ["lookup"], bits=4) == {"table": 8}  # rebuilt whole: int8 rows even so
     assert [n.name for n in model.graph.node] == ["table_Cast", "table_Mul", "lookup", "other"]
     q, scale = embed_rows.int8_rows(table)
     rows, total = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"ids": np.array([3, 7])})
     np.testing.assert_allclose(rows, (q * scale)[[3, 7]], rtol=1e-6)
     np.testing.assert_allclose(total, (q * scale).sum(), rtol=1e-4)
+
+
+def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_them():
+    """``bits=4``: a table whose width is a multiple of BLOCK becomes packed int4 (two values a byte) with one scale
+    per block, gathered by GatherBlockQuantized; ORT's rows are the numpy decoding of those bytes (the nibble order
+    and zero point as ORT reads them), within half a step of each block's scale of the fp32 rows; a table of another
+    width stays int8 rows in the same model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress import embed_rows
+
+    rng = np.random.default_rng(0)
+    assert embed_rows.BLOCK == 32
+    wide = rng.normal(size=(50, 2 * embed_rows.BLOCK)).astype(np.float32)
+    wide[7, : embed_rows.BLOCK] = 0.0  # an all-zero block: scale 1, zeros back
+    odd = rng.normal(size=(50, 24)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["wide", "ids"], ["a"], name="la"),
+         helper.make_node("Gather", ["odd", "ids"], ["b"], name="lb")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", w]) for n, w in (("a", 64), ("b", 24))],
+        [numpy_helper.from_array(wide, "wide"), numpy_helper.from_array(odd, "odd")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert embed_rows.rewrite(model, ["la", "lb"], bits=4) == {"wide": 4, "odd": 8}
+    onnx.checker.check_model(model, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    packed, scale = inits["wide_int4_blocks"], inits["wide_block_scale"]
+    assert packed.dtype == np.uint8 and packed.shape == (50, embed_rows.BLOCK) and scale.shape == (50, 2)
+    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).reshape(50, -1).astype(np.float32) - 8
+    decoded = (nibbles.reshape(50, 2, -1) * scale[..., None]).reshape(50, -1)
+    assert np.all(np.abs(decoded - wide) <= scale.repeat(embed_rows.BLOCK, axis=1) / 2 + 1e-6)
+    assert np.all(decoded[7, : embed_rows.BLOCK] == 0)
+    ids = rng.integers(0, 50, (2, 5))
+    a, b = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+    np.testing.assert_allclose(a, decoded[ids], rtol=1e-6)
+    q, s = embed_rows.int8_rows(odd)
+    np.testing.assert_allclose(b, (q * s)[ids], rtol=1e-6)
+    with pytest.raises(ValueError, match="bits"):
+        embed_rows.rewrite(model, ["la"], bits=2)
+
+
+def test_int4_tables_are_kept_only_within_budget_else_int8_rows(tmp_path, tiny_model, sst2):
+    """``table_bits: 4`` on a real export (the tiny BERT, hidden 32: one block a row; fused embedding too): the
+    tables shrink below their int8 rows, logits stay near; the guard keeps int4 within budget, else tries int8 rows
+    and records why (a scorer that marks down any model with an int4 lookup)."""
+    import onnx
+
+    from compress.export import optimize_onnx
+    from compress.quantize import GuardResult, _compact_lookups, row_tables
+
+    dev, _, collator = sst2
+    fused = tmp_path / "fused.onnx"
+    optimize_onnx(export_onnx(tiny_model, tmp_path / "model.onnx"), fused)
+    lookups = lookup_nodes(fused)
+    dst = quantize_dynamic(fused, tmp_path / "int8.onnx", QuantizeConfig(), exclude=lookups)
+    before = onnx_predict(session(dst), dev, collator)
+    assert set(row_tables(dst, tmp_path / "r8.onnx", lookups, 8).values()) == {8}
+    assert set(row_tables(dst, tmp_path / "r4.onnx", lookups, 4).values()) == {4}
+    word = 30522 * 32  # values of the tiny model's word table: int8 rows 1 byte each, int4 blocks 0.5 + 4/32
+    assert (tmp_path / "r8.onnx").stat().st_size - (tmp_path / "r4.onnx").stat().st_size > 0.3 * word
+    after = onnx_predict(session(tmp_path / "r4.onnx"), dev, collator)
+    assert np.abs(after - before).max() < 0.5 and (after.argmax(-1) == before.argmax(-1)).mean() >= 0.9
+
+    def int4_in(path):
+        return any(n.op_type == "GatherBlockQuantized" for n in onnx.load(str(path)).graph.node)
+
+    def result(path):
+        return GuardResult(path, {"accuracy": 0.5}, 0.0, True, list(lookups), [], {}, "within budget")
+
+    for name, scorer, want in (
+            ("ok", lambda p: {"accuracy": 0.5}, {"row_int8_tables": [], "row_int4_tables": 3}),
+            ("int8", lambda p: {"accuracy": 0.49 if int4_in(p) else 0.5},
+             {"row_int8_tables": 3, "row_int4_tables": [], "row_int4_note": "int4 rows lost 1.00 points: int8 rows "
+                                                                              "tried"})):
+        path = quantize_dynamic(fused, tmp_path / f"{name}.onnx", QuantizeConfig(), exclude=lookups)
+        res = result(path)
+        fields = _compact_lookups(path, tmp_path / f"{name}-trial.onnx", res, lookups, scorer, {"accuracy": 0.5},
+                                  0.3, bits=4)
+        assert {k: len(v) if isinstance(v, list) and v else v for k, v in fields.items()} == want, name
+        assert int4_in(path) == (name == "ok") and [sorted(set(t["row_tables"].values())) for t in res.tries] == (
+            [[4]] if name == "ok" else [[4], [8]])
 
 
 def _eln_model(inputs: list[str], outputs: list[str], read: list[str], tables: dict):
@@ -441,7 +525,7 @@ def test_a_fused_embedding_without_a_mask_is_unfused_without_a_mask_index():
     inputs = ["ids", "seg", "word", "pos", "type", "gamma", "beta"]
     for read, fused in ((["out"], False), (["out", "eln_dummy_mask_index"], True)):
         model = _eln_model(inputs, ["out", "eln_dummy_mask_index"], read, tables)
-        assert embed_rows.rewrite(model, ["eln"]) == ["word", "pos", "type"]
+        assert embed_rows.rewrite(model, ["eln"]) == {"word": 8, "pos": 8, "type": 8}
         onnx.checker.check_model(model, full_check=True)
         assert ("EmbedLayerNormalization" in [n.op_type for n in model.graph.node]) == fused
         want = ort.InferenceSession(_eln_model(inputs, ["out", "eln_dummy_mask_index"], read, same).SerializeToString(),
@@ -459,7 +543,7 @@ def test_the_names_a_rewrite_adds_are_unused_ones(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from compress import embed_rows
-    from compress.quantize import row_int8_tables
+    from compress.quantize import row_tables
 
     rng = np.random.default_rng(0)
     table, w = rng.normal(size=(50, 16)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32)
@@ -481,7 +565,7 @@ def test_the_names_a_rewrite_adds_are_unused_ones(tmp_path):
         quantize_dynamic(tmp_path / f"{name}.onnx", tmp_path / f"{name}_int8.onnx", QuantizeConfig(),
                          exclude=["lookup", ""])
     assert "emb_scale" in {o for n in onnx.load(str(tmp_path / "fp32_int8.onnx")).graph.node for o in n.output}
-    assert row_int8_tables(tmp_path / "fp32_int8.onnx", tmp_path / "rows.onnx", ["lookup", ""]) == ["table"]
+    assert row_tables(tmp_path / "fp32_int8.onnx", tmp_path / "rows.onnx", ["lookup", ""]) == {"table": 8}
     rows = onnx.load(str(tmp_path / "rows.onnx"))
     onnx.checker.check_model(rows, full_check=True)
     assert sum(n.op_type == "Gather" for n in rows.graph.node) == 4
