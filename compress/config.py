@@ -863,11 +863,12 @@ class QuantizeConfig:
     guarded model's dev score can be flattered by a few tenths. holdout: the task's held-out training rows
     (task.holdout), dev then only measured once for the model chosen; wants many rows (one of 2,000 is 0.05 points)."""
     table_bits: Literal[8, 4] = field(default=8, metadata={"omit_default": True})
-    """Bits of the embedding tables the guard keeps out of the int8 quantizer (``guard_prefer: speed``), stored as
-    rows that each lookup gathers before dequantizing (`compress.embed_rows`). 8: int8 rows, one scale a row. 4: int4
-    in blocks of 32 values with a scale each (onnxruntime's GatherBlockQuantized, >= 1.20; onnxruntime-web runs it
-    too), about half the bytes; kept only if the model stays within ``max_drop``, else int8 rows are tried (both
-    recorded in ``quantize.json``)."""
+    """Bits of the embedding tables. 8: a table the guard keeps out of the int8 quantizer (``guard_prefer: speed``)
+    is stored as int8 rows with one scale a row, gathered by each lookup before it dequantizes them
+    (`compress.embed_rows`); the others are the quantizer's (int8, one scale a table). 4: every table as int4 in
+    blocks of 32 values with a scale each (onnxruntime's GatherBlockQuantized, >= 1.20; onnxruntime-web runs it too),
+    about 0.6 of the int8 bytes; kept only if the model stays within ``max_drop``, else the int8 forms above (each
+    try recorded in ``quantize.json``)."""
     sensitivity_rows: int = 128
     """Held-out training rows on which each node's quantization error is measured (label-free; dev is not used)."""
     parity_atol: float = 1.0e-3

@@ -10,8 +10,9 @@
    nodes, and the first are kept in fp32 (1, 2, 4, ... of them) until the drop is within budget: the embedding
    lookups first (fp32 there costs file size, no compute), then the matmuls, each group most sensitive first. An
    embedding table kept fp32 is then stored as int8 rows with a scale per row, gathered before they are dequantized
-   (`row_tables`, `compress.embed_rows`; ``table_bits: 4``: int4 blocks, int8 rows if those lose too much) when the model stays within budget. A model that
-   stays beyond budget, or needs every node in fp32, is written but not marked shippable. Exclusions are recorded.
+   (`row_tables`, `compress.embed_rows`) when the model stays within budget (``table_bits: 4``: every table as int4
+   blocks first, those the quantizer made int8 too). A model that stays beyond budget, or needs every node in fp32,
+   is written but not marked shippable. Exclusions are recorded.
 4. ORT format (``.ort``) of every int8 model, for mobile runtimes.
 
 Writes ``model.onnx`` (fp32), ``model_opt.onnx`` (fused fp32), ``int8_<mode>.onnx`` (+ ``.ort``), ``tokenizer/``,
@@ -453,18 +454,26 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
 
 
 def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str], score, fp32_metrics: dict,
-                     max_drop: float, bits: int = 8) -> dict:
-    """After the guard: store the embedding tables it kept fp32 as rows (`row_tables`: int4 blocks first when
-    ``bits`` is 4, then int8 rows) when the model stays within budget; updates ``res`` and ``dst`` in place. Returns
-    the record fields (nothing when no table was kept)."""
-    kept = [n for n in res.excluded if n in lookups]
-    if not (res.shippable and kept):
+                     max_drop: float, bits: int = 8, make=None) -> dict:
+    """After the guard: store the embedding tables it kept fp32 as int8 rows (`row_tables`) when the model stays
+    within budget; updates ``res`` and ``dst`` in place. ``bits=4`` tries every table as int4 blocks first, those
+    the quantizer made int8 too (the model rebuilt by ``make`` with every lookup fp32), then the kept ones as int8
+    rows. Returns the record fields (nothing when no table was kept and none is tried as int4)."""
+    if not res.shippable:
         return {}
-    notes = {}
-    for b in (4, 8) if bits == 4 else (8,):
-        tables = row_tables(dst, trial, kept, b)
+    kept = [n for n in res.excluded if n in lookups]
+    tries = [(8, dst, kept)] if kept else []
+    if bits == 4 and lookups:
+        src = dst
+        if make is not None and set(lookups) - set(kept):  # the quantizer's int8 tables: back to fp32 to repack
+            src = make(trial.with_name("lookups-fp32.onnx"), exclude=[*res.excluded, *(set(lookups) - set(kept))])
+        tries.insert(0, (4, src, list(lookups) if src != dst else kept))
+    notes, ran = {}, False
+    for b, src, nodes in tries:
+        tables = row_tables(src, trial, nodes, b)
         if not tables:
-            return {}
+            continue
+        ran = True
         metrics = score(trial)
         drop = points(fp32_metrics) - points(metrics)
         res.tries.append({"excluded": len(res.excluded), "row_tables": tables, "metrics": metrics,
@@ -474,11 +483,10 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
             res.metrics, res.drop = metrics, drop
             return {"row_int8_tables": [t for t, n in tables.items() if n == 8],
                     **({"row_int4_tables": [t for t, n in tables.items() if n == 4]} if bits == 4 else {}), **notes}
-        got = 4 if 4 in tables.values() else 8  # no table int4 (widths, readers): that was the int8 try
-        notes[f"row_int{got}_note"] = f"int{got} rows lost {drop:.2f} points" + (
-            ": int8 rows tried" if got == 4 else ": tables left fp32")
-        if got == 8:
-            break
+        notes[f"row_int{b}_note"] = (f"int4 blocks lost {drop:.2f} points" + (": int8 rows tried" if kept else "")
+                                     if b == 4 else f"int8 rows lost {drop:.2f} points: tables left fp32")
+    if not ran:
+        return {}
     return {"row_int8_tables": [], **({"row_int4_tables": []} if bits == 4 else {}), **notes}
 
 
@@ -609,7 +617,7 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             res = guard(make, dst, score, guard_fp32, candidates, sensitivity,
                         cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else (), label=label)
             compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop,
-                                       cfg.table_bits)
+                                       cfg.table_bits, make)
             metrics, guarded = res.metrics, {}
             if guard_set is not None:  # the guard judged other rows: dev measured once, for the model it chose
                 metrics, guarded = score_dev(dst), {"guard_metrics": res.metrics}

@@ -474,21 +474,28 @@ def test_int4_tables_are_kept_only_within_budget_else_int8_rows(tmp_path, tiny_m
     def int4_in(path):
         return any(n.op_type == "GatherBlockQuantized" for n in onnx.load(str(path)).graph.node)
 
-    def result(path):
-        return GuardResult(path, {"accuracy": 0.5}, 0.0, True, list(lookups), [], {}, "within budget")
+    def result(path, excluded):
+        return GuardResult(path, {"accuracy": 0.5}, 0.0, True, excluded, [], {}, "within budget")
 
-    for name, scorer, want in (
-            ("ok", lambda p: {"accuracy": 0.5}, {"row_int8_tables": [], "row_int4_tables": 3}),
-            ("int8", lambda p: {"accuracy": 0.49 if int4_in(p) else 0.5},
-             {"row_int8_tables": 3, "row_int4_tables": [], "row_int4_note": "int4 rows lost 1.00 points: int8 rows "
-                                                                              "tried"})):
-        path = quantize_dynamic(fused, tmp_path / f"{name}.onnx", QuantizeConfig(), exclude=lookups)
-        res = result(path)
+    def make(dst, exclude=()):
+        return quantize_dynamic(fused, dst, QuantizeConfig(), exclude=exclude)
+
+    ok, int4_lost = (lambda p: {"accuracy": 0.5}), (lambda p: {"accuracy": 0.49 if int4_in(p) else 0.5})
+    note = "int4 blocks lost 1.00 points"
+    # the guard kept the lookups fp32 / left them to the quantizer (int8 per tensor: rebuilt fp32 by make, repacked)
+    for name, excluded, scorer, want, tried in (
+            ("ok", lookups, ok, {"row_int8_tables": [], "row_int4_tables": 3}, [[4]]),
+            ("int8", lookups, int4_lost, {"row_int8_tables": 3, "row_int4_tables": [],
+                                          "row_int4_note": note + ": int8 rows tried"}, [[4], [8]]),
+            ("repacked", [], ok, {"row_int8_tables": [], "row_int4_tables": 3}, [[4]]),
+            ("as-is", [], int4_lost, {"row_int8_tables": [], "row_int4_tables": [], "row_int4_note": note}, [[4]])):
+        path = make(tmp_path / f"{name}.onnx", exclude=excluded)
+        size, res = path.stat().st_size, result(path, list(excluded))
         fields = _compact_lookups(path, tmp_path / f"{name}-trial.onnx", res, lookups, scorer, {"accuracy": 0.5},
-                                  0.3, bits=4)
+                                  0.3, bits=4, make=make)
         assert {k: len(v) if isinstance(v, list) and v else v for k, v in fields.items()} == want, name
-        assert int4_in(path) == (name == "ok") and [sorted(set(t["row_tables"].values())) for t in res.tries] == (
-            [[4]] if name == "ok" else [[4], [8]])
+        assert [sorted(set(t["row_tables"].values())) for t in res.tries] == tried, name
+        assert int4_in(path) == (name in ("ok", "repacked")) and (path.stat().st_size == size) == (name == "as-is")
 
 
 def _eln_model(inputs: list[str], outputs: list[str], read: list[str], tables: dict):
