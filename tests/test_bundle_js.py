@@ -89,10 +89,15 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
 
 
 def test_int4_embedding_tables_run_alike_in_both_runners_and_in_ort_format(js_bundle, glue_dir, minilm_dir):
-    """The real MiniLM's tables as int4 blocks (``quantize.table_bits: 4``: onnxruntime's GatherBlockQuantized, a
-    contrib op): onnxruntime-web runs it as native onnxruntime does, and the bundle's ``.ort`` copy gives the same
-    scores as its ``.onnx``; the int4 model is smaller than the same model with int8 rows."""
+    """The real MiniLM's word table as int4 blocks (``quantize.table_bits: 4``: onnxruntime's GatherBlockQuantized, a
+    contrib op): onnxruntime-web gathers the same rows as native onnxruntime, to the bit; its bundle runs under
+    predict.mjs as under predict.py (the same labels away from a tie: int8 matmul kernels differ between WebAssembly
+    and native, and the random head, widened, amplifies that); the bundle's ``.ort`` copy gives the same logits as its
+    ``.onnx``; the int4 model is smaller than the same model with int8 rows."""
+    import numpy as np
     import onnx
+    import onnxruntime as ort
+    from onnx import helper
 
     from compress.quantize import QuantizeConfig, lookup_nodes, quantize_dynamic, row_tables
 
@@ -101,12 +106,38 @@ def test_int4_embedding_tables_run_alike_in_both_runners_and_in_ort_format(js_bu
     fp32 = js_bundle.parent.parent / "fp32.onnx"
     lookups = lookup_nodes(fp32)
     kept = quantize_dynamic(fp32, work / "kept.onnx", QuantizeConfig(), exclude=lookups)
-    assert set(row_tables(kept, work / "int4.onnx", lookups, 4).values()) == {4}
+    four = row_tables(kept, work / "int4.onnx", lookups, 4)  # the word table; position and token type: int8 rows
+    assert [b for t, b in four.items() if "word_embeddings" in t] == [4] and sorted(four.values()) == [4, 8, 8]
     assert set(row_tables(kept, work / "int8.onnx", lookups, 8).values()) == {8}
     # the word table's 30522 x 384 values: 1 + 4/384 bytes each as int8 rows, 0.5 + 4/32 as int4 blocks (4.5 MB less)
     assert (work / "int8.onnx").stat().st_size - (work / "int4.onnx").stat().st_size > 4.4e6
-    assert "GatherBlockQuantized" in {n.op_type for n in onnx.load(str(work / "int4.onnx")).graph.node}
+    int4 = onnx.load(str(work / "int4.onnx"))
+    gather = next(n for n in int4.graph.node if n.op_type == "GatherBlockQuantized")
+    lookup = helper.make_model(helper.make_graph(
+        [helper.make_node(gather.op_type, ["table", "ids", "scale"], ["rows"], domain=gather.domain,
+                          **{a.name: helper.get_attribute_value(a) for a in gather.attribute})],
+        "lookup", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, ["N", 384])],
+        [onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(next(i for i in int4.graph.initializer
+                                                                     if i.name == name)), new)
+         for name, new in ((gather.input[0], "table"), (gather.input[2], "scale"))]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    onnx.save(lookup, str(work / "lookup.onnx"))
     (work / "node_modules").symlink_to(NODE_MODULES)
+    (work / "lookup.mjs").write_text(
+        'const ort = await import("onnxruntime-web");\n'
+        'const s = await ort.InferenceSession.create(process.argv[2]);\n'
+        'const ids = BigInt64Array.from({length: 315}, (_, i) => BigInt(i * 97));\n'
+        'const r = await s.run({ids: new ort.Tensor("int64", ids, [315])});\n'
+        'console.log(JSON.stringify(Array.from(r.rows.data)));\n')
+    proc = _node(work / "lookup.mjs", work / "lookup.onnx", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    want = ort.InferenceSession(str(work / "lookup.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": np.arange(315) * 97})[0]
+    assert np.array_equal(np.array(json.loads(proc.stdout), np.float32).reshape(315, 384), want)
+    word = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(fp32)).graph.initializer
+                                           if "word_embeddings" in i.name))[np.arange(315) * 97]
+    assert np.abs(want - word).max() < 0.1 * np.abs(word).max() and np.abs(want).mean() > 0.01
     folder, _ = build(work / "bundles", "int4-js", model=work / "int4.onnx", tokenizer=minilm_dir / "tokenizer.json",
                       task="sst2", labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=True)
     texts = [line.split("\t")[0] for line in (glue_dir / "SST-2" / "dev.tsv").read_text().splitlines()[1:21]]
@@ -115,9 +146,8 @@ def test_int4_embedding_tables_run_alike_in_both_runners_and_in_ort_format(js_bu
     assert proc.returncode == 0, proc.stderr
     js = [json.loads(line)["scores"]["positive"] for line in proc.stdout.splitlines()]
     py = [r["scores"]["positive"] for r in predict(folder, texts)]
-    assert len(js) == len(py) == len(texts) and js == pytest.approx(py, abs=0.05)
-    import numpy as np
-    import onnxruntime as ort
+    assert len(js) == len(py) == len(texts) and js == pytest.approx(py, abs=0.1)
+    assert all((a > 0.5) == (b > 0.5) for a, b in zip(js, py) if abs(b - 0.5) > 0.05)
 
     ids = np.array([[101, 2023, 3185, 2001, 2307, 999, 102]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

@@ -409,11 +409,12 @@ def test_a_table_with_another_reader_is_rebuilt_whole():
     np.testing.assert_allclose(total, (q * scale).sum(), rtol=1e-4)
 
 
-def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_them():
+def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_them(monkeypatch):
     """``bits=4``: a table whose width is a multiple of BLOCK becomes packed int4 (two values a byte) with one scale
     per block, gathered by GatherBlockQuantized; ORT's rows are the numpy decoding of those bytes (the nibble order
-    and zero point as ORT reads them), within half a step of each block's scale of the fp32 rows; a table of another
-    width stays int8 rows in the same model."""
+    and zero point as ORT reads them), each block no further from the fp32 rows than plain rounding to its largest
+    value / 7 (most nearer: the scale searched); a table of another width, or of few rows (`INT4_MIN_ROWS`: position
+    and token-type tables), stays int8 rows in the same model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -424,24 +425,34 @@ def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_th
     wide = rng.normal(size=(50, 2 * embed_rows.BLOCK)).astype(np.float32)
     wide[7, : embed_rows.BLOCK] = 0.0  # an all-zero block: scale 1, zeros back
     odd = rng.normal(size=(50, 24)).astype(np.float32)
+    monkeypatch.setattr(embed_rows, "INT4_MIN_ROWS", 50)
+    few = rng.normal(size=(49, 32)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["wide", "ids"], ["a"], name="la"),
-         helper.make_node("Gather", ["odd", "ids"], ["b"], name="lb")],
-        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", w]) for n, w in (("a", 64), ("b", 24))],
-        [numpy_helper.from_array(wide, "wide"), numpy_helper.from_array(odd, "odd")])
+         helper.make_node("Gather", ["odd", "ids"], ["b"], name="lb"),
+         helper.make_node("Gather", ["few", "small_ids"], ["c"], name="lc")],
+        "g", [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "S"]) for n in ("ids", "small_ids")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", w])
+         for n, w in (("a", 64), ("b", 24), ("c", 32))],
+        [numpy_helper.from_array(t, n) for n, t in (("wide", wide), ("odd", odd), ("few", few))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert embed_rows.rewrite(model, ["la", "lb"], bits=4) == {"wide": 4, "odd": 8}
+    assert embed_rows.rewrite(model, ["la", "lb", "lc"], bits=4) == {"wide": 4, "odd": 8, "few": 8}
     onnx.checker.check_model(model, full_check=True)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     packed, scale = inits["wide_int4_blocks"], inits["wide_block_scale"]
     assert packed.dtype == np.uint8 and packed.shape == (50, embed_rows.BLOCK) and scale.shape == (50, 2)
     nibbles = np.stack([packed & 15, packed >> 4], axis=-1).reshape(50, -1).astype(np.float32) - 8
     decoded = (nibbles.reshape(50, 2, -1) * scale[..., None]).reshape(50, -1)
-    assert np.all(np.abs(decoded - wide) <= scale.repeat(embed_rows.BLOCK, axis=1) / 2 + 1e-6)
+    blocks = wide.reshape(50, 2, -1)  # no block's squared error above that of plain rounding to its largest |value| / 7
+    plain = np.abs(blocks).max(axis=2, keepdims=True) / 7
+    plain[plain == 0] = 1
+    plain_err = ((np.rint(blocks / plain) * plain - blocks) ** 2).sum(axis=2)
+    assert np.all(((decoded.reshape(50, 2, -1) - blocks) ** 2).sum(axis=2) <= plain_err + 1e-6)
+    assert np.mean(((decoded.reshape(50, 2, -1) - blocks) ** 2).sum(axis=2) < plain_err - 1e-6) > 0.5
     assert np.all(decoded[7, : embed_rows.BLOCK] == 0)
     ids = rng.integers(0, 50, (2, 5))
-    a, b = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+    a, b, _ = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": ids, "small_ids": ids % 49})
     np.testing.assert_allclose(a, decoded[ids], rtol=1e-6)
     q, s = embed_rows.int8_rows(odd)
     np.testing.assert_allclose(b, (q * s)[ids], rtol=1e-6)
@@ -465,7 +476,8 @@ def test_int4_tables_are_kept_only_within_budget_else_int8_rows(tmp_path, tiny_m
     dst = quantize_dynamic(fused, tmp_path / "int8.onnx", QuantizeConfig(), exclude=lookups)
     before = onnx_predict(session(dst), dev, collator)
     assert set(row_tables(dst, tmp_path / "r8.onnx", lookups, 8).values()) == {8}
-    assert set(row_tables(dst, tmp_path / "r4.onnx", lookups, 4).values()) == {4}
+    four = row_tables(dst, tmp_path / "r4.onnx", lookups, 4)  # the word table; position and token type: int8 rows
+    assert sorted(four.values()) == [4, 8, 8] and [b for t, b in four.items() if "word_embeddings" in t] == [4]
     word = 30522 * 32  # values of the tiny model's word table: int8 rows 1 byte each, int4 blocks 0.5 + 4/32
     assert (tmp_path / "r8.onnx").stat().st_size - (tmp_path / "r4.onnx").stat().st_size > 0.3 * word
     after = onnx_predict(session(tmp_path / "r4.onnx"), dev, collator)
@@ -484,11 +496,11 @@ def test_int4_tables_are_kept_only_within_budget_else_int8_rows(tmp_path, tiny_m
     note = "int4 blocks lost 1.00 points"
     # the guard kept the lookups fp32 / left them to the quantizer (int8 per tensor: rebuilt fp32 by make, repacked)
     for name, excluded, scorer, want, tried in (
-            ("ok", lookups, ok, {"row_int8_tables": [], "row_int4_tables": 3}, [[4]]),
+            ("ok", lookups, ok, {"row_int8_tables": 2, "row_int4_tables": 1}, [[4, 8]]),
             ("int8", lookups, int4_lost, {"row_int8_tables": 3, "row_int4_tables": [],
-                                          "row_int4_note": note + ": int8 rows tried"}, [[4], [8]]),
-            ("repacked", [], ok, {"row_int8_tables": [], "row_int4_tables": 3}, [[4]]),
-            ("as-is", [], int4_lost, {"row_int8_tables": [], "row_int4_tables": [], "row_int4_note": note}, [[4]])):
+                                          "row_int4_note": note + ": int8 rows tried"}, [[4, 8], [8]]),
+            ("repacked", [], ok, {"row_int8_tables": 2, "row_int4_tables": 1}, [[4, 8]]),
+            ("as-is", [], int4_lost, {"row_int8_tables": [], "row_int4_tables": [], "row_int4_note": note}, [[4, 8]])):
         path = make(tmp_path / f"{name}.onnx", exclude=excluded)
         size, res = path.stat().st_size, result(path, list(excluded))
         fields = _compact_lookups(path, tmp_path / f"{name}-trial.onnx", res, lookups, scorer, {"accuracy": 0.5},
