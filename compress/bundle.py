@@ -99,16 +99,23 @@ def model_io(onnx_path: Path) -> dict:
     return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
 
 
-def is_int8(onnx_path: Path) -> bool:
-    """True when the model holds 8-bit integer weights (QLinear/Integer ops or (Dynamic)QuantizeLinear nodes)."""
+INT8_OPS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul",
+                      "DynamicQuantizeMatMul", "QAttention", "QGemm"})
+"""Operators of a model with 8-bit integer weights (QLinear/Integer ops or (Dynamic)QuantizeLinear nodes)."""
+INT4_LOOKUP = "GatherBlockQuantized"
+"""onnxruntime's lookup of int4 table blocks (`quantize.table_bits: 4`): onnxruntime >= 1.22 (`compress.embed_rows`)."""
+
+
+def model_ops(onnx_path: Path) -> set[str]:
+    """The operator types of an ONNX model's graph."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise CompressError(f"{onnx_path}: not an ONNX model ({bundle_predict.first_line(e)})") from None
-    return any(n.op_type in ("DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                             "DynamicQuantizeMatMul", "QAttention", "QGemm") for n in model.graph.node)
+    return {n.op_type for n in model.graph.node}
+
 
 
 def long_text(max_length: int) -> str:
@@ -286,7 +293,10 @@ def model_card(manifest: dict) -> str:
     lines = [f"# {md_text(manifest['name'])}", "",
              f"Task **{md_text(task['name'])}** ({'text pair' if pair else 'single text'}"
              f"{', regression' if task.get('labels') is None else labels})."
-             f" Int8 ONNX model; inputs truncated to {manifest['max_length']} tokens.", ""]
+             f" Int8 ONNX model"
+             + (f" (its vocabulary table int4, looked up by onnxruntime's {INT4_LOOKUP}: onnxruntime 1.22 or newer)"
+                if manifest["model"].get("int4_tables") else "")
+             + f"; inputs truncated to {manifest['max_length']} tokens.", ""]
     lines += ["## Quality", ""]
     metrics = manifest.get("metrics") or {}
     if metrics:
@@ -427,7 +437,8 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"bundle name {name[:60]!r}: must be a plain folder name ({FOLDER_NAME})")
     if labels is not None and not good_labels(labels):
         raise CompressError(f"labels {labels!r}: {LABELS_NEEDED} (none: regression)")
-    if require_int8 and not is_int8(model):
+    ops = model_ops(model)
+    if require_int8 and not ops & INT8_OPS:
         raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
     if out_dir.exists() and not out_dir.is_dir():
         raise CompressError(f"{out_dir}: exists and is not a folder")
@@ -473,8 +484,9 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             "task": {"name": task, "labels": shown, "dataset_labels": labels, "text_pair": text_pair,
                      "regression": labels is None},
             "max_length": max_length,
-            "model": {"file": "model.onnx", "ort_file": "model.ort" if ort_format else None, "int8": is_int8(model),
-                      **io, "session": {"disabled_optimizers": list(bundle_predict.DISABLED_OPTIMIZERS)}},
+            "model": {"file": "model.onnx", "ort_file": "model.ort" if ort_format else None,
+                      "int8": bool(ops & INT8_OPS), **({"int4_tables": True} if INT4_LOOKUP in ops else {}), **io,
+                      "session": {"disabled_optimizers": list(bundle_predict.DISABLED_OPTIMIZERS)}},
             "tokenizer": tok_entry,
             "labels_file": "labels.json",
             "metrics": metrics or {},

@@ -17,10 +17,11 @@ counts it (the mask's ones per row). A lookup this cannot rewrite (another op, a
 with options this does not rebuild) keeps its table whole: Cast + Mul as before.
 
 ``bits=4`` (``quantize.table_bits: 4``) stores a gathered table as int4 instead, in blocks of `BLOCK` values of a row
-with one fp32 scale each (symmetric, -7..7 around ORT's zero point 8), looked up by onnxruntime's
-``com.microsoft.GatherBlockQuantized`` (onnxruntime >= 1.20, onnxruntime-web too), which dequantizes only the rows it
-gathers: about 0.6 of the bytes of int8 rows (a 384-wide table: 0.625 bytes a value against 1.01). A table rebuilt
-whole, one whose width is not a multiple of `BLOCK` or one of fewer than `INT4_MIN_ROWS` rows stays int8 rows.
+with one fp32 scale each (symmetric, -8..7 around ORT's zero point 8: `int4_blocks`), looked up by onnxruntime's
+``com.microsoft.GatherBlockQuantized`` (uint8-packed data: onnxruntime >= 1.22; onnxruntime-web runs it too), which
+dequantizes only the rows it gathers: about 0.6 of the bytes of int8 rows (a 384-wide table: 0.625 bytes a value
+against 1.01). A table rebuilt whole, one whose width is not a multiple of `BLOCK` or one of fewer than
+`INT4_MIN_ROWS` rows stays int8 rows.
 
 Every tensor and node this adds gets a name the graph does not use yet: the base names (``<lookup output>_scale``,
 ``<table>_int8_rows``, ...) can be taken already, ORT's dynamic quantizer names a tensor's scale ``<tensor>_scale``
@@ -165,7 +166,8 @@ def rewrite(model: onnx.ModelProto, nodes: list[str], bits: int = 8) -> dict[str
             return [node("Gather", [table, ids], [out], f"{tag}_Gather")]
         if table in packed:
             return [node("GatherBlockQuantized", [rows_of[table], ids, scale_of[table]], [out], f"{tag}_GatherInt4",
-                         domain=MS, bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)]
+                         domain=MS, block_size=BLOCK, gather_axis=0, quantize_axis=1)]  # no bits attribute:
+            # 4 is its default, and onnxruntime 1.22 refuses the attribute (1.21: no uint8 data at all)
         rows, scale, fp32 = fresh(f"{out}_int8"), fresh(f"{out}_scale"), fresh(f"{out}_rows")
         return [node("Gather", [rows_of[table], ids], [rows], f"{tag}_GatherRows"),
                 node("Gather", [scale_of[table], ids], [scale], f"{tag}_GatherScales"),

@@ -48,6 +48,30 @@ def bundle(int8_model, tmp_path_factory, minilm_dir) -> tuple[Path, Path]:
                  source={"recipe": "test"})
 
 
+def test_a_model_with_int4_tables_says_so_in_its_manifest_and_card(bundle, int8_model, tmp_path, minilm_dir,
+                                                                   tokenizer):
+    """A model whose vocabulary table is int4 (``quantize.table_bits: 4``) needs onnxruntime 1.22 or newer: the
+    manifest's model entry and the model card say so; a bundle without one says nothing of it. It runs as built."""
+    from compress.quantize import QuantizeConfig, lookup_nodes, quantize_dynamic, row_tables
+
+    fp32 = int8_model.parent / "fp32.onnx"
+    lookups = lookup_nodes(fp32)
+    kept = quantize_dynamic(fp32, tmp_path / "kept.onnx", QuantizeConfig(), exclude=lookups)
+    assert 4 in row_tables(kept, tmp_path / "int4.onnx", lookups, 4).values()
+    folder, _ = build(tmp_path / "out", "int4-tiny", model=tmp_path / "int4.onnx",
+                      tokenizer=minilm_dir / "tokenizer.json", task="sst2", labels=["negative", "positive"],
+                      text_pair=False, max_length=32, ort_format=False)
+    said = "its vocabulary table int4, looked up by onnxruntime's GatherBlockQuantized: onnxruntime 1.22 or newer"
+    assert json.loads((folder / "manifest.json").read_text())["model"]["int4_tables"] is True
+    assert said in (folder / "README.md").read_text()
+    plain = bundle[0]
+    assert "int4_tables" not in json.loads((plain / "manifest.json").read_text())["model"]
+    assert "int4" not in (plain / "README.md").read_text()
+    ref = _reference_logits(tmp_path / "int4.onnx", tokenizer, TEXTS)
+    got = [[r["scores"]["negative"], r["scores"]["positive"]] for r in predict(folder, TEXTS)]
+    np.testing.assert_allclose(got, np.exp(ref) / np.exp(ref).sum(-1, keepdims=True), atol=1e-6)
+
+
 def _copy(folder: Path, dest: Path) -> Path:
     import shutil
 
