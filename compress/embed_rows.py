@@ -62,7 +62,8 @@ def int4_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarr
     rows, width = w.shape
     blocks = w.reshape(rows, width // block, block)
     largest = np.abs(blocks).max(axis=2)
-    largest[largest == 0] = 1.0
+    zero = largest == 0
+    largest[zero] = 1.0
     scale, least = largest / 7.0, np.full(largest.shape, np.inf)
     for share in np.linspace(0.5, 1.0, 11):
         for steps in (7.0, 8.0):
@@ -70,7 +71,7 @@ def int4_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarr
             err = ((np.clip(np.rint(blocks / s[..., None]), -8, 7) * s[..., None] - blocks) ** 2).sum(axis=2)
             better = err < least
             scale, least = np.where(better, s, scale), np.where(better, err, least)
-    scale = scale.astype(np.float32)
+    scale = np.where(zero, 1.0, scale).astype(np.float32)  # every candidate is exact there: 0.5 / 7 was kept
     q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7).astype(np.int16) + 8).reshape(rows, width)
     return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8), scale
 

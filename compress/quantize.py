@@ -458,7 +458,9 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
     """After the guard: store the embedding tables it kept fp32 as int8 rows (`row_tables`) when the model stays
     within budget; updates ``res`` and ``dst`` in place. ``bits=4`` tries every table as int4 blocks first, those
     the quantizer made int8 too (the model rebuilt by ``make`` with every lookup fp32), then the kept ones as int8
-    rows. Returns the record fields (nothing when no table was kept and none is tried as int4)."""
+    rows; an int4 try in which no table qualifies (`embed_rows.INT4_MIN_ROWS`, whole blocks) is not scored (it was
+    int8 rows, scored again by the next try and noted as int4 lost). Returns the record fields (nothing when no table
+    was kept and none is tried as int4)."""
     if not res.shippable:
         return {}
     kept = [n for n in res.excluded if n in lookups]
@@ -471,6 +473,10 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
     notes, ran = {}, False
     for b, src, nodes in tries:
         tables = row_tables(src, trial, nodes, b)
+        if b == 4 and tables and 4 not in tables.values():  # int8 rows only: not scored twice, nor called int4
+            notes["row_int4_note"] = (f"no table of >= {embed_rows.INT4_MIN_ROWS} rows and whole blocks of "
+                                      f"{embed_rows.BLOCK}: no int4 tried")
+            continue
         if not tables:
             continue
         ran = True
@@ -486,7 +492,7 @@ def _compact_lookups(dst: Path, trial: Path, res: GuardResult, lookups: list[str
         notes[f"row_int{b}_note"] = (f"int4 blocks lost {drop:.2f} points" + (": int8 rows tried" if kept else "")
                                      if b == 4 else f"int8 rows lost {drop:.2f} points: tables left fp32")
     if not ran:
-        return {}
+        return {"row_int4_tables": [], **notes} if notes else {}
     return {"row_int8_tables": [], **({"row_int4_tables": []} if bits == 4 else {}), **notes}
 
 

@@ -451,13 +451,14 @@ def protocol_changes(bcfg: BenchConfig) -> dict:
 
 
 INT8_KEYS = {"dynamic": ("per_channel", "reduce_range", "weight_type", "optimize", "parity_atol",
-                         "parity_min_agreement"),
+                         "parity_min_agreement", "table_bits"),
              "static": ("per_channel", "reduce_range", "weight_type", "parity_atol", "parity_min_agreement",
-                        "activation_type", "format", "calibration.method", "calibration.percentile")}
+                        "activation_type", "format", "calibration.method", "calibration.percentile", "table_bits")}
 """The recipe's `quantize:` settings that shape a search candidate's int8 model (or whether its export passes), by
 mode; the search's own ``modes`` and ``calibration_samples`` replace the stage's, and it runs no accuracy guard. Not
 ``optimize`` for static int8 (always calibrated on the plain export), nor ``calibration.percentile`` unless the method
-is percentile (the others ignore it)."""
+is percentile (the others ignore it). ``table_bits``: with no guard every table passes as int4 blocks (a candidate
+quantized at 8 was reused at 4 before)."""
 
 
 def int8_config(recipe: Recipe, cfg: SearchConfig) -> QuantizeConfig:

@@ -413,8 +413,9 @@ def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_th
     """``bits=4``: a table whose width is a multiple of BLOCK becomes packed int4 (two values a byte) with one scale
     per block, gathered by GatherBlockQuantized; ORT's rows are the numpy decoding of those bytes (the nibble order
     and zero point as ORT reads them), each block no further from the fp32 rows than plain rounding to its largest
-    value / 7 (most nearer: the scale searched); a table of another width, or of few rows (`INT4_MIN_ROWS`: position
-    and token-type tables), stays int8 rows in the same model."""
+    value / 7 (most nearer: the scale searched, the least error of its 22 candidates; an all-zero block: scale 1,
+    not a candidate's); a table of another width, or of few rows (`INT4_MIN_ROWS`: position and token-type tables),
+    stays int8 rows in the same model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -449,7 +450,13 @@ def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_th
     plain_err = ((np.rint(blocks / plain) * plain - blocks) ** 2).sum(axis=2)
     assert np.all(((decoded.reshape(50, 2, -1) - blocks) ** 2).sum(axis=2) <= plain_err + 1e-6)
     assert np.mean(((decoded.reshape(50, 2, -1) - blocks) ** 2).sum(axis=2) < plain_err - 1e-6) > 0.5
-    assert np.all(decoded[7, : embed_rows.BLOCK] == 0)
+    assert np.all(decoded[7, : embed_rows.BLOCK] == 0) and scale[7, 0] == 1  # not 0 (0 / 0: nan cast to int)
+    largest = np.abs(blocks).max(axis=2)  # some blocks clip their largest value for finer steps (the search's share)
+    assert np.any(scale[largest > 0] < largest[largest > 0] / 8 - 1e-6)
+    best = np.min([((np.clip(np.rint(blocks / s), -8, 7) * s - blocks) ** 2).sum(axis=2)  # the 22 candidates' best
+                   for share in np.linspace(0.5, 1.0, 11) for steps in (7, 8)
+                   for s in [np.maximum(largest, 1e-30)[..., None] * np.float32(share / steps)]], axis=0)
+    assert np.allclose(((decoded.reshape(50, 2, -1) - blocks) ** 2).sum(axis=2), best, rtol=1e-4, atol=1e-7)
     ids = rng.integers(0, 50, (2, 5))
     a, b, _ = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"ids": ids, "small_ids": ids % 49})
@@ -508,6 +515,89 @@ def test_int4_tables_are_kept_only_within_budget_else_int8_rows(tmp_path, tiny_m
         assert {k: len(v) if isinstance(v, list) and v else v for k, v in fields.items()} == want, name
         assert [sorted(set(t["row_tables"].values())) for t in res.tries] == tried, name
         assert int4_in(path) == (name in ("ok", "repacked")) and (path.stat().st_size == size) == (name == "as-is")
+
+
+def test_an_int4_try_rebuilds_with_the_guards_exclusions_and_one_with_no_int4_table_is_not_scored(tmp_path,
+                                                                                                   monkeypatch):
+    """``table_bits: 4``: the model rebuilt with every lookup fp32 keeps the nodes the guard kept fp32 (a matmul
+    here). When no table qualifies (fewer rows than `INT4_MIN_ROWS`), the int4 try gave int8 rows: scored (an extra
+    scoring), then scored again as the int8 rows try, and noted "int4 blocks lost" with no int4 block in it. It is
+    now skipped and noted; with the table qualifying it is scored once and kept."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress import embed_rows
+    from compress.quantize import GuardResult, _compact_lookups
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["emb"], name="lk"),
+         helper.make_node("MatMul", ["emb", "w"], ["y"], name="mm")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 4])],
+        [numpy_helper.from_array(rng.normal(size=(100, 64)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.normal(size=(64, 4)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fp32.onnx"))
+    excludes = []
+
+    def make(dst, exclude=()):
+        excludes.append(sorted(exclude))
+        return quantize_dynamic(tmp_path / "fp32.onnx", dst, QuantizeConfig(), exclude=exclude)
+
+    scored = []
+
+    def lose(path):
+        scored.append(path)
+        return {"accuracy": 0.49}
+
+    few = "no table of >= 4096 rows and whole blocks of 32: no int4 tried"
+    for excluded, want in ((["mm"], {"row_int4_tables": [], "row_int4_note": few}),
+                           (["lk", "mm"], {"row_int8_tables": [], "row_int4_tables": [], "row_int4_note": few,
+                                           "row_int8_note": "int8 rows lost 1.00 points: tables left fp32"})):
+        dst = make(tmp_path / "int8.onnx", exclude=excluded)
+        size, scored[:], excludes[:] = dst.stat().st_size, [], []
+        res = GuardResult(dst, {"accuracy": 0.5}, 0.0, True, excluded, [], {}, "within budget")
+        fields = _compact_lookups(dst, tmp_path / "trial.onnx", res, ["lk"], lose, {"accuracy": 0.5}, 0.3, 4, make)
+        assert fields == want and dst.stat().st_size == size
+        assert len(scored) == len(res.tries) == ("lk" in excluded)  # the int8 rows of a kept table: once
+        assert excludes == ([] if "lk" in excluded else [["lk", "mm"]])  # rebuilt: the guard's matmul stays fp32
+    monkeypatch.setattr(embed_rows, "INT4_MIN_ROWS", 100)
+    res = GuardResult(dst, {"accuracy": 0.5}, 0.0, True, ["mm"], [], {}, "within budget")
+    fields = _compact_lookups(dst, tmp_path / "trial.onnx", res, ["lk"], lambda p: {"accuracy": 0.5},
+                              {"accuracy": 0.5}, 0.0, 4, make)  # a drop of 0 is within a budget of 0
+    assert fields == {"row_int8_tables": [], "row_int4_tables": ["table"]} and res.tries[-1]["row_tables"] == {
+        "table": 4}
+    kinds = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert kinds["mm"] == "MatMul" and "GatherBlockQuantized" in kinds.values()  # the guard's fp32 matmul kept
+
+
+def test_the_stage_passes_table_bits_on_in_both_modes(tmp_path, tiny_model, sst2):
+    """``quantize.table_bits: 4`` through the stage (dynamic on the fused graph, static with its calibrated
+    quantizer as the rebuilder): the word table (30522 rows, hidden 32) is int4 blocks, the position and token-type
+    tables int8 rows, each model smaller than at the default 8 and recorded so."""
+    import onnx
+
+    dev, train, collator = sst2
+    files = {}
+    for bits in (8, 4):
+        cfg = from_dict(QuantizeConfig, {"modes": ["dynamic", "static"], "max_drop": 100.0, "table_bits": bits,
+                                         "ort_format": False})
+        (tmp_path / str(bits)).mkdir()
+        rec = quantize_model(tiny_model, dev, np.asarray(dev["label"]), ["accuracy"], collator, cfg,
+                             tmp_path / str(bits), calib_rows=train.select(range(16)), sens_rows=train.select(range(4)))
+        files[bits] = rec["sizes"]
+        for mode, entry in rec["int8"].items():
+            if bits == 8:
+                assert "row_int4_tables" not in entry and "row_int8_tables" not in entry, mode
+                continue
+            assert len(entry["row_int4_tables"]) == 1 and len(entry["row_int8_tables"]) == 2, mode
+            assert "word_embeddings" in entry["row_int4_tables"][0], (mode, entry["row_int4_tables"])
+            assert entry["tries"][-1]["row_tables"] == {**{t: 4 for t in entry["row_int4_tables"]},
+                                                        **{t: 8 for t in entry["row_int8_tables"]}}
+            model = onnx.load(str(tmp_path / "4" / entry["file"]))
+            assert sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node) == 1, mode
+            session(tmp_path / "4" / entry["file"])  # ORT loads it
+            assert files[4][entry["file"]] < files[8][entry["file"]] - 0.3 * 30522 * 32, mode
 
 
 def _eln_model(inputs: list[str], outputs: list[str], read: list[str], tables: dict):

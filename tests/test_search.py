@@ -838,6 +838,10 @@ def test_the_search_quantizes_as_the_recipes_quantize_section_says(tmp_path, glu
     assert search.int8_changes(tensor, "dynamic") == {"per_channel": False}
     assert search.int8_changes(method, "dynamic") == {}  # nor the guard's budget: the search runs no guard
     assert search.int8_changes(method, "static") == {"calibration.method": "percentile"}
+    four = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, modes=["dynamic", "static"]),
+                       overrides={"quantize": {"table_bits": 4}})  # int4 tables: within the search's 100 points
+    assert search.int8_config(four, cfg).table_bits == 4
+    assert search.int8_changes(four, "dynamic") == search.int8_changes(four, "static") == {"table_bits": 4}
     # what does not shape a static int8 file: the fused graph (static calibrates the plain export); a percentile
     # under another calibration method is refused when the recipe is read (config: read by nothing)
     unused = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, modes=["dynamic", "static"]),
