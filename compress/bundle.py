@@ -295,7 +295,7 @@ def model_card(manifest: dict) -> str:
              f"{', regression' if task.get('labels') is None else labels})."
              f" Int8 ONNX model"
              + (f" (its vocabulary table int4, looked up by onnxruntime's {INT4_LOOKUP}: onnxruntime 1.22 or newer)"
-                if manifest["model"].get("int4_tables") else "")
+                if (manifest.get("model") or {}).get("int4_tables") else "")
              + f"; inputs truncated to {manifest['max_length']} tokens.", ""]
     lines += ["## Quality", ""]
     metrics = manifest.get("metrics") or {}
