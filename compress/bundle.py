@@ -103,7 +103,7 @@ INT8_OPS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger"
                       "DynamicQuantizeMatMul", "QAttention", "QGemm"})
 """Operators of a model with 8-bit integer weights (QLinear/Integer ops or (Dynamic)QuantizeLinear nodes)."""
 INT4_LOOKUP = "GatherBlockQuantized"
-"""onnxruntime's lookup of int4 table blocks (`quantize.table_bits: 4`): onnxruntime >= 1.22 (`compress.embed_rows`)."""
+"""onnxruntime's lookup of int4 table blocks (`quantize.table_bits: 4`; `bundle_predict.INT4_RUNTIME` and newer)."""
 
 
 def model_ops(onnx_path: Path) -> set[str]:
@@ -294,7 +294,8 @@ def model_card(manifest: dict) -> str:
              f"Task **{md_text(task['name'])}** ({'text pair' if pair else 'single text'}"
              f"{', regression' if task.get('labels') is None else labels})."
              f" Int8 ONNX model"
-             + (f" (its vocabulary table int4, looked up by onnxruntime's {INT4_LOOKUP}: onnxruntime 1.22 or newer)"
+             + (f" (its vocabulary table int4, looked up by onnxruntime's {INT4_LOOKUP}: onnxruntime "
+                f"{'.'.join(map(str, bundle_predict.INT4_RUNTIME))} or newer)"
                 if (manifest.get("model") or {}).get("int4_tables") else "")
              + f"; inputs truncated to {manifest['max_length']} tokens.", ""]
     lines += ["## Quality", ""]

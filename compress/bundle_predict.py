@@ -281,8 +281,8 @@ class Predictor:
                                                 providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(DISABLED_OPTIMIZERS))
         except Exception as e:  # onnxruntime's own exception types
-            raise BundleError(f"{self.folder / m['model']['file']}: onnxruntime cannot load it ({first_line(e)})") \
-                from None
+            raise BundleError(f"{self.folder / m['model']['file']}: onnxruntime cannot load it ({first_line(e)})"
+                              + _older_runtime(m, ort.__version__)) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
         self._check_width(self.session.get_outputs()[0].shape[-1])  # symbolic: checked when run
         self._np = np
@@ -523,6 +523,25 @@ def format_timings(result: dict, built: Optional[dict]) -> str:
 
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+INT4_RUNTIME = (1, 22)
+"""The oldest onnxruntime that runs an int4 vocabulary table (GatherBlockQuantized of uint8-packed blocks)."""
+
+
+def _older_runtime(manifest: dict, version: str) -> str:
+    """What to add to a load error when the model has int4 tables (``model.int4_tables``) and this onnxruntime
+    predates them (``version``: onnxruntime's ``__version__``)."""
+    model = manifest.get("model")
+    try:
+        older = tuple(int(x) for x in version.split(".")[:2]) < INT4_RUNTIME
+    except ValueError:  # a local build's odd version string: say nothing rather than guess
+        older = False
+    if not (isinstance(model, dict) and model.get("int4_tables") and older):
+        return ""
+    need = ".".join(map(str, INT4_RUNTIME))
+    return (f"; its vocabulary table is int4, which needs onnxruntime >= {need} (this is {version}): "
+            f"pip install 'onnxruntime>={need}'")
 
 
 def cli_text(text: Optional[str], what: str = "text") -> Optional[str]:

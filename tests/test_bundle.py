@@ -49,7 +49,7 @@ def bundle(int8_model, tmp_path_factory, minilm_dir) -> tuple[Path, Path]:
 
 
 def test_a_model_with_int4_tables_says_so_in_its_manifest_and_card(bundle, int8_model, tmp_path, minilm_dir,
-                                                                   tokenizer):
+                                                                   tokenizer, monkeypatch):
     """A model whose vocabulary table is int4 (``quantize.table_bits: 4``) needs onnxruntime 1.22 or newer: the
     manifest's model entry and the model card say so; a bundle without one says nothing of it. It runs as built."""
     from compress.quantize import QuantizeConfig, lookup_nodes, quantize_dynamic, row_tables
@@ -70,6 +70,25 @@ def test_a_model_with_int4_tables_says_so_in_its_manifest_and_card(bundle, int8_
     ref = _reference_logits(tmp_path / "int4.onnx", tokenizer, TEXTS)
     got = [[r["scores"]["negative"], r["scores"]["positive"]] for r in predict(folder, TEXTS)]
     np.testing.assert_allclose(got, np.exp(ref) / np.exp(ref).sum(-1, keepdims=True), atol=1e-6)
+    # an onnxruntime older than 1.22 refuses the lookup: the one-line error says which version it needs
+    import onnxruntime as ort
+
+    from compress.bundle_predict import BundleError, Predictor
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Type 'tensor(uint8)' of input parameter (data) "
+                           "of operator (GatherBlockQuantized) is invalid.")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    monkeypatch.setattr(ort, "__version__", "1.21.1")
+    for where, says in ((folder, "needs onnxruntime >= 1.22 (this is 1.21.1): pip install 'onnxruntime>=1.22'"),
+                        (plain, "is invalid.)")):  # a model without int4 tables: onnxruntime's words alone
+        with pytest.raises(BundleError) as e:
+            Predictor(where)
+        assert str(e.value).endswith(says) and "\n" not in str(e.value)
+    monkeypatch.setattr(ort, "__version__", "1.32.0")  # a load error of another cause on a new enough runtime
+    with pytest.raises(BundleError, match=r"is invalid\.\)$"):
+        Predictor(folder)
 
 
 def _copy(folder: Path, dest: Path) -> Path:
