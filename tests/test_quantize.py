@@ -600,6 +600,32 @@ def test_the_stage_passes_table_bits_on_in_both_modes(tmp_path, tiny_model, sst2
             assert files[4][entry["file"]] < files[8][entry["file"]] - 0.3 * 30522 * 32, mode
 
 
+def test_int4_tables_of_an_mpnet(tmp_path, sst2):
+    """MPNet (the offline teacher's architecture): its word table becomes int4 blocks, its position table and the
+    relative-attention bias table every layer reads (32 rows) stay int8 rows; the graph loads and its logits stay
+    near those of the same model with int8 rows (a random model: near, not equal)."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from compress.export import optimize_onnx
+    from compress.quantize import row_tables
+
+    dev, _, collator = sst2
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(
+        vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, initializer_range=0.2)).eval()
+    fused = tmp_path / "fused.onnx"
+    optimize_onnx(export_onnx(model, tmp_path / "mpnet.onnx"), fused, "mpnet")
+    lookups = lookup_nodes(fused)
+    kept = quantize_dynamic(fused, tmp_path / "kept.onnx", QuantizeConfig(), exclude=lookups)
+    four = row_tables(kept, tmp_path / "r4.onnx", lookups, 4)
+    assert {t.split(".")[-2]: b for t, b in four.items()} == {
+        "word_embeddings": 4, "position_embeddings": 8, "relative_attention_bias": 8}, four
+    assert row_tables(kept, tmp_path / "r8.onnx", lookups, 8)
+    r4, r8 = (onnx_predict(session(tmp_path / f"r{b}.onnx"), dev, collator) for b in (4, 8))
+    assert np.abs(r4 - r8).max() < 0.5 and (r4.argmax(-1) == r8.argmax(-1)).mean() >= 0.9
+
+
 def _eln_model(inputs: list[str], outputs: list[str], read: list[str], tables: dict):
     """A graph of one ORT EmbedLayerNormalization ``eln`` (int32 ids, segments, mask), ``read``: its graph outputs."""
     from onnx import TensorProto, helper, numpy_helper
