@@ -117,7 +117,6 @@ def model_ops(onnx_path: Path) -> set[str]:
     return {n.op_type for n in model.graph.node}
 
 
-
 def long_text(max_length: int) -> str:
     """A text of more than ``max_length`` tokens with any tokenizer: the build's check that inputs are cut there."""
     return " ".join(["word"] * 2 * max_length)
