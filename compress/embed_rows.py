@@ -42,8 +42,9 @@ BLOCK = 32
 INT4_MIN_ROWS = 4096
 """Tables of fewer rows stay int8 rows under ``bits=4``: position and token-type tables (512 and 2 rows in BERT) are
 read by every token, so their int4 error moves every input, for ~0.1 MB saved (the quickstart's int8 dynamic model,
-all three tables int4: mean |logit change| 0.195 against fp32 tables on SST-2 dev; the word table alone: 0.100, or
-0.085 with `int4_blocks`' searched scales)."""
+mean |logit - fp32 model's logit| on SST-2 dev: 0.195 with all three tables int4, 0.100 with the word table alone,
+0.085 with `int4_blocks`' searched scales; int8 rows 0.047, fp32 tables 0.040: `python scripts/bench_kernels.py
+tables QUANTIZE_DIR`)."""
 
 
 def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +59,8 @@ def int4_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarr
     the low nibble, offset by 8: GatherBlockQuantized's default zero point), and one fp32 scale per ``block`` values
     of a row (rows x width / block; an all-zero block: scale 1). Each block's scale is the one of 22 candidates
     (its largest |value| times 0.5..1.0, over 7 or 8) with the least squared error: clipping an outlier for finer steps
-    can pay (the quickstart's word table, int4 word table only: mean |logit change| 0.085 against fp32 tables on
-    SST-2 dev, 0.100 with the largest |value| / 7 alone; int8 rows 0.047)."""
+    can pay (the quickstart's int8 dynamic model, its word table int4: mean |logit - fp32 model's logit| 0.085 on
+    SST-2 dev, 0.100 with the largest |value| / 7 alone; int8 rows 0.047: `scripts/bench_kernels.py tables`)."""
     rows, width = w.shape
     blocks = w.reshape(rows, width // block, block)
     largest = np.abs(blocks).max(axis=2)

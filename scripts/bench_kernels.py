@@ -6,6 +6,9 @@
     python scripts/bench_kernels.py hidden-rms           # hidden-state RMS per layer, MPNet-base vs MiniLM-L6 (zoo)
     python scripts/bench_kernels.py int8 QUANTIZE_DIR... # each dir's int8 models vs its fp32 export: SST-2 dev
                                                          # accuracy, probability error, p50 latency (1, 2 threads)
+    python scripts/bench_kernels.py tables QUANTIZE_DIR  # its int8 dynamic model's embedding tables as fp32, int8
+                                                         # rows, int4 blocks (all tables / word only, scales plain or
+                                                         # searched): |logit - fp32 logit| on SST-2 dev, file size
 
 Why: compress.export leaves out SkipLayerNormalization (slow CPU kernel); compress.train uses fused AdamW;
 quantize.optimize defaults to the fused graph; docs/distill.md rules out loss scale as the cause of cross-family
@@ -155,6 +158,63 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
     _round_robin_p50(files, feeds)
 
 
+def tables(qdir: Path) -> None:
+    """The int8 dynamic model of a quantize folder rebuilt with every embedding lookup fp32 (beside the nodes its
+    guard kept fp32), then its tables stored each way `compress.embed_rows` can: mean and largest |logit - fp32
+    logit| over SST-2 dev one text at a time (fp32: the folder's fused model_opt.onnx), accuracy, file size. Behind
+    `embed_rows.INT4_MIN_ROWS` and `int4_blocks`' scale search."""
+    import json
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from compress import embed_rows
+    from compress.config import QuantizeConfig, TaskConfig
+    from compress.data import Collator, load_task, tokenize
+    from compress.export import onnx_predict, session
+    from compress.quantize import lookup_nodes, quantize_dynamic, row_tables
+
+    record = json.loads((qdir / "quantize.json").read_text())
+    src = qdir / record["int8"]["dynamic"]["source"]
+    lookups = lookup_nodes(src)
+    data = load_task(TaskConfig(name="sst2"), seed=0)
+    labels = np.asarray(data.dev["label"])
+    tok = AutoTokenizer.from_pretrained(qdir / "tokenizer")
+    dev, collator = tokenize(data.dev, tok, 128), Collator({"": tok})
+    ref = onnx_predict(session(src), dev, collator, 1)
+
+    def plain(w: np.ndarray, block: int = embed_rows.BLOCK):  # each block's largest |value| / 7, no search
+        rows, width = w.shape
+        blocks = w.reshape(rows, width // block, block)
+        scale = np.abs(blocks).max(axis=2) / 7
+        scale[scale == 0] = 1
+        q = (np.clip(np.rint(blocks / scale[..., None]), -8, 7).astype(np.int16) + 8).reshape(rows, width)
+        return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8), scale.astype(np.float32)
+
+    searched, min_rows = embed_rows.int4_blocks, embed_rows.INT4_MIN_ROWS
+    with tempfile.TemporaryDirectory() as tmp:
+        kept = quantize_dynamic(src, Path(tmp) / "kept.onnx", QuantizeConfig(),
+                                exclude=sorted(set(record["int8"]["dynamic"]["excluded_nodes"]) | set(lookups)))
+        variants = {"fp32 tables": kept}
+        for name, bits, blocks, rows in (("int8 rows", 8, searched, min_rows),
+                                         ("int4 every table, plain scales", 4, plain, 0),
+                                         ("int4 word table, plain scales", 4, plain, min_rows),
+                                         ("int4 word table, searched scales", 4, searched, min_rows)):
+            embed_rows.int4_blocks, embed_rows.INT4_MIN_ROWS = blocks, rows
+            path = Path(tmp) / f"{len(variants)}.onnx"
+            try:
+                if row_tables(kept, path, lookups, bits):  # no table to store: nothing written
+                    variants[name] = path
+            finally:
+                embed_rows.int4_blocks, embed_rows.INT4_MIN_ROWS = searched, min_rows
+        print(f"{qdir}: int8 dynamic, {len(lookups)} lookups; |logit - fp32 logit| on {len(labels)} dev texts")
+        for name, path in variants.items():
+            logits = onnx_predict(session(path), dev, collator, 1)
+            diff = np.abs(logits - ref)
+            print(f"  {name:34s} mean {diff.mean():.4f} max {diff.max():.3f}  accuracy "
+                  f"{100 * np.mean(logits.argmax(1) == labels):.2f}  {path.stat().st_size / 1e6:.2f} MB")
+
+
 def hidden_rms() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -176,13 +236,15 @@ def hidden_rms() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms", "int8"])
+    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms", "int8", "tables"])
     ap.add_argument("quantize_dir", nargs="*", default=["runs/quickstart/quantize"],
-                    help="graphs, int8: quantize stage folders (model.onnx + tokenizer/; graphs reads the first)")
+                    help="graphs, int8, tables: quantize stage folders (model.onnx + tokenizer/; graphs and tables "
+                         "read the first)")
     args = ap.parse_args()
     {"skiplayernorm": skiplayernorm, "adamw": adamw, "hidden-rms": hidden_rms,
      "graphs": lambda: graphs(Path(args.quantize_dir[0])),
-     "int8": lambda: int8([Path(d) for d in args.quantize_dir])}[args.what]()
+     "int8": lambda: int8([Path(d) for d in args.quantize_dir]),
+     "tables": lambda: tables(Path(args.quantize_dir[0]))}[args.what]()
 
 
 if __name__ == "__main__":
