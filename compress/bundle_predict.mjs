@@ -141,6 +141,21 @@ export function sha256Plain(bytes) {
   return out;
 }
 
+// the oldest onnxruntime(-web) that runs an int4 vocabulary table (GatherBlockQuantized of uint8-packed blocks: 1.21
+// refuses uint8 data, 1.19 has no such op), as predict.py's INT4_RUNTIME
+const INT4_RUNTIME = [1, 22];
+
+/** What to add to a load error when the model has int4 tables (`model.int4_tables`) and this onnxruntime-web
+ * (`version`) predates them; nothing for an odd version string (a local build): better silent than a wrong guess. */
+function olderRuntime(manifest, version) {
+  const [major, minor] = String(version ?? "").split(".").map((x) => (/^\d+$/.test(x) ? Number(x) : NaN));
+  if (!manifest.model?.int4_tables || Number.isNaN(major) || Number.isNaN(minor)) return "";
+  if (major > INT4_RUNTIME[0] || (major === INT4_RUNTIME[0] && minor >= INT4_RUNTIME[1])) return "";
+  const need = INT4_RUNTIME.join(".");
+  return `; its vocabulary table is int4, which needs onnxruntime-web >= ${need} (this is ${version}): ` +
+    `npm install 'onnxruntime-web@>=${need}'`;
+}
+
 /** An error's first line (onnxruntime's messages run on, with a stack of its own). */
 function firstLine(e) {
   return String(e?.message ?? e).split("\n").find((l) => l.trim())?.trim().slice(0, 300) ?? "";
@@ -306,7 +321,8 @@ export class Predictor {
     try {
       session = await ort.InferenceSession.create(files[modelFile]);
     } catch (e) {
-      throw new BundleError(`${modelFile}: onnxruntime cannot load it (${firstLine(e)})`);
+      throw new BundleError(`${modelFile}: onnxruntime cannot load it (${firstLine(e)})` +
+        olderRuntime(manifest, ort.env?.versions?.web ?? ort.env?.versions?.common));
     }
     return new Predictor(manifest, tokenizerJson, session, tokenizerFile);
   }

@@ -867,7 +867,7 @@ class QuantizeConfig:
     is stored as int8 rows with one scale a row, gathered by each lookup before it dequantizes them
     (`compress.embed_rows`); the others are the quantizer's (int8, one scale a table). 4: the vocabulary table (4,096
     rows or more; position and token-type tables stay int8 rows) as int4 in blocks of 32 values with a scale each
-    (onnxruntime's GatherBlockQuantized, >= 1.22; onnxruntime-web runs it too), about 0.6 of the int8 bytes, whether
+    (onnxruntime's GatherBlockQuantized, >= 1.22; onnxruntime-web >= 1.22 too), about 0.6 of the int8 bytes, whether
     the guard kept it fp32 or not; kept only if the model stays within ``max_drop``, else the int8 forms above (each
     try recorded in ``quantize.json``)."""
     sensitivity_rows: int = 128

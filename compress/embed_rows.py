@@ -18,7 +18,7 @@ with options this does not rebuild) keeps its table whole: Cast + Mul as before.
 
 ``bits=4`` (``quantize.table_bits: 4``) stores a gathered table as int4 instead, in blocks of `BLOCK` values of a row
 with one fp32 scale each (symmetric, -8..7 around ORT's zero point 8: `int4_blocks`), looked up by onnxruntime's
-``com.microsoft.GatherBlockQuantized`` (uint8-packed data: onnxruntime >= 1.22; onnxruntime-web runs it too), which
+``com.microsoft.GatherBlockQuantized`` (uint8-packed data: onnxruntime and onnxruntime-web >= 1.22), which
 dequantizes only the rows it gathers: about 0.6 of the bytes of int8 rows (a 384-wide table: 0.625 bytes a value
 against 1.01). A table rebuilt whole, one whose width is not a multiple of `BLOCK` or one of fewer than
 `INT4_MIN_ROWS` rows stays int8 rows.

@@ -156,6 +156,61 @@ def test_int4_embedding_tables_run_alike_in_both_runners_and_in_ort_format(js_bu
     np.testing.assert_allclose(ort_run, onnx_run, atol=1e-5)
 
 
+def test_predict_mjs_names_the_onnxruntime_web_an_int4_table_needs(tmp_path, minilm_dir):
+    """onnxruntime-web before 1.22 refuses an int4 vocabulary table (1.20 and 1.21: uint8 blocks are an invalid type
+    for GatherBlockQuantized; 1.19: no such op; 1.22.0 gathers the rows bit-exact): with a stand-in runtime that
+    refuses every model as 1.21 does, predict.mjs's one-line load error says which version the bundle needs, as
+    predict.py's does, and with the same floor; a bundle without int4 tables, a new enough runtime or one of an odd
+    version string gets onnxruntime's words alone."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from compress.bundle_predict import INT4_RUNTIME
+    from compress.quantize import QuantizeConfig, lookup_nodes, quantize_dynamic, row_tables
+
+    torch.manual_seed(0)
+    int8 = export_int8(BertForSequenceClassification(tiny_bert_config()).eval(), tmp_path)
+    lookups = lookup_nodes(tmp_path / "fp32.onnx")
+    kept = quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "kept.onnx", QuantizeConfig(), exclude=lookups)
+    assert 4 in row_tables(kept, tmp_path / "int4.onnx", lookups, 4).values()
+    stub = tmp_path / "stub"
+    folders = {name: build(stub, name, model=model, tokenizer=minilm_dir / "tokenizer.json", task="sst2",
+                           labels=["negative", "positive"], text_pair=False, max_length=32, ort_format=False)[0]
+               for name, model in (("int4", tmp_path / "int4.onnx"), ("plain", int8))}
+    runtime = stub / "node_modules" / "onnxruntime-web"
+    runtime.mkdir(parents=True)
+    (stub / "node_modules" / "@huggingface").symlink_to(NODE_MODULES / "@huggingface")
+    (runtime / "package.json").write_text(json.dumps({"name": "onnxruntime-web", "version": "0.0.0",
+                                                      "type": "module", "exports": "./index.mjs"}))
+    refused = ("Can't create a session. ERROR_CODE: 10, ERROR_MESSAGE: This is an invalid model. Type Error: Type "
+               "'tensor(uint8)' of input parameter (table) of operator (GatherBlockQuantized) in node () is invalid.")
+    (runtime / "index.mjs").write_text(
+        "export const env = {versions: {web: process.env.STUB_ORT_VERSION, common: process.env.STUB_ORT_VERSION}, "
+        "wasm: {}};\n"
+        "export class Tensor {}\n"
+        f"export const InferenceSession = {{create: async () => {{ throw new Error({json.dumps(refused)} + "
+        "'\\n    at stub'); }};\n")
+    source = (Path(__file__).parent.parent / "compress" / "bundle_predict.mjs").read_text()
+    assert f"const INT4_RUNTIME = {list(INT4_RUNTIME)};" in source  # predict.py's floor, the same number
+    need = ".".join(map(str, INT4_RUNTIME))
+
+    def hint(version):
+        return (f"; its vocabulary table is int4, which needs onnxruntime-web >= {need} (this is {version}): "
+                f"npm install 'onnxruntime-web@>={need}'")
+
+    for name, version, said in (("int4", "1.21.0", hint("1.21.0")), ("int4", "1.9.3", hint("1.9.3")),
+                                ("int4", "1.21.1-dev", hint("1.21.1-dev")), ("plain", "1.21.0", ""),
+                                ("int4", "1.22.0", ""), ("int4", "1.31.1", ""), ("int4", "2.0.0", ""),
+                                ("int4", "local", ""), ("int4", "", "")):
+        proc = subprocess.run(["node", str(folders[name] / "predict.mjs"), "a fine film"], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "STUB_ORT_VERSION": version})
+        assert proc.returncode != 0 and proc.stdout == "", (name, version, proc.stdout)
+        assert proc.stderr.splitlines() == [proc.stderr.strip()], (name, version, proc.stderr)
+        error = proc.stderr.strip()
+        assert error.startswith("error: model.onnx: onnxruntime cannot load it (Can't create a session."), error
+        assert error.endswith(f"in node () is invalid.){said}"), (name, version, error)
+
+
 def test_predict_mjs_on_pair_and_regression_bundles(js_bundle, glue_dir, minilm_dir):
     """The int8 model bundled as a pair task (MRPC rows, text<TAB>pair lines), and a one-output model as a regression
     task: the JS runner gives predict.py's results; a single text for a pair model is refused in one line."""
