@@ -9,6 +9,8 @@
     python scripts/bench_kernels.py tables QUANTIZE_DIR  # its int8 dynamic model's embedding tables as fp32, int8
                                                          # rows, int4 blocks (all tables / word only, scales plain or
                                                          # searched): |logit - fp32 logit| on SST-2 dev, file size
+    python scripts/bench_kernels.py nbits QUANTIZE_DIR   # its int8 dynamic model vs int4 matmul weights (MatMulNBits):
+                                                         # SST-2 dev accuracy, file size, p50 latency (1, 2 threads)
 
 Why: compress.export leaves out SkipLayerNormalization (slow CPU kernel); compress.train uses fused AdamW;
 quantize.optimize defaults to the fused graph; docs/distill.md rules out loss scale as the cause of cross-family
@@ -121,6 +123,23 @@ def graphs(qdir: Path) -> None:
         _round_robin_p50(files, {k: shared for k in files})
 
 
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _versus_fp32(name: str, path: Path, ref: np.ndarray, dev, collator, labels: np.ndarray) -> None:
+    """Print one model's dev accuracy (one text at a time), its argmax agreement with ``ref`` (fp32 probabilities)
+    and its largest and mean |p - p_fp32| of the predicted probabilities, and its file size."""
+    from compress.export import onnx_predict, session
+
+    p = _probabilities(onnx_predict(session(path), dev, collator, 1))
+    err = np.abs(p - ref).max(1)
+    print(f"  {name}: accuracy {100 * np.mean(p.argmax(1) == labels):.2f}, same argmax as fp32 "
+          f"{100 * np.mean(p.argmax(1) == ref.argmax(1)):.2f}%, |p - p_fp32| max {err.max():.4f} mean "
+          f"{err.mean():.4f}, {path.stat().st_size / 1e6:.2f} MB")
+
+
 def int8(qdirs: list[Path], rows: int = 200) -> None:
     """Every int8_*.onnx of each quantize folder against that folder's fp32 export (model.onnx), SST-2 dev one text at
     a time (as bundles run): accuracy, argmax agreement with fp32, largest and mean |p - p_fp32| of the predicted
@@ -135,23 +154,15 @@ def int8(qdirs: list[Path], rows: int = 200) -> None:
     data = load_task(TaskConfig(name="sst2"), seed=0)
     labels = np.asarray(data.dev["label"])
 
-    def softmax(x: np.ndarray) -> np.ndarray:
-        e = np.exp(x - x.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
     files, feeds = {}, {}
     for qdir in qdirs:
         tok = AutoTokenizer.from_pretrained(qdir / "tokenizer")
         dev = tokenize(data.dev, tok, 128)
         collator = Collator({"": tok})
-        ref = softmax(onnx_predict(session(qdir / "model.onnx"), dev, collator, 1))
+        ref = _probabilities(onnx_predict(session(qdir / "model.onnx"), dev, collator, 1))
         print(f"{qdir}: fp32 accuracy {100 * np.mean(ref.argmax(1) == labels):.2f}")
         for path in sorted(qdir.glob("int8_*.onnx")):
-            p = softmax(onnx_predict(session(path), dev, collator, 1))
-            err = np.abs(p - ref).max(1)
-            print(f"  {path.name}: accuracy {100 * np.mean(p.argmax(1) == labels):.2f}, same argmax as fp32 "
-                  f"{100 * np.mean(p.argmax(1) == ref.argmax(1)):.2f}%, |p - p_fp32| max {err.max():.4f} mean "
-                  f"{err.mean():.4f}")
+            _versus_fp32(path.name, path, ref, dev, collator, labels)
             files[f"{qdir}/{path.name}"] = path
             names = [i.name for i in session(path).get_inputs()]
             feeds[f"{qdir}/{path.name}"] = dev_feeds(dev.select(range(rows)), names)
@@ -215,6 +226,59 @@ def tables(qdir: Path) -> None:
                   f"{100 * np.mean(logits.argmax(1) == labels):.2f}  {path.stat().st_size / 1e6:.2f} MB")
 
 
+def nbits(qdir: Path, rows: int = 200) -> None:
+    """A quantize folder's int8 dynamic model against int4 matmul weights (onnxruntime's MatMulNBits: blocks of 32
+    values along the input dimension, symmetric, one fp32 scale each; ``accuracy_level`` 4: activations int8 inside
+    the kernel, which VNNI runs) on the same fp32 graphs: the fused graph (its Attention nodes' weights stay fp32,
+    MatMulNBits takes MatMuls only), that graph's int4 model then int8 dynamic for the rest (QAttention), and the
+    plain export (every linear layer int4). SST-2 dev one text at a time against the fused fp32 graph; p50 at 1 and
+    2 threads on ``rows`` dev texts, round-robin. Why ``quantize`` has no int4 matmul mode."""
+    import json
+    import logging
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from transformers import AutoTokenizer
+
+    from compress.bench import dev_feeds
+    from compress.config import QuantizeConfig, TaskConfig
+    from compress.data import Collator, load_task, tokenize
+    from compress.export import onnx_predict, session
+    from compress.quantize import quantize_dynamic
+
+    logging.disable(logging.INFO)  # the quantizers' line per node
+    record = json.loads((qdir / "quantize.json").read_text())["int8"]["dynamic"]
+    fused = qdir / record["source"]
+    data = load_task(TaskConfig(name="sst2"), seed=0)
+    labels = np.asarray(data.dev["label"])
+    tok = AutoTokenizer.from_pretrained(qdir / "tokenizer")
+    dev, collator = tokenize(data.dev, tok, 128), Collator({"": tok})
+    ref = _probabilities(onnx_predict(session(fused), dev, collator, 1))
+    print(f"{qdir}: fp32 ({fused.name}) accuracy {100 * np.mean(ref.argmax(1) == labels):.2f}, "
+          f"{fused.stat().st_size / 1e6:.2f} MB")
+
+    def int4(src: Path, dst: Path) -> Path:
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+        return dst
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = {"int8 dynamic (the folder's)": qdir / record["file"],
+                 "int4 matmuls, fused graph": int4(fused, tmp / "fused_int4.onnx"),
+                 "int4 plain export": int4(qdir / "model.onnx", tmp / "plain_int4.onnx")}
+        files["int4 matmuls + int8 dynamic rest"] = quantize_dynamic(files["int4 matmuls, fused graph"],
+                                                                     tmp / "mixed.onnx", QuantizeConfig())
+        for name, path in files.items():
+            _versus_fp32(name, path, ref, dev, collator, labels)
+        names = [i.name for i in session(fused).get_inputs()]
+        shared = dev_feeds(dev.select(range(rows)), names)
+        _round_robin_p50(files, {k: shared for k in files})
+
+
 def hidden_rms() -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -236,15 +300,16 @@ def hidden_rms() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms", "int8", "tables"])
+    ap.add_argument("what", choices=["skiplayernorm", "adamw", "graphs", "hidden-rms", "int8", "tables", "nbits"])
     ap.add_argument("quantize_dir", nargs="*", default=["runs/quickstart/quantize"],
-                    help="graphs, int8, tables: quantize stage folders (model.onnx + tokenizer/; graphs and tables "
-                         "read the first)")
+                    help="graphs, int8, tables, nbits: quantize stage folders (model.onnx + tokenizer/; all but "
+                         "int8 read the first)")
     args = ap.parse_args()
     {"skiplayernorm": skiplayernorm, "adamw": adamw, "hidden-rms": hidden_rms,
      "graphs": lambda: graphs(Path(args.quantize_dir[0])),
      "int8": lambda: int8([Path(d) for d in args.quantize_dir]),
-     "tables": lambda: tables(Path(args.quantize_dir[0]))}[args.what]()
+     "tables": lambda: tables(Path(args.quantize_dir[0])),
+     "nbits": lambda: nbits(Path(args.quantize_dir[0]))}[args.what]()
 
 
 if __name__ == "__main__":
