@@ -500,6 +500,21 @@ prune:
     original = npy.read_bytes()
     np.save(npy, np.zeros_like(saved))
     assert saved_teacher_logits(distill_dir, data.train, 32, digest) is None
+    # ... and the prune stage, finding none to reuse, has the teacher (2 layers; not the 1-layer student it prunes)
+    # label the rows its recovery reads, the logits the distill stage had saved for them: the same pruned model
+    import compress.prune_stage as PS
+
+    labelled, real_labels = [], PS.teacher_logits
+    monkeypatch.setattr(PS, "teacher_logits", lambda m, t, rows, *a, **k: labelled.append(
+        (m.config.num_hidden_layers, len(rows))) or real_labels(m, t, rows, *a, **k))
+    relabel = PS.run(recipe, tmp_path / "relabel", {"teacher": teacher_dir, "distill": distill_dir})
+    assert relabel["pruning"]["recovery_logits"] == "computed" and [n for n, _ in labelled] == [2]
+    record = json.loads((tmp_path / "relabel" / "pruning.json").read_text())
+    assert record["recovery_labelled"] == labelled[0][1] <= record["recovery_rows"] == len(data.train)
+    assert relabel["metrics"] == manifest["metrics"]
+    ours, first = (load_trained(folder)[0].state_dict() for folder in (tmp_path / "relabel" / "model",
+                                                                       tmp_path / "runs" / "tiny" / "prune" / "model"))
+    assert max(float((ours[k] - first[k]).abs().max()) for k in first) < 1e-4
     npy.write_bytes(original)
     # a changed student reruns the stage; the unchanged teacher's logits come from the previous run, not a new pass
     path.write_text(path.read_text().replace("layers: 1, train: {max_steps: 2", "layers: 1, train: {max_steps: 3"))
