@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from transformers import BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from compress.config import QuantizeConfig, Recipe, from_dict
 from compress.data import Collator, load_split, tokenize
@@ -870,6 +870,31 @@ def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_mode
     assert entry["guard_metrics"]["accuracy"] == float((alone(held).argmax(-1) == np.asarray(held["label"])).mean())
     fp32_held = rec["guard"]["fp32_metrics"]["accuracy"]
     assert entry["drop_points"] == pytest.approx(100 * (fp32_held - entry["guard_metrics"]["accuracy"]), abs=1e-3)
+
+
+def test_stage_guard_rows_holdout_judges_the_tasks_held_out_rows(tmp_path, tiny_bert_dir, glue_dir):
+    """The stage with ``guard_rows: holdout`` hands the guard the task's held-out training rows (not dev, not the
+    training rows): the guard's scores are the int8 model's on exactly those rows, dev its score on dev."""
+    from compress.data import load_task
+    from compress.quantize import run
+
+    recipe = recipe_for(tmp_path, glue_dir, guard_rows="holdout", ort_format=False)
+    teacher = tmp_path / "runs" / "q" / "teacher"
+    teacher.mkdir(parents=True)
+    tiny_bert_dir.rename(teacher / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    run(recipe, out, {"teacher": teacher})
+    saved = json.loads((out / "quantize.json").read_text())
+    data = load_task(recipe.task, seed=recipe.seed)
+    assert saved["guard"]["rows"] == f"holdout ({len(data.holdout)} rows)" and 0 < len(data.holdout) != len(data.dev)
+    entry = saved["int8"]["dynamic"]
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    collator = Collator({"": tok})
+    for split, got in ((data.holdout, entry["guard_metrics"]), (data.dev, entry["metrics"])):
+        rows = tokenize(split, tok, 32)
+        logits = onnx_predict(session(out / entry["file"]), rows, collator, batch_size=1)
+        assert got["accuracy"] == float((logits.argmax(-1) == np.asarray(rows["label"])).mean())
 
 
 def test_guard_rows_option(tmp_path, tiny_bert_dir, glue_dir):
