@@ -535,7 +535,7 @@ prune:
     assert pruned_teacher["source"] == "teacher" and pruned_teacher["pruning"]["recovery_logits"] == "distill stage"
 
 
-def test_prune_recovery_trains_on_the_students_transfer_set(tiny_bert_dir, tmp_path):
+def test_prune_recovery_trains_on_the_students_transfer_set(tiny_bert_dir, tmp_path, capsys):
     from datasets import Dataset
 
     from compress.config import load_recipe
@@ -585,6 +585,20 @@ prune:
     assert again["timing"]["aug"]["teacher_cache_reused"] == "previous distill run"
     assert again["teacher_logits"] == "previous distill run"
     assert np.array_equal(load_transfer_set(run / "distill" / student["transfer_set"], 32, digest)[1], saved)
+    # another student added: the unchanged one is copied from the previous distill folder with its transfer set, but
+    # not once that transfer set was edited since (its rows are what it trained on): then it trains again
+    two = (recipe_text.replace("train: {max_steps: 2, batch_size: 32}}", "train: {max_steps: 3, batch_size: 32}}")
+           .replace("prune:\n", "  - {name: b, kind: layer_drop, layers: 1, train: {max_steps: 1}}\nprune:\n"))
+    for steps, edit_rows, reused in ((1, False, True), (2, True, False)):
+        path.write_text(two.replace("train: {max_steps: 1}", f"train: {{max_steps: {steps}}}"))
+        if edit_rows:
+            rows.select(range(len(rows) - 1)).to_parquet(str(folder / "rows.parquet"))
+        capsys.readouterr()
+        run_pipeline(load_recipe(path), until="distill")
+        out = capsys.readouterr().out
+        assert ("[distill] aug: unchanged since the previous distill run, not trained again" in out) == reused, out
+        assert "[distill] b: dev " in out
+    assert len(Dataset.from_parquet(str(folder / "rows.parquet"))) == len(rows)  # made again, whole
     # a student distilled without copies has no transfer set to recover on: one line naming the field, at validation
     path.write_text(recipe_text.replace("distill: {augment: {copies: 1, neighbours: 3}},", ""))
     with pytest.raises(CompressError, match=r"prune\.recover\.data: transfer: student 'aug' has no distill\.augment"):
