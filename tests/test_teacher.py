@@ -2246,6 +2246,42 @@ def test_a_run_resumed_twice_ends_with_the_weights_of_an_unbroken_run(tiny_bert_
     assert all(torch.equal(clean[k], weights[k]) for k in clean)
 
 
+def test_a_resumed_run_restores_the_best_state_saved_before_the_interruption(tiny_bert_dir, tmp_path):
+    """The best held-out state reached before an interruption travels in the checkpoint: a resumed run whose later
+    evaluations all score lower ends with that state (not its last one), its step and score recorded."""
+    from compress.train import classification_objective
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, max_steps=4, eval_every=1, checkpoint_every=2)
+    snapshots, scores = [], iter([0.9, 0.5, 0.1, 0.2])
+
+    def score(m):
+        snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {"accuracy": next(scores)}
+
+    def train(stop_at=None):
+        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
+        calls = []
+
+        def objective(m, batch):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return classification_objective(m, batch)
+
+        result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, objective=objective,
+                     evaluate=score, checkpoint_dir=tmp_path / "ck")
+        return result, model.state_dict()
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stop_at=3)  # steps 1 (0.9, the best) and 2 (0.5) scored, step 2 saved, stopped in step 3
+    result, final = train()
+    assert result.resumed_from == 2 and result.steps == 4 and len(snapshots) == 4
+    assert (result.best_step, result.best_metric) == (1, 0.9)
+    assert all(torch.equal(final[k], snapshots[0][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[-1][k]) for k in final)
+
+
 def test_a_tie_with_the_best_held_out_score_keeps_the_earlier_state(tiny_bert_dir):
     """A later evaluation that only equals the best score does not replace the state kept: the first state to reach
     the best score is the one restored (and the step recorded)."""
