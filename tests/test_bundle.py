@@ -922,6 +922,10 @@ def test_corrupt_archive_is_refused_in_one_line(bundle, tmp_path):
         with pytest.raises(CompressError, match=message) as e:
             predict(tmp_path / f"{name}.tar.gz", ["hi"])
         assert "\n" not in str(e.value)
+    for missing in (tmp_path / "gone", tmp_path / "gone.tar.gz"):  # a path that is neither: said so, in one line
+        with pytest.raises(CompressError) as e:
+            predict(missing, ["hi"])
+        assert str(e.value) == f"{missing}: no such bundle folder or archive"
 
 
 def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
