@@ -799,6 +799,46 @@ def test_validation_refuses_what_a_later_stage_would_refuse_after_earlier_ones_t
         load_recipe(ROOT / "pipelines" / "quickstart.yaml", sets)
 
 
+@pytest.mark.parametrize("sets, message", [
+    ({"task.max_train_samples": 0}, r"task\.max_train_samples: must be >= 1, got 0"),
+    ({"teacher.eval_every": 0}, r"teacher\.eval_every: must be >= 1, got 0"),
+    ({"teacher.weight_decay": -0.1}, r"teacher: weight_decay and max_grad_norm must be >= 0, got -0\.1 and 1\.0"),
+    ({"students.0.distill.temperature": 0}, r"students\[0\]\.distill\.temperature: must be > 0, got 0"),
+    ({"students.0.distill.hard_label_weight": -1}, r"students\[0\]\.distill\.hard_label_weight: must be >= 0, got -1"),
+    ({"students.0.distill.matches": [{"teacher_layer": -1, "student_layer": 1}]},
+     r"students\[0\]\.distill\.matches\[0\]: layers count from 1 \(0 = embeddings\), got "),
+    ({"students.0.distill.matches": [{"teacher_layer": 2, "student_layer": 1, "weight": -1}]},
+     r"students\[0\]\.distill\.matches\[0\]\.weight: must be >= 0, got -1"),
+    ({"students.0.layers": 0}, r"students\[0\]\.layers: must be >= 1, got 0"),
+    ({"students.0.layers": None, "students.0.keep_layers": [0, 1]},
+     r"students\[0\]\.keep_layers: a non-empty list of layers counted from 1"),
+    ({"students.0.layers": 3, "students.0.keep_layers": [1, 2]}, r"students\[0\]: layers=3 but keep_layers lists "),
+    ({"students.0.init": "minilm-l6"}, r"students\[0\]\.init: layer_drop students always start from the teacher's "
+                                       r"weights"),
+    ({"students.0.kind": "narrow", "students.0.layers": None, "students.0.hidden": 64},
+     r"students\[0\]\.layers: a narrow student with random init needs layers"),
+    ({"prune.recover.temperature": -1}, r"prune\.recover\.temperature: must be > 0, got -1"),
+    ({"prune.recover.kd_weight": -0.5}, r"prune\.recover\.kd_weight: must be >= 0, got -0\.5"),
+    ({"prune.calibration_batches": 0}, r"prune\.calibration_batches: must be >= 1, got 0"),
+    ({"quantize.calibration": {"percentile": 80, "method": "percentile"}},
+     r"quantize\.calibration\.percentile: must be in \[90, 100\], got 80"),
+    ({"quantize.parity_atol": 0}, r"quantize: parity_atol must be > 0 and parity_min_agreement in \(0, 1\]"),
+    ({"quantize.parity_min_agreement": 1.5}, r"quantize: parity_atol must be > 0 and parity_min_agreement in "),
+    ({"bench.threads": []}, r"bench\.threads: give at least one thread count"),
+    ({"bundle.max_drop": -1}, r"bundle\.max_drop: must be >= 0, got -1"),
+    ({"bundle.verify_tolerance": -0.01}, r"bundle\.verify_tolerance: must be >= 0, got -0\.01"),
+    ({"search.time_limit_min": -1}, r"search\.time_limit_min: must be >= 0, got -1"),
+    ({"search.recover_steps": 0}, r"search\.recover_steps: must be >= 1, got 0"),
+    ({"search.depths": []}, r"search\.depths: a non-empty list of layer counts >= 1, got \[\]"),
+    ({"search.modes": []}, r"search\.modes: give at least one of dynamic, static"),
+])
+def test_a_value_out_of_range_is_refused_naming_its_field(sets, message):
+    """Each range check of the typed config: one line that names the recipe file, the field and the value."""
+    with pytest.raises(CompressError, match=r"quickstart\.yaml: " + message) as e:
+        load_recipe(ROOT / "pipelines" / "quickstart.yaml", sets)
+    assert "\n" not in str(e.value)
+
+
 def test_a_transfer_set_some_student_saves_is_accepted_for_recovery():
     """The transfer-set check refuses only what can never exist: a logit-only student of the same augment setting
     (here the one pruned: no intermediate matches) saves it."""
