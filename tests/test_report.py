@@ -401,6 +401,13 @@ def test_two_runs_of_one_recipe_are_told_apart_and_dev_selected_int8_is_said(tmp
     assert f"## quickstart ({a})" in md and f"## quickstart ({b})" in md
     assert md.count("selected on dev (quantize.guard_rows: holdout judges on held-out rows)") == 1
     assert "tries: dynamic 2" in md
+    # a guard that judged the held-out rows (quantize.guard_rows: holdout): said so, with no dev-selection warning
+    record["guard"] = {"rows": "holdout (2000 rows)"}
+    (b / "quantize" / "quantize.json").write_text(json.dumps(record))
+    assert main(["report", str(b), "--out", str(tmp_path / "held")]) == 0
+    md = (tmp_path / "held" / "report.md").read_text()
+    assert ("int8 accuracy: dev texts one at a time, as shipped; the guard's budget judged on the holdout (2000 rows)"
+            in md and "selected on dev" not in md), md
 
 
 def test_a_bench_that_times_the_teacher_makes_the_reference(tmp_path):
