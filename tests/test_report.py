@@ -222,7 +222,7 @@ def test_an_int8_model_the_guard_refused_is_said_so_with_its_reason(tmp_path, ca
     assert "the quantize stage is missing (its folder or manifest)" in capsys.readouterr().err
 
 
-def test_collect_with_students_and_report_measurements(tmp_path):
+def test_collect_with_students_and_report_measurements(tmp_path, capsys):
     """The quantized model is a student: the teacher's ONNX fp32 (speedup reference) comes from the report stage's
     own measurement (report/latency.json)."""
     run = make_run(tmp_path, "q", **_files(tmp_path), student="tiny", student_acc=0.87,
@@ -242,6 +242,13 @@ def test_collect_with_students_and_report_measurements(tmp_path):
     assert table.speedup(rows["student tiny · int8 dynamic"]) == pytest.approx(6.0)
     # an explicit `extra` replaces what is on disk
     assert collect(run, extra={}).reference_row() is None
+    # measured before the quantize stage was redone (the quantize outputs it read differ from those there now): the
+    # measurements are left out, with a warning, rather than shown beside models they did not time
+    (run / "report" / "manifest.json").write_text(json.dumps({"inputs": {"quantize/int8_dynamic.onnx": "0" * 64}}))
+    capsys.readouterr()
+    assert collect(run).reference_row() is None
+    assert (f"warning: {run / 'report' / MEASURED}: the quantize stage was redone since it was measured: its "
+            f"latencies are left out") in capsys.readouterr().err
 
 
 def test_cli_report_overlays_runs(tmp_path, capsys):
