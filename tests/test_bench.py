@@ -133,6 +133,25 @@ def test_measure_orders(monkeypatch, dev, order):
     assert calls == expected
 
 
+def test_interleaved_fixed_shapes_take_turns_and_stop_after_min_runs_past_max_seconds(monkeypatch, dev):
+    """order: interleaved at a fixed shape: each artifact's warm-up runs, then one run of each in a rotating order,
+    ``repeats`` rounds at most; once every artifact has ``min_runs`` and one has spent ``max_seconds``, it stops."""
+    import compress.bench as B
+
+    calls = []
+    seen = lambda name, feeds: calls.append((name, tuple(feeds["input_ids"].shape)))  # noqa: E731
+    monkeypatch.setattr(B, "make_runner", lambda art, threads, models, spin: FakeRunner(art["name"], seen))
+    arts = {n: {"kind": "onnx", "name": n} for n in ("a", "b")}
+    for max_seconds, runs in ((60.0, 3), (0.0, 2)):
+        calls.clear()
+        cfg = BenchConfig(threads=[1], batch_sizes=[2], seq_lengths=[8], dev_rows=1, warmup=1, repeats=3,
+                          min_runs=2, max_seconds=max_seconds, order="interleaved")
+        results = B.measure(arts, dev, cfg, {})
+        fixed = [name for name, shape in calls if shape == (2, 8)]
+        assert fixed == ["a", "b"] + ["a", "b", "b", "a", "a", "b"][:2 * runs], max_seconds
+        assert [r["runs"] for r in results["a"] if r["input"] == "b2xs8"] == [runs]
+
+
 def test_series_rounds_time_repeats_at_most_in_all(monkeypatch, dev):
     """`repeats` is "timed runs per fixed shape, at most", and `min_runs` promised `repeats: 2` times 2: split over the
     series' rounds each was rounded up per round (3 rounds: 21 runs for repeats 20, 3 for repeats 2 and for 1)."""
