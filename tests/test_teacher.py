@@ -2211,37 +2211,40 @@ def test_max_steps_caps_the_epochs_budget_and_never_raises_it():
     assert step_budget(7, 2, TrainConfig(epochs=1, batch_size=8, max_steps=100)) == 4
 
 
+def _fit_sst2_rows(model_dir, cfg: TrainConfig, folder, stop_at=None, **kw):
+    """``fit`` of the tiny model on 64 SST-2 training rows, checkpointed in ``folder``; with ``stop_at``, a Ctrl-C in
+    that call of the objective (None then). (result, its final weights)."""
+    from compress.train import classification_objective
+
+    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
+    model, tok = load_for_task(str(model_dir), data.spec)
+    calls = []
+
+    def objective(m, batch):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return classification_objective(m, batch)
+
+    try:
+        result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, objective=objective,
+                     checkpoint_dir=folder, **kw)
+    except KeyboardInterrupt:
+        return None
+    return result, {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def test_a_run_resumed_twice_ends_with_the_weights_of_an_unbroken_run(tiny_bert_dir, tmp_path):
     """A checkpoint saved by a resumed run records its place in the epoch counted from the epoch's start (the
     batches the resume skipped included): resumed from it, the run reads each batch once and ends where an unbroken
     run does."""
-    from compress.train import classification_objective
-
-    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
     cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2)
-
-    def train(folder, stop_at=None):
-        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
-        calls = []
-
-        def objective(m, batch):
-            calls.append(1)
-            if len(calls) == stop_at:
-                raise KeyboardInterrupt
-            return classification_objective(m, batch)
-
-        try:
-            result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, objective=objective,
-                         checkpoint_dir=folder)
-        except KeyboardInterrupt:
-            return None
-        return result, {k: v.clone() for k, v in model.state_dict().items()}
-
-    _, clean = train(tmp_path / "clean")
+    _, clean = _fit_sst2_rows(tiny_bert_dir, cfg, tmp_path / "clean")
     folder = tmp_path / "ck"
-    assert train(folder, stop_at=3) is None  # step 2 saved, stopped in step 3
-    assert train(folder, stop_at=3) is None  # resumed at step 2: step 4 saved (its batch 4 of 8), stopped in step 5
-    result, weights = train(folder)
+    assert _fit_sst2_rows(tiny_bert_dir, cfg, folder, stop_at=3) is None  # step 2 saved, stopped in step 3
+    # resumed at step 2: step 4 saved (its batch 4 of 8), stopped in step 5
+    assert _fit_sst2_rows(tiny_bert_dir, cfg, folder, stop_at=3) is None
+    result, weights = _fit_sst2_rows(tiny_bert_dir, cfg, folder)
     assert result.resumed_from == 4 and result.steps == 8
     assert all(torch.equal(clean[k], weights[k]) for k in clean)
 
@@ -2249,9 +2252,6 @@ def test_a_run_resumed_twice_ends_with_the_weights_of_an_unbroken_run(tiny_bert_
 def test_a_resumed_run_restores_the_best_state_saved_before_the_interruption(tiny_bert_dir, tmp_path):
     """The best held-out state reached before an interruption travels in the checkpoint: a resumed run whose later
     evaluations all score lower ends with that state (not its last one), its step and score recorded."""
-    from compress.train import classification_objective
-
-    data = load_task(TaskConfig(name="sst2", max_train_samples=64, holdout=0.0), seed=0)
     cfg = TrainConfig(epochs=1, batch_size=8, max_steps=4, eval_every=1, checkpoint_every=2)
     snapshots, scores = [], iter([0.9, 0.5, 0.1, 0.2])
 
@@ -2259,23 +2259,9 @@ def test_a_resumed_run_restores_the_best_state_saved_before_the_interruption(tin
         snapshots.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return {"accuracy": next(scores)}
 
-    def train(stop_at=None):
-        model, tok = load_for_task(str(tiny_bert_dir), data.spec)
-        calls = []
-
-        def objective(m, batch):
-            calls.append(1)
-            if len(calls) == stop_at:
-                raise KeyboardInterrupt
-            return classification_objective(m, batch)
-
-        result = fit(model, tokenize(data.train, tok, 32), Collator({"": tok}), cfg, seed=0, objective=objective,
-                     evaluate=score, checkpoint_dir=tmp_path / "ck")
-        return result, model.state_dict()
-
-    with pytest.raises(KeyboardInterrupt):
-        train(stop_at=3)  # steps 1 (0.9, the best) and 2 (0.5) scored, step 2 saved, stopped in step 3
-    result, final = train()
+    # steps 1 (0.9, the best) and 2 (0.5) scored, step 2 saved, stopped in step 3
+    assert _fit_sst2_rows(tiny_bert_dir, cfg, tmp_path / "ck", stop_at=3, evaluate=score) is None
+    result, final = _fit_sst2_rows(tiny_bert_dir, cfg, tmp_path / "ck", evaluate=score)
     assert result.resumed_from == 2 and result.steps == 4 and len(snapshots) == 4
     assert (result.best_step, result.best_metric) == (1, 0.9)
     assert all(torch.equal(final[k], snapshots[0][k]) for k in final)
