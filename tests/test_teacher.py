@@ -450,6 +450,9 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     run_pipeline(recipe(), until="teacher")
     assert explain(recipe()) == [("teacher", False, "up to date"), ("quantize", True, "not run yet")]
     assert explain(recipe(epochs=2))[0] == ("teacher", True, "changed: teacher.epochs: 1.0 -> 2.0")
+    path = _recipe(tmp_path, tiny_bert_dir, extra="quantize: {max_drop: 1.0}\n")  # lr left out: its default said
+    path.write_text(path.read_text().replace(" lr: 1.0e-3,", ""))
+    assert explain(load_recipe(path))[0] == ("teacher", True, "changed: teacher.lr: 0.001 -> 5e-05")
     assert explain(recipe(), force=("teacher",))[0] == ("teacher", True, "forced (--force)")
     # a copied data folder named in the recipe holds the same inputs (same bytes): up to date; an edited copy names
     # the files
@@ -482,6 +485,13 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     assert "[teacher] would run: changed: teacher.epochs: 1.0 -> 3.0; seed: 42 -> 7" in out and "nothing run" in out
     assert (folder / "manifest.json").read_text() == manifest and (folder / "metrics.json").read_text() == "{}"
     assert sorted(p.name for p in folder.parent.iterdir()) == [".lock", "teacher"]  # a dry run writes nothing
+    # a data file the run would read is missing: --dry-run says so as a warning (the plan is still shown)
+    missing = tmp_path / "SST-2-gone"
+    assert main(["run", str(_recipe(tmp_path, tiny_bert_dir, epochs=3)), "--dry-run", "--set",
+                 f"task.data_dir={missing}"]) == 0
+    out, err = capsys.readouterr()
+    assert "[teacher] would run: changed: " in out and "nothing run" in out
+    assert f"warning: {tmp_path / 'tiny.yaml'}: task: {missing / 'train.tsv'}: file not found" in err, err
 
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch):
