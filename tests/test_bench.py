@@ -107,6 +107,10 @@ def test_bench_record_schema(tmp_path, tiny_bert_dir, dev, monkeypatch):
         assert all(v > 0 for v in r["speedup_p50"].values()) and r["metric"] == "accuracy"
     text = format_ratios(saved)
     assert "vs optimum_avx512_vnni" in text and "GOP/s" in text
+    # no shippable int8 model, or no peer: one line that says which
+    assert format_ratios({**saved, "ours": None}) == "[bench] no shippable int8 model: no ratios"
+    assert format_ratios({**saved, "ratios": {}}) == ("[bench] ours = int8_dynamic; nothing to compare it with "
+                                                      "(bench.peers is empty)")
     assert result["metrics"]["dev"] == arts["int8_dynamic"]["metrics"]
 
 
