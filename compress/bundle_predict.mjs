@@ -141,8 +141,8 @@ export function sha256Plain(bytes) {
   return out;
 }
 
-// the oldest onnxruntime(-web) that runs an int4 vocabulary table (GatherBlockQuantized of uint8-packed blocks: 1.21
-// refuses uint8 data, 1.19 has no such op), as predict.py's INT4_RUNTIME
+// the oldest onnxruntime(-web) that runs an int4 vocabulary table (GatherBlockQuantized of uint8-packed blocks: 1.20
+// and 1.21 refuse uint8 data, 1.19 has no such op: scripts/ort_web_floor.py), as predict.py's INT4_RUNTIME
 const INT4_RUNTIME = [1, 22];
 
 /** What to add to a load error when the model has int4 tables (`model.int4_tables`) and this onnxruntime-web
