@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -507,8 +508,6 @@ def test_the_search_bundle_of_an_mrpc_pick_carries_its_test_split_scores(tmp_pat
     48 under task.max_eval_samples), one pair at a time, as shipped."""
     from types import SimpleNamespace
 
-    import numpy as np
-
     from compress import bundle, search
     from compress.config import SearchConfig
     from compress.data import Collator, load_task, tokenize
@@ -582,6 +581,23 @@ def test_search_survives_torn_state_files(tmp_path, glue_dir, tokenizer):
     third = run_search(recipe, budget_ms=1000.0)
     assert third["counts"]["measured"] == 1 and third["best"] == "L1-dynamic" and not third["skipped"]
     assert (out / "models" / "L1" / "model.safetensors").is_file()
+
+
+def test_saved_teacher_logits_of_another_shape_or_torn_are_labelled_again(tmp_path, capsys):
+    """The teacher's logits an earlier search saved are reused only when they are a (rows, labels) array of the
+    slice's rows: a file of another slice, a vector or a torn file is said and labelled again (None)."""
+    from compress.search import _saved_logits
+
+    path = tmp_path / "teacher_logits.npy"
+    logits = np.arange(12, dtype=np.float32).reshape(6, 2)
+    np.save(path, logits)
+    assert torch.equal(_saved_logits(path, 6), torch.from_numpy(logits))
+    for saved, rows, said in ((logits, 5, "shape (6, 2), not 5 rows"), (logits[:, 0], 6, "shape (6,), not 6 rows")):
+        np.save(path, saved)
+        assert _saved_logits(path, rows) is None
+        assert f"[search] {path}: {said}: the teacher labels the slice again" in capsys.readouterr().out
+    path.write_bytes(path.read_bytes()[:40])
+    assert _saved_logits(path, 6) is None and "unreadable (" in capsys.readouterr().out
 
 
 def test_candidates_that_failed_are_not_called_too_slow():

@@ -492,6 +492,10 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     out, err = capsys.readouterr()
     assert "[teacher] would run: changed: " in out and "nothing run" in out
     assert f"warning: {tmp_path / 'tiny.yaml'}: task: {missing / 'train.tsv'}: file not found" in err, err
+    # a stage the recipe does not configure: refused in one line, before anything runs
+    assert main(["run", str(_recipe(tmp_path, tiny_bert_dir, epochs=3)), "--dry-run", "--stage", "prune"]) == 2
+    said = capsys.readouterr().err
+    assert said == f"error: {tmp_path / 'tiny.yaml'}: stage 'prune' is not configured in this recipe\n"
 
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch):
