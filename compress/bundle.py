@@ -87,8 +87,10 @@ def model_io(onnx_path: Path) -> dict:
     """Input and output names, element types and shapes (symbolic dims as names) of an ONNX model."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()  # names and shapes only: no graph optimization (none of ORT's fusions) is needed
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise CompressError(f"{onnx_path}: onnxruntime cannot load this model ({str(e).splitlines()[0]})") from None
 

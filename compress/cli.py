@@ -518,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set search.train_steps=50")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir")
     p.set_defaults(fn=cmd_search)
+    for p in sub.choices.values():  # an unknown flag is refused with its command's usage lines, not the top level's
+        p.set_defaults(command_parser=p)
     return parser
 
 
@@ -605,7 +607,7 @@ def _main(argv: Optional[list[str]]) -> int:
             setattr(args, "text" if args.text is None else "text_pair", texts.pop(0))
         extra += texts
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # the other processes of a distributed run say nothing but errors: one copy of each warning, the main one's
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level if _first_process() else logging.ERROR,

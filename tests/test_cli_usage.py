@@ -75,6 +75,17 @@ def test_predict_on_the_bundle_stage_folder_names_the_bundle_in_it(tmp_path, cap
     assert "no manifest.json" not in err and str(stage / "r-sst2-int8") in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv", [["run", "r.yaml", "--bogus"], ["predict", "b", "a", "--json", "b", "c"]])
+def test_an_unknown_flag_prints_its_commands_usage(argv, capsys):
+    """An unknown flag printed the top level's usage (`compress [-h] [-v] ... COMMAND`); it prints its command's, as
+    a flag the command's parser refuses itself (`--threads 0`) does."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"usage: compress {argv[0]} "), err
+    assert f"compress {argv[0]}: error: unrecognized arguments: {argv[-1]}" in err, err
+
+
 def test_bench_threads_given_twice_is_refused_as_in_a_recipe(capsys, tmp_path):
     """`compress bench R --threads 1 1` timed every model twice at one count: refused as bench.threads [1, 1] is."""
     recipe = tmp_path / "r.yaml"

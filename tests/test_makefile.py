@@ -35,3 +35,16 @@ def test_a_recipe_path_with_a_space_reaches_the_command_whole(tmp_path):
                           f"COMPRESS={sys.executable} -m compress"],  # this interpreter (a host without .venv too)
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and f"{folder / 'q.yaml'}: ok; stages: teacher" in out.stdout, out.stderr
+
+
+def test_torch_index_reaches_the_torch_install_only_when_given():
+    """`make install TORCH_INDEX=URL` takes torch from URL (pypi.org's Linux torch is the CUDA build); by default pip's
+    configured index, as before."""
+    def install(*extra):
+        out = subprocess.run(["make", "-n", "-B", ".venv/.installed", *extra], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        return [line.split() for line in out.splitlines() if "torch==" in line]
+    url = "https://download.pytorch.org/whl/cpu"
+    pip = [".venv/bin/pip", "install", "--quiet", "torch==2.13.0"]
+    assert install(f"TORCH_INDEX={url}") == [pip + ["--index-url", f'"{url}"']]
+    assert install() == [pip]
