@@ -200,6 +200,10 @@ export async function readManifest(base) {
       && labels.length >= 2 && labels.every((x) => typeof x === "string")))) {
     throw new BundleError(`manifest.json: task.labels must be a list of two or more label names (null: regression), got ${JSON.stringify(labels ?? null)}`);
   }
+  const pair = manifest.task.text_pair;
+  if (pair !== undefined && pair !== null && typeof pair !== "boolean") {  // "false" (text) was read as true
+    throw new BundleError(`manifest.json: task.text_pair must be true or false, got ${JSON.stringify(pair)}`);
+  }
   return manifest;
 }
 

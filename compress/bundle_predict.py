@@ -106,7 +106,8 @@ def read_manifest(folder: Path) -> dict:
 
 def check_fields(manifest: dict, path: Path) -> None:
     """The manifest fields the runners read: the model, tokenizer and label names must be files the manifest lists
-    (and so are verified), max_length a positive integer, labels a list of names (null: regression)."""
+    (and so are verified), max_length a positive integer, labels a list of names (null: regression), text_pair
+    true or false."""
     def field(*keys):
         value = manifest
         for key in keys:
@@ -128,6 +129,8 @@ def check_fields(manifest: dict, path: Path) -> None:
             not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)):
         raise BundleError(f"{path}: task.labels must be a list of two or more label names (null: regression), "
                           f"got {labels!r}")
+    if field("task", "text_pair") not in (None, True, False):  # "false" (text) read as true: a pair asked for
+        raise BundleError(f"{path}: task.text_pair must be true or false, got {field('task', 'text_pair')!r}")
 
 
 def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = None) -> dict:

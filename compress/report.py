@@ -218,17 +218,58 @@ def _read(path: Path) -> Optional[dict]:
         raise CompressError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    _check_shape(path, data, SHAPES.get(Path(path).name, ()))
     return data
 
 
-def _field(record: dict, key: str, kinds, path: Path):
-    """``record[key]`` when absent or of one of ``kinds``; else one line naming the file (a hand-edited record's
-    ``"int8": 5`` stopped the report with an AttributeError traceback)."""
-    value = record.get(key)
-    if value is not None and not isinstance(value, kinds):
-        raise CompressError(f"{path}: {key}: expected a JSON {'object' if kinds is dict else 'object or list'}, got "
-                            f"{type(value).__name__}; rerun the stage that wrote it")
-    return value
+_NUMBER = (int, float)
+_SCORE = (int, float, dict)  # a metric's value, or a {mean, std, n} record of merged seeds
+_SPLITS = [("metrics", dict), ("metrics.dev", dict), ("metrics.test", dict), ("metrics.dev.*", _SCORE),
+           ("metrics.test.*", _SCORE)]
+SHAPES: dict[str, list[tuple[str, tuple | type]]] = {
+    "manifest.json": [("stage", str), ("seed", int), ("created", str), ("recipe_path", str), ("config", dict),
+                      ("config.task", dict), ("env", dict), ("env.versions", dict), ("env.host", dict),
+                      ("train", dict), ("inputs", dict), ("outputs", dict), ("inputs.*", str), ("outputs.*", str),
+                      ("params", (int, dict)), ("params.*", int), ("students", (dict, list)), *_SPLITS,
+                      ("students.*.metrics", dict), ("students.*.params", int)],
+    "metrics.json": _SPLITS,
+    "quantize.json": [("source", dict), ("fp32", dict), ("int8", dict), ("int8.*", dict), ("fp32.file", str),
+                      ("fp32.metrics", dict), ("fp32.metrics.*", _SCORE), ("int8.*.file", str),
+                      ("int8.*.ort_file", str), ("int8.*.metrics", dict), ("int8.*.metrics.*", _SCORE),
+                      ("int8.*.tries", list), ("rows", dict), ("guard", dict)],
+    "bench.json": [("protocol", dict), ("protocol.versions", dict), ("run_dir", str), ("artifacts.*.path", str),
+                   ("artifacts.*.file", str), ("artifacts.*.model_dir", str), ("artifacts.*.metrics", dict),
+                   ("artifacts.*.metrics.*", _SCORE), ("artifacts.*.results", list), ("artifacts.*.params", int),
+                   ("artifacts.*.size_bytes", int)],
+}
+"""The fields of each stage record the report reads, with the JSON types their stages write ("*": every key of an
+object). A hand-edited or foreign record of another shape (`"seed": "42"`, `"protocol": 5`, a score as text) is one
+line naming the file and the field, where it stopped `compress report` with a traceback or left a score blank."""
+_JSON_TYPES = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
+
+
+def _check_shape(path: Path, data: dict, spec) -> None:
+    for key, kinds in spec:
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        for where, value in _values_at(data, key.split(".")):
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                number = set(_NUMBER) <= set(kinds)  # an integer or a float: "a number"
+                said = " or ".join(dict.fromkeys("a number" if number and k in _NUMBER else _JSON_TYPES[k]
+                                                 for k in kinds))
+                raise CompressError(f"{path}: {where}: expected {said}, got {type(value).__name__} {value!r:.40}; "
+                                    f"rerun the stage that wrote it")
+
+
+def _values_at(data, parts: list[str], prefix: str = ""):
+    """(dotted name, value) of each value of ``data`` at the path ``parts`` ("*": every key of an object there)."""
+    if not parts:
+        yield prefix, data
+        return
+    if not isinstance(data, dict):  # the shape above said so first, or another kind of value is allowed there
+        return
+    keys = list(data) if parts[0] == "*" else [parts[0]] if parts[0] in data else []
+    for key in keys:
+        yield from _values_at(data[key], parts[1:], f"{prefix}.{key}" if prefix else str(key))
 
 
 def _dev(metrics: Optional[dict]) -> dict:
@@ -279,7 +320,7 @@ def _student_rows(run_dir: Path, metric: str) -> list[Row]:
     manifest = _read(folder / "manifest.json")
     if manifest is None:
         return []
-    entries = _field(manifest, "students", (dict, list), folder / "manifest.json") or {}
+    entries = manifest.get("students") or {}
     if isinstance(entries, list):
         entries = {e.get("name", str(i)) if isinstance(e, dict) else str(i): e for i, e in enumerate(entries)}
     rows = []
@@ -344,8 +385,6 @@ def _quantize_rows(run_dir: Path, metric: str, params: Optional[int]) -> list[Ro
     record = _read(folder / "quantize.json")
     if record is None:
         return []
-    for key in ("source", "fp32", "int8"):
-        _field(record, key, dict, folder / "quantize.json")
     label = source_label((record.get("source") or {}).get("model"))
     tokenizer = folder / "tokenizer" / "tokenizer.json"
     rows = []
