@@ -770,12 +770,24 @@ def run_lock(run_dir: Path, take: bool = True):
 
 
 def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:
-    """``report.compare`` entries that are not run folders, when the report stage is to run: found before the first
-    stage starts, not after every other stage has run."""
+    """``report.compare`` entries that are not run folders, or whose stage records the report cannot read (a torn or
+    hand-edited manifest), when the report stage is to run: found before the first stage starts, not after every
+    other stage has run."""
     if "report" not in stages or recipe.report is None:
         return []
-    return [f"{recipe.path}: report.compare[{i}]: {run!r} is not a run folder (no teacher/manifest.json)"
-            for i, run in enumerate(recipe.report.compare) if not (Path(run) / "teacher" / "manifest.json").is_file()]
+    from compress.report import collect
+
+    problems = []
+    for i, run in enumerate(recipe.report.compare):
+        if not (Path(run) / "teacher" / "manifest.json").is_file():
+            problems.append(f"{recipe.path}: report.compare[{i}]: {run!r} is not a run folder (no "
+                            f"teacher/manifest.json)")
+            continue
+        try:
+            collect(run)
+        except CompressError as e:
+            problems.append(f"{recipe.path}: report.compare[{i}]: {e}")
+    return problems
 
 
 STAGE_WAIT_HOURS = 24.0

@@ -1603,6 +1603,25 @@ def test_a_stage_record_field_of_another_type_is_one_line_naming_file_and_field(
     assert not out.exists()
 
 
+def test_validate_reads_the_compared_runs_records_before_any_stage(tmp_path, capsys):
+    """`report.compare` naming a run whose records the report cannot read passed `compress validate` (only
+    teacher/manifest.json's presence was checked); a run then stopped at its report stage after every other stage.
+    Now validate warns naming the file and field (`--strict`: exit 2), and `compress run` stops before any stage."""
+    old = make_run(tmp_path, "old", **_files(tmp_path))
+    path = old / "teacher" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": "42"}))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nreport: {{compare: [{old}]}}\n"
+                      f"runs_dir: {tmp_path / 'runs'}\n")
+    said = f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got str '42'; rerun the stage that wrote it"
+    assert main(["validate", str(recipe)]) == 0
+    assert f"warning: {said}" in capsys.readouterr().err.splitlines()
+    assert main(["validate", "--strict", str(recipe)]) == 2
+    assert main(["run", str(recipe)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {said}"
+    assert not (tmp_path / "runs" / "r").exists()
+
+
 def test_merged_seeds_best_fixed_shape_is_the_best_mean_whatever_the_order(tmp_path):
     """Merged seeds took the first seed's best fixed shape and averaged the seeds whose best it was too: 500 (b8xs32)
     in one folder order, 350 (b8xs128) in the other, for means of 400 and 375. The protocol line came from the first
