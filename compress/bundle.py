@@ -699,7 +699,8 @@ def open_bundle(path: str | os.PathLike, manifest_sha256: Optional[str] = None) 
     elif path.is_file():
         folder_cm = _extracted(path)
     else:
-        raise CompressError(f"{path}: no such bundle folder or archive")
+        raise CompressError(f"{path}: " + ("not a bundle folder or archive (neither a folder nor a regular file)"
+                                           if path.exists() else "no such bundle folder or archive"))
     with folder_cm as folder:
         try:
             bundle_predict.verify(folder, manifest_sha256)

@@ -37,7 +37,7 @@ def _overrides(pairs: list[str]) -> dict:
             out[key] = yaml_value(value)
         except _DuplicateKey as e:
             raise CompressError(f"--set {key}: {e}") from None
-        except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits, a bad date
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits
             raise CompressError(f"--set {key}: the value is not valid YAML: {yaml_error(e)}") from None
     return out
 
@@ -123,6 +123,10 @@ def _not_runnable(recipe, stages) -> list[str]:
     from compress.tasks import glue_hint, missing_files, task_spec
 
     out = []
+    # the nearest existing folder of the run folder: a file there (--runs-dir plain.txt) stops the run at once
+    there = next((p for p in (recipe.run_dir, *recipe.run_dir.parents) if p.exists()), None)
+    if stages and there is not None and not there.is_dir():
+        out.append(f"{recipe.path}: runs_dir: {there} is a file, not a folder (the run folder is {recipe.run_dir})")
     if stages:
         out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
                 f"{glue_hint(recipe.task, task_spec(recipe.task))}" for path in missing_files(recipe.task)]

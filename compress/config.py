@@ -1407,7 +1407,8 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
     if data is None:  # empty, or comments only
         raise CompressError(f"{path}: the recipe is empty (task: and teacher: at least; see pipelines/quickstart.yaml)")
     if not isinstance(data, dict):
-        raise CompressError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+        raise CompressError(f"{path}: a recipe is a mapping of sections, got "
+                            f"{'int' if isinstance(data, _YamlInt) else type(data).__name__}")
     # a section given whole (--set 'prune={...}') goes in first, whatever its place: the keys set inside it add to it
     whole = frozenset(k for k in overrides or {} if "." not in k and "[" not in k)
     for key in _empty_sections(text):
@@ -1507,10 +1508,22 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
+def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    """A YAML date, or one line naming the value and where it is when it is none (``seed: 2024-02-30`` said only
+    "day is out of range for month")."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError as e:
+        raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is no date ({e})",
+                                                node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
 def yaml_error(e: yaml.YAMLError | ValueError) -> str:
     """A YAML parse error on one line: what went wrong and where (line and column, 1-based). A ValueError: an integer
-    of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out), or a
-    date that is none (2024-02-30)."""
+    of more than 4300 digits (Python's int-from-string limit; its hint at sys.set_int_max_str_digits left out)."""
     mark = getattr(e, "problem_mark", None)
     what = getattr(e, "problem", None) or str(e).splitlines()[0].split("; use sys.")[0]
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else what

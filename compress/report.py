@@ -582,6 +582,9 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
         return _read(run_dir / stage / name) if stage in stages else None
 
     teacher = _read(run_dir / "teacher" / "manifest.json")
+    if teacher is None and not run_dir.is_dir():
+        raise CompressError(f"{run_dir}: no such run folder" if not run_dir.exists() else f"{run_dir}: not a folder "
+                            f"(a run folder is runs/<recipe name>/)")
     if teacher is None:
         raise CompressError(f"{run_dir}: not a run folder (no teacher/manifest.json; run `compress run RECIPE`)")
     metric = next(iter(_dev(teacher.get("metrics"))), "accuracy")

@@ -926,6 +926,9 @@ def test_corrupt_archive_is_refused_in_one_line(bundle, tmp_path):
         with pytest.raises(CompressError) as e:
             predict(missing, ["hi"])
         assert str(e.value) == f"{missing}: no such bundle folder or archive"
+    with pytest.raises(CompressError) as e:  # a path that exists but is neither: it said "no such" too
+        predict("/dev/null", ["hi"])
+    assert str(e.value) == "/dev/null: not a bundle folder or archive (neither a folder nor a regular file)"
 
 
 def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):

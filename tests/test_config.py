@@ -438,6 +438,11 @@ def test_recipe_file_and_set_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'huge.yaml'}: not valid YAML: Exceeds the limit")
     assert err.count("\n") == 1 and "sys.set_int_max_str_digits" not in err
+    # a date that is none: it said "day is out of range for month", no value, no line
+    (tmp_path / "date.yaml").write_text("task: {name: sst2}\nteacher: {}\nseed: 2024-02-30\n")
+    assert main(["validate", str(tmp_path / "date.yaml")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'date.yaml'}: not valid YAML: '2024-02-30' is no date (day "
+                                       f"is out of range for month) (line 3, column 7)\n")
     assert main(["validate", recipe, "--set", f"teacher.max_steps=1{'0' * 5000}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --set teacher.max_steps: the value is not valid YAML: Exceeds")
@@ -974,6 +979,8 @@ def test_an_empty_recipe_says_so(tmp_path):
             load_recipe(write(tmp_path, text))
     with pytest.raises(CompressError, match=r"a recipe is a mapping of sections, got list"):
         load_recipe(write(tmp_path, "- a\n"))
+    with pytest.raises(CompressError, match=r"a recipe is a mapping of sections, got int$"):  # was "got _YamlInt"
+        load_recipe(write(tmp_path, "42\n"))
 
 
 def test_a_bundle_named_as_the_stages_manifest_is_refused_in_validation(tmp_path):

@@ -265,6 +265,10 @@ def test_cli_report_overlays_runs(tmp_path, capsys):
     assert "best fixed-shape seq/s (2t) |" in md and "246 (b8xs32)" in md
     assert (tmp_path / "rep" / "pareto.png").stat().st_size > 20_000
     assert main(["report", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such run folder\n"
+    assert main(["report", str(tmp_path / "rep" / "report.md")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'rep' / 'report.md'}: not a folder")
+    assert main(["report", str(tmp_path / "rep")]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
 

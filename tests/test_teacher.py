@@ -553,6 +553,10 @@ def test_a_run_that_fails_before_any_stage_wrote_leaves_no_run_folder(tmp_path, 
     capsys.readouterr()
     assert main(["run", str(_recipe(tmp_path, tiny_bert_dir)), "--runs-dir", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'file' / 'tiny'}: Not a directory"
+    # --dry-run said "would run" without a word of it
+    assert main(["run", str(_recipe(tmp_path, tiny_bert_dir)), "--runs-dir", str(tmp_path / "file"), "--dry-run"]) == 0
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 'tiny.yaml'}: runs_dir: {tmp_path / 'file'} is a file, "
+                                       f"not a folder (the run folder is {tmp_path / 'file' / 'tiny'})\n")
 
 
 def test_a_run_folder_in_use_stops_a_second_run_at_once(tmp_path, tiny_bert_dir):
