@@ -1575,8 +1575,9 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _dotted(key: str) -> str:
-    """``students[0].train`` as ``students.0.train``: the two spellings of a list entry --set takes."""
-    return re.sub(r"\[(\d+)\]", r".\1", key)
+    """``students[0].train`` as ``students.0.train``: the two spellings of a list entry --set takes (``students[x]``
+    too, so that it is refused as the index it is meant to be, not as an unknown section)."""
+    return re.sub(r"\[([^\[\]]*)\]", r".\1", key)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset()) -> None:

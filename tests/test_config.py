@@ -172,6 +172,9 @@ def test_overrides_reach_list_entries_and_bad_paths_are_one_line_errors(tmp_path
         load_recipe(path, {"students.2.layers": 1})
     with pytest.raises(CompressError, match=r"students is a list"):
         load_recipe(path, {"students.name": "x"})
+    with pytest.raises(CompressError, match=r"^--set students\[x\]\.name: students is a list of 2 entries: use an "
+                                            r"index from 0 to 1$"):  # it was "students[x]: unknown key"
+        load_recipe(path, {"students[x].name": "x"})
     with pytest.raises(CompressError, match=r"^--set task.name.x: task.name is not a section \(its value is 'sst2'\)$"):
         load_recipe(path, {"task.name.x": 1})
     with pytest.raises(CompressError, match=r"students\[0\]\.train\.epoks: unknown key"):
