@@ -1617,7 +1617,8 @@ def test_validate_reads_the_compared_runs_records_before_any_stage(tmp_path, cap
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nreport: {{compare: [{old}]}}\n"
                       f"runs_dir: {tmp_path / 'runs'}\n")
-    said = f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got str '42'; rerun the stage that wrote it"
+    said = (f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got str '42'; rerun the stage that "
+            f"wrote it")
     assert main(["validate", str(recipe)]) == 0
     assert f"warning: {said}" in capsys.readouterr().err.splitlines()
     assert main(["validate", "--strict", str(recipe)]) == 2
