@@ -129,7 +129,7 @@ def check_fields(manifest: dict, path: Path) -> None:
             not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)):
         raise BundleError(f"{path}: task.labels must be a list of two or more label names (null: regression), "
                           f"got {labels!r}")
-    if field("task", "text_pair") not in (None, True, False):  # "false" (text) read as true: a pair asked for
+    if not isinstance(field("task", "text_pair"), (bool, type(None))):  # "false" (text) read as true: a pair asked
         raise BundleError(f"{path}: task.text_pair must be true or false, got {field('task', 'text_pair')!r}")
 
 

@@ -126,7 +126,8 @@ def _not_runnable(recipe, stages) -> list[str]:
     # the nearest existing folder of the run folder: a file there (--runs-dir plain.txt) stops the run at once
     there = next((p for p in (recipe.run_dir, *recipe.run_dir.parents) if p.exists()), None)
     if stages and there is not None and not there.is_dir():
-        out.append(f"{recipe.path}: runs_dir: {there} is a file, not a folder (the run folder is {recipe.run_dir})")
+        out.append(f"{recipe.path}: runs_dir: {there} is a file, not a folder (the run folder is {recipe.run_dir})"
+                   if there != recipe.run_dir else f"{recipe.path}: the run folder {there} is a file, not a folder")
     if stages:
         out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
                 f"{glue_hint(recipe.task, task_spec(recipe.task))}" for path in missing_files(recipe.task)]

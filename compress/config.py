@@ -359,6 +359,11 @@ def lfs_pointer(folder: str) -> Optional[str]:
     return None
 
 
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings")
+"""The sizes in a model's config.json that build its layers: positive integers, or the folder is refused."""
+
+
 def check_model_name(name: str, file: str, where: str, kind: str = "model", tokenizer: bool = True) -> None:
     """Refuse, at validation rather than when the stage that loads it starts (after the teacher's training, and after
     the hub's retries), a model name that is a near miss of a zoo name: not in the zoo, not a folder, no org/ part
@@ -385,6 +390,11 @@ def check_model_name(name: str, file: str, where: str, kind: str = "model", toke
             reason = unsupported_type(model_type, fields.get("position_embedding_type"))
             if reason:
                 raise CompressError(f"{file}: {where}: {name!r}: {reason}")
+            for key in SIZE_FIELDS:  # "six": transformers failed on it as "cannot read its weights (TypeError ...)"
+                value = fields.get(key)
+                if value is not None and (type(value) is not int or value < 1):
+                    raise CompressError(f"{file}: {where}: {os.path.join(name, 'config.json')}: {key}: expected a "
+                                        f"positive integer, got {value!r}")
             pointer = lfs_pointer(name)
             if pointer:
                 raise CompressError(f"{file}: {where}: {pointer} is a git-lfs pointer, not the weights (the folder "

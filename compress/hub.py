@@ -94,8 +94,6 @@ def check(name: str, where: str, weights: bool = True, tokenizer: bool = False) 
     if is_missing_folder(name):
         raise CompressError(f"{where}: {name!r}: no such folder (and not a zoo model or a hub id)")
     if not is_hub_id(name):
-        if os.path.isdir(name) and weights:
-            check_sizes(Path(name) / "config.json", where)
         return
     here = "" if os.path.isabs(name) else f"; no folder {os.path.abspath(name)} either (relative paths are read " \
         f"from the folder compress runs in)"
@@ -117,27 +115,6 @@ def check(name: str, where: str, weights: bool = True, tokenizer: bool = False) 
     raise CompressError(f"{where}: {name!r} is a hub id (not a zoo model or a folder), the hub ({constants.ENDPOINT}) "
                         f"cannot be reached and {held} ({constants.HF_HUB_CACHE}){here}; use a zoo model "
                         f"({', '.join(ZOO)}) or a local folder, or run once online")
-
-
-SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings")
-"""The sizes of a model's config.json that build its layers: a value of another type ("six") failed in transformers as
-"cannot read its weights (TypeError ...)", and `compress validate --strict` passed it."""
-
-
-def check_sizes(path: Path, where: str) -> None:
-    """Refuse a model folder's config.json whose `SIZE_FIELDS` are not positive integers (a file that is missing or
-    not JSON is left to the loader, which says so)."""
-    import json
-
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    for key in SIZE_FIELDS if isinstance(config, dict) else ():
-        value = config.get(key)
-        if value is not None and (type(value) is not int or value < 1):
-            raise CompressError(f"{where}: {path}: {key}: expected a positive integer, got {value!r}")
 
 
 def _hub_cache_folder(repo_id: str, kind: str = "model") -> Path:

@@ -775,17 +775,23 @@ def compare_problems(recipe: Recipe, stages: list[str]) -> list[str]:
     other stage has run."""
     if "report" not in stages or recipe.report is None:
         return []
+    import contextlib
+    import io
+
     from compress.report import collect
 
     problems = []
     for i, run in enumerate(recipe.report.compare):
+        if Path(run).resolve() == recipe.run_dir.resolve():  # the run itself: its table is made anyway
+            continue
         if not (Path(run) / "teacher" / "manifest.json").is_file():
             problems.append(f"{recipe.path}: report.compare[{i}]: {run!r} is not a run folder (no "
                             f"teacher/manifest.json)")
             continue
         try:
-            collect(run)
-        except CompressError as e:
+            with contextlib.redirect_stderr(io.StringIO()):  # its warnings are the report stage's to give, once
+                collect(run)
+        except (CompressError, OSError) as e:
             problems.append(f"{recipe.path}: report.compare[{i}]: {e}")
     return problems
 

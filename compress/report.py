@@ -205,7 +205,9 @@ def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float],
 
 
 # ------------------------------------------------------------------------------------------------------ collect
-def _read(path: Path) -> Optional[dict]:
+def _read(path: Path, checked: bool = True) -> Optional[dict]:
+    """A stage record (None when absent), its fields checked against `SHAPES` unless ``checked`` is off (a record
+    read only to compare its outputs, or one that its own stage, still to run, is about to replace)."""
     import json
 
     try:
@@ -218,12 +220,13 @@ def _read(path: Path) -> Optional[dict]:
         raise CompressError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CompressError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    _check_shape(path, data, SHAPES.get(Path(path).name, ()))
+    if checked:
+        _check_shape(path, data, SHAPES.get(Path(path).name, ()))
     return data
 
 
 _NUMBER = (int, float)
-_SCORE = (int, float, dict)  # a metric's value, or a {mean, std, n} record of merged seeds
+_SCORE = _NUMBER  # a metric's value (merged seeds' {mean, std, n} records exist in memory only)
 _SPLITS = [("metrics", dict), ("metrics.dev", dict), ("metrics.test", dict), ("metrics.dev.*", _SCORE),
            ("metrics.test.*", _SCORE)]
 SHAPES: dict[str, list[tuple[str, tuple | type]]] = {
@@ -245,19 +248,22 @@ SHAPES: dict[str, list[tuple[str, tuple | type]]] = {
 """The fields of each stage record the report reads, with the JSON types their stages write ("*": every key of an
 object). A hand-edited or foreign record of another shape (`"seed": "42"`, `"protocol": 5`, a score as text) is one
 line naming the file and the field, where it stopped `compress report` with a traceback or left a score blank."""
-_JSON_TYPES = {int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
-
-
 def _check_shape(path: Path, data: dict, spec) -> None:
+    import json
+
+    from compress.rows import _json_kind
+
     for key, kinds in spec:
         kinds = kinds if isinstance(kinds, tuple) else (kinds,)
         for where, value in _values_at(data, key.split(".")):
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
                 number = set(_NUMBER) <= set(kinds)  # an integer or a float: "a number"
-                said = " or ".join(dict.fromkeys("a number" if number and k in _NUMBER else _JSON_TYPES[k]
-                                                 for k in kinds))
-                raise CompressError(f"{path}: {where}: expected {said}, got {type(value).__name__} {value!r:.40}; "
-                                    f"rerun the stage that wrote it")
+                said = " or ".join(dict.fromkeys("a number" if number and k in _NUMBER else
+                                                 "an integer" if k is int else _json_kind(k()) for k in kinds))
+                shown = json.dumps(value)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise CompressError(f"{path}: {where}: expected {said}, got {_json_kind(value)} {shown}; rerun the "
+                                    f"stage that wrote it")
 
 
 def _values_at(data, parts: list[str], prefix: str = ""):
@@ -557,8 +563,10 @@ def _redone_since(run_dir: Path, manifest: Optional[dict], what: str) -> bool:
     recorded = (manifest or {}).get("inputs") or {}
     for stage in stage_names():
         read = {k[len(stage) + 1:]: v for k, v in recorded.items() if k.startswith(f"{stage}/")}
-        now = _read(run_dir / stage / "manifest.json")
-        if read and read != ((now or {}).get("outputs") or {}):
+        if not read:  # a stage it did not read
+            continue
+        now = _read(run_dir / stage / "manifest.json", checked=False)  # its outputs compared, nothing else read
+        if read != ((now or {}).get("outputs") or {}):
             how = "was redone since it was measured" if now is not None else "is missing (its folder or manifest)"
             print(f"warning: {run_dir / what}: the {stage} stage {how}: its latencies are left out (rerun the "
                   f"stages after {stage}: compress run RECIPE)", file=sys.stderr)
@@ -576,7 +584,10 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
 
         stages = {s.name for s in plan(recipe)}
     else:
-        stages = {p.name for p in run_dir.iterdir() if p.is_dir()} if run_dir.is_dir() else set()
+        from compress.pipeline import stage_names
+
+        # the stage folders there (not one being written, .<stage>.tmp-PID, nor set aside, .old-PID, nor another)
+        stages = {name for name in stage_names() if (run_dir / name).is_dir()} if run_dir.is_dir() else set()
 
     def read(stage: str, name: str = "manifest.json") -> Optional[dict]:
         return _read(run_dir / stage / name) if stage in stages else None
@@ -615,7 +626,7 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     rows.sort(key=lambda r: _ORDER.get(r.kind, 9))  # teacher, students, pruned, int8 (stable within a kind)
     # the stages that made and measured the models (the report's own manifest, and the bundle made from it, would be
     # the previous report's while the report stage runs)
-    manifests = [m for m in _manifests(run_dir) if m["stage"] in stages and m["stage"] not in ("report", "bundle")]
+    manifests = _manifests(run_dir, stages - {"report", "bundle"})
     seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
     env = teacher.get("env") or {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
@@ -696,13 +707,13 @@ def _config_digests(manifests: Sequence[dict]) -> dict[str, str]:
     return {m["stage"]: fingerprint({"config": unseeded(m.get("config"))}) for m in manifests}
 
 
-def _manifests(run_dir: Path) -> list[dict]:
+def _manifests(run_dir: Path, stages: set[str]) -> list[dict]:
+    """The manifests of the run's ``stages`` (a folder of a stage the table leaves out, or being written as
+    .<stage>.tmp-PID, or set aside as .old-PID, is not read)."""
     out = []
     for path in sorted(run_dir.glob("*/manifest.json")):
-        if path.parent.name.startswith("."):  # a stage being written (.<stage>.tmp-PID) or set aside (.old-PID)
-            continue
-        m = _read(path)
-        if m and m.get("stage"):
+        m = _read(path) if path.parent.name in stages else None
+        if m and m.get("stage") in stages:
             out.append(m)
     return out
 
@@ -1422,7 +1433,7 @@ def _measure_key(recipe) -> str:
     from compress.manifest import fingerprint
     from compress.pipeline import plan
 
-    outputs = {s.name: (_read(recipe.run_dir / s.name / "manifest.json") or {}).get("outputs")
+    outputs = {s.name: (_read(recipe.run_dir / s.name / "manifest.json", checked=False) or {}).get("outputs")
                for s in plan(recipe) if s.name not in ("report", "bundle")}
     return fingerprint({"outputs": outputs, "bench": recipe.section("bench") if recipe.bench is not None else None,
                         "task": recipe.section("task"), "seed": recipe.seed, "compress": __version__})
@@ -1436,10 +1447,12 @@ def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
 
     folder = recipe.run_dir / "report"
     previous = _read(folder / MEASURED)
-    manifest = _read(folder / "manifest.json") or {}
-    recorded = (manifest.get("outputs") or {}).get(MEASURED)
+    manifest = _read(folder / "manifest.json", checked=False) or {}  # this stage's own, about to be replaced
+    outputs, env = manifest.get("outputs"), manifest.get("env")
+    recorded = outputs.get(MEASURED) if isinstance(outputs, dict) else None
     if not (isinstance(previous, dict) and previous.get("key") == (key or _measure_key(recipe)) and recorded
-            and sha256_file(folder / MEASURED) == recorded and not other_machine(manifest.get("env"))):
+            and sha256_file(folder / MEASURED) == recorded
+            and not other_machine(env if isinstance(env, dict) else None)):
         return None
     return previous
 

@@ -993,6 +993,7 @@ def test_bytecode_in_the_bundle_is_checked(bundle, tmp_path):
     (lambda m: m.update(max_length="abc"), "max_length must be a positive integer"),
     (lambda m: m["task"].update(labels=["a"]), "task.labels must be a list of two or more label names"),
     (lambda m: m["task"].update(text_pair="false"), "task.text_pair must be true or false, got 'false'"),
+    (lambda m: m["task"].update(text_pair=1), "task.text_pair must be true or false, got 1"),  # as predict.mjs
     (lambda m: m["task"].update(labels=["bad", "good"]), r"task\.labels \['bad', 'good'\] differ from labels\.json"),
     (lambda m: m["model"].update(file="tokenizer.json"), "tokenizer.json: onnxruntime cannot load it"),
     (lambda m: m.pop("model"), r"model\.file must name a file"),

@@ -341,6 +341,7 @@ def test_predict_mjs_refuses_bad_manifests_and_arguments_in_one_line(js_bundle, 
                           ({"task": {**m["task"], "labels": ["a"]}}, "task.labels must be a list of two or more"),
                           ({"task": {**m["task"], "text_pair": "false"}},
                            'task.text_pair must be true or false, got "false"'),
+                          ({"task": {**m["task"], "text_pair": 1}}, "task.text_pair must be true or false, got 1"),
                           # swapped names with no labels file to compare them with: printed the wrong label
                           ({"task": {**m["task"], "labels": m["task"]["labels"][::-1]}, "labels_file": None},
                            "labels_file must name a file listed under 'files'"),

@@ -103,6 +103,30 @@ def test_a_near_miss_of_a_zoo_name_is_refused_at_validation(tmp_path):
         assert load_recipe(recipe(teacher, str(tmp_path / "minilm-l7"))).teacher.model == teacher
 
 
+def test_a_model_folder_whose_config_sizes_are_not_positive_integers_is_refused_at_validation(tmp_path, capsys):
+    """A config.json with `"num_hidden_layers": "six"` passed `compress validate --strict` and stopped the run with
+    "cannot read its weights (TypeError ...)" (the weights were fine); now refused as the recipe loads, naming the
+    file and the field, for the teacher and a student's init alike."""
+    from compress.cli import main
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "vocab.txt").write_text("[PAD]\n")
+    path = tmp_path / "r.yaml"
+    for value, said in (('"six"', "'six'"), ("0", "0"), ("12.0", "12.0")):
+        (model / "config.json").write_text(f'{{"model_type": "bert", "num_hidden_layers": {value}}}')
+        path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: {model}}}\n")
+        assert main(["validate", str(path)]) == 2
+        assert capsys.readouterr().err == (f"error: {path}: teacher.model: {model / 'config.json'}: num_hidden_layers: "
+                                           f"expected a positive integer, got {said}\n")
+    path.write_text(f"name: r\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                    f"students: [{{name: s, kind: narrow, init: {model}}}]\n")
+    with pytest.raises(CompressError, match=r"students\[0\]\.init: .*config\.json: num_hidden_layers: expected a "):
+        load_recipe(path)
+    (model / "config.json").write_text('{"model_type": "bert", "num_hidden_layers": 6}')
+    assert load_recipe(path).students[0].init == str(model)
+
+
 def test_a_model_folder_without_a_tokenizer_is_refused_at_validation(tmp_path):
     """A folder of config.json and weights only passed validation, then failed the teacher stage with a TypeError
     traceback from transformers' tokenizer loader; a student's init needs none when it names its own tokenizer."""

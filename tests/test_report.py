@@ -811,7 +811,7 @@ def test_a_labelled_test_split_gets_a_column_of_its_own(tmp_path):
     manifest["metrics"]["test"]["f1"] = "abc"
     (runs[0] / "teacher" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CompressError, match=re.escape(f"{runs[0] / 'teacher' / 'manifest.json'}: metrics.test.f1: "
-                                                      f"expected a number or an object, got str 'abc'; rerun")):
+                                                      f'expected a number, got a string "abc"; rerun')):
         collect(runs[0])
 
 
@@ -1563,7 +1563,7 @@ def test_a_hand_edited_record_of_the_wrong_shape_is_one_line_naming_its_file(tmp
     for path, key in ((run / "quantize" / "quantize.json", "int8"), (run / "distill" / "manifest.json", "students")):
         good = path.read_text()
         path.write_text(json.dumps({**json.loads(good), key: 5}))
-        with pytest.raises(CompressError, match=rf"^{re.escape(str(path))}: {key}: expected an object.*, got int 5; "
+        with pytest.raises(CompressError, match=rf"^{re.escape(str(path))}: {key}: expected an object.*, got a number 5; "
                                                 r"rerun the stage that wrote it$"):
             collect(run)
         path.write_text(good)
@@ -1571,20 +1571,20 @@ def test_a_hand_edited_record_of_the_wrong_shape_is_one_line_naming_its_file(tmp
 
 
 @pytest.mark.parametrize("file, keys, value, where, said", [
-    ("bench/manifest.json", ["seed"], "42", "seed", "an integer, got str '42'"),
-    ("teacher/manifest.json", ["config"], 5, "config", "an object, got int 5"),
-    ("teacher/manifest.json", ["config", "task"], [], "config.task", "an object, got list []"),
+    ("bench/manifest.json", ["seed"], "42", "seed", "an integer, got a string \"42\""),
+    ("teacher/manifest.json", ["config"], 5, "config", "an object, got a number 5"),
+    ("teacher/manifest.json", ["config", "task"], [], "config.task", "an object, got a list []"),
     ("teacher/manifest.json", ["metrics", "dev", "accuracy"], "high", "metrics.dev.accuracy",
-     "a number or an object, got str 'high'"),
-    ("teacher/manifest.json", ["env", "versions"], "1.32", "env.versions", "an object, got str '1.32'"),
-    ("teacher/manifest.json", ["train"], True, "train", "an object, got bool True"),
-    ("distill/manifest.json", ["params", "tiny"], "17M", "params.tiny", "an integer, got str '17M'"),
-    ("bench/bench.json", ["protocol"], 5, "protocol", "an object, got int 5"),
-    ("bench/bench.json", ["run_dir"], 5, "run_dir", "a string, got int 5"),
+     "a number, got a string \"high\""),
+    ("teacher/manifest.json", ["env", "versions"], "1.32", "env.versions", "an object, got a string \"1.32\""),
+    ("teacher/manifest.json", ["train"], True, "train", "an object, got a boolean true"),
+    ("distill/manifest.json", ["params", "tiny"], "17M", "params.tiny", "an integer, got a string \"17M\""),
+    ("bench/bench.json", ["protocol"], 5, "protocol", "an object, got a number 5"),
+    ("bench/bench.json", ["run_dir"], 5, "run_dir", "a string, got a number 5"),
     ("bench/bench.json", ["artifacts", "int8_dynamic", "file"], 5, "artifacts.int8_dynamic.file",
-     "a string, got int 5"),
-    ("quantize/quantize.json", ["int8", "dynamic", "tries"], 5, "int8.dynamic.tries", "a list, got int 5"),
-    ("quantize/quantize.json", ["fp32", "file"], 5, "fp32.file", "a string, got int 5"),
+     "a string, got a number 5"),
+    ("quantize/quantize.json", ["int8", "dynamic", "tries"], 5, "int8.dynamic.tries", "a list, got a number 5"),
+    ("quantize/quantize.json", ["fp32", "file"], 5, "fp32.file", "a string, got a number 5"),
 ])
 def test_a_stage_record_field_of_another_type_is_one_line_naming_file_and_field(tmp_path, capsys, file, keys, value,
                                                                                  where, said):
@@ -1617,7 +1617,7 @@ def test_validate_reads_the_compared_runs_records_before_any_stage(tmp_path, cap
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nreport: {{compare: [{old}]}}\n"
                       f"runs_dir: {tmp_path / 'runs'}\n")
-    said = (f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got str '42'; rerun the stage that "
+    said = (f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got a string \"42\"; rerun the stage that "
             f"wrote it")
     assert main(["validate", str(recipe)]) == 0
     assert f"warning: {said}" in capsys.readouterr().err.splitlines()
@@ -1625,6 +1625,35 @@ def test_validate_reads_the_compared_runs_records_before_any_stage(tmp_path, cap
     assert main(["run", str(recipe)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {said}"
     assert not (tmp_path / "runs" / "r").exists()
+    # the run itself among the compared (allowed: one table): not read ahead, its stale records are being redone
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 42}))
+    own = make_run(tmp_path / "runs", "r", **_files(tmp_path))
+    stale = own / "prune" / "manifest.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"stage": "prune", "seed": "7"}))
+    recipe.write_text(recipe.read_text().replace(f"compare: [{old}]", f"compare: [{old}, {own}]"))
+    capsys.readouterr()
+    assert main(["validate", "--strict", str(recipe)]) == 0, capsys.readouterr().err
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_records_the_table_does_not_read_are_not_checked(tmp_path):
+    """The shape check reads only the records the table uses: a bundle or report stage's manifest of another shape
+    (rewritten only after the report stage, which would have refused it, so no rerun could mend it) and a
+    stage folder the recipe no longer plans are left alone."""
+    from compress.config import load_recipe
+    from compress.report import kept_measurement
+
+    run = make_run(tmp_path, "q", **_files(tmp_path))
+    for stage in ("bundle", "report", "old-stage"):
+        (run / stage).mkdir(exist_ok=True)
+        (run / stage / "manifest.json").write_text(json.dumps({"stage": stage, "seed": "42", "outputs": 5}))
+    assert collect(run).provenance["seeds"] == [42]
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(f"runs_dir: {tmp_path}\ntask: {{name: sst2}}\nteacher: {{model: minilm-l6}}\n"
+                      f"quantize: {{}}\nbench: {{}}\nreport: {{}}\nbundle: {{}}\n")
+    assert kept_measurement(load_recipe(recipe)) is None  # the report's own manifest: read unchecked, not kept
+    assert collect(run, recipe=load_recipe(recipe)).rows
 
 
 def test_merged_seeds_best_fixed_shape_is_the_best_mean_whatever_the_order(tmp_path):
