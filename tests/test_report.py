@@ -1563,8 +1563,8 @@ def test_a_hand_edited_record_of_the_wrong_shape_is_one_line_naming_its_file(tmp
     for path, key in ((run / "quantize" / "quantize.json", "int8"), (run / "distill" / "manifest.json", "students")):
         good = path.read_text()
         path.write_text(json.dumps({**json.loads(good), key: 5}))
-        with pytest.raises(CompressError, match=rf"^{re.escape(str(path))}: {key}: expected an object.*, got a number 5; "
-                                                r"rerun the stage that wrote it$"):
+        with pytest.raises(CompressError, match=rf"^{re.escape(str(path))}: {key}: expected an object.*, got a number "
+                                                r"5; rerun the stage that wrote it$"):
             collect(run)
         path.write_text(good)
     assert collect(run).rows
@@ -1617,8 +1617,8 @@ def test_validate_reads_the_compared_runs_records_before_any_stage(tmp_path, cap
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nreport: {{compare: [{old}]}}\n"
                       f"runs_dir: {tmp_path / 'runs'}\n")
-    said = (f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got a string \"42\"; rerun the stage that "
-            f"wrote it")
+    said = (f"{recipe}: report.compare[0]: {path}: seed: expected an integer, got a string \"42\"; rerun the stage "
+            f"that wrote it")
     assert main(["validate", str(recipe)]) == 0
     assert f"warning: {said}" in capsys.readouterr().err.splitlines()
     assert main(["validate", "--strict", str(recipe)]) == 2
