@@ -280,6 +280,18 @@ def _fmt_metric(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+_LATENCY_NAMES = {"throughput_per_s": "throughput (texts/s: 1000 / mean ms)"}
+
+
+def _latency_value(key: str, value) -> str:
+    """A latency record's value as the card shows it: ms to the microsecond, as its per-thread table."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.startswith("speedup"):
+        return f"{round_down(value, 2):.2f}x"
+    return f"{value:.3f}" if key.endswith("_ms") else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
 def model_card(manifest: dict) -> str:
     """README.md of a bundle: what the model does, how well and how fast, how to run it, where it came from."""
     task = manifest["task"]
@@ -306,7 +318,8 @@ def model_card(manifest: dict) -> str:
         of = metrics.get("retention_metric")
         for split, values in metrics.items():
             if isinstance(values, dict):
-                lines += [f"| {split} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
+                shown = {"teacher_dev": "dev (the teacher's)", "teacher_test": "test (the teacher's)"}.get(split, split)
+                lines += [f"| {shown} | {k} | {_fmt_metric(v)} |" for k, v in values.items()]
             elif split in ("retention", "test_retention") and of:
                 on = " on test" if split == "test_retention" else ""
                 shown = _fmt_metric(values if not isinstance(values, float) or not math.isfinite(values)
@@ -328,6 +341,9 @@ def model_card(manifest: dict) -> str:
                   f"`Predictor.predict({'texts, pairs' if pair else 'texts'}, batch_size=N)` runs N {many} together, "
                   f"faster; an int8 dynamic model's activation scales then cover the whole batch, so a {one}'s scores "
                   f"can change with the {many} batched with it."]
+        scoring = (manifest.get("source") or {}).get("int8_scoring")
+        if isinstance(scoring, str):  # the guard's tries chosen by the very dev scores above: said beside them
+            lines += ["", f"How the int8 scores were taken: {md_text(scoring)}."]
         checked = manifest.get("verified")
         if isinstance(checked, dict):
             lines += ["", f"Checked before shipping: this bundle, run by `predict.py`'s code on its own "
@@ -340,7 +356,7 @@ def model_card(manifest: dict) -> str:
     latency = manifest.get("latency")
     if latency:
         lines += ["| measure | value |", "|---|---|"]
-        lines += [f"| {k} | {f'{round_down(v, 2):.2f}x' if k.startswith('speedup') and isinstance(v, float) else v} |"
+        lines += [f"| {_LATENCY_NAMES.get(k, k)} | {_latency_value(k, v)} |"
                   for k, v in latency.items() if k not in ("protocol", "by_threads") and v is not None]
         lines += ["", "Measured on the build machine, before bundling (speedup: the teacher's ONNX fp32 p50 over "
                   "this model's, same threads)."]
@@ -352,16 +368,20 @@ def model_card(manifest: dict) -> str:
                 lines.append(f"| {t}{' (fastest)' if r.get('fastest') else ''} | {r['p50_ms']:.3f} | "
                              f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{round_down(speedup, 2):.2f}x'} |")
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
-            lines += ["", f"Under this protocol it ran fastest at {fastest} thread{'s' if fastest != '1' else ''} "
-                      f"(`python predict.py --threads {fastest} ...`); measure on the target device "
-                      "(`python predict.py --bench 3 --file ...`, below)."]
+            protocol = latency.get("protocol")
+            spin = protocol.get("spin") if isinstance(protocol, dict) else None
+            how = {True: " (idle threads spinning, as `predict.py` runs)",
+                   False: " (idle threads sleeping; `predict.py` lets them spin, which runs a model this small faster "
+                          "at 2+ threads)"}.get(spin, "")
+            lines += ["", f"Under this protocol{how} it ran fastest at {fastest} thread{'s' if fastest != '1' else ''}"
+                      f" (`python predict.py --threads {fastest} ...`); measure on the target device, each thread "
+                      "count you may use (`python predict.py --bench 3 --threads N --file ...`, below)."]
         protocol = latency.get("protocol")
         if protocol:
-            said = (" (the protocol's `spin` says which were timed)" if isinstance(protocol, dict) and "spin" in protocol
-                    else "")
             lines += ["", f"Protocol: `{json.dumps(protocol, sort_keys=True)}`.", "",
                       "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that runs nothing "
-                      f"else, spinning threads run faster at 2+ threads than sleeping ones{said}."]
+                      "else they answer faster at 2+ threads than sleeping ones, and keep their cores busy between "
+                      "texts (power, on a battery)."]
     else:
         lines.append("Not measured for this bundle.")
     memory = manifest.get("memory")
@@ -387,11 +407,13 @@ def model_card(manifest: dict) -> str:
               "from predict import Predictor", "",
               f"Predictor('.').predict({call})",
               "```", "",
-              "`model.ort` (when present) is the same model in ORT format, for onnxruntime mobile/minimal builds.", "",
+              "`model.ort` (when present) is the same model converted to ORT format by the onnxruntime named in "
+              "`manifest.json` (its graph optimizations applied then), for onnxruntime mobile/minimal builds; the "
+              "runners here load `model.onnx`, and the figures above are its.", "",
               "### In JavaScript (Node.js or a browser)", "",
               "`predict.mjs` runs the same model with onnxruntime-web (WebAssembly) and @huggingface/tokenizers, "
               "pinned in `package.json`; it truncates texts as `predict.py` does and checks the sha256 of the files "
-              "it loads (model, tokenizer) before creating the model.", "", "```sh",
+              "it loads (model, tokenizer, labels.json) before creating the model.", "", "```sh",
               "npm install", f"node predict.mjs {example}",
               f"node predict.mjs --json --file {lines_file.split('#')[0].strip()}",
               f"node predict.mjs --bench 3 --file {lines_file.split('#')[0].strip()}   # onnxruntime-web's speed here",
@@ -409,7 +431,8 @@ def model_card(manifest: dict) -> str:
             lines.append(f"| {rel} | {manifest['sizes'][rel]} | `{digest[:16]}…` |")
     lines += ["", "## Provenance", ""]
     for key, value in (manifest.get("source") or {}).items():  # a run's and a student's names: the user's
-        lines.append(f"- {key}: {md_text(str(value))}")
+        if key != "int8_scoring":  # said under Quality
+            lines.append(f"- {key}: {md_text(value if isinstance(value, str) else json.dumps(value))}")
     lines.append(f"- built: {manifest['created']} with compress {manifest['versions'].get('compress')}")
     lines.append("")
     return "\n".join(lines)
@@ -963,7 +986,8 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
-MEMORY_PROTOCOL = ("the model alone in a fresh process with onnxruntime and numpy: loaded, then run on the bench's "
+MEMORY_PROTOCOL = ("the model alone in a fresh process with onnxruntime and numpy, not the tokenizer predict.py "
+                   "loads too: loaded, then run on the bench's "
                    "largest fixed shape and a few dev rows; shared libraries' pages included")
 """How the bench measures the peak RSS a bundle's manifest carries (`compress.probe.probe_memory`)."""
 
@@ -1046,13 +1070,17 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                              teacher and teacher.test_metrics, table.test_rows, table.test_subset)
     source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick}: {choice['rule']}",
-              "within_budget": choice["within_budget"], "seed": recipe.seed}
+              "within_budget": choice["within_budget"], "seed": recipe.seed,
+              **({"int8_scoring": table.provenance["int8 accuracy"]} if table.provenance.get("int8 accuracy") else {})}
+    bench_cfg = recipe.bench
+    largest = (f" (the largest: {max(bench_cfg.batch_sizes)} x {max(bench_cfg.seq_lengths)} tokens)"
+               if bench_cfg is not None and bench_cfg.batch_sizes and bench_cfg.seq_lengths else "")
     folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None,
                             check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows),
-                            memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": MEMORY_PROTOCOL}
+                            memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": MEMORY_PROTOCOL + largest}
                             if chosen.peak_rss_mb else None)
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "

@@ -14,9 +14,10 @@
 //   const model = await Predictor.load("https://example.com/my-bundle/");   // or a folder path in Node.js
 //   await model.predict("a gripping, funny film");   // {label, score, scores} ({value} for regression)
 //
-// Before the model is created, the files it reads (model.onnx, tokenizer.json; label names come from manifest.json)
-// are checked against the sha256 in manifest.json; a changed file is refused. Texts are truncated as the Python runner truncates them
-// (the tokenizer's longest-first rule at the manifest's max_length), one text a run, as the metrics were measured.
+// Before the model is created, the files it reads (model.onnx, tokenizer.json, labels.json, whose label names must be
+// manifest.json's) are checked against the sha256 in manifest.json; a changed file is refused. Texts are truncated
+// as the Python runner truncates them (the tokenizer's longest-first rule at the manifest's max_length), one text a
+// run, as the metrics were measured.
 
 export const FORMAT = "compress-bundle/1";
 const IN_NODE = typeof process !== "undefined" && !!process.versions?.node;

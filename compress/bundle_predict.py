@@ -674,7 +674,8 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
                         "standard input; pair tasks: text<TAB>text pair); one result a line")
     parser.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line "
                         "with --file)")
-    parser.add_argument("--threads", type=thread_count, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=thread_count,
+                        help="onnxruntime intra-op threads (default: onnxruntime's, one per physical core)")
     parser.add_argument("--bench", type=positive_int, metavar="ROUNDS", help="time the model on this machine instead "
                         "of printing results: ROUNDS timed passes over the texts (TEXT, or every line of --file), one "
                         "text at a time after an untimed pass; prints p50/p90 ms per text beside the manifest's")
