@@ -355,6 +355,7 @@ def model_card(manifest: dict) -> str:
     lines += ["", "## Latency", ""]
     latency = manifest.get("latency")
     if latency:
+        protocol = latency.get("protocol")
         lines += ["| measure | value |", "|---|---|"]
         lines += [f"| {_LATENCY_NAMES.get(k, k)} | {_latency_value(k, v)} |"
                   for k, v in latency.items() if k not in ("protocol", "by_threads") and v is not None]
@@ -368,15 +369,13 @@ def model_card(manifest: dict) -> str:
                 lines.append(f"| {t}{' (fastest)' if r.get('fastest') else ''} | {r['p50_ms']:.3f} | "
                              f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{round_down(speedup, 2):.2f}x'} |")
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
-            protocol = latency.get("protocol")
             spin = protocol.get("spin") if isinstance(protocol, dict) else None
             how = {True: " (idle threads spinning, as `predict.py` runs)",
-                   False: " (idle threads sleeping; `predict.py` lets them spin, which runs a model this small faster "
-                          "at 2+ threads)"}.get(spin, "")
+                   False: " (idle threads sleeping; `predict.py` lets them spin, which can be faster at 2+ "
+                          "threads)"}.get(spin, "")
             lines += ["", f"Under this protocol{how} it ran fastest at {fastest} thread{'s' if fastest != '1' else ''}"
                       f" (`python predict.py --threads {fastest} ...`); measure on the target device, each thread "
                       "count you may use (`python predict.py --bench 3 --threads N --file ...`, below)."]
-        protocol = latency.get("protocol")
         if protocol:
             lines += ["", f"Protocol: `{json.dumps(protocol, sort_keys=True)}`.", "",
                       "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that runs nothing "

@@ -1226,7 +1226,7 @@ def test_model_card_says_how_idle_threads_were_timed_only_where_the_protocol_say
     for protocol, said in (("batch 1, 2 threads, dev sentences", None), ({"threads": [1, 2], "spin": True},
                            "(idle threads spinning, as `predict.py` runs) it ran fastest at 1 thread"),
                            ({"threads": [1, 2], "spin": False}, "(idle threads sleeping; `predict.py` lets them spin, "
-                            "which runs a model this small faster at 2+ threads) it ran fastest at 1 thread"),
+                            "which can be faster at 2+ threads) it ran fastest at 1 thread"),
                            ({"threads": [1, 2]}, None)):
         manifest["latency"] = {"p50_ms": 0.7, "p90_ms": 0.8, "throughput_per_s": 1309.24, "protocol": protocol,
                                "by_threads": by_threads}
