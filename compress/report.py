@@ -225,10 +225,9 @@ def _read(path: Path, checked: bool = True) -> Optional[dict]:
     return data
 
 
-_NUMBER = (int, float)
-_SCORE = _NUMBER  # a metric's value (merged seeds' {mean, std, n} records exist in memory only)
-_SPLITS = [("metrics", dict), ("metrics.dev", dict), ("metrics.test", dict), ("metrics.dev.*", _SCORE),
-           ("metrics.test.*", _SCORE)]
+_NUMBER = (int, float)  # a metric's value (merged seeds' {mean, std, n} records exist in memory only)
+_SPLITS = [("metrics", dict), ("metrics.dev", dict), ("metrics.test", dict), ("metrics.dev.*", _NUMBER),
+           ("metrics.test.*", _NUMBER)]
 SHAPES: dict[str, list[tuple[str, tuple | type]]] = {
     "manifest.json": [("stage", str), ("seed", int), ("created", str), ("recipe_path", str), ("config", dict),
                       ("config.task", dict), ("env", dict), ("env.versions", dict), ("env.host", dict),
@@ -237,17 +236,19 @@ SHAPES: dict[str, list[tuple[str, tuple | type]]] = {
                       ("students.*.metrics", dict), ("students.*.params", int)],
     "metrics.json": _SPLITS,
     "quantize.json": [("source", dict), ("fp32", dict), ("int8", dict), ("int8.*", dict), ("fp32.file", str),
-                      ("fp32.metrics", dict), ("fp32.metrics.*", _SCORE), ("int8.*.file", str),
-                      ("int8.*.ort_file", str), ("int8.*.metrics", dict), ("int8.*.metrics.*", _SCORE),
+                      ("fp32.metrics", dict), ("fp32.metrics.*", _NUMBER), ("int8.*.file", str),
+                      ("int8.*.ort_file", str), ("int8.*.metrics", dict), ("int8.*.metrics.*", _NUMBER),
                       ("int8.*.tries", list), ("rows", dict), ("guard", dict)],
     "bench.json": [("protocol", dict), ("protocol.versions", dict), ("run_dir", str), ("artifacts.*.path", str),
                    ("artifacts.*.file", str), ("artifacts.*.model_dir", str), ("artifacts.*.metrics", dict),
-                   ("artifacts.*.metrics.*", _SCORE), ("artifacts.*.results", list), ("artifacts.*.params", int),
+                   ("artifacts.*.metrics.*", _NUMBER), ("artifacts.*.results", list), ("artifacts.*.params", int),
                    ("artifacts.*.size_bytes", int)],
 }
 """The fields of each stage record the report reads, with the JSON types their stages write ("*": every key of an
 object). A hand-edited or foreign record of another shape (`"seed": "42"`, `"protocol": 5`, a score as text) is one
 line naming the file and the field, where it stopped `compress report` with a traceback or left a score blank."""
+
+
 def _check_shape(path: Path, data: dict, spec) -> None:
     import json
 
@@ -257,9 +258,8 @@ def _check_shape(path: Path, data: dict, spec) -> None:
         kinds = kinds if isinstance(kinds, tuple) else (kinds,)
         for where, value in _values_at(data, key.split(".")):
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-                number = set(_NUMBER) <= set(kinds)  # an integer or a float: "a number"
-                said = " or ".join(dict.fromkeys("a number" if number and k in _NUMBER else
-                                                 "an integer" if k is int else _json_kind(k()) for k in kinds))
+                said = "a number" if kinds == _NUMBER else " or ".join("an integer" if k is int else _json_kind(k())
+                                                                       for k in kinds)
                 shown = json.dumps(value)
                 shown = shown if len(shown) <= 40 else shown[:37] + "..."
                 raise CompressError(f"{path}: {where}: expected {said}, got {_json_kind(value)} {shown}; rerun the "
@@ -710,12 +710,8 @@ def _config_digests(manifests: Sequence[dict]) -> dict[str, str]:
 def _manifests(run_dir: Path, stages: set[str]) -> list[dict]:
     """The manifests of the run's ``stages`` (a folder of a stage the table leaves out, or being written as
     .<stage>.tmp-PID, or set aside as .old-PID, is not read)."""
-    out = []
-    for path in sorted(run_dir.glob("*/manifest.json")):
-        m = _read(path) if path.parent.name in stages else None
-        if m and m.get("stage") in stages:
-            out.append(m)
-    return out
+    manifests = (_read(run_dir / stage / "manifest.json") for stage in sorted(stages))
+    return [m for m in manifests if m and m.get("stage") in stages]
 
 
 def _mark_reference(rows: Sequence[Row]) -> None:
