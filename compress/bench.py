@@ -466,6 +466,15 @@ def spin_protocol(spin: bool) -> str:
             else "idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)")
 
 
+def spun(spin) -> Optional[bool]:
+    """Whether a protocol's ``spin`` (`spin_protocol`'s words, or a bool) says idle threads spun; None: it does not
+    say (a search's protocol line, a record without the field)."""
+    if isinstance(spin, bool):
+        return spin
+    words = spin if isinstance(spin, str) else ""
+    return True if words.startswith("idle threads spin") else False if words.startswith("idle threads sleep") else None
+
+
 def dev_protocol(cfg: BenchConfig, dev_rows: int) -> str:
     """The protocol's words for the dev series of a split of ``dev_rows`` rows (the bench's, the report's own pass):
     the rows `measure` times, ``bench.dev_rows`` capped by the split (the report's said "first 200" of WNLI's 71)."""

@@ -292,6 +292,27 @@ def _latency_value(key: str, value) -> str:
     return f"{value:.3f}" if key.endswith("_ms") else f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+_PROTOCOL_NAMES = {"cpu": "CPU", "cores": "cores", "cpu_shared": "CPU shared", "threads": "threads",
+                   "inter_op_threads": "inter-op threads", "spin": "idle threads", "dev": "inputs",
+                   "dev_rows": "dev rows timed", "warmup": "warm-up runs", "order": "order", "timer": "timer",
+                   "ort_session": "ONNX Runtime session", "pass": "timed in"}
+
+
+def _protocol_lines(protocol) -> list[str]:
+    """The latency protocol as the card's list, one item a field (known fields first, named in words); a protocol
+    of one line of text (a search's) is that line."""
+    from compress.report import md_text
+
+    if not isinstance(protocol, dict):
+        return [f"- {md_text(str(protocol))}"]
+
+    def value(v) -> str:
+        return ", ".join(md_text(str(x)) for x in v) if isinstance(v, list) else md_text(str(v))
+
+    keys = [k for k in _PROTOCOL_NAMES if k in protocol] + sorted(k for k in protocol if k not in _PROTOCOL_NAMES)
+    return [f"- {_PROTOCOL_NAMES.get(k, md_text(str(k)))}: {value(protocol[k])}" for k in keys]
+
+
 def model_card(manifest: dict) -> str:
     """README.md of a bundle: what the model does, how well and how fast, how to run it, where it came from."""
     task = manifest["task"]
@@ -300,6 +321,7 @@ def model_card(manifest: dict) -> str:
     example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
     call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
     lines_file = "pairs.tsv     # a text<TAB>its pair a line" if pair else "texts.txt     # a text a line"
+    from compress.bench import spun
     from compress.report import md_text
 
     labels = ', labels: ' + ', '.join(md_text(str(x)) for x in task['labels']) if task.get('labels') else ''
@@ -369,7 +391,7 @@ def model_card(manifest: dict) -> str:
                 lines.append(f"| {t}{' (fastest)' if r.get('fastest') else ''} | {r['p50_ms']:.3f} | "
                              f"{r['p90_ms']:.3f} | {'-' if speedup is None else f'{round_down(speedup, 2):.2f}x'} |")
             fastest = next(t for t, r in by_threads.items() if r.get("fastest"))
-            spin = protocol.get("spin") if isinstance(protocol, dict) else None
+            spin = spun(protocol.get("spin")) if isinstance(protocol, dict) else None
             how = {True: " (idle threads spinning, as `predict.py` runs)",
                    False: " (idle threads sleeping; `predict.py` lets them spin, which can be faster at 2+ "
                           "threads)"}.get(spin, "")
@@ -377,7 +399,7 @@ def model_card(manifest: dict) -> str:
                       f" (`python predict.py --threads {fastest} ...`); measure on the target device, each thread "
                       "count you may use (`python predict.py --bench 3 --threads N --file ...`, below)."]
         if protocol:
-            lines += ["", f"Protocol: `{json.dumps(protocol, sort_keys=True)}`.", "",
+            lines += ["", "Protocol:", "", *_protocol_lines(protocol), "",
                       "`predict.py` keeps onnxruntime's default, idle threads spinning: on a device that runs nothing "
                       "else they answer faster at 2+ threads than sleeping ones, and keep their cores busy between "
                       "texts (power, on a battery)."]

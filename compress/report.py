@@ -1148,6 +1148,12 @@ def note(table: RunTable) -> str:
         text += (f" {table.metric_name} (test): on the task's labelled test split ({rows}), scored by the stages "
                  f"that made a model (not by the bench's or the report's own timing passes, nor by a stage run before "
                  f"it was: –; an undefined score, nan, reads – too); nothing is chosen on it.")
+    own = table.provenance.get("dev latency")  # the report stage's own pass re-timed every model beside the reference
+    text += (" Sources: p50/p90, throughput and speedup from " + (
+        "the report stage's own timing pass (the bench's models and the ones it did not time, in one fresh process: "
+        "report/latency.json)" if own else "the bench stage (bench/bench.json)") +
+        "; fixed-shape seq/s and peak RSS from the bench stage (the models it timed); dev scores from the stage that "
+        "made each model (a model only the bench made: the bench's own score).")
     refused = [r for r in table.rows if r.refused and not r.shippable]
     if refused:
         text += " Not shippable (the quantize stage's accuracy guard, quantize.max_drop): " + "; ".join(
@@ -1191,13 +1197,16 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
-            cells = [cells[0] + (" (shippable)" if row.shippable else " (NOT shippable)" if row.refused else ""),
-                     *cells[1:]]
-            lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in _tagged(row, cells)) + " |")
         lines += ["", md_text(note(table)), "", "**Provenance**", ""]  # a constant teacher's label name in it
         lines += [f"- {k}: {md_text(v)}" for k, v in _provenance_lines(table)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _tagged(row: Row, cells: list[str]) -> list[str]:
+    """A row's cells with its artifact tagged "(shippable)" or "(NOT shippable)": in words, not only in colour."""
+    return [cells[0] + (" (shippable)" if row.shippable else " (NOT shippable)" if row.refused else ""), *cells[1:]]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
@@ -1221,8 +1230,9 @@ def html(tables: Sequence[RunTable], png: Optional[bytes] = None) -> str:
         for row, cells in zip(table.rows, body):
             cls = "ref" if row.reference else "ship" if row.shippable else ""
             parts.append(f"<tr class='{cls}'>" + "".join(
-                f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(cells)) + "</tr>")
-        parts.append(f"</table><p>{e(note(table))} Highlighted: reference (yellow), shippable int8 (green).</p>")
+                f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(_tagged(row, cells))) + "</tr>")
+        parts.append(f"</table><p>{e(note(table))} Highlighted as well: reference (yellow), shippable int8 "
+                     "(green).</p>")
         parts.append("<h3>Provenance</h3><dl>")
         parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _provenance_lines(table)]
         parts.append("</dl>")

@@ -1217,22 +1217,35 @@ def test_threads_warning_counts_the_cores_this_process_may_use(bundle):
 def test_model_card_says_how_idle_threads_were_timed_only_where_the_protocol_says(bundle):
     """The card's "fastest at N threads" advice says whether idle threads slept (the bench's default) or spun, as
     `predict.py` runs them: advice from sleeping threads sent a reader to 1 thread, where predict.py's spinning ones
-    may be faster at 2. A search bundle's protocol is one line of text: nothing said of it then."""
+    may be faster at 2. A search bundle's protocol is one line of text: nothing said of it then. The bench records
+    `spin_protocol`'s words (the advice read only a bool before, so a real card never said it)."""
+    from compress.bench import spin_protocol
     from compress.bundle import model_card
 
     manifest = json.loads((bundle[0] / "manifest.json").read_text())
     by_threads = {"1": {"p50_ms": 0.7, "p90_ms": 0.8, "speedup_vs_teacher_onnx_fp32": 70.0, "fastest": True},
                   "2": {"p50_ms": 0.9, "p90_ms": 1.0, "speedup_vs_teacher_onnx_fp32": 30.5}}
-    for protocol, said in (("batch 1, 2 threads, dev sentences", None), ({"threads": [1, 2], "spin": True},
-                           "(idle threads spinning, as `predict.py` runs) it ran fastest at 1 thread"),
-                           ({"threads": [1, 2], "spin": False}, "(idle threads sleeping; `predict.py` lets them spin, "
-                            "which can be faster at 2+ threads) it ran fastest at 1 thread"),
-                           ({"threads": [1, 2]}, None)):
+    spinning = "(idle threads spinning, as `predict.py` runs) it ran fastest at 1 thread"
+    sleeping = ("(idle threads sleeping; `predict.py` lets them spin, which can be faster at 2+ threads) it ran "
+                "fastest at 1 thread")
+    for protocol, said in (("batch 1, 2 threads, dev sentences", None), ({"threads": [1, 2], "spin": True}, spinning),
+                           ({"threads": [1, 2], "spin": spin_protocol(True)}, spinning),
+                           ({"threads": [1, 2], "spin": False}, sleeping),
+                           ({"threads": [1, 2], "spin": spin_protocol(False)}, sleeping),
+                           ({"threads": [1, 2], "spin": "who knows"}, None), ({"threads": [1, 2]}, None)):
         manifest["latency"] = {"p50_ms": 0.7, "p90_ms": 0.8, "throughput_per_s": 1309.24, "protocol": protocol,
                                "by_threads": by_threads}
         card = model_card(manifest)
         assert "than sleeping ones" in card and "| throughput (texts/s: 1000 / mean ms) | 1309.2 |" in card
         assert "Under this protocol it ran fastest at 1 thread" in card if said is None else said in card, card
+        assert "Protocol:\n\n- " in card and "Protocol: `" not in card  # a list, not the record's JSON
+    # the protocol's fields in words, known ones first in a set order, then the others by name, Markdown escaped
+    manifest["latency"]["protocol"] = {"zeta": "a|b", "threads": [1, 2], "spin": spin_protocol(False), "cores": 2,
+                                       "cpu": "Xeon"}
+    assert ("Protocol:\n\n- CPU: Xeon\n- cores: 2\n- threads: 1, 2\n- idle threads: idle threads sleep "
+            "(OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)\n- zeta: a\\|b\n\n") in model_card(manifest)
+    manifest["latency"]["protocol"] = "batch 1, 2 threads, dev sentences"  # a search's: its one line
+    assert "Protocol:\n\n- batch 1, 2 threads, dev sentences\n\n" in model_card(manifest)
     manifest["task"]["text_pair"] = True  # a pair task's card speaks of pairs
     card = model_card(manifest)
     assert "Measured one pair at a time" in card and "Predictor.predict(texts, pairs, batch_size=N)` runs N pairs" in card

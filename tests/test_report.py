@@ -214,7 +214,9 @@ def test_an_int8_model_the_guard_refused_is_said_so_with_its_reason(tmp_path, ca
     assert "| teacher · int8 dynamic (NOT shippable) |" in md and "| teacher · int8 static (shippable) |" in md
     assert md_text("Not shippable (the quantize stage's accuracy guard, quantize.max_drop): teacher · int8 dynamic: "
                    "drop 9.00 points > max_drop 1.00 with 3 nodes fp32.") in md
-    assert "Not shippable" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()  # the page names them too, not by colour alone
+    assert "Not shippable" in page and "<td>teacher · int8 dynamic (NOT shippable)</td>" in page
+    assert "<tr class='ship'><td>teacher · int8 static (shippable)</td>" in page
     shutil.rmtree(run / "quantize")
     from compress.report import _redone_since
 
@@ -229,7 +231,7 @@ def test_collect_with_students_and_report_measurements(tmp_path, capsys):
                    int8={"dynamic": (0.865, True)}, latency={"onnx_fp32": {2: 10.0}, "int8_dynamic": {2: 4.0}})
     from compress.report import MEASURED
 
-    measured = {"protocol": {"dev_rows": 200}, "models": {"teacher": {"artifacts": {
+    measured = {"protocol": {"dev_rows": 200, "order": "report stage: ..."}, "models": {"teacher": {"artifacts": {
         "onnx_fp32": bench_artifact({2: 24.0}, {"accuracy": 0.899}, size_bytes=90_000_000, file=None)}}}}
     (run / "report").mkdir()
     (run / "report" / MEASURED).write_text(json.dumps(measured))
@@ -242,6 +244,11 @@ def test_collect_with_students_and_report_measurements(tmp_path, capsys):
     assert table.speedup(rows["student tiny · int8 dynamic"]) == pytest.approx(6.0)
     # an explicit `extra` replaces what is on disk
     assert collect(run, extra={}).reference_row() is None
+    # the note says which pass the latency columns come from
+    from compress.report import note
+
+    assert "p50/p90, throughput and speedup from the report stage's own timing pass" in note(table)
+    assert "p50/p90, throughput and speedup from the bench stage (bench/bench.json)" in note(collect(run, extra={}))
     # measured before the quantize stage was redone (the quantize outputs it read differ from those there now): the
     # measurements are left out, with a warning, rather than shown beside models they did not time
     (run / "report" / "manifest.json").write_text(json.dumps({"inputs": {"quantize/int8_dynamic.onnx": "0" * 64}}))
