@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tarfile
 import zlib
 from importlib import metadata
@@ -409,6 +410,12 @@ def model_card(manifest: dict) -> str:
     if isinstance(memory, dict) and isinstance(memory.get("peak_rss_mb"), (int, float)):
         lines += ["", f"Memory: {memory['peak_rss_mb']:.0f} MiB peak resident on the build machine ("
                   f"{md_text(str(memory.get('measured', 'the model alone in a fresh process')))})."]
+    verified = manifest.get("verified")
+    shipped = verified.get("memory") if isinstance(verified, dict) else None
+    peak = shipped.get("peak_rss_mb") if isinstance(shipped, dict) else None
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak):
+        lines += ["", f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, "
+                  f"running `predict.py` ({md_text(str(shipped.get('measured', 'in a fresh process')))})."]
     lines += ["", "## Run it", "", "```sh",
               "pip install " + " ".join(f"{k}=={v}" for k, v in req.items())
               + (f"   # these versions need Python >= {manifest['requirements_python']}; older: "
@@ -918,9 +925,58 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
                                 f"reproduce the measured model (bundle.verify: false ships it anyway)")
     print(f"[bundle] verified as shipped: {metric} {_fmt_metric(got)} on {rows} dev rows "
           f"(recorded {_fmt_metric(want)})", flush=True)
+    memory = shipped_memory(folder, task, threads)
     return {"split": "dev", "rows": rows, "metrics": result["metrics"], "metric": metric, "recorded": want,
             "points_apart": apart, "tolerance_points": tolerance, "threads": threads,
-            "runner": f"{RUNNER}'s Predictor: the bundle's tokenizer.json and model.onnx, one text per run"}
+            "runner": f"{RUNNER}'s Predictor: the bundle's tokenizer.json and model.onnx, one text per run",
+            **({"memory": memory} if memory else {})}
+
+
+MEMORY_ROWS = 256
+"""How many dev texts `shipped_memory` runs (with one of max_length tokens)."""
+
+
+def shipped_memory(folder: Path, task, threads: Optional[int] = None) -> Optional[dict]:
+    """The bundle's peak resident memory as a device runs it: ``python predict.py --bench 1`` in a fresh process on
+    the first `MEMORY_ROWS` dev texts and one of max_length tokens (its largest input), tokenizer.json and onnxruntime
+    included. ``{"peak_rss_mb", "measured"}``; None, with a warning, where the process cannot say (no /proc nor
+    getrusage) or fails (the bundle was verified just before: its scores do not depend on this)."""
+    import subprocess
+    import tempfile
+
+    from compress.data import load_split
+    from compress.tasks import task_spec
+
+    manifest = bundle_predict.read_manifest(folder)
+    spec = task_spec(task)
+    ds = load_split(task, "dev", spec)
+    rows = min(MEMORY_ROWS, len(ds))
+
+    def line(*parts) -> str:  # one text (and its pair) a line, as predict.py --file reads them
+        return "\t".join(" ".join(str(p).split()) for p in parts)
+
+    probe = long_text(manifest["max_length"])
+    lines = [line(ds["text"][i], *([ds["text_pair"][i]] if spec.text_pair else [])) for i in range(rows)]
+    lines = [x for x in lines if x.strip()] + [line(probe, *([probe] if spec.text_pair else []))]
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = Path(tmp) / "texts.txt"
+        texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        cmd = [sys.executable, RUNNER, "--bench", "1", "--json", "--file", str(texts),
+               *(["--threads", str(threads)] if threads else [])]
+        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:  # its last line is its own error line
+        said = ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        print(f"warning: bundle: the memory of the bundle as shipped was not measured: {RUNNER} --bench: "
+              f"{said[:300]}", file=sys.stderr)
+        return None
+    peak = json.loads(proc.stdout).get("peak_rss_mb")
+    if peak is None:
+        return None
+    print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(lines)} texts)", flush=True)
+    return {"peak_rss_mb": peak,
+            "measured": f"python {RUNNER} --bench 1{f' --threads {threads}' if threads else ''} in a fresh process "
+                        f"on the first {len(lines) - 1} dev texts and one of max_length ({manifest['max_length']}) "
+                        f"tokens: tokenizer, model, onnxruntime and the interpreter; shared libraries' pages included"}
 
 
 # ------------------------------------------------------------------------------------------------------ the stage

@@ -562,6 +562,13 @@ export function builtLatency(manifest, threads) {
            cpu: text(protocol.cpu), spin: text(protocol.spin) };
 }
 
+/** This process's peak resident memory in MiB (Node's maxRSS, in KiB), as predict.py's peak_rss_mb; null in a
+ * browser, which does not say. */
+export function peakRssMb() {
+  if (typeof process === "undefined" || typeof process.resourceUsage !== "function") return null;
+  return Math.round((process.resourceUsage().maxRSS / 1024) * 10) / 10;
+}
+
 /** Two lines, as predict.py's format_timings: this machine's timings, then the manifest's. */
 export function formatTimings(result, built) {
   const count = (n, what) => `${n} ${what}${n !== 1 ? "s" : ""}`;
@@ -570,7 +577,8 @@ export function formatTimings(result, built) {
   const here = `here: p50 ${ms(result.p50_ms)}, p90 ${ms(result.p90_ms)} per text, onnxruntime-web's run alone ` +
     `(tokenizing included: p50 ${ms(result.p50_ms_with_tokenizer)}, p90 ${ms(result.p90_ms_with_tokenizer)}); ` +
     `${count(result.runs, "run")} (${count(result.texts, "text")} x ${count(result.rounds, "round")}) at ` +
-    `${threads(result.threads)}, WebAssembly`;
+    `${threads(result.threads)}, WebAssembly` +
+    (result.peak_rss_mb == null ? "" : `; this process's peak resident memory ${result.peak_rss_mb.toFixed(0)} MiB`);
   if (built === null || built.p50_ms === null) return `${here}\nbuilt: the manifest records no latency`;
   return `${here}\nbuilt: p50 ${ms(built.p50_ms)}, p90 ${ms(built.p90_ms)}` +
     (built.threads !== null ? ` at ${threads(built.threads)}` : "") + (built.cpu ? ` on ${built.cpu}` : "") +
@@ -664,7 +672,8 @@ async function main(argv) {
     }
     if (args.bench !== undefined) {
       if (items.length === 0) throw new BundleError(`${name}: no line to time`);
-      const result = await model.timings(items, Number(args.bench), args.threads ?? null);
+      const result = { ...(await model.timings(items, Number(args.bench), args.threads ?? null)),
+                       peak_rss_mb: peakRssMb() };
       const built = builtLatency(model.manifest, args.threads ?? null);
       console.log(args.json ? JSON.stringify({ ...result, manifest: built }) : formatTimings(result, built));
     }

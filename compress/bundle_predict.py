@@ -469,12 +469,31 @@ def bench_texts(predictor: Predictor, text: Optional[str], text_pair: Optional[s
         texts, pairs = [line for _, line, _ in lines], [pair for _, _, pair in lines] if predictor.pair else None
     else:
         texts, pairs = [text], None if text_pair is None else [text_pair]
-    result = predictor.timings(texts, pairs, rounds)
+    result = {**predictor.timings(texts, pairs, rounds), "peak_rss_mb": peak_rss_mb()}
     built = built_latency(predictor.manifest, predictor.threads)
     out = out or sys.stdout
     out.write((json.dumps({**result, "manifest": built}) if as_json else format_timings(result, built)) + "\n")
     out.flush()
     return result
+
+
+def peak_rss_mb() -> Optional[float]:
+    """This process's peak resident memory in MiB (tokenizer, model, onnxruntime, the interpreter; shared libraries'
+    pages included): Linux's VmHWM, else getrusage's ru_maxrss (macOS: bytes, other Unix: KiB); None without either
+    (Windows)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2 ** 20 if sys.platform == "darwin" else 1024), 1)
 
 
 def built_latency(manifest: dict, threads: Optional[int]) -> Optional[dict]:
@@ -511,11 +530,14 @@ def format_timings(result: dict, built: Optional[dict]) -> str:
     def count(n, what):
         return f"{n} {what}{'s' if n != 1 else ''}"
 
+    def memory(mb):
+        return "" if mb is None else f"; this process's peak resident memory {mb:.0f} MiB"
+
     here = (f"here: p50 {ms(result['p50_ms'])}, p90 {ms(result['p90_ms'])} per text, onnxruntime's run alone "
             f"(tokenizing included: p50 {ms(result['p50_ms_with_tokenizer'])}, p90 "
             f"{ms(result['p90_ms_with_tokenizer'])}); {count(result['runs'], 'run')} ({count(result['texts'], 'text')} "
             f"x {count(result['rounds'], 'round')}) at {threads(result['threads'])}, idle threads spinning "
-            "(onnxruntime's default)")
+            "(onnxruntime's default)" + memory(result.get("peak_rss_mb")))
     if built is None or built["p50_ms"] is None:
         return here + "\nbuilt: the manifest records no latency"
     return (here + f"\nbuilt: p50 {ms(built['p50_ms'])}, p90 {ms(built['p90_ms'])}"

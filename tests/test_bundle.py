@@ -731,9 +731,16 @@ def test_the_bundle_stage_scores_the_bundle_as_it_ships_before_publishing_it(run
                                                                                           "accuracy")
     assert checked["recorded"] == want + 0.004 and checked["points_apart"] == 0.4 and checked["tolerance_points"] == 0.5
     assert "predict.py" in checked["runner"]
-    assert f"scored accuracy {want:.4f} on the same 40 dev rows (recorded above: {want + 0.004:.4f})" in \
-        (out / "edge-sst2-int8" / "README.md").read_text()
-    assert f"[bundle] verified as shipped: accuracy {want:.4f} on 40 dev rows" in capsys.readouterr().out
+    card = (out / "edge-sst2-int8" / "README.md").read_text()
+    assert f"scored accuracy {want:.4f} on the same 40 dev rows (recorded above: {want + 0.004:.4f})" in card
+    said = capsys.readouterr().out
+    assert f"[bundle] verified as shipped: accuracy {want:.4f} on 40 dev rows" in said
+    # its memory as a device runs it: predict.py in a fresh process, the tokenizer included
+    peak = checked["memory"]["peak_rss_mb"]
+    assert 20 < peak < 2000 and "predict.py --bench 1 in a fresh process on the first 256 dev texts and one of " \
+        "max_length" in checked["memory"]["measured"]
+    assert f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, running `predict.py` (python " \
+        "predict.py --bench 1" in card and f"[bundle] as shipped: {peak:.0f} MiB peak resident" in said
     assert main(["predict", str(out / "edge-sst2-int8"), "a fine film"]) == 0  # the rewritten manifest verifies
     teacher = run_dir / "teacher" / "manifest.json"  # dev had 50 rows when the run scored it
     manifest = json.loads(teacher.read_text())
@@ -758,6 +765,8 @@ def test_bundle_verify_fails_when_only_one_of_the_scores_is_defined(monkeypatch)
     def scored(**metrics):
         monkeypatch.setattr(b, "score", lambda *a, **k: {"rows": 40, "metrics": metrics})
 
+    monkeypatch.setattr(b, "shipped_memory", lambda *a, **k: None)  # no bundle folder here to run
+
     stsb = TaskConfig(name="stsb", max_eval_samples=40)
     scored(pearson=float("nan"), spearmanr=float("nan"))
     with pytest.raises(CompressError, match=r"^bundle.verify: the bundle as shipped scores pearson – \(undefined\) on "
@@ -770,6 +779,26 @@ def test_bundle_verify_fails_when_only_one_of_the_scores_is_defined(monkeypatch)
     assert b.check_as_shipped(Path("x"), stsb, {"pearson": float("nan")}, "pearson", 0.5, 40)["points_apart"] is None
     scored(pearson=0.851, spearmanr=0.84)
     assert b.check_as_shipped(Path("x"), stsb, {"pearson": 0.85}, "pearson", 0.5, 40)["points_apart"] == 0.1
+
+
+def test_shipped_memory_runs_predict_py_and_warns_when_it_cannot(bundle, glue_dir, tmp_path, capsys):
+    """The bundle's memory as shipped: predict.py --bench 1 in a fresh process on dev texts and one of max_length
+    tokens; a bundle predict.py refuses (a tampered file) is a warning and no figure, not a failed build."""
+    from compress.bundle import shipped_memory
+    from compress.config import TaskConfig
+
+    folder = tmp_path / "b"
+    shutil.copytree(bundle[0], folder)
+    task = TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"))
+    memory = shipped_memory(folder, task, threads=1)
+    assert 20 < memory["peak_rss_mb"] < 2000
+    assert memory["measured"].startswith("python predict.py --bench 1 --threads 1 in a fresh process on the first "
+                                         "256 dev texts and one of max_length (32) tokens")
+    (folder / "labels.json").write_text("{}")
+    assert shipped_memory(folder, task) is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: bundle: the memory of the bundle as shipped was not measured: predict.py --bench: "
+                          "error: ") and "labels.json" in err and err.count("\n") == 1, err
 
 
 def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_dir, tmp_path):
@@ -1778,13 +1807,15 @@ def test_predict_py_bench_times_each_text_and_prints_the_manifests_latency_besid
     assert 0 < result["p50_ms"] <= result["p90_ms"] and result["p50_ms"] <= result["p50_ms_with_tokenizer"]
     assert result["p90_ms"] <= result["p90_ms_with_tokenizer"]  # each run's whole time holds its model time
     assert result["manifest"] == {"p50_ms": 1.5, "p90_ms": 2.0, "threads": None, "cpu": None, "spin": None}
+    assert 20 < result["peak_rss_mb"] < 2000  # the process's own (Linux: VmHWM): tokenizer, model and onnxruntime
     proc = subprocess.run([sys.executable, "predict.py", TEXTS[0], "--bench", "3"], capture_output=True, text=True,
                           cwd=folder)
     assert proc.returncode == 0, proc.stderr
     here, built = proc.stdout.splitlines()
     assert re.fullmatch(r"here: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms per text, onnxruntime's run alone \(tokenizing "
                         r"included: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms\); 3 runs \(1 text x 3 rounds\) at "
-                        r"onnxruntime's default threads, idle threads spinning \(onnxruntime's default\)", here), here
+                        r"onnxruntime's default threads, idle threads spinning \(onnxruntime's default\); this "
+                        r"process's peak resident memory \d+ MiB", here), here
     assert built == "built: p50 1.500 ms, p90 2.000 ms (the manifest)"
     for args, stdin, message in [(["--bench", "0", TEXTS[0]], None, "argument --bench: must be >= 1, got 0"),
                                  (["--bench", "1", "--file", "-"], "good\n\u200b\n",
@@ -1839,6 +1870,8 @@ def test_the_latency_to_compare_is_the_manifests_at_the_same_thread_count():
         " at 2 threads" in lines[0]
     assert lines[1] == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep (the manifest)"
     assert format_timings(here, None).splitlines()[1] == "built: the manifest records no latency"
+    assert format_timings({**here, "peak_rss_mb": 95.4}, None).splitlines()[0].endswith(
+        "idle threads spinning (onnxruntime's default); this process's peak resident memory 95 MiB")
 
 
 def test_compress_predict_bench_times_an_archive(bundle, capsys):

@@ -869,12 +869,14 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
                                                                        "cpu": "EPYC", "spin": "idle threads sleep"}
     assert [(r["texts"], r["rounds"], r["runs"], r["threads"]) for r in (py, js)] == [(2, 2, 4, 1)] * 2
     assert 0 < js["p50_ms"] <= js["p90_ms"] and js["p50_ms"] <= js["p50_ms_with_tokenizer"]
+    assert py["peak_rss_mb"] > 20 and js["peak_rss_mb"] > 20  # each process's own peak (Node: maxRSS, in KiB)
     py, js = both("--bench", "3", "a gripping, funny film")
     assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
     here, built = js.stdout.splitlines()
     assert re.fullmatch(r"here: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms per text, onnxruntime-web's run alone \("
                         r"tokenizing included: p50 \d+\.\d{3} ms, p90 \d+\.\d{3} ms\); 3 runs \(1 text x 3 rounds\) "
-                        r"at onnxruntime-web's default threads, WebAssembly", here), here
+                        r"at onnxruntime-web's default threads, WebAssembly; this process's peak resident memory "
+                        r"\d+ MiB", here), here
     assert built == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep (the manifest; " \
         "native onnxruntime)"
     assert py.stdout.splitlines()[1] == "built: p50 0.700 ms, p90 1.000 ms at 2 threads on EPYC, idle threads sleep " \
