@@ -281,7 +281,10 @@ def _fmt_metric(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-_LATENCY_NAMES = {"throughput_per_s": "throughput (texts/s: 1000 / mean ms)"}
+_LATENCY_NAMES = {"p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "batch_size": "batch size",
+                  "throughput_per_s": "throughput (texts/s: 1000 / mean ms)",
+                  "speedup_vs_teacher_onnx_fp32": "speedup vs the teacher's ONNX fp32"}
+"""The card's words for the manifest's latency fields (the others shown by their names)."""
 
 
 def _latency_value(key: str, value) -> str:

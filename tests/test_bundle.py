@@ -681,7 +681,8 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     with pytest.raises(CompressError, match=r": threads: an integer from 1 to 1024, got 100000$"):  # hung the machine
         predict(folder, TEXTS, threads=100000)
     card = (folder / "README.md").read_text()
-    assert "speedup_vs_teacher_onnx_fp32" in card and "onnxruntime's default, idle threads spinning" in card
+    assert "| speedup vs the teacher's ONNX fp32 |" in card and "onnxruntime's default, idle threads spinning" in card
+    assert "| p50 (ms) |" in card and "| batch size | 1 |" in card and "p50_ms" not in card
     assert "| 2 (fastest) | 3.500 |" in card and "ran fastest at 2 threads (`python predict.py --threads 2 ...`)" in card
     from compress.manifest import hash_tree  # the stage's outputs as its manifest records them: the shipped manifest too
 
