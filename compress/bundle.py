@@ -297,7 +297,7 @@ def _latency_value(key: str, value) -> str:
 
 
 _PROTOCOL_NAMES = {"cpu": "CPU", "cores": "cores", "cpu_shared": "CPU shared", "threads": "threads",
-                   "inter_op_threads": "inter-op threads", "spin": "idle threads", "dev": "inputs",
+                   "inter_op_threads": "inter-op threads", "spin": "while idle", "dev": "inputs",
                    "dev_rows": "dev rows timed", "warmup": "warm-up runs", "order": "order", "timer": "timer",
                    "ort_session": "ONNX Runtime session", "pass": "timed in"}
 
@@ -427,7 +427,7 @@ def model_card(manifest: dict) -> str:
               f"python predict.py --json {example}     # all scores as JSON",
               f"python predict.py --file {lines_file}; one result a line (--file -: standard input)",
               f"python predict.py --bench 3 --file {lines_file.split('#')[0].rstrip()}   # p50/p90 ms per text here, "
-              "beside the build machine's",
+              "beside the build machine's; peak memory",
               "```", "",
               "`predict.py` checks the sha256 of every file against `manifest.json` before it loads anything and "
               "refuses a bundle with a changed or extra file. That catches a file damaged or swapped on its own; "
@@ -928,7 +928,7 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
                                 f"reproduce the measured model (bundle.verify: false ships it anyway)")
     print(f"[bundle] verified as shipped: {metric} {_fmt_metric(got)} on {rows} dev rows "
           f"(recorded {_fmt_metric(want)})", flush=True)
-    memory = shipped_memory(folder, task, threads)
+    memory = shipped_memory(folder, task, threads, rows)
     return {"split": "dev", "rows": rows, "metrics": result["metrics"], "metric": metric, "recorded": want,
             "points_apart": apart, "tolerance_points": tolerance, "threads": threads,
             "runner": f"{RUNNER}'s Predictor: the bundle's tokenizer.json and model.onnx, one text per run",
@@ -939,47 +939,61 @@ MEMORY_ROWS = 256
 """How many dev texts `shipped_memory` runs (with one of max_length tokens)."""
 
 
-def shipped_memory(folder: Path, task, threads: Optional[int] = None) -> Optional[dict]:
+def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Optional[int] = None) -> Optional[dict]:
     """The bundle's peak resident memory as a device runs it: ``python predict.py --bench 1`` in a fresh process on
-    the first `MEMORY_ROWS` dev texts and one of max_length tokens (its largest input), tokenizer.json and onnxruntime
-    included. ``{"peak_rss_mb", "measured"}``; None, with a warning, where the process cannot say (no /proc nor
-    getrusage) or fails (the bundle was verified just before: its scores do not depend on this)."""
+    the first `MEMORY_ROWS` dev texts (of the first ``rows``: those the verification scored) and one of max_length
+    tokens (its largest input), tokenizer.json and onnxruntime included. ``{"peak_rss_mb", "measured"}``; None, with
+    a warning, where the process cannot say (Windows) or fails: the bundle was verified just before, its scores do
+    not depend on this."""
     import subprocess
     import tempfile
 
     from compress.data import load_split
     from compress.tasks import task_spec
 
+    def warn(why: str) -> None:
+        print(f"warning: bundle: the memory of the bundle as shipped was not measured: {why}", file=sys.stderr)
+
     manifest = bundle_predict.read_manifest(folder)
     spec = task_spec(task)
     ds = load_split(task, "dev", spec)
-    rows = min(MEMORY_ROWS, len(ds))
+    first = min(MEMORY_ROWS, len(ds) if rows is None else rows)
 
-    def line(*parts) -> str:  # one text (and its pair) a line, as predict.py --file reads them
-        return "\t".join(" ".join(str(p).split()) for p in parts)
+    def parts(i: int) -> list[str]:  # a text (and its pair) on one line, as predict.py --file reads them
+        return [" ".join(str(t).split()) for t in (ds["text"][i], *([ds["text_pair"][i]] if spec.text_pair else []))]
 
+    texts = ["\t".join(p) for p in map(parts, range(first)) if all(p)]  # a blank side is no line predict.py reads
     probe = long_text(manifest["max_length"])
-    lines = [line(ds["text"][i], *([ds["text_pair"][i]] if spec.text_pair else [])) for i in range(rows)]
-    lines = [x for x in lines if x.strip()] + [line(probe, *([probe] if spec.text_pair else []))]
     with tempfile.TemporaryDirectory() as tmp:
-        texts = Path(tmp) / "texts.txt"
-        texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        cmd = [sys.executable, RUNNER, "--bench", "1", "--json", "--file", str(texts),
+        path = Path(tmp) / "texts.txt"
+        path.write_text("\n".join([*texts, "\t".join([probe] * (2 if spec.text_pair else 1))]) + "\n",
+                        encoding="utf-8")
+        cmd = [sys.executable, RUNNER, "--bench", "1", "--json", "--file", str(path),
                *(["--threads", str(threads)] if threads else [])]
-        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, encoding="utf-8",
+                                  errors="replace", timeout=600)
+        except (subprocess.SubprocessError, OSError) as e:  # a timeout, no interpreter
+            warn(f"{RUNNER} --bench: {bundle_predict.first_line(e)}")
+            return None
     if proc.returncode != 0:  # its last line is its own error line
-        said = ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        print(f"warning: bundle: the memory of the bundle as shipped was not measured: {RUNNER} --bench: "
-              f"{said[:300]}", file=sys.stderr)
+        warn(f"{RUNNER} --bench: "
+             f"{((proc.stderr or proc.stdout).strip().splitlines() or [f'exit status {proc.returncode}'])[-1][:300]}")
         return None
-    peak = json.loads(proc.stdout).get("peak_rss_mb")
-    if peak is None:
+    try:
+        peak = json.loads(proc.stdout).get("peak_rss_mb")
+    except (ValueError, AttributeError):
+        peak = None
+    if not (isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0):
+        warn(f"{RUNNER} --bench gave no peak memory (this system does not say: Windows)")
         return None
-    print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(lines)} texts)", flush=True)
+    print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(texts) + 1} texts)",
+          flush=True)
     return {"peak_rss_mb": peak,
             "measured": f"python {RUNNER} --bench 1{f' --threads {threads}' if threads else ''} in a fresh process "
-                        f"on the first {len(lines) - 1} dev texts and one of max_length ({manifest['max_length']}) "
-                        f"tokens: tokenizer, model, onnxruntime and the interpreter; shared libraries' pages included"}
+                        f"on {len(texts)} of the first {first} dev texts (the non-blank ones) and one of max_length "
+                        f"({manifest['max_length']}) tokens: tokenizer, model, onnxruntime and the interpreter; "
+                        f"shared libraries' pages included"}
 
 
 # ------------------------------------------------------------------------------------------------------ the stage

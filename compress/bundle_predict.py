@@ -700,7 +700,8 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime intra-op threads (default: onnxruntime's, one per physical core)")
     parser.add_argument("--bench", type=positive_int, metavar="ROUNDS", help="time the model on this machine instead "
                         "of printing results: ROUNDS timed passes over the texts (TEXT, or every line of --file), one "
-                        "text at a time after an untimed pass; prints p50/p90 ms per text beside the manifest's")
+                        "text at a time after an untimed pass; prints p50/p90 ms per text beside the manifest's, and "
+                        "this process's peak resident memory (not on Windows)")
 
 
 def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:

@@ -98,7 +98,7 @@ def _status_mb(field: str, fallback: bool = True) -> Optional[float]:
         return psutil.Process().memory_info().rss / 2**20
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2.0 ** 20 if sys.platform == "darwin" else 1024.0)
 
 
 def _main(spec_path: str, out_path: str) -> int:

@@ -631,7 +631,9 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     env = teacher.get("env") or {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
-                  "dev latency": (measured.get("protocol") or {}).get("order"),
+                  "dev latency": (measured.get("protocol") or {}).get("order") or (
+                      "report stage's own timing pass" if measured.get("models") or (measured.get("bench") or {})
+                      .get("artifacts") else None),
                   "int8 accuracy": _int8_scoring(qrec),
                   # where the teacher trained; the latencies' machine is the protocol's cpu and cores
                   "versions": env.get("versions"), "teacher stage host": env.get("host"),
@@ -1148,12 +1150,13 @@ def note(table: RunTable) -> str:
         text += (f" {table.metric_name} (test): on the task's labelled test split ({rows}), scored by the stages "
                  f"that made a model (not by the bench's or the report's own timing passes, nor by a stage run before "
                  f"it was: –; an undefined score, nan, reads – too); nothing is chosen on it.")
-    own = table.provenance.get("dev latency")  # the report stage's own pass re-timed every model beside the reference
-    text += (" Sources: p50/p90, throughput and speedup from " + (
-        "the report stage's own timing pass (the bench's models and the ones it did not time, in one fresh process: "
-        "report/latency.json)" if own else "the bench stage (bench/bench.json)") +
-        "; fixed-shape seq/s and peak RSS from the bench stage (the models it timed); dev scores from the stage that "
-        "made each model (a model only the bench made: the bench's own score).")
+    if any(r.latency for r in table.rows):  # the report stage's own pass re-timed every model beside the reference
+        own = table.provenance.get("dev latency")
+        text += (" Sources: p50/p90, throughput and speedup from " + (
+            "the report stage's own timing pass (the bench's models and the ones it did not time, in one fresh "
+            "process: report/latency.json)" if own else "the bench stage (bench/bench.json)") +
+            "; fixed-shape seq/s and peak RSS from the bench stage (the models it timed); dev scores from the stage "
+            "that made each model (a model only the bench made: the bench's own score).")
     refused = [r for r in table.rows if r.refused and not r.shippable]
     if refused:
         text += " Not shippable (the quantize stage's accuracy guard, quantize.max_drop): " + "; ".join(

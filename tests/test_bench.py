@@ -640,6 +640,23 @@ def test_the_memory_probe_runs_the_largest_thread_count_spin_and_shape_and_repor
     assert (out["rss_anon_end_mb"], out["rss_file_end_mb"]) == (150.0, 50.0)
 
 
+def test_status_mb_without_proc_reads_getrusage_in_the_systems_unit(monkeypatch):
+    """Without /proc the peak is getrusage's ru_maxrss: bytes on macOS (it read them as KiB: 1024x too much), KiB on
+    other Unix systems."""
+    from types import SimpleNamespace
+
+    import resource
+
+    from compress import probe
+
+    monkeypatch.setattr(probe.Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    for platform, maxrss in (("darwin", 300 * 2 ** 20), ("freebsd13", 300 * 1024)):
+        monkeypatch.setattr(probe.sys, "platform", platform)
+        monkeypatch.setattr(resource, "getrusage", lambda who, m=maxrss: SimpleNamespace(ru_maxrss=m))
+        assert probe._status_mb("VmHWM") == 300.0, platform
+    assert probe._status_mb("RssAnon", fallback=False) is None
+
+
 def test_every_artifact_peers_included_is_timed_at_each_thread_count_and_throughput_counts_sequences(monkeypatch,
                                                                                                      dev):
     """Each thread count's runners, peers' too, are made with that count; a fixed shape's throughput is sequences/s

@@ -738,8 +738,8 @@ def test_the_bundle_stage_scores_the_bundle_as_it_ships_before_publishing_it(run
     assert f"[bundle] verified as shipped: accuracy {want:.4f} on 40 dev rows" in said
     # its memory as a device runs it: predict.py in a fresh process, the tokenizer included
     peak = checked["memory"]["peak_rss_mb"]
-    assert 20 < peak < 2000 and "predict.py --bench 1 in a fresh process on the first 256 dev texts and one of " \
-        "max_length" in checked["memory"]["measured"]
+    assert 20 < peak < 2000 and "predict.py --bench 1 in a fresh process on 40 of the first 40 dev texts (the " \
+        "non-blank ones) and one of max_length (32) tokens" in checked["memory"]["measured"]  # the rows verified
     assert f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, running `predict.py` (python " \
         "predict.py --bench 1" in card and f"[bundle] as shipped: {peak:.0f} MiB peak resident" in said
     assert main(["predict", str(out / "edge-sst2-int8"), "a fine film"]) == 0  # the rewritten manifest verifies
@@ -793,13 +793,78 @@ def test_shipped_memory_runs_predict_py_and_warns_when_it_cannot(bundle, glue_di
     task = TaskConfig(name="sst2", data_dir=str(glue_dir / "SST-2"))
     memory = shipped_memory(folder, task, threads=1)
     assert 20 < memory["peak_rss_mb"] < 2000
-    assert memory["measured"].startswith("python predict.py --bench 1 --threads 1 in a fresh process on the first "
-                                         "256 dev texts and one of max_length (32) tokens")
+    assert memory["measured"].startswith("python predict.py --bench 1 --threads 1 in a fresh process on 256 of the "
+                                         "first 256 dev texts (the non-blank ones) and one of max_length (32) tokens")
     (folder / "labels.json").write_text("{}")
     assert shipped_memory(folder, task) is None
     err = capsys.readouterr().err
     assert err.startswith("warning: bundle: the memory of the bundle as shipped was not measured: predict.py --bench: "
                           "error: ") and "labels.json" in err and err.count("\n") == 1, err
+
+
+def test_shipped_memory_writes_the_lines_predict_py_reads_and_survives_a_runner_that_says_nothing(
+        bundle, tmp_path, monkeypatch, capsys):
+    """The texts file: one text (TAB its pair) a line, whitespace runs one space, a row with a blank side left out
+    (predict.py refuses such a line), the max_length probe last; a runner that times out, prints no JSON or no
+    figure (Windows) is a warning and no figure, never a failed build."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import compress.data
+    import compress.tasks
+    from compress.bundle import long_text, shipped_memory
+    from compress.config import TaskConfig
+
+    rows = {"text": ["it\trains\n  hard", "  ", "dry", "ok"], "text_pair": ["wet\r\nstreet", "x", " ", "fine"]}
+    monkeypatch.setattr(compress.data, "load_split", lambda *a, **k: rows)
+    monkeypatch.setattr(compress.tasks, "task_spec", lambda task: SimpleNamespace(text_pair=True))
+    written, reply = [], {"stdout": json.dumps({"peak_rss_mb": 97.25}), "returncode": 0}
+
+    def run(cmd, **kwargs):
+        if isinstance(reply, Exception):
+            raise reply
+        written.append(Path(cmd[cmd.index("--file") + 1]).read_text(encoding="utf-8"))
+        return subprocess.CompletedProcess(cmd, reply["returncode"], reply["stdout"], "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    task = TaskConfig(name="rte")
+    memory = shipped_memory(bundle[0], task, rows=3)  # the verification scored 3 rows: the 4th is not read
+    probe = long_text(32)
+    assert written == [f"it rains hard\twet street\n{probe}\t{probe}\n"]
+    assert memory == {"peak_rss_mb": 97.25, "measured": "python predict.py --bench 1 in a fresh process on 1 of the "
+                      "first 3 dev texts (the non-blank ones) and one of max_length (32) tokens: tokenizer, model, "
+                      "onnxruntime and the interpreter; shared libraries' pages included"}
+    warning = "warning: bundle: the memory of the bundle as shipped was not measured: predict.py --bench"
+    for stdout in ("not json", json.dumps({"peak_rss_mb": None}), json.dumps([1])):
+        reply["stdout"] = stdout
+        assert shipped_memory(bundle[0], task) is None
+        assert capsys.readouterr().err.startswith(warning), stdout
+    reply = subprocess.TimeoutExpired(["python"], 600)
+    assert shipped_memory(bundle[0], task) is None
+    assert capsys.readouterr().err.startswith(f"{warning}: Command '['python']' timed out after 600 seconds")
+
+
+def test_peak_rss_mb_reads_proc_else_getrusage_in_each_systems_unit(monkeypatch):
+    """predict.py's peak memory: Linux's VmHWM; elsewhere getrusage's ru_maxrss, bytes on macOS and KiB on other
+    Unix; None without either (Windows has no `resource` module)."""
+    from types import SimpleNamespace
+
+    import resource
+
+    from compress import bundle_predict
+
+    assert 20 < bundle_predict.peak_rss_mb() < 5000  # this process (torch loaded): VmHWM
+
+    def no_proc(*a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(bundle_predict, "open", no_proc, raising=False)
+    for platform, maxrss in (("darwin", 300 * 2 ** 20), ("freebsd13", 300 * 1024)):
+        monkeypatch.setattr(bundle_predict.sys, "platform", platform)
+        monkeypatch.setattr(resource, "getrusage", lambda who, m=maxrss: SimpleNamespace(ru_maxrss=m))
+        assert bundle_predict.peak_rss_mb() == 300.0, platform
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError, as on Windows
+    assert bundle_predict.peak_rss_mb() is None
 
 
 def test_a_bundle_and_report_say_when_dev_was_scored_on_its_first_rows_only(run_dir, tmp_path):
@@ -1272,7 +1337,7 @@ def test_model_card_says_how_idle_threads_were_timed_only_where_the_protocol_say
     # the protocol's fields in words, known ones first in a set order, then the others by name, Markdown escaped
     manifest["latency"]["protocol"] = {"zeta": "a|b", "threads": [1, 2], "spin": spin_protocol(False), "cores": 2,
                                        "cpu": "Xeon"}
-    assert ("Protocol:\n\n- CPU: Xeon\n- cores: 2\n- threads: 1, 2\n- idle threads: idle threads sleep "
+    assert ("Protocol:\n\n- CPU: Xeon\n- cores: 2\n- threads: 1, 2\n- while idle: idle threads sleep "
             "(OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)\n- zeta: a\\|b\n\n") in model_card(manifest)
     manifest["latency"]["protocol"] = "batch 1, 2 threads, dev sentences"  # a search's: its one line
     assert "Protocol:\n\n- batch 1, 2 threads, dev sentences\n\n" in model_card(manifest)

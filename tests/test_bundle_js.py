@@ -869,7 +869,7 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
                                                                        "cpu": "EPYC", "spin": "idle threads sleep"}
     assert [(r["texts"], r["rounds"], r["runs"], r["threads"]) for r in (py, js)] == [(2, 2, 4, 1)] * 2
     assert 0 < js["p50_ms"] <= js["p90_ms"] and js["p50_ms"] <= js["p50_ms_with_tokenizer"]
-    assert py["peak_rss_mb"] > 20 and js["peak_rss_mb"] > 20  # each process's own peak (Node: maxRSS, in KiB)
+    assert 20 < py["peak_rss_mb"] < 4000 and 20 < js["peak_rss_mb"] < 4000  # each its own (Node: maxRSS, KiB)
     py, js = both("--bench", "3", "a gripping, funny film")
     assert py.returncode == js.returncode == 0, (py.stderr, js.stderr)
     here, built = js.stdout.splitlines()
