@@ -1080,10 +1080,12 @@ def _by_threads(table, row) -> dict[str, dict]:
     return out
 
 
-MEMORY_PROTOCOL = ("the model alone in a fresh process with onnxruntime and numpy, not the tokenizer predict.py "
-                   "loads too: loaded, then run on the bench's "
-                   "largest fixed shape and a few dev rows; shared libraries' pages included")
-"""How the bench measures the peak RSS a bundle's manifest carries (`compress.probe.probe_memory`)."""
+def memory_protocol(largest: str = "") -> str:
+    """How the bench measures the peak RSS a bundle's manifest carries (`compress.probe.probe_memory`); ``largest``:
+    its largest fixed shape in words ("8 x 128 tokens")."""
+    return ("the model alone in a fresh process with onnxruntime and numpy, not the tokenizer predict.py loads too: "
+            f"loaded, then run on the bench's largest fixed shape{f' ({largest})' if largest else ''} and a few dev "
+            "rows; shared libraries' pages included")
 
 
 def verifier(recipe, recorded: dict, metric: str, rows: Optional[int]) -> Optional[Callable[[Path], dict]]:
@@ -1167,14 +1169,14 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
               "within_budget": choice["within_budget"], "seed": recipe.seed,
               **({"int8_scoring": table.provenance["int8 accuracy"]} if table.provenance.get("int8 accuracy") else {})}
     bench_cfg = recipe.bench
-    largest = (f" (the largest: {max(bench_cfg.batch_sizes)} x {max(bench_cfg.seq_lengths)} tokens)"
+    largest = (f"{max(bench_cfg.batch_sizes)} x {max(bench_cfg.seq_lengths)} tokens"
                if bench_cfg is not None and bench_cfg.batch_sizes and bench_cfg.seq_lengths else "")
     folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None,
                             check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows),
-                            memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": MEMORY_PROTOCOL + largest}
+                            memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": memory_protocol(largest)}
                             if chosen.peak_rss_mb else None)
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "

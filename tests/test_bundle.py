@@ -675,6 +675,11 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["memory"]["peak_rss_mb"] == 300.0 and "fresh process" in m["memory"]["measured"]  # the bench's probe
     assert "Memory: 300 MiB peak resident on the build machine (the model alone in a fresh process" in \
         (folder / "README.md").read_text()
+    from compress.bundle import memory_protocol  # the largest shape named inside the sentence, not after it
+
+    assert memory_protocol("8 x 128 tokens").endswith("largest fixed shape (8 x 128 tokens) and a few dev rows; "
+                                                      "shared libraries' pages included")
+    assert "largest fixed shape and a few" in memory_protocol()
     assert m["max_length"] == 32 and m["task"]["labels"] == ["negative", "positive"]
     assert sha256_file(folder / "model.onnx") == sha256_file(run_dir / "quantize" / "int8_static.onnx")
     assert predict(out / "edge-sst2-int8.tar.gz", TEXTS)[0]["label"] in ("negative", "positive")
