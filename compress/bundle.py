@@ -936,12 +936,12 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
 
 
 MEMORY_ROWS = 256
-"""How many dev texts `shipped_memory` runs (with one of max_length tokens)."""
+"""How many dev rows (texts or pairs) `shipped_memory` runs (with one of max_length tokens)."""
 
 
 def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Optional[int] = None) -> Optional[dict]:
     """The bundle's peak resident memory as a device runs it: ``python predict.py --bench 1`` in a fresh process on
-    the first `MEMORY_ROWS` dev texts (of the first ``rows``: those the verification scored) and one of max_length
+    the first `MEMORY_ROWS` dev rows (of the first ``rows``: those the verification scored) and one of max_length
     tokens (its largest input), tokenizer.json and onnxruntime included. ``{"peak_rss_mb", "measured"}``; None, with
     a warning, where the process cannot say (Windows) or fails: the bundle was verified just before, its scores do
     not depend on this."""
@@ -987,11 +987,11 @@ def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Opti
     if not (isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0):
         warn(f"{RUNNER} --bench gave no peak memory (this system does not say: Windows)")
         return None
-    print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(texts) + 1} texts)",
+    print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(texts) + 1} inputs)",
           flush=True)
     return {"peak_rss_mb": peak,
             "measured": f"python {RUNNER} --bench 1{f' --threads {threads}' if threads else ''} in a fresh process "
-                        f"on {len(texts)} of the first {first} dev texts (the non-blank ones) and one of max_length "
+                        f"on {len(texts)} of the first {first} dev rows (the non-blank ones) and one of max_length "
                         f"({manifest['max_length']}) tokens: tokenizer, model, onnxruntime and the interpreter; "
                         f"shared libraries' pages included"}
 

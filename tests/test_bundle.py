@@ -743,7 +743,7 @@ def test_the_bundle_stage_scores_the_bundle_as_it_ships_before_publishing_it(run
     assert f"[bundle] verified as shipped: accuracy {want:.4f} on 40 dev rows" in said
     # its memory as a device runs it: predict.py in a fresh process, the tokenizer included
     peak = checked["memory"]["peak_rss_mb"]
-    assert 20 < peak < 2000 and "predict.py --bench 1 in a fresh process on 40 of the first 40 dev texts (the " \
+    assert 20 < peak < 2000 and "predict.py --bench 1 in a fresh process on 40 of the first 40 dev rows (the " \
         "non-blank ones) and one of max_length (32) tokens" in checked["memory"]["measured"]  # the rows verified
     assert f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, running `predict.py` (python " \
         "predict.py --bench 1" in card and f"[bundle] as shipped: {peak:.0f} MiB peak resident" in said
@@ -799,7 +799,7 @@ def test_shipped_memory_runs_predict_py_and_warns_when_it_cannot(bundle, glue_di
     memory = shipped_memory(folder, task, threads=1)
     assert 20 < memory["peak_rss_mb"] < 2000
     assert memory["measured"].startswith("python predict.py --bench 1 --threads 1 in a fresh process on 256 of the "
-                                         "first 256 dev texts (the non-blank ones) and one of max_length (32) tokens")
+                                         "first 256 dev rows (the non-blank ones) and one of max_length (32) tokens")
     (folder / "labels.json").write_text("{}")
     assert shipped_memory(folder, task) is None
     err = capsys.readouterr().err
@@ -837,7 +837,7 @@ def test_shipped_memory_writes_the_lines_predict_py_reads_and_survives_a_runner_
     probe = long_text(32)
     assert written == [f"it rains hard\twet street\n{probe}\t{probe}\n"]
     assert memory == {"peak_rss_mb": 97.25, "measured": "python predict.py --bench 1 in a fresh process on 1 of the "
-                      "first 3 dev texts (the non-blank ones) and one of max_length (32) tokens: tokenizer, model, "
+                      "first 3 dev rows (the non-blank ones) and one of max_length (32) tokens: tokenizer, model, "
                       "onnxruntime and the interpreter; shared libraries' pages included"}
     warning = "warning: bundle: the memory of the bundle as shipped was not measured: predict.py --bench"
     for stdout in ("not json", json.dumps({"peak_rss_mb": None}), json.dumps([1])):
