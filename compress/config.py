@@ -1058,7 +1058,8 @@ class SearchConfig:
     calibration_samples: int = 128
     """Training rows for static int8 ranges (instead of `quantize.calibration.samples`)."""
     dev_rows: int = 100
-    """Dev sentences timed one at a time per candidate (the accuracy is always measured on all of dev)."""
+    """Dev sentences timed one at a time per candidate (the accuracy is measured on all of dev, or its first
+    ``task.max_eval_samples`` rows)."""
     skip_margin: float = 3.0
     """Skip a candidate whose estimated fp32 latency (teacher fp32 x MACs fraction) exceeds budget x skip_margin, or
     one at least as large as an already measured candidate of the same mode that was over budget x 1.1."""

@@ -11,10 +11,11 @@ slice of training rows (computed once, cached) plus 0.5 x cross-entropy, the pru
 through `compress.train.fit`. Every model of that depth starts from it, is pruned (or not) and trains
 ``recover_steps`` more with the same objective: pruned and unpruned candidates get the same training budget (the
 teacher itself is a candidate as it is). Each int8 model is scored on the held-out training rows (``task.holdout``)
-and on all of dev, one text at a time, and timed with the bench's loop in a fresh process
-(`compress.bench.measure_in_fresh_process`: batch 1, real dev sentences one at a time, one pass with the teacher's
-ONNX fp32 model as the in-pass reference, the bench's default order). The best within the budget is picked on the
-held-out rows, so its dev figure is not one it was selected on (a task with ``holdout: 0`` picks on dev, and says so).
+and on dev (its first ``task.max_eval_samples`` rows when set), one text at a time, and timed with the bench's loop
+in a fresh process (`compress.bench.measure_in_fresh_process`: batch 1, real dev sentences one at a time, one pass
+with the teacher's ONNX fp32 model as the in-pass reference, the bench's default order). The best within the budget
+is picked on the held-out rows, so its dev figure is not one it was selected on (a task with ``holdout: 0`` picks on
+dev, and says so).
 
 Order and pruning of the space: models by estimated cost (encoder MACs fraction, smallest first), so a useful answer
 comes first. A model is skipped when its fp32 latency estimate (teacher fp32 p50 x MACs fraction) exceeds the budget
@@ -554,6 +555,10 @@ def load_result(ctx: Context, cid: str) -> tuple[Optional[dict], bool]:
         result = read_json(path)
     except ValueError:  # a torn file cannot happen with atomic writes, but a hand-edited one can
         return None, False
+    latency = result.get("latency") if isinstance(result, dict) else None  # a record of another shape: measured again
+    if not (isinstance(latency, dict) and isinstance(latency.get("p50_ms"), (int, float))
+            and not isinstance(latency.get("p50_ms"), bool)):
+        return None, False
     mode = result.get("mode") if isinstance(result.get("mode"), str) else None
     if mode not in ctx.mode_settings:
         return None, False
@@ -781,17 +786,18 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
         fastest = results[0]
         message = (f"no candidate fits {cfg.budget_ms:g} ms: the fastest measured, {fastest['id']}, takes "
                    f"{ms(fastest['latency']['p50_ms'], cfg.budget_ms)} ms")
-    elif stopped and not skipped:  # nothing said about the budget: the time limit came first
-        message = (f"stopped by the time limit before any candidate was measured ({stopped}; {len(not_started)} not "
-                   f"started): raise --time-limit-min, or rerun to go on")
     else:
         failed = [s for s in skipped if s["reason"].startswith("failed: ")]  # measure_model's CompressError
-        message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({len(skipped) - len(failed)} skipped "
-                   f"as too slow"
-                   + (f", {len(failed)} failed: {failed[0]['id']}: {failed[0]['reason'][len('failed: '):]}"
-                      + (f" (and {len(failed) - 1} more, see search.md)" if len(failed) > 1 else "")
-                      if failed else "")
-                   + (f", {len(not_started)} not started: {stopped}" if not_started else "") + ")")
+        slow = len(skipped) - len(failed)
+        others = ", ".join(([f"{slow} skipped as too slow"] if slow else []) + (
+            [f"{len(failed)} failed: {failed[0]['id']}: {failed[0]['reason'][len('failed: '):]}"
+             + (f" (and {len(failed) - 1} more, see search.md)" if len(failed) > 1 else "")] if failed else []))
+        if stopped and not_started:  # nothing said about the budget: the ones not started (the cheapest) may fit
+            message = (f"stopped by the time limit before any candidate was measured ({stopped}; {len(not_started)} "
+                       f"not started{f', {others}' if others else ''}): raise --time-limit-min, or rerun to go on")
+        else:
+            message = (f"no candidate fits {cfg.budget_ms:g} ms: none was measured ({others or 'none tried'}"
+                       + (f", {len(not_started)} not started: {stopped}" if not_started else "") + ")")
     if stopped and results:  # the answer is of the candidates measured so far: say so first
         message = (f"stopped early ({stopped}; {len(not_started)} candidate(s) not started: raise --time-limit-min "
                    f"or rerun to go on) - so far, {message}")
@@ -816,8 +822,9 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
 # ------------------------------------------------------------------------------------------------ outputs
 def write_outputs(out: Path, summary: dict) -> None:
     """search.json, search.md and pareto.png of one search. The plot and the page are made under temporary names
-    first, then the three renamed in, search.json (what a rerun resumes from) last: an interrupted search left the new
-    budget's search.json beside the old search's page and plot (drawing takes a second)."""
+    first, then the three renamed in, search.json (what `compress report` reads; a rerun resumes from candidates/)
+    last: an interrupted search left the new budget's search.json beside the old search's page and plot (drawing
+    takes a second)."""
     png_tmp, md_tmp = out / f".pareto.png.tmp-{os.getpid()}", out / f".search.md.tmp-{os.getpid()}"
     try:
         png = plot(summary, png_tmp)

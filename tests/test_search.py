@@ -615,6 +615,34 @@ def test_candidates_that_failed_are_not_called_too_slow():
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
     assert summary["message"] == ("no candidate fits 2 ms: none was measured (1 skipped as too slow, 1 failed: "
                                   "L1-dynamic: export parity: max |diff| 0.3)")
+    # the time limit came before the cheapest candidates started: they may fit, so no "no candidate fits"
+    stopped, waiting = "time limit 0 min reached after 0.0 min", [{"id": "L2-dynamic"}, {"id": "L2-static"}]
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped[1:], waiting, stopped,
+                               0, 0, 1.0)
+    assert summary["message"] == ("stopped by the time limit before any candidate was measured (time limit 0 min "
+                                  "reached after 0.0 min; 2 not started, 1 skipped as too slow): raise "
+                                  "--time-limit-min, or rerun to go on")
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped[:1], waiting, stopped,
+                               0, 0, 1.0)
+    assert summary["message"].startswith("stopped by the time limit before any candidate was measured (time limit 0 "
+                                         "min reached after 0.0 min; 2 not started, 1 failed: L1-dynamic: export")
+    summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], [], [], None, 0, 0, 1.0)
+    assert summary["message"] == "no candidate fits 2 ms: none was measured (none tried)"
+
+
+def test_a_candidate_record_of_another_shape_is_measured_again_not_a_traceback(tmp_path):
+    """A hand-edited candidates/<id>.json that is JSON but no record (a list, null, no latency, a p50 as text) is
+    not reused: the candidate is measured again (it was an AttributeError out of `compress search`)."""
+    from types import SimpleNamespace
+
+    from compress.search import load_result
+
+    ctx = SimpleNamespace(out=tmp_path)
+    (tmp_path / "candidates").mkdir()
+    for text in ("[]", "null", '{"mode": "dynamic"}', '{"mode": "dynamic", "latency": {"p50_ms": "1.0"}}',
+                 '{"mode": "dynamic", "latency": {"p50_ms": true}}', "{torn"):
+        (tmp_path / "candidates" / "L1-dynamic.json").write_text(text)
+        assert load_result(ctx, "L1-dynamic") == (None, False), text
 
 
 def test_bad_lr_or_skip_margin_names_its_own_field(tmp_path, glue_dir, tokenizer):
