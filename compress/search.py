@@ -605,13 +605,18 @@ def near_budget(result: dict, budget_ms: float) -> bool:
     return budget_ms / OVER_BUDGET_SLACK <= result["latency"]["p50_ms"] <= budget_ms * NEAR_BUDGET_OVER
 
 
+def clock() -> float:
+    """Seconds of the search's time limit (`time.perf_counter`; one name, so that a test can move it on)."""
+    return time.perf_counter()
+
+
 def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref_path: str,
                         deadline: Optional[float] = None) -> tuple[list[str], list[str]]:
     """Time the candidates near the budget again until each has `NEAR_BUDGET_PASSES` passes (all of them and the
     teacher's fp32 reference in one pass, each pass in a fresh process, as `time_pass`), then give each the median
     p50/p90 of its passes (and the reference's median, the speedup from both), saved with its record
     (``latency.passes``; `verdict` says it). A candidate confirmed earlier (a rerun) is not timed again. No pass
-    starts after ``deadline`` (`time.perf_counter`; the search's time limit): a candidate left with fewer passes keeps
+    starts after ``deadline`` (`clock`; the search's time limit): a candidate left with fewer passes keeps
     the median of those it has, and a rerun times it on. Returns the ids re-timed and those left with fewer passes."""
     near = [r for r in results if near_budget(r, budget_ms)
             and len(r["latency"].get("passes") or [None]) < NEAR_BUDGET_PASSES]
@@ -622,7 +627,7 @@ def confirm_near_budget(ctx: Context, results: list[dict], budget_ms: float, ref
     had = {r["id"]: len(r["latency"]["passes"]) for r in near}
     while True:
         todo = [r for r in near if len(r["latency"]["passes"]) < NEAR_BUDGET_PASSES]
-        if not todo or (deadline is not None and time.perf_counter() >= deadline):
+        if not todo or (deadline is not None and clock() >= deadline):
             break
         lat = time_pass(ctx, {"ref": {"kind": "onnx", "path": ref_path},
                               **{r["id"]: {"kind": "onnx", "path": r["file"]} for r in todo}})
@@ -669,7 +674,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
     """Search, write search.json / search.md / pareto.png into runs/<recipe>/search/, return the summary."""
     from tqdm.auto import tqdm
 
-    t_start = time.perf_counter()
+    t_start = clock()
     cfg = search_settings(recipe, cfg, budget_ms, time_limit_min, threads)
     if cfg.threads > usable_cores():  # as the bench stage warns
         log.warning("search.threads %s: more than this machine's %s cores; its timings measure oversubscription",
@@ -715,7 +720,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 stale.append(old)
             else:
                 todo.append(mode)
-        elapsed_min = (time.perf_counter() - t_start) / 60.0
+        elapsed_min = (clock() - t_start) / 60.0
         if stale and elapsed_min >= cfg.time_limit_min:  # no timing pass starts after the limit either
             stopped = f"time limit {cfg.time_limit_min:g} min reached after {elapsed_min:.1f} min"
             not_started += [r["id"] for r in stale]
@@ -733,7 +738,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         results += kept
         if not todo:
             continue
-        elapsed_min = (time.perf_counter() - t_start) / 60.0
+        elapsed_min = (clock() - t_start) / 60.0
         if elapsed_min >= cfg.time_limit_min:
             stopped = f"time limit {cfg.time_limit_min:g} min reached after {elapsed_min:.1f} min"
             not_started += [f"{spec.id}-{m}" for m in todo]
@@ -755,7 +760,7 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         measured += len(new)
     progress.close()
     summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
-                        time.perf_counter() - t_start, timed_again)
+                        clock() - t_start, timed_again)
     summary["retimed"] = retimed
     if unconfirmed:
         summary["unconfirmed"] = unconfirmed

@@ -279,6 +279,32 @@ def test_search_time_limit_and_estimate_skips(tmp_path, glue_dir, tokenizer, cap
     assert "no candidate fits" in capsys.readouterr().out
 
 
+def test_the_time_limit_stops_the_search_between_two_models(tmp_path, glue_dir, tokenizer, monkeypatch):
+    """The limit is read before each model: one that runs past it is finished and kept, the next is not started,
+    and the answer is said to be of the candidates measured so far (every other test stops at 0 minutes, before
+    the first model)."""
+    from compress import search
+
+    recipe = load_recipe(_recipe(tmp_path, glue_dir, tokenizer, depths=[1, 2]))
+    now = [1000.0]
+    build = search.build_model
+
+    def slow_build(ctx, spec):  # the first model takes an hour of the search's clock
+        out = build(ctx, spec)
+        now[0] += 3600.0
+        return out
+
+    monkeypatch.setattr(search, "clock", lambda: now[0])
+    monkeypatch.setattr(search, "build_model", slow_build)
+    summary = run_search(recipe, budget_ms=1000.0, time_limit_min=1.0)
+    assert summary["counts"]["measured"] == 1 and [r["id"] for r in summary["candidates"]] == ["L1-k50-dynamic"]
+    assert summary["not_started"] == ["L1-dynamic", "L2-k50-dynamic", "L2-dynamic"]  # cheapest first
+    assert summary["stopped"] == "time limit 1 min reached after 60.0 min"
+    assert summary["message"].startswith("stopped early (time limit 1 min reached after 60.0 min; 3 candidate(s) not "
+                                         "started: raise --time-limit-min or rerun to go on) - so far, best within "
+                                         "1000 ms: L1-")
+
+
 def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
     path = _recipe(tmp_path, glue_dir, tokenizer, teacher=False)
     assert main(["search", str(path), "--budget-ms", "5"]) == 2
