@@ -275,6 +275,12 @@ def _one_token_type(tok, src: Path, text_pair: bool):
     return tok
 
 
+def defined(x) -> bool:
+    """A JSON number that is one: an int or float, not a bool, not nan or infinite (a manifest edited by hand, a
+    pearson of constant predictions)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _fmt_metric(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "– (undefined)"  # a retention against a teacher scoring 0 or below, a pearson of constant predictions
@@ -416,7 +422,7 @@ def model_card(manifest: dict) -> str:
     verified = manifest.get("verified")
     shipped = verified.get("memory") if isinstance(verified, dict) else None
     peak = shipped.get("peak_rss_mb") if isinstance(shipped, dict) else None
-    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak):
+    if defined(peak):
         lines += ["", f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, "
                   f"running `predict.py` ({md_text(str(shipped.get('measured', 'in a fresh process')))})."]
     lines += ["", "## Run it", "", "```sh",
@@ -910,9 +916,6 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
         raise CompressError(f"bundle.verify: the dev split has {rows} rows to score now, the run scored "
                             f"{recorded_rows}: the data changed since; rerun the stages that scored it")
 
-    def defined(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
     apart = None
     if defined(got) != defined(want):  # one undefined (nan: a pearson of constant predictions) or missing: no match
         raise CompressError(f"bundle.verify: the bundle as shipped scores {metric} {_fmt_metric(got)} on {rows} dev "
@@ -984,7 +987,7 @@ def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Opti
         peak = json.loads(proc.stdout).get("peak_rss_mb")
     except (ValueError, AttributeError):
         peak = None
-    if not (isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak) and peak > 0):
+    if not (defined(peak) and peak > 0):
         warn(f"{RUNNER} --bench gave no peak memory (this system does not say: Windows)")
         return None
     print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(texts) + 1} inputs)",

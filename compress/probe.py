@@ -96,9 +96,9 @@ def _status_mb(field: str, fallback: bool = True) -> Optional[float]:
         import psutil
 
         return psutil.Process().memory_info().rss / 2**20
-    import resource
+    from compress.bundle_predict import peak_rss_mb  # getrusage in each system's unit (stdlib only: read at the end)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2.0 ** 20 if sys.platform == "darwin" else 1024.0)
+    return peak_rss_mb()
 
 
 def _main(spec_path: str, out_path: str) -> int:

@@ -640,20 +640,14 @@ def test_the_memory_probe_runs_the_largest_thread_count_spin_and_shape_and_repor
     assert (out["rss_anon_end_mb"], out["rss_file_end_mb"]) == (150.0, 50.0)
 
 
-def test_status_mb_without_proc_reads_getrusage_in_the_systems_unit(monkeypatch):
-    """Without /proc the peak is getrusage's ru_maxrss: bytes on macOS (it read them as KiB: 1024x too much), KiB on
-    other Unix systems."""
-    from types import SimpleNamespace
-
-    import resource
-
-    from compress import probe
+def test_status_mb_without_proc_reads_the_peak_as_predict_py_does(monkeypatch):
+    """Without /proc the peak is `bundle_predict.peak_rss_mb`'s (getrusage in each system's unit: the probe read
+    macOS's bytes as KiB, 1024x too much; tested with it)."""
+    from compress import bundle_predict, probe
 
     monkeypatch.setattr(probe.Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
-    for platform, maxrss in (("darwin", 300 * 2 ** 20), ("freebsd13", 300 * 1024)):
-        monkeypatch.setattr(probe.sys, "platform", platform)
-        monkeypatch.setattr(resource, "getrusage", lambda who, m=maxrss: SimpleNamespace(ru_maxrss=m))
-        assert probe._status_mb("VmHWM") == 300.0, platform
+    monkeypatch.setattr(bundle_predict, "peak_rss_mb", lambda: 300.0)
+    assert probe._status_mb("VmHWM") == 300.0
     assert probe._status_mb("RssAnon", fallback=False) is None
 
 
