@@ -946,7 +946,7 @@ def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Opti
     """The bundle's peak resident memory as a device runs it: ``python predict.py --bench 1`` in a fresh process on
     the first `MEMORY_ROWS` dev rows (of the first ``rows``: those the verification scored) and one of max_length
     tokens (its largest input), tokenizer.json and onnxruntime included. ``{"peak_rss_mb", "measured"}``; None, with
-    a warning, where the process cannot say (Windows) or fails: the bundle was verified just before, its scores do
+    a warning, where the process cannot say or fails: the bundle was verified just before, its scores do
     not depend on this."""
     import subprocess
     import tempfile
@@ -988,7 +988,7 @@ def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Opti
     except (ValueError, AttributeError):
         peak = None
     if not (defined(peak) and peak > 0):
-        warn(f"{RUNNER} --bench gave no peak memory (this system does not say: Windows)")
+        warn(f"{RUNNER} --bench gave no peak memory (this system does not say)")
         return None
     print(f"[bundle] as shipped: {peak:.0f} MiB peak resident ({RUNNER} --bench 1, {len(texts) + 1} inputs)",
           flush=True)

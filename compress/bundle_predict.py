@@ -479,8 +479,10 @@ def bench_texts(predictor: Predictor, text: Optional[str], text_pair: Optional[s
 
 def peak_rss_mb() -> Optional[float]:
     """This process's peak resident memory in MiB (tokenizer, model, onnxruntime, the interpreter; shared libraries'
-    pages included): Linux's VmHWM, else getrusage's ru_maxrss (macOS: bytes, other Unix: KiB); None without either
-    (Windows)."""
+    pages included): Linux's VmHWM, Windows' peak working set, else getrusage's ru_maxrss (macOS: bytes, other Unix:
+    KiB); None where none of them answers."""
+    if sys.platform == "win32":
+        return _windows_peak_mb()
     try:
         with open("/proc/self/status", encoding="utf-8") as f:
             for line in f:
@@ -494,6 +496,33 @@ def peak_rss_mb() -> Optional[float]:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2 ** 20 if sys.platform == "darwin" else 1024), 1)
+
+
+def _windows_peak_mb() -> Optional[float]:
+    """Windows: the process's peak working set (``GetProcessMemoryInfo``, through ctypes: nothing to install), in MiB;
+    None if the call fails."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (name, ctypes.c_size_t) for name in (
+                "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage", "QuotaPagedPoolUsage",
+                "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]
+
+    counters = Counters()
+    counters.cb = ctypes.sizeof(Counters)
+    try:
+        kernel32 = ctypes.WinDLL("kernel32")
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        get_info = kernel32.K32GetProcessMemoryInfo  # kernel32's since Windows 7 (psapi.dll's before)
+        get_info.argtypes = [wintypes.HANDLE, ctypes.POINTER(Counters), wintypes.DWORD]
+        get_info.restype = wintypes.BOOL
+        if not get_info(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb):
+            return None
+    except (AttributeError, OSError):
+        return None
+    return round(counters.PeakWorkingSetSize / 2 ** 20, 1) if counters.PeakWorkingSetSize else None
 
 
 def built_latency(manifest: dict, threads: Optional[int]) -> Optional[dict]:
@@ -701,7 +730,7 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench", type=positive_int, metavar="ROUNDS", help="time the model on this machine instead "
                         "of printing results: ROUNDS timed passes over the texts (TEXT, or every line of --file), one "
                         "text at a time after an untimed pass; prints p50/p90 ms per text beside the manifest's, and "
-                        "this process's peak resident memory (not on Windows)")
+                        "this process's peak resident memory")
 
 
 def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLike]] = None) -> int:

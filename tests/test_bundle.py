@@ -851,7 +851,7 @@ def test_shipped_memory_writes_the_lines_predict_py_reads_and_survives_a_runner_
 
 def test_peak_rss_mb_reads_proc_else_getrusage_in_each_systems_unit(monkeypatch):
     """predict.py's peak memory: Linux's VmHWM; elsewhere getrusage's ru_maxrss, bytes on macOS and KiB on other
-    Unix; None without either (Windows has no `resource` module)."""
+    Unix; None without either."""
     from types import SimpleNamespace
 
     import resource
@@ -868,7 +868,44 @@ def test_peak_rss_mb_reads_proc_else_getrusage_in_each_systems_unit(monkeypatch)
         monkeypatch.setattr(bundle_predict.sys, "platform", platform)
         monkeypatch.setattr(resource, "getrusage", lambda who, m=maxrss: SimpleNamespace(ru_maxrss=m))
         assert bundle_predict.peak_rss_mb() == 300.0, platform
-    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError
+    assert bundle_predict.peak_rss_mb() is None
+
+
+def test_peak_rss_mb_on_windows_reads_the_peak_working_set(monkeypatch):
+    """Windows (no /proc, no `resource`): GetProcessMemoryInfo's PeakWorkingSetSize through ctypes, in MiB; None when
+    the call fails or kernel32 cannot be loaded. (This host is Linux: kernel32 is a stand-in that fills the counters
+    as Windows does, through the pointer it is given.)"""
+    import ctypes
+    from ctypes import wintypes
+
+    from compress import bundle_predict
+
+    calls = []
+
+    class Kernel32:
+        def __init__(self, ok):
+            def get_info(handle, counters, size):  # a plain function: the code sets its argtypes and restype
+                calls.append((handle, size, ctypes.sizeof(counters._obj)))
+                counters._obj.PeakWorkingSetSize = 300 * 2 ** 20
+                counters._obj.WorkingSetSize = 100 * 2 ** 20  # the current figure, not the peak
+                return ok
+
+            self.GetCurrentProcess = lambda: 7  # a pseudo handle, as Windows' -1
+            self.K32GetProcessMemoryInfo = get_info
+
+    monkeypatch.setattr(bundle_predict.sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name: Kernel32(1), raising=False)
+    assert bundle_predict.peak_rss_mb() == 300.0
+    size = 2 * ctypes.sizeof(wintypes.DWORD) + 8 * ctypes.sizeof(ctypes.c_size_t)  # 72 on 64-bit Windows
+    assert calls == [(7, size, size)]  # cb: the structure's own size
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name: Kernel32(0))  # the call failed
+    assert bundle_predict.peak_rss_mb() is None
+
+    def no_dll(name):
+        raise OSError(f"cannot load {name}")
+
+    monkeypatch.setattr(ctypes, "WinDLL", no_dll)
     assert bundle_predict.peak_rss_mb() is None
 
 
