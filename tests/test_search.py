@@ -199,6 +199,31 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert fourth["counts"]["measured"] == 1 and fourth["counts"]["reused"] == 3
     assert f"[search] L3-k50-dynamic: its int8 file changed since it was measured (sha256) ({int8}): its record is " \
         f"not reused" in capsys.readouterr().out  # redone without a word before
+    # killed between moving a new int8 file into place and writing its record: the old record stands beside the new
+    # file. With the same settings the file is the one the record measured, byte for byte (quantizing is
+    # deterministic), so the next search reuses it; with other settings the record's no longer match and it is
+    # measured again anyway
+    import compress.search as search_module
+
+    record = (out / "candidates" / "L3-k50-dynamic.json").read_text()
+    int8.write_bytes(int8.read_bytes() + b"\0")  # its record no longer stands: measured again, then killed
+    real_write = search_module.write_json
+
+    def killed(path, data):
+        if Path(path).name == "L3-k50-dynamic.json":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    search_module.write_json = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_search(recipe, budget_ms=1000.0)
+    finally:
+        search_module.write_json = real_write
+    assert (out / "candidates" / "L3-k50-dynamic.json").read_text() == record  # the old record, a new file
+    assert json.loads(record)["sha256"] == sha256_file(int8) and not list(out.glob(".quantize-*"))
+    resumed = run_search(recipe, budget_ms=1000.0)
+    assert resumed["counts"]["measured"] == 0 and resumed["counts"]["reused"] == 4
     # other timing threads: every candidate is timed again, no model is trained, quantized or scored again; records
     # of before that (no scored_settings) are stamped when reused, else they were re-made at every new --threads
     for record in (out / "candidates").glob("*.json"):
