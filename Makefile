@@ -1,4 +1,4 @@
-# Every target sets itself up: the first run creates .venv and installs the pinned stack (torch CPU first).
+# Every target sets itself up: the first run creates .venv and installs the pinned stack (torch first).
 # Re-running installs nothing unless pyproject.toml changed.
 PYTHON ?= python3
 VENV := .venv
@@ -21,6 +21,9 @@ help:  ## list the targets and what each does (RECIPE=... picks the recipe; defa
 	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "make: $(PYTHON) is $$($(PYTHON) -V 2>&1): the pinned stack needs Python 3.11 or later" \
+			"(make PYTHON=python3.11 ...)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
@@ -34,6 +37,8 @@ pipeline: $(STAMP)  ## run the recipe end to end (default: the quickstart)
 	$(COMPRESS) run "$(RECIPE)"
 
 $(NODE_STAMP): compress/bundle.py $(STAMP)
+	@command -v npm >/dev/null || { echo "make: npm not found: the tests run the bundle's predict.mjs under" \
+		"Node.js 20 or later; install Node.js with npm" >&2; exit 1; }
 	mkdir -p $(NODE_DIR)
 	cd $(NODE_DIR) && npm install --no-audit --no-fund --no-save --silent \
 		$$(../$(BIN)/python -c 'from compress.bundle import JS_RUNTIME as r; print(" ".join(f"{k}@{v}" for k, v in r.items()))')

@@ -48,3 +48,32 @@ def test_torch_index_reaches_the_torch_install_only_when_given():
     pip = [".venv/bin/pip", "install", "--quiet", "torch==2.13.0"]
     assert install(f"TORCH_INDEX={url}") == [pip + ["--index-url", f'"{url}"']]
     assert install() == [pip]
+
+
+def test_set_up_names_what_the_machine_lacks(tmp_path):
+    """A Python older than 3.11 (the pinned numpy and onnxruntime have no wheels for it) and a machine without npm
+    (`make test` runs the bundle's predict.mjs under Node.js) are refused by one line saying so, before pip or npm
+    fail somewhere in their output. Run on a copy of the Makefile with stand-ins: nothing is installed."""
+    import shutil
+
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\n[ \"$1\" = -V ] && echo 'Python 3.10.4' && exit 0\n"
+                   "[ \"$1\" = -c ] && exit 1\nexit 3\n")  # sys.version_info < (3, 11): exit 1
+    old.chmod(0o755)
+    out = subprocess.run(["make", "install", f"PYTHON={old}"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and not (tmp_path / ".venv").exists()
+    assert f"make: {old} is Python 3.10.4: the pinned stack needs Python 3.11 or later" in out.stderr, out.stderr
+
+    (tmp_path / "compress").mkdir()
+    (tmp_path / "compress" / "bundle.py").write_text("")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / ".installed").touch()  # set up already, after pyproject.toml: only the npm step is due
+    empty = tmp_path / "no-npm"
+    empty.mkdir()
+    out = subprocess.run([shutil.which("make"), ".node/.installed"], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": str(empty)})
+    assert out.returncode != 0 and not (tmp_path / ".node").exists()
+    assert "make: npm not found: the tests run the bundle's predict.mjs under Node.js 20 or later" in out.stderr, \
+        out.stderr
