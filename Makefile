@@ -74,7 +74,7 @@ bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum 
 bench-full: $(STAMP)  ## the same on the full grid (batch 1/8/32 x seq 32/128, all dev rows, longer series)
 	$(COMPRESS) bench "$(RECIPE)" --full
 
-bench-prune: $(STAMP)  ## pruning levels on the quickstart model: params, MACs, ORT latency, dev accuracy (~8 min)
+bench-prune: $(STAMP)  ## pruning levels on the quickstart model (needs its teacher stage: make teacher): params, MACs, ORT latency, dev accuracy (~8 min)
 	$(BIN)/python scripts/bench_prune.py --out runs/bench-prune.json
 
 distill: $(STAMP)  ## distil the recipe's students from its teacher (runs the teacher stage first if needed)

@@ -980,9 +980,10 @@ def test_each_students_metrics_record_its_alignment_counts(tiny_bert_dir, tmp_pa
     assert summary["students"]["s"]["alignment"] == metrics["alignment"] and metrics["same_tokenizer"] is True
 
 
-def test_bench_distill_keeps_each_loops_fastest_repeat_and_speedup_is_naive_over_ours(monkeypatch, tmp_path):
+def test_bench_distill_keeps_each_loops_fastest_repeat_and_speedup_is_naive_over_ours(monkeypatch, tmp_path, capsys):
     """`compress.distill.bench.main` with the loops stubbed: the fastest of --repeats per loop, tokens/s from it, and
-    speedup = naive time / our time (> 1: ours faster)."""
+    speedup = naive time / our time (> 1: ours faster). Without the quickstart's teacher it says what it timed
+    instead (it fell back to MiniLM-L6 with a fresh head without a word)."""
     import itertools
     import types
 
@@ -997,6 +998,7 @@ def test_bench_distill_keeps_each_loops_fastest_repeat_and_speedup_is_naive_over
     monkeypatch.setattr(B, "ours", lambda *a: next(our_times))
     res = B.main(["--teacher", str(tmp_path / "none"), "--repeats", "2", "--epochs", "1",
                   "--out", str(tmp_path / "r.json")])
+    assert f"teacher: MiniLM-L6 with a fresh head ({tmp_path / 'none'} holds no model" in capsys.readouterr().out
     for mode in B.MODES:
         r = res["modes"][mode]
         assert (r["naive_s"], r["ours_s"], r["speedup"]) == (2.0, 1.0, 2.0)

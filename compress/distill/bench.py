@@ -98,8 +98,11 @@ def main(argv=None) -> dict:
     data = load_task(TaskConfig(name="sst2", max_train_samples=args.rows, holdout=0.0, max_eval_samples=8), seed=0)
     if Path(args.teacher, "config.json").is_file():
         teacher, tok = load_trained(args.teacher)
+        print(f"teacher: {args.teacher}", flush=True)
     else:
         teacher, tok = load_for_task("minilm-l6", data.spec)
+        print(f"teacher: MiniLM-L6 with a fresh head ({args.teacher} holds no model: `make teacher` makes the "
+              f"quickstart's); tokens/s do not depend on what the head learned", flush=True)
     tokens = sum(tokenize(data.train, tok, args.max_length)["length"]) * args.epochs
     padded = len(data.train) * args.max_length * args.epochs  # what the naive loop feeds the models
     print(f"real tokens {tokens:,}; the naive loop processes {padded:,} ({padded / tokens:.1f}x: padding to "
