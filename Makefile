@@ -15,7 +15,7 @@ NODE_DIR := .node
 NODE_STAMP := $(NODE_DIR)/.installed
 COMPRESS := $(BIN)/compress
 
-.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run zoo clean help
+.PHONY: install pipeline test test-slow bench-train teacher distill bench-distill report bundle prune quantize bench-prune bench bench-full search validate dry-run recipe-docs zoo clean help
 
 help:  ## list the targets and what each does (RECIPE=... picks the recipe; default pipelines/quickstart.yaml)
 	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
@@ -85,6 +85,9 @@ bench-distill: $(STAMP)  ## our distillation loop vs a naive one (tokens/s ratio
 
 search: $(STAMP)  ## best int8 model within a latency budget + Pareto front, e.g. make search BUDGET_MS=3 SEARCH_MIN=15 (minutes; needs the teacher stage)
 	$(COMPRESS) search "$(RECIPE)" $(if $(BUDGET_MS),--budget-ms $(BUDGET_MS)) $(if $(SEARCH_MIN),--time-limit-min $(SEARCH_MIN))
+
+recipe-docs: $(STAMP)  ## rewrite docs/recipe.md (every recipe key: type, default, meaning) from compress/config.py
+	$(BIN)/python scripts/recipe_reference.py
 
 validate: $(STAMP)  ## check the recipe and its data files without running it (no torch)
 	$(COMPRESS) validate "$(RECIPE)"

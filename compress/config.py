@@ -428,8 +428,11 @@ class MatchConfig:
     layer numbers. Position-wise losses are used only on rows whose two tokenizations align position by position."""
 
     teacher_layer: int
+    """The teacher's layer whose output (or attention maps) the student imitates: 1..depth, 0 the embeddings."""
     student_layer: int
+    """The student's layer that imitates it: 1..depth, 0 the embeddings."""
     feature: Literal["hidden", "attention", "embedding"] = "hidden"
+    """What is compared: the layer's hidden states, its attention probabilities, or the embedding output."""
     loss: Literal["mse", "kl"] = "mse"
     """hidden/embedding: mse. attention: mse on attention probabilities, or kl (teacher || student) per query row."""
     weight: float = 1.0
@@ -912,6 +915,7 @@ class BenchConfig:
     threads: list[int] = field(default_factory=lambda: [1, 2])
     """Thread counts (torch set_num_threads / ORT intra-op threads; one inter-op thread)."""
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    """Batch sizes of the fixed shapes (with ``seq_lengths``)."""
     seq_lengths: list[int] = field(default_factory=lambda: [32, 128])
     """Fixed shapes: every batch size x every sequence length (random ids, full mask). Empty lists: dev only."""
     dev_rows: Optional[int] = 200

@@ -1111,3 +1111,34 @@ def test_distillation_settings_at_the_edge_of_their_range_are_refused(tmp_path, 
     with pytest.raises(CompressError, match=message):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"
                                     f"students: [{{name: s, distill: {distill}}}]\n"))
+
+
+def test_docs_recipe_md_is_what_the_code_says_and_every_key_is_documented(monkeypatch):
+    """docs/recipe.md (every recipe key: type, default, meaning) is generated from compress/config.py; it must match
+    the code (a new or changed key without `python scripts/recipe_reference.py` fails here), and a key without a
+    docstring stops the generator by name."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "scripts" / "recipe_reference.py"
+    out = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = (root / "docs" / "recipe.md").read_text(encoding="utf-8")
+    for key in ("## `prune.recover`", "- **`grad_accum`** (integer; default `1`)", "## `students[].distill.matches[]`",
+                "- **`recover`** (mapping or null; default `{epochs: 1.0, lr: 0.0001}` and the defaults below)",
+                "## `prune.layers.<name>`", "- **`table_bits`** (one of `8`, `4`; default `8`)"):
+        assert key in text, key
+
+    spec = importlib.util.spec_from_file_location("recipe_reference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = module.docstrings
+
+    def without_one():
+        docs = real()
+        del docs["BenchConfig"][1]["isolate"]
+        return docs
+
+    monkeypatch.setattr(module, "docstrings", without_one)
+    with pytest.raises(SystemExit, match=r"BenchConfig\.isolate: no docstring under the field"):
+        module.render()
