@@ -519,8 +519,11 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
     tmp_tar = out_dir / f".{name}.tar.gz.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        try:
+            tmp.mkdir()
+        except OSError as e:  # an out folder this user cannot write: named as given, not by the build's scratch name
+            raise OSError(e.errno, e.strerror, str(out_dir)) from None
         shutil.copyfile(model, tmp / "model.onnx")
         io = model_io(tmp / "model.onnx")
         width = (io["outputs"][0]["shape"] or [None])[-1]  # scores a text; a name when symbolic (checked when run)
@@ -730,7 +733,10 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
     tops = set()
     for m in members:
         path = PurePosixPath(m.name)
-        if (not path.parts or path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
+        if not path.parts and not m.name.startswith("/"):  # "." or "./": made with `tar -C FOLDER .`, escaping nothing
+            raise CompressError(f"{archive}: member {m.name!r}: the files lie at the archive's top, not in one bundle "
+                                f"folder (pack the folder itself: tar czf NAME.tar.gz NAME)")
+        if (path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
                 or ":" in path.parts[0]) or not (root / m.name).resolve().is_relative_to(root):
             raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")
         if not (m.isfile() or m.isdir()):

@@ -6,7 +6,7 @@
 //   npm install                                  # in the bundle folder (or any folder above it)
 //   node predict.mjs "a gripping, funny film"    # label<TAB>score
 //   node predict.mjs --json "sentence one" "sentence two"     # pair task, JSON output
-//   node predict.mjs --file texts.txt            # one text a line (pair tasks: text<TAB>pair)
+//   node predict.mjs --file texts.txt            # one text a line (pair tasks: text<TAB>pair; blank lines skipped)
 //
 // From code (Node.js, or a browser page through a bundler or an import map):
 //
@@ -659,7 +659,9 @@ async function main(argv) {
     const name = args.file === "-" ? "standard input" : args.file;
     const inputs = args.file === null ? [[null, args.texts[0], args.texts[1] ?? null]] : fileTexts(args.file, model.pair);
     const items = [];  // --bench: the texts to time, each tokenized first (the checks predict.py makes)
+    let count = 0;
     for await (const [n, text, pair] of inputs) {
+      count += 1;
       let result;
       try {
         result = args.bench !== undefined ? model.feeds(text, pair) : await model.predict(text, pair);
@@ -669,6 +671,9 @@ async function main(argv) {
       }
       if (args.bench !== undefined) items.push([text, pair]);
       else console.log(format(args.json && n !== null ? { line: n, ...result } : result, args.json));
+    }
+    if (count === 0 && args.bench === undefined) {  // an empty file, or blank lines only: as predict.py
+      throw new BundleError(`${name}: no text to classify (empty, or blank lines only)`);
     }
     if (args.bench !== undefined) {
       if (items.length === 0) throw new BundleError(`${name}: no line to time`);

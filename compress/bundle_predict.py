@@ -91,6 +91,11 @@ def read_manifest(folder: Path) -> dict:
     if path.is_symlink():  # every other file must be a regular one; a link could point anywhere
         raise BundleError(f"{path}: a symlink, not the bundle's own manifest; refusing to load")
     if not path.is_file():
+        if not Path(folder).exists():
+            raise BundleError(f"{folder}: no such bundle folder")
+        if Path(folder).is_file():  # an archive, say: this runner reads the folder it unpacks to
+            raise BundleError(f"{folder}: a file, not a bundle folder (an archive: unpack it first, `tar xzf "
+                              f"{Path(folder).name}`, or give it to `compress predict`)")
         raise BundleError(f"{folder}: not a bundle (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -156,8 +161,11 @@ def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = Non
         if PurePosixPath(rel).is_absolute() or ".." in parts or not parts or rel == MANIFEST:
             raise BundleError(f"{folder / MANIFEST}: file entry {rel!r} is not a plain path inside the bundle")
         path = folder.joinpath(*parts)
-        if path.is_symlink() or not path.is_file():
-            raise BundleError(f"{path}: listed in {MANIFEST} but missing (or not a regular file)")
+        if path.is_symlink():  # a link could point anywhere: every bundle file is its own
+            raise BundleError(f"{path}: a symbolic link, not the bundle's own file; refusing to load")
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in {MANIFEST} but " + ("not a regular file" if path.exists() else
+                                                                      "missing"))
         if not path.resolve().is_relative_to(root):
             raise BundleError(f"{path}: resolves outside the bundle")
         actual = sha256_file(path)
@@ -437,7 +445,8 @@ def read_lines(path: str, pair: bool):
 def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=None) -> int:
     """Classify every line of ``path`` (see :func:`read_lines`) one at a time, as the metrics were measured, writing one
     result a line to ``out`` (default stdout) as soon as it is known: "label<TAB>score", or one JSON object a line with
-    its ``line`` number (blank lines are skipped). Returns how many lines were classified."""
+    its ``line`` number (blank lines are skipped). Returns how many lines were classified; a file of none (empty, or
+    blank lines only) is an error, as an empty TEXT is."""
     out = out or sys.stdout
     count = 0
     for number, text, pair in read_lines(path, predictor.pair):
@@ -448,6 +457,9 @@ def predict_lines(predictor: Predictor, path: str, as_json: bool = False, out=No
         out.write((json.dumps({"line": number, **result}) if as_json else format_result(result)) + "\n")
         out.flush()
         count += 1
+    if not count:
+        raise BundleError(f"{'standard input' if path == '-' else path}: no text to classify (empty, or blank lines "
+                          f"only)")
     return count
 
 
@@ -722,7 +734,8 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
     parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
     parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead, one at a time (- : "
-                        "standard input; pair tasks: text<TAB>text pair); one result a line")
+                        "standard input; pair tasks: text<TAB>text pair); one result a line, blank lines skipped (--json "
+                        "gives each result its line number)")
     parser.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line "
                         "with --file)")
     parser.add_argument("--threads", type=thread_count,

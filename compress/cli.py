@@ -189,7 +189,7 @@ def cmd_bundle(args) -> int:
         if paths:
             _print_manifest_digest(recipe.run_dir / "bundle" / paths[0])
         return 0
-    from compress.bundle import build
+    from compress.bundle import build, display_labels
     from compress.data import GLUE_TASKS
 
     given = [flag for key, flag in RECIPE_ONLY.items() if getattr(args, key) not in (None, [], ())]
@@ -198,6 +198,9 @@ def cmd_bundle(args) -> int:
                             f"{'applies' if len(given) == 1 else 'apply'} only to a RECIPE")
     if args.tokenizer is None:
         raise CompressError("compress bundle --model: --tokenizer (a tokenizer.json) is required")
+    for flag, value in (("--task", args.task), ("--name", args.name), ("--labels", args.labels), ("--out", args.out)):
+        if value is not None and not value.strip():  # "" was taken as not given: the default, without a word
+            raise CompressError(f"compress bundle --model: {flag} is empty")
     args.task = args.task or "sst2"
     args.max_length = args.max_length or 128
     args.out = args.out or "dist"
@@ -205,6 +208,16 @@ def cmd_bundle(args) -> int:
     if args.labels and args.regression:  # one of them would be dropped without a word
         raise CompressError("compress bundle --model: --labels names a classifier's outputs, --regression says it has "
                             "one score and no labels: give one of them")
+    if spec is not None:  # a GLUE task says what it reads and gives: a flag saying otherwise was taken over it
+        named = (spec.labels, display_labels(args.task, spec.labels))  # SST-2's "0,1", shown as "negative,positive"
+        said = [flag for flag, wrong in (("--labels", args.labels and args.labels.split(",") not in named),
+                                         ("--pair", args.pair and not spec.text_pair),
+                                         ("--regression", args.regression and not spec.is_regression)) if wrong]
+        if said:
+            kind = "a regression" if spec.is_regression else f"labels {','.join(named[1])}"
+            raise CompressError(f"compress bundle --model: {', '.join(said)}: --task {args.task} is a GLUE task "
+                                f"({'text pairs' if spec.text_pair else 'single texts'}, {kind}); these flags are for "
+                                f"other tasks: name yours with --task")
     labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
     regression = args.regression or bool(spec and spec.is_regression and not args.labels)  # e.g. --task stsb
     if labels is None and not regression:

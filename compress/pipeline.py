@@ -692,6 +692,7 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
     """`run_pipeline` with torch. ``judged``: given when this process holds the run lock already, the stages it found
     up to date then (`_judged_up_to_date`)."""
     made = not run_dir.exists()
+    parents = [p for p in run_dir.parents if not p.exists()]  # the runs folder too (runs/): deepest first
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
     # The process state on the CPU without a GPU (or under `accelerate launch --cpu`): under torchrun on CPU the
@@ -723,6 +724,11 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
             if made and state.is_main_process and {p.name for p in run_dir.iterdir()
                                                    if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
+                for folder in parents:  # nor the empty runs folder this run made for it (another run's stays)
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty: another run's now
+                        break
             raise
 
 

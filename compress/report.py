@@ -1260,6 +1260,9 @@ def write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
 def _write(tables: Sequence[RunTable], out: Path) -> dict[str, Path]:
     from compress.manifest import write_atomic
 
+    for name in ("pareto.png", "report.md", "report.html"):  # checked before any is written: all three, or none
+        if (out / name).exists() and not (out / name).is_file():
+            raise CompressError(f"{out / name}: exists and is not a file; the report writes its {name} there")
     written = {}
     png_path = pareto_plot(tables, out / "pareto.png")
     png = png_path.read_bytes() if png_path else None

@@ -241,7 +241,14 @@ def test_planted_or_missing_file_is_refused(bundle, tmp_path):
     assert proc.returncode == 2 and "__future__.py: not listed" in proc.stderr, (proc.returncode, proc.stderr)
     folder = _copy(bundle[0], tmp_path / "missing")
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but missing"):
+    with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but missing$"):
+        predict(folder, TEXTS)
+    (folder / "tokenizer.json").mkdir()
+    with pytest.raises(CompressError, match=r"tokenizer\.json: listed in manifest\.json but not a regular file$"):
+        predict(folder, TEXTS)
+    (folder / "tokenizer.json").rmdir()
+    (folder / "tokenizer.json").symlink_to(bundle[0] / "tokenizer.json")  # the same bytes, through a link
+    with pytest.raises(CompressError, match=r"tokenizer\.json: a symbolic link, not the bundle's own file; refusing"):
         predict(folder, TEXTS)
 
 
@@ -283,6 +290,21 @@ def test_escaping_archive_member_is_refused(bundle, tmp_path, evil):
     with pytest.raises(CompressError, match=f"{why}; refusing the archive"):
         predict(archive, TEXTS)
     assert main(["predict", str(archive), "hello"]) == 2
+
+
+def test_an_archive_packed_from_inside_its_folder_is_refused_as_such(bundle, tmp_path):
+    """`tar czf b.tar.gz -C bundle .` (members ".", "./manifest.json"...): refused as "member '.' escapes the
+    extraction folder", which it does not; now what is wrong and how to pack it."""
+    folder, _ = bundle
+    archive = tmp_path / "flat.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with pytest.raises(CompressError, match=r"member '\.': the files lie at the archive's top, not in one bundle "
+                                            r"folder \(pack the folder itself: tar czf NAME\.tar\.gz NAME\)$"):
+        safe_extract(archive, dest)
+    assert list(dest.iterdir()) == []
 
 
 def test_tampered_archive_is_refused(bundle, tmp_path):
@@ -1904,7 +1926,8 @@ def test_a_pair_line_needs_exactly_one_tab(tmp_path):
 def test_predict_py_bench_times_each_text_and_prints_the_manifests_latency_beside(bundle, tmp_path):
     """`predict.py --bench ROUNDS`: every non-blank line of --file (or TEXT) run ROUNDS times one at a time after an
     untimed pass, p50/p90 of onnxruntime's run alone and with tokenizing; the manifest's latency beside it; nothing
-    classified is printed. A zero round count, an empty line and a file with no line are refused in one line."""
+    classified is printed. A zero round count, an empty line and a file with no line are refused in one line (a
+    file with no line to classify too, without --bench)."""
     folder, _ = bundle
     (tmp_path / "texts.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, "predict.py", "--bench", "2", "--json", "--threads", "1", "--file",
@@ -1928,7 +1951,10 @@ def test_predict_py_bench_times_each_text_and_prints_the_manifests_latency_besid
     for args, stdin, message in [(["--bench", "0", TEXTS[0]], None, "argument --bench: must be >= 1, got 0"),
                                  (["--bench", "1", "--file", "-"], "good\n\u200b\n",
                                   "error: standard input line 2: an empty text (nothing in it the tokenizer keeps"),
-                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time")]:
+                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time"),
+                                 (["--file", "-"], "\n  \n", "error: standard input: no text to classify (empty, or "
+                                                             "blank lines only)"),
+                                 (["--file", "-"], "", "error: standard input: no text to classify")]:
         proc = subprocess.run([sys.executable, "predict.py", *args], input=stdin or "", capture_output=True,
                               text=True, cwd=folder)
         assert proc.returncode == 2 and proc.stdout == "" and message in proc.stderr, (args, proc.stderr)
@@ -2127,3 +2153,73 @@ def test_compress_score_runs_onnxruntime_at_the_thread_count_given(int8_model, m
     monkeypatch.setattr(bundle_predict.Predictor, "__init__", init)
     assert main(["score", str(folder), "--max-rows", "2", "--threads", "1"]) == 0
     assert made == [1]
+
+
+def test_bundle_model_flags_that_contradict_a_glue_task_or_are_empty_are_refused(tmp_path, capsys):
+    """`compress bundle --model` with `--pair` on SST-2 built a single-text task's bundle that asked for two texts;
+    `--labels x,y` (non-GLUE tasks, says its help) silently replaced SST-2's labels; `--name ""` and `--task ""` became
+    the defaults without a word. Each is a one-line error now, before anything is read or written; labels equal to the
+    task's are no contradiction."""
+    base = ["bundle", "--model", str(tmp_path / "m.onnx"), "--tokenizer", str(tmp_path / "t.json"),
+            "--out", str(tmp_path / "dist")]
+    for extra, said in ((["--pair"], "--pair: --task sst2 is a GLUE task (single texts, labels negative,positive)"),
+                        (["--labels", "x,y"], "--labels: --task sst2 is a GLUE task"),
+                        (["--task", "mrpc", "--regression"], "--regression: --task mrpc is a GLUE task (text pairs, "
+                                                             "labels not_equivalent,equivalent)"),
+                        (["--task", "stsb", "--labels", "a,b"], "--labels: --task stsb is a GLUE task (text pairs, "
+                                                                "a regression)"),
+                        (["--name", ""], "compress bundle --model: --name is empty"),
+                        (["--task", " "], "compress bundle --model: --task is empty")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, (extra, err)
+    assert not (tmp_path / "dist").exists()
+    # the task's own labels, or a GLUE pair task's --pair: said twice, not contradicted (the model file is read next)
+    for extra in (["--labels", "negative,positive"], ["--task", "mrpc", "--pair"]):
+        assert main(base + extra) == 2
+        assert "is a GLUE task" not in capsys.readouterr().err
+
+
+def test_errors_name_the_path_given_not_a_temporary_one(int8_model, minilm_dir, tmp_path, monkeypatch, capsys):
+    """A file written to a temporary name and renamed (`write_atomic`) onto a folder, and a bundle built into a folder
+    this user cannot write: the error named `.report.html.tmp-PID` / `.sst2-int8.tmp-PID`, paths the user never gave.
+    Now the path given; nothing is left behind."""
+    from pathlib import Path as P
+
+    from compress.cli import main
+    from compress.manifest import write_atomic
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        write_atomic(tmp_path / "taken", lambda tmp: tmp.write_text("x"))
+    assert e.value.filename == str(tmp_path / "taken") and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    real = P.mkdir
+
+    def refused(self, *a, **k):  # as a folder of another user's, or `chattr +i` (this test may run as root)
+        if self.parent == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(P, "mkdir", refused)
+    assert main(["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"), "--out",
+                 str(out), "--max-length", "32", "--no-ort"]) == 2
+    assert capsys.readouterr().err == f"error: {out}: Permission denied\n" and not list(out.iterdir())
+
+
+def test_predict_py_says_what_its_bundle_path_is_when_it_is_no_bundle(bundle, tmp_path, capsys):
+    """`predict.py --bundle PATH`: a path that does not exist and the bundle's .tar.gz were both "not a bundle (no
+    manifest.json)"; now no such folder, and an archive to unpack first (or to give to `compress predict`)."""
+    from compress import bundle_predict
+
+    folder, archive = bundle
+    (tmp_path / "empty").mkdir()
+    for path, said in ((tmp_path / "nope", f"{tmp_path / 'nope'}: no such bundle folder"),
+                       (archive, f"{archive}: a file, not a bundle folder (an archive: unpack it first, `tar xzf "
+                                 f"{archive.name}`, or give it to `compress predict`)"),
+                       (tmp_path / "empty", f"{tmp_path / 'empty'}: not a bundle (no manifest.json)")):
+        assert bundle_predict.main(["--bundle", str(path), "a gripping film"]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+    assert bundle_predict.main(["--bundle", str(folder), "a gripping film"]) == 0

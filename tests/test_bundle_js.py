@@ -884,7 +884,9 @@ def test_both_runners_bench_the_same_texts_and_read_the_same_manifest_latency(js
     for args, stdin, message in [(["--bench", "0", "good"], "", "--bench"),
                                  (["--bench", "1", "--file", "-"], "good\n\u200b\n",
                                   "error: standard input line 2: an empty text (nothing in it the tokenizer keeps"),
-                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time")]:
+                                 (["--bench", "1", "--file", "-"], "\n  \n", "error: standard input: no line to time"),
+                                 (["--file", "-"], "\n  \n", "error: standard input: no text to classify (empty, or "
+                                                             "blank lines only)")]:
         py, js = both(*args, stdin=stdin)
         assert py.returncode == js.returncode == 2 and py.stdout == js.stdout == "", (args, py.stderr, js.stderr)
         assert message in py.stderr and message in js.stderr, (args, py.stderr, js.stderr)

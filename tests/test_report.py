@@ -281,6 +281,16 @@ def test_cli_report_overlays_runs(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'rep' / 'report.md'}: not a folder")
     assert main(["report", str(tmp_path / "rep")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    # one of the three outputs a folder: refused before any is written (a new plot and markdown were left beside the
+    # old html, and the error named the html's temporary file)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rep").iterdir()}
+    (tmp_path / "rep" / "report.html").unlink()
+    (tmp_path / "rep" / "report.html").mkdir()
+    assert main(["report", str(a), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'rep' / 'report.html'}: exists and is not a file; the " \
+        f"report writes its report.html there\n"
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rep").iterdir() if p.name != "report.html"} == \
+        {k: v for k, v in stamps.items() if k != "report.html"}
 
 
 def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_bert_dir, glue_dir):

@@ -537,18 +537,22 @@ def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch
 def test_a_run_that_fails_before_any_stage_wrote_leaves_no_run_folder(tmp_path, tiny_bert_dir, capsys):
     """A model whose position table is shorter than task.max_length is refused, naming the field, before training;
     a report.compare entry that is not a run folder stops the run before the teacher trains; neither leaves an empty
-    run folder. A runs_dir that is a file is one line of error."""
+    run folder, nor an empty runs folder made for it. A runs_dir that is a file is one line of error."""
     from compress.cli import main
 
     runs = tmp_path / "runs"
     with pytest.raises(CompressError, match=r"tiny\.yaml: task\.max_length: 256 tokens exceed the 128 positions of "
                                             r"teacher\.model '.*' \(max_position_embeddings\); use at most 128"):
         run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"task.max_length": 256}))
-    assert not (runs / "tiny").exists()
+    assert not runs.exists()
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"report: {{compare: [{tmp_path / 'nope'}]}}\n"))
     with pytest.raises(CompressError, match=r"report\.compare\[0\]: '.*nope' is not a run folder"):
         run_pipeline(recipe)
-    assert not (runs / "tiny").exists()
+    assert not runs.exists()  # nor the runs folder the run made for it (it was left empty)
+    (runs / "other").mkdir(parents=True)  # another run's: kept
+    with pytest.raises(CompressError, match=r"report\.compare\[0\]: '.*nope' is not a run folder"):
+        run_pipeline(recipe)
+    assert sorted(p.name for p in runs.iterdir()) == ["other"]
     (tmp_path / "file").write_text("x")
     capsys.readouterr()
     assert main(["run", str(_recipe(tmp_path, tiny_bert_dir)), "--runs-dir", str(tmp_path / "file")]) == 2
