@@ -734,8 +734,8 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="the text to classify (or --file)")
     parser.add_argument("text_pair", nargs="?", help="second text, for pair tasks (e.g. paraphrase, entailment)")
     parser.add_argument("--file", metavar="PATH", help="classify each line of PATH instead, one at a time (- : "
-                        "standard input; pair tasks: text<TAB>text pair); one result a line, blank lines skipped (--json "
-                        "gives each result its line number)")
+                        "standard input; pair tasks: text<TAB>text pair); one result a line, blank lines skipped "
+                        "(--json gives each result its line number)")
     parser.add_argument("--json", action="store_true", help="print every label's score as JSON (one object a line "
                         "with --file)")
     parser.add_argument("--threads", type=thread_count,
