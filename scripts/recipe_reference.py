@@ -59,10 +59,17 @@ def docstrings() -> dict[str, tuple[str, dict[str, str]]]:
 
 
 def prose(text: str) -> str:
-    """A docstring as Markdown: paragraphs joined into lines, ``code`` as `code`."""
+    """A docstring as Markdown: paragraphs joined into lines, ``code`` as `code`; outside code, ``<name>`` and ``*``
+    escaped (Markdown reads the one as an HTML tag, dropping it, and a pair of the other as emphasis)."""
     text = textwrap.dedent(text).strip()
     paragraphs = [" ".join(line.strip() for line in p.splitlines()) for p in re.split(r"\n\s*\n", text)]
-    return "\n\n".join(re.sub(r"``(.+?)``", r"`\1`", p) for p in paragraphs if p)
+    out = []
+    for p in paragraphs:
+        pieces = re.split(r"(``.+?``|`[^`]+`)", p)  # odd pieces: code spans
+        out.append("".join(f"`{piece.strip('`')}`" if i % 2 else
+                           piece.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+                           for i, piece in enumerate(pieces)))
+    return "\n\n".join(p for p in out if p)
 
 
 def yaml_value(value) -> str:
