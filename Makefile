@@ -21,6 +21,9 @@ help:  ## list the targets and what each does (RECIPE=... picks the recipe; defa
 	@grep -E '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 16
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || command -v $(PYTHON) >/dev/null || \
+		{ echo "make: $(PYTHON) not found: the pinned stack needs Python 3.11 or later" \
+			"(make PYTHON=python3.11 ...)" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "make: $(PYTHON) is $$($(PYTHON) -V 2>&1): the pinned stack needs Python 3.11 or later" \
 			"(make PYTHON=python3.11 ...)" >&2; exit 1; }

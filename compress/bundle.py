@@ -22,6 +22,7 @@ folder inside the destination. `compress predict` and ``predict.py`` verify ever
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import logging
@@ -523,6 +524,8 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         try:
             tmp.mkdir()
         except OSError as e:  # an out folder this user cannot write: named as given, not by the build's scratch name
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
             raise OSError(e.errno, e.strerror, str(out_dir)) from None
         shutil.copyfile(model, tmp / "model.onnx")
         io = model_io(tmp / "model.onnx")
@@ -734,8 +737,11 @@ def _check_members(archive: Path, dest: Path, members: list[tarfile.TarInfo]) ->
     for m in members:
         path = PurePosixPath(m.name)
         if not path.parts and not m.name.startswith("/"):  # "." or "./": made with `tar -C FOLDER .`, escaping nothing
-            raise CompressError(f"{archive}: member {m.name!r}: the files lie at the archive's top, not in one bundle "
-                                f"folder (pack the folder itself: tar czf NAME.tar.gz NAME)")
+            flat = any(PurePosixPath(n.name).parts[:1] == (MANIFEST,) for n in members)
+            raise CompressError(f"{archive}: member {m.name!r}: " + (
+                "the files lie at the archive's top, not in one bundle folder" if flat else
+                "the archive's paths start with './'") + " (pack the bundle folder by its name: tar czf NAME.tar.gz "
+                "-C PARENT NAME)")
         if (path.is_absolute() or ".." in path.parts or m.name.startswith(("/", "\\"))
                 or ":" in path.parts[0]) or not (root / m.name).resolve().is_relative_to(root):
             raise CompressError(f"{archive}: member {m.name!r} escapes the extraction folder; refusing the archive")

@@ -201,6 +201,7 @@ def cmd_bundle(args) -> int:
     for flag, value in (("--task", args.task), ("--name", args.name), ("--labels", args.labels), ("--out", args.out)):
         if value is not None and not value.strip():  # "" was taken as not given: the default, without a word
             raise CompressError(f"compress bundle --model: {flag} is empty")
+    named_task = args.task is not None
     args.task = args.task or "sst2"
     args.max_length = args.max_length or 128
     args.out = args.out or "dist"
@@ -208,18 +209,20 @@ def cmd_bundle(args) -> int:
     if args.labels and args.regression:  # one of them would be dropped without a word
         raise CompressError("compress bundle --model: --labels names a classifier's outputs, --regression says it has "
                             "one score and no labels: give one of them")
+    given = [label.strip() for label in args.labels.split(",")] if args.labels else None  # "a, b": a and b
     if spec is not None:  # a GLUE task says what it reads and gives: a flag saying otherwise was taken over it
         named = (spec.labels, display_labels(args.task, spec.labels))  # SST-2's "0,1", shown as "negative,positive"
-        said = [flag for flag, wrong in (("--labels", args.labels and args.labels.split(",") not in named),
+        said = [flag for flag, wrong in (("--labels", given and given not in named),
                                          ("--pair", args.pair and not spec.text_pair),
                                          ("--regression", args.regression and not spec.is_regression)) if wrong]
         if said:
             kind = "a regression" if spec.is_regression else f"labels {','.join(named[1])}"
-            raise CompressError(f"compress bundle --model: {', '.join(said)}: --task {args.task} is a GLUE task "
+            task = f"--task {args.task} is" if named_task else f"without --task the task is {args.task},"
+            raise CompressError(f"compress bundle --model: {', '.join(said)}: {task} a GLUE task "
                                 f"({'text pairs' if spec.text_pair else 'single texts'}, {kind}); these flags are for "
-                                f"other tasks: name yours with --task")
-    labels = args.labels.split(",") if args.labels else (spec.labels if spec else None)
-    regression = args.regression or bool(spec and spec.is_regression and not args.labels)  # e.g. --task stsb
+                                f"other tasks: name yours with --task NAME")
+    labels = given or (spec.labels if spec else None)
+    regression = args.regression or bool(spec and spec.is_regression)  # e.g. --task stsb
     if labels is None and not regression:
         raise CompressError(f"--task {args.task!r} is not a GLUE task: give --labels a,b,... (or --regression)")
     pair = args.pair or bool(spec and spec.text_pair)

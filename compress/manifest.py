@@ -150,10 +150,12 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
         try:
+            write(tmp)
             os.replace(tmp, path)
-        except OSError as e:  # `path` a folder, say: named as the caller knows it, not by its temporary name
+        except OSError as e:  # `path` a folder, or a folder this user cannot write: named as the caller knows it, not
+            if e.filename != str(tmp):  # by its temporary name
+                raise
             raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -692,7 +692,7 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
     """`run_pipeline` with torch. ``judged``: given when this process holds the run lock already, the stages it found
     up to date then (`_judged_up_to_date`)."""
     made = not run_dir.exists()
-    parents = [p for p in run_dir.parents if not p.exists()]  # the runs folder too (runs/): deepest first
+    parents = [p for p in Path(os.path.abspath(run_dir)).parents if not p.exists()]  # runs/ too; deepest first
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
     # The process state on the CPU without a GPU (or under `accelerate launch --cpu`): under torchrun on CPU the

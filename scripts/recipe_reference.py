@@ -16,6 +16,7 @@ import dataclasses
 import re
 import sys
 import textwrap
+import types
 import typing
 from pathlib import Path
 
@@ -84,23 +85,30 @@ def yaml_value(value) -> str:
     return str(value)
 
 
+SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
 def type_text(tp) -> tuple[str, list]:
-    """How a field's type reads, and the dataclasses it nests (with the key suffix each is reached by)."""
-    origin, args = getattr(tp, "__origin__", None), getattr(tp, "__args__", ())
+    """How a field's type reads, and the dataclasses it nests (with the key suffix each is reached by); a type it
+    cannot write stops the script (a new kind of field: teach it here rather than print Python's repr)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return "mapping", [("", tp)]
     if origin is typing.Literal:
         return "one of " + ", ".join(f"`{yaml_value(a)}`" for a in args), []
-    if origin is list:
+    if origin is list and len(args) == 1:
         inner, nested = type_text(args[0])
         return f"list of {inner}", [("[]" + suffix, cls) for suffix, cls in nested]
-    if origin is dict:
+    if origin is dict and len(args) == 2 and args[0] is str:
         inner, nested = type_text(args[1])
         return f"mapping of names to {inner}", [(".<name>" + suffix, cls) for suffix, cls in nested]
-    if type(None) in args:  # Optional[X]
-        inner, nested = type_text(next(a for a in args if a is not type(None)))
-        return f"{inner} or null", nested
-    return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "mapping"}.get(tp, str(tp)), []
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | Y
+        members = [type_text(a) for a in args if a is not type(None)]
+        text = " or ".join(t for t, _ in members) + (" or null" if type(None) in args else "")
+        return text, [n for _, nested in members for n in nested]
+    if tp in SCALARS:
+        return SCALARS[tp], []
+    raise SystemExit(f"scripts/recipe_reference.py: cannot write the type {tp!r}: teach type_text")
 
 
 def default_text(cls, f: dataclasses.Field) -> str:
@@ -112,7 +120,11 @@ def default_text(cls, f: dataclasses.Field) -> str:
         return "required"
     value = f.default_factory()
     if dataclasses.is_dataclass(value):  # a section's own defaults, or some of them set otherwise
-        plain = type(value)()
+        try:
+            plain = type(value)()
+        except TypeError:  # a section with a required key
+            raise SystemExit(f"scripts/recipe_reference.py: {cls.__name__}.{f.name}: the default of a section that "
+                             f"has required keys: teach default_text") from None
         changed = {g.name: getattr(value, g.name) for g in dataclasses.fields(value)
                    if getattr(value, g.name) != getattr(plain, g.name)}
         return f"`{yaml_value(changed)}` and the defaults below" if changed else "the defaults below"

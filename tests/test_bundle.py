@@ -302,7 +302,16 @@ def test_an_archive_packed_from_inside_its_folder_is_refused_as_such(bundle, tmp
     dest = tmp_path / "x"
     dest.mkdir()
     with pytest.raises(CompressError, match=r"member '\.': the files lie at the archive's top, not in one bundle "
-                                            r"folder \(pack the folder itself: tar czf NAME\.tar\.gz NAME\)$"):
+                                            r"folder \(pack the bundle folder by its name: tar czf NAME\.tar\.gz -C "
+                                            r"PARENT NAME\)$"):
+        safe_extract(archive, dest)
+    # `tar czf b.tar.gz -C parent .` with the bundle folder alone in parent: its folder is there, under "./"
+    parent = tmp_path / "parent"
+    shutil.copytree(folder, parent / "b")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(parent, arcname=".")
+    with pytest.raises(CompressError, match=r"member '\.': the archive's paths start with './' \(pack the bundle "
+                                            r"folder by its name"):
         safe_extract(archive, dest)
     assert list(dest.iterdir()) == []
 
@@ -2162,22 +2171,28 @@ def test_bundle_model_flags_that_contradict_a_glue_task_or_are_empty_are_refused
     task's are no contradiction."""
     base = ["bundle", "--model", str(tmp_path / "m.onnx"), "--tokenizer", str(tmp_path / "t.json"),
             "--out", str(tmp_path / "dist")]
-    for extra, said in ((["--pair"], "--pair: --task sst2 is a GLUE task (single texts, labels negative,positive)"),
-                        (["--labels", "x,y"], "--labels: --task sst2 is a GLUE task"),
+    for extra, said in ((["--task", "sst2", "--pair"], "--pair: --task sst2 is a GLUE task (single texts, labels "
+                                                       "negative,positive)"),
+                        (["--task", "sst2", "--labels", "x,y"], "--labels: --task sst2 is a GLUE task"),
                         (["--task", "mrpc", "--regression"], "--regression: --task mrpc is a GLUE task (text pairs, "
                                                              "labels not_equivalent,equivalent)"),
                         (["--task", "stsb", "--labels", "a,b"], "--labels: --task stsb is a GLUE task (text pairs, "
                                                                 "a regression)"),
+                        (["--labels", "a,b,c"], "--labels: without --task the task is sst2, a GLUE task (single "
+                                                "texts, labels negative,positive); these flags are for other tasks: "
+                                                "name yours with --task NAME"),
                         (["--name", ""], "compress bundle --model: --name is empty"),
                         (["--task", " "], "compress bundle --model: --task is empty")):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, (extra, err)
     assert not (tmp_path / "dist").exists()
-    # the task's own labels, or a GLUE pair task's --pair: said twice, not contradicted (the model file is read next)
-    for extra in (["--labels", "negative,positive"], ["--task", "mrpc", "--pair"]):
+    # the task's own labels (spaced or not), or a GLUE pair task's --pair: said twice, not contradicted (the model
+    # file, missing, is what stops them next)
+    for extra in (["--labels", "negative,positive"], ["--labels", "negative, positive"], ["--task", "mrpc", "--pair"],
+                  ["--task", "stsb", "--regression"], ["--task", "mytask", "--labels", "a,b", "--pair"]):
         assert main(base + extra) == 2
-        assert "is a GLUE task" not in capsys.readouterr().err
+        assert capsys.readouterr().err == f"error: {tmp_path / 'm.onnx'}: model file not found\n", extra
 
 
 def test_errors_name_the_path_given_not_a_temporary_one(int8_model, minilm_dir, tmp_path, monkeypatch, capsys):
@@ -2193,6 +2208,17 @@ def test_errors_name_the_path_given_not_a_temporary_one(int8_model, minilm_dir, 
     with pytest.raises(IsADirectoryError) as e:
         write_atomic(tmp_path / "taken", lambda tmp: tmp.write_text("x"))
     assert e.value.filename == str(tmp_path / "taken") and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+    def unwritable(tmp):  # the folder refuses the temporary file (this test may run as root: raised by hand)
+        raise PermissionError(13, "Permission denied", str(tmp))
+
+    def unreadable(tmp):  # an error of another file than the one written: as it is
+        raise PermissionError(13, "Permission denied", str(tmp_path / "source.bin"))
+
+    for write, named in ((unwritable, tmp_path / "out.json"), (unreadable, tmp_path / "source.bin")):
+        with pytest.raises(PermissionError) as e:
+            write_atomic(tmp_path / "out.json", write)
+        assert e.value.filename == str(named)
 
     out = tmp_path / "locked"
     out.mkdir()

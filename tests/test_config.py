@@ -1142,3 +1142,11 @@ def test_docs_recipe_md_is_what_the_code_says_and_every_key_is_documented(monkey
     monkeypatch.setattr(module, "docstrings", without_one)
     with pytest.raises(SystemExit, match=r"BenchConfig\.isolate: no docstring under the field"):
         module.render()
+    # types of fields to come: written out, or refused by name (not Python's repr in the page)
+    import typing
+
+    assert module.type_text(typing.Optional[typing.Union[int, str]])[0] == "integer or string or null"
+    assert module.type_text(int | list[float])[0] == "integer or list of number"
+    for odd in (list, dict[str, typing.Any], typing.Callable[[], int]):
+        with pytest.raises(SystemExit, match="cannot write the type"):
+            module.type_text(odd)

@@ -65,6 +65,9 @@ def test_set_up_names_what_the_machine_lacks(tmp_path):
     out = subprocess.run(["make", "install", f"PYTHON={old}"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode != 0 and not (tmp_path / ".venv").exists()
     assert f"make: {old} is Python 3.10.4: the pinned stack needs Python 3.11 or later" in out.stderr, out.stderr
+    out = subprocess.run(["make", "install", "PYTHON=python3.99"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and "make: python3.99 not found: the pinned stack needs Python 3.11" in out.stderr, \
+        out.stderr
 
     (tmp_path / "compress").mkdir()
     (tmp_path / "compress" / "bundle.py").write_text("")
