@@ -177,7 +177,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """bf16: autocast (AVX-512 BF16 / AMX on CPU, tensor cores on GPU). auto: bf16 where the hardware runs it natively
     (a bf16-capable CUDA GPU, a CPU with avx512_bf16 or amx_bf16), else fp32: on CPUs without it bf16 is emulated
-    and slow. Measured on this 2-core CPU: bf16 1.43x the tokens/s of fp32 at equal accuracy (README, Training).
+    and slow. Measured on this 2-core CPU: bf16 1.43x the tokens/s of fp32 at equal accuracy (docs/training.md).
     A student's (or a pruning recovery's) teacher computes its cached logits in the same precision: 2.0-2.15x faster for
     MPNet-base on that CPU, logits within 0.04 of fp32's."""
     seed: Optional[int] = None

@@ -8,8 +8,8 @@ given, then dequantizes only those (Gather, Gather, Cast, Mul): the fp32 table n
 The first form of this (until 2026-12-07) rebuilt the whole table (Cast + Mul of two initializers), which ORT folds
 back to fp32 when a session loads: the quickstart's int8 dynamic model then peaked at 223 MiB while loading (107.5 MiB
 gathered first, about as its static int8 model), held 34 MiB more once loaded, and its ``.ort`` copy (an ORT-format
-model is not folded at load) stored the fp32 table: 50.6 MB instead of 15.0. Same accuracy, same speed (README,
-the accuracy guard).
+model is not folded at load) stored the fp32 table: 50.6 MB instead of 15.0. Same accuracy, same speed
+(docs/quantization.md, the accuracy guard).
 
 ORT's fused ``EmbedLayerNormalization`` reads whole fp32 tables, so a fused lookup of a rewritten table is unfused:
 word + position + token-type rows summed, ``LayerNormalization``, and the attention's mask index as the fused op

@@ -6,7 +6,8 @@
 Each model runs in a fresh process of this Python (so a comparison of two installs runs this script with each
 install's python, PYTHONPATH at this checkout): `compress.probe.probe_memory` on 8 dev-length rows of random token ids
 (seed 0) and the b8xs128 shape, 2 threads, idle threads sleeping. Prints peak RSS, and RSS's anonymous and
-file-backed parts at the end (MiB). The file part depends on what the page cache holds (README, bench).
+file-backed parts at the end (MiB). The file part depends on what the page cache holds (docs/quantization.md,
+the bench stage).
 """
 
 from __future__ import annotations

@@ -967,7 +967,7 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
     with pytest.raises(CompressError) as e:
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {epochs: yes}\n"))
     assert "--set" not in str(e.value)  # the file's own mistake
-    # --runs-dir=~/x: no shell expands that ~ (README: a leading ~ is the home folder)
+    # --runs-dir=~/x: no shell expands that ~ (docs/cli.md: a leading ~ is the home folder)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     p = write(tmp_path, "task: {name: sst2}\nteacher: {}\n")
     assert main(["run", str(p), "--dry-run", "--runs-dir=~/rr"]) == 0
