@@ -194,6 +194,18 @@ def _test_split_word(recipe: Recipe) -> Optional[str]:
     return "test-split" if "test" in spec.files and has_test_labels(recipe.task, spec, quiet=True) else None
 
 
+def _report_variant(recipe: Recipe) -> Optional[str]:
+    """The report names the model the bundle ships (`compress.report.bundle_pick`), by the bundle section's pick
+    settings: a report of other settings is redone. The defaults add no word (reports made before keep their
+    fingerprints; a bundle section added later with the defaults leaves the report without the line until
+    `--force report`)."""
+    cfg = recipe.bundle
+    word = None
+    if cfg is not None and (cfg.pick, cfg.max_drop, cfg.threads) != ("best_within_drop", None, None):
+        word = f"bundle-pick={cfg.pick},{cfg.max_drop},{cfg.threads}"
+    return _variants(_test_split_word(recipe), word)
+
+
 def _source_files(recipe: Recipe, need: str, rel: str, stage: str) -> bool:
     """Whether the prune (or quantize) ``stage`` reads output ``rel`` of upstream stage ``need``: of the distill stage,
     its source student's folder, and for prune the transfer sets and the teacher's logits (its recovery's KD targets);
@@ -237,7 +249,7 @@ STAGES: list[Stage] = [
     Stage("report", "compress.report:run", ("task", "report"), needs=("teacher",),
           uses=("distill", "prune", "quantize", "bench"), reads=("bench",), runs=("report.compare.*",), named=True,
           takes_forced=True, timed=True,
-          files=("search/search.json",), variant=_test_split_word),
+          files=("search/search.json",), variant=_report_variant),
     # revision 2: the bundle folder's manifest.json is among the stage's hashed outputs (an edit to it is seen)
     Stage("bundle", "compress.bundle:run", ("task", "bundle"), needs=("quantize",), uses=("bench", "report"),
           added=("node_modules", "package-lock.json", "__pycache__"), named=True,

@@ -134,6 +134,8 @@ class RunTable:
     """How many dev rows every metric was scored on (the teacher stage's count)."""
     dev_subset: bool = False
     """Whether those are only the first rows of the dev split (``task.max_eval_samples``): not full-dev scores."""
+    ships: Optional[tuple[str, str]] = None
+    """The row the bundle stage ships (or shipped) and why: (row name, sentence), `bundle_pick`."""
     test_rows: Optional[int] = None
     """How many rows of a labelled test split (MRPC's) were scored, where one was (the same cap cuts it)..."""
     test_subset: bool = False
@@ -1200,16 +1202,22 @@ def markdown(tables: Sequence[RunTable], plot: Optional[str] = None) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, cells in zip(table.rows, body):  # no colours here: the int8 models a bundle may ship are named
-            lines.append("| " + " | ".join(md_text(c) for c in _tagged(row, cells)) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in _tagged(row, cells, table.ships)) + " |")
+        if table.ships:
+            lines += ["", f"**The model to ship:** {md_text(table.ships[1])}"]
         lines += ["", md_text(note(table)), "", "**Provenance**", ""]  # a constant teacher's label name in it
         lines += [f"- {k}: {md_text(v)}" for k, v in _provenance_lines(table)]
         lines.append("")
     return "\n".join(lines)
 
 
-def _tagged(row: Row, cells: list[str]) -> list[str]:
-    """A row's cells with its artifact tagged "(shippable)" or "(NOT shippable)": in words, not only in colour."""
-    return [cells[0] + (" (shippable)" if row.shippable else " (NOT shippable)" if row.refused else ""), *cells[1:]]
+def _tagged(row: Row, cells: list[str], ships: Optional[tuple[str, str]] = None) -> list[str]:
+    """A row's cells with its artifact tagged "(shippable)" or "(NOT shippable)": in words, not only in colour; the
+    one a bundle ships (``ships``, `bundle_pick`) "(shippable; the bundle's pick)"."""
+    tag = " (NOT shippable)" if row.refused and not row.shippable else ""
+    if row.shippable:
+        tag = " (shippable; the bundle's pick)" if ships and ships[0] == row.name else " (shippable)"
+    return [cells[0] + tag, *cells[1:]]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
@@ -1232,10 +1240,11 @@ def html(tables: Sequence[RunTable], png: Optional[bytes] = None) -> str:
         parts.append("</tr>")
         for row, cells in zip(table.rows, body):
             cls = "ref" if row.reference else "ship" if row.shippable else ""
+            tagged = _tagged(row, cells, table.ships)
             parts.append(f"<tr class='{cls}'>" + "".join(
-                f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(_tagged(row, cells))) + "</tr>")
-        parts.append(f"</table><p>{e(note(table))} Highlighted as well: reference (yellow), shippable int8 "
-                     "(green).</p>")
+                f"<td{' class=n' if i >= 2 else ''}>{e(c)}</td>" for i, c in enumerate(tagged)) + "</tr>")
+        parts.append("</table>" + (f"<p><b>The model to ship:</b> {e(table.ships[1])}</p>" if table.ships else ""))
+        parts.append(f"<p>{e(note(table))} Highlighted as well: reference (yellow), shippable int8 (green).</p>")
         parts.append("<h3>Provenance</h3><dl>")
         parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _provenance_lines(table)]
         parts.append("</dl>")
@@ -1375,6 +1384,9 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
     run_dirs = unique
     tables = merge_seeds([collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
                           for i, d in enumerate(run_dirs)])
+    for i, table in enumerate(tables):
+        table.ships = bundle_pick(table, recipe if i == 0 and Path(table.folder) == Path(run_dirs[0]) else None,
+                                  extra if i == 0 else None)
     names = [t.run for t in tables]
     for table in tables:
         table.threads_override = threads
@@ -1383,6 +1395,34 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
     for warning in report_warnings(tables, threads):
         print(f"warning: report: {warning}", file=sys.stderr)
     return write(tables, Path(out))
+
+
+def bundle_pick(table: RunTable, recipe=None, extra: Optional[dict] = None) -> Optional[tuple[str, str]]:
+    """Which row of ``table`` a bundle ships, and why, so that the report says which model to ship: with the run's
+    ``recipe`` (its bundle section), the bundle stage's own pick (`compress.bundle.pick`) on the table it will read;
+    without one (`compress report RUN`), what the run's last bundle stage shipped, when that row is still in the
+    table. None when the run bundles nothing, nothing is shippable, or seeds were merged (means are not a model)."""
+    if any(row.runs > 1 for row in table.rows):  # seeds merged: a mean is no model
+        return None
+    if recipe is not None:
+        if recipe.bundle is None:
+            return None
+        from compress.bundle import bundle_max_drop, pick
+
+        try:
+            chosen, choice = pick(collect(recipe.run_dir, recipe=recipe, extra=extra), recipe.bundle.pick,
+                                  bundle_max_drop(recipe), recipe.bundle.threads)
+        except CompressError:  # no shippable int8 model: the table says why
+            return None
+        return chosen.name, f"The bundle stage ships {chosen.name}: {choice['rule']} (bundle.pick {choice['pick']})."
+    record = _read(Path(table.folder) / "bundle" / "manifest.json")
+    shipped = record.get("bundle") if isinstance(record, dict) else None
+    if not (isinstance(shipped, dict) and isinstance(shipped.get("chosen"), str)
+            and any(r.name == shipped["chosen"] for r in table.rows)):
+        return None
+    rule = f": {shipped['rule']}" if isinstance(shipped.get("rule"), str) else ""
+    where = Path(table.folder) / "bundle"
+    return shipped["chosen"], f"The run's bundle stage shipped {shipped['chosen']}{rule} ({where})."
 
 
 def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[str]:

@@ -2249,3 +2249,42 @@ def test_predict_py_says_what_its_bundle_path_is_when_it_is_no_bundle(bundle, tm
         assert bundle_predict.main(["--bundle", str(path), "a gripping film"]) == 2
         assert capsys.readouterr().err == f"error: {said}\n"
     assert bundle_predict.main(["--bundle", str(folder), "a gripping film"]) == 0
+
+
+def test_the_report_says_which_model_the_bundle_ships(run_dir, tmp_path):
+    """The report is where a user picks the model to ship (issue 6), yet it only tagged every passing int8 model
+    "(shippable)": which one the bundle stage ships, and by what rule, was in the bundle's manifest alone. Now the
+    row is tagged and a sentence under the table says it: the bundle stage's own pick when the recipe is known (the
+    report stage), else what the run's last bundle stage shipped (`compress report RUN`); nothing without a bundle."""
+    import dataclasses
+
+    from compress.bundle import run as bundle_stage
+    from compress.report import report_runs
+
+    def report(recipe, out):
+        report_runs([run_dir], tmp_path / out, recipe=recipe)
+        return (tmp_path / out / "report.md").read_text(), (tmp_path / out / "report.html").read_text()
+
+    recipe = _recipe(tmp_path, "edge", "{pick: best_within_drop, max_drop: 2.5, threads: 1}")
+    md, page = report(recipe, "a")
+    assert "| teacher · int8 static (shippable; the bundle's pick) |" in md and "| teacher · int8 dynamic (shippable) |" \
+        in md and md.count("the bundle's pick") == 1
+    said = ("The bundle stage ships teacher · int8 static: the fastest within 2.5 points of the teacher's accuracy, by "
+            "p50 latency at 1 thread (bundle.pick best_within_drop).")
+    assert f"**The model to ship:** {said}" in md and f"<p><b>The model to ship:</b> {said}</p>" in page.replace(
+        "&#x27;", "'")
+    md, _ = report(dataclasses.replace(recipe, bundle=dataclasses.replace(recipe.bundle, pick="most_accurate")), "b")
+    assert "| teacher · int8 dynamic (shippable; the bundle's pick) |" in md
+    md, _ = report(dataclasses.replace(recipe, bundle=None), "c")  # no bundle section: no pick said
+    assert "the bundle's pick" not in md and "The model to ship" not in md and "(shippable)" in md
+    md, _ = report(None, "d")  # `compress report RUN` before any bundle stage ran
+    assert "the bundle's pick" not in md
+    out = tmp_path / "stage-out"
+    out.mkdir()
+    result = bundle_stage(recipe, out, {"quantize": run_dir / "quantize", "bench": run_dir / "bench"})
+    (run_dir / "bundle").mkdir()
+    (run_dir / "bundle" / "manifest.json").write_text(json.dumps({"stage": "bundle", **result}))
+    md, _ = report(None, "e")  # after it: what it shipped, named from its record
+    assert "| teacher · int8 static (shippable; the bundle's pick) |" in md
+    assert (f"**The model to ship:** The run's bundle stage shipped teacher · int8 static: the fastest within 2.5 "
+            f"points of the teacher's accuracy, by p50 latency at 1 thread ({run_dir / 'bundle'}).") in md

@@ -884,6 +884,29 @@ def test_the_bench_settings_the_report_times_with_are_in_its_fingerprint_when_no
         "changed: bench.threads.0: 1 -> 2"
 
 
+def test_the_bundles_pick_settings_redo_the_report_that_names_its_pick(tmp_path):
+    """The report names the model the bundle ships (`bundle_pick`): another bundle.pick, max_drop or threads redoes
+    it, where it would have kept naming the old pick. A default bundle section, or none, adds nothing to the
+    fingerprint (reports made before keep theirs); other bundle keys (its name) do not redo the report."""
+    from compress.config import load_recipe
+    from compress.pipeline import STAGES, _fingerprint
+
+    path = tmp_path / "r.yaml"
+    report = next(s for s in STAGES if s.name == "report")
+    done = {"teacher": {"outputs": {"model/model.safetensors": "ab"}}, "quantize": {"outputs": {"m.onnx": "cd"}}}
+
+    def fingerprint(bundle: str, **sets) -> str:
+        path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2}}\nteacher: {{}}\n"
+                        f"quantize: {{}}\nreport: {{}}\n{bundle}")
+        return _fingerprint(load_recipe(path, sets), report, done)[0]
+
+    plain = fingerprint("")
+    assert fingerprint("bundle: {}\n") == plain == fingerprint("bundle: {name: edge}\n")
+    picks = {fingerprint("bundle: {pick: fastest}\n"), fingerprint("bundle: {max_drop: 2.0}\n"),
+             fingerprint("bundle: {threads: 1}\n"), fingerprint("bundle: {pick: most_accurate}\n")}
+    assert len(picks) == 4 and plain not in picks
+
+
 def test_a_run_whose_plotted_metrics_are_all_nan_is_left_off_the_plot(tmp_path):
     """A nan metric (a stage that recorded nan) has no place on the plot: a run with nothing else to plot is skipped,
     not an IndexError from an empty Pareto frontier; the table still shows the row."""
