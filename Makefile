@@ -71,7 +71,7 @@ prune: $(STAMP)  ## prune the recipe's student (or teacher) with distillation re
 quantize: $(STAMP)  ## ONNX fp32 (parity-checked) + int8 dynamic/static (accuracy-guarded) of the newest model
 	$(COMPRESS) run "$(RECIPE)" --stage quantize
 
-bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum int8: latency, accuracy, RSS (~3 min)
+bench: $(STAMP)  ## ONNX fp32 / int8 vs torch fp32, torch dynamic int8, Optimum int8: latency, accuracy, RSS (always re-times: ~1 min on the quickstart; the report and bundle then redo)
 	$(COMPRESS) bench "$(RECIPE)"
 
 bench-full: $(STAMP)  ## the same on the full grid (batch 1/8/32 x seq 32/128, all dev rows, longer series)

@@ -331,7 +331,9 @@ def model_card(manifest: dict) -> str:
     pair = task.get("text_pair")
     example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
     call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
-    lines_file = "pairs.tsv     # a text<TAB>its pair a line" if pair else "texts.txt     # a text a line"
+    lines_file = ("../pairs.tsv     # a text<TAB>its pair a line (outside the bundle folder: it refuses files it does "
+                  "not list)" if pair else "../texts.txt     # a text a line (outside the bundle folder: it refuses "
+                  "files it does not list)")
     from compress.bench import spun
     from compress.report import md_text
 
@@ -768,6 +770,9 @@ def open_bundle(path: str | os.PathLike, manifest_sha256: Optional[str] = None) 
     if path.is_dir():
         _refuse_a_folder_of_bundles(path)
         folder_cm = contextlib.nullcontext(path)
+    elif path.is_file() and path.suffix.lower() in (".onnx", ".ort"):  # read as an archive: "truncated or corrupt"
+        raise CompressError(f"{path}: a model file, not a bundle (a folder or its .tar.gz); make one with `compress "
+                            f"bundle --model {path} --tokenizer tokenizer.json --task TASK`")
     elif path.is_file():
         folder_cm = _extracted(path)
     else:

@@ -6,7 +6,7 @@
 //   npm install                                  # in the bundle folder (or any folder above it)
 //   node predict.mjs "a gripping, funny film"    # label<TAB>score
 //   node predict.mjs --json "sentence one" "sentence two"     # pair task, JSON output
-//   node predict.mjs --file texts.txt            # one text a line (pair tasks: text<TAB>pair; blank lines skipped)
+//   node predict.mjs --file ../texts.txt         # one text a line (pair tasks: text<TAB>pair; blank lines skipped)
 //
 // From code (Node.js, or a browser page through a bundler or an import map):
 //
@@ -417,7 +417,9 @@ export class Predictor {
                             (pair === null ? "" : ` and ${typeof pair}`));
     }
     if (this.pair && pair === null) throw new BundleError("this model reads text pairs: give a second text");
-    if (!this.pair && pair !== null) throw new BundleError("this model reads single texts: give one text");
+    if (!this.pair && pair !== null) {
+      throw new BundleError("this model reads single texts: give one text (--file PATH classifies several, one a line)");
+    }
     const enc = this.encode(text, pair, true);
     const feeds = {};
     for (const name of this.session.inputNames) {
@@ -640,7 +642,9 @@ async function main(argv) {
     console.error(`warning: --threads ${args.threads} is more than this machine's ${availableParallelism()} cores: onnxruntime will run slower, not faster`);
   }
   if ((args.texts.length === 0) === (args.file === null) || args.texts.length > 2) {
-    console.error("error: give a TEXT (and its pair) or --file PATH (not both)");
+    console.error(args.texts.length > 2 ? "error: give a TEXT and at most its pair (--file PATH classifies several)"
+      : args.file !== null ? "error: give a TEXT (and its pair) or --file PATH, not both"
+        : "error: give a TEXT (and its pair) to classify, or --file PATH");
     return 2;
   }
   if (args.texts.some(blank)) {

@@ -7,9 +7,10 @@ tokenizers and numpy (no torch, no transformers), so it runs on a device that ho
     pip install onnxruntime tokenizers numpy
     python predict.py "a gripping, funny film"            # label and score
     python predict.py --json "sentence one" "sentence two"  # pair task, JSON output
-    python predict.py --file texts.txt                      # one text a line (pair tasks: text<TAB>pair)
-    cat texts.txt | python predict.py --json --file -       # standard input; one JSON object a line
-    python predict.py --bench 3 --file texts.txt            # p50/p90 ms per text on this machine
+    python predict.py --file ../texts.txt                   # one text a line (pair tasks: text<TAB>pair); keep it
+                                                            # outside the bundle folder (unlisted files are refused)
+    cat ../texts.txt | python predict.py --json --file -    # standard input; one JSON object a line
+    python predict.py --bench 3 --file ../texts.txt         # p50/p90 ms per text on this machine
 
 Before anything is loaded, every file listed in ``manifest.json`` is checked against its sha256, and a file that
 the manifest does not list is refused: a changed or planted file stops the program with one line on stderr
@@ -53,6 +54,9 @@ replaces (onnxruntime 1.32): the model was built and timed without it, and runs 
 MANIFEST = "manifest.json"
 NPM_OUTPUTS = ("node_modules", "package-lock.json")
 """What `npm install` adds next to predict.mjs: not part of the bundle, not checked (this runner reads none of it)."""
+OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+"""What file browsers leave in a folder they show (and macOS's ``._NAME`` twins): no runner reads them, and Python
+cannot import them, so an unpacked bundle opened in Finder or Explorer is not refused for them."""
 RUNNER = "predict.py"
 RUNTIME = ("onnxruntime", "tokenizers", "numpy")
 """All this runner needs besides the standard library."""
@@ -93,6 +97,9 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         if not Path(folder).exists():
             raise BundleError(f"{folder}: no such bundle folder")
+        if Path(folder).is_file() and Path(folder).suffix.lower() in (".onnx", ".ort"):
+            raise BundleError(f"{folder}: a model file, not a bundle folder (the folder that holds it, its "
+                              f"manifest.json and tokenizer.json)")
         if Path(folder).is_file():  # an archive, say: this runner reads the folder it unpacks to
             raise BundleError(f"{folder}: a file, not a bundle folder (an archive: unpack it first, `tar xzf "
                               f"{Path(folder).name}`, or give it to `compress predict`)")
@@ -186,8 +193,11 @@ def verify(folder: Union[str, os.PathLike], manifest_sha256: Optional[str] = Non
             raise BundleError(f"{path}: {RUNNER} bytecode of another Python, which this one cannot check and that one "
                               f"would run on import in place of the verified {RUNNER}; delete {path.parent} (or "
                               f"check with that Python), then check again")
+        if rel.name in OS_FILES or rel.name.startswith("._"):
+            continue
         if rel not in listed:
-            raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files")
+            raise BundleError(f"{path}: not listed in {MANIFEST}; refusing a bundle with unverified files (keep your "
+                              f"own files, such as texts to classify, outside the bundle folder)")
     return manifest
 
 
@@ -398,7 +408,8 @@ class Predictor:
         if self.pair and pairs is None:
             raise BundleError("this model reads text pairs: give a second text")
         if not self.pair and pairs is not None:
-            raise BundleError("this model reads single texts: give one text")
+            raise BundleError("this model reads single texts: give one text (--file PATH classifies several, one a "
+                              "line)")
         if pairs is not None and len(pairs) != len(texts):
             raise BundleError(f"{len(texts)} texts but {len(pairs)} text pairs")
 
@@ -766,7 +777,8 @@ def main(argv: Optional[list[str]] = None, folder: Optional[Union[str, os.PathLi
         parser.error(f"unrecognized arguments: {' '.join(texts[2:])}")
     args.text, args.text_pair = (texts + [None, None])[:2]
     if (args.text is None) == (args.file is None):
-        parser.error("give a TEXT or --file PATH (not both)")
+        parser.error("give a TEXT or --file PATH, not both" if args.text is not None else
+                     "give a TEXT to classify, or --file PATH")
     warn_threads(args.threads)
     sys.stdout = NamedStdout(sys.stdout)
     try:

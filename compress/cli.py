@@ -258,7 +258,8 @@ def cmd_predict(args) -> int:
     from compress.bundle_predict import BundleError, cli_text, format_result, warn_threads
 
     if (args.text is None) == (args.file is None):
-        raise CompressError("predict: give a TEXT or --file PATH (not both)")
+        raise CompressError("predict: give a TEXT or --file PATH, not both" if args.text is not None else
+                            "predict: give a TEXT to classify, or --file PATH")
     warn_threads(args.threads)
     try:
         text, text_pair = cli_text(args.text), cli_text(args.text_pair, "text pair")

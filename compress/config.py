@@ -1404,12 +1404,28 @@ def plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------- loading
+def _recipe_hint(path: Path) -> str:
+    """For a recipe path that does not exist: the same name with .yaml when that exists, else the recipes of its
+    folder (`pipelines/quickstart` for `pipelines/quickstart.yaml`; a misspelt name)."""
+    for suffix in (".yaml", ".yml"):
+        if path.with_name(path.name + suffix).is_file():
+            return f" (did you mean {path.with_name(path.name + suffix)}?)"
+    try:
+        names = sorted(p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    return f" (recipes in {path.parent}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
+
+
 def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Recipe:
     """Read and validate a recipe YAML file. ``overrides`` are dotted keys, e.g. {"teacher.epochs": 1}."""
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"{path}: " + ("a folder, not a recipe file" if path.is_dir() else "not a regular file (a "
-                                           "recipe is read from a file)" if path.exists() else "recipe file not found"))
+                                           "recipe is read from a file)" if path.exists() else
+                                           "recipe file not found" + _recipe_hint(path)))
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.load(text, Loader=_StrictLoader)

@@ -221,6 +221,17 @@ def test_tampered_file_is_refused(bundle, tmp_path):
 
 def test_planted_or_missing_file_is_refused(bundle, tmp_path):
     folder = _copy(bundle[0], tmp_path / "planted")
+    # what file browsers leave (Finder's .DS_Store and ._ twins, Explorer's Thumbs.db): read by nothing, importable by
+    # nothing, and an unpacked bundle opened in one was refused for them
+    for junk in (".DS_Store", "._model.onnx", "Thumbs.db", "desktop.ini"):
+        (folder / junk).write_bytes(b"\0\1")
+    assert predict(folder, TEXTS)[0]["label"] in ("negative", "positive")
+    (folder / "texts.txt").write_text("a gripping film\n")  # the user's own file: refused, saying where it belongs
+    with pytest.raises(CompressError, match=r"texts\.txt: not listed in manifest\.json; refusing a bundle with "
+                                            r"unverified files \(keep your own files, such as texts to classify, "
+                                            r"outside the bundle folder\)$"):
+        predict(folder, TEXTS)
+    (folder / "texts.txt").unlink()
     (folder / "numpy.py").write_text("raise SystemExit('planted module ran')\n")
     with pytest.raises(CompressError, match=r"numpy\.py: not listed in manifest\.json"):
         predict(folder, TEXTS)
@@ -423,7 +434,9 @@ def test_predict_py_classifies_each_line_of_a_file_or_stdin(bundle, tmp_path):
         _same_result(json.loads(line), want)
     proc = subprocess.run([sys.executable, "predict.py", "--file", "-", "also a text"], input="x", capture_output=True,
                           text=True, cwd=folder)
-    assert proc.returncode == 2 and "give a TEXT or --file PATH (not both)" in proc.stderr
+    assert proc.returncode == 2 and "give a TEXT or --file PATH, not both" in proc.stderr
+    proc = subprocess.run([sys.executable, "predict.py"], capture_output=True, text=True, cwd=folder)
+    assert proc.returncode == 2 and "give a TEXT to classify, or --file PATH" in proc.stderr
 
 
 def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_path, capsys):
@@ -1917,7 +1930,12 @@ def test_compress_predict_refuses_a_text_and_a_file_together(bundle, tmp_path, c
     (tmp_path / "texts.txt").write_text("good\n")
     assert main(["predict", str(folder), "--file", str(tmp_path / "texts.txt"), "also a text"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "give a TEXT or --file PATH (not both)" in captured.err
+    assert captured.out == "" and "give a TEXT or --file PATH, not both" in captured.err
+    assert main(["predict", str(folder)]) == 2  # neither: said so, not "(not both)"
+    assert capsys.readouterr().err == "error: predict: give a TEXT to classify, or --file PATH\n"
+    assert main(["predict", str(folder), "good", "bad"]) == 2  # a pair for a single-text model: how to give several
+    assert "this model reads single texts: give one text (--file PATH classifies several, one a line)" in \
+        capsys.readouterr().err
 
 
 def test_a_pair_line_needs_exactly_one_tab(tmp_path):
@@ -2245,10 +2263,18 @@ def test_predict_py_says_what_its_bundle_path_is_when_it_is_no_bundle(bundle, tm
     for path, said in ((tmp_path / "nope", f"{tmp_path / 'nope'}: no such bundle folder"),
                        (archive, f"{archive}: a file, not a bundle folder (an archive: unpack it first, `tar xzf "
                                  f"{archive.name}`, or give it to `compress predict`)"),
-                       (tmp_path / "empty", f"{tmp_path / 'empty'}: not a bundle (no manifest.json)")):
+                       (tmp_path / "empty", f"{tmp_path / 'empty'}: not a bundle (no manifest.json)"),
+                       (folder / "model.onnx", f"{folder / 'model.onnx'}: a model file, not a bundle folder (the folder "
+                                               f"that holds it, its manifest.json and tokenizer.json)")):
         assert bundle_predict.main(["--bundle", str(path), "a gripping film"]) == 2
         assert capsys.readouterr().err == f"error: {said}\n"
     assert bundle_predict.main(["--bundle", str(folder), "a gripping film"]) == 0
+    from compress.cli import main  # `compress predict` on a model file read it as a corrupt archive
+
+    assert main(["predict", str(folder / "model.onnx"), "a gripping film"]) == 2
+    assert capsys.readouterr().err == (f"error: {folder / 'model.onnx'}: a model file, not a bundle (a folder or its "
+                                       f".tar.gz); make one with `compress bundle --model {folder / 'model.onnx'} "
+                                       f"--tokenizer tokenizer.json --task TASK`\n")
 
 
 def test_the_report_says_which_model_the_bundle_ships(run_dir, tmp_path):

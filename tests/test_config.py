@@ -55,6 +55,13 @@ def test_missing_required_and_bad_values(tmp_path):
         load_recipe(write(tmp_path, "task: {name: sst2, holdout: 0.9}\nteacher: {}\n"))
     with pytest.raises(CompressError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+    recipes = Path(__file__).resolve().parent.parent / "pipelines"  # the name without .yaml, then a misspelt one
+    with pytest.raises(CompressError, match=rf"^{recipes / 'quickstart'}: recipe file not found \(did you mean "
+                                            rf"{recipes / 'quickstart.yaml'}\?\)$"):
+        load_recipe(recipes / "quickstart")
+    with pytest.raises(CompressError, match=rf"^{recipes / 'quikstart.yaml'}: recipe file not found \(recipes in "
+                                            rf"{recipes}: bert-base\.yaml, bert-large\.yaml, .*, \.\.\.\)$"):
+        load_recipe(recipes / "quikstart.yaml")
     with pytest.raises(CompressError, match="not valid YAML"):
         load_recipe(write(tmp_path, "task: [unclosed\n"))
 
