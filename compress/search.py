@@ -809,6 +809,7 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
     pair = ctx.spec.text_pair is not None
     inputs = "real dev pairs (both texts in one input)" if pair else "real dev sentences"
     timed = timing_config(ctx.recipe, cfg)
+    shipped = run_bundle(ctx.recipe, cfg.threads)
     return {"recipe": ctx.recipe.name, "task": ctx.spec.name, "budget_ms": cfg.budget_ms, "threads": cfg.threads,
             "pair": pair,
             "latency": f"p50 of {inputs} one at a time (batch 1), compress.bench.measure ({timed.order} order), "
@@ -821,7 +822,25 @@ def summarize(ctx: Context, cfg: SearchConfig, ref: dict, results: list[dict], s
             "counts": {"measured": measured, "reused": reused, "skipped": len(skipped),
                        "not_started": len(not_started), **({"timed_again": timed_again} if timed_again else {})},
             "settings": {**asdict(cfg), "fingerprint": ctx.settings}, "wall_s": round(wall_s, 1),
-            "created": now_utc()}
+            **({"run_bundle": shipped} if shipped else {}), "created": now_utc()}
+
+
+def run_bundle(recipe: Recipe, threads: int) -> Optional[dict]:
+    """What the run's own bundle stage shipped (the recipe's models, trained in full, not a search candidate), for
+    comparison with the search's best: its artifact, dev metric and bench p50 at ``threads`` (when benchmarked). None
+    without a bundle, or one unreadable."""
+    stage = recipe.run_dir / "bundle"
+    try:
+        record = read_json(stage / "manifest.json")["bundle"]
+        manifest = read_json(stage / record["paths"][0] / "manifest.json")
+        dev = manifest["metrics"]["dev"]
+        metric, value = next(iter(dev.items()))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration):
+        return None
+    by_threads = (manifest.get("latency") or {}).get("by_threads") or {}
+    p50 = (by_threads.get(str(threads)) or {}).get("p50_ms") if isinstance(by_threads, dict) else None
+    return {"artifact": record.get("chosen"), "metric_name": metric, "metric": value, "threads": threads,
+            "p50_ms": p50 if isinstance(p50, (int, float)) else None}
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -896,6 +915,13 @@ def markdown(summary: dict, png: Optional[str]) -> str:
                f"pass is timed in {NEAR_BUDGET_PASSES} passes: its p50, p90 and speedup are the medians (marked: "
                f"median of N).",
              ""]
+    shipped = summary.get("run_bundle")
+    if shipped:  # candidates are trained briefly: the run's own bundle may beat the best
+        speed = (f", p50 {shipped['p50_ms']:.2f} ms at {shipped['threads']} thread(s) in the bench stage's pass "
+                 f"(another pass than this search's: read the two latencies as a guide)" if shipped.get("p50_ms") else "")
+        lines += [f"For comparison, the run's own bundle (the recipe's models, trained in full; not a candidate here): "
+                  f"{md_text(str(shipped['artifact']))}, dev {md_text(shipped['metric_name'])} "
+                  f"{shipped['metric']:.4f}{speed}.", ""]
     if png:
         lines += [f"![metric vs latency]({png})", ""]
     if summary["candidates"]:

@@ -408,6 +408,38 @@ def test_search_plot_stars_the_best_candidate(tmp_path, monkeypatch):
     assert seen["ax"].get_xlabel().startswith("p50 latency per pair")
 
 
+def test_search_md_sets_the_runs_own_bundle_beside_the_best(tmp_path):
+    """A search's candidates are trained briefly; its best (0.8337 at 0.78 ms on the quickstart) was worse than the
+    model the run's bundle already shipped (0.8383 at 0.49 ms), and nothing said so. search.md now names the run's
+    bundle, its dev score and its bench p50 at the search's threads; without a bundle, or an unreadable one, nothing."""
+    from types import SimpleNamespace
+
+    from compress.search import markdown, run_bundle
+
+    recipe = SimpleNamespace(run_dir=tmp_path / "runs" / "quickstart")
+    assert run_bundle(recipe, 1) is None  # no bundle stage ran
+    stage = recipe.run_dir / "bundle"
+    (stage / "quickstart-sst2-int8").mkdir(parents=True)
+    (stage / "manifest.json").write_text(json.dumps({"bundle": {"paths": ["quickstart-sst2-int8"],
+                                                                "chosen": "pruned · int8 dynamic"}}))
+    (stage / "quickstart-sst2-int8" / "manifest.json").write_text(json.dumps(
+        {"metrics": {"dev": {"accuracy": 0.8383}}, "latency": {"by_threads": {"1": {"p50_ms": 0.491},
+                                                                              "2": {"p50_ms": 0.691}}}}))
+    shipped = run_bundle(recipe, 1)
+    assert shipped == {"artifact": "pruned · int8 dynamic", "metric_name": "accuracy", "metric": 0.8383, "threads": 1,
+                       "p50_ms": 0.491}
+    assert run_bundle(recipe, 4)["p50_ms"] is None  # a thread count the bench did not time: the score alone
+    summary = {"recipe": "quickstart", "task": "sst2", "message": "best within 1 ms: L5-k50-dynamic", "budget_ms": 1.0,
+               "threads": 1, "latency": "p50", "teacher_fp32": {"p50_ms": 4.7}, "wall_s": 190.0,
+               "counts": {"measured": 8, "reused": 0, "skipped": 0, "not_started": 4}, "stopped": None,
+               "candidates": [], "front": [], "skipped": [], "not_started": [], "best": None, "run_bundle": shipped}
+    assert ("For comparison, the run's own bundle (the recipe's models, trained in full; not a candidate here): "
+            "pruned · int8 dynamic, dev accuracy 0.8383, p50 0.49 ms at 1 thread(s) in the bench stage's pass") in \
+        markdown(summary, None)
+    (stage / "manifest.json").write_text("{not json")
+    assert run_bundle(recipe, 1) is None
+
+
 def test_an_interrupted_search_leaves_its_three_outputs_of_one_search(tmp_path, monkeypatch):
     """Ctrl-C while the plot was drawn (about a second) left the new budget's search.json beside the old search's
     page and plot; now the page and plot are made under temporary names first and search.json goes in last."""
@@ -538,7 +570,7 @@ def test_search_results_and_its_bundle_name_the_machine_they_were_timed_on(tmp_p
     from compress import bundle, search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None, run_dir=Path("/no-such-run")),
                           spec=SimpleNamespace(name="sst2", text_pair=None), settings="s")
     cand = {"id": "L1-dynamic", "file": "L1-dynamic.onnx", "metric": 0.8, "select_metric": 0.8, "select_on": "holdout",
             "metric_name": "accuracy", "metrics": {"accuracy": 0.8}, "speedup_vs_teacher_fp32": 4.0,
@@ -578,7 +610,7 @@ def test_the_search_bundle_of_an_mrpc_pick_carries_its_test_split_scores(tmp_pat
     (teacher_dir.parent / "manifest.json").write_text(json.dumps({
         "metrics": {"dev": {"f1": 0.8, "accuracy": 0.7}, "test": {"f1": 0.79, "accuracy": 0.69}},
         "train": {"dev_rows": 48, "dev_split_rows": 408, "test_rows": 48, "test_split_rows": 1725}}))
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None, run_dir=Path("/no-such-run")),
                           spec=SimpleNamespace(name="mrpc", text_pair="sentence2"), settings="s")
     cand = {"id": "L3-dynamic", "file": str(onnx), "metric": 0.6, "select_metric": 0.6, "select_on": "holdout",
             "metric_name": "f1", "metrics": {"f1": 0.6, "accuracy": 0.5}, "speedup_vs_teacher_fp32": 1.0,
@@ -659,7 +691,7 @@ def test_candidates_that_failed_are_not_called_too_slow():
     from compress import search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None, run_dir=Path("/no-such-run")),
                           spec=SimpleNamespace(name="sst2", text_pair=None), settings="s")
     skipped = [{"id": "L1-dynamic", "reason": "failed: export parity: max |diff| 0.3"},
                {"id": "L3-dynamic", "reason": "fp32 estimate 9.00 ms (...) > budget x 3"}]
@@ -726,7 +758,7 @@ def test_pick_ignores_a_candidate_whose_selection_score_is_nan():
     from compress import search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None, run_dir=Path("/no-such-run")),
                           spec=SimpleNamespace(name="stsb", text_pair="s2"), settings="s")
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [nan], [], [], None, 1, 0, 1.0)
     assert summary["best"] is None and summary["message"].startswith(
@@ -1039,7 +1071,8 @@ def test_search_md_shows_names_and_reasons_as_written():
     from compress import search
     from compress.config import SearchConfig
 
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="r<img src=x onerror=alert(1)>", bench=None),
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="r<img src=x onerror=alert(1)>", bench=None,
+                                                 run_dir=Path("/no-such-run")),
                           spec=SimpleNamespace(name="t<script>x</script>\n# injected", text_pair=None), settings="s")
     skipped = [{"id": "L1-dynamic", "reason": "failed: <b>export</b> parity | 0.3"}]
     summary = search.summarize(ctx, SearchConfig(budget_ms=2.0), {"p50_ms": 4.0}, [], skipped, [], None, 0, 0, 1.0)
@@ -1145,8 +1178,8 @@ def test_the_best_candidates_latency_is_written_with_the_digits_that_place_it_wi
     r = {"id": "L1-dynamic", "mode": "dynamic", "depth": 1, "keep_macs": 1.0, "metric_name": "accuracy",
          "metric": 0.8, "select_metric": 0.8, "select_on": "holdout", "speedup_vs_teacher_fp32": 2.0,
          "latency": {"p50_ms": 0.0398, "p90_ms": 0.05}}
-    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None), spec=SimpleNamespace(name="sst2",
-                          text_pair=None), settings="x")
+    ctx = SimpleNamespace(recipe=SimpleNamespace(name="tiny", bench=None, run_dir=Path("/no-such-run")),
+                          spec=SimpleNamespace(name="sst2", text_pair=None), settings="x")
     cfg = SearchConfig(budget_ms=0.0399)
     summary = summarize(ctx, cfg, {"p50_ms": 0.08}, [r], [], [], None, 0, 1, 1.0)
     assert summary["best"] == "L1-dynamic" and "p50 0.0398 ms" in summary["message"], summary["message"]
