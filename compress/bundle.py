@@ -33,6 +33,7 @@ import shutil
 import sys
 import tarfile
 import zlib
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Optional
@@ -576,7 +577,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
             _write_manifest(tmp, manifest)
         # the archive is made before the folder is published, then both are renamed: an interrupted build never
         # leaves the new folder beside the previous build's archive (gzip of a real model takes seconds)
-        make_tar(tmp, tmp_tar, arcname=name)
+        make_tar(tmp, tmp_tar, arcname=name, mtime=int(datetime.fromisoformat(manifest["created"]).timestamp()))
         # one build publishes into out_dir at a time (two `compress bundle` of one name: the folder and the archive of
         # one build, not a rename race between them)
         with file_lock(out_dir):
@@ -630,15 +631,17 @@ def _publish(tmp: Path, folder: Path, tmp_tar: Path, archive: Path) -> Path:
     return folder
 
 
-def make_tar(folder: Path, tar_path: Path, arcname: Optional[str] = None) -> None:
-    """gzip'd tar of ``folder`` under its own name (or ``arcname``); members sorted, owners and times normalised, the
-    gzip header's time 0 and its file name ``<arcname>.tar`` (not ``tar_path``'s temporary name): reproducible."""
+def make_tar(folder: Path, tar_path: Path, arcname: Optional[str] = None, mtime: int = 0) -> None:
+    """gzip'd tar of ``folder`` under its own name (or ``arcname``); members sorted, owners normalised, every time
+    ``mtime`` (a bundle's: its manifest's ``created``, so `SOURCE_DATE_EPOCH` makes it reproducible; a member dated
+    1970 could not be zipped again), the gzip header's time 0 and its file name ``<arcname>.tar`` (not ``tar_path``'s
+    temporary name)."""
     arcname = arcname or folder.name
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        info.mtime = 0
+        info.mtime = mtime
         info.mode = 0o755 if info.isdir() else 0o644
         return info
 

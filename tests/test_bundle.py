@@ -134,7 +134,10 @@ def test_round_trip_folder_and_archive(bundle, int8_model, tokenizer):
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
     assert {m.name for m in members} == {"sst2-tiny"} | {f"sst2-tiny/{p.name}" for p in folder.iterdir()}
-    assert all(m.uid == 0 and m.mtime == 0 for m in members)
+    created = json.loads((folder / "manifest.json").read_text())["created"]  # every member dated as built (1970 was
+    from datetime import datetime  # refused when the unpacked folder was zipped again: ZIP starts in 1980)
+
+    assert all(m.uid == 0 and m.mtime == int(datetime.fromisoformat(created).timestamp()) for m in members)
     # the ORT-format copy runs and agrees with the ONNX model
     import onnxruntime as ort
 
@@ -459,7 +462,7 @@ def test_compress_predict_file_names_the_bad_line(int8_model, minilm_dir, tmp_pa
     assert main(["predict", str(archive), "--file", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt: cannot read" in capsys.readouterr().err
     assert main(["predict", str(archive)]) == 2
-    assert "give a TEXT or --file PATH" in capsys.readouterr().err
+    assert "give a TEXT to classify, or --file PATH" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["predict", "b.tar.gz", "hi", "--threads", "0"],
@@ -490,6 +493,15 @@ def test_two_builds_at_one_source_date_epoch_are_byte_identical(int8_model, mini
                 for out in ("one", "two")]
     assert archives[0].read_bytes() == archives[1].read_bytes()
     assert json.loads((tmp_path / "one" / "b" / "manifest.json").read_text())["created"] == "2023-11-14T22:13:20+00:00"
+    with tarfile.open(archives[0]) as tar:  # the members dated so too: an unpacked copy can be zipped again
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}
+    import zipfile
+
+    (tmp_path / "unpacked").mkdir()
+    unpacked = safe_extract(archives[0], tmp_path / "unpacked")
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as z:  # ZIP refuses dates before 1980 (a 1970 member did)
+        for path in sorted(unpacked.rglob("*")):
+            z.write(path, path.relative_to(unpacked.parent))
 
 
 def test_build_refuses_a_float_model(int8_model, minilm_dir, tmp_path):
@@ -520,7 +532,7 @@ def test_an_interrupted_build_leaves_folder_and_archive_of_one_build(int8_model,
     dead = [out / ".b.tmp-999999999", out / ".b.old-999999999", out / ".b.tar.gz.tmp-999999999"]  # no such pid
     dead[0].mkdir(), dead[1].mkdir(), dead[2].write_bytes(b"\0")
 
-    def interrupted(folder, tar_path, arcname=None):
+    def interrupted(folder, tar_path, arcname=None, mtime=0):
         Path(tar_path).write_bytes(b"\x1f\x8b")  # part of the archive written
         raise KeyboardInterrupt
 
