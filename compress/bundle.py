@@ -427,8 +427,12 @@ def model_card(manifest: dict) -> str:
     shipped = verified.get("memory") if isinstance(verified, dict) else None
     peak = shipped.get("peak_rss_mb") if isinstance(shipped, dict) else None
     if defined(peak):
+        alone = memory.get("peak_rss_mb") if isinstance(memory, dict) else None
+        below = (" Less than the model alone above, though it loads the tokenizer too: one text at a time needs less "
+                 "working memory than the bench's batched shape." if defined(alone) and round(peak) < round(alone)
+                 else "")
         lines += ["", f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, "
-                  f"running `predict.py` ({md_text(str(shipped.get('measured', 'in a fresh process')))})."]
+                  f"running `predict.py` ({md_text(str(shipped.get('measured', 'in a fresh process')))}).{below}"]
     lines += ["", "## Run it", "", "```sh",
               "pip install " + " ".join(f"{k}=={v}" for k, v in req.items())
               + (f"   # these versions need Python >= {manifest['requirements_python']}; older: "
