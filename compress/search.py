@@ -917,8 +917,9 @@ def markdown(summary: dict, png: Optional[str]) -> str:
              ""]
     shipped = summary.get("run_bundle")
     if shipped:  # candidates are trained briefly: the run's own bundle may beat the best
-        speed = (f", p50 {shipped['p50_ms']:.2f} ms at {shipped['threads']} thread(s) in the bench stage's pass "
-                 f"(another pass than this search's: read the two latencies as a guide)" if shipped.get("p50_ms") else "")
+        speed = "" if not shipped.get("p50_ms") else (
+            f", p50 {shipped['p50_ms']:.2f} ms at {shipped['threads']} thread(s) in the bench stage's pass (another "
+            f"pass than this search's: read the two latencies as a guide)")
         lines += [f"For comparison, the run's own bundle (the recipe's models, trained in full; not a candidate here): "
                   f"{md_text(str(shipped['artifact']))}, dev {md_text(shipped['metric_name'])} "
                   f"{shipped['metric']:.4f}{speed}.", ""]

@@ -2276,8 +2276,8 @@ def test_predict_py_says_what_its_bundle_path_is_when_it_is_no_bundle(bundle, tm
                        (archive, f"{archive}: a file, not a bundle folder (an archive: unpack it first, `tar xzf "
                                  f"{archive.name}`, or give it to `compress predict`)"),
                        (tmp_path / "empty", f"{tmp_path / 'empty'}: not a bundle (no manifest.json)"),
-                       (folder / "model.onnx", f"{folder / 'model.onnx'}: a model file, not a bundle folder (the folder "
-                                               f"that holds it, its manifest.json and tokenizer.json)")):
+                       (folder / "model.onnx", f"{folder / 'model.onnx'}: a model file, not a bundle folder (the "
+                                               f"folder that holds it, its manifest.json and tokenizer.json)")):
         assert bundle_predict.main(["--bundle", str(path), "a gripping film"]) == 2
         assert capsys.readouterr().err == f"error: {said}\n"
     assert bundle_predict.main(["--bundle", str(folder), "a gripping film"]) == 0
@@ -2305,10 +2305,10 @@ def test_the_report_says_which_model_the_bundle_ships(run_dir, tmp_path):
 
     recipe = _recipe(tmp_path, "edge", "{pick: best_within_drop, max_drop: 2.5, threads: 1}")
     md, page = report(recipe, "a")
-    assert "| teacher · int8 static (shippable; the bundle's pick) |" in md and "| teacher · int8 dynamic (shippable) |" \
-        in md and md.count("the bundle's pick") == 1
-    said = ("The bundle stage ships teacher · int8 static: the fastest within 2.5 points of the teacher's accuracy, by "
-            "p50 latency at 1 thread (bundle.pick best_within_drop).")
+    assert "| teacher · int8 static (shippable; the bundle's pick) |" in md and md.count("the bundle's pick") == 1
+    assert "| teacher · int8 dynamic (shippable) |" in md
+    said = ("The bundle stage ships teacher · int8 static: the fastest within 2.5 points of the teacher's accuracy, "
+            "by p50 latency at 1 thread (bundle.pick best_within_drop).")
     assert f"**The model to ship:** {said}" in md and f"<p><b>The model to ship:</b> {said}</p>" in page.replace(
         "&#x27;", "'")
     md, _ = report(dataclasses.replace(recipe, bundle=dataclasses.replace(recipe.bundle, pick="most_accurate")), "b")

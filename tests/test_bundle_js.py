@@ -85,7 +85,8 @@ def test_predict_mjs_gives_what_predict_py_gives(js_bundle, glue_dir):
                           (["--jsn", "x"], "error: unknown option --jsn"),
                           (["a", "--file", "f.txt"], "error: give a TEXT (and its pair) or --file PATH, not both"),
                           ([], "error: give a TEXT (and its pair) to classify, or --file PATH"),
-                          (["a", "b", "c"], "error: give a TEXT and at most its pair (--file PATH classifies several)")):
+                          (["a", "b", "c"],
+                           "error: give a TEXT and at most its pair (--file PATH classifies several)")):
         bad = _node(js_bundle / "predict.mjs", *args)
         assert bad.returncode == 2 and bad.stderr.splitlines()[0] == message and bad.stdout == ""
 

@@ -804,8 +804,8 @@ def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, 
 
 def test_validation_refuses_a_teacher_kept_as_is_without_a_trained_head(tiny_bert_dir, tmp_path):
     """``teacher.finetune: false`` on a zoo model or a folder of a bare encoder (config.json's architectures without a
-    ...ForSequenceClassification) is refused by the recipe's validation, before torch, as docs/zoo.md says: not only once
-    the teacher stage has loaded it; what the validation cannot see (no architectures named) by the stage."""
+    ...ForSequenceClassification) is refused by the recipe's validation, before torch, as docs/zoo.md says: not only
+    once the teacher stage has loaded it; what the validation cannot see (no architectures named) by the stage."""
     bare = tmp_path / "bare"
     shutil.copytree(tiny_bert_dir, bare)
     config = json.loads((bare / "config.json").read_text())
