@@ -1415,7 +1415,10 @@ def bundle_pick(table: RunTable, recipe=None, extra: Optional[dict] = None) -> O
         except CompressError:  # no shippable int8 model: the table says why
             return None
         return chosen.name, f"The bundle stage ships {chosen.name}: {choice['rule']} (bundle.pick {choice['pick']})."
-    record = _read(Path(table.folder) / "bundle" / "manifest.json")
+    try:
+        record = _read(Path(table.folder) / "bundle" / "manifest.json", checked=False)
+    except CompressError:  # unreadable: the report is made without the line, as before any bundle
+        return None
     shipped = record.get("bundle") if isinstance(record, dict) else None
     if not (isinstance(shipped, dict) and isinstance(shipped.get("chosen"), str)
             and any(r.name == shipped["chosen"] for r in table.rows)):

@@ -2326,6 +2326,9 @@ def test_the_report_says_which_model_the_bundle_ships(run_dir, tmp_path):
     assert "| teacher · int8 static (shippable; the bundle's pick) |" in md
     assert (f"**The model to ship:** The run's bundle stage shipped teacher · int8 static: the fastest within 2.5 "
             f"points of the teacher's accuracy, by p50 latency at 1 thread ({run_dir / 'bundle'}).") in md
+    (run_dir / "bundle" / "manifest.json").write_text("{torn")  # unreadable: the report without the line, not an error
+    md, _ = report(None, "f")
+    assert "The model to ship" not in md and "the bundle's pick" not in md
 
 
 def test_the_card_says_why_memory_as_shipped_can_be_below_the_model_alone(bundle):
