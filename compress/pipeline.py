@@ -196,9 +196,9 @@ def _test_split_word(recipe: Recipe) -> Optional[str]:
 
 def _report_variant(recipe: Recipe) -> Optional[str]:
     """The report names the model the bundle ships (`compress.report.bundle_pick`), by the bundle section's pick
-    settings: a report of other settings is redone. The defaults add no word (reports made before keep their
-    fingerprints; a bundle section added later with the defaults leaves the report without the line until
-    `--force report`)."""
+    settings: a report of other settings is redone. The defaults add no word, and a report made before it named the
+    pick is kept (`_accepted_fingerprints`, ``before_pick``); a bundle section added later with the defaults leaves
+    the report without the line until `--force report`."""
     cfg = recipe.bundle
     word = None
     if cfg is not None and (cfg.pick, cfg.max_drop, cfg.threads) != ("best_within_drop", None, None):
@@ -435,21 +435,25 @@ def model_file(rel: str) -> bool:
         and NOT_READ_NAMES.fullmatch(name) is None
 
 
-def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict, unnamed_source: bool = False) -> str:
-    """``unnamed_source``: as before the default source's name was part of it (`_taken_by_default`)."""
+def _stage_fingerprint(recipe: Recipe, stage: Stage, inputs: dict, config: dict, unnamed_source: bool = False,
+                       before_pick: bool = False) -> str:
+    """``unnamed_source``: as before the default source's name was part of it (`_taken_by_default`); ``before_pick``:
+    as before the report named the bundle's pick (`_report_variant`)."""
     payload = {"stage": stage.name, "compress": __version__, "seed": recipe.seed, "config": config, "inputs": inputs}
     if stage.revision > 1:
         payload["revision"] = stage.revision
     variant = stage.variant(recipe) if stage.variant is not None else None
-    if variant is not None and unnamed_source:
-        variant = _variants(*(w for w in variant.split("+") if not w.startswith("source=")))
+    dropped = (("source=",) if unnamed_source else ()) + (("bundle-pick=",) if before_pick else ())
+    if variant is not None and dropped:
+        variant = _variants(*(w for w in variant.split("+") if not w.startswith(dropped)))
     if variant is not None:
         payload["variant"] = variant
     return fingerprint(payload)
 
 
 def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dict], inputs: dict,
-                           recorded: dict, recorded_config: Any = None, recorded_source: Any = None) -> set[str]:
+                           recorded: dict, recorded_config: Any = None, recorded_source: Any = None,
+                           before_pick: bool = False) -> set[str]:
     """Fingerprints `_reuse` accepts besides the current one, where the stage would make the same outputs:
     - as earlier code computed them: with `RUN_ONLY_KEYS` at their values (before they were left out), with every
       file of a model folder (before `model_file`) or its top-level files but the card (2026-12-04..06), every
@@ -465,7 +469,10 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
       source (``recorded_source``): a two-student run's prune stage was redone, hours, for the model it had pruned;
     - in a stage after the teacher's (distill, prune), with the ``teacher`` section as recorded: such a stage reads the
       teacher stage's outputs (among its inputs), never ``teacher.model``, so a model folder respelled or copied (the
-      teacher stage reused) redid the distillation for the same teacher."""
+      teacher stage reused) redid the distillation for the same teacher;
+    - a report made before it named the bundle's pick (``before_pick``: its manifest has no ``ships``), without the
+      bundle's pick settings: such a report is kept (it lacks the line until it is redone), not redone with the bundle
+      after it (a new manifest sha256 to publish) for a line; once redone, another pick redoes it."""
     configs = [_result_config(_config(recipe, stage)), _config(recipe, stage)]
     unread = _unread_model_files(recipe, stage)  # hashed once for both variants that count them
     variants = [inputs, _earlier_inputs(recipe, stage, upstream, inputs, unread)]
@@ -486,7 +493,8 @@ def _accepted_fingerprints(recipe: Recipe, stage: Stage, upstream: dict[str, dic
     default = _taken_by_default(recipe, stage.name)
     named = recorded_source.get("model") if isinstance(recorded_source, dict) else recorded_source  # quantize's
     legacy = (False, True) if default is not None and named == default else (False,)
-    return {_stage_fingerprint(recipe, stage, v, c, unnamed) for v in variants for c in configs for unnamed in legacy}
+    return {_stage_fingerprint(recipe, stage, v, c, unnamed, old) for v in variants for c in configs
+            for unnamed in legacy for old in ((False, True) if before_pick else (False,))}
 
 
 def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, recorded_inputs: dict) -> dict:
@@ -671,7 +679,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
 
     def accepted(r: Recipe) -> set[str]:
         return _accepted_fingerprints(r, stage, upstream or {}, inputs, recorded_inputs, manifest.get("config"),
-                                      manifest.get("source"))
+                                      manifest.get("source"), stage.name == "report" and "ships" not in manifest)
 
     # `fp`'s recipe (`_as_read`), and the recipe as written (fingerprints before `_as_read`)
     if isinstance(recorded, str) and (recorded == fp or recorded in accepted(read := _as_read(recipe))

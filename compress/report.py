@@ -1534,5 +1534,7 @@ def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dic
         write_json(out / MEASURED, measured)
     written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
     print("[report] wrote " + ", ".join(p.name for p in written.values()))
+    ships = bundle_pick(collect(recipe.run_dir, recipe=recipe, extra=measured), recipe, measured)
     return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare),
-            "measured": sorted(measured.get("models", {}))}
+            "measured": sorted(measured.get("models", {})),
+            "ships": ships[0] if ships else None}  # (its presence: a report that names the bundle's pick)

@@ -326,6 +326,7 @@ def test_report_stage_times_the_teacher_with_the_bench_artifacts(tmp_path, tiny_
     out.mkdir()
     result = report_stage(recipe, out, {})
     assert result["measured"] == ["teacher"]  # the student's ONNX fp32 is the bench stage's
+    assert "ships" in result and result["ships"] is None  # a recipe without a bundle: named nothing, but said so
     measured = json.loads((out / MEASURED).read_text())
     art = measured["models"]["teacher"]["artifacts"]["onnx_fp32"]
     dev = [r for r in art["results"] if r["input"] == "dev"]
@@ -905,6 +906,15 @@ def test_the_bundles_pick_settings_redo_the_report_that_names_its_pick(tmp_path)
     picks = {fingerprint("bundle: {pick: fastest}\n"), fingerprint("bundle: {max_drop: 2.0}\n"),
              fingerprint("bundle: {threads: 1}\n"), fingerprint("bundle: {pick: most_accurate}\n")}
     assert len(picks) == 4 and plain not in picks
+    # a report made before it named the pick (its manifest has no "ships"; the quickstart's max_drop 5 is not the
+    # default) is kept, not redone with the bundle after it for one line; a report that names it is redone
+    from compress.pipeline import _accepted_fingerprints
+
+    fastest = fingerprint("bundle: {pick: fastest}\n")
+    recipe = load_recipe(path)
+    inputs = _fingerprint(recipe, report, done)[1]
+    assert plain in _accepted_fingerprints(recipe, report, done, inputs, inputs, before_pick=True)
+    assert plain not in _accepted_fingerprints(recipe, report, done, inputs, inputs) and fastest != plain
 
 
 def test_a_run_whose_plotted_metrics_are_all_nan_is_left_off_the_plot(tmp_path):
