@@ -43,7 +43,8 @@ from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleErr
 from compress.errors import CompressError
 from compress.config import FOLDER_NAME, folder_name
 from compress.tasks import LABELS_NEEDED, good_labels, retention, round_down
-from compress.manifest import file_lock, now_utc, remove_dead, remove_dead_scratch, scratch_dir, versions, write_json
+from compress.manifest import (file_lock, missing_folders, now_utc, remove_dead, remove_dead_scratch, remove_empty,
+                               scratch_dir, versions, write_json)
 from compress.ort_session import to_ort_format
 
 log = logging.getLogger(__name__)
@@ -420,7 +421,7 @@ def model_card(manifest: dict) -> str:
     else:
         lines.append("Not measured for this bundle.")
     memory = manifest.get("memory")
-    if isinstance(memory, dict) and isinstance(memory.get("peak_rss_mb"), (int, float)):
+    if isinstance(memory, dict) and defined(memory.get("peak_rss_mb")):
         lines += ["", f"Memory: {memory['peak_rss_mb']:.0f} MiB peak resident on the build machine ("
                   f"{md_text(str(memory.get('measured', 'the model alone in a fresh process')))})."]
     verified = manifest.get("verified")
@@ -520,7 +521,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     if (archive.exists() or archive.is_symlink()) and (archive.is_symlink() or not is_bundle_archive(archive, name)):
         raise CompressError(f"{archive}: exists and is not this bundle's archive; refusing to replace it (give another "
                             f"name or out folder)")
-    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # the folders this build creates, deepest first
+    made = missing_folders(out_dir)  # the folders this build creates
     out_dir.mkdir(parents=True, exist_ok=True)
     # what a killed build of this bundle (kill -9: no cleanup ran) left: never published, only in the way
     remove_dead(out_dir, ".*", rf"\.{re.escape(name)}\.(?:tmp|old|tar\.gz\.tmp)-(\d+)")
@@ -589,9 +590,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_tar.unlink(missing_ok=True)
-        for folder in made:  # a failed build leaves no empty folder behind (--out a/b/c left a/b)
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_empty(made)  # a failed build leaves no empty folder behind (--out a/b/c left a/b)
         raise
     return folder, archive
 
@@ -960,6 +959,16 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
             "points_apart": apart, "tolerance_points": tolerance, "threads": threads,
             "runner": f"{RUNNER}'s Predictor: the bundle's tokenizer.json and model.onnx, one text per run",
             **({"memory": memory} if memory else {})}
+
+
+def last_shipped(run_dir: Path) -> Optional[dict]:
+    """What the run's last bundle stage shipped, from its manifest: ``chosen`` (the report row), ``rule``, ``paths``
+    (the bundle folder first)...; None without one, or one unreadable."""
+    try:
+        record = json.loads((Path(run_dir) / "bundle" / "manifest.json").read_text(encoding="utf-8")).get("bundle")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("chosen"), str) else None
 
 
 MEMORY_ROWS = 256

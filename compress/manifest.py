@@ -144,6 +144,23 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what ``mkdir(parents=True)`` of it makes
+    (absolute: a parent spelled ``..`` is not a folder to remove)."""
+    path = Path(os.path.abspath(path))
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, `missing_folders`) while each is an empty folder: what a failed run or build
+    made and left empty; one that holds something (another run's, since) stops it, with those above."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; a failed write (a full
     disk) leaves neither a half-written ``path`` nor its temporary file."""

@@ -29,8 +29,9 @@ from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, R
                              newest_source)
 from compress.tasks import data_files
 from compress.errors import CompressError
-from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, now_utc, other_machine,
-                               outputs_intact, read_json, remove_dead, remove_dead_scratch, versions, write_json)
+from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, missing_folders, now_utc,
+                               other_machine, outputs_intact, read_json, remove_dead, remove_dead_scratch, remove_empty,
+                               versions, write_json)
 from compress.bundle_predict import sha256_file
 
 log = logging.getLogger(__name__)
@@ -711,8 +712,7 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
                   judged: Optional[dict[str, tuple[dict, str]]] = None) -> dict[str, dict]:
     """`run_pipeline` with torch. ``judged``: given when this process holds the run lock already, the stages it found
     up to date then (`_judged_up_to_date`)."""
-    made = not run_dir.exists()
-    parents = [p for p in Path(os.path.abspath(run_dir)).parents if not p.exists()]  # runs/ too; deepest first
+    made = missing_folders(run_dir)  # the run folder, and runs/ when it is new too
     # Under `accelerate launch` / torchrun every process runs the training stages (data-parallel), each into its own
     # temporary folder, and only the main process publishes its folder; the other stages run on the main process.
     # The process state on the CPU without a GPU (or under `accelerate launch --cpu`): under torchrun on CPU the
@@ -744,11 +744,7 @@ def _run_pipeline(recipe: Recipe, run_dir: Path, until: Optional[str], force: tu
             if made and state.is_main_process and {p.name for p in run_dir.iterdir()
                                                    if not re.fullmatch(r"\..+\.tmp-\d+", p.name)} <= {".lock"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # failed before any stage wrote: leave no empty run folder
-                for folder in parents:  # nor the empty runs folder this run made for it (another run's stays)
-                    try:
-                        folder.rmdir()
-                    except OSError:  # not empty: another run's now
-                        break
+                remove_empty(made[1:])  # nor the empty runs folder it made for it (another run's there stays)
             raise
 
 

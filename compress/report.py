@@ -1376,6 +1376,13 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
                 extra: Optional[dict] = None) -> dict[str, Path]:
     """Tables of several run folders into ``out`` (the first with ``recipe``'s provenance and ``extra``
     measurements)."""
+    return write(report_tables(run_dirs, recipe, threads, extra), Path(out))
+
+
+def report_tables(run_dirs: Sequence[str | Path], recipe=None, threads: Optional[int] = None,
+                  extra: Optional[dict] = None) -> list[RunTable]:
+    """`report_runs`'s tables, each with what its bundle ships (`bundle_pick`) and the headline ``threads``; what
+    makes them read wrong is warned of."""
     seen, unique = set(), []
     for d in run_dirs:  # a folder given twice (or a compare entry naming the run itself): one table
         if Path(d).resolve() not in seen:
@@ -1384,9 +1391,8 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
     run_dirs = unique
     tables = merge_seeds([collect(d, recipe=recipe if i == 0 else None, extra=extra if i == 0 else None)
                           for i, d in enumerate(run_dirs)])
-    for i, table in enumerate(tables):
-        table.ships = bundle_pick(table, recipe if i == 0 and Path(table.folder) == Path(run_dirs[0]) else None,
-                                  extra if i == 0 else None)
+    for i, table in enumerate(tables):  # before threads_override: the bundle stage picks on the table as collected
+        table.ships = bundle_pick(table, recipe if i == 0 and Path(table.folder) == Path(run_dirs[0]) else None)
     names = [t.run for t in tables]
     for table in tables:
         table.threads_override = threads
@@ -1394,34 +1400,28 @@ def report_runs(run_dirs: Sequence[str | Path], out: str | Path, recipe=None, th
             table.run = f"{table.run} ({table.folder})"
     for warning in report_warnings(tables, threads):
         print(f"warning: report: {warning}", file=sys.stderr)
-    return write(tables, Path(out))
+    return tables
 
 
-def bundle_pick(table: RunTable, recipe=None, extra: Optional[dict] = None) -> Optional[tuple[str, str]]:
+def bundle_pick(table: RunTable, recipe=None) -> Optional[tuple[str, str]]:
     """Which row of ``table`` a bundle ships, and why, so that the report says which model to ship: with the run's
-    ``recipe`` (its bundle section), the bundle stage's own pick (`compress.bundle.pick`) on the table it will read;
-    without one (`compress report RUN`), what the run's last bundle stage shipped, when that row is still in the
-    table. None when the run bundles nothing, nothing is shippable, or seeds were merged (means are not a model)."""
+    ``recipe`` (its bundle section), the bundle stage's own pick (`compress.bundle.pick`) on this table, the one it
+    will read; without one (`compress report RUN`), what the run's last bundle stage shipped, when that row is still
+    in the table. None when the run bundles nothing, nothing is shippable, or seeds were merged (means are no model)."""
+    from compress.bundle import bundle_max_drop, last_shipped, pick
+
     if any(row.runs > 1 for row in table.rows):  # seeds merged: a mean is no model
         return None
     if recipe is not None:
         if recipe.bundle is None:
             return None
-        from compress.bundle import bundle_max_drop, pick
-
         try:
-            chosen, choice = pick(collect(recipe.run_dir, recipe=recipe, extra=extra), recipe.bundle.pick,
-                                  bundle_max_drop(recipe), recipe.bundle.threads)
+            chosen, choice = pick(table, recipe.bundle.pick, bundle_max_drop(recipe), recipe.bundle.threads)
         except CompressError:  # no shippable int8 model: the table says why
             return None
         return chosen.name, f"The bundle stage ships {chosen.name}: {choice['rule']} (bundle.pick {choice['pick']})."
-    try:
-        record = _read(Path(table.folder) / "bundle" / "manifest.json", checked=False)
-    except CompressError:  # unreadable: the report is made without the line, as before any bundle
-        return None
-    shipped = record.get("bundle") if isinstance(record, dict) else None
-    if not (isinstance(shipped, dict) and isinstance(shipped.get("chosen"), str)
-            and any(r.name == shipped["chosen"] for r in table.rows)):
+    shipped = last_shipped(Path(table.folder))  # unreadable: no line, as before any bundle
+    if shipped is None or not any(r.name == shipped["chosen"] for r in table.rows):
         return None
     rule = f": {shipped['rule']}" if isinstance(shipped.get("rule"), str) else ""
     where = Path(table.folder) / "bundle"
@@ -1532,9 +1532,9 @@ def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dic
                 measured = measure_missing(recipe, collect(recipe.run_dir, recipe=recipe, extra={}), Path(tmp))
             measured = {**measured, "key": key}
         write_json(out / MEASURED, measured)
-    written = report_runs([recipe.run_dir, *cfg.compare], out, recipe=recipe, threads=cfg.threads, extra=measured)
+    tables = report_tables([recipe.run_dir, *cfg.compare], recipe=recipe, threads=cfg.threads, extra=measured)
+    written = write(tables, out)
     print("[report] wrote " + ", ".join(p.name for p in written.values()))
-    ships = bundle_pick(collect(recipe.run_dir, recipe=recipe, extra=measured), recipe, measured)
     return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare),
             "measured": sorted(measured.get("models", {})),
-            "ships": ships[0] if ships else None}  # (its presence: a report that names the bundle's pick)
+            "ships": tables[0].ships[0] if tables[0].ships else None}  # (its presence: a report naming the pick)

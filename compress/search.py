@@ -829,18 +829,18 @@ def run_bundle(recipe: Recipe, threads: int) -> Optional[dict]:
     """What the run's own bundle stage shipped (the recipe's models, trained in full, not a search candidate), for
     comparison with the search's best: its artifact, dev metric and bench p50 at ``threads`` (when benchmarked). None
     without a bundle, or one unreadable."""
-    stage = recipe.run_dir / "bundle"
+    from compress.bundle import defined, last_shipped
+
+    record = last_shipped(recipe.run_dir)
     try:
-        record = read_json(stage / "manifest.json")["bundle"]
-        manifest = read_json(stage / record["paths"][0] / "manifest.json")
-        dev = manifest["metrics"]["dev"]
-        metric, value = next(iter(dev.items()))
-    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration):
+        manifest = read_json(recipe.run_dir / "bundle" / record["paths"][0] / "manifest.json")
+        metric, value = next(iter(manifest["metrics"]["dev"].items()))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, StopIteration):  # None: no bundle
         return None
     by_threads = (manifest.get("latency") or {}).get("by_threads") or {}
     p50 = (by_threads.get(str(threads)) or {}).get("p50_ms") if isinstance(by_threads, dict) else None
-    return {"artifact": record.get("chosen"), "metric_name": metric, "metric": value, "threads": threads,
-            "p50_ms": p50 if isinstance(p50, (int, float)) else None}
+    return {"artifact": record["chosen"], "metric_name": metric, "metric": value, "threads": threads,
+            "p50_ms": p50 if defined(p50) else None}
 
 
 # ------------------------------------------------------------------------------------------------ outputs
