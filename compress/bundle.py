@@ -278,6 +278,54 @@ def _one_token_type(tok, src: Path, text_pair: bool):
     return tok
 
 
+TRANSFORMERS_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+"""What transformers' AutoTokenizer reads beside tokenizer.json (class, special tokens, max length), when the
+tokenizer came with them."""
+
+
+def transformers_files(config: Path, tokenizer: Path, dst: Path, labels: Optional[list[str]],
+                       max_length: int) -> list[str]:
+    """Write into ``dst`` what 🤗 Optimum's ``ORTModelForSequenceClassification`` and a transformers pipeline read
+    beside ``model.onnx``: ``config.json`` (``config``, the quantized model's, with ``labels``' names as its
+    ``id2label``: the names the runners print; none: a regression) and the ``TRANSFORMERS_TOKENIZER_FILES`` found
+    beside ``tokenizer`` (``model_max_length``: the bundle's max length, so ``truncation=True`` cuts where the bundle
+    does). Paths of the build machine (``_name_or_path``) are left out. Returns the names written."""
+    def read(path: Path, what: str) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CompressError(f"{path}: {what} not found") from None
+        except ValueError as e:  # not JSON (UnicodeDecodeError included)
+            raise CompressError(f"{path}: not a {what} ({bundle_predict.first_line(e)})") from None
+        if not isinstance(data, dict):
+            raise CompressError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
+        return data
+
+    settings = read(config, "transformers config.json")
+    if not isinstance(settings.get("model_type"), str) or not settings["model_type"]:
+        raise CompressError(f"{config}: no model_type: not a transformers config.json (Optimum and AutoConfig "
+                            f"need it)")
+    names = labels if labels is not None else ["LABEL_0"]
+    settings.pop("_name_or_path", None)
+    settings.update(id2label={str(i): name for i, name in enumerate(names)},
+                    label2id={name: i for i, name in enumerate(names)},
+                    problem_type="regression" if labels is None else "single_label_classification")
+    write_json(dst / "config.json", settings)
+    written = ["config.json"]
+    for name in TRANSFORMERS_TOKENIZER_FILES:
+        src = tokenizer.with_name(name)
+        if not src.is_file():
+            continue
+        data = read(src, name)
+        for key in ("name_or_path", "tokenizer_file"):  # the build machine's paths
+            data.pop(key, None)
+        if name == "tokenizer_config.json":
+            data["model_max_length"] = max_length
+        write_json(dst / name, data)
+        written.append(name)
+    return written
+
+
 def defined(x) -> bool:
     """A JSON number that is one: an int or float, not a bool, not nan or infinite (a manifest edited by hand, a
     pearson of constant predictions)."""
@@ -324,6 +372,31 @@ def _protocol_lines(protocol) -> list[str]:
 
     keys = [k for k in _PROTOCOL_NAMES if k in protocol] + sorted(k for k in protocol if k not in _PROTOCOL_NAMES)
     return [f"- {_PROTOCOL_NAMES.get(k, md_text(str(k)))}: {value(protocol[k])}" for k in keys]
+
+
+def _transformers_lines(manifest: dict) -> list[str]:
+    """The model card's lines on loading the bundle with Optimum (when it ships `transformers_files`)."""
+    files = manifest.get("transformers_files")
+    if not isinstance(files, list) or "config.json" not in files:
+        return []
+    pair = (manifest.get("task") or {}).get("text_pair")
+    text = ('{"text": "first sentence", "text_pair": "second sentence"}' if pair else '"a gripping, funny film"')
+    return ["### With 🤗 Optimum and transformers pipelines", "",
+            f"{', '.join(f'`{f}`' for f in files)} let Optimum's `ORTModelForSequenceClassification` and a "
+            "transformers `pipeline` load this folder (`pip install optimum-onnx transformers`). Build the session "
+            "with `Predictor`, which checks every file's sha256 first and runs onnxruntime as `predict.py` does, as "
+            "the figures above were measured (`ORTModelForSequenceClassification.from_pretrained('.')` loads it too, "
+            "unchecked, with onnxruntime's default optimizations: an int8 model's scores can then move by a few "
+            f"hundredths). `truncation=True` cuts inputs at {manifest.get('max_length')} tokens, as the runners do.",
+            "", "```python",
+            "from optimum.onnxruntime import ORTModelForSequenceClassification",
+            "from transformers import AutoConfig, AutoTokenizer, pipeline", "",
+            "from predict import Predictor", "",
+            "model = ORTModelForSequenceClassification(config=AutoConfig.from_pretrained('.'), "
+            "session=Predictor('.').session)",
+            "classify = pipeline('text-classification', model=model, tokenizer=AutoTokenizer.from_pretrained('.'), "
+            "truncation=True)",
+            f"classify({text})", "```", ""]
 
 
 def model_card(manifest: dict) -> str:
@@ -452,7 +525,7 @@ def model_card(manifest: dict) -> str:
               "--manifest-sha256 HEX`. From Python:", "", "```python",
               "from predict import Predictor", "",
               f"Predictor('.').predict({call})",
-              "```", "",
+              "```", "", *_transformers_lines(manifest),
               "`model.ort` (when present) is the same model converted to ORT format by the onnxruntime named in "
               "`manifest.json` (its graph optimizations applied then), for onnxruntime mobile/minimal builds; the "
               "runners here load `model.onnx`, and the figures above are its.", "",
@@ -489,7 +562,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
           text_pair: bool, max_length: int, metrics: Optional[dict] = None, latency: Optional[dict] = None,
           source: Optional[dict] = None, ort_format: bool = True, ort_model: Optional[Path] = None,
           require_int8: bool = True, check: Optional[Callable[[Path], dict]] = None,
-          memory: Optional[dict] = None) -> tuple[Path, Path]:
+          memory: Optional[dict] = None, config: Optional[Path] = None) -> tuple[Path, Path]:
     """Write ``out_dir/name/`` and ``out_dir/name.tar.gz``; returns both paths.
 
     ``model`` is the ONNX file to ship (int8 unless ``require_int8`` is off), ``tokenizer`` its ``tokenizer.json``,
@@ -497,7 +570,9 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
     ``ort_model``: an ORT-format copy made elsewhere (else one is converted here when ``ort_format``). ``check``:
     called with the finished bundle's folder before it is published (`check_as_shipped`); what it returns goes into
     the manifest as ``verified``, what it raises stops the build with nothing published. ``memory``: the bench's peak
-    RSS of the model (``peak_rss_mb``, ``measured``: how).
+    RSS of the model (``peak_rss_mb``, ``measured``: how). ``config``: the quantized model's transformers
+    ``config.json``, to ship with its tokenizer's settings for Optimum and transformers pipelines
+    (`transformers_files`); none: the bundle has no such files.
     """
     model, tokenizer, out_dir = Path(model), Path(tokenizer), Path(out_dir)
     if not model.is_file():
@@ -548,6 +623,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length, text_pair)
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
+        hf_files = transformers_files(Path(config), tokenizer, tmp, shown, max_length) if config is not None else []
         shutil.copyfile(PREDICT_SOURCE, tmp / bundle_predict.RUNNER)
         shutil.copyfile(PREDICT_JS_SOURCE, tmp / "predict.mjs")
         shutil.copyfile(PAGE_SOURCE, tmp / "index.html")
@@ -565,6 +641,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
                       "session": {"disabled_optimizers": list(bundle_predict.DISABLED_OPTIMIZERS)}},
             "tokenizer": tok_entry,
             "labels_file": "labels.json",
+            **({"transformers_files": hf_files} if hf_files else {}),
             "metrics": metrics or {},
             "latency": latency,
             **({"memory": memory} if memory else {}),
@@ -1172,6 +1249,25 @@ def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional
     return metrics
 
 
+def source_config(recipe) -> Optional[Path]:
+    """The transformers ``config.json`` of the torch model the run's quantize stage quantized (every int8 model a
+    bundle may pick comes from it); None, said, where it is gone (the bundle then has no files for Optimum)."""
+    from compress.bench import source_folder
+
+    qdir = recipe.run_dir / "quantize"
+    try:
+        qrec = json.loads((qdir / "quantize.json").read_text())
+        config = Path(source_folder(recipe, qdir, qrec)) / "config.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        config = None
+    if config is None or not config.is_file():
+        log.warning("bundle: the quantized model's config.json is not found (%s): the bundle is built without "
+                    "config.json, so Optimum cannot load it; predict.py and predict.mjs run it as usual",
+                    config or qdir / "quantize.json")
+        return None
+    return config
+
+
 def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     """Stage `bundle`: pick the int8 model per ``recipe.bundle`` from the run's artifacts and bundle it."""
     from compress.data import task_spec
@@ -1207,13 +1303,14 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     bench_cfg = recipe.bench
     largest = (f"{max(bench_cfg.batch_sizes)} x {max(bench_cfg.seq_lengths)} tokens"
                if bench_cfg is not None and bench_cfg.batch_sizes and bench_cfg.seq_lengths else "")
+    config = source_config(recipe)
     folder, archive = build(out, name, model=Path(chosen.path), tokenizer=Path(chosen.tokenizer), task=spec.name,
                             labels=spec.labels, text_pair=spec.text_pair is not None,
                             max_length=recipe.task.max_length, metrics=metrics, latency=latency, source=source,
                             ort_format=cfg.ort, ort_model=Path(chosen.ort_path) if chosen.ort_path else None,
                             check=verifier(recipe, metrics["dev"], table.metric_name, table.dev_rows),
                             memory={"peak_rss_mb": chosen.peak_rss_mb, "measured": memory_protocol(largest)}
-                            if chosen.peak_rss_mb else None)
+                            if chosen.peak_rss_mb else None, config=config)
     digest = sha256_file(folder / MANIFEST)
     print(f"[bundle] {chosen.name} ({choice['rule']}) -> "
           f"{folder.name}/ and {archive.name}; manifest.json sha256 {digest} (to publish apart from the bundle; see "

@@ -160,7 +160,8 @@ def cmd_zoo(args) -> int:
 
 
 MODEL_ONLY = {"tokenizer": "--tokenizer", "task": "--task", "labels": "--labels", "regression": "--regression",
-              "pair": "--pair", "max_length": "--max-length", "name": "--name", "out": "--out", "no_ort": "--no-ort"}
+              "pair": "--pair", "max_length": "--max-length", "name": "--name", "out": "--out", "no_ort": "--no-ort",
+              "config": "--config"}
 RECIPE_ONLY = {"set": "--set", "force": "--force", "runs_dir": "--runs-dir"}
 
 
@@ -198,7 +199,8 @@ def cmd_bundle(args) -> int:
                             f"{'applies' if len(given) == 1 else 'apply'} only to a RECIPE")
     if args.tokenizer is None:
         raise CompressError("compress bundle --model: --tokenizer (a tokenizer.json) is required")
-    for flag, value in (("--task", args.task), ("--name", args.name), ("--labels", args.labels), ("--out", args.out)):
+    for flag, value in (("--task", args.task), ("--name", args.name), ("--labels", args.labels), ("--out", args.out),
+                        ("--config", args.config)):
         if value is not None and not value.strip():  # "" was taken as not given: the default, without a word
             raise CompressError(f"compress bundle --model: {flag} is empty")
     named_task = args.task is not None
@@ -229,7 +231,7 @@ def cmd_bundle(args) -> int:
     name = args.name or f"{args.task}-int8"
     folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,
                             labels=None if regression else labels, text_pair=pair, max_length=args.max_length,
-                            source={"model": str(args.model)}, ort_format=not args.no_ort)
+                            source={"model": str(args.model)}, ort_format=not args.no_ort, config=args.config)
     print(f"bundle: {folder}\narchive: {archive}")
     _print_manifest_digest(folder)
     return 0
@@ -456,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
     p.add_argument("--out", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
+    p.add_argument("--config", help="the model's transformers config.json (with --model): ships it, with the "
+                   "tokenizer_config.json beside --tokenizer, so Optimum's ORTModelForSequenceClassification and "
+                   "transformers pipelines load the bundle")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir (with a RECIPE)")
     p.set_defaults(fn=cmd_bundle)
 

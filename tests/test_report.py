@@ -1462,6 +1462,9 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_or
     path.write_text(yaml.safe_dump(recipe))
     first = run_pipeline(load_recipe(path))
     folder = tmp_path / "runs" / "tiny"
+    # the bundle carries the quantized model's config.json (the one-layer student's, not the teacher's two) for Optimum
+    config = json.loads((folder / "bundle" / "tiny-sst2-int8" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["id2label"] == {"0": "negative", "1": "positive"}
     timed = (folder / "report" / "latency.json").read_bytes()
     assert json.loads(timed)["models"]  # the teacher's ONNX fp32 was timed by the report stage
     capsys.readouterr()
@@ -1499,7 +1502,7 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_or
         assert f"[{stage}] up to date" in out, stage
     assert "[report] running" in out and "(changed: name 'tiny' -> 'tiny2')" in out
     assert "## tiny2" in (tmp_path / "runs" / "tiny2" / "report" / "report.md").read_text()
-    assert (tmp_path / "runs" / "tiny2" / "bundle" / "tiny2-sst2-int8").is_dir()
+    assert (tmp_path / "runs" / "tiny2" / "bundle" / "tiny2-sst2-int8" / "config.json").is_file()  # found when moved
     assert renamed["bundle"]["recipe"] == "tiny2"
     # the run folder copied to another machine: its latencies are that machine's, so the bench and the report time
     # again (and the bundle, which carries them, is made again); what they measure is not trained again
