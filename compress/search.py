@@ -110,7 +110,7 @@ def pick(results: list[dict], budget_ms: float) -> Optional[dict]:
 
 
 def front(results: list[dict]) -> list[dict]:
-    from compress.report import pareto_front
+    from compress.pareto import pareto_front
 
     return [results[i] for i in pareto_front([(r["latency"]["p50_ms"], r["metric"]) for r in results])]
 
@@ -866,7 +866,8 @@ def write_outputs(out: Path, summary: dict) -> None:
 
 def plot(summary: dict, path: Path) -> Optional[Path]:
     """The report's Pareto plot of the measured candidates, the budget a dashed line and the pick (``best``) starred."""
-    from compress.report import Latency, Row, RunTable, pareto_plot
+    from compress.pareto import pareto_plot
+    from compress.report import Latency, Row, RunTable
 
     t = summary["threads"]
     rows = [Row(r["id"], "int8", f"onnx int8 ({r['mode']})", params=r["params"], file_bytes=r["size_bytes"],

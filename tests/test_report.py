@@ -14,8 +14,10 @@ import pytest
 
 from compress.cli import main
 from compress.errors import CompressError
-from compress.report import (Latency, Row, RunTable, _provenance_lines, bench_record, collect, mean_std, pareto_front,
-                             pareto_plot, table_cells, write)
+from compress import pareto
+from compress.pareto import pareto_front, pareto_plot
+from compress.report import (Latency, Row, RunTable, _provenance_lines, bench_record, collect, mean_std, table_cells,
+                             write)
 
 from fake_run import bench_artifact, make_run
 
@@ -105,11 +107,10 @@ def test_plot_skips_rows_without_numbers(tmp_path):
 def test_names_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypatch):
     """A `$` in a run or student name (a recipe named budget_$5_$10) made matplotlib parse a formula: a traceback
     instead of a plot, or a subscript where the name was."""
-    from compress import report
 
     seen = {}
-    real = report._spread_labels
-    monkeypatch.setattr(report, "_spread_labels",
+    real = pareto._spread_labels
+    monkeypatch.setattr(pareto, "_spread_labels",
                         lambda fig, ax, labels, points=(): seen.setdefault("texts", [t.get_text() for t in labels])
                         and real(fig, ax, labels, points))
     table = _table()
@@ -140,11 +141,10 @@ def test_markdown_shows_names_as_written(tmp_path):
     assert "<img src=x onerror=alert(1)>" not in md and "'\\<img src=x onerror=alert(1)\\>" in md
     assert md_text("neg\n\n- a list item?") == "neg - a list item?"  # a newline split a table row or a bold span
     # a run named "_x": matplotlib leaves a label starting with "_" out of the legend
-    from compress import report
-    from compress.report import pareto_plot
+    from compress.pareto import pareto_plot
 
     seen = {}
-    real = report._spread_labels
+    real = pareto._spread_labels
 
     def spy(fig, ax, labels, points=()):
         seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -152,7 +152,7 @@ def test_markdown_shows_names_as_written(tmp_path):
 
     table.run = "_x"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "_spread_labels", spy)
+        mp.setattr(pareto, "_spread_labels", spy)
         pareto_plot([table], tmp_path / "p.png")
     assert any(t.lstrip("\u200b").startswith("_x (") for t in seen["legend"]), seen
 
@@ -600,7 +600,6 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
     """Three overlaid runs of close points (as the report of several runs and the search's many candidates give):
     every label stays in the axes, off every other label, every marker (and its error bar) and the legend (the
     offsets reached 56 pt above or below: three runs had labels over labels)."""
-    from compress import report
 
     seen = {}
 
@@ -609,8 +608,8 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
         seen["ax"], seen["renderer"], seen["points"] = ax, fig.canvas.get_renderer(), points
         return seen["boxes"]
 
-    real = report._spread_labels
-    monkeypatch.setattr(report, "_spread_labels", spy)
+    real = pareto._spread_labels
+    monkeypatch.setattr(pareto, "_spread_labels", spy)
     a, b, c = _table(), _table("other", shift=-0.002, scale=1.05), _table("third", shift=-0.004, scale=1.1)
     for k, table in enumerate((a, b, c)):  # each run's points sit right next to the others
         table.rows += [Row(f"extra {i}", "int8", "onnx int8", latency={2: Latency(2.0 + 0.07 * k + 0.15 * i, 3.0)},
@@ -687,15 +686,14 @@ def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path):
 
 def _spy_axes(monkeypatch) -> dict:
     """The plot's axes, caught as the report lays its labels out."""
-    from compress import report
 
-    seen, real = {}, report._spread_labels
+    seen, real = {}, pareto._spread_labels
 
     def spy(fig, ax, labels, points):
         seen["ax"] = ax
         return real(fig, ax, labels, points)
 
-    monkeypatch.setattr(report, "_spread_labels", spy)
+    monkeypatch.setattr(pareto, "_spread_labels", spy)
     return seen
 
 

@@ -376,17 +376,17 @@ def test_bad_inputs_one_line_errors(tmp_path, glue_dir, tokenizer, capsys):
 def test_search_plot_stars_the_best_candidate(tmp_path, monkeypatch):
     """The plot names the pick: a star on the best candidate within the budget (picked on held-out rows, so not
     necessarily a point of the dev Pareto front) and its id in the legend."""
-    from compress import report
+    from compress import pareto
     from compress.search import plot
 
     seen = {}
-    real = report._spread_labels
+    real = pareto._spread_labels
 
     def spy(fig, ax, labels, points=()):
         seen["ax"], seen["labels"] = ax, labels
         return real(fig, ax, labels, points)
 
-    monkeypatch.setattr(report, "_spread_labels", spy)
+    monkeypatch.setattr(pareto, "_spread_labels", spy)
     cands = [{"id": f"L{d}-{m}", "mode": m, "params": 1e6, "size_bytes": 1, "metric_name": "accuracy",
               "metric": 0.80 + 0.01 * d - 0.002 * (m == "static"),
               "latency": {"p50_ms": 0.4 * d * (1.3 if m == "static" else 1.0), "p90_ms": 1.0}}
@@ -1163,7 +1163,7 @@ def test_the_front_is_not_scrambled_by_a_nan_score_at_the_same_latency():
           {"id": "high", "metric": 0.7, "latency": {"p50_ms": 1.0}},
           {"id": "slow", "metric": 0.5, "latency": {"p50_ms": 2.0}}]
     assert [r["id"] for r in front(rs)] == ["high"]
-    from compress.report import pareto_front
+    from compress.pareto import pareto_front
 
     assert pareto_front([(1.0, 0.6), (1.0, float("nan")), (1.0, 0.7), (1.0, 0.7)]) == [2, 3]  # exact ties: both
 
