@@ -279,50 +279,67 @@ def _one_token_type(tok, src: Path, text_pair: bool):
 
 
 TRANSFORMERS_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
-"""What transformers' AutoTokenizer reads beside tokenizer.json (class, special tokens, max length), when the
-tokenizer came with them."""
+"""What transformers' AutoTokenizer reads beside tokenizer.json (class, special tokens, max length)."""
+BUILD_PATH_KEYS = ("name_or_path", "_name_or_path", "special_tokens_map_file", "tokenizer_file", "device_map")
+"""Keys of a config or tokenizer settings file that hold the build machine's paths (transformers' save_pretrained
+leaves them out too)."""
 
 
-def transformers_files(config: Path, tokenizer: Path, dst: Path, labels: Optional[list[str]],
-                       max_length: int) -> list[str]:
-    """Write into ``dst`` what 🤗 Optimum's ``ORTModelForSequenceClassification`` and a transformers pipeline read
-    beside ``model.onnx``: ``config.json`` (``config``, the quantized model's, with ``labels``' names as its
-    ``id2label``: the names the runners print; none: a regression) and the ``TRANSFORMERS_TOKENIZER_FILES`` found
-    beside ``tokenizer`` (``model_max_length``: the bundle's max length, so ``truncation=True`` cuts where the bundle
-    does). Paths of the build machine (``_name_or_path``) are left out. Returns the names written."""
-    def read(path: Path, what: str) -> dict:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CompressError(f"{path}: {what} not found") from None
-        except ValueError as e:  # not JSON (UnicodeDecodeError included)
-            raise CompressError(f"{path}: not a {what} ({bundle_predict.first_line(e)})") from None
-        if not isinstance(data, dict):
-            raise CompressError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
-        return data
+def _json_object(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompressError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise CompressError(f"{path}: a folder, not a {what}") from None
+    except ValueError as e:  # not JSON (UnicodeDecodeError included)
+        raise CompressError(f"{path}: not a {what} ({bundle_predict.first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise CompressError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
+    return data
 
-    settings = read(config, "transformers config.json")
+
+def read_model_config(path: Path) -> dict:
+    """A transformers ``config.json`` (``path``, or ``path/config.json`` for a model folder), checked: a JSON object
+    with a ``model_type`` (what AutoConfig and Optimum need)."""
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    settings = _json_object(path, "transformers config.json")
     if not isinstance(settings.get("model_type"), str) or not settings["model_type"]:
-        raise CompressError(f"{config}: no model_type: not a transformers config.json (Optimum and AutoConfig "
-                            f"need it)")
+        raise CompressError(f"{path}: no model_type: not a transformers config.json (Optimum and AutoConfig need it)")
+    return settings
+
+
+def transformers_files(settings: dict, tokenizer: Path, dst: Path, labels: Optional[list[str]], max_length: int,
+                       pad_token: str) -> list[str]:
+    """Write into ``dst`` what 🤗 Optimum's ``ORTModelForSequenceClassification`` and a transformers pipeline read
+    beside ``model.onnx``: ``config.json`` (``settings``, the quantized model's config, with ``labels``' names as its
+    ``id2label``: the names the runners print; none: a regression) and ``tokenizer_config.json`` (with a
+    ``special_tokens_map.json`` when one is beside ``tokenizer``). The tokenizer settings name the class
+    ``PreTrainedTokenizerFast``: AutoTokenizer then reads the bundle's ``tokenizer.json`` as the runners do, where a
+    model's own class (BertTokenizerFast) re-applies its lower-casing and accent defaults over it; and
+    ``model_max_length`` is the bundle's max length, so that ``truncation=True`` cuts where the runners cut (a
+    tokenizer.json alone gave no limit: long texts were not cut, and past the model's positions onnxruntime failed).
+    The build machine's paths (`BUILD_PATH_KEYS`) are left out. Returns the names written."""
+    config = {k: v for k, v in settings.items() if k not in BUILD_PATH_KEYS}
     names = labels if labels is not None else ["LABEL_0"]
-    settings.pop("_name_or_path", None)
-    settings.update(id2label={str(i): name for i, name in enumerate(names)},
-                    label2id={name: i for i, name in enumerate(names)},
-                    problem_type="regression" if labels is None else "single_label_classification")
-    write_json(dst / "config.json", settings)
+    config.update(id2label={str(i): name for i, name in enumerate(names)},
+                  label2id={name: i for i, name in enumerate(names)},
+                  problem_type="regression" if labels is None else "single_label_classification")
+    write_json(dst / "config.json", config)
     written = ["config.json"]
-    for name in TRANSFORMERS_TOKENIZER_FILES:
-        src = tokenizer.with_name(name)
-        if not src.is_file():
-            continue
-        data = read(src, name)
-        for key in ("name_or_path", "tokenizer_file"):  # the build machine's paths
-            data.pop(key, None)
-        if name == "tokenizer_config.json":
-            data["model_max_length"] = max_length
-        write_json(dst / name, data)
-        written.append(name)
+    beside = tokenizer.with_name("tokenizer_config.json")
+    data = _json_object(beside, "tokenizer_config.json") if beside.is_file() else {}
+    data = {k: v for k, v in data.items() if k not in BUILD_PATH_KEYS + ("max_length",)}  # max_length: the source's
+    data.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=max_length)
+    data.setdefault("pad_token", pad_token)
+    write_json(dst / "tokenizer_config.json", data)
+    written.append("tokenizer_config.json")
+    special = tokenizer.with_name("special_tokens_map.json")
+    if special.is_file():
+        data = _json_object(special, "special_tokens_map.json")
+        write_json(dst / special.name, {k: v for k, v in data.items() if k not in BUILD_PATH_KEYS})
+        written.append(special.name)
     return written
 
 
@@ -379,16 +396,21 @@ def _transformers_lines(manifest: dict) -> list[str]:
     files = manifest.get("transformers_files")
     if not isinstance(files, list) or "config.json" not in files:
         return []
-    pair = (manifest.get("task") or {}).get("text_pair")
-    text = ('{"text": "first sentence", "text_pair": "second sentence"}' if pair else '"a gripping, funny film"')
+    task = manifest.get("task") or {}
+    pair, regression = task.get("text_pair"), task.get("labels") is None
+    text = '{"text": "first sentence", "text_pair": "second sentence"}' if pair else '"a gripping, funny film"'
+    built = manifest.get("versions") or {}
+    install = " ".join(f'"{name}{extra}=={built[name]}"' if built.get(name) else f'"{name}{extra}"'
+                       for name, extra in (("optimum-onnx", "[onnxruntime]"), ("transformers", "")))
     return ["### With 🤗 Optimum and transformers pipelines", "",
             f"{', '.join(f'`{f}`' for f in files)} let Optimum's `ORTModelForSequenceClassification` and a "
-            "transformers `pipeline` load this folder (`pip install optimum-onnx transformers`). Build the session "
-            "with `Predictor`, which checks every file's sha256 first and runs onnxruntime as `predict.py` does, as "
-            "the figures above were measured (`ORTModelForSequenceClassification.from_pretrained('.')` loads it too, "
-            "unchecked, with onnxruntime's default optimizations: an int8 model's scores can then move by a few "
-            f"hundredths). `truncation=True` cuts inputs at {manifest.get('max_length')} tokens, as the runners do.",
-            "", "```python",
+            f"transformers `pipeline` load this folder (`pip install {install}`, the versions it was built with; "
+            "Optimum installs torch too). Build the session with `Predictor`, which checks every file's sha256 first "
+            "and runs onnxruntime as `predict.py` does, as the figures above were measured: the pipeline then gives "
+            "`predict.py`'s scores (`ORTModelForSequenceClassification.from_pretrained('.')` loads it too, unchecked, "
+            "with onnxruntime's default optimizations: an int8 model's scores can then move by a few hundredths). "
+            f"`truncation=True` cuts inputs at {manifest.get('max_length')} tokens, as the runners do.", "",
+            "```python",
             "from optimum.onnxruntime import ORTModelForSequenceClassification",
             "from transformers import AutoConfig, AutoTokenizer, pipeline", "",
             "from predict import Predictor", "",
@@ -396,7 +418,13 @@ def _transformers_lines(manifest: dict) -> list[str]:
             "session=Predictor('.').session)",
             "classify = pipeline('text-classification', model=model, tokenizer=AutoTokenizer.from_pretrained('.'), "
             "truncation=True)",
-            f"classify({text})", "```", ""]
+            f"classify({text})", "```", "",
+            ("Give each input as a `text`/`text_pair` mapping, as above: the pipeline does not refuse a single text "
+             "for this pair model, as `predict.py` does. " if pair else "")
+            + ("A regression: `score` is the predicted value (no softmax), `LABEL_0` names the one output. "
+               if regression else "")
+            + "One input per call, as the scores above were measured; `batch_size=N` pads the inputs of a batch "
+            "together, and an int8 dynamic model's scores then move with their batch-mates.", ""]
 
 
 def model_card(manifest: dict) -> str:
@@ -583,6 +611,7 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         raise CompressError(f"bundle name {name[:60]!r}: must be a plain folder name ({FOLDER_NAME})")
     if labels is not None and not good_labels(labels):
         raise CompressError(f"labels {labels!r}: {LABELS_NEEDED} (none: regression)")
+    hf_config = read_model_config(config) if config is not None else None  # a bad one refused before any work
     ops = model_ops(model)
     if require_int8 and not ops & INT8_OPS:
         raise CompressError(f"{model}: not an int8 model (no quantized operators); bundles ship int8 models")
@@ -623,7 +652,8 @@ def build(out_dir: Path, name: str, *, model: Path, tokenizer: Path, task: str, 
         tok_entry = prepare_tokenizer(tokenizer, tmp / "tokenizer.json", max_length, text_pair)
         shown = display_labels(task, labels)
         write_json(tmp / "labels.json", {"labels": shown, "dataset_labels": labels})
-        hf_files = transformers_files(Path(config), tokenizer, tmp, shown, max_length) if config is not None else []
+        hf_files = (transformers_files(hf_config, tokenizer, tmp, shown, max_length, tok_entry["pad_token"])
+                    if hf_config is not None else [])
         shutil.copyfile(PREDICT_SOURCE, tmp / bundle_predict.RUNNER)
         shutil.copyfile(PREDICT_JS_SOURCE, tmp / "predict.mjs")
         shutil.copyfile(PAGE_SOURCE, tmp / "index.html")
@@ -1251,18 +1281,21 @@ def bundle_metrics(dev: dict, teacher_dev: dict, metric: str, dev_rows: Optional
 
 def source_config(recipe) -> Optional[Path]:
     """The transformers ``config.json`` of the torch model the run's quantize stage quantized (every int8 model a
-    bundle may pick comes from it); None, said, where it is gone (the bundle then has no files for Optimum)."""
-    from compress.bench import source_folder
+    bundle may pick comes from it), in this run folder; None, said, where it is not there (the bundle then has no
+    files for Optimum). Not the folder quantize.json recorded, as the bench falls back to: after a move, that path
+    may hold another run's model."""
+    from compress.quantize import source_model
 
     qdir = recipe.run_dir / "quantize"
+    inputs = {s: recipe.run_dir / s for s in ("teacher", "distill", "prune") if (recipe.run_dir / s).is_dir()}
     try:
         qrec = json.loads((qdir / "quantize.json").read_text())
-        config = Path(source_folder(recipe, qdir, qrec)) / "config.json"
-    except (OSError, ValueError, KeyError, TypeError):
+        config = source_model(recipe, inputs, qrec["source"]["model"])[1] / "config.json"
+    except (OSError, ValueError, KeyError, TypeError, CompressError):
         config = None
     if config is None or not config.is_file():
-        log.warning("bundle: the quantized model's config.json is not found (%s): the bundle is built without "
-                    "config.json, so Optimum cannot load it; predict.py and predict.mjs run it as usual",
+        log.warning("bundle: the quantized model's config.json is not in the run folder (%s): the bundle is built "
+                    "without config.json, so Optimum cannot load it; predict.py and predict.mjs run it as usual",
                     config or qdir / "quantize.json")
         return None
     return config

@@ -458,9 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
     p.add_argument("--out", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")
-    p.add_argument("--config", help="the model's transformers config.json (with --model): ships it, with the "
-                   "tokenizer_config.json beside --tokenizer, so Optimum's ORTModelForSequenceClassification and "
-                   "transformers pipelines load the bundle")
+    p.add_argument("--config", help="the model's transformers config.json, or its folder (with --model): ships it "
+                   "and a tokenizer_config.json (with the special_tokens_map.json beside --tokenizer, if any), so "
+                   "Optimum's ORTModelForSequenceClassification and transformers pipelines load the bundle")
     p.add_argument("--runs-dir", help="override the recipe's runs_dir (with a RECIPE)")
     p.set_defaults(fn=cmd_bundle)
 

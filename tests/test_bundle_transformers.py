@@ -46,11 +46,11 @@ def _card_code(folder: Path) -> str:
 
 
 def _run_card(folder: Path, inputs: list) -> list:
-    """The card's code run in the bundle folder in a fresh Python (``predict`` imported from there), its last line's
-    call made on ``inputs``; the pipeline's results."""
-    code = _card_code(folder).rstrip().splitlines()
-    assert code[-1].startswith("classify(")
-    script = "\n".join(code[:-1]) + f"\nimport json, sys\nprint(json.dumps(classify({inputs!r})))\n"
+    """The card's code run as written in the bundle folder in a fresh Python (``predict`` imported from there), then
+    its pipeline called on ``inputs``; the pipeline's results."""
+    code = _card_code(folder)
+    assert code.rstrip().splitlines()[-1].startswith("classify(")
+    script = code + f"\nimport json\nprint(json.dumps(classify({inputs!r})))\n"
     proc = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,6 +70,7 @@ def test_the_model_cards_optimum_code_gives_what_predict_py_gives(minilm_int8, m
     assert "_name_or_path" not in config  # no path of the build machine
     settings = json.loads((folder / "tokenizer_config.json").read_text())
     assert settings["model_max_length"] == 32 and "name_or_path" not in settings
+    assert settings["tokenizer_class"] == "PreTrainedTokenizerFast"  # tokenizer.json read as the runners read it
     dev = [line.split("\t")[0] for line in (glue_dir / "SST-2" / "dev.tsv").read_text().splitlines()[1:41]]
     texts = dev + [LONG]
     got = _run_card(folder, texts)
@@ -139,12 +140,14 @@ def test_a_run_whose_quantized_model_is_gone_bundles_without_a_config_and_says_s
     assert "quantize.json): the bundle is built without config.json, so Optimum cannot load it" in caplog.text
     (tmp_path / "run" / "quantize").mkdir(parents=True)
     (tmp_path / "run" / "quantize" / "quantize.json").write_text(json.dumps(
-        {"source": {"model": "prune", "folder": str(tmp_path / "gone")}}))
+        {"source": {"model": "prune", "folder": str(tmp_path / "elsewhere")}}))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")  # where quantize.json says: maybe another run's by now
     caplog.clear()
-    assert source_config(run) is None and f"({tmp_path / 'gone' / 'config.json'})" in caplog.text
-    (tmp_path / "gone").mkdir()
-    (tmp_path / "gone" / "config.json").write_text("{}")
-    assert source_config(run) == tmp_path / "gone" / "config.json"  # as recorded, the run folder having none
+    assert source_config(run) is None and "is not in the run folder" in caplog.text
+    (tmp_path / "run" / "prune" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "prune" / "model" / "config.json").write_text("{}")
+    assert source_config(run) == tmp_path / "run" / "prune" / "model" / "config.json"  # the run folder's own
 
 
 def test_a_bundle_without_a_config_has_no_optimum_section_and_a_bad_config_is_refused(minilm_int8, minilm_dir,
@@ -159,7 +162,9 @@ def test_a_bundle_without_a_config_has_no_optimum_section_and_a_bad_config_is_re
     cases = {"torn.json": ("{torn", r"torn.json: not a transformers config.json \("),
              "list.json": ("[1, 2]", r"list.json: not a transformers config.json \(a JSON list, not an object\)"),
              "typeless.json": ('{"hidden_size": 8}', r"typeless.json: no model_type: not a transformers config.json"),
-             "missing.json": (None, r"missing.json: transformers config.json not found")}
+             "missing.json": (None, r"missing.json: transformers config.json not found"),
+             "folder": (None, r"folder/config.json: transformers config.json not found")}
+    (bad / "folder").mkdir()
     for name, (text, message) in cases.items():
         if text is not None:
             (bad / name).write_text(text)
@@ -170,10 +175,59 @@ def test_a_bundle_without_a_config_has_no_optimum_section_and_a_bad_config_is_re
     out = tmp_path / "cli"
     given = ["--model", str(minilm_int8 / "int8.onnx"), "--tokenizer", str(minilm_dir / "tokenizer.json")]
     assert main(["bundle", *given, "--max-length", "32", "--out", str(out), "--no-ort",
-                 "--config", str(minilm_int8 / "config.json")]) == 0
+                 "--config", str(minilm_int8)]) == 0  # a model folder: its config.json
     assert (out / "sst2-int8" / "config.json").is_file() and (out / "sst2-int8" / "tokenizer_config.json").is_file()
     capsys.readouterr()
     assert main(["bundle", "pipelines/quickstart.yaml", "--config", "c.json"]) != 0
     assert "--config applies only with --model" in capsys.readouterr().err
     assert main(["bundle", *given, "--config", " "]) != 0
     assert "compress bundle --model: --config is empty" in capsys.readouterr().err
+
+
+def test_a_lone_tokenizer_json_still_cuts_long_texts_and_keeps_its_own_normalizer(minilm_int8, minilm_dir, tmp_path):
+    """A tokenizer.json with no settings files beside it (`compress bundle --model --config`): the bundle's
+    tokenizer_config.json still gives the max length (no limit before: a text past the model's 512 positions failed in
+    onnxruntime) and names PreTrainedTokenizerFast, which reads tokenizer.json as the runners do (BertTokenizerFast
+    re-applied its lower-casing default over a cased normalizer)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    data = json.loads((minilm_dir / "tokenizer.json").read_text())
+    data["normalizer"]["lowercase"] = False  # a cased tokenizer
+    (alone / "tokenizer.json").write_text(json.dumps(data))
+    folder, _ = build(tmp_path, "cased", model=minilm_int8 / "int8.onnx", tokenizer=alone / "tokenizer.json",
+                      task="sst2", labels=["0", "1"], text_pair=False, max_length=32, ort_format=False,
+                      config=minilm_int8 / "config.json")
+    assert json.loads((folder / "manifest.json").read_text())["transformers_files"] == ["config.json",
+                                                                                         "tokenizer_config.json"]
+    text = "Hello World, a Gripping film"
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == \
+        Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    texts = [text, "word " * 600, "a fine , moving film"]
+    got = _run_card(folder, texts)
+    want = predict(folder, texts)
+    assert [r["score"] for r in got] == pytest.approx([r["scores"][r["label"]] for r in want], abs=1e-6)
+
+
+def test_no_path_of_the_build_machine_is_shipped(minilm_int8, minilm_dir, tmp_path):
+    """The keys transformers' save_pretrained leaves out (name_or_path, special_tokens_map_file, tokenizer_file...)
+    held the build machine's cache paths in older tokenizer settings; a stale max_length went with them."""
+    source = tmp_path / "tok"
+    source.mkdir()
+    (source / "tokenizer.json").write_text((minilm_dir / "tokenizer.json").read_text())
+    secret = "/home/builder/.cache/secret"
+    settings = {**json.loads((minilm_dir / "tokenizer_config.json").read_text()), "name_or_path": secret,
+                "special_tokens_map_file": f"{secret}/special_tokens_map.json", "tokenizer_file": f"{secret}/t.json",
+                "max_length": 128}
+    (source / "tokenizer_config.json").write_text(json.dumps(settings))
+    (source / "special_tokens_map.json").write_text(json.dumps({"pad_token": "[PAD]", "name_or_path": secret}))
+    config = {**json.loads((minilm_int8 / "config.json").read_text()), "_name_or_path": secret}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    folder, _ = build(tmp_path / "out", "paths", model=minilm_int8 / "int8.onnx", tokenizer=source / "tokenizer.json",
+                      task="sst2", labels=["0", "1"], text_pair=False, max_length=32, ort_format=False,
+                      config=tmp_path / "config.json")
+    for name in ("config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert secret not in (folder / name).read_text(), name
+    assert "max_length" not in json.loads((folder / "tokenizer_config.json").read_text())
