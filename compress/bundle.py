@@ -405,7 +405,8 @@ def _transformers_lines(manifest: dict) -> list[str]:
     return ["### With 🤗 Optimum and transformers pipelines", "",
             f"{', '.join(f'`{f}`' for f in files)} let Optimum's `ORTModelForSequenceClassification` and a "
             f"transformers `pipeline` load this folder (`pip install {install}`, the versions it was built with; "
-            "Optimum installs torch too). Build the session with `Predictor`, which checks every file's sha256 first "
+            "Optimum installs torch too: on Linux, `pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu` first keeps it to the CPU build). Build the session with `Predictor`, which checks every file's sha256 first "
             "and runs onnxruntime as `predict.py` does, as the figures above were measured: the pipeline then gives "
             "`predict.py`'s scores (`ORTModelForSequenceClassification.from_pretrained('.')` loads it too, unchecked, "
             "with onnxruntime's default optimizations: an int8 model's scores can then move by a few hundredths). "
