@@ -970,6 +970,24 @@ def _test_metrics(recipe: Recipe, model: Path, teacher_dir: Path) -> tuple[Optio
     return metrics, {"test_rows": len(rows), "test_subset": len(rows) < split_rows}
 
 
+def candidate_config(recipe: Recipe, best: dict, teacher_dir: Path) -> Optional[Path]:
+    """The transformers config.json of a candidate's torch model, for the bundle's Optimum files: its saved folder
+    (search/models/<model>), or the teacher's for the teacher itself (kept whole: not saved again); None, said, where
+    neither is there."""
+    saved = recipe.run_dir / "search" / "models" / str(best.get("model")) / "config.json"
+    if saved.is_file():
+        return saved
+    try:
+        depth = read_json(teacher_dir / "config.json").get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        depth = None
+    if best.get("depth") == depth and best.get("keep_macs", 1.0) >= 1.0 and (teacher_dir / "config.json").is_file():
+        return teacher_dir / "config.json"
+    log.warning("search: no config.json for candidate %s (%s): its bundle is built without one, so Optimum cannot "
+                "load it; predict.py and predict.mjs run it as usual", best.get("id"), saved)
+    return None
+
+
 def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
@@ -1008,7 +1026,8 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     made = build(out, name, model=Path(best["file"]), tokenizer=teacher_dir / "tokenizer.json", task=spec.name,
                  labels=spec.labels, text_pair=spec.text_pair is not None, max_length=recipe.task.max_length,
                  metrics=metrics, latency=latency, source=source,
-                 check=verifier(recipe, best["metrics"], best["metric_name"], metrics.get("dev_rows")))
+                 check=verifier(recipe, best["metrics"], best["metric_name"], metrics.get("dev_rows")),
+                 config=candidate_config(recipe, best, teacher_dir))
     prefixes = "|".join(re.escape(f"{p}-") for p in {base, f"{recipe.name}-{spec.name}"})  # and as named before
     earlier = re.compile(rf"(?:{prefixes})L\d+(?:-k[\d.]+)?-(?:dynamic|static)")
     for old in sorted(out.iterdir()) if out.is_dir() else []:  # an earlier pick's bundle (a user's files stay)

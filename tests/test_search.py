@@ -162,6 +162,9 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     assert manifest["source"]["pick"].endswith("on held-out training rows; dev not used to pick")
     assert "allow_spinning=0" in manifest["latency"]["protocol"]  # the search's protocol line
     assert "idle threads spinning" in (folder / "README.md").read_text()
+    # the candidate's own config.json for Optimum (its depth; the teacher's config for the teacher itself)
+    assert manifest["transformers_files"][0] == "config.json"
+    assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == best["depth"]
     from compress.bundle import predict
 
     assert predict(folder, ["a gripping film", "a dull mess"])[0]["label"] in ("negative", "positive")
@@ -1185,3 +1188,26 @@ def test_the_best_candidates_latency_is_written_with_the_digits_that_place_it_wi
     assert summary["best"] == "L1-dynamic" and "p50 0.0398 ms" in summary["message"], summary["message"]
     over = {**r, "id": "L1-k50-dynamic", "latency": {"p50_ms": 0.0445}}
     assert "already takes 0.0445 ms > budget" in skip_reason(ModelSpec(2, 1.0, 3), "dynamic", 0.04, 0.01, [over], 3.0)
+
+
+def test_a_search_bundle_takes_its_candidates_config_or_the_teachers_for_the_teacher_itself(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from compress.search import candidate_config
+
+    recipe = SimpleNamespace(run_dir=tmp_path / "run")
+    teacher = tmp_path / "run" / "teacher" / "model"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6}))
+    saved = tmp_path / "run" / "search" / "models" / "L2-k50"
+    saved.mkdir(parents=True)
+    (saved / "config.json").write_text("{}")
+    assert candidate_config(recipe, {"id": "L2-k50-dynamic", "model": "L2-k50", "depth": 2, "keep_macs": 0.5},
+                            teacher) == saved / "config.json"
+    assert candidate_config(recipe, {"id": "L6-static", "model": "L6", "depth": 6, "keep_macs": 1.0},
+                            teacher) == teacher / "config.json"  # the teacher as it is: never saved again
+    assert not caplog.text
+    # a pruned model of the teacher's depth, its folder gone: not the teacher's config (it has other widths)
+    assert candidate_config(recipe, {"id": "L6-k50-dynamic", "model": "L6-k50", "depth": 6, "keep_macs": 0.5},
+                            teacher) is None
+    assert "no config.json for candidate L6-k50-dynamic" in caplog.text
