@@ -278,8 +278,6 @@ def _one_token_type(tok, src: Path, text_pair: bool):
     return tok
 
 
-TRANSFORMERS_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
-"""What transformers' AutoTokenizer reads beside tokenizer.json (class, special tokens, max length)."""
 BUILD_PATH_KEYS = ("name_or_path", "_name_or_path", "special_tokens_map_file", "tokenizer_file", "device_map")
 """Keys of a config or tokenizer settings file that hold the build machine's paths (transformers' save_pretrained
 leaves them out too)."""
@@ -406,8 +404,9 @@ def _transformers_lines(manifest: dict) -> list[str]:
             f"{', '.join(f'`{f}`' for f in files)} let Optimum's `ORTModelForSequenceClassification` and a "
             f"transformers `pipeline` load this folder (`pip install {install}`, the versions it was built with; "
             "Optimum installs torch too: on Linux, `pip install torch --index-url "
-            "https://download.pytorch.org/whl/cpu` first keeps it to the CPU build). Build the session with `Predictor`, which checks every file's sha256 first "
-            "and runs onnxruntime as `predict.py` does, as the figures above were measured: the pipeline then gives "
+            "https://download.pytorch.org/whl/cpu` first keeps it to the CPU build). Build the session with "
+            "`Predictor`, which checks every file's sha256 first and runs onnxruntime as `predict.py` does, as the "
+            "figures above were measured: the pipeline then gives "
             "`predict.py`'s scores (`ORTModelForSequenceClassification.from_pretrained('.')` loads it too, unchecked, "
             "with onnxruntime's default optimizations: an int8 model's scores can then move by a few hundredths). "
             f"`truncation=True` cuts inputs at {manifest.get('max_length')} tokens, as the runners do.", "",
