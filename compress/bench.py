@@ -488,12 +488,10 @@ def source_folder(recipe: Recipe, qdir: Path, qrec: dict) -> str:
     copied or moved since quantize ran (``--runs-dir``, a renamed folder) still finds it, where the folder path
     quantize.json recorded points at the old place. That recorded path is kept when the run folder no longer has
     the model."""
-    from compress.quantize import source_model
+    from compress.quantize import source_in_run
 
-    run_dir = qdir.parent
-    inputs = {s: run_dir / s for s in ("teacher", "distill", "prune") if (run_dir / s).is_dir()}
     try:
-        return str(source_model(recipe, inputs, qrec["source"]["model"])[1])
+        return str(source_in_run(recipe, qdir.parent, qrec["source"]["model"]))
     except CompressError:
         return qrec["source"]["folder"]
 

@@ -169,6 +169,21 @@ def _model_config_tokenizer_class(folder: Path) -> str:
     return next((name for name in TOKENIZER_MAPPING_NAMES.get(str(config.get("model_type")), ()) if name), "")
 
 
+def _json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (a ``what``); anything else is one line naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompressError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise CompressError(f"{path}: a folder, not a {what}") from None
+    except ValueError as e:  # not JSON (UnicodeDecodeError included)
+        raise CompressError(f"{path}: not a {what} ({bundle_predict.first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise CompressError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
+    return data
+
+
 def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = False) -> dict:
     """Copy ``tokenizer.json`` with truncation at ``max_length`` (on the side ``tokenizer_config.json``'s
     ``truncation_side`` names, as transformers truncates) and padding to the longest row baked in.
@@ -190,15 +205,7 @@ def prepare_tokenizer(src: Path, dst: Path, max_length: int, text_pair: bool = F
                             f"{specials + (2 if text_pair else 1)}")
     pad_token = (tok.padding or {}).get("pad_token")
     config = src.with_name("tokenizer_config.json")
-    settings = {}
-    if config.is_file():
-        try:
-            settings = json.loads(config.read_text(encoding="utf-8"))
-        except ValueError as e:  # not JSON (UnicodeDecodeError included)
-            raise CompressError(f"{config}: not a tokenizer_config.json ({e})") from None
-        if not isinstance(settings, dict):
-            raise CompressError(f"{config}: not a tokenizer_config.json (a JSON {type(settings).__name__}, not an "
-                                f"object)")
+    settings = _json_object(config, "tokenizer_config.json") if config.is_file() else {}
     if pad_token is None:
         value = settings.get("pad_token")
         pad_token = value.get("content") if isinstance(value, dict) else value
@@ -281,20 +288,6 @@ def _one_token_type(tok, src: Path, text_pair: bool):
 BUILD_PATH_KEYS = ("name_or_path", "_name_or_path", "special_tokens_map_file", "tokenizer_file", "device_map")
 """Keys of a config or tokenizer settings file that hold the build machine's paths (transformers' save_pretrained
 leaves them out too)."""
-
-
-def _json_object(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CompressError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise CompressError(f"{path}: a folder, not a {what}") from None
-    except ValueError as e:  # not JSON (UnicodeDecodeError included)
-        raise CompressError(f"{path}: not a {what} ({bundle_predict.first_line(e)})") from None
-    if not isinstance(data, dict):
-        raise CompressError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
-    return data
 
 
 def read_model_config(path: Path) -> dict:
@@ -1284,13 +1277,12 @@ def source_config(recipe) -> Optional[Path]:
     bundle may pick comes from it), in this run folder; None, said, where it is not there (the bundle then has no
     files for Optimum). Not the folder quantize.json recorded, as the bench falls back to: after a move, that path
     may hold another run's model."""
-    from compress.quantize import source_model
+    from compress.quantize import source_in_run
 
     qdir = recipe.run_dir / "quantize"
-    inputs = {s: recipe.run_dir / s for s in ("teacher", "distill", "prune") if (recipe.run_dir / s).is_dir()}
     try:
         qrec = json.loads((qdir / "quantize.json").read_text())
-        config = source_model(recipe, inputs, qrec["source"]["model"])[1] / "config.json"
+        config = source_in_run(recipe, recipe.run_dir, qrec["source"]["model"]) / "config.json"
     except (OSError, ValueError, KeyError, TypeError, CompressError):
         config = None
     if config is None or not config.is_file():

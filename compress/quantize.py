@@ -87,6 +87,13 @@ def source_model(recipe: Recipe, inputs: dict[str, Path], source: Optional[str] 
     raise CompressError(f"{candidates[0]}: no saved model for quantize.source {source!r}")
 
 
+def source_in_run(recipe: Recipe, run_dir: Path, source: str) -> Path:
+    """The folder of the model ``source`` (teacher / prune / a student) that the quantize stage read, looked up in
+    the run folder ``run_dir`` as it is now (one moved or copied since finds its own copy)."""
+    inputs = {s: run_dir / s for s in ("teacher", "distill", "prune") if (run_dir / s).is_dir()}
+    return source_model(recipe, inputs, source)[1]
+
+
 # ------------------------------------------------------------------------------------------------ quantizers
 # LOOKUP_OPS (Gather, EmbedLayerNormalization): quantized only when they read a weight table (the embeddings), not
 # the many index Gathers of shape arithmetic
