@@ -41,7 +41,7 @@ from typing import Callable, Iterator, Optional
 from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
-from compress.config import FOLDER_NAME, folder_name
+from compress.config import FOLDER_NAME, default_bundle_name, folder_name
 from compress.tasks import LABELS_NEEDED, good_labels, retention, round_down
 from compress.manifest import (file_lock, missing_folders, now_utc, remove_dead, remove_dead_scratch, remove_empty,
                                scratch_dir, versions, write_json)
@@ -1133,13 +1133,6 @@ def shipped_memory(folder: Path, task, threads: Optional[int] = None, rows: Opti
 
 
 # ------------------------------------------------------------------------------------------------------ the stage
-def default_name(recipe_name: str, task: str) -> str:
-    """<recipe>-<task>-int8, the task left out when the recipe's name already says it (mrpc -> mrpc-int8, sst2-cpu ->
-    sst2-cpu-int8, quickstart -> quickstart-sst2-int8)."""
-    said = task.lower() in recipe_name.lower().replace("_", "-").split("-")
-    return f"{recipe_name}-int8" if said else f"{recipe_name}-{task}-int8"
-
-
 def pick(table, how: str = "best_within_drop", max_drop: float = 1.0, threads: Optional[int] = None):
     """The int8 model to ship from a run's report table, and a record of why.
 
@@ -1303,7 +1296,7 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
     table = collect(recipe.run_dir, recipe=recipe)
     chosen, choice = pick(table, cfg.pick, max_drop, cfg.threads)
     spec = task_spec(recipe.task)
-    name = cfg.name or default_name(recipe.name, spec.name)
+    name = cfg.name or default_bundle_name(recipe.name, spec.name)
     threads = choice["threads"]
     lat = chosen.latency.get(threads) if threads else None
     latency = None

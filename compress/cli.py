@@ -120,7 +120,7 @@ def _not_runnable(recipe, stages) -> list[str]:
     model folder missing): said as warnings, failing only with ``validate --strict``."""
     from compress import hub
     from compress.pipeline import compare_problems
-    from compress.tasks import glue_hint, missing_files, task_spec
+    from compress.tasks import missing_files, missing_hint, task_spec
 
     out = []
     # the nearest existing folder of the run folder: a file there (--runs-dir plain.txt) stops the run at once
@@ -130,7 +130,7 @@ def _not_runnable(recipe, stages) -> list[str]:
                    if there != recipe.run_dir else f"{recipe.path}: the run folder {there} is a file, not a folder")
     if stages:
         out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
-                f"{glue_hint(recipe.task, task_spec(recipe.task))}" for path in missing_files(recipe.task)]
+                f"{missing_hint(recipe.task, task_spec(recipe.task), path)}" for path in missing_files(recipe.task)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check_field(recipe, field, name)
@@ -356,11 +356,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from compress.config import load_recipe, search_settings
+    from compress.config import check_bundle_name, load_recipe, search_settings
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
     if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
         recipe.runs_dir = os.path.expanduser(args.runs_dir)
+    if args.bundle:  # its bundle is named after the recipe and the task: refused now, not after the search
+        check_bundle_name(recipe, str(recipe.path), settable=False)
     cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads
     from compress.pipeline import run_lock
 

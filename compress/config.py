@@ -1210,6 +1210,8 @@ class Recipe:
             if self.report.threads not in timed:
                 raise CompressError(f"{file}: report.threads: {self.report.threads} is not one of the thread counts "
                                     f"the report times without a bench section {timed}; add bench.threads")
+        if self.bundle is not None and self.bundle.name is None:
+            check_bundle_name(self, file)
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
         self._check_positions(file)
@@ -1762,6 +1764,22 @@ def _expand_home(value: Any) -> Any:
 
 
 FOLDER_NAME = "no path separator, no control character, not blank, at most 200 bytes"
+
+
+def default_bundle_name(recipe_name: str, task: str) -> str:
+    """<recipe>-<task>-int8, the task left out when the recipe's name already says it (mrpc -> mrpc-int8, sst2-cpu ->
+    sst2-cpu-int8, quickstart -> quickstart-sst2-int8)."""
+    said = task.lower() in recipe_name.lower().replace("_", "-").split("-")
+    return f"{recipe_name}-int8" if said else f"{recipe_name}-{task}-int8"
+
+
+def check_bundle_name(recipe: "Recipe", file: str, settable: bool = True) -> None:
+    """A bundle named after the recipe and its task (no ``bundle.name``; a search's always) needs a task name that can
+    go into a folder's name: "my reviews/v2" passed validation and stopped the run at its last stage."""
+    if not folder_name(default_bundle_name(recipe.name, recipe.task.name)):
+        raise CompressError(f"{file}: task.name: {_show(recipe.task.name)} goes into the bundle's name "
+                            f"(<recipe>-<task>-int8), a plain folder name ({FOLDER_NAME}): rename the task"
+                            + (" or set bundle.name" if settable else ""))
 
 
 def folder_name(name: str) -> bool:

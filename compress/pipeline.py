@@ -1005,6 +1005,8 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
     if stage.name == "quantize" and isinstance(old.get("metrics"), dict) and "test" not in old["metrics"] \
             and _test_split_word(recipe):
         reasons.append("the labelled test split is scored now")
+    if stage.name == "report":  # the model it names as the bundle's (`_report_variant`)
+        reasons += _pick_changes(recipe, old)
     if not reasons:  # an upstream file no longer read (report.measure off: the bundle reads no report/latency.json)
         reasons += [f"input {k} no longer read" for k in moved
                     if k.split("/", 1)[0] in stage_names() and k not in inputs]
@@ -1012,6 +1014,21 @@ def _what_changed(recipe: Recipe, stage: Stage, old: dict, inputs: dict) -> str:
         reasons.append("stage code revision or compress version changed")
     shown = reasons[:4] + ([f"+{len(reasons) - 4} more"] if len(reasons) > 4 else [])
     return "changed: " + "; ".join(shown)
+
+
+def _pick_changes(recipe: Recipe, old: dict) -> list[str]:
+    """The bundle settings that choose the model a report names, as recorded by the last report stage and now; a
+    report recorded before they were (2026-12-07): the settings named, not their old values."""
+    from compress.report import pick_settings
+
+    now = pick_settings(recipe)
+    if "pick" not in old:
+        return [] if _report_variant(recipe) is None else ["bundle.pick, max_drop or threads (which that report did "
+                                                           "not record), or the stage's code"]
+    before = old["pick"] if isinstance(old["pick"], dict) else {}
+    if (old["pick"] is None) != (now is None):
+        return [f"bundle section: {'added' if now is not None else 'removed'} (the report names the bundle's model)"]
+    return [f"bundle.{k}: {_short(before.get(k))} -> {_short(v)}" for k, v in (now or {}).items() if before.get(k) != v]
 
 
 def _input_changes(before: dict, now: dict, files: list[str]) -> list[str]:

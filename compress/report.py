@@ -1372,4 +1372,12 @@ def run(recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dic
     print("[report] wrote " + ", ".join(p.name for p in written.values()))
     return {"report": {k: p.name for k, p in written.items()}, "compare": list(cfg.compare),
             "measured": sorted(measured.get("models", {})),
-            "ships": tables[0].ships[0] if tables[0].ships else None}  # (its presence: a report naming the pick)
+            "ships": tables[0].ships[0] if tables[0].ships else None,  # (its presence: a report naming the pick)
+            "pick": pick_settings(recipe)}
+
+
+def pick_settings(recipe) -> Optional[dict]:
+    """The bundle section's settings that choose the model the report names (`bundle_pick`), recorded in the report
+    stage's manifest so that a rerun can say which of them changed; None without a bundle section."""
+    cfg = recipe.bundle
+    return None if cfg is None else {"pick": cfg.pick, "max_drop": cfg.max_drop, "threads": cfg.threads}

@@ -22,7 +22,7 @@ from typing import Optional
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.tasks import TaskSpec, data_dir, glue_hint, split_paths, task_spec
+from compress.tasks import TaskSpec, data_dir, missing_hint, split_paths, task_spec
 
 csv.field_size_limit(sys.maxsize)
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
                                 f"opening '\"' makes the quotes part of the text; remove the space after the comma")
         if header is None:
             header = row
+            _check_delimiter(path, start, header)
             continue
         if end > start and len(row) < len(header):  # a quote never closed swallows the lines after it
             raise CompressError(f"{path}:{start}: expected {len(header)} {_separated(path)} fields, got {len(row)}: "
@@ -76,6 +77,21 @@ def read_rows(path: Path) -> tuple[list[str], list[list], list[int]]:
     if suffix == ".csv":
         _check_csv_quotes(path, text)
     return header, rows, lines
+
+
+def _check_delimiter(path: Path, line: int, header: list[str]) -> None:
+    """Refuse a header read as one column that another delimiter would split: a ';'-separated .csv (Excel's export
+    where the decimal mark is a comma) stopped on its first quoted text with an error about quotes."""
+    if len(header) != 1:
+        return
+    ours = "," if path.suffix.lower() == ".csv" else "\t"
+    other = next((d for d in (";", "\t", ",", "|") if d != ours and d in header[0]), None)
+    if other is not None:
+        said = {"\t": "tab", ";": "';'", ",": "comma", "|": "'|'"}
+        hint = ("name it .tsv" if other == "\t" else "name it .csv" if other == "," else
+                "save it again comma-separated" + (" (or tab-separated, as .tsv)" if ours == "," else ", as .csv"))
+        raise CompressError(f"{path}:{line}: the header {header[0][:60]!r} reads as one column: a {path.suffix} file is "
+                            f"read {said[ours]}-separated, and this one looks {said[other]}-separated; {hint}")
 
 
 _PADDED_QUOTED = re.compile(r'\s+".*"\s*', re.S)
@@ -186,7 +202,11 @@ def _records_to_rows(path: Path, records: list, lines: list[int]) -> tuple[list[
         if not isinstance(record, dict):
             raise CompressError(f"{path}:{line}: expected a JSON object, got {_json_kind(record)}")
     header = list(dict.fromkeys(key for record in records for key in record))
-    return header, [[r.get(k) for k in header] for r in records], lines
+    return header, [[r.get(k, NO_KEY) for k in header] for r in records], lines
+
+
+NO_KEY = object()
+"""The cell of a JSON row whose object lacks that key (null is None): the error says which it was."""
 
 
 def _json_kind(value) -> str:
@@ -225,7 +245,7 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
         raise CompressError(f"task {spec.name}: no {split!r} split (splits: {', '.join(spec.files)})")
     path = data_dir(cfg, spec) / spec.files[split]
     if not path.is_file():
-        raise CompressError(f"{path}: file not found{glue_hint(cfg, spec)}")
+        raise CompressError(f"{path}: file not found{missing_hint(cfg, spec, path)}")
     if spec.header:
         header, rows, lines = read_rows(path)
     else:  # headerless (CoLA): the first line is data, columns are indices
@@ -261,8 +281,11 @@ def read_split(cfg: TaskConfig, split: str, spec: Optional[TaskSpec] = None) -> 
             raise CompressError(f"{path}:{line}: expected {len(header)} {_separated(path)} fields, got {len(row)}")
         for role, i in index.items():
             value = row[i] if i < len(row) else None
+            if value is NO_KEY:
+                raise CompressError(f"{path}:{line}: the row has no key {columns[role]!r}")
             if value is None:
-                raise CompressError(f"{path}:{line}: column {columns[role]!r} is empty")
+                raise CompressError(f"{path}:{line}: column {columns[role]!r} is "
+                                    f"{'null' if path.suffix.lower() in ('.json', '.jsonl') else 'empty'}")
             if role == "label":
                 out[role].append(_label_text(value))
             else:

@@ -992,7 +992,8 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
     """Edge bundle (``compress.bundle.build``) of the search's best candidate within the budget, into
     runs/<recipe>/search/bundle/; its manifest carries the candidate's dev metric, retention against the teacher's
     fp32 ONNX and the latency measured by the search."""
-    from compress.bundle import build, bundle_metrics, default_name, is_bundle_archive, is_bundle_folder, verifier
+    from compress.bundle import build, bundle_metrics, is_bundle_archive, is_bundle_folder, verifier
+    from compress.config import default_bundle_name
     from compress.data import task_spec
     from compress.report import split_scope
 
@@ -1001,7 +1002,7 @@ def bundle_best(recipe: Recipe, summary: dict) -> tuple[Path, Path]:
         raise CompressError(f"search: nothing to bundle: {summary['message']}")
     spec = task_spec(recipe.task)
     teacher_dir = recipe.run_dir / "teacher" / "model"
-    base = default_name(recipe.name, spec.name).removesuffix("-int8")  # "mrpc-mrpc-..." said the task twice
+    base = default_bundle_name(recipe.name, spec.name).removesuffix("-int8")  # "mrpc-mrpc-..." said the task twice
     name = f"{base}-{best['id']}"
     lat = best["latency"]
     manifest = recipe.run_dir / "teacher" / "manifest.json"

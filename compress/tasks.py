@@ -21,11 +21,16 @@ DEFAULT_GLUE_DIR = (_CHECKOUT.parent / "shared" / "data" / "glue" if (_CHECKOUT 
 glue beside a source checkout; ./glue (the working folder's) for an installed package, which has no such neighbour."""
 
 
-def glue_hint(cfg: TaskConfig, spec: "TaskSpec") -> str:
-    """What to set when a GLUE task's file is missing from the folder it was looked for in: "" where the recipe named
-    its folder (``task.data_dir``) or the task is not a GLUE one."""
-    if cfg.data_dir or not spec.folder:
+def missing_hint(cfg: TaskConfig, spec: "TaskSpec", path: Path) -> str:
+    """What to set when a task's file (``path``) is missing from the folder it was looked for in: "" where the recipe
+    named its folder (``task.data_dir``) or a custom task's file path is absolute. A custom task's relative ``files``
+    are read from the working folder, not the recipe's: `compress run walk/r.yaml` said only "train.csv: file not
+    found"."""
+    if cfg.data_dir:
         return ""
+    if not spec.folder:
+        return "" if path.is_absolute() else (f" (without task.data_dir, task.files are read from the folder compress "
+                                              f"runs in, {Path.cwd()}; set task.data_dir to the folder that holds them)")
     where = "GLUE_DIR" if os.environ.get("GLUE_DIR") else f"the default {DEFAULT_GLUE_DIR}"
     return (f" (looked in {where}: set GLUE_DIR to the folder holding {spec.folder}/, or task.data_dir to the "
             f"{spec.folder} folder)")

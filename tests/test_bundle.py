@@ -681,7 +681,7 @@ def test_pick_ranks_no_nan_score_and_names_the_guard_when_it_passed_none(run_dir
 
 
 def test_default_bundle_names_say_the_task_once():
-    from compress.bundle import default_name
+    from compress.config import default_bundle_name as default_name
 
     assert default_name("quickstart", "sst2") == "quickstart-sst2-int8"
     assert default_name("rte", "rte") == "rte-int8" and default_name("sst2-cpu", "sst2") == "sst2-cpu-int8"

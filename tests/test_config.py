@@ -995,6 +995,25 @@ def test_a_name_that_is_no_folder_name_is_refused_in_validation(tmp_path, name):
             load_recipe(write(tmp_path, text))
 
 
+def test_a_task_name_that_cannot_name_the_bundle_is_refused_in_validation(tmp_path, capsys):
+    """The default bundle name is <recipe>-<task>-int8: a task named "my reviews/v2" passed `compress validate` and
+    stopped the run at its bundle stage, after every other stage had trained, with an error naming no setting."""
+    from compress.cli import main
+
+    custom = (CUSTOM % "").replace("name: mine", "name: 'my reviews/v2'")
+    with pytest.raises(CompressError, match=r": task\.name: 'my reviews/v2' goes into the bundle's name "
+                                            r"\(<recipe>-<task>-int8\), a plain folder name .*: rename the task or set "
+                                            r"bundle\.name$"):
+        load_recipe(write(tmp_path, f"name: r\n{custom}quantize: {{}}\nbundle: {{}}\n"))
+    load_recipe(write(tmp_path, f"name: r\n{custom}quantize: {{}}\nbundle: {{name: reviews}}\n"))  # named: fine
+    load_recipe(write(tmp_path, f"name: r\n{custom}"))  # no bundle: the task's name names no folder
+    # `compress search --bundle` names its bundle so too: refused before the search (which takes up to its time limit)
+    path = write(tmp_path, f"name: r\n{custom}")
+    assert main(["search", str(path), "--budget-ms", "5", "--bundle", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "task.name: 'my reviews/v2' goes into the bundle's name" in err and "bundle.name" not in err, err
+
+
 def test_a_percentile_read_by_no_calibration_method_is_refused(tmp_path):
     """`quantize.calibration.percentile` with method minmax or entropy is read by nothing, yet changed the quantize
     stage's fingerprint (a rerun for nothing)."""

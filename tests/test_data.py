@@ -196,6 +196,21 @@ def _refused(cfg) -> str:
     return str(e.value)
 
 
+def test_a_missing_custom_file_says_where_relative_paths_are_read_from(tmp_path, monkeypatch):
+    """A custom task's relative files are read from the working folder, not the recipe's: `compress run walk/r.yaml`
+    said only "train.csv: file not found", beside a train.csv in walk/. An absolute path, or task.data_dir, needs no
+    hint."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TaskConfig(name="reviews", files={"train": "train.csv", "dev": "dev.csv"}, text_column="review",
+                     label_column="stars", labels=["neg", "pos"])
+    assert _refused(cfg) == (f"train.csv: file not found (without task.data_dir, task.files are read from the folder "
+                             f"compress runs in, {tmp_path}; set task.data_dir to the folder that holds them)")
+    cfg.files = {"train": str(tmp_path / "train.csv"), "dev": "dev.csv"}
+    assert _refused(cfg) == f"{tmp_path / 'train.csv'}: file not found"
+    cfg.files, cfg.data_dir = {"train": "train.csv", "dev": "dev.csv"}, str(tmp_path / "data")
+    assert _refused(cfg) == f"{tmp_path / 'data' / 'train.csv'}: file not found"
+
+
 def test_integer_labels_match_the_recipes_names_by_value(tmp_path):
     """The recipe keeps a label name as written (``labels: [-1, +1]`` is "-1", "+1", so that ``name: 007`` names
     runs/007): a file's label 1 was then "not one of ['-1', '+1']", where it read before. A cell matches its name's
@@ -376,7 +391,7 @@ def test_json_text_that_is_not_a_string_is_refused(tmp_path, value, kind):
 def test_json_null_text_is_refused_and_number_labels_load(tmp_path):
     text = '{"review": "ok", "stars": 1}\n{"review": null, "stars": 0}\n'
     assert _refused(_custom(tmp_path, "t.jsonl", text, labels=["0", "1"])) == (
-        f"{tmp_path / 't.jsonl'}:2: column 'review' is empty")
+        f"{tmp_path / 't.jsonl'}:2: column 'review' is null")
     ds = load_split(_custom(tmp_path, "t.jsonl", '{"review": "ok", "stars": 1}\n', labels=["0", "1"]), "train")
     assert ds["label"] == [1]  # a JSON number label is matched by its text, as before
 
@@ -459,7 +474,9 @@ def test_jsonl_header_is_every_rows_keys_and_a_repeated_column_is_refused(tmp_pa
     """A JSON Lines file whose first row lacks the label said "column 'stars' not found" (the header was the first
     object's keys); a CSV header naming a used column twice read the first one silently."""
     text = '{"review": "fine"}\n{"review": "awful", "stars": "neg"}\n'
-    assert _refused(_custom(tmp_path, "t.jsonl", text)) == f"{tmp_path / 't.jsonl'}:1: column 'stars' is empty"
+    assert _refused(_custom(tmp_path, "t.jsonl", text)) == f"{tmp_path / 't.jsonl'}:1: the row has no key 'stars'"
+    text = '[{"review": "fine", "stars": "pos"},\n {"stars": "neg"}]'  # an array's row: named by its line too
+    assert _refused(_custom(tmp_path, "t.json", text)) == f"{tmp_path / 't.json'}:2: the row has no key 'review'"
     text = '{"review": "fine", "stars": "pos"}\n{"stars": "neg", "review": "awful", "id": 3}\n'
     assert load_split(_custom(tmp_path, "t.jsonl", text), "train")["label"] == [1, 0]
     cfg = _custom(tmp_path, "t.csv", "review,review,stars\nfine,awful,pos\n")
@@ -537,6 +554,21 @@ def test_csv_text_after_a_closing_quote_is_refused(tmp_path, text, message):
     text = 'review,stars\n"a ""quoted"" word, and a comma",pos\n5" screen,neg\n'  # valid CSV still loads
     texts = load_split(_custom(tmp_path, "t.csv", text), "train")["text"]
     assert texts == ['a "quoted" word, and a comma', '5" screen']
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("t.csv", 'review;stars\n"it\'s ""fine""";pos\nbad;neg\n', "1: the header 'review;stars' reads as one column: a .csv "
+     "file is read comma-separated, and this one looks ';'-separated; save it again comma-separated (or tab-separated, "
+     "as .tsv)"),
+    ("t.tsv", "review,stars\nfine,pos\nbad,neg\n", "1: the header 'review,stars' reads as one column: a .tsv file is "
+     "read tab-separated, and this one looks comma-separated; name it .csv"),
+    ("t.csv", "review\tstars\nfine\tpos\nbad\tneg\n", "1: the header 'review\\tstars' reads as one column: a .csv "
+     "file is read comma-separated, and this one looks tab-separated; name it .tsv"),
+])
+def test_a_file_of_another_delimiter_is_named_so(tmp_path, name, text, message):
+    """A ';'-separated .csv (Excel's export where a comma is the decimal mark) stopped on its first quoted text with
+    "a quoted field has text after its closing '\"'", or on a column not found: the header says what it is."""
+    assert _refused(_custom(tmp_path, name, text)) == f"{tmp_path / name}:{message}"
 
 
 def test_json_boolean_labels_are_matched_by_their_json_text(tmp_path):

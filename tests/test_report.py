@@ -913,6 +913,21 @@ def test_the_bundles_pick_settings_redo_the_report_that_names_its_pick(tmp_path)
     inputs = _fingerprint(recipe, report, done)[1]
     assert plain in _accepted_fingerprints(recipe, report, done, inputs, inputs, before_pick=True)
     assert plain not in _accepted_fingerprints(recipe, report, done, inputs, inputs) and fastest != plain
+    # and the rerun says which of them changed (it said "stage code revision or compress version changed")
+    from compress.pipeline import _what_changed
+    from compress.report import pick_settings
+
+    fingerprint("bundle: {}\n")
+    recipe = load_recipe(path)
+    config = json.loads(json.dumps({sec: recipe.section(sec) for sec in report.sections}))
+    old = {"config": config, "seed": recipe.seed, "inputs": inputs, "pick": pick_settings(recipe)}
+    assert _what_changed(load_recipe(path, {"bundle.max_drop": 3, "bundle.pick": "fastest"}), report, old, inputs) \
+        == "changed: bundle.pick: \"best_within_drop\" -> \"fastest\"; bundle.max_drop: null -> 3.0"
+    assert _what_changed(recipe, report, {**old, "pick": None}, inputs) == \
+        "changed: bundle section: added (the report names the bundle's model)"
+    recorded_before = {k: v for k, v in old.items() if k != "pick"}  # a report of before 2026-12-07
+    assert _what_changed(load_recipe(path, {"bundle.pick": "fastest"}), report, recorded_before, inputs) == \
+        "changed: bundle.pick, max_drop or threads (which that report did not record), or the stage's code"
 
 
 def test_a_run_whose_plotted_metrics_are_all_nan_is_left_off_the_plot(tmp_path):
