@@ -991,12 +991,15 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
     from compress.config import TaskConfig
     from compress.data import load_split
     from compress.metrics import compute_metrics
-    from compress.tasks import task_spec
+    from compress.tasks import GLUE_TASKS, task_spec
 
     with loaded(bundle, threads, manifest_sha256) as predictor:
         meta = predictor.manifest["task"]
         if not isinstance(meta.get("name"), str):  # a manifest edited by hand: one line, not a traceback
             raise CompressError(f"{bundle}: manifest.json: task.name is {meta.get('name')!r}, not a task's name")
+        if task is None and meta["name"] not in GLUE_TASKS:  # a custom task's files and columns are in its recipe
+            raise CompressError(f"{bundle}: a bundle of the custom task {meta['name']!r}: give its recipe (--recipe "
+                                f"RECIPE.yaml), which says where its data is and how to read it")
         task = task or TaskConfig(name=meta["name"])
         task = dataclasses.replace(task, data_dir=data_dir) if data_dir else task
         if task.name != meta["name"]:

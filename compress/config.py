@@ -1668,8 +1668,12 @@ def from_dict(cls: type, data: Any, *, file: str = "<recipe>", where: str = "") 
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers or booleans
     if unknown:
+        from difflib import get_close_matches
+
         known = ", ".join(fields)
-        raise CompressError(f"{file}: {_join(where, unknown[0])}: unknown key (known keys: {known})")
+        close = get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.7)  # label_colum, epoks
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise CompressError(f"{file}: {_join(where, unknown[0])}: unknown key ({guess}known keys: {known})")
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)

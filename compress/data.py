@@ -7,6 +7,7 @@ library only, so that `compress validate` can check them without torch); hub dat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -236,14 +237,29 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     # copied at every load before, took ~1 s of each stage, with most runs keeping a few thousand)
     n_hold = holdout_rows(cfg, len(full))
     end = len(full) if cfg.max_train_samples is None else min(n_hold + cfg.max_train_samples, len(full))
-    holdout = full.select(range(n_hold)).flatten_indices()
-    train = full.select(range(n_hold, end)).flatten_indices()
+    with _no_bars():  # a fraction of a second: its "Flattening the indices" bars were two lines of every stage's log
+        holdout = full.select(range(n_hold)).flatten_indices()
+        train = full.select(range(n_hold, end)).flatten_indices()
     dev = load_split(cfg, "dev", spec)
     dev_split_rows = len(dev)
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
     test, test_split_rows = load_test(cfg, spec)
     return TaskData(spec, train, holdout, dev, test, dev_split_rows, test_split_rows)
+
+
+@contextlib.contextmanager
+def _no_bars():
+    """datasets' progress bars off for what is inside (as they were after)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            enable_progress_bar()
 
 
 def load_test(cfg: TaskConfig, spec: Optional[TaskSpec] = None) -> tuple[Optional[Dataset], Optional[int]]:

@@ -223,6 +223,10 @@ def rewrite(model: onnx.ModelProto, nodes: list[str], bits: int = 8) -> dict[str
                  node("Mul", [fp32, scale_of[name]], [name], f"{name}_Mul")]
     del graph.node[:]
     graph.node.extend(head + made)
+    read = {name for n in graph.node for name in n.input}
+    for unread in [i for i in graph.initializer if i.name in const.values() and i.name not in read]:
+        graph.initializer.remove(unread)  # only an unfused EmbedLayerNormalization reads them; left, ORT warned of
+        # each ("Removing initializer 'embed_rows_one'. It is not used by any node") at every session's load
     if packed and not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     return {t: 4 if t in packed else 8 for t in tables}

@@ -380,7 +380,7 @@ class SensitivityOrder:
 
 def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], fp32_metrics: dict,
           candidates: list[str], sensitivity: Callable[[list[str]], float], max_drop: float,
-          workdir: Path, lookups: tuple[str, ...] = (), label: str = "quantize") -> GuardResult:
+          workdir: Path, lookups: tuple[str, ...] = (), label: str = "quantize", mode: str = "") -> GuardResult:
     """Quantize with ``make(dst, exclude=..., only=...)``; while the dev drop exceeds ``max_drop`` keep the
     1, 2, 4, ... first ``candidates`` in fp32, ``score(path)`` -> dev metrics.
 
@@ -392,29 +392,31 @@ def guard(make: Callable[..., Path], dst: Path, score: Callable[[Path], dict], f
     base = points(fp32_metrics)
     make(dst)
     metrics = score(dst)
+    int8 = f"int8 {mode}" if mode else "int8"  # its lines sit among those of the other mode
     if not math.isfinite(base):  # every try would "lose nan points": nothing to keep in fp32 can fix that
         name = next(iter(fp32_metrics))
         reason = (f"the fp32 model's {name} is {base / 100:g} (constant predictions, or under 2 guard rows): int8 "
                   f"cannot be judged against it")
-        print(f"[{label}] guard: {reason}; not shippable", flush=True)
+        print(f"[{label}] guard: {reason}; {int8} not shippable", flush=True)
         return GuardResult(dst, metrics, float("nan"), False, [], [{"excluded": 0, "metrics": metrics, "drop": None}],
                            {}, reason)
     tries = [{"excluded": 0, "metrics": metrics, "drop": round(base - points(metrics), 4)}]
     if base - points(metrics) <= max_drop:
         return GuardResult(dst, metrics, base - points(metrics), True, [], tries, {}, "within budget")
-    print(f"[{label}] guard: int8 loses {base - points(metrics):.2f} points > {max_drop:g}: keeping its most "
+    print(f"[{label}] guard: {int8} loses {base - points(metrics):.2f} points > {max_drop:g}: keeping its most "
           f"sensitive of {len(candidates)} nodes fp32, 1, 2, 4... at a time (each try scored on all guard rows)",
           flush=True)
     ranking = SensitivityOrder(candidates, sensitivity, tiers=(tuple(lookups),))
     try:
-        return _exclude_until_within(make, dst, score, base, ranking, max_drop, workdir, lookups, tries, label)
+        return _exclude_until_within(make, dst, score, base, ranking, max_drop, workdir, lookups, tries, label, int8)
     finally:
         ranking.close()
         log.info("guard: %d sensitivity runs for %d candidates", ranking.runs, len(candidates))
 
 
 def _exclude_until_within(make, dst: Path, score, base: float, ranking: SensitivityOrder, max_drop: float,
-                          workdir: Path, lookups, tries: list[dict], label: str = "quantize") -> GuardResult:
+                          workdir: Path, lookups, tries: list[dict], label: str = "quantize",
+                          int8: str = "int8") -> GuardResult:
     def result(shippable: bool, excluded: list[str], metrics: dict, drop: float, reason: str) -> GuardResult:
         return GuardResult(dst, metrics, drop, shippable, excluded, tries, dict(ranking.scores), reason,
                            dict(ranking.groups), ranking.runs)
@@ -430,7 +432,7 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
         metrics = score(trial)
         drop = base - points(metrics)
         tries.append({"excluded": k, "metrics": metrics, "drop": round(drop, 4)})
-        print(f"[{label}] guard: {k} node{'s' if k > 1 else ''} fp32 -> loses {drop:.2f} points", flush=True)
+        print(f"[{label}] guard: {int8} with {k} node{'s' if k > 1 else ''} fp32 loses {drop:.2f} points", flush=True)
         if drop <= max_drop:
             for node in [n for n in excluded if n in lookups]:
                 fewer = [n for n in excluded if n != node]
@@ -628,7 +630,8 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             lookups = lookup_nodes(src)
             candidates = quantizable_nodes(src, ops, weights_only=mode == "dynamic")
             res = guard(make, dst, score, guard_fp32, candidates, sensitivity,
-                        cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else (), label=label)
+                        cfg.max_drop, tmp, lookups=tuple(lookups) if cfg.guard_prefer == "speed" else (), label=label,
+                        mode=mode)
             compact = _compact_lookups(dst, tmp / "rows.onnx", res, lookups, score, guard_fp32, cfg.max_drop,
                                        cfg.table_bits, make)
             metrics, guarded = res.metrics, {}

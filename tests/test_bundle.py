@@ -2095,6 +2095,15 @@ def test_compress_score_runs_the_bundle_on_a_labelled_split_beside_its_manifest(
         assert main(["score", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    # a custom task's bundle without --recipe: it said "task.name: 'reviews' is not a GLUE task (...); a custom task
+    # needs task.files or task.hub_dataset", naming recipe fields where no recipe was given
+    manifest = json.loads((bundle_of_names / "manifest.json").read_text())
+    manifest["task"]["name"] = "reviews"
+    (bundle_of_names / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["score", str(bundle_of_names)]) == 2
+    assert capsys.readouterr().err == (f"error: {bundle_of_names}: a bundle of the custom task 'reviews': give its "
+                                       f"recipe (--recipe RECIPE.yaml), which says where its data is and how to read "
+                                       f"it\n")
 
 
 def test_timings_are_the_percentiles_of_each_runs_milliseconds(bundle, monkeypatch):

@@ -31,7 +31,10 @@ def test_unknown_key_names_file_and_key(tmp_path):
     p = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, lr_rate: 0.1}\n")
     with pytest.raises(CompressError) as e:
         load_recipe(p)
-    assert str(p) in str(e.value) and "teacher.lr_rate: unknown key" in str(e.value)
+    assert str(p) in str(e.value) and "teacher.lr_rate: unknown key (known keys: " in str(e.value)  # no near one
+    p = write(tmp_path, "task: {name: mine, label_colum: y}\nteacher: {}\n")
+    with pytest.raises(CompressError, match=r"task\.label_colum: unknown key \(did you mean 'label_column'\? known keys"):
+        load_recipe(p)
 
 
 def test_wrong_type_names_key(tmp_path):
@@ -208,7 +211,8 @@ def test_overrides_reach_list_entries_and_bad_paths_are_one_line_errors(tmp_path
         load_recipe(path, {"students[x].name": "x"})
     with pytest.raises(CompressError, match=r"^--set task.name.x: task.name is not a section \(its value is 'sst2'\)$"):
         load_recipe(path, {"task.name.x": 1})
-    with pytest.raises(CompressError, match=r"students\[0\]\.train\.epoks: unknown key"):
+    with pytest.raises(CompressError, match=r"students\[0\]\.train\.epoks: unknown key \(did you mean 'epochs'\? known "
+                                            r"keys: epochs, "):
         load_recipe(path, {"students.0.train.epoks": 1})
 
 

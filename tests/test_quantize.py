@@ -182,7 +182,7 @@ def test_guard_budget_zero_keeps_sensitive_nodes_fp32(tmp_path, tiny_model, sst2
 
 
 @pytest.mark.parametrize("fixes, expected", [({"emb"}, ["emb"]), ({"mm1"}, ["mm1"])])
-def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes, expected):
+def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, capsys, fixes, expected):
     """Embedding lookups go first (fp32 there costs size, not time), then matmuls by sensitivity; a lookup kept in
     fp32 that the budget does not need is put back to int8. Fake quantizer: a file holding the exclusion set."""
     def make(dst, exclude=(), only=None):
@@ -194,7 +194,13 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, fixes,
 
     sens = {"emb": 0.1, "mm1": 0.9, "mm2": 0.5, "mm3": 0.2}
     result = guard(make, tmp_path / "int8.onnx", score, {"accuracy": 0.90}, list(sens),
-                   lambda nodes: sum(sens[n] for n in nodes), 0.5, tmp_path, lookups=("emb",))
+                   lambda nodes: sum(sens[n] for n in nodes), 0.5, tmp_path, lookups=("emb",), mode="static")
+    # its lines name the mode: they sit between the dynamic model's result and the static one's
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["[quantize] guard: int8 static loses 2.00 points > 0.5: keeping its most sensitive of 4 "
+                         "nodes fp32, 1, 2, 4... at a time (each try scored on all guard rows)",
+                         f"[quantize] guard: int8 static with 1 node fp32 loses {0 if expected == ['emb'] else 2:.2f} "
+                         f"points"], lines
     assert result.shippable and result.excluded == expected
     assert json.loads((tmp_path / "int8.onnx").read_text()) == expected  # the file written is the one reported
     if expected == ["mm1"]:  # [emb] failed, [emb, mm1] passed, then emb went back to int8
@@ -407,6 +413,29 @@ def test_a_table_with_another_reader_is_rebuilt_whole():
         None, {"ids": np.array([3, 7])})
     np.testing.assert_allclose(rows, (q * scale)[[3, 7]], rtol=1e-6)
     np.testing.assert_allclose(total, (q * scale).sum(), rtol=1e-4)
+
+
+def test_a_gathered_table_leaves_no_unread_initializer():
+    """The constants only an unfused EmbedLayerNormalization reads (zero, one, axis 1) were added to every model with
+    a gathered table: onnxruntime warned of each unread one at every session's load, three warnings a model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress import embed_rows
+
+    table = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)], [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert embed_rows.rewrite(model, ["lookup"]) == {"table": 8}
+    read = {name for n in model.graph.node for name in n.input}
+    assert sorted(i.name for i in model.graph.initializer) == ["table_int8_rows", "table_row_scale"] and \
+        {i.name for i in model.graph.initializer} <= read
+    q, scale = embed_rows.int8_rows(table)
+    rows, = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": np.array([3, 7])})
+    np.testing.assert_allclose(rows, (q * scale)[[3, 7]], rtol=1e-6)
 
 
 def test_int4_blocks_are_what_ort_gathers_and_only_tables_of_whole_blocks_get_them(monkeypatch):
