@@ -248,6 +248,12 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     return TaskData(spec, train, holdout, dev, test, dev_split_rows, test_split_rows)
 
 
+def bar_off(off: bool) -> dict:
+    """tqdm's ``disable`` where a bar is off (another process's, an unnamed pass): given as ``disable=False``
+    otherwise, it overrode ``TQDM_DISABLE=1``, and training bars filled a log that asked for none."""
+    return {"disable": True} if off else {}
+
+
 @contextlib.contextmanager
 def _no_bars():
     """datasets' progress bars off for what is inside (as they were after)."""

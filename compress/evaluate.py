@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress.data import Collator, TaskSpec, eval_loader
+from compress.data import Collator, TaskSpec, bar_off, eval_loader
 from compress.metrics import compute_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -27,7 +27,7 @@ def predict(model: torch.nn.Module, ds, collator: Collator, batch_size: int = 64
     model.eval()
     chunks = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+    for batch in tqdm(loader, desc=desc, leave=False, **bar_off(desc is None)):
         inputs = {k: batch[prefix + k].to(device) for k in MODEL_INPUTS if prefix + k in batch}
         with autocast:
             logits = model(**inputs).logits

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from compress import prune as P
 from compress.bundle_predict import first_line
 from compress.config import PruneConfig, Recipe, RecoverConfig, newest_source
-from compress.data import Collator, TaskSpec, load_task, tokenize, train_loader
+from compress.data import Collator, TaskSpec, bar_off, load_task, tokenize, train_loader
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
@@ -184,7 +184,7 @@ def logits_of(model, ds, collator: Collator, chunk: int = 2048, precision: str =
     parts = [predict_shared(model, ds.select(range(i, min(i + chunk, len(ds)))), collator, batch_size=128,
                             precision=precision)
              for i in tqdm(range(0, len(ds), chunk), desc="recovery teacher logits", unit="chunk",
-                           disable=not process_state().is_local_main_process)]
+                           **bar_off(not process_state().is_local_main_process))]
     return torch.from_numpy(np.concatenate(parts)).float()
 
 

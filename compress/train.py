@@ -33,7 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from compress.bundle_predict import first_line
 from compress.config import TrainConfig
-from compress.data import Collator, train_loader
+from compress.data import Collator, bar_off, train_loader
 from compress.errors import CompressError
 from compress.manifest import hash_tree, sha256_file
 
@@ -221,8 +221,8 @@ def fit(
         return "" if checkpoint_dir is None else f"; last good checkpoint {latest}" if latest else \
             "; no checkpoint saved yet"
 
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True,
+               **bar_off(not accelerator.is_local_main_process))
     last_loss = float("nan")
     try:  # an interrupt closes the bar first: 'interrupted' is then the last line shown, not a redrawn bar
         while step < total:

@@ -714,6 +714,7 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_bert_dir):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and err.rstrip().endswith("terminated"), err[-2000:]
     assert not list(run_dir.glob(".teacher.tmp-*")) and not (run_dir / "teacher").exists()
+    assert "%|" not in err, err[-2000:]  # TQDM_DISABLE=1: no training bar either (its disable=False overrode it)
 
 
 def test_a_teacher_already_fine_tuned_is_kept_as_it_is(tiny_bert_dir, tmp_path, tokenizer, caplog, monkeypatch,
