@@ -701,15 +701,18 @@ _ORDER = {"teacher": 0, "student": 1, "pruned": 2, "int8": 3}
 
 def _config_digests(manifests: Sequence[dict]) -> dict[str, str]:
     """What the models of a run were made and measured with: each stage's config, every ``seed`` left out (runs that
-    differ in it are seeds of one experiment, `merge_seeds`), as a digest."""
-    def unseeded(value):
+    differ in it are seeds of one experiment, `merge_seeds`), and the data by content, not by the paths the recipe
+    spelled it with (a run whose bench was made with the same files spelled absolute was not merged), as a digest."""
+    def unseeded(value, key: str = ""):
         if isinstance(value, dict):
-            return {k: unseeded(v) for k, v in value.items() if k != "seed"}
+            return {k: unseeded(v, k) for k, v in value.items()
+                    if k != "seed" and not (key == "task" and k in ("data_dir", "files"))}
         return [unseeded(v) for v in value] if isinstance(value, list) else value
 
     from compress.manifest import fingerprint
 
-    return {m["stage"]: fingerprint({"config": unseeded(m.get("config"))}) for m in manifests}
+    data = _data_digests(next((m for m in manifests if m.get("stage") == "teacher"), {}))
+    return {m["stage"]: fingerprint({"config": unseeded(m.get("config")), "data": data}) for m in manifests}
 
 
 def _manifests(run_dir: Path, stages: set[str]) -> list[dict]:
@@ -1315,18 +1318,32 @@ def _split_rows(table: RunTable, split: str) -> tuple[Optional[int], bool]:
     return (table.test_rows, table.test_subset) if table.tested else (None, False)
 
 
-def _measure_key(recipe) -> str:
+def _measure_key(recipe, paths: bool = False) -> str:
     """What the report stage's own timing pass (`measure_missing`) depends on: the outputs of this run's stages before
-    it (their manifests' hashes), the bench settings, the task, the seed and this package's version; not the
-    report's display settings (``threads``, ``compare``)."""
+    it (their manifests' hashes), the bench settings, the task, its data by content (the teacher stage's input
+    hashes), the seed and this package's version; not the report's display settings (``threads``, ``compare``), nor
+    the paths the recipe spells the data with (``paths``: the key as before 2026-12-07, the task's paths in it, still
+    accepted: the same files spelled absolute re-timed every model and rebuilt the bundle)."""
     from compress import __version__
     from compress.manifest import fingerprint
     from compress.pipeline import plan
 
-    outputs = {s.name: (_read(recipe.run_dir / s.name / "manifest.json", checked=False) or {}).get("outputs")
-               for s in plan(recipe) if s.name not in ("report", "bundle")}
-    return fingerprint({"outputs": outputs, "bench": recipe.section("bench") if recipe.bench is not None else None,
-                        "task": recipe.section("task"), "seed": recipe.seed, "compress": __version__})
+    manifests = {s.name: _read(recipe.run_dir / s.name / "manifest.json", checked=False) or {}
+                 for s in plan(recipe) if s.name not in ("report", "bundle")}
+    task, data = recipe.section("task"), {}
+    if not paths:
+        task = {k: v for k, v in task.items() if k not in ("data_dir", "files")}
+        data = {"data": _data_digests(manifests.get("teacher") or {})}
+    return fingerprint({"outputs": {name: m.get("outputs") for name, m in manifests.items()},
+                        "bench": recipe.section("bench") if recipe.bench is not None else None,
+                        "task": task, **data, "seed": recipe.seed, "compress": __version__})
+
+
+def _data_digests(teacher: dict) -> list[str]:
+    """The sha256 of what the teacher stage read (the task's data files, a local model folder's files), whatever the
+    paths they were read from."""
+    inputs = teacher.get("inputs")
+    return sorted(v for v in inputs.values() if isinstance(v, str)) if isinstance(inputs, dict) else []
 
 
 def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
@@ -1340,7 +1357,8 @@ def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     manifest = _read(folder / "manifest.json", checked=False) or {}  # this stage's own, about to be replaced
     outputs, env = manifest.get("outputs"), manifest.get("env")
     recorded = outputs.get(MEASURED) if isinstance(outputs, dict) else None
-    if not (isinstance(previous, dict) and previous.get("key") == (key or _measure_key(recipe)) and recorded
+    if not (isinstance(previous, dict) and previous.get("key") in (key or _measure_key(recipe),
+                                                                   _measure_key(recipe, paths=True)) and recorded
             and sha256_file(folder / MEASURED) == recorded
             and not other_machine(env if isinstance(env, dict) else None)):
         return None

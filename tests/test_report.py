@@ -1146,6 +1146,23 @@ def test_runs_of_one_name_merge_as_seeds_only_when_nothing_but_seeds_differs(tmp
     configure(b, 43, 0.3)  # the same settings, another seed (in the configs too): one table of two seeds
     merged = merge_seeds([collect(a), collect(b)])
     assert len(merged) == 1 and merged[0].provenance["seeds"] == [42, 43]
+
+    def data(run, dev, digest):  # the stage's task spelling its dev file; the teacher's record of its bytes
+        for stage, key, value in (("quantize", "config", None), ("teacher", "inputs", {dev: digest})):
+            path = run / stage / "manifest.json"
+            manifest = json.loads(path.read_text())
+            if value is None:
+                manifest["config"]["task"] = {"name": "mine", "files": {"dev": dev}, "data_dir": None}
+            else:
+                manifest[key] = value
+            path.write_text(json.dumps(manifest))
+
+    data(a, "dev.csv", "ab")
+    data(b, str(tmp_path / "dev.csv"), "ab")  # the same bytes spelt absolute (one run's bench made so): one table
+    assert len(merge_seeds([collect(a), collect(b)])) == 1
+    data(b, "dev.csv", "cd")  # other bytes under the same name: apart
+    assert len(merge_seeds([collect(a), collect(b)])) == 2
+    data(b, "dev.csv", "ab")
     again = tmp_path / "a" / ".." / "a" / "quickstart"  # the same folder, spelt otherwise
     assert main(["report", str(a), str(again), "--out", str(tmp_path / "twice")]) == 0
     assert (tmp_path / "twice" / "report.md").read_text().count("## quickstart") == 1
@@ -1494,6 +1511,16 @@ def test_display_settings_keep_the_report_timing_and_the_bundle_and_a_renamed_or
     assert "[report] running" in out and "latencies of the previous report pass kept" in out
     assert (folder / "report" / "latency.json").read_bytes() == timed
     assert "[bundle] up to date" in out and again["bundle"]["created"] == first["bundle"]["created"]
+    # the same data spelt otherwise (a linked folder) with the display change back: the timings of the report were
+    # kept by their key (it held the task's paths: they were all timed again, and the bundle rebuilt with them)
+    (tmp_path / "glue-link").symlink_to(glue_dir / "SST-2")
+    again = run_pipeline(load_recipe(path, {"task.data_dir": str(tmp_path / "glue-link")}))
+    out = capsys.readouterr().out
+    assert "[report] running" in out and "latencies of the previous report pass kept" in out, out
+    assert (folder / "report" / "latency.json").read_bytes() == timed
+    assert "[bundle] up to date" in out and again["bundle"]["created"] == first["bundle"]["created"]
+    run_pipeline(load_recipe(path, {"report.threads": 1}))  # back to the report of threads 1
+    capsys.readouterr()
     # a latency.json edited by hand is timed again, not published anew as the stage's; --force report times again
     edited = json.loads(timed)
     edited["models"]["teacher"]["artifacts"]["onnx_fp32"]["results"][0]["p50_ms"] = 1e-6
