@@ -993,6 +993,8 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
     from compress.metrics import compute_metrics
     from compress.tasks import GLUE_TASKS, task_spec
 
+    if max_rows is not None and not (isinstance(max_rows, int) and max_rows >= 1):  # the CLI's --max-rows checks it
+        raise CompressError(f"max_rows: a whole number of rows >= 1 (None: every row), got {max_rows!r}")
     with loaded(bundle, threads, manifest_sha256) as predictor:
         meta = predictor.manifest["task"]
         if not isinstance(meta.get("name"), str):  # a manifest edited by hand: one line, not a traceback

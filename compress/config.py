@@ -1424,6 +1424,9 @@ def _recipe_hint(path: Path) -> str:
 def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Recipe:
     """Read and validate a recipe YAML file. ``overrides`` are dotted keys, e.g. {"teacher.epochs": 1}."""
     path = Path(path)
+    if overrides is not None and not isinstance(overrides, dict):  # a list of "k=v" strings, as on the command line
+        raise CompressError(f"overrides: a dict of dotted keys to values, e.g. {{'teacher.epochs': 1}}, got "
+                            f"{type(overrides).__name__}")
     if not path.is_file():
         raise CompressError(f"{path}: " + ("a folder, not a recipe file" if path.is_dir() else "not a regular file (a "
                                            "recipe is read from a file)" if path.exists() else

@@ -694,6 +694,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
 
 def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
+    force = (force,) if isinstance(force, str) else tuple(force)  # force="teacher" was the stages t, e, a...
     _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     if force or os.environ.get("WORLD_SIZE", "1") != "1" or not run_dir.is_dir():
@@ -938,6 +939,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     """What `run_pipeline` would do, without doing it: ``(stage, runs, why)`` per planned stage. A stage runs when
     forced, never run, its outputs were edited, its fingerprint moved (the changed config keys, seed, input files or
     upstream outputs are named), or a stage it reads will run first (its outputs are not known before)."""
+    force = (force,) if isinstance(force, str) else tuple(force)
     _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     done: dict[str, dict] = {}

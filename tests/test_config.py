@@ -27,6 +27,25 @@ def test_every_shipped_recipe_validates():
         assert recipe.task.name and recipe.teacher.model
 
 
+def test_the_python_api_refuses_command_line_shapes_in_one_line(tmp_path):
+    """From Python: overrides as a list of "k=v" strings gave AttributeError ('list' object has no attribute 'items');
+    force="teacher" was the stages t, e, a, ... ("--force t: unknown stage"); score(max_rows=0) an sklearn ValueError
+    (the CLI's --max-rows refuses it)."""
+    from compress.bundle import score
+    from compress.pipeline import explain
+
+    p = write(tmp_path, f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: sst2}}\nteacher: {{}}\n")
+    with pytest.raises(CompressError, match=r"^overrides: a dict of dotted keys to values, e\.g\. \{'teacher\.epochs': "
+                                            r"1\}, got list$"):
+        load_recipe(p, ["teacher.epochs=2"])
+    assert explain(load_recipe(p), force="teacher") == explain(load_recipe(p), force=("teacher",))
+    assert explain(load_recipe(p), force="teacher")[0] == ("teacher", True, "forced (--force)")
+    for rows in (0, -1, 2.5):
+        with pytest.raises(CompressError, match=rf"^max_rows: a whole number of rows >= 1 \(None: every row\), got "
+                                                rf"{rows}$"):
+            score(tmp_path / "no-bundle", max_rows=rows)
+
+
 def test_unknown_key_names_file_and_key(tmp_path):
     p = write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, lr_rate: 0.1}\n")
     with pytest.raises(CompressError) as e:
