@@ -26,6 +26,20 @@ def test_other_stage_targets(target, command):
     assert command in out, out
 
 
+@pytest.mark.parametrize("target", ["pipeline", "teacher", "report", "bundle", "bench", "search", "dry-run"])
+def test_runs_dir_and_set_reach_the_command(target):
+    """RUNS_DIR and SET were read by no target: outputs went to the recipe's runs_dir (the repository's runs/), and a
+    seed run or any override needed the compress command itself."""
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "RECIPE=pipelines/mrpc.yaml",
+                          "RUNS_DIR=/tmp/my runs", "SET=seed=43 teacher.epochs=1"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "\"pipelines/mrpc.yaml\"" in out and out.rstrip().endswith(
+        "--set 'seed=43' --set 'teacher.epochs=1' --runs-dir \"/tmp/my runs\""), out
+    validate = subprocess.run(["make", "-n", "-o", ".venv/.installed", "validate", "SET=seed=43"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout
+    assert validate.rstrip().endswith("validate \"pipelines/quickstart.yaml\" --set 'seed=43'"), validate
+
+
 def test_a_recipe_path_with_a_space_reaches_the_command_whole(tmp_path):
     """`make validate RECIPE="my recipes/q.yaml"`: the path was split at the space (two arguments, "my" not found)."""
     folder = tmp_path / "my recipes"
