@@ -1357,8 +1357,8 @@ def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     manifest = _read(folder / "manifest.json", checked=False) or {}  # this stage's own, about to be replaced
     outputs, env = manifest.get("outputs"), manifest.get("env")
     recorded = outputs.get(MEASURED) if isinstance(outputs, dict) else None
-    if not (isinstance(previous, dict) and previous.get("key") in (key or _measure_key(recipe),
-                                                                   _measure_key(recipe, paths=True)) and recorded
+    if not (isinstance(previous, dict) and (previous.get("key") == (key or _measure_key(recipe))
+                                            or previous.get("key") == _measure_key(recipe, paths=True)) and recorded
             and sha256_file(folder / MEASURED) == recorded
             and not other_machine(env if isinstance(env, dict) else None)):
         return None
