@@ -1279,9 +1279,10 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
             out.append(f"run {t.run} has no latency (no bench stage, report.measure off, or its latencies left out "
                        f"as stale): it is not on the plot")
         elif not (t.reference_row() and t.reference_row().latency):
-            out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) was never timed, so the speedup "
-                       f"column stays empty; the recipe's report stage times it unless report.measure is false "
-                       f"(compress run RECIPE --stage report)")
+            out.append(f"run {t.run}: the speedup reference (teacher · onnx fp32) has no timing (never timed, or its "
+                       f"timing left out as stale: a stage was redone since the report stage timed it), so the "
+                       f"speedup column stays empty; the recipe's report stage times it unless report.measure is "
+                       f"false (compress run RECIPE --stage report)")
         if t.teacher_constant is not None:
             out.append(f"run {t.run}: the teacher predicts {t.teacher_constant!r} for every dev row (a constant "
                        f"model): retention against it means little")

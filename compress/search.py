@@ -898,6 +898,17 @@ def _passes(r: dict) -> str:
     return f" (median of {n})" if n > 1 else ""
 
 
+def _same_pass_refs(summary: dict) -> str:
+    """How the speedups were taken: each over the teacher's p50 timed in the candidate's own pass (the machine's speed
+    drifts between passes), which the table does not show: its range, where it is not the one figure above."""
+    refs = [r["teacher_fp32_p50_ms_same_pass"] for r in summary.get("candidates") or []
+            if isinstance(r.get("teacher_fp32_p50_ms_same_pass"), (int, float))]
+    if not refs or f"{min(refs):.2f}" == f"{max(refs):.2f}" == f"{summary['teacher_fp32']['p50_ms']:.2f}":
+        return ""
+    return (f" (each speedup is over the teacher's p50 timed in that candidate's own pass: {min(refs):.2f} to "
+            f"{max(refs):.2f} ms here, teacher_fp32_p50_ms_same_pass in search.json)")
+
+
 def markdown(summary: dict, png: Optional[str]) -> str:
     from compress.report import md_text
 
@@ -906,7 +917,8 @@ def markdown(summary: dict, png: Optional[str]) -> str:
              f"**{md_text(summary['message'])}**", "",
              f"Budget: p50 <= {summary['budget_ms']:g} ms per {'pair' if summary.get('pair') else 'sentence'} at "
              f"{summary['threads']} thread(s), "
-             f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms. "
+             f"{summary['latency']}. Teacher ONNX fp32: p50 {summary['teacher_fp32']['p50_ms']:.2f} ms"
+             + _same_pass_refs(summary) + ". "
              f"Wall time {summary['wall_s']:.0f} s; measured {summary['counts']['measured']}, reused "
              f"{summary['counts']['reused']}"
              + (f", timed again {summary['counts']['timed_again']}" if summary["counts"].get("timed_again") else "")

@@ -557,8 +557,9 @@ def test_report_warns_of_what_would_read_wrong():
                               reference_row=lambda: SimpleNamespace(latency={}), teacher_constant=None, dev_rows=None,
                               dev_subset=False, tested=False)
     assert report_warnings([untimed], threads=None) == [
-        "run rte: the speedup reference (teacher · onnx fp32) was never timed, so the speedup column stays empty; the "
-        "recipe's report stage times it unless report.measure is false (compress run RECIPE --stage report)"]
+        "run rte: the speedup reference (teacher · onnx fp32) has no timing (never timed, or its timing left out as "
+        "stale: a stage was redone since the report stage timed it), so the speedup column stays empty; the recipe's "
+        "report stage times it unless report.measure is false (compress run RECIPE --stage report)"]
 
 
 def test_report_warns_when_overlaid_runs_are_drawn_at_other_thread_counts_or_timed_on_other_machines():

@@ -528,6 +528,11 @@ def test_a_candidate_near_the_budget_is_decided_on_the_median_of_several_passes(
         "passes" in md
     assert "ms per sentence at 1 thread(s)" in md
     assert "ms per pair at 1 thread(s)" in search.markdown({**summary, "pair": True}, None)
+    # the speedups divide each candidate's own pass's teacher p50, not the one in the header: its range is said
+    assert "Teacher ONNX fp32: p50 4.00 ms (each speedup is over the teacher's p50 timed in that candidate's own " \
+        "pass: 4.00 to 4.20 ms here, teacher_fp32_p50_ms_same_pass in search.json). " in md
+    one = [{**c, "teacher_fp32_p50_ms_same_pass": 4.0} for c in summary["candidates"]]
+    assert "Teacher ONNX fp32: p50 4.00 ms. " in search.markdown({**summary, "candidates": one}, None)
 
 
 def test_search_removes_the_scratch_folders_of_a_killed_search(tmp_path, glue_dir, tokenizer, monkeypatch):
