@@ -990,6 +990,7 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
 
     from compress.config import TaskConfig
     from compress.data import load_split
+    from compress.evaluate import constant_label
     from compress.metrics import compute_metrics
     from compress.tasks import GLUE_TASKS, task_spec
 
@@ -1019,14 +1020,16 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
                 logits.append(predictor.logits([texts[i]], None if pairs is None else [pairs[i]])[0])
             except BundleError as e:
                 raise CompressError(f"{bundle}: {split} row {i + 1}: {e}") from None
-    metrics = compute_metrics(spec.metrics, np.stack(logits) if logits else np.zeros((0, spec.num_labels)),
-                              np.asarray(ds["label"][:rows]))
+    stacked = np.stack(logits) if logits else np.zeros((0, spec.num_labels))
+    metrics = compute_metrics(spec.metrics, stacked, np.asarray(ds["label"][:rows]))
+    constant = constant_label(stacked, spec)
     recorded = predictor.manifest.get("metrics") if isinstance(predictor.manifest.get("metrics"), dict) else {}
     figures = recorded.get(split)  # a manifest edited by hand: figures that are not numbers are none
     if not (isinstance(figures, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               for v in figures.values())):
         figures = None
     return {"split": split, "rows": rows, "of_rows": len(ds), "metrics": metrics,
+            **({"constant_label": constant} if constant is not None else {}),
             "manifest": {"metrics": figures,
                          "rows": recorded.get(f"{split}_rows"), "subset": recorded.get(f"{split}_subset")}}
 
@@ -1059,6 +1062,10 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
                                 f"reproduce the measured model (bundle.verify: false ships it anyway)")
     print(f"[bundle] verified as shipped: {metric} {_fmt_metric(got)} on {rows} dev rows "
           f"(recorded {_fmt_metric(want)})", flush=True)
+    if "constant_label" in result:  # the stage and the report said so of the teacher; this is the model shipped
+        log.warning("bundle: the bundle predicts %r for every one of the %d dev rows (a constant model): its %s is "
+                    "that label's share of the rows, learnt from no text; train longer or on more rows before "
+                    "shipping it", result["constant_label"], rows, metric)
     memory = shipped_memory(folder, task, threads, rows)
     return {"split": "dev", "rows": rows, "metrics": result["metrics"], "metric": metric, "recorded": want,
             "points_apart": apart, "tolerance_points": tolerance, "threads": threads,

@@ -302,6 +302,9 @@ def cmd_score(args) -> int:
     whole = "the whole split" if result["rows"] == result["of_rows"] else f"its first {result['rows']} of " \
         f"{result['of_rows']}"
     print(f"{said(result['metrics'])} on {result['rows']} {args.split} rows ({whole})")
+    if "constant_label" in result:
+        print(f"warning: the bundle predicts {result['constant_label']!r} for every one of these rows (a constant "
+              f"model)", file=sys.stderr)
     recorded = result["manifest"]
     if recorded["metrics"]:
         rows = f" on {recorded['rows']} {args.split} rows" if recorded["rows"] is not None else ""

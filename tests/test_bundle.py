@@ -841,6 +841,15 @@ def test_bundle_verify_fails_when_only_one_of_the_scores_is_defined(monkeypatch)
     assert b.check_as_shipped(Path("x"), stsb, {"pearson": float("nan")}, "pearson", 0.5, 40)["points_apart"] is None
     scored(pearson=0.851, spearmanr=0.84)
     assert b.check_as_shipped(Path("x"), stsb, {"pearson": 0.85}, "pearson", 0.5, 40)["points_apart"] == 0.1
+    # a model of one label for every row is verified (it is what was measured) and said to be one
+    monkeypatch.setattr(b, "score", lambda *a, **k: {"rows": 40, "metrics": {"accuracy": 0.55},
+                                                     "constant_label": "positive"})
+    warned = []
+    monkeypatch.setattr(b.log, "warning", lambda msg, *args: warned.append(msg % args))
+    b.check_as_shipped(Path("x"), TaskConfig(name="sst2", max_eval_samples=40), {"accuracy": 0.55}, "accuracy", 0.5, 40)
+    assert warned == ["bundle: the bundle predicts 'positive' for every one of the 40 dev rows (a constant model): its "
+                      "accuracy is that label's share of the rows, learnt from no text; train longer or on more rows "
+                      "before shipping it"]
 
 
 def test_shipped_memory_runs_predict_py_and_warns_when_it_cannot(bundle, glue_dir, tmp_path, capsys):
@@ -2151,6 +2160,20 @@ def test_compress_score_reads_data_dir_pairs_in_order_and_the_manifest_hash(int8
     (data / "dev.tsv").write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:6]))
     assert main(["score", str(folder), "--data-dir", str(data)]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(" on 5 dev rows (the whole split)")
+    # a model that predicts one label for every row is said to be one (the teacher's stage said it of the teacher
+    # only; a bundle of such a model shipped and scored without a word)
+    import numpy as np
+
+    with monkeypatch.context() as m:
+        m.setattr(bundle_predict.Predictor, "logits", lambda self, texts, pairs=None: np.array([[0.0, 1.0]]))
+        result = score(folder, data_dir=str(data))
+        assert result["constant_label"] == "1" and result["metrics"]["accuracy"] == 0.6, result
+        assert main(["score", str(folder), "--data-dir", str(data)]) == 0
+        assert capsys.readouterr().err.split("\r")[-1] == "warning: the bundle predicts '1' for every one of these " \
+            "rows (a constant model)\n"  # after the bar's cleared line
+        both = iter([[1.0, 0.0], [0.0, 1.0]] * 3)
+        m.setattr(bundle_predict.Predictor, "logits", lambda self, texts, pairs=None: np.array([next(both)]))
+        assert "constant_label" not in score(folder, data_dir=str(data))
     for argv in (["score", str(archive)], ["predict", str(archive), "--bench", "1", TEXTS[0]]):
         assert main([*argv, "--manifest-sha256", "0" * 64]) == 2, argv
         assert "manifest" in capsys.readouterr().err
