@@ -133,8 +133,9 @@ LABEL_OFFSETS = sorted(((dx, dy) for dx in (9, -9, 26, -26, 48, -48)
 def _spread_labels(fig, ax, labels, points=()) -> list:
     """Place each point label (left to right) at the first offset of `LABEL_OFFSETS` where it stays inside the axes
     and covers no label placed before, no point of ``points`` ((x, y, metric std, marker radius in points): the
-    marker and its error bar) and not the legend; where none is free, where it covers least. A label that ends up
-    away from its point is joined to it by a thin line. Returns the labels' boxes (display units, padded)."""
+    marker and its error bar) and not the legend; where none is free, where it covers least; among those, one whose
+    line runs over no other marker. A label that ends up away from its point is joined to it by that thin line.
+    Returns the labels' boxes (display units, padded)."""
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
@@ -162,18 +163,34 @@ def _spread_labels(fig, ax, labels, points=()) -> list:
         label.update_positions(renderer)
         return Text.get_window_extent(label, renderer).padded(3)  # labels that touch read as one
 
+    def crossed(own, box, markers) -> int:
+        """How many markers other than its own the line from the point ``own`` (display) to its label's ``box``
+        passes over (the leader drawn when the label left the point's side read as joining another point). The line
+        aims at the box's centre (matplotlib's) and ends at its edge."""
+        line = [(own[0] + (box.x0 + box.x1 - 2 * own[0]) * k / 48, own[1] + (box.y0 + box.y1 - 2 * own[1]) * k / 48)
+                for k in range(1, 24)]
+        line = [(x, y) for x, y in line if not box.contains(x, y)]
+        return sum(any(m.contains(x, y) for x, y in line) for m in markers if not m.contains(*own))
+
+    markers = blocked[:len(points)]
     placed = []
     for label in sorted(labels, key=lambda a: a.xy[0]):
         best = None
+        own = ax.transData.transform(label.xy)
         for dx, dy in LABEL_OFFSETS:
             box = box_at(label, dx, dy)
             outside = box.width * box.height - area(box, frame)
             cover = sum(area(box, other) for other in placed + blocked) + 10 * outside
-            if best is None or cover < best[0]:
-                best = (cover, dx, dy)
-            if cover == 0:
+            if best is not None and cover > best[0]:
+                continue
+            # then, among places that cover as little, one whose leader line (drawn when the label leaves the point's
+            # side) runs over no other marker: one that did read as the label of the point it crossed
+            lines = crossed(own, box, markers) if abs(dy) > 12 or abs(dx) > 9 else 0
+            if best is None or (cover, lines) < best[:2]:
+                best = (cover, lines, dx, dy)
+            if cover == 0 and lines == 0:
                 break
-        _, dx, dy = best
+        dx, dy = best[2:]
         placed.append(box_at(label, dx, dy))
         if label.arrow_patch is not None:  # the line only when the label left the point's side
             label.arrow_patch.set_visible(abs(dy) > 12 or abs(dx) > 9)

@@ -636,6 +636,46 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
     assert any("std over 3 seeds" in t.get_text() for t in ax.get_legend().get_texts())  # what the bars are
 
 
+def test_no_leader_line_runs_over_another_points_marker(tmp_path, monkeypatch):
+    """A run's plot (a walkthrough's, of its own CSV task): the label of the int8 static point went left, past the
+    circled Optimum point beside it, and its leader line ran through that circle, so the static model read as on the
+    frontier. Among places that cover nothing, one whose line crosses no other marker is taken."""
+    seen = {}
+
+    def spy(fig, ax, labels, points=()):
+        seen.update(boxes=real(fig, ax, labels, points), ax=ax, labels=labels, points=points, pt=fig.dpi / 72.0)
+        return seen["boxes"]
+
+    real = pareto._spread_labels
+    monkeypatch.setattr(pareto, "_spread_labels", spy)
+    rows = [Row("teacher", "teacher", "torch", 22_700_000, 90_000_000, 0.7825)]
+    for name, kind, fmt, metric, p50 in [
+            ("teacher · onnx fp32", "teacher", "onnx fp32", 0.7825, 4.1573),
+            ("student small · onnx fp32", "student", "onnx fp32", 0.775, 1.9243),
+            ("pruned", "pruned", "torch", 0.7825, 5.7408), ("pruned · onnx fp32", "pruned", "onnx fp32", 0.7825, 1.4044),
+            ("pruned · onnx fp32 fused", "pruned", "onnx fp32", 0.7825, 1.2184),
+            ("pruned · int8 dynamic", "int8", "onnx int8", 0.775, 0.739),
+            ("pruned · int8 static", "int8", "onnx int8", 0.7825, 1.0719),
+            ("pruned · torch int8 dynamic (peer)", "int8", "torch int8", 0.7625, 5.2855),
+            ("pruned · optimum int8 (peer)", "int8", "onnx int8", 0.7825, 1.0103)]:
+        rows.append(Row(name, kind, fmt, 7_000_000, 30_000_000, metric, latency={2: Latency(p50, p50 * 1.4)},
+                        reference=name == "teacher · onnx fp32"))
+    table = RunTable("reviews", "runs/reviews", "accuracy", rows, teacher_metric=0.7825,
+                     provenance={"protocol": {"batch_size": 1, "threads": "2"}})
+    assert pareto_plot([table], tmp_path / "p.png") is not None
+    ax, pt = seen["ax"], seen["pt"]
+    markers = [(*ax.transData.transform((x, y)), radius * pt) for x, y, _, radius in seen["points"]]
+    leaders = [label for label in seen["labels"] if label.arrow_patch.get_visible()]
+    assert leaders  # (labels left their points' sides here)
+    for label in leaders:
+        (x0, y0), (x1, y1) = label.arrow_patch.get_path().vertices[[0, -1]]  # drawn: display units
+        own = ax.transData.transform(label.xy)
+        for mx, my, r in markers:
+            if abs(mx - own[0]) > 1e-6 or abs(my - own[1]) > 1e-6:
+                assert not any(abs(x0 + (x1 - x0) * k / 20 - mx) < r and abs(y0 + (y1 - y0) * k / 20 - my) < r
+                               for k in range(21)), label.get_text()
+
+
 def test_every_column_is_explained_and_shippable_rows_are_named_in_markdown(tmp_path):
     """A reader of report.md (no colours there) sees which int8 models a bundle may ship, and the note under the table
     says what each column holds."""
