@@ -90,8 +90,8 @@ def _check_delimiter(path: Path, line: int, header: list[str]) -> None:
         said = {"\t": "tab", ";": "';'", ",": "comma", "|": "'|'"}
         hint = ("name it .tsv" if other == "\t" else "name it .csv" if other == "," else
                 "save it again comma-separated" + (" (or tab-separated, as .tsv)" if ours == "," else ", as .csv"))
-        raise CompressError(f"{path}:{line}: the header {header[0][:60]!r} reads as one column: a {path.suffix} file is "
-                            f"read {said[ours]}-separated, and this one looks {said[other]}-separated; {hint}")
+        raise CompressError(f"{path}:{line}: the header {header[0][:60]!r} reads as one column: a {path.suffix} file "
+                            f"is read {said[ours]}-separated, and this one looks {said[other]}-separated; {hint}")
 
 
 _PADDED_QUOTED = re.compile(r'\s+".*"\s*', re.S)

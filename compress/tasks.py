@@ -29,8 +29,9 @@ def missing_hint(cfg: TaskConfig, spec: "TaskSpec", path: Path) -> str:
     if cfg.data_dir:
         return ""
     if not spec.folder:
-        return "" if path.is_absolute() else (f" (without task.data_dir, task.files are read from the folder compress "
-                                              f"runs in, {Path.cwd()}; set task.data_dir to the folder that holds them)")
+        return "" if path.is_absolute() else (f" (without task.data_dir, task.files are read from the folder "
+                                              f"compress runs in, {Path.cwd()}; set task.data_dir to the folder that "
+                                              f"holds them)")
     where = "GLUE_DIR" if os.environ.get("GLUE_DIR") else f"the default {DEFAULT_GLUE_DIR}"
     return (f" (looked in {where}: set GLUE_DIR to the folder holding {spec.folder}/, or task.data_dir to the "
             f"{spec.folder} folder)")

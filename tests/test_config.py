@@ -52,7 +52,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
         load_recipe(p)
     assert str(p) in str(e.value) and "teacher.lr_rate: unknown key (known keys: " in str(e.value)  # no near one
     p = write(tmp_path, "task: {name: mine, label_colum: y}\nteacher: {}\n")
-    with pytest.raises(CompressError, match=r"task\.label_colum: unknown key \(did you mean 'label_column'\? known keys"):
+    with pytest.raises(CompressError, match=r"task\.label_colum: unknown key \(did you mean 'label_column'\? known "):
         load_recipe(p)
 
 

@@ -561,9 +561,9 @@ def test_csv_text_after_a_closing_quote_is_refused(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("name,text,message", [
-    ("t.csv", 'review;stars\n"it\'s ""fine""";pos\nbad;neg\n', "1: the header 'review;stars' reads as one column: a .csv "
-     "file is read comma-separated, and this one looks ';'-separated; save it again comma-separated (or tab-separated, "
-     "as .tsv)"),
+    ("t.csv", 'review;stars\n"it\'s ""fine""";pos\nbad;neg\n', "1: the header 'review;stars' reads as one column: a "
+     ".csv file is read comma-separated, and this one looks ';'-separated; save it again comma-separated (or "
+     "tab-separated, as .tsv)"),
     ("t.tsv", "review,stars\nfine,pos\nbad,neg\n", "1: the header 'review,stars' reads as one column: a .tsv file is "
      "read tab-separated, and this one looks comma-separated; name it .csv"),
     ("t.csv", "review\tstars\nfine\tpos\nbad\tneg\n", "1: the header 'review\\tstars' reads as one column: a .csv "

@@ -652,7 +652,8 @@ def test_no_leader_line_runs_over_another_points_marker(tmp_path, monkeypatch):
     for name, kind, fmt, metric, p50 in [
             ("teacher · onnx fp32", "teacher", "onnx fp32", 0.7825, 4.1573),
             ("student small · onnx fp32", "student", "onnx fp32", 0.775, 1.9243),
-            ("pruned", "pruned", "torch", 0.7825, 5.7408), ("pruned · onnx fp32", "pruned", "onnx fp32", 0.7825, 1.4044),
+            ("pruned", "pruned", "torch", 0.7825, 5.7408),
+            ("pruned · onnx fp32", "pruned", "onnx fp32", 0.7825, 1.4044),
             ("pruned · onnx fp32 fused", "pruned", "onnx fp32", 0.7825, 1.2184),
             ("pruned · int8 dynamic", "int8", "onnx int8", 0.775, 0.739),
             ("pruned · int8 static", "int8", "onnx int8", 0.7825, 1.0719),
