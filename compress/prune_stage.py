@@ -34,7 +34,7 @@ from compress.data import Collator, TaskSpec, bar_off, load_task, tokenize, trai
 from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
-from compress.evaluate import MODEL_INPUTS, evaluate, predict, predict_shared
+from compress.evaluate import MODEL_INPUTS, evaluate, predict_shared
 from compress.manifest import read_json, write_atomic, write_json
 from compress.metrics import warn_undefined
 from compress.modeling import count_params, load_trained, save, save_atomic
