@@ -30,14 +30,16 @@ def test_other_stage_targets(target, command):
 def test_runs_dir_and_set_reach_the_command(target):
     """RUNS_DIR and SET were read by no target: outputs went to the recipe's runs_dir (the repository's runs/), and a
     seed run or any override needed the compress command itself."""
-    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, "RECIPE=pipelines/mrpc.yaml",
-                          "RUNS_DIR=/tmp/my runs", "SET=seed=43 teacher.epochs=1"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    assert "\"pipelines/mrpc.yaml\"" in out and out.rstrip().endswith(
-        "--set 'seed=43' --set 'teacher.epochs=1' --runs-dir \"/tmp/my runs\""), out
-    validate = subprocess.run(["make", "-n", "-o", ".venv/.installed", "validate", "SET=seed=43"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout
-    assert validate.rstrip().endswith("validate \"pipelines/quickstart.yaml\" --set 'seed=43'"), validate
+    def command(*args) -> str:  # the compress line (under `make test`, make also says which folder it enters)
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+        return next(line for line in out.splitlines() if "compress " in line)
+
+    line = command(target, "RECIPE=pipelines/mrpc.yaml", "RUNS_DIR=/tmp/my runs", "SET=seed=43 teacher.epochs=1")
+    assert "\"pipelines/mrpc.yaml\"" in line and line.endswith(
+        "--set 'seed=43' --set 'teacher.epochs=1' --runs-dir \"/tmp/my runs\""), line
+    line = command("validate", "SET=seed=43")
+    assert line.endswith("validate \"pipelines/quickstart.yaml\" --set 'seed=43'"), line
 
 
 def test_a_recipe_path_with_a_space_reaches_the_command_whole(tmp_path):
