@@ -59,10 +59,24 @@ def cmd_run(args) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"run folder: {recipe.run_dir} (nothing run: --dry-run)")
         return 0
+    _check_data_files(recipe)
     run_pipeline(recipe, until=args.stage, force=tuple(args.force))
     if _first_process():
         print(f"run folder: {recipe.run_dir}")
     return 0
+
+
+def _check_data_files(recipe) -> None:
+    """A data file the run will read that is not there stops it before any stage, in one line that says where relative
+    paths were read from (and names the recipe's folder when the file is there); the first stage's error said only
+    "train.csv: file not found", after `[teacher] running`."""
+    from compress.tasks import missing_files, missing_hint, task_spec
+
+    gone = missing_files(recipe.task)
+    if gone:
+        what = "a folder, not a file" if gone[0].is_dir() else "file not found"
+        hint = missing_hint(recipe.task, task_spec(recipe.task), gone[0], Path(recipe.path).parent)
+        raise CompressError(f"{gone[0]}: {what}{hint}")
 
 
 def cmd_validate(args) -> int:
@@ -130,7 +144,8 @@ def _not_runnable(recipe, stages) -> list[str]:
                    if there != recipe.run_dir else f"{recipe.path}: the run folder {there} is a file, not a folder")
     if stages:
         out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
-                f"{missing_hint(recipe.task, task_spec(recipe.task), path)}" for path in missing_files(recipe.task)]
+                f"{missing_hint(recipe.task, task_spec(recipe.task), path, Path(recipe.path).parent)}"
+                for path in missing_files(recipe.task)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check_field(recipe, field, name)

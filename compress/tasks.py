@@ -21,17 +21,21 @@ DEFAULT_GLUE_DIR = (_CHECKOUT.parent / "shared" / "data" / "glue" if (_CHECKOUT 
 glue beside a source checkout; ./glue (the working folder's) for an installed package, which has no such neighbour."""
 
 
-def missing_hint(cfg: TaskConfig, spec: "TaskSpec", path: Path) -> str:
+def missing_hint(cfg: TaskConfig, spec: "TaskSpec", path: Path, recipe_dir: Optional[Path] = None) -> str:
     """What to set when a task's file (``path``) is missing from the folder it was looked for in: "" where the recipe
     named its folder (``task.data_dir``) or a custom task's file path is absolute. A custom task's relative ``files``
     are read from the working folder, not the recipe's: `compress run walk/r.yaml` said only "train.csv: file not
-    found"."""
+    found" (with ``recipe_dir``, the recipe's folder, the hint names it when the file is there)."""
     if cfg.data_dir:
         return ""
     if not spec.folder:
-        return "" if path.is_absolute() else (f" (without task.data_dir, task.files are read from the folder "
-                                              f"compress runs in, {Path.cwd()}; set task.data_dir to the folder that "
-                                              f"holds them)")
+        if path.is_absolute():
+            return ""
+        beside = recipe_dir is not None and (recipe_dir / path).is_file() and recipe_dir.resolve() != Path.cwd()
+        where = f"task.data_dir: {recipe_dir}, where the recipe and that file are" if beside else \
+            "task.data_dir to the folder that holds them"
+        return (f" (without task.data_dir, task.files are read from the folder compress runs in, {Path.cwd()}; "
+                f"set {where})")
     where = "GLUE_DIR" if os.environ.get("GLUE_DIR") else f"the default {DEFAULT_GLUE_DIR}"
     return (f" (looked in {where}: set GLUE_DIR to the folder holding {spec.folder}/, or task.data_dir to the "
             f"{spec.folder} folder)")

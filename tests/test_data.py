@@ -200,7 +200,7 @@ def _refused(cfg) -> str:
     return str(e.value)
 
 
-def test_a_missing_custom_file_says_where_relative_paths_are_read_from(tmp_path, monkeypatch):
+def test_a_missing_custom_file_says_where_relative_paths_are_read_from(tmp_path, monkeypatch, capsys):
     """A custom task's relative files are read from the working folder, not the recipe's: `compress run walk/r.yaml`
     said only "train.csv: file not found", beside a train.csv in walk/. An absolute path, or task.data_dir, needs no
     hint."""
@@ -209,6 +209,23 @@ def test_a_missing_custom_file_says_where_relative_paths_are_read_from(tmp_path,
                      label_column="stars", labels=["neg", "pos"])
     assert _refused(cfg) == (f"train.csv: file not found (without task.data_dir, task.files are read from the folder "
                              f"compress runs in, {tmp_path}; set task.data_dir to the folder that holds them)")
+    # from the command line, before any stage (it said so after "[teacher] running"), naming the recipe's folder when
+    # the file is there
+    from compress.cli import main
+
+    (tmp_path / "walk").mkdir()
+    (tmp_path / "walk" / "train.csv").write_text("review,stars\nfine,pos\nbad,neg\n")
+    (tmp_path / "walk" / "dev.csv").write_text("review,stars\nfine,pos\nbad,neg\n")
+    (tmp_path / "walk" / "r.yaml").write_text(
+        f"name: r\nruns_dir: {tmp_path / 'runs'}\ntask: {{name: reviews, files: {{train: train.csv, dev: dev.csv}}, "
+        f"text_column: review, label_column: stars, labels: [neg, pos]}}\nteacher: {{}}\n")
+    assert main(["run", "walk/r.yaml"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"error: train.csv: file not found (without task.data_dir, task.files are read from "
+                                 f"the folder compress runs in, {tmp_path}; set task.data_dir: walk, where the recipe "
+                                 f"and that file are)\n") and not (tmp_path / "runs").exists()
+    assert main(["validate", "walk/r.yaml"]) == 0  # a warning there, the same hint
+    assert "set task.data_dir: walk, where the recipe and that file are" in capsys.readouterr().err
     cfg.files = {"train": str(tmp_path / "train.csv"), "dev": "dev.csv"}
     assert _refused(cfg) == f"{tmp_path / 'train.csv'}: file not found"
     cfg.files, cfg.data_dir = {"train": "train.csv", "dev": "dev.csv"}, str(tmp_path / "data")
