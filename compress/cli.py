@@ -66,17 +66,22 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _check_data_files(recipe) -> None:
-    """A data file the run will read that is not there stops it before any stage, in one line that says where relative
-    paths were read from (and names the recipe's folder when the file is there); the first stage's error said only
-    "train.csv: file not found", after `[teacher] running`."""
+def _missing_data(recipe) -> list[str]:
+    """Each data file the run will read that is not there, said with where relative paths were read from (and the
+    recipe's folder when the file is there)."""
     from compress.tasks import missing_files, missing_hint, task_spec
 
-    gone = missing_files(recipe.task)
+    return [f"{path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
+            f"{missing_hint(recipe.task, task_spec(recipe.task), path, Path(recipe.path).parent)}"
+            for path in missing_files(recipe.task)]
+
+
+def _check_data_files(recipe) -> None:
+    """A missing data file stops the run before any stage (`_missing_data`): the first stage's error said only
+    "train.csv: file not found", after `[teacher] running`."""
+    gone = _missing_data(recipe)
     if gone:
-        what = "a folder, not a file" if gone[0].is_dir() else "file not found"
-        hint = missing_hint(recipe.task, task_spec(recipe.task), gone[0], Path(recipe.path).parent)
-        raise CompressError(f"{gone[0]}: {what}{hint}")
+        raise CompressError(gone[0])
 
 
 def cmd_validate(args) -> int:
@@ -134,7 +139,6 @@ def _not_runnable(recipe, stages) -> list[str]:
     model folder missing): said as warnings, failing only with ``validate --strict``."""
     from compress import hub
     from compress.pipeline import compare_problems
-    from compress.tasks import missing_files, missing_hint, task_spec
 
     out = []
     # the nearest existing folder of the run folder: a file there (--runs-dir plain.txt) stops the run at once
@@ -143,9 +147,7 @@ def _not_runnable(recipe, stages) -> list[str]:
         out.append(f"{recipe.path}: runs_dir: {there} is a file, not a folder (the run folder is {recipe.run_dir})"
                    if there != recipe.run_dir else f"{recipe.path}: the run folder {there} is a file, not a folder")
     if stages:
-        out += [f"{recipe.path}: task: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}"
-                f"{missing_hint(recipe.task, task_spec(recipe.task), path, Path(recipe.path).parent)}"
-                for path in missing_files(recipe.task)]
+        out += [f"{recipe.path}: task: {problem}" for problem in _missing_data(recipe)]
     for field, name in hub.recipe_models(recipe, stages):
         try:
             hub.check_field(recipe, field, name)

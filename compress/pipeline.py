@@ -694,8 +694,7 @@ def _reuse(recipe: Recipe, stage: Stage, folder: Path, fp: str, inputs: dict,
 
 def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] = ()) -> dict[str, dict]:
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
-    force = (force,) if isinstance(force, str) else tuple(force)  # force="teacher" was the stages t, e, a...
-    _check_force(force, plan(recipe, until))
+    force = _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     if force or os.environ.get("WORLD_SIZE", "1") != "1" or not run_dir.is_dir():
         return _run_pipeline(recipe, run_dir, until, force)
@@ -939,8 +938,7 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
     """What `run_pipeline` would do, without doing it: ``(stage, runs, why)`` per planned stage. A stage runs when
     forced, never run, its outputs were edited, its fingerprint moved (the changed config keys, seed, input files or
     upstream outputs are named), or a stage it reads will run first (its outputs are not known before)."""
-    force = (force,) if isinstance(force, str) else tuple(force)
-    _check_force(force, plan(recipe, until))
+    force = _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
     done: dict[str, dict] = {}
     runs_first: list[str] = []
@@ -1072,7 +1070,9 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_force(force: tuple[str, ...], stages: list[Stage]) -> None:
+def _check_force(force, stages: list[Stage]) -> tuple[str, ...]:
+    """The stage names ``force`` gives (one name, or several), each checked against ``stages``."""
+    force = (force,) if isinstance(force, str) else tuple(force)  # force="teacher" was the stages t, e, a...
     unknown = [f for f in force if f not in stage_names() and f != "all"]
     if unknown:
         raise CompressError(f"--force {unknown[0]}: unknown stage (stages: {', '.join(stage_names())})")
@@ -1080,6 +1080,7 @@ def _check_force(force: tuple[str, ...], stages: list[Stage]) -> None:
     absent = [f for f in force if f not in names and f != "all"]
     if absent:  # not configured, or after --stage: it would silently not be redone
         raise CompressError(f"--force {absent[0]}: not a stage of this run ({', '.join(names)})")
+    return force
 
 
 def _remove_orphans(run_dir: Path) -> None:

@@ -1,7 +1,7 @@
-"""predict.mjs (Node.js, onnxruntime-web) against predict.py on a bundle and a GLUE single-text dev file:
+"""predict.mjs (Node.js, onnxruntime-web) against predict.py on a bundle and SST-2's dev split:
 label agreement, accuracy of each, largest score difference, and the Node run's wall time.
 
-    python scripts/js_parity.py runs/quickstart/bundle/quickstart-sst2-int8 [--dev ../shared/data/glue/SST-2/dev.tsv]
+    python scripts/js_parity.py runs/quickstart/bundle/quickstart-sst2-int8 [--data-dir ../shared/data/glue/SST-2]
 
 Needs `node` and the npm packages `make test` installs into .node/ (linked beside a temporary copy of the bundle).
 """
@@ -21,19 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compress.bundle_predict import Predictor  # noqa: E402
-from compress.data import DEFAULT_GLUE_DIR  # noqa: E402
+from compress.config import TaskConfig  # noqa: E402
+from compress.data import DEFAULT_GLUE_DIR, load_split  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--dev", type=Path, default=DEFAULT_GLUE_DIR / "SST-2" / "dev.tsv")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_GLUE_DIR / "SST-2", help="an SST-2 folder (dev.tsv)")
     args = parser.parse_args()
     if not (ROOT / ".node" / "node_modules").is_dir():
         parser.error(f"{ROOT / '.node' / 'node_modules'}: the npm packages predict.mjs needs are not installed: run "
                      f"`make test` (or `make .node/.installed`) first")
-    rows = [line.split("\t") for line in args.dev.read_text(encoding="utf-8-sig").splitlines()[1:] if line.strip()]
-    texts, gold = [r[0] for r in rows], [int(r[1]) for r in rows]
+    dev = load_split(TaskConfig(name="sst2", data_dir=str(args.data_dir)), "dev")  # the stages' own reader
+    texts, gold = list(dev["text"]), list(dev["label"])
     with tempfile.TemporaryDirectory() as tmp:
         copy = shutil.copytree(args.bundle, Path(tmp) / "bundle", ignore=shutil.ignore_patterns("node_modules"))
         (Path(tmp) / "node_modules").symlink_to(ROOT / ".node" / "node_modules")

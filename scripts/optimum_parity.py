@@ -1,10 +1,10 @@
-"""A bundle loaded in Optimum and a transformers pipeline, as its model card shows, against predict.py on a GLUE
-single-text dev file: accuracy, label agreement and largest score difference of the card's way (the session from
+"""A bundle loaded in Optimum and a transformers pipeline, as its model card shows, against predict.py on SST-2's
+dev split: accuracy, label agreement and largest score difference of the card's way (the session from
 the bundle's Predictor), of `ORTModelForSequenceClassification.from_pretrained` (onnxruntime's default fusions) and
 of the card's way with ``--batch-size`` inputs a call.
 
     python scripts/optimum_parity.py runs/quickstart/bundle/quickstart-sst2-int8 [--batch-size 8]
-        [--dev ../shared/data/glue/SST-2/dev.tsv]
+        [--data-dir ../shared/data/glue/SST-2]
 
 Runs on a temporary copy of the bundle (importing its predict.py writes __pycache__ there).
 """
@@ -22,20 +22,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compress.data import DEFAULT_GLUE_DIR  # noqa: E402
+from compress.config import TaskConfig  # noqa: E402
+from compress.data import DEFAULT_GLUE_DIR, load_split  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--dev", type=Path, default=DEFAULT_GLUE_DIR / "SST-2" / "dev.tsv")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_GLUE_DIR / "SST-2", help="an SST-2 folder (dev.tsv)")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoConfig, AutoTokenizer, pipeline
 
-    rows = [line.split("\t") for line in args.dev.read_text(encoding="utf-8-sig").splitlines()[1:] if line.strip()]
-    texts, gold = [r[0] for r in rows], [int(r[1]) for r in rows]
+    dev = load_split(TaskConfig(name="sst2", data_dir=str(args.data_dir)), "dev")  # the stages' own reader
+    texts, gold = list(dev["text"]), list(dev["label"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = shutil.copytree(args.bundle, Path(tmp) / "bundle", ignore=shutil.ignore_patterns("node_modules"))
         spec = importlib.util.spec_from_file_location("predict", folder / "predict.py")
