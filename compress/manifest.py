@@ -121,6 +121,22 @@ def outputs_intact(folder: Path, outputs: Any, added: tuple[str, ...] = ()) -> b
         hidden_path(rel) or any(part in added for part in Path(rel).parts))) == outputs
 
 
+def published_manifest(folder: Path) -> dict:
+    """A published stage folder's manifest.json ({} when there is none, or it is unreadable)."""
+    try:
+        manifest = read_json(Path(folder) / "manifest.json")
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def part_intact(folder: Path, manifest: dict, part: str) -> bool:
+    """Whether ``folder/part`` holds exactly what ``manifest`` (the stage folder's) hashed under ``part/``."""
+    outputs = manifest.get("outputs")
+    return isinstance(outputs, dict) and outputs_intact(Path(folder) / part, {
+        k[len(part) + 1:]: d for k, d in outputs.items() if k.startswith(f"{part}/")})
+
+
 def hash_tree(folder: Path, keep: Optional[Callable[[str], bool]] = None) -> dict[str, str]:
     """relative path -> sha256 for every file under ``folder`` (its own manifest.json excluded; one in a subfolder,
     such as a bundle's, is an output like any other); with ``keep``, only the relative paths it keeps are read."""

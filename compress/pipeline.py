@@ -27,11 +27,11 @@ from typing import Any, Callable, Optional, Sequence
 from compress import __version__, hub
 from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig, from_dict,
                              newest_source)
-from compress.tasks import data_files
+from compress.tasks import data_files, split_paths
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, missing_folders, now_utc,
-                               other_machine, outputs_intact, read_json, remove_dead, remove_dead_scratch, remove_empty,
-                               versions, write_json)
+                               other_machine, outputs_intact, part_intact, published_manifest, read_json, remove_dead,
+                               remove_dead_scratch, remove_empty, versions, write_json)
 from compress.bundle_predict import sha256_file
 
 log = logging.getLogger(__name__)
@@ -230,12 +230,12 @@ def _quantize_reads(recipe: Recipe, names: tuple[str, ...]) -> tuple[str, ...]:
 
 STAGES: list[Stage] = [
     Stage("teacher", "teachers.finetune:run", ("task", "teacher"), trains=True, models=("teacher.model",),
-          variant=_teacher_variant),
+          variant=_teacher_variant, takes_forced=True),
     Stage("distill", "compress.distill.stage:run", ("task", "teacher", "students"), needs=("teacher",), trains=True,
           models=("students.*.init", "students.*.tokenizer"), variant=_distill_variant, takes_forced=True),
     # prune takes the distilled student when the recipe has one (prune.source), else the teacher
     Stage("prune", "compress.prune_stage:run", ("task", "teacher", "prune"), needs=("teacher",), uses=("distill",),
-          trains=True, variant=_prune_variant,
+          trains=True, variant=_prune_variant, takes_forced=True,
           reads_files=lambda recipe, need, rel: _source_files(recipe, need, rel, "prune")),
     # quantize/bench (keep them after distill/prune) take the newest model: pruned, else a student, else the teacher
     # revision 2: int8 models scored one dev text at a time, as shipped (compress.export.SHIPPED_BATCH); 3: fp32
@@ -371,17 +371,60 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], every_file:
     return inputs
 
 
-def student_key(recipe: Recipe, index: int, teacher_manifest: dict) -> str:
+def student_key(recipe: Recipe, index: int, teacher_manifest: dict, training: bool = False) -> str:
     """What one student of the distill stage is made from: the stage's fingerprint of a recipe holding that student
     alone (its section, the task, the seed, the data files, the model folders or hub commits it loads, the stage's
     code revision and the variant words that student alone implies), with the teacher stage's outputs
     (``teacher_manifest``'s) standing for the teacher section. The distill stage keeps a student of an unchanged key
     from its previous run when another student changed (each trains alone: its own seed, the teacher's logits those
-    of the previous run, `compress.distill.stage.run`)."""
+    of the previous run, `compress.distill.stage.run`). ``training``: what its weights are made from
+    (`training_key`): a student of an unchanged one is kept and scored again."""
     stage = next(s for s in STAGES if s.name == "distill")
     alone = dataclasses.replace(recipe, students=[recipe.students[index]])
     inputs = _inputs(alone, stage, {"teacher": teacher_manifest})
-    return _stage_fingerprint(alone, stage, inputs, {**_result_config(_config(alone, stage)), "teacher": None})
+    config = {**_result_config(_config(alone, stage)), "teacher": None}
+    if training:
+        inputs, config = _training_view(alone, inputs, config)
+    return _stage_fingerprint(alone, stage, inputs, config)
+
+
+def training_key(recipe: Recipe, stage_name: str, upstream: Optional[dict[str, dict]] = None) -> str:
+    """What the weights a stage trains are made from: its fingerprint without what only scores them (`_training_view`;
+    ``upstream``: the manifests of the stages it reads). A stage redone for a changed dev file or
+    ``task.max_eval_samples`` alone keeps the model of its previous run whose key this is, and scores it again (the
+    teacher and prune stages; the distill stage by `student_key`): training never reads dev (checkpoints are selected
+    on the held-out slice of train)."""
+    stage = next(s for s in STAGES if s.name == stage_name)
+    read = _as_read(recipe)
+    return _stage_fingerprint(read, stage, *_training_view(read, _inputs(read, stage, upstream or {}),
+                                                           _result_config(_config(read, stage))))
+
+
+def trained_alike(folder: Path, key: str) -> bool:
+    """Whether the published stage ``folder``'s model (``model/``) was trained as ``key`` (`training_key`) says and is
+    as that run wrote it."""
+    manifest = published_manifest(folder)
+    return manifest.get("training_key") == key and part_intact(folder, manifest, "model")
+
+
+def _training_view(recipe: Recipe, inputs: dict, config: dict) -> tuple[dict, dict]:
+    """``inputs`` and ``config`` of a fingerprint without what only scores a trained model: the dev and test files
+    (the train file keyed ``data:train`` by its content, wherever it is), ``task.max_eval_samples``, the other splits'
+    file names and ``task.data_dir``; and the upstream stages' ``metrics.json`` files (their models' scores). A
+    ``hub_dataset``'s files are kept: which of them a split reads is not known here."""
+    splits = split_paths(recipe.task)
+    scoring = {str(path) for split, path in splits.items() if split != "train"}
+    train = str(splits["train"]) if "train" in splits else None
+
+    def scores(key: str) -> bool:
+        return key.split("/", 1)[0] in stage_names() and key.rsplit("/", 1)[-1] == "metrics.json"
+
+    kept = {("data:train" if k == train else k): v for k, v in inputs.items()
+            if k == train or k not in scoring and not scores(k)}
+    task = dict(config["task"], max_eval_samples=None, data_dir=None)
+    if isinstance(task.get("files"), dict):
+        task["files"] = {k: v for k, v in task["files"].items() if k == "train"}
+    return kept, {**config, "task": task}
 
 
 def _unread_model_files(recipe: Recipe, stage: Stage) -> dict[str, dict[str, str]]:
@@ -960,6 +1003,9 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
         else:
             fp, inputs = _fingerprint(recipe, stage, done)
             manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
+            if manifest is None and stage.name == "teacher" and trained_alike(run_dir / "teacher",
+                                                                               training_key(recipe, "teacher")):
+                why += "; its trained model is kept and scored again"
         if manifest is not None:
             done[stage.name] = manifest
             out.append((stage.name, False, "up to date"))

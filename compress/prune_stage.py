@@ -342,10 +342,69 @@ def layer_markdown(rows: list[dict], totals: dict, seq_len: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- stage
-def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
+def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dict:
+    """``forced`` (--force prune): pruned and recovered again even when only its dev rows changed."""
+    from compress.pipeline import trained_alike, training_key
+
+    source, folder = source_model(recipe, inputs)
+    key = training_key(recipe, "prune", {n: read_json(f / "manifest.json") for n, f in inputs.items()})
+    if not forced and trained_alike(recipe.run_dir / "prune", key):
+        try:
+            previous = read_json(recipe.run_dir / "prune" / "metrics.json")
+            pruning = read_json(recipe.run_dir / "prune" / "pruning.json")
+        except (OSError, ValueError):
+            previous = pruning = {}
+        if isinstance(previous.get("metrics"), dict) and isinstance(pruning.get("steps"), list):
+            return {**_score_kept(recipe, out, source, folder, previous["metrics"], pruning), "training_key": key}
+    return {**_prune(recipe, out, inputs, source, folder), "training_key": key}
+
+
+def _score_kept(recipe: Recipe, out: Path, source: str, folder: Path, previous: dict, pruning: dict) -> dict:
+    """The previous prune folder's model, pruned and recovered as this run would (its `training_key`), copied into
+    ``out`` and scored again: only the rows it is scored on changed. Its per-step dev scores (of models not kept) are
+    left out of the steps' records, not passed off as scores on these rows."""
+    kept = recipe.run_dir / "prune"
+    print(f"[prune] pruned and recovered as in {kept} (only what it is scored on changed): its model is kept and "
+          f"scored again (--force prune prunes it again)")
+    for name in ("model", "layers.json", "layers.md"):
+        (shutil.copytree if (kept / name).is_dir() else shutil.copy2)(kept / name, out / name)
+    data = load_task(recipe.task, seed=recipe.seed)
+    spec, ml = data.spec, recipe.task.max_length
+    history = [{k: v for k, v in step.items() if k not in ("dev_pruned", "dev_recovered")}
+               for step in pruning["steps"]]
+    write_json(out / "pruning.json", {**pruning, "steps": history, "kept_from_previous_run": True})
+
+    def scores(where: Path, rows) -> dict:
+        model, tokenizer = load_trained(where)
+        return evaluate(model.to(process_device()), tokenize(rows, tokenizer, ml),
+                        Collator({"": tokenizer}, regression=spec.is_regression), spec)
+
+    metrics = {"dev": scores(out / "model", data.dev), "dev_before": scores(folder, data.dev)}
+    if "holdout" in previous:  # scored on the held-out rows of train as before
+        metrics["holdout"] = previous["holdout"]
+    if data.test is not None:
+        metrics["test"] = scores(out / "model", data.test)
+    warn_undefined("prune: the pruned model", metrics)
+    write_json(out / "metrics.json", {"metrics": metrics, "steps": history, "kept_from_previous_run": True})
+    layers = read_json(out / "layers.json")
+    return {**_result(metrics, source, layers["totals"], layers["layers"], pruning.get("recovery_logits"),
+                      pruning.get("recovery_rows"), history), "kept_from_previous_run": True}
+
+
+def _result(metrics: dict, source: str, totals: dict, layer_rows: list[dict], logits_from: Optional[str],
+            trained_on: Optional[int], history: list[dict]) -> dict:
+    """The stage's record (its manifest's fields)."""
+    return {"metrics": metrics, "params": totals["params_after"], "source": source,
+            "pruning": {"params_before": totals["params_before"], "macs_before": totals["macs_before"],
+                        "macs_after": totals["macs_after"], "mac_seq_len": totals["seq_len"],
+                        "speedup_macs": round(totals["macs_before"] / totals["macs_after"], 3),
+                        "layers": layer_rows, "recovery_logits": logits_from,
+                        "recovery_rows": trained_on, "steps": history}}
+
+
+def _prune(recipe: Recipe, out: Path, inputs: dict[str, Path], source: str, folder: Path) -> dict:
     cfg = recipe.prune
     seed = recipe.seed
-    source, folder = source_model(recipe, inputs)
     model, tokenizer = load_trained(folder)
     model.to(process_device())  # scored, cut and measured where it trains (a GPU's under accelerate launch)
     data = load_task(recipe.task, seed=seed)
@@ -423,8 +482,4 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path]) -> dict:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec)
     warn_undefined("prune: the pruned model", metrics)
     write_json(out / "metrics.json", {"metrics": metrics, "steps": history})
-    return {"metrics": metrics, "params": totals["params_after"], "source": source,
-            "pruning": {"params_before": params_before, "macs_before": macs_before, "macs_after": totals["macs_after"],
-                        "mac_seq_len": ml, "speedup_macs": round(macs_before / totals["macs_after"], 3),
-                        "layers": layer_rows, "recovery_logits": logits_from,
-                        "recovery_rows": trained_on, "steps": history}}
+    return _result(metrics, source, totals, layer_rows, logits_from, trained_on, history)

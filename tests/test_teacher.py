@@ -2321,3 +2321,82 @@ def test_under_ddp_a_short_last_accumulation_group_is_weighed_up_to_its_batches(
     # one process, 50 rows in batches of 8 (the last of 2): the last group is that batch alone
     assert _accumulation_weight(6, 7, 3, 8, 50) == pytest.approx(3.0)
     assert _accumulation_weight(4, 7, 3, 8, 50) == pytest.approx(1.0)
+
+
+def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores_them_again(tmp_path, tiny_bert_dir,
+                                                                                            capsys, monkeypatch):
+    """Another ``task.max_eval_samples`` (or an edited dev file) redid the teacher, every student and the pruning,
+    training included (hours on SST-2), though training never reads dev. Now their models are kept from the previous
+    run (the same bytes: the stages after them see the same files) and scored again on the new rows; a changed
+    training setting, or --force teacher, trains again."""
+    import compress.distill.stage
+    import compress.prune_stage
+    import teachers.finetune
+    from compress.evaluate import evaluate
+
+    trained = []
+    for module in (teachers.finetune, compress.distill.stage, compress.prune_stage):
+        monkeypatch.setattr(module, "fit", lambda *a, _real=module.fit, **k: trained.append(k.get("desc")) or
+                            _real(*a, **k))
+    students = ("students: [{name: s, kind: layer_drop, layers: 1, train: {max_steps: 3, batch_size: 8}}]\n"
+                "prune: {keep_macs: 0.5, steps: 2, recover: {max_steps: 2, batch_size: 8}}\n")
+
+    def run(settings=None, force=()):
+        trained.clear()
+        capsys.readouterr()
+        done = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), settings), until="prune",
+                            force=force)
+        return done, capsys.readouterr().out
+
+    first, _ = run()
+    assert len(trained) == 4  # the teacher, the student, two recovery steps
+    assert all("dev_recovered" in step for step in first["prune"]["pruning"]["steps"])
+    run_dir = tmp_path / "runs" / "tiny"
+    files = {p: p.read_bytes() for p in sorted(run_dir.glob("*/*/model/*")) + sorted(run_dir.glob("*/model/*"))}
+    from compress.pipeline import explain
+
+    assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), {"task.max_eval_samples": 40}),
+                   until="prune") == [
+        ("teacher", True, "changed: task.max_eval_samples: 100 -> 40; its trained model is kept and scored again"),
+        ("distill", True, "after teacher (reads its outputs)"), ("prune", True, "after teacher, distill (reads their outputs)")]
+    second, out = run({"task.max_eval_samples": 40})
+    assert trained == [] and "(changed: task.max_eval_samples: 100 -> 40)" in out, out
+    assert f"[teacher] trained as in {run_dir / 'teacher'} (only what it is scored on changed)" in out
+    assert "[distill] s: trained as in the previous distill run (only what it is scored on changed), scored again" in out
+    assert f"[prune] pruned and recovered as in {run_dir / 'prune'} (only what it is scored on changed)" in out
+    assert {p: p.read_bytes() for p in files} == files  # the same model files, the same bytes
+    assert second["teacher"]["training_key"] == first["teacher"]["training_key"]
+    assert second["distill"]["training_keys"] == first["distill"]["training_keys"]
+    assert second["distill"]["student_keys"] != first["distill"]["student_keys"]
+    data = load_task(load_recipe(_recipe(tmp_path, tiny_bert_dir), {"task.max_eval_samples": 40}).task, seed=42)
+    for folder, metrics in ((run_dir / "teacher", second["teacher"]["metrics"]),
+                            (run_dir / "distill" / "s", second["distill"]["students"]["s"]["metrics"]),
+                            (run_dir / "prune", second["prune"]["metrics"])):
+        model, tok = load_trained(folder / "model")
+        assert metrics["dev"] == evaluate(model, tokenize(data.dev, tok, 32), Collator({"": tok}), data.spec)
+    # the pruned model's source scored on the same rows; the steps' dev scores (of models not kept) left out
+    assert second["prune"]["metrics"]["dev_before"] == second["distill"]["students"]["s"]["metrics"]["dev"]
+    assert second["prune"]["metrics"]["holdout"] == first["prune"]["metrics"]["holdout"]
+    steps = second["prune"]["pruning"]["steps"]
+    assert [s["macs"] for s in steps] == [s["macs"] for s in first["prune"]["pruning"]["steps"]]
+    assert not any("dev_recovered" in s or "dev_pruned" in s for s in steps)
+    assert json.loads((run_dir / "prune" / "pruning.json").read_text())["kept_from_previous_run"] is True
+    assert second["prune"]["pruning"]["speedup_macs"] == first["prune"]["pruning"]["speedup_macs"]
+    t_dev, s_dev = second["teacher"]["metrics"]["dev"]["accuracy"], second["distill"]["students"]["s"]["metrics"]
+    assert s_dev["retention"] == pytest.approx(s_dev["dev"]["accuracy"] / t_dev, abs=1e-4)
+    assert second["teacher"]["train"]["dev_rows"] == 40 and first["teacher"]["train"]["dev_rows"] == 100
+    kept = {k: second["teacher"]["train"][k] for k in teachers.finetune.TRAINED}
+    assert kept == {k: first["teacher"]["train"][k] for k in teachers.finetune.TRAINED} and kept["steps"] > 0
+    assert second["teacher"]["train"]["kept_from_previous_run"] is True
+    assert json.loads((run_dir / "distill" / "s" / "metrics.json").read_text())["metrics"] == s_dev
+    # up to date now; a training setting changed, or --force teacher: trained again
+    assert trained == [] and "[teacher] up to date" in run({"task.max_eval_samples": 40})[1]
+    _, out = run({"task.max_eval_samples": 40}, force=("teacher",))
+    assert trained[0] == f"teacher {tiny_bert_dir}" and "trained as in" not in out.split("[distill]")[0]
+    _, out = run({"task.max_eval_samples": 40, "teacher.lr": 5.0e-4})
+    assert trained[0] == f"teacher {tiny_bert_dir}" and "as in" not in out
+    lr = {"teacher.lr": 5.0e-4}  # the prune stage's own: kept again, --force prune recovers again
+    _, out = run({"task.max_eval_samples": 30, **lr})
+    assert trained == [] and "[prune] pruned and recovered as in" in out
+    _, out = run({"task.max_eval_samples": 30, **lr}, force=("prune",))
+    assert trained == ["prune step 1/2 recovery", "prune step 2/2 recovery"] and "as in" not in out

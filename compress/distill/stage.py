@@ -35,7 +35,7 @@ from compress.distill.objective import AlignStats, Distiller, KDObjective, resol
 from compress.errors import CompressError
 from compress.tasks import retention, round_down
 from compress.evaluate import evaluate, predict_shared
-from compress.manifest import fingerprint, hash_tree, outputs_intact, read_json, scores, write_json
+from compress.manifest import fingerprint, hash_tree, part_intact, published_manifest, read_json, scores, write_json
 from compress.metrics import warn_undefined
 from compress.bundle_predict import sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
@@ -355,9 +355,9 @@ def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int,
     tmp.rename(folder)
 
 
-def _student_keys(recipe: Recipe, teacher_dir: Path) -> dict[str, str]:
-    """Each student's `compress.pipeline.student_key` (none without the teacher stage's manifest: a teacher folder
-    made by hand)."""
+def _student_keys(recipe: Recipe, teacher_dir: Path, training: bool = False) -> dict[str, str]:
+    """Each student's `compress.pipeline.student_key` (``training``: of its weights alone; none without the teacher
+    stage's manifest: a teacher folder made by hand)."""
     from compress.pipeline import student_key
 
     try:
@@ -366,38 +366,29 @@ def _student_keys(recipe: Recipe, teacher_dir: Path) -> dict[str, str]:
         return {}
     if not isinstance(teacher, dict) or not isinstance(teacher.get("outputs"), dict):
         return {}
-    return {spec.name: student_key(recipe, i, teacher) for i, spec in enumerate(recipe.students)}
+    return {spec.name: student_key(recipe, i, teacher, training) for i, spec in enumerate(recipe.students)}
 
 
-def _previous_manifest(previous: Path) -> dict:
-    """The previous published distill folder's manifest ({} when there is none, or it is unreadable)."""
-    try:
-        manifest = read_json(previous / "manifest.json")
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
-def _reuse_unchanged(previous: Path, manifest: dict, out: Path, name: str,
-                     key: Optional[str]) -> Optional[tuple[dict, int]]:
+def _reuse_unchanged(previous: Path, manifest: dict, out: Path, name: str, key: Optional[str],
+                     training_key: Optional[str] = None) -> Optional[tuple[dict, int, bool]]:
     """Put student ``name`` of the previous published distill folder (``previous``, its ``manifest``) into ``out``
-    when its key there (``student_keys``) is ``key`` and its files (and its transfer set's) are as that manifest hashed
-    them; (its summary, its parameter count), or None: a recipe that changed one student retrained every one."""
-    if key is None or (manifest.get("student_keys") or {}).get(name) != key:
+    when its key there (``student_keys``) is ``key``, or its ``training_keys`` one ``training_key`` (then it is to be
+    scored again: its dev rows changed), and its files (and its transfer set's) are as that manifest hashed them; (its
+    summary, its parameter count, whether to score it again), or None: a recipe that changed one student retrained
+    every one."""
+    same = key is not None and (manifest.get("student_keys") or {}).get(name) == key
+    if not same and (training_key is None or (manifest.get("training_keys") or {}).get(name) != training_key):
         return None
     outputs, n_params = manifest.get("outputs") or {}, (manifest.get("params") or {}).get(name)
-
-    def intact(folder: str) -> bool:  # as the stage wrote it (an edit since: trained again)
-        return outputs_intact(previous / folder, {k[len(folder) + 1:]: d for k, d in outputs.items()
-                                                  if k.startswith(f"{folder}/")})
-
-    if not isinstance(n_params, int) or f"{name}/metrics.json" not in outputs or not intact(name):
+    if not isinstance(n_params, int) or f"{name}/metrics.json" not in outputs \
+            or not part_intact(previous, manifest, name):  # as the stage wrote it (an edit since: trained again)
         return None
     transfer = read_json(previous / name / "metrics.json").get("transfer_set")
-    if transfer and not intact(transfer):
+    if transfer and not part_intact(previous, manifest, transfer):
         return None
-    log.info("%s: reused from %s (its key is unchanged)", name, previous)
-    return _put_student(previous / name, previous / transfer if transfer else None, out, name, transfer), n_params
+    log.info("%s: reused from %s (its %skey is unchanged)", name, previous, "" if same else "training ")
+    return (_put_student(previous / name, previous / transfer if transfer else None, out, name, transfer), n_params,
+            not same)
 
 
 def _put_student(student: Path, transfer: Optional[Path], out: Path, name: str, transfer_set: Optional[str]) -> dict:
@@ -409,14 +400,15 @@ def _put_student(student: Path, transfer: Optional[Path], out: Path, name: str, 
     return read_json(out / name / "metrics.json")
 
 
-def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict, int]]:
-    """Put a student saved by `_save_finished` back into ``out``; (its summary, its parameter count), or None."""
+def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict, int, bool]]:
+    """Put a student saved by `_save_finished` back into ``out``; (its summary, its parameter count, False: scored on
+    this run's rows), or None."""
     if not (folder / "done.json").is_file() or not (folder / "student" / "metrics.json").is_file():
         return None
     done = read_json(folder / "done.json")
     log.info("%s: restored from %s", name, folder)
     summary = _put_student(folder / "student", folder / "transfer", out, name, done.get("transfer_set"))
-    return summary, int(done["params"])
+    return summary, int(done["params"]), False
 
 
 def transfer_folder(augment: AugmentConfig, student: str) -> str:
@@ -458,6 +450,22 @@ def _teacher_dev(teacher_dir: Path, teacher, tokenizer, data: TaskData, max_leng
     return evaluate(teacher, tokenize(data.dev, tokenizer, max_length), collator, data.spec)
 
 
+def _scores(model, tokenizer, data: TaskData, max_length: int, teacher_dev: dict, holdout: Optional[dict]) -> dict:
+    """A trained student's metrics: dev, held-out (``holdout``: as the last step's fit scored the weights it kept,
+    with the same rows and collator), MRPC's labelled test, and its retention of the teacher's dev score."""
+    collator = Collator({"": tokenizer}, data.spec.is_regression)
+    metrics = {"dev": evaluate(model, tokenize(data.dev, tokenizer, max_length), collator, data.spec)}
+    if len(data.holdout):
+        metrics["holdout"] = holdout or evaluate(model, tokenize(data.holdout, tokenizer, max_length), collator,
+                                                 data.spec)
+    if data.test is not None:
+        metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, max_length), collator, data.spec)
+    main_metric = data.spec.metrics[0]
+    share = retention(metrics["dev"][main_metric], teacher_dev.get(main_metric))
+    metrics["retention"] = None if share is None else round_down(share, 4)  # 0.98996 is no 0.99
+    return metrics
+
+
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dict:
     """``forced`` (--force distill): every student trained again, none copied from the previous distill run."""
     names = [s.name for s in recipe.students]  # non-empty and distinct (the recipe's validation)
@@ -489,17 +497,24 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         students that has them)."""
         return next(((logit_cache[k], how) for k, how in hows.items() if k in logit_cache), None)
 
-    keys = _student_keys(recipe, teacher_dir)
-    published = _previous_manifest(recipe.run_dir / "distill") if not forced else {}
+    keys, training_keys = _student_keys(recipe, teacher_dir), _student_keys(recipe, teacher_dir, training=True)
+    published = published_manifest(recipe.run_dir / "distill") if not forced else {}
     for i, spec in enumerate(recipe.students):
         where = f"students[{i}]"
         restored = _restore_finished(finished_root / f"{spec.name}.done", out, spec.name)
         why = "finished before the interruption"
         if restored is None and not forced:
-            restored = _reuse_unchanged(recipe.run_dir / "distill", published, out, spec.name, keys.get(spec.name))
+            restored = _reuse_unchanged(recipe.run_dir / "distill", published, out, spec.name, keys.get(spec.name),
+                                        training_keys.get(spec.name))
             why = "unchanged since the previous distill run"
         if restored is not None:  # finished before a crash or kill -9 of this stage, or before: not trained again
-            summary[spec.name], params[spec.name] = restored
+            summary[spec.name], params[spec.name], rescore = restored
+            if rescore:  # trained alike, its dev rows (or the teacher's scores on them) changed
+                model, tokenizer = load_trained(out / spec.name / "model")
+                summary[spec.name]["metrics"] = _scores(model, tokenizer, data, ml, teacher_dev,
+                                                        summary[spec.name]["metrics"].get("holdout"))
+                write_json(out / spec.name / "metrics.json", summary[spec.name])
+                why = "trained as in the previous distill run (only what it is scored on changed), scored again"
             transfer, how = summary[spec.name].get("transfer_set"), labelling(spec.train)
             rows_key = augment_key(spec.distill.augment, spec.name) if transfer else None
             key = logits_key(rows_key, how) if rows_key else None
@@ -523,16 +538,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                           logit_cache=logit_cache, teacher_sha=t_digest, previous=recipe.run_dir / "distill")
         except CompressError as e:
             raise CompressError(f"{recipe.path}: {e}") from None
-        collator = Collator({"": res.tokenizer}, data.spec.is_regression)
-        metrics = {"dev": evaluate(res.model, tokenize(data.dev, res.tokenizer, ml), collator, data.spec)}
-        if len(data.holdout):  # as the last step's fit scored the weights it kept, with the same rows and collator
-            metrics["holdout"] = res.holdout or evaluate(res.model, tokenize(data.holdout, res.tokenizer, ml),
-                                                         collator, data.spec)
-        if data.test is not None:
-            metrics["test"] = evaluate(res.model, tokenize(data.test, res.tokenizer, ml), collator, data.spec)
+        metrics = _scores(res.model, res.tokenizer, data, ml, teacher_dev, res.holdout)
         warn_undefined(f"distill: student {spec.name}", metrics)
-        share = retention(metrics["dev"][main_metric], teacher_dev.get(main_metric))
-        metrics["retention"] = None if share is None else round_down(share, 4)  # 0.98996 is no 0.99
         save(res.model, res.tokenizer, out / spec.name / "model")
         transfer = None
         if spec.distill.augment is not None:
@@ -569,5 +576,5 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
             "params": params, "models": {n: f"{n}/model" for n in names}, "students": summary,
             "teacher_logits": ("previous distill run" if previous is not None
                                else "computed" if train_logits() is not None else None),
-            "student_keys": keys,
+            "student_keys": keys, "training_keys": training_keys,
             "timing": {n: s["timing"] for n, s in summary.items()}}
