@@ -428,8 +428,8 @@ def model_card(manifest: dict) -> str:
     example = '"first sentence" "second sentence"' if pair else '"a gripping, funny film"'
     call = "['first sentence'], ['second sentence']" if pair else "['a gripping, funny film']"
     lines_file = ("../pairs.tsv     # a text<TAB>its pair a line (outside the bundle folder: it refuses files it does "
-                  "not list)" if pair else "../texts.txt     # a text a line (outside the bundle folder: it refuses "
-                  "files it does not list)")
+                  "not list)" if pair else "../texts.txt     # plain text, a text a line (outside the bundle folder: "
+                  "it refuses files it does not list)")
     from compress.bench import spun
     from compress.report import md_text
 
@@ -529,6 +529,7 @@ def model_card(manifest: dict) -> str:
         lines += ["", f"Memory as shipped: {peak:.0f} MiB peak resident on the build machine, "
                   f"running `predict.py` ({md_text(str(shipped.get('measured', 'in a fresh process')))}).{below}"]
     lines += ["", "## Run it", "", "```sh",
+              f"tar xzf {manifest['name']}.tar.gz && cd {manifest['name']}   # the commands below run in this folder",
               "pip install " + " ".join(f"{k}=={v}" for k, v in req.items())
               + (f"   # these versions need Python >= {manifest['requirements_python']}; older: "
                  f"pip install {' '.join(req)}" if manifest.get("requirements_python") else ""),

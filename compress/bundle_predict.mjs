@@ -223,6 +223,10 @@ export async function readVerified(base, manifest, names, check = true) {
   return files;
 }
 
+/** A text over twice this many characters is tokenized from its first words only, when they hold more tokens than the
+ * model reads (`Predictor.clipped`, as predict.py's `_clipped`): a 5 MB line took 500 MB to keep 64 tokens. */
+const CLIP_CHARS = 4096;
+
 /** Longest-first truncation of two token lists to `budget` tokens, as the Rust tokenizers library does it;
  * `fromLeft`: cut their starts, keeping their ends (the tokenizer's truncation direction "Left"). */
 export function truncatePair(a, b, budget, fromLeft = false) {
@@ -397,17 +401,47 @@ export class Predictor {
    * an EmptyText error for a text (or pair) in which the tokenizer keeps nothing. */
   encode(text, pair = null, refuseEmpty = false) {
     const tok = this.tokenizer;
-    let a = tok.tokenize(this.asRust(text), { add_special_tokens: false });
-    let b = pair === null ? [] : tok.tokenize(this.asRust(pair), { add_special_tokens: false });
+    const whole = (x) => tok.tokenize(x, { add_special_tokens: false });
+    const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
+    const s = this.asRust(text), t = pair === null ? null : this.asRust(pair);
+    let a, b = [];
+    if (t === null) {
+      a = this.clipped(s, budget) ?? whole(s);
+    } else {  // one long text of a pair is cut when the other has fewer tokens than its cut, as predict.py's `_clip`
+      const ca = this.clipped(s, budget), cb = this.clipped(t, budget);
+      if ((ca === null) === (cb === null)) {  // both long (which is the longer is not known) or neither
+        [a, b] = [whole(s), whole(t)];
+      } else if (ca !== null) {
+        b = whole(t);
+        a = b.length < ca.length ? ca : whole(s);
+      } else {
+        a = whole(s);
+        b = a.length < cb.length ? cb : whole(t);
+      }
+    }
     if (refuseEmpty && a.length === 0) throw new EmptyText(`an empty text (${EMPTY})`);  // "\u200b", as predict.py
     if (refuseEmpty && pair !== null && b.length === 0) throw new EmptyText(`an empty text pair (${EMPTY})`);
-    const budget = this.maxLength - (pair === null ? this.special.single : this.special.pair);
     [a, b] = truncatePair(a, b, Math.max(budget, 0), this.fromLeft);
     const out = tok.post_processor ? tok.post_processor(a, pair === null ? null : b, true) : { tokens: [...a, ...b] };
     // an added token is known by its normalized text (tokenizers.js gives "covid-19" for a normalized "COVID-19")
     const ids = out.tokens.map((t) => tok.added_tokens_map.get(t)?.id ?? tok.token_to_id(t) ?? tok.model.unk_token_id);
     const types = !this.singleSegment && out.token_type_ids ? out.token_type_ids : ids.map(() => 0);
     return { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: types };
+  }
+
+  /** The tokens of the first whole words of a long `text` (over twice CLIP_CHARS characters) when they are more than
+   * `need`, else null: cut before a space that ends a word, they tokenize as in the whole text (predict.py's
+   * `_clipped`). Null when the tokenizer truncates on the left. */
+  clipped(text, need) {
+    if (this.fromLeft) return null;
+    for (let window = CLIP_CHARS; text.length > 2 * window; window *= 4) {
+      const part = text.slice(0, window);
+      let cut = 0;
+      for (const m of part.matchAll(/\S /gu)) cut = m.index + m[0].length - 1;
+      const tokens = cut ? this.tokenizer.tokenize(part.slice(0, cut), { add_special_tokens: false }) : [];
+      if (tokens.length > need) return tokens;
+    }
+    return null;
   }
 
   /** The model's inputs for one text (and its pair), and how many tokens they hold. */
@@ -488,9 +522,12 @@ export class Predictor {
   }
 }
 
+const EMPTY_PATH = "--file: an empty path (give a file, or - for standard input)";
+
 /** [line number, line] of a file (- : standard input) as it is read, as predict.py reads it: lines end at "\n"
  * ("\r\n" too), byte-order marks at a line's start are dropped, bytes that are not UTF-8 read as U+FFFD. */
 async function* readLines(path) {
+  if (path === "") throw new BundleError(EMPTY_PATH);
   const { createReadStream } = await import("node:fs");
   const stream = path === "-" ? process.stdin : createReadStream(path);
   stream.setEncoding("utf8");

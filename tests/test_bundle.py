@@ -1375,7 +1375,7 @@ def test_predictor_wants_a_list_of_texts(bundle):
         p.predict("hello")
     with pytest.raises(BundleError, match=r"^an empty text \(nothing in it the tokenizer keeps"):
         p.predict(["fine", "\u200b"], batch_size=2)  # in a batch too, whatever padding gives the others
-    with pytest.raises(BundleError, match="got a int among them"):
+    with pytest.raises(BundleError, match="got a value of type int among them"):
         p.predict(["a", 3])
 
 

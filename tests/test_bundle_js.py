@@ -721,6 +721,12 @@ def test_both_runners_read_the_command_line_alike(js_bundle):
         labels = [[line.split("\t")[0] if "\t" in line else json.loads(line)["label"] for line in p.stdout.splitlines()]
                   for p in (py, js)]
         assert labels[0] == labels[1] and len(labels[0]) == (code == 0), (args, labels)
+    # an empty --file path (a shell variable left unset) was "error: : cannot read (ENOENT)"
+    py = subprocess.run([sys.executable, "predict.py", "--file", ""], cwd=js_bundle, capture_output=True, text=True)
+    js = _node(js_bundle / "predict.mjs", "--file", "")
+    for proc in (py, js):
+        assert (proc.returncode, proc.stderr) == (2, "error: --file: an empty path (give a file, or - for standard "
+                                                     "input)\n"), proc.stderr
 
 
 def test_predict_mjs_verifies_a_bundle_without_crypto_subtle(js_bundle, tmp_path):
@@ -954,3 +960,114 @@ console.log(JSON.stringify({ ...r, calls }));
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"texts": 2, "rounds": 3, "runs": 6, "threads": 1, "p50_ms": 3.5, "p90_ms": 5.5,
                                        "p50_ms_with_tokenizer": 4.5, "p90_ms_with_tokenizer": 6.5, "calls": 8}
+
+
+def _long_texts(glue_dir: Path) -> list[str]:
+    """Lines of over twice `CLIP_CHARS` characters: real SST-2 sentences joined by spaces, runs of them, tabs, line
+    breaks, no-break and ideographic spaces, zero-width spaces; led by a 9,000-character word or by 9,000 spaces; in
+    capitals; CJK without spaces; one word of 20,000 letters."""
+    import random
+
+    from compress.bundle_predict import CLIP_CHARS
+
+    rng = random.Random(0)
+    lines = (glue_dir / "SST-2" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    sentences = [line.split("\t")[0] for line in lines]
+    seps = [" ", "  ", "\t", "\n", " \u00a0", "\u3000 ", " , ", "-", "  \u200b "]
+
+    def long(n: int) -> str:
+        return "".join(rng.choice(sentences) + rng.choice(seps) for _ in range(n))
+
+    texts = [long(150) for _ in range(6)] + ["x" * 9000 + " " + long(300), " " * 9000 + long(300),
+                                             long(150).upper(), "日本語の文章" * 1500 + " " + long(20), "é" * 20000]
+    assert all(len(t) > 2 * CLIP_CHARS for t in texts)
+    return texts
+
+
+def test_both_runners_tokenize_a_long_line_from_its_first_words_to_the_same_ids(js_bundle, glue_dir, tmp_path):
+    """A 5 MB line took predict.py 800 MB and 4.5 s (predict.mjs 500 MB) to keep 32 tokens: the whole line was
+    tokenized, then truncated. Both now tokenize its first whole words when they hold more tokens than the model
+    reads, and give the ids the whole line gives (single texts, and pairs of a long and a short text, the short one
+    first or second), as the Rust tokenizers library does on the whole line; a pair of two long texts, or a tokenizer
+    that truncates on the left (keeps the last tokens), is tokenized whole."""
+    from tokenizers import Tokenizer
+
+    from compress.bundle_predict import Predictor
+
+    texts = _long_texts(glue_dir)
+    medium = " ".join(texts[0].split()[:25])  # ~30 tokens: longer than half the budget, shorter than a cut
+    cases = [[t, None] for t in texts] + [[texts[1], "a short premise"], ["short", texts[2]],
+                                          [texts[3], medium], [medium, texts[4]], [texts[0], texts[5]],
+                                          [texts[0], texts[1][:8000]]]  # too short to cut, more tokens than a cut
+    whole = Tokenizer.from_file(str(js_bundle / "tokenizer.json"))  # truncates at the bundle's 32 tokens
+    wants = [whole.encode(a, b) if b is not None else whole.encode(a) for a, b in cases]
+    predictor = Predictor(js_bundle)
+    for (a, b), want in zip(cases, wants):
+        feed, _ = predictor._feed([(a, b) if b is not None else a])
+        assert feed["input_ids"][0].tolist() == want.ids and feed["token_type_ids"][0].tolist() == want.type_ids
+    clipped = [predictor._clip((a, b) if b is not None else a) != ((a, b) if b is not None else a) for a, b in cases]
+    # cut: the lines of words (led by a long word or spaces: from a wider first part); whole: the lines without a
+    # space that ends a word in their first part, a pair of two long lines, and a pair whose other line has more
+    # tokens than the cut (longest-first truncation would then cut the other one more)
+    assert clipped == [True] * 9 + [False] * 2 + [True] * 4 + [False] * 2, clipped
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    shutil.copy(js_bundle / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "encode.mjs").write_text(
+        "import { readFile } from 'node:fs/promises';\n"
+        f"import {{ Predictor }} from {json.dumps(str(js_bundle / 'predict.mjs'))};\n"
+        "const tj = JSON.parse(await readFile('tokenizer.json', 'utf8'));\n"
+        "const cases = JSON.parse(await readFile('cases.json', 'utf8'));\n"
+        "const p = new Predictor({task: {labels: ['a', 'b'], text_pair: true}, max_length: 32}, tj, null);\n"
+        "console.log(JSON.stringify(cases.map(([a, b]) => [p.encode(a, b), p.clipped(p.asRust(a), 30) !== null])));\n")
+    proc = _node("encode.mjs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for (a, _), want, (js, _) in zip(cases, wants, got):
+        assert (js["input_ids"], js["token_type_ids"]) == (want.ids, want.type_ids), a[:60]
+    assert [cut for _, cut in got][:len(texts)] == clipped[:len(texts)]
+    # truncated on the left: the last tokens are kept, the whole line is tokenized (by both)
+    spec = json.loads((js_bundle / "tokenizer.json").read_text())
+    spec["truncation"]["direction"] = "Left"
+    left = tmp_path / "left"
+    left.mkdir()
+    (left / "tokenizer.json").write_text(json.dumps(spec))
+    whole = Tokenizer.from_file(str(left / "tokenizer.json"))
+    for (a, b), js in zip(cases, _js_encode(left, left / "tokenizer.json", cases, max_length=32)):
+        want = whole.encode(a, b) if b is not None else whole.encode(a)
+        assert js["input_ids"] == want.ids
+    predictor.tokenizer = whole
+    assert all(predictor._clip(t) is t for t in texts)
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "SentencePiece unigram"])
+def test_predict_py_cuts_a_long_line_where_byte_level_and_sentencepiece_tokenizers_end_a_word(kind, glue_dir):
+    """RoBERTa's byte-level BPE puts a word's leading space in its first token, SentencePiece's Metaspace a "▁": a
+    long line cut before a space that ends a word keeps the ids of the whole line there too (tokenizers trained here on
+    SST-2, as the bundle's tokenizer.json would hold them)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    from compress.bundle_predict import Predictor
+
+    texts = _long_texts(glue_dir)
+    sentences = [" ".join(t.split()[:40]) for t in texts[:6]] * 20
+    if kind == "byte-level BPE":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"], unk_token="<pad>")
+    tokenizer.train_from_iterator(sentences, trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0))
+    tokenizer.enable_truncation(32)
+    predictor = Predictor.__new__(Predictor)  # the tokenizer alone: no model to run
+    predictor.tokenizer, predictor._counter = tokenizer, Tokenizer.from_str(tokenizer.to_str())
+    predictor._counter.no_truncation()
+    for item in [*texts, (texts[1], "a short premise"), ("short", texts[2])]:
+        cut = predictor._clip(item)
+        whole, part = (tokenizer.encode(*x) if isinstance(x, tuple) else tokenizer.encode(x) for x in (item, cut))
+        assert part.ids == whole.ids
+        assert (cut != item) == (item not in texts[-2:]), str(item)[:60]
