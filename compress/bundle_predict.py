@@ -448,7 +448,8 @@ class Predictor:
                 raise BundleError(f"{name} must be a list of strings, got one string (use [{name[:-1]}])")
             bad = next((v for v in values or () if not isinstance(v, str)), "")
             if not isinstance(bad, str):
-                raise BundleError(f"{name} must be a list of strings, got a value of type {type(bad).__name__} among them")
+                raise BundleError(f"{name} must be a list of strings, got a value of type {type(bad).__name__} "
+                                  f"among them")
         if self.pair and pairs is None:
             raise BundleError("this model reads text pairs: give a second text")
         if not self.pair and pairs is not None:

@@ -400,11 +400,13 @@ def training_key(recipe: Recipe, stage_name: str, upstream: Optional[dict[str, d
                                                            _result_config(_config(read, stage))))
 
 
-def trained_alike(folder: Path, key: str) -> bool:
-    """Whether the published stage ``folder``'s model (``model/``) was trained as ``key`` (`training_key`) says and is
-    as that run wrote it."""
+def trained_alike(folder: Path, key: str, records: tuple[str, ...] = ("metrics.json",)) -> bool:
+    """Whether the published stage ``folder``'s model (``model/``) was trained as ``key`` (`training_key`) says, and it
+    and the ``records`` the stage keeps of its training are as that run wrote them."""
     manifest = published_manifest(folder)
-    return manifest.get("training_key") == key and part_intact(folder, manifest, "model")
+    outputs = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
+    return manifest.get("training_key") == key and part_intact(folder, manifest, "model") and all(
+        rel in outputs and (folder / rel).is_file() and sha256_file(folder / rel) == outputs[rel] for rel in records)
 
 
 def _training_view(recipe: Recipe, inputs: dict, config: dict) -> tuple[dict, dict]:

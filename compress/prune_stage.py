@@ -35,7 +35,7 @@ from compress.distill.losses import hard_label_loss, kd_loss, logits_mse
 from compress.distill.stage import saved_teacher_logits, teacher_digest
 from compress.errors import CompressError
 from compress.evaluate import MODEL_INPUTS, evaluate, predict_shared
-from compress.manifest import read_json, write_atomic, write_json
+from compress.manifest import published_manifest, read_json, write_atomic, write_json
 from compress.metrics import warn_undefined
 from compress.modeling import count_params, load_trained, save, save_atomic
 from compress.train import (best_scores, fit, from_main_process, main_process_writes, process_device, resolve_precision,
@@ -347,16 +347,18 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
     from compress.pipeline import trained_alike, training_key
 
     source, folder = source_model(recipe, inputs)
-    key = training_key(recipe, "prune", {n: read_json(f / "manifest.json") for n, f in inputs.items()})
-    if not forced and trained_alike(recipe.run_dir / "prune", key):
-        try:
-            previous = read_json(recipe.run_dir / "prune" / "metrics.json")
-            pruning = read_json(recipe.run_dir / "prune" / "pruning.json")
-        except (OSError, ValueError):
-            previous = pruning = {}
-        if isinstance(previous.get("metrics"), dict) and isinstance(pruning.get("steps"), list):
-            return {**_score_kept(recipe, out, source, folder, previous["metrics"], pruning), "training_key": key}
-    return {**_prune(recipe, out, inputs, source, folder), "training_key": key}
+    upstream = {n: published_manifest(f) for n, f in inputs.items()}  # none: folders made by hand, no key
+    key = training_key(recipe, "prune", upstream) if all(isinstance(m.get("outputs"), dict)
+                                                         for m in upstream.values()) else None
+    kept = recipe.run_dir / "prune"
+    if key is not None and not forced and trained_alike(kept, key, KEPT_RECORDS):
+        return {**_score_kept(recipe, out, source, folder, read_json(kept / "metrics.json")["metrics"],
+                              read_json(kept / "pruning.json")), "training_key": key}
+    return {**_prune(recipe, out, inputs, source, folder), **({"training_key": key} if key else {})}
+
+
+KEPT_RECORDS = ("metrics.json", "pruning.json", "layers.json", "layers.md")
+"""What a kept pruned model's folder must hold as written, besides ``model/`` (`_score_kept` reads or copies them)."""
 
 
 def _score_kept(recipe: Recipe, out: Path, source: str, folder: Path, previous: dict, pruning: dict) -> dict:

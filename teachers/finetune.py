@@ -31,17 +31,11 @@ log = logging.getLogger(__name__)
 
 
 def kept_training(previous: Path, key: str) -> Optional[dict]:
-    """The previous teacher folder's metrics.json when its model was trained as ``key`` (`training_key`) says and is
-    as that run wrote it (`trained_alike`); else None."""
+    """The previous teacher folder's metrics.json when its model was trained as ``key`` (`training_key`) says and it
+    and the model are as that run wrote them (`trained_alike`); else None."""
     from compress.pipeline import trained_alike
 
-    if not trained_alike(previous, key):
-        return None
-    try:
-        kept = read_json(previous / "metrics.json")
-    except (OSError, ValueError):
-        return None
-    return kept if isinstance(kept.get("train"), dict) and isinstance(kept.get("metrics"), dict) else None
+    return read_json(previous / "metrics.json") if trained_alike(previous, key) else None
 
 
 def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False) -> dict:

@@ -978,8 +978,8 @@ def _long_texts(glue_dir: Path) -> list[str]:
     def long(n: int) -> str:
         return "".join(rng.choice(sentences) + rng.choice(seps) for _ in range(n))
 
-    texts = [long(150) for _ in range(6)] + ["x" * 9000 + " " + long(300), " " * 9000 + long(300),
-                                             long(150).upper(), "日本語の文章" * 1500 + " " + long(20), "é" * 20000]
+    texts = [long(150) for _ in range(6)] + ["x" * 9000 + " " + long(300), " " * 9000 + long(300), long(150).upper(),
+                                             "日本語の文章" * 1500 + " " + long(20), "é" * 20000]
     assert all(len(t) > 2 * CLIP_CHARS for t in texts)
     return texts
 

@@ -507,7 +507,8 @@ prune:
     labelled, real_labels = [], PS.teacher_logits
     monkeypatch.setattr(PS, "teacher_logits", lambda m, t, rows, *a, **k: labelled.append(
         (m.config.num_hidden_layers, len(rows))) or real_labels(m, t, rows, *a, **k))
-    relabel = PS.run(recipe, tmp_path / "relabel", {"teacher": teacher_dir, "distill": distill_dir})
+    relabel = PS.run(recipe, tmp_path / "relabel", {"teacher": teacher_dir, "distill": distill_dir},
+                     forced=True)  # not the published prune folder's model: pruned again
     assert relabel["pruning"]["recovery_logits"] == "computed" and [n for n, _ in labelled] == [2]
     record = json.loads((tmp_path / "relabel" / "pruning.json").read_text())
     assert record["recovery_labelled"] == labelled[0][1] <= record["recovery_rows"] == len(data.train)

@@ -472,7 +472,8 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     why = explain(moved)[0][2]
     assert why.startswith("changed: task.data_dir: null -> ") and why.endswith(
         f"; new input {copy / 'dev.tsv'}; input {src / 'train.tsv'} now read from "
-                        f"{copy / 'train.tsv'} (same content); input {src / 'dev.tsv'} no longer read")
+                        f"{copy / 'train.tsv'} (same content); input {src / 'dev.tsv'} no longer read; its trained "
+                        "model is kept and scored again")  # the same train bytes: trained as before
     with pytest.raises(CompressError, match="--force teachr: unknown stage"):
         explain(recipe(), force=("teachr",))
     folder = tmp_path / "runs" / "tiny" / "teacher"
@@ -515,7 +516,7 @@ def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch
         (folder / "static-src.onnx").parent.mkdir(parents=True)
     working = []
 
-    def fails_midway(recipe, out, inputs):
+    def fails_midway(recipe, out, inputs, forced=False):
         (out / "model.safetensors").write_bytes(b"half-written")
         working.append(out)
         raise CompressError("boom: the stage failed after writing")
@@ -2143,7 +2144,7 @@ def _quick_teacher(monkeypatch, marker: str):
     is looked at."""
     import teachers.finetune
 
-    def quick(recipe, out, inputs):
+    def quick(recipe, out, inputs, forced=False):
         (out / "model.bin").write_text(marker)
         return {"metrics": {"dev": {"accuracy": 0.5}}}
 
@@ -2358,11 +2359,13 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
     assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), {"task.max_eval_samples": 40}),
                    until="prune") == [
         ("teacher", True, "changed: task.max_eval_samples: 100 -> 40; its trained model is kept and scored again"),
-        ("distill", True, "after teacher (reads its outputs)"), ("prune", True, "after teacher, distill (reads their outputs)")]
+        ("distill", True, "after teacher (reads its outputs)"),
+        ("prune", True, "after teacher, distill (reads their outputs)")]
     second, out = run({"task.max_eval_samples": 40})
     assert trained == [] and "(changed: task.max_eval_samples: 100 -> 40)" in out, out
     assert f"[teacher] trained as in {run_dir / 'teacher'} (only what it is scored on changed)" in out
-    assert "[distill] s: trained as in the previous distill run (only what it is scored on changed), scored again" in out
+    assert ("[distill] s: trained as in the previous distill run (only what it is scored on changed), scored again"
+            in out)
     assert f"[prune] pruned and recovered as in {run_dir / 'prune'} (only what it is scored on changed)" in out
     assert {p: p.read_bytes() for p in files} == files  # the same model files, the same bytes
     assert second["teacher"]["training_key"] == first["teacher"]["training_key"]
@@ -2400,3 +2403,10 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
     assert trained == [] and "[prune] pruned and recovered as in" in out
     _, out = run({"task.max_eval_samples": 30, **lr}, force=("prune",))
     assert trained == ["prune step 1/2 recovery", "prune step 2/2 recovery"] and "as in" not in out
+    # a kept model must be as written: an edited teacher weight file is trained again, not scored again
+    weights = run_dir / "teacher" / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    _, out = run({"task.max_eval_samples": 20, **lr})
+    assert trained[0] == f"teacher {tiny_bert_dir}" and "[teacher] trained as in" not in out

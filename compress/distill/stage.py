@@ -511,7 +511,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
             summary[spec.name], params[spec.name], rescore = restored
             if rescore:  # trained alike, its dev rows (or the teacher's scores on them) changed
                 model, tokenizer = load_trained(out / spec.name / "model")
-                summary[spec.name]["metrics"] = _scores(model, tokenizer, data, ml, teacher_dev,
+                summary[spec.name]["metrics"] = _scores(model.to(process_device()), tokenizer, data, ml, teacher_dev,
                                                         summary[spec.name]["metrics"].get("holdout"))
                 write_json(out / spec.name / "metrics.json", summary[spec.name])
                 why = "trained as in the previous distill run (only what it is scored on changed), scored again"
