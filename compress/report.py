@@ -958,8 +958,9 @@ def _search_summary(folder: str) -> Optional[str]:
             f"(table and plot: search/search.md)")
 
 
-NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors weights; the torch int8 peer: its "
-        "state_dict as torch.save writes it; ONNX: the .onnx file). Peak RSS: the most resident memory of a fresh "
+NOTE = ("Params: parameter count. File: size on disk in MB of 10^6 bytes (torch: its safetensors weights; the torch "
+        "int8 peer: its state_dict as torch.save writes it; ONNX: the .onnx file). Peak RSS (MiB of 2^20 bytes): the "
+        "most resident memory of a fresh "
         "process that loads the artifact alone and runs the bench's largest fixed shape and a few dev rows (ONNX: "
         "onnxruntime and numpy, not the tokenizer a device's runner loads too; torch: torch and transformers), shared "
         "libraries' pages included. "
@@ -967,7 +968,8 @@ NOTE = ("Params: parameter count. File: size on disk (torch: its safetensors wei
         "the same model compressed by another library, for comparison. "
         "Retention: metric / teacher metric. Speedup: teacher ONNX fp32 p50 (the ORT-fused graph when its logits "
         "match the plain export's: format 'onnx fp32 fused') / artifact p50 at the same thread count. "
-        "p50/p90 and sent/s: real dev sentences one at a time (batch 1); fixed-shape seq/s: the best of the bench's "
+        "p50/p90 and sent/s: real dev sentences one at a time (batch 1), sent/s being 1000 / the mean ms (slow runs "
+        "lower it: it can rank two models otherwise than their p50s); fixed-shape seq/s: the best of the bench's "
         "fixed shapes (written as, e.g., b8xs32: batches of 8 sequences of 32 tokens). Retention and speedup are "
         "rounded down (a 98.96% reads 98.9%, 3.998x reads 3.9x: no cell shows a target met that the measurement "
         "misses).")
@@ -1003,7 +1005,8 @@ def note(table: RunTable) -> str:
             f"{r.name}: {r.refused}" for r in refused) + "."
     if table.pair:
         text = text.replace("p50/p90 and sent/s: real dev sentences one at a time",
-                            "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time")
+                            "p50/p90 and pairs/s: real dev pairs (both texts in one input) one at a time"
+                            ).replace("sent/s being", "pairs/s being")
     if table.teacher_constant is not None:
         text = (f"Warning: the teacher predicts {table.teacher_constant!r} for every dev row (a constant model), so "
                 f"its {table.metric_name} is {constant_score(table.metric_name)} and retention against it means "

@@ -763,6 +763,7 @@ def test_a_pair_task_report_says_pairs_not_sentences(tmp_path, monkeypatch):
     write([collect(pair)], tmp_path / "pair")
     md = (tmp_path / "pair" / "report.md").read_text()
     assert "pairs/s (2t)" in md and "sent/s" not in md and "real dev pairs" in md and "dev sentences" not in md
+    assert "pairs/s being 1000 / the mean ms" in md
     assert seen["ax"].get_xlabel() == "p50 latency per pair, batch 1 (ms, log scale)"
     write([collect(single)], tmp_path / "single")
     assert "sent/s (2t)" in (tmp_path / "single" / "report.md").read_text()
@@ -1883,7 +1884,9 @@ def test_peak_rss_column_from_the_bench_merged_seeds_keep_the_largest(tmp_path):
         "300 MiB"
     plain = make_run(tmp_path / "nb", "quickstart", **_files(tmp_path))  # no bench stage
     assert "peak RSS" not in table_cells(collect(plain))[0]
-    assert "Peak RSS: the most resident memory of a fresh process" in note(collect(runs[0]))
+    said = note(collect(runs[0]))  # the units of the two columns side by side, and what a rate is of
+    assert "Peak RSS (MiB of 2^20 bytes): the most resident memory of a fresh process" in said
+    assert "File: size on disk in MB of 10^6 bytes" in said and "sent/s being 1000 / the mean ms" in said
 
 
 def test_merged_seeds_rows_keep_their_paths_and_only_a_refused_int8_model_reads_not_shippable(tmp_path):
