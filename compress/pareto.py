@@ -47,6 +47,9 @@ def pareto_plot(tables: Sequence[RunTable], path: Path, threads: Optional[int] =
         return _pareto_plot(plt, tables, path, threads, budget_ms, best)
 
 
+MARKER_SIZE = 7  # points
+
+
 def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     markers = "os^Dvp*"
@@ -68,7 +71,8 @@ def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
         errs = [r.metric_std or 0.0 for r in rows]
         seeds = max(r.seeds for r in rows)  # several seeds merged: the bars are the metric's std over them
         bars = f", bars: ± std over {seeds} seeds" if any(errs) else ""
-        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color, ms=7,
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt=markers[k % len(markers)], color=color,
+                    ms=MARKER_SIZE,
                     # a label starting with "_" is one matplotlib leaves out of the legend: a zero-width space first
                     capsize=3, label=f"{chr(0x200b) if table.run.startswith('_') else ''}{table.run} "
                                      f"({t} thread{'s' if t != 1 else ''}{bars})", zorder=3)
@@ -113,7 +117,7 @@ def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
     ax.legend(loc="best", fontsize=8)
     ax.margins(x=0.15, y=0.08)
     fig.tight_layout()
-    _spread_labels(fig, ax, labels, points)
+    _spread_labels(fig, ax, _merge_coincident(fig, ax, labels, MARKER_SIZE), points)
     from compress.manifest import write_atomic
 
     path = Path(path)
@@ -122,6 +126,27 @@ def _pareto_plot(plt, tables, path, threads, budget_ms, best) -> Optional[Path]:
     finally:
         plt.close(fig)
     return path
+
+
+def _merge_coincident(fig, ax, labels: list, size: float) -> list:
+    """The labels of one run's points whose markers overlap (centres less than a marker's width, ``size`` points,
+    apart) made one, a name a line, at the first of them: two labels beside one blot (an int8 model and the Optimum
+    peer of the same latency) each read as the circled one's. Returns the labels kept."""
+    fig.canvas.draw()  # the axis limits are settled at draw time
+    width = size * fig.dpi / 72.0
+    kept = []
+    for label in labels:
+        here = ax.transData.transform(label.xy)
+        near = next((k for k in kept if k.get_color() == label.get_color()
+                     and math.dist(ax.transData.transform(k.xy), here) < width), None)
+        if near is None:
+            kept.append(label)
+        else:
+            near.set_text(f"{near.get_text()}\n{label.get_text()}")
+            if label.get_fontweight() == "bold":  # the search's pick stays bold
+                near.set_fontweight("bold")
+            label.remove()
+    return kept
 
 
 LABEL_OFFSETS = sorted(((dx, dy) for dx in (9, -9, 26, -26, 48, -48)

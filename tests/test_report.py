@@ -606,7 +606,7 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
 
     def spy(fig, ax, labels, points=()):
         seen["boxes"] = real(fig, ax, labels, points)
-        seen["ax"], seen["renderer"], seen["points"] = ax, fig.canvas.get_renderer(), points
+        seen["ax"], seen["renderer"], seen["points"], seen["labels"] = ax, fig.canvas.get_renderer(), points, labels
         return seen["boxes"]
 
     real = pareto._spread_labels
@@ -617,7 +617,10 @@ def test_crowded_overlaid_plot_labels_cover_no_label_point_or_legend(tmp_path, m
                            metric=0.866 - 0.0015 * k + 0.001 * (i % 3)) for i in range(8)]
     assert pareto_plot([a, b, c], tmp_path / "p.png") is not None
     ax, renderer, boxes = seen["ax"], seen["renderer"], seen["boxes"]
-    assert len(boxes) == sum(1 for t in (a, b, c) for r in t.rows if r.latency and r.metric is not None)
+    # every point named, once (points of one run whose markers overlap share a label: a name a line)
+    names = [name for label in seen["labels"] for name in label.get_text().split("\n")]
+    assert len(boxes) == len(seen["labels"]) < len(names)
+    assert sorted(names) == sorted(r.name for t in (a, b, c) for r in t.rows if r.latency and r.metric is not None)
     frame = ax.get_window_extent(renderer)
     legend = ax.get_legend().get_window_extent(renderer)
     pt = ax.figure.dpi / 72.0
@@ -1969,3 +1972,35 @@ def test_a_hand_edited_boolean_score_is_unscored_not_1():
 
     assert _metric_value({"dev": {"accuracy": True}}, "accuracy") == (None, None, 0)
     assert _metric_value({"dev": {"accuracy": 0.5}}, "accuracy") == (0.5, None, 1)
+
+
+def test_labels_of_one_runs_overlapping_points_are_one_label(tmp_path, monkeypatch):
+    """An audit of a run's plot: the int8 static point (1.0035 ms, circled) and the Optimum peer's (1.0276 ms, same
+    accuracy) were one blot, the peer's label joined to it by a line and the static one's printed under the peer's
+    point: either read as the circled one's. Points of one run whose markers overlap now share one label, a name a
+    line; another run's point there keeps its own."""
+    seen = {}
+
+    def spy(fig, ax, labels, points=()):
+        seen.update(ax=ax, labels=labels)
+        return real(fig, ax, labels, points)
+
+    real = pareto._spread_labels
+    monkeypatch.setattr(pareto, "_spread_labels", spy)
+    tables = []
+    for run, shift in (("reviews", 1.0), ("other", 1.01)):
+        rows = [Row(name, kind, fmt, 7_000_000, 30_000_000, metric, latency={2: Latency(p50 * shift, p50 * 1.4)},
+                    reference=name == "teacher · onnx fp32")
+                for name, kind, fmt, metric, p50 in [
+                    ("teacher · onnx fp32", "teacher", "onnx fp32", 0.7825, 6.77),
+                    ("pruned · int8 dynamic", "int8", "onnx int8", 0.775, 0.7038),
+                    ("pruned · int8 static", "int8", "onnx int8", 0.7825, 1.0035),
+                    ("pruned · optimum int8 (peer)", "int8", "onnx int8", 0.7825, 1.0276)]]
+        tables.append(RunTable(run, f"runs/{run}", "accuracy", rows, teacher_metric=0.7825,
+                               provenance={"protocol": {"batch_size": 1, "threads": "2"}}))
+    assert pareto_plot(tables, tmp_path / "p.png") is not None
+    texts = sorted(label.get_text() for label in seen["labels"])
+    assert texts.count("pruned · int8 static\npruned · optimum int8 (peer)") == 2  # one label a run
+    assert texts.count("pruned · int8 dynamic") == 2 and len(texts) == 6
+    assert all(label.figure is not None for label in seen["labels"])  # the merged ones are off the figure
+    assert len([t for t in seen["ax"].texts if "optimum" in t.get_text()]) == 2
