@@ -409,6 +409,16 @@ def trained_alike(folder: Path, key: str, records: tuple[str, ...] = ("metrics.j
         rel in outputs and (folder / rel).is_file() and sha256_file(folder / rel) == outputs[rel] for rel in records)
 
 
+def _kept_or_not(folder: Path, key: str, why: str) -> str:
+    """What `explain` adds to why a training stage runs when it was trained as ``key`` says: its model is kept, or,
+    edited since, trained again (a changed dev file hid the edit)."""
+    if published_manifest(folder).get("training_key") != key:
+        return ""
+    if trained_alike(folder, key):
+        return "; its trained model is kept and scored again"
+    return "" if "edited" in why else "; its outputs were edited since they were written: trained again"
+
+
 def _training_view(recipe: Recipe, inputs: dict, config: dict) -> tuple[dict, dict]:
     """``inputs`` and ``config`` of a fingerprint without what only scores a trained model: the dev and test files
     (the train file keyed ``data:train`` by its content, wherever it is), ``task.max_eval_samples``, the other splits'
@@ -1005,9 +1015,8 @@ def explain(recipe: Recipe, until: Optional[str] = None, force: tuple[str, ...] 
         else:
             fp, inputs = _fingerprint(recipe, stage, done)
             manifest, why = _reuse(recipe, stage, run_dir / stage.name, fp, inputs, done)
-            if manifest is None and stage.name == "teacher" and trained_alike(run_dir / "teacher",
-                                                                               training_key(recipe, "teacher")):
-                why += "; its trained model is kept and scored again"
+            if manifest is None and stage.name == "teacher":
+                why += _kept_or_not(run_dir / "teacher", training_key(recipe, "teacher"), why)
         if manifest is not None:
             done[stage.name] = manifest
             out.append((stage.name, False, "up to date"))

@@ -111,7 +111,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                   **({} if constant is None else {"dev_constant_label": constant})}
     write_json(out / "metrics.json", {"metrics": metrics, "train": train_info})
     return {"metrics": metrics, "params": count_params(model), "model": cfg.model, "train": train_info,
-            "training_key": key, "timing": {"train_s": train_s}}
+            "training_key": key, "timing": {"train_s": 0.0 if kept is not None else train_s}}
 
 
 # what metrics.json's ``train`` says of the training itself (a kept model's: its own run's)

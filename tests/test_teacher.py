@@ -2364,8 +2364,8 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
     second, out = run({"task.max_eval_samples": 40})
     assert trained == [] and "(changed: task.max_eval_samples: 100 -> 40)" in out, out
     assert f"[teacher] trained as in {run_dir / 'teacher'} (only what it is scored on changed)" in out
-    assert ("[distill] s: trained as in the previous distill run (only what it is scored on changed), scored again"
-            in out)
+    assert ("[distill] s: trained as in the previous distill run (only what it is scored on changed): its model is "
+            "kept and scored again (--force distill trains it again)\n" in out)
     assert f"[prune] pruned and recovered as in {run_dir / 'prune'} (only what it is scored on changed)" in out
     assert {p: p.read_bytes() for p in files} == files  # the same model files, the same bytes
     assert second["teacher"]["training_key"] == first["teacher"]["training_key"]
@@ -2390,7 +2390,8 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
     assert second["teacher"]["train"]["dev_rows"] == 40 and first["teacher"]["train"]["dev_rows"] == 100
     kept = {k: second["teacher"]["train"][k] for k in teachers.finetune.TRAINED}
     assert kept == {k: first["teacher"]["train"][k] for k in teachers.finetune.TRAINED} and kept["steps"] > 0
-    assert second["teacher"]["train"]["kept_from_previous_run"] is True
+    assert second["teacher"]["train"]["kept_from_previous_run"] is True and second["teacher"]["timing"]["train_s"] == 0
+    assert second["teacher"]["train"]["train_s"] == first["teacher"]["train"]["train_s"] > 0  # what it cost to train
     assert json.loads((run_dir / "distill" / "s" / "metrics.json").read_text())["metrics"] == s_dev
     # up to date now; a training setting changed, or --force teacher: trained again
     assert trained == [] and "[teacher] up to date" in run({"task.max_eval_samples": 40})[1]
@@ -2403,10 +2404,13 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
     assert trained == [] and "[prune] pruned and recovered as in" in out
     _, out = run({"task.max_eval_samples": 30, **lr}, force=("prune",))
     assert trained == ["prune step 1/2 recovery", "prune step 2/2 recovery"] and "as in" not in out
-    # a kept model must be as written: an edited teacher weight file is trained again, not scored again
+    # a kept model must be as written: an edited teacher weight file is trained again, not scored again (and a dry
+    # run says so, though the changed dev rows are what it names first)
     weights = run_dir / "teacher" / "model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
+    assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=students), {"task.max_eval_samples": 20, **lr}),
+                   until="teacher")[0][2].endswith("; its outputs were edited since they were written: trained again")
     _, out = run({"task.max_eval_samples": 20, **lr})
     assert trained[0] == f"teacher {tiny_bert_dir}" and "[teacher] trained as in" not in out

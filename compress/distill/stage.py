@@ -514,7 +514,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                 summary[spec.name]["metrics"] = _scores(model.to(process_device()), tokenizer, data, ml, teacher_dev,
                                                         summary[spec.name]["metrics"].get("holdout"))
                 write_json(out / spec.name / "metrics.json", summary[spec.name])
-                why = "trained as in the previous distill run (only what it is scored on changed), scored again"
+                why = ("trained as in the previous distill run (only what it is scored on changed): its model is kept "
+                       "and scored again (--force distill trains it again)")
             transfer, how = summary[spec.name].get("transfer_set"), labelling(spec.train)
             rows_key = augment_key(spec.distill.augment, spec.name) if transfer else None
             key = logits_key(rows_key, how) if rows_key else None
@@ -523,7 +524,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                 logit_cache[rows_key + ":rows"] = (saved[0], summary[spec.name]["augment"])
                 logit_cache[key] = saved[1]
                 logit_cache.setdefault(logits_key("train", how), saved[1][:len(data.train)])  # the originals first
-            print(f"[distill] {spec.name}: {why}, not trained again")
+            print(f"[distill] {spec.name}: {why}{'' if rescore else ', not trained again'}")
             continue
         seed = spec.train.seed if spec.train.seed is not None else recipe.seed
         set_seed(seed)  # a new head's (and projection's) init follows the student's seed, not what ran before it
