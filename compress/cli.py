@@ -42,13 +42,21 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _set_runs_dir(recipe, runs_dir: Optional[str]) -> None:
+    """``--runs-dir`` over the recipe's ``runs_dir`` (``~/x``: the shell leaves that ``~`` to us). An empty one (an
+    unset ``$RUNS_DIR`` in a script) is refused: it wrote the run into whatever folder the job was in."""
+    if runs_dir is not None:
+        if not runs_dir.strip():
+            raise CompressError("--runs-dir is empty (a folder; . for the working folder)")
+        recipe.runs_dir = os.path.expanduser(runs_dir)
+
+
 def cmd_run(args) -> int:
     from compress.config import load_recipe
     from compress.pipeline import run_pipeline
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
-        recipe.runs_dir = os.path.expanduser(args.runs_dir)
+    _set_runs_dir(recipe, args.runs_dir)
     if args.dry_run:
         from compress.pipeline import explain
 
@@ -198,8 +206,7 @@ def cmd_bundle(args) -> int:
         from compress.pipeline import run_pipeline
 
         recipe = load_recipe(args.recipe, _overrides(args.set))
-        if args.runs_dir is not None:  # as `compress run` takes it
-            recipe.runs_dir = os.path.expanduser(args.runs_dir)
+        _set_runs_dir(recipe, args.runs_dir)
         done = run_pipeline(recipe, until="bundle", force=tuple(args.force))
         paths = done["bundle"].get("bundle", {}).get("paths", [])
         for rel in paths:
@@ -266,6 +273,8 @@ def _print_manifest_digest(folder) -> None:
 def cmd_report(args) -> int:
     from compress.report import report_runs
 
+    if not args.out.strip():  # an unset $OUT: the report went into whatever folder the job was in
+        raise CompressError("--out is empty (a folder; . for the working folder)")
     written = report_runs(args.runs, args.out, threads=args.threads)
     for path in written.values():
         print(path)
@@ -353,8 +362,7 @@ def cmd_bench(args) -> int:
 
     overrides = _overrides(args.set)
     recipe = load_recipe(args.recipe, overrides)
-    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
-        recipe.runs_dir = os.path.expanduser(args.runs_dir)
+    _set_runs_dir(recipe, args.runs_dir)
     if recipe.quantize is None:  # a recipe without the sections benchmarks its newest model with the defaults
         recipe.quantize = QuantizeConfig()
     if recipe.bench is None:
@@ -379,8 +387,7 @@ def cmd_search(args) -> int:
     from compress.config import check_bundle_name, load_recipe, search_settings
 
     recipe = load_recipe(args.recipe, _overrides(args.set))
-    if args.runs_dir is not None:  # --runs-dir=~/x: the shell leaves that ~ to us; "" is the working folder
-        recipe.runs_dir = os.path.expanduser(args.runs_dir)
+    _set_runs_dir(recipe, args.runs_dir)
     if args.bundle:  # its bundle is named after the recipe and the task: refused now, not after the search
         check_bundle_name(recipe, str(recipe.path), settable=False)
     cfg = search_settings(recipe, None, args.budget_ms, args.time_limit_min, args.threads)  # before torch loads

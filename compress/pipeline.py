@@ -563,22 +563,34 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
         return config
     from compress.tasks import data_dir, task_spec
 
-    def under(keys: dict, path: str) -> dict:
-        root = str(Path(path))
-        return {k[len(root):]: v for k, v in keys.items() if k == root or k.startswith(root + os.sep)}
+    def under(keys: dict, path: str, names: Optional[set] = None) -> dict:
+        """The local files of ``keys`` under the folder ``path``, by their names there (only ``names``, when given).
+        Both resolved: an unset ``data_dir`` recorded ``train.csv``, read from the working folder, which ``data_dir:
+        .`` names too."""
+        root, out = Path(path).resolve(), {}
+        for k, v in keys.items():
+            if ":" in k or k.split("/", 1)[0] in stage_names():  # a package file, a hub commit, an upstream output
+                continue
+            file = Path(k).resolve()
+            if file == root or root in file.parents:
+                rel = file.relative_to(root).as_posix()
+                if names is None or rel in names:
+                    out[rel] = v
+        return out
 
-    def same(now: Any, old: Any) -> bool:
+    def same(now: Any, old: Any, names: Optional[set] = None) -> bool:
         if not (isinstance(now, str) and isinstance(old, str)):
             return False
-        here = under(inputs, now)
-        return bool(here) and here == under(recorded_inputs, old)
+        here = under(inputs, now, names)
+        return bool(here) and here == under(recorded_inputs, old, names)
 
-    def leaf(now: Any, old: Any, default: Optional[str] = None, named: bool = False) -> Any:
+    def leaf(now: Any, old: Any, default: Optional[str] = None, named: bool = False,
+             names: Optional[set] = None) -> Any:
         if isinstance(now, dict) and isinstance(old, dict) and set(now) == set(old):
             return {k: leaf(v, old[k], named=named) for k, v in now.items()}
         if isinstance(now, list) and isinstance(old, list) and len(now) == len(old):
             return [leaf(a, b, named=named) for a, b in zip(now, old)]
-        if now != old and same(default if now is None else now, default if old is None else old) and not (
+        if now != old and same(default if now is None else now, default if old is None else old, names) and not (
                 named and Path(now).resolve().name != Path(old).resolve().name):
             return old
         return now
@@ -599,10 +611,12 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
             if isinstance(sec, dict) and isinstance(old, dict):
                 default = str(data_dir(dataclasses.replace(recipe.task, data_dir=None), task_spec(recipe.task))) \
                     if name == "task" else None  # what an unset data_dir reads
+                # the data folder's split files (a model folder may sit in it too); a local hub_dataset's: all
+                names = None if name != "task" or recipe.task.hub_dataset else set(task_spec(recipe.task).files.values())
                 # a compared run's table is titled by its folder's name: a copy under another name is a change
                 sec = {k: leaf(v, old[k], default if k == "data_dir" else None,
-                               named=(name, k) == ("report", "compare")) if k in fields and k in old else v
-                       for k, v in sec.items()}
+                               named=(name, k) == ("report", "compare"), names=names if k == "data_dir" else None)
+                       if k in fields and k in old else v for k, v in sec.items()}
             swapped.append(sec)
         out[name] = swapped if isinstance(section, list) else swapped[0]
     return out

@@ -320,3 +320,17 @@ def test_validate_runs_no_stage(capsys, tmp_path, monkeypatch):
     recipe.write_text(f"task: {{name: sst2}}\nteacher: {{model: minilm-l6}}\nruns_dir: {tmp_path / 'runs'}\n")
     assert main(["validate", str(recipe)]) == 0
     assert "ok; stages: teacher" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "search", "bundle", "report"])
+def test_an_empty_runs_dir_or_out_is_refused_not_the_working_folder(command, tmp_path, capsys, monkeypatch):
+    """A CI script's unset `$RUNS_DIR` (or `$OUT`): `compress run R --runs-dir ""` ran the whole recipe into the
+    working folder and `compress report RUN --out ""` wrote there, while `bundle --out ""` and `--set runs_dir=` were
+    refused. Refused alike now, before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "pipelines" / "quickstart.yaml"
+    argv = ["report", str(tmp_path), "--out", ""] if command == "report" else [command, str(recipe), "--runs-dir", ""]
+    assert main(argv) == 2
+    flag = "--out" if command == "report" else "--runs-dir"
+    assert capsys.readouterr().err == f"error: {flag} is empty (a folder; . for the working folder)\n"
+    assert list(tmp_path.iterdir()) == []

@@ -2414,3 +2414,34 @@ def test_a_run_redone_for_its_dev_rows_alone_keeps_the_trained_models_and_scores
                    until="teacher")[0][2].endswith("; its outputs were edited since they were written: trained again")
     _, out = run({"task.max_eval_samples": 20, **lr})
     assert trained[0] == f"teacher {tiny_bert_dir}" and "[teacher] trained as in" not in out
+
+
+def test_naming_the_working_folder_or_a_copy_of_the_data_as_data_dir_is_no_change(tmp_path, tiny_bert_dir,
+                                                                                  monkeypatch, glue_dir):
+    """A CI integrator's walkthrough: a custom task read from the working folder, then `--set task.data_dir=.` (or the
+    folder spelt absolute, or a copy of the files elsewhere) redid all seven stages, re-timing the models and
+    rebuilding the bundle: the recorded inputs were spelt `train.csv`, the new ones `./train.csv`-rooted, and never
+    matched. The same bytes under the folder named are no change; other bytes are."""
+    import csv
+
+    from compress.pipeline import explain
+
+    monkeypatch.chdir(tmp_path)
+    lines = (glue_dir / "SST-2" / "train.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    for name, part in (("train.csv", lines[:64]), ("dev.csv", lines[64:96])):
+        with open(name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("review", "sentiment"), *(line.split("\t") for line in part)])
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nruns_dir: {tmp_path / 'runs'}\n"
+                    "task: {name: mine, files: {train: train.csv, dev: dev.csv}, text_column: review, "
+                    "label_column: sentiment, labels: ['0', '1'], max_length: 32, holdout: 0.1}\n"
+                    f"teacher: {{model: {tiny_bert_dir}, max_steps: 2, batch_size: 8}}\n")
+    run_pipeline(load_recipe(path))
+    (tmp_path / "copy").mkdir()
+    for name in ("train.csv", "dev.csv"):
+        shutil.copy(name, tmp_path / "copy" / name)
+    for folder in (".", str(tmp_path), "copy", str(tmp_path / "copy")):
+        assert explain(load_recipe(path, {"task.data_dir": folder}))[0] == ("teacher", False, "up to date"), folder
+    with open(tmp_path / "copy" / "dev.csv", "a", encoding="utf-8") as f:
+        f.write("an extra row,1\n")
+    assert explain(load_recipe(path, {"task.data_dir": "copy"}))[0][1] is True
