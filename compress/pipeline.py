@@ -612,7 +612,8 @@ def _recorded_paths(recipe: Recipe, config: dict, recorded: Any, inputs: dict, r
                 default = str(data_dir(dataclasses.replace(recipe.task, data_dir=None), task_spec(recipe.task))) \
                     if name == "task" else None  # what an unset data_dir reads
                 # the data folder's split files (a model folder may sit in it too); a local hub_dataset's: all
-                names = None if name != "task" or recipe.task.hub_dataset else set(task_spec(recipe.task).files.values())
+                names = None if name != "task" or recipe.task.hub_dataset \
+                    else set(task_spec(recipe.task).files.values())
                 # a compared run's table is titled by its folder's name: a copy under another name is a change
                 sec = {k: leaf(v, old[k], default if k == "data_dir" else None,
                                named=(name, k) == ("report", "compare"), names=names if k == "data_dir" else None)
