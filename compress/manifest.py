@@ -268,9 +268,9 @@ def file_lock(path: Path, busy: Optional[Callable[[str], None]] = None):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = "unknown" if folder else os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            if busy is None:
+            if busy is None:  # a folder's holder is not known: no pid said rather than "pid unknown"
                 print(f"waiting: {path if folder else Path(path).parent} is being written by another compress "
-                      f"process (pid {holder})", file=sys.stderr, flush=True)
+                      f"process{'' if holder == 'unknown' else f' (pid {holder})'}", file=sys.stderr, flush=True)
             else:
                 busy(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)

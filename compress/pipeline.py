@@ -766,11 +766,11 @@ def run_pipeline(recipe: Recipe, until: Optional[str] = None, force: tuple[str, 
     """Run (or reuse) every configured stage up to ``until``; returns stage name -> manifest."""
     force = _check_force(force, plan(recipe, until))
     run_dir = recipe.run_dir
-    if force or os.environ.get("WORLD_SIZE", "1") != "1" or not run_dir.is_dir():
+    if os.environ.get("WORLD_SIZE", "1") != "1" or not run_dir.is_dir():
         return _run_pipeline(recipe, run_dir, until, force)
-    with run_lock(run_dir):  # held until the end: what is judged here stands
-        judged = _judged_up_to_date(recipe, run_dir, until)
-        if len(judged) < len(plan(recipe, until)):
+    with run_lock(run_dir):  # held until the end: what is judged here stands (a folder in use: refused before torch)
+        judged = {} if force else _judged_up_to_date(recipe, run_dir, until)  # forced: every stage judged as it runs
+        if force or len(judged) < len(plan(recipe, until)):
             return _run_pipeline(recipe, run_dir, until, force, judged)
         _remove_orphans(run_dir)
         for name, (_, fp) in judged.items():

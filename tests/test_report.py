@@ -720,7 +720,7 @@ def test_two_reports_into_one_folder_write_in_turn(tmp_path, capsys):
     writer.join(timeout=60)
     assert set(done) == {"md", "html", "png"} and sorted(p.name for p in out.iterdir()) == \
         ["pareto.png", "report.html", "report.md"]  # nothing of the lock left in the folder
-    assert f"waiting: {out} is being written by another compress process" in capsys.readouterr().err
+    assert f"waiting: {out} is being written by another compress process\n" in capsys.readouterr().err
 
 
 def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path):

@@ -582,6 +582,13 @@ def test_a_run_folder_in_use_stops_a_second_run_at_once(tmp_path, tiny_bert_dir)
         with pytest.raises(CompressError, match=rf"{run_dir}: in use by another compress run \(pid {holder.pid}\)"):
             run_pipeline(recipe)
         assert not (run_dir / "teacher").exists() and not list(run_dir.glob(".teacher*"))
+        # forced (`compress bench` forces its stage) alike, and at once: before torch is imported (9.5 s it took)
+        script = ("import sys; from compress.cli import main; code = main(['run', sys.argv[1], '--force', 'teacher']); "
+                  "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+        proc = subprocess.run([sys.executable, "-c", script, str(_recipe(tmp_path, tiny_bert_dir))],
+                              capture_output=True, text=True)
+        assert (proc.returncode, proc.stdout) == (2, "torch not imported\n"), proc.stderr
+        assert f"in use by another compress run (pid {holder.pid})" in proc.stderr
     finally:
         holder.kill()
         holder.wait()
