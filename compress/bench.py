@@ -414,8 +414,7 @@ def gemm_peak(threads: int, n: int = 1024, runs: int = 20, spin: bool = True) ->
 def forward_flops(model_dir: str, shapes: list[tuple[int, int]]) -> dict[str, int]:
     """Exact forward FLOPs of the fp32 model at each (batch, seq) (matmuls, attention; torch's flop counter). The
     counter has no formula for the CPU kernel of scaled_dot_product_attention (BERT's default attention): its two
-    matmuls went uncounted (the quickstart's pruned model's FLOPs 1.4% low, and its GOP/s), counted now with torch's
-    own attention formula."""
+    matmuls a layer went uncounted (GOP/s read low), counted now with torch's own attention formula."""
     import torch
     from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode

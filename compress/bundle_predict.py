@@ -360,6 +360,8 @@ class Predictor:
         """A text (or (text, pair) tuple) of ``batch`` with a long text cut to its first words where the model's
         inputs stay the same (`_clipped`). Of a pair, one text alone is cut, and only when the other has fewer
         tokens than its cut: longest-first truncation then keeps the same share of each."""
+        if all(len(text) <= 2 * CLIP_CHARS for text in (item if isinstance(item, tuple) else (item,))):
+            return item  # the common case, on the per-text path: nothing to cut
         budget = self.tokenizer.truncation["max_length"] - self.tokenizer.num_special_tokens_to_add(
             isinstance(item, tuple))
         if not isinstance(item, tuple):

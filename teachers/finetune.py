@@ -58,7 +58,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         raise CompressError(f"{recipe.path}: teacher.model: {e}") from None
     ml = recipe.task.max_length
     check_length(model.config, ml, f"{recipe.path}: task.max_length", f"teacher {cfg.model!r}")
-    train, holdout, dev = (tokenize(ds, tokenizer, ml) for ds in (data.train, data.holdout, data.dev))
+    holdout, dev = (tokenize(ds, tokenizer, ml) for ds in (data.holdout, data.dev))  # train: only where fit reads it
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
 
     if kept is not None:  # only its dev rows changed: trained as before, scored again
@@ -67,7 +67,8 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
         result = FitResult(steps=0, best_metric=None, best_step=None)
         model.to(process_device())
     elif cfg.finetune:
-        result = fit(model, train, collator, cfg, seed=seed, group_by_length=recipe.task.group_by_length,
+        result = fit(model, tokenize(data.train, tokenizer, ml), collator, cfg, seed=seed,
+                     group_by_length=recipe.task.group_by_length,
                      evaluate=(lambda m: evaluate(m, holdout, collator, spec)) if len(holdout) else None,
                      checkpoint_dir=recipe.run_dir / ".checkpoints" / "teacher" if cfg.checkpoint_every else None,
                      desc=f"teacher {cfg.model}")
@@ -83,10 +84,9 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                     "and a student's retention against it means little; train it longer or harder (teacher.epochs, "
                     "teacher.lr, task.max_train_samples)", constant, len(dev), spec.metrics[0],
                     constant_score(spec.metrics[0]))
-    if len(holdout):  # fit scored the weights it kept on these rows already (the kept model's run, its own)
-        metrics["holdout"] = (kept or {}).get("metrics", {}).get("holdout") or (cfg.finetune and best_scores(result)) \
-            or evaluate(model, holdout, collator, spec,
-                                                                               desc="teacher: scoring holdout")
+    if len(holdout):  # fit scored the weights it kept on these rows already (a kept model: its own run did)
+        scored = (kept or {}).get("metrics", {}).get("holdout") or (cfg.finetune and best_scores(result))
+        metrics["holdout"] = scored or evaluate(model, holdout, collator, spec, desc="teacher: scoring holdout")
     if data.test is not None:
         metrics["test"] = evaluate(model, tokenize(data.test, tokenizer, ml), collator, spec,
                                    desc="teacher: scoring test")
@@ -103,7 +103,7 @@ def run(recipe: Recipe, out: Path, inputs: dict[str, Path], forced: bool = False
                    "precision": result.precision}
         train_s = round(result.wall_s, 2)
     train_info = {**trained, "train_s": train_s, **({"kept_from_previous_run": True} if kept is not None else {}),
-                  "train_rows": len(train), "holdout_rows": len(holdout), "dev_rows": len(dev),
+                  "train_rows": len(data.train), "holdout_rows": len(holdout), "dev_rows": len(dev),
                   "dev_split_rows": data.dev_split_rows,
                   **({} if data.test is None else {"test_rows": len(data.test),
                                                    "test_split_rows": data.test_split_rows}),
