@@ -737,7 +737,10 @@ class PruneConfig:
     """Structured pruning (stage `prune`): remove attention heads and FFN neurons, then recover by distillation.
 
     The target is a ratio per kind (``heads``, ``ffn``) or a budget (``keep_params`` or ``keep_macs``), reached in
-    ``steps`` equal steps, each followed by ``recover``. The hidden size never changes."""
+    ``steps`` equal steps, each followed by ``recover``. The hidden size never changes. Ratios and budgets count the
+    source as the stage receives it: a source pruned before (a pruned teacher, a student of one) loses its own heads
+    and neurons in that proportion. Every layer keeps one head and one FFN neuron at least (unless
+    ``drop_empty_layers``): a ratio that floor exceeds is said when the stage starts."""
 
     heads: float = 0.0
     """Fraction of all attention heads to remove, in [0, 1)."""

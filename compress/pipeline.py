@@ -1162,10 +1162,11 @@ def _remove_orphans(run_dir: Path) -> None:
     remove_dead(run_dir, ".*", r"\..+\.(?:tmp|old)-(\d+)")
 
 
-CHECKPOINT_REVISION = 3
+CHECKPOINT_REVISION = 4
 """Raised when what a resumable checkpoint holds changes for the same stage config (2: distillation matches of weight
 0 lost their projection, so a distiller checkpoint of an earlier version no longer loads; 3: fractional epochs count
-one step less where float noise rounded them up, so a resumed schedule would differ): an interrupted stage's
+one step less where float noise rounded them up, so a resumed schedule would differ; 4: pruning ratios count the
+units of the model pruned, not those of its unpruned ancestor, so a pruned source's steps cut otherwise): an interrupted stage's
 checkpoints of an earlier revision are discarded, not resumed from. Finished stages are not redone for it."""
 
 

@@ -356,11 +356,16 @@ def _select(scores: list[torch.Tensor], keep, min_keep: int) -> list[list[int]]:
 
 
 def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1.0, hidden: Optional[int] = None,
-         seq_len: int = 128, where: str = "prune") -> list[Optional[LayerState]]:
+         seq_len: int = 128, where: str = "prune", base: Optional[Provenance] = None,
+         warn: bool = False) -> list[Optional[LayerState]]:
     """What every current layer keeps after pruning ``fraction`` of the way to ``cfg``'s target (iterative steps
-    use 1/steps, 2/steps, ...); ``None`` for a layer to drop. Ratios count units of the unpruned model. ``where``:
-    the section the errors name (``search`` for `compress search`'s widths)."""
+    use 1/steps, 2/steps, ...); ``None`` for a layer to drop. Ratios and budgets count the units of ``base``, the
+    model as it was before this pruning began (default: the model as it is now; iterative steps pass the record of
+    the model their first step cut): a model pruned earlier (a pruned teacher, a student of one) loses ``heads`` of
+    the heads it has, not of those its unpruned ancestor had. ``where``: the section the errors name (``search`` for
+    `compress search`'s widths); ``warn``: print where one head and one neuron a layer keep more than the ratios ask."""
     prov = model_or_prov if isinstance(model_or_prov, Provenance) else provenance(model_or_prov)
+    base = prov if base is None else base
     if hidden is None and not isinstance(model_or_prov, Provenance):
         hidden = model_or_prov.config.hidden_size
     if len(scores.heads) != len(prov.layers) or len(scores.ffn) != len(prov.layers):
@@ -368,7 +373,8 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     overrides = {layer_index(name, prov, where): _partway(o, fraction) for name, o in (cfg.layers or {}).items()}
     if cfg.keep_params is None and cfg.keep_macs is None:
         try:
-            return _plan_ratios(prov, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction)
+            return _plan_ratios(prov, base, scores, cfg, overrides, cfg.heads * fraction, cfg.ffn * fraction,
+                                warn=warn)
         except _Empty as e:
             raise CompressError(f"{where}.{e.kind}: this target removes every {e.unit} of every layer; keep some "
                                 f"(a smaller ratio)") from None
@@ -376,16 +382,15 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     if hidden is None:
         raise CompressError(f"{where}.keep_{which}: planning a budget from a pruning record needs the hidden size")
     k = 0 if which == "params" else 1
-    full = encoder_cost(prov, hidden, seq_len, [LayerState(i, list(range(prov.num_heads)),
-                                                           list(range(prov.intermediate_size)))
-                                                for i in range(prov.num_layers)])[k]
+    full = encoder_cost(base, hidden, seq_len)[k]
     target = full * (1.0 - (1.0 - budget) * fraction)
 
-    heads_cap = 1.0 - 0.51 / prov.num_heads  # the most that keeps a head in the model: FFN ratios may go on past it
+    # the most that keeps a head in the model: FFN ratios may go on past it
+    heads_cap = 1.0 - 0.51 / max(len(s.heads) for s in base.layers)
 
     def cost(r: float):
         try:
-            layers = _plan_ratios(prov, scores, cfg, overrides, min(r, heads_cap), r)
+            layers = _plan_ratios(prov, base, scores, cfg, overrides, min(r, heads_cap), r)
         except _Empty:  # a model without any head (or neuron) left is no answer
             return math.inf, None
         return encoder_cost(prov, hidden, seq_len, [s for s in layers if s is not None])[k], layers
@@ -393,7 +398,8 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     best = cost(0.0)
     if best[0] <= target:
         return best[1]
-    lo, hi = 0.0, 1.0 - 0.51 / prov.intermediate_size  # the most that keeps an FFN neuron (2 heads stopped it at 74%)
+    lo, hi = 0.0, 1.0 - 0.51 / max(len(s.ffn) for s in base.layers)  # the most that keeps an FFN neuron (2 heads
+    # stopped it at 74%)
     top = cost(hi)
     if top[0] > target:
         raise CompressError(f"{where}.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "
@@ -420,11 +426,11 @@ class _Empty(Exception):
         self.kind, self.unit = kind, "head" if kind == "heads" else "FFN neuron"
 
 
-def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: dict, heads_ratio: float,
-                 ffn_ratio: float) -> list[Optional[LayerState]]:
+def _plan_ratios(prov: Provenance, base: Provenance, scores: Scores, cfg: PruneConfig, overrides: dict,
+                 heads_ratio: float, ffn_ratio: float, warn: bool = False) -> list[Optional[LayerState]]:
     kept = {}
-    for kind, ratio, per_layer_orig in (("heads", heads_ratio, prov.num_heads),
-                                        ("ffn", ffn_ratio, prov.intermediate_size)):
+    for kind, ratio in (("heads", heads_ratio), ("ffn", ffn_ratio)):
+        units = {s.source: len(getattr(s, kind)) for s in base.layers}  # the base's, by layer (dropped ones too)
         kind_scores = getattr(scores, kind)
         min_keep = 0 if cfg.drop_empty_layers else 1
         own = {i for i, s in enumerate(prov.layers) if getattr(overrides.get(s.source), kind, None) is not None}
@@ -432,17 +438,19 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
         keep: list = [0] * len(prov.layers)
         for i in own:
             r = getattr(overrides[prov.layers[i].source], kind)
-            keep[i] = round((1.0 - r) * per_layer_orig)
+            keep[i] = round((1.0 - r) * units[prov.layers[i].source])
         if cfg.scope == "per_layer" or not pool:
             for i in pool:
-                keep[i] = round((1.0 - ratio) * per_layer_orig)
+                keep[i] = round((1.0 - ratio) * units[prov.layers[i].source])
             chosen = _select(kind_scores, keep, min_keep)  # a layer asked for 0 units still keeps min_keep
             # judged as `global` judges it: 4 heads at 0.9 round to 0 a layer, yet 6 such layers ask for 2 heads
-            total = round((1.0 - ratio) * per_layer_orig * len(pool))
+            total = round((1.0 - ratio) * sum(units[prov.layers[i].source] for i in pool))
             if pool and total > 0 and not any(chosen):  # drop_empty_layers (min_keep 0): every layer rounds to 0;
                 chosen = _select(kind_scores, keep, 1)  # as without it (and as global), each keeps its best unit
-        else:  # global ranking over the pool layers (their original units), the rest per layer
-            total = round((1.0 - ratio) * per_layer_orig * (prov.num_layers - len(own)))
+            asked = sum(keep)
+        else:  # global ranking over the pool layers (the base's units, those of layers dropped since included)
+            overridden = {s.source for s in base.layers if getattr(overrides.get(s.source), kind, None) is not None}
+            total = round((1.0 - ratio) * sum(n for source, n in units.items() if source not in overridden))
             chosen = [None] * len(prov.layers)
             pool_sel = _select([kind_scores[i] for i in pool], total, min_keep)
             own_sel = _select([kind_scores[i] for i in sorted(own)], [keep[i] for i in sorted(own)], min_keep)
@@ -450,9 +458,15 @@ def _plan_ratios(prov: Provenance, scores: Scores, cfg: PruneConfig, overrides: 
                 chosen[i] = sel
             for i, sel in zip(sorted(own), own_sel):
                 chosen[i] = sel
+            asked = sum(keep[i] for i in own) + total
         requested = [keep[i] for i in own] + ([total] if pool else [])
         if sum(requested) <= 0 or sum(len(c) for c in chosen) == 0:
             raise _Empty(kind)
+        if warn and sum(len(c) for c in chosen) > asked:  # a layer kept keeps one unit of each kind at least
+            unit = "heads" if kind == "heads" else "FFN neurons"
+            print(f"[prune] prune.{kind}: the ratios ask to keep {asked} of {sum(units.values())} {unit}; every "
+                  f"layer keeps at least one{'' if cfg.drop_empty_layers else ' (drop_empty_layers: false)'}, so "
+                  f"{sum(len(c) for c in chosen)} are kept")
         kept[kind] = chosen
     out: list[Optional[LayerState]] = []
     for i, state in enumerate(prov.layers):
@@ -544,11 +558,13 @@ def uniform_ffn(config) -> bool:
 
 
 def prune(model: nn.Module, cfg: PruneConfig, *, scores: Optional[Scores] = None, batches=None,
-          fraction: float = 1.0, seq_len: int = 128, where: str = "prune") -> Provenance:
-    """Score (unless ``scores`` are given), plan and cut in place: one pruning step (``where``: as `plan`)."""
+          fraction: float = 1.0, seq_len: int = 128, where: str = "prune", base: Optional[Provenance] = None
+          ) -> Provenance:
+    """Score (unless ``scores`` are given), plan and cut in place: one pruning step (``where``, ``base``: as
+    `plan`)."""
     if scores is None:
         scores = score(model, cfg.importance, batches)
-    return apply(model, plan(model, scores, cfg, fraction=fraction, seq_len=seq_len, where=where))
+    return apply(model, plan(model, scores, cfg, fraction=fraction, seq_len=seq_len, where=where, base=base))
 
 
 # ---------------------------------------------------------------------------------------------------- save / load

@@ -213,6 +213,7 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
     step is seeded on its own (calibration draw, recovery seed), so a resumed run ends where an uninterrupted one
     does."""
     history, start = [], 0
+    base = P.provenance(model)  # what the ratios count, at every step (a resumed one included)
     done = _finished_step(checkpoint_root, cfg.steps) if cfg.recover is not None and logits is not None else None
     if done is not None:
         start, folder = done
@@ -238,7 +239,7 @@ def prune_with_recovery(model, cfg: PruneConfig, *, train, holdout, dev, collato
         scores = from_main_process(saved if saved is not None else P.score(model, cfg.importance, batches))
         if scores_file is not None and saved is None:
             main_process_writes(lambda: _save_scores(scores, scores_file))
-        P.prune(model, cfg, scores=scores, fraction=fraction, seq_len=seq_len)
+        P.prune(model, cfg, scores=scores, fraction=fraction, seq_len=seq_len, base=base)
         record = {"step": step + 1, "fraction": fraction, "params": count_params(model),
                   "macs": P.model_macs(model, seq_len),
                   "layers": [{"heads": len(s.heads), "ffn": len(s.ffn)} for s in P.provenance(model).layers],
@@ -421,7 +422,8 @@ def _prune(recipe: Recipe, out: Path, inputs: dict[str, Path], source: str, fold
     collator = Collator({"": tokenizer}, regression=spec.is_regression)
 
     try:
-        P.plan(model, P.score(model, "l1"), cfg, seq_len=ml)  # a bad request fails now, not after minutes of work
+        # a bad request fails now, not after minutes of work; a ratio the one-unit-a-layer floor exceeds is said
+        P.plan(model, P.score(model, "l1"), cfg, seq_len=ml, warn=True)
     except CompressError as e:
         raise CompressError(f"{recipe.path}: {e}") from None
 

@@ -221,8 +221,11 @@ def test_a_layer_drop_student_of_a_pruned_teacher_is_pruned_by_its_own_layers(to
         if pruned:
             P.apply(teacher, [P.LayerState(i, [0, 1, 2] if i == 3 else [0, 1, 2, 3], list(range(64)))
                               for i in range(4)])
-        student = build_student(StudentConfig(name="s", keep_layers=[2, 4]), teacher, tokenizer, SST2).model
+        built = build_student(StudentConfig(name="s", keep_layers=[2, 4]), teacher, tokenizer, SST2)
+        student = built.model
         assert P.provenance(student).num_layers == 2
+        # its metrics give the heads its layers have, not config.json's count of the unpruned teacher's (4)
+        assert (built.info["heads"], built.info["ffn"]) == (([4, 3], 64) if pruned else (4, 64))
         P.prune(student, target)
         kept[pruned] = sum(len(s.heads) for s in P.provenance(student).layers)
     assert kept == {False: 4, True: 4}

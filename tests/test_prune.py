@@ -83,8 +83,8 @@ def test_global_plan_is_non_uniform_and_kept_indices_match_the_weights():
     prov = P.provenance(model)
     assert sum(len(s.heads) for s in prov.layers) == 6 and sum(len(s.ffn) for s in prov.layers) == 96
     assert len({len(s.ffn) for s in prov.layers}) > 1  # global ranking: layers differ
-    # a second step (iterative pruning) keeps recording indices of the unpruned model
-    P.apply(model, P.plan(model, P.score(model, "l1"), cfg(heads=0.5, ffn=0.75)))
+    # a second step (iterative pruning: ratios of the model before the first) records indices of the unpruned model
+    P.apply(model, P.plan(model, P.score(model, "l1"), cfg(heads=0.5, ffn=0.75), base=P.provenance(orig)))
     prov = P.provenance(model)
     assert sum(len(s.ffn) for s in prov.layers) == 48
     for layer, before, state in zip(model.bert.encoder.layer, orig.bert.encoder.layer, prov.layers):
@@ -1089,3 +1089,55 @@ def test_the_recovery_loss_weighs_kd_at_its_temperature_and_the_gold_labels_as_c
         kd, hard = float(kd_loss(student, teacher, t)), float(hard_label_loss(student, labels))
         assert logs["kd"] == pytest.approx(kd, rel=1e-6) and logs["hard"] == pytest.approx(hard, rel=1e-6)
         assert loss.item() == pytest.approx(kd_w * kd + hard_w * hard, rel=1e-6)
+
+
+def test_ratios_and_budgets_count_the_units_of_the_model_pruned_not_of_its_unpruned_ancestor(capsys):
+    """A model pruned before (a pruned teacher, a student of one) keeps the record of its unpruned ancestor: heads 0.5
+    was taken of the ancestor's 12 heads, so a source left with 1, 3 and 2 of them (6) kept 6 and lost nothing, and a
+    MAC budget was a fraction of the ancestor's MACs (found by a walkthrough on a student of a pruned teacher).
+    Iterative steps still count the units the stage started from."""
+    import types
+
+    import compress.prune_stage as PS
+
+    model = tiny()
+    P.apply(model, [P.LayerState(0, [0], list(range(64))), P.LayerState(1, [0, 1, 2], list(range(32))),
+                    P.LayerState(2, [1, 3], list(range(48)))])
+    assert P.provenance(model).num_heads == 4  # the ancestor's, as recorded
+    source = copy.deepcopy(model)
+    scores = P.score(model, "l1")
+    kept = P.plan(model, scores, cfg(heads=0.5, ffn=0.5))
+    assert sum(len(s.heads) for s in kept) == 3 and sum(len(s.ffn) for s in kept) == 72  # of 6 and 144
+    per_layer = P.plan(model, scores, cfg(heads=0.5, ffn=0.5, scope="per_layer"))
+    assert [len(s.ffn) for s in per_layer] == [32, 16, 24]
+    macs = P.encoder_cost(P.provenance(model), HIDDEN, 32)[1]
+    budget = P.plan(model, scores, cfg(keep_macs=0.5), seq_len=32)
+    assert 0.4 * macs < P.encoder_cost(P.provenance(model), HIDDEN, 32, budget)[1] <= 0.5 * macs
+    capsys.readouterr()
+
+    evaluate = PS.evaluate
+    PS.evaluate = lambda *a, **k: {}
+    try:
+        pruned, history = PS.prune_with_recovery(source, cfg(heads=0.5, ffn=0.5, importance="l1", steps=2,
+                                                              recover=None),
+                                                 train=None, holdout=[], dev=None, collator=None,
+                                                 spec=types.SimpleNamespace(is_regression=False), logits=None, seed=0,
+                                                 seq_len=32)
+    finally:
+        PS.evaluate = evaluate
+    assert [sum(s["heads"] for s in r["layers"]) for r in history] == [4, 3]  # 6 x 3/4 rounded, then 6 x 1/2
+    assert [sum(s["ffn"] for s in r["layers"]) for r in history] == [108, 72]
+
+
+def test_a_ratio_the_one_unit_a_layer_floor_exceeds_is_said_when_asked(capsys):
+    """heads 0.9 of 3 layers of 4 heads asks to keep 1 head; every layer keeps one, so 3 are kept (75% removed, not
+    90%): the stage's check says so (it said nothing). Per-layer rounding up is no such case, nor a ratio met."""
+    model = tiny()
+    scores = P.score(model, "l1")
+    P.plan(model, scores, cfg(heads=0.9), warn=True)
+    assert capsys.readouterr().out.strip() == ("[prune] prune.heads: the ratios ask to keep 1 of 12 heads; every "
+                                               "layer keeps at least one (drop_empty_layers: false), so 3 are kept")
+    P.plan(model, scores, cfg(heads=0.9))
+    P.plan(model, scores, cfg(heads=0.45, ffn=0.5, scope="per_layer"), warn=True)
+    P.plan(model, scores, cfg(heads=0.5, ffn=0.9), warn=True)
+    assert capsys.readouterr().out == ""
