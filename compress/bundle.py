@@ -42,7 +42,7 @@ from compress import bundle_predict
 from compress.bundle_predict import FORMAT, MANIFEST, RUNNER, RUNTIME, BundleError, sha256_file
 from compress.errors import CompressError
 from compress.config import FOLDER_NAME, default_bundle_name, folder_name
-from compress.tasks import LABELS_NEEDED, good_labels, retention, round_down
+from compress.tasks import LABELS_NEEDED, constant_score, good_labels, retention, round_down
 from compress.manifest import (file_lock, missing_folders, now_utc, remove_dead, remove_dead_scratch, remove_empty,
                                scratch_dir, versions, write_json)
 from compress.ort_session import to_ort_format
@@ -1024,6 +1024,8 @@ def score(bundle: str | os.PathLike, task=None, data_dir: Optional[str] = None, 
     stacked = np.stack(logits) if logits else np.zeros((0, spec.num_labels))
     metrics = compute_metrics(spec.metrics, stacked, np.asarray(ds["label"][:rows]))
     constant = constant_label(stacked, spec)
+    if constant is not None and predictor.labels:  # named as the bundle names it (positive, not SST-2's 1)
+        constant = predictor.labels[int(stacked[0].argmax())]
     recorded = predictor.manifest.get("metrics") if isinstance(predictor.manifest.get("metrics"), dict) else {}
     figures = recorded.get(split)  # a manifest edited by hand: figures that are not numbers are none
     if not (isinstance(figures, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -1065,8 +1067,8 @@ def check_as_shipped(folder: Path, task, recorded: Optional[dict], metric: str, 
           f"(recorded {_fmt_metric(want)})", flush=True)
     if "constant_label" in result:  # the stage and the report said so of the teacher; this is the model shipped
         log.warning("bundle: the bundle predicts %r for every one of the %d dev rows (a constant model): its %s is "
-                    "that label's share of the rows, learnt from no text; train longer or on more rows before "
-                    "shipping it", result["constant_label"], rows, metric)
+                    "%s, learnt from no text; train longer or on more rows before shipping it",
+                    result["constant_label"], rows, metric, constant_score(metric))
     memory = shipped_memory(folder, task, threads, rows)
     return {"split": "dev", "rows": rows, "metrics": result["metrics"], "metric": metric, "recorded": want,
             "points_apart": apart, "tolerance_points": tolerance, "threads": threads,
@@ -1327,7 +1329,10 @@ def run(recipe, out: Path, inputs: dict[str, Path]) -> dict:
                              (teacher and teacher.dev_metrics) or {table.metric_name: table.teacher_metric},
                              table.metric_name, table.dev_rows, table.dev_subset, chosen.test_metrics,
                              teacher and teacher.test_metrics, table.test_rows, table.test_subset)
-    source = {"recipe": recipe.path, "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
+    source = {"recipe": recipe.path,
+              # the run's --set values: the recipe file alone did not train it (a shrunk run read as the full one)
+              **({"overrides": dict(recipe.overrides)} if recipe.overrides else {}),
+              "run": str(recipe.run_dir), "artifact": chosen.name, "file": chosen.path,
               "pick": f"{cfg.pick}: {choice['rule']}",
               "within_budget": choice["within_budget"], "seed": recipe.seed,
               **({"int8_scoring": table.provenance["int8 accuracy"]} if table.provenance.get("int8 accuracy") else {})}

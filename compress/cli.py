@@ -252,6 +252,10 @@ def cmd_bundle(args) -> int:
     if labels is None and not regression:
         raise CompressError(f"--task {args.task!r} is not a GLUE task: give --labels a,b,... (or --regression)")
     pair = args.pair or bool(spec and spec.text_pair)
+    quantized_on = None if pair else pair_task_of(Path(args.model))
+    if quantized_on is not None:  # built as a single-text bundle, which then refused every pair it was given
+        raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of the text-pair task "
+                            f"{quantized_on!r} ({Path(args.model).parent / 'manifest.json'}): give --pair")
     name = args.name or f"{args.task}-int8"
     folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,
                             labels=None if regression else labels, text_pair=pair, max_length=args.max_length,
@@ -259,6 +263,23 @@ def cmd_bundle(args) -> int:
     print(f"bundle: {folder}\narchive: {archive}")
     _print_manifest_digest(folder)
     return 0
+
+
+def pair_task_of(model: Path) -> Optional[str]:
+    """The task's name where ``model`` lies in a quantize stage's folder whose manifest records a task of text pairs
+    (a GLUE pair task, or a custom one with ``text_pair_column``); else None (any other file, or no such record)."""
+    import json
+
+    from compress.tasks import GLUE_TASKS
+
+    try:
+        record = json.loads((model.parent / "manifest.json").read_text())
+        task = record["config"]["task"] if record.get("stage") == "quantize" else None
+        name = task["name"]
+        glue = GLUE_TASKS.get(name) if not (task.get("files") or task.get("hub_dataset")) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return name if (glue.text_pair if glue else task.get("text_pair_column")) else None
 
 
 def _print_manifest_digest(folder) -> None:

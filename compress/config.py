@@ -513,7 +513,9 @@ class DistillConfig:
     """Explicit intermediate matches (teacher layer, student layer, feature, loss, weight, projection)."""
     layer_map: Optional[Literal["uniform", "last"]] = None
     """Generate matches for you: "uniform" pairs student layer i with teacher layer i*T/S (TinyBERT), "last" pairs
-    the last layers only. Added to ``matches``."""
+    the last layers only. Added to ``matches``. The pairs follow the depths only: they are the layers a layer-drop
+    student copies by default; with other ``keep_layers`` each student layer learns from another teacher layer than
+    the one it was copied from (write explicit ``matches`` to pair them otherwise)."""
     layer_map_features: list[Literal["hidden", "attention", "embedding"]] = field(
         default_factory=lambda: ["hidden", "attention"])
     """Features the generated matches use (attention with loss kl, hidden/embedding with mse), each of weight
@@ -1217,6 +1219,10 @@ class Recipe:
             check_bundle_name(self, file)
         if not self.teacher.finetune:
             self._check_finetuned_head(file)
+        sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
+        if self.quantize is not None and self.quantize.source not in (None, *sources):
+            raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
+                                f"models ({', '.join(sources)})")
         self._check_positions(file)
         depths = self._check_student_depths(file)
         deeper = [d for d in (self.search.depths or []) if depths["teacher"] and d > depths["teacher"]] \
@@ -1225,10 +1231,6 @@ class Recipe:
             raise CompressError(f"{file}: search.depths: {deeper[0]} layers, but the teacher has {depths['teacher']}")
         if self.prune is not None and self.prune.layers:
             self._check_prune_layers(file, self._prune_source(), depths.get(self._prune_source()))
-        sources = ("teacher", *(["prune"] if self.prune is not None else []), *students)
-        if self.quantize is not None and self.quantize.source not in (None, *sources):
-            raise CompressError(f"{file}: quantize.source: {self.quantize.source!r} is not one of this recipe's "
-                                f"models ({', '.join(sources)})")
 
     def _prune_source(self) -> str:
         """The model the prune stage prunes: ``prune.source``, else the first student, else the teacher."""
@@ -1269,16 +1271,27 @@ class Recipe:
                 raise CompressError(f"{file}: task.max_length: {self.task.max_length} tokens exceed the {limit} "
                                     f"positions of {where} {name!r} (max_position_embeddings); use at most {limit}")
         benched = self._benched_checkpoint() if self.bench is not None and self.quantize is not None else None
-        limit = model_positions(benched[1]) if benched else None
-        longest = max(self.bench.seq_lengths, default=0) if benched else 0
+        if benched is None:
+            return
+        where, name = benched
+        if name == "random":  # built with max(512, the teacher's) positions (`students.build.build_student`)
+            from teachers.zoo import ZOO
+
+            teacher = self.teacher.model
+            known = teacher in ZOO or _folder_config(teacher) is not None  # a hub teacher's is known once it loads
+            limit = max(512, model_positions(teacher) or 0) if known else None
+            what = f"{where}, a random student (max(512, the teacher's positions))"
+        else:
+            limit, what = model_positions(name), f"{where} {name!r}: max_position_embeddings"
+        longest = max(self.bench.seq_lengths, default=0)
         if limit is not None and longest > limit:  # the bench stage refused it, after every model had trained
             raise CompressError(f"{file}: bench.seq_lengths: {longest} tokens exceed the {limit} positions of the "
-                                f"model the bench times ({benched[0]} {benched[1]!r}: max_position_embeddings); use "
-                                f"at most {limit}")
+                                f"model the bench times ({what}); use at most {limit}")
 
     def _benched_checkpoint(self) -> Optional[tuple[str, str]]:
         """(field, name) of the checkpoint whose position table the model the bench stage times has (the quantize
-        source, `newest_source`; a pruned model keeps its source's); None for a student of random init."""
+        source, `newest_source`; a pruned model keeps its source's); ``(students[i], "random")`` for a student of
+        random init."""
         students = self.students or []
         source = self.quantize.source or newest_source(self, ("distill",) * bool(students) + ("prune",) * bool(
             self.prune))
@@ -1288,7 +1301,8 @@ class Recipe:
         if student is None or student.kind == "layer_drop":
             return "teacher.model", self.teacher.model
         index = students.index(student)
-        return None if student.init == "random" else (f"students[{index}].init", student.init)
+        return (f"students[{index}]", "random") if student.init == "random" else (f"students[{index}].init",
+                                                                                  student.init)
 
     def _check_prune_layers(self, file: str, source: str, depth: Optional[int]) -> None:
         """``prune.layers`` names layers of the model pruned (``source``, of ``depth`` layers; None: not known here, a
@@ -1474,7 +1488,8 @@ def _blame_override(message: str, file: str, overrides: dict) -> str:
         return message
     rest = message[len(prefix):]
     dotted = _dotted(rest.split(": ", 1)[0])
-    for given in overrides:
+    # the most specific override holding KEY (--set prune={...} --set prune.recover.lr=0 blames the second)
+    for given in sorted(overrides, key=lambda g: -len(_dotted(g).split("."))):
         if dotted == _dotted(given) or dotted.startswith(_dotted(given) + "."):
             return f"{message} (a value given with --set {given})"
     below = [given for given in overrides if _dotted(given).startswith(dotted + ".")]

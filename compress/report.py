@@ -1353,12 +1353,16 @@ def _data_digests(teacher: dict) -> list[str]:
 def kept_measurement(recipe, key: Optional[str] = None) -> Optional[dict]:
     """The previous report stage's own timings (report/latency.json) when they still stand: measured with the same key
     (``key``, else `_measure_key`), on this machine (`compress.manifest.other_machine`), and the file as that stage
-    wrote it (its manifest's sha256: an edited file is timed again)."""
+    wrote it (its manifest's sha256: an edited file is timed again; one that does not read back, or its manifest,
+    too: not an error on every rerun)."""
     from compress.manifest import other_machine
 
     folder = recipe.run_dir / "report"
-    previous = _read(folder / MEASURED)
-    manifest = _read(folder / "manifest.json", checked=False) or {}  # this stage's own, about to be replaced
+    try:
+        previous = _read(folder / MEASURED)
+        manifest = _read(folder / "manifest.json", checked=False) or {}  # this stage's own, about to be replaced
+    except CompressError:
+        return None
     outputs, env = manifest.get("outputs"), manifest.get("env")
     recorded = outputs.get(MEASURED) if isinstance(outputs, dict) else None
     if not (isinstance(previous, dict) and (previous.get("key") == (key or _measure_key(recipe))

@@ -703,7 +703,10 @@ def test_bundle_budget_defaults_to_quantize_max_drop_even_when_zero(tmp_path):
 def test_bundle_stage_from_a_run(run_dir, tmp_path):
     from compress.bundle import run as bundle_stage
 
+    import dataclasses
+
     recipe = _recipe(tmp_path, "edge", "{pick: best_within_drop, max_drop: 2.5, threads: 1}")
+    recipe = dataclasses.replace(recipe, overrides={"teacher.max_steps": 60})  # as `--set teacher.max_steps=60`
     out = tmp_path / "stage-out"
     out.mkdir()
     record = json.loads((run_dir / "quantize" / "quantize.json").read_text())
@@ -728,6 +731,9 @@ def test_bundle_stage_from_a_run(run_dir, tmp_path):
     assert m["latency"]["protocol"]["dev_rows"] == 200 and "allow_spinning=0" in m["latency"]["protocol"]["spin"]
     assert "rounds" not in m["latency"]["protocol"]  # only what a reader of the latency needs
     assert m["source"]["artifact"] == "teacher · int8 static" and m["source"]["within_budget"] is True
+    # the run's --set values beside the recipe's path: the file alone did not make it (a shrunk run read as full)
+    assert m["source"]["overrides"] == {"teacher.max_steps": 60}
+    assert '- overrides: {"teacher.max_steps": 60}' in (folder / "README.md").read_text()
     assert m["memory"]["peak_rss_mb"] == 300.0 and "fresh process" in m["memory"]["measured"]  # the bench's probe
     assert "Memory: 300 MiB peak resident on the build machine (the model alone in a fresh process" in \
         (folder / "README.md").read_text()
@@ -848,8 +854,14 @@ def test_bundle_verify_fails_when_only_one_of_the_scores_is_defined(monkeypatch)
     monkeypatch.setattr(b.log, "warning", lambda msg, *args: warned.append(msg % args))
     b.check_as_shipped(Path("x"), TaskConfig(name="sst2", max_eval_samples=40), {"accuracy": 0.55}, "accuracy", 0.5, 40)
     assert warned == ["bundle: the bundle predicts 'positive' for every one of the 40 dev rows (a constant model): its "
-                      "accuracy is that label's share of the rows, learnt from no text; train longer or on more rows "
-                      "before shipping it"]
+                      "accuracy is that label's share, learnt from no text; train longer or on more rows before "
+                      "shipping it"]
+    mrpc = TaskConfig(name="mrpc", max_eval_samples=40)  # its f1 is not the label's share (it said so)
+    monkeypatch.setattr(b, "score", lambda *a, **k: {"rows": 40, "metrics": {"f1": 0.81, "accuracy": 0.685},
+                                                     "constant_label": "equivalent"})
+    b.check_as_shipped(Path("x"), mrpc, {"f1": 0.81}, "f1", 0.5, 40)
+    assert warned[-1].startswith("bundle: the bundle predicts 'equivalent' for every one of the 40 dev rows (a "
+                                 "constant model): its f1 is that of predicting one label (2p/(1+p) or 0), learnt")
 
 
 def test_shipped_memory_runs_predict_py_and_warns_when_it_cannot(bundle, glue_dir, tmp_path, capsys):
@@ -2167,10 +2179,11 @@ def test_compress_score_reads_data_dir_pairs_in_order_and_the_manifest_hash(int8
     with monkeypatch.context() as m:
         m.setattr(bundle_predict.Predictor, "logits", lambda self, texts, pairs=None: np.array([[0.0, 1.0]]))
         result = score(folder, data_dir=str(data))
-        assert result["constant_label"] == "1" and result["metrics"]["accuracy"] == 0.6, result
+        # named as `compress predict` names it (SST-2's own label "1" was said)
+        assert result["constant_label"] == "positive" and result["metrics"]["accuracy"] == 0.6, result
         assert main(["score", str(folder), "--data-dir", str(data)]) == 0
-        assert capsys.readouterr().err.split("\r")[-1] == "warning: the bundle predicts '1' for every one of these " \
-            "rows (a constant model)\n"  # after the bar's cleared line
+        assert capsys.readouterr().err.split("\r")[-1] == "warning: the bundle predicts 'positive' for every one of " \
+            "these rows (a constant model)\n"  # after the bar's cleared line
         both = iter([[1.0, 0.0], [0.0, 1.0]] * 3)
         m.setattr(bundle_predict.Predictor, "logits", lambda self, texts, pairs=None: np.array([next(both)]))
         assert "constant_label" not in score(folder, data_dir=str(data))
@@ -2376,3 +2389,31 @@ def test_the_card_says_why_memory_as_shipped_can_be_below_the_model_alone(bundle
         card = model_card({**manifest, **({"memory": {"peak_rss_mb": alone}} if alone else {}),
                            "verified": {"memory": {"peak_rss_mb": shipped, "measured": "predict.py --bench 1"}}})
         assert f"Memory as shipped: {shipped:.0f} MiB" in card and (why in card) == said, (alone, shipped)
+
+
+def test_a_model_of_a_pair_run_bundled_without_pair_is_refused(int8_model, minilm_dir, tmp_path, capsys):
+    """A quantize stage's model of a custom pair task bundled with `--model` and no `--pair` became a single-text
+    bundle that refused every pair it was given; its stage's manifest beside it says what it reads (found by a
+    walkthrough). A file with no such record beside it, or of a single-text run, is built as asked."""
+    import shutil
+
+    qdir = tmp_path / "runs" / "pairs" / "quantize"
+    qdir.mkdir(parents=True)
+    shutil.copyfile(int8_model, qdir / "int8_dynamic.onnx")
+    task = {"name": "mypair", "files": {"train": "t.csv", "dev": "d.csv"}, "text_column": "a",
+            "text_pair_column": "b"}
+    (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": task}}))
+    argv = ["bundle", "--model", str(qdir / "int8_dynamic.onnx"), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+            "--task", "mypair", "--labels", "different,same", "--max-length", "48", "--no-ort"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (f"error: compress bundle --model: {qdir / 'int8_dynamic.onnx'} was quantized "
+                                       f"by a run of the text-pair task 'mypair' ({qdir / 'manifest.json'}): give "
+                                       f"--pair\n")
+    assert not (tmp_path / "a").exists()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--pair"]) == 0
+    assert json.loads((tmp_path / "b" / "mypair-int8" / "manifest.json").read_text())["task"]["text_pair"] is True
+    for single in ({**task, "text_pair_column": None}, {"name": "sst2"}):
+        (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": single}}))
+        assert main([*argv, "--out", str(tmp_path / single["name"])]) == 0
+    (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": {"name": "rte"}}}))
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2

@@ -848,6 +848,13 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
     # refused by the bench stage, after teacher, distill, prune and quantize had run
     ({"bench.seq_lengths": [600]}, r"bench\.seq_lengths: 600 tokens exceed the 512 positions of the model the bench "
                                    r"times \(teacher\.model 'minilm-l6': max_position_embeddings\); use at most 512"),
+    # a random student's table is max(512, the teacher's): it was not checked at all
+    ({"students.0": {"name": "s", "kind": "narrow", "hidden": 64, "layers": 1}, "bench.seq_lengths": [600]},
+     r"bench\.seq_lengths: 600 tokens exceed the 512 positions of the model the bench times \(students\[0\], a "
+     r"random student \(max\(512, the teacher's positions\)\)\); use at most 512"),
+    # a traceback (_prune_source read prune.source of no prune section) before the source was checked
+    ({"prune": None, "quantize.source": "prune"}, r"quantize\.source: 'prune' is not one of this recipe's models "
+                                                  r"\(teacher, minilm-l3\)"),
     # past a C int: an OverflowError or islice's ValueError traceback mid-run; 100000 threads hung the machine
     ({"teacher.batch_size": 10**20}, r"teacher\.batch_size: expected an integer from -9223372036854775807 to "
                                      r"9223372036854775807, got 100000000000000000000"),
@@ -991,6 +998,9 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
     with pytest.raises(CompressError) as e:
         load_recipe(p, {"teacher.epochs": True})
     assert str(e.value).endswith("(a value given with --set teacher.epochs)")
+    with pytest.raises(CompressError) as e:  # the most specific override: the section's --set came first
+        load_recipe(p, {"prune": {"keep_macs": 0.5}, "prune.recover.teacher": "nope"})
+    assert str(e.value).endswith("(a value given with --set prune.recover.teacher)"), str(e.value)
     with pytest.raises(CompressError) as e:  # a section refused as a whole
         load_recipe(p, {"prune.keep_macs": None})
     assert str(e.value).endswith("(the section holds a value given with --set prune.keep_macs)"), str(e.value)

@@ -175,6 +175,12 @@ def test_different_tokenizers_align_sst2_and_count_rte_pairs(glue_dir, tokenizer
     assert res.fits["joint"].steps == 3
     assert ("s: no training row's tokenizations align between teacher and student (24 rows; sentence pairs, joined "
             "differently" in caplog.text and "(hidden_t2_s1, attention_t2_s1) taught nothing" in caplog.text)
+    # and before the training time is spent (it was said only after), from a probe of the rows as training sees them
+    said = [r.getMessage() for r in caplog.records if "align" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith(
+        "s: none of the first 24 training rows' tokenizations align between teacher and student (sentence pairs, "
+        "joined differently: MPNet with </s></s>, BERT with one [SEP]): the position-wise matches (hidden_t2_s1, "
+        "attention_t2_s1) will teach nothing"), said
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(glue_dir, tokenizer, tmp_path):

@@ -493,6 +493,16 @@ prune:
     meta = meta_path.read_text()
     meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta).items() if k != "labelling"}))
     assert np.array_equal(saved_teacher_logits(distill_dir, data.train, 32, digest, {**how, "batch_size": 128}), saved)
+    # a torn or foreign record, a torn array a record of before (no sha256) vouched for: labelled again (each was a
+    # traceback on every rerun, --force distill included)
+    for torn in ('{"rows": 6', "[1, 2]"):
+        meta_path.write_text(torn)
+        assert saved_teacher_logits(distill_dir, data.train, 32, digest) is None
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta).items() if k != "sha256"}))
+    npy_bytes = (distill_dir / "teacher_logits.npy").read_bytes()
+    (distill_dir / "teacher_logits.npy").write_bytes(npy_bytes[:100])
+    assert saved_teacher_logits(distill_dir, data.train, 32, digest) is None
+    (distill_dir / "teacher_logits.npy").write_bytes(npy_bytes)
     meta_path.write_text(meta)
     # an edited logits file (zeros, a partial write by hand) is not taken as the teacher's: it was reused, the student
     # trained on it, and its digest recorded as a good output

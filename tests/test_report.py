@@ -1474,6 +1474,14 @@ def test_the_report_keeps_its_own_timings_on_the_machine_that_took_them_only(tmp
                                                       "env": env}))
     recipe = SimpleNamespace(run_dir=tmp_path / "run")
     assert report.kept_measurement(recipe, "k") == {"key": "k", "models": {}}
+    # a torn timings file or manifest is timed again: it stopped every rerun with "not valid JSON" until --force
+    for name in ("latency.json", "manifest.json"):
+        intact = (folder / name).read_text()
+        for torn in ("{", "[1]"):
+            (folder / name).write_text(torn)
+            assert report.kept_measurement(recipe, "k") is None
+        (folder / name).write_text(intact)
+    assert report.kept_measurement(recipe, "k") == {"key": "k", "models": {}}
     monkeypatch.setattr(compress.manifest, "cpu_model", lambda: "Another CPU")
     assert report.kept_measurement(recipe, "k") is None
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from compress.config import AugmentConfig, Recipe, StudentConfig, TrainConfig, plain
 from compress.data import Collator, TaskData, load_task, rows_digest, tokenize
-from compress.distill.align import id_map, same_tokenizer
+from compress.distill.align import aligned_rows, id_map, same_tokenizer
 from compress.distill.augment import augment_rows
 from compress.distill.objective import AlignStats, Distiller, KDObjective, resolve_matches
 from compress.errors import CompressError
@@ -37,7 +37,7 @@ from compress.tasks import retention, round_down
 from compress.evaluate import evaluate, predict_shared
 from compress.manifest import fingerprint, hash_tree, part_intact, published_manifest, read_json, scores, write_json
 from compress.metrics import warn_undefined
-from compress.bundle_predict import sha256_file
+from compress.bundle_predict import first_line, sha256_file
 from compress.modeling import count_params, freeze_head, load_trained, save
 from compress.train import (FitResult, best_scores, fit, main_process_writes, process_device, resolve_precision,
                             set_seed)
@@ -145,6 +145,15 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     eval_collator = Collator({"": s_tok}, regression)
     matches = resolve_matches(dcfg, teacher.config, student.model.config, where=f"{where}.distill")
     table = None if same else id_map(teacher_tokenizer, s_tok)
+    why = ("sentence pairs, joined differently: MPNet with </s></s>, BERT with one [SEP]"
+           if data.spec.text_pair is not None else "different special tokens or splits")
+    probe = train.select(range(min(PROBE_ROWS, len(train)))) if table is not None and matches else None
+    if probe is not None and len(probe) and not bool(_aligned(collator, probe, prefix, table).any()):
+        # said before the training time is spent (a pair task of two families: certain), and again after it
+        log.warning("%s: none of the first %d training rows' tokenizations align between teacher and student (%s): "
+                    "the position-wise matches (%s) will teach nothing, only the logit losses train it. Leave the "
+                    "matches out, or distill from a teacher of the student's tokenizer family", spec.name,
+                    len(probe), why, ", ".join(m.key for m in matches))
     teacher.eval().requires_grad_(False).to(process_device())  # where fit will put the student
     align = AlignStats()
     fits: dict[str, FitResult] = {}
@@ -236,10 +245,8 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
     if align.rows and align.misaligned_rows == align.rows:
         log.warning("%s: no training row's tokenizations align between teacher and student (%d rows; %s), so the "
                     "position-wise matches (%s) taught nothing: only the logit losses trained it. Leave the matches "
-                    "out, or distill from a teacher of the student's tokenizer family", spec.name, align.rows,
-                    "sentence pairs, joined differently: MPNet with </s></s>, BERT with one [SEP]"
-                    if data.spec.text_pair is not None
-                    else "different special tokens or splits", ", ".join(m.key for m in matches))
+                    "out, or distill from a teacher of the student's tokenizer family", spec.name, align.rows, why,
+                    ", ".join(m.key for m in matches))
     elif align.misaligned_batches:
         log.warning("%s: %d of %d batches had rows whose tokenizations do not align (%d of %d rows); "
                     "position-wise losses skipped those rows", spec.name, align.misaligned_batches, align.batches,
@@ -313,11 +320,19 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str,
                          how: Optional[dict] = None) -> Optional[np.ndarray]:
     """The logits `save_teacher_logits` wrote in ``folder``, if the teacher with digest ``teacher`` computed them on
     exactly ``rows`` at ``max_length`` (labelled ``how``, when given: a file of before 2026-12-06 says not how, and
-    is taken as it is); else None."""
+    is taken as it is); else None, also for files that do not read back (a damaged one is computed again, not a
+    traceback on every rerun)."""
     meta_path, path = folder / "teacher_logits.json", folder / TEACHER_LOGITS
     if not (meta_path.is_file() and path.is_file()):
         return None
-    meta = read_json(meta_path)
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError) as e:
+        meta = e
+    if not isinstance(meta, dict):
+        why = first_line(meta) if isinstance(meta, Exception) else f"a JSON {type(meta).__name__}, not an object"
+        log.warning("%s: unreadable (%s): the teacher's logits are computed again", meta_path, why)
+        return None
     if meta.get("rows") != len(rows) or meta.get("max_length") != max_length \
             or meta.get("teacher_sha256") != teacher or meta.get("rows_sha256") != rows_digest(rows):
         return None
@@ -326,11 +341,25 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str,
     if "sha256" in meta and meta["sha256"] != sha256_file(path):  # edited since (a file of before: taken as it is)
         log.warning("%s: edited since it was written (sha256 differs): the teacher's logits are computed again", path)
         return None
-    logits = np.load(path)
-    return logits if logits.shape[0] == len(rows) else None
+    try:
+        logits = np.load(path)
+    except (OSError, ValueError) as e:  # a file of before (no sha256 in its record) cut short
+        log.warning("%s: unreadable (%s): the teacher's logits are computed again", path, first_line(e))
+        return None
+    return logits if logits.ndim == 2 and logits.shape[0] == len(rows) else None
 
 
 TRANSFER = "transfer"
+PROBE_ROWS = 256
+"""Training rows whose alignment is checked before a cross-tokenizer student trains (`_aligned`)."""
+
+
+def _aligned(collator: Collator, rows: Dataset, prefix: str, table: torch.Tensor) -> torch.Tensor:
+    """Which of ``rows`` (tokenized by the student and, under ``prefix``, by the teacher) align position by
+    position, as the position-wise losses see them in training."""
+    batch = collator([rows[i] for i in range(len(rows))])
+    return aligned_rows(batch["input_ids"], batch["attention_mask"], batch[prefix + "input_ids"],
+                        batch[prefix + "attention_mask"], table)
 
 
 def _save_finished(out: Path, name: str, transfer: Optional[str], n_params: int, root: Path,
