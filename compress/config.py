@@ -1452,7 +1452,8 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         text = path.read_text(encoding="utf-8")
         data = yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as e:
-        raise CompressError(f"{path}: {e}") from None
+        where = _key_path(text, e.line, e.column) or str(e.key)
+        raise CompressError(f"{path}: {where}: given twice (line {e.line + 1}, column {e.column + 1})") from None
     except UnicodeDecodeError as e:
         raise CompressError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of over 4300 digits, a bad date
@@ -1500,7 +1501,36 @@ def _blame_override(message: str, file: str, overrides: dict) -> str:
 
 
 class _DuplicateKey(Exception):
-    pass
+    def __init__(self, key, line: int, column: int):
+        super().__init__(f"{key}: given twice (line {line + 1}, column {column + 1})")
+        self.key, self.line, self.column = key, line, column
+
+
+def _key_path(text: str, line: int, column: int) -> Optional[str]:
+    """The dotted path (``students[0].train.epochs``) of the mapping key written at ``line``/``column`` (0-based) of
+    the YAML ``text``, walked in document order (an anchored mapping is named where it is written, not where an
+    alias or a merge reaches it); None where it is not found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    todo, seen = [(root, "")], set()
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            below = []
+            for key, value in node.value:
+                here = f"{path}.{key.value}" if path else str(key.value)
+                if (key.start_mark.line, key.start_mark.column) == (line, column):
+                    return here
+                below.append((value, here))
+            todo += reversed(below)  # popped first to last
+        elif isinstance(node, yaml.SequenceNode):
+            todo += reversed([(item, f"{path}[{i}]") for i, item in enumerate(node.value)])
+    return None
 
 
 def yaml_value(text: str) -> Any:
@@ -1541,7 +1571,7 @@ class _StrictLoader(yaml.SafeLoader):
                     continue  # refused by the constructor itself
                 if key in seen:
                     mark = key_node.start_mark
-                    raise _DuplicateKey(f"{key}: given twice (line {mark.line + 1}, column {mark.column + 1})")
+                    raise _DuplicateKey(key, mark.line, mark.column)
                 seen.add(key)
         super().flatten_mapping(node)
 

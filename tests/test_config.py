@@ -645,8 +645,12 @@ def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
     with pytest.raises(CompressError, match=r"r\.yaml: teacher: given twice \(line 3, column 1\)"):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1}\n"
                                     "teacher: {model: minilm-l6, epochs: 3}\n"))
-    with pytest.raises(CompressError, match=r"r\.yaml: epochs: given twice \(line 2, column 40\)"):
+    # named by its whole path (the leaf alone was said: which section's epochs?)
+    with pytest.raises(CompressError, match=r"r\.yaml: teacher\.epochs: given twice \(line 2, column 40\)"):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1, epochs: 3}\n"))
+    with pytest.raises(CompressError, match=r"r\.yaml: students\[1\]\.train\.epochs: given twice \(line 6, "):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nstudents:\n  - {name: a}\n  - name: b\n"
+                                    "    train: {epochs: 1, epochs: 2}\n"))
     recipe = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: &t {model: minilm-l6, epochs: 1}\n"
                                          "students: [{name: s, train: {<<: {epochs: 1}, epochs: 2}}]\n"))
     assert recipe.teacher.epochs == 1 and recipe.students[0].train.epochs == 2
@@ -796,7 +800,7 @@ def test_an_anchor_overriding_its_merge_is_not_a_key_given_twice_when_merged_aga
                                          "prune:\n  heads: 0.5\n  recover:\n    <<: *tb\n    epochs: 1\n"))
     assert recipe.students[1].train.lr == 2.0e-4 and recipe.students[1].train.epochs == 3
     assert recipe.prune.recover.lr == 2.0e-4 and recipe.prune.recover.epochs == 1
-    with pytest.raises(CompressError, match=r"r\.yaml: lr: given twice \(line 12, column 7\)"):
+    with pytest.raises(CompressError, match=r"r\.yaml: students\[1\]\.train\.lr: given twice \(line 12, column 7\)"):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {model: minilm-l6, epochs: 1}\n"
                                     "students:\n  - name: a\n    train: &ta\n      epochs: 3\n      lr: 1.0e-4\n"
                                     "  - name: b\n    train: &tb\n      <<: *ta\n      lr: 2.0e-4\n      lr: 3.0e-4\n"
