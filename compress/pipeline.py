@@ -1163,11 +1163,12 @@ def _remove_orphans(run_dir: Path) -> None:
 
 
 CHECKPOINT_REVISION = 4
-"""Raised when what a resumable checkpoint holds changes for the same stage config (2: distillation matches of weight
-0 lost their projection, so a distiller checkpoint of an earlier version no longer loads; 3: fractional epochs count
-one step less where float noise rounded them up, so a resumed schedule would differ; 4: pruning ratios count the
-units of the model pruned, not those of its unpruned ancestor, so a pruned source's steps cut otherwise): an interrupted stage's
-checkpoints of an earlier revision are discarded, not resumed from. Finished stages are not redone for it."""
+"""Raised when what a resumable checkpoint holds changes for the same stage config (2: distillation matches of
+weight 0 lost their projection, so a distiller checkpoint of an earlier version no longer loads; 3: fractional
+epochs count one step less where float noise rounded them up, so a resumed schedule would differ; 4: pruning ratios
+count the units of the model pruned, not those of its unpruned ancestor, so a pruned source's steps cut otherwise):
+an interrupted stage's checkpoints of an earlier revision are discarded, not resumed from. Finished stages are not
+redone for it."""
 
 
 def checkpoint_stamp(fp: str, processes: int) -> str:
