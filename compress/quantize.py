@@ -450,6 +450,11 @@ def _exclude_until_within(make, dst: Path, score, base: float, ranking: Sensitiv
             if len(excluded) == total:
                 return result(False, excluded, metrics, drop,
                               "within budget only with every quantizable node in fp32 (no int8 left)")
+            compute = [n for n in ranking.position if n not in lookups]  # MatMul, Gemm: what int8 speeds up
+            if compute and set(compute) <= set(excluded):  # the lookups put back alone: an fp32 model, smaller
+                return result(False, excluded, metrics, drop,
+                              "within budget only with every matmul in fp32 (int8 left in the embedding lookups "
+                              "alone: no int8 compute)")
             return result(True, excluded, metrics, drop,
                           f"within budget with {len(excluded)} of {total} nodes kept in fp32")
         if k == total:  # every node fp32 and still over: that model, built and scored, is the one left
@@ -647,11 +652,13 @@ def quantize_model(model, dev, labels: np.ndarray, metric_names: list[str], coll
             if cfg.ort_format:
                 entry["ort_file"] = to_ort_format(dst, out / f"int8_{mode}.ort").name
             record["int8"][mode] = entry
-            on = "" if guard_set is None else f" on the {record['guard']['rows']}"
+            # the guard's rows, when not dev: their scores beside their drop (dev's beside it read as a contradiction)
+            on = "" if guard_set is None else (f"; on the {record['guard']['rows']} {_fmt(res.metrics)} (fp32 "
+                                               f"{_fmt(guard_fp32)})")
             verdict = f", {'shippable' if res.shippable else 'NOT shippable'}: {res.reason}" if verdicts else \
                 " (no accuracy guard in the search)"
-            print(f"[{label}] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}), "
-                  f"drop {res.drop:.2f} points{on}{verdict}")
+            print(f"[{label}] int8 {mode}: {_fmt(metrics)} (fp32 {_fmt(record['fp32']['metrics'])}){on}, "
+                  f"drop {res.drop:.2f} points{verdict}")
     for f in sorted([*out.glob("*.onnx"), *out.glob("*.ort")]):  # the .ort too: it can hold fp32 tables again
         record.setdefault("sizes", {})[f.name] = f.stat().st_size
     return record

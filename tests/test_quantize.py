@@ -208,6 +208,25 @@ def test_guard_tries_lookups_first_and_requantizes_useless_ones(tmp_path, capsys
                                                                                  (1, "emb")]
 
 
+def test_guard_within_budget_only_with_every_matmul_fp32_is_not_shippable(tmp_path):
+    """Every matmul kept fp32, the embedding lookups put back to int8: an fp32 model with int8 tables (no int8
+    compute), which was shipped as "int8 static ... shippable" (found by a quantization audit); as a model with
+    nothing left int8 is, it is written and marked not shippable, saying why."""
+    def make(dst, exclude=(), only=None):
+        dst.write_text(json.dumps(sorted(exclude)))
+        return dst
+
+    sens = {"emb": 0.1, "mm1": 0.9, "mm2": 0.5}
+    result = guard(make, tmp_path / "int8.onnx",
+                   lambda path: {"accuracy": 0.90 if {"mm1", "mm2"} <= set(json.loads(path.read_text())) else 0.88},
+                   {"accuracy": 0.90}, list(sens), lambda nodes: sum(sens[n] for n in nodes), 0.5, tmp_path,
+                   lookups=("emb",), mode="static")
+    assert result.excluded == ["mm1", "mm2"] and result.drop == 0.0 and not result.shippable
+    assert result.reason == ("within budget only with every matmul in fp32 (int8 left in the embedding lookups "
+                             "alone: no int8 compute)")
+    assert json.loads((tmp_path / "int8.onnx").read_text()) == ["mm1", "mm2"]
+
+
 def test_guard_budget_is_inclusive_at_the_first_try_and_in_the_loop(tmp_path):
     """A drop equal to the budget is within it: budget 0 ships an int8 model that scores exactly as fp32 (first try,
     nothing kept fp32), and a try that brings the drop to exactly 0 stops the loop there."""
@@ -883,8 +902,9 @@ def test_stage_scores_a_labelled_test_split_beside_dev(tmp_path, tiny_bert_dir, 
     assert "[quantize] int8 dynamic on the labelled test split (64 rows): f1=" in capsys.readouterr().out
 
 
-def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2):
-    """quantize.guard_rows=holdout: the budget reads another split, dev is measured for the model chosen."""
+def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_model, sst2, capsys):
+    """quantize.guard_rows=holdout: the budget reads another split, dev is measured for the model chosen. The line
+    printed gives the held-out scores beside their drop (dev's alone were printed beside it)."""
     dev, train, collator = sst2
     labels = np.asarray(dev["label"])
     held = train.select(range(48))
@@ -899,6 +919,11 @@ def test_guard_judges_held_out_rows_and_dev_is_measured_once(tmp_path, tiny_mode
     assert entry["guard_metrics"]["accuracy"] == float((alone(held).argmax(-1) == np.asarray(held["label"])).mean())
     fp32_held = rec["guard"]["fp32_metrics"]["accuracy"]
     assert entry["drop_points"] == pytest.approx(100 * (fp32_held - entry["guard_metrics"]["accuracy"]), abs=1e-3)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("[quantize] int8 dynamic: "))
+    assert line.startswith(f"[quantize] int8 dynamic: accuracy={entry['metrics']['accuracy']:.4f} (fp32 "
+                           f"accuracy={rec['fp32']['metrics']['accuracy']:.4f}); on the holdout (48 rows) "
+                           f"accuracy={entry['guard_metrics']['accuracy']:.4f} (fp32 accuracy={fp32_held:.4f}), "
+                           f"drop {entry['drop_points']:.2f} points, "), line
 
 
 def test_stage_guard_rows_holdout_judges_the_tasks_held_out_rows(tmp_path, tiny_bert_dir, glue_dir):
