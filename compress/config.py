@@ -1070,8 +1070,9 @@ class SearchConfig:
     """Dev sentences timed one at a time per candidate (the accuracy is measured on all of dev, or its first
     ``task.max_eval_samples`` rows)."""
     skip_margin: float = 3.0
-    """Skip a candidate whose estimated fp32 latency (teacher fp32 x MACs fraction) exceeds budget x skip_margin, or
-    one at least as large as an already measured candidate of the same mode that was over budget x 1.1."""
+    """Skip a candidate whose estimated latency (teacher fp32 x MACs fraction, divided by the largest speedup over
+    that estimate a measured candidate of its mode has shown) exceeds budget x skip_margin, or one at least as large
+    as an already measured candidate of the same mode that was over budget x 1.1."""
 
     def validate(self, file: str, where: str) -> None:
         if self.budget_ms is not None and not self.budget_ms > 0:

@@ -117,12 +117,17 @@ def front(results: list[dict]) -> list[dict]:
 
 def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, results: list[dict],
                 margin: float) -> Optional[str]:
-    """Why (spec, mode) need not be measured for this budget, or None."""
-    estimate = ref_ms * spec.macs_fraction
+    """Why (spec, mode) need not be measured for this budget, or None. The latency estimate is the teacher's fp32 p50
+    x the MACs fraction, divided by the largest speedup over that estimate a measured candidate of the mode has shown
+    (int8 runs 3-4x faster than fp32 of the same MACs: an fp32 estimate alone skipped int8 models that fit)."""
+    gains = [ref_ms * r["macs_fraction"] / r["latency"]["p50_ms"] for r in results
+             if r.get("mode") == mode and isinstance(r.get("macs_fraction"), (int, float)) and r["latency"]["p50_ms"] > 0]
+    gain = max([1.0, *gains])
+    estimate = ref_ms * spec.macs_fraction / gain
     if estimate > budget_ms * margin:
-        return (f"fp32 estimate {estimate:.2f} ms (teacher fp32 at its fastest on record {ref_ms:.2f} ms x MACs "
-                f"{spec.macs_fraction:.2f}) "
-                f"> budget x {margin:g}")
+        return (f"estimate {estimate:.2f} ms (teacher fp32 at its fastest on record {ref_ms:.2f} ms x MACs "
+                f"{spec.macs_fraction:.2f}" + (f" / {gain:.2f}, the most a measured {mode} candidate ran faster than "
+                                               f"that" if gain > 1 else "") + f") > budget x {margin:g}")
     for r in results:  # no deeper and no wider: at batch 1 a deep narrow model is slower than a shallow wide one
         if (r["mode"] == mode and r.get("depth", math.inf) <= spec.depth and r.get("keep_macs", math.inf) <= spec.keep
                 and r["latency"]["p50_ms"] > budget_ms * OVER_BUDGET_SLACK):
@@ -255,13 +260,15 @@ def teacher_identity(recipe: Recipe) -> tuple[dict, bool]:
     except (ValueError, AttributeError):  # unreadable, or not a JSON object
         outputs = None
     if outputs and outputs_intact(folder, outputs):
-        return outputs, True
+        # its model's files: not its metrics.json, which a teacher kept and scored again on other dev rows rewrites
+        # (every model retrained for a task.max_eval_samples); the dev rows count in the scoring stamps instead
+        return {k: v for k, v in outputs.items() if k.startswith("model/")}, True
     return {"model": hash_tree(folder / "model", keep=model_file),
             "data": sorted(sha256_file(p) for p in data_files(recipe.task))}, False
 
 
 def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
-    from compress.data import Collator, load_task, tokenize
+    from compress.data import Collator, load_task, rows_digest, tokenize
     from compress.modeling import load_trained
 
     teacher_dir = recipe.run_dir / "teacher" / "model"  # there: checked by search_settings
@@ -288,6 +295,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     measure = {k: getattr(cfg, k) for k in ("threads", "calibration_samples", "dev_rows")}
     if recipe.task.max_eval_samples is not None:
         measure["max_eval_samples"] = recipe.task.max_eval_samples
+    measure["dev"] = rows_digest(data.dev)  # what the candidates are scored (and timed) on
     protocol = protocol_changes(timing_config(recipe, cfg))
 
     here = machine()
@@ -300,7 +308,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
                             "machine": here})
 
     settings = measured(measure)
-    scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples")}
+    scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples", "dev")}
     # int8 files and scores do not depend on the cores (their timings do: `mode_settings`): another count re-times
     scoring_machine = {k: v for k, v in here.items() if k != "cores"}
 
@@ -432,8 +440,10 @@ def reference(ctx: Context) -> dict:
     return {"path": str(path), **lat}
 
 
-PROTOCOL_KEYS = ("warmup", "repeats", "min_runs", "max_seconds", "order", "rounds", "spin", "isolate")
-"""The recipe's `bench:` settings the search times with (its own `threads` and `dev_rows` replace the bench's)."""
+PROTOCOL_KEYS = ("warmup", "order", "rounds", "spin")
+"""The recipe's `bench:` settings the search times with (its own `threads` and `dev_rows` replace the bench's). Not
+``repeats``, ``min_runs``, ``max_seconds`` (fixed shapes only: the search times dev sentences) nor ``isolate`` (the
+memory probe: the search measures none): a change of one re-timed every candidate for nothing."""
 
 
 def timing_config(recipe: Recipe, cfg: SearchConfig) -> BenchConfig:
@@ -491,6 +501,11 @@ def time_pass(ctx: Context, artifacts: dict[str, dict]) -> dict[str, dict]:
     return {n: {k: rows[0][k] for k in ("p50_ms", "p90_ms", "runs")} for n, rows in results.items()}
 
 
+def timed_on(ctx: Context) -> dict:
+    """A latency record's thread count and dev rows: those timed (dev_rows 1000 of a 50-row dev is 50)."""
+    return {"threads": ctx.cfg.threads, "dev_rows": min(ctx.cfg.dev_rows, len(ctx.dev))}
+
+
 def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[str], ref_path: str) -> list[dict]:
     """Quantize ``model`` in ``modes``, score each int8 model on dev, time them with the reference; one result per
     mode (also written to candidates/<id>.json)."""
@@ -533,7 +548,7 @@ def measure_model(ctx: Context, spec: ModelSpec, model, info: dict, modes: list[
                   "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "metric_name": metric,
                   "metric": m[metric], "metrics": m,
                   "fp32_metrics": record["fp32"]["metrics"], "scored_batch": record["scored_batch"],
-                  "latency": {**lat[cid], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
+                  "latency": {**lat[cid], **timed_on(ctx)},
                   "teacher_fp32_p50_ms_same_pass": lat["ref"]["p50_ms"],
                   "speedup_vs_teacher_fp32": round_down(lat["ref"]["p50_ms"] / lat[cid]["p50_ms"], 4),
                   "build": {k: v for k, v in info.items() if k != "settings"},
@@ -591,7 +606,7 @@ def retime(ctx: Context, records: list[dict], ref_path: str) -> list[dict]:
     lat = time_pass(ctx, {"ref": {"kind": "onnx", "path": ref_path},
                           **{r["id"]: {"kind": "onnx", "path": r["file"]} for r in records}})
     for r in records:
-        r.update(latency={**lat[r["id"]], "threads": ctx.cfg.threads, "dev_rows": ctx.cfg.dev_rows},
+        r.update(latency={**lat[r["id"]], **timed_on(ctx)},
                  teacher_fp32_p50_ms_same_pass=lat["ref"]["p50_ms"],
                  speedup_vs_teacher_fp32=round_down(lat["ref"]["p50_ms"] / lat[r["id"]]["p50_ms"], 4),
                  settings=ctx.stamps(ctx.record_spec(r))[0][r["mode"]], retimed=now_utc())
@@ -714,7 +729,9 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
                 reused += 1
                 continue
             why = skip_reason(spec, mode, cfg.budget_ms, estimate_base(ref, results), results, cfg.skip_margin)
-            if why:  # a record timed under other settings too: a fresh search would not time it
+            if why and old is not None and old["latency"]["p50_ms"] <= cfg.budget_ms * cfg.skip_margin:
+                why = None  # a record timed under other settings whose own p50 is not far off: timed, not estimated
+            if why:
                 skipped.append({"id": cid, "reason": why})
             elif old is not None:  # made and scored under these settings, timed under others
                 stale.append(old)
@@ -759,6 +776,8 @@ def run_search(recipe: Recipe, cfg: Optional[SearchConfig] = None, *, budget_ms:
         results += new
         measured += len(new)
     progress.close()
+    if unconfirmed and stopped is None:  # the limit came between a candidate's timing passes: stopped by it too
+        stopped = f"time limit {cfg.time_limit_min:g} min reached after {(clock() - t_start) / 60.0:.1f} min"
     summary = summarize(ctx, cfg, ref, results, skipped, not_started, stopped, reused, measured,
                         clock() - t_start, timed_again)
     summary["retimed"] = retimed
