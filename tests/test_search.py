@@ -250,7 +250,11 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     limited = run_search(recipe, budget_ms=1000.0, threads=2, time_limit_min=0.0)  # no timing pass after the limit
     assert limited["counts"]["not_started"] == 4 and "timed_again" not in limited["counts"]
     int8_files = {p.name: p.stat().st_mtime_ns for p in (out / "int8").glob("*.onnx")}
-    fifth = run_search(recipe, budget_ms=1000.0, threads=2)
+    # timed again though every estimate is far over the budget (a teacher reference read slow on a loaded CPU): a
+    # record whose own p50 is within budget x margin is timed, not skipped on an estimate (the winner flipped)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(search_module, "estimate_base", lambda ref, results: 1e9)
+        fifth = run_search(recipe, budget_ms=1000.0, threads=2)
     assert fifth["counts"]["measured"] == 0 and fifth["counts"]["timed_again"] == 4 and fifth["threads"] == 2
     assert all(r["latency"]["threads"] == 2 for r in fifth["candidates"])
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.safetensors")} == models
@@ -261,13 +265,6 @@ def test_search_budget_resume_and_none_fits(tmp_path, glue_dir, tokenizer, capsy
     tiny = run_search(recipe, budget_ms=1e-4, threads=1)
     assert "timed_again" not in tiny["counts"] and tiny["counts"]["skipped"] == 4, tiny["counts"]
     assert run_search(recipe, budget_ms=1000.0, threads=2)["counts"]["reused"] == 4
-    # but one whose own p50 is within budget x margin is timed again, not skipped on an estimate (a teacher reference
-    # read slow on a loaded CPU skipped candidates that fit, and the winner flipped)
-    slowest = max(json.loads(r.read_text())["latency"]["p50_ms"] for r in (out / "candidates").glob("*.json"))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(search_module, "estimate_base", lambda ref, results: 1e6)
-        kept = run_search(recipe, budget_ms=slowest, threads=1)
-    assert kept["counts"].get("timed_again") == 4 and not kept["counts"].get("skipped"), kept["counts"]
     # fewer dev rows scored (task.max_eval_samples): every candidate is measured again, no model is trained again
     sixth = run_search(load_recipe(path, {"task.max_eval_samples": 32}), budget_ms=1000.0, threads=2)
     assert sixth["counts"]["measured"] == 4
