@@ -1470,8 +1470,10 @@ def load_recipe(path: str | os.PathLike, overrides: Optional[dict] = None) -> Re
         if key not in whole:
             raise CompressError(f"{path}: {key}: an empty section (" + ("list one student at least" if key == "students"
                                 else f"write `{key}: {{}}` for its defaults") + f"; `{key}: null` turns it off)")
+    applied: list[str] = []
     for dotted, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] not in whole):
-        _set_dotted(data, dotted, value, whole)
+        _set_dotted(data, dotted, value, whole, tuple(applied))
+        applied.append(dotted)
     data.setdefault("name", path.stem)
     try:
         recipe = from_dict(Recipe, data, file=str(path))
@@ -1665,9 +1667,11 @@ def _dotted(key: str) -> str:
     return re.sub(r"\[([^\[\]]*)\]", r".\1", key)
 
 
-def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset()) -> None:
+def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = frozenset(),
+                earlier: tuple[str, ...] = ()) -> None:
     """``teacher.epochs``; list entries by index: ``students.0.train.epochs`` or ``students[0].train.epochs``; a
-    layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``."""
+    layer name, dots and all, under ``prune.layers``: ``prune.layers.layer.3.heads``. ``earlier``: the --set keys
+    already applied (a section they set null is said to be theirs, not the recipe's)."""
     keys = _dotted(dotted).split(".")
     joined = re.fullmatch(r"(prune\.layers\.)((?:[\w.]*\.)?layer\.\d+)((?:\.[^.]*)*)", ".".join(keys))
     if joined:  # the layer name is one key
@@ -1699,10 +1703,11 @@ def _set_dotted(data: dict, dotted: str, value: Any, sections: frozenset = froze
             # left out, and off when left out: a section (augment), not a list or mapping left empty (search.depths)
             off = field_ is not None and field_.default is None and dataclasses.is_dataclass(_unwrap(tp_))
             if i > 0 and isinstance(node, dict) and (k in node and node[k] is None or off):  # recover/augment: null
-                raise CompressError(f"--set {dotted}: {'.'.join(map(str, keys[:i + 1]))} is "
-                                    f"{'left out' if off else 'null'} (off) in the recipe; "
-                                    f"set the whole of it to turn it on: --set '{'.'.join(map(str, keys[:i + 1]))}"
-                                    f"={{...}}'")
+                here = ".".join(map(str, keys[:i + 1]))
+                by = next((f"by --set {g}" for g in reversed(earlier)
+                           if here == _dotted(g) or here.startswith(_dotted(g) + ".")), "in the recipe")
+                raise CompressError(f"--set {dotted}: {here} is {'left out' if off else 'null'} (off) {by}; "
+                                    f"set the whole of it to turn it on: --set '{here}={{...}}'")
             if isinstance(node, dict) and node.get(k) is None:
                 if typing.get_origin(_unwrap(_field_at(keys[:i + 1])[0])) is list:  # not a mapping of key "0"
                     where = ".".join(map(str, keys[:i + 1]))

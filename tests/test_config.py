@@ -986,6 +986,10 @@ def test_set_changes_values_of_the_recipe_and_adds_no_stage(tmp_path, monkeypatc
     with pytest.raises(CompressError, match=r"^--set prune\.recover\.lr: prune\.recover is null \(off\) in the recipe"):
         load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\nprune: {heads: 0.5, recover: null}\n"),
                     {"prune.recover.lr": 1e-3})  # it turned recovery back on, at the left-out defaults
+    with pytest.raises(CompressError, match=r"^--set prune\.recover\.lr: prune\.recover is null \(off\) by --set "
+                                            r"prune; set the whole of it to turn it on: --set 'prune\.recover=\{\.\.\.\}'$"):
+        load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"),  # null there, not in the recipe
+                    {"prune": {"heads": 0.5, "recover": None}, "prune.recover.lr": 1e-3})
     # the whole section given after a key inside it: the section goes in first, the key adds to it
     added = load_recipe(write(tmp_path, "task: {name: sst2}\nteacher: {}\n"), {"prune.keep_macs": 0.5, "prune": {}})
     assert added.prune.keep_macs == 0.5
