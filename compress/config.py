@@ -300,7 +300,13 @@ def model_widths(name: str) -> dict[str, int]:
     fields = _folder_config(name) or {}
     keys = {"hidden": "hidden_size", "heads": "num_attention_heads", "ffn": "intermediate_size",
             "vocab_size": "vocab_size"}
-    return {k: fields[f] for k, f in keys.items() if isinstance(fields.get(f), int) and fields[f] > 0}
+    widths = {k: fields[f] for k, f in keys.items() if isinstance(fields.get(f), int) and fields[f] > 0}
+    sizes = fields.get("compress_layer_sizes")  # pruned: its layers' own counts (the config's are its ancestor's)
+    if isinstance(sizes, list) and sizes and all(isinstance(s, dict) for s in sizes):
+        for key in ("heads", "ffn"):
+            per_layer = [s.get(key) for s in sizes]
+            widths[key] = per_layer[0] if len(set(per_layer)) == 1 else per_layer
+    return widths
 
 
 def head_order(names: list[str], labels: Optional[list[str]]) -> Optional[list[int]]:

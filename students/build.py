@@ -9,7 +9,7 @@ import torch
 from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.modeling import count_params, max_positions
-from students.layer_drop import layer_drop_student
+from students.layer_drop import layer_drop_student, layer_widths
 from students.narrow import narrow_student
 
 
@@ -37,19 +37,6 @@ def build_student(spec: StudentConfig, teacher: torch.nn.Module, teacher_tokeniz
                 teacher_params=count_params(teacher))
     return Student(model, tokenizer, info)
 
-
-def layer_widths(config) -> dict:
-    """``heads`` and ``ffn`` of a model's layers: one number where every layer has the same, else one a layer (a
-    student of a pruned teacher: config.json's ``num_attention_heads`` and ``intermediate_size`` are its unpruned
-    ancestor's count and its widest layer's)."""
-    sizes = getattr(config, "compress_layer_sizes", None)
-    pruned = {int(k): len(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
-    if sizes:
-        heads, ffn = [s["heads"] for s in sizes], [s["ffn"] for s in sizes]
-    else:
-        heads = [config.num_attention_heads - pruned.get(i, 0) for i in range(config.num_hidden_layers)]
-        ffn = [getattr(config, "intermediate_size", None)] * config.num_hidden_layers
-    return {k: v[0] if len(set(v)) == 1 else v for k, v in (("heads", heads), ("ffn", ffn))}
 
 
 def teacher_shape(recipe):

@@ -85,15 +85,29 @@ def _keep_pruning_fields(config, keep: list[int]) -> None:
         config.compress_pruning = record
 
 
+def layer_widths(config) -> dict:
+    """``heads`` and ``ffn`` of a model's layers: one number where every layer has the same, else one a layer (a
+    student of a pruned teacher: config.json's ``num_attention_heads`` and ``intermediate_size`` are its unpruned
+    ancestor's count and its widest layer's)."""
+    sizes = getattr(config, "compress_layer_sizes", None)
+    pruned = {int(k): len(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
+    if sizes:
+        heads, ffn = [s["heads"] for s in sizes], [s["ffn"] for s in sizes]
+    else:
+        heads = [config.num_attention_heads - pruned.get(i, 0) for i in range(config.num_hidden_layers)]
+        ffn = [getattr(config, "intermediate_size", None)] * config.num_hidden_layers
+    return {k: v[0] if len(set(v)) == 1 else v for k, v in (("heads", heads), ("ffn", ffn))}
+
+
 def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,
                        keep_layers: Optional[list[int]] = None, hidden: Optional[int] = None,
                        heads: Optional[int] = None, ffn: Optional[int] = None) -> tuple[torch.nn.Module, list[int]]:
     """The DistilBERT student of ``teacher``: default every other layer (half the depth, the last kept).
     ``hidden``, ``heads``, ``ffn``: refused unless the teacher's (its layers are copied whole)."""
     total = teacher.config.num_hidden_layers
-    for key, want, have in (("hidden", hidden, teacher.config.hidden_size),
-                            ("heads", heads, teacher.config.num_attention_heads),
-                            ("ffn", ffn, getattr(teacher.config, "intermediate_size", None))):
+    widths = layer_widths(teacher.config)  # a pruned teacher's layers' own (one a layer where they differ)
+    for key, want, have in (("hidden", hidden, teacher.config.hidden_size), ("heads", heads, widths["heads"]),
+                            ("ffn", ffn, widths["ffn"])):
         if want is not None and want != have:
             raise CompressError(f"{key} {want}: a layer-drop student keeps the teacher's {key} ({have}); "
                                 "use kind: narrow for another shape")

@@ -19,7 +19,7 @@ from compress.config import StudentConfig
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from compress.modeling import load_for_task, load_tokenizer, one_token_type, task_kwargs
-from students.layer_drop import drop_layers
+from students.layer_drop import drop_layers, layer_widths
 from teachers.zoo import resolve
 
 
@@ -60,8 +60,9 @@ def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Modul
                             f"{spec.init!r} has no trained head for this task: its new prediction layer would stay "
                             f"as initialised; give one of them a weight > 0")
     cfg = model.config
-    for key, have in (("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
-                      ("ffn", getattr(cfg, "intermediate_size", None)), ("vocab_size", cfg.vocab_size)):
+    widths = layer_widths(cfg)  # a pruned checkpoint's layers' own, as `compress validate` reads them
+    for key, have in (("hidden", cfg.hidden_size), ("heads", widths["heads"]), ("ffn", widths["ffn"]),
+                      ("vocab_size", cfg.vocab_size)):
         want = getattr(spec, key)
         if want is not None and want != have:
             raise CompressError(f"student {spec.name}: {key} {want}: checkpoint {spec.init!r} has {key} {have}; a "

@@ -639,6 +639,21 @@ def test_bench_timing_fields_are_refused_one_by_name(tmp_path, bench, message):
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nbench: {bench}\n"))
 
 
+def test_a_pruned_model_folders_widths_are_its_layers_own(tmp_path):
+    """A pruned folder's config.json keeps its unpruned ancestor's num_attention_heads (HF's pruned_heads convention)
+    and its widest FFN: `validate` refused `heads: 3` of a layer-drop student of a teacher pruned to 3 heads a layer
+    as "the teacher has heads 4". Its layers' own counts: one number where they agree, one a layer where not."""
+    from compress.config import model_widths
+
+    fields = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 100}
+    for sizes, widths in (([{"heads": 3, "ffn": 64}, {"heads": 3, "ffn": 64}], (3, 64)),
+                          ([{"heads": 1, "ffn": 64}, {"heads": 3, "ffn": 40}], ([1, 3], [64, 40]))):
+        (tmp_path / "config.json").write_text(json.dumps({**fields, "compress_layer_sizes": sizes}))
+        assert model_widths(str(tmp_path)) == {"hidden": 32, "heads": widths[0], "ffn": widths[1], "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert model_widths(str(tmp_path)) == {"hidden": 32, "heads": 4, "ffn": 64, "vocab_size": 100}
+
+
 def test_a_key_given_twice_is_refused_not_silently_overwritten(tmp_path):
     """YAML lets a later key replace an earlier one: a recipe with two `teacher:` sections (or `epochs` twice) ran
     the last one's values without a word. Refused, naming the key and its line; anchors and merges still work."""

@@ -226,6 +226,12 @@ def test_a_layer_drop_student_of_a_pruned_teacher_is_pruned_by_its_own_layers(to
         assert P.provenance(student).num_layers == 2
         # its metrics give the heads its layers have, not config.json's count of the unpruned teacher's (4)
         assert (built.info["heads"], built.info["ffn"]) == (([4, 3], 64) if pruned else (4, 64))
+        if pruned:  # and `heads: 4` is refused naming its layers' counts, as `compress validate` names them
+            from students.layer_drop import layer_drop_student
+
+            with pytest.raises(CompressError, match=r"^heads 4: a layer-drop student keeps the teacher's heads "
+                                                    r"\(\[4, 4, 4, 3\]\)"):
+                layer_drop_student(teacher, heads=4)
         P.prune(student, target)
         kept[pruned] = sum(len(s.heads) for s in P.provenance(student).layers)
     assert kept == {False: 4, True: 4}
