@@ -592,8 +592,19 @@ class DistillConfig:
                 and (self.two_step or not self.has_matches()))
 
 
-DISTILL_FILES = ("manifest.json", "metrics.json", "teacher_logits.json", "teacher_logits.npy", "transfer")
+TRANSFER = "transfer"
+DISTILL_FILES = ("manifest.json", "metrics.json", "teacher_logits.json", "teacher_logits.npy", TRANSFER)
 """What the distill stage writes at its top level (`compress.distill.stage`), beside one folder per student."""
+
+
+def transfer_folder(augment: AugmentConfig, student: str) -> str:
+    """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
+    (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default); with
+    ``embeddings: student``, of the setting and the student's name (its copies are its own, `augment_key`)."""
+    from compress.manifest import fingerprint
+
+    setting = plain(augment) if augment.embeddings != "student" else {"augment": plain(augment), "student": student}
+    return f"{TRANSFER}/{fingerprint(setting)[:12]}"
 
 
 @dataclass
@@ -678,6 +689,11 @@ class StudentConfig:
             if self.heads is None and self.hidden % max(1, self.hidden // 64):
                 raise CompressError(f"{file}: {where}: hidden {self.hidden} is not divisible by the default heads "
                                     f"{max(1, self.hidden // 64)} (hidden // 64): give heads")
+            augment = self.distill.augment
+            if augment is not None and augment.embeddings == "student":  # neighbours of random vectors: any words
+                raise CompressError(f"{file}: {where}.distill.augment.embeddings: student, but a random student's "
+                                    f"embeddings are random (its copies would swap in unrelated words); use "
+                                    f"embeddings: teacher")
         from teachers.zoo import ZOO
 
         if (self.kind == "narrow" and (self.init == "random" or self.init in ZOO)  # no task head in them

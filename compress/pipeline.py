@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from compress import __version__, hub
 from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig, from_dict,
-                             newest_source)
+                             newest_source, transfer_folder)
 from compress.tasks import data_files, split_paths
 from compress.errors import CompressError
 from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, missing_folders, now_utc,
@@ -216,8 +216,15 @@ def _source_files(recipe: Recipe, need: str, rel: str, stage: str) -> bool:
     source = section.source or newest_source(recipe, ("teacher", "distill") if stage == "prune" else
                                              ("teacher", "distill", *(("prune",) if recipe.prune else ())))
     if need == "distill":
-        keep = ("teacher_logits.",) + ((f"{source}/", "transfer/") if source != "teacher" else ()) \
-            if stage == "prune" else (f"{source}/", "model/")
+        if stage != "prune":
+            return rel.startswith((f"{source}/", "model/"))
+        student = next((s for s in recipe.students or [] if s.name == source), None)
+        # its recovery reads a transfer set only with `recover.data: transfer`, and then its source student's alone
+        # (another student's augment setting redid the prune stage, to the same model)
+        transfer = (student is not None and student.distill.augment is not None and section.recover is not None
+                    and section.recover.data == "transfer")
+        keep = ("teacher_logits.", *((f"{source}/",) if source != "teacher" else ()),
+                *((transfer_folder(student.distill.augment, source) + "/",) if transfer else ()))
         return rel.startswith(keep)
     return need != "prune" or rel.startswith("model/")
 

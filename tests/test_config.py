@@ -795,10 +795,11 @@ def test_a_seed_numpy_cannot_take_is_refused_at_validation(tmp_path):
 def test_a_student_named_as_a_distill_file_is_refused_at_validation(tmp_path, name):
     """A student named metrics.json passed validation and failed (or overwrote the stage's own file) only when the
     distill stage finished, after the teacher and every student trained."""
-    from compress.config import DISTILL_FILES
+    from compress.config import DISTILL_FILES, AugmentConfig, transfer_folder
     from compress.distill import stage
 
-    assert {stage.TEACHER_LOGITS, stage.TRANSFER, "metrics.json", "teacher_logits.json"} <= set(DISTILL_FILES)
+    transfer = transfer_folder(AugmentConfig(), "s").split("/")[0]
+    assert {stage.TEACHER_LOGITS, transfer, "metrics.json", "teacher_logits.json"} <= set(DISTILL_FILES)
     with pytest.raises(CompressError, match=rf"students\[0\]\.name: '{re.escape(name)}' is a file the distill stage "
                                             r"writes"):
         load_recipe(write(tmp_path, f"task: {{name: sst2}}\nteacher: {{}}\nstudents: [{{name: {name}}}]\n"))
@@ -965,6 +966,18 @@ def test_set_reaches_a_prune_layer_override_whose_name_has_dots():
     assert recipe.section("prune")["layers"] == {"layer.0": {"heads": 0.5, "ffn": None},
                                                  "bert.encoder.layer.2": {"heads": None, "ffn": 0.25}}
     assert load_recipe(path, {"prune.source": "teacher", "prune.layers.layer.5.heads": 0.5}).prune.layers  # 6 there
+
+
+def test_a_random_students_own_embeddings_cannot_pick_augmentation_neighbours(tmp_path):
+    """`augment.embeddings: student` of a narrow student of random init: the neighbours of random vectors are any
+    words ("movie that effectively combines" became "dempsey that outlined combines"); validated, and run without a
+    word (found by an augmentation walkthrough). A checkpoint student's own table is a trained one."""
+    base = ("task: {name: sst2}\nteacher: {model: minilm-l6}\nstudents:\n  - {name: s, kind: narrow, %s, "
+            "distill: {augment: {copies: 1, embeddings: student}}}\n")
+    with pytest.raises(CompressError, match=r"students\[0\]\.distill\.augment\.embeddings: student, but a random "
+                                            r"student's embeddings are random"):
+        load_recipe(write(tmp_path, base % "layers: 1, hidden: 64"))
+    assert load_recipe(write(tmp_path, base % "init: minilm-l6, layers: 2")).students[0].init == "minilm-l6"
 
 
 def test_recovery_on_a_transfer_set_another_student_labels_only_when_they_share_it(tmp_path):

@@ -457,6 +457,23 @@ def test_students_of_one_stage_share_the_cached_teacher_logits(glue_dir, tokeniz
     assert results[1].timing["teacher_cache_reused"] is True and "teacher_cache_reused" not in results[0].timing
 
 
+def test_an_augmented_student_whose_augmentation_made_no_copy_trains_on_the_known_logits(glue_dir, tokenizer):
+    """Augmentation that makes no copy (no row has min_words words), after a plain student labelled the training rows:
+    the teacher was asked to label an empty slice of copies, an IndexError that ended the whole distill stage (found
+    by an augmentation walkthrough). Now the known logits are the transfer set's, and it trains on them."""
+    teacher = _tiny_teacher()
+    data = _sst2(glue_dir, n=24)
+    specs = [from_dict(StudentConfig, {"name": "plain", "layers": 1, "train": {"max_steps": 2, "batch_size": 8}}),
+             from_dict(StudentConfig, {"name": "aug", "layers": 1, "train": {"max_steps": 2, "batch_size": 8},
+                                       "distill": {"augment": {"copies": 2, "min_words": 1000}}})]
+    students = [build_student(spec, teacher, tokenizer, data.spec) for spec in specs]
+    cache: dict = {}
+    results = [distill(teacher, tokenizer, student, spec, data, max_length=32, seed=0, logit_cache=cache)
+               for spec, student in zip(specs, students)]
+    assert results[1].augment["copies"] == 0 and results[1].timing["teacher_cache_reused"] == "original rows"
+    assert results[1].fits["joint"].steps == 2
+
+
 def test_a_student_labelling_otherwise_is_not_served_another_students_teacher_logits(glue_dir, tokenizer):
     """Each student trains on the teacher's logits labelled as it labels them (its precision; batches of 64 at least):
     a student at another precision gets its own pass, not the first student's logits (they differ in the last bits,

@@ -80,6 +80,7 @@ def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer, caplog):
     assert len(set(some["source"][n:])) > len(long_rows) // 2 and len(some) - n <= 3 * len(long_rows)
     assert some_summary["rows_augmented"] == len(long_rows) and summary["rows_augmented"] == n
     assert some_summary["config"]["min_words"] == 8
+    assert some_summary["config"]["embeddings"] == "teacher"  # every setting recorded (whose table was left out)
     exact = len(data.train["text"][0].split())  # a row of exactly min_words words gets copies too
     _, at_least = augment_rows(data.train, tokenizer, emb, AugmentConfig(copies=1, min_words=exact), table=table)
     assert at_least["rows_augmented"] == sum(len(t.split()) >= exact for t in data.train["text"])
@@ -88,9 +89,12 @@ def test_transfer_set_rows_on_real_sst2_and_rte(glue_dir, tokenizer, caplog):
     assert none["copies"] == 0 and "augment: no copies made (0 of" in caplog.text
     # sentence pairs: both texts are augmented, word counts kept
     rte = load_task(TaskConfig(name="rte", data_dir=str(glue_dir / "RTE"), max_train_samples=8, holdout=0.0))
-    pairs, _ = augment_rows(rte.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0, neighbours=2))
+    pairs, pair_summary = augment_rows(rte.train, tokenizer, emb, AugmentConfig(copies=1, replace_prob=1.0,
+                                                                                neighbours=2))
     m = len(rte.train)
     assert len(pairs) == 2 * m
+    first = pair_summary["examples"][0]  # both texts shown (the second was left out of metrics.json)
+    assert (first["original_pair"], first["copy_pair"]) == (rte.train[0]["text_pair"], pairs[m]["text_pair"])
     for k in range(m):
         for col in ("text", "text_pair"):
             assert len(pairs[m + k][col].split()) == len(rte.train[k][col].split())
@@ -225,8 +229,11 @@ def test_students_that_pick_neighbours_with_their_own_embeddings_get_their_own_c
     def student(name, hidden, embeddings):
         spec = from_dict(StudentConfig, {
             "name": name, "kind": "narrow", "init": "random", "layers": 1, "hidden": hidden, "heads": 2,
-            "distill": {"augment": {"copies": 2, "replace_prob": 0.5, "neighbours": 3, "embeddings": embeddings}},
+            "distill": {"augment": {"copies": 2, "replace_prob": 0.5, "neighbours": 3}},
             "train": {"max_steps": 1, "batch_size": 8, "seed": 0}})
+        # set past the validation, which refuses a random student's own embeddings (their neighbours are any
+        # words): the stage's keying by student is what this tests, and random tables differ by construction
+        spec.distill.augment.embeddings = embeddings
         torch.manual_seed(hidden)
         return spec, build_student(spec, teacher, tokenizer, data.spec)
 
@@ -271,3 +278,29 @@ def test_students_of_other_augment_settings_do_not_share_a_transfer_set():
     keys = {augment_key(a, "s") for a in [base] + others}
     assert len(keys) == 1 + len(others)
     assert augment_key(AugmentConfig(copies=2), "s") == augment_key(base, "t")  # the teacher's embeddings: shared
+
+
+def test_the_prune_stage_reads_its_source_students_transfer_set_alone(tmp_path):
+    """The prune stage's inputs held every student's transfer set: another student's augment seed changed redid the
+    prune stage (to a byte-identical model), and with `recover.data: train` it reads none at all (found by an
+    augmentation walkthrough)."""
+    from compress.config import load_recipe
+    from compress.pipeline import _source_files
+
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: sst2}\nteacher: {}\nstudents:\n"
+                    "  - {name: a1, distill: {augment: {copies: 2, seed: 1}}}\n"
+                    "  - {name: a2, distill: {augment: {copies: 2, seed: 2}}}\n"
+                    "prune: {heads: 0.5, source: a1, recover: {data: transfer}}\n")
+    recipe = load_recipe(path)
+    own = transfer_folder(recipe.students[0].distill.augment, "a1")
+    other = transfer_folder(recipe.students[1].distill.augment, "a2")
+    assert own != other
+
+    def reads(rel, r=recipe):
+        return _source_files(r, "distill", rel, "prune")
+
+    assert reads(f"{own}/rows.parquet") and reads("a1/model/model.safetensors") and reads("teacher_logits.npy")
+    assert not reads(f"{other}/rows.parquet") and not reads("a2/model/model.safetensors")
+    on_train = load_recipe(path, {"prune.recover.data": "train"})
+    assert not reads(f"{own}/rows.parquet", on_train) and reads("a1/model/model.safetensors", on_train)

@@ -122,7 +122,9 @@ def augment_rows(ds: Dataset, tokenizer, embeddings: torch.Tensor, cfg: AugmentC
     summary = {"rows": len(ds), "rows_augmented": eligible, "copies": len(sources),
                "words_with_neighbours": len(table),
                "config": {"copies": cfg.copies, "replace_prob": cfg.replace_prob, "neighbours": cfg.neighbours,
-                          "min_words": cfg.min_words, "seed": cfg.seed},
-               "examples": [{"original": texts[0][i], "copy": new_texts[0][j]}
+                          "min_words": cfg.min_words, "seed": cfg.seed, "embeddings": cfg.embeddings},
+               # a pair's second text too (only the first was shown)
+               "examples": [{"original": texts[0][i], "copy": new_texts[0][j],
+                             **({"original_pair": texts[1][i], "copy_pair": new_texts[1][j]} if len(texts) > 1 else {})}
                             for j, i in enumerate(sources[:3])]}
     return out, summary

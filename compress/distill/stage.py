@@ -27,7 +27,7 @@ from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compress.config import AugmentConfig, Recipe, StudentConfig, TrainConfig, plain
+from compress.config import AugmentConfig, Recipe, StudentConfig, TrainConfig, transfer_folder
 from compress.data import Collator, TaskData, load_task, rows_digest, tokenize
 from compress.distill.align import aligned_rows, id_map, same_tokenizer
 from compress.distill.augment import augment_rows
@@ -201,8 +201,11 @@ def distill(teacher: torch.nn.Module, teacher_tokenizer, student: Student, spec:
             elif saved is not None:  # labelled before an interruption
                 logits, timing["teacher_cache_reused"] = saved, "checkpoint"
             elif known is not None and len(known) == len(data.train):
-                # augment_rows puts the original rows first: the teacher labels only the copies
-                logits = np.concatenate([known, label(train.select(range(len(known), len(train))), "copies")])
+                # augment_rows puts the original rows first: the teacher labels only the copies (none made: nothing;
+                # an empty slice was an IndexError that ended the stage)
+                copies = ([label(train.select(range(len(known), len(train))), "copies")] if len(train) > len(known)
+                          else [])
+                logits = np.concatenate([known, *copies])
                 timing["teacher_cache_reused"] = "original rows"
             else:
                 logits = label(train, "rows")
@@ -349,7 +352,6 @@ def saved_teacher_logits(folder: Path, rows, max_length: int, teacher: str,
     return logits if logits.ndim == 2 and logits.shape[0] == len(rows) else None
 
 
-TRANSFER = "transfer"
 PROBE_ROWS = 256
 """Training rows whose alignment is checked before a cross-tokenizer student trains (`_aligned`)."""
 
@@ -438,14 +440,6 @@ def _restore_finished(folder: Path, out: Path, name: str) -> Optional[tuple[dict
     log.info("%s: restored from %s", name, folder)
     summary = _put_student(folder / "student", folder / "transfer", out, name, done.get("transfer_set"))
     return summary, int(done["params"]), False
-
-
-def transfer_folder(augment: AugmentConfig, student: str) -> str:
-    """Where a distill stage keeps the transfer set of one augment setting: ``transfer/<digest of the setting>``
-    (`plain`: an option added later, like ``min_words``, leaves the digest as it was while at its default); with
-    ``embeddings: student``, of the setting and the student's name (its copies are its own, `augment_key`)."""
-    setting = plain(augment) if augment.embeddings != "student" else {"augment": plain(augment), "student": student}
-    return f"{TRANSFER}/{fingerprint(setting)[:12]}"
 
 
 def save_transfer_set(folder: Path, rows: Dataset, logits: np.ndarray, max_length: int, teacher: str,
