@@ -336,6 +336,9 @@ def _student_rows(run_dir: Path, metric: str) -> list[Row]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         model = sub / "model" if (sub / "model" / "config.json").is_file() else sub
         if not (model / "config.json").is_file():
+            if sub.name in entries:  # a student the stage recorded whose model is gone: its row left out, said
+                print(f"warning: report: {sub / 'model'}: no model (config.json) for student {sub.name!r}, whose "
+                      f"scores the distill stage recorded: its torch row is left out", file=sys.stderr)
             continue
         entry = entries.get(sub.name)
         entry = dict(entry if isinstance(entry, dict) and entry else _read(sub / "metrics.json") or {})
@@ -632,7 +635,9 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     manifests = _manifests(run_dir, stages - {"report", "bundle"})
     seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
     env = teacher.get("env") or {}
+    task = ((teacher.get("config") or {}).get("task") or {}) if isinstance(teacher.get("config"), dict) else {}
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
+                  **({"task": task["name"]} if isinstance(task, dict) and isinstance(task.get("name"), str) else {}),
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
                   "dev latency": (measured.get("protocol") or {}).get("order") or (
                       "report stage's own timing pass" if measured.get("models") or (measured.get("bench") or {})
@@ -778,10 +783,26 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
     out = []
     for group in groups:
         name = group[0].run
-        seeds = [tuple(t.provenance.get("seeds") or ()) for t in group]
-        if len(group) == 1 or len(set(seeds)) < len(seeds):  # one run, or the same seed twice: keep apart
-            out += group
+        seen: dict[tuple, RunTable] = {}
+        apart = []  # the same seed twice (a copied run folder): the first merges, the other stays apart, after it
+        for t in list(group):
+            seeds = tuple(t.provenance.get("seeds") or ())
+            if seeds in seen:
+                print(f"warning: report: {t.folder} has the seed(s) {list(seeds)} of {seen[seeds].folder}: kept "
+                      f"apart, not merged as another seed", file=sys.stderr)
+                group.remove(t)
+                apart.append(t)
+            else:
+                seen[seeds] = t
+        if len(group) == 1:
+            out += group + apart
             continue
+        constant = [t for t in group if t.teacher_constant is not None]
+        if constant and len(constant) < len(group):  # "the teacher" of the merged table is not constant
+            for t in constant:
+                print(f"warning: report: the teacher of {t.folder} (seed(s) {t.provenance.get('seeds')}) predicts "
+                      f"{t.teacher_constant!r} for every dev row (a constant model): that seed's retentions mean "
+                      f"little", file=sys.stderr)
         first = group[0]
         rows = []
         firsts: dict[str, Row] = {}  # every artifact of any seed's run: one a run lacks (a stage it did not run) is
@@ -834,11 +855,12 @@ def merge_seeds(tables: Sequence[RunTable]) -> list[RunTable]:
         provenance["runs"] = [t.folder for t in group]
         out.append(RunTable(name, ", ".join(t.folder for t in group), first.metric_name, rows, teacher.metric,
                             provenance, pair=first.pair, other_metrics=list(first.other_metrics),
-                            teacher_constant=next((t.teacher_constant for t in group if t.teacher_constant), None),
+                            teacher_constant=(group[0].teacher_constant if len(constant) == len(group) else None),
                             dev_rows=next((t.dev_rows for t in group if t.dev_rows is not None), None),
                             dev_subset=any(t.dev_subset for t in group),
                             test_rows=next((t.test_rows for t in group if t.test_rows is not None), None),
                             test_subset=any(t.test_subset for t in group)))
+        out += apart
     return out
 
 
@@ -1289,6 +1311,10 @@ def report_warnings(tables: Sequence[RunTable], threads: Optional[int]) -> list[
         if t.teacher_constant is not None:
             out.append(f"run {t.run}: the teacher predicts {t.teacher_constant!r} for every dev row (a constant "
                        f"model): retention against it means little")
+    tasks = [(t.run, t.provenance["task"]) for t in tables if t.provenance.get("task")]
+    if len({k for _, k in tasks}) > 1:
+        out.append("the runs are of different tasks (" + "; ".join(f"{r}: {k}" for r, k in tasks)
+                   + "): their metrics, on one axis, do not compare")
     metrics = {t.metric_name for t in tables}
     if len(metrics) > 1:
         out.append(f"the runs report different metrics ({', '.join(f'{t.run}: {t.metric_name}' for t in tables)}), "

@@ -392,6 +392,43 @@ def test_runs_of_one_recipe_with_different_seeds_merge(tmp_path):
     assert table.speedup(dyn, 2) == pytest.approx(statistics.fmean([12 / 5, 10 / 4, 14 / 7]))  # 2.3, not 12/5.33
 
 
+def test_a_seed_listed_twice_merges_once_and_one_seeds_constant_teacher_is_named(tmp_path, capsys):
+    """A copy of one seed's run folder kept every run apart (no merged table, no word); one seed's constant teacher
+    was said of the merged table's teacher. Tasks of other runs are said to differ; a student whose model folder is
+    gone is said to be left out (found by a seeds-and-comparison walkthrough)."""
+    from compress.report import merge_seeds, report_warnings
+
+    runs = [make_run(tmp_path / f"s{seed}", "quickstart", **_files(tmp_path), seed=seed, teacher_acc=acc)
+            for seed, acc in ((42, 0.90), (43, 0.91), (44, 0.92))]
+    copy = tmp_path / "copy" / "quickstart"
+    shutil.copytree(runs[0], copy)
+    manifest = runs[1] / "teacher" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "train": {"dev_constant_label": "1"}}))
+    capsys.readouterr()
+    tables = merge_seeds([collect(r) for r in (*runs, copy)])
+    assert [t.provenance.get("runs") for t in tables] == [[str(r) for r in runs], None]
+    assert tables[1].folder == str(copy) and tables[0].teacher_constant is None
+    err = capsys.readouterr().err
+    assert f"warning: report: {copy} has the seed(s) [42] of {runs[0]}: kept apart, not merged as another seed" in err
+    assert f"warning: report: the teacher of {runs[1]} (seed(s) [43]) predicts '1' for every dev row" in err
+    manifest = runs[2] / "teacher" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config": {"task": {"name": "rte"}}}))
+    rte = collect(runs[2])
+    assert rte.provenance["task"] == "rte"
+    assert not any("different tasks" in w for w in report_warnings([collect(runs[0]), rte], None))  # one unknown
+    manifest = runs[0] / "teacher" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config": {"task": {"name": "sst2"}}}))
+    assert "the runs are of different tasks (quickstart: sst2; quickstart: rte): their metrics, on one axis, do not " \
+        "compare" in report_warnings([collect(runs[0]), rte], None)
+    student = make_run(tmp_path / "st", "quickstart", **_files(tmp_path), student="l3")
+    shutil.rmtree(student / "distill" / "l3" / "model")
+    (student / "distill" / "l3" / "metrics.json").write_text("{}")  # the folder stays, its model is gone
+    capsys.readouterr()
+    assert not [r for r in collect(student).rows if r.name == "student l3"]
+    assert f"warning: report: {student / 'distill' / 'l3' / 'model'}: no model (config.json) for student 'l3'" in \
+        capsys.readouterr().err
+
+
 def test_merged_seeds_throughput_is_the_pooled_rate_not_the_mean_of_rates(tmp_path):
     """Two seeds timing the same dev rows at 1.1 and 9.9 ms a sentence (mean): the merged row said 505 sentences/s,
     the mean of 909/s and 101/s, though both seeds' sentences took 5.5 ms each on average (182/s). The pooled rate
