@@ -69,8 +69,8 @@ def _keep_pruning_fields(config, keep: list[int]) -> None:
     HF's ``pruned_heads`` (layer index -> heads) and `compress.prune`'s ``compress_layer_sizes`` and
     ``compress_pruning`` (one entry per layer), with ``intermediate_size`` the kept layers' widest FFN
     (`compress.prune.write_config`'s convention). The student's record counts its own layers (``num_layers``, each
-    layer its own ``source``), as a layer-drop student of an unpruned teacher's does: pruning ratios count the units
-    of the model before pruning, and the teacher's dropped layers are no units of the student's."""
+    layer its own ``source``), as a layer-drop student of an unpruned teacher's does: the teacher's dropped layers
+    are no layers of the student's (pruning ratios count the units the student has, `compress.prune.plan`)."""
     pruned = getattr(config, "pruned_heads", None)
     if pruned:
         pruned = {int(k): v for k, v in pruned.items()}
