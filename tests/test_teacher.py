@@ -1768,7 +1768,8 @@ def test_a_distill_stage_of_students_with_their_own_augmentation_neighbours_is_r
     done = {"teacher": {"outputs": {"model/model.safetensors": "aa"}}}
 
     def recipe(*augments):
-        students = "".join(f"  - {{name: s{i}, kind: narrow, init: random, hidden: 32, heads: 2, ffn: 64, layers: 1"
+        # students of a checkpoint (a random one's own embeddings are refused for neighbours)
+        students = "".join(f"  - {{name: s{i}, kind: narrow, init: {tiny_bert_dir}, layers: 1"
                            f"{f', distill: {{augment: {a}}}' if a else ''}}}\n" for i, a in enumerate(augments))
         return load_recipe(_recipe(tmp_path, tiny_bert_dir, extra=f"students:\n{students}"))
 
