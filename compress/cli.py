@@ -267,19 +267,20 @@ def cmd_bundle(args) -> int:
 
 def pair_task_of(model: Path) -> Optional[str]:
     """The task's name where ``model`` lies in a quantize stage's folder whose manifest records a task of text pairs
-    (a GLUE pair task, or a custom one with ``text_pair_column``); else None (any other file, or no such record)."""
-    import json
+    (a GLUE pair task, or a custom one with ``text_pair_column``: `task_spec` of its task section); else None (any
+    other file, or no such record)."""
+    from compress.config import TaskConfig, from_dict
+    from compress.manifest import published_manifest
+    from compress.tasks import task_spec
 
-    from compress.tasks import GLUE_TASKS
-
-    try:
-        record = json.loads((model.parent / "manifest.json").read_text())
-        task = record["config"]["task"] if record.get("stage") == "quantize" else None
-        name = task["name"]
-        glue = GLUE_TASKS.get(name) if not (task.get("files") or task.get("hub_dataset")) else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    record = published_manifest(model.parent)
+    if record.get("stage") != "quantize":
         return None
-    return name if (glue.text_pair if glue else task.get("text_pair_column")) else None
+    try:
+        spec = task_spec(from_dict(TaskConfig, (record.get("config") or {}).get("task")))
+    except (CompressError, AttributeError):  # no task section, or one this version reads otherwise
+        return None
+    return spec.name if spec.text_pair else None
 
 
 def _print_manifest_digest(folder) -> None:

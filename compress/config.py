@@ -289,6 +289,21 @@ def model_shape(name: str) -> Optional[tuple[int, int]]:
     return shape if all(isinstance(v, int) and v > 0 for v in shape) else None
 
 
+def layer_widths(config) -> dict:
+    """``heads`` and ``ffn`` of a model's layers: one number where every layer has the same, else one a layer (a
+    student of a pruned teacher: config.json's ``num_attention_heads`` and ``intermediate_size`` are its unpruned
+    ancestor's count and its widest layer's). ``config``: a transformers config, or its config.json's fields as
+    attributes (`model_widths`)."""
+    sizes = getattr(config, "compress_layer_sizes", None)
+    pruned = {int(k): len(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
+    if sizes:
+        heads, ffn = [s["heads"] for s in sizes], [s["ffn"] for s in sizes]
+    else:
+        heads = [config.num_attention_heads - pruned.get(i, 0) for i in range(config.num_hidden_layers)]
+        ffn = [getattr(config, "intermediate_size", None)] * config.num_hidden_layers
+    return {k: v[0] if len(set(v)) == 1 else v for k, v in (("heads", heads), ("ffn", ffn))}
+
+
 def model_widths(name: str) -> dict[str, int]:
     """``hidden``, ``heads``, ``ffn`` and ``vocab_size`` of a zoo model or a local model folder (those its config.json
     gives); empty for a hub id."""
@@ -301,11 +316,11 @@ def model_widths(name: str) -> dict[str, int]:
     keys = {"hidden": "hidden_size", "heads": "num_attention_heads", "ffn": "intermediate_size",
             "vocab_size": "vocab_size"}
     widths = {k: fields[f] for k, f in keys.items() if isinstance(fields.get(f), int) and fields[f] > 0}
-    sizes = fields.get("compress_layer_sizes")  # pruned: its layers' own counts (the config's are its ancestor's)
-    if isinstance(sizes, list) and sizes and all(isinstance(s, dict) for s in sizes):
-        for key in ("heads", "ffn"):
-            per_layer = [s.get(key) for s in sizes]
-            widths[key] = per_layer[0] if len(set(per_layer)) == 1 else per_layer
+    if fields.get("compress_layer_sizes") or fields.get("pruned_heads"):  # pruned: its layers' own counts
+        try:
+            widths.update((k, v) for k, v in layer_widths(types.SimpleNamespace(**fields)).items() if v is not None)
+        except (AttributeError, KeyError, TypeError, ValueError):  # a config.json edited by hand: the stage says
+            pass
     return widths
 
 

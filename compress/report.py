@@ -635,9 +635,10 @@ def collect(run_dir: str | Path, recipe=None, extra: Optional[dict] = None) -> R
     manifests = _manifests(run_dir, stages - {"report", "bundle"})
     seeds = sorted({m.get("seed") for m in manifests if m.get("seed") is not None})
     env = teacher.get("env") or {}
-    task = ((teacher.get("config") or {}).get("task") or {}) if isinstance(teacher.get("config"), dict) else {}
+    task = (teacher.get("config") or {}).get("task") if isinstance(teacher.get("config"), dict) else None
+    task = task.get("name") if isinstance(task, dict) and isinstance(task.get("name"), str) else None
     provenance = {"recipe": (recipe.path if recipe is not None else None) or teacher.get("recipe_path"),
-                  **({"task": task["name"]} if isinstance(task, dict) and isinstance(task.get("name"), str) else {}),
+                  **({"task": task} if task else {}),
                   "seeds": seeds, "protocol": _bench_protocol(bench.get("protocol") or measured.get("protocol")),
                   "dev latency": (measured.get("protocol") or {}).get("order") or (
                       "report stage's own timing pass" if measured.get("models") or (measured.get("bench") or {})

@@ -293,9 +293,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
     train_settings = fingerprint({"search": {k: getattr(cfg, k) for k in training}, "task": task,
                                   "seed": recipe.seed, "teacher": teacher_id, **short})
     measure = {k: getattr(cfg, k) for k in ("threads", "calibration_samples", "dev_rows")}
-    if recipe.task.max_eval_samples is not None:
-        measure["max_eval_samples"] = recipe.task.max_eval_samples
-    measure["dev"] = rows_digest(data.dev)  # what the candidates are scored (and timed) on
+    measure["dev"] = rows_digest(data.dev)  # what the candidates are scored (and timed) on: its max_eval_samples rows
     protocol = protocol_changes(timing_config(recipe, cfg))
 
     here = machine()
@@ -308,7 +306,7 @@ def load_context(recipe: Recipe, cfg: SearchConfig) -> Context:
                             "machine": here})
 
     settings = measured(measure)
-    scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "max_eval_samples", "dev")}
+    scoring = {k: v for k, v in measure.items() if k in ("calibration_samples", "dev")}
     # int8 files and scores do not depend on the cores (their timings do: `mode_settings`): another count re-times
     scoring_machine = {k: v for k, v in here.items() if k != "cores"}
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compress.config import StudentConfig
+from compress.config import StudentConfig, layer_widths
 from compress.data import TaskSpec
 from compress.modeling import count_params, max_positions
-from students.layer_drop import layer_drop_student, layer_widths
+from students.layer_drop import layer_drop_student
 from students.narrow import narrow_student
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from compress.config import layer_widths
 from compress.errors import CompressError
 
 
@@ -83,20 +84,6 @@ def _keep_pruning_fields(config, keep: list[int]) -> None:
         record["layers"] = [{**record["layers"][old - 1], "source": new} for new, old in enumerate(keep)]
         record["num_layers"] = len(keep)
         config.compress_pruning = record
-
-
-def layer_widths(config) -> dict:
-    """``heads`` and ``ffn`` of a model's layers: one number where every layer has the same, else one a layer (a
-    student of a pruned teacher: config.json's ``num_attention_heads`` and ``intermediate_size`` are its unpruned
-    ancestor's count and its widest layer's)."""
-    sizes = getattr(config, "compress_layer_sizes", None)
-    pruned = {int(k): len(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
-    if sizes:
-        heads, ffn = [s["heads"] for s in sizes], [s["ffn"] for s in sizes]
-    else:
-        heads = [config.num_attention_heads - pruned.get(i, 0) for i in range(config.num_hidden_layers)]
-        ffn = [getattr(config, "intermediate_size", None)] * config.num_hidden_layers
-    return {k: v[0] if len(set(v)) == 1 else v for k, v in (("heads", heads), ("ffn", ffn))}
 
 
 def layer_drop_student(teacher: torch.nn.Module, layers: Optional[int] = None,

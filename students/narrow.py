@@ -15,11 +15,11 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compress import hub
-from compress.config import StudentConfig
+from compress.config import StudentConfig, layer_widths
 from compress.data import TaskSpec
 from compress.errors import CompressError
 from compress.modeling import load_for_task, load_tokenizer, one_token_type, task_kwargs
-from students.layer_drop import drop_layers, layer_widths
+from students.layer_drop import drop_layers
 from teachers.zoo import resolve
 
 

@@ -2400,8 +2400,8 @@ def test_a_model_of_a_pair_run_bundled_without_pair_is_refused(int8_model, minil
     qdir = tmp_path / "runs" / "pairs" / "quantize"
     qdir.mkdir(parents=True)
     shutil.copyfile(int8_model, qdir / "int8_dynamic.onnx")
-    task = {"name": "mypair", "files": {"train": "t.csv", "dev": "d.csv"}, "text_column": "a",
-            "text_pair_column": "b"}
+    task = {"name": "mypair", "files": {"train": "t.csv", "dev": "d.csv"}, "labels": ["different", "same"],
+            "text_column": "a", "text_pair_column": "b"}
     (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": task}}))
     argv = ["bundle", "--model", str(qdir / "int8_dynamic.onnx"), "--tokenizer", str(minilm_dir / "tokenizer.json"),
             "--task", "mypair", "--labels", "different,same", "--max-length", "48", "--no-ort"]
