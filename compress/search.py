@@ -119,7 +119,8 @@ def skip_reason(spec: ModelSpec, mode: str, budget_ms: float, ref_ms: float, res
                 margin: float) -> Optional[str]:
     """Why (spec, mode) need not be measured for this budget, or None. The latency estimate is the teacher's fp32 p50
     x the MACs fraction, divided by the largest speedup over that estimate a measured candidate of the mode has shown
-    (int8 runs 3-4x faster than fp32 of the same MACs: an fp32 estimate alone skipped int8 models that fit)."""
+    (int8 runs several times faster than fp32 of the same MACs: an fp32 estimate alone skipped int8 models that
+    fit)."""
     gains = [ref_ms * r["macs_fraction"] / r["latency"]["p50_ms"] for r in results if r.get("mode") == mode
              and isinstance(r.get("macs_fraction"), (int, float)) and r["latency"]["p50_ms"] > 0]
     gain = max([1.0, *gains])
