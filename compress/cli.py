@@ -121,7 +121,7 @@ def _check_data(recipe) -> str:
     """Read every local data file the task has (missing ones are warned of later) with the run's own row checks, so
     that a bad row fails here, named by file and line, not once the run has loaded it. Returns "train N, dev N" (and
     how many a max_train_samples / max_eval_samples cap lets the run use)."""
-    from compress.rows import check_train_labels, has_test_labels, holdout_rows, read_split
+    from compress.rows import check_eval_labels, check_train_labels, has_test_labels, holdout_rows, read_split
     from compress.tasks import split_paths, task_spec
 
     spec = task_spec(recipe.task)
@@ -133,6 +133,8 @@ def _check_data(recipe) -> str:
             if split == "train":
                 check_train_labels(recipe.task, spec, rows["label"])
                 n_train = n
+            else:
+                check_eval_labels(recipe.task, spec, rows["label"][:recipe.task.max_eval_samples], split)
             cap = recipe.task.max_train_samples if split == "train" else recipe.task.max_eval_samples
             field = "max_train_samples" if split == "train" else "max_eval_samples"
             used = f" (at most {cap} used: task.{field})" if cap is not None and cap < n else ""

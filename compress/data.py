@@ -26,8 +26,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from compress.config import TaskConfig
 from compress.errors import CompressError
-from compress.rows import (check_train_labels, has_test_labels, holdout_rows, label_index, read_rows,  # noqa: F401
-                           read_split)
+from compress.rows import (check_eval_labels, check_train_labels, has_test_labels, holdout_rows,  # noqa: F401
+                           label_index, read_rows, read_split)
 # the task table lives apart (standard library only: recipe validation needs it without torch); re-exported here
 from compress.tasks import DEFAULT_GLUE_DIR, GLUE_TASKS, TaskSpec, data_dir, data_files, task_spec  # noqa: F401
 
@@ -244,7 +244,10 @@ def load_task(cfg: TaskConfig, seed: int = 42) -> TaskData:
     dev_split_rows = len(dev)
     if cfg.max_eval_samples is not None:
         dev = dev.select(range(min(cfg.max_eval_samples, len(dev))))
+    check_eval_labels(cfg, spec, dev["label"], "dev")
     test, test_split_rows = load_test(cfg, spec)
+    if test is not None:
+        check_eval_labels(cfg, spec, test["label"], "test")
     return TaskData(spec, train, holdout, dev, test, dev_split_rows, test_split_rows)
 
 

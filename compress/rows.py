@@ -375,6 +375,26 @@ def check_train_labels(cfg: TaskConfig, spec: TaskSpec, encoded: list) -> None:
                         path, spec.label, name, spec.labels)
 
 
+def check_eval_labels(cfg: TaskConfig, spec: TaskSpec, labels: list, split: str) -> None:
+    """A classification task's scored split (``labels``: the rows a run scores, after ``task.max_eval_samples``) of one
+    label only is warned of, once: every model's matthews_correlation (and f1, where it is not the label's) is then 0
+    whatever it learnt, its accuracy that label's share of its predictions, and the retention, the int8 guards and
+    the bundle's pick read those blind scores. A one-class dev file ran to a shipped bundle without a word."""
+    if spec.is_regression or len(set(labels)) != 1:
+        return
+    where = str(data_dir(cfg, spec) / spec.files[split]) if split in spec.files and not cfg.hub_dataset \
+        else f"{cfg.hub_dataset or spec.name} {split}"
+    if (where, "one label") in _WARNED:
+        return
+    _WARNED.add((where, "one label"))
+    label = spec.labels[labels[0]] if isinstance(labels[0], int) and 0 <= labels[0] < len(spec.labels) else labels[0]
+    capped = " (task.max_eval_samples)" if cfg.max_eval_samples is not None else ""
+    log.warning("%s: the %d %s rows scored%s all have label %r: their scores cannot tell models apart "
+                "(matthews_correlation is 0 whatever a model learnt, accuracy the share of rows it gives that label), nor can the "
+                "retention, the int8 guards and the bundle's pick that read them; score on rows of two labels or "
+                "more", where, len(labels), split, capped, label)
+
+
 def _is_custom(spec: TaskSpec) -> bool:
     """A custom task's spec (built by `task_spec` from the config) has no GLUE folder."""
     return not spec.folder

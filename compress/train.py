@@ -224,6 +224,7 @@ def fit(
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True,
                **bar_off(not accelerator.is_local_main_process))
     last_loss = float("nan")
+    step_loss, step_terms = None, {}  # the optimizer step's loss (and each term): its micro-batches' weighted mean
     try:  # an interrupt closes the bar first: 'interrupted' is then the last line shown, not a redrawn bar
         while step < total:
             loader = accelerator.prepare_data_loader(
@@ -251,10 +252,15 @@ def fit(
                     # Accelerate divides every loss by grad_accum and steps at the epoch's end however many batches
                     # its last group holds: each batch's loss is weighted back up by its share of its group's rows,
                     # so a group's gradient is the mean loss of its rows (a short last group, or one holding the
-                    # epoch's short last batch, as one batch of them all would give)
+                    # epoch's short last batch, as one batch of them all would give), for losses that are means over
+                    # rows; a mean over a batch's tokens (hidden/attention matches) is weighted by rows too (docs/gpu.md)
                     weight = _accumulation_weight(batches_done, n_batches, cfg.grad_accum, cfg.batch_size,
                                                   len(train_ds) if accelerator.num_processes == 1 else None)
                     accelerator.backward(loss * weight if weight != 1 else loss)
+                    share = weight / cfg.grad_accum  # what this micro-batch counts for in its step's loss
+                    step_loss = loss.detach() * share + (0 if step_loss is None else step_loss)
+                    for name, value in logs.items():
+                        step_terms[name] = step_terms.get(name, 0.0) + value * share
                     if accelerator.sync_gradients:  # max_grad_norm 0: no clipping (Hugging Face's convention), the
                         # norm only measured: a finite loss with an inf/nan gradient made every weight nan silently
                         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
@@ -271,10 +277,15 @@ def fit(
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
-                last_loss = loss.item()
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch + 1,  # as the history's "epoch N" tags count
+                last_loss, step_loss = step_loss.item(), None
+                # the step's loss, then its terms where there are several (kd, hard, each match: unweighted), set
+                # before the bar moves: set after, the bar showed the step before's loss (of its last micro-batch)
+                terms = {name: f"{value:.4f}" for name, value in step_terms.items()} if len(step_terms) > 1 else {}
+                step_terms = {}
+                bar.set_postfix(loss=f"{last_loss:.4f}", **terms,
+                                epoch=epoch + 1,  # as the history's "epoch N" tags count
                                 tok_s=f"{tokens / max(time.perf_counter() - t0 - paused, 1e-9):.0f}", refresh=False)
+                bar.update(1)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     run_eval(f"step {step}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:

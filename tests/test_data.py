@@ -1,5 +1,6 @@
 """Data loaders on the real GLUE files, and every error a user can cause."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -489,6 +490,36 @@ def test_custom_train_split_of_one_label_is_refused_and_an_unseen_label_warned(t
     said = [r.getMessage() for r in caplog.records if "no training row" in r.getMessage()]
     assert said == [f"{tmp_path / 'u.csv'}: column 'stars': no training row has label 'meh' (of ['neg', 'pos', 'meh']);"
                     f" the model will not learn it"]
+
+
+def test_a_scored_split_of_one_label_is_said_once_by_the_run_and_by_validate(tmp_path, caplog, capsys):
+    """A dev file of one label made every model's matthews_correlation 0 (scikit-learn's, not nan), the guards and the
+    bundle's pick blind, and nothing said so. Said once per file; dev rows of two labels, or a cap that keeps two, are
+    not."""
+    from compress.cli import main
+
+    train = tmp_path / "train.csv"
+    train.write_text("review,stars\nfine,pos\nawful,neg\ngood,pos\nbad,neg\n")
+    (tmp_path / "dev.csv").write_text("review,stars\nfine,neg\nawful,neg\ngood,pos\n")
+    cfg = TaskConfig(name="reviews", files={"train": str(train), "dev": str(tmp_path / "dev.csv")},
+                     text_column="review", label_column="stars", labels=["neg", "pos"], holdout=0.0)
+    with caplog.at_level("WARNING"):
+        load_task(cfg)
+        load_task(dataclasses.replace(cfg, max_eval_samples=2)), load_task(dataclasses.replace(cfg, max_eval_samples=2))
+    said = [r.getMessage() for r in caplog.records if "all have label" in r.getMessage()]
+    assert said == [f"{tmp_path / 'dev.csv'}: the 2 dev rows scored (task.max_eval_samples) all have label 'neg': "
+                    f"their scores cannot tell models apart (matthews_correlation is 0 whatever a model learnt, accuracy "
+                    f"the share of rows it gives that label), nor can the retention, the int8 guards and the bundle's "
+                    f"pick that read them; score on rows of two labels or more"]
+    (tmp_path / "dev1.csv").write_text("review,stars\nfine,pos\ngood,pos\n")
+    (tmp_path / "r.yaml").write_text(f"task: {{name: reviews, files: {{train: {train}, dev: {tmp_path / 'dev1.csv'}}}, "
+                                     f"text_column: review, label_column: stars, labels: [neg, pos], holdout: 0}}\n"
+                                     f"teacher: {{}}\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["validate", str(tmp_path / "r.yaml")]) == 0
+    assert [r.getMessage()[:80] for r in caplog.records if "all have label" in r.getMessage()] == [
+        f"{tmp_path / 'dev1.csv'}: the 2 dev rows scored all have label 'pos': their scores"[:80]]
 
 
 def test_jsonl_header_is_every_rows_keys_and_a_repeated_column_is_refused(tmp_path):

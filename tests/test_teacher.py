@@ -1944,6 +1944,58 @@ def test_gradient_accumulation_gives_a_short_last_group_its_mean_loss_gradient(t
     assert float(applied[-1] @ last / (last @ last)) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_the_bar_shows_each_steps_own_mean_loss_and_its_terms(tokenizer, monkeypatch):
+    """The progress bar's loss is the step's: its micro-batches' mean (as weighted for the gradient), with each term
+    of a several-term objective, set before the bar moves. It showed the step before's loss, of one micro-batch."""
+    import random
+
+    import compress.train as T
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from compress.config import TrainConfig
+
+    r = random.Random(0)
+    words = "the a movie film good bad great awful plot actor fun boring".split()
+    ds = tokenize(Dataset.from_dict({"text": [" ".join(r.choice(words) for _ in range(r.randint(1, 12)))
+                                              for _ in range(28)], "label": [r.randint(0, 1) for _ in range(28)]}),
+                  tokenizer, 32)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64))
+    losses, shown = [], []
+
+    def objective(m, batch):
+        loss = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}).loss
+        losses.append((len(batch["labels"]), float(loss)))
+        return loss, {"ce": float(loss), "twice": 2 * float(loss)}
+
+    class Bar:
+        def __init__(self, *a, **k):
+            pass
+
+        def set_postfix(self, **k):
+            shown.append(dict(k, at=len(losses)))
+
+        def update(self, n):
+            shown.append("update")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(T, "tqdm", Bar)
+    fit(model, ds, Collator({"": tokenizer}), TrainConfig(epochs=1, batch_size=8, grad_accum=2, lr=1e-3),
+        seed=0, objective=objective, group_by_length=False)
+    # 28 rows: batches of 8, 8, 8, 4; steps of (8, 8) and (8, 4) rows, each a row-weighted mean
+    assert [s if s == "update" else s["at"] for s in shown] == [2, "update", 4, "update"]
+    for post, group in zip(shown[::2], (losses[:2], losses[2:])):
+        mean = sum(n * loss for n, loss in group) / sum(n for n, _ in group)
+        assert float(post["loss"]) == pytest.approx(mean, abs=1e-4)
+        assert float(post["ce"]) == pytest.approx(mean, abs=1e-4) and float(post["twice"]) == pytest.approx(2 * mean,
+                                                                                                          abs=2e-4)
+
+
 @pytest.mark.parametrize("rows", [22, 23])
 def test_gradient_accumulation_weighs_every_row_alike_with_a_short_last_batch(tokenizer, rows):
     """Batches of 3 accumulated by 3 train as batches of 9 do, where the epoch's last batch is short too (22 or 23
