@@ -216,7 +216,7 @@ def cmd_bundle(args) -> int:
         if paths:
             _print_manifest_digest(recipe.run_dir / "bundle" / paths[0])
         return 0
-    from compress.bundle import build, display_labels
+    from compress.bundle import build, display_labels, read_model_config
     from compress.data import GLUE_TASKS
 
     given = [flag for key, flag in RECIPE_ONLY.items() if getattr(args, key) not in (None, [], ())]
@@ -230,8 +230,8 @@ def cmd_bundle(args) -> int:
         if value is not None and not value.strip():  # "" was taken as not given: the default, without a word
             raise CompressError(f"compress bundle --model: {flag} is empty")
     named_task = args.task is not None
-    args.task = args.task or "sst2"
-    args.max_length = args.max_length or 128
+    run = quantized_task_of(Path(args.model))  # the task of the run that quantized it, where it says
+    args.task = args.task or (run[0].name if run is not None else "sst2")
     args.out = args.out or "dist"
     spec = GLUE_TASKS.get(args.task)
     if args.labels and args.regression:  # one of them would be dropped without a word
@@ -249,15 +249,31 @@ def cmd_bundle(args) -> int:
             raise CompressError(f"compress bundle --model: {', '.join(said)}: {task} a GLUE task "
                                 f"({'text pairs' if spec.text_pair else 'single texts'}, {kind}); these flags are for "
                                 f"other tasks: name yours with --task NAME")
-    labels = given or (spec.labels if spec else None)
-    regression = args.regression or bool(spec and spec.is_regression)  # e.g. --task stsb
+    labels = given or (spec.labels if spec else None) or (run[0].labels if run is not None else None)
+    regression = args.regression or bool(spec and spec.is_regression) or bool(  # e.g. --task stsb
+        run is not None and run[0].is_regression and not given)
     if labels is None and not regression:
         raise CompressError(f"--task {args.task!r} is not a GLUE task: give --labels a,b,... (or --regression)")
     pair = args.pair or bool(spec and spec.text_pair)
-    quantized_on = None if pair else pair_task_of(Path(args.model))
-    if quantized_on is not None:  # built as a single-text bundle, which then refused every pair it was given
+    record = Path(args.model).parent / "manifest.json"
+    if run is not None and run[0].text_pair and not pair:  # built as a single-text bundle, which then refused every
+        # pair it was given
         raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of the text-pair task "
-                            f"{quantized_on!r} ({Path(args.model).parent / 'manifest.json'}): give --pair")
+                            f"{run[0].name!r} ({record}): give --pair")
+    if run is not None and not regression and (run[0].is_regression or labels not in (
+            run[0].labels, display_labels(run[0].name, run[0].labels))):  # the runners printed other names
+        kind = "a regression" if run[0].is_regression else f"labels {','.join(run[0].labels)}"
+        raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of task {run[0].name!r} "
+                            f"({kind}, {record}): {'--labels give' if given else f'--task {args.task} gives'} "
+                            f"{','.join(labels)}; give its labels in its order (--labels, or its --task)")
+    if args.config is not None and not regression:
+        names = list((read_model_config(args.config).get("id2label") or {}).values())
+        if names and not all(re.fullmatch(r"LABEL_\d+", str(n)) for n in names) and names != labels \
+                and labels != display_labels(args.task, names):
+            raise CompressError(f"compress bundle --model: --config {args.config}: its id2label names "
+                                f"{','.join(map(str, names))}; --labels give {','.join(labels)} (the labels in the "
+                                f"model's order)")
+    args.max_length = args.max_length or (run[1] if run is not None else 128)  # the length the run scored it at
     name = args.name or f"{args.task}-int8"
     folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,
                             labels=None if regression else labels, text_pair=pair, max_length=args.max_length,
@@ -267,10 +283,10 @@ def cmd_bundle(args) -> int:
     return 0
 
 
-def pair_task_of(model: Path) -> Optional[str]:
-    """The task's name where ``model`` lies in a quantize stage's folder whose manifest records a task of text pairs
-    (a GLUE pair task, or a custom one with ``text_pair_column``: `task_spec` of its task section); else None (any
-    other file, or no such record)."""
+def quantized_task_of(model: Path) -> Optional[tuple]:
+    """(the task's `TaskSpec`, its ``max_length``) where ``model`` lies in a quantize stage's folder whose manifest
+    records its task section (a GLUE task, or a custom one: `task_spec` of it); else None (any other file, or no such
+    record)."""
     from compress.config import TaskConfig, from_dict
     from compress.manifest import published_manifest
     from compress.tasks import task_spec
@@ -279,10 +295,10 @@ def pair_task_of(model: Path) -> Optional[str]:
     if record.get("stage") != "quantize":
         return None
     try:
-        spec = task_spec(from_dict(TaskConfig, (record.get("config") or {}).get("task")))
+        task = from_dict(TaskConfig, (record.get("config") or {}).get("task"))
+        return task_spec(task), task.max_length
     except (CompressError, AttributeError):  # no task section, or one this version reads otherwise
         return None
-    return spec.name if spec.text_pair else None
 
 
 def _print_manifest_digest(folder) -> None:
@@ -502,12 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="redo STAGE even if unchanged")
     p.add_argument("--model", help="an int8 ONNX file to bundle (instead of a recipe)")
     p.add_argument("--tokenizer", help="its tokenizer.json (with --model)")
-    p.add_argument("--task", help="task name; GLUE names fill in labels and pairs (default: sst2)")
-    p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks)")
+    p.add_argument("--task", help="task name; GLUE names fill in labels and pairs (default: the task of the run "
+                   "whose quantize folder holds --model, else sst2)")
+    p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks; default: those of "
+                   "the run whose quantize folder holds --model)")
     p.add_argument("--regression", action="store_true", help="the model outputs one real value")
     p.add_argument("--pair", action="store_true", help="the model reads text pairs (non-GLUE tasks)")
     p.add_argument("--max-length", type=positive_int,
-                   help="truncate inputs to this many tokens (default 128)")
+                   help="truncate inputs to this many tokens (default: the task.max_length of the run whose "
+                   "quantize folder holds --model, else 128)")
     p.add_argument("--name", help="bundle folder name (default: <task>-int8)")
     p.add_argument("--out", help="output folder (default: dist)")
     p.add_argument("--no-ort", action="store_true", help="do not add the ORT-format copy of the model")

@@ -146,6 +146,45 @@ def hash_tree(folder: Path, keep: Optional[Callable[[str], bool]] = None) -> dic
     return {rel: sha256_file(p) for rel, p in rels if keep is None or keep(rel)}
 
 
+RUN_ONLY_KEYS = frozenset({"train_s", "tokens_per_s", "teacher_cache_s", "resumed_from", "source_folder"})
+"""What a training stage's records (`RECORDS`) hold of how the run went, not of what it made: its speed, a resume (a
+resumed run makes the model an uninterrupted one makes), where its run folder was."""
+RECORDS = ("metrics.json", "pruning.json")
+"""The file names of the records a training stage writes beside its model (at any depth: ``<student>/metrics.json``)."""
+
+
+def record_digests(folder: Path, outputs: dict[str, str]) -> dict[str, str]:
+    """relative path -> sha256 of each record (`RECORDS`) among ``outputs`` without its `RUN_ONLY_KEYS`, where that
+    differs from the file's: what the stages after it read as that file (`content_outputs`). A stage redone for the
+    same model (``--force``, a resume) wrote another ``train_s`` and redid every stage after it, the report's timing
+    pass and the bundle (other latencies to publish) included."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in RUN_ONLY_KEYS}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    out = {}
+    for rel, digest in outputs.items():
+        if Path(rel).name in RECORDS:
+            try:
+                content = fingerprint(strip(read_json(Path(folder) / rel)))
+            except (OSError, ValueError):
+                continue
+            if content != digest:
+                out[rel] = content
+    return out
+
+
+def content_outputs(manifest: dict) -> Optional[dict]:
+    """A stage manifest's ``outputs`` as the stages after it read them: a record's sha256 without what only says how
+    the run went (its ``records``, `record_digests`; a manifest without them: the files' own)."""
+    outputs, records = manifest.get("outputs"), manifest.get("records")
+    if not isinstance(outputs, dict) or not isinstance(records, dict):
+        return outputs
+    return {rel: records[rel] if isinstance(records.get(rel), str) else digest for rel, digest in outputs.items()}
+
+
 def fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from compress import __version__, hub
-from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig, from_dict,
-                             newest_source, transfer_folder)
+from compress.config import (CalibrationConfig, DistillConfig, QuantizeConfig, Recipe, TrainConfig,
+                             default_bundle_name, from_dict, newest_source, transfer_folder)
 from compress.tasks import data_files, split_paths
 from compress.errors import CompressError
-from compress.manifest import (Timer, file_lock, fingerprint, hash_tree, hidden_path, host, missing_folders, now_utc,
-                               other_machine, outputs_intact, part_intact, published_manifest, read_json, remove_dead,
-                               remove_dead_scratch, remove_empty, versions, write_json)
+from compress.manifest import (Timer, content_outputs, file_lock, fingerprint, hash_tree, hidden_path, host,
+                               missing_folders, now_utc, other_machine, outputs_intact, part_intact, published_manifest,
+                               read_json, record_digests, remove_dead, remove_dead_scratch, remove_empty, versions,
+                               write_json)
 from compress.bundle_predict import sha256_file
 
 log = logging.getLogger(__name__)
@@ -324,9 +325,13 @@ def _as_read(recipe: Recipe) -> Recipe:
     source, or a calibration setting of a dynamic-only run, redid the stage (and every one after it) for the same
     model. The source's spelling: its name where the stage picks the first of two or more students (the fingerprint
     of a recipe naming it, which `_taken_by_default`'s word stood for when unnamed), else unset (as most recipes have
-    it). ``recipe`` itself when nothing changes; run folders fingerprinted from the recipe as written stay valid
-    (`_reuse`)."""
+    it). A setting given the value its default resolves to reads as unset: a section's ``seed`` equal to the run's
+    (``prune.recover.seed`` where one step recovers: a later step's default is the run's seed + its index), a
+    ``bundle.name`` equal to the default name (`--set teacher.seed=42` on a run of seed 42 retrained the teacher,
+    and redid every stage after it, for the same weights). ``recipe`` itself when nothing changes; run folders
+    fingerprinted from the recipe as written stay valid (`_reuse`)."""
     changes: dict[str, Any] = {}
+    recipe = _defaults_unset(recipe)
     prune, quantize, several = recipe.prune, recipe.quantize, len(recipe.students or []) > 1
     student = newest_source(recipe, ("teacher", "distill") if recipe.students else ("teacher",))  # or the teacher
 
@@ -345,6 +350,24 @@ def _as_read(recipe: Recipe) -> Recipe:
                           format=QuantizeConfig.format)
         if any(getattr(quantize, k) != v for k, v in fields.items()):
             changes["quantize"] = dataclasses.replace(quantize, **fields)
+    return dataclasses.replace(recipe, **changes) if changes else recipe
+
+
+def _defaults_unset(recipe: Recipe) -> Recipe:
+    """``recipe`` with the settings `_as_read` reads as unset (given their defaults' values) unset; ``recipe`` itself
+    when there are none."""
+    changes: dict[str, Any] = {}
+    seed = recipe.seed
+    if recipe.teacher.seed == seed:
+        changes["teacher"] = dataclasses.replace(recipe.teacher, seed=None)
+    if any(s.train.seed == seed for s in recipe.students or []):
+        changes["students"] = [dataclasses.replace(s, train=dataclasses.replace(s.train, seed=None))
+                               if s.train.seed == seed else s for s in recipe.students]
+    prune = recipe.prune
+    if prune is not None and prune.recover is not None and prune.recover.seed == seed and prune.steps == 1:
+        changes["prune"] = dataclasses.replace(prune, recover=dataclasses.replace(prune.recover, seed=None))
+    if recipe.bundle is not None and recipe.bundle.name == default_bundle_name(recipe.name, recipe.task.name):
+        changes["bundle"] = dataclasses.replace(recipe.bundle, name=None)
     return dataclasses.replace(recipe, **changes) if changes else recipe
 
 
@@ -372,7 +395,7 @@ def _inputs(recipe: Recipe, stage: Stage, upstream: dict[str, dict], every_file:
         inputs.update({str(Path(run) / rel): sha256_file(Path(run) / rel) for rel in stage.files
                        if (Path(run) / rel).is_file()})
     for need in stage.upstream(upstream, recipe):
-        for rel, digest in upstream[need]["outputs"].items():
+        for rel, digest in content_outputs(upstream[need]).items():
             if stage.reads_files is None or every_file or stage.reads_files(recipe, need, rel):
                 inputs[f"{need}/{rel}"] = digest
     return inputs
@@ -387,6 +410,7 @@ def student_key(recipe: Recipe, index: int, teacher_manifest: dict, training: bo
     of the previous run, `compress.distill.stage.run`). ``training``: what its weights are made from
     (`training_key`): a student of an unchanged one is kept and scored again."""
     stage = next(s for s in STAGES if s.name == "distill")
+    recipe = _defaults_unset(recipe)  # a student's train.seed given the run's is the same student
     alone = dataclasses.replace(recipe, students=[recipe.students[index]])
     inputs = _inputs(alone, stage, {"teacher": teacher_manifest})
     config = {**_result_config(_config(alone, stage)), "teacher": None}
@@ -731,6 +755,7 @@ def stage_manifest(recipe: Recipe, stage: Stage, fp: str, inputs: dict, folder: 
                 "inputs": inputs, "outputs": hash_tree(folder), **result}
     if stage.trains:
         manifest["processes"] = processes
+        manifest["records"] = record_digests(folder, manifest["outputs"])
     if wall_s is not None:
         manifest["timing"] = {"wall_s": round(wall_s, 2), **result.get("timing", {})}
     return {**manifest, "env": {"versions": versions(), "host": host()}, "created": now_utc()}
@@ -1112,18 +1137,19 @@ def _pick_changes(recipe: Recipe, old: dict) -> list[str]:
 
 def _input_changes(before: dict, now: dict, files: list[str]) -> list[str]:
     """Why input files differ: edited in place, read from another path with the same content (a data folder moved or
-    copied: inputs are keyed by path), no longer read, or new."""
+    copied: inputs are keyed by path), no longer read, or new; the edited and new ones first (the reason shows four:
+    an edited tokenizer file was one of "+4 more" after three files read elsewhere with the same content)."""
     gone = {before[k]: k for k in files if k not in now}
-    out, said = [], set()
+    edited, moved, said = [], [], set()
     for k in files:
         if k in before and k in now:
-            out.append(f"input {k} changed")
+            edited.append(f"input {k} changed")
         elif k in now and now[k] in gone:  # same bytes, new path
-            out.append(f"input {gone[now[k]]} now read from {k} (same content)")
+            moved.append(f"input {gone[now[k]]} now read from {k} (same content)")
             said.add(gone[now[k]])
         elif k in now:
-            out.append(f"new input {k}")
-    return out + [f"input {k} no longer read" for k in files if k not in now and k not in said]
+            edited.append(f"new input {k}")
+    return edited + moved + [f"input {k} no longer read" for k in files if k not in now and k not in said]
 
 
 def _changes(old, new, key: str = "") -> list[str]:
@@ -1139,6 +1165,17 @@ def _changes(old, new, key: str = "") -> list[str]:
             else:
                 out += _changes(old[k], new[k], sub)
         return out
+    names = [[x.get("name") if isinstance(x, dict) else None for x in v] for v in (old, new)] \
+        if isinstance(old, list) and isinstance(new, list) else None
+    if names and all(isinstance(n, str) for n in names[0] + names[1]) and names[0] != names[1]:
+        # a list of named sections (students) that gained, lost or reordered some: said by name (a student added
+        # was "students: [{"name": "s1", ... -> [{"name": "s1", ...", the two lists cut to the same 40 characters)
+        out = [f"{key}: {name!r} added" for name in names[1] if name not in names[0]]
+        out += [f"{key}: {name!r} removed" for name in names[0] if name not in names[1]]
+        for i, name in enumerate(names[1]):
+            if name in names[0]:
+                out += _changes(old[names[0].index(name)], new[i], f"{key}.{i}")
+        return out or [f"{key}: order {', '.join(names[0])} -> {', '.join(names[1])}"]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [c for i, (a, b) in enumerate(zip(old, new)) for c in _changes(a, b, f"{key}.{i}")]
     return [] if old == new else [f"{key}: {_short(old)} -> {_short(new)}"]

@@ -564,6 +564,7 @@ def _redone_since(run_dir: Path, manifest: Optional[dict], what: str) -> bool:
     """Whether a stage that the stage of ``manifest`` read was redone since (its outputs now differ from those the
     manifest lists among its inputs as ``<stage>/<file>``); warns that ``what`` is left out. `compress report RUN`
     after the quantize stage was redone by hand showed the old latencies (and a model since deleted, as shippable)."""
+    from compress.manifest import content_outputs
     from compress.pipeline import stage_names
 
     recorded = (manifest or {}).get("inputs") or {}
@@ -572,7 +573,7 @@ def _redone_since(run_dir: Path, manifest: Optional[dict], what: str) -> bool:
         if not read:  # a stage it did not read
             continue
         now = _read(run_dir / stage / "manifest.json", checked=False)  # its outputs compared, nothing else read
-        if read != ((now or {}).get("outputs") or {}):
+        if read != ((content_outputs(now) if now else None) or {}):
             how = "was redone since it was measured" if now is not None else "is missing (its folder or manifest)"
             print(f"warning: {run_dir / what}: the {stage} stage {how}: its latencies are left out (rerun the "
                   f"stages after {stage}: compress run RECIPE)", file=sys.stderr)
@@ -1356,7 +1357,7 @@ def _measure_key(recipe, paths: bool = False) -> str:
     the paths the recipe spells the data with (``paths``: the key as before 2026-12-07, the task's paths in it, still
     accepted: the same files spelled absolute re-timed every model and rebuilt the bundle)."""
     from compress import __version__
-    from compress.manifest import fingerprint
+    from compress.manifest import content_outputs, fingerprint
     from compress.pipeline import plan
 
     manifests = {s.name: _read(recipe.run_dir / s.name / "manifest.json", checked=False) or {}
@@ -1365,7 +1366,7 @@ def _measure_key(recipe, paths: bool = False) -> str:
     if not paths:
         task = {k: v for k, v in task.items() if k not in ("data_dir", "files")}
         data = {"data": _data_digests(manifests.get("teacher") or {})}
-    return fingerprint({"outputs": {name: m.get("outputs") for name, m in manifests.items()},
+    return fingerprint({"outputs": {name: content_outputs(m) for name, m in manifests.items()},
                         "bench": recipe.section("bench") if recipe.bench is not None else None,
                         "task": task, **data, "seed": recipe.seed, "compress": __version__})
 

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -431,7 +432,8 @@ def _encode_labels(values: list[str], spec: TaskSpec, path: Path, lines: list[in
         value = value.strip()
         index = label_index(value, spec.labels)
         if index is None:
-            raise CompressError(f"{path}:{line}: column {spec.label!r}: label {value!r} is not one of {spec.labels}")
+            raise CompressError(f"{path}:{line}: column {spec.label!r}: label {value!r} is not one of {spec.labels}"
+                                f"{_label_hint(value, spec.labels)}")
         encoded.append(index)
     return encoded
 
@@ -449,6 +451,18 @@ def label_index(value: str, labels: list[str]) -> Optional[int]:
         return None
     same = [i for i, name in enumerate(labels) if _INTEGER.fullmatch(name) and int(name) == int(value)]
     return same[0] if len(same) == 1 else None
+
+
+def _label_hint(value: str, labels: list[str]) -> str:
+    """Why a label cell that looks like one of ``labels`` is none of them: the same letters in another Unicode
+    normalization form (the two print alike), or an integer where the names are not numbers (a local file's labels
+    are read by name; a hub dataset's integer labels are indices)."""
+    if unicodedata.normalize("NFC", value) in [unicodedata.normalize("NFC", x) for x in labels]:
+        return (" (the same letters in another Unicode normalization form: the file's are "
+                f"{ascii(value)}; write both in NFC)")
+    if _INTEGER.fullmatch(value) and not any(_INTEGER.fullmatch(x) for x in labels):
+        return " (a local file's labels are read by name, not as indices into task.labels: write the names)"
+    return ""
 
 
 def _regression_label(value: str, spec: TaskSpec, path: Path, line: int) -> float:

@@ -134,8 +134,15 @@ def task_spec(cfg: TaskConfig) -> TaskSpec:
     if cfg.regression and cfg.labels is not None:
         raise CompressError("task.labels: a regression task has no labels (drop labels or regression: true)")
     labels = None if cfg.regression else [str(x) for x in cfg.labels]
+    twice = [x for i, x in enumerate(labels or []) if x in labels[:i]]
+    if twice:  # the LABELS_NEEDED line listed them all without saying which
+        raise CompressError(f"task.labels: {twice[0]!r} is listed twice, got {cfg.labels!r}")
     if labels is not None and not good_labels(labels):
         raise CompressError(f"task.labels: {LABELS_NEEDED}, got {cfg.labels!r}")
+    spaced = [x for x in labels or [] if x != x.strip()]
+    if spaced:  # label cells are read stripped: no row could have it, said only once the data was read
+        raise CompressError(f"task.labels: {spaced[0]!r} has spaces around it; the data's label cells are read without "
+                            f"them, so no row could have it")
     unknown = [m for m in cfg.metrics or [] if m not in METRIC_NAMES]
     if unknown or cfg.metrics == []:
         what = f"{unknown[0]!r} is unknown" if unknown else "the list is empty"

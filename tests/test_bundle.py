@@ -2412,8 +2412,43 @@ def test_a_model_of_a_pair_run_bundled_without_pair_is_refused(int8_model, minil
     assert not (tmp_path / "a").exists()
     assert main([*argv, "--out", str(tmp_path / "b"), "--pair"]) == 0
     assert json.loads((tmp_path / "b" / "mypair-int8" / "manifest.json").read_text())["task"]["text_pair"] is True
-    for single in ({**task, "text_pair_column": None}, {"name": "sst2"}):
-        (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": single}}))
-        assert main([*argv, "--out", str(tmp_path / single["name"])]) == 0
+    single = {**task, "text_pair_column": None}
+    (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": single}}))
+    assert main([*argv, "--out", str(tmp_path / "single")]) == 0
     (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": {"name": "rte"}}}))
     assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+
+
+def test_a_quantize_folders_model_is_bundled_with_its_runs_labels_in_their_order(int8_model, minilm_dir, tmp_path,
+                                                                                  capsys):
+    """`--labels` in another order than the run's that quantized the model (or than `--config`'s id2label) built a
+    bundle printing the wrong name for every text (found by a walkthrough); left out, the run's task, labels and
+    max_length are taken, not sst2's and 128."""
+    import shutil
+
+    qdir = tmp_path / "runs" / "four" / "quantize"
+    qdir.mkdir(parents=True)
+    shutil.copyfile(int8_model, qdir / "int8_dynamic.onnx")
+    task = {"name": "four", "files": {"train": "t.csv", "dev": "d.csv"}, "labels": ["neg", "pos"], "max_length": 48}
+    (qdir / "manifest.json").write_text(json.dumps({"stage": "quantize", "config": {"task": task}}))
+    argv = ["bundle", "--model", str(qdir / "int8_dynamic.onnx"), "--tokenizer", str(minilm_dir / "tokenizer.json"),
+            "--no-ort"]
+    assert main([*argv, "--labels", "pos,neg", "--task", "four", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (f"error: compress bundle --model: {qdir / 'int8_dynamic.onnx'} was quantized "
+                                       f"by a run of task 'four' (labels neg,pos, {qdir / 'manifest.json'}): --labels "
+                                       f"give pos,neg; give its labels in its order (--labels, or its --task)\n")
+    assert main([*argv, "--task", "sst2", "--out", str(tmp_path / "a")]) == 2  # sst2's 0,1 are not its labels
+    assert "--task sst2 gives 0,1; give its labels" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    shipped = json.loads((tmp_path / "b" / "four-int8" / "manifest.json").read_text())
+    assert (shipped["task"]["name"], shipped["task"]["labels"], shipped["max_length"]) == ("four", ["neg", "pos"], 48)
+    # a file of no run, with a config whose id2label says its order
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "neg", "1": "pos"}}))
+    argv = ["bundle", "--model", str(int8_model), "--tokenizer", str(minilm_dir / "tokenizer.json"), "--no-ort",
+            "--task", "four", "--config", str(config)]
+    assert main([*argv, "--labels", "pos,neg", "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == (f"error: compress bundle --model: --config {config}: its id2label names neg,pos;"
+                                       f" --labels give pos,neg (the labels in the model's order)\n")
+    assert main([*argv, "--labels", "neg,pos", "--out", str(tmp_path / "d")]) == 0

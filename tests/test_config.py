@@ -418,7 +418,7 @@ CUSTOM = "task: {name: mine, files: {train: a.tsv, dev: b.tsv}, labels: [neg, po
     ("task: {name: rte, label_column: y}\nteacher: {}\n", r"task\.label_column: text_column, .* are for custom"),
     (CUSTOM % ", metrics: [bleu]", r"task\.metrics: 'bleu' is unknown \(known: accuracy, f1"),
     (CUSTOM % ", regression: true", r"task\.labels: a regression task has no labels"),
-    (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: two or more distinct, non-empty label names"),
+    (CUSTOM.replace("[neg, pos]", "[neg, neg]") % "", r"task\.labels: 'neg' is listed twice"),
     (CUSTOM.replace("[neg, pos]", "[]") % "", r"task\.labels: two or more distinct"),
     (CUSTOM.replace(", dev: b.tsv", "") % "", r"task\.files: no 'dev' file \(train and dev are needed"),
     (CUSTOM.replace("labels: [neg, pos]", "regression: true") % ", metrics: [accuracy]",

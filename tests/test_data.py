@@ -522,6 +522,26 @@ def test_a_scored_split_of_one_label_is_said_once_by_the_run_and_by_validate(tmp
         f"{tmp_path / 'dev1.csv'}: the 2 dev rows scored all have label 'pos': their scores"[:80]]
 
 
+def test_label_names_that_no_cell_could_match_are_refused_and_a_near_miss_is_explained(tmp_path):
+    """A listed name twice was "two or more distinct ... got [five names]" (which one?); a name with a trailing space
+    passed the config and then matched no cell (cells are read stripped); an NFD cell printed like the NFC name it
+    missed; an integer cell where the names are words is not an index in a local file (docs/data.md said it was)."""
+    text = "review,stars\nfine,pos\nawful,neg\n"
+    assert _refused(_custom(tmp_path, "a.csv", text, labels=["neg", "pos", "neg"])) == (
+        "task.labels: 'neg' is listed twice, got ['neg', 'pos', 'neg']")
+    assert _refused(_custom(tmp_path, "b.csv", text, labels=["neg", "pos "])) == (
+        "task.labels: 'pos ' has spaces around it; the data's label cells are read without them, so no row could have "
+        "it")
+    nfd = "ne\u0301g"  # e + combining acute: prints as the NFC name
+    got = _refused(_custom(tmp_path, "c.csv", f"review,stars\nfine,{nfd}\n", labels=["n\u00e9g", "pos"]))
+    assert got.endswith("(the same letters in another Unicode normalization form: the file's are 'ne\\u0301g'; write "
+                        "both in NFC)"), got
+    got = _refused(_custom(tmp_path, "d.jsonl", '{"review": "fine", "stars": 1}\n'))
+    assert got == (f"{tmp_path / 'd.jsonl'}:1: column 'stars': label '1' is not one of ['neg', 'pos'] (a local file's "
+                   f"labels are read by name, not as indices into task.labels: write the names)")
+    assert _refused(_custom(tmp_path, "e.csv", "review,stars\nfine,meh\n")).endswith("is not one of ['neg', 'pos']")
+
+
 def test_jsonl_header_is_every_rows_keys_and_a_repeated_column_is_refused(tmp_path):
     """A JSON Lines file whose first row lacks the label said "column 'stars' not found" (the header was the first
     object's keys); a CSV header naming a used column twice read the first one silently."""

@@ -425,6 +425,16 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys, monke
     capsys.readouterr()
     forced = run_pipeline(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("teacher",))
     assert f"[teacher] running -> {folder} (forced)" in capsys.readouterr().out
+    # trained again, the same model: its metrics.json differs only in how the run went (train_s, tokens/s), and the
+    # stages after it read the same inputs (a changed train_s redid every one of them, the report's timing included)
+    from compress.pipeline import STAGES, _inputs
+
+    quantize = next(s for s in STAGES if s.name == "quantize")
+    later = load_recipe(_recipe(tmp_path, tiny_bert_dir, extra="quantize: {}\n"))
+    assert forced["teacher"]["outputs"]["model/model.safetensors"] == manifest["outputs"]["model/model.safetensors"]
+    assert set(forced["teacher"]["records"]) == {"metrics.json"}
+    assert _inputs(later, quantize, {"teacher": forced["teacher"]}) == _inputs(later, quantize, {"teacher": manifest})
+    assert "teacher/metrics.json" in _inputs(later, quantize, {"teacher": manifest})
     from compress.pipeline import explain  # --force all: every stage, in the plan and in the run
 
     assert explain(load_recipe(_recipe(tmp_path, tiny_bert_dir)), force=("all",))[0] == ("teacher", True,
@@ -449,6 +459,11 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     assert explain(recipe()) == [("teacher", True, "not run yet"), ("quantize", True, "after teacher (reads its outputs)")]
     run_pipeline(recipe(), until="teacher")
     assert explain(recipe()) == [("teacher", False, "up to date"), ("quantize", True, "not run yet")]
+    # the seed the run's gives it, set: the same teacher (it was trained again, and every stage after it redone)
+    written = _recipe(tmp_path, tiny_bert_dir, extra="quantize: {max_drop: 1.0}\n")
+    assert explain(load_recipe(written, {"teacher.seed": 42}))[0] == ("teacher", False, "up to date")
+    assert explain(load_recipe(written, {"teacher.seed": 43}))[0] == ("teacher", True,
+                                                                      "changed: teacher.seed: null -> 43")
     assert explain(recipe(epochs=2))[0] == ("teacher", True, "changed: teacher.epochs: 1.0 -> 2.0")
     path = _recipe(tmp_path, tiny_bert_dir, extra="quantize: {max_drop: 1.0}\n")  # lr left out: its default said
     path.write_text(path.read_text().replace(" lr: 1.0e-3,", ""))
@@ -497,6 +512,47 @@ def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, ca
     assert main(["run", str(_recipe(tmp_path, tiny_bert_dir, epochs=3)), "--dry-run", "--stage", "prune"]) == 2
     said = capsys.readouterr().err
     assert said == f"error: {tmp_path / 'tiny.yaml'}: stage 'prune' is not configured in this recipe\n"
+
+
+def test_settings_given_their_defaults_values_are_the_stages_fingerprints_of_them_unset(tmp_path, tiny_bert_dir):
+    """A student's or a one-step recovery's seed equal to the run's, and the default bundle name, read as unset in
+    every stage's fingerprint (they redid those stages, and every one after, for the same models); a seed of
+    another value, or a two-step recovery's seed (its second step's default is the run's + 1), does not."""
+    from compress.pipeline import STAGES, _as_read, _config, student_key
+
+    extra = ("students: [{name: s, kind: layer_drop, layers: 1}]\nprune: {heads: 0.5, recover: {max_steps: 2}}\n"
+             "quantize: {}\nbundle: {}\n")
+    path = _recipe(tmp_path, tiny_bert_dir, extra=extra)
+
+    def configs(**sets):
+        r = load_recipe(path, sets)
+        return [_config(_as_read(r), s) for s in STAGES], student_key(r, 0, {"outputs": {}})
+
+    plain = configs()
+    assert configs(**{"teacher.seed": 42, "students.0.train.seed": 42, "prune.recover.seed": 42,
+                      "bundle.name": "tiny-sst2-int8"}) == plain
+    for sets, base in (({"students.0.train.seed": 7}, {}), ({"prune.recover.seed": 42}, {"prune.steps": 2}),
+                       ({"bundle.name": "mine"}, {})):
+        before, changed = configs(**base), configs(**base, **sets)
+        assert changed[0] != before[0] and (changed[1] != before[1]) == ("students.0.train.seed" in sets), sets
+
+
+def test_dry_run_reasons_name_a_student_added_or_removed_and_the_edited_file_first():
+    """A student added read "students: [{"name": "s1", ... -> [{"name": "s1", ..." (both cut to 40 characters); an
+    edited tokenizer file was hidden in "+4 more" behind files read elsewhere with the same content."""
+    from compress.pipeline import _changes, _input_changes
+
+    s1, s2 = {"name": "s1", "layers": 1}, {"name": "s2", "layers": 2}
+    assert _changes({"students": [s1]}, {"students": [s1, s2]}) == ["students: 's2' added"]
+    assert _changes({"students": [s1, s2]}, {"students": [{**s2, "layers": 3}]}) == [
+        "students: 's1' removed", "students.0.layers: 2 -> 3"]
+    assert _changes({"students": [s1, s2]}, {"students": [s2, s1]}) == ["students: order s1, s2 -> s2, s1"]
+    assert _changes({"students": [s1]}, {"students": [{**s1, "layers": 2}]}) == ["students.0.layers: 1 -> 2"]
+    before = {"a/vocab.txt": "1", "a/config.json": "2", "a/tokenizer_config.json": "3"}
+    now = {"b/vocab.txt": "1", "b/config.json": "2", "b/tokenizer_config.json": "4"}
+    assert _input_changes(before, now, sorted(set(before) | set(now))) == [
+        "new input b/tokenizer_config.json", "input a/config.json now read from b/config.json (same content)",
+        "input a/vocab.txt now read from b/vocab.txt (same content)", "input a/tokenizer_config.json no longer read"]
 
 
 def test_failed_stage_leaves_nothing_behind(tmp_path, tiny_bert_dir, monkeypatch):
