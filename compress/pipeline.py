@@ -152,11 +152,24 @@ def _distill_variant(recipe: Recipe) -> Optional[str]:
     settings = [dataclasses.astuple(s.distill.augment) for s in recipe.students or []
                 if s.distill.augment is not None and s.distill.augment.embeddings == "student"]
     exact = any(s.distill.intermediate_max_steps is not None for s in recipe.students or [])
+    # an embedding match compared the teacher's embeddings with the student's after dropout (2026-12-08)
+    undropped = any(_matches_embeddings(s.distill) for s in recipe.students or [])
     # two_step's first step (no logit loss) had AdamW decay the weights no loss reached (2026-12-05)
     undecayed = any(s.distill.two_step for s in recipe.students or [])
     return _variants("augment-per-student" if len(settings) > len(set(settings)) else None,
                      _trains(*(s.train for s in recipe.students or [])),
-                     "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None)
+                     "intermediate-steps-exact" if exact else None, "two-step-undecayed" if undecayed else None,
+                     "embedding-undropped" if undropped else None)
+
+
+def _matches_embeddings(cfg: DistillConfig) -> bool:
+    """Whether a student's distill section matches its embeddings' output (as `compress.distill.objective
+    .matches_embeddings` finds in its resolved matches): an explicit embedding match, or hidden of student layer 0, of
+    weight > 0, or ``layer_map`` with the embedding feature."""
+    explicit = any(m.weight > 0 and (m.feature == "embedding" or (m.feature == "hidden" and m.student_layer == 0))
+                   for m in cfg.matches)
+    return explicit or (cfg.layer_map is not None and cfg.layer_map_weight > 0
+                        and "embedding" in cfg.layer_map_features)
 
 
 def _taken_by_default(recipe: Recipe, stage: str) -> Optional[str]:

@@ -337,6 +337,10 @@ def layer_index(name: str, prov: Provenance, where: str = "prune") -> int:
     m = re.fullmatch(r"(?:[\w.]*\.)?layer\.(\d+)", name.strip())
     if m is None or int(m.group(1)) >= prov.num_layers:
         raise CompressError(f"{where}.layers.{name}: unknown layer (the model has layer.0 .. layer.{prov.num_layers - 1})")
+    kept = [layer.source for layer in prov.layers]
+    if prov.layers and int(m.group(1)) not in kept:  # dropped by an earlier pruning: the override was ignored
+        raise CompressError(f"{where}.layers.{name}: that layer was dropped by an earlier pruning (the model keeps "
+                            f"{', '.join(f'layer.{i}' for i in kept)}, numbered as in the unpruned model)")
     return int(m.group(1))
 
 
@@ -385,29 +389,31 @@ def plan(model_or_prov, scores: Scores, cfg: PruneConfig, *, fraction: float = 1
     full = encoder_cost(base, hidden, seq_len)[k]
     target = full * (1.0 - (1.0 - budget) * fraction)
 
-    # the most that keeps a head in the model: FFN ratios may go on past it
-    heads_cap = 1.0 - 0.51 / max(len(s.heads) for s in base.layers)
-
-    def cost(r: float):
+    def cost(r: float, heads_cap: float):
         try:
             layers = _plan_ratios(prov, base, scores, cfg, overrides, min(r, heads_cap), r)
         except _Empty:  # a model without any head (or neuron) left is no answer
             return math.inf, None
         return encoder_cost(prov, hidden, seq_len, [s for s in layers if s is not None])[k], layers
 
-    best = cost(0.0)
+    best = cost(0.0, 0.0)
     if best[0] <= target:
         return best[1]
-    lo, hi = 0.0, 1.0 - 0.51 / max(len(s.ffn) for s in base.layers)  # the most that keeps an FFN neuron (2 heads
-    # stopped it at 74%)
-    top = cost(hi)
+    # the largest ratios that keep a head and an FFN neuron (heads: then FFN ratios go on past it; 2 heads stopped it
+    # at 74%): in the largest layer (a layer that rounds to none keeps one without drop_empty_layers, and in
+    # per_layer scope), or in the whole model (global ranking with drop_empty_layers: the per-layer limits kept two
+    # of each at least, and refused budgets half as small as the smallest model)
+    caps = [tuple(1.0 - 0.51 / f(len(getattr(s, kind)) for s in base.layers) for kind in ("heads", "ffn"))
+            for f in (max, sum)]
+    (heads_cap, hi), top = min((((h, f), cost(f, h)) for h, f in caps), key=lambda c: c[1][0])
+    lo = 0.0
     if top[0] > target:
         raise CompressError(f"{where}.keep_{which}: {budget} cannot be met: the smallest model this allows keeps "
                             f"{top[0] / full:.3f} of the encoder's {which}")
     best = top
     for _ in range(40):
         mid = (lo + hi) / 2
-        c = cost(mid)
+        c = cost(mid, heads_cap)
         if c[0] <= target:
             hi, best = mid, c
         else:

@@ -391,9 +391,9 @@ def check_eval_labels(cfg: TaskConfig, spec: TaskSpec, labels: list, split: str)
     label = spec.labels[labels[0]] if isinstance(labels[0], int) and 0 <= labels[0] < len(spec.labels) else labels[0]
     capped = " (task.max_eval_samples)" if cfg.max_eval_samples is not None else ""
     log.warning("%s: the %d %s rows scored%s all have label %r: their scores cannot tell models apart "
-                "(matthews_correlation is 0 whatever a model learnt, accuracy the share of rows it gives that label), nor can the "
-                "retention, the int8 guards and the bundle's pick that read them; score on rows of two labels or "
-                "more", where, len(labels), split, capped, label)
+                "(matthews_correlation is 0 whatever a model learnt, accuracy the share of rows it gives that label), "
+                "nor can the retention, the int8 guards and the bundle's pick that read them; score on rows of two "
+                "labels or more", where, len(labels), split, capped, label)
 
 
 def _is_custom(spec: TaskSpec) -> bool:

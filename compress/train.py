@@ -253,7 +253,8 @@ def fit(
                     # its last group holds: each batch's loss is weighted back up by its share of its group's rows,
                     # so a group's gradient is the mean loss of its rows (a short last group, or one holding the
                     # epoch's short last batch, as one batch of them all would give), for losses that are means over
-                    # rows; a mean over a batch's tokens (hidden/attention matches) is weighted by rows too (docs/gpu.md)
+                    # rows; a mean over a batch's tokens (hidden/attention matches) is weighted by rows too
+                    # (docs/gpu.md)
                     weight = _accumulation_weight(batches_done, n_batches, cfg.grad_accum, cfg.batch_size,
                                                   len(train_ds) if accelerator.num_processes == 1 else None)
                     accelerator.backward(loss * weight if weight != 1 else loss)

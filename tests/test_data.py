@@ -508,7 +508,8 @@ def test_a_scored_split_of_one_label_is_said_once_by_the_run_and_by_validate(tmp
         load_task(dataclasses.replace(cfg, max_eval_samples=2)), load_task(dataclasses.replace(cfg, max_eval_samples=2))
     said = [r.getMessage() for r in caplog.records if "all have label" in r.getMessage()]
     assert said == [f"{tmp_path / 'dev.csv'}: the 2 dev rows scored (task.max_eval_samples) all have label 'neg': "
-                    f"their scores cannot tell models apart (matthews_correlation is 0 whatever a model learnt, accuracy "
+                    f"their scores cannot tell models apart (matthews_correlation is 0 whatever a model learnt, "
+                    f"accuracy "
                     f"the share of rows it gives that label), nor can the retention, the int8 guards and the bundle's "
                     f"pick that read them; score on rows of two labels or more"]
     (tmp_path / "dev1.csv").write_text("review,stars\nfine,pos\ngood,pos\n")

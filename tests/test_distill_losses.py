@@ -127,6 +127,41 @@ def test_attention_matches_see_the_students_maps_without_dropout():
     assert model.bert.encoder.layer[0].output.dropout.p == 0.0  # (hidden dropout as configured: 0 here)
 
 
+@pytest.mark.parametrize("kind", ["bert", "mpnet"])
+def test_embedding_matches_see_the_students_embeddings_without_dropout(kind):
+    """The embeddings' output (hidden state 0) is taken after their dropout: an embedding match (or a hidden one of
+    layer 0) compared the teacher's embeddings with randomly zeroed ones (an identical student scored 0.11, not 0).
+    That dropout is off for such a student, back for one without (TinyBERT's prediction step), and the layers'
+    own dropout stays; the distill stage of such a student is redone once (its fingerprint's word)."""
+    from transformers import BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification
+
+    from compress.config import DistillConfig, MatchConfig
+    from compress.distill.objective import Distiller, Match
+    from compress.distill.losses import hidden_mse
+    from compress.pipeline import _matches_embeddings
+    from tests.conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.5)) if kind == "bert" else \
+        MPNetForSequenceClassification(MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=4, intermediate_size=64,
+                                                   hidden_dropout_prob=0.5))
+    inputs = {"input_ids": torch.randint(5, 100, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    clean = model.eval()(**inputs, output_hidden_states=True).hidden_states[0]
+    distiller = Distiller(model, [Match("embedding_t0_s0", 0, 0, "embedding", "mse", 1.0, False)], 32).train()
+    out, _ = distiller(hidden=True, **inputs)
+    assert hidden_mse(out.hidden_states[0], clean, inputs["attention_mask"]).item() == pytest.approx(0, abs=1e-10)
+    assert not torch.allclose(out.hidden_states[1], model.eval()(**inputs, output_hidden_states=True).hidden_states[1])
+    Distiller(model, [Match("hidden_t1_s1", 1, 1, "hidden", "mse", 1.0, False)], 32).train()
+    out, _ = distiller(hidden=True, **inputs)
+    assert not torch.allclose(out.hidden_states[0], clean)  # a student without one: the configured dropout
+    assert [_matches_embeddings(DistillConfig(**kw)) for kw in (
+        {"matches": [MatchConfig(0, 0, "embedding")]}, {"matches": [MatchConfig(0, 0, "hidden")]},
+        {"layer_map": "uniform", "layer_map_features": ["embedding"]}, {"matches": [MatchConfig(2, 1, "hidden")]},
+        {"matches": [MatchConfig(0, 0, "embedding", weight=0.0)]}, {"layer_map": "uniform"})] == [
+        True, True, True, False, False, False]
+
+
 def test_hidden_mse_counts_tokens_exactly_under_bf16():
     """A bf16 student (autocast) must not count the real tokens in bf16: 4001 rounds to 4000 there."""
     s = torch.ones(1, 4096, 2, dtype=torch.bfloat16)

@@ -1,6 +1,7 @@
 """Structured pruning: physical removal of heads and FFN neurons, bookkeeping, kept-index records, exact save/load
 (stock and our loader), ONNX parity of non-uniform models, invalid requests, Taylor scores on real SST-2 rows."""
 
+import dataclasses
 import copy
 
 import numpy as np
@@ -176,6 +177,28 @@ def test_non_uniform_prune_reloads_with_our_loader_and_exports_to_onnx(tmp_path,
     assert parity.rows == 64 and parity.argmax_agreement == 1.0
 
 
+def test_a_budget_with_drop_empty_layers_reaches_the_one_head_one_neuron_model():
+    """Globally ranked with drop_empty_layers, the smallest model keeps one head and one FFN neuron in all; the budget
+    search stopped at ratios keeping one of each in the largest layer (two at least in all) and refused budgets the
+    ratios meet, saying a smallest model twice the real one's."""
+    model = tiny(layers=4)
+    scores, hidden = P.score(model, "l1"), model.config.hidden_size
+    full = P.encoder_cost(P.provenance(model), hidden, 32)[1]
+    smallest = P.plan(model, scores, cfg(heads=1 - 1 / 16, ffn=1 - 1 / 256, drop_empty_layers=True), seq_len=32)
+    kept = [s for s in smallest if s is not None]
+    assert sum(len(s.heads) for s in kept) <= 2 and len(kept) < 4
+    floor = P.encoder_cost(P.provenance(model), hidden, 32, kept)[1] / full
+    budget = round(floor + 0.01, 2)
+    planned = [s for s in P.plan(model, scores, cfg(keep_macs=budget, drop_empty_layers=True), seq_len=32) if s]
+    assert P.encoder_cost(P.provenance(model), hidden, 32, planned)[1] / full <= budget  # it was refused, "keeps 0.07"
+    with pytest.raises(CompressError, match="keep_macs: 0.01 cannot be met") as e:
+        P.plan(model, scores, cfg(keep_macs=0.01, drop_empty_layers=True), seq_len=32)
+    assert float(str(e.value).split("keeps ")[1].split()[0]) <= round(floor, 3)
+    # per_layer scope: every layer that rounds to none keeps its best unit (as before)
+    per_layer = P.plan(model, scores, cfg(keep_macs=0.3, scope="per_layer", drop_empty_layers=True), seq_len=32)
+    assert all(s is not None and s.heads and s.ffn for s in per_layer)
+
+
 def test_per_layer_scope_with_drop_empty_layers_refuses_only_what_global_refuses():
     """drop_empty_layers lets a layer go; it must not refuse what it would take without it: per_layer at 0.9 of 4
     heads (0 a layer) with drop_empty_layers said "this target removes every head of every layer", while global,
@@ -278,6 +301,13 @@ def test_invalid_requests_say_why():
         P.plan(model, scores, cfg(heads=0.97))
     with pytest.raises(CompressError, match=r"prune.layers.layer.7: unknown layer \(the model has layer.0 .. layer.2\)"):
         P.plan(model, scores, cfg(layers={"layer.7": {"heads": 0.5}}))
+    # a layer an earlier pruning dropped (its record numbers layers as the unpruned model): the override was ignored
+    dropped = dataclasses.replace(P.provenance(model), layers=[layer for layer in P.provenance(model).layers
+                                                               if layer.source != 1])
+    with pytest.raises(CompressError, match=r"prune.layers.layer.1: that layer was dropped by an earlier pruning \(the "
+                                            r"model keeps layer.0, layer.2, numbered as in the unpruned model\)"):
+        P.layer_index("layer.1", dropped)
+    assert P.layer_index("bert.encoder.layer.2", dropped) == 2
     with pytest.raises(CompressError, match="keep_params: 0.01 cannot be met"):
         P.plan(model, scores, cfg(keep_params=0.01))
     with pytest.raises(CompressError, match="taylor needs calibration batches"):
