@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import re
@@ -237,7 +238,7 @@ def cmd_bundle(args) -> int:
     if args.labels and args.regression:  # one of them would be dropped without a word
         raise CompressError("compress bundle --model: --labels names a classifier's outputs, --regression says it has "
                             "one score and no labels: give one of them")
-    given = [label.strip() for label in args.labels.split(",")] if args.labels else None  # "a, b": a and b
+    given = _labels_arg(args.labels) if args.labels else None
     if spec is not None:  # a GLUE task says what it reads and gives: a flag saying otherwise was taken over it
         named = (spec.labels, display_labels(args.task, spec.labels))  # SST-2's "0,1", shown as "negative,positive"
         said = [flag for flag, wrong in (("--labels", given and given not in named),
@@ -281,6 +282,19 @@ def cmd_bundle(args) -> int:
     print(f"bundle: {folder}\narchive: {archive}")
     _print_manifest_digest(folder)
     return 0
+
+
+def _labels_arg(text: str) -> list[str]:
+    """``--labels``: comma-separated names ("a, b": a and b), or a JSON list of strings for names holding a comma."""
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise CompressError(f"compress bundle --model: --labels: not a JSON list ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CompressError("compress bundle --model: --labels: a JSON list of strings, e.g. '[\"a, b\", \"c\"]'")
+        return [n.strip() for n in names]
+    return [label.strip() for label in text.split(",")]
 
 
 def quantized_task_of(model: Path) -> Optional[tuple]:
@@ -520,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="its tokenizer.json (with --model)")
     p.add_argument("--task", help="task name; GLUE names fill in labels and pairs (default: the task of the run "
                    "whose quantize folder holds --model, else sst2)")
-    p.add_argument("--labels", help="comma-separated label names in logit order (non-GLUE tasks; default: those of "
-                   "the run whose quantize folder holds --model)")
+    p.add_argument("--labels", help="comma-separated label names in logit order, or a JSON list for names with a "
+                   "comma (non-GLUE tasks; default: those of the run whose quantize folder holds --model)")
     p.add_argument("--regression", action="store_true", help="the model outputs one real value")
     p.add_argument("--pair", action="store_true", help="the model reads text pairs (non-GLUE tasks)")
     p.add_argument("--max-length", type=positive_int,

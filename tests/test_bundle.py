@@ -2452,3 +2452,11 @@ def test_a_quantize_folders_model_is_bundled_with_its_runs_labels_in_their_order
     assert capsys.readouterr().err == (f"error: compress bundle --model: --config {config}: its id2label names neg,pos;"
                                        f" --labels give pos,neg (the labels in the model's order)\n")
     assert main([*argv, "--labels", "neg,pos", "--out", str(tmp_path / "d")]) == 0
+    # names holding a comma: a JSON list
+    (config / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "bad, really",
+                                                                                      "1": "good"}}))
+    assert main([*argv, "--labels", '["bad, really", "good"]', "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "four-int8" / "manifest.json").read_text())["task"]["labels"] == [
+        "bad, really", "good"]
+    assert main([*argv, "--labels", '["bad", 1]', "--out", str(tmp_path / "f")]) == 2
+    assert "--labels: a JSON list of strings" in capsys.readouterr().err
