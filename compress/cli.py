@@ -261,12 +261,14 @@ def cmd_bundle(args) -> int:
         # pair it was given
         raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of the text-pair task "
                             f"{run[0].name!r} ({record}): give --pair")
-    if run is not None and not regression and (run[0].is_regression or labels not in (
+    if run is not None and (run[0].is_regression != regression or not regression and labels not in (
             run[0].labels, display_labels(run[0].name, run[0].labels))):  # the runners printed other names
         kind = "a regression" if run[0].is_regression else f"labels {','.join(run[0].labels)}"
+        said = ("--regression (or its --task) gives one score" if regression else
+                f"{'--labels give' if given else f'--task {args.task} gives'} {','.join(labels)}")
+        want = "--regression" if run[0].is_regression else "its labels in its order (--labels, or its --task)"
         raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of task {run[0].name!r} "
-                            f"({kind}, {record}): {'--labels give' if given else f'--task {args.task} gives'} "
-                            f"{','.join(labels)}; give its labels in its order (--labels, or its --task)")
+                            f"({kind}, {record}): {said}; give {want}")
     if args.config is not None and not regression:
         names = list((read_model_config(args.config).get("id2label") or {}).values())
         if names and not all(re.fullmatch(r"LABEL_\d+", str(n)) for n in names) and names != labels \

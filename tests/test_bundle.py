@@ -2439,6 +2439,8 @@ def test_a_quantize_folders_model_is_bundled_with_its_runs_labels_in_their_order
                                        f"give pos,neg; give its labels in its order (--labels, or its --task)\n")
     assert main([*argv, "--task", "sst2", "--out", str(tmp_path / "a")]) == 2  # sst2's 0,1 are not its labels
     assert "--task sst2 gives 0,1; give its labels" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main([*argv, "--regression", "--out", str(tmp_path / "a")]) == 2  # a classifier shipped as a regression
+    assert "(labels neg,pos, " in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     shipped = json.loads((tmp_path / "b" / "four-int8" / "manifest.json").read_text())
     assert (shipped["task"]["name"], shipped["task"]["labels"], shipped["max_length"]) == ("four", ["neg", "pos"], 48)
