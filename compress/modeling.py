@@ -72,6 +72,23 @@ def one_token_type(tokenizer, config) -> None:
     tokenizer.init_kwargs["model_input_names"] = names  # what save_pretrained writes to tokenizer_config.json
 
 
+def check_vocab(tokenizer, config, what: str) -> None:
+    """A tokenizer of another vocabulary than the model's embeddings: refused where it has more tokens than the model
+    embeds (their ids past the table: an IndexError traceback at the first such text), warned of where its padding id
+    is not config.json's ``pad_token_id`` (MPNet's ids are BERT's shifted by 4: a model trained on the other's ids,
+    silently). A folder's own tokenizer was never checked (the teacher's, a student's ``init``)."""
+    if tokenizer is None:
+        return
+    if len(tokenizer) > config.vocab_size:
+        raise CompressError(f"{what}: its tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is "
+                            f"{config.vocab_size}: a tokenizer of another model (its ids past the embeddings)")
+    pad, want = tokenizer.pad_token_id, getattr(config, "pad_token_id", None)
+    if pad is not None and want is not None and pad != want:
+        log.warning("%s: its tokenizer pads with id %d but config.json's pad_token_id is %d: a tokenizer of another "
+                    "vocabulary? (MPNet's ids are BERT's shifted by 4; the model would learn from ids it was not "
+                    "trained on)", what, pad, want)
+
+
 def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head: bool = False,
                   loading: Optional[dict] = None):
     """A pretrained encoder (zoo name, folder or hub id) with a head for ``spec``, and its tokenizer (None when
@@ -96,6 +113,7 @@ def load_for_task(model: str, spec: TaskSpec, tokenizer: bool = True, keep_head:
     if reason:
         raise CompressError(f"model {model!r}: {reason}")
     one_token_type(tokenizer, config)
+    check_vocab(tokenizer, config, f"model {model!r}")
     if getattr(config, "compress_layer_sizes", None) and os.path.isdir(source):
         from compress.prune import uniform_ffn
 

@@ -90,7 +90,9 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress"))
+    """``$COMPRESS_CACHE`` (an empty one is unset: it put the zoo under the working folder), else
+    ``~/.cache/compress``."""
+    return Path(os.environ.get("COMPRESS_CACHE", "").strip() or Path.home() / ".cache" / "compress")
 
 
 def resolve(model: str) -> str:
@@ -107,13 +109,15 @@ def materialize(name: str) -> Path:
         raise CompressError(f"zoo: unknown model {name!r} (known: {', '.join(ZOO)})")
     entry = ZOO[name]
     target = cache_root() / "zoo" / name
-    if _trusted(target, entry):
-        return target
     from compress.manifest import remove_dead  # here: compress.manifest imports this module
 
+    # a staging folder of a killed fetch (up to ~1 GB for mpnet), also once another fetch published the model (it
+    # stayed then, for good)
+    if target.parent.is_dir():
+        remove_dead(target.parent, f".{name}-*", rf"\.{re.escape(name)}-(\d+)-.+")
+    if _trusted(target, entry):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # a staging folder of a killed fetch (up to ~1 GB for mpnet)
-    remove_dead(target.parent, f".{name}-*", rf"\.{re.escape(name)}-(\d+)-.+")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         source = _installed_folder(entry) or _download(name, entry, tmp / "dl")

@@ -84,6 +84,28 @@ def test_a_folder_whose_tokenizer_cannot_load_is_one_line(tiny_bert_dir):
     assert tok is None and model.num_labels == 2
 
 
+def test_a_folders_tokenizer_of_another_vocabulary_is_refused_or_warned_of(tiny_bert_dir, tokenizer, caplog):
+    """A folder's own tokenizer was never checked against its embeddings: one with more tokens than the model embeds
+    (MPNet's tokenizer on MiniLM's weights) trained silently until a text hit an id past the table (an IndexError
+    traceback); one padding with another id than config.json's (MiniLM's tokenizer on MPNet's weights) trained on
+    shifted ids without a word."""
+    from compress.data import GLUE_TASKS
+
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    (tiny_bert_dir / "config.json").write_text(json.dumps({**config, "pad_token_id": 1}))
+    with caplog.at_level("WARNING"):
+        load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])
+    assert [r.getMessage() for r in caplog.records if "pads with id" in r.getMessage()] == [
+        f"model '{tiny_bert_dir}': its tokenizer pads with id 0 but config.json's pad_token_id is 1: a tokenizer of "
+        f"another vocabulary? (MPNet's ids are BERT's shifted by 4; the model would learn from ids it was not trained "
+        f"on)"]
+    (tiny_bert_dir / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 5}))
+    with pytest.raises(CompressError, match=rf"^model '{tiny_bert_dir}': its tokenizer has {len(tokenizer)} tokens but "
+                                            rf"config.json's vocab_size is {len(tokenizer) - 5}: a tokenizer of another "
+                                            r"model \(its ids past the embeddings\)$"):
+        load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])
+
+
 def test_a_tokenizer_that_needs_its_repositorys_code_or_a_folder_without_config_is_one_line(tmp_path, tiny_bert_dir):
     """A tokenizer_config.json naming its own class (auto_map): a ValueError traceback from a student's tokenizer
     and "save the tokenizer with the model" from a model's; a folder without config.json read "cannot load its

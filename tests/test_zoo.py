@@ -39,8 +39,11 @@ def test_minilm_materialises_offline_and_matches_package(tmp_path, monkeypatch):
         h = model(**enc).last_hidden_state
     emb = torch.nn.functional.normalize((h * enc["attention_mask"][..., None]).sum(1), dim=-1)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
-    # a second resolve reuses the verified folder
-    assert Path(zoo.resolve("minilm-l6")) == folder
+    # a second resolve reuses the verified folder, and removes a killed fetch's staging folder (it stayed for good once
+    # another fetch had published the model)
+    dead = tmp_path / "zoo" / ".minilm-l6-999999999-abc"
+    dead.mkdir()
+    assert Path(zoo.resolve("minilm-l6")) == folder and not dead.exists()
 
 
 def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
@@ -53,10 +56,20 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "zoo" / "minilm-l6").exists()
 
 
-def test_unknown_name_and_passthrough():
+def test_unknown_name_and_passthrough(monkeypatch, capsys):
     with pytest.raises(CompressError, match="unknown model 'gpt-5'"):
         zoo.materialize("gpt-5")
     assert zoo.resolve("bert-base-uncased") == "bert-base-uncased"
+    # `zoo fetch` refuses an unknown name before fetching the others (mpnet-base's 405 MB came first)
+    from compress.cli import main
+
+    fetched = []
+    monkeypatch.setattr(zoo, "materialize", lambda name: fetched.append(name) or Path("/x"))
+    assert main(["zoo", "fetch", "minilm-l6", "bogus"]) == 2
+    assert fetched == [] and "unknown model 'bogus'" in capsys.readouterr().err
+    # an empty COMPRESS_CACHE is unset (it put the zoo under the working folder)
+    monkeypatch.setenv("COMPRESS_CACHE", " ")
+    assert zoo.cache_root() == Path.home() / ".cache" / "compress"
 
 
 def test_concurrent_fetches_keep_the_first_verified_folder(tmp_path):
