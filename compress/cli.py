@@ -419,19 +419,30 @@ def cmd_bench(args) -> int:
     from compress.config import BenchConfig, QuantizeConfig, load_recipe
     from compress.pipeline import run_pipeline
 
-    overrides = _overrides(args.set)
+    overrides = given = _overrides(args.set)
+    # a recipe without the sections benchmarks its newest model with the defaults: given as whole sections ahead of
+    # the user's --set (which go in after them), so `--set bench.dev_rows=100` reaches them and the recipe's checks
+    # (bench.seq_lengths against the model's positions) run before any stage (they ran after quantize)
+    try:
+        written = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # load_recipe says what is wrong with it
+        written = None
+    if isinstance(written, dict):
+        overrides = {**{section: {} for section in ("quantize", "bench")
+                        if written.get(section) is None and section not in overrides}, **overrides}
     recipe = load_recipe(args.recipe, overrides)
+    recipe.overrides = given  # the user's (the sections added here are no --set of theirs)
     _set_runs_dir(recipe, args.runs_dir)
-    if recipe.quantize is None:  # a recipe without the sections benchmarks its newest model with the defaults
+    if recipe.quantize is None:  # (a recipe load_recipe reads otherwise than this YAML read)
         recipe.quantize = QuantizeConfig()
     if recipe.bench is None:
         recipe.bench = BenchConfig()
     if args.full:  # the full grid, but a value the user gave with --set (bench.KEY=..., bench={...}) stays theirs
-        given = {k.split(".", 1)[1] for k in overrides if k.startswith("bench.")}
-        if isinstance(overrides.get("bench"), dict):
-            given |= set(overrides["bench"])
+        keys = {k.split(".", 1)[1] for k in given if k.startswith("bench.")}
+        if isinstance(given.get("bench"), dict):
+            keys |= set(given["bench"])
         for key, value in FULL_BENCH.items():
-            if key not in given:
+            if key not in keys:
                 setattr(recipe.bench, key, value)
     if args.threads:
         if len(set(args.threads)) != len(args.threads):  # as bench.threads in a recipe

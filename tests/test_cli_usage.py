@@ -284,6 +284,13 @@ def test_bench_always_remeasures_applies_full_and_exits_1_without_a_shippable_mo
     assert (bench.batch_sizes, bench.seq_lengths, bench.dev_rows, bench.repeats) == ([1, 8, 32], [32, 128], None, 50)
     assert bench.threads == [1, 2]
     assert "bench.json" in capsys.readouterr().out
+    # a key of the sections the recipe lacks (--help's own example: it was refused, "the recipe has no bench
+    # section"), and a bad one refused before any stage (seq_lengths past the positions: after quantize had run)
+    assert main(["bench", str(recipe), "--set", "bench.dev_rows=100"]) == (0 if ours else 1)
+    assert seen["recipe"].bench.dev_rows == 100 and seen["recipe"].overrides == {"bench.dev_rows": 100}
+    seen.clear()
+    assert main(["bench", str(recipe), "--set", "bench.seq_lengths=[600]"]) == 2
+    assert seen == {} and "600" in capsys.readouterr().err
 
 
 def test_bench_full_keeps_the_values_given_with_set(tmp_path, monkeypatch):
