@@ -2046,8 +2046,8 @@ def test_the_bar_shows_each_steps_own_mean_loss_and_its_terms(tokenizer, monkeyp
 
     def objective(m, batch):
         loss = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}).loss
-        losses.append((len(batch["labels"]), float(loss)))
-        return loss, {"ce": float(loss), "twice": 2 * float(loss)}
+        losses.append((len(batch["labels"]), loss.item()))
+        return loss, {"ce": loss.item(), "twice": 2 * loss.item()}
 
     class Bar:
         def __init__(self, *a, **k):
