@@ -273,12 +273,13 @@ def cmd_bundle(args) -> int:
         raise CompressError(f"compress bundle --model: {args.model} was quantized by a run of task {run[0].name!r} "
                             f"({kind}, {record}): {said}; give {want}")
     if args.config is not None and not regression:
-        names = list((read_model_config(args.config).get("id2label") or {}).values())
-        if names and not all(re.fullmatch(r"LABEL_\d+", str(n)) for n in names) and names != labels \
-                and labels != display_labels(args.task, names):
+        names = [str(n) for n in (read_model_config(args.config).get("id2label") or {}).values()]
+        alike = [[str(n).casefold() for n in x] for x in (labels, display_labels(args.task, labels) or labels)]
+        if names and not all(re.fullmatch(r"LABEL_\d+", n) for n in names) \
+                and [n.casefold() for n in names] not in alike:  # SST-2's 0,1 named NEGATIVE,POSITIVE: the same
             raise CompressError(f"compress bundle --model: --config {args.config}: its id2label names "
-                                f"{','.join(map(str, names))}; --labels give {','.join(labels)} (the labels in the "
-                                f"model's order)")
+                                f"{','.join(names)}; {'--labels give' if given else 'the labels are'} "
+                                f"{','.join(labels)} (the labels in the model's order)")
     args.max_length = args.max_length or (run[1] if run is not None else 128)  # the length the run scored it at
     name = args.name or f"{args.task}-int8"
     folder, archive = build(args.out, name, model=args.model, tokenizer=args.tokenizer, task=args.task,

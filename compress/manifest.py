@@ -146,9 +146,12 @@ def hash_tree(folder: Path, keep: Optional[Callable[[str], bool]] = None) -> dic
     return {rel: sha256_file(p) for rel, p in rels if keep is None or keep(rel)}
 
 
-RUN_ONLY_KEYS = frozenset({"train_s", "tokens_per_s", "teacher_cache_s", "resumed_from", "source_folder"})
-"""What a training stage's records (`RECORDS`) hold of how the run went, not of what it made: its speed, a resume (a
-resumed run makes the model an uninterrupted one makes), where its run folder was."""
+RUN_ONLY_KEYS = frozenset({"train_s", "tokens_per_s", "timing", "resumed_from", "source_folder",
+                           "kept_from_previous_run", "dev_pruned", "dev_recovered"})
+"""What a training stage's records (`RECORDS`) hold of how the run went, not of what it made: its speed and a
+student's ``timing`` (whether the teacher's logits were cached or reused, augmentation seconds), a resume (a resumed
+run makes the model an uninterrupted one makes), where its run folder was, whether the model was kept from the
+previous run, and the dev scores of a pruning's intermediate models (a kept pruned model's records lack them)."""
 RECORDS = ("metrics.json", "pruning.json")
 """The file names of the records a training stage writes beside its model (at any depth: ``<student>/metrics.json``)."""
 

@@ -2454,6 +2454,10 @@ def test_a_quantize_folders_model_is_bundled_with_its_runs_labels_in_their_order
     assert capsys.readouterr().err == (f"error: compress bundle --model: --config {config}: its id2label names neg,pos;"
                                        f" --labels give pos,neg (the labels in the model's order)\n")
     assert main([*argv, "--labels", "neg,pos", "--out", str(tmp_path / "d")]) == 0
+    (config / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "NEGATIVE",
+                                                                                      "1": "POSITIVE"}}))
+    glue = [a if a != "four" else "sst2" for a in argv]  # SST-2's labels 0,1, shown negative,positive: the same
+    assert main([*glue, "--out", str(tmp_path / "g")]) == 0
     # names holding a comma: a JSON list
     (config / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "bad, really",
                                                                                       "1": "good"}}))

@@ -471,6 +471,28 @@ def test_pipeline_manifest_skip_and_force(tiny_bert_dir, tmp_path, capsys, monke
     assert f"[teacher] running -> {folder} (changed: teacher.epochs: 1.0 -> 2.0)" in capsys.readouterr().out
 
 
+def test_records_read_by_later_stages_leave_out_how_the_run_went(tmp_path):
+    """A student's metrics of a first run ("teacher_logits_precision") and of a forced one (the cached logits reused:
+    "teacher_cache_reused"), and a pruned model kept from the previous run (no intermediate dev scores) against one
+    trained again, are the same records to the stages after them: they redid prune, the report's timing and the
+    bundle for the same model. A score is not."""
+    from compress.manifest import record_digests, sha256_file
+
+    first = {"metrics": {"dev": {"accuracy": 0.8}}, "timing": {"train_s": 2.1, "teacher_logits_precision": "fp32"},
+             "train": {"joint": {"steps": 3, "tokens_per_s": 400.0, "resumed_from": None}},
+             "steps": [{"step": 1, "dev_pruned": {"accuracy": 0.7}, "dev_recovered": {"accuracy": 0.75}}]}
+    forced = {**first, "timing": {"train_s": 2.4, "teacher_cache_reused": True}, "kept_from_previous_run": True,
+              "steps": [{"step": 1}]}
+    scored = {**first, "metrics": {"dev": {"accuracy": 0.81}}}
+    digests = []
+    for i, data in enumerate((first, forced, scored)):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps(data))
+        digest = sha256_file(tmp_path / str(i) / "metrics.json")
+        digests.append(record_digests(tmp_path / str(i), {"metrics.json": digest})["metrics.json"])
+    assert digests[0] == digests[1] != digests[2]
+
+
 def test_dry_run_says_which_stages_would_run_and_why(tiny_bert_dir, tmp_path, capsys):
     from compress.cli import main
     from compress.pipeline import explain
