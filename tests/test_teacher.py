@@ -100,9 +100,9 @@ def test_a_folders_tokenizer_of_another_vocabulary_is_refused_or_warned_of(tiny_
         f"another vocabulary? (MPNet's ids are BERT's shifted by 4; the model would learn from ids it was not trained "
         f"on)"]
     (tiny_bert_dir / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 5}))
-    with pytest.raises(CompressError, match=rf"^model '{tiny_bert_dir}': its tokenizer has {len(tokenizer)} tokens but "
-                                            rf"config.json's vocab_size is {len(tokenizer) - 5}: a tokenizer of another "
-                                            r"model \(its ids past the embeddings\)$"):
+    want = (rf"^model '{tiny_bert_dir}': its tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is "
+            rf"{len(tokenizer) - 5}: a tokenizer of another model \(its ids past the embeddings\)$")
+    with pytest.raises(CompressError, match=want):
         load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])
 
 
