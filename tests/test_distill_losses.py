@@ -130,7 +130,7 @@ def test_attention_matches_see_the_students_maps_without_dropout():
 @pytest.mark.parametrize("kind", ["bert", "mpnet"])
 def test_embedding_matches_see_the_students_embeddings_without_dropout(kind):
     """The embeddings' output (hidden state 0) is taken after their dropout: an embedding match (or a hidden one of
-    layer 0) compared the teacher's embeddings with randomly zeroed ones (an identical student scored 0.11, not 0).
+    layer 0) compared the teacher's embeddings with randomly zeroed ones (an identical student scored above 0).
     That dropout is off for such a student, back for one without (TinyBERT's prediction step), and the layers'
     own dropout stays; the distill stage of such a student is redone once (its fingerprint's word)."""
     from transformers import BertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification

@@ -104,6 +104,20 @@ def test_a_folders_tokenizer_of_another_vocabulary_is_refused_or_warned_of(tiny_
             rf"{len(tokenizer) - 5}: a tokenizer of another model \(its ids past the embeddings\)$")
     with pytest.raises(CompressError, match=want):
         load_for_task(str(tiny_bert_dir), GLUE_TASKS["sst2"])
+    # a checkpoint student given a tokenizer of its own: the same check
+    from compress.config import StudentConfig, from_dict
+    from students.narrow import from_checkpoint
+
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+
+    small = tiny_bert_dir.parent / "small-vocab"
+    BertForSequenceClassification(tiny_bert_config(vocab_size=len(tokenizer) - 5)).save_pretrained(small)
+    spec = from_dict(StudentConfig, {"name": "s", "kind": "narrow", "init": str(small), "tokenizer": "minilm-l6"})
+    with pytest.raises(CompressError, match=rf"^student s: checkpoint '{small}' with tokenizer 'minilm-l6': "
+                                            rf"its tokenizer has {len(tokenizer)} tokens but config.json's"):
+        from_checkpoint(spec, GLUE_TASKS["sst2"])
 
 
 def test_a_tokenizer_that_needs_its_repositorys_code_or_a_folder_without_config_is_one_line(tmp_path, tiny_bert_dir):

@@ -68,7 +68,7 @@ def embedding_dropout(model: torch.nn.Module, on: bool) -> None:
     turned it off (TinyBERT's prediction step after an intermediate step with an embedding match; a dropout this did
     not change is left as it is): that output is the student's side of an embedding match (hidden state 0), which in
     training compared the teacher's embeddings with randomly zeroed and rescaled ones (an identical student's loss
-    0.11, not 0; an MSE whose minimum is 0.9 x the teacher's), as attention matches did before
+    above 0; an MSE whose minimum is 0.9 x the teacher's), as attention matches did before
     `no_attention_dropout`."""
     for module in model.modules():
         dropout = getattr(module, "dropout", None)
